@@ -1,0 +1,1 @@
+"""Adapters: HTTP API, storage and other ways in and out of the core."""

@@ -1,0 +1,40 @@
+"""The control plane's ASGI application."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from agentiam import __version__
+from agentiam.adapters.http.deps import ApiDependencies
+from agentiam.adapters.http.middleware import Metrics, RequestLimits
+from agentiam.adapters.http.problems import install_problem_handlers
+from agentiam.adapters.http.routes import admin_keys, agents, audit, humans, system
+
+__all__ = ["create_app"]
+
+DESCRIPTION = """Identity and access management for autonomous AI agents.
+
+Authenticate with an admin API key: `Authorization: Bearer aiam_…`. Roles: **admin**
+(everything), **operator** (everything except admin keys), **auditor** (read-only).
+Errors are RFC 9457 problem details (`application/problem+json`).
+"""
+
+
+def create_app(container: ApiDependencies) -> Any:
+    """Build the ASGI app: FastAPI routes wrapped in plain ASGI middleware."""
+    app = FastAPI(
+        title="AgentIAM",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.container = container
+    install_problem_handlers(app)
+    for router in (system.router, humans.router, agents.router, admin_keys.router, audit.router):
+        app.include_router(router)
+    system.mount_offline_docs(app)
+    app.openapi_schema = None
+    return Metrics(RequestLimits(app, container.settings.limits), container.registry)

@@ -1,0 +1,27 @@
+"""What the HTTP adapter needs from the composition root, as a Protocol, so the adapter
+never imports the bootstrap layer above it."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry
+
+from agentiam.config import Settings
+from agentiam.services.admin_keys import AdminKeyService
+from agentiam.services.agents import AgentService
+from agentiam.services.audit import AuditService
+from agentiam.services.humans import HumanService
+
+__all__ = ["ApiDependencies"]
+
+
+class ApiDependencies(Protocol):
+    settings: Settings
+    humans: HumanService
+    agents: AgentService
+    admin_keys: AdminKeyService
+    audit: AuditService
+    registry: CollectorRegistry
+
+    def database_ready(self) -> bool: ...

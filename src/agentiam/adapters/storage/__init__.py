@@ -1,0 +1,1 @@
+"""Storage on SQLite (default) and PostgreSQL, one SQLAlchemy Core implementation."""

@@ -1,0 +1,504 @@
+"""SQL repositories over one connection (one transaction), for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, exists, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+
+from agentiam.adapters.storage import tables as t
+from agentiam.core.access.admin_keys import AdminKey, Role
+from agentiam.core.audit.events import AuditEvent
+from agentiam.core.identities.lifecycle import AgentStatus, LifecycleAction
+from agentiam.core.identities.models import (
+    Agent,
+    AgentKey,
+    AutonomyLevel,
+    ExternalIdentity,
+    Human,
+    KeyStatus,
+    RuntimeInfo,
+    Transition,
+)
+from agentiam.errors import Conflict
+from agentiam.ports import AgentQuery, AuditQuery, HumanQuery, Page
+
+__all__ = [
+    "SqlAdminKeys",
+    "SqlAgentKeys",
+    "SqlAgents",
+    "SqlAudit",
+    "SqlHumans",
+]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _conflict(exc: IntegrityError, messages: dict[str, str], default: str) -> Conflict:
+    """Map a unique-constraint violation to a domain Conflict. SQLite names the
+    columns (``humans.email``) and PostgreSQL the constraint (``uq_humans_email``);
+    both contain the column name the keys of ``messages`` look for."""
+    text = str(exc.orig)
+    for needle, message in messages.items():
+        if needle in text:
+            return Conflict(message)
+    return Conflict(default)
+
+
+def _page(rows: list[Any], limit: int, key: str) -> tuple[list[Any], str | None]:
+    if len(rows) > limit:
+        rows = rows[:limit]
+        return rows, str(getattr(rows[-1], key))
+    return rows, None
+
+
+class SqlHumans:
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+
+    @staticmethod
+    def _row(row: Row[Any]) -> Human:
+        ext = (
+            ExternalIdentity(row.external_issuer, row.external_subject)
+            if row.external_issuer is not None
+            else None
+        )
+        return Human(
+            id=row.id,
+            display_name=row.display_name,
+            email=row.email,
+            external_identity=ext,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            version=row.version,
+        )
+
+    @staticmethod
+    def _values(h: Human) -> dict[str, Any]:
+        return {
+            "id": h.id,
+            "display_name": h.display_name,
+            "email": h.email,
+            "external_issuer": h.external_identity.issuer if h.external_identity else None,
+            "external_subject": h.external_identity.subject if h.external_identity else None,
+            "created_at": h.created_at,
+            "updated_at": h.updated_at,
+            "version": h.version,
+        }
+
+    _CONFLICTS = {
+        "email": "a human with this email already exists",
+        "external": "this external identity is already linked to another human",
+    }
+
+    def add(self, human: Human) -> None:
+        try:
+            with self._c.begin_nested():
+                self._c.execute(insert(t.humans).values(self._values(human)))
+        except IntegrityError as exc:
+            raise _conflict(exc, self._CONFLICTS, "human conflicts with an existing one") from None
+
+    def get(self, human_id: str) -> Human | None:
+        row = self._c.execute(select(t.humans).where(t.humans.c.id == human_id)).first()
+        return self._row(row) if row else None
+
+    def get_by_external_identity(self, identity: ExternalIdentity) -> Human | None:
+        row = self._c.execute(
+            select(t.humans).where(
+                t.humans.c.external_issuer == identity.issuer,
+                t.humans.c.external_subject == identity.subject,
+            )
+        ).first()
+        return self._row(row) if row else None
+
+    def update(self, human: Human, expected_version: int) -> None:
+        try:
+            with self._c.begin_nested():
+                result = self._c.execute(
+                    update(t.humans)
+                    .where(t.humans.c.id == human.id, t.humans.c.version == expected_version)
+                    .values(self._values(human))
+                )
+        except IntegrityError as exc:
+            raise _conflict(exc, self._CONFLICTS, "human conflicts with an existing one") from None
+        if result.rowcount != 1:
+            raise Conflict("the human changed concurrently", hint="Read it again and retry.")
+
+    def find(self, query: HumanQuery) -> Page[Human]:
+        stmt = select(t.humans).order_by(t.humans.c.id).limit(query.limit + 1)
+        if query.after:
+            stmt = stmt.where(t.humans.c.id > query.after)
+        if query.email:
+            stmt = stmt.where(t.humans.c.email == query.email)
+        rows, nxt = _page(list(self._c.execute(stmt)), query.limit, "id")
+        return Page([self._row(r) for r in rows], nxt)
+
+    def existing(self, human_ids: Sequence[str]) -> set[str]:
+        if not human_ids:
+            return set()
+        rows = self._c.execute(select(t.humans.c.id).where(t.humans.c.id.in_(list(human_ids))))
+        return {r.id for r in rows}
+
+
+class SqlAgents:
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+
+    def _hydrate(self, rows: Sequence[Row[Any]]) -> list[Agent]:
+        if not rows:
+            return []
+        ids = [r.id for r in rows]
+        owners: dict[str, list[str]] = defaultdict(list)
+        for o in self._c.execute(
+            select(t.agent_owners)
+            .where(t.agent_owners.c.agent_id.in_(ids))
+            .order_by(t.agent_owners.c.agent_id, t.agent_owners.c.position)
+        ):
+            owners[o.agent_id].append(o.human_id)
+        labels: dict[str, dict[str, str]] = defaultdict(dict)
+        for lab in self._c.execute(
+            select(t.agent_labels).where(t.agent_labels.c.agent_id.in_(ids))
+        ):
+            labels[lab.agent_id][lab.key] = lab.value
+        result = []
+        for r in rows:
+            runtime = json.loads(r.runtime)
+            result.append(
+                Agent(
+                    id=r.id,
+                    name=r.name,
+                    owners=tuple(owners[r.id]),
+                    purpose=r.purpose,
+                    environment=r.environment,
+                    autonomy=AutonomyLevel(r.autonomy),
+                    runtime=RuntimeInfo(**runtime),
+                    labels=dict(sorted(labels[r.id].items())),
+                    status=AgentStatus(r.status),
+                    next_access_review=r.next_access_review,
+                    created_at=r.created_at,
+                    updated_at=r.updated_at,
+                    parent_id=r.parent_id,
+                    expires_at=r.expires_at,
+                    version=r.version,
+                )
+            )
+        return result
+
+    @staticmethod
+    def _values(a: Agent) -> dict[str, Any]:
+        return {
+            "id": a.id,
+            "name": a.name,
+            "purpose": a.purpose,
+            "environment": a.environment,
+            "autonomy": a.autonomy.value,
+            "runtime": _dumps(
+                {
+                    "framework": a.runtime.framework,
+                    "model": a.runtime.model,
+                    "version": a.runtime.version,
+                }
+            ),
+            "status": a.status.value,
+            "parent_id": a.parent_id,
+            "expires_at": a.expires_at,
+            "next_access_review": a.next_access_review,
+            "created_at": a.created_at,
+            "updated_at": a.updated_at,
+            "version": a.version,
+        }
+
+    def _write_relations(self, agent: Agent) -> None:
+        self._c.execute(delete(t.agent_owners).where(t.agent_owners.c.agent_id == agent.id))
+        self._c.execute(delete(t.agent_labels).where(t.agent_labels.c.agent_id == agent.id))
+        self._c.execute(
+            insert(t.agent_owners),
+            [
+                {"agent_id": agent.id, "human_id": h, "position": i}
+                for i, h in enumerate(agent.owners)
+            ],
+        )
+        if agent.labels:
+            self._c.execute(
+                insert(t.agent_labels),
+                [{"agent_id": agent.id, "key": k, "value": v} for k, v in agent.labels.items()],
+            )
+
+    def add(self, agent: Agent) -> None:
+        try:
+            with self._c.begin_nested():
+                self._c.execute(insert(t.agents).values(self._values(agent)))
+                self._write_relations(agent)
+        except IntegrityError as exc:
+            raise _conflict(
+                exc,
+                {"name": f"agent name {agent.name!r} is taken (names are never reused)"},
+                "agent conflicts with an existing one",
+            ) from None
+
+    def get(self, agent_id: str) -> Agent | None:
+        row = self._c.execute(select(t.agents).where(t.agents.c.id == agent_id)).first()
+        return self._hydrate([row])[0] if row else None
+
+    def get_by_name(self, name: str) -> Agent | None:
+        row = self._c.execute(select(t.agents).where(t.agents.c.name == name)).first()
+        return self._hydrate([row])[0] if row else None
+
+    def update(self, agent: Agent, expected_version: int) -> None:
+        values = self._values(agent)
+        del values["id"], values["name"], values["created_at"]
+        result = self._c.execute(
+            update(t.agents)
+            .where(t.agents.c.id == agent.id, t.agents.c.version == expected_version)
+            .values(values)
+        )
+        if result.rowcount != 1:
+            raise Conflict("the agent changed concurrently", hint="Read it again and retry.")
+        self._write_relations(agent)
+
+    def find(self, query: AgentQuery) -> Page[Agent]:
+        a = t.agents
+        stmt = select(a).order_by(a.c.id).limit(query.limit + 1)
+        if query.after:
+            stmt = stmt.where(a.c.id > query.after)
+        if query.status is not None:
+            stmt = stmt.where(a.c.status == query.status.value)
+        if query.environment is not None:
+            stmt = stmt.where(a.c.environment == query.environment)
+        if query.parent_id is not None:
+            stmt = stmt.where(a.c.parent_id == query.parent_id)
+        if query.owner is not None:
+            o = t.agent_owners
+            stmt = stmt.where(exists().where(o.c.agent_id == a.c.id, o.c.human_id == query.owner))
+        for key, value in query.labels.items():
+            lab = t.agent_labels
+            cond = and_(lab.c.agent_id == a.c.id, lab.c.key == key)
+            if value is not None:
+                cond = and_(cond, lab.c.value == value)
+            stmt = stmt.where(exists().where(cond))
+        rows, nxt = _page(list(self._c.execute(stmt)), query.limit, "id")
+        return Page(self._hydrate(rows), nxt)
+
+    def children(self, parent_id: str) -> list[Agent]:
+        rows = self._c.execute(
+            select(t.agents)
+            .where(
+                t.agents.c.parent_id == parent_id,
+                t.agents.c.status != AgentStatus.DECOMMISSIONED.value,
+            )
+            .order_by(t.agents.c.id)
+        ).all()
+        return self._hydrate(rows)
+
+    def expired(self, now: datetime, limit: int) -> list[Agent]:
+        rows = self._c.execute(
+            select(t.agents)
+            .where(
+                t.agents.c.expires_at.is_not(None),
+                t.agents.c.expires_at <= now,
+                t.agents.c.status != AgentStatus.DECOMMISSIONED.value,
+            )
+            .order_by(t.agents.c.expires_at)
+            .limit(limit)
+        ).all()
+        return self._hydrate(rows)
+
+    def add_transition(self, transition: Transition) -> None:
+        self._c.execute(
+            insert(t.agent_transitions).values(
+                id=transition.id,
+                agent_id=transition.agent_id,
+                action=transition.action.value,
+                from_status=transition.from_status.value,
+                to_status=transition.to_status.value,
+                actor=transition.actor,
+                reason=transition.reason,
+                at=transition.at,
+            )
+        )
+
+    def transitions(self, agent_id: str) -> list[Transition]:
+        rows = self._c.execute(
+            select(t.agent_transitions)
+            .where(t.agent_transitions.c.agent_id == agent_id)
+            .order_by(t.agent_transitions.c.seq)
+        )
+        return [
+            Transition(
+                id=r.id,
+                agent_id=r.agent_id,
+                action=LifecycleAction(r.action),
+                from_status=AgentStatus(r.from_status),
+                to_status=AgentStatus(r.to_status),
+                actor=r.actor,
+                reason=r.reason,
+                at=r.at,
+            )
+            for r in rows
+        ]
+
+
+class SqlAgentKeys:
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+
+    @staticmethod
+    def _row(r: Row[Any]) -> AgentKey:
+        return AgentKey(
+            id=r.id,
+            agent_id=r.agent_id,
+            kid=r.kid,
+            alg=r.alg,
+            jwk=json.loads(r.jwk),
+            thumbprint=r.thumbprint,
+            status=KeyStatus(r.status),
+            created_at=r.created_at,
+            created_by=r.created_by,
+            retired_at=r.retired_at,
+            retired_by=r.retired_by,
+            retire_reason=r.retire_reason,
+        )
+
+    def add(self, key: AgentKey) -> None:
+        try:
+            with self._c.begin_nested():
+                self._c.execute(
+                    insert(t.agent_keys).values(
+                        id=key.id,
+                        agent_id=key.agent_id,
+                        kid=key.kid,
+                        alg=key.alg,
+                        jwk=_dumps(dict(key.jwk)),
+                        thumbprint=key.thumbprint,
+                        status=key.status.value,
+                        created_at=key.created_at,
+                        created_by=key.created_by,
+                    )
+                )
+        except IntegrityError as exc:
+            raise _conflict(
+                exc,
+                {
+                    "thumbprint": "this public key is already registered (keys are never shared "
+                    "or reused)",
+                    "kid": f"the agent already has a key with kid {key.kid!r}",
+                },
+                "key conflicts with an existing one",
+            ) from None
+
+    def get(self, agent_id: str, key_id: str) -> AgentKey | None:
+        k = t.agent_keys
+        row = self._c.execute(
+            select(k).where(k.c.agent_id == agent_id, (k.c.id == key_id) | (k.c.kid == key_id))
+        ).first()
+        return self._row(row) if row else None
+
+    def list_for_agent(self, agent_id: str) -> list[AgentKey]:
+        rows = self._c.execute(
+            select(t.agent_keys)
+            .where(t.agent_keys.c.agent_id == agent_id)
+            .order_by(t.agent_keys.c.id)
+        )
+        return [self._row(r) for r in rows]
+
+    def update(self, key: AgentKey) -> None:
+        self._c.execute(
+            update(t.agent_keys)
+            .where(t.agent_keys.c.id == key.id)
+            .values(
+                status=key.status.value,
+                retired_at=key.retired_at,
+                retired_by=key.retired_by,
+                retire_reason=key.retire_reason,
+            )
+        )
+
+
+class SqlAdminKeys:
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+
+    @staticmethod
+    def _row(r: Row[Any]) -> AdminKey:
+        return AdminKey(
+            id=r.id,
+            prefix=r.prefix,
+            name=r.name,
+            role=Role(r.role),
+            key_hash=r.key_hash,
+            created_at=r.created_at,
+            created_by=r.created_by,
+            expires_at=r.expires_at,
+            revoked_at=r.revoked_at,
+            revoked_by=r.revoked_by,
+        )
+
+    def add(self, key: AdminKey) -> None:
+        self._c.execute(
+            insert(t.admin_keys).values(
+                id=key.id,
+                prefix=key.prefix,
+                name=key.name,
+                role=key.role.value,
+                key_hash=key.key_hash,
+                created_at=key.created_at,
+                created_by=key.created_by,
+                expires_at=key.expires_at,
+            )
+        )
+
+    def get(self, key_id: str) -> AdminKey | None:
+        row = self._c.execute(select(t.admin_keys).where(t.admin_keys.c.id == key_id)).first()
+        return self._row(row) if row else None
+
+    def get_by_prefix(self, prefix: str) -> AdminKey | None:
+        row = self._c.execute(select(t.admin_keys).where(t.admin_keys.c.prefix == prefix)).first()
+        return self._row(row) if row else None
+
+    def all(self) -> list[AdminKey]:
+        return [
+            self._row(r) for r in self._c.execute(select(t.admin_keys).order_by(t.admin_keys.c.id))
+        ]
+
+    def update(self, key: AdminKey) -> None:
+        self._c.execute(
+            update(t.admin_keys)
+            .where(t.admin_keys.c.id == key.id)
+            .values(revoked_at=key.revoked_at, revoked_by=key.revoked_by)
+        )
+
+
+class SqlAudit:
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+
+    def append(self, event: AuditEvent) -> None:
+        self._c.execute(
+            insert(t.audit_events).values(
+                event_id=event.event_id,
+                time=event.time,
+                type=event.type,
+                agent_id=event.agent_id,
+                body=_dumps(event.to_dict()),
+            )
+        )
+
+    def find(self, query: AuditQuery) -> Page[AuditEvent]:
+        e = t.audit_events
+        stmt = select(e.c.seq, e.c.body).order_by(e.c.seq).limit(query.limit + 1)
+        if query.after:
+            stmt = stmt.where(e.c.seq > int(query.after))
+        if query.agent_id:
+            stmt = stmt.where(e.c.agent_id == query.agent_id)
+        if query.type:
+            stmt = stmt.where(e.c.type == query.type)
+        rows, nxt = _page(list(self._c.execute(stmt)), query.limit, "seq")
+        return Page([AuditEvent.from_dict(json.loads(r.body)) for r in rows], nxt)

@@ -1,0 +1,180 @@
+"""Table definitions shared by both databases. Alembic migrations create them; a test
+checks that the migrated schema matches these definitions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+__all__ = [
+    "admin_keys",
+    "agent_keys",
+    "agent_labels",
+    "agent_owners",
+    "agent_transitions",
+    "agents",
+    "audit_events",
+    "humans",
+    "metadata",
+]
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both databases (SQLite has no time zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+ID = String(40)
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+humans = Table(
+    "humans",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("display_name", String(200), nullable=False),
+    Column("email", String(254), nullable=False, unique=True),
+    Column("external_issuer", String(512)),
+    Column("external_subject", String(255)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("version", Integer, nullable=False),
+    UniqueConstraint("external_issuer", "external_subject"),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("purpose", Text, nullable=False),
+    Column("environment", String(63), nullable=False, index=True),
+    Column("autonomy", String(32), nullable=False),
+    Column("runtime", Text, nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("parent_id", ID, ForeignKey("agents.id"), index=True),
+    Column("expires_at", UTCDateTime, index=True),
+    Column("next_access_review", Date, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("version", Integer, nullable=False),
+)
+
+agent_owners = Table(
+    "agent_owners",
+    metadata,
+    Column("agent_id", ID, ForeignKey("agents.id"), primary_key=True),
+    Column("human_id", ID, ForeignKey("humans.id"), primary_key=True, index=True),
+    Column("position", Integer, nullable=False),
+)
+
+agent_labels = Table(
+    "agent_labels",
+    metadata,
+    Column("agent_id", ID, ForeignKey("agents.id"), primary_key=True),
+    Column("key", String(63), primary_key=True),
+    Column("value", String(63), nullable=False),
+    Index("ix_agent_labels_key_value", "key", "value"),
+)
+
+agent_keys = Table(
+    "agent_keys",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("agent_id", ID, ForeignKey("agents.id"), nullable=False, index=True),
+    Column("kid", String(128), nullable=False),
+    Column("alg", String(16), nullable=False),
+    Column("jwk", Text, nullable=False),
+    Column("thumbprint", String(64), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("retired_at", UTCDateTime),
+    Column("retired_by", String(128)),
+    Column("retire_reason", Text),
+    UniqueConstraint("agent_id", "kid"),
+)
+
+agent_transitions = Table(
+    "agent_transitions",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("id", ID, nullable=False, unique=True),
+    Column("agent_id", ID, ForeignKey("agents.id"), nullable=False, index=True),
+    Column("action", String(16), nullable=False),
+    Column("from_status", String(16), nullable=False),
+    Column("to_status", String(16), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+)
+
+admin_keys = Table(
+    "admin_keys",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("prefix", String(16), nullable=False, unique=True),
+    Column("name", String(100), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("key_hash", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("expires_at", UTCDateTime),
+    Column("revoked_at", UTCDateTime),
+    Column("revoked_by", String(128)),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("event_id", ID, nullable=False, unique=True),
+    Column("time", UTCDateTime, nullable=False),
+    Column("type", String(64), nullable=False, index=True),
+    Column("agent_id", ID, index=True),
+    Column("body", Text, nullable=False),
+)
+
+APPEND_ONLY_TABLES = ("audit_events", "agent_transitions")

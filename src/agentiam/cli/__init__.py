@@ -1,0 +1,1 @@
+"""The ``agentiam`` command line: thin commands over the services."""

@@ -1,0 +1,53 @@
+"""agentiam admin-keys: keys for the admin API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from agentiam.adapters.http.schemas import AdminKeyOut, IssuedAdminKeyOut
+from agentiam.cli.common import cli_context, container
+from agentiam.cli.output import console, emit, handle_errors
+from agentiam.core.access.admin_keys import Role
+
+app = typer.Typer(help="Admin API keys (shown once, stored hashed).", no_args_is_help=True)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+COLUMNS = ["id", "prefix", "name", "role", "created_at", "expires_at", "revoked_at"]
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Option(help="What the key is for.")],
+    role: Annotated[Role, typer.Option(help="admin, operator or auditor.")] = Role.OPERATOR,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a key and print it once."""
+    with handle_errors(), container() as c:
+        issued = c.admin_keys.create(cli_context(), name=name, role=role)
+    out = IssuedAdminKeyOut.issued(issued)
+    if as_json:
+        emit(out, as_json=True, columns=[])
+        return
+    emit(out, as_json=False, columns=COLUMNS)
+    console.print(f"[bold]key:[/] {issued.secret}", highlight=False)
+    console.print("Store it now: it is shown only once and kept only as a hash.")
+
+
+@app.command("list")
+def list_keys(as_json: JsonOpt = False) -> None:
+    """List keys (prefixes only; secrets are never stored)."""
+    with handle_errors(), container() as c:
+        keys = c.admin_keys.all()
+    emit([AdminKeyOut.of(k) for k in keys], as_json=as_json, columns=COLUMNS, title="Admin keys")
+
+
+@app.command()
+def revoke(
+    key: Annotated[str, typer.Argument(help="Key id (adk_…) or prefix.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a key; the next request with it fails."""
+    with handle_errors(), container() as c:
+        revoked = c.admin_keys.revoke(cli_context(), key)
+    emit(AdminKeyOut.of(revoked), as_json=as_json, columns=COLUMNS)

@@ -1,0 +1,31 @@
+"""Entry point: ``agentiam``."""
+
+from __future__ import annotations
+
+import typer
+
+from agentiam import __version__
+from agentiam.cli import admin_keys, agents, db, humans
+from agentiam.cli.serve import serve
+
+app = typer.Typer(
+    name="agentiam",
+    help="AgentIAM: identity and access management for AI agents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command()(serve)
+app.add_typer(db.app, name="db")
+app.add_typer(admin_keys.app, name="admin-keys")
+app.add_typer(humans.app, name="humans")
+app.add_typer(agents.app, name="agents")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,121 @@
+"""Admin API keys: format, hashing, roles and permissions.
+
+A key looks like ``aiam_<prefix>_<secret>``: the 8-character prefix is stored in the
+clear so a key can be identified in lists and logs; the secret (256 bits) is never
+stored. Only the SHA-256 digest of the whole key is kept. A fast hash is right for a
+uniformly random 256-bit secret (no dictionary to guess from), and it keeps every
+request's authentication cheap. Comparison is constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+__all__ = [
+    "KEY_PREFIX",
+    "AdminKey",
+    "IssuedAdminKey",
+    "Permission",
+    "Role",
+    "generate_admin_key",
+    "hash_admin_key",
+    "parse_admin_key",
+    "permissions_of",
+    "verify_admin_key",
+]
+
+KEY_PREFIX = "aiam"
+_PREFIX_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
+_KEY_RE = re.compile(r"^aiam_([a-z2-9]{8})_([A-Za-z0-9_-]{43})$")
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    AUDITOR = "auditor"
+
+
+class Permission(StrEnum):
+    HUMANS_READ = "humans:read"
+    HUMANS_WRITE = "humans:write"
+    AGENTS_READ = "agents:read"
+    AGENTS_WRITE = "agents:write"
+    AGENTS_LIFECYCLE = "agents:lifecycle"
+    AGENT_KEYS_WRITE = "agent_keys:write"
+    ADMIN_KEYS_READ = "admin_keys:read"
+    ADMIN_KEYS_MANAGE = "admin_keys:manage"
+    AUDIT_READ = "audit:read"
+    METRICS_READ = "metrics:read"
+
+
+_READ = frozenset(
+    {
+        Permission.HUMANS_READ,
+        Permission.AGENTS_READ,
+        Permission.ADMIN_KEYS_READ,
+        Permission.AUDIT_READ,
+        Permission.METRICS_READ,
+    }
+)
+_ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ADMIN: frozenset(Permission),
+    Role.OPERATOR: frozenset(Permission) - {Permission.ADMIN_KEYS_MANAGE},
+    Role.AUDITOR: _READ,
+}
+
+
+def permissions_of(role: Role) -> frozenset[Permission]:
+    return _ROLE_PERMISSIONS[role]
+
+
+@dataclass(frozen=True, slots=True)
+class AdminKey:
+    """A stored admin key: everything but the secret."""
+
+    id: str
+    prefix: str
+    name: str
+    role: Role
+    key_hash: str
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+
+    def is_valid(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedAdminKey:
+    """A key just created: ``secret`` is the full key, shown once and never stored."""
+
+    key: AdminKey
+    secret: str
+
+
+def generate_admin_key() -> tuple[str, str]:
+    """Return ``(prefix, full_key)`` for a fresh key."""
+    prefix = "".join(secrets.choice(_PREFIX_ALPHABET) for _ in range(8))
+    return prefix, f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def hash_admin_key(full_key: str) -> str:
+    return hashlib.sha256(full_key.encode("ascii")).hexdigest()
+
+
+def parse_admin_key(presented: str) -> str | None:
+    """Return the prefix of a well-formed key, or None."""
+    match = _KEY_RE.match(presented)
+    return match.group(1) if match else None
+
+
+def verify_admin_key(presented: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_admin_key(presented), stored_hash)

@@ -1,0 +1,1 @@
+"""The audit event schema. The tamper-evident trail builds on these events unchanged."""

@@ -1,0 +1,1 @@
+"""Humans, agents, agent keys and the agent lifecycle."""

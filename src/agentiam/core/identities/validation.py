@@ -1,0 +1,126 @@
+"""Validation of identity input. Every function returns the canonical value or raises
+:class:`~agentiam.errors.InvalidInput`; nothing here touches storage."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from agentiam.config import Limits
+from agentiam.core.identities.models import AutonomyLevel, ExternalIdentity, RuntimeInfo
+from agentiam.core.normalize import normalize_display_text, normalize_identifier
+from agentiam.errors import InvalidInput
+
+__all__ = [
+    "validate_access_review",
+    "validate_autonomy",
+    "validate_email",
+    "validate_external_identity",
+    "validate_labels",
+    "validate_reason",
+    "validate_runtime",
+]
+
+_EMAIL_RE = re.compile(r"^[^@\s]{1,64}@(?:[^@\s.]{1,63}\.)+[^@\s.]{2,63}$")
+
+
+def validate_email(value: str, limits: Limits) -> str:
+    """Normalise an address (NFKC, case-folded) and check its shape (RFC 5321 lengths)."""
+    text = normalize_display_text(value, field="email", max_length=limits.max_email_length)
+    text = unicodedata.normalize("NFKC", text.casefold())
+    if not _EMAIL_RE.match(text):
+        raise InvalidInput("email is not a valid address", hint="Use the form name@example.com.")
+    return text
+
+
+def validate_external_identity(issuer: str | None, subject: str | None) -> ExternalIdentity | None:
+    """An IdP identity is an https issuer URL plus a case-sensitive subject (OIDC core 2)."""
+    if issuer is None and subject is None:
+        return None
+    if not issuer or not subject:
+        raise InvalidInput("external identity needs both issuer and subject")
+    if len(issuer) > 512:
+        raise InvalidInput("external issuer is longer than 512 characters")
+    parts = urlsplit(issuer)
+    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise InvalidInput(
+            "external issuer must be an https URL without query or fragment",
+            hint="Use the exact 'iss' value your IdP puts in its ID tokens.",
+        )
+    if parts.username or parts.password:
+        raise InvalidInput("external issuer must not contain credentials")
+    if len(subject) > 255 or any(unicodedata.category(c)[0] in "CZ" for c in subject):
+        raise InvalidInput("external subject must be 1-255 printable characters without spaces")
+    return ExternalIdentity(issuer=issuer, subject=subject)
+
+
+def validate_autonomy(value: str) -> AutonomyLevel:
+    try:
+        return AutonomyLevel(value)
+    except ValueError:
+        raise InvalidInput(
+            f"autonomy must be one of {', '.join(a.value for a in AutonomyLevel)}"
+        ) from None
+
+
+def validate_runtime(value: Mapping[str, Any] | RuntimeInfo | None, limits: Limits) -> RuntimeInfo:
+    if value is None:
+        return RuntimeInfo()
+    raw = (
+        {"framework": value.framework, "model": value.model, "version": value.version}
+        if isinstance(value, RuntimeInfo)
+        else dict(value)
+    )
+    unknown = set(raw) - {"framework", "model", "version"}
+    if unknown:
+        raise InvalidInput(f"runtime has unknown fields: {', '.join(sorted(unknown))}")
+    cleaned: dict[str, str | None] = {}
+    for key in ("framework", "model", "version"):
+        item = raw.get(key)
+        cleaned[key] = (
+            None
+            if item is None
+            else normalize_display_text(
+                item, field=f"runtime.{key}", max_length=limits.max_display_length
+            )
+        )
+    return RuntimeInfo(**cleaned)
+
+
+def validate_labels(value: Mapping[str, str] | None, limits: Limits) -> dict[str, str]:
+    """Label keys and values are identifiers; both are normalised for filtering."""
+    if value is None:
+        return {}
+    if len(value) > limits.max_labels:
+        raise InvalidInput(f"at most {limits.max_labels} labels are allowed")
+    labels: dict[str, str] = {}
+    for key, item in value.items():
+        k = normalize_identifier(key, field="label key", max_length=limits.max_label_length)
+        v = normalize_identifier(item, field=f"label {k}", max_length=limits.max_label_length)
+        if k in labels:
+            raise InvalidInput(f"label key {k!r} appears twice after normalisation")
+        labels[k] = v
+    return labels
+
+
+def validate_reason(value: str | None, limits: Limits, *, required: bool = True) -> str:
+    if value is None or not value.strip():
+        if required:
+            raise InvalidInput("a reason is required", hint="Say why, e.g. --reason 'incident 42'.")
+        return ""
+    return normalize_display_text(value, field="reason", max_length=limits.max_reason_length)
+
+
+def validate_access_review(value: date | None, now: datetime, interval_days: int) -> date:
+    """The next access review: default ``interval_days`` ahead, never in the past, at
+    most 366 days ahead."""
+    today = now.date()
+    if value is None:
+        return today + timedelta(days=interval_days)
+    if value < today or value > today + timedelta(days=366):
+        raise InvalidInput("next_access_review must be between today and 366 days ahead")
+    return value

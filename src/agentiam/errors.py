@@ -1,0 +1,121 @@
+"""One small error hierarchy.
+
+Every error knows the problem type it maps to (RFC 9457), the HTTP status an API
+answers with, and a short hint that tells the caller what to do next. Messages are
+written for the caller; they never carry secrets, stack traces or internal state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AgentIAMError",
+    "AuthenticationRequired",
+    "BadRequest",
+    "Conflict",
+    "Forbidden",
+    "InvalidInput",
+    "InvalidTransition",
+    "NotFound",
+    "PayloadTooLarge",
+    "ServiceUnavailable",
+]
+
+PROBLEM_BASE = "https://agentiam.dev/problems/"
+
+
+class AgentIAMError(Exception):
+    """Base class. ``code`` is the stable machine-readable name of the problem."""
+
+    code: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal error"
+    status: ClassVar[int] = 500
+    default_hint: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        hint: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.hint = hint if hint is not None else self.default_hint
+        self.errors = errors or []
+
+    @property
+    def type_uri(self) -> str:
+        """The RFC 9457 ``type`` member: a stable URI naming the problem."""
+        return PROBLEM_BASE + self.code
+
+    def to_problem(self, instance: str | None = None) -> dict[str, Any]:
+        """Render as an RFC 9457 problem details object (section 3)."""
+        body: dict[str, Any] = {
+            "type": self.type_uri,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance is not None:
+            body["instance"] = instance
+        if self.hint:
+            body["hint"] = self.hint
+        if self.errors:
+            body["errors"] = self.errors
+        return body
+
+
+class InvalidInput(AgentIAMError):
+    code = "invalid-input"
+    title = "Invalid input"
+    status = 422
+
+
+class BadRequest(AgentIAMError):
+    code = "bad-request"
+    title = "Bad request"
+    status = 400
+
+
+class NotFound(AgentIAMError):
+    code = "not-found"
+    title = "Not found"
+    status = 404
+
+
+class Conflict(AgentIAMError):
+    code = "conflict"
+    title = "Conflict"
+    status = 409
+
+
+class InvalidTransition(Conflict):
+    code = "invalid-transition"
+    title = "Lifecycle transition not allowed"
+
+
+class AuthenticationRequired(AgentIAMError):
+    code = "authentication-required"
+    title = "Authentication required"
+    status = 401
+    default_hint = "Send an admin API key as 'Authorization: Bearer aiam_…'."
+
+
+class Forbidden(AgentIAMError):
+    code = "forbidden"
+    title = "Forbidden"
+    status = 403
+
+
+class PayloadTooLarge(AgentIAMError):
+    code = "payload-too-large"
+    title = "Payload too large"
+    status = 413
+
+
+class ServiceUnavailable(AgentIAMError):
+    code = "service-unavailable"
+    title = "Service unavailable"
+    status = 503

@@ -1,0 +1,173 @@
+"""What the services need from the world, as Protocols.
+
+One repository per domain. A :class:`UnitOfWork` groups them into one transaction, so
+a change and the audit event that records it are written together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, Protocol, Self, TypeVar
+
+from agentiam.core.access.admin_keys import AdminKey
+from agentiam.core.audit.events import AuditEvent
+from agentiam.core.identities.lifecycle import AgentStatus
+from agentiam.core.identities.models import Agent, AgentKey, ExternalIdentity, Human, Transition
+
+__all__ = [
+    "AdminKeyRepository",
+    "AgentKeyRepository",
+    "AgentQuery",
+    "AgentRepository",
+    "AuditLog",
+    "AuditQuery",
+    "Clock",
+    "HumanQuery",
+    "HumanRepository",
+    "Page",
+    "UnitOfWork",
+    "UnitOfWorkFactory",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a keyset-paged list; ``next_after`` is the last id, if more exist."""
+
+    items: Sequence[T]
+    next_after: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HumanQuery:
+    limit: int
+    after: str | None = None
+    email: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AgentQuery:
+    limit: int
+    after: str | None = None
+    owner: str | None = None
+    status: AgentStatus | None = None
+    environment: str | None = None
+    labels: dict[str, str | None] = field(default_factory=dict)
+    parent_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    limit: int
+    after: str | None = None
+    agent_id: str | None = None
+    type: str | None = None
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class HumanRepository(Protocol):
+    def add(self, human: Human) -> None:
+        """Insert; raise Conflict if the email or external identity is taken."""
+
+    def get(self, human_id: str) -> Human | None: ...
+
+    def get_by_external_identity(self, identity: ExternalIdentity) -> Human | None: ...
+
+    def update(self, human: Human, expected_version: int) -> None:
+        """Replace; raise Conflict if the stored version is not ``expected_version``."""
+
+    def find(self, query: HumanQuery) -> Page[Human]: ...
+
+    def existing(self, human_ids: Sequence[str]) -> set[str]:
+        """The subset of ``human_ids`` that exist."""
+
+
+class AgentRepository(Protocol):
+    def add(self, agent: Agent) -> None:
+        """Insert; raise Conflict if the normalised name was ever used."""
+
+    def get(self, agent_id: str) -> Agent | None: ...
+
+    def get_by_name(self, name: str) -> Agent | None: ...
+
+    def update(self, agent: Agent, expected_version: int) -> None:
+        """Replace; raise Conflict if the stored version is not ``expected_version``."""
+
+    def find(self, query: AgentQuery) -> Page[Agent]: ...
+
+    def children(self, parent_id: str) -> list[Agent]:
+        """Direct children that are not decommissioned."""
+
+    def expired(self, now: datetime, limit: int) -> list[Agent]:
+        """Ephemeral agents past their TTL that are not yet decommissioned."""
+
+    def add_transition(self, transition: Transition) -> None: ...
+
+    def transitions(self, agent_id: str) -> list[Transition]: ...
+
+
+class AgentKeyRepository(Protocol):
+    def add(self, key: AgentKey) -> None:
+        """Insert; raise Conflict if the kid is taken for this agent or the key's
+        thumbprint is registered anywhere."""
+
+    def get(self, agent_id: str, key_id: str) -> AgentKey | None: ...
+
+    def list_for_agent(self, agent_id: str) -> list[AgentKey]: ...
+
+    def update(self, key: AgentKey) -> None: ...
+
+
+class AdminKeyRepository(Protocol):
+    def add(self, key: AdminKey) -> None: ...
+
+    def get(self, key_id: str) -> AdminKey | None: ...
+
+    def get_by_prefix(self, prefix: str) -> AdminKey | None: ...
+
+    def all(self) -> list[AdminKey]: ...
+
+    def update(self, key: AdminKey) -> None: ...
+
+
+class AuditLog(Protocol):
+    def append(self, event: AuditEvent) -> None:
+        """Append within the current transaction; the store refuses edits and deletes."""
+
+    def find(self, query: AuditQuery) -> Page[AuditEvent]: ...
+
+
+class UnitOfWork(Protocol):
+    @property
+    def humans(self) -> HumanRepository: ...
+
+    @property
+    def agents(self) -> AgentRepository: ...
+
+    @property
+    def agent_keys(self) -> AgentKeyRepository: ...
+
+    @property
+    def admin_keys(self) -> AdminKeyRepository: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None:
+        """Roll back whatever was not committed."""
+
+    def commit(self) -> None: ...
+
+
+class UnitOfWorkFactory(Protocol):
+    def __call__(self, *, read_only: bool = False) -> UnitOfWork:
+        """A new unit of work; ``read_only`` lets the store skip write locks."""

@@ -1,0 +1,62 @@
+"""Record calls that change nothing (reads, rejections) and read the event store.
+
+Changes record their own events inside their transaction (see the other services).
+Reads are recorded before their answer leaves: if the event cannot be written the read
+fails with 503, so nothing is served unlogged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentiam.core.audit.events import AuditEvent, Outcome, ResourceRef
+from agentiam.errors import ServiceUnavailable
+from agentiam.ports import AuditQuery, Clock, Page, UnitOfWorkFactory
+from agentiam.services.context import CallContext
+
+__all__ = ["AuditService"]
+
+
+class AuditService:
+    def __init__(self, uow: UnitOfWorkFactory, clock: Clock) -> None:
+        self._uow = uow
+        self._clock = clock
+
+    def record(
+        self,
+        ctx: CallContext,
+        *,
+        type: str,
+        action: str,
+        outcome: Outcome,
+        resource: ResourceRef | None = None,
+        reason: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> AuditEvent:
+        event = AuditEvent.create(
+            type=type,
+            actor=ctx.actor,
+            action=action,
+            source=ctx.source,
+            trace=ctx.trace,
+            now=self._clock.now(),
+            outcome=outcome,
+            resource=resource,
+            agent_id=resource.id if resource and resource.type == "agent" else None,
+            reason=reason,
+            details=details,
+        )
+        try:
+            with self._uow() as uow:
+                uow.audit.append(event)
+                uow.commit()
+        except Exception as exc:  # any storage failure means: not durable, so refuse
+            raise ServiceUnavailable(
+                "the audit trail cannot be written; the call was refused",
+                hint="Check the database and retry.",
+            ) from exc
+        return event
+
+    def find(self, query: AuditQuery) -> Page[AuditEvent]:
+        with self._uow(read_only=True) as uow:
+            return uow.audit.find(query)
