@@ -58,6 +58,8 @@ def _script_of(char: str) -> str | None:
         first = parts[1] if len(parts) > 1 else first
     if first in {"CJK", "IDEOGRAPHIC"}:
         return "CJK"
+    if first == "KATAKANA-HIRAGANA":  # the prolonged sound mark is shared by both kana
+        return None
     return first
 
 
