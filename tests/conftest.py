@@ -26,9 +26,7 @@ from agentiam.adapters.storage.tables import metadata
 from agentiam.bootstrap import Container, build
 from agentiam.config import Settings
 
-PG_URL = os.environ.get(
-    "AGENTIAM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+PG_URL = os.environ.get("AGENTIAM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PG_REQUIRED = os.environ.get("AGENTIAM_REQUIRE_POSTGRES") == "1"
 
 
@@ -66,7 +64,7 @@ def postgres_database() -> Iterator[str]:
     try:
         with admin.connect() as conn:
             conn.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         admin.dispose()
         message = (
             f"PostgreSQL is not reachable at {PG_URL} ({type(exc).__name__}). "

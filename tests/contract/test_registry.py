@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from joserfc.jwk import ECKey, OKPKey
 from sqlalchemy import func, select, text
+from tests.conftest import FakeClock
 
 from agentiam.adapters.storage import tables as t
 from agentiam.bootstrap import Container
@@ -24,7 +25,6 @@ from agentiam.ports import AgentQuery, HumanQuery
 from agentiam.services.agents import AgentChanges, NewAgent
 from agentiam.services.context import CallContext
 from agentiam.services.humans import HumanChanges, NewHuman
-from tests.conftest import FakeClock
 
 CTX = CallContext.system("contract-test")
 A = LifecycleAction
@@ -80,10 +80,15 @@ def test_email_is_unique_on_its_normalised_form(container: Container) -> None:
 
 
 def test_external_identity_links_one_human_only(container: Container) -> None:
-    human(container, "a@example.com", external_issuer="https://idp.example.com", external_subject="s")
+    human(
+        container, "a@example.com", external_issuer="https://idp.example.com", external_subject="s"
+    )
     with pytest.raises(Conflict, match="external identity"):
         human(
-            container, "b@example.com", external_issuer="https://idp.example.com", external_subject="s"
+            container,
+            "b@example.com",
+            external_issuer="https://idp.example.com",
+            external_subject="s",
         )
 
 
@@ -91,7 +96,11 @@ def test_external_identity_links_one_human_only(container: Container) -> None:
     "kw",
     [
         {"email": "not-an-email"},
-        {"email": "a@example.com", "external_issuer": "http://idp.example.com", "external_subject": "s"},
+        {
+            "email": "a@example.com",
+            "external_issuer": "http://idp.example.com",
+            "external_subject": "s",
+        },
         {"email": "a@example.com", "external_issuer": "https://idp.example.com"},
         {"email": "a\u200b@example.com"},
     ],
@@ -318,7 +327,8 @@ def test_ephemeral_child_expires_and_parent_cascade(container: Container) -> Non
         moved = container.agents.get(x.id)
         assert moved.status is AgentStatus.DECOMMISSIONED
     history = container.agents.transitions(child.id)[-1]
-    assert "suspended" in history.reason and history.actor == "system:agentiam"
+    assert "suspended" in history.reason
+    assert history.actor == "system:agentiam"
 
 
 @pytest.mark.parametrize(
@@ -374,7 +384,8 @@ def test_keys_add_retire_and_decommission_retires_all(container: Container) -> N
     keys = container.agents.keys(a.id)
     assert {k.alg for k in keys} == {"ES256", "Ed25519"}
     retired = container.agents.retire_key(CTX, a.id, "k2", "rotated")
-    assert retired.status is KeyStatus.RETIRED and retired.retire_reason == "rotated"
+    assert retired.status is KeyStatus.RETIRED
+    assert retired.retire_reason == "rotated"
     with pytest.raises(Conflict, match="already retired"):
         container.agents.retire_key(CTX, a.id, k2.id, "again")
     container.agents.transition(CTX, a.id, A.DECOMMISSION, "done")
@@ -423,7 +434,8 @@ def test_every_change_is_audited_in_order(container: Container) -> None:
         "agent.suspend",
     ]
     suspend = container.audit.find(AuditQuery(limit=50, type="agent.suspend")).items[0]
-    assert suspend.reason == "why not" and suspend.agent_id == a.id
+    assert suspend.reason == "why not"
+    assert suspend.agent_id == a.id
 
 
 @pytest.mark.parametrize(

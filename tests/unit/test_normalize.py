@@ -44,7 +44,7 @@ def test_invisible_and_control_characters_are_refused(raw: str) -> None:
 
 
 def test_mixed_script_confusable_is_refused() -> None:
-    # "раypal" with Cyrillic р and а: looks like "paypal".
+    # Cyrillic er and a followed by Latin "ypal": renders as "paypal".
     with pytest.raises(InvalidInput, match="mixes scripts"):
         ident("\u0440\u0430ypal")
 
