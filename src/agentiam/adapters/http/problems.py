@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
@@ -101,6 +102,19 @@ def install_problem_handlers(app: FastAPI) -> None:
             body, status_code=exc.status_code, media_type=PROBLEM_JSON, headers=exc.headers
         )
 
+    def on_database_error(request: Request, exc: Exception) -> JSONResponse:
+        # The transaction was rolled back: nothing was written. Say so without internals.
+        log.error(
+            "database error on %s %s: %s", request.method, request.url.path, type(exc).__name__
+        )
+        return problem_response(
+            ServiceUnavailable(
+                "the database could not complete the request; nothing was changed",
+                hint="Retry later; check /readyz.",
+            ),
+            request.url.path,
+        )
+
     def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         body = {
@@ -114,4 +128,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AgentIAMError, on_domain_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(DBAPIError, on_database_error)
     app.add_exception_handler(Exception, on_unexpected)

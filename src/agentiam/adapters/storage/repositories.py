@@ -395,11 +395,15 @@ class SqlAgentKeys:
             ) from None
 
     def get(self, agent_id: str, key_id: str) -> AgentKey | None:
+        """Find by key id (``key_…``) first, then by kid: an id always wins."""
         k = t.agent_keys
-        row = self._c.execute(
-            select(k).where(k.c.agent_id == agent_id, (k.c.id == key_id) | (k.c.kid == key_id))
-        ).first()
-        return self._row(row) if row else None
+        for column in (k.c.id, k.c.kid):
+            row = self._c.execute(
+                select(k).where(k.c.agent_id == agent_id, column == key_id)
+            ).first()
+            if row:
+                return self._row(row)
+        return None
 
     def list_for_agent(self, agent_id: str) -> list[AgentKey]:
         rows = self._c.execute(
