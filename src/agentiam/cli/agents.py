@@ -13,6 +13,7 @@ from agentiam.cli.common import cli_context, container
 from agentiam.cli.output import emit, fail, handle_errors
 from agentiam.core.identities.lifecycle import AgentStatus, LifecycleAction
 from agentiam.core.identities.models import AutonomyLevel
+from agentiam.core.identities.validation import validate_label_filters
 from agentiam.core.normalize import normalize_identifier
 from agentiam.ports import AgentQuery
 from agentiam.services.agents import NewAgent
@@ -109,14 +110,7 @@ def list_agents(
     """List agents, filtered."""
     with handle_errors(), container() as c:
         lim = c.settings.limits
-        labels: dict[str, str | None] = {}
-        for item in label or []:
-            key, sep, value = item.partition("=")
-            labels[normalize_identifier(key, field="label", max_length=lim.max_label_length)] = (
-                normalize_identifier(value, field="label", max_length=lim.max_label_length)
-                if sep
-                else None
-            )
+        labels = validate_label_filters(label or [], lim)
         env = (
             normalize_identifier(environment, field="environment", max_length=lim.max_name_length)
             if environment

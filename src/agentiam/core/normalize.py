@@ -68,7 +68,7 @@ def scripts_of(text: str) -> frozenset[str]:
     return frozenset(s for s in (_script_of(c) for c in text) if s is not None)
 
 
-def _check_characters(text: str, field: str) -> None:
+def _refuse_invisible(text: str, field: str) -> None:
     for char in text:
         category = unicodedata.category(char)
         if category in _FORBIDDEN_CATEGORIES:
@@ -76,6 +76,10 @@ def _check_characters(text: str, field: str) -> None:
                 f"{field} contains a forbidden character U+{ord(char):04X} ({category})",
                 hint="Remove control, zero-width and formatting characters.",
             )
+
+
+def _check_characters(text: str, field: str) -> None:
+    _refuse_invisible(text, field)
     scripts = scripts_of(text)
     if len(scripts) > 1 and not any(scripts <= allowed for allowed in _ALLOWED_SCRIPT_SETS):
         raise InvalidInput(
@@ -119,13 +123,7 @@ def normalize_display_text(
         raise InvalidInput(f"{field} must be a string")
     if len(value) > max_length * 4:
         raise InvalidInput(f"{field} is longer than {max_length} characters")
-    for char in value:
-        category = unicodedata.category(char)
-        if category in _FORBIDDEN_CATEGORIES:
-            raise InvalidInput(
-                f"{field} contains a forbidden character U+{ord(char):04X} ({category})",
-                hint="Remove control, zero-width and formatting characters.",
-            )
+    _refuse_invisible(value, field)
     text = " ".join(unicodedata.normalize("NFKC", value).split())
     if not text and not allow_empty:
         raise InvalidInput(f"{field} must not be empty")

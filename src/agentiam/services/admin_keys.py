@@ -14,7 +14,7 @@ from agentiam.core.access.admin_keys import (
     parse_admin_key,
     verify_admin_key,
 )
-from agentiam.core.audit.events import Actor, ActorType, AuditEvent, ResourceRef
+from agentiam.core.audit.events import Actor, ActorType, ResourceRef
 from agentiam.core.ids import new_id
 from agentiam.core.normalize import normalize_display_text
 from agentiam.errors import AuthenticationRequired, Conflict, InvalidInput, NotFound
@@ -65,11 +65,11 @@ class AdminKeyService:
             )
             uow.admin_keys.add(key)
             uow.audit.append(
-                self._event(
-                    ctx,
+                ctx.event(
                     "admin_key.created",
-                    key,
-                    {"name": label, "role": role.value, "prefix": prefix},
+                    now=now,
+                    resource=ResourceRef("admin_key", key.id),
+                    details={"name": label, "role": role.value, "prefix": prefix},
                 )
             )
             uow.commit()
@@ -98,7 +98,14 @@ class AdminKeyService:
                 raise Conflict(f"admin key {key.prefix} is already revoked")
             revoked = replace(key, revoked_at=now, revoked_by=ctx.actor.label)
             uow.admin_keys.update(revoked)
-            uow.audit.append(self._event(ctx, "admin_key.revoked", revoked, {"prefix": key.prefix}))
+            uow.audit.append(
+                ctx.event(
+                    "admin_key.revoked",
+                    now=now,
+                    resource=ResourceRef("admin_key", key.id),
+                    details={"prefix": key.prefix},
+                )
+            )
             uow.commit()
         return revoked
 
@@ -118,20 +125,6 @@ class AdminKeyService:
             ):
                 return key
         raise AuthenticationRequired("the admin API key is missing, invalid, expired or revoked")
-
-    def _event(
-        self, ctx: CallContext, type_: str, key: AdminKey, details: dict[str, str]
-    ) -> AuditEvent:
-        return AuditEvent.create(
-            type=type_,
-            actor=ctx.actor,
-            action=type_,
-            source=ctx.source,
-            trace=ctx.trace,
-            now=self._clock.now(),
-            resource=ResourceRef("admin_key", key.id),
-            details=details,
-        )
 
 
 def actor_for(key: AdminKey) -> Actor:

@@ -9,7 +9,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from agentiam.config import Limits
-from agentiam.core.audit.events import AuditEvent, ResourceRef
+from agentiam.core.audit.events import ResourceRef
 from agentiam.core.identities.keys import validate_public_jwk
 from agentiam.core.identities.lifecycle import AgentStatus, LifecycleAction, next_status
 from agentiam.core.identities.models import Agent, AgentKey, KeyStatus, Transition
@@ -169,7 +169,12 @@ class AgentService:
                 )
             uow.agents.add(agent)
             uow.audit.append(
-                self._event(ctx, "agent.created", agent, details=agent_summary(agent), now=now)
+                ctx.event(
+                    "agent.created",
+                    now=now,
+                    resource=ResourceRef("agent", agent.id),
+                    details=agent_summary(agent),
+                )
             )
             for jwk in keys:
                 self._insert_key(uow, ctx, agent, jwk.kid, jwk.alg, dict(jwk.jwk), jwk.thumbprint)
@@ -302,7 +307,12 @@ class AgentService:
             before, after = agent_summary(current), agent_summary(updated)
             diff = {k: {"from": before[k], "to": after[k]} for k in after if before[k] != after[k]}
             uow.audit.append(
-                self._event(ctx, "agent.updated", updated, details={"changes": diff}, now=now)
+                ctx.event(
+                    "agent.updated",
+                    now=now,
+                    resource=ResourceRef("agent", agent_id),
+                    details={"changes": diff},
+                )
             )
             uow.commit()
         return updated
@@ -353,10 +363,9 @@ class AgentService:
             )
         )
         uow.audit.append(
-            self._event(
-                ctx,
+            ctx.event(
                 f"agent.{action.value}",
-                updated,
+                resource=ResourceRef("agent", updated.id),
                 details={"from": agent.status.value, "to": target.value},
                 now=now,
                 reason=reason,
@@ -445,10 +454,9 @@ class AgentService:
         )
         uow.agent_keys.add(key)
         uow.audit.append(
-            self._event(
-                ctx,
+            ctx.event(
                 "agent.key.added",
-                agent,
+                resource=ResourceRef("agent", agent.id),
                 details={"key_id": key.id, "kid": kid, "alg": alg, "jkt": thumbprint},
                 now=now,
             )
@@ -489,36 +497,12 @@ class AgentService:
         )
         uow.agent_keys.update(retired)
         uow.audit.append(
-            self._event(
-                ctx,
+            ctx.event(
                 "agent.key.retired",
-                agent,
+                resource=ResourceRef("agent", agent.id),
                 details={"key_id": key.id, "kid": key.kid},
                 now=now,
                 reason=reason,
             )
         )
         return retired
-
-    def _event(
-        self,
-        ctx: CallContext,
-        type_: str,
-        agent: Agent,
-        *,
-        details: dict[str, Any],
-        now: datetime,
-        reason: str | None = None,
-    ) -> AuditEvent:
-        return AuditEvent.create(
-            type=type_,
-            actor=ctx.actor,
-            action=type_,
-            source=ctx.source,
-            trace=ctx.trace,
-            now=now,
-            resource=ResourceRef("agent", agent.id),
-            agent_id=agent.id,
-            reason=reason,
-            details=details,
-        )

@@ -33,16 +33,12 @@ class AuditService:
         reason: str | None = None,
         details: dict[str, Any] | None = None,
     ) -> AuditEvent:
-        event = AuditEvent.create(
-            type=type,
-            actor=ctx.actor,
-            action=action,
-            source=ctx.source,
-            trace=ctx.trace,
+        event = ctx.event(
+            type,
             now=self._clock.now(),
+            action=action,
             outcome=outcome,
             resource=resource,
-            agent_id=resource.id if resource and resource.type == "agent" else None,
             reason=reason,
             details=details,
         )

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from agentiam.core.audit.events import Actor, ActorType, TraceContext
+from agentiam.core.audit.events import (
+    Actor,
+    ActorType,
+    AuditEvent,
+    Outcome,
+    ResourceRef,
+    TraceContext,
+)
 
 __all__ = ["SYSTEM", "CallContext", "SystemClock"]
 
@@ -21,6 +30,32 @@ class CallContext:
     @classmethod
     def system(cls, source: str) -> CallContext:
         return cls(actor=SYSTEM, source=source, trace=TraceContext.new())
+
+    def event(
+        self,
+        type_: str,
+        *,
+        now: datetime,
+        resource: ResourceRef | None = None,
+        outcome: Outcome = Outcome.SUCCESS,
+        action: str | None = None,
+        reason: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditEvent:
+        """An audit event done by this caller; an agent resource also sets ``agent_id``."""
+        return AuditEvent.create(
+            type=type_,
+            actor=self.actor,
+            action=action or type_,
+            source=self.source,
+            trace=self.trace,
+            now=now,
+            outcome=outcome,
+            resource=resource,
+            agent_id=resource.id if resource is not None and resource.type == "agent" else None,
+            reason=reason,
+            details=details,
+        )
 
 
 class SystemClock:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from agentiam.config import Limits
-from agentiam.core.audit.events import AuditEvent, ResourceRef
+from agentiam.core.audit.events import ResourceRef
 from agentiam.core.identities.models import Human
 from agentiam.core.identities.validation import validate_email, validate_external_identity
 from agentiam.core.ids import new_id
@@ -69,7 +69,14 @@ class HumanService:
         )
         with self._uow() as uow:
             uow.humans.add(human)
-            uow.audit.append(self._event(ctx, "human.created", human, _human_details(human)))
+            uow.audit.append(
+                ctx.event(
+                    "human.created",
+                    now=now,
+                    resource=ResourceRef("human", human.id),
+                    details=_human_details(human),
+                )
+            )
             uow.commit()
         return human
 
@@ -116,20 +123,13 @@ class HumanService:
             uow.humans.update(updated, expected_version=current.version)
             before, after = _human_details(current), _human_details(updated)
             diff = {k: {"from": before[k], "to": after[k]} for k in after if before[k] != after[k]}
-            uow.audit.append(self._event(ctx, "human.updated", updated, {"changes": diff}))
+            uow.audit.append(
+                ctx.event(
+                    "human.updated",
+                    now=updated.updated_at,
+                    resource=ResourceRef("human", human_id),
+                    details={"changes": diff},
+                )
+            )
             uow.commit()
         return updated
-
-    def _event(
-        self, ctx: CallContext, type_: str, human: Human, details: dict[str, Any]
-    ) -> AuditEvent:
-        return AuditEvent.create(
-            type=type_,
-            actor=ctx.actor,
-            action=type_,
-            source=ctx.source,
-            trace=ctx.trace,
-            now=self._clock.now(),
-            resource=ResourceRef("human", human.id),
-            details=details,
-        )

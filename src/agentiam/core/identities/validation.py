@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +20,7 @@ __all__ = [
     "validate_autonomy",
     "validate_email",
     "validate_external_identity",
+    "validate_label_filters",
     "validate_labels",
     "validate_reason",
     "validate_runtime",
@@ -105,6 +106,22 @@ def validate_labels(value: Mapping[str, str] | None, limits: Limits) -> dict[str
             raise InvalidInput(f"label key {k!r} appears twice after normalisation")
         labels[k] = v
     return labels
+
+
+def validate_label_filters(items: Sequence[str], limits: Limits) -> dict[str, str | None]:
+    """Parse list filters ``key`` (label present) or ``key=value`` (label equals)."""
+    filters: dict[str, str | None] = {}
+    for item in items:
+        if len(item) > 2 * limits.max_label_length + 1:
+            raise InvalidInput("label filter is too long")
+        key, sep, value = item.partition("=")
+        k = normalize_identifier(key, field="label key", max_length=limits.max_label_length)
+        filters[k] = (
+            normalize_identifier(value, field="label value", max_length=limits.max_label_length)
+            if sep
+            else None
+        )
+    return filters
 
 
 def validate_reason(value: str | None, limits: Limits, *, required: bool = True) -> str:

@@ -25,8 +25,8 @@ from agentiam.adapters.http.security import container_of, require
 from agentiam.core.access.admin_keys import Permission
 from agentiam.core.audit.events import ResourceRef
 from agentiam.core.identities.lifecycle import AgentStatus, LifecycleAction
+from agentiam.core.identities.validation import validate_label_filters
 from agentiam.core.normalize import normalize_identifier
-from agentiam.errors import BadRequest
 from agentiam.ports import AgentQuery
 from agentiam.services.agents import AgentChanges, NewAgent
 from agentiam.services.context import CallContext
@@ -77,17 +77,7 @@ def list_agents(
 ) -> AgentPage:
     c = container_of(request)
     lim = c.settings.limits
-    labels: dict[str, str | None] = {}
-    for item in label or []:
-        if len(item) > 2 * lim.max_label_length + 1:
-            raise BadRequest("label filter is too long")
-        key, sep, value = item.partition("=")
-        k = normalize_identifier(key, field="label key", max_length=lim.max_label_length)
-        labels[k] = (
-            normalize_identifier(value, field="label value", max_length=lim.max_label_length)
-            if sep
-            else None
-        )
+    labels = validate_label_filters(label or [], lim)
     query = AgentQuery(
         limit=limit,
         after=decode_cursor("a", cursor),
