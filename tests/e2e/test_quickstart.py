@@ -175,6 +175,15 @@ def test_cli_errors_name_a_next_step(sqlite_url: str) -> None:
     assert "next:" in result.stderr
     listed = json.loads(cli(env, "agents", "list", "--status", "pending", "--json").stdout)
     assert [a["name"] for a in listed] == ["bot"]
+    changed = json.loads(
+        cli(env, "agents", "update", "bot", "--label", "tier=gold", "--autonomy", "suggest",
+            "--json").stdout
+    )  # fmt: skip
+    assert changed["labels"] == {"tier": "gold"}
+    assert changed["autonomy"] == "suggest"
+    result = cli(env, "agents", "update", "bot", "--owner", "hum_nobody", check=False)
+    assert result.returncode == 1
+    assert "do not exist" in result.stderr
 
 
 def test_admin_keys_cli_create_list_revoke(sqlite_url: str) -> None:

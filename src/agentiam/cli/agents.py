@@ -16,7 +16,7 @@ from agentiam.core.identities.models import AutonomyLevel
 from agentiam.core.identities.validation import validate_label_filters
 from agentiam.core.normalize import normalize_identifier
 from agentiam.ports import AgentQuery
-from agentiam.services.agents import NewAgent
+from agentiam.services.agents import AgentChanges, NewAgent
 
 app = typer.Typer(help="Agents: registration, lifecycle, keys.", no_args_is_help=True)
 keys_app = typer.Typer(help="An agent's public keys.", no_args_is_help=True)
@@ -148,6 +148,37 @@ def show(agent: AgentRef, as_json: JsonOpt = False) -> None:
         columns=["at", "action", "from_status", "to_status", "actor", "reason"],
         title="Lifecycle",
     )
+
+
+@app.command()
+def update(
+    agent: AgentRef,
+    owner: Annotated[
+        list[str] | None, typer.Option("--owner", "-o", help="Replace owners; repeatable.")
+    ] = None,
+    purpose: Annotated[str | None, typer.Option()] = None,
+    environment: Annotated[str | None, typer.Option("--environment", "-e")] = None,
+    autonomy: Annotated[AutonomyLevel | None, typer.Option()] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", "-l", help="Replace labels; key=value.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change an agent's owners, purpose, environment, autonomy or labels."""
+    with handle_errors(), container() as c:
+        found = c.agents.resolve(agent)
+        changed = c.agents.update(
+            cli_context(),
+            found.id,
+            AgentChanges(
+                owners=owner,
+                purpose=purpose,
+                environment=environment,
+                autonomy=autonomy.value if autonomy else None,
+                labels=_labels(label) if label is not None else None,
+            ),
+        )
+    emit(AgentOut.of(changed), as_json=as_json, columns=COLUMNS)
 
 
 def _transition(agent: str, action: LifecycleAction, reason: str | None, as_json: bool) -> None:
