@@ -50,6 +50,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         _configure_sqlite(engine)
         return engine
     if backend == "postgresql":
+        try:
+            import psycopg  # noqa: F401 - only to give a clear message when it is missing
+        except ImportError:
+            raise InvalidInput(
+                "PostgreSQL support is not installed",
+                hint="Install it with: pip install 'agentiam[postgres]'",
+            ) from None
         return create_engine(url, pool_pre_ping=True, **kwargs)
     raise InvalidInput(
         f"unsupported database {backend!r}",
