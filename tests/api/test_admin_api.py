@@ -112,6 +112,16 @@ def test_operator_cannot_manage_admin_keys(live: Live) -> None:
         assert op.get("/v1/admin-keys").status_code == 200
 
 
+@pytest.mark.parametrize(
+    "expires_at", ["2030-01-01T00:00:00", "2000-01-01T00:00:00Z", "tomorrow", 1700000000]
+)
+def test_admin_key_expiry_must_be_a_future_aware_time(admin: httpx.Client, expires_at: Any) -> None:
+    r = admin.post(
+        "/v1/admin-keys", json={"name": "x", "role": "auditor", "expires_at": expires_at}
+    )
+    assert_problem(r, 422)
+
+
 def test_admin_key_secret_is_shown_once_and_never_stored(live: Live, admin: httpx.Client) -> None:
     r = admin.post("/v1/admin-keys", json={"name": "ci", "role": "auditor"})
     assert r.status_code == 201

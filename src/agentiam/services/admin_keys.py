@@ -43,6 +43,10 @@ class AdminKeyService:
         except ValueError:
             raise InvalidInput(f"role must be one of {', '.join(r.value for r in Role)}") from None
         now = self._clock.now()
+        if expires_at is not None and expires_at.tzinfo is None:
+            raise InvalidInput(
+                "expires_at needs a time zone", hint="Use e.g. 2027-01-01T00:00:00Z."
+            )
         if expires_at is not None and expires_at <= now:
             raise InvalidInput("expires_at must be in the future")
         label = normalize_display_text(name, field="name", max_length=100)

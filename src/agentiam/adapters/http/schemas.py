@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from agentiam.core.access.admin_keys import AdminKey, IssuedAdminKey, Role
 from agentiam.core.identities.lifecycle import AgentStatus
@@ -236,7 +236,7 @@ class TransitionOut(_Out):
 class AdminKeyCreate(_In):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     role: Role
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = Field(default=None, description="With a time zone.")
 
 
 class AdminKeyOut(_Out):
