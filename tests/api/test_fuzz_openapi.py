@@ -1,0 +1,126 @@
+"""Schemathesis against the live OpenAPI document of a real server: no input, however
+malformed, gets a 5xx. Bounded: a fixed number of generated examples per operation and
+generation mode (valid per the schema, and deliberately invalid).
+
+Schemathesis's pytest plugin does not run on pytest 9 (it writes ``node._nodeid``), so
+the cases come from its Hypothesis strategies (``APIOperation.as_strategy``), which is
+its documented way to use it inside other tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from tests.support.live import serve_in_thread
+
+from agentiam.adapters.http.app import create_app
+from agentiam.adapters.storage import migrate
+from agentiam.bootstrap import build
+from agentiam.config import Settings
+from agentiam.services.agents import NewAgent
+from agentiam.services.context import CallContext
+from agentiam.services.humans import NewHuman
+
+EXAMPLES = {GenerationMode.POSITIVE: 25, GenerationMode.NEGATIVE: 15}
+PUBLIC = {"/healthz", "/readyz"}
+
+
+@dataclass
+class Fuzzed:
+    url: str
+    token: str
+    operations: list[Any]
+
+
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
+    path: Path = tmp_path_factory.mktemp("fuzz") / "agentiam.db"
+    c = build(Settings(database_url=f"sqlite:///{path}"))
+    migrate.upgrade(c.engine)
+    ctx = CallContext.system("fuzz")
+    issued = c.admin_keys.ensure_bootstrap_key(ctx)
+    assert issued is not None
+    owner = c.humans.create(ctx, NewHuman(display_name="Ada", email="ada@example.com"))
+    c.agents.register(
+        ctx,
+        NewAgent(
+            name="seed-agent", owners=[owner.id], purpose="seed", environment="staging",
+            activate=True,
+        ),
+    )  # fmt: skip
+    with serve_in_thread(create_app(c)) as url:
+        schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+        operations = [result.ok() for result in schema.get_all_operations()]
+        yield Fuzzed(url=url, token=issued.secret, operations=operations)
+    c.close()
+
+
+def _run(fuzzed: Fuzzed, mode: GenerationMode, headers: dict[str, str], check: Any) -> int:
+    """Run ``check`` on generated cases of every operation; return how many operations
+    got at least one case (an operation with no inputs has no invalid variant)."""
+    covered = 0
+    for operation in fuzzed.operations:
+        ran = 0
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(
+            max_examples=EXAMPLES[mode],
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
+        def exercise(case: schemathesis.Case) -> None:
+            nonlocal ran
+            ran += 1
+            check(case)
+
+        try:
+            exercise()
+        except Unsatisfiable:
+            if mode is GenerationMode.POSITIVE:
+                raise
+        covered += ran > 0
+    return covered
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_no_server_error_when_authenticated(fuzzed: Fuzzed, mode: GenerationMode) -> None:
+    headers = {"Authorization": f"Bearer {fuzzed.token}"}
+
+    def check(case: schemathesis.Case) -> None:
+        case.call_and_validate(
+            base_url=fuzzed.url, headers=headers, checks=[not_a_server_error], timeout=10
+        )
+
+    assert len(fuzzed.operations) >= 20
+    covered = _run(fuzzed, mode, headers, check)
+    if mode is GenerationMode.POSITIVE:
+        assert covered == len(fuzzed.operations)
+    else:  # all but the input-less operations (healthz, readyz, metrics, admin-keys list)
+        assert covered >= len(fuzzed.operations) - 4
+
+
+def test_every_protected_operation_refuses_anonymous_callers(fuzzed: Fuzzed) -> None:
+    def check(case: schemathesis.Case) -> None:
+        case.headers = {
+            k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"
+        }
+        response = case.call(base_url=fuzzed.url, timeout=10)
+        assert response.status_code < 500, response.text
+        if case.operation.path not in PUBLIC:
+            # Authentication runs before any input is validated: always a 401 problem.
+            assert response.status_code == 401, response.text
+            (content_type,) = response.headers["content-type"]
+            assert content_type.startswith("application/problem+json")
+
+    assert _run(fuzzed, GenerationMode.POSITIVE, {}, check) == len(fuzzed.operations)
