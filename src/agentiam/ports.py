@@ -54,6 +54,7 @@ class AgentQuery:
     limit: int
     after: str | None = None
     owner: str | None = None
+    sponsor: str | None = None
     status: AgentStatus | None = None
     environment: str | None = None
     labels: dict[str, str | None] = field(default_factory=dict)

@@ -280,6 +280,12 @@ def test_lists_filter_and_page_with_cursors(admin: httpx.Client) -> None:
     assert names(label="team=payments") == {"bot-1", "bot-3"}
     assert names(owner=ada["id"]) == {"bot-0", "bot-1"}
     assert names(owner=ada["id"], label="team=risk") == {"bot-0"}
+    sponsored = admin.patch(
+        "/v1/agents/" + admin.get("/v1/agents", params={"limit": 1}).json()["items"][0]["id"],
+        json={"sponsors": [grace["id"]]},
+    ).json()
+    assert sponsored["sponsors"] == [grace["id"]]
+    assert names(sponsor=grace["id"]) == {sponsored["name"]}
     assert names(status="pending", environment="PRODUCTION") == {f"bot-{i}" for i in range(5)}
     assert_problem(admin.get("/v1/agents", params={"cursor": "garbage!"}), 400)
     human_cursor = admin.get("/v1/humans", params={"limit": 1}).json()["next_cursor"]

@@ -230,6 +230,25 @@ def test_update_changes_fields_and_keeps_name(container: Container) -> None:
         container.agents.update(CTX, a.id, AgentChanges(owners=[]))
 
 
+def test_sponsors_are_optional_existing_humans_and_filterable(container: Container) -> None:
+    owner, sponsor = human(container), human(container, "cfo@example.com")
+    a = agent(container, owner, sponsors=[sponsor.id])
+    b = agent(container, owner, name="no-sponsor")
+    assert container.agents.get(a.id).sponsors == (sponsor.id,)
+    assert b.sponsors == ()
+    found = container.agents.find(AgentQuery(limit=10, sponsor=sponsor.id)).items
+    assert [x.id for x in found] == [a.id]
+    # a sponsor is not an owner, and the owner filter does not match sponsors
+    assert container.agents.find(AgentQuery(limit=10, owner=sponsor.id)).items == []
+    before = snapshot(container)
+    with pytest.raises(InvalidInput, match="sponsors do not exist"):
+        agent(container, owner, name="ghost", sponsors=["hum_ghost"])
+    assert snapshot(container) == before
+    cleared = container.agents.update(CTX, a.id, AgentChanges(sponsors=[]))
+    assert cleared.sponsors == ()
+    assert cleared.owners == (owner.id,)
+
+
 def test_stale_version_is_refused(container: Container) -> None:
     from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
 

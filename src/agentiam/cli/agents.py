@@ -25,7 +25,9 @@ app.add_typer(keys_app, name="keys")
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 AgentRef = Annotated[str, typer.Argument(help="Agent id (agt_…) or name.")]
 Reason = Annotated[str, typer.Option("--reason", "-r", help="Why (recorded in the audit trail).")]
-COLUMNS = ["id", "name", "status", "environment", "owners", "autonomy", "labels", "expires_at"]
+COLUMNS = [
+    "id", "name", "status", "environment", "owners", "sponsors", "autonomy", "labels", "expires_at"
+]  # fmt: skip
 KEY_COLUMNS = ["id", "kid", "alg", "status", "thumbprint", "created_at", "retired_at"]
 
 
@@ -55,6 +57,9 @@ def create(
     owner: Annotated[
         list[str] | None, typer.Option("--owner", "-o", help="Human id; repeat for several.")
     ] = None,
+    sponsor: Annotated[
+        list[str] | None, typer.Option("--sponsor", help="Sponsor human id; repeatable.")
+    ] = None,
     purpose: Annotated[str, typer.Option(help="What the agent is for.")] = "",
     environment: Annotated[str, typer.Option("--environment", "-e")] = "",
     autonomy: Annotated[AutonomyLevel, typer.Option()] = AutonomyLevel.APPROVE_EACH,
@@ -82,6 +87,7 @@ def create(
             NewAgent(
                 name=name,
                 owners=owner or [],
+                sponsors=sponsor or [],
                 purpose=purpose,
                 environment=environment,
                 autonomy=autonomy.value,
@@ -99,6 +105,7 @@ def create(
 @app.command("list")
 def list_agents(
     owner: Annotated[str | None, typer.Option(help="Owner human id.")] = None,
+    sponsor: Annotated[str | None, typer.Option(help="Sponsor human id.")] = None,
     status: Annotated[AgentStatus | None, typer.Option()] = None,
     environment: Annotated[str | None, typer.Option("--environment", "-e")] = None,
     label: Annotated[
@@ -117,7 +124,14 @@ def list_agents(
             else None
         )
         page = c.agents.find(
-            AgentQuery(limit=limit, owner=owner, status=status, environment=env, labels=labels)
+            AgentQuery(
+                limit=limit,
+                owner=owner,
+                sponsor=sponsor,
+                status=status,
+                environment=env,
+                labels=labels,
+            )
         )
     emit([AgentOut.of(a) for a in page.items], as_json=as_json, columns=COLUMNS, title="Agents")
 
@@ -156,6 +170,9 @@ def update(
     owner: Annotated[
         list[str] | None, typer.Option("--owner", "-o", help="Replace owners; repeatable.")
     ] = None,
+    sponsor: Annotated[
+        list[str] | None, typer.Option("--sponsor", help="Replace sponsors; repeatable.")
+    ] = None,
     purpose: Annotated[str | None, typer.Option()] = None,
     environment: Annotated[str | None, typer.Option("--environment", "-e")] = None,
     autonomy: Annotated[AutonomyLevel | None, typer.Option()] = None,
@@ -172,6 +189,7 @@ def update(
             found.id,
             AgentChanges(
                 owners=owner,
+                sponsors=sponsor,
                 purpose=purpose,
                 environment=environment,
                 autonomy=autonomy.value if autonomy else None,

@@ -43,6 +43,7 @@ class NewAgent:
     ttl_seconds: int | None = None
     activate: bool = False
     keys: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
+    sponsors: Sequence[str] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,7 @@ class AgentChanges:
     runtime: Mapping[str, Any] | None = None
     labels: Mapping[str, str] | None = None
     next_access_review: date | None = None
+    sponsors: Sequence[str] | None = None
 
 
 def agent_summary(agent: Agent) -> dict[str, Any]:
@@ -63,6 +65,7 @@ def agent_summary(agent: Agent) -> dict[str, Any]:
     return {
         "name": agent.name,
         "owners": list(agent.owners),
+        "sponsors": list(agent.sponsors),
         "purpose": agent.purpose,
         "environment": agent.environment,
         "autonomy": agent.autonomy.value,
@@ -145,11 +148,13 @@ class AgentService:
                     )
                 if not owners:
                     owners = list(parent.owners)
-            owners_t = self._check_owners(uow, owners)
+            owners_t = self._check_humans(uow, owners, "owners", required=True)
+            sponsors_t = self._check_humans(uow, spec.sponsors, "sponsors", required=False)
             agent = Agent(
                 id=new_id("agent"),
                 name=name,
                 owners=owners_t,
+                sponsors=sponsors_t,
                 purpose=purpose,
                 environment=environment,
                 autonomy=autonomy,
@@ -206,19 +211,22 @@ class AgentService:
             raise InvalidInput(f"agent nesting is capped at depth {self._limits.max_agent_depth}")
         return parent
 
-    def _check_owners(self, uow: UnitOfWork, owners: Sequence[str]) -> tuple[str, ...]:
-        unique = tuple(dict.fromkeys(owners))
-        if not unique:
+    def _check_humans(
+        self, uow: UnitOfWork, human_ids: Sequence[str], role: str, *, required: bool
+    ) -> tuple[str, ...]:
+        """Owners (at least one) and sponsors (optional) must be existing humans."""
+        unique = tuple(dict.fromkeys(human_ids))
+        if required and not unique:
             raise InvalidInput(
                 "an agent needs at least one human owner",
                 hint="Create the owner with 'agentiam humans create' and pass its id.",
             )
         if len(unique) > self._limits.max_owners:
-            raise InvalidInput(f"at most {self._limits.max_owners} owners are allowed")
+            raise InvalidInput(f"at most {self._limits.max_owners} {role} are allowed")
         missing = set(unique) - uow.humans.existing(unique)
         if missing:
             raise InvalidInput(
-                f"owners do not exist: {', '.join(sorted(missing))}",
+                f"{role} do not exist: {', '.join(sorted(missing))}",
                 hint="Owners are human ids (hum_…); list them with 'agentiam humans list'.",
             )
         return unique
@@ -272,7 +280,15 @@ class AgentService:
                 raise InvalidTransition(f"agent {agent_id} is decommissioned and cannot change")
             updated = current
             if changes.owners is not None:
-                updated = replace(updated, owners=self._check_owners(uow, changes.owners))
+                updated = replace(
+                    updated,
+                    owners=self._check_humans(uow, changes.owners, "owners", required=True),
+                )
+            if changes.sponsors is not None:
+                updated = replace(
+                    updated,
+                    sponsors=self._check_humans(uow, changes.sponsors, "sponsors", required=False),
+                )
             if changes.purpose is not None:
                 updated = replace(
                     updated,

@@ -88,6 +88,9 @@ class AgentCreate(_In):
     owners: Annotated[list[Id], Field(max_length=16)] = Field(
         default_factory=list, description="Human ids; required unless parent_id is given."
     )
+    sponsors: Annotated[list[Id], Field(max_length=16)] = Field(
+        default_factory=list, description="Human ids of accountable sponsors (optional)."
+    )
     purpose: Text
     environment: Name
     autonomy: AutonomyLevel = AutonomyLevel.APPROVE_EACH
@@ -105,6 +108,7 @@ class AgentCreate(_In):
 
 class AgentUpdate(_In):
     owners: Annotated[list[Id], Field(min_length=1, max_length=16)] | None = None
+    sponsors: Annotated[list[Id], Field(max_length=16)] | None = None
     purpose: Text | None = None
     environment: Name | None = None
     autonomy: AutonomyLevel | None = None
@@ -137,6 +141,7 @@ class AgentOut(_Out):
     id: str
     name: str
     owners: list[str]
+    sponsors: list[str]
     purpose: str
     environment: str
     autonomy: AutonomyLevel
@@ -157,6 +162,7 @@ class AgentOut(_Out):
             id=a.id,
             name=a.name,
             owners=list(a.owners),
+            sponsors=list(a.sponsors),
             purpose=a.purpose,
             environment=a.environment,
             autonomy=a.autonomy,

@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 
+OWNER, SPONSOR = "owner", "sponsor"
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -156,13 +159,12 @@ class SqlAgents:
         if not rows:
             return []
         ids = [r.id for r in rows]
-        owners: dict[str, list[str]] = defaultdict(list)
+        people: dict[tuple[str, str], list[str]] = defaultdict(list)
+        ah = t.agent_humans
         for o in self._c.execute(
-            select(t.agent_owners)
-            .where(t.agent_owners.c.agent_id.in_(ids))
-            .order_by(t.agent_owners.c.agent_id, t.agent_owners.c.position)
+            select(ah).where(ah.c.agent_id.in_(ids)).order_by(ah.c.agent_id, ah.c.position)
         ):
-            owners[o.agent_id].append(o.human_id)
+            people[(o.agent_id, o.relation)].append(o.human_id)
         labels: dict[str, dict[str, str]] = defaultdict(dict)
         for lab in self._c.execute(
             select(t.agent_labels).where(t.agent_labels.c.agent_id.in_(ids))
@@ -175,7 +177,8 @@ class SqlAgents:
                 Agent(
                     id=r.id,
                     name=r.name,
-                    owners=tuple(owners[r.id]),
+                    owners=tuple(people[(r.id, OWNER)]),
+                    sponsors=tuple(people[(r.id, SPONSOR)]),
                     purpose=r.purpose,
                     environment=r.environment,
                     autonomy=AutonomyLevel(r.autonomy),
@@ -217,13 +220,14 @@ class SqlAgents:
         }
 
     def _write_relations(self, agent: Agent) -> None:
-        self._c.execute(delete(t.agent_owners).where(t.agent_owners.c.agent_id == agent.id))
+        self._c.execute(delete(t.agent_humans).where(t.agent_humans.c.agent_id == agent.id))
         self._c.execute(delete(t.agent_labels).where(t.agent_labels.c.agent_id == agent.id))
         self._c.execute(
-            insert(t.agent_owners),
+            insert(t.agent_humans),
             [
-                {"agent_id": agent.id, "human_id": h, "position": i}
-                for i, h in enumerate(agent.owners)
+                {"agent_id": agent.id, "relation": relation, "human_id": h, "position": i}
+                for relation, people in ((OWNER, agent.owners), (SPONSOR, agent.sponsors))
+                for i, h in enumerate(people)
             ],
         )
         if agent.labels:
@@ -275,9 +279,16 @@ class SqlAgents:
             stmt = stmt.where(a.c.environment == query.environment)
         if query.parent_id is not None:
             stmt = stmt.where(a.c.parent_id == query.parent_id)
-        if query.owner is not None:
-            o = t.agent_owners
-            stmt = stmt.where(exists().where(o.c.agent_id == a.c.id, o.c.human_id == query.owner))
+        for relation, human_id in ((OWNER, query.owner), (SPONSOR, query.sponsor)):
+            if human_id is not None:
+                ah = t.agent_humans
+                stmt = stmt.where(
+                    exists().where(
+                        ah.c.agent_id == a.c.id,
+                        ah.c.relation == relation,
+                        ah.c.human_id == human_id,
+                    )
+                )
         for key, value in query.labels.items():
             lab = t.agent_labels
             cond = and_(lab.c.agent_id == a.c.id, lab.c.key == key)

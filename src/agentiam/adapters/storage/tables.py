@@ -25,9 +25,9 @@ from sqlalchemy import (
 
 __all__ = [
     "admin_keys",
+    "agent_humans",
     "agent_keys",
     "agent_labels",
-    "agent_owners",
     "agent_transitions",
     "agents",
     "audit_events",
@@ -102,12 +102,16 @@ agents = Table(
     Column("version", Integer, nullable=False),
 )
 
-agent_owners = Table(
-    "agent_owners",
+# The humans accountable for an agent: ``relation`` is "owner" (one or more, required)
+# or "sponsor" (optional).
+agent_humans = Table(
+    "agent_humans",
     metadata,
     Column("agent_id", ID, ForeignKey("agents.id"), primary_key=True),
-    Column("human_id", ID, ForeignKey("humans.id"), primary_key=True, index=True),
+    Column("relation", String(16), primary_key=True),
+    Column("human_id", ID, ForeignKey("humans.id"), primary_key=True),
     Column("position", Integer, nullable=False),
+    Index("ix_agent_humans_human_id_relation", "human_id", "relation"),
 )
 
 agent_labels = Table(

@@ -82,6 +82,7 @@ class Agent:
     updated_at: datetime
     parent_id: str | None = None
     expires_at: datetime | None = None
+    sponsors: tuple[str, ...] = ()
     version: int = 1
 
     @property

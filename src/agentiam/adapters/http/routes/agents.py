@@ -45,6 +45,7 @@ def register_agent(body: AgentCreate, request: Request, ctx: Write) -> AgentOut:
         NewAgent(
             name=body.name,
             owners=body.owners,
+            sponsors=body.sponsors,
             purpose=body.purpose,
             environment=body.environment,
             autonomy=body.autonomy.value,
@@ -65,6 +66,7 @@ def list_agents(
     request: Request,
     ctx: Read,
     owner: Annotated[str | None, Query(max_length=64)] = None,
+    sponsor: Annotated[str | None, Query(max_length=64)] = None,
     status: AgentStatus | None = None,
     environment: Annotated[str | None, Query(max_length=63)] = None,
     label: Annotated[
@@ -82,6 +84,7 @@ def list_agents(
         limit=limit,
         after=decode_cursor("a", cursor),
         owner=owner,
+        sponsor=sponsor,
         status=status,
         environment=(
             normalize_identifier(environment, field="environment", max_length=lim.max_name_length)
@@ -98,6 +101,7 @@ def list_agents(
         "agents.list",
         details={
             "owner": owner,
+            "sponsor": sponsor,
             "status": status.value if status else None,
             "environment": query.environment,
             "labels": labels,
@@ -123,6 +127,7 @@ def update_agent(agent_id: IdPath, body: AgentUpdate, request: Request, ctx: Wri
         agent_id,
         AgentChanges(
             owners=body.owners,
+            sponsors=body.sponsors,
             purpose=body.purpose,
             environment=body.environment,
             autonomy=body.autonomy.value if body.autonomy else None,

@@ -1,4 +1,4 @@
-"""Identity registry: humans, agents, owners, labels, keys, transitions, admin keys,
+"""Identity registry: humans, agents, owners and sponsors, labels, keys, transitions, admin keys,
 append-only audit events.
 
 Revision ID: 0001
@@ -64,19 +64,20 @@ def upgrade() -> None:
     op.create_index("ix_agents_parent_id", "agents", ["parent_id"])
     op.create_index("ix_agents_expires_at", "agents", ["expires_at"])
     op.create_table(
-        "agent_owners",
+        "agent_humans",
         sa.Column("agent_id", ID, nullable=False),
+        sa.Column("relation", sa.String(16), nullable=False),
         sa.Column("human_id", ID, nullable=False),
         sa.Column("position", sa.Integer, nullable=False),
-        sa.PrimaryKeyConstraint("agent_id", "human_id", name="pk_agent_owners"),
+        sa.PrimaryKeyConstraint("agent_id", "relation", "human_id", name="pk_agent_humans"),
         sa.ForeignKeyConstraint(
-            ["agent_id"], ["agents.id"], name="fk_agent_owners_agent_id_agents"
+            ["agent_id"], ["agents.id"], name="fk_agent_humans_agent_id_agents"
         ),
         sa.ForeignKeyConstraint(
-            ["human_id"], ["humans.id"], name="fk_agent_owners_human_id_humans"
+            ["human_id"], ["humans.id"], name="fk_agent_humans_human_id_humans"
         ),
     )
-    op.create_index("ix_agent_owners_human_id", "agent_owners", ["human_id"])
+    op.create_index("ix_agent_humans_human_id_relation", "agent_humans", ["human_id", "relation"])
     op.create_table(
         "agent_labels",
         sa.Column("agent_id", ID, nullable=False),
