@@ -371,6 +371,23 @@ def test_ephemeral_rules_are_enforced(
     assert snapshot(container) == before
 
 
+def test_ephemeral_nesting_depth_is_capped(container: Container) -> None:
+    owner = human(container)
+    chain = [agent(container, owner, name="root", activate=True)]
+    depth = container.settings.limits.max_agent_depth
+    for i in range(1, depth):
+        chain.append(
+            agent(
+                container, owner, name=f"level-{i}", parent_id=chain[-1].id, ttl_seconds=600,
+                activate=True,
+            )
+        )  # fmt: skip
+    before = snapshot(container)
+    with pytest.raises(InvalidInput, match="depth"):
+        agent(container, owner, name="too-deep", parent_id=chain[-1].id, ttl_seconds=60)
+    assert snapshot(container) == before
+
+
 def test_child_of_inactive_parent_is_refused(container: Container) -> None:
     owner = human(container)
     parent = agent(container, owner, name="planner")  # pending

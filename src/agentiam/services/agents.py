@@ -10,7 +10,7 @@ from typing import Any
 
 from agentiam.config import Limits
 from agentiam.core.audit.events import ResourceRef
-from agentiam.core.identities.keys import validate_public_jwk
+from agentiam.core.identities.keys import ValidatedJwk, validate_public_jwk
 from agentiam.core.identities.lifecycle import AgentStatus, LifecycleAction, next_status
 from agentiam.core.identities.models import Agent, AgentKey, KeyStatus, Transition
 from agentiam.core.identities.validation import (
@@ -167,12 +167,7 @@ class AgentService:
                 parent_id=spec.parent_id,
                 expires_at=expires_at,
             )
-            if uow.agents.get_by_name(name) is not None:
-                raise Conflict(
-                    f"agent name {name!r} is taken (names are never reused)",
-                    hint="Choose another name.",
-                )
-            uow.agents.add(agent)
+            uow.agents.add(agent)  # Conflict if the name was ever used
             uow.audit.append(
                 ctx.event(
                     "agent.created",
@@ -182,7 +177,7 @@ class AgentService:
                 )
             )
             for jwk in keys:
-                self._insert_key(uow, ctx, agent, jwk.kid, jwk.alg, dict(jwk.jwk), jwk.thumbprint)
+                self._insert_key(uow, ctx, agent, jwk)
             if spec.activate:
                 agent = self._apply(
                     uow, ctx, agent, LifecycleAction.ACTIVATE, "activated at registration", now
@@ -434,15 +429,7 @@ class AgentService:
                     f"agent has {len(active)} active keys, the maximum",
                     hint="Retire an old key before adding a new one.",
                 )
-            key = self._insert_key(
-                uow,
-                ctx,
-                agent,
-                validated.kid,
-                validated.alg,
-                dict(validated.jwk),
-                validated.thumbprint,
-            )
+            key = self._insert_key(uow, ctx, agent, validated)
             uow.commit()
         return key
 
@@ -451,19 +438,16 @@ class AgentService:
         uow: UnitOfWork,
         ctx: CallContext,
         agent: Agent,
-        kid: str,
-        alg: str,
-        jwk: dict[str, str],
-        thumbprint: str,
+        jwk: ValidatedJwk,
     ) -> AgentKey:
         now = self._clock.now()
         key = AgentKey(
             id=new_id("agent_key"),
             agent_id=agent.id,
-            kid=kid,
-            alg=alg,
-            jwk=jwk,
-            thumbprint=thumbprint,
+            kid=jwk.kid,
+            alg=jwk.alg,
+            jwk=dict(jwk.jwk),
+            thumbprint=jwk.thumbprint,
             status=KeyStatus.ACTIVE,
             created_at=now,
             created_by=ctx.actor.label,
@@ -473,7 +457,7 @@ class AgentService:
             ctx.event(
                 "agent.key.added",
                 resource=ResourceRef("agent", agent.id),
-                details={"key_id": key.id, "kid": kid, "alg": alg, "jkt": thumbprint},
+                details={"key_id": key.id, "kid": key.kid, "alg": key.alg, "jkt": key.thumbprint},
                 now=now,
             )
         )
