@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -29,7 +30,9 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+@functools.cache
 def head_revision() -> str | None:
+    """The newest revision shipped with this code (fixed for the life of the process)."""
     return ScriptDirectory.from_config(_config()).get_current_head()
 
 
