@@ -68,6 +68,50 @@ def test_unauthenticated_calls_are_refused(live: Live, header: str | None) -> No
         assert body["type"].endswith("authentication-required")
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "content"),
+    [
+        ("POST", "/v1/humans", b"\x00{not json"),
+        ("POST", "/v1/agents", b"[" * 10_000),
+        ("PATCH", "/v1/humans/hum_x", b'{"email": 5}'),
+        ("POST", "/v1/agents/agt_x/keys", b"x" * 200_000),
+        ("GET", "/v1/no-such-route", b""),
+    ],
+)
+def test_anonymous_callers_never_reach_parsing_or_routing(
+    live: Live, method: str, path: str, content: bytes
+) -> None:
+    """Authentication comes first: malformed, deep, oversized or misrouted requests
+    without a key all get the same 401, so nothing about the API leaks to them."""
+    r = httpx.request(
+        method, live.url + path, content=content, headers={"content-type": "application/json"}
+    )
+    assert_problem(r, 401)
+    rejected = [e for e in audit_rows(live) if e["type"] == "api.request.rejected"]
+    assert rejected[-1]["actor"]["type"] == "anonymous"
+    assert rejected[-1]["outcome"] == "denied"
+
+
+def test_authentication_fails_closed_when_the_key_store_is_broken(live: Live) -> None:
+    with live.container.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE admin_keys RENAME TO admin_keys_gone")
+    with live.client(live.admin) as c:
+        body = assert_problem(c.get("/v1/agents"), 503)
+    assert "refused" in body["detail"]
+
+
+def test_openapi_declares_the_bearer_scheme(live: Live) -> None:
+    spec = httpx.get(live.url + "/openapi.json").json()
+    scheme = spec["components"]["securitySchemes"]["adminKey"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    for path, ops in spec["paths"].items():
+        for op in ops.values():
+            protected = path not in ("/healthz", "/readyz")
+            assert ({"adminKey": []} in op.get("security", [])) is protected, path
+            if protected:
+                assert "401" in op["responses"], path
+
+
 def test_wrong_secret_for_a_real_prefix_is_refused(live: Live) -> None:
     forged = live.admin[:-4] + ("AAAA" if not live.admin.endswith("AAAA") else "BBBB")
     with live.client(forged) as c:

@@ -11,6 +11,7 @@ from agentiam.adapters.http.deps import ApiDependencies
 from agentiam.adapters.http.middleware import Metrics, RequestLimits
 from agentiam.adapters.http.problems import install_problem_handlers
 from agentiam.adapters.http.routes import admin_keys, agents, audit, humans, system
+from agentiam.adapters.http.security import AdminAuthentication
 
 __all__ = ["create_app"]
 
@@ -37,4 +38,7 @@ def create_app(container: ApiDependencies) -> Any:
         app.include_router(router)
     system.mount_offline_docs(app)
     app.openapi_schema = None
-    return Metrics(RequestLimits(app, container.settings.limits), container.registry)
+    # Outermost first: count every request; authenticate before any body is read;
+    # then bound the body of authenticated requests.
+    limited = RequestLimits(app, container.settings.limits)
+    return Metrics(AdminAuthentication(limited, container), container.registry)

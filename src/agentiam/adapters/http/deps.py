@@ -13,7 +13,9 @@ from agentiam.services.agents import AgentService
 from agentiam.services.audit import AuditService
 from agentiam.services.humans import HumanService
 
-__all__ = ["ApiDependencies"]
+__all__ = ["SOURCE", "ApiDependencies"]
+
+SOURCE = "control-plane/admin-api"
 
 
 class ApiDependencies(Protocol):

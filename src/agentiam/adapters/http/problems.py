@@ -15,11 +15,12 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from agentiam.adapters.http.deps import SOURCE, ApiDependencies
 from agentiam.core.audit.events import Actor, ActorType, Outcome, TraceContext
 from agentiam.errors import AgentIAMError, BadRequest, InvalidInput, ServiceUnavailable
 from agentiam.services.context import CallContext
 
-__all__ = ["PROBLEM_JSON", "install_problem_handlers", "problem_response"]
+__all__ = ["PROBLEM_JSON", "audit_rejection", "install_problem_handlers", "problem_response"]
 
 PROBLEM_JSON = "application/problem+json"
 ANONYMOUS = Actor(type=ActorType.ANONYMOUS, id="-")
@@ -38,30 +39,41 @@ def problem_response(error: AgentIAMError, instance: str | None = None) -> JSONR
     )
 
 
-def _audit_rejection(request: Request, error: AgentIAMError) -> None:
+def audit_rejection(
+    deps: ApiDependencies | None,
+    *,
+    actor: Actor | None,
+    trace: TraceContext,
+    action: str,
+    error: AgentIAMError,
+) -> None:
     """Record a refused call. Best effort: the call is refused whether or not this works,
     so a broken audit store cannot turn a rejection into anything else."""
-    if isinstance(error, ServiceUnavailable):
+    if deps is None or isinstance(error, ServiceUnavailable):
         return
-    container = getattr(request.app.state, "container", None)
-    if container is None:
-        return
-    actor: Actor = getattr(request.state, "actor", ANONYMOUS)
-    trace: TraceContext = getattr(request.state, "trace", None) or TraceContext.from_traceparent(
-        request.headers.get("traceparent")
-    )
-    route = request.scope.get("route")
     try:
-        container.audit.record(
-            CallContext(actor=actor, source="control-plane/admin-api", trace=trace),
+        deps.audit.record(
+            CallContext(actor=actor or ANONYMOUS, source=SOURCE, trace=trace),
             type="api.request.rejected",
-            action=f"{request.method} {getattr(route, 'path', request.url.path)}",
+            action=action,
             outcome=Outcome.DENIED if error.status in (401, 403) else Outcome.FAILURE,
             reason=error.code,
             details={"status": error.status, "detail": error.detail[:300]},
         )
     except Exception:
         log.exception("could not audit a rejected request")
+
+
+def _audit_rejection(request: Request, error: AgentIAMError) -> None:
+    route = request.scope.get("route")
+    audit_rejection(
+        getattr(request.app.state, "container", None),
+        actor=getattr(request.state, "actor", None),
+        trace=getattr(request.state, "trace", None)
+        or TraceContext.from_traceparent(request.headers.get("traceparent")),
+        action=f"{request.method} {getattr(route, 'path', request.url.path)}",
+        error=error,
+    )
 
 
 def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:

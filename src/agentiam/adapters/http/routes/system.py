@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentiam.adapters.http.problems import problem_response
-from agentiam.adapters.http.routes import audited_read
+from agentiam.adapters.http.routes import PROBLEM_RESPONSES, audited_read
 from agentiam.adapters.http.security import container_of, require
 from agentiam.core.access.admin_keys import Permission
 from agentiam.errors import ServiceUnavailable
@@ -45,7 +45,11 @@ def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={k: v for k, v in PROBLEM_RESPONSES.items() if k in (401, 403, 503)},
+)
 def metrics(request: Request, ctx: MetricsRead) -> Response:
     """Prometheus metrics (needs a key with metrics:read, e.g. the auditor role)."""
     audited_read(request, ctx, "metrics.read")
