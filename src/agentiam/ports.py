@@ -14,7 +14,7 @@ from typing import Generic, Protocol, Self, TypeVar
 from agentiam.core.access.admin_keys import AdminKey
 from agentiam.core.audit.events import AuditEvent
 from agentiam.core.identities.lifecycle import AgentStatus
-from agentiam.core.identities.models import Agent, AgentKey, ExternalIdentity, Human, Transition
+from agentiam.core.identities.models import Agent, AgentKey, Human, Transition
 
 __all__ = [
     "AdminKeyRepository",
@@ -78,8 +78,6 @@ class HumanRepository(Protocol):
         """Insert; raise Conflict if the email or external identity is taken."""
 
     def get(self, human_id: str) -> Human | None: ...
-
-    def get_by_external_identity(self, identity: ExternalIdentity) -> Human | None: ...
 
     def update(self, human: Human, expected_version: int) -> None:
         """Replace; raise Conflict if the stored version is not ``expected_version``."""

@@ -115,6 +115,6 @@ def require(permission: Permission) -> Callable[..., CallContext]:
                 f"role {key.role.value} may not {permission.value}",
                 hint="Use a key with a role that grants this permission.",
             )
-        return CallContext(actor=actor_for(key), source=SOURCE, trace=request.state.trace)
+        return CallContext(actor=request.state.actor, source=SOURCE, trace=request.state.trace)
 
     return dependency

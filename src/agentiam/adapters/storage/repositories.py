@@ -113,15 +113,6 @@ class SqlHumans:
         row = self._c.execute(select(t.humans).where(t.humans.c.id == human_id)).first()
         return self._row(row) if row else None
 
-    def get_by_external_identity(self, identity: ExternalIdentity) -> Human | None:
-        row = self._c.execute(
-            select(t.humans).where(
-                t.humans.c.external_issuer == identity.issuer,
-                t.humans.c.external_subject == identity.subject,
-            )
-        ).first()
-        return self._row(row) if row else None
-
     def update(self, human: Human, expected_version: int) -> None:
         try:
             with self._c.begin_nested():
