@@ -3,7 +3,12 @@ services."""
 
 from __future__ import annotations
 
+import logging
+import secrets
+import threading
 from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -13,14 +18,25 @@ from agentiam.adapters.storage import migrate
 from agentiam.adapters.storage.engine import make_engine
 from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
 from agentiam.config import Settings
+from agentiam.core.credentials.dpop import DpopWindow
+from agentiam.core.credentials.nonces import NonceIssuer
+from agentiam.core.credentials.revocations import RevocationSet
+from agentiam.core.credentials.sealing import MasterKey
+from agentiam.core.credentials.verifier import AccessTokenVerifier, VerifierConfig
+from agentiam.errors import InvalidInput
 from agentiam.ports import Clock, UnitOfWork
 from agentiam.services.admin_keys import AdminKeyService
 from agentiam.services.agents import AgentService
 from agentiam.services.audit import AuditService
 from agentiam.services.context import SystemClock
 from agentiam.services.humans import HumanService
+from agentiam.services.revocations import RevocationService
+from agentiam.services.signing_keys import SigningKeyService
+from agentiam.services.tokens import TokenPolicy, TokenService
 
-__all__ = ["Container", "build"]
+__all__ = ["Container", "build", "load_master_key"]
+
+log = logging.getLogger("agentiam.background")
 
 
 @dataclass
@@ -32,15 +48,64 @@ class Container:
     agents: AgentService
     admin_keys: AdminKeyService
     audit: AuditService
+    signing_keys: SigningKeyService
+    revocations: RevocationService
+    tokens: TokenService
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    _stop: threading.Event = field(default_factory=threading.Event)
 
     def database_ready(self) -> bool:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         return migrate.is_current(self.engine)
 
+    def start_background(self) -> None:
+        """Start the loops a serving replica runs: revocation feed sync (every
+        ``revocation_poll_seconds``), signing-key refresh, and purging of expired
+        single-use values and revocations."""
+        self.revocations.sync()
+        loops = (
+            (self.settings.revocation_poll_seconds, self.revocations.sync),
+            (self.settings.key_refresh_seconds, self.signing_keys.refresh),
+            (60.0, self.revocations.purge),
+        )
+        for interval, task in loops:
+            threading.Thread(
+                target=self._loop, args=(interval, task), daemon=True, name=task.__name__
+            ).start()
+
+    def _loop(self, interval: float, task: Any) -> None:
+        while not self._stop.wait(interval):
+            try:
+                task()
+            except Exception:  # keep looping; staleness makes verifiers fail closed
+                log.warning("background task %s failed; retrying", task.__name__, exc_info=True)
+
     def close(self) -> None:
+        self._stop.set()
         self.engine.dispose()
+
+
+def load_master_key(settings: Settings) -> MasterKey | None:
+    """The master key from ``master_key`` or ``master_key_file``; None if neither is
+    set (the service then runs, but cannot sign tokens)."""
+    text = settings.master_key
+    if text is None and settings.master_key_file:
+        path = Path(settings.master_key_file)
+        try:
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(
+                f"cannot read the master key file {path}: {exc.__class__.__name__}"
+            ) from None
+    if text is None:
+        return None
+    try:
+        return MasterKey.from_text(text)
+    except ValueError as exc:
+        raise InvalidInput(
+            str(exc), hint="Create one with 'agentiam keys generate-master-key'."
+        ) from None
 
 
 def build(
@@ -53,6 +118,46 @@ def build(
     def uow(*, read_only: bool = False) -> UnitOfWork:
         return SqlUnitOfWork(engine, read_only=read_only)
 
+    master = load_master_key(settings)
+    issuer = settings.issuer_url
+    skew = settings.clock_skew_seconds
+    revoked = RevocationSet(max_staleness=settings.revocation_max_staleness_seconds)
+    revocations = RevocationService(uow, clock, revoked)
+    signing_keys = SigningKeyService(
+        uow,
+        clock,
+        master=master,
+        alg=settings.signing_alg,
+        publish_delay=timedelta(seconds=settings.signing_key_publish_seconds),
+        verify_for=timedelta(seconds=settings.access_token_ttl_seconds + skew),
+        refresh_seconds=settings.key_refresh_seconds,
+    )
+    window = DpopWindow(max_age=settings.dpop_max_age_seconds)
+    # Nonces must verify on every replica: derive their key from the shared master key.
+    nonce_key = master.derive("dpop-nonce") if master else secrets.token_bytes(32)
+    nonces = NonceIssuer(nonce_key)
+    audit = AuditService(uow, clock)
+    verifier = AccessTokenVerifier(
+        VerifierConfig(issuer=issuer, audience=issuer, skew=skew, dpop_window=window),
+        signing_keys,
+        revoked,
+    )
+    tokens = TokenService(
+        uow,
+        clock,
+        policy=TokenPolicy(
+            issuer=issuer,
+            access_token_ttl=settings.access_token_ttl_seconds,
+            skew=skew,
+            dpop_window=window,
+            nonce_required=settings.dpop_nonce_required,
+        ),
+        keys=signing_keys,
+        revocations=revocations,
+        audit=audit,
+        verifier=verifier,
+        nonces=nonces,
+    )
     return Container(
         settings=settings,
         engine=engine,
@@ -65,7 +170,10 @@ def build(
             access_review_interval_days=settings.access_review_interval_days,
         ),
         admin_keys=AdminKeyService(uow, clock),
-        audit=AuditService(uow, clock),
+        audit=audit,
+        signing_keys=signing_keys,
+        revocations=revocations,
+        tokens=tokens,
     )
 
 

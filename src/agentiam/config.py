@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from agentiam.errors import InvalidInput
 
@@ -39,6 +40,8 @@ class Limits:
     max_ephemeral_ttl_seconds: int = 24 * 3600
     max_agent_depth: int = 4
     max_reason_length: int = 500
+    max_audiences: int = 16
+    max_form_fields: int = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,29 @@ class Settings:
     access_review_interval_days: int = 90
     expiry_sweep_seconds: float = 5.0
     log_level: str = "info"
+    # -- credentials (see docs/credentials.md) --
+    # The public base URL: the ``iss`` of every token and the base of every endpoint
+    # URL (RFC 8414 section 2). Empty means http://<host>:<port>, for local use only.
+    issuer: str = ""
+    access_token_ttl_seconds: int = 300
+    clock_skew_seconds: int = 30
+    dpop_max_age_seconds: int = 60
+    dpop_nonce_required: bool = False
+    signing_alg: str = "ES256"
+    # A new signing key is published this long before it signs (>= verifiers' JWKS cache).
+    signing_key_publish_seconds: int = 60
+    # How often a replica re-reads signing keys and the revocation feed.
+    key_refresh_seconds: float = 5.0
+    revocation_poll_seconds: float = 0.25
+    revocation_max_staleness_seconds: float = 10.0
+    # The key that seals private keys at rest: base64url text, or a file holding it.
+    master_key: str | None = field(default=None, repr=False)
+    master_key_file: str | None = None
     limits: Limits = field(default_factory=Limits)
+
+    @property
+    def issuer_url(self) -> str:
+        return (self.issuer or f"http://{self.host}:{self.port}").rstrip("/")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -63,7 +88,8 @@ class Settings:
                 continue
             raw = env.get(f"AGENTIAM_{f.name.upper()}")
             if raw is not None:
-                values[f.name] = _coerce(f.name, raw, type(getattr(cls(), f.name)))
+                default = getattr(cls(), f.name)
+                values[f.name] = _coerce(f.name, raw, str if default is None else type(default))
         limit_values: dict[str, Any] = {}
         for f in fields(Limits):
             raw = env.get(f"AGENTIAM_LIMIT_{f.name.upper()}")
@@ -85,9 +111,49 @@ class Settings:
             raise InvalidInput("limit max_ephemeral_ttl_seconds must be between 1 s and 24 h")
         if not 1 <= self.access_review_interval_days <= 366:
             raise InvalidInput("access_review_interval_days must be between 1 and 366")
+        if not 30 <= self.access_token_ttl_seconds <= 3600:
+            raise InvalidInput("access_token_ttl_seconds must be between 30 s and 1 h")
+        if not 0 <= self.clock_skew_seconds <= 120:
+            raise InvalidInput("clock_skew_seconds must be between 0 and 120")
+        if not 5 <= self.dpop_max_age_seconds <= 300:
+            raise InvalidInput("dpop_max_age_seconds must be between 5 and 300")
+        if self.signing_alg not in ("ES256", "Ed25519"):
+            raise InvalidInput("signing_alg must be ES256 or Ed25519")
+        if not 0 < self.key_refresh_seconds * 2 <= self.signing_key_publish_seconds <= 3600:
+            raise InvalidInput(
+                "signing_key_publish_seconds must be at most 1 h and at least twice "
+                "key_refresh_seconds, so every replica publishes a key before any signs"
+            )
+        if not 0.05 <= self.revocation_poll_seconds <= 1.0:
+            raise InvalidInput("revocation_poll_seconds must be between 0.05 and 1")
+        if not self.revocation_poll_seconds < self.revocation_max_staleness_seconds <= 300:
+            raise InvalidInput("revocation_max_staleness_seconds must exceed the poll interval")
+        _check_issuer(self.issuer_url)
+
+
+def _check_issuer(issuer: str) -> None:
+    """RFC 8414 section 2: an https URL with no query or fragment. Plain http is allowed
+    only on a loopback host, for local development."""
+    parts = urlsplit(issuer)
+    if parts.query or parts.fragment or not parts.hostname or parts.username:
+        raise InvalidInput("issuer must be a URL without user info, query or fragment")
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1"):
+        return
+    raise InvalidInput(
+        "issuer must use https (plain http only on 127.0.0.1 or localhost)",
+        hint="Set AGENTIAM_ISSUER to the public https URL clients use to reach this server.",
+    )
 
 
 def _coerce(name: str, raw: str, kind: type) -> Any:
+    if kind is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise InvalidInput(f"setting {name} must be true or false, got {raw!r}")
     try:
         if kind is int:
             return int(raw)

@@ -18,6 +18,7 @@ __all__ = [
     "InvalidInput",
     "InvalidTransition",
     "NotFound",
+    "OAuthError",
     "PayloadTooLarge",
     "ServiceUnavailable",
 ]
@@ -119,3 +120,37 @@ class ServiceUnavailable(AgentIAMError):
     code = "service-unavailable"
     title = "Service unavailable"
     status = 503
+
+
+class OAuthError(AgentIAMError):
+    """An OAuth error response: RFC 6749 section 5.2 (token endpoint), RFC 7009
+    section 2.2.1, RFC 8707 section 2 (``invalid_target``) and RFC 9449 sections 7-8
+    (``invalid_dpop_proof``, ``use_dpop_nonce``).
+
+    ``error`` is the registered wire code. ``description`` goes to the client and says
+    what to fix without revealing which internal check failed where that would help an
+    attacker; ``reason`` is the precise internal cause, for the audit trail and tests
+    only. ``headers`` are added to the response (``WWW-Authenticate``, ``DPoP-Nonce``).
+    """
+
+    code = "oauth-error"
+    title = "OAuth error"
+
+    def __init__(
+        self,
+        error: str,
+        description: str,
+        *,
+        status: int = 400,
+        reason: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(description)
+        self.error = error
+        self.oauth_status = status
+        self.reason = reason or description
+        self.headers = headers or {}
+
+    def to_oauth(self) -> dict[str, str]:
+        """The JSON body of RFC 6749 section 5.2."""
+        return {"error": self.error, "error_description": self.detail}

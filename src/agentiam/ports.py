@@ -13,6 +13,8 @@ from typing import Generic, Protocol, Self, TypeVar
 
 from agentiam.core.access.admin_keys import AdminKey
 from agentiam.core.audit.events import AuditEvent
+from agentiam.core.credentials.revocations import Revocation, RevocationKind
+from agentiam.core.credentials.signing_keys import SigningKey
 from agentiam.core.identities.lifecycle import AgentStatus
 from agentiam.core.identities.models import Agent, AgentKey, Human, Transition
 
@@ -27,6 +29,9 @@ __all__ = [
     "HumanQuery",
     "HumanRepository",
     "Page",
+    "ReplayGuard",
+    "RevocationRepository",
+    "SigningKeyRepository",
     "UnitOfWork",
     "UnitOfWorkFactory",
 ]
@@ -143,6 +148,38 @@ class AuditLog(Protocol):
     def find(self, query: AuditQuery) -> Page[AuditEvent]: ...
 
 
+class SigningKeyRepository(Protocol):
+    def all(self) -> list[SigningKey]: ...
+
+    def add(self, key: SigningKey) -> None: ...
+
+    def update_schedule(self, key: SigningKey) -> None:
+        """Store ``key``'s ``deactivates_at`` and ``unpublish_at``."""
+
+
+class ReplayGuard(Protocol):
+    def first_use(self, purpose: str, value: str, expires_at: datetime) -> bool:
+        """Record ``value`` under ``purpose`` until ``expires_at``; False if it was
+        already recorded (a replay). Safe across replicas sharing the database."""
+
+    def purge(self, now: datetime, limit: int) -> int:
+        """Forget up to ``limit`` expired values; return how many."""
+
+
+class RevocationRepository(Protocol):
+    def add(
+        self, kind: RevocationKind, subject: str, *, cutoff: int, expires: int, now: datetime
+    ) -> None: ...
+
+    def after(self, seq: int, limit: int) -> list[Revocation]:
+        """Unexpired and expired entries with ``seq`` above ``seq``, in order."""
+
+    def active(self, now: int) -> list[Revocation]:
+        """Every entry not yet expired (to seed a verifier)."""
+
+    def purge(self, now: int, limit: int) -> int: ...
+
+
 class UnitOfWork(Protocol):
     @property
     def humans(self) -> HumanRepository: ...
@@ -158,6 +195,15 @@ class UnitOfWork(Protocol):
 
     @property
     def audit(self) -> AuditLog: ...
+
+    @property
+    def signing_keys(self) -> SigningKeyRepository: ...
+
+    @property
+    def replay(self) -> ReplayGuard: ...
+
+    @property
+    def revocations(self) -> RevocationRepository: ...
 
     def __enter__(self) -> Self: ...
 

@@ -22,6 +22,7 @@ PREFIXES = {
     "admin_key": "adk",
     "event": "evt",
     "transition": "trn",
+    "token": "tok",
 }
 
 _ID_RE = re.compile(r"^(?P<prefix>[a-z]{3})_[0-9A-HJKMNP-TV-Z]{26}$")

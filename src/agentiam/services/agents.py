@@ -15,16 +15,19 @@ from agentiam.core.identities.lifecycle import AgentStatus, LifecycleAction, nex
 from agentiam.core.identities.models import Agent, AgentKey, KeyStatus, Transition
 from agentiam.core.identities.validation import (
     validate_access_review,
+    validate_audiences,
     validate_autonomy,
     validate_labels,
     validate_reason,
     validate_runtime,
+    validate_scopes,
 )
 from agentiam.core.ids import is_id, new_id
 from agentiam.core.normalize import normalize_display_text, normalize_identifier
 from agentiam.errors import Conflict, InvalidInput, InvalidTransition, NotFound
 from agentiam.ports import AgentQuery, Clock, Page, UnitOfWork, UnitOfWorkFactory
 from agentiam.services.context import SYSTEM, CallContext
+from agentiam.services.revocations import revoke_agent_tokens
 
 __all__ = ["AgentChanges", "AgentService", "NewAgent", "agent_summary"]
 
@@ -44,6 +47,9 @@ class NewAgent:
     activate: bool = False
     keys: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
     sponsors: Sequence[str] = field(default_factory=tuple)
+    scopes: Sequence[str] = field(default_factory=tuple)
+    audiences: Sequence[str] = field(default_factory=tuple)
+    dpop_required: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,9 @@ class AgentChanges:
     labels: Mapping[str, str] | None = None
     next_access_review: date | None = None
     sponsors: Sequence[str] | None = None
+    scopes: Sequence[str] | None = None
+    audiences: Sequence[str] | None = None
+    dpop_required: bool | None = None
 
 
 def agent_summary(agent: Agent) -> dict[str, Any]:
@@ -79,7 +88,22 @@ def agent_summary(agent: Agent) -> dict[str, Any]:
         "parent_id": agent.parent_id,
         "expires_at": agent.expires_at.isoformat() if agent.expires_at else None,
         "next_access_review": agent.next_access_review.isoformat(),
+        "scopes": list(agent.scopes),
+        "audiences": list(agent.audiences),
+        "dpop_required": agent.dpop_required,
     }
+
+
+def _check_attenuated(parent: Agent, scopes: tuple[str, ...], audiences: tuple[str, ...]) -> None:
+    """A child agent is entitled to no more than its parent."""
+    wider = sorted(set(scopes) - set(parent.scopes)) + sorted(
+        set(audiences) - set(parent.audiences)
+    )
+    if wider:
+        raise InvalidInput(
+            f"a child agent cannot hold entitlements its parent lacks: {', '.join(wider)}",
+            hint="Give the child a subset of the parent's scopes and audiences.",
+        )
 
 
 class AgentService:
@@ -118,6 +142,8 @@ class AgentService:
         runtime = validate_runtime(spec.runtime, lim)
         labels = validate_labels(spec.labels, lim)
         review = validate_access_review(spec.next_access_review, now, self._review_days)
+        scopes = validate_scopes(spec.scopes)
+        audiences = validate_audiences(spec.audiences, lim)
         keys = [validate_public_jwk(k) for k in spec.keys]
         if len(keys) > lim.max_active_keys_per_agent:
             raise InvalidInput(f"at most {lim.max_active_keys_per_agent} keys per agent")
@@ -148,6 +174,7 @@ class AgentService:
                     )
                 if not owners:
                     owners = list(parent.owners)
+                _check_attenuated(parent, scopes, audiences)
             owners_t = self._check_humans(uow, owners, "owners", required=True)
             sponsors_t = self._check_humans(uow, spec.sponsors, "sponsors", required=False)
             agent = Agent(
@@ -166,6 +193,9 @@ class AgentService:
                 updated_at=now,
                 parent_id=spec.parent_id,
                 expires_at=expires_at,
+                scopes=scopes,
+                audiences=audiences,
+                dpop_required=bool(spec.dpop_required),
             )
             uow.agents.add(agent)  # Conflict if the name was ever used
             uow.audit.append(
@@ -311,10 +341,27 @@ class AgentService:
                         changes.next_access_review, now, self._review_days
                     ),
                 )
+            if changes.scopes is not None:
+                updated = replace(updated, scopes=validate_scopes(changes.scopes))
+            if changes.audiences is not None:
+                updated = replace(updated, audiences=validate_audiences(changes.audiences, lim))
+            if changes.dpop_required is not None:
+                updated = replace(updated, dpop_required=bool(changes.dpop_required))
+            if current.parent_id is not None:
+                parent = uow.agents.get(current.parent_id)
+                if parent is not None:
+                    _check_attenuated(parent, updated.scopes, updated.audiences)
             if updated == current:
                 return current
             updated = replace(updated, updated_at=now, version=current.version + 1)
             uow.agents.update(updated, expected_version=current.version)
+            narrowed = (
+                not set(current.scopes) <= set(updated.scopes)
+                or not set(current.audiences) <= set(updated.audiences)
+                or (updated.dpop_required and not current.dpop_required)
+            )
+            if narrowed:  # tokens minted under the wider rights stop working now
+                revoke_agent_tokens(uow, agent_id, now)
             before, after = agent_summary(current), agent_summary(updated)
             diff = {k: {"from": before[k], "to": after[k]} for k in after if before[k] != after[k]}
             uow.audit.append(
@@ -387,6 +434,7 @@ class AgentService:
                 if key.status is KeyStatus.ACTIVE:
                     self._retire(uow, ctx, updated, key, "agent decommissioned", now)
         if target in (AgentStatus.SUSPENDED, AgentStatus.DECOMMISSIONED):
+            revoke_agent_tokens(uow, agent.id, now)
             cascade = replace(ctx, actor=SYSTEM)
             for child in uow.agents.children(agent.id):
                 self._apply(

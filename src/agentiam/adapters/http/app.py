@@ -9,8 +9,16 @@ from fastapi import FastAPI
 from agentiam import __version__
 from agentiam.adapters.http.deps import ApiDependencies
 from agentiam.adapters.http.middleware import Metrics, RequestLimits
+from agentiam.adapters.http.oauth import oauth_routes
 from agentiam.adapters.http.problems import install_problem_handlers
-from agentiam.adapters.http.routes import admin_keys, agents, audit, humans, system
+from agentiam.adapters.http.routes import (
+    admin_keys,
+    agents,
+    audit,
+    credentials,
+    humans,
+    system,
+)
 from agentiam.adapters.http.security import AdminAuthentication
 
 __all__ = ["create_app"]
@@ -34,8 +42,16 @@ def create_app(container: ApiDependencies) -> Any:
     )
     app.state.container = container
     install_problem_handlers(app)
-    for router in (system.router, humans.router, agents.router, admin_keys.router, audit.router):
+    for router in (
+        system.router,
+        humans.router,
+        agents.router,
+        admin_keys.router,
+        audit.router,
+        credentials.router,
+    ):
         app.include_router(router)
+    app.router.routes.extend(oauth_routes())
     system.mount_offline_docs(app)
     app.openapi_schema = None
     # Outermost first: count every request; authenticate before any body is read;

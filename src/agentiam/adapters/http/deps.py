@@ -12,6 +12,9 @@ from agentiam.services.admin_keys import AdminKeyService
 from agentiam.services.agents import AgentService
 from agentiam.services.audit import AuditService
 from agentiam.services.humans import HumanService
+from agentiam.services.revocations import RevocationService
+from agentiam.services.signing_keys import SigningKeyService
+from agentiam.services.tokens import TokenService
 
 __all__ = ["SOURCE", "ApiDependencies"]
 
@@ -24,6 +27,9 @@ class ApiDependencies(Protocol):
     agents: AgentService
     admin_keys: AdminKeyService
     audit: AuditService
+    signing_keys: SigningKeyService
+    revocations: RevocationService
+    tokens: TokenService
     registry: CollectorRegistry
 
     def database_ready(self) -> bool: ...

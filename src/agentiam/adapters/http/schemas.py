@@ -18,6 +18,10 @@ Display = Annotated[str, Field(min_length=1, max_length=200)]
 Id = Annotated[str, Field(min_length=1, max_length=64)]
 Reason = Annotated[str, Field(min_length=1, max_length=500)]
 Jwk = Annotated[dict[str, Annotated[str, Field(max_length=512)]], Field(max_length=12)]
+Scopes = Annotated[list[Annotated[str, Field(min_length=1, max_length=128)]], Field(max_length=64)]
+Audiences = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=512)]], Field(max_length=16)
+]
 
 
 class _In(BaseModel):
@@ -104,6 +108,16 @@ class AgentCreate(_In):
     ttl_seconds: Annotated[int, Field(ge=1, le=86400)] | None = None
     activate: bool = False
     keys: Annotated[list[Jwk], Field(max_length=10)] = Field(default_factory=list)
+    scopes: Scopes = Field(
+        default_factory=list, description="OAuth scopes the agent may be granted."
+    )
+    audiences: Audiences = Field(
+        default_factory=list,
+        description="Resource indicators (RFC 8707) its tokens may be issued for.",
+    )
+    dpop_required: bool = Field(
+        default=True, description="Refuse tokens without a DPoP proof (RFC 9449)."
+    )
 
 
 class AgentUpdate(_In):
@@ -121,6 +135,9 @@ class AgentUpdate(_In):
         | None
     ) = None
     next_access_review: date | None = None
+    scopes: Scopes | None = None
+    audiences: Audiences | None = None
+    dpop_required: bool | None = None
 
 
 class ReasonIn(_In):
@@ -154,6 +171,9 @@ class AgentOut(_Out):
     next_access_review: date
     created_at: datetime
     updated_at: datetime
+    scopes: list[str]
+    audiences: list[str]
+    dpop_required: bool
     version: int
 
     @classmethod
@@ -177,6 +197,9 @@ class AgentOut(_Out):
             next_access_review=a.next_access_review,
             created_at=a.created_at,
             updated_at=a.updated_at,
+            scopes=list(a.scopes),
+            audiences=list(a.audiences),
+            dpop_required=a.dpop_required,
             version=a.version,
         )
 

@@ -18,6 +18,7 @@ from starlette.datastructures import Headers
 
 from agentiam.adapters.http.deps import SOURCE, ApiDependencies
 from agentiam.adapters.http.middleware import ASGIApp, Receive, Scope, Send
+from agentiam.adapters.http.oauth import PUBLIC_OAUTH_PATHS
 from agentiam.adapters.http.problems import audit_rejection, problem_response
 from agentiam.core.access.admin_keys import AdminKey, Permission, permissions_of
 from agentiam.core.audit.events import TraceContext
@@ -27,7 +28,9 @@ from agentiam.services.context import CallContext
 
 __all__ = ["PUBLIC_PATHS", "AdminAuthentication", "container_of", "is_public", "require"]
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs"})
+# Health, API metadata and the OAuth endpoints whose clients authenticate themselves
+# (private_key_jwt) or that only publish public data (metadata, JWKS).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs"}) | PUBLIC_OAUTH_PATHS
 _PUBLIC_PREFIXES = ("/docs/static/",)
 _MAX_AUTH_HEADER = 256
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -9,12 +10,16 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, exists, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
 from agentiam.adapters.storage import tables as t
 from agentiam.core.access.admin_keys import AdminKey, Role
 from agentiam.core.audit.events import AuditEvent
+from agentiam.core.credentials.revocations import Revocation, RevocationKind
+from agentiam.core.credentials.signing_keys import SigningKey
 from agentiam.core.identities.lifecycle import AgentStatus, LifecycleAction
 from agentiam.core.identities.models import (
     Agent,
@@ -35,10 +40,14 @@ __all__ = [
     "SqlAgents",
     "SqlAudit",
     "SqlHumans",
+    "SqlReplayGuard",
+    "SqlRevocations",
+    "SqlSigningKeys",
 ]
 
 
 OWNER, SPONSOR = "owner", "sponsor"
+SCOPE, AUDIENCE = "scope", "audience"
 
 
 def _dumps(value: Any) -> str:
@@ -161,6 +170,10 @@ class SqlAgents:
             select(t.agent_labels).where(t.agent_labels.c.agent_id.in_(ids))
         ):
             labels[lab.agent_id][lab.key] = lab.value
+        granted: dict[tuple[str, str], list[str]] = defaultdict(list)
+        ent = t.agent_entitlements
+        for e in self._c.execute(select(ent).where(ent.c.agent_id.in_(ids)).order_by(ent.c.value)):
+            granted[(e.agent_id, e.kind)].append(e.value)
         result = []
         for r in rows:
             runtime = json.loads(r.runtime)
@@ -181,6 +194,9 @@ class SqlAgents:
                     updated_at=r.updated_at,
                     parent_id=r.parent_id,
                     expires_at=r.expires_at,
+                    scopes=tuple(granted[(r.id, SCOPE)]),
+                    audiences=tuple(granted[(r.id, AUDIENCE)]),
+                    dpop_required=bool(r.dpop_required),
                     version=r.version,
                 )
             )
@@ -208,6 +224,7 @@ class SqlAgents:
             "created_at": a.created_at,
             "updated_at": a.updated_at,
             "version": a.version,
+            "dpop_required": a.dpop_required,
         }
 
     def _write_relations(self, agent: Agent) -> None:
@@ -225,6 +242,13 @@ class SqlAgents:
             self._c.execute(
                 insert(t.agent_labels),
                 [{"agent_id": agent.id, "key": k, "value": v} for k, v in agent.labels.items()],
+            )
+        ent = t.agent_entitlements
+        self._c.execute(delete(ent).where(ent.c.agent_id == agent.id))
+        granted = [(SCOPE, v) for v in agent.scopes] + [(AUDIENCE, v) for v in agent.audiences]
+        if granted:
+            self._c.execute(
+                insert(ent), [{"agent_id": agent.id, "kind": k, "value": v} for k, v in granted]
             )
 
     def add(self, agent: Agent) -> None:
@@ -508,3 +532,119 @@ class SqlAudit:
             stmt = stmt.where(e.c.type == query.type)
         rows, nxt = _page(list(self._c.execute(stmt)), query.limit, "seq")
         return Page([AuditEvent.from_dict(json.loads(r.body)) for r in rows], nxt)
+
+
+class SqlSigningKeys:
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+
+    def all(self) -> list[SigningKey]:
+        rows = self._c.execute(select(t.signing_keys).order_by(t.signing_keys.c.created_at))
+        return [
+            SigningKey(
+                kid=r.kid,
+                alg=r.alg,
+                public_jwk=json.loads(r.public_jwk),
+                sealed_private=r.sealed_private,
+                created_at=r.created_at,
+                activates_at=r.activates_at,
+                deactivates_at=r.deactivates_at,
+                unpublish_at=r.unpublish_at,
+                created_by=r.created_by,
+            )
+            for r in rows
+        ]
+
+    def add(self, key: SigningKey) -> None:
+        self._c.execute(
+            insert(t.signing_keys).values(
+                kid=key.kid,
+                alg=key.alg,
+                public_jwk=_dumps(dict(key.public_jwk)),
+                sealed_private=key.sealed_private,
+                created_at=key.created_at,
+                activates_at=key.activates_at,
+                deactivates_at=key.deactivates_at,
+                unpublish_at=key.unpublish_at,
+                created_by=key.created_by,
+            )
+        )
+
+    def update_schedule(self, key: SigningKey) -> None:
+        self._c.execute(
+            update(t.signing_keys)
+            .where(t.signing_keys.c.kid == key.kid)
+            .values(deactivates_at=key.deactivates_at, unpublish_at=key.unpublish_at)
+        )
+
+
+class SqlReplayGuard:
+    """``INSERT ... ON CONFLICT DO NOTHING``: the primary key decides, atomically, on
+    both databases, without aborting the surrounding transaction on a replay."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+        self._insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+
+    def first_use(self, purpose: str, value: str, expires_at: datetime) -> bool:
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+        stmt = (
+            self._insert(t.replay_guard)
+            .values(purpose=purpose, digest=digest, expires_at=expires_at)
+            .on_conflict_do_nothing()
+        )
+        return self._c.execute(stmt).rowcount == 1
+
+    def purge(self, now: datetime, limit: int) -> int:
+        rg = t.replay_guard
+        doomed = select(rg.c.purpose, rg.c.digest).where(rg.c.expires_at < now).limit(limit)
+        keys = [(r.purpose, r.digest) for r in self._c.execute(doomed)]
+        for purpose, digest in keys:
+            self._c.execute(delete(rg).where(rg.c.purpose == purpose, rg.c.digest == digest))
+        return len(keys)
+
+
+class SqlRevocations:
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+
+    def add(
+        self, kind: RevocationKind, subject: str, *, cutoff: int, expires: int, now: datetime
+    ) -> None:
+        self._c.execute(
+            insert(t.revocations).values(
+                kind=kind.value, subject=subject, cutoff=cutoff, expires=expires, created_at=now
+            )
+        )
+
+    @staticmethod
+    def _entry(r: Row[Any]) -> Revocation:
+        return Revocation(
+            seq=r.seq,
+            kind=RevocationKind(r.kind),
+            subject=r.subject,
+            cutoff=r.cutoff,
+            expires=r.expires,
+        )
+
+    def after(self, seq: int, limit: int) -> list[Revocation]:
+        rv = t.revocations
+        stmt = select(rv).where(rv.c.seq > seq).order_by(rv.c.seq).limit(limit)
+        return [self._entry(r) for r in self._c.execute(stmt)]
+
+    def active(self, now: int) -> list[Revocation]:
+        rv = t.revocations
+        stmt = select(rv).where(rv.c.expires > now).order_by(rv.c.seq)
+        return [self._entry(r) for r in self._c.execute(stmt)]
+
+    def purge(self, now: int, limit: int) -> int:
+        rv = t.revocations
+        doomed = [
+            r.seq
+            for r in self._c.execute(
+                select(rv.c.seq).where(rv.c.expires <= now).order_by(rv.c.seq).limit(limit)
+            )
+        ]
+        if doomed:
+            self._c.execute(delete(rv).where(rv.c.seq.in_(doomed)))
+        return len(doomed)

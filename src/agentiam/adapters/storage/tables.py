@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Date,
     DateTime,
@@ -21,10 +22,12 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    true,
 )
 
 __all__ = [
     "admin_keys",
+    "agent_entitlements",
     "agent_humans",
     "agent_keys",
     "agent_labels",
@@ -33,6 +36,9 @@ __all__ = [
     "audit_events",
     "humans",
     "metadata",
+    "replay_guard",
+    "revocations",
+    "signing_keys",
 ]
 
 
@@ -100,6 +106,17 @@ agents = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("version", Integer, nullable=False),
+    Column("dpop_required", Boolean, nullable=False, server_default=true()),
+)
+
+# What an agent may be granted: ``kind`` "scope" (OAuth scope) or "audience" (an RFC 8707
+# resource indicator its tokens may name).
+agent_entitlements = Table(
+    "agent_entitlements",
+    metadata,
+    Column("agent_id", ID, ForeignKey("agents.id"), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("value", String(512), primary_key=True),
 )
 
 # The humans accountable for an agent: ``relation`` is "owner" (one or more, required)
@@ -179,6 +196,44 @@ audit_events = Table(
     Column("type", String(64), nullable=False, index=True),
     Column("agent_id", ID, index=True),
     Column("body", Text, nullable=False),
+)
+
+# The authorization server's signing keys; the private half is sealed (AES-GCM) under
+# the master key, never stored in the clear.
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("alg", String(16), nullable=False),
+    Column("public_jwk", Text, nullable=False),
+    Column("sealed_private", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("activates_at", UTCDateTime, nullable=False),
+    Column("deactivates_at", UTCDateTime),
+    Column("unpublish_at", UTCDateTime),
+    Column("created_by", String(128), nullable=False),
+)
+
+# Single-use values (assertion and DPoP ``jti``), namespaced by purpose; ``digest`` is
+# SHA-256 of the issuer and value, so rows have a fixed size whatever the caller sent.
+replay_guard = Table(
+    "replay_guard",
+    metadata,
+    Column("purpose", String(32), primary_key=True),
+    Column("digest", String(64), primary_key=True),
+    Column("expires_at", UTCDateTime, nullable=False, index=True),
+)
+
+# The revocation feed: verifiers read it in ``seq`` order.
+revocations = Table(
+    "revocations",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("cutoff", BigInteger, nullable=False),
+    Column("expires", BigInteger, nullable=False, index=True),
+    Column("created_at", UTCDateTime, nullable=False),
 )
 
 APPEND_ONLY_TABLES = ("audit_events", "agent_transitions")

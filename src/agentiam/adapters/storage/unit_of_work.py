@@ -12,6 +12,9 @@ from agentiam.adapters.storage.repositories import (
     SqlAgents,
     SqlAudit,
     SqlHumans,
+    SqlReplayGuard,
+    SqlRevocations,
+    SqlSigningKeys,
 )
 
 __all__ = ["SqlUnitOfWork"]
@@ -39,6 +42,9 @@ class SqlUnitOfWork:
         self.agent_keys = SqlAgentKeys(self._conn)
         self.admin_keys = SqlAdminKeys(self._conn)
         self.audit = SqlAudit(self._conn)
+        self.signing_keys = SqlSigningKeys(self._conn)
+        self.replay = SqlReplayGuard(self._conn)
+        self.revocations = SqlRevocations(self._conn)
         return self
 
     def __exit__(self, *exc: object) -> None:

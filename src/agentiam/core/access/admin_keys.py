@@ -39,6 +39,7 @@ class Role(StrEnum):
     ADMIN = "admin"
     OPERATOR = "operator"
     AUDITOR = "auditor"
+    VERIFIER = "verifier"  # an enforcement point: reads revocations, introspects tokens
 
 
 class Permission(StrEnum):
@@ -52,6 +53,11 @@ class Permission(StrEnum):
     ADMIN_KEYS_MANAGE = "admin_keys:manage"
     AUDIT_READ = "audit:read"
     METRICS_READ = "metrics:read"
+    TOKENS_INTROSPECT = "tokens:introspect"
+    TOKENS_REVOKE = "tokens:revoke"
+    REVOCATIONS_READ = "revocations:read"
+    SIGNING_KEYS_READ = "signing_keys:read"
+    SIGNING_KEYS_MANAGE = "signing_keys:manage"
 
 
 _READ = frozenset(
@@ -61,12 +67,17 @@ _READ = frozenset(
         Permission.ADMIN_KEYS_READ,
         Permission.AUDIT_READ,
         Permission.METRICS_READ,
+        Permission.TOKENS_INTROSPECT,
+        Permission.REVOCATIONS_READ,
+        Permission.SIGNING_KEYS_READ,
     }
 )
 _ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.OPERATOR: frozenset(Permission) - {Permission.ADMIN_KEYS_MANAGE},
+    Role.OPERATOR: frozenset(Permission)
+    - {Permission.ADMIN_KEYS_MANAGE, Permission.SIGNING_KEYS_MANAGE},
     Role.AUDITOR: _READ,
+    Role.VERIFIER: frozenset({Permission.TOKENS_INTROSPECT, Permission.REVOCATIONS_READ}),
 }
 
 

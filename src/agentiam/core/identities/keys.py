@@ -18,20 +18,18 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, OKPKey
-
+from agentiam.core.credentials.jose import (
+    ALLOWED_ALGORITHMS,
+    PRIVATE_MEMBERS,
+    PUBLIC_MEMBERS,
+    JoseRejected,
+    import_public_jwk,
+)
 from agentiam.errors import InvalidInput
 
 __all__ = ["ALLOWED_KEY_TYPES", "ValidatedJwk", "validate_public_jwk"]
 
-ALLOWED_KEY_TYPES: dict[str, tuple[str, str]] = {
-    "ES256": ("EC", "P-256"),
-    "Ed25519": ("OKP", "Ed25519"),
-}
-
-_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-_PUBLIC_MEMBERS = {"EC": ("kty", "crv", "x", "y"), "OKP": ("kty", "crv", "x")}
+ALLOWED_KEY_TYPES = ALLOWED_ALGORITHMS
 _KID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
 _MAX_MEMBER_LENGTH = 512
 
@@ -58,7 +56,7 @@ def validate_public_jwk(raw: Any) -> ValidatedJwk:
             raise InvalidInput("jwk members must be strings", hint="Send a single public JWK.")
         if len(value) > _MAX_MEMBER_LENGTH:
             raise InvalidInput(f"jwk member {name!r} is too long")
-    private = _PRIVATE_MEMBERS & raw.keys()
+    private = PRIVATE_MEMBERS & raw.keys()
     if private:
         raise InvalidInput(
             "jwk contains private key material; only public keys are accepted",
@@ -66,7 +64,7 @@ def validate_public_jwk(raw: Any) -> ValidatedJwk:
             "with the agent.",
         )
     alg = raw.get("alg")
-    if alg not in ALLOWED_KEY_TYPES:
+    if not isinstance(alg, str) or alg not in ALLOWED_KEY_TYPES:
         raise InvalidInput(
             f"jwk alg must be one of {', '.join(ALLOWED_KEY_TYPES)}",
             hint="Set 'alg' to ES256 for P-256 keys or Ed25519 for Ed25519 keys "
@@ -78,16 +76,14 @@ def validate_public_jwk(raw: Any) -> ValidatedJwk:
     use = raw.get("use")
     if use is not None and use != "sig":
         raise InvalidInput("jwk 'use' must be 'sig' when present")
-    public = {m: raw[m] for m in _PUBLIC_MEMBERS[kty] if m in raw}
-    if len(public) != len(_PUBLIC_MEMBERS[kty]):
-        raise InvalidInput(f"jwk for {alg} needs members {', '.join(_PUBLIC_MEMBERS[kty])}")
+    public = {m: raw[m] for m in PUBLIC_MEMBERS[kty] if m in raw}
+    if len(public) != len(PUBLIC_MEMBERS[kty]):
+        raise InvalidInput(f"jwk for {alg} needs members {', '.join(PUBLIC_MEMBERS[kty])}")
     try:
         # Importing checks the encoding and, for EC, that the point is on the curve.
-        key = ECKey.import_key(public) if kty == "EC" else OKPKey.import_key(public)
-    except (JoseError, ValueError, TypeError) as exc:
+        key = import_public_jwk(public, alg).key
+    except JoseRejected as exc:
         raise InvalidInput("jwk is not a valid public key", hint=str(exc)[:200]) from None
-    if key.is_private:
-        raise InvalidInput("jwk contains private key material; only public keys are accepted")
     thumbprint = key.thumbprint()
     kid = raw.get("kid", thumbprint)
     if not _KID_RE.match(kid):

@@ -83,6 +83,9 @@ class Agent:
     parent_id: str | None = None
     expires_at: datetime | None = None
     sponsors: tuple[str, ...] = ()
+    scopes: tuple[str, ...] = ()
+    audiences: tuple[str, ...] = ()
+    dpop_required: bool = True
     version: int = 1
 
     @property

@@ -11,12 +11,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from agentiam.config import Limits
+from agentiam.core.credentials.access_tokens import parse_resource, parse_scope
 from agentiam.core.identities.models import AutonomyLevel, ExternalIdentity, RuntimeInfo
 from agentiam.core.normalize import normalize_display_text, normalize_identifier
 from agentiam.errors import InvalidInput
 
 __all__ = [
     "validate_access_review",
+    "validate_audiences",
     "validate_autonomy",
     "validate_email",
     "validate_external_identity",
@@ -24,6 +26,7 @@ __all__ = [
     "validate_labels",
     "validate_reason",
     "validate_runtime",
+    "validate_scopes",
 ]
 
 _EMAIL_RE = re.compile(r"^[^@\s]{1,64}@(?:[^@\s.]{1,63}\.)+[^@\s.]{2,63}$")
@@ -141,3 +144,37 @@ def validate_access_review(value: date | None, now: datetime, interval_days: int
     if value < today or value > today + timedelta(days=366):
         raise InvalidInput("next_access_review must be between today and 366 days ahead")
     return value
+
+
+def validate_scopes(values: Sequence[str] | None) -> tuple[str, ...]:
+    """The OAuth scopes an agent is entitled to (RFC 6749 section 3.3 syntax), sorted."""
+    if not values:
+        return ()
+    if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+        raise InvalidInput("scopes must be a list of strings")
+    try:
+        parsed = parse_scope(" ".join(values))
+    except ValueError as exc:
+        raise InvalidInput(
+            str(exc),
+            hint="A scope is printable ASCII without spaces, quotes "
+            "or backslashes, e.g. tools:read.",
+        ) from None
+    return tuple(sorted(parsed or ()))
+
+
+def validate_audiences(values: Sequence[str] | None, limits: Limits) -> tuple[str, ...]:
+    """The resource indicators (RFC 8707) an agent's tokens may name, sorted."""
+    if not values:
+        return ()
+    if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+        raise InvalidInput("audiences must be a list of strings")
+    if len(values) > limits.max_audiences:
+        raise InvalidInput(f"at most {limits.max_audiences} audiences")
+    try:
+        return tuple(sorted({parse_resource(v) for v in values}))
+    except ValueError as exc:
+        raise InvalidInput(
+            str(exc),
+            hint="Use the resource server's absolute URI, e.g. https://tools.example.com/mcp.",
+        ) from None

@@ -56,6 +56,9 @@ def register_agent(body: AgentCreate, request: Request, ctx: Write) -> AgentOut:
             ttl_seconds=body.ttl_seconds,
             activate=body.activate,
             keys=body.keys,
+            scopes=body.scopes,
+            audiences=body.audiences,
+            dpop_required=body.dpop_required,
         ),
     )
     return AgentOut.of(agent)
@@ -134,6 +137,9 @@ def update_agent(agent_id: IdPath, body: AgentUpdate, request: Request, ctx: Wri
             runtime=body.runtime.model_dump() if body.runtime else None,
             labels=body.labels,
             next_access_review=body.next_access_review,
+            scopes=body.scopes,
+            audiences=body.audiences,
+            dpop_required=body.dpop_required,
         ),
     )
     return AgentOut.of(agent)

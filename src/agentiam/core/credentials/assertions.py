@@ -1,0 +1,113 @@
+"""Client assertions for ``private_key_jwt`` (RFC 7523 sections 2.2 and 3; RFC 7521
+section 4.2).
+
+Validation is split in two so the service can look up keys in between:
+:func:`parse_assertion` applies the header profile and reads the claimed client
+without trusting it; :func:`verify_assertion` checks the signature with one of that
+client's registered keys and then every claim rule:
+
+* ``iss`` and ``sub`` both equal the ``client_id`` (section 3, items 1-2);
+* ``aud`` is the issuer or the token endpoint, as a string or a one-element array
+  (section 3 item 3; a single audience avoids the audience-injection weakness);
+* ``exp`` is required and at most ``max_lifetime`` seconds ahead (section 3 item 4);
+* ``nbf`` and ``iat``, when present, are not in the future beyond the clock skew;
+* ``jti`` is required; its single use is enforced by the caller's replay store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from agentiam.core.credentials.claims import (
+    check_not_before,
+    check_not_expired,
+    string_claim,
+)
+from agentiam.core.credentials.jose import (
+    ALLOWED_ALGORITHMS,
+    CompactJws,
+    HeaderProfile,
+    JoseRejected,
+    VerificationKey,
+    parse_compact,
+    verify_signature,
+)
+
+__all__ = [
+    "ASSERTION_PROFILE",
+    "CLIENT_ASSERTION_TYPE",
+    "ClientAssertion",
+    "parse_assertion",
+    "verify_assertion",
+]
+
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+# typ may be absent or plain JWT; an access token or DPoP proof cannot pass as one.
+ASSERTION_PROFILE = HeaderProfile(
+    name="client assertion",
+    typ=frozenset({None, "JWT", "client-authentication+jwt"}),
+    algorithms=frozenset(ALLOWED_ALGORITHMS),
+    max_length=4096,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientAssertion:
+    """An assertion that passed every check except the single use of its ``jti``."""
+
+    client_id: str
+    jti: str
+    exp: int
+    kid: str | None
+
+
+def parse_assertion(assertion: str) -> tuple[CompactJws, str]:
+    """Parse and return the token with the client it claims to be (``iss``)."""
+    token = parse_compact(assertion, ASSERTION_PROFILE)
+    issuer = string_claim(token.claims, "iss", max_length=64)
+    return token, issuer
+
+
+def verify_assertion(
+    token: CompactJws,
+    keys: Sequence[VerificationKey],
+    *,
+    client_id: str,
+    audiences: Collection[str],
+    now: int,
+    skew: int,
+    max_lifetime: int,
+) -> ClientAssertion:
+    """Verify ``token`` for ``client_id`` against its registered ``keys``.
+
+    With a ``kid`` only the key of that kid is tried; without one, each key whose
+    pinned algorithm is the header's. Raise :class:`JoseRejected` on any failure.
+    """
+    kid = token.kid
+    candidates = [k for k in keys if k.alg == token.alg and (kid is None or k.kid == kid)]
+    if not candidates:
+        raise JoseRejected("no registered, active key matches the assertion's kid and alg")
+    for key in candidates:
+        try:
+            verify_signature(token, key)
+            break
+        except JoseRejected:
+            continue
+    else:
+        raise JoseRejected("signature does not verify with any registered key")
+    claims = token.claims
+    if claims.get("iss") != client_id or claims.get("sub") != client_id:
+        raise JoseRejected("iss and sub must both be the client_id")
+    aud = claims.get("aud")
+    if isinstance(aud, list) and len(aud) == 1:
+        aud = aud[0]
+    if not isinstance(aud, str) or aud not in audiences:
+        raise JoseRejected("aud is not this authorization server")
+    exp = check_not_expired(claims, now, skew)
+    if exp > now + max_lifetime + skew:
+        raise JoseRejected(f"exp is more than {max_lifetime} s ahead")
+    check_not_before(claims, now, skew)
+    jti = string_claim(claims, "jti", max_length=256)
+    return ClientAssertion(client_id=client_id, jti=jti, exp=exp, kid=kid)

@@ -1,0 +1,104 @@
+"""Revoked access tokens, as the verifiers hold them in memory.
+
+Two kinds of entry (RFC 7009 describes the first; the second is ours):
+
+* a token, by ``jti``: kept until the token's own ``exp``;
+* an agent, by cut-off: every token issued to the agent at or before the cut-off
+  (compared in whole seconds, as ``iat`` is) is refused. Suspending or
+  decommissioning an agent writes one, so its tokens stop working everywhere.
+
+:class:`RevocationSet` is what a verifier consults on every request. It never reads a
+database: a feed keeps it fresh (see ``services/credentials.py`` and the remote client
+in ``adapters/verification``), and if the feed has not succeeded for ``max_staleness``
+seconds the set reports itself stale and the verifier refuses every token: it fails
+closed rather than miss a revocation.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = ["MAX_TOKEN_LIFETIME", "Revocation", "RevocationKind", "RevocationSet"]
+
+# No access token lives longer than this (the lifetime cap plus the largest clock
+# skew), so no revocation entry needs to be kept longer.
+MAX_TOKEN_LIFETIME = 3600 + 120
+
+
+class RevocationKind(StrEnum):
+    TOKEN = "token"  # noqa: S105 - a kind name, not a secret
+    AGENT = "agent"
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One entry of the revocation feed. ``seq`` orders the feed; ``expires`` (epoch
+    seconds) is when the entry can be forgotten because no token it covers is alive."""
+
+    seq: int
+    kind: RevocationKind
+    subject: str  # the jti, or the agent id
+    cutoff: int  # agent entries: tokens with iat <= cutoff are revoked
+    expires: int
+
+
+class RevocationSet:
+    """A thread-safe, bounded-by-expiry, in-memory view of the revocation feed."""
+
+    def __init__(
+        self,
+        *,
+        max_staleness: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._tokens: dict[str, int] = {}
+        self._agents: dict[str, tuple[int, int]] = {}
+        self._cursor = 0
+        self._max_staleness = max_staleness
+        self._monotonic = monotonic
+        self._fresh_at: float | None = None
+
+    @property
+    def cursor(self) -> int:
+        """The highest ``seq`` applied: the feed is read after it."""
+        return self._cursor
+
+    def apply(self, entries: Iterable[Revocation], *, now: int) -> None:
+        """Add feed entries (idempotent) and drop those past their expiry."""
+        with self._lock:
+            for entry in entries:
+                if entry.kind is RevocationKind.TOKEN:
+                    self._tokens[entry.subject] = max(
+                        entry.expires, self._tokens.get(entry.subject, 0)
+                    )
+                else:
+                    cutoff, expires = self._agents.get(entry.subject, (0, 0))
+                    self._agents[entry.subject] = (
+                        max(cutoff, entry.cutoff),
+                        max(expires, entry.expires),
+                    )
+                self._cursor = max(self._cursor, entry.seq)
+            self._tokens = {k: v for k, v in self._tokens.items() if v > now}
+            self._agents = {k: v for k, v in self._agents.items() if v[1] > now}
+
+    def mark_fresh(self) -> None:
+        """Record a successful read of the feed (even one with no new entries)."""
+        self._fresh_at = self._monotonic()
+
+    def is_stale(self) -> bool:
+        fresh_at = self._fresh_at
+        return fresh_at is None or self._monotonic() - fresh_at > self._max_staleness
+
+    def is_revoked(self, *, jti: str, agent_id: str, issued_at: int) -> bool:
+        if jti in self._tokens:
+            return True
+        agent = self._agents.get(agent_id)
+        return agent is not None and issued_at <= agent[0]
+
+    def __len__(self) -> int:
+        return len(self._tokens) + len(self._agents)

@@ -1,0 +1,278 @@
+"""Access-token and DPoP verification for resource servers and enforcement points.
+
+This is the library every enforcement point calls on every request. It is pure: keys
+come from a :class:`KeyLookup` (a cache the caller keeps fresh), revocations from an
+in-memory :class:`~agentiam.core.credentials.revocations.RevocationSet`, and time is
+passed in. It never touches a database.
+
+Checks, in order (RFC 9068 section 4, RFC 9449 section 7, RFC 8725):
+
+1. exactly one ``Authorization`` header, at most one ``DPoP`` header, both within size
+   limits before anything is decoded;
+2. the revocation set is fresh, else every token is refused (fail closed);
+3. the token's header: ``typ`` ``at+jwt``, allowed ``alg``, a well-formed ``kid``, no
+   key-carrying or ``crit`` headers, no duplicate JSON members;
+4. the signature, with the algorithm pinned for that ``kid``;
+5. ``iss`` and ``aud`` exactly (an audience array must be exactly ``[ours]``), ``exp``,
+   ``nbf`` and ``iat`` within the clock skew, ``sub``, ``client_id`` and ``jti``
+   present;
+6. not revoked by ``jti``, nor by an agent cut-off;
+7. the scheme matches the binding: a token with ``cnf.jkt`` is accepted only under the
+   ``DPoP`` scheme with a valid proof for this request whose key is ``cnf.jkt`` and
+   whose ``ath`` is this token's hash; a Bearer token only where allowed;
+8. the proof's ``jti`` is single use, and its nonce current when nonces are required.
+
+Every failure raises :class:`~agentiam.errors.OAuthError` with the RFC 6750 / RFC 9449
+code and a ``WWW-Authenticate`` challenge. The description is deliberately generic;
+``reason`` names the failed check for the audit trail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from agentiam.core.credentials.access_tokens import ACCESS_TOKEN_PROFILE
+from agentiam.core.credentials.claims import (
+    check_not_before,
+    check_not_expired,
+    numeric_date,
+    optional_string_claim,
+    string_claim,
+)
+from agentiam.core.credentials.dpop import DPOP_PROFILE, DpopWindow, validate_proof
+from agentiam.core.credentials.jose import (
+    ALLOWED_ALGORITHMS,
+    JoseRejected,
+    VerificationKey,
+    parse_compact,
+    verify_signature,
+)
+from agentiam.core.credentials.nonces import NonceIssuer
+from agentiam.core.credentials.replay import ReplayCache
+from agentiam.core.credentials.revocations import RevocationSet
+from agentiam.errors import OAuthError
+
+__all__ = ["AccessTokenVerifier", "KeyLookup", "VerifiedAccess", "VerifierConfig"]
+
+_ALGS = " ".join(ALLOWED_ALGORITHMS)
+
+
+class KeyLookup(Protocol):
+    def get(self, kid: str) -> VerificationKey | None:
+        """The published key for ``kid`` with its pinned algorithm, or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerifierConfig:
+    issuer: str
+    audience: str
+    skew: int = 30
+    dpop_window: DpopWindow = field(default_factory=DpopWindow)
+    accept_bearer: bool = False
+    require_nonce: bool = False
+    max_token_length: int = ACCESS_TOKEN_PROFILE.max_length
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedAccess:
+    """What a verified request may act on."""
+
+    subject: str
+    client_id: str
+    scope: tuple[str, ...]
+    jti: str
+    issued_at: int
+    expires_at: int
+    jkt: str | None
+    claims: Mapping[str, Any]
+
+    @property
+    def token_type(self) -> str:
+        return "DPoP" if self.jkt else "Bearer"
+
+
+class AccessTokenVerifier:
+    def __init__(
+        self,
+        config: VerifierConfig,
+        keys: KeyLookup,
+        revocations: RevocationSet,
+        *,
+        replay: ReplayCache | None = None,
+        nonces: NonceIssuer | None = None,
+    ) -> None:
+        if config.require_nonce and nonces is None:
+            raise ValueError("require_nonce needs a NonceIssuer")
+        self.config = config
+        self._keys = keys
+        self._revocations = revocations
+        self._replay = replay or ReplayCache()
+        self._nonces = nonces
+
+    # -- errors --------------------------------------------------------------------
+
+    def _challenge(self, error: str | None) -> str:
+        """RFC 9449 section 7.1 challenge (plus RFC 6750 Bearer where accepted)."""
+        challenge = f'DPoP algs="{_ALGS}"' + (f', error="{error}"' if error else "")
+        return challenge + (", Bearer" if self.config.accept_bearer else "")
+
+    def _invalid_token(self, reason: str) -> OAuthError:
+        return OAuthError(
+            "invalid_token",
+            "the access token is not valid",
+            status=401,
+            reason=reason,
+            headers={"WWW-Authenticate": self._challenge("invalid_token")},
+        )
+
+    def _invalid_proof(self, reason: str) -> OAuthError:
+        return OAuthError(
+            "invalid_dpop_proof",
+            "the DPoP proof is not valid",
+            status=401,
+            reason=reason,
+            headers={"WWW-Authenticate": self._challenge("invalid_dpop_proof")},
+        )
+
+    def _invalid_request(self, reason: str) -> OAuthError:
+        return OAuthError(
+            "invalid_request",
+            reason,
+            status=400,
+            reason=reason,
+            headers={"WWW-Authenticate": self._challenge("invalid_request")},
+        )
+
+    # -- verification --------------------------------------------------------------
+
+    def verify_request(
+        self,
+        *,
+        authorization: Sequence[str],
+        dpop: Sequence[str],
+        method: str,
+        url: str,
+        now: int,
+    ) -> VerifiedAccess:
+        """Verify the credentials of one HTTP request to ``method`` ``url``."""
+        if not authorization:
+            raise OAuthError(
+                "invalid_token",
+                "an access token is required",
+                status=401,
+                reason="no Authorization header",
+                headers={"WWW-Authenticate": self._challenge(None)},
+            )
+        if len(authorization) > 1:
+            raise self._invalid_request("more than one Authorization header")
+        if len(dpop) > 1:
+            raise self._invalid_proof("more than one DPoP header")
+        header = authorization[0]
+        if len(header) > self.config.max_token_length + 16:
+            raise self._invalid_token("Authorization header too large")
+        scheme, _, token = header.partition(" ")
+        scheme = scheme.lower()
+        token = token.strip()
+        if scheme not in ("dpop", "bearer") or not token:
+            raise self._invalid_token("unsupported authorization scheme")
+        access = self.verify_token(token, now=now)
+        if scheme == "bearer":
+            if access.jkt is not None:
+                raise self._invalid_token("DPoP-bound token presented as Bearer")
+            if not self.config.accept_bearer:
+                raise self._invalid_token("Bearer tokens are not accepted here")
+            if dpop:
+                raise self._invalid_request("DPoP proof sent with a Bearer token")
+            return access
+        if access.jkt is None:
+            raise self._invalid_token("token is not DPoP-bound")
+        if not dpop:
+            raise self._invalid_proof("DPoP proof missing")
+        if len(dpop[0]) > DPOP_PROFILE.max_length:
+            raise self._invalid_proof("DPoP proof too large")
+        try:
+            proof = validate_proof(
+                dpop[0],
+                method=method,
+                url=url,
+                now=now,
+                window=self.config.dpop_window,
+                access_token=token,
+                expected_jkt=access.jkt,
+            )
+        except JoseRejected as exc:
+            raise self._invalid_proof(str(exc)) from None
+        if self.config.require_nonce:
+            assert self._nonces is not None
+            if not self._nonces.is_valid(proof.nonce, now):
+                raise OAuthError(
+                    "use_dpop_nonce",
+                    "a current server nonce is required in the DPoP proof",
+                    status=401,
+                    headers={
+                        "WWW-Authenticate": self._challenge("use_dpop_nonce"),
+                        "DPoP-Nonce": self._nonces.issue(now),
+                    },
+                )
+        expires = proof.iat + self.config.dpop_window.max_age + self.config.skew
+        if not self._replay.first_use(f"{proof.jkt}:{proof.jti}", expires=expires, now=now):
+            raise self._invalid_proof("DPoP proof jti replayed")
+        return access
+
+    def verify_token(self, token: str, *, now: int, any_audience: bool = False) -> VerifiedAccess:
+        """Verify an access token alone (signature, claims, revocation).
+
+        ``any_audience`` skips the audience check; only the authorization server's own
+        introspection and revocation endpoints, which serve every audience, use it."""
+        if self._revocations.is_stale():
+            raise OAuthError(
+                "temporarily_unavailable",
+                "token revocation state is not current; try again shortly",
+                status=503,
+                reason="revocation feed stale",
+            )
+        try:
+            parsed = parse_compact(token, ACCESS_TOKEN_PROFILE)
+            key = self._keys.get(parsed.kid or "")
+            if key is None:
+                raise JoseRejected("unknown kid")
+            verify_signature(parsed, key)
+            claims = parsed.claims
+            if claims.get("iss") != self.config.issuer:
+                raise JoseRejected("iss is not this issuer")
+            aud = claims.get("aud")
+            if not any_audience and aud not in (self.config.audience, [self.config.audience]):
+                raise JoseRejected("aud is not this resource")
+            exp = check_not_expired(claims, now, self.config.skew)
+            check_not_before(claims, now, self.config.skew)
+            iat = numeric_date(claims, "iat")
+            subject = string_claim(claims, "sub")
+            client_id = string_claim(claims, "client_id")
+            jti = string_claim(claims, "jti")
+            scope = optional_string_claim(claims, "scope", max_length=8192) or ""
+            jkt = _jkt(claims)
+        except JoseRejected as exc:
+            raise self._invalid_token(str(exc)) from None
+        if self._revocations.is_revoked(jti=jti, agent_id=client_id, issued_at=iat):
+            raise self._invalid_token("token revoked")
+        return VerifiedAccess(
+            subject=subject,
+            client_id=client_id,
+            scope=tuple(scope.split()) if scope else (),
+            jti=jti,
+            issued_at=iat,
+            expires_at=exp,
+            jkt=jkt,
+            claims=claims,
+        )
+
+
+def _jkt(claims: Mapping[str, Any]) -> str | None:
+    cnf = claims.get("cnf")
+    if cnf is None:
+        return None
+    if not isinstance(cnf, dict) or set(cnf) != {"jkt"} or not isinstance(cnf["jkt"], str):
+        raise JoseRejected("cnf must be {jkt: <thumbprint>}")
+    return cnf["jkt"]

@@ -1,0 +1,217 @@
+"""The authorization server's key ring: publish, sign, rotate, retire.
+
+Keys live in the database so every replica shares them; each replica keeps them in
+memory and re-reads them every ``refresh_seconds``. Because a rotated-in key is
+published ``publish_delay`` (at least twice the refresh interval) before it signs,
+every replica's JWKS lists it before any replica signs with it. Private halves are
+unsealed with the master key on first use and kept only in memory.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from joserfc import jwt
+
+from agentiam.core.audit.events import ResourceRef
+from agentiam.core.credentials.jose import JoseRejected, VerificationKey, import_public_jwk
+from agentiam.core.credentials.sealing import MasterKey, SealError
+from agentiam.core.credentials.signing_keys import (
+    PrivateKey,
+    SigningKey,
+    generate_signing_key,
+    plan_rotation,
+    published_keys,
+    retire_now,
+    signing_key_at,
+    unseal_private_key,
+)
+from agentiam.errors import InvalidInput, InvalidTransition, NotFound, ServiceUnavailable
+from agentiam.ports import Clock, UnitOfWorkFactory
+from agentiam.services.context import CallContext
+
+__all__ = ["SigningKeyService"]
+
+
+class SigningKeyService:
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        clock: Clock,
+        *,
+        master: MasterKey | None,
+        alg: str,
+        publish_delay: timedelta,
+        verify_for: timedelta,
+        refresh_seconds: float,
+    ) -> None:
+        self._uow = uow
+        self._clock = clock
+        self._master = master
+        self._alg = alg
+        self._publish_delay = publish_delay
+        self._verify_for = verify_for
+        self._refresh_seconds = refresh_seconds
+        self._lock = threading.Lock()
+        self._keys: list[SigningKey] = []
+        self._verification: dict[str, VerificationKey] = {}
+        self._private: dict[str, PrivateKey] = {}
+        self._loaded_at: float | None = None
+
+    # -- the in-memory ring ---------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Re-read the ring from the database."""
+        with self._uow(read_only=True) as uow:
+            keys = uow.signing_keys.all()
+        verification = {}
+        for key in keys:
+            try:
+                verification[key.kid] = import_public_jwk(key.public_jwk, key.alg, kid=key.kid)
+            except JoseRejected:
+                continue  # a damaged row never verifies anything
+        with self._lock:
+            self._keys = keys
+            self._verification = verification
+            self._loaded_at = time.monotonic()
+
+    def _ring(self) -> list[SigningKey]:
+        loaded = self._loaded_at
+        if loaded is None or time.monotonic() - loaded > self._refresh_seconds:
+            self.refresh()
+        return self._keys
+
+    def now(self) -> datetime:
+        return self._clock.now()
+
+    def keys(self) -> list[SigningKey]:
+        self.refresh()
+        return list(self._keys)
+
+    def get(self, kid: str) -> VerificationKey | None:
+        """The published key for ``kid`` (the verifier's key lookup); no database read
+        unless the in-memory copy is older than the refresh interval."""
+        now = self._clock.now()
+        for key in self._ring():
+            if key.kid == kid:
+                return self._verification.get(kid) if key.is_published(now) else None
+        return None
+
+    def jwks(self) -> dict[str, Any]:
+        """The JWK Set (RFC 7517 section 5) of every published key."""
+        now = self._clock.now()
+        return {"keys": [dict(k.public_jwk) for k in published_keys(self._ring(), now)]}
+
+    # -- signing ----------------------------------------------------------------------
+
+    def _require_master(self) -> MasterKey:
+        if self._master is None:
+            raise ServiceUnavailable(
+                "no master key is configured, so no token can be signed",
+                hint="Set AGENTIAM_MASTER_KEY_FILE (or AGENTIAM_MASTER_KEY); create one with "
+                "'agentiam keys generate-master-key'.",
+            )
+        return self._master
+
+    def sign(self, claims: Mapping[str, Any], *, typ: str) -> str:
+        """Sign ``claims`` with the key that signs now (creating the first key of an
+        empty ring)."""
+        now = self._clock.now()
+        key = signing_key_at(self._ring(), now)
+        if key is None:
+            self.refresh()
+            key = signing_key_at(self._keys, now)
+        if key is None and not self._keys:
+            self._create(CallContext.system("control-plane/keys"), now, activates_at=now)
+            key = signing_key_at(self._keys, now)
+        if key is None:
+            raise ServiceUnavailable(
+                "no signing key is active", hint="Run 'agentiam keys rotate --immediate'."
+            )
+        private = self._private.get(key.kid)
+        if private is None:
+            try:
+                private = unseal_private_key(key, self._require_master())
+            except SealError as exc:
+                raise ServiceUnavailable(
+                    "the signing key cannot be unsealed with the configured master key",
+                    hint=str(exc),
+                ) from None
+            self._private[key.kid] = private
+        header = {"typ": typ, "alg": key.alg, "kid": key.kid}
+        return jwt.encode(header, dict(claims), private, algorithms=[key.alg])
+
+    # -- administration ----------------------------------------------------------------
+
+    def _create(self, ctx: CallContext, now: datetime, *, activates_at: datetime) -> SigningKey:
+        new = generate_signing_key(
+            self._alg,
+            master=self._require_master(),
+            now=now,
+            activates_at=activates_at,
+            created_by=ctx.actor.label,
+        )
+        with self._uow() as uow:
+            replaced = plan_rotation(uow.signing_keys.all(), new, verify_for=self._verify_for)
+            uow.signing_keys.add(new)
+            for old in replaced:
+                uow.signing_keys.update_schedule(old)
+            uow.audit.append(
+                ctx.event(
+                    "signing_key.created",
+                    now=now,
+                    resource=ResourceRef("signing_key", new.kid),
+                    details={
+                        "alg": new.alg,
+                        "activates_at": new.activates_at.isoformat(),
+                        "replaces": [k.kid for k in replaced],
+                    },
+                )
+            )
+            uow.commit()
+        self.refresh()
+        return new
+
+    def rotate(self, ctx: CallContext, *, immediate: bool = False) -> SigningKey:
+        """Add a key that signs after the publish delay (or now, with ``immediate``,
+        for a suspected compromise); the keys it replaces stay published until every
+        token they signed has expired."""
+        now = self._clock.now()
+        return self._create(ctx, now, activates_at=now if immediate else now + self._publish_delay)
+
+    def retire(self, ctx: CallContext, kid: str, reason: str) -> SigningKey:
+        """Unpublish ``kid`` now: every token it signed stops verifying."""
+        if not reason.strip():
+            raise InvalidInput("a reason is required to retire a signing key")
+        now = self._clock.now()
+        with self._uow() as uow:
+            keys = uow.signing_keys.all()
+            key = next((k for k in keys if k.kid == kid), None)
+            if key is None:
+                raise NotFound(f"signing key {kid} does not exist")
+            if not key.is_published(now):
+                raise InvalidTransition(f"signing key {kid} is already retired")
+            others = [k for k in keys if k.kid != kid]
+            if key.can_sign(now) and signing_key_at(others, now) is None:
+                raise InvalidTransition(
+                    "this is the only key that can sign now",
+                    hint="Run 'agentiam keys rotate --immediate' first, then retire it.",
+                )
+            retired = retire_now(key, now)
+            uow.signing_keys.update_schedule(retired)
+            uow.audit.append(
+                ctx.event(
+                    "signing_key.retired",
+                    now=now,
+                    resource=ResourceRef("signing_key", kid),
+                    reason=reason[:500],
+                )
+            )
+            uow.commit()
+        self._private.pop(kid, None)
+        self.refresh()
+        return retired
