@@ -20,9 +20,12 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@ $(VENV)/.run-installed
 
+MASTER_KEY_FILE ?= agentiam.master.key
+
 run: $(VENV)/.run-installed
 	$(BIN)/agentiam db upgrade
-	$(BIN)/agentiam serve
+	@test -f $(MASTER_KEY_FILE) || $(BIN)/agentiam keys generate-master-key -o $(MASTER_KEY_FILE)
+	AGENTIAM_MASTER_KEY_FILE=$(MASTER_KEY_FILE) $(BIN)/agentiam serve
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests bench
@@ -36,6 +39,7 @@ test: lint typecheck
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/registry.py
+	$(BIN)/python bench/tokens.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -46,7 +46,17 @@ def test_core_imports_without_web_framework_or_driver() -> None:
 
 def test_public_api_is_declared() -> None:
     public = {n for n in dir(agentiam) if not n.startswith("_")}
-    modules = {"config", "errors", "core", "ports", "services", "adapters", "bootstrap", "cli"}
+    modules = {
+        "config",
+        "errors",
+        "core",
+        "ports",
+        "services",
+        "adapters",
+        "bootstrap",
+        "cli",
+        "sdk",
+    }
     modules |= {"annotations"}  # the __future__ import
     assert set(agentiam.__all__) - {"__version__"} == public - modules
     for name in agentiam.__all__:

@@ -28,7 +28,7 @@ from agentiam.ports import Clock, UnitOfWork
 from agentiam.services.admin_keys import AdminKeyService
 from agentiam.services.agents import AgentService
 from agentiam.services.audit import AuditService
-from agentiam.services.context import SystemClock
+from agentiam.services.context import CallContext, SystemClock
 from agentiam.services.humans import HumanService
 from agentiam.services.revocations import RevocationService
 from agentiam.services.signing_keys import SigningKeyService
@@ -64,15 +64,23 @@ class Container:
         ``revocation_poll_seconds``), signing-key refresh, and purging of expired
         single-use values and revocations."""
         self.revocations.sync()
+        self.signing_keys.ensure_key(CallContext.system("control-plane/keys"))
         loops = (
             (self.settings.revocation_poll_seconds, self.revocations.sync),
             (self.settings.key_refresh_seconds, self.signing_keys.refresh),
             (60.0, self.revocations.purge),
+            (self.settings.expiry_sweep_seconds, self._expire_agents),
         )
         for interval, task in loops:
             threading.Thread(
                 target=self._loop, args=(interval, task), daemon=True, name=task.__name__
             ).start()
+
+    def _expire_agents(self) -> None:
+        """Decommission ephemeral agents whose TTL ran out."""
+        expired = self.agents.expire_due(CallContext.system("control-plane/expiry-sweeper"))
+        if expired:
+            log.info("decommissioned %d expired ephemeral agents", len(expired))
 
     def _loop(self, interval: float, task: Any) -> None:
         while not self._stop.wait(interval):

@@ -69,6 +69,8 @@ class Settings:
     key_refresh_seconds: float = 5.0
     revocation_poll_seconds: float = 0.25
     revocation_max_staleness_seconds: float = 10.0
+    # The longest a GET /v1/revocations long poll is held open.
+    revocation_feed_max_wait_seconds: float = 25.0
     # The key that seals private keys at rest: base64url text, or a file holding it.
     master_key: str | None = field(default=None, repr=False)
     master_key_file: str | None = None

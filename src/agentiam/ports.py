@@ -16,7 +16,7 @@ from agentiam.core.audit.events import AuditEvent
 from agentiam.core.credentials.revocations import Revocation, RevocationKind
 from agentiam.core.credentials.signing_keys import SigningKey
 from agentiam.core.identities.lifecycle import AgentStatus
-from agentiam.core.identities.models import Agent, AgentKey, Human, Transition
+from agentiam.core.identities.models import Agent, AgentKey, ClientRecord, Human, Transition
 
 __all__ = [
     "AdminKeyRepository",
@@ -100,6 +100,9 @@ class AgentRepository(Protocol):
     def get(self, agent_id: str) -> Agent | None: ...
 
     def get_by_name(self, name: str) -> Agent | None: ...
+
+    def client(self, agent_id: str) -> ClientRecord | None:
+        """The agent as an OAuth client, with its active keys only."""
 
     def update(self, agent: Agent, expected_version: int) -> None:
         """Replace; raise Conflict if the stored version is not ``expected_version``."""

@@ -26,6 +26,7 @@ from agentiam.adapters.http.app import create_app
 from agentiam.adapters.storage import migrate
 from agentiam.bootstrap import build
 from agentiam.config import Settings
+from agentiam.core.credentials.sealing import MasterKey
 from agentiam.services.agents import NewAgent
 from agentiam.services.context import CallContext
 from agentiam.services.humans import NewHuman
@@ -49,7 +50,13 @@ class Fuzzed:
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     path: Path = tmp_path_factory.mktemp("fuzz") / "agentiam.db"
-    c = build(Settings(database_url=f"sqlite:///{path}"))
+    c = build(
+        Settings(
+            database_url=f"sqlite:///{path}",
+            master_key=MasterKey.generate_text(),
+            revocation_feed_max_wait_seconds=0.05,  # the long poll would stall the fuzzer
+        )
+    )
     migrate.upgrade(c.engine)
     ctx = CallContext.system("fuzz")
     issued = c.admin_keys.ensure_bootstrap_key(ctx)

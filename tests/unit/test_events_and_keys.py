@@ -97,5 +97,9 @@ def test_roles_bound_permissions() -> None:
     assert Permission.ADMIN_KEYS_MANAGE in permissions_of(Role.ADMIN)
     assert Permission.ADMIN_KEYS_MANAGE not in permissions_of(Role.OPERATOR)
     auditor = permissions_of(Role.AUDITOR)
-    assert all(p.value.endswith(":read") for p in auditor)
+    assert all(p.value.endswith((":read", ":introspect")) for p in auditor)  # read-only
+    assert permissions_of(Role.VERIFIER) == {
+        Permission.TOKENS_INTROSPECT,
+        Permission.REVOCATIONS_READ,
+    }
     assert Permission.AGENTS_WRITE not in auditor

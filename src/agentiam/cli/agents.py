@@ -26,7 +26,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 AgentRef = Annotated[str, typer.Argument(help="Agent id (agt_…) or name.")]
 Reason = Annotated[str, typer.Option("--reason", "-r", help="Why (recorded in the audit trail).")]
 COLUMNS = [
-    "id", "name", "status", "environment", "owners", "sponsors", "autonomy", "labels", "expires_at"
+    "id", "name", "status", "environment", "owners", "sponsors", "autonomy", "labels",
+    "scopes", "audiences", "dpop_required", "expires_at",
 ]  # fmt: skip
 KEY_COLUMNS = ["id", "kid", "alg", "status", "thumbprint", "created_at", "retired_at"]
 
@@ -73,6 +74,16 @@ def create(
         list[Path] | None, typer.Option("--key-file", help="Public JWK file; repeatable.")
     ] = None,
     activate: Annotated[bool, typer.Option(help="Activate at once.")] = False,
+    scope: Annotated[
+        list[str] | None, typer.Option("--scope", help="Entitled OAuth scope; repeatable.")
+    ] = None,
+    audience: Annotated[
+        list[str] | None,
+        typer.Option("--audience", help="Resource URI its tokens may name; repeatable."),
+    ] = None,
+    dpop: Annotated[
+        bool, typer.Option("--dpop/--no-dpop", help="Require DPoP-bound tokens.")
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Register an agent (pending unless --activate)."""
@@ -97,6 +108,9 @@ def create(
                 ttl_seconds=ttl,
                 activate=activate,
                 keys=[_read_jwk(p) for p in key_file or []],
+                scopes=scope or [],
+                audiences=audience or [],
+                dpop_required=dpop,
             ),
         )
     emit(AgentOut.of(agent), as_json=as_json, columns=COLUMNS)
@@ -179,9 +193,19 @@ def update(
     label: Annotated[
         list[str] | None, typer.Option("--label", "-l", help="Replace labels; key=value.")
     ] = None,
+    scope: Annotated[
+        list[str] | None, typer.Option("--scope", help="Replace entitled scopes; repeatable.")
+    ] = None,
+    audience: Annotated[
+        list[str] | None, typer.Option("--audience", help="Replace audiences; repeatable.")
+    ] = None,
+    dpop: Annotated[
+        bool | None, typer.Option("--dpop/--no-dpop", help="Require DPoP-bound tokens.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change an agent's owners, purpose, environment, autonomy or labels."""
+    """Change an agent's owners, purpose, environment, autonomy, labels or entitlements.
+    Narrowing entitlements revokes the agent's current tokens."""
     with handle_errors(), container() as c:
         found = c.agents.resolve(agent)
         changed = c.agents.update(
@@ -194,6 +218,9 @@ def update(
                 environment=environment,
                 autonomy=autonomy.value if autonomy else None,
                 labels=_labels(label) if label is not None else None,
+                scopes=scope,
+                audiences=audience,
+                dpop_required=dpop,
             ),
         )
     emit(AgentOut.of(changed), as_json=as_json, columns=COLUMNS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from agentiam import __version__
-from agentiam.cli import admin_keys, agents, db, humans
+from agentiam.cli import admin_keys, agents, db, humans, keys, tokens
 from agentiam.cli.serve import serve
 
 app = typer.Typer(
@@ -19,6 +19,8 @@ app.add_typer(db.app, name="db")
 app.add_typer(admin_keys.app, name="admin-keys")
 app.add_typer(humans.app, name="humans")
 app.add_typer(agents.app, name="agents")
+app.add_typer(keys.app, name="keys")
+app.add_typer(tokens.app, name="tokens")
 
 
 @app.command()
@@ -29,3 +31,7 @@ def version() -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -117,6 +117,17 @@ class SigningKeyService:
             )
         return self._master
 
+    def ensure_key(self, ctx: CallContext) -> SigningKey | None:
+        """Create the first key of an empty ring (a no-op without a master key, or when
+        keys exist), so the JWKS lists a key before the first token is signed."""
+        if self._master is None:
+            return None
+        self.refresh()
+        if self._keys:
+            return None
+        now = self._clock.now()
+        return self._create(ctx, now, activates_at=now)
+
     def sign(self, claims: Mapping[str, Any], *, typ: str) -> str:
         """Sign ``claims`` with the key that signs now (creating the first key of an
         empty ring)."""

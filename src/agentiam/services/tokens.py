@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from agentiam.core.audit.events import Actor, ActorType, Outcome, ResourceRef
+from agentiam.core.audit.events import Actor, ActorType, AuditEvent, Outcome, ResourceRef
 from agentiam.core.credentials.access_tokens import (
     AccessTokenClaims,
     granted_scopes,
@@ -34,7 +34,7 @@ from agentiam.core.credentials.dpop import DpopProof, DpopWindow, validate_proof
 from agentiam.core.credentials.jose import JoseRejected, VerificationKey, import_public_jwk
 from agentiam.core.credentials.nonces import NonceIssuer
 from agentiam.core.credentials.verifier import AccessTokenVerifier, VerifiedAccess
-from agentiam.core.identities.models import Agent, KeyStatus
+from agentiam.core.identities.models import ClientRecord, KeyStatus
 from agentiam.core.ids import is_id, new_id
 from agentiam.errors import OAuthError
 from agentiam.ports import Clock, UnitOfWork, UnitOfWorkFactory
@@ -62,6 +62,14 @@ class TokenPolicy:
     @property
     def token_endpoint(self) -> str:
         return self.issuer + TOKEN_PATH
+
+
+@dataclass(frozen=True, slots=True)
+class _SingleUse:
+    purpose: str
+    value: str
+    expires_at: datetime
+    replay_error: OAuthError
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +148,10 @@ class TokenService:
         if "client_secret" in form:
             raise _invalid_client("client_secret sent; only private_key_jwt is accepted")
 
-    def _client_keys(self, uow: UnitOfWork, agent: Agent) -> list[VerificationKey]:
+    @staticmethod
+    def _client_keys(agent: ClientRecord) -> list[VerificationKey]:
         keys = []
-        for key in uow.agent_keys.list_for_agent(agent.id):
+        for key in agent.keys:
             if key.status is not KeyStatus.ACTIVE:
                 continue
             try:
@@ -153,7 +162,7 @@ class TokenService:
 
     def _authenticate(
         self, uow: UnitOfWork, form: Mapping[str, Sequence[str]], epoch: int, now: datetime
-    ) -> tuple[Agent, ClientAssertion]:
+    ) -> tuple[ClientRecord, ClientAssertion]:
         """RFC 7523 section 3 client authentication; records the assertion's ``jti``."""
         if _single(form, "client_assertion_type") != CLIENT_ASSERTION_TYPE:
             raise _invalid_client("client_assertion_type is not jwt-bearer")
@@ -167,7 +176,7 @@ class TokenService:
         client_id = _single(form, "client_id")
         if client_id is not None and client_id != claimed:
             raise _invalid_client("client_id does not match the assertion's iss")
-        agent = uow.agents.get(claimed) if is_id(claimed, "agent") else None
+        agent = uow.agents.client(claimed) if is_id(claimed, "agent") else None
         if agent is None:
             raise _invalid_client("unknown client")
         if not agent.is_usable(now):
@@ -175,7 +184,7 @@ class TokenService:
         try:
             assertion = verify_assertion(
                 token,
-                self._client_keys(uow, agent),
+                self._client_keys(agent),
                 client_id=agent.id,
                 audiences={self.policy.issuer, self.policy.token_endpoint},
                 now=epoch,
@@ -184,10 +193,47 @@ class TokenService:
             )
         except JoseRejected as exc:
             raise _invalid_client(str(exc)) from None
-        expiry = datetime.fromtimestamp(assertion.exp + self.policy.skew, now.tzinfo)
-        if not uow.replay.first_use("client_assertion", f"{agent.id}\0{assertion.jti}", expiry):
-            raise _invalid_client("assertion jti already used")
         return agent, assertion
+
+    def _single_use(
+        self,
+        agent: ClientRecord,
+        assertion: ClientAssertion,
+        proof: DpopProof | None,
+        now: datetime,
+    ) -> list[_SingleUse]:
+        """The values this request consumes, each with the error a replay earns."""
+        skew = self.policy.skew
+        uses = [
+            _SingleUse(
+                "client_assertion",
+                f"{agent.id}\0{assertion.jti}",
+                datetime.fromtimestamp(assertion.exp + skew, now.tzinfo),
+                _invalid_client("assertion jti already used"),
+            )
+        ]
+        if proof is not None:
+            uses.append(
+                _SingleUse(
+                    "dpop_proof",
+                    f"{proof.jkt}\0{proof.jti}",
+                    datetime.fromtimestamp(
+                        proof.iat + self.policy.dpop_window.max_age + skew, now.tzinfo
+                    ),
+                    OAuthError(
+                        "invalid_dpop_proof",
+                        "the DPoP proof is not valid",
+                        reason="DPoP proof jti already used",
+                    ),
+                )
+            )
+        return uses
+
+    @staticmethod
+    def _consume(uow: UnitOfWork, uses: Sequence[_SingleUse]) -> None:
+        for use in uses:
+            if not uow.replay.first_use(use.purpose, use.value, use.expires_at):
+                raise use.replay_error
 
     # -- the token endpoint -------------------------------------------------------------
 
@@ -208,9 +254,16 @@ class TokenService:
                 )
             claimed = _claimed_client(form)
             proof = self._proof(dpop, epoch)
+            # Read and verify outside the write transaction, so the database's write lock
+            # is held only for the inserts below.
+            with self._uow(read_only=True) as uow:
+                agent, assertion = self._authenticate(uow, form, epoch, now)
+            response, claims, issued = self._grant(ctx, agent, form, proof, now, epoch)
             with self._uow() as uow:
-                agent, _assertion = self._authenticate(uow, form, epoch, now)
-                response, claims = self._grant(uow, ctx, agent, form, proof, now, epoch)
+                # A suspension committed since the read above is caught by verifiers: it
+                # revokes every token issued at or before its own second.
+                self._consume(uow, self._single_use(agent, assertion, proof, now))
+                uow.audit.append(issued)
                 uow.commit()
         except OAuthError as exc:
             _, epoch = self._now()
@@ -247,14 +300,13 @@ class TokenService:
 
     def _grant(
         self,
-        uow: UnitOfWork,
         ctx: CallContext,
-        agent: Agent,
+        agent: ClientRecord,
         form: Mapping[str, Sequence[str]],
         proof: DpopProof | None,
         now: datetime,
         epoch: int,
-    ) -> tuple[TokenResponse, AccessTokenClaims]:
+    ) -> tuple[TokenResponse, AccessTokenClaims, AuditEvent]:
         if proof is None and agent.dpop_required:
             raise OAuthError(
                 "invalid_dpop_proof",
@@ -275,16 +327,6 @@ class TokenService:
                 reason=f"not entitled to {' '.join(beyond)[:300]}",
             )
         audience = self._audience(agent, _single(form, "resource"))
-        if proof is not None:
-            expiry = datetime.fromtimestamp(
-                proof.iat + self.policy.dpop_window.max_age + self.policy.skew, now.tzinfo
-            )
-            if not uow.replay.first_use("dpop_proof", f"{proof.jkt}\0{proof.jti}", expiry):
-                raise OAuthError(
-                    "invalid_dpop_proof",
-                    "the DPoP proof is not valid",
-                    reason="DPoP proof jti already used",
-                )
         expires = epoch + self.policy.access_token_ttl
         if agent.expires_at is not None:  # never outlive an ephemeral agent
             expires = min(expires, int(agent.expires_at.timestamp()))
@@ -299,24 +341,22 @@ class TokenService:
             scope=scope,
             jkt=proof.jkt if proof else None,
         )
-        uow.audit.append(
-            CallContext(
-                actor=Actor(ActorType.AGENT, agent.id), source=ctx.source, trace=ctx.trace
-            ).event(
-                "token.issued",
-                now=now,
-                action="token",
-                resource=ResourceRef("agent", agent.id),
-                details={
-                    "grant_type": GRANT_CLIENT_CREDENTIALS,
-                    "jti": claims.jti,
-                    "aud": audience,
-                    "scope": " ".join(scope),
-                    "exp": expires,
-                    "token_type": "DPoP" if proof else "Bearer",
-                    "jkt": claims.jkt,
-                },
-            )
+        issued = CallContext(
+            actor=Actor(ActorType.AGENT, agent.id), source=ctx.source, trace=ctx.trace
+        ).event(
+            "token.issued",
+            now=now,
+            action="token",
+            resource=ResourceRef("agent", agent.id),
+            details={
+                "grant_type": GRANT_CLIENT_CREDENTIALS,
+                "jti": claims.jti,
+                "aud": audience,
+                "scope": " ".join(scope),
+                "exp": expires,
+                "token_type": "DPoP" if proof else "Bearer",
+                "jkt": claims.jkt,
+            },
         )
         body: dict[str, Any] = {
             "token_type": "DPoP" if proof else "Bearer",
@@ -325,10 +365,10 @@ class TokenService:
         }
         headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
         headers.update(self._nonce_headers(epoch))
-        return TokenResponse(body=body, headers=headers), claims
+        return TokenResponse(body=body, headers=headers), claims, issued
 
     @staticmethod
-    def _audience(agent: Agent, resource: str | None) -> str:
+    def _audience(agent: ClientRecord, resource: str | None) -> str:
         """RFC 8707: the audience is the requested resource, which must be one the agent
         is entitled to; with none requested, the agent's only audience."""
         if resource is None:
@@ -400,8 +440,10 @@ class TokenService:
             token = _single(form, "token")
             if not token:
                 raise OAuthError("invalid_request", "token is required")
+            with self._uow(read_only=True) as uow:
+                agent, assertion = self._authenticate(uow, form, epoch, now)
             with self._uow() as uow:
-                agent, _ = self._authenticate(uow, form, epoch, now)
+                self._consume(uow, self._single_use(agent, assertion, None, now))
                 uow.commit()
             self._revocations.ensure_fresh()
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -33,7 +35,15 @@ Errors are RFC 9457 problem details (`application/problem+json`).
 
 def create_app(container: ApiDependencies) -> Any:
     """Build the ASGI app: FastAPI routes wrapped in plain ASGI middleware."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        container.start_background()  # feeds, key refresh, purges, expiry sweep
+        yield
+        container.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="AgentIAM",
         version=__version__,
         description=DESCRIPTION,

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.datastructures import Headers
 
 from agentiam.adapters.http.problems import PROBLEM_JSON
 from agentiam.config import Limits
@@ -126,7 +127,14 @@ class RequestLimits:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        if json_depth_exceeds(body, self.max_depth):
+        # Form bodies (the OAuth endpoints) are never parsed as JSON; every other body
+        # may be, so its nesting is bounded before any parser sees it.
+        is_form = (
+            Headers(scope=scope)
+            .get("content-type", "")
+            .startswith("application/x-www-form-urlencoded")
+        )
+        if not is_form and json_depth_exceeds(body, self.max_depth):
             await _send_problem(
                 send, BadRequest(f"JSON nesting is deeper than {self.max_depth} levels")
             )

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, exists, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
@@ -25,6 +25,7 @@ from agentiam.core.identities.models import (
     Agent,
     AgentKey,
     AutonomyLevel,
+    ClientRecord,
     ExternalIdentity,
     Human,
     KeyStatus,
@@ -151,6 +152,22 @@ class SqlHumans:
         return {r.id for r in rows}
 
 
+# The token endpoint's reads, built once: statement construction is a large share of a
+# short query's cost.
+_CLIENT_ROW = select(
+    t.agents.c.id, t.agents.c.status, t.agents.c.expires_at, t.agents.c.dpop_required
+).where(t.agents.c.id == bindparam("agent_id"))
+_CLIENT_GRANTS = (
+    select(t.agent_entitlements.c.kind, t.agent_entitlements.c.value)
+    .where(t.agent_entitlements.c.agent_id == bindparam("agent_id"))
+    .order_by(t.agent_entitlements.c.value)
+)
+_CLIENT_KEYS = select(t.agent_keys).where(
+    t.agent_keys.c.agent_id == bindparam("agent_id"),
+    t.agent_keys.c.status == KeyStatus.ACTIVE.value,
+)
+
+
 class SqlAgents:
     def __init__(self, conn: Connection) -> None:
         self._c = conn
@@ -266,6 +283,26 @@ class SqlAgents:
     def get(self, agent_id: str) -> Agent | None:
         row = self._c.execute(select(t.agents).where(t.agents.c.id == agent_id)).first()
         return self._hydrate([row])[0] if row else None
+
+    def client(self, agent_id: str) -> ClientRecord | None:
+        row = self._c.execute(_CLIENT_ROW, {"agent_id": agent_id}).first()
+        if row is None:
+            return None
+        granted: dict[str, list[str]] = {SCOPE: [], AUDIENCE: []}
+        for e in self._c.execute(_CLIENT_GRANTS, {"agent_id": agent_id}):
+            granted.setdefault(e.kind, []).append(e.value)
+        keys = tuple(
+            SqlAgentKeys._row(k) for k in self._c.execute(_CLIENT_KEYS, {"agent_id": agent_id})
+        )
+        return ClientRecord(
+            id=row.id,
+            status=AgentStatus(row.status),
+            expires_at=row.expires_at,
+            dpop_required=bool(row.dpop_required),
+            scopes=tuple(granted[SCOPE]),
+            audiences=tuple(granted[AUDIENCE]),
+            keys=keys,
+        )
 
     def get_by_name(self, name: str) -> Agent | None:
         row = self._c.execute(select(t.agents).where(t.agents.c.name == name)).first()
@@ -510,15 +547,18 @@ class SqlAudit:
     def __init__(self, conn: Connection) -> None:
         self._c = conn
 
+    _INSERT = insert(t.audit_events)
+
     def append(self, event: AuditEvent) -> None:
         self._c.execute(
-            insert(t.audit_events).values(
-                event_id=event.event_id,
-                time=event.time,
-                type=event.type,
-                agent_id=event.agent_id,
-                body=_dumps(event.to_dict()),
-            )
+            self._INSERT,
+            {
+                "event_id": event.event_id,
+                "time": event.time,
+                "type": event.type,
+                "agent_id": event.agent_id,
+                "body": _dumps(event.to_dict()),
+            },
         )
 
     def find(self, query: AuditQuery) -> Page[AuditEvent]:
@@ -579,21 +619,27 @@ class SqlSigningKeys:
 
 
 class SqlReplayGuard:
-    """``INSERT ... ON CONFLICT DO NOTHING``: the primary key decides, atomically, on
-    both databases, without aborting the surrounding transaction on a replay."""
+    """``INSERT ... ON CONFLICT DO NOTHING RETURNING``: the primary key decides,
+    atomically, on both databases, without aborting the surrounding transaction on a
+    replay. A returned row means first use (psycopg reports no rowcount here)."""
+
+    _STATEMENTS = {
+        "postgresql": pg_insert(t.replay_guard)
+        .on_conflict_do_nothing()
+        .returning(t.replay_guard.c.digest),
+        "sqlite": sqlite_insert(t.replay_guard)
+        .on_conflict_do_nothing()
+        .returning(t.replay_guard.c.digest),
+    }
 
     def __init__(self, conn: Connection) -> None:
         self._c = conn
-        self._insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        self._insert = self._STATEMENTS[conn.dialect.name]
 
     def first_use(self, purpose: str, value: str, expires_at: datetime) -> bool:
         digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
-        stmt = (
-            self._insert(t.replay_guard)
-            .values(purpose=purpose, digest=digest, expires_at=expires_at)
-            .on_conflict_do_nothing()
-        )
-        return self._c.execute(stmt).rowcount == 1
+        params = {"purpose": purpose, "digest": digest, "expires_at": expires_at}
+        return self._c.execute(self._insert, params).first() is not None
 
     def purge(self, now: datetime, limit: int) -> int:
         rg = t.replay_guard

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Self
 
 from sqlalchemy import Connection, Engine
@@ -19,6 +21,25 @@ from agentiam.adapters.storage.repositories import (
 
 __all__ = ["SqlUnitOfWork"]
 
+# SQLite allows one writer at a time; a writer that finds the lock taken sleeps in the
+# driver's busy handler (steps of up to 100 ms), which wrecks latency under load. Writers
+# of one process therefore queue on a lock of their own first, so only writers of other
+# processes ever meet the busy handler.
+_SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.RLock] = (
+    weakref.WeakKeyDictionary()
+)
+_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(engine: Engine) -> threading.RLock | None:
+    if engine.dialect.name != "sqlite":
+        return None
+    with _LOCKS_GUARD:
+        lock = _SQLITE_WRITE_LOCKS.get(engine)
+        if lock is None:
+            lock = _SQLITE_WRITE_LOCKS[engine] = threading.RLock()
+        return lock
+
 
 class SqlUnitOfWork:
     """Opens a connection and a transaction on enter; commits only on :meth:`commit`.
@@ -31,12 +52,23 @@ class SqlUnitOfWork:
         self._engine = engine
         self._read_only = read_only
         self._conn: Connection | None = None
+        self._lock = None if read_only else _write_lock(engine)
 
     def __enter__(self) -> Self:
-        self._conn = self._engine.connect()
-        # Read-only units skip SQLite's write lock (see engine.py); writers take it at once.
-        self._conn.info["read_only"] = self._read_only
-        self._conn.begin()
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            self._conn = self._engine.connect()
+            # Read-only units skip SQLite's write lock (see engine.py); writers take it now.
+            self._conn.info["read_only"] = self._read_only
+            self._conn.begin()
+        except BaseException:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            if self._lock is not None:
+                self._lock.release()
+            raise
         self.humans = SqlHumans(self._conn)
         self.agents = SqlAgents(self._conn)
         self.agent_keys = SqlAgentKeys(self._conn)
@@ -55,6 +87,8 @@ class SqlUnitOfWork:
         finally:
             self._conn.close()
             self._conn = None
+            if self._lock is not None:
+                self._lock.release()
 
     def commit(self) -> None:
         assert self._conn is not None

@@ -11,6 +11,7 @@ The ``jti`` replay check and the server nonce are the caller's, since they need 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -23,6 +24,7 @@ from agentiam.core.credentials.jose import (
     HeaderProfile,
     JoseRejected,
     PublicKey,
+    VerificationKey,
     b64url_encode,
     import_public_jwk,
     parse_compact,
@@ -75,6 +77,22 @@ def jwk_thumbprint(key: PublicKey) -> str:
     return key.thumbprint()
 
 
+def _proof_key(jwk: object, alg: str) -> tuple[VerificationKey, str]:
+    """Import a proof's ``jwk`` (public only, matching ``alg``) with its thumbprint.
+    Agents reuse one DPoP key for many proofs, so imports are memoised per key."""
+    if not isinstance(jwk, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in jwk.items()
+    ):
+        raise JoseRejected("jwk must be an object of string members")
+    return _import_cached(alg, tuple(sorted(jwk.items())))
+
+
+@functools.lru_cache(maxsize=4096)
+def _import_cached(alg: str, members: tuple[tuple[str, str], ...]) -> tuple[VerificationKey, str]:
+    key = import_public_jwk(dict(members), alg)
+    return key, jwk_thumbprint(key.key)
+
+
 def access_token_hash(access_token: str) -> str:
     """``ath``: base64url of the SHA-256 of the ASCII access token (section 4.2)."""
     return b64url_encode(hashlib.sha256(access_token.encode("ascii")).digest())
@@ -125,7 +143,7 @@ def validate_proof(
     Raise :class:`JoseRejected` naming the failed check.
     """
     token = parse_compact(proof, DPOP_PROFILE)
-    key = import_public_jwk(token.header["jwk"], token.alg)
+    key, jkt = _proof_key(token.header["jwk"], token.alg)
     verify_signature(token, key)
     claims = token.claims
     jti = string_claim(claims, "jti", max_length=256)
@@ -139,7 +157,6 @@ def validate_proof(
     if iat < now - window.max_age or iat > now + window.max_future:
         raise JoseRejected("iat is outside the accepted window")
     nonce = optional_string_claim(claims, "nonce", max_length=512)
-    jkt = jwk_thumbprint(key.key)
     if access_token is not None:
         ath = string_claim(claims, "ath", max_length=128)
         if not hmac.compare_digest(ath, access_token_hash(access_token)):

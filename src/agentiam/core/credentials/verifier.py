@@ -29,6 +29,7 @@ code and a ``WWW-Authenticate`` challenge. The description is deliberately gener
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -102,6 +103,7 @@ class AccessTokenVerifier:
         *,
         replay: ReplayCache | None = None,
         nonces: NonceIssuer | None = None,
+        verified_cache_size: int = 10_000,
     ) -> None:
         if config.require_nonce and nonces is None:
             raise ValueError("require_nonce needs a NonceIssuer")
@@ -110,6 +112,11 @@ class AccessTokenVerifier:
         self._revocations = revocations
         self._replay = replay or ReplayCache()
         self._nonces = nonces
+        # Tokens whose signature and claims already verified: an agent presents one token
+        # for many requests. Expiry, revocation and the key's publication are re-checked
+        # on every hit; only the signature and claim parsing are skipped.
+        self._verified: OrderedDict[str, tuple[VerifiedAccess, str]] = OrderedDict()
+        self._verified_max = verified_cache_size
 
     # -- errors --------------------------------------------------------------------
 
@@ -233,6 +240,20 @@ class AccessTokenVerifier:
                 status=503,
                 reason="revocation feed stale",
             )
+        cached = self._verified.get(token)
+        if cached is not None:
+            access, kid = cached
+            if now - self.config.skew >= access.expires_at:
+                raise self._invalid_token("token expired")
+            if self._keys.get(kid) is None:
+                raise self._invalid_token("signing key no longer published")
+            if not any_audience and access.claims.get("aud") not in (
+                self.config.audience,
+                [self.config.audience],
+            ):
+                raise self._invalid_token("aud is not this resource")
+            self._check_revoked(access)
+            return access
         try:
             parsed = parse_compact(token, ACCESS_TOKEN_PROFILE)
             key = self._keys.get(parsed.kid or "")
@@ -255,9 +276,7 @@ class AccessTokenVerifier:
             jkt = _jkt(claims)
         except JoseRejected as exc:
             raise self._invalid_token(str(exc)) from None
-        if self._revocations.is_revoked(jti=jti, agent_id=client_id, issued_at=iat):
-            raise self._invalid_token("token revoked")
-        return VerifiedAccess(
+        access = VerifiedAccess(
             subject=subject,
             client_id=client_id,
             scope=tuple(scope.split()) if scope else (),
@@ -267,6 +286,17 @@ class AccessTokenVerifier:
             jkt=jkt,
             claims=claims,
         )
+        self._check_revoked(access)
+        self._verified[token] = (access, parsed.kid or "")
+        if len(self._verified) > self._verified_max:
+            self._verified.popitem(last=False)
+        return access
+
+    def _check_revoked(self, access: VerifiedAccess) -> None:
+        if self._revocations.is_revoked(
+            jti=access.jti, agent_id=access.client_id, issued_at=access.issued_at
+        ):
+            raise self._invalid_token("token revoked")
 
 
 def _jkt(claims: Mapping[str, Any]) -> str | None:

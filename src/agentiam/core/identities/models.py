@@ -17,6 +17,7 @@ __all__ = [
     "Agent",
     "AgentKey",
     "AutonomyLevel",
+    "ClientRecord",
     "ExternalIdentity",
     "Human",
     "KeyStatus",
@@ -129,3 +130,21 @@ class Transition:
     reason: str
     at: datetime
     details: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRecord:
+    """What the token endpoint needs of an agent acting as an OAuth client: its state,
+    entitlements and active public keys, read in one short query set."""
+
+    id: str
+    status: AgentStatus
+    expires_at: datetime | None
+    dpop_required: bool
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    keys: tuple[AgentKey, ...]
+
+    def is_usable(self, now: datetime) -> bool:
+        expired = self.expires_at is not None and now >= self.expires_at
+        return self.status is AgentStatus.ACTIVE and not expired

@@ -156,7 +156,7 @@ async def revocation_feed(
     answers as soon as this replica's feed moves past ``after``, or after ``wait``
     seconds with no entries."""
     c = container_of(request)
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + min(wait, c.settings.revocation_feed_max_wait_seconds)
     poll = min(0.05, c.settings.revocation_poll_seconds)
     while c.revocations.revoked.cursor <= after and time.monotonic() < deadline:
         await anyio.sleep(poll)

@@ -1,0 +1,198 @@
+"""A verifier for enforcement points that run apart from the control plane.
+
+It keeps two things fresh in the background and never calls out on the request path
+except to learn a key it has not seen:
+
+* :class:`JwksCache`: the control plane's JWKS, re-read every ``max_age`` seconds and at
+  most once per ``min_refresh_interval`` when a token names an unknown ``kid`` (so a
+  stream of bogus kids cannot turn into a stream of fetches). Each key's algorithm is
+  pinned from its JWK ``alg``; keys without an allowed ``alg`` are ignored.
+* :class:`RevocationFeedClient`: a long poll on ``GET /v1/revocations?after=&wait=``;
+  each answer is applied to the in-memory
+  :class:`~agentiam.core.credentials.revocations.RevocationSet` and marks it fresh. The
+  control plane answers a waiting poll within its own poll interval (0.25 s) of a
+  revocation, so verifiers learn of it well within one second. If the feed fails for
+  longer than the set's ``max_staleness``, verification fails closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from agentiam.core.credentials.jose import JoseRejected, VerificationKey, import_public_jwk
+from agentiam.core.credentials.revocations import Revocation, RevocationKind, RevocationSet
+from agentiam.core.credentials.verifier import AccessTokenVerifier, VerifierConfig
+
+__all__ = ["JwksCache", "RemoteVerifier", "RevocationFeedClient"]
+
+log = logging.getLogger("agentiam.verification")
+_MAX_DOCUMENT = 256 * 1024
+
+
+def _get_json(http: httpx.Client, url: str, **kwargs: Any) -> Any:
+    response = http.get(url, **kwargs)
+    response.raise_for_status()
+    if len(response.content) > _MAX_DOCUMENT:
+        raise ValueError(f"{url} answered more than {_MAX_DOCUMENT} bytes")
+    return response.json()
+
+
+class JwksCache:
+    def __init__(
+        self,
+        jwks_url: str,
+        http: httpx.Client,
+        *,
+        max_age: float = 30.0,
+        min_refresh_interval: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url = jwks_url
+        self._http = http
+        self._max_age = max_age
+        self._min_interval = min_refresh_interval
+        self._monotonic = monotonic
+        self._keys: dict[str, VerificationKey] = {}
+        self._fetched_at: float | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        document = _get_json(self._http, self._url)
+        keys: dict[str, VerificationKey] = {}
+        for jwk in document.get("keys", []) if isinstance(document, dict) else []:
+            if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str):
+                continue
+            try:
+                keys[jwk["kid"]] = import_public_jwk(jwk, str(jwk.get("alg")), kid=jwk["kid"])
+            except JoseRejected:
+                continue
+        self._keys = keys
+        self._fetched_at = self._monotonic()
+
+    def get(self, kid: str) -> VerificationKey | None:
+        now = self._monotonic()
+        fetched = self._fetched_at
+        key = self._keys.get(kid)
+        stale = fetched is None or now - fetched > self._max_age
+        may_refetch = fetched is None or now - fetched > self._min_interval
+        if stale or (key is None and may_refetch):
+            with self._lock:
+                if self._fetched_at == fetched:  # nobody refreshed while we waited
+                    try:
+                        self.refresh()
+                    except (httpx.HTTPError, ValueError):
+                        log.warning("JWKS refresh failed", exc_info=True)
+                        if stale:
+                            return None  # past max_age with no fresh copy: fail closed
+            key = self._keys.get(kid)
+        return key
+
+
+class RevocationFeedClient:
+    def __init__(
+        self,
+        base_url: str,
+        admin_key: str,
+        revoked: RevocationSet,
+        *,
+        wait: float = 10.0,
+        retry_delay: float = 0.5,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self._url = base_url.rstrip("/") + "/v1/revocations"
+        self._revoked = revoked
+        self._wait = wait
+        self._retry = retry_delay
+        self._http = http or httpx.Client(
+            headers={"Authorization": f"Bearer {admin_key}"}, timeout=wait + 10
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll_once(self, wait: float) -> int:
+        """One long poll; returns how many entries were applied."""
+        body = _get_json(
+            self._http, self._url, params={"after": self._revoked.cursor, "wait": wait}
+        )
+        entries = [
+            Revocation(
+                seq=int(e["seq"]),
+                kind=RevocationKind(e["kind"]),
+                subject=str(e["subject"]),
+                cutoff=int(e["cutoff"]),
+                expires=int(e["expires"]),
+            )
+            for e in body["entries"]
+        ]
+        self._revoked.apply(entries, now=int(time.time()))
+        self._revoked.mark_fresh()
+        return len(entries)
+
+    def start(self) -> None:
+        """Read the whole feed once (so the first request sees every revocation),
+        then keep long-polling in a daemon thread."""
+        while self.poll_once(0):
+            pass
+        self._thread = threading.Thread(target=self._run, daemon=True, name="revocation-feed")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_once(self._wait)
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                log.warning("revocation feed poll failed; retrying", exc_info=True)
+                self._stop.wait(self._retry)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._wait + 11)
+        self._http.close()
+
+
+class RemoteVerifier:
+    """Everything a remote enforcement point needs, wired: ``verifier.verify_request``
+    on the hot path, background refresh of keys and revocations."""
+
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        *,
+        admin_key: str,
+        max_staleness: float = 30.0,
+        accept_bearer: bool = False,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self._http = http or httpx.Client(timeout=10)
+        metadata = _get_json(
+            self._http, issuer.rstrip("/") + "/.well-known/oauth-authorization-server"
+        )
+        if metadata.get("issuer") != issuer.rstrip("/"):
+            raise ValueError("authorization server metadata names another issuer")
+        self.keys = JwksCache(metadata["jwks_uri"], self._http)
+        self.revoked = RevocationSet(max_staleness=max_staleness)
+        self.feed = RevocationFeedClient(issuer, admin_key, self.revoked)
+        self.verifier = AccessTokenVerifier(
+            VerifierConfig(
+                issuer=issuer.rstrip("/"), audience=audience, accept_bearer=accept_bearer
+            ),
+            self.keys,
+            self.revoked,
+        )
+
+    def start(self) -> RemoteVerifier:
+        self.keys.refresh()
+        self.feed.start()
+        return self
+
+    def close(self) -> None:
+        self.feed.stop()
+        self._http.close()

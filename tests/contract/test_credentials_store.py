@@ -1,0 +1,244 @@
+"""Credential state on both stores: the replay guard across replicas, the revocation
+feed, signing-key rotation over time, entitlements, and token issuance through the
+service layer (no HTTP)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from joserfc import jwt
+from tests.conftest import FakeClock
+
+from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
+from agentiam.bootstrap import Container, build
+from agentiam.config import Settings
+from agentiam.core.credentials.revocations import RevocationKind
+from agentiam.core.credentials.sealing import MasterKey
+from agentiam.core.identities.lifecycle import LifecycleAction
+from agentiam.errors import OAuthError, ServiceUnavailable
+from agentiam.sdk import AgentKey, client_assertion, dpop_proof
+from agentiam.services.agents import AgentChanges, NewAgent
+from agentiam.services.context import CallContext
+from agentiam.services.humans import NewHuman
+
+CTX = CallContext.system("contract-test")
+ISSUER = "https://as.example.com"
+RESOURCE = "https://api.example.com"
+MASTER = MasterKey.generate_text()
+
+
+@pytest.fixture
+def replicas(database_url: str, clock: FakeClock) -> Iterator[tuple[Container, Container]]:
+    """Two containers (two engines, as two replicas would have) on one database."""
+    settings = Settings(database_url=database_url, issuer=ISSUER, master_key=MASTER)
+    a, b = build(settings, clock=clock), build(settings, clock=clock)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def _agent(c: Container, key: AgentKey, **kw: object) -> str:
+    owner = c.humans.create(CTX, NewHuman(display_name="Owner", email="owner@example.com"))
+    spec = {
+        "name": "svc-bot",
+        "owners": [owner.id],
+        "purpose": "test",
+        "environment": "production",
+        "activate": True,
+        "keys": [key.public_jwk()],
+        "scopes": ["tools:read", "tools:write"],
+        "audiences": [RESOURCE],
+        **kw,
+    }
+    return c.agents.register(CTX, NewAgent(**spec)).id  # type: ignore[arg-type]
+
+
+def _form(key: AgentKey, agent_id: str, now: int, **extra: str) -> dict[str, list[str]]:
+    form = {
+        "grant_type": ["client_credentials"],
+        "client_assertion_type": ["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"],
+        "client_assertion": [client_assertion(key, client_id=agent_id, audience=ISSUER, now=now)],
+    }
+    form.update({k: [v] for k, v in extra.items()})
+    return form
+
+
+def _proof(key: AgentKey, now: int) -> list[str]:
+    return [dpop_proof(key, method="POST", url=ISSUER + "/oauth2/token", now=now)]
+
+
+def _epoch(clock: FakeClock) -> int:
+    return int(clock.now().timestamp())
+
+
+def test_replay_guard_refuses_a_value_seen_by_another_replica(
+    replicas: tuple[Container, Container], clock: FakeClock
+) -> None:
+    a, b = replicas
+    key, dpop = AgentKey.generate(), AgentKey.generate()
+    agent_id = _agent(a, key)
+    now = _epoch(clock)
+    form, proof = _form(key, agent_id, now), _proof(dpop, now)
+    assert a.tokens.token(CTX, form, proof).body["token_type"] == "DPoP"
+    with pytest.raises(OAuthError) as replay:
+        b.tokens.token(CTX, form, _proof(dpop, now))
+    assert (replay.value.error, replay.value.reason) == (
+        "invalid_client",
+        "assertion jti already used",
+    )
+    with pytest.raises(OAuthError) as proof_replay:
+        b.tokens.token(CTX, _form(key, agent_id, now), proof)
+    assert proof_replay.value.reason == "DPoP proof jti already used"
+
+
+def test_replay_guard_purges_only_expired_values(
+    replicas: tuple[Container, Container], clock: FakeClock
+) -> None:
+    a, _ = replicas
+
+    with SqlUnitOfWork(a.engine) as uow:
+        assert uow.replay.first_use("p", "old", clock.now() - timedelta(seconds=1))
+        assert uow.replay.first_use("p", "new", clock.now() + timedelta(minutes=5))
+        assert not uow.replay.first_use("p", "new", clock.now() + timedelta(minutes=5))
+        assert uow.replay.first_use("other-purpose", "new", clock.now() + timedelta(minutes=5))
+        assert uow.replay.purge(clock.now(), 100) == 1
+        assert not uow.replay.first_use("p", "new", clock.now() + timedelta(minutes=5))
+        uow.commit()
+
+
+def test_token_lifetime_scope_and_ephemeral_cap(
+    replicas: tuple[Container, Container], clock: FakeClock
+) -> None:
+    a, _ = replicas
+    key, dpop = AgentKey.generate(), AgentKey.generate()
+    parent = _agent(a, key)
+    now = _epoch(clock)
+    r = a.tokens.token(CTX, _form(key, parent, now, scope="tools:read"), _proof(dpop, now))
+    assert r.body["expires_in"] == 300
+    assert r.body["scope"] == "tools:read"
+    child_key = AgentKey.generate()
+    child = a.agents.register(
+        CTX,
+        NewAgent(
+            name="child-bot",
+            owners=[],
+            purpose="sub-task",
+            environment="production",
+            parent_id=parent,
+            ttl_seconds=60,
+            activate=True,
+            keys=[child_key.public_jwk()],
+            scopes=["tools:read"],
+            audiences=[RESOURCE],
+        ),
+    )
+    r = a.tokens.token(CTX, _form(child_key, child.id, now), _proof(dpop, now))
+    assert r.body["expires_in"] == 60  # never outlives the ephemeral agent
+
+
+def test_child_cannot_hold_more_than_its_parent(
+    replicas: tuple[Container, Container], clock: FakeClock
+) -> None:
+    a, _ = replicas
+    parent = _agent(a, AgentKey.generate())
+    from agentiam.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="payments:write"):
+        a.agents.register(
+            CTX,
+            NewAgent(
+                name="greedy-child",
+                owners=[],
+                purpose="x",
+                environment="production",
+                parent_id=parent,
+                ttl_seconds=60,
+                scopes=["payments:write"],
+            ),
+        )
+
+
+def test_suspension_and_narrowing_write_agent_revocations(
+    replicas: tuple[Container, Container], clock: FakeClock
+) -> None:
+    a, b = replicas
+    agent_id = _agent(a, AgentKey.generate())
+    a.agents.update(CTX, agent_id, AgentChanges(scopes=["tools:read"]))  # narrowed
+    clock.advance(seconds=10)
+    a.agents.transition(CTX, agent_id, LifecycleAction.SUSPEND, "incident")
+    entries = b.revocations.feed(0)
+    assert [(e.kind, e.subject) for e in entries] == [
+        (RevocationKind.AGENT, agent_id),
+        (RevocationKind.AGENT, agent_id),
+    ]
+    assert entries[1].cutoff - entries[0].cutoff == 10
+    b.revocations.sync()  # the other replica's in-memory set
+    assert b.revocations.revoked.is_revoked(
+        jti="tok_x", agent_id=agent_id, issued_at=entries[1].cutoff
+    )
+    assert not b.revocations.revoked.is_revoked(
+        jti="tok_x", agent_id=agent_id, issued_at=entries[1].cutoff + 1
+    )
+
+
+def test_revocation_entries_expire_and_are_purged(
+    replicas: tuple[Container, Container], clock: FakeClock
+) -> None:
+    a, _ = replicas
+    a.revocations.revoke_token(
+        CTX, "tok_01M84M43F0ZC84M7J1A6RQ6YD7", expires=_epoch(clock) + 60, agent_id=None, reason="x"
+    )
+    assert a.revocations.purge() == 0
+    clock.advance(seconds=61)
+    assert a.revocations.purge() == 1
+    assert a.revocations.feed(0) == []
+
+
+def test_rotation_schedule_over_time(
+    replicas: tuple[Container, Container], clock: FakeClock
+) -> None:
+    a, b = replicas
+    key, dpop = AgentKey.generate(), AgentKey.generate()
+    agent_id = _agent(a, key)
+
+    def issued_kid() -> str:
+        now = _epoch(clock)
+        body = a.tokens.token(CTX, _form(key, agent_id, now), _proof(dpop, now)).body
+        return str(
+            jwt.decode(body["access_token"], _any_key(a, body["access_token"])).header["kid"]
+        )
+
+    first = issued_kid()
+    rotated = b.signing_keys.rotate(CTX)  # another replica rotates
+    a.signing_keys.refresh()
+    assert {k["kid"] for k in a.signing_keys.jwks()["keys"]} == {first, rotated.kid}
+    assert issued_kid() == first  # published, not yet signing
+    clock.advance(seconds=61)
+    a.signing_keys.refresh()
+    assert issued_kid() == rotated.kid
+    clock.advance(seconds=300 + 30)  # the old key's tokens have all expired
+    a.signing_keys.refresh()
+    assert {k["kid"] for k in a.signing_keys.jwks()["keys"]} == {rotated.kid}
+
+
+def _any_key(c: Container, token: str) -> object:
+    from joserfc.jwk import KeySet
+
+    return KeySet.import_key_set(c.signing_keys.jwks())  # type: ignore[arg-type]
+
+
+def test_wrong_master_key_cannot_sign(database_url: str, clock: FakeClock) -> None:
+    first = build(
+        Settings(database_url=database_url, issuer=ISSUER, master_key=MASTER), clock=clock
+    )
+    first.signing_keys.ensure_key(CTX)
+    other = build(
+        Settings(database_url=database_url, issuer=ISSUER, master_key=MasterKey.generate_text()),
+        clock=clock,
+    )
+    with pytest.raises(ServiceUnavailable, match="cannot be unsealed"):
+        other.signing_keys.sign({"sub": "x"}, typ="at+jwt")
+    first.close()
+    other.close()

@@ -1,0 +1,96 @@
+"""Credentials with real processes: ``agentiam keys generate-master-key``, ``agentiam
+serve``, an agent registered through the CLI with a key made by the runnable SDK example,
+the example obtaining a DPoP-bound token from the server, then ``agentiam keys rotate``,
+``agentiam tokens revoke-agent`` and introspection showing the effect."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.e2e.test_quickstart import KEY_RE, Server, cli, env_for
+from tests.support.live import free_port
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "agent_client.py"
+RESOURCE = "https://tools.example.com"
+
+
+def example(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_agent_gets_a_token_from_a_real_server_and_operators_revoke_it(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = env_for(sqlite_url, port)
+    master = tmp_path / "master.key"
+    cli(env, "keys", "generate-master-key", "-o", str(master))
+    assert oct(master.stat().st_mode & 0o777) == "0o600"
+    again = cli(env, "keys", "generate-master-key", "-o", str(master), check=False)
+    assert again.returncode == 1  # never overwrites a master key
+    env["AGENTIAM_MASTER_KEY_FILE"] = str(master)
+    key_file = tmp_path / "agent.key"
+    public = tmp_path / "agent.pub.json"
+    public.write_text(example("keygen", str(key_file)))
+    human = json.loads(
+        cli(env, "humans", "create", "--name", "Ada", "--email", "ada@example.com", "--json").stdout
+    )
+    agent = json.loads(
+        cli(env, "agents", "create", "invoice-bot", "--owner", human["id"],
+            "--purpose", "pay invoices", "--environment", "production",
+            "--key-file", str(public), "--scope", "tools:read", "--audience", RESOURCE,
+            "--activate", "--json").stdout
+    )  # fmt: skip
+    assert agent["scopes"] == ["tools:read"]
+    assert agent["dpop_required"] is True
+    server = Server(env, port)
+    try:
+        admin = KEY_RE.findall(server.proc.stdout.readline() + _drain(server))[0]
+        out = example("token", server.url, agent["id"], str(key_file), RESOURCE)
+        assert "token_type=DPoP scope='tools:read' expires_in=300" in out
+        claims = json.loads(out.split("\n", 1)[1])
+        assert claims["sub"] == agent["id"]
+        assert claims["aud"] == RESOURCE
+        assert "jkt" in claims["cnf"]
+
+        listed = json.loads(cli(env, "keys", "list", "--json").stdout)
+        assert [k["state"] for k in listed] == ["signing"]
+        rotated = json.loads(cli(env, "keys", "rotate", "--json").stdout)
+        assert rotated["state"] == "pending"
+
+        cli(env, "tokens", "revoke-agent", "invoice-bot", "--reason", "incident drill")
+        headers = {"Authorization": f"Bearer {admin}"}
+        feed = httpx.get(
+            server.url + "/v1/revocations", params={"after": 0}, headers=headers
+        ).json()
+        assert [(e["kind"], e["subject"]) for e in feed["entries"]] == [("agent", agent["id"])]
+        assert feed["entries"][0]["cutoff"] >= claims["iat"]  # covers the token above
+    finally:
+        server.stop()
+
+
+def _drain(server: Server) -> str:
+    """Read the serve banner lines that carry the first admin key."""
+    assert server.proc.stdout is not None
+    lines = []
+    for _ in range(6):
+        line = server.proc.stdout.readline()
+        lines.append(line)
+        if KEY_RE.search(line):
+            break
+    return "".join(lines)
