@@ -22,6 +22,7 @@ from agentiam.core.credentials.claims import numeric_date, optional_string_claim
 from agentiam.core.credentials.jose import (
     ALLOWED_ALGORITHMS,
     HeaderProfile,
+    PRIVATE_MEMBERS,
     JoseRejected,
     PublicKey,
     VerificationKey,
@@ -49,6 +50,7 @@ DPOP_PROFILE = HeaderProfile(
     max_length=4096,
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_KEY_MEMBERS = frozenset({"kty", "crv", "x", "y"})
 _PERCENT_RE = re.compile(r"%[0-9A-Fa-f]{2}")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
@@ -80,11 +82,16 @@ def jwk_thumbprint(key: PublicKey) -> str:
 def _proof_key(jwk: object, alg: str) -> tuple[VerificationKey, str]:
     """Import a proof's ``jwk`` (public only, matching ``alg``) with its thumbprint.
     Agents reuse one DPoP key for many proofs, so imports are memoised per key."""
-    if not isinstance(jwk, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in jwk.items()
-    ):
-        raise JoseRejected("jwk must be an object of string members")
-    return _import_cached(alg, tuple(sorted(jwk.items())))
+    if not isinstance(jwk, dict):
+        raise JoseRejected("jwk must be a JSON object")
+    if PRIVATE_MEMBERS & jwk.keys():
+        raise JoseRejected("jwk contains private key material")
+    # Only the public members name the key (RFC 7638); others, such as WebCrypto's
+    # "ext" and "key_ops", are ignored, and they do not split the cache.
+    public = tuple(
+        sorted((k, v) for k, v in jwk.items() if k in _KEY_MEMBERS and isinstance(v, str))
+    )
+    return _import_cached(alg, public)
 
 
 @functools.lru_cache(maxsize=4096)

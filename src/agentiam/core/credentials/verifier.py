@@ -110,7 +110,7 @@ class AccessTokenVerifier:
         self.config = config
         self._keys = keys
         self._revocations = revocations
-        self._replay = replay or ReplayCache()
+        self._replay = replay if replay is not None else ReplayCache()
         self._nonces = nonces
         # Tokens whose signature and claims already verified: an agent presents one token
         # for many requests. Expiry, revocation and the key's publication are re-checked
@@ -176,6 +176,8 @@ class AccessTokenVerifier:
             raise self._invalid_request("more than one Authorization header")
         if len(dpop) > 1:
             raise self._invalid_proof("more than one DPoP header")
+        if dpop and len(dpop[0]) > DPOP_PROFILE.max_length:
+            raise self._invalid_proof("DPoP proof too large")
         header = authorization[0]
         if len(header) > self.config.max_token_length + 16:
             raise self._invalid_token("Authorization header too large")
@@ -197,8 +199,6 @@ class AccessTokenVerifier:
             raise self._invalid_token("token is not DPoP-bound")
         if not dpop:
             raise self._invalid_proof("DPoP proof missing")
-        if len(dpop[0]) > DPOP_PROFILE.max_length:
-            raise self._invalid_proof("DPoP proof too large")
         try:
             proof = validate_proof(
                 dpop[0],
@@ -233,6 +233,10 @@ class AccessTokenVerifier:
 
         ``any_audience`` skips the audience check; only the authorization server's own
         introspection and revocation endpoints, which serve every audience, use it."""
+        if len(token) > self.config.max_token_length:
+            raise self._invalid_token(
+                f"access token: longer than {self.config.max_token_length} characters"
+            )
         if self._revocations.is_stale():
             raise OAuthError(
                 "temporarily_unavailable",
