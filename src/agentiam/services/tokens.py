@@ -242,7 +242,6 @@ class TokenService:
     ) -> TokenResponse:
         """Answer one token request (RFC 6749 section 4.4.2); raise OAuthError."""
         now, epoch = self._now()
-        claimed: str | None = None
         try:
             self._check_form(form)
             grant = _single(form, "grant_type")
@@ -252,7 +251,6 @@ class TokenService:
                 raise OAuthError(
                     "unsupported_grant_type", "only client_credentials is supported here"
                 )
-            claimed = _claimed_client(form)
             proof = self._proof(dpop, epoch)
             # Read and verify outside the write transaction, so the database's write lock
             # is held only for the inserts below.
@@ -268,7 +266,7 @@ class TokenService:
         except OAuthError as exc:
             _, epoch = self._now()
             exc.headers.update(self._nonce_headers(epoch))
-            self._deny(ctx, exc, claimed)
+            self._deny(ctx, exc, _claimed_client(form))
             raise
         response.body["access_token"] = self._keys.sign(claims.to_jwt_claims(), typ="at+jwt")
         return response
@@ -431,7 +429,6 @@ class TokenService:
         """The client authenticates with ``private_key_jwt`` and may revoke only its own
         tokens. An invalid or expired token is not an error (section 2.2)."""
         now, epoch = self._now()
-        claimed = _claimed_client(form)
         try:
             self._check_form(form)
             hint = _single(form, "token_type_hint")
@@ -459,7 +456,7 @@ class TokenService:
                     reason=f"token belongs to {access.client_id}",
                 )
         except OAuthError as exc:
-            self._deny(ctx, exc, claimed)
+            self._deny(ctx, exc, _claimed_client(form))
             raise
         if access is not None:
             self._revocations.revoke_token(

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from agentiam import __version__
 from agentiam.adapters.http.deps import ApiDependencies
 from agentiam.adapters.http.middleware import Metrics, RequestLimits
-from agentiam.adapters.http.oauth import oauth_routes
+from agentiam.adapters.http.oauth import OAuthDispatch, oauth_routes
 from agentiam.adapters.http.problems import install_problem_handlers
 from agentiam.adapters.http.routes import (
     admin_keys,
@@ -61,10 +61,9 @@ def create_app(container: ApiDependencies) -> Any:
         credentials.router,
     ):
         app.include_router(router)
-    app.router.routes.extend(oauth_routes())
     system.mount_offline_docs(app)
     app.openapi_schema = None
     # Outermost first: count every request; authenticate before any body is read;
     # then bound the body of authenticated requests.
-    limited = RequestLimits(app, container.settings.limits)
+    limited = RequestLimits(OAuthDispatch(app, oauth_routes()), container.settings.limits)
     return Metrics(AdminAuthentication(limited, container), container.registry)

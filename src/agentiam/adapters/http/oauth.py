@@ -22,6 +22,7 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from agentiam.adapters.http.deps import ApiDependencies
 from agentiam.core.access.admin_keys import AdminKey, Permission, permissions_of
@@ -37,6 +38,7 @@ __all__ = [
     "METADATA_PATH",
     "PUBLIC_OAUTH_PATHS",
     "REVOCATION_PATH",
+    "OAuthDispatch",
     "oauth_routes",
 ]
 
@@ -50,6 +52,7 @@ PUBLIC_OAUTH_PATHS = frozenset({METADATA_PATH, JWKS_PATH, TOKEN_PATH, REVOCATION
 SOURCE = "control-plane/oauth"
 _FORM = "application/x-www-form-urlencoded"
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_OAUTH_THREADS = 2
 
 
 def _deps(request: Request) -> ApiDependencies:
@@ -92,10 +95,22 @@ def _context(request: Request, actor: Actor | None = None) -> CallContext:
     )
 
 
+_LIMITER: anyio.CapacityLimiter | None = None
+
+
+def _limiter() -> anyio.CapacityLimiter:
+    """A few threads for the OAuth use cases: they are CPU-bound and share the GIL, so
+    more threads only add switching; requests beyond this wait on the event loop."""
+    global _LIMITER
+    if _LIMITER is None:
+        _LIMITER = anyio.CapacityLimiter(_OAUTH_THREADS)
+    return _LIMITER
+
+
 async def _run(call: Callable[[], Response]) -> Response:
     """Run a blocking use case off the event loop; map every failure to OAuth JSON."""
     try:
-        return await anyio.to_thread.run_sync(call)
+        return await anyio.to_thread.run_sync(call, limiter=_limiter())
     except OAuthError as exc:
         return _error(exc)
     except AgentIAMError as exc:
@@ -201,6 +216,24 @@ async def introspect(request: Request) -> Response:
 def _first(form: Mapping[str, Sequence[str]], name: str) -> str | None:
     values = form.get(name)
     return values[0] if values else None
+
+
+class OAuthDispatch:
+    """Plain ASGI in front of the admin API: an OAuth path goes straight to its route,
+    without walking the API's route table (the token endpoint is a hot path)."""
+
+    def __init__(self, api: Any, routes: list[Route]) -> None:
+        self.api = api
+        self.routes = {route.path: route for route in routes}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if route is None:
+            await self.api(scope, receive, send)
+            return
+        scope["app"] = self.api  # handlers reach the container through request.app
+        scope["route"] = route
+        await route.handle(scope, receive, send)  # 405 for another method
 
 
 def oauth_routes() -> list[Route]:

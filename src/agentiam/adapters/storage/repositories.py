@@ -154,17 +154,32 @@ class SqlHumans:
 
 # The token endpoint's reads, built once: statement construction is a large share of a
 # short query's cost.
-_CLIENT_ROW = select(
-    t.agents.c.id, t.agents.c.status, t.agents.c.expires_at, t.agents.c.dpop_required
-).where(t.agents.c.id == bindparam("agent_id"))
+_ak = t.agent_keys
+_CLIENT_WITH_KEYS = (
+    select(
+        t.agents.c.id,
+        t.agents.c.status,
+        t.agents.c.expires_at,
+        t.agents.c.dpop_required,
+        _ak.c.id.label("key_id"),
+        _ak.c.kid,
+        _ak.c.alg,
+        _ak.c.jwk,
+        _ak.c.thumbprint,
+        _ak.c.created_at.label("key_created_at"),
+        _ak.c.created_by.label("key_created_by"),
+    )
+    .select_from(
+        t.agents.outerjoin(
+            _ak, and_(_ak.c.agent_id == t.agents.c.id, _ak.c.status == KeyStatus.ACTIVE.value)
+        )
+    )
+    .where(t.agents.c.id == bindparam("agent_id"))
+)
 _CLIENT_GRANTS = (
     select(t.agent_entitlements.c.kind, t.agent_entitlements.c.value)
     .where(t.agent_entitlements.c.agent_id == bindparam("agent_id"))
     .order_by(t.agent_entitlements.c.value)
-)
-_CLIENT_KEYS = select(t.agent_keys).where(
-    t.agent_keys.c.agent_id == bindparam("agent_id"),
-    t.agent_keys.c.status == KeyStatus.ACTIVE.value,
 )
 
 
@@ -285,20 +300,33 @@ class SqlAgents:
         return self._hydrate([row])[0] if row else None
 
     def client(self, agent_id: str) -> ClientRecord | None:
-        row = self._c.execute(_CLIENT_ROW, {"agent_id": agent_id}).first()
-        if row is None:
+        rows = list(self._c.execute(_CLIENT_WITH_KEYS, {"agent_id": agent_id}))
+        if not rows:
             return None
+        first = rows[0]
         granted: dict[str, list[str]] = {SCOPE: [], AUDIENCE: []}
         for e in self._c.execute(_CLIENT_GRANTS, {"agent_id": agent_id}):
             granted.setdefault(e.kind, []).append(e.value)
         keys = tuple(
-            SqlAgentKeys._row(k) for k in self._c.execute(_CLIENT_KEYS, {"agent_id": agent_id})
+            AgentKey(
+                id=r.key_id,
+                agent_id=agent_id,
+                kid=r.kid,
+                alg=r.alg,
+                jwk=json.loads(r.jwk),
+                thumbprint=r.thumbprint,
+                status=KeyStatus.ACTIVE,
+                created_at=r.key_created_at,
+                created_by=r.key_created_by,
+            )
+            for r in rows
+            if r.key_id is not None
         )
         return ClientRecord(
-            id=row.id,
-            status=AgentStatus(row.status),
-            expires_at=row.expires_at,
-            dpop_required=bool(row.dpop_required),
+            id=first.id,
+            status=AgentStatus(first.status),
+            expires_at=first.expires_at,
+            dpop_required=bool(first.dpop_required),
             scopes=tuple(granted[SCOPE]),
             audiences=tuple(granted[AUDIENCE]),
             keys=keys,

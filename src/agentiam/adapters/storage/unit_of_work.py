@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from typing import Self
 
 from sqlalchemy import Connection, Engine
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: threads still queue, processes do not
+    fcntl = None  # type: ignore[assignment]
 
 from agentiam.adapters.storage.repositories import (
     SqlAdminKeys,
@@ -21,24 +27,45 @@ from agentiam.adapters.storage.repositories import (
 
 __all__ = ["SqlUnitOfWork"]
 
+
 # SQLite allows one writer at a time; a writer that finds the lock taken sleeps in the
 # driver's busy handler (steps of up to 100 ms), which wrecks latency under load. Writers
-# of one process therefore queue on a lock of their own first, so only writers of other
-# processes ever meet the busy handler.
-_SQLITE_WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.RLock] = (
-    weakref.WeakKeyDictionary()
-)
-_LOCKS_GUARD = threading.Lock()
+# therefore queue first: threads of one process on a lock, and processes sharing the
+# file (``serve --workers``, the CLI beside a server) on an advisory lock of a file next
+# to it. Both wait in the kernel, so a writer starts the moment the previous one ends.
+class _WriterQueue:
+    def __init__(self, database: str | None) -> None:
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+        if database and database != ":memory:" and fcntl is not None:
+            self._fd = os.open(database + "-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+
+    def acquire(self) -> None:
+        self._lock.acquire()
+        self._depth += 1
+        if self._depth == 1 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self._depth == 1 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._depth -= 1
+        self._lock.release()
 
 
-def _write_lock(engine: Engine) -> threading.RLock | None:
+_QUEUES: weakref.WeakKeyDictionary[Engine, _WriterQueue] = weakref.WeakKeyDictionary()
+_QUEUES_GUARD = threading.Lock()
+
+
+def _write_lock(engine: Engine) -> _WriterQueue | None:
     if engine.dialect.name != "sqlite":
         return None
-    with _LOCKS_GUARD:
-        lock = _SQLITE_WRITE_LOCKS.get(engine)
-        if lock is None:
-            lock = _SQLITE_WRITE_LOCKS[engine] = threading.RLock()
-        return lock
+    with _QUEUES_GUARD:
+        queue = _QUEUES.get(engine)
+        if queue is None:
+            queue = _QUEUES[engine] = _WriterQueue(engine.url.database)
+        return queue
 
 
 class SqlUnitOfWork:

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 from agentiam.core.credentials.claims import numeric_date, optional_string_claim, string_claim
 from agentiam.core.credentials.jose import (
     ALLOWED_ALGORITHMS,
-    HeaderProfile,
     PRIVATE_MEMBERS,
+    HeaderProfile,
     JoseRejected,
     PublicKey,
     VerificationKey,
