@@ -113,6 +113,7 @@ def _normalize_percent(text: str) -> str:
     return _PERCENT_RE.sub(fix, text)
 
 
+@functools.lru_cache(maxsize=1024)
 def normalize_htu(url: str) -> str:
     """Normalise an HTTP URI for comparison: lower-case scheme and host, default port
     dropped, empty path as ``/``, percent-encodings normalised, query and fragment

@@ -134,12 +134,15 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+
+
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(data, object_pairs_hook=_no_duplicates)
+        value = _DECODER.decode(data.decode("utf-8"))
     except JoseRejected as exc:
         raise JoseRejected(f"{what}: {exc}") from None
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise JoseRejected(f"{what} is not valid JSON") from None
     if not isinstance(value, dict):
         raise JoseRejected(f"{what} is not a JSON object")
