@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -94,3 +95,51 @@ def _drain(server: Server) -> str:
         if KEY_RE.search(line):
             break
     return "".join(lines)
+
+
+def test_serve_with_two_workers_issues_tokens_and_stops_cleanly(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = env_for(sqlite_url, port)
+    env["AGENTIAM_MASTER_KEY"] = "A" * 43
+    key_file = tmp_path / "agent.key"
+    public = tmp_path / "agent.pub.json"
+    public.write_text(example("keygen", str(key_file)))
+    human = json.loads(
+        cli(env, "humans", "create", "--name", "Ada", "--email", "ada@example.com", "--json").stdout
+    )
+    agent = json.loads(
+        cli(env, "agents", "create", "bot", "--owner", human["id"], "--purpose", "p",
+            "-e", "production", "--key-file", str(public), "--scope", "tools:read",
+            "--audience", RESOURCE, "--activate", "--json").stdout
+    )  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentiam.cli.main", "serve", "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+        for _ in range(3):  # each token request may land on either worker
+            out = example("token", url, agent["id"], str(key_file), RESOURCE)
+            assert "token_type=DPoP" in out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/healthz", timeout=2)  # no worker is left listening
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "serve exited"
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    pytest.fail("serve --workers 2 did not become healthy")

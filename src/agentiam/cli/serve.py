@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
-from typing import Annotated
+import signal
+import socket
+import time
+from typing import Annotated, Any
 
 import typer
 import uvicorn
@@ -62,9 +66,49 @@ def serve(
             uvicorn.run(create_app(c), **common)  # type: ignore[arg-type]
             return
     # Several workers: each builds its own container from the same environment.
+    if hasattr(socket, "SO_REUSEPORT"):
+        _run_reuseport_workers(workers, common)
+        return
     uvicorn.run(
         "agentiam.bootstrap:create_app",
         factory=True,
         workers=workers,
         **common,  # type: ignore[arg-type]
     )
+
+
+def _worker(options: dict[str, Any]) -> None:
+    """One worker process: its own listening socket on the shared port."""
+    sock = socket.socket(socket.AF_INET6 if ":" in options["host"] else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((options["host"], options["port"]))
+    config = uvicorn.Config("agentiam.bootstrap:create_app", factory=True, **options)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _run_reuseport_workers(workers: int, options: dict[str, Any]) -> None:
+    """Run ``workers`` processes that each listen with SO_REUSEPORT, so the kernel
+    spreads connections evenly (a shared accept queue lets one worker take every
+    keep-alive connection of a busy client). Stops them all on SIGINT or SIGTERM."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(options,), daemon=False) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    log.info("started %d workers on %s:%s", workers, options["host"], options["port"])
+    while not stopping and all(proc.is_alive() for proc in procs):
+        time.sleep(0.5)
+    stop(signal.SIGTERM, None)  # one worker died: stop the rest, so a supervisor restarts
+    for proc in procs:
+        proc.join(timeout=30)

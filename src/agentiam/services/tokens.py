@@ -34,7 +34,7 @@ from agentiam.core.credentials.dpop import DpopProof, DpopWindow, validate_proof
 from agentiam.core.credentials.jose import JoseRejected, VerificationKey, import_public_jwk
 from agentiam.core.credentials.nonces import NonceIssuer
 from agentiam.core.credentials.verifier import AccessTokenVerifier, VerifiedAccess
-from agentiam.core.identities.models import ClientRecord, KeyStatus
+from agentiam.core.identities.models import AgentKey, ClientRecord, KeyStatus
 from agentiam.core.ids import is_id, new_id
 from agentiam.errors import OAuthError
 from agentiam.ports import Clock, UnitOfWork, UnitOfWorkFactory
@@ -154,10 +154,9 @@ class TokenService:
         for key in agent.keys:
             if key.status is not KeyStatus.ACTIVE:
                 continue
-            try:
-                keys.append(import_public_jwk(key.jwk, key.alg, kid=key.kid))
-            except JoseRejected:
-                continue
+            imported = _imported(key)
+            if imported is not None:
+                keys.append(imported)
         return keys
 
     def _authenticate(
@@ -481,6 +480,28 @@ class TokenService:
             ctx, access.jti, expires=access.expires_at, agent_id=access.client_id, reason=reason
         )
         return access
+
+
+_KEY_CACHE: dict[tuple[str, str, str], VerificationKey] = {}
+_KEY_CACHE_MAX = 10_000
+
+
+def _imported(key: AgentKey) -> VerificationKey | None:
+    """The registered key as a verification key. Imports are memoised by thumbprint,
+    which names the key material, with the kid and algorithm it is registered under."""
+    cache_key = (key.thumbprint, key.kid, key.alg)
+    found = _KEY_CACHE.get(cache_key)
+    if found is None:
+        try:
+            found = import_public_jwk(key.jwk, key.alg, kid=key.kid)
+        except JoseRejected:
+            return None
+        if found.key.thumbprint() != key.thumbprint:
+            return None  # a stored row whose thumbprint does not match its key
+        if len(_KEY_CACHE) >= _KEY_CACHE_MAX:
+            _KEY_CACHE.clear()
+        _KEY_CACHE[cache_key] = found
+    return found
 
 
 def _claimed_client(form: Mapping[str, Sequence[str]]) -> str | None:
