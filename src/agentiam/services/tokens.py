@@ -162,7 +162,8 @@ class TokenService:
     def _authenticate(
         self, uow: UnitOfWork, form: Mapping[str, Sequence[str]], epoch: int, now: datetime
     ) -> tuple[ClientRecord, ClientAssertion]:
-        """RFC 7523 section 3 client authentication; records the assertion's ``jti``."""
+        """RFC 7523 section 3 client authentication. The assertion's ``jti`` is consumed
+        later, in the write transaction (see :meth:`_single_use`)."""
         if _single(form, "client_assertion_type") != CLIENT_ASSERTION_TYPE:
             raise _invalid_client("client_assertion_type is not jwt-bearer")
         raw = _single(form, "client_assertion")

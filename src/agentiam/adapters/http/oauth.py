@@ -95,22 +95,21 @@ def _context(request: Request, actor: Actor | None = None) -> CallContext:
     )
 
 
-_LIMITER: anyio.CapacityLimiter | None = None
-
-
-def _limiter() -> anyio.CapacityLimiter:
+def _limiter(request: Request) -> anyio.CapacityLimiter:
     """A few threads for the OAuth use cases: they are CPU-bound and share the GIL, so
-    more threads only add switching; requests beyond this wait on the event loop."""
-    global _LIMITER
-    if _LIMITER is None:
-        _LIMITER = anyio.CapacityLimiter(_OAUTH_THREADS)
-    return _LIMITER
+    more threads only add switching; requests beyond this wait on the event loop. One
+    limiter per application, created inside its event loop."""
+    state = request.app.state
+    limiter: anyio.CapacityLimiter | None = getattr(state, "oauth_limiter", None)
+    if limiter is None:
+        limiter = state.oauth_limiter = anyio.CapacityLimiter(_OAUTH_THREADS)
+    return limiter
 
 
-async def _run(call: Callable[[], Response]) -> Response:
+async def _run(request: Request, call: Callable[[], Response]) -> Response:
     """Run a blocking use case off the event loop; map every failure to OAuth JSON."""
     try:
-        return await anyio.to_thread.run_sync(call, limiter=_limiter())
+        return await anyio.to_thread.run_sync(call, limiter=_limiter(request))
     except OAuthError as exc:
         return _error(exc)
     except AgentIAMError as exc:
@@ -170,7 +169,7 @@ async def token(request: Request) -> Response:
         result = deps.tokens.token(ctx, form, dpop)
         return JSONResponse(result.body, headers=result.headers)
 
-    return await _run(issue)
+    return await _run(request, issue)
 
 
 async def revoke(request: Request) -> Response:
@@ -185,7 +184,7 @@ async def revoke(request: Request) -> Response:
         deps.tokens.revoke(ctx, form)
         return Response(status_code=200, headers=_NO_STORE)
 
-    return await _run(run)
+    return await _run(request, run)
 
 
 async def introspect(request: Request) -> Response:
@@ -210,7 +209,7 @@ async def introspect(request: Request) -> Response:
     def run() -> Response:
         return JSONResponse(deps.tokens.introspect(ctx, token_value), headers=_NO_STORE)
 
-    return await _run(run)
+    return await _run(request, run)
 
 
 def _first(form: Mapping[str, Sequence[str]], name: str) -> str | None:
