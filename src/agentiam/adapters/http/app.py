@@ -22,6 +22,7 @@ from agentiam.adapters.http.routes import (
     system,
 )
 from agentiam.adapters.http.security import AdminAuthentication
+from agentiam.adapters.storage.engine import is_postgres
 
 __all__ = ["create_app"]
 
@@ -51,6 +52,7 @@ def create_app(container: ApiDependencies) -> Any:
         redoc_url=None,
     )
     app.state.container = container
+    app.state.oauth_inline = not is_postgres(container.settings.database_url)
     install_problem_handlers(app)
     for router in (
         system.router,
