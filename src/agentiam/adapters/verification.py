@@ -143,18 +143,24 @@ class RevocationFeedClient:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.poll_once(self._wait)
-            except (httpx.HTTPError, ValueError, KeyError, TypeError):
-                log.warning("revocation feed poll failed; retrying", exc_info=True)
-                self._stop.wait(self._retry)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self.poll_once(self._wait)
+                except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                    log.warning("revocation feed poll failed; retrying", exc_info=True)
+                    self._stop.wait(self._retry)
+        finally:
+            self._http.close()
 
     def stop(self) -> None:
+        """Stop polling. A poll in flight is abandoned (the thread is a daemon and
+        exits when its request returns); closing does not wait for it."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self._wait + 11)
-        self._http.close()
+        if self._thread is None:
+            self._http.close()
+        else:
+            self._thread.join(timeout=0.5)
 
 
 class RemoteVerifier:
