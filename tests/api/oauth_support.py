@@ -89,6 +89,7 @@ def oauth_live(
         issuer=f"http://127.0.0.1:{port}",
         master_key=MasterKey.generate_text(),
         port=port,
+        revocation_feed_max_wait_seconds=1.0,  # shutdown waits for a held long poll
     )
     c = build(replace(base, **settings))
     if bootstrap:
