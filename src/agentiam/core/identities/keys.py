@@ -1,4 +1,5 @@
-"""Agent public keys (JWK, RFC 7517) used later for private_key_jwt (RFC 7523).
+"""Agent public keys (JWK, RFC 7517): what an agent signs its private_key_jwt client
+assertions with (RFC 7523; see ``core/credentials/assertions.py``).
 
 Only two key types are accepted, each pinned to one algorithm:
 
