@@ -19,7 +19,6 @@ from tests.api.oauth_support import RESOURCE, OAuthLive, oauth_live
 from agentiam.adapters.storage import tables as t
 from agentiam.adapters.verification import RemoteVerifier
 from agentiam.core.access.admin_keys import Role
-from agentiam.core.credentials.dpop import jwk_thumbprint
 from agentiam.core.identities.lifecycle import LifecycleAction
 from agentiam.errors import OAuthError
 from agentiam.sdk import AgentClient, AgentKey, client_assertion, dpop_proof
@@ -85,7 +84,7 @@ def test_authlib_client_gets_a_dpop_bound_five_minute_token_verified_by_pyjwt(
     assert claims["sub"] == claims["client_id"] == live.agent_id
     assert claims["scope"] == "tools:read"
     assert claims["exp"] - claims["iat"] == 300
-    assert claims["cnf"] == {"jkt": jwk_thumbprint(live.dpop_key.key)}
+    assert claims["cnf"] == {"jkt": live.dpop_key.key.thumbprint()}
 
 
 def test_authlib_default_hour_long_assertion_is_refused(live: OAuthLive) -> None:
@@ -269,7 +268,7 @@ def test_introspection_reports_active_tokens_and_needs_a_key(live: OAuthLive) ->
     assert body["client_id"] == live.agent_id
     assert body["scope"] == "tools:read"
     assert body["token_type"] == "DPoP"
-    assert body["cnf"]["jkt"] == jwk_thumbprint(live.dpop_key.key)
+    assert body["cnf"]["jkt"] == live.dpop_key.key.thumbprint()
     assert _introspect(live, "not-a-token").json() == {"active": False}
     anonymous = httpx.post(live.url + "/oauth2/introspect", data={"token": token})
     assert anonymous.status_code == 401

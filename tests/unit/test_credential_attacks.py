@@ -34,7 +34,6 @@ from agentiam.core.credentials.assertions import parse_assertion, verify_asserti
 from agentiam.core.credentials.dpop import (
     DpopWindow,
     access_token_hash,
-    jwk_thumbprint,
     validate_proof,
 )
 from agentiam.core.credentials.jose import JoseRejected, VerificationKey, import_public_jwk
@@ -188,7 +187,7 @@ def at_claims(bound_to: AgentKey | None, **overrides: Any) -> dict[str, Any]:
         "scope": "read write",
     }
     if bound_to is not None:
-        claims["cnf"] = {"jkt": jwk_thumbprint(bound_to.key)}
+        claims["cnf"] = {"jkt": bound_to.key.thumbprint()}
     return _apply(claims, overrides)
 
 
@@ -1755,7 +1754,7 @@ def test_ed25519_dpop_proof_is_accepted(
     verifier: AccessTokenVerifier, as_key: AgentKey, ed_key: AgentKey
 ) -> None:
     token = issue(as_key, at_claims(ed_key))
-    assert send(verifier, token, [make_proof(ed_key, token)]).jkt == jwk_thumbprint(ed_key.key)
+    assert send(verifier, token, [make_proof(ed_key, token)]).jkt == ed_key.key.thumbprint()
 
 
 def test_dpop_proof_with_es256_header_and_ed25519_jwk_is_refused(

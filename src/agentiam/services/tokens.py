@@ -483,26 +483,14 @@ class TokenService:
         return access
 
 
-_KEY_CACHE: dict[tuple[str, str, str], VerificationKey] = {}
-_KEY_CACHE_MAX = 10_000
-
-
 def _imported(key: AgentKey) -> VerificationKey | None:
-    """The registered key as a verification key. Imports are memoised by thumbprint,
-    which names the key material, with the kid and algorithm it is registered under."""
-    cache_key = (key.thumbprint, key.kid, key.alg)
-    found = _KEY_CACHE.get(cache_key)
-    if found is None:
-        try:
-            found = import_public_jwk(key.jwk, key.alg, kid=key.kid)
-        except JoseRejected:
-            return None
-        if found.key.thumbprint() != key.thumbprint:
-            return None  # a stored row whose thumbprint does not match its key
-        if len(_KEY_CACHE) >= _KEY_CACHE_MAX:
-            _KEY_CACHE.clear()
-        _KEY_CACHE[cache_key] = found
-    return found
+    """The registered key as a verification key (imports are memoised in
+    ``import_public_jwk``); None for a stored row whose thumbprint does not match."""
+    try:
+        imported = import_public_jwk(key.jwk, key.alg, kid=key.kid)
+    except JoseRejected:
+        return None
+    return imported if imported.thumbprint == key.thumbprint else None
 
 
 def _claimed_client(form: Mapping[str, Sequence[str]]) -> str | None:

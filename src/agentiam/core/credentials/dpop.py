@@ -21,11 +21,8 @@ from urllib.parse import urlsplit
 from agentiam.core.credentials.claims import numeric_date, optional_string_claim, string_claim
 from agentiam.core.credentials.jose import (
     ALLOWED_ALGORITHMS,
-    PRIVATE_MEMBERS,
     HeaderProfile,
     JoseRejected,
-    PublicKey,
-    VerificationKey,
     b64url_encode,
     import_public_jwk,
     parse_compact,
@@ -37,7 +34,6 @@ __all__ = [
     "DpopProof",
     "DpopWindow",
     "access_token_hash",
-    "jwk_thumbprint",
     "normalize_htu",
     "validate_proof",
 ]
@@ -50,7 +46,6 @@ DPOP_PROFILE = HeaderProfile(
     max_length=4096,
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_KEY_MEMBERS = frozenset({"kty", "crv", "x", "y"})
 _PERCENT_RE = re.compile(r"%[0-9A-Fa-f]{2}")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 
@@ -72,32 +67,6 @@ class DpopProof:
     jti: str
     iat: int
     nonce: str | None
-
-
-def jwk_thumbprint(key: PublicKey) -> str:
-    """The RFC 7638 SHA-256 thumbprint, base64url, as used in ``cnf.jkt``."""
-    return key.thumbprint()
-
-
-def _proof_key(jwk: object, alg: str) -> tuple[VerificationKey, str]:
-    """Import a proof's ``jwk`` (public only, matching ``alg``) with its thumbprint.
-    Agents reuse one DPoP key for many proofs, so imports are memoised per key."""
-    if not isinstance(jwk, dict):
-        raise JoseRejected("jwk must be a JSON object")
-    if PRIVATE_MEMBERS & jwk.keys():
-        raise JoseRejected("jwk contains private key material")
-    # Only the public members name the key (RFC 7638); others, such as WebCrypto's
-    # "ext" and "key_ops", are ignored, and they do not split the cache.
-    public = tuple(
-        sorted((k, v) for k, v in jwk.items() if k in _KEY_MEMBERS and isinstance(v, str))
-    )
-    return _import_cached(alg, public)
-
-
-@functools.lru_cache(maxsize=4096)
-def _import_cached(alg: str, members: tuple[tuple[str, str], ...]) -> tuple[VerificationKey, str]:
-    key = import_public_jwk(dict(members), alg)
-    return key, jwk_thumbprint(key.key)
 
 
 def access_token_hash(access_token: str) -> str:
@@ -151,7 +120,8 @@ def validate_proof(
     Raise :class:`JoseRejected` naming the failed check.
     """
     token = parse_compact(proof, DPOP_PROFILE)
-    key, jkt = _proof_key(token.header["jwk"], token.alg)
+    key = import_public_jwk(token.header["jwk"], token.alg)
+    jkt = key.thumbprint
     verify_signature(token, key)
     claims = token.claims
     jti = string_claim(claims, "jti", max_length=256)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -210,16 +211,22 @@ PUBLIC_MEMBERS: Mapping[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True, slots=True)
 class VerificationKey:
-    """A public key with its algorithm pinned (RFC 8725 section 3.1)."""
+    """A public key with its algorithm pinned (RFC 8725 section 3.1) and its RFC 7638
+    thumbprint (the ``cnf.jkt`` of DPoP, RFC 9449 section 6.1)."""
 
     alg: str
     key: PublicKey
+    thumbprint: str
     kid: str | None = None
 
 
 def import_public_jwk(jwk: Any, alg: str, *, kid: str | None = None) -> VerificationKey:
     """Import ``jwk`` as a public key for ``alg``; refuse private members, another key
-    type or curve, and malformed points. Raise :class:`JoseRejected`."""
+    type or curve, and malformed points. Raise :class:`JoseRejected`.
+
+    Members other than the key's public ones (``use``, ``kid``, WebCrypto's ``ext`` and
+    ``key_ops``) are ignored. Imports are memoised per key: agents present the same
+    DPoP and client keys on every request."""
     if alg not in ALLOWED_ALGORITHMS:
         raise JoseRejected(f"alg {str(alg)[:20]!r} is not allowed")
     if not isinstance(jwk, Mapping):
@@ -230,19 +237,23 @@ def import_public_jwk(jwk: Any, alg: str, *, kid: str | None = None) -> Verifica
     if jwk.get("kty") != kty or jwk.get("crv") != crv:
         raise JoseRejected(f"jwk is not a {kty} {crv} key as alg {alg} needs")
     members = PUBLIC_MEMBERS[kty]
-    public: dict[str, str | list[str]] = {}
-    for member in members:
-        value = jwk.get(member)
-        if not isinstance(value, str) or not 0 < len(value) <= 512:
-            raise JoseRejected(f"jwk needs string members {', '.join(members)}")
-        public[member] = value
+    values = tuple(jwk.get(member) for member in members)
+    if not all(isinstance(v, str) and 0 < len(v) <= 512 for v in values):
+        raise JoseRejected(f"jwk needs string members {', '.join(members)}")
+    return _import(alg, values, kid)
+
+
+@functools.lru_cache(maxsize=8192)
+def _import(alg: str, values: tuple[str, ...], kid: str | None) -> VerificationKey:
+    kty = ALLOWED_ALGORITHMS[alg][0]
+    public: dict[str, str | list[str]] = dict(zip(PUBLIC_MEMBERS[kty], values, strict=True))
     try:
         key: PublicKey = ECKey.import_key(public) if kty == "EC" else OKPKey.import_key(public)
     except (JoseError, ValueError, TypeError):
         raise JoseRejected("jwk is not a valid public key") from None
     if key.is_private:
         raise JoseRejected("jwk contains private key material")
-    return VerificationKey(alg=alg, key=key, kid=kid)
+    return VerificationKey(alg=alg, key=key, thumbprint=key.thumbprint(), kid=kid)
 
 
 def verify_signature(token: CompactJws, key: VerificationKey) -> None:
