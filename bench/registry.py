@@ -59,6 +59,10 @@ from agentiam.services.agents import NewAgent
 from agentiam.services.context import CallContext
 from agentiam.services.humans import NewHuman
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.mdtable import markdown_table
+
 BACKENDS = ("sqlite", "postgresql")
 PG_URL = os.environ.get("AGENTIAM_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 TEAMS = 10
@@ -240,19 +244,7 @@ def render_table(results: dict[str, dict[str, Result]]) -> str:
         pg = results.get("postgresql", {}).get(op)
         ratio = f"{pg.ops_per_s / lite.ops_per_s:.2f}x" if lite and pg else "n/a"
         rows.append([op, fmt_ops(lite), fmt_lat(lite), fmt_ops(pg), fmt_lat(pg), ratio])
-    widths = [max(len(r[k]) for r in [header, *rows]) for k in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        padded = [
-            cell.ljust(w) if k == 0 else cell.rjust(w)
-            for k, (cell, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join(
-        "-" * (w + 1) + ":" if k else ":" + "-" * (w + 1) for k, w in enumerate(widths)
-    )
-    return "\n".join([line(header), rule + "|", *(line(r) for r in rows)])
+    return markdown_table(header, rows)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

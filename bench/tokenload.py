@@ -81,6 +81,10 @@ import httpx
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script too
+
+from bench.mdtable import markdown_table
+
 PEER_DIR = Path(__file__).resolve().parent / "peer" / "oidc_provider"
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME_S = 120
@@ -630,19 +634,7 @@ def print_table(rows: Sequence[LoadResult], *, ratio_to: str | None = None) -> N
             ratio = r.requests_per_s / base.requests_per_s if base.requests_per_s else 0.0
             cells.append(f"{ratio:.2f}x")
         table.append(cells)
-    widths = [max(len(row[k]) for row in [header, *table]) for k in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        padded = [
-            cell.ljust(w) if k == 0 else cell.rjust(w)
-            for k, (cell, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join(
-        "-" * (w + 1) + ":" if k else ":" + "-" * (w + 1) for k, w in enumerate(widths)
-    )
-    print("\n".join([line(header), rule + "|", *(line(r) for r in table)]))
+    print(markdown_table(header, table))
 
 
 # --------------------------------------------------------------------------- the peer
