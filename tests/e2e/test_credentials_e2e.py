@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -34,6 +35,24 @@ def example(*args: str) -> str:
     return result.stdout
 
 
+def register_agent(env: dict[str, str], tmp_path: Path, name: str) -> tuple[dict[str, Any], Path]:
+    """Through the CLI: an owner, and an active agent whose key the SDK example made,
+    entitled to tools:read on RESOURCE. Returns the agent and its private key file."""
+    key_file = tmp_path / "agent.key"
+    public = tmp_path / "agent.pub.json"
+    public.write_text(example("keygen", str(key_file)))
+    human = json.loads(
+        cli(env, "humans", "create", "--name", "Ada", "--email", "ada@example.com", "--json").stdout
+    )
+    agent = json.loads(
+        cli(env, "agents", "create", name, "--owner", human["id"],
+            "--purpose", "pay invoices", "--environment", "production",
+            "--key-file", str(public), "--scope", "tools:read", "--audience", RESOURCE,
+            "--activate", "--json").stdout
+    )  # fmt: skip
+    return agent, key_file
+
+
 def test_agent_gets_a_token_from_a_real_server_and_operators_revoke_it(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -45,18 +64,7 @@ def test_agent_gets_a_token_from_a_real_server_and_operators_revoke_it(
     again = cli(env, "keys", "generate-master-key", "-o", str(master), check=False)
     assert again.returncode == 1  # never overwrites a master key
     env["AGENTIAM_MASTER_KEY_FILE"] = str(master)
-    key_file = tmp_path / "agent.key"
-    public = tmp_path / "agent.pub.json"
-    public.write_text(example("keygen", str(key_file)))
-    human = json.loads(
-        cli(env, "humans", "create", "--name", "Ada", "--email", "ada@example.com", "--json").stdout
-    )
-    agent = json.loads(
-        cli(env, "agents", "create", "invoice-bot", "--owner", human["id"],
-            "--purpose", "pay invoices", "--environment", "production",
-            "--key-file", str(public), "--scope", "tools:read", "--audience", RESOURCE,
-            "--activate", "--json").stdout
-    )  # fmt: skip
+    agent, key_file = register_agent(env, tmp_path, "invoice-bot")
     assert agent["scopes"] == ["tools:read"]
     assert agent["dpop_required"] is True
     server = Server(env, port)
@@ -103,17 +111,7 @@ def test_serve_with_two_workers_issues_tokens_and_stops_cleanly(
     port = free_port()
     env = env_for(sqlite_url, port)
     env["AGENTIAM_MASTER_KEY"] = "A" * 43
-    key_file = tmp_path / "agent.key"
-    public = tmp_path / "agent.pub.json"
-    public.write_text(example("keygen", str(key_file)))
-    human = json.loads(
-        cli(env, "humans", "create", "--name", "Ada", "--email", "ada@example.com", "--json").stdout
-    )
-    agent = json.loads(
-        cli(env, "agents", "create", "bot", "--owner", human["id"], "--purpose", "p",
-            "-e", "production", "--key-file", str(public), "--scope", "tools:read",
-            "--audience", RESOURCE, "--activate", "--json").stdout
-    )  # fmt: skip
+    agent, key_file = register_agent(env, tmp_path, "bot")
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentiam.cli.main", "serve", "--workers", "2"],
         env=env,
