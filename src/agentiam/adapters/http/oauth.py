@@ -163,40 +163,41 @@ async def jwks(request: Request) -> Response:
     )
 
 
-async def token(request: Request) -> Response:
+async def _with_form(
+    request: Request,
+    handle: Callable[[ApiDependencies, CallContext, dict[str, list[str]]], Response],
+    actor: Actor | None = None,
+) -> Response:
+    """Parse the form body (or answer its error), then run ``handle`` via :func:`_run`."""
     deps = _deps(request)
     try:
         form = await _form(request, deps.settings.limits.max_form_fields)
     except OAuthError as exc:
         return _error(exc)
-    dpop = request.headers.getlist("dpop")
-    ctx = _context(request)
+    ctx = _context(request, actor)
+    return await _run(request, lambda: handle(deps, ctx, form))
 
-    def issue() -> Response:
+
+async def token(request: Request) -> Response:
+    dpop = request.headers.getlist("dpop")
+
+    def issue(deps: ApiDependencies, ctx: CallContext, form: dict[str, list[str]]) -> Response:
         result = deps.tokens.token(ctx, form, dpop)
         return JSONResponse(result.body, headers=result.headers)
 
-    return await _run(request, issue)
+    return await _with_form(request, issue)
 
 
 async def revoke(request: Request) -> Response:
-    deps = _deps(request)
-    try:
-        form = await _form(request, deps.settings.limits.max_form_fields)
-    except OAuthError as exc:
-        return _error(exc)
-    ctx = _context(request)
-
-    def run() -> Response:
+    def run(deps: ApiDependencies, ctx: CallContext, form: dict[str, list[str]]) -> Response:
         deps.tokens.revoke(ctx, form)
         return Response(status_code=200, headers=_NO_STORE)
 
-    return await _run(request, run)
+    return await _with_form(request, run)
 
 
 async def introspect(request: Request) -> Response:
     """RFC 7662: the caller is authenticated by the admin-key middleware."""
-    deps = _deps(request)
     key: AdminKey | None = getattr(request.state, "admin_key", None)
     if key is None or Permission.TOKENS_INTROSPECT not in permissions_of(key.role):
         return _error(
@@ -206,17 +207,11 @@ async def introspect(request: Request) -> Response:
                 status=403,
             )
         )
-    try:
-        form = await _form(request, deps.settings.limits.max_form_fields)
-    except OAuthError as exc:
-        return _error(exc)
-    ctx = _context(request, request.state.actor)
-    token_value = _first(form, "token")
 
-    def run() -> Response:
-        return JSONResponse(deps.tokens.introspect(ctx, token_value), headers=_NO_STORE)
+    def run(deps: ApiDependencies, ctx: CallContext, form: dict[str, list[str]]) -> Response:
+        return JSONResponse(deps.tokens.introspect(ctx, _first(form, "token")), headers=_NO_STORE)
 
-    return await _run(request, run)
+    return await _with_form(request, run, request.state.actor)
 
 
 def _first(form: Mapping[str, Sequence[str]], name: str) -> str | None:
