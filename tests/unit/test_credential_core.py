@@ -511,3 +511,25 @@ def test_dpop_jwk_with_a_private_member_of_any_type_is_refused() -> None:
         validate_proof(
             proof, method="GET", url="https://rs.example/x", now=1_000, window=DpopWindow()
         )
+
+
+def test_revocation_set_forgets_entries_once_they_expire() -> None:
+    from agentiam.core.credentials.revocations import Revocation, RevocationKind, RevocationSet
+
+    revoked = RevocationSet(max_staleness=10)
+    revoked.apply(
+        [
+            Revocation(1, RevocationKind.TOKEN, "tok_a", cutoff=0, expires=100),
+            Revocation(2, RevocationKind.AGENT, "agt_b", cutoff=50, expires=200),
+        ],
+        now=10,
+    )
+    revoked.apply([], now=99)
+    assert len(revoked) == 2
+    revoked.apply([], now=100)  # the token entry's expiry
+    assert len(revoked) == 1
+    assert not revoked.is_revoked(jti="tok_a", agent_id="agt_x", issued_at=0)
+    assert revoked.is_revoked(jti="tok_z", agent_id="agt_b", issued_at=50)
+    revoked.apply([], now=200)
+    assert len(revoked) == 0
+    assert revoked.cursor == 2

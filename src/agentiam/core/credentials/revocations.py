@@ -59,6 +59,7 @@ class RevocationSet:
         self._tokens: dict[str, int] = {}
         self._agents: dict[str, tuple[int, int]] = {}
         self._cursor = 0
+        self._next_expiry: int | None = None  # the earliest expiry held
         self._max_staleness = max_staleness
         self._monotonic = monotonic
         self._fresh_at: float | None = None
@@ -83,8 +84,14 @@ class RevocationSet:
                         max(expires, entry.expires),
                     )
                 self._cursor = max(self._cursor, entry.seq)
-            self._tokens = {k: v for k, v in self._tokens.items() if v > now}
-            self._agents = {k: v for k, v in self._agents.items() if v[1] > now}
+                if self._next_expiry is None or entry.expires < self._next_expiry:
+                    self._next_expiry = entry.expires
+            # The feed is applied every poll; rebuild only when something has expired.
+            if self._next_expiry is not None and self._next_expiry <= now:
+                self._tokens = {k: v for k, v in self._tokens.items() if v > now}
+                self._agents = {k: v for k, v in self._agents.items() if v[1] > now}
+                expiries = [*self._tokens.values(), *(e for _, e in self._agents.values())]
+                self._next_expiry = min(expiries, default=None)
 
     def mark_fresh(self) -> None:
         """Record a successful read of the feed (even one with no new entries)."""
