@@ -58,6 +58,7 @@ class SigningKeyService:
         self._refresh_seconds = refresh_seconds
         self._lock = threading.Lock()
         self._keys: list[SigningKey] = []
+        self._by_kid: dict[str, SigningKey] = {}
         self._verification: dict[str, VerificationKey] = {}
         self._private: dict[str, PrivateKey] = {}
         self._loaded_at: float | None = None
@@ -76,6 +77,7 @@ class SigningKeyService:
                 continue  # a damaged row never verifies anything
         with self._lock:
             self._keys = keys
+            self._by_kid = {key.kid: key for key in keys}
             self._verification = verification
             self._loaded_at = time.monotonic()
 
@@ -95,11 +97,10 @@ class SigningKeyService:
     def get(self, kid: str) -> VerificationKey | None:
         """The published key for ``kid`` (the verifier's key lookup); no database read
         unless the in-memory copy is older than the refresh interval."""
-        now = self._clock.now()
-        for key in self._ring():
-            if key.kid == kid:
-                return self._verification.get(kid) if key.is_published(now) else None
-        return None
+        key = self._by_kid.get(kid) if self._ring() else None
+        if key is None or not key.is_published(self._clock.now()):
+            return None
+        return self._verification.get(kid)
 
     def jwks(self) -> dict[str, Any]:
         """The JWK Set (RFC 7517 section 5) of every published key."""
@@ -133,11 +134,8 @@ class SigningKeyService:
         empty ring)."""
         now = self._clock.now()
         key = signing_key_at(self._ring(), now)
-        if key is None:
-            self.refresh()
-            key = signing_key_at(self._keys, now)
-        if key is None and not self._keys:
-            self._create(CallContext.system("control-plane/keys"), now, activates_at=now)
+        if key is None:  # re-read, creating the first key of an empty ring
+            self.ensure_key(CallContext.system("control-plane/keys"))
             key = signing_key_at(self._keys, now)
         if key is None:
             raise ServiceUnavailable(
