@@ -17,6 +17,7 @@ from agentiam.core.credentials.revocations import Revocation, RevocationKind
 from agentiam.core.credentials.signing_keys import SigningKey
 from agentiam.core.identities.lifecycle import AgentStatus
 from agentiam.core.identities.models import Agent, AgentKey, ClientRecord, Human, Transition
+from agentiam.core.policy.model import PolicyRecord, PolicySetVersion, ResourceRecord
 
 __all__ = [
     "AdminKeyRepository",
@@ -29,7 +30,10 @@ __all__ = [
     "HumanQuery",
     "HumanRepository",
     "Page",
+    "PolicyRepository",
     "ReplayGuard",
+    "ResourceQuery",
+    "ResourceRepository",
     "RevocationRepository",
     "SigningKeyRepository",
     "UnitOfWork",
@@ -71,6 +75,14 @@ class AuditQuery:
     limit: int
     after: str | None = None
     agent_id: str | None = None
+    type: str | None = None
+    since: datetime | None = None  # events at or after this time
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceQuery:
+    limit: int
+    after: str | None = None  # the "type::id" key of the last item of the previous page
     type: str | None = None
 
 
@@ -183,6 +195,54 @@ class RevocationRepository(Protocol):
     def purge(self, now: int, limit: int) -> int: ...
 
 
+class PolicyRepository(Protocol):
+    """The versioned policy set. A version is a row in the history; each policy
+    revision is valid from the version that wrote it until the version that replaced
+    or deleted it, so any version's set can be read back (and rolled back to)."""
+
+    def head(self) -> int:
+        """The newest version number; 0 before the first version."""
+
+    def version(self, version: int) -> PolicySetVersion | None: ...
+
+    def versions(self, *, limit: int, before: int | None = None) -> list[PolicySetVersion]:
+        """History, newest first; ``before`` pages back."""
+
+    def policies(self, version: int) -> list[PolicyRecord]:
+        """The policy set as it was at ``version``, ordered by id."""
+
+    def commit_version(
+        self,
+        meta: PolicySetVersion,
+        *,
+        put: Sequence[PolicyRecord] = (),
+        delete: Sequence[str] = (),
+    ) -> None:
+        """Write version ``meta.version`` (which must be ``head() + 1``) with the given
+        changes to the previous version's set. Raise Conflict if another writer took
+        that version number first."""
+
+
+class ResourceRepository(Protocol):
+    """The resource catalog: entities policies can name, with their attributes."""
+
+    def put(self, record: ResourceRecord) -> ResourceRecord:
+        """Insert or replace; returns the stored record (its version bumped)."""
+
+    def get(self, type_: str, id_: str) -> ResourceRecord | None: ...
+
+    def delete(self, type_: str, id_: str) -> bool:
+        """Remove; False if it did not exist."""
+
+    def find(self, query: ResourceQuery) -> Page[ResourceRecord]: ...
+
+    def all(self) -> list[ResourceRecord]: ...
+
+    def fingerprint(self) -> str:
+        """Changes whenever an agent, human or catalog resource changes: the policy
+        decision point polls it to know when to rebuild its entity snapshot."""
+
+
 class UnitOfWork(Protocol):
     @property
     def humans(self) -> HumanRepository: ...
@@ -207,6 +267,12 @@ class UnitOfWork(Protocol):
 
     @property
     def revocations(self) -> RevocationRepository: ...
+
+    @property
+    def policies(self) -> PolicyRepository: ...
+
+    @property
+    def resources(self) -> ResourceRepository: ...
 
     def __enter__(self) -> Self: ...
 

@@ -23,6 +23,7 @@ PREFIXES = {
     "event": "evt",
     "transition": "trn",
     "token": "tok",
+    "decision": "dec",
 }
 
 _ID_RE = re.compile(r"^(?P<prefix>[a-z]{3})_[0-9A-HJKMNP-TV-Z]{26}$")

@@ -1,0 +1,509 @@
+"""The policy decision point's evaluation: a request, the policy set and the entities
+in; a decision with its reasons out.
+
+Decisions fail closed:
+
+* **Default deny.** Nothing is allowed unless an enforce-mode ``permit`` matches and
+  no ``forbid`` does (Cedar's semantics).
+* **Erroring policies.** Cedar skips a policy whose condition raises an error (a
+  missing attribute, a type error, an overflow) and decides without it. For a
+  ``permit`` that is safe: it does not grant. For a ``forbid`` it is not: a skipped
+  forbid could let a permit through. So every error Cedar reports is mapped back to
+  its policy; an erroring ``forbid`` counts as matched (deny), and an error that
+  cannot be attributed to a known policy denies as well.
+* **Principals.** An agent that is unknown, not active or past its TTL, and a human
+  not in the registry, is denied before any policy is read.
+* **Requests.** An unknown action, an action that does not apply to the principal or
+  resource type, or a context value of the wrong type is denied with the error.
+
+Dry-run policies are evaluated in a second pass together with the enforced ones;
+their would-be outcome is reported in ``dry_run`` and never changes ``decision``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import cedarpy
+
+from agentiam.core.ids import new_id
+from agentiam.core.policy.engine import WHOLE_CONTEXT, CompiledPolicy, PolicyEngine
+from agentiam.core.policy.entities import EntitySnapshot
+from agentiam.core.policy.model import EntityRef
+from agentiam.core.policy.values import ValueTypeError, to_cedar
+
+__all__ = [
+    "AuthzRequest",
+    "Authorizer",
+    "Decision",
+    "DryRunOutcome",
+    "RateCounter",
+    "RequestError",
+    "build_context",
+]
+
+Effect = Literal["allow", "deny"]
+_ERROR_POLICY_RE = re.compile(r"policy `([^`]+)`")
+CALLER_CONTEXT_KEYS = frozenset(
+    {
+        "delegation",
+        "authorization_details",
+        "risk_score",
+        "approval",
+        "args",
+        "data_classification",
+        "source_environment",
+    }
+)
+APPROVAL_STATES = frozenset({"none", "pending", "approved", "denied"})
+
+
+class RequestError(ValueError):
+    """A request the PDP cannot evaluate as given (its shape, not its outcome)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRequest:
+    """``principal`` acts ``action`` on ``resource``; ``context`` holds what the
+    enforcement point knows (see :data:`CALLER_CONTEXT_KEYS`)."""
+
+    principal: EntityRef
+    action: str
+    resource: EntityRef
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DryRunOutcome:
+    """What the decision would have been with the dry-run policies enforced."""
+
+    decision: Effect
+    policies: tuple[str, ...]  # the dry-run policies that matched (or errored as forbids)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    decision: Effect
+    decision_id: str
+    policies: tuple[str, ...]
+    reasons: tuple[str, ...]
+    errors: tuple[str, ...]
+    policy_version: int
+    evaluation_us: float
+    evaluated: int
+    request: AuthzRequest
+    dry_run: DryRunOutcome | None = None
+    ignored_arguments: tuple[str, ...] = ()
+    risk_score: int = 0
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision == "allow"
+
+    @property
+    def would_change(self) -> bool:
+        """Dry-run policies would change the outcome."""
+        return self.dry_run is not None and self.dry_run.decision != self.decision
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "decision": self.decision,
+            "decision_id": self.decision_id,
+            "policies": list(self.policies),
+            "reasons": list(self.reasons),
+            "errors": list(self.errors),
+            "policy_version": self.policy_version,
+            "evaluation_us": round(self.evaluation_us, 1),
+            "evaluated_policies": self.evaluated,
+            "dry_run": (
+                {
+                    "decision": self.dry_run.decision,
+                    "policies": list(self.dry_run.policies),
+                    "would_change": self.would_change,
+                }
+                if self.dry_run
+                else None
+            ),
+            "ignored_arguments": list(self.ignored_arguments),
+            "risk_score": self.risk_score,
+        }
+
+
+class RateCounter:
+    """Decisions per principal in the last 60 seconds, in one-second buckets. Bounded:
+    past ``max_principals`` the oldest principals are forgotten."""
+
+    WINDOW = 60
+
+    def __init__(self, max_principals: int = 100_000) -> None:
+        self._max = max_principals
+        self._buckets: dict[EntityRef, tuple[int, list[int]]] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, principal: EntityRef, now: float) -> int:
+        second = int(now)
+        with self._lock:
+            entry = self._buckets.get(principal)
+            if entry is None:
+                if len(self._buckets) >= self._max:
+                    for stale in list(self._buckets)[: self._max // 10 or 1]:
+                        del self._buckets[stale]
+                counts = [0] * self.WINDOW
+                last = second
+            else:
+                last, counts = entry
+                gap = second - last
+                if gap >= self.WINDOW:
+                    counts = [0] * self.WINDOW
+                else:
+                    for s in range(last + 1, second + 1):
+                        counts[s % self.WINDOW] = 0
+                last = max(last, second)
+            counts[second % self.WINDOW] += 1
+            self._buckets[principal] = (last, counts)
+            return sum(counts)
+
+
+def _time_context(now: datetime, zone: ZoneInfo) -> dict[str, Any]:
+    local = now.astimezone(zone)
+    return {
+        "epoch": int(now.timestamp()),
+        "hour": local.hour,
+        "minute": local.minute,
+        "weekday": local.isoweekday(),
+        "date": local.date().isoformat(),
+    }
+
+
+def build_context(
+    engine: PolicyEngine,
+    request: AuthzRequest,
+    *,
+    now: datetime,
+    zone: ZoneInfo,
+    risk_score: int,
+    request_rate: int,
+    needs: frozenset[str] = frozenset({WHOLE_CONTEXT}),
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The Cedar context for ``request``: caller-supplied parts checked against the
+    schema, server-owned parts (time, request rate, risk score) filled in, defaults
+    for the rest. Only the attributes in ``needs`` (what the policy slice reads; see
+    :func:`agentiam.core.policy.engine.context_attributes`) are built. Returns the
+    context and the tool arguments left out because the schema does not declare them.
+    """
+    supplied = request.context
+    unknown = set(supplied) - CALLER_CONTEXT_KEYS
+    if unknown:
+        raise RequestError(
+            f"context keys {sorted(unknown)} are not accepted; time and request_rate are "
+            "set by the server"
+        )
+    schema = engine.schema
+    common = schema.common_types
+    attrs = schema.context["attributes"]
+    wanted = attrs.keys() if WHOLE_CONTEXT in needs else needs & attrs.keys()
+
+    def convert(name: str, value: Any) -> Any:
+        try:
+            return to_cedar(value, attrs[name], common, path=f"context.{name}")
+        except ValueTypeError as exc:
+            raise RequestError(str(exc)) from None
+
+    args_in = supplied.get("args") or {}
+    if not isinstance(args_in, Mapping):
+        raise RequestError("context.args: expected an object")
+    declared = common["ToolArguments"]["attributes"]
+    ignored = tuple(sorted(k for k in args_in if k not in declared))
+
+    context: dict[str, Any] = {}
+    for name in wanted:
+        if name == "time":
+            context[name] = _time_context(now, zone)
+        elif name == "request_rate":
+            context[name] = request_rate
+        elif name == "risk_score":
+            context[name] = risk_score
+        elif name == "delegation":
+            context[name] = convert(name, _delegation(request))
+        elif name == "approval":
+            context[name] = convert(name, _approval(supplied.get("approval")))
+        elif name == "args":
+            context[name] = convert(name, {k: v for k, v in args_in.items() if k in declared})
+        elif name == "authorization_details":
+            context[name] = convert(name, supplied.get(name) or [])
+        elif name in ("data_classification", "source_environment"):
+            context[name] = convert(name, supplied.get(name, "unknown"))
+    return context, ignored
+
+
+def _delegation(request: AuthzRequest) -> dict[str, Any]:
+    supplied = request.context.get("delegation") or {}
+    if not isinstance(supplied, Mapping):
+        raise RequestError("context.delegation: expected an object")
+    extra = set(supplied) - {"depth", "actors", "initiating_human"}
+    if extra:
+        raise RequestError(f"context.delegation: unknown members {sorted(extra)}")
+    actors = supplied.get("actors")
+    if actors is None:
+        actors = [request.principal.id] if request.principal.type == "Agent" else []
+    if not isinstance(actors, list) or not all(isinstance(a, str) for a in actors):
+        raise RequestError("context.delegation.actors: expected a list of agent ids")
+    out: dict[str, Any] = {
+        "depth": supplied.get("depth", max(len(actors) - 1, 0)),
+        "actors": [{"type": "Agent", "id": a} for a in actors],
+    }
+    human = supplied.get("initiating_human")
+    if human is not None:
+        out["initiating_human"] = {"type": "Human", "id": human}
+    return out
+
+
+def _approval(supplied: Any) -> Any:
+    if supplied is None:
+        return {"state": "none"}
+    if not isinstance(supplied, Mapping):
+        raise RequestError("context.approval: expected an object")
+    if supplied.get("state") not in APPROVAL_STATES:
+        raise RequestError(f"context.approval.state must be one of {sorted(APPROVAL_STATES)}")
+    if "approver" in supplied:
+        return {**supplied, "approver": {"type": "Human", "id": supplied["approver"]}}
+    return supplied
+
+
+def caller_risk(request: AuthzRequest) -> int:
+    """The risk score the enforcement point reported (0-100; 0 if none)."""
+    value = request.context.get("risk_score", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise RequestError("context.risk_score: expected an integer 0-100")
+    return value
+
+
+def _uid(ref: EntityRef) -> dict[str, str]:
+    return {"type": ref.type, "id": ref.id}
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    effect: Effect
+    matched: tuple[str, ...]
+    errors: tuple[str, ...]
+    failed_forbids: tuple[str, ...]
+    unattributed: bool
+
+
+def _evaluate(
+    engine: PolicyEngine,
+    mask: int,
+    request: dict[str, Any],
+    entities: cedarpy.Entities,
+) -> _Outcome:
+    if not mask:
+        return _Outcome("deny", (), (), (), False)
+    result = cedarpy.is_authorized(request, engine.policy_set(mask), entities)
+    errors = tuple(result.diagnostics.errors)
+    failed_forbids: list[str] = []
+    unattributed = False
+    for message in errors:
+        match = _ERROR_POLICY_RE.search(message)
+        policy = engine.by_id.get(match.group(1)) if match else None
+        if policy is None:
+            unattributed = True
+        elif policy.effect == "forbid":
+            failed_forbids.append(policy.id)
+    matched = tuple(result.diagnostics.reasons)
+    allowed = result.allowed and not failed_forbids and not unattributed
+    return _Outcome(
+        "allow" if allowed else "deny", matched, errors, tuple(failed_forbids), unattributed
+    )
+
+
+class Authorizer:
+    """Decides requests against the current policy engine and entity snapshot.
+
+    Both are swapped atomically by :meth:`update` when a new policy version or a
+    registry change arrives; a decision never touches storage. ``risk`` gives the
+    server's risk score for a principal (0 until detection is configured).
+    """
+
+    def __init__(
+        self,
+        engine: PolicyEngine,
+        entities: EntitySnapshot,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        zone: str = "UTC",
+        risk: Callable[[EntityRef], int] | None = None,
+    ) -> None:
+        self._state = (engine, entities)
+        self._clock = clock
+        self._zone = ZoneInfo(zone)
+        self._risk = risk or (lambda _ref: 0)
+        self.rates = RateCounter()
+
+    @property
+    def engine(self) -> PolicyEngine:
+        return self._state[0]
+
+    @property
+    def entities(self) -> EntitySnapshot:
+        return self._state[1]
+
+    def update(
+        self, engine: PolicyEngine | None = None, entities: EntitySnapshot | None = None
+    ) -> None:
+        current_engine, current_entities = self._state
+        self._state = (engine or current_engine, entities or current_entities)
+
+    def decide(self, request: AuthzRequest, *, full: bool = False) -> Decision:
+        """Decide one request. ``full=True`` evaluates the whole policy set instead of
+        the slice (used to prove the two agree)."""
+        started = time.perf_counter()
+        engine, entities = self._state
+        now = self._clock()
+
+        def done(
+            effect: Effect,
+            reasons: Sequence[str],
+            *,
+            policies: Sequence[str] = (),
+            errors: Sequence[str] = (),
+            evaluated: int = 0,
+            dry_run: DryRunOutcome | None = None,
+            ignored: tuple[str, ...] = (),
+            risk: int = 0,
+        ) -> Decision:
+            return Decision(
+                decision=effect,
+                decision_id=new_id("decision"),
+                policies=tuple(policies),
+                reasons=tuple(reasons),
+                errors=tuple(errors),
+                policy_version=engine.version,
+                evaluation_us=(time.perf_counter() - started) * 1e6,
+                evaluated=evaluated,
+                request=request,
+                dry_run=dry_run,
+                ignored_arguments=ignored,
+                risk_score=risk,
+            )
+
+        problem = self._request_problem(engine, entities, request, now)
+        if problem:
+            return done("deny", [problem], errors=[problem])
+        rate = self.rates.hit(request.principal, now.timestamp())
+        action_ref = EntityRef("Action", request.action)
+        if full:
+            mask = engine.all_mask
+        else:
+            mask = engine.slice(
+                request.principal,
+                entities.ancestors(request.principal),
+                action_ref,
+                engine.schema.action_ancestor_refs(request.action),
+                request.resource,
+                entities.ancestors(request.resource),
+            )
+        risk = 0
+        try:
+            risk = max(caller_risk(request), min(100, max(0, self._risk(request.principal))))
+            context, ignored = build_context(
+                engine,
+                request,
+                now=now,
+                zone=self._zone,
+                risk_score=risk,
+                request_rate=rate,
+                needs=engine.context_needs(mask),
+            )
+        except RequestError as exc:
+            return done(
+                "deny", [f"the request is not valid: {exc}"], errors=[str(exc)], risk=risk
+            )
+        cedar_request = {
+            "principal": _uid(request.principal),
+            "action": _uid(action_ref),
+            "resource": _uid(request.resource),
+            "context": context,
+        }
+        enforce_mask = mask & engine.enforce_mask
+        outcome = _evaluate(engine, enforce_mask, cedar_request, entities.handle)
+        dry_run = None
+        if mask & engine.dry_run_mask:
+            shadow = _evaluate(engine, mask, cedar_request, entities.handle)
+            dry_ids = {p.id for p in engine.members(mask & engine.dry_run_mask)}
+            dry_run = DryRunOutcome(
+                decision=shadow.effect,
+                policies=tuple(
+                    p for p in (*shadow.matched, *shadow.failed_forbids) if p in dry_ids
+                ),
+            )
+        reasons = self._reasons(engine, outcome)
+        return done(
+            outcome.effect,
+            reasons,
+            policies=outcome.failed_forbids or outcome.matched,
+            errors=outcome.errors,
+            evaluated=bin(mask).count("1"),
+            dry_run=dry_run,
+            ignored=ignored,
+            risk=risk,
+        )
+
+    def decide_many(self, requests: Sequence[AuthzRequest]) -> list[Decision]:
+        return [self.decide(r) for r in requests]
+
+    @staticmethod
+    def _request_problem(
+        engine: PolicyEngine, entities: EntitySnapshot, request: AuthzRequest, now: datetime
+    ) -> str | None:
+        principal = request.principal
+        if principal.type == "Agent":
+            agent = entities.agents.get(principal.id)
+            if agent is None:
+                return "the agent is not in the registry"
+            if not agent.is_usable(now):
+                return (
+                    "the agent's TTL has passed"
+                    if agent.is_expired(now)
+                    else f"the agent is {agent.status.value}"
+                )
+        elif principal.type == "Human":
+            if principal.id not in entities.humans:
+                return "the human is not in the registry"
+        else:
+            return f"{principal.type} cannot be a principal"
+        applies = engine.schema.applies_to.get(request.action)
+        if applies is None:
+            return f"the action {request.action!r} is not in the schema"
+        principals, resources = applies
+        if principal.type not in principals:
+            return f"the action {request.action} does not apply to a {principal.type}"
+        if request.resource.type not in resources:
+            return f"the action {request.action} does not apply to a {request.resource.type}"
+        return None
+
+    @staticmethod
+    def _reasons(engine: PolicyEngine, outcome: _Outcome) -> list[str]:
+        if outcome.unattributed:
+            return ["a policy failed to evaluate and could not be identified (fail closed)"]
+        if outcome.failed_forbids:
+            return [
+                f"forbid policy {p} failed to evaluate; it is treated as matching (fail closed)"
+                for p in outcome.failed_forbids
+            ]
+        policies: list[CompiledPolicy] = [
+            engine.by_id[p] for p in outcome.matched if p in engine.by_id
+        ]
+        if outcome.effect == "allow":
+            return [f"permitted by policy {p.id}" for p in policies]
+        forbids = [p for p in policies if p.effect == "forbid"]
+        if forbids:
+            return [f"forbidden by policy {p.id}" for p in forbids]
+        return ["no policy permits this request (default deny)"]

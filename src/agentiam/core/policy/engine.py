@@ -1,0 +1,249 @@
+"""A compiled policy set: every policy parsed once, indexed by its scope, and sliced
+per request so a decision evaluates only the policies that could apply.
+
+**Slicing.** Cedar's scope (``principal``, ``action``, ``resource``) is a conjunction
+of three constraints, each of which is one of: anything, ``== E``, ``in E``,
+``is T``, ``is T in E`` (``in [E1, E2]`` for actions). A policy can match a request
+only if each constraint can hold, which depends only on the request's entity, its
+type and its ancestors. Each policy therefore files under one key per dimension
+(``*``, the type, or the entity uid it names) and a request collects the policies
+under its own keys: ``*``, its type, itself and every ancestor. The three sets are
+bitmasks; their intersection is the slice. Cedar then evaluates the slice exactly
+as it would the full set, conditions included, so the decision is the same: the
+policies left out are exactly those whose scope cannot match, which Cedar would
+skip. ``tests/unit/test_policy_slicing.py`` checks this equality with Hypothesis.
+
+Slices are cached by their bitmask, so a steady workload re-uses parsed sets and a
+decision's cost does not grow with the number of policies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import cedarpy
+from cedarpy import pst
+
+from agentiam.core.policy.model import EntityRef, Mode, PolicyRecord
+from agentiam.core.policy.schema import Schema
+from agentiam.core.policy.values import cedar_string
+from agentiam.errors import InvalidInput
+
+__all__ = ["CompiledPolicy", "PolicyEngine", "ScopeKey", "WHOLE_CONTEXT", "context_attributes", "validate"]
+
+ScopeKey = EntityRef | tuple[Literal["is"], str] | Literal["*"]
+ANY: Literal["*"] = "*"
+SLICE_CACHE = 8192
+
+
+def _type_name(entity_type: pst.EntityType) -> str:
+    return "::".join((*entity_type.namespace, entity_type.basename))
+
+
+def _ref(uid: pst.EntityUid) -> EntityRef:
+    return EntityRef(_type_name(uid.type), uid.id)
+
+
+def _scope_key(constraint: Any) -> ScopeKey:
+    if isinstance(constraint, pst.ScopeAny):
+        return ANY
+    if isinstance(constraint, pst.ScopeIs):
+        return ("is", _type_name(constraint.entity_type))
+    if isinstance(constraint, pst.ScopeEq | pst.ScopeIn | pst.ScopeIsIn):
+        if not isinstance(constraint.entity, pst.EntityUid):
+            raise InvalidInput("policies with template slots are not stored")
+        return _ref(constraint.entity)
+    raise InvalidInput(f"unsupported scope constraint {type(constraint).__name__}")
+
+
+def _action_keys(constraint: Any) -> tuple[ScopeKey, ...]:
+    if isinstance(constraint, pst.ScopeAny):
+        return (ANY,)
+    if isinstance(constraint, pst.ActionEq):
+        return (_ref(constraint.entity),)
+    if isinstance(constraint, pst.ActionIn):
+        return tuple(_ref(e) for e in constraint.entities)
+    raise InvalidInput(f"unsupported action constraint {type(constraint).__name__}")
+
+
+def _children(node: Any) -> Iterator[Any]:
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        for f in dataclasses.fields(node):
+            yield getattr(node, f.name)
+    elif isinstance(node, tuple | list):
+        yield from node
+    elif isinstance(node, dict):
+        yield from node.values()
+
+
+WHOLE_CONTEXT = "*"
+
+
+def context_attributes(template: pst.Template) -> frozenset[str]:
+    """The top-level ``context`` attributes the policy's conditions read
+    (``context.x`` or ``context has x``); ``{"*"}`` if it uses ``context`` as a whole.
+
+    The decision point passes a policy slice only the context attributes its
+    policies read: no other attribute can influence their evaluation. The walk is
+    iterative; a policy's depth is bounded by the parser's limits.
+    """
+    found: set[str] = set()
+    stack: list[Any] = list(template.clauses)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, pst.GetAttr | pst.HasAttr) and isinstance(node.base, pst.Var):
+            if node.base.name == "context":
+                found.add(node.attr if isinstance(node, pst.GetAttr) else node.attrs[0])
+                continue
+        if isinstance(node, pst.Var) and node.name == "context":
+            return frozenset({WHOLE_CONTEXT})
+        stack.extend(_children(node))
+    return frozenset(found)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    record: PolicyRecord
+    template: pst.Template
+    effect: str  # "permit" | "forbid"
+    principal: ScopeKey
+    actions: tuple[ScopeKey, ...]
+    resource: ScopeKey
+    conditional: bool  # has when/unless clauses
+    context_attrs: frozenset[str]  # see context_attributes()
+
+    @property
+    def uses_context(self) -> bool:
+        return bool(self.context_attrs)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def mode(self) -> Mode:
+        return self.record.mode
+
+
+def compile_policy(record: PolicyRecord) -> CompiledPolicy:
+    parsed = cedarpy.policies_to_pst(record.text)
+    if parsed.templates or len(parsed.static_policies) != 1:
+        raise InvalidInput(f"policy {record.id}: expected one static policy")
+    template = next(iter(parsed.static_policies.values()))
+    template = dataclasses.replace(template, id=record.id)
+    return CompiledPolicy(
+        record=record,
+        template=template,
+        effect=str(template.effect),
+        principal=_scope_key(template.principal),
+        actions=_action_keys(template.action),
+        resource=_scope_key(template.resource),
+        conditional=bool(template.clauses),
+        context_attrs=context_attributes(template),
+    )
+
+
+def validate(schema: Schema, records: Sequence[PolicyRecord]) -> list[dict[str, str]]:
+    """Cedar's validator (strict mode) over ``records`` against ``schema``; returns
+    the diagnostics as ``{"policy_id", "message"}`` (empty when valid)."""
+    if not records:
+        return []
+    text = "\n".join(f"@id({cedar_string(r.id)})\n{r.text}" for r in records)
+    by_position = {f"policy{i}": r.id for i, r in enumerate(records)}
+    result = cedarpy.validate_policies(text, schema.json)
+    return [
+        {"policy_id": by_position.get(e.policy_id, e.policy_id), "message": e.error}
+        for e in result.errors
+    ]
+
+
+class PolicyEngine:
+    """One version of the policy set, compiled and indexed. Immutable once built."""
+
+    def __init__(
+        self, version: int, schema: Schema, records: Iterable[PolicyRecord]
+    ) -> None:
+        self.version = version
+        self.schema = schema
+        self.policies: list[CompiledPolicy] = [compile_policy(r) for r in records]
+        self.by_id = {p.id: p for p in self.policies}
+        self._principal: dict[ScopeKey, int] = {}
+        self._action: dict[ScopeKey, int] = {}
+        self._resource: dict[ScopeKey, int] = {}
+        self.enforce_mask = 0
+        self.dry_run_mask = 0
+        for i, policy in enumerate(self.policies):
+            bit = 1 << i
+            self._principal[policy.principal] = self._principal.get(policy.principal, 0) | bit
+            for key in policy.actions:
+                self._action[key] = self._action.get(key, 0) | bit
+            self._resource[policy.resource] = self._resource.get(policy.resource, 0) | bit
+            if policy.mode is Mode.ENFORCE:
+                self.enforce_mask |= bit
+            else:
+                self.dry_run_mask |= bit
+        self.all_mask = self.enforce_mask | self.dry_run_mask
+        self._sets = lru_cache(maxsize=SLICE_CACHE)(self._build_set)
+        self._needs = lru_cache(maxsize=SLICE_CACHE)(self._context_needs)
+
+    @staticmethod
+    def _lookup(index: dict[ScopeKey, int], keys: Iterable[ScopeKey]) -> int:
+        mask = 0
+        for key in keys:
+            mask |= index.get(key, 0)
+        return mask
+
+    def slice(
+        self,
+        principal: EntityRef,
+        principal_ancestors: Iterable[EntityRef],
+        action: EntityRef,
+        action_ancestors: Iterable[EntityRef],
+        resource: EntityRef,
+        resource_ancestors: Iterable[EntityRef],
+    ) -> int:
+        """The bitmask of policies whose scope can match the request."""
+        p = self._lookup(
+            self._principal, (ANY, ("is", principal.type), principal, *principal_ancestors)
+        )
+        if not p:
+            return 0
+        a = self._lookup(self._action, (ANY, action, *action_ancestors))
+        if not p & a:
+            return 0
+        r = self._lookup(
+            self._resource, (ANY, ("is", resource.type), resource, *resource_ancestors)
+        )
+        return p & a & r
+
+    def members(self, mask: int) -> list[CompiledPolicy]:
+        out: list[CompiledPolicy] = []
+        while mask:
+            low = mask & -mask
+            out.append(self.policies[low.bit_length() - 1])
+            mask ^= low
+        return out
+
+    def policy_set(self, mask: int) -> cedarpy.PolicySet:
+        """The parsed Cedar set of the policies in ``mask`` (cached)."""
+        return self._sets(mask)
+
+    def context_needs(self, mask: int) -> frozenset[str]:
+        """The context attributes the policies in ``mask`` read (cached)."""
+        return self._needs(mask)
+
+    def _context_needs(self, mask: int) -> frozenset[str]:
+        out: set[str] = set()
+        for policy in self.members(mask):
+            out |= policy.context_attrs
+        return frozenset(out)
+
+    def _build_set(self, mask: int) -> cedarpy.PolicySet:
+        statics = {p.id: p.template for p in self.members(mask)}
+        return cedarpy.PolicySet.from_pst(
+            pst.PolicySet(static_policies=statics, templates={}, template_links=())
+        )

@@ -1,0 +1,209 @@
+"""The Cedar entity store built from the registry and the resource catalog.
+
+An :class:`EntitySnapshot` is immutable: the policy decision point swaps in a new one
+when the registry changes, so a decision never reads the database. Besides cedarpy's
+parsed entity handle it keeps each entity's parents, for the scope index (which
+needs every ancestor of a principal or resource), and each agent's status.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from typing import Any
+
+import cedarpy
+
+from agentiam.core.identities.lifecycle import AgentStatus
+from agentiam.core.identities.models import Agent, AutonomyLevel, Human
+from agentiam.core.policy.model import EntityRef, ResourceRecord
+from agentiam.core.policy.schema import RESERVED_TYPES, Schema
+from agentiam.core.policy.values import ValueTypeError, to_cedar
+from agentiam.errors import InvalidInput
+
+__all__ = [
+    "EntitySnapshot",
+    "agent_entity",
+    "check_resource",
+    "human_entity",
+    "resource_entity",
+]
+
+_AUTONOMY_LEVEL = {level: i for i, level in enumerate(AutonomyLevel)}
+_TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,63}$")
+MAX_TAGS = 64
+MAX_PARENTS = 32
+
+
+def _uid(ref: EntityRef) -> dict[str, str]:
+    return {"type": ref.type, "id": ref.id}
+
+
+def agent_parents(agent: Agent) -> tuple[EntityRef, ...]:
+    """An agent is in its environment, in one group per label ``key=value`` and, for
+    a sub-agent, in its parent agent."""
+    parents = [EntityRef("Environment", agent.environment)]
+    parents += [EntityRef("AgentGroup", f"{k}={v}") for k, v in sorted(agent.labels.items())]
+    if agent.parent_id:
+        parents.append(EntityRef("Agent", agent.parent_id))
+    return tuple(parents)
+
+
+def agent_entity(agent: Agent) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "name": agent.name,
+        "owners": [{"__entity": {"type": "Human", "id": h}} for h in agent.owners],
+        "sponsors": [{"__entity": {"type": "Human", "id": h}} for h in agent.sponsors],
+        "environment": agent.environment,
+        "autonomy": agent.autonomy.value,
+        "autonomy_level": _AUTONOMY_LEVEL[agent.autonomy],
+        "purpose": agent.purpose,
+        "status": agent.status.value,
+        "ephemeral": agent.is_ephemeral,
+    }
+    if agent.parent_id:
+        attrs["parent"] = {"__entity": {"type": "Agent", "id": agent.parent_id}}
+    if agent.runtime.framework:
+        attrs["framework"] = agent.runtime.framework
+    if agent.runtime.model:
+        attrs["model"] = agent.runtime.model
+    return {
+        "uid": {"type": "Agent", "id": agent.id},
+        "attrs": attrs,
+        "parents": [_uid(p) for p in agent_parents(agent)],
+        "tags": dict(agent.labels),
+    }
+
+
+def human_entity(human: Human) -> dict[str, Any]:
+    return {
+        "uid": {"type": "Human", "id": human.id},
+        "attrs": {"email": human.email, "display_name": human.display_name},
+        "parents": [],
+    }
+
+
+def check_resource(schema: Schema, record: ResourceRecord) -> dict[str, Any]:
+    """Validate a catalog entry against the schema and return its Cedar entity.
+
+    Principal and grouping types (``Agent``, ``Human``, ``Environment``,
+    ``AgentGroup``, ``Action``) come from the registry and cannot be catalogued.
+    """
+    spec = schema.entity_types.get(record.type)
+    if spec is None:
+        raise InvalidInput(f"entity type {record.type!r} is not in the schema")
+    if record.type in RESERVED_TYPES:
+        raise InvalidInput(f"{record.type} entities come from the registry, not the catalog")
+    if not record.id or len(record.id) > 512:
+        raise InvalidInput("a resource id must be 1-512 characters")
+    try:
+        attrs = to_cedar(
+            dict(record.attributes),
+            {"type": "Record", "attributes": spec.attributes},
+            schema.common_types,
+            path="attributes",
+        )
+    except ValueTypeError as exc:
+        raise InvalidInput(f"resource {record.type}::{record.id}: {exc}") from None
+    if len(record.parents) > MAX_PARENTS:
+        raise InvalidInput(f"a resource may have at most {MAX_PARENTS} parents")
+    for parent in record.parents:
+        if parent.type not in spec.member_of:
+            raise InvalidInput(
+                f"a {record.type} cannot be in a {parent.type}",
+                hint=f"{record.type} may be in: {', '.join(spec.member_of) or 'nothing'}.",
+            )
+    if record.tags:
+        if spec.tags is None:
+            raise InvalidInput(f"{record.type} entities take no tags")
+        if len(record.tags) > MAX_TAGS:
+            raise InvalidInput(f"a resource may have at most {MAX_TAGS} tags")
+        for key, value in record.tags.items():
+            if not _TAG_KEY_RE.match(key) or not isinstance(value, str) or len(value) > 256:
+                raise InvalidInput(f"tag {key!r} is not valid")
+    return resource_entity(record, attrs)
+
+
+def resource_entity(record: ResourceRecord, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    entity: dict[str, Any] = {
+        "uid": {"type": record.type, "id": record.id},
+        "attrs": dict(attrs),
+        "parents": [_uid(p) for p in record.parents],
+    }
+    if record.tags:
+        entity["tags"] = dict(record.tags)
+    return entity
+
+
+class EntitySnapshot:
+    """Every entity a decision may need, parsed once."""
+
+    def __init__(
+        self,
+        schema: Schema,
+        *,
+        agents: Iterable[Agent] = (),
+        humans: Iterable[Human] = (),
+        resources: Iterable[ResourceRecord] = (),
+        fingerprint: str = "",
+    ) -> None:
+        self.schema = schema
+        self.fingerprint = fingerprint
+        entities: list[dict[str, Any]] = list(schema.action_entities())
+        self.parents: dict[EntityRef, tuple[EntityRef, ...]] = {}
+        self.agents: dict[str, Agent] = {}
+        self.humans: dict[str, Human] = {}
+        self.resources: dict[EntityRef, ResourceRecord] = {}
+        groups: set[EntityRef] = set()
+        for agent in agents:
+            self.agents[agent.id] = agent
+            entities.append(agent_entity(agent))
+            parents = agent_parents(agent)
+            self.parents[EntityRef("Agent", agent.id)] = parents
+            groups.update(p for p in parents if p.type != "Agent")
+        for human in humans:
+            self.humans[human.id] = human
+            entities.append(human_entity(human))
+        for record in resources:
+            try:
+                entity = check_resource(schema, record)
+            except InvalidInput:
+                continue  # a schema change made it invalid: it is left out (no attributes)
+            self.resources[record.ref] = record
+            entities.append(entity)
+            self.parents[record.ref] = record.parents
+        entities += [{"uid": _uid(g), "attrs": {}, "parents": []} for g in sorted(
+            groups, key=str
+        )]
+        self.handle = cedarpy.Entities.from_json_str(json.dumps(entities))
+        self.count = len(entities)
+        self._ancestors = lru_cache(maxsize=65_536)(self._compute_ancestors)
+
+    def _compute_ancestors(self, ref: EntityRef) -> frozenset[EntityRef]:
+        out: set[EntityRef] = set()
+        stack = list(self.parents.get(ref, ()))
+        while stack:
+            parent = stack.pop()
+            if parent not in out:
+                out.add(parent)
+                stack.extend(self.parents.get(parent, ()))
+        return frozenset(out)
+
+    def ancestors(self, ref: EntityRef) -> frozenset[EntityRef]:
+        """Every entity ``ref`` is transitively in (not including itself)."""
+        return self._ancestors(ref)
+
+    def principal_problem(self, ref: EntityRef) -> str | None:
+        """Why ``ref`` may not act at all (unknown, suspended, expired), or None."""
+        if ref.type == "Agent":
+            agent = self.agents.get(ref.id)
+            if agent is None:
+                return "the agent is not in the registry"
+            if agent.status is not AgentStatus.ACTIVE:
+                return f"the agent is {agent.status.value}"
+            return None
+        if ref.type == "Human":
+            return None if ref.id in self.humans else "the human is not in the registry"
+        return None

@@ -1,0 +1,174 @@
+"""Turning Cedar text into named policies, and named policies back into a ``.cedar``
+file.
+
+Cedar itself (via cedarpy) parses; this module adds what a multi-tenant control
+plane needs before text reaches the parser:
+
+* size limits and a lexical nesting limit. cedarpy's native parser overflows its
+  stack (crashing the whole process) on a few hundred nested brackets, so depth is
+  checked here, outside strings and comments, before Cedar sees the text;
+* names: each policy's ``@id("…")`` annotation is its name, ``@mode("dry_run")``
+  its mode, ``@description("…")`` its description; the stored text is Cedar's
+  canonical format without those three annotations;
+* no templates: slots (``?principal``) are refused; AgentIAM's templates render to
+  static policies (see :mod:`agentiam.core.policy.templates`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import cedarpy
+
+from agentiam.core.policy.model import Mode, PolicyRecord, check_policy_id
+from agentiam.core.policy.values import cedar_string
+from agentiam.errors import InvalidInput
+
+__all__ = [
+    "MAX_NESTING",
+    "MAX_POLICIES_PER_TEXT",
+    "MAX_POLICY_BYTES",
+    "MAX_TEXT_BYTES",
+    "check_nesting",
+    "parse_policies",
+    "parse_single",
+    "render_policies",
+]
+
+MAX_NESTING = 32
+MAX_POLICY_BYTES = 64 * 1024
+MAX_TEXT_BYTES = 8 * 1024 * 1024
+MAX_POLICIES_PER_TEXT = 20_000
+_NAMING_ANNOTATIONS = ("id", "mode", "description")
+
+
+def check_nesting(text: str, *, limit: int = MAX_NESTING) -> None:
+    """Refuse text whose brackets nest deeper than ``limit`` (strings and ``//``
+    comments are skipped), before any native parser sees it."""
+    depth = 0
+    i = 0
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif ch == "/" and i + 1 < n and text[i + 1] == "/":
+            newline = text.find("\n", i)
+            i = n if newline < 0 else newline
+        elif ch in "([{":
+            depth += 1
+            if depth > limit:
+                raise InvalidInput(
+                    f"the policy text nests brackets deeper than {limit} levels",
+                    hint="Flatten the expression.",
+                )
+        elif ch in ")]}":
+            depth -= 1
+        i += 1
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedPolicy:
+    """A policy read from text: its record, and whether it named itself."""
+
+    record: PolicyRecord
+    named: bool
+
+
+def _diagnostic(exc: Exception) -> str:
+    return str(exc).removeprefix("cedarpy: ").strip() or "the text is not valid Cedar"
+
+
+def parse_policies(text: str, *, default_mode: Mode = Mode.ENFORCE) -> list[ParsedPolicy]:
+    """Split ``text`` into policies. Unnamed policies get ``policy<N>`` ids (N counts
+    from 1 in file order); the caller decides whether unnamed ones are acceptable."""
+    if not isinstance(text, str):
+        raise InvalidInput("policy text must be a string")
+    if len(text.encode()) > MAX_TEXT_BYTES:
+        raise InvalidInput(f"the policy text is larger than {MAX_TEXT_BYTES} bytes")
+    check_nesting(text)
+    try:
+        est = json.loads(cedarpy.policies_to_json_str(text))
+    except ValueError as exc:
+        raise InvalidInput(
+            "the policy text is not valid Cedar", errors=[{"message": _diagnostic(exc)}]
+        ) from None
+    if est.get("templates"):
+        raise InvalidInput(
+            "Cedar templates (policies with ?principal or ?resource slots) are not stored",
+            hint="Use an AgentIAM template (GET /v1/policy-templates) or write the "
+            "entity out.",
+        )
+    statics: dict[str, Any] = est.get("staticPolicies", {})
+    if len(statics) > MAX_POLICIES_PER_TEXT:
+        raise InvalidInput(f"more than {MAX_POLICIES_PER_TEXT} policies in one text")
+    out: list[ParsedPolicy] = []
+    seen: set[str] = set()
+    # Cedar numbers policies policy0, policy1, … in file order.
+    for position in range(len(statics)):
+        policy = statics[f"policy{position}"]
+        annotations: dict[str, Any] = dict(policy.get("annotations") or {})
+        name = annotations.get("id")
+        mode_text = annotations.get("mode")
+        description = annotations.get("description") or ""
+        policy_id = check_policy_id(name) if name is not None else f"policy{position + 1}"
+        if policy_id in seen:
+            raise InvalidInput(f"policy id {policy_id!r} appears twice")
+        seen.add(policy_id)
+        try:
+            mode = Mode(mode_text) if mode_text is not None else default_mode
+        except ValueError:
+            raise InvalidInput(
+                f"policy {policy_id}: @mode must be 'enforce' or 'dry_run'"
+            ) from None
+        policy["annotations"] = {
+            k: v for k, v in annotations.items() if k not in _NAMING_ANNOTATIONS
+        }
+        one = {"staticPolicies": {"policy0": policy}, "templates": {}, "templateLinks": []}
+        canonical = cedarpy.format_policies(cedarpy.policies_from_json_str(json.dumps(one)))
+        if len(canonical.encode()) > MAX_POLICY_BYTES:
+            raise InvalidInput(f"policy {policy_id} is larger than {MAX_POLICY_BYTES} bytes")
+        out.append(
+            ParsedPolicy(
+                PolicyRecord(
+                    id=policy_id, text=canonical.strip(), mode=mode, description=description
+                ),
+                named=name is not None,
+            )
+        )
+    return out
+
+
+def parse_single(text: str, *, policy_id: str, mode: Mode, description: str) -> PolicyRecord:
+    """Parse the text of exactly one policy stored as ``policy_id``. Naming
+    annotations in the text are overridden by the explicit arguments."""
+    parsed = parse_policies(text, default_mode=mode)
+    if len(parsed) != 1:
+        raise InvalidInput(f"expected exactly one policy, found {len(parsed)}")
+    record = parsed[0].record
+    return PolicyRecord(
+        id=check_policy_id(policy_id),
+        text=record.text,
+        mode=mode,
+        description=description or record.description,
+        template=None,
+    )
+
+
+def render_policies(records: Iterable[PolicyRecord]) -> str:
+    """The ``.cedar`` export: each policy with its ``@id``, ``@mode`` (when dry-run)
+    and ``@description`` annotations, so importing the file restores the set."""
+    chunks: list[str] = []
+    for record in records:
+        head = [f"@id({cedar_string(record.id)})"]
+        if record.mode is Mode.DRY_RUN:
+            head.append(f"@mode({cedar_string(record.mode.value)})")
+        if record.description:
+            head.append(f"@description({cedar_string(record.description)})")
+        chunks.append("\n".join([*head, record.text]))
+    return "\n\n".join(chunks) + ("\n" if chunks else "")
