@@ -27,9 +27,12 @@ from agentiam.errors import InvalidInput
 from agentiam.ports import Clock, UnitOfWork
 from agentiam.services.admin_keys import AdminKeyService
 from agentiam.services.agents import AgentService
+from agentiam.services.analysis import AccessAnalysisService
 from agentiam.services.audit import AuditService
 from agentiam.services.context import CallContext, SystemClock
+from agentiam.services.decisions import DecisionPoint
 from agentiam.services.humans import HumanService
+from agentiam.services.policies import PolicyService, ResourceService
 from agentiam.services.revocations import RevocationService
 from agentiam.services.signing_keys import SigningKeyService
 from agentiam.services.tokens import TokenPolicy, TokenService
@@ -51,6 +54,10 @@ class Container:
     signing_keys: SigningKeyService
     revocations: RevocationService
     tokens: TokenService
+    policies: PolicyService
+    resources: ResourceService
+    decisions: DecisionPoint
+    analysis: AccessAnalysisService
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -65,8 +72,10 @@ class Container:
         single-use values and revocations."""
         self.revocations.sync()
         self.signing_keys.ensure_key(CallContext.system("control-plane/keys"))
+        self.decisions.refresh()
         loops = (
             (self.settings.revocation_poll_seconds, self.revocations.sync),
+            (self.settings.policy_refresh_seconds, self.decisions.refresh),
             (self.settings.key_refresh_seconds, self.signing_keys.refresh),
             (60.0, self.revocations.purge),
             (self.settings.expiry_sweep_seconds, self._expire_agents),
@@ -166,6 +175,21 @@ def build(
         verifier=verifier,
         nonces=nonces,
     )
+    decisions = DecisionPoint(
+        uow,
+        clock,
+        zone=settings.policy_time_zone,
+        max_staleness_seconds=settings.policy_max_staleness_seconds,
+    )
+
+    def policy_changed() -> None:
+        # The writer's own replica sees its change at once; others within a poll.
+        try:
+            decisions.refresh()
+        except Exception:
+            log.warning("policy refresh after a change failed; the poll will retry")
+
+    policies = PolicyService(uow, clock, on_change=policy_changed)
     return Container(
         settings=settings,
         engine=engine,
@@ -182,6 +206,10 @@ def build(
         signing_keys=signing_keys,
         revocations=revocations,
         tokens=tokens,
+        policies=policies,
+        resources=ResourceService(uow, clock, policies, on_change=policy_changed),
+        decisions=decisions,
+        analysis=AccessAnalysisService(uow, clock, decisions),
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agentiam.errors import InvalidInput
 
@@ -42,6 +43,9 @@ class Limits:
     max_reason_length: int = 500
     max_audiences: int = 16
     max_form_fields: int = 32
+    # Policy import/export bodies (a .cedar file of thousands of policies).
+    max_policy_body_bytes: int = 8 * 1024 * 1024
+    max_authorize_batch: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,13 @@ class Settings:
     # The key that seals private keys at rest: base64url text, or a file holding it.
     master_key: str | None = field(default=None, repr=False)
     master_key_file: str | None = None
+    # -- policy decisions (see docs/policy.md) --
+    # The zone context.time.hour/weekday/date are computed in (IANA name).
+    policy_time_zone: str = "UTC"
+    # How often a replica checks for a new policy version or registry change.
+    policy_refresh_seconds: float = 0.5
+    # Past this age without a successful refresh, decisions fail closed (503).
+    policy_max_staleness_seconds: float = 30.0
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -130,6 +141,20 @@ class Settings:
             raise InvalidInput("revocation_poll_seconds must be between 0.05 and 1")
         if not self.revocation_poll_seconds < self.revocation_max_staleness_seconds <= 300:
             raise InvalidInput("revocation_max_staleness_seconds must exceed the poll interval")
+        if not 0.05 <= self.policy_refresh_seconds <= 10:
+            raise InvalidInput("policy_refresh_seconds must be between 0.05 and 10")
+        if not self.policy_refresh_seconds < self.policy_max_staleness_seconds <= 3600:
+            raise InvalidInput("policy_max_staleness_seconds must exceed the refresh interval")
+        if not 1 <= self.limits.max_authorize_batch <= 1000:
+            raise InvalidInput("limit max_authorize_batch must be between 1 and 1000")
+        if not 64 * 1024 <= self.limits.max_policy_body_bytes <= 64 * 1024 * 1024:
+            raise InvalidInput("limit max_policy_body_bytes must be between 64 KiB and 64 MiB")
+        try:
+            ZoneInfo(self.policy_time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise InvalidInput(
+                f"policy_time_zone {self.policy_time_zone!r} is not an IANA time zone"
+            ) from None
         _check_issuer(self.issuer_url)
 
 

@@ -17,8 +17,11 @@ from agentiam.adapters.http.routes import (
     admin_keys,
     agents,
     audit,
+    authorize,
     credentials,
     humans,
+    policies,
+    resources,
     system,
 )
 from agentiam.adapters.http.security import AdminAuthentication
@@ -29,7 +32,8 @@ __all__ = ["create_app"]
 DESCRIPTION = """Identity and access management for autonomous AI agents.
 
 Authenticate with an admin API key: `Authorization: Bearer aiam_…`. Roles: **admin**
-(everything), **operator** (everything except admin keys), **auditor** (read-only).
+(everything), **operator** (everything except admin and signing keys), **auditor**
+(read-only), **verifier** (enforcement points: introspection, revocations, decisions).
 Errors are RFC 9457 problem details (`application/problem+json`).
 """
 
@@ -61,6 +65,9 @@ def create_app(container: ApiDependencies) -> Any:
         admin_keys.router,
         audit.router,
         credentials.router,
+        policies.router,
+        resources.router,
+        authorize.router,
     ):
         app.include_router(router)
     system.mount_offline_docs(app)

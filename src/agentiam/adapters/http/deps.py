@@ -10,8 +10,11 @@ from prometheus_client import CollectorRegistry
 from agentiam.config import Settings
 from agentiam.services.admin_keys import AdminKeyService
 from agentiam.services.agents import AgentService
+from agentiam.services.analysis import AccessAnalysisService
 from agentiam.services.audit import AuditService
+from agentiam.services.decisions import DecisionPoint
 from agentiam.services.humans import HumanService
+from agentiam.services.policies import PolicyService, ResourceService
 from agentiam.services.revocations import RevocationService
 from agentiam.services.signing_keys import SigningKeyService
 from agentiam.services.tokens import TokenService
@@ -30,6 +33,10 @@ class ApiDependencies(Protocol):
     signing_keys: SigningKeyService
     revocations: RevocationService
     tokens: TokenService
+    policies: PolicyService
+    resources: ResourceService
+    decisions: DecisionPoint
+    analysis: AccessAnalysisService
     registry: CollectorRegistry
 
     def database_ready(self) -> bool: ...

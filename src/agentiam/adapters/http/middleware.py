@@ -83,10 +83,14 @@ async def _send_problem(send: Send, error: AgentIAMError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+POLICY_PATHS = ("/v1/policies", "/v1/policy-")
+
+
 class RequestLimits:
     def __init__(self, app: ASGIApp, limits: Limits) -> None:
         self.app = app
         self.max_body = limits.max_body_bytes
+        self.max_policy_body = limits.max_policy_body_bytes
         self.max_depth = limits.max_json_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -102,6 +106,8 @@ class RequestLimits:
         if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send_with_headers)
             return
+        # Policy texts (a whole .cedar file on import) get their own, larger bound.
+        max_body = self.max_policy_body if scope["path"].startswith(POLICY_PATHS) else self.max_body
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -109,8 +115,8 @@ class RequestLimits:
                 except ValueError:
                     await _send_problem(send, BadRequest("Content-Length is not a number"))
                     return
-                if declared > self.max_body:
-                    await _send_problem(send, self._too_large())
+                if declared > max_body:
+                    await _send_problem(send, self._too_large(max_body))
                     return
         chunks: list[bytes] = []
         size = 0
@@ -121,20 +127,18 @@ class RequestLimits:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
-                await _send_problem(send, self._too_large())
+            if size > max_body:
+                await _send_problem(send, self._too_large(max_body))
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
         # Form bodies (the OAuth endpoints) are never parsed as JSON; every other body
         # may be, so its nesting is bounded before any parser sees it.
-        is_form = (
-            Headers(scope=scope)
-            .get("content-type", "")
-            .startswith("application/x-www-form-urlencoded")
-        )
-        if not is_form and json_depth_exceeds(body, self.max_depth):
+        content_type = Headers(scope=scope).get("content-type", "")
+        is_form = content_type.startswith("application/x-www-form-urlencoded")
+        is_text = content_type.startswith("text/plain")  # .cedar policy text
+        if not (is_form or is_text) and json_depth_exceeds(body, self.max_depth):
             await _send_problem(
                 send, BadRequest(f"JSON nesting is deeper than {self.max_depth} levels")
             )
@@ -150,10 +154,11 @@ class RequestLimits:
 
         await self.app(scope, replay, send_with_headers)
 
-    def _too_large(self) -> PayloadTooLarge:
+    def _too_large(self, limit: int) -> PayloadTooLarge:
+        name = "MAX_POLICY_BODY_BYTES" if limit == self.max_policy_body else "MAX_BODY_BYTES"
         return PayloadTooLarge(
-            f"the request body is larger than {self.max_body} bytes",
-            hint="Send a smaller body; the limit is AGENTIAM_LIMIT_MAX_BODY_BYTES.",
+            f"the request body is larger than {limit} bytes",
+            hint=f"Send a smaller body; the limit is AGENTIAM_LIMIT_{name}.",
         )
 
 

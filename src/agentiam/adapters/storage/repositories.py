@@ -5,11 +5,27 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, exists, insert, select, update
+from sqlalchemy import (
+    Connection,
+    String,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    exists,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
@@ -32,8 +48,15 @@ from agentiam.core.identities.models import (
     RuntimeInfo,
     Transition,
 )
-from agentiam.errors import Conflict
-from agentiam.ports import AgentQuery, AuditQuery, HumanQuery, Page
+from agentiam.core.policy.model import (
+    EntityRef,
+    Mode,
+    PolicyRecord,
+    PolicySetVersion,
+    ResourceRecord,
+)
+from agentiam.errors import Conflict, InvalidInput
+from agentiam.ports import AgentQuery, AuditQuery, HumanQuery, Page, ResourceQuery
 
 __all__ = [
     "SqlAdminKeys",
@@ -41,7 +64,9 @@ __all__ = [
     "SqlAgents",
     "SqlAudit",
     "SqlHumans",
+    "SqlPolicies",
     "SqlReplayGuard",
+    "SqlResources",
     "SqlRevocations",
     "SqlSigningKeys",
 ]
@@ -598,6 +623,8 @@ class SqlAudit:
             stmt = stmt.where(e.c.agent_id == query.agent_id)
         if query.type:
             stmt = stmt.where(e.c.type == query.type)
+        if query.since is not None:
+            stmt = stmt.where(e.c.time >= query.since)
         rows, nxt = _page(list(self._c.execute(stmt)), query.limit, "seq")
         return Page([AuditEvent.from_dict(json.loads(r.body)) for r in rows], nxt)
 
@@ -722,3 +749,308 @@ class SqlRevocations:
         if doomed:
             self._c.execute(delete(rv).where(rv.c.seq.in_(doomed)))
         return len(doomed)
+
+
+# Ids per ``IN (...)`` list: far below SQLite's and PostgreSQL's bound-parameter limits,
+# and few enough statements that a 10,000-policy import stays a handful of round trips.
+_CHUNK = 500
+
+
+def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+_LOST_RACE = "another change to the policy set was written first; retry"
+
+_CLOSE_REVISIONS_PG = (
+    update(t.policy_revisions)
+    .where(
+        t.policy_revisions.c.valid_to.is_(None),
+        t.policy_revisions.c.policy_id == any_(bindparam("ids", type_=ARRAY(String(128)))),
+    )
+    .values(valid_to=bindparam("version"))
+)
+
+
+class SqlPolicies:
+    """The policy set as a history of versions over revisions valid in a version range.
+
+    The version number is the primary key of ``policy_versions`` and is written first,
+    so of two writers that both computed ``head() + 1`` the second fails on that insert
+    before it has changed anything else.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+
+    @staticmethod
+    def _meta(r: Row[Any]) -> PolicySetVersion:
+        return PolicySetVersion(
+            version=r.version,
+            created_at=r.created_at,
+            created_by=r.created_by,
+            change=r.change,
+            comment=r.comment,
+            schema_extension=r.schema_extension,
+            policy_count=r.policy_count,
+        )
+
+    def head(self) -> int:
+        pv = t.policy_versions
+        return int(self._c.execute(select(func.coalesce(func.max(pv.c.version), 0))).scalar_one())
+
+    def version(self, version: int) -> PolicySetVersion | None:
+        pv = t.policy_versions
+        row = self._c.execute(select(pv).where(pv.c.version == version)).first()
+        return self._meta(row) if row else None
+
+    def versions(self, *, limit: int, before: int | None = None) -> list[PolicySetVersion]:
+        pv = t.policy_versions
+        stmt = select(pv).order_by(pv.c.version.desc()).limit(limit)
+        if before is not None:
+            stmt = stmt.where(pv.c.version < before)
+        return [self._meta(r) for r in self._c.execute(stmt)]
+
+    def policies(self, version: int) -> list[PolicyRecord]:
+        pr = t.policy_revisions
+        stmt = select(pr).where(
+            pr.c.valid_from <= version, or_(pr.c.valid_to.is_(None), pr.c.valid_to > version)
+        )
+        records = [
+            PolicyRecord(
+                id=r.policy_id,
+                text=r.text,
+                mode=Mode(r.mode),
+                description=r.description,
+                template=r.template,
+            )
+            for r in self._c.execute(stmt)
+        ]
+        # Sorted here rather than by the database, whose collation may differ from
+        # SQLite's byte order: both stores return the same order.
+        records.sort(key=lambda r: r.id)
+        return records
+
+    def commit_version(
+        self,
+        meta: PolicySetVersion,
+        *,
+        put: Sequence[PolicyRecord] = (),
+        delete: Sequence[str] = (),
+    ) -> None:
+        put_ids = [r.id for r in put]
+        if len(set(put_ids)) != len(put_ids):
+            raise ValueError("a policy id appears more than once in one version")
+        head = self.head()
+        if meta.version <= head:
+            raise Conflict(_LOST_RACE)
+        if meta.version != head + 1:
+            raise ValueError(f"policy version {meta.version} does not follow version {head}")
+        v = meta.version
+        pv, pr = t.policy_versions, t.policy_revisions
+        try:
+            with self._c.begin_nested():
+                self._c.execute(
+                    insert(pv).values(
+                        version=v,
+                        created_at=meta.created_at,
+                        created_by=meta.created_by,
+                        change=meta.change,
+                        comment=meta.comment,
+                        schema_extension=meta.schema_extension,
+                        policy_count=0,  # set below, once the change is written
+                    )
+                )
+        except IntegrityError as exc:
+            if "policy_versions" in str(exc.orig):
+                raise Conflict(_LOST_RACE) from None
+            raise
+        # Close the current revision of every policy replaced or deleted ...
+        closing = list(dict.fromkeys([*delete, *put_ids]))
+        if closing and self._c.dialect.name == "postgresql":
+            # One array parameter: PostgreSQL plans ``= ANY($1)`` once, where lists of
+            # hundreds of bound parameters made a 10,000-policy import take seconds.
+            self._c.execute(_CLOSE_REVISIONS_PG, {"version": v, "ids": closing})
+        else:
+            for chunk in _chunks(closing):
+                self._c.execute(
+                    update(pr)
+                    .where(pr.c.valid_to.is_(None), pr.c.policy_id.in_(chunk))
+                    .values(valid_to=v)
+                )
+        # ... and open the new ones (one executemany).
+        if put:
+            self._c.execute(
+                insert(pr),
+                [
+                    {
+                        "policy_id": r.id,
+                        "valid_from": v,
+                        "valid_to": None,
+                        "text": r.text,
+                        "mode": Mode(r.mode).value,
+                        "description": r.description,
+                        "template": r.template,
+                    }
+                    for r in put
+                ],
+            )
+        count = self._c.execute(
+            select(func.count()).select_from(pr).where(pr.c.valid_to.is_(None))
+        ).scalar_one()
+        self._c.execute(update(pv).where(pv.c.version == v).values(policy_count=count))
+
+
+_res = t.policy_resources
+_res_prior = _res.alias("prior")
+# The next value of the catalog's change counter. An alias keeps the subquery from
+# being correlated to the row an UPDATE is changing.
+_NEXT_REVISION = select(func.coalesce(func.max(_res_prior.c.revision), 0) + 1).scalar_subquery()
+
+
+def _resource_upsert(dialect_insert: Any) -> Any:
+    """Insert a resource at version 1, or replace it (reviving a tombstone) with its
+    version bumped: one atomic statement on both databases."""
+    stmt = dialect_insert(_res).values(
+        type=bindparam("type"),
+        id=bindparam("id"),
+        attributes=bindparam("attributes"),
+        parents=bindparam("parents"),
+        tags=bindparam("tags"),
+        updated_at=bindparam("updated_at", type_=t.UTCDateTime()),
+        version=1,
+        revision=_NEXT_REVISION,
+        deleted=False,
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[_res.c.type, _res.c.id],
+        set_={
+            "attributes": stmt.excluded.attributes,
+            "parents": stmt.excluded.parents,
+            "tags": stmt.excluded.tags,
+            "updated_at": stmt.excluded.updated_at,
+            "version": _res.c.version + 1,
+            "revision": stmt.excluded.revision,
+            "deleted": False,
+        },
+    ).returning(_res.c.version)
+
+
+# Every count and sum the entity snapshot depends on, in one round trip. Agents and
+# humans are never deleted and every change bumps their version, so count + sum of
+# versions moves on each insert and update. For the catalog the sum of versions (a
+# delete bumps the tombstone's version too) is what moves on every write even when two
+# PostgreSQL writers race and store the same ``revision``.
+_FINGERPRINT = select(
+    select(func.count()).select_from(t.agents).scalar_subquery(),
+    select(func.coalesce(func.sum(t.agents.c.version), 0)).scalar_subquery(),
+    select(func.count()).select_from(t.humans).scalar_subquery(),
+    select(func.coalesce(func.sum(t.humans.c.version), 0)).scalar_subquery(),
+    select(func.count()).select_from(_res).scalar_subquery(),
+    select(func.coalesce(func.sum(_res.c.version), 0)).scalar_subquery(),
+    select(func.coalesce(func.max(_res.c.revision), 0)).scalar_subquery(),
+)
+
+
+class SqlResources:
+    """The resource catalog. Deletes leave a tombstone (never returned) so that the
+    change shows in :meth:`fingerprint`; a later put revives it."""
+
+    _UPSERTS = {
+        "postgresql": _resource_upsert(pg_insert),
+        "sqlite": _resource_upsert(sqlite_insert),
+    }
+
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+        self._upsert = self._UPSERTS[conn.dialect.name]
+
+    @staticmethod
+    def _record(
+        type_: str,
+        id_: str,
+        attributes: str,
+        parents: str,
+        tags: str,
+        updated_at: datetime,
+        version: int,
+    ) -> ResourceRecord:
+        return ResourceRecord(
+            type=type_,
+            id=id_,
+            attributes=json.loads(attributes),
+            parents=tuple(EntityRef(p["type"], p["id"]) for p in json.loads(parents)),
+            tags=json.loads(tags),
+            updated_at=updated_at,
+            version=version,
+        )
+
+    @classmethod
+    def _row(cls, r: Row[Any]) -> ResourceRecord:
+        return cls._record(r.type, r.id, r.attributes, r.parents, r.tags, r.updated_at, r.version)
+
+    def put(self, record: ResourceRecord) -> ResourceRecord:
+        if record.updated_at is None:
+            raise ValueError("a resource is stored with its updated_at time")
+        attributes = _dumps(dict(record.attributes))
+        parents = _dumps([p.to_json() for p in record.parents])
+        tags = _dumps(dict(record.tags))
+        params = {
+            "type": record.type,
+            "id": record.id,
+            "attributes": attributes,
+            "parents": parents,
+            "tags": tags,
+            "updated_at": record.updated_at,
+        }
+        version = self._c.execute(self._upsert, params).scalar_one()
+        return self._record(
+            record.type, record.id, attributes, parents, tags, record.updated_at, version
+        )
+
+    def get(self, type_: str, id_: str) -> ResourceRecord | None:
+        row = self._c.execute(
+            select(_res).where(_res.c.type == type_, _res.c.id == id_, _res.c.deleted == false())
+        ).first()
+        return self._row(row) if row else None
+
+    def delete(self, type_: str, id_: str) -> bool:
+        result = self._c.execute(
+            update(_res)
+            .where(_res.c.type == type_, _res.c.id == id_, _res.c.deleted == false())
+            .values(deleted=True, revision=_NEXT_REVISION)
+        )
+        return result.rowcount == 1
+
+    def find(self, query: ResourceQuery) -> Page[ResourceRecord]:
+        stmt = (
+            select(_res)
+            .where(_res.c.deleted == false())
+            .order_by(_res.c.type, _res.c.id)
+            .limit(query.limit + 1)
+        )
+        if query.type is not None:
+            stmt = stmt.where(_res.c.type == query.type)
+        if query.after:
+            after_type, sep, after_id = query.after.partition("::")
+            if not sep:
+                raise InvalidInput(
+                    f"page cursor {query.after!r} is not valid",
+                    hint="Pass the next_after value of the previous page unchanged.",
+                )
+            stmt = stmt.where(tuple_(_res.c.type, _res.c.id) > tuple_(after_type, after_id))
+        rows = list(self._c.execute(stmt))
+        nxt = None
+        if len(rows) > query.limit:
+            rows = rows[: query.limit]
+            nxt = f"{rows[-1].type}::{rows[-1].id}"
+        return Page([self._row(r) for r in rows], nxt)
+
+    def all(self) -> list[ResourceRecord]:
+        stmt = select(_res).where(_res.c.deleted == false()).order_by(_res.c.type, _res.c.id)
+        return [self._row(r) for r in self._c.execute(stmt)]
+
+    def fingerprint(self) -> str:
+        row = self._c.execute(_FINGERPRINT).one()
+        return ":".join(str(int(x)) for x in row)

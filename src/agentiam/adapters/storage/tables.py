@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     true,
 )
 
@@ -36,6 +37,9 @@ __all__ = [
     "audit_events",
     "humans",
     "metadata",
+    "policy_resources",
+    "policy_revisions",
+    "policy_versions",
     "replay_guard",
     "revocations",
     "signing_keys",
@@ -192,7 +196,7 @@ audit_events = Table(
     metadata,
     Column("seq", SeqType, primary_key=True, autoincrement=True),
     Column("event_id", ID, nullable=False, unique=True),
-    Column("time", UTCDateTime, nullable=False),
+    Column("time", UTCDateTime, nullable=False, index=True),
     Column("type", String(64), nullable=False, index=True),
     Column("agent_id", ID, index=True),
     Column("body", Text, nullable=False),
@@ -234,6 +238,59 @@ revocations = Table(
     Column("cutoff", BigInteger, nullable=False),
     Column("expires", BigInteger, nullable=False, index=True),
     Column("created_at", UTCDateTime, nullable=False),
+)
+
+# The policy set's history: one row per version. ``version`` is assigned by the writer
+# (head + 1), not by the database, so two writers racing for the same number clash on
+# the primary key and the second one learns it lost.
+policy_versions = Table(
+    "policy_versions",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("change", String(16), nullable=False),
+    Column("comment", Text, nullable=False),
+    Column("schema_extension", Text, nullable=False),
+    Column("policy_count", Integer, nullable=False),
+)
+
+# Each revision of a policy is part of the set from version ``valid_from`` up to, not
+# including, ``valid_to`` (NULL: still current).
+policy_revisions = Table(
+    "policy_revisions",
+    metadata,
+    Column("policy_id", String(128), primary_key=True),
+    Column(
+        "valid_from",
+        Integer,
+        ForeignKey("policy_versions.version"),
+        primary_key=True,
+        autoincrement=False,
+        index=True,
+    ),
+    Column("valid_to", Integer, index=True),
+    Column("text", Text, nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("template", String(64)),
+)
+
+# The resource catalog. A delete leaves a tombstone (``deleted``) so that the change is
+# visible to :meth:`SqlResources.fingerprint`; ``revision`` is the table-wide change
+# counter at the row's last write.
+policy_resources = Table(
+    "policy_resources",
+    metadata,
+    Column("type", String(63), primary_key=True),
+    Column("id", String(512), primary_key=True),
+    Column("attributes", Text, nullable=False),
+    Column("parents", Text, nullable=False),
+    Column("tags", Text, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("revision", SeqType, nullable=False, index=True),
+    Column("deleted", Boolean, nullable=False, server_default=false()),
 )
 
 APPEND_ONLY_TABLES = ("audit_events", "agent_transitions")

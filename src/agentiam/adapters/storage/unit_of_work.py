@@ -20,7 +20,9 @@ from agentiam.adapters.storage.repositories import (
     SqlAgents,
     SqlAudit,
     SqlHumans,
+    SqlPolicies,
     SqlReplayGuard,
+    SqlResources,
     SqlRevocations,
     SqlSigningKeys,
 )
@@ -104,6 +106,8 @@ class SqlUnitOfWork:
         self.signing_keys = SqlSigningKeys(self._conn)
         self.replay = SqlReplayGuard(self._conn)
         self.revocations = SqlRevocations(self._conn)
+        self.policies = SqlPolicies(self._conn)
+        self.resources = SqlResources(self._conn)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -58,6 +58,9 @@ class Permission(StrEnum):
     REVOCATIONS_READ = "revocations:read"
     SIGNING_KEYS_READ = "signing_keys:read"
     SIGNING_KEYS_MANAGE = "signing_keys:manage"
+    POLICIES_READ = "policies:read"  # policies, versions, schema, catalog, analysis
+    POLICIES_WRITE = "policies:write"  # policy changes, rollback, schema, catalog
+    AUTHZ_DECIDE = "authz:decide"  # POST /v1/authorize (enforcement points)
 
 
 _READ = frozenset(
@@ -70,6 +73,7 @@ _READ = frozenset(
         Permission.TOKENS_INTROSPECT,
         Permission.REVOCATIONS_READ,
         Permission.SIGNING_KEYS_READ,
+        Permission.POLICIES_READ,
     }
 )
 _ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -77,7 +81,9 @@ _ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.OPERATOR: frozenset(Permission)
     - {Permission.ADMIN_KEYS_MANAGE, Permission.SIGNING_KEYS_MANAGE},
     Role.AUDITOR: _READ,
-    Role.VERIFIER: frozenset({Permission.TOKENS_INTROSPECT, Permission.REVOCATIONS_READ}),
+    Role.VERIFIER: frozenset(
+        {Permission.TOKENS_INTROSPECT, Permission.REVOCATIONS_READ, Permission.AUTHZ_DECIDE}
+    ),
 }
 
 

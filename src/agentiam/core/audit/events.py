@@ -162,6 +162,9 @@ class AuditEvent:
         delegation_chain: tuple[str, ...] = (),
         reason: str | None = None,
         details: Mapping[str, Any] | None = None,
+        decision_id: str | None = None,
+        policy_version: str | None = None,
+        risk_score: float | None = None,
     ) -> AuditEvent:
         return cls(
             event_id=new_id("event"),
@@ -176,6 +179,9 @@ class AuditEvent:
             agent_id=agent_id,
             initiating_human=initiating_human,
             delegation_chain=delegation_chain,
+            decision_id=decision_id,
+            policy_version=policy_version,
+            risk_score=risk_score,
             reason=reason,
             details=redact(dict(details or {})),
         )

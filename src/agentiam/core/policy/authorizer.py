@@ -37,11 +37,12 @@ from agentiam.core.ids import new_id
 from agentiam.core.policy.engine import WHOLE_CONTEXT, CompiledPolicy, PolicyEngine
 from agentiam.core.policy.entities import EntitySnapshot
 from agentiam.core.policy.model import EntityRef
+from agentiam.core.policy.schema import PRINCIPAL_TYPES
 from agentiam.core.policy.values import ValueTypeError, to_cedar
 
 __all__ = [
-    "AuthzRequest",
     "Authorizer",
+    "AuthzRequest",
     "Decision",
     "DryRunOutcome",
     "RateCounter",
@@ -285,6 +286,24 @@ def caller_risk(request: AuthzRequest) -> int:
     return value
 
 
+def _shape_problem(engine: PolicyEngine, request: AuthzRequest) -> str | None:
+    schema = engine.schema
+    principal, resource = request.principal, request.resource
+    if principal.type not in PRINCIPAL_TYPES:
+        return f"{principal.type} cannot be a principal (Agent or Human)"
+    if resource.type not in schema.entity_types or resource.type == "Action":
+        return f"the entity type {resource.type!r} is not in the schema"
+    applies = schema.applies_to.get(request.action)
+    if applies is None:
+        return f"the action {request.action!r} is not in the schema"
+    principals, resources = applies
+    if principal.type not in principals:
+        return f"the action {request.action} does not apply to a {principal.type}"
+    if resource.type not in resources:
+        return f"the action {request.action} does not apply to a {resource.type}"
+    return None
+
+
 def _uid(ref: EntityRef) -> dict[str, str]:
     return {"type": ref.type, "id": ref.id}
 
@@ -423,9 +442,7 @@ class Authorizer:
                 needs=engine.context_needs(mask),
             )
         except RequestError as exc:
-            return done(
-                "deny", [f"the request is not valid: {exc}"], errors=[str(exc)], risk=risk
-            )
+            return done("deny", [f"the request is not valid: {exc}"], errors=[str(exc)], risk=risk)
         cedar_request = {
             "principal": _uid(request.principal),
             "action": _uid(action_ref),
@@ -463,6 +480,9 @@ class Authorizer:
     def _request_problem(
         engine: PolicyEngine, entities: EntitySnapshot, request: AuthzRequest, now: datetime
     ) -> str | None:
+        shape = _shape_problem(engine, request)
+        if shape:
+            return shape
         principal = request.principal
         if principal.type == "Agent":
             agent = entities.agents.get(principal.id)
@@ -474,20 +494,22 @@ class Authorizer:
                     if agent.is_expired(now)
                     else f"the agent is {agent.status.value}"
                 )
-        elif principal.type == "Human":
-            if principal.id not in entities.humans:
-                return "the human is not in the registry"
-        else:
-            return f"{principal.type} cannot be a principal"
-        applies = engine.schema.applies_to.get(request.action)
-        if applies is None:
-            return f"the action {request.action!r} is not in the schema"
-        principals, resources = applies
-        if principal.type not in principals:
-            return f"the action {request.action} does not apply to a {principal.type}"
-        if request.resource.type not in resources:
-            return f"the action {request.action} does not apply to a {request.resource.type}"
+        elif principal.id not in entities.humans:
+            return "the human is not in the registry"
         return None
+
+    def validate_request(self, request: AuthzRequest) -> None:
+        """Raise :class:`RequestError` if the request is malformed: unknown entity
+        types or action, an action that does not apply, or a context that does not fit
+        the schema. (``decide`` denies such requests; an API answers them with 4xx.)"""
+        engine = self.engine
+        problem = _shape_problem(engine, request)
+        if problem:
+            raise RequestError(problem)
+        caller_risk(request)
+        build_context(
+            engine, request, now=self._clock(), zone=self._zone, risk_score=0, request_rate=0
+        )
 
     @staticmethod
     def _reasons(engine: PolicyEngine, outcome: _Outcome) -> list[str]:

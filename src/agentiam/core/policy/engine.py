@@ -33,7 +33,14 @@ from agentiam.core.policy.schema import Schema
 from agentiam.core.policy.values import cedar_string
 from agentiam.errors import InvalidInput
 
-__all__ = ["CompiledPolicy", "PolicyEngine", "ScopeKey", "WHOLE_CONTEXT", "context_attributes", "validate"]
+__all__ = [
+    "WHOLE_CONTEXT",
+    "CompiledPolicy",
+    "PolicyEngine",
+    "ScopeKey",
+    "context_attributes",
+    "validate",
+]
 
 ScopeKey = EntityRef | tuple[Literal["is"], str] | Literal["*"]
 ANY: Literal["*"] = "*"
@@ -58,6 +65,16 @@ def _scope_key(constraint: Any) -> ScopeKey:
             raise InvalidInput("policies with template slots are not stored")
         return _ref(constraint.entity)
     raise InvalidInput(f"unsupported scope constraint {type(constraint).__name__}")
+
+
+def _scope_op(constraint: Any) -> str:
+    return {
+        pst.ScopeAny: "any",
+        pst.ScopeEq: "eq",
+        pst.ScopeIn: "in",
+        pst.ScopeIs: "is",
+        pst.ScopeIsIn: "is_in",
+    }.get(type(constraint), "other")
 
 
 def _action_keys(constraint: Any) -> tuple[ScopeKey, ...]:
@@ -95,10 +112,13 @@ def context_attributes(template: pst.Template) -> frozenset[str]:
     stack: list[Any] = list(template.clauses)
     while stack:
         node = stack.pop()
-        if isinstance(node, pst.GetAttr | pst.HasAttr) and isinstance(node.base, pst.Var):
-            if node.base.name == "context":
-                found.add(node.attr if isinstance(node, pst.GetAttr) else node.attrs[0])
-                continue
+        if (
+            isinstance(node, pst.GetAttr | pst.HasAttr)
+            and isinstance(node.base, pst.Var)
+            and node.base.name == "context"
+        ):
+            found.add(node.attr if isinstance(node, pst.GetAttr) else node.attrs[0])
+            continue
         if isinstance(node, pst.Var) and node.name == "context":
             return frozenset({WHOLE_CONTEXT})
         stack.extend(_children(node))
@@ -113,6 +133,8 @@ class CompiledPolicy:
     principal: ScopeKey
     actions: tuple[ScopeKey, ...]
     resource: ScopeKey
+    principal_op: str  # any | eq | in | is | is_in
+    resource_op: str
     conditional: bool  # has when/unless clauses
     context_attrs: frozenset[str]  # see context_attributes()
 
@@ -142,6 +164,8 @@ def compile_policy(record: PolicyRecord) -> CompiledPolicy:
         principal=_scope_key(template.principal),
         actions=_action_keys(template.action),
         resource=_scope_key(template.resource),
+        principal_op=_scope_op(template.principal),
+        resource_op=_scope_op(template.resource),
         conditional=bool(template.clauses),
         context_attrs=context_attributes(template),
     )
@@ -164,9 +188,7 @@ def validate(schema: Schema, records: Sequence[PolicyRecord]) -> list[dict[str, 
 class PolicyEngine:
     """One version of the policy set, compiled and indexed. Immutable once built."""
 
-    def __init__(
-        self, version: int, schema: Schema, records: Iterable[PolicyRecord]
-    ) -> None:
+    def __init__(self, version: int, schema: Schema, records: Iterable[PolicyRecord]) -> None:
         self.version = version
         self.schema = schema
         self.policies: list[CompiledPolicy] = [compile_policy(r) for r in records]

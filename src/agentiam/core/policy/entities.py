@@ -174,9 +174,7 @@ class EntitySnapshot:
             self.resources[record.ref] = record
             entities.append(entity)
             self.parents[record.ref] = record.parents
-        entities += [{"uid": _uid(g), "attrs": {}, "parents": []} for g in sorted(
-            groups, key=str
-        )]
+        entities += [{"uid": _uid(g), "attrs": {}, "parents": []} for g in sorted(groups, key=str)]
         self.handle = cedarpy.Entities.from_json_str(json.dumps(entities))
         self.count = len(entities)
         self._ancestors = lru_cache(maxsize=65_536)(self._compute_ancestors)

@@ -4,12 +4,13 @@ file.
 Cedar itself (via cedarpy) parses; this module adds what a multi-tenant control
 plane needs before text reaches the parser:
 
-* size limits and a lexical nesting limit. cedarpy's native parser overflows its
-  stack (crashing the whole process) on a few hundred nested brackets, so depth is
-  checked here, outside strings and comments, before Cedar sees the text;
+* size limits and a lexical nesting limit (:mod:`agentiam.core.policy.lexical`):
+  cedarpy's native parser overflows its stack, crashing the whole process, on a few
+  hundred nested brackets, so depth is checked before Cedar sees the text;
 * names: each policy's ``@id("…")`` annotation is its name, ``@mode("dry_run")``
-  its mode, ``@description("…")`` its description; the stored text is Cedar's
-  canonical format without those three annotations;
+  its mode, ``@description("…")`` its description. The stored text is the author's
+  own (comments kept), laid out by Cedar's formatter, without those three
+  annotations; it is checked to parse to exactly the policy Cedar read from the file;
 * no templates: slots (``?principal``) are refused; AgentIAM's templates render to
   static policies (see :mod:`agentiam.core.policy.templates`).
 """
@@ -23,6 +24,12 @@ from typing import Any
 
 import cedarpy
 
+from agentiam.core.policy.lexical import (
+    MAX_NESTING,
+    check_nesting,
+    split_policies,
+    take_annotations,
+)
 from agentiam.core.policy.model import Mode, PolicyRecord, check_policy_id
 from agentiam.core.policy.values import cedar_string
 from agentiam.errors import InvalidInput
@@ -38,38 +45,10 @@ __all__ = [
     "render_policies",
 ]
 
-MAX_NESTING = 32
 MAX_POLICY_BYTES = 64 * 1024
 MAX_TEXT_BYTES = 8 * 1024 * 1024
 MAX_POLICIES_PER_TEXT = 20_000
-_NAMING_ANNOTATIONS = ("id", "mode", "description")
-
-
-def check_nesting(text: str, *, limit: int = MAX_NESTING) -> None:
-    """Refuse text whose brackets nest deeper than ``limit`` (strings and ``//``
-    comments are skipped), before any native parser sees it."""
-    depth = 0
-    i = 0
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if ch == '"':
-            i += 1
-            while i < n and text[i] != '"':
-                i += 2 if text[i] == "\\" else 1
-        elif ch == "/" and i + 1 < n and text[i + 1] == "/":
-            newline = text.find("\n", i)
-            i = n if newline < 0 else newline
-        elif ch in "([{":
-            depth += 1
-            if depth > limit:
-                raise InvalidInput(
-                    f"the policy text nests brackets deeper than {limit} levels",
-                    hint="Flatten the expression.",
-                )
-        elif ch in ")]}":
-            depth -= 1
-        i += 1
+_NAMING_ANNOTATIONS = frozenset({"id", "mode", "description"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +57,16 @@ class ParsedPolicy:
 
     record: PolicyRecord
     named: bool
+
+
+def _without_naming(policy: dict[str, Any]) -> dict[str, Any]:
+    """A policy's syntax tree (JSON form) without its naming annotations."""
+    out = dict(policy)
+    annotations = out.pop("annotations", None) or {}
+    rest = {k: v for k, v in annotations.items() if k not in _NAMING_ANNOTATIONS}
+    if rest:
+        out["annotations"] = rest
+    return out
 
 
 def _diagnostic(exc: Exception) -> str:
@@ -101,16 +90,18 @@ def parse_policies(text: str, *, default_mode: Mode = Mode.ENFORCE) -> list[Pars
     if est.get("templates"):
         raise InvalidInput(
             "Cedar templates (policies with ?principal or ?resource slots) are not stored",
-            hint="Use an AgentIAM template (GET /v1/policy-templates) or write the "
-            "entity out.",
+            hint="Use an AgentIAM template (GET /v1/policy-templates) or write the entity out.",
         )
     statics: dict[str, Any] = est.get("staticPolicies", {})
     if len(statics) > MAX_POLICIES_PER_TEXT:
         raise InvalidInput(f"more than {MAX_POLICIES_PER_TEXT} policies in one text")
+    chunks = split_policies(text)
+    if len(chunks) != len(statics):  # the lexical split must agree with the parser
+        raise InvalidInput("the policy text could not be split into policies")
     out: list[ParsedPolicy] = []
     seen: set[str] = set()
     # Cedar numbers policies policy0, policy1, … in file order.
-    for position in range(len(statics)):
+    for position, chunk in enumerate(chunks):
         policy = statics[f"policy{position}"]
         annotations: dict[str, Any] = dict(policy.get("annotations") or {})
         name = annotations.get("id")
@@ -126,18 +117,18 @@ def parse_policies(text: str, *, default_mode: Mode = Mode.ENFORCE) -> list[Pars
             raise InvalidInput(
                 f"policy {policy_id}: @mode must be 'enforce' or 'dry_run'"
             ) from None
-        policy["annotations"] = {
-            k: v for k, v in annotations.items() if k not in _NAMING_ANNOTATIONS
-        }
-        one = {"staticPolicies": {"policy0": policy}, "templates": {}, "templateLinks": []}
-        canonical = cedarpy.format_policies(cedarpy.policies_from_json_str(json.dumps(one)))
+        _, rest = take_annotations(chunk, _NAMING_ANNOTATIONS)
+        canonical = cedarpy.format_policies(rest).strip()
         if len(canonical.encode()) > MAX_POLICY_BYTES:
             raise InvalidInput(f"policy {policy_id} is larger than {MAX_POLICY_BYTES} bytes")
+        # What is stored must be exactly the policy the parser read (less its naming).
+        expected = _without_naming(policy)
+        stored = json.loads(cedarpy.policies_to_json_str(canonical))["staticPolicies"]
+        if [_without_naming(p) for p in stored.values()] != [expected]:
+            raise InvalidInput(f"policy {policy_id} could not be isolated from the text")
         out.append(
             ParsedPolicy(
-                PolicyRecord(
-                    id=policy_id, text=canonical.strip(), mode=mode, description=description
-                ),
+                PolicyRecord(id=policy_id, text=canonical, mode=mode, description=description),
                 named=name is not None,
             )
         )

@@ -27,6 +27,7 @@ import copy
 import json
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from agentiam.core.policy.model import EntityRef
@@ -36,14 +37,16 @@ __all__ = [
     "ACTION_GROUPS",
     "BASE_SCHEMA",
     "DELETE_ACTIONS",
-    "EntityTypeSpec",
     "HTTP_METHODS",
     "PRINCIPAL_TYPES",
     "RESERVED_TYPES",
     "RESOURCE_TYPES",
-    "Schema",
     "WRITE_ACTIONS",
+    "EntityTypeSpec",
+    "Schema",
+    "load_schema",
     "merge_extension",
+    "parse_extension",
 ]
 
 HTTP_METHODS = ("GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE")
@@ -224,9 +227,7 @@ BASE_SCHEMA: dict[str, Any] = {
         },
         "Endpoint": {
             "memberOfTypes": ["Api"],
-            "shape": _record(
-                {**_RESOURCE_ATTRS, "method": _OPT_STRING, "path": _OPT_STRING}
-            ),
+            "shape": _record({**_RESOURCE_ATTRS, "method": _OPT_STRING, "path": _OPT_STRING}),
             "tags": {"type": "String"},
         },
         "DataSet": {"shape": _record(dict(_RESOURCE_ATTRS)), "tags": {"type": "String"}},
@@ -401,8 +402,7 @@ def merge_extension(base: Mapping[str, Any], fragment: Mapping[str, Any]) -> dic
             continue
         if set(spec) - {"shape"}:
             raise InvalidInput(
-                f"entity type {name} is built in: an extension may only add attributes "
-                "to its shape"
+                f"entity type {name} is built in: an extension may only add attributes to its shape"
             )
         shape = spec.get("shape") or {}
         added = _optional_attributes(name, shape.get("attributes", {}))
@@ -438,3 +438,9 @@ def merge_extension(base: Mapping[str, Any], fragment: Mapping[str, Any]) -> dic
         else:
             doc["commonTypes"][name] = spec
     return doc
+
+
+@lru_cache(maxsize=16)
+def load_schema(extension: str = "") -> Schema:
+    """The effective schema for a stored extension (cached: schemas are immutable)."""
+    return Schema(extension)

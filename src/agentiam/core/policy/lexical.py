@@ -1,0 +1,147 @@
+"""A small lexical pass over Cedar text, run before (and beside) the real parser.
+
+It only tracks what matters for splitting safely: string literals (with escapes),
+``//`` comments and bracket depth. Uses:
+
+* :func:`check_nesting` refuses deep bracket nesting before cedarpy's native parser
+  sees it (that parser overflows its stack, crashing the process, on a few hundred
+  nested brackets);
+* :func:`split_policies` cuts a file into one text per policy, at each ``;`` outside
+  strings, comments and brackets, so each policy is stored as its author wrote it
+  (comments and formatting kept) instead of as a re-printed syntax tree;
+* :func:`take_annotations` reads the leading ``@name("value")`` annotations;
+* :func:`scope_span` finds the ``( principal, action, resource )`` head.
+
+The parser stays the authority: callers check that what this module cut out parses
+to the same policies (see :mod:`agentiam.core.policy.parsing`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from agentiam.errors import InvalidInput
+
+__all__ = ["MAX_NESTING", "check_nesting", "scope_span", "split_policies", "take_annotations"]
+
+MAX_NESTING = 32
+_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TRAILING_COMMENT_RE = re.compile(r"[ \t]*//[^\n]*")
+_EFFECT_RE = re.compile(r"(?<![A-Za-z0-9_@])(permit|forbid)\s*$")
+
+
+def _scan(text: str) -> Iterator[tuple[int, str, int]]:
+    """Yield (index, char, depth-before) for every character outside strings and
+    comments; strings and comments are skipped whole."""
+    depth = 0
+    i = 0
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+            i += 1
+            continue
+        if ch == "/" and i + 1 < n and text[i + 1] == "/":
+            newline = text.find("\n", i)
+            i = n if newline < 0 else newline
+            continue
+        yield i, ch, depth
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        i += 1
+
+
+def check_nesting(text: str, *, limit: int = MAX_NESTING) -> None:
+    """Refuse text whose brackets nest deeper than ``limit`` levels."""
+    for _, ch, depth in _scan(text):
+        if ch in "([{" and depth + 1 > limit:
+            raise InvalidInput(
+                f"the policy text nests brackets deeper than {limit} levels",
+                hint="Flatten the expression.",
+            )
+
+
+def split_policies(text: str) -> list[str]:
+    """One chunk per policy (each ending with its ``;``); trailing comments and
+    whitespace after the last policy are dropped."""
+    chunks: list[str] = []
+    start = 0
+    for i, ch, depth in _scan(text):
+        if ch == ";" and depth == 0 and i >= start:
+            end = i + 1
+            trailing = _TRAILING_COMMENT_RE.match(text, end)  # "…; // note" stays with it
+            if trailing:
+                end = trailing.end()
+            chunks.append(text[start:end])
+            start = end
+    return chunks
+
+
+def _skip_trivia(text: str, i: int) -> int:
+    n = len(text)
+    while i < n:
+        if text[i].isspace():
+            i += 1
+        elif text.startswith("//", i):
+            newline = text.find("\n", i)
+            i = n if newline < 0 else newline
+        else:
+            break
+    return i
+
+
+def take_annotations(chunk: str, names: frozenset[str]) -> tuple[dict[str, str], str]:
+    """Read the leading annotations of one policy; remove those in ``names``.
+
+    Returns ({name: value} for the removed ones, the chunk without them). Comments
+    and the other annotations are kept in place.
+    """
+    taken: dict[str, str] = {}
+    kept: list[str] = []
+    i = 0
+    while True:
+        j = _skip_trivia(chunk, i)
+        if j >= len(chunk) or chunk[j] != "@":
+            break
+        match = _IDENT_RE.match(chunk, j + 1)
+        if match is None:
+            break
+        end = match.end()
+        value = ""
+        k = _skip_trivia(chunk, end)
+        if k < len(chunk) and chunk[k] == "(":
+            k = _skip_trivia(chunk, k + 1)
+            if k < len(chunk) and chunk[k] == '"':
+                m = k + 1
+                while m < len(chunk) and chunk[m] != '"':
+                    m += 2 if chunk[m] == "\\" else 1
+                value = chunk[k + 1 : m]
+                k = _skip_trivia(chunk, m + 1)
+            if k < len(chunk) and chunk[k] == ")":
+                end = k + 1
+        if match.group(0) in names:
+            taken[match.group(0)] = value  # raw (escaped) text; the parser's value wins
+            kept.append(chunk[i:j])
+        else:
+            kept.append(chunk[i:end])
+        i = end
+    kept.append(chunk[i:])
+    return taken, "".join(kept)
+
+
+def scope_span(text: str) -> tuple[int, int]:
+    """The index of the ``(`` opening the scope of the (single) policy in ``text``
+    and of its matching ``)``."""
+    open_at = -1
+    for i, ch, depth in _scan(text):
+        if ch == "(" and depth == 0 and open_at < 0 and _EFFECT_RE.search(text, 0, i):
+            open_at = i  # an annotation's "(" follows "@name", not the effect
+        elif ch == ")" and depth == 1 and open_at >= 0:
+            return open_at, i
+    raise InvalidInput("the policy has no scope")
