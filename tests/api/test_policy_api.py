@@ -104,7 +104,10 @@ def test_default_deny_then_policy_allows_with_reasons(
     assert d["evaluation_us"] > 0
     assert _decide(admin, world["agent"], "transfer", args={"amount": 5000})["decision"] == "deny"
 
-    forbid = "forbid (principal, action, resource is Tool) when { resource has destructive && resource.destructive };"
+    forbid = (
+        "forbid (principal, action, resource is Tool) "
+        "when { resource has destructive && resource.destructive };"
+    )
     assert admin.put("/v1/policies/no-destructive", json={"text": forbid}).status_code == 200
     d = _decide(admin, world["agent"], "close_account", args={"amount": 1})
     assert d["decision"] == "deny"
@@ -200,7 +203,8 @@ def test_export_import_round_trip(admin: httpx.Client, world: dict[str, str]) ->
     exported = admin.get("/v1/policies/export")
     assert exported.status_code == 200
     text = exported.text
-    assert '@id("hours")' in text and '@mode("dry_run")' in text
+    assert '@id("hours")' in text
+    assert '@mode("dry_run")' in text
     before = admin.get("/v1/policies").json()["policies"]
     admin.delete("/v1/policies/hours")
     r = admin.post(
@@ -318,7 +322,8 @@ def test_analysis(admin: httpx.Client, world: dict[str, str]) -> None:
     admin.put(
         "/v1/policies/close",
         json={
-            "text": f'permit (principal == Agent::"{world["agent"]}", action == Action::"invoke_tool", resource == Tool::"close_account");'
+            "text": f'permit (principal == Agent::"{world["agent"]}", '
+            'action == Action::"invoke_tool", resource == Tool::"close_account");'
         },
     )
     _decide(admin, world["agent"], "transfer", args={"amount": 10})

@@ -930,7 +930,7 @@ def _resource_upsert(dialect_insert: Any) -> Any:
             "parents": stmt.excluded.parents,
             "tags": stmt.excluded.tags,
             "updated_at": stmt.excluded.updated_at,
-            "version": _res.c.version + 1,
+            "version": 1,
             "revision": stmt.excluded.revision,
             "deleted": False,
         },
@@ -1019,7 +1019,7 @@ class SqlResources:
         result = self._c.execute(
             update(_res)
             .where(_res.c.type == type_, _res.c.id == id_, _res.c.deleted == false())
-            .values(deleted=True, revision=_NEXT_REVISION)
+            .values(deleted=True, version=_res.c.version + 1, revision=_NEXT_REVISION)
         )
         return result.rowcount == 1
 
