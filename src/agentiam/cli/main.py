@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from agentiam import __version__
-from agentiam.cli import admin_keys, agents, db, humans, keys, tokens
+from agentiam.cli import access, admin_keys, agents, db, humans, keys, policy, resources, tokens
 from agentiam.cli.serve import serve
 
 app = typer.Typer(
@@ -21,6 +21,9 @@ app.add_typer(humans.app, name="humans")
 app.add_typer(agents.app, name="agents")
 app.add_typer(keys.app, name="keys")
 app.add_typer(tokens.app, name="tokens")
+app.add_typer(policy.app, name="policy")
+app.add_typer(resources.app, name="resources")
+app.add_typer(access.app, name="access")
 
 
 @app.command()

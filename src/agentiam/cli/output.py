@@ -30,7 +30,7 @@ def _plain(value: Any) -> Any:
 
 
 def emit(
-    data: BaseModel | Sequence[BaseModel] | dict[str, Any],
+    data: BaseModel | Sequence[BaseModel] | Sequence[dict[str, Any]] | dict[str, Any],
     *,
     as_json: bool,
     columns: Sequence[str],
@@ -73,4 +73,10 @@ def handle_errors() -> Iterator[None]:
     try:
         yield
     except AgentIAMError as exc:
+        for item in exc.errors:  # e.g. Cedar's diagnostics, one per line
+            err_console.print(
+                "  " + "; ".join(f"{k}: {v}" for k, v in item.items()),
+                highlight=False,
+                markup=False,
+            )
         fail(exc.detail, exc.hint)

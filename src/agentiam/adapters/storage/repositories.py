@@ -930,7 +930,7 @@ def _resource_upsert(dialect_insert: Any) -> Any:
             "parents": stmt.excluded.parents,
             "tags": stmt.excluded.tags,
             "updated_at": stmt.excluded.updated_at,
-            "version": 1,
+            "version": _res.c.version + 1,
             "revision": stmt.excluded.revision,
             "deleted": False,
         },

@@ -179,10 +179,11 @@ def validate(schema: Schema, records: Sequence[PolicyRecord]) -> list[dict[str, 
     text = "\n".join(f"@id({cedar_string(r.id)})\n{r.text}" for r in records)
     by_position = {f"policy{i}": r.id for i, r in enumerate(records)}
     result = cedarpy.validate_policies(text, schema.json)
-    return [
-        {"policy_id": by_position.get(e.policy_id, e.policy_id), "message": e.error}
-        for e in result.errors
-    ]
+    out: list[dict[str, str]] = []
+    for e in result.errors:
+        ours = by_position.get(e.policy_id, e.policy_id)
+        out.append({"policy_id": ours, "message": e.error.replace(f"`{e.policy_id}`", f"`{ours}`")})
+    return out
 
 
 class PolicyEngine:
