@@ -3,14 +3,21 @@ databases, and re-running them over data changes nothing."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 
 from agentiam.adapters.storage import migrate
 from agentiam.adapters.storage import tables as t
 from agentiam.adapters.storage.engine import make_engine
+from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
 from agentiam.bootstrap import Container
+from agentiam.core.policy.model import PolicyRecord, PolicySetVersion, ResourceRecord
 from agentiam.services.agents import NewAgent
 from agentiam.services.context import CallContext
 from agentiam.services.humans import NewHuman
@@ -38,6 +45,45 @@ def test_upgrade_is_idempotent_and_keeps_data(container: Container) -> None:
     with container.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(t.agents)).scalar_one() == 1
     assert container.agents.resolve("keeper").owners == (h.id,)
+
+
+def _downgrade(container: Container, revision: str) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrate.__file__).with_name("migrations")))
+    with container.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
+def test_policy_migration_downgrades_and_upgrades_over_data(container: Container) -> None:
+    ctx = CallContext.system("test")
+    h = container.humans.create(ctx, NewHuman(display_name="Ada", email="ada@example.com"))
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+    with SqlUnitOfWork(container.engine) as uow:
+        uow.policies.commit_version(
+            PolicySetVersion(1, now, "test", "put", "", ""),
+            put=[PolicyRecord("p", "permit (principal, action, resource);")],
+        )
+        uow.resources.put(ResourceRecord("Tool", "t", updated_at=now))
+        uow.audit.append(ctx.event("test.event", now=now))
+        uow.commit()
+    policy_tables = {"policy_versions", "policy_revisions", "policy_resources"}
+    try:
+        _downgrade(container, "0002")
+        assert migrate.current_revision(container.engine) == "0002"
+        assert not policy_tables & set(inspect(container.engine).get_table_names())
+    finally:
+        migrate.upgrade(container.engine)
+    assert migrate.is_current(container.engine)
+    with container.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), t.metadata) == []
+        assert conn.execute(select(func.count()).select_from(t.audit_events)).scalar_one() >= 2
+    assert container.humans.get(h.id).email == "ada@example.com"
+    with SqlUnitOfWork(container.engine) as uow:  # the tables are back, empty and usable
+        assert uow.policies.head() == 0
+        assert uow.resources.all() == []
+        uow.policies.commit_version(PolicySetVersion(1, now, "test", "put", "", ""))
+        uow.commit()
 
 
 def test_empty_database_is_not_current(tmp_path: object) -> None:

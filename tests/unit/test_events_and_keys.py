@@ -101,5 +101,9 @@ def test_roles_bound_permissions() -> None:
     assert permissions_of(Role.VERIFIER) == {
         Permission.TOKENS_INTROSPECT,
         Permission.REVOCATIONS_READ,
+        Permission.AUTHZ_DECIDE,  # an enforcement point asks for decisions
     }
+    assert Permission.POLICIES_WRITE not in auditor
+    assert Permission.POLICIES_READ in auditor
+    assert Permission.AUTHZ_DECIDE not in auditor
     assert Permission.AGENTS_WRITE not in auditor

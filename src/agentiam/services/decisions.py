@@ -129,7 +129,9 @@ class DecisionPoint:
                     meta = uow.policies.version(head) if head else None
                     schema = load_schema(meta.schema_extension if meta else "")
                     records = uow.policies.policies(head) if head else []
-                    engine = PolicyEngine(head, schema, records)
+                    engine = PolicyEngine(
+                        head, schema, records, previous=current.engine if current else None
+                    )
                 else:
                     schema = current.engine.schema
                 entities = None

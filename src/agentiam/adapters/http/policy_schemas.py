@@ -37,7 +37,7 @@ class PolicyPut(_In):
     parameters: dict[str, Any] | None = None
     mode: Mode = Mode.ENFORCE
     description: Annotated[str, Field(max_length=500)] = ""
-    expected_version: Annotated[int, Field(ge=0)] | None = Field(
+    expected_version: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = Field(
         default=None, description="refuse (409) unless the set is at this version"
     )
     comment: Comment = ""
@@ -100,7 +100,7 @@ class PolicyPutOut(_Out):
 class ImportIn(_In):
     text: Annotated[str, Field(min_length=1)]
     replace: bool = Field(default=False, description="the file becomes the whole set")
-    expected_version: Annotated[int, Field(ge=0)] | None = None
+    expected_version: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     comment: Comment = ""
 
 
@@ -114,7 +114,7 @@ class ValidateOut(_Out):
 
 
 class RollbackIn(_In):
-    expected_version: Annotated[int, Field(ge=0)] | None = None
+    expected_version: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     comment: Comment = ""
 
 
@@ -130,7 +130,7 @@ class SchemaExtensionIn(_In):
     extension: dict[str, Any] = Field(
         description="a Cedar JSON-schema fragment: entityTypes, actions, commonTypes"
     )
-    expected_version: Annotated[int, Field(ge=0)] | None = None
+    expected_version: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     comment: Comment = ""
 
 

@@ -763,6 +763,10 @@ def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]
 
 _LOST_RACE = "another change to the policy set was written first; retry"
 
+# Versions are 32-bit integer columns. Numbers from outside (a ``before`` cursor, a
+# version in a URL) are clamped to it rather than overflowing the database driver.
+_MAX_VERSION = 2**31 - 1
+
 _CLOSE_REVISIONS_PG = (
     update(t.policy_revisions)
     .where(
@@ -801,6 +805,8 @@ class SqlPolicies:
         return int(self._c.execute(select(func.coalesce(func.max(pv.c.version), 0))).scalar_one())
 
     def version(self, version: int) -> PolicySetVersion | None:
+        if not 0 < version <= _MAX_VERSION:
+            return None
         pv = t.policy_versions
         row = self._c.execute(select(pv).where(pv.c.version == version)).first()
         return self._meta(row) if row else None
@@ -808,11 +814,12 @@ class SqlPolicies:
     def versions(self, *, limit: int, before: int | None = None) -> list[PolicySetVersion]:
         pv = t.policy_versions
         stmt = select(pv).order_by(pv.c.version.desc()).limit(limit)
-        if before is not None:
+        if before is not None and before <= _MAX_VERSION:  # above it: every version
             stmt = stmt.where(pv.c.version < before)
         return [self._meta(r) for r in self._c.execute(stmt)]
 
     def policies(self, version: int) -> list[PolicyRecord]:
+        version = min(version, _MAX_VERSION)
         pr = t.policy_revisions
         stmt = select(pr).where(
             pr.c.valid_from <= version, or_(pr.c.valid_to.is_(None), pr.c.valid_to > version)

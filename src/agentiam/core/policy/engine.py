@@ -38,6 +38,7 @@ __all__ = [
     "CompiledPolicy",
     "PolicyEngine",
     "ScopeKey",
+    "compile_policies",
     "context_attributes",
     "validate",
 ]
@@ -151,11 +152,26 @@ class CompiledPolicy:
         return self.record.mode
 
 
+def compile_policies(records: Sequence[PolicyRecord]) -> list[CompiledPolicy]:
+    """Compile many policies with one parser call (a call per policy costs far more)."""
+    if not records:
+        return []
+    parsed = cedarpy.policies_to_pst("\n".join(r.text for r in records))
+    statics = parsed.static_policies
+    if parsed.templates or len(statics) != len(records):
+        # some stored text holds other than exactly one policy: find which
+        return [compile_policy(r) for r in records]
+    return [_compiled(record, statics[f"policy{i}"]) for i, record in enumerate(records)]
+
+
 def compile_policy(record: PolicyRecord) -> CompiledPolicy:
     parsed = cedarpy.policies_to_pst(record.text)
     if parsed.templates or len(parsed.static_policies) != 1:
         raise InvalidInput(f"policy {record.id}: expected one static policy")
-    template = next(iter(parsed.static_policies.values()))
+    return _compiled(record, next(iter(parsed.static_policies.values())))
+
+
+def _compiled(record: PolicyRecord, template: pst.Template) -> CompiledPolicy:
     template = dataclasses.replace(template, id=record.id)
     return CompiledPolicy(
         record=record,
@@ -189,10 +205,24 @@ def validate(schema: Schema, records: Sequence[PolicyRecord]) -> list[dict[str, 
 class PolicyEngine:
     """One version of the policy set, compiled and indexed. Immutable once built."""
 
-    def __init__(self, version: int, schema: Schema, records: Iterable[PolicyRecord]) -> None:
+    def __init__(
+        self,
+        version: int,
+        schema: Schema,
+        records: Iterable[PolicyRecord],
+        *,
+        previous: PolicyEngine | None = None,
+    ) -> None:
+        """``previous`` lends its compiled policies: only new or changed ones are parsed
+        again, so a one-policy edit of a large set costs one parse, not thousands."""
         self.version = version
         self.schema = schema
-        self.policies: list[CompiledPolicy] = [compile_policy(r) for r in records]
+        reuse = {p.record: p for p in previous.policies} if previous else {}
+        records = list(records)
+        fresh = iter(compile_policies([r for r in records if r not in reuse]))
+        self.policies: list[CompiledPolicy] = [
+            reuse[r] if r in reuse else next(fresh) for r in records
+        ]
         self.by_id = {p.id: p for p in self.policies}
         self._principal: dict[ScopeKey, int] = {}
         self._action: dict[ScopeKey, int] = {}

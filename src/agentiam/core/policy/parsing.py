@@ -9,8 +9,8 @@ plane needs before text reaches the parser:
   hundred nested brackets, so depth is checked before Cedar sees the text;
 * names: each policy's ``@id("…")`` annotation is its name, ``@mode("dry_run")``
   its mode, ``@description("…")`` its description. The stored text is the author's
-  own (comments kept), laid out by Cedar's formatter, without those three
-  annotations; it is checked to parse to exactly the policy Cedar read from the file;
+  own (layout and comments kept) without those three annotations; it is checked to
+  parse to exactly the policy Cedar read from the file;
 * no templates: slots (``?principal``) are refused; AgentIAM's templates render to
   static policies (see :mod:`agentiam.core.policy.templates`).
 """
@@ -18,6 +18,7 @@ plane needs before text reaches the parser:
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +96,7 @@ def parse_policies(text: str, *, default_mode: Mode = Mode.ENFORCE) -> list[Pars
     statics: dict[str, Any] = est.get("staticPolicies", {})
     if len(statics) > MAX_POLICIES_PER_TEXT:
         raise InvalidInput(f"more than {MAX_POLICIES_PER_TEXT} policies in one text")
+    # Cut the file into policies; each is stored as written (less its naming).
     chunks = split_policies(text)
     if len(chunks) != len(statics):  # the lexical split must agree with the parser
         raise InvalidInput("the policy text could not be split into policies")
@@ -118,20 +120,25 @@ def parse_policies(text: str, *, default_mode: Mode = Mode.ENFORCE) -> list[Pars
                 f"policy {policy_id}: @mode must be 'enforce' or 'dry_run'"
             ) from None
         _, rest = take_annotations(chunk, _NAMING_ANNOTATIONS)
-        canonical = cedarpy.format_policies(rest).strip()
+        canonical = textwrap.dedent(rest.strip("\n")).strip()
         if len(canonical.encode()) > MAX_POLICY_BYTES:
             raise InvalidInput(f"policy {policy_id} is larger than {MAX_POLICY_BYTES} bytes")
-        # What is stored must be exactly the policy the parser read (less its naming).
-        expected = _without_naming(policy)
-        stored = json.loads(cedarpy.policies_to_json_str(canonical))["staticPolicies"]
-        if [_without_naming(p) for p in stored.values()] != [expected]:
-            raise InvalidInput(f"policy {policy_id} could not be isolated from the text")
         out.append(
             ParsedPolicy(
                 PolicyRecord(id=policy_id, text=canonical, mode=mode, description=description),
                 named=name is not None,
             )
         )
+    # What is stored must be exactly the policies the parser read (less their naming):
+    # each stored text parses, alone, to one policy equal to the original.
+    stored = json.loads(cedarpy.policies_to_json_str("\n".join(p.record.text for p in out)))[
+        "staticPolicies"
+    ]
+    if len(stored) != len(out) or any(
+        _without_naming(stored[f"policy{i}"]) != _without_naming(statics[f"policy{i}"])
+        for i in range(len(out))
+    ):
+        raise InvalidInput("the policy text could not be split into policies")
     return out
 
 

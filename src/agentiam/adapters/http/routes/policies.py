@@ -40,7 +40,11 @@ router = APIRouter(tags=["policies"], responses=PROBLEM_RESPONSES)
 Read = Annotated[CallContext, Depends(require(Permission.POLICIES_READ))]
 Write = Annotated[CallContext, Depends(require(Permission.POLICIES_WRITE))]
 PolicyId = Annotated[str, Path(min_length=1, max_length=128)]
-VersionQuery = Annotated[int | None, Query(ge=0, description="default: the current version")]
+MAX_VERSION = 2**31 - 1
+VersionQuery = Annotated[
+    int | None, Query(ge=0, le=MAX_VERSION, description="default: the current version")
+]
+ExpectedQuery = Annotated[int | None, Query(ge=0, le=MAX_VERSION)]
 
 
 def _change(change: PolicyChange) -> PolicyChangeOut:
@@ -100,7 +104,7 @@ async def import_policies(
     request: Request,
     ctx: Write,
     replace: bool = False,
-    expected_version: Annotated[int | None, Query(ge=0)] = None,
+    expected_version: ExpectedQuery = None,
 ) -> PolicyChangeOut:
     """Import a ``.cedar`` file as one new version: as JSON (``ImportIn``) or as the
     raw file with ``Content-Type: text/plain`` (options then go in the query)."""
@@ -168,7 +172,7 @@ def delete_policy(
     policy_id: PolicyId,
     request: Request,
     ctx: Write,
-    expected_version: Annotated[int | None, Query(ge=0)] = None,
+    expected_version: ExpectedQuery = None,
     comment: Annotated[str, Query(max_length=500)] = "",
 ) -> PolicyChangeOut:
     change = container_of(request).policies.delete(
@@ -182,7 +186,7 @@ def list_versions(
     request: Request,
     ctx: Read,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
 ) -> VersionList:
     items = container_of(request).policies.versions(limit=limit, before=before)
     audited_read(request, ctx, "policy_versions.list")
@@ -190,7 +194,9 @@ def list_versions(
 
 
 @router.get("/v1/policy-versions/{version}", response_model=VersionOut)
-def get_version(version: Annotated[int, Path(ge=1)], request: Request, ctx: Read) -> VersionOut:
+def get_version(
+    version: Annotated[int, Path(ge=1, le=MAX_VERSION)], request: Request, ctx: Read
+) -> VersionOut:
     meta = container_of(request).policies.version(version)
     audited_read(request, ctx, "policy_versions.get", details={"version": version})
     return VersionOut.of(meta)
@@ -198,7 +204,10 @@ def get_version(version: Annotated[int, Path(ge=1)], request: Request, ctx: Read
 
 @router.post("/v1/policy-versions/{version}/rollback", response_model=PolicyChangeOut)
 def rollback(
-    version: Annotated[int, Path(ge=0)], body: RollbackIn, request: Request, ctx: Write
+    version: Annotated[int, Path(ge=0, le=MAX_VERSION)],
+    body: RollbackIn,
+    request: Request,
+    ctx: Write,
 ) -> PolicyChangeOut:
     """Make a new version whose policies and schema extension equal ``version``'s."""
     change = container_of(request).policies.rollback(
