@@ -12,7 +12,7 @@ from typing import Any
 
 from agentiam.core.audit.events import ResourceRef
 from agentiam.core.policy.engine import validate
-from agentiam.core.policy.entities import check_resource
+from agentiam.core.policy.entities import check_resource, cyclic
 from agentiam.core.policy.model import (
     Mode,
     PolicyRecord,
@@ -362,6 +362,12 @@ class ResourceService:
         check_resource(schema, record)
         now = self._clock.now()
         with self._uow() as uow:
+            others = [r for r in uow.resources.all() if r.ref != record.ref]
+            if record.ref in cyclic([*others, record]):
+                raise InvalidInput(
+                    f"{record.type}::{record.id} would be its own ancestor",
+                    hint="A resource's parents may not lead back to it.",
+                )
             stored = uow.resources.put(replace(record, updated_at=now))
             uow.audit.append(
                 ctx.event(

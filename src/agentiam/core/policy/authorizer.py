@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +39,7 @@ from agentiam.core.policy.engine import WHOLE_CONTEXT, CompiledPolicy, PolicyEng
 from agentiam.core.policy.entities import EntitySnapshot
 from agentiam.core.policy.model import EntityRef
 from agentiam.core.policy.schema import PRINCIPAL_TYPES
-from agentiam.core.policy.values import ValueTypeError, to_cedar
+from agentiam.core.policy.values import ValueTypeError, is_encodable, to_cedar
 
 __all__ = [
     "Authorizer",
@@ -139,13 +140,13 @@ class Decision:
 
 class RateCounter:
     """Decisions per principal in the last 60 seconds, in one-second buckets. Bounded:
-    past ``max_principals`` the oldest principals are forgotten."""
+    past ``max_principals`` the least recently active principals are forgotten."""
 
     WINDOW = 60
 
     def __init__(self, max_principals: int = 100_000) -> None:
         self._max = max_principals
-        self._buckets: dict[EntityRef, tuple[int, list[int]]] = {}
+        self._buckets: OrderedDict[EntityRef, tuple[int, list[int]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def hit(self, principal: EntityRef, now: float) -> int:
@@ -153,9 +154,8 @@ class RateCounter:
         with self._lock:
             entry = self._buckets.get(principal)
             if entry is None:
-                if len(self._buckets) >= self._max:
-                    for stale in list(self._buckets)[: self._max // 10 or 1]:
-                        del self._buckets[stale]
+                while len(self._buckets) >= self._max:
+                    self._buckets.popitem(last=False)  # the least recently active
                 counts = [0] * self.WINDOW
                 last = second
             else:
@@ -169,6 +169,7 @@ class RateCounter:
                 last = max(last, second)
             counts[second % self.WINDOW] += 1
             self._buckets[principal] = (last, counts)
+            self._buckets.move_to_end(principal)
             return sum(counts)
 
 
@@ -217,35 +218,42 @@ def build_context(
         except ValueTypeError as exc:
             raise RequestError(str(exc)) from None
 
-    args_in = supplied.get("args") or {}
+    args_in = supplied.get("args", {})
     if not isinstance(args_in, Mapping):
         raise RequestError("context.args: expected an object")
     declared = common["ToolArguments"]["attributes"]
     ignored = tuple(sorted(k for k in args_in if k not in declared))
 
-    context: dict[str, Any] = {}
-    for name in wanted:
+    def value_of(name: str) -> Any:
         if name == "time":
-            context[name] = _time_context(now, zone)
-        elif name == "request_rate":
-            context[name] = request_rate
-        elif name == "risk_score":
-            context[name] = risk_score
-        elif name == "delegation":
-            context[name] = convert(name, _delegation(request))
-        elif name == "approval":
-            context[name] = convert(name, _approval(supplied.get("approval")))
-        elif name == "args":
-            context[name] = convert(name, {k: v for k, v in args_in.items() if k in declared})
-        elif name == "authorization_details":
-            context[name] = convert(name, supplied.get(name) or [])
-        elif name in ("data_classification", "source_environment"):
-            context[name] = convert(name, supplied.get(name, "unknown"))
+            return _time_context(now, zone)
+        if name == "request_rate":
+            return request_rate
+        if name == "risk_score":
+            return risk_score
+        if name == "delegation":
+            return convert(name, _delegation(request))
+        if name == "approval":
+            return convert(name, _approval(supplied.get("approval")))
+        if name == "args":
+            return convert(name, {k: v for k, v in args_in.items() if k in declared})
+        if name == "authorization_details":
+            return convert(name, supplied.get(name, []))
+        return convert(name, supplied.get(name, "unknown"))
+
+    # Everything the caller sent is checked, whether or not a policy reads it, so a
+    # malformed request is refused the same way whichever policies apply; only what
+    # the slice reads is handed to Cedar.
+    context: dict[str, Any] = {}
+    for name in attrs.keys() & (set(supplied) | set(wanted)):
+        value = value_of(name)
+        if name in wanted:
+            context[name] = value
     return context, ignored
 
 
 def _delegation(request: AuthzRequest) -> dict[str, Any]:
-    supplied = request.context.get("delegation") or {}
+    supplied = request.context.get("delegation", {})
     if not isinstance(supplied, Mapping):
         raise RequestError("context.delegation: expected an object")
     extra = set(supplied) - {"depth", "actors", "initiating_human"}
@@ -289,6 +297,9 @@ def caller_risk(request: AuthzRequest) -> int:
 def _shape_problem(engine: PolicyEngine, request: AuthzRequest) -> str | None:
     schema = engine.schema
     principal, resource = request.principal, request.resource
+    for text in (principal.id, resource.id, request.action):
+        if not isinstance(text, str) or not text or not is_encodable(text) or len(text) > 512:
+            return "entity ids and the action must be non-empty, valid Unicode, ≤ 512 chars"
     if principal.type not in PRINCIPAL_TYPES:
         return f"{principal.type} cannot be a principal (Agent or Human)"
     if resource.type not in schema.entity_types or resource.type == "Action":
@@ -382,7 +393,27 @@ class Authorizer:
 
     def decide(self, request: AuthzRequest, *, full: bool = False) -> Decision:
         """Decide one request. ``full=True`` evaluates the whole policy set instead of
-        the slice (used to prove the two agree)."""
+        the slice (used to prove the two agree). Never raises: anything unexpected
+        (a native error, a failing risk source) is a deny with the error named."""
+        started = time.perf_counter()
+        try:
+            return self._decide(request, full=full)
+        except Exception as exc:  # fail closed, whatever went wrong
+            engine = self.engine
+            message = f"the decision could not be evaluated: {type(exc).__name__}"
+            return Decision(
+                decision="deny",
+                decision_id=new_id("decision"),
+                policies=(),
+                reasons=(f"{message} (fail closed)",),
+                errors=(message,),
+                policy_version=engine.version,
+                evaluation_us=(time.perf_counter() - started) * 1e6,
+                evaluated=0,
+                request=request,
+            )
+
+    def _decide(self, request: AuthzRequest, *, full: bool) -> Decision:
         started = time.perf_counter()
         engine, entities = self._state
         now = self._clock()
@@ -465,7 +496,7 @@ class Authorizer:
         return done(
             outcome.effect,
             reasons,
-            policies=outcome.failed_forbids or outcome.matched,
+            policies=() if outcome.unattributed else (outcome.failed_forbids or outcome.matched),
             errors=outcome.errors,
             evaluated=bin(mask).count("1"),
             dry_run=dry_run,

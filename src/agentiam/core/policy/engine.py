@@ -46,6 +46,7 @@ __all__ = [
 ScopeKey = EntityRef | tuple[Literal["is"], str] | Literal["*"]
 ANY: Literal["*"] = "*"
 SLICE_CACHE = 8192
+_SLOT = "agentiam_slot"
 
 
 def _type_name(entity_type: pst.EntityType) -> str:
@@ -153,19 +154,42 @@ class CompiledPolicy:
 
 
 def compile_policies(records: Sequence[PolicyRecord]) -> list[CompiledPolicy]:
-    """Compile many policies with one parser call (a call per policy costs far more)."""
+    """Compile many policies with one parser call (a call per policy costs far more).
+
+    Each record's text is tagged with its position, so a text that holds no policy or
+    two (a damaged row) cannot shift the others onto the wrong record: any mismatch
+    falls back to compiling one by one, which names the bad record."""
     if not records:
         return []
-    parsed = cedarpy.policies_to_pst("\n".join(r.text for r in records))
-    statics = parsed.static_policies
-    if parsed.templates or len(statics) != len(records):
-        # some stored text holds other than exactly one policy: find which
+    tagged = "\n".join(f'@{_SLOT}("{i}")\n{r.text}' for i, r in enumerate(records))
+    try:
+        parsed = cedarpy.policies_to_pst(tagged)
+    except (ValueError, RecursionError):
+        parsed = None
+    statics = list(parsed.static_policies.values()) if parsed else []
+    if (
+        parsed is None
+        or parsed.templates
+        or len(statics) != len(records)
+        or any(t.annotations.get(_SLOT) != str(i) for i, t in enumerate(statics))
+    ):
         return [compile_policy(r) for r in records]
-    return [_compiled(record, statics[f"policy{i}"]) for i, record in enumerate(records)]
+    return [
+        _compiled(
+            record,
+            dataclasses.replace(
+                template, annotations={k: v for k, v in template.annotations.items() if k != _SLOT}
+            ),
+        )
+        for record, template in zip(records, statics, strict=True)
+    ]
 
 
 def compile_policy(record: PolicyRecord) -> CompiledPolicy:
-    parsed = cedarpy.policies_to_pst(record.text)
+    try:
+        parsed = cedarpy.policies_to_pst(record.text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput(f"policy {record.id}: {exc}") from None
     if parsed.templates or len(parsed.static_policies) != 1:
         raise InvalidInput(f"policy {record.id}: expected one static policy")
     return _compiled(record, next(iter(parsed.static_policies.values())))

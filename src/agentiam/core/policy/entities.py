@@ -27,6 +27,7 @@ __all__ = [
     "EntitySnapshot",
     "agent_entity",
     "check_resource",
+    "cyclic",
     "human_entity",
     "resource_entity",
 ]
@@ -121,7 +122,7 @@ def check_resource(schema: Schema, record: ResourceRecord) -> dict[str, Any]:
         if len(record.tags) > MAX_TAGS:
             raise InvalidInput(f"a resource may have at most {MAX_TAGS} tags")
         for key, value in record.tags.items():
-            if not _TAG_KEY_RE.match(key) or not isinstance(value, str) or len(value) > 256:
+            if not _TAG_KEY_RE.fullmatch(key) or not isinstance(value, str) or len(value) > 256:
                 raise InvalidInput(f"tag {key!r} is not valid")
     return resource_entity(record, attrs)
 
@@ -135,6 +136,35 @@ def resource_entity(record: ResourceRecord, attrs: Mapping[str, Any]) -> dict[st
     if record.tags:
         entity["tags"] = dict(record.tags)
     return entity
+
+
+def cyclic(resources: Iterable[ResourceRecord]) -> set[EntityRef]:
+    """The catalog entries that are their own ancestors (through their parents)."""
+    parents = {r.ref: r.parents for r in resources}
+    state: dict[EntityRef, int] = {}  # 1 = on the current path, 2 = done
+    out: set[EntityRef] = set()
+    for root in parents:
+        if root in state:
+            continue
+        path: list[EntityRef] = []
+        stack: list[tuple[EntityRef, int]] = [(root, 0)]
+        while stack:
+            node, i = stack.pop()
+            if i == 0:
+                state[node] = 1
+                path.append(node)
+            children = [p for p in parents.get(node, ()) if p in parents]
+            if i < len(children):
+                stack.append((node, i + 1))
+                nxt = children[i]
+                if state.get(nxt) == 1:
+                    out.update(path[path.index(nxt) :])
+                elif nxt not in state:
+                    stack.append((nxt, 0))
+            else:
+                state[node] = 2
+                path.pop()
+    return out
 
 
 class EntitySnapshot:
@@ -166,7 +196,11 @@ class EntitySnapshot:
         for human in humans:
             self.humans[human.id] = human
             entities.append(human_entity(human))
+        resources = list(resources)
+        in_cycle = cyclic(resources)
         for record in resources:
+            if record.ref in in_cycle:
+                continue  # Cedar refuses a cyclic hierarchy outright: leave these out
             try:
                 entity = check_resource(schema, record)
             except InvalidInput:

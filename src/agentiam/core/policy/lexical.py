@@ -23,12 +23,30 @@ from collections.abc import Iterator
 
 from agentiam.errors import InvalidInput
 
-__all__ = ["MAX_NESTING", "check_nesting", "scope_span", "split_policies", "take_annotations"]
+__all__ = [
+    "MAX_NESTING",
+    "MAX_OPERATORS",
+    "check_complexity",
+    "check_nesting",
+    "scope_span",
+    "split_policies",
+    "take_annotations",
+]
 
 MAX_NESTING = 32
+MAX_OPERATORS = 128
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_TRAILING_COMMENT_RE = re.compile(r"[ \t]*//[^\n]*")
+_TRAILING_COMMENT_RE = re.compile(r"[ \t]*//[^\r\n]*")
+_EOL_RE = re.compile(r"[\r\n]")
+# Operators and keywords that each add (at most) one level to an expression tree.
+_OPERATOR_RE = re.compile(r"&&|\|\||==|!=|<=|>=|[<>!+*.-]|\b(?:if|has|like|is|in)\b")
 _EFFECT_RE = re.compile(r"(?<![A-Za-z0-9_@])(permit|forbid)\s*$")
+
+
+def _line_end(text: str, i: int) -> int:
+    """Where a ``//`` comment starting at ``i`` ends: Cedar ends it at CR or LF."""
+    match = _EOL_RE.search(text, i)
+    return match.start() if match else len(text)
 
 
 def _scan(text: str) -> Iterator[tuple[int, str, int]]:
@@ -46,8 +64,7 @@ def _scan(text: str) -> Iterator[tuple[int, str, int]]:
             i += 1
             continue
         if ch == "/" and i + 1 < n and text[i + 1] == "/":
-            newline = text.find("\n", i)
-            i = n if newline < 0 else newline
+            i = _line_end(text, i)
             continue
         yield i, ch, depth
         if ch in "([{":
@@ -65,6 +82,21 @@ def check_nesting(text: str, *, limit: int = MAX_NESTING) -> None:
                 f"the policy text nests brackets deeper than {limit} levels",
                 hint="Flatten the expression.",
             )
+
+
+def check_complexity(policy_text: str, *, limit: int = MAX_OPERATORS) -> None:
+    """Refuse one policy with more than ``limit`` operators and keywords outside
+    strings and comments. Chains without brackets (``a && b && …``, ``if … then if``,
+    ``context.a.b.c…``, ``has a.b.c…``) nest as deeply as they are long; cedarpy's
+    native code crashes, or runs for minutes, on long ones."""
+    code = "".join(ch if depth >= 0 else "" for _, ch, depth in _scan(policy_text))
+    count = len(_OPERATOR_RE.findall(code))
+    if count > limit:
+        raise InvalidInput(
+            f"a policy has {count} operators; at most {limit} are allowed",
+            hint="Split it into several policies, or test membership with a set: "
+            '[Tool::"a", Tool::"b"].contains(resource).',
+        )
 
 
 def split_policies(text: str) -> list[str]:
@@ -89,8 +121,7 @@ def _skip_trivia(text: str, i: int) -> int:
         if text[i].isspace():
             i += 1
         elif text.startswith("//", i):
-            newline = text.find("\n", i)
-            i = n if newline < 0 else newline
+            i = _line_end(text, i)
         else:
             break
     return i

@@ -34,7 +34,7 @@ class Mode(StrEnum):
 def check_policy_id(policy_id: str) -> str:
     """Policy ids are short, printable and free of quotes and backticks (they appear
     in Cedar annotations and in Cedar's diagnostics)."""
-    if not isinstance(policy_id, str) or not _POLICY_ID_RE.match(policy_id):
+    if not isinstance(policy_id, str) or not _POLICY_ID_RE.fullmatch(policy_id):
         raise InvalidInput(
             f"policy id {policy_id!r} is not valid",
             hint="Use 1-128 characters: letters, digits and _ . : - (starting with a "

@@ -27,6 +27,7 @@ import cedarpy
 
 from agentiam.core.policy.lexical import (
     MAX_NESTING,
+    check_complexity,
     check_nesting,
     split_policies,
     take_annotations,
@@ -49,6 +50,7 @@ __all__ = [
 MAX_POLICY_BYTES = 64 * 1024
 MAX_TEXT_BYTES = 8 * 1024 * 1024
 MAX_POLICIES_PER_TEXT = 20_000
+MAX_DESCRIPTION = 1000
 _NAMING_ANNOTATIONS = frozenset({"id", "mode", "description"})
 
 
@@ -79,12 +81,22 @@ def parse_policies(text: str, *, default_mode: Mode = Mode.ENFORCE) -> list[Pars
     from 1 in file order); the caller decides whether unnamed ones are acceptable."""
     if not isinstance(text, str):
         raise InvalidInput("policy text must be a string")
-    if len(text.encode()) > MAX_TEXT_BYTES:
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        raise InvalidInput("the policy text is not valid Unicode (a lone surrogate)") from None
+    if size > MAX_TEXT_BYTES:
         raise InvalidInput(f"the policy text is larger than {MAX_TEXT_BYTES} bytes")
+    # Lexical guards first: cedarpy's native parser must never see text that could
+    # crash it or run for minutes (see lexical.py).
     check_nesting(text)
+    chunks = split_policies(text)
+    tail = text[sum(len(c) for c in chunks) :]
+    for chunk in (*chunks, tail):
+        check_complexity(chunk)
     try:
         est = json.loads(cedarpy.policies_to_json_str(text))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidInput(
             "the policy text is not valid Cedar", errors=[{"message": _diagnostic(exc)}]
         ) from None
@@ -96,8 +108,7 @@ def parse_policies(text: str, *, default_mode: Mode = Mode.ENFORCE) -> list[Pars
     statics: dict[str, Any] = est.get("staticPolicies", {})
     if len(statics) > MAX_POLICIES_PER_TEXT:
         raise InvalidInput(f"more than {MAX_POLICIES_PER_TEXT} policies in one text")
-    # Cut the file into policies; each is stored as written (less its naming).
-    chunks = split_policies(text)
+    # Each policy is stored as written (less its naming).
     if len(chunks) != len(statics):  # the lexical split must agree with the parser
         raise InvalidInput("the policy text could not be split into policies")
     out: list[ParsedPolicy] = []
@@ -109,6 +120,8 @@ def parse_policies(text: str, *, default_mode: Mode = Mode.ENFORCE) -> list[Pars
         name = annotations.get("id")
         mode_text = annotations.get("mode")
         description = annotations.get("description") or ""
+        if len(description) > MAX_DESCRIPTION:
+            raise InvalidInput(f"a @description is limited to {MAX_DESCRIPTION} characters")
         policy_id = check_policy_id(name) if name is not None else f"policy{position + 1}"
         if policy_id in seen:
             raise InvalidInput(f"policy id {policy_id!r} appears twice")

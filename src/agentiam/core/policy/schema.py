@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
+import cedarpy
+
 from agentiam.core.policy.model import EntityRef
 from agentiam.errors import InvalidInput
 
@@ -67,6 +69,10 @@ ACTION_GROUPS: Mapping[str, tuple[str, ...]] = {
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 MAX_EXTENSION_BYTES = 256 * 1024
+_RESERVED_TYPE_NAMES = frozenset(
+    {"Bool", "Boolean", "Entity", "Extension", "Long", "Record", "Set", "String",
+     "EntityOrCommon", "decimal", "ipaddr", "datetime", "duration", "__cedar"}
+)  # fmt: skip
 
 
 def _t(type_name: str, *, required: bool = True, **extra: Any) -> dict[str, Any]:
@@ -274,8 +280,17 @@ class Schema:
     def __init__(self, extension: str = "") -> None:
         self.extension = extension
         fragment = parse_extension(extension) if extension else {}
-        self.document = merge_extension(BASE_SCHEMA, fragment)
+        try:
+            self.document = merge_extension(BASE_SCHEMA, fragment)
+        except (AttributeError, TypeError, KeyError) as exc:
+            raise InvalidInput(f"the schema extension is malformed: {exc}") from None
         self.json = json.dumps({"": self.document}, sort_keys=True)
+        problems = [e.error for e in cedarpy.validate_policies("", self.json).errors]
+        if problems:  # Cedar's own reading of the merged schema
+            raise InvalidInput(
+                "the schema extension does not make a valid Cedar schema",
+                errors=[{"message": p} for p in problems],
+            )
         common = self.document["commonTypes"]
         self.common_types: dict[str, Any] = common
         self.entity_types: dict[str, EntityTypeSpec] = {
@@ -362,7 +377,7 @@ def parse_extension(text: str) -> dict[str, Any]:
 
 
 def _check_name(kind: str, name: str) -> None:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidInput(f"{kind} name {name!r} is not a Cedar identifier")
 
 
@@ -391,6 +406,9 @@ def merge_extension(base: Mapping[str, Any], fragment: Mapping[str, Any]) -> dic
     * a base action or any other base common type cannot be redefined.
     """
     doc = copy.deepcopy(dict(base))
+    for member in ("entityTypes", "actions", "commonTypes"):
+        if not isinstance(fragment.get(member, {}), dict):
+            raise InvalidInput(f"the schema extension's {member} must be an object")
     for name, spec in (fragment.get("entityTypes") or {}).items():
         _check_name("entity type", name)
         if not isinstance(spec, dict):
@@ -405,6 +423,8 @@ def merge_extension(base: Mapping[str, Any], fragment: Mapping[str, Any]) -> dic
                 f"entity type {name} is built in: an extension may only add attributes to its shape"
             )
         shape = spec.get("shape") or {}
+        if not isinstance(shape, dict) or shape.get("type", "Record") != "Record":
+            raise InvalidInput(f"entity type {name}: shape must be a Record")
         added = _optional_attributes(name, shape.get("attributes", {}))
         existing = doc["entityTypes"][name]["shape"]["attributes"]
         clash = sorted(set(added) & set(existing))
@@ -418,12 +438,25 @@ def merge_extension(base: Mapping[str, Any], fragment: Mapping[str, Any]) -> dic
             raise InvalidInput(f"action {name} is built in and cannot be redefined")
         if not isinstance(spec, dict):
             raise InvalidInput(f"action {name}: must be an object")
+        groups = spec.get("memberOf", [])
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            raise InvalidInput(f"action {name}: memberOf must be a list of {{id: …}}")
+        if any(g.get("id") in base["actions"] for g in groups):
+            raise InvalidInput(
+                f"action {name} cannot join a built-in action group: policies written "
+                "for that group would then cover it",
+                hint="Define a group of your own.",
+            )
         if "appliesTo" in spec:
+            if not isinstance(spec["appliesTo"], dict):
+                raise InvalidInput(f"action {name}: appliesTo must be an object")
             spec = copy.deepcopy(spec)
             spec["appliesTo"].setdefault("context", {"type": CONTEXT_TYPE})
         doc["actions"][name] = spec
     for name, spec in (fragment.get("commonTypes") or {}).items():
         _check_name("common type", name)
+        if name in _RESERVED_TYPE_NAMES:
+            raise InvalidInput(f"common type name {name} is reserved by Cedar")
         if name == "ToolArguments":
             if not isinstance(spec, dict) or spec.get("type") != "Record":
                 raise InvalidInput("ToolArguments must be a Record")

@@ -21,6 +21,7 @@ __all__ = [
     "ValueTypeError",
     "cedar_string",
     "entity_literal",
+    "is_encodable",
     "to_cedar",
 ]
 
@@ -38,6 +39,16 @@ class ValueTypeError(ValueError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
+
+
+def is_encodable(value: str) -> bool:
+    """False for text with lone surrogates (possible in JSON: ``"\\ud800"``), which no
+    UTF-8 consumer, Cedar included, accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def cedar_string(value: str) -> str:
@@ -66,7 +77,7 @@ def cedar_string(value: str) -> str:
 
 def entity_literal(entity_type: str, entity_id: str) -> str:
     """``Type::"id"`` with the id escaped; the type must be a plain Cedar name."""
-    if not _TYPE_NAME_RE.match(entity_type):
+    if not _TYPE_NAME_RE.fullmatch(entity_type):
         raise ValueTypeError("entity", f"{entity_type!r} is not a Cedar type name")
     return f"{entity_type}::{cedar_string(entity_id)}"
 
@@ -77,26 +88,34 @@ def _entity_ref(path: str, value: Any, expected: str | None) -> dict[str, Any]:
     if not (isinstance(value, Mapping) and set(value) == {"type", "id"}):
         raise ValueTypeError(path, 'expected an entity reference {"type": …, "id": …}')
     etype, eid = value["type"], value["id"]
-    if not isinstance(etype, str) or not _TYPE_NAME_RE.match(etype):
+    if not isinstance(etype, str) or not _TYPE_NAME_RE.fullmatch(etype):
         raise ValueTypeError(path, "the entity type is not a Cedar type name")
     if expected is not None and etype != expected:
         raise ValueTypeError(path, f"expected an entity of type {expected}")
     if not isinstance(eid, str) or not eid or len(eid) > _ENTITY_ID_MAX:
         raise ValueTypeError(path, "the entity id must be a non-empty string")
+    if not is_encodable(eid):
+        raise ValueTypeError(path, "the entity id is not valid Unicode")
     return {"__entity": {"type": etype, "id": eid}}
 
 
 def _decimal(path: str, value: Any) -> dict[str, Any]:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueTypeError(path, "expected a decimal number")
-    try:
-        number = Decimal(str(value))
-    except InvalidOperation:
-        raise ValueTypeError(path, "expected a decimal number") from None
-    if not number.is_finite() or number != number.quantize(Decimal("0.0001")):
-        raise ValueTypeError(path, "a Cedar decimal has at most four fractional digits")
-    if abs(number) >= Decimal("922337203685477.5808"):
+    text = str(value)
+    if len(text) > 64:
         raise ValueTypeError(path, "the decimal is out of range")
+    try:
+        number = Decimal(text)
+        if not number.is_finite():
+            raise InvalidOperation
+        if abs(number) >= Decimal("922337203685477.5808"):
+            raise ValueTypeError(path, "the decimal is out of range")
+        exact = number == number.quantize(Decimal("0.0001"))
+    except InvalidOperation:
+        raise ValueTypeError(path, "expected a decimal number within Cedar's range") from None
+    if not exact:
+        raise ValueTypeError(path, "a Cedar decimal has at most four fractional digits")
     return {"__extn": {"fn": "decimal", "arg": f"{number:.4f}"}}
 
 
@@ -123,6 +142,8 @@ def to_cedar(
             raise ValueTypeError(path, "expected a string")
         if len(value) > MAX_STRING:
             raise ValueTypeError(path, f"strings are limited to {MAX_STRING} characters")
+        if not is_encodable(value):
+            raise ValueTypeError(path, "the string is not valid Unicode")
         return value
     if kind == "Long":
         if isinstance(value, bool) or not isinstance(value, int):
