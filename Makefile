@@ -40,6 +40,7 @@ test: lint typecheck
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/registry.py
 	$(BIN)/python bench/tokens.py
+	$(BIN)/python bench/policy.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
