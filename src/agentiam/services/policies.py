@@ -41,6 +41,17 @@ class PolicyChange:
     deleted: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one write does to the current set: the kind of change, the schema
+    extension of the new version, the policies written and the ids deleted."""
+
+    kind: str
+    extension: str
+    put: Sequence[PolicyRecord] = ()
+    deleted: Sequence[str] = ()
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -152,7 +163,7 @@ class PolicyService:
         if len(description) > MAX_COMMENT:
             raise InvalidInput(f"a description is limited to {MAX_COMMENT} characters")
 
-        def change(uow: UnitOfWork, schema: Schema, current: dict[str, PolicyRecord]) -> Any:
+        def change(uow: UnitOfWork, schema: Schema, current: dict[str, PolicyRecord]) -> _Plan:
             if template is not None:
                 source = render_template(template, parameters or {}, schema)
                 record = replace(
@@ -169,7 +180,7 @@ class PolicyService:
                 raise Conflict(
                     f"policy {policy_id} already has this text and mode; nothing changed"
                 )
-            return [record], [], "put", schema.extension
+            return _Plan("put", schema.extension, put=[record])
 
         result = self._write(ctx, change, expected_version, comment)
         return result.put_records[0], result.change
@@ -182,10 +193,10 @@ class PolicyService:
         expected_version: int | None = None,
         comment: str = "",
     ) -> PolicyChange:
-        def change(uow: UnitOfWork, schema: Schema, current: dict[str, PolicyRecord]) -> Any:
+        def change(uow: UnitOfWork, schema: Schema, current: dict[str, PolicyRecord]) -> _Plan:
             if policy_id not in current:
                 raise NotFound(f"policy {policy_id} does not exist")
-            return [], [policy_id], "delete", schema.extension
+            return _Plan("delete", schema.extension, deleted=[policy_id])
 
         return self._write(ctx, change, expected_version, comment).change
 
@@ -212,7 +223,7 @@ class PolicyService:
                 )
         records = [p.record for p in parsed]
 
-        def change(uow: UnitOfWork, schema: Schema, current: dict[str, PolicyRecord]) -> Any:
+        def change(uow: UnitOfWork, schema: Schema, current: dict[str, PolicyRecord]) -> _Plan:
             diagnostics = validate(schema, records)
             if diagnostics:
                 raise _invalid(diagnostics)
@@ -221,7 +232,7 @@ class PolicyService:
             deleted = [pid for pid in current if pid not in ids] if replace_all else []
             if not put and not deleted:
                 raise Conflict("the import changes nothing")
-            return put, deleted, "import", schema.extension
+            return _Plan("import", schema.extension, put=put, deleted=deleted)
 
         return self._write(ctx, change, expected_version, comment).change
 
@@ -235,7 +246,7 @@ class PolicyService:
     ) -> PolicyChange:
         """Make a new version whose set (and schema extension) equals ``to_version``'s."""
 
-        def change(uow: UnitOfWork, schema: Schema, current: dict[str, PolicyRecord]) -> Any:
+        def change(uow: UnitOfWork, schema: Schema, current: dict[str, PolicyRecord]) -> _Plan:
             meta = uow.policies.version(to_version) if to_version else None
             if to_version and meta is None:
                 raise NotFound(f"policy version {to_version} does not exist")
@@ -245,7 +256,7 @@ class PolicyService:
             extension = meta.schema_extension if meta else ""
             if not put and not deleted and extension == schema.extension:
                 raise Conflict(f"the current set already equals version {to_version}")
-            return put, deleted, "rollback", extension
+            return _Plan("rollback", extension, put=put, deleted=deleted)
 
         return self._write(
             ctx, change, expected_version, comment or f"rollback to {to_version}"
@@ -266,7 +277,7 @@ class PolicyService:
         )
         new_schema = load_schema(canonical)  # raises InvalidInput on a bad extension
 
-        def change(uow: UnitOfWork, schema: Schema, current: dict[str, PolicyRecord]) -> Any:
+        def change(uow: UnitOfWork, schema: Schema, current: dict[str, PolicyRecord]) -> _Plan:
             if canonical == schema.extension:
                 raise Conflict("the schema extension is unchanged")
             diagnostics = validate(new_schema, list(current.values()))
@@ -276,7 +287,7 @@ class PolicyService:
                     hint="Change or delete those policies first.",
                     errors=[dict(d) for d in diagnostics],
                 )
-            return [], [], "schema", canonical
+            return _Plan("schema", canonical)
 
         return self._write(ctx, change, expected_version, comment).change
 
@@ -290,7 +301,7 @@ class PolicyService:
     def _write(
         self,
         ctx: CallContext,
-        change: Callable[[UnitOfWork, Schema, dict[str, PolicyRecord]], Any],
+        change: Callable[[UnitOfWork, Schema, dict[str, PolicyRecord]], _Plan],
         expected_version: int | None,
         comment: str,
     ) -> PolicyService._Written:
@@ -305,7 +316,8 @@ class PolicyService:
                     hint="Re-read the set and apply your change again.",
                 )
             current = {r.id: r for r in uow.policies.policies(head)} if head else {}
-            put, deleted, kind, extension = change(uow, schema, current)
+            plan = change(uow, schema, current)
+            put, deleted, kind, extension = plan.put, plan.deleted, plan.kind, plan.extension
             count = len(set(current) - set(deleted) | {r.id for r in put})
             meta = PolicySetVersion(
                 version=head + 1,
