@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from agentiam.core.audit.events import AuditEvent, Outcome, ResourceRef
 from agentiam.core.identities.models import Agent, Human
@@ -25,7 +25,7 @@ from agentiam.core.policy.entities import EntitySnapshot
 from agentiam.core.policy.model import EntityRef
 from agentiam.core.policy.schema import load_schema
 from agentiam.errors import ServiceUnavailable
-from agentiam.ports import AgentQuery, Clock, HumanQuery, UnitOfWork, UnitOfWorkFactory
+from agentiam.ports import AgentQuery, Clock, HumanQuery, Page, UnitOfWork, UnitOfWorkFactory
 from agentiam.services.context import CallContext
 
 __all__ = ["DecisionPoint", "decision_event"]
@@ -35,26 +35,27 @@ _PAGE = 1000
 DECISION_EVENT = "authz.decision"
 
 
-def _all_agents(uow: UnitOfWork) -> list[Agent]:
-    out: list[Agent] = []
+T = TypeVar("T")
+
+
+def _every(find: Callable[[str | None], Page[T]]) -> list[T]:
+    """Every item of a keyset-paged list."""
+    out: list[T] = []
     after: str | None = None
     while True:
-        page = uow.agents.find(AgentQuery(limit=_PAGE, after=after))
+        page = find(after)
         out.extend(page.items)
         if page.next_after is None:
             return out
         after = page.next_after
+
+
+def _all_agents(uow: UnitOfWork) -> list[Agent]:
+    return _every(lambda after: uow.agents.find(AgentQuery(limit=_PAGE, after=after)))
 
 
 def _all_humans(uow: UnitOfWork) -> list[Human]:
-    out: list[Human] = []
-    after: str | None = None
-    while True:
-        page = uow.humans.find(HumanQuery(limit=_PAGE, after=after))
-        out.extend(page.items)
-        if page.next_after is None:
-            return out
-        after = page.next_after
+    return _every(lambda after: uow.humans.find(HumanQuery(limit=_PAGE, after=after)))
 
 
 def decision_event(ctx: CallContext, decision: Decision, *, now: Any) -> AuditEvent:
