@@ -898,11 +898,16 @@ def _attrs(condition: str) -> frozenset[str]:
         ('when { context has approval && context.approval.state == "approved" }', {"approval"}),
         ("when { context.args.amount > 5 }", {"args"}),
         ("when { context has args.amount }", {"args"}),
-        ('when { context["time"].hour < 9 }', {"time"}),
+        ('when { context["time"].hour < 9 }', {"time.hour"}),
         (
             "when { context.time.hour < 9 } unless { context.request_rate > 10 }",
-            {"time", "request_rate"},
+            {"time.hour", "request_rate"},
         ),
+        (
+            "when { context.time has hour && context.time.weekday == 1 }",
+            {"time.hour", "time.weekday"},
+        ),
+        ("when { context.time == context.time }", {"time"}),
         ("when { context == {} }", {WHOLE_CONTEXT}),
         ("when { (if true then context else context).risk_score > 1 }", {WHOLE_CONTEXT}),
         ("when { [context].contains(context) }", {WHOLE_CONTEXT}),

@@ -29,12 +29,20 @@ PREFIXES = {
 _ID_RE = re.compile(r"^(?P<prefix>[a-z]{3})_[0-9A-HJKMNP-TV-Z]{26}$")
 
 
+# Two base32 digits per step: ten bits at a time (ids are made on hot paths, such as
+# one per policy decision).
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
+
+
 def _encode(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        chars.append(_ALPHABET[value & 31])
+    chunks = []
+    if length % 2:
+        chunks.append(_ALPHABET[value & 31])
         value >>= 5
-    return "".join(reversed(chars))
+    for _ in range(length // 2):
+        chunks.append(_PAIRS[value & 1023])
+        value >>= 10
+    return "".join(reversed(chunks))
 
 
 def new_id(kind: str, *, now_ms: int | None = None) -> str:

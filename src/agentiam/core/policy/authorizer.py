@@ -210,7 +210,15 @@ def build_context(
     schema = engine.schema
     common = schema.common_types
     attrs = schema.context["attributes"]
-    wanted = attrs.keys() if WHOLE_CONTEXT in needs else needs & attrs.keys()
+    if WHOLE_CONTEXT in needs:
+        wanted: set[str] = set(attrs)
+    else:
+        wanted = {n.partition(".")[0] for n in needs} & attrs.keys()
+    time_members = (
+        None
+        if WHOLE_CONTEXT in needs or "time" in needs
+        else {n[5:] for n in needs if n.startswith("time.")}
+    )
 
     def convert(name: str, value: Any) -> Any:
         try:
@@ -226,7 +234,10 @@ def build_context(
 
     def value_of(name: str) -> Any:
         if name == "time":
-            return _time_context(now, zone)
+            record = _time_context(now, zone)
+            if time_members is None:
+                return record
+            return {k: v for k, v in record.items() if k in time_members}
         if name == "request_rate":
             return request_rate
         if name == "risk_score":
@@ -498,7 +509,7 @@ class Authorizer:
             reasons,
             policies=() if outcome.unattributed else (outcome.failed_forbids or outcome.matched),
             errors=outcome.errors,
-            evaluated=bin(mask).count("1"),
+            evaluated=mask.bit_count(),
             dry_run=dry_run,
             ignored=ignored,
             risk=risk,

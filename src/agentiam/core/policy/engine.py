@@ -103,8 +103,9 @@ WHOLE_CONTEXT = "*"
 
 
 def context_attributes(template: pst.Template) -> frozenset[str]:
-    """The top-level ``context`` attributes the policy's conditions read
-    (``context.x`` or ``context has x``); ``{"*"}`` if it uses ``context`` as a whole.
+    """The ``context`` attributes the policy's conditions read (``context.x`` or
+    ``context has x``; for the server's ``time`` record, ``time.hour`` and the like);
+    ``{"*"}`` if it uses ``context`` as a whole.
 
     The decision point passes a policy slice only the context attributes its
     policies read: no other attribute can influence their evaluation. The walk is
@@ -114,11 +115,24 @@ def context_attributes(template: pst.Template) -> frozenset[str]:
     stack: list[Any] = list(template.clauses)
     while stack:
         node = stack.pop()
+        # context.time.<x> and context.time has <x>: only that member of the record
+        if (
+            isinstance(node, pst.GetAttr | pst.HasAttr)
+            and isinstance(node.base, pst.GetAttr)
+            and node.base.attr == "time"
+            and isinstance(node.base.base, pst.Var)
+            and node.base.base.name == "context"
+        ):
+            found.add("time." + (node.attr if isinstance(node, pst.GetAttr) else node.attrs[0]))
+            continue
         if (
             isinstance(node, pst.GetAttr | pst.HasAttr)
             and isinstance(node.base, pst.Var)
             and node.base.name == "context"
         ):
+            if isinstance(node, pst.HasAttr) and node.attrs[0] == "time" and len(node.attrs) > 1:
+                found.add("time." + node.attrs[1])
+                continue
             found.add(node.attr if isinstance(node, pst.GetAttr) else node.attrs[0])
             continue
         if isinstance(node, pst.Var) and node.name == "context":
