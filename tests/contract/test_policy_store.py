@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, func, select, text
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, _empty_postgres
 
 from agentiam.adapters.storage import tables as t
 from agentiam.adapters.storage.engine import make_engine
@@ -37,6 +37,16 @@ POLICY_TABLES = (t.policy_versions, t.policy_revisions)
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     e = make_engine(database_url)
+    yield e
+    e.dispose()
+
+
+@pytest.fixture
+def pg_engine(postgres_database: str) -> Iterator[Engine]:
+    """PostgreSQL only: two writers overlapping in time, which SQLite's writer queue
+    never lets happen (so these cases have no SQLite counterpart to skip)."""
+    _empty_postgres(postgres_database)
+    e = make_engine(postgres_database)
     yield e
     e.dispose()
 
@@ -182,11 +192,10 @@ def test_a_writer_that_lost_the_race_gets_conflict_and_writes_nothing(engine: En
 
 
 @pytest.mark.postgres
-def test_two_open_transactions_racing_for_one_version(engine: Engine) -> None:
+def test_two_open_transactions_racing_for_one_version(pg_engine: Engine) -> None:
     """Both writers read head 0; the second blocks on the version's primary key
     until the first commits, then gets Conflict."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite's writer queue never lets two writers overlap")
+    engine = pg_engine
     outcome: list[object] = []
 
     first = SqlUnitOfWork(engine).__enter__()
@@ -449,11 +458,10 @@ def test_fingerprint_moves_on_every_entity_change_and_only_then(
 
 
 @pytest.mark.postgres
-def test_fingerprint_sees_both_of_two_overlapping_catalog_writes(engine: Engine) -> None:
+def test_fingerprint_sees_both_of_two_overlapping_catalog_writes(pg_engine: Engine) -> None:
     """Two PostgreSQL writers on different rows can compute the same ``revision``;
     the fingerprint must still move when the second of them commits."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite's writer queue never lets two writers overlap")
+    engine = pg_engine
     with SqlUnitOfWork(engine) as uow:
         uow.resources.put(res("Tool", "x"))
         uow.resources.put(res("Tool", "y"))
