@@ -17,7 +17,6 @@ import json
 import re
 import time
 from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -171,14 +170,13 @@ def test_an_entity_id_imitating_a_policy_name_cannot_redirect_error_attribution(
 
 
 def _fake_cedar(monkeypatch: pytest.MonkeyPatch, errors: list[str], reasons: list[str]) -> None:
-    """Make Cedar answer Allow with the given diagnostics."""
+    """A stand-in for Cedar's answer (named as such: real Cedar cannot be made to
+    produce these diagnostics): Allow, with the given reasons and errors."""
 
-    def is_authorized(*_args: Any, **_kwargs: Any) -> Any:
-        return SimpleNamespace(
-            allowed=True, diagnostics=SimpleNamespace(errors=errors, reasons=reasons)
-        )
+    def cedar_authorize(*_args: Any) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+        return True, tuple(reasons), tuple(errors)
 
-    monkeypatch.setattr(authorizer_module, "cedarpy", SimpleNamespace(is_authorized=is_authorized))
+    monkeypatch.setattr(authorizer_module, "cedar_authorize", cedar_authorize)
 
 
 @pytest.mark.parametrize(
@@ -191,7 +189,10 @@ def _fake_cedar(monkeypatch: pytest.MonkeyPatch, errors: list[str], reasons: lis
 def test_an_error_that_cannot_be_attributed_denies(
     monkeypatch: pytest.MonkeyPatch, error: str
 ) -> None:
-    az = permit_all()
+    # A condition, so the policy goes to Cedar (policies without one are decided by
+    # their scope alone and never reach Cedar).
+    az = authorizer('@id("all") permit (principal, action, resource) when { true };',
+                    agents=[agent()])  # fmt: skip
     _fake_cedar(monkeypatch, errors=[error], reasons=["all"])
     decision = decide(az)
     assert decision.decision == "deny"
@@ -1098,3 +1099,28 @@ def test_filling_the_rate_counter_does_not_reset_the_busiest_principal() -> None
         counter.hit(victim, 1.0)
     counter.hit(ref("Agent", "newcomer"), 1.0)
     assert counter.hit(victim, 1.0) == 7
+
+
+def test_the_native_cedar_call_answers_like_cedarpys_public_function() -> None:
+    """``cedar_authorize`` calls cedarpy's native batch function directly; its answers
+    (decision, reasons, errors) must be the public ``is_authorized``'s."""
+    import cedarpy
+
+    policies = cedarpy.PolicySet.from_str(
+        '@id("p") permit (principal, action, resource) when { context.n > 1 };\n'
+        '@id("f") forbid (principal, action, resource) when { resource.missing };'
+    )
+    entities = cedarpy.Entities.from_json_str("[]")
+    for context in ({"n": 2}, {"n": 0}, {}):
+        request = {
+            "principal": {"type": "Agent", "id": "a"},
+            "action": {"type": "Action", "id": "invoke_tool"},
+            "resource": {"type": "Tool", "id": "t"},
+            "context": context,
+        }
+        public = cedarpy.is_authorized(request, policies, entities)
+        assert authorizer_module.cedar_authorize(request, policies, entities) == (
+            public.allowed,
+            tuple(public.diagnostics.reasons),
+            tuple(public.diagnostics.errors),
+        )

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import cedarpy
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -46,6 +47,7 @@ from agentiam.core.policy.authorizer import (
 from agentiam.core.policy.engine import (
     WHOLE_CONTEXT,
     PolicyEngine,
+    TypeKey,
     compile_policy,
     context_attributes,
     validate,
@@ -886,7 +888,8 @@ def test_principal_problem() -> None:
 
 def _attrs(condition: str) -> frozenset[str]:
     record = PolicyRecord(id="p", text=f"permit (principal, action, resource) {condition};")
-    return context_attributes(compile_policy(record).template)
+    parsed = cedarpy.policies_to_pst(record.text)
+    return context_attributes(next(iter(parsed.static_policies.values())))
 
 
 @pytest.mark.parametrize(
@@ -929,7 +932,7 @@ def test_compiled_policy_scope_keys() -> None:
     assert (policy.id, policy.mode, policy.effect) == ("p", Mode.DRY_RUN, "forbid")
     assert policy.principal == ref("Environment", "prod")
     assert policy.actions == (ref("Action", "GET"), ref("Action", "POST"))
-    assert policy.resource == ("is", "Tool")
+    assert policy.resource == TypeKey("Tool")
     assert policy.conditional
     assert not policy.uses_context
     plain = compile_policy(PolicyRecord(id="q", text="permit (principal, action, resource);"))

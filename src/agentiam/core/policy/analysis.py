@@ -31,9 +31,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 import cedarpy
-from cedarpy import pst
 
-from agentiam.core.policy.engine import ANY, CompiledPolicy, PolicyEngine
+from agentiam.core.policy.engine import ANY, CompiledPolicy, PolicyEngine, TypeKey
 from agentiam.core.policy.entities import EntitySnapshot
 from agentiam.core.policy.lexical import scope_span
 from agentiam.core.policy.model import EntityRef, Mode, PolicyRecord
@@ -130,12 +129,11 @@ def _pattern(policy: CompiledPolicy) -> str:
     key = policy.resource
     if key == ANY:
         return "any resource"
-    if isinstance(key, tuple):
-        return f"any {key[1]}"
+    if isinstance(key, TypeKey):
+        return f"any {key.type}"
     assert isinstance(key, EntityRef)
-    scope = policy.template.resource
-    if isinstance(scope, pst.ScopeIsIn):
-        return f"any {scope.entity_type.basename} in {key}"
+    if policy.resource_op == "is_in":
+        return f"any {policy.resource_type} in {key}"
     return f"anything in {key}"
 
 
@@ -150,7 +148,7 @@ def effective_permissions(
 ) -> list[Permission]:
     """Every (action, catalog resource) the agent's policies grant, plus pattern grants."""
     principal = EntityRef("Agent", agent_id)
-    p_keys: set[Any] = {ANY, ("is", "Agent"), principal, *entities.ancestors(principal)}
+    p_keys: set[Any] = {ANY, TypeKey("Agent"), principal, *entities.ancestors(principal)}
     schema = engine.schema
     applicable = {
         action: resources
@@ -472,7 +470,7 @@ def unused_permissions(
         or (p.resource is None and not set(p.policies) & used_policies)
     ]
     principal = EntityRef("Agent", agent_id)
-    p_keys: set[Any] = {ANY, ("is", "Agent"), principal, *entities.ancestors(principal)}
+    p_keys: set[Any] = {ANY, TypeKey("Agent"), principal, *entities.ancestors(principal)}
     agent_permits = [
         p
         for p in engine.members(engine.enforce_mask)

@@ -22,6 +22,7 @@ their would-be outcome is reported in ``dry_run`` and never changes ``decision``
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -146,31 +147,33 @@ class RateCounter:
 
     def __init__(self, max_principals: int = 100_000) -> None:
         self._max = max_principals
-        self._buckets: OrderedDict[EntityRef, tuple[int, list[int]]] = OrderedDict()
+        # principal -> (last second seen, per-second counts, their sum)
+        self._buckets: OrderedDict[EntityRef, tuple[int, list[int], int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def hit(self, principal: EntityRef, now: float) -> int:
         second = int(now)
+        window = self.WINDOW
         with self._lock:
             entry = self._buckets.get(principal)
             if entry is None:
                 while len(self._buckets) >= self._max:
                     self._buckets.popitem(last=False)  # the least recently active
-                counts = [0] * self.WINDOW
-                last = second
+                counts, last, total = [0] * window, second, 0
             else:
-                last, counts = entry
-                gap = second - last
-                if gap >= self.WINDOW:
-                    counts = [0] * self.WINDOW
+                last, counts, total = entry
+                if second - last >= window:
+                    counts, total = [0] * window, 0
                 else:
                     for s in range(last + 1, second + 1):
-                        counts[s % self.WINDOW] = 0
+                        total -= counts[s % window]
+                        counts[s % window] = 0
                 last = max(last, second)
-            counts[second % self.WINDOW] += 1
-            self._buckets[principal] = (last, counts)
+            counts[second % window] += 1
+            total += 1
+            self._buckets[principal] = (last, counts, total)
             self._buckets.move_to_end(principal)
-            return sum(counts)
+            return total
 
 
 def _time_context(now: datetime, zone: ZoneInfo) -> dict[str, Any]:
@@ -339,29 +342,103 @@ class _Outcome:
     unattributed: bool
 
 
+_NATIVE = getattr(cedarpy, "_internal", None)
+_NATIVE_BATCH = getattr(_NATIVE, "is_authorized_batch", None)
+
+
+def cedar_authorize(
+    request: dict[str, Any], policies: cedarpy.PolicySet, entities: cedarpy.Entities
+) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    """Cedar's answer: (allowed, the matched policy ids, the error messages).
+
+    cedarpy's public ``is_authorized`` wraps a native batch call in copying, JSON and
+    result objects worth a fifth of a decision's time. Where that native call exists
+    (cedarpy 4.x, which ``pyproject.toml`` pins) it is called directly with the same
+    arguments the wrapper would pass; otherwise the public function is used. A unit
+    test checks that both give the same answers.
+    """
+    inner = getattr(entities, "_inner", None)
+    if _NATIVE_BATCH is not None and inner is not None:
+        native = {**request, "context": json.dumps(request.get("context") or {})}
+        raw = json.loads(_NATIVE_BATCH([native], policies, inner, None, False)[0])
+        diagnostics = raw.get("diagnostics") or {}
+        return (
+            raw.get("decision") == "Allow",
+            tuple(diagnostics.get("reason") or ()),
+            tuple(diagnostics.get("errors") or ()),
+        )
+    result = cedarpy.is_authorized(request, policies, entities)
+    return result.allowed, tuple(result.diagnostics.reasons), tuple(result.diagnostics.errors)
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """The request's entities with their ancestors (each set holds the entity too)."""
+
+    principal: EntityRef
+    principal_in: frozenset[EntityRef]
+    action: EntityRef
+    action_in: frozenset[EntityRef]
+    resource: EntityRef
+    resource_in: frozenset[EntityRef]
+
+
 def _evaluate(
     engine: PolicyEngine,
     mask: int,
     request: dict[str, Any],
     entities: cedarpy.Entities,
+    scope: _Scope | None,
 ) -> _Outcome:
-    if not mask:
-        return _Outcome("deny", (), (), (), False)
-    result = cedarpy.is_authorized(request, engine.policy_set(mask), entities)
-    errors = tuple(result.diagnostics.errors)
+    """Evaluate the policies in ``mask``.
+
+    With ``scope`` (a slice), policies without conditions are decided here: within a
+    slice their scope is checked exactly (:meth:`CompiledPolicy.scope_matches`) and,
+    having no conditions, they match exactly when it holds. Only the others go to
+    Cedar, so the parsed sets Cedar needs are few and often shared, and a slice with
+    no conditions needs no Cedar call at all. Without ``scope`` (``full=True``) Cedar
+    evaluates everything, which is what the property test compares against.
+    """
+    permits: list[str] = []
+    forbids: list[str] = []
+    cedar_mask = mask
+    if scope is not None:
+        cedar_mask = mask & engine.cedar_mask
+        for policy in engine.members(mask & ~engine.cedar_mask):
+            if policy.scope_matches(
+                scope.principal,
+                scope.principal_in,
+                scope.action,
+                scope.action_in,
+                scope.resource,
+                scope.resource_in,
+            ):
+                (permits if policy.effect == "permit" else forbids).append(policy.id)
+    errors: tuple[str, ...] = ()
+    if cedar_mask:
+        _, reasons, errors = cedar_authorize(request, engine.policy_set(cedar_mask), entities)
+        for policy_id in reasons:
+            known = engine.by_id.get(policy_id)
+            if known is not None:
+                (permits if known.effect == "permit" else forbids).append(policy_id)
     failed_forbids: list[str] = []
     unattributed = False
     for message in errors:
         match = _ERROR_POLICY_RE.search(message)
-        policy = engine.by_id.get(match.group(1)) if match else None
-        if policy is None:
+        failed = engine.by_id.get(match.group(1)) if match else None
+        if failed is None:
             unattributed = True
-        elif policy.effect == "forbid":
-            failed_forbids.append(policy.id)
-    matched = tuple(result.diagnostics.reasons)
-    allowed = result.allowed and not failed_forbids and not unattributed
+        elif failed.effect == "forbid":
+            failed_forbids.append(failed.id)
+    if forbids:
+        return _Outcome("deny", tuple(forbids), errors, tuple(failed_forbids), unattributed)
+    allowed = bool(permits) and not failed_forbids and not unattributed
     return _Outcome(
-        "allow" if allowed else "deny", matched, errors, tuple(failed_forbids), unattributed
+        "allow" if allowed else "deny",
+        tuple(permits),
+        errors,
+        tuple(failed_forbids),
+        unattributed,
     )
 
 
@@ -460,16 +537,28 @@ class Authorizer:
             return done("deny", [problem], errors=[problem])
         rate = self.rates.hit(request.principal, now.timestamp())
         action_ref = EntityRef("Action", request.action)
+        scope = None
         if full:
             mask = engine.all_mask
         else:
+            principal_up = entities.ancestors(request.principal)
+            action_up = engine.schema.action_ancestor_refs(request.action)
+            resource_up = entities.ancestors(request.resource)
             mask = engine.slice(
                 request.principal,
-                entities.ancestors(request.principal),
+                principal_up,
                 action_ref,
-                engine.schema.action_ancestor_refs(request.action),
+                action_up,
                 request.resource,
-                entities.ancestors(request.resource),
+                resource_up,
+            )
+            scope = _Scope(
+                request.principal,
+                principal_up | {request.principal},
+                action_ref,
+                frozenset(action_up) | {action_ref},
+                request.resource,
+                resource_up | {request.resource},
             )
         risk = 0
         try:
@@ -481,7 +570,7 @@ class Authorizer:
                 zone=self._zone,
                 risk_score=risk,
                 request_rate=rate,
-                needs=engine.context_needs(mask),
+                needs=engine.context_needs(mask if full else mask & engine.cedar_mask),
             )
         except RequestError as exc:
             return done("deny", [f"the request is not valid: {exc}"], errors=[str(exc)], risk=risk)
@@ -492,10 +581,10 @@ class Authorizer:
             "context": context,
         }
         enforce_mask = mask & engine.enforce_mask
-        outcome = _evaluate(engine, enforce_mask, cedar_request, entities.handle)
+        outcome = _evaluate(engine, enforce_mask, cedar_request, entities.handle, scope)
         dry_run = None
         if mask & engine.dry_run_mask:
-            shadow = _evaluate(engine, mask, cedar_request, entities.handle)
+            shadow = _evaluate(engine, mask, cedar_request, entities.handle, scope)
             dry_ids = {p.id for p in engine.members(mask & engine.dry_run_mask)}
             dry_run = DryRunOutcome(
                 decision=shadow.effect,

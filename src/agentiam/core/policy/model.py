@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from agentiam.errors import InvalidInput
 
@@ -68,9 +68,10 @@ class PolicySetVersion:
     policy_count: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class EntityRef:
-    """A Cedar entity uid."""
+class EntityRef(NamedTuple):
+    """A Cedar entity uid. A named tuple, not a dataclass: uids are hashed and
+    compared many times per decision (scope index, ancestors), and tuples do that in C.
+    """
 
     type: str
     id: str
