@@ -21,6 +21,7 @@ __all__ = [
     "OAuthError",
     "PayloadTooLarge",
     "ServiceUnavailable",
+    "UnsupportedMediaType",
 ]
 
 PROBLEM_BASE = "https://agentiam.dev/problems/"
@@ -114,6 +115,12 @@ class PayloadTooLarge(AgentIAMError):
     code = "payload-too-large"
     title = "Payload too large"
     status = 413
+
+
+class UnsupportedMediaType(AgentIAMError):
+    code = "unsupported-media-type"
+    title = "Unsupported media type"
+    status = 415
 
 
 class ServiceUnavailable(AgentIAMError):

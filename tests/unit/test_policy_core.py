@@ -501,13 +501,20 @@ def test_parsing_is_idempotent_on_canonical_text() -> None:
 
 def test_parse_single_takes_its_name_from_the_arguments() -> None:
     record = parse_single(
-        '@id("ignored") @mode("enforce") @description("from text")\n'
+        '@id("ignored") @mode("dry_run") @description("from text")\n'
         "permit (principal, action, resource);",
         policy_id="chosen",
-        mode=Mode.DRY_RUN,
+        mode=None,
         description="",
     )
     assert (record.id, record.mode, record.description) == ("chosen", Mode.DRY_RUN, "from text")
+    with pytest.raises(InvalidInput, match="@mode"):  # a contradiction is refused
+        parse_single(
+            '@mode("enforce") permit (principal, action, resource);',
+            policy_id="x",
+            mode=Mode.DRY_RUN,
+            description="",
+        )
     override = parse_single(
         "permit (principal, action, resource);", policy_id="x", mode=Mode.ENFORCE, description="d"
     )

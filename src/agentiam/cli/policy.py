@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 import yaml
@@ -119,7 +120,9 @@ def put(
         list[str] | None,
         typer.Option("--param", "-p", help="Template parameter key=value (value may be JSON)."),
     ] = None,
-    mode: Annotated[Mode, typer.Option("--mode")] = Mode.ENFORCE,
+    mode: Annotated[
+        Mode | None, typer.Option("--mode", help="Default: the text's @mode, else enforce.")
+    ] = None,
     description: Annotated[str, typer.Option("--description", "-d")] = "",
     comment: Comment = "",
     expected_version: Expected = None,
@@ -323,9 +326,15 @@ def run_tests(
     with handle_errors():
         cases = load_cases(data)
         now = None
-        if data.get("now"):
-            now = datetime.fromisoformat(str(data["now"]).replace("Z", "+00:00"))
         zone = str(data.get("time_zone") or "UTC")
+        try:
+            ZoneInfo(zone)
+            if data.get("now"):
+                now = datetime.fromisoformat(str(data["now"]).replace("Z", "+00:00"))
+                if now.tzinfo is None:
+                    now = now.replace(tzinfo=UTC)  # a time without a zone is UTC
+        except (ValueError, ZoneInfoNotFoundError):
+            fail(f"{cases_file}: 'now' must be ISO 8601 and 'time_zone' an IANA zone", code=2)
         if data.get("policies"):
             try:
                 engine = _engine_from_files(cases_file.parent, data)

@@ -12,6 +12,7 @@ decisions fail closed with 503 rather than decide from data of unknown age.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +59,17 @@ def _all_humans(uow: UnitOfWork) -> list[Human]:
     return _every(lambda after: uow.humans.find(HumanQuery(limit=_PAGE, after=after)))
 
 
+_FAILED_POLICY_RE = re.compile(r"policy `([^`]+)`")
+
+
+def _error_summary(errors: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for message in errors:
+        match = _FAILED_POLICY_RE.search(message)
+        out.append(f"policy {match.group(1)} failed to evaluate" if match else "request error")
+    return out
+
+
 def decision_event(ctx: CallContext, decision: Decision, *, now: Any) -> AuditEvent:
     """The audit record of one decision. Tool argument values are not recorded, only
     their names (argument redaction rules arrive with the audit trail)."""
@@ -87,7 +99,8 @@ def decision_event(ctx: CallContext, decision: Decision, *, now: Any) -> AuditEv
             "principal": {"type": request.principal.type, "id": request.principal.id},
             "policies": list(decision.policies),
             "reasons": list(decision.reasons),
-            "errors": list(decision.errors),
+            # Cedar's messages quote request values; record which policies failed only.
+            "errors": _error_summary(decision.errors),
             "dry_run": decision.to_dict()["dry_run"],
             "evaluation_us": round(decision.evaluation_us, 1),
             "arguments": sorted(args) if isinstance(args, dict) else [],

@@ -30,6 +30,7 @@ from agentiam.services.context import CallContext
 __all__ = ["PolicyChange", "PolicyService", "ResourceService"]
 
 MAX_COMMENT = 500
+MAX_DESCRIPTION = 1000  # as for @description in a .cedar file
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +152,7 @@ class PolicyService:
         text: str | None = None,
         template: str | None = None,
         parameters: dict[str, Any] | None = None,
-        mode: Mode = Mode.ENFORCE,
+        mode: Mode | None = None,
         description: str = "",
         expected_version: int | None = None,
         comment: str = "",
@@ -160,14 +161,19 @@ class PolicyService:
         check_policy_id(policy_id)
         if (text is None) == (template is None):
             raise InvalidInput("give either the policy text or a template, not both")
-        if len(description) > MAX_COMMENT:
-            raise InvalidInput(f"a description is limited to {MAX_COMMENT} characters")
+        if len(description) > MAX_DESCRIPTION:
+            raise InvalidInput(f"a description is limited to {MAX_DESCRIPTION} characters")
 
-        def change(uow: UnitOfWork, schema: Schema, current: dict[str, PolicyRecord]) -> _Plan:
+        def build(schema: Schema) -> PolicyRecord:
             if template is not None:
                 source = render_template(template, parameters or {}, schema)
                 record = replace(
-                    parse_single(source, policy_id=policy_id, mode=mode, description=description),
+                    parse_single(
+                        source,
+                        policy_id=policy_id,
+                        mode=mode or Mode.ENFORCE,
+                        description=description,
+                    ),
                     template=template,
                 )
             else:
@@ -176,9 +182,22 @@ class PolicyService:
             diagnostics = validate(schema, [record])
             if diagnostics:
                 raise _invalid(diagnostics)
+            return record
+
+        # The same PUT again changes nothing and makes no version: it answers as before.
+        with self._uow(read_only=True) as uow:
+            head, schema = self._head(uow)
+            stored = next((r for r in uow.policies.policies(head) if r.id == policy_id), None)
+            meta = uow.policies.version(head) if head else None
+        record = build(schema)
+        if stored == record and meta is not None and expected_version in (None, head):
+            return record, PolicyChange(meta)
+
+        def change(uow: UnitOfWork, schema: Schema, current: dict[str, PolicyRecord]) -> _Plan:
+            record = build(schema)
             if current.get(policy_id) == record:
                 raise Conflict(
-                    f"policy {policy_id} already has this text and mode; nothing changed"
+                    f"policy {policy_id} was just written with this text by another call"
                 )
             return _Plan("put", schema.extension, put=[record])
 
@@ -318,6 +337,8 @@ class PolicyService:
             current = {r.id: r for r in uow.policies.policies(head)} if head else {}
             plan = change(uow, schema, current)
             put, deleted, kind, extension = plan.put, plan.deleted, plan.kind, plan.extension
+            if extension != schema.extension:
+                _check_catalog(uow, load_schema(extension))
             count = len(set(current) - set(deleted) | {r.id for r in put})
             meta = PolicySetVersion(
                 version=head + 1,
@@ -350,6 +371,24 @@ class PolicyService:
         self._on_change()
         return PolicyService._Written(
             PolicyChange(meta, tuple(r.id for r in put), tuple(deleted)), put
+        )
+
+
+def _check_catalog(uow: UnitOfWork, schema: Schema) -> None:
+    """Refuse a schema under which catalog entries would no longer be valid: they
+    would drop out of the entity store, and forbids on their attributes or parents
+    would stop matching."""
+    problems: list[dict[str, str]] = []
+    for record in uow.resources.all():
+        try:
+            check_resource(schema, record)
+        except InvalidInput as exc:
+            problems.append({"resource": f"{record.type}::{record.id}", "message": exc.detail})
+    if problems:
+        raise InvalidInput(
+            f"{len(problems)} catalog entries do not fit the new schema",
+            hint="Change or delete those entries first (PUT/DELETE /v1/resources/…).",
+            errors=problems[:100],
         )
 
 

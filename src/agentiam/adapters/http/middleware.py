@@ -83,7 +83,7 @@ async def _send_problem(send: Send, error: AgentIAMError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-POLICY_PATHS = ("/v1/policies", "/v1/policy-")
+POLICY_PATHS = ("/v1/policies/import",)
 
 
 class RequestLimits:

@@ -35,8 +35,10 @@ class PolicyPut(_In):
         default=None, description="render this template instead of giving text"
     )
     parameters: dict[str, Any] | None = None
-    mode: Mode = Mode.ENFORCE
-    description: Annotated[str, Field(max_length=500)] = ""
+    mode: Mode | None = Field(
+        default=None, description="default: the text's @mode annotation, else enforce"
+    )
+    description: Annotated[str, Field(max_length=1000)] = ""
     expected_version: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = Field(
         default=None, description="refuse (409) unless the set is at this version"
     )

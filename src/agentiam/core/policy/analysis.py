@@ -54,6 +54,7 @@ __all__ = [
 Status = Literal["allowed", "conditional"]
 SENSITIVE_CLASSES = frozenset({"confidential", "restricted"})
 MAX_CATALOG = 5000
+MAX_DESCENDANTS_COUNTED = 10  # each count is a full enumeration
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +158,17 @@ def effective_permissions(
     }
     out: list[Permission] = []
     catalog = sorted(entities.resources, key=str)[:MAX_CATALOG]
+    # Resources a permit names exactly (== scope) count even when not catalogued.
+    named = {
+        p.resource
+        for p in engine.members(engine.enforce_mask)
+        if p.effect == "permit"
+        and p.resource_op == "eq"
+        and isinstance(p.resource, EntityRef)
+        and p.resource not in entities.resources
+        and _principal_can_match(p, p_keys)
+    }
+    catalog += sorted(named, key=str)[: max(0, MAX_CATALOG - len(catalog))]
     for action, resource_types in sorted(applicable.items()):
         action_ref = EntityRef("Action", action)
         a_anc = schema.action_ancestor_refs(action)
@@ -320,6 +332,16 @@ def blast_radius(engine: PolicyEngine, entities: EntitySnapshot, agent_id: str) 
                         p.policies,
                     )
                 )
+            elif p.resource not in entities.resources:
+                findings.append(
+                    Finding(
+                        "critical",
+                        f"{p.kind} on a resource not in the catalog (its sensitivity is unknown)",
+                        p.action,
+                        target,
+                        p.policies,
+                    )
+                )
             elif p.sensitive:
                 findings.append(
                     Finding(
@@ -353,7 +375,8 @@ def blast_radius(engine: PolicyEngine, entities: EntitySnapshot, agent_id: str) 
         can_spawn=any(p.kind == "spawn" for p in permissions),
         descendants=descendants,
         descendant_permissions={
-            d: len(effective_permissions(engine, entities, d)) for d in descendants[:50]
+            d: len(effective_permissions(engine, entities, d))
+            for d in descendants[:MAX_DESCENDANTS_COUNTED]
         },
         scopes=agent.scopes if agent else (),
         audiences=agent.audiences if agent else (),

@@ -317,7 +317,8 @@ def validate(schema: Schema, records: Sequence[PolicyRecord]) -> list[dict[str, 
         return []
     text = "\n".join(f"@id({cedar_string(r.id)})\n{r.text}" for r in records)
     by_position = {f"policy{i}": r.id for i, r in enumerate(records)}
-    result = cedarpy.validate_policies(text, schema.json)
+    # The GIL is released while Cedar validates, so decisions on other threads go on.
+    result = cedarpy.validate_policies(text, schema.handle, release_gil=True)
     out: list[dict[str, str]] = []
     for e in result.errors:
         ours = by_position.get(e.policy_id, e.policy_id)

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from agentiam.errors import InvalidInput
 
 __all__ = [
+    "MAX_ELEMENTS",
     "MAX_NESTING",
     "MAX_OPERATORS",
     "check_complexity",
@@ -35,12 +36,13 @@ __all__ = [
 
 MAX_NESTING = 32
 MAX_OPERATORS = 128
+MAX_ELEMENTS = 2_000
 _IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TRAILING_COMMENT_RE = re.compile(r"[ \t]*//[^\r\n]*")
 _EOL_RE = re.compile(r"[\r\n]")
 # Operators and keywords that each add (at most) one level to an expression tree.
 _OPERATOR_RE = re.compile(r"&&|\|\||==|!=|<=|>=|[<>!+*.-]|\b(?:if|has|like|is|in)\b")
-_EFFECT_RE = re.compile(r"(?<![A-Za-z0-9_@])(permit|forbid)\s*$")
+_SCOPE_HEAD_RE = re.compile(r"(?<![A-Za-z0-9_@])(?:permit|forbid)\s*\(")
 
 
 def _line_end(text: str, i: int) -> int:
@@ -90,6 +92,12 @@ def check_complexity(policy_text: str, *, limit: int = MAX_OPERATORS) -> None:
     ``context.a.b.c…``, ``has a.b.c…``) nest as deeply as they are long; cedarpy's
     native code crashes, or runs for minutes, on long ones."""
     code = "".join(ch if depth >= 0 else "" for _, ch, depth in _scan(policy_text))
+    elements = code.count(",")
+    if elements > MAX_ELEMENTS:
+        raise InvalidInput(
+            f"a policy has {elements} list or record elements; at most {MAX_ELEMENTS}",
+            hint="Group resources in the catalog and test membership with `in`.",
+        )
     count = len(_OPERATOR_RE.findall(code))
     if count > limit:
         raise InvalidInput(
@@ -166,13 +174,28 @@ def take_annotations(chunk: str, names: frozenset[str]) -> tuple[dict[str, str],
     return taken, "".join(kept)
 
 
+def _code_view(text: str) -> str:
+    """``text`` with strings and comments blanked out (same length, same offsets)."""
+    chars = [" "] * len(text)
+    for i, ch, _ in _scan(text):
+        chars[i] = ch
+    return "".join(chars)
+
+
 def scope_span(text: str) -> tuple[int, int]:
     """The index of the ``(`` opening the scope of the (single) policy in ``text``
-    and of its matching ``)``."""
-    open_at = -1
-    for i, ch, depth in _scan(text):
-        if ch == "(" and depth == 0 and open_at < 0 and _EFFECT_RE.search(text, 0, i):
-            open_at = i  # an annotation's "(" follows "@name", not the effect
-        elif ch == ")" and depth == 1 and open_at >= 0:
-            return open_at, i
+    and of its matching ``)``; comments and strings anywhere are skipped."""
+    code = _code_view(text)
+    head = _SCOPE_HEAD_RE.search(code)
+    if head is None:
+        raise InvalidInput("the policy has no scope")
+    open_at = head.end() - 1
+    depth = 0
+    for i in range(open_at, len(code)):
+        if code[i] in "([{":
+            depth += 1
+        elif code[i] in ")]}":
+            depth -= 1
+            if depth == 0:
+                return open_at, i
     raise InvalidInput("the policy has no scope")

@@ -20,6 +20,7 @@ __all__ = [
     "check_policy_id",
 ]
 
+_RESERVED_IDS = frozenset({"export", "import", "validate"})
 _POLICY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 
@@ -34,6 +35,11 @@ class Mode(StrEnum):
 def check_policy_id(policy_id: str) -> str:
     """Policy ids are short, printable and free of quotes and backticks (they appear
     in Cedar annotations and in Cedar's diagnostics)."""
+    if isinstance(policy_id, str) and policy_id in _RESERVED_IDS:
+        raise InvalidInput(
+            f"policy id {policy_id!r} is reserved (it names an API route)",
+            hint="Choose another id.",
+        )
     if not isinstance(policy_id, str) or not _POLICY_ID_RE.fullmatch(policy_id):
         raise InvalidInput(
             f"policy id {policy_id!r} is not valid",

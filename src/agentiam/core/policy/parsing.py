@@ -93,6 +93,8 @@ def parse_policies(text: str, *, default_mode: Mode = Mode.ENFORCE) -> list[Pars
     chunks = split_policies(text)
     tail = text[sum(len(c) for c in chunks) :]
     for chunk in (*chunks, tail):
+        if len(chunk.encode()) > MAX_POLICY_BYTES + MAX_DESCRIPTION * 4 + 1024:
+            raise InvalidInput(f"a policy is larger than {MAX_POLICY_BYTES} bytes")
         check_complexity(chunk)
     try:
         est = json.loads(cedarpy.policies_to_json_str(text))
@@ -155,17 +157,27 @@ def parse_policies(text: str, *, default_mode: Mode = Mode.ENFORCE) -> list[Pars
     return out
 
 
-def parse_single(text: str, *, policy_id: str, mode: Mode, description: str) -> PolicyRecord:
-    """Parse the text of exactly one policy stored as ``policy_id``. Naming
-    annotations in the text are overridden by the explicit arguments."""
-    parsed = parse_policies(text, default_mode=mode)
+def parse_single(text: str, *, policy_id: str, mode: Mode | None, description: str) -> PolicyRecord:
+    """Parse the text of exactly one policy stored as ``policy_id``.
+
+    A ``@mode`` annotation in the text counts: with no explicit ``mode`` it sets the
+    mode, and an explicit ``mode`` that contradicts it is refused, so an exported
+    dry-run policy pasted back never starts enforcing by accident. An explicit
+    ``description`` replaces ``@description``.
+    """
+    parsed = parse_policies(text, default_mode=mode or Mode.ENFORCE)
     if len(parsed) != 1:
         raise InvalidInput(f"expected exactly one policy, found {len(parsed)}")
     record = parsed[0].record
+    if mode is not None and record.mode is not mode:
+        raise InvalidInput(
+            f"the text says @mode({record.mode.value!r}) but the request says {mode.value!r}",
+            hint="Drop one of them.",
+        )
     return PolicyRecord(
         id=check_policy_id(policy_id),
         text=record.text,
-        mode=mode,
+        mode=record.mode,
         description=description or record.description,
         template=None,
     )

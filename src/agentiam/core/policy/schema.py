@@ -69,6 +69,8 @@ ACTION_GROUPS: Mapping[str, tuple[str, ...]] = {
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 MAX_EXTENSION_BYTES = 256 * 1024
+MAX_EXTENSION_ITEMS = 256
+MAX_HIERARCHY_DEPTH = 16
 _RESERVED_TYPE_NAMES = frozenset(
     {"Bool", "Boolean", "Entity", "Extension", "Long", "Record", "Set", "String",
      "EntityOrCommon", "decimal", "ipaddr", "datetime", "duration", "__cedar"}
@@ -285,12 +287,13 @@ class Schema:
         except (AttributeError, TypeError, KeyError) as exc:
             raise InvalidInput(f"the schema extension is malformed: {exc}") from None
         self.json = json.dumps({"": self.document}, sort_keys=True)
-        problems = [e.error for e in cedarpy.validate_policies("", self.json).errors]
-        if problems:  # Cedar's own reading of the merged schema
+        try:  # Cedar's own reading of the merged schema, kept parsed for validation
+            self.handle = cedarpy.Schema.from_json_str(self.json)
+        except ValueError as exc:
             raise InvalidInput(
                 "the schema extension does not make a valid Cedar schema",
-                errors=[{"message": p} for p in problems],
-            )
+                errors=[{"message": str(exc).removeprefix("cedarpy: ")}],
+            ) from None
         common = self.document["commonTypes"]
         self.common_types: dict[str, Any] = common
         self.entity_types: dict[str, EntityTypeSpec] = {
@@ -409,12 +412,14 @@ def merge_extension(base: Mapping[str, Any], fragment: Mapping[str, Any]) -> dic
     for member in ("entityTypes", "actions", "commonTypes"):
         if not isinstance(fragment.get(member, {}), dict):
             raise InvalidInput(f"the schema extension's {member} must be an object")
+        if len(fragment.get(member) or {}) > MAX_EXTENSION_ITEMS:
+            raise InvalidInput(f"the schema extension has more than {MAX_EXTENSION_ITEMS} {member}")
     for name, spec in (fragment.get("entityTypes") or {}).items():
         _check_name("entity type", name)
         if not isinstance(spec, dict):
             raise InvalidInput(f"entity type {name}: must be an object")
-        if name == "Action":
-            raise InvalidInput("'Action' is reserved")
+        if name == "Action" or name in _RESERVED_TYPE_NAMES:
+            raise InvalidInput(f"{name!r} is reserved by Cedar")
         if name not in doc["entityTypes"]:
             doc["entityTypes"][name] = spec
             continue
@@ -470,7 +475,37 @@ def merge_extension(base: Mapping[str, Any], fragment: Mapping[str, Any]) -> dic
             raise InvalidInput(f"common type {name} is built in and cannot be redefined")
         else:
             doc["commonTypes"][name] = spec
+    _check_hierarchy_depth(doc["entityTypes"])
     return doc
+
+
+def _check_hierarchy_depth(entity_types: Mapping[str, Any]) -> None:
+    """Refuse ``memberOfTypes`` chains deeper than :data:`MAX_HIERARCHY_DEPTH` (Cedar
+    takes time quadratic in such chains each time it reads the schema)."""
+    depth: dict[str, int] = {}
+    for root in entity_types:
+        stack: list[tuple[str, int]] = [(root, 0)]
+        on_path: list[str] = []
+        while stack:
+            name, state = stack.pop()
+            if state == 1:
+                on_path.pop()
+                parents = (entity_types.get(name) or {}).get("memberOfTypes") or []
+                depth[name] = 1 + max((depth.get(p, 0) for p in parents), default=0)
+                if depth[name] > MAX_HIERARCHY_DEPTH:
+                    raise InvalidInput(
+                        f"entity type hierarchies may be at most {MAX_HIERARCHY_DEPTH} deep"
+                    )
+                continue
+            if name in depth or name in on_path:
+                continue
+            on_path.append(name)
+            stack.append((name, 1))
+            spec = entity_types.get(name) or {}
+            parents = spec.get("memberOfTypes") if isinstance(spec, dict) else None
+            for parent in parents if isinstance(parents, list) else []:
+                if isinstance(parent, str) and parent in entity_types:
+                    stack.append((parent, 0))
 
 
 @lru_cache(maxsize=16)

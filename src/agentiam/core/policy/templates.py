@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentiam.core.policy.schema import Schema
-from agentiam.core.policy.values import ValueTypeError, cedar_string, entity_literal
+from agentiam.core.policy.values import ValueTypeError, cedar_string, entity_literal, to_cedar
 from agentiam.errors import InvalidInput
 
 __all__ = ["TEMPLATES", "Param", "PolicyTemplate", "render_template"]
@@ -73,7 +73,7 @@ def _principal(value: Any) -> str:
     """A principal scope parameter: {"type": Agent|AgentGroup|Environment, "id": …}
     or the string "any". Returns the Cedar scope clause."""
     if value in (None, "any"):
-        return "principal is Agent"
+        return "principal"  # agents and humans alike
     if not (isinstance(value, Mapping) and set(value) == {"type", "id"}):
         raise InvalidInput('principal must be "any" or {"type": …, "id": …}')
     etype, eid = value["type"], value["id"]
@@ -95,6 +95,13 @@ def _ids(value: Any, name: str) -> list[str]:
     if not all(isinstance(v, str) and 0 < len(v) <= 512 for v in value):
         raise InvalidInput(f"{name}: every id must be a non-empty string")
     return list(dict.fromkeys(value))
+
+
+def _name(value: Any, name: str) -> str:
+    """A non-empty string parameter (an entity id or a name)."""
+    if not isinstance(value, str) or not value or len(value) > 512:
+        raise InvalidInput(f"{name} must be a non-empty string")
+    return value
 
 
 def _action_scope(value: Any) -> str:
@@ -120,8 +127,8 @@ def _tool_allowlist(p: Mapping[str, Any], _schema: Schema) -> str:
     tools = ", ".join(entity_literal("Tool", t) for t in _ids(p["tools"], "tools"))
     server = p.get("server")
     resource = (
-        f"resource is Tool in {entity_literal('McpServer', server)}"
-        if isinstance(server, str) and server
+        f"resource is Tool in {entity_literal('McpServer', _name(server, 'server'))}"
+        if server is not None
         else "resource is Tool"
     )
     return (
@@ -161,12 +168,25 @@ def _amount_limit(p: Mapping[str, Any], schema: Schema) -> str:
     elif kind == "Extension" and declared[argument].get("name") == "decimal":
         if isinstance(maximum, bool) or not isinstance(maximum, int | float | str):
             raise InvalidInput("maximum must be a number")
-        literal = cedar_string(f"{float(maximum):.4f}")
+        try:  # exactly the value given, never rounded up (no float on the way)
+            converted = to_cedar(
+                maximum if not isinstance(maximum, float) else repr(maximum),
+                {"type": "Extension", "name": "decimal"},
+                {},
+                path="maximum",
+            )
+        except ValueTypeError as exc:
+            raise InvalidInput(str(exc)) from None
+        literal = cedar_string(converted["__extn"]["arg"])
         within = f"context.args.{argument}.lessThanOrEqual(decimal({literal}))"
     else:
         raise InvalidInput(f"tool argument {argument} must be a Long or a decimal")
     tool = p.get("tool")
-    resource = f"resource == {entity_literal('Tool', tool)}" if tool else "resource is Tool"
+    resource = (
+        f"resource == {entity_literal('Tool', _name(tool, 'tool'))}"
+        if tool is not None
+        else "resource is Tool"
+    )
     # Fail closed: a call without the argument is refused too.
     return (
         f'forbid ({_principal(p.get("principal"))}, action == Action::"invoke_tool", {resource})\n'
@@ -177,7 +197,7 @@ def _amount_limit(p: Mapping[str, Any], schema: Schema) -> str:
 def _environment_boundary(p: Mapping[str, Any], _schema: Schema) -> str:
     environment = p.get("environment")
     if environment is None:
-        scope = "principal is Agent"
+        scope = "principal is Agent"  # the boundary compares agents' environments
     elif isinstance(environment, str) and environment:
         scope = f"principal in {entity_literal('Environment', environment)}"
     else:

@@ -10,6 +10,7 @@ numeric range are bounded here (Cedar's ``Long`` is a signed 64-bit integer; its
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
@@ -191,6 +192,10 @@ def to_cedar(
         if spec.get("name") == "ipaddr":
             if not isinstance(value, str) or len(value) > 64:
                 raise ValueTypeError(path, "expected an IP address or CIDR string")
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueTypeError(path, "expected an IP address or CIDR string") from None
             return {"__extn": {"fn": "ip", "arg": value}}
         raise ValueTypeError(path, f"unsupported extension type {spec.get('name')!r}")
     if kind is None and "name" in spec:  # {"type": "EntityOrCommon", "name": …}

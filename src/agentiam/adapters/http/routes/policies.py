@@ -32,7 +32,7 @@ from agentiam.adapters.http.routes import PROBLEM_RESPONSES, audited_read
 from agentiam.adapters.http.security import container_of, require
 from agentiam.core.access.admin_keys import Permission
 from agentiam.core.audit.events import ResourceRef
-from agentiam.errors import BadRequest, InvalidInput
+from agentiam.errors import BadRequest, InvalidInput, UnsupportedMediaType
 from agentiam.services.context import CallContext
 from agentiam.services.policies import PolicyChange
 
@@ -110,6 +110,10 @@ async def import_policies(
     raw file with ``Content-Type: text/plain`` (options then go in the query)."""
     raw = await request.body()
     content_type = request.headers.get("content-type", "")
+    if not content_type.startswith(("text/plain", "application/json")):
+        raise UnsupportedMediaType(
+            "send the policy file as text/plain, or JSON as application/json"
+        )
     try:
         if content_type.startswith("text/plain"):
             body = ImportIn(
@@ -119,6 +123,8 @@ async def import_policies(
             body = ImportIn.model_validate(json.loads(raw))
     except UnicodeDecodeError:
         raise BadRequest("the policy file is not UTF-8") from None
+    except RecursionError:
+        raise BadRequest("the JSON body is nested too deeply") from None
     except ValueError as exc:  # JSON or model validation
         errors = exc.errors() if isinstance(exc, ValidationError) else []
         raise InvalidInput(
