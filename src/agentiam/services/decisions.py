@@ -12,7 +12,6 @@ decisions fail closed with 503 rather than decide from data of unknown age.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ from typing import Any, TypeVar
 
 from agentiam.core.audit.events import AuditEvent, Outcome, ResourceRef
 from agentiam.core.identities.models import Agent, Human
-from agentiam.core.policy.authorizer import Authorizer, AuthzRequest, Decision
+from agentiam.core.policy.authorizer import Authorizer, AuthzRequest, Decision, failed_policy
 from agentiam.core.policy.engine import PolicyEngine
 from agentiam.core.policy.entities import EntitySnapshot
 from agentiam.core.policy.model import EntityRef
@@ -59,15 +58,11 @@ def _all_humans(uow: UnitOfWork) -> list[Human]:
     return _every(lambda after: uow.humans.find(HumanQuery(limit=_PAGE, after=after)))
 
 
-_FAILED_POLICY_RE = re.compile(r"policy `([^`]+)`")
-
-
 def _error_summary(errors: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    for message in errors:
-        match = _FAILED_POLICY_RE.search(message)
-        out.append(f"policy {match.group(1)} failed to evaluate" if match else "request error")
-    return out
+    return [
+        f"policy {name} failed to evaluate" if (name := failed_policy(m)) else "request error"
+        for m in errors
+    ]
 
 
 def decision_event(ctx: CallContext, decision: Decision, *, now: Any) -> AuditEvent:

@@ -116,7 +116,7 @@ def _matched(
         return set(), set()
     mask = 0
     for policy in policies:
-        mask |= 1 << engine.policies.index(policy)
+        mask |= engine.bit_of[policy.id]
     result = cedarpy.is_authorized(request, engine.policy_set(mask), entities.handle)
     errored = {p.id for p in policies if any(f"`{p.id}`" in e for e in result.diagnostics.errors)}
     return set(result.diagnostics.reasons), errored

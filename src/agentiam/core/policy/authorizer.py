@@ -50,10 +50,19 @@ __all__ = [
     "RateCounter",
     "RequestError",
     "build_context",
+    "failed_policy",
 ]
 
 Effect = Literal["allow", "deny"]
 _ERROR_POLICY_RE = re.compile(r"policy `([^`]+)`")
+
+
+def failed_policy(message: str) -> str | None:
+    """The policy id a Cedar evaluation error names, if any."""
+    match = _ERROR_POLICY_RE.search(message)
+    return match.group(1) if match else None
+
+
 CALLER_CONTEXT_KEYS = frozenset(
     {
         "delegation",
@@ -424,8 +433,8 @@ def _evaluate(
     failed_forbids: list[str] = []
     unattributed = False
     for message in errors:
-        match = _ERROR_POLICY_RE.search(message)
-        failed = engine.by_id.get(match.group(1)) if match else None
+        named = failed_policy(message)
+        failed = engine.by_id.get(named) if named else None
         if failed is None:
             unattributed = True
         elif failed.effect == "forbid":
@@ -604,30 +613,11 @@ class Authorizer:
             risk=risk,
         )
 
-    def decide_many(self, requests: Sequence[AuthzRequest]) -> list[Decision]:
-        return [self.decide(r) for r in requests]
-
     @staticmethod
     def _request_problem(
         engine: PolicyEngine, entities: EntitySnapshot, request: AuthzRequest, now: datetime
     ) -> str | None:
-        shape = _shape_problem(engine, request)
-        if shape:
-            return shape
-        principal = request.principal
-        if principal.type == "Agent":
-            agent = entities.agents.get(principal.id)
-            if agent is None:
-                return "the agent is not in the registry"
-            if not agent.is_usable(now):
-                return (
-                    "the agent's TTL has passed"
-                    if agent.is_expired(now)
-                    else f"the agent is {agent.status.value}"
-                )
-        elif principal.id not in entities.humans:
-            return "the human is not in the registry"
-        return None
+        return _shape_problem(engine, request) or entities.principal_problem(request.principal, now)
 
     def validate_request(self, request: AuthzRequest) -> None:
         """Raise :class:`RequestError` if the request is malformed: unknown entity

@@ -354,6 +354,7 @@ class PolicyEngine:
             reuse[r] if r in reuse else next(fresh) for r in records
         ]
         self.by_id = {p.id: p for p in self.policies}
+        self.bit_of = {p.id: 1 << i for i, p in enumerate(self.policies)}
         self._principal: dict[ScopeKey, int] = {}
         self._action: dict[ScopeKey, int] = {}
         self._resource: dict[ScopeKey, int] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -227,15 +228,17 @@ class EntitySnapshot:
         """Every entity ``ref`` is transitively in (not including itself)."""
         return self._ancestors(ref)
 
-    def principal_problem(self, ref: EntityRef) -> str | None:
-        """Why ``ref`` may not act at all (unknown, suspended, expired), or None."""
+    def principal_problem(self, ref: EntityRef, now: datetime) -> str | None:
+        """Why ``ref`` may not act at all (unknown, not active, past its TTL), or None."""
         if ref.type == "Agent":
             agent = self.agents.get(ref.id)
             if agent is None:
                 return "the agent is not in the registry"
+            if agent.is_expired(now):
+                return "the agent's TTL has passed"
             if agent.status is not AgentStatus.ACTIVE:
                 return f"the agent is {agent.status.value}"
             return None
         if ref.type == "Human":
             return None if ref.id in self.humans else "the human is not in the registry"
-        return None
+        return f"{ref.type} cannot be a principal"

@@ -350,11 +350,6 @@ class Schema:
             for name in self.actions
         ]
 
-    def cedar_text(self) -> str:
-        """The schema in Cedar's human-readable format is not generated; the JSON form
-        is authoritative and is what the API and CLI return."""
-        return json.dumps(self.document, indent=2, sort_keys=True)
-
 
 def parse_extension(text: str) -> dict[str, Any]:
     """Parse an operator's JSON schema fragment (bare, or under the empty namespace)."""

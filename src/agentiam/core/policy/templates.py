@@ -22,7 +22,7 @@ Templates:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -323,7 +323,3 @@ def render_template(name: str, parameters: Mapping[str, Any], schema: Schema) ->
         return template.render(parameters, schema)
     except ValueTypeError as exc:
         raise InvalidInput(str(exc)) from None
-
-
-def template_names() -> Sequence[str]:
-    return sorted(TEMPLATES)
