@@ -193,8 +193,14 @@ class PolicyService:
         if stored == record and meta is not None and expected_version in (None, head):
             return record, PolicyChange(meta)
 
+        checked_under = schema
+
         def change(uow: UnitOfWork, schema: Schema, current: dict[str, PolicyRecord]) -> _Plan:
-            record = build(schema)
+            # load_schema is cached: the same extension gives the same object, and the
+            # record built above is reused unless the schema changed in between.
+            nonlocal record
+            if schema is not checked_under:
+                record = build(schema)
             if current.get(policy_id) == record:
                 raise Conflict(
                     f"policy {policy_id} was just written with this text by another call"

@@ -122,6 +122,11 @@ def _matched(
     return set(result.diagnostics.reasons), errored
 
 
+def _principal_keys(entities: EntitySnapshot, principal: EntityRef) -> set[Any]:
+    """The scope-index keys an agent's policies can be filed under."""
+    return {ANY, TypeKey("Agent"), principal, *entities.ancestors(principal)}
+
+
 def _principal_can_match(policy: CompiledPolicy, keys: set[Any]) -> bool:
     return policy.principal in keys
 
@@ -149,7 +154,7 @@ def effective_permissions(
 ) -> list[Permission]:
     """Every (action, catalog resource) the agent's policies grant, plus pattern grants."""
     principal = EntityRef("Agent", agent_id)
-    p_keys: set[Any] = {ANY, TypeKey("Agent"), principal, *entities.ancestors(principal)}
+    p_keys = _principal_keys(entities, principal)
     schema = engine.schema
     applicable = {
         action: resources
@@ -493,7 +498,7 @@ def unused_permissions(
         or (p.resource is None and not set(p.policies) & used_policies)
     ]
     principal = EntityRef("Agent", agent_id)
-    p_keys: set[Any] = {ANY, TypeKey("Agent"), principal, *entities.ancestors(principal)}
+    p_keys = _principal_keys(entities, principal)
     agent_permits = [
         p
         for p in engine.members(engine.enforce_mask)
