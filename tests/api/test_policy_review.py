@@ -2,8 +2,9 @@
 server), then in process (the Authorizer, the template renderer, the schema and the
 analyzer).
 
-Each test reproduces one problem found in review and fails until it is fixed; the
-docstring says what was done, what was expected and what happened.
+Each test reproduces an attack or a failure found in that review, which succeeded
+before the fix and is refused now; its docstring describes the problem as it was found
+(in the present tense of the review) and what is expected instead.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.api.conftest import Live
+from tests.api.test_policy_api import _decide
 from tests.unit.policy_support import (
     ARGS_EXTENSION,
     NOW,
@@ -54,20 +56,6 @@ def _agent(admin: httpx.Client) -> str:
     )
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
-
-
-def _decide(client: httpx.Client, agent: str, tool: str, **context: Any) -> dict[str, Any]:
-    r = client.post(
-        "/v1/authorize",
-        json={
-            "principal": {"type": "Agent", "id": agent},
-            "action": "invoke_tool",
-            "resource": {"type": "Tool", "id": tool},
-            "context": context,
-        },
-    )
-    assert r.status_code == 200, r.text
-    return dict(r.json())
 
 
 def _ok(r: httpx.Response) -> httpx.Response:
