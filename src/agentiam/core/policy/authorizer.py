@@ -451,6 +451,52 @@ def _evaluate(
     )
 
 
+class _Dimensions:
+    """Per-entity slices of one (policy engine, entity snapshot) pair: each principal's,
+    action's and resource's mask and the set of entities it is ``in``. They depend on
+    nothing else, so they are computed once per entity and dropped with the pair;
+    bounded, since ids in requests are the caller's."""
+
+    LIMIT = 100_000
+
+    def __init__(self, engine: PolicyEngine, entities: EntitySnapshot) -> None:
+        self._engine = engine
+        self._entities = entities
+        self._principals: dict[EntityRef, tuple[int, frozenset[EntityRef]]] = {}
+        self._actions: dict[str, tuple[int, EntityRef, frozenset[EntityRef]]] = {}
+        self._resources: dict[EntityRef, tuple[int, frozenset[EntityRef]]] = {}
+
+    def principal(self, ref: EntityRef) -> tuple[int, frozenset[EntityRef]]:
+        found = self._principals.get(ref)
+        if found is None:
+            up = self._entities.ancestors(ref)
+            found = (self._engine.principal_mask(ref, up), up | {ref})
+            self._store(self._principals, ref, found)
+        return found
+
+    def action(self, name: str) -> tuple[int, EntityRef, frozenset[EntityRef]]:
+        found = self._actions.get(name)
+        if found is None:
+            ref = EntityRef("Action", name)
+            up = self._engine.schema.action_ancestor_refs(name)
+            found = (self._engine.action_mask(ref, up), ref, frozenset(up) | {ref})
+            self._store(self._actions, name, found)
+        return found
+
+    def resource(self, ref: EntityRef) -> tuple[int, frozenset[EntityRef]]:
+        found = self._resources.get(ref)
+        if found is None:
+            up = self._entities.ancestors(ref)
+            found = (self._engine.resource_mask(ref, up), up | {ref})
+            self._store(self._resources, ref, found)
+        return found
+
+    def _store(self, cache: dict[Any, Any], key: Any, value: Any) -> None:
+        if len(cache) >= self.LIMIT:
+            cache.clear()
+        cache[key] = value
+
+
 class Authorizer:
     """Decides requests against the current policy engine and entity snapshot.
 
@@ -468,7 +514,7 @@ class Authorizer:
         zone: str = "UTC",
         risk: Callable[[EntityRef], int] | None = None,
     ) -> None:
-        self._state = (engine, entities)
+        self._state = (engine, entities, _Dimensions(engine, entities))
         self._clock = clock
         self._zone = ZoneInfo(zone)
         self._risk = risk or (lambda _ref: 0)
@@ -485,8 +531,9 @@ class Authorizer:
     def update(
         self, engine: PolicyEngine | None = None, entities: EntitySnapshot | None = None
     ) -> None:
-        current_engine, current_entities = self._state
-        self._state = (engine or current_engine, entities or current_entities)
+        current_engine, current_entities, _ = self._state
+        engine, entities = engine or current_engine, entities or current_entities
+        self._state = (engine, entities, _Dimensions(engine, entities))
 
     def decide(self, request: AuthzRequest, *, full: bool = False) -> Decision:
         """Decide one request. ``full=True`` evaluates the whole policy set instead of
@@ -512,7 +559,7 @@ class Authorizer:
 
     def _decide(self, request: AuthzRequest, *, full: bool) -> Decision:
         started = time.perf_counter()
-        engine, entities = self._state
+        engine, entities, dims = self._state
         now = self._clock()
 
         def done(
@@ -545,29 +592,22 @@ class Authorizer:
         if problem:
             return done("deny", [problem], errors=[problem])
         rate = self.rates.hit(request.principal, now.timestamp())
-        action_ref = EntityRef("Action", request.action)
         scope = None
         if full:
             mask = engine.all_mask
+            action_ref = EntityRef("Action", request.action)
         else:
-            principal_up = entities.ancestors(request.principal)
-            action_up = engine.schema.action_ancestor_refs(request.action)
-            resource_up = entities.ancestors(request.resource)
-            mask = engine.slice(
-                request.principal,
-                principal_up,
-                action_ref,
-                action_up,
-                request.resource,
-                resource_up,
-            )
+            principal_mask, principal_in = dims.principal(request.principal)
+            action_mask, action_ref, action_in = dims.action(request.action)
+            resource_mask, resource_in = dims.resource(request.resource)
+            mask = principal_mask & action_mask & resource_mask
             scope = _Scope(
                 request.principal,
-                principal_up | {request.principal},
+                principal_in,
                 action_ref,
-                frozenset(action_up) | {action_ref},
+                action_in,
                 request.resource,
-                resource_up | {request.resource},
+                resource_in,
             )
         risk = 0
         try:

@@ -396,18 +396,22 @@ class PolicyEngine:
         resource_ancestors: Iterable[EntityRef],
     ) -> int:
         """The bitmask of policies whose scope can match the request."""
-        p = self._lookup(
-            self._principal, (ANY, TypeKey(principal.type), principal, *principal_ancestors)
+        return (
+            self.principal_mask(principal, principal_ancestors)
+            & self.action_mask(action, action_ancestors)
+            & self.resource_mask(resource, resource_ancestors)
         )
-        if not p:
-            return 0
-        a = self._lookup(self._action, (ANY, action, *action_ancestors))
-        if not p & a:
-            return 0
-        r = self._lookup(
-            self._resource, (ANY, TypeKey(resource.type), resource, *resource_ancestors)
-        )
-        return p & a & r
+
+    def principal_mask(self, ref: EntityRef, ancestors: Iterable[EntityRef]) -> int:
+        """The policies whose principal scope can match ``ref`` (one dimension of a
+        slice; the Authorizer caches it per principal)."""
+        return self._lookup(self._principal, (ANY, TypeKey(ref.type), ref, *ancestors))
+
+    def action_mask(self, ref: EntityRef, ancestors: Iterable[EntityRef]) -> int:
+        return self._lookup(self._action, (ANY, ref, *ancestors))
+
+    def resource_mask(self, ref: EntityRef, ancestors: Iterable[EntityRef]) -> int:
+        return self._lookup(self._resource, (ANY, TypeKey(ref.type), ref, *ancestors))
 
     def members(self, mask: int) -> list[CompiledPolicy]:
         out: list[CompiledPolicy] = []
