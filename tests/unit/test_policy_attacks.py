@@ -32,6 +32,7 @@ from tests.unit.policy_support import (
     human,
     parse_in_child,
     ref,
+    request,
     resource,
 )
 
@@ -1124,3 +1125,20 @@ def test_the_native_cedar_call_answers_like_cedarpys_public_function() -> None:
             tuple(public.diagnostics.reasons),
             tuple(public.diagnostics.errors),
         )
+
+
+def test_shared_guards_outside_the_slice_never_error_into_a_decision() -> None:
+    """Cedar sets carry every conditional policy for any principal (so they are shared
+    across requests); one whose scope is another resource type, and whose condition
+    would error if read, must not change a decision it cannot apply to."""
+    az = authorizer(
+        '@id("ds-guard") forbid (principal, action, resource is DataSet) '
+        'when { resource.classification == "restricted" };\n'
+        '@id("tools") permit (principal, action == Action::"invoke_tool", resource is Tool) '
+        "when { context.risk_score < 50 };",
+        agents=[agent()],
+    )
+    assert az.engine.shared_cedar_mask  # the guard is shared
+    decision = decide(az)
+    assert (decision.decision, decision.policies, decision.errors) == ("allow", ("tools",), ())
+    assert az.decide(request(), full=True).decision == "allow"

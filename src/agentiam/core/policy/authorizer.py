@@ -398,6 +398,7 @@ def _evaluate(
     request: dict[str, Any],
     entities: cedarpy.Entities,
     scope: _Scope | None,
+    modes: int,
 ) -> _Outcome:
     """Evaluate the policies in ``mask``.
 
@@ -405,14 +406,22 @@ def _evaluate(
     slice their scope is checked exactly (:meth:`CompiledPolicy.scope_matches`) and,
     having no conditions, they match exactly when it holds. Only the others go to
     Cedar, so the parsed sets Cedar needs are few and often shared, and a slice with
-    no conditions needs no Cedar call at all. Without ``scope`` (``full=True``) Cedar
-    evaluates everything, which is what the property test compares against.
+    no conditions needs no Cedar call at all. The set handed to Cedar also carries
+    every conditional policy for any principal (when there are few: see
+    ``PolicyEngine.shared_cedar_mask``) of the modes in ``modes``: those outside the
+    slice cannot match the request's scope, so Cedar skips them without reading their
+    conditions, and the parsed set is shared by far more requests. Without ``scope``
+    (``full=True``) Cedar evaluates everything, which is what the property test
+    compares against.
     """
     permits: list[str] = []
     forbids: list[str] = []
     cedar_mask = mask
     if scope is not None:
         cedar_mask = mask & engine.cedar_mask
+        shared = engine.shared_cedar_mask & modes
+        if cedar_mask and shared:
+            cedar_mask = (cedar_mask & ~shared) | shared
         for policy in engine.members(mask & ~engine.cedar_mask):
             if policy.scope_matches(
                 scope.principal,
@@ -630,10 +639,12 @@ class Authorizer:
             "context": context,
         }
         enforce_mask = mask & engine.enforce_mask
-        outcome = _evaluate(engine, enforce_mask, cedar_request, entities.handle, scope)
+        outcome = _evaluate(
+            engine, enforce_mask, cedar_request, entities.handle, scope, engine.enforce_mask
+        )
         dry_run = None
         if mask & engine.dry_run_mask:
-            shadow = _evaluate(engine, mask, cedar_request, entities.handle, scope)
+            shadow = _evaluate(engine, mask, cedar_request, entities.handle, scope, engine.all_mask)
             dry_ids = {p.id for p in engine.members(mask & engine.dry_run_mask)}
             dry_run = DryRunOutcome(
                 decision=shadow.effect,

@@ -57,6 +57,7 @@ ScopeKey = EntityRef | TypeKey | Literal["*"]
 ANY: Literal["*"] = "*"
 SLICE_CACHE = 8192
 _SLOT = "agentiam_slot"
+SHARED_LIMIT = 32
 
 
 def _type_name(entity_type: pst.EntityType) -> str:
@@ -373,9 +374,16 @@ class PolicyEngine:
         self.all_mask = self.enforce_mask | self.dry_run_mask
         # Policies Cedar must evaluate (conditions); the rest match by scope alone.
         self.cedar_mask = 0
+        shared = 0
         for i, policy in enumerate(self.policies):
             if not policy.decided_by_scope:
                 self.cedar_mask |= 1 << i
+                if policy.principal == ANY or isinstance(policy.principal, TypeKey):
+                    shared |= 1 << i
+        # Conditional policies for any principal (global guards) sit in most slices; when
+        # they are few, every Cedar set carries all of them, so sets differ only by their
+        # principal-specific policies and are far fewer (see Authorizer._evaluate).
+        self.shared_cedar_mask = shared if shared.bit_count() <= SHARED_LIMIT else 0
         self._sets = lru_cache(maxsize=SLICE_CACHE)(self._build_set)
         self._needs = lru_cache(maxsize=SLICE_CACHE)(self._context_needs)
 
