@@ -141,6 +141,7 @@ class DecisionPoint:
                     engine = PolicyEngine(
                         head, schema, records, previous=current.engine if current else None
                     )
+                    engine.warm()  # here, off the decision path
                 else:
                     schema = current.engine.schema
                 entities = None

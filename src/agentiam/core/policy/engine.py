@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -333,6 +335,47 @@ def validate(schema: Schema, records: Sequence[PolicyRecord]) -> list[dict[str, 
     return out
 
 
+class CacheInfo(NamedTuple):
+    hits: int
+    misses: int
+    maxsize: int
+    currsize: int
+
+
+class _SliceCache:
+    """A bounded LRU of parsed Cedar sets by slice mask (thread-safe)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._maxsize = maxsize
+        self._items: OrderedDict[int, cedarpy.PolicySet] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, mask: int, *, count: bool = True) -> cedarpy.PolicySet | None:
+        with self._lock:
+            found = self._items.get(mask)
+            if found is not None:
+                self._items.move_to_end(mask)
+            if count:
+                if found is None:
+                    self.misses += 1
+                else:
+                    self.hits += 1
+            return found
+
+    def put(self, mask: int, policy_set: cedarpy.PolicySet) -> None:
+        with self._lock:
+            self._items[mask] = policy_set
+            self._items.move_to_end(mask)
+            while len(self._items) > self._maxsize:
+                self._items.popitem(last=False)
+
+    def info(self) -> CacheInfo:
+        with self._lock:
+            return CacheInfo(self.hits, self.misses, self._maxsize, len(self._items))
+
+
 class PolicyEngine:
     """One version of the policy set, compiled and indexed. Immutable once built."""
 
@@ -384,7 +427,7 @@ class PolicyEngine:
         # they are few, every Cedar set carries all of them, so sets differ only by their
         # principal-specific policies and are far fewer (see Authorizer._evaluate).
         self.shared_cedar_mask = shared if shared.bit_count() <= SHARED_LIMIT else 0
-        self._sets = lru_cache(maxsize=SLICE_CACHE)(self._build_set)
+        self._sets = _SliceCache(SLICE_CACHE)
         self._needs = lru_cache(maxsize=SLICE_CACHE)(self._context_needs)
 
     @staticmethod
@@ -421,6 +464,23 @@ class PolicyEngine:
     def resource_mask(self, ref: EntityRef, ancestors: Iterable[EntityRef]) -> int:
         return self._lookup(self._resource, (ANY, TypeKey(ref.type), ref, *ancestors))
 
+    def warm(self, limit: int = SLICE_CACHE // 2) -> int:
+        """Parse ahead the Cedar sets most decisions will need: for each conditional
+        policy of one principal (or group), that policy with the shared guards, and the
+        shared guards alone. A policy's first decision then does not pay for parsing.
+        Returns how many sets were built (at most ``limit``)."""
+        if not self.shared_cedar_mask and not self.cedar_mask:
+            return 0
+        shared = self.shared_cedar_mask & self.enforce_mask
+        masks = [shared] if shared else []
+        for policy in self.members(self.cedar_mask & self.enforce_mask & ~shared):
+            masks.append(self.bit_of[policy.id] | shared)
+        for mask in masks[:limit]:
+            if self._sets.get(mask, count=False) is None:
+                # Off the decision path: let decisions on other threads run meanwhile.
+                self._sets.put(mask, self._build_set(mask, release_gil=True))
+        return min(len(masks), limit)
+
     def members(self, mask: int) -> list[CompiledPolicy]:
         out: list[CompiledPolicy] = []
         while mask:
@@ -431,7 +491,16 @@ class PolicyEngine:
 
     def policy_set(self, mask: int) -> cedarpy.PolicySet:
         """The parsed Cedar set of the policies in ``mask`` (cached)."""
-        return self._sets(mask)
+        found = self._sets.get(mask)
+        if found is None:
+            found = self._build_set(mask)
+            self._sets.put(mask, found)
+        return found
+
+    def slice_cache_info(self) -> CacheInfo:
+        """Hits, misses, capacity and size of the parsed-set cache (for benchmarks and
+        metrics)."""
+        return self._sets.info()
 
     def context_needs(self, mask: int) -> frozenset[str]:
         """The context attributes the policies in ``mask`` read (cached)."""
@@ -443,9 +512,10 @@ class PolicyEngine:
             out |= policy.context_attrs
         return frozenset(out)
 
-    def _build_set(self, mask: int) -> cedarpy.PolicySet:
+    def _build_set(self, mask: int, *, release_gil: bool = False) -> cedarpy.PolicySet:
         # From Cedar's JSON form: about half the cost of building from syntax nodes.
         statics = ",".join(f"{json.dumps(p.id)}:{p.est}" for p in self.members(mask))
         return cedarpy.PolicySet.from_json_str(
-            '{"templates":{},"templateLinks":[],"staticPolicies":{' + statics + "}}"
+            '{"templates":{},"templateLinks":[],"staticPolicies":{' + statics + "}}",
+            release_gil=release_gil,
         )

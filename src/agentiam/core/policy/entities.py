@@ -210,7 +210,8 @@ class EntitySnapshot:
             entities.append(entity)
             self.parents[record.ref] = record.parents
         entities += [{"uid": _uid(g), "attrs": {}, "parents": []} for g in sorted(groups, key=str)]
-        self.handle = cedarpy.Entities.from_json_str(json.dumps(entities))
+        # Built off the decision path (refresh): let other threads run while Cedar parses.
+        self.handle = cedarpy.Entities.from_json_str(json.dumps(entities), release_gil=True)
         self.count = len(entities)
         self._ancestors = lru_cache(maxsize=65_536)(self._compute_ancestors)
 
