@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
 
+from agentiam.adapters.policy_metrics import PolicyMetrics
 from agentiam.adapters.storage import migrate
 from agentiam.adapters.storage.engine import make_engine
 from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
@@ -190,6 +191,8 @@ def build(
             log.warning("policy refresh after a change failed; the poll will retry")
 
     policies = PolicyService(uow, clock, on_change=policy_changed)
+    registry = CollectorRegistry()
+    decisions.on_decision = PolicyMetrics(registry, lambda: decisions.loaded_engine).observe
     return Container(
         settings=settings,
         engine=engine,
@@ -210,6 +213,7 @@ def build(
         resources=ResourceService(uow, clock, policies, on_change=policy_changed),
         decisions=decisions,
         analysis=AccessAnalysisService(uow, clock, decisions),
+        registry=registry,
     )
 
 

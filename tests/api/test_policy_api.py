@@ -343,3 +343,15 @@ def test_analysis(admin: httpx.Client, world: dict[str, str]) -> None:
     assert 'resource == Tool::"transfer"' in report["proposal"]["cedar"]
     assert "context.args.amount <= 1000" in report["proposal"]["cedar"]
     assert "close_account" not in report["proposal"]["cedar"]
+
+
+def test_decisions_are_counted_in_metrics(admin: httpx.Client, world: dict[str, str]) -> None:
+    admin.put("/v1/policies/payments-transfer", json={"text": PAY})
+    _decide(admin, world["agent"], "transfer", args={"amount": 10})
+    _decide(admin, world["agent"], "transfer", args={"amount": 99999})
+    text = admin.get("/metrics").text
+    assert 'agentiam_policy_decisions_total{decision="allow"} 1.0' in text
+    assert 'agentiam_policy_decisions_total{decision="deny"} 1.0' in text
+    assert "agentiam_policy_evaluation_seconds_count 2.0" in text
+    version = admin.get("/v1/policies").json()["version"]
+    assert f"agentiam_policy_version {float(version)}" in text

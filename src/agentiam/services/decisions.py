@@ -175,6 +175,11 @@ class DecisionPoint:
             self._refreshed_at = time.monotonic()
 
     @property
+    def loaded_engine(self) -> PolicyEngine | None:
+        """The policy engine in memory, if any (no refresh; for metrics)."""
+        return self._authorizer.engine if self._authorizer is not None else None
+
+    @property
     def authorizer(self) -> Authorizer:
         """The in-process authorizer, fresh within the staleness bound (else 503)."""
         refreshed = self._refreshed_at
