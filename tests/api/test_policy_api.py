@@ -193,6 +193,10 @@ def test_dry_run_reports_would_deny_without_changing_the_outcome(
     d = _decide(admin, world["agent"], "transfer", args={"amount": 10}, risk_score=80)
     assert d["decision"] == "allow"
     assert d["dry_run"] == {"decision": "deny", "policies": ["risk-gate"], "would_change": True}
+    events = admin.get("/v1/audit/events", params={"type": "authz.decision"}).json()["items"]
+    [event] = [e for e in events if e["decision_id"] == d["decision_id"]]
+    assert event["outcome"] == "success"  # the decision stands
+    assert event["details"]["dry_run_outcome"] == "would deny"
 
 
 def test_export_import_round_trip(admin: httpx.Client, world: dict[str, str]) -> None:

@@ -97,6 +97,12 @@ def decision_event(ctx: CallContext, decision: Decision, *, now: Any) -> AuditEv
             # Cedar's messages quote request values; record which policies failed only.
             "errors": _error_summary(decision.errors),
             "dry_run": decision.to_dict()["dry_run"],
+            # "would deny" / "would allow" when dry-run policies disagree with the outcome
+            "dry_run_outcome": (
+                f"would {decision.dry_run.decision}"
+                if decision.dry_run is not None and decision.would_change
+                else None
+            ),
             "evaluation_us": round(decision.evaluation_us, 1),
             "arguments": sorted(args) if isinstance(args, dict) else [],
         },
