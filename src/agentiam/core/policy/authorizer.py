@@ -476,11 +476,22 @@ class _Dimensions:
         self._resources: dict[EntityRef, tuple[int, frozenset[EntityRef]]] = {}
 
     def principal(self, ref: EntityRef) -> tuple[int, frozenset[EntityRef]]:
-        found = self._principals.get(ref)
+        return self._entity(self._principals, ref, self._engine.principal_mask)
+
+    def resource(self, ref: EntityRef) -> tuple[int, frozenset[EntityRef]]:
+        return self._entity(self._resources, ref, self._engine.resource_mask)
+
+    def _entity(
+        self,
+        cache: dict[EntityRef, tuple[int, frozenset[EntityRef]]],
+        ref: EntityRef,
+        mask_of: Callable[[EntityRef, frozenset[EntityRef]], int],
+    ) -> tuple[int, frozenset[EntityRef]]:
+        found = cache.get(ref)
         if found is None:
             up = self._entities.ancestors(ref)
-            found = (self._engine.principal_mask(ref, up), up | {ref})
-            self._store(self._principals, ref, found)
+            found = (mask_of(ref, up), up | {ref})
+            self._store(cache, ref, found)
         return found
 
     def action(self, name: str) -> tuple[int, EntityRef, frozenset[EntityRef]]:
@@ -490,14 +501,6 @@ class _Dimensions:
             up = self._engine.schema.action_ancestor_refs(name)
             found = (self._engine.action_mask(ref, up), ref, frozenset(up) | {ref})
             self._store(self._actions, name, found)
-        return found
-
-    def resource(self, ref: EntityRef) -> tuple[int, frozenset[EntityRef]]:
-        found = self._resources.get(ref)
-        if found is None:
-            up = self._entities.ancestors(ref)
-            found = (self._engine.resource_mask(ref, up), up | {ref})
-            self._store(self._resources, ref, found)
         return found
 
     def _store(self, cache: dict[Any, Any], key: Any, value: Any) -> None:
