@@ -539,7 +539,9 @@ READS_EVERYTHING = (
         ({"delegation": {"depth": 0, "chain": []}}, "unknown members"),
         ({"delegation": {"actors": "agt_1"}}, "expected a list of agent ids"),
         ({"delegation": {"actors": [{"type": "Agent", "id": "x"}]}}, "list of agent ids"),
-        ({"delegation": {"depth": "0"}}, "expected an integer"),
+        ({"delegation": {"depth": "0"}}, "depth must be the number of hops"),
+        ({"delegation": {"actors": ["agt_1", "agt_9"], "depth": 5}}, "depth must be"),
+        ({"delegation": {"actors": ["agt_9"]}}, "must include the acting agent"),
         ({"delegation": "root"}, "delegation: expected an object"),
         ({"delegation": {"initiating_human": ["hum_1"]}}, "initiating_human"),
         ({"authorization_details": {"type": "x"}}, "expected a list"),
@@ -1142,3 +1144,35 @@ def test_shared_guards_outside_the_slice_never_error_into_a_decision() -> None:
     decision = decide(az)
     assert (decision.decision, decision.policies, decision.errors) == ("allow", ("tools",), ())
     assert az.decide(request(), full=True).decision == "allow"
+
+
+@pytest.mark.parametrize(
+    ("delegation", "reason"),
+    [
+        (
+            {"actors": ["agt_parent", "agt_1"]},
+            "the delegation chain is not valid: agent agt_parent: the agent is suspended",
+        ),
+        (
+            {"actors": ["agt_ghost", "agt_1"]},
+            "the delegation chain is not valid: agent agt_ghost: the agent is not in the registry",
+        ),
+        (
+            {"actors": ["agt_1"], "initiating_human": "hum_ghost"},
+            "the delegation's initiating human is not in the registry",
+        ),
+    ],
+)
+def test_a_broken_delegation_chain_is_denied_before_policies(
+    delegation: dict[str, Any], reason: str
+) -> None:
+    """Suspending an agent cuts off everything delegated through it: a chain naming a
+    suspended or unknown agent, or an unknown initiating human, is denied whatever the
+    policies say."""
+    az = authorizer(
+        PERMIT_ALL,
+        agents=[agent(), agent("agt_parent", status=AgentStatus.SUSPENDED)],
+        humans=[human()],
+    )
+    assert_denied_before_policies(decide(az, context={"delegation": delegation}), reason)
+    assert decide(az, context={"delegation": {"actors": ["agt_1"]}}).allowed

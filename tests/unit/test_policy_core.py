@@ -1125,7 +1125,8 @@ def test_delegation_and_approval_from_the_caller() -> None:
         '  context.approval.state == "approved" &&\n'
         '  context.approval.approver == Human::"hum_2"\n'
         "};",
-        agents=[agent()],
+        agents=[agent(), agent("agt_0"), agent("agt_x")],
+        humans=[human("hum_1"), human("hum_2")],
     )
     ctx = {
         "delegation": {"actors": ["agt_0", "agt_x", "agt_1"], "initiating_human": "hum_1"},

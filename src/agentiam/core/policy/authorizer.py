@@ -287,14 +287,44 @@ def _delegation(request: AuthzRequest) -> dict[str, Any]:
         actors = [request.principal.id] if request.principal.type == "Agent" else []
     if not isinstance(actors, list) or not all(isinstance(a, str) for a in actors):
         raise RequestError("context.delegation.actors: expected a list of agent ids")
+    depth = max(len(actors) - 1, 0)
+    if supplied.get("depth", depth) != depth:
+        raise RequestError("context.delegation.depth must be the number of hops: len(actors) - 1")
+    if request.principal.type == "Agent" and actors and request.principal.id not in actors:
+        raise RequestError("context.delegation.actors must include the acting agent")
     out: dict[str, Any] = {
-        "depth": supplied.get("depth", max(len(actors) - 1, 0)),
+        "depth": depth,
         "actors": [{"type": "Agent", "id": a} for a in actors],
     }
     human = supplied.get("initiating_human")
     if human is not None:
         out["initiating_human"] = {"type": "Human", "id": human}
     return out
+
+
+def _delegation_problem(
+    entities: EntitySnapshot, request: AuthzRequest, now: datetime
+) -> str | None:
+    """A chain is only as good as its links: every agent in it must be usable now
+    (suspending or expiring one cuts off everything delegated through it), and the
+    initiating human must be in the registry."""
+    delegation = request.context.get("delegation")
+    if not isinstance(delegation, Mapping):
+        return None
+    try:
+        _delegation(request)
+    except RequestError:
+        return None  # malformed: reported as such when the context is built
+    actors = delegation.get("actors")
+    for actor in actors if isinstance(actors, list) else ():
+        if isinstance(actor, str) and actor != request.principal.id:
+            problem = entities.principal_problem(EntityRef("Agent", actor), now)
+            if problem:
+                return f"the delegation chain is not valid: agent {actor}: {problem}"
+    human = delegation.get("initiating_human")
+    if isinstance(human, str) and human not in entities.humans:
+        return "the delegation's initiating human is not in the registry"
+    return None
 
 
 def _approval(supplied: Any) -> Any:
@@ -671,7 +701,11 @@ class Authorizer:
     def _request_problem(
         engine: PolicyEngine, entities: EntitySnapshot, request: AuthzRequest, now: datetime
     ) -> str | None:
-        return _shape_problem(engine, request) or entities.principal_problem(request.principal, now)
+        return (
+            _shape_problem(engine, request)
+            or entities.principal_problem(request.principal, now)
+            or _delegation_problem(entities, request, now)
+        )
 
     def validate_request(self, request: AuthzRequest) -> None:
         """Raise :class:`RequestError` if the request is malformed: unknown entity
