@@ -252,13 +252,6 @@ def templates(as_json: Json = False) -> None:
     emit(rows, as_json=as_json, columns=["name", "description", "parameters"])
 
 
-def _entity(value: str) -> EntityRef:
-    etype, sep, eid = value.partition("::")
-    if not sep or not etype or not eid:
-        fail(f"{value!r} is not Type::id")
-    return EntityRef(etype, eid.strip('"'))
-
-
 @app.command()
 def decide(
     principal: Annotated[str, typer.Option("--principal", help="Type::id, e.g. Agent::agt_…")],
@@ -274,8 +267,10 @@ def decide(
         fail("--context is not JSON")
     if not isinstance(ctx_value, dict):
         fail("--context must be a JSON object")
-    request = AuthzRequest(_entity(principal), action, _entity(resource), ctx_value)
     with handle_errors(), container() as c:
+        request = AuthzRequest(
+            EntityRef.parse(principal), action, EntityRef.parse(resource), ctx_value
+        )
         [decision] = c.decisions.decide(cli_context(), [request])
     if as_json:
         emit(decision.to_dict(), as_json=True, columns=[])

@@ -54,13 +54,8 @@ def put(
     tag: Annotated[list[str] | None, typer.Option("--tag", help="key=value")] = None,
 ) -> None:
     """Add or replace a catalog entry."""
-    parents = []
-    for p in parent or []:
-        ptype, sep, pid = p.partition("::")
-        if not sep:
-            fail(f"--parent {p!r} is not Type::id")
-        parents.append(EntityRef(ptype, pid.strip('"')))
     with handle_errors(), container() as c:
+        parents = [EntityRef.parse(p) for p in parent or []]
         stored = c.resources.put(
             cli_context(),
             ResourceRecord(

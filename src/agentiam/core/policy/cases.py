@@ -72,8 +72,10 @@ def _ref(value: Any, where: str) -> EntityRef:
     if isinstance(value, Mapping) and set(value) == {"type", "id"}:
         return EntityRef(str(value["type"]), str(value["id"]))
     if isinstance(value, str) and "::" in value:
-        etype, _, eid = value.partition("::")
-        return EntityRef(etype, eid.strip('"'))
+        try:
+            return EntityRef.parse(value)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{where}: {exc.detail}") from None
     raise InvalidInput(f'{where}: expected {{type, id}} or Type::"id"')
 
 

@@ -88,6 +88,16 @@ class EntityRef(NamedTuple):
     def to_json(self) -> dict[str, str]:
         return {"type": self.type, "id": self.id}
 
+    @classmethod
+    def parse(cls, text: str) -> EntityRef:
+        """``Type::id`` or ``Type::"id"`` (as people type them in files and on the
+        command line)."""
+        etype, sep, eid = text.partition("::")
+        eid = eid.strip('"')
+        if not sep or not etype or not eid:
+            raise InvalidInput(f'{text!r} is not Type::"id"')
+        return cls(etype, eid)
+
 
 @dataclass(frozen=True, slots=True)
 class ResourceRecord:
