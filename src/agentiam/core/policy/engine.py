@@ -235,9 +235,29 @@ def _side(
     return False
 
 
+_RECENT: OrderedDict[PolicyRecord, CompiledPolicy] = OrderedDict()
+_RECENT_LOCK = threading.Lock()
+RECENT_COMPILED = 20_000
+
+
 def compile_policies(records: Sequence[PolicyRecord]) -> list[CompiledPolicy]:
-    """Compile many policies with one pair of parser calls (a call per policy costs
-    far more).
+    """Compile many policies; recently compiled records are reused (validating a
+    write compiles it, and the decision point loads the same records just after)."""
+    with _RECENT_LOCK:
+        known = {r: _RECENT[r] for r in records if r in _RECENT}
+    fresh = _compile_batch([r for r in records if r not in known])
+    with _RECENT_LOCK:
+        for policy in fresh:
+            _RECENT[policy.record] = policy
+            _RECENT.move_to_end(policy.record)
+        while len(_RECENT) > RECENT_COMPILED:
+            _RECENT.popitem(last=False)
+    made = iter(fresh)
+    return [known[r] if r in known else next(made) for r in records]
+
+
+def _compile_batch(records: Sequence[PolicyRecord]) -> list[CompiledPolicy]:
+    """Compile with one pair of parser calls (a call per policy costs far more).
 
     Each record's text is tagged with its position, so a text that holds no policy or
     two (a damaged row) cannot shift the others onto the wrong record: any mismatch
@@ -327,11 +347,14 @@ def validate(schema: Schema, records: Sequence[PolicyRecord]) -> list[dict[str, 
         ours = by_position.get(e.policy_id, e.policy_id)
         out.append({"policy_id": ours, "message": e.error.replace(f"`{e.policy_id}`", f"`{ours}`")})
     if not out:  # valid policies must also build: Cedar limits expression nesting
-        for record in records:
-            try:
-                compile_policy(record)
-            except InvalidInput as exc:
-                out.append({"policy_id": record.id, "message": exc.detail})
+        try:
+            compile_policies(records)  # one batched parse in the usual case
+        except InvalidInput:
+            for record in records:  # name every policy that fails
+                try:
+                    compile_policy(record)
+                except InvalidInput as exc:
+                    out.append({"policy_id": record.id, "message": exc.detail})
     return out
 
 
