@@ -24,6 +24,8 @@ from agentiam.core.credentials.nonces import NonceIssuer
 from agentiam.core.credentials.revocations import RevocationSet
 from agentiam.core.credentials.sealing import MasterKey
 from agentiam.core.credentials.verifier import AccessTokenVerifier, VerifierConfig
+from agentiam.core.delegation.authorization_details import DetailsRejected, DetailTypeRegistry
+from agentiam.core.delegation.issuers import load_trusted_issuers
 from agentiam.errors import InvalidInput
 from agentiam.ports import Clock, UnitOfWork
 from agentiam.services.admin_keys import AdminKeyService
@@ -32,6 +34,9 @@ from agentiam.services.analysis import AccessAnalysisService
 from agentiam.services.audit import AuditService
 from agentiam.services.context import CallContext, SystemClock
 from agentiam.services.decisions import DecisionPoint
+from agentiam.services.delegation import DelegationPolicy, DelegationService, ExternalTokens
+from agentiam.services.delegation_graph import DelegationGraph
+from agentiam.services.grants import GrantService
 from agentiam.services.humans import HumanService
 from agentiam.services.policies import PolicyService, ResourceService
 from agentiam.services.revocations import RevocationService
@@ -59,6 +64,9 @@ class Container:
     resources: ResourceService
     decisions: DecisionPoint
     analysis: AccessAnalysisService
+    delegation: DelegationService
+    grants: GrantService
+    delegation_graph: DelegationGraph
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -79,6 +87,7 @@ class Container:
             (self.settings.policy_refresh_seconds, self.decisions.refresh),
             (self.settings.key_refresh_seconds, self.signing_keys.refresh),
             (60.0, self.revocations.purge),
+            (60.0, self.delegation_graph.purge),
             (self.settings.expiry_sweep_seconds, self._expire_agents),
         )
         for interval, task in loops:
@@ -124,6 +133,39 @@ def load_master_key(settings: Settings) -> MasterKey | None:
         raise InvalidInput(
             str(exc), hint="Create one with 'agentiam keys generate-master-key'."
         ) from None
+
+
+def _data_file(path: str, what: str) -> Any:
+    """A YAML (or JSON, which is YAML) configuration file, decoded."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InvalidInput(f"cannot read the {what} file {path}: {exc}") from None
+
+
+def _detail_types(settings: Settings) -> DetailTypeRegistry:
+    registry = DetailTypeRegistry.builtin()
+    if settings.authorization_details_types_file:
+        definitions = _data_file(
+            settings.authorization_details_types_file, "authorization_details types"
+        )
+        try:
+            registry = registry.with_types(definitions or [])
+        except (DetailsRejected, ValueError) as exc:
+            raise InvalidInput(f"authorization_details types: {exc}") from None
+    return registry
+
+
+def _external_tokens(settings: Settings) -> ExternalTokens | None:
+    if not settings.trusted_issuers_file:
+        return None
+    from agentiam.adapters.jwks import ExternalTokenVerifier, JwksCache
+
+    issuers = load_trusted_issuers(_data_file(settings.trusted_issuers_file, "trusted issuers"))
+    return ExternalTokenVerifier(issuers, JwksCache(), skew=settings.clock_skew_seconds)
 
 
 def build(
@@ -191,6 +233,43 @@ def build(
             log.warning("policy refresh after a change failed; the poll will retry")
 
     policies = PolicyService(uow, clock, on_change=policy_changed)
+    agents = AgentService(
+        uow,
+        clock,
+        settings.limits,
+        access_review_interval_days=settings.access_review_interval_days,
+    )
+    details = _detail_types(settings)
+    delegation = DelegationService(
+        uow,
+        clock,
+        policy=DelegationPolicy(
+            issuer=issuer,
+            max_depth=settings.delegation_max_depth,
+            access_token_ttl=settings.access_token_ttl_seconds,
+            skew=skew,
+            limits=settings.limits,
+        ),
+        tokens=tokens,
+        verifier=verifier,
+        revocations=revocations,
+        agents=agents,
+        details=details,
+        external=_external_tokens(settings),
+        on_agent_created=policy_changed,
+    )
+    tokens.exchange_handler = delegation
+    grants = GrantService(
+        uow,
+        clock,
+        issuer=issuer,
+        limits=settings.limits,
+        max_depth=settings.delegation_max_depth,
+        human_token_ttl=settings.human_token_ttl_seconds,
+        details=details,
+        revocations=revocations,
+        sign=tokens.sign,
+    )
     registry = CollectorRegistry()
     decisions.on_decision = PolicyMetrics(registry, lambda: decisions.loaded_engine).observe
     return Container(
@@ -198,12 +277,7 @@ def build(
         engine=engine,
         clock=clock,
         humans=HumanService(uow, clock, settings.limits),
-        agents=AgentService(
-            uow,
-            clock,
-            settings.limits,
-            access_review_interval_days=settings.access_review_interval_days,
-        ),
+        agents=agents,
         admin_keys=AdminKeyService(uow, clock),
         audit=audit,
         signing_keys=signing_keys,
@@ -213,6 +287,11 @@ def build(
         resources=ResourceService(uow, clock, policies, on_change=policy_changed),
         decisions=decisions,
         analysis=AccessAnalysisService(uow, clock, decisions),
+        delegation=delegation,
+        grants=grants,
+        delegation_graph=DelegationGraph(
+            uow, clock, revocations, max_depth=settings.delegation_max_depth
+        ),
         registry=registry,
     )
 

@@ -46,6 +46,10 @@ class Limits:
     # Policy import/export bodies (a .cedar file of thousands of policies).
     max_policy_body_bytes: int = 8 * 1024 * 1024
     max_authorize_batch: int = 100
+    # Token exchange (RFC 8693): the largest subject or actor token accepted.
+    max_subject_token_bytes: int = 8192
+    # The longest a delegation grant may run before it must be renewed.
+    max_grant_days: int = 365
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +89,15 @@ class Settings:
     policy_refresh_seconds: float = 0.5
     # Past this age without a successful refresh, decisions fail closed (503).
     policy_max_staleness_seconds: float = 30.0
+    # -- delegation (see docs/delegation.md) --
+    # The longest delegation chain below the human (agents in the act claim).
+    delegation_max_depth: int = 4
+    # The lifetime of a human subject token minted by AgentIAM (humans tokens).
+    human_token_ttl_seconds: int = 300
+    # YAML or JSON list of trusted external OpenID Connect issuers.
+    trusted_issuers_file: str | None = None
+    # YAML or JSON list of operator-defined authorization_details types (RFC 9396).
+    authorization_details_types_file: str | None = None
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -149,6 +162,14 @@ class Settings:
             raise InvalidInput("limit max_authorize_batch must be between 1 and 1000")
         if not 64 * 1024 <= self.limits.max_policy_body_bytes <= 64 * 1024 * 1024:
             raise InvalidInput("limit max_policy_body_bytes must be between 64 KiB and 64 MiB")
+        if not 1 <= self.delegation_max_depth <= 16:
+            raise InvalidInput("delegation_max_depth must be between 1 and 16")
+        if not 30 <= self.human_token_ttl_seconds <= 3600:
+            raise InvalidInput("human_token_ttl_seconds must be between 30 s and 1 h")
+        if not 1024 <= self.limits.max_subject_token_bytes <= 64 * 1024:
+            raise InvalidInput("limit max_subject_token_bytes must be between 1 KiB and 64 KiB")
+        if not 1 <= self.limits.max_grant_days <= 3660:
+            raise InvalidInput("limit max_grant_days must be between 1 and 3660")
         try:
             ZoneInfo(self.policy_time_zone)
         except (ZoneInfoNotFoundError, ValueError):

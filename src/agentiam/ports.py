@@ -15,6 +15,7 @@ from agentiam.core.access.admin_keys import AdminKey
 from agentiam.core.audit.events import AuditEvent
 from agentiam.core.credentials.revocations import Revocation, RevocationKind
 from agentiam.core.credentials.signing_keys import SigningKey
+from agentiam.core.delegation.models import DelegationGrant, TokenNode
 from agentiam.core.identities.lifecycle import AgentStatus
 from agentiam.core.identities.models import Agent, AgentKey, ClientRecord, Human, Transition
 from agentiam.core.policy.model import PolicyRecord, PolicySetVersion, ResourceRecord
@@ -27,6 +28,8 @@ __all__ = [
     "AuditLog",
     "AuditQuery",
     "Clock",
+    "DelegationGrantRepository",
+    "GrantQuery",
     "HumanQuery",
     "HumanRepository",
     "Page",
@@ -36,6 +39,7 @@ __all__ = [
     "ResourceRepository",
     "RevocationRepository",
     "SigningKeyRepository",
+    "TokenGraphRepository",
     "UnitOfWork",
     "UnitOfWorkFactory",
 ]
@@ -86,6 +90,15 @@ class ResourceQuery:
     type: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class GrantQuery:
+    limit: int
+    after: str | None = None  # the id of the last grant of the previous page
+    human_id: str | None = None
+    agent_id: str | None = None
+    active_at: datetime | None = None  # only grants neither revoked nor expired then
+
+
 class Clock(Protocol):
     def now(self) -> datetime: ...
 
@@ -95,6 +108,9 @@ class HumanRepository(Protocol):
         """Insert; raise Conflict if the email or external identity is taken."""
 
     def get(self, human_id: str) -> Human | None: ...
+
+    def get_by_external(self, issuer: str, subject: str) -> Human | None:
+        """The human linked to this external IdP identity (OIDC ``iss`` and ``sub``)."""
 
     def update(self, human: Human, expected_version: int) -> None:
         """Replace; raise Conflict if the stored version is not ``expected_version``."""
@@ -243,6 +259,35 @@ class ResourceRepository(Protocol):
         decision point polls it to know when to rebuild its entity snapshot."""
 
 
+class DelegationGrantRepository(Protocol):
+    def add(self, grant: DelegationGrant) -> None: ...
+
+    def get(self, grant_id: str) -> DelegationGrant | None: ...
+
+    def find(self, query: GrantQuery) -> Page[DelegationGrant]:
+        """Grants in id order, filtered by ``query``."""
+
+    def revoke(self, grant_id: str, *, at: datetime, by: str, reason: str) -> bool:
+        """Mark one grant revoked; False if it does not exist or was already revoked."""
+
+    def revoke_for_human(self, human_id: str, *, at: datetime, by: str, reason: str) -> list[str]:
+        """Revoke every unrevoked grant of a human; return their ids."""
+
+
+class TokenGraphRepository(Protocol):
+    """The delegation graph: one node per delegated token, linked to its parent."""
+
+    def add(self, node: TokenNode) -> None: ...
+
+    def get(self, jti: str) -> TokenNode | None: ...
+
+    def children(self, jtis: Sequence[str]) -> list[TokenNode]:
+        """The nodes whose ``parent_jti`` is one of ``jtis``, in ``jti`` order."""
+
+    def purge(self, before: datetime, limit: int) -> int:
+        """Forget up to ``limit`` nodes that expired before ``before``."""
+
+
 class UnitOfWork(Protocol):
     @property
     def humans(self) -> HumanRepository: ...
@@ -273,6 +318,12 @@ class UnitOfWork(Protocol):
 
     @property
     def resources(self) -> ResourceRepository: ...
+
+    @property
+    def grants(self) -> DelegationGrantRepository: ...
+
+    @property
+    def token_graph(self) -> TokenGraphRepository: ...
 
     def __enter__(self) -> Self: ...
 

@@ -110,7 +110,10 @@ def test_metadata_uses_the_rfc_field_names(live: OAuthLive) -> None:
     assert meta["introspection_endpoint"] == live.url + "/oauth2/introspect"
     assert meta["revocation_endpoint"] == live.url + "/oauth2/revoke"
     assert meta["token_endpoint_auth_methods_supported"] == ["private_key_jwt"]
-    assert meta["grant_types_supported"] == ["client_credentials"]
+    assert meta["grant_types_supported"] == [
+        "client_credentials",
+        "urn:ietf:params:oauth:grant-type:token-exchange",
+    ]
     assert set(meta["dpop_signing_alg_values_supported"]) == {"ES256", "Ed25519"}
 
 

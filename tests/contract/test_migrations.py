@@ -3,20 +3,24 @@ databases, and re-running them over data changes nothing."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, inspect, select
+from sqlalchemy import Engine, func, inspect, select
 
 from agentiam.adapters.storage import migrate
 from agentiam.adapters.storage import tables as t
 from agentiam.adapters.storage.engine import make_engine
 from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
 from agentiam.bootstrap import Container
+from agentiam.core.delegation.models import DelegationGrant, TokenNode, TokenOrigin
+from agentiam.core.identities.lifecycle import AgentStatus
+from agentiam.core.identities.models import Agent, AutonomyLevel, Human, RuntimeInfo
+from agentiam.core.ids import new_id
 from agentiam.core.policy.model import PolicyRecord, PolicySetVersion, ResourceRecord
 from agentiam.services.agents import NewAgent
 from agentiam.services.context import CallContext
@@ -47,10 +51,10 @@ def test_upgrade_is_idempotent_and_keeps_data(container: Container) -> None:
     assert container.agents.resolve("keeper").owners == (h.id,)
 
 
-def _downgrade(container: Container, revision: str) -> None:
+def _downgrade(engine: Engine, revision: str) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(migrate.__file__).with_name("migrations")))
-    with container.engine.begin() as conn:
+    with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, revision)
 
@@ -69,7 +73,7 @@ def test_policy_migration_downgrades_and_upgrades_over_data(container: Container
         uow.commit()
     policy_tables = {"policy_versions", "policy_revisions", "policy_resources"}
     try:
-        _downgrade(container, "0002")
+        _downgrade(container.engine, "0002")
         assert migrate.current_revision(container.engine) == "0002"
         assert not policy_tables & set(inspect(container.engine).get_table_names())
     finally:
@@ -84,6 +88,89 @@ def test_policy_migration_downgrades_and_upgrades_over_data(container: Container
         assert uow.resources.all() == []
         uow.policies.commit_version(PolicySetVersion(1, now, "test", "put", "", ""))
         uow.commit()
+
+
+DELEGATION_TABLES = {"delegation_grants", "token_nodes"}
+
+
+def test_delegation_migration_downgrades_and_upgrades_over_data(database_url: str) -> None:
+    engine = make_engine(database_url)
+    now = datetime(2026, 12, 7, tzinfo=UTC)
+    human_id, agent_id = new_id("human"), new_id("agent")
+    grant = DelegationGrant(
+        id=new_id("grant"),
+        human_id=human_id,
+        agent_id=agent_id,
+        scopes=("tools:read",),
+        audiences=("https://api.example.com",),
+        authorization_details=({"type": "tool", "actions": ["call"]},),
+        max_depth=1,
+        created_at=now,
+        created_by="test",
+        expires_at=now + timedelta(days=1),
+    )
+    jti = new_id("token")
+    token = TokenNode(
+        jti=jti,
+        parent_jti=None,
+        actor_jti=None,
+        root_jti=jti,
+        origin=TokenOrigin.HUMAN,
+        subject=human_id,
+        client_id=agent_id,
+        actors=(agent_id,),
+        grant_id=grant.id,
+        scope=("tools:read",),
+        audience="https://api.example.com",
+        issued_at=now,
+        expires_at=now + timedelta(minutes=5),
+    )
+    try:
+        with SqlUnitOfWork(engine) as uow:
+            uow.humans.add(Human(human_id, "Ada", "ada@example.com", None, now, now))
+            uow.agents.add(
+                Agent(
+                    id=agent_id,
+                    name="delegate",
+                    owners=(human_id,),
+                    purpose="p",
+                    environment="dev",
+                    autonomy=AutonomyLevel.MONITORED,
+                    runtime=RuntimeInfo(),
+                    labels={},
+                    status=AgentStatus.ACTIVE,
+                    next_access_review=date(2027, 1, 1),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            uow.grants.add(grant)
+            uow.token_graph.add(token)
+            uow.commit()
+        try:
+            _downgrade(engine, "0003")
+            assert migrate.current_revision(engine) == "0003"
+            tables = set(inspect(engine).get_table_names())
+            assert not DELEGATION_TABLES & tables
+            assert "policy_versions" in tables
+        finally:
+            migrate.upgrade(engine)
+        assert migrate.is_current(engine)
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), t.metadata) == []
+        with SqlUnitOfWork(engine) as uow:  # earlier data kept; the new tables empty, usable
+            assert uow.humans.get(human_id) is not None
+            assert uow.agents.get(agent_id) is not None
+            assert uow.grants.get(grant.id) is None
+            assert uow.token_graph.get(jti) is None
+            uow.grants.add(grant)
+            uow.token_graph.add(token)
+            uow.commit()
+        with SqlUnitOfWork(engine, read_only=True) as uow:
+            assert uow.grants.get(grant.id) == grant
+            assert uow.token_graph.get(jti) == token
+    finally:
+        engine.dispose()
 
 
 def test_empty_database_is_not_current(tmp_path: object) -> None:

@@ -5,7 +5,19 @@ from __future__ import annotations
 import typer
 
 from agentiam import __version__
-from agentiam.cli import access, admin_keys, agents, db, humans, keys, policy, resources, tokens
+from agentiam.cli import (
+    access,
+    admin_keys,
+    agents,
+    db,
+    grants,
+    humans,
+    keys,
+    policy,
+    resources,
+    tokens,
+    trace,
+)
 from agentiam.cli.serve import serve
 
 app = typer.Typer(
@@ -24,6 +36,8 @@ app.add_typer(tokens.app, name="tokens")
 app.add_typer(policy.app, name="policy")
 app.add_typer(resources.app, name="resources")
 app.add_typer(access.app, name="access")
+app.add_typer(grants.app, name="grants")
+app.add_typer(trace.app, name="trace")
 
 
 @app.command()

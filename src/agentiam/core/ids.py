@@ -24,6 +24,7 @@ PREFIXES = {
     "transition": "trn",
     "token": "tok",
     "decision": "dec",
+    "grant": "grt",
 }
 
 _ID_RE = re.compile(r"^(?P<prefix>[a-z]{3})_[0-9A-HJKMNP-TV-Z]{26}$")

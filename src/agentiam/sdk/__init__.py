@@ -8,10 +8,14 @@ an httpx client that signs a DPoP proof for every request.
     with agent.http(base_url=api) as http:      # Authorization: DPoP ... + DPoP proof
         http.get("/tools")
 
-See docs/sdk.md and docs/examples/agent_client.py.
+    human_token = ...                           # the human's token, from their IdP
+    acting = agent.act_for(human_token, scope="tools:read")   # RFC 8693 exchange
+    worker = agent.spawn_subagent(ttl_seconds=600, on_behalf=acting)  # JIT sub-agent
+
+See docs/sdk.md, docs/delegation.md and docs/examples/.
 """
 
-from agentiam.sdk.client import AccessToken, AgentClient, DPoPAuth, TokenError
+from agentiam.sdk.client import AccessToken, AgentClient, DPoPAuth, SubAgent, TokenError
 from agentiam.sdk.keys import AgentKey
 from agentiam.sdk.proofs import client_assertion, dpop_proof
 
@@ -20,6 +24,7 @@ __all__ = [
     "AgentClient",
     "AgentKey",
     "DPoPAuth",
+    "SubAgent",
     "TokenError",
     "client_assertion",
     "dpop_proof",

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from agentiam.core.audit.events import Actor, ActorType, AuditEvent, Outcome, ResourceRef
 from agentiam.core.credentials.access_tokens import (
@@ -43,12 +43,22 @@ from agentiam.services.context import CallContext
 from agentiam.services.revocations import RevocationService
 from agentiam.services.signing_keys import SigningKeyService
 
-__all__ = ["TOKEN_PATH", "TokenPolicy", "TokenResponse", "TokenService"]
+__all__ = [
+    "GRANT_TOKEN_EXCHANGE",
+    "TOKEN_PATH",
+    "ExchangeHandler",
+    "SingleUse",
+    "TokenPolicy",
+    "TokenResponse",
+    "TokenService",
+    "claimed_client",
+    "single",
+]
 
 TOKEN_PATH = "/oauth2/token"  # noqa: S105 - a path, not a secret
 MAX_ASSERTION_LIFETIME = 300  # RFC 7523 assertions: exp at most 5 minutes ahead
 GRANT_CLIENT_CREDENTIALS = "client_credentials"
-_MULTI_VALUED = frozenset({"resource"})
+GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +75,7 @@ class TokenPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class _SingleUse:
+class SingleUse:
     purpose: str
     value: str
     expires_at: datetime
@@ -83,7 +93,14 @@ def _invalid_client(reason: str) -> OAuthError:
     return OAuthError("invalid_client", "client authentication failed", status=401, reason=reason)
 
 
-def _single(form: Mapping[str, Sequence[str]], name: str) -> str | None:
+class ExchangeHandler(Protocol):
+    def exchange(
+        self, ctx: CallContext, form: Mapping[str, Sequence[str]], dpop: Sequence[str]
+    ) -> TokenResponse:
+        """Answer an RFC 8693 token-exchange request."""
+
+
+def single(form: Mapping[str, Sequence[str]], name: str) -> str | None:
     values = form.get(name)
     if not values:
         return None
@@ -111,6 +128,18 @@ class TokenService:
         self._audit = audit
         self._verifier = verifier
         self.nonces = nonces
+        # Token exchange (RFC 8693) is answered by the delegation service, wired in by
+        # the composition root; without one the grant type is unsupported.
+        self.exchange_handler: ExchangeHandler | None = None
+
+    def sign(self, claims: AccessTokenClaims) -> str:
+        return self._keys.sign(claims.to_jwt_claims(), typ="at+jwt")
+
+    def response(self, body: dict[str, Any], epoch: int) -> TokenResponse:
+        """A successful token response with RFC 6749 section 5.1 cache headers."""
+        headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+        headers.update(self.nonce_headers(epoch))
+        return TokenResponse(body=body, headers=headers)
 
     # -- shared -------------------------------------------------------------------------
 
@@ -118,10 +147,10 @@ class TokenService:
         now = self._clock.now()
         return now, int(now.timestamp())
 
-    def _nonce_headers(self, epoch: int) -> dict[str, str]:
+    def nonce_headers(self, epoch: int) -> dict[str, str]:
         return {"DPoP-Nonce": self.nonces.issue(epoch)} if self.policy.nonce_required else {}
 
-    def _deny(self, ctx: CallContext, exc: OAuthError, client_id: str | None) -> None:
+    def deny(self, ctx: CallContext, exc: OAuthError, client_id: str | None) -> None:
         """Audit a refused request (best effort is not enough: 503 if it cannot be
         written, like every other audited call)."""
         actor = (
@@ -139,7 +168,7 @@ class TokenService:
         )
 
     @staticmethod
-    def _check_form(form: Mapping[str, Sequence[str]]) -> None:
+    def check_form(form: Mapping[str, Sequence[str]]) -> None:
         for name, values in form.items():
             if len(values) > 1:
                 if name == "resource":
@@ -159,21 +188,21 @@ class TokenService:
                 keys.append(imported)
         return keys
 
-    def _authenticate(
+    def authenticate(
         self, uow: UnitOfWork, form: Mapping[str, Sequence[str]], epoch: int, now: datetime
     ) -> tuple[ClientRecord, ClientAssertion]:
         """RFC 7523 section 3 client authentication. The assertion's ``jti`` is consumed
         later, in the write transaction (see :meth:`_single_use`)."""
-        if _single(form, "client_assertion_type") != CLIENT_ASSERTION_TYPE:
+        if single(form, "client_assertion_type") != CLIENT_ASSERTION_TYPE:
             raise _invalid_client("client_assertion_type is not jwt-bearer")
-        raw = _single(form, "client_assertion")
+        raw = single(form, "client_assertion")
         if not raw:
             raise _invalid_client("client_assertion missing")
         try:
             token, claimed = parse_assertion(raw)
         except JoseRejected as exc:
             raise _invalid_client(str(exc)) from None
-        client_id = _single(form, "client_id")
+        client_id = single(form, "client_id")
         if client_id is not None and client_id != claimed:
             raise _invalid_client("client_id does not match the assertion's iss")
         agent = uow.agents.client(claimed) if is_id(claimed, "agent") else None
@@ -195,17 +224,17 @@ class TokenService:
             raise _invalid_client(str(exc)) from None
         return agent, assertion
 
-    def _single_use(
+    def single_use(
         self,
         agent: ClientRecord,
         assertion: ClientAssertion,
         proof: DpopProof | None,
         now: datetime,
-    ) -> list[_SingleUse]:
+    ) -> list[SingleUse]:
         """The values this request consumes, each with the error a replay earns."""
         skew = self.policy.skew
         uses = [
-            _SingleUse(
+            SingleUse(
                 "client_assertion",
                 f"{agent.id}\0{assertion.jti}",
                 datetime.fromtimestamp(assertion.exp + skew, now.tzinfo),
@@ -214,7 +243,7 @@ class TokenService:
         ]
         if proof is not None:
             uses.append(
-                _SingleUse(
+                SingleUse(
                     "dpop_proof",
                     f"{proof.jkt}\0{proof.jti}",
                     datetime.fromtimestamp(
@@ -230,7 +259,7 @@ class TokenService:
         return uses
 
     @staticmethod
-    def _consume(uow: UnitOfWork, uses: Sequence[_SingleUse]) -> None:
+    def consume(uow: UnitOfWork, uses: Sequence[SingleUse]) -> None:
         for use in uses:
             if not uow.replay.first_use(use.purpose, use.value, use.expires_at):
                 raise use.replay_error
@@ -241,37 +270,40 @@ class TokenService:
         self, ctx: CallContext, form: Mapping[str, Sequence[str]], dpop: Sequence[str]
     ) -> TokenResponse:
         """Answer one token request (RFC 6749 section 4.4.2); raise OAuthError."""
+        grants = form.get("grant_type") or ()
+        if list(grants) == [GRANT_TOKEN_EXCHANGE] and self.exchange_handler is not None:
+            # Its own path end to end, auditing its own refusals: a failed exchange
+            # never falls back to another grant.
+            return self.exchange_handler.exchange(ctx, form, dpop)
         now, epoch = self._now()
         try:
-            self._check_form(form)
-            grant = _single(form, "grant_type")
+            self.check_form(form)
+            grant = single(form, "grant_type")
             if grant is None:
                 raise OAuthError("invalid_request", "grant_type is required")
             if grant != GRANT_CLIENT_CREDENTIALS:
-                raise OAuthError(
-                    "unsupported_grant_type", "only client_credentials is supported here"
-                )
-            proof = self._proof(dpop, epoch)
+                raise OAuthError("unsupported_grant_type", "this grant type is not supported")
+            proof = self.proof(dpop, epoch)
             # Read and verify outside the write transaction, so the database's write lock
             # is held only for the inserts below.
             with self._uow(read_only=True) as uow:
-                agent, assertion = self._authenticate(uow, form, epoch, now)
+                agent, assertion = self.authenticate(uow, form, epoch, now)
             response, claims, issued = self._grant(ctx, agent, form, proof, now, epoch)
             with self._uow() as uow:
                 # A suspension committed since the read above is caught by verifiers: it
                 # revokes every token issued at or before its own second.
-                self._consume(uow, self._single_use(agent, assertion, proof, now))
+                self.consume(uow, self.single_use(agent, assertion, proof, now))
                 uow.audit.append(issued)
                 uow.commit()
         except OAuthError as exc:
             _, epoch = self._now()
-            exc.headers.update(self._nonce_headers(epoch))
-            self._deny(ctx, exc, _claimed_client(form))
+            exc.headers.update(self.nonce_headers(epoch))
+            self.deny(ctx, exc, claimed_client(form))
             raise
-        response.body["access_token"] = self._keys.sign(claims.to_jwt_claims(), typ="at+jwt")
+        response.body["access_token"] = self.sign(claims)
         return response
 
-    def _proof(self, dpop: Sequence[str], epoch: int) -> DpopProof | None:
+    def proof(self, dpop: Sequence[str], epoch: int) -> DpopProof | None:
         if not dpop:
             return None
         if len(dpop) > 1:
@@ -312,7 +344,7 @@ class TokenService:
                 reason="DPoP required for this agent but no proof sent",
             )
         try:
-            requested = parse_scope(_single(form, "scope"))
+            requested = parse_scope(single(form, "scope"))
         except ValueError as exc:
             raise OAuthError("invalid_scope", str(exc)) from None
         scope = granted_scopes(requested, agent.scopes)
@@ -324,7 +356,7 @@ class TokenService:
                 "the requested scope exceeds what this client is entitled to",
                 reason=f"not entitled to {' '.join(beyond)[:300]}",
             )
-        audience = self._audience(agent, _single(form, "resource"))
+        audience = self._audience(agent, single(form, "resource"))
         expires = epoch + self.policy.access_token_ttl
         if agent.expires_at is not None:  # never outlive an ephemeral agent
             expires = min(expires, int(agent.expires_at.timestamp()))
@@ -361,9 +393,7 @@ class TokenService:
             "expires_in": expires - epoch,
             "scope": " ".join(scope),
         }
-        headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-        headers.update(self._nonce_headers(epoch))
-        return TokenResponse(body=body, headers=headers), claims, issued
+        return self.response(body, epoch), claims, issued
 
     @staticmethod
     def _audience(agent: ClientRecord, resource: str | None) -> str:
@@ -430,17 +460,17 @@ class TokenService:
         tokens. An invalid or expired token is not an error (section 2.2)."""
         now, epoch = self._now()
         try:
-            self._check_form(form)
-            hint = _single(form, "token_type_hint")
+            self.check_form(form)
+            hint = single(form, "token_type_hint")
             if hint is not None and hint != "access_token":
                 raise OAuthError("unsupported_token_type", "only access tokens can be revoked here")
-            token = _single(form, "token")
+            token = single(form, "token")
             if not token:
                 raise OAuthError("invalid_request", "token is required")
             with self._uow(read_only=True) as uow:
-                agent, assertion = self._authenticate(uow, form, epoch, now)
+                agent, assertion = self.authenticate(uow, form, epoch, now)
             with self._uow() as uow:
-                self._consume(uow, self._single_use(agent, assertion, None, now))
+                self.consume(uow, self.single_use(agent, assertion, None, now))
                 uow.commit()
             self._revocations.ensure_fresh()
             try:
@@ -456,7 +486,7 @@ class TokenService:
                     reason=f"token belongs to {access.client_id}",
                 )
         except OAuthError as exc:
-            self._deny(ctx, exc, _claimed_client(form))
+            self.deny(ctx, exc, claimed_client(form))
             raise
         if access is not None:
             self._revocations.revoke_token(
@@ -493,12 +523,12 @@ def _imported(key: AgentKey) -> VerificationKey | None:
     return imported if imported.thumbprint == key.thumbprint else None
 
 
-def _claimed_client(form: Mapping[str, Sequence[str]]) -> str | None:
+def claimed_client(form: Mapping[str, Sequence[str]]) -> str | None:
     """The client a request claims to be, unverified, for the audit record only."""
-    client_id = _single(form, "client_id")
+    client_id = single(form, "client_id")
     if client_id:
         return client_id[:64]
-    raw = _single(form, "client_assertion")
+    raw = single(form, "client_assertion")
     if raw:
         try:
             return parse_assertion(raw)[1]

@@ -19,6 +19,7 @@ from agentiam.adapters.http.routes import (
     audit,
     authorize,
     credentials,
+    delegations,
     humans,
     policies,
     resources,
@@ -68,6 +69,7 @@ def create_app(container: ApiDependencies) -> Any:
         policies.router,
         resources.router,
         authorize.router,
+        delegations.router,
     ):
         app.include_router(router)
     system.mount_offline_docs(app)

@@ -8,11 +8,15 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from agentiam.config import Settings
+from agentiam.ports import Clock
 from agentiam.services.admin_keys import AdminKeyService
 from agentiam.services.agents import AgentService
 from agentiam.services.analysis import AccessAnalysisService
 from agentiam.services.audit import AuditService
 from agentiam.services.decisions import DecisionPoint
+from agentiam.services.delegation import DelegationService
+from agentiam.services.delegation_graph import DelegationGraph
+from agentiam.services.grants import GrantService
 from agentiam.services.humans import HumanService
 from agentiam.services.policies import PolicyService, ResourceService
 from agentiam.services.revocations import RevocationService
@@ -37,6 +41,10 @@ class ApiDependencies(Protocol):
     resources: ResourceService
     decisions: DecisionPoint
     analysis: AccessAnalysisService
+    delegation: DelegationService
+    grants: GrantService
+    delegation_graph: DelegationGraph
+    clock: Clock
     registry: CollectorRegistry
 
     def database_ready(self) -> bool: ...

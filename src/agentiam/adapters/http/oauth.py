@@ -1,5 +1,7 @@
 """The OAuth endpoints: authorization-server metadata (RFC 8414), JWKS, token
-(RFC 6749 / RFC 7523 / RFC 9449), introspection (RFC 7662) and revocation (RFC 7009).
+(RFC 6749 / RFC 7523 / RFC 9449 / RFC 8693 token exchange), introspection (RFC 7662),
+revocation (RFC 7009), and ``POST /v1/sub-agents``, where an agent authenticated by its
+DPoP-bound token spawns a just-in-time sub-agent.
 
 The token, JWKS, metadata and revocation endpoints are public to the admin-key
 middleware: clients authenticate with ``private_key_jwt``. Introspection needs an admin
@@ -13,6 +15,7 @@ carry internal detail.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -30,7 +33,8 @@ from agentiam.core.audit.events import Actor, ActorType, TraceContext
 from agentiam.core.credentials.jose import ALLOWED_ALGORITHMS
 from agentiam.errors import AgentIAMError, OAuthError
 from agentiam.services.context import CallContext
-from agentiam.services.tokens import TOKEN_PATH
+from agentiam.services.delegation import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE
+from agentiam.services.tokens import GRANT_TOKEN_EXCHANGE, TOKEN_PATH
 
 __all__ = [
     "INTROSPECTION_PATH",
@@ -38,6 +42,7 @@ __all__ = [
     "METADATA_PATH",
     "PUBLIC_OAUTH_PATHS",
     "REVOCATION_PATH",
+    "SUBAGENTS_PATH",
     "OAuthDispatch",
     "oauth_routes",
 ]
@@ -48,7 +53,11 @@ METADATA_PATH = "/.well-known/oauth-authorization-server"
 JWKS_PATH = "/oauth2/jwks"
 INTROSPECTION_PATH = "/oauth2/introspect"
 REVOCATION_PATH = "/oauth2/revoke"
-PUBLIC_OAUTH_PATHS = frozenset({METADATA_PATH, JWKS_PATH, TOKEN_PATH, REVOCATION_PATH})
+SUBAGENTS_PATH = "/v1/sub-agents"
+# Public to the admin-key middleware: these authenticate OAuth clients themselves.
+PUBLIC_OAUTH_PATHS = frozenset(
+    {METADATA_PATH, JWKS_PATH, TOKEN_PATH, REVOCATION_PATH, SUBAGENTS_PATH}
+)
 SOURCE = "control-plane/oauth"
 _FORM = "application/x-www-form-urlencoded"
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -138,13 +147,22 @@ def _metadata(deps: ApiDependencies) -> dict[str, Any]:
         "jwks_uri": issuer + JWKS_PATH,
         "introspection_endpoint": issuer + INTROSPECTION_PATH,
         "revocation_endpoint": issuer + REVOCATION_PATH,
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": ["client_credentials", GRANT_TOKEN_EXCHANGE],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": algs,
         "revocation_endpoint_auth_methods_supported": ["private_key_jwt"],
         "revocation_endpoint_auth_signing_alg_values_supported": algs,
         "dpop_signing_alg_values_supported": algs,
+        # RFC 9396 section 10 / RFC 8693: what a token exchange can ask for.
+        "authorization_details_types_supported": list(deps.delegation.details.names),
+        "token_exchange_subject_token_types_supported": [
+            ACCESS_TOKEN_TYPE,
+            JWT_TOKEN_TYPE,
+            ID_TOKEN_TYPE,
+        ],
+        "token_exchange_max_chain_depth": deps.settings.delegation_max_depth,
+        "sub_agents_endpoint": issuer + SUBAGENTS_PATH,
     }
 
 
@@ -214,6 +232,43 @@ async def introspect(request: Request) -> Response:
     return await _with_form(request, run, request.state.actor)
 
 
+async def sub_agents(request: Request) -> Response:
+    """Spawn a just-in-time sub-agent (see ``DelegationService.spawn``). The caller
+    authenticates with its DPoP-bound access token; errors are RFC 6750 / RFC 9449
+    style OAuth JSON with a ``WWW-Authenticate`` challenge where it applies."""
+    deps = _deps(request)
+    authorization = request.headers.getlist("authorization")
+    dpop = request.headers.getlist("dpop")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    raw = await request.body()
+    ctx = _context(request)
+
+    def run() -> Response:
+        if content_type != "application/json":
+            raise OAuthError("invalid_request", "the body must be application/json")
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, ValueError):
+            raise OAuthError("invalid_request", "the body is not valid JSON") from None
+        agent, result = deps.delegation.spawn_request(
+            ctx,
+            authorization=authorization,
+            dpop=dpop,
+            url=deps.settings.issuer_url + SUBAGENTS_PATH,
+            body=body,
+        )
+        payload = {
+            "agent_id": agent.id,
+            "name": agent.name,
+            "parent_id": agent.parent_id,
+            "expires_at": agent.expires_at.isoformat() if agent.expires_at else None,
+            **result.body,
+        }
+        return JSONResponse(payload, status_code=201, headers=result.headers)
+
+    return await _run(request, run)
+
+
 def _first(form: Mapping[str, Sequence[str]], name: str) -> str | None:
     values = form.get(name)
     return values[0] if values else None
@@ -244,4 +299,5 @@ def oauth_routes() -> list[Route]:
         Route(TOKEN_PATH, token, methods=["POST"], include_in_schema=False),
         Route(REVOCATION_PATH, revoke, methods=["POST"], include_in_schema=False),
         Route(INTROSPECTION_PATH, introspect, methods=["POST"], include_in_schema=False),
+        Route(SUBAGENTS_PATH, sub_agents, methods=["POST"], include_in_schema=False),
     ]

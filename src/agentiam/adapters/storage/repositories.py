@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +36,7 @@ from agentiam.core.access.admin_keys import AdminKey, Role
 from agentiam.core.audit.events import AuditEvent
 from agentiam.core.credentials.revocations import Revocation, RevocationKind
 from agentiam.core.credentials.signing_keys import SigningKey
+from agentiam.core.delegation.models import DelegationGrant, TokenNode, TokenOrigin
 from agentiam.core.identities.lifecycle import AgentStatus, LifecycleAction
 from agentiam.core.identities.models import (
     Agent,
@@ -56,19 +57,21 @@ from agentiam.core.policy.model import (
     ResourceRecord,
 )
 from agentiam.errors import Conflict, InvalidInput
-from agentiam.ports import AgentQuery, AuditQuery, HumanQuery, Page, ResourceQuery
+from agentiam.ports import AgentQuery, AuditQuery, GrantQuery, HumanQuery, Page, ResourceQuery
 
 __all__ = [
     "SqlAdminKeys",
     "SqlAgentKeys",
     "SqlAgents",
     "SqlAudit",
+    "SqlGrants",
     "SqlHumans",
     "SqlPolicies",
     "SqlReplayGuard",
     "SqlResources",
     "SqlRevocations",
     "SqlSigningKeys",
+    "SqlTokenGraph",
 ]
 
 
@@ -146,6 +149,12 @@ class SqlHumans:
 
     def get(self, human_id: str) -> Human | None:
         row = self._c.execute(select(t.humans).where(t.humans.c.id == human_id)).first()
+        return self._row(row) if row else None
+
+    def get_by_external(self, issuer: str, subject: str) -> Human | None:
+        h = t.humans
+        stmt = select(h).where(h.c.external_issuer == issuer, h.c.external_subject == subject)
+        row = self._c.execute(stmt).first()
         return self._row(row) if row else None
 
     def update(self, human: Human, expected_version: int) -> None:
@@ -1061,3 +1070,179 @@ class SqlResources:
     def fingerprint(self) -> str:
         row = self._c.execute(_FINGERPRINT).one()
         return ":".join(str(int(x)) for x in row)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every mapping made a dict and every sequence a list, for JSON."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+_gr = t.delegation_grants
+
+
+class SqlGrants:
+    """Delegation grants. Revoking stamps the row; grants are never deleted."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+
+    @staticmethod
+    def _row(r: Row[Any]) -> DelegationGrant:
+        return DelegationGrant(
+            id=r.id,
+            human_id=r.human_id,
+            agent_id=r.agent_id,
+            scopes=tuple(json.loads(r.scopes)),
+            audiences=tuple(json.loads(r.audiences)),
+            authorization_details=tuple(json.loads(r.authorization_details)),
+            max_depth=r.max_depth,
+            created_at=r.created_at,
+            created_by=r.created_by,
+            expires_at=r.expires_at,
+            revoked_at=r.revoked_at,
+            revoked_by=r.revoked_by,
+            revoke_reason=r.revoke_reason,
+        )
+
+    def add(self, grant: DelegationGrant) -> None:
+        self._c.execute(
+            insert(_gr).values(
+                id=grant.id,
+                human_id=grant.human_id,
+                agent_id=grant.agent_id,
+                scopes=_dumps(list(grant.scopes)),
+                audiences=_dumps(list(grant.audiences)),
+                authorization_details=_dumps(_plain(grant.authorization_details)),
+                max_depth=grant.max_depth,
+                created_at=grant.created_at,
+                created_by=grant.created_by,
+                expires_at=grant.expires_at,
+                revoked_at=grant.revoked_at,
+                revoked_by=grant.revoked_by,
+                revoke_reason=grant.revoke_reason,
+            )
+        )
+
+    def get(self, grant_id: str) -> DelegationGrant | None:
+        row = self._c.execute(select(_gr).where(_gr.c.id == grant_id)).first()
+        return self._row(row) if row else None
+
+    def find(self, query: GrantQuery) -> Page[DelegationGrant]:
+        stmt = select(_gr).order_by(_gr.c.id).limit(query.limit + 1)
+        if query.after:
+            stmt = stmt.where(_gr.c.id > query.after)
+        if query.human_id is not None:
+            stmt = stmt.where(_gr.c.human_id == query.human_id)
+        if query.agent_id is not None:
+            stmt = stmt.where(_gr.c.agent_id == query.agent_id)
+        if query.active_at is not None:
+            stmt = stmt.where(_gr.c.revoked_at.is_(None), _gr.c.expires_at > query.active_at)
+        rows, nxt = _page(list(self._c.execute(stmt)), query.limit, "id")
+        return Page([self._row(r) for r in rows], nxt)
+
+    def revoke(self, grant_id: str, *, at: datetime, by: str, reason: str) -> bool:
+        result = self._c.execute(
+            update(_gr)
+            .where(_gr.c.id == grant_id, _gr.c.revoked_at.is_(None))
+            .values(revoked_at=at, revoked_by=by, revoke_reason=reason)
+        )
+        return result.rowcount == 1
+
+    def revoke_for_human(self, human_id: str, *, at: datetime, by: str, reason: str) -> list[str]:
+        # One statement: a grant added or revoked concurrently is either in it or not.
+        result = self._c.execute(
+            update(_gr)
+            .where(_gr.c.human_id == human_id, _gr.c.revoked_at.is_(None))
+            .values(revoked_at=at, revoked_by=by, revoke_reason=reason)
+            .returning(_gr.c.id)
+        )
+        return sorted(r.id for r in result)
+
+
+_tn = t.token_nodes
+
+
+class SqlTokenGraph:
+    """The delegation graph. Nodes are written once and purged after they expire."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+
+    _INSERT = insert(_tn)
+
+    @staticmethod
+    def _row(r: Row[Any]) -> TokenNode:
+        return TokenNode(
+            jti=r.jti,
+            parent_jti=r.parent_jti,
+            actor_jti=r.actor_jti,
+            root_jti=r.root_jti,
+            origin=TokenOrigin(r.origin),
+            subject=r.subject,
+            client_id=r.client_id,
+            actors=tuple(json.loads(r.actors)),
+            grant_id=r.grant_id,
+            scope=tuple(json.loads(r.scope)),
+            audience=r.audience,
+            issued_at=r.issued_at,
+            expires_at=r.expires_at,
+            external_subject=r.external_subject,
+        )
+
+    def add(self, node: TokenNode) -> None:
+        self._c.execute(
+            self._INSERT,
+            {
+                "jti": node.jti,
+                "parent_jti": node.parent_jti,
+                "actor_jti": node.actor_jti,
+                "root_jti": node.root_jti,
+                "origin": TokenOrigin(node.origin).value,
+                "subject": node.subject,
+                "client_id": node.client_id,
+                "actors": _dumps(list(node.actors)),
+                "grant_id": node.grant_id,
+                "scope": _dumps(list(node.scope)),
+                "audience": node.audience,
+                "issued_at": node.issued_at,
+                "expires_at": node.expires_at,
+                "external_subject": node.external_subject,
+            },
+        )
+
+    def get(self, jti: str) -> TokenNode | None:
+        row = self._c.execute(select(_tn).where(_tn.c.jti == jti)).first()
+        return self._row(row) if row else None
+
+    def children(self, jtis: Sequence[str]) -> list[TokenNode]:
+        parents = list(dict.fromkeys(jtis))
+        nodes = [
+            self._row(r)
+            for chunk in _chunks(parents)
+            for r in self._c.execute(select(_tn).where(_tn.c.parent_jti.in_(chunk)))
+        ]
+        # Sorted here, across chunks and whatever the database's collation.
+        nodes.sort(key=lambda n: n.jti)
+        return nodes
+
+    def purge(self, before: datetime, limit: int) -> int:
+        if limit <= 0:
+            return 0
+        doomed = [
+            r.jti
+            for r in self._c.execute(
+                select(_tn.c.jti)
+                .where(_tn.c.expires_at < before)
+                .order_by(_tn.c.expires_at)
+                .limit(limit)
+            )
+        ]
+        # Counted from the deletes: a node another purger removed meanwhile is not counted.
+        return sum(
+            int(self._c.execute(delete(_tn).where(_tn.c.jti.in_(chunk))).rowcount)
+            for chunk in _chunks(doomed)
+        )

@@ -35,6 +35,7 @@ __all__ = [
     "agent_transitions",
     "agents",
     "audit_events",
+    "delegation_grants",
     "humans",
     "metadata",
     "policy_resources",
@@ -43,6 +44,7 @@ __all__ = [
     "replay_guard",
     "revocations",
     "signing_keys",
+    "token_nodes",
 ]
 
 
@@ -291,6 +293,50 @@ policy_resources = Table(
     Column("version", Integer, nullable=False),
     Column("revision", SeqType, nullable=False, index=True),
     Column("deleted", Boolean, nullable=False, server_default=false()),
+)
+
+# A human's standing permission for an agent to act on their behalf. ``scopes``,
+# ``audiences`` and ``authorization_details`` are JSON arrays (the last of RFC 9396
+# objects). Grants are revoked, never deleted.
+delegation_grants = Table(
+    "delegation_grants",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("human_id", ID, ForeignKey("humans.id"), nullable=False, index=True),
+    Column("agent_id", ID, ForeignKey("agents.id"), nullable=False, index=True),
+    Column("scopes", Text, nullable=False),
+    Column("audiences", Text, nullable=False),
+    Column("authorization_details", Text, nullable=False),
+    Column("max_depth", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+    Column("revoked_by", String(128)),
+    Column("revoke_reason", Text),
+)
+
+# The delegation graph: one row per delegated token, linked to the token it was
+# exchanged from (``parent_jti``) and to the root of its chain. No foreign keys: rows
+# are purged once expired, in any order. ``actors`` (current actor first) and ``scope``
+# are JSON arrays.
+token_nodes = Table(
+    "token_nodes",
+    metadata,
+    Column("jti", ID, primary_key=True),
+    Column("parent_jti", ID, index=True),
+    Column("actor_jti", ID),
+    Column("root_jti", ID, nullable=False, index=True),
+    Column("origin", String(16), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("client_id", ID, nullable=False, index=True),
+    Column("actors", Text, nullable=False),
+    Column("grant_id", ID, index=True),
+    Column("scope", Text, nullable=False),
+    Column("audience", String(512), nullable=False),
+    Column("issued_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False, index=True),
+    Column("external_subject", Text),
 )
 
 APPEND_ONLY_TABLES = ("audit_events", "agent_transitions")

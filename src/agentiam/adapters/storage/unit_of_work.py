@@ -19,12 +19,14 @@ from agentiam.adapters.storage.repositories import (
     SqlAgentKeys,
     SqlAgents,
     SqlAudit,
+    SqlGrants,
     SqlHumans,
     SqlPolicies,
     SqlReplayGuard,
     SqlResources,
     SqlRevocations,
     SqlSigningKeys,
+    SqlTokenGraph,
 )
 
 __all__ = ["SqlUnitOfWork"]
@@ -108,6 +110,8 @@ class SqlUnitOfWork:
         self.revocations = SqlRevocations(self._conn)
         self.policies = SqlPolicies(self._conn)
         self.resources = SqlResources(self._conn)
+        self.grants = SqlGrants(self._conn)
+        self.token_graph = SqlTokenGraph(self._conn)
         return self
 
     def __exit__(self, *exc: object) -> None:

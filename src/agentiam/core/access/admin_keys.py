@@ -61,6 +61,11 @@ class Permission(StrEnum):
     POLICIES_READ = "policies:read"  # policies, versions, schema, catalog, analysis
     POLICIES_WRITE = "policies:write"  # policy changes, rollback, schema, catalog
     AUTHZ_DECIDE = "authz:decide"  # POST /v1/authorize (enforcement points)
+    DELEGATIONS_READ = "delegations:read"  # grants and the delegation graph
+    DELEGATIONS_WRITE = "delegations:write"  # create and revoke grants
+    # Mint a subject token for a registered human: lets the key holder start a chain in
+    # that human's name, so only the admin role has it.
+    HUMAN_TOKENS_ISSUE = "human_tokens:issue"
 
 
 _READ = frozenset(
@@ -74,12 +79,17 @@ _READ = frozenset(
         Permission.REVOCATIONS_READ,
         Permission.SIGNING_KEYS_READ,
         Permission.POLICIES_READ,
+        Permission.DELEGATIONS_READ,
     }
 )
 _ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
     Role.OPERATOR: frozenset(Permission)
-    - {Permission.ADMIN_KEYS_MANAGE, Permission.SIGNING_KEYS_MANAGE},
+    - {
+        Permission.ADMIN_KEYS_MANAGE,
+        Permission.SIGNING_KEYS_MANAGE,
+        Permission.HUMAN_TOKENS_ISSUE,
+    },
     Role.AUDITOR: _READ,
     Role.VERIFIER: frozenset(
         {Permission.TOKENS_INTROSPECT, Permission.REVOCATIONS_READ, Permission.AUTHZ_DECIDE}

@@ -3,18 +3,20 @@
 A token carries ``iss``, ``sub``, ``aud``, ``client_id``, ``exp``, ``iat``, ``jti`` and
 ``scope`` (RFC 9068 section 2.2), plus ``cnf.jkt`` when it is DPoP-bound (RFC 9449
 section 6.1). Its header is ``typ: at+jwt`` (section 2.1) with the signing key's
-``kid`` and pinned ``alg``. An agent's token has ``sub`` = ``client_id`` = the agent id.
+``kid`` and pinned ``alg``. An agent's token has ``sub`` = ``client_id`` = the agent id;
+a delegated token adds the chain claims of :mod:`agentiam.core.delegation.chain`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from agentiam.core.credentials.jose import ALLOWED_ALGORITHMS, HeaderProfile
+from agentiam.core.delegation.chain import ChainClaims
 
 __all__ = [
     "ACCESS_TOKEN_PROFILE",
@@ -83,6 +85,7 @@ class AccessTokenClaims:
     jti: str
     scope: tuple[str, ...]
     jkt: str | None = None
+    chain: ChainClaims = field(default_factory=ChainClaims)
 
     def to_jwt_claims(self) -> dict[str, Any]:
         claims: dict[str, Any] = {
@@ -93,10 +96,12 @@ class AccessTokenClaims:
             "iat": self.issued_at,
             "exp": self.expires_at,
             "jti": self.jti,
-            "scope": " ".join(self.scope),
         }
+        if self.scope:  # an empty scope is no claim, not an empty string
+            claims["scope"] = " ".join(self.scope)
         if self.jkt is not None:
             claims["cnf"] = {"jkt": self.jkt}
+        claims.update(self.chain.to_claims())
         return claims
 
 

@@ -1,11 +1,16 @@
 """Revoked access tokens, as the verifiers hold them in memory.
 
-Two kinds of entry (RFC 7009 describes the first; the second is ours):
+Two shapes of entry (RFC 7009 describes the first; the rest are ours):
 
-* a token, by ``jti``: kept until the token's own ``exp``;
-* an agent, by cut-off: every token issued to the agent at or before the cut-off
-  (compared in whole seconds, as ``iat`` is) is refused. Suspending or
-  decommissioning an agent writes one, so its tokens stop working everywhere.
+* a token, by ``jti``: kept until the token's own ``exp``. A delegated token lists
+  the jtis it was derived from (``delegation.lineage``), and is refused when any of
+  them is revoked, so revoking a token revokes every token derived from it;
+* a cut-off for a party: every token issued at or before the cut-off (compared in
+  whole seconds, as ``iat`` is) that involves the party is refused. The party is an
+  agent (the token's client, or any actor in its ``act`` chain; suspending or
+  decommissioning an agent writes one), a human (every token acting for them: "revoke
+  all of this human's delegations"), or a delegation grant (every token issued under
+  it).
 
 :class:`RevocationSet` is what a verifier consults on every request. It never reads a
 database: a feed keeps it fresh (see ``services/credentials.py`` and the remote client
@@ -32,6 +37,8 @@ MAX_TOKEN_LIFETIME = 3600 + 120
 class RevocationKind(StrEnum):
     TOKEN = "token"  # noqa: S105 - a kind name, not a secret
     AGENT = "agent"
+    HUMAN = "human"
+    GRANT = "grant"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +48,8 @@ class Revocation:
 
     seq: int
     kind: RevocationKind
-    subject: str  # the jti, or the agent id
-    cutoff: int  # agent entries: tokens with iat <= cutoff are revoked
+    subject: str  # the jti, or the agent, human or grant id
+    cutoff: int  # cut-off entries: tokens with iat <= cutoff are revoked
     expires: int
 
 
@@ -57,7 +64,8 @@ class RevocationSet:
     ) -> None:
         self._lock = threading.Lock()
         self._tokens: dict[str, int] = {}
-        self._agents: dict[str, tuple[int, int]] = {}
+        # agent, human and grant ids (their prefixes keep them apart): (cutoff, expires)
+        self._cutoffs: dict[str, tuple[int, int]] = {}
         self._cursor = 0
         self._next_expiry: int | None = None  # the earliest expiry held
         self._max_staleness = max_staleness
@@ -78,8 +86,8 @@ class RevocationSet:
                         entry.expires, self._tokens.get(entry.subject, 0)
                     )
                 else:
-                    cutoff, expires = self._agents.get(entry.subject, (0, 0))
-                    self._agents[entry.subject] = (
+                    cutoff, expires = self._cutoffs.get(entry.subject, (0, 0))
+                    self._cutoffs[entry.subject] = (
                         max(cutoff, entry.cutoff),
                         max(expires, entry.expires),
                     )
@@ -89,8 +97,8 @@ class RevocationSet:
             # The feed is applied every poll; rebuild only when something has expired.
             if self._next_expiry is not None and self._next_expiry <= now:
                 self._tokens = {k: v for k, v in self._tokens.items() if v > now}
-                self._agents = {k: v for k, v in self._agents.items() if v[1] > now}
-                expiries = [*self._tokens.values(), *(e for _, e in self._agents.values())]
+                self._cutoffs = {k: v for k, v in self._cutoffs.items() if v[1] > now}
+                expiries = [*self._tokens.values(), *(e for _, e in self._cutoffs.values())]
                 self._next_expiry = min(expiries, default=None)
 
     def mark_fresh(self) -> None:
@@ -101,11 +109,29 @@ class RevocationSet:
         fresh_at = self._fresh_at
         return fresh_at is None or self._monotonic() - fresh_at > self._max_staleness
 
-    def is_revoked(self, *, jti: str, agent_id: str, issued_at: int) -> bool:
-        if jti in self._tokens:
+    def is_revoked(
+        self,
+        *,
+        jti: str,
+        agent_id: str,
+        issued_at: int,
+        lineage: Iterable[str] = (),
+        parties: Iterable[str] = (),
+    ) -> bool:
+        """Is a token revoked: itself or any token in its ``lineage`` by jti, or its
+        client ``agent_id`` or any of its other ``parties`` (actors, the human it acts
+        for, its grant) by a cut-off at or after its ``issued_at``?"""
+        tokens, cutoffs = self._tokens, self._cutoffs
+        if jti in tokens or any(j in tokens for j in lineage):
             return True
-        agent = self._agents.get(agent_id)
-        return agent is not None and issued_at <= agent[0]
+        cut = cutoffs.get(agent_id)
+        if cut is not None and issued_at <= cut[0]:
+            return True
+        for party in parties:
+            cut = cutoffs.get(party)
+            if cut is not None and issued_at <= cut[0]:
+                return True
+        return False
 
     def __len__(self) -> int:
-        return len(self._tokens) + len(self._agents)
+        return len(self._tokens) + len(self._cutoffs)

@@ -16,7 +16,9 @@ Checks, in order (RFC 9068 section 4, RFC 9449 section 7, RFC 8725):
 5. ``iss`` and ``aud`` exactly (an audience array must be exactly ``[ours]``), ``exp``,
    ``nbf`` and ``iat`` within the clock skew, ``sub``, ``client_id`` and ``jti``
    present;
-6. not revoked by ``jti``, nor by an agent cut-off;
+6. not revoked: by its ``jti`` or that of any token it was derived from, nor by a
+   cut-off for its client, any actor in its delegation chain, the human it acts for,
+   or the grant it was issued under;
 7. the scheme matches the binding: a token with ``cnf.jkt`` is accepted only under the
    ``DPoP`` scheme with a valid proof for this request whose key is ``cnf.jkt`` and
    whose ``ath`` is this token's hash; a Bearer token only where allowed;
@@ -53,6 +55,7 @@ from agentiam.core.credentials.jose import (
 from agentiam.core.credentials.nonces import NonceIssuer
 from agentiam.core.credentials.replay import ReplayCache
 from agentiam.core.credentials.revocations import RevocationSet
+from agentiam.core.delegation.chain import ChainClaims, parse_chain
 from agentiam.errors import OAuthError
 
 __all__ = ["AccessTokenVerifier", "KeyLookup", "VerifiedAccess", "VerifierConfig"]
@@ -88,10 +91,25 @@ class VerifiedAccess:
     expires_at: int
     jkt: str | None
     claims: Mapping[str, Any]
+    chain: ChainClaims = field(default_factory=ChainClaims)
 
     @property
     def token_type(self) -> str:
         return "DPoP" if self.jkt else "Bearer"
+
+    @property
+    def audience(self) -> str | None:
+        aud = self.claims.get("aud")
+        if isinstance(aud, list):
+            return aud[0] if len(aud) == 1 and isinstance(aud[0], str) else None
+        return aud if isinstance(aud, str) else None
+
+    @property
+    def parties(self) -> tuple[str, ...]:
+        """Everyone whose cut-off revokes this token besides its client: the subject,
+        every actor, and the grant it was issued under."""
+        extra = (self.chain.grant_id,) if self.chain.grant_id else ()
+        return (self.subject, *self.chain.actors, *extra)
 
 
 class AccessTokenVerifier:
@@ -162,8 +180,10 @@ class AccessTokenVerifier:
         method: str,
         url: str,
         now: int,
+        any_audience: bool = False,
     ) -> VerifiedAccess:
-        """Verify the credentials of one HTTP request to ``method`` ``url``."""
+        """Verify the credentials of one HTTP request to ``method`` ``url``
+        (``any_audience``: see :meth:`verify_token`)."""
         if not authorization:
             raise OAuthError(
                 "invalid_token",
@@ -186,7 +206,7 @@ class AccessTokenVerifier:
         token = token.strip()
         if scheme not in ("dpop", "bearer") or not token:
             raise self._invalid_token("unsupported authorization scheme")
-        access = self.verify_token(token, now=now)
+        access = self.verify_token(token, now=now, any_audience=any_audience)
         if scheme == "bearer":
             if access.jkt is not None:
                 raise self._invalid_token("DPoP-bound token presented as Bearer")
@@ -232,7 +252,8 @@ class AccessTokenVerifier:
         """Verify an access token alone (signature, claims, revocation).
 
         ``any_audience`` skips the audience check; only the authorization server's own
-        introspection and revocation endpoints, which serve every audience, use it."""
+        endpoints (introspection, revocation, token exchange, sub-agents), which serve
+        every audience, use it."""
         if len(token) > self.config.max_token_length:
             raise self._invalid_token(
                 f"access token: longer than {self.config.max_token_length} characters"
@@ -278,6 +299,7 @@ class AccessTokenVerifier:
             jti = string_claim(claims, "jti")
             scope = optional_string_claim(claims, "scope", max_length=8192) or ""
             jkt = _jkt(claims)
+            chain = parse_chain(claims, client_id=client_id)
         except JoseRejected as exc:
             raise self._invalid_token(str(exc)) from None
         access = VerifiedAccess(
@@ -289,6 +311,7 @@ class AccessTokenVerifier:
             expires_at=exp,
             jkt=jkt,
             claims=claims,
+            chain=chain,
         )
         self._check_revoked(access)
         self._verified[token] = (access, parsed.kid or "")
@@ -298,7 +321,11 @@ class AccessTokenVerifier:
 
     def _check_revoked(self, access: VerifiedAccess) -> None:
         if self._revocations.is_revoked(
-            jti=access.jti, agent_id=access.client_id, issued_at=access.issued_at
+            jti=access.jti,
+            agent_id=access.client_id,
+            issued_at=access.issued_at,
+            lineage=access.chain.lineage,
+            parties=access.parties,
         ):
             raise self._invalid_token("token revoked")
 
