@@ -633,3 +633,28 @@ def test_direct_construction_is_validated(jwks: dict[str, Any]) -> None:
         TrustedIssuer(issuer=ISSUER, audiences=AUDIENCE, jwks=jwks)  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="HS256"):
         TrustedIssuer(issuer=ISSUER, audiences=(AUDIENCE,), algorithms=("HS256",), jwks=jwks)
+
+
+def test_entra_style_x5t_hint_is_tolerated_but_never_picks_the_key(
+    rsa_key: RSAKey, rsa_other: RSAKey, issuer: TrustedIssuer, keys: IssuerKeySet
+) -> None:
+    """Entra ID puts x5t beside kid. The hint is ignored: the kid chooses the key, so a
+    token signed by another key with a plausible x5t still fails."""
+    hint = {"x5t": "bm90LWEtdGh1bWJwcmludA", "x5t#S256": "aGludA"}
+    token = raw_jws(header(**hint), claims(), rsa_key, "RS256")
+    assert verify(token, issuer, keys).subject == "00u1human"
+    forged = raw_jws(header(**hint), claims(), rsa_other, "RS256")
+    rejected(forged, issuer, keys, "signature")
+
+
+def test_cognito_style_kid_characters_are_accepted_for_subject_tokens(
+    rsa_key: RSAKey,
+) -> None:
+    kid = "AbC+dEf/GhI=jK="
+    static = {"keys": [public_jwk(rsa_key, kid)]}
+    trusted = TrustedIssuer(issuer=ISSUER, audiences=(AUDIENCE,), jwks=static)
+    token = raw_jws(header(kid=kid), claims(), rsa_key, "RS256")
+    assert verify(token, trusted, trusted.static_keys).subject == "00u1human"
+    # Still bounded: no control characters or spaces.
+    bad = raw_jws(header(kid="a b"), claims(), rsa_key, "RS256")
+    rejected(bad, trusted, trusted.static_keys, "malformed kid")

@@ -67,6 +67,9 @@ ALLOWED_ALGORITHMS: Mapping[str, tuple[str, str]] = {
 }
 KEY_HEADERS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256"})
 _KID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,128}$")
+_PRINTABLE_KID_RE = re.compile(r"^[\x21-\x7e]{1,256}$")
+# Key hints that only ever name a key (never carry or locate one).
+_HINT_HEADERS = frozenset({"x5t", "x5t#S256"})
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-]*$")
 _MAX_HEADER_SEGMENT = 2048
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
@@ -84,6 +87,11 @@ class HeaderProfile:
     ``typ`` lists the accepted values (compared case-insensitively, with an optional
     ``application/`` prefix, RFC 7515 section 4.1.9); ``None`` in the set allows the
     header to be absent. ``jwk_required`` is for DPoP proofs (RFC 9449 section 4.2).
+
+    ``tolerated_headers`` are key hints an external issuer may send but that are never
+    used to find a key (``x5t``, ``x5t#S256`` from Entra ID); ``printable_kid`` widens
+    ``kid`` to any printable ASCII (Cognito kids hold ``+``, ``/`` and ``=``). Both are
+    for external subject tokens only; our own tokens keep the strict rules.
     """
 
     name: str
@@ -92,6 +100,8 @@ class HeaderProfile:
     jwk_required: bool = False
     kid_required: bool = False
     max_length: int = 8192
+    tolerated_headers: frozenset[str] = frozenset()
+    printable_kid: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +195,7 @@ def parse_compact(token: str, profile: HeaderProfile) -> CompactJws:
         raise JoseRejected(f"{profile.name}: unsupported JOSE header member")
     if not _typ_matches(header.get("typ"), profile.typ):
         raise JoseRejected(f"{profile.name}: typ {str(header.get('typ'))[:40]!r} is not accepted")
-    carried = KEY_HEADERS & header.keys()
+    carried = KEY_HEADERS & header.keys() - (profile.tolerated_headers & _HINT_HEADERS)
     if profile.jwk_required:
         if "jwk" not in header:
             raise JoseRejected(f"{profile.name}: jwk header missing")
@@ -194,7 +204,8 @@ def parse_compact(token: str, profile: HeaderProfile) -> CompactJws:
         raise JoseRejected(f"{profile.name}: key-carrying header {sorted(carried)[0]!r} refused")
     if "kid" in header:
         kid = header["kid"]
-        if not isinstance(kid, str) or not _KID_RE.match(kid):
+        pattern = _PRINTABLE_KID_RE if profile.printable_kid else _KID_RE
+        if not isinstance(kid, str) or not pattern.match(kid):
             raise JoseRejected(f"{profile.name}: malformed kid")
     elif profile.kid_required:
         raise JoseRejected(f"{profile.name}: kid missing")

@@ -112,6 +112,10 @@ SUBJECT_TOKEN_PROFILE = HeaderProfile(
     typ=frozenset({None, "JWT", "at+jwt"}),
     algorithms=SUBJECT_TOKEN_ALGORITHMS,
     max_length=MAX_TOKEN_LENGTH,
+    # Real IdPs: Entra ID adds x5t (ignored; the kid picks the key), Cognito kids hold
+    # + / = characters.
+    tolerated_headers=frozenset({"x5t", "x5t#S256"}),
+    printable_kid=True,
 )
 """The header profile for any external subject token; :func:`subject_token_profile`
 narrows ``algorithms`` to one issuer's list."""
