@@ -58,7 +58,7 @@ from agentiam.core.delegation.issuers import ExternalSubject, TrustedIssuer, pee
 from agentiam.core.delegation.models import DelegationGrant, TokenNode, TokenOrigin
 from agentiam.core.identities.models import Agent
 from agentiam.core.ids import is_id, new_id
-from agentiam.errors import OAuthError, ServiceUnavailable
+from agentiam.errors import AgentIAMError, OAuthError, ServiceUnavailable
 from agentiam.ports import Clock, GrantQuery, UnitOfWork, UnitOfWorkFactory
 from agentiam.services.agents import AgentService, NewAgent
 from agentiam.services.context import CallContext
@@ -422,13 +422,7 @@ class DelegationService:
             audience = resource
         elif audience is not None and not 0 < len(audience) <= 512:
             raise OAuthError("invalid_target", "audience is too long")
-        raw = single(form, "authorization_details")
-        details: tuple[dict[str, Any], ...] | None = None
-        if raw is not None:
-            try:
-                details = self.details.parse(raw)
-            except DetailsRejected as exc:
-                raise OAuthError("invalid_authorization_details", str(exc)) from None
+        details = self._parse_details(single(form, "authorization_details"))
         return _Request(scope=scope, audience=audience, details=details)
 
     # -- issuing one hop -----------------------------------------------------------------
@@ -782,7 +776,7 @@ class DelegationService:
             planned, _ = self._hop_claims(
                 subject, stand_in, grant, proof.jkt, None, None, request, TokenOrigin.JIT, now
             )
-            child = self._agents.register(
+            child = self._register_child(
                 CallContext(
                     actor=Actor(ActorType.AGENT, holder), source=ctx.source, trace=ctx.trace
                 ),
@@ -825,11 +819,26 @@ class DelegationService:
             raise
         return child, response
 
+    def _register_child(self, ctx: CallContext, spec: NewAgent) -> Agent:
+        """Register the sub-agent; a refusal (a key already registered, a name taken)
+        becomes an OAuth ``invalid_request`` so it is audited like every other."""
+        try:
+            return self._agents.register(ctx, spec)
+        except AgentIAMError as exc:
+            if exc.status >= 500:
+                raise
+            raise OAuthError(
+                "invalid_request", exc.detail, reason=f"sub-agent registration: {exc.detail}"
+            ) from None
+
     def _parse_details(self, raw: Any) -> tuple[dict[str, Any], ...] | None:
+        """Requested ``authorization_details``; None when absent. An empty list asks for
+        nothing more specific, so it too keeps what is held: it must never read as
+        "not task-scoped" and so drop the task scope."""
         if raw is None:
             return None
         try:
-            return self.details.parse(raw)
+            return self.details.parse(raw) or None
         except DetailsRejected as exc:
             raise OAuthError("invalid_authorization_details", str(exc)) from None
 
