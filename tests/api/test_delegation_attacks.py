@@ -890,7 +890,7 @@ def test_chain_depth_over_the_grants_max_depth(world: World) -> None:
         world,
         before,
         "invalid_grant: chain depth 2 exceeds the grant's max_depth 1",
-        "invalid_grant: chain depth 2 exceeds the cap 1",
+        "invalid_grant: chain depth 2 exceeds the grant's max_depth 1",
     )
     # Control: with max_depth 2 the same hop is accepted.
     scene = world.scene(max_depth=2)

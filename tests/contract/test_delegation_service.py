@@ -135,6 +135,10 @@ def test_a_chain_through_the_services_with_its_graph(
     tree = a.delegation_graph.tree(_unverified(acting["access_token"])["jti"])
     assert [n.node.origin.value for n in tree.ancestors] == ["human"]
     assert [d.node.client_id for d in tree.descendants] == [worker.id]
+    # One tree per initiating token: every node names the human's token as its root.
+    root = tree.ancestors[0].node.jti
+    assert tree.token.node.root_jti == root
+    assert tree.descendants[0].node.root_jti == root
     assert tree.grant is not None
     assert tree.grant.id == grant_id
     assert not tree.token.revoked

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -149,7 +149,6 @@ class _Subject:
     audience: str | None = None
     details: tuple[Mapping[str, Any], ...] | None = None
     jti: str | None = None  # an AgentIAM token's jti
-    root_jti: str | None = None
     lineage: tuple[str, ...] = ()
     grant_id: str | None = None
     may_act: Mapping[str, Any] | None = None
@@ -356,9 +355,6 @@ class DelegationService:
     def _own_subject(access: VerifiedAccess) -> _Subject:
         chain = access.chain
         human_token = is_id(access.subject, "human") and not chain.delegated
-        if human_token and access.audience is not None:
-            pass
-        root = chain.lineage[0] if chain.lineage else access.jti
         return _Subject(
             party=access.subject,
             actors=chain.actors,
@@ -368,7 +364,6 @@ class DelegationService:
             audience=None if human_token else access.audience,
             details=None if human_token else tuple(chain.authorization_details),
             jti=access.jti,
-            root_jti=root,
             lineage=(*chain.lineage, access.jti),
             grant_id=chain.grant_id,
             may_act=chain.may_act,
@@ -444,9 +439,12 @@ class DelegationService:
         epoch = int(now.timestamp())
         with self._uow(read_only=True) as uow:
             actor, grant = self._authorize_hop(uow, subject, actor_id, now)
+            parent = uow.token_graph.get(subject.jti) if subject.jti else None
         claims, node = self._hop_claims(
             subject, actor, grant, jkt, actor_jti, actor_expires, request, origin, now
         )
+        if parent is not None:  # one tree per initiating token, however deep
+            node = replace(node, root_jti=parent.root_jti)
         issued = CallContext(
             actor=Actor(ActorType.AGENT, actor.id), source=ctx.source, trace=ctx.trace
         ).event(
@@ -495,6 +493,18 @@ class DelegationService:
         if actor is None or not actor.is_usable(now):
             state = "unknown" if actor is None else actor.status.value
             raise _invalid_grant(f"actor agent is {state}", "the acting agent may not act")
+        return actor, self._check_hop(uow, subject, actor, now)
+
+    def _check_hop(
+        self, uow: UnitOfWork, subject: _Subject, actor: Agent, now: datetime
+    ) -> DelegationGrant | None:
+        """The rules of one hop for a usable ``actor``; returns the grant it runs under.
+
+        The chain is at most ``max_depth`` agents (and the grant's ``max_depth``), every
+        earlier agent is still usable, an agent appears once, ``may_act`` names the
+        actor if present (RFC 8693 section 4.4), and otherwise the actor is a sub-agent
+        of the holder; a human's chain needs an active grant."""
+        actor_id = actor.id
         if actor_id == subject.party or actor_id in subject.actors:
             raise _invalid_grant("the actor already appears in the chain")
         depth = len(subject.actors) + 1
@@ -532,7 +542,7 @@ class DelegationService:
             )
         if human is not None and grant is None:
             raise _invalid_grant("no delegation grant", "the human has not granted delegation")
-        return actor, grant
+        return grant
 
     def _may_act(self, may_act: Mapping[str, Any], actor_id: str) -> bool:
         """RFC 8693 section 4.4: the claims in ``may_act`` identify the one party
@@ -611,7 +621,7 @@ class DelegationService:
             jti=jti,
             parent_jti=subject.jti,
             actor_jti=actor_jti,
-            root_jti=subject.root_jti or jti,
+            root_jti=subject.jti or jti,
             origin=origin,
             subject=subject.party,
             client_id=actor.id,
@@ -758,21 +768,14 @@ class DelegationService:
                 audience=spec.resource,
                 details=self._parse_details(spec.authorization_details),
             )
+            # Every rule of the hop is checked against a stand-in for the child before
+            # anything is written, so a refused spawn registers nothing.
             with self._uow(read_only=True) as uow:
                 holder_agent = uow.agents.get(holder)
-                # Check the hop against a stand-in child before anything is written.
-                if holder_agent is None:
-                    raise _invalid_grant("the parent agent does not exist")
-                grant = None
-                if subject.grant_id is not None:
-                    grant = uow.grants.get(subject.grant_id)
-            depth = len(subject.actors) + 1
-            cap = min(self.policy.max_depth, grant.max_depth if grant else self.policy.max_depth)
-            if depth > cap:
-                raise _invalid_grant(
-                    f"chain depth {depth} exceeds the cap {cap}", "the delegation chain is too deep"
-                )
-            stand_in = _stand_in(holder_agent, now, spec.ttl_seconds)
+                if holder_agent is None or not holder_agent.is_usable(now):
+                    raise _invalid_grant("the parent agent is not active")
+                stand_in = _stand_in(holder_agent, now, spec.ttl_seconds)
+                grant = self._check_hop(uow, subject, stand_in, now)
             planned, _ = self._hop_claims(
                 subject, stand_in, grant, proof.jkt, None, None, request, TokenOrigin.JIT, now
             )
@@ -915,8 +918,6 @@ def _jit_name(parent_name: str) -> str:
 def _stand_in(parent: Agent, now: datetime, ttl_seconds: int) -> Agent:
     """The sub-agent as it will be registered, to plan its first token before any
     write: it holds at most its parent's entitlements and lives ``ttl_seconds``."""
-    from dataclasses import replace
-
     return replace(
         parent,
         id=new_id("agent"),
