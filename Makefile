@@ -41,6 +41,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/registry.py
 	$(BIN)/python bench/tokens.py
 	$(BIN)/python bench/policy.py
+	$(BIN)/python bench/delegation.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -129,6 +129,9 @@ class AgentRepository(Protocol):
 
     def get_by_name(self, name: str) -> Agent | None: ...
 
+    def get_many(self, agent_ids: Sequence[str]) -> dict[str, Agent]:
+        """The agents that exist among ``agent_ids``, by id, in one round of queries."""
+
     def client(self, agent_id: str) -> ClientRecord | None:
         """The agent as an OAuth client, with its active keys only."""
 

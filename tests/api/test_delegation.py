@@ -373,3 +373,44 @@ def test_enforcement_reads_task_scope_and_chain_from_a_verified_token(live: OAut
     assert decision.decision == "deny"
     assert not decision.errors
     assert not any("delegation" in r for r in decision.reasons), decision.reasons
+
+
+def test_a_jit_workers_own_tokens_keep_its_task_scope(live: OAuthLive) -> None:
+    """The worker's key can get it plain client-credentials tokens; those carry the
+    task it was spawned for, and its later exchanges cannot shed or widen it."""
+    scene = Scene(live)
+    acting = scene.acting()
+    task = [{"type": "tool_invocation", "tools": ["search"]}]
+    worker = scene.planner.spawn_subagent(
+        ttl_seconds=600, on_behalf=acting, authorization_details=task
+    )
+    own = worker.client.token()
+    assert claims(own)["sub"] == worker.agent_id
+    assert claims(own)["authorization_details"] == task
+    assert own.authorization_details == tuple(task)
+    with live.admin_client() as admin:
+        shown = admin.get(f"/v1/agents/{worker.agent_id}").json()
+    assert shown["task_scope"] == task
+    # Re-exchanging the planner's token: by default the narrower task is kept ...
+    again = worker.client.exchange(acting)
+    assert claims(again)["authorization_details"] == task
+    # ... and asking for the planner's wider task is refused.
+    with pytest.raises(TokenError) as refused:
+        worker.client.exchange(acting, authorization_details=TOOLS)
+    assert refused.value.error == "invalid_authorization_details"
+
+
+def test_introspection_shows_the_chain_and_knows_human_tokens(live: OAuthLive) -> None:
+    scene = Scene(live)
+    subject = scene.human_token()
+    acting = scene.planner.act_for(subject)
+    with live.admin_client() as admin:
+        human = admin.post("/oauth2/introspect", data={"token": subject}).json()
+        delegated = admin.post("/oauth2/introspect", data={"token": acting.value}).json()
+    assert human["active"] is True
+    assert human["sub"] == scene.human.id
+    assert human["may_act"] == {"sub": live.agent_id}
+    assert delegated["active"] is True
+    assert delegated["act"] == {"sub": live.agent_id}
+    assert delegated["authorization_details"] == TOOLS
+    assert delegated["delegation"]["grant"] == scene.grant["id"]

@@ -242,3 +242,17 @@ def test_wrong_master_key_cannot_sign(database_url: str, clock: FakeClock) -> No
         other.signing_keys.sign({"sub": "x"}, typ="at+jwt")
     first.close()
     other.close()
+
+
+def test_the_first_signature_on_an_empty_key_ring_works_with_a_real_clock(
+    database_url: str,
+) -> None:
+    """The ring's first key is created on demand and activates a moment after the
+    caller read the clock; signing must use it rather than fail."""
+    c = build(Settings(database_url=database_url, issuer=ISSUER, master_key=MASTER))
+    try:
+        assert c.signing_keys.keys() == []
+        token = c.signing_keys.sign({"sub": "x", "iat": 0, "exp": 1}, typ="at+jwt")
+        assert token.count(".") == 2
+    finally:
+        c.close()

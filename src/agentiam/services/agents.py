@@ -50,6 +50,8 @@ class NewAgent:
     scopes: Sequence[str] = field(default_factory=tuple)
     audiences: Sequence[str] = field(default_factory=tuple)
     dpop_required: bool = True
+    # Already-validated authorization_details (see DelegationService.spawn).
+    task_scope: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,7 @@ def agent_summary(agent: Agent) -> dict[str, Any]:
         "scopes": list(agent.scopes),
         "audiences": list(agent.audiences),
         "dpop_required": agent.dpop_required,
+        "task_scope": [dict(d) for d in agent.task_scope],
     }
 
 
@@ -155,6 +158,7 @@ class AgentService:
         with self._uow() as uow:
             owners = list(spec.owners)
             expires_at: datetime | None = None
+            task_scope: tuple[Mapping[str, Any], ...] = tuple(dict(d) for d in spec.task_scope)
             if spec.parent_id is not None and spec.ttl_seconds is not None:
                 parent = self._ephemeral_parent(uow, spec.parent_id, now)
                 if parent.environment != environment:
@@ -175,6 +179,8 @@ class AgentService:
                 if not owners:
                     owners = list(parent.owners)
                 _check_attenuated(parent, scopes, audiences)
+                # A child of a task-scoped agent is at least as task-scoped.
+                task_scope = task_scope or parent.task_scope
             owners_t = self._check_humans(uow, owners, "owners", required=True)
             sponsors_t = self._check_humans(uow, spec.sponsors, "sponsors", required=False)
             agent = Agent(
@@ -196,6 +202,7 @@ class AgentService:
                 scopes=scopes,
                 audiences=audiences,
                 dpop_required=bool(spec.dpop_required),
+                task_scope=task_scope,
             )
             uow.agents.add(agent)  # Conflict if the name was ever used
             uow.audit.append(

@@ -488,15 +488,22 @@ class DelegationService:
     def _authorize_hop(
         self, uow: UnitOfWork, subject: _Subject, actor_id: str, now: datetime
     ) -> tuple[Agent, DelegationGrant | None]:
-        """May ``actor_id`` act on ``subject`` now? Returns the actor and the grant."""
-        actor = uow.agents.get(actor_id)
+        """May ``actor_id`` act on ``subject`` now? Returns the actor and the grant.
+        The actor and every earlier agent of the chain are read in one batch."""
+        agents = uow.agents.get_many([actor_id, *subject.actors])
+        actor = agents.get(actor_id)
         if actor is None or not actor.is_usable(now):
             state = "unknown" if actor is None else actor.status.value
             raise _invalid_grant(f"actor agent is {state}", "the acting agent may not act")
-        return actor, self._check_hop(uow, subject, actor, now)
+        return actor, self._check_hop(uow, subject, actor, now, agents)
 
     def _check_hop(
-        self, uow: UnitOfWork, subject: _Subject, actor: Agent, now: datetime
+        self,
+        uow: UnitOfWork,
+        subject: _Subject,
+        actor: Agent,
+        now: datetime,
+        agents: Mapping[str, Agent] | None = None,
     ) -> DelegationGrant | None:
         """The rules of one hop for a usable ``actor``; returns the grant it runs under.
 
@@ -515,8 +522,10 @@ class DelegationService:
             )
         if subject.may_act is not None and not self._may_act(subject.may_act, actor_id):
             raise _invalid_grant("may_act does not name this actor")
+        if agents is None:
+            agents = uow.agents.get_many(subject.actors)
         for earlier in subject.actors:
-            agent = uow.agents.get(earlier)
+            agent = agents.get(earlier)
             if agent is None or not agent.is_usable(now):
                 raise _invalid_grant(f"agent {earlier} in the chain is no longer active")
         human = subject.human
@@ -588,7 +597,7 @@ class DelegationService:
                 reason=f"widening to {' '.join(beyond)[:300]}",
             )
         audience = self._audience(subject, actor, grant, request.audience)
-        details = self._details(subject, grant, request.details)
+        details = self._details(subject, actor, grant, request.details)
         expiry = [epoch + self.policy.access_token_ttl, subject.expires_at]
         if actor_expires is not None:
             expiry.append(actor_expires)
@@ -665,21 +674,34 @@ class DelegationService:
     def _details(
         self,
         subject: _Subject,
+        actor: Agent,
         grant: DelegationGrant | None,
         requested: tuple[dict[str, Any], ...] | None,
     ) -> tuple[Mapping[str, Any], ...]:
-        """RFC 9396 section 7 on exchange: the new token's details narrow the subject
-        token's (or, on the first hop, the grant's). None held means unrestricted by
-        details (scope still applies), so any requested details only narrow."""
+        """RFC 9396 section 7 on exchange: the new token's details narrow both what the
+        subject token holds (on the first hop, the grant's) and the actor's own task
+        scope. Nothing held means unrestricted by details (scope still applies), so
+        requested details only narrow. With nothing requested the token keeps the
+        narrower of the two; if neither contains the other the caller must say."""
         held: tuple[Mapping[str, Any], ...] = ()
         if subject.details is not None:
             held = subject.details
         elif grant is not None:
             held = grant.authorization_details
+        bounds = [b for b in (held, actor.task_scope) if b]
         if requested is None:
-            return held
-        if held:
-            problem = self.details.narrowing_problem(requested, held)
+            if len(bounds) < 2:
+                return bounds[0] if bounds else ()
+            for narrower, wider in ((bounds[1], bounds[0]), (bounds[0], bounds[1])):
+                if self.details.narrowing_problem(list(narrower), list(wider)) is None:
+                    return narrower
+            raise OAuthError(
+                "invalid_authorization_details",
+                "name authorization_details within both the subject token's and the actor's",
+                reason="the subject token's and the actor's task scopes overlap only in part",
+            )
+        for bound in bounds:
+            problem = self.details.narrowing_problem(list(requested), list(bound))
             if problem is not None:
                 raise OAuthError(
                     "invalid_authorization_details",
@@ -797,6 +819,7 @@ class DelegationService:
                     scopes=planned.scope,
                     audiences=(planned.audience,),
                     dpop_required=True,
+                    task_scope=planned.chain.authorization_details,
                 ),
             )
             if self._on_agent_created is not None:

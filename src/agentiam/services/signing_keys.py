@@ -136,7 +136,8 @@ class SigningKeyService:
         key = signing_key_at(self._ring(), now)
         if key is None:  # re-read, creating the first key of an empty ring
             self.ensure_key(CallContext.system("control-plane/keys"))
-            key = signing_key_at(self._keys, now)
+            # The new key activates at its own creation time, a moment after ``now``.
+            key = signing_key_at(self._keys, self._clock.now())
         if key is None:
             raise ServiceUnavailable(
                 "no signing key is active", hint="Run 'agentiam keys rotate --immediate'."

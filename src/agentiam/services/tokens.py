@@ -34,6 +34,7 @@ from agentiam.core.credentials.dpop import DpopProof, DpopWindow, validate_proof
 from agentiam.core.credentials.jose import JoseRejected, VerificationKey, import_public_jwk
 from agentiam.core.credentials.nonces import NonceIssuer
 from agentiam.core.credentials.verifier import AccessTokenVerifier, VerifiedAccess
+from agentiam.core.delegation.chain import ChainClaims
 from agentiam.core.identities.models import AgentKey, ClientRecord, KeyStatus
 from agentiam.core.ids import is_id, new_id
 from agentiam.errors import OAuthError
@@ -370,6 +371,8 @@ class TokenService:
             jti=new_id("token"),
             scope=scope,
             jkt=proof.jkt if proof else None,
+            # A task-scoped agent (a JIT sub-agent) never holds an unscoped token.
+            chain=ChainClaims(authorization_details=agent.task_scope),
         )
         issued = CallContext(
             actor=Actor(ActorType.AGENT, agent.id), source=ctx.source, trace=ctx.trace
@@ -386,6 +389,7 @@ class TokenService:
                 "exp": expires,
                 "token_type": "DPoP" if proof else "Bearer",
                 "jkt": claims.jkt,
+                "authorization_details": [dict(d) for d in agent.task_scope] or None,
             },
         )
         body: dict[str, Any] = {
@@ -393,6 +397,8 @@ class TokenService:
             "expires_in": expires - epoch,
             "scope": " ".join(scope),
         }
+        if agent.task_scope:
+            body["authorization_details"] = [dict(d) for d in agent.task_scope]
         return self.response(body, epoch), claims, issued
 
     @staticmethod
@@ -448,9 +454,13 @@ class TokenService:
             return {"active": False}
         return _introspection(access)
 
-    def _agent_usable(self, agent_id: str, now: datetime) -> bool:
+    def _agent_usable(self, client_id: str, now: datetime) -> bool:
+        """The token's client still exists and may act: an active agent, or (for a
+        human's subject token) a registered human."""
         with self._uow(read_only=True) as uow:
-            agent = uow.agents.get(agent_id) if is_id(agent_id, "agent") else None
+            if is_id(client_id, "human"):
+                return uow.humans.get(client_id) is not None
+            agent = uow.agents.get(client_id) if is_id(client_id, "agent") else None
         return agent is not None and agent.is_usable(now)
 
     # -- revocation (RFC 7009) ------------------------------------------------------------
@@ -553,4 +563,8 @@ def _introspection(access: VerifiedAccess) -> dict[str, Any]:
     }
     if access.jkt:
         body["cnf"] = {"jkt": access.jkt}
+    # The delegation chain (RFC 8693 section 4.1) and task scope (RFC 9396 section 9.2).
+    for name in ("act", "may_act", "authorization_details", "delegation"):
+        if name in claims:
+            body[name] = claims[name]
     return body

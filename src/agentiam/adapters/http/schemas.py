@@ -174,6 +174,10 @@ class AgentOut(_Out):
     scopes: list[str]
     audiences: list[str]
     dpop_required: bool
+    task_scope: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="RFC 9396 authorization_details all its tokens carry (JIT sub-agents).",
+    )
     version: int
 
     @classmethod
@@ -200,6 +204,7 @@ class AgentOut(_Out):
             scopes=list(a.scopes),
             audiences=list(a.audiences),
             dpop_required=a.dpop_required,
+            task_scope=[dict(d) for d in a.task_scope],
             version=a.version,
         )
 

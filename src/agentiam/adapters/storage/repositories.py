@@ -195,6 +195,7 @@ _CLIENT_WITH_KEYS = (
         t.agents.c.status,
         t.agents.c.expires_at,
         t.agents.c.dpop_required,
+        t.agents.c.task_scope,
         _ak.c.id.label("key_id"),
         _ak.c.kid,
         _ak.c.alg,
@@ -215,6 +216,10 @@ _CLIENT_GRANTS = (
     .where(t.agent_entitlements.c.agent_id == bindparam("agent_id"))
     .order_by(t.agent_entitlements.c.value)
 )
+
+
+def _task_scope(text: str | None) -> tuple[dict[str, Any], ...]:
+    return tuple(json.loads(text)) if text else ()
 
 
 class SqlAgents:
@@ -263,6 +268,7 @@ class SqlAgents:
                     scopes=tuple(granted[(r.id, SCOPE)]),
                     audiences=tuple(granted[(r.id, AUDIENCE)]),
                     dpop_required=bool(r.dpop_required),
+                    task_scope=_task_scope(r.task_scope),
                     version=r.version,
                 )
             )
@@ -291,6 +297,7 @@ class SqlAgents:
             "updated_at": a.updated_at,
             "version": a.version,
             "dpop_required": a.dpop_required,
+            "task_scope": _dumps([dict(d) for d in a.task_scope]) if a.task_scope else None,
         }
 
     def _write_relations(self, agent: Agent) -> None:
@@ -364,7 +371,15 @@ class SqlAgents:
             scopes=tuple(granted[SCOPE]),
             audiences=tuple(granted[AUDIENCE]),
             keys=keys,
+            task_scope=_task_scope(first.task_scope),
         )
+
+    def get_many(self, agent_ids: Sequence[str]) -> dict[str, Agent]:
+        ids = list(dict.fromkeys(agent_ids))[:_CHUNK]
+        if not ids:
+            return {}
+        rows = list(self._c.execute(select(t.agents).where(t.agents.c.id.in_(ids))))
+        return {a.id: a for a in self._hydrate(rows)}
 
     def get_by_name(self, name: str) -> Agent | None:
         row = self._c.execute(select(t.agents).where(t.agents.c.name == name)).first()

@@ -113,6 +113,9 @@ agents = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("version", Integer, nullable=False),
     Column("dpop_required", Boolean, nullable=False, server_default=true()),
+    # RFC 9396 authorization_details every token of the agent carries (JSON; NULL:
+    # not task-scoped). Set for just-in-time sub-agents.
+    Column("task_scope", Text),
 )
 
 # What an agent may be granted: ``kind`` "scope" (OAuth scope) or "audience" (an RFC 8707

@@ -23,8 +23,9 @@ class DelegationGrant:
     """A human's standing permission for one agent to act on their behalf.
 
     A token exchange on the human's behalf gets at most ``scopes``, one of
-    ``audiences`` and a narrowing of ``authorization_details`` (empty: none may be
-    requested). ``max_depth`` bounds the chain below the human: 1 lets only the agent
+    ``audiences`` and a narrowing of ``authorization_details`` (empty: the grant does
+    not task-scope the agent; requested details then only narrow what scope allows).
+    ``max_depth`` bounds the chain below the human: 1 lets only the agent
     act, 2 lets it hand a narrower task to one sub-agent, and so on (never above the
     server's cap)."""
 

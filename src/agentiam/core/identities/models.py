@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
+from typing import Any
 
 from agentiam.core.identities.lifecycle import AgentStatus, LifecycleAction
 
@@ -87,6 +88,9 @@ class Agent:
     scopes: tuple[str, ...] = ()
     audiences: tuple[str, ...] = ()
     dpop_required: bool = True
+    # RFC 9396 authorization_details its every token carries; set when a parent spawns
+    # it for one task, so even its own client-credentials tokens stay task-scoped.
+    task_scope: tuple[Mapping[str, Any], ...] = ()
     version: int = 1
 
     @property
@@ -144,6 +148,7 @@ class ClientRecord:
     scopes: tuple[str, ...]
     audiences: tuple[str, ...]
     keys: tuple[AgentKey, ...]
+    task_scope: tuple[Mapping[str, Any], ...] = ()
 
     def is_usable(self, now: datetime) -> bool:
         expired = self.expires_at is not None and now >= self.expires_at

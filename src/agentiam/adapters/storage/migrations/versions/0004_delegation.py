@@ -21,6 +21,10 @@ ID = sa.String(40)
 
 
 def upgrade() -> None:
+    # A just-in-time sub-agent's task scope (RFC 9396 authorization_details, JSON);
+    # NULL for an agent that is not task-scoped.
+    # A plain ADD COLUMN (no table rebuild, which other tables' foreign keys forbid).
+    op.add_column("agents", sa.Column("task_scope", sa.Text, nullable=True))
     op.create_table(
         "delegation_grants",
         sa.Column("id", ID, nullable=False),
@@ -75,3 +79,4 @@ def downgrade() -> None:
     op.drop_index("ix_delegation_grants_agent_id", "delegation_grants")
     op.drop_index("ix_delegation_grants_human_id", "delegation_grants")
     op.drop_table("delegation_grants")
+    op.drop_column("agents", "task_scope")  # SQLite 3.35+ drops a column in place
