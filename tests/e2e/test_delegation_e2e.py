@@ -135,3 +135,83 @@ def test_example_chain_trace_and_revocation_against_a_real_server(sqlite_url: st
     ]
     assert tree["grant"]["status"] == "revoked"
     assert tree["grant"]["revoke_reason"] == "task done"
+
+
+def test_grants_cli_create_list_mint_revoke(sqlite_url: str, tmp_path: Path) -> None:
+    """The grant commands end to end as an operator runs them: every CLI call is its
+    own process on the same database."""
+    env = env_for(sqlite_url, free_port())
+    env["AGENTIAM_MASTER_KEY_FILE"] = str(tmp_path / "master.key")
+    cli(env, "keys", "generate-master-key", "-o", env["AGENTIAM_MASTER_KEY_FILE"])
+    human = json.loads(
+        cli(
+            env, "humans", "create", "--name", "Hana", "--email", "hana@example.com", "--json"
+        ).stdout
+    )
+    agent = json.loads(
+        cli(
+            env,
+            "agents",
+            "create",
+            "planner",
+            "--owner",
+            human["id"],
+            "--purpose",
+            "plan",
+            "--environment",
+            "production",
+            "--scope",
+            "tools:read",
+            "--audience",
+            "https://tools.example.com",
+            "--activate",
+            "--json",
+        ).stdout
+    )
+    wider = cli(
+        env,
+        "grants",
+        "create",
+        "--human",
+        human["id"],
+        "--agent",
+        "planner",
+        "--scope",
+        "tools:admin",
+        "--audience",
+        "https://tools.example.com",
+        check=False,
+    )
+    assert wider.returncode == 1
+    assert "not entitled" in wider.stderr
+    grant = json.loads(
+        cli(
+            env,
+            "grants",
+            "create",
+            "--human",
+            human["id"],
+            "--agent",
+            "planner",
+            "--scope",
+            "tools:read",
+            "--audience",
+            "https://tools.example.com",
+            "--details",
+            '[{"type": "tool_invocation", "tools": ["search"]}]',
+            "--json",
+        ).stdout
+    )
+    assert grant["agent_id"] == agent["id"]
+    assert grant["authorization_details"] == [{"type": "tool_invocation", "tools": ["search"]}]
+    listed = json.loads(cli(env, "grants", "list", "--human", human["id"], "--json").stdout)
+    assert [g["id"] for g in listed] == [grant["id"]]
+    token = cli(env, "grants", "subject-token", human["id"], "--agent", "planner").stdout.strip()
+    assert token.count(".") == 2
+    out = cli(env, "grants", "revoke-human", human["id"], "--reason", "left").stdout
+    assert "revoked 1 grants" in out
+    shown = json.loads(cli(env, "grants", "show", grant["id"], "--json").stdout)
+    assert shown["status"] == "revoked"
+    assert shown["revoke_reason"] == "left"
+    active = json.loads(cli(env, "grants", "list", "--active", "--json").stdout)
+    assert active == []
