@@ -1167,7 +1167,7 @@ def test_a_replayed_dpop_proof(world: World) -> None:
     before = len(world.denials())
     second = world.form(world.human_token(scene.human_id, None), actor_token)
     refused(world.post(second, [proof]), "invalid_dpop_proof")
-    assert_denied(world, before, "invalid_dpop_proof: DPoP jti reused")
+    assert_denied(world, before, "invalid_dpop_proof: DPoP proof jti already used")
     # Control: a fresh proof is accepted.
     assert world.post(second, [world.proof(scene.planner.dpop)]).status_code == 200
 

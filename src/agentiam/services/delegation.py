@@ -228,7 +228,7 @@ class DelegationService:
             actor = self._actor(form, proof, epoch)
             actor_id = actor.client_id
             uses = self._client_auth(form, actor.client_id, epoch, now)
-            uses.append(self._proof_use(proof, now))
+            uses.append(self._tokens.proof_use(proof, now))
             subject = self._subject(form, epoch)
             request = self._request(form)
             response = self._issue(
@@ -329,17 +329,6 @@ class DelegationService:
             )
         return self._tokens.single_use(agent, assertion, None, now)
 
-    def _proof_use(self, proof: DpopProof, now: datetime) -> SingleUse:
-        window = self._tokens.policy.dpop_window
-        return SingleUse(
-            "dpop_proof",
-            f"{proof.jkt}\0{proof.jti}",
-            datetime.fromtimestamp(proof.iat + window.max_age + self.policy.skew, now.tzinfo),
-            OAuthError(
-                "invalid_dpop_proof", "the DPoP proof is not valid", reason="DPoP jti reused"
-            ),
-        )
-
     def _subject(self, form: Mapping[str, Sequence[str]], epoch: int) -> _Subject:
         token = single(form, "subject_token") or ""
         issuer = peek_issuer(token)
@@ -439,12 +428,20 @@ class DelegationService:
         epoch = int(now.timestamp())
         with self._uow(read_only=True) as uow:
             actor, grant = self._authorize_hop(uow, subject, actor_id, now)
+            # One tree per initiating token, however deep: the parent's root is ours.
             parent = uow.token_graph.get(subject.jti) if subject.jti else None
         claims, node = self._hop_claims(
-            subject, actor, grant, jkt, actor_jti, actor_expires, request, origin, now
+            subject,
+            actor,
+            grant,
+            jkt,
+            actor_jti,
+            actor_expires,
+            request,
+            origin,
+            now,
+            root_jti=parent.root_jti if parent else None,
         )
-        if parent is not None:  # one tree per initiating token, however deep
-            node = replace(node, root_jti=parent.root_jti)
         issued = CallContext(
             actor=Actor(ActorType.AGENT, actor.id), source=ctx.source, trace=ctx.trace
         ).event(
@@ -582,6 +579,7 @@ class DelegationService:
         request: _Request,
         origin: TokenOrigin,
         now: datetime,
+        root_jti: str | None = None,
     ) -> tuple[AccessTokenClaims, TokenNode]:
         epoch = int(now.timestamp())
         bounds: list[Sequence[str]] = [actor.scopes]
@@ -630,7 +628,7 @@ class DelegationService:
             jti=jti,
             parent_jti=subject.jti,
             actor_jti=actor_jti,
-            root_jti=subject.jti or jti,
+            root_jti=root_jti or subject.jti or jti,
             origin=origin,
             subject=subject.party,
             client_id=actor.id,
@@ -837,7 +835,7 @@ class DelegationService:
                     details=tuple(dict(d) for d in planned.chain.authorization_details) or None,
                 ),
                 origin=TokenOrigin.JIT,
-                uses=[self._proof_use(proof, now)],
+                uses=[self._tokens.proof_use(proof, now)],
                 now=now,
             )
         except OAuthError as exc:

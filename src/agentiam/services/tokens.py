@@ -243,21 +243,24 @@ class TokenService:
             )
         ]
         if proof is not None:
-            uses.append(
-                SingleUse(
-                    "dpop_proof",
-                    f"{proof.jkt}\0{proof.jti}",
-                    datetime.fromtimestamp(
-                        proof.iat + self.policy.dpop_window.max_age + skew, now.tzinfo
-                    ),
-                    OAuthError(
-                        "invalid_dpop_proof",
-                        "the DPoP proof is not valid",
-                        reason="DPoP proof jti already used",
-                    ),
-                )
-            )
+            uses.append(self.proof_use(proof, now))
         return uses
+
+    def proof_use(self, proof: DpopProof, now: datetime) -> SingleUse:
+        """A DPoP proof's ``jti``, single use across replicas until the proof is too
+        old to be accepted anyway (RFC 9449 section 11.1)."""
+        return SingleUse(
+            "dpop_proof",
+            f"{proof.jkt}\0{proof.jti}",
+            datetime.fromtimestamp(
+                proof.iat + self.policy.dpop_window.max_age + self.policy.skew, now.tzinfo
+            ),
+            OAuthError(
+                "invalid_dpop_proof",
+                "the DPoP proof is not valid",
+                reason="DPoP proof jti already used",
+            ),
+        )
 
     @staticmethod
     def consume(uow: UnitOfWork, uses: Sequence[SingleUse]) -> None:
