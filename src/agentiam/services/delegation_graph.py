@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
-from agentiam.core.credentials.revocations import RevocationSet
+from agentiam.core.credentials.revocations import RevocationSet, parties_of
 from agentiam.core.delegation.models import DelegationGrant, TokenNode
 from agentiam.core.ids import is_id
 from agentiam.errors import NotFound
@@ -56,10 +56,6 @@ class DelegationGraph:
         self._revocations = revocations
         self._max_depth = max_depth
 
-    def _now(self) -> tuple[datetime, int]:
-        now = self._clock.now()
-        return now, int(now.timestamp())
-
     def purge(self, *, limit: int = 1000) -> int:
         """Forget graph nodes whose token expired more than ``GRAPH_RETENTION`` ago."""
         with self._uow() as uow:
@@ -71,7 +67,7 @@ class DelegationGraph:
         """The token ``jti``, its ancestors up to the root and its descendants
         (breadth first, at most 1000), each marked revoked or expired as verifiers
         would see it now."""
-        now, epoch = self._now()
+        now = self._clock.now()
         self._revocations.ensure_fresh()
         with self._uow(read_only=True) as uow:
             node = uow.token_graph.get(jti) if is_id(jti, "token") else None
@@ -106,7 +102,6 @@ class DelegationGraph:
                 expired=n.expires_at <= now,
             )
 
-        _ = epoch
         return DelegationTree(
             token=mark(node),
             ancestors=[mark(a) for a in ancestors],
@@ -125,11 +120,10 @@ def _is_revoked(revoked: RevocationSet, node: TokenNode, by_jti: Mapping[str, To
         if current.parent_jti:
             lineage.append(current.parent_jti)
         current = by_jti.get(current.parent_jti) if current.parent_jti else None
-    parties = [node.subject, *node.actors, *((node.grant_id,) if node.grant_id else ())]
     return revoked.is_revoked(
         jti=node.jti,
         agent_id=node.client_id,
         issued_at=int(node.issued_at.timestamp()),
         lineage=lineage,
-        parties=parties,
+        parties=parties_of(node.subject, node.actors, node.grant_id),
     )

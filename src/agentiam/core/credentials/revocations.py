@@ -27,11 +27,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["MAX_TOKEN_LIFETIME", "Revocation", "RevocationKind", "RevocationSet"]
+__all__ = ["MAX_TOKEN_LIFETIME", "Revocation", "RevocationKind", "RevocationSet", "parties_of"]
 
 # No access token lives longer than this (the lifetime cap plus the largest clock
 # skew), so no revocation entry needs to be kept longer.
 MAX_TOKEN_LIFETIME = 3600 + 120
+
+
+def parties_of(subject: str, actors: Iterable[str], grant_id: str | None) -> tuple[str, ...]:
+    """Everyone besides its client whose cut-off revokes a token: its subject, every
+    actor of its delegation chain, and the grant it was issued under."""
+    return (subject, *actors, *((grant_id,) if grant_id else ()))
 
 
 class RevocationKind(StrEnum):

@@ -54,7 +54,7 @@ from agentiam.core.credentials.jose import (
 )
 from agentiam.core.credentials.nonces import NonceIssuer
 from agentiam.core.credentials.replay import ReplayCache
-from agentiam.core.credentials.revocations import RevocationSet
+from agentiam.core.credentials.revocations import RevocationSet, parties_of
 from agentiam.core.delegation.chain import ChainClaims, parse_chain
 from agentiam.errors import OAuthError
 
@@ -108,8 +108,7 @@ class VerifiedAccess:
     def parties(self) -> tuple[str, ...]:
         """Everyone whose cut-off revokes this token besides its client: the subject,
         every actor, and the grant it was issued under."""
-        extra = (self.chain.grant_id,) if self.chain.grant_id else ()
-        return (self.subject, *self.chain.actors, *extra)
+        return parties_of(self.subject, self.chain.actors, self.chain.grant_id)
 
 
 class AccessTokenVerifier:
