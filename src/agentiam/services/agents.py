@@ -14,6 +14,7 @@ from agentiam.core.identities.keys import ValidatedJwk, validate_public_jwk
 from agentiam.core.identities.lifecycle import AgentStatus, LifecycleAction, next_status
 from agentiam.core.identities.models import Agent, AgentKey, KeyStatus, Transition
 from agentiam.core.identities.validation import (
+    entitlements_beyond,
     validate_access_review,
     validate_audiences,
     validate_autonomy,
@@ -99,9 +100,7 @@ def agent_summary(agent: Agent) -> dict[str, Any]:
 
 def _check_attenuated(parent: Agent, scopes: tuple[str, ...], audiences: tuple[str, ...]) -> None:
     """A child agent is entitled to no more than its parent."""
-    wider = sorted(set(scopes) - set(parent.scopes)) + sorted(
-        set(audiences) - set(parent.audiences)
-    )
+    wider = entitlements_beyond(parent, scopes, audiences)
     if wider:
         raise InvalidInput(
             f"a child agent cannot hold entitlements its parent lacks: {', '.join(wider)}",

@@ -17,7 +17,11 @@ from agentiam.core.credentials.revocations import MAX_TOKEN_LIFETIME, Revocation
 from agentiam.core.delegation.authorization_details import DetailsRejected, DetailTypeRegistry
 from agentiam.core.delegation.chain import ChainClaims
 from agentiam.core.delegation.models import DelegationGrant, TokenNode, TokenOrigin
-from agentiam.core.identities.validation import validate_audiences, validate_scopes
+from agentiam.core.identities.validation import (
+    entitlements_beyond,
+    validate_audiences,
+    validate_scopes,
+)
 from agentiam.core.ids import is_id, new_id
 from agentiam.errors import InvalidInput, NotFound
 from agentiam.ports import Clock, GrantQuery, Page, UnitOfWork, UnitOfWorkFactory
@@ -91,9 +95,7 @@ class GrantService:
             agent = uow.agents.get(spec.agent_id)
             if agent is None:
                 raise NotFound(f"agent {spec.agent_id} does not exist")
-            wider = sorted(set(scopes) - set(agent.scopes)) + sorted(
-                set(audiences) - set(agent.audiences)
-            )
+            wider = entitlements_beyond(agent, scopes, audiences)
             if wider:
                 raise InvalidInput(
                     f"the agent is not entitled to {', '.join(wider)}",

@@ -12,11 +12,12 @@ from urllib.parse import urlsplit
 
 from agentiam.config import Limits
 from agentiam.core.credentials.access_tokens import parse_resource, parse_scope
-from agentiam.core.identities.models import AutonomyLevel, ExternalIdentity, RuntimeInfo
+from agentiam.core.identities.models import Agent, AutonomyLevel, ExternalIdentity, RuntimeInfo
 from agentiam.core.normalize import normalize_display_text, normalize_identifier
 from agentiam.errors import InvalidInput
 
 __all__ = [
+    "entitlements_beyond",
     "validate_access_review",
     "validate_audiences",
     "validate_autonomy",
@@ -28,6 +29,13 @@ __all__ = [
     "validate_runtime",
     "validate_scopes",
 ]
+
+
+def entitlements_beyond(held: Agent, scopes: Sequence[str], audiences: Sequence[str]) -> list[str]:
+    """The scopes and audiences among those given that ``held`` is not entitled to:
+    nothing may hand on more than its holder has (a child agent, a delegation grant)."""
+    return sorted(set(scopes) - set(held.scopes)) + sorted(set(audiences) - set(held.audiences))
+
 
 _EMAIL_RE = re.compile(r"^[^@\s]{1,64}@(?:[^@\s.]{1,63}\.)+[^@\s.]{2,63}$")
 
