@@ -42,6 +42,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/tokens.py
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/delegation.py
+	$(BIN)/python bench/audit.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -32,6 +32,8 @@ from agentiam.services.admin_keys import AdminKeyService
 from agentiam.services.agents import AgentService
 from agentiam.services.analysis import AccessAnalysisService
 from agentiam.services.audit import AuditService
+from agentiam.services.audit_trail import AuditTrail, TrailPolicy
+from agentiam.services.audit_writer import GroupCommitWriter
 from agentiam.services.context import CallContext, SystemClock
 from agentiam.services.decisions import DecisionPoint
 from agentiam.services.delegation import DelegationPolicy, DelegationService, ExternalTokens
@@ -67,6 +69,8 @@ class Container:
     delegation: DelegationService
     grants: GrantService
     delegation_graph: DelegationGraph
+    audit_trail: AuditTrail
+    audit_writer: GroupCommitWriter
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -88,12 +92,20 @@ class Container:
             (self.settings.key_refresh_seconds, self.signing_keys.refresh),
             (60.0, self.revocations.purge),
             (60.0, self.delegation_graph.purge),
+            (self.settings.audit_integrate_seconds, self._audit_tick),
             (self.settings.expiry_sweep_seconds, self._expire_agents),
         )
         for interval, task in loops:
             threading.Thread(
                 target=self._loop, args=(interval, task), daemon=True, name=task.__name__
             ).start()
+
+    def _audit_tick(self) -> None:
+        """Log new events into the trail and sign a tree head when one is due. Without
+        a master key nothing can be signed: events are still chained and logged."""
+        self.audit_trail.integrate_all()
+        if self.signing_keys.can_sign:
+            self.audit_trail.sign_head()
 
     def _expire_agents(self) -> None:
         """Decommission ephemeral agents whose TTL ran out."""
@@ -110,6 +122,11 @@ class Container:
 
     def close(self) -> None:
         self._stop.set()
+        self.audit_writer.close(timeout=5.0)  # what is queued is written first
+        try:  # log what this replica wrote last; the next start would otherwise
+            self.audit_trail.integrate_all()
+        except Exception:
+            log.warning("could not log the last audit events at shutdown; the next start will")
         self.engine.dispose()
 
 
@@ -196,7 +213,10 @@ def build(
     # Nonces must verify on every replica: derive their key from the shared master key.
     nonce_key = master.derive("dpop-nonce") if master else secrets.token_bytes(32)
     nonces = NonceIssuer(nonce_key)
-    audit = AuditService(uow, clock)
+    # Stand-alone events (decisions, reads, refusals) are group-committed.
+    writer = GroupCommitWriter(uow)
+    writer.start()
+    audit = AuditService(uow, clock, writer)
     verifier = AccessTokenVerifier(
         VerifierConfig(issuer=issuer, audience=issuer, skew=skew, dpop_window=window),
         signing_keys,
@@ -223,6 +243,7 @@ def build(
         clock,
         zone=settings.policy_time_zone,
         max_staleness_seconds=settings.policy_max_staleness_seconds,
+        audit=audit,
     )
 
     def policy_changed() -> None:
@@ -289,6 +310,17 @@ def build(
         analysis=AccessAnalysisService(uow, clock, decisions),
         delegation=delegation,
         grants=grants,
+        audit_trail=AuditTrail(
+            uow,
+            clock,
+            policy=TrailPolicy(
+                issuer=issuer,
+                head_interval=timedelta(seconds=settings.audit_tree_head_seconds),
+            ),
+            sign=lambda claims, typ: signing_keys.sign(claims, typ=typ),
+            keys=signing_keys.every_public_jwk,
+        ),
+        audit_writer=writer,
         delegation_graph=DelegationGraph(
             uow, clock, revocations, max_depth=settings.delegation_max_depth
         ),

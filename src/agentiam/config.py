@@ -89,6 +89,11 @@ class Settings:
     policy_refresh_seconds: float = 0.5
     # Past this age without a successful refresh, decisions fail closed (503).
     policy_max_staleness_seconds: float = 30.0
+    # -- audit trail (see docs/audit.md) --
+    # How often a replica logs new events into the trail (one replica at a time works).
+    audit_integrate_seconds: float = 0.25
+    # How often the trail's state is signed as a tree head while it grows.
+    audit_tree_head_seconds: float = 5.0
     # -- delegation (see docs/delegation.md) --
     # The longest delegation chain below the human (agents in the act claim).
     delegation_max_depth: int = 4
@@ -162,6 +167,10 @@ class Settings:
             raise InvalidInput("limit max_authorize_batch must be between 1 and 1000")
         if not 64 * 1024 <= self.limits.max_policy_body_bytes <= 64 * 1024 * 1024:
             raise InvalidInput("limit max_policy_body_bytes must be between 64 KiB and 64 MiB")
+        if not 0.05 <= self.audit_integrate_seconds <= 10:
+            raise InvalidInput("audit_integrate_seconds must be between 0.05 and 10")
+        if not 1 <= self.audit_tree_head_seconds <= 3600:
+            raise InvalidInput("audit_tree_head_seconds must be between 1 s and 1 h")
         if not 1 <= self.delegation_max_depth <= 16:
             raise InvalidInput("delegation_max_depth must be between 1 and 16")
         if not 30 <= self.human_token_ttl_seconds <= 3600:

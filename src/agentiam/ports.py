@@ -13,6 +13,7 @@ from typing import Generic, Protocol, Self, TypeVar
 
 from agentiam.core.access.admin_keys import AdminKey
 from agentiam.core.audit.events import AuditEvent
+from agentiam.core.audit.trail import LogEntry, TreeHead
 from agentiam.core.credentials.revocations import Revocation, RevocationKind
 from agentiam.core.credentials.signing_keys import SigningKey
 from agentiam.core.delegation.models import DelegationGrant, TokenNode
@@ -25,8 +26,10 @@ __all__ = [
     "AgentKeyRepository",
     "AgentQuery",
     "AgentRepository",
+    "AuditAppender",
     "AuditLog",
     "AuditQuery",
+    "AuditTrailRepository",
     "Clock",
     "DelegationGrantRepository",
     "GrantQuery",
@@ -76,11 +79,23 @@ class AgentQuery:
 
 @dataclass(frozen=True, slots=True)
 class AuditQuery:
+    """Filters over the event store, all optional and combined with AND; events come
+    in append order (``seq``), ``after`` being the seq of the previous page's last."""
+
     limit: int
     after: str | None = None
     agent_id: str | None = None
     type: str | None = None
     since: datetime | None = None  # events at or after this time
+    until: datetime | None = None  # events strictly before this time
+    human_id: str | None = None  # the initiating human
+    action: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    decision_id: str | None = None
+    trace_id: str | None = None  # W3C trace id, 32 lowercase hex digits
+    outcome: str | None = None  # success, failure or denied
+    after_event: str | None = None  # events appended after this event id (resume)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +190,17 @@ class AdminKeyRepository(Protocol):
     def update(self, key: AdminKey) -> None: ...
 
 
+class AuditAppender(Protocol):
+    """Makes stand-alone audit events durable (group commit); raises
+    ``ServiceUnavailable`` when it cannot, so the caller refuses its action."""
+
+    def append(self, events: Sequence[AuditEvent]) -> None: ...
+
+
 class AuditLog(Protocol):
+    def append_many(self, events: Sequence[AuditEvent]) -> None:
+        """Append several events in one statement, in order."""
+
     def append(self, event: AuditEvent) -> None:
         """Append within the current transaction; the store refuses edits and deletes."""
 
@@ -262,6 +287,42 @@ class ResourceRepository(Protocol):
         decision point polls it to know when to rebuild its entity snapshot."""
 
 
+class AuditTrailRepository(Protocol):
+    """The tamper-evident trail over the event store (see core/audit/trail.py)."""
+
+    def lock(self) -> bool:
+        """Take the integrator's lock until this transaction ends; False if another
+        replica holds it (PostgreSQL advisory lock; SQLite's writer lock suffices)."""
+
+    def head(self) -> tuple[int, bytes]:
+        """The number of entries and the last chain hash (GENESIS when empty)."""
+
+    def pending(self, limit: int, *, lookback: int | None) -> list[tuple[int, str]]:
+        """Events not yet in the log, in ``seq`` order, as (seq, body JSON). With a
+        ``lookback``, only those whose ``seq`` is within it of the highest one logged."""
+
+    def append(self, entries: Sequence[LogEntry], nodes: Sequence[tuple[int, int, bytes]]) -> None:
+        """Add log entries and the Merkle tree nodes they completed."""
+
+    def nodes(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Stored perfect-subtree hashes by (level, index); absent keys are left out."""
+
+    def entries(self, start: int, limit: int) -> list[tuple[LogEntry, str]]:
+        """Log entries from index ``start`` with their event bodies, in index order."""
+
+    def index_of(self, event_id: str) -> int | None: ...
+
+    def add_tree_head(self, head: TreeHead) -> None: ...
+
+    def tree_head(self, tree_size: int) -> TreeHead | None: ...
+
+    def tree_heads(self, *, limit: int, before: int | None = None) -> list[TreeHead]:
+        """Signed tree heads, largest first."""
+
+    def unlogged_before(self, time: datetime) -> int:
+        """How many events stored before ``time`` are not in the log."""
+
+
 class DelegationGrantRepository(Protocol):
     def add(self, grant: DelegationGrant) -> None: ...
 
@@ -324,6 +385,9 @@ class UnitOfWork(Protocol):
 
     @property
     def grants(self) -> DelegationGrantRepository: ...
+
+    @property
+    def trail(self) -> AuditTrailRepository: ...
 
     @property
     def token_graph(self) -> TokenGraphRepository: ...

@@ -129,14 +129,16 @@ def test_a_decision_that_cannot_be_audited_is_refused(container: Container) -> N
     container.policies.put(CTX, "tools", text=ALLOW_TOOLS)
     pdp = container.decisions
     pdp.refresh()
-    inner = pdp._uow
+    # Decision logs are group-committed: the writer's store is the one that fails.
+    writer = container.audit_writer
+    inner = writer._uow
 
     def read_only_store(*, read_only: bool = False) -> UnitOfWork:
         if not read_only:
             raise ConnectionError("audit store gone")
         return inner(read_only=True)  # type: ignore[no-any-return]
 
-    pdp._uow = read_only_store
+    writer._uow = read_only_store
     with pytest.raises(ServiceUnavailable):
         pdp.decide(CTX, [_request(agent)])
 

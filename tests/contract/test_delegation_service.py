@@ -16,6 +16,7 @@ from agentiam.bootstrap import Container, build
 from agentiam.config import Settings
 from agentiam.core.credentials.sealing import MasterKey
 from agentiam.errors import OAuthError
+from agentiam.ports import AuditQuery
 from agentiam.sdk import AgentKey, client_assertion, dpop_proof
 from agentiam.services.agents import NewAgent
 from agentiam.services.context import CallContext
@@ -142,6 +143,12 @@ def test_a_chain_through_the_services_with_its_graph(
     assert tree.grant is not None
     assert tree.grant.id == grant_id
     assert not tree.token.revoked
+    # The issuance is audited as traced to the human, through every agent.
+    exchanged = a.audit.find(AuditQuery(limit=10, type="token.exchanged")).items
+    assert [(e.initiating_human, e.delegation_chain) for e in exchanged] == [
+        (human, (planner.id,)),
+        (human, (worker.id, planner.id)),
+    ]
 
 
 def test_lifetimes_are_bounded_by_every_link_and_the_grant_expires(

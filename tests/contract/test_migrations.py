@@ -3,9 +3,11 @@ databases, and re-running them over data changes nothing."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -17,11 +19,13 @@ from agentiam.adapters.storage import tables as t
 from agentiam.adapters.storage.engine import make_engine
 from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
 from agentiam.bootstrap import Container
+from agentiam.core.audit.events import Outcome, ResourceRef, TraceContext
 from agentiam.core.delegation.models import DelegationGrant, TokenNode, TokenOrigin
 from agentiam.core.identities.lifecycle import AgentStatus
 from agentiam.core.identities.models import Agent, AutonomyLevel, Human, RuntimeInfo
 from agentiam.core.ids import new_id
 from agentiam.core.policy.model import PolicyRecord, PolicySetVersion, ResourceRecord
+from agentiam.ports import AuditQuery
 from agentiam.services.agents import NewAgent
 from agentiam.services.context import CallContext
 from agentiam.services.humans import NewHuman
@@ -190,5 +194,53 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(sqlite_url: str) -> None:
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_audit_query_columns_are_backfilled_from_the_body(database_url: str) -> None:
+    """Migration 0005 adds the audit query columns over existing events and fills them
+    from each event's body, lifting the append-only guard for that UPDATE only."""
+    engine = make_engine(database_url)
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    trace = TraceContext("c" * 32, "d" * 16)
+    ctx = CallContext(actor=CallContext.system("test").actor, source="test", trace=trace)
+    decided = ctx.event(
+        "policy.decision",
+        now=now,
+        action="call",
+        resource=ResourceRef("Tool", "x" * 600),  # cut to the column's 512
+        outcome=Outcome.DENIED,
+    )
+    decided = replace(decided, initiating_human="hum_1", decision_id="dec_1")
+    bare = ctx.event("system.start", now=now)  # no resource, human or decision
+    columns = ("human_id", "action", "resource_type", "resource_id", "decision_id")
+    try:
+        with SqlUnitOfWork(engine) as uow:
+            uow.audit.append_many([decided, bare])
+            uow.commit()
+        try:
+            _downgrade(engine, "0004")
+            assert "human_id" not in {
+                c["name"] for c in inspect(engine).get_columns("audit_events")
+            }
+        finally:
+            migrate.upgrade(engine)
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), t.metadata) == []
+            rows = {r.event_id: r for r in conn.execute(select(t.audit_events))}
+        row = rows[decided.event_id]
+        assert [getattr(row, c) for c in columns] == ["hum_1", "call", "Tool", "x" * 512, "dec_1"]
+        assert (row.trace_id, row.outcome) == ("c" * 32, "denied")
+        empty = rows[bare.event_id]
+        assert [getattr(empty, c) for c in columns] == [None, "system.start", None, None, None]
+        assert (empty.trace_id, empty.outcome) == ("c" * 32, "success")
+        with SqlUnitOfWork(engine, read_only=True) as uow:  # found through the new columns
+            found = uow.audit.find(AuditQuery(limit=5, resource_id="x" * 600, outcome="denied"))
+            assert [e.event_id for e in found.items] == [decided.event_id]
+        with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
+            conn.execute(t.audit_events.update().values(outcome="success"))
+        with pytest.raises(Exception, match="append-only"), engine.begin() as conn:
+            conn.execute(t.audit_events.delete())
     finally:
         engine.dispose()

@@ -9,6 +9,7 @@ from agentiam.cli import (
     access,
     admin_keys,
     agents,
+    audit,
     db,
     grants,
     humans,
@@ -37,6 +38,7 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(resources.app, name="resources")
 app.add_typer(access.app, name="access")
 app.add_typer(grants.app, name="grants")
+app.add_typer(audit.app, name="audit")
 app.add_typer(trace.app, name="trace")
 
 

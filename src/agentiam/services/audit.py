@@ -1,8 +1,9 @@
 """Record calls that change nothing (reads, rejections) and read the event store.
 
 Changes record their own events inside their transaction (see the other services).
-Reads are recorded before their answer leaves: if the event cannot be written the read
-fails with 503, so nothing is served unlogged.
+Reads and refusals are recorded before their answer leaves, through the group-commit
+writer when one is wired (``services/audit_writer.py``): if the event cannot be made
+durable the call fails with 503, so nothing is served unlogged.
 """
 
 from __future__ import annotations
@@ -11,16 +12,34 @@ from typing import Any
 
 from agentiam.core.audit.events import AuditEvent, Outcome, ResourceRef
 from agentiam.errors import ServiceUnavailable
-from agentiam.ports import AuditQuery, Clock, Page, UnitOfWorkFactory
+from agentiam.ports import AuditAppender, AuditQuery, Clock, Page, UnitOfWorkFactory
 from agentiam.services.context import CallContext
 
 __all__ = ["AuditService"]
 
 
 class AuditService:
-    def __init__(self, uow: UnitOfWorkFactory, clock: Clock) -> None:
+    def __init__(
+        self, uow: UnitOfWorkFactory, clock: Clock, appender: AuditAppender | None = None
+    ) -> None:
         self._uow = uow
         self._clock = clock
+        self._appender = appender
+
+    def append(self, events: list[AuditEvent]) -> None:
+        """Make stand-alone events durable, or raise ServiceUnavailable (503)."""
+        if self._appender is not None:
+            self._appender.append(events)
+            return
+        try:
+            with self._uow() as uow:
+                uow.audit.append_many(events)
+                uow.commit()
+        except Exception as exc:  # any storage failure means: not durable, so refuse
+            raise ServiceUnavailable(
+                "the audit trail cannot be written; the call was refused",
+                hint="Check the database and retry.",
+            ) from exc
 
     def record(
         self,
@@ -42,15 +61,7 @@ class AuditService:
             reason=reason,
             details=details,
         )
-        try:
-            with self._uow() as uow:
-                uow.audit.append(event)
-                uow.commit()
-        except Exception as exc:  # any storage failure means: not durable, so refuse
-            raise ServiceUnavailable(
-                "the audit trail cannot be written; the call was refused",
-                hint="Check the database and retry.",
-            ) from exc
+        self.append([event])
         return event
 
     def find(self, query: AuditQuery) -> Page[AuditEvent]:

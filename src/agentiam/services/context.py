@@ -41,8 +41,11 @@ class CallContext:
         action: str | None = None,
         reason: str | None = None,
         details: Mapping[str, Any] | None = None,
+        initiating_human: str | None = None,
+        delegation_chain: tuple[str, ...] = (),
     ) -> AuditEvent:
-        """An audit event done by this caller; an agent resource also sets ``agent_id``."""
+        """An audit event done by this caller; an agent resource also sets ``agent_id``.
+        A delegated action names the human it traces back to and the agents between."""
         return AuditEvent.create(
             type=type_,
             actor=self.actor,
@@ -55,6 +58,8 @@ class CallContext:
             agent_id=resource.id if resource is not None and resource.type == "agent" else None,
             reason=reason,
             details=details,
+            initiating_human=initiating_human,
+            delegation_chain=delegation_chain,
         )
 
 

@@ -26,6 +26,7 @@ from agentiam.core.policy.model import EntityRef
 from agentiam.core.policy.schema import load_schema
 from agentiam.errors import ServiceUnavailable
 from agentiam.ports import AgentQuery, Clock, HumanQuery, Page, UnitOfWork, UnitOfWorkFactory
+from agentiam.services.audit import AuditService
 from agentiam.services.context import CallContext
 
 __all__ = ["DecisionPoint", "decision_event"]
@@ -118,8 +119,12 @@ class DecisionPoint:
         zone: str = "UTC",
         max_staleness_seconds: float = 30.0,
         risk: Callable[[EntityRef], int] | None = None,
+        audit: AuditService | None = None,
     ) -> None:
         self._uow = uow
+        # Decision logs are stand-alone events: group-committed through the audit
+        # service's writer when it has one.
+        self._audit = audit or AuditService(uow, clock)
         self._clock = clock
         self._zone = zone
         self._max_staleness = max_staleness_seconds
@@ -213,16 +218,7 @@ class DecisionPoint:
         authorizer = self.authorizer
         decisions = [authorizer.decide(r) for r in requests]
         now = self._clock.now()
-        try:
-            with self._uow() as uow:
-                for decision in decisions:
-                    uow.audit.append(decision_event(ctx, decision, now=now))
-                uow.commit()
-        except Exception as exc:
-            raise ServiceUnavailable(
-                "the audit trail cannot be written; the decision was refused",
-                hint="Check the database and retry.",
-            ) from exc
+        self._audit.append([decision_event(ctx, decision, now=now) for decision in decisions])
         for decision in decisions:
             self.on_decision(decision)
         return decisions

@@ -449,6 +449,8 @@ class DelegationService:
             now=now,
             action="token",
             resource=ResourceRef("agent", actor.id),
+            initiating_human=subject.human,
+            delegation_chain=node.actors,
             details={
                 "grant_type": GRANT_TOKEN_EXCHANGE if origin is TokenOrigin.EXCHANGE else "jit",
                 "jti": claims.jti,

@@ -90,6 +90,11 @@ class SigningKeyService:
     def now(self) -> datetime:
         return self._clock.now()
 
+    @property
+    def can_sign(self) -> bool:
+        """Whether a master key is configured (without one nothing can be signed)."""
+        return self._master is not None
+
     def keys(self) -> list[SigningKey]:
         self.refresh()
         return list(self._keys)
@@ -101,6 +106,11 @@ class SigningKeyService:
         if key is None or not key.is_published(self._clock.now()):
             return None
         return self._verification.get(kid)
+
+    def every_public_jwk(self) -> list[dict[str, Any]]:
+        """The public JWK of every key ever made, retired ones included: what verifies
+        old signed audit tree heads long after the key stopped signing tokens."""
+        return [dict(k.public_jwk) for k in self.keys()]
 
     def jwks(self) -> dict[str, Any]:
         """The JWK Set (RFC 7517 section 5) of every published key."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -621,36 +621,90 @@ class SqlAdminKeys:
 
 
 class SqlAudit:
+    """The event store. ``body`` is the record the trail hashes (canonical JSON); the
+    other columns are derived copies of its members for indexed lookups. They are not
+    covered by the trail, so queries select on them but always return ``body``."""
+
     def __init__(self, conn: Connection) -> None:
         self._c = conn
 
     _INSERT = insert(t.audit_events)
+    # query column -> the AuditEvent value it holds (clipped to the column's length)
+    _COLUMNS: dict[str, Callable[[AuditEvent], str | None]] = {
+        "agent_id": lambda e: e.agent_id,
+        "human_id": lambda e: e.initiating_human,
+        "action": lambda e: e.action,
+        "resource_type": lambda e: e.resource.type if e.resource else None,
+        "resource_id": lambda e: e.resource.id if e.resource else None,
+        "decision_id": lambda e: e.decision_id,
+        "trace_id": lambda e: e.trace.trace_id,
+        "outcome": lambda e: e.outcome.value,
+    }
+
+    @staticmethod
+    def _clip(column: str, value: str | None) -> str | None:
+        """A value longer than its column is stored cut (an append never fails on
+        length); a lookup for it compares the cut value and then re-checks ``body``."""
+        length = t.audit_events.c[column].type.length  # type: ignore[attr-defined]
+        return value[:length] if value is not None and len(value) > length else value
+
+    @classmethod
+    def _row(cls, event: AuditEvent) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "event_id": event.event_id,
+            "time": event.time,
+            "type": event.type,
+            "body": _dumps(event.to_dict()),
+        }
+        for column, value in cls._COLUMNS.items():
+            row[column] = cls._clip(column, value(event))
+        return row
 
     def append(self, event: AuditEvent) -> None:
-        self._c.execute(
-            self._INSERT,
-            {
-                "event_id": event.event_id,
-                "time": event.time,
-                "type": event.type,
-                "agent_id": event.agent_id,
-                "body": _dumps(event.to_dict()),
-            },
-        )
+        self._c.execute(self._INSERT, self._row(event))
+
+    def append_many(self, events: Sequence[AuditEvent]) -> None:
+        if events:  # one executemany: rows keep their order, so seq follows it
+            self._c.execute(self._INSERT, [self._row(e) for e in events])
 
     def find(self, query: AuditQuery) -> Page[AuditEvent]:
         e = t.audit_events
         stmt = select(e.c.seq, e.c.body).order_by(e.c.seq).limit(query.limit + 1)
         if query.after:
             stmt = stmt.where(e.c.seq > int(query.after))
-        if query.agent_id:
-            stmt = stmt.where(e.c.agent_id == query.agent_id)
+        if query.after_event:  # an unknown event id compares with NULL: no rows
+            mark = select(e.c.seq).where(e.c.event_id == query.after_event).scalar_subquery()
+            stmt = stmt.where(e.c.seq > mark)
         if query.type:
             stmt = stmt.where(e.c.type == query.type)
         if query.since is not None:
             stmt = stmt.where(e.c.time >= query.since)
+        if query.until is not None:
+            stmt = stmt.where(e.c.time < query.until)
+        recheck: list[tuple[str, str]] = []
+        for column, wanted in (
+            ("agent_id", query.agent_id),
+            ("human_id", query.human_id),
+            ("action", query.action),
+            ("resource_type", query.resource_type),
+            ("resource_id", query.resource_id),
+            ("decision_id", query.decision_id),
+            ("trace_id", query.trace_id),
+            ("outcome", query.outcome),
+        ):
+            if wanted is None:
+                continue
+            clipped = self._clip(column, wanted)
+            stmt = stmt.where(e.c[column] == clipped)
+            if clipped != wanted:
+                recheck.append((column, wanted))
         rows, nxt = _page(list(self._c.execute(stmt)), query.limit, "seq")
-        return Page([AuditEvent.from_dict(json.loads(r.body)) for r in rows], nxt)
+        events = [AuditEvent.from_dict(json.loads(r.body)) for r in rows]
+        if recheck:  # a page may come out short; the cursor still moves past every row
+            events = [
+                ev for ev in events if all(self._COLUMNS[col](ev) == want for col, want in recheck)
+            ]
+        return Page(events, nxt)
 
 
 class SqlSigningKeys:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -35,6 +36,9 @@ __all__ = [
     "agent_transitions",
     "agents",
     "audit_events",
+    "audit_log",
+    "audit_tree_heads",
+    "audit_tree_nodes",
     "delegation_grants",
     "humans",
     "metadata",
@@ -205,6 +209,45 @@ audit_events = Table(
     Column("type", String(64), nullable=False, index=True),
     Column("agent_id", ID, index=True),
     Column("body", Text, nullable=False),
+    # Query columns (migration 0005), copied from ``body`` when the row is written.
+    # They are derived: the trail's leaf hash covers ``body`` only, so these columns
+    # are NOT tamper-evident. They serve to find rows; queries return ``body``.
+    Column("human_id", String(255), index=True),
+    Column("action", String(128), index=True),
+    Column("resource_type", String(64)),
+    Column("resource_id", String(512)),
+    Column("decision_id", String(64), index=True),
+    Column("trace_id", String(32), index=True),
+    Column("outcome", String(16), index=True),
+    Index("ix_audit_events_resource", "resource_type", "resource_id"),
+)
+
+# The tamper-evident trail (migration 0005): events in integration order with their
+# RFC 9162 leaf hash and the running hash chain; the hashes of every perfect subtree
+# of the Merkle tree (level 0 = leaves); the signed tree heads. All append-only.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("log_index", SeqType, primary_key=True, autoincrement=False),
+    Column("event_seq", SeqType, ForeignKey("audit_events.seq"), nullable=False, unique=True),
+    Column("leaf_hash", String(64), nullable=False),
+    Column("chain_hash", String(64), nullable=False),
+)
+audit_tree_nodes = Table(
+    "audit_tree_nodes",
+    metadata,
+    Column("level", SmallInteger, primary_key=True, autoincrement=False),
+    Column("node_index", SeqType, primary_key=True, autoincrement=False),
+    Column("hash", String(64), nullable=False),
+)
+audit_tree_heads = Table(
+    "audit_tree_heads",
+    metadata,
+    Column("tree_size", SeqType, primary_key=True, autoincrement=False),
+    Column("root_hash", String(64), nullable=False),
+    Column("chain_hash", String(64), nullable=False),
+    Column("signed_at", UTCDateTime, nullable=False),
+    Column("signature", Text, nullable=False),
 )
 
 # The authorization server's signing keys; the private half is sealed (AES-GCM) under

@@ -28,6 +28,7 @@ from agentiam.adapters.storage.repositories import (
     SqlSigningKeys,
     SqlTokenGraph,
 )
+from agentiam.adapters.storage.trail_repository import SqlTrail
 
 __all__ = ["SqlUnitOfWork"]
 
@@ -112,6 +113,7 @@ class SqlUnitOfWork:
         self.resources = SqlResources(self._conn)
         self.grants = SqlGrants(self._conn)
         self.token_graph = SqlTokenGraph(self._conn)
+        self.trail = SqlTrail(self._conn)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,0 +1,167 @@
+"""SQL storage of the tamper-evident trail: the log, the Merkle tree's perfect
+subtrees and the signed tree heads (tables in migration 0005)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, insert, select, text, tuple_
+
+from agentiam.adapters.storage import tables as t
+from agentiam.core.audit.trail import GENESIS, LogEntry, TreeHead
+
+__all__ = ["SqlTrail"]
+
+# The PostgreSQL advisory-lock key of the integrator (any constant shared by replicas).
+_INTEGRATOR_LOCK = 0x41554449  # "AUDI"
+_CHUNK = 500
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SqlTrail:
+    def __init__(self, conn: Connection) -> None:
+        self._c = conn
+
+    def lock(self) -> bool:
+        if self._c.dialect.name != "postgresql":
+            return True  # SQLite: this transaction already holds the only write lock
+        got = self._c.execute(
+            text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _INTEGRATOR_LOCK}
+        ).scalar()
+        return bool(got)
+
+    def head(self) -> tuple[int, bytes]:
+        log = t.audit_log
+        row = self._c.execute(
+            select(log.c.log_index, log.c.chain_hash).order_by(log.c.log_index.desc()).limit(1)
+        ).first()
+        if row is None:
+            return 0, GENESIS
+        return int(row.log_index) + 1, bytes.fromhex(row.chain_hash)
+
+    def pending(self, limit: int, *, lookback: int | None) -> list[tuple[int, str]]:
+        e, log = t.audit_events, t.audit_log
+        stmt = (
+            select(e.c.seq, e.c.body)
+            .select_from(e.outerjoin(log, log.c.event_seq == e.c.seq))
+            .where(log.c.event_seq.is_(None))
+            .order_by(e.c.seq)
+            .limit(limit)
+        )
+        if lookback is not None:
+            highest = self._c.execute(select(func.max(log.c.event_seq))).scalar()
+            if highest is not None:
+                stmt = stmt.where(e.c.seq > int(highest) - lookback)
+        return [(int(r.seq), str(r.body)) for r in self._c.execute(stmt)]
+
+    def append(self, entries: Sequence[LogEntry], nodes: Sequence[tuple[int, int, bytes]]) -> None:
+        if entries:
+            self._c.execute(
+                insert(t.audit_log),
+                [
+                    {
+                        "log_index": e.index,
+                        "event_seq": e.event_seq,
+                        "leaf_hash": e.leaf_hash.hex(),
+                        "chain_hash": e.chain_hash.hex(),
+                    }
+                    for e in entries
+                ],
+            )
+        if nodes:
+            self._c.execute(
+                insert(t.audit_tree_nodes),
+                [{"level": lv, "node_index": i, "hash": h.hex()} for lv, i, h in nodes],
+            )
+
+    def nodes(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        n = t.audit_tree_nodes
+        found: dict[tuple[int, int], bytes] = {}
+        for chunk in _chunks(list(dict.fromkeys(keys))):
+            rows = self._c.execute(
+                select(n.c.level, n.c.node_index, n.c.hash).where(
+                    tuple_(n.c.level, n.c.node_index).in_(chunk)
+                )
+            )
+            for r in rows:
+                found[(int(r.level), int(r.node_index))] = bytes.fromhex(r.hash)
+        return found
+
+    def entries(self, start: int, limit: int) -> list[tuple[LogEntry, str]]:
+        log, e = t.audit_log, t.audit_events
+        stmt = (
+            select(log, e.c.body)
+            .select_from(log.outerjoin(e, e.c.seq == log.c.event_seq))
+            .where(log.c.log_index >= start)
+            .order_by(log.c.log_index)
+            .limit(limit)
+        )
+        return [
+            (
+                LogEntry(
+                    index=int(r.log_index),
+                    event_seq=int(r.event_seq),
+                    leaf_hash=bytes.fromhex(r.leaf_hash),
+                    chain_hash=bytes.fromhex(r.chain_hash),
+                ),
+                "" if r.body is None else str(r.body),
+            )
+            for r in self._c.execute(stmt)
+        ]
+
+    def index_of(self, event_id: str) -> int | None:
+        log, e = t.audit_log, t.audit_events
+        value = self._c.execute(
+            select(log.c.log_index)
+            .select_from(log.join(e, and_(e.c.seq == log.c.event_seq)))
+            .where(e.c.event_id == event_id)
+        ).scalar()
+        return None if value is None else int(value)
+
+    def add_tree_head(self, head: TreeHead) -> None:
+        self._c.execute(
+            insert(t.audit_tree_heads).values(
+                tree_size=head.tree_size,
+                root_hash=head.root_hash.hex(),
+                chain_hash=head.chain_hash.hex(),
+                signed_at=head.signed_at,
+                signature=head.signature,
+            )
+        )
+
+    @staticmethod
+    def _head(r: Any) -> TreeHead:
+        return TreeHead(
+            tree_size=int(r.tree_size),
+            root_hash=bytes.fromhex(r.root_hash),
+            chain_hash=bytes.fromhex(r.chain_hash),
+            signed_at=r.signed_at,
+            signature=r.signature,
+        )
+
+    def tree_head(self, tree_size: int) -> TreeHead | None:
+        th = t.audit_tree_heads
+        row = self._c.execute(select(th).where(th.c.tree_size == tree_size)).first()
+        return self._head(row) if row else None
+
+    def tree_heads(self, *, limit: int, before: int | None = None) -> list[TreeHead]:
+        th = t.audit_tree_heads
+        stmt = select(th).order_by(th.c.tree_size.desc()).limit(limit)
+        if before is not None:
+            stmt = stmt.where(th.c.tree_size < before)
+        return [self._head(r) for r in self._c.execute(stmt)]
+
+    def unlogged_before(self, time: datetime) -> int:
+        e, log = t.audit_events, t.audit_log
+        value = self._c.execute(
+            select(func.count())
+            .select_from(e.outerjoin(log, log.c.event_seq == e.c.seq))
+            .where(log.c.event_seq.is_(None), e.c.time < time)
+        ).scalar()
+        return int(value or 0)

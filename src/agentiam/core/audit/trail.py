@@ -1,0 +1,153 @@
+"""The tamper-evident trail: what is hashed, how entries chain, and the signed tree
+head.
+
+* **Leaf.** An event's leaf is the RFC 9162 section 2.1.1 leaf hash of its body in
+  RFC 8785 canonical JSON, so any edit of any member changes it, while the storage's
+  own JSON formatting does not matter.
+* **Hash chain.** Entry ``i`` carries ``chain_i = SHA-256(chain_{i-1} || leaf_i)`` with
+  ``chain_{-1}`` = 32 zero bytes: a reordering, deletion or insertion anywhere changes
+  every later chain hash.
+* **Merkle tree** (:mod:`agentiam.core.audit.merkle`): logarithmic inclusion proofs for
+  any event and consistency proofs between any two tree heads.
+* **Signed tree head.** At intervals the log signs ``(tree_size, root_hash,
+  chain_hash, signed_at)`` as a compact JWS (``typ: audit-sth+jwt``) with the
+  authorization server's signing key, so anyone holding the published key (the JWKS)
+  can check an export offline. Verifying a head pins the algorithm to the key, like
+  every other JWS here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import rfc8785
+
+from agentiam.core.audit.merkle import leaf_hash
+from agentiam.core.credentials.claims import numeric_date, string_claim
+from agentiam.core.credentials.jose import (
+    ALLOWED_ALGORITHMS,
+    HeaderProfile,
+    JoseRejected,
+    VerificationKey,
+    parse_compact,
+    verify_signature,
+)
+
+__all__ = [
+    "GENESIS",
+    "TREE_HEAD_PROFILE",
+    "TREE_HEAD_TYP",
+    "LogEntry",
+    "TreeHead",
+    "canonical",
+    "chain_hash",
+    "event_leaf",
+    "tree_head_claims",
+    "verify_tree_head",
+]
+
+GENESIS = bytes(32)
+TREE_HEAD_TYP = "audit-sth+jwt"
+TREE_HEAD_PROFILE = HeaderProfile(
+    name="audit tree head",
+    typ=frozenset({TREE_HEAD_TYP}),
+    algorithms=frozenset(ALLOWED_ALGORITHMS),
+    kid_required=True,
+    max_length=2048,
+)
+_HEX64 = frozenset("0123456789abcdef")
+
+
+def canonical(body: Any) -> bytes:
+    """RFC 8785 canonical JSON of a decoded JSON value."""
+    return rfc8785.dumps(body)
+
+
+def event_leaf(body_json: str) -> bytes:
+    """The leaf hash of a stored event body (its JSON text, in any formatting)."""
+    return leaf_hash(canonical(json.loads(body_json)))
+
+
+def chain_hash(previous: bytes, leaf: bytes) -> bytes:
+    return hashlib.sha256(previous + leaf).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One event's place in the trail."""
+
+    index: int
+    event_seq: int
+    leaf_hash: bytes
+    chain_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TreeHead:
+    """A signed statement of the trail's state: its first ``tree_size`` entries have
+    Merkle root ``root_hash`` and end with ``chain_hash``."""
+
+    tree_size: int
+    root_hash: bytes
+    chain_hash: bytes
+    signed_at: datetime
+    signature: str  # the compact JWS over tree_head_claims
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tree_size": self.tree_size,
+            "root_hash": self.root_hash.hex(),
+            "chain_hash": self.chain_hash.hex(),
+            "signed_at": self.signed_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "signature": self.signature,
+        }
+
+
+def tree_head_claims(
+    *, issuer: str, tree_size: int, root_hash: bytes, chain: bytes, signed_at: int
+) -> dict[str, Any]:
+    """The JWT claims a tree head's JWS carries."""
+    return {
+        "iss": issuer,
+        "iat": signed_at,
+        "tree_size": tree_size,
+        "root_hash": root_hash.hex(),
+        "chain_hash": chain.hex(),
+    }
+
+
+def _hex32(claims: Mapping[str, Any], name: str) -> bytes:
+    value = string_claim(claims, name, max_length=64)
+    if len(value) != 64 or not set(value) <= _HEX64:
+        raise JoseRejected(f"{name} is not a SHA-256 hex digest")
+    return bytes.fromhex(value)
+
+
+def verify_tree_head(
+    signature: str, keys: Mapping[str, VerificationKey], *, issuer: str
+) -> TreeHead:
+    """Check a tree head's JWS against the published keys (by ``kid``, algorithm
+    pinned) and return what it states; raise :class:`JoseRejected` otherwise."""
+    parsed = parse_compact(signature, TREE_HEAD_PROFILE)
+    key = keys.get(parsed.kid or "")
+    if key is None:
+        raise JoseRejected("tree head signed by an unknown key")
+    verify_signature(parsed, key)
+    claims = parsed.claims
+    if claims.get("iss") != issuer:
+        raise JoseRejected("tree head from another issuer")
+    size = claims.get("tree_size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size < 2**62:
+        raise JoseRejected("tree_size is not a count")
+    return TreeHead(
+        tree_size=size,
+        root_hash=_hex32(claims, "root_hash"),
+        chain_hash=_hex32(claims, "chain_hash"),
+        signed_at=datetime.fromtimestamp(numeric_date(claims, "iat"), UTC),
+        signature=signature,
+    )

@@ -1,0 +1,272 @@
+"""Verify a trail: recompute every leaf from its event, the hash chain, and the Merkle
+root at every signed tree head, and check each head's signature against trusted keys.
+
+It works the same over the database (the service streams entries) and over an export
+file (:func:`verify_export`), so an auditor needs only the export and the published
+keys. Every problem is a :class:`Finding` naming its kind and position:
+
+* ``edited-event``: an event no longer hashes to its leaf;
+* ``deleted-event``: a logged event is gone;
+* ``missing-entry``: log entries are missing (deleted);
+* ``broken-chain``: the chain breaks (an entry removed, inserted or reordered);
+* ``root-mismatch``: the entries do not hash to a signed head's root;
+* ``bad-signature``: a tree head's signature does not verify;
+* ``truncated``: a signed head (or the one the caller holds) covers more entries than
+  the trail has;
+* ``unlogged``: stored events were never integrated (inserted around the service).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from agentiam.core.audit.merkle import node_hash
+from agentiam.core.audit.trail import (
+    GENESIS,
+    TREE_HEAD_PROFILE,
+    LogEntry,
+    TreeHead,
+    chain_hash,
+    event_leaf,
+    verify_tree_head,
+)
+from agentiam.core.credentials.jose import (
+    JoseRejected,
+    VerificationKey,
+    import_public_jwk,
+    parse_compact,
+)
+
+__all__ = [
+    "CompactRange",
+    "Finding",
+    "VerifyReport",
+    "key_map",
+    "read_tree_head",
+    "verify_entries",
+    "verify_export",
+]
+
+
+class CompactRange:
+    """The right edge of a Merkle tree being built leaf by leaf: the roots of its
+    perfect subtrees, largest first. :meth:`root` is the RFC 9162 section 2.1.1 MTH
+    of the leaves so far, in O(log n) memory, so a million-entry export verifies in
+    constant space."""
+
+    def __init__(self) -> None:
+        self._edge: list[tuple[int, bytes]] = []  # (height, hash), heights decreasing
+
+    def append(self, leaf: bytes) -> None:
+        height, value = 0, leaf
+        while self._edge and self._edge[-1][0] == height:
+            _, left = self._edge.pop()
+            value = node_hash(left, value)
+            height += 1
+        self._edge.append((height, value))
+
+    def root(self) -> bytes:
+        if not self._edge:
+            raise ValueError("an empty tree has no root here")
+        value = self._edge[-1][1]
+        for _, left in reversed(self._edge[:-1]):
+            value = node_hash(left, value)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    kind: str
+    index: int | None
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "index": self.index, "detail": self.detail}
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    entries: int = 0
+    tree_heads: int = 0
+    heads_verified: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "entries": self.entries,
+            "tree_heads": self.tree_heads,
+            "heads_verified": self.heads_verified,
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+def read_tree_head(signature: str) -> TreeHead:
+    """What a tree head states, before its signature is checked."""
+    claims = parse_compact(signature, TREE_HEAD_PROFILE).claims
+    try:
+        return TreeHead(
+            tree_size=int(claims["tree_size"]),
+            root_hash=bytes.fromhex(str(claims["root_hash"])),
+            chain_hash=bytes.fromhex(str(claims["chain_hash"])),
+            signed_at=datetime.fromtimestamp(int(claims["iat"]), UTC),
+            signature=signature,
+        )
+    except (KeyError, TypeError, ValueError):
+        raise JoseRejected("tree head claims are malformed") from None
+
+
+def key_map(jwks: Iterable[Mapping[str, Any]]) -> dict[str, VerificationKey]:
+    """Published JWKs by kid, each pinned to its algorithm; unusable ones skipped."""
+    keys: dict[str, VerificationKey] = {}
+    for jwk in jwks:
+        try:
+            kid = str(jwk["kid"])
+            public = {k: v for k, v in jwk.items() if k not in ("kid", "alg", "use")}
+            keys[kid] = import_public_jwk(public, str(jwk.get("alg", "ES256")), kid=kid)
+        except (KeyError, TypeError, JoseRejected):
+            continue
+    return keys
+
+
+def _verified_heads(
+    heads: Sequence[TreeHead],
+    keys: Mapping[str, VerificationKey],
+    issuer: str,
+    report: VerifyReport,
+) -> dict[int, TreeHead]:
+    verified: dict[int, TreeHead] = {}
+    for head in heads:
+        try:
+            stated = verify_tree_head(head.signature, keys, issuer=issuer)
+        except JoseRejected as exc:
+            report.findings.append(Finding("bad-signature", head.tree_size, str(exc)))
+            continue
+        if (stated.tree_size, stated.root_hash, stated.chain_hash) != (
+            head.tree_size,
+            head.root_hash,
+            head.chain_hash,
+        ):
+            report.findings.append(
+                Finding("bad-signature", head.tree_size, "the stored head differs from its JWS")
+            )
+            continue
+        verified[stated.tree_size] = stated
+    return verified
+
+
+def verify_entries(
+    entries: Iterable[tuple[LogEntry, str]],
+    heads: Sequence[TreeHead],
+    keys: Mapping[str, VerificationKey],
+    *,
+    issuer: str,
+    expected: TreeHead | None = None,
+) -> VerifyReport:
+    """Recompute the trail from its entries (in index order, each with its event's
+    JSON, "" when the event is gone) and check it against the signed ``heads``.
+    ``expected`` is a head the caller kept from earlier (a witness's copy)."""
+    report = VerifyReport(tree_heads=len(heads))
+    verified = _verified_heads(heads, keys, issuer, report)
+    tree = CompactRange()
+    chain = GENESIS
+    size = 0
+    for entry, body in entries:
+        if entry.index != size:
+            report.findings.append(
+                Finding("missing-entry", size, f"log entries {size}..{entry.index - 1} are gone")
+            )
+        if not body:
+            report.findings.append(Finding("deleted-event", entry.index, "the event is gone"))
+            leaf = entry.leaf_hash
+        else:
+            try:
+                leaf = event_leaf(body)
+            except ValueError:
+                leaf = b"unreadable"
+            if leaf != entry.leaf_hash:
+                report.findings.append(
+                    Finding("edited-event", entry.index, "the event no longer matches its leaf")
+                )
+        chain = chain_hash(chain, leaf)
+        if chain != entry.chain_hash:
+            report.findings.append(
+                Finding(
+                    "broken-chain",
+                    entry.index,
+                    "the hash chain breaks here: an entry was removed, inserted or reordered",
+                )
+            )
+            chain = entry.chain_hash  # report a break once, not at every later entry
+        tree.append(leaf)
+        size += 1
+        head = verified.get(size)
+        if head is not None:
+            if tree.root() != head.root_hash or chain != head.chain_hash:
+                report.findings.append(
+                    Finding("root-mismatch", size, "the entries do not hash to the signed root")
+                )
+            else:
+                report.heads_verified += 1
+    report.entries = size
+    covered = max(verified, default=0)
+    if expected is not None:
+        covered = max(covered, expected.tree_size)
+        held = verified.get(expected.tree_size)
+        if expected.tree_size <= size and (held is None or held.root_hash != expected.root_hash):
+            report.findings.append(
+                Finding("root-mismatch", expected.tree_size, "the trail lacks the head you hold")
+            )
+    if covered > size:
+        report.findings.append(
+            Finding("truncated", size, f"{size} entries, but a signed head covers {covered}")
+        )
+    return report
+
+
+def verify_export(
+    lines: Iterable[str], *, issuer: str, jwks: Mapping[str, Any] | None = None
+) -> VerifyReport:
+    """Verify an export (JSON Lines: a ``keys`` line, one line per entry with its
+    event, one ``tree_head`` line per signed head) offline. ``jwks`` is the published
+    key set to trust; without it, the keys the export carries are used."""
+    carried: list[Mapping[str, Any]] = []
+    entries: list[tuple[LogEntry, str]] = []
+    heads: list[TreeHead] = []
+    malformed: list[Finding] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            if "keys" in item:
+                carried = list(item["keys"])
+            elif "tree_head" in item:
+                heads.append(read_tree_head(str(item["tree_head"])))
+            else:
+                event = item.get("event")
+                entries.append(
+                    (
+                        LogEntry(
+                            index=int(item["index"]),
+                            event_seq=-1,
+                            leaf_hash=bytes.fromhex(item["leaf_hash"]),
+                            chain_hash=bytes.fromhex(item["chain_hash"]),
+                        ),
+                        json.dumps(event) if event is not None else "",
+                    )
+                )
+        except (ValueError, KeyError, TypeError, JoseRejected) as exc:
+            malformed.append(Finding("malformed", number, f"line {number}: {exc}"[:200]))
+    trusted = list(jwks.get("keys", [])) if jwks is not None else carried
+    report = verify_entries(entries, heads, key_map(trusted), issuer=issuer)
+    report.findings[:0] = malformed
+    return report
