@@ -66,6 +66,7 @@ import platform
 import random
 import resource
 import shlex
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -484,8 +485,10 @@ def write_export(path: Path, events: int, head_every: int, seed: int) -> tuple[d
     chain = GENESIS
     heads: list[str] = []
     header = {"typ": TREE_HEAD_TYP, "alg": "ES256", "kid": kid}
-    with path.open("w", encoding="utf-8") as out:
-        out.write(json.dumps({"keys": [public]}, sort_keys=True) + "\n")
+    # The export's order is keys, tree heads, entries: entries go to a side file
+    # while the heads are signed, then everything is assembled in that order.
+    entries_path = path.with_suffix(".entries")
+    with entries_path.open("w", encoding="utf-8") as out:
         for index in range(events):
             body = decision_event(rng, start + timedelta(microseconds=index * 20)).to_dict()
             leaf = leaf_hash(canonical(body))
@@ -508,8 +511,12 @@ def write_export(path: Path, events: int, head_every: int, seed: int) -> tuple[d
                     signed_at=int(start.timestamp()) + size // 1000,
                 )
                 heads.append(jwt.encode(header, claims, key, algorithms=["ES256"]))
+    with path.open("w", encoding="utf-8") as out, entries_path.open(encoding="utf-8") as body:
+        out.write(json.dumps({"keys": [public]}, sort_keys=True) + "\n")
         for head in heads:
             out.write(json.dumps({"tree_head": head}, sort_keys=True) + "\n")
+        shutil.copyfileobj(body, out)
+    entries_path.unlink()
     return {"keys": [public]}, len(heads)
 
 

@@ -282,10 +282,12 @@ class AuditTrail:
         return report
 
     def export(self) -> Iterator[str]:
-        """The trail as JSON Lines: the public keys, every entry with its event, then
-        every signed tree head: all an auditor needs to verify it offline
+        """The trail as JSON Lines: the public keys, every signed tree head, then every
+        entry with its event: all an auditor needs to verify it offline, in one pass
         (:func:`agentiam.core.audit.verification.verify_export`)."""
         yield json.dumps({"keys": self._keys()}, sort_keys=True)
+        for head in self._all_heads():
+            yield json.dumps({"tree_head": head.signature}, sort_keys=True)
         for entry, body in self._stream():
             yield json.dumps(
                 {
@@ -296,5 +298,3 @@ class AuditTrail:
                 },
                 sort_keys=True,
             )
-        for head in self._all_heads():
-            yield json.dumps({"tree_head": head.signature}, sort_keys=True)

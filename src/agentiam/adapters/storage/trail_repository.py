@@ -81,16 +81,33 @@ class SqlTrail:
             )
 
     def nodes(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """PostgreSQL takes a row-value ``IN``; SQLite answers that with a full table
+        scan, so there it is one primary-key range per level."""
         n = t.audit_tree_nodes
+        wanted = list(dict.fromkeys(keys))
         found: dict[tuple[int, int], bytes] = {}
-        for chunk in _chunks(list(dict.fromkeys(keys))):
-            rows = self._c.execute(
-                select(n.c.level, n.c.node_index, n.c.hash).where(
-                    tuple_(n.c.level, n.c.node_index).in_(chunk)
+        if self._c.dialect.name == "postgresql":
+            for chunk in _chunks(wanted):
+                rows = self._c.execute(
+                    select(n.c.level, n.c.node_index, n.c.hash).where(
+                        tuple_(n.c.level, n.c.node_index).in_(chunk)
+                    )
                 )
-            )
-            for r in rows:
-                found[(int(r.level), int(r.node_index))] = bytes.fromhex(r.hash)
+                for r in rows:
+                    found[(int(r.level), int(r.node_index))] = bytes.fromhex(r.hash)
+            return found
+        by_level: dict[int, list[int]] = {}
+        for level, index in wanted:
+            by_level.setdefault(level, []).append(index)
+        for level, indices in by_level.items():
+            for chunk in _chunks(indices):
+                rows = self._c.execute(
+                    select(n.c.node_index, n.c.hash).where(
+                        n.c.level == level, n.c.node_index.in_(chunk)
+                    )
+                )
+                for r in rows:
+                    found[(level, int(r.node_index))] = bytes.fromhex(r.hash)
         return found
 
     def entries(self, start: int, limit: int) -> list[tuple[LogEntry, str]]:

@@ -18,18 +18,20 @@ keys. Every problem is a :class:`Finding` naming its kind and position:
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from agentiam.core.audit.merkle import node_hash
+from agentiam.core.audit.merkle import leaf_hash, node_hash
 from agentiam.core.audit.trail import (
     GENESIS,
     TREE_HEAD_PROFILE,
     LogEntry,
     TreeHead,
+    canonical,
     chain_hash,
     event_leaf,
     verify_tree_head,
@@ -164,15 +166,16 @@ def _verified_heads(
 
 
 def verify_entries(
-    entries: Iterable[tuple[LogEntry, str]],
+    entries: Iterable[tuple[LogEntry, str | Mapping[str, Any]]],
     heads: Sequence[TreeHead],
     keys: Mapping[str, VerificationKey],
     *,
     issuer: str,
     expected: TreeHead | None = None,
 ) -> VerifyReport:
-    """Recompute the trail from its entries (in index order, each with its event's
-    JSON, "" when the event is gone) and check it against the signed ``heads``.
+    """Recompute the trail from its entries (in index order, each with its event as
+    JSON text or already decoded, "" when the event is gone) and check it against the
+    signed ``heads``.
     ``expected`` is a head the caller kept from earlier (a witness's copy)."""
     report = VerifyReport(tree_heads=len(heads))
     verified = _verified_heads(heads, keys, issuer, report)
@@ -189,7 +192,7 @@ def verify_entries(
             leaf = entry.leaf_hash
         else:
             try:
-                leaf = event_leaf(body)
+                leaf = event_leaf(body) if isinstance(body, str) else leaf_hash(canonical(body))
             except ValueError:
                 leaf = b"unreadable"
             if leaf != entry.leaf_hash:
@@ -235,14 +238,16 @@ def verify_entries(
 def verify_export(
     lines: Iterable[str], *, issuer: str, jwks: Mapping[str, Any] | None = None
 ) -> VerifyReport:
-    """Verify an export (JSON Lines: a ``keys`` line, one line per entry with its
-    event, one ``tree_head`` line per signed head) offline. ``jwks`` is the published
-    key set to trust; without it, the keys the export carries are used."""
+    """Verify an export offline, in one pass and constant memory: a ``keys`` line, the
+    ``tree_head`` lines, then one line per entry with its event (the order
+    :meth:`AuditTrail.export` writes). ``jwks`` is the published key set to trust;
+    without it, the keys the export carries are used."""
     carried: list[Mapping[str, Any]] = []
-    entries: list[tuple[LogEntry, str]] = []
     heads: list[TreeHead] = []
     malformed: list[Finding] = []
-    for number, line in enumerate(lines, 1):
+    numbered = enumerate(lines, 1)
+    first: tuple[int, Any] | None = None
+    for number, line in numbered:
         if not line.strip():
             continue
         try:
@@ -252,21 +257,35 @@ def verify_export(
             elif "tree_head" in item:
                 heads.append(read_tree_head(str(item["tree_head"])))
             else:
-                event = item.get("event")
-                entries.append(
-                    (
-                        LogEntry(
-                            index=int(item["index"]),
-                            event_seq=-1,
-                            leaf_hash=bytes.fromhex(item["leaf_hash"]),
-                            chain_hash=bytes.fromhex(item["chain_hash"]),
-                        ),
-                        json.dumps(event) if event is not None else "",
-                    )
-                )
+                first = (number, item)
+                break
         except (ValueError, KeyError, TypeError, JoseRejected) as exc:
             malformed.append(Finding("malformed", number, f"line {number}: {exc}"[:200]))
+
+    def entries() -> Iterator[tuple[LogEntry, str | Mapping[str, Any]]]:
+        pending = [first] if first is not None else []
+        for number, item in itertools.chain(
+            pending, ((n, line) for n, line in numbered if line.strip())
+        ):
+            try:
+                if isinstance(item, str):
+                    item = json.loads(item)
+                if "index" not in item:
+                    raise ValueError("a key or tree head line among the entries")
+                event = item.get("event")
+                yield (
+                    LogEntry(
+                        index=int(item["index"]),
+                        event_seq=-1,
+                        leaf_hash=bytes.fromhex(item["leaf_hash"]),
+                        chain_hash=bytes.fromhex(item["chain_hash"]),
+                    ),
+                    event if isinstance(event, Mapping) else "",
+                )
+            except (ValueError, KeyError, TypeError) as exc:
+                malformed.append(Finding("malformed", number, f"line {number}: {exc}"[:200]))
+
     trusted = list(jwks.get("keys", [])) if jwks is not None else carried
-    report = verify_entries(entries, heads, key_map(trusted), issuer=issuer)
+    report = verify_entries(entries(), heads, key_map(trusted), issuer=issuer)
     report.findings[:0] = malformed
     return report
