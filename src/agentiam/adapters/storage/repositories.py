@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
 from agentiam.adapters.storage import tables as t
+from agentiam.adapters.storage.batching import IN_LIST_SIZE, chunks
 from agentiam.core.access.admin_keys import AdminKey, Role
 from agentiam.core.audit.events import AuditEvent
 from agentiam.core.credentials.revocations import Revocation, RevocationKind
@@ -375,7 +376,7 @@ class SqlAgents:
         )
 
     def get_many(self, agent_ids: Sequence[str]) -> dict[str, Agent]:
-        ids = list(dict.fromkeys(agent_ids))[:_CHUNK]
+        ids = list(dict.fromkeys(agent_ids))[:IN_LIST_SIZE]
         if not ids:
             return {}
         rows = list(self._c.execute(select(t.agents).where(t.agents.c.id.in_(ids))))
@@ -829,16 +830,6 @@ class SqlRevocations:
         return len(doomed)
 
 
-# Ids per ``IN (...)`` list: far below SQLite's and PostgreSQL's bound-parameter limits,
-# and few enough statements that a 10,000-policy import stays a handful of round trips.
-_CHUNK = 500
-
-
-def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 _LOST_RACE = "another change to the policy set was written first; retry"
 
 # Versions are 32-bit integer columns. Numbers from outside (a ``before`` cursor, a
@@ -958,7 +949,7 @@ class SqlPolicies:
             # hundreds of bound parameters made a 10,000-policy import take seconds.
             self._c.execute(_CLOSE_REVISIONS_PG, {"version": v, "ids": closing})
         else:
-            for chunk in _chunks(closing):
+            for chunk in chunks(closing):
                 self._c.execute(
                     update(pr)
                     .where(pr.c.valid_to.is_(None), pr.c.policy_id.in_(chunk))
@@ -1291,7 +1282,7 @@ class SqlTokenGraph:
         parents = list(dict.fromkeys(jtis))
         nodes = [
             self._row(r)
-            for chunk in _chunks(parents)
+            for chunk in chunks(parents)
             for r in self._c.execute(select(_tn).where(_tn.c.parent_jti.in_(chunk)))
         ]
         # Sorted here, across chunks and whatever the database's collation.
@@ -1313,5 +1304,5 @@ class SqlTokenGraph:
         # Counted from the deletes: a node another purger removed meanwhile is not counted.
         return sum(
             int(self._c.execute(delete(_tn).where(_tn.c.jti.in_(chunk))).rowcount)
-            for chunk in _chunks(doomed)
+            for chunk in chunks(doomed)
         )

@@ -3,25 +3,20 @@ subtrees and the signed tree heads (tables in migration 0005)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, func, insert, select, text, tuple_
 
 from agentiam.adapters.storage import tables as t
+from agentiam.adapters.storage.batching import chunks
 from agentiam.core.audit.trail import GENESIS, LogEntry, TreeHead
 
 __all__ = ["SqlTrail"]
 
 # The PostgreSQL advisory-lock key of the integrator (any constant shared by replicas).
 _INTEGRATOR_LOCK = 0x41554449  # "AUDI"
-_CHUNK = 500
-
-
-def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 class SqlTrail:
@@ -87,7 +82,7 @@ class SqlTrail:
         wanted = list(dict.fromkeys(keys))
         found: dict[tuple[int, int], bytes] = {}
         if self._c.dialect.name == "postgresql":
-            for chunk in _chunks(wanted):
+            for chunk in chunks(wanted):
                 rows = self._c.execute(
                     select(n.c.level, n.c.node_index, n.c.hash).where(
                         tuple_(n.c.level, n.c.node_index).in_(chunk)
@@ -100,10 +95,10 @@ class SqlTrail:
         for level, index in wanted:
             by_level.setdefault(level, []).append(index)
         for level, indices in by_level.items():
-            for chunk in _chunks(indices):
+            for part in chunks(indices):
                 rows = self._c.execute(
                     select(n.c.node_index, n.c.hash).where(
-                        n.c.level == level, n.c.node_index.in_(chunk)
+                        n.c.level == level, n.c.node_index.in_(part)
                     )
                 )
                 for r in rows:
