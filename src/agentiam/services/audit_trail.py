@@ -54,7 +54,9 @@ _PAGE = 2000
 @dataclass(frozen=True, slots=True)
 class TrailPolicy:
     issuer: str
-    batch: int = 2000
+    # Events logged per transaction: on SQLite the pass holds the only write lock, so
+    # it is kept short (about 40 ms) to leave room for the requests writing meanwhile.
+    batch: int = 500
     # How far below the highest logged seq a pass looks for late commits.
     lookback: int = 50_000
     # Sign a tree head at least this often while the log grows.
