@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -311,3 +312,35 @@ def test_a_witness_copy_of_a_head_catches_history_rewritten_with_its_heads(c: Co
     kinds = {f.kind for f in c.audit_trail.verify(held_head=held.signature).findings}
     assert "truncated" in kinds
     assert c.audit_trail.verify(held_head="not-a-jws").findings[0].kind == "bad-signature"
+
+
+def test_a_late_event_below_the_lookback_is_logged_by_the_periodic_sweep(
+    c: Container, clock: FakeClock
+) -> None:
+    """Passes look back a bounded number of sequence numbers; an event committed far
+    below that (a very late transaction, a restore) is found by the sweep."""
+    c.audit_trail.policy = replace(c.audit_trail.policy, lookback=5)
+    _events(c, 20)
+    c.audit_trail.integrate_all()  # the first pass of a process always sweeps
+    _, body = _entry(c, 0)
+    late = json.loads(body)
+    late["event_id"] = "evt_01JLATELATELATELATELATELAT"
+    attack(
+        c,
+        [
+            (
+                "INSERT INTO audit_events (seq, event_id, time, type, agent_id, body) "
+                "VALUES (-1, :id, :t, :ty, NULL, :b)",
+                {
+                    "id": late["event_id"],
+                    "t": "2026-11-23 12:00:00",
+                    "ty": late["type"],
+                    "b": json.dumps(late),
+                },
+            )
+        ],
+    )
+    assert c.audit_trail.integrate_all() == 0  # within the sweep interval: not seen
+    clock.advance(seconds=61)
+    assert c.audit_trail.integrate_all() == 1
+    assert c.audit_trail.verify().ok

@@ -59,6 +59,8 @@ class TrailPolicy:
     batch: int = 500
     # How far below the highest logged seq a pass looks for late commits.
     lookback: int = 50_000
+    # How often a pass ignores the lookback and searches every event for any not logged.
+    sweep_interval: timedelta = field(default_factory=lambda: timedelta(seconds=60))
     # Sign a tree head at least this often while the log grows.
     head_interval: timedelta = field(default_factory=lambda: timedelta(seconds=5))
     # An event not in the log after this long is reported by verification.
@@ -103,6 +105,7 @@ class AuditTrail:
         self._sign = sign
         self._keys = keys
         self._last_head_at: datetime | None = None
+        self._last_sweep_at: datetime | None = None
 
     # -- integration ---------------------------------------------------------------
 
@@ -133,8 +136,18 @@ class AuditTrail:
         return len(entries)
 
     def integrate_all(self) -> int:
-        """Integrate until nothing is pending (for tests, the CLI and shutdown)."""
+        """Integrate until nothing is pending. Every ``sweep_interval`` the first pass
+        looks at every event, not only those within the lookback, so an event that
+        committed very late (or was restored from a backup) is still logged."""
+        now = self._clock.now()
+        sweep = self._last_sweep_at is None or now - self._last_sweep_at >= (
+            self.policy.sweep_interval
+        )
         total = 0
+        if sweep:
+            while (n := self.integrate(full_sweep=True)) > 0:
+                total += n
+            self._last_sweep_at = now
         while (n := self.integrate()) > 0:
             total += n
         return total
