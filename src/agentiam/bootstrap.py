@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
 
+from agentiam.adapters.exporters.metrics import register_export_metrics
 from agentiam.adapters.policy_metrics import PolicyMetrics
 from agentiam.adapters.storage import migrate
 from agentiam.adapters.storage.engine import make_engine
@@ -32,6 +33,7 @@ from agentiam.services.admin_keys import AdminKeyService
 from agentiam.services.agents import AgentService
 from agentiam.services.analysis import AccessAnalysisService
 from agentiam.services.audit import AuditService
+from agentiam.services.audit_export import Exporter, ExportRunner
 from agentiam.services.audit_trail import AuditTrail, TrailPolicy
 from agentiam.services.audit_writer import GroupCommitWriter
 from agentiam.services.context import CallContext, SystemClock
@@ -48,6 +50,17 @@ from agentiam.services.tokens import TokenPolicy, TokenService
 __all__ = ["Container", "build", "load_master_key"]
 
 log = logging.getLogger("agentiam.background")
+
+# How often each audit exporter looks for new trail entries.
+_EXPORT_SECONDS = 0.5
+
+
+def _export_task(runner: ExportRunner, name: str) -> Any:
+    def export() -> None:
+        runner.run(name)
+
+    export.__name__ = f"export_{name}"
+    return export
 
 
 @dataclass
@@ -71,6 +84,7 @@ class Container:
     delegation_graph: DelegationGraph
     audit_trail: AuditTrail
     audit_writer: GroupCommitWriter
+    audit_export: ExportRunner
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -98,6 +112,13 @@ class Container:
         for interval, task in loops:
             threading.Thread(
                 target=self._loop, args=(interval, task), daemon=True, name=task.__name__
+            ).start()
+        for name in self.audit_export.names:  # one loop each: a slow sink holds up no other
+            threading.Thread(
+                target=self._loop,
+                args=(_EXPORT_SECONDS, _export_task(self.audit_export, name)),
+                daemon=True,
+                name=f"export-{name}",
             ).start()
 
     def _audit_tick(self) -> None:
@@ -176,6 +197,21 @@ def _detail_types(settings: Settings) -> DetailTypeRegistry:
     return registry
 
 
+def _exporters(settings: Settings) -> list[Exporter]:
+    if not settings.audit_exporters_file:
+        return []
+    from agentiam.adapters.exporters import load_exporters
+
+    definitions = _data_file(settings.audit_exporters_file, "audit exporters")
+    try:
+        return load_exporters(definitions)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"audit exporters ({settings.audit_exporters_file}): {exc}",
+            hint="See docs/audit.md#exporters for the file's format.",
+        ) from None
+
+
 def _external_tokens(settings: Settings) -> ExternalTokens | None:
     if not settings.trusted_issuers_file:
         return None
@@ -196,6 +232,7 @@ def build(
         return SqlUnitOfWork(engine, read_only=read_only)
 
     master = load_master_key(settings)
+    exporters = _exporters(settings)  # refused before any thread starts
     issuer = settings.issuer_url
     skew = settings.clock_skew_seconds
     revoked = RevocationSet(max_staleness=settings.revocation_max_staleness_seconds)
@@ -292,6 +329,8 @@ def build(
         sign=tokens.sign,
     )
     registry = CollectorRegistry()
+    audit_export = ExportRunner(uow, clock, exporters)
+    register_export_metrics(registry, audit_export)
     decisions.on_decision = PolicyMetrics(registry, lambda: decisions.loaded_engine).observe
     return Container(
         settings=settings,
@@ -321,6 +360,7 @@ def build(
             keys=signing_keys.every_public_jwk,
         ),
         audit_writer=writer,
+        audit_export=audit_export,
         delegation_graph=DelegationGraph(
             uow, clock, revocations, max_depth=settings.delegation_max_depth
         ),

@@ -94,6 +94,8 @@ class Settings:
     audit_integrate_seconds: float = 0.25
     # How often the trail's state is signed as a tree head while it grows.
     audit_tree_head_seconds: float = 5.0
+    # YAML or JSON list of audit exporters (SIEM delivery; see docs/audit.md#exporters).
+    audit_exporters_file: str | None = None
     # -- delegation (see docs/delegation.md) --
     # The longest delegation chain below the human (agents in the act claim).
     delegation_max_depth: int = 4

@@ -322,6 +322,16 @@ class AuditTrailRepository(Protocol):
     def unlogged_before(self, time: datetime) -> int:
         """How many events stored before ``time`` are not in the log."""
 
+    def cursor(self, name: str) -> int:
+        """The next log index the exporter ``name`` delivers (0 if it never did)."""
+
+    def advance(self, name: str, position: int, now: datetime) -> None:
+        """Move the exporter's cursor to ``position`` (never backwards) and clear its
+        failures; creates the cursor on first use."""
+
+    def record_failure(self, name: str, error: str, now: datetime) -> None:
+        """Count one more consecutive failure of the exporter and keep ``error``."""
+
 
 class DelegationGrantRepository(Protocol):
     def add(self, grant: DelegationGrant) -> None: ...

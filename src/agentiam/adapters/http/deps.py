@@ -13,6 +13,7 @@ from agentiam.services.admin_keys import AdminKeyService
 from agentiam.services.agents import AgentService
 from agentiam.services.analysis import AccessAnalysisService
 from agentiam.services.audit import AuditService
+from agentiam.services.audit_export import ExportRunner
 from agentiam.services.audit_trail import AuditTrail
 from agentiam.services.decisions import DecisionPoint
 from agentiam.services.delegation import DelegationService
@@ -46,6 +47,7 @@ class ApiDependencies(Protocol):
     grants: GrantService
     delegation_graph: DelegationGraph
     audit_trail: AuditTrail
+    audit_export: ExportRunner
     clock: Clock
     registry: CollectorRegistry
 

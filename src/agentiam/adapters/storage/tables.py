@@ -36,6 +36,7 @@ __all__ = [
     "agent_transitions",
     "agents",
     "audit_events",
+    "audit_export_cursors",
     "audit_log",
     "audit_tree_heads",
     "audit_tree_nodes",
@@ -248,6 +249,17 @@ audit_tree_heads = Table(
     Column("chain_hash", String(64), nullable=False),
     Column("signed_at", UTCDateTime, nullable=False),
     Column("signature", Text, nullable=False),
+)
+# Each SIEM exporter's durable cursor (migration 0005): the next log index to deliver,
+# and its consecutive failures and last error (redacted) for operators.
+audit_export_cursors = Table(
+    "audit_export_cursors",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("last_error", Text),
+    Column("failures", Integer, nullable=False),
 )
 
 # The authorization server's signing keys; the private half is sealed (AES-GCM) under

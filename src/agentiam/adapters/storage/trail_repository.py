@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, select, text, tuple_
+from sqlalchemy import Connection, and_, func, insert, select, text, tuple_, update
 
 from agentiam.adapters.storage import tables as t
 from agentiam.adapters.storage.batching import chunks
@@ -177,3 +177,40 @@ class SqlTrail:
             .where(log.c.event_seq.is_(None), e.c.time < time)
         ).scalar()
         return int(value or 0)
+
+    # -- exporter cursors ------------------------------------------------------------
+
+    def cursor(self, name: str) -> int:
+        c = t.audit_export_cursors
+        value = self._c.execute(select(c.c.position).where(c.c.name == name)).scalar()
+        return 0 if value is None else int(value)
+
+    def _upsert(self, name: str, now: datetime, changes: dict[str, Any], **first: Any) -> None:
+        c = t.audit_export_cursors
+        done = self._c.execute(update(c).where(c.c.name == name).values(updated_at=now, **changes))
+        if done.rowcount == 0:
+            row = {"name": name, "position": 0, "updated_at": now, "last_error": None}
+            row["failures"] = 0
+            row.update(first)
+            self._c.execute(insert(c).values(**row))
+
+    def advance(self, name: str, position: int, now: datetime) -> None:
+        c = t.audit_export_cursors
+        self._upsert(
+            name,
+            now,
+            # never backwards: another replica may have delivered further meanwhile
+            {
+                "position": func.max(c.c.position, position)
+                if self._c.dialect.name == "sqlite"
+                else func.greatest(c.c.position, position),
+                "failures": 0,
+                "last_error": None,
+            },
+            position=position,
+        )
+
+    def record_failure(self, name: str, error: str, now: datetime) -> None:
+        c = t.audit_export_cursors
+        changes = {"failures": c.c.failures + 1, "last_error": error}
+        self._upsert(name, now, changes, failures=1, last_error=error)

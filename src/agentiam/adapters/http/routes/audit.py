@@ -232,3 +232,14 @@ def consistency_proof(
         request, ctx, "audit.consistency_proof", details={"first": first, "second": second}
     )
     return proof
+
+
+@router.get("/exporters")
+def exporters(request: Request, ctx: Read) -> dict[str, Any]:
+    """The health of every configured audit exporter (SIEM delivery): its cursor
+    (the next log index it delivers), lag behind the trail, last success, consecutive
+    failures, last error (redacted), next retry and whether it is healthy."""
+    c = container_of(request)
+    health = c.audit_export.health()
+    audited_read(request, ctx, "audit.exporters")
+    return {"items": [h.to_dict() for h in health]}

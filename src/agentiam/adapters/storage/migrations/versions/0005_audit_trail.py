@@ -2,6 +2,9 @@
 with its RFC 9162 leaf hash and the running hash chain), the hashes of the Merkle
 tree's perfect subtrees, and the signed tree heads. All three are append-only.
 
+Also each SIEM exporter's durable cursor (``audit_export_cursors``): the next log
+index it delivers, with its consecutive failures and last error. Not append-only.
+
 Also the query columns of ``audit_events`` (human, action, resource, decision, trace
 id, outcome), indexed and backfilled from each row's ``body``. They are derived copies
 for lookups: the trail hashes ``body`` only, so they are not covered by it.
@@ -68,6 +71,15 @@ def upgrade() -> None:
         sa.Column("signature", sa.Text, nullable=False),
         sa.PrimaryKeyConstraint("tree_size", name="pk_audit_tree_heads"),
     )
+    op.create_table(
+        "audit_export_cursors",
+        sa.Column("name", sa.String(64), nullable=False),
+        sa.Column("position", sa.BigInteger, nullable=False),
+        sa.Column("updated_at", UTCDateTime, nullable=False),
+        sa.Column("last_error", sa.Text, nullable=True),
+        sa.Column("failures", sa.Integer, nullable=False),
+        sa.PrimaryKeyConstraint("name", name="pk_audit_export_cursors"),
+    )
     dialect = op.get_bind().dialect.name
     _append_only(dialect)
     _query_columns(dialect)
@@ -132,6 +144,7 @@ def _append_only(dialect: str) -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("audit_export_cursors")
     op.drop_index(RESOURCE_INDEX, "audit_events")
     for _, _, index in QUERY_COLUMNS.values():
         if index is not None:

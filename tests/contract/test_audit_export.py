@@ -1,0 +1,234 @@
+"""Audit exporters on both stores: the runner delivers the trail in log order, at
+least once, from a durable cursor that moves only after a delivery returned; failures
+back off exponentially (capped) without holding up other exporters; health shows it;
+and a new container on the same database resumes where the last one stopped.
+
+The fake exporter stands for an external SIEM (the thing on the other side of the
+network); the JSONL file sink is tested for real here and in
+tests/unit/test_jsonl_exporter.py."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from tests.conftest import FakeClock
+
+from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
+from agentiam.bootstrap import Container, build
+from agentiam.config import Settings
+from agentiam.errors import InvalidInput
+from agentiam.ports import UnitOfWork
+from agentiam.services.audit_export import ExportPolicy, ExportRunner
+from agentiam.services.context import CallContext
+from agentiam.services.humans import NewHuman
+
+CTX = CallContext.system("contract-test")
+
+
+class FakeSiem:
+    """Receives every batch (even those it then fails, as a SIEM that stored a batch
+    but whose acknowledgement was lost); fails the first ``fail`` deliveries."""
+
+    kind = "fake"
+
+    def __init__(self, name: str, fail: int = 0) -> None:
+        self.name = name
+        self.fail = fail
+        self.attempts = 0
+        self.received: list[int] = []
+        self.acked: list[int] = []
+        self.events: list[dict[str, Any]] = []
+
+    def deliver(self, batch: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        self.attempts += 1
+        self.received.extend(i for i, _ in batch)
+        if self.attempts <= self.fail:
+            raise ConnectionError("siem down: https://user:hunter2@siem.example.com/in")
+        self.acked.extend(i for i, _ in batch)
+        self.events.extend(e for _, e in batch)
+
+
+@pytest.fixture
+def c(database_url: str, clock: FakeClock) -> Iterator[Container]:
+    container = build(Settings(database_url=database_url), clock=clock)
+    yield container
+    container.close()
+
+
+def _uow(c: Container) -> Any:
+    def factory(*, read_only: bool = False) -> UnitOfWork:
+        return SqlUnitOfWork(c.engine, read_only=read_only)
+
+    return factory
+
+
+def _events(c: Container, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        c.humans.create(CTX, NewHuman(display_name=f"H{i}", email=f"h{i}@example.com"))
+
+
+def _size(c: Container) -> int:
+    with SqlUnitOfWork(c.engine, read_only=True) as uow:
+        return uow.trail.head()[0]
+
+
+def _cursor(c: Container, name: str) -> int:
+    with SqlUnitOfWork(c.engine, read_only=True) as uow:
+        return uow.trail.cursor(name)
+
+
+def test_delivers_in_log_order_and_only_integrated_entries(c: Container) -> None:
+    siem = FakeSiem("siem")
+    runner = ExportRunner(_uow(c), c.clock, [siem], policy=ExportPolicy(batch=3))
+    _events(c, 7)
+    assert runner.run_all() == 0  # nothing is in the trail yet
+    c.audit_trail.integrate_all()
+    size = _size(c)
+    _events(c, 2, start=7)  # stored, not yet integrated: not delivered
+    assert runner.run_all() == size
+    assert siem.acked == list(range(size))
+    assert _cursor(c, "siem") == size
+    # each line is the event as stored: the one the trail's entry covers
+    with SqlUnitOfWork(c.engine, read_only=True) as uow:
+        stored = [json.loads(body) for _, body in uow.trail.entries(0, size)]
+    assert siem.events == stored
+    c.audit_trail.integrate_all()
+    assert runner.run_all() == _size(c) - size
+    assert siem.acked == list(range(_size(c)))
+    [health] = runner.health()
+    assert (health.position, health.lag, health.healthy) == (_size(c), 0, True)
+
+
+def test_failure_keeps_the_cursor_backs_off_and_redelivers(c: Container, clock: FakeClock) -> None:
+    siem = FakeSiem("siem", fail=3)
+    other = FakeSiem("other")
+    policy = ExportPolicy(batch=500, failing_for=timedelta(seconds=5))
+    runner = ExportRunner(_uow(c), c.clock, [siem, other], policy=policy)
+    _events(c, 4)
+    c.audit_trail.integrate_all()
+    size = _size(c)
+
+    runner.run_all()
+    assert _cursor(c, "siem") == 0  # not advanced: the delivery raised
+    assert other.acked == list(range(size))  # the healthy exporter is not held up
+    [h, o] = runner.health()
+    assert h.consecutive_failures == 1
+    assert h.retry_at == clock.current + timedelta(seconds=1)
+    assert h.lag == size
+    assert h.healthy
+    assert h.last_error is not None
+    assert "hunter2" not in h.last_error
+    assert "ConnectionError" in h.last_error
+    assert o.healthy
+    assert o.lag == 0
+
+    runner.run_all()  # within the backoff: no attempt
+    assert siem.attempts == 1
+    for expected in (1, 2, 4):  # each retry waits twice as long as the last
+        clock.advance(seconds=expected - 0.001)
+        runner.run_all()
+        before = siem.attempts
+        clock.advance(seconds=0.001)
+        runner.run_all()
+        assert siem.attempts == before + 1
+    # the third retry (fourth attempt) succeeded: at least once, nothing skipped
+    assert siem.acked == list(range(size))
+    assert siem.received == list(range(size)) * 4
+    assert _cursor(c, "siem") == size
+    [h, _] = runner.health()
+    assert h.consecutive_failures == 0
+    assert h.last_error is None
+    assert h.retry_at is None
+    assert h.last_success_at == clock.current
+    assert h.healthy
+    assert h.lag == 0
+
+
+def test_backoff_is_capped_and_long_failure_is_unhealthy(c: Container, clock: FakeClock) -> None:
+    siem = FakeSiem("siem", fail=10**6)
+    runner = ExportRunner(
+        _uow(c), c.clock, [siem], policy=ExportPolicy(failing_for=timedelta(seconds=30))
+    )
+    assert [runner.backoff(n).total_seconds() for n in range(1, 10)] == [
+        1,
+        2,
+        4,
+        8,
+        16,
+        32,
+        60,
+        60,
+        60,
+    ]
+    assert runner.backoff(10**6) == timedelta(seconds=60)
+    _events(c, 1)
+    c.audit_trail.integrate_all()
+    runner.run_all()
+    clock.advance(seconds=31)
+    runner.run_all()
+    [h] = runner.health()
+    assert h.consecutive_failures == 2
+    assert not h.healthy
+    with c.engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT position, failures, last_error FROM audit_export_cursors")
+        ).one()
+    assert row.position == 0
+    assert row.failures == 2
+    assert "hunter2" not in row.last_error
+
+
+def test_lag_over_the_bound_is_unhealthy(c: Container) -> None:
+    siem = FakeSiem("siem")
+    runner = ExportRunner(_uow(c), c.clock, [siem], policy=ExportPolicy(max_lag=2))
+    _events(c, 3)
+    c.audit_trail.integrate_all()
+    [h] = runner.health()
+    assert h.lag == _size(c) > 2
+    assert not h.healthy
+    runner.run_all()
+    assert runner.health()[0].healthy
+
+
+def test_a_new_container_resumes_from_the_durable_cursor(
+    database_url: str, clock: FakeClock, tmp_path: Path
+) -> None:
+    out = tmp_path / "audit.jsonl"
+    config = tmp_path / "exporters.yaml"
+    config.write_text(f"- {{name: siem-file, type: jsonl, path: {out}, keep: 2}}\n")
+    settings = Settings(database_url=database_url, audit_exporters_file=str(config))
+
+    first = build(settings, clock=clock)
+    _events(first, 5)
+    first.audit_trail.integrate_all()
+    assert first.audit_export.run_all() == _size(first)
+    delivered = _size(first)
+    _events(first, 3, start=5)  # written (and logged at close) but not exported
+    first.close()
+
+    second = build(settings, clock=clock)
+    try:
+        _events(second, 2, start=8)
+        second.audit_trail.integrate_all()
+        assert second.audit_export.run_all() == _size(second) - delivered
+        indices = [json.loads(line)["log_index"] for line in out.read_text().splitlines()]
+        assert indices == list(range(_size(second)))  # none skipped, none twice
+        [h] = second.audit_export.health()
+        assert h.position == _size(second)
+        assert h.lag == 0
+        assert h.type == "jsonl"
+    finally:
+        second.close()
+
+
+def test_bad_exporter_config_is_refused(database_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "exporters.yaml"
+    config.write_text("- {name: x, type: splunk}\n")
+    with pytest.raises(InvalidInput, match="supported: jsonl"):
+        build(Settings(database_url=database_url, audit_exporters_file=str(config)))
