@@ -61,13 +61,9 @@ import gc
 import inspect
 import json
 import multiprocessing
-import os
-import platform
 import random
 import resource
-import shlex
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
@@ -87,8 +83,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.mdtable import markdown_table
 from bench.registry import (
     Result,
+    parse_backends,
     postgres_database,
-    postgres_version,
+    print_machine,
     sqlite_database,
     timed_concurrent,
 )
@@ -132,7 +129,6 @@ from agentiam.services.audit_trail import TrailPolicy
 from agentiam.services.audit_writer import GroupCommitWriter
 from agentiam.services.context import CallContext
 
-BACKENDS = ("sqlite", "postgresql")
 TARGETS = {"sqlite": 20_000, "postgresql": 5_000}
 ISSUER = "https://as.bench.example"
 PATHS = ("group commit", "commit per event")
@@ -757,24 +753,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--integrate-events must be at least 2")
     if args.appends < args.threads * 2:
         parser.error("--appends must be at least twice --threads")
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = sorted(set(backends) - set(BACKENDS))
-    if unknown or not backends:
-        parser.error(f"--backends takes a comma-separated subset of {','.join(BACKENDS)}")
-    args.backends = [] if args.skip_db else [b for b in BACKENDS if b in backends]
+    backends = parse_backends(parser, args.backends)
+    args.backends = [] if args.skip_db else backends
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    print(f"command: {shlex.join(sys.orig_argv)}")
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(
-        f"machine: nproc={cpus}, python {platform.python_version()} "
-        f"({platform.python_implementation()}), {platform.platform()}, "
-        f"SQLAlchemy {sqlalchemy.__version__}, SQLite {sqlite3.sqlite_version}"
-        + (f", PostgreSQL {postgres_version()}" if "postgresql" in args.backends else "")
-    )
+    print_machine(args.backends)
     max_batch = args.max_batch or _WRITER_DEFAULTS["max_batch"].default
     max_wait = (
         args.max_wait_ms

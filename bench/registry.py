@@ -260,24 +260,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.agents < 1 or args.lookups < 1:
         parser.error("--agents and --lookups must be at least 1")
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    unknown = sorted(set(backends) - set(BACKENDS))
-    if unknown or not backends:
-        parser.error(f"--backends takes a comma-separated subset of {','.join(BACKENDS)}")
-    args.backends = [b for b in BACKENDS if b in backends]
+    args.backends = parse_backends(parser, args.backends)
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def parse_backends(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """``--backends``: a comma-separated subset of BACKENDS, in BACKENDS order."""
+    backends = [b.strip() for b in text.split(",") if b.strip()]
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown or not backends:
+        parser.error(f"--backends takes a comma-separated subset of {','.join(BACKENDS)}")
+    return [b for b in BACKENDS if b in backends]
+
+
+def print_machine(backends: Sequence[str]) -> None:
+    """The command line and the machine, as every bench table is headed."""
     print(f"command: {shlex.join(sys.orig_argv)}")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(
         f"machine: nproc={cpus}, python {platform.python_version()} "
         f"({platform.python_implementation()}), {platform.platform()}, "
         f"SQLAlchemy {sqlalchemy.__version__}, SQLite {sqlite3.sqlite_version}"
-        + (f", PostgreSQL {postgres_version()}" if "postgresql" in args.backends else "")
+        + (f", PostgreSQL {postgres_version()}" if "postgresql" in backends else "")
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    print_machine(args.backends)
     print(
         f"workload: {args.agents} agents registered, {args.lookups} calls per lookup "
         f"operation, {THREADS} threads for the concurrent run, seed {args.seed}"
