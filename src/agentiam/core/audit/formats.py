@@ -1,0 +1,37 @@
+"""Wire formats of audit events for exporters (see docs/audit.md#formats).
+
+A formatter turns one trail entry, ``(log_index, event as stored)``, into the text a
+destination receives. The transports (file, syslog, webhook) take any formatter by
+name; ``native`` is the event exactly as stored, so it still verifies against the
+trail.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["FORMATS", "Formatter", "formatter", "native"]
+
+Formatter = Callable[[int, Mapping[str, Any]], str]
+
+
+def native(log_index: int, event: Mapping[str, Any]) -> str:
+    """``{"event": {...}, "log_index": n}`` as compact JSON with sorted keys."""
+    return json.dumps(
+        {"log_index": log_index, "event": event}, sort_keys=True, separators=(",", ":")
+    )
+
+
+FORMATS: dict[str, Formatter] = {"native": native}
+
+
+def formatter(name: str) -> Formatter:
+    """The formatter called ``name``; ``ValueError`` names the known ones."""
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown format {name!r}; supported: {', '.join(sorted(FORMATS))}"
+        ) from None
