@@ -34,6 +34,7 @@ from agentiam.services.agents import AgentService
 from agentiam.services.analysis import AccessAnalysisService
 from agentiam.services.audit import AuditService
 from agentiam.services.audit_export import Exporter, ExportRunner
+from agentiam.services.audit_retention import AuditRetention, RetentionPolicy
 from agentiam.services.audit_trail import AuditTrail, TrailPolicy
 from agentiam.services.audit_writer import GroupCommitWriter
 from agentiam.services.context import CallContext, SystemClock
@@ -85,6 +86,7 @@ class Container:
     audit_trail: AuditTrail
     audit_writer: GroupCommitWriter
     audit_export: ExportRunner
+    audit_retention: AuditRetention | None
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -100,7 +102,7 @@ class Container:
         self.revocations.sync()
         self.signing_keys.ensure_key(CallContext.system("control-plane/keys"))
         self.decisions.refresh()
-        loops = (
+        loops: list[tuple[float, Any]] = [
             (self.settings.revocation_poll_seconds, self.revocations.sync),
             (self.settings.policy_refresh_seconds, self.decisions.refresh),
             (self.settings.key_refresh_seconds, self.signing_keys.refresh),
@@ -108,7 +110,9 @@ class Container:
             (60.0, self.delegation_graph.purge),
             (self.settings.audit_integrate_seconds, self._audit_tick),
             (self.settings.expiry_sweep_seconds, self._expire_agents),
-        )
+        ]
+        if self.audit_retention is not None and self.settings.audit_retention_days:
+            loops.append((self.settings.audit_retention_check_seconds, self._prune_audit))
         for interval, task in loops:
             threading.Thread(
                 target=self._loop, args=(interval, task), daemon=True, name=task.__name__
@@ -127,6 +131,17 @@ class Container:
         self.audit_trail.integrate_all()
         if self.signing_keys.can_sign:
             self.audit_trail.sign_head()
+
+    def _prune_audit(self) -> None:
+        """Archive and prune the trail past its retention period (docs/audit.md)."""
+        if self.audit_retention is None or not self.signing_keys.can_sign:
+            return
+        keep = timedelta(days=self.settings.audit_retention_days)
+        passes = self.audit_retention.run(
+            CallContext.system("control-plane/audit-retention"), RetentionPolicy(keep=keep)
+        )
+        if passes:
+            log.info("audit retention: %d segments archived and pruned", passes)
 
     def _expire_agents(self) -> None:
         """Decommission ephemeral agents whose TTL ran out."""
@@ -330,6 +345,16 @@ def build(
     )
     registry = CollectorRegistry()
     audit_export = ExportRunner(uow, clock, exporters)
+    trail = AuditTrail(
+        uow,
+        clock,
+        policy=TrailPolicy(
+            issuer=issuer,
+            head_interval=timedelta(seconds=settings.audit_tree_head_seconds),
+        ),
+        sign=lambda claims, typ: signing_keys.sign(claims, typ=typ),
+        keys=signing_keys.every_public_jwk,
+    )
     register_export_metrics(registry, audit_export)
     decisions.on_decision = PolicyMetrics(registry, lambda: decisions.loaded_engine).observe
     return Container(
@@ -349,22 +374,42 @@ def build(
         analysis=AccessAnalysisService(uow, clock, decisions),
         delegation=delegation,
         grants=grants,
-        audit_trail=AuditTrail(
-            uow,
-            clock,
-            policy=TrailPolicy(
-                issuer=issuer,
-                head_interval=timedelta(seconds=settings.audit_tree_head_seconds),
-            ),
-            sign=lambda claims, typ: signing_keys.sign(claims, typ=typ),
-            keys=signing_keys.every_public_jwk,
-        ),
+        audit_trail=trail,
         audit_writer=writer,
         audit_export=audit_export,
+        audit_retention=_retention(settings, trail, uow, clock, audit, audit_export.names),
         delegation_graph=DelegationGraph(
             uow, clock, revocations, max_depth=settings.delegation_max_depth
         ),
         registry=registry,
+    )
+
+
+def _retention(
+    settings: Settings,
+    trail: AuditTrail,
+    uow: Any,
+    clock: Clock,
+    audit: AuditService,
+    exporters: list[str],
+) -> AuditRetention | None:
+    """Retention needs an archive directory; without one, nothing is ever pruned."""
+    if not settings.audit_archive_dir:
+        return None
+    from agentiam.adapters.archive import DirectoryArchive
+
+    def record(ctx: CallContext, type_: str, outcome: Any, resource: Any, details: Any) -> None:
+        audit.record(
+            ctx, type=type_, action=type_, outcome=outcome, resource=resource, details=details
+        )
+
+    return AuditRetention(
+        trail,
+        uow,
+        clock,
+        archive=DirectoryArchive(settings.audit_archive_dir),
+        exporters=exporters,
+        record=record,
     )
 
 

@@ -96,6 +96,13 @@ class Settings:
     audit_tree_head_seconds: float = 5.0
     # YAML or JSON list of audit exporters (SIEM delivery; see docs/audit.md#exporters).
     audit_exporters_file: str | None = None
+    # Archive and prune trail entries whose events are older than this many days
+    # (0: keep everything). Needs audit_archive_dir. See docs/audit.md#retention.
+    audit_retention_days: float = 0.0
+    # Where pruned segments of the trail are archived (an absolute directory).
+    audit_archive_dir: str | None = None
+    # How often a replica looks for entries to prune.
+    audit_retention_check_seconds: float = 3600.0
     # -- delegation (see docs/delegation.md) --
     # The longest delegation chain below the human (agents in the act claim).
     delegation_max_depth: int = 4
@@ -173,6 +180,18 @@ class Settings:
             raise InvalidInput("audit_integrate_seconds must be between 0.05 and 10")
         if not 1 <= self.audit_tree_head_seconds <= 3600:
             raise InvalidInput("audit_tree_head_seconds must be between 1 s and 1 h")
+        if not 0 <= self.audit_retention_days <= 36_600:
+            raise InvalidInput("audit_retention_days must be between 0 (keep all) and 36600")
+        if self.audit_retention_days and not self.audit_archive_dir:
+            raise InvalidInput(
+                "audit_retention_days needs audit_archive_dir: entries are archived "
+                "before they are pruned",
+                hint="Set AGENTIAM_AUDIT_ARCHIVE_DIR to an absolute directory.",
+            )
+        if self.audit_archive_dir and not self.audit_archive_dir.startswith("/"):
+            raise InvalidInput("audit_archive_dir must be an absolute path")
+        if not 1 <= self.audit_retention_check_seconds <= 86_400:
+            raise InvalidInput("audit_retention_check_seconds must be between 1 s and 24 h")
         if not 1 <= self.delegation_max_depth <= 16:
             raise InvalidInput("delegation_max_depth must be between 1 and 16")
         if not 30 <= self.human_token_ttl_seconds <= 3600:

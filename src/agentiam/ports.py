@@ -13,7 +13,7 @@ from typing import Generic, Protocol, Self, TypeVar
 
 from agentiam.core.access.admin_keys import AdminKey
 from agentiam.core.audit.events import AuditEvent
-from agentiam.core.audit.trail import LogEntry, TreeHead
+from agentiam.core.audit.trail import Checkpoint, LogEntry, TreeHead
 from agentiam.core.credentials.revocations import Revocation, RevocationKind
 from agentiam.core.credentials.signing_keys import SigningKey
 from agentiam.core.delegation.models import DelegationGrant, TokenNode
@@ -321,6 +321,21 @@ class AuditTrailRepository(Protocol):
 
     def unlogged_before(self, time: datetime) -> int:
         """How many events stored before ``time`` are not in the log."""
+
+    def checkpoint(self) -> Checkpoint | None:
+        """The latest retention checkpoint (the pruned trail starts there), or None."""
+
+    def checkpoints(self, *, limit: int) -> list[Checkpoint]:
+        """Retention checkpoints, latest first."""
+
+    def prune_point(self, before: datetime) -> int:
+        """The log index of the first entry whose event was recorded at or after
+        ``before`` (the log's size when there is none)."""
+
+    def prune(self, checkpoint: Checkpoint, *, now: datetime) -> int:
+        """Record ``checkpoint`` and delete what it covers: the log entries and their
+        events before its size, the tree heads before it, and the Merkle nodes no later
+        root or proof needs (``merkle.prunable_nodes``). Returns the entries removed."""
 
     def cursor(self, name: str) -> int:
         """The next log index the exporter ``name`` delivers (0 if it never did)."""

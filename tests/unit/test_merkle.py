@@ -23,10 +23,13 @@ from agentiam.core.audit.merkle import (
     MAX_TREE_SIZE,
     MemoryNodeStore,
     TreeBuilder,
+    compact_range_keys,
     consistency_proof,
+    fold,
     inclusion_proof,
     leaf_hash,
     node_hash,
+    prunable_nodes,
     subtree_root,
     verify_consistency,
     verify_inclusion,
@@ -700,3 +703,59 @@ def test_a_hundred_thousand_leaves() -> None:
         assert verify_consistency(first, n, builder.root(first), root, proof)
     resumed = TreeBuilder.resume(store, 54_321)
     assert resumed.root() == builder.root(54_321)
+
+
+# -- pruning (retention) -------------------------------------------------------------
+
+
+class _PrunedStore:
+    """A store from which everything :func:`prunable_nodes` allows was deleted."""
+
+    def __init__(self, full: MemoryNodeStore, size: int) -> None:
+        self._full = full
+        self._bounds = dict(prunable_nodes(size))
+        self.deleted = 0
+
+    def get(self, level: int, index: int) -> bytes:
+        if index < self._bounds.get(level, 0):
+            raise KeyError((level, index))
+        return self._full.get(level, index)
+
+
+def test_a_pruned_tree_still_proves_everything_after_the_prune_point() -> None:
+    """Every root, inclusion proof and consistency proof that concerns only leaves at
+    or after the prune point is built from what pruning keeps, and verifies."""
+    n = 40
+    data = [bytes([i]) for i in range(n)]
+    leaves = [leaf_hash(d) for d in data]
+    full = MemoryNodeStore.from_leaf_hashes(leaves)
+    for k in range(n + 1):
+        store = _PrunedStore(full, k)
+        keys = compact_range_keys(k)
+        assert fold([full.get(lv, i) for lv, i in keys]) == ref_mth(data[:k])
+        for size in range(max(k, 1), n + 1):
+            root = subtree_root(store, 0, size)
+            assert root == ref_mth(data[:size])
+            for index in range(k, size):
+                path = inclusion_proof(store, index, size)
+                assert verify_inclusion(leaves[index], index, size, path, root)
+            for first in range(max(k, 1), size + 1):
+                proof = consistency_proof(store, first, size)
+                assert verify_consistency(first, size, ref_mth(data[:first]), root, proof)
+
+
+def test_pruning_deletes_what_it_may_and_fails_closed_before_the_prune_point() -> None:
+    n = 40
+    leaves = [leaf_hash(bytes([i])) for i in range(n)]
+    full = MemoryNodeStore.from_leaf_hashes(leaves)
+    # 37 = 0b100101: level 0 keeps leaf 36 only, level 2 keeps node 8, level 5 node 0.
+    assert prunable_nodes(37) == [(0, 36), (1, 18), (2, 8), (3, 4), (4, 2)]
+    assert compact_range_keys(37) == [(5, 0), (2, 8), (0, 36)]
+    assert prunable_nodes(0) == []
+    store = _PrunedStore(full, 37)
+    with pytest.raises(KeyError):
+        inclusion_proof(store, 3, 40)  # a pruned leaf has no proof any more
+    with pytest.raises(KeyError):
+        consistency_proof(store, 20, 40)  # nor a tree head before the prune point
+    with pytest.raises(ValueError, match="32-byte"):
+        fold([b"short"])

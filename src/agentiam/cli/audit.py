@@ -18,6 +18,7 @@ from agentiam.cli.output import console, emit, fail, handle_errors
 from agentiam.config import Settings
 from agentiam.core.audit.events import AuditEvent, Outcome
 from agentiam.core.audit.query_export import csv_lines, jsonl_lines, paged
+from agentiam.core.audit.trail import Checkpoint
 from agentiam.core.audit.verification import VerifyReport, verify_export
 from agentiam.ports import AuditQuery
 
@@ -99,6 +100,75 @@ def heads(
     emit(
         items, as_json=as_json, columns=["tree_size", "root_hash", "signed_at"], title="Tree heads"
     )
+
+
+def _checkpoint(cp: Checkpoint) -> dict[str, Any]:
+    return cp.describe()
+
+
+@app.command()
+def prune(
+    older_than_days: Annotated[
+        float,
+        typer.Option(
+            "--older-than-days",
+            min=0.0,
+            help="Archive and prune entries whose events are older than this.",
+        ),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be pruned; change nothing.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Archive the oldest entries to AGENTIAM_AUDIT_ARCHIVE_DIR, record a signed
+    checkpoint and prune them (docs/audit.md#retention)."""
+    from datetime import timedelta
+
+    from agentiam.services.audit_retention import RetentionPolicy
+    from agentiam.services.context import CallContext
+
+    with handle_errors(), container() as c:
+        if c.audit_retention is None:
+            fail(
+                "no archive directory is configured",
+                "Set AGENTIAM_AUDIT_ARCHIVE_DIR: entries are archived before they are pruned.",
+            )
+        if not c.signing_keys.can_sign:
+            fail("a checkpoint must be signed: no master key", "Set AGENTIAM_MASTER_KEY.")
+        c.audit_trail.integrate_all()
+        keep = timedelta(days=older_than_days)
+        before = c.clock.now() - keep
+        plan = c.audit_retention.plan(before)
+        if dry_run:
+            emit(
+                plan.to_dict(),
+                as_json=as_json,
+                columns=["start", "end", "entries", "held_back_by"],
+                title="Would prune",
+            )
+            return
+        ctx = CallContext.system("cli/audit-prune")
+        passes = c.audit_retention.run(ctx, RetentionPolicy(keep=keep))
+        made = [_checkpoint(cp) for cp in c.audit_trail.checkpoints(limit=passes)] if passes else []
+    if as_json:
+        sys.stdout.write(json.dumps({"passes": passes, "checkpoints": made}) + "\n")
+    elif made:
+        console.print(f"pruned every entry before {made[0]['tree_size']}: {passes} archive(s)")
+        for cp in reversed(made):
+            console.print(f"  {cp['archive']}", highlight=False)
+    else:
+        console.print("nothing to prune")
+
+
+@app.command()
+def checkpoints(
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 10, as_json: JsonOpt = False
+) -> None:
+    """List the retention checkpoints the trail was pruned at, latest first."""
+    with handle_errors(), container() as c:
+        items = [_checkpoint(cp) for cp in c.audit_trail.checkpoints(limit=limit)]
+    emit(items, as_json=as_json, columns=["tree_size", "signed_at", "archive"], title="Checkpoints")
 
 
 # The filters of ``audit events`` and ``audit export-events`` (combined with AND).

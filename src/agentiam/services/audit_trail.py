@@ -13,6 +13,10 @@ full sweep runs at intervals.
 **Tree heads.** At intervals (and on demand) the log's state is signed as a tree head
 with the authorization server's current signing key.
 
+**Retention** (:mod:`agentiam.services.audit_retention`) archives the oldest
+entries and prunes them below a signed checkpoint; verification, proofs and exports
+then start from that checkpoint.
+
 **Verification** (:meth:`AuditTrail.verify`, ``agentiam audit verify``) recomputes
 every leaf from the stored event, the hash chain, and the Merkle root at every signed
 tree head, checks each head's signature, and reports what does not match. The same
@@ -34,6 +38,7 @@ from agentiam.core.audit.merkle import (
 )
 from agentiam.core.audit.trail import (
     TREE_HEAD_TYP,
+    Checkpoint,
     LogEntry,
     TreeHead,
     chain_hash,
@@ -46,7 +51,7 @@ from agentiam.core.credentials.jose import JoseRejected
 from agentiam.errors import NotFound
 from agentiam.ports import AuditTrailRepository, Clock, UnitOfWorkFactory
 
-__all__ = ["AuditTrail", "TrailPolicy"]
+__all__ = ["AuditTrail", "TrailNodes", "TrailPolicy", "entry_line"]
 
 _PAGE = 2000
 
@@ -67,7 +72,7 @@ class TrailPolicy:
     grace: timedelta = field(default_factory=lambda: timedelta(seconds=60))
 
 
-class _Nodes:
+class TrailNodes:
     """A NodeStore over the trail repository, caching what it has read."""
 
     def __init__(self, trail: AuditTrailRepository) -> None:
@@ -122,7 +127,7 @@ class AuditTrail:
             if not pending:
                 return 0
             size, chain = trail.head()
-            builder = TreeBuilder.resume(_Nodes(trail), size)
+            builder = TreeBuilder.resume(TrailNodes(trail), size)
             entries: list[LogEntry] = []
             nodes: list[tuple[int, int, bytes]] = []
             for seq, body in pending:
@@ -168,8 +173,20 @@ class AuditTrail:
             latest = trail.tree_heads(limit=1)
             if size == 0 or (latest and latest[0].tree_size >= size):
                 return None
-            root = TreeBuilder.resume(_Nodes(trail), size).root()
+            root = TreeBuilder.resume(TrailNodes(trail), size).root()
         # Signed outside any transaction: signing may itself write (the ring's first key).
+        head = self.sign_tree(size, root, chain, now)
+        with self._uow() as uow:
+            if not uow.trail.lock() or uow.trail.tree_head(size) is not None:
+                return None  # another replica is signing, or signed this size already
+            uow.trail.add_tree_head(head)
+            uow.commit()
+        self._last_head_at = now
+        return head
+
+    def sign_tree(self, size: int, root: bytes, chain: bytes, now: datetime) -> TreeHead:
+        """A tree head over the first ``size`` entries, signed with the current key
+        (not stored). Call it outside a transaction: signing may write a new key."""
         signed_at = int(now.timestamp())
         signature = self._sign(
             tree_head_claims(
@@ -181,14 +198,20 @@ class AuditTrail:
             ),
             TREE_HEAD_TYP,
         )
-        head = TreeHead(size, root, chain, datetime.fromtimestamp(signed_at, now.tzinfo), signature)
-        with self._uow() as uow:
-            if not uow.trail.lock() or uow.trail.tree_head(size) is not None:
-                return None  # another replica is signing, or signed this size already
-            uow.trail.add_tree_head(head)
-            uow.commit()
-        self._last_head_at = now
-        return head
+        return TreeHead(size, root, chain, datetime.fromtimestamp(signed_at, now.tzinfo), signature)
+
+    def public_keys(self) -> list[dict[str, Any]]:
+        """Every signing key's public JWK, retired ones too (for old heads)."""
+        return self._keys()
+
+    def checkpoint(self) -> Checkpoint | None:
+        """The retention checkpoint the trail starts from, if it was ever pruned."""
+        with self._uow(read_only=True) as uow:
+            return uow.trail.checkpoint()
+
+    def checkpoints(self, *, limit: int = 50) -> list[Checkpoint]:
+        with self._uow(read_only=True) as uow:
+            return uow.trail.checkpoints(limit=limit)
 
     # -- reads and proofs ------------------------------------------------------------
 
@@ -218,7 +241,7 @@ class AuditTrail:
             if index >= head.tree_size:
                 raise NotFound(f"event {event_id} is not in the tree of size {head.tree_size}")
             entry, _ = trail.entries(index, 1)[0]
-            proof = inclusion_proof(_Nodes(trail), index, head.tree_size)
+            proof = inclusion_proof(TrailNodes(trail), index, head.tree_size)
         return {
             "event_id": event_id,
             "leaf_index": index,
@@ -234,7 +257,7 @@ class AuditTrail:
             older, newer = self._head(trail, first), self._head(trail, second)
             if older.tree_size > newer.tree_size:
                 raise NotFound("the first tree head must not be larger than the second")
-            proof = consistency_proof(_Nodes(trail), older.tree_size, newer.tree_size)
+            proof = consistency_proof(TrailNodes(trail), older.tree_size, newer.tree_size)
         return {
             "first": older.to_dict(),
             "second": newer.to_dict(),
@@ -243,17 +266,19 @@ class AuditTrail:
 
     # -- verification and export -----------------------------------------------------
 
-    def _stream(self) -> Iterator[tuple[LogEntry, str]]:
-        start = 0
-        while True:
+    def stream(self, start: int = 0, end: int | None = None) -> Iterator[tuple[LogEntry, str]]:
+        """The log entries from index ``start`` (up to ``end``), with their events."""
+        while end is None or start < end:
             with self._uow(read_only=True) as uow:
                 page = uow.trail.entries(start, _PAGE)
+            if end is not None:
+                page = [item for item in page if item[0].index < end]
             yield from page
             if len(page) < _PAGE:
                 return
             start = page[-1][0].index + 1
 
-    def _all_heads(self) -> list[TreeHead]:
+    def all_heads(self) -> list[TreeHead]:
         heads: list[TreeHead] = []
         before: int | None = None
         while True:
@@ -278,8 +303,14 @@ class AuditTrail:
                 expected = verify_tree_head(held_head, keys, issuer=self.policy.issuer)
             except JoseRejected as exc:
                 report.findings.append(Finding("bad-signature", None, f"held head: {exc}"))
+        start = self.checkpoint()
         checked = verify_entries(
-            self._stream(), self._all_heads(), keys, issuer=self.policy.issuer, expected=expected
+            self.stream(start.tree_size if start else 0),
+            self.all_heads(),
+            keys,
+            issuer=self.policy.issuer,
+            expected=expected,
+            start=start,
         )
         checked.findings[:0] = report.findings
         report = checked
@@ -297,19 +328,28 @@ class AuditTrail:
         return report
 
     def export(self) -> Iterator[str]:
-        """The trail as JSON Lines: the public keys, every signed tree head, then every
-        entry with its event: all an auditor needs to verify it offline, in one pass
+        """The trail as JSON Lines: the public keys, the checkpoint it starts from (once
+        pruned), every signed tree head, then every entry with its event: all an
+        auditor needs to verify it offline, in one pass
         (:func:`agentiam.core.audit.verification.verify_export`)."""
+        start = self.checkpoint()
         yield json.dumps({"keys": self._keys()}, sort_keys=True)
-        for head in self._all_heads():
+        if start is not None:
+            yield json.dumps({"checkpoint": start.to_dict()}, sort_keys=True)
+        for head in self.all_heads():
             yield json.dumps({"tree_head": head.signature}, sort_keys=True)
-        for entry, body in self._stream():
-            yield json.dumps(
-                {
-                    "index": entry.index,
-                    "leaf_hash": entry.leaf_hash.hex(),
-                    "chain_hash": entry.chain_hash.hex(),
-                    "event": json.loads(body) if body else None,
-                },
-                sort_keys=True,
-            )
+        for entry, body in self.stream(start.tree_size if start else 0):
+            yield entry_line(entry, body)
+
+
+def entry_line(entry: LogEntry, body: str) -> str:
+    """One entry of an export or archive, with its event."""
+    return json.dumps(
+        {
+            "index": entry.index,
+            "leaf_hash": entry.leaf_hash.hex(),
+            "chain_hash": entry.chain_hash.hex(),
+            "event": json.loads(body) if body else None,
+        },
+        sort_keys=True,
+    )

@@ -35,6 +35,7 @@ __all__ = [
     "agent_labels",
     "agent_transitions",
     "agents",
+    "audit_checkpoints",
     "audit_events",
     "audit_export_cursors",
     "audit_log",
@@ -249,6 +250,22 @@ audit_tree_heads = Table(
     Column("chain_hash", String(64), nullable=False),
     Column("signed_at", UTCDateTime, nullable=False),
     Column("signature", Text, nullable=False),
+)
+# Retention checkpoints (migration 0006, append-only): a signed tree head at the size
+# below which entries were archived and pruned, its compact range (JSON list of hex
+# hashes), the highest event seq it pruned and the archive's "name sha256:…".
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("tree_size", SeqType, primary_key=True, autoincrement=False),
+    Column("root_hash", String(64), nullable=False),
+    Column("chain_hash", String(64), nullable=False),
+    Column("signed_at", UTCDateTime, nullable=False),
+    Column("signature", Text, nullable=False),
+    Column("compact_range", Text, nullable=False),
+    Column("max_event_seq", SeqType, nullable=False),
+    Column("archive", Text),
+    Column("created_at", UTCDateTime, nullable=False),
 )
 # Each SIEM exporter's durable cursor (migration 0005): the next log index to deliver,
 # and its consecutive failures and last error (redacted) for operators.

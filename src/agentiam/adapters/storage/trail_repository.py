@@ -1,17 +1,20 @@
 """SQL storage of the tamper-evident trail: the log, the Merkle tree's perfect
-subtrees and the signed tree heads (tables in migration 0005)."""
+subtrees and the signed tree heads (tables in migration 0005), and the retention
+checkpoints below which it was pruned (migration 0006)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, insert, select, text, tuple_, update
+from sqlalchemy import Connection, and_, delete, func, insert, select, text, tuple_, update
 
 from agentiam.adapters.storage import tables as t
 from agentiam.adapters.storage.batching import chunks
-from agentiam.core.audit.trail import GENESIS, LogEntry, TreeHead
+from agentiam.core.audit.merkle import prunable_nodes
+from agentiam.core.audit.trail import GENESIS, Checkpoint, LogEntry, TreeHead
 
 __all__ = ["SqlTrail"]
 
@@ -177,6 +180,71 @@ class SqlTrail:
             .where(log.c.event_seq.is_(None), e.c.time < time)
         ).scalar()
         return int(value or 0)
+
+    # -- retention -------------------------------------------------------------------
+
+    @staticmethod
+    def _checkpoint(r: Any) -> Checkpoint:
+        return Checkpoint(
+            head=SqlTrail._head(r),
+            compact_range=tuple(bytes.fromhex(h) for h in json.loads(r.compact_range)),
+            archive=r.archive,
+        )
+
+    def checkpoint(self) -> Checkpoint | None:
+        found = self.checkpoints(limit=1)
+        return found[0] if found else None
+
+    def checkpoints(self, *, limit: int) -> list[Checkpoint]:
+        cp = t.audit_checkpoints
+        rows = self._c.execute(select(cp).order_by(cp.c.tree_size.desc()).limit(limit))
+        return [self._checkpoint(r) for r in rows]
+
+    def prune_point(self, before: datetime) -> int:
+        log, e = t.audit_log, t.audit_events
+        first = self._c.execute(
+            select(func.min(log.c.log_index))
+            .select_from(log.join(e, e.c.seq == log.c.event_seq))
+            .where(e.c.time >= before)
+        ).scalar()
+        return int(first) if first is not None else self.head()[0]
+
+    def prune(self, checkpoint: Checkpoint, *, now: datetime) -> int:
+        log, e, cp = t.audit_log, t.audit_events, t.audit_checkpoints
+        size = checkpoint.tree_size
+        head = checkpoint.head
+        if self.tree_head(size) is None:
+            self.add_tree_head(head)
+        seqs = [
+            int(s)
+            for s in self._c.execute(select(log.c.event_seq).where(log.c.log_index < size))
+            .scalars()
+            .all()
+        ]
+        previous = self._c.execute(select(func.max(cp.c.max_event_seq))).scalar()
+        self._c.execute(
+            insert(cp).values(
+                tree_size=size,
+                root_hash=head.root_hash.hex(),
+                chain_hash=head.chain_hash.hex(),
+                signed_at=head.signed_at,
+                signature=head.signature,
+                compact_range=json.dumps([h.hex() for h in checkpoint.compact_range]),
+                max_event_seq=max([*seqs, -1 if previous is None else int(previous)]),
+                archive=checkpoint.archive,
+                created_at=now,
+            )
+        )
+        # The database's guards (migration 0006) allow these deletes only now that the
+        # checkpoint row exists, and only below it.
+        th, n = t.audit_tree_heads, t.audit_tree_nodes
+        self._c.execute(delete(th).where(th.c.tree_size < size))
+        for level, bound in prunable_nodes(size):
+            self._c.execute(delete(n).where(n.c.level == level, n.c.node_index < bound))
+        self._c.execute(delete(log).where(log.c.log_index < size))
+        for part in chunks(seqs):
+            self._c.execute(delete(e).where(e.c.seq.in_(part)))
+        return len(seqs)
 
     # -- exporter cursors ------------------------------------------------------------
 

@@ -41,10 +41,13 @@ __all__ = [
     "Node",
     "NodeStore",
     "TreeBuilder",
+    "compact_range_keys",
     "consistency_proof",
+    "fold",
     "inclusion_proof",
     "leaf_hash",
     "node_hash",
+    "prunable_nodes",
     "subtree_root",
     "verify_consistency",
     "verify_inclusion",
@@ -258,6 +261,48 @@ class TreeBuilder:
         if self._store is None:
             raise ValueError("the root of an earlier size needs a NodeStore")
         return subtree_root(self._store, 0, size)
+
+
+# -- pruning (retention) ---------------------------------------------------------------
+
+
+def compact_range_keys(size: int) -> list[tuple[int, int]]:
+    """The aligned perfect subtrees the first ``size`` leaves split into, largest first
+    (one per set bit of ``size``). Their hashes, folded with :func:`fold`, give the
+    root of the tree of ``size`` leaves; they are all a log pruned below ``size`` must
+    keep of its first ``size`` leaves."""
+    _check_size(size, "size")
+    return _range_keys(0, size)
+
+
+def fold(values: Sequence[bytes]) -> bytes:
+    """The MTH of consecutive perfect subtrees given largest first (for example the
+    hashes of :func:`compact_range_keys`), RFC 9162 section 2.1.1."""
+    if not all(_is_hash(v) for v in values):
+        raise ValueError("fold takes 32-byte hashes")
+    return _fold(values)
+
+
+def prunable_nodes(size: int) -> list[tuple[int, int]]:
+    """What a log may delete once it keeps no leaf below ``size``: a list of
+    ``(level, bound)``, meaning the nodes ``(level, index)`` with ``index < bound``.
+
+    Those are the perfect subtrees lying wholly within the first ``size`` leaves,
+    except the ones of :func:`compact_range_keys`. No root of a tree of ``size`` or
+    more leaves, no inclusion proof of a leaf at or after ``size`` and no consistency
+    proof between two such trees needs them: each sibling or subtree those use that
+    lies wholly before ``size`` is a *maximal* aligned subtree there (its parent
+    reaches past ``size``), and the maximal ones are exactly the compact range.
+    """
+    _check_size(size, "size")
+    bounds: list[tuple[int, int]] = []
+    for level in range(size.bit_length()):
+        bound = size >> level
+        if bound & 1:
+            bound -= 1  # keep this level's node of the compact range
+        if bound:
+            bounds.append((level, bound))
+    return bounds
 
 
 # -- proofs ----------------------------------------------------------------------------

@@ -9,6 +9,10 @@ head.
   every later chain hash.
 * **Merkle tree** (:mod:`agentiam.core.audit.merkle`): logarithmic inclusion proofs for
   any event and consistency proofs between any two tree heads.
+* **Checkpoint** (retention): a signed tree head at the size below which entries were
+  pruned, with the hashes of that tree's compact range (its perfect subtrees, one per
+  set bit of the size). They fold to the head's root, so the log after the
+  checkpoint still verifies, and proves, with the checkpoint as its start.
 * **Signed tree head.** At intervals the log signs ``(tree_size, root_hash,
   chain_hash, signed_at)`` as a compact JWS (``typ: audit-sth+jwt``) with the
   authorization server's signing key, so anyone holding the published key (the JWKS)
@@ -42,6 +46,7 @@ __all__ = [
     "GENESIS",
     "TREE_HEAD_PROFILE",
     "TREE_HEAD_TYP",
+    "Checkpoint",
     "LogEntry",
     "TreeHead",
     "canonical",
@@ -105,6 +110,37 @@ class TreeHead:
             "chain_hash": self.chain_hash.hex(),
             "signed_at": self.signed_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
             "signature": self.signature,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The start of a pruned trail: entries before ``head.tree_size`` were archived
+    and removed; ``compact_range`` are the hashes of the perfect subtrees of the first
+    ``head.tree_size`` leaves, largest first (see ``merkle.compact_range_keys``)."""
+
+    head: TreeHead
+    compact_range: tuple[bytes, ...]
+    archive: str | None = None  # the archive file's name and SHA-256, when known
+
+    @property
+    def tree_size(self) -> int:
+        return self.head.tree_size
+
+    def describe(self) -> dict[str, Any]:
+        """For people and the API: what the head states, with the range and archive."""
+        return {
+            **self.head.to_dict(),
+            "compact_range": [h.hex() for h in self.compact_range],
+            "archive": self.archive,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """As an export or archive carries it (the JWS, not its decoded claims)."""
+        return {
+            "tree_head": self.head.signature,
+            "compact_range": [h.hex() for h in self.compact_range],
+            "archive": self.archive,
         }
 
 

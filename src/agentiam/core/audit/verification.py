@@ -11,6 +11,10 @@ keys. Every problem is a :class:`Finding` naming its kind and position:
 * ``broken-chain``: the chain breaks (an entry removed, inserted or reordered);
 * ``root-mismatch``: the entries do not hash to a signed head's root;
 * ``bad-signature``: a tree head's signature does not verify;
+* ``bad-checkpoint``: the checkpoint a pruned trail starts from is not signed, or its
+  compact range does not hash to its root;
+* ``pruned``: the tree head the caller holds is older than the checkpoint (check it
+  against the archive);
 * ``truncated``: a signed head (or the one the caller holds) covers more entries than
   the trail has;
 * ``unlogged``: stored events were never integrated (inserted around the service).
@@ -25,10 +29,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from agentiam.core.audit.merkle import leaf_hash, node_hash
+from agentiam.core.audit.merkle import fold, leaf_hash, node_hash
 from agentiam.core.audit.trail import (
     GENESIS,
     TREE_HEAD_PROFILE,
+    Checkpoint,
     LogEntry,
     TreeHead,
     canonical,
@@ -48,6 +53,7 @@ __all__ = [
     "Finding",
     "VerifyReport",
     "key_map",
+    "read_checkpoint",
     "read_tree_head",
     "verify_entries",
     "verify_export",
@@ -62,6 +68,17 @@ class CompactRange:
 
     def __init__(self) -> None:
         self._edge: list[tuple[int, bytes]] = []  # (height, hash), heights decreasing
+
+    @classmethod
+    def resume(cls, size: int, hashes: Sequence[bytes]) -> CompactRange:
+        """The right edge of a tree of ``size`` leaves from its compact range (one hash
+        per set bit of ``size``, largest first), as a checkpoint carries it."""
+        heights = [h for h in range(size.bit_length() - 1, -1, -1) if size >> h & 1]
+        if len(heights) != len(hashes):
+            raise ValueError(f"a tree of {size} leaves has {len(heights)} compact range hashes")
+        edge = cls()
+        edge._edge = list(zip(heights, hashes, strict=True))
+        return edge
 
     def append(self, leaf: bytes) -> None:
         height, value = 0, leaf
@@ -126,6 +143,45 @@ def read_tree_head(signature: str) -> TreeHead:
         raise JoseRejected("tree head claims are malformed") from None
 
 
+def read_checkpoint(item: Mapping[str, Any]) -> Checkpoint:
+    """A checkpoint as an export carries it, before its signature is checked."""
+    try:
+        hashes = tuple(bytes.fromhex(str(h)) for h in item["compact_range"])
+        if any(len(h) != 32 for h in hashes):
+            raise ValueError("a compact range hash is not 32 bytes")
+        archive = item.get("archive")
+        return Checkpoint(
+            head=read_tree_head(str(item["tree_head"])),
+            compact_range=hashes,
+            archive=None if archive is None else str(archive),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise JoseRejected(f"checkpoint is malformed: {exc}") from None
+
+
+def _check_checkpoint(
+    start: Checkpoint, keys: Mapping[str, VerificationKey], issuer: str
+) -> str | None:
+    """Why ``start`` cannot be trusted as the trail's beginning, or None."""
+    try:
+        stated = verify_tree_head(start.head.signature, keys, issuer=issuer)
+    except JoseRejected as exc:
+        return f"checkpoint: {exc}"
+    if (stated.tree_size, stated.root_hash, stated.chain_hash) != (
+        start.head.tree_size,
+        start.head.root_hash,
+        start.head.chain_hash,
+    ):
+        return "the stored checkpoint differs from its JWS"
+    try:
+        CompactRange.resume(stated.tree_size, start.compact_range)
+    except ValueError as exc:
+        return str(exc)
+    if fold(start.compact_range) != stated.root_hash:
+        return "the checkpoint's compact range does not hash to its signed root"
+    return None
+
+
 def key_map(jwks: Iterable[Mapping[str, Any]]) -> dict[str, VerificationKey]:
     """Published JWKs by kid, each pinned to its algorithm; unusable ones skipped."""
     keys: dict[str, VerificationKey] = {}
@@ -172,16 +228,27 @@ def verify_entries(
     *,
     issuer: str,
     expected: TreeHead | None = None,
+    start: Checkpoint | None = None,
 ) -> VerifyReport:
     """Recompute the trail from its entries (in index order, each with its event as
     JSON text or already decoded, "" when the event is gone) and check it against the
     signed ``heads``.
-    ``expected`` is a head the caller kept from earlier (a witness's copy)."""
+    ``expected`` is a head the caller kept from earlier (a witness's copy); ``start``
+    the checkpoint a pruned trail begins at (its entries then start at its size)."""
     report = VerifyReport(tree_heads=len(heads))
     verified = _verified_heads(heads, keys, issuer, report)
     tree = CompactRange()
     chain = GENESIS
     size = 0
+    if start is not None:
+        problem = _check_checkpoint(start, keys, issuer)
+        if problem is not None:
+            report.findings.append(Finding("bad-checkpoint", start.tree_size, problem))
+        size, chain = start.tree_size, start.head.chain_hash
+        try:
+            tree = CompactRange.resume(size, start.compact_range)
+        except ValueError:
+            tree = CompactRange()  # reported above; the roots will not match either
     for entry, body in entries:
         if entry.index != size:
             report.findings.append(
@@ -219,8 +286,18 @@ def verify_entries(
                 )
             else:
                 report.heads_verified += 1
-    report.entries = size
+    report.entries = size - (start.tree_size if start is not None else 0)
     covered = max(verified, default=0)
+    if expected is not None and start is not None and expected.tree_size < start.tree_size:
+        report.findings.append(
+            Finding(
+                "pruned",
+                expected.tree_size,
+                f"the head you hold is older than the checkpoint at {start.tree_size}: "
+                "verify it against the archive of the pruned entries",
+            )
+        )
+        expected = None
     if expected is not None:
         covered = max(covered, expected.tree_size)
         held = verified.get(expected.tree_size)
@@ -239,11 +316,13 @@ def verify_export(
     lines: Iterable[str], *, issuer: str, jwks: Mapping[str, Any] | None = None
 ) -> VerifyReport:
     """Verify an export offline, in one pass and constant memory: a ``keys`` line, the
-    ``tree_head`` lines, then one line per entry with its event (the order
+    ``checkpoint`` line of a pruned trail (or of an archive: the checkpoint it
+    continues from), the ``tree_head`` lines, then one line per entry with its event (the order
     :meth:`AuditTrail.export` writes). ``jwks`` is the published key set to trust;
     without it, the keys the export carries are used."""
     carried: list[Mapping[str, Any]] = []
     heads: list[TreeHead] = []
+    start: Checkpoint | None = None
     malformed: list[Finding] = []
     numbered = enumerate(lines, 1)
     first: tuple[int, Any] | None = None
@@ -254,6 +333,8 @@ def verify_export(
             item = json.loads(line)
             if "keys" in item:
                 carried = list(item["keys"])
+            elif "checkpoint" in item:
+                start = read_checkpoint(item["checkpoint"])
             elif "tree_head" in item:
                 heads.append(read_tree_head(str(item["tree_head"])))
             else:
@@ -286,6 +367,6 @@ def verify_export(
                 malformed.append(Finding("malformed", number, f"line {number}: {exc}"[:200]))
 
     trusted = list(jwks.get("keys", [])) if jwks is not None else carried
-    report = verify_entries(entries(), heads, key_map(trusted), issuer=issuer)
+    report = verify_entries(entries(), heads, key_map(trusted), issuer=issuer, start=start)
     report.findings[:0] = malformed
     return report

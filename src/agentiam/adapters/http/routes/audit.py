@@ -206,6 +206,19 @@ def tree_heads(
     return {"items": [h.to_dict() for h in heads]}
 
 
+@router.get("/checkpoints")
+def checkpoints(
+    request: Request, ctx: Read, limit: Annotated[int, Query(ge=1, le=200)] = 20
+) -> dict[str, Any]:
+    """Retention checkpoints, latest first: each is a signed tree head below which the
+    trail was archived and pruned, with its compact range (the subtree hashes that
+    fold to its root) and the archive's name and SHA-256 (docs/audit.md#retention)."""
+    c = container_of(request)
+    items = c.audit_trail.checkpoints(limit=limit)
+    audited_read(request, ctx, "audit.checkpoints")
+    return {"items": [cp.describe() for cp in items]}
+
+
 @router.get("/proofs/inclusion")
 def inclusion_proof(
     request: Request,
