@@ -20,6 +20,7 @@ from agentiam.adapters.storage import migrate
 from agentiam.adapters.storage.engine import make_engine
 from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
 from agentiam.config import Settings
+from agentiam.core.audit.redaction import Redactor, load_redaction
 from agentiam.core.credentials.dpop import DpopWindow
 from agentiam.core.credentials.nonces import NonceIssuer
 from agentiam.core.credentials.revocations import RevocationSet
@@ -296,6 +297,7 @@ def build(
         zone=settings.policy_time_zone,
         max_staleness_seconds=settings.policy_max_staleness_seconds,
         audit=audit,
+        redactor=_redactor(settings),
     )
 
     def policy_changed() -> None:
@@ -383,6 +385,20 @@ def build(
         ),
         registry=registry,
     )
+
+
+def _redactor(settings: Settings) -> Redactor:
+    """The tool-argument redaction rules; refused at start when malformed."""
+    if not settings.audit_redaction_file:
+        return Redactor()
+    definition = _data_file(settings.audit_redaction_file, "audit redaction rules")
+    try:
+        return load_redaction(definition)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"audit redaction rules ({settings.audit_redaction_file}): {exc}",
+            hint="See docs/audit.md#redaction for the file's format.",
+        ) from None
 
 
 def _retention(

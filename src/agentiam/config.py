@@ -96,6 +96,8 @@ class Settings:
     audit_tree_head_seconds: float = 5.0
     # YAML or JSON list of audit exporters (SIEM delivery; see docs/audit.md#exporters).
     audit_exporters_file: str | None = None
+    # YAML or JSON mask/drop rules for tool arguments in events (docs/audit.md#redaction).
+    audit_redaction_file: str | None = None
     # Archive and prune trail entries whose events are older than this many days
     # (0: keep everything). Needs audit_archive_dir. See docs/audit.md#retention.
     audit_retention_days: float = 0.0

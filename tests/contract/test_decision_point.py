@@ -16,7 +16,7 @@ from agentiam.config import Settings
 from agentiam.core.identities.lifecycle import LifecycleAction
 from agentiam.core.policy.authorizer import AuthzRequest
 from agentiam.core.policy.model import EntityRef, ResourceRecord
-from agentiam.errors import ServiceUnavailable
+from agentiam.errors import InvalidInput, ServiceUnavailable
 from agentiam.ports import AuditQuery, UnitOfWork
 from agentiam.services.agents import NewAgent
 from agentiam.services.context import CallContext
@@ -155,3 +155,33 @@ def test_every_policy_change_is_audited_with_its_version(container: Container) -
     ]
     assert events[0].details["put"]["tools"]  # a digest of the text, not the text
     assert ALLOW_TOOLS not in str(events[0].details)
+
+
+def test_decision_events_record_arguments_through_the_configured_redaction(
+    database_url: str, clock: FakeClock, tmp_path: Any
+) -> None:
+    rules = tmp_path / "redaction.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - paths: [card.number]\n    action: mask\n    keep_last: 4\n"
+        "  - paths: ['**.ssn']\n    action: drop\n"
+    )
+    c = build(Settings(database_url=database_url, audit_redaction_file=str(rules)), clock=clock)
+    try:
+        agent = _agent(c)
+        args = {"card": {"number": "4111111111111111"}, "who": {"ssn": "078-05-1120"}}
+        request = AuthzRequest(
+            EntityRef("Agent", agent),
+            "invoke_tool",
+            EntityRef("Tool", "t"),
+            context={"args": args},
+        )
+        c.decisions.decide(CTX, [request])
+        [event] = c.audit.find(AuditQuery(limit=5, type="authz.decision")).items
+        assert event.details["arguments"] == {"card": {"number": "…1111"}, "who": {}}
+        assert event.details["argument_names"] == ["card", "who"]
+    finally:
+        c.close()
+    rules.write_text("rules: [{paths: [a], action: shred}]\n")
+    with pytest.raises(InvalidInput, match=r"redaction rules .*rule #1: action"):
+        build(Settings(database_url=database_url, audit_redaction_file=str(rules)), clock=clock)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from agentiam.core.audit.events import AuditEvent, Outcome, ResourceRef
+from agentiam.core.audit.redaction import Redactor
 from agentiam.core.identities.models import Agent, Human
 from agentiam.core.policy.authorizer import Authorizer, AuthzRequest, Decision, failed_policy
 from agentiam.core.policy.engine import PolicyEngine
@@ -66,9 +67,14 @@ def _error_summary(errors: Sequence[str]) -> list[str]:
     ]
 
 
-def decision_event(ctx: CallContext, decision: Decision, *, now: Any) -> AuditEvent:
-    """The audit record of one decision. Tool argument values are not recorded, only
-    their names (argument redaction rules arrive with the audit trail)."""
+_DEFAULT_REDACTOR = Redactor()
+
+
+def decision_event(
+    ctx: CallContext, decision: Decision, *, now: Any, redactor: Redactor | None = None
+) -> AuditEvent:
+    """The audit record of one decision, with the tool arguments as the redaction
+    rules allow (:mod:`agentiam.core.audit.redaction`) and their names."""
     request = decision.request
     delegation = request.context.get("delegation") or {}
     actors = delegation.get("actors") if isinstance(delegation, dict) else None
@@ -105,7 +111,15 @@ def decision_event(ctx: CallContext, decision: Decision, *, now: Any) -> AuditEv
                 else None
             ),
             "evaluation_us": round(decision.evaluation_us, 1),
-            "arguments": sorted(args) if isinstance(args, dict) else [],
+            "argument_names": sorted(args) if isinstance(args, dict) else [],
+            "arguments": (redactor or _DEFAULT_REDACTOR).arguments(
+                args if isinstance(args, dict) else {},
+                {
+                    "action": request.action,
+                    "resource_type": request.resource.type,
+                    "resource_id": request.resource.id,
+                },
+            ),
         },
     )
 
@@ -120,8 +134,10 @@ class DecisionPoint:
         max_staleness_seconds: float = 30.0,
         risk: Callable[[EntityRef], int] | None = None,
         audit: AuditService | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self._uow = uow
+        self._redactor = redactor or _DEFAULT_REDACTOR
         # Decision logs are stand-alone events: group-committed through the audit
         # service's writer when it has one.
         self._audit = audit or AuditService(uow, clock)
@@ -218,7 +234,12 @@ class DecisionPoint:
         authorizer = self.authorizer
         decisions = [authorizer.decide(r) for r in requests]
         now = self._clock.now()
-        self._audit.append([decision_event(ctx, decision, now=now) for decision in decisions])
+        self._audit.append(
+            [
+                decision_event(ctx, decision, now=now, redactor=self._redactor)
+                for decision in decisions
+            ]
+        )
         for decision in decisions:
             self.on_decision(decision)
         return decisions

@@ -1,0 +1,118 @@
+"""Tool-argument redaction: configured mask/drop rules, the built-in secret guard that
+configuration cannot switch off, bounds, and clear errors for bad rule files."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agentiam.core.audit.redaction import MASK, Redactor, load_redaction
+
+CALL = {"action": "call_tool", "resource_type": "Tool", "resource_id": "payments.transfer"}
+ARGS: dict[str, Any] = {
+    "amount": 120,
+    "card": {"number": "4111111111111111", "cvc": "123", "holder": "Ada"},
+    "patients": [{"name": "Bob", "ssn": "078-05-1120"}, {"name": "Eve", "SSN": "1"}],
+    "note": "x" * 1000,
+    "password": "hunter2",
+}
+
+
+def test_without_rules_values_are_kept_but_secret_names_and_size_are_guarded() -> None:
+    out = Redactor().arguments(ARGS, CALL)
+    assert out["amount"] == 120
+    assert out["card"]["number"] == "4111111111111111"
+    assert out["password"] == "[redacted]"
+    assert len(out["note"]) < 300
+    assert out["note"].endswith("…[cut]")
+
+
+def test_mask_and_drop_rules_by_path_with_wildcards() -> None:
+    redactor = load_redaction(
+        {
+            "rules": [
+                {"paths": ["card.number"], "action": "mask", "keep_last": 4},
+                {"paths": ["card.cvc", "**.ssn"], "action": "drop"},
+                {"paths": ["patients.*.name"], "action": "mask"},
+            ]
+        }
+    )
+    out = redactor.arguments(ARGS, CALL)
+    assert out["card"] == {"number": "…1111", "holder": "Ada"}
+    assert out["patients"] == [{"name": MASK}, {"name": MASK}]  # SSN: keys match any case
+    assert "078-05-1120" not in str(out)
+    assert "4111111111111111" not in str(out)
+
+
+def test_a_rule_applies_only_to_the_calls_it_matches() -> None:
+    redactor = load_redaction(
+        {
+            "rules": [
+                {
+                    "paths": ["amount"],
+                    "action": "drop",
+                    "match": {"resource_id": "payments.*"},
+                }
+            ]
+        }
+    )
+    assert "amount" not in redactor.arguments(ARGS, CALL)
+    other = {**CALL, "resource_id": "search.web"}
+    assert redactor.arguments(ARGS, other)["amount"] == 120
+
+
+def test_drop_wins_over_mask_and_masks_hide_any_type() -> None:
+    redactor = load_redaction(
+        {
+            "rules": [
+                {"paths": ["card"], "action": "mask"},
+                {"paths": ["card"], "action": "drop"},
+                {"paths": ["amount", "patients"], "action": "mask", "keep_last": 2},
+            ]
+        }
+    )
+    out = redactor.arguments(ARGS, CALL)
+    assert "card" not in out
+    assert out["amount"] == MASK  # not a string: keep_last cannot apply
+    assert out["patients"] == MASK
+
+
+def test_configuration_cannot_switch_off_the_secret_guard() -> None:
+    redactor = load_redaction({"rules": [{"paths": ["note"], "action": "mask"}]})
+    assert redactor.arguments({"api_key": "sk-1", "nested": {"token": "t"}}, CALL) == {
+        "api_key": "[redacted]",
+        "nested": {"token": "[redacted]"},
+    }
+
+
+def test_names_only_mode_and_depth_bound() -> None:
+    assert load_redaction({"record_arguments": "names"}).arguments(ARGS, CALL) == {}
+    deep: dict[str, Any] = {}
+    cursor = deep
+    for _ in range(50):
+        cursor["k"] = {}
+        cursor = cursor["k"]
+    out = Redactor().arguments(deep, CALL)
+    assert "[masked]" in str(out) or "[redacted]" in str(out)
+    assert str(out).count("{") < 20
+
+
+@pytest.mark.parametrize(
+    ("definition", "message"),
+    [
+        ([], "must hold a mapping"),
+        ({"rule": []}, "unknown keys rule"),
+        ({"record_arguments": "all"}, "record_arguments"),
+        ({"max_string": 3}, "between 16 and 4096"),
+        ({"rules": [{"paths": ["a"], "action": "hash"}]}, "rule #1: action"),
+        ({"rules": [{"paths": [], "action": "drop"}]}, "rule #1: paths"),
+        ({"rules": [{"paths": ["a..b"], "action": "drop"}]}, "bad path"),
+        ({"rules": [{"paths": ["a"], "action": "drop", "keep_last": 4}]}, "only with mask"),
+        ({"rules": [{"paths": ["a"], "action": "mask", "match": {"tool": "x"}}]}, "match takes"),
+        ({"rules": [{"paths": ["a"], "action": "mask", "extra": 1}]}, "unknown keys extra"),
+    ],
+)
+def test_bad_rule_files_are_refused_with_a_clear_reason(definition: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_redaction(definition)
