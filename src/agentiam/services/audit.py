@@ -51,6 +51,8 @@ class AuditService:
         resource: ResourceRef | None = None,
         reason: str | None = None,
         details: dict[str, Any] | None = None,
+        initiating_human: str | None = None,
+        delegation_chain: tuple[str, ...] = (),
     ) -> AuditEvent:
         event = ctx.event(
             type,
@@ -60,6 +62,8 @@ class AuditService:
             resource=resource,
             reason=reason,
             details=details,
+            initiating_human=initiating_human,
+            delegation_chain=delegation_chain,
         )
         self.append([event])
         return event

@@ -452,6 +452,10 @@ class TokenService:
             outcome=Outcome.SUCCESS,
             resource=ResourceRef("agent", access.client_id) if access else None,
             details={"active": active, "jti": access.jti if access else None},
+            initiating_human=(
+                access.subject if access and is_id(access.subject, "human") else None
+            ),
+            delegation_chain=tuple(access.chain.actors) if access else (),
         )
         if not active or access is None:
             return {"active": False}
