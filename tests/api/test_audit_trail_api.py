@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
 from tests.api.oauth_support import CTX, OAuthLive, oauth_live
 
 from agentiam.core.access.admin_keys import Role
-from agentiam.core.audit.merkle import verify_consistency, verify_inclusion
+from agentiam.core.audit.merkle import fold, verify_consistency, verify_inclusion
 from agentiam.core.audit.trail import event_leaf, verify_tree_head
 from agentiam.core.audit.verification import key_map
 from agentiam.services.humans import NewHuman
@@ -69,3 +71,41 @@ def test_only_audit_readers_see_the_trail(live: OAuthLive) -> None:
     for key, status in ((verifier, 403), (auditor, 200)):
         r = httpx.get(live.url + "/v1/audit/tree-heads", headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == status
+
+
+def test_checkpoints_are_listed_and_verify_on_the_client(sqlite_url: str, tmp_path: Path) -> None:
+    """After a prune, GET /v1/audit/checkpoints gives a signed head whose compact range
+    folds to its root, and the heads after it are consistent with it."""
+    with oauth_live(
+        sqlite_url, audit_integrate_seconds=10, audit_archive_dir=str(tmp_path / "a")
+    ) as live:
+        c = live.container
+        c.humans.create(CTX, NewHuman(display_name="A", email="a@example.com"))
+        c.audit_trail.integrate_all()
+        assert c.audit_trail.sign_head(force=True) is not None
+        c.audit_trail.integrate_all()
+        assert c.audit_retention is not None
+        cut = c.clock.now() + timedelta(seconds=1)
+        checkpoint = c.audit_retention.prune(CTX, cut)
+        assert checkpoint is not None
+        c.humans.create(CTX, NewHuman(display_name="B", email="b@example.com"))
+        c.audit_trail.integrate_all()
+        latest = c.audit_trail.sign_head(force=True)
+        assert latest is not None
+        jwks = httpx.get(live.url + "/oauth2/jwks").json()
+        with live.admin_client() as admin:
+            [item] = admin.get("/v1/audit/checkpoints").json()["items"]
+            consistency = admin.get(
+                "/v1/audit/proofs/consistency",
+                params={"first": item["tree_size"], "second": latest.tree_size},
+            ).json()
+            gone = admin.get("/v1/audit/proofs/consistency", params={"first": 1, "second": 2})
+        head = verify_tree_head(item["signature"], key_map(jwks["keys"]), issuer=live.url)
+        assert head.tree_size == checkpoint.tree_size
+        assert fold([bytes.fromhex(h) for h in item["compact_range"]]) == head.root_hash
+        assert item["archive"].startswith("audit-000000000000-")
+        cpath = [bytes.fromhex(p) for p in consistency["consistency_path"]]
+        assert verify_consistency(
+            head.tree_size, latest.tree_size, head.root_hash, latest.root_hash, cpath
+        )
+        assert gone.status_code == 404  # heads before the checkpoint were pruned

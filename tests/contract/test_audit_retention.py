@@ -296,3 +296,22 @@ def test_the_background_pass_and_settings(c: Container, clock: FakeClock) -> Non
         Settings(audit_retention_days=30).check()
     with pytest.raises(InvalidInput, match="absolute"):
         Settings(audit_retention_days=30, audit_archive_dir="relative/dir").check()
+
+
+def test_a_trail_pruned_to_its_end_goes_on_from_the_checkpoint(
+    c: Container, clock: FakeClock
+) -> None:
+    """Everything pruned: the next events continue the log after the checkpoint (not
+    from index 0), and the whole trail verifies."""
+    _events(c, 9)
+    c.audit_trail.integrate_all()
+    size = _scalar(c, "SELECT count(*) FROM audit_log")
+    checkpoint = _retention(c).prune(CTX, clock.now() + timedelta(seconds=1))
+    assert checkpoint is not None
+    assert checkpoint.tree_size == size
+    assert _scalar(c, "SELECT count(*) FROM audit_log") == 0
+    _events(c, 3, start=50)
+    assert _scalar(c, "SELECT min(log_index) FROM audit_log") == size
+    report = c.audit_trail.verify()
+    assert report.ok, report.findings
+    assert report.heads_verified >= 1

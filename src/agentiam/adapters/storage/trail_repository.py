@@ -39,9 +39,13 @@ class SqlTrail:
         row = self._c.execute(
             select(log.c.log_index, log.c.chain_hash).order_by(log.c.log_index.desc()).limit(1)
         ).first()
-        if row is None:
-            return 0, GENESIS
-        return int(row.log_index) + 1, bytes.fromhex(row.chain_hash)
+        if row is not None:
+            return int(row.log_index) + 1, bytes.fromhex(row.chain_hash)
+        # Empty: a new log, or one pruned up to its end (it goes on from the checkpoint).
+        checkpoint = self.checkpoint()
+        if checkpoint is not None:
+            return checkpoint.tree_size, checkpoint.head.chain_hash
+        return 0, GENESIS
 
     def pending(self, limit: int, *, lookback: int | None) -> list[tuple[int, str]]:
         e, log = t.audit_events, t.audit_log
