@@ -164,6 +164,7 @@ class Container:
             self.audit_trail.integrate_all()
         except Exception:
             log.warning("could not log the last audit events at shutdown; the next start will")
+        self.audit_export.close()
         self.engine.dispose()
 
 

@@ -12,27 +12,23 @@ References: RFC 7517 (JWK Set), RFC 8693 (token exchange), RFC 8725 (JWT BCP), R
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import ipaddress
 import json
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from tests.support.network import FakeResolver, Handler, resolver_for, serve_http
+from tests.support.tls import ServerPki, server_context, server_pki
 
 from agentiam.adapters.jwks import ExternalTokenVerifier, JwksCache, JwksUnavailable
 from agentiam.adapters.outbound import (
@@ -78,11 +74,8 @@ class Server:
         self.stop = threading.Event()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Serving(Handler):
             protocol_version = "HTTP/1.0"  # close-delimited bodies when there is no length
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
 
             def do_GET(self) -> None:
                 server.log.append(
@@ -121,63 +114,27 @@ class Server:
                 except OSError:
                     pass  # the client gave up, as it should
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        if tls is not None:
-            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = int(self.httpd.server_address[1])
-        scheme = "https" if tls else "http"
-        self.url = f"{scheme}://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+        self._handler = Serving
+        self._tls = tls
+        self._stack = contextlib.ExitStack()
 
     def paths(self) -> list[str]:
         return [seen.path for seen in self.log]
 
     def __enter__(self) -> Server:
-        self.thread.start()
+        self.port = self._stack.enter_context(serve_http(self._handler, tls=self._tls, poll=0.02))
+        self.url = f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}"
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self.stop.set()  # handlers waiting out a delay or a trickle return now
+        self._stack.close()
 
 
 @pytest.fixture
 def server() -> Iterator[Server]:
     with Server() as s:
         yield s
-
-
-class FakeResolver:
-    """``socket.getaddrinfo`` for a few names. Each name maps to a list of answers;
-    successive lookups take successive answers (the last one repeats), so a test can
-    play a DNS rebinding attacker whose second answer differs from the first."""
-
-    def __init__(self, names: dict[str, Sequence[Sequence[str]]]) -> None:
-        self.names = names
-        self.calls: list[str] = []
-
-    def __call__(
-        self, host: str, port: int, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0
-    ) -> list[tuple[Any, ...]]:
-        self.calls.append(host)
-        answers = self.names.get(host)
-        if answers is None:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        addresses = answers[min(self.calls.count(host), len(answers)) - 1]
-        result: list[tuple[Any, ...]] = []
-        for address in addresses:
-            if ipaddress.ip_address(address).version == 6:
-                result.append((socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port, 0, 0)))
-            else:
-                result.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)))
-        return result
-
-
-def resolver_for(host: str, *addresses: str) -> FakeResolver:
-    return FakeResolver({host: [list(addresses)]})
 
 
 # -- keys ------------------------------------------------------------------------------
@@ -226,6 +183,17 @@ def test_the_vetted_address_is_the_one_connected_to(server: Server) -> None:
     assert resolver.calls == ["rebind.example.test"]
     (seen,) = server.log
     assert seen.host == f"rebind.example.test:{server.port}"
+    assert seen.peer == "127.0.0.1"
+
+
+def test_a_refused_address_moves_on_to_the_next_vetted_one(server: Server) -> None:
+    """Only 127.0.0.1 listens: the first vetted address (::1) refuses the connection,
+    the second one answers."""
+    server.routes["/jwks"] = Reply(body=b'{"ok": true}')
+    resolver = resolver_for("idp.example.test", "::1", "127.0.0.1")
+    url = f"http://idp.example.test:{server.port}/jwks"
+    assert fetch_json(url, allow_private_network=True, resolver=resolver) == {"ok": True}
+    (seen,) = server.log
     assert seen.peer == "127.0.0.1"
 
 
@@ -510,97 +478,24 @@ def test_connection_refused() -> None:
 # -- TLS: SNI and certificate checks use the name, the socket the vetted IP ------------
 
 
-@dataclass
-class Pki:
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-
-
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """A test CA and a server certificate for ``idp.example.test`` only."""
-    directory = tmp_path_factory.mktemp("pki")
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "AgentIAM test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "idp.example.test")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("idp.example.test")]), critical=False
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    pki = Pki(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
-    pki.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    pki.cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pki.key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return pki
+def pki(tmp_path_factory: pytest.TempPathFactory) -> ServerPki:
+    return server_pki(tmp_path_factory.mktemp("pki"), "idp.example.test")
 
 
-def test_tls_uses_the_host_name_for_sni_and_certificate(pki: Pki) -> None:
-    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_context.load_cert_chain(pki.cert_file, pki.key_file)
+def test_tls_uses_the_host_name_for_sni_and_certificate(pki: ServerPki) -> None:
+    tls = server_context((pki.cert_file, pki.key_file))
     sni: list[str | None] = []
 
     def record_sni(_sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
         sni.append(name)
 
-    server_context.sni_callback = record_sni
+    tls.sni_callback = record_sni
     client_context = ssl.create_default_context(cafile=str(pki.ca_file))
     resolver = FakeResolver(
         {"idp.example.test": [["127.0.0.1"]], "evil.example.test": [["127.0.0.1"]]}
     )
-    with Server(tls=server_context) as server:
+    with Server(tls=tls) as server:
         server.routes["/jwks"] = Reply(body=b'{"keys": []}')
         url = f"https://idp.example.test:{server.port}/jwks"
         result = fetch_json(

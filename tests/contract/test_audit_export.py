@@ -9,6 +9,7 @@ tests/unit/test_jsonl_exporter.py."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -16,12 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from sqlalchemy import text
 from tests.conftest import FakeClock
 
+from agentiam.adapters.exporters import SUPPORTED_TYPES, JsonlFileExporter, load_exporters
+from agentiam.adapters.exporters.otel import OtelSpanExporter
+from agentiam.adapters.exporters.syslog import SyslogExporter
+from agentiam.adapters.exporters.webhook import WebhookExporter
 from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
 from agentiam.bootstrap import Container, build
 from agentiam.config import Settings
+from agentiam.core.audit.formats import formatter
 from agentiam.errors import InvalidInput
 from agentiam.ports import UnitOfWork
 from agentiam.services.audit_export import ExportPolicy, ExportRunner
@@ -230,5 +237,104 @@ def test_a_new_container_resumes_from_the_durable_cursor(
 def test_bad_exporter_config_is_refused(database_url: str, tmp_path: Path) -> None:
     config = tmp_path / "exporters.yaml"
     config.write_text("- {name: x, type: splunk}\n")
-    with pytest.raises(InvalidInput, match="supported: jsonl"):
+    with pytest.raises(InvalidInput, match="supported: jsonl, otel, syslog, webhook"):
         build(Settings(database_url=database_url, audit_exporters_file=str(config)))
+
+
+HOOK_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+EVERY_TYPE = """\
+- name: siem-syslog
+  type: syslog
+  transport: tls
+  host: logs.example.com
+  format: cef
+- name: siem-hook
+  type: webhook
+  url: https://hooks.example.com/agentiam
+  secret_env: AGENTIAM_TEST_HOOK_SECRET
+  format: ocsf
+- name: traces
+  type: otel
+  endpoint: https://collector.example.com:4318/v1/traces
+  timeout: 5
+- name: archive
+  type: jsonl
+  path: {path}
+  format: ocsf
+"""
+
+
+@pytest.fixture
+def every_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """An exporters file with one exporter of each type, decoded."""
+    monkeypatch.setenv("AGENTIAM_TEST_HOOK_SECRET", HOOK_SECRET)
+    definitions = yaml.safe_load(EVERY_TYPE.format(path=tmp_path / "audit.jsonl"))
+    assert isinstance(definitions, list)
+    assert sorted(entry["type"] for entry in definitions) == list(SUPPORTED_TYPES)
+    return definitions
+
+
+def _close(exporters: Sequence[Any]) -> None:
+    for exporter in exporters:
+        getattr(exporter, "close", lambda: None)()
+
+
+def test_one_exporter_of_each_type_loads(
+    every_type: list[dict[str, Any]], database_url: str, tmp_path: Path
+) -> None:
+    exporters = load_exporters(every_type)
+    try:
+        assert [(e.name, e.kind) for e in exporters] == [
+            ("siem-syslog", "syslog"),
+            ("siem-hook", "webhook"),
+            ("traces", "otel"),
+            ("archive", "jsonl"),
+        ]
+        syslog, hook, spans, archive = exporters
+        assert isinstance(syslog, SyslogExporter)
+        assert (syslog.transport, syslog.format_name) == ("tls", "cef")
+        assert isinstance(hook, WebhookExporter)
+        assert hook.format == "ocsf"
+        assert isinstance(spans, OtelSpanExporter)
+        assert isinstance(archive, JsonlFileExporter)
+        assert archive.formatter is formatter("ocsf")
+        event = {"event_id": "evt_1", "type": "human.created", "outcome": "success"}
+        archive.deliver([(0, event)])
+        assert (tmp_path / "audit.jsonl").read_text() == formatter("ocsf")(0, event) + "\n"
+    finally:
+        _close(exporters)
+    # and so does the service, which lists each one in its health
+    config = tmp_path / "exporters.yaml"
+    config.write_text(yaml.safe_dump(every_type))
+    container = build(Settings(database_url=database_url, audit_exporters_file=str(config)))
+    try:
+        assert [(h.name, h.type) for h in container.audit_export.health()] == [
+            ("siem-syslog", "syslog"),
+            ("siem-hook", "webhook"),
+            ("traces", "otel"),
+            ("archive", "jsonl"),
+        ]
+    finally:
+        container.close()
+
+
+@pytest.mark.parametrize("index", range(4), ids=["syslog", "webhook", "otel", "jsonl"])
+def test_unknown_keys_and_bad_formats_are_refused_naming_exporter_and_key(
+    every_type: list[dict[str, Any]], index: int
+) -> None:
+    entry = every_type[index]
+    name, kind = entry["name"], entry["type"]
+    with pytest.raises(
+        ValueError, match=rf"^exporter '{name}': unknown keys colour; {kind} takes "
+    ):
+        load_exporters([{**entry, "colour": "blue"}])
+    bad_format = {**entry, "format": "xml"}
+    if kind == "otel":  # spans are its only format: it takes no format key at all
+        message = rf"^exporter '{name}': unknown keys format; otel takes "
+    else:
+        message = rf"^exporter '{name}': format: unknown format 'xml'; supported: cef, "
+    with pytest.raises(ValueError, match=message):
+        load_exporters([bad_format])
+    if kind != "otel":
+        with pytest.raises(ValueError, match=rf"^exporter '{name}': format must be one of cef"):
+            load_exporters([{**entry, "format": ["native"]}])

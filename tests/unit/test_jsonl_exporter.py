@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from agentiam.adapters.exporters import JsonlFileExporter, load_exporters
+from agentiam.core.audit.formats import formatter, native
 
 
 def _batch(start: int, n: int) -> list[tuple[int, dict[str, Any]]]:
@@ -36,6 +37,38 @@ def test_appends_lines_with_the_event_and_its_index(tmp_path: Path) -> None:
     assert [line["log_index"] for line in lines] == [0, 1, 2]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_lines_are_the_configured_format(tmp_path: Path) -> None:
+    # native is the default: each line exactly as the jsonl exporter always wrote it
+    [default, cef] = load_exporters(
+        [
+            {"name": "native", "type": "jsonl", "path": str(tmp_path / "native.jsonl")},
+            {"name": "cef", "type": "jsonl", "path": str(tmp_path / "cef.log"), "format": "cef"},
+        ]
+    )
+    assert isinstance(default, JsonlFileExporter)
+    assert isinstance(cef, JsonlFileExporter)
+    assert default.formatter is native
+    assert cef.formatter is formatter("cef")
+    batch = _batch(0, 2)
+    default.deliver(batch)
+    cef.deliver(batch)
+    assert (tmp_path / "native.jsonl").read_bytes() == b"".join(
+        json.dumps({"log_index": i, "event": e}, sort_keys=True, separators=(",", ":")).encode()
+        + b"\n"
+        for i, e in batch
+    )
+    assert (tmp_path / "cef.log").read_text().splitlines() == [
+        formatter("cef")(i, e) for i, e in batch
+    ]
+
+    # any formatter: one line per entry, the formatter's text
+    custom = JsonlFileExporter(
+        "f", tmp_path / "custom.log", max_bytes=1 << 20, keep=1, formatter=lambda i, e: f"{i}:é"
+    )
+    custom.deliver(batch)
+    assert (tmp_path / "custom.log").read_text(encoding="utf-8") == "0:é\n1:é\n"
 
 
 def test_rotates_by_size_and_keeps_n_files(tmp_path: Path) -> None:
@@ -105,13 +138,18 @@ def test_config_builds_jsonl_exporters_with_defaults() -> None:
         (["a"], "must be a mapping"),
         ([{"type": "jsonl", "path": "/x"}], "name must be"),
         ([{"name": "Bad Name", "type": "jsonl", "path": "/x"}], "name must be"),
-        ([{"name": "a", "type": "syslog"}], "unknown type 'syslog'; supported: jsonl"),
+        (
+            [{"name": "a", "type": "splunk"}],
+            "unknown type 'splunk'; supported: jsonl, otel, syslog, webhook",
+        ),
         ([{"name": "a", "path": "/x"}], "unknown type None; supported: jsonl"),
         ([{"name": "a", "type": "jsonl", "path": "/x", "url": "u"}], "unknown keys url"),
         ([{"name": "a", "type": "jsonl", "path": "rel.jsonl"}], "absolute file path"),
         ([{"name": "a", "type": "jsonl", "path": "/x", "keep": 0}], "keep must be"),
         ([{"name": "a", "type": "jsonl", "path": "/x", "max_bytes": True}], "max_bytes must"),
         ([{"name": "a", "type": "jsonl", "path": "/x", "max_bytes": "1"}], "max_bytes must"),
+        ([{"name": "a", "type": "jsonl", "path": "/x", "format": "xml"}], "format: unknown"),
+        ([{"name": "a", "type": "jsonl", "path": "/x", "format": 1}], "format must be one of"),
         (
             [
                 {"name": "a", "type": "jsonl", "path": "/x"},

@@ -12,15 +12,18 @@ and gateway upstreams later) is fetched through here, never through a bare HTTP 
   IPv6 forms embedding such an IPv4 address (IPv4-mapped, NAT64 64:ff9b::/96, 6to4).
   ``allow_private_network`` lifts the non-public checks (tests, on-premises services)
   but never allows unspecified, multicast or broadcast addresses.
-* :func:`fetch_json` connects to the address that was vetted, not to a name resolved
-  again (which a DNS rebinding attacker could point elsewhere in between): the request
-  URL carries the IP literal, the ``Host`` header the original host (RFC 9110 section
-  7.2) and TLS uses the host name for SNI and certificate verification (httpx's
-  ``sni_hostname`` request extension). It never follows redirects, takes no proxy
-  from the environment, keeps no connection alive for reuse, bounds the whole exchange
-  by one deadline (every connect, TLS, write and read gets only the time left), refuses
-  compressed bodies (no decompression bombs), streams the body under a byte cap and
-  requires a JSON media type.
+* :class:`PinnedClient` sends each request to an address vetted just before it, not to
+  a name resolved again (which a DNS rebinding attacker could point elsewhere in
+  between): the request URL carries the IP literal, the ``Host`` header the original
+  host (RFC 9110 section 7.2) and TLS uses the host name for SNI and certificate
+  verification (httpx's ``sni_hostname`` request extension). Its transport,
+  :class:`PinnedTransport`, refuses to connect anywhere else and bounds every connect,
+  TLS handshake, write and read by one deadline per request (each gets only the time
+  left). It never follows redirects and takes no proxy from the environment; it may
+  keep one connection alive between requests (the webhook exporter does).
+* :func:`fetch_json` GETs through a :class:`PinnedClient` that keeps no connection,
+  refuses compressed bodies (no decompression bombs), streams the body under a byte
+  cap and requires a JSON media type.
 
 Errors: :class:`OutboundRefused` when a policy says no (URL, address, redirect, size,
 media type), :class:`OutboundFailed` when the exchange itself fails (resolution,
@@ -30,13 +33,14 @@ and carry a message safe to log.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import json
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,13 +51,20 @@ import httpx
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_TIMEOUT",
+    "EXCERPT",
+    "Deadline",
     "IPAddress",
     "OutboundError",
     "OutboundFailed",
     "OutboundRefused",
+    "PinnedClient",
+    "PinnedTransport",
     "Resolver",
+    "default_ssl_context",
+    "excerpt",
     "fetch_json",
     "vet_url",
+    "vet_url_form",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -63,12 +74,20 @@ Resolver = Callable[[str, int, int, int], Sequence[tuple[Any, ...]]]
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_BYTES = 256 * 1024
+EXCERPT = 100  # characters of an answer an error message may quote
 _MAX_URL = 2048
 _USER_AGENT = "agentiam-outbound/1"
 
 
 class OutboundError(Exception):
     """An outbound request was refused or failed; the message is safe to log."""
+
+
+def excerpt(data: bytes) -> str:
+    """At most :data:`EXCERPT` characters of an answer's body, for an error message: any
+    unprintable character (control, escape, line break) becomes a space."""
+    text = data[:EXCERPT].decode("utf-8", "replace")
+    return "".join(ch if ch.isprintable() else " " for ch in text).strip()
 
 
 class OutboundRefused(OutboundError):
@@ -166,6 +185,11 @@ class _Target:
     target: str  # path and query, as sent on the request line
     host_header: str
 
+    def url_for(self, address: IPAddress) -> str:
+        """The URL with ``address`` (vetted) in place of the host."""
+        shown = f"[{address}]" if address.version == 6 else str(address)
+        return f"{self.scheme}://{shown}:{self.port}{self.target}"
+
 
 def _parse(url: str, allow_private_network: bool) -> _Target:
     if not isinstance(url, str) or not 0 < len(url) <= _MAX_URL:
@@ -224,17 +248,22 @@ def _resolve(host: str, port: int, resolver: Resolver) -> list[IPAddress]:
     return addresses
 
 
-def _vet(
-    url: str, allow_private_network: bool, resolver: Resolver
-) -> tuple[_Target, list[IPAddress]]:
-    target = _parse(url, allow_private_network)
+def _vet_addresses(
+    target: _Target, allow_private_network: bool, resolver: Resolver
+) -> list[IPAddress]:
     addresses = _resolve(target.host, target.port, resolver)
+    _refuse_any(target, addresses, allow_private_network)
+    return addresses
+
+
+def _refuse_any(
+    target: _Target, addresses: Iterable[IPAddress], allow_private_network: bool
+) -> None:
     for address in addresses:
         why = _refusal(address, allow_private_network)
         if why is not None:
             hint = "" if allow_private_network else " (set allow_private_network to permit it)"
             raise OutboundRefused(f"{target.host[:100]!r} resolves to {address}, {why}{hint}")
-    return target, addresses
 
 
 def vet_url(
@@ -244,13 +273,31 @@ def vet_url(
 
     Raise :class:`OutboundRefused` for a URL or address the policy refuses (see the
     module docstring) and :class:`OutboundFailed` if the host does not resolve."""
-    return _vet(url, allow_private_network, resolver)[1]
+    target = _parse(url, allow_private_network)
+    return _vet_addresses(target, allow_private_network, resolver)
+
+
+def vet_url_form(url: str, *, allow_private_network: bool) -> None:
+    """Check ``url`` as :func:`vet_url` does, but without DNS: its form (scheme, no user
+    information, a host) and, when the host is an IP literal, that address. For
+    checking configuration at start-up; a host name is vetted with its addresses by
+    :func:`vet_url` (or :class:`PinnedClient`) before every request.
+
+    Raise :class:`OutboundRefused`."""
+    target = _parse(url, allow_private_network)
+    try:
+        address = ipaddress.ip_address(target.host)
+    except ValueError:
+        return  # a host name
+    _refuse_any(target, [address], allow_private_network)
 
 
 # -- pinned, deadline-bounded transport ------------------------------------------------
 
 
-class _Deadline:
+class Deadline:
+    """The moment by which every network operation of one request must be done."""
+
     def __init__(self, seconds: float) -> None:
         self.at = time.monotonic() + seconds
 
@@ -258,48 +305,22 @@ class _Deadline:
         return self.at - time.monotonic()
 
     def budget(self, timeout: float | None, exc: type[Exception]) -> float:
-        """The time an operation may take: ``timeout`` capped by what is left."""
+        """The time an operation may take: ``timeout`` capped by what is left; raise
+        ``exc`` once nothing is."""
         left = self.remaining()
         if left <= 0:
-            raise exc("deadline passed")
+            raise exc("the request's deadline passed")
         return left if timeout is None else min(timeout, left)
 
 
-class _DeadlineStream(httpcore.NetworkStream):
-    def __init__(self, inner: httpcore.NetworkStream, deadline: _Deadline) -> None:
-        self._inner = inner
-        self._deadline = deadline
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, self._deadline.budget(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, self._deadline.budget(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.NetworkStream:
-        budget = self._deadline.budget(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(
-            self._inner.start_tls(ssl_context, server_hostname, budget), self._deadline
-        )
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
 class _PinnedBackend(httpcore.NetworkBackend):
-    """Opens TCP connections to the one vetted address only, within the deadline."""
+    """Opens TCP connections only to the addresses pinned for the current request and
+    bounds every network operation, on new and kept connections alike, by that
+    request's deadline. Between requests nothing is pinned and nothing connects."""
 
-    def __init__(self, address: IPAddress, deadline: _Deadline) -> None:
-        self._address = address
-        self._deadline = deadline
+    def __init__(self) -> None:
+        self.allowed: frozenset[IPAddress] = frozenset()
+        self.deadline = Deadline(0.0)
         self._inner = httpcore.SyncBackend()
 
     def connect_tcp(
@@ -311,19 +332,20 @@ class _PinnedBackend(httpcore.NetworkBackend):
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
         try:
-            asked = ipaddress.ip_address(host.strip("[]"))
+            address: IPAddress | None = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
-            asked = None
-        if asked != self._address:  # the URL was rewritten to the vetted address
+            address = None
+        if address is None or address not in self.allowed:
+            # the request URL must carry a vetted address, never a name
             raise httpcore.ConnectError("refusing to connect to an address that was not vetted")
         stream = self._inner.connect_tcp(
-            str(self._address),
+            str(address),
             port,
-            timeout=self._deadline.budget(timeout, httpcore.ConnectTimeout),
+            timeout=self.deadline.budget(timeout, httpcore.ConnectTimeout),
             local_address=local_address,
             socket_options=socket_options,
         )
-        return _DeadlineStream(stream, self._deadline)
+        return _DeadlineStream(stream, self)
 
     def connect_unix_socket(
         self,
@@ -334,11 +356,43 @@ class _PinnedBackend(httpcore.NetworkBackend):
         raise httpcore.ConnectError("unix sockets are not used for outbound requests")
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, max(self._deadline.remaining(), 0.0)))
+        time.sleep(min(seconds, max(self.deadline.remaining(), 0.0)))
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every operation gets only the time left before the deadline
+    of the request using it (a kept connection serves several requests)."""
+
+    def __init__(self, inner: httpcore.NetworkStream, backend: _PinnedBackend) -> None:
+        self._inner = inner
+        self._backend = backend
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        budget = self._backend.deadline.budget(timeout, httpcore.ReadTimeout)
+        return self._inner.read(max_bytes, budget)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, self._backend.deadline.budget(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        budget = self._backend.deadline.budget(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._inner.start_tls(ssl_context, server_hostname, budget), self._backend
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
 
 
 _HTTPCORE_ERRORS = (
-    httpcore.TimeoutException,
     httpcore.NetworkError,
     httpcore.ProtocolError,
     httpcore.UnsupportedProtocol,
@@ -359,20 +413,44 @@ class _BodyStream(httpx.SyncByteStream):
             close()
 
 
-class _PinnedTransport(httpx.BaseTransport):
-    """An httpx transport over one httpcore pool whose backend is pinned to the vetted
-    address and bound by the deadline. No keep-alive, no retries, HTTP/1.1 only."""
+class PinnedTransport(httpx.BaseTransport):
+    """An httpx transport that connects only to the addresses pinned by :meth:`pinned`
+    (so a request URL must carry a vetted IP literal) and bounds every connect, TLS
+    handshake, write and read by the pinned deadline. HTTP/1.1 only, no retries.
 
-    def __init__(self, address: IPAddress, deadline: _Deadline, ssl_context: ssl.SSLContext):
+    Without ``keepalive_expiry`` no connection is kept; with it, one idle connection
+    is kept that many seconds for the next request to the same address. A kept
+    connection is matched on scheme, address and port, not on the TLS server name, so
+    a keep-alive transport must serve one host name only (as :class:`PinnedClient`
+    does)."""
+
+    def __init__(
+        self, ssl_context: ssl.SSLContext, *, keepalive_expiry: float | None = None
+    ) -> None:
+        self._backend = _PinnedBackend()
+        keep = keepalive_expiry is not None
         self._pool = httpcore.ConnectionPool(
             ssl_context=ssl_context,
-            max_connections=1,
-            max_keepalive_connections=0,
+            # with keep-alive, a kept connection to an address no longer vetted may idle
+            # out while a new one opens
+            max_connections=2 if keep else 1,
+            max_keepalive_connections=1 if keep else 0,
+            keepalive_expiry=keepalive_expiry,
             retries=0,
             http1=True,
             http2=False,
-            network_backend=_PinnedBackend(address, deadline),
+            network_backend=self._backend,
         )
+
+    @contextlib.contextmanager
+    def pinned(self, addresses: Iterable[IPAddress], deadline: Deadline) -> Iterator[None]:
+        """Within this block, connect to ``addresses`` only, and finish by ``deadline``."""
+        backend = self._backend
+        backend.allowed, backend.deadline = frozenset(addresses), deadline
+        try:
+            yield
+        finally:
+            backend.allowed = frozenset()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         assert isinstance(request.stream, httpx.SyncByteStream)
@@ -400,6 +478,137 @@ class _PinnedTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._pool.close()
+
+
+@functools.lru_cache(maxsize=1)
+def default_ssl_context() -> ssl.SSLContext:
+    """httpx's TLS client context: certifi's roots, like every other httpx client."""
+    return httpx.create_ssl_context()
+
+
+class PinnedClient:
+    """Requests to one URL, each sent to an address vetted just before it.
+
+    :meth:`stream` resolves the URL's host, vets every address (refusing the request
+    if any is refused, see the module docstring) and sends the request to the first
+    vetted address that accepts a connection (only a refused or unreachable one moves
+    on to the next): the request URL carries the IP literal, the ``Host`` header the
+    original host, and TLS uses the host name for SNI and certificate verification.
+    Redirects are never followed and no proxy is taken from the environment. One
+    ``timeout`` deadline, started once the host is resolved, bounds the whole exchange,
+    every connect, TLS handshake, write and read included (each also bounded by
+    ``connect_timeout`` or ``read_timeout``, by default ``timeout``).
+
+    ``keepalive_expiry``: see :class:`PinnedTransport` (default: no connection kept).
+    ``ssl_context`` defaults to :func:`default_ssl_context`. ``transport`` replaces the
+    pinned transport (tests only; it is not closed here): requests still go to the IP
+    literal, but the deadline is then only the caller's to check. One request at a
+    time: callers serialise their requests.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        allow_private_network: bool,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+        keepalive_expiry: float | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        resolver: Resolver = socket.getaddrinfo,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
+        self._target = _parse(url, allow_private_network)
+        self._allow_private_network = allow_private_network
+        self._resolver = resolver
+        self._timeout = timeout
+        self._pinned = (
+            None
+            if transport is not None
+            else PinnedTransport(
+                ssl_context or default_ssl_context(), keepalive_expiry=keepalive_expiry
+            )
+        )
+        read = timeout if read_timeout is None else read_timeout
+        self._client = httpx.Client(
+            transport=transport or self._pinned,
+            follow_redirects=False,
+            trust_env=False,
+            timeout=httpx.Timeout(
+                connect=timeout if connect_timeout is None else connect_timeout,
+                read=read,
+                write=read,
+                pool=timeout,
+            ),
+        )
+
+    @property
+    def host(self) -> str:
+        """The URL's host (lower case, an IPv6 address without brackets)."""
+        return self._target.host
+
+    def close(self) -> None:
+        if self._pinned is not None:  # an injected transport stays the caller's
+            self._client.close()
+
+    @contextlib.contextmanager
+    def stream(
+        self, method: str, headers: Mapping[str, str], content: bytes | None = None
+    ) -> Iterator[tuple[httpx.Response, Deadline]]:
+        """Send the request (see the class docstring) and yield its response, body
+        unread, with the request's deadline. The response is closed on leaving.
+
+        Raise :class:`OutboundRefused` for a refused address and
+        :class:`OutboundFailed` when resolution, every connection, TLS, or the
+        exchange (within the block too) fails or runs out of time."""
+        target = self._target
+        addresses = _vet_addresses(target, self._allow_private_network, self._resolver)
+        deadline = Deadline(self._timeout)
+        headers = {**headers, "Host": target.host_header}
+        extensions: dict[str, Any] = {}
+        if target.scheme == "https":
+            extensions["sni_hostname"] = target.host
+        shown = repr(target.host[:100])
+        last: Exception | None = None
+        pins = (
+            self._pinned.pinned(addresses, deadline)
+            if self._pinned is not None
+            else contextlib.nullcontext()
+        )
+        with pins:
+            try:
+                for address in addresses:
+                    request = self._client.build_request(
+                        method,
+                        target.url_for(address),
+                        headers=headers,
+                        content=content,
+                        extensions=extensions,
+                    )
+                    try:
+                        response = self._client.send(request, stream=True)
+                    except (httpx.ConnectError, httpcore.ConnectError) as exc:
+                        last = exc  # nothing was sent: try the next vetted address
+                        if deadline.remaining() <= 0:
+                            break
+                        continue
+                    try:
+                        yield response, deadline
+                    finally:
+                        response.close()
+                    return
+            except (httpx.TimeoutException, httpcore.TimeoutException):
+                raise OutboundFailed(
+                    f"request to {shown} timed out after {self._timeout:g} s"
+                ) from None
+            except (httpx.HTTPError, *_HTTPCORE_ERRORS) as exc:
+                raise OutboundFailed(
+                    f"request to {shown} failed: {type(exc).__name__}: {str(exc)[:200]}"
+                ) from None
+        raise OutboundFailed(f"cannot connect to {shown}: {str(last)[:200]}")
 
 
 # -- fetch -----------------------------------------------------------------------------
@@ -434,7 +643,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _read_capped(response: httpx.Response, max_bytes: int, deadline: _Deadline) -> bytes:
+def _read_capped(response: httpx.Response, max_bytes: int, deadline: Deadline) -> bytes:
     declared = response.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -452,67 +661,23 @@ def _read_capped(response: httpx.Response, max_bytes: int, deadline: _Deadline) 
     return bytes(body)
 
 
-def _fetch_once(
-    target: _Target,
-    address: IPAddress,
-    *,
-    deadline: _Deadline,
-    timeout: float,
-    max_bytes: int,
-    ssl_context: ssl.SSLContext,
-    transport: httpx.BaseTransport | None,
-) -> Any:
-    shown = f"[{address}]" if address.version == 6 else str(address)
-    pinned_url = f"{target.scheme}://{shown}:{target.port}{target.target}"
-    extensions: dict[str, Any] = {}
-    if target.scheme == "https":
-        extensions["sni_hostname"] = target.host
-    client = httpx.Client(
-        transport=transport or _PinnedTransport(address, deadline, ssl_context),
-        follow_redirects=False,
-        trust_env=False,
-        timeout=httpx.Timeout(timeout),
-    )
-    headers = {
-        "Host": target.host_header,
-        "Accept": "application/jwk-set+json, application/json",
-        "Accept-Encoding": "identity",
-        "User-Agent": _USER_AGENT,
-    }
-    try:
-        body = _exchange(client, pinned_url, headers, extensions, max_bytes, deadline)
-    finally:
-        if transport is None:  # ours to close; an injected transport stays the caller's
-            client.close()
-    try:
-        return json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError) as exc:
-        raise OutboundFailed(f"body is not valid JSON: {str(exc)[:80]}") from None
+_FETCH_HEADERS = {
+    "Accept": "application/jwk-set+json, application/json",
+    "Accept-Encoding": "identity",
+    "User-Agent": _USER_AGENT,
+}
 
 
-def _exchange(
-    client: httpx.Client,
-    url: str,
-    headers: dict[str, str],
-    extensions: dict[str, Any],
-    max_bytes: int,
-    deadline: _Deadline,
-) -> bytes:
-    with client.stream("GET", url, headers=headers, extensions=extensions) as r:
-        if 300 <= r.status_code < 400:
-            raise OutboundRefused(f"redirect ({r.status_code}) not followed")
-        if r.status_code != 200:
-            raise OutboundFailed(f"HTTP status {r.status_code}")
-        encoding = r.headers.get("content-encoding", "identity").strip().lower()
-        if encoding != "identity":
-            raise OutboundRefused(f"content encoding {encoding[:20]!r} refused")
-        _check_content_type(r.headers.get("content-type"))
-        return _read_capped(r, max_bytes, deadline)
-
-
-@functools.lru_cache(maxsize=1)
-def _default_ssl_context() -> ssl.SSLContext:
-    return httpx.create_ssl_context()  # certifi roots, like every other httpx client
+def _json_body(response: httpx.Response, max_bytes: int, deadline: Deadline) -> bytes:
+    if 300 <= response.status_code < 400:
+        raise OutboundRefused(f"redirect ({response.status_code}) not followed")
+    if response.status_code != 200:
+        raise OutboundFailed(f"HTTP status {response.status_code}")
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise OutboundRefused(f"content encoding {encoding[:20]!r} refused")
+    _check_content_type(response.headers.get("content-type"))
+    return _read_capped(response, max_bytes, deadline)
 
 
 def fetch_json(
@@ -526,10 +691,11 @@ def fetch_json(
     ssl_context: ssl.SSLContext | None = None,
 ) -> Any:
     """GET ``url`` and return its decoded JSON body, with the protections of the module
-    docstring. The vetted addresses are tried in the resolver's order (only a refused
-    connection moves on to the next); everything, from the first connection attempt
-    to the last body byte, shares one ``timeout`` deadline. Host resolution happens
-    before it, at the resolver's pace.
+    docstring, through a :class:`PinnedClient` that keeps no connection: the vetted
+    addresses are tried in the resolver's order (only a refused connection moves on
+    to the next); everything, from the first connection attempt to the last body
+    byte, shares one ``timeout`` deadline. Host resolution happens before it, at the
+    resolver's pace.
 
     ``ssl_context`` defaults to httpx's (certifi roots). ``transport`` replaces the
     pinned, deadline-bound transport (tests only; it is not closed here): the request
@@ -539,31 +705,20 @@ def fetch_json(
     Raise :class:`OutboundRefused` or :class:`OutboundFailed`."""
     if timeout <= 0 or max_bytes <= 0:
         raise ValueError("timeout and max_bytes must be positive")
-    target, addresses = _vet(url, allow_private_network, resolver)
-    deadline = _Deadline(timeout)
-    context = ssl_context or _default_ssl_context()
-    last: Exception | None = None
-    for address in addresses:
-        try:
-            return _fetch_once(
-                target,
-                address,
-                deadline=deadline,
-                timeout=timeout,
-                max_bytes=max_bytes,
-                ssl_context=context,
-                transport=transport,
-            )
-        except (httpx.ConnectError, httpcore.ConnectError) as exc:
-            last = exc  # refused or unreachable: try the next vetted address
-            if deadline.remaining() <= 0:
-                break
-        except (httpx.TimeoutException, httpcore.TimeoutException):
-            raise OutboundFailed(
-                f"timed out after {timeout:g} s fetching {target.host[:100]!r}"
-            ) from None
-        except (httpx.HTTPError, *_HTTPCORE_ERRORS) as exc:
-            raise OutboundFailed(
-                f"fetching {target.host[:100]!r} failed: {str(exc)[:200]}"
-            ) from None
-    raise OutboundFailed(f"cannot connect to {target.host[:100]!r}: {str(last)[:200]}")
+    client = PinnedClient(
+        url,
+        allow_private_network=allow_private_network,
+        timeout=timeout,
+        ssl_context=ssl_context,
+        resolver=resolver,
+        transport=transport,
+    )
+    try:
+        with client.stream("GET", _FETCH_HEADERS) as (response, deadline):
+            body = _json_body(response, max_bytes, deadline)
+    finally:
+        client.close()
+    try:
+        return json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as exc:
+        raise OutboundFailed(f"body is not valid JSON: {str(exc)[:80]}") from None

@@ -17,6 +17,7 @@ exporter's position, lag, last success, consecutive failures and last error.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from agentiam.ports import Clock, UnitOfWorkFactory
+
+log = logging.getLogger("agentiam.audit")
 
 __all__ = ["ExportPolicy", "ExportRunner", "Exporter", "ExporterHealth"]
 
@@ -211,6 +214,17 @@ class ExportRunner:
         steps = min(failures - 1, 32)
         delay: timedelta = p.backoff_initial * (2**steps)
         return min(delay, p.backoff_max)
+
+    def close(self) -> None:
+        """Release the exporters' connections (sockets, HTTP clients) at shutdown;
+        one that fails to close does not keep the others open."""
+        for state in self._states.values():
+            closer = getattr(state.exporter, "close", None)
+            if callable(closer):
+                try:
+                    closer()
+                except Exception as exc:  # shutting down: log it and go on
+                    log.warning("exporter %s did not close: %s", state.exporter.name, redact(exc))
 
     def health(self) -> list[ExporterHealth]:
         now = self._clock.now()

@@ -1,6 +1,10 @@
 """Audit exporters (see docs/audit.md#exporters) and their configuration file
 (``AGENTIAM_AUDIT_EXPORTERS_FILE``): a YAML or JSON list of mappings, each with a
-unique ``name``, a ``type`` and that type's settings; anything else is refused."""
+unique ``name``, a ``type`` and that type's settings; anything else is refused.
+
+Each type is a module with ``SETTINGS`` (the keys it takes besides ``name`` and
+``type``) and ``from_config(name, entry)``; the checks they share are in
+:mod:`agentiam.adapters.exporters._config`."""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from agentiam.adapters.exporters import jsonl_file, otel, syslog, webhook
+from agentiam.adapters.exporters._config import check_keys
 from agentiam.adapters.exporters.jsonl_file import JsonlFileExporter
 from agentiam.services.audit_export import Exporter
 
@@ -15,29 +21,12 @@ __all__ = ["SUPPORTED_TYPES", "JsonlFileExporter", "load_exporters"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
-
-def _int(entry: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
-    value = entry.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{key} must be an integer between {low} and {high}")
-    return value
-
-
-def _jsonl(name: str, entry: Mapping[str, Any]) -> Exporter:
-    path = entry.get("path")
-    if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
-        raise ValueError("path must be an absolute file path")
-    return JsonlFileExporter(
-        name,
-        path,
-        max_bytes=_int(entry, "max_bytes", 100 * 1024 * 1024, 1024, 2**40),
-        keep=_int(entry, "keep", 10, 1, 1000),
-    )
-
-
 # type -> (settings allowed besides name and type, factory)
 _TYPES: dict[str, tuple[frozenset[str], Callable[[str, Mapping[str, Any]], Exporter]]] = {
-    "jsonl": (frozenset({"path", "max_bytes", "keep"}), _jsonl),
+    "jsonl": (jsonl_file.SETTINGS, jsonl_file.from_config),
+    "otel": (otel.SETTINGS, otel.from_config),
+    "syslog": (syslog.SETTINGS, syslog.from_config),
+    "webhook": (webhook.SETTINGS, webhook.from_config),
 }
 SUPPORTED_TYPES = tuple(sorted(_TYPES))
 
@@ -68,14 +57,18 @@ def load_exporters(definitions: Any) -> list[Exporter]:
                 f"{where}: unknown type {kind!r}; supported: {', '.join(SUPPORTED_TYPES)}"
             )
         allowed, factory = _TYPES[kind]
-        unknown = sorted(set(entry) - allowed - {"name", "type"}, key=str)
-        if unknown:
-            raise ValueError(
-                f"{where}: unknown keys {', '.join(map(str, unknown))}; "
-                f"{kind} takes {', '.join(sorted(allowed))}"
-            )
         try:
+            check_keys(entry, allowed, kind)
             exporters.append(factory(name, entry))
         except ValueError as exc:
+            _close(exporters)
             raise ValueError(f"{where}: {exc}") from None
     return exporters
+
+
+def _close(exporters: list[Exporter]) -> None:
+    """Release what the exporters built so far hold (connection pools, sessions)."""
+    for exporter in exporters:
+        close = getattr(exporter, "close", None)
+        if callable(close):
+            close()

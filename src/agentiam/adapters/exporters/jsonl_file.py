@@ -1,16 +1,21 @@
-"""The JSON Lines file exporter: one JSON object per line, ``{"log_index": n,
-"event": {...}}`` with the event exactly as stored (so each line still verifies
-against the trail), appended and fsynced per batch, rotated by size."""
+"""The JSON Lines file exporter: one line per trail entry in the configured ``format``
+(default ``native``: ``{"event": {...}, "log_index": n}`` with the event exactly as
+stored, so each line still verifies against the trail; see
+:mod:`agentiam.core.audit.formats`), appended and fsynced per batch, rotated by size."""
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JsonlFileExporter"]
+from agentiam.adapters.exporters._config import absolute_path, check_keys, integer, wire_format
+from agentiam.core.audit.formats import Formatter, native
+
+__all__ = ["SETTINGS", "JsonlFileExporter", "from_config"]
+
+SETTINGS = frozenset({"path", "format", "max_bytes", "keep"})
 
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
@@ -19,9 +24,18 @@ _DIR_MODE = 0o700
 class JsonlFileExporter:
     kind = "jsonl"
 
-    def __init__(self, name: str, path: str | Path, *, max_bytes: int, keep: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        path: str | Path,
+        *,
+        max_bytes: int,
+        keep: int,
+        formatter: Formatter = native,
+    ) -> None:
         """``path`` is the live file; when it reaches ``max_bytes`` it is renamed to
-        ``path.1`` (the older ones shift to ``.2`` … ``.keep``; the oldest is removed)."""
+        ``path.1`` (the older ones shift to ``.2`` … ``.keep``; the oldest is removed).
+        Each entry is written as ``formatter(log_index, event)`` and a newline."""
         if max_bytes < 1:
             raise ValueError("max_bytes must be positive")
         if keep < 1:
@@ -30,6 +44,7 @@ class JsonlFileExporter:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.keep = keep
+        self.formatter = formatter
 
     @property
     def name(self) -> str:
@@ -38,13 +53,7 @@ class JsonlFileExporter:
     def deliver(self, batch: Sequence[tuple[int, dict[str, Any]]]) -> None:
         if not batch:
             return
-        data = b"".join(
-            json.dumps(
-                {"log_index": index, "event": event}, sort_keys=True, separators=(",", ":")
-            ).encode()
-            + b"\n"
-            for index, event in batch
-        )
+        data = b"".join(self.formatter(index, event).encode() + b"\n" for index, event in batch)
         self.path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         if self._size() > 0 and self._size() + len(data) > self.max_bytes:
             self._rotate()
@@ -86,3 +95,14 @@ class JsonlFileExporter:
             os.fsync(dir_fd)  # the renames survive a crash
         finally:
             os.close(dir_fd)
+
+
+def from_config(name: str, entry: Mapping[str, Any]) -> JsonlFileExporter:
+    """A :class:`JsonlFileExporter` from its entry in the exporters file (keys:
+    :data:`SETTINGS`); ``ValueError`` says which value is wrong and why."""
+    check_keys(entry, SETTINGS, "jsonl")
+    path = absolute_path(entry.get("path"), "path")
+    max_bytes = integer(entry, "max_bytes", 100 * 1024 * 1024, 1024, 2**40)
+    keep = integer(entry, "keep", 10, 1, 1000)
+    _, render = wire_format(entry)
+    return JsonlFileExporter(name, path, max_bytes=max_bytes, keep=keep, formatter=render)
