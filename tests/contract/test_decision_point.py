@@ -162,6 +162,7 @@ def test_decision_events_record_arguments_through_the_configured_redaction(
 ) -> None:
     rules = tmp_path / "redaction.yaml"
     rules.write_text(
+        "record_arguments: values\n"
         "rules:\n"
         "  - paths: [card.number]\n    action: mask\n    keep_last: 4\n"
         "  - paths: ['**.ssn']\n    action: drop\n"
@@ -182,6 +183,6 @@ def test_decision_events_record_arguments_through_the_configured_redaction(
         assert event.details["argument_names"] == ["card", "who"]
     finally:
         c.close()
-    rules.write_text("rules: [{paths: [a], action: shred}]\n")
+    rules.write_text("record_arguments: values\nrules: [{paths: [a], action: shred}]\n")
     with pytest.raises(InvalidInput, match=r"redaction rules .*rule #1: action"):
         build(Settings(database_url=database_url, audit_redaction_file=str(rules)), clock=clock)

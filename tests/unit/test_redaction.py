@@ -19,8 +19,13 @@ ARGS: dict[str, Any] = {
 }
 
 
+def test_by_default_no_value_is_recorded() -> None:
+    assert Redactor().arguments(ARGS, CALL) == {}
+    assert load_redaction({}).arguments(ARGS, CALL) == {}
+
+
 def test_without_rules_values_are_kept_but_secret_names_and_size_are_guarded() -> None:
-    out = Redactor().arguments(ARGS, CALL)
+    out = load_redaction({"record_arguments": "values"}).arguments(ARGS, CALL)
     assert out["amount"] == 120
     assert out["card"]["number"] == "4111111111111111"
     assert out["password"] == "[redacted]"
@@ -31,11 +36,12 @@ def test_without_rules_values_are_kept_but_secret_names_and_size_are_guarded() -
 def test_mask_and_drop_rules_by_path_with_wildcards() -> None:
     redactor = load_redaction(
         {
+            "record_arguments": "values",
             "rules": [
                 {"paths": ["card.number"], "action": "mask", "keep_last": 4},
                 {"paths": ["card.cvc", "**.ssn"], "action": "drop"},
                 {"paths": ["patients.*.name"], "action": "mask"},
-            ]
+            ],
         }
     )
     out = redactor.arguments(ARGS, CALL)
@@ -48,13 +54,14 @@ def test_mask_and_drop_rules_by_path_with_wildcards() -> None:
 def test_a_rule_applies_only_to_the_calls_it_matches() -> None:
     redactor = load_redaction(
         {
+            "record_arguments": "values",
             "rules": [
                 {
                     "paths": ["amount"],
                     "action": "drop",
                     "match": {"resource_id": "payments.*"},
                 }
-            ]
+            ],
         }
     )
     assert "amount" not in redactor.arguments(ARGS, CALL)
@@ -65,11 +72,12 @@ def test_a_rule_applies_only_to_the_calls_it_matches() -> None:
 def test_drop_wins_over_mask_and_masks_hide_any_type() -> None:
     redactor = load_redaction(
         {
+            "record_arguments": "values",
             "rules": [
                 {"paths": ["card"], "action": "mask"},
                 {"paths": ["card"], "action": "drop"},
                 {"paths": ["amount", "patients"], "action": "mask", "keep_last": 2},
-            ]
+            ],
         }
     )
     out = redactor.arguments(ARGS, CALL)
@@ -79,7 +87,9 @@ def test_drop_wins_over_mask_and_masks_hide_any_type() -> None:
 
 
 def test_configuration_cannot_switch_off_the_secret_guard() -> None:
-    redactor = load_redaction({"rules": [{"paths": ["note"], "action": "mask"}]})
+    redactor = load_redaction(
+        {"record_arguments": "values", "rules": [{"paths": ["note"], "action": "mask"}]}
+    )
     assert redactor.arguments({"api_key": "sk-1", "nested": {"token": "t"}}, CALL) == {
         "api_key": "[redacted]",
         "nested": {"token": "[redacted]"},
@@ -93,7 +103,7 @@ def test_names_only_mode_and_depth_bound() -> None:
     for _ in range(50):
         cursor["k"] = {}
         cursor = cursor["k"]
-    out = Redactor().arguments(deep, CALL)
+    out = Redactor(record_values=True).arguments(deep, CALL)
     assert "[masked]" in str(out) or "[redacted]" in str(out)
     assert str(out).count("{") < 20
 
@@ -105,12 +115,40 @@ def test_names_only_mode_and_depth_bound() -> None:
         ({"rule": []}, "unknown keys rule"),
         ({"record_arguments": "all"}, "record_arguments"),
         ({"max_string": 3}, "between 16 and 4096"),
-        ({"rules": [{"paths": ["a"], "action": "hash"}]}, "rule #1: action"),
-        ({"rules": [{"paths": [], "action": "drop"}]}, "rule #1: paths"),
-        ({"rules": [{"paths": ["a..b"], "action": "drop"}]}, "bad path"),
-        ({"rules": [{"paths": ["a"], "action": "drop", "keep_last": 4}]}, "only with mask"),
-        ({"rules": [{"paths": ["a"], "action": "mask", "match": {"tool": "x"}}]}, "match takes"),
-        ({"rules": [{"paths": ["a"], "action": "mask", "extra": 1}]}, "unknown keys extra"),
+        ({"rules": [{"paths": ["a"], "action": "drop"}]}, "set record_arguments: values"),
+        (
+            {"record_arguments": "values", "rules": [{"paths": ["a"], "action": "hash"}]},
+            "rule #1: action",
+        ),
+        (
+            {"record_arguments": "values", "rules": [{"paths": [], "action": "drop"}]},
+            "rule #1: paths",
+        ),
+        (
+            {"record_arguments": "values", "rules": [{"paths": ["a..b"], "action": "drop"}]},
+            "bad path",
+        ),
+        (
+            {
+                "record_arguments": "values",
+                "rules": [{"paths": ["a"], "action": "drop", "keep_last": 4}],
+            },
+            "only with mask",
+        ),
+        (
+            {
+                "record_arguments": "values",
+                "rules": [{"paths": ["a"], "action": "mask", "match": {"tool": "x"}}],
+            },
+            "match takes",
+        ),
+        (
+            {
+                "record_arguments": "values",
+                "rules": [{"paths": ["a"], "action": "mask", "extra": 1}],
+            },
+            "unknown keys extra",
+        ),
     ],
 )
 def test_bad_rule_files_are_refused_with_a_clear_reason(definition: Any, message: str) -> None:

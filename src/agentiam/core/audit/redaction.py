@@ -5,7 +5,7 @@ can see what it asked for. Arguments can carry personal data or secrets, so they
 through configurable rules first (``AGENTIAM_AUDIT_REDACTION_FILE``, YAML or JSON;
 see docs/audit.md#redaction)::
 
-    record_arguments: values      # values (default) | names: record argument names only
+    record_arguments: values      # names (default): record argument names only
     max_string: 256               # longer strings are cut, with a marker (16-4096)
     rules:
       - paths: ["card.number"]    # dotted paths; * is one key or list item, ** any depth
@@ -77,11 +77,11 @@ def _mask(value: Any, keep_last: int) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Redactor:
-    """Applies the configured rules; the default records values with the built-in
-    guard only."""
+    """Applies the configured rules. The default records no values at all (names
+    only, in ``argument_names``): values enter the trail only when configured."""
 
     rules: tuple[RedactionRule, ...] = ()
-    record_values: bool = True
+    record_values: bool = False
     max_string: int = 256
 
     def arguments(self, arguments: Mapping[str, Any], call: Mapping[str, str]) -> dict[str, Any]:
@@ -162,9 +162,13 @@ def load_redaction(definition: Any) -> Redactor:
     unknown = set(definition) - {"record_arguments", "max_string", "rules", "version"}
     if unknown:
         raise ValueError(f"unknown keys {', '.join(sorted(map(str, unknown)))}")
-    record = definition.get("record_arguments", "values")
+    record = definition.get("record_arguments", "names")
     if record not in ("values", "names"):
         raise ValueError("record_arguments must be 'values' or 'names'")
+    if record == "names" and definition.get("rules"):
+        raise ValueError(
+            "rules apply to recorded values: set record_arguments: values to record them"
+        )
     max_string = definition.get("max_string", 256)
     if isinstance(max_string, bool) or not isinstance(max_string, int):
         raise ValueError("max_string must be an integer")
