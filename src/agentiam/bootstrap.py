@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
@@ -52,6 +53,7 @@ from agentiam.services.tokens import TokenPolicy, TokenService
 __all__ = ["Container", "build", "load_master_key"]
 
 log = logging.getLogger("agentiam.background")
+T = TypeVar("T")
 
 # How often each audit exporter looks for new trail entries.
 _EXPORT_SECONDS = 0.5
@@ -219,14 +221,9 @@ def _exporters(settings: Settings) -> list[Exporter]:
         return []
     from agentiam.adapters.exporters import load_exporters
 
-    definitions = _data_file(settings.audit_exporters_file, "audit exporters")
-    try:
-        return load_exporters(definitions)
-    except ValueError as exc:
-        raise InvalidInput(
-            f"audit exporters ({settings.audit_exporters_file}): {exc}",
-            hint="See docs/audit.md#exporters for the file's format.",
-        ) from None
+    return _config_file(
+        settings.audit_exporters_file, "audit exporters", load_exporters, "exporters"
+    )
 
 
 def _external_tokens(settings: Settings) -> ExternalTokens | None:
@@ -392,13 +389,20 @@ def _redactor(settings: Settings) -> Redactor:
     """The tool-argument redaction rules; refused at start when malformed."""
     if not settings.audit_redaction_file:
         return Redactor()
-    definition = _data_file(settings.audit_redaction_file, "audit redaction rules")
+    return _config_file(
+        settings.audit_redaction_file, "audit redaction rules", load_redaction, "redaction"
+    )
+
+
+def _config_file(path: str, what: str, load: Callable[[Any], T], anchor: str) -> T:
+    """Read a YAML or JSON configuration file and build from it; any problem stops the
+    start with the file named and a pointer to its documentation."""
+    definitions = _data_file(path, what)
     try:
-        return load_redaction(definition)
+        return load(definitions)
     except ValueError as exc:
         raise InvalidInput(
-            f"audit redaction rules ({settings.audit_redaction_file}): {exc}",
-            hint="See docs/audit.md#redaction for the file's format.",
+            f"{what} ({path}): {exc}", hint=f"See docs/audit.md#{anchor} for the file's format."
         ) from None
 
 

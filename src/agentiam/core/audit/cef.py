@@ -59,11 +59,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agentiam import __version__
-from agentiam.core.audit.ocsf import severity_id
+from agentiam.core.audit.ocsf import epoch_millis, severity_id
 
 __all__ = ["NAMES", "cef", "escape_extension", "escape_header"]
 
@@ -105,7 +104,6 @@ NAMES = {
 }
 
 _CEF_SEVERITY = {0: 0, 1: 1, 2: 3, 3: 5, 4: 7, 5: 9, 6: 10}
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _HTTP_RE = re.compile(r"^(GET|HEAD|OPTIONS|POST|PUT|PATCH|DELETE|TRACE|CONNECT) (/\S*)$")
 # Control characters (C0, DEL, C1), the Unicode line/paragraph separators, and lone
 # surrogates (a str read from JSON can hold one; it has no UTF-8 encoding).
@@ -135,15 +133,8 @@ def _text(value: Any) -> str | None:
 
 
 def _millis(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return str((moment - _EPOCH) // timedelta(milliseconds=1))
+    millis = epoch_millis(value)
+    return None if millis is None else str(millis)
 
 
 def _label(kind: Any, uid: Any) -> str | None:

@@ -87,7 +87,7 @@ from typing import Any
 
 from agentiam import __version__
 
-__all__ = ["OCSF_VERSION", "ocsf", "severity_id", "to_ocsf"]
+__all__ = ["OCSF_VERSION", "epoch_millis", "ocsf", "severity_id", "to_ocsf"]
 
 OCSF_VERSION = "1.7.0"
 PRODUCT = {"name": "AgentIAM", "vendor_name": "AgentIAM", "version": __version__}
@@ -220,7 +220,7 @@ def _number(value: Any) -> int | float | None:
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _millis(value: Any) -> int | None:
+def epoch_millis(value: Any) -> int | None:
     """RFC 3339 text (``…Z``) to epoch milliseconds; None when it is not one."""
     text = _text(value)
     if text is None:
@@ -591,7 +591,7 @@ def _detection_finding(m: _Mapper) -> None:
     if detector := _text(m.details.get("detector")):
         m.used_details.add("detector")
         info["analytic"] = {"name": detector, "type_id": 0, "type": "Unknown"}
-    if (created := _millis(m.event.get("time"))) is not None:
+    if (created := epoch_millis(m.event.get("time"))) is not None:
         info["created_time"] = created
     if not _text(info["uid"]):
         info["uid"] = m.type or "unknown"
@@ -776,7 +776,7 @@ def to_ocsf(log_index: int, event: Mapping[str, Any]) -> dict[str, Any]:
         type_uid=cls.uid * 100 + activity_id,
     )
     m.out["type_name"] = f"{cls.name}: {m.out['activity_name']}"
-    if (time := _millis(event.get("time"))) is not None:
+    if (time := epoch_millis(event.get("time"))) is not None:
         m.out["time"] = time
     severity = severity_id(event)
     m.out["severity_id"], m.out["severity"] = severity, _SEVERITY_CAPTIONS[severity]
