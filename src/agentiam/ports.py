@@ -332,10 +332,16 @@ class AuditTrailRepository(Protocol):
         """The log index of the first entry whose event was recorded at or after
         ``before`` (the log's size when there is none)."""
 
-    def prune(self, checkpoint: Checkpoint, *, now: datetime) -> int:
-        """Record ``checkpoint`` and delete what it covers: the log entries and their
-        events before its size, the tree heads before it, and the Merkle nodes no later
-        root or proof needs (``merkle.prunable_nodes``). Returns the entries removed."""
+    def prune(self, checkpoint: Checkpoint, *, tree_head: TreeHead, now: datetime) -> int:
+        """Record ``checkpoint`` (and ``tree_head``, the ordinary signed head of the
+        same size, if that size has none) and delete what it covers: the log entries
+        and their events before its size, the tree heads before it, and the Merkle
+        nodes no later root or proof needs (``merkle.prunable_nodes``). Returns the
+        entries removed."""
+
+    def min_cursor(self) -> tuple[str, int] | None:
+        """The exporter cursor furthest behind (name, position), over every cursor
+        row, configured here or not; None when there is none."""
 
     def cursor(self, name: str) -> int:
         """The next log index the exporter ``name`` delivers (0 if it never did)."""

@@ -14,7 +14,7 @@ from tests.api.oauth_support import CTX, OAuthLive, oauth_live
 
 from agentiam.core.access.admin_keys import Role
 from agentiam.core.audit.merkle import fold, verify_consistency, verify_inclusion
-from agentiam.core.audit.trail import event_leaf, verify_tree_head
+from agentiam.core.audit.trail import CHECKPOINT_PROFILE, event_leaf, verify_tree_head
 from agentiam.core.audit.verification import key_map
 from agentiam.services.humans import NewHuman
 
@@ -100,7 +100,9 @@ def test_checkpoints_are_listed_and_verify_on_the_client(sqlite_url: str, tmp_pa
                 params={"first": item["tree_size"], "second": latest.tree_size},
             ).json()
             gone = admin.get("/v1/audit/proofs/consistency", params={"first": 1, "second": 2})
-        head = verify_tree_head(item["signature"], key_map(jwks["keys"]), issuer=live.url)
+        head = verify_tree_head(
+            item["signature"], key_map(jwks["keys"]), issuer=live.url, profile=CHECKPOINT_PROFILE
+        )
         assert head.tree_size == checkpoint.tree_size
         assert fold([bytes.fromhex(h) for h in item["compact_range"]]) == head.root_hash
         assert item["archive"].startswith("audit-000000000000-")

@@ -17,14 +17,19 @@ from sqlalchemy.exc import DBAPIError
 from tests.conftest import FakeClock
 from tests.contract.test_audit_trail import as_attacker
 
+from agentiam.adapters.archive import ArchiveConflict, DirectoryArchive
 from agentiam.bootstrap import Container, build
 from agentiam.config import Settings
-from agentiam.core.audit.merkle import verify_consistency, verify_inclusion
+from agentiam.core.audit.merkle import compact_range_keys, verify_consistency, verify_inclusion
 from agentiam.core.audit.verification import verify_export
 from agentiam.core.credentials.sealing import MasterKey
 from agentiam.errors import InvalidInput, NotFound
 from agentiam.ports import AuditQuery
-from agentiam.services.audit_retention import AuditRetention, RetentionPolicy
+from agentiam.services.audit_retention import (
+    ArchiveIncomplete,
+    AuditRetention,
+    RetentionPolicy,
+)
 from agentiam.services.context import CallContext
 from agentiam.services.humans import NewHuman
 
@@ -315,3 +320,75 @@ def test_a_trail_pruned_to_its_end_goes_on_from_the_checkpoint(
     report = c.audit_trail.verify()
     assert report.ok, report.findings
     assert report.heads_verified >= 1
+
+
+def test_an_ordinary_tree_head_cannot_pass_for_a_checkpoint(c: Container, clock: FakeClock) -> None:
+    """With the service's own login (guards on), an attacker copies a signed tree head
+    and its compact range into audit_checkpoints, which the database then lets them
+    prune below. Verification refuses it: a checkpoint is a JWS of its own type."""
+    _events(c, 12)
+    head = c.audit_trail.tree_heads()[0]
+    with c.engine.connect() as conn:
+        hashes = [
+            conn.execute(
+                text("SELECT hash FROM audit_tree_nodes WHERE level = :l AND node_index = :i"),
+                {"l": level, "i": index},
+            ).scalar_one()
+            for level, index in compact_range_keys(head.tree_size)
+        ]
+    with c.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO audit_checkpoints (tree_size, root_hash, chain_hash, signed_at, "
+                "signature, compact_range, max_event_seq, archive, created_at) VALUES "
+                "(:n, :r, :ch, :t, :sig, :cr, 1000000, NULL, :t)"
+            ),
+            {
+                "n": head.tree_size,
+                "r": head.root_hash.hex(),
+                "ch": head.chain_hash.hex(),
+                "t": clock.now(),
+                "sig": head.signature,
+                "cr": json.dumps(hashes),
+            },
+        )
+        conn.execute(
+            text("DELETE FROM audit_tree_heads WHERE tree_size < :n"), {"n": head.tree_size}
+        )
+        conn.execute(text("DELETE FROM audit_log WHERE log_index < :n"), {"n": head.tree_size})
+    kinds = {f.kind for f in c.audit_trail.verify().findings}
+    assert "bad-checkpoint" in kinds
+
+
+def test_another_replicas_exporter_holds_the_prune_back(c: Container, clock: FakeClock) -> None:
+    """A cursor row this process does not configure (another replica's exporter, or
+    one run without the exporters file) still bounds the prune."""
+    _old_then_new(c, clock)
+    with c.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO audit_export_cursors (name, position, updated_at, failures) "
+                "VALUES ('elsewhere', 5, :t, 0)"
+            ),
+            {"t": clock.now()},
+        )
+    plan = _retention(c).plan(clock.now() - timedelta(days=5))
+    assert plan.end == 5
+    assert "elsewhere" in str(plan.held_back_by)
+
+
+def test_an_archive_is_never_overwritten_or_kept_incomplete(tmp_path: Path) -> None:
+    archive = DirectoryArchive(tmp_path / "a")
+    first = archive.write("audit-1.jsonl", ["one", "two"])
+    assert archive.write("audit-1.jsonl", ["one", "two"]) == first  # same content: fine
+    with pytest.raises(ArchiveConflict):
+        archive.write("audit-1.jsonl", ["other"])
+    assert (tmp_path / "a" / "audit-1.jsonl").read_text() == "one\ntwo\n"
+
+    def broken() -> Iterator[str]:
+        yield "partial"
+        raise ArchiveIncomplete("cut short")
+
+    with pytest.raises(ArchiveIncomplete):
+        archive.write("audit-2.jsonl", broken())
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["audit-1.jsonl"]

@@ -154,3 +154,39 @@ def test_names_only_mode_and_depth_bound() -> None:
 def test_bad_rule_files_are_refused_with_a_clear_reason(definition: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_redaction(definition)
+
+
+def test_wildcards_on_hostile_shapes_finish() -> None:
+    """A rule with eight ** and a path of 40 keys that almost matches: a backtracking
+    matcher tries tens of millions of splits (minutes); the O(pattern x path) one
+    answers at once. The suite's per-test timeout is the bound; the answer is checked."""
+    from agentiam.core.audit.redaction import _matches
+
+    pattern = ("**", "a") * 8 + ("**", "b")
+    assert not _matches(pattern, ("a",) * 40)
+    assert _matches(pattern, ("a",) * 40 + ("b",))
+    redactor = load_redaction(
+        {
+            "record_arguments": "values",
+            "rules": [{"paths": [".".join(pattern[2:])], "action": "drop"}],  # 16 segments
+        }
+    )
+    deep: dict[str, Any] = {}
+    cursor = deep
+    for _ in range(7):
+        cursor["a"] = {}
+        cursor = cursor["a"]
+    cursor["b"] = "gone"
+    assert "gone" not in str(redactor.arguments(deep, CALL))
+
+
+def test_double_star_semantics() -> None:
+    from agentiam.core.audit.redaction import _matches
+
+    assert _matches(("**", "ssn"), ("ssn",))
+    assert _matches(("**", "ssn"), ("a", "b", "SSN"))
+    assert not _matches(("**", "ssn"), ("ssn", "x"))
+    assert _matches(("a", "**"), ("a",))
+    assert _matches(("a", "*", "c"), ("a", "b", "c"))
+    assert not _matches(("a", "*", "c"), ("a", "c"))
+    assert _matches(("**",), ())

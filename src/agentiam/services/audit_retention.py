@@ -7,13 +7,16 @@ period, in four steps:
    but never past an exporter's cursor (an event a SIEM has not received yet is kept)
    and never more than ``batch`` entries after the last checkpoint (each pass is
    bounded in time, memory and archive size).
-2. **Checkpoint.** The tree of the first ``k`` entries is signed as a tree head, and
-   the hashes of its compact range (``merkle.compact_range_keys``) are kept with it.
+2. **Head.** The tree of the first ``k`` entries is signed as a tree head, and the
+   hashes of its compact range (``merkle.compact_range_keys``) are read.
 3. **Archive.** The segment from the previous checkpoint to ``k`` is written, and
    fsynced, before anything is removed: the public keys, the previous checkpoint, the
    tree heads up to ``k`` (the new one included) and every entry with its event. It
    is an export in its own right: ``agentiam audit verify --export`` checks it alone,
-   and archives chain, each starting where the previous one ends.
+   and archives chain, each starting where the previous one ends. An archive missing
+   an entry is not kept, and an existing archive is never overwritten.
+   Then the **checkpoint** is signed: a JWS of its own type naming ``k``, the root,
+   the chain hash and the archive's SHA-256.
 4. **Prune.** In one transaction, with the integrator's lock: the checkpoint is
    recorded, then the entries, events, tree heads and Merkle nodes before ``k`` that
    no later root or proof needs are deleted. The database itself refuses any delete
@@ -40,15 +43,21 @@ from agentiam.ports import Clock, UnitOfWorkFactory
 from agentiam.services.audit_trail import AuditTrail, TrailNodes, entry_line
 from agentiam.services.context import CallContext
 
-__all__ = ["ArchiveSink", "AuditRetention", "PrunePlan", "RetentionPolicy"]
+__all__ = ["ArchiveIncomplete", "ArchiveSink", "AuditRetention", "PrunePlan", "RetentionPolicy"]
+
+
+class ArchiveIncomplete(Exception):
+    """The segment changed while it was being archived (another pass pruned it)."""
 
 
 class ArchiveSink(Protocol):
     """Where pruned segments go (adapters/archive.py: a local directory)."""
 
     def write(self, name: str, lines: Iterable[str]) -> str:
-        """Store ``lines`` durably under ``name`` (replacing a partial earlier attempt)
-        and return a reference to it: ``"<name> sha256:<hex digest>"``."""
+        """Store ``lines`` durably under ``name`` and return a reference to it:
+        ``"<name> sha256:<hex digest>"``. An existing archive of that name is never
+        replaced: the same content is accepted as is, other content refused
+        (ArchiveConflict). If ``lines`` raises, nothing is stored."""
         ...
 
 
@@ -110,8 +119,13 @@ class AuditRetention:
             start = previous.tree_size if previous else 0
             end = trail.prune_point(before)
             held: str | None = None
-            for name in self._exporters:
-                position = trail.cursor(name)
+            # Every exporter's cursor bounds it: those configured here, and any other
+            # replica's (each cursor row), so no SIEM misses an event to retention.
+            cursors = [(name, trail.cursor(name)) for name in self._exporters]
+            behind = trail.min_cursor()
+            if behind is not None:
+                cursors.append(behind)
+            for name, position in cursors:
                 if position < end:
                     end, held = position, f"exporter {name} has delivered only {position}"
             if end > start + batch:
@@ -132,18 +146,23 @@ class AuditRetention:
             found = TrailNodes(uow.trail).get_many(keys)
             compact = tuple(found[k] for k in keys)
             chain = uow.trail.entries(end - 1, 1)[0][0].chain_hash
-        head = self._trail.sign_tree(end, fold(compact), chain, self._clock.now())
+        root = fold(compact)
+        head = self._trail.sign_tree(end, root, chain, self._clock.now())
         previous = self._trail.checkpoint()
         if (previous.tree_size if previous else 0) != plan.start:
             return None
         name = f"audit-{plan.start:012d}-{end:012d}.jsonl"
+        # The archive must hold every entry it covers; another pass pruning meanwhile
+        # would cut it short, and then it is not kept (ArchiveIncomplete).
         reference = self._archive.write(name, self._segment(previous, head, plan))
-        checkpoint = Checkpoint(head, compact, reference)
+        digest = bytes.fromhex(reference.rsplit("sha256:", 1)[1])
+        signed = self._trail.sign_checkpoint(end, root, chain, self._clock.now(), digest)
+        checkpoint = Checkpoint(signed, compact, reference)
         with self._uow() as uow:
             current = uow.trail.checkpoint()
             if not uow.trail.lock() or (current.tree_size if current else 0) != plan.start:
                 return None
-            removed = uow.trail.prune(checkpoint, now=self._clock.now())
+            removed = uow.trail.prune(checkpoint, tree_head=head, now=self._clock.now())
             uow.commit()
         if self._record is not None:
             self._record(
@@ -182,5 +201,13 @@ class AuditRetention:
             if plan.start < stored.tree_size < plan.end:
                 yield json.dumps({"tree_head": stored.signature}, sort_keys=True)
         yield json.dumps({"tree_head": head.signature}, sort_keys=True)
+        expected = plan.start
         for entry, body in self._trail.stream(plan.start, plan.end):
+            if entry.index != expected:
+                raise ArchiveIncomplete(f"entry {expected} is gone; the archive is not kept")
+            expected += 1
             yield entry_line(entry, body)
+        if expected != plan.end:
+            raise ArchiveIncomplete(
+                f"only entries {plan.start}..{expected - 1} of ..{plan.end - 1} were read"
+            )

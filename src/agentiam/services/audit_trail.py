@@ -37,11 +37,13 @@ from agentiam.core.audit.merkle import (
     inclusion_proof,
 )
 from agentiam.core.audit.trail import (
+    CHECKPOINT_TYP,
     TREE_HEAD_TYP,
     Checkpoint,
     LogEntry,
     TreeHead,
     chain_hash,
+    checkpoint_claims,
     event_leaf,
     tree_head_claims,
     verify_tree_head,
@@ -198,6 +200,23 @@ class AuditTrail:
             ),
             TREE_HEAD_TYP,
         )
+        return TreeHead(size, root, chain, datetime.fromtimestamp(signed_at, now.tzinfo), signature)
+
+    def sign_checkpoint(
+        self, size: int, root: bytes, chain: bytes, now: datetime, archive: bytes
+    ) -> TreeHead:
+        """A retention checkpoint's JWS (``typ: audit-checkpoint+jwt``) over the first
+        ``size`` entries and the SHA-256 of the archive of the pruned segment."""
+        signed_at = int(now.timestamp())
+        claims = checkpoint_claims(
+            issuer=self.policy.issuer,
+            tree_size=size,
+            root_hash=root,
+            chain=chain,
+            signed_at=signed_at,
+            archive=archive,
+        )
+        signature = self._sign(claims, CHECKPOINT_TYP)
         return TreeHead(size, root, chain, datetime.fromtimestamp(signed_at, now.tzinfo), signature)
 
     def public_keys(self) -> list[dict[str, Any]]:

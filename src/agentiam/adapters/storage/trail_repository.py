@@ -213,12 +213,12 @@ class SqlTrail:
         ).scalar()
         return int(first) if first is not None else self.head()[0]
 
-    def prune(self, checkpoint: Checkpoint, *, now: datetime) -> int:
+    def prune(self, checkpoint: Checkpoint, *, tree_head: TreeHead, now: datetime) -> int:
         log, e, cp = t.audit_log, t.audit_events, t.audit_checkpoints
         size = checkpoint.tree_size
         head = checkpoint.head
         if self.tree_head(size) is None:
-            self.add_tree_head(head)
+            self.add_tree_head(tree_head)
         seqs = [
             int(s)
             for s in self._c.execute(select(log.c.event_seq).where(log.c.log_index < size))
@@ -249,6 +249,13 @@ class SqlTrail:
         for part in chunks(seqs):
             self._c.execute(delete(e).where(e.c.seq.in_(part)))
         return len(seqs)
+
+    def min_cursor(self) -> tuple[str, int] | None:
+        c = t.audit_export_cursors
+        row = self._c.execute(
+            select(c.c.name, c.c.position).order_by(c.c.position, c.c.name).limit(1)
+        ).first()
+        return None if row is None else (str(row.name), int(row.position))
 
     # -- exporter cursors ------------------------------------------------------------
 

@@ -41,6 +41,7 @@ _CUT = "…[cut]"
 _SEGMENT = re.compile(r"^(\*\*|\*|[^.*]{1,128})$")
 _MAX_RULES = 1000
 _MAX_PATHS = 100
+_MAX_SEGMENTS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +59,24 @@ class RedactionRule:
 
 def _matches(pattern: Sequence[str], path: Sequence[str]) -> bool:
     """Whether a concrete key path matches a rule path (``*`` one segment, ``**`` any
-    number, including none); keys compare case-insensitively."""
-    if not pattern:
-        return not path
-    head, rest = pattern[0], pattern[1:]
-    if head == "**":
-        return any(_matches(rest, path[i:]) for i in range(len(path) + 1))
-    if not path:
-        return False
-    return (head == "*" or head.lower() == path[0].lower()) and _matches(rest, path[1:])
+    number, including none); keys compare case-insensitively.
+
+    Dynamic programming over (pattern position, path position): O(len(pattern) *
+    len(path)) whatever the arguments' shape, so a hostile argument cannot make a
+    pattern with several ``**`` take exponential time."""
+    keys = [k.lower() for k in path]
+    # reach[j]: the pattern so far matches the first j keys
+    reach = [True] + [False] * len(keys)
+    for segment in pattern:
+        if segment == "**":
+            for j in range(1, len(keys) + 1):
+                reach[j] = reach[j] or reach[j - 1]
+            continue
+        wanted = segment.lower()
+        reach = [False] + [
+            reach[j] and (segment == "*" or keys[j] == wanted) for j in range(len(keys))
+        ]
+    return reach[-1]
 
 
 def _mask(value: Any, keep_last: int) -> Any:
@@ -145,11 +155,15 @@ def _path(text: Any, where: str) -> tuple[str, ...]:
     if not isinstance(text, str) or not text or len(text) > 512:
         raise ValueError(f"{where}: a path is a non-empty dotted string")
     segments = tuple(text.split("."))
-    if not all(_SEGMENT.match(s) for s in segments):
+    if not all(_SEGMENT.match(s) for s in segments) or len(segments) > _MAX_SEGMENTS:
         raise ValueError(
-            f"{where}: bad path {text!r} (segments are keys, * or **, separated by dots)"
+            f"{where}: bad path {text!r} (at most {_MAX_SEGMENTS} segments: keys, * or **, "
+            "separated by dots)"
         )
-    return segments
+    # "**.**" means no more than "**"
+    return tuple(
+        s for i, s in enumerate(segments) if not (s == "**" and i and segments[i - 1] == "**")
+    )
 
 
 def load_redaction(definition: Any) -> Redactor:

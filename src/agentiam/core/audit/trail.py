@@ -9,9 +9,11 @@ head.
   every later chain hash.
 * **Merkle tree** (:mod:`agentiam.core.audit.merkle`): logarithmic inclusion proofs for
   any event and consistency proofs between any two tree heads.
-* **Checkpoint** (retention): a signed tree head at the size below which entries were
-  pruned, with the hashes of that tree's compact range (its perfect subtrees, one per
-  set bit of the size). They fold to the head's root, so the log after the
+* **Checkpoint** (retention): a JWS of its own type (``typ: audit-checkpoint+jwt``,
+  so no ordinary tree head can pass for one) over the size below which entries were
+  pruned, the root and chain hash there, and the SHA-256 of the archive holding the
+  pruned segment; kept with the hashes of that tree's compact range (its perfect
+  subtrees, one per set bit of the size). They fold to the root, so the log after the
   checkpoint still verifies, and proves, with the checkpoint as its start.
 * **Signed tree head.** At intervals the log signs ``(tree_size, root_hash,
   chain_hash, signed_at)`` as a compact JWS (``typ: audit-sth+jwt``) with the
@@ -43,6 +45,8 @@ from agentiam.core.credentials.jose import (
 )
 
 __all__ = [
+    "CHECKPOINT_PROFILE",
+    "CHECKPOINT_TYP",
     "GENESIS",
     "TREE_HEAD_PROFILE",
     "TREE_HEAD_TYP",
@@ -51,6 +55,7 @@ __all__ = [
     "TreeHead",
     "canonical",
     "chain_hash",
+    "checkpoint_claims",
     "event_leaf",
     "tree_head_claims",
     "verify_tree_head",
@@ -61,6 +66,14 @@ TREE_HEAD_TYP = "audit-sth+jwt"
 TREE_HEAD_PROFILE = HeaderProfile(
     name="audit tree head",
     typ=frozenset({TREE_HEAD_TYP}),
+    algorithms=frozenset(ALLOWED_ALGORITHMS),
+    kid_required=True,
+    max_length=2048,
+)
+CHECKPOINT_TYP = "audit-checkpoint+jwt"
+CHECKPOINT_PROFILE = HeaderProfile(
+    name="audit checkpoint",
+    typ=frozenset({CHECKPOINT_TYP}),
     algorithms=frozenset(ALLOWED_ALGORITHMS),
     kid_required=True,
     max_length=2048,
@@ -117,7 +130,9 @@ class TreeHead:
 class Checkpoint:
     """The start of a pruned trail: entries before ``head.tree_size`` were archived
     and removed; ``compact_range`` are the hashes of the perfect subtrees of the first
-    ``head.tree_size`` leaves, largest first (see ``merkle.compact_range_keys``)."""
+    ``head.tree_size`` leaves, largest first (see ``merkle.compact_range_keys``).
+    ``head.signature`` is the checkpoint JWS (:data:`CHECKPOINT_TYP`), whose
+    ``archive_sha256`` claim pins the archive's digest."""
 
     head: TreeHead
     compact_range: tuple[bytes, ...]
@@ -157,6 +172,18 @@ def tree_head_claims(
     }
 
 
+def checkpoint_claims(
+    *, issuer: str, tree_size: int, root_hash: bytes, chain: bytes, signed_at: int, archive: bytes
+) -> dict[str, Any]:
+    """The JWT claims a checkpoint's JWS carries: a tree head's, and the archive's
+    SHA-256 (``archive_sha256``)."""
+    claims = tree_head_claims(
+        issuer=issuer, tree_size=tree_size, root_hash=root_hash, chain=chain, signed_at=signed_at
+    )
+    claims["archive_sha256"] = archive.hex()
+    return claims
+
+
 def _hex32(claims: Mapping[str, Any], name: str) -> bytes:
     value = string_claim(claims, name, max_length=64)
     if len(value) != 64 or not set(value) <= _HEX64:
@@ -165,11 +192,16 @@ def _hex32(claims: Mapping[str, Any], name: str) -> bytes:
 
 
 def verify_tree_head(
-    signature: str, keys: Mapping[str, VerificationKey], *, issuer: str
+    signature: str,
+    keys: Mapping[str, VerificationKey],
+    *,
+    issuer: str,
+    profile: HeaderProfile = TREE_HEAD_PROFILE,
 ) -> TreeHead:
-    """Check a tree head's JWS against the published keys (by ``kid``, algorithm
-    pinned) and return what it states; raise :class:`JoseRejected` otherwise."""
-    parsed = parse_compact(signature, TREE_HEAD_PROFILE)
+    """Check a tree head's JWS (or, with :data:`CHECKPOINT_PROFILE`, a checkpoint's)
+    against the published keys (by ``kid``, algorithm pinned) and return what it
+    states; raise :class:`JoseRejected` otherwise."""
+    parsed = parse_compact(signature, profile)
     key = keys.get(parsed.kid or "")
     if key is None:
         raise JoseRejected("tree head signed by an unknown key")

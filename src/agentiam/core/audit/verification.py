@@ -31,6 +31,7 @@ from typing import Any
 
 from agentiam.core.audit.merkle import fold, leaf_hash, node_hash
 from agentiam.core.audit.trail import (
+    CHECKPOINT_PROFILE,
     GENESIS,
     TREE_HEAD_PROFILE,
     Checkpoint,
@@ -42,6 +43,7 @@ from agentiam.core.audit.trail import (
     verify_tree_head,
 )
 from agentiam.core.credentials.jose import (
+    HeaderProfile,
     JoseRejected,
     VerificationKey,
     import_public_jwk,
@@ -128,9 +130,9 @@ class VerifyReport:
         }
 
 
-def read_tree_head(signature: str) -> TreeHead:
-    """What a tree head states, before its signature is checked."""
-    claims = parse_compact(signature, TREE_HEAD_PROFILE).claims
+def read_tree_head(signature: str, profile: HeaderProfile = TREE_HEAD_PROFILE) -> TreeHead:
+    """What a tree head (or checkpoint) states, before its signature is checked."""
+    claims = parse_compact(signature, profile).claims
     try:
         return TreeHead(
             tree_size=int(claims["tree_size"]),
@@ -151,7 +153,7 @@ def read_checkpoint(item: Mapping[str, Any]) -> Checkpoint:
             raise ValueError("a compact range hash is not 32 bytes")
         archive = item.get("archive")
         return Checkpoint(
-            head=read_tree_head(str(item["tree_head"])),
+            head=read_tree_head(str(item["tree_head"]), CHECKPOINT_PROFILE),
             compact_range=hashes,
             archive=None if archive is None else str(archive),
         )
@@ -164,9 +166,16 @@ def _check_checkpoint(
 ) -> str | None:
     """Why ``start`` cannot be trusted as the trail's beginning, or None."""
     try:
-        stated = verify_tree_head(start.head.signature, keys, issuer=issuer)
+        stated = verify_tree_head(
+            start.head.signature, keys, issuer=issuer, profile=CHECKPOINT_PROFILE
+        )
+        digest = parse_compact(start.head.signature, CHECKPOINT_PROFILE).claims.get(
+            "archive_sha256"
+        )
     except JoseRejected as exc:
         return f"checkpoint: {exc}"
+    if start.archive is not None and not start.archive.endswith(f" sha256:{digest}"):
+        return "the checkpoint's archive digest differs from the one it signed"
     if (stated.tree_size, stated.root_hash, stated.chain_hash) != (
         start.head.tree_size,
         start.head.root_hash,
