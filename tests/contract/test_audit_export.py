@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -18,20 +19,24 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import text
 from tests.conftest import FakeClock
 
 from agentiam.adapters.exporters import SUPPORTED_TYPES, JsonlFileExporter, load_exporters
+from agentiam.adapters.exporters.metrics import register_export_metrics
 from agentiam.adapters.exporters.otel import OtelSpanExporter
 from agentiam.adapters.exporters.syslog import SyslogExporter
 from agentiam.adapters.exporters.webhook import WebhookExporter
+from agentiam.adapters.storage.trail_repository import SqlTrail
 from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
 from agentiam.bootstrap import Container, build
 from agentiam.config import Settings
 from agentiam.core.audit.formats import formatter
+from agentiam.core.credentials.sealing import MasterKey
 from agentiam.errors import InvalidInput
 from agentiam.ports import UnitOfWork
-from agentiam.services.audit_export import ExportPolicy, ExportRunner
+from agentiam.services.audit_export import ExportPolicy, ExportRunner, redact
 from agentiam.services.context import CallContext
 from agentiam.services.humans import NewHuman
 
@@ -232,6 +237,178 @@ def test_a_new_container_resumes_from_the_durable_cursor(
         assert h.type == "jsonl"
     finally:
         second.close()
+
+
+def test_a_stored_body_that_does_not_decode_is_a_recorded_failure(
+    c: Container, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoding the stored events is part of the attempt: a body that does not decode
+    shows in health and backs off like any other failure (it escaped the runner)."""
+    siem = FakeSiem("siem")
+    runner = ExportRunner(_uow(c), c.clock, [siem])
+    _events(c, 3)
+    c.audit_trail.integrate_all()
+    real = SqlTrail.entries
+
+    def corrupt(self: SqlTrail, start: int, limit: int) -> list[Any]:
+        return [(e, "{not json" if e.index == 1 else b) for e, b in real(self, start, limit)]
+
+    monkeypatch.setattr(SqlTrail, "entries", corrupt)
+    assert runner.run_all() == 0
+    [h] = runner.health()
+    assert h.consecutive_failures == 1
+    assert h.last_error is not None
+    assert h.last_error.startswith("JSONDecodeError")
+    assert h.retry_at == clock.current + timedelta(seconds=1)
+    assert siem.attempts == 0
+    assert _cursor(c, "siem") == 0
+    with c.engine.connect() as conn:
+        assert conn.execute(text("SELECT failures FROM audit_export_cursors")).scalar() == 1
+
+
+class TruncatingSiem(FakeSiem):
+    truncated = 3  # entries it sent cut short, as syslog and webhook count them
+
+
+def test_health_shows_what_an_exporter_truncated(c: Container) -> None:
+    siem = TruncatingSiem("siem")
+    plain = FakeSiem("plain")
+    runner = ExportRunner(_uow(c), c.clock, [siem, plain])
+    registry = CollectorRegistry()
+    register_export_metrics(registry, runner)
+    s, p = runner.health()
+    assert (s.truncated, s.to_dict()["truncated"], p.truncated) == (3, 3, 0)
+    metrics = generate_latest(registry).decode()
+    assert 'agentiam_audit_exporter_truncated_entries_total{exporter="siem"} 3.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("message", "secret"),
+    [
+        ("Authorization: Bearer eyJhbGciOi.payload.sig", "eyJhbGciOi"),
+        ("GET https://siem/in?access_token=AT-12345&x=1", "AT-12345"),
+        ('{"x-splunk-token":"Splunk 8f2a-77c1"}', "8f2a-77c1"),
+        ("{'X-Api-Key': 'ApiKey K-4242'}", "K-4242"),
+        ("client_secret=CS_77; session=SESS_88", "CS_77"),
+        ("client_secret=CS_77; session=SESS_88", "SESS_88"),
+        ("Cookie: sid=C-1; theme=C-2\nnext", "C-2"),
+        ("api key: AK-9 was refused", "AK-9"),
+        ("x_api_key=XK-1", "XK-1"),
+        ("X-Auth-Token:XT-1", "XT-1"),
+        ("the upstream said: Bearer opaque-T0K3N", "opaque-T0K3N"),
+        ('Proxy-Authorization: Digest username="u", response="R-55"', "R-55"),
+        ('{"refresh_token": "RT\\"-esc-ape"}', "esc-ape"),
+        ('cut short {"id_token": "IT-never-closed', "IT-never-closed"),
+        ("https://user:PW-3@siem.example.com/in", "PW-3"),
+        ("PASSWORD = hunter2", "hunter2"),
+        ("credentials: CR-1", "CR-1"),
+        ('escaped {\\"auth_token\\": \\"AT-esc\\"}', "AT-esc"),
+        ('b\'{"api_key": "K-in-bytes"}\'', "K-in-bytes"),
+    ],
+)
+def test_redact_consumes_the_scheme_and_the_credential(message: str, secret: str) -> None:
+    text_ = redact(RuntimeError(message))
+    assert secret not in text_
+    assert "***" in text_
+
+
+def test_redact_keeps_what_is_not_a_credential() -> None:
+    message = "HTTP 401 Unauthorized (webhook-id agentiam-0123456789ab-4-9) token.issued"
+    assert redact(RuntimeError(message)) == f"RuntimeError: {message}"
+    assert redact(RuntimeError("Authorization: Bearer X1, retrying")) == (
+        "RuntimeError: Authorization: ***, retrying"
+    )
+    assert len(redact(RuntimeError("token=" + "a" * 10_000))) <= 300
+
+
+@pytest.fixture
+def pruning(database_url: str, clock: FakeClock, tmp_path: Path) -> Iterator[Container]:
+    settings = Settings(
+        database_url=database_url,
+        issuer="https://as.example.com",
+        master_key=MasterKey.generate_text(),
+        audit_archive_dir=str(tmp_path / "archive"),
+    )
+    container = build(settings, clock=clock)
+    yield container
+    container.close()
+
+
+def _signed(c: Container, n: int, start: int) -> None:
+    _events(c, n, start)
+    c.audit_trail.integrate_all()
+    assert c.audit_trail.sign_head(force=True) is not None
+
+
+def test_entries_pruned_before_delivery_are_counted_as_skipped(
+    pruning: Container, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retention pruned entries an exporter had not delivered (its cursor row was
+    deleted, as docs/audit.md says to do for an exporter removed for good, while it
+    still ran): the gap is counted once in health and /metrics, logged once, and
+    delivery goes on from the first entry left. An exporter that never ran is not
+    short of anything."""
+    c = pruning
+    assert c.audit_retention is not None
+    siem = FakeSiem("siem")
+    late = FakeSiem("late", fail=1)  # read the trail from 0, failed, delivered nothing
+    runner = ExportRunner(_uow(c), c.clock, [siem, late])
+    _signed(c, 10, 0)
+    runner.run_all()
+    delivered = _cursor(c, "siem")
+    assert delivered == _size(c)
+    assert late.received[0] == 0
+    _signed(c, 10, 10)  # the SIEM lags: these are not delivered
+    clock.advance(days=10)
+    _signed(c, 5, 20)
+    with c.engine.begin() as conn:  # the operator unblocks retention
+        conn.execute(text("DELETE FROM audit_export_cursors"))
+    checkpoint = c.audit_retention.prune(CTX, clock.now() - timedelta(days=5))
+    assert checkpoint is not None
+    k = checkpoint.tree_size
+    assert k > delivered
+    # siem's delivery in flight writes its cursor back; then its process restarts
+    with SqlUnitOfWork(c.engine) as uow:
+        uow.trail.advance("siem", delivered, clock.now())
+        uow.commit()
+    siem = FakeSiem("siem", fail=1)  # and the first attempt after the restart fails
+    fresh = FakeSiem("fresh")
+    restarted = ExportRunner(_uow(c), c.clock, [siem, fresh])
+    registry = CollectorRegistry()
+    register_export_metrics(registry, restarted)
+
+    clock.advance(seconds=2)
+    with caplog.at_level(logging.WARNING, logger="agentiam.audit"):
+        restarted.run_all()
+        runner.run("late")  # no cursor row any more; this process saw entry 0
+        clock.advance(seconds=2)
+        restarted.run_all()  # the retry meets the same gap: not counted again
+    size = _size(c)
+    assert siem.received[0] == k
+    assert siem.acked == list(range(k, size))
+    assert late.acked == list(range(k, size))
+    assert fresh.acked == list(range(k, size))
+    s, f = restarted.health()
+    assert (s.skipped, s.to_dict()["skipped"]) == (k - delivered, k - delivered)
+    assert s.position == size
+    assert s.healthy
+    assert f.skipped == 0
+    assert runner.health()[1].skipped == k
+    gaps = [r.getMessage() for r in caplog.records if "pruned by retention" in r.getMessage()]
+    assert len(gaps) == 2
+    assert f"{k - delivered} skipped, delivering on from {k}" in gaps[0]
+    metrics = generate_latest(registry).decode()
+    assert (
+        f'agentiam_audit_exporter_skipped_entries_total{{exporter="siem"}} {k - delivered}.0'
+        in metrics
+    )
+    assert 'agentiam_audit_exporter_skipped_entries_total{exporter="fresh"} 0.0' in metrics
+
+    # later deliveries go on normally
+    _signed(c, 3, 25)
+    restarted.run_all()
+    assert siem.acked == list(range(k, _size(c)))
+    assert restarted.health()[0].skipped == k - delivered
 
 
 def test_bad_exporter_config_is_refused(database_url: str, tmp_path: Path) -> None:

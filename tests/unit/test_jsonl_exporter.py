@@ -117,6 +117,44 @@ def test_a_failed_write_leaves_no_half_line(
     assert _indices(path) == [0, 1, 2]
 
 
+def test_a_partial_line_left_by_a_killed_process_is_cut_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process killed in the middle of a write leaves a partial line and its batch
+    undelivered (the cursor never moved): the next delivery cuts the partial line off
+    instead of joining the next entry onto it, and writes the batch again whole."""
+    path = tmp_path / "audit.jsonl"
+    sink = JsonlFileExporter("f", path, max_bytes=1 << 20, keep=1)
+    sink.deliver(_batch(0, 2))
+    whole = path.read_bytes()
+    cut = native(2, _batch(2, 1)[0][1]).encode()[:25]
+    with path.open("ab") as f:  # what the killed process managed to write
+        f.write(cut)
+    with caplog.at_level("WARNING"):
+        JsonlFileExporter("f", path, max_bytes=1 << 20, keep=1).deliver(_batch(2, 2))
+    assert _indices(path) == [0, 1, 2, 3]
+    assert path.read_bytes().startswith(whole)
+    assert f"dropped its {len(cut)} bytes" in caplog.text
+
+
+def test_a_file_holding_only_a_partial_line_is_emptied(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b'{"event":' + b"x" * 200_000)  # longer than one backward read
+    JsonlFileExporter("f", path, max_bytes=1 << 20, keep=1).deliver(_batch(0, 1))
+    assert _indices(path) == [0]
+
+
+def test_a_partial_line_is_cut_before_a_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = JsonlFileExporter("f", path, max_bytes=300, keep=2)
+    sink.deliver(_batch(0, 2))
+    with path.open("ab") as f:
+        f.write(b'{"event":{"ev')
+    sink.deliver(_batch(2, 2))  # rotates: the rotated file has whole lines only
+    assert _indices(path.with_name("audit.jsonl.1")) == [0, 1]
+    assert _indices(path) == [2, 3]
+
+
 def test_config_builds_jsonl_exporters_with_defaults() -> None:
     [a, b] = load_exporters(
         [

@@ -6,9 +6,13 @@ denials; a collector's failure makes ``deliver`` raise, quickly."""
 
 from __future__ import annotations
 
+import gzip
+import io
+import random
 import socket
 import sys
 import time
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +86,7 @@ class Collector:
     requests: list[tuple[str, dict[str, str], ExportTraceServiceRequest]] = field(
         default_factory=list
     )
+    peers: set[tuple[str, int]] = field(default_factory=set)  # client connections
 
     def spans(self) -> list[Span]:
         return [
@@ -100,6 +105,7 @@ def _handler(collector: Collector) -> type[Handler]:
             request = ExportTraceServiceRequest()
             request.ParseFromString(body)
             collector.requests.append((self.path, headers, request))
+            collector.peers.add(self.client_address)
             answer = ExportTraceServiceResponse().SerializeToString()
             extra = {"Content-Type": "application/x-protobuf"}
             if collector.status != 200:
@@ -256,6 +262,7 @@ def test_a_collector_failure_raises_quickly(server: Server, status: int) -> None
     assert len(server.collector.requests) == 1  # neither retried nor redirected
     assert len(str(caught.value)) < 300
     assert "\x00" not in str(caught.value)
+    assert "collector says no" not in str(caught.value)  # status and reason only
     sink.close()
 
 
@@ -280,6 +287,205 @@ def test_a_name_resolving_to_loopback_is_refused_at_export(server: Server) -> No
     with pytest.raises(OutboundRefused, match="loopback"):
         sink.deliver([(1, _decision())])
     assert server.collector.requests == []
+    sink.close()
+
+
+def _bomb(inflated: int) -> bytes:
+    """A gzip body of ``inflated`` zero bytes (a few tens of KiB on the wire)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=1) as g:
+        chunk = bytes(1 << 20)
+        for _ in range(inflated >> 20):
+            g.write(chunk)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("status", [200, 400])
+def test_a_compressed_answer_is_never_inflated(status: int) -> None:
+    """A collector answering a small gzip body that inflates to 32 MiB: the exporter
+    asks for identity, reads at most a bounded excerpt as sent, and never inflates it
+    (reading ``response.content`` did, for any status)."""
+    bomb = _bomb(32 << 20)
+    seen: list[dict[str, str]] = []
+
+    class Bomber(Handler):
+        def do_POST(self) -> None:
+            headers, _ = self.request_body()
+            seen.append(headers)
+            extra = {"Content-Encoding": "gzip", "Content-Type": "application/x-protobuf"}
+            self.answer(status, bomb, extra)
+
+    with serve_http(Bomber) as port:
+        sink = _exporter(f"http://127.0.0.1:{port}/v1/traces")
+        tracemalloc.start()
+        try:
+            if status == 200:
+                sink.deliver([(1, _decision())])
+            else:
+                with pytest.raises(OtelExportError, match="HTTP 400 Bad Request") as caught:
+                    sink.deliver([(1, _decision())])
+                assert "\x1f" not in str(caught.value)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        sink.close()
+    assert seen[0]["accept-encoding"] == "identity"
+    assert peak < 4 << 20
+
+
+def test_a_small_answer_keeps_the_connection(server: Server) -> None:
+    """The bounded read takes all of a usual (small) answer, so the connection is
+    kept for the next export."""
+    sink = _exporter(server.endpoint)
+    for i in range(3):
+        sink.deliver([(i, _decision())])
+    assert len(server.collector.requests) == 3
+    assert len(server.collector.peers) == 1
+    sink.close()
+
+
+def test_an_error_carries_the_reason_phrase_cleaned() -> None:
+    class Odd(Handler):
+        def do_POST(self) -> None:
+            self.request_body()
+            self.send_response(401, "Denied token=abc\x7f\u00e9 " + "x" * 200)
+            self.send_header("Content-Length", "6")
+            self.end_headers()
+            self.wfile.write(b"secret")
+
+    with serve_http(Odd) as port:
+        sink = _exporter(f"http://127.0.0.1:{port}/v1/traces")
+        with pytest.raises(OtelExportError) as caught:
+            sink.deliver([(1, _decision())])
+        sink.close()
+    message = str(caught.value)
+    assert "HTTP 401 Denied" in message
+    assert "secret" not in message
+    assert all(" " <= ch <= "~" for ch in message)
+    assert len(message) < 150
+
+
+# -- malformed events ------------------------------------------------------------------
+
+
+def _hostile_value(rng: random.Random, depth: int = 0) -> Any:
+    alphabet = "az09:T+-.Z \u2028\x85\ud800\udfff\x00\u202e\U0001d11e"
+    scalars: list[Any] = [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))),
+        rng.randint(-(10**30), 10**30),
+        10**400,
+        -(10**400),
+        rng.random() * 1e308,
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        True,
+        None,
+    ]
+    r = rng.random()
+    if depth > 3 or r < 0.5:
+        return rng.choice(scalars)
+    if r < 0.75:
+        return [_hostile_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    return {rng.choice(["a", "tool", "decision"]): _hostile_value(rng, depth + 1)}
+
+
+_TIMES = [
+    "2026-11-23T12:00:00.123456Z",
+    "0001-01-01T00:00:00+14:00",
+    "9999-12-31T23:59:59-14:00",
+    "1969-12-31T23:59:59Z",
+    "2262-04-12T00:00:00Z",
+    "not a time",
+    "",
+    "2026-13-45",
+    "9" * 100,
+]
+
+
+def _hostile_event(rng: random.Random) -> Any:
+    def pick(*options: Any) -> Any:
+        return rng.choice([*options, _hostile_value(rng)])
+
+    if rng.random() < 0.05:
+        return rng.choice([[], "event", 7, None, [1, 2]])  # not even an object
+    return {
+        "event_id": pick("evt_1", "", "\ud800"),
+        "time": pick(*_TIMES),
+        "type": pick("tool.call", "authz.decision", "agent.created", "\udfff"),
+        "outcome": pick("success", "denied", "failure"),
+        "actor": pick({"type": "agent", "id": "a\ud800"}, {"type": 1, "id": None}),
+        "action": pick("invoke_tool"),
+        "resource": pick({"type": "Tool", "id": "t\ud800"}, {"type": "Tool", "id": 10**400}),
+        "source": pick("api"),
+        "trace": pick(
+            {"trace_id": TRACE.trace_id, "span_id": TRACE.span_id},
+            {"trace_id": 10**400, "span_id": ["x"]},
+            {"trace_id": "\u0664" * 32},  # digits int() accepts, not hex
+        ),
+        "agent_id": pick("agt_1"),
+        "delegation_chain": pick(["a", "\ud800"], [None, 10**400, {"a": 1}]),
+        "decision_id": pick("dec"),
+        "policy_version": pick("7"),
+        "risk_score": pick(1.5, 10**400),
+        "reason": pick("because"),
+        "details": pick(
+            {"duration_ms": 10**400},
+            {"duration_ms": -1e308, "tool": "search"},
+            {"evaluation_us": float("inf"), "decision": "allow"},
+            {"tool": 10**400, "tool_call_id": "\ud800"},
+        ),
+    }
+
+
+def test_span_building_is_total_over_hostile_events() -> None:
+    """No stored event shape makes the span, or its OTLP encoding, raise: one bad entry
+    must not hold the exporter back for good."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    rng = random.Random(20261123)
+    sink = _exporter("http://127.0.0.1:9/v1/traces")
+    batch = [(i, _hostile_event(rng)) for i in range(1500)]
+    spans = sink.spans(batch)
+    assert len(spans) == len(batch)
+    data = encode_spans(spans).SerializeToString()
+    decoded = ExportTraceServiceRequest()
+    decoded.ParseFromString(data)
+    assert len(decoded.resource_spans[0].scope_spans[0].spans) == len(batch)
+    for span in decoded.resource_spans[0].scope_spans[0].spans:
+        assert 0 <= span.start_time_unix_nano <= span.end_time_unix_nano < 2**63
+    sink.close()
+
+
+@pytest.mark.parametrize(
+    "time_value",
+    ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "bad", None, 10**400, ["x"]],
+    ids=["year-9999", "year-1", "text", "none", "huge-int", "list"],
+)
+def test_an_unusable_time_ends_the_span_at_export_time(time_value: Any) -> None:
+    event = _admin_event()
+    event["time"] = time_value
+    event["details"] = {"duration_ms": 10**400}
+    event["risk_score"] = 10**400
+    record = otel.span_record(3, event, now_ns=5 * 10**18)
+    assert record.end_ns == 5 * 10**18
+    assert record.start_ns == record.end_ns  # a duration past a float is no duration
+    assert record.attributes["agentiam.time_invalid"] is True
+    assert "agentiam.risk_score" not in record.attributes
+    assert "agentiam.time_invalid" not in otel.span_record(3, _admin_event()).attributes
+    event["details"] = {"duration_ms": 1e300}
+    record = otel.span_record(3, event, now_ns=5 * 10**18)
+    assert record.end_ns - record.start_ns == 24 * 3600 * 10**9  # capped at a day
+
+
+def test_a_batch_with_a_malformed_event_is_delivered(server: Server) -> None:
+    sink = _exporter(server.endpoint)
+    bad = {"event_id": "evt_bad", "time": "yesterday", "type": "x\ud800", "actor": ["?"]}
+    sink.deliver([(1, bad), (2, _decision())])
+    first, second = server.collector.spans()
+    assert first.name == "x\ufffd"
+    assert _attrs(first)["agentiam.time_invalid"] is True
+    assert second.name == "execute_tool transfer"
     sink.close()
 
 

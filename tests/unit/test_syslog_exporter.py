@@ -13,6 +13,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -456,6 +457,31 @@ def test_hostile_strings_are_escaped_and_bounded(
     assert not receiver.errors
 
 
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085"])
+def test_unicode_line_separators_never_reach_a_value_or_a_header(separator: str) -> None:
+    """A log viewer or JSON-lines tool may break a line on U+2028, U+2029 or NEL."""
+    exporter = offline()
+    data = exporter.message(
+        1,
+        event(
+            event_id=f"evt{separator}x",
+            type=f"agent{separator}registered",
+            outcome=f"ok{separator}",
+            agent_id=f"{separator}agt",
+            trace={"trace_id": f"t{separator}", "span_id": "s"},
+        ),
+    )
+    head, _, msg = data.partition(BOM)
+    assert separator.encode() not in head
+    parsed = parse(data)
+    assert sd(parsed)["eventId"] == "evt\ufffdx"
+    assert sd(parsed)["eventType"] == "agent\ufffdregistered"
+    assert sd(parsed)["agentId"] == "\ufffdagt"
+    assert sd(parsed)["traceId"] == "t\ufffd"
+    assert parsed.msgid == "agent_registered"
+    assert json.loads(msg)["event"]["event_id"] == f"evt{separator}x"  # MSG is as stored
+
+
 def test_hostname_default_is_sanitized(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "gethostname", lambda: "my host\u00e9" + "h" * 300)
     exporter = offline()
@@ -551,7 +577,7 @@ class _BrokenSocket:
     def recv(self, size: int, flags: int = 0) -> bytes:
         raise BlockingIOError
 
-    def sendall(self, data: bytes) -> None:
+    def send(self, data: bytes) -> int:
         raise BrokenPipeError(32, "Broken pipe")
 
     def close(self) -> None:
@@ -581,6 +607,70 @@ def test_a_write_error_drops_the_connection_and_the_retry_reconnects(
 
 
 # -- TLS -------------------------------------------------------------------------------
+
+
+class _SlowTlsReceiver:
+    """A TLS receiver that reads 4 KiB every 20 ms (a receiver falling behind, or one
+    stalling on purpose) for at most ``patience`` seconds, then closes."""
+
+    def __init__(self, context: ssl.SSLContext, patience: float) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port: int = self.listener.getsockname()[1]
+        self.context = context
+        self.patience = patience
+        self.stop = threading.Event()
+        self.read = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        try:
+            with self.context.wrap_socket(conn, server_side=True) as tls:
+                tls.settimeout(self.patience)
+                ends = time.monotonic() + self.patience
+                while not self.stop.is_set() and time.monotonic() < ends:
+                    data = tls.recv(4096)
+                    if not data:
+                        return
+                    self.read += len(data)
+                    time.sleep(0.02)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(WAIT)
+        self.listener.close()
+
+
+def test_tls_a_slow_reader_cannot_stall_a_batch_past_the_timeout(
+    pki: Pki, exporters: list[SyslogExporter]
+) -> None:
+    """``timeout`` bounds the batch, not each TLS record: SSLSocket.sendall gives every
+    send of its loop the whole timeout, so a receiver that keeps reading a little held
+    the exporter for as long as it liked."""
+    receiver = _SlowTlsReceiver(server_context(pki.server), patience=6.0)
+    try:
+        exporter = make(
+            exporters, "tls", receiver.port, ca_file=pki.ca, timeout=0.5, max_message=1 << 20
+        )
+        pad = "x" * 900_000
+        batch = [(i, event(i, details={"pad": pad})) for i in range(12)]  # ~11 MB
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match=r"not written within 0\.5 s"):
+            exporter.deliver(batch)
+        elapsed = time.monotonic() - started
+        assert elapsed < 2.5
+        assert receiver.read > 0  # it was reading, slowly
+        assert exporter._sock is None  # dropped: a frame was cut
+    finally:
+        receiver.close()
 
 
 def test_tls_verifies_the_server_and_delivers(

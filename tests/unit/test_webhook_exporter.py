@@ -187,13 +187,47 @@ def test_a_big_batch_is_split_in_order_under_max_body_bytes(server: Server) -> N
     sink.close()
 
 
-def test_one_entry_over_max_body_bytes_fails_the_batch(server: Server) -> None:
+def test_an_entry_over_max_body_bytes_is_sent_as_a_stub(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An entry that can never fit would hold the exporter on it for good: it goes as a
+    stub saying what it was, and the entries around it are delivered."""
+    sink = _exporter(server.url(), max_body_bytes=1024)
+    big = _event(2)
+    big["details"] = {"pad": "x" * 2000}
+    batch = [(1, _event(1)), (2, big), (3, _event(3))]
+    with caplog.at_level("WARNING"):
+        sink.deliver(batch)
+    items = [item for got in server.receiver.log for item in json.loads(got.body)["events"]]
+    assert [item["log_index"] for item in items] == [1, 2, 3]
+    stub = items[1]
+    full = len(json.dumps({"event": big, "log_index": 2}, separators=(",", ":")))
+    assert stub == {
+        "log_index": 2,
+        "event_id": big["event_id"],
+        "type": "agent.created",
+        "truncated": True,
+        "original_size": stub["original_size"],
+    }
+    assert abs(stub["original_size"] - full) < 64
+    assert items[0]["event"] == batch[0][1]
+    assert all(got.verified is None and len(got.body) <= 1024 for got in server.receiver.log)
+    assert sink.truncated == 1
+    assert "entry 2 is" in caplog.text
+    sink.close()
+
+
+def test_a_stub_never_repeats_long_or_odd_ids(server: Server) -> None:
     sink = _exporter(server.url(), max_body_bytes=1024)
     big = _event(1)
     big["details"] = {"pad": "x" * 2000}
-    with pytest.raises(WebhookDeliveryError, match="alone exceeds max_body_bytes"):
-        sink.deliver([(1, big)])
-    assert server.receiver.log == []
+    big["event_id"] = "\U0001d11e" * 128  # 1,536 octets once escaped
+    big["type"] = ["not", "text"]
+    sink.deliver([(1, big)])
+    [got] = server.receiver.log
+    [stub] = json.loads(got.body)["events"]
+    assert stub == {"log_index": 1, "truncated": True, "original_size": stub["original_size"]}
+    sink.close()
 
 
 def test_a_text_format_sends_items_as_strings(
@@ -222,20 +256,41 @@ def test_signs_with_every_secret_during_a_rotation(server: Server) -> None:
 # -- failures --------------------------------------------------------------------------
 
 
-def test_a_500_raises_with_a_short_sanitized_excerpt(server: Server) -> None:
+def test_a_500_raises_with_the_status_and_reason_only(server: Server) -> None:
+    """A receiver's reply may echo what it was sent (a token in a header): the error
+    keeps the status code and reason phrase, never the body."""
     server.receiver.status = 500
-    server.receiver.answer = b"database \x1b[31mdown\x00 " + b"A" * 5000
+    server.receiver.answer = b"database \x1b[31mdown\x00 Bearer sekrit " + b"A" * 5000
     sink = _exporter(server.url())
     with pytest.raises(WebhookDeliveryError) as caught:
         sink.deliver(_batch(0, 1))
     message = str(caught.value)
-    assert "HTTP 500" in message
-    assert "database" in message
+    assert "HTTP 500 Internal Server Error" in message
+    assert "database" not in message
+    assert "sekrit" not in message
     assert "\x1b" not in message
-    assert "\x00" not in message
-    assert "A" * 101 not in message  # at most 100 characters of the answer
     assert len(message) < 300
+    assert sink.message_id(0, 0) in message
     sink.close()
+
+
+def test_a_reason_phrase_is_cleaned_and_cut(server: Server) -> None:
+    class Odd(Handler):
+        def do_POST(self) -> None:
+            self.request_body()
+            self.send_response(418, "Teapot\x7f\u00e9 " + "y" * 300)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    with serve_http(Odd) as port:
+        sink = _exporter(f"http://127.0.0.1:{port}/hook")
+        with pytest.raises(WebhookDeliveryError) as caught:
+            sink.deliver(_batch(0, 1))
+        sink.close()
+    message = str(caught.value)
+    assert "HTTP 418 Teapot" in message
+    assert "y" * 61 not in message
+    assert all(" " <= ch <= "~" for ch in message)
 
 
 def test_a_redirect_is_not_followed(server: Server) -> None:

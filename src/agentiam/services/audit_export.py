@@ -12,6 +12,12 @@ A failing exporter is retried with exponential backoff (``backoff_initial`` doub
 up to ``backoff_max``); each exporter runs in its own loop, so one that fails or
 hangs does not hold up the others. :meth:`ExportRunner.health` reports every
 exporter's position, lag, last success, consecutive failures and last error.
+
+Retention (:mod:`agentiam.services.audit_retention`) may prune entries an exporter has
+not delivered yet. The runner then finds the first entry it reads past its cursor: it
+logs a warning once per gap, counts the entries lost in ``skipped`` (health and
+``/metrics``) and goes on from the first entry still there. An exporter that never
+delivered anything (no cursor yet) simply starts at the trail's first entry.
 """
 
 from __future__ import annotations
@@ -34,10 +40,39 @@ __all__ = ["ExportPolicy", "ExportRunner", "Exporter", "ExporterHealth"]
 Batch = Sequence[tuple[int, dict[str, Any]]]
 
 _ERROR_MAX = 300
+_REDACT_INPUT = 4 * _ERROR_MAX  # an error is cut to this before it is searched
 _USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s]*@")
-_SECRETISH = re.compile(
-    r"(?i)\b(authorization|bearer|token|password|secret|api[_-]?key)\b\s*[:=]?\s*\S+"
+# A name that says its value is a credential, with any "-"/"_" words around it
+# (X-Api-Key, access_token, x-splunk-token, client_secret, Set-Cookie, ...).
+_CREDENTIAL_NAME = (
+    r"(?<![\w-])[\w-]*?(?:token|secret|passw(?:or)?d|authori[sz]ation|api[ _-]?key"
+    r"|credential|cookie|session)[\w-]*"
 )
+# name, separator, value: header-like ("Authorization: Bearer X"), query-like
+# ("access_token=X"), JSON or repr-like ('"x-splunk-token": "Splunk X"'). A quoted value
+# is consumed whole (to its closing quote, or to the end of a cut text); an unquoted
+# one with its scheme (a word and a space before the credential) and auth-params.
+_PLAIN = r"[^\s\"'&,;()\[\]{}<>]"  # a character of an unquoted credential
+_PARAM = rf"(?:\"[^\"]*\"|{_PLAIN}+)"  # a credential, or one auth-param's value
+_CREDENTIAL = re.compile(
+    rf"(?is)(?P<name>{_CREDENTIAL_NAME})(?P<sep>\\?[\"']?\s*[:=]\s*)"
+    r"(?:(?P<q>[\"'])(?:\\.|(?!(?P=q)).)*(?:(?P=q)|$)"
+    # [scheme SP] credential, then any ", name=value" auth-params (Digest)
+    rf"|(?:[A-Za-z][\w.+/~-]*[ \t]+)?(?:\"[^\"]*\"|{_PLAIN})+"
+    rf"(?:\s*,\s*[\w-]+={_PARAM})*)"
+)
+# a cookie header's value is a list ("a=b; c=d"): all of it, to the end of the line
+_COOKIE_HEADER = re.compile(r"(?i)(?<![\w-])((?:set-)?cookie\s*:\s*)[^\r\n\"']+")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[\w.~+/=-]+")
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _mask(match: re.Match[str]) -> str:
+    quote = match.group("q") or ""
+    return f"{match.group('name')}{match.group('sep')}{quote}***{quote}"
 
 
 class Exporter(Protocol):
@@ -81,6 +116,10 @@ class ExporterHealth:
     last_error: str | None
     retry_at: datetime | None
     healthy: bool
+    # entries pruned by retention before this exporter delivered them
+    skipped: int = 0
+    # entries delivered cut short or as a stub (syslog, webhook: too big to send whole)
+    truncated: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         def iso(t: datetime | None) -> str | None:
@@ -98,6 +137,8 @@ class ExporterHealth:
             "last_error": self.last_error,
             "retry_at": iso(self.retry_at),
             "healthy": self.healthy,
+            "skipped": self.skipped,
+            "truncated": self.truncated,
         }
 
 
@@ -111,15 +152,24 @@ class _State:
     failing_since: datetime | None = None
     last_error: str | None = None
     retry_at: datetime | None = None
+    skipped: int = 0
+    # the next log index this process expects to deliver (None until it read any),
+    # and how far gaps were counted
+    expected: int | None = None
+    skipped_to: int = 0
 
 
 def redact(exc: BaseException) -> str:
     """An exporter's error for the API, the database and logs: the exception's class
-    and message, with URL user info and anything that looks like a credential
-    removed, cut to a bounded length."""
-    text = f"{type(exc).__name__}: {exc}"
+    and message, with URL user info and every credential removed (a value after a
+    name like ``Authorization``, ``*_token``, ``*-secret``, ``password``, ``api key``,
+    ``cookie`` or ``session``, in header, query or JSON shape, scheme and all; any
+    ``Bearer`` token), cut to a bounded length."""
+    text = f"{type(exc).__name__}: {exc}"[:_REDACT_INPUT]
     text = _USERINFO.sub(r"\1***@", text)
-    text = _SECRETISH.sub(lambda m: f"{m.group(1)} ***", text)
+    text = _COOKIE_HEADER.sub(r"\1***", text)
+    text = _CREDENTIAL.sub(_mask, text)
+    text = _BEARER.sub(r"\1 ***", text)
     return text[:_ERROR_MAX]
 
 
@@ -175,8 +225,9 @@ class ExportRunner:
             page = uow.trail.entries(position, self.policy.batch)
         if not page:
             return 0
-        batch = [(entry.index, json.loads(body) if body else {}) for entry, body in page]
+        self._check_gap(state, position, page[0][0].index)
         try:
+            batch = [(entry.index, json.loads(body) if body else {}) for entry, body in page]
             state.exporter.deliver(batch)
         except Exception as exc:
             self._failed(state, exc, now)
@@ -190,10 +241,36 @@ class ExportRunner:
         state.failing_since = None
         state.last_error = None
         state.retry_at = None
+        state.expected = batch[-1][0] + 1
         with self._uow() as uow:
             uow.trail.advance(name, batch[-1][0] + 1, done)
             uow.commit()
         return len(batch)
+
+    def _check_gap(self, state: _State, position: int, first: int) -> None:
+        """Count (once) the entries retention pruned before this exporter delivered
+        them: those from where it was to deliver next (its cursor, or what this process
+        last read or delivered, whichever is further) to ``first``, the first entry
+        still in the trail. An exporter without a cursor that this process has not run
+        yet starts wherever the trail does."""
+        if position == 0 and state.expected is None:
+            state.expected = first
+            return
+        start = max(position, state.expected or 0, state.skipped_to)
+        state.expected = first
+        if first <= start:
+            return
+        state.skipped += first - start
+        state.skipped_to = first
+        log.warning(
+            "audit exporter %s: entries %d to %d were pruned by retention before it "
+            "delivered them; %d skipped, delivering on from %d",
+            state.exporter.name,
+            start,
+            first - 1,
+            first - start,
+            first,
+        )
 
     def _failed(self, state: _State, exc: Exception, now: datetime) -> None:
         error = redact(exc)
@@ -250,6 +327,8 @@ class ExportRunner:
                     last_error=s.last_error,
                     retry_at=s.retry_at,
                     healthy=lag <= self.policy.max_lag and not failing_too_long,
+                    skipped=s.skipped,
+                    truncated=_count(getattr(s.exporter, "truncated", 0)),
                 )
             )
         return result

@@ -1,10 +1,16 @@
 """The JSON Lines file exporter: one line per trail entry in the configured ``format``
 (default ``native``: ``{"event": {...}, "log_index": n}`` with the event exactly as
 stored, so each line still verifies against the trail; see
-:mod:`agentiam.core.audit.formats`), appended and fsynced per batch, rotated by size."""
+:mod:`agentiam.core.audit.formats`), appended and fsynced per batch, rotated by size.
+
+A write that fails is cut back to where it started. A process killed in the middle of
+a write cannot do that, and leaves a partial last line; so before each batch the file
+is checked, and a last line without its newline is cut off (a warning says how many
+bytes). Its batch's cursor never moved, so that batch is delivered again whole."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,8 +23,11 @@ __all__ = ["SETTINGS", "JsonlFileExporter", "from_config"]
 
 SETTINGS = frozenset({"path", "format", "max_bytes", "keep"})
 
+logger = logging.getLogger(__name__)
+
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
+_TAIL_CHUNK = 64 * 1024  # read backwards in steps of this to find the last newline
 
 
 class JsonlFileExporter:
@@ -55,6 +64,7 @@ class JsonlFileExporter:
             return
         data = b"".join(self.formatter(index, event).encode() + b"\n" for index, event in batch)
         self.path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        self._drop_partial_line()  # before a rotation, so no rotated file keeps one
         if self._size() > 0 and self._size() + len(data) > self.max_bytes:
             self._rotate()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
@@ -73,6 +83,38 @@ class JsonlFileExporter:
                 raise
         finally:
             os.close(fd)
+
+    def _drop_partial_line(self) -> None:
+        """Cut the live file back to just after its last newline when it does not end
+        with one: the rest is a line a killed process was writing, and appending to it
+        would join the next entry onto it."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+                return
+            keep, end = 0, size
+            while end > 0:
+                start = max(end - _TAIL_CHUNK, 0)
+                newline = os.pread(fd, end - start, start).rfind(b"\n")
+                if newline >= 0:
+                    keep = start + newline + 1
+                    break
+                end = start
+            os.ftruncate(fd, keep)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        logger.warning(
+            "jsonl exporter %s: %s ended in a partial line (a write cut short); dropped "
+            "its %d bytes, the batch they belong to is delivered again",
+            self._name,
+            self.path,
+            size - keep,
+        )
 
     def _size(self) -> int:
         try:

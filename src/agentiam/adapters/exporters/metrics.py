@@ -48,12 +48,26 @@ class _ExportCollector(Collector):
             "Deliveries that failed in a row",
             labels=["exporter"],
         )
+        skipped = CounterMetricFamily(
+            "agentiam_audit_exporter_skipped_entries",
+            "Trail entries pruned by retention before the exporter delivered them, "
+            "counted since this process started",
+            labels=["exporter"],
+        )
+        truncated = CounterMetricFamily(
+            "agentiam_audit_exporter_truncated_entries",
+            "Trail entries delivered cut short or as a stub (too big to send whole), "
+            "counted since this process started",
+            labels=["exporter"],
+        )
         for h in health:
             lag.add_metric([h.name], h.lag)
             healthy.add_metric([h.name], 1 if h.healthy else 0)
             delivered.add_metric([h.name], h.delivered)
             failures.add_metric([h.name], h.consecutive_failures)
-        yield from (lag, healthy, delivered, failures)
+            skipped.add_metric([h.name], h.skipped)
+            truncated.add_metric([h.name], h.truncated)
+        yield from (lag, healthy, delivered, failures, skipped, truncated)
 
 
 def register_export_metrics(registry: CollectorRegistry, runner: ExportRunner) -> None:

@@ -26,6 +26,9 @@ status):
   at-least-once) and a backend sees a duplicate, not a second span;
 * it ends at the event's time and starts ``details.duration_ms`` milliseconds (or, for
   a decision, ``details.evaluation_us`` microseconds) before, else at the same time;
+  an event whose time is missing, not ISO 8601 or outside what OTLP can carry (before
+  1970, past 2262) ends at the time of export instead and gets
+  ``agentiam.time_invalid = true``;
 * status ``ERROR`` (description: the event's reason) and ``error.type`` = the outcome
   for a ``failure`` or ``denied`` event, status unset otherwise.
 
@@ -34,24 +37,37 @@ instrumentation scope is ``agentiam.audit``.
 
 **Delivery** is synchronous: :meth:`OtelSpanExporter.deliver` encodes the batch and
 POSTs it with the SDK's ``OTLPSpanExporter`` and raises unless the collector answered
-``2xx``; the export runner then retries the whole batch with its own backoff. The
-exporter's own retries are switched off (every non-2xx answer, redirects included, is
-final for the attempt), so a delivery never takes longer than ``timeout``. The endpoint
-is the full signal URL (``https://collector:4318/v1/traces``); it must be ``https``
-unless ``allow_private_network`` is set, and before every request its host is resolved
-and vetted by :func:`agentiam.adapters.outbound.vet_url` (no loopback, private or
-link-local address without ``allow_private_network``). Unlike the webhook exporter,
-the connection is not pinned to the vetted address (the SDK's HTTP client resolves the
-name again): point it at a collector you control. No proxy is taken from the
-environment; the SDK's ``OTEL_EXPORTER_OTLP_*`` variables for headers, certificates
-and compression still apply.
+``2xx``; the export runner then retries the whole batch with its own backoff. Every
+answer but ``2xx`` (redirects included) is final for the attempt: the SDK neither
+follows nor retries it. A connection error (refused, reset, timed out) is retried by
+the SDK itself (1.45: once at once, then with its backoff) as long as ``timeout``,
+counted from the start of the export, leaves room; every retry vets the address
+again. The endpoint is the full signal URL (``https://collector:4318/v1/traces``); it
+must be ``https`` unless ``allow_private_network`` is set, and before every request
+its host is resolved and vetted by :func:`agentiam.adapters.outbound.vet_url` (no
+loopback, private or link-local address without ``allow_private_network``). Unlike
+the webhook exporter, the connection is not pinned to the vetted address (the SDK's
+HTTP client resolves the name again): point it at a collector you control. No proxy
+is taken from the environment; the SDK's ``OTEL_EXPORTER_OTLP_*`` variables for
+headers, certificates and compression still apply.
+
+The collector's answer is never decoded: requests ask for ``Accept-Encoding:
+identity``, at most 64 KiB of a ``2xx`` body are read as sent (so the connection can
+be kept) and nothing of any other answer; a failure's message holds the status code
+and reason phrase only, never the body.
+
+**Any stored event** becomes a span: :func:`span_record` never raises, whatever the
+shape of the event (a bad time, huge numbers, lone surrogates, members of the wrong
+type), so one malformed entry cannot hold the exporter back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -67,12 +83,13 @@ from agentiam.adapters.exporters._config import (
     seconds,
     tls_context,
 )
-from agentiam.adapters.outbound import OutboundError, Resolver, excerpt, vet_url
+from agentiam.adapters.outbound import OutboundError, Resolver, vet_url
 
 if TYPE_CHECKING:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace import ReadableSpan
     from requests.adapters import HTTPAdapter
+    from requests.models import Response
 
 __all__ = [
     "SETTINGS",
@@ -105,6 +122,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
 _ENDPOINT_EXAMPLE = "https://collector:4318/v1/traces"
+_DRAIN = 64 * 1024  # bytes of a 2xx answer read to keep the connection
+_REASON_MAX = 60  # characters of a reason phrase in an error message
 
 
 class OtelExportError(OutboundError):
@@ -128,21 +147,37 @@ class SpanRecord:
     error: str | None  # the status description when the status is ERROR
 
 
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+_MAX_TIME_NS = 2**63 - 1  # what a signed 64-bit nanosecond clock holds (2262-04-11)
+_TEXT_MAX = 4096  # characters of one attribute value
+
+
+def _clean(text: str) -> str:
+    """``text`` as OTLP can carry it (valid UTF-8), cut to a bounded length."""
+    return _SURROGATES.sub("\ufffd", text[:_TEXT_MAX])
+
+
 def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    return _clean(value) if isinstance(value, str) and value else None
 
 
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if value == value and abs(value) != float("inf") else None
+    try:
+        number = float(value)  # an int past 1.8e308 overflows
+    except OverflowError:
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _tool_name(event: Mapping[str, Any]) -> str | None:
-    details = event.get("details")
-    details = details if isinstance(details, Mapping) else {}
-    resource = event.get("resource")
-    resource = resource if isinstance(resource, Mapping) else {}
+    details = _mapping(event.get("details"))
+    resource = _mapping(event.get("resource"))
     kind = event.get("type")
     if kind == _TOOL_EVENT:
         return _str(details.get("tool")) or (
@@ -153,20 +188,23 @@ def _tool_name(event: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _time_ns(value: Any) -> int:
+def _time_ns(value: Any) -> int | None:
+    """The event time in nanoseconds since the epoch; ``None`` unless it is ISO 8601
+    text within what OTLP carries (1970 to 2262)."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
     try:
-        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"event time {str(value)[:40]!r} is not ISO 8601") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)  # the trail writes UTC
+        ns = (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+    except (ValueError, OverflowError, TypeError):
+        return None
+    return ns if 0 <= ns <= _MAX_TIME_NS else None
 
 
 def _duration_ns(event: Mapping[str, Any]) -> int:
-    details = event.get("details")
-    if not isinstance(details, Mapping):
-        return 0
+    details = _mapping(event.get("details"))
     ns: float | None = None
     if (ms := _number(details.get("duration_ms"))) is not None:
         ns = ms * 1e6
@@ -175,7 +213,7 @@ def _duration_ns(event: Mapping[str, Any]) -> int:
         and (us := _number(details.get("evaluation_us"))) is not None
     ):
         ns = us * 1e3
-    if ns is None or ns < 0:
+    if ns is None or not ns > 0:
         return 0
     return int(min(ns, _MAX_DURATION_NS))
 
@@ -185,13 +223,23 @@ def _derived_id(label: str, event_id: str, size: int) -> int:
     return int.from_bytes(digest[:size], "big") or 1  # an all-zero id is invalid
 
 
-def span_record(log_index: int, event: Mapping[str, Any]) -> SpanRecord:
-    """The span for trail entry ``log_index`` (see the module docstring)."""
-    event_id = str(event.get("event_id") or f"log-index-{log_index}")
-    trace = event.get("trace")
-    trace = trace if isinstance(trace, Mapping) else {}
-    trace_hex = str(trace.get("trace_id") or "").lower()
-    parent_hex = str(trace.get("span_id") or "").lower()
+def _hex(value: Any) -> str:
+    return value.lower() if isinstance(value, str) else ""
+
+
+def span_record(
+    log_index: int, event: Mapping[str, Any], *, now_ns: int | None = None
+) -> SpanRecord:
+    """The span for trail entry ``log_index`` (see the module docstring). Total: any
+    stored event, however malformed, gives a span. ``now_ns`` (default: the current
+    time) is the end of a span whose event has no usable time."""
+    event = _mapping(event)
+    raw_id = event.get("event_id")
+    event_id = _clean(raw_id) if isinstance(raw_id, str) and raw_id else ""
+    event_id = event_id or f"log-index-{log_index}"
+    trace = _mapping(event.get("trace"))
+    trace_hex = _hex(trace.get("trace_id"))
+    parent_hex = _hex(trace.get("span_id"))
     parent: int | None = None
     if _HEX32.match(trace_hex) and int(trace_hex, 16):
         trace_id = int(trace_hex, 16)
@@ -201,14 +249,11 @@ def span_record(log_index: int, event: Mapping[str, Any]) -> SpanRecord:
         trace_id = _derived_id("trace", event_id, 16)
     span_id = _derived_id("span", event_id, 8)
 
-    kind = str(event.get("type") or "audit.event")
+    kind = _str(event.get("type")) or "audit.event"
     outcome = _str(event.get("outcome"))
-    details = event.get("details")
-    details = details if isinstance(details, Mapping) else {}
-    resource = event.get("resource")
-    resource = resource if isinstance(resource, Mapping) else {}
-    actor = event.get("actor")
-    actor = actor if isinstance(actor, Mapping) else {}
+    details = _mapping(event.get("details"))
+    resource = _mapping(event.get("resource"))
+    actor = _mapping(event.get("actor"))
     chain = event.get("delegation_chain")
 
     attributes: dict[str, str | bool | int | float | tuple[str, ...]] = {}
@@ -231,8 +276,9 @@ def span_record(log_index: int, event: Mapping[str, Any]) -> SpanRecord:
     put("agentiam.event_type", kind)
     put("agentiam.outcome", outcome)
     put("agentiam.action", _str(event.get("action")))
-    if _str(actor.get("type")) and _str(actor.get("id")):
-        put("agentiam.actor", f"{actor['type']}:{actor['id']}")
+    actor_type, actor_id = _str(actor.get("type")), _str(actor.get("id"))
+    if actor_type and actor_id:
+        put("agentiam.actor", f"{actor_type}:{actor_id}")
     put("agentiam.resource.type", _str(resource.get("type")))
     put("agentiam.resource.id", _str(resource.get("id")))
     put("agentiam.source", _str(event.get("source")))
@@ -241,7 +287,8 @@ def span_record(log_index: int, event: Mapping[str, Any]) -> SpanRecord:
     put("agentiam.decision_id", _str(event.get("decision_id")))
     put("agentiam.initiating_human", _str(event.get("initiating_human")))
     if isinstance(chain, list) and chain:
-        put("agentiam.delegation_chain", tuple(str(a) for a in chain))
+        links = tuple(_str(a) or "" for a in chain[:64] if isinstance(a, str))
+        put("agentiam.delegation_chain", links or None)
     put("agentiam.policy_version", _str(event.get("policy_version")))
     put("agentiam.risk_score", _number(event.get("risk_score")))
     reason = _str(event.get("reason"))
@@ -253,12 +300,15 @@ def span_record(log_index: int, event: Mapping[str, Any]) -> SpanRecord:
         put("error.type", outcome)
 
     end = _time_ns(event.get("time"))
+    if end is None:
+        end = time.time_ns() if now_ns is None else now_ns
+        put("agentiam.time_invalid", True)
     return SpanRecord(
         name=name,
         trace_id=trace_id,
         span_id=span_id,
         parent_span_id=parent,
-        start_ns=end - _duration_ns(event),
+        start_ns=max(end - _duration_ns(event), 0),
         end_ns=end,
         attributes=attributes,
         error=error,
@@ -348,13 +398,37 @@ class _Guard:
     def failed(self, exc: Exception) -> None:
         self.error = OtelExportError(f"{type(exc).__name__}: {str(exc)[:150]}")
 
-    def answer(self, status: int, content: bytes) -> None:
+    def answer(self, status: int, reason: str | None) -> None:
+        """Raise unless ``status`` is ``2xx``; the error has the status code and the
+        reason phrase (printable ASCII, cut short), never the body."""
         if 200 <= status < 300:
             return
-        text = excerpt(content)
+        phrase = "".join(ch if " " <= ch <= "~" else " " for ch in (reason or "")[:_REASON_MAX])
         what = "a redirect, not followed" if 300 <= status < 400 else "refused"
-        self.error = OtelExportError(f"HTTP {status} ({what})" + (f": {text!r}" if text else ""))
+        words = " ".join([f"HTTP {status}", *phrase.split(), f"({what})"])
+        self.error = OtelExportError(words)
         raise self.error
+
+
+def _settle(response: Response) -> None:
+    """Read the answer's body without decoding it, bounded: at most ``_DRAIN`` bytes
+    of a ``2xx`` answer, so a small one keeps the connection for the next export, and
+    nothing of any other. Whatever is left unread closes the connection. The SDK then
+    finds the body already read and reads no more (it would inflate a compressed body
+    in full)."""
+    data = b""
+    complete = False
+    if 200 <= response.status_code < 300:
+        try:
+            data = response.raw.read(_DRAIN + 1, decode_content=False) or b""
+            complete = len(data) <= _DRAIN
+        except Exception:  # the answer is in: a body cut short does not change it
+            data = b""
+    if not complete:
+        with contextlib.suppress(Exception):
+            response.raw.close()  # drops the connection instead of reusing it
+    response._content = data[:_DRAIN]
+    response._content_consumed = True
 
 
 def _adapter(guard: _Guard) -> HTTPAdapter:
@@ -362,7 +436,7 @@ def _adapter(guard: _Guard) -> HTTPAdapter:
     with the otel extra)."""
     from requests.adapters import HTTPAdapter
     from requests.exceptions import RequestException
-    from requests.models import PreparedRequest, Response
+    from requests.models import PreparedRequest
 
     class GuardedAdapter(HTTPAdapter):
         def __init__(self, guard: _Guard) -> None:
@@ -376,8 +450,9 @@ def _adapter(guard: _Guard) -> HTTPAdapter:
             except RequestException as exc:
                 self.guard.failed(exc)
                 raise
+            _settle(response)
             try:
-                self.guard.answer(response.status_code, response.content or b"")
+                self.guard.answer(response.status_code, response.reason)
             except OtelExportError:
                 response.close()
                 raise
@@ -418,6 +493,7 @@ class OtelSpanExporter:
         adapter = _adapter(self._guard)
         session = requests.Session()
         session.trust_env = False  # no proxy or .netrc from the environment
+        session.headers["Accept-Encoding"] = "identity"  # an answer is never inflated
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         self._exporter: OTLPSpanExporter = OTLPSpanExporter(

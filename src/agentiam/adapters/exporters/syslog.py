@@ -21,7 +21,8 @@ The message (RFC 5424 §6)::
   ``eventType``, ``outcome``, ``traceId``, ``agentId``, ``format`` and, on a cut
   message, ``truncated``. A missing value leaves its parameter out. Values are
   escaped per §6.3.3 (``"``, ``\\`` and ``]`` get a backslash); control characters
-  and lone surrogates become U+FFFD (so a value cannot break a line-based log file);
+  (C0, DEL and C1, NEL included), U+2028 and U+2029 and lone surrogates become
+  U+FFFD (so a value cannot break a line-based log file);
   each value is cut to 128 octets. RFC 5424's own ``meta sequenceId`` (§7.3.1) is not
   sent: it wraps at 2^31-1 and counts sends, not entries, while ``logIndex`` never
   wraps and shows gaps directly.
@@ -36,12 +37,13 @@ entry would stop the exporter on it for good. The full event is in the trail und
 Delivery: a batch is sent in log order and :meth:`SyslogExporter.deliver` returns
 once all of it was written. Over UDP that only means the datagrams left this host:
 RFC 5426 has no acknowledgement, so a lost datagram is lost silently (§3.6). Over TCP
-and TLS it means the whole batch was written on a connection that was open and silent
-when the batch started (a receiver never speaks on a syslog connection, RFC 6587 §3.4,
-RFC 5425 §4.3), so a receiver that closed the kept connection is noticed before the
-batch is written, and the exporter reconnects. Neither has application-level
-acknowledgements, so a receiver that crashes after the kernel took the data can still
-lose it; the entries are not redelivered then.
+and TLS it means the whole batch was written, within ``timeout`` for all of it (one
+deadline for the batch, however slowly the receiver reads), on a connection that was
+open and silent when the batch started (a receiver never speaks on a syslog
+connection, RFC 6587 §3.4, RFC 5425 §4.3), so a receiver that closed the kept
+connection is noticed before the batch is written, and the exporter reconnects.
+Neither has application-level acknowledgements, so a receiver that crashes after the
+kernel took the data can still lose it; the entries are not redelivered then.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,7 +130,9 @@ _BOM = b"\xef\xbb\xbf"
 
 _PRINTUSASCII = re.compile(r"^[\x21-\x7e]+$")
 _NOT_PRINTUSASCII = re.compile(r"[^\x21-\x7e]")
-_UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# C0, DEL, C1 (NEL, U+0085, among them), the line and paragraph separators (a log
+# viewer or a JSON-lines tool may break a line on them) and lone surrogates
+_UNSAFE_TEXT = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
 _ENTERPRISE_ID = re.compile(r"^[1-9][0-9]{0,9}(\.[0-9]{1,9})*$")
 _HOST = re.compile(r"^[A-Za-z0-9._:%-]{1,253}$")
@@ -192,7 +197,8 @@ def _timestamp(value: Any) -> str:
 
 def _param_value(value: str) -> bytes:
     """An SD-PARAM value (RFC 5424 §6.3.3): ``"``, ``\\`` and ``]`` escaped, control
-    characters and lone surrogates replaced by U+FFFD, cut to ``_SD_VALUE_MAX`` octets
+    characters, line and paragraph separators and lone surrogates replaced by U+FFFD,
+    cut to ``_SD_VALUE_MAX`` octets
     between characters (never inside an escape or a UTF-8 sequence)."""
     out = bytearray()
     for char in _UNSAFE_TEXT.sub("\ufffd", value):
@@ -218,8 +224,8 @@ class SyslogExporter:
     One caller at a time (the export runner serialises deliveries per exporter; a lock
     makes concurrent calls wait). TCP and TLS keep one connection across batches and
     drop it on any error, so the next delivery reconnects. ``timeout`` bounds the
-    connect, the TLS handshake and the writing of one batch (name resolution uses the
-    system resolver and its own timeouts).
+    connect, the TLS handshake and the writing of one batch as a whole (name resolution
+    uses the system resolver and its own timeouts).
     """
 
     kind = "syslog"
@@ -425,8 +431,27 @@ class SyslogExporter:
             if self._sock is None:
                 self._connect()
             assert self._sock is not None
-            # since Python 3.5 the timeout bounds the whole sendall
-            self._sock.sendall(data)
+            self._send_within(self._sock, data)
+
+    def _send_within(self, sock: socket.socket, data: bytes) -> None:
+        """Write all of ``data`` within one ``timeout`` deadline. ``sendall`` will not
+        do: over TLS it is a loop of ``send`` calls, each with the whole timeout, so a
+        receiver reading a little at a time would hold the exporter indefinitely."""
+        deadline = time.monotonic() + self.timeout
+        view = memoryview(data)
+        while view:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                sock.settimeout(remaining)
+                view = view[sock.send(view) :]
+            except TimeoutError:
+                raise TimeoutError(
+                    f"the batch was not written within {self.timeout:g} s "
+                    f"({len(data) - len(view)} of {len(data)} octets)"
+                ) from None
+        sock.settimeout(self.timeout)
 
     def _connect(self) -> None:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)

@@ -21,13 +21,18 @@ receiver should also deduplicate items on ``log_index`` (or ``event.event_id``).
 **Size.** A request body is at most ``max_body_bytes`` (default 1,000,000, under the
 1 MiB that many proxies accept): a larger batch (the runner hands over up to 500
 entries) is split, in order, into several requests, each with its own id. A single
-entry larger than the cap cannot be delivered and fails the batch.
+entry whose item alone would not fit is replaced by a stub, ``{"log_index": n,
+"event_id": ..., "type": ..., "truncated": true, "original_size": <item octets>}``
+(``event_id`` and ``type`` only when they are short text), a warning is logged and
+:attr:`WebhookExporter.truncated` counts it: delivery goes on, since an entry that can
+never be sent would hold the exporter on it for good. The full event stays in the
+trail under its log index.
 
 **Success** is a ``2xx`` answer ("Delivery success and failure" in the specification);
 anything else raises :class:`WebhookDeliveryError` and the runner retries the whole
 batch with backoff. Redirects are never followed (a ``3xx`` is a failure: update the
-URL). The error message holds the status and at most 100 printable characters of the
-answer, never a secret.
+URL). The error message holds the status code and the reason phrase (printable
+ASCII, cut short), never the answer's body: a receiver's reply may echo credentials.
 
 **Network.** The URL must be ``https`` (``http`` only with ``allow_private_network``).
 Requests go through :class:`agentiam.adapters.outbound.PinnedClient`: before every
@@ -53,6 +58,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -71,12 +77,10 @@ from agentiam.adapters.exporters._config import (
     wire_format,
 )
 from agentiam.adapters.outbound import (
-    EXCERPT,
     OutboundError,
     OutboundFailed,
     PinnedClient,
     Resolver,
-    excerpt,
 )
 from agentiam.core.audit.formats import Formatter, formatter
 from agentiam.core.audit.webhook_signature import (
@@ -110,6 +114,8 @@ SETTINGS = frozenset(
     }
 )
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_MAX_BODY_BYTES = 1_000_000
 _JSON_FORMATS = frozenset({"native", "ocsf"})
 _USER_AGENT = "agentiam-webhook/1"
@@ -119,6 +125,8 @@ _DRAIN = 64 * 1024  # a 2xx body read to keep the connection; more and it is dro
 _KEEPALIVE_EXPIRY = 4.0
 _URL_EXAMPLE = "https://siem.example.com/agentiam"
 _HEADERS_HINT = "Authorization, Host, Cookie, framing and webhook-* headers"
+_STUB_TEXT_MAX = 128  # characters of event_id and type a stub repeats
+_REASON_MAX = 60  # characters of a reason phrase in an error message
 
 
 class WebhookDeliveryError(OutboundError):
@@ -234,6 +242,9 @@ class WebhookExporter:
             resolver=resolver,
         )
         self._host = self._client.host
+        # entries sent as a stub because their item alone exceeds max_body_bytes
+        # (redeliveries count again)
+        self.truncated = 0
 
     @property
     def name(self) -> str:
@@ -263,11 +274,27 @@ class WebhookExporter:
         json.loads(text)  # a formatter must produce JSON for these formats
         return text.encode("utf-8")
 
+    def _stub(self, index: int, event: Mapping[str, Any], size: int) -> bytes:
+        """What stands for an entry whose item alone exceeds ``max_body_bytes``."""
+        stub: dict[str, Any] = {"log_index": index}
+        for key in ("event_id", "type"):
+            value = event.get(key) if isinstance(event, Mapping) else None
+            if isinstance(value, str) and len(value) <= _STUB_TEXT_MAX:
+                stub[key] = value
+        stub |= {"truncated": True, "original_size": size}
+        data = json.dumps(stub).encode()  # ASCII: lone surrogates are escaped
+        if len(data) + 16 > self._max_body:  # the ids make it too big for a tiny cap
+            data = json.dumps(
+                {"log_index": index, "truncated": True, "original_size": size}
+            ).encode()
+        return data
+
     def bodies(
         self, batch: Sequence[tuple[int, Mapping[str, Any]]]
     ) -> list[tuple[int, int, bytes]]:
         """The requests for ``batch``: ``(first log index, last log index, body)``, split
-        in order so that no body exceeds ``max_body_bytes``."""
+        in order so that no body exceeds ``max_body_bytes``; an entry too big for any
+        body is sent as a stub (see the module docstring)."""
         head, tail = b'{"events":[', b"]}"
         out: list[tuple[int, int, bytes]] = []
         items: list[bytes] = []
@@ -275,10 +302,16 @@ class WebhookExporter:
         for index, event in batch:
             item = self._item(index, event)
             if len(head) + len(item) + len(tail) > self._max_body:
-                raise WebhookDeliveryError(
-                    f"the entry at log index {index} alone exceeds max_body_bytes "
-                    f"({self._max_body}); raise max_body_bytes"
+                self.truncated += 1
+                logger.warning(
+                    "webhook exporter %s: entry %d is %d octets, over max_body_bytes (%d): "
+                    "sent as a stub",
+                    self._name,
+                    index,
+                    len(item),
+                    self._max_body,
                 )
+                item = self._stub(index, event, len(item))
             if items and size + 1 + len(item) > self._max_body:
                 out.append((first, last, b",".join(items) + tail))
                 items = []
@@ -311,12 +344,16 @@ class WebhookExporter:
         try:
             with self._client.stream("POST", headers, body) as (response, _):
                 status = response.status_code
-                data = bytearray()
-                cap = _DRAIN if 200 <= status < 300 else EXCERPT
-                for chunk in response.iter_raw():
-                    data += chunk
-                    if len(data) >= cap:
-                        break
+                reason = response.reason_phrase
+                if 200 <= status < 300:
+                    # read (raw, never decoded) to keep the connection; a longer answer
+                    # is dropped with it
+                    data = 0
+                    for chunk in response.iter_raw():
+                        data += len(chunk)
+                        if data >= _DRAIN:
+                            break
+                # any other answer is left unread: it closes the connection
         except OutboundFailed as exc:
             raise WebhookDeliveryError(f"webhook: {exc}") from None
         if 200 <= status < 300:
@@ -326,9 +363,13 @@ class WebhookExporter:
                 f"webhook {self._host[:100]!r} answered HTTP {status}, a redirect: not "
                 "followed; point url at the final address"
             )
-        text = excerpt(bytes(data))
+        phrase = "".join(ch if " " <= ch <= "~" else " " for ch in reason[:_REASON_MAX])
         raise WebhookDeliveryError(
-            f"webhook {self._host[:100]!r} answered HTTP {status}"
-            + (f": {text!r}" if text else "")
-            + f" ({HEADER_ID} {headers[HEADER_ID]})"
+            " ".join(
+                [
+                    f"webhook {self._host[:100]!r} answered HTTP {status}",
+                    *phrase.split(),
+                    f"({HEADER_ID} {headers[HEADER_ID]})",
+                ]
+            )
         )
