@@ -43,6 +43,7 @@ from agentiam.services.context import CallContext, SystemClock
 from agentiam.services.decisions import DecisionPoint
 from agentiam.services.delegation import DelegationPolicy, DelegationService, ExternalTokens
 from agentiam.services.delegation_graph import DelegationGraph
+from agentiam.services.enforcement_sync import EnforcementSync
 from agentiam.services.grants import GrantService
 from agentiam.services.humans import HumanService
 from agentiam.services.policies import PolicyService, ResourceService
@@ -90,6 +91,7 @@ class Container:
     audit_writer: GroupCommitWriter
     audit_export: ExportRunner
     audit_retention: AuditRetention | None
+    enforcement: EnforcementSync
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -289,14 +291,26 @@ def build(
         verifier=verifier,
         nonces=nonces,
     )
+    redactor = _redactor(settings)
     decisions = DecisionPoint(
         uow,
         clock,
         zone=settings.policy_time_zone,
         max_staleness_seconds=settings.policy_max_staleness_seconds,
         audit=audit,
-        redactor=_redactor(settings),
+        redactor=redactor,
     )
+    # Remote enforcement points: the policy bundle, pushed by the refresh that loads a
+    # change, and the ingest of their audit events.
+    enforcement = EnforcementSync(
+        decisions,
+        audit,
+        clock,
+        time_zone=settings.policy_time_zone,
+        redactor=redactor,
+        max_events=settings.limits.max_ingest_events,
+    )
+    decisions.on_change = enforcement.loaded
 
     def policy_changed() -> None:
         # The writer's own replica sees its change at once; others within a poll.
@@ -381,6 +395,7 @@ def build(
         delegation_graph=DelegationGraph(
             uow, clock, revocations, max_depth=settings.delegation_max_depth
         ),
+        enforcement=enforcement,
         registry=registry,
     )
 

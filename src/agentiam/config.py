@@ -50,6 +50,9 @@ class Limits:
     max_subject_token_bytes: int = 8192
     # The longest a delegation grant may run before it must be renewed.
     max_grant_days: int = 365
+    # POST /v1/audit/ingest: an enforcement point's batch of audit events.
+    max_ingest_body_bytes: int = 4 * 1024 * 1024
+    max_ingest_events: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +205,10 @@ class Settings:
             raise InvalidInput("limit max_subject_token_bytes must be between 1 KiB and 64 KiB")
         if not 1 <= self.limits.max_grant_days <= 3660:
             raise InvalidInput("limit max_grant_days must be between 1 and 3660")
+        if not 64 * 1024 <= self.limits.max_ingest_body_bytes <= 64 * 1024 * 1024:
+            raise InvalidInput("limit max_ingest_body_bytes must be between 64 KiB and 64 MiB")
+        if not 1 <= self.limits.max_ingest_events <= 10_000:
+            raise InvalidInput("limit max_ingest_events must be between 1 and 10000")
         try:
             ZoneInfo(self.policy_time_zone)
         except (ZoneInfoNotFoundError, ValueError):

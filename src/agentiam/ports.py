@@ -201,6 +201,14 @@ class AuditLog(Protocol):
     def append_many(self, events: Sequence[AuditEvent]) -> None:
         """Append several events in one statement, in order."""
 
+    def append_absent(self, events: Sequence[AuditEvent]) -> None:
+        """Append, in order, those of ``events`` whose ``event_id`` is not stored yet;
+        the others are skipped (never updated), even when a concurrent writer stores
+        the same id first. For batches an enforcement point may send more than once."""
+
+    def existing_ids(self, event_ids: Sequence[str]) -> set[str]:
+        """Those of ``event_ids`` that are stored."""
+
     def append(self, event: AuditEvent) -> None:
         """Append within the current transaction; the store refuses edits and deletes."""
 

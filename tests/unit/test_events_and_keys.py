@@ -102,7 +102,12 @@ def test_roles_bound_permissions() -> None:
         Permission.TOKENS_INTROSPECT,
         Permission.REVOCATIONS_READ,
         Permission.AUTHZ_DECIDE,  # an enforcement point asks for decisions
+        Permission.ENFORCEMENT_SYNC,  # and decides locally from the policy bundle
+        Permission.AUDIT_INGEST,  # and ships its audit events
     }
+    # Writing events in an enforcement point's name: enforcement points and admin only.
+    assert Permission.AUDIT_INGEST not in permissions_of(Role.OPERATOR)
+    assert Permission.AUDIT_INGEST in permissions_of(Role.ADMIN)
     assert Permission.POLICIES_WRITE not in auditor
     assert Permission.POLICIES_READ in auditor
     assert Permission.AUTHZ_DECIDE not in auditor

@@ -26,14 +26,23 @@ class AuditService:
         self._clock = clock
         self._appender = appender
 
-    def append(self, events: list[AuditEvent]) -> None:
-        """Make stand-alone events durable, or raise ServiceUnavailable (503)."""
-        if self._appender is not None:
+    def append(self, events: list[AuditEvent], *, skip_existing: bool = False) -> None:
+        """Make stand-alone events durable, or raise ServiceUnavailable (503).
+
+        ``skip_existing`` (events an enforcement point ships and retries after a
+        crash): an event whose ``event_id`` is already stored is skipped, never an
+        error. Such a call is a batch already, so it gets its own transaction rather
+        than a seat in the shared group commit: nothing it holds can fail the writes
+        of other callers."""
+        if self._appender is not None and not skip_existing:
             self._appender.append(events)
             return
         try:
             with self._uow() as uow:
-                uow.audit.append_many(events)
+                if skip_existing:
+                    uow.audit.append_absent(events)
+                else:
+                    uow.audit.append_many(events)
                 uow.commit()
         except Exception as exc:  # any storage failure means: not durable, so refuse
             raise ServiceUnavailable(
@@ -71,3 +80,14 @@ class AuditService:
     def find(self, query: AuditQuery) -> Page[AuditEvent]:
         with self._uow(read_only=True) as uow:
             return uow.audit.find(query)
+
+    def stored_ids(self, event_ids: list[str]) -> set[str]:
+        """Those of ``event_ids`` already in the event store (503 if it cannot be read)."""
+        try:
+            with self._uow(read_only=True) as uow:
+                return uow.audit.existing_ids(event_ids)
+        except Exception as exc:
+            raise ServiceUnavailable(
+                "the audit trail cannot be read; the call was refused",
+                hint="Check the database and retry.",
+            ) from exc

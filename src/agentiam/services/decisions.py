@@ -150,6 +150,11 @@ class DecisionPoint:
         self._fingerprint: str | None = None
         self._refreshed_at: float | None = None
         self.on_decision: Callable[[Decision], None] = lambda _d: None
+        # Called by the refresh that loads a new policy engine or entity snapshot (and
+        # by the first), with the pair now in force: how changes are pushed to remote
+        # enforcement points (services/enforcement_sync.py). Must be quick; its errors
+        # are logged and never fail the refresh.
+        self.on_change: Callable[[PolicyEngine, EntitySnapshot], None] = lambda _e, _s: None
 
     # -- freshness --------------------------------------------------------------------
 
@@ -200,6 +205,13 @@ class DecisionPoint:
                     log.info("policy set version %s loaded (%s)", head, len(engine.policies))
             self._fingerprint = fingerprint
             self._refreshed_at = time.monotonic()
+            if engine is not None or entities is not None:
+                loaded = self._authorizer
+                assert loaded is not None
+                try:
+                    self.on_change(loaded.engine, loaded.entities)
+                except Exception:
+                    log.warning("policy change listener failed", exc_info=True)
 
     @property
     def loaded_engine(self) -> PolicyEngine | None:

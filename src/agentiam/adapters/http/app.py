@@ -20,6 +20,7 @@ from agentiam.adapters.http.routes import (
     authorize,
     credentials,
     delegations,
+    enforcement,
     humans,
     policies,
     resources,
@@ -34,7 +35,8 @@ DESCRIPTION = """Identity and access management for autonomous AI agents.
 
 Authenticate with an admin API key: `Authorization: Bearer aiam_…`. Roles: **admin**
 (everything), **operator** (everything except admin and signing keys), **auditor**
-(read-only), **verifier** (enforcement points: introspection, revocations, decisions).
+(read-only), **verifier** (enforcement points: introspection, revocations, decisions,
+the policy bundle, audit ingest).
 Errors are RFC 9457 problem details (`application/problem+json`).
 """
 
@@ -70,6 +72,7 @@ def create_app(container: ApiDependencies) -> Any:
         resources.router,
         authorize.router,
         delegations.router,
+        enforcement.router,
     ):
         app.include_router(router)
     system.mount_offline_docs(app)

@@ -18,6 +18,7 @@ from agentiam.services.audit_trail import AuditTrail
 from agentiam.services.decisions import DecisionPoint
 from agentiam.services.delegation import DelegationService
 from agentiam.services.delegation_graph import DelegationGraph
+from agentiam.services.enforcement_sync import EnforcementSync
 from agentiam.services.grants import GrantService
 from agentiam.services.humans import HumanService
 from agentiam.services.policies import PolicyService, ResourceService
@@ -46,6 +47,7 @@ class ApiDependencies(Protocol):
     delegation: DelegationService
     grants: GrantService
     delegation_graph: DelegationGraph
+    enforcement: EnforcementSync
     audit_trail: AuditTrail
     audit_export: ExportRunner
     clock: Clock

@@ -1,7 +1,8 @@
 """Plain ASGI middleware for the hot path (no BaseHTTPMiddleware).
 
 ``RequestLimits`` bounds what a request may make the server hold: the body is read
-up to ``max_body_bytes`` (413 past that, whatever Content-Length claims), and a JSON
+up to ``max_body_bytes`` (413 past that, whatever Content-Length claims; policy
+imports and audit ingest have their own, larger bounds), and a JSON
 body nested deeper than ``max_json_depth`` is refused with 400 before any parser runs,
 so recursion cannot be used to exhaust the stack.
 
@@ -84,6 +85,7 @@ async def _send_problem(send: Send, error: AgentIAMError) -> None:
 
 
 POLICY_PATHS = ("/v1/policies/import",)
+INGEST_PATHS = ("/v1/audit/ingest",)
 
 
 class RequestLimits:
@@ -91,6 +93,7 @@ class RequestLimits:
         self.app = app
         self.max_body = limits.max_body_bytes
         self.max_policy_body = limits.max_policy_body_bytes
+        self.max_ingest_body = limits.max_ingest_body_bytes
         self.max_depth = limits.max_json_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -106,8 +109,13 @@ class RequestLimits:
         if scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send_with_headers)
             return
-        # Policy texts (a whole .cedar file on import) get their own, larger bound.
-        max_body = self.max_policy_body if scope["path"].startswith(POLICY_PATHS) else self.max_body
+        # Policy texts (a whole .cedar file on import) and enforcement points' audit
+        # batches get their own, larger bounds.
+        max_body = self.max_body
+        if scope["path"].startswith(POLICY_PATHS):
+            max_body = self.max_policy_body
+        elif scope["path"] in INGEST_PATHS:
+            max_body = self.max_ingest_body
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -155,7 +163,10 @@ class RequestLimits:
         await self.app(scope, replay, send_with_headers)
 
     def _too_large(self, limit: int) -> PayloadTooLarge:
-        name = "MAX_POLICY_BODY_BYTES" if limit == self.max_policy_body else "MAX_BODY_BYTES"
+        name = {
+            self.max_policy_body: "MAX_POLICY_BODY_BYTES",
+            self.max_ingest_body: "MAX_INGEST_BODY_BYTES",
+        }.get(limit, "MAX_BODY_BYTES")
         return PayloadTooLarge(
             f"the request body is larger than {limit} bytes",
             hint=f"Send a smaller body; the limit is AGENTIAM_LIMIT_{name}.",

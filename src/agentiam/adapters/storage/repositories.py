@@ -668,6 +668,27 @@ class SqlAudit:
         if events:  # one executemany: rows keep their order, so seq follows it
             self._c.execute(self._INSERT, [self._row(e) for e in events])
 
+    # INSERT … ON CONFLICT (event_id) DO NOTHING: a stored event is never touched
+    # (no UPDATE, so the append-only triggers are not even asked), and a concurrent
+    # writer storing the same id first makes this row a no-op instead of an error.
+    _INSERT_ABSENT = {
+        "postgresql": pg_insert(t.audit_events).on_conflict_do_nothing(index_elements=["event_id"]),
+        "sqlite": sqlite_insert(t.audit_events).on_conflict_do_nothing(index_elements=["event_id"]),
+    }
+
+    def append_absent(self, events: Sequence[AuditEvent]) -> None:
+        if events:
+            self._c.execute(
+                self._INSERT_ABSENT[self._c.dialect.name], [self._row(e) for e in events]
+            )
+
+    def existing_ids(self, event_ids: Sequence[str]) -> set[str]:
+        e = t.audit_events
+        found: set[str] = set()
+        for chunk in chunks(list(dict.fromkeys(event_ids))):
+            found.update(self._c.scalars(select(e.c.event_id).where(e.c.event_id.in_(chunk))))
+        return found
+
     def find(self, query: AuditQuery) -> Page[AuditEvent]:
         e = t.audit_events
         stmt = select(e.c.seq, e.c.body).order_by(e.c.seq).limit(query.limit + 1)

@@ -39,7 +39,9 @@ class Role(StrEnum):
     ADMIN = "admin"
     OPERATOR = "operator"
     AUDITOR = "auditor"
-    VERIFIER = "verifier"  # an enforcement point: reads revocations, introspects tokens
+    # An enforcement point: reads revocations and the policy bundle, introspects tokens,
+    # asks for decisions, ships its audit events.
+    VERIFIER = "verifier"
 
 
 class Permission(StrEnum):
@@ -66,6 +68,11 @@ class Permission(StrEnum):
     # Mint a subject token for a registered human: lets the key holder start a chain in
     # that human's name, so only the admin role has it.
     HUMAN_TOKENS_ISSUE = "human_tokens:issue"
+    # GET /v1/enforcement/bundle: the policy set and entity data, to decide locally.
+    ENFORCEMENT_SYNC = "enforcement:sync"
+    # POST /v1/audit/ingest: add an enforcement point's events to the trail. Writing
+    # events in a gateway's name is for enforcement points (and admin) only.
+    AUDIT_INGEST = "audit:ingest"
 
 
 _READ = frozenset(
@@ -89,10 +96,18 @@ _ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
         Permission.ADMIN_KEYS_MANAGE,
         Permission.SIGNING_KEYS_MANAGE,
         Permission.HUMAN_TOKENS_ISSUE,
+        Permission.ENFORCEMENT_SYNC,
+        Permission.AUDIT_INGEST,
     },
     Role.AUDITOR: _READ,
     Role.VERIFIER: frozenset(
-        {Permission.TOKENS_INTROSPECT, Permission.REVOCATIONS_READ, Permission.AUTHZ_DECIDE}
+        {
+            Permission.TOKENS_INTROSPECT,
+            Permission.REVOCATIONS_READ,
+            Permission.AUTHZ_DECIDE,
+            Permission.ENFORCEMENT_SYNC,
+            Permission.AUDIT_INGEST,
+        }
     ),
 }
 

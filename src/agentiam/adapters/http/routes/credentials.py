@@ -3,15 +3,14 @@ that remote verifiers long-poll."""
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Annotated
 
-import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import Field
 
+from agentiam.adapters.http.longpoll import wait_until
 from agentiam.adapters.http.routes import PROBLEM_RESPONSES, IdPath, audited_read
 from agentiam.adapters.http.schemas import Reason, _In, _Out
 from agentiam.adapters.http.security import container_of, require
@@ -156,10 +155,12 @@ async def revocation_feed(
     answers as soon as this replica's feed moves past ``after``, or after ``wait``
     seconds with no entries."""
     c = container_of(request)
-    deadline = time.monotonic() + min(wait, c.settings.revocation_feed_max_wait_seconds)
-    poll = min(0.05, c.settings.revocation_poll_seconds)
-    while c.revocations.revoked.cursor <= after and time.monotonic() < deadline:
-        await anyio.sleep(poll)
+    # The feed moves when the revocation sync loop reads the store: re-checked often.
+    await wait_until(
+        lambda: c.revocations.revoked.cursor > after,
+        wait=min(wait, c.settings.revocation_feed_max_wait_seconds),
+        poll=min(0.05, c.settings.revocation_poll_seconds),
+    )
     entries = await anyio.to_thread.run_sync(c.revocations.feed, after)
     await anyio.to_thread.run_sync(
         lambda: audited_read(
