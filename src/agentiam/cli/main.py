@@ -11,6 +11,7 @@ from agentiam.cli import (
     agents,
     audit,
     db,
+    gateway,
     grants,
     humans,
     keys,
@@ -40,6 +41,7 @@ app.add_typer(access.app, name="access")
 app.add_typer(grants.app, name="grants")
 app.add_typer(audit.app, name="audit")
 app.add_typer(trace.app, name="trace")
+app.add_typer(gateway.app, name="gateway")
 
 
 @app.command()

@@ -22,6 +22,11 @@ database applied it, or a caller stops waiting (``commit_timeout``) while its ba
 already being written, the events may be stored although the caller was refused. The
 guarantee is one-sided, as the audit trail needs: nothing is acknowledged that is not
 durable. A call still queued when its wait times out is withdrawn and never written.
+
+The batching itself is :class:`GroupCommit`, generic over what it stores and how: it
+takes one ``write(items)`` function that makes a whole batch durable or raises. The
+gateway's local audit spool (``agentiam.adapters.gateway.spool``) reuses it with a
+write that appends to a segment file and fsyncs it.
 """
 
 from __future__ import annotations
@@ -33,16 +38,19 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from agentiam.core.audit.events import AuditEvent
 from agentiam.errors import ServiceUnavailable
 from agentiam.ports import UnitOfWorkFactory
 
-__all__ = ["GroupCommitWriter", "WriterStats"]
+__all__ = ["GroupCommit", "GroupCommitWriter", "WriterStats"]
 
 log = logging.getLogger("agentiam.audit")
 
 _HINT = "Check the database and retry."
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,19 +71,22 @@ class WriterStats:
     closed: bool  # close() was called: appends are refused
 
 
-class _Pending:
+class _Pending(Generic[T]):
     """One append call: its events and the future its caller waits on."""
 
     __slots__ = ("events", "future", "taken")
 
-    def __init__(self, events: tuple[AuditEvent, ...]) -> None:
+    def __init__(self, events: tuple[T, ...]) -> None:
         self.events = events
         self.future: Future[None] = Future()
         self.taken = False  # the writer took it into a batch (guarded by the lock)
 
 
-class GroupCommitWriter:
-    """Batches stand-alone audit events into shared transactions; see the module doc.
+class GroupCommit(Generic[T]):
+    """Batches items of concurrent callers into shared durable writes; see the module
+    doc. ``write(items)`` makes one batch durable (one transaction, one fsync) or
+    raises; it runs on the writer thread only. ``hint`` is the next step a refused
+    caller is given; ``thread_name`` names the writer thread.
 
     ``max_batch`` caps the events of one transaction; after the first call of a batch
     the writer waits at most ``max_wait`` seconds for more. ``queue_limit`` caps the
@@ -90,7 +101,7 @@ class GroupCommitWriter:
 
     def __init__(
         self,
-        uow: UnitOfWorkFactory,
+        write: Callable[[list[T]], None],
         *,
         max_batch: int = 500,
         max_wait: float = 0.002,
@@ -98,12 +109,16 @@ class GroupCommitWriter:
         enqueue_timeout: float = 1.0,
         commit_timeout: float = 5.0,
         on_commit: Callable[[int, float], None] | None = None,
+        hint: str = _HINT,
+        thread_name: str = "audit-group-commit",
     ) -> None:
         if max_batch < 1 or queue_limit < 1:
             raise ValueError("max_batch and queue_limit must be at least 1")
         if max_wait < 0 or enqueue_timeout < 0 or commit_timeout <= 0:
             raise ValueError("max_wait and enqueue_timeout must be >= 0, commit_timeout > 0")
-        self._uow = uow
+        self._write_batch = write
+        self._hint = hint
+        self._thread_name = thread_name
         self._max_batch = max_batch
         self._max_wait = max_wait
         self._queue_limit = queue_limit
@@ -114,7 +129,7 @@ class GroupCommitWriter:
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[_Pending[T]] = deque()
         self._depth = 0  # events in the queue
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -140,9 +155,7 @@ class GroupCommitWriter:
         if self._closed:
             raise RuntimeError("the audit writer was closed; it cannot be restarted")
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="audit-group-commit", daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
             self._thread.start()
 
     def close(self, timeout: float | None = None) -> bool:
@@ -182,7 +195,7 @@ class GroupCommitWriter:
 
     # -- callers --------------------------------------------------------------------
 
-    def append(self, events: Sequence[AuditEvent]) -> None:
+    def append(self, events: Sequence[T]) -> None:
         """Write ``events`` in one transaction shared with other callers; return once
         it has committed. Raises ServiceUnavailable if that cannot be done in time."""
         batch = tuple(events)
@@ -229,13 +242,13 @@ class GroupCommitWriter:
                 self._rejected += 1
             raise ServiceUnavailable(
                 "the audit trail did not confirm the write in time; the call was refused",
-                hint=_HINT,
+                hint=self._hint,
             ) from None
 
     # -- the writer thread ----------------------------------------------------------
 
     def _run(self) -> None:
-        batch: list[_Pending] = []
+        batch: list[_Pending[T]] = []
         try:
             while True:
                 batch = self._next_batch()
@@ -259,14 +272,14 @@ class GroupCommitWriter:
                 raise
             log.exception("the audit writer stopped")
 
-    def _take(self) -> _Pending:
+    def _take(self) -> _Pending[T]:
         item = self._queue.popleft()
         item.taken = True
         self._depth -= len(item.events)
         self._not_full.notify_all()
         return item
 
-    def _next_batch(self) -> list[_Pending]:
+    def _next_batch(self) -> list[_Pending[T]]:
         """Wait for a call, then gather more for at most ``max_wait``. Empty once the
         writer is closed and the queue drained."""
         with self._lock:
@@ -296,14 +309,12 @@ class GroupCommitWriter:
             self._last_calls = len(batch)
             return batch
 
-    def _write(self, batch: list[_Pending]) -> None:
+    def _write(self, batch: list[_Pending[T]]) -> None:
         size = sum(len(item.events) for item in batch)
         started = time.perf_counter()
         try:
-            with self._uow() as uow:
-                uow.audit.append_many([event for item in batch for event in item.events])
-                uow.commit()
-        except Exception as exc:  # rolled back on leaving the unit of work
+            self._write_batch([event for item in batch for event in item.events])
+        except Exception as exc:  # nothing of the batch is acknowledged
             # Type only: driver messages can quote the statement's parameters.
             log.warning(
                 "audit batch of %d events failed: %s; its callers were refused",
@@ -331,11 +342,43 @@ class GroupCommitWriter:
             except Exception:
                 log.warning("audit on_commit callback failed", exc_info=True)
 
-    @staticmethod
-    def _unavailable(cause: BaseException) -> ServiceUnavailable:
+    def _unavailable(self, cause: BaseException) -> ServiceUnavailable:
         """A fresh error per caller (callers re-raise it on their own threads)."""
         error = ServiceUnavailable(
-            "the audit trail cannot be written; the call was refused", hint=_HINT
+            "the audit trail cannot be written; the call was refused", hint=self._hint
         )
         error.__cause__ = cause
         return error
+
+
+class GroupCommitWriter(GroupCommit[AuditEvent]):
+    """Batches stand-alone audit events into shared database transactions (one unit of
+    work per batch, rolled back if it fails); see the module doc and
+    :class:`GroupCommit` for the parameters."""
+
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        *,
+        max_batch: int = 500,
+        max_wait: float = 0.002,
+        queue_limit: int = 10_000,
+        enqueue_timeout: float = 1.0,
+        commit_timeout: float = 5.0,
+        on_commit: Callable[[int, float], None] | None = None,
+    ) -> None:
+        super().__init__(
+            self._store,
+            max_batch=max_batch,
+            max_wait=max_wait,
+            queue_limit=queue_limit,
+            enqueue_timeout=enqueue_timeout,
+            commit_timeout=commit_timeout,
+            on_commit=on_commit,
+        )
+        self._uow = uow
+
+    def _store(self, events: list[AuditEvent]) -> None:
+        with self._uow() as uow:  # rolled back on leaving if append or commit raised
+            uow.audit.append_many(events)
+            uow.commit()

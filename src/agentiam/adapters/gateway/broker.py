@@ -1,0 +1,830 @@
+"""The credential broker: upstream secrets a gateway injects into the calls it forwards,
+so an agent never holds them.
+
+Secrets (API keys, OAuth 2.0 client credentials) live in a local sealed store file
+(:class:`SecretStore`), are referenced by name in the gateway's configuration
+(:class:`ApiKeyInjection`, :class:`OAuthClientCredentials`), injected at call time
+(:meth:`CredentialBroker.headers_for`), rotatable, and never returned by any API or
+command after they were put. The audit trail records which secret was used as
+``name@version``, never its value.
+
+The store file is one JSON document (mode 0600, at most :data:`MAX_STORE_BYTES`)::
+
+    {"format": "agentiam-gateway-secrets/1", "master_key_id": "<id>",
+     "secrets": [{"name": "github", "kind": "api_key", "version": 2,
+                  "created_at": "2026-11-24T10:00:00+00:00", "sealed": "v1.<id>.…"}]}
+
+Each value is sealed with AES-256-GCM (NIST SP 800-38D) under the gateway's secrets key
+(:func:`load_secrets_key`: ``AGENTIAM_GATEWAY_SECRETS_KEY``, base64url of 32 bytes, or
+a file named by ``AGENTIAM_GATEWAY_SECRETS_KEY_FILE``) by the project's
+:class:`~agentiam.core.credentials.sealing.MasterKey`, with the secret's name, version
+and kind as associated data: a sealed value copied to another name or version does not
+open. Writes are atomic (temporary file, fsync, rename, directory fsync) and
+serialised by an advisory lock on ``<store>.lock``. A running broker notices a new file
+(inode, size, modification time; checked at most every ``reload_interval`` seconds),
+so a rotation takes effect without a restart; a store that no longer reads (altered,
+wrong key) fails closed: every injection from it is refused until it is fixed.
+
+Rotation keeps the previous version (one, N=1) so a call that resolved it just before
+can still use it by its ``name@version``; the rotation after that removes it. ``delete``
+removes every version.
+
+OAuth 2.0 client credentials (RFC 6749 section 4.4): the broker asks the configured
+token endpoint for an access token, authenticating with ``client_secret_basic`` (HTTP
+Basic, section 2.3.1) or ``client_secret_post`` (form parameters, section 2.3.1),
+caches it until shortly before it expires (``expires_in``, section 5.1), fetches a new
+one after that or after a rotation, and injects it as a Bearer token (RFC 6750
+section 2.1). The token endpoint is fetched through
+:class:`~agentiam.adapters.outbound.PinnedClient` (https only, public addresses only,
+unless ``allow_private_network``). Tokens and secrets are never logged; errors name
+the secret by ``name@version`` and quote the endpoint's OAuth error code (section 5.2).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, urlencode
+
+import httpx
+
+from agentiam.adapters.outbound import (
+    OutboundError,
+    PinnedClient,
+    excerpt,
+    vet_url_form,
+)
+from agentiam.core.credentials.sealing import MasterKey, SealError
+from agentiam.errors import AgentIAMError
+
+try:  # POSIX: serialise writers; elsewhere the last rename wins
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "KEY_ENV",
+    "KEY_FILE_ENV",
+    "MAX_STORE_BYTES",
+    "ApiKeyInjection",
+    "CredentialBroker",
+    "CredentialRef",
+    "OAuthClientCredentials",
+    "OAuthClientSecret",
+    "Secret",
+    "SecretInfo",
+    "SecretKind",
+    "SecretNotFound",
+    "SecretStore",
+    "SecretStoreError",
+    "SecretValue",
+    "TokenEndpointError",
+    "credential_ref_from_config",
+    "load_secrets_key",
+]
+
+log = logging.getLogger("agentiam.gateway.broker")
+
+KEY_ENV = "AGENTIAM_GATEWAY_SECRETS_KEY"
+KEY_FILE_ENV = "AGENTIAM_GATEWAY_SECRETS_KEY_FILE"
+MAX_STORE_BYTES = 4 * 1024 * 1024
+MAX_SECRETS = 10_000  # entries (versions included)
+MAX_VALUE_BYTES = 16 * 1024
+MAX_TOKEN_RESPONSE = 64 * 1024
+_FORMAT = "agentiam-gateway-secrets/1"
+_RACY_SECONDS = 2.0  # a store file younger than this is compared by content
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# RFC 9110 section 5.6.2 token (a field name) and section 5.5 field values (no CTLs)
+_FIELD_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
+_FIELD_VALUE = re.compile(r"^[\x20-\x7e\x80-\xff]*$")
+_KEY_HINT = (
+    f"Set {KEY_ENV} (or {KEY_FILE_ENV}) to the key the store was sealed with; "
+    "make a new one with 'agentiam keys generate-master-key'."
+)
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+class SecretStoreError(AgentIAMError):
+    """The store cannot be read or written, or a value in it does not open."""
+
+    code = "gateway-secret-store"
+    title = "Gateway secret store error"
+    status = 500
+
+
+class SecretNotFound(SecretStoreError):
+    code = "gateway-secret-not-found"
+    title = "Gateway secret not found"
+
+
+class TokenEndpointError(AgentIAMError):
+    """The upstream's token endpoint did not give an access token (the gateway answers
+    502: the agent's call never went upstream)."""
+
+    code = "upstream-token-error"
+    title = "Upstream token endpoint error"
+    status = 502
+
+
+# -- values --------------------------------------------------------------------------------
+
+
+class Secret:
+    """A secret string that does not show itself: ``repr``/``str`` print ``***``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Secret is not pickled")
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthClientSecret:
+    """OAuth 2.0 client credentials (RFC 6749 section 2.3.1)."""
+
+    client_id: str
+    client_secret: Secret
+
+
+class SecretKind(StrEnum):
+    API_KEY = "api_key"
+    OAUTH_CLIENT = "oauth_client"
+
+
+SecretValue = Secret | OAuthClientSecret
+
+
+@dataclass(frozen=True, slots=True)
+class SecretInfo:
+    """What may be shown about a secret: never its value."""
+
+    name: str
+    kind: SecretKind
+    version: int
+    created_at: datetime
+
+    @property
+    def label(self) -> str:
+        """``name@version``: how the audit trail names the secret."""
+        return f"{self.name}@{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind.value,
+            "version": self.version,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    info: SecretInfo
+    sealed: str  # never shown
+
+
+# -- the key -------------------------------------------------------------------------------
+
+
+def load_secrets_key(env: Mapping[str, str] | None = None) -> MasterKey:
+    """The secrets key from ``AGENTIAM_GATEWAY_SECRETS_KEY`` (base64url, 32 bytes) or
+    the file named by ``AGENTIAM_GATEWAY_SECRETS_KEY_FILE``; both set is refused (which
+    one was meant?). Raise :class:`SecretStoreError` with what to do next."""
+    env = os.environ if env is None else env
+    text, file = env.get(KEY_ENV), env.get(KEY_FILE_ENV)
+    if text and file:
+        raise SecretStoreError(
+            f"both {KEY_ENV} and {KEY_FILE_ENV} are set", hint="Set only one of them."
+        )
+    if file:
+        try:
+            text = Path(file).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SecretStoreError(
+                f"cannot read the secrets key file {file}: {type(exc).__name__}", hint=_KEY_HINT
+            ) from None
+    if not text:
+        raise SecretStoreError("no gateway secrets key is configured", hint=_KEY_HINT)
+    try:
+        return MasterKey.from_text(text)
+    except ValueError as exc:
+        raise SecretStoreError(
+            f"the gateway secrets key is invalid: {exc}", hint=_KEY_HINT
+        ) from None
+
+
+# -- the store -------------------------------------------------------------------------------
+
+
+def _context(name: str, version: int, kind: SecretKind) -> str:
+    """Associated data: the sealed value belongs to this name, version and kind."""
+    return f"gateway-secret\x00{name}\x00{version}\x00{kind.value}"
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SecretStoreError(
+            f"invalid secret name {name[:40]!r}" if isinstance(name, str) else "invalid name",
+            hint="Use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit.",
+        )
+    return name
+
+
+def _encode(kind: SecretKind, value: SecretValue) -> bytes:
+    if kind is SecretKind.API_KEY:
+        if not isinstance(value, Secret):
+            raise SecretStoreError("an api_key secret is one string")
+        text = value.reveal()
+        if not text or not _FIELD_VALUE.match(text) or text != text.strip():
+            raise SecretStoreError(
+                "an API key must be non-empty, without control characters or surrounding space",
+                hint="It is sent in an HTTP header (RFC 9110 section 5.5).",
+            )
+        data = text.encode("utf-8")
+    else:
+        if not isinstance(value, OAuthClientSecret):
+            raise SecretStoreError("an oauth_client secret has a client_id and a client_secret")
+        if not value.client_id or not value.client_secret.reveal():
+            raise SecretStoreError("client_id and client_secret must not be empty")
+        if any(ord(c) < 0x20 for c in value.client_id + value.client_secret.reveal()):
+            raise SecretStoreError("client_id and client_secret must not hold control characters")
+        data = json.dumps(
+            {"client_id": value.client_id, "client_secret": value.client_secret.reveal()}
+        ).encode("utf-8")
+    if len(data) > MAX_VALUE_BYTES:
+        raise SecretStoreError(f"a secret may hold at most {MAX_VALUE_BYTES} bytes")
+    return data
+
+
+def _decode(kind: SecretKind, data: bytes) -> SecretValue:
+    if kind is SecretKind.API_KEY:
+        return Secret(data.decode("utf-8"))
+    doc = json.loads(data)
+    return OAuthClientSecret(doc["client_id"], Secret(doc["client_secret"]))
+
+
+def _parse_entry(raw: Any) -> _Entry:
+    if not isinstance(raw, dict) or set(raw) != {"name", "kind", "version", "created_at", "sealed"}:
+        raise ValueError("an entry has name, kind, version, created_at and sealed")
+    version = raw["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError("version must be a positive integer")
+    if not isinstance(raw["sealed"], str) or not isinstance(raw["created_at"], str):
+        raise ValueError("sealed and created_at must be strings")
+    created = datetime.fromisoformat(raw["created_at"])
+    if created.tzinfo is None:
+        raise ValueError("created_at needs a time zone")
+    if not isinstance(raw["name"], str) or not _NAME.match(raw["name"]):
+        raise ValueError("invalid secret name")
+    info = SecretInfo(raw["name"], SecretKind(raw["kind"]), version, created)
+    return _Entry(info, raw["sealed"])
+
+
+class SecretStore:
+    """The sealed store file; see the module docstring. Reads reload the file when it
+    changed (checked at most every ``reload_interval`` seconds of ``clock``)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        key: MasterKey,
+        *,
+        reload_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self._key = key
+        self._reload_interval = reload_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None  # inode, size, mtime_ns
+        self._digest: bytes | None = None  # SHA-256 of the content last parsed
+        self._checked_at: float | None = None
+        self._entries: tuple[_Entry, ...] = ()
+        self._error: SecretStoreError | None = None
+
+    def __repr__(self) -> str:
+        return f"SecretStore({str(self.path)!r}, key={self._key.id})"
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def all(self) -> list[SecretInfo]:
+        """Every version kept, by name then version: names, kinds, versions, dates."""
+        return [
+            e.info for e in sorted(self._current(), key=lambda e: (e.info.name, e.info.version))
+        ]
+
+    def info(self, name: str, version: int | None = None) -> SecretInfo:
+        return self._find(self._current(), name, version).info
+
+    def get(self, name: str, version: int | None = None) -> tuple[SecretInfo, SecretValue]:
+        """The newest version of ``name`` (or ``version``, if still kept), opened."""
+        entry = self._find(self._current(), name, version)
+        return entry.info, self._open(entry)
+
+    def verify(self) -> int:
+        """Open every value (a wrong key or an altered entry raises); how many."""
+        entries = self._current()
+        for entry in entries:
+            self._open(entry)
+        return len(entries)
+
+    def _open(self, entry: _Entry) -> SecretValue:
+        info = entry.info
+        try:
+            data = self._key.open(
+                entry.sealed, context=_context(info.name, info.version, info.kind)
+            )
+            return _decode(info.kind, data)
+        except SealError as exc:
+            raise SecretStoreError(
+                f"secret {info.label} in {self.path} does not open: {exc}",
+                hint="The store was altered or sealed under another key. " + _KEY_HINT,
+            ) from None
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise SecretStoreError(
+                f"secret {info.label} in {self.path} is malformed", hint="Put it again."
+            ) from None
+
+    @staticmethod
+    def _find(entries: tuple[_Entry, ...], name: str, version: int | None) -> _Entry:
+        matches = [e for e in entries if e.info.name == name]
+        if version is not None:
+            matches = [e for e in matches if e.info.version == version]
+        if not matches:
+            shown = name if version is None else f"{name}@{version}"
+            raise SecretNotFound(
+                f"no secret {shown[:140]!r} in the gateway secret store",
+                hint="Add it with 'agentiam gateway secrets put NAME'.",
+            )
+        return max(matches, key=lambda e: e.info.version)
+
+    def _current(self) -> tuple[_Entry, ...]:
+        with self._lock:
+            now = self._clock()
+            if self._checked_at is None or now - self._checked_at >= self._reload_interval:
+                self._checked_at = now
+                self._refresh()
+            if self._error is not None:
+                raise self._error
+            return self._entries
+
+    def _refresh(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._stamp, self._entries, self._error, self._digest = None, (), None, None
+            return
+        except OSError as exc:
+            self._stamp = None
+            self._error = SecretStoreError(
+                f"cannot read the gateway secret store {self.path}: {type(exc).__name__}"
+            )
+            return
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        # A file replaced within the file system's timestamp granularity can show the
+        # same stamp (inode numbers are reused): a recent file is compared by content.
+        racy = time.time() - st.st_mtime_ns / 1e9 < _RACY_SECONDS
+        if stamp == self._stamp and not racy:
+            return
+        try:
+            data = self._read()
+            digest = hashlib.sha256(data).digest()
+            if digest != self._digest or self._error is not None:
+                self._entries, self._error = self._parse(data), None
+            self._digest = digest
+        except SecretStoreError as exc:
+            self._entries, self._error, self._digest = (), exc, None  # fail closed
+        self._stamp = stamp
+
+    def _load(self) -> tuple[_Entry, ...]:
+        return self._parse(self._read())
+
+    def _read(self) -> bytes:
+        try:
+            with open(self.path, "rb") as handle:
+                data = handle.read(MAX_STORE_BYTES + 1)
+        except FileNotFoundError:
+            return b""
+        except OSError as exc:
+            raise SecretStoreError(
+                f"cannot read the gateway secret store {self.path}: {type(exc).__name__}"
+            ) from None
+        if len(data) > MAX_STORE_BYTES:
+            raise SecretStoreError(
+                f"the gateway secret store {self.path} exceeds {MAX_STORE_BYTES} bytes"
+            )
+        return data
+
+    def _parse(self, data: bytes) -> tuple[_Entry, ...]:
+        if not data:
+            return ()  # no store yet
+        try:
+            doc = json.loads(data)
+            if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+                raise ValueError(f"not a {_FORMAT} document")
+            raw = doc.get("secrets")
+            if not isinstance(raw, list) or len(raw) > MAX_SECRETS:
+                raise ValueError(f"secrets must be a list of at most {MAX_SECRETS} entries")
+            entries = tuple(_parse_entry(item) for item in raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SecretStoreError(
+                f"the gateway secret store {self.path} is malformed: {str(exc)[:120]}",
+                hint="Restore it from a backup, or put the secrets again.",
+            ) from None
+        if doc.get("master_key_id") != self._key.id:
+            raise SecretStoreError(
+                f"the gateway secret store {self.path} was sealed under key "
+                f"{str(doc.get('master_key_id'))[:20]}, but the configured key is {self._key.id}",
+                hint=_KEY_HINT,
+            )
+        labels = [e.info.label for e in entries]
+        if len(set(labels)) != len(labels):
+            raise SecretStoreError(f"the gateway secret store {self.path} repeats a version")
+        return entries
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def put(self, name: str, kind: SecretKind, value: SecretValue) -> SecretInfo:
+        """Add a new secret (version 1). Refused if ``name`` exists: rotate it instead."""
+        _check_name(name)
+        kind = SecretKind(kind)
+        data = _encode(kind, value)
+        with self._writing() as entries:
+            if any(e.info.name == name for e in entries):
+                raise SecretStoreError(
+                    f"secret {name!r} exists",
+                    hint=f"Use 'agentiam gateway secrets rotate {name}' for a new version.",
+                )
+            entry = self._seal(name, kind, 1, data)
+            entries.append(entry)
+        return entry.info
+
+    def rotate(self, name: str, value: SecretValue) -> SecretInfo:
+        """A new version of ``name`` (same kind). The version it replaces is kept for
+        calls in flight; older ones are removed."""
+        with self._writing() as entries:
+            current = self._find(tuple(entries), _check_name(name), None).info
+            data = _encode(current.kind, value)
+            entry = self._seal(name, current.kind, current.version + 1, data)
+            entries[:] = [
+                e for e in entries if e.info.name != name or e.info.version == current.version
+            ]
+            entries.append(entry)
+        return entry.info
+
+    def delete(self, name: str) -> int:
+        """Remove every version of ``name``; how many were removed."""
+        with self._writing() as entries:
+            before = len(entries)
+            entries[:] = [e for e in entries if e.info.name != name]
+            removed = before - len(entries)
+            if not removed:
+                raise SecretNotFound(f"no secret {name[:140]!r} in the gateway secret store")
+        return removed
+
+    def _seal(self, name: str, kind: SecretKind, version: int, data: bytes) -> _Entry:
+        info = SecretInfo(name, kind, version, datetime.now(UTC).replace(microsecond=0))
+        return _Entry(info, self._key.seal(data, context=_context(name, version, kind)))
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[list[_Entry]]:
+        """Lock, read, let the caller edit the list, write atomically."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if fcntl is not None:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            entries = list(self._load())
+            yield entries
+            if len(entries) > MAX_SECRETS:
+                raise SecretStoreError(f"the store may hold at most {MAX_SECRETS} secrets")
+            self._write(entries)
+        finally:
+            os.close(lock_fd)  # releases the lock
+        with self._lock:
+            self._checked_at = None  # this process sees its own write at once
+
+    def _write(self, entries: list[_Entry]) -> None:
+        doc = {
+            "format": _FORMAT,
+            "master_key_id": self._key.id,
+            "secrets": [
+                {**e.info.to_dict(), "sealed": e.sealed}
+                for e in sorted(entries, key=lambda e: (e.info.name, e.info.version))
+            ],
+        }
+        data = json.dumps(doc, indent=1).encode("utf-8") + b"\n"
+        if len(data) > MAX_STORE_BYTES:
+            raise SecretStoreError(f"the store would exceed {MAX_STORE_BYTES} bytes")
+        fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(temp, self.path)
+        except BaseException:
+            if fd != -1:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+# -- injection configuration ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyInjection:
+    """Inject an ``api_key`` secret as ``<header>: <prefix><key>`` (e.g. ``Authorization:
+    Bearer …`` or ``X-Api-Key: …``)."""
+
+    secret: str
+    header: str = "Authorization"
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        _check_name(self.secret)
+        _check_header(self.header, self.prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthClientCredentials:
+    """Inject an access token from the client credentials grant (RFC 6749 section 4.4)
+    with an ``oauth_client`` secret, as ``<header>: Bearer <token>`` (RFC 6750)."""
+
+    secret: str
+    token_endpoint: str
+    auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    scope: str | None = None  # RFC 6749 section 3.3
+    resource: str | None = None  # RFC 8707 section 2
+    header: str = "Authorization"
+    allow_private_network: bool = False
+    timeout: float = 5.0
+    refresh_margin: float = 30.0  # seconds before expiry a new token is fetched
+    default_lifetime: float = 60.0  # when the endpoint gives no expires_in
+
+    def __post_init__(self) -> None:
+        _check_name(self.secret)
+        _check_header(self.header, "Bearer ")
+        if self.auth_method not in ("client_secret_basic", "client_secret_post"):
+            raise ValueError("auth_method is client_secret_basic or client_secret_post")
+        try:
+            vet_url_form(self.token_endpoint, allow_private_network=self.allow_private_network)
+        except OutboundError as exc:
+            raise ValueError(f"token_endpoint: {exc}") from None
+        if not self.timeout > 0 or self.refresh_margin < 0 or not self.default_lifetime > 0:
+            raise ValueError("timeout and default_lifetime must be positive, refresh_margin >= 0")
+
+
+CredentialRef = ApiKeyInjection | OAuthClientCredentials
+
+
+def _check_header(header: str, prefix: str) -> None:
+    if not _FIELD_NAME.match(header):
+        raise ValueError(f"invalid header name {header[:40]!r}")
+    if not _FIELD_VALUE.match(prefix):
+        raise ValueError("the header prefix holds control characters")
+
+
+def credential_ref_from_config(config: Mapping[str, Any]) -> CredentialRef:
+    """Read an upstream's ``credential`` configuration::
+
+        credential: {secret: github, header: Authorization, prefix: "Bearer "}
+        credential: {secret: crm, token_endpoint: https://auth.example/token,
+                     auth_method: client_secret_post, scope: "read write"}
+
+    With ``token_endpoint`` it is OAuth client credentials, else an API key. Unknown
+    keys are refused (ValueError)."""
+    data = dict(config)
+    if "token_endpoint" in data:
+        allowed = set(OAuthClientCredentials.__dataclass_fields__)
+        kind: type[ApiKeyInjection] | type[OAuthClientCredentials] = OAuthClientCredentials
+    else:
+        allowed = set(ApiKeyInjection.__dataclass_fields__)
+        kind = ApiKeyInjection
+    unknown = set(data) - allowed
+    if unknown:
+        raise ValueError(f"unknown credential keys: {', '.join(sorted(map(str, unknown)))}")
+    if "secret" not in data:
+        raise ValueError("a credential names its secret: secret: NAME")
+    try:
+        return kind(**data)
+    except TypeError as exc:
+        raise ValueError(f"invalid credential configuration: {exc}") from None
+
+
+# -- the broker ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Token:
+    label: str  # the secret's name@version it was obtained with
+    value: Secret
+    refresh_at: float  # clock time after which a new one is fetched
+
+
+class CredentialBroker:
+    """Headers that carry an upstream credential, and the secret's ``name@version``.
+
+    ``clock`` (monotonic seconds) times token expiry; ``transport`` replaces the
+    pinned transport of token requests (tests only)."""
+
+    def __init__(
+        self,
+        store: SecretStore,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.store = store
+        self._clock = clock
+        self._transport = transport
+        self._lock = threading.Lock()
+        self._tokens: dict[OAuthClientCredentials, _Token] = {}
+        self._fetching: dict[OAuthClientCredentials, threading.Lock] = {}
+
+    def __repr__(self) -> str:
+        return f"CredentialBroker({self.store!r})"
+
+    def headers_for(self, ref: CredentialRef) -> tuple[dict[str, str], str]:
+        """The headers to add to the upstream request, and the ``name@version`` of the
+        secret used (for the audit trail). Raises :class:`SecretStoreError` (missing,
+        wrong kind, does not open) or :class:`TokenEndpointError`."""
+        if isinstance(ref, ApiKeyInjection):
+            info, value = self.store.get(ref.secret)
+            if not isinstance(value, Secret):
+                raise SecretStoreError(
+                    f"secret {info.label} is {info.kind.value}, the upstream expects an api_key"
+                )
+            return {ref.header: ref.prefix + value.reveal()}, info.label
+        return self._oauth_headers(ref)
+
+    def _oauth_headers(self, ref: OAuthClientCredentials) -> tuple[dict[str, str], str]:
+        info = self.store.info(ref.secret)
+        if info.kind is not SecretKind.OAUTH_CLIENT:
+            raise SecretStoreError(
+                f"secret {info.label} is {info.kind.value}, the upstream expects oauth_client"
+            )
+        token = self._cached(ref, info.label)
+        if token is None:
+            with self._lock:
+                fetching = self._fetching.setdefault(ref, threading.Lock())
+            with fetching:  # one fetch per credential at a time; the others reuse it
+                token = self._cached(ref, info.label)
+                if token is None:
+                    token = self._fetch(ref)
+                    with self._lock:
+                        self._tokens[ref] = token
+        return {ref.header: "Bearer " + token.value.reveal()}, token.label
+
+    def _cached(self, ref: OAuthClientCredentials, label: str) -> _Token | None:
+        with self._lock:
+            token = self._tokens.get(ref)
+        if token is None or token.label != label or self._clock() >= token.refresh_at:
+            return None
+        return token
+
+    def _fetch(self, ref: OAuthClientCredentials) -> _Token:
+        """The client credentials grant, RFC 6749 section 4.4.2 / 4.4.3."""
+        info, value = self.store.get(ref.secret)
+        if not isinstance(value, OAuthClientSecret):
+            raise SecretStoreError(f"secret {info.label} is not an oauth_client secret")
+        secret = value.client_secret.reveal()
+        form = {"grant_type": "client_credentials"}
+        if ref.scope:
+            form["scope"] = ref.scope
+        if ref.resource:
+            form["resource"] = ref.resource
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Accept": "application/json",
+            "Accept-Encoding": "identity",
+            "User-Agent": "agentiam-gateway/1",
+        }
+        if ref.auth_method == "client_secret_basic":
+            # section 2.3.1: each part form-urlencoded, then HTTP Basic (RFC 7617)
+            pair = f"{quote(value.client_id, safe='')}:{quote(secret, safe='')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+        else:
+            form["client_id"] = value.client_id
+            form["client_secret"] = secret
+        started = self._clock()
+        shown = f"the token endpoint of {info.label}"
+        client = PinnedClient(
+            ref.token_endpoint,
+            allow_private_network=ref.allow_private_network,
+            timeout=ref.timeout,
+            transport=self._transport,
+        )
+        try:
+            with client.stream("POST", headers, urlencode(form).encode("ascii")) as (response, _):
+                status = response.status_code
+                body = _read_body(response)
+        except OutboundError as exc:
+            raise TokenEndpointError(
+                f"{shown} cannot be reached: {_scrub(str(exc), secret)}",
+                hint="Check the token endpoint URL and the network path to it.",
+            ) from None
+        finally:
+            client.close()
+        if status != 200:
+            raise TokenEndpointError(
+                f"{shown} refused the request: HTTP {status}{_oauth_error(body, secret)}",
+                hint=f"Check the client credentials in secret {info.label} and the scope.",
+            )
+        try:
+            doc = json.loads(body)
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            access_token = doc["access_token"]
+            token_type = doc.get("token_type")
+            lifetime = doc.get("expires_in", ref.default_lifetime)
+        except (ValueError, KeyError, UnicodeDecodeError, RecursionError):
+            raise TokenEndpointError(f"{shown} answered without an access token") from None
+        if (
+            not isinstance(access_token, str)
+            or not access_token
+            or len(access_token) > 8192
+            or not _FIELD_VALUE.match(access_token)
+        ):
+            raise TokenEndpointError(f"{shown} answered with a malformed access token")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise TokenEndpointError(
+                f"{shown} issued a token of type {str(token_type)[:20]!r}; only Bearer "
+                "(RFC 6750) is supported"
+            )
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
+            raise TokenEndpointError(f"{shown} answered with an invalid expires_in")
+        lifetime = min(float(lifetime), 86_400.0)
+        margin = min(ref.refresh_margin, lifetime / 2)
+        log.info(
+            "gateway: fetched an access token with secret %s (expires in %g s)",
+            info.label,
+            lifetime,
+        )
+        return _Token(info.label, Secret(access_token), started + lifetime - margin)
+
+
+def _read_body(response: httpx.Response) -> bytes:
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > MAX_TOKEN_RESPONSE:
+            raise OutboundError(f"token response exceeds {MAX_TOKEN_RESPONSE} bytes")
+    return bytes(body)
+
+
+def _scrub(text: str, secret: str) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def _oauth_error(body: bytes, secret: str) -> str:
+    """``: <error> (<description>)`` from an RFC 6749 section 5.2 error body."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return ""
+    if not isinstance(doc, dict) or not isinstance(doc.get("error"), str):
+        return ""
+    text = f": {excerpt(_scrub(doc['error'], secret).encode())}"
+    description = doc.get("error_description")
+    if isinstance(description, str) and description:
+        text += f" ({excerpt(_scrub(description, secret).encode())})"
+    return text

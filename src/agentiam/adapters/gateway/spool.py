@@ -1,0 +1,650 @@
+"""A durable local audit buffer for an enforcement point.
+
+A gateway must never allow a call whose audit event is not durable, and must not lose
+events while the control plane is unreachable. :class:`AuditSpool` is the buffer
+between the two: the gateway appends each call's events to local disk *before* it
+lets the call through, and a shipper thread forwards them to the control plane
+(``POST /v1/audit/ingest``, idempotent on ``event_id``) whenever it is reachable.
+
+Guarantees:
+
+- **Durable before acknowledged.** :meth:`AuditSpool.append` returns only once its
+  events are written and fsynced (``fsync(2)``) to a segment file whose directory
+  entry is fsynced too. Concurrent callers share one write and one fsync (group
+  commit: :class:`~agentiam.services.audit_writer.GroupCommit`, the batching the
+  control plane uses for its database). A call's events are written together and in
+  order.
+- **Refuse, never drop.** ``append`` raises :class:`~agentiam.errors.ServiceUnavailable`
+  (the gateway answers 503) when the spool is full (:class:`SpoolFull`: its segments
+  would exceed ``max_bytes``), closed, overloaded, or the write or fsync fails. An
+  event is never silently discarded. (As with the database writer, the guarantee is
+  one-sided: a refused call's events may still reach disk, and be shipped.)
+- **Ordered, at least once.** Events are shipped in the order they were spooled, in
+  batches of at most ``batch`` events through ``ship(events)``; a batch that fails is
+  retried (the same batch, first) after 1 s, then 2, 4, ... up to 60 s. Progress is
+  recorded in a per-segment offset file after each shipped batch, so a restart
+  re-sends at most the batch in flight (and, after a power loss, possibly a few more):
+  the receiver must be idempotent on ``event_id``.
+- **Crash safety.** After a crash (SIGKILL, power loss) the last line of a segment may
+  be torn: it was never acknowledged, so recovery cuts it off. Everything acknowledged
+  is shipped after the restart.
+
+Layout of ``directory`` (mode 0700): segment files ``<seq>.jsonl`` (mode 0600, JSON
+Lines, each line ``{"spooled_at": <unix seconds>, "event": {...}}``), rotated once
+they reach ``segment_bytes``; ``<seq>.offset`` holds the byte offset shipped so far
+(written atomically: temp file, fsync, rename). A segment is deleted once all its
+events are shipped and a newer segment exists. Each process starts a new segment;
+older ones are shipped and then deleted. ``.lock`` is held (``flock``) by the one spool
+using the directory; a second one, in this process or another, is refused.
+
+Not done: the spool does not deduplicate (the ingest endpoint does); a line that is
+not valid JSON in the middle of a segment (disk corruption, never written by this
+code) is skipped, logged and counted (``corrupt_lines``); ``ship`` must bound its own
+time (the shipper waits for it); opening a spool reads every segment once to count
+its events (about a second per GiB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from agentiam.errors import ServiceUnavailable
+
+try:  # POSIX: one spool per directory
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+from agentiam.services.audit_export import redact
+from agentiam.services.audit_writer import GroupCommit
+
+__all__ = ["AuditSpool", "Ship", "SpoolFull", "SpoolHealth", "next_backoff"]
+
+log = logging.getLogger("agentiam.gateway.spool")
+
+Ship = Callable[[list[dict[str, Any]]], None]
+"""Sends one batch of events, in order; raises if they were not all accepted."""
+
+_SEGMENT = re.compile(r"^(\d{16})\.jsonl$")
+_OFFSET = re.compile(r"^(\d{16})\.offset$")
+_HINT = "Check the gateway's audit spool directory (disk space, permissions)."
+_READ_CHUNK = 1 << 20
+_BATCH_BYTES = 4 << 20  # a shipped batch is cut before this many bytes (one line at least)
+_IDLE_POLL = 1.0  # seconds the shipper sleeps when idle (it is woken on every commit)
+
+
+class SpoolFull(ServiceUnavailable):
+    """The spool holds ``max_bytes`` of events not yet shipped; nothing more is taken
+    until the control plane accepts some."""
+
+    code = "audit-spool-full"
+    title = "Audit spool full"
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolHealth:
+    """A snapshot for the gateway's ``/metrics`` and health check."""
+
+    pending_events: int  # spooled, not yet shipped
+    pending_bytes: int  # bytes of those events' lines (what max_bytes bounds)
+    disk_bytes: int  # bytes of all segment files, shipped parts awaiting deletion included
+    max_bytes: int
+    segments: int
+    oldest_pending_age: float | None  # seconds since the oldest unshipped event was spooled
+    shipped_events: int  # since this spool was opened
+    consecutive_failures: int  # ship attempts failed in a row (0 when shipping works)
+    last_ship_error: str | None  # redacted; kept after a later success
+    last_ship_error_at: float | None  # unix seconds
+    last_ship_at: float | None  # unix seconds of the last successful ship
+    corrupt_lines: int  # lines skipped because they were not valid JSON (see module doc)
+    closed: bool
+
+
+def next_backoff(previous: float | None, *, initial: float = 1.0, maximum: float = 60.0) -> float:
+    """The wait before the next attempt: ``initial`` after the first failure, then
+    doubling, never more than ``maximum``."""
+    return initial if previous is None else min(previous * 2, maximum)
+
+
+class _Segment:
+    """One segment file. ``size`` counts only acknowledged (or recovered) bytes."""
+
+    __slots__ = ("lines", "path", "sealed", "seq", "shipped", "shipped_lines", "size")
+
+    def __init__(self, path: Path, seq: int) -> None:
+        self.path = path
+        self.seq = seq
+        self.size = 0  # bytes durable (acknowledged)
+        self.lines = 0  # events in those bytes
+        self.shipped = 0  # byte offset shipped so far
+        self.shipped_lines = 0
+        self.sealed = False  # no more writes: shipped in full, then deleted
+
+    @property
+    def offset_path(self) -> Path:
+        return self.path.with_suffix(".offset")
+
+    @property
+    def done(self) -> bool:
+        return self.sealed and self.shipped >= self.size
+
+
+def _name(seq: int) -> str:
+    return f"{seq:016d}.jsonl"
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AuditSpool:
+    """Durable local audit buffer and its shipper; see the module docstring.
+
+    ``ship(events)`` runs on the shipper thread with at most ``batch`` events (the
+    gateway POSTs them to the control plane); it raises to report a failure.
+    ``backoff_initial`` / ``backoff_max`` bound the retry delays, ``commit_timeout``
+    how long :meth:`append` waits for its fsync, ``clock`` gives unix seconds (the
+    ``spooled_at`` of each line). The shipper starts at once; :meth:`close` stops both
+    threads (events not shipped stay on disk for the next start).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        ship: Ship,
+        *,
+        max_bytes: int = 1 << 30,
+        segment_bytes: int = 4 << 20,
+        batch: int = 500,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 60.0,
+        commit_timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_bytes < 1 or segment_bytes < 1 or batch < 1:
+            raise ValueError("max_bytes, segment_bytes and batch must be at least 1")
+        if not 0 < backoff_initial <= backoff_max:
+            raise ValueError("backoff needs 0 < backoff_initial <= backoff_max")
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.batch = batch
+        self._ship = ship
+        self._backoff = (backoff_initial, backoff_max)
+        self._clock = clock
+
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # commits, shipping, close
+        self._stop = threading.Event()
+        self._segments: deque[_Segment] = deque()
+        self._current: _Segment | None = None  # written by the writer thread only
+        self._fd: int | None = None  # the current segment's file, O_APPEND
+        self._disk_bytes = 0  # sum of segment sizes
+        self._pending_bytes = 0  # of those, bytes not yet shipped (what max_bytes bounds)
+        self._reserved = 0  # bytes of calls accepted but not yet written
+        self._closed = False
+        self._shipped_events = 0
+        self._failures = 0
+        self._last_error: str | None = None
+        self._last_error_at: float | None = None
+        self._last_ship_at: float | None = None
+        self._corrupt = 0
+
+        self._lock_fd = self._lock_directory()
+        try:
+            self._recover()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._writer = GroupCommit[bytes](
+            self._write_lines,
+            max_batch=500,
+            queue_limit=10_000,
+            commit_timeout=commit_timeout,
+            hint=_HINT,
+            thread_name="audit-spool-writer",
+        )
+        self._shipper = threading.Thread(target=self._ship_loop, name="audit-spool-shipper")
+        self._shipper.daemon = True
+        self._shipper.start()
+
+    # -- callers --------------------------------------------------------------------
+
+    def append(self, events: list[dict[str, Any]]) -> None:
+        """Spool ``events`` (JSON objects) and return once they are fsynced; see the
+        module docstring. Raises :class:`SpoolFull` or
+        :class:`~agentiam.errors.ServiceUnavailable` when they cannot be made durable,
+        and ValueError for an event that is not a JSON-serialisable object."""
+        if not events:
+            return
+        now = self._clock()
+        lines: list[bytes] = []
+        for event in events:
+            if not isinstance(event, Mapping):
+                raise ValueError("an audit event must be a JSON object (a mapping)")
+            try:
+                text = json.dumps(
+                    {"spooled_at": now, "event": event},
+                    separators=(",", ":"),
+                    ensure_ascii=False,
+                    allow_nan=False,
+                )
+                lines.append(text.encode("utf-8") + b"\n")  # a lone surrogate raises here
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise ValueError(f"audit event is not JSON-serialisable: {exc}") from None
+        size = sum(len(line) for line in lines)
+        with self._lock:
+            if self._closed:
+                raise ServiceUnavailable(
+                    "the audit spool is closed; the call was refused", hint=_HINT
+                )
+            if self._pending_bytes + self._reserved + size > self.max_bytes:
+                raise SpoolFull(
+                    f"the audit spool holds {self._pending_bytes} bytes of events not yet "
+                    f"shipped, its limit is {self.max_bytes}; the call was refused",
+                    hint="Restore the connection to the control plane, or raise max_bytes.",
+                )
+            self._reserved += size
+        try:
+            self._writer.append(lines)
+        finally:
+            with self._lock:
+                self._reserved -= size
+                self._changed.notify_all()
+
+    def health(self) -> SpoolHealth:
+        """Counters and the age of the oldest event not yet shipped."""
+        with self._lock:
+            pending = [s for s in self._segments if s.shipped < s.size]
+            oldest = pending[0] if pending else None
+            snapshot = SpoolHealth(
+                pending_events=sum(s.lines - s.shipped_lines for s in self._segments),
+                pending_bytes=self._pending_bytes,
+                disk_bytes=self._disk_bytes,
+                max_bytes=self.max_bytes,
+                segments=len(self._segments),
+                oldest_pending_age=None,
+                shipped_events=self._shipped_events,
+                consecutive_failures=self._failures,
+                last_ship_error=self._last_error,
+                last_ship_error_at=self._last_error_at,
+                last_ship_at=self._last_ship_at,
+                corrupt_lines=self._corrupt,
+                closed=self._closed,
+            )
+            where = None if oldest is None else (oldest.path, oldest.shipped)
+        if where is None:
+            return snapshot
+        spooled_at = self._spooled_at(*where)
+        if spooled_at is None:
+            return snapshot
+        age = max(0.0, self._clock() - spooled_at)
+        return replace(snapshot, oldest_pending_age=age)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every spooled event was shipped; False if ``timeout`` passed."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while any(s.shipped < s.size for s in self._segments) or self._reserved:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._shipper.is_alive():
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Refuse new events, write those already accepted, stop shipping. Events not
+        shipped stay on disk for the next :class:`AuditSpool` on this directory. True
+        if both threads stopped within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._closed = True
+        stopped = self._writer.close(timeout)
+        self._stop.set()
+        with self._lock:
+            self._changed.notify_all()
+        self._shipper.join(max(0.0, deadline - time.monotonic()))
+        done = stopped and not self._shipper.is_alive()
+        if done and self._lock_fd != -1:  # only then may another spool take the directory
+            for fd in (self._fd, self._lock_fd):
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self._fd, self._lock_fd = None, -1
+        return done
+
+    def __enter__(self) -> AuditSpool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"AuditSpool({str(self.directory)!r})"
+
+    # -- recovery -------------------------------------------------------------------
+
+    def _lock_directory(self) -> int:
+        """One spool per directory: an exclusive lock on ``.lock``, held until closed
+        (the kernel releases it when the process dies)."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise ServiceUnavailable(
+                    f"the audit spool {self.directory} is in use by another spool",
+                    hint="Give each gateway process a directory of its own.",
+                ) from None
+        return fd
+
+    def _recover(self) -> None:
+        """Open the directory: cut torn tails, read offsets, count what is pending."""
+        seqs: list[int] = []
+        for entry in self.directory.iterdir():
+            if entry.name.endswith(".tmp"):
+                entry.unlink(missing_ok=True)  # an offset write cut short
+                continue
+            match = _SEGMENT.match(entry.name)
+            if match:
+                seqs.append(int(match.group(1)))
+        for seq in sorted(seqs):
+            segment = _Segment(self.directory / _name(seq), seq)
+            self._recover_segment(segment)
+            if segment.size == 0 or segment.done:
+                self._delete(segment)
+                continue
+            self._segments.append(segment)
+            self._disk_bytes += segment.size
+            self._pending_bytes += segment.size - segment.shipped
+        for entry in self.directory.iterdir():  # offsets whose segment is gone
+            match = _OFFSET.match(entry.name)
+            if match and not (self.directory / _name(int(match.group(1)))).exists():
+                entry.unlink(missing_ok=True)
+        self._next_seq = max(seqs, default=0) + 1
+        if self._segments:
+            log.info(
+                "audit spool %s: %d segments recovered, %d events to ship",
+                self.directory,
+                len(self._segments),
+                sum(s.lines - s.shipped_lines for s in self._segments),
+            )
+
+    def _recover_segment(self, segment: _Segment) -> None:
+        segment.sealed = True  # a new process never appends to an old segment
+        offset = 0
+        with contextlib.suppress(FileNotFoundError, ValueError, OSError):
+            offset = int(segment.offset_path.read_text(encoding="ascii").strip() or 0)
+        with open(segment.path, "r+b") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            good, lines, shipped, shipped_lines = 0, 0, 0, 0
+            position = 0
+            while chunk := handle.read(_READ_CHUNK):
+                count = chunk.count(b"\n")
+                if count:
+                    last = position + chunk.rfind(b"\n") + 1
+                    if last <= offset:  # every line of the chunk was shipped
+                        shipped, shipped_lines = last, lines + count
+                    elif position < offset:  # the offset falls in this chunk
+                        # an offset is always a line end; snap it down if it is not
+                        start, done = 0, lines
+                        while (newline := chunk.find(b"\n", start)) != -1:
+                            if position + newline + 1 > offset:
+                                break
+                            done += 1
+                            shipped, shipped_lines = position + newline + 1, done
+                            start = newline + 1
+                    lines += count
+                    good = last
+                position += len(chunk)
+            if position != good:  # a torn last line: never acknowledged
+                log.warning(
+                    "audit spool: cutting %d bytes of a torn last line from %s",
+                    position - good,
+                    segment.path.name,
+                )
+                handle.truncate(good)
+                handle.flush()
+                os.fsync(handle.fileno())
+        segment.size = good
+        segment.lines = lines
+        segment.shipped = shipped
+        segment.shipped_lines = shipped_lines
+
+    # -- the writer thread (GroupCommit's write) --------------------------------------
+
+    def _write_lines(self, lines: list[bytes]) -> None:
+        data = b"".join(lines)
+        segment = self._current
+        if (
+            segment is None
+            or self._fd is None  # a rotation failed half-way
+            or (segment.size > 0 and segment.size + len(data) > self.segment_bytes)
+        ):
+            segment = self._rotate()
+        fd = self._fd
+        assert fd is not None
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except BaseException:
+            self._abandon(segment)
+            raise
+        with self._lock:
+            segment.size += len(data)
+            segment.lines += len(lines)
+            self._disk_bytes += len(data)
+            self._pending_bytes += len(data)
+            self._changed.notify_all()
+
+    def _rotate(self) -> _Segment:
+        """Seal the current segment and start the next one (its directory entry
+        fsynced before anything written to it is acknowledged)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        segment = _Segment(self.directory / _name(self._next_seq), self._next_seq)
+        self._next_seq += 1
+        fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            _fsync_dir(self.directory)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                segment.path.unlink()
+            raise
+        self._fd = fd
+        with self._lock:
+            if self._current is not None:
+                self._current.sealed = True
+            self._current = segment
+            self._segments.append(segment)
+            self._changed.notify_all()
+        return segment
+
+    def _abandon(self, segment: _Segment) -> None:
+        """A write or fsync failed: the file may now hold a partial line and (after a
+        failed fsync) pages the kernel no longer means to write. Stop writing to it;
+        the next batch starts a new segment. What it held before stays acknowledged."""
+        log.warning("audit spool: write to %s failed; starting a new segment", segment.path.name)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        with self._lock:
+            segment.sealed = True
+            self._current = None
+            self._changed.notify_all()
+
+    # -- the shipper thread -----------------------------------------------------------
+
+    def _ship_loop(self) -> None:
+        delay: float | None = None
+        while not self._stop.is_set():
+            try:
+                work = self._next_work()
+                if work is None:
+                    continue
+                segment, events, end, count = work
+                if events and not self._send(events):
+                    return  # stopped while retrying
+                self._advance(segment, end, count, len(events))
+                delay = None
+            except Exception as exc:  # reading the spool failed: keep trying, visibly
+                delay = next_backoff(delay, initial=self._backoff[0], maximum=self._backoff[1])
+                self._record_failure(exc)
+                log.exception("audit spool: the shipper cannot read the spool")
+                self._stop.wait(delay)
+
+    def _next_work(self) -> tuple[_Segment, list[dict[str, Any]], int, int] | None:
+        """The next batch to ship, or None after waiting for something to do."""
+        with self._lock:
+            while self._segments and self._segments[0].done:
+                self._delete_locked(self._segments.popleft())
+            segment = next((s for s in self._segments if s.shipped < s.size), None)
+            if segment is None:
+                self._changed.wait(_IDLE_POLL)
+                return None
+            start, limit = segment.shipped, segment.size
+        events, end, count = self._read_batch(segment, start, limit)
+        return segment, events, end, count
+
+    def _read_batch(
+        self, segment: _Segment, start: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int, int]:
+        """Up to ``batch`` events from ``start``, not past ``limit``; the offset after
+        them and the lines consumed (corrupt ones included)."""
+        events: list[dict[str, Any]] = []
+        count, position = 0, start
+        with open(segment.path, "rb") as handle:
+            handle.seek(start)
+            while count < self.batch and position < limit:
+                line = handle.readline(limit - position)
+                if not line.endswith(b"\n"):
+                    break  # cannot happen below an acknowledged size
+                if events and position + len(line) - start > _BATCH_BYTES:
+                    break
+                position += len(line)
+                count += 1
+                try:
+                    record = json.loads(line)
+                    event = record["event"]
+                    if not isinstance(event, dict):
+                        raise TypeError("event is not an object")
+                except (ValueError, KeyError, TypeError):
+                    log.error(
+                        "audit spool: skipping a corrupt line in %s at byte %d",
+                        segment.path.name,
+                        position - len(line),
+                    )
+                    with self._lock:
+                        self._corrupt += 1
+                    continue
+                events.append(event)
+        return events, position, count
+
+    def _send(self, events: list[dict[str, Any]]) -> bool:
+        """Ship one batch until it is accepted; False if the spool closed first."""
+        delay: float | None = None
+        while not self._stop.is_set():
+            try:
+                self._ship(events)
+            except Exception as exc:
+                delay = next_backoff(delay, initial=self._backoff[0], maximum=self._backoff[1])
+                message, failures = self._record_failure(exc)
+                if failures == 1 or failures % 10 == 0:
+                    log.warning(
+                        "audit spool: shipping %d events failed (%d in a row): %s; "
+                        "retrying in %g s",
+                        len(events),
+                        failures,
+                        message,
+                        delay,
+                    )
+                self._stop.wait(delay)
+                continue
+            return True
+        return False
+
+    def _record_failure(self, exc: Exception) -> tuple[str, int]:
+        message = redact(exc)
+        with self._lock:
+            self._failures += 1
+            self._last_error = message
+            self._last_error_at = self._clock()
+            return message, self._failures
+
+    def _advance(self, segment: _Segment, end: int, count: int, shipped: int) -> None:
+        try:
+            self._write_offset(segment, end)
+        except OSError as exc:  # progress is kept in memory; a restart re-sends
+            log.warning(
+                "audit spool: cannot record progress in %s: %s",
+                segment.offset_path.name,
+                type(exc).__name__,
+            )
+        with self._lock:
+            self._pending_bytes -= end - segment.shipped
+            segment.shipped = end
+            segment.shipped_lines += count
+            self._shipped_events += shipped
+            self._failures = 0
+            self._last_ship_at = self._clock()
+            self._changed.notify_all()
+
+    def _write_offset(self, segment: _Segment, offset: int) -> None:
+        temp = segment.offset_path.with_suffix(".offset.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, f"{offset}\n".encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, segment.offset_path)
+
+    def _spooled_at(self, path: Path, offset: int) -> float | None:
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(offset)
+                value = json.loads(handle.readline(_BATCH_BYTES)).get("spooled_at")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return float(value) if isinstance(value, int | float) else None
+
+    # -- deletion ----------------------------------------------------------------------
+
+    def _delete_locked(self, segment: _Segment) -> None:
+        self._disk_bytes -= segment.size
+        self._delete(segment)
+        self._changed.notify_all()
+
+    def _delete(self, segment: _Segment) -> None:
+        """Segment first, then its offset: a crash in between leaves a stray offset
+        file (removed at the next start), never a segment that would be re-sent."""
+        try:
+            segment.path.unlink(missing_ok=True)
+            segment.offset_path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("audit spool: cannot delete %s: %s", segment.path.name, type(exc).__name__)

@@ -1,0 +1,242 @@
+"""Token-bucket rate limits per agent and per (agent, tool), decided locally by an
+enforcement point.
+
+A :class:`RateLimit` is a bucket of ``burst`` tokens refilled at ``rate_per_second``
+(the classic token bucket, as the committed-rate bucket of RFC 2697 section 3): a call takes one
+token, a call that finds less than one token is refused and told how long to wait.
+:class:`RateLimiter` keeps one bucket per agent (``per_agent``) and one per
+(agent, tool name) (``per_tool`` / ``default_per_tool``):
+
+- **Both must pass.** A call is allowed only if every bucket that applies holds a
+  token; then it takes one from each. A refused call takes nothing from any bucket, so
+  a per-tool refusal does not eat into the agent's overall allowance and vice versa.
+- **Retry-After.** A refused call gets the seconds after which every bucket that
+  applies holds a token again, rounded up to a whole second and at least 1: the
+  ``delay-seconds`` form of ``Retry-After`` (RFC 9110 section 10.2.3) that goes with a
+  429 answer (RFC 6585 section 4).
+- **Which per-tool limit.** ``per_tool`` maps tool-name globs (:func:`fnmatch.fnmatchcase`:
+  ``*``, ``?``, ``[seq]``; case-sensitive) to limits. For a tool name the limit used
+  is, in order: the pattern equal to the name (no wildcard), else the matching glob
+  with the most literal characters (``payments.transfer*`` beats ``payments.*`` beats
+  ``*``), ties going to the pattern listed first; if no pattern matches,
+  ``default_per_tool``; if that is unset, the tool has no per-tool limit. The bucket is
+  per actual tool name: ``payments.*`` at 1/s lets an agent call each payments tool
+  once a second, not all of them together (use ``per_agent`` for a total).
+- **Bounded memory.** At most ``max_keys`` buckets are kept (agent buckets and tool
+  buckets together); beyond that the least recently used is forgotten. A forgotten
+  bucket comes back **full**, so an agent idle long enough to be evicted, or whose
+  bucket is pushed out by a flood of other keys, gets a fresh burst. A bucket idle for
+  ``burst / rate_per_second`` seconds is full anyway, so size ``max_keys`` above the
+  number of keys active within that time. Tool names come from the caller: an agent
+  sending many distinct names creates many tool buckets, each bounded by
+  ``per_agent`` when that is set.
+- **Time** is passed in (``now``, seconds on a monotonic clock such as
+  :func:`time.monotonic`); a clock that goes backwards refills nothing.
+- **Thread-safe**: one lock around each check (constant work per call, plus glob
+  matching for tool names not seen recently).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+__all__ = ["RateLimit", "RateLimiter"]
+
+_RESOLVED_CACHE = 4096  # tool names whose per-tool limit is remembered
+_EPSILON = 1e-9  # float slack: token counts and waits are sums of float steps
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """``burst`` calls at once, ``rate_per_second`` calls a second sustained."""
+
+    rate_per_second: float
+    burst: int
+
+    def __post_init__(self) -> None:
+        rate = self.rate_per_second
+        if isinstance(rate, bool) or not isinstance(rate, int | float):
+            raise ValueError("rate_per_second must be a number")
+        if not math.isfinite(rate) or rate <= 0:
+            raise ValueError("rate_per_second must be a positive finite number")
+        if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1:
+            raise ValueError("burst must be a whole number of at least 1")
+
+    @classmethod
+    def from_config(cls, value: Any) -> RateLimit:
+        """Read ``{"rate_per_second": 5, "burst": 10}`` (unknown keys refused)."""
+        if not isinstance(value, Mapping):
+            raise ValueError("a rate limit is a mapping with rate_per_second and burst")
+        unknown = set(value) - {"rate_per_second", "burst"}
+        if unknown:
+            raise ValueError(f"unknown rate limit keys: {', '.join(sorted(map(str, unknown)))}")
+        if "rate_per_second" not in value or "burst" not in value:
+            raise ValueError("a rate limit needs rate_per_second and burst")
+        return cls(rate_per_second=value["rate_per_second"], burst=value["burst"])
+
+
+class _Bucket:
+    __slots__ = ("tokens", "updated")
+
+    def __init__(self, tokens: float, updated: float) -> None:
+        self.tokens = tokens
+        self.updated = updated
+
+
+def _specificity(pattern: str) -> int:
+    """Literal characters of a glob: ``*`` and ``?`` count nothing, a ``[...]`` set
+    counts one."""
+    count, i = 0, 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch in "*?":
+            i += 1
+            continue
+        if ch == "[":
+            end = pattern.find("]", i + 2)  # "[]...]": a leading ] is a member
+            if end != -1:
+                count += 1
+                i = end + 1
+                continue
+        count += 1
+        i += 1
+    return count
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(ch in pattern for ch in "*?[")
+
+
+class RateLimiter:
+    """Token buckets per agent and per (agent, tool); see the module docstring.
+
+    ``check(agent_id, tool, now)`` returns None when the call is allowed (its tokens
+    are taken) or the whole seconds to put in ``Retry-After`` when it is not.
+    """
+
+    def __init__(
+        self,
+        per_agent: RateLimit | None = None,
+        per_tool: Mapping[str, RateLimit] | None = None,
+        default_per_tool: RateLimit | None = None,
+        *,
+        max_keys: int = 100_000,
+    ) -> None:
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
+            raise ValueError("max_keys must be a whole number of at least 1")
+        patterns = dict(per_tool or {})
+        for pattern, limit in patterns.items():
+            if not isinstance(pattern, str) or not pattern:
+                raise ValueError("per_tool patterns must be non-empty strings")
+            if not isinstance(limit, RateLimit):
+                raise ValueError(f"per_tool[{pattern!r}] must be a RateLimit")
+        self.per_agent = per_agent
+        self.default_per_tool = default_per_tool
+        self.max_keys = max_keys
+        self._exact = {p: lim for p, lim in patterns.items() if not _is_glob(p)}
+        # most literal characters first; sorted() is stable, so ties keep config order
+        self._globs = sorted(
+            ((p, lim) for p, lim in patterns.items() if _is_glob(p)),
+            key=lambda item: -_specificity(item[0]),
+        )
+        self._lock = threading.Lock()
+        self._buckets: OrderedDict[tuple[str, ...], _Bucket] = OrderedDict()
+        self._resolved: dict[str, RateLimit | None] = {}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> RateLimiter:
+        """Build from configuration::
+
+            per_agent: {rate_per_second: 10, burst: 20}
+            default_per_tool: {rate_per_second: 2, burst: 5}
+            per_tool:
+              "payments.*": {rate_per_second: 0.5, burst: 2}
+            max_keys: 100000
+
+        Every key is optional; unknown keys are refused (ValueError)."""
+        unknown = set(config) - {"per_agent", "per_tool", "default_per_tool", "max_keys"}
+        if unknown:
+            raise ValueError(f"unknown rate_limits keys: {', '.join(sorted(map(str, unknown)))}")
+        per_tool = config.get("per_tool") or {}
+        if not isinstance(per_tool, Mapping):
+            raise ValueError("per_tool maps tool-name globs to rate limits")
+        return cls(
+            per_agent=_optional(config.get("per_agent")),
+            per_tool={str(p): RateLimit.from_config(v) for p, v in per_tool.items()},
+            default_per_tool=_optional(config.get("default_per_tool")),
+            max_keys=config.get("max_keys", 100_000),
+        )
+
+    def limit_for_tool(self, tool: str) -> RateLimit | None:
+        """The per-tool limit that applies to ``tool`` (see the module docstring)."""
+        with self._lock:
+            return self._resolve(tool)
+
+    def __len__(self) -> int:
+        """Buckets currently kept."""
+        with self._lock:
+            return len(self._buckets)
+
+    def check(self, agent_id: str, tool: str | None, now: float) -> float | None:
+        """Take one token from each bucket that applies to this call and return None,
+        or take nothing and return the ``Retry-After`` delay: whole seconds (an int),
+        at least 1. ``tool`` None (a call that names no tool) checks ``per_agent`` only."""
+        with self._lock:
+            wanted: list[tuple[tuple[str, ...], RateLimit]] = []
+            if self.per_agent is not None:
+                wanted.append((("agent", agent_id), self.per_agent))
+            if tool is not None:
+                tool_limit = self._resolve(tool)
+                if tool_limit is not None:
+                    wanted.append((("tool", agent_id, tool), tool_limit))
+            if not wanted:
+                return None
+            buckets: list[tuple[_Bucket, RateLimit]] = []
+            for key, limit in wanted:
+                bucket = self._buckets.get(key)
+                if bucket is None:
+                    bucket = self._buckets[key] = _Bucket(float(limit.burst), now)
+                else:
+                    self._buckets.move_to_end(key)
+                    if now > bucket.updated:  # refill; a clock going back refills nothing
+                        bucket.tokens = min(
+                            float(limit.burst),
+                            bucket.tokens + (now - bucket.updated) * limit.rate_per_second,
+                        )
+                        bucket.updated = now
+                buckets.append((bucket, limit))
+            # the slack absorbs float drift: ten refills of 0.1 are 0.9999999999999999
+            if all(bucket.tokens >= 1.0 - _EPSILON for bucket, _ in buckets):
+                for bucket, _ in buckets:
+                    bucket.tokens -= 1.0
+                result: float | None = None
+            else:
+                wait = max((1.0 - b.tokens) / lim.rate_per_second for b, lim in buckets)
+                result = max(1, math.ceil(wait - _EPSILON))
+            while len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+            return result
+
+    def _resolve(self, tool: str) -> RateLimit | None:
+        if tool in self._resolved:
+            return self._resolved[tool]
+        limit = self._exact.get(tool)
+        if limit is None:
+            limit = next(
+                (lim for pattern, lim in self._globs if fnmatchcase(tool, pattern)),
+                self.default_per_tool,
+            )
+        if len(self._resolved) >= _RESOLVED_CACHE:
+            self._resolved.clear()
+        self._resolved[tool] = limit
+        return limit
+
+
+def _optional(value: Any) -> RateLimit | None:
+    return None if value is None else RateLimit.from_config(value)

@@ -1,0 +1,396 @@
+"""The gateway's durable audit spool: fsync before an append returns, order, group
+commit under concurrency, at-least-once shipping across restarts, backoff, refusal
+when full, torn tails cut on recovery, nothing acknowledged ever lost."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentiam.adapters.gateway import spool as spool_module
+from agentiam.adapters.gateway.spool import AuditSpool, SpoolFull, next_backoff
+from agentiam.errors import ServiceUnavailable
+
+WAIT = 10.0
+FAST = {"backoff_initial": 0.01, "backoff_max": 0.05}
+
+
+class Sink:
+    """A control plane: records what it accepted; can be told to fail."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[dict[str, Any]]] = []
+        self.failing: Exception | None = None
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, events: list[dict[str, Any]]) -> None:
+        with self.lock:
+            self.calls += 1
+            if self.failing is not None:
+                raise self.failing
+            self.batches.append(list(events))
+
+    @property
+    def ids(self) -> list[str]:
+        with self.lock:
+            return [e["event_id"] for batch in self.batches for e in batch]
+
+
+def _events(prefix: str, n: int, pad: int = 0) -> list[dict[str, Any]]:
+    return [{"event_id": f"{prefix}-{i}", "pad": "x" * pad} for i in range(n)]
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+def opened() -> Iterator[list[AuditSpool]]:
+    spools: list[AuditSpool] = []
+    yield spools
+    for s in spools:
+        s.close(timeout=5)
+
+
+def _open(
+    opened: list[AuditSpool],
+    directory: Path,
+    ship: Callable[[list[dict[str, Any]]], None],
+    **kw: Any,
+) -> AuditSpool:
+    spool = AuditSpool(directory, ship, **{**FAST, **kw})
+    opened.append(spool)
+    return spool
+
+
+def _segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.jsonl"))
+
+
+def test_events_are_shipped_in_order_and_files_are_private(
+    directory: Path, opened: list[AuditSpool]
+) -> None:
+    sink = Sink()
+    spool = _open(opened, directory, sink, batch=7)
+    for n in range(10):
+        spool.append(_events(f"call{n}", 3))
+    assert spool.drain(WAIT)
+    assert sink.ids == [f"call{n}-{i}" for n in range(10) for i in range(3)]
+    assert all(len(batch) <= 7 for batch in sink.batches)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for path in directory.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+    line = json.loads(_segments(directory)[0].read_bytes().splitlines()[0])
+    assert line["event"] == {"event_id": "call0-0", "pad": ""}
+    assert isinstance(line["spooled_at"], float)
+    health = spool.health()
+    assert health.pending_events == 0
+    assert health.pending_bytes == 0
+    assert health.shipped_events == 30
+    assert health.oldest_pending_age is None
+
+
+def test_append_returns_only_after_fsync(
+    directory: Path, opened: list[AuditSpool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[tuple[int, int, bool]] = []  # (inode, size at fsync, is a directory)
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        info = os.fstat(fd)
+        real_fsync(fd)
+        synced.append((info.st_ino, info.st_size, stat.S_ISDIR(info.st_mode)))
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    sink = Sink()
+    sink.failing = ConnectionError("control plane down")  # nothing shipped meanwhile
+    spool = _open(opened, directory, sink)
+    for n in range(5):
+        spool.append(_events(f"c{n}", 2))
+        segment = _segments(directory)[-1]
+        info = segment.stat()
+        # the segment's content, all of it, was fsynced before append returned ...
+        assert (info.st_ino, info.st_size, False) in synced
+    # ... and so was the directory after the segment was created
+    assert any(is_dir for _ino, _size, is_dir in synced)
+
+
+def test_many_threads_lose_nothing_and_share_fsyncs(
+    directory: Path, opened: list[AuditSpool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fsyncs = 0
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        nonlocal fsyncs
+        fsyncs += 1
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    sink = Sink()
+    spool = _open(opened, directory, sink, segment_bytes=20_000)
+    threads, calls = 16, 60
+    barrier = threading.Barrier(threads)
+
+    def worker(t: int) -> None:
+        barrier.wait()
+        for n in range(calls):
+            spool.append(_events(f"t{t}.{n}", 1 + n % 3))
+
+    workers = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert spool.drain(WAIT)
+    shipped = sink.ids
+    expected = {
+        f"t{t}.{n}-{i}" for t in range(threads) for n in range(calls) for i in range(1 + n % 3)
+    }
+    assert len(shipped) == len(expected)  # no duplicates in a run without failures
+    assert set(shipped) == expected
+    for t in range(threads):  # each caller's events in the order it appended them
+        mine = [s for s in shipped if s.startswith(f"t{t}.")]
+        assert mine == [f"t{t}.{n}-{i}" for n in range(calls) for i in range(1 + n % 3)]
+    assert fsyncs < threads * calls  # group commit: callers shared fsyncs
+    assert len(_segments(directory)) == 1  # shipped segments were deleted
+
+
+@pytest.mark.parametrize("read_chunk", [64, 1 << 20])  # recovery reads in chunks
+def test_at_least_once_across_restarts(
+    directory: Path, opened: list[AuditSpool], monkeypatch: pytest.MonkeyPatch, read_chunk: int
+) -> None:
+    monkeypatch.setattr(spool_module, "_READ_CHUNK", read_chunk)
+    sink = Sink()
+    sink.failing = ConnectionError("down")
+    first = _open(opened, directory, sink, batch=10, segment_bytes=2_000)
+    for n in range(20):
+        first.append(_events(f"c{n}", 5, pad=20))
+    assert len(_segments(directory)) > 1
+    assert first.close()
+
+    # a second process ships part of it, then the control plane goes away again
+    accepted = Sink()
+    budget = [4]
+
+    def flaky(events: list[dict[str, Any]]) -> None:
+        if budget[0] == 0:
+            raise ConnectionError("down again")
+        budget[0] -= 1
+        accepted(events)
+
+    second = _open(opened, directory, flaky, batch=10, segment_bytes=2_000)
+    _wait_for(lambda: second.health().consecutive_failures > 0)
+    assert second.close()
+    assert len(accepted.ids) == 40
+
+    third_sink = Sink()
+    third = _open(opened, directory, third_sink, batch=10, segment_bytes=2_000)
+    assert third.drain(WAIT)
+    everything = [f"c{n}-{i}" for n in range(20) for i in range(5)]
+    shipped = accepted.ids + third_sink.ids
+    assert set(shipped) == set(everything)
+    assert len(shipped) - len(everything) <= 10  # at most the batch in flight re-sent
+    assert third_sink.ids == everything[len(everything) - len(third_sink.ids) :]  # in order
+    assert _segments(directory) == []  # all shipped, nothing written by the third spool
+
+
+def test_backoff_doubles_up_to_its_cap_and_errors_are_redacted(
+    directory: Path, opened: list[AuditSpool]
+) -> None:
+    assert [next_backoff(None)] == [1.0]
+    delays: list[float] = []
+    delay: float | None = None
+    for _ in range(8):
+        delay = next_backoff(delay)
+        delays.append(delay)
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
+
+    times: list[float] = []
+    secret = "s3cr3t-value"
+
+    def failing_three_times(events: list[dict[str, Any]]) -> None:
+        times.append(time.monotonic())
+        if len(times) <= 3:
+            raise ConnectionError(
+                f"POST https://gw:{secret}@cp.example/v1/audit/ingest: "
+                f"Authorization: Bearer {secret}"
+            )
+
+    spool = _open(opened, directory, failing_three_times, backoff_initial=0.05, backoff_max=0.08)
+    spool.append(_events("e", 1))
+    _wait_for(lambda: spool.health().consecutive_failures >= 1)
+    health = spool.health()
+    assert health.last_ship_error is not None
+    assert secret not in health.last_ship_error
+    assert "ConnectionError" in health.last_ship_error
+    assert health.pending_events == 1
+    assert spool.drain(WAIT)
+    assert len(times) == 4
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    for gap, expected in zip(gaps, [0.05, 0.08, 0.08], strict=True):
+        assert gap >= expected * 0.9
+    health = spool.health()
+    assert health.consecutive_failures == 0
+    assert health.last_ship_error is not None  # the last error stays visible
+    assert health.last_ship_at is not None
+
+
+def test_a_full_spool_refuses_and_frees_up_once_shipped(
+    directory: Path, opened: list[AuditSpool]
+) -> None:
+    sink = Sink()
+    sink.failing = ConnectionError("down")
+    spool = _open(opened, directory, sink, max_bytes=5_000, segment_bytes=1_000)
+    acknowledged: list[str] = []
+    refused: SpoolFull | None = None
+    for n in range(1000):
+        try:
+            spool.append(_events(f"c{n}", 1, pad=100))
+        except SpoolFull as exc:
+            refused = exc
+            break
+        acknowledged.append(f"c{n}-0")
+    assert refused is not None
+    assert refused.status == 503
+    assert isinstance(refused, ServiceUnavailable)
+    pending = spool.health().pending_bytes
+    line = pending // len(acknowledged)
+    assert pending <= 5_000 < pending + line  # filled up to its limit, not beyond
+    with pytest.raises(SpoolFull):
+        spool.append(_events("again", 1, pad=100))
+
+    sink.failing = None
+    assert spool.drain(WAIT)
+    assert sink.ids == acknowledged  # every acknowledged event, nothing refused
+    spool.append(_events("after", 1, pad=100))  # room again
+
+
+def test_an_oversized_call_is_refused_not_split(directory: Path, opened: list[AuditSpool]) -> None:
+    spool = _open(opened, directory, Sink(), max_bytes=1_000)
+    with pytest.raises(SpoolFull):
+        spool.append(_events("big", 1, pad=2_000))
+
+
+def test_torn_last_line_is_cut_on_recovery(directory: Path, opened: list[AuditSpool]) -> None:
+    directory.mkdir(mode=0o700)
+    good = [json.dumps({"spooled_at": 1.0, "event": {"event_id": f"e{i}"}}) for i in range(3)]
+    segment = directory / "0000000000000007.jsonl"
+    segment.write_bytes(("\n".join(good) + "\n").encode() + b'{"spooled_at": 1.0, "ev')
+    sink = Sink()
+    spool = _open(opened, directory, sink)
+    assert segment.read_bytes().endswith(b"\n")  # cut before anything else happens
+    assert spool.drain(WAIT)
+    assert sink.ids == ["e0", "e1", "e2"]
+    spool.append(_events("new", 1))  # goes to a new segment after the old ones
+    assert spool.drain(WAIT)
+    assert sink.ids[-1] == "new-0"
+    assert not segment.exists()
+    assert _segments(directory)[0].name == "0000000000000008.jsonl"
+
+
+def test_a_corrupt_line_is_skipped_and_counted(directory: Path, opened: list[AuditSpool]) -> None:
+    directory.mkdir(mode=0o700)
+    lines = [
+        json.dumps({"spooled_at": 1.0, "event": {"event_id": "a"}}),
+        "not json at all",
+        json.dumps({"spooled_at": 1.0, "event": "not an object"}),
+        json.dumps({"spooled_at": 1.0, "event": {"event_id": "b"}}),
+    ]
+    (directory / "0000000000000001.jsonl").write_text("\n".join(lines) + "\n")
+    sink = Sink()
+    spool = _open(opened, directory, sink)
+    assert spool.drain(WAIT)
+    assert sink.ids == ["a", "b"]
+    assert spool.health().corrupt_lines == 2
+
+
+def test_a_failed_write_is_refused_and_the_next_one_uses_a_new_segment(
+    directory: Path, opened: list[AuditSpool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = Sink()
+    sink.failing = ConnectionError("down")
+    spool = _open(opened, directory, sink)
+    spool.append(_events("before", 2))
+    real_write = os.write
+    fail_next = [True]
+
+    def disk_full(fd: int, data: Any) -> int:
+        if fail_next[0] and not stat.S_ISDIR(os.fstat(fd).st_mode):
+            fail_next[0] = False
+            real_write(fd, bytes(data)[:7])  # a torn partial line, then the error
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(ServiceUnavailable):
+        spool.append(_events("refused", 2))
+    spool.append(_events("after", 2))
+    assert len(_segments(directory)) == 2
+    monkeypatch.setattr(os, "write", real_write)
+    sink.failing = None
+    assert spool.drain(WAIT)
+    assert sink.ids == ["before-0", "before-1", "after-0", "after-1"]
+
+
+def test_health_counts_pending_events_and_their_age(
+    directory: Path, opened: list[AuditSpool]
+) -> None:
+    now = [1_000.0]
+    sink = Sink()
+    sink.failing = ConnectionError("down")
+    spool = _open(opened, directory, sink, clock=lambda: now[0])
+    spool.append(_events("a", 3))
+    now[0] = 1_030.0
+    spool.append(_events("b", 2))
+    now[0] = 1_100.0
+    health = spool.health()
+    assert health.pending_events == 5
+    assert health.pending_bytes == health.disk_bytes > 0
+    assert health.oldest_pending_age == pytest.approx(100.0)
+    assert health.segments == 1
+    assert not health.closed
+
+
+def test_closed_spool_refuses_and_bad_events_are_refused(
+    directory: Path, opened: list[AuditSpool]
+) -> None:
+    spool = _open(opened, directory, Sink())
+    with pytest.raises(ValueError, match="JSON"):
+        spool.append([{"value": float("nan")}])
+    with pytest.raises(ValueError, match="JSON"):
+        spool.append([{"value": object()}])
+    with pytest.raises(ValueError, match="object"):
+        spool.append(["not a mapping"])  # type: ignore[list-item]
+    spool.append([])  # nothing to do
+    spool.close()
+    with pytest.raises(ServiceUnavailable):
+        spool.append(_events("late", 1))
+    assert spool.health().closed
+
+
+def test_one_spool_per_directory(directory: Path, opened: list[AuditSpool]) -> None:
+    first = _open(opened, directory, Sink())
+    with pytest.raises(ServiceUnavailable, match="in use"):
+        AuditSpool(directory, Sink())
+    assert first.close()
+    _open(opened, directory, Sink()).append(_events("next", 1))
