@@ -1,0 +1,210 @@
+"""The gateway configuration file (YAML or JSON), validated at start: every problem is
+a :class:`ValueError` naming the key's path, and nothing starts on a bad file.
+
+The part every gateway shares (see docs/gateway.md#configuration)::
+
+    name: tools-gw                     # audit source: gateway/<name>
+    public_url: https://gw.example.com # this gateway's resource URL: the token audience
+    listen: {host: 127.0.0.1, port: 8443}
+    control_plane:
+      url: https://iam.example.com
+      key_env: AGENTIAM_GATEWAY_KEY    # env var holding a verifier-role admin key
+      outage_seconds: 300              # decide from cache this long, then refuse all
+    spool: {directory: /var/lib/agentiam/gw, max_bytes: 1073741824}
+    secrets: {store: /etc/agentiam/gw-secrets.json}   # key: AGENTIAM_GATEWAY_SECRETS_KEY
+    rate_limits: {...}                 # core/enforcement/ratelimit.py
+    timeouts: {connect: 5, read: 30, total: 60}
+
+The kind's own section (``routes``/``upstreams`` for HTTP, ``servers`` for MCP) is
+handed to that gateway's parser as :attr:`GatewayConfig.section`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from agentiam.core.enforcement.ratelimit import RateLimiter
+
+__all__ = ["ControlPlaneConfig", "GatewayConfig", "Timeouts", "load_gateway_config"]
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_ENV = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+_COMMON = frozenset(
+    {"name", "public_url", "listen", "control_plane", "spool", "secrets", "rate_limits", "timeouts"}
+)
+_MAX_FILE = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ControlPlaneConfig:
+    url: str
+    key_env: str
+    outage_seconds: float = 300.0
+
+    def admin_key(self, env: Mapping[str, str] | None = None) -> str:
+        value = (os.environ if env is None else env).get(self.key_env, "").strip()
+        if not value:
+            raise ValueError(
+                f"control_plane.key_env: the environment variable {self.key_env} is not set "
+                "(it holds the gateway's verifier-role admin key)"
+            )
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0
+    read: float = 30.0
+    total: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    kind: str  # "http" or "mcp"
+    name: str
+    public_url: str
+    host: str
+    port: int
+    control_plane: ControlPlaneConfig
+    spool_directory: Path
+    spool_max_bytes: int
+    secrets_store: Path | None
+    rate_limits: RateLimiter | None
+    timeouts: Timeouts
+    section: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def resource_metadata_url(self) -> str:
+        """RFC 9728 section 3.1: the well-known URL of this resource's metadata."""
+        parts = urlsplit(self.public_url)
+        path = parts.path.rstrip("/")
+        return f"{parts.scheme}://{parts.netloc}/.well-known/oauth-protected-resource{path}"
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: expected a mapping")
+    return value
+
+
+def _keys(value: Mapping[str, Any], where: str, allowed: frozenset[str]) -> None:
+    unknown = sorted(set(map(str, value)) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {', '.join(unknown)}")
+
+
+def _number(value: Any, where: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ValueError(f"{where}: a number between {low:g} and {high:g}")
+    return float(value)
+
+
+def _url(value: Any, where: str, *, allow_http_loopback: bool = True) -> str:
+    if not isinstance(value, str) or len(value) > 2048:
+        raise ValueError(f"{where}: a URL")
+    parts = urlsplit(value)
+    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and local and allow_http_loopback):
+        raise ValueError(f"{where}: must be https (plain http only on 127.0.0.1 or localhost)")
+    if not parts.hostname or parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError(f"{where}: a URL without user info, query or fragment")
+    return value.rstrip("/")
+
+
+def _path(value: Any, where: str) -> Path:
+    if not isinstance(value, str) or not value.startswith("/") or "\x00" in value:
+        raise ValueError(f"{where}: an absolute path")
+    return Path(value)
+
+
+def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -> GatewayConfig:
+    """Validate the common part; ``section_keys`` are the top-level keys the kind's
+    own parser takes (anything else is refused here)."""
+    top = _mapping(data, "config")
+    _keys(top, "config", _COMMON | section_keys)
+    name = top.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError("name: 1-64 characters of a-z, 0-9, '.', '_' or '-'")
+    public_url = _url(top.get("public_url"), "public_url")
+
+    listen = _mapping(top.get("listen") or {}, "listen")
+    _keys(listen, "listen", frozenset({"host", "port"}))
+    host = listen.get("host", "127.0.0.1")
+    if not isinstance(host, str) or not host or len(host) > 253:
+        raise ValueError("listen.host: a host name or address")
+    port = listen.get("port", 8443)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError("listen.port: an integer between 1 and 65535")
+
+    cp = _mapping(top.get("control_plane"), "control_plane")
+    _keys(cp, "control_plane", frozenset({"url", "key_env", "outage_seconds"}))
+    key_env = cp.get("key_env", "AGENTIAM_GATEWAY_KEY")
+    if not isinstance(key_env, str) or not _ENV.match(key_env):
+        raise ValueError("control_plane.key_env: an environment variable name")
+    control_plane = ControlPlaneConfig(
+        url=_url(cp.get("url"), "control_plane.url"),
+        key_env=key_env,
+        outage_seconds=_number(
+            cp.get("outage_seconds", 300), "control_plane.outage_seconds", 1, 86_400
+        ),
+    )
+
+    spool = _mapping(top.get("spool"), "spool")
+    _keys(spool, "spool", frozenset({"directory", "max_bytes"}))
+    max_bytes = spool.get("max_bytes", 1 << 30)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+        raise ValueError("spool.max_bytes: an integer")
+    if not 1 << 20 <= max_bytes <= 1 << 40:
+        raise ValueError("spool.max_bytes: between 1 MiB and 1 TiB")
+
+    secrets = _mapping(top.get("secrets") or {}, "secrets")
+    _keys(secrets, "secrets", frozenset({"store"}))
+    store = _path(secrets["store"], "secrets.store") if "store" in secrets else None
+
+    limits = None
+    if top.get("rate_limits") is not None:
+        try:
+            limits = RateLimiter.from_config(_mapping(top["rate_limits"], "rate_limits"))
+        except ValueError as exc:
+            raise ValueError(f"rate_limits: {exc}") from None
+
+    t = _mapping(top.get("timeouts") or {}, "timeouts")
+    _keys(t, "timeouts", frozenset({"connect", "read", "total"}))
+    timeouts = Timeouts(
+        connect=_number(t.get("connect", 5), "timeouts.connect", 0.1, 60),
+        read=_number(t.get("read", 30), "timeouts.read", 0.1, 600),
+        total=_number(t.get("total", 60), "timeouts.total", 0.1, 3600),
+    )
+    return GatewayConfig(
+        kind=kind,
+        name=name,
+        public_url=public_url,
+        host=host,
+        port=port,
+        control_plane=control_plane,
+        spool_directory=_path(spool.get("directory"), "spool.directory"),
+        spool_max_bytes=max_bytes,
+        secrets_store=store,
+        rate_limits=limits,
+        timeouts=timeouts,
+        section={k: v for k, v in top.items() if k in section_keys},
+    )
+
+
+def read_config_file(path: str | Path) -> Any:
+    """The file's YAML or JSON content; ValueError when it cannot be read."""
+    file = Path(path)
+    try:
+        if file.stat().st_size > _MAX_FILE:
+            raise ValueError(f"{file}: larger than 1 MiB")
+        return yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read {file}: {exc}") from None

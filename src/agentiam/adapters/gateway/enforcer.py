@@ -1,0 +1,293 @@
+"""The decision every enforcement point makes for every call, in one place.
+
+For one call (an MCP ``tools/call``, an HTTP request matched to a route, a guarded
+Python function) :class:`Enforcer` runs, in this order, and stops at the first
+refusal:
+
+1. **Authenticate** (:meth:`Enforcer.authenticate`): a DPoP-bound access token
+   (RFC 9449) whose audience is this gateway (RFC 8707), verified locally against
+   the cached JWKS and revocation set. A refusal is 401 with ``WWW-Authenticate``
+   naming the gateway's protected-resource metadata (RFC 9728 section 5.1).
+2. **Rate limit** per agent and per (agent, tool): 429 with ``Retry-After``.
+3. **Task scope**: a token carrying ``authorization_details`` (RFC 9396) permits only
+   the calls one of its entries covers (``token_permits``): else 403.
+4. **Policy**: the local Cedar authorizer, with the delegation chain and the token's
+   authorization details in the context: 403 ``insufficient_scope``-style refusal on
+   deny (RFC 6750 section 3.1), naming the reason.
+
+Every outcome, allowed or refused, becomes an audit event that is **durable in the
+local spool before the call goes on** (or is answered): if the spool cannot take it,
+the call is refused with 503, so there is never an unlogged allow. After the upstream
+answers, :meth:`Enforcer.record_outcome` adds a ``tool.call`` event with the status,
+the brokered secret's ``name@version`` (never its value) and the duration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from agentiam.adapters.gateway.link import ControlPlaneLink
+from agentiam.core.audit.events import (
+    Actor,
+    ActorType,
+    AuditEvent,
+    Outcome,
+    ResourceRef,
+    TraceContext,
+)
+from agentiam.core.audit.redaction import Redactor
+from agentiam.core.credentials.verifier import VerifiedAccess
+from agentiam.core.delegation.authorization_details import ApiCall, CustomCall, ToolCall
+from agentiam.core.delegation.enforcement import delegation_context, token_permits
+from agentiam.core.enforcement.ratelimit import RateLimiter
+from agentiam.core.ids import is_id
+from agentiam.core.policy.authorizer import AuthzRequest
+from agentiam.core.policy.model import EntityRef
+from agentiam.errors import OAuthError, ServiceUnavailable
+from agentiam.services.context import CallContext
+from agentiam.services.decisions import decision_event
+
+__all__ = ["Call", "Enforcer", "EventSink", "Verdict"]
+
+
+class EventSink(Protocol):
+    """Where an enforcement point's audit events go: ``append`` returns only once they
+    are durable (the gateway's local spool), and raises if they cannot be."""
+
+    def append(self, events: list[dict[str, Any]]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One attempted call, as policy sees it."""
+
+    action: str  # the Cedar action, e.g. "invoke_tool"
+    resource: EntityRef  # e.g. Tool::"search" or Endpoint::"GET /v1/invoices"
+    detail: ToolCall | ApiCall | CustomCall  # what token_permits checks
+    tool: str  # the rate-limit key (tool or route name)
+    args: Mapping[str, Any] | None = None  # tool arguments, for context.args
+
+    def context(self, access: VerifiedAccess) -> dict[str, Any]:
+        ctx = delegation_context(access)
+        if self.args is not None:
+            ctx["args"] = dict(self.args)
+        return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    allowed: bool
+    status: int  # 200 when allowed; 401, 403, 429 or 503 when not
+    error: str | None  # the wire error code of a refusal
+    reason: str
+    decision_id: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Enforcer:
+    def __init__(
+        self,
+        name: str,
+        link: ControlPlaneLink,
+        sink: EventSink,
+        *,
+        resource_metadata: str,
+        limiter: RateLimiter | None = None,
+        redactor: Redactor | None = None,
+        kind: str = "gateway",
+    ) -> None:
+        """``name`` names this enforcement point in the audit trail (``source`` is
+        ``<kind>/<name>``); ``resource_metadata`` is the URL of its RFC 9728
+        metadata document, named in every 401 challenge."""
+        self.name = name
+        self.source = f"{kind}/{name}"
+        self.link = link
+        self._sink = sink
+        self._metadata = resource_metadata
+        self._limiter = limiter
+        self._redactor = redactor or Redactor()
+
+    # -- 1. authenticate ---------------------------------------------------------------
+
+    def authenticate(
+        self,
+        *,
+        authorization: Sequence[str],
+        dpop: Sequence[str],
+        method: str,
+        url: str,
+        trace: TraceContext,
+    ) -> VerifiedAccess:
+        """Verify the request's DPoP-bound token; on failure the refusal is audited and
+        the OAuthError (with its challenge) raised for the transport to render."""
+        try:
+            return self.link.verifier.verify_request(
+                authorization=authorization,
+                dpop=dpop,
+                method=method,
+                url=url,
+                now=int(time.time()),
+            )
+        except OAuthError as exc:
+            challenge = exc.headers.get("WWW-Authenticate")
+            if challenge is not None:
+                exc.headers["WWW-Authenticate"] = (
+                    f'{challenge}, resource_metadata="{self._metadata}"'
+                )
+            self._record_refusal(
+                None, trace, status=exc.oauth_status, reason=f"{exc.error}: {exc.reason}"
+            )
+            raise
+
+    # -- 2-4. decide -------------------------------------------------------------------
+
+    def decide(self, access: VerifiedAccess, call: Call, *, trace: TraceContext) -> Verdict:
+        """Rate limit, task scope and policy, in that order; the verdict's event is
+        durable before this returns (else ServiceUnavailable)."""
+        agent = access.client_id
+        if self._limiter is not None:
+            retry = self._limiter.check(agent, call.tool, time.monotonic())
+            if retry is not None:
+                seconds = max(1, int(retry + 0.999))
+                verdict = Verdict(
+                    False,
+                    429,
+                    "rate_limited",
+                    f"rate limit for {call.tool} exceeded",
+                    headers={"Retry-After": str(seconds)},
+                )
+                self._record_refusal(access, trace, status=429, reason=verdict.reason, call=call)
+                return verdict
+        permits = token_permits(access, call.detail)
+        if not permits.allowed:
+            verdict = Verdict(False, 403, "insufficient_scope", permits.reason)
+            self._record_refusal(access, trace, status=403, reason=permits.reason, call=call)
+            return verdict
+        authorizer = self.link.authorizer()  # 503 past the outage bound
+        decision = authorizer.decide(
+            AuthzRequest(
+                EntityRef("Agent", agent), call.action, call.resource, call.context(access)
+            )
+        )
+        ctx = CallContext(actor=Actor(ActorType.AGENT, agent), source=self.source, trace=trace)
+        event = decision_event(ctx, decision, now=_now(), redactor=self._redactor)
+        self._durable([event.to_dict()])
+        if decision.allowed:
+            return Verdict(True, 200, None, "allowed", decision_id=decision.decision_id)
+        reason = decision.reasons[0] if decision.reasons else "denied by policy"
+        return Verdict(
+            False,
+            403,
+            "insufficient_scope",
+            reason,
+            decision_id=decision.decision_id,
+            headers={
+                "WWW-Authenticate": f'DPoP error="insufficient_scope", '
+                f'resource_metadata="{self._metadata}"'
+            },
+        )
+
+    # -- after the call ----------------------------------------------------------------
+
+    def record_outcome(
+        self,
+        access: VerifiedAccess,
+        call: Call,
+        verdict: Verdict,
+        *,
+        trace: TraceContext,
+        outcome: Outcome,
+        status: int | None,
+        secret: str | None,
+        duration_ms: float,
+    ) -> None:
+        """The ``tool.call`` event of an allowed call once the upstream answered (or
+        failed): its status, the brokered secret by ``name@version`` and the time."""
+        ctx = CallContext(
+            actor=Actor(ActorType.AGENT, access.client_id), source=self.source, trace=trace
+        )
+        event = AuditEvent.create(
+            type="tool.call",
+            actor=ctx.actor,
+            action=call.action,
+            source=self.source,
+            trace=trace,
+            now=_now(),
+            outcome=outcome,
+            resource=ResourceRef(call.resource.type, call.resource.id),
+            agent_id=access.client_id,
+            initiating_human=_human(access),
+            delegation_chain=tuple(access.chain.actors) or (access.client_id,),
+            decision_id=verdict.decision_id,
+            details={
+                "tool": call.tool,
+                "status": status,
+                "secret": secret,
+                "duration_ms": round(duration_ms, 3),
+                "jti": access.jti,
+                "argument_names": sorted(call.args) if call.args else [],
+                "arguments": self._redactor.arguments(
+                    call.args or {},
+                    {
+                        "action": call.action,
+                        "resource_type": call.resource.type,
+                        "resource_id": call.resource.id,
+                    },
+                ),
+            },
+        )
+        self._durable([event.to_dict()])
+
+    # -- audit -----------------------------------------------------------------------
+
+    def _record_refusal(
+        self,
+        access: VerifiedAccess | None,
+        trace: TraceContext,
+        *,
+        status: int,
+        reason: str,
+        call: Call | None = None,
+    ) -> None:
+        actor = (
+            Actor(ActorType.AGENT, access.client_id)
+            if access is not None
+            else Actor(ActorType.ANONYMOUS, "-")
+        )
+        event = AuditEvent.create(
+            type="api.request.rejected",
+            actor=actor,
+            action=call.action if call is not None else "authenticate",
+            source=self.source,
+            trace=trace,
+            now=_now(),
+            outcome=Outcome.DENIED,
+            resource=ResourceRef(call.resource.type, call.resource.id) if call else None,
+            agent_id=access.client_id if access is not None else None,
+            initiating_human=_human(access) if access is not None else None,
+            delegation_chain=tuple(access.chain.actors) if access is not None else (),
+            reason=reason[:500],
+            details={"status": status, "tool": call.tool if call else None},
+        )
+        self._durable([event.to_dict()])
+
+    def _durable(self, events: list[dict[str, Any]]) -> None:
+        try:
+            self._sink.append(events)
+        except Exception as exc:
+            raise ServiceUnavailable(
+                "the gateway cannot record this call durably; it was refused",
+                hint="Check the gateway's audit spool (disk space, permissions).",
+            ) from exc
+
+
+def _human(access: VerifiedAccess) -> str | None:
+    return access.subject if is_id(access.subject, "human") else None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,157 @@
+"""An enforcement point's link to the control plane: everything it decides from,
+cached locally and kept fresh by the control plane's pushes.
+
+* **Tokens**: :class:`~agentiam.adapters.verification.RemoteVerifier` (the JWKS, and
+  the revocation feed as a long poll: a revocation reaches the gateway within the
+  control plane's poll interval, well under a second).
+* **Policy and entities**: a long poll on ``GET /v1/enforcement/bundle`` that the
+  control plane answers as soon as the policy set or the registry changes; the bundle
+  becomes a local :class:`~agentiam.core.policy.authorizer.Authorizer`, so a decision
+  never leaves the process.
+* **Outage bound**: while the control plane cannot be reached, decisions go on from
+  the cached bundle and revocation set for ``outage_seconds`` (default 300) after the
+  last successful contact; past that, :meth:`ControlPlaneLink.authorizer` raises and
+  the gateway refuses every call (503): it fails closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from agentiam.adapters.verification import RemoteVerifier
+from agentiam.core.credentials.verifier import AccessTokenVerifier
+from agentiam.core.policy.authorizer import Authorizer
+from agentiam.core.policy.bundle import load_bundle, time_zone_of
+from agentiam.errors import ServiceUnavailable
+
+__all__ = ["ControlPlaneLink"]
+
+log = logging.getLogger("agentiam.gateway")
+
+_MAX_BUNDLE = 64 * 1024 * 1024
+
+
+class ControlPlaneLink:
+    def __init__(
+        self,
+        issuer: str,
+        audience: str,
+        *,
+        admin_key: str,
+        outage_seconds: float = 300.0,
+        wait: float = 20.0,
+        monotonic: Callable[[], float] = time.monotonic,
+        http: httpx.Client | None = None,
+    ) -> None:
+        """``issuer`` is the control plane's URL, ``audience`` this gateway's resource
+        URL (tokens must name it), ``admin_key`` a ``verifier``-role key."""
+        self.issuer = issuer.rstrip("/")
+        self.outage_seconds = outage_seconds
+        self._wait = wait
+        self._zone = "UTC"
+        self._monotonic = monotonic
+        self.remote = RemoteVerifier(
+            self.issuer, audience, admin_key=admin_key, max_staleness=outage_seconds, http=http
+        )
+        self._http = httpx.Client(
+            headers={"Authorization": f"Bearer {admin_key}"}, timeout=wait + 10
+        )
+        self._url = self.issuer + "/v1/enforcement/bundle"
+        self._authorizer: Authorizer | None = None
+        self._etag: str | None = None
+        self._contact: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_error: str | None = None
+
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def verifier(self) -> AccessTokenVerifier:
+        return self.remote.verifier
+
+    @property
+    def etag(self) -> str | None:
+        """The bundle version in force (None before the first one)."""
+        return self._etag
+
+    def seconds_since_contact(self) -> float | None:
+        return None if self._contact is None else self._monotonic() - self._contact
+
+    def authorizer(self) -> Authorizer:
+        """The local authorizer, while the cached bundle is within the outage bound;
+        otherwise ServiceUnavailable (every call is refused)."""
+        since = self.seconds_since_contact()
+        if self._authorizer is None or since is None or since > self.outage_seconds:
+            raise ServiceUnavailable(
+                "the gateway has lost the control plane for longer than its outage "
+                "bound; calls are refused until it is back",
+                hint="Check the control plane and the gateway's link to it.",
+            )
+        return self._authorizer
+
+    # -- sync ------------------------------------------------------------------------
+
+    def poll_once(self, wait: float) -> bool:
+        """One long poll for a new bundle; True if one was loaded."""
+        params: dict[str, Any] = {"wait": wait}
+        if self._etag is not None:
+            params["etag"] = self._etag
+        response = self._http.get(self._url, params=params)
+        if response.status_code == 304:
+            self._contact = self._monotonic()
+            return False
+        response.raise_for_status()
+        if len(response.content) > _MAX_BUNDLE:
+            raise ValueError("the policy bundle is larger than 64 MiB")
+        body = response.json()
+        bundle = body["bundle"]
+        current = self._authorizer
+        engine, entities = load_bundle(bundle, previous=current.engine if current else None)
+        zone = time_zone_of(bundle)  # the control plane's: time-based policies agree
+        if current is None or zone != self._zone:
+            self._zone = zone
+            self._authorizer = Authorizer(
+                engine, entities, clock=lambda: datetime.now(UTC), zone=zone
+            )
+        else:
+            current.update(engine, entities)
+        self._etag = str(body["etag"])
+        self._contact = self._monotonic()
+        self.last_error = None
+        log.info("policy bundle %s loaded (policy version %s)", self._etag, engine.version)
+        return True
+
+    def start(self) -> ControlPlaneLink:
+        """Load keys, revocations and the first bundle (failing loudly if the control
+        plane cannot be reached at start), then keep all three fresh in the
+        background."""
+        self.remote.start()
+        self.poll_once(0)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="bundle-sync")
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                self.poll_once(self._wait)
+                delay = 0.5
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                self.last_error = f"{type(exc).__name__}"
+                log.warning("policy bundle poll failed (%s); retrying", type(exc).__name__)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.remote.close()
+        self._http.close()
