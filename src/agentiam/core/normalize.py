@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
+from typing import Any
 
 from agentiam.errors import InvalidInput
 
 __all__ = [
     "normalize_display_text",
     "normalize_identifier",
+    "plain",
     "scripts_of",
 ]
 
@@ -130,3 +133,13 @@ def normalize_display_text(
     if len(text) > max_length:
         raise InvalidInput(f"{field} is longer than {max_length} characters")
     return text
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every mapping made a dict (string keys) and every sequence a
+    list: JSON types, ready to serialise."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value

@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agentiam.core.audit.events import (
+    EVENT_MEMBERS,
     SCHEMA_VERSION,
     ActorType,
     AuditEvent,
@@ -71,28 +72,6 @@ _TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _TRACE_RE = re.compile(r"^[0-9a-f]{32}$")
 _SPAN_RE = re.compile(r"^[0-9a-f]{16}$")
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$")
-_EVENT_MEMBERS = frozenset(
-    {
-        "schema_version",
-        "event_id",
-        "time",
-        "type",
-        "outcome",
-        "actor",
-        "action",
-        "resource",
-        "source",
-        "agent_id",
-        "initiating_human",
-        "delegation_chain",
-        "decision_id",
-        "policy_version",
-        "risk_score",
-        "trace",
-        "reason",
-        "details",
-    }
-)
 _MAX_CHAIN = 32
 _MAX_SOURCES_NAMED = 16
 
@@ -188,7 +167,7 @@ def parse_ingested_event(data: Any, index: int, *, now: datetime) -> AuditEvent:
     ``guard/…``), ``event_id`` be an event id, ``time`` not more than five minutes
     ahead of this server's clock. ``details`` pass the built-in secret guard.
     """
-    raw = _members(data, index, "", _EVENT_MEMBERS)
+    raw = _members(data, index, "", EVENT_MEMBERS)
     if raw["schema_version"] != SCHEMA_VERSION:
         raise _bad(index, "schema_version", f'must be "{SCHEMA_VERSION}"')
     event_id = raw["event_id"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agentiam.adapters.exporters._config import absolute_path, check_keys, integer, wire_format
+from agentiam.adapters.files import write_all
 from agentiam.core.audit.formats import Formatter, native
 
 __all__ = ["SETTINGS", "JsonlFileExporter", "from_config"]
@@ -72,11 +73,7 @@ class JsonlFileExporter:
             os.fchmod(fd, _FILE_MODE)  # an existing file made by someone else too
             start = os.fstat(fd).st_size
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
+                write_all(fd, data)
             except BaseException:
                 # no half line left behind: the batch is written again on retry
                 os.ftruncate(fd, start)

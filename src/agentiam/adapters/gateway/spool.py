@@ -65,6 +65,7 @@ try:  # POSIX: one spool per directory
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+from agentiam.adapters.files import write_all
 from agentiam.services.audit_export import redact
 from agentiam.services.audit_writer import GroupCommit
 
@@ -442,11 +443,7 @@ class AuditSpool:
         fd = self._fd
         assert fd is not None
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
+            write_all(fd, data)
         except BaseException:
             self._abandon(segment)
             raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -50,6 +50,7 @@ from agentiam.core.identities.models import (
     RuntimeInfo,
     Transition,
 )
+from agentiam.core.normalize import plain
 from agentiam.core.policy.model import (
     EntityRef,
     Mode,
@@ -1153,15 +1154,6 @@ class SqlResources:
         return ":".join(str(int(x)) for x in row)
 
 
-def _plain(value: Any) -> Any:
-    """``value`` with every mapping made a dict and every sequence a list, for JSON."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 _gr = t.delegation_grants
 
 
@@ -1197,7 +1189,7 @@ class SqlGrants:
                 agent_id=grant.agent_id,
                 scopes=_dumps(list(grant.scopes)),
                 audiences=_dumps(list(grant.audiences)),
-                authorization_details=_dumps(_plain(grant.authorization_details)),
+                authorization_details=_dumps(plain(grant.authorization_details)),
                 max_depth=grant.max_depth,
                 created_at=grant.created_at,
                 created_by=grant.created_by,

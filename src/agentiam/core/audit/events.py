@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 from agentiam.core.ids import new_id
 
 __all__ = [
+    "EVENT_MEMBERS",
     "SCHEMA_VERSION",
     "Actor",
     "ActorType",
@@ -238,3 +239,8 @@ class AuditEvent:
             reason=data.get("reason"),
             details=data.get("details") or {},
         )
+
+
+EVENT_MEMBERS = frozenset(f.name for f in fields(AuditEvent))
+"""The members of an event's wire form (:meth:`AuditEvent.to_dict`), every one always
+present."""

@@ -47,6 +47,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agentiam.core.identities.lifecycle import AgentStatus
 from agentiam.core.identities.models import Agent, AutonomyLevel, Human, RuntimeInfo
+from agentiam.core.normalize import plain
 from agentiam.core.policy.engine import PolicyEngine
 from agentiam.core.policy.entities import (
     MAX_PARENTS,
@@ -139,15 +140,6 @@ class BundleError(ValueError):
 # -- writing ----------------------------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
-    """``value`` with every mapping a dict and every sequence a list (JSON types)."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _time_text(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -177,7 +169,7 @@ def _resource_dict(record: ResourceRecord) -> dict[str, Any]:
     return {
         "type": record.type,
         "id": record.id,
-        "attributes": _plain(record.attributes),
+        "attributes": plain(record.attributes),
         "parents": [p.to_json() for p in record.parents],
         "tags": dict(sorted(record.tags.items())),
     }
