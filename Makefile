@@ -28,11 +28,12 @@ run: $(VENV)/.run-installed
 	AGENTIAM_MASTER_KEY_FILE=$(MASTER_KEY_FILE) $(BIN)/agentiam serve
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
+	$(BIN)/mypy --strict examples
 
 test: lint typecheck
 	$(BIN)/pytest

@@ -56,6 +56,7 @@ def test_public_api_is_declared() -> None:
         "bootstrap",
         "cli",
         "sdk",
+        "guard",  # the in-process guard's entry point (agentiam.guard)
     }
     modules |= {"annotations"}  # the __future__ import
     assert set(agentiam.__all__) - {"__version__"} == public - modules

@@ -51,15 +51,28 @@ class JwksCache:
         *,
         max_age: float = 30.0,
         min_refresh_interval: float = 5.0,
+        max_stale: float | None = None,
+        background: bool = False,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """Keys older than ``max_age`` are re-fetched; while that fails they are still
+        served until ``max_stale`` (default: ``max_age``) after the last good fetch,
+        then no key is (fail closed). A fetch is tried at most once per
+        ``min_refresh_interval``, and while a usable copy exists only one caller
+        waits for it: the others go on with the copy. With ``background``, no caller
+        ever waits (an event loop must not): the fetch runs on a thread of its own and
+        callers get what is usable now (an unknown ``kid`` is refused until the fetch
+        has brought it); the first fetch is :meth:`refresh`, called at start."""
         self._url = jwks_url
         self._http = http
         self._max_age = max_age
+        self._max_stale = max(max_age, max_stale if max_stale is not None else max_age)
         self._min_interval = min_refresh_interval
         self._monotonic = monotonic
         self._keys: dict[str, VerificationKey] = {}
         self._fetched_at: float | None = None
+        self._attempted_at: float | None = None
+        self._background = background
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
@@ -75,23 +88,59 @@ class JwksCache:
         self._keys = keys
         self._fetched_at = self._monotonic()
 
+    def age(self) -> float | None:
+        """Seconds since the last successful fetch (None before the first)."""
+        fetched = self._fetched_at
+        return None if fetched is None else self._monotonic() - fetched
+
     def get(self, kid: str) -> VerificationKey | None:
         now = self._monotonic()
         fetched = self._fetched_at
         key = self._keys.get(kid)
         stale = fetched is None or now - fetched > self._max_age
         may_refetch = fetched is None or now - fetched > self._min_interval
-        if stale or (key is None and may_refetch):
-            with self._lock:
-                if self._fetched_at == fetched:  # nobody refreshed while we waited
-                    try:
-                        self.refresh()
-                    except (httpx.HTTPError, ValueError):
-                        log.warning("JWKS refresh failed", exc_info=True)
-                        if stale:
-                            return None  # past max_age with no fresh copy: fail closed
-            key = self._keys.get(kid)
-        return key
+        if (stale or (key is None and may_refetch)) and self._may_attempt(now):
+            usable = fetched is not None and now - fetched <= self._max_stale
+            # With a usable copy, a caller that finds a fetch under way does not wait.
+            if self._background:
+                self._refresh_in_background(fetched, now)
+            elif self._lock.acquire(blocking=not usable):
+                try:
+                    # nobody refreshed (or tried to) while we waited
+                    if self._fetched_at == fetched and self._may_attempt(now):
+                        self._attempted_at = now
+                        try:
+                            self.refresh()
+                        except (httpx.HTTPError, ValueError):
+                            log.warning("JWKS refresh failed", exc_info=True)
+                finally:
+                    self._lock.release()
+        fetched = self._fetched_at
+        if fetched is None or self._monotonic() - fetched > self._max_stale:
+            return None  # no copy recent enough: fail closed
+        return self._keys.get(kid)
+
+    def _refresh_in_background(self, fetched: float | None, now: float) -> None:
+        if not self._lock.acquire(blocking=False):
+            return  # a fetch is under way
+        if self._fetched_at != fetched or not self._may_attempt(now):
+            self._lock.release()
+            return
+        self._attempted_at = now
+
+        def run() -> None:
+            try:
+                self.refresh()
+            except (httpx.HTTPError, ValueError):
+                log.warning("JWKS refresh failed", exc_info=True)
+            finally:
+                self._lock.release()
+
+        threading.Thread(target=run, daemon=True, name="jwks-refresh").start()
+
+    def _may_attempt(self, now: float) -> bool:
+        attempted = self._attempted_at
+        return attempted is None or now - attempted >= self._min_interval
 
 
 class RevocationFeedClient:
@@ -175,17 +224,30 @@ class RemoteVerifier:
         admin_key: str,
         max_staleness: float = 30.0,
         accept_bearer: bool = False,
+        feed_wait: float = 10.0,
+        background_keys: bool = False,
         http: httpx.Client | None = None,
     ) -> None:
+        """``max_staleness``: how long the revocation set and the key set may go
+        without a successful read of the control plane before every token is
+        refused; ``feed_wait``: how long one revocation long poll is held (keep it
+        well under ``max_staleness``: a held poll is not a sign of life);
+        ``background_keys``: never fetch the JWKS on a verifying thread (see
+        :class:`JwksCache`)."""
         self._http = http or httpx.Client(timeout=10)
         metadata = _get_json(
             self._http, issuer.rstrip("/") + "/.well-known/oauth-authorization-server"
         )
         if metadata.get("issuer") != issuer.rstrip("/"):
             raise ValueError("authorization server metadata names another issuer")
-        self.keys = JwksCache(metadata["jwks_uri"], self._http)
+        self.keys = JwksCache(
+            metadata["jwks_uri"],
+            self._http,
+            max_stale=max_staleness,
+            background=background_keys,
+        )
         self.revoked = RevocationSet(max_staleness=max_staleness)
-        self.feed = RevocationFeedClient(issuer, admin_key, self.revoked)
+        self.feed = RevocationFeedClient(issuer, admin_key, self.revoked, wait=feed_wait)
         self.verifier = AccessTokenVerifier(
             VerifierConfig(
                 issuer=issuer.rstrip("/"), audience=audience, accept_bearer=accept_bearer

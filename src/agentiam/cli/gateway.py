@@ -189,3 +189,37 @@ def verify(store: StoreOpt) -> None:
     with handle_errors():
         count = _open(store).verify()
     console.print(f"{count} secret version{'s' if count != 1 else ''} open with the key")
+
+
+ConfigOpt = Annotated[
+    Path, typer.Option("--config", help="The gateway's YAML or JSON configuration file.")
+]
+
+
+def _run(kind: str, config: Path) -> None:
+    """Validate the configuration (a bad file stops here, naming the key), then
+    serve until interrupted."""
+    from agentiam.adapters.gateway.config import read_config_file
+
+    with handle_errors():
+        try:
+            data = read_config_file(config)
+            if kind == "http":
+                from agentiam.adapters.gateway import http_proxy as gateway
+            else:
+                from agentiam.adapters.gateway import mcp_proxy as gateway  # type: ignore[no-redef]
+            gateway.run(gateway.load_config(data))
+        except ValueError as exc:
+            fail(f"invalid gateway configuration {config}: {exc}", "See docs/gateway.md.")
+
+
+@app.command("http")
+def http_gateway(config: ConfigOpt) -> None:
+    """Run the HTTP gateway: a reverse proxy for REST APIs (docs/gateway.md)."""
+    _run("http", config)
+
+
+@app.command("mcp")
+def mcp_gateway(config: ConfigOpt) -> None:
+    """Run the MCP gateway in front of upstream MCP servers (docs/gateway.md)."""
+    _run("mcp", config)

@@ -1,13 +1,22 @@
 """Obtain and refresh DPoP-bound access tokens; sign a proof for every request;
-act for humans and delegate to sub-agents (RFC 8693 token exchange).
+open MCP sessions through a gateway; act for humans and delegate to sub-agents
+(RFC 8693 token exchange).
 
 :class:`AgentClient` reads the authorization server's metadata (RFC 8414), then gets
-tokens with the ``client_credentials`` grant, authenticating with a fresh
-``private_key_jwt`` assertion and binding the token to its DPoP key. Tokens are cached
-and refreshed ``refresh_margin`` seconds before they expire. A ``use_dpop_nonce``
-answer (RFC 9449 sections 8-9) is retried once with the server's nonce, which is then
-remembered. :class:`DPoPAuth` is an ``httpx.Auth`` that does the same for each call to
-a resource server.
+tokens with the ``client_credentials`` grant (RFC 6749 section 4.4), authenticating
+with a fresh ``private_key_jwt`` assertion (RFC 7523 section 2.2) and binding the token
+to its DPoP key (RFC 9449 section 5). Tokens are cached per resource (RFC 8707
+``resource``, the token's audience) and refreshed ``refresh_margin`` seconds before
+they expire. A ``use_dpop_nonce`` answer (RFC 9449 sections 8-9) is retried once with
+the server's nonce, which is then remembered.
+
+:class:`DPoPAuth` is an ``httpx.Auth`` for resource servers (RFC 9449 section 7): each
+request gets ``Authorization: DPoP <token>`` for its resource and a fresh proof bound
+to its method and URL (``htm``, ``htu``) and to the token (``ath``). A 401
+``use_dpop_nonce`` is retried once with the server's nonce (section 9); a 401
+``invalid_token`` (RFC 6750 section 3.1: expired early, key rotated, revoked) gets one
+fresh token and one retry. :meth:`AgentClient.mcp_session` opens an MCP session (the
+official SDK's ``ClientSession`` over Streamable HTTP) with the same authentication.
 
 Delegation: :meth:`AgentClient.act_for` exchanges a human's subject token for a token
 that acts on their behalf; :meth:`AgentClient.exchange` does the same with a parent
@@ -19,16 +28,22 @@ process, and returns a client for it holding its first (delegated) token.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 import httpx
 
 from agentiam.sdk.keys import AgentKey
 from agentiam.sdk.proofs import client_assertion, dpop_proof
+
+if TYPE_CHECKING:
+    from mcp.client.session import ClientSession
 
 __all__ = ["AccessToken", "AgentClient", "DPoPAuth", "SubAgent", "TokenError"]
 
@@ -49,6 +64,10 @@ class TokenError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class AccessToken:
+    """An access token as the token endpoint answered it (RFC 6749 section 5.1):
+    ``token_type`` is ``DPoP`` for a DPoP-bound token (RFC 9449 section 5),
+    ``expires_at`` unix seconds by this machine's clock."""
+
     value: str
     token_type: str
     expires_at: float
@@ -80,6 +99,9 @@ class SubAgent:
 
 
 class AgentClient:
+    """One agent's identity: its client id and key, its tokens, and the HTTP and MCP
+    clients that use them. Thread-safe; one instance per agent is enough."""
+
     def __init__(
         self,
         issuer: str,
@@ -93,7 +115,8 @@ class AgentClient:
         http: httpx.Client | None = None,
     ) -> None:
         """``key`` signs assertions; ``dpop_key`` (default: a fresh ES256 key held only
-        in memory) binds the tokens."""
+        in memory) binds the tokens. ``resource`` and ``scope`` are what :meth:`token`
+        asks for by default (RFC 8707 section 2, RFC 6749 section 3.3)."""
         self.issuer = issuer.rstrip("/")
         self.client_id = client_id
         self.key = key
@@ -103,8 +126,8 @@ class AgentClient:
         self.refresh_margin = refresh_margin
         self._http = http or httpx.Client(timeout=10)
         self._metadata: dict[str, Any] | None = None
-        self._token: AccessToken | None = None
-        self._nonces: dict[str, str] = {}
+        self._tokens: dict[str | None, AccessToken] = {}  # by resource
+        self._nonces: dict[str, str] = {}  # by token endpoint, or by resource server origin
         self._lock = threading.Lock()
 
     # -- discovery ----------------------------------------------------------------------
@@ -121,19 +144,34 @@ class AgentClient:
 
     # -- tokens -------------------------------------------------------------------------
 
-    def token(self) -> AccessToken:
-        """A valid token, fetched or refreshed as needed."""
+    def token(self, resource: str | None = None) -> AccessToken:
+        """A valid token for ``resource`` (default: the client's ``resource``), from
+        the cache or fetched when missing or within ``refresh_margin`` of expiry."""
+        key = resource or self.resource
         with self._lock:
-            current = self._token
+            current = self._tokens.get(key)
             if current is None or current.expires_at - self.refresh_margin <= time.time():
-                current = self._token = self._fetch()
+                current = self._tokens[key] = self._fetch(key)
             return current
 
-    def invalidate(self) -> None:
-        with self._lock:
-            self._token = None
+    def cached_token(self, resource: str | None = None) -> AccessToken | None:
+        """The cached token for ``resource`` if it needs no refresh yet, else None
+        (never blocks on the network)."""
+        current = self._tokens.get(resource or self.resource)
+        if current is None or current.expires_at - self.refresh_margin <= time.time():
+            return None
+        return current
 
-    def _fetch(self) -> AccessToken:
+    def invalidate(self, resource: str | None = None, *, token: str | None = None) -> None:
+        """Drop the cached token for ``resource`` (only if it is still ``token``, when
+        given: a refresh another thread already made is kept)."""
+        key = resource or self.resource
+        with self._lock:
+            current = self._tokens.get(key)
+            if current is not None and (token is None or current.value == token):
+                del self._tokens[key]
+
+    def _fetch(self, resource: str | None) -> AccessToken:
         def form() -> dict[str, str]:
             values = {
                 "grant_type": "client_credentials",
@@ -142,8 +180,8 @@ class AgentClient:
                     self.key, client_id=self.client_id, audience=self.issuer
                 ),
             }
-            if self.resource:
-                values["resource"] = self.resource
+            if resource:
+                values["resource"] = resource
             if self.scope:
                 values["scope"] = self.scope
             return values
@@ -287,49 +325,197 @@ class AgentClient:
 
     # -- resource requests ----------------------------------------------------------------
 
-    def auth(self, token: AccessToken | None = None) -> DPoPAuth:
-        return DPoPAuth(self, token)
+    def auth(self, token: AccessToken | None = None, *, resource: str | None = None) -> DPoPAuth:
+        """An ``httpx.Auth`` sending this agent's token for ``resource`` (default: the
+        client's ``resource``), or the fixed ``token`` (e.g. a delegated one), with a
+        fresh DPoP proof per request."""
+        return DPoPAuth(self, token, resource=resource)
 
     def http(
-        self, base_url: str = "", *, token: AccessToken | None = None, **kwargs: Any
+        self,
+        base_url: str = "",
+        *,
+        token: AccessToken | None = None,
+        resource: str | None = None,
+        **kwargs: Any,
     ) -> httpx.Client:
         """An httpx client that sends ``Authorization: DPoP <token>`` and a fresh proof
         with every request; ``token`` (a delegated token) instead of our own."""
-        return httpx.Client(base_url=base_url, auth=self.auth(token), **kwargs)
+        return httpx.Client(base_url=base_url, auth=self.auth(token, resource=resource), **kwargs)
+
+    def async_http(
+        self,
+        base_url: str = "",
+        *,
+        token: AccessToken | None = None,
+        resource: str | None = None,
+        **kwargs: Any,
+    ) -> httpx.AsyncClient:
+        """:meth:`http` for asyncio: token fetches run on a worker thread, so the event
+        loop never waits on the token endpoint."""
+        return httpx.AsyncClient(
+            base_url=base_url, auth=self.auth(token, resource=resource), **kwargs
+        )
+
+    @asynccontextmanager
+    async def mcp_session(
+        self,
+        url: str,
+        *,
+        resource: str | None = None,
+        token: AccessToken | None = None,
+        timeout: float = 30.0,
+        sse_read_timeout: float = 300.0,
+        **session_kwargs: Any,
+    ) -> AsyncIterator[ClientSession]:
+        """An initialized MCP ``ClientSession`` (the official SDK, ``pip install
+        'agentiam[mcp]'``) over Streamable HTTP to ``url``, an MCP gateway's endpoint.
+
+        Every HTTP request of the session (POSTs, the GET stream, the closing DELETE)
+        carries a DPoP-bound token for ``resource`` and its own proof, as
+        :class:`DPoPAuth` sends them. ``resource`` defaults to ``url``: the MCP
+        authorization spec names the server's canonical URI as the RFC 8707 resource.
+        ``session_kwargs`` go to ``ClientSession`` (callbacks, ``client_info``, ...)::
+
+            async with agent.mcp_session("https://gw.example.com/mcp") as session:
+                tools = await session.list_tools()
+                result = await session.call_tool("search", {"query": "invoices"})
+        """
+        try:
+            import httpx2
+            from mcp.client.session import ClientSession
+            from mcp.client.streamable_http import streamable_http_client
+        except ImportError as exc:  # pragma: no cover - the extra is installed in tests
+            raise ImportError(
+                "AgentClient.mcp_session needs the MCP SDK: pip install 'agentiam[mcp]'"
+            ) from exc
+
+        class _McpAuth(_DPoPFlow, httpx2.Auth):  # the SDK's transport runs on httpx2
+            pass
+
+        auth = _McpAuth(self, token, resource=resource or url)
+        limits = httpx2.Timeout(timeout, read=sse_read_timeout)
+        async with (
+            httpx2.AsyncClient(auth=auth, timeout=limits) as http,
+            streamable_http_client(url, http_client=http) as (read, write),
+            ClientSession(read, write, **session_kwargs) as session,
+        ):
+            await session.initialize()
+            yield session
 
     def close(self) -> None:
         self._http.close()
 
 
-class DPoPAuth(httpx.Auth):
-    """httpx authentication: a token from ``agent`` and one DPoP proof per request,
-    with ``ath`` (RFC 9449 section 7.1); retries once on ``use_dpop_nonce``."""
+_CHALLENGE_ERROR = re.compile(r'error\s*=\s*"([^"]*)"', re.IGNORECASE)
 
-    def __init__(self, agent: AgentClient, token: AccessToken | None = None) -> None:
+
+def _challenge_errors(challenges: Sequence[str]) -> set[str]:
+    """The ``error`` auth-params of ``WWW-Authenticate`` challenges (RFC 9110 section
+    11.6.1; RFC 6750 section 3; RFC 9449 section 7.1)."""
+    return {m.group(1) for value in challenges for m in _CHALLENGE_ERROR.finditer(value)}
+
+
+def _origin(url: Any) -> str:
+    return f"{url.scheme}://{url.host}:{url.port or ''}"
+
+
+class _DPoPFlow:
+    """The authentication flow for a request to a resource server, for both HTTP
+    stacks (``httpx`` and the ``httpx2`` the MCP SDK uses): requests and responses
+    are used only through the members the two share."""
+
+    requires_request_body = True  # a retry re-sends the body
+    requires_response_body = False
+
+    def __init__(
+        self, agent: AgentClient, token: AccessToken | None = None, *, resource: str | None = None
+    ) -> None:
         self.agent = agent
         self.token = token
-        self._nonce: str | None = None
+        self.resource = resource
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        token = self.token or self.agent.token()
-        url = str(request.url)
-        for attempt in range(2):
-            request.headers["Authorization"] = f"{token.token_type} {token.value}"
-            if token.token_type.lower() == "dpop":
-                request.headers["DPoP"] = dpop_proof(
-                    self.agent.dpop_key,
-                    method=request.method,
-                    url=url,
-                    access_token=token.value,
-                    nonce=self._nonce,
-                )
+    # -- the two drivers -------------------------------------------------------------
+
+    def sync_auth_flow(self, request: Any) -> Generator[Any, Any, None]:
+        request.read()
+        token = self.token or self.agent.token(self.resource)
+        refreshed = nonce_retried = False
+        while True:
+            self._sign(request, token)
             response = yield request
-            if "dpop-nonce" in response.headers:
-                self._nonce = response.headers["dpop-nonce"]
-            challenge = response.headers.get("www-authenticate", "")
-            if response.status_code == 401 and "use_dpop_nonce" in challenge and attempt == 0:
+            action = self._after(response, nonce_retried, refreshed)
+            if action is None:
+                return
+            if action == "nonce":
+                nonce_retried = True
                 continue
-            return
+            refreshed = True
+            self.agent.invalidate(self.resource, token=token.value)
+            token = self.agent.token(self.resource)
+
+    async def async_auth_flow(self, request: Any) -> AsyncGenerator[Any, Any]:
+        await request.aread()
+        token = self.token or await self._token_async()
+        refreshed = nonce_retried = False
+        while True:
+            self._sign(request, token)
+            response = yield request
+            action = self._after(response, nonce_retried, refreshed)
+            if action is None:
+                return
+            if action == "nonce":
+                nonce_retried = True
+                continue
+            refreshed = True
+            self.agent.invalidate(self.resource, token=token.value)
+            token = await self._token_async()
+
+    # -- the steps -------------------------------------------------------------------
+
+    async def _token_async(self) -> AccessToken:
+        cached = self.agent.cached_token(self.resource)
+        if cached is not None:
+            return cached
+        return await anyio.to_thread.run_sync(self.agent.token, self.resource)
+
+    def _sign(self, request: Any, token: AccessToken) -> None:
+        """RFC 9449 section 7.1: the token under the ``DPoP`` scheme and a new proof
+        for this request (``htm``, ``htu`` without query and fragment, ``ath``)."""
+        request.headers["Authorization"] = f"{token.token_type} {token.value}"
+        if token.token_type.lower() == "dpop":
+            request.headers["DPoP"] = dpop_proof(
+                self.agent.dpop_key,
+                method=request.method,
+                url=str(request.url),
+                access_token=token.value,
+                nonce=self.agent._nonces.get(_origin(request.url)),
+            )
+
+    def _after(self, response: Any, nonce_retried: bool, refreshed: bool) -> str | None:
+        """What to do with ``response``: None (done), ``"nonce"`` (retry with the new
+        nonce) or ``"refresh"`` (retry once with a fresh token)."""
+        nonce = response.headers.get("dpop-nonce")
+        if nonce:
+            self.agent._nonces[_origin(response.request.url)] = nonce
+        if response.status_code != 401:
+            return None
+        errors = _challenge_errors(response.headers.get_list("www-authenticate"))
+        if "use_dpop_nonce" in errors and nonce and not nonce_retried:
+            return "nonce"
+        if "invalid_token" in errors and self.token is None and not refreshed:
+            return "refresh"
+        return None
+
+
+class DPoPAuth(_DPoPFlow, httpx.Auth):
+    """httpx authentication for resource servers (RFC 9449 section 7): this agent's
+    token for ``resource`` (or a fixed ``token``) and a fresh DPoP proof per request,
+    with ``htm``, ``htu`` and ``ath``. Retries once on ``use_dpop_nonce`` with the
+    server's nonce (section 9; nonces are kept per server), and once with a fresh
+    token on ``invalid_token`` (not for a fixed token). Works with ``httpx.Client``
+    and ``httpx.AsyncClient``; the request body is buffered so a retry can re-send it.
+    """
 
 
 def _error_of(response: httpx.Response) -> tuple[str, str]:

@@ -36,7 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -245,6 +245,36 @@ class GroupCommit(Generic[T]):
                 hint=self._hint,
             ) from None
 
+    def submit(self, events: Sequence[T]) -> Future[None]:
+        """Queue ``events`` for the next shared transaction and return at once: the
+        future completes once it has committed, or fails with ServiceUnavailable. For
+        callers that must not block a thread on the commit (an event loop awaits the
+        future). Never waits for room: a full queue or a closed writer raises
+        ServiceUnavailable here. A caller that gives up waiting cannot withdraw its
+        events; they may still be written (the guarantee stays one-sided)."""
+        batch = tuple(events)
+        item = _Pending(batch)
+        if not batch:
+            item.future.set_result(None)
+            return item.future
+        if self._thread is not None and self._thread is threading.current_thread():
+            raise RuntimeError("submit called on the audit writer thread")
+        size = len(batch)
+        with self._lock:
+            if self._closed or not (self._depth == 0 or self._depth + size <= self._queue_limit):
+                self._rejected += 1
+                raise ServiceUnavailable(
+                    "the audit trail is shutting down; the call was refused"
+                    if self._closed
+                    else "the audit trail is overloaded; the call was refused",
+                    hint=self._hint,
+                )
+            self._start_locked()
+            self._queue.append(item)
+            self._depth += size
+            self._not_empty.notify()
+        return item.future
+
     # -- the writer thread ----------------------------------------------------------
 
     def _run(self) -> None:
@@ -325,7 +355,7 @@ class GroupCommit(Generic[T]):
                 self._failed_batches += 1
                 self._failed_events += size
             for item in batch:
-                item.future.set_exception(self._unavailable(exc))
+                _settle(item.future, self._unavailable(exc))
             return
         latency = time.perf_counter() - started
         with self._lock:
@@ -335,7 +365,7 @@ class GroupCommit(Generic[T]):
             self._last_batch_size = size
             self._last_latency = latency
         for item in batch:
-            item.future.set_result(None)
+            _settle(item.future, None)
         if self._on_commit is not None:
             try:
                 self._on_commit(size, latency)
@@ -349,6 +379,20 @@ class GroupCommit(Generic[T]):
         )
         error.__cause__ = cause
         return error
+
+
+def _settle(future: Future[None], error: BaseException | None) -> None:
+    """Complete a caller's future, unless the caller cancelled it (a submitted
+    future's owner may): the writer must never fail on that."""
+    if future.done():
+        return
+    try:
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+    except InvalidStateError:  # cancelled between the check and the call
+        pass
 
 
 class GroupCommitWriter(GroupCommit[AuditEvent]):

@@ -17,15 +17,21 @@ refusal:
 
 Every outcome, allowed or refused, becomes an audit event that is **durable in the
 local spool before the call goes on** (or is answered): if the spool cannot take it,
-the call is refused with 503, so there is never an unlogged allow. After the upstream
+the call is refused with 503, so there is never an unlogged allow. An event loop runs
+these methods inside :meth:`Enforcer.deferred` and awaits the spool's fsync instead of
+blocking a thread on it (then it, not the method, waits before acting). After the upstream
 answers, :meth:`Enforcer.record_outcome` adds a ``tool.call`` event with the status,
 the brokered secret's ``name@version`` (never its value) and the duration.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -51,7 +57,7 @@ from agentiam.errors import OAuthError, ServiceUnavailable
 from agentiam.services.context import CallContext
 from agentiam.services.decisions import decision_event
 
-__all__ = ["Call", "Enforcer", "EventSink", "Verdict"]
+__all__ = ["Call", "DeferredSink", "Enforcer", "EventSink", "Pending", "Verdict"]
 
 
 class EventSink(Protocol):
@@ -110,6 +116,10 @@ class Enforcer:
         self._metadata = resource_metadata
         self._limiter = limiter
         self._redactor = redactor or Redactor()
+        # RFC 6750 section 3.1 error code in an RFC 9449 section 7.1 challenge
+        self._insufficient_scope = (
+            f'DPoP error="insufficient_scope", resource_metadata="{resource_metadata}"'
+        )
 
     # -- 1. authenticate ---------------------------------------------------------------
 
@@ -164,10 +174,20 @@ class Enforcer:
                 return verdict
         permits = token_permits(access, call.detail)
         if not permits.allowed:
-            verdict = Verdict(False, 403, "insufficient_scope", permits.reason)
+            verdict = Verdict(
+                False,
+                403,
+                "insufficient_scope",
+                permits.reason,
+                headers={"WWW-Authenticate": self._insufficient_scope},
+            )
             self._record_refusal(access, trace, status=403, reason=permits.reason, call=call)
             return verdict
-        authorizer = self.link.authorizer()  # 503 past the outage bound
+        try:
+            authorizer = self.link.authorizer()  # 503 past the outage bound
+        except ServiceUnavailable as exc:
+            self._record_refusal(access, trace, status=503, reason=exc.detail, call=call)
+            raise
         decision = authorizer.decide(
             AuthzRequest(
                 EntityRef("Agent", agent), call.action, call.resource, call.context(access)
@@ -185,11 +205,22 @@ class Enforcer:
             "insufficient_scope",
             reason,
             decision_id=decision.decision_id,
-            headers={
-                "WWW-Authenticate": f'DPoP error="insufficient_scope", '
-                f'resource_metadata="{self._metadata}"'
-            },
+            headers={"WWW-Authenticate": self._insufficient_scope},
         )
+
+    def refuse(
+        self,
+        access: VerifiedAccess | None,
+        *,
+        trace: TraceContext,
+        status: int,
+        reason: str,
+        call: Call | None = None,
+    ) -> None:
+        """Audit a refusal the transport decided itself (no route for the request, a
+        malformed request): durable before the refusal is answered, like every
+        other (else ServiceUnavailable)."""
+        self._record_refusal(access, trace, status=status, reason=reason, call=call)
 
     # -- after the call ----------------------------------------------------------------
 
@@ -226,7 +257,9 @@ class Enforcer:
             details={
                 "tool": call.tool,
                 "status": status,
-                "secret": secret,
+                # "secret" would be redacted by the event guard: the key names the
+                # brokered secret by name@version, never its value
+                "brokered": secret,
                 "duration_ms": round(duration_ms, 3),
                 "jti": access.jti,
                 "argument_names": sorted(call.args) if call.args else [],
@@ -275,14 +308,81 @@ class Enforcer:
         )
         self._durable([event.to_dict()])
 
-    def _durable(self, events: list[dict[str, Any]]) -> None:
+    @contextmanager
+    def deferred(self) -> Iterator[Pending]:
+        """Within this block (on this thread or task), every method here hands its
+        audit events to the sink without waiting for them to be durable, when the sink
+        can (:class:`DeferredSink`). The caller **must** ``await pending.durable()``
+        before it acts on anything decided in the block (forwards a call, answers a
+        refusal): an event loop waits for the spool's fsync without blocking a thread.
+        The pending writes are collected even when a method raises."""
+        pending = Pending()
+        token = _DEFERRED.set(pending.futures)
         try:
-            self._sink.append(events)
+            yield pending
+        finally:
+            _DEFERRED.reset(token)
+
+    def _durable(self, events: list[dict[str, Any]]) -> None:
+        deferred = _DEFERRED.get()
+        try:
+            submit = getattr(self._sink, "submit", None) if deferred is not None else None
+            if submit is not None and deferred is not None:
+                deferred.append(submit(events))
+            else:
+                self._sink.append(events)
         except Exception as exc:
-            raise ServiceUnavailable(
-                "the gateway cannot record this call durably; it was refused",
-                hint="Check the gateway's audit spool (disk space, permissions).",
-            ) from exc
+            raise _unrecorded() from exc
+
+
+class DeferredSink(EventSink, Protocol):
+    """A sink that can also take events without waiting: the future completes once
+    they are durable (the gateway's spool, :meth:`AuditSpool.submit`)."""
+
+    def submit(self, events: list[dict[str, Any]]) -> Future[None]: ...
+
+
+_DEFERRED: ContextVar[list[Future[None]] | None] = ContextVar(
+    "agentiam_gateway_deferred", default=None
+)
+
+
+class Pending:
+    """Audit events handed to the sink in an :meth:`Enforcer.deferred` block."""
+
+    __slots__ = ("futures",)
+
+    def __init__(self) -> None:
+        self.futures: list[Future[None]] = []
+
+    async def durable(self, timeout: float = 5.0) -> None:
+        """Return once every event is durable; ServiceUnavailable if one cannot be
+        made so within ``timeout`` seconds (the call must then be refused)."""
+        for future in self.futures:
+            try:
+                if not future.done():
+                    async with asyncio.timeout(timeout):
+                        # shielded: giving up must not cancel the write itself
+                        await asyncio.shield(asyncio.wrap_future(future))
+                else:
+                    future.result()
+            except Exception as exc:
+                raise _unrecorded() from exc
+
+    def wait(self, timeout: float = 5.0) -> None:
+        """:meth:`durable` for a thread that may block."""
+        for future in self.futures:
+            try:
+                future.result(timeout=timeout)
+            except Exception as exc:
+                raise _unrecorded() from exc
+
+
+def _unrecorded() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "the gateway cannot record this call durably; it was refused",
+        hint="Check the gateway's audit spool (disk space, permissions).",
+    )
 
 
 def _human(access: VerifiedAccess) -> str | None:

@@ -36,6 +36,7 @@ __all__ = ["ControlPlaneLink"]
 log = logging.getLogger("agentiam.gateway")
 
 _MAX_BUNDLE = 64 * 1024 * 1024
+_KEYS_REFRESH = 10.0  # seconds: the JWKS is re-read this often (requests re-read it at 30)
 
 
 class ControlPlaneLink:
@@ -51,17 +52,29 @@ class ControlPlaneLink:
         http: httpx.Client | None = None,
     ) -> None:
         """``issuer`` is the control plane's URL, ``audience`` this gateway's resource
-        URL (tokens must name it), ``admin_key`` a ``verifier``-role key."""
+        URL (tokens must name it), ``admin_key`` a ``verifier``-role key.
+
+        A long poll held open says nothing about the control plane being alive, so
+        both long polls (bundle and revocations) are held at most a quarter of
+        ``outage_seconds`` (and at most ``wait``): in normal operation an answer
+        always comes well within the bound."""
         self.issuer = issuer.rstrip("/")
         self.outage_seconds = outage_seconds
-        self._wait = wait
+        self._wait = max(0.25, min(wait, outage_seconds / 4))
         self._zone = "UTC"
         self._monotonic = monotonic
         self.remote = RemoteVerifier(
-            self.issuer, audience, admin_key=admin_key, max_staleness=outage_seconds, http=http
+            self.issuer,
+            audience,
+            admin_key=admin_key,
+            max_staleness=outage_seconds,
+            feed_wait=self._wait,
+            background_keys=True,  # requests never wait on a JWKS fetch
+            http=http,
         )
         self._http = httpx.Client(
-            headers={"Authorization": f"Bearer {admin_key}"}, timeout=wait + 10
+            headers={"Authorization": f"Bearer {admin_key}"},
+            timeout=httpx.Timeout(self._wait + 5, connect=5),
         )
         self._url = self.issuer + "/v1/enforcement/bundle"
         self._authorizer: Authorizer | None = None
@@ -145,11 +158,24 @@ class ControlPlaneLink:
             try:
                 self.poll_once(self._wait)
                 delay = 0.5
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                self._refresh_keys()
+            except Exception as exc:  # any failure: retry; the outage bound fails closed
+                if self._stop.is_set():
+                    return
                 self.last_error = f"{type(exc).__name__}"
                 log.warning("policy bundle poll failed (%s); retrying", type(exc).__name__)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _refresh_keys(self) -> None:
+        """Keep the JWKS fresh from this thread, so requests do not fetch it."""
+        keys = self.remote.keys
+        age = keys.age()
+        if age is None or age > _KEYS_REFRESH:
+            try:
+                keys.refresh()
+            except (httpx.HTTPError, ValueError) as exc:
+                log.warning("JWKS refresh failed (%s)", type(exc).__name__)
 
     def close(self) -> None:
         self._stop.set()

@@ -34,7 +34,10 @@ class _Shipper:
 
     def __init__(self, url: str, admin_key: str, timeout: float) -> None:
         self._url = url.rstrip("/") + "/v1/audit/ingest"
-        self._http = httpx.Client(headers={"Authorization": f"Bearer {admin_key}"}, timeout=timeout)
+        self._http = httpx.Client(
+            headers={"Authorization": f"Bearer {admin_key}"},
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        )
 
     def __call__(self, events: list[dict[str, Any]]) -> None:
         response = self._http.post(self._url, json={"events": events})
@@ -65,8 +68,14 @@ class GatewayRuntime:
             admin_key=admin_key,
             outage_seconds=config.control_plane.outage_seconds,
         ).start()
-        shipper = _Shipper(config.control_plane.url, admin_key, config.timeouts.total)
-        spool = AuditSpool(config.spool_directory, shipper, max_bytes=config.spool_max_bytes)
+        # a batch must not hold the shipper for long: the spool waits for it
+        shipper = _Shipper(config.control_plane.url, admin_key, 30.0)
+        spool = AuditSpool(
+            config.spool_directory,
+            shipper,
+            max_bytes=config.spool_max_bytes,
+            linger=0.2,  # a trickle of events ships in batches, not one request each
+        )
         broker = None
         if config.secrets_store is not None:
             broker = CredentialBroker(SecretStore(config.secrets_store, load_secrets_key()))

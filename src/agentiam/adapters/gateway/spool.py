@@ -55,6 +55,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,9 @@ class AuditSpool:
     ``ship(events)`` runs on the shipper thread with at most ``batch`` events (the
     gateway POSTs them to the control plane); it raises to report a failure.
     ``backoff_initial`` / ``backoff_max`` bound the retry delays, ``commit_timeout``
-    how long :meth:`append` waits for its fsync, ``clock`` gives unix seconds (the
+    how long :meth:`append` waits for its fsync, ``linger`` how long the shipper waits
+    after sending a batch that was not full (so that a steady trickle of events is sent
+    in fewer, larger requests), ``clock`` gives unix seconds (the
     ``spooled_at`` of each line). The shipper starts at once; :meth:`close` stops both
     threads (events not shipped stay on disk for the next start).
     """
@@ -174,9 +177,10 @@ class AuditSpool:
         backoff_initial: float = 1.0,
         backoff_max: float = 60.0,
         commit_timeout: float = 5.0,
+        linger: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if max_bytes < 1 or segment_bytes < 1 or batch < 1:
+        if max_bytes < 1 or segment_bytes < 1 or batch < 1 or linger < 0:
             raise ValueError("max_bytes, segment_bytes and batch must be at least 1")
         if not 0 < backoff_initial <= backoff_max:
             raise ValueError("backoff needs 0 < backoff_initial <= backoff_max")
@@ -186,6 +190,7 @@ class AuditSpool:
         self.batch = batch
         self._ship = ship
         self._backoff = (backoff_initial, backoff_max)
+        self._linger = linger
         self._clock = clock
 
         self._lock = threading.Lock()
@@ -232,6 +237,48 @@ class AuditSpool:
         and ValueError for an event that is not a JSON-serialisable object."""
         if not events:
             return
+        lines, size = self._encode(events)
+        self._reserve(size)
+        try:
+            self._writer.append(lines)
+        finally:
+            self._release(size)
+
+    def submit(self, events: list[dict[str, Any]]) -> Future[None]:
+        """Like :meth:`append` but without waiting: the future completes once the
+        events are fsynced (or fails with ServiceUnavailable). A full, closed or
+        overloaded spool raises here, at once. For an event loop, which awaits the
+        future instead of blocking a thread on it."""
+        lines, size = self._encode(events)
+        self._reserve(size)
+        try:
+            future = self._writer.submit(lines)
+        except BaseException:
+            self._release(size)
+            raise
+        future.add_done_callback(lambda _done: self._release(size))
+        return future
+
+    def _reserve(self, size: int) -> None:
+        with self._lock:
+            if self._closed:
+                raise ServiceUnavailable(
+                    "the audit spool is closed; the call was refused", hint=_HINT
+                )
+            if self._pending_bytes + self._reserved + size > self.max_bytes:
+                raise SpoolFull(
+                    f"the audit spool holds {self._pending_bytes} bytes of events not yet "
+                    f"shipped, its limit is {self.max_bytes}; the call was refused",
+                    hint="Restore the connection to the control plane, or raise max_bytes.",
+                )
+            self._reserved += size
+
+    def _release(self, size: int) -> None:
+        with self._lock:
+            self._reserved -= size
+            self._changed.notify_all()
+
+    def _encode(self, events: list[dict[str, Any]]) -> tuple[list[bytes], int]:
         now = self._clock()
         lines: list[bytes] = []
         for event in events:
@@ -247,25 +294,7 @@ class AuditSpool:
                 lines.append(text.encode("utf-8") + b"\n")  # a lone surrogate raises here
             except (TypeError, ValueError, RecursionError) as exc:
                 raise ValueError(f"audit event is not JSON-serialisable: {exc}") from None
-        size = sum(len(line) for line in lines)
-        with self._lock:
-            if self._closed:
-                raise ServiceUnavailable(
-                    "the audit spool is closed; the call was refused", hint=_HINT
-                )
-            if self._pending_bytes + self._reserved + size > self.max_bytes:
-                raise SpoolFull(
-                    f"the audit spool holds {self._pending_bytes} bytes of events not yet "
-                    f"shipped, its limit is {self.max_bytes}; the call was refused",
-                    hint="Restore the connection to the control plane, or raise max_bytes.",
-                )
-            self._reserved += size
-        try:
-            self._writer.append(lines)
-        finally:
-            with self._lock:
-                self._reserved -= size
-                self._changed.notify_all()
+        return lines, sum(len(line) for line in lines)
 
     def health(self) -> SpoolHealth:
         """Counters and the age of the oldest event not yet shipped."""
@@ -509,6 +538,8 @@ class AuditSpool:
                     return  # stopped while retrying
                 self._advance(segment, end, count, len(events))
                 delay = None
+                if self._linger and count < self.batch:
+                    self._stop.wait(self._linger)  # let the next batch fill up
             except Exception as exc:  # reading the spool failed: keep trying, visibly
                 delay = next_backoff(delay, initial=self._backoff[0], maximum=self._backoff[1])
                 self._record_failure(exc)

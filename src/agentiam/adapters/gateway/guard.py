@@ -1,0 +1,803 @@
+"""The in-process guard: an enforcement point inside the agent's own process, for
+Python tool functions.
+
+A guarded call is decided and audited locally, by the same parts the gateways use:
+the :class:`~agentiam.adapters.gateway.link.ControlPlaneLink` (keys, revocations and
+the policy bundle, pushed by the control plane; fail closed past the outage bound),
+the :class:`~agentiam.adapters.gateway.enforcer.Enforcer` (rate limit, task scope,
+Cedar policy) and the durable :class:`~agentiam.adapters.gateway.spool.AuditSpool`
+(shipped to ``POST /v1/audit/ingest``). For every call, in order:
+
+1. **Who.** The agent's current access token (a string, or a callable returning it)
+   is verified locally as a gateway verifies it: signature against the cached JWKS,
+   ``iss``, ``aud`` exactly the guard's ``resource`` (RFC 8707 section 2; RFC 9068
+   section 4), ``exp``/``nbf``, and revocation, including every token, agent, human
+   and grant its delegation chain derives from (RFC 8693 ``act``). The principal is
+   its ``client_id``; the chain and ``authorization_details`` (RFC 9396) go into the
+   decision. No token, or a bad one: the call is refused (``invalid_token``).
+2. **What.** ``Call(action="invoke_tool", resource=Tool::"<name>",
+   detail=ToolCall(<name>, <args>), args=<args>)``, where ``args`` are the function's
+   bound arguments (defaults applied, reduced to JSON values).
+3. **Decide, durably.** :meth:`Enforcer.decide`: the verdict's audit event (source
+   ``guard/<name>``) is fsynced to the spool *before* the body may run. A refusal
+   raises :class:`ToolCallDenied` (reason, decision id): the body never runs.
+4. **Outcome.** After the body, a ``tool.call`` event records success or the
+   exception's class (never its message, which may hold data) and the duration.
+
+**Fail closed.** If the decision cannot be made or recorded (the control plane has
+been unreachable longer than the outage bound, the revocation state is stale, the
+spool is full, closed or cannot fsync), the call is refused with
+:class:`GuardUnavailable`, a :class:`ToolCallDenied`.
+
+**Why no DPoP proof here.** A gateway checks that the caller holds the token's DPoP
+key (RFC 9449 section 7) because the token crossed a network. The guard runs in the
+process that holds that key, so a proof would be signed and checked by the same code
+and prove nothing more. Tokens that arrive over HTTP (the MCP integration,
+:mod:`agentiam.adapters.gateway.guard_mcp`) are checked with their proof, as a
+gateway checks them. Like a gateway, the guard refuses a token that is not DPoP-bound
+unless its verifier accepts Bearer tokens.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import functools
+import inspect
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast, overload
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.to_thread
+
+from agentiam.adapters.gateway.enforcer import Call, Enforcer, Verdict
+from agentiam.adapters.gateway.link import ControlPlaneLink
+from agentiam.adapters.gateway.runtime import _Shipper
+from agentiam.adapters.gateway.spool import AuditSpool
+from agentiam.core.audit.events import (
+    Actor,
+    ActorType,
+    AuditEvent,
+    Outcome,
+    ResourceRef,
+    TraceContext,
+)
+from agentiam.core.audit.redaction import Redactor
+from agentiam.core.credentials.verifier import VerifiedAccess
+from agentiam.core.delegation.authorization_details import ToolCall
+from agentiam.core.enforcement.ratelimit import RateLimiter
+from agentiam.core.ids import is_id
+from agentiam.core.policy.model import EntityRef
+from agentiam.errors import AgentIAMError, OAuthError, ServiceUnavailable
+
+if TYPE_CHECKING:
+    from agentiam.adapters.gateway.guard_mcp import GuardMiddleware
+
+__all__ = [
+    "Authenticate",
+    "Guard",
+    "GuardEnforcer",
+    "GuardUnavailable",
+    "GuardedCall",
+    "Principal",
+    "TokenSource",
+    "ToolCallDenied",
+    "plain_arguments",
+]
+
+log = logging.getLogger("agentiam.guard")
+
+TokenSource = str | Callable[[], str]
+"""The agent's current access token, or a callable returning it (called once per
+guarded call, so it may refresh: ``lambda: agent.token().value``)."""
+
+Authenticate = Callable[[TraceContext], VerifiedAccess]
+"""How one call's principal is established: returns the verified access, or raises
+:class:`~agentiam.errors.OAuthError` after auditing the refusal."""
+
+Principal = Literal["auto", "request", "configured"]
+"""Whose token decides a guarded MCP tool call (see ``guard_mcp``)."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_TOOL = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, as the ingest accepts
+_ACTION = "invoke_tool"
+_MAX_DEPTH = 8
+
+_current_token: contextvars.ContextVar[TokenSource | None] = contextvars.ContextVar(
+    "agentiam_guard_token", default=None
+)
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+class ToolCallDenied(AgentIAMError):
+    """The guard refused a call; the function body did not run.
+
+    ``error`` is the wire code of the refusal (``invalid_token``, ``insufficient_scope``,
+    ``rate_limited``, ``temporarily_unavailable``), ``refusal_status`` the HTTP status a
+    gateway would have answered (401, 403, 429, 503), ``decision_id`` the policy
+    decision's id when policy decided (None for refusals before it), ``retry_after``
+    the seconds to wait after a rate-limit refusal, and ``trace_id`` the call's trace
+    in the audit trail.
+    """
+
+    code: ClassVar[str] = "tool-call-denied"
+    title: ClassVar[str] = "Tool call denied"
+    status: ClassVar[int] = 403
+
+    def __init__(
+        self,
+        tool: str,
+        reason: str,
+        *,
+        error: str = "insufficient_scope",
+        refusal_status: int = 403,
+        decision_id: str | None = None,
+        retry_after: float | None = None,
+        trace_id: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        detail = f"the call to {tool} was refused: {reason}"
+        if decision_id is not None:
+            detail += f" (decision {decision_id})"
+        super().__init__(detail, hint=hint)
+        self.tool = tool
+        self.reason = reason
+        self.error = error
+        self.refusal_status = refusal_status
+        self.decision_id = decision_id
+        self.retry_after = retry_after
+        self.trace_id = trace_id
+
+
+class GuardUnavailable(ToolCallDenied):
+    """The guard could not decide or could not record the call, so it refused it (fail
+    closed): the control plane has been unreachable past the outage bound, the
+    revocation state is stale, or the audit spool cannot take the event."""
+
+    code: ClassVar[str] = "guard-unavailable"
+    title: ClassVar[str] = "Guard unavailable"
+    status: ClassVar[int] = 503
+
+    def __init__(self, tool: str, reason: str, *, trace_id: str | None = None) -> None:
+        super().__init__(
+            tool,
+            reason,
+            error="temporarily_unavailable",
+            refusal_status=503,
+            trace_id=trace_id,
+            hint="Check the control plane, the guard's link to it and its audit spool.",
+        )
+
+
+# -- the enforcer, for an in-process principal ----------------------------------------------
+
+
+class GuardEnforcer(Enforcer):
+    """The gateways' :class:`Enforcer` with two guard-specific steps: authenticating a
+    bare token (no request to bind a proof to), and an outcome event that names the
+    exception class instead of an upstream status. Build it with ``kind="guard"``."""
+
+    def authenticate_token(self, token: str, *, trace: TraceContext) -> VerifiedAccess:
+        """Verify ``token`` alone (RFC 9068 section 4 and revocation, see
+        :meth:`AccessTokenVerifier.verify_token`); a refusal is audited and raised."""
+        verifier = self.link.verifier
+        try:
+            access = verifier.verify_token(token, now=int(time.time()))
+            if access.jkt is None and not verifier.config.accept_bearer:
+                raise OAuthError(
+                    "invalid_token",
+                    "the access token is not valid",
+                    status=401,
+                    reason="token is not DPoP-bound",
+                )
+            return access
+        except OAuthError as exc:
+            self.refuse(
+                None, trace=trace, status=exc.oauth_status, reason=f"{exc.error}: {exc.reason}"
+            )
+            raise
+
+    def refuse_anonymous(self, call: Call, reason: str, *, trace: TraceContext) -> None:
+        """Audit a call refused because no token was available."""
+        self.refuse(None, trace=trace, status=401, reason=reason, call=call)
+
+    def record_guarded_outcome(
+        self,
+        access: VerifiedAccess,
+        call: Call,
+        verdict: Verdict,
+        *,
+        trace: TraceContext,
+        error: str | None,
+        duration_ms: float,
+    ) -> None:
+        """The ``tool.call`` event after the body: the same shape as
+        :meth:`Enforcer.record_outcome` writes for a gateway, with ``error`` (the
+        exception's class name, None on success) in place of an upstream status."""
+        actor = Actor(ActorType.AGENT, access.client_id)
+        event = AuditEvent.create(
+            type="tool.call",
+            actor=actor,
+            action=call.action,
+            source=self.source,
+            trace=trace,
+            now=datetime.now(UTC),
+            outcome=Outcome.SUCCESS if error is None else Outcome.FAILURE,
+            resource=ResourceRef(call.resource.type, call.resource.id),
+            agent_id=access.client_id,
+            initiating_human=access.subject if is_id(access.subject, "human") else None,
+            delegation_chain=tuple(access.chain.actors) or (access.client_id,),
+            decision_id=verdict.decision_id,
+            reason=None if error is None else f"raised {error}",
+            details={
+                "tool": call.tool,
+                "status": None,
+                "error": error,
+                "brokered": None,  # no upstream credential in-process
+                "duration_ms": round(duration_ms, 3),
+                "jti": access.jti,
+                "argument_names": sorted(call.args) if call.args else [],
+                "arguments": self._redactor.arguments(
+                    call.args or {},
+                    {
+                        "action": call.action,
+                        "resource_type": call.resource.type,
+                        "resource_id": call.resource.id,
+                    },
+                ),
+            },
+        )
+        self._durable([event.to_dict()])
+
+
+# -- one call -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Decided:
+    access: VerifiedAccess
+    call: Call
+    verdict: Verdict
+    trace: TraceContext
+    started: float = field(default_factory=time.perf_counter)
+
+
+class GuardedCall:
+    """One guarded call: a context manager, sync (``with``) or async (``async with``).
+
+    Entering decides the call (and raises :class:`ToolCallDenied` on a refusal, so the
+    block never runs); leaving records the outcome: success, or the class of the
+    exception that left the block (which is re-raised, never swallowed).
+    """
+
+    def __init__(
+        self,
+        guard: Guard,
+        tool: str,
+        args: Mapping[str, Any] | None,
+        authenticate: Authenticate | None,
+        token: TokenSource | None,
+    ) -> None:
+        self._guard = guard
+        self.tool = tool
+        self.args: dict[str, Any] = plain_arguments(args or {})
+        self._authenticate = authenticate
+        self._token = token
+        self._decided: _Decided | None = None
+        self._failure: str | None = None
+
+    # -- what the block can read ---------------------------------------------------------
+
+    @property
+    def decision_id(self) -> str | None:
+        return self._decided.verdict.decision_id if self._decided else None
+
+    @property
+    def agent_id(self) -> str | None:
+        return self._decided.access.client_id if self._decided else None
+
+    @property
+    def access(self) -> VerifiedAccess | None:
+        """The verified token the call was allowed for (None before entering)."""
+        return self._decided.access if self._decided else None
+
+    @property
+    def trace_id(self) -> str | None:
+        return self._decided.trace.trace_id if self._decided else None
+
+    def fail(self, error: str) -> None:
+        """Record the call as failed (outcome ``failure``, ``error``) even though no
+        exception leaves the block: e.g. a tool that reports its error in its result."""
+        self._failure = error[:128]
+
+    # -- sync ------------------------------------------------------------------------
+
+    def __enter__(self) -> GuardedCall:
+        self._decided = self._guard._decide(
+            self.tool, self.args, self._authenticate, self._token or _current_token.get()
+        )
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        decided, self._decided = self._decided, None
+        if decided is not None:
+            self._guard._outcome(decided, self._error(exc_type))
+
+    # -- async: the same steps on a worker thread (they fsync), outcome shielded ----------
+
+    async def __aenter__(self) -> GuardedCall:
+        token = self._token or _current_token.get()
+        self._decided = await anyio.to_thread.run_sync(
+            self._guard._decide, self.tool, self.args, self._authenticate, token
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        decided, self._decided = self._decided, None
+        if decided is not None:
+            # A cancelled task still records what happened to the call it was allowed.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._guard._outcome, decided, self._error(exc_type))
+
+    def _error(self, exc_type: type[BaseException] | None) -> str | None:
+        failure, self._failure = self._failure, None
+        return exc_type.__name__ if exc_type is not None else failure
+
+
+# -- the guard ------------------------------------------------------------------------------
+
+
+class Guard:
+    """Decides and audits Python tool calls in the agent's own process.
+
+    Build one with :meth:`connect` (or from parts, sharing a gateway's link and
+    spool), then guard functions with :meth:`tool` or blocks with :meth:`call`::
+
+        guard = Guard.connect("https://iam.example.com", resource="https://agent.example/tools",
+                              spool_dir="/var/lib/my-agent/spool", name="my-agent",
+                              token=lambda: agent.token().value)
+
+        @guard.tool()                  # the tool name is the function's name
+        def search(query: str) -> list[str]: ...
+
+        @guard.tool("files.write")
+        async def write(path: str, text: str) -> None: ...
+
+        with guard.call("search", {"query": "x"}) as call:   # or: async with
+            ...
+    """
+
+    def __init__(
+        self,
+        enforcer: GuardEnforcer,
+        *,
+        resource: str,
+        token: TokenSource | None = None,
+        spool: AuditSpool | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        """``enforcer`` decides (its ``source`` should be ``guard/<name>``: build it
+        with ``kind="guard"``); ``resource`` is the audience tokens must name and the
+        location tool calls are checked at (RFC 9396 ``locations``); ``token`` is the
+        default principal; ``spool`` is the enforcer's spool (for :meth:`drain`);
+        ``on_close`` releases what the guard owns."""
+        self.enforcer = enforcer
+        self.resource = resource
+        self.token = token
+        self.spool = spool
+        self._on_close = on_close
+
+    @classmethod
+    def connect(
+        cls,
+        control_plane_url: str,
+        *,
+        resource: str,
+        spool_dir: str | os.PathLike[str],
+        name: str,
+        admin_key_env: str = "AGENTIAM_GUARD_KEY",
+        token: TokenSource | None = None,
+        outage_seconds: float = 300.0,
+        spool_max_bytes: int = 1 << 30,
+        rate_limits: RateLimiter | None = None,
+        redactor: Redactor | None = None,
+        ship_timeout: float = 30.0,
+        poll_wait: float = 20.0,
+        environ: Mapping[str, str] | None = None,
+    ) -> Guard:
+        """Connect to the control plane and start the guard's parts: the link (keys,
+        revocations and the first policy bundle are loaded now, and a control plane
+        that cannot be reached fails here), the audit spool in ``spool_dir`` (one
+        process per directory) and its shipper.
+
+        ``admin_key_env`` names the environment variable holding a ``verifier``-role
+        admin key (``enforcement:sync`` and ``audit:ingest``); ``name`` is the guard's
+        name in the audit trail (``guard/<name>``); ``outage_seconds`` how long it
+        decides from cache without the control plane before refusing every call;
+        ``poll_wait`` how long one policy-bundle long poll is held; ``environ``
+        replaces ``os.environ`` when reading ``admin_key_env``.
+        """
+        if not _NAME.match(name):
+            raise ValueError("name: 1-64 characters of a-z, 0-9, '.', '_' or '-'")
+        _check_resource(resource)
+        if not 1 <= outage_seconds <= 86_400:
+            raise ValueError("outage_seconds: between 1 and 86400")
+        admin_key = (os.environ if environ is None else environ).get(admin_key_env, "").strip()
+        if not admin_key:
+            raise ValueError(
+                f"the environment variable {admin_key_env} is not set "
+                "(it holds the guard's verifier-role admin key)"
+            )
+        link = ControlPlaneLink(
+            control_plane_url,
+            resource,
+            admin_key=admin_key,
+            outage_seconds=outage_seconds,
+            wait=poll_wait,
+        ).start()
+        shipper: _Shipper | None = None
+        try:
+            shipper = _Shipper(control_plane_url, admin_key, ship_timeout)
+            spool = AuditSpool(Path(spool_dir), shipper, max_bytes=spool_max_bytes)
+        except BaseException:
+            if shipper is not None:
+                shipper.close()
+            link.close()
+            raise
+        enforcer = GuardEnforcer(
+            name,
+            link,
+            spool,
+            resource_metadata=_metadata_url(resource),
+            limiter=rate_limits,
+            redactor=redactor,
+            kind="guard",
+        )
+
+        def close() -> None:
+            spool.close()
+            assert shipper is not None
+            shipper.close()
+            link.close()
+
+        return cls(enforcer, resource=resource, token=token, spool=spool, on_close=close)
+
+    # -- the two ways in -----------------------------------------------------------------
+
+    @overload
+    def tool(self, name: F, /) -> F: ...
+
+    @overload
+    def tool(
+        self,
+        name: str | None = None,
+        /,
+        *,
+        token: TokenSource | None = None,
+        exclude: Collection[str] = (),
+    ) -> Callable[[F], F]: ...
+
+    def tool(
+        self,
+        name: str | F | None = None,
+        /,
+        *,
+        token: TokenSource | None = None,
+        exclude: Collection[str] = (),
+    ) -> F | Callable[[F], F]:
+        """Guard a function (``def`` or ``async def``) as the tool ``name`` (default:
+        the function's name). Each call binds its arguments to the signature (defaults
+        applied; ``self``/``cls`` and the parameters named in ``exclude`` left out),
+        is decided before the body runs and its outcome recorded after it.
+
+        ``token`` overrides the guard's default principal for this tool. Generator
+        functions are refused (their body would run after the decision's scope)."""
+        if callable(name):
+            return self._wrap(name, None, token, exclude)
+
+        def decorator(fn: F) -> F:
+            return self._wrap(fn, name, token, exclude)
+
+        return decorator
+
+    def call(
+        self,
+        tool: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        token: TokenSource | None = None,
+        authenticate: Authenticate | None = None,
+    ) -> GuardedCall:
+        """A guarded block: ``with guard.call("search", {"q": q}) as call: ...`` (or
+        ``async with``). ``authenticate`` replaces token verification for callers that
+        verify a request themselves (the MCP integration verifies a DPoP proof)."""
+        _check_tool(tool)
+        return GuardedCall(self, tool, args, authenticate, token)
+
+    @contextmanager
+    def acting_as(self, token: TokenSource) -> Iterator[None]:
+        """Within this block (this thread or task, and what it starts), guarded calls
+        without their own ``token`` use ``token``: e.g. a delegated token while the
+        agent acts for a human (RFC 8693)."""
+        reset = _current_token.set(token)
+        try:
+            yield
+        finally:
+            _current_token.reset(reset)
+
+    # -- MCP servers (the ``mcp`` extra) -------------------------------------------------
+
+    def mcp_middleware(
+        self, *, principal: Principal = "auto", public_url: str | None = None
+    ) -> GuardMiddleware:
+        """A middleware for an ``mcp`` SDK server guarding every ``tools/call``; see
+        :mod:`agentiam.adapters.gateway.guard_mcp` for whose token decides."""
+        from agentiam.adapters.gateway.guard_mcp import GuardMiddleware
+
+        return GuardMiddleware(self, principal=principal, public_url=public_url)
+
+    def protect(
+        self, server: Any, *, principal: Principal = "auto", public_url: str | None = None
+    ) -> GuardMiddleware:
+        """Guard every tool of ``server`` (an ``mcp`` ``MCPServer``, formerly
+        ``FastMCP``), including tools registered later; returns the middleware."""
+        middleware = self.mcp_middleware(principal=principal, public_url=public_url)
+        middleware.install(server)
+        return middleware
+
+    # -- housekeeping --------------------------------------------------------------------
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every audit event was shipped to the control plane."""
+        return self.spool.drain(timeout) if self.spool is not None else True
+
+    def close(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _wrap(
+        self,
+        fn: F,
+        name: str | None,
+        token: TokenSource | None,
+        exclude: Collection[str],
+    ) -> F:
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                f"{fn.__qualname__} is a generator function: its body would run after the "
+                "guard's decision; guard the function that consumes it, or use guard.call()"
+            )
+        tool = name if name is not None else fn.__name__
+        _check_tool(tool)
+        signature = inspect.signature(fn)
+        skip = set(exclude)
+        params = list(signature.parameters)
+        if params and params[0] in ("self", "cls"):
+            skip.add(params[0])
+
+        def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+            bound = signature.bind(*args, **kwargs)  # a TypeError here: no call happened
+            bound.apply_defaults()
+            out: dict[str, Any] = {}
+            for key, value in bound.arguments.items():
+                if key in skip:
+                    continue
+                kind = signature.parameters[key].kind
+                if kind is inspect.Parameter.VAR_KEYWORD:
+                    out.update({k: v for k, v in value.items() if k not in out})
+                else:
+                    out[key] = value
+            return out
+
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+                async with GuardedCall(self, tool, bind(args, kwargs), None, token):
+                    return await cast(Callable[..., Awaitable[Any]], fn)(*args, **kwargs)
+
+            return cast(F, guarded_async)
+
+        @functools.wraps(fn)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            with GuardedCall(self, tool, bind(args, kwargs), None, token):
+                return fn(*args, **kwargs)
+
+        return cast(F, guarded)
+
+    def _decide(
+        self,
+        tool: str,
+        args: dict[str, Any],
+        authenticate: Authenticate | None,
+        token: TokenSource | None,
+    ) -> _Decided:
+        """Steps 1-3 of the module doc; raises ToolCallDenied unless allowed."""
+        enforcer = self.enforcer
+        trace = TraceContext.new()
+        call = Call(
+            action=_ACTION,
+            resource=EntityRef("Tool", tool),
+            detail=ToolCall(tool, args, location=self.resource),
+            tool=tool,
+            args=args,
+        )
+        try:
+            if authenticate is not None:
+                access = authenticate(trace)
+            else:
+                value, problem = _resolve(token if token is not None else self.token)
+                if value is None:
+                    enforcer.refuse_anonymous(call, problem, trace=trace)
+                    raise ToolCallDenied(
+                        tool,
+                        problem,
+                        error="invalid_token",
+                        refusal_status=401,
+                        trace_id=trace.trace_id,
+                        hint="Give the guard the agent's token (token=...) or use acting_as().",
+                    )
+                access = enforcer.authenticate_token(value, trace=trace)
+            verdict = enforcer.decide(access, call, trace=trace)
+        except OAuthError as exc:
+            if exc.oauth_status >= 500:
+                raise GuardUnavailable(tool, exc.reason, trace_id=trace.trace_id) from None
+            raise ToolCallDenied(
+                tool,
+                exc.reason,
+                error=exc.error,
+                refusal_status=exc.oauth_status,
+                trace_id=trace.trace_id,
+            ) from None
+        except ServiceUnavailable as exc:
+            raise GuardUnavailable(tool, exc.detail, trace_id=trace.trace_id) from None
+        if not verdict.allowed:
+            retry = verdict.headers.get("Retry-After")
+            raise ToolCallDenied(
+                tool,
+                verdict.reason,
+                error=verdict.error or "insufficient_scope",
+                refusal_status=verdict.status,
+                decision_id=verdict.decision_id,
+                retry_after=float(retry) if retry is not None else None,
+                trace_id=trace.trace_id,
+            )
+        return _Decided(access, call, verdict, trace)
+
+    def _outcome(self, decided: _Decided, error: str | None) -> None:
+        """Step 4. The body already ran, so a failure to record its outcome is logged,
+        not raised (the allow decision before it is durable)."""
+        try:
+            self.enforcer.record_guarded_outcome(
+                decided.access,
+                decided.call,
+                decided.verdict,
+                trace=decided.trace,
+                error=error,
+                duration_ms=(time.perf_counter() - decided.started) * 1000,
+            )
+        except ServiceUnavailable:
+            log.error(
+                "the outcome of %s (decision %s) could not be recorded",
+                decided.call.tool,
+                decided.verdict.decision_id,
+            )
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _resolve(source: TokenSource | None) -> tuple[str | None, str]:
+    """The token, or None and why not. A failing source (the token endpoint refused,
+    the network is down) refuses the call like a missing token."""
+    if source is None:
+        return None, "no agent access token"
+    if isinstance(source, str):
+        value = source
+    else:
+        try:
+            value = source()
+        except Exception as exc:
+            return None, f"the token source failed ({type(exc).__name__})"
+    if not isinstance(value, str) or not value:
+        return None, "no agent access token"
+    return value, ""
+
+
+def _check_tool(tool: str) -> None:
+    if not isinstance(tool, str) or not _TOOL.match(tool):
+        raise ValueError("a tool name is 1-128 printable ASCII characters without spaces")
+
+
+def _check_resource(resource: str) -> None:
+    parts = urlsplit(resource)
+    if not parts.scheme or parts.fragment or len(resource) > 2048:
+        raise ValueError("resource: an absolute URI without a fragment (RFC 8707 section 2)")
+
+
+def _metadata_url(resource: str) -> str:
+    """RFC 9728 section 3.1: the well-known metadata URL of an http(s) resource."""
+    parts = urlsplit(resource)
+    if parts.scheme not in ("http", "https"):
+        return resource
+    path = parts.path.rstrip("/")
+    return f"{parts.scheme}://{parts.netloc}/.well-known/oauth-protected-resource{path}"
+
+
+def plain_arguments(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Tool arguments as JSON values, for the policy context and the audit trail:
+    strings, numbers, booleans, null, lists and objects with string keys (nested at
+    most 8 deep). Paths become strings, enums their values, dates ISO 8601; anything
+    else (and non-finite floats, bytes) is left out: a policy cannot read it."""
+    out: dict[str, Any] = {}
+    for key, value in args.items():
+        converted = _plain(value, 0)
+        if converted is not _SKIP:
+            out[str(key)] = converted
+    return out
+
+
+_SKIP = object()
+
+
+def _plain(value: Any, depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        return _SKIP
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _SKIP
+    if isinstance(value, enum.Enum):
+        return _plain(value.value, depth + 1)
+    if isinstance(value, os.PathLike):
+        path = os.fspath(value)
+        return path if isinstance(path, str) else _SKIP
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        items = {}
+        for k, v in value.items():
+            if isinstance(k, str):
+                converted = _plain(v, depth + 1)
+                if converted is not _SKIP:
+                    items[k] = converted
+        return items
+    if isinstance(value, list | tuple | set | frozenset):
+        ordered = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
+        elements = [_plain(v, depth + 1) for v in ordered]
+        return [e for e in elements if e is not _SKIP]
+    return _SKIP

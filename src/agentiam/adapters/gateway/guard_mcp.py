@@ -1,0 +1,171 @@
+"""The in-process guard for MCP servers built with the official MCP Python SDK
+(``MCPServer``, formerly ``FastMCP``; the ``mcp`` extra).
+
+:class:`GuardMiddleware` is an SDK server middleware: it sees every ``tools/call``
+before the tool runs, whichever tool it is and whenever it was registered, and
+decides it with :class:`~agentiam.adapters.gateway.guard.Guard`::
+
+    server = MCPServer("tools")
+    guard.protect(server)              # or MCPServer(..., middleware=[GuardMiddleware(guard)])
+
+    @server.tool()
+    def search(query: str) -> list[str]: ...
+
+The tool name and the arguments as the client sent them are the call
+(``Tool::"<name>"``, ``context.args``). The principal is, with ``principal="auto"``:
+
+* **over HTTP** (Streamable HTTP), the agent that sent the request: its
+  ``Authorization: DPoP <token>`` and ``DPoP`` proof are verified exactly as a
+  gateway verifies them (RFC 9449 section 7: the proof's ``htm``/``htu`` are this
+  request's, its ``ath`` the token's hash, its key the token's ``cnf.jkt``; RFC 9068:
+  the audience is the guard's ``resource``). The guard's own token is never used for
+  an HTTP request, so an unauthenticated caller cannot act as the agent.
+* **over stdio or in memory**, the guard's configured token (the agent's own): the
+  server runs inside, or as a child of, the agent.
+
+``principal="request"`` or ``"configured"`` forces one. The SDK's own bearer-token
+auth (``AuthSettings`` + ``TokenVerifier``) is not used: it takes only ``Bearer``
+tokens and never sees the DPoP proof, so it would accept a stolen DPoP-bound token.
+
+A refused call is answered with a tool error result (``isError: true``) naming the
+reason and the decision id (``_meta["dev.agentiam/refusal"]``); the tool does not run.
+A tool that answers ``isError: true`` is recorded as failed (``tool_error``).
+
+Not done: ``tools/list`` is not filtered by policy here (the MCP gateway filters it),
+and an authentication failure is a tool error, not an HTTP 401 challenge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp_types import CallToolResult, TextContent
+from mcp_types.methods import serialize_server_result
+
+from agentiam.adapters.gateway.guard import (
+    Authenticate,
+    Guard,
+    GuardedCall,
+    Principal,
+    ToolCallDenied,
+)
+from agentiam.core.audit.events import TraceContext
+from agentiam.core.credentials.verifier import VerifiedAccess
+
+__all__ = ["REFUSAL_META", "GuardMiddleware"]
+
+REFUSAL_META = "dev.agentiam/refusal"
+
+
+class GuardMiddleware:
+    """An ``mcp`` server middleware (``ServerMiddleware[Any]``) guarding every
+    ``tools/call``; see the module doc."""
+
+    def __init__(
+        self, guard: Guard, *, principal: Principal = "auto", public_url: str | None = None
+    ) -> None:
+        """``public_url`` is the MCP endpoint's URL as clients reach it (the ``htu``
+        their proofs name), when a proxy in front changes scheme or host; by default
+        the request's own URL."""
+        if principal not in ("auto", "request", "configured"):
+            raise ValueError('principal: "auto", "request" or "configured"')
+        self.guard = guard
+        self.principal = principal
+        self.public_url = public_url
+
+    async def __call__(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        if ctx.method != "tools/call" or ctx.request_id is None:
+            return await call_next(ctx)
+        params = ctx.params or {}
+        name = params.get("name")
+        arguments = params.get("arguments")
+        if arguments is None:
+            arguments = {}
+        if not isinstance(name, str) or not isinstance(arguments, Mapping):
+            return await call_next(ctx)  # malformed: the SDK refuses it before any tool runs
+        try:
+            guarded = self._guarded(ctx, name, arguments)
+        except ValueError as exc:  # a tool name the guard cannot record
+            return _refusal(ctx, name, str(exc), "invalid_request", None)
+        try:
+            await guarded.__aenter__()
+        except ToolCallDenied as denied:
+            return _refusal(ctx, name, denied.reason, denied.error, denied.decision_id)
+        try:
+            result = await call_next(ctx)
+        except BaseException as exc:
+            await guarded.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        if _is_error(result):
+            guarded.fail("tool_error")
+        await guarded.__aexit__(None, None, None)
+        return result
+
+    def _guarded(
+        self, ctx: ServerRequestContext[Any, Any], name: str, arguments: Mapping[str, Any]
+    ) -> GuardedCall:
+        request = ctx.request
+        http = request is not None and hasattr(request, "headers")
+        mode = self.principal
+        if mode == "auto":
+            mode = "request" if http else "configured"
+        if mode == "configured":
+            return self.guard.call(name, arguments)
+        return self.guard.call(name, arguments, authenticate=self._from_request(request))
+
+    def _from_request(self, request: Any) -> Authenticate:
+        enforcer = self.guard.enforcer
+        if request is None or not hasattr(request, "headers"):
+
+            def no_request(trace: TraceContext) -> VerifiedAccess:
+                return enforcer.authenticate(
+                    authorization=[], dpop=[], method="POST", url="", trace=trace
+                )
+
+            return no_request
+        authorization = list(request.headers.getlist("authorization"))
+        dpop = list(request.headers.getlist("dpop"))
+        method = str(request.method)
+        url = self.public_url or str(request.url)
+
+        def from_request(trace: TraceContext) -> VerifiedAccess:
+            return enforcer.authenticate(
+                authorization=authorization, dpop=dpop, method=method, url=url, trace=trace
+            )
+
+        return from_request
+
+    def install(self, server: Any) -> None:
+        """Append to ``server.middleware`` (an ``MCPServer`` or low-level ``Server``)."""
+        server.middleware.append(self)
+
+
+def _is_error(result: HandlerResult) -> bool:
+    if isinstance(result, Mapping):
+        return result.get("isError") is True
+    return getattr(result, "is_error", False) is True
+
+
+def _refusal(
+    ctx: ServerRequestContext[Any, Any],
+    tool: str,
+    reason: str,
+    error: str,
+    decision_id: str | None,
+) -> dict[str, Any]:
+    """A tool error result, in the wire shape of the connection's protocol version (a
+    middleware that answers itself owns the result's envelope)."""
+    text = f"AgentIAM refused the call to {tool}: {reason}"
+    if decision_id is not None:
+        text += f" (decision {decision_id})"
+    result = CallToolResult(
+        content=[TextContent(type="text", text=text)],
+        is_error=True,
+        _meta={REFUSAL_META: {"error": error, "reason": reason, "decision_id": decision_id}},
+    )
+    dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return serialize_server_result("tools/call", ctx.protocol_version, dumped)

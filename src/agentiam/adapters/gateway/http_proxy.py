@@ -1,0 +1,1044 @@
+"""The HTTP gateway: an OAuth-protected reverse proxy for REST APIs.
+
+``agentiam gateway http --config FILE`` serves :class:`HttpGateway`, a plain ASGI
+application (no web framework on the hot path) under uvicorn. Its configuration is the
+common gateway part (:mod:`agentiam.adapters.gateway.config`) plus two sections::
+
+    upstreams:
+      billing:
+        url: https://billing.internal.example        # scheme, host, port, optional path
+        credential: {secret: billing-key, header: X-Api-Key}   # see broker.py
+    routes:                                           # first match wins
+      - name: invoices.read                           # optional; default "GET /v1/invoices/{id}"
+        match: {method: GET, path: /v1/invoices/{id}}
+        upstream: billing
+        action: GET                                   # the Cedar action
+        resource: {type: Endpoint, id: "invoices/{id}"}
+
+For every request, in this order:
+
+1. The path is checked: one that a server could read in two ways (``.``/``..``
+   segments, encoded ``/`` or ``\\``, empty segments, control characters, bad
+   percent-encoding) is refused with 400, so the route the gateway decides on is the
+   path the upstream serves (RFC 3986 sections 3.3 and 6.2.2).
+2. The token is verified (:meth:`Enforcer.authenticate`): a DPoP-bound access token
+   (RFC 9449) whose audience is ``public_url`` (RFC 8707). The DPoP ``htu`` is checked
+   against ``public_url``'s origin plus the request path, never a URL built from the
+   client's ``Host`` or ``X-Forwarded-*`` headers. A refusal is 401 with a
+   ``WWW-Authenticate`` challenge naming ``resource_metadata`` (RFC 9728 section 5.1).
+3. The first route whose method and path template match is taken (``{name}`` matches
+   one path segment and may be used in the resource id); none: 404, audited.
+4. Rate limit, task scope (RFC 9396 ``api_access``) and policy
+   (:meth:`Enforcer.decide`): 429 with ``Retry-After`` (RFC 6585 section 4, RFC 9110
+   section 10.2.3), or 403 ``insufficient_scope`` (RFC 6750 section 3.1). The decision
+   is durable in the local audit spool before anything is forwarded.
+5. The request is forwarded with its body streamed: the agent's ``Authorization`` and
+   ``DPoP`` headers removed, hop-by-hop headers removed (RFC 9110 section 7.6.1),
+   client-supplied ``Forwarded`` (RFC 7239), ``X-Forwarded-*`` and ``X-Real-IP``
+   removed and a fresh ``Forwarded: for=…;host=…;proto=…`` set, the brokered
+   credential injected, ``traceparent`` (W3C Trace Context) continued.
+6. The response is streamed back (hop-by-hop headers removed). Upstream timeouts give
+   504, connection failures 502 (RFC 9110 sections 15.6.3 and 15.6.5); either way the
+   outcome is audited as failed.
+7. A ``tool.call`` event records the status, the secret used (``name@version``) and
+   the duration (:meth:`Enforcer.record_outcome`).
+
+Every refusal is an RFC 9457 problem document (``application/problem+json``) that
+never carries a stack trace. ``/.well-known/oauth-protected-resource[/path]`` serves
+the RFC 9728 metadata, ``/healthz`` the runtime's health (503 once it no longer
+decides), ``/metrics`` Prometheus text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import unquote_to_bytes, urlsplit
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from agentiam.adapters.gateway.broker import (
+    ApiKeyInjection,
+    CredentialRef,
+    credential_ref_from_config,
+)
+from agentiam.adapters.gateway.config import GatewayConfig, load_gateway_config
+from agentiam.adapters.gateway.enforcer import Call, Verdict
+from agentiam.adapters.gateway.http_upstream import UpstreamError, UpstreamPool, UpstreamTimeout
+from agentiam.adapters.gateway.runtime import GatewayRuntime
+from agentiam.core.audit.events import Outcome, TraceContext
+from agentiam.core.credentials.verifier import VerifiedAccess
+from agentiam.core.delegation.authorization_details import ApiCall
+from agentiam.core.policy.model import EntityRef
+from agentiam.core.policy.schema import HTTP_METHODS
+from agentiam.errors import PROBLEM_BASE, AgentIAMError, OAuthError, ServiceUnavailable
+
+__all__ = [
+    "SECTION_KEYS",
+    "HttpGateway",
+    "HttpGatewayConfig",
+    "PathRejected",
+    "Route",
+    "Upstream",
+    "forwarded_header",
+    "load_config",
+    "request_headers_for_upstream",
+    "response_headers_for_client",
+    "run",
+    "split_path",
+]
+
+log = logging.getLogger("agentiam.gateway.http")
+
+SECTION_KEYS = frozenset({"upstreams", "routes"})
+MAX_PATH = 8192  # bytes of request path accepted (414 beyond)
+_PROBLEM_JSON = b"application/problem+json"
+_RESERVED_PATHS = ("/healthz", "/metrics", "/.well-known/")
+_ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/ {}-]{0,127}$")
+_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]{0,31})\}$")
+_TEMPLATE_VAR = re.compile(r"\{([^{}]*)\}")
+_ENTITY_TYPE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_LITERAL_SEGMENT = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%-]+$")
+# RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward
+# (Proxy-Connection and Keep-Alive are the common non-standard ones).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+# Never forwarded from the client: its credentials (the upstream gets the brokered
+# one), what the gateway sets itself, and client claims about the path it came by.
+_CLIENT_ONLY = frozenset(
+    {b"authorization", b"dpop", b"host", b"forwarded", b"x-real-ip", b"expect", b"traceparent"}
+)
+_FRAMING = frozenset({b"content-length"})  # re-sent by the upstream client as it frames
+
+T = TypeVar("T")
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where matched requests go: ``url`` is scheme, authority and an optional path
+    prefix (no trailing slash); ``credential`` what the broker injects."""
+
+    name: str
+    url: str
+    credential: CredentialRef | None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """``method`` ``template`` → ``action`` on ``resource_type``::``resource_id`` (a
+    template over the path's ``{name}`` placeholders), forwarded to ``upstream``.
+    ``name`` is the tool name rate limits and the audit trail use."""
+
+    name: str
+    method: str
+    template: str
+    segments: tuple[str | None, ...]  # a literal segment, or None for a placeholder
+    params: tuple[str, ...]  # the placeholders' names, in path order
+    upstream: Upstream
+    action: str
+    resource_type: str
+    resource_id: str
+
+    def match(self, segments: Sequence[str]) -> dict[str, str] | None:
+        """The placeholder values when ``segments`` (percent-decoded) fit the
+        template, else None."""
+        if len(segments) != len(self.segments):
+            return None
+        values: list[str] = []
+        for want, got in zip(self.segments, segments, strict=True):
+            if want is None:
+                if not got:
+                    return None
+                values.append(got)
+            elif want != got:
+                return None
+        return dict(zip(self.params, values, strict=True))
+
+    def resource(self, values: Mapping[str, str]) -> EntityRef:
+        return EntityRef(
+            self.resource_type,
+            _TEMPLATE_VAR.sub(lambda m: values[m.group(1)], self.resource_id),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HttpGatewayConfig:
+    gateway: GatewayConfig
+    upstreams: Mapping[str, Upstream]
+    routes: tuple[Route, ...]
+
+    @property
+    def prefix(self) -> str:
+        """``public_url``'s path: the gateway serves the API beneath it."""
+        return urlsplit(self.gateway.public_url).path.rstrip("/")
+
+    @property
+    def origin(self) -> str:
+        parts = urlsplit(self.gateway.public_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: expected a mapping")
+    return value
+
+
+def _only(value: Mapping[str, Any], where: str, allowed: set[str]) -> None:
+    unknown = sorted(set(map(str, value)) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {', '.join(unknown)}")
+
+
+def _upstream(name: Any, raw: Any) -> Upstream:
+    where = f"upstreams.{name}"
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise ValueError(f"{where}: an upstream name is 1-64 of A-Z, a-z, 0-9, '.', '_', '-'")
+    body = _mapping(raw, where)
+    _only(body, where, {"url", "credential"})
+    url = body.get("url")
+    if not isinstance(url, str) or len(url) > 2048:
+        raise ValueError(f"{where}.url: an http(s) URL")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{where}.url: an http(s) URL")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError(f"{where}.url: a URL without user info, query or fragment")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"{where}.url: invalid port") from None
+    credential = None
+    if body.get("credential") is not None:
+        try:
+            credential = credential_ref_from_config(
+                _mapping(body["credential"], f"{where}.credential")
+            )
+        except ValueError as exc:
+            raise ValueError(f"{where}.credential: {exc}") from None
+    return Upstream(name, url.rstrip("/"), credential)
+
+
+def _template(path: Any, where: str) -> tuple[tuple[str | None, ...], tuple[str, ...]]:
+    if not isinstance(path, str) or not path.startswith("/") or len(path) > 1024:
+        raise ValueError(f"{where}: a path starting with '/'")
+    if path != "/" and any(path.startswith(p.rstrip("/")) for p in _RESERVED_PATHS):
+        raise ValueError(f"{where}: /healthz, /metrics and /.well-known/ are the gateway's own")
+    segments: list[str | None] = []
+    params: list[str] = []
+    for index, segment in enumerate(path[1:].split("/")):
+        param = _PARAM.match(segment)
+        if param:
+            if param.group(1) in params:
+                raise ValueError(f"{where}: placeholder {{{param.group(1)}}} appears twice")
+            params.append(param.group(1))
+            segments.append(None)
+            continue
+        if segment == "" and index == len(path[1:].split("/")) - 1:
+            segments.append("")  # a trailing slash (or the root path) is matched as is
+            continue
+        if not _LITERAL_SEGMENT.match(segment) or segment in (".", ".."):
+            raise ValueError(
+                f"{where}: segment {segment[:40]!r} is neither a literal nor a {{name}}"
+            )
+        try:
+            segments.append(_decode_segment(segment))
+        except PathRejected as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    return tuple(segments), tuple(params)
+
+
+def _route(index: int, raw: Any, upstreams: Mapping[str, Upstream]) -> Route:
+    where = f"routes[{index}]"
+    body = _mapping(raw, where)
+    _only(body, where, {"name", "match", "upstream", "action", "resource"})
+    match = _mapping(body.get("match"), f"{where}.match")
+    _only(match, f"{where}.match", {"method", "path"})
+    method = match.get("method")
+    if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
+        raise ValueError(f"{where}.match.method: one of {', '.join(HTTP_METHODS)}")
+    method = method.upper()
+    path = match.get("path")
+    segments, params = _template(path, f"{where}.match.path")
+    assert isinstance(path, str)
+    upstream = body.get("upstream")
+    if upstream not in upstreams:
+        raise ValueError(f"{where}.upstream: not one of the upstreams ({', '.join(upstreams)})")
+    action = body.get("action")
+    if not isinstance(action, str) or not _ENTITY_TYPE.match(action):
+        raise ValueError(f"{where}.action: a Cedar action name (e.g. GET, read, invoke_tool)")
+    resource = _mapping(body.get("resource"), f"{where}.resource")
+    _only(resource, f"{where}.resource", {"type", "id"})
+    rtype = resource.get("type")
+    if not isinstance(rtype, str) or not _ENTITY_TYPE.match(rtype):
+        raise ValueError(f"{where}.resource.type: a Cedar entity type (e.g. Endpoint)")
+    rid = resource.get("id")
+    if not isinstance(rid, str) or not rid or len(rid) > 256:
+        raise ValueError(f"{where}.resource.id: 1-256 characters")
+    for name in _TEMPLATE_VAR.findall(rid):
+        if name not in params:
+            raise ValueError(f"{where}.resource.id: {{{name}}} is not a placeholder of the path")
+    name = body.get("name", f"{method} {path}")
+    if not isinstance(name, str) or not _ROUTE_NAME.match(name):
+        raise ValueError(f"{where}.name: 1-128 characters of A-Z, a-z, 0-9 and ._:/- {{}}")
+    return Route(
+        name=name,
+        method=method,
+        template=path,
+        segments=segments,
+        params=params,
+        upstream=upstreams[str(upstream)],
+        action=action,
+        resource_type=rtype,
+        resource_id=rid,
+    )
+
+
+def load_config(data: Any) -> HttpGatewayConfig:
+    """Validate a whole HTTP gateway configuration; ValueError naming the bad key."""
+    gateway = load_gateway_config(data, "http", section_keys=SECTION_KEYS)
+    section = gateway.section
+    raw_upstreams = _mapping(section.get("upstreams"), "upstreams")
+    if not raw_upstreams:
+        raise ValueError("upstreams: name at least one upstream")
+    upstreams = {str(name): _upstream(name, raw) for name, raw in raw_upstreams.items()}
+    raw_routes = section.get("routes")
+    if not isinstance(raw_routes, list) or not raw_routes:
+        raise ValueError("routes: a list of at least one route")
+    if len(raw_routes) > 10_000:
+        raise ValueError("routes: at most 10000")
+    routes = tuple(_route(i, raw, upstreams) for i, raw in enumerate(raw_routes))
+    if gateway.secrets_store is None and any(u.credential for u in upstreams.values()):
+        raise ValueError("secrets.store: an upstream injects a credential, name the store")
+    return HttpGatewayConfig(gateway, upstreams, routes)
+
+
+# -- requests -----------------------------------------------------------------------------
+
+
+class PathRejected(ValueError):
+    """A request path the gateway will not route: it could be read two ways."""
+
+
+_SAFE_RAW = re.compile(rb"^[\x21-\x7e]*$")
+
+
+def _decode_segment(segment: str) -> str:
+    if "%" not in segment:
+        decoded = segment
+    else:
+        if re.search(r"%(?![0-9A-Fa-f]{2})", segment):
+            raise PathRejected("malformed percent-encoding")
+        try:
+            decoded = unquote_to_bytes(segment).decode("utf-8")
+        except UnicodeDecodeError:
+            raise PathRejected("a percent-encoded segment that is not UTF-8") from None
+    if "/" in decoded or "\\" in decoded or any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+        raise PathRejected("an encoded '/', '\\' or control character")
+    if decoded.split(";", 1)[0] in (".", ".."):
+        raise PathRejected("a '.' or '..' segment")
+    return decoded
+
+
+def split_path(raw_path: bytes, prefix: str = "") -> tuple[str, ...]:
+    """The percent-decoded segments of ``raw_path`` beneath ``prefix``.
+
+    Raises :class:`PathRejected` for anything a server might normalise differently
+    than the route match (RFC 3986 section 6.2.2): ``.``/``..`` segments (also
+    ``..;``), encoded ``/`` or ``\\``, a backslash, empty segments (``//``), bytes
+    outside visible ASCII, malformed or non-UTF-8 percent-encoding; and ``None``-like
+    paths outside ``prefix``."""
+    if len(raw_path) > MAX_PATH:
+        raise PathRejected("the path is too long")
+    if not raw_path.startswith(b"/") or not _SAFE_RAW.match(raw_path) or b"\\" in raw_path:
+        raise PathRejected("the path holds characters outside visible ASCII, or a backslash")
+    path = raw_path.decode("ascii")
+    if prefix:
+        if path != prefix and not path.startswith(prefix + "/"):
+            raise PathRejected("outside this gateway's public URL")
+        path = path[len(prefix) :] or "/"
+    parts = path[1:].split("/")
+    if not all(parts[:-1]):
+        raise PathRejected("an empty path segment")
+    return tuple(_decode_segment(p) for p in parts)
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> list[str]:
+    return [v.decode("latin-1") for k, v in headers if k == name]
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """Field names a ``Connection`` header lists (RFC 9110 section 7.6.1)."""
+    tokens: set[bytes] = set()
+    for key, value in headers:
+        if key == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return tokens
+
+
+def _quote_forwarded(value: str) -> str:
+    """An RFC 7239 section 4 value: a token as is, anything else as a quoted string."""
+    if re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def forwarded_header(client: tuple[str, int] | None, host: str, proto: str) -> str:
+    """``Forwarded: for=…;host=…;proto=…`` (RFC 7239 sections 4-5) for the client the
+    gateway saw, IPv6 addresses bracketed and quoted (section 6)."""
+    if client is None or not client[0]:
+        node = "unknown"
+    elif ":" in client[0]:
+        node = f"[{client[0]}]"
+    else:
+        node = client[0]
+    return (
+        f"for={_quote_forwarded(node)};host={_quote_forwarded(host)};"
+        f"proto={_quote_forwarded(proto)}"
+    )
+
+
+def request_headers_for_upstream(
+    headers: Iterable[tuple[bytes, bytes]],
+    *,
+    inject: Mapping[str, str],
+    forwarded: str,
+    trace: TraceContext,
+) -> list[tuple[bytes, bytes]]:
+    """The client's headers as the upstream gets them: without hop-by-hop fields and
+    those ``Connection`` names (RFC 9110 section 7.6.1), without the agent's
+    ``Authorization``/``DPoP``, ``Host``, ``Expect`` and every client claim about the
+    route (``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP``); with the brokered
+    credential (replacing any client header of that name), a fresh ``Forwarded`` and
+    the continued ``traceparent``."""
+    headers = list(headers)
+    drop = HOP_BY_HOP | _CLIENT_ONLY | _FRAMING | _connection_tokens(headers)
+    injected = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in inject.items()]
+    drop |= {k for k, _ in injected}
+    out = [(k, v) for k, v in headers if k not in drop and not k.startswith(b"x-forwarded-")]
+    out.extend(injected)
+    out.append((b"forwarded", forwarded.encode("latin-1")))
+    out.append((b"traceparent", f"00-{trace.trace_id}-{trace.span_id}-01".encode("ascii")))
+    return out
+
+
+def response_headers_for_client(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> list[tuple[bytes, bytes]]:
+    """The upstream's response headers without hop-by-hop fields (RFC 9110 7.6.1)."""
+    headers = [(k.lower(), v) for k, v in headers]
+    drop = HOP_BY_HOP | _connection_tokens(headers)
+    return [(k, v) for k, v in headers if k not in drop]
+
+
+# -- the ASGI application ----------------------------------------------------------------
+
+
+class _ClientGone(Exception):
+    """The client disconnected while its request body was being forwarded."""
+
+
+class _Aborted(Exception):
+    """The upstream failed after the response had started: the connection is cut so
+    the client cannot take a truncated body for a whole one."""
+
+
+@dataclass(slots=True)
+class _Refusal:
+    status: int
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+    label: str  # the metrics outcome
+
+
+@dataclass(slots=True)
+class _Permit:
+    access: VerifiedAccess
+    route: Route
+    call: Call
+    verdict: Verdict
+    inject: dict[str, str]
+    secret: str | None
+    content_length: int | None  # the request body's, None: chunked or no body
+    has_body: bool
+
+
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    414: "URI too long",
+    429: "Too many requests",
+    502: "Bad gateway",
+    503: "Service unavailable",
+    504: "Gateway timeout",
+}
+_LABELS = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    414: "bad_request",
+    429: "rate_limited",
+    502: "upstream_error",
+    503: "unavailable",
+    504: "upstream_timeout",
+}
+
+
+def _problem(
+    status: int, code: str, detail: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> _Refusal:
+    """An RFC 9457 problem document (section 3.1 members plus extensions)."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + code,
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        **{k: v for k, v in extra.items() if v is not None},
+    }
+    return _Refusal(status, body, dict(headers or {}), _LABELS.get(status, "error"))
+
+
+def _oauth_refusal(exc: OAuthError) -> _Refusal:
+    status = exc.oauth_status
+    headers = dict(exc.headers)
+    if status == 503:
+        headers.setdefault("Retry-After", "5")
+    return _problem(status, exc.error.replace("_", "-"), exc.detail, headers, error=exc.error)
+
+
+def _unavailable(exc: AgentIAMError) -> _Refusal:
+    return _problem(503, exc.code, exc.detail, {"Retry-After": "5"}, hint=exc.hint)
+
+
+class _Metrics:
+    """Prometheus metrics of one gateway, in a registry of its own."""
+
+    def __init__(self, runtime: GatewayRuntime | None) -> None:
+        self.registry = CollectorRegistry()
+        self.calls = Counter(
+            "agentiam_gateway_calls",
+            "Calls answered, by outcome (allowed, or the refusal or failure).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "agentiam_gateway_request_seconds",
+            "Time from request to the end of the response, upstream included.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.decision = Histogram(
+            "agentiam_gateway_decision_seconds",
+            "Time to authenticate, decide and make the audit event durable.",
+            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+            registry=self.registry,
+        )
+        if runtime is not None:
+            self.registry.register(_RuntimeCollector(runtime))
+
+
+class _RuntimeCollector(Collector):
+    def __init__(self, runtime: GatewayRuntime) -> None:
+        self._runtime = runtime
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        spool = self._runtime.spool.health()
+        since = self._runtime.link.seconds_since_contact()
+        yield GaugeMetricFamily(
+            "agentiam_gateway_spool_pending_events",
+            "Audit events spooled and not yet shipped to the control plane.",
+            value=spool.pending_events,
+        )
+        yield GaugeMetricFamily(
+            "agentiam_gateway_spool_pending_bytes",
+            "Bytes of audit events not yet shipped (bounded by spool.max_bytes).",
+            value=spool.pending_bytes,
+        )
+        yield GaugeMetricFamily(
+            "agentiam_gateway_control_plane_seconds_since_contact",
+            "Seconds since the control plane last answered (-1: never).",
+            value=-1.0 if since is None else since,
+        )
+
+
+class HttpGateway:
+    """The ASGI application (HTTP and lifespan scopes). ``workers`` bounds the threads
+    for the few blocking calls left (an OAuth token fetch, health and metrics)."""
+
+    def __init__(
+        self, config: HttpGatewayConfig, runtime: GatewayRuntime, *, workers: int = 8
+    ) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.enforcer = runtime.enforcer
+        self._prefix = config.prefix
+        self._origin = config.origin
+        public = urlsplit(config.gateway.public_url)
+        self._public_host = public.netloc
+        self._proto = public.scheme
+        self._metadata_path = "/.well-known/oauth-protected-resource" + self._prefix
+        self._routes: dict[tuple[str, int], list[Route]] = {}
+        for route in config.routes:
+            self._routes.setdefault((route.method, len(route.segments)), []).append(route)
+        self._base_paths = {
+            name: urlsplit(u.url).path.rstrip("/").encode("ascii")
+            for name, u in config.upstreams.items()
+        }
+        self._total = config.gateway.timeouts.total
+        self._pools: dict[str, UpstreamPool] = {}
+        self._workers = workers
+        self._executor: ThreadPoolExecutor | None = None
+        self.metrics = _Metrics(runtime)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._workers, thread_name_prefix="gw-enforce"
+            )
+        if not self._pools:
+            t = self.config.gateway.timeouts
+            self._pools = {
+                name: UpstreamPool(u.url, connect_timeout=t.connect, read_timeout=t.read)
+                for name, u in self.config.upstreams.items()
+            }
+
+    async def shutdown(self) -> None:
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            await pool.aclose()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def __call__(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(
+        self,
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- routing --------------------------------------------------------------------------
+
+    def route_for(
+        self, method: str, segments: Sequence[str]
+    ) -> tuple[Route, dict[str, str]] | None:
+        """The first route (in configuration order) matching the request."""
+        for route in self._routes.get((method, len(segments)), ()):
+            values = route.match(segments)
+            if values is not None:
+                return route, values
+        return None
+
+    async def _http(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        started = time.perf_counter()
+        path: str = scope["path"]
+        if scope["method"] in ("GET", "HEAD"):
+            if path == "/healthz":
+                return await self._healthz(send)
+            if path == "/metrics":
+                return await self._metrics(send)
+            if path == self._metadata_path or path == self._metadata_path + "/":
+                return await self._json(send, 200, self.runtime.protected_resource_metadata())
+        label = await self._proxy(scope, receive, send, started)
+        self.metrics.calls.labels(label).inc()
+        self.metrics.latency.observe(time.perf_counter() - started)
+        return None
+
+    # -- the proxied call -----------------------------------------------------------------
+
+    async def _proxy(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+        started: float,
+    ) -> str:
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        trace = TraceContext.from_traceparent(next(iter(_header(headers, b"traceparent")), None))
+        # Steps 1-4 run here, on the event loop: they only compute (keys, revocations
+        # and policy are in memory) and hand their audit event to the spool, whose
+        # fsync is then awaited without holding a thread.
+        with self.enforcer.deferred() as pending:
+            outcome = self._authorize(scope["method"], raw_path, headers, trace)
+        try:
+            await pending.durable()
+        except ServiceUnavailable as exc:
+            outcome = _unavailable(exc)  # nothing unlogged is allowed, or answered
+        if isinstance(outcome, _Permit) and outcome.route.upstream.credential is not None:
+            outcome = await self._inject(outcome, trace)
+        self.metrics.decision.observe(time.perf_counter() - started)
+        if isinstance(outcome, _Refusal):
+            await self._send_refusal(send, outcome)
+            return outcome.label
+        return await self._forward(scope, receive, send, outcome, trace, started)
+
+    def _authorize(
+        self, method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]], trace: TraceContext
+    ) -> _Refusal | _Permit:
+        """Steps 1-4: a refusal to answer, or the call to forward."""
+        try:
+            return self._authorize_or_raise(method, raw_path, headers, trace)
+        except ServiceUnavailable as exc:
+            return _unavailable(exc)
+        except OAuthError as exc:
+            return _oauth_refusal(exc)
+
+    def _authorize_or_raise(
+        self, method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]], trace: TraceContext
+    ) -> _Refusal | _Permit:
+        enforcer = self.enforcer
+        try:
+            segments = split_path(raw_path, self._prefix)
+        except PathRejected as exc:
+            status = 414 if len(raw_path) > MAX_PATH else 400
+            enforcer.refuse(None, trace=trace, status=status, reason=f"path refused: {exc}")
+            return _problem(status, "bad-request", f"the request path is refused: {exc}")
+        try:
+            framing = _framing(headers)
+        except ValueError:
+            enforcer.refuse(None, trace=trace, status=400, reason="invalid Content-Length")
+            return _problem(400, "bad-request", "the request's Content-Length is not valid")
+        url = self._origin + raw_path.decode("ascii")
+        access = enforcer.authenticate(
+            authorization=_header(headers, b"authorization"),
+            dpop=_header(headers, b"dpop"),
+            method=method,
+            url=url,
+            trace=trace,
+        )
+        found = self.route_for(method, segments)
+        if found is None:
+            enforcer.refuse(access, trace=trace, status=404, reason=f"no route for {method}")
+            return _problem(404, "not-found", "no route of this gateway matches the request")
+        route, values = found
+        resource = route.resource(values)
+        call = Call(
+            action=route.action,
+            resource=resource,
+            detail=ApiCall(action=method, url=url, datatype=resource.type, identifier=resource.id),
+            tool=route.name,
+        )
+        verdict = enforcer.decide(access, call, trace=trace)
+        if not verdict.allowed:
+            code = "rate-limited" if verdict.status == 429 else "insufficient-scope"
+            return _problem(
+                verdict.status,
+                code,
+                verdict.reason,
+                verdict.headers,
+                error=verdict.error,
+                decision_id=verdict.decision_id,
+            )
+        return _Permit(access, route, call, verdict, {}, None, *framing)
+
+    async def _inject(self, permit: _Permit, trace: TraceContext) -> _Permit | _Refusal:
+        """The brokered credential: an API key at once, an OAuth token on a worker
+        thread (fetching one is network I/O). Unavailable: 502, audited as failed."""
+        credential = permit.route.upstream.credential
+        broker = self.runtime.broker
+        assert credential is not None
+        try:
+            if broker is None:
+                raise ServiceUnavailable("no secret store is configured")
+            if isinstance(credential, ApiKeyInjection):
+                inject, secret = broker.headers_for(credential)
+            else:
+                inject, secret = await self._offload(broker.headers_for, credential)
+        except AgentIAMError as exc:
+            log.warning("credential for upstream %s: %s", permit.route.upstream.name, exc.detail)
+            await self._record(permit, trace, Outcome.FAILURE, 502, 0.0)
+            return _problem(502, "upstream-credential", "the upstream credential is not available")
+        permit.inject, permit.secret = inject, secret
+        return permit
+
+    async def _record(
+        self, permit: _Permit, trace: TraceContext, outcome: Outcome, status: int | None,
+        duration_ms: float,
+    ) -> None:  # fmt: skip
+        """The call's ``tool.call`` event (step 7), awaited without holding a thread."""
+        with self.enforcer.deferred() as pending, contextlib.suppress(ServiceUnavailable):
+            # suppressed: the answer is out already; a failure is logged below
+            self.enforcer.record_outcome(
+                permit.access,
+                permit.call,
+                permit.verdict,
+                trace=trace,
+                outcome=outcome,
+                status=status,
+                secret=permit.secret,
+                duration_ms=duration_ms,
+            )
+        try:
+            await pending.durable()
+        except ServiceUnavailable:
+            log.error("the outcome of call %s could not be recorded durably", trace.trace_id)
+
+    async def _forward(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+        permit: _Permit,
+        trace: TraceContext,
+        started: float,
+    ) -> str:
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        rest = raw_path[len(self._prefix) :] if self._prefix else raw_path
+        upstream = permit.route.upstream.name
+        pool = self._pools[upstream]
+        query: bytes = scope.get("query_string") or b""
+        target = self._base_paths[upstream] + rest + (b"?" + query if query else b"")
+        forwarded = forwarded_header(scope.get("client"), self._public_host, self._proto)
+        upstream_headers = request_headers_for_upstream(
+            headers, inject=permit.inject, forwarded=forwarded, trace=trace
+        )
+        status: int | None = None
+        outcome = Outcome.FAILURE
+        label = "upstream_error"
+        started_response = False
+        try:
+            async with asyncio.timeout(self._total):
+                response = await pool.request(
+                    scope["method"],
+                    target,
+                    upstream_headers,
+                    _body(receive) if permit.has_body else None,
+                    content_length=permit.content_length,
+                )
+                try:
+                    status = response.status
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": status,
+                            "headers": response_headers_for_client(response.headers),
+                        }
+                    )
+                    started_response = True
+                    async for chunk in response.body():
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                finally:
+                    await response.aclose()
+            outcome = Outcome.SUCCESS if status < 500 else Outcome.FAILURE
+            label = "allowed"
+        except _ClientGone:
+            label = "client_gone"
+        except (TimeoutError, UpstreamTimeout) as exc:
+            label = "upstream_timeout"
+            await self._fail(send, started_response, 504, "the upstream did not answer in time")
+            status = status or 504
+            self._log_failure(permit, exc)
+        except UpstreamError as exc:
+            await self._fail(send, started_response, 502, "the upstream could not be reached")
+            status = status or 502
+            self._log_failure(permit, exc)
+        finally:
+            duration = (time.perf_counter() - started) * 1000
+            await self._record(permit, trace, outcome, status, duration)
+        if started_response and outcome is Outcome.FAILURE and label != "allowed":
+            raise _Aborted(f"upstream {upstream} failed mid-response")
+        return label
+
+    async def _fail(
+        self,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+        started_response: bool,
+        status: int,
+        detail: str,
+    ) -> None:
+        if not started_response:
+            await self._send_refusal(
+                send, _problem(status, _LABELS[status].replace("_", "-"), detail)
+            )
+
+    @staticmethod
+    def _log_failure(permit: _Permit, exc: BaseException) -> None:
+        log.warning(
+            "upstream %s, route %s: %s", permit.route.upstream.name, permit.route.name,
+            type(exc).__name__,
+        )  # fmt: skip
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _offload(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._executor is not None, "startup() was not run"
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    async def _send_refusal(
+        self, send: Callable[[dict[str, Any]], Awaitable[None]], refusal: _Refusal
+    ) -> None:
+        body = json.dumps(refusal.body, separators=(",", ":")).encode("utf-8")
+        headers = [
+            (b"content-type", _PROBLEM_JSON),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"cache-control", b"no-store"),
+        ]
+        headers.extend(
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in refusal.headers.items()
+        )
+        await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _json(
+        self, send: Callable[[dict[str, Any]], Awaitable[None]], status: int, data: Any
+    ) -> None:
+        body = json.dumps(data, separators=(",", ":")).encode("utf-8")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode("ascii")),
+                    (b"cache-control", b"no-store"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _healthz(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        health = await self._offload(self.runtime.health)
+        await self._json(send, 200 if health["deciding"] else 503, health)
+
+    async def _metrics(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        body = await self._offload(generate_latest, self.metrics.registry)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode("ascii")),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _framing(headers: Iterable[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
+    """The request body's ``Content-Length`` (None: chunked or none) and whether there
+    is a body at all (RFC 9112 section 6.3). uvicorn has already refused messages whose
+    framing is ambiguous."""
+    length: int | None = None
+    chunked = False
+    for key, value in headers:
+        if key == b"content-length":
+            if not value.isdigit() or (length is not None and length != int(value)):
+                raise ValueError("invalid Content-Length")
+            length = int(value)
+        elif key == b"transfer-encoding":
+            chunked = True
+    if chunked:
+        return None, True
+    return length, bool(length)
+
+
+async def _body(receive: Callable[[], Awaitable[dict[str, Any]]]) -> AsyncIterator[bytes]:
+    """The request body as it arrives, never held whole."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+# -- running it ---------------------------------------------------------------------------
+
+
+def run(config: HttpGatewayConfig) -> None:
+    """Connect to the control plane (a clear error if it cannot be reached), then
+    serve until interrupted; the spool keeps what was not shipped for the next start."""
+    import uvicorn
+
+    gateway = config.gateway
+    try:
+        runtime = GatewayRuntime.start(gateway)
+    except httpx.HTTPError as exc:
+        raise ServiceUnavailable(
+            f"cannot reach the control plane at {gateway.control_plane.url} ({type(exc).__name__})",
+            hint="Check control_plane.url, and that the key in "
+            f"{gateway.control_plane.key_env} has the verifier role.",
+        ) from None
+    app = HttpGateway(config, runtime)
+    log.info("HTTP gateway %s serving %s", gateway.name, gateway.public_url)
+    try:
+        uvicorn.run(
+            app,
+            host=gateway.host,
+            port=gateway.port,
+            lifespan="on",
+            # uvicorn would otherwise take the client address from X-Forwarded-For
+            # sent from loopback: the gateway trusts no client header about the route
+            proxy_headers=False,
+            access_log=False,
+            server_header=False,
+            date_header=False,
+            log_level="info",
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            runtime.close()

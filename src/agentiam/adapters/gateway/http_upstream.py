@@ -1,0 +1,361 @@
+"""A lean HTTP/1.1 client for the HTTP gateway's upstream calls (RFC 9112).
+
+The gateway forwards every call it allows; the client that does so sits on its hot
+path. httpx (through httpcore and anyio) spent about half of the gateway's CPU time per
+call in this role (connection-pool scans that poll every idle socket, async-library
+detection on every read), so the gateway speaks HTTP/1.1 to its upstreams itself:
+keep-alive connections in a LIFO pool per upstream, requests written in one buffer,
+responses framed by the C parser uvicorn already uses (``httptools``, llhttp).
+
+What it does:
+
+* **Framing** (RFC 9112 section 6): a request body is sent with ``Content-Length``
+  when the client gave one, else chunked (section 7.1); a response body is framed by
+  ``Transfer-Encoding: chunked``, ``Content-Length`` or the end of the connection (a
+  connection that ended a body is never reused). Responses to ``HEAD`` and ``1xx``/
+  ``204``/``304`` answers have no body (section 6.3). Interim ``1xx`` answers are
+  skipped.
+* **Streaming both ways**: the request body is read from the caller's iterator and
+  written as it comes; the response body is handed on chunk by chunk as it is parsed.
+  Nothing is held whole.
+* **Bounded time**: ``connect`` bounds opening a connection, ``read`` every wait for
+  upstream bytes and every write (RFC 9110 section 15.6.5: the gateway answers 504);
+  the caller bounds the whole exchange.
+* **Reuse**: a connection goes back to the pool only when its response was read to the
+  end, both sides agreed to keep it alive (``Connection``, HTTP/1.0), and it has not
+  been idle for longer than ``idle_timeout``. A request without a body that fails on a
+  reused connection before any response byte arrived is retried once on a new one (the
+  upstream may have closed the idle connection meanwhile: RFC 9112 section 9.3.1).
+
+Errors: :class:`UpstreamTimeout` (the gateway answers 504) and :class:`UpstreamError`
+(502) for everything else: refused connections, resets, malformed answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httptools
+
+__all__ = ["UpstreamError", "UpstreamPool", "UpstreamResponse", "UpstreamTimeout"]
+
+_READ = 64 * 1024
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached, or its answer was not valid HTTP/1.1."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not connect, accept the request or answer in time."""
+
+
+class _Connection:
+    __slots__ = ("idle_since", "reader", "reused", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.idle_since = 0.0
+        self.reused = False
+
+    def close(self) -> None:
+        if not self.writer.is_closing():
+            self.writer.close()
+
+
+class _Parsed:
+    """httptools callbacks: the status, headers and body chunks of one response."""
+
+    __slots__ = ("body", "complete", "headers", "headers_done", "keep_alive", "parser")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.headers_done = False
+        self.keep_alive = False
+        self.complete = False
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        if self.parser.get_status_code() >= 200:  # 1xx: an interim answer, skipped
+            self.headers_done = True
+            # llhttp's answer is only valid here (it is reset once the message ends)
+            self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.headers_done:
+            self.complete = True
+
+
+class UpstreamResponse:
+    """An upstream's answer: ``status`` and ``headers`` (lower-case names, in order);
+    :meth:`body` streams the body; :meth:`aclose` returns the connection to the pool
+    (or closes it)."""
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        conn: _Connection,
+        parsed: _Parsed,
+        *,
+        head: bool,
+        request_keep_alive: bool,
+    ) -> None:
+        self._pool = pool
+        self._conn: _Connection | None = conn
+        self._parsed = parsed
+        self.status = parsed.parser.get_status_code()
+        self.headers = parsed.headers
+        framed = any(k in (b"content-length", b"transfer-encoding") for k, _ in self.headers)
+        self._no_body = head or self.status in _NO_BODY_STATUS or self.status < 200
+        self._until_close = not self._no_body and not framed
+        self._keep_alive = request_keep_alive and parsed.keep_alive
+        self._done = self._no_body or parsed.complete
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The body, chunk by chunk as it arrives (transfer coding removed)."""
+        parsed = self._parsed
+        if self._no_body:
+            return
+        while True:
+            if parsed.body:
+                chunks, parsed.body = parsed.body, []
+                for chunk in chunks:
+                    yield chunk
+            if parsed.complete:
+                self._done = True
+                return
+            conn = self._conn
+            assert conn is not None, "the body was already closed"
+            data = await self._pool._read(conn)
+            if not data:
+                if self._until_close:
+                    self._done = True
+                    self._keep_alive = False
+                    return
+                raise UpstreamError("the upstream closed the connection mid-body")
+            try:
+                parsed.parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                raise UpstreamError(f"malformed response body: {type(exc).__name__}") from None
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._done and self._keep_alive and not self._until_close:
+            self._pool._release(conn)
+        else:
+            conn.close()
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream (``scheme://host:port``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        max_idle: int = 256,
+        idle_timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        self._tls = parts.scheme == "https"
+        self._host = parts.hostname or ""
+        self._port = parts.port or (443 if self._tls else 80)
+        default = 443 if self._tls else 80
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        self.host_header = (host if self._port == default else f"{host}:{self._port}").encode()
+        self._ssl = (ssl_context or ssl.create_default_context()) if self._tls else None
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._max_idle = max_idle
+        self._idle_timeout = idle_timeout
+        self._idle: list[_Connection] = []
+        self._closed = False
+
+    async def request(
+        self,
+        method: str,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: AsyncIterator[bytes] | None,
+        *,
+        content_length: int | None = None,
+    ) -> UpstreamResponse:
+        """Send ``method target`` with ``headers`` (no ``Host`` and no framing fields:
+        they are set here) and the body, if any; return once the response headers
+        arrived. ``content_length`` is sent when given, else a body goes chunked."""
+        head = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode(), target, self.host_header)]
+        keep_alive = True
+        for name, value in headers:
+            if name == b"connection" and b"close" in value.lower():
+                keep_alive = False
+            head.append(b"%s: %s\r\n" % (name, value))
+        if body is not None:
+            if content_length is not None:
+                head.append(b"content-length: %d\r\n" % content_length)
+            else:
+                head.append(b"transfer-encoding: chunked\r\n")
+        head.append(b"\r\n")
+        prelude = b"".join(head)
+        for attempt in (0, 1):
+            conn = await self._acquire()
+            try:
+                return await self._exchange(
+                    conn,
+                    prelude,
+                    body,
+                    chunked=body is not None and content_length is None,
+                    head=method == "HEAD",
+                    keep_alive=keep_alive,
+                )
+            except _StaleConnection:
+                conn.close()
+                if attempt == 1:
+                    raise UpstreamError("the upstream closed the connection") from None
+            except BaseException:
+                conn.close()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _exchange(
+        self,
+        conn: _Connection,
+        prelude: bytes,
+        body: AsyncIterator[bytes] | None,
+        *,
+        chunked: bool,
+        head: bool,
+        keep_alive: bool,
+    ) -> UpstreamResponse:
+        retryable = conn.reused and body is None
+        try:
+            if body is None:
+                conn.writer.write(prelude)
+            else:
+                conn.writer.write(prelude)
+                async for chunk in body:
+                    if not chunk:
+                        continue
+                    if chunked:
+                        conn.writer.write(b"%x\r\n" % len(chunk))
+                        conn.writer.write(chunk)
+                        conn.writer.write(b"\r\n")
+                    else:
+                        conn.writer.write(chunk)
+                    await self._drain(conn)
+                if chunked:
+                    conn.writer.write(b"0\r\n\r\n")
+            await self._drain(conn)
+        except (ConnectionError, OSError) as exc:
+            if retryable:
+                raise _StaleConnection from None
+            raise UpstreamError(f"sending the request failed: {type(exc).__name__}") from None
+        parsed = _Parsed()
+        got_bytes = False
+        while not parsed.headers_done:
+            try:
+                data = await self._read(conn)
+            except UpstreamTimeout:
+                raise
+            except UpstreamError:
+                if retryable and not got_bytes:
+                    raise _StaleConnection from None
+                raise
+            if not data:
+                if retryable and not got_bytes:
+                    raise _StaleConnection
+                raise UpstreamError("the upstream closed the connection before answering")
+            got_bytes = True
+            try:
+                parsed.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                raise UpstreamError("the upstream switched protocols") from None
+            except httptools.HttpParserError as exc:
+                raise UpstreamError(f"malformed response: {type(exc).__name__}") from None
+        return UpstreamResponse(self, conn, parsed, head=head, request_keep_alive=keep_alive)
+
+    async def _read(self, conn: _Connection) -> bytes:
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                return await conn.reader.read(_READ)
+        except TimeoutError:
+            raise UpstreamTimeout("the upstream did not answer in time") from None
+        except (ConnectionError, OSError) as exc:
+            raise UpstreamError(f"reading the response failed: {type(exc).__name__}") from None
+
+    async def _drain(self, conn: _Connection) -> None:
+        transport = conn.writer.transport
+        if transport.get_write_buffer_size() < _READ and not transport.is_closing():
+            return  # nothing to wait for (drain would only add a timer per request)
+        try:
+            async with asyncio.timeout(self._read_timeout):
+                await conn.writer.drain()
+        except TimeoutError:
+            raise UpstreamTimeout("the upstream did not take the request in time") from None
+
+    async def _acquire(self) -> _Connection:
+        if self._closed:
+            raise UpstreamError("the gateway is shutting down")
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()
+            if (
+                now - conn.idle_since > self._idle_timeout
+                or conn.writer.is_closing()
+                or conn.reader.at_eof()
+            ):
+                conn.close()
+                continue
+            conn.reused = True
+            return conn
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._tls else None,
+                    limit=_READ * 2,
+                )
+        except TimeoutError:
+            raise UpstreamTimeout("connecting to the upstream timed out") from None
+        except (ConnectionError, OSError) as exc:
+            raise UpstreamError(f"cannot connect to the upstream: {type(exc).__name__}") from None
+        return _Connection(reader, writer)
+
+    def _release(self, conn: _Connection) -> None:
+        if self._closed or len(self._idle) >= self._max_idle or conn.writer.is_closing():
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class _StaleConnection(Exception):
+    """A reused connection failed before the upstream sent anything: retry once."""

@@ -1,0 +1,1357 @@
+"""The MCP gateway: an OAuth-protected MCP server in front of upstream MCP servers.
+
+Agents speak MCP over the Streamable HTTP transport to one endpoint (the path of
+``public_url``); the gateway serves both eras the official SDK speaks: the stateless
+per-request envelope of MCP revision **2026-07-28** (the latest) and the initialize
+handshake of revisions 2024-11-05 to 2025-11-25 (stateful sessions, bound to the
+agent that opened them). For every HTTP request it:
+
+1. **Authenticates** (MCP 2026-07-28 "Authorization", sections "Access Token Usage"
+   and "Token Handling"): a DPoP-bound access token (RFC 9449) whose audience is the
+   gateway's ``public_url`` (RFC 8707), verified locally from the cached JWKS and
+   revocation set, with a fresh proof whose ``htu`` is ``public_url``. Anything else is
+   HTTP 401 with ``WWW-Authenticate`` naming ``resource_metadata`` (RFC 9728 section
+   5.1); the metadata itself is served at ``/.well-known/oauth-protected-resource``
+   (path-specific and root, RFC 9728 section 3.1). A present ``Origin`` that is not the
+   gateway's own is refused with 403 (Streamable HTTP, "Security & Endpoint").
+2. **Decides** each ``tools/call``, ``resources/read`` and ``prompts/get`` before the
+   MCP server sees it (:class:`~agentiam.adapters.gateway.enforcer.Enforcer`): rate
+   limits (HTTP 429 with ``Retry-After``), the token's task scope
+   (``authorization_details``, RFC 9396; a refusal is a runtime insufficient-scope
+   error: HTTP 403 with ``error="insufficient_scope"`` per MCP "Scope Challenge
+   Handling" and RFC 6750 section 3.1), and Cedar policy with the tool arguments,
+   the delegation chain and the authorization details in the context. A policy
+   denial of a tool call is an MCP tool error result (``isError``), of a resource or
+   prompt read a JSON-RPC error (:data:`POLICY_DENIED`); the upstream never sees it.
+   The decision is made on the JSON-RPC body, never on ``Mcp-Name``/``Mcp-Param-*``
+   headers.
+3. **Lists** only what policy allows this caller: ``tools/list``, ``resources/list``,
+   ``resources/templates/list`` and ``prompts/list`` ask, per item, whether a call
+   without arguments would be allowed (see :data:`ACTIONS` for the mapping). Every
+   listing is one ``mcp.list`` audit event; listed results are never cacheable
+   (``ttlMs: 0``, ``cacheScope: private``, SEP-2549).
+4. **Forwards** allowed calls through an MCP client session (the official SDK's
+   ``streamable_http_client``) per upstream server, carrying the **brokered
+   credential** (:class:`~agentiam.adapters.gateway.broker.CredentialBroker`); the
+   agent's token and headers are never passed on. Progress notifications of the
+   upstream call are relayed to the agent on the response's SSE stream, and
+   ``InputRequiredResult`` (MRTR) round trips pass through. Each call's outcome is a
+   ``tool.call`` audit event naming the secret used (``name@version``).
+
+Names are namespaced by each server's ``prefix``: tool ``transfer`` of the server with
+prefix ``bank.`` is ``bank.transfer`` to agents and to policy, resource
+``file:///a`` is ``bank.file:///a`` (the prefix is a valid URI-scheme prefix).
+
+Configuration (the common part is :mod:`agentiam.adapters.gateway.config`)::
+
+    servers:
+      - name: bank                          # a-z 0-9 _ -, unique
+        url: https://bank-mcp.internal/mcp  # https (plain http only on loopback)
+        prefix: "bank."                     # default "<name>."; "" for a single server
+        credential: {secret: bank-mcp, header: Authorization, prefix: "Bearer "}
+    catalog_seconds: 5                      # upstream lists are cached this long
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.to_thread
+import httpx
+import httpx2
+import mcp_types as types
+from anyio.abc import TaskGroup
+from mcp.client.client import Client
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.caching import CacheHint
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import Server
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
+from starlette.applications import Starlette
+from starlette.authentication import AuthCredentials
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agentiam import __version__
+from agentiam.adapters.gateway.broker import (
+    ApiKeyInjection,
+    CredentialBroker,
+    CredentialRef,
+    credential_ref_from_config,
+)
+from agentiam.adapters.gateway.config import GatewayConfig, Timeouts, load_gateway_config
+from agentiam.adapters.gateway.enforcer import Call, Verdict
+from agentiam.adapters.gateway.runtime import GatewayRuntime
+from agentiam.core.audit.events import Actor, ActorType, AuditEvent, Outcome, TraceContext
+from agentiam.core.credentials.verifier import VerifiedAccess
+from agentiam.core.delegation.authorization_details import (
+    ApiCall,
+    CustomCall,
+    ToolCall,
+    permits,
+)
+from agentiam.core.delegation.enforcement import delegation_context
+from agentiam.core.ids import is_id
+from agentiam.core.policy.authorizer import Authorizer, AuthzRequest
+from agentiam.core.policy.model import EntityRef
+from agentiam.errors import AgentIAMError, OAuthError, ServiceUnavailable
+
+__all__ = [
+    "ACTIONS",
+    "POLICY_DENIED",
+    "Listed",
+    "McpGateway",
+    "McpGatewayConfig",
+    "Namespace",
+    "UpstreamServer",
+    "Visibility",
+    "build_app",
+    "load_config",
+    "prompt_call",
+    "resource_call",
+    "run",
+    "tool_call",
+]
+
+log = logging.getLogger("agentiam.gateway.mcp")
+
+# -- the Cedar mapping ---------------------------------------------------------------------
+
+TOOL_ACTION: Final = "invoke_tool"
+READ_ACTION: Final = "read"
+PROMPT_ID_PREFIX: Final = "prompt:"
+ACTIONS: Final[Mapping[str, tuple[str, str]]] = {
+    # MCP method -> (Cedar action, resource type); the entity id is the exposed name
+    "tools/list": (TOOL_ACTION, "Tool"),
+    "tools/call": (TOOL_ACTION, "Tool"),
+    "resources/list": (READ_ACTION, "DataSet"),
+    "resources/templates/list": (READ_ACTION, "DataSet"),  # id: the exposed URI template
+    "resources/read": (READ_ACTION, "DataSet"),
+    "prompts/list": (READ_ACTION, "DataSet"),  # id: "prompt:" + the exposed prompt name
+    "prompts/get": (READ_ACTION, "DataSet"),
+}
+POLICY_DENIED: Final = -32003  # JSON-RPC server error: refused by the gateway's policy
+LIST_EVENT: Final = "mcp.list"
+_GUARDED: Final = frozenset({"tools/call", "resources/read", "prompts/get"})
+# every answer depends on the caller's rights: never shared, never reused (SEP-2549)
+_CACHEABLE: Final = ("tools/list", "resources/list", "resources/templates/list", "prompts/list",
+               "resources/read")  # fmt: skip
+
+# -- limits ----------------------------------------------------------------------------------
+
+MAX_BODY_BYTES: Final = 4 * 1024 * 1024  # one JSON-RPC message
+MAX_NAME: Final = 256  # characters of an exposed tool or prompt name
+MAX_URI: Final = 500  # characters of an exposed resource URI (audit ids hold 512)
+MAX_ARGUMENTS: Final = 256  # top-level arguments of one call
+MAX_PAGES: Final = 100  # pages of one upstream listing
+MAX_ITEMS: Final = 10_000  # items of one upstream listing
+_LISTED_NAMES: Final = 200  # names a listing's audit event records
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# Both a tool-name prefix (MCP tool names: A-Z a-z 0-9 _ - .) and a URI-scheme prefix
+# (RFC 3986 section 3.1: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )).
+_PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9.-]{0,62}$")
+_SERVER_KEYS = frozenset({"name", "url", "prefix", "credential"})
+_SECTION_KEYS = frozenset({"servers", "catalog_seconds"})
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamServer:
+    """One upstream MCP server: its name, Streamable HTTP endpoint, the prefix that
+    namespaces its tools, resources and prompts, and the brokered credential sent
+    with every request to it (None: the upstream takes no credential)."""
+
+    name: str
+    url: str
+    prefix: str
+    credential: CredentialRef | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class McpGatewayConfig:
+    gateway: GatewayConfig
+    servers: tuple[UpstreamServer, ...]
+    catalog_seconds: float = 5.0
+
+    @property
+    def endpoint_path(self) -> str:
+        """The MCP endpoint's path: that of ``public_url`` (``/`` when it has none)."""
+        return urlsplit(self.gateway.public_url).path or "/"
+
+
+def _upstream_url(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 2048:
+        raise ValueError(f"{where}: a URL")
+    parts = urlsplit(value)
+    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and local):
+        raise ValueError(f"{where}: must be https (plain http only on 127.0.0.1 or localhost)")
+    if not parts.hostname or parts.username or parts.password or parts.fragment:
+        raise ValueError(f"{where}: a URL without user info or fragment")
+    return value
+
+
+def _server(raw: Any, where: str, *, single: bool, has_store: bool) -> UpstreamServer:
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: expected a mapping")
+    unknown = sorted(set(map(str, raw)) - _SERVER_KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {', '.join(unknown)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(f"{where}.name: 1-64 characters of a-z, 0-9, '_' or '-'")
+    prefix = raw.get("prefix", f"{name}.")
+    if not isinstance(prefix, str):
+        raise ValueError(f"{where}.prefix: a string")
+    if prefix == "":
+        if not single:
+            raise ValueError(f"{where}.prefix: may be empty only with a single server")
+    elif not _PREFIX_RE.match(prefix):
+        raise ValueError(
+            f"{where}.prefix: 1-63 characters of A-Z, a-z, 0-9, '.' or '-', starting with a "
+            "letter (it prefixes tool names and resource URI schemes)"
+        )
+    credential = None
+    if raw.get("credential") is not None:
+        if not isinstance(raw["credential"], Mapping):
+            raise ValueError(f"{where}.credential: expected a mapping")
+        if not has_store:
+            raise ValueError(f"{where}.credential: needs secrets.store (the sealed secret store)")
+        try:
+            credential = credential_ref_from_config(raw["credential"])
+        except ValueError as exc:
+            raise ValueError(f"{where}.credential: {exc}") from None
+    return UpstreamServer(
+        name=name,
+        url=_upstream_url(raw.get("url"), f"{where}.url"),
+        prefix=prefix,
+        credential=credential,
+    )
+
+
+def load_config(data: Any) -> McpGatewayConfig:
+    """Validate a whole MCP gateway configuration; a ValueError names the bad key."""
+    gateway = load_gateway_config(data, "mcp", section_keys=_SECTION_KEYS)
+    section = gateway.section
+    raw_servers = section.get("servers")
+    if not isinstance(raw_servers, list) or not raw_servers:
+        raise ValueError("servers: a list of at least one upstream MCP server")
+    if len(raw_servers) > 64:
+        raise ValueError("servers: at most 64 upstream servers")
+    servers: list[UpstreamServer] = []
+    for index, raw in enumerate(raw_servers):
+        where = f"servers[{index}]"
+        server = _server(
+            raw,
+            where,
+            single=len(raw_servers) == 1,
+            has_store=gateway.secrets_store is not None,
+        )
+        for k, other in enumerate(servers):
+            if other.name == server.name:
+                raise ValueError(f"{where}.name: {server.name!r} is also servers[{k}].name")
+            if other.prefix.startswith(server.prefix) or server.prefix.startswith(other.prefix):
+                raise ValueError(
+                    f"{where}.prefix: {server.prefix!r} overlaps servers[{k}].prefix "
+                    f"{other.prefix!r} (a name could belong to either)"
+                )
+        servers.append(server)
+    seconds = section.get("catalog_seconds", 5)
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 <= seconds <= 3600
+    ):
+        raise ValueError("catalog_seconds: a number between 0 and 3600")
+    return McpGatewayConfig(gateway=gateway, servers=tuple(servers), catalog_seconds=float(seconds))
+
+
+# -- namespacing -----------------------------------------------------------------------------
+
+
+class Namespace:
+    """Exposed names (``<prefix><name>``) to upstream servers and back. Prefixes are
+    validated not to overlap, so a name belongs to at most one server."""
+
+    def __init__(self, servers: Sequence[UpstreamServer]) -> None:
+        self.servers = tuple(servers)
+
+    @staticmethod
+    def expose(server: UpstreamServer, name: str) -> str:
+        return server.prefix + name
+
+    def route(self, exposed: str) -> tuple[UpstreamServer, str] | None:
+        """The server an exposed name belongs to and its upstream name, or None."""
+        for server in self.servers:
+            if exposed.startswith(server.prefix) and len(exposed) > len(server.prefix):
+                return server, exposed[len(server.prefix) :]
+        return None
+
+
+# -- policy questions ------------------------------------------------------------------------
+
+
+def tool_call(exposed: str, arguments: Mapping[str, Any], *, location: str) -> Call:
+    """``tools/call``: ``invoke_tool`` on ``Tool::"<exposed>"``; the arguments are
+    ``context.args``; the token's ``tool_invocation`` entries are matched with the
+    gateway's ``public_url`` as the location (RFC 9396)."""
+    return Call(
+        action=TOOL_ACTION,
+        resource=EntityRef("Tool", exposed),
+        detail=ToolCall(tool=exposed, arguments=dict(arguments), location=location),
+        tool=exposed,
+        args=dict(arguments),
+    )
+
+
+def resource_call(exposed_uri: str, upstream_uri: str) -> Call:
+    """``resources/read``: ``read`` on ``DataSet::"<exposed uri>"``; a task-scoped
+    token needs an ``api_access`` entry with action ``read`` covering the upstream URI
+    (only http(s) URIs can be covered)."""
+    return Call(
+        action=READ_ACTION,
+        resource=EntityRef("DataSet", exposed_uri),
+        detail=ApiCall(action=READ_ACTION, url=upstream_uri),
+        tool=exposed_uri,
+        args=None,
+    )
+
+
+def prompt_call(exposed: str, arguments: Mapping[str, str]) -> Call:
+    """``prompts/get``: ``read`` on ``DataSet::"prompt:<exposed>"`` with the prompt
+    arguments as ``context.args``. No built-in ``authorization_details`` type covers
+    prompts, so a task-scoped token cannot get one."""
+    return Call(
+        action=READ_ACTION,
+        resource=EntityRef("DataSet", PROMPT_ID_PREFIX + exposed),
+        detail=CustomCall(type="mcp_prompt", values={"prompt": exposed}),
+        tool=exposed,
+        args=dict(arguments),
+    )
+
+
+ListedKind = Literal["tool", "resource", "template", "prompt"]
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One item of an upstream listing: its kind, its exposed name (or URI, or URI
+    template) and its upstream one."""
+
+    kind: ListedKind
+    exposed: str
+    upstream: str
+
+
+def _without_arguments(details: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``tool_invocation`` entries without their argument constraints: a listing asks
+    whether the tool may be called at all; the arguments are checked per call."""
+    return [{k: v for k, v in entry.items() if k != "arguments"} for entry in details]
+
+
+class Visibility:
+    """Which listed items one caller may see.
+
+    Each item is one Cedar decision without arguments (``context.args`` empty), so a
+    permit that depends on arguments hides its tool from listings; write argument
+    limits as ``forbid ... when { context.args has x && ... }`` to keep the tool listed.
+    A task-scoped token (``authorization_details``) also sees only what its entries
+    could permit. Decisions come from a shadow of the live authorizer with its own
+    request-rate counter, so listings do not count as calls in ``context.request_rate``.
+    """
+
+    def __init__(self, live: Callable[[], Authorizer], *, location: str) -> None:
+        """``live`` gives the gateway's current authorizer (raising past the outage
+        bound); ``location`` is the gateway's ``public_url``."""
+        self._live = live
+        self._location = location
+        self._lock = threading.Lock()
+        self._shadow: Authorizer | None = None
+        self._source: tuple[Authorizer, Any, Any] | None = None
+
+    def authorizer(self) -> Authorizer:
+        """The shadow of the live authorizer, on its policies and entities."""
+        live = self._live()
+        engine, entities = live.engine, live.entities
+        with self._lock:
+            source = self._source
+            if self._shadow is None or source is None or source[0] is not live:
+                # the live authorizer's time zone, so time-based policies agree
+                zone = getattr(getattr(live, "_zone", None), "key", "UTC")
+                self._shadow = Authorizer(engine, entities, zone=zone)
+            elif source[1] is not engine or source[2] is not entities:
+                self._shadow.update(engine, entities)
+            self._source = (live, engine, entities)
+            return self._shadow
+
+    def visible(self, access: VerifiedAccess, items: Sequence[Listed]) -> list[bool]:
+        """One flag per item: may ``access`` see it?"""
+        if not items:
+            return []
+        authorizer = self.authorizer()
+        details = list(access.chain.authorization_details)
+        principal = EntityRef("Agent", access.client_id)
+        base = delegation_context(access)
+        out: list[bool] = []
+        for item in items:
+            if not self._scope_permits(details, item):
+                out.append(False)
+                continue
+            if item.kind == "tool":
+                action, resource = TOOL_ACTION, EntityRef("Tool", item.exposed)
+            elif item.kind == "prompt":
+                action, resource = (
+                    READ_ACTION,
+                    EntityRef("DataSet", PROMPT_ID_PREFIX + item.exposed),
+                )
+            elif item.exposed.startswith(PROMPT_ID_PREFIX):  # would alias a prompt's entity
+                out.append(False)
+                continue
+            else:
+                action, resource = READ_ACTION, EntityRef("DataSet", item.exposed)
+            decision = authorizer.decide(
+                AuthzRequest(principal, action, resource, {**base, "args": {}})
+            )
+            out.append(decision.allowed)
+        return out
+
+    def _scope_permits(self, details: list[Mapping[str, Any]], item: Listed) -> bool:
+        if not details:
+            return True
+        if item.kind == "tool":
+            call = CustomCall(
+                type="tool_invocation", values={"tools": item.exposed, "locations": self._location}
+            )
+            return permits(_without_arguments(details), call).allowed
+        if item.kind == "resource":
+            return permits(details, ApiCall(action=READ_ACTION, url=item.upstream)).allowed
+        return False  # templates and prompts: no detail type covers them
+
+
+# -- upstream sessions -----------------------------------------------------------------------
+
+
+@dataclass
+class _CredentialUse:
+    """Which brokered secret the requests of one call used (``name@version``)."""
+
+    label: str | None = None
+    error: str | None = None
+
+
+_CREDENTIAL_USE: ContextVar[_CredentialUse | None] = ContextVar("agentiam_mcp_credential")
+
+
+class _BrokeredAuth(httpx2.Auth):
+    """Adds the brokered upstream credential to every request to one upstream. The
+    SDK's transport sends a message from a task that runs in the sender's context, so
+    the call that caused the request learns which secret version was used. A secret
+    that cannot be had is not sent at all (the upstream then refuses the call)."""
+
+    def __init__(self, broker: CredentialBroker, ref: CredentialRef) -> None:
+        self._broker = broker
+        self._ref = ref
+
+    async def async_auth_flow(self, request: httpx2.Request) -> AsyncIterator[httpx2.Request]:  # type: ignore[override]
+        use = _CREDENTIAL_USE.get(None)
+        try:
+            if isinstance(self._ref, ApiKeyInjection):  # local: the sealed store only
+                headers, label = self._broker.headers_for(self._ref)
+            else:  # may fetch a token from the token endpoint
+                headers, label = await anyio.to_thread.run_sync(self._broker.headers_for, self._ref)
+        except AgentIAMError as exc:
+            log.warning("brokered credential unavailable: %s", exc.detail)
+            if use is not None:
+                use.error = exc.detail
+        else:
+            for name, value in headers.items():
+                request.headers[name] = value
+            if use is not None:
+                use.label = label
+        yield request
+
+
+ListingKind = Literal["tools", "resources", "templates", "prompts"]
+
+
+class _Upstream:
+    """One upstream server: a lazily opened MCP client session (held by a task of the
+    gateway's task group, reopened after a failure) and its cached listings."""
+
+    def __init__(
+        self,
+        server: UpstreamServer,
+        broker: CredentialBroker | None,
+        timeouts: Timeouts,
+        catalog_seconds: float,
+    ) -> None:
+        self.server = server
+        self._broker = broker
+        self._timeouts = timeouts
+        self._catalog_seconds = catalog_seconds
+        self._tg: TaskGroup | None = None
+        self._lock: anyio.Lock | None = None
+        self._session: ClientSession | None = None
+        self._stop: anyio.Event | None = None
+        self._lists: dict[str, tuple[float, list[Any]]] = {}
+        self._list_locks: dict[str, anyio.Lock] = {}
+
+    def attach(self, tg: TaskGroup) -> None:
+        self._tg = tg
+        self._lock = anyio.Lock()
+
+    async def session(self) -> ClientSession:
+        current = self._session
+        if current is not None:
+            return current
+        assert self._lock is not None, "the gateway is not running"
+        async with self._lock:
+            if self._session is None:
+                await self._connect()
+            if self._session is None:
+                raise MCPError(CONNECTION_CLOSED, f"upstream {self.server.name} is unavailable")
+            return self._session
+
+    def reset(self) -> None:
+        """Close the session (after a transport failure); the next call reopens it."""
+        stop = self._stop
+        self._session = None
+        self._stop = None
+        self._lists.clear()
+        if stop is not None:
+            stop.set()
+
+    async def _connect(self) -> None:
+        assert self._tg is not None
+        ready = anyio.Event()
+        stop = anyio.Event()
+
+        async def hold() -> None:
+            try:
+                async with self._open() as session:
+                    if not stop.is_set():
+                        self._session, self._stop = session, stop
+                        ready.set()
+                        await stop.wait()
+            except Exception as exc:  # a failed upstream must not take the gateway down
+                log.warning(
+                    "upstream %s: session failed (%s)", self.server.name, type(exc).__name__
+                )
+            finally:
+                if self._stop is stop:
+                    self._session, self._stop = None, None
+                ready.set()
+
+        self._tg.start_soon(hold, name=f"mcp-upstream-{self.server.name}")
+        with anyio.move_on_after(self._timeouts.connect + self._timeouts.read):
+            await ready.wait()
+        if self._session is None:
+            stop.set()
+
+    @asynccontextmanager
+    async def _open(self) -> AsyncIterator[ClientSession]:
+        auth = None
+        if self.server.credential is not None and self._broker is not None:
+            auth = _BrokeredAuth(self._broker, self.server.credential)
+        timeout = httpx2.Timeout(self._timeouts.connect, read=self._timeouts.read)
+        async with httpx2.AsyncClient(auth=auth, timeout=timeout, follow_redirects=False) as http:
+            client = Client(
+                streamable_http_client(self.server.url, http_client=http),
+                read_timeout_seconds=self._timeouts.total,
+                client_info=types.Implementation(name="agentiam-mcp-gateway", version=__version__),
+                cache=None,
+            )
+            async with client:
+                yield client.session
+
+    def cached_tool(self, name: str) -> types.Tool | None:
+        entry = self._lists.get("tools")
+        if entry is not None:
+            for tool in entry[1]:
+                if isinstance(tool, types.Tool) and tool.name == name:
+                    return tool
+        return None
+
+    async def listing(self, kind: ListingKind) -> list[Any] | None:
+        """The upstream's full listing of ``kind``, cached ``catalog_seconds``; None
+        when the upstream cannot be reached."""
+        entry = self._lists.get(kind)
+        if entry is not None and time.monotonic() - entry[0] < self._catalog_seconds:
+            return entry[1]
+        lock = self._list_locks.setdefault(kind, anyio.Lock())
+        async with lock:
+            entry = self._lists.get(kind)
+            if entry is not None and time.monotonic() - entry[0] < self._catalog_seconds:
+                return entry[1]
+            try:
+                items = await self._fetch(kind)
+            except Exception as exc:
+                log.warning(
+                    "upstream %s: %s listing failed (%s)",
+                    self.server.name,
+                    kind,
+                    type(exc).__name__,
+                )
+                if not isinstance(exc, MCPError) or exc.code == CONNECTION_CLOSED:
+                    self.reset()
+                return None
+            self._lists[kind] = (time.monotonic(), items)
+            return items
+
+    async def _fetch(self, kind: ListingKind) -> list[Any]:
+        session = await self.session()
+        capabilities = session.server_capabilities
+        if capabilities is not None:
+            wanted = {"tools": capabilities.tools, "prompts": capabilities.prompts}.get(
+                kind, capabilities.resources
+            )
+            if wanted is None:
+                return []
+        items: list[Any] = []
+        cursor: str | None = None
+        for _ in range(MAX_PAGES):
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            page: Any
+            if kind == "tools":
+                page = await session.list_tools(params=params)
+                items.extend(page.tools)
+            elif kind == "resources":
+                page = await session.list_resources(params=params)
+                items.extend(page.resources)
+            elif kind == "templates":
+                page = await session.list_resource_templates(params=params)
+                items.extend(page.resource_templates)
+            else:
+                page = await session.list_prompts(params=params)
+                items.extend(page.prompts)
+            cursor = page.next_cursor
+            if not cursor or len(items) >= MAX_ITEMS:
+                break
+        return items[:MAX_ITEMS]
+
+
+# -- the request state between the ASGI layer and the MCP handlers ---------------------------
+
+_STATE_KEY: Final = "agentiam.mcp"
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    method: str
+    call: Call
+    verdict: Verdict
+
+
+@dataclass(slots=True)
+class _RequestState:
+    access: VerifiedAccess
+    trace: TraceContext
+    pending: _Pending | None = None
+
+
+def _state_of(ctx: ServerRequestContext[Any, Any]) -> _RequestState:
+    request = ctx.request
+    scope = getattr(request, "scope", None)
+    state = scope.get(_STATE_KEY) if isinstance(scope, dict) else None
+    if not isinstance(state, _RequestState):  # never reached through the gateway's endpoint
+        raise MCPError(INTERNAL_ERROR, "the request was not authenticated by the gateway")
+    return state
+
+
+def _take(state: _RequestState, method: str, name: str, args: Mapping[str, Any] | None) -> _Pending:
+    """The decision the ASGI layer made for this very call (one use)."""
+    pending = state.pending
+    state.pending = None
+    if (
+        pending is None
+        or pending.method != method
+        or pending.call.tool != name
+        or dict(pending.call.args or {}) != dict(args or {})
+    ):
+        raise MCPError(
+            INTERNAL_ERROR, "the gateway holds no decision for this call; it was refused"
+        )
+    return pending
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _rewrite_uri(block: Any, prefix: str) -> Any:
+    """A content block whose resource URI is given its server's prefix, so the agent
+    can read it through the gateway."""
+    if not prefix:
+        return block
+    if isinstance(block, types.ResourceLink):
+        return block.model_copy(update={"uri": prefix + block.uri})
+    if isinstance(block, types.EmbeddedResource):
+        inner = block.resource.model_copy(update={"uri": prefix + block.resource.uri})
+        return block.model_copy(update={"resource": inner})
+    return block
+
+
+def _upstream_error(server: UpstreamServer, exc: MCPError) -> MCPError:
+    return MCPError(exc.code, f"upstream {server.name}: {exc.message}"[:1000], exc.data)
+
+
+# -- the gateway -----------------------------------------------------------------------------
+
+
+class McpGateway:
+    """The MCP server agents talk to: the handlers of the low-level SDK server, the
+    upstream sessions, and the ASGI endpoint in front of the SDK's Streamable HTTP
+    session manager."""
+
+    def __init__(self, config: McpGatewayConfig, runtime: GatewayRuntime) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.enforcer = runtime.enforcer
+        self.namespace = Namespace(config.servers)
+        self.location = config.gateway.public_url
+        self.visibility = Visibility(runtime.link.authorizer, location=self.location)
+        broker = runtime.broker
+        self.upstreams = {
+            s.name: _Upstream(s, broker, config.gateway.timeouts, config.catalog_seconds)
+            for s in config.servers
+        }
+        self.server: Server[Any] = Server(
+            f"agentiam-gateway/{config.gateway.name}",
+            version=__version__,
+            title=f"AgentIAM MCP gateway {config.gateway.name}",
+            cache_hints={m: CacheHint(ttl_ms=0, scope="private") for m in _CACHEABLE},
+            get_tool_input_schema=self._input_schema,
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+            on_list_resources=self._list_resources,
+            on_list_resource_templates=self._list_templates,
+            on_read_resource=self._read_resource,
+            on_list_prompts=self._list_prompts,
+            on_get_prompt=self._get_prompt,
+        )
+        self.server.middleware = []  # no per-message tracing spans on the hot path
+        self.sessions = StreamableHTTPSessionManager(
+            app=self.server,
+            json_response=False,  # SSE, so upstream progress reaches the agent
+            stateless=False,  # handshake-era sessions, bound to the agent that opened them
+            # Host/Origin: the endpoint checks Origin itself against public_url; the Host
+            # behind a proxy is the operator's business (every request needs a DPoP proof).
+            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+            max_request_body_size=MAX_BODY_BYTES,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The SDK session manager and the task group holding upstream sessions."""
+        async with anyio.create_task_group() as tg, self.sessions.run():
+            for upstream in self.upstreams.values():
+                upstream.attach(tg)
+            try:
+                yield
+            finally:
+                for upstream in self.upstreams.values():
+                    upstream.reset()
+                tg.cancel_scope.cancel()
+
+    # -- listings --------------------------------------------------------------------
+
+    async def _listed(
+        self, ctx: ServerRequestContext[Any, Any], method: str, kind: ListingKind
+    ) -> list[Any]:
+        state = _state_of(ctx)
+        found: list[tuple[Listed, Any]] = []
+        unavailable: list[str] = []
+        for upstream in self.upstreams.values():
+            items = await upstream.listing(kind)
+            if items is None:
+                unavailable.append(upstream.server.name)
+                continue
+            prefix = upstream.server.prefix
+            for item in items:
+                found.append(_expose(kind, prefix, item))
+        try:
+            return await anyio.to_thread.run_sync(
+                self._filter_and_record, state, method, found, unavailable
+            )
+        except AgentIAMError as exc:
+            raise MCPError(INTERNAL_ERROR, exc.detail) from None
+
+    def _filter_and_record(
+        self,
+        state: _RequestState,
+        method: str,
+        found: list[tuple[Listed, Any]],
+        unavailable: list[str],
+    ) -> list[Any]:
+        access = state.access
+        flags = self.visibility.visible(access, [listed for listed, _ in found])
+        shown = [item for (_, item), ok in zip(found, flags, strict=True) if ok]
+        names = [
+            listed.exposed[:MAX_URI] for (listed, _), ok in zip(found, flags, strict=True) if ok
+        ]
+        event = AuditEvent.create(
+            type=LIST_EVENT,
+            actor=Actor(ActorType.AGENT, access.client_id),
+            action=method,
+            source=self.enforcer.source,
+            trace=state.trace,
+            now=_now(),
+            outcome=Outcome.SUCCESS,
+            agent_id=access.client_id,
+            initiating_human=access.subject if is_id(access.subject, "human") else None,
+            delegation_chain=tuple(access.chain.actors) or (access.client_id,),
+            details={
+                "shown": names[:_LISTED_NAMES],
+                "shown_count": len(shown),
+                "hidden_count": len(found) - len(shown),
+                "unavailable_servers": unavailable,
+                "jti": access.jti,
+            },
+        )
+        try:
+            self.runtime.spool.append([event.to_dict()])
+        except Exception as exc:
+            raise ServiceUnavailable(
+                "the gateway cannot record this listing durably; it was refused"
+            ) from exc
+        return shown
+
+    async def _list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=await self._listed(ctx, "tools/list", "tools"))
+
+    async def _list_resources(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        return types.ListResourcesResult(
+            resources=await self._listed(ctx, "resources/list", "resources")
+        )
+
+    async def _list_templates(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        templates = await self._listed(ctx, "resources/templates/list", "templates")
+        return types.ListResourceTemplatesResult(resource_templates=templates)
+
+    async def _list_prompts(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=await self._listed(ctx, "prompts/list", "prompts"))
+
+    def _input_schema(self, exposed: str) -> Mapping[str, Any] | None:
+        """For the SDK's ``Mcp-Param-*`` header check (2026-07-28): the cached schema."""
+        route = self.namespace.route(exposed)
+        if route is None:
+            return None
+        tool = self.upstreams[route[0].name].cached_tool(route[1])
+        return None if tool is None else tool.input_schema
+
+    # -- calls -----------------------------------------------------------------------
+
+    async def _forward(
+        self,
+        state: _RequestState,
+        pending: _Pending,
+        upstream_name: str | None,
+        send: Callable[[ClientSession, str], Awaitable[Any]],
+    ) -> Any:
+        """Send one allowed call upstream with the brokered credential; record its
+        outcome (``tool.call``) whatever happens."""
+        access, call = state.access, pending.call
+        outcome, status = Outcome.FAILURE, 502
+        use = _CredentialUse()
+        token = _CREDENTIAL_USE.set(use)
+        started = time.perf_counter()
+        try:
+            route = self.namespace.route(call.tool)
+            if route is None or upstream_name is None:
+                status = 404
+                raise MCPError(INVALID_PARAMS, f"no upstream server serves {call.tool!r}")
+            server, name = route
+            upstream = self.upstreams[server.name]
+            try:
+                session = await upstream.session()
+                result = await send(session, name)
+            except MCPError as exc:
+                if exc.code == CONNECTION_CLOSED:
+                    upstream.reset()
+                if use.error is not None:
+                    raise MCPError(
+                        INTERNAL_ERROR,
+                        f"upstream {server.name}: the brokered credential is unavailable",
+                    ) from None
+                raise _upstream_error(server, exc) from None
+            except (httpx2.HTTPError, OSError, anyio.BrokenResourceError, RuntimeError) as exc:
+                upstream.reset()
+                raise MCPError(
+                    INTERNAL_ERROR, f"upstream {server.name} failed ({type(exc).__name__})"
+                ) from None
+            status = 200
+            is_error = isinstance(result, types.CallToolResult) and result.is_error
+            outcome = Outcome.FAILURE if is_error else Outcome.SUCCESS
+            return result
+        finally:
+            _CREDENTIAL_USE.reset(token)
+            duration = (time.perf_counter() - started) * 1000
+            with anyio.CancelScope(shield=True):
+                try:
+                    await anyio.to_thread.run_sync(
+                        lambda: self.enforcer.record_outcome(
+                            access,
+                            call,
+                            pending.verdict,
+                            trace=state.trace,
+                            outcome=outcome,
+                            status=status,
+                            secret=use.label,
+                            duration_ms=duration,
+                        )
+                    )
+                except AgentIAMError as exc:
+                    raise MCPError(INTERNAL_ERROR, exc.detail) from None
+
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        state = _state_of(ctx)
+        pending = _take(state, "tools/call", params.name, params.arguments)
+        if not pending.verdict.allowed:
+            reason = pending.verdict.reason
+            text = f"AgentIAM refused this call: {reason} (decision {pending.verdict.decision_id})"
+            return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
+        route = self.namespace.route(params.name)
+
+        async def relay(progress: float, total: float | None, message: str | None) -> None:
+            await ctx.session.report_progress(progress, total, message)
+
+        async def send(session: ClientSession, name: str) -> Any:
+            return await session.call_tool(
+                name,
+                params.arguments,
+                read_timeout_seconds=self.config.gateway.timeouts.total,
+                progress_callback=relay,
+                input_responses=params.input_responses,
+                request_state=params.request_state,
+                allow_input_required=True,
+            )
+
+        result = await self._forward(state, pending, route and route[0].name, send)
+        if isinstance(result, types.CallToolResult) and route is not None:
+            prefix = route[0].prefix
+            result = result.model_copy(
+                update={"content": [_rewrite_uri(b, prefix) for b in result.content]}
+            )
+        assert isinstance(result, types.CallToolResult | types.InputRequiredResult)
+        return result
+
+    async def _read_resource(
+        self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult | types.InputRequiredResult:
+        state = _state_of(ctx)
+        pending = _take(state, "resources/read", params.uri, None)
+        if not pending.verdict.allowed:
+            raise MCPError(POLICY_DENIED, f"AgentIAM refused this read: {pending.verdict.reason}")
+        route = self.namespace.route(params.uri)
+
+        async def send(session: ClientSession, uri: str) -> Any:
+            return await session.read_resource(
+                uri,
+                input_responses=params.input_responses,
+                request_state=params.request_state,
+                allow_input_required=True,
+            )
+
+        result = await self._forward(state, pending, route and route[0].name, send)
+        if isinstance(result, types.ReadResourceResult) and route is not None:
+            prefix = route[0].prefix
+            contents = [c.model_copy(update={"uri": prefix + c.uri}) for c in result.contents]
+            # the answer depends on this caller's rights: never shared, never reused
+            result = result.model_copy(
+                update={"contents": contents, "ttl_ms": 0, "cache_scope": "private"}
+            )
+        assert isinstance(result, types.ReadResourceResult | types.InputRequiredResult)
+        return result
+
+    async def _get_prompt(
+        self, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult | types.InputRequiredResult:
+        state = _state_of(ctx)
+        pending = _take(state, "prompts/get", params.name, params.arguments)
+        if not pending.verdict.allowed:
+            raise MCPError(POLICY_DENIED, f"AgentIAM refused this prompt: {pending.verdict.reason}")
+        route = self.namespace.route(params.name)
+
+        async def send(session: ClientSession, name: str) -> Any:
+            return await session.get_prompt(
+                name,
+                params.arguments,
+                input_responses=params.input_responses,
+                request_state=params.request_state,
+                allow_input_required=True,
+            )
+
+        result = await self._forward(state, pending, route and route[0].name, send)
+        if isinstance(result, types.GetPromptResult) and route is not None:
+            prefix = route[0].prefix
+            messages = [
+                m.model_copy(update={"content": _rewrite_uri(m.content, prefix)})
+                for m in result.messages
+            ]
+            result = result.model_copy(update={"messages": messages})
+        assert isinstance(result, types.GetPromptResult | types.InputRequiredResult)
+        return result
+
+    # -- what the ASGI layer decides -------------------------------------------------
+
+    def call_for(self, method: str, params: Mapping[str, Any]) -> Call | str:
+        """The policy question for one guarded request, or why the request is malformed."""
+        if method == "resources/read":
+            uri = params.get("uri")
+            if not isinstance(uri, str) or not uri or len(uri) > MAX_URI:
+                return f"params.uri: a URI of at most {MAX_URI} characters"
+            route = self.namespace.route(uri)
+            return resource_call(uri, route[1] if route else uri)
+        name = params.get("name")
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+            return f"params.name: a name of at most {MAX_NAME} characters"
+        arguments = params.get("arguments")
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict) or len(arguments) > MAX_ARGUMENTS:
+            return f"params.arguments: an object of at most {MAX_ARGUMENTS} members"
+        if method == "prompts/get":
+            if not all(isinstance(v, str) for v in arguments.values()):
+                return "params.arguments: prompt arguments are strings"
+            return prompt_call(name, arguments)
+        return tool_call(name, arguments, location=self.location)
+
+
+def _expose(kind: ListingKind, prefix: str, item: Any) -> tuple[Listed, Any]:
+    if kind == "tools":
+        exposed = prefix + item.name
+        return Listed("tool", exposed, item.name), item.model_copy(update={"name": exposed})
+    if kind == "resources":
+        exposed = prefix + item.uri
+        return Listed("resource", exposed, item.uri), item.model_copy(update={"uri": exposed})
+    if kind == "templates":
+        exposed = prefix + item.uri_template
+        listed = Listed("template", exposed, item.uri_template)
+        return listed, item.model_copy(update={"uri_template": exposed})
+    exposed = prefix + item.name
+    return Listed("prompt", exposed, item.name), item.model_copy(update={"name": exposed})
+
+
+# -- the ASGI endpoint -----------------------------------------------------------------------
+
+
+def _jsonrpc_error(request_id: Any, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+
+
+class _Endpoint:
+    """Plain ASGI in front of the SDK's Streamable HTTP app: Origin, authentication,
+    the session's owner, and the decision for every guarded request."""
+
+    def __init__(self, gateway: McpGateway, app: ASGIApp) -> None:
+        self.gateway = gateway
+        self.enforcer = gateway.enforcer
+        self.app = app
+        parts = urlsplit(gateway.location)
+        self.origin = f"{parts.scheme}://{parts.netloc}".lower()
+        self.issuer = gateway.runtime.link.issuer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        trace = TraceContext.from_traceparent(headers.get("traceparent"))
+        origin = headers.get("origin")
+        if origin is not None and origin.lower() != self.origin:
+            await self._refuse(
+                None, trace, 403, "an Origin other than the gateway's", scope, receive, send
+            )
+            return
+        try:
+            access = await anyio.to_thread.run_sync(
+                lambda: self.enforcer.authenticate(
+                    authorization=headers.getlist("authorization"),
+                    dpop=headers.getlist("dpop"),
+                    method=scope["method"],
+                    url=self.gateway.location,
+                    trace=trace,
+                )
+            )
+        except OAuthError as exc:
+            body = JSONResponse(exc.to_oauth(), status_code=exc.oauth_status, headers=exc.headers)
+            await body(scope, receive, send)
+            return
+        except AgentIAMError as exc:
+            await _problem(exc, scope, receive, send)
+            return
+        # The SDK binds a handshake-era session to the principal that opened it
+        # (client_id, issuer, subject); another agent's request for it answers 404.
+        scope["user"] = AuthenticatedUser(
+            AccessToken(
+                token=access.jti,  # an identifier, never the token itself
+                client_id=access.client_id,
+                scopes=list(access.scope),
+                expires_at=access.expires_at,
+                resource=self.gateway.location,
+                subject=access.subject,
+                claims={"iss": self.issuer},
+            )
+        )
+        scope["auth"] = AuthCredentials(list(access.scope))
+        state = _RequestState(access, trace)
+        scope[_STATE_KEY] = state
+        if scope["method"] == "POST":
+            body_bytes = await _read_body(receive, MAX_BODY_BYTES)
+            if body_bytes is None:
+                await self._refuse(
+                    access, trace, 413, "body larger than 4 MiB", scope, receive, send
+                )
+                return
+            receive = _replay(body_bytes, receive)
+            if not await self._decide(state, body_bytes, scope, receive, send):
+                return
+        await self.app(scope, receive, send)
+
+    async def _decide(
+        self, state: _RequestState, body: bytes, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        """Decide a guarded request; False when it was answered here."""
+        try:
+            message = json.loads(body)
+        except (ValueError, RecursionError):
+            return True  # the SDK answers the parse error
+        if isinstance(message, list):
+            # JSON-RPC batching was removed in 2025-06-18; a batch would carry calls
+            # past this check, so none is accepted.
+            await self._refuse(
+                state.access, state.trace, 400, "a JSON-RPC batch", scope, receive, send
+            )
+            return False
+        if not isinstance(message, dict) or message.get("method") not in _GUARDED:
+            return True
+        if "id" not in message:
+            return True  # a notification: no handler runs for it
+        method, request_id = str(message["method"]), message.get("id")
+        params = message.get("params")
+        call = self.gateway.call_for(method, params if isinstance(params, dict) else {})
+        if isinstance(call, str):
+            await self._refuse(
+                state.access, state.trace, 400, call, scope, receive, send, request_id
+            )
+            return False
+        try:
+            verdict = await anyio.to_thread.run_sync(
+                lambda: self.enforcer.decide(state.access, call, trace=state.trace)
+            )
+        except AgentIAMError as exc:  # the outage bound, or the spool (503)
+            await _send_json(
+                _jsonrpc_error(request_id, INTERNAL_ERROR, exc.detail),
+                exc.status,
+                {"Retry-After": "5"} if exc.status == 503 else {},
+                scope,
+                receive,
+                send,
+            )
+            return False
+        if not verdict.allowed and verdict.decision_id is None:
+            # Refused before policy: the rate limit (429) or the token's task scope
+            # (403 insufficient_scope: a token with a wider scope could pass).
+            await _send_json(
+                _jsonrpc_error(request_id, INVALID_REQUEST, verdict.reason),
+                verdict.status,
+                dict(verdict.headers),
+                scope,
+                receive,
+                send,
+            )
+            return False
+        state.pending = _Pending(method, call, verdict)
+        return True
+
+    async def _refuse(
+        self,
+        access: VerifiedAccess | None,
+        trace: TraceContext,
+        status: int,
+        reason: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request_id: Any = None,
+    ) -> None:
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: self.enforcer.refuse(access, trace=trace, status=status, reason=reason)
+            )
+        except AgentIAMError as exc:
+            await _problem(exc, scope, receive, send)
+            return
+        code = INVALID_PARAMS if request_id is not None else INVALID_REQUEST
+        await _send_json(_jsonrpc_error(request_id, code, reason), status, {}, scope, receive, send)
+
+
+async def _send_json(
+    body: dict[str, Any],
+    status: int,
+    headers: Mapping[str, str],
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+) -> None:
+    await JSONResponse(body, status_code=status, headers=dict(headers))(scope, receive, send)
+
+
+async def _problem(exc: AgentIAMError, scope: Scope, receive: Receive, send: Send) -> None:
+    await JSONResponse(
+        exc.to_problem(), status_code=exc.status, media_type="application/problem+json"
+    )(scope, receive, send)
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None past ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+# -- the application -------------------------------------------------------------------------
+
+
+def build_app(config: McpGatewayConfig, runtime: GatewayRuntime) -> Starlette:
+    """The gateway's ASGI application: the MCP endpoint at the path of
+    ``public_url``, its RFC 9728 metadata (path-specific and at the root), and
+    ``/healthz``. Closing the app's lifespan closes ``runtime``."""
+    gateway = McpGateway(config, runtime)
+    endpoint = _Endpoint(gateway, StreamableHTTPASGIApp(gateway.sessions))
+    metadata = runtime.protected_resource_metadata()
+
+    async def resource_metadata(request: Request) -> Response:
+        return JSONResponse(metadata, headers={"Cache-Control": "public, max-age=300"})
+
+    async def healthz(request: Request) -> Response:
+        health = runtime.health()
+        ok = bool(health["deciding"])
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "name": config.gateway.name},
+            status_code=200 if ok else 503,
+        )
+
+    path = config.endpoint_path
+    well_known = "/.well-known/oauth-protected-resource"
+    routes = [
+        Route(path, endpoint=endpoint),
+        Route(well_known + (path if path != "/" else ""), resource_metadata, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    if path != "/":
+        routes.append(Route(well_known, resource_metadata, methods=["GET"]))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            async with gateway.running():
+                yield
+        finally:
+            runtime.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.gateway = gateway
+    return app
+
+
+def run(config: McpGatewayConfig) -> None:
+    """Connect to the control plane, then serve until interrupted (``agentiam gateway
+    mcp --config FILE``)."""
+    import uvicorn
+
+    try:
+        runtime = GatewayRuntime.start(config.gateway)
+    except (httpx.HTTPError, OSError) as exc:
+        raise ServiceUnavailable(
+            f"cannot reach the control plane at {config.gateway.control_plane.url} "
+            f"({type(exc).__name__})",
+            hint="Start it (agentiam serve) or fix control_plane.url; the gateway needs the "
+            "keys, revocations and policy bundle at start.",
+        ) from None
+    app = build_app(config, runtime)
+    gw = config.gateway
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+        for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "mcp"):  # a line per request
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    log.info(
+        "MCP gateway %s: %s (listening on %s:%s), upstream servers: %s",
+        gw.name,
+        gw.public_url,
+        gw.host,
+        gw.port,
+        ", ".join(f"{s.name} ({s.prefix or 'no prefix'})" for s in config.servers),
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=gw.host,
+            port=gw.port,
+            log_level="info",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
+    )
+    server.run()

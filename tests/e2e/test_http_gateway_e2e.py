@@ -1,0 +1,614 @@
+"""The HTTP gateway with real processes: a control plane (``agentiam serve`` on SQLite),
+an upstream API (``tests/support/echo_upstream.py``, which reports what it received),
+the gateway (``agentiam gateway http --config``) and agents using the SDK
+(:class:`~agentiam.sdk.AgentClient` with httpx and DPoP).
+
+The tests share one set of processes and run in file order; the outage test, which
+kills and restarts the control plane, comes last. Every call made through the gateway
+carries a ``traceparent`` of its own, and the last test finds each one in the control
+plane's audit trail (``Expected``), so the claim "every call, allowed or refused, is in
+the trail" is checked call by call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tests.e2e.test_quickstart import AGENTIAM, KEY_RE, Server, env_for
+from tests.support.echo_upstream import pattern
+from tests.support.live import free_port
+
+from agentiam.core.credentials.sealing import MasterKey
+from agentiam.sdk import AgentClient, AgentKey, dpop_proof
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "upstream-api-key-" + "k" * 24  # what the broker injects; the agent never sees it
+OUTAGE_SECONDS = 3.0
+POLICIES = {
+    "read-invoices": 'permit (principal == Agent::"{agent}", action == Action::"GET", '
+    "resource is Endpoint);",
+    "write-echo": 'permit (principal == Agent::"{agent}", action == Action::"POST", '
+    'resource == Endpoint::"echo");',
+    "revocable": 'permit (principal == Agent::"{other}", action == Action::"GET", '
+    "resource is Endpoint);",
+}
+ALLOW_REPORTS = (
+    'permit (principal == Agent::"{agent}", action == Action::"read", '
+    'resource == Endpoint::"reports");'
+)
+
+
+@dataclass
+class Expected:
+    """One call made through the gateway, and the audit event type it must leave."""
+
+    trace_id: str
+    status: int
+    types: tuple[str, ...]
+
+
+@dataclass
+class World:
+    env: dict[str, str]
+    cp: Server
+    cp_port: int
+    admin: str
+    gateway: subprocess.Popen[str]
+    gw_url: str
+    upstream: subprocess.Popen[str]
+    up_url: str
+    agent_id: str
+    other_id: str
+    agent: AgentClient
+    other: AgentClient
+    spool: Path
+    calls: list[Expected] = field(default_factory=list)
+
+    def admin_client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.cp.url, headers={"Authorization": f"Bearer {self.admin}"}, timeout=10
+        )
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        agent: AgentClient | None = None,
+        expect: int | None = None,
+        types: tuple[str, ...] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One call through the gateway, as ``agent`` (default: the main agent; None
+        credentials when ``agent`` is False-y via :meth:`anonymous`), remembered with
+        its trace id for the audit check at the end."""
+        trace = secrets.token_hex(16)
+        headers = {"traceparent": f"00-{trace}-{secrets.token_hex(8)}-01"}
+        headers.update(kwargs.pop("headers", {}))
+        with (agent or self.agent).http(self.gw_url, timeout=30) as client:
+            response = client.request(method, path, headers=headers, **kwargs)
+        self._remember(trace, response.status_code, types)
+        if expect is not None:
+            assert response.status_code == expect, response.text[:500]
+        return response
+
+    def raw(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A call without the SDK: the caller sets every header."""
+        trace = secrets.token_hex(16)
+        headers = {"traceparent": f"00-{trace}-{secrets.token_hex(8)}-01"}
+        headers.update(kwargs.pop("headers", {}))
+        response = httpx.request(method, self.gw_url + path, headers=headers, timeout=30, **kwargs)
+        self._remember(trace, response.status_code, None)
+        return response
+
+    def _remember(self, trace: str, status: int, types: tuple[str, ...] | None) -> None:
+        if types is None:
+            types = {
+                200: ("authz.decision", "tool.call"),
+                403: ("authz.decision",),
+                502: ("authz.decision", "tool.call"),
+                504: ("authz.decision", "tool.call"),
+            }.get(status, ("api.request.rejected",))
+        self.calls.append(Expected(trace, status, types))
+
+    def seen(self) -> list[dict[str, Any]]:
+        return list(httpx.get(self.up_url + "/__seen", timeout=10).json())
+
+
+def _wait_http(url: str, proc: subprocess.Popen[str], log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{log.stem} exited: {log.read_text()}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise AssertionError(f"{log.stem} did not start: {log.read_text()}")
+
+
+def _admin_key(server: Server) -> str:
+    assert server.proc.stdout is not None
+    lines = []
+    for _ in range(8):
+        line = server.proc.stdout.readline()
+        lines.append(line)
+        if KEY_RE.search(line):
+            return KEY_RE.findall(line)[0]
+    raise AssertionError("no admin key printed: " + "".join(lines))
+
+
+def _drain(proc: subprocess.Popen[str]) -> None:
+    """Keep reading a server's output, so a full pipe never blocks it."""
+    stream = proc.stdout
+    if stream is not None:
+        threading.Thread(target=stream.read, daemon=True).start()
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[str]:
+    with log.open("w") as out:
+        return subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _register(admin: httpx.Client, owner: str, name: str, gw_url: str) -> tuple[str, AgentKey]:
+    key = AgentKey.generate()
+    r = admin.post(
+        "/v1/agents",
+        json={
+            "name": name,
+            "owners": [owner],
+            "purpose": "reads invoices through the gateway",
+            "environment": "production",
+            "activate": True,
+            "keys": [key.public_jwk()],
+            "scopes": ["billing"],
+            "audiences": [gw_url, "https://other.example"],
+        },
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"]), key
+
+
+@pytest.fixture(scope="module")
+def world(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("http-gateway")
+    db = tmp / "cp.db"
+    shutil.copy(sqlite_template, db)
+    cp_port, gw_port, up_port, dead_port = free_port(), free_port(), free_port(), free_port()
+    env = env_for(f"sqlite:///{db}", cp_port)
+    env["AGENTIAM_MASTER_KEY"] = MasterKey.generate_text()
+    env["AGENTIAM_POLICY_REFRESH_SECONDS"] = "0.2"
+    env["AGENTIAM_ISSUER"] = f"http://127.0.0.1:{cp_port}"
+    cp = Server(env, cp_port)
+    admin_key = _admin_key(cp)
+    _drain(cp.proc)
+    gw_url = f"http://127.0.0.1:{gw_port}"
+    up_url = f"http://127.0.0.1:{up_port}"
+    procs: list[subprocess.Popen[str]] = []
+    clients: list[AgentClient] = []
+    built: World | None = None
+    try:
+        with httpx.Client(
+            base_url=cp.url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=10
+        ) as admin:
+            owner = admin.post(
+                "/v1/humans", json={"display_name": "Ada", "email": "ada@example.com"}
+            ).json()["id"]
+            agent_id, key = _register(admin, owner, "invoice-bot", gw_url)
+            other_id, other_key = _register(admin, owner, "revocable-bot", gw_url)
+            for policy_id, text in POLICIES.items():
+                body = text.replace("{agent}", agent_id).replace("{other}", other_id)
+                r = admin.put(f"/v1/policies/{policy_id}", json={"text": body})
+                assert r.status_code == 200, r.text
+            verifier = admin.post("/v1/admin-keys", json={"name": "gw", "role": "verifier"})
+            assert verifier.status_code == 201, verifier.text
+            verifier_key = verifier.json()["secret"]
+
+        upstream = _spawn(
+            [sys.executable, "-m", "tests.support.echo_upstream", str(up_port)],
+            {**os.environ, "PYTHONPATH": str(ROOT)},
+            tmp / "upstream.log",
+        )
+        procs.append(upstream)
+
+        store = tmp / "secrets.json"
+        gw_env = {
+            **os.environ,
+            "AGENTIAM_GATEWAY_KEY": verifier_key,
+            "AGENTIAM_GATEWAY_SECRETS_KEY": MasterKey.generate_text(),
+            "PYTHONUNBUFFERED": "1",
+        }
+        put = subprocess.run(
+            [AGENTIAM, "gateway", "secrets", "put", "billing-key", "--kind", "api_key",
+             "--store", str(store)],
+            input=API_KEY, env=gw_env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert put.returncode == 0, put.stdout + put.stderr
+        spool = tmp / "spool"
+        config = {
+            "name": "billing-gw",
+            "public_url": gw_url,
+            "listen": {"host": "127.0.0.1", "port": gw_port},
+            "control_plane": {
+                "url": cp.url,
+                "key_env": "AGENTIAM_GATEWAY_KEY",
+                "outage_seconds": OUTAGE_SECONDS,
+            },
+            "spool": {"directory": str(spool)},
+            "secrets": {"store": str(store)},
+            "rate_limits": {"per_tool": {"limited": {"rate_per_second": 0.1, "burst": 2}}},
+            "timeouts": {"connect": 1, "read": 1.5, "total": 20},
+            "upstreams": {
+                "billing": {
+                    "url": up_url,
+                    "credential": {"secret": "billing-key", "header": "X-Api-Key"},
+                },
+                "down": {"url": f"http://127.0.0.1:{dead_port}"},
+            },
+            "routes": [
+                {"match": {"method": "GET", "path": "/v1/invoices/{id}"}, "upstream": "billing",
+                 "action": "GET", "resource": {"type": "Endpoint", "id": "invoice-{id}"}},
+                {"match": {"method": "DELETE", "path": "/v1/invoices/{id}"},
+                 "upstream": "billing", "action": "DELETE",
+                 "resource": {"type": "Endpoint", "id": "invoice-{id}"}},
+                {"match": {"method": "POST", "path": "/v1/echo"}, "upstream": "billing",
+                 "action": "POST", "resource": {"type": "Endpoint", "id": "echo"}},
+                {"match": {"method": "GET", "path": "/v1/big"}, "upstream": "billing",
+                 "action": "GET", "resource": {"type": "Endpoint", "id": "big"}},
+                {"match": {"method": "GET", "path": "/v1/slow"}, "upstream": "billing",
+                 "action": "GET", "resource": {"type": "Endpoint", "id": "slow"}},
+                {"match": {"method": "GET", "path": "/v1/reports/{id}"}, "upstream": "billing",
+                 "action": "read", "resource": {"type": "Endpoint", "id": "reports"}},
+                {"name": "limited", "match": {"method": "GET", "path": "/v1/limited"},
+                 "upstream": "billing", "action": "GET",
+                 "resource": {"type": "Endpoint", "id": "limited"}},
+                {"match": {"method": "GET", "path": "/v1/down"}, "upstream": "down",
+                 "action": "GET", "resource": {"type": "Endpoint", "id": "down"}},
+            ],
+        }  # fmt: skip
+        config_file = tmp / "gateway.yaml"
+        config_file.write_text(json.dumps(config))  # JSON is YAML
+        gateway = _spawn(
+            [AGENTIAM, "gateway", "http", "--config", str(config_file)],
+            gw_env,
+            tmp / "gateway.log",
+        )
+        procs.append(gateway)
+        _wait_http(up_url + "/__seen", upstream, tmp / "upstream.log")
+        _wait_http(gw_url + "/healthz", gateway, tmp / "gateway.log")
+
+        agent = AgentClient(cp.url, client_id=agent_id, key=key, resource=gw_url)
+        other = AgentClient(cp.url, client_id=other_id, key=other_key, resource=gw_url)
+        clients += [agent, other]
+        built = World(
+            env=env, cp=cp, cp_port=cp_port, admin=admin_key, gateway=gateway, gw_url=gw_url,
+            upstream=upstream, up_url=up_url, agent_id=agent_id, other_id=other_id,
+            agent=agent, other=other, spool=spool,
+        )  # fmt: skip
+        yield built
+    finally:
+        for client in clients:
+            client.close()
+        for proc in reversed(procs):
+            _stop(proc)
+        _stop(built.cp.proc if built is not None else cp.proc)
+
+
+def _header(seen: dict[str, Any], name: str) -> list[str]:
+    return [v for k, v in seen["headers"] if k.lower() == name]
+
+
+# -- allowed calls ---------------------------------------------------------------------------
+
+
+def test_allowed_call_reaches_the_upstream_with_the_brokered_key_only(world: World) -> None:
+    forged = {
+        "X-Forwarded-For": "6.6.6.6",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Proto": "https",
+        "Forwarded": "for=6.6.6.6;host=evil.example",
+        "X-Real-IP": "6.6.6.6",
+        "X-Api-Key": "the agent's own guess",
+        "Connection": "keep-alive, X-Hop",
+        "X-Hop": "hop-by-hop, named by Connection",
+    }
+    r = world.call("GET", "/v1/invoices/inv-42?expand=lines&x=%2F", headers=forged, expect=200)
+    echo = r.json()
+    assert echo["method"] == "GET"
+    assert echo["raw_path"] == "/v1/invoices/inv-42"
+    assert echo["query"] == "expand=lines&x=%2F"
+    assert _header(echo, "x-api-key") == [API_KEY]  # injected, the agent's value replaced
+    for name in ("authorization", "dpop", "x-forwarded-for", "x-forwarded-host",
+                 "x-forwarded-proto", "x-real-ip", "x-hop"):  # fmt: skip
+        assert _header(echo, name) == [], name
+    gw_host = world.gw_url.removeprefix("http://")
+    assert _header(echo, "forwarded") == [f'for=127.0.0.1;host="{gw_host}";proto=http']
+    assert _header(echo, "host") == [world.up_url.removeprefix("http://")]
+    trace = world.calls[-1].trace_id
+    assert _header(echo, "traceparent")[0].startswith(f"00-{trace}-")
+    # The agent's token appears nowhere in what the upstream received.
+    token = world.agent.token().value
+    assert token not in json.dumps(world.seen())
+    assert r.headers["x-upstream"] == "echo"
+
+
+def test_bodies_stream_both_ways(world: World) -> None:
+    """32 MiB up (chunked) and 128 MiB down pass through intact while the gateway's
+    memory grows by much less than either: bodies are streamed, never held whole."""
+    before = _memory_mib(world.gateway.pid, "VmRSS")
+    size = 32 * 1024 * 1024
+    digest = hashlib.sha256()
+
+    def body() -> Iterator[bytes]:
+        chunk = secrets.token_bytes(256 * 1024)
+        for _ in range(size // len(chunk)):
+            digest.update(chunk)
+            yield chunk
+
+    r = world.call("POST", "/v1/echo", content=body(), expect=200)  # chunked upload
+    assert (r.json()["body_length"], r.json()["body_sha256"]) == (size, digest.hexdigest())
+    r = world.call("POST", "/v1/echo", content=b"x" * 1000, expect=200)  # Content-Length
+    assert r.json()["body_length"] == 1000
+    assert _header(r.json(), "content-length") == ["1000"]
+
+    big = 128 * 1024 * 1024
+    received = hashlib.sha256()
+    count = 0
+    trace = secrets.token_hex(16)
+    with (
+        world.agent.http(world.gw_url, timeout=60) as client,
+        client.stream(
+            "GET", f"/v1/big?n={big}", headers={"traceparent": f"00-{trace}-{'1' * 16}-01"}
+        ) as response,
+    ):
+        assert response.status_code == 200
+        for chunk in response.iter_raw():
+            received.update(chunk)
+            count += len(chunk)
+    world.calls.append(Expected(trace, 200, ("authz.decision", "tool.call")))
+    assert count == big
+    assert received.hexdigest() == hashlib.sha256(pattern(big)).hexdigest()
+    peak = _memory_mib(world.gateway.pid, "VmHWM")
+    assert peak - before < 48, f"the gateway grew from {before:.0f} to {peak:.0f} MiB"
+
+
+def _memory_mib(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field}")
+
+
+# -- refusals ------------------------------------------------------------------------------
+
+
+def test_denied_call_is_403_and_never_reaches_the_upstream(world: World) -> None:
+    r = world.call("DELETE", "/v1/invoices/inv-42", expect=403)
+    assert r.headers["content-type"] == "application/problem+json"
+    problem = r.json()
+    assert problem["status"] == 403
+    assert problem["error"] == "insufficient_scope"
+    assert problem["decision_id"]
+    assert 'error="insufficient_scope"' in r.headers["www-authenticate"]
+    assert not [s for s in world.seen() if s["method"] == "DELETE"]
+
+
+def test_no_token_is_401_naming_the_resource_metadata(world: World) -> None:
+    r = world.raw("GET", "/v1/invoices/1")
+    assert r.status_code == 401
+    assert r.headers["content-type"] == "application/problem+json"
+    challenge = r.headers["www-authenticate"]
+    metadata_url = f"{world.gw_url}/.well-known/oauth-protected-resource"
+    assert challenge.startswith("DPoP ")
+    assert f'resource_metadata="{metadata_url}"' in challenge
+    metadata = httpx.get(metadata_url, timeout=5).json()
+    assert metadata["resource"] == world.gw_url
+    assert metadata["authorization_servers"] == [world.cp.url]
+    assert metadata["dpop_bound_access_tokens_required"] is True
+    assert "Traceback" not in r.text
+
+
+def test_other_credentials_are_401(world: World) -> None:
+    other_audience = AgentClient(
+        world.cp.url,
+        client_id=world.agent_id,
+        key=world.agent.key,
+        resource="https://other.example",
+    )
+    try:
+        r = world.call("GET", "/v1/invoices/1", agent=other_audience)
+    finally:
+        other_audience.close()
+    assert r.status_code == 401
+    assert 'error="invalid_token"' in r.headers["www-authenticate"]
+
+    token = world.agent.token().value
+    url = world.gw_url + "/v1/invoices/1"
+    key = world.agent.dpop_key
+    # As a Bearer token (no proof): refused, the token is DPoP-bound.
+    r = world.raw("GET", "/v1/invoices/1", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401
+    # A proof signed for another URL: refused (htu).
+    proof = dpop_proof(key, method="GET", url="http://evil.example/v1/invoices/1",
+                       access_token=token)  # fmt: skip
+    r = world.raw("GET", "/v1/invoices/1",
+                  headers={"Authorization": f"DPoP {token}", "DPoP": proof})  # fmt: skip
+    assert r.status_code == 401
+    # The Host header does not change which URL the proof must name.
+    proof = dpop_proof(key, method="GET", url="http://evil.example/v1/invoices/1",
+                       access_token=token)  # fmt: skip
+    r = world.raw("GET", "/v1/invoices/1", headers={
+        "Authorization": f"DPoP {token}", "DPoP": proof, "Host": "evil.example",
+        "X-Forwarded-Host": "evil.example"})  # fmt: skip
+    assert r.status_code == 401
+    # A proof used twice: the second is refused (jti replay).
+    proof = dpop_proof(key, method="GET", url=url, access_token=token)
+    headers = {"Authorization": f"DPoP {token}", "DPoP": proof}
+    assert world.raw("GET", "/v1/invoices/1", headers=headers).status_code == 200
+    assert world.raw("GET", "/v1/invoices/1", headers=headers).status_code == 401
+
+
+def test_unrouted_and_malformed_paths_are_refused(world: World) -> None:
+    before = len(world.seen())
+    r = world.call("GET", "/v1/nothing-here", expect=404)
+    assert r.headers["content-type"] == "application/problem+json"
+    for path in ("/v1/invoices/..%2Fadmin", "/v1/invoices/%2e%2e", "/v1//invoices/1"):
+        r = world.raw("GET", path)
+        assert r.status_code == 400, path
+    assert len(world.seen()) == before
+
+
+def test_rate_limit_is_429_with_retry_after(world: World) -> None:
+    statuses = [world.call("GET", "/v1/limited").status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    r = world.call("GET", "/v1/limited", expect=429)
+    assert int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"] == "rate_limited"
+
+
+def test_upstream_failures_are_502_and_504(world: World) -> None:
+    r = world.call("GET", "/v1/down", expect=502)
+    assert r.headers["content-type"] == "application/problem+json"
+    started = time.monotonic()
+    r = world.call("GET", "/v1/slow?s=5", expect=504)
+    assert time.monotonic() - started < 4  # the read timeout (1.5 s), not the upstream
+    assert "Traceback" not in r.text
+
+
+# -- freshness: policy changes and revocations within a second --------------------------------
+
+
+def _until(check: Callable[[], bool], limit: float) -> float:
+    """Seconds until ``check()`` first holds (polled back to back), up to ``limit``."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if check():
+            return time.monotonic() - started
+    return float("inf")
+
+
+def test_a_policy_change_is_enforced_within_a_second(world: World) -> None:
+    world.call("GET", "/v1/reports/1", expect=403)
+    with world.admin_client() as admin:
+        r = admin.put(
+            "/v1/policies/reports", json={"text": ALLOW_REPORTS.format(agent=world.agent_id)}
+        )
+        assert r.status_code == 200, r.text
+        elapsed = _until(lambda: world.call("GET", "/v1/reports/1").status_code == 200, 5)
+        assert elapsed < 1.0, f"allowed after {elapsed:.3f} s"
+        assert admin.delete("/v1/policies/reports").status_code == 200
+        elapsed = _until(lambda: world.call("GET", "/v1/reports/1").status_code == 403, 5)
+        assert elapsed < 1.0, f"denied again after {elapsed:.3f} s"
+
+
+def test_a_revocation_is_enforced_within_a_second(world: World) -> None:
+    world.call("GET", "/v1/invoices/7", agent=world.other, expect=200)
+    with world.admin_client() as admin:
+        r = admin.post(f"/v1/agents/{world.other_id}/revoke-tokens", json={"reason": "drill"})
+        assert r.status_code == 200, r.text
+    elapsed = _until(
+        lambda: world.call("GET", "/v1/invoices/7", agent=world.other).status_code == 401, 5
+    )
+    assert elapsed < 1.0, f"refused after {elapsed:.3f} s"
+
+
+# -- outage: decide from cache, fail closed past the bound, recover, lose nothing -----------
+
+
+def test_outage_then_recovery_and_every_call_in_the_trail(world: World) -> None:
+    world.call("GET", "/v1/invoices/1", expect=200)
+    world.agent.token()  # a fresh token in hand: the control plane is about to go
+    world.cp.proc.send_signal(signal.SIGKILL)
+    world.cp.proc.wait()
+    killed = time.monotonic()
+
+    # Within the bound, calls are decided from cache (and audited to the spool).
+    world.call("GET", "/v1/invoices/2", expect=200)
+    world.call("DELETE", "/v1/invoices/2", expect=403)
+    assert time.monotonic() - killed < OUTAGE_SECONDS - 1
+
+    # Past the bound, every call is refused.
+    refused = _until(lambda: world.call("GET", "/v1/invoices/3").status_code == 503, 10)
+    assert OUTAGE_SECONDS - 1 < time.monotonic() - killed < OUTAGE_SECONDS + 3, refused
+    for _ in range(3):
+        r = world.call("GET", "/v1/invoices/4", expect=503)
+        assert r.headers["content-type"] == "application/problem+json"
+        assert int(r.headers["retry-after"]) >= 1
+    assert httpx.get(world.gw_url + "/healthz", timeout=5).status_code == 503
+
+    # The control plane comes back on the same database and port: the gateway recovers.
+    world.cp = Server(world.env, world.cp_port)
+    _drain(world.cp.proc)
+    recovered = _until(lambda: world.call("GET", "/v1/invoices/5").status_code == 200, 20)
+    assert recovered < 20
+
+    # Every spooled event ships, and every call made in this file is in the trail.
+    assert _until(lambda: _pending(world) == 0, 30) < 30
+    trail, brokered = _trail(world)
+    # The secret the broker injected is named, by version, never by value.
+    assert brokered == {"billing-key@1", None}  # None: the upstream without a credential
+    missing = [
+        (c.status, c.trace_id, t)
+        for c in world.calls
+        for t in c.types
+        if t not in trail.get(c.trace_id, set())
+    ]
+    assert not missing, missing
+    assert len(world.calls) > 30
+    verify = subprocess.run(
+        [AGENTIAM, "audit", "verify"], env=world.env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def _pending(world: World) -> int:
+    health = httpx.get(world.gw_url + "/healthz", timeout=5).json()
+    return int(health["spool"]["pending_events"])
+
+
+def _trail(world: World) -> tuple[dict[str, set[str]], set[str | None]]:
+    """trace id -> the types of the gateway's events carrying it; and the secrets the
+    tool.call events name."""
+    with world.admin_client() as admin:
+        text = admin.get("/v1/audit/events/export", timeout=60).text
+    assert API_KEY not in text
+    found: dict[str, set[str]] = {}
+    brokered: set[str | None] = set()
+    for line in text.splitlines():
+        event = json.loads(line)
+        if event["source"] == "gateway/billing-gw":
+            found.setdefault(event["trace"]["trace_id"], set()).add(event["type"])
+            if event["type"] == "tool.call":
+                brokered.add(event["details"]["brokered"])
+    return found, brokered

@@ -1,0 +1,216 @@
+"""Gateway configuration is validated at start: a good file gives typed settings, and
+every kind of mistake is refused with a ValueError that names the key's path."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentiam.adapters.gateway.config import load_gateway_config, read_config_file
+from agentiam.adapters.gateway.http_proxy import load_config
+
+GOOD: dict[str, Any] = {
+    "name": "billing-gw",
+    "public_url": "https://gw.example.com",
+    "listen": {"host": "::", "port": 8443},
+    "control_plane": {
+        "url": "https://iam.example.com",
+        "key_env": "GW_KEY",
+        "outage_seconds": 60,
+    },
+    "spool": {"directory": "/var/lib/gw", "max_bytes": 2 << 20},
+    "secrets": {"store": "/etc/gw/secrets.json"},
+    "rate_limits": {"per_agent": {"rate_per_second": 5, "burst": 10}},
+    "timeouts": {"connect": 2, "read": 10, "total": 30},
+    "upstreams": {
+        "billing": {
+            "url": "https://billing.internal/api/",
+            "credential": {"secret": "billing-key", "header": "X-Api-Key"},
+        },
+        "open": {"url": "http://10.0.0.7:8080"},
+    },
+    "routes": [
+        {
+            "name": "invoices.read",
+            "match": {"method": "get", "path": "/v1/invoices/{id}"},
+            "upstream": "billing",
+            "action": "GET",
+            "resource": {"type": "Endpoint", "id": "invoice-{id}"},
+        },
+        {
+            "match": {"method": "POST", "path": "/v1/invoices"},
+            "upstream": "open",
+            "action": "write",
+            "resource": {"type": "Api", "id": "billing"},
+        },
+    ],
+}
+
+
+CREDENTIAL = "upstreams.billing.credential"
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    """GOOD with the member at dotted ``path`` replaced (or removed when value is ...)."""
+    data = copy.deepcopy(GOOD)
+    *parents, last = path.split(".")
+    node: Any = data
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if value is ...:
+        del node[int(last) if isinstance(node, list) else last]
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return data
+
+
+def test_a_good_configuration_loads() -> None:
+    config = load_config(GOOD)
+    gateway = config.gateway
+    assert (gateway.kind, gateway.name, gateway.host, gateway.port) == (
+        "http",
+        "billing-gw",
+        "::",
+        8443,
+    )
+    assert gateway.control_plane.outage_seconds == 60
+    assert gateway.resource_metadata_url == (
+        "https://gw.example.com/.well-known/oauth-protected-resource"
+    )
+    assert gateway.rate_limits is not None
+    assert gateway.timeouts.read == 10
+    billing = config.upstreams["billing"]
+    assert billing.url == "https://billing.internal/api"
+    assert billing.credential is not None
+    assert billing.credential.secret == "billing-key"
+    first, second = config.routes
+    assert (first.name, first.method, first.params) == ("invoices.read", "GET", ("id",))
+    assert first.resource({"id": "7"}).id == "invoice-7"
+    assert second.name == "POST /v1/invoices"  # the default name
+    assert config.prefix == ""
+
+
+def test_defaults() -> None:
+    data = {k: v for k, v in GOOD.items() if k not in ("listen", "timeouts", "rate_limits")}
+    data["control_plane"] = {"url": "http://127.0.0.1:8080"}
+    gateway = load_config(data).gateway
+    assert (gateway.host, gateway.port) == ("127.0.0.1", 8443)
+    assert gateway.control_plane.outage_seconds == 300  # five minutes
+    assert gateway.control_plane.key_env == "AGENTIAM_GATEWAY_KEY"
+    assert gateway.rate_limits is None
+    assert (gateway.timeouts.connect, gateway.timeouts.read, gateway.timeouts.total) == (5, 30, 60)
+
+
+def test_public_url_with_a_path_is_the_prefix_and_names_the_metadata() -> None:
+    config = load_config(_with("public_url", "https://gw.example.com/billing/"))
+    assert config.prefix == "/billing"
+    assert config.gateway.resource_metadata_url == (
+        "https://gw.example.com/.well-known/oauth-protected-resource/billing"
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("extra", 1, "config: unknown keys extra"),
+        ("name", "Billing GW", "name:"),
+        ("public_url", "http://gw.example.com", "public_url: must be https"),
+        ("public_url", "https://u:p@gw.example.com", "public_url: a URL without user info"),
+        ("public_url", "https://gw.example.com/?q=1", "public_url: a URL without user info"),
+        ("listen.port", 0, "listen.port"),
+        ("listen.port", True, "listen.port"),
+        ("listen.tls", {}, "listen: unknown keys tls"),
+        ("control_plane", ..., "control_plane: expected a mapping"),
+        ("control_plane.url", "ftp://iam", "control_plane.url"),
+        ("control_plane.key_env", "lower-case", "control_plane.key_env"),
+        ("control_plane.outage_seconds", 0, "control_plane.outage_seconds"),
+        ("control_plane.outage_seconds", "5m", "control_plane.outage_seconds"),
+        ("control_plane.wait", 1, "control_plane: unknown keys wait"),
+        ("spool.directory", "relative/dir", "spool.directory: an absolute path"),
+        ("spool.max_bytes", 10, "spool.max_bytes"),
+        ("spool.segment", 1, "spool: unknown keys segment"),
+        ("secrets.store", "secrets.json", "secrets.store: an absolute path"),
+        ("rate_limits.per_agent", {"rate": 1}, "rate_limits:"),
+        ("timeouts.read", 0, "timeouts.read"),
+        ("timeouts.idle", 1, "timeouts: unknown keys idle"),
+        ("upstreams", {}, "upstreams: name at least one upstream"),
+        ("upstreams.billing.url", "file:///etc/passwd", "upstreams.billing.url"),
+        ("upstreams.billing.url", "https://h/x?q=1", "upstreams.billing.url"),
+        ("upstreams.billing.headers", {}, "upstreams.billing: unknown keys headers"),
+        ("upstreams.billing.credential", {"secret": "k", "hdr": "x"}, CREDENTIAL),
+        ("upstreams.billing.credential", {"header": "X"}, CREDENTIAL),
+        ("upstreams.billing.credential", {"secret": "k", "header": "X\nY"}, CREDENTIAL),
+        ("secrets", ..., "secrets.store: an upstream injects a credential"),
+        ("routes", [], "routes: a list of at least one route"),
+        ("routes.0.match.method", "TRACE", "routes[0].match.method"),
+        ("routes.0.match.path", "v1/x", "routes[0].match.path"),
+        ("routes.0.match.path", "/v1/{id}/{id}", "routes[0].match.path: placeholder {id} appears"),
+        ("routes.0.match.path", "/v1/../admin", "routes[0].match.path"),
+        ("routes.0.match.path", "/v1//x", "routes[0].match.path"),
+        ("routes.0.match.path", "/v1/a{id}", "routes[0].match.path"),
+        ("routes.0.match.path", "/healthz", "routes[0].match.path: /healthz, /metrics"),
+        ("routes.0.match.path", "/.well-known/x", "routes[0].match.path: /healthz, /metrics"),
+        ("routes.0.match.query", "x", "routes[0].match: unknown keys query"),
+        ("routes.0.upstream", "nowhere", "routes[0].upstream"),
+        ("routes.0.action", "", "routes[0].action"),
+        ("routes.0.action", 'GET"', "routes[0].action"),
+        ("routes.0.resource.type", "Endpoint::x", "routes[0].resource.type"),
+        ("routes.0.resource.id", "invoice-{number}", "routes[0].resource.id: {number} is not"),
+        ("routes.0.resource.parent", "x", "routes[0].resource: unknown keys parent"),
+        ("routes.1.name", "bad\nname", "routes[1].name"),
+        ("routes.1.extra", 1, "routes[1]: unknown keys extra"),
+    ],
+)  # fmt: skip
+def test_mistakes_are_refused_naming_the_key(path: str, value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match="^" + _escape(message)):
+        load_config(_with(path, value))
+
+
+def _escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def test_the_common_part_refuses_the_other_kinds_sections() -> None:
+    with pytest.raises(ValueError, match="config: unknown keys routes, upstreams"):
+        load_gateway_config(GOOD, "mcp", section_keys=frozenset({"servers"}))
+
+
+def test_not_a_mapping() -> None:
+    with pytest.raises(ValueError, match="config: expected a mapping"):
+        load_config(None)
+    with pytest.raises(ValueError, match="config: expected a mapping"):
+        load_config(["name"])
+
+
+def test_admin_key_comes_from_the_named_variable() -> None:
+    control_plane = load_config(GOOD).gateway.control_plane
+    assert control_plane.admin_key({"GW_KEY": " aiam_x "}) == "aiam_x"
+    with pytest.raises(ValueError, match=r"control_plane\.key_env: .*GW_KEY is not set"):
+        control_plane.admin_key({})
+
+
+def test_reading_files(tmp_path: Path) -> None:
+    yaml_file = tmp_path / "gw.yaml"
+    yaml_file.write_text("name: gw\nroutes:\n  - {upstream: a}\n")
+    assert read_config_file(yaml_file) == {"name": "gw", "routes": [{"upstream": "a"}]}
+    json_file = tmp_path / "gw.json"
+    json_file.write_text(json.dumps(GOOD))
+    assert load_config(read_config_file(json_file)).gateway.name == "billing-gw"
+    with pytest.raises(ValueError, match="cannot read"):
+        read_config_file(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ValueError, match="cannot read"):
+        read_config_file(bad)
+    big = tmp_path / "big.yaml"
+    big.write_text("#" * (1024 * 1024 + 1))
+    with pytest.raises(ValueError, match="larger than 1 MiB"):
+        read_config_file(big)

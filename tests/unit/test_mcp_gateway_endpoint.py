@@ -1,0 +1,257 @@
+"""The MCP gateway's ASGI endpoint in front of the SDK, with a stand-in enforcer: every
+refusal it makes itself (Origin, batches, oversized or malformed calls, task scope,
+rate limits, the outage bound, an audit write that fails) never reaches the MCP
+server, and an allowed or policy-denied call reaches it with its decision."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import pytest
+from mcp.shared.exceptions import MCPError
+from starlette.testclient import TestClient
+
+from agentiam.adapters.gateway.enforcer import Call, Verdict
+from agentiam.adapters.gateway.mcp_proxy import (
+    _STATE_KEY,
+    McpGateway,
+    Namespace,
+    UpstreamServer,
+    _Endpoint,
+    _Pending,
+    _RequestState,
+    _take,
+    tool_call,
+)
+from agentiam.core.audit.events import TraceContext
+from agentiam.core.credentials.verifier import VerifiedAccess
+from agentiam.errors import OAuthError, ServiceUnavailable
+
+URL = "https://gw.example.com/mcp"
+METADATA = f'resource_metadata="{URL.replace("/mcp", "")}/.well-known/oauth-protected-resource/mcp"'
+ACCESS = VerifiedAccess(
+    subject="agt_1",
+    client_id="agt_1",
+    scope=("mcp",),
+    jti="tok_1",
+    issued_at=0,
+    expires_at=2**40,
+    jkt="thumbprint",
+    claims={"aud": URL},
+)
+ALLOWED = Verdict(True, 200, None, "allowed", decision_id="dec_1")
+
+
+@dataclass
+class FakeEnforcer:
+    verdict: Verdict = ALLOWED
+    failure: Exception | None = None
+    decided: list[Call] = field(default_factory=list)
+    refused: list[tuple[int, str]] = field(default_factory=list)
+    source: str = "gateway/test"
+
+    def authenticate(
+        self, *, authorization: Any, dpop: Any, method: str, url: str, trace: Any
+    ) -> VerifiedAccess:
+        assert url == URL  # the DPoP proof's htu is always the public URL
+        if list(authorization) != ["DPoP good"]:
+            raise OAuthError(
+                "invalid_token",
+                "the access token is not valid",
+                status=401,
+                headers={"WWW-Authenticate": f'DPoP error="invalid_token", {METADATA}'},
+            )
+        return ACCESS
+
+    def decide(self, access: VerifiedAccess, call: Call, *, trace: Any) -> Verdict:
+        if self.failure is not None:
+            raise self.failure
+        self.decided.append(call)
+        return self.verdict
+
+    def refuse(
+        self, access: Any, *, trace: Any, status: int, reason: str, call: Any = None
+    ) -> None:
+        if isinstance(self.failure, ServiceUnavailable):
+            raise self.failure
+        self.refused.append((status, reason))
+
+
+class Downstream:
+    """Stands for the SDK's Streamable HTTP app: records what reached it."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        message = await receive()
+        state = scope[_STATE_KEY]
+        self.seen.append(
+            {"body": message.get("body"), "state": state, "user": scope["user"].username}
+        )
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+@dataclass
+class Stub:
+    enforcer: FakeEnforcer
+    location: str = URL
+    namespace: Namespace = field(
+        default_factory=lambda: Namespace(
+            [UpstreamServer("bank", "https://b.internal/mcp", "bank.")]
+        )
+    )
+
+    def __post_init__(self) -> None:
+        self.runtime = type(
+            "R", (), {"link": type("L", (), {"issuer": "https://iam.example.com"})()}
+        )()
+        self.call_for = partial(McpGateway.call_for, self)  # type: ignore[arg-type]
+
+
+def endpoint(enforcer: FakeEnforcer) -> tuple[TestClient, Downstream]:
+    downstream = Downstream()
+    app = _Endpoint(Stub(enforcer), downstream)  # type: ignore[arg-type]
+    return TestClient(app, base_url="https://gw.example.com"), downstream
+
+
+def rpc(method: str, params: dict[str, Any], request_id: int = 7) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
+
+
+def post(client: TestClient, body: Any, **headers: str) -> Any:
+    headers = {"Authorization": "DPoP good", "DPoP": "proof", **headers}
+    return client.post("/mcp", content=json.dumps(body), headers=headers)
+
+
+CALL = rpc("tools/call", {"name": "bank.search", "arguments": {"query": "x"}})
+
+
+def test_no_valid_token_is_401_naming_the_metadata() -> None:
+    client, downstream = endpoint(FakeEnforcer())
+    r = client.post("/mcp", content=json.dumps(CALL))
+    assert r.status_code == 401
+    assert METADATA in r.headers["www-authenticate"]
+    assert r.json()["error"] == "invalid_token"
+    assert post(client, CALL, Authorization="DPoP stolen").status_code == 401
+    assert downstream.seen == []
+
+
+def test_an_allowed_call_reaches_the_server_with_its_decision() -> None:
+    enforcer = FakeEnforcer()
+    client, downstream = endpoint(enforcer)
+    assert post(client, CALL).status_code == 200
+    assert enforcer.decided == [
+        tool_call("bank.search", {"query": "x"}, location=URL)
+    ]  # location: the gateway's public URL
+    (seen,) = downstream.seen
+    assert json.loads(seen["body"]) == CALL  # the body is replayed unchanged
+    state: _RequestState = seen["state"]
+    assert state.access is ACCESS
+    assert state.pending is not None
+    assert state.pending.verdict is ALLOWED
+    assert seen["user"] == "agt_1"  # the SDK binds handshake-era sessions to this
+
+
+def test_a_policy_denial_reaches_the_server_to_be_answered_as_a_tool_error() -> None:
+    denied = Verdict(False, 403, "insufficient_scope", "no permit", decision_id="dec_2")
+    client, downstream = endpoint(FakeEnforcer(verdict=denied))
+    assert post(client, CALL).status_code == 200
+    assert downstream.seen[0]["state"].pending.verdict is denied
+
+
+def test_the_task_scope_refusal_is_a_403_insufficient_scope_challenge() -> None:
+    challenge = f'DPoP error="insufficient_scope", {METADATA}'
+    scope = Verdict(
+        False, 403, "insufficient_scope", "tool not listed", headers={"WWW-Authenticate": challenge}
+    )
+    client, downstream = endpoint(FakeEnforcer(verdict=scope))
+    r = post(client, CALL)
+    assert r.status_code == 403
+    assert r.headers["www-authenticate"] == challenge
+    assert r.json()["id"] == 7
+    assert "tool not listed" in r.json()["error"]["message"]
+    assert downstream.seen == []
+
+
+def test_over_the_rate_limit_is_a_429_with_retry_after() -> None:
+    limited = Verdict(False, 429, "rate_limited", "rate limit", headers={"Retry-After": "3"})
+    client, downstream = endpoint(FakeEnforcer(verdict=limited))
+    r = post(client, CALL)
+    assert (r.status_code, r.headers["retry-after"]) == (429, "3")
+    assert downstream.seen == []
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        ServiceUnavailable("the gateway has lost the control plane for longer than its bound"),
+        ServiceUnavailable("the gateway cannot record this call durably; it was refused"),
+    ],
+)
+def test_no_decision_or_no_durable_audit_refuses_the_call(failure: Exception) -> None:
+    client, downstream = endpoint(FakeEnforcer(failure=failure))
+    r = post(client, CALL)
+    assert r.status_code == 503
+    assert r.json()["error"]["message"] == str(failure)
+    assert downstream.seen == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ([CALL, CALL], 400),  # a batch could carry calls past the decision
+        (rpc("tools/call", {"name": 7}), 400),
+        (rpc("tools/call", {"name": "bank.search", "arguments": [1, 2]}), 400),
+        (rpc("tools/call", {"name": "x" * 300}), 400),
+        (rpc("tools/call", {"name": "bank.t", "arguments": {f"a{i}": i for i in range(300)}}), 400),
+        (rpc("resources/read", {"uri": "bank." + "x" * 600}), 400),
+        (rpc("prompts/get", {"name": "bank.p", "arguments": {"n": 1}}), 400),
+    ],
+)
+def test_malformed_calls_are_refused_and_audited(body: Any, status: int) -> None:
+    enforcer = FakeEnforcer()
+    client, downstream = endpoint(enforcer)
+    assert post(client, body).status_code == status
+    assert [s for s, _ in enforcer.refused] == [status]
+    assert enforcer.decided == []
+    assert downstream.seen == []
+
+
+def test_a_foreign_origin_and_an_oversized_body_are_refused() -> None:
+    enforcer = FakeEnforcer()
+    client, downstream = endpoint(enforcer)
+    assert post(client, CALL, Origin="https://evil.example").status_code == 403
+    assert post(client, CALL, Origin="https://gw.example.com").status_code == 200
+    huge = rpc("tools/call", {"name": "bank.search", "arguments": {"q": "x" * (5 << 20)}})
+    assert post(client, huge).status_code == 413
+    assert [s for s, _ in enforcer.refused] == [403, 413]
+    assert len(downstream.seen) == 1
+
+
+def test_unguarded_methods_pass_without_a_decision() -> None:
+    enforcer = FakeEnforcer()
+    client, downstream = endpoint(enforcer)
+    assert post(client, rpc("tools/list", {})).status_code == 200
+    assert post(client, {"jsonrpc": "2.0", "method": "tools/call", "params": {}}).status_code == 200
+    assert enforcer.decided == []
+    assert [seen["state"].pending for seen in downstream.seen] == [None, None]
+
+
+def test_a_handler_uses_only_the_decision_made_for_its_own_call() -> None:
+    call = tool_call("bank.search", {"query": "x"}, location=URL)
+    state = _RequestState(ACCESS, TraceContext.new(), _Pending("tools/call", call, ALLOWED))
+    with pytest.raises(MCPError, match="no decision"):
+        _take(state, "tools/call", "bank.search", {"query": "other"})
+    assert state.pending is None  # used up, even when refused
+    with pytest.raises(MCPError, match="no decision"):
+        _take(state, "tools/call", "bank.search", {"query": "x"})
+    state.pending = _Pending("tools/call", call, ALLOWED)
+    assert _take(state, "tools/call", "bank.search", {"query": "x"}).verdict is ALLOWED
+    state.pending = _Pending("tools/call", call, ALLOWED)
+    with pytest.raises(MCPError):
+        _take(state, "prompts/get", "bank.search", {"query": "x"})
