@@ -235,9 +235,11 @@ class Enforcer:
         status: int | None,
         secret: str | None,
         duration_ms: float,
+        error: str | None = None,
     ) -> None:
         """The ``tool.call`` event of an allowed call once the upstream answered (or
-        failed): its status, the brokered secret by ``name@version`` and the time."""
+        failed): its status, the brokered secret by ``name@version``, the time, and for
+        an in-process call that raised, ``error`` (the exception's class name)."""
         ctx = CallContext(
             actor=Actor(ActorType.AGENT, access.client_id), source=self.source, trace=trace
         )
@@ -254,9 +256,11 @@ class Enforcer:
             initiating_human=_human(access),
             delegation_chain=tuple(access.chain.actors) or (access.client_id,),
             decision_id=verdict.decision_id,
+            reason=None if error is None else f"raised {error}",
             details={
                 "tool": call.tool,
                 "status": status,
+                "error": error,
                 # "secret" would be redacted by the event guard: the key names the
                 # brokered secret by name@version, never its value
                 "brokered": secret,

@@ -52,7 +52,7 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast, overload
@@ -66,18 +66,13 @@ from agentiam.adapters.gateway.link import ControlPlaneLink
 from agentiam.adapters.gateway.runtime import _Shipper
 from agentiam.adapters.gateway.spool import AuditSpool
 from agentiam.core.audit.events import (
-    Actor,
-    ActorType,
-    AuditEvent,
     Outcome,
-    ResourceRef,
     TraceContext,
 )
 from agentiam.core.audit.redaction import Redactor
 from agentiam.core.credentials.verifier import VerifiedAccess
 from agentiam.core.delegation.authorization_details import ToolCall
 from agentiam.core.enforcement.ratelimit import RateLimiter
-from agentiam.core.ids import is_id
 from agentiam.core.policy.model import EntityRef
 from agentiam.errors import AgentIAMError, OAuthError, ServiceUnavailable
 
@@ -226,43 +221,20 @@ class GuardEnforcer(Enforcer):
         error: str | None,
         duration_ms: float,
     ) -> None:
-        """The ``tool.call`` event after the body: the same shape as
-        :meth:`Enforcer.record_outcome` writes for a gateway, with ``error`` (the
-        exception's class name, None on success) in place of an upstream status."""
-        actor = Actor(ActorType.AGENT, access.client_id)
-        event = AuditEvent.create(
-            type="tool.call",
-            actor=actor,
-            action=call.action,
-            source=self.source,
+        """The ``tool.call`` event after the body (:meth:`Enforcer.record_outcome`),
+        with ``error`` (the exception's class name, None on success) in place of an
+        upstream status, and no brokered credential (there is none in-process)."""
+        self.record_outcome(
+            access,
+            call,
+            verdict,
             trace=trace,
-            now=datetime.now(UTC),
             outcome=Outcome.SUCCESS if error is None else Outcome.FAILURE,
-            resource=ResourceRef(call.resource.type, call.resource.id),
-            agent_id=access.client_id,
-            initiating_human=access.subject if is_id(access.subject, "human") else None,
-            delegation_chain=tuple(access.chain.actors) or (access.client_id,),
-            decision_id=verdict.decision_id,
-            reason=None if error is None else f"raised {error}",
-            details={
-                "tool": call.tool,
-                "status": None,
-                "error": error,
-                "brokered": None,  # no upstream credential in-process
-                "duration_ms": round(duration_ms, 3),
-                "jti": access.jti,
-                "argument_names": sorted(call.args) if call.args else [],
-                "arguments": self._redactor.arguments(
-                    call.args or {},
-                    {
-                        "action": call.action,
-                        "resource_type": call.resource.type,
-                        "resource_id": call.resource.id,
-                    },
-                ),
-            },
+            status=None,
+            secret=None,
+            duration_ms=duration_ms,
+            error=error,
         )
-        self._durable([event.to_dict()])
 
 
 # -- one call -------------------------------------------------------------------------------
