@@ -5,20 +5,18 @@ that checks every request's DPoP-bound token and proof as an enforcement point d
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from joserfc import jws
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
-from tests.support.live import free_port
+from tests.support.live import serve_in_thread
 
 from agentiam.core.credentials.verifier import AccessTokenVerifier
 from agentiam.errors import OAuthError
@@ -26,23 +24,9 @@ from agentiam.errors import OAuthError
 
 @contextmanager
 def serve_with_lifespan(app: Any) -> Iterator[str]:
-    """Like tests.support.live.serve_in_thread, with the app's lifespan on."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    """tests.support.live.serve_in_thread, with the app's lifespan on."""
+    with serve_in_thread(app, lifespan="on") as url:
+        yield url
 
 
 @dataclass
