@@ -25,6 +25,9 @@ PREFIXES = {
     "token": "tok",
     "decision": "dec",
     "grant": "grt",
+    "alert": "alr",
+    "approval": "apr",
+    "response": "rsp",
 }
 
 _ID_RE = re.compile(r"^(?P<prefix>[a-z]{3})_[0-9A-HJKMNP-TV-Z]{26}$")

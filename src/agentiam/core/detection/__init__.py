@@ -1,0 +1,2 @@
+"""Behavioural detection: observations from the audit trail, learned baselines,
+streaming detectors, and continuous risk scores (docs/detection.md)."""
