@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 
 from agentiam.adapters.http.schemas import AgentKeyOut, AgentOut, TransitionOut
 from agentiam.cli.common import cli_context, container
@@ -40,6 +41,21 @@ def _labels(items: list[str]) -> dict[str, str]:
             fail(f"label {item!r} is not key=value", "Write labels as --label team=payments.")
         labels[key] = value
     return labels
+
+
+def _read_expectations(path: Path | None) -> dict[str, Any] | None:
+    """An expectations file (YAML, which includes JSON); None when not given."""
+    if path is None:
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        fail(f"cannot read {path}: {exc.__class__.__name__}", code=2)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        fail(f"{path} must hold a mapping of expectations", code=2)
+    return data
 
 
 def _read_jwk(path: Path) -> dict[str, Any]:
@@ -84,6 +100,13 @@ def create(
     dpop: Annotated[
         bool, typer.Option("--dpop/--no-dpop", help="Require DPoP-bound tokens.")
     ] = True,
+    expectations: Annotated[
+        Path | None,
+        typer.Option(
+            "--expectations",
+            help="YAML/JSON file of what the agent is meant to do (docs/detection.md).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register an agent (pending unless --activate)."""
@@ -111,6 +134,7 @@ def create(
                 scopes=scope or [],
                 audiences=audience or [],
                 dpop_required=dpop,
+                expectations=_read_expectations(expectations),
             ),
         )
     emit(AgentOut.of(agent), as_json=as_json, columns=COLUMNS)
@@ -202,6 +226,13 @@ def update(
     dpop: Annotated[
         bool | None, typer.Option("--dpop/--no-dpop", help="Require DPoP-bound tokens.")
     ] = None,
+    expectations: Annotated[
+        Path | None,
+        typer.Option(
+            "--expectations",
+            help="YAML/JSON file of what the agent is meant to do (docs/detection.md).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change an agent's owners, purpose, environment, autonomy, labels or entitlements.
@@ -221,6 +252,7 @@ def update(
                 scopes=scope,
                 audiences=audience,
                 dpop_required=dpop,
+                expectations=_read_expectations(expectations),
             ),
         )
     emit(AgentOut.of(changed), as_json=as_json, columns=COLUMNS)

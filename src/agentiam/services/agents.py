@@ -10,6 +10,7 @@ from typing import Any
 
 from agentiam.config import Limits
 from agentiam.core.audit.events import ResourceRef
+from agentiam.core.detection.expectations import expectations_dict, parse_expectations
 from agentiam.core.identities.keys import ValidatedJwk, validate_public_jwk
 from agentiam.core.identities.lifecycle import AgentStatus, LifecycleAction, next_status
 from agentiam.core.identities.models import Agent, AgentKey, KeyStatus, Transition
@@ -53,6 +54,8 @@ class NewAgent:
     dpop_required: bool = True
     # Already-validated authorization_details (see DelegationService.spawn).
     task_scope: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
+    # The owner's declaration for behavioural detection (core/detection/expectations.py).
+    expectations: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,7 @@ class AgentChanges:
     scopes: Sequence[str] | None = None
     audiences: Sequence[str] | None = None
     dpop_required: bool | None = None
+    expectations: Mapping[str, Any] | None = None  # {} clears the declaration
 
 
 def agent_summary(agent: Agent) -> dict[str, Any]:
@@ -95,6 +99,7 @@ def agent_summary(agent: Agent) -> dict[str, Any]:
         "audiences": list(agent.audiences),
         "dpop_required": agent.dpop_required,
         "task_scope": [dict(d) for d in agent.task_scope],
+        "expectations": expectations_dict(agent.expectations),
     }
 
 
@@ -154,6 +159,7 @@ class AgentService:
                 "an ephemeral agent needs both parent_id and ttl_seconds",
                 hint="Pass both to create a child agent, or neither for a standing agent.",
             )
+        expectations = parse_expectations(spec.expectations)
         with self._uow() as uow:
             owners = list(spec.owners)
             expires_at: datetime | None = None
@@ -202,6 +208,7 @@ class AgentService:
                 audiences=audiences,
                 dpop_required=bool(spec.dpop_required),
                 task_scope=task_scope,
+                expectations=expectations,
             )
             uow.agents.add(agent)  # Conflict if the name was ever used
             uow.audit.append(
@@ -353,6 +360,8 @@ class AgentService:
                 updated = replace(updated, audiences=validate_audiences(changes.audiences, lim))
             if changes.dpop_required is not None:
                 updated = replace(updated, dpop_required=bool(changes.dpop_required))
+            if changes.expectations is not None:
+                updated = replace(updated, expectations=parse_expectations(changes.expectations))
             if current.parent_id is not None:
                 parent = uow.agents.get(current.parent_id)
                 if parent is not None:

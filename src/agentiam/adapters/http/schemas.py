@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from agentiam.core.access.admin_keys import AdminKey, IssuedAdminKey, Role
+from agentiam.core.detection.expectations import expectations_dict
 from agentiam.core.identities.lifecycle import AgentStatus
 from agentiam.core.identities.models import Agent, AgentKey, AutonomyLevel, Human, Transition
 
@@ -118,6 +119,11 @@ class AgentCreate(_In):
     dpop_required: bool = Field(
         default=True, description="Refuse tokens without a DPoP proof (RFC 9449)."
     )
+    expectations: dict[str, Any] | None = Field(
+        default=None,
+        description="What the agent is meant to do, for behavioural detection "
+        "(docs/detection.md#declared-expectations).",
+    )
 
 
 class AgentUpdate(_In):
@@ -138,6 +144,11 @@ class AgentUpdate(_In):
     scopes: Scopes | None = None
     audiences: Audiences | None = None
     dpop_required: bool | None = None
+    expectations: dict[str, Any] | None = Field(
+        default=None,
+        description="What the agent is meant to do, for behavioural detection "
+        "(docs/detection.md#declared-expectations); {} clears it.",
+    )
 
 
 class ReasonIn(_In):
@@ -178,6 +189,7 @@ class AgentOut(_Out):
         default_factory=list,
         description="RFC 9396 authorization_details all its tokens carry (JIT sub-agents).",
     )
+    expectations: dict[str, Any] = Field(default_factory=dict)
     version: int
 
     @classmethod
@@ -205,6 +217,7 @@ class AgentOut(_Out):
             audiences=list(a.audiences),
             dpop_required=a.dpop_required,
             task_scope=[dict(d) for d in a.task_scope],
+            expectations=expectations_dict(a.expectations),
             version=a.version,
         )
 

@@ -38,6 +38,8 @@ from agentiam.core.audit.events import AuditEvent
 from agentiam.core.credentials.revocations import Revocation, RevocationKind
 from agentiam.core.credentials.signing_keys import SigningKey
 from agentiam.core.delegation.models import DelegationGrant, TokenNode, TokenOrigin
+from agentiam.core.detection.expectations import expectations_dict, parse_expectations
+from agentiam.core.detection.model import Expectations
 from agentiam.core.identities.lifecycle import AgentStatus, LifecycleAction
 from agentiam.core.identities.models import (
     Agent,
@@ -224,6 +226,10 @@ def _task_scope(text: str | None) -> tuple[dict[str, Any], ...]:
     return tuple(json.loads(text)) if text else ()
 
 
+def _expectations(text: str | None) -> Expectations:
+    return parse_expectations(json.loads(text)) if text else Expectations()
+
+
 class SqlAgents:
     def __init__(self, conn: Connection) -> None:
         self._c = conn
@@ -271,6 +277,7 @@ class SqlAgents:
                     audiences=tuple(granted[(r.id, AUDIENCE)]),
                     dpop_required=bool(r.dpop_required),
                     task_scope=_task_scope(r.task_scope),
+                    expectations=_expectations(r.expectations),
                     version=r.version,
                 )
             )
@@ -300,6 +307,9 @@ class SqlAgents:
             "version": a.version,
             "dpop_required": a.dpop_required,
             "task_scope": _dumps([dict(d) for d in a.task_scope]) if a.task_scope else None,
+            "expectations": (
+                None if a.expectations.empty else _dumps(expectations_dict(a.expectations))
+            ),
         }
 
     def _write_relations(self, agent: Agent) -> None:

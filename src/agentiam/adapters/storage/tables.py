@@ -24,6 +24,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
     true,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "agent_labels",
     "agent_transitions",
     "agents",
+    "approval_requests",
     "audit_checkpoints",
     "audit_events",
     "audit_export_cursors",
@@ -122,6 +124,8 @@ agents = Table(
     # RFC 9396 authorization_details every token of the agent carries (JSON; NULL:
     # not task-scoped). Set for just-in-time sub-agents.
     Column("task_scope", Text),
+    # The owner's declared expectations for behavioural detection (JSON; NULL: none).
+    Column("expectations", Text),
 )
 
 # What an agent may be granted: ``kind`` "scope" (OAuth scope) or "audience" (an RFC 8707
@@ -412,6 +416,43 @@ token_nodes = Table(
     Column("issued_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False, index=True),
     Column("external_subject", Text),
+)
+
+# Human approval (step-up) requests: core/approvals.py. ``policies``, ``delegation_chain``,
+# ``argument_names`` and ``arguments`` (redacted, never raw) are JSON. At most one
+# pending request per (agent, fingerprint): a retrying client finds the one it opened.
+approval_requests = Table(
+    "approval_requests",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("agent_id", ID, ForeignKey("agents.id"), nullable=False, index=True),
+    Column("action", String(512), nullable=False),
+    Column("resource_type", String(128), nullable=False),
+    Column("resource_id", String(512), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False, index=True),
+    Column("policies", Text, nullable=False),
+    Column("initiating_human", ID),
+    Column("delegation_chain", Text, nullable=False),
+    Column("argument_names", Text, nullable=False),
+    Column("arguments", Text, nullable=False),
+    Column("decision_id", ID),
+    Column("requested_by", String(128), nullable=False),
+    Column("decided_by", String(140)),
+    Column("decided_at", UTCDateTime),
+    Column("decision_reason", Text),
+    Column("consumed_at", UTCDateTime),
+    Column("consumed_decision_id", ID),
+    Index(
+        "ux_approval_requests_pending",
+        "agent_id",
+        "fingerprint",
+        unique=True,
+        sqlite_where=text("state = 'pending'"),
+        postgresql_where=text("state = 'pending'"),
+    ),
 )
 
 APPEND_ONLY_TABLES = ("audit_events", "agent_transitions")

@@ -12,6 +12,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
+from agentiam.core.detection.model import Expectations
 from agentiam.core.identities.lifecycle import AgentStatus, LifecycleAction
 
 __all__ = [
@@ -91,6 +92,8 @@ class Agent:
     # RFC 9396 authorization_details its every token carries; set when a parent spawns
     # it for one task, so even its own client-credentials tokens stay task-scoped.
     task_scope: tuple[Mapping[str, Any], ...] = ()
+    # What the owner declared it does; behavioural detection holds it to this.
+    expectations: Expectations = field(default_factory=Expectations)
     version: int = 1
 
     @property

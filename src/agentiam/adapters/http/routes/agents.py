@@ -59,6 +59,7 @@ def register_agent(body: AgentCreate, request: Request, ctx: Write) -> AgentOut:
             scopes=body.scopes,
             audiences=body.audiences,
             dpop_required=body.dpop_required,
+            expectations=body.expectations,
         ),
     )
     return AgentOut.of(agent)
@@ -140,6 +141,7 @@ def update_agent(agent_id: IdPath, body: AgentUpdate, request: Request, ctx: Wri
             scopes=body.scopes,
             audiences=body.audiences,
             dpop_required=body.dpop_required,
+            expectations=body.expectations,
         ),
     )
     return AgentOut.of(agent)
