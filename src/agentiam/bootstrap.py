@@ -29,11 +29,15 @@ from agentiam.core.credentials.sealing import MasterKey
 from agentiam.core.credentials.verifier import AccessTokenVerifier, VerifierConfig
 from agentiam.core.delegation.authorization_details import DetailsRejected, DetailTypeRegistry
 from agentiam.core.delegation.issuers import load_trusted_issuers
+from agentiam.core.detection.config import DetectionConfig
+from agentiam.core.policy.model import EntityRef
+from agentiam.core.response.playbooks import PlaybookFile, load_playbooks
 from agentiam.errors import InvalidInput
 from agentiam.ports import Clock, UnitOfWork
 from agentiam.services.admin_keys import AdminKeyService
 from agentiam.services.agents import AgentService
 from agentiam.services.analysis import AccessAnalysisService
+from agentiam.services.approvals import ApprovalPolicy, ApprovalService, ApproverTokens
 from agentiam.services.audit import AuditService
 from agentiam.services.audit_export import Exporter, ExportRunner
 from agentiam.services.audit_retention import AuditRetention, RetentionPolicy
@@ -43,10 +47,12 @@ from agentiam.services.context import CallContext, SystemClock
 from agentiam.services.decisions import DecisionPoint
 from agentiam.services.delegation import DelegationPolicy, DelegationService, ExternalTokens
 from agentiam.services.delegation_graph import DelegationGraph
+from agentiam.services.detection import DetectionService
 from agentiam.services.enforcement_sync import EnforcementSync
 from agentiam.services.grants import GrantService
 from agentiam.services.humans import HumanService
 from agentiam.services.policies import PolicyService, ResourceService
+from agentiam.services.response import ResponseService
 from agentiam.services.revocations import RevocationService
 from agentiam.services.signing_keys import SigningKeyService
 from agentiam.services.tokens import TokenPolicy, TokenService
@@ -92,6 +98,11 @@ class Container:
     audit_export: ExportRunner
     audit_retention: AuditRetention | None
     enforcement: EnforcementSync
+    approvals: ApprovalService
+    approver_tokens: ApproverTokens
+    response: ResponseService
+    # Behavioural detection over the trail (docs/detection.md); None when switched off.
+    detection: DetectionService | None
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -107,6 +118,7 @@ class Container:
         self.revocations.sync()
         self.signing_keys.ensure_key(CallContext.system("control-plane/keys"))
         self.decisions.refresh()
+        self.response.start()  # cool-downs and measures in force, from the trail
         loops: list[tuple[float, Any]] = [
             (self.settings.revocation_poll_seconds, self.revocations.sync),
             (self.settings.policy_refresh_seconds, self.decisions.refresh),
@@ -115,7 +127,11 @@ class Container:
             (60.0, self.delegation_graph.purge),
             (self.settings.audit_integrate_seconds, self._audit_tick),
             (self.settings.expiry_sweep_seconds, self._expire_agents),
+            (self.settings.approval_sweep_seconds, self._expire_approvals),
+            (1.0, self.response.sweep),
         ]
+        if self.detection is not None:
+            loops.append((self.settings.detection_poll_seconds, self.detection.run))
         if self.audit_retention is not None and self.settings.audit_retention_days:
             loops.append((self.settings.audit_retention_check_seconds, self._prune_audit))
         for interval, task in loops:
@@ -154,6 +170,10 @@ class Container:
         if expired:
             log.info("decommissioned %d expired ephemeral agents", len(expired))
 
+    def _expire_approvals(self) -> None:
+        """Approval requests past their deadline: expired (a pending one is denied)."""
+        self.approvals.expire_due(CallContext.system("control-plane/approval-sweeper"))
+
     def _loop(self, interval: float, task: Any) -> None:
         while not self._stop.wait(interval):
             try:
@@ -163,6 +183,7 @@ class Container:
 
     def close(self) -> None:
         self._stop.set()
+        self.response.close()
         self.audit_writer.close(timeout=5.0)  # what is queued is written first
         try:  # log what this replica wrote last; the next start would otherwise
             self.audit_trail.integrate_all()
@@ -248,6 +269,8 @@ def build(
         return SqlUnitOfWork(engine, read_only=read_only)
 
     master = load_master_key(settings)
+    playbooks = _playbooks(settings)  # a bad file stops the start, naming the key
+    notifier = _notifier(settings, playbooks)
     exporters = _exporters(settings)  # refused before any thread starts
     issuer = settings.issuer_url
     skew = settings.clock_skew_seconds
@@ -292,6 +315,12 @@ def build(
         nonces=nonces,
     )
     redactor = _redactor(settings)
+    detection: DetectionService | None = None
+
+    def risk(principal: EntityRef) -> int:
+        # the server's own score for context.risk_score: 0 while detection is off
+        return detection.risk(principal) if detection is not None else 0
+
     decisions = DecisionPoint(
         uow,
         clock,
@@ -299,6 +328,7 @@ def build(
         max_staleness_seconds=settings.policy_max_staleness_seconds,
         audit=audit,
         redactor=redactor,
+        risk=risk,
     )
     # Remote enforcement points: the policy bundle, pushed by the refresh that loads a
     # change, and the ingest of their audit events.
@@ -327,6 +357,7 @@ def build(
         access_review_interval_days=settings.access_review_interval_days,
     )
     details = _detail_types(settings)
+    external_tokens = _external_tokens(settings)
     delegation = DelegationService(
         uow,
         clock,
@@ -342,7 +373,7 @@ def build(
         revocations=revocations,
         agents=agents,
         details=details,
-        external=_external_tokens(settings),
+        external=external_tokens,
         on_agent_created=policy_changed,
     )
     tokens.exchange_handler = delegation
@@ -369,9 +400,38 @@ def build(
         sign=lambda claims, typ: signing_keys.sign(claims, typ=typ),
         keys=signing_keys.every_public_jwk,
     )
+    if settings.detection_enabled:
+        detection = DetectionService(
+            uow,
+            clock,
+            audit,
+            lambda: decisions.authorizer.entities,
+            config=_detection_config(settings),
+            integrate=trail.integrate_all,
+        )
+    approvals = ApprovalService(
+        uow,
+        clock,
+        decisions=decisions,
+        policy=ApprovalPolicy(
+            timeout_seconds=settings.approval_timeout_seconds,
+            use_seconds=settings.approval_use_seconds,
+            max_pending_per_agent=settings.approval_max_pending_per_agent,
+            max_wait_seconds=settings.approval_max_wait_seconds,
+        ),
+        limits=settings.limits,
+        redactor=redactor,
+    )
+    approver_tokens = ApproverTokens(
+        uow,
+        issuer=issuer,
+        verifier=verifier,
+        ensure_fresh=revocations.ensure_fresh,
+        external=external_tokens,
+    )
     register_export_metrics(registry, audit_export)
     decisions.on_decision = PolicyMetrics(registry, lambda: decisions.loaded_engine).observe
-    return Container(
+    container = Container(
         settings=settings,
         engine=engine,
         clock=clock,
@@ -396,8 +456,64 @@ def build(
             uow, clock, revocations, max_depth=settings.delegation_max_depth
         ),
         enforcement=enforcement,
+        approvals=approvals,
+        approver_tokens=approver_tokens,
+        response=ResponseService(
+            uow,
+            clock,
+            playbooks,
+            agents=agents,
+            revocations=revocations,
+            grants=grants,
+            policies=policies,
+            decisions=decisions,
+            enforcement=enforcement,
+            audit=audit,
+            notifier=notifier,
+        ),
+        detection=detection,
         registry=registry,
     )
+    if detection is not None:
+        detection.responder = container.response
+    return container
+
+
+def _detection_config(settings: Settings) -> DetectionConfig:
+    """The detectors' settings (docs/detection.md#configuration); defaults without a
+    file, and a bad file stops the start with the key named."""
+    if not settings.detection_file:
+        return DetectionConfig()
+    path = settings.detection_file
+    try:
+        return DetectionConfig.from_mapping(_data_file(path, "detection settings"))
+    except InvalidInput as exc:
+        raise InvalidInput(f"detection settings ({path}): {exc.detail}", hint=exc.hint) from None
+
+
+def _playbooks(settings: Settings) -> PlaybookFile:
+    """The response playbooks (docs/response.md); none without a file."""
+    if not settings.playbooks_file:
+        return PlaybookFile()
+    path = settings.playbooks_file
+    try:
+        return load_playbooks(_data_file(path, "playbooks"))
+    except InvalidInput as exc:
+        raise InvalidInput(f"playbooks ({path}): {exc.detail}", hint=exc.hint) from None
+
+
+def _notifier(settings: Settings, playbooks: PlaybookFile) -> Any:
+    """The signed-webhook sender of ``notify`` actions (its secrets read now)."""
+    if not playbooks.webhooks:
+        return None
+    from agentiam.adapters.response_webhook import WebhookNotifier
+
+    try:
+        return WebhookNotifier(playbooks.webhooks)
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"playbooks ({settings.playbooks_file}): {exc.detail}", hint=exc.hint
+        ) from None
 
 
 def _redactor(settings: Settings) -> Redactor:

@@ -108,6 +108,26 @@ class Settings:
     audit_archive_dir: str | None = None
     # How often a replica looks for entries to prune.
     audit_retention_check_seconds: float = 3600.0
+    # -- detection (see docs/detection.md) --
+    # Behavioural detection over the audit trail (off the decision path).
+    detection_enabled: bool = True
+    # YAML or JSON detector settings (thresholds, warm-up, risk half-life).
+    detection_file: str | None = None
+    # How often a replica reads new trail entries into the detectors.
+    detection_poll_seconds: float = 0.1
+    # YAML or JSON response playbooks (see docs/response.md); none: alerts only.
+    playbooks_file: str | None = None
+    # -- human approval, step-up (see docs/approvals.md) --
+    # How long a request waits for a human's decision; then it expires (denied).
+    approval_timeout_seconds: float = 300.0
+    # How long an approved request may wait to be used (once) by the call it is for.
+    approval_use_seconds: float = 300.0
+    # Pending requests one agent may have at once; past it, opening one is refused.
+    approval_max_pending_per_agent: int = 20
+    # The longest a caller may block waiting for a decision (?wait=).
+    approval_max_wait_seconds: float = 60.0
+    # How often a replica marks requests past their deadline expired.
+    approval_sweep_seconds: float = 1.0
     # -- delegation (see docs/delegation.md) --
     # The longest delegation chain below the human (agents in the act claim).
     delegation_max_depth: int = 4
@@ -197,6 +217,18 @@ class Settings:
             raise InvalidInput("audit_archive_dir must be an absolute path")
         if not 1 <= self.audit_retention_check_seconds <= 86_400:
             raise InvalidInput("audit_retention_check_seconds must be between 1 s and 24 h")
+        if not 0.02 <= self.detection_poll_seconds <= 10:
+            raise InvalidInput("detection_poll_seconds must be between 0.02 and 10")
+        if not 1 <= self.approval_timeout_seconds <= 7 * 86_400:
+            raise InvalidInput("approval_timeout_seconds must be between 1 s and 7 days")
+        if not 1 <= self.approval_use_seconds <= 86_400:
+            raise InvalidInput("approval_use_seconds must be between 1 s and 24 h")
+        if not 1 <= self.approval_max_pending_per_agent <= 10_000:
+            raise InvalidInput("approval_max_pending_per_agent must be between 1 and 10000")
+        if not 0 <= self.approval_max_wait_seconds <= 300:
+            raise InvalidInput("approval_max_wait_seconds must be between 0 and 300")
+        if not 0.05 <= self.approval_sweep_seconds <= 3600:
+            raise InvalidInput("approval_sweep_seconds must be between 0.05 s and 1 h")
         if not 1 <= self.delegation_max_depth <= 16:
             raise InvalidInput("delegation_max_depth must be between 1 and 16")
         if not 30 <= self.human_token_ttl_seconds <= 3600:

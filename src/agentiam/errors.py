@@ -21,6 +21,7 @@ __all__ = [
     "OAuthError",
     "PayloadTooLarge",
     "ServiceUnavailable",
+    "TooManyRequests",
     "UnsupportedMediaType",
 ]
 
@@ -121,6 +122,18 @@ class UnsupportedMediaType(AgentIAMError):
     code = "unsupported-media-type"
     title = "Unsupported media type"
     status = 415
+
+
+class TooManyRequests(AgentIAMError):
+    """RFC 6585 section 4; ``retry_after`` (whole seconds) goes in ``Retry-After``."""
+
+    code = "too-many-requests"
+    title = "Too many requests"
+    status = 429
+
+    def __init__(self, detail: str, *, retry_after: int, hint: str | None = None) -> None:
+        super().__init__(detail, hint=hint)
+        self.retry_after = max(1, int(retry_after))
 
 
 class ServiceUnavailable(AgentIAMError):

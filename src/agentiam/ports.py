@@ -6,12 +6,13 @@ a change and the audit event that records it are written together or not at all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, Protocol, Self, TypeVar
 
 from agentiam.core.access.admin_keys import AdminKey
+from agentiam.core.approvals import ApprovalRequest, ApprovalState
 from agentiam.core.audit.events import AuditEvent
 from agentiam.core.audit.trail import Checkpoint, LogEntry, TreeHead
 from agentiam.core.credentials.revocations import Revocation, RevocationKind
@@ -26,6 +27,8 @@ __all__ = [
     "AgentKeyRepository",
     "AgentQuery",
     "AgentRepository",
+    "ApprovalQuery",
+    "ApprovalRepository",
     "AuditAppender",
     "AuditLog",
     "AuditQuery",
@@ -112,6 +115,14 @@ class GrantQuery:
     human_id: str | None = None
     agent_id: str | None = None
     active_at: datetime | None = None  # only grants neither revoked nor expired then
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalQuery:
+    limit: int
+    after: str | None = None  # the id of the last request of the previous page
+    state: ApprovalState | None = None
+    agent_id: str | None = None
 
 
 class Clock(Protocol):
@@ -391,6 +402,47 @@ class TokenGraphRepository(Protocol):
         """Forget up to ``limit`` nodes that expired before ``before``."""
 
 
+class ApprovalRepository(Protocol):
+    """Human approval requests (core/approvals.py). Every state change is a
+    compare-and-set: it happens only from the states named, so racing deciders cannot
+    both win."""
+
+    def add(self, request: ApprovalRequest) -> None: ...
+
+    def get(self, approval_id: str) -> ApprovalRequest | None: ...
+
+    def find(self, query: ApprovalQuery) -> Page[ApprovalRequest]:
+        """Requests in id (creation) order, filtered by ``query``."""
+
+    def pending_for(self, agent_id: str, fingerprint: str) -> ApprovalRequest | None:
+        """The agent's pending request for this call, if any (whatever its deadline)."""
+
+    def count_pending(self, agent_id: str, now: datetime) -> int:
+        """The agent's pending requests whose deadline is after ``now``."""
+
+    def lock_agent(self, agent_id: str) -> None:
+        """Serialise openings for one agent until the transaction ends."""
+
+    def transition(
+        self,
+        approval_id: str,
+        *,
+        expect: Sequence[ApprovalState],
+        to: ApprovalState,
+        live_at: datetime | None = None,
+        agent_id: str | None = None,
+        fingerprint: str | None = None,
+        values: Mapping[str, object] | None = None,
+    ) -> ApprovalRequest | None:
+        """Move the request to ``to`` (setting ``values``) if it is in one of
+        ``expect`` (and, when given, its deadline is after ``live_at`` and it is for
+        ``agent_id`` and ``fingerprint``); the updated request, or None if not."""
+
+    def expire_due(self, now: datetime, limit: int) -> list[ApprovalRequest]:
+        """Mark up to ``limit`` pending or approved requests past their deadline
+        expired; return them."""
+
+
 class UnitOfWork(Protocol):
     @property
     def humans(self) -> HumanRepository: ...
@@ -430,6 +482,9 @@ class UnitOfWork(Protocol):
 
     @property
     def token_graph(self) -> TokenGraphRepository: ...
+
+    @property
+    def approvals(self) -> ApprovalRepository: ...
 
     def __enter__(self) -> Self: ...
 

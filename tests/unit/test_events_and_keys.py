@@ -104,6 +104,8 @@ def test_roles_bound_permissions() -> None:
         Permission.AUTHZ_DECIDE,  # an enforcement point asks for decisions
         Permission.ENFORCEMENT_SYNC,  # and decides locally from the policy bundle
         Permission.AUDIT_INGEST,  # and ships its audit events
+        Permission.APPROVALS_READ,  # and opens, follows and uses approval requests
+        Permission.APPROVALS_REQUEST,
     }
     # Writing events in an enforcement point's name: enforcement points and admin only.
     assert Permission.AUDIT_INGEST not in permissions_of(Role.OPERATOR)

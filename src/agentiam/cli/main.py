@@ -9,12 +9,15 @@ from agentiam.cli import (
     access,
     admin_keys,
     agents,
+    approvals,
     audit,
     db,
+    detection,
     gateway,
     grants,
     humans,
     keys,
+    playbooks,
     policy,
     resources,
     tokens,
@@ -42,6 +45,11 @@ app.add_typer(grants.app, name="grants")
 app.add_typer(audit.app, name="audit")
 app.add_typer(trace.app, name="trace")
 app.add_typer(gateway.app, name="gateway")
+app.add_typer(approvals.app, name="approvals")
+app.add_typer(playbooks.app, name="playbooks")
+app.add_typer(playbooks.responses_app, name="responses")
+app.command("risk")(detection.risk)
+app.add_typer(detection.alerts_app, name="alerts")
 
 
 @app.command()

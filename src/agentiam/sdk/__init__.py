@@ -21,7 +21,17 @@ See docs/sdk.md, docs/delegation.md, docs/examples/ and examples/. The in-proces
 guard for tool functions is :mod:`agentiam.guard` (not imported from here).
 """
 
-from agentiam.sdk.client import AccessToken, AgentClient, DPoPAuth, SubAgent, TokenError
+from agentiam.sdk.client import (
+    AccessToken,
+    AgentClient,
+    ApprovalDenied,
+    ApprovalError,
+    ApprovalExpired,
+    ApprovalPending,
+    DPoPAuth,
+    SubAgent,
+    TokenError,
+)
 from agentiam.sdk.keys import AgentKey
 from agentiam.sdk.proofs import client_assertion, dpop_proof
 
@@ -29,6 +39,10 @@ __all__ = [
     "AccessToken",
     "AgentClient",
     "AgentKey",
+    "ApprovalDenied",
+    "ApprovalError",
+    "ApprovalExpired",
+    "ApprovalPending",
     "DPoPAuth",
     "SubAgent",
     "TokenError",

@@ -31,7 +31,14 @@ import json
 import re
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 import httpx
 
+from agentiam.core.approvals_wire import APPROVAL_HEADER, APPROVAL_STATE_HEADER
 from agentiam.sdk.keys import AgentKey
 from agentiam.sdk.proofs import client_assertion, dpop_proof
 
@@ -325,11 +333,18 @@ class AgentClient:
 
     # -- resource requests ----------------------------------------------------------------
 
-    def auth(self, token: AccessToken | None = None, *, resource: str | None = None) -> DPoPAuth:
+    def auth(
+        self,
+        token: AccessToken | None = None,
+        *,
+        resource: str | None = None,
+        approval_wait: float = 0.0,
+    ) -> DPoPAuth:
         """An ``httpx.Auth`` sending this agent's token for ``resource`` (default: the
         client's ``resource``), or the fixed ``token`` (e.g. a delegated one), with a
-        fresh DPoP proof per request."""
-        return DPoPAuth(self, token, resource=resource)
+        fresh DPoP proof per request. ``approval_wait``: how long a call may wait for a
+        human's approval (see :class:`DPoPAuth`; 0: the pending answer is returned)."""
+        return DPoPAuth(self, token, resource=resource, approval_wait=approval_wait)
 
     def http(
         self,
@@ -337,11 +352,14 @@ class AgentClient:
         *,
         token: AccessToken | None = None,
         resource: str | None = None,
+        approval_wait: float = 0.0,
         **kwargs: Any,
     ) -> httpx.Client:
         """An httpx client that sends ``Authorization: DPoP <token>`` and a fresh proof
-        with every request; ``token`` (a delegated token) instead of our own."""
-        return httpx.Client(base_url=base_url, auth=self.auth(token, resource=resource), **kwargs)
+        with every request; ``token`` (a delegated token) instead of our own;
+        ``approval_wait``: seconds a call may wait for a human's approval."""
+        auth = self.auth(token, resource=resource, approval_wait=approval_wait)
+        return httpx.Client(base_url=base_url, auth=auth, **kwargs)
 
     def async_http(
         self,
@@ -349,13 +367,13 @@ class AgentClient:
         *,
         token: AccessToken | None = None,
         resource: str | None = None,
+        approval_wait: float = 0.0,
         **kwargs: Any,
     ) -> httpx.AsyncClient:
         """:meth:`http` for asyncio: token fetches run on a worker thread, so the event
         loop never waits on the token endpoint."""
-        return httpx.AsyncClient(
-            base_url=base_url, auth=self.auth(token, resource=resource), **kwargs
-        )
+        auth = self.auth(token, resource=resource, approval_wait=approval_wait)
+        return httpx.AsyncClient(base_url=base_url, auth=auth, **kwargs)
 
     @asynccontextmanager
     async def mcp_session(
@@ -429,11 +447,19 @@ class _DPoPFlow:
     requires_response_body = False
 
     def __init__(
-        self, agent: AgentClient, token: AccessToken | None = None, *, resource: str | None = None
+        self,
+        agent: AgentClient,
+        token: AccessToken | None = None,
+        *,
+        resource: str | None = None,
+        approval_wait: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.agent = agent
         self.token = token
         self.resource = resource
+        self.approval_wait = approval_wait
+        self._sleep = sleep
 
     # -- the two drivers -------------------------------------------------------------
 
@@ -441,12 +467,17 @@ class _DPoPFlow:
         request.read()
         token = self.token or self.agent.token(self.resource)
         refreshed = nonce_retried = False
+        waiting = _ApprovalWait(self.approval_wait)
         while True:
             self._sign(request, token)
             response = yield request
             action = self._after(response, nonce_retried, refreshed)
             if action is None:
-                return
+                pause = waiting.next(request, response)
+                if pause is None:
+                    return
+                self._sleep(pause)
+                continue
             if action == "nonce":
                 nonce_retried = True
                 continue
@@ -458,12 +489,17 @@ class _DPoPFlow:
         await request.aread()
         token = self.token or await self._token_async()
         refreshed = nonce_retried = False
+        waiting = _ApprovalWait(self.approval_wait)
         while True:
             self._sign(request, token)
             response = yield request
             action = self._after(response, nonce_retried, refreshed)
             if action is None:
-                return
+                pause = waiting.next(request, response)
+                if pause is None:
+                    return
+                await anyio.sleep(pause)
+                continue
             if action == "nonce":
                 nonce_retried = True
                 continue
@@ -508,6 +544,66 @@ class _DPoPFlow:
         return None
 
 
+class ApprovalError(Exception):
+    """A call waited on a human's approval (docs/approvals.md) and did not get it.
+    ``approval_id`` names the request (``agentiam approvals show ID``)."""
+
+    def __init__(self, approval_id: str, state: str, message: str) -> None:
+        super().__init__(message)
+        self.approval_id = approval_id
+        self.state = state
+
+
+class ApprovalDenied(ApprovalError):
+    """A human denied the call (or the approval was for another call, or used)."""
+
+
+class ApprovalExpired(ApprovalError):
+    """Nobody decided in time: a timeout denies."""
+
+
+class ApprovalPending(ApprovalError):
+    """The caller's bound (``approval_wait``) passed while the request was pending; it
+    may still be approved: retry the same call later to use it."""
+
+
+class _ApprovalWait:
+    """Follows an enforcement point's pending answer for one call: 403 with the
+    ``AgentIAM-Approval`` and ``AgentIAM-Approval-State`` headers. While pending, the
+    call is retried with the approval's id after ``Retry-After`` seconds, until it goes
+    through, is refused for good (typed exceptions) or ``bound`` seconds pass."""
+
+    def __init__(self, bound: float) -> None:
+        self.bound = bound
+        self.deadline: float | None = None
+
+    def next(self, request: Any, response: Any) -> float | None:
+        """Seconds to wait before retrying ``request``, or None (the answer stands)."""
+        approval = response.headers.get(APPROVAL_HEADER)
+        if self.bound <= 0 or response.status_code != 403 or not approval:
+            return None
+        state = response.headers.get(APPROVAL_STATE_HEADER, "")
+        if state in ("denied", "consumed", "mismatch"):
+            raise ApprovalDenied(approval, state, f"approval {approval} is {state}")
+        if state == "expired":
+            raise ApprovalExpired(approval, state, f"approval {approval} expired undecided")
+        if state not in ("pending", "approved"):
+            return None
+        now = time.monotonic()
+        if self.deadline is None:
+            self.deadline = now + self.bound
+        try:
+            pause = max(0.0, min(float(response.headers.get("retry-after", "1")), 60.0))
+        except ValueError:
+            pause = 1.0
+        if now + pause > self.deadline:
+            raise ApprovalPending(
+                approval, state, f"approval {approval} still pending after {self.bound:g} s"
+            )
+        request.headers[APPROVAL_HEADER] = approval
+        return pause
+
+
 class DPoPAuth(_DPoPFlow, httpx.Auth):
     """httpx authentication for resource servers (RFC 9449 section 7): this agent's
     token for ``resource`` (or a fixed ``token``) and a fresh DPoP proof per request,
@@ -515,6 +611,11 @@ class DPoPAuth(_DPoPFlow, httpx.Auth):
     server's nonce (section 9; nonces are kept per server), and once with a fresh
     token on ``invalid_token`` (not for a fixed token). Works with ``httpx.Client``
     and ``httpx.AsyncClient``; the request body is buffered so a retry can re-send it.
+
+    ``approval_wait`` (seconds, default 0: off): a call an enforcement point holds for
+    a human's approval is retried with ``AgentIAM-Approval`` every ``Retry-After``
+    seconds until it goes through, or :class:`ApprovalDenied`,
+    :class:`ApprovalExpired` or, past the bound, :class:`ApprovalPending` is raised.
     """
 
 

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from agentiam.core.audit.events import AuditEvent, Outcome, ResourceRef
@@ -240,11 +241,23 @@ class DecisionPoint:
 
     # -- decisions --------------------------------------------------------------------
 
-    def decide(self, ctx: CallContext, requests: Sequence[AuthzRequest]) -> list[Decision]:
+    def decide(
+        self,
+        ctx: CallContext,
+        requests: Sequence[AuthzRequest],
+        *,
+        decision_ids: Sequence[str] | None = None,
+    ) -> list[Decision]:
         """Decide each request and record every decision durably; if the audit trail
-        cannot be written, nothing is answered (503), so no allow goes unlogged."""
+        cannot be written, nothing is answered (503), so no allow goes unlogged.
+        ``decision_ids`` gives the decisions ids allocated beforehand (a used
+        approval records the id of the decision it allows)."""
         authorizer = self.authorizer
         decisions = [authorizer.decide(r) for r in requests]
+        if decision_ids is not None:
+            decisions = [
+                replace(d, decision_id=i) for d, i in zip(decisions, decision_ids, strict=True)
+            ]
         now = self._clock.now()
         self._audit.append(
             [

@@ -455,6 +455,7 @@ class DelegationService:
                 "grant_type": GRANT_TOKEN_EXCHANGE if origin is TokenOrigin.EXCHANGE else "jit",
                 "jti": claims.jti,
                 "parent_jti": subject.jti,
+                "root_jti": node.root_jti,
                 "actor_jti": actor_jti,
                 "sub": subject.party,
                 "initiating_human": subject.human,

@@ -10,6 +10,8 @@ and wakes every subscriber at once, so a long-polling gateway (``GET
 ``policy_refresh_seconds`` of a change on any replica, at once on the replica that
 made it. The bundle is serialised from the decision point's loaded state, never from
 the database, once per etag; polls that find nothing new cost no database read.
+The throttles in force (the ``throttle`` response action, :meth:`set_throttles`) ride
+in the same bundle: a new throttle changes the etag and wakes every subscriber at once.
 
 **Audit ingest.** Gateways spool their audit events locally and ship them here in
 batches (``POST /v1/audit/ingest``). Each event is checked strictly
@@ -43,6 +45,7 @@ from agentiam.core.audit.events import (
     redact,
 )
 from agentiam.core.audit.redaction import Redactor
+from agentiam.core.enforcement.ratelimit import Throttle
 from agentiam.core.ids import is_id
 from agentiam.core.policy.bundle import bundle_dict, bundle_etag
 from agentiam.core.policy.engine import PolicyEngine
@@ -261,6 +264,7 @@ class EnforcementSync:
         self._loaded: _Loaded | None = None
         self._published: PublishedBundle | None = None
         self._subscribers: set[Callable[[], None]] = set()
+        self._throttles: tuple[Throttle, ...] = ()
 
     # -- bundles ------------------------------------------------------------------------
 
@@ -275,16 +279,45 @@ class EnforcementSync:
         """The decision point loaded ``engine`` and ``entities``: take them, and wake
         every subscriber if the bundle changed. Wire it as the decision point's
         ``on_change`` hook (it runs on the refresh thread)."""
-        etag = bundle_etag(
+        with self._lock:
+            etag = self._etag_of(engine, entities)
+            changed = self._loaded is None or self._loaded.etag != etag
+            self._loaded = _Loaded(etag, engine, entities)
+            subscribers = list(self._subscribers) if changed else []
+        self._wake(subscribers)
+
+    def _etag_of(self, engine: PolicyEngine, entities: EntitySnapshot) -> str:
+        return bundle_etag(
             engine.version,
             entities.fingerprint,
             engine.schema.extension,
             time_zone=self._zone,
+            throttles=self._throttles,
         )
+
+    @property
+    def throttles(self) -> tuple[Throttle, ...]:
+        """The throttles the bundle carries."""
+        return self._throttles
+
+    def set_throttles(self, throttles: Sequence[Throttle]) -> None:
+        """Carry these throttles (the complete table) in the bundle from now on; if
+        that changes it, wake every subscriber so gateways get it at once."""
+        table = tuple(sorted(throttles, key=lambda t: t.agent_id))
         with self._lock:
-            changed = self._loaded is None or self._loaded.etag != etag
-            self._loaded = _Loaded(etag, engine, entities)
-            subscribers = list(self._subscribers) if changed else []
+            if table == self._throttles:
+                return
+            self._throttles = table
+            loaded = self._loaded
+            subscribers: list[Callable[[], None]] = []
+            if loaded is not None:
+                etag = self._etag_of(loaded.engine, loaded.entities)
+                self._loaded = _Loaded(etag, loaded.engine, loaded.entities)
+                subscribers = list(self._subscribers)
+        self._wake(subscribers)
+
+    @staticmethod
+    def _wake(subscribers: list[Callable[[], None]]) -> None:
         for wake in subscribers:
             try:
                 wake()
@@ -325,7 +358,8 @@ class EnforcementSync:
         loaded state (no database read)."""
         self.current_etag()
         with self._build:
-            loaded = self._loaded
+            with self._lock:  # the state and its throttles, as one
+                loaded, throttles = self._loaded, self._throttles
             assert loaded is not None
             cached = self._published
             if cached is not None and cached.etag == loaded.etag:
@@ -340,6 +374,7 @@ class EnforcementSync:
                 entities.resources.values(),
                 entities.fingerprint,
                 time_zone=self._zone,
+                throttles=throttles,
             )
             body = json.dumps(
                 {"etag": loaded.etag, "policy_version": engine.version, "bundle": bundle},

@@ -14,6 +14,7 @@ The part every gateway shares (see docs/gateway.md#configuration)::
     secrets: {store: /etc/agentiam/gw-secrets.json}   # key: AGENTIAM_GATEWAY_SECRETS_KEY
     rate_limits: {...}                 # core/enforcement/ratelimit.py
     timeouts: {connect: 5, read: 30, total: 60}
+    approvals: {wait_seconds: 0, retry_after_seconds: 2}   # docs/approvals.md
 
 The kind's own section (``routes``/``upstreams`` for HTTP, ``servers`` for MCP) is
 handed to that gateway's parser as :attr:`GatewayConfig.section`.
@@ -33,12 +34,28 @@ import yaml
 
 from agentiam.core.enforcement.ratelimit import RateLimiter
 
-__all__ = ["ControlPlaneConfig", "GatewayConfig", "Timeouts", "load_gateway_config"]
+__all__ = [
+    "ApprovalSettings",
+    "ControlPlaneConfig",
+    "GatewayConfig",
+    "Timeouts",
+    "load_gateway_config",
+]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _ENV = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 _COMMON = frozenset(
-    {"name", "public_url", "listen", "control_plane", "spool", "secrets", "rate_limits", "timeouts"}
+    {
+        "name",
+        "public_url",
+        "listen",
+        "control_plane",
+        "spool",
+        "secrets",
+        "rate_limits",
+        "timeouts",
+        "approvals",
+    }
 )
 _MAX_FILE = 1024 * 1024
 
@@ -67,6 +84,16 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalSettings:
+    """Human approval at the gateway: ``wait_seconds`` is how long a call that needs
+    approval is held waiting for the human before the pending answer (0: answer at
+    once); ``retry_after_seconds`` the ``Retry-After`` of that answer."""
+
+    wait_seconds: float = 0.0
+    retry_after_seconds: int = 2
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     kind: str  # "http" or "mcp"
     name: str
@@ -80,6 +107,7 @@ class GatewayConfig:
     rate_limits: RateLimiter | None
     timeouts: Timeouts
     section: Mapping[str, Any] = field(default_factory=dict)
+    approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
 
     @property
     def resource_metadata_url(self) -> str:
@@ -183,8 +211,22 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
         read=_number(t.get("read", 30), "timeouts.read", 0.1, 600),
         total=_number(t.get("total", 60), "timeouts.total", 0.1, 3600),
     )
+    a = _mapping(top.get("approvals") or {}, "approvals")
+    _keys(a, "approvals", frozenset({"wait_seconds", "retry_after_seconds"}))
+    retry_after = a.get("retry_after_seconds", 2)
+    if (
+        isinstance(retry_after, bool)
+        or not isinstance(retry_after, int)
+        or not 1 <= retry_after <= 60
+    ):
+        raise ValueError("approvals.retry_after_seconds: an integer between 1 and 60")
+    approvals = ApprovalSettings(
+        wait_seconds=_number(a.get("wait_seconds", 0), "approvals.wait_seconds", 0, 60),
+        retry_after_seconds=retry_after,
+    )
     return GatewayConfig(
         kind=kind,
+        approvals=approvals,
         name=name,
         public_url=public_url,
         host=host,

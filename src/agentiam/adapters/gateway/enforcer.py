@@ -13,7 +13,10 @@ refusal:
    the calls one of its entries covers (``token_permits``): else 403.
 4. **Policy**: the local Cedar authorizer, with the delegation chain and the token's
    authorization details in the context: 403 ``insufficient_scope``-style refusal on
-   deny (RFC 6750 section 3.1), naming the reason.
+   deny (RFC 6750 section 3.1), naming the reason. A deny that a human's approval
+   would lift is marked ``approvable`` (:func:`agentiam.core.approvals.approvable`):
+   the transport then opens an approval request (``approvals``); a call retried with
+   an approval the control plane consumed for it is decided as approved.
 
 Every outcome, allowed or refused, becomes an audit event that is **durable in the
 local spool before the call goes on** (or is answered): if the spool cannot take it,
@@ -32,11 +35,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from agentiam.adapters.gateway.approvals import ApprovalClient, ApprovedUse
 from agentiam.adapters.gateway.link import ControlPlaneLink
+from agentiam.core.approvals import approvable, approved_context
 from agentiam.core.audit.events import (
     Actor,
     ActorType,
@@ -92,6 +97,7 @@ class Verdict:
     reason: str
     decision_id: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    approvable: bool = False  # a deny that a human's approval would lift
 
 
 class Enforcer:
@@ -105,6 +111,7 @@ class Enforcer:
         limiter: RateLimiter | None = None,
         redactor: Redactor | None = None,
         kind: str = "gateway",
+        approvals: ApprovalClient | None = None,
     ) -> None:
         """``name`` names this enforcement point in the audit trail (``source`` is
         ``<kind>/<name>``); ``resource_metadata`` is the URL of its RFC 9728
@@ -116,6 +123,7 @@ class Enforcer:
         self._metadata = resource_metadata
         self._limiter = limiter
         self._redactor = redactor or Redactor()
+        self.approvals = approvals  # None: no approvals; an approvable deny stays a deny
         # RFC 6750 section 3.1 error code in an RFC 9449 section 7.1 challenge
         self._insufficient_scope = (
             f'DPoP error="insufficient_scope", resource_metadata="{resource_metadata}"'
@@ -155,9 +163,26 @@ class Enforcer:
 
     # -- 2-4. decide -------------------------------------------------------------------
 
-    def decide(self, access: VerifiedAccess, call: Call, *, trace: TraceContext) -> Verdict:
+    def request_for(self, access: VerifiedAccess, call: Call) -> AuthzRequest:
+        """The policy request of a call: what is decided, and what an approval for it
+        is bound to (the control plane computes the fingerprint from it)."""
+        return AuthzRequest(
+            EntityRef("Agent", access.client_id), call.action, call.resource, call.context(access)
+        )
+
+    def decide(
+        self,
+        access: VerifiedAccess,
+        call: Call,
+        *,
+        trace: TraceContext,
+        approval: ApprovedUse | None = None,
+    ) -> Verdict:
         """Rate limit, task scope and policy, in that order; the verdict's event is
-        durable before this returns (else ServiceUnavailable)."""
+        durable before this returns (else ServiceUnavailable). With ``approval`` (one
+        the control plane consumed for this call) the policy sees
+        ``context.approval.state == "approved"`` and the decision carries the id the
+        consumption recorded."""
         agent = access.client_id
         if self._limiter is not None:
             retry = self._limiter.check(agent, call.tool, time.monotonic())
@@ -188,11 +213,17 @@ class Enforcer:
         except ServiceUnavailable as exc:
             self._record_refusal(access, trace, status=503, reason=exc.detail, call=call)
             raise
-        decision = authorizer.decide(
-            AuthzRequest(
-                EntityRef("Agent", agent), call.action, call.resource, call.context(access)
+        request = self.request_for(access, call)
+        if approval is not None:
+            request = AuthzRequest(
+                request.principal,
+                request.action,
+                request.resource,
+                approved_context(request.context, approval.approver),
             )
-        )
+        decision = authorizer.decide(request)
+        if approval is not None:
+            decision = replace(decision, decision_id=approval.decision_id)
         ctx = CallContext(actor=Actor(ActorType.AGENT, agent), source=self.source, trace=trace)
         event = decision_event(ctx, decision, now=_now(), redactor=self._redactor)
         self._durable([event.to_dict()])
@@ -206,6 +237,9 @@ class Enforcer:
             reason,
             decision_id=decision.decision_id,
             headers={"WWW-Authenticate": self._insufficient_scope},
+            approvable=(
+                approval is None and self.approvals is not None and approvable(authorizer, decision)
+            ),
         )
 
     def refuse(

@@ -425,12 +425,14 @@ class Guard:
                 f"the environment variable {admin_key_env} is not set "
                 "(it holds the guard's verifier-role admin key)"
             )
+        limiter = rate_limits or RateLimiter()  # the bundle's throttles need one
         link = ControlPlaneLink(
             control_plane_url,
             resource,
             admin_key=admin_key,
             outage_seconds=outage_seconds,
             wait=poll_wait,
+            limiter=limiter,
         ).start()
         shipper: _Shipper | None = None
         try:
@@ -446,7 +448,7 @@ class Guard:
             link,
             spool,
             resource_metadata=_metadata_url(resource),
-            limiter=rate_limits,
+            limiter=limiter,
             redactor=redactor,
             kind="guard",
         )

@@ -37,6 +37,14 @@ For every request, in this order:
    client-supplied ``Forwarded`` (RFC 7239), ``X-Forwarded-*`` and ``X-Real-IP``
    removed and a fresh ``Forwarded: for=…;host=…;proto=…`` set, the brokered
    credential injected, ``traceparent`` (W3C Trace Context) continued.
+   A deny that a human's approval would lift (docs/approvals.md) opens an approval
+   request at the control plane and is answered 403 with a problem of type
+   ``approval-pending``, ``AgentIAM-Approval: apr_…`` and ``Retry-After`` (after
+   holding the call up to ``approvals.wait_seconds`` for the human). The agent retries
+   the same call with the request header ``AgentIAM-Approval: apr_…``: the control
+   plane uses the approval for exactly that call, once, and the call is decided as
+   approved; ``approval-denied``, ``approval-expired``, ``approval-used`` or
+   ``approval-mismatch`` otherwise.
 6. The response is streamed back (hop-by-hop headers removed). Upstream timeouts give
    504, connection failures 502 (RFC 9110 sections 15.6.3 and 15.6.5); either way the
    outcome is audited as failed.
@@ -69,6 +77,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from agentiam.adapters.gateway.approvals import ApprovalTicket, NotApprovable
 from agentiam.adapters.gateway.broker import (
     ApiKeyInjection,
     CredentialRef,
@@ -78,12 +87,14 @@ from agentiam.adapters.gateway.config import GatewayConfig, load_gateway_config
 from agentiam.adapters.gateway.enforcer import Call, Verdict
 from agentiam.adapters.gateway.http_upstream import UpstreamError, UpstreamPool, UpstreamTimeout
 from agentiam.adapters.gateway.runtime import GatewayRuntime
+from agentiam.core.approvals_wire import APPROVAL_HEADER, APPROVAL_STATE_HEADER, PROBLEM_CODES
 from agentiam.core.audit.events import Outcome, TraceContext
 from agentiam.core.credentials.verifier import VerifiedAccess
 from agentiam.core.delegation.authorization_details import ApiCall
+from agentiam.core.ids import is_id
 from agentiam.core.policy.model import EntityRef
 from agentiam.core.policy.schema import HTTP_METHODS
-from agentiam.errors import PROBLEM_BASE, AgentIAMError, OAuthError, ServiceUnavailable
+from agentiam.errors import PROBLEM_BASE, AgentIAMError, Forbidden, OAuthError, ServiceUnavailable
 
 __all__ = [
     "SECTION_KEYS",
@@ -489,6 +500,21 @@ class _Permit:
     has_body: bool
 
 
+@dataclass(slots=True)
+class _Approval:
+    """A call that waits on a human: a deny approval would lift (``verdict``), or a
+    retry carrying ``approval_id`` (not decided yet)."""
+
+    access: VerifiedAccess
+    route: Route
+    call: Call
+    framing: tuple[int | None, bool]
+    approval_id: str | None
+    verdict: Verdict | None = None
+
+
+_APPROVAL_REQUEST_HEADER = APPROVAL_HEADER.lower().encode("ascii")
+
 _TITLES = {
     400: "Bad request",
     401: "Unauthorized",
@@ -721,6 +747,8 @@ class HttpGateway:
             await pending.durable()
         except ServiceUnavailable as exc:
             outcome = _unavailable(exc)  # nothing unlogged is allowed, or answered
+        if isinstance(outcome, _Approval):
+            outcome = await self._approval(outcome, trace)
         if isinstance(outcome, _Permit) and outcome.route.upstream.credential is not None:
             outcome = await self._inject(outcome, trace)
         self.metrics.decision.observe(time.perf_counter() - started)
@@ -731,7 +759,7 @@ class HttpGateway:
 
     def _authorize(
         self, method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]], trace: TraceContext
-    ) -> _Refusal | _Permit:
+    ) -> _Refusal | _Permit | _Approval:
         """Steps 1-4: a refusal to answer, or the call to forward."""
         try:
             return self._authorize_or_raise(method, raw_path, headers, trace)
@@ -742,7 +770,7 @@ class HttpGateway:
 
     def _authorize_or_raise(
         self, method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]], trace: TraceContext
-    ) -> _Refusal | _Permit:
+    ) -> _Refusal | _Permit | _Approval:
         enforcer = self.enforcer
         try:
             segments = split_path(raw_path, self._prefix)
@@ -775,7 +803,16 @@ class HttpGateway:
             detail=ApiCall(action=method, url=url, datatype=resource.type, identifier=resource.id),
             tool=route.name,
         )
+        presented = _header(headers, _APPROVAL_REQUEST_HEADER)
+        if presented and enforcer.approvals is not None:
+            if len(presented) != 1 or not is_id(presented[0].strip(), "approval"):
+                reason = f"the {APPROVAL_HEADER} header is not one approval id"
+                enforcer.refuse(access, trace=trace, status=400, reason=reason, call=call)
+                return _problem(400, "bad-request", reason)
+            return _Approval(access, route, call, framing, presented[0].strip())
         verdict = enforcer.decide(access, call, trace=trace)
+        if not verdict.allowed and verdict.approvable:
+            return _Approval(access, route, call, framing, None, verdict)
         if not verdict.allowed:
             code = "rate-limited" if verdict.status == 429 else "insufficient-scope"
             return _problem(
@@ -787,6 +824,95 @@ class HttpGateway:
                 decision_id=verdict.decision_id,
             )
         return _Permit(access, route, call, verdict, {}, None, *framing)
+
+    async def _approval(self, step: _Approval, trace: TraceContext) -> _Permit | _Refusal:
+        """Open the approval request for an approvable deny (and hold the call up to
+        ``approvals.wait_seconds`` for the human), or use the one the retry names;
+        a consumed approval lets the call be decided as approved."""
+        client = self.enforcer.approvals
+        assert client is not None
+        request = self.enforcer.request_for(step.access, step.call)
+        settings = self.config.gateway.approvals
+        approval_id = step.approval_id
+        try:
+            if approval_id is None:
+                assert step.verdict is not None
+                try:
+                    ticket = await self._offload(client.open, request, step.verdict.decision_id)
+                except NotApprovable:
+                    return self._denied(step.verdict)
+                if settings.wait_seconds > 0 and ticket.state == "pending":
+                    ticket = await self._offload(client.wait, ticket.id, settings.wait_seconds)
+                if ticket.state != "approved":
+                    return self._ticket_refusal(ticket, step.verdict.decision_id)
+                approval_id = ticket.id
+            used = await self._offload(client.use, approval_id, request)
+        except Forbidden:
+            reason = "the approval is not for this call"
+            await self._refuse(step, trace, 403, reason)
+            return _problem(
+                403, PROBLEM_CODES["mismatch"], reason, {APPROVAL_STATE_HEADER: "mismatch"},
+                approval_id=approval_id,
+            )  # fmt: skip
+        except ServiceUnavailable as exc:
+            await self._refuse(step, trace, 503, exc.detail)
+            return _unavailable(exc)
+        if isinstance(used, ApprovalTicket):
+            await self._refuse(step, trace, 403, f"approval {used.id} is {used.state}")
+            return self._ticket_refusal(used, None)
+        with self.enforcer.deferred() as pending:
+            try:
+                verdict = self.enforcer.decide(step.access, step.call, trace=trace, approval=used)
+            except ServiceUnavailable as exc:
+                verdict = None
+                refusal = _unavailable(exc)
+        try:
+            await pending.durable()
+        except ServiceUnavailable as exc:
+            return _unavailable(exc)
+        if verdict is None:
+            return refusal
+        if not verdict.allowed:
+            return self._denied(verdict)
+        return _Permit(step.access, step.route, step.call, verdict, {}, None, *step.framing)
+
+    async def _refuse(self, step: _Approval, trace: TraceContext, status: int, reason: str) -> None:
+        with self.enforcer.deferred() as pending, contextlib.suppress(ServiceUnavailable):
+            self.enforcer.refuse(
+                step.access, trace=trace, status=status, reason=reason, call=step.call
+            )
+        with contextlib.suppress(ServiceUnavailable):
+            await pending.durable()
+
+    @staticmethod
+    def _denied(verdict: Verdict) -> _Refusal:
+        code = "rate-limited" if verdict.status == 429 else "insufficient-scope"
+        return _problem(
+            verdict.status, code, verdict.reason, verdict.headers,
+            error=verdict.error, decision_id=verdict.decision_id,
+        )  # fmt: skip
+
+    def _ticket_refusal(self, ticket: ApprovalTicket, decision_id: str | None) -> _Refusal:
+        """403 naming the approval and its state: pending (retry after
+        ``Retry-After`` with the ``AgentIAM-Approval`` header), denied, expired, used."""
+        state = ticket.state
+        code = PROBLEM_CODES.get(state, "approval-denied")
+        headers = {APPROVAL_HEADER: ticket.id, APPROVAL_STATE_HEADER: state}
+        if code == "approval-pending":
+            headers["Retry-After"] = str(self.config.gateway.approvals.retry_after_seconds)
+            detail = (
+                "a human's approval is required; retry the same call with the header "
+                f"{APPROVAL_HEADER}: {ticket.id}"
+            )
+        else:
+            detail = f"the approval request is {state}; the call is refused"
+        refusal = _problem(
+            403, code, detail, headers,
+            approval_id=ticket.id, approval_state=state, expires_at=ticket.expires_at,
+            status_url=ticket.status_url, decision_id=decision_id,
+        )  # fmt: skip
+        refusal.label = code.replace("-", "_")
+        return refusal
 
     async def _inject(self, permit: _Permit, trace: TraceContext) -> _Permit | _Refusal:
         """The brokered credential: an API key at once, an OAuth token on a worker

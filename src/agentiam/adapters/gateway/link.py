@@ -8,6 +8,9 @@ cached locally and kept fresh by the control plane's pushes.
   control plane answers as soon as the policy set or the registry changes; the bundle
   becomes a local :class:`~agentiam.core.policy.authorizer.Authorizer`, so a decision
   never leaves the process.
+* **Throttles** (the ``throttle`` response action, docs/response.md) ride in the
+  bundle and are installed in the gateway's rate limiter (``limiter``) as each bundle
+  loads: a throttle reaches the gateway as fast as a policy change.
 * **Outage bound**: while the control plane cannot be reached, decisions go on from
   the cached bundle and revocation set for ``outage_seconds`` (default 300) after the
   last successful contact; past that, :meth:`ControlPlaneLink.authorizer` raises and
@@ -27,8 +30,9 @@ import httpx
 
 from agentiam.adapters.verification import RemoteVerifier
 from agentiam.core.credentials.verifier import AccessTokenVerifier
+from agentiam.core.enforcement.ratelimit import RateLimiter
 from agentiam.core.policy.authorizer import Authorizer
-from agentiam.core.policy.bundle import load_bundle, time_zone_of
+from agentiam.core.policy.bundle import load_bundle, throttles_of, time_zone_of
 from agentiam.errors import ServiceUnavailable
 
 __all__ = ["ControlPlaneLink"]
@@ -50,9 +54,11 @@ class ControlPlaneLink:
         wait: float = 20.0,
         monotonic: Callable[[], float] = time.monotonic,
         http: httpx.Client | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         """``issuer`` is the control plane's URL, ``audience`` this gateway's resource
-        URL (tokens must name it), ``admin_key`` a ``verifier``-role key.
+        URL (tokens must name it), ``admin_key`` a ``verifier``-role key, ``limiter``
+        the rate limiter the bundle's throttles are installed in.
 
         A long poll held open says nothing about the control plane being alive, so
         both long polls (bundle and revocations) are held at most a quarter of
@@ -63,6 +69,7 @@ class ControlPlaneLink:
         self._wait = max(0.25, min(wait, outage_seconds / 4))
         self._zone = "UTC"
         self._monotonic = monotonic
+        self.limiter = limiter
         self.remote = RemoteVerifier(
             self.issuer,
             audience,
@@ -128,6 +135,7 @@ class ControlPlaneLink:
         bundle = body["bundle"]
         current = self._authorizer
         engine, entities = load_bundle(bundle, previous=current.engine if current else None)
+        throttles = throttles_of(bundle)
         zone = time_zone_of(bundle)  # the control plane's: time-based policies agree
         if current is None or zone != self._zone:
             self._zone = zone
@@ -136,6 +144,8 @@ class ControlPlaneLink:
             )
         else:
             current.update(engine, entities)
+        if self.limiter is not None:
+            self.limiter.set_throttles(throttles)
         self._etag = str(body["etag"])
         self._contact = self._monotonic()
         self.last_error = None

@@ -17,11 +17,13 @@ from typing import Any
 
 import httpx
 
+from agentiam.adapters.gateway.approvals import ApprovalClient
 from agentiam.adapters.gateway.broker import CredentialBroker, SecretStore, load_secrets_key
 from agentiam.adapters.gateway.config import GatewayConfig
 from agentiam.adapters.gateway.enforcer import Enforcer
 from agentiam.adapters.gateway.link import ControlPlaneLink
 from agentiam.adapters.gateway.spool import AuditSpool
+from agentiam.core.enforcement.ratelimit import RateLimiter
 
 __all__ = ["GatewayRuntime"]
 
@@ -62,11 +64,14 @@ class GatewayRuntime:
         """Connect to the control plane (keys, revocations, first bundle: failing
         loudly if it cannot be reached at start), open the spool and the broker."""
         admin_key = config.control_plane.admin_key()
+        # one limiter even with no configured limits: the bundle's throttles need it
+        limiter = config.rate_limits or RateLimiter()
         link = ControlPlaneLink(
             config.control_plane.url,
             config.public_url,
             admin_key=admin_key,
             outage_seconds=config.control_plane.outage_seconds,
+            limiter=limiter,
         ).start()
         # a batch must not hold the shipper for long: the spool waits for it
         shipper = _Shipper(config.control_plane.url, admin_key, 30.0)
@@ -84,7 +89,8 @@ class GatewayRuntime:
             link,
             spool,
             resource_metadata=config.resource_metadata_url,
-            limiter=config.rate_limits,
+            limiter=limiter,
+            approvals=ApprovalClient(config.control_plane.url, admin_key),
         )
         return cls(config, link, spool, broker, enforcer, shipper)
 
@@ -113,6 +119,8 @@ class GatewayRuntime:
         }
 
     def close(self) -> None:
+        if self.enforcer.approvals is not None:
+            self.enforcer.approvals.close()
         self.spool.close()
         self._shipper.close()
         self.link.close()

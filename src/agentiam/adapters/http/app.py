@@ -16,14 +16,17 @@ from agentiam.adapters.http.problems import install_problem_handlers
 from agentiam.adapters.http.routes import (
     admin_keys,
     agents,
+    approvals,
     audit,
     authorize,
     credentials,
     delegations,
+    detection,
     enforcement,
     humans,
     policies,
     resources,
+    response,
     system,
 )
 from agentiam.adapters.http.security import AdminAuthentication
@@ -73,6 +76,9 @@ def create_app(container: ApiDependencies) -> Any:
         authorize.router,
         delegations.router,
         enforcement.router,
+        approvals.router,
+        response.router,
+        detection.router,
     ):
         app.include_router(router)
     system.mount_offline_docs(app)

@@ -12,6 +12,7 @@ from agentiam.ports import Clock
 from agentiam.services.admin_keys import AdminKeyService
 from agentiam.services.agents import AgentService
 from agentiam.services.analysis import AccessAnalysisService
+from agentiam.services.approvals import ApprovalService, ApproverTokens
 from agentiam.services.audit import AuditService
 from agentiam.services.audit_export import ExportRunner
 from agentiam.services.audit_trail import AuditTrail
@@ -48,6 +49,8 @@ class ApiDependencies(Protocol):
     grants: GrantService
     delegation_graph: DelegationGraph
     enforcement: EnforcementSync
+    approvals: ApprovalService
+    approver_tokens: ApproverTokens
     audit_trail: AuditTrail
     audit_export: ExportRunner
     clock: Clock

@@ -202,6 +202,15 @@ class DryRunOut(_Out):
     would_change: bool
 
 
+class ApprovalRefOut(_Out):
+    """The human approval a decision opened or used (docs/approvals.md)."""
+
+    id: str
+    state: Literal["pending", "approved", "denied", "expired", "consumed"]
+    expires_at: datetime
+    status_url: str
+
+
 class DecisionOut(_Out):
     decision: Literal["allow", "deny"]
     decision_id: str
@@ -214,6 +223,7 @@ class DecisionOut(_Out):
     dry_run: DryRunOut | None
     ignored_arguments: list[str]
     risk_score: int
+    approval: ApprovalRefOut | None = None
 
     @classmethod
     def of(cls, d: Decision) -> DecisionOut:

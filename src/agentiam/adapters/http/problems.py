@@ -17,7 +17,13 @@ from starlette.responses import JSONResponse
 
 from agentiam.adapters.http.deps import SOURCE, ApiDependencies
 from agentiam.core.audit.events import Actor, ActorType, Outcome, TraceContext
-from agentiam.errors import AgentIAMError, BadRequest, InvalidInput, ServiceUnavailable
+from agentiam.errors import (
+    AgentIAMError,
+    BadRequest,
+    InvalidInput,
+    ServiceUnavailable,
+    TooManyRequests,
+)
 from agentiam.services.context import CallContext
 
 __all__ = ["PROBLEM_JSON", "audit_rejection", "install_problem_handlers", "problem_response"]
@@ -31,6 +37,8 @@ def problem_response(error: AgentIAMError, instance: str | None = None) -> JSONR
     headers = {"Cache-Control": "no-store"}
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="agentiam-admin"'
+    if isinstance(error, TooManyRequests):
+        headers["Retry-After"] = str(error.retry_after)  # RFC 9110 section 10.2.3
     return JSONResponse(
         error.to_problem(instance),
         status_code=error.status,

@@ -8,6 +8,7 @@ unknown, expired or revoked key, one opaque answer for all, whatever the body ho
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated
 
@@ -20,7 +21,7 @@ from agentiam.adapters.http.deps import SOURCE, ApiDependencies
 from agentiam.adapters.http.middleware import ASGIApp, Receive, Scope, Send
 from agentiam.adapters.http.oauth import PUBLIC_OAUTH_PATHS
 from agentiam.adapters.http.problems import audit_rejection, problem_response
-from agentiam.core.access.admin_keys import AdminKey, Permission, permissions_of
+from agentiam.core.access.admin_keys import KEY_PREFIX, AdminKey, Permission, permissions_of
 from agentiam.core.audit.events import TraceContext
 from agentiam.errors import AgentIAMError, AuthenticationRequired, Forbidden, ServiceUnavailable
 from agentiam.services.admin_keys import actor_for
@@ -33,6 +34,10 @@ __all__ = ["PUBLIC_PATHS", "AdminAuthentication", "container_of", "is_public", "
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs"}) | PUBLIC_OAUTH_PATHS
 _PUBLIC_PREFIXES = ("/docs/static/",)
 _MAX_AUTH_HEADER = 256
+# Where a human may decide with their own bearer token instead of an admin key: the
+# route authenticates that token itself (services/approvals.py ApproverTokens).
+_APPROVER_PATH = re.compile(r"^/v1/approvals/[A-Za-z0-9_]{1,64}/(approve|deny)$")
+_MAX_APPROVER_TOKEN = 16 * 1024
 
 # Declares the scheme in the OpenAPI document; the middleware does the checking.
 _bearer = HTTPBearer(
@@ -70,6 +75,11 @@ class AdminAuthentication:
         trace = TraceContext.from_traceparent(headers.get("traceparent"))
         state = scope.setdefault("state", {})
         state["trace"] = trace
+        approver = self._approver_token(scope, headers.get("authorization"))
+        if approver is not None:
+            state["approver_token"] = approver  # the route authenticates it
+            await self.app(scope, receive, send)
+            return
         try:
             key = await anyio.to_thread.run_sync(self._authenticate, headers.get("authorization"))
         except AgentIAMError as exc:
@@ -93,6 +103,17 @@ class AdminAuthentication:
             )
         )
         await problem_response(error, scope["path"][:200])(scope, receive, send)
+
+    @staticmethod
+    def _approver_token(scope: Scope, header: str | None) -> str | None:
+        """A bearer token that is not an admin key, on an approve/deny path."""
+        if scope["method"] != "POST" or not _APPROVER_PATH.match(scope["path"]):
+            return None
+        scheme, _, token = (header or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or len(token) > _MAX_APPROVER_TOKEN:
+            return None
+        return None if token.startswith(KEY_PREFIX + "_") else token
 
     def _authenticate(self, header: str | None) -> AdminKey:
         header = header or ""

@@ -14,6 +14,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: threads still queue, processes do not
     fcntl = None  # type: ignore[assignment]
 
+from agentiam.adapters.storage.approval_repository import SqlApprovals
 from agentiam.adapters.storage.repositories import (
     SqlAdminKeys,
     SqlAgentKeys,
@@ -114,6 +115,7 @@ class SqlUnitOfWork:
         self.grants = SqlGrants(self._conn)
         self.token_graph = SqlTokenGraph(self._conn)
         self.trail = SqlTrail(self._conn)
+        self.approvals = SqlApprovals(self._conn)
         return self
 
     def __exit__(self, *exc: object) -> None:

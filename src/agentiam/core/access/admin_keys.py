@@ -73,6 +73,12 @@ class Permission(StrEnum):
     # POST /v1/audit/ingest: add an enforcement point's events to the trail. Writing
     # events in a gateway's name is for enforcement points (and admin) only.
     AUDIT_INGEST = "audit:ingest"
+    # Human approval (step-up; docs/approvals.md): read the queue, decide a request
+    # (operators; an agent's owner or sponsor decides with their own token instead),
+    # and, for enforcement points, open a request and use an approved one.
+    APPROVALS_READ = "approvals:read"
+    APPROVALS_DECIDE = "approvals:decide"
+    APPROVALS_REQUEST = "approvals:request"
 
 
 _READ = frozenset(
@@ -87,6 +93,7 @@ _READ = frozenset(
         Permission.SIGNING_KEYS_READ,
         Permission.POLICIES_READ,
         Permission.DELEGATIONS_READ,
+        Permission.APPROVALS_READ,
     }
 )
 _ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -107,6 +114,8 @@ _ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.AUTHZ_DECIDE,
             Permission.ENFORCEMENT_SYNC,
             Permission.AUDIT_INGEST,
+            Permission.APPROVALS_READ,
+            Permission.APPROVALS_REQUEST,
         }
     ),
 }

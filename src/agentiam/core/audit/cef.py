@@ -101,6 +101,11 @@ NAMES = {
     "delegation.human_revoked": "Delegations of a human revoked",
     "detection.alert": "Detection alert",
     "response.action": "Response action",
+    "approval.requested": "Approval requested",
+    "approval.approved": "Approval approved",
+    "approval.denied": "Approval denied",
+    "approval.expired": "Approval expired",
+    "approval.consumed": "Approval used",
 }
 
 _CEF_SEVERITY = {0: 0, 1: 1, 2: 3, 3: 5, 4: 7, 5: 9, 6: 10}

@@ -197,8 +197,11 @@ _RESPONSES = {
     "revoke": 9,
     "revoke_tokens": 9,
     "tokens_revoked": 9,
+    "quarantine_subtree": 12,
 }
-_CUTS_ACCESS = frozenset({"suspend", "decommission", "revoke", "revoke_tokens", "tokens_revoked"})
+_CUTS_ACCESS = frozenset(
+    {"suspend", "decommission", "revoke", "revoke_tokens", "tokens_revoked", "quarantine_subtree"}
+)
 # Event types that record an access-control decision: their success is "Allowed".
 _ACCESS_DECISIONS = frozenset({"token.issued", "token.exchanged", "authz.decision", "tool.call"})
 _UNAUTHORIZED = frozenset({"authz.decision", "tool.call"})
@@ -395,6 +398,12 @@ _ROUTES: dict[str, _Route] = {
     ),
     "response.action": _Route(_ENTITY_MANAGEMENT, _from_response),
     "detection.alert": _Route(_DETECTION_FINDING, 1),
+    # Human approval (step-up): the entity is the approval request.
+    "approval.requested": _Route(_ENTITY_MANAGEMENT, 1),
+    **dict.fromkeys(
+        ("approval.approved", "approval.denied", "approval.expired", "approval.consumed"),
+        _Route(_ENTITY_MANAGEMENT, 3),
+    ),
 }
 
 
@@ -456,6 +465,10 @@ def _entity(m: _Mapper) -> dict[str, Any]:
         "delegation.granted": ("grant", "grant_id"),
         "delegation.revoked": ("grant", "grant_id"),
         "delegation.human_revoked": ("grant", None),
+        **{
+            f"approval.{state}": ("approval", "approval_id")
+            for state in ("requested", "approved", "denied", "expired", "consumed")
+        },
     }
     entity: dict[str, Any] = {}
     owner = m.resource_user()  # the agent or human the entity belongs to (or is)

@@ -34,22 +34,30 @@ token, a call that finds less than one token is refused and told how long to wai
   :func:`time.monotonic`); a clock that goes backwards refills nothing.
 - **Thread-safe**: one lock around each check (constant work per call, plus glob
   matching for tool names not seen recently).
+- **Throttles** (automatic response, docs/response.md): :meth:`RateLimiter.set_throttles`
+  installs time-bounded caps on single agents, a :class:`Throttle` each: while one is
+  in force (until its ``until``, Unix seconds on ``wall_clock``), the agent's calls
+  also need a token from a bucket of ``per_minute`` tokens refilled at ``per_minute``
+  a minute, on top of every configured limit. The control plane carries the table to
+  gateways in the policy bundle; a limiter with no configured limit still applies it.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-__all__ = ["RateLimit", "RateLimiter"]
+__all__ = ["MAX_THROTTLES", "RateLimit", "RateLimiter", "Throttle"]
 
 _RESOLVED_CACHE = 4096  # tool names whose per-tool limit is remembered
 _EPSILON = 1e-9  # float slack: token counts and waits are sums of float steps
+MAX_THROTTLES = 100_000  # agents under a throttle at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +87,37 @@ class RateLimit:
         if "rate_per_second" not in value or "burst" not in value:
             raise ValueError("a rate limit needs rate_per_second and burst")
         return cls(rate_per_second=value["rate_per_second"], burst=value["burst"])
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """A temporary cap on one agent: ``per_minute`` calls a minute (``per_minute`` at
+    once at most) until ``until`` (Unix seconds)."""
+
+    agent_id: str
+    per_minute: int
+    until: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.agent_id, str) or not 0 < len(self.agent_id) <= 512:
+            raise ValueError("agent_id must be a non-empty string")
+        per = self.per_minute
+        if isinstance(per, bool) or not isinstance(per, int) or not 1 <= per <= 1_000_000:
+            raise ValueError("per_minute must be a whole number from 1 to 1000000")
+        until = self.until
+        if (
+            isinstance(until, bool)
+            or not isinstance(until, int | float)
+            or not math.isfinite(until)
+        ):
+            raise ValueError("until must be a finite number of Unix seconds")
+
+    @property
+    def limit(self) -> RateLimit:
+        return RateLimit(rate_per_second=self.per_minute / 60.0, burst=self.per_minute)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"agent_id": self.agent_id, "per_minute": self.per_minute, "until": self.until}
 
 
 class _Bucket:
@@ -127,6 +166,7 @@ class RateLimiter:
         default_per_tool: RateLimit | None = None,
         *,
         max_keys: int = 100_000,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
             raise ValueError("max_keys must be a whole number of at least 1")
@@ -148,6 +188,33 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._buckets: OrderedDict[tuple[str, ...], _Bucket] = OrderedDict()
         self._resolved: dict[str, RateLimit | None] = {}
+        self._wall = wall_clock
+        self._throttles: dict[str, Throttle] = {}
+
+    def set_throttles(self, throttles: Iterable[Throttle]) -> None:
+        """Replace the table of throttles (at most :data:`MAX_THROTTLES`, the latest
+        ``until`` kept for an agent named twice); ended ones are dropped."""
+        now = self._wall()
+        table: dict[str, Throttle] = {}
+        for throttle in throttles:
+            if not isinstance(throttle, Throttle):
+                raise ValueError("set_throttles takes Throttle objects")
+            if throttle.until <= now:
+                continue
+            current = table.get(throttle.agent_id)
+            if current is None or current.until < throttle.until:
+                table[throttle.agent_id] = throttle
+        if len(table) > MAX_THROTTLES:
+            raise ValueError(f"at most {MAX_THROTTLES} throttles")
+        with self._lock:
+            self._throttles = table
+
+    @property
+    def throttles(self) -> list[Throttle]:
+        """The throttles in force now."""
+        now = self._wall()
+        with self._lock:
+            return [t for t in self._throttles.values() if t.until > now]
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> RateLimiter:
@@ -191,6 +258,10 @@ class RateLimiter:
             wanted: list[tuple[tuple[str, ...], RateLimit]] = []
             if self.per_agent is not None:
                 wanted.append((("agent", agent_id), self.per_agent))
+            throttle = self._throttles.get(agent_id) if self._throttles else None
+            if throttle is not None and throttle.until > self._wall():
+                cap = ("throttle", agent_id, str(throttle.per_minute), repr(throttle.until))
+                wanted.append((cap, throttle.limit))
             if tool is not None:
                 tool_limit = self._resolve(tool)
                 if tool_limit is not None:

@@ -184,6 +184,21 @@ class RateCounter:
             self._buckets.move_to_end(principal)
             return total
 
+    def peek(self, principal: EntityRef, now: float) -> int:
+        """The count in the window, without counting a request (a what-if decision
+        such as :func:`agentiam.core.approvals.approvable` must not add one)."""
+        second = int(now)
+        with self._lock:
+            entry = self._buckets.get(principal)
+            if entry is None:
+                return 0
+            last, counts, total = entry
+            if second - last >= self.WINDOW:
+                return 0
+            for s in range(last + 1, second + 1):
+                total -= counts[s % self.WINDOW]
+            return total
+
 
 def _time_context(now: datetime, zone: ZoneInfo) -> dict[str, Any]:
     local = now.astimezone(zone)
@@ -577,13 +592,15 @@ class Authorizer:
         engine, entities = engine or current_engine, entities or current_entities
         self._state = (engine, entities, _Dimensions(engine, entities))
 
-    def decide(self, request: AuthzRequest, *, full: bool = False) -> Decision:
+    def decide(self, request: AuthzRequest, *, full: bool = False, count: bool = True) -> Decision:
         """Decide one request. ``full=True`` evaluates the whole policy set instead of
-        the slice (used to prove the two agree). Never raises: anything unexpected
-        (a native error, a failing risk source) is a deny with the error named."""
+        the slice (used to prove the two agree); ``count=False`` leaves the request
+        rate as it is (a what-if question, not a request). Never raises: anything
+        unexpected (a native error, a failing risk source) is a deny with the error
+        named."""
         started = time.perf_counter()
         try:
-            return self._decide(request, full=full)
+            return self._decide(request, full=full, count=count)
         except Exception as exc:  # fail closed, whatever went wrong
             engine = self.engine
             message = f"the decision could not be evaluated: {type(exc).__name__}"
@@ -599,7 +616,7 @@ class Authorizer:
                 request=request,
             )
 
-    def _decide(self, request: AuthzRequest, *, full: bool) -> Decision:
+    def _decide(self, request: AuthzRequest, *, full: bool, count: bool = True) -> Decision:
         started = time.perf_counter()
         engine, entities, dims = self._state
         now = self._clock()
@@ -633,7 +650,8 @@ class Authorizer:
         problem = self._request_problem(engine, entities, request, now)
         if problem:
             return done("deny", [problem], errors=[problem])
-        rate = self.rates.hit(request.principal, now.timestamp())
+        rates = self.rates
+        rate = (rates.hit if count else rates.peek)(request.principal, now.timestamp())
         scope = None
         if full:
             mask = engine.all_mask

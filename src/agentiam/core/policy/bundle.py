@@ -21,7 +21,13 @@ Shape (``format`` names the version; a reader refuses any other)::
                     "autonomy", "status", "labels", "parent_id", "expires_at",
                     "runtime": {"framework", "model"}}],
      "humans":    [{"id", "email", "display_name"}],
-     "resources": [{"type", "id", "attributes", "parents": [{"type", "id"}], "tags"}]}
+     "resources": [{"type", "id", "attributes", "parents": [{"type", "id"}], "tags"}],
+     "throttles": [{"agent_id", "per_minute", "until"}]}   # only when any is in force
+
+``throttles`` are the temporary per-agent caps of the ``throttle`` response action
+(docs/response.md): :func:`throttles_of` reads them for the gateway's rate limiter
+(:meth:`~agentiam.core.enforcement.ratelimit.RateLimiter.set_throttles`). The member
+is left out when there are none, so a bundle without throttles is unchanged.
 
 Agents and humans carry only what their Cedar entities and the principal checks use
 (status and TTL): no keys, scopes, audiences, IdP links or anything secret.
@@ -30,7 +36,8 @@ Agents and humans carry only what their Cedar entities and the principal checks 
 members are refused, and the first problem raises :class:`BundleError` (a
 ``ValueError``) naming the member, e.g. ``agents[3].status``. :func:`bundle_etag` is
 the bundle's version: a digest of the policy version, the entity fingerprint, the
-schema extension and the time zone, stable across processes and replicas.
+schema extension and the time zone (and the throttles, when any), stable across
+processes and replicas.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from agentiam.core.enforcement.ratelimit import MAX_THROTTLES, Throttle
 from agentiam.core.identities.lifecycle import AgentStatus
 from agentiam.core.identities.models import Agent, AutonomyLevel, Human, RuntimeInfo
 from agentiam.core.normalize import plain
@@ -77,6 +85,7 @@ __all__ = [
     "bundle_dict",
     "bundle_etag",
     "load_bundle",
+    "throttles_of",
     "time_zone_of",
 ]
 
@@ -105,6 +114,8 @@ _TOP = frozenset(
         "resources",
     }
 )
+_OPTIONAL_TOP = frozenset({"throttles"})
+_THROTTLE = frozenset({"agent_id", "per_minute", "until"})
 _POLICY = frozenset({"id", "text", "mode", "description", "template"})
 _AGENT = frozenset(
     {
@@ -195,13 +206,15 @@ def bundle_dict(
     fingerprint: str,
     *,
     time_zone: str = "UTC",
+    throttles: Iterable[Throttle] = (),
 ) -> dict[str, Any]:
     """The bundle of one policy version and one entity snapshot (JSON types only).
 
     Policies keep their order (the engine's, which fixes the order of a decision's
     ``policies`` and reasons); entities are sorted so equal inputs give equal bytes.
     """
-    return {
+    caps = _throttle_list(throttles)
+    out = {
         "format": BUNDLE_FORMAT,
         "policy_version": engine_version,
         "fingerprint": fingerprint,
@@ -212,17 +225,33 @@ def bundle_dict(
         "humans": [_human_dict(h) for h in sorted(humans, key=lambda h: h.id)],
         "resources": [_resource_dict(r) for r in sorted(resources, key=lambda r: (r.type, r.id))],
     }
+    if caps:
+        out["throttles"] = caps
+    return out
+
+
+def _throttle_list(throttles: Iterable[Throttle]) -> list[dict[str, Any]]:
+    return [t.to_dict() for t in sorted(throttles, key=lambda t: t.agent_id)]
 
 
 def bundle_etag(
-    policy_version: int, fingerprint: str, schema_extension: str, *, time_zone: str = "UTC"
+    policy_version: int,
+    fingerprint: str,
+    schema_extension: str,
+    *,
+    time_zone: str = "UTC",
+    throttles: Iterable[Throttle] = (),
 ) -> str:
     """The version of a bundle: unpadded base64url of the first 24 bytes of SHA-256
     over the bundle format, the policy version, the entity fingerprint, the schema
     extension and the time zone (32 characters). Anything that changes a bundle's
     content changes one of these, so equal etags mean equal decisions."""
+    parts: list[Any] = [BUNDLE_FORMAT, policy_version, fingerprint, schema_extension, time_zone]
+    caps = _throttle_list(throttles)
+    if caps:
+        parts.append(caps)
     material = json.dumps(
-        [BUNDLE_FORMAT, policy_version, fingerprint, schema_extension, time_zone],
+        parts,
         separators=(",", ":"),
         ensure_ascii=True,
     )
@@ -233,13 +262,15 @@ def bundle_etag(
 # -- reading ----------------------------------------------------------------------------
 
 
-def _object(value: Any, where: str, members: frozenset[str]) -> Mapping[str, Any]:
+def _object(
+    value: Any, where: str, members: frozenset[str], optional: frozenset[str] = frozenset()
+) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise BundleError(f"{where}: expected an object")
     missing = members - value.keys()
     if missing:
         raise BundleError(f"{where}.{sorted(missing)[0]}: missing")
-    unknown = value.keys() - members
+    unknown = value.keys() - members - optional
     if unknown:
         raise BundleError(f"{where}.{sorted(str(k) for k in unknown)[0]}: unknown member")
     return value
@@ -448,6 +479,26 @@ def _resources(value: Any) -> list[ResourceRecord]:
     return out
 
 
+def throttles_of(data: Mapping[str, Any]) -> list[Throttle]:
+    """The throttles a bundle carries (none when the member is absent), checked:
+    ``throttles[i].member`` names the first bad one."""
+    raw = data.get("throttles")
+    if raw is None:
+        return []
+    out: list[Throttle] = []
+    seen: set[str] = set()
+    for i, item in enumerate(_list(raw, "throttles", MAX_THROTTLES)):
+        where = f"throttles[{i}]"
+        entry = _object(item, where, _THROTTLE)
+        agent_id = _ident(entry["agent_id"], f"{where}.agent_id")
+        _unique(seen, agent_id, f"{where}.agent_id")
+        try:
+            out.append(Throttle(agent_id, entry["per_minute"], entry["until"]))
+        except ValueError as exc:
+            raise BundleError(f"{where}: {exc}") from None
+    return out
+
+
 def time_zone_of(data: Mapping[str, Any]) -> str:
     """The IANA zone the control plane computes ``context.time`` in; an enforcement
     point's Authorizer must use it too, or time-based policies would differ."""
@@ -470,7 +521,7 @@ def load_bundle(
     ``previous`` lends its compiled policies, so an update re-parses only what
     changed; ``warm`` parses the common policy slices ahead, off the decision path.
     """
-    top = _object(data, "bundle", _TOP)
+    top = _object(data, "bundle", _TOP, _OPTIONAL_TOP)
     if top["format"] != BUNDLE_FORMAT:
         raise BundleError(f"format: expected {BUNDLE_FORMAT!r}")
     version = top["policy_version"]
@@ -487,6 +538,7 @@ def load_bundle(
     agents = _agents(top["agents"])
     humans = _humans(top["humans"])
     resources = _resources(top["resources"])
+    throttles_of(top)  # checked here too: a bundle loads whole or not at all
     for i, record in enumerate(resources):
         try:
             check_resource(schema, record)

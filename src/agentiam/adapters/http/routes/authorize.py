@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request
 
 from agentiam.adapters.http.policy_schemas import (
@@ -13,6 +14,8 @@ from agentiam.adapters.http.policy_schemas import (
     DecisionOut,
 )
 from agentiam.adapters.http.routes import PROBLEM_RESPONSES, IdPath, audited_read
+from agentiam.adapters.http.routes.approvals import decide_with_approval, split_approval_id
+from agentiam.adapters.http.routes.response import refuse_throttled
 from agentiam.adapters.http.security import container_of, require
 from agentiam.core.access.admin_keys import Permission
 from agentiam.core.audit.events import ResourceRef
@@ -46,14 +49,24 @@ def _requests(request: Request, bodies: list[AuthorizeIn]) -> list[AuthzRequest]
         out.append(req)
     if errors:
         raise InvalidInput("the authorization request is not valid", errors=errors)
+    refuse_throttled(request, out)  # 429 while an automatic response caps the agent
     return out
 
 
 @router.post("/v1/authorize", response_model=DecisionOut)
-def authorize(body: AuthorizeIn, request: Request, ctx: Decide) -> DecisionOut:
-    """Decide one request. Every decision is written to the audit trail first."""
-    decisions = container_of(request).decisions.decide(ctx, _requests(request, [body]))
-    return DecisionOut.of(decisions[0])
+async def authorize(
+    body: AuthorizeIn,
+    request: Request,
+    ctx: Decide,
+    wait: Annotated[float, Query(ge=0, le=300)] = 0,
+) -> DecisionOut:
+    """Decide one request. Every decision is written to the audit trail first. A deny
+    that a human's approval would lift opens an approval request (``approval`` in the
+    answer; ``wait=N`` blocks up to N seconds for the human's decision), and
+    ``context.approval_id`` uses an approved one, once (docs/approvals.md)."""
+    body, approval_id = split_approval_id(body)
+    call = (await anyio.to_thread.run_sync(_requests, request, [body]))[0]
+    return await decide_with_approval(request, ctx, call, approval_id, wait)
 
 
 @router.post("/v1/authorize/batch", response_model=DecisionBatchOut)

@@ -1,0 +1,190 @@
+"""Human approval (step-up): when a deny can be lifted by a human, the approval
+request that asks one, and its state machine.
+
+**When.** A decision is *approvable* when it is a deny that the same request would
+turn into an allow with ``context.approval = {state: "approved", approver: <an owner
+of the agent>}``: the policies that denied it are the ones that ask for approval
+(``forbid … when { context.approval.state != "approved" }``, the
+``approval_above_risk`` template, a response playbook's step-up). Any other deny
+(no permit at all, an unconditional forbid, an error, an unknown agent) stays a deny:
+approving it would change nothing. :func:`approvable` is the one place this rule
+lives; the control plane's decision point and every enforcement point ask it.
+
+**Binding.** An approval is for one call: :func:`request_fingerprint` is the SHA-256
+of the RFC 8785 canonical JSON of the principal, the action, the resource and the
+complete tool arguments. Using an approval (consuming it) requires the same agent and
+the same fingerprint, so an approval for arguments A cannot carry arguments B.
+
+**States.** ``pending`` → ``approved`` | ``denied`` | ``expired``; ``approved`` →
+``consumed`` (single use) | ``expired`` (not used in time). A pending request that
+times out is *expired*, which denies: a timeout never approves. Every transition is a
+compare-and-set in storage, so two approvers racing cannot both win.
+
+The semantics are compared with OpenID CIBA in docs/approvals.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from agentiam.core.audit.trail import canonical
+from agentiam.core.policy.authorizer import Authorizer, AuthzRequest, Decision
+from agentiam.core.policy.model import EntityRef
+
+__all__ = [
+    "APPROVAL_EVENTS",
+    "ApprovalRequest",
+    "ApprovalState",
+    "Approver",
+    "approvable",
+    "approved_context",
+    "request_fingerprint",
+]
+
+# The audit event of each transition (the state it enters).
+APPROVAL_EVENTS = {
+    "pending": "approval.requested",
+    "approved": "approval.approved",
+    "denied": "approval.denied",
+    "expired": "approval.expired",
+    "consumed": "approval.consumed",
+}
+MAX_ARGUMENTS_BYTES = 256 * 1024  # canonical JSON of the arguments a fingerprint covers
+
+
+class ApprovalState(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    CONSUMED = "consumed"
+
+    @property
+    def final(self) -> bool:
+        """Nothing can happen to the request any more."""
+        return self in (ApprovalState.DENIED, ApprovalState.EXPIRED, ApprovalState.CONSUMED)
+
+
+@dataclass(frozen=True, slots=True)
+class Approver:
+    """Who decided: an operator (``kind`` "operator", ``id`` the admin key's actor) or
+    a human in the registry (``kind`` "human", ``id`` the human's id), who must be an
+    owner or sponsor of the agent."""
+
+    kind: str  # "operator" or "human"
+    id: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+    @classmethod
+    def parse(cls, label: str) -> Approver:
+        kind, _, ident = label.partition(":")
+        return cls(kind, ident)
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequest:
+    """One call waiting for (or given) a human's approval. ``arguments`` are redacted
+    by the audit redaction rules; the raw values are never stored, only bound by the
+    fingerprint. ``expires_at`` is the decision deadline while pending, and the use
+    deadline once approved."""
+
+    id: str
+    agent_id: str
+    action: str
+    resource: EntityRef
+    fingerprint: str
+    state: ApprovalState
+    created_at: datetime
+    expires_at: datetime
+    policies: tuple[str, ...] = ()  # the policies that asked for approval (the reason)
+    initiating_human: str | None = None
+    delegation_chain: tuple[str, ...] = ()
+    argument_names: tuple[str, ...] = ()
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+    decision_id: str | None = None  # the deny that opened it
+    requested_by: str = ""  # the enforcement point (audit source) that asked
+    decided_by: str | None = None  # Approver.label
+    decided_at: datetime | None = None
+    decision_reason: str | None = None
+    consumed_at: datetime | None = None
+    consumed_decision_id: str | None = None
+
+    @property
+    def approver(self) -> Approver | None:
+        return Approver.parse(self.decided_by) if self.decided_by else None
+
+    def effective_state(self, now: datetime) -> ApprovalState:
+        """The state as of ``now``: a pending or approved request past its deadline is
+        expired even before the sweep records it."""
+        if self.state in (ApprovalState.PENDING, ApprovalState.APPROVED) and now >= self.expires_at:
+            return ApprovalState.EXPIRED
+        return self.state
+
+    def as_of(self, now: datetime) -> ApprovalRequest:
+        state = self.effective_state(now)
+        return self if state is self.state else replace(self, state=state)
+
+
+def request_fingerprint(
+    principal: EntityRef, action: str, resource: EntityRef, args: Mapping[str, Any] | None
+) -> str:
+    """SHA-256 (hex) of the RFC 8785 canonical JSON of the call: what an approval is
+    bound to. ``args`` whole, unredacted; None and ``{}`` are the same call. Raises
+    ValueError for arguments that are not JSON or larger than 256 KiB."""
+    body = {
+        "principal": {"type": principal.type, "id": principal.id},
+        "action": action,
+        "resource": {"type": resource.type, "id": resource.id},
+        "args": dict(args or {}),
+    }
+    try:
+        text = canonical(json.loads(json.dumps(body, allow_nan=False)))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the call's arguments are not JSON: {type(exc).__name__}") from None
+    if len(text) > MAX_ARGUMENTS_BYTES:
+        raise ValueError("the call's arguments are larger than 256 KiB")
+    return hashlib.sha256(text).hexdigest()
+
+
+def approved_context(context: Mapping[str, Any], approver: Approver | None) -> dict[str, Any]:
+    """``context`` with ``approval`` set to approved, naming the human who approved
+    (an operator is not a Human entity, so it is left out)."""
+    approval: dict[str, Any] = {"state": "approved"}
+    if approver is not None and approver.kind == "human":
+        approval["approver"] = approver.id
+    return {**context, "approval": approval}
+
+
+def approvable(authorizer: Authorizer, decision: Decision) -> bool:
+    """Whether a human's approval would turn ``decision`` (a deny) into an allow.
+
+    The request is decided again, with no change to the request-rate counter, as if
+    approved by an owner of the agent. Refused outright: an allow, a deny with
+    evaluation errors (fail closed: an erroring policy is not an approval question),
+    a request that already carries an approval, and a principal that is not an agent
+    in the registry."""
+    request = decision.request
+    if decision.allowed or decision.errors or "approval" in request.context:
+        return False
+    if request.principal.type != "Agent":
+        return False
+    agent = authorizer.entities.agents.get(request.principal.id)
+    if agent is None:
+        return False
+    owner = next(iter(agent.owners), None)
+    what_if = AuthzRequest(
+        request.principal,
+        request.action,
+        request.resource,
+        approved_context(request.context, Approver("human", owner) if owner else None),
+    )
+    return authorizer.decide(what_if, count=False).allowed
