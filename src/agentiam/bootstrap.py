@@ -131,6 +131,7 @@ class Container:
             (1.0, self.response.sweep),
         ]
         if self.detection is not None:
+            self.detection.start()  # history trains it; only what comes next is judged
             loops.append((self.settings.detection_poll_seconds, self.detection.run))
         if self.audit_retention is not None and self.settings.audit_retention_days:
             loops.append((self.settings.audit_retention_check_seconds, self._prune_audit))
@@ -408,6 +409,7 @@ def build(
             lambda: decisions.authorizer.entities,
             config=_detection_config(settings),
             integrate=trail.integrate_all,
+            refresh=decisions.refresh,
         )
     approvals = ApprovalService(
         uow,

@@ -60,7 +60,7 @@ class World:
 
     def human_token(self, human: str) -> str:
         with self.admin() as admin:
-            r = admin.post(f"/v1/humans/{human}/subject-tokens", json={})
+            r = admin.post(f"/v1/humans/{human}/subject-tokens", json={"purpose": "approval"})
             assert r.status_code == 201, r.text
             return str(r.json()["subject_token"])
 
@@ -263,6 +263,18 @@ def test_the_wrong_human_and_an_agent_cannot_approve(world: World) -> None:
             f"/v1/humans/{world.owner}/subject-tokens", json={"agent_id": world.agent_id}
         ).json()["subject_token"]
     assert world.decide(approval, "approve", handed).status_code == 401
+    # nor a plain delegation subject token (no may_act): one may sit in an agent's hands,
+    # so only a token minted for approving (its own audience) decides
+    with world.admin() as admin:
+        subject = admin.post(f"/v1/humans/{world.owner}/subject-tokens", json={}).json()
+    assert world.decide(approval, "approve", subject["subject_token"]).status_code == 401
+    # and an approval token cannot start a delegation chain (wrong audience)
+    with world.admin() as admin:
+        r = admin.post(
+            f"/v1/humans/{world.owner}/subject-tokens",
+            json={"purpose": "approval", "agent_id": world.agent_id},
+        )
+    assert r.status_code == 422
     # an auditor key lacks approvals:decide; the verifier key too
     with world.admin() as admin:
         auditor = admin.post("/v1/admin-keys", json={"name": "aud", "role": "auditor"})

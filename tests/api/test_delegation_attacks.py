@@ -1493,3 +1493,13 @@ def test_a_private_jwks_uri_is_refused_at_load_unless_allowed(
     (loaded,) = load_trusted_issuers([dict(entry, allow_private_network=True)])
     assert loaded.jwks_uri == uri
     assert loaded.allow_private_network
+
+
+def test_an_approval_token_cannot_start_a_delegation_chain(world: World) -> None:
+    """A human's token minted for deciding approvals has its own audience: shown as the
+    subject token of an exchange, it is refused like any token for another audience."""
+    scene = world.scene()
+    approval, _ = world.c.grants.human_token(CTX, scene.human_id, purpose="approval")
+    r = world.exchange(scene.planner, approval)
+    assert r.status_code in (400, 401), r.text
+    assert r.json()["error"] in ("invalid_grant", "invalid_request", "invalid_token")

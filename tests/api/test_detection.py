@@ -203,3 +203,91 @@ def test_a_bad_detection_file_stops_the_start_naming_the_key(
     path.write_text(yaml.safe_dump({"velocity": {"loop_repeats": -3}}))
     with pytest.raises(InvalidInput, match=r"velocity\.loop_repeats"):
         build(Settings(database_url=sqlite_url, detection_file=str(path)))
+
+
+def test_an_anonymous_request_claiming_an_agent_id_raises_nothing_against_it(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A failed token request only claims a client_id; charging it to that agent would
+    let anyone raise a victim's risk or get it suspended."""
+    probe = {
+        "name": "probing",
+        "when": {"categories": ["privilege_escalation"], "min_severity": "high"},
+        "actions": [{"suspend": {}}],
+    }
+    with oauth_live(sqlite_url, playbooks_file=_playbooks(tmp_path, [probe])) as live:
+        for _ in range(8):
+            r = httpx.post(
+                live.token_endpoint,
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": live.agent_id,
+                    "resource": ["https://a.example", "https://b.example"],
+                },
+            )
+            assert r.status_code == 400
+        c = live.container
+        denied = _until(lambda: _events(c, "token.denied", live.agent_id))
+        assert denied[0].details["authenticated"] is False
+        _settled(lambda: c.detection and c.detection.status().position)
+        assert _events(c, "detection.alert", live.agent_id) == []
+        assert c.agents.get(live.agent_id).status.value == "active"
+        assert c.detection is not None
+        assert c.detection.agent_risk(live.agent_id) == 0
+        # the proven agent asking beyond its entitlements is charged
+        r = live.request_token(form=live.form(scope="admin:everything"))
+        assert r.status_code == 400, r.text
+        alert = _until(lambda: _events(c, "detection.alert", live.agent_id))
+        assert alert[0].details["detector"] == "escalation.beyond_entitlement"
+        assert c.agents.get(live.agent_id).status.value == "suspended"
+
+
+def test_ids_nobody_registered_create_no_detection_state(sqlite_url: str) -> None:
+    """A flood of made-up agent ids must not evict real agents' baselines."""
+    with oauth_live(sqlite_url) as live, live.admin_client() as admin:
+        for n in range(20):
+            _decide(admin, f"agt_01JF{n:022d}", "search")
+        _decide(admin, live.agent_id, "search")
+        c = live.container
+        assert c.detection is not None
+        _settled(lambda: c.detection and c.detection.status().position)
+        assert c.detection.status().engine["agents"] == 1
+
+
+def test_switching_detection_on_over_history_judges_only_what_comes_next(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    with oauth_live(sqlite_url, detection_enabled=False) as live:
+        agent = live.agent_id
+        with live.admin_client() as admin:
+            assert admin.put("/v1/policies/search", json={"text": SEARCH}).status_code == 200
+            for _ in range(30):  # a loop that happened before detection was on
+                _decide(admin, agent)
+    again = build(Settings(database_url=sqlite_url, playbooks_file=_playbooks(tmp_path, [RUNAWAY])))
+    try:
+        assert again.detection is not None
+        again.detection.start()
+        again.detection.run()
+        assert _events(again, "detection.alert", agent) == []
+        assert _events(again, "response.action", agent) == []
+        assert again.agents.get(agent).status.value == "active"
+        assert again.detection.engine.stats()["events"] >= 30  # it learned from them
+    finally:
+        again.close()
+
+
+def test_a_caller_cannot_assert_its_own_approval(sqlite_url: str) -> None:
+    """Approval state is the control plane's: set from an approved request named by
+    ``context.approval_id``, never taken from the caller."""
+    with oauth_live(sqlite_url) as live, live.admin_client() as admin:
+        body = {
+            "principal": {"type": "Agent", "id": live.agent_id},
+            "action": "invoke_tool",
+            "resource": {"type": "Tool", "id": "search"},
+            "context": {"approval": {"state": "approved"}},
+        }
+        r = admin.post("/v1/authorize", json=body)
+        assert r.status_code == 422
+        assert "context.approval_id" in r.text
+        r = admin.post("/v1/authorize/batch", json={"requests": [body]})
+        assert r.status_code == 422

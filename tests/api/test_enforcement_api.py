@@ -379,3 +379,19 @@ def test_only_enforcement_points_and_admins_sync_and_ingest(live: OAuthLive, rol
     with httpx.Client(base_url=live.url, timeout=10) as anonymous:
         assert anonymous.get(BUNDLE).status_code == 401
         assert anonymous.post(INGEST, json={"events": []}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "forged",
+    ["token.denied", "token.issued", "agent.created", "approval.approved", "detection.alert"],
+)
+def test_an_enforcement_point_cannot_ship_control_plane_facts(
+    gateway: httpx.Client, forged: str
+) -> None:
+    """A verifier key writes what an enforcement point records (decisions, refusals,
+    calls), never token, registry, approval or detection facts: a forged
+    ``token.denied`` naming a victim would otherwise raise alerts and containment."""
+    event = {**_event(1), "type": forged}
+    r = gateway.post(INGEST, json={"events": [event]})
+    assert r.status_code == 422, r.text
+    assert "events[0].type" in r.text

@@ -374,3 +374,21 @@ def test_a_declared_spawn_ceiling_replaces_the_default_burst_rule() -> None:
     [alert] = feed.observe(A, "agent.created", "spawn_agent", "Agent::c4", gap=60)
     assert alert.detector == "velocity.spawn_ceiling"
     assert alert.evidence.facts["spawns_this_hour"] == 4
+
+
+def test_an_exchange_with_a_stolen_actor_token_is_a_critical_stolen_token_alert() -> None:
+    """The actor token verified (it is the agent's) but the proof came from another key."""
+    feed = Feed()
+    feed.observe(
+        A,
+        "token.denied",
+        "token",
+        None,
+        allowed=False,
+        error="invalid_dpop_proof",
+        refusal="key_mismatch",
+        reason="invalid_dpop_proof: actor token not bound to the proof key",
+    )
+    stolen = _only(feed, "escalation.stolen_token")
+    assert len(stolen) == 1
+    assert stolen[0].severity is Severity.CRITICAL

@@ -116,10 +116,9 @@ def test_a_proof_made_with_another_key_is_classified_as_key_mismatch() -> None:
             authorization=[f"DPoP {token}"], dpop=[proof], method="GET", url=URL, trace=TRACE
         )
     [event] = parties.sink.events
-    # The enforcer records this refusal before it knows the agent: unattributed, ignored.
-    assert observe(1, event) is None
-    # With the agent named (details.client_id), it is the stolen-token signal.
-    event["details"]["client_id"] = AGENT
+    # The token verified on its own: the enforcer names its agent (details.client_id)
+    # and the presented key (details.jkt); this is the stolen-token signal.
+    assert event["details"]["client_id"] == AGENT
     obs = observe(1, event)
     assert obs is not None
     assert obs.agent_id == AGENT
@@ -197,7 +196,7 @@ def test_an_issued_token_gives_its_jti_key_and_scope() -> None:
 def test_a_refused_token_request_names_its_oauth_error(
     reason: str, error: str, widening: bool
 ) -> None:
-    # the shape TokenService.deny records
+    # the shape TokenService.deny records once the client was proven
     event = AGENT_CTX.event(
         "token.denied",
         now=NOW,
@@ -205,11 +204,62 @@ def test_a_refused_token_request_names_its_oauth_error(
         outcome=Outcome.DENIED,
         resource=ResourceRef("agent", "agt_1"),
         reason=reason,
+        details={"authenticated": True},
     )
     obs = observe(1, event.to_dict())
     assert obs is not None
     assert obs.allowed is False
     assert (obs.attributes["error"], obs.attributes["widening"]) == (error, widening)
+
+
+@pytest.mark.parametrize("authenticated", [False, None, "true", 1])
+def test_a_refusal_of_an_unproven_client_is_not_charged_to_the_id_it_claimed(
+    authenticated: object,
+) -> None:
+    """Anyone can send a token request claiming an agent's client_id; only a refusal
+    after the client was proven is that agent's doing."""
+    details = {} if authenticated is None else {"authenticated": authenticated}
+    event = AGENT_CTX.event(
+        "token.denied",
+        now=NOW,
+        action="token",
+        outcome=Outcome.DENIED,
+        resource=ResourceRef("agent", "agt_1"),
+        reason="invalid_target: one resource per token",
+        details=details,
+    )
+    assert observe(1, event.to_dict()) is None
+
+
+@pytest.mark.parametrize("kind", ["token.denied", "token.issued", "agent.created"])
+def test_control_plane_facts_shipped_by_an_enforcement_point_are_ignored(kind: str) -> None:
+    event = AGENT_CTX.event(
+        kind,
+        now=NOW,
+        action="token",
+        outcome=Outcome.DENIED,
+        resource=ResourceRef("agent", "agt_1"),
+        reason="invalid_scope: forged",
+        details={"authenticated": True, "parent_id": "agt_0", "jti": "tok_1"},
+    ).to_dict()
+    assert observe(1, {**event, "source": "control-plane/admin-api"}) is not None
+    assert observe(1, {**event, "source": "gateway/payments"}) is None
+    assert observe(1, {**event, "source": "guard/worker"}) is None
+
+
+def test_an_exchange_refused_for_a_proof_from_another_key_is_a_key_mismatch() -> None:
+    event = AGENT_CTX.event(
+        "token.denied",
+        now=NOW,
+        action="token",
+        outcome=Outcome.DENIED,
+        resource=ResourceRef("agent", "agt_1"),
+        reason="invalid_dpop_proof: actor token not bound to the proof key",
+        details={"authenticated": True},
+    )
+    obs = observe(1, event.to_dict())
+    assert obs is not None
+    assert obs.attributes["refusal"] == "key_mismatch"
 
 
 # -- spawning -------------------------------------------------------------------------------

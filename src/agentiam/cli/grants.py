@@ -112,9 +112,18 @@ def revoke_human(
 def subject_token(
     human: Annotated[str, typer.Argument(help="The human's id (hum_…).")],
     agent: Annotated[str | None, typer.Option(help="Only this agent may use it (may_act).")] = None,
+    approval: Annotated[
+        bool, typer.Option("--approval", help="A token for deciding approvals instead.")
+    ] = False,
 ) -> None:
-    """Mint a short-lived subject token for a human (no external IdP). Prints the token."""
+    """Mint a short-lived subject token for a human (no external IdP), or with
+    --approval the human's token for deciding approval requests. Prints the token."""
     with handle_errors(), container() as c:
         agent_id = c.agents.resolve(agent).id if agent else None
-        token, _ = c.grants.human_token(cli_context(), human, agent_id=agent_id)
+        token, _ = c.grants.human_token(
+            cli_context(),
+            human,
+            agent_id=agent_id,
+            purpose="approval" if approval else "delegation",
+        )
     typer.echo(token)

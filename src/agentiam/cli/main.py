@@ -24,6 +24,7 @@ from agentiam.cli import (
     trace,
 )
 from agentiam.cli.serve import serve
+from agentiam.cli.simulate import simulate
 
 app = typer.Typer(
     name="agentiam",
@@ -32,6 +33,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command()(serve)
+app.command()(simulate)
 app.add_typer(db.app, name="db")
 app.add_typer(admin_keys.app, name="admin-keys")
 app.add_typer(humans.app, name="humans")

@@ -103,11 +103,13 @@ class ApproverTokens:
     trusted external OpenID Connect issuer (the same verifier token exchange uses)
     linked to a registered human, or a human subject token AgentIAM minted.
 
-    A token made to be handed to an agent cannot approve: one naming an actor in
-    ``may_act`` (RFC 8693 section 4.4) is refused, and so is an AgentIAM token that was
-    already exchanged for an agent. An external token must also name this service's
-    approvals API (``<issuer>/v1/approvals``) in ``aud``: the IdP issues it for
-    approving, not for delegation. One opaque 401 for every refusal."""
+    A token made to be handed to an agent cannot approve. Every approver token must
+    name this service's approvals API (``<issuer>/v1/approvals``) in ``aud``: an
+    AgentIAM token is minted for that purpose (``purpose: approval``) and is never a
+    delegation subject token (those carry the authorization server's audience), and an
+    external one is issued by the IdP for approving. A token naming an actor in
+    ``may_act`` (RFC 8693 section 4.4) or already exchanged for an agent is refused as
+    well. One opaque 401 for every refusal."""
 
     def __init__(
         self,
@@ -139,11 +141,15 @@ class ApproverTokens:
         if issuer == self._issuer:
             self._ensure_fresh()
             try:
-                access = self._verifier.verify_token(token, now=epoch)
+                access = self._verifier.verify_token(token, now=epoch, any_audience=True)
             except OAuthError:
                 raise refused from None
+            audience = access.claims.get("aud")
             if (
-                not is_id(access.subject, "human")
+                # minted for approving (purpose "approval"), never a delegation subject
+                # token: one of those may be in an agent's hands
+                audience != self.audience
+                or not is_id(access.subject, "human")
                 or access.client_id != access.subject
                 or access.chain.delegated
                 or access.chain.may_act is not None

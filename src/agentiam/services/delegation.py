@@ -225,8 +225,11 @@ class DelegationService:
                     "token exchange requires a DPoP proof by the actor token's key",
                     reason="no DPoP proof",
                 )
-            actor = self._actor(form, proof, epoch)
+            actor = self._actor(form, epoch)
+            # proven by the actor token's signature: a refusal from here on is charged
+            # to that agent (a stolen token shown with another key included)
             actor_id = actor.client_id
+            _bound_to_proof(actor, proof)
             uses = self._client_auth(form, actor.client_id, epoch, now)
             uses.append(self._tokens.proof_use(proof, now))
             subject = self._subject(form, epoch)
@@ -246,7 +249,9 @@ class DelegationService:
         except OAuthError as exc:
             _, epoch = self._now()
             exc.headers.update(self._tokens.nonce_headers(epoch))
-            self._tokens.deny(ctx, exc, actor_id or claimed_client(form))
+            self._tokens.deny(
+                ctx, exc, actor_id or claimed_client(form), authenticated=actor_id is not None
+            )
             raise
         return response
 
@@ -292,9 +297,7 @@ class DelegationService:
                 raise
             raise _invalid_grant(f"{what}: {exc.reason}", f"the {what} is not valid") from None
 
-    def _actor(
-        self, form: Mapping[str, Sequence[str]], proof: DpopProof, epoch: int
-    ) -> VerifiedAccess:
+    def _actor(self, form: Mapping[str, Sequence[str]], epoch: int) -> VerifiedAccess:
         token = single(form, "actor_token") or ""
         actor = self._verify_own(token, epoch, "actor token")
         if actor.chain.delegated or actor.subject != actor.client_id:
@@ -305,12 +308,6 @@ class DelegationService:
             )
         if not is_id(actor.client_id, "agent"):
             raise OAuthError("invalid_request", "actor_token must belong to an agent")
-        if actor.jkt is None or actor.jkt != proof.jkt:
-            raise OAuthError(
-                "invalid_dpop_proof",
-                "the DPoP proof must be signed by the actor token's key",
-                reason="actor token not bound to the proof key",
-            )
         return actor
 
     def _client_auth(
@@ -337,7 +334,18 @@ class DelegationService:
                 raise OAuthError(
                     "invalid_request", "an AgentIAM subject token has the access_token type"
                 )
-            return self._own_subject(self._verify_own(token, epoch, "subject token"))
+            access = self._verify_own(token, epoch, "subject token")
+            if (
+                is_id(access.subject, "human")
+                and not access.chain.delegated
+                and access.audience != self.policy.issuer
+            ):
+                # a human's token for another purpose (deciding approvals) starts no chain
+                raise _invalid_grant(
+                    "subject token: a human's token not minted for delegation",
+                    "the subject token is not valid",
+                )
+            return self._own_subject(access)
         return self._external_subject(token, epoch)
 
     @staticmethod
@@ -842,7 +850,7 @@ class DelegationService:
                 now=now,
             )
         except OAuthError as exc:
-            self._tokens.deny(ctx, exc, parent.client_id)
+            self._tokens.deny(ctx, exc, parent.client_id, authenticated=True)
             raise
         return child, response
 
@@ -948,3 +956,14 @@ def _stand_in(parent: Agent, now: datetime, ttl_seconds: int) -> Agent:
         parent_id=parent.id,
         expires_at=now + timedelta(seconds=max(ttl_seconds, 1)),
     )
+
+
+def _bound_to_proof(actor: VerifiedAccess, proof: DpopProof) -> None:
+    """RFC 9449 section 7.1: the proof must be signed by the key the actor token is
+    bound to (``cnf.jkt``); otherwise whoever holds the token does not hold its key."""
+    if actor.jkt is None or actor.jkt != proof.jkt:
+        raise OAuthError(
+            "invalid_dpop_proof",
+            "the DPoP proof must be signed by the actor token's key",
+            reason="actor token not bound to the proof key",
+        )

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -54,6 +55,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ALERT_EVENT = "detection.alert"
+# An alert about events older than this (a backlog read after an outage) is recorded
+# but not acted on: containment is for what is happening now.
+MAX_RESPONSE_AGE = timedelta(minutes=10)
+# How often an event naming an agent the registry snapshot lacks may trigger a reload.
+_UNKNOWN_AGENT_REFRESH_SECONDS = 1.0
 DETECTION_CURSOR = "detection"
 SOURCE = "control-plane/detection"
 
@@ -123,6 +129,7 @@ class DetectionService:
         *,
         config: DetectionConfig | None = None,
         integrate: Callable[[], object] | None = None,
+        refresh: Callable[[], object] | None = None,
         batch: int = 500,
         replay: int = 50_000,
     ) -> None:
@@ -131,6 +138,8 @@ class DetectionService:
         self._audit = audit
         self._snapshot = snapshot
         self._integrate = integrate
+        self._refresh = refresh
+        self._refreshed_at = float("-inf")
         self._batch = batch
         self._replay = replay
         self.config = config or DetectionConfig()
@@ -284,9 +293,28 @@ class DetectionService:
         if not isinstance(event, dict):
             return None
         observation = observe(index, event)
-        if observation is None:
+        if observation is None or not self._registered(observation.agent_id):
             return None
         return self._enriched(observation)
+
+    def _registered(self, agent_id: str) -> bool:
+        """Only registered agents are watched: an id nobody registered (a forged claim,
+        a flood of random ids meant to evict real baselines) creates no state. An id
+        the snapshot lacks reloads it, at most once a second."""
+        if agent_id in self._snapshot().agents:
+            return True
+        if self._refresh is None:
+            return False
+        now = time.monotonic()
+        if now - self._refreshed_at < _UNKNOWN_AGENT_REFRESH_SECONDS:
+            return False
+        self._refreshed_at = now
+        try:
+            self._refresh()
+        except Exception:
+            log.warning("registry reload for detection failed", exc_info=True)
+            return False
+        return agent_id in self._snapshot().agents
 
     def _enriched(self, observation: Observation) -> Observation:
         """Add what the catalog knows of the target (environment, data domain, tenant,
@@ -314,15 +342,38 @@ class DetectionService:
         responder = self.responder
         if responder is None:
             return
+        if now - alert.time > MAX_RESPONSE_AGE:
+            log.warning(
+                "alert %s is about events older than %s; recorded, not acted on",
+                alert.alert_id,
+                MAX_RESPONSE_AGE,
+            )
+            return
         try:
             responder.handle(alert, agent_risk=agent_risk, session_risk=session_risk)
         except Exception:  # a responder must not stop detection; it audits its failures
             log.exception("the response to alert %s failed", alert.alert_id)
 
+    def start(self) -> None:
+        """Warm up now, before the loop runs (``Container.start_background``). On the
+        first start over an existing trail the cursor is set to its end: history
+        trains the baselines but is not judged as if it were happening now."""
+        with self._lock:
+            if not self._warm:
+                self._warm_up()
+
     def _warm_up(self) -> None:
         """Replay the entries before the cursor, alerts discarded (see module doc)."""
         with self._uow(read_only=True) as uow:
             position = uow.trail.cursor(DETECTION_CURSOR)
+        if position == 0:  # never ran here: what the trail holds is history
+            if self._integrate is not None:
+                self._integrate()
+            with self._uow() as uow:
+                position = uow.trail.head()[0]
+                if position:
+                    uow.trail.advance(DETECTION_CURSOR, position, self._clock.now())
+                    uow.commit()
         start = max(0, position - self._replay)
         replayed = 0
         while start < position:

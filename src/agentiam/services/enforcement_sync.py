@@ -161,6 +161,10 @@ def _event_time(value: Any, index: int, now: datetime) -> datetime:
     return at
 
 
+# What an enforcement point records (its decisions, its refusals, the calls it made).
+ENFORCEMENT_EVENT_TYPES = frozenset({"authz.decision", "tool.call", "api.request.rejected"})
+
+
 def parse_ingested_event(data: Any, index: int, *, now: datetime) -> AuditEvent:
     """One event an enforcement point sent, checked member by member, or
     :class:`~agentiam.errors.InvalidInput` (422) naming ``events[index].member``.
@@ -180,6 +184,10 @@ def parse_ingested_event(data: Any, index: int, *, now: datetime) -> AuditEvent:
     event_type = raw["type"]
     if not isinstance(event_type, str) or not _TYPE_RE.fullmatch(event_type):
         raise _bad(index, "type", "expected a lowercase dotted name of at most 64 characters")
+    if event_type not in ENFORCEMENT_EVENT_TYPES:
+        # token, registry, approval, detection and response facts are the control
+        # plane's own: an enforcement point's key must not be able to write them
+        raise _bad(index, "type", f"must be one of {', '.join(sorted(ENFORCEMENT_EVENT_TYPES))}")
     if raw["outcome"] not in {o.value for o in Outcome}:
         raise _bad(index, "outcome", "must be success, failure or denied")
     actor = _members(raw["actor"], index, "actor", frozenset({"type", "id", "role"}))

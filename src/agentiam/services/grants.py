@@ -198,12 +198,26 @@ class GrantService:
         )
 
     def human_token(
-        self, ctx: CallContext, human_id: str, *, agent_id: str | None = None
+        self,
+        ctx: CallContext,
+        human_id: str,
+        *,
+        agent_id: str | None = None,
+        purpose: str = "delegation",
     ) -> tuple[str, int]:
-        """Mint a short-lived subject token for a registered human, for deployments
-        without an external IdP (and for tests). Its audience is this authorization
-        server, so no resource server accepts it; with ``agent_id`` it carries
-        ``may_act`` naming the one agent that may use it (RFC 8693 section 4.4)."""
+        """Mint a short-lived token for a registered human, for deployments without an
+        external IdP (and for tests). For ``delegation`` (a subject token) its audience
+        is this authorization server, so no resource server accepts it; with
+        ``agent_id`` it carries ``may_act`` naming the one agent that may use it (RFC
+        8693 section 4.4). For ``approval`` its audience is the approvals API
+        (``<issuer>/v1/approvals``) only: the human decides approval requests with it,
+        and it can start no delegation chain. The two never stand in for each other,
+        so a token handed to an agent cannot approve that agent's requests."""
+        if purpose not in ("delegation", "approval"):
+            raise InvalidInput('purpose must be "delegation" or "approval"')
+        if purpose == "approval" and agent_id is not None:
+            raise InvalidInput("an approval token is the human's own: it names no agent")
+        audience = self._issuer if purpose == "delegation" else self._issuer + "/v1/approvals"
         now, epoch = self._now()
         expires = epoch + self._human_token_ttl
         with self._uow() as uow:
@@ -214,7 +228,7 @@ class GrantService:
             claims = AccessTokenClaims(
                 issuer=self._issuer,
                 subject=human_id,
-                audience=self._issuer,
+                audience=audience,
                 client_id=human_id,
                 issued_at=epoch,
                 expires_at=expires,
@@ -234,7 +248,7 @@ class GrantService:
                     actors=(),
                     grant_id=None,
                     scope=(),
-                    audience=self._issuer,
+                    audience=audience,
                     issued_at=now,
                     expires_at=datetime.fromtimestamp(expires, now.tzinfo),
                 )
@@ -247,6 +261,7 @@ class GrantService:
                     resource=ResourceRef("human", human_id),
                     details={
                         "grant_type": "human_subject_token",
+                        "purpose": purpose,
                         "jti": claims.jti,
                         "exp": expires,
                         "may_act": agent_id,

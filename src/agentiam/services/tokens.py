@@ -151,9 +151,19 @@ class TokenService:
     def nonce_headers(self, epoch: int) -> dict[str, str]:
         return {"DPoP-Nonce": self.nonces.issue(epoch)} if self.policy.nonce_required else {}
 
-    def deny(self, ctx: CallContext, exc: OAuthError, client_id: str | None) -> None:
+    def deny(
+        self,
+        ctx: CallContext,
+        exc: OAuthError,
+        client_id: str | None,
+        *,
+        authenticated: bool = False,
+    ) -> None:
         """Audit a refused request (best effort is not enough: 503 if it cannot be
-        written, like every other audited call)."""
+        written, like every other audited call). ``authenticated`` says the client was
+        proven (its assertion, or a token issued to it, verified) before the refusal;
+        otherwise ``client_id`` is only what the request claimed, and behavioural
+        detection does not charge the refusal to that agent (anyone can claim an id)."""
         actor = (
             Actor(type=ActorType.AGENT, id=client_id[:64])
             if client_id and is_id(client_id, "agent")
@@ -166,6 +176,7 @@ class TokenService:
             outcome=Outcome.DENIED,
             resource=ResourceRef("agent", actor.id) if actor.type is ActorType.AGENT else None,
             reason=f"{exc.error}: {exc.reason}"[:500],
+            details={"authenticated": authenticated},
         )
 
     @staticmethod
@@ -280,6 +291,7 @@ class TokenService:
             # never falls back to another grant.
             return self.exchange_handler.exchange(ctx, form, dpop)
         now, epoch = self._now()
+        proven: str | None = None  # the client, once its assertion verified
         try:
             self.check_form(form)
             grant = single(form, "grant_type")
@@ -292,6 +304,7 @@ class TokenService:
             # is held only for the inserts below.
             with self._uow(read_only=True) as uow:
                 agent, assertion = self.authenticate(uow, form, epoch, now)
+            proven = agent.id
             response, claims, issued = self._grant(ctx, agent, form, proof, now, epoch)
             with self._uow() as uow:
                 # A suspension committed since the read above is caught by verifiers: it
@@ -302,7 +315,7 @@ class TokenService:
         except OAuthError as exc:
             _, epoch = self._now()
             exc.headers.update(self.nonce_headers(epoch))
-            self.deny(ctx, exc, claimed_client(form))
+            self.deny(ctx, exc, proven or claimed_client(form), authenticated=proven is not None)
             raise
         response.body["access_token"] = self.sign(claims)
         return response

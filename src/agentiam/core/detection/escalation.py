@@ -59,26 +59,13 @@ class EscalationDetector:
                 return []
             alerts = self._burst(obs, state)
             if refusal in _STOLEN:
-                alerts += state.alert(
-                    obs,
-                    "escalation.stolen_token",
-                    Category.ESCALATION,
-                    Severity.CRITICAL,
-                    refusal,
-                    "a token was presented without the key it is bound to"
-                    if refusal == "key_mismatch"
-                    else "a DPoP proof was replayed",
-                    {
-                        "refusal": refusal,
-                        "reason": obs.attributes.get("reason"),
-                        "presented_jkt": obs.attributes.get("jkt"),
-                        "bound_jkt": state.agent.scratch.get("jkt"),
-                        "expected": "a proof signed by the token's cnf.jkt key",
-                    },
-                )
+                alerts += self._stolen(obs, state, refusal)
             return alerts
         if kind == TOKEN_DENIED:
             alerts = self._burst(obs, state)
+            refusal = obs.attributes.get("refusal")
+            if refusal in _STOLEN:
+                alerts += self._stolen(obs, state, refusal)
             error = obs.attributes.get("error")
             if error in _ENTITLEMENT_ERRORS:
                 widening = bool(obs.attributes.get("widening"))
@@ -99,6 +86,28 @@ class EscalationDetector:
             if jkt is not None:  # the key its latest token is bound to, for evidence
                 state.agent.scratch["jkt"] = jkt
         return []
+
+    @staticmethod
+    def _stolen(obs: Observation, state: DetectionState, refusal: str) -> list[Alert]:
+        """A token shown with a proof from another key (at a gateway, or as the actor
+        token of an exchange), or a replayed proof."""
+        return state.alert(
+            obs,
+            "escalation.stolen_token",
+            Category.ESCALATION,
+            Severity.CRITICAL,
+            refusal,
+            "a token was presented without the key it is bound to"
+            if refusal == "key_mismatch"
+            else "a DPoP proof was replayed",
+            {
+                "refusal": refusal,
+                "reason": obs.attributes.get("reason"),
+                "presented_jkt": obs.attributes.get("jkt"),
+                "bound_jkt": state.agent.scratch.get("jkt"),
+                "expected": "a proof signed by the token's cnf.jkt key",
+            },
+        )
 
     def _burst(self, obs: Observation, state: DetectionState) -> list[Alert]:
         scratch = state.agent.scratch

@@ -79,6 +79,8 @@ def observe(index: int, event: Mapping[str, Any]) -> Observation | None:
     """The observation of one trail event (``index`` is its position in the trail), or
     None when detection ignores it."""
     kind = event.get("type")
+    if kind in _CONTROL_PLANE_KINDS and _from_enforcement_point(event):
+        return None  # only the control plane states these facts (ingest refuses them too)
     if kind in (DECISION, TOOL_CALL):
         return _call(index, event, kind)
     if kind == REJECTED:
@@ -90,6 +92,15 @@ def observe(index: int, event: Mapping[str, Any]) -> Observation | None:
     if kind == AGENT_CREATED:
         return _spawn(index, event)
     return None
+
+
+_CONTROL_PLANE_KINDS = frozenset({TOKEN_ISSUED, TOKEN_EXCHANGED, TOKEN_DENIED, AGENT_CREATED})
+_ENFORCEMENT_SOURCES = ("gateway/", "guard/")
+
+
+def _from_enforcement_point(event: Mapping[str, Any]) -> bool:
+    source = event.get("source")
+    return not isinstance(source, str) or source.startswith(_ENFORCEMENT_SOURCES)
 
 
 # -- per type ----------------------------------------------------------------------------
@@ -180,7 +191,9 @@ def _token(index: int, event: Mapping[str, Any], kind: str) -> Observation | Non
 
 def _token_denied(index: int, event: Mapping[str, Any]) -> Observation | None:
     agent = _agent(event)
-    if agent is None:
+    # Only a refusal after the client was proven is the agent's doing: anyone can
+    # claim an agent's id in a failed token request (services/tokens.py ``deny``).
+    if agent is None or _details(event).get("authenticated") is not True:
         return None
     reason = _cut(str(event.get("reason") or ""))
     error, _, detail = reason.partition(":")
@@ -189,6 +202,8 @@ def _token_denied(index: int, event: Mapping[str, Any]) -> Observation | None:
         "error": error.strip(),
         "widening": "widening" in detail,
     }
+    if "not bound to the proof key" in detail:  # a token shown with another key's proof
+        attributes["refusal"] = "key_mismatch"
     return _make(
         index,
         event,

@@ -42,6 +42,18 @@ def _requests(request: Request, bodies: list[AuthorizeIn]) -> list[AuthzRequest]
             resource=EntityRef(body.resource.type, body.resource.id),
             context=body.context,
         )
+        if "approval" in body.context:
+            # The control plane owns approval state: it sets it from an approved,
+            # unused request named by context.approval_id (docs/approvals.md). A caller
+            # asserting its own would bypass every step-up policy.
+            errors.append(
+                {
+                    "index": i,
+                    "message": "context.approval is set by the control plane; "
+                    "pass context.approval_id of an approved request",
+                }
+            )
+            continue
         try:
             authorizer.validate_request(req)
         except RequestError as exc:

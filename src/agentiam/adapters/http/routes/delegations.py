@@ -5,7 +5,7 @@ graph (/v1/delegations/{jti})."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import Field
@@ -101,6 +101,11 @@ class HumanRevokedOut(_Out):
 class HumanTokenIn(_In):
     agent_id: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
         default=None, description="Put may_act naming this agent: only it may use the token."
+    )
+    purpose: Literal["delegation", "approval"] = Field(
+        default="delegation",
+        description="delegation: a subject token for token exchange; approval: the "
+        "human's own token for deciding approval requests (docs/approvals.md).",
     )
 
 
@@ -256,7 +261,9 @@ def mint_human_token(
 ) -> HumanTokenOut:
     """Mint a short-lived subject token for a registered human (for deployments
     without an external IdP). Admin role only: it starts chains in the human's name."""
-    token, expires = container_of(request).grants.human_token(ctx, human_id, agent_id=body.agent_id)
+    token, expires = container_of(request).grants.human_token(
+        ctx, human_id, agent_id=body.agent_id, purpose=body.purpose
+    )
     return HumanTokenOut(subject_token=token, expires_at=expires)
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from agentiam.adapters.http.pagination import decode_cursor, encode_cursor
 from agentiam.adapters.http.routes import PROBLEM_RESPONSES, audited_read
 from agentiam.adapters.http.security import require
 from agentiam.core.access.admin_keys import Permission
@@ -62,11 +63,14 @@ def list_responses(
     ctx: Read,
     agent_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    after: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict[str, Any]:
-    """``response.action`` events from the trail (in append order; ``next_after``
-    pages on), each naming the playbook, the action, the alert and the result."""
-    events, next_after = _service(request).recent(agent_id=agent_id, limit=limit, after=after)
+    """``response.action`` events from the trail (in append order; pass
+    ``next_cursor`` back for the next page), each naming the playbook, the action, the
+    alert and the result."""
+    events, next_after = _service(request).recent(
+        agent_id=agent_id, limit=limit, after=decode_cursor("e", cursor, numeric=True)
+    )
     audited_read(request, ctx, "responses.list", details={"agent_id": agent_id})
     return {
         "items": [
@@ -84,5 +88,5 @@ def list_responses(
             }
             for e in events
         ],
-        "next_after": next_after,
+        "next_cursor": encode_cursor("e", next_after),
     }
