@@ -392,14 +392,28 @@ def _requests(s: System, n: int, *, through_gateway: bool) -> list[bytes]:
     return out
 
 
-def _run_load(s: System, job: dict[str, Any]) -> tuple[LoadOut, dict[str, float]]:
+def _run_load(
+    s: System, job: dict[str, Any], profile: Path | None = None
+) -> tuple[LoadOut, dict[str, float]]:
     job_file, out_file = s.tmp / "job.pkl", s.tmp / "out.json"
     job_file.write_bytes(pickle.dumps(job))
+    spy = None
+    if profile is not None:  # samples the thread holding the GIL: where the CPU goes
+        spy = subprocess.Popen(  # noqa: S603 - py-spy from PyPI, next to this Python
+            [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
+             str(s.gateway.pid), "--format", "raw", "--output", str(profile), "--rate", "200",
+             "--nonblocking", "--gil", "--threads"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(1.0)  # py-spy attaches
     before = {name: _cpu_seconds(pid) for name, pid in s.pids().items()}
     gen = subprocess.run(  # noqa: S603 - this script
         [sys.executable, __file__, "_load", str(job_file), str(out_file)], check=False
     )
     after = {name: _cpu_seconds(pid) for name, pid in s.pids().items()}
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
+        spy.wait(timeout=30)
     if gen.returncode != 0:
         raise SystemExit("the load generator failed")
     data = json.loads(out_file.read_text())
@@ -411,6 +425,17 @@ def _run_load(s: System, job: dict[str, Any]) -> tuple[LoadOut, dict[str, float]
     )
     cpu = {name: after[name] - before[name] for name in before}
     return out, cpu
+
+
+def _cpu_row(name: str, cpu: dict[str, float], out: LoadOut) -> list[str]:
+    """CPU seconds of each server in one phase; per call for the gateway and the
+    control plane (whose audit ingest is the gateway's events)."""
+    calls = max(1, sum(out.statuses.values()))
+    per_call = ("", "")
+    if "gateway" in name:
+        per_call = (f"{cpu['gateway'] / calls * 1000:.2f}",
+                    f"{cpu['control plane'] / calls * 1000:.2f}")  # fmt: skip
+    return [name, *(f"{cpu[p]:.1f}" for p in cpu), f"{out.elapsed:.1f}", *per_call]
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -446,6 +471,36 @@ def _decision_histogram(s: System) -> str:
     return ", ".join(parts)
 
 
+def _profile_summary(path: Path, top: int = 25) -> str:
+    """The gateway's py-spy samples (GIL holder only) as two lists: the functions
+    where the samples were taken (self), and the agentiam functions they ran under
+    (cumulative), each as a share of all samples."""
+    own: dict[str, int] = {}
+    under: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")[1:]  # the first is the thread
+        total += n
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            if "agentiam/" in frame and "agentiam/cli" not in frame:
+                under[frame] = under.get(frame, 0) + n
+    if not total:
+        return "no samples (is py-spy installed? .venv/bin/pip install py-spy)"
+    lines = [f"{total} samples; self:"]
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {n / total:6.1%}  {frame}")
+    lines.append("cumulative (agentiam functions):")
+    for frame, n in sorted(under.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {n / total:6.1%}  {frame}")
+    return "\n".join(lines)
+
+
 def _loadavg() -> str:
     """The 1-minute load average: other work on the machine skews every figure."""
     return Path("/proc/loadavg").read_text().split()[0]
@@ -456,6 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rates", default="100,500", help="fixed rates, calls/s (100,500)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     parser.add_argument("--concurrency", type=int, default=32, help="throughput connections")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="sample the gateway with py-spy during the throughput phase (pip install py-spy)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     print(f"$ {' '.join([Path(sys.executable).name, *sys.argv])}")
@@ -465,6 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     rows: list[list[str]] = []
     cpu_rows: list[list[str]] = []
+    profiled = ""
     figures: dict[str, float] = {}
     with system() as s:
         # warm up both paths (connections, caches, the spool's first segment)
@@ -483,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out, cpu = _run_load(s, job)
                 results[gw] = out
                 name = f"{rate:g}/s {'gateway' if gw else 'direct'}"
-                cpu_rows.append([name, *(f"{cpu[p]:.1f}" for p in cpu), f"{out.elapsed:.1f}"])
+                cpu_rows.append(_cpu_row(name, cpu, out))
             d, g = results[False], results[True]
             added50 = _pct(g.latencies, 0.5) - _pct(d.latencies, 0.5)
             added99 = _pct(g.latencies, 0.99) - _pct(d.latencies, 0.99)
@@ -502,10 +562,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             job = {"mode": "closed", "host": "127.0.0.1", "port": port,
                    "connections": args.concurrency, "seconds": args.seconds,
                    "requests": _requests(s, budget, through_gateway=gw)}  # fmt: skip
-            out, cpu = _run_load(s, job)
+            profile = s.tmp / "gateway.pyspy" if gw and args.profile else None
+            out, cpu = _run_load(s, job, profile)
+            if profile is not None:
+                profiled = _profile_summary(profile)
             through[gw] = out
             name = f"max {'gateway' if gw else 'direct'} c={args.concurrency}"
-            cpu_rows.append([name, *(f"{cpu[p]:.1f}" for p in cpu), f"{out.elapsed:.1f}"])
+            cpu_rows.append(_cpu_row(name, cpu, out))
             if len(out.latencies) >= budget:
                 print(f"note: {name} used all {budget} pre-made requests; raise the budget")
         d, g = through[False], through[True]
@@ -542,11 +605,18 @@ def main(argv: Sequence[str] | None = None) -> int:
           _fmt_ms(_pct(g.latencies, 0.99)), str(_errors(g)), f"{g_rate / d_rate:.2f}x"]],
     ))  # fmt: skip
     print()
-    print("CPU seconds used during each phase")
+    print("CPU seconds used during each phase (and per call answered, in ms)")
     print()
-    print(markdown_table(["phase", "gateway", "upstream", "control plane", "wall s"], cpu_rows))
+    print(markdown_table(
+        ["phase", "gateway", "upstream", "control plane", "wall s", "gateway ms/call",
+         "control plane ms/call"],
+        cpu_rows,
+    ))  # fmt: skip
     print()
     print(f"gateway decision time (authenticate + decide + durable event): {decision}")
+    if args.profile:
+        print()
+        print(f"gateway profile (py-spy, throughput phase, GIL holder):\n{profiled}")
     print(f"load average after the run: {_loadavg()} (this run's own processes included)")
     print(
         "audit spool after the run: "

@@ -14,6 +14,12 @@
     except ToolCallDenied as denied:
         print(denied.reason, denied.decision_id)
 
+A call that policy puts under human approval (docs/approvals.md) raises
+:class:`ApprovalPending` (a ``ToolCallDenied``) naming the approval request, or, with
+``approval_wait=`` seconds, waits for the human and runs once approved; once approved,
+the same call made inside ``with guard.using_approval(pending.approval_id):`` runs,
+once. :class:`ApprovalDenied` and :class:`ApprovalExpired` say it never will.
+
 MCP servers built with the official SDK (``pip install 'agentiam[mcp]'``):
 ``guard.protect(server)``. See docs/guard.md and
 :mod:`agentiam.adapters.gateway.guard`.
@@ -27,6 +33,10 @@ needs tokens does not load the policy engine or the spool.
 from __future__ import annotations
 
 from agentiam.adapters.gateway.guard import (
+    ApprovalDenied,
+    ApprovalExpired,
+    ApprovalPending,
+    ApprovalRefusal,
     Authenticate,
     Guard,
     GuardedCall,
@@ -39,6 +49,10 @@ from agentiam.adapters.gateway.guard import (
 )
 
 __all__ = [
+    "ApprovalDenied",
+    "ApprovalExpired",
+    "ApprovalPending",
+    "ApprovalRefusal",
     "Authenticate",
     "Guard",
     "GuardEnforcer",

@@ -5,6 +5,9 @@ an event or the control plane has been away past the outage bound."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import time
 from typing import Any
 
 import pytest
@@ -239,3 +242,114 @@ def test_refuse_audits_a_transport_refusal() -> None:
     parties.sink.broken = True
     with pytest.raises(ServiceUnavailable):
         parties.enforcer.refuse(None, trace=TRACE, status=400, reason="bad path")
+
+
+# -- what refusals and decisions tell detection ----------------------------------------------
+
+
+def test_a_stolen_token_shown_with_another_key_names_its_agent_jti_and_the_presented_key() -> None:
+    from agentiam.sdk.keys import AgentKey
+    from agentiam.sdk.proofs import dpop_proof
+
+    parties = Parties(ALLOW_GET)
+    token = parties.token()
+    jti = parties.verifier.verify_token(token, now=int(time.time())).jti
+    thief = AgentKey.generate()
+    proof = dpop_proof(thief, method="GET", url=URL, access_token=token)
+    with pytest.raises(OAuthError) as caught:
+        parties.enforcer.authenticate(
+            authorization=[f"DPoP {token}"], dpop=[proof], method="GET", url=URL, trace=TRACE
+        )
+    assert caught.value.error == "invalid_dpop_proof"
+    [event] = parties.sink.events
+    assert event["actor"]["type"] == "anonymous"  # the request was not authenticated
+    assert event["agent_id"] == AGENT
+    details = event["details"]
+    assert details["client_id"] == AGENT
+    assert details["jti"] == jti
+    assert details["jkt"] == thief.key.thumbprint()
+    assert details["jkt"] != parties.dpop_key.key.thumbprint()
+    assert "cnf.jkt" in event["reason"]
+    # nothing secret: neither the token, nor the proof, nor their signatures
+    text = json.dumps(event)
+    for secret in (token, proof, token.rsplit(".", 1)[1], proof.rsplit(".", 1)[1]):
+        assert secret not in text
+
+
+def test_a_bound_token_shown_as_bearer_names_its_agent_without_a_key() -> None:
+    parties = Parties(ALLOW_GET)
+    token = parties.token()
+    with pytest.raises(OAuthError):
+        parties.enforcer.authenticate(
+            authorization=[f"Bearer {token}"], dpop=[], method="GET", url=URL, trace=TRACE
+        )
+    [event] = parties.sink.events
+    assert event["agent_id"] == AGENT
+    assert "jkt" not in event["details"]
+    assert token not in json.dumps(event)
+
+
+@pytest.mark.parametrize("case", ["forged signature", "other audience", "revoked", "garbage"])
+def test_a_token_that_does_not_verify_attributes_the_refusal_to_no_one(case: str) -> None:
+    """What an unverified token claims is never trusted: a forger could name any agent."""
+    from agentiam.sdk.keys import AgentKey
+    from agentiam.sdk.proofs import dpop_proof
+
+    parties = Parties(ALLOW_GET)
+    token = parties.token(audience="https://other.example" if case == "other audience" else GATEWAY)
+    if case == "forged signature":
+        forger = Parties(ALLOW_GET)  # same claims, signed by a key the gateway does not know
+        token = forger.token()
+    elif case == "revoked":
+        parties.revoked.apply([_agent_revocation()], now=2_000_000_000)
+    elif case == "garbage":
+        token = "not.a.token"
+    thief = AgentKey.generate()
+    proof = dpop_proof(thief, method="GET", url=URL, access_token=token)
+    with pytest.raises(OAuthError):
+        parties.enforcer.authenticate(
+            authorization=[f"DPoP {token}"], dpop=[proof], method="GET", url=URL, trace=TRACE
+        )
+    [event] = parties.sink.events
+    assert event["agent_id"] is None
+    assert not {"client_id", "jti", "jkt"} & set(event["details"])
+
+
+def test_an_unreadable_proof_still_names_the_verified_token_but_no_key() -> None:
+    parties = Parties(ALLOW_GET)
+    token = parties.token()
+    with pytest.raises(OAuthError):
+        parties.enforcer.authenticate(
+            authorization=[f"DPoP {token}"], dpop=["x" * 20_000], method="GET", url=URL,
+            trace=TRACE,
+        )  # fmt: skip
+    [event] = parties.sink.events
+    assert event["agent_id"] == AGENT
+    assert "jkt" not in event["details"]
+
+
+def test_decision_and_outcome_carry_the_token_id_and_the_target() -> None:
+    parties = Parties(ALLOW_GET)
+    access = _access(parties)
+    call = dataclasses.replace(_call(), target={"host": "billing.internal.example"})
+    verdict = parties.enforcer.decide(access, call, trace=TRACE)
+    parties.enforcer.record_outcome(
+        access, call, verdict, trace=TRACE, outcome=Outcome.SUCCESS, status=200,
+        secret=None, duration_ms=1.0,
+    )  # fmt: skip
+    decision, outcome = parties.sink.events
+    assert decision["type"] == "authz.decision"
+    assert decision["details"]["jti"] == outcome["details"]["jti"] == access.jti
+    for event in (decision, outcome):
+        assert event["details"]["target"] == {"host": "billing.internal.example"}
+    # a refusal before policy names them too
+    parties.enforcer.refuse(access, trace=TRACE, status=404, reason="no route", call=call)
+    assert parties.sink.events[-1]["details"]["target"] == {"host": "billing.internal.example"}
+    assert parties.sink.events[-1]["details"]["jti"] == access.jti
+
+
+def test_without_a_target_no_target_member_is_written() -> None:
+    parties = Parties(ALLOW_GET)
+    access = _access(parties)
+    parties.enforcer.decide(access, _call(), trace=TRACE)
+    assert "target" not in parties.sink.events[0]["details"]

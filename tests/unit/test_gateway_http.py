@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from agentiam.adapters.gateway.broker import (
     SecretKind,
     SecretStore,
 )
+from agentiam.adapters.gateway.enforcer import Pending
 from agentiam.adapters.gateway.http_proxy import (
     HttpGateway,
     PathRejected,
@@ -430,6 +432,11 @@ def test_an_allowed_call_is_forwarded_with_the_brokered_credential(app: App) -> 
     assert (outcome["outcome"], outcome["details"]["status"]) == ("success", 200)
     assert outcome["details"]["brokered"] == "billing-key@1"
     assert API_KEY not in str(app.events())
+    decision = app.events()[0]
+    # one session (the token's jti) and the upstream's host, for detection
+    assert decision["details"]["jti"] == outcome["details"]["jti"]
+    for event in (decision, outcome):
+        assert event["details"]["target"] == {"host": "127.0.0.1"}
 
 
 def test_connections_to_the_upstream_are_reused(app: App) -> None:
@@ -513,6 +520,63 @@ def test_spool_failure_is_503_and_nothing_is_forwarded(app: App) -> None:
     _problem(r, 503)
     assert int(r.headers["retry-after"]) >= 1
     assert app.upstream.requests == []
+
+
+class _HeldSink:
+    """A spool whose fsyncs complete when the test says: decisions at once (or never,
+    with ``hold_decisions``), outcomes never (or failed, with ``fail_outcomes``)."""
+
+    def __init__(self, *, hold_decisions: bool = False, fail_outcomes: bool = False) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.held: list[Future[None]] = []
+        self._hold_decisions = hold_decisions
+        self._fail_outcomes = fail_outcomes
+
+    def append(self, events: list[dict[str, Any]]) -> None:  # pragma: no cover - unused
+        raise AssertionError("the HTTP gateway never blocks its event loop on a write")
+
+    def submit(self, events: list[dict[str, Any]]) -> Future[None]:
+        self.events.extend(events)
+        future: Future[None] = Future()
+        if events[0]["type"] == "tool.call" and self._fail_outcomes:
+            future.set_exception(OSError("disk full"))
+        elif events[0]["type"] == "tool.call" or self._hold_decisions:
+            self.held.append(future)
+        else:
+            future.set_result(None)
+        return future
+
+
+def test_the_outcome_event_does_not_hold_the_answer_but_the_decision_does(app: App) -> None:
+    sink = _HeldSink()
+    app.parties.enforcer._sink = sink
+    r = app.request("GET", "/v1/invoices/7")
+    assert r.status_code == 200  # answered although the tool.call is not durable yet
+    assert [e["type"] for e in sink.events] == ["authz.decision", "tool.call"]
+    assert len(sink.held) == 1
+    assert not sink.held[0].done()
+
+
+def test_a_decision_that_is_not_durable_in_time_is_never_forwarded(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = Pending.durable
+
+    async def quick(self: Pending, timeout: float = 5.0) -> None:
+        await original(self, timeout=0.2)
+
+    monkeypatch.setattr(Pending, "durable", quick)
+    app.parties.enforcer._sink = _HeldSink(hold_decisions=True)
+    _problem(app.request("GET", "/v1/invoices/7"), 503)
+    assert app.upstream.requests == []
+
+
+def test_an_outcome_that_cannot_be_recorded_is_logged(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.parties.enforcer._sink = _HeldSink(fail_outcomes=True)
+    assert app.request("GET", "/v1/invoices/7").status_code == 200
+    assert "could not be recorded durably" in caplog.text
 
 
 def test_outage_past_the_bound_is_503(app: App) -> None:

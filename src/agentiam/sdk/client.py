@@ -28,12 +28,14 @@ process, and returns a client for it holding its first (delegated) token.
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
+    Awaitable,
     Callable,
     Generator,
     Mapping,
@@ -41,12 +43,19 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio.to_thread
 import httpx
 
-from agentiam.core.approvals_wire import APPROVAL_HEADER, APPROVAL_STATE_HEADER
+from agentiam.core.approvals_wire import (
+    APPROVAL_HEADER,
+    APPROVAL_STATE_HEADER,
+    META_KEY,
+    REFUSED_STATES,
+    WAITING_STATES,
+    read_mcp_result_meta,
+)
 from agentiam.sdk.keys import AgentKey
 from agentiam.sdk.proofs import client_assertion, dpop_proof
 
@@ -384,6 +393,7 @@ class AgentClient:
         token: AccessToken | None = None,
         timeout: float = 30.0,
         sse_read_timeout: float = 300.0,
+        approval_wait: float = 0.0,
         **session_kwargs: Any,
     ) -> AsyncIterator[ClientSession]:
         """An initialized MCP ``ClientSession`` (the official SDK, ``pip install
@@ -398,11 +408,20 @@ class AgentClient:
             async with agent.mcp_session("https://gw.example.com/mcp") as session:
                 tools = await session.list_tools()
                 result = await session.call_tool("search", {"query": "invoices"})
+
+        ``approval_wait`` (seconds, default 0: off): a ``call_tool`` that an
+        enforcement point answers as waiting for a human's approval (a tool error
+        result whose ``_meta["agentiam/approval"]`` is pending) is retried, with the
+        approval id in ``params._meta["agentiam/approval"]``, every ``retry_after``
+        seconds until the real result comes back, or :class:`ApprovalDenied`,
+        :class:`ApprovalExpired` or, past the bound, :class:`ApprovalPending` is
+        raised (docs/approvals.md).
         """
         try:
             import httpx2
-            from mcp.client.session import ClientSession
             from mcp.client.streamable_http import streamable_http_client
+
+            session_class = _approving_session()
         except ImportError as exc:  # pragma: no cover - the extra is installed in tests
             raise ImportError(
                 "AgentClient.mcp_session needs the MCP SDK: pip install 'agentiam[mcp]'"
@@ -416,7 +435,7 @@ class AgentClient:
         async with (
             httpx2.AsyncClient(auth=auth, timeout=limits) as http,
             streamable_http_client(url, http_client=http) as (read, write),
-            ClientSession(read, write, **session_kwargs) as session,
+            session_class(read, write, approval_wait=approval_wait, **session_kwargs) as session,
         ):
             await session.initialize()
             yield session
@@ -583,25 +602,90 @@ class _ApprovalWait:
         if self.bound <= 0 or response.status_code != 403 or not approval:
             return None
         state = response.headers.get(APPROVAL_STATE_HEADER, "")
-        if state in ("denied", "consumed", "mismatch"):
+        try:
+            retry_after: float | None = float(response.headers.get("retry-after", "1"))
+        except ValueError:
+            retry_after = None
+        pause = self.pause(approval, state, retry_after)
+        if pause is not None:
+            request.headers[APPROVAL_HEADER] = approval
+        return pause
+
+    def pause(self, approval: str, state: str, retry_after: float | None) -> float | None:
+        """Seconds to wait before retrying with ``approval`` (``retry_after`` as the
+        enforcement point asked, 1 s when it did not, at most 60 s), None for a state
+        that is no approval answer; raises for a refusal, or past the bound."""
+        if state in REFUSED_STATES - {"expired"}:
             raise ApprovalDenied(approval, state, f"approval {approval} is {state}")
         if state == "expired":
             raise ApprovalExpired(approval, state, f"approval {approval} expired undecided")
-        if state not in ("pending", "approved"):
+        if state not in WAITING_STATES:
             return None
         now = time.monotonic()
         if self.deadline is None:
             self.deadline = now + self.bound
-        try:
-            pause = max(0.0, min(float(response.headers.get("retry-after", "1")), 60.0))
-        except ValueError:
-            pause = 1.0
+        if retry_after is None or not math.isfinite(retry_after):
+            retry_after = 1.0
+        pause = max(0.0, min(retry_after, 60.0))
         if now + pause > self.deadline:
             raise ApprovalPending(
                 approval, state, f"approval {approval} still pending after {self.bound:g} s"
             )
-        request.headers[APPROVAL_HEADER] = approval
         return pause
+
+
+async def call_tool_approved(
+    bound: float,
+    call: Callable[[Mapping[str, Any] | None], Awaitable[Any]],
+    meta: Mapping[str, Any] | None,
+) -> Any:
+    """Run ``call(meta)`` (one ``tools/call``) and, while its result is a tool error
+    naming an approval that waits, retry it with the approval id in ``_meta`` after the
+    result's ``retry_after``, within ``bound`` seconds (:class:`_ApprovalWait`)."""
+    waiting = _ApprovalWait(bound)
+    while True:
+        result = await call(meta)
+        if bound <= 0 or getattr(result, "is_error", False) is not True:
+            return result
+        found = read_mcp_result_meta(getattr(result, "meta", None))
+        if found is None:
+            return result
+        approval, state, retry_after = found
+        pause = waiting.pause(approval, state, retry_after)
+        if pause is None:
+            return result
+        await anyio.sleep(pause)
+        meta = {**(meta or {}), META_KEY: approval}
+
+
+_SESSION_CLASS: list[Callable[..., ClientSession]] = []
+
+
+def _approving_session() -> Callable[..., ClientSession]:
+    """The MCP SDK's ``ClientSession`` whose ``call_tool`` waits for approval
+    (``approval_wait=`` seconds, 0: off), made once the optional SDK is imported."""
+    if _SESSION_CLASS:
+        return _SESSION_CLASS[0]
+    from mcp.client.session import ClientSession
+
+    class ApprovingSession(ClientSession):
+        def __init__(self, *args: Any, approval_wait: float = 0.0, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.approval_wait = approval_wait
+
+        async def call_tool(
+            self, name: str, arguments: dict[str, Any] | None = None, *args: Any, **kwargs: Any
+        ) -> Any:
+            meta = kwargs.pop("meta", None)
+            parent = super().call_tool
+
+            async def once(meta: Mapping[str, Any] | None) -> Any:
+                return await parent(name, arguments, *args, meta=cast(Any, meta), **kwargs)
+
+            return await call_tool_approved(self.approval_wait, once, meta)
+
+    _SESSION_CLASS.append(ApprovingSession)
+    return ApprovingSession
 
 
 class DPoPAuth(_DPoPFlow, httpx.Auth):

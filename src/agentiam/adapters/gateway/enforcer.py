@@ -51,6 +51,8 @@ from agentiam.core.audit.events import (
     TraceContext,
 )
 from agentiam.core.audit.redaction import Redactor
+from agentiam.core.credentials.dpop import DPOP_PROFILE
+from agentiam.core.credentials.jose import JoseRejected, import_public_jwk, parse_compact
 from agentiam.core.credentials.verifier import VerifiedAccess
 from agentiam.core.delegation.authorization_details import ApiCall, CustomCall, ToolCall
 from agentiam.core.delegation.enforcement import delegation_context, token_permits
@@ -81,6 +83,9 @@ class Call:
     detail: ToolCall | ApiCall | CustomCall  # what token_permits checks
     tool: str  # the rate-limit key (tool or route name)
     args: Mapping[str, Any] | None = None  # tool arguments, for context.args
+    # where the call goes, for the audit trail's ``details.target`` (e.g. the HTTP
+    # gateway's ``{"host": <upstream host>}``); detection reads it
+    target: Mapping[str, str] | None = None
 
     def context(self, access: VerifiedAccess) -> dict[str, Any]:
         ctx = delegation_context(access)
@@ -157,9 +162,35 @@ class Enforcer:
                     f'{challenge}, resource_metadata="{self._metadata}"'
                 )
             self._record_refusal(
-                None, trace, status=exc.oauth_status, reason=f"{exc.error}: {exc.reason}"
+                None,
+                trace,
+                status=exc.oauth_status,
+                reason=f"{exc.error}: {exc.reason}",
+                presented=self._presented(authorization, dpop),
             )
             raise
+
+    def _presented(self, authorization: Sequence[str], dpop: Sequence[str]) -> dict[str, str]:
+        """Who a refused request's credentials name, when its token verifies on its own
+        (a stolen token shown with a proof by another key, or without its proof): the
+        token's ``client_id`` and ``jti`` and the presented proof key's thumbprint
+        (RFC 7638, as ``cnf.jkt`` in RFC 9449 section 6.1), never the token itself.
+        Empty when the token does not verify (then nothing it claims is trusted)."""
+        if len(authorization) != 1:
+            return {}
+        scheme, _, token = authorization[0].partition(" ")
+        token = token.strip()
+        if scheme.lower() not in ("dpop", "bearer") or not token:
+            return {}
+        try:  # the verified-token cache answers a token seen before
+            access = self.link.verifier.verify_token(token, now=int(time.time()))
+        except OAuthError:
+            return {}
+        out = {"client_id": access.client_id, "jti": access.jti}
+        jkt = proof_thumbprint(dpop[0]) if len(dpop) == 1 else None
+        if jkt is not None:
+            out["jkt"] = jkt
+        return out
 
     # -- 2-4. decide -------------------------------------------------------------------
 
@@ -225,8 +256,12 @@ class Enforcer:
         if approval is not None:
             decision = replace(decision, decision_id=approval.decision_id)
         ctx = CallContext(actor=Actor(ActorType.AGENT, agent), source=self.source, trace=trace)
-        event = decision_event(ctx, decision, now=_now(), redactor=self._redactor)
-        self._durable([event.to_dict()])
+        event = decision_event(ctx, decision, now=_now(), redactor=self._redactor).to_dict()
+        # the access token's id ties the decision to its tool.call (one session)
+        event["details"]["jti"] = access.jti
+        if call.target is not None:
+            event["details"]["target"] = dict(call.target)
+        self._durable([event])
         if decision.allowed:
             return Verdict(True, 200, None, "allowed", decision_id=decision.decision_id)
         reason = decision.reasons[0] if decision.reasons else "denied by policy"
@@ -300,6 +335,7 @@ class Enforcer:
                 "brokered": secret,
                 "duration_ms": round(duration_ms, 3),
                 "jti": access.jti,
+                **({"target": dict(call.target)} if call.target is not None else {}),
                 "argument_names": sorted(call.args) if call.args else [],
                 "arguments": self._redactor.arguments(
                     call.args or {},
@@ -323,12 +359,24 @@ class Enforcer:
         status: int,
         reason: str,
         call: Call | None = None,
+        presented: Mapping[str, str] | None = None,
     ) -> None:
+        """``presented``: what :meth:`_presented` learnt of an unauthenticated
+        request's token (the agent it names, its ``jti``, the proof key's ``jkt``)."""
         actor = (
             Actor(ActorType.AGENT, access.client_id)
             if access is not None
             else Actor(ActorType.ANONYMOUS, "-")
         )
+        details: dict[str, Any] = {"status": status, "tool": call.tool if call else None}
+        if call is not None and call.target is not None:
+            details["target"] = dict(call.target)
+        agent_id = access.client_id if access is not None else None
+        if access is not None:
+            details["jti"] = access.jti
+        elif presented:
+            details.update(presented)
+            agent_id = presented.get("client_id")
         event = AuditEvent.create(
             type="api.request.rejected",
             actor=actor,
@@ -338,11 +386,11 @@ class Enforcer:
             now=_now(),
             outcome=Outcome.DENIED,
             resource=ResourceRef(call.resource.type, call.resource.id) if call else None,
-            agent_id=access.client_id if access is not None else None,
+            agent_id=agent_id,
             initiating_human=_human(access) if access is not None else None,
             delegation_chain=tuple(access.chain.actors) if access is not None else (),
             reason=reason[:500],
-            details={"status": status, "tool": call.tool if call else None},
+            details=details,
         )
         self._durable([event.to_dict()])
 
@@ -399,11 +447,8 @@ class Pending:
         for future in self.futures:
             try:
                 if not future.done():
-                    async with asyncio.timeout(timeout):
-                        # shielded: giving up must not cancel the write itself
-                        await asyncio.shield(asyncio.wrap_future(future))
-                else:
-                    future.result()
+                    await _settled(future, timeout)
+                future.result()
             except Exception as exc:
                 raise _unrecorded() from exc
 
@@ -416,11 +461,52 @@ class Pending:
                 raise _unrecorded() from exc
 
 
+async def _settled(future: Future[None], timeout: float) -> None:
+    """Wait until ``future`` (completed on the spool's writer thread) is done, or
+    TimeoutError after ``timeout`` seconds. One loop future woken by one thread-safe
+    call, where ``asyncio.timeout(shield(wrap_future()))`` would chain three futures
+    and a cancellation scope per call on the hot path. Giving up (or the caller's
+    cancellation) never cancels the write itself."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_done: Future[None]) -> None:
+        loop.call_soon_threadsafe(_resolve, waiter, None)
+
+    expiry = loop.call_later(timeout, _resolve, waiter, TimeoutError())
+    future.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        expiry.cancel()
+
+
+def _resolve(waiter: asyncio.Future[None], error: BaseException | None) -> None:
+    if not waiter.done():
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)
+
+
 def _unrecorded() -> ServiceUnavailable:
     return ServiceUnavailable(
         "the gateway cannot record this call durably; it was refused",
         hint="Check the gateway's audit spool (disk space, permissions).",
     )
+
+
+def proof_thumbprint(proof: str) -> str | None:
+    """The RFC 7638 thumbprint of the key in a DPoP proof's ``jwk`` header (RFC 9449
+    section 4.2), parsed within the proof's size and header limits but not verified:
+    it names the key a request *presented*, for the audit trail. None if unreadable."""
+    if len(proof) > DPOP_PROFILE.max_length:
+        return None
+    try:
+        parsed = parse_compact(proof, DPOP_PROFILE)
+        return import_public_jwk(parsed.header["jwk"], parsed.alg).thumbprint
+    except (JoseRejected, KeyError, TypeError, ValueError):
+        return None
 
 
 def _human(access: VerifiedAccess) -> str | None:

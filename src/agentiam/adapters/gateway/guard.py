@@ -61,6 +61,8 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.to_thread
 
+from agentiam.adapters.gateway.approval_flow import ApprovalFlow, ApprovalOutcome
+from agentiam.adapters.gateway.approvals import ApprovalClient
 from agentiam.adapters.gateway.enforcer import Call, Enforcer, Verdict
 from agentiam.adapters.gateway.link import ControlPlaneLink
 from agentiam.adapters.gateway.runtime import _Shipper
@@ -73,6 +75,7 @@ from agentiam.core.audit.redaction import Redactor
 from agentiam.core.credentials.verifier import VerifiedAccess
 from agentiam.core.delegation.authorization_details import ToolCall
 from agentiam.core.enforcement.ratelimit import RateLimiter
+from agentiam.core.ids import is_id
 from agentiam.core.policy.model import EntityRef
 from agentiam.errors import AgentIAMError, OAuthError, ServiceUnavailable
 
@@ -80,6 +83,10 @@ if TYPE_CHECKING:
     from agentiam.adapters.gateway.guard_mcp import GuardMiddleware
 
 __all__ = [
+    "ApprovalDenied",
+    "ApprovalExpired",
+    "ApprovalPending",
+    "ApprovalRefusal",
     "Authenticate",
     "Guard",
     "GuardEnforcer",
@@ -113,6 +120,20 @@ _MAX_DEPTH = 8
 
 _current_token: contextvars.ContextVar[TokenSource | None] = contextvars.ContextVar(
     "agentiam_guard_token", default=None
+)
+
+
+@dataclass(slots=True)
+class _Presented:
+    """An approval offered by :meth:`Guard.using_approval` to the calls of a block;
+    the first call that needs approval takes it (once)."""
+
+    approval_id: str
+    taken: bool = False
+
+
+_presented: contextvars.ContextVar[_Presented | None] = contextvars.ContextVar(
+    "agentiam_guard_approval", default=None
 )
 
 
@@ -177,6 +198,100 @@ class GuardUnavailable(ToolCallDenied):
             trace_id=trace_id,
             hint="Check the control plane, the guard's link to it and its audit spool.",
         )
+
+
+class ApprovalRefusal(ToolCallDenied):
+    """The call is a deny that a human's approval lifts (docs/approvals.md), and it has
+    not (or not yet) been approved: the body did not run. ``approval_id`` names the
+    approval request (``agentiam approvals show ID``), ``approval_state`` is its state
+    (pending, approved, denied, expired, consumed, or mismatch: approved for another
+    call), ``expires_at`` and ``status_url`` as the control plane answered."""
+
+    code: ClassVar[str] = "approval-denied"
+    title: ClassVar[str] = "Approval refused"
+
+    def __init__(
+        self,
+        tool: str,
+        reason: str,
+        *,
+        approval_id: str,
+        approval_state: str,
+        decision_id: str | None = None,
+        expires_at: str | None = None,
+        status_url: str | None = None,
+        retry_after: float | None = None,
+        trace_id: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(
+            tool,
+            reason,
+            decision_id=decision_id,
+            retry_after=retry_after,
+            trace_id=trace_id,
+            hint=hint,
+        )
+        self.approval_id = approval_id
+        self.approval_state = approval_state
+        self.expires_at = expires_at
+        self.status_url = status_url
+
+
+class ApprovalPending(ApprovalRefusal):
+    """The call waits for a human's approval (beyond the guard's ``approval_wait``).
+    Once approved, make the same call again inside
+    ``with guard.using_approval(exc.approval_id):`` (or ``guard.call(...,
+    approval=exc.approval_id)``); ``retry_after`` is a sensible polling interval."""
+
+    code: ClassVar[str] = "approval-pending"
+    title: ClassVar[str] = "Approval pending"
+
+
+class ApprovalDenied(ApprovalRefusal):
+    """A human denied the call, or the approval offered was already used or is for
+    another call (``approval_state`` denied, consumed or mismatch)."""
+
+
+class ApprovalExpired(ApprovalRefusal):
+    """Nobody decided in time, or the approval was not used in time: a timeout denies."""
+
+    code: ClassVar[str] = "approval-expired"
+    title: ClassVar[str] = "Approval expired"
+
+
+def _approval_refusal(
+    tool: str,
+    outcome: ApprovalOutcome,
+    *,
+    decision_id: str | None,
+    retry_after: float,
+    trace_id: str,
+) -> ApprovalRefusal:
+    state = outcome.state or "denied"
+    approval_id = outcome.approval_id or ""
+    kind: type[ApprovalRefusal] = ApprovalDenied
+    if state in ("pending", "approved"):
+        kind, reason = ApprovalPending, f"waits for a human's approval ({approval_id})"
+    elif state == "expired":
+        kind, reason = ApprovalExpired, f"the approval request {approval_id} expired"
+    elif state == "mismatch":
+        reason = f"approval {approval_id} is for another call"
+    elif state == "consumed":
+        reason = f"approval {approval_id} was already used"
+    else:
+        reason = f"the approval request {approval_id} is {state}"
+    return kind(
+        tool,
+        reason,
+        approval_id=approval_id,
+        approval_state=state,
+        decision_id=decision_id,
+        expires_at=outcome.expires_at,
+        status_url=outcome.status_url,
+        retry_after=retry_after if kind is ApprovalPending else None,
+        trace_id=trace_id,
+    )
 
 
 # -- the enforcer, for an in-process principal ----------------------------------------------
@@ -264,12 +379,17 @@ class GuardedCall:
         args: Mapping[str, Any] | None,
         authenticate: Authenticate | None,
         token: TokenSource | None,
+        *,
+        approval: str | None = None,
+        approval_wait: float | None = None,
     ) -> None:
         self._guard = guard
         self.tool = tool
         self.args: dict[str, Any] = plain_arguments(args or {})
         self._authenticate = authenticate
         self._token = token
+        self._approval = approval
+        self._approval_wait = approval_wait
         self._decided: _Decided | None = None
         self._failure: str | None = None
 
@@ -301,7 +421,12 @@ class GuardedCall:
 
     def __enter__(self) -> GuardedCall:
         self._decided = self._guard._decide(
-            self.tool, self.args, self._authenticate, self._token or _current_token.get()
+            self.tool,
+            self.args,
+            self._authenticate,
+            self._token or _current_token.get(),
+            self._approval,
+            self._approval_wait,
         )
         return self
 
@@ -320,7 +445,13 @@ class GuardedCall:
     async def __aenter__(self) -> GuardedCall:
         token = self._token or _current_token.get()
         self._decided = await anyio.to_thread.run_sync(
-            self._guard._decide, self.tool, self.args, self._authenticate, token
+            self._guard._decide,
+            self.tool,
+            self.args,
+            self._authenticate,
+            token,
+            self._approval,
+            self._approval_wait,
         )
         return self
 
@@ -372,17 +503,27 @@ class Guard:
         token: TokenSource | None = None,
         spool: AuditSpool | None = None,
         on_close: Callable[[], None] | None = None,
+        approval_wait: float = 0.0,
+        approval_retry_after: float = 2.0,
     ) -> None:
         """``enforcer`` decides (its ``source`` should be ``guard/<name>``: build it
         with ``kind="guard"``); ``resource`` is the audience tokens must name and the
         location tool calls are checked at (RFC 9396 ``locations``); ``token`` is the
         default principal; ``spool`` is the enforcer's spool (for :meth:`drain`);
-        ``on_close`` releases what the guard owns."""
+        ``on_close`` releases what the guard owns. With an enforcer that has an
+        approvals client, an approvable deny asks a human (docs/approvals.md): a call
+        waits up to ``approval_wait`` seconds for the approval (0: raise
+        :class:`ApprovalPending` at once, naming ``approval_retry_after`` seconds)."""
+        _check_wait(approval_wait)
         self.enforcer = enforcer
         self.resource = resource
         self.token = token
         self.spool = spool
         self._on_close = on_close
+        self.approval_wait = approval_wait
+        self.approval_retry_after = approval_retry_after
+        client = enforcer.approvals
+        self.approvals = ApprovalFlow(enforcer, client) if client is not None else None
 
     @classmethod
     def connect(
@@ -401,6 +542,8 @@ class Guard:
         ship_timeout: float = 30.0,
         poll_wait: float = 20.0,
         environ: Mapping[str, str] | None = None,
+        approvals: bool = True,
+        approval_wait: float = 0.0,
     ) -> Guard:
         """Connect to the control plane and start the guard's parts: the link (keys,
         revocations and the first policy bundle are loaded now, and a control plane
@@ -412,7 +555,10 @@ class Guard:
         name in the audit trail (``guard/<name>``); ``outage_seconds`` how long it
         decides from cache without the control plane before refusing every call;
         ``poll_wait`` how long one policy-bundle long poll is held; ``environ``
-        replaces ``os.environ`` when reading ``admin_key_env``.
+        replaces ``os.environ`` when reading ``admin_key_env``. ``approvals``: a deny
+        that a human's approval lifts opens an approval request at the control plane
+        (the key's ``approvals:request``) instead of a plain refusal; ``approval_wait``
+        how long a call waits for the human (see :class:`Guard`).
         """
         if not _NAME.match(name):
             raise ValueError("name: 1-64 characters of a-z, 0-9, '.', '_' or '-'")
@@ -425,7 +571,8 @@ class Guard:
                 f"the environment variable {admin_key_env} is not set "
                 "(it holds the guard's verifier-role admin key)"
             )
-        limiter = rate_limits or RateLimiter()  # the bundle's throttles need one
+        # the bundle's throttles need one (a limiter with no entries yet is falsy)
+        limiter = rate_limits if rate_limits is not None else RateLimiter()
         link = ControlPlaneLink(
             control_plane_url,
             resource,
@@ -436,6 +583,7 @@ class Guard:
         ).start()
         shipper: _Shipper | None = None
         try:
+            _check_wait(approval_wait)
             shipper = _Shipper(control_plane_url, admin_key, ship_timeout)
             spool = AuditSpool(Path(spool_dir), shipper, max_bytes=spool_max_bytes)
         except BaseException:
@@ -443,6 +591,7 @@ class Guard:
                 shipper.close()
             link.close()
             raise
+        client = ApprovalClient(control_plane_url, admin_key) if approvals else None
         enforcer = GuardEnforcer(
             name,
             link,
@@ -451,15 +600,25 @@ class Guard:
             limiter=limiter,
             redactor=redactor,
             kind="guard",
+            approvals=client,
         )
 
         def close() -> None:
             spool.close()
             assert shipper is not None
             shipper.close()
+            if client is not None:
+                client.close()
             link.close()
 
-        return cls(enforcer, resource=resource, token=token, spool=spool, on_close=close)
+        return cls(
+            enforcer,
+            resource=resource,
+            token=token,
+            spool=spool,
+            on_close=close,
+            approval_wait=approval_wait,
+        )
 
     # -- the two ways in -----------------------------------------------------------------
 
@@ -474,6 +633,7 @@ class Guard:
         *,
         token: TokenSource | None = None,
         exclude: Collection[str] = (),
+        approval_wait: float | None = None,
     ) -> Callable[[F], F]: ...
 
     def tool(
@@ -483,19 +643,24 @@ class Guard:
         *,
         token: TokenSource | None = None,
         exclude: Collection[str] = (),
+        approval_wait: float | None = None,
     ) -> F | Callable[[F], F]:
         """Guard a function (``def`` or ``async def``) as the tool ``name`` (default:
         the function's name). Each call binds its arguments to the signature (defaults
         applied; ``self``/``cls`` and the parameters named in ``exclude`` left out),
         is decided before the body runs and its outcome recorded after it.
 
-        ``token`` overrides the guard's default principal for this tool. Generator
-        functions are refused (their body would run after the decision's scope)."""
+        ``token`` overrides the guard's default principal for this tool,
+        ``approval_wait`` the guard's (seconds a call waits for a human's approval).
+        Generator functions are refused (their body would run after the decision's
+        scope)."""
+        if approval_wait is not None:
+            _check_wait(approval_wait)
         if callable(name):
-            return self._wrap(name, None, token, exclude)
+            return self._wrap(name, None, token, exclude, approval_wait)
 
         def decorator(fn: F) -> F:
-            return self._wrap(fn, name, token, exclude)
+            return self._wrap(fn, name, token, exclude, approval_wait)
 
         return decorator
 
@@ -506,12 +671,44 @@ class Guard:
         *,
         token: TokenSource | None = None,
         authenticate: Authenticate | None = None,
+        approval: str | None = None,
+        approval_wait: float | None = None,
     ) -> GuardedCall:
         """A guarded block: ``with guard.call("search", {"q": q}) as call: ...`` (or
         ``async with``). ``authenticate`` replaces token verification for callers that
-        verify a request themselves (the MCP integration verifies a DPoP proof)."""
+        verify a request themselves (the MCP integration verifies a DPoP proof).
+        ``approval``: an approval id to use if the call needs one (as
+        :meth:`using_approval`); ``approval_wait`` overrides the guard's."""
         _check_tool(tool)
-        return GuardedCall(self, tool, args, authenticate, token)
+        if approval is not None:
+            _check_approval_id(approval)
+        if approval_wait is not None:
+            _check_wait(approval_wait)
+        return GuardedCall(
+            self, tool, args, authenticate, token, approval=approval, approval_wait=approval_wait
+        )
+
+    @contextmanager
+    def using_approval(self, approval_id: str) -> Iterator[None]:
+        """Within this block (this thread or task, and what it starts), the first
+        guarded call that needs a human's approval uses ``approval_id``: the control
+        plane checks it was approved for exactly that call (agent, tool and complete
+        arguments) and consumes it, once. Calls that need no approval are not
+        affected; a later call that needs one opens a request of its own::
+
+            try:
+                pay(invoice=42, amount=900)
+            except ApprovalPending as pending:
+                ...                                  # the owner approves meanwhile
+                with guard.using_approval(pending.approval_id):
+                    pay(invoice=42, amount=900)      # runs once
+        """
+        _check_approval_id(approval_id)
+        reset = _presented.set(_Presented(approval_id))
+        try:
+            yield
+        finally:
+            _presented.reset(reset)
 
     @contextmanager
     def acting_as(self, token: TokenSource) -> Iterator[None]:
@@ -569,6 +766,7 @@ class Guard:
         name: str | None,
         token: TokenSource | None,
         exclude: Collection[str],
+        approval_wait: float | None = None,
     ) -> F:
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
             raise TypeError(
@@ -601,14 +799,20 @@ class Guard:
 
             @functools.wraps(fn)
             async def guarded_async(*args: Any, **kwargs: Any) -> Any:
-                async with GuardedCall(self, tool, bind(args, kwargs), None, token):
+                guarded = GuardedCall(
+                    self, tool, bind(args, kwargs), None, token, approval_wait=approval_wait
+                )
+                async with guarded:
                     return await cast(Callable[..., Awaitable[Any]], fn)(*args, **kwargs)
 
             return cast(F, guarded_async)
 
         @functools.wraps(fn)
         def guarded(*args: Any, **kwargs: Any) -> Any:
-            with GuardedCall(self, tool, bind(args, kwargs), None, token):
+            guarded = GuardedCall(
+                self, tool, bind(args, kwargs), None, token, approval_wait=approval_wait
+            )
+            with guarded:
                 return fn(*args, **kwargs)
 
         return cast(F, guarded)
@@ -619,6 +823,8 @@ class Guard:
         args: dict[str, Any],
         authenticate: Authenticate | None,
         token: TokenSource | None,
+        approval: str | None = None,
+        approval_wait: float | None = None,
     ) -> _Decided:
         """Steps 1-3 of the module doc; raises ToolCallDenied unless allowed."""
         enforcer = self.enforcer
@@ -647,6 +853,8 @@ class Guard:
                     )
                 access = enforcer.authenticate_token(value, trace=trace)
             verdict = enforcer.decide(access, call, trace=trace)
+            if not verdict.allowed and verdict.approvable and self.approvals is not None:
+                verdict = self._approval(access, call, verdict, trace, approval, approval_wait)
         except OAuthError as exc:
             if exc.oauth_status >= 500:
                 raise GuardUnavailable(tool, exc.reason, trace_id=trace.trace_id) from None
@@ -671,6 +879,40 @@ class Guard:
                 trace_id=trace.trace_id,
             )
         return _Decided(access, call, verdict, trace)
+
+    def _approval(
+        self,
+        access: VerifiedAccess,
+        call: Call,
+        denied: Verdict,
+        trace: TraceContext,
+        approval: str | None,
+        approval_wait: float | None,
+    ) -> Verdict:
+        """The approval step of an approvable deny (docs/approvals.md): use the
+        approval offered (``approval``, else the block's :meth:`using_approval`, once)
+        or open a request; wait up to ``approval_wait`` for the human. The verdict
+        once an approval was consumed for the call; else the typed refusal."""
+        assert self.approvals is not None
+        wait = self.approval_wait if approval_wait is None else approval_wait
+        if approval is None:
+            presented = _presented.get()
+            if presented is not None and not presented.taken:
+                presented.taken = True
+                approval = presented.approval_id
+        if approval is not None:
+            outcome = self.approvals.retry(access, call, approval, trace=trace, wait=wait)
+        else:
+            outcome = self.approvals.open(access, call, denied, trace=trace, wait=wait)
+        if outcome.verdict is not None:
+            return outcome.verdict
+        raise _approval_refusal(
+            call.tool,
+            outcome,
+            decision_id=denied.decision_id,
+            retry_after=self.approval_retry_after,
+            trace_id=trace.trace_id,
+        )
 
     def _outcome(self, decided: _Decided, error: str | None) -> None:
         """Step 4. The body already ran, so a failure to record its outcome is logged,
@@ -710,6 +952,16 @@ def _resolve(source: TokenSource | None) -> tuple[str | None, str]:
     if not isinstance(value, str) or not value:
         return None, "no agent access token"
     return value, ""
+
+
+def _check_wait(seconds: float) -> None:
+    if not 0 <= seconds <= 86_400:
+        raise ValueError("approval_wait: seconds between 0 and 86400")
+
+
+def _check_approval_id(approval_id: str) -> None:
+    if not isinstance(approval_id, str) or not is_id(approval_id, "approval"):
+        raise ValueError("an approval id is apr_ and 26 characters (ApprovalPending.approval_id)")
 
 
 def _check_tool(tool: str) -> None:

@@ -31,6 +31,14 @@ A refused call is answered with a tool error result (``isError: true``) naming t
 reason and the decision id (``_meta["dev.agentiam/refusal"]``); the tool does not run.
 A tool that answers ``isError: true`` is recorded as failed (``tool_error``).
 
+A call that waits for a human's approval (docs/approvals.md) is answered as the MCP
+gateway answers it: a tool error result whose ``_meta["agentiam/approval"]`` names
+the approval, its state and ``retry_after``
+(:func:`agentiam.core.approvals_wire.mcp_result_meta`); the client retries the same
+call with ``params._meta["agentiam/approval"]`` set to the approval id, which the
+guard uses for exactly that call, once (``AgentClient.mcp_session(approval_wait=…)``
+does this by itself).
+
 Not done: ``tools/list`` is not filtered by policy here (the MCP gateway filters it),
 and an authentication failure is a tool error, not an HTTP 401 challenge.
 """
@@ -45,12 +53,14 @@ from mcp_types import CallToolResult, TextContent
 from mcp_types.methods import serialize_server_result
 
 from agentiam.adapters.gateway.guard import (
+    ApprovalRefusal,
     Authenticate,
     Guard,
     GuardedCall,
     Principal,
     ToolCallDenied,
 )
+from agentiam.core.approvals_wire import META_KEY, mcp_result_meta, mcp_result_text
 from agentiam.core.audit.events import TraceContext
 from agentiam.core.credentials.verifier import VerifiedAccess
 
@@ -87,12 +97,18 @@ class GuardMiddleware:
             arguments = {}
         if not isinstance(name, str) or not isinstance(arguments, Mapping):
             return await call_next(ctx)  # malformed: the SDK refuses it before any tool runs
+        meta = params.get("_meta")
+        approval = meta.get(META_KEY) if isinstance(meta, Mapping) else None
         try:
-            guarded = self._guarded(ctx, name, arguments)
-        except ValueError as exc:  # a tool name the guard cannot record
+            if approval is not None and not isinstance(approval, str):
+                raise ValueError(f'params._meta["{META_KEY}"]: an approval id')
+            guarded = self._guarded(ctx, name, arguments, approval)
+        except ValueError as exc:  # a tool name the guard cannot record, a bad approval id
             return _refusal(ctx, name, str(exc), "invalid_request", None)
         try:
             await guarded.__aenter__()
+        except ApprovalRefusal as waiting:
+            return _approval_result(ctx, name, waiting)
         except ToolCallDenied as denied:
             return _refusal(ctx, name, denied.reason, denied.error, denied.decision_id)
         try:
@@ -106,7 +122,11 @@ class GuardMiddleware:
         return result
 
     def _guarded(
-        self, ctx: ServerRequestContext[Any, Any], name: str, arguments: Mapping[str, Any]
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        name: str,
+        arguments: Mapping[str, Any],
+        approval: str | None,
     ) -> GuardedCall:
         request = ctx.request
         http = request is not None and hasattr(request, "headers")
@@ -114,8 +134,10 @@ class GuardMiddleware:
         if mode == "auto":
             mode = "request" if http else "configured"
         if mode == "configured":
-            return self.guard.call(name, arguments)
-        return self.guard.call(name, arguments, authenticate=self._from_request(request))
+            return self.guard.call(name, arguments, approval=approval)
+        return self.guard.call(
+            name, arguments, authenticate=self._from_request(request), approval=approval
+        )
 
     def _from_request(self, request: Any) -> Authenticate:
         enforcer = self.guard.enforcer
@@ -148,6 +170,27 @@ def _is_error(result: HandlerResult) -> bool:
     if isinstance(result, Mapping):
         return result.get("isError") is True
     return getattr(result, "is_error", False) is True
+
+
+def _approval_result(
+    ctx: ServerRequestContext[Any, Any], tool: str, waiting: ApprovalRefusal
+) -> dict[str, Any]:
+    """The tool error result of a call that waits on (or was refused by) a human's
+    approval, in the MCP gateway's wire shape."""
+    meta = mcp_result_meta(
+        waiting.approval_id,
+        waiting.approval_state,
+        expires_at=waiting.expires_at,
+        retry_after=None if waiting.retry_after is None else max(1, round(waiting.retry_after)),
+        status_url=waiting.status_url,
+        decision_id=waiting.decision_id,
+    )
+    text = mcp_result_text(tool, waiting.approval_id, waiting.approval_state)
+    result = CallToolResult(
+        content=[TextContent(type="text", text=text)], is_error=True, _meta=meta
+    )
+    dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return serialize_server_result("tools/call", ctx.protocol_version, dumped)
 
 
 def _refusal(

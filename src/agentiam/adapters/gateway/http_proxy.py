@@ -67,7 +67,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes, urlsplit
@@ -639,6 +639,11 @@ class HttpGateway:
             name: urlsplit(u.url).path.rstrip("/").encode("ascii")
             for name, u in config.upstreams.items()
         }
+        # details.target of every decision and tool.call event (detection reads it)
+        self._targets = {
+            name: {"host": (urlsplit(u.url).hostname or "").lower()}
+            for name, u in config.upstreams.items()
+        }
         self._total = config.gateway.timeouts.total
         self._pools: dict[str, UpstreamPool] = {}
         self._workers = workers
@@ -802,6 +807,7 @@ class HttpGateway:
             resource=resource,
             detail=ApiCall(action=method, url=url, datatype=resource.type, identifier=resource.id),
             tool=route.name,
+            target=self._targets[route.upstream.name],
         )
         presented = _header(headers, _APPROVAL_REQUEST_HEADER)
         if presented and enforcer.approvals is not None:
@@ -929,32 +935,42 @@ class HttpGateway:
                 inject, secret = await self._offload(broker.headers_for, credential)
         except AgentIAMError as exc:
             log.warning("credential for upstream %s: %s", permit.route.upstream.name, exc.detail)
-            await self._record(permit, trace, Outcome.FAILURE, 502, 0.0)
+            self._record(permit, trace, Outcome.FAILURE, 502, 0.0)
             return _problem(502, "upstream-credential", "the upstream credential is not available")
         permit.inject, permit.secret = inject, secret
         return permit
 
-    async def _record(
+    def _record(
         self, permit: _Permit, trace: TraceContext, outcome: Outcome, status: int | None,
         duration_ms: float,
     ) -> None:  # fmt: skip
-        """The call's ``tool.call`` event (step 7), awaited without holding a thread."""
-        with self.enforcer.deferred() as pending, contextlib.suppress(ServiceUnavailable):
-            # suppressed: the answer is out already; a failure is logged below
-            self.enforcer.record_outcome(
-                permit.access,
-                permit.call,
-                permit.verdict,
-                trace=trace,
-                outcome=outcome,
-                status=status,
-                secret=permit.secret,
-                duration_ms=duration_ms,
-            )
-        try:
-            await pending.durable()
-        except ServiceUnavailable:
-            log.error("the outcome of call %s could not be recorded durably", trace.trace_id)
+        """The call's ``tool.call`` event (step 7), handed to the spool without waiting
+        for its fsync: the call was allowed (its decision durable) and answered already,
+        so nothing waits on this record, and the connection is free for the client's
+        next request at once. The event is written with the next group commit (the
+        spool's close writes everything queued); a failure is logged."""
+        trace_id = trace.trace_id
+
+        def failed(future: Future[None] | None = None) -> None:
+            if future is None or future.exception() is not None:
+                log.error("the outcome of call %s could not be recorded durably", trace_id)
+
+        with self.enforcer.deferred() as pending:
+            try:
+                self.enforcer.record_outcome(
+                    permit.access,
+                    permit.call,
+                    permit.verdict,
+                    trace=trace,
+                    outcome=outcome,
+                    status=status,
+                    secret=permit.secret,
+                    duration_ms=duration_ms,
+                )
+            except ServiceUnavailable:  # the spool refused it at once (full, closed)
+                failed()
+        for future in pending.futures:
+            future.add_done_callback(failed)
 
     async def _forward(
         self,
@@ -1019,7 +1035,7 @@ class HttpGateway:
             self._log_failure(permit, exc)
         finally:
             duration = (time.perf_counter() - started) * 1000
-            await self._record(permit, trace, outcome, status, duration)
+            self._record(permit, trace, outcome, status, duration)
         if started_response and outcome is Outcome.FAILURE and label != "allowed":
             raise _Aborted(f"upstream {upstream} failed mid-response")
         return label

@@ -24,7 +24,13 @@ agent that opened them). For every HTTP request it:
    denial of a tool call is an MCP tool error result (``isError``), of a resource or
    prompt read a JSON-RPC error (:data:`POLICY_DENIED`); the upstream never sees it.
    The decision is made on the JSON-RPC body, never on ``Mcp-Name``/``Mcp-Param-*``
-   headers.
+   headers. A ``tools/call`` deny that a human's approval would lift (docs/approvals.md)
+   opens an approval request at the control plane (held up to ``approvals.wait_seconds``)
+   and is answered with a tool error result whose ``_meta["agentiam/approval"]`` names
+   it (:func:`agentiam.core.approvals_wire.mcp_result_meta`); the same call retried
+   with ``params._meta["agentiam/approval"]`` is checked and consumed by the control
+   plane for exactly that call and decided as approved
+   (:mod:`~agentiam.adapters.gateway.approval_flow`).
 3. **Lists** only what policy allows this caller: ``tools/list``, ``resources/list``,
    ``resources/templates/list`` and ``prompts/list`` ask, per item, whether a call
    without arguments would be allowed (see :data:`ACTIONS` for the mapping). Every
@@ -94,6 +100,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentiam import __version__
+from agentiam.adapters.gateway.approval_flow import ApprovalFlow, ApprovalOutcome
 from agentiam.adapters.gateway.broker import (
     ApiKeyInjection,
     CredentialBroker,
@@ -103,6 +110,7 @@ from agentiam.adapters.gateway.broker import (
 from agentiam.adapters.gateway.config import GatewayConfig, Timeouts, load_gateway_config
 from agentiam.adapters.gateway.enforcer import Call, Verdict
 from agentiam.adapters.gateway.runtime import GatewayRuntime
+from agentiam.core.approvals_wire import META_KEY, mcp_result_meta, mcp_result_text
 from agentiam.core.audit.events import Actor, ActorType, AuditEvent, Outcome, TraceContext
 from agentiam.core.credentials.verifier import VerifiedAccess
 from agentiam.core.delegation.authorization_details import (
@@ -154,6 +162,7 @@ ACTIONS: Final[Mapping[str, tuple[str, str]]] = {
 POLICY_DENIED: Final = -32003  # JSON-RPC server error: refused by the gateway's policy
 LIST_EVENT: Final = "mcp.list"
 _GUARDED: Final = frozenset({"tools/call", "resources/read", "prompts/get"})
+_APPROVAL_THREADS: Final = 16  # concurrent calls to the control plane's approvals API
 # every answer depends on the caller's rights: never shared, never reused (SEP-2549)
 _CACHEABLE: Final = ("tools/list", "resources/list", "resources/templates/list", "prompts/list",
                "resources/read")  # fmt: skip
@@ -664,6 +673,7 @@ class _Pending:
     method: str
     call: Call
     verdict: Verdict
+    approval: ApprovalOutcome | None = None  # the call waits on (or was refused by) one
 
 
 @dataclass(slots=True)
@@ -734,6 +744,9 @@ class McpGateway:
         self.namespace = Namespace(config.servers)
         self.location = config.gateway.public_url
         self.visibility = Visibility(runtime.link.authorizer, location=self.location)
+        client = self.enforcer.approvals
+        # None: no approvals; an approvable deny stays a plain deny
+        self.approvals = ApprovalFlow(self.enforcer, client) if client is not None else None
         broker = runtime.broker
         self.upstreams = {
             s.name: _Upstream(s, broker, config.gateway.timeouts, config.catalog_seconds)
@@ -942,6 +955,8 @@ class McpGateway:
     ) -> types.CallToolResult | types.InputRequiredResult:
         state = _state_of(ctx)
         pending = _take(state, "tools/call", params.name, params.arguments)
+        if pending.approval is not None and pending.approval.verdict is None:
+            return self._approval_result(params.name, pending)
         if not pending.verdict.allowed:
             reason = pending.verdict.reason
             text = f"AgentIAM refused this call: {reason} (decision {pending.verdict.decision_id})"
@@ -970,6 +985,26 @@ class McpGateway:
             )
         assert isinstance(result, types.CallToolResult | types.InputRequiredResult)
         return result
+
+    def _approval_result(self, tool: str, pending: _Pending) -> types.CallToolResult:
+        """The tool error result of a call that waits on a human's approval (retry the
+        same call with ``params._meta[META_KEY]`` set to the id, after ``retry_after``
+        seconds), or that the approval refused: denied, expired, used, another call's."""
+        approval = pending.approval
+        assert approval is not None
+        approval_id, state = approval.approval_id or "", approval.state or "denied"
+        meta = mcp_result_meta(
+            approval_id,
+            state,
+            expires_at=approval.expires_at,
+            retry_after=self.config.gateway.approvals.retry_after_seconds,
+            status_url=approval.status_url,
+            decision_id=pending.verdict.decision_id,
+        )
+        text = mcp_result_text(tool, approval_id, state)
+        return types.CallToolResult(
+            content=[types.TextContent(text=text)], is_error=True, _meta=meta
+        )
 
     async def _read_resource(
         self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
@@ -1086,6 +1121,10 @@ class _Endpoint:
         parts = urlsplit(gateway.location)
         self.origin = f"{parts.scheme}://{parts.netloc}".lower()
         self.issuer = gateway.runtime.link.issuer
+        self.approvals: ApprovalFlow | None = getattr(gateway, "approvals", None)
+        # calls to the control plane's approvals API (a held one waits up to a minute)
+        # get threads of their own, so they never starve the decisions
+        self._approval_threads: anyio.CapacityLimiter | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -1171,20 +1210,99 @@ class _Endpoint:
                 state.access, state.trace, 400, call, scope, receive, send, request_id
             )
             return False
+        flow = self.approvals if method == "tools/call" else None
+        if flow is not None and isinstance(params, dict):
+            presented = _presented_approval(params)
+            if presented is not None:
+                if not is_id(presented, "approval"):
+                    reason = f'params._meta["{META_KEY}"] is not one approval id'
+                    await self._refuse(
+                        state.access, state.trace, 400, reason, scope, receive, send, request_id
+                    )
+                    return False
+                return await self._approval(
+                    state,
+                    method,
+                    call,
+                    lambda: flow.retry(state.access, call, presented, trace=state.trace),
+                    request_id,
+                    scope,
+                    receive,
+                    send,
+                )
         try:
             verdict = await anyio.to_thread.run_sync(
                 lambda: self.enforcer.decide(state.access, call, trace=state.trace)
             )
         except AgentIAMError as exc:  # the outage bound, or the spool (503)
-            await _send_json(
-                _jsonrpc_error(request_id, INTERNAL_ERROR, exc.detail),
-                exc.status,
-                {"Retry-After": "5"} if exc.status == 503 else {},
+            await _failed(exc, request_id, scope, receive, send)
+            return False
+        if flow is not None and not verdict.allowed and verdict.approvable:
+            wait = self.gateway.config.gateway.approvals.wait_seconds
+            return await self._approval(
+                state,
+                method,
+                call,
+                lambda: flow.open(state.access, call, verdict, trace=state.trace, wait=wait),
+                request_id,
                 scope,
                 receive,
                 send,
+                denied=verdict,
             )
+        return await self._decided(state, method, call, verdict, request_id, scope, receive, send)
+
+    async def _approval(
+        self,
+        state: _RequestState,
+        method: str,
+        call: Call,
+        step: Callable[[], ApprovalOutcome],
+        request_id: Any,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        denied: Verdict | None = None,
+    ) -> bool:
+        """Run one approval step (:mod:`~agentiam.adapters.gateway.approval_flow`) on
+        a worker thread of its own. A consumed approval gives the call its approved
+        decision; otherwise the handler answers the pending (or refused) tool result."""
+        if self._approval_threads is None:
+            self._approval_threads = anyio.CapacityLimiter(_APPROVAL_THREADS)
+        try:
+            outcome = await anyio.to_thread.run_sync(step, limiter=self._approval_threads)
+        except AgentIAMError as exc:  # the control plane cannot be asked (503)
+            await _failed(exc, request_id, scope, receive, send)
             return False
+        if outcome.verdict is not None:
+            return await self._decided(
+                state, method, call, outcome.verdict, request_id, scope, receive, send
+            )
+        reason = f"approval {outcome.approval_id} is {outcome.state}"
+        waiting = Verdict(
+            False,
+            403,
+            "insufficient_scope",
+            reason,
+            decision_id=denied.decision_id if denied is not None else None,
+        )
+        state.pending = _Pending(method, call, waiting, outcome)
+        return True
+
+    async def _decided(
+        self,
+        state: _RequestState,
+        method: str,
+        call: Call,
+        verdict: Verdict,
+        request_id: Any,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> bool:
+        """Hand a decided call on to the handler; a refusal made before policy is
+        answered here."""
         if not verdict.allowed and verdict.decision_id is None:
             # Refused before policy: the rate limit (429) or the token's task scope
             # (403 insufficient_scope: a token with a wider scope could pass).
@@ -1220,6 +1338,28 @@ class _Endpoint:
             return
         code = INVALID_PARAMS if request_id is not None else INVALID_REQUEST
         await _send_json(_jsonrpc_error(request_id, code, reason), status, {}, scope, receive, send)
+
+
+async def _failed(
+    exc: AgentIAMError, request_id: Any, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """A call that could not be decided or recorded: a JSON-RPC error at the error's
+    HTTP status (503: the outage bound, the spool, the control plane's approvals API)."""
+    await _send_json(
+        _jsonrpc_error(request_id, INTERNAL_ERROR, exc.detail),
+        exc.status,
+        {"Retry-After": "5"} if exc.status == 503 else {},
+        scope,
+        receive,
+        send,
+    )
+
+
+def _presented_approval(params: Mapping[str, Any]) -> Any:
+    """What a ``tools/call`` names in ``params._meta[META_KEY]`` (the approval to use),
+    or None."""
+    meta = params.get("_meta")
+    return meta.get(META_KEY) if isinstance(meta, dict) else None
 
 
 async def _send_json(

@@ -65,7 +65,7 @@ class GatewayRuntime:
         loudly if it cannot be reached at start), open the spool and the broker."""
         admin_key = config.control_plane.admin_key()
         # one limiter even with no configured limits: the bundle's throttles need it
-        limiter = config.rate_limits or RateLimiter()
+        limiter = config.rate_limits if config.rate_limits is not None else RateLimiter()
         link = ControlPlaneLink(
             config.control_plane.url,
             config.public_url,

@@ -219,6 +219,9 @@ class AuditSpool:
         self._writer = GroupCommit[bytes](
             self._write_lines,
             max_batch=500,
+            # no batching window: calls that arrive during one write and fsync form the
+            # next batch (natural group commit), so a lone call never waits for company
+            max_wait=0.0,
             queue_limit=10_000,
             commit_timeout=commit_timeout,
             hint=_HINT,
