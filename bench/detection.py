@@ -35,6 +35,7 @@ import os
 import platform
 import random
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -307,6 +308,38 @@ def run_mapping(count: int) -> list[str]:
     ]
 
 
+def run_risk_lookup(stream: Stream, events: list[Observation], count: int) -> list[str]:
+    """What detection adds to a decision: the PDP reads the agent's risk score for
+    ``context.risk_score`` (``DetectionService.risk``: a lock and a ledger read), after
+    the engine saw ``events``. The detectors themselves run off the decision path."""
+    engine = DetectionEngine(profiles=stream.profiles.get)
+    for obs in events:
+        engine.observe(obs)
+    agents = sorted(stream.profiles)
+    lock = threading.Lock()
+    now = events[-1].time
+    timings = [0] * count
+    clock = time.perf_counter_ns
+    for k in range(count):
+        agent = agents[k % len(agents)]
+        start = clock()
+        with lock:
+            engine.risk(agent, now)
+        timings[k] = clock() - start
+    total = sum(timings)
+    timings.sort()
+    return [
+        "risk look-up per decision (the decision-path cost)",
+        f"{count:,}",
+        f"{count / (total / 1e9):,.0f}",
+        f"{total / count / 1000:.1f}",
+        f"{_pct(timings, 50):.1f}",
+        f"{_pct(timings, 99):.1f}",
+        "-",
+        "-",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, default=2000)
@@ -324,10 +357,12 @@ def main() -> int:
     print()
     benign = Stream(args.agents, args.seed)
     mixed = Stream(args.agents, args.seed + 1)
+    mixed_events = mixed.build(args.events, 0.01)
     rows = [
         run("benign stream", benign, benign.build(args.events, 0.0)),
-        run("with attacks (1% of sessions)", mixed, mixed.build(args.events, 0.01)),
+        run("with attacks (1% of sessions)", mixed, mixed_events),
         run_mapping(min(args.events, 100_000)),
+        run_risk_lookup(mixed, mixed_events, 100_000),
     ]
     header = [
         "workload",

@@ -478,6 +478,7 @@ def build(
     )
     if detection is not None:
         detection.responder = container.response
+        detection.on_scores = enforcement.set_risk  # enforcement points decide with them
     return container
 
 

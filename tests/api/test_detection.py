@@ -15,13 +15,16 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from tests.api.oauth_support import CTX, oauth_live
+from tests.api.oauth_support import CTX, RESOURCE, oauth_live
 from typer.testing import CliRunner
 
+from agentiam.adapters.gateway.link import ControlPlaneLink
 from agentiam.bootstrap import build
 from agentiam.cli.main import app as cli
 from agentiam.config import Settings
 from agentiam.core.audit.events import AuditEvent
+from agentiam.core.policy.authorizer import AuthzRequest
+from agentiam.core.policy.model import EntityRef
 from agentiam.errors import InvalidInput
 from agentiam.ports import AuditQuery
 
@@ -291,3 +294,37 @@ def test_a_caller_cannot_assert_its_own_approval(sqlite_url: str) -> None:
         assert "context.approval_id" in r.text
         r = admin.post("/v1/authorize/batch", json={"requests": [body]})
         assert r.status_code == 422
+
+
+def test_risk_scores_reach_a_gateway_through_the_bundle(sqlite_url: str) -> None:
+    """Continuous authentication at the enforcement points: the control plane's risk
+    scores ride in the policy bundle, so a gateway's own decisions see them in
+    ``context.risk_score`` (here, a risk gate the agent then fails)."""
+    gate = (
+        'forbid (principal, action == Action::"invoke_tool", resource) '
+        'when { context.risk_score >= 10 && context.approval.state != "approved" };'
+    )
+    with oauth_live(sqlite_url) as live:
+        c = live.container
+        verifier = c.admin_keys.create(CTX, name="gw", role="verifier").secret
+        link = ControlPlaneLink(live.url, RESOURCE, admin_key=verifier)
+        try:
+            with live.admin_client() as admin:
+                assert admin.put("/v1/policies/search", json={"text": SEARCH}).status_code == 200
+                assert admin.put("/v1/policies/gate", json={"text": gate}).status_code == 200
+                link.poll_once(0)
+                call = AuthzRequest(
+                    EntityRef("Agent", live.agent_id), "invoke_tool", EntityRef("Tool", "search")
+                )
+                before = link.authorizer().decide(call)
+                assert (before.decision, before.risk_score) == ("allow", 0)
+                for _ in range(30):
+                    _decide(admin, live.agent_id)
+            _until(lambda: _events(c, "detection.alert", live.agent_id))
+            _until(lambda: link.poll_once(0) and link.authorizer().decide(call).risk_score)
+            after = link.authorizer().decide(call)
+            assert after.risk_score >= 10
+            assert after.decision == "deny"
+            assert "gate" in after.policies
+        finally:
+            link.close()

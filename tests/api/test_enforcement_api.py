@@ -395,3 +395,15 @@ def test_an_enforcement_point_cannot_ship_control_plane_facts(
     r = gateway.post(INGEST, json={"events": [event]})
     assert r.status_code == 422, r.text
     assert "events[0].type" in r.text
+
+
+def test_every_event_type_an_enforcement_point_writes_is_accepted_at_ingest() -> None:
+    """The allow-list must cover what the gateways and the guard record, or their
+    shipper would be refused and hold every later event back."""
+    from agentiam.adapters.gateway.mcp_proxy import LIST_EVENT
+    from agentiam.services.decisions import DECISION_EVENT
+    from agentiam.services.enforcement_sync import ENFORCEMENT_EVENT_TYPES
+
+    assert {LIST_EVENT, DECISION_EVENT, "tool.call", "api.request.rejected"} <= (
+        ENFORCEMENT_EVENT_TYPES
+    )

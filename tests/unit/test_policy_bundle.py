@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -297,3 +298,32 @@ def test_bounds_are_enforced(monkeypatch: pytest.MonkeyPatch) -> None:
         load_bundle(_broken(lambda _d: None))
     with pytest.raises(BundleError, match=r"^bundle: expected an object"):
         load_bundle(["not", "a", "bundle"])
+
+
+def test_risk_scores_round_trip_and_change_the_etag() -> None:
+    args = (1, "fp", "")
+    assert bundle_module.bundle_etag(*args) == bundle_module.bundle_etag(*args, risk={})
+    assert bundle_module.bundle_etag(*args) != bundle_module.bundle_etag(*args, risk={"agt_a": 40})
+    data = bundle_module.bundle_dict(1, "", [], [], [], [], "fp", risk={"agt_b": 5, "agt_a": 40})
+    assert data["risk"] == [{"agent_id": "agt_a", "score": 40}, {"agent_id": "agt_b", "score": 5}]
+    assert bundle_module.risk_of(data) == {"agt_a": 40, "agt_b": 5}
+    assert "risk" not in bundle_module.bundle_dict(1, "", [], [], [], [], "fp", risk={"agt_a": 0})
+    assert bundle_module.risk_of({}) == {}
+
+
+@pytest.mark.parametrize(
+    ("risk", "named"),
+    [
+        ({"agt_a": 40}, "risk: expected a list"),
+        ([{"agent_id": "agt_a", "score": 101}], "risk[0].score"),
+        ([{"agent_id": "agt_a", "score": 0}], "risk[0].score"),
+        ([{"agent_id": "agt_a", "score": True}], "risk[0].score"),
+        ([{"agent_id": "agt_a", "score": 9.5}], "risk[0].score"),
+        ([{"agent_id": "agt_a"}], "risk[0].score: missing"),
+        ([{"agent_id": "agt_a", "score": 5, "x": 1}], "risk[0].x: unknown member"),
+        ([{"agent_id": "agt_a", "score": 5}, {"agent_id": "agt_a", "score": 6}], "risk[1]"),
+    ],
+)
+def test_a_bad_risk_table_is_refused_naming_the_member(risk: Any, named: str) -> None:
+    with pytest.raises(bundle_module.BundleError, match=re.escape(named)):
+        bundle_module.risk_of({"risk": risk})

@@ -146,6 +146,11 @@ class DetectionService:
         self._infos: dict[str, tuple[Agent, AgentInfo]] = {}
         self.engine = DetectionEngine(self.config, self._profile)
         self.responder: AlertResponder | None = None
+        # Given the risk table (agent -> score, > 0) whenever it changed, at most once
+        # a second: how enforcement points get the scores (EnforcementSync.set_risk).
+        self.on_scores: Callable[[Mapping[str, int]], None] | None = None
+        self._scores: dict[str, int] = {}
+        self._scores_at = float("-inf")
         self._lock = threading.Lock()  # one pass at a time
         # The engine is single-threaded: passes observe, the PDP's threads read scores.
         self._engine_lock = threading.Lock()
@@ -230,6 +235,24 @@ class DetectionService:
                 )
         return ledger
 
+    def _publish_scores(self) -> None:
+        """Hand the current scores to ``on_scores`` when they changed (scores decay,
+        so at most once a second; at most the 10,000 highest)."""
+        if self.on_scores is None:
+            return
+        now = time.monotonic()
+        if now - self._scores_at < 1.0:
+            return
+        self._scores_at = now
+        scores = dict(self.top(minimum=1, limit=10_000))
+        if scores == self._scores:
+            return
+        self._scores = scores
+        try:
+            self.on_scores(scores)
+        except Exception:
+            log.warning("publishing risk scores failed", exc_info=True)
+
     def _engine_stats(self) -> Mapping[str, Any]:
         with self._engine_lock:
             return self.engine.stats()
@@ -253,9 +276,15 @@ class DetectionService:
                     if read < self._batch:
                         break
                 self._last_run_at = self._clock.now()
+                self._publish_scores()
                 return total
             except Exception:
+                # The engine may have read part of a page whose cursor did not move: a
+                # retry would count those entries twice. Rebuild from the trail instead.
                 self._errors += 1
+                with self._engine_lock:
+                    self.engine = DetectionEngine(self.config, self._profile)
+                self._warm = False
                 raise
 
     def _page(self) -> int:

@@ -161,8 +161,11 @@ def _event_time(value: Any, index: int, now: datetime) -> datetime:
     return at
 
 
-# What an enforcement point records (its decisions, its refusals, the calls it made).
-ENFORCEMENT_EVENT_TYPES = frozenset({"authz.decision", "tool.call", "api.request.rejected"})
+# What an enforcement point records: its decisions, its refusals, the calls it made,
+# and the MCP gateway's filtered listings (``mcp.list``).
+ENFORCEMENT_EVENT_TYPES = frozenset(
+    {"authz.decision", "tool.call", "api.request.rejected", "mcp.list"}
+)
 
 
 def parse_ingested_event(data: Any, index: int, *, now: datetime) -> AuditEvent:
@@ -273,6 +276,7 @@ class EnforcementSync:
         self._published: PublishedBundle | None = None
         self._subscribers: set[Callable[[], None]] = set()
         self._throttles: tuple[Throttle, ...] = ()
+        self._risk: tuple[tuple[str, int], ...] = ()
 
     # -- bundles ------------------------------------------------------------------------
 
@@ -301,6 +305,7 @@ class EnforcementSync:
             engine.schema.extension,
             time_zone=self._zone,
             throttles=self._throttles,
+            risk=dict(self._risk),
         )
 
     @property
@@ -316,6 +321,22 @@ class EnforcementSync:
             if table == self._throttles:
                 return
             self._throttles = table
+        self._republish()
+
+    def set_risk(self, scores: Mapping[str, int]) -> None:
+        """Carry these agents' risk scores (the complete table, from detection) in the
+        bundle from now on, so enforcement points decide with them in
+        ``context.risk_score``; if that changes it, wake every subscriber."""
+        table = tuple(sorted((a, s) for a, s in scores.items() if s > 0))
+        with self._lock:
+            if table == self._risk:
+                return
+            self._risk = table
+        self._republish()
+
+    def _republish(self) -> None:
+        """The bundle's dynamic members changed: a new etag, and every poll woken."""
+        with self._lock:
             loaded = self._loaded
             subscribers: list[Callable[[], None]] = []
             if loaded is not None:
@@ -366,8 +387,8 @@ class EnforcementSync:
         loaded state (no database read)."""
         self.current_etag()
         with self._build:
-            with self._lock:  # the state and its throttles, as one
-                loaded, throttles = self._loaded, self._throttles
+            with self._lock:  # the state, its throttles and risk scores, as one
+                loaded, throttles, risk = self._loaded, self._throttles, self._risk
             assert loaded is not None
             cached = self._published
             if cached is not None and cached.etag == loaded.etag:
@@ -383,6 +404,7 @@ class EnforcementSync:
                 entities.fingerprint,
                 time_zone=self._zone,
                 throttles=throttles,
+                risk=dict(risk),
             )
             body = json.dumps(
                 {"etag": loaded.etag, "policy_version": engine.version, "bundle": bundle},

@@ -32,7 +32,8 @@ from agentiam.adapters.verification import RemoteVerifier
 from agentiam.core.credentials.verifier import AccessTokenVerifier
 from agentiam.core.enforcement.ratelimit import RateLimiter
 from agentiam.core.policy.authorizer import Authorizer
-from agentiam.core.policy.bundle import load_bundle, throttles_of, time_zone_of
+from agentiam.core.policy.bundle import load_bundle, risk_of, throttles_of, time_zone_of
+from agentiam.core.policy.model import EntityRef
 from agentiam.errors import ServiceUnavailable
 
 __all__ = ["ControlPlaneLink"]
@@ -85,6 +86,7 @@ class ControlPlaneLink:
         )
         self._url = self.issuer + "/v1/enforcement/bundle"
         self._authorizer: Authorizer | None = None
+        self._risk: dict[str, int] = {}  # the control plane's risk scores, per agent
         self._etag: str | None = None
         self._contact: float | None = None
         self._stop = threading.Event()
@@ -136,11 +138,16 @@ class ControlPlaneLink:
         current = self._authorizer
         engine, entities = load_bundle(bundle, previous=current.engine if current else None)
         throttles = throttles_of(bundle)
+        self._risk = risk_of(bundle)  # read by _risk_score on every decision from now
         zone = time_zone_of(bundle)  # the control plane's: time-based policies agree
         if current is None or zone != self._zone:
             self._zone = zone
             self._authorizer = Authorizer(
-                engine, entities, clock=lambda: datetime.now(UTC), zone=zone
+                engine,
+                entities,
+                clock=lambda: datetime.now(UTC),
+                zone=zone,
+                risk=self._risk_score,
             )
         else:
             current.update(engine, entities)
@@ -151,6 +158,10 @@ class ControlPlaneLink:
         self.last_error = None
         log.info("policy bundle %s loaded (policy version %s)", self._etag, engine.version)
         return True
+
+    def _risk_score(self, principal: EntityRef) -> int:
+        """The control plane's risk score of an agent, as the last bundle carried it."""
+        return self._risk.get(principal.id, 0) if principal.type == "Agent" else 0
 
     def start(self) -> ControlPlaneLink:
         """Load keys, revocations and the first bundle (failing loudly if the control

@@ -85,6 +85,7 @@ __all__ = [
     "bundle_dict",
     "bundle_etag",
     "load_bundle",
+    "risk_of",
     "throttles_of",
     "time_zone_of",
 ]
@@ -114,8 +115,10 @@ _TOP = frozenset(
         "resources",
     }
 )
-_OPTIONAL_TOP = frozenset({"throttles"})
+_OPTIONAL_TOP = frozenset({"throttles", "risk"})
 _THROTTLE = frozenset({"agent_id", "per_minute", "until"})
+_RISK = frozenset({"agent_id", "score"})
+MAX_RISK_SCORES = 100_000
 _POLICY = frozenset({"id", "text", "mode", "description", "template"})
 _AGENT = frozenset(
     {
@@ -207,6 +210,7 @@ def bundle_dict(
     *,
     time_zone: str = "UTC",
     throttles: Iterable[Throttle] = (),
+    risk: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The bundle of one policy version and one entity snapshot (JSON types only).
 
@@ -227,11 +231,18 @@ def bundle_dict(
     }
     if caps:
         out["throttles"] = caps
+    scores = _risk_list(risk)
+    if scores:
+        out["risk"] = scores
     return out
 
 
 def _throttle_list(throttles: Iterable[Throttle]) -> list[dict[str, Any]]:
     return [t.to_dict() for t in sorted(throttles, key=lambda t: t.agent_id)]
+
+
+def _risk_list(risk: Mapping[str, int] | None) -> list[dict[str, Any]]:
+    return [{"agent_id": a, "score": s} for a, s in sorted((risk or {}).items()) if s > 0]
 
 
 def bundle_etag(
@@ -241,6 +252,7 @@ def bundle_etag(
     *,
     time_zone: str = "UTC",
     throttles: Iterable[Throttle] = (),
+    risk: Mapping[str, int] | None = None,
 ) -> str:
     """The version of a bundle: unpadded base64url of the first 24 bytes of SHA-256
     over the bundle format, the policy version, the entity fingerprint, the schema
@@ -250,6 +262,9 @@ def bundle_etag(
     caps = _throttle_list(throttles)
     if caps:
         parts.append(caps)
+    scores = _risk_list(risk)
+    if scores:
+        parts.append(scores)
     material = json.dumps(
         parts,
         separators=(",", ":"),
@@ -496,6 +511,27 @@ def throttles_of(data: Mapping[str, Any]) -> list[Throttle]:
             out.append(Throttle(agent_id, entry["per_minute"], entry["until"]))
         except ValueError as exc:
             raise BundleError(f"{where}: {exc}") from None
+    return out
+
+
+def risk_of(data: Mapping[str, Any]) -> dict[str, int]:
+    """The agents' risk scores a bundle carries (the control plane's detection; none
+    when the member is absent), checked: ``risk[i].member`` names the first bad one.
+    An enforcement point's Authorizer puts them in ``context.risk_score``."""
+    raw = data.get("risk")
+    if raw is None:
+        return {}
+    out: dict[str, int] = {}
+    for i, item in enumerate(_list(raw, "risk", MAX_RISK_SCORES)):
+        where = f"risk[{i}]"
+        entry = _object(item, where, _RISK)
+        agent_id = _ident(entry["agent_id"], f"{where}.agent_id")
+        if agent_id in out:
+            raise BundleError(f"{where}.agent_id: appears twice")
+        score = entry["score"]
+        if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 100:
+            raise BundleError(f"{where}.score: expected an integer from 1 to 100")
+        out[agent_id] = score
     return out
 
 
