@@ -270,6 +270,22 @@ def run(label: str, stream: Stream, events: list[Observation]) -> list[str]:
     ]
 
 
+def _timed_row(label: str, timings: list[int]) -> list[str]:
+    """A table row of per-operation timings (ns) without alerts or a target."""
+    count, total = len(timings), sum(timings)
+    timings = sorted(timings)
+    return [
+        label,
+        f"{count:,}",
+        f"{count / (total / 1e9):,.0f}",
+        f"{total / count / 1000:.1f}",
+        f"{_pct(timings, 50):.1f}",
+        f"{_pct(timings, 99):.1f}",
+        "-",
+        "-",
+    ]
+
+
 def run_mapping(count: int) -> list[str]:
     """``observe()`` of stored event dicts: the mapping cost before the engine."""
     trace = TraceContext.new()
@@ -294,18 +310,7 @@ def run_mapping(count: int) -> list[str]:
         start = clock()
         observe(k, event)
         timings[k] = clock() - start
-    total = sum(timings)
-    timings.sort()
-    return [
-        "observe_event (dict → Observation)",
-        f"{count:,}",
-        f"{count / (total / 1e9):,.0f}",
-        f"{total / count / 1000:.1f}",
-        f"{_pct(timings, 50):.1f}",
-        f"{_pct(timings, 99):.1f}",
-        "-",
-        "-",
-    ]
+    return _timed_row("observe_event (dict → Observation)", timings)
 
 
 def run_risk_lookup(stream: Stream, events: list[Observation], count: int) -> list[str]:
@@ -326,18 +331,7 @@ def run_risk_lookup(stream: Stream, events: list[Observation], count: int) -> li
         with lock:
             engine.risk(agent, now)
         timings[k] = clock() - start
-    total = sum(timings)
-    timings.sort()
-    return [
-        "risk look-up per decision (the decision-path cost)",
-        f"{count:,}",
-        f"{count / (total / 1e9):,.0f}",
-        f"{total / count / 1000:.1f}",
-        f"{_pct(timings, 50):.1f}",
-        f"{_pct(timings, 99):.1f}",
-        "-",
-        "-",
-    ]
+    return _timed_row("risk look-up per decision (the decision-path cost)", timings)
 
 
 def main() -> int:

@@ -43,6 +43,15 @@ def _labels(items: list[str]) -> dict[str, str]:
     return labels
 
 
+ExpectationsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--expectations",
+        help="YAML/JSON file of what the agent is meant to do (docs/detection.md).",
+    ),
+]
+
+
 def _read_expectations(path: Path | None) -> dict[str, Any] | None:
     """An expectations file (YAML, which includes JSON); None when not given."""
     if path is None:
@@ -100,13 +109,7 @@ def create(
     dpop: Annotated[
         bool, typer.Option("--dpop/--no-dpop", help="Require DPoP-bound tokens.")
     ] = True,
-    expectations: Annotated[
-        Path | None,
-        typer.Option(
-            "--expectations",
-            help="YAML/JSON file of what the agent is meant to do (docs/detection.md).",
-        ),
-    ] = None,
+    expectations: ExpectationsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register an agent (pending unless --activate)."""
@@ -226,13 +229,7 @@ def update(
     dpop: Annotated[
         bool | None, typer.Option("--dpop/--no-dpop", help="Require DPoP-bound tokens.")
     ] = None,
-    expectations: Annotated[
-        Path | None,
-        typer.Option(
-            "--expectations",
-            help="YAML/JSON file of what the agent is meant to do (docs/detection.md).",
-        ),
-    ] = None,
+    expectations: ExpectationsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Change an agent's owners, purpose, environment, autonomy, labels or entitlements.

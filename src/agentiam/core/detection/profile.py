@@ -13,12 +13,11 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from agentiam.core.detection.expectations import WORKFLOW_START
 from agentiam.core.detection.model import Expectations
 from agentiam.core.identities.models import Agent
 
-__all__ = ["WORKFLOW_START", "AgentInfo", "CompiledExpectations", "PatternSet"]
-
-WORKFLOW_START = "*start"
+__all__ = ["AgentInfo", "CompiledExpectations", "PatternSet"]
 _MEMO = 1024  # results remembered per matcher
 _GROUP_TEXT = 80  # peer group names are cut to this length
 
