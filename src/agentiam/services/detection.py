@@ -191,8 +191,9 @@ class DetectionService:
             engine=self._engine_stats(),
         )
 
-    def top(self, *, minimum: int = 1, limit: int = 100) -> list[tuple[str, int]]:
-        """The agents whose risk is at least ``minimum`` now, highest first."""
+    def top(self, *, minimum: float = 1, limit: int = 100) -> list[tuple[str, int]]:
+        """The agents whose risk is at least ``minimum`` now, highest first, each with
+        its score as the PDP reads it (a whole number, rounded up)."""
         now = self._clock.now()
         with self._engine_lock:
             ranked = self.engine.ledger.top(now, minimum=minimum, limit=limit)
@@ -244,7 +245,9 @@ class DetectionService:
         if now - self._scores_at < 1.0:
             return
         self._scores_at = now
-        scores = dict(self.top(minimum=1, limit=10_000))
+        # every score the PDP would read as 1 or more (it rounds up), so a gateway
+        # decides with the same number
+        scores = dict(self.top(minimum=1e-9, limit=10_000))
         if scores == self._scores:
             return
         self._scores = scores
