@@ -111,7 +111,14 @@ def test_a_runaway_loop_is_detected_from_the_trail_and_contained(
         first = min(decisions.values(), key=lambda e: e.time)
         # detected and contained within a second of the loop's first call (trail times)
         assert (alert.time - first.time).total_seconds() <= 1.0
-        responses = _events(c, "response.action", live.agent_id)
+        # each action is recorded once it is done, so the record may follow the effect
+        responses = _until(
+            lambda: (
+                (found := _events(c, "response.action", live.agent_id))
+                and any(r.action == "response.suspend" for r in found)
+                and found
+            )
+        )
         assert {r.details["alert_id"] for r in responses} == {alert.details["alert_id"]}
         suspend = next(r for r in responses if r.action == "response.suspend")
         assert (suspend.time - first.time).total_seconds() <= 1.0
