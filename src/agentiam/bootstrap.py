@@ -38,6 +38,7 @@ from agentiam.services.admin_keys import AdminKeyService
 from agentiam.services.agents import AgentService
 from agentiam.services.analysis import AccessAnalysisService
 from agentiam.services.approvals import ApprovalPolicy, ApprovalService, ApproverTokens
+from agentiam.services.assessment import AssessmentService
 from agentiam.services.audit import AuditService
 from agentiam.services.audit_export import Exporter, ExportRunner
 from agentiam.services.audit_retention import AuditRetention, RetentionPolicy
@@ -103,6 +104,8 @@ class Container:
     response: ResponseService
     # Behavioural detection over the trail (docs/detection.md); None when switched off.
     detection: DetectionService | None
+    # The maturity assessment's evidence collector (docs/assessment.md).
+    assessment: AssessmentService
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -474,6 +477,16 @@ def build(
             notifier=notifier,
         ),
         detection=detection,
+        assessment=AssessmentService(
+            uow,
+            clock,
+            decisions=decisions,
+            trail=trail,
+            exporters=audit_export,
+            signing_keys=signing_keys,
+            playbooks=playbooks,
+            detection=detection,
+        ),
         registry=registry,
     )
     if detection is not None:

@@ -23,6 +23,7 @@ from agentiam.cli import (
     tokens,
     trace,
 )
+from agentiam.cli.assess import assess
 from agentiam.cli.serve import serve
 from agentiam.cli.simulate import simulate
 
@@ -34,6 +35,7 @@ app = typer.Typer(
 )
 app.command()(serve)
 app.command()(simulate)
+app.command()(assess)
 app.add_typer(db.app, name="db")
 app.add_typer(admin_keys.app, name="admin-keys")
 app.add_typer(humans.app, name="humans")

@@ -1,0 +1,295 @@
+"""agentiam assess: score the deployment's readiness for agentic AI from live evidence
+plus people's answers (docs/assessment.md).
+
+Non-interactive with ``--answers FILE``: the file must answer every question in scope
+the deployment cannot measure (``unknown`` is an answer); a bad or partial file exits
+with status 2 and names the question. With ``--interactive`` the command asks those
+questions itself. With neither, only the evidence scores and the rest are listed as
+gaps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, NoReturn
+
+import typer
+from rich.table import Table
+
+from agentiam.cli.common import container
+from agentiam.cli.output import console, err_console, fail, handle_errors
+from agentiam.core.assessment import (
+    LEVEL_DESCRIPTIONS,
+    AISystem,
+    Answers,
+    Level,
+    QuestionBank,
+    load_answers,
+    load_declared_systems,
+)
+from agentiam.core.assessment.scoring import UNKNOWN as UNKNOWN_ANSWER
+from agentiam.errors import InvalidInput
+from agentiam.services.assessment import AssessmentReport, AssessmentService
+
+__all__ = ["assess", "render_markdown"]
+
+Format = Literal["json", "markdown"]
+_SUFFIXES: dict[str, Format] = {".json": "json", ".md": "markdown", ".markdown": "markdown"}
+_TOP_ROADMAP = 10
+_BAD_INPUT = 2  # exit status for a bad answers or inventory file
+
+
+def _bad(message: str, hint: str | None = None) -> NoReturn:
+    fail(message, hint, code=_BAD_INPUT)
+
+
+def _read_yaml(path: Path, what: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        _bad(f"cannot read the {what} {path}: {type(exc).__name__}")
+    except yaml.YAMLError as exc:
+        _bad(f"the {what} {path} is not valid YAML: {exc}")
+
+
+def _answers(path: Path, bank: QuestionBank) -> Answers:
+    data = _read_yaml(path, "answers file")
+    try:
+        return load_answers(data, bank)
+    except InvalidInput as exc:
+        _bad(f"{path}: {exc.detail}", exc.hint)
+
+
+def _inventory(path: Path | None) -> tuple[AISystem, ...]:
+    if path is None:
+        return ()
+    data = _read_yaml(path, "inventory file")
+    try:
+        if not isinstance(data, dict) or set(data) != {"systems"}:
+            raise InvalidInput("inventory file: must be a mapping with one key, systems")
+        return load_declared_systems(data["systems"])
+    except InvalidInput as exc:
+        _bad(f"{path}: {exc.detail}", exc.hint)
+
+
+def _ask(service: AssessmentService, declared: tuple[AISystem, ...]) -> Answers:
+    """Ask each question in scope the evidence cannot answer (on stderr, so a report
+    on stdout stays clean); the answers go through the same strict loader as a file."""
+    bank = service.bank
+    questions = service.to_ask(declared=declared)
+    say = err_console.print
+    say(f"[bold]{len(questions)} questions the deployment cannot answer itself[/]")
+    for level in Level:
+        say(f"  {int(level)}  {LEVEL_DESCRIPTIONS[level]}", highlight=False)
+    raw: dict[str, Any] = {}
+    for i, q in enumerate(questions, 1):
+        say(f"\n[bold]{i}/{len(questions)} {q.id}[/]: {q.text}", highlight=False)
+        say(q.guidance, style="dim", highlight=False)
+        while True:
+            given = typer.prompt("level 0-4, or 'unknown'", default=UNKNOWN_ANSWER, err=True)
+            given = given.strip().lower()
+            if given == UNKNOWN_ANSWER or given in {"0", "1", "2", "3", "4"}:
+                break
+            say("give a level 0-4, or 'unknown'")
+        raw[q.id] = given if given == UNKNOWN_ANSWER else int(given)
+    return load_answers({"bank_version": bank.version, "answers": raw}, bank)
+
+
+def assess(
+    answers: Annotated[
+        Path | None,
+        typer.Option(
+            "--answers",
+            help="YAML answers to the self-reported questions (docs/assessment.md#answers-files).",
+        ),
+    ] = None,
+    interactive: Annotated[
+        bool,
+        typer.Option("--interactive", "-i", help="Ask the questions the evidence cannot answer."),
+    ] = False,
+    inventory: Annotated[
+        Path | None,
+        typer.Option("--inventory", help="YAML with the AI systems declared by hand (systems:)."),
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="json or markdown (default: a summary for people)."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Write the report here (format from .json/.md)."),
+    ] = None,
+) -> None:
+    """Assess the deployment: evidence measured from the control plane, answers from
+    people; scores per domain, both ladders and the roadmap."""
+    chosen = _format(fmt, output)
+    if answers is not None and interactive:
+        _bad("give either --answers or --interactive, not both")
+    declared = _inventory(inventory)
+    with handle_errors(), container() as c:
+        service = c.assessment
+        given: Answers | None = None
+        if answers is not None:
+            given = _answers(answers, service.bank)
+        elif interactive:
+            given = _ask(service, declared)
+        try:
+            report = service.run(given, declared=declared, complete=answers is not None)
+        except InvalidInput as exc:
+            if answers is None:
+                raise
+            _bad(f"{answers}: {exc.detail}", "Answer it with a level 0-4, or 'unknown'.")
+    if chosen is None:
+        _summary(report)
+        return
+    text = (
+        json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
+        if chosen == "json"
+        else render_markdown(report)
+    )
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {output}: {type(exc).__name__}")
+    console.print(f"report written to {output} (overall {report.assessment.overall:.2f} / 4)")
+
+
+def _format(fmt: str | None, output: Path | None) -> Format | None:
+    if fmt is not None:
+        if fmt not in ("json", "markdown"):
+            _bad(f"--format must be json or markdown, not {fmt!r}")
+        return "json" if fmt == "json" else "markdown"
+    if output is None:
+        return None
+    found = _SUFFIXES.get(output.suffix.lower())
+    if found is None:
+        _bad(f"cannot tell the format of {output}", "Pass --format json or --format markdown.")
+    return found
+
+
+# -- for people ----------------------------------------------------------------------------
+
+
+def _summary(report: AssessmentReport) -> None:
+    a = report.assessment
+    console.print(
+        f"[bold]Overall {a.overall:.2f} / 4[/]  ({a.measured_share:.0%} of the weight measured, "
+        f"{len(a.gaps)} unanswered, bank {a.bank_version}, "
+        f"{'agentic' if a.agentic else 'no agentic'} systems in scope)"
+    )
+    domains = Table(title="Domains")
+    for col in ("domain", "score", "answered"):
+        domains.add_column(col)
+    for d in a.domains:
+        domains.add_row(d.title, f"{d.score:.2f}", f"{d.answered}/{d.total}")
+    console.print(domains)
+    for p in report.positions:
+        reached = p.reached.title if p.reached else "below the first stage"
+        nxt = f", next: {p.next.title}" if p.next else " (top)"
+        console.print(f"[bold]{p.ladder.title}[/]: {reached}{nxt}", highlight=False)
+        for g in p.blocking:
+            why = "unanswered" if g.unanswered else f"at {int(g.current)}"
+            console.print(f"  blocks: {g.question_id} {why}, needs {int(g.required)}")
+    if report.roadmap:
+        table = Table(title=f"Roadmap (top {min(_TOP_ROADMAP, len(report.roadmap))})")
+        for col in ("question", "now", "target", "priority", "unlocks", "do"):
+            table.add_column(col, overflow="fold")
+        for item in report.roadmap[:_TOP_ROADMAP]:
+            table.add_row(
+                item.question.id,
+                "?" if item.unanswered else str(int(item.current)),
+                str(int(item.target)),
+                f"{item.priority:.1f}",
+                ", ".join(item.unlocks) or "-",
+                "\n".join(item.commands or item.steps[:1]),
+            )
+        console.print(table)
+    for c in a.contradictions:
+        m = c.measurement
+        console.print(
+            f"[yellow]evidence overrode an answer[/]: {c.question_id} claimed {int(c.claimed)}, "
+            f"measured {int(c.measured)} ({m.key} = {m.value:g}: {m.source})",
+            highlight=False,
+        )
+
+
+# -- Markdown ------------------------------------------------------------------------------
+
+
+def _md(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: AssessmentReport) -> str:
+    """The report as Markdown: scores, ladders, contradictions, evidence, roadmap."""
+    a = report.assessment
+    lines = [
+        "# AgentIAM maturity assessment",
+        "",
+        f"- assessed at: {a.assessed_at.isoformat()}",
+        f"- question bank: {a.bank_version}",
+        f"- overall: **{a.overall:.2f} / 4**",
+        f"- measured from the deployment: {a.measured_share:.0%} of the question weight",
+        f"- AI systems in scope: {report.systems_total} "
+        f"({'agentic ones included' if a.agentic else 'none agentic'})",
+        "",
+        "## Domains",
+        "",
+        "| domain | score | answered |",
+        "|---|---|---|",
+        *(f"| {d.title} | {d.score:.2f} | {d.answered}/{d.total} |" for d in a.domains),
+        "",
+        "## Ladders",
+        "",
+    ]
+    for p in report.positions:
+        reached = p.reached.title if p.reached else "below the first stage"
+        lines.append(
+            f"**{p.ladder.title}**: {reached}" + (f"; next: {p.next.title}" if p.next else "")
+        )
+        lines += [
+            f"- blocks it: `{g.question_id}` "
+            f"{'unanswered' if g.unanswered else f'at {int(g.current)}'}, needs {int(g.required)}"
+            for g in p.blocking
+        ]
+        lines.append("")
+    if a.contradictions:
+        lines += ["## Where evidence overrode an answer", ""]
+        for c in a.contradictions:
+            m = c.measurement
+            lines.append(
+                f"- `{c.question_id}`: claimed {int(c.claimed)}, measured {int(c.measured)} "
+                f"({m.key} = {m.value:g}; {_md(m.source)})"
+            )
+        lines.append("")
+    lines += [
+        "## Evidence",
+        "",
+        "| question | level | source | value | numbers |",
+        "|---|---|---|---|---|",
+    ]
+    for r in a.results:
+        value = numbers = "-"
+        if r.measurement is not None:
+            value = f"{r.measurement.value:g}"
+            numbers = ", ".join(f"{k}={v:g}" for k, v in r.measurement.numbers.items()) or "-"
+        lines.append(
+            f"| `{r.question.id}` | {int(r.level)} | {r.source.value} | {value} | {_md(numbers)} |"
+        )
+    lines += ["", "## Roadmap", ""]
+    for n, item in enumerate(report.roadmap, 1):
+        now = "unanswered" if item.unanswered else str(int(item.current))
+        lines.append(
+            f"{n}. `{item.question.id}` ({now} → {int(item.target)}, priority "
+            f"{item.priority:.1f}): {_md(item.question.text)}"
+        )
+        lines += [f"   - {_md(step)}" for step in item.steps]
+        lines += [f"   - `{command}`" for command in item.commands]
+        lines += [f"   - policy template `{t}`" for t in item.templates]
+    return "\n".join(lines) + "\n"
