@@ -5,17 +5,22 @@ Non-interactive with ``--answers FILE``: the file must answer every question in 
 the deployment cannot measure (``unknown`` is an answer); a bad or partial file exits
 with status 2 and names the question. With ``--interactive`` the command asks those
 questions itself. With neither, only the evidence scores and the rest are listed as
-gaps."""
+gaps.
+
+``--format html`` writes one self-contained page (docs/assessment.md#the-html-report);
+``--history FILE`` (repeatable) adds earlier ``--format json`` reports to its trend."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.table import Table
 
+from agentiam.adapters.reports.assessment_html import MAX_HISTORY, render_html, trend_point
 from agentiam.cli.common import container
 from agentiam.cli.output import console, err_console, fail, handle_errors
 from agentiam.core.assessment import (
@@ -33,8 +38,15 @@ from agentiam.services.assessment import AssessmentReport, AssessmentService
 
 __all__ = ["assess", "render_markdown"]
 
-Format = Literal["json", "markdown"]
-_SUFFIXES: dict[str, Format] = {".json": "json", ".md": "markdown", ".markdown": "markdown"}
+Format = Literal["json", "markdown", "html"]
+_SUFFIXES: dict[str, Format] = {
+    ".json": "json",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".html": "html",
+    ".htm": "html",
+}
+_MAX_HISTORY_BYTES = 8 * 1024 * 1024  # one earlier JSON report
 _TOP_ROADMAP = 10
 _BAD_INPUT = 2  # exit status for a bad answers or inventory file
 
@@ -115,16 +127,24 @@ def assess(
     ] = None,
     fmt: Annotated[
         str | None,
-        typer.Option("--format", help="json or markdown (default: a summary for people)."),
+        typer.Option("--format", help="json, markdown or html (default: a summary for people)."),
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Write the report here (format from .json/.md)."),
+        typer.Option("-o", "--output", help="Write the report here (format from .json/.md/.html)."),
+    ] = None,
+    history: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--history",
+            help="An earlier --format json report for the HTML trend (repeatable).",
+        ),
     ] = None,
 ) -> None:
     """Assess the deployment: evidence measured from the control plane, answers from
     people; scores per domain, both ladders and the roadmap."""
     chosen = _format(fmt, output)
+    earlier = _history(history or [], chosen)
     if answers is not None and interactive:
         _bad("give either --answers or --interactive, not both")
     declared = _inventory(inventory)
@@ -144,11 +164,15 @@ def assess(
     if chosen is None:
         _summary(report)
         return
-    text = (
-        json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
-        if chosen == "json"
-        else render_markdown(report)
-    )
+    if chosen == "json":
+        text = json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
+    elif chosen == "html":
+        try:
+            text = render_html(report, earlier)
+        except InvalidInput as exc:
+            _bad(f"--history: {exc.detail}")
+    else:
+        text = render_markdown(report)
     if output is None:
         typer.echo(text, nl=False)
         return
@@ -161,15 +185,45 @@ def assess(
 
 def _format(fmt: str | None, output: Path | None) -> Format | None:
     if fmt is not None:
-        if fmt not in ("json", "markdown"):
-            _bad(f"--format must be json or markdown, not {fmt!r}")
-        return "json" if fmt == "json" else "markdown"
+        if fmt not in ("json", "markdown", "html"):
+            _bad(f"--format must be json, markdown or html, not {fmt!r}")
+        return "json" if fmt == "json" else "html" if fmt == "html" else "markdown"
     if output is None:
         return None
     found = _SUFFIXES.get(output.suffix.lower())
     if found is None:
-        _bad(f"cannot tell the format of {output}", "Pass --format json or --format markdown.")
+        _bad(f"cannot tell the format of {output}", "Pass --format json, markdown or html.")
     return found
+
+
+def _history(paths: Sequence[Path], chosen: Format | None) -> list[Mapping[str, Any]]:
+    """Earlier JSON reports for the HTML trend, each read whole but bounded in size."""
+    if not paths:
+        return []
+    if chosen != "html":
+        _bad("--history draws the trend of the HTML report: add --format html")
+    if len(paths) > MAX_HISTORY:
+        _bad(f"--history: at most {MAX_HISTORY} earlier reports")
+    reports: list[Mapping[str, Any]] = []
+    for path in paths:
+        try:
+            with path.open("rb") as f:
+                raw = f.read(_MAX_HISTORY_BYTES + 1)
+            if len(raw) > _MAX_HISTORY_BYTES:
+                _bad(f"--history {path}: larger than {_MAX_HISTORY_BYTES} bytes")
+            data = json.loads(raw.decode("utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            _bad(f"cannot read the history file {path}: {type(exc).__name__}")
+        except json.JSONDecodeError as exc:
+            _bad(f"--history {path}: not valid JSON: {exc.msg} (line {exc.lineno})")
+        if not isinstance(data, dict):
+            _bad(f"--history {path}: must be a report from agentiam assess --format json")
+        try:
+            trend_point(data, f"--history {path}")
+        except InvalidInput as exc:
+            _bad(exc.detail)
+        reports.append({k: data[k] for k in ("assessed_at", "overall", "domains")})  # kept small
+    return reports
 
 
 # -- for people ----------------------------------------------------------------------------

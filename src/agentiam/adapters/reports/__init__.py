@@ -1,0 +1,1 @@
+"""Reports rendered for people from the services' results (presentation only)."""
