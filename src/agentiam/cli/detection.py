@@ -56,16 +56,13 @@ def risk(
             return
         found = c.agents.resolve(agent)
         alerts = c.detection.recent_alerts(found.id)
-        sessions = dict.fromkeys(
-            s for e in alerts if isinstance(s := e.details.get("session"), str) and s
-        )
         data = {
             "agent_id": found.id,
             "name": found.name,
             "risk_score": math.ceil(ledger.score(found.id, now)),
             "sessions": [
                 {"session": s, "risk_score": math.ceil(ledger.session_score(s, now))}
-                for s in reversed(sessions)
+                for s in c.detection.alert_sessions(alerts)
             ],
             "alerts": [_alert_row(e.time, dict(e.details)) for e in alerts],
         }

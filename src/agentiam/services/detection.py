@@ -219,6 +219,14 @@ class DetectionService:
             after = page.next_after
         return kept
 
+    @staticmethod
+    def alert_sessions(alerts: Sequence[AuditEvent]) -> list[str]:
+        """The sessions ``alerts`` named, newest first, each once."""
+        named = dict.fromkeys(
+            s for e in alerts if isinstance(s := e.details.get("session"), str) and s
+        )
+        return list(reversed(named))
+
     def recorded_scores(self, *, limit: int = 50_000) -> RiskLedger:
         """Risk scores rebuilt from the recorded alerts alone, for a process that does
         not run detection (the CLI): a score is a function of the alerts, so this

@@ -522,12 +522,12 @@ def risk_of(data: Mapping[str, Any]) -> dict[str, int]:
     if raw is None:
         return {}
     out: dict[str, int] = {}
+    seen: set[str] = set()
     for i, item in enumerate(_list(raw, "risk", MAX_RISK_SCORES)):
         where = f"risk[{i}]"
         entry = _object(item, where, _RISK)
         agent_id = _ident(entry["agent_id"], f"{where}.agent_id")
-        if agent_id in out:
-            raise BundleError(f"{where}.agent_id: appears twice")
+        _unique(seen, agent_id, f"{where}.agent_id")
         score = entry["score"]
         if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 100:
             raise BundleError(f"{where}.score: expected an integer from 1 to 100")

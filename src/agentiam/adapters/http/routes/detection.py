@@ -65,15 +65,13 @@ def agent_risk(request: Request, ctx: Read, agent_id: AgentId) -> dict[str, Any]
     those alerts (newest last) with their evidence."""
     service = _service(request)
     alerts = service.recent_alerts(agent_id)
-    sessions = dict.fromkeys(
-        s for e in alerts if isinstance(s := e.details.get("session"), str) and s
-    )
     audited_read(request, ctx, "risk.read", details={"agent_id": agent_id})
     return {
         "agent_id": agent_id,
         "risk_score": service.agent_risk(agent_id),
         "sessions": [
-            {"session": s, "risk_score": service.session_risk(s)} for s in reversed(sessions)
+            {"session": s, "risk_score": service.session_risk(s)}
+            for s in service.alert_sessions(alerts)
         ],
         "alerts": [
             {"event_id": e.event_id, "time": e.time.isoformat(), **dict(e.details)} for e in alerts
