@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, Protocol, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from agentiam.core.access.admin_keys import AdminKey
 from agentiam.core.approvals import ApprovalRequest, ApprovalState
@@ -29,6 +29,8 @@ __all__ = [
     "AgentRepository",
     "ApprovalQuery",
     "ApprovalRepository",
+    "AssessmentQuery",
+    "AssessmentRepository",
     "AuditAppender",
     "AuditLog",
     "AuditQuery",
@@ -45,6 +47,7 @@ __all__ = [
     "ResourceRepository",
     "RevocationRepository",
     "SigningKeyRepository",
+    "StoredAssessment",
     "TokenGraphRepository",
     "UnitOfWork",
     "UnitOfWorkFactory",
@@ -123,6 +126,30 @@ class ApprovalQuery:
     after: str | None = None  # the id of the last request of the previous page
     state: ApprovalState | None = None
     agent_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AssessmentQuery:
+    limit: int
+    # Newest first: the next page holds the assessments made before the one with this id.
+    before: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAssessment:
+    """One assessment in the history (docs/assessment.md#stored-history).
+
+    ``summary`` is what lists and trends show (scores, ladder stages); ``report`` (the
+    JSON report) and ``inputs`` (what it was scored from) are loaded only by ``get``."""
+
+    id: str
+    assessed_at: datetime
+    bank_version: str
+    overall: float
+    requested_by: str
+    summary: Mapping[str, Any]
+    report: Mapping[str, Any] | None = None
+    inputs: Mapping[str, Any] | None = None
 
 
 class Clock(Protocol):
@@ -443,6 +470,19 @@ class ApprovalRepository(Protocol):
         expired; return them."""
 
 
+class AssessmentRepository(Protocol):
+    """The assessment history. Records are written once and never changed."""
+
+    def add(self, record: StoredAssessment) -> None:
+        """Store ``record``, which must carry its report and inputs."""
+
+    def get(self, assessment_id: str) -> StoredAssessment | None:
+        """The record with its report and inputs."""
+
+    def find(self, query: AssessmentQuery) -> Page[StoredAssessment]:
+        """Records newest first, without report or inputs."""
+
+
 class UnitOfWork(Protocol):
     @property
     def humans(self) -> HumanRepository: ...
@@ -485,6 +525,9 @@ class UnitOfWork(Protocol):
 
     @property
     def approvals(self) -> ApprovalRepository: ...
+
+    @property
+    def assessments(self) -> AssessmentRepository: ...
 
     def __enter__(self) -> Self: ...
 

@@ -2,7 +2,8 @@
 built by the real container, the real CLI through typer's runner): the page is one
 self-contained file (nothing fetched, no script), draws the six-axis domain radar, both
 ladders, the roadmap's commands, the evidence and the inventory, escapes user data, and
-draws a trend only from earlier reports passed with ``--history``. Nothing is mocked."""
+draws a trend from earlier reports passed with ``--history`` (the stored history's trend:
+tests/api/test_assessment_history.py). Nothing is mocked."""
 
 from __future__ import annotations
 
@@ -233,7 +234,7 @@ def test_history_draws_the_trend_and_a_bad_history_file_exits_2(
 ) -> None:
     args = _args(on_db, tmp_path)
     first = tmp_path / "first.json"
-    result = _run(*args, "--format", "json", "-o", str(first))
+    result = _run(*args, "--no-save", "--format", "json", "-o", str(first))
     assert result.exit_code == 0, result.output
     _deployment(on_db)  # the deployment improves between the two assessments
     earlier = json.loads(first.read_text(encoding="utf-8"))

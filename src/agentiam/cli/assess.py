@@ -7,22 +7,30 @@ with status 2 and names the question. With ``--interactive`` the command asks th
 questions itself. With neither, only the evidence scores and the rest are listed as
 gaps.
 
-``--format html`` writes one self-contained page (docs/assessment.md#the-html-report);
-``--history FILE`` (repeatable) adds earlier ``--format json`` reports to its trend."""
+Each run joins the stored history (``--no-save`` skips that), so the HTML report's
+trend shows the assessments before it; ``--history FILE`` (repeatable) adds earlier
+``--format json`` reports kept elsewhere. ``agentiam assessments list|show`` read the
+history (docs/assessment.md#stored-history)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.table import Table
 
-from agentiam.adapters.reports.assessment_html import MAX_HISTORY, render_html, trend_point
-from agentiam.cli.common import container
-from agentiam.cli.output import console, err_console, fail, handle_errors
+from agentiam.adapters.reports.assessment_formats import (
+    FORMATS,
+    Format,
+    render_report,
+    trend_history,
+)
+from agentiam.adapters.reports.assessment_html import MAX_HISTORY, trend_point
+from agentiam.cli.common import cli_context, container
+from agentiam.cli.output import console, emit, err_console, fail, handle_errors
 from agentiam.core.assessment import (
     LEVEL_DESCRIPTIONS,
     AISystem,
@@ -32,13 +40,13 @@ from agentiam.core.assessment import (
     load_answers,
     load_declared_systems,
 )
+from agentiam.core.assessment.report import AssessmentReport
 from agentiam.core.assessment.scoring import UNKNOWN as UNKNOWN_ANSWER
 from agentiam.errors import InvalidInput
-from agentiam.services.assessment import AssessmentReport, AssessmentService
+from agentiam.services.assessment import AssessmentService
 
-__all__ = ["assess", "render_markdown"]
+__all__ = ["assess", "history_app"]
 
-Format = Literal["json", "markdown", "html"]
 _SUFFIXES: dict[str, Format] = {
     ".json": "json",
     ".md": "markdown",
@@ -140,6 +148,10 @@ def assess(
             help="An earlier --format json report for the HTML trend (repeatable).",
         ),
     ] = None,
+    save: Annotated[
+        bool,
+        typer.Option("--save/--no-save", help="Add this assessment to the stored history."),
+    ] = True,
 ) -> None:
     """Assess the deployment: evidence measured from the control plane, answers from
     people; scores per domain, both ladders and the roadmap."""
@@ -156,23 +168,28 @@ def assess(
         elif interactive:
             given = _ask(service, declared)
         try:
-            report = service.run(given, declared=declared, complete=answers is not None)
+            assessment_id: str | None = None
+            if save:
+                assessment_id, report = service.run_and_save(
+                    cli_context(), given, declared=declared, complete=answers is not None
+                )
+            else:
+                report = service.run(given, declared=declared, complete=answers is not None)
         except InvalidInput as exc:
             if answers is None:
                 raise
             _bad(f"{answers}: {exc.detail}", "Answer it with a level 0-4, or 'unknown'.")
+        if chosen == "html":
+            earlier = trend_history(service.trend_before(assessment_id, limit=MAX_HISTORY), earlier)
     if chosen is None:
-        _summary(report)
+        _summary(report, assessment_id)
         return
-    if chosen == "json":
-        text = json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
-    elif chosen == "html":
-        try:
-            text = render_html(report, earlier)
-        except InvalidInput as exc:
-            _bad(f"--history: {exc.detail}")
-    else:
-        text = render_markdown(report)
+    _write(render_report(report, chosen, history=earlier, assessment_id=assessment_id), output)
+    if output is not None:
+        console.print(f"report written to {output} (overall {report.assessment.overall:.2f} / 4)")
+
+
+def _write(text: str, output: Path | None) -> None:
     if output is None:
         typer.echo(text, nl=False)
         return
@@ -180,14 +197,14 @@ def assess(
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
         fail(f"cannot write {output}: {type(exc).__name__}")
-    console.print(f"report written to {output} (overall {report.assessment.overall:.2f} / 4)")
 
 
 def _format(fmt: str | None, output: Path | None) -> Format | None:
     if fmt is not None:
-        if fmt not in ("json", "markdown", "html"):
-            _bad(f"--format must be json, markdown or html, not {fmt!r}")
-        return "json" if fmt == "json" else "html" if fmt == "html" else "markdown"
+        for known in FORMATS:
+            if fmt == known:
+                return known
+        _bad(f"--format must be json, markdown or html, not {fmt!r}")
     if output is None:
         return None
     found = _SUFFIXES.get(output.suffix.lower())
@@ -229,8 +246,10 @@ def _history(paths: Sequence[Path], chosen: Format | None) -> list[Mapping[str, 
 # -- for people ----------------------------------------------------------------------------
 
 
-def _summary(report: AssessmentReport) -> None:
+def _summary(report: AssessmentReport, assessment_id: str | None) -> None:
     a = report.assessment
+    if assessment_id is not None:
+        console.print(f"stored as {assessment_id} (agentiam assessments show {assessment_id})")
     console.print(
         f"[bold]Overall {a.overall:.2f} / 4[/]  ({a.measured_share:.0%} of the weight measured, "
         f"{len(a.gaps)} unanswered, bank {a.bank_version}, "
@@ -272,78 +291,62 @@ def _summary(report: AssessmentReport) -> None:
         )
 
 
-# -- Markdown ------------------------------------------------------------------------------
+# -- the stored history --------------------------------------------------------------------
+
+history_app = typer.Typer(
+    help="The stored assessment history (agentiam assess adds to it).", no_args_is_help=True
+)
+_LIST_COLUMNS = ["id", "assessed_at", "overall", "measured", "agent_iam", "governance", "by"]
 
 
-def _md(text: str) -> str:
-    """Text safe inside a Markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def render_markdown(report: AssessmentReport) -> str:
-    """The report as Markdown: scores, ladders, contradictions, evidence, roadmap."""
-    a = report.assessment
-    lines = [
-        "# AgentIAM maturity assessment",
-        "",
-        f"- assessed at: {a.assessed_at.isoformat()}",
-        f"- question bank: {a.bank_version}",
-        f"- overall: **{a.overall:.2f} / 4**",
-        f"- measured from the deployment: {a.measured_share:.0%} of the question weight",
-        f"- AI systems in scope: {report.systems_total} "
-        f"({'agentic ones included' if a.agentic else 'none agentic'})",
-        "",
-        "## Domains",
-        "",
-        "| domain | score | answered |",
-        "|---|---|---|",
-        *(f"| {d.title} | {d.score:.2f} | {d.answered}/{d.total} |" for d in a.domains),
-        "",
-        "## Ladders",
-        "",
-    ]
-    for p in report.positions:
-        reached = p.reached.title if p.reached else "below the first stage"
-        lines.append(
-            f"**{p.ladder.title}**: {reached}" + (f"; next: {p.next.title}" if p.next else "")
+@history_app.command("list")
+def list_assessments(
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 20,
+    before: Annotated[str | None, typer.Option(help="Only those made before this id.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Stored assessments, newest first, with their scores and ladder stages."""
+    with handle_errors(), container() as c:
+        page = c.assessment.history(limit=limit, before=before)
+    rows = []
+    for r in page.items:
+        stages = {p["ladder"]: p["reached"] for p in r.summary.get("ladders", [])}
+        rows.append(
+            {
+                "id": r.id,
+                "assessed_at": r.assessed_at.isoformat(),
+                "overall": round(r.overall, 2),
+                "measured": f"{float(r.summary.get('measured_share', 0.0)):.0%}",
+                "agent_iam": stages.get("agent_iam") or "-",
+                "governance": stages.get("governance") or "-",
+                "by": r.requested_by,
+            }
         )
-        lines += [
-            f"- blocks it: `{g.question_id}` "
-            f"{'unanswered' if g.unanswered else f'at {int(g.current)}'}, needs {int(g.required)}"
-            for g in p.blocking
-        ]
-        lines.append("")
-    if a.contradictions:
-        lines += ["## Where evidence overrode an answer", ""]
-        for c in a.contradictions:
-            m = c.measurement
-            lines.append(
-                f"- `{c.question_id}`: claimed {int(c.claimed)}, measured {int(c.measured)} "
-                f"({m.key} = {m.value:g}; {_md(m.source)})"
-            )
-        lines.append("")
-    lines += [
-        "## Evidence",
-        "",
-        "| question | level | source | value | numbers |",
-        "|---|---|---|---|---|",
-    ]
-    for r in a.results:
-        value = numbers = "-"
-        if r.measurement is not None:
-            value = f"{r.measurement.value:g}"
-            numbers = ", ".join(f"{k}={v:g}" for k, v in r.measurement.numbers.items()) or "-"
-        lines.append(
-            f"| `{r.question.id}` | {int(r.level)} | {r.source.value} | {value} | {_md(numbers)} |"
-        )
-    lines += ["", "## Roadmap", ""]
-    for n, item in enumerate(report.roadmap, 1):
-        now = "unanswered" if item.unanswered else str(int(item.current))
-        lines.append(
-            f"{n}. `{item.question.id}` ({now} → {int(item.target)}, priority "
-            f"{item.priority:.1f}): {_md(item.question.text)}"
-        )
-        lines += [f"   - {_md(step)}" for step in item.steps]
-        lines += [f"   - `{command}`" for command in item.commands]
-        lines += [f"   - policy template `{t}`" for t in item.templates]
-    return "\n".join(lines) + "\n"
+    emit(rows, as_json=as_json, columns=_LIST_COLUMNS, title="Assessments")
+
+
+@history_app.command("show")
+def show_assessment(
+    assessment_id: Annotated[str, typer.Argument(help="The assessment's id (asm_...).")],
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="json, markdown or html (default: json).")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Write the report here (format from .json/.md/.html)."),
+    ] = None,
+) -> None:
+    """A stored assessment. JSON is the report as stored; Markdown and HTML are scored
+    again from the stored inputs (the same report) with the trend up to it."""
+    chosen = _format(fmt, output) or "json"
+    with handle_errors(), container() as c:
+        service = c.assessment
+        record = service.stored(assessment_id)
+        if chosen == "json":
+            assert record.report is not None
+            text = json.dumps({"id": record.id, **record.report}, indent=2, sort_keys=True) + "\n"
+        else:
+            report = service.rescore(record)
+            earlier = service.trend_before(record.id, limit=MAX_HISTORY)
+            text = render_report(report, chosen, history=earlier, assessment_id=record.id)
+    _write(text, output)

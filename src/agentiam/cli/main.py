@@ -24,6 +24,7 @@ from agentiam.cli import (
     trace,
 )
 from agentiam.cli.assess import assess
+from agentiam.cli.assess import history_app as assessments_app
 from agentiam.cli.serve import serve
 from agentiam.cli.simulate import simulate
 
@@ -36,6 +37,7 @@ app = typer.Typer(
 app.command()(serve)
 app.command()(simulate)
 app.command()(assess)
+app.add_typer(assessments_app, name="assessments")
 app.add_typer(db.app, name="db")
 app.add_typer(admin_keys.app, name="admin-keys")
 app.add_typer(humans.app, name="humans")

@@ -28,6 +28,7 @@ PREFIXES = {
     "alert": "alr",
     "approval": "apr",
     "response": "rsp",
+    "assessment": "asm",
 }
 
 _ID_RE = re.compile(r"^(?P<prefix>[a-z]{3})_[0-9A-HJKMNP-TV-Z]{26}$")

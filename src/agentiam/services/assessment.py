@@ -23,7 +23,10 @@ the result on both ladders and builds the roadmap (the pure core does all three)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import hashlib
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,17 +35,11 @@ from agentiam.core.assessment import (
     NEVER,
     AISystem,
     Answers,
-    Assessment,
     Evidence,
-    LadderPosition,
     Measurement,
     QuestionBank,
-    RoadmapItem,
-    assess,
-    build_roadmap,
     inventory_is_agentic,
     load_bank,
-    place_all,
     questions_to_ask,
     registry_system,
     require_complete,
@@ -50,18 +47,38 @@ from agentiam.core.assessment import (
 )
 from agentiam.core.assessment.autonomy import MAX_SYSTEMS
 from agentiam.core.assessment.model import Question
-from agentiam.core.audit.events import AuditEvent
+from agentiam.core.assessment.report import (
+    AssessmentInputs,
+    AssessmentReport,
+    load_inputs,
+    report_summary,
+    score,
+)
+from agentiam.core.audit.events import AuditEvent, Outcome, ResourceRef
+from agentiam.core.audit.trail import canonical
 from agentiam.core.credentials.signing_keys import signing_key_at
 from agentiam.core.delegation.models import DelegationGrant
 from agentiam.core.identities.lifecycle import AgentStatus
 from agentiam.core.identities.models import Agent, AutonomyLevel
+from agentiam.core.ids import new_id
 from agentiam.core.policy.engine import ANY, CompiledPolicy, PolicyEngine, TypeKey
 from agentiam.core.policy.entities import EntitySnapshot, agent_parents
 from agentiam.core.policy.model import EntityRef, Mode
 from agentiam.core.response.playbooks import PlaybookFile
-from agentiam.ports import AgentQuery, AuditQuery, Clock, GrantQuery, UnitOfWorkFactory
+from agentiam.errors import NotFound, TooManyRequests
+from agentiam.ports import (
+    AgentQuery,
+    AssessmentQuery,
+    AuditQuery,
+    Clock,
+    GrantQuery,
+    Page,
+    StoredAssessment,
+    UnitOfWorkFactory,
+)
 from agentiam.services.audit_export import ExportRunner
 from agentiam.services.audit_trail import AuditTrail
+from agentiam.services.context import CallContext
 from agentiam.services.decisions import DECISION_EVENT, DecisionPoint
 from agentiam.services.detection import ALERT_EVENT, DetectionService
 from agentiam.services.response import RESPONSE_EVENT
@@ -70,7 +87,6 @@ from agentiam.services.signing_keys import SigningKeyService
 __all__ = [
     "DETECTOR_FAMILIES",
     "SHORT_LIVED_SECONDS",
-    "AssessmentReport",
     "AssessmentService",
 ]
 
@@ -105,41 +121,6 @@ def _days(since: datetime | None, now: datetime) -> float:
     if since is None:
         return NEVER
     return min(max((now - since).total_seconds() / _DAY, 0.0), NEVER)
-
-
-@dataclass(frozen=True, slots=True)
-class AssessmentReport:
-    """One assessment run: the scored result, both ladders, the roadmap, and the
-    inventory the scope came from."""
-
-    assessment: Assessment
-    positions: tuple[LadderPosition, ...]
-    roadmap: tuple[RoadmapItem, ...]
-    systems: tuple[AISystem, ...]
-    systems_total: int  # registry agents + declared systems (``systems`` may be capped)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON report (docs/assessment.md#for-callers)."""
-        return {
-            **self.assessment.to_dict(),
-            "ladders": [p.to_dict() for p in self.positions],
-            "roadmap": [i.to_dict() for i in self.roadmap],
-            "inventory": {
-                "total": self.systems_total,
-                "agentic": self.assessment.agentic,
-                "systems": [
-                    {
-                        "id": s.id,
-                        "name": s.name,
-                        "source": s.source.value,
-                        "owner": s.owner,
-                        "class": s.classification.autonomy.value,
-                        "reasons": list(s.classification.reasons),
-                    }
-                    for s in self.systems
-                ],
-            },
-        }
 
 
 @dataclass
@@ -205,6 +186,7 @@ class AssessmentService:
         self.max_scan = max_scan
         self.grant_max_days = grant_max_days
         self._bank = bank
+        self._running = threading.Lock()
 
     @property
     def bank(self) -> QuestionBank:
@@ -224,28 +206,151 @@ class AssessmentService:
         declared: Sequence[AISystem] = (),
         complete: bool = False,
     ) -> AssessmentReport:
-        """Collect, score with ``answers``, place on both ladders, build the roadmap.
-        With ``complete``, answers that leave out a question the evidence cannot answer
-        are refused (InvalidInput naming the first; a non-interactive run)."""
+        """Collect, score with ``answers``, place on both ladders, build the roadmap;
+        nothing is stored. With ``complete``, answers that leave out a question the
+        evidence cannot answer are refused (InvalidInput naming the first; a
+        non-interactive run)."""
+        return self._run(answers, declared, complete, None)[0]
+
+    def run_and_save(
+        self,
+        ctx: CallContext,
+        answers: Answers | None = None,
+        *,
+        declared: Sequence[AISystem] = (),
+        complete: bool = False,
+    ) -> tuple[str, AssessmentReport]:
+        """:meth:`run`, then add the assessment to the history with an
+        ``assessment.completed`` audit event (in one transaction); its id and report."""
+        report, assessment_id = self._run(answers, declared, complete, ctx)
+        assert assessment_id is not None
+        return assessment_id, report
+
+    def _run(
+        self,
+        answers: Answers | None,
+        declared: Sequence[AISystem],
+        complete: bool,
+        save: CallContext | None,
+    ) -> tuple[AssessmentReport, str | None]:
+        with self._exclusive():
+            inputs = self._inputs(answers, declared=declared, complete=complete)
+            report = score(self.bank, inputs)
+            return report, (self._save(save, inputs, report) if save is not None else None)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One collection at a time per process: collecting verifies the whole trail,
+        so a second caller meanwhile gets 429 with Retry-After rather than a queue."""
+        if not self._running.acquire(blocking=False):
+            raise TooManyRequests(
+                "an assessment is running already",
+                retry_after=5,
+                hint="Retry when it is done; GET /v1/assessments lists the finished ones.",
+            )
+        try:
+            yield
+        finally:
+            self._running.release()
+
+    def _inputs(
+        self, answers: Answers | None, *, declared: Sequence[AISystem], complete: bool
+    ) -> AssessmentInputs:
         bank = self.bank
         evidence, tally = self._collect()
-        systems = [*tally.systems, *declared][:MAX_SYSTEMS]
         agentic = tally.agentic or inventory_is_agentic(declared)
         answers = answers if answers is not None else Answers(bank.version)
         if complete:
             require_complete(answers, bank, evidence, agentic=agentic)
-        result = assess(bank, evidence, answers, agentic=agentic, at=self._clock.now())
-        positions = place_all(bank, result)
-        roadmap = build_roadmap(bank, result, positions)
-        return AssessmentReport(
-            result, positions, roadmap, tuple(systems), tally.active + len(declared)
+        return AssessmentInputs(
+            bank_version=bank.version,
+            assessed_at=self._clock.now(),
+            evidence=evidence,
+            answers=answers,
+            systems=tuple([*tally.systems, *declared][:MAX_SYSTEMS]),
+            systems_total=tally.active + len(declared),
+            agentic=agentic,
         )
 
-    def to_ask(self, *, declared: Sequence[AISystem] = ()) -> tuple[Question, ...]:
-        """The questions in scope the evidence does not answer (what a person answers)."""
-        evidence, tally = self._collect()
-        agentic = tally.agentic or inventory_is_agentic(declared)
-        return questions_to_ask(self.bank, evidence, agentic=agentic)
+    # -- the history --------------------------------------------------------------------------
+
+    def _save(self, ctx: CallContext, inputs: AssessmentInputs, report: AssessmentReport) -> str:
+        data = report.to_dict()
+        summary = report_summary(data)
+        assessment_id = new_id("assessment")
+        body = canonical(data)
+        record = StoredAssessment(
+            id=assessment_id,
+            assessed_at=inputs.assessed_at,
+            bank_version=inputs.bank_version,
+            overall=report.assessment.overall,
+            requested_by=ctx.actor.label[:140],
+            summary=summary,
+            report=data,
+            inputs=inputs.to_dict(),
+        )
+        event = ctx.event(
+            "assessment.completed",
+            now=self._clock.now(),
+            action="assessment.run",
+            outcome=Outcome.SUCCESS,
+            resource=ResourceRef("assessment", assessment_id),
+            details={
+                "overall": round(report.assessment.overall, 4),
+                "bank_version": inputs.bank_version,
+                "measured_share": round(report.assessment.measured_share, 4),
+                "ladders": {p["ladder"]: p["reached"] for p in summary["ladders"]},
+                # the stored report can be checked against the tamper-evident trail
+                "report_sha256": hashlib.sha256(body).hexdigest(),
+            },
+        )
+        with self._uow() as uow:
+            uow.assessments.add(record)
+            uow.audit.append(event)
+            uow.commit()
+        return assessment_id
+
+    def history(self, *, limit: int, before: str | None = None) -> Page[StoredAssessment]:
+        """Stored assessments newest first (summaries; no report or inputs)."""
+        with self._uow(read_only=True) as uow:
+            return uow.assessments.find(AssessmentQuery(limit=limit, before=before))
+
+    def stored(self, assessment_id: str) -> StoredAssessment:
+        """One stored assessment with its JSON report and inputs (404 if unknown)."""
+        with self._uow(read_only=True) as uow:
+            record = uow.assessments.get(assessment_id)
+        if record is None:
+            raise NotFound(f"no assessment {assessment_id}")
+        return record
+
+    def rescore(self, record: StoredAssessment) -> AssessmentReport:
+        """The report of a stored assessment, scored again from its inputs (the same
+        report, since scoring is pure); Conflict if it was made with another bank."""
+        return score(self.bank, load_inputs(record.inputs, self.bank))
+
+    def trend_before(self, assessment_id: str | None, *, limit: int) -> list[Mapping[str, Any]]:
+        """Up to ``limit`` summaries of the assessments stored before ``assessment_id``
+        (before all of them when None), oldest first: the points of a report's trend."""
+        page = self.history(limit=limit, before=assessment_id)
+        return [dict(r.summary) for r in reversed(page.items)]
+
+    def to_ask(
+        self, *, declared: Sequence[AISystem] = (), agentic: bool = False
+    ) -> tuple[Question, ...]:
+        """The questions in scope the evidence does not answer (what a person answers).
+        The agent-specific ones are in scope when the registry or ``declared`` holds an
+        agentic system, or with ``agentic`` (a caller about to declare one)."""
+        return self.unmeasured(declared=declared, agentic=agentic)[0]
+
+    def unmeasured(
+        self, *, declared: Sequence[AISystem] = (), agentic: bool = False
+    ) -> tuple[tuple[Question, ...], bool]:
+        """:meth:`to_ask`, and whether the agent-specific questions are in scope
+        without ``agentic`` (the registry or ``declared`` holds an agentic system)."""
+        with self._exclusive():
+            evidence, tally = self._collect()
+        in_scope = tally.agentic or inventory_is_agentic(declared)
+        return questions_to_ask(self.bank, evidence, agentic=in_scope or agentic), in_scope
 
     # -- collecting ---------------------------------------------------------------------------
 

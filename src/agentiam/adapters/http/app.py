@@ -17,6 +17,7 @@ from agentiam.adapters.http.routes import (
     admin_keys,
     agents,
     approvals,
+    assessments,
     audit,
     authorize,
     credentials,
@@ -79,6 +80,7 @@ def create_app(container: ApiDependencies) -> Any:
         approvals.router,
         response.router,
         detection.router,
+        assessments.router,
     ):
         app.include_router(router)
     system.mount_offline_docs(app)

@@ -6,9 +6,9 @@ font, stylesheet or image fetched from anywhere. A Content-Security-Policy meta 
 line behind escaping: every piece of text interpolated into the page goes through
 :func:`html.escape`, since names, notes and evidence sources come from user data.
 
-The trend section is drawn only when the caller passes earlier reports (the JSON of
-:meth:`~agentiam.services.assessment.AssessmentReport.to_dict`); assessments are not
-stored yet, so the caller brings them.
+The trend section is drawn only when the caller passes earlier reports: the JSON of
+:meth:`~agentiam.core.assessment.report.AssessmentReport.to_dict`, or the summaries the
+assessment history stores (core/assessment/report.py ``report_summary``).
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from typing import Any
 
 from agentiam.core.assessment import EVIDENCE_KEYS, NEVER, Domain, LadderPosition
 from agentiam.core.assessment.evidence_keys import Unit
+from agentiam.core.assessment.report import AssessmentReport
 from agentiam.errors import InvalidInput
-from agentiam.services.assessment import AssessmentReport
 
-__all__ = ["MAX_HISTORY", "TrendPoint", "render_html", "trend_point"]
+__all__ = ["CSP", "MAX_HISTORY", "TrendPoint", "render_html", "trend_point"]
 
 MAX_HISTORY = 100  # earlier reports drawn on the trend
 _TOP = 4.0  # the maturity scale runs 0-4
 _DOMAIN_IDS = tuple(d.value for d in Domain)
-_CSP = "default-src 'none'; style-src 'unsafe-inline'"
+CSP = "default-src 'none'; style-src 'unsafe-inline'"
 _CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;
 max-width:72rem;padding:0 1rem;color:#1d2330}
@@ -430,7 +430,7 @@ def render_html(report: AssessmentReport, history: Sequence[Mapping[str, Any]] =
     ladders = "".join(_ladder(p) for p in report.positions)
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>AgentIAM maturity assessment {_e(a.assessed_at.date().isoformat())}</title>"
         f"<style>{_CSS}</style></head><body>"

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -37,6 +38,7 @@ __all__ = [
     "agent_transitions",
     "agents",
     "approval_requests",
+    "assessments",
     "audit_checkpoints",
     "audit_events",
     "audit_export_cursors",
@@ -453,6 +455,22 @@ approval_requests = Table(
         sqlite_where=text("state = 'pending'"),
         postgresql_where=text("state = 'pending'"),
     ),
+)
+
+# The assessment history (docs/assessment.md#stored-history). ``summary``, ``report``
+# and ``inputs`` are JSON; ``inputs`` is what the report was scored from, so an old
+# assessment can be rendered again (core/assessment/report.py). Written once.
+assessments = Table(
+    "assessments",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("assessed_at", UTCDateTime, nullable=False, index=True),
+    Column("bank_version", String(32), nullable=False),
+    Column("overall", Float, nullable=False),
+    Column("requested_by", String(140), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("report", Text, nullable=False),
+    Column("inputs", Text, nullable=False),
 )
 
 APPEND_ONLY_TABLES = ("audit_events", "agent_transitions")

@@ -15,6 +15,7 @@ except ImportError:  # pragma: no cover - not POSIX: threads still queue, proces
     fcntl = None  # type: ignore[assignment]
 
 from agentiam.adapters.storage.approval_repository import SqlApprovals
+from agentiam.adapters.storage.assessment_repository import SqlAssessments
 from agentiam.adapters.storage.repositories import (
     SqlAdminKeys,
     SqlAgentKeys,
@@ -116,6 +117,7 @@ class SqlUnitOfWork:
         self.token_graph = SqlTokenGraph(self._conn)
         self.trail = SqlTrail(self._conn)
         self.approvals = SqlApprovals(self._conn)
+        self.assessments = SqlAssessments(self._conn)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -79,6 +79,10 @@ class Permission(StrEnum):
     APPROVALS_READ = "approvals:read"
     APPROVALS_DECIDE = "approvals:decide"
     APPROVALS_REQUEST = "approvals:request"
+    # The maturity assessment (docs/assessment.md): read the stored history, and run
+    # one (it reads the registry and verifies the whole trail, so not for auditors).
+    ASSESSMENTS_READ = "assessments:read"
+    ASSESSMENTS_RUN = "assessments:run"
 
 
 _READ = frozenset(
@@ -94,6 +98,7 @@ _READ = frozenset(
         Permission.POLICIES_READ,
         Permission.DELEGATIONS_READ,
         Permission.APPROVALS_READ,
+        Permission.ASSESSMENTS_READ,
     }
 )
 _ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {

@@ -1,0 +1,56 @@
+"""One assessment report in each format it is offered in: JSON, Markdown and HTML
+(docs/assessment.md#reports). The CLI and the API both render through here."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from agentiam.adapters.reports.assessment_html import MAX_HISTORY, render_html
+from agentiam.adapters.reports.assessment_markdown import render_markdown
+from agentiam.core.assessment.report import AssessmentReport
+
+__all__ = ["FORMATS", "MEDIA_TYPES", "Format", "render_report", "report_json", "trend_history"]
+
+Format = Literal["json", "markdown", "html"]
+FORMATS: tuple[Format, ...] = ("json", "markdown", "html")
+MEDIA_TYPES: dict[Format, str] = {
+    "json": "application/json",
+    "markdown": "text/markdown; charset=utf-8",
+    "html": "text/html; charset=utf-8",
+}
+
+
+def report_json(report: AssessmentReport, assessment_id: str | None = None) -> dict[str, Any]:
+    """The JSON report, with the stored assessment's id when it has one."""
+    data = report.to_dict()
+    return data if assessment_id is None else {"id": assessment_id, **data}
+
+
+def render_report(
+    report: AssessmentReport,
+    fmt: Format,
+    *,
+    history: Sequence[Mapping[str, Any]] = (),
+    assessment_id: str | None = None,
+) -> str:
+    """``report`` as text in ``fmt``; ``history`` (earlier reports or their summaries,
+    oldest first) draws the HTML report's trend. InvalidInput for a bad history entry."""
+    if fmt == "json":
+        return json.dumps(report_json(report, assessment_id), indent=2, sort_keys=True) + "\n"
+    if fmt == "html":
+        return render_html(report, history)
+    return render_markdown(report)
+
+
+def trend_history(*sources: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Earlier reports from several sources (stored history, files given by hand) as one
+    trend: oldest first, one point per assessment time, the newest ``MAX_HISTORY``.
+    Each entry must already have passed ``trend_point``."""
+    by_time: dict[datetime, Mapping[str, Any]] = {}
+    for source in sources:
+        for entry in source:
+            by_time.setdefault(datetime.fromisoformat(str(entry["assessed_at"])), entry)
+    return [by_time[t] for t in sorted(by_time)][-MAX_HISTORY:]
