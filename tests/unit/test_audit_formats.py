@@ -332,6 +332,18 @@ EMITTED: dict[str, dict[str, Any]] = {
         resource=ResourceRef("signing_key", "sk-2026-10"),
         reason="scheduled rotation",
     ),
+    "assessment.completed": event(
+        "assessment.completed",
+        action="assessment.run",
+        resource=ResourceRef("assessment", "asm_01JF3Z9Q6W8K2M4N6P8R0T2V68"),
+        details={
+            "overall": 1.85,
+            "bank_version": "2025.1",
+            "measured_share": 0.64,
+            "ladders": {"agent_iam": "foundation", "governance": None},
+            "report_sha256": "ab" * 32,
+        },
+    ),
     "policy.changed": event(
         "policy.changed",
         action="policy.put",
@@ -600,7 +612,7 @@ def test_ocsf_class_and_activity(name: str, expected: tuple[int, int]) -> None:
 def test_every_emitted_type_has_a_class() -> None:
     """No event type the services emit falls back to Base Event."""
     emitted = {e["type"] for e in EMITTED.values()}
-    assert len(emitted) == 29
+    assert len(emitted) == 30
     for name, ev in {**EMITTED, **PLANNED}.items():
         assert to_ocsf(0, ev)["class_uid"] != 0, name
 

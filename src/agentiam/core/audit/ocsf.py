@@ -39,7 +39,7 @@ agent.suspend                                       Account Change (3001): Disab
 agent.decommission                                  Account Change (3001): Delete (6)
 agent.updated, human.updated                        Account Change (3001): Other (99) "Update"
 admin_key/signing_key.created, agent.key.added,     Entity Management (3004): Create (1)
-delegation.granted
+delegation.granted, assessment.completed
 policy.changed, resource.put                        Entity Management (3004): Update (3)
 resource.deleted                                    Entity Management (3004): Delete (4)
 admin_key.revoked, signing_key.retired,             Entity Management (3004): Disable (9)
@@ -379,7 +379,13 @@ _ROUTES: dict[str, _Route] = {
     "agent.decommission": _Route(_ACCOUNT_CHANGE, 6),
     **dict.fromkeys(("agent.updated", "human.updated"), _Route(_ACCOUNT_CHANGE, 99, "Update")),
     **dict.fromkeys(
-        ("admin_key.created", "signing_key.created", "agent.key.added", "delegation.granted"),
+        (
+            "admin_key.created",
+            "signing_key.created",
+            "agent.key.added",
+            "delegation.granted",
+            "assessment.completed",  # the entity is the stored assessment
+        ),
         _Route(_ENTITY_MANAGEMENT, 1),
     ),
     **dict.fromkeys(("policy.changed", "resource.put"), _Route(_ENTITY_MANAGEMENT, 3)),
