@@ -50,20 +50,17 @@ CTX = CallContext.system("test")
 RESOURCE = "https://tools.example.com/mcp"
 # An agentic system declared by hand keeps the agent-specific questions in scope at
 # every step, so a step changes evidence, never the set of questions.
-DECLARED = load_declared_systems(
-    [
-        {
-            "id": "ops-runner",
-            "name": "Ops runner",
-            "acts_on_external_systems": True,
-            "chains_steps_unapproved": True,
-            "holds_credentials": True,
-            "acts_on_untrusted_input": True,
-            "spawns_sub_agents": False,
-            "runs_long_horizons": False,
-        }
-    ]
-)
+OPS_RUNNER: dict[str, Any] = {
+    "id": "ops-runner",
+    "name": "Ops runner",
+    "acts_on_external_systems": True,
+    "chains_steps_unapproved": True,
+    "holds_credentials": True,
+    "acts_on_untrusted_input": True,
+    "spawns_sub_agents": False,
+    "runs_long_horizons": False,
+}
+DECLARED = load_declared_systems([OPS_RUNNER])
 RUNAWAY: dict[str, Any] = {
     "name": "contain-runaway",
     "when": {"detectors": ["velocity.runaway_loop"]},

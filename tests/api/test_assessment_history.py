@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 from tests.api.conftest import Live
+from tests.api.test_assessment_evidence import OPS_RUNNER
+from tests.api.test_assessment_html import _deployment as _owned_agent
 from typer.testing import CliRunner
 
 from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
@@ -24,35 +26,9 @@ from agentiam.cli.main import app as cli
 from agentiam.core.access.admin_keys import Role
 from agentiam.core.audit.trail import canonical
 from agentiam.ports import AuditQuery, StoredAssessment
-from agentiam.services.agents import NewAgent
 from agentiam.services.context import CallContext
-from agentiam.services.humans import NewHuman
 
 CTX = CallContext.system("test")
-SYSTEM: dict[str, Any] = {
-    "id": "ops-runner",
-    "name": "Ops runner",
-    "acts_on_external_systems": True,
-    "chains_steps_unapproved": True,
-    "holds_credentials": True,
-    "acts_on_untrusted_input": True,
-    "spawns_sub_agents": False,
-    "runs_long_horizons": False,
-}
-
-
-def _owned_agent(c: Container) -> None:
-    owner = c.humans.create(CTX, NewHuman(display_name="Ann", email="ann@example.com"))
-    c.agents.register(
-        CTX,
-        NewAgent(
-            name="runner",
-            owners=[owner.id],
-            purpose="does work",
-            environment="production",
-            activate=True,
-        ),
-    )
 
 
 def _body(client: httpx.Client, level: int | str = 2) -> dict[str, Any]:
@@ -67,7 +43,7 @@ def _body(client: httpx.Client, level: int | str = 2) -> dict[str, Any]:
             "bank_version": data["bank_version"],
             "answers": {q["id"]: level for q in data["questions"]},
         },
-        "systems": [SYSTEM],
+        "systems": [OPS_RUNNER],
     }
 
 
@@ -175,8 +151,8 @@ def test_bad_or_partial_answers_and_inventories_are_refused_naming_the_member(
         ({**good, "answers": {**good["answers"], "answers": partial}}, first_id),
         ({**good, "answers": {**good["answers"], "bank_version": "1999.1"}}, "bank_version"),
         ({**good, "answers": {"answers": answers}}, "bank_version"),
-        ({**good, "systems": [{**SYSTEM, "holds_credentials": "yes"}]}, "holds_credentials"),
-        ({**good, "systems": [SYSTEM, SYSTEM]}, "duplicate id"),
+        ({**good, "systems": [{**OPS_RUNNER, "holds_credentials": "yes"}]}, "holds_credentials"),
+        ({**good, "systems": [OPS_RUNNER, OPS_RUNNER]}, "duplicate id"),
         ({**good, "colour": "blue"}, "colour"),
     ]
     for body, named in cases:
