@@ -410,7 +410,7 @@ def test_the_cli_writes_json_and_markdown_with_the_overridden_answer(
     answers.write_text(yaml.safe_dump(data), encoding="utf-8")
     result = _run("--answers", str(answers), "--format", "json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["contradictions"][0]["question"] == "govern.agent_owners"
     assert {m["ladder"] for m in report["ladders"]} == {"agent_iam", "governance"}
     assert report["roadmap"]

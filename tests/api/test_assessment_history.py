@@ -15,11 +15,15 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
 from tests.api.conftest import Live
 from tests.api.test_assessment_evidence import OPS_RUNNER
 from tests.api.test_assessment_html import _deployment as _owned_agent
 from typer.testing import CliRunner
 
+from agentiam.adapters.reports.assessment_html import render_html
+from agentiam.adapters.reports.assessment_markdown import render_markdown
+from agentiam.adapters.storage import tables
 from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
 from agentiam.bootstrap import Container
 from agentiam.cli.main import app as cli
@@ -154,6 +158,7 @@ def test_bad_or_partial_answers_and_inventories_are_refused_naming_the_member(
         ({**good, "systems": [{**OPS_RUNNER, "holds_credentials": "yes"}]}, "holds_credentials"),
         ({**good, "systems": [OPS_RUNNER, OPS_RUNNER]}, "duplicate id"),
         ({**good, "colour": "blue"}, "colour"),
+        ({**good, "complete": "no"}, "complete"),
     ]
     for body, named in cases:
         refused = admin.post("/v1/assessments", json=body)
@@ -184,18 +189,81 @@ def test_unknown_ids_bad_cursors_and_formats_are_refused(live: Live, admin: http
     assert bad.status_code == 422
 
 
-def test_a_second_run_while_one_is_going_is_429(live: Live, admin: httpx.Client) -> None:
+def test_a_second_run_while_one_is_going_is_429_and_readers_never_wait(
+    live: Live, admin: httpx.Client
+) -> None:
     """White-box: the service's run lock is held, as a running assessment holds it."""
     lock = live.container.assessment._running
     assert lock.acquire(blocking=False)
     try:
-        for method, url in (("POST", "/v1/assessments"), ("GET", "/v1/assessments/questions")):
-            busy = admin.request(method, url, json={} if method == "POST" else None)
-            assert busy.status_code == 429, busy.text
-            assert int(busy.headers["retry-after"]) > 0
+        busy = admin.post("/v1/assessments", json={})
+        assert busy.status_code == 429, busy.text
+        assert int(busy.headers["retry-after"]) > 0
+        # the questions and the history are reads: they collect nothing and take no lock
+        with live.client(live.key(Role.AUDITOR)) as auditor:
+            assert auditor.get("/v1/assessments/questions").status_code == 200
+            assert auditor.get("/v1/assessments").status_code == 200
     finally:
         lock.release()
     assert admin.post("/v1/assessments", json={}).status_code == 201
+
+
+def test_reading_the_questions_does_not_verify_the_trail(live: Live, admin: httpx.Client) -> None:
+    c = live.container
+    before = c.audit.find(AuditQuery(limit=500, type="api.read")).items
+    trail = c.assessment._trail  # white-box: count full verifications
+    calls: list[int] = []
+    original = trail.verify
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    trail.verify = counting  # type: ignore[method-assign]
+    try:
+        with live.client(live.key(Role.AUDITOR)) as auditor:
+            asked = auditor.get("/v1/assessments/questions").json()["questions"]
+        assert calls == []
+        assert admin.post("/v1/assessments", json={}).status_code == 201
+        assert calls == [1]
+    finally:
+        trail.verify = original  # type: ignore[method-assign]
+    # the questions listed are exactly those a run finds unanswered
+    run = admin.get("/v1/assessments").json()["items"][0]
+    report = admin.get(f"/v1/assessments/{run['id']}").json()
+    in_scope = {q["id"] for q in asked if q["in_scope"]}
+    assert in_scope == set(report["gaps"])
+    assert len(c.audit.find(AuditQuery(limit=500, type="api.read")).items) > len(before)
+
+
+def test_a_stored_assessment_renders_as_it_did_when_it_was_made(live: Live) -> None:
+    c = live.container
+    _owned_agent(c)
+    assessment_id, original = c.assessment.run_and_save(CTX)
+    again = c.assessment.rescore(c.assessment.stored(assessment_id))
+    assert render_markdown(again) == render_markdown(original)
+    assert render_html(again) == render_html(original)
+
+
+def test_damaged_stored_records_are_409_or_left_off_the_trend_never_500(
+    live: Live, admin: httpx.Client
+) -> None:
+    c = live.container
+    first = admin.post("/v1/assessments", json={}).json()["id"]
+    second = admin.post("/v1/assessments", json={}).json()["id"]
+    with c.engine.begin() as conn:
+        conn.execute(
+            update(tables.assessments)
+            .where(tables.assessments.c.id == first)
+            .values(inputs='{"bank_version": "2025.1"}', summary='{"overall": "high"}')
+        )
+    damaged = admin.get(f"/v1/assessments/{first}", params={"format": "markdown"})
+    assert damaged.status_code == 409, damaged.text
+    assert "cannot be read back" in damaged.json()["detail"]
+    assert admin.get(f"/v1/assessments/{first}").status_code == 200  # the JSON is intact
+    page = admin.get(f"/v1/assessments/{second}", params={"format": "html"})
+    assert page.status_code == 200, page.text
+    assert 'id="trend"' not in page.text  # the damaged point is left off, not fatal
 
 
 def test_an_assessment_made_with_another_bank_keeps_its_json_but_is_not_rescored(
@@ -275,6 +343,11 @@ def test_the_cli_stores_each_run_lists_the_history_and_shows_one(
     md = _cli("assessments", "show", rows[0]["id"], "--format", "markdown")
     assert md.exit_code == 0
     assert md.output.startswith("# AgentIAM maturity assessment")
+
+    unwritable = _cli("assess", "-o", str(tmp_path / "no" / "such" / "dir.html"))
+    assert unwritable.exit_code != 0
+    assert "cannot write" in unwritable.output
+    assert len(json.loads(_cli("assessments", "list", "--json").output)) == 2  # not stored
 
     missing = _cli("assessments", "show", "asm_01JAAAAAAAAAAAAAAAAAAAAAAA")
     assert missing.exit_code != 0

@@ -151,7 +151,7 @@ def test_the_html_report_is_self_contained_and_shows_every_part(
 ) -> None:
     _deployment(on_db)
     text, page = _html(on_db, tmp_path)
-    report = json.loads(_run(*_args(on_db, tmp_path), "--format", "json").output)
+    report = json.loads(_run(*_args(on_db, tmp_path), "--format", "json").stdout)
 
     # offline: nothing fetched, nothing run
     for tag in ("script", "link", "img", "iframe", "object", "embed", "image", "use"):

@@ -70,10 +70,16 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
             activate=True,
         ),
     )  # fmt: skip
+    assessment_id, _ = c.assessment.run_and_save(ctx)
     with serve_in_thread(create_app(c)) as url:
         schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
         operations = [result.ok() for result in schema.get_all_operations()]
-        rows = {"human_id": owner.id, "agent_id": seeded.id, "key_id": spare.key.id}
+        rows = {
+            "human_id": owner.id,
+            "agent_id": seeded.id,
+            "key_id": spare.key.id,
+            "assessment_id": assessment_id,
+        }
         yield Fuzzed(url=url, token=issued.secret, operations=operations, rows=rows)
     c.close()
 

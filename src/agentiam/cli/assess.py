@@ -15,6 +15,7 @@ history (docs/assessment.md#stored-history)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -160,6 +161,8 @@ def assess(
     if answers is not None and interactive:
         _bad("give either --answers or --interactive, not both")
     declared = _inventory(inventory)
+    if output is not None:
+        _writable(output)  # before the run is stored, not after
     with handle_errors(), container() as c:
         service = c.assessment
         given: Answers | None = None
@@ -173,6 +176,10 @@ def assess(
                 assessment_id, report = service.run_and_save(
                     cli_context(), given, declared=declared, complete=answers is not None
                 )
+                err_console.print(
+                    f"stored as {assessment_id} (agentiam assessments show {assessment_id})",
+                    highlight=False,
+                )
             else:
                 report = service.run(given, declared=declared, complete=answers is not None)
         except InvalidInput as exc:
@@ -181,12 +188,23 @@ def assess(
             _bad(f"{answers}: {exc.detail}", "Answer it with a level 0-4, or 'unknown'.")
         if chosen == "html":
             earlier = trend_history(service.trend_before(assessment_id, limit=MAX_HISTORY), earlier)
+        if chosen is not None:
+            text = render_report(report, chosen, history=earlier, assessment_id=assessment_id)
     if chosen is None:
-        _summary(report, assessment_id)
+        _summary(report)
         return
-    _write(render_report(report, chosen, history=earlier, assessment_id=assessment_id), output)
+    _write(text, output)
     if output is not None:
         console.print(f"report written to {output} (overall {report.assessment.overall:.2f} / 4)")
+
+
+def _writable(output: Path) -> None:
+    """Refuse, before anything runs, an output file that cannot be written."""
+    parent = output.parent if str(output.parent) else Path(".")
+    if output.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
+        fail(f"cannot write {output}", "Give a file in a directory you can write to.")
+    if output.exists() and not os.access(output, os.W_OK):
+        fail(f"cannot write {output}", "The file exists and is not writable.")
 
 
 def _write(text: str, output: Path | None) -> None:
@@ -246,10 +264,8 @@ def _history(paths: Sequence[Path], chosen: Format | None) -> list[Mapping[str, 
 # -- for people ----------------------------------------------------------------------------
 
 
-def _summary(report: AssessmentReport, assessment_id: str | None) -> None:
+def _summary(report: AssessmentReport) -> None:
     a = report.assessment
-    if assessment_id is not None:
-        console.print(f"stored as {assessment_id} (agentiam assessments show {assessment_id})")
     console.print(
         f"[bold]Overall {a.overall:.2f} / 4[/]  ({a.measured_share:.0%} of the weight measured, "
         f"{len(a.gaps)} unanswered, bank {a.bank_version}, "
@@ -347,6 +363,6 @@ def show_assessment(
             text = json.dumps({"id": record.id, **record.report}, indent=2, sort_keys=True) + "\n"
         else:
             report = service.rescore(record)
-            earlier = service.trend_before(record.id, limit=MAX_HISTORY)
+            earlier = trend_history(service.trend_before(record.id, limit=MAX_HISTORY))
             text = render_report(report, chosen, history=earlier, assessment_id=record.id)
     _write(text, output)

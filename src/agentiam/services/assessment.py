@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from agentiam.core.assessment import (
+    MEASURED_EVIDENCE_KEYS,
     NEVER,
     AISystem,
     Answers,
@@ -65,7 +66,7 @@ from agentiam.core.policy.engine import ANY, CompiledPolicy, PolicyEngine, TypeK
 from agentiam.core.policy.entities import EntitySnapshot, agent_parents
 from agentiam.core.policy.model import EntityRef, Mode
 from agentiam.core.response.playbooks import PlaybookFile
-from agentiam.errors import NotFound, TooManyRequests
+from agentiam.errors import Conflict, InvalidInput, NotFound, TooManyRequests
 from agentiam.ports import (
     AgentQuery,
     AssessmentQuery,
@@ -325,12 +326,21 @@ class AssessmentService:
 
     def rescore(self, record: StoredAssessment) -> AssessmentReport:
         """The report of a stored assessment, scored again from its inputs (the same
-        report, since scoring is pure); Conflict if it was made with another bank."""
-        return score(self.bank, load_inputs(record.inputs, self.bank))
+        report, since scoring is pure). Conflict (only its JSON is available) when it
+        was made with another bank, or its stored inputs no longer read back."""
+        try:
+            inputs = load_inputs(record.inputs, self.bank)
+        except InvalidInput as exc:
+            raise Conflict(
+                f"the stored inputs of assessment {record.id} cannot be read back ({exc.detail})",
+                hint="Its stored JSON report is unchanged (format=json).",
+            ) from exc
+        return score(self.bank, inputs)
 
     def trend_before(self, assessment_id: str | None, *, limit: int) -> list[Mapping[str, Any]]:
         """Up to ``limit`` summaries of the assessments stored before ``assessment_id``
-        (before all of them when None), oldest first: the points of a report's trend."""
+        (before all of them when None), oldest first: the points of a report's trend
+        (pass them through ``trend_history``, which leaves out damaged ones)."""
         page = self.history(limit=limit, before=assessment_id)
         return [dict(r.summary) for r in reversed(page.items)]
 
@@ -346,11 +356,25 @@ class AssessmentService:
         self, *, declared: Sequence[AISystem] = (), agentic: bool = False
     ) -> tuple[tuple[Question, ...], bool]:
         """:meth:`to_ask`, and whether the agent-specific questions are in scope
-        without ``agentic`` (the registry or ``declared`` holds an agentic system)."""
-        with self._exclusive():
-            evidence, tally = self._collect()
-        in_scope = tally.agentic or inventory_is_agentic(declared)
-        return questions_to_ask(self.bank, evidence, agentic=in_scope or agentic), in_scope
+        without ``agentic`` (the registry or ``declared`` holds an agentic system).
+
+        Nothing is collected: the collector measures every key of
+        ``MEASURED_EVIDENCE_KEYS`` on every run, so which questions it answers is known
+        from the bank; only the scope needs a pass over the registry. (So a reader
+        cannot make the control plane verify its whole trail, or hold the run lock.)"""
+        in_scope = self._registry_agentic() or inventory_is_agentic(declared)
+        questions = questions_to_ask(self.bank, MEASURED_EVIDENCE_KEYS, agentic=in_scope or agentic)
+        return questions, in_scope
+
+    def _registry_agentic(self) -> bool:
+        """Whether an active registry agent is agentic (the Autonomy Test's verdict
+        does not depend on its children, so none are looked up)."""
+        return any(
+            registry_system(
+                agent_id=a.id, name=a.name, autonomy=a.autonomy, has_children=False
+            ).classification.autonomy.is_agentic
+            for a in self._active_agents(self._clock.now())
+        )
 
     # -- collecting ---------------------------------------------------------------------------
 

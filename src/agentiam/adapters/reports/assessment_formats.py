@@ -8,9 +8,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from agentiam.adapters.reports.assessment_html import MAX_HISTORY, render_html
+from agentiam.adapters.reports.assessment_html import MAX_HISTORY, render_html, trend_point
 from agentiam.adapters.reports.assessment_markdown import render_markdown
 from agentiam.core.assessment.report import AssessmentReport
+from agentiam.errors import InvalidInput
 
 __all__ = ["FORMATS", "MEDIA_TYPES", "Format", "render_report", "report_json", "trend_history"]
 
@@ -48,9 +49,14 @@ def render_report(
 def trend_history(*sources: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Earlier reports from several sources (stored history, files given by hand) as one
     trend: oldest first, one point per assessment time, the newest ``MAX_HISTORY``.
-    Each entry must already have passed ``trend_point``."""
+    An entry that is not a trend point (a damaged stored summary) is left out rather
+    than failing the report it would only decorate."""
     by_time: dict[datetime, Mapping[str, Any]] = {}
     for source in sources:
         for entry in source:
-            by_time.setdefault(datetime.fromisoformat(str(entry["assessed_at"])), entry)
+            try:
+                point = trend_point(entry)
+            except InvalidInput:
+                continue
+            by_time.setdefault(point.assessed_at, entry)
     return [by_time[t] for t in sorted(by_time)][-MAX_HISTORY:]

@@ -25,7 +25,9 @@ _SUMMARY_COLUMNS = (
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """JSON in the value's own member order: a report re-rendered from stored inputs
+    lists things (the numbers behind a measurement) in the order they were made."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _record(r: Any, *, whole: bool) -> StoredAssessment:

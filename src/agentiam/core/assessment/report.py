@@ -205,10 +205,12 @@ def _time(value: Any, where: str) -> datetime:
     return when
 
 
-def _plain_text(value: Any, where: str, limit: int) -> str:
-    """A string that may be empty (a registry agent's purpose can be)."""
-    if not isinstance(value, str) or len(value) > limit:
-        raise _R.fail(where, f"must be a string of at most {limit} characters")
+def _plain_text(value: Any, where: str) -> str:
+    """A string that may be empty (a registry agent's purpose can be). No length cap:
+    these came from the registry, whose limits are configurable, and were bounded
+    when they were written."""
+    if not isinstance(value, str):
+        raise _R.fail(where, "must be a string")
     return value
 
 
@@ -225,7 +227,7 @@ def _measurement(raw: Any, where: str) -> Measurement:
         key,
         _R.number(item["value"], f"{where}: value", low, high),
         _time(item["measured_at"], f"{where}: measured_at"),
-        _plain_text(item["source"], f"{where}: source", 500),
+        _plain_text(item["source"], f"{where}: source"),
         dict(numbers),
     )
 
@@ -242,13 +244,13 @@ def _system(raw: Any, where: str) -> AISystem:
     owner = item["owner"]
     return AISystem(
         _R.text(item["id"], f"{where}: id", limit=128),
-        _plain_text(item["name"], f"{where}: name", 200),
+        _plain_text(item["name"], f"{where}: name"),
         source,
         AutonomyCriteria(
             **{n: _R.flag(criteria[n], f"{where}: criteria: {n}") for n in CRITERIA_QUESTIONS}
         ),
-        None if owner is None else _plain_text(owner, f"{where}: owner", 200),
-        _plain_text(item["description"], f"{where}: description", 2000),
+        None if owner is None else _plain_text(owner, f"{where}: owner"),
+        _plain_text(item["description"], f"{where}: description"),
     )
 
 

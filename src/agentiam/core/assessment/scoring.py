@@ -32,7 +32,7 @@ Raising any one measured value in its better direction never lowers any score.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -211,10 +211,19 @@ def _measured(question: Question, evidence: Evidence) -> Measurement | None:
 
 
 def questions_to_ask(
-    bank: QuestionBank, evidence: Evidence, *, agentic: bool
+    bank: QuestionBank, measured: Evidence | Container[str], *, agentic: bool
 ) -> tuple[Question, ...]:
-    """The questions in scope the evidence does not answer: what a person must answer."""
-    return tuple(q for q in bank.in_scope(agentic=agentic) if _measured(q, evidence) is None)
+    """The questions in scope the evidence does not answer: what a person must answer.
+    ``measured`` is the evidence, or just the keys it holds (the collector always
+    measures :data:`~.evidence_keys.MEASURED_EVIDENCE_KEYS`, so the questions can be
+    known before anything is collected)."""
+    return tuple(
+        q
+        for q in bank.in_scope(agentic=agentic)
+        if q.evidence is EvidenceType.SELF_REPORTED
+        or q.evidence_key is None
+        or q.evidence_key not in measured
+    )
 
 
 def require_complete(

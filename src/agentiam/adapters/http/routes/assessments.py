@@ -16,12 +16,17 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictBool
 
 from agentiam.adapters.http.pagination import decode_cursor, encode_cursor
 from agentiam.adapters.http.routes import PROBLEM_RESPONSES, IdPath, audited_read
 from agentiam.adapters.http.security import require
-from agentiam.adapters.reports.assessment_formats import MEDIA_TYPES, render_report, report_json
+from agentiam.adapters.reports.assessment_formats import (
+    MEDIA_TYPES,
+    render_report,
+    report_json,
+    trend_history,
+)
 from agentiam.adapters.reports.assessment_html import CSP, MAX_HISTORY
 from agentiam.core.access.admin_keys import Permission
 from agentiam.core.assessment import (
@@ -54,7 +59,7 @@ class RunIn(BaseModel):
 
     answers: dict[str, Any] | None = None
     systems: list[Any] | None = None
-    complete: bool | None = None
+    complete: StrictBool | None = None
 
 
 def _service(request: Request) -> AssessmentService:
@@ -164,7 +169,7 @@ def get_assessment(
     text = render_report(
         service.rescore(record),
         format,
-        history=service.trend_before(record.id, limit=MAX_HISTORY),
+        history=trend_history(service.trend_before(record.id, limit=MAX_HISTORY)),
         assessment_id=record.id,
     )
     headers = {"Content-Security-Policy": CSP} if format == "html" else {}
