@@ -251,6 +251,7 @@ def test_history_draws_the_trend_and_a_bad_history_file_exits_2(
     bad = tmp_path / "bad.json"
     for content, named in [
         ("{not json", "not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
         (json.dumps([1, 2]), "must be a report"),
         (json.dumps({**earlier, "assessed_at": "yesterday"}), "assessed_at"),
         (json.dumps({**earlier, "overall": 9}), "overall: must be from 0 to 4"),

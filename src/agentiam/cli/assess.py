@@ -251,6 +251,8 @@ def _history(paths: Sequence[Path], chosen: Format | None) -> list[Mapping[str, 
             _bad(f"cannot read the history file {path}: {type(exc).__name__}")
         except json.JSONDecodeError as exc:
             _bad(f"--history {path}: not valid JSON: {exc.msg} (line {exc.lineno})")
+        except RecursionError:
+            _bad(f"--history {path}: nested too deeply to be a report")
         if not isinstance(data, dict):
             _bad(f"--history {path}: must be a report from agentiam assess --format json")
         try:
