@@ -81,13 +81,125 @@ CHECKPOINT_PROFILE = HeaderProfile(
 _HEX64 = frozenset("0123456789abcdef")
 
 
+# The largest magnitude of an integer that RFC 8785 serialises (section 3.2.2.3: an
+# IEEE 754 double holds every integer up to it exactly); ``rfc8785`` refuses beyond.
+_INT_MAX = 2**53 - 1
+# Within [1e-4, 1e16) the shortest round-trip digits of a non-integral double, as
+# ``repr`` writes them, are also what ECMAScript's Number::toString writes (RFC 8785
+# section 3.2.2.3): neither switches to exponent notation there.
+_REPR_MIN, _REPR_MAX = 1e-4, 1e16
+_BMP_END = "\U00010000"
+
+
+class _Unsure(Exception):
+    """The value holds something the fast path does not prove equal: use rfc8785."""
+
+
+def _plain(value: Any) -> Any:
+    """``value`` ready for ``json.dumps(sort_keys=True)`` to write exactly its RFC 8785
+    form, or :class:`_Unsure`. Exact types only (decoded JSON: no subclasses); ints
+    within +-(2**53 - 1); floats finite and either integral within that range (given
+    back as ints, which RFC 8785 writes without a fraction) or non-integral within
+    [1e-4, 1e16); object keys strings without characters beyond the Basic Multilingual
+    Plane, so that code point order (Python's sort) is UTF-16 code unit order (section
+    3.2.3). Lone surrogates pass here and fail the UTF-8 encoding after. Copies only
+    the containers that change."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is int:
+        if -_INT_MAX <= value <= _INT_MAX:
+            return value
+        raise _Unsure
+    if kind is float:
+        if value.is_integer():
+            if -_INT_MAX <= value <= _INT_MAX:
+                return int(value)
+        elif _REPR_MIN <= abs(value) < _REPR_MAX:  # NaN and infinities fail here
+            return value
+        raise _Unsure
+    if kind is dict:
+        out: dict[str, Any] | None = None
+        for key, item in value.items():
+            if type(key) is not str or not (key.isascii() or max(key) < _BMP_END):
+                raise _Unsure
+            new = _plain(item)
+            if new is not item:
+                if out is None:
+                    out = dict(value)
+                out[key] = new
+        return value if out is None else out
+    if kind is list or kind is tuple:
+        copy: list[Any] | None = None if kind is list else list(value)
+        for index, item in enumerate(value):
+            new = _plain(item)
+            if new is not item:
+                if copy is None:
+                    copy = list(value)
+                copy[index] = new
+        return value if copy is None else copy
+    raise _Unsure
+
+
+def _plain_float(text: str) -> float | int:
+    """``json.loads``'s ``parse_float`` for :func:`event_leaf`: :func:`_plain`'s rule."""
+    value = float(text)
+    if value.is_integer():
+        if -_INT_MAX <= value <= _INT_MAX:
+            return int(value)
+    elif _REPR_MIN <= abs(value) < _REPR_MAX:
+        return value
+    raise _Unsure
+
+
+def _plain_int(text: str) -> int:
+    value = int(text)
+    if -_INT_MAX <= value <= _INT_MAX:
+        return value
+    raise _Unsure
+
+
+def _no_constant(text: str) -> Any:
+    raise _Unsure  # NaN, Infinity, -Infinity: rfc8785 refuses them
+
+
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+_PLAIN_DECODER = json.JSONDecoder(
+    parse_float=_plain_float, parse_int=_plain_int, parse_constant=_no_constant
+)
+
+
 def canonical(body: Any) -> bytes:
-    """RFC 8785 canonical JSON of a decoded JSON value."""
-    return rfc8785.dumps(body)
+    """RFC 8785 canonical JSON of a decoded JSON value.
+
+    When :func:`_plain` proves it equivalent, the C JSON encoder writes it: sorted
+    keys (section 3.2.3), no whitespace (3.2.1), strings with only the escapes RFC
+    8785 section 3.2.2.2 requires (``ensure_ascii=False`` escapes exactly ``"``, ``\\``
+    and U+0000-U+001F, with the same short forms and lowercase hex), UTF-8 (3.2.4).
+    Anything else (large numbers, exponent-range floats, keys beyond the BMP, other
+    types, lone surrogates) goes to ``rfc8785``, which also raises what it raised
+    before. A property test checks the two agree."""
+    try:
+        return _ENCODER.encode(_plain(body)).encode("utf-8")
+    except (_Unsure, UnicodeEncodeError, RecursionError, ValueError, TypeError):
+        return rfc8785.dumps(body)
 
 
 def event_leaf(body_json: str) -> bytes:
-    """The leaf hash of a stored event body (its JSON text, in any formatting)."""
+    """The leaf hash of a stored event body (its JSON text, in any formatting).
+
+    An ASCII text without ``\\u`` escapes can hold no key beyond the BMP and no lone
+    surrogate, so :func:`_plain`'s checks reduce to its numbers, which the decoder's
+    hooks make as it meets them; anything else takes :func:`canonical`'s path."""
+    if body_json.isascii() and "\\u" not in body_json:
+        try:
+            plain = _PLAIN_DECODER.decode(body_json)
+        except _Unsure:
+            pass
+        else:
+            return leaf_hash(_ENCODER.encode(plain).encode("utf-8"))
     return leaf_hash(canonical(json.loads(body_json)))
 
 
