@@ -64,7 +64,8 @@ class TrailPolicy:
     # Events logged per transaction: on SQLite the pass holds the only write lock, so
     # it is kept short (about 40 ms) to leave room for the requests writing meanwhile.
     batch: int = 500
-    # How far below the highest logged seq a pass looks for late commits.
+    # How far below the highest logged seq a pass looks for late commits (PostgreSQL;
+    # on SQLite nothing commits late, see SqlTrail.pending).
     lookback: int = 50_000
     # How often a pass ignores the lookback and searches every event for any not logged.
     sweep_interval: timedelta = field(default_factory=lambda: timedelta(seconds=60))
