@@ -31,7 +31,7 @@ import math
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -168,14 +168,21 @@ ENFORCEMENT_EVENT_TYPES = frozenset(
 )
 
 
-def parse_ingested_event(data: Any, index: int, *, now: datetime) -> AuditEvent:
+_OUTCOMES = frozenset(o.value for o in Outcome)
+_ACTOR_TYPES = frozenset(a.value for a in ActorType)
+
+
+def parse_ingested_event(
+    data: Any, index: int, *, now: datetime, redactor: Redactor | None = None
+) -> AuditEvent:
     """One event an enforcement point sent, checked member by member, or
     :class:`~agentiam.errors.InvalidInput` (422) naming ``events[index].member``.
 
     The shape is exactly :meth:`AuditEvent.to_dict`'s (schema version 1): every member
     present, none unknown. ``source`` must name an enforcement point (``gateway/…`` or
     ``guard/…``), ``event_id`` be an event id, ``time`` not more than five minutes
-    ahead of this server's clock. ``details`` pass the built-in secret guard.
+    ahead of this server's clock. ``details`` pass the built-in secret guard, and,
+    with ``redactor``, the tool arguments they record pass its rules too.
     """
     raw = _members(data, index, "", EVENT_MEMBERS)
     if raw["schema_version"] != SCHEMA_VERSION:
@@ -191,10 +198,10 @@ def parse_ingested_event(data: Any, index: int, *, now: datetime) -> AuditEvent:
         # token, registry, approval, detection and response facts are the control
         # plane's own: an enforcement point's key must not be able to write them
         raise _bad(index, "type", f"must be one of {', '.join(sorted(ENFORCEMENT_EVENT_TYPES))}")
-    if raw["outcome"] not in {o.value for o in Outcome}:
+    if raw["outcome"] not in _OUTCOMES:
         raise _bad(index, "outcome", "must be success, failure or denied")
     actor = _members(raw["actor"], index, "actor", frozenset({"type", "id", "role"}))
-    if actor["type"] not in {a.value for a in ActorType}:
+    if actor["type"] not in _ACTOR_TYPES:
         raise _bad(index, "actor.type", "not an actor type")
     _string(actor, "id", index, limit=255, prefix="actor.")
     _string(actor, "role", index, limit=64, nullable=True, prefix="actor.")
@@ -242,9 +249,28 @@ def parse_ingested_event(data: Any, index: int, *, now: datetime) -> AuditEvent:
         raise _bad(index, "details", "not plain JSON") from None
     if size > MAX_DETAILS_BYTES:
         raise _bad(index, "details", f"larger than {MAX_DETAILS_BYTES} bytes")
-    event = AuditEvent.from_dict(raw)
     # from_dict keeps details as given: the same guard AuditEvent.create applies.
-    return replace(event, details=redact(dict(details)))
+    guarded = redact(dict(details))
+    if redactor is not None:
+        guarded = _guard_arguments(redactor, raw, guarded)
+    return AuditEvent.from_dict({**raw, "details": guarded})
+
+
+def _guard_arguments(
+    redactor: Redactor, raw: Mapping[str, Any], details: dict[str, Any]
+) -> dict[str, Any]:
+    """The redaction rules of this control plane on the tool arguments an event
+    records (the gateway applied its own; rules only ever remove more)."""
+    arguments = details.get("arguments")
+    if not isinstance(arguments, Mapping):
+        return details
+    resource = raw["resource"]
+    call = {
+        "action": raw["action"],
+        "resource_type": resource["type"] if resource else "",
+        "resource_id": resource["id"] if resource else "",
+    }
+    return {**details, "arguments": redactor.arguments(arguments, call)}
 
 
 # -- the service ------------------------------------------------------------------------
@@ -417,20 +443,6 @@ class EnforcementSync:
 
     # -- audit ingest -------------------------------------------------------------------
 
-    def _guard_arguments(self, event: AuditEvent) -> AuditEvent:
-        """This control plane's redaction rules on the tool arguments an event records
-        (the gateway applied its own; rules only ever remove more)."""
-        arguments = event.details.get("arguments")
-        if not isinstance(arguments, Mapping):
-            return event
-        call = {
-            "action": event.action,
-            "resource_type": event.resource.type if event.resource else "",
-            "resource_id": event.resource.id if event.resource else "",
-        }
-        details = {**event.details, "arguments": self._redactor.arguments(arguments, call)}
-        return replace(event, details=details)
-
     def ingest(self, ctx: CallContext, events: Sequence[Any]) -> IngestResult:
         """Store an enforcement point's batch of events, idempotently, with one
         ``audit.ingested`` record naming the count and the enforcement points, all in
@@ -446,7 +458,7 @@ class EnforcementSync:
             )
         now = self._clock.now()
         parsed = [
-            self._guard_arguments(parse_ingested_event(raw, i, now=now))
+            parse_ingested_event(raw, i, now=now, redactor=self._redactor)
             for i, raw in enumerate(events)
         ]
         unique: list[AuditEvent] = []  # a repeated id in one batch counts as a duplicate

@@ -103,6 +103,25 @@ class ResourceRef:
     id: str
 
 
+# Exact types returned as they are (subclasses take the general path below).
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+# The verdict of _SECRET_KEY_RE per member name: the same few names recur in every
+# event, and the search costs about a microsecond each. Bounded in count and name
+# length; past the bound names are just searched.
+_KEY_VERDICTS: dict[str, bool] = {}
+_MAX_VERDICTS = 4096
+_MAX_REMEMBERED_NAME = 64
+
+
+def _secret_name(name: str) -> bool:
+    verdict = _KEY_VERDICTS.get(name)
+    if verdict is None:
+        verdict = _SECRET_KEY_RE.search(name) is not None
+        if len(name) <= _MAX_REMEMBERED_NAME and len(_KEY_VERDICTS) < _MAX_VERDICTS:
+            _KEY_VERDICTS[name] = verdict
+    return verdict
+
+
 def redact(value: Any, *, depth: int = 0) -> Any:
     """Return ``value`` with every member whose name looks secret replaced.
 
@@ -111,11 +130,24 @@ def redact(value: Any, *, depth: int = 0) -> Any:
     """
     if depth > 8:
         return REDACTED
-    if isinstance(value, Mapping):
-        return {
-            str(k): (REDACTED if _SECRET_KEY_RE.search(str(k)) else redact(v, depth=depth + 1))
-            for k, v in value.items()
-        }
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is list or kind is tuple:  # never a Mapping: the same as the order below
+        if depth < 8:
+            return [v if type(v) in _SCALARS else redact(v, depth=depth + 1) for v in value]
+        return [redact(v, depth=depth + 1) for v in value]
+    if kind is dict or isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            name = str(k)
+            if _secret_name(name):
+                out[name] = REDACTED
+            elif depth < 8 and type(v) in _SCALARS:  # what the call below would return
+                out[name] = v
+            else:
+                out[name] = redact(v, depth=depth + 1)
+        return out
     if isinstance(value, list | tuple):
         return [redact(v, depth=depth + 1) for v in value]
     if value is None or isinstance(value, bool | int | float | str):
