@@ -12,8 +12,10 @@ so recursion cannot be used to exhaust the stack.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from itertools import accumulate
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -38,32 +40,32 @@ _SECURITY_HEADERS = [
 ]
 
 
+# A JSON string as the scan below reads it: from a quote to the next quote not
+# escaped by a backslash, or to the end of the body if none (then the rest is inside
+# it). Unrolled (no alternation under the star) so a long string is one C loop, and
+# always matching at a quote so the scan stays linear on any input.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = {0x5B: 1, 0x7B: 1, 0x5D: -1, 0x7D: -1}
+
+
 def json_depth_exceeds(body: bytes, max_depth: int) -> bool:
     """True if ``body`` nests arrays/objects deeper than ``max_depth``.
 
-    A single linear scan that skips string contents (and escapes inside them); it
-    does not validate JSON, it only bounds nesting.
+    String contents (and escapes inside them) are skipped; it does not validate
+    JSON, it only bounds nesting. The strings are cut out and everything but the
+    brackets dropped in C (``bytes.split`` when there is no backslash, else
+    ``re.sub``; then ``bytes.translate``), so Python steps only through the brackets,
+    not through every byte of an audit batch.
     """
-    depth = 0
-    in_string = False
-    escaped = False
-    for byte in body:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > max_depth:
-                return True
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    return False
+    if len(body) <= max_depth:  # fewer bytes than the depth: cannot be deeper
+        return False
+    # Without a backslash, strings run from one quote to the next (or to the end).
+    outside = _STRING.sub(b"", body) if b"\\" in body else b"".join(body.split(b'"')[::2])
+    brackets = outside.translate(None, _NOT_BRACKETS)
+    if not brackets or len(brackets) <= max_depth:
+        return False
+    return max(accumulate(map(_STEP.__getitem__, brackets))) > max_depth
 
 
 async def _send_problem(send: Send, error: AgentIAMError) -> None:

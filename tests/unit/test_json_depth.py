@@ -1,0 +1,77 @@
+"""The request-body nesting bound (``adapters/http/middleware.py``): the C-assisted
+scan answers exactly as a byte-by-byte scan does, on any bytes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agentiam.adapters.http.middleware import json_depth_exceeds
+
+
+def _byte_by_byte(body: bytes, max_depth: int) -> bool:
+    """The reference: one pass over every byte, skipping string contents."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > max_depth:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+# Bytes rich in what the scan cares about: quotes, backslashes, brackets, newlines.
+_BODY = st.lists(
+    st.one_of(st.sampled_from(list(b'"\\[]{}\n a:,')), st.integers(0, 255)), max_size=80
+).map(bytes)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_BODY, st.integers(0, 6))
+def test_same_answer_as_a_byte_by_byte_scan(body: bytes, max_depth: int) -> None:
+    assert json_depth_exceeds(body, max_depth) == _byte_by_byte(body, max_depth)
+
+
+@pytest.mark.parametrize(
+    ("body", "depth", "expected"),
+    [
+        (b"[[[]]]", 3, False),
+        (b"[[[[]]]]", 3, True),
+        (b'["[[[[[["]', 2, False),  # brackets inside a string
+        (b'["\\"[[[[["]', 2, False),  # an escaped quote does not end the string
+        (b'["\\\\"[[[]]]]', 2, True),  # an escaped backslash does
+        (b'"unterminated [[[[', 1, False),  # the rest is inside the string
+        (b'"a\\', 0, False),  # a lone backslash at the end
+        (b"]]]][[[[", 3, False),  # depth goes below zero and back, as before
+        (b"]][[[[[", 2, True),
+        (json.dumps({"events": [{"a": {"b": [1, {"c": "x"}]}}] * 50}).encode(), 6, False),
+        (json.dumps({"events": [{"a": {"b": [1, {"c": "x"}]}}] * 50}).encode(), 5, True),
+    ],
+)
+def test_examples(body: bytes, depth: int, expected: bool) -> None:
+    assert json_depth_exceeds(body, depth) is expected
+    assert _byte_by_byte(body, depth) is expected
+
+
+def test_linear_on_a_hostile_body() -> None:
+    """Escaped quotes throughout: a scan restarting at each quote would be quadratic."""
+    body = b'"' + b'\\"' * 500_000
+    assert json_depth_exceeds(body, 2) is False
+    body = b"[" * 40 + b'"' + b'\\"' * 500_000
+    assert json_depth_exceeds(body, 32) is True
