@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agentiam.adapters.gateway import spool as spool_module
-from agentiam.adapters.gateway.spool import AuditSpool, SpoolFull, next_backoff
+from agentiam.adapters.gateway.spool import AuditSpool, SpoolBatch, SpoolFull, next_backoff
 from agentiam.errors import ServiceUnavailable
 
 WAIT = 10.0
@@ -297,8 +297,11 @@ def test_torn_last_line_is_cut_on_recovery(directory: Path, opened: list[AuditSp
     segment = directory / "0000000000000007.jsonl"
     segment.write_bytes(("\n".join(good) + "\n").encode() + b'{"spooled_at": 1.0, "ev')
     sink = Sink()
+    sink.failing = RuntimeError("control plane down")  # nothing ships, the file stays
     spool = _open(opened, directory, sink)
     assert segment.read_bytes().endswith(b"\n")  # cut before anything else happens
+    with sink.lock:
+        sink.failing = None
     assert spool.drain(WAIT)
     assert sink.ids == ["e0", "e1", "e2"]
     spool.append(_events("new", 1))  # goes to a new segment after the old ones
@@ -322,6 +325,59 @@ def test_a_corrupt_line_is_skipped_and_counted(directory: Path, opened: list[Aud
     assert spool.drain(WAIT)
     assert sink.ids == ["a", "b"]
     assert spool.health().corrupt_lines == 2
+
+
+def test_a_batch_carries_its_events_own_json_text(
+    directory: Path, opened: list[AuditSpool]
+) -> None:
+    """What the shipper posts without encoding again: ``{"events": [...]}`` from the
+    spooled lines, equal as JSON to the events (non-ASCII and escapes included)."""
+    bodies: list[bytes | None] = []
+    sink = Sink()
+
+    def ship(events: list[dict[str, Any]]) -> None:
+        assert isinstance(events, SpoolBatch)
+        bodies.append(events.json_body)
+        sink(events)
+
+    spool = _open(opened, directory, ship, batch=4)
+    tricky = {"event_id": "t", "s": 'é "q" \\ \n \u2028 \U0001f600', "n": [1, 2.5, None, True]}
+    spool.append([*_events("a", 3), tricky, *_events("b", 2)])
+    assert spool.drain(WAIT)
+    assert all(body is not None for body in bodies)
+    shipped = [e for body in bodies for e in json.loads(body or b"")["events"]]
+    assert shipped == [e for batch in sink.batches for e in batch]
+    assert shipped[3] == tricky
+
+
+def test_a_line_not_as_the_spool_writes_it_is_shipped_by_value(
+    directory: Path, opened: list[AuditSpool]
+) -> None:
+    """Other formatting, an extra member, a repeated "event" member: the batch has no
+    JSON text of its own (the shipper encodes the events), and nothing is lost."""
+    directory.mkdir(mode=0o700)
+    lines = [
+        '{"spooled_at":1.5,"event":{"event_id":"a"}}',
+        '{"spooled_at": 1.5, "event": {"event_id": "b"}}',
+        '{"spooled_at":1.5,"event":{"event_id":"c"},"extra":1}',
+        '{"spooled_at":1.5,"event":{"event_id":"x"},"event":{"event_id":"d"}}',
+        '{"spooled_at":1e400x,"event":{"event_id":"bad"}}',
+    ]
+    (directory / "0000000000000001.jsonl").write_text("\n".join(lines) + "\n")
+    bodies: list[bytes | None] = []
+    sink = Sink()
+
+    def ship(events: list[dict[str, Any]]) -> None:
+        assert isinstance(events, SpoolBatch)
+        bodies.append(events.json_body)
+        sink(events)
+
+    spool = _open(opened, directory, ship, batch=1)
+    assert spool.drain(WAIT)
+    assert sink.ids == ["a", "b", "c", "d"]
+    assert spool.health().corrupt_lines == 1
+    assert bodies[0] == b'{"events":[{"event_id":"a"}]}'
+    assert bodies[1:] == [None, None, None]
 
 
 def test_a_failed_write_is_refused_and_the_next_one_uses_a_new_segment(

@@ -22,7 +22,7 @@ from agentiam.adapters.gateway.broker import CredentialBroker, SecretStore, load
 from agentiam.adapters.gateway.config import GatewayConfig
 from agentiam.adapters.gateway.enforcer import Enforcer
 from agentiam.adapters.gateway.link import ControlPlaneLink
-from agentiam.adapters.gateway.spool import AuditSpool
+from agentiam.adapters.gateway.spool import AuditSpool, SpoolBatch
 from agentiam.core.enforcement.ratelimit import RateLimiter
 
 __all__ = ["GatewayRuntime"]
@@ -42,7 +42,13 @@ class _Shipper:
         )
 
     def __call__(self, events: list[dict[str, Any]]) -> None:
-        response = self._http.post(self._url, json={"events": events})
+        body = events.json_body if isinstance(events, SpoolBatch) else None
+        if body is not None:  # the spooled lines' own JSON: not encoded a second time
+            response = self._http.post(
+                self._url, content=body, headers={"Content-Type": "application/json"}
+            )
+        else:
+            response = self._http.post(self._url, json={"events": events})
         if response.status_code // 100 != 2:
             raise RuntimeError(f"ingest answered {response.status_code}")
 

@@ -70,7 +70,7 @@ from agentiam.adapters.files import write_all
 from agentiam.services.audit_export import redact
 from agentiam.services.audit_writer import GroupCommit
 
-__all__ = ["AuditSpool", "Ship", "SpoolFull", "SpoolHealth", "next_backoff"]
+__all__ = ["AuditSpool", "Ship", "SpoolBatch", "SpoolFull", "SpoolHealth", "next_backoff"]
 
 log = logging.getLogger("agentiam.gateway.spool")
 
@@ -83,6 +83,38 @@ _HINT = "Check the gateway's audit spool directory (disk space, permissions)."
 _READ_CHUNK = 1 << 20
 _BATCH_BYTES = 4 << 20  # a shipped batch is cut before this many bytes (one line at least)
 _IDLE_POLL = 1.0  # seconds the shipper sleeps when idle (it is woken on every commit)
+# A line as _encode writes it, up to the event: {"spooled_at":<JSON number>,"event":
+_LINE_HEAD = re.compile(
+    rb'\{"spooled_at":-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?,"event":'
+)
+_EVENT_DECODER = json.JSONDecoder()
+
+
+class SpoolBatch(list[dict[str, Any]]):
+    """The events of one shipped batch (a list, in spool order) and, when every line
+    was as the spool writes it, ``json_body``: ``{"events": [...]}`` as JSON built from
+    the lines' own event text, so a shipper need not encode the events again."""
+
+    json_body: bytes | None = None
+
+
+def _line_event(line: bytes) -> tuple[dict[str, Any], bytes | None]:
+    """The event of one spool line, and its JSON text within the line when the line
+    is exactly ``{"spooled_at":<number>,"event":<object>}`` (what :meth:`AuditSpool.
+    _encode` writes): then decoding the event from its first byte must end just before
+    the closing ``}``, which proves the text is that one object. Any other line is
+    decoded whole. Raises ValueError, KeyError or TypeError for a corrupt line."""
+    head = _LINE_HEAD.match(line)
+    if head is not None and line.endswith(b"}\n"):
+        text = line.decode("utf-8")  # the head is ASCII: byte and character offsets agree
+        event, end = _EVENT_DECODER.raw_decode(text, head.end())
+        if end == len(text) - 2 and isinstance(event, dict):
+            return event, line[head.end() : -2]
+    record = json.loads(line)
+    event = record["event"]
+    if not isinstance(event, dict):
+        raise TypeError("event is not an object")
+    return event, None
 
 
 class SpoolFull(ServiceUnavailable):
@@ -562,12 +594,11 @@ class AuditSpool:
         events, end, count = self._read_batch(segment, start, limit)
         return segment, events, end, count
 
-    def _read_batch(
-        self, segment: _Segment, start: int, limit: int
-    ) -> tuple[list[dict[str, Any]], int, int]:
+    def _read_batch(self, segment: _Segment, start: int, limit: int) -> tuple[SpoolBatch, int, int]:
         """Up to ``batch`` events from ``start``, not past ``limit``; the offset after
         them and the lines consumed (corrupt ones included)."""
-        events: list[dict[str, Any]] = []
+        events = SpoolBatch()
+        texts: list[bytes] | None = []
         count, position = 0, start
         with open(segment.path, "rb") as handle:
             handle.seek(start)
@@ -580,10 +611,7 @@ class AuditSpool:
                 position += len(line)
                 count += 1
                 try:
-                    record = json.loads(line)
-                    event = record["event"]
-                    if not isinstance(event, dict):
-                        raise TypeError("event is not an object")
+                    event, text = _line_event(line)
                 except (ValueError, KeyError, TypeError):
                     log.error(
                         "audit spool: skipping a corrupt line in %s at byte %d",
@@ -594,6 +622,13 @@ class AuditSpool:
                         self._corrupt += 1
                     continue
                 events.append(event)
+                if texts is not None:
+                    if text is None:
+                        texts = None
+                    else:
+                        texts.append(text)
+        if texts:
+            events.json_body = b'{"events":[' + b",".join(texts) + b"]}"
         return events, position, count
 
     def _send(self, events: list[dict[str, Any]]) -> bool:
