@@ -87,6 +87,7 @@ from agentiam.adapters.gateway.config import GatewayConfig, load_gateway_config
 from agentiam.adapters.gateway.enforcer import Call, Verdict
 from agentiam.adapters.gateway.http_upstream import UpstreamError, UpstreamPool, UpstreamTimeout
 from agentiam.adapters.gateway.runtime import GatewayRuntime
+from agentiam.adapters.heap import settle_heap
 from agentiam.core.approvals_wire import APPROVAL_HEADER, APPROVAL_STATE_HEADER, PROBLEM_CODES
 from agentiam.core.audit.events import Outcome, TraceContext
 from agentiam.core.credentials.verifier import VerifiedAccess
@@ -663,6 +664,7 @@ class HttpGateway:
                 name: UpstreamPool(u.url, connect_timeout=t.connect, read_timeout=t.read)
                 for name, u in self.config.upstreams.items()
             }
+        settle_heap()  # long-lived objects out of later full collections (adapters/heap.py)
 
     async def shutdown(self) -> None:
         pools, self._pools = self._pools, {}

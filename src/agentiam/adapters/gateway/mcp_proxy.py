@@ -110,6 +110,7 @@ from agentiam.adapters.gateway.broker import (
 from agentiam.adapters.gateway.config import GatewayConfig, Timeouts, load_gateway_config
 from agentiam.adapters.gateway.enforcer import Call, Verdict
 from agentiam.adapters.gateway.runtime import GatewayRuntime
+from agentiam.adapters.heap import settle_heap
 from agentiam.core.approvals_wire import META_KEY, mcp_result_meta, mcp_result_text
 from agentiam.core.audit.events import Actor, ActorType, AuditEvent, Outcome, TraceContext
 from agentiam.core.credentials.verifier import VerifiedAccess
@@ -785,6 +786,7 @@ class McpGateway:
         async with anyio.create_task_group() as tg, self.sessions.run():
             for upstream in self.upstreams.values():
                 upstream.attach(tg)
+            settle_heap()  # long-lived objects out of later full collections
             try:
                 yield
             finally:

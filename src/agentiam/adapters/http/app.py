@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from agentiam import __version__
+from agentiam.adapters.heap import settle_heap
 from agentiam.adapters.http.deps import ApiDependencies
 from agentiam.adapters.http.middleware import Metrics, RequestLimits
 from agentiam.adapters.http.oauth import OAuthDispatch, oauth_routes
@@ -51,6 +52,7 @@ def create_app(container: ApiDependencies) -> Any:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         container.start_background()  # feeds, key refresh, purges, expiry sweep
+        settle_heap()  # long-lived objects out of later full collections (adapters/heap.py)
         yield
         container.close()
 
