@@ -72,6 +72,8 @@ def _with(path: str, value: Any) -> dict[str, Any]:
 
 def test_a_good_configuration_loads() -> None:
     config = load_config(GOOD)
+    assert config.max_request_bytes == 10 * 1024 * 1024  # the default
+    assert load_config(_with("max_request_bytes", 4096)).max_request_bytes == 4096
     gateway = config.gateway
     assert (gateway.kind, gateway.name, gateway.host, gateway.port) == (
         "http",
@@ -165,6 +167,10 @@ def test_public_url_with_a_path_is_the_prefix_and_names_the_metadata() -> None:
         ("routes.0.resource.parent", "x", "routes[0].resource: unknown keys parent"),
         ("routes.1.name", "bad\nname", "routes[1].name"),
         ("routes.1.extra", 1, "routes[1]: unknown keys extra"),
+        ("max_request_bytes", 0, "max_request_bytes"),
+        ("max_request_bytes", True, "max_request_bytes"),
+        ("max_request_bytes", "10M", "max_request_bytes"),
+        ("max_request_bytes", 2**41, "max_request_bytes"),
     ],
 )  # fmt: skip
 def test_mistakes_are_refused_naming_the_key(path: str, value: Any, message: str) -> None:

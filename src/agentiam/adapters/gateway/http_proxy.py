@@ -114,7 +114,8 @@ __all__ = [
 
 log = logging.getLogger("agentiam.gateway.http")
 
-SECTION_KEYS = frozenset({"upstreams", "routes"})
+SECTION_KEYS = frozenset({"upstreams", "routes", "max_request_bytes"})
+DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024  # a request body larger than this is 413
 MAX_PATH = 8192  # bytes of request path accepted (414 beyond)
 _PROBLEM_JSON = b"application/problem+json"
 _RESERVED_PATHS = ("/healthz", "/metrics", "/.well-known/")
@@ -204,6 +205,7 @@ class HttpGatewayConfig:
     gateway: GatewayConfig
     upstreams: Mapping[str, Upstream]
     routes: tuple[Route, ...]
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
     @property
     def prefix(self) -> str:
@@ -348,7 +350,10 @@ def load_config(data: Any) -> HttpGatewayConfig:
     routes = tuple(_route(i, raw, upstreams) for i, raw in enumerate(raw_routes))
     if gateway.secrets_store is None and any(u.credential for u in upstreams.values()):
         raise ValueError("secrets.store: an upstream injects a credential, name the store")
-    return HttpGatewayConfig(gateway, upstreams, routes)
+    limit = section.get("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1 << 40:
+        raise ValueError("max_request_bytes: a whole number of bytes from 1 to 2**40")
+    return HttpGatewayConfig(gateway, upstreams, routes, limit)
 
 
 # -- requests -----------------------------------------------------------------------------
@@ -472,6 +477,10 @@ def response_headers_for_client(
 # -- the ASGI application ----------------------------------------------------------------
 
 
+class _TooLarge(Exception):
+    """The request body went past ``max_request_bytes``."""
+
+
 class _ClientGone(Exception):
     """The client disconnected while its request body was being forwarded."""
 
@@ -521,6 +530,7 @@ _TITLES = {
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not found",
+    413: "Content too large",
     414: "URI too long",
     429: "Too many requests",
     502: "Bad gateway",
@@ -532,6 +542,7 @@ _LABELS = {
     401: "unauthenticated",
     403: "forbidden",
     404: "not_found",
+    413: "too_large",
     414: "bad_request",
     429: "rate_limited",
     502: "upstream_error",
@@ -628,6 +639,7 @@ class HttpGateway:
         self.runtime = runtime
         self.enforcer = runtime.enforcer
         self._prefix = config.prefix
+        self._max_body = config.max_request_bytes
         self._origin = config.origin
         public = urlsplit(config.gateway.public_url)
         self._public_host = public.netloc
@@ -790,6 +802,10 @@ class HttpGateway:
         except ValueError:
             enforcer.refuse(None, trace=trace, status=400, reason="invalid Content-Length")
             return _problem(400, "bad-request", "the request's Content-Length is not valid")
+        if framing[0] is not None and framing[0] > self._max_body:
+            reason = f"the request body is larger than {self._max_body} bytes"
+            enforcer.refuse(None, trace=trace, status=413, reason=reason)
+            return _problem(413, "content-too-large", reason)
         url = self._origin + raw_path.decode("ascii")
         access = enforcer.authenticate(
             authorization=_header(headers, b"authorization"),
@@ -1004,7 +1020,7 @@ class HttpGateway:
                     scope["method"],
                     target,
                     upstream_headers,
-                    _body(receive) if permit.has_body else None,
+                    _body(receive, self._max_body) if permit.has_body else None,
                     content_length=permit.content_length,
                 )
                 try:
@@ -1026,6 +1042,12 @@ class HttpGateway:
             label = "allowed"
         except _ClientGone:
             label = "client_gone"
+        except _TooLarge:
+            label = "too_large"
+            status = status or 413
+            reason = f"the request body is larger than {self._max_body} bytes"
+            if not started_response:
+                await self._send_refusal(send, _problem(413, "content-too-large", reason))
         except (TimeoutError, UpstreamTimeout) as exc:
             label = "upstream_timeout"
             await self._fail(send, started_response, 504, "the upstream did not answer in time")
@@ -1137,14 +1159,22 @@ def _framing(headers: Iterable[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
     return length, bool(length)
 
 
-async def _body(receive: Callable[[], Awaitable[dict[str, Any]]]) -> AsyncIterator[bytes]:
-    """The request body as it arrives, never held whole."""
+async def _body(
+    receive: Callable[[], Awaitable[dict[str, Any]]], limit: int
+) -> AsyncIterator[bytes]:
+    """The request body as it arrives, never held whole; past ``limit`` bytes (a
+    chunked body: a declared length is checked before) the upstream request is cut
+    off and the client gets 413 (RFC 9110 section 15.5.14)."""
+    seen = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _ClientGone
         chunk = message.get("body", b"")
         if chunk:
+            seen += len(chunk)
+            if seen > limit:
+                raise _TooLarge
             yield chunk
         if not message.get("more_body", False):
             return
