@@ -327,6 +327,17 @@ def test_a_corrupt_line_is_skipped_and_counted(directory: Path, opened: list[Aud
     assert spool.health().corrupt_lines == 2
 
 
+def _keeping_bodies(sink: Sink, bodies: list[bytes | None]) -> Callable[[list[Any]], None]:
+    """A shipper that keeps each batch's own JSON text, then hands the batch to ``sink``."""
+
+    def ship(events: list[dict[str, Any]]) -> None:
+        assert isinstance(events, SpoolBatch)
+        bodies.append(events.json_body)
+        sink(events)
+
+    return ship
+
+
 def test_a_batch_carries_its_events_own_json_text(
     directory: Path, opened: list[AuditSpool]
 ) -> None:
@@ -334,11 +345,7 @@ def test_a_batch_carries_its_events_own_json_text(
     spooled lines, equal as JSON to the events (non-ASCII and escapes included)."""
     bodies: list[bytes | None] = []
     sink = Sink()
-
-    def ship(events: list[dict[str, Any]]) -> None:
-        assert isinstance(events, SpoolBatch)
-        bodies.append(events.json_body)
-        sink(events)
+    ship = _keeping_bodies(sink, bodies)
 
     spool = _open(opened, directory, ship, batch=4)
     tricky = {"event_id": "t", "s": 'é "q" \\ \n \u2028 \U0001f600', "n": [1, 2.5, None, True]}
@@ -366,11 +373,7 @@ def test_a_line_not_as_the_spool_writes_it_is_shipped_by_value(
     (directory / "0000000000000001.jsonl").write_text("\n".join(lines) + "\n")
     bodies: list[bytes | None] = []
     sink = Sink()
-
-    def ship(events: list[dict[str, Any]]) -> None:
-        assert isinstance(events, SpoolBatch)
-        bodies.append(events.json_body)
-        sink(events)
+    ship = _keeping_bodies(sink, bodies)
 
     spool = _open(opened, directory, ship, batch=1)
     assert spool.drain(WAIT)
