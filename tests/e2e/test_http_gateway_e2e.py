@@ -19,10 +19,12 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ import pytest
 from tests.e2e.test_quickstart import AGENTIAM, KEY_RE, Server, env_for
 from tests.support.echo_upstream import pattern
 from tests.support.live import free_port
+from tests.support.tls import server_pki
 
 from agentiam.core.credentials.sealing import MasterKey
 from agentiam.sdk import AgentClient, AgentKey, dpop_proof
@@ -82,6 +85,8 @@ class World:
     agent: AgentClient
     other: AgentClient
     spool: Path
+    gw_env: dict[str, str] = field(default_factory=dict)
+    gw_config: dict[str, Any] = field(default_factory=dict)
     calls: list[Expected] = field(default_factory=list)
 
     def admin_client(self) -> httpx.Client:
@@ -317,7 +322,7 @@ def world(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         built = World(
             env=env, cp=cp, cp_port=cp_port, admin=admin_key, gateway=gateway, gw_url=gw_url,
             upstream=upstream, up_url=up_url, agent_id=agent_id, other_id=other_id,
-            agent=agent, other=other, spool=spool,
+            agent=agent, other=other, spool=spool, gw_env=gw_env, gw_config=config,
         )  # fmt: skip
         yield built
     finally:
@@ -447,6 +452,68 @@ def test_a_body_past_max_request_bytes_is_413(world: World) -> None:
         assert r.json()["status"] == 413
     completed = [s for s in world.seen()[seen_before:] if s.get("path") == "/v1/echo"]
     assert all(s.get("body_length", 0) <= MAX_REQUEST_BYTES for s in completed)
+
+
+def test_the_listener_serves_tls_when_configured(world: World, tmp_path: Path) -> None:
+    """A second gateway process with listen.tls: https with a certificate a client can
+    verify, TLS 1.2 at least, the protected resource metadata and the 401 of an
+    unauthenticated call over it; plain HTTP on the same port gets no answer."""
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    pki = server_pki(tmp_path, "127.0.0.1")
+    config = {
+        **world.gw_config,
+        "name": "billing-tls",
+        "public_url": url,
+        "listen": {
+            "host": "127.0.0.1",
+            "port": port,
+            "tls": {"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)},
+        },
+        "spool": {"directory": str(tmp_path / "spool")},
+    }
+    config_file = tmp_path / "tls.yaml"
+    config_file.write_text(json.dumps(config))
+    log = tmp_path / "tls-gateway.log"
+    proc = _spawn([AGENTIAM, "gateway", "http", "--config", str(config_file)], world.gw_env, log)
+    try:
+        trusted = ssl.create_default_context(cafile=str(pki.ca_file))
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                health = httpx.get(url + "/healthz", verify=trusted, timeout=2)
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        assert health.status_code == 200
+        metadata = httpx.get(
+            url + "/.well-known/oauth-protected-resource", verify=trusted, timeout=5
+        ).json()
+        assert metadata["resource"] == url
+        refused = httpx.get(url + "/v1/invoices/1", verify=trusted, timeout=5)
+        assert refused.status_code == 401
+        assert "resource_metadata" in refused.headers["www-authenticate"]
+        # a client that does not trust the certificate is refused by itself
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url + "/healthz", timeout=5)
+        # TLS 1.1 and older are not spoken
+        old = ssl.create_default_context(cafile=str(pki.ca_file))
+        with warnings.catch_warnings():  # naming TLS 1.1 is deprecated, which is the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url + "/healthz", verify=old, timeout=5)
+        # plain HTTP to the TLS port is no way in
+        try:
+            plain: int | None = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code
+        except httpx.HTTPError:
+            plain = None  # the TLS layer drops it
+        assert plain is None
+    finally:
+        _stop(proc)
 
 
 def _memory_mib(pid: int, field: str) -> float:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
+import ssl
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.tls import server_pki
 
 from agentiam.adapters.gateway.config import load_gateway_config, read_config_file
 from agentiam.adapters.gateway.http_proxy import load_config
@@ -127,7 +129,8 @@ def test_public_url_with_a_path_is_the_prefix_and_names_the_metadata() -> None:
         ("public_url", "https://gw.example.com/?q=1", "public_url: a URL without user info"),
         ("listen.port", 0, "listen.port"),
         ("listen.port", True, "listen.port"),
-        ("listen.tls", {}, "listen: unknown keys tls"),
+        ("listen.tls", {}, "listen.tls.cert_file: an absolute path"),
+        ("listen.cert", "x", "listen: unknown keys cert"),
         ("control_plane", ..., "control_plane: expected a mapping"),
         ("control_plane.url", "ftp://iam", "control_plane.url"),
         ("control_plane.key_env", "lower-case", "control_plane.key_env"),
@@ -220,3 +223,38 @@ def test_reading_files(tmp_path: Path) -> None:
     big.write_text("#" * (1024 * 1024 + 1))
     with pytest.raises(ValueError, match="larger than 1 MiB"):
         read_config_file(big)
+
+
+def test_the_listener_can_serve_tls(tmp_path: Path) -> None:
+    pki = server_pki(tmp_path, "gw.example.com")
+    tls = {"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)}
+    gateway = load_config(_with("listen.tls", tls)).gateway
+    assert gateway.tls is not None
+    options = gateway.server_options()
+    assert options["ssl_certfile"] == str(pki.cert_file)
+    assert options["ssl_keyfile"] == str(pki.key_file)
+    context = gateway.tls.server_context()
+    assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert load_config(GOOD).gateway.server_options() == {}  # plain HTTP by default
+
+
+def test_tls_mistakes_are_refused_naming_the_key(tmp_path: Path) -> None:
+    pki = server_pki(tmp_path, "gw.example.com")
+    (tmp_path / "other").mkdir()
+    other = server_pki(tmp_path / "other", "gw.example.com")  # a key of another certificate
+    good = {"cert_file": str(pki.cert_file), "key_file": str(pki.key_file)}
+    cases: list[tuple[Any, str]] = [
+        ({**good, "key_file": str(tmp_path / "missing.key")}, "listen.tls: cannot load"),
+        ({**good, "key_file": str(other.key_file)}, "listen.tls: cannot load"),
+        ({**good, "cert_file": "server.crt"}, "listen.tls.cert_file: an absolute path"),
+        ({"cert_file": str(pki.cert_file)}, "listen.tls.key_file: an absolute path"),
+        ({**good, "ciphers": "ALL"}, "listen.tls: unknown keys ciphers"),
+        ("on", "listen.tls: expected a mapping"),
+    ]
+    for value, message in cases:
+        with pytest.raises(ValueError, match="^" + _escape(message)):
+            load_config(_with("listen.tls", value))
+    plain = _with("listen.tls", good)
+    plain["public_url"] = "http://127.0.0.1:8443"
+    with pytest.raises(ValueError, match="^" + _escape("public_url: must be https when")):
+        load_config(plain)

@@ -5,7 +5,7 @@ The part every gateway shares (see docs/gateway.md#configuration)::
 
     name: tools-gw                     # audit source: gateway/<name>
     public_url: https://gw.example.com # this gateway's resource URL: the token audience
-    listen: {host: 127.0.0.1, port: 8443}
+    listen: {host: 127.0.0.1, port: 8443}   # tls: {cert_file: /…, key_file: /…} to serve https
     control_plane:
       url: https://iam.example.com
       key_env: AGENTIAM_GATEWAY_KEY    # env var holding a verifier-role admin key
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +39,14 @@ __all__ = [
     "ApprovalSettings",
     "ControlPlaneConfig",
     "GatewayConfig",
+    "ListenerTls",
     "Timeouts",
     "load_gateway_config",
 ]
+
+# TLS 1.2 suites with forward secrecy and AEAD only (TLS 1.3 suites are all of that,
+# and OpenSSL keeps its own list for them); the minimum version is TLS 1.2.
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _ENV = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
@@ -94,6 +100,36 @@ class ApprovalSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenerTls:
+    """The certificate chain and private key (PEM, unencrypted) the listener serves."""
+
+    cert_file: Path
+    key_file: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        """A TLS server context (TLS 1.2 or later, forward-secret AEAD suites);
+        ValueError naming ``listen.tls`` when the files do not load or do not match."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(TLS_CIPHERS)
+        try:
+            context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+            raise ValueError(f"listen.tls: cannot load cert_file and key_file ({reason})") from None
+        return context
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """The same settings as uvicorn's ``Config`` keywords."""
+        return {
+            "ssl_certfile": str(self.cert_file),
+            "ssl_keyfile": str(self.key_file),
+            "ssl_version": ssl.PROTOCOL_TLS_SERVER,
+            "ssl_ciphers": TLS_CIPHERS,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     kind: str  # "http" or "mcp"
     name: str
@@ -108,6 +144,11 @@ class GatewayConfig:
     timeouts: Timeouts
     section: Mapping[str, Any] = field(default_factory=dict)
     approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
+    tls: ListenerTls | None = None  # None: plain HTTP (behind a TLS terminator)
+
+    def server_options(self) -> dict[str, Any]:
+        """uvicorn ``Config`` keywords for the listener (TLS when configured)."""
+        return {} if self.tls is None else self.tls.uvicorn_options()
 
     @property
     def resource_metadata_url(self) -> str:
@@ -164,7 +205,18 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
     public_url = _url(top.get("public_url"), "public_url")
 
     listen = _mapping(top.get("listen") or {}, "listen")
-    _keys(listen, "listen", frozenset({"host", "port"}))
+    _keys(listen, "listen", frozenset({"host", "port", "tls"}))
+    tls = None
+    if listen.get("tls") is not None:
+        raw_tls = _mapping(listen["tls"], "listen.tls")
+        _keys(raw_tls, "listen.tls", frozenset({"cert_file", "key_file"}))
+        tls = ListenerTls(
+            _path(raw_tls.get("cert_file"), "listen.tls.cert_file"),
+            _path(raw_tls.get("key_file"), "listen.tls.key_file"),
+        )
+        tls.server_context()  # refused now, naming the key, rather than at the first client
+        if urlsplit(public_url).scheme != "https":
+            raise ValueError("public_url: must be https when listen.tls is set")
     host = listen.get("host", "127.0.0.1")
     if not isinstance(host, str) or not host or len(host) > 253:
         raise ValueError("listen.host: a host name or address")
@@ -238,6 +290,7 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
         rate_limits=limits,
         timeouts=timeouts,
         section={k: v for k, v in top.items() if k in section_keys},
+        tls=tls,
     )
 
 

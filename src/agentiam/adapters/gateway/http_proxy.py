@@ -1212,6 +1212,7 @@ def run(config: HttpGatewayConfig) -> None:
             server_header=False,
             date_header=False,
             log_level="info",
+            **gateway.server_options(),  # TLS on the listener when listen.tls is set
         )
     finally:
         with contextlib.suppress(Exception):

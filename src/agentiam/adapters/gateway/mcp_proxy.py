@@ -1494,6 +1494,7 @@ def run(config: McpGatewayConfig) -> None:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=5,
+            **gw.server_options(),  # TLS on the listener when listen.tls is set
         )
     )
     server.run()
