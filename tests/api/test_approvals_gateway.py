@@ -141,6 +141,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
                     "control_plane": {"url": cp.url, "key_env": env},
                     "spool": {"directory": str(tmp / "spool")},
                     "approvals": {"retry_after_seconds": 1},
+                    "rate_limits": {
+                        "per_tool": {"limited-pay": {"rate_per_second": 1, "burst": 1}}
+                    },
                     "upstreams": {"pay": {"url": up_url}},
                     "routes": [
                         {
@@ -148,7 +151,14 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
                             "upstream": "pay",
                             "action": "POST",
                             "resource": {"type": "Endpoint", "id": "payment-{id}"},
-                        }
+                        },
+                        {
+                            "name": "limited-pay",
+                            "match": {"method": "POST", "path": "/v1/limited/{id}"},
+                            "upstream": "pay",
+                            "action": "POST",
+                            "resource": {"type": "Endpoint", "id": "limited-{id}"},
+                        },
                     ],
                 }
             )
@@ -237,6 +247,32 @@ def test_a_risky_call_waits_for_the_owner_and_goes_through_once(world: World) ->
     assert found is not None
     assert found[deny] == "denied"
     assert found[allow] == "success"
+
+
+def test_a_retry_the_rate_limit_refuses_keeps_its_approval(world: World) -> None:
+    """The rate limit and task scope are checked before an approval is used: a retry
+    refused with 429 does not burn it, and the next retry goes through once."""
+
+    def limited(approval: str | None = None) -> httpx.Response:
+        headers = {"AgentIAM-Approval": approval} if approval else {}
+        with world.agent.http(world.gw_url, timeout=30) as client:
+            return client.post("/v1/limited/7", json={"amount": 7}, headers=headers)
+
+    approval = pending_of(limited())  # takes the bucket's one token
+    owner = world.human_token(world.owner)
+    assert world.decide(approval, "approve", owner).status_code == 200
+    refused = limited(approval)
+    assert refused.status_code == 429, refused.text
+    assert int(refused.headers["Retry-After"]) >= 1
+    with world.admin() as admin:
+        assert admin.get(f"/v1/approvals/{approval}").json()["state"] == "approved"
+    assert "/v1/limited/7" not in world.upstream_paths()
+    time.sleep(1.1)  # the bucket refills one token a second
+    through = limited(approval)
+    assert through.status_code == 200, through.text
+    assert world.upstream_paths().count("/v1/limited/7") == 1
+    with world.admin() as admin:
+        assert admin.get(f"/v1/approvals/{approval}").json()["state"] == "consumed"
 
 
 def test_denied_by_the_owner_stays_refused(world: World) -> None:

@@ -92,7 +92,8 @@ class ApprovalFlow:
             ticket = self.wait(ticket, wait, access=access, call=call, trace=trace)
         if ticket.state != "approved":
             return ApprovalOutcome.of(ticket)
-        return self.retry(access, call, ticket.id, trace=trace)
+        # the deny that opened it already passed the rate limit and task scope
+        return self.retry(access, call, ticket.id, trace=trace, admitted=True)
 
     def wait(
         self,
@@ -125,11 +126,19 @@ class ApprovalFlow:
         *,
         trace: TraceContext,
         wait: float = 0.0,
+        admitted: bool = False,
     ) -> ApprovalOutcome:
-        """Use ``approval_id`` for this call and, once consumed, decide it as approved
-        (rate limit and task scope still apply). Still pending: with ``wait`` seconds,
-        wait for the human and try once more. Not for this call, not approved, used or
-        expired: the refusal is audited and the outcome names the state."""
+        """Use ``approval_id`` for this call and, once consumed, decide it as approved.
+        The rate limit and the task scope are checked first: a call they refuse does
+        not use the approval, which stays approved for a later try. Still pending:
+        with ``wait`` seconds, wait for the human and try once more. Not for this call,
+        not approved, used or expired: the refusal is audited and the outcome names
+        the state. ``admitted``: this call already passed them (it is the call whose
+        deny opened the request)."""
+        if not admitted:
+            refused = self.enforcer.admit(access, call, trace=trace)
+            if refused is not None:
+                return ApprovalOutcome(refused, approval_id, "not_used")
         request = self.enforcer.request_for(access, call)
         used = self._use(access, call, approval_id, request, trace)
         if isinstance(used, ApprovalTicket) and used.state == "pending" and wait > 0:
@@ -144,7 +153,7 @@ class ApprovalFlow:
         if isinstance(used, ApprovalTicket):
             self._refuse(access, call, trace, 403, f"approval {used.id} is {used.state}")
             return ApprovalOutcome.of(used)
-        verdict = self.enforcer.decide(access, call, trace=trace, approval=used)
+        verdict = self.enforcer.decide(access, call, trace=trace, approval=used, admitted=True)
         return ApprovalOutcome(verdict, used.approval_id, "consumed")
 
     def _use(

@@ -201,22 +201,13 @@ class Enforcer:
             EntityRef("Agent", access.client_id), call.action, call.resource, call.context(access)
         )
 
-    def decide(
-        self,
-        access: VerifiedAccess,
-        call: Call,
-        *,
-        trace: TraceContext,
-        approval: ApprovedUse | None = None,
-    ) -> Verdict:
-        """Rate limit, task scope and policy, in that order; the verdict's event is
-        durable before this returns (else ServiceUnavailable). With ``approval`` (one
-        the control plane consumed for this call) the policy sees
-        ``context.approval.state == "approved"`` and the decision carries the id the
-        consumption recorded."""
-        agent = access.client_id
+    def admit(self, access: VerifiedAccess, call: Call, *, trace: TraceContext) -> Verdict | None:
+        """The checks before policy: the rate limit (a token is taken when it passes)
+        and the token's task scope. The refusal (429 with Retry-After, or 403), audited
+        and durable, or None when both pass. An approval is used only after this, so a
+        retry the rate limit refuses keeps its approval for the next try."""
         if self._limiter is not None:
-            retry = self._limiter.check(agent, call.tool, time.monotonic())
+            retry = self._limiter.check(access.client_id, call.tool, time.monotonic())
             if retry is not None:
                 seconds = max(1, int(retry + 0.999))
                 verdict = Verdict(
@@ -239,6 +230,28 @@ class Enforcer:
             )
             self._record_refusal(access, trace, status=403, reason=permits.reason, call=call)
             return verdict
+        return None
+
+    def decide(
+        self,
+        access: VerifiedAccess,
+        call: Call,
+        *,
+        trace: TraceContext,
+        approval: ApprovedUse | None = None,
+        admitted: bool = False,
+    ) -> Verdict:
+        """Rate limit, task scope and policy, in that order; the verdict's event is
+        durable before this returns (else ServiceUnavailable). With ``approval`` (one
+        the control plane consumed for this call) the policy sees
+        ``context.approval.state == "approved"`` and the decision carries the id the
+        consumption recorded. ``admitted``: :meth:`admit` already passed this call (its
+        rate-limit token is taken), so it is not charged twice."""
+        if not admitted:
+            refused = self.admit(access, call, trace=trace)
+            if refused is not None:
+                return refused
+        agent = access.client_id
         try:
             authorizer = self.link.authorizer()  # 503 past the outage bound
         except ServiceUnavailable as exc:

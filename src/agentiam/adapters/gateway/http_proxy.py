@@ -858,6 +858,22 @@ class HttpGateway:
         request = self.enforcer.request_for(step.access, step.call)
         settings = self.config.gateway.approvals
         approval_id = step.approval_id
+        # A retry naming an approval passes the rate limit and task scope before the
+        # approval is used, so a refused retry keeps it; a request opened just now
+        # follows a decision that passed them already.
+        admitted = approval_id is None
+        if not admitted:
+            with self.enforcer.deferred() as pending:
+                try:
+                    refused = self.enforcer.admit(step.access, step.call, trace=trace)
+                except ServiceUnavailable as exc:
+                    return _unavailable(exc)
+            try:
+                await pending.durable()
+            except ServiceUnavailable as exc:
+                return _unavailable(exc)
+            if refused is not None:
+                return self._denied(refused)
         try:
             if approval_id is None:
                 assert step.verdict is not None
@@ -886,7 +902,9 @@ class HttpGateway:
             return self._ticket_refusal(used, None)
         with self.enforcer.deferred() as pending:
             try:
-                verdict = self.enforcer.decide(step.access, step.call, trace=trace, approval=used)
+                verdict = self.enforcer.decide(
+                    step.access, step.call, trace=trace, approval=used, admitted=True
+                )
             except ServiceUnavailable as exc:
                 verdict = None
                 refusal = _unavailable(exc)
