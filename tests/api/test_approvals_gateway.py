@@ -29,7 +29,7 @@ from tests.support.live import free_port, serve_in_thread
 from agentiam.adapters.gateway.http_proxy import HttpGateway, load_config
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.errors import PROBLEM_BASE
-from agentiam.sdk import AgentClient, AgentKey, ApprovalDenied
+from agentiam.sdk import AgentClient, AgentKey, ApprovalDenied, DiscoveryError
 from agentiam.services.agents import NewAgent
 from agentiam.services.context import CallContext
 from agentiam.services.humans import NewHuman
@@ -54,6 +54,7 @@ class World:
     owner: str
     stranger: str
     verifier: str
+    key: AgentKey | None = None
 
     def admin(self) -> httpx.Client:
         return self.cp.admin_client()
@@ -177,6 +178,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
                             owner=cp.owner_id,
                             stranger=stranger.id,
                             verifier=verifier,
+                            key=key,
                         )
                     finally:
                         client.close()
@@ -462,3 +464,66 @@ def test_the_pending_bound_fails_closed(world: World) -> None:
     refused = world.pay(200)
     assert refused.status_code == 403
     assert refused.json()["type"] == PROBLEM_BASE + "insufficient-scope"
+
+
+# -- RFC 9728 discovery by the SDK (the gateway publishes its metadata) --------------------
+
+
+def test_the_sdk_finds_the_authorization_server_from_the_gateway(world: World) -> None:
+    assert world.key is not None
+    found = AgentClient.for_resource(
+        world.gw_url, client_id=world.agent_id, key=world.key, trusted_issuers=[world.cp.url]
+    )
+    try:
+        assert found.issuer == world.cp.url
+        assert found.resource == world.gw_url
+        assert found.token().token_type == "DPoP"  # from the discovered issuer
+    finally:
+        found.close()
+    with pytest.raises(DiscoveryError, match="none of the authorization servers"):
+        AgentClient.for_resource(
+            world.gw_url,
+            client_id=world.agent_id,
+            key=world.key,
+            trusted_issuers=["https://iam.elsewhere.example"],
+        )
+    with pytest.raises(DiscoveryError, match="at least one trusted issuer"):
+        AgentClient.for_resource(
+            world.gw_url, client_id=world.agent_id, key=world.key, trusted_issuers=[]
+        )
+
+
+async def _impostor(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A resource whose metadata names another resource, or is too large, or absent."""
+    if scope["type"] != "http":
+        return
+    if scope["path"].endswith("/big"):
+        body = b'{"resource": "' + b"x" * 70_000 + b'"}'
+    elif scope["path"].endswith("/other"):
+        body = b'{"resource": "https://bank.example.com", "authorization_servers": ["http://x"]}'
+    else:
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    headers = [(b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_discovery_refuses_metadata_that_cannot_be_trusted(world: World) -> None:
+    assert world.key is not None
+    trusted = [world.cp.url, "http://x"]
+    with serve_in_thread(_impostor) as url:
+        for path, named in (
+            ("/other", "describes 'https://bank.example.com'"),
+            ("/big", "larger than"),
+            ("/missing", "answered 404"),
+        ):
+            with pytest.raises(DiscoveryError, match=named):
+                AgentClient.for_resource(
+                    url + path, client_id=world.agent_id, key=world.key, trusted_issuers=trusted
+                )
+    with pytest.raises(DiscoveryError, match="no query or fragment"):
+        AgentClient.for_resource(
+            world.gw_url + "?x=1", client_id=world.agent_id, key=world.key, trusted_issuers=trusted
+        )

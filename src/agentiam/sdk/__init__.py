@@ -9,6 +9,8 @@ sessions through the gateway.
     with agent.http(base_url=api) as http:      # Authorization: DPoP ... + DPoP proof
         http.get("/tools")
     other = agent.auth(resource="https://api.example.com")  # a token per resource
+    found = AgentClient.for_resource(api, client_id=agent_id, key=key,
+                                     trusted_issuers=[issuer])  # RFC 9728 discovery
 
     async with agent.mcp_session("https://gw.example.com/mcp") as session:  # the mcp extra
         await session.call_tool("search", {"query": "invoices"})
@@ -32,6 +34,7 @@ from agentiam.sdk.client import (
     SubAgent,
     TokenError,
 )
+from agentiam.sdk.discovery import DiscoveryError
 from agentiam.sdk.keys import AgentKey
 from agentiam.sdk.proofs import client_assertion, dpop_proof
 
@@ -44,6 +47,7 @@ __all__ = [
     "ApprovalExpired",
     "ApprovalPending",
     "DPoPAuth",
+    "DiscoveryError",
     "SubAgent",
     "TokenError",
     "client_assertion",

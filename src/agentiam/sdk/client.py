@@ -38,6 +38,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Generator,
+    Iterable,
     Mapping,
     Sequence,
 )
@@ -56,6 +57,7 @@ from agentiam.core.approvals_wire import (
     WAITING_STATES,
     read_mcp_result_meta,
 )
+from agentiam.sdk.discovery import protected_resource
 from agentiam.sdk.keys import AgentKey
 from agentiam.sdk.proofs import client_assertion, dpop_proof
 
@@ -148,6 +150,25 @@ class AgentClient:
         self._lock = threading.Lock()
 
     # -- discovery ----------------------------------------------------------------------
+
+    @classmethod
+    def for_resource(
+        cls,
+        resource: str,
+        *,
+        client_id: str,
+        key: AgentKey,
+        trusted_issuers: Iterable[str],
+        http: httpx.Client | None = None,
+        **options: Any,
+    ) -> AgentClient:
+        """A client for ``resource`` (a gateway's URL) whose authorization server is
+        found in the resource's metadata (RFC 9728), taken only if it is among
+        ``trusted_issuers``; ``options`` as for the constructor. Raises
+        :class:`~agentiam.sdk.discovery.DiscoveryError`."""
+        client = http or httpx.Client(timeout=10)
+        _, issuer = protected_resource(resource, client, trusted_issuers=trusted_issuers)
+        return cls(issuer, client_id=client_id, key=key, resource=resource, http=client, **options)
 
     def metadata(self) -> dict[str, Any]:
         if self._metadata is None:
