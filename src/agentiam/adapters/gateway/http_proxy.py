@@ -760,12 +760,9 @@ class HttpGateway:
         # Steps 1-4 run here, on the event loop: they only compute (keys, revocations
         # and policy are in memory) and hand their audit event to the spool, whose
         # fsync is then awaited without holding a thread.
-        with self.enforcer.deferred() as pending:
-            outcome = self._authorize(scope["method"], raw_path, headers, trace)
-        try:
-            await pending.durable()
-        except ServiceUnavailable as exc:
-            outcome = _unavailable(exc)  # nothing unlogged is allowed, or answered
+        outcome = await self._durably(
+            lambda: self._authorize(scope["method"], raw_path, headers, trace)
+        )
         if isinstance(outcome, _Approval):
             outcome = await self._approval(outcome, trace)
         if isinstance(outcome, _Permit) and outcome.route.upstream.credential is not None:
@@ -863,15 +860,11 @@ class HttpGateway:
         # follows a decision that passed them already.
         admitted = approval_id is None
         if not admitted:
-            with self.enforcer.deferred() as pending:
-                try:
-                    refused = self.enforcer.admit(step.access, step.call, trace=trace)
-                except ServiceUnavailable as exc:
-                    return _unavailable(exc)
-            try:
-                await pending.durable()
-            except ServiceUnavailable as exc:
-                return _unavailable(exc)
+            refused = await self._durably(
+                lambda: self.enforcer.admit(step.access, step.call, trace=trace)
+            )
+            if isinstance(refused, _Refusal):
+                return refused
             if refused is not None:
                 return self._denied(refused)
         try:
@@ -900,23 +893,32 @@ class HttpGateway:
         if isinstance(used, ApprovalTicket):
             await self._refuse(step, trace, 403, f"approval {used.id} is {used.state}")
             return self._ticket_refusal(used, None)
+        verdict = await self._durably(
+            lambda: self.enforcer.decide(
+                step.access, step.call, trace=trace, approval=used, admitted=True
+            )
+        )
+        if isinstance(verdict, _Refusal):
+            return verdict
+        if not verdict.allowed:
+            return self._denied(verdict)
+        return _Permit(step.access, step.route, step.call, verdict, {}, None, *step.framing)
+
+    async def _durably(self, step: Callable[[], T]) -> T | _Refusal:
+        """Run an enforcer step on the event loop with its audit events handed to the
+        spool deferred, then await their fsync without holding a thread. A 503 from the
+        step or from the spool is the answer: nothing unlogged is allowed, or answered."""
+        refusal: _Refusal | None = None
         with self.enforcer.deferred() as pending:
             try:
-                verdict = self.enforcer.decide(
-                    step.access, step.call, trace=trace, approval=used, admitted=True
-                )
+                result = step()
             except ServiceUnavailable as exc:
-                verdict = None
                 refusal = _unavailable(exc)
         try:
             await pending.durable()
         except ServiceUnavailable as exc:
             return _unavailable(exc)
-        if verdict is None:
-            return refusal
-        if not verdict.allowed:
-            return self._denied(verdict)
-        return _Permit(step.access, step.route, step.call, verdict, {}, None, *step.framing)
+        return result if refusal is None else refusal
 
     async def _refuse(self, step: _Approval, trace: TraceContext, status: int, reason: str) -> None:
         with self.enforcer.deferred() as pending, contextlib.suppress(ServiceUnavailable):
