@@ -27,6 +27,7 @@ from agentiam.adapters.reports.assessment_formats import (
     FORMATS,
     Format,
     render_report,
+    render_stored,
     trend_history,
 )
 from agentiam.adapters.reports.assessment_html import MAX_HISTORY, trend_point
@@ -359,12 +360,5 @@ def show_assessment(
     chosen = _format(fmt, output) or "json"
     with handle_errors(), container() as c:
         service = c.assessment
-        record = service.stored(assessment_id)
-        if chosen == "json":
-            assert record.report is not None
-            text = json.dumps({"id": record.id, **record.report}, indent=2, sort_keys=True) + "\n"
-        else:
-            report = service.rescore(record)
-            earlier = trend_history(service.trend_before(record.id, limit=MAX_HISTORY))
-            text = render_report(report, chosen, history=earlier, assessment_id=record.id)
+        text = render_stored(service, service.stored(assessment_id), chosen)
     _write(text, output)

@@ -12,8 +12,19 @@ from agentiam.adapters.reports.assessment_html import MAX_HISTORY, render_html, 
 from agentiam.adapters.reports.assessment_markdown import render_markdown
 from agentiam.core.assessment.report import AssessmentReport
 from agentiam.errors import InvalidInput
+from agentiam.ports import StoredAssessment
+from agentiam.services.assessment import AssessmentService
 
-__all__ = ["FORMATS", "MEDIA_TYPES", "Format", "render_report", "report_json", "trend_history"]
+__all__ = [
+    "FORMATS",
+    "MEDIA_TYPES",
+    "Format",
+    "render_report",
+    "render_stored",
+    "report_json",
+    "stored_report_json",
+    "trend_history",
+]
 
 Format = Literal["json", "markdown", "html"]
 FORMATS: tuple[Format, ...] = ("json", "markdown", "html")
@@ -30,6 +41,26 @@ def report_json(report: AssessmentReport, assessment_id: str | None = None) -> d
     return data if assessment_id is None else {"id": assessment_id, **data}
 
 
+def stored_report_json(record: StoredAssessment) -> dict[str, Any]:
+    """A stored assessment's JSON report exactly as stored, with its id."""
+    if record.report is None:
+        raise ValueError("the record was read without its report")
+    return {"id": record.id, **record.report}
+
+
+def _json_text(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def render_stored(service: AssessmentService, record: StoredAssessment, fmt: Format) -> str:
+    """A stored assessment as text: JSON as stored; Markdown and HTML scored again from
+    its inputs (Conflict for another bank), the HTML trend running up to it."""
+    if fmt == "json":
+        return _json_text(stored_report_json(record))
+    earlier = trend_history(service.trend_before(record.id, limit=MAX_HISTORY))
+    return render_report(service.rescore(record), fmt, history=earlier, assessment_id=record.id)
+
+
 def render_report(
     report: AssessmentReport,
     fmt: Format,
@@ -40,7 +71,7 @@ def render_report(
     """``report`` as text in ``fmt``; ``history`` (earlier reports or their summaries,
     oldest first) draws the HTML report's trend. InvalidInput for a bad history entry."""
     if fmt == "json":
-        return json.dumps(report_json(report, assessment_id), indent=2, sort_keys=True) + "\n"
+        return _json_text(report_json(report, assessment_id))
     if fmt == "html":
         return render_html(report, history)
     return render_markdown(report)

@@ -23,11 +23,11 @@ from agentiam.adapters.http.routes import PROBLEM_RESPONSES, IdPath, audited_rea
 from agentiam.adapters.http.security import require
 from agentiam.adapters.reports.assessment_formats import (
     MEDIA_TYPES,
-    render_report,
+    render_stored,
     report_json,
-    trend_history,
+    stored_report_json,
 )
-from agentiam.adapters.reports.assessment_html import CSP, MAX_HISTORY
+from agentiam.adapters.reports.assessment_html import CSP
 from agentiam.core.access.admin_keys import Permission
 from agentiam.core.assessment import (
     LEVEL_DESCRIPTIONS,
@@ -164,13 +164,7 @@ def get_assessment(
         request, ctx, "assessments.read", resource=ResourceRef("assessment", assessment_id)
     )
     if format == "json":
-        assert record.report is not None
-        return {"id": record.id, **record.report}
-    text = render_report(
-        service.rescore(record),
-        format,
-        history=trend_history(service.trend_before(record.id, limit=MAX_HISTORY)),
-        assessment_id=record.id,
-    )
+        return stored_report_json(record)
+    text = render_stored(service, record, format)
     headers = {"Content-Security-Policy": CSP} if format == "html" else {}
     return Response(text, media_type=MEDIA_TYPES[format], headers=headers)
