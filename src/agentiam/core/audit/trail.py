@@ -108,16 +108,9 @@ def _plain(value: Any) -> Any:
     if kind is str or kind is bool or value is None:
         return value
     if kind is int:
-        if -_INT_MAX <= value <= _INT_MAX:
-            return value
-        raise _Unsure
+        return _plain_int(value)
     if kind is float:
-        if value.is_integer():
-            if -_INT_MAX <= value <= _INT_MAX:
-                return int(value)
-        elif _REPR_MIN <= abs(value) < _REPR_MAX:  # NaN and infinities fail here
-            return value
-        raise _Unsure
+        return _plain_double(value)
     if kind is dict:
         out: dict[str, Any] | None = None
         for key, item in value.items():
@@ -141,19 +134,18 @@ def _plain(value: Any) -> Any:
     raise _Unsure
 
 
-def _plain_float(text: str) -> float | int:
-    """``json.loads``'s ``parse_float`` for :func:`event_leaf`: :func:`_plain`'s rule."""
-    value = float(text)
+def _plain_double(value: float) -> float | int:
+    """A float RFC 8785 writes as the C encoder would: integral within +-(2**53 - 1)
+    (given back as an int), or non-integral within [1e-4, 1e16); else :class:`_Unsure`."""
     if value.is_integer():
         if -_INT_MAX <= value <= _INT_MAX:
             return int(value)
-    elif _REPR_MIN <= abs(value) < _REPR_MAX:
+    elif _REPR_MIN <= abs(value) < _REPR_MAX:  # NaN and infinities fail here
         return value
     raise _Unsure
 
 
-def _plain_int(text: str) -> int:
-    value = int(text)
+def _plain_int(value: int) -> int:
     if -_INT_MAX <= value <= _INT_MAX:
         return value
     raise _Unsure
@@ -166,8 +158,12 @@ def _no_constant(text: str) -> Any:
 _ENCODER = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 )
+# ``json.loads``'s number hooks for :func:`event_leaf`: :func:`_plain`'s rules as the
+# decoder meets each number.
 _PLAIN_DECODER = json.JSONDecoder(
-    parse_float=_plain_float, parse_int=_plain_int, parse_constant=_no_constant
+    parse_float=lambda text: _plain_double(float(text)),
+    parse_int=lambda text: _plain_int(int(text)),
+    parse_constant=_no_constant,
 )
 
 
