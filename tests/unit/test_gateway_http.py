@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import pytest
 from tests.support.live import free_port
 from tests.unit.gateway_support import AGENT, GATEWAY, ISSUER, METADATA, Parties
 
+from agentiam.adapters.gateway import http_proxy
 from agentiam.adapters.gateway.broker import (
     CredentialBroker,
     Secret,
@@ -365,8 +366,13 @@ class App:
     def request(self, method: str, path: str, *, token: bool = True, **kwargs: Any) -> Any:
         return asyncio.run(self.requests([(method, path, token, kwargs)]))[0]
 
-    async def requests(self, calls: list[tuple[str, str, bool, dict[str, Any]]]) -> list[Any]:
-        """Make ``calls`` one after the other through one gateway lifetime."""
+    async def requests(
+        self,
+        calls: list[tuple[str, str, bool, dict[str, Any]]],
+        after_each: Callable[[], Awaitable[None]] | None = None,
+    ) -> list[Any]:
+        """Make ``calls`` one after the other through one gateway lifetime, awaiting
+        ``after_each`` (if given) after each answer."""
         server = await self.upstream.serve()
         await self.gateway.startup()
         out = []
@@ -384,6 +390,8 @@ class App:
                     response = await client.request(method, path, headers=headers, **kwargs)
                     await response.aread()
                 out.append(response)
+                if after_each is not None:
+                    await after_each()
         finally:
             await self.gateway.shutdown()
             if server is not None:
@@ -555,6 +563,59 @@ def test_the_outcome_event_does_not_hold_the_answer_but_the_decision_does(app: A
     assert [e["type"] for e in sink.events] == ["authz.decision", "tool.call"]
     assert len(sink.held) == 1
     assert not sink.held[0].done()
+
+
+class _BatchSink:
+    """A spool that records each hand-over (one list of event types per submit)."""
+
+    def __init__(self) -> None:
+        self.submits: list[list[str]] = []
+
+    def submit(self, events: list[dict[str, Any]]) -> Future[None]:
+        self.submits.append([e["type"] for e in events])
+        future: Future[None] = Future()
+        future.set_result(None)
+        return future
+
+
+def test_an_outcome_is_written_with_the_next_calls_decision(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_proxy, "_OUTCOME_LINGER", 60.0)  # only the next call writes it
+    sink = _BatchSink()
+    app.parties.enforcer._sink = sink
+    seen: list[list[list[str]]] = []
+
+    async def snapshot() -> None:
+        seen.append([list(s) for s in sink.submits])
+
+    calls: list[tuple[str, str, bool, dict[str, Any]]] = [
+        ("GET", "/v1/invoices/7", True, {}),
+        ("GET", "/v1/invoices/8", True, {}),
+    ]
+    responses = asyncio.run(app.requests(calls, after_each=snapshot))
+    assert [r.status_code for r in responses] == [200, 200]
+    # after the first answer only its decision is on disk; its outcome goes just before
+    # the second call's decision (one group commit); the last one at shutdown
+    assert seen[0] == [["authz.decision"]]
+    assert seen[1] == [["authz.decision"], ["tool.call"], ["authz.decision"]]
+    assert sink.submits == [["authz.decision"], ["tool.call"], ["authz.decision"], ["tool.call"]]
+
+
+def test_a_held_outcome_is_written_after_the_linger_without_another_call(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_proxy, "_OUTCOME_LINGER", 0.05)
+    sink = _BatchSink()
+    app.parties.enforcer._sink = sink
+    seen: list[list[list[str]]] = []
+
+    async def later() -> None:
+        await asyncio.sleep(0.5)
+        seen.append([list(s) for s in sink.submits])
+
+    asyncio.run(app.requests([("GET", "/v1/invoices/7", True, {})], after_each=later))
+    assert seen == [[["authz.decision"], ["tool.call"]]]  # before shutdown, by the timer
 
 
 def test_a_decision_that_is_not_durable_in_time_is_never_forwarded(

@@ -422,7 +422,40 @@ class Enforcer:
         finally:
             _DEFERRED.reset(token)
 
+    @contextmanager
+    def held(self) -> Iterator[list[dict[str, Any]]]:
+        """Within this block (on this thread or task), every method here collects its
+        audit events in the yielded list instead of handing them to the sink: the
+        caller writes them later itself (the HTTP gateway's outcome events, which
+        share the next call's group commit). For events nothing waits on only."""
+        held: list[dict[str, Any]] = []
+        token = _HELD.set(held)
+        try:
+            yield held
+        finally:
+            _HELD.reset(token)
+
+    def write_held(self, events: list[dict[str, Any]]) -> Future[None] | None:
+        """Hand events collected in a :meth:`held` block to the sink without waiting
+        for them: the future completes once they are durable (None from a sink that
+        writes at once). ServiceUnavailable if the sink refuses them now."""
+        submit = getattr(self._sink, "submit", None)
+        try:
+            if submit is not None:
+                future: Future[None] = submit(events)
+                return future
+            self._sink.append(events)
+        except ServiceUnavailable:
+            raise
+        except Exception as exc:
+            raise _unrecorded() from exc
+        return None
+
     def _durable(self, events: list[dict[str, Any]]) -> None:
+        held = _HELD.get()
+        if held is not None:
+            held.extend(events)
+            return
         deferred = _DEFERRED.get()
         try:
             submit = getattr(self._sink, "submit", None) if deferred is not None else None
@@ -444,6 +477,7 @@ class DeferredSink(EventSink, Protocol):
 _DEFERRED: ContextVar[list[Future[None]] | None] = ContextVar(
     "agentiam_gateway_deferred", default=None
 )
+_HELD: ContextVar[list[dict[str, Any]] | None] = ContextVar("agentiam_gateway_held", default=None)
 
 
 class Pending:

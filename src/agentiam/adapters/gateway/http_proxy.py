@@ -124,6 +124,8 @@ _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]{0,31})\}$")
 _TEMPLATE_VAR = re.compile(r"\{([^{}]*)\}")
 _ENTITY_TYPE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LITERAL_SEGMENT = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%-]+$")
+# Seconds a call's tool.call event is held for the next call's group commit (_record).
+_OUTCOME_LINGER = 0.005
 # RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward
 # (Proxy-Connection and Keep-Alive are the common non-standard ones).
 HOP_BY_HOP = frozenset(
@@ -628,6 +630,11 @@ class _RuntimeCollector(Collector):
         )
 
 
+def _log_unrecorded_outcomes(future: Future[None]) -> None:
+    if future.exception() is not None:
+        log.error("outcome events could not be recorded durably: %s", future.exception())
+
+
 class HttpGateway:
     """The ASGI application (HTTP and lifespan scopes). ``workers`` bounds the threads
     for the few blocking calls left (an OAuth token fetch, health and metrics)."""
@@ -661,6 +668,8 @@ class HttpGateway:
         self._pools: dict[str, UpstreamPool] = {}
         self._workers = workers
         self._executor: ThreadPoolExecutor | None = None
+        self._outcomes: list[dict[str, Any]] = []  # tool.call events not yet spooled
+        self._outcome_timer: asyncio.TimerHandle | None = None
         self.metrics = _Metrics(runtime)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -679,6 +688,7 @@ class HttpGateway:
         settle_heap()  # long-lived objects out of later full collections (adapters/heap.py)
 
     async def shutdown(self) -> None:
+        self._write_outcomes()
         pools, self._pools = self._pools, {}
         for pool in pools.values():
             await pool.aclose()
@@ -907,8 +917,11 @@ class HttpGateway:
     async def _durably(self, step: Callable[[], T]) -> T | _Refusal:
         """Run an enforcer step on the event loop with its audit events handed to the
         spool deferred, then await their fsync without holding a thread. A 503 from the
-        step or from the spool is the answer: nothing unlogged is allowed, or answered."""
+        step or from the spool is the answer: nothing unlogged is allowed, or answered.
+        Held outcome events of earlier calls go first, into the same group commit."""
         refusal: _Refusal | None = None
+        if self._outcomes:
+            self._write_outcomes()
         with self.enforcer.deferred() as pending:
             try:
                 result = step()
@@ -982,33 +995,43 @@ class HttpGateway:
         self, permit: _Permit, trace: TraceContext, outcome: Outcome, status: int | None,
         duration_ms: float,
     ) -> None:  # fmt: skip
-        """The call's ``tool.call`` event (step 7), handed to the spool without waiting
-        for its fsync: the call was allowed (its decision durable) and answered already,
-        so nothing waits on this record, and the connection is free for the client's
-        next request at once. The event is written with the next group commit (the
-        spool's close writes everything queued); a failure is logged."""
-        trace_id = trace.trace_id
+        """The call's ``tool.call`` event (step 7). Nothing waits on it: the call was
+        allowed (its decision durable) and answered already, and the connection is free
+        for the client's next request at once. The event is held in memory and handed to
+        the spool with the next call's decision, so both share one write and fsync, or
+        after at most ``_OUTCOME_LINGER`` seconds when no call comes (and at shutdown).
+        A failure is logged."""
+        with self.enforcer.held() as events:
+            self.enforcer.record_outcome(
+                permit.access,
+                permit.call,
+                permit.verdict,
+                trace=trace,
+                outcome=outcome,
+                status=status,
+                secret=permit.secret,
+                duration_ms=duration_ms,
+            )
+        self._outcomes.extend(events)
+        if self._outcome_timer is None and self._outcomes:
+            loop = asyncio.get_running_loop()
+            self._outcome_timer = loop.call_later(_OUTCOME_LINGER, self._write_outcomes)
 
-        def failed(future: Future[None] | None = None) -> None:
-            if future is None or future.exception() is not None:
-                log.error("the outcome of call %s could not be recorded durably", trace_id)
-
-        with self.enforcer.deferred() as pending:
-            try:
-                self.enforcer.record_outcome(
-                    permit.access,
-                    permit.call,
-                    permit.verdict,
-                    trace=trace,
-                    outcome=outcome,
-                    status=status,
-                    secret=permit.secret,
-                    duration_ms=duration_ms,
-                )
-            except ServiceUnavailable:  # the spool refused it at once (full, closed)
-                failed()
-        for future in pending.futures:
-            future.add_done_callback(failed)
+    def _write_outcomes(self) -> None:
+        """Hand the held ``tool.call`` events to the spool (see :meth:`_record`)."""
+        if self._outcome_timer is not None:
+            self._outcome_timer.cancel()
+            self._outcome_timer = None
+        events, self._outcomes = self._outcomes, []
+        if not events:
+            return
+        try:
+            future = self.enforcer.write_held(events)
+        except ServiceUnavailable:  # the spool refused them at once (full, closed)
+            log.error("the outcomes of %d calls could not be recorded durably", len(events))
+            return
+        if future is not None:
+            future.add_done_callback(_log_unrecorded_outcomes)
 
     async def _forward(
         self,
