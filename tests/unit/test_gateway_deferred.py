@@ -75,6 +75,30 @@ def test_submit_returns_before_the_fsync_and_completes_after_it(tmp_path: Path) 
         assert spool._reserved == 0
 
 
+def test_a_quiet_submit_is_written_with_the_next_write_or_on_wake_or_close(
+    tmp_path: Path,
+) -> None:
+    with AuditSpool(tmp_path, Shipped()) as spool:
+        spool.submit([{"event_id": "e0"}]).result(timeout=5)  # the writer thread is up, idle
+        quiet = spool.submit([{"event_id": "q1"}], wake=False)
+        time.sleep(0.2)
+        assert not quiet.done()  # no write was started for it alone
+        spool.submit([{"event_id": "e1"}]).result(timeout=5)
+        assert quiet.done()  # it went with that write
+        assert quiet.exception() is None
+        segment = sorted(tmp_path.glob("*.jsonl"))[-1].read_text()
+        assert segment.index('"q1"') < segment.index('"e1"')  # in the order submitted
+
+        second = spool.submit([{"event_id": "q2"}], wake=False)
+        time.sleep(0.1)
+        assert not second.done()
+        spool.wake()
+        second.result(timeout=5)
+
+        third = spool.submit([{"event_id": "q3"}], wake=False)
+    third.result(timeout=5)  # closing writes everything queued
+
+
 def test_submit_refuses_at_once_when_full_or_closed(tmp_path: Path) -> None:
     spool = AuditSpool(tmp_path, lambda _events: None, max_bytes=300)
     spool.submit([{"event_id": "e1", "pad": "x" * 100}]).result(timeout=5)
@@ -140,7 +164,7 @@ class SlowSink:
     def append(self, events: list[dict[str, Any]]) -> None:  # pragma: no cover - unused
         raise AssertionError("a deferred block must not block on append")
 
-    def submit(self, events: list[dict[str, Any]]) -> Future[None]:
+    def submit(self, events: list[dict[str, Any]], *, wake: bool = True) -> Future[None]:
         self.events.extend(events)
         future: Future[None] = Future()
         self.futures.append(future)

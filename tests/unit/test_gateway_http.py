@@ -543,7 +543,7 @@ class _HeldSink:
     def append(self, events: list[dict[str, Any]]) -> None:  # pragma: no cover - unused
         raise AssertionError("the HTTP gateway never blocks its event loop on a write")
 
-    def submit(self, events: list[dict[str, Any]]) -> Future[None]:
+    def submit(self, events: list[dict[str, Any]], *, wake: bool = True) -> Future[None]:
         self.events.extend(events)
         future: Future[None] = Future()
         if events[0]["type"] == "tool.call" and self._fail_outcomes:
@@ -566,16 +566,24 @@ def test_the_outcome_event_does_not_hold_the_answer_but_the_decision_does(app: A
 
 
 class _BatchSink:
-    """A spool that records each hand-over (one list of event types per submit)."""
+    """A spool that records each hand-over (the event types, and whether it started a
+    write) and each ``wake``."""
 
     def __init__(self) -> None:
-        self.submits: list[list[str]] = []
+        self.submits: list[tuple[list[str], bool]] = []
+        self.wakes = 0
 
-    def submit(self, events: list[dict[str, Any]]) -> Future[None]:
-        self.submits.append([e["type"] for e in events])
+    def submit(self, events: list[dict[str, Any]], *, wake: bool = True) -> Future[None]:
+        self.submits.append(([e["type"] for e in events], wake))
         future: Future[None] = Future()
         future.set_result(None)
         return future
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+    def snapshot(self) -> tuple[list[tuple[list[str], bool]], int]:
+        return list(self.submits), self.wakes
 
 
 def test_an_outcome_is_written_with_the_next_calls_decision(
@@ -584,10 +592,11 @@ def test_an_outcome_is_written_with_the_next_calls_decision(
     monkeypatch.setattr(http_proxy, "_OUTCOME_LINGER", 60.0)  # only the next call writes it
     sink = _BatchSink()
     app.parties.enforcer._sink = sink
-    seen: list[list[list[str]]] = []
+    seen: list[tuple[list[tuple[list[str], bool]], int]] = []
 
     async def snapshot() -> None:
-        seen.append([list(s) for s in sink.submits])
+        await asyncio.sleep(0.05)  # the loop turn that answered has ended
+        seen.append(sink.snapshot())
 
     calls: list[tuple[str, str, bool, dict[str, Any]]] = [
         ("GET", "/v1/invoices/7", True, {}),
@@ -595,27 +604,29 @@ def test_an_outcome_is_written_with_the_next_calls_decision(
     ]
     responses = asyncio.run(app.requests(calls, after_each=snapshot))
     assert [r.status_code for r in responses] == [200, 200]
-    # after the first answer only its decision is on disk; its outcome goes just before
-    # the second call's decision (one group commit); the last one at shutdown
-    assert seen[0] == [["authz.decision"]]
-    assert seen[1] == [["authz.decision"], ["tool.call"], ["authz.decision"]]
-    assert sink.submits == [["authz.decision"], ["tool.call"], ["authz.decision"], ["tool.call"]]
+    decision, outcome = (["authz.decision"], True), (["tool.call"], False)
+    # the decision starts a write; the outcome is queued without one, and goes with
+    # the next call's decision: no wake is needed between calls
+    assert seen[0] == ([decision, outcome], 0)
+    assert seen[1] == ([decision, outcome, decision, outcome], 0)
+    assert sink.snapshot() == ([decision, outcome, decision, outcome], 1)  # at shutdown
 
 
-def test_a_held_outcome_is_written_after_the_linger_without_another_call(
+def test_a_queued_outcome_is_written_after_the_linger_without_another_call(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(http_proxy, "_OUTCOME_LINGER", 0.05)
     sink = _BatchSink()
     app.parties.enforcer._sink = sink
-    seen: list[list[list[str]]] = []
+    seen: list[tuple[list[tuple[list[str], bool]], int]] = []
 
     async def later() -> None:
         await asyncio.sleep(0.5)
-        seen.append([list(s) for s in sink.submits])
+        seen.append(sink.snapshot())
 
     asyncio.run(app.requests([("GET", "/v1/invoices/7", True, {})], after_each=later))
-    assert seen == [[["authz.decision"], ["tool.call"]]]  # before shutdown, by the timer
+    assert seen == [([(["authz.decision"], True), (["tool.call"], False)], 1)]  # the timer
+    assert sink.wakes == 1  # nothing left for shutdown to wake
 
 
 def test_a_decision_that_is_not_durable_in_time_is_never_forwarded(

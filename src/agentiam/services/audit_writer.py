@@ -245,13 +245,17 @@ class GroupCommit(Generic[T]):
                 hint=self._hint,
             ) from None
 
-    def submit(self, events: Sequence[T]) -> Future[None]:
+    def submit(self, events: Sequence[T], *, wake: bool = True) -> Future[None]:
         """Queue ``events`` for the next shared transaction and return at once: the
         future completes once it has committed, or fails with ServiceUnavailable. For
         callers that must not block a thread on the commit (an event loop awaits the
         future). Never waits for room: a full queue or a closed writer raises
         ServiceUnavailable here. A caller that gives up waiting cannot withdraw its
-        events; they may still be written (the guarantee stays one-sided)."""
+        events; they may still be written (the guarantee stays one-sided).
+
+        With ``wake=False`` an idle writer thread is not woken for these events: they
+        go with the next batch another call (or :meth:`wake`, or :meth:`close`) starts.
+        For events nothing waits on, so that they share that batch's write."""
         batch = tuple(events)
         item = _Pending(batch)
         if not batch:
@@ -272,8 +276,15 @@ class GroupCommit(Generic[T]):
             self._start_locked()
             self._queue.append(item)
             self._depth += size
-            self._not_empty.notify()
+            if wake:
+                self._not_empty.notify()
         return item.future
+
+    def wake(self) -> None:
+        """Start a batch now for events queued with ``submit(..., wake=False)``."""
+        with self._lock:
+            if self._queue:
+                self._not_empty.notify()
 
     # -- the writer thread ----------------------------------------------------------
 

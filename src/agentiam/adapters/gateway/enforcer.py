@@ -437,12 +437,14 @@ class Enforcer:
 
     def write_held(self, events: list[dict[str, Any]]) -> Future[None] | None:
         """Hand events collected in a :meth:`held` block to the sink without waiting
-        for them: the future completes once they are durable (None from a sink that
-        writes at once). ServiceUnavailable if the sink refuses them now."""
+        for them, and without starting a write for them alone when the sink can
+        (:class:`DeferredSink`: they go with the next write, or :meth:`flush`). The
+        future completes once they are durable (None from a sink that writes at
+        once). ServiceUnavailable if the sink refuses them now."""
         submit = getattr(self._sink, "submit", None)
         try:
             if submit is not None:
-                future: Future[None] = submit(events)
+                future: Future[None] = submit(events, wake=False)
                 return future
             self._sink.append(events)
         except ServiceUnavailable:
@@ -450,6 +452,12 @@ class Enforcer:
         except Exception as exc:
             raise _unrecorded() from exc
         return None
+
+    def flush(self) -> None:
+        """Write what :meth:`write_held` left queued now."""
+        wake = getattr(self._sink, "wake", None)
+        if wake is not None:
+            wake()
 
     def _durable(self, events: list[dict[str, Any]]) -> None:
         held = _HELD.get()
@@ -471,7 +479,9 @@ class DeferredSink(EventSink, Protocol):
     """A sink that can also take events without waiting: the future completes once
     they are durable (the gateway's spool, :meth:`AuditSpool.submit`)."""
 
-    def submit(self, events: list[dict[str, Any]]) -> Future[None]: ...
+    def submit(self, events: list[dict[str, Any]], *, wake: bool = True) -> Future[None]: ...
+
+    def wake(self) -> None: ...
 
 
 _DEFERRED: ContextVar[list[Future[None]] | None] = ContextVar(

@@ -124,7 +124,8 @@ _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]{0,31})\}$")
 _TEMPLATE_VAR = re.compile(r"\{([^{}]*)\}")
 _ENTITY_TYPE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LITERAL_SEGMENT = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%-]+$")
-# Seconds a call's tool.call event is held for the next call's group commit (_record).
+# Seconds a call's tool.call event waits in the spool's queue for the next call's
+# write before it is written alone (HttpGateway._record).
 _OUTCOME_LINGER = 0.005
 # RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward
 # (Proxy-Connection and Keep-Alive are the common non-standard ones).
@@ -632,7 +633,7 @@ class _RuntimeCollector(Collector):
 
 def _log_unrecorded_outcomes(future: Future[None]) -> None:
     if future.exception() is not None:
-        log.error("outcome events could not be recorded durably: %s", future.exception())
+        log.error("outcomes of calls could not be recorded durably")
 
 
 class HttpGateway:
@@ -668,7 +669,7 @@ class HttpGateway:
         self._pools: dict[str, UpstreamPool] = {}
         self._workers = workers
         self._executor: ThreadPoolExecutor | None = None
-        self._outcomes: list[dict[str, Any]] = []  # tool.call events not yet spooled
+        self._outcomes: list[dict[str, Any]] = []  # tool.call events of this loop turn
         self._outcome_timer: asyncio.TimerHandle | None = None
         self.metrics = _Metrics(runtime)
 
@@ -688,7 +689,7 @@ class HttpGateway:
         settle_heap()  # long-lived objects out of later full collections (adapters/heap.py)
 
     async def shutdown(self) -> None:
-        self._write_outcomes()
+        self._flush_outcomes()
         pools, self._pools = self._pools, {}
         for pool in pools.values():
             await pool.aclose()
@@ -918,15 +919,16 @@ class HttpGateway:
         """Run an enforcer step on the event loop with its audit events handed to the
         spool deferred, then await their fsync without holding a thread. A 503 from the
         step or from the spool is the answer: nothing unlogged is allowed, or answered.
-        Held outcome events of earlier calls go first, into the same group commit."""
+        Queued outcome events of earlier calls are written with these."""
         refusal: _Refusal | None = None
-        if self._outcomes:
-            self._write_outcomes()
         with self.enforcer.deferred() as pending:
             try:
                 result = step()
             except ServiceUnavailable as exc:
                 refusal = _unavailable(exc)
+        if pending.futures and self._outcome_timer is not None:
+            self._outcome_timer.cancel()  # this write takes the queued outcomes along
+            self._outcome_timer = None
         try:
             await pending.durable()
         except ServiceUnavailable as exc:
@@ -997,10 +999,11 @@ class HttpGateway:
     ) -> None:  # fmt: skip
         """The call's ``tool.call`` event (step 7). Nothing waits on it: the call was
         allowed (its decision durable) and answered already, and the connection is free
-        for the client's next request at once. The event is held in memory and handed to
-        the spool with the next call's decision, so both share one write and fsync, or
-        after at most ``_OUTCOME_LINGER`` seconds when no call comes (and at shutdown).
-        A failure is logged."""
+        for the client's next request at once. The outcomes of the calls answered in
+        one turn of the event loop are queued in the spool together at the end of that
+        turn, but written with the next call's decision (one write and fsync for all),
+        or after at most ``_OUTCOME_LINGER`` seconds when no call comes, or at
+        shutdown. A failure is logged."""
         with self.enforcer.held() as events:
             self.enforcer.record_outcome(
                 permit.access,
@@ -1012,16 +1015,12 @@ class HttpGateway:
                 secret=permit.secret,
                 duration_ms=duration_ms,
             )
+        if not self._outcomes:
+            asyncio.get_running_loop().call_soon(self._queue_outcomes)
         self._outcomes.extend(events)
-        if self._outcome_timer is None and self._outcomes:
-            loop = asyncio.get_running_loop()
-            self._outcome_timer = loop.call_later(_OUTCOME_LINGER, self._write_outcomes)
 
-    def _write_outcomes(self) -> None:
-        """Hand the held ``tool.call`` events to the spool (see :meth:`_record`)."""
-        if self._outcome_timer is not None:
-            self._outcome_timer.cancel()
-            self._outcome_timer = None
+    def _queue_outcomes(self) -> None:
+        """Queue the recorded outcomes in the spool without starting a write."""
         events, self._outcomes = self._outcomes, []
         if not events:
             return
@@ -1032,6 +1031,17 @@ class HttpGateway:
             return
         if future is not None:
             future.add_done_callback(_log_unrecorded_outcomes)
+        if self._outcome_timer is None:
+            loop = asyncio.get_running_loop()
+            self._outcome_timer = loop.call_later(_OUTCOME_LINGER, self._flush_outcomes)
+
+    def _flush_outcomes(self) -> None:
+        """Write the queued ``tool.call`` events now (see :meth:`_record`)."""
+        self._queue_outcomes()
+        if self._outcome_timer is not None:
+            self._outcome_timer.cancel()
+            self._outcome_timer = None
+            self.enforcer.flush()
 
     async def _forward(
         self,

@@ -279,20 +279,26 @@ class AuditSpool:
         finally:
             self._release(size)
 
-    def submit(self, events: list[dict[str, Any]]) -> Future[None]:
+    def submit(self, events: list[dict[str, Any]], *, wake: bool = True) -> Future[None]:
         """Like :meth:`append` but without waiting: the future completes once the
         events are fsynced (or fails with ServiceUnavailable). A full, closed or
         overloaded spool raises here, at once. For an event loop, which awaits the
-        future instead of blocking a thread on it."""
+        future instead of blocking a thread on it. ``wake=False`` leaves them for the
+        next write another call (or :meth:`wake`, or :meth:`close`) starts
+        (:meth:`GroupCommit.submit <agentiam.services.audit_writer.GroupCommit.submit>`)."""
         lines, size = self._encode(events)
         self._reserve(size)
         try:
-            future = self._writer.submit(lines)
+            future = self._writer.submit(lines, wake=wake)
         except BaseException:
             self._release(size)
             raise
         future.add_done_callback(lambda _done: self._release(size))
         return future
+
+    def wake(self) -> None:
+        """Write events submitted with ``wake=False`` now."""
+        self._writer.wake()
 
     def _reserve(self, size: int) -> None:
         with self._lock:
