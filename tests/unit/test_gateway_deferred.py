@@ -18,6 +18,7 @@ from tests.unit.gateway_support import AGENT, GATEWAY, Parties
 from tests.unit.test_gateway_link import Clock, Jwks
 
 from agentiam.adapters.gateway.enforcer import Call, Pending
+from agentiam.adapters.gateway.outcomes import OutcomeQueue
 from agentiam.adapters.gateway.spool import AuditSpool, SpoolFull
 from agentiam.adapters.verification import JwksCache
 from agentiam.core.audit.events import TraceContext
@@ -255,3 +256,45 @@ def test_a_background_key_set_never_makes_the_caller_wait() -> None:
     clock.now += 6
     assert cache.get("k2") is None
     _wait_for(lambda: jwks.fetches == 3)
+
+
+# -- outcome events (adapters/gateway/outcomes.py) ------------------------------------------
+
+
+class _QuietSink:
+    """Records each hand-over (event types, whether it started a write) and each wake."""
+
+    def __init__(self) -> None:
+        self.submits: list[tuple[list[str], bool]] = []
+        self.wakes = 0
+
+    def submit(self, events: list[dict[str, Any]], *, wake: bool = True) -> Future[None]:
+        self.submits.append(([e["type"] for e in events], wake))
+        future: Future[None] = Future()
+        future.set_result(None)
+        return future
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+
+def test_the_outcomes_of_one_loop_turn_are_queued_together_without_a_write() -> None:
+    parties = _parties(sink := _QuietSink())
+    queue = OutcomeQueue(parties.enforcer, linger=60.0)
+
+    def outcome(n: int) -> None:
+        parties.enforcer._durable([{"type": "tool.call", "n": n}])
+
+    async def run() -> None:
+        for n in range(3):
+            queue.record(lambda n=n: outcome(n))
+        assert sink.submits == []  # nothing before the turn ends
+        await asyncio.sleep(0)
+        assert sink.submits == [(["tool.call"] * 3, False)]  # one hand-over, no write
+        assert sink.wakes == 0
+        queue.record(lambda: outcome(3))
+        queue.flush()  # as at shutdown: queued and written now
+        assert sink.submits[-1] == (["tool.call"], False)
+        assert sink.wakes == 1
+
+    asyncio.run(run())

@@ -18,7 +18,6 @@ import pytest
 from tests.support.live import free_port
 from tests.unit.gateway_support import AGENT, GATEWAY, ISSUER, METADATA, Parties
 
-from agentiam.adapters.gateway import http_proxy
 from agentiam.adapters.gateway.broker import (
     CredentialBroker,
     Secret,
@@ -586,10 +585,8 @@ class _BatchSink:
         return list(self.submits), self.wakes
 
 
-def test_an_outcome_is_written_with_the_next_calls_decision(
-    app: App, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(http_proxy, "_OUTCOME_LINGER", 60.0)  # only the next call writes it
+def test_an_outcome_is_written_with_the_next_calls_decision(app: App) -> None:
+    app.gateway._outcomes._linger = 60.0  # only the next call writes it
     sink = _BatchSink()
     app.parties.enforcer._sink = sink
     seen: list[tuple[list[tuple[list[str], bool]], int]] = []
@@ -612,10 +609,8 @@ def test_an_outcome_is_written_with_the_next_calls_decision(
     assert sink.snapshot() == ([decision, outcome, decision, outcome], 1)  # at shutdown
 
 
-def test_a_queued_outcome_is_written_after_the_linger_without_another_call(
-    app: App, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(http_proxy, "_OUTCOME_LINGER", 0.05)
+def test_a_queued_outcome_is_written_after_the_linger_without_another_call(app: App) -> None:
+    app.gateway._outcomes._linger = 0.05
     sink = _BatchSink()
     app.parties.enforcer._sink = sink
     seen: list[tuple[list[tuple[list[str], bool]], int]] = []

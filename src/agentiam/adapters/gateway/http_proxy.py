@@ -67,7 +67,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes, urlsplit
@@ -86,6 +86,7 @@ from agentiam.adapters.gateway.broker import (
 from agentiam.adapters.gateway.config import GatewayConfig, load_gateway_config
 from agentiam.adapters.gateway.enforcer import Call, Verdict
 from agentiam.adapters.gateway.http_upstream import UpstreamError, UpstreamPool, UpstreamTimeout
+from agentiam.adapters.gateway.outcomes import OutcomeQueue
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.adapters.heap import settle_heap
 from agentiam.core.approvals_wire import APPROVAL_HEADER, APPROVAL_STATE_HEADER, PROBLEM_CODES
@@ -124,9 +125,6 @@ _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]{0,31})\}$")
 _TEMPLATE_VAR = re.compile(r"\{([^{}]*)\}")
 _ENTITY_TYPE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _LITERAL_SEGMENT = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%-]+$")
-# Seconds a call's tool.call event waits in the spool's queue for the next call's
-# write before it is written alone (HttpGateway._record).
-_OUTCOME_LINGER = 0.005
 # RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward
 # (Proxy-Connection and Keep-Alive are the common non-standard ones).
 HOP_BY_HOP = frozenset(
@@ -631,11 +629,6 @@ class _RuntimeCollector(Collector):
         )
 
 
-def _log_unrecorded_outcomes(future: Future[None]) -> None:
-    if future.exception() is not None:
-        log.error("outcomes of calls could not be recorded durably")
-
-
 class HttpGateway:
     """The ASGI application (HTTP and lifespan scopes). ``workers`` bounds the threads
     for the few blocking calls left (an OAuth token fetch, health and metrics)."""
@@ -669,8 +662,7 @@ class HttpGateway:
         self._pools: dict[str, UpstreamPool] = {}
         self._workers = workers
         self._executor: ThreadPoolExecutor | None = None
-        self._outcomes: list[dict[str, Any]] = []  # tool.call events of this loop turn
-        self._outcome_timer: asyncio.TimerHandle | None = None
+        self._outcomes = OutcomeQueue(self.enforcer)
         self.metrics = _Metrics(runtime)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -689,7 +681,7 @@ class HttpGateway:
         settle_heap()  # long-lived objects out of later full collections (adapters/heap.py)
 
     async def shutdown(self) -> None:
-        self._flush_outcomes()
+        self._outcomes.flush()
         pools, self._pools = self._pools, {}
         for pool in pools.values():
             await pool.aclose()
@@ -926,9 +918,8 @@ class HttpGateway:
                 result = step()
             except ServiceUnavailable as exc:
                 refusal = _unavailable(exc)
-        if pending.futures and self._outcome_timer is not None:
-            self._outcome_timer.cancel()  # this write takes the queued outcomes along
-            self._outcome_timer = None
+        if pending.futures:
+            self._outcomes.taken()  # this write takes the queued outcomes along
         try:
             await pending.durable()
         except ServiceUnavailable as exc:
@@ -997,15 +988,10 @@ class HttpGateway:
         self, permit: _Permit, trace: TraceContext, outcome: Outcome, status: int | None,
         duration_ms: float,
     ) -> None:  # fmt: skip
-        """The call's ``tool.call`` event (step 7). Nothing waits on it: the call was
-        allowed (its decision durable) and answered already, and the connection is free
-        for the client's next request at once. The outcomes of the calls answered in
-        one turn of the event loop are queued in the spool together at the end of that
-        turn, but written with the next call's decision (one write and fsync for all),
-        or after at most ``_OUTCOME_LINGER`` seconds when no call comes, or at
-        shutdown. A failure is logged."""
-        with self.enforcer.held() as events:
-            self.enforcer.record_outcome(
+        """The call's ``tool.call`` event (step 7), written without holding the answer
+        (:class:`~agentiam.adapters.gateway.outcomes.OutcomeQueue`)."""
+        self._outcomes.record(
+            lambda: self.enforcer.record_outcome(
                 permit.access,
                 permit.call,
                 permit.verdict,
@@ -1015,33 +1001,7 @@ class HttpGateway:
                 secret=permit.secret,
                 duration_ms=duration_ms,
             )
-        if not self._outcomes:
-            asyncio.get_running_loop().call_soon(self._queue_outcomes)
-        self._outcomes.extend(events)
-
-    def _queue_outcomes(self) -> None:
-        """Queue the recorded outcomes in the spool without starting a write."""
-        events, self._outcomes = self._outcomes, []
-        if not events:
-            return
-        try:
-            future = self.enforcer.write_held(events)
-        except ServiceUnavailable:  # the spool refused them at once (full, closed)
-            log.error("the outcomes of %d calls could not be recorded durably", len(events))
-            return
-        if future is not None:
-            future.add_done_callback(_log_unrecorded_outcomes)
-        if self._outcome_timer is None:
-            loop = asyncio.get_running_loop()
-            self._outcome_timer = loop.call_later(_OUTCOME_LINGER, self._flush_outcomes)
-
-    def _flush_outcomes(self) -> None:
-        """Write the queued ``tool.call`` events now (see :meth:`_record`)."""
-        self._queue_outcomes()
-        if self._outcome_timer is not None:
-            self._outcome_timer.cancel()
-            self._outcome_timer = None
-            self.enforcer.flush()
+        )
 
     async def _forward(
         self,

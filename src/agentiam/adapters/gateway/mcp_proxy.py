@@ -109,6 +109,7 @@ from agentiam.adapters.gateway.broker import (
 )
 from agentiam.adapters.gateway.config import GatewayConfig, Timeouts, load_gateway_config
 from agentiam.adapters.gateway.enforcer import Call, Verdict
+from agentiam.adapters.gateway.outcomes import OutcomeQueue
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.adapters.heap import settle_heap
 from agentiam.core.approvals_wire import META_KEY, mcp_result_meta, mcp_result_text
@@ -745,6 +746,7 @@ class McpGateway:
         self.namespace = Namespace(config.servers)
         self.location = config.gateway.public_url
         self.visibility = Visibility(runtime.link.authorizer, location=self.location)
+        self._outcomes = OutcomeQueue(self.enforcer)
         client = self.enforcer.approvals
         # None: no approvals; an approvable deny stays a plain deny
         self.approvals = ApprovalFlow(self.enforcer, client) if client is not None else None
@@ -790,6 +792,7 @@ class McpGateway:
             try:
                 yield
             finally:
+                self._outcomes.flush()
                 for upstream in self.upstreams.values():
                     upstream.reset()
                 tg.cancel_scope.cancel()
@@ -935,22 +938,19 @@ class McpGateway:
         finally:
             _CREDENTIAL_USE.reset(token)
             duration = (time.perf_counter() - started) * 1000
-            with anyio.CancelScope(shield=True):
-                try:
-                    await anyio.to_thread.run_sync(
-                        lambda: self.enforcer.record_outcome(
-                            access,
-                            call,
-                            pending.verdict,
-                            trace=state.trace,
-                            outcome=outcome,
-                            status=status,
-                            secret=use.label,
-                            duration_ms=duration,
-                        )
-                    )
-                except AgentIAMError as exc:
-                    raise MCPError(INTERNAL_ERROR, exc.detail) from None
+            # written without holding the answer (adapters/gateway/outcomes.py)
+            self._outcomes.record(
+                lambda: self.enforcer.record_outcome(
+                    access,
+                    call,
+                    pending.verdict,
+                    trace=state.trace,
+                    outcome=outcome,
+                    status=status,
+                    secret=use.label,
+                    duration_ms=duration,
+                )
+            )
 
     async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
