@@ -25,6 +25,11 @@ Phases, each against the upstream directly and then through the gateway:
    row's percentile minus the direct row's (the difference of two distributions, not a
    per-call difference). ``late`` counts sends more than 1 ms behind schedule (the
    generator falling behind); ``errors`` counts answers other than 200.
+   With ``--pause-control-plane`` each rate is run once more through the gateway
+   with the control plane stopped (SIGSTOP): the gateway decides from its cached
+   keys, revocations and policy and spools its events, as in an outage, so the row
+   shows the gateway's latency without the control plane's CPU on the same two cores
+   (the spool ships everything once it is resumed; the drain check below covers it).
 2. **throughput**: closed loop, ``--concurrency`` connections (default 32) sending back
    to back for ``--seconds`` (default 10); calls/s are 200 answers over the wall time.
 
@@ -38,6 +43,7 @@ whole system on this machine, not the gateway alone: read it with the CPU table.
 Rerun from the repository root::
 
     .venv/bin/python bench/gateway.py                    # about 2 minutes on 2 cores
+    .venv/bin/python bench/gateway.py --pause-control-plane
     .venv/bin/python bench/gateway.py --rates 100,500,1000 --seconds 5 --concurrency 64
 """
 
@@ -501,6 +507,18 @@ def _profile_summary(path: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
+def _latency_row(name: str, d: LoadOut, g: LoadOut) -> list[str]:
+    """One row of the added-latency table: direct ``d`` against gateway ``g``."""
+    added50 = _pct(g.latencies, 0.5) - _pct(d.latencies, 0.5)
+    added99 = _pct(g.latencies, 0.99) - _pct(d.latencies, 0.99)
+    return [
+        name, _fmt_ms(_pct(d.latencies, 0.5)), _fmt_ms(_pct(d.latencies, 0.99)),
+        _fmt_ms(_pct(g.latencies, 0.5)), _fmt_ms(_pct(g.latencies, 0.99)), _fmt_ms(added50),
+        _fmt_ms(added99), f"{_pct(g.latencies, 0.99) / _pct(d.latencies, 0.99):.1f}x",
+        f"{d.late}/{g.late}", f"{_errors(d)}/{_errors(g)}",
+    ]  # fmt: skip
+
+
 def _loadavg() -> str:
     """The 1-minute load average: other work on the machine skews every figure."""
     return Path("/proc/loadavg").read_text().split()[0]
@@ -511,6 +529,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rates", default="100,500", help="fixed rates, calls/s (100,500)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     parser.add_argument("--concurrency", type=int, default=32, help="throughput connections")
+    parser.add_argument(
+        "--pause-control-plane", action="store_true",
+        help="repeat each fixed-rate gateway phase with the control plane stopped (SIGSTOP): "
+        "the gateway decides from its cache and spools, so the row shows its latency "
+        "without the control plane's CPU on the same two cores",
+    )  # fmt: skip
     parser.add_argument(
         "--profile", action="store_true",
         help="sample the gateway with py-spy during the throughput phase (pip install py-spy)",
@@ -545,20 +569,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name = f"{rate:g}/s {'gateway' if gw else 'direct'}"
                 cpu_rows.append(_cpu_row(name, cpu, out))
             d, g = results[False], results[True]
-            added50 = _pct(g.latencies, 0.5) - _pct(d.latencies, 0.5)
-            added99 = _pct(g.latencies, 0.99) - _pct(d.latencies, 0.99)
-            figures[f"added_p99_{rate:g}"] = added99
-            rows.append([
-                f"{rate:g} calls/s", _fmt_ms(_pct(d.latencies, 0.5)),
-                _fmt_ms(_pct(d.latencies, 0.99)), _fmt_ms(_pct(g.latencies, 0.5)),
-                _fmt_ms(_pct(g.latencies, 0.99)), _fmt_ms(added50), _fmt_ms(added99),
-                f"{_pct(g.latencies, 0.99) / _pct(d.latencies, 0.99):.1f}x",
-                f"{d.late}/{g.late}", f"{_errors(d)}/{_errors(g)}",
-            ])  # fmt: skip
+            figures[f"added_p99_{rate:g}"] = _pct(g.latencies, 0.99) - _pct(d.latencies, 0.99)
+            rows.append(_latency_row(f"{rate:g} calls/s", d, g))
+            if args.pause_control_plane:  # the same phase with the control plane stopped
+                job = {"mode": "rate", "host": "127.0.0.1", "port": s.gw_port, "rate": rate,
+                       "requests": _requests(s, n, through_gateway=True)}  # fmt: skip
+                s.cp.send_signal(signal.SIGSTOP)
+                try:
+                    paused, cpu = _run_load(s, job)
+                finally:
+                    s.cp.send_signal(signal.SIGCONT)
+                cpu_rows.append(_cpu_row(f"{rate:g}/s gateway, control plane paused", cpu, paused))
+                rows.append(_latency_row(f"{rate:g} calls/s, control plane paused", d, paused))
         through: dict[bool, LoadOut] = {}
         for gw in (False, True):
             port = s.gw_port if gw else s.up_port
-            budget = int(6000 * args.seconds) if not gw else int(3000 * args.seconds)
+            budget = int(9000 * args.seconds) if not gw else int(3000 * args.seconds)
             job = {"mode": "closed", "host": "127.0.0.1", "port": port,
                    "connections": args.concurrency, "seconds": args.seconds,
                    "requests": _requests(s, budget, through_gateway=gw)}  # fmt: skip
