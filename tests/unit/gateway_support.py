@@ -7,6 +7,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future
 from typing import Any
 
 from joserfc import jwt
@@ -69,6 +70,27 @@ class Sink:
 
     def types(self) -> list[str]:
         return [e["type"] for e in self.events]
+
+
+class QuietSink:
+    """A spool that records each hand-over (the event types, and whether it started a
+    write) and each ``wake``; every write succeeds at once."""
+
+    def __init__(self) -> None:
+        self.submits: list[tuple[list[str], bool]] = []
+        self.wakes = 0
+
+    def submit(self, events: list[dict[str, Any]], *, wake: bool = True) -> Future[None]:
+        self.submits.append(([e["type"] for e in events], wake))
+        future: Future[None] = Future()
+        future.set_result(None)
+        return future
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+    def snapshot(self) -> tuple[list[tuple[list[str], bool]], int]:
+        return list(self.submits), self.wakes
 
 
 class Parties:

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.unit.gateway_support import AGENT, GATEWAY, Parties
+from tests.unit.gateway_support import AGENT, GATEWAY, Parties, QuietSink
 from tests.unit.test_gateway_link import Clock, Jwks
 
 from agentiam.adapters.gateway.enforcer import Call, Pending
@@ -261,25 +261,8 @@ def test_a_background_key_set_never_makes_the_caller_wait() -> None:
 # -- outcome events (adapters/gateway/outcomes.py) ------------------------------------------
 
 
-class _QuietSink:
-    """Records each hand-over (event types, whether it started a write) and each wake."""
-
-    def __init__(self) -> None:
-        self.submits: list[tuple[list[str], bool]] = []
-        self.wakes = 0
-
-    def submit(self, events: list[dict[str, Any]], *, wake: bool = True) -> Future[None]:
-        self.submits.append(([e["type"] for e in events], wake))
-        future: Future[None] = Future()
-        future.set_result(None)
-        return future
-
-    def wake(self) -> None:
-        self.wakes += 1
-
-
 def test_the_outcomes_of_one_loop_turn_are_queued_together_without_a_write() -> None:
-    parties = _parties(sink := _QuietSink())
+    parties = _parties(sink := QuietSink())
     queue = OutcomeQueue(parties.enforcer, linger=60.0)
 
     def outcome(n: int) -> None:

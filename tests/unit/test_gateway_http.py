@@ -16,7 +16,7 @@ import httptools
 import httpx
 import pytest
 from tests.support.live import free_port
-from tests.unit.gateway_support import AGENT, GATEWAY, ISSUER, METADATA, Parties
+from tests.unit.gateway_support import AGENT, GATEWAY, ISSUER, METADATA, Parties, QuietSink
 
 from agentiam.adapters.gateway.broker import (
     CredentialBroker,
@@ -564,30 +564,9 @@ def test_the_outcome_event_does_not_hold_the_answer_but_the_decision_does(app: A
     assert not sink.held[0].done()
 
 
-class _BatchSink:
-    """A spool that records each hand-over (the event types, and whether it started a
-    write) and each ``wake``."""
-
-    def __init__(self) -> None:
-        self.submits: list[tuple[list[str], bool]] = []
-        self.wakes = 0
-
-    def submit(self, events: list[dict[str, Any]], *, wake: bool = True) -> Future[None]:
-        self.submits.append(([e["type"] for e in events], wake))
-        future: Future[None] = Future()
-        future.set_result(None)
-        return future
-
-    def wake(self) -> None:
-        self.wakes += 1
-
-    def snapshot(self) -> tuple[list[tuple[list[str], bool]], int]:
-        return list(self.submits), self.wakes
-
-
 def test_an_outcome_is_written_with_the_next_calls_decision(app: App) -> None:
     app.gateway._outcomes._linger = 60.0  # only the next call writes it
-    sink = _BatchSink()
+    sink = QuietSink()
     app.parties.enforcer._sink = sink
     seen: list[tuple[list[tuple[list[str], bool]], int]] = []
 
@@ -611,7 +590,7 @@ def test_an_outcome_is_written_with_the_next_calls_decision(app: App) -> None:
 
 def test_a_queued_outcome_is_written_after_the_linger_without_another_call(app: App) -> None:
     app.gateway._outcomes._linger = 0.05
-    sink = _BatchSink()
+    sink = QuietSink()
     app.parties.enforcer._sink = sink
     seen: list[tuple[list[tuple[list[str], bool]], int]] = []
 
