@@ -76,11 +76,17 @@ def test_submit_returns_before_the_fsync_and_completes_after_it(tmp_path: Path) 
         assert spool._reserved == 0
 
 
+def _parked(spool: AuditSpool) -> bool:
+    """The spool's writer thread waits for work (a quiet submit will not wake it)."""
+    return len(spool._writer._not_empty._waiters) == 1  # type: ignore[attr-defined]
+
+
 def test_a_quiet_submit_is_written_with_the_next_write_or_on_wake_or_close(
     tmp_path: Path,
 ) -> None:
     with AuditSpool(tmp_path, Shipped()) as spool:
-        spool.submit([{"event_id": "e0"}]).result(timeout=5)  # the writer thread is up, idle
+        spool.submit([{"event_id": "e0"}]).result(timeout=5)  # the writer thread is up
+        _wait_for(lambda: _parked(spool))
         quiet = spool.submit([{"event_id": "q1"}], wake=False)
         time.sleep(0.2)
         assert not quiet.done()  # no write was started for it alone
@@ -90,6 +96,7 @@ def test_a_quiet_submit_is_written_with_the_next_write_or_on_wake_or_close(
         segment = sorted(tmp_path.glob("*.jsonl"))[-1].read_text()
         assert segment.index('"q1"') < segment.index('"e1"')  # in the order submitted
 
+        _wait_for(lambda: _parked(spool))
         second = spool.submit([{"event_id": "q2"}], wake=False)
         time.sleep(0.1)
         assert not second.done()
@@ -281,3 +288,46 @@ def test_the_outcomes_of_one_loop_turn_are_queued_together_without_a_write() -> 
         assert sink.wakes == 1
 
     asyncio.run(run())
+
+
+def test_the_timer_stays_unless_a_write_was_started_in_the_same_turn() -> None:
+    parties = _parties(sink := QuietSink())
+    queue = OutcomeQueue(parties.enforcer, linger=0.05)
+
+    def outcome() -> None:
+        parties.enforcer._durable([{"type": "tool.call"}])
+
+    async def run() -> None:
+        queue.record(outcome)
+        await asyncio.sleep(0)  # queued quietly; the timer is armed
+        queue.taken_by([])  # a step that wrote nothing: nothing takes the outcome along
+        await asyncio.sleep(0.3)
+        assert sink.wakes == 1  # so the timer still started the write
+        queue.record(outcome)
+        await asyncio.sleep(0)
+        queue.taken_by([object()])  # a decision's write started: it takes the outcome
+        await asyncio.sleep(0.3)
+        assert sink.wakes == 1  # no second write for it
+
+    asyncio.run(run())
+
+
+def test_outcomes_the_spool_refuses_are_logged_by_id_and_trace(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Refusing(QuietSink):
+        def submit(self, events: list[dict[str, Any]], *, wake: bool = True) -> Future[None]:
+            raise ServiceUnavailable("the audit spool is full")
+
+    parties = _parties(Refusing())
+    queue = OutcomeQueue(parties.enforcer, linger=60.0)
+    event = {"type": "tool.call", "event_id": "evt_1", "trace": {"trace_id": "ab" * 16}}
+
+    async def run() -> None:
+        queue.record(lambda: parties.enforcer._durable([event]))
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
+    assert "1 outcome events could not be recorded durably" in caplog.text
+    assert "evt_1" in caplog.text
+    assert "ab" * 16 in caplog.text

@@ -918,8 +918,7 @@ class HttpGateway:
                 result = step()
             except ServiceUnavailable as exc:
                 refusal = _unavailable(exc)
-        if pending.futures:
-            self._outcomes.taken()  # this write takes the queued outcomes along
+        self._outcomes.taken_by(pending.futures)  # a write takes queued outcomes along
         try:
             await pending.durable()
         except ServiceUnavailable as exc:

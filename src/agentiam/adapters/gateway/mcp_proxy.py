@@ -792,10 +792,13 @@ class McpGateway:
             try:
                 yield
             finally:
-                self._outcomes.flush()
                 for upstream in self.upstreams.values():
                     upstream.reset()
                 tg.cancel_scope.cancel()
+
+    def flush_outcomes(self) -> None:
+        """Start the write of the queued ``tool.call`` events (at shutdown)."""
+        self._outcomes.flush()
 
     # -- listings --------------------------------------------------------------------
 
@@ -1450,6 +1453,7 @@ def build_app(config: McpGatewayConfig, runtime: GatewayRuntime) -> Starlette:
             async with gateway.running():
                 yield
         finally:
+            gateway.flush_outcomes()  # after the calls still in flight have ended
             runtime.close()
 
     app = Starlette(routes=routes, lifespan=lifespan)

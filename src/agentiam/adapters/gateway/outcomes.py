@@ -14,18 +14,18 @@ the path of every call:
   :meth:`OutcomeQueue.flush` (at shutdown) starts it at once. Closing the spool
   writes everything queued.
 
-A failure to make them durable is logged: there is no caller left to refuse. The
-price is a window of at most ``linger`` seconds (plus the fsync) in which a crash of
-the gateway loses outcome events of calls already answered; their decisions are on
-disk.
+A failure to make them durable is logged with the events' ids and traces: there is
+no caller left to refuse. The price is a window in which a crash of the gateway loses
+outcome events of calls already answered (their decisions are on disk): about
+``linger`` seconds after the loop turn, plus any delay of the event loop, plus up to
+two writes (one in progress, then theirs).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from agentiam.adapters.gateway.enforcer import Enforcer
@@ -57,9 +57,14 @@ class OutcomeQueue:
             asyncio.get_running_loop().call_soon(self._queue)
         self._events.extend(events)
 
-    def taken(self) -> None:
-        """A write was just started (a decision's): it takes the queued outcomes along,
-        so the timer is not needed."""
+    def taken_by(self, writes: Sequence[object]) -> None:
+        """Call right after handing ``writes`` to the sink, in the same loop turn. If
+        there is one, it starts a write that takes every queued outcome along, so the
+        timer is not needed; if the step wrote nothing, the timer stays."""
+        if writes:
+            self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -68,7 +73,7 @@ class OutcomeQueue:
         """Queue what this turn recorded and start the write now."""
         self._queue()
         if self._timer is not None:
-            self.taken()
+            self._cancel_timer()
             self._enforcer.flush()
 
     def _queue(self) -> None:
@@ -78,14 +83,18 @@ class OutcomeQueue:
         try:
             future = self._enforcer.write_held(events)
         except ServiceUnavailable:  # the spool refused them at once (full, closed)
-            log.error("the outcomes of %d calls could not be recorded durably", len(events))
+            _log_lost(events)
             return
         if future is not None:
-            future.add_done_callback(_log_failure)
+            future.add_done_callback(lambda done: _log_lost(events) if done.exception() else None)
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._linger, self.flush)
 
 
-def _log_failure(future: Future[None]) -> None:
-    if future.exception() is not None:
-        log.error("outcomes of calls could not be recorded durably")
+def _log_lost(events: list[dict[str, Any]]) -> None:
+    """Name what was lost: the count and the first events' ids and traces."""
+    named = ", ".join(
+        f"{e.get('event_id')} (trace {(e.get('trace') or {}).get('trace_id')})" for e in events[:5]
+    )
+    more = f" and {len(events) - 5} more" if len(events) > 5 else ""
+    log.error("%d outcome events could not be recorded durably: %s%s", len(events), named, more)

@@ -18,7 +18,10 @@ Guarantees:
   (the gateway answers 503) when the spool is full (:class:`SpoolFull`: its segments
   would exceed ``max_bytes``), closed, overloaded, or the write or fsync fails. An
   event is never silently discarded. (As with the database writer, the guarantee is
-  one-sided: a refused call's events may still reach disk, and be shipped.)
+  one-sided: a refused call's events may still reach disk, and be shipped.) Events
+  submitted with ``wake=False`` are for outcomes nothing waits on: a refusal or failed
+  write of those has no call left to refuse, and their submitter logs it
+  (:mod:`agentiam.adapters.gateway.outcomes`).
 - **Ordered, at least once.** Events are shipped in the order they were spooled, in
   batches of at most ``batch`` events through ``ship(events)``; a batch that fails is
   retried (the same batch, first) after 1 s, then 2, 4, ... up to 60 s. Progress is
