@@ -426,8 +426,9 @@ class Enforcer:
     def held(self) -> Iterator[list[dict[str, Any]]]:
         """Within this block (on this thread or task), every method here collects its
         audit events in the yielded list instead of handing them to the sink: the
-        caller writes them later itself (the HTTP gateway's outcome events, which
-        share the next call's group commit). For events nothing waits on only."""
+        caller writes them later itself (the gateways' outcome events, which share
+        the next call's group commit: adapters/gateway/outcomes.py). For events
+        nothing waits on only."""
         held: list[dict[str, Any]] = []
         token = _HELD.set(held)
         try:
