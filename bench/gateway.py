@@ -104,6 +104,7 @@ class LoadOut:
     statuses: dict[int, int] = field(default_factory=dict)
     late: int = 0
     elapsed: float = 0.0
+    lag: dict[str, float] = field(default_factory=dict)  # the gateway's, over the phase
 
 
 async def _fixed_rate(
@@ -401,6 +402,8 @@ def _requests(s: System, n: int, *, through_gateway: bool) -> list[bytes]:
 def _run_load(
     s: System, job: dict[str, Any], profile: Path | None = None
 ) -> tuple[LoadOut, dict[str, float]]:
+    """Run one phase: the load generator's results (with the gateway's event-loop
+    lag histogram over the phase) and the CPU seconds each server used."""
     job_file, out_file = s.tmp / "job.pkl", s.tmp / "out.json"
     job_file.write_bytes(pickle.dumps(job))
     spy = None
@@ -412,11 +415,13 @@ def _run_load(
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(1.0)  # py-spy attaches
+    lag_before = _loop_lag(s)
     before = {name: _cpu_seconds(pid) for name, pid in s.pids().items()}
     gen = subprocess.run(  # noqa: S603 - this script
         [sys.executable, __file__, "_load", str(job_file), str(out_file)], check=False
     )
     after = {name: _cpu_seconds(pid) for name, pid in s.pids().items()}
+    lag_after = _loop_lag(s)
     if spy is not None:
         spy.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
         spy.wait(timeout=30)
@@ -430,18 +435,34 @@ def _run_load(
         elapsed=data["elapsed"],
     )
     cpu = {name: after[name] - before[name] for name in before}
+    out.lag = {le: lag_after[le] - lag_before.get(le, 0.0) for le in lag_after}
     return out, cpu
 
 
 def _cpu_row(name: str, cpu: dict[str, float], out: LoadOut) -> list[str]:
     """CPU seconds of each server in one phase; per call for the gateway and the
-    control plane (whose audit ingest is the gateway's events)."""
+    control plane (whose audit ingest is the gateway's events); and the share of the
+    gateway's event-loop probes (due every 10 ms) that ran more than 2 and 5 ms late."""
     calls = max(1, sum(out.statuses.values()))
-    per_call = ("", "")
+    extra = ("", "", "")
     if "gateway" in name:
-        per_call = (f"{cpu['gateway'] / calls * 1000:.2f}",
-                    f"{cpu['control plane'] / calls * 1000:.2f}")  # fmt: skip
-    return [name, *(f"{cpu[p]:.1f}" for p in cpu), f"{out.elapsed:.1f}", *per_call]
+        probes = out.lag.get("+Inf", 0.0)
+        late = [probes - out.lag.get(le, 0.0) for le in ("0.002", "0.005")]
+        extra = (f"{cpu['gateway'] / calls * 1000:.2f}",
+                 f"{cpu['control plane'] / calls * 1000:.2f}",
+                 " / ".join(f"{n / probes:.1%}" if probes else "-" for n in late))  # fmt: skip
+    return [name, *(f"{cpu[p]:.1f}" for p in cpu), f"{out.elapsed:.1f}", *extra]
+
+
+def _loop_lag(s: System) -> dict[str, float]:
+    """The gateway's cumulative event-loop lag histogram: bucket bound -> count."""
+    import httpx
+
+    text = httpx.get(s.gw_url + "/metrics", timeout=10).text
+    found = re.findall(
+        r'agentiam_gateway_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)', text
+    )
+    return {le: float(n) for le, n in found}
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -635,7 +656,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(markdown_table(
         ["phase", "gateway", "upstream", "control plane", "wall s", "gateway ms/call",
-         "control plane ms/call"],
+         "control plane ms/call", "loop late > 2 / 5 ms"],
         cpu_rows,
     ))  # fmt: skip
     print()

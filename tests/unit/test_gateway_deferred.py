@@ -6,6 +6,7 @@ refreshes in the background instead of stalling the caller."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from concurrent.futures import Future
@@ -18,6 +19,7 @@ from tests.unit.gateway_support import AGENT, GATEWAY, Parties, QuietSink
 from tests.unit.test_gateway_link import Clock, Jwks
 
 from agentiam.adapters.gateway.enforcer import Call, Pending
+from agentiam.adapters.gateway.loop_watch import watch_event_loop
 from agentiam.adapters.gateway.outcomes import OutcomeQueue
 from agentiam.adapters.gateway.spool import AuditSpool, SpoolFull
 from agentiam.adapters.verification import JwksCache
@@ -331,3 +333,51 @@ def test_outcomes_the_spool_refuses_are_logged_by_id_and_trace(
     assert "1 outcome events could not be recorded durably" in caplog.text
     assert "evt_1" in caplog.text
     assert "ab" * 16 in caplog.text
+    assert queue.lost == 1
+
+
+def test_outcomes_whose_write_fails_later_are_counted_as_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The spool took them, then the write failed on its writer thread."""
+    futures: list[Future[None]] = []
+
+    class Failing(QuietSink):
+        def submit(self, events: list[dict[str, Any]], *, wake: bool = True) -> Future[None]:
+            super().submit(events, wake=wake)
+            futures.append(Future())
+            return futures[-1]
+
+    parties = _parties(Failing())
+    queue = OutcomeQueue(parties.enforcer, linger=60.0)
+
+    async def run() -> None:
+        for n in range(2):
+            queue.record(lambda n=n: parties.enforcer._durable([{"type": "tool.call", "n": n}]))
+        await asyncio.sleep(0)
+
+    asyncio.run(run())
+    assert queue.lost == 0  # handed over; not written yet
+    writer = threading.Thread(target=futures[0].set_exception, args=(OSError("disk full"),))
+    writer.start()
+    writer.join()
+    assert queue.lost == 2
+    assert "2 outcome events could not be recorded durably" in caplog.text
+
+
+def test_a_blocked_event_loop_is_seen_as_lag() -> None:
+    delays: list[float] = []
+
+    async def run() -> None:
+        watch = asyncio.create_task(watch_event_loop(delays.append, interval=0.01))
+        await asyncio.sleep(0.05)  # the probe runs on time
+        time.sleep(0.08)  # the stall the probe must see
+        await asyncio.sleep(0.03)
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+
+    asyncio.run(run())
+    assert len(delays) >= 4
+    assert max(delays) >= 0.06  # the stall, less the probe's 10 ms interval at most
+    assert sorted(delays)[len(delays) // 2] < 0.02  # most wake-ups were on time

@@ -623,6 +623,8 @@ def test_an_outcome_that_cannot_be_recorded_is_logged(
     app.parties.enforcer._sink = _HeldSink(fail_outcomes=True)
     assert app.request("GET", "/v1/invoices/7").status_code == 200
     assert "could not be recorded durably" in caplog.text
+    text = app.request("GET", "/metrics", token=False).text
+    assert "agentiam_gateway_outcomes_lost_total 1.0" in text
 
 
 def test_outage_past_the_bound_is_503(app: App) -> None:
@@ -735,3 +737,5 @@ def test_metadata_health_and_metrics(app: App) -> None:
     assert 'agentiam_gateway_calls_total{outcome="unauthenticated"} 1.0' in text
     assert "agentiam_gateway_request_seconds_bucket" in text
     assert "agentiam_gateway_spool_pending_events 3.0" in text
+    assert "agentiam_gateway_outcomes_lost_total 0.0" in text
+    assert "agentiam_gateway_event_loop_lag_seconds_bucket" in text

@@ -74,7 +74,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agentiam.adapters.gateway.approvals import ApprovalTicket, NotApprovable
@@ -86,6 +86,7 @@ from agentiam.adapters.gateway.broker import (
 from agentiam.adapters.gateway.config import GatewayConfig, load_gateway_config
 from agentiam.adapters.gateway.enforcer import Call, Verdict
 from agentiam.adapters.gateway.http_upstream import UpstreamError, UpstreamPool, UpstreamTimeout
+from agentiam.adapters.gateway.loop_watch import watch_event_loop
 from agentiam.adapters.gateway.outcomes import OutcomeQueue
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.adapters.heap import settle_heap
@@ -581,7 +582,7 @@ def _unavailable(exc: AgentIAMError) -> _Refusal:
 class _Metrics:
     """Prometheus metrics of one gateway, in a registry of its own."""
 
-    def __init__(self, runtime: GatewayRuntime | None) -> None:
+    def __init__(self, runtime: GatewayRuntime | None, outcomes: OutcomeQueue) -> None:
         self.registry = CollectorRegistry()
         self.calls = Counter(
             "agentiam_gateway_calls",
@@ -601,8 +602,28 @@ class _Metrics:
             buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
             registry=self.registry,
         )
+        self.loop_lag = Histogram(
+            "agentiam_gateway_event_loop_lag_seconds",
+            "How late a timer due every 10 ms ran: the delay every call in flight waited "
+            "out (adapters/gateway/loop_watch.py).",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=self.registry,
+        )
+        self.registry.register(_OutcomesCollector(outcomes))
         if runtime is not None:
             self.registry.register(_RuntimeCollector(runtime))
+
+
+class _OutcomesCollector(Collector):
+    def __init__(self, outcomes: OutcomeQueue) -> None:
+        self._outcomes = outcomes
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "agentiam_gateway_outcomes_lost",
+            "tool.call outcome events that could not be made durable (each is logged).",
+            value=self._outcomes.lost,
+        )
 
 
 class _RuntimeCollector(Collector):
@@ -663,7 +684,8 @@ class HttpGateway:
         self._workers = workers
         self._executor: ThreadPoolExecutor | None = None
         self._outcomes = OutcomeQueue(self.enforcer)
-        self.metrics = _Metrics(runtime)
+        self.metrics = _Metrics(runtime, self._outcomes)
+        self._watch: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -678,9 +700,16 @@ class HttpGateway:
                 name: UpstreamPool(u.url, connect_timeout=t.connect, read_timeout=t.read)
                 for name, u in self.config.upstreams.items()
             }
+        if self._watch is None:
+            self._watch = asyncio.create_task(watch_event_loop(self.metrics.loop_lag.observe))
         settle_heap()  # long-lived objects out of later full collections (adapters/heap.py)
 
     async def shutdown(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         self._outcomes.flush()
         pools, self._pools = self._pools, {}
         for pool in pools.values():

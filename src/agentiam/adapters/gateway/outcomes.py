@@ -14,17 +14,19 @@ the path of every call:
   :meth:`OutcomeQueue.flush` (at shutdown) starts it at once. Closing the spool
   writes everything queued.
 
-A failure to make them durable is logged with the events' ids and traces: there is
-no caller left to refuse. The price is a window in which a crash of the gateway loses
-outcome events of calls already answered (their decisions are on disk): about
-``linger`` seconds after the loop turn, plus any delay of the event loop, plus up to
-two writes (one in progress, then theirs).
+A failure to make them durable is logged with the events' ids and traces, and counted
+(:attr:`OutcomeQueue.lost`, the HTTP gateway's ``agentiam_gateway_outcomes_lost``
+metric): there is no caller left to refuse. The price is a window in which a crash
+of the gateway loses outcome events of calls already answered (their decisions are
+on disk): about ``linger`` seconds after the loop turn, plus any delay of the event
+loop, plus up to two writes (one in progress, then theirs).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +49,14 @@ class OutcomeQueue:
         self._linger = linger
         self._events: list[dict[str, Any]] = []  # recorded in this loop turn
         self._timer: asyncio.TimerHandle | None = None
+        self._lost = 0
+        self._lost_lock = threading.Lock()  # a failed write is reported on the writer thread
+
+    @property
+    def lost(self) -> int:
+        """Outcome events that could not be made durable since start (each logged)."""
+        with self._lost_lock:
+            return self._lost
 
     def record(self, write: Callable[[], None]) -> None:
         """Run ``write`` (an :class:`Enforcer` method that records an outcome) with its
@@ -83,12 +93,18 @@ class OutcomeQueue:
         try:
             future = self._enforcer.write_held(events)
         except ServiceUnavailable:  # the spool refused them at once (full, closed)
-            _log_lost(events)
+            self._lose(events)
             return
         if future is not None:
-            future.add_done_callback(lambda done: _log_lost(events) if done.exception() else None)
+            future.add_done_callback(lambda done: self._lose(events) if done.exception() else None)
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._linger, self.flush)
+
+    def _lose(self, events: list[dict[str, Any]]) -> None:
+        """Count what was lost, and name it in the log."""
+        with self._lost_lock:
+            self._lost += len(events)
+        _log_lost(events)
 
 
 def _log_lost(events: list[dict[str, Any]]) -> None:
