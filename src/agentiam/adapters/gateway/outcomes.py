@@ -101,16 +101,13 @@ class OutcomeQueue:
             self._timer = asyncio.get_running_loop().call_later(self._linger, self.flush)
 
     def _lose(self, events: list[dict[str, Any]]) -> None:
-        """Count what was lost, and name it in the log."""
+        """Count what was lost, and name it in the log: the count and the first
+        events' ids and traces."""
         with self._lost_lock:
             self._lost += len(events)
-        _log_lost(events)
-
-
-def _log_lost(events: list[dict[str, Any]]) -> None:
-    """Name what was lost: the count and the first events' ids and traces."""
-    named = ", ".join(
-        f"{e.get('event_id')} (trace {(e.get('trace') or {}).get('trace_id')})" for e in events[:5]
-    )
-    more = f" and {len(events) - 5} more" if len(events) > 5 else ""
-    log.error("%d outcome events could not be recorded durably: %s%s", len(events), named, more)
+        named = ", ".join(
+            f"{e.get('event_id')} (trace {(e.get('trace') or {}).get('trace_id')})"
+            for e in events[:5]
+        )
+        more = f" and {len(events) - 5} more" if len(events) > 5 else ""
+        log.error("%d outcome events could not be recorded durably: %s%s", len(events), named, more)
