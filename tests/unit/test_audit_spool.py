@@ -4,6 +4,8 @@ when full, torn tails cut on recovery, nothing acknowledged ever lost."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import itertools
 import json
@@ -63,9 +65,53 @@ def directory(tmp_path: Path) -> Path:
     return tmp_path / "spool"
 
 
-@pytest.fixture
-def opened() -> Iterator[list[AuditSpool]]:
-    spools: list[AuditSpool] = []
+class LoopShipped(AuditSpool):
+    """A spool opened with ``ship=None`` and shipped by :meth:`AuditSpool.ship_on_loop`
+    on an event loop of its own thread, as a gateway ships it (its loop runs the task;
+    closing cancels the task first, then closes the spool). Batches are decoded two
+    lines at a time, so every batch is cut across several slices."""
+
+    def __init__(
+        self, directory: Path, ship: Callable[[list[dict[str, Any]]], None], **kw: Any
+    ) -> None:
+        super().__init__(directory, None, **kw)
+        self.loop = asyncio.new_event_loop()
+        self.task: asyncio.Task[None] | None = None
+
+        async def ship_async(events: list[dict[str, Any]]) -> None:
+            await asyncio.sleep(0)
+            ship(events)
+
+        self.thread = threading.Thread(target=self._run, args=(ship_async,), daemon=True)
+        self.thread.start()
+        _wait_for(self._shipping)  # drain() needs a running shipper
+
+    def _run(self, ship: Any) -> None:
+        self.task = self.loop.create_task(self.ship_on_loop(ship, step_lines=2, idle_poll=5))
+        with contextlib.suppress(asyncio.CancelledError):
+            self.loop.run_until_complete(self.task)
+        self.loop.close()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        if self.thread.is_alive() and self.task is not None:
+            self.loop.call_soon_threadsafe(self.task.cancel)
+            self.thread.join(timeout)
+        return super().close(timeout)
+
+
+class Opened(list[AuditSpool]):
+    """The spools a test opened, and how they are shipped: "thread" or "loop"."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+
+@pytest.fixture(params=["thread", "loop"])
+def opened(request: pytest.FixtureRequest) -> Iterator[Opened]:
+    """Every test using it runs twice: its spools shipped by their own thread, and by
+    ``ship_on_loop`` (:class:`LoopShipped`). They are closed after the test."""
+    spools = Opened(request.param)
     yield spools
     for s in spools:
         s.close(timeout=5)
@@ -77,7 +123,8 @@ def _open(
     ship: Callable[[list[dict[str, Any]]], None],
     **kw: Any,
 ) -> AuditSpool:
-    spool = AuditSpool(directory, ship, **{**FAST, **kw})
+    kind = LoopShipped if getattr(opened, "mode", "thread") == "loop" else AuditSpool
+    spool = kind(directory, ship, **{**FAST, **kw})
     opened.append(spool)
     return spool
 
@@ -453,3 +500,156 @@ def test_one_spool_per_directory(directory: Path, opened: list[AuditSpool]) -> N
         AuditSpool(directory, Sink())
     assert first.close()
     _open(opened, directory, Sink()).append(_events("next", 1))
+
+
+# -- shipping on an event loop (ship_on_loop), as the gateways ship ---------------------
+
+
+def test_lines_longer_than_a_read_chunk_are_shipped_whole(
+    directory: Path, opened: list[AuditSpool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "_SHIP_CHUNK", 64)  # every line spans several reads
+    bodies: list[bytes | None] = []
+    sink = Sink()
+    spool = _open(opened, directory, _keeping_bodies(sink, bodies), batch=3)
+    events = _events("long", 8, pad=300)
+    spool.append(events)
+    assert spool.drain(WAIT)
+    assert [e for batch in sink.batches for e in batch] == events
+    assert [len(batch) for batch in sink.batches] == [3, 3, 2]
+    assert [e for body in bodies for e in json.loads(body or b"")["events"]] == events
+
+
+def _run_loop(coroutine: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coroutine, WAIT))
+
+
+def test_the_loop_serves_other_tasks_while_a_batch_is_decoded(directory: Path) -> None:
+    """A batch of 120 events decoded 4 lines at a time yields to the loop between the
+    slices: a task counting its turns runs about 30 times before the batch is sent."""
+    spool = AuditSpool(directory, None, batch=120)
+    spool.append(_events("e", 120))
+    turns = [0]
+    seen: list[int] = []
+
+    async def main() -> None:
+        async def count() -> None:
+            while True:
+                turns[0] += 1
+                await asyncio.sleep(0)
+
+        async def ship(events: list[dict[str, Any]]) -> None:
+            seen.append(turns[0])
+
+        counter = asyncio.create_task(count())
+        shipping = asyncio.create_task(spool.ship_on_loop(ship, step_lines=4))
+        while not seen:
+            await asyncio.sleep(0.001)
+        shipping.cancel()
+        counter.cancel()
+        await asyncio.gather(shipping, counter, return_exceptions=True)
+
+    try:
+        _run_loop(main())
+    finally:
+        spool.close()
+    assert seen
+    assert seen[0] >= 25
+
+
+def test_a_write_wakes_the_idle_loop_shipper(directory: Path) -> None:
+    spool = AuditSpool(directory, None)
+    shipped: list[float] = []
+
+    async def main() -> float:
+        async def ship(events: list[dict[str, Any]]) -> None:
+            shipped.append(time.monotonic())
+
+        task = asyncio.create_task(spool.ship_on_loop(ship, idle_poll=60))
+        await asyncio.sleep(0.1)  # the shipper finds nothing and waits
+        written = time.monotonic()
+        await asyncio.to_thread(spool.append, _events("e", 1))
+        while not shipped:
+            await asyncio.sleep(0.005)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return written
+
+    try:
+        written = _run_loop(main())
+    finally:
+        spool.close()
+    assert shipped[0] - written < 5  # woken by the write, not by the 60 s poll
+
+
+def test_closing_ends_an_idle_loop_shipper(directory: Path) -> None:
+    spool = AuditSpool(directory, None)
+
+    async def main() -> None:
+        async def ship(events: list[dict[str, Any]]) -> None:
+            raise AssertionError("nothing to ship")
+
+        task = asyncio.create_task(spool.ship_on_loop(ship, idle_poll=60))
+        await asyncio.sleep(0.1)
+        await asyncio.to_thread(spool.close)
+        await asyncio.wait_for(task, 5)  # returns: not cancelled, not the 60 s poll
+
+    _run_loop(main())
+    assert spool.health().closed
+
+
+def test_one_shipper_per_spool(directory: Path) -> None:
+    threaded = AuditSpool(directory, Sink())
+    try:
+
+        async def ship(events: list[dict[str, Any]]) -> None:
+            return None
+
+        with pytest.raises(RuntimeError, match="already"):
+            _run_loop(threaded.ship_on_loop(ship))
+    finally:
+        threaded.close()
+    spool = AuditSpool(directory, None)
+
+    async def twice() -> None:
+        first = asyncio.create_task(spool.ship_on_loop(ship))
+        await asyncio.sleep(0.05)
+        try:
+            with pytest.raises(RuntimeError, match="already"):
+                await spool.ship_on_loop(ship)
+        finally:
+            first.cancel()
+            await asyncio.gather(first, return_exceptions=True)
+
+    try:
+        _run_loop(twice())
+    finally:
+        spool.close()
+
+
+def test_a_batch_cut_off_by_cancellation_is_sent_again_after_a_restart(
+    directory: Path,
+) -> None:
+    """The gateway stops shipping at shutdown, maybe mid-request: that batch was not
+    recorded as shipped, so the next spool on the directory sends it (at least once)."""
+    spool = AuditSpool(directory, None)
+    spool.append(_events("e", 3))
+    started = asyncio.Event()
+
+    async def main() -> None:
+        async def hanging(events: list[dict[str, Any]]) -> None:
+            started.set()
+            await asyncio.Event().wait()  # the control plane never answers
+
+        task = asyncio.create_task(spool.ship_on_loop(hanging))
+        await started.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    _run_loop(main())
+    assert spool.health().pending_events == 3
+    assert spool.close()
+    sink = Sink()
+    with AuditSpool(directory, sink, **FAST) as again:
+        assert again.drain(WAIT)
+    assert sink.ids == ["e-0", "e-1", "e-2"]

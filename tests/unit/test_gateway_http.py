@@ -253,6 +253,20 @@ class FakeSpool:
         )  # fmt: skip
 
 
+class IdleShipper:
+    """The shipping task's stand-in for these tests (the spool above is a fake):
+    it waits until the gateway's shutdown cancels it."""
+
+    cancelled = False
+
+    async def run(self, spool: object) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+
 def _runtime(parties: Parties, broker: CredentialBroker | None) -> GatewayRuntime:
     link: Any = parties.link
     link.issuer = ISSUER
@@ -264,7 +278,7 @@ def _runtime(parties: Parties, broker: CredentialBroker | None) -> GatewayRuntim
         spool=FakeSpool(),  # type: ignore[arg-type]
         broker=broker,
         enforcer=parties.enforcer,
-        _shipper=None,  # type: ignore[arg-type]
+        _shipper=IdleShipper(),  # type: ignore[arg-type]
     )
 
 

@@ -702,6 +702,7 @@ class HttpGateway:
             }
         if self._watch is None:
             self._watch = asyncio.create_task(watch_event_loop(self.metrics.loop_lag.observe))
+        self.runtime.start_shipping()
         settle_heap()  # long-lived objects out of later full collections (adapters/heap.py)
 
     async def shutdown(self) -> None:
@@ -711,6 +712,7 @@ class HttpGateway:
                 await self._watch
             self._watch = None
         self._outcomes.flush()
+        await self.runtime.stop_shipping()
         pools, self._pools = self._pools, {}
         for pool in pools.values():
             await pool.aclose()

@@ -1449,11 +1449,13 @@ def build_app(config: McpGatewayConfig, runtime: GatewayRuntime) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        runtime.start_shipping()
         try:
             async with gateway.running():
                 yield
         finally:
             gateway.flush_outcomes()  # after the calls still in flight have ended
+            await runtime.stop_shipping()
             runtime.close()
 
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -10,6 +10,8 @@ and metrics.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -31,29 +33,47 @@ log = logging.getLogger("agentiam.gateway")
 
 
 class _Shipper:
-    """Sends spooled events to the control plane's ingest endpoint; anything but a
-    2xx raises, so the spool keeps them and retries."""
+    """Sends spooled events to the control plane's ingest endpoint; anything but a 2xx
+    raises, so the spool keeps them and retries. ``timeout`` bounds each request: the
+    spool waits for it. A gateway ships from its event loop (:meth:`run`, on
+    :meth:`AuditSpool.ship_on_loop`); the in-process guard, which may have no loop, from
+    the spool's shipper thread (calling the shipper itself)."""
 
     def __init__(self, url: str, admin_key: str, timeout: float) -> None:
         self._url = url.rstrip("/") + "/v1/audit/ingest"
-        self._http = httpx.Client(
-            headers={"Authorization": f"Bearer {admin_key}"},
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-        )
+        self._headers = {"Authorization": f"Bearer {admin_key}"}
+        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 5.0))
+        self._http: httpx.Client | None = None
 
-    def __call__(self, events: list[dict[str, Any]]) -> None:
+    @staticmethod
+    def _body(events: list[dict[str, Any]]) -> dict[str, Any]:
         body = events.json_body if isinstance(events, SpoolBatch) else None
         if body is not None:  # the spooled lines' own JSON: not encoded a second time
-            response = self._http.post(
-                self._url, content=body, headers={"Content-Type": "application/json"}
-            )
-        else:
-            response = self._http.post(self._url, json={"events": events})
+            return {"content": body, "headers": {"Content-Type": "application/json"}}
+        return {"json": {"events": events}}
+
+    @staticmethod
+    def _check(response: httpx.Response) -> None:
         if response.status_code // 100 != 2:
             raise RuntimeError(f"ingest answered {response.status_code}")
 
+    def __call__(self, events: list[dict[str, Any]]) -> None:
+        if self._http is None:
+            self._http = httpx.Client(headers=self._headers, timeout=self._timeout)
+        self._check(self._http.post(self._url, **self._body(events)))
+
     def close(self) -> None:
-        self._http.close()
+        if self._http is not None:
+            self._http.close()
+
+    async def run(self, spool: AuditSpool) -> None:
+        """Ship ``spool`` until cancelled, with one client on the running loop."""
+        async with httpx.AsyncClient(headers=self._headers, timeout=self._timeout) as http:
+
+            async def ship(events: list[dict[str, Any]]) -> None:
+                self._check(await http.post(self._url, **self._body(events)))
+
+            await spool.ship_on_loop(ship)
 
 
 @dataclass
@@ -64,6 +84,7 @@ class GatewayRuntime:
     broker: CredentialBroker | None
     enforcer: Enforcer
     _shipper: _Shipper
+    _shipping: asyncio.Task[None] | None = None
 
     @classmethod
     def start(cls, config: GatewayConfig) -> GatewayRuntime:
@@ -83,7 +104,7 @@ class GatewayRuntime:
         shipper = _Shipper(config.control_plane.url, admin_key, 30.0)
         spool = AuditSpool(
             config.spool_directory,
-            shipper,
+            None,  # shipped on the gateway's event loop: ship_audit
             max_bytes=config.spool_max_bytes,
             linger=0.2,  # a trickle of events ships in batches, not one request each
         )
@@ -111,6 +132,28 @@ class GatewayRuntime:
             "resource_name": f"AgentIAM gateway {self.config.name}",
         }
 
+    def start_shipping(self) -> None:
+        """Ship the spool to ``POST /v1/audit/ingest`` from a task on the running
+        event loop, until :meth:`stop_shipping`. Each gateway ships while it serves: no
+        shipper thread competes with its loop for the GIL (adapters/gateway/spool.py)."""
+        if self._shipping is None:
+            self._shipping = asyncio.create_task(self._ship(), name="audit-spool-shipper")
+
+    async def _ship(self) -> None:
+        try:
+            await self._shipper.run(self.spool)
+        except Exception:  # not expected: the spool keeps what it could not ship
+            log.critical("audit shipping stopped; events stay in the spool", exc_info=True)
+
+    async def stop_shipping(self) -> None:
+        """Cancel the shipping task and wait for it. What it had not shipped stays in
+        the spool, for the next start."""
+        task, self._shipping = self._shipping, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     def health(self) -> dict[str, Any]:
         since = self.link.seconds_since_contact()
         spool = self.spool.health()
@@ -128,5 +171,4 @@ class GatewayRuntime:
         if self.enforcer.approvals is not None:
             self.enforcer.approvals.close()
         self.spool.close()
-        self._shipper.close()
         self.link.close()

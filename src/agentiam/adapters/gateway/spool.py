@@ -23,7 +23,9 @@ Guarantees:
   write of those has no call left to refuse, and their submitter logs it
   (:mod:`agentiam.adapters.gateway.outcomes`).
 - **Ordered, at least once.** Events are shipped in the order they were spooled, in
-  batches of at most ``batch`` events through ``ship(events)``; a batch that fails is
+  batches of at most ``batch`` events through ``ship(events)`` (on the spool's own
+  shipper thread) or ``await ship(events)`` (:meth:`AuditSpool.ship_on_loop`, on the
+  owner's event loop; see below); a batch that fails is
   retried (the same batch, first) after 1 s, then 2, 4, ... up to 60 s. Progress is
   recorded in a per-segment offset file after each shipped batch, so a restart
   re-sends at most the batch in flight (and, after a power loss, possibly a few more):
@@ -40,6 +42,16 @@ events are shipped and a newer segment exists. Each process starts a new segment
 older ones are shipped and then deleted. ``.lock`` is held (``flock``) by the one spool
 using the directory; a second one, in this process or another, is refused.
 
+**Shipping on an event loop.** A gateway answers calls on one asyncio loop, and a
+shipper thread doing Python work (decoding lines, an HTTP request) competes with that
+loop and with the spool's writer thread for the GIL: while it holds it, a call waits,
+up to the interpreter's switch interval (5 ms) at a time (docs/gateway.md, Performance,
+has what this was measured to change). So a gateway opens its
+spool with ``ship=None`` and runs :meth:`AuditSpool.ship_on_loop` as a task: the batch
+is read in a worker thread (file I/O, GIL released), decoded on the loop in slices of
+``step_lines`` lines between calls, sent with an async client, and its offset fsynced
+in a worker thread. The guarantees above are the same in both modes.
+
 Not done: the spool does not deduplicate (the ingest endpoint does); a line that is
 not valid JSON in the middle of a segment (disk corruption, never written by this
 code) is skipped, logged and counted (``corrupt_lines``); ``ship`` must bound its own
@@ -49,7 +61,9 @@ its events (about a second per GiB).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import enum
 import json
 import logging
 import os
@@ -57,7 +71,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -73,17 +87,28 @@ from agentiam.adapters.files import write_all
 from agentiam.services.audit_export import redact
 from agentiam.services.audit_writer import GroupCommit
 
-__all__ = ["AuditSpool", "Ship", "SpoolBatch", "SpoolFull", "SpoolHealth", "next_backoff"]
+__all__ = [
+    "AsyncShip",
+    "AuditSpool",
+    "Ship",
+    "SpoolBatch",
+    "SpoolFull",
+    "SpoolHealth",
+    "next_backoff",
+]
 
 log = logging.getLogger("agentiam.gateway.spool")
 
 Ship = Callable[[list[dict[str, Any]]], None]
 """Sends one batch of events, in order; raises if they were not all accepted."""
+AsyncShip = Callable[[list[dict[str, Any]]], Awaitable[None]]
+"""The same, as a coroutine function (:meth:`AuditSpool.ship_on_loop`)."""
 
 _SEGMENT = re.compile(r"^(\d{16})\.jsonl$")
 _OFFSET = re.compile(r"^(\d{16})\.offset$")
 _HINT = "Check the gateway's audit spool directory (disk space, permissions)."
-_READ_CHUNK = 1 << 20
+_READ_CHUNK = 1 << 20  # recovery reads segments in chunks of this size
+_SHIP_CHUNK = 256 << 10  # the shipper reads a batch's lines in chunks of this size
 _BATCH_BYTES = 4 << 20  # a shipped batch is cut before this many bytes (one line at least)
 _IDLE_POLL = 1.0  # seconds the shipper sleeps when idle (it is woken on every commit)
 # A line as _encode writes it, up to the event: {"spooled_at":<JSON number>,"event":
@@ -188,11 +213,112 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class _Read(enum.Enum):
+    DONE = "done"  # the batch is complete
+    MORE = "more"  # decode again: more lines are in the buffer
+    FILL = "fill"  # read more of the file first
+
+
+class _BatchReader:
+    """Cuts one shipped batch out of a segment: up to ``batch`` events from ``start``,
+    not past ``limit`` (an acknowledged size, so a line end) and, after the first line,
+    not past ``_BATCH_BYTES``. Reading (:meth:`fill`: blocking file I/O) and decoding
+    (:meth:`decode`: CPU) are separate steps, so that an event loop can read in a worker
+    thread and decode in slices between the calls it serves."""
+
+    def __init__(
+        self, segment: _Segment, start: int, limit: int, batch: int, corrupt: Callable[[], None]
+    ) -> None:
+        self.segment = segment
+        self.start = start
+        self._limit = limit
+        self._batch = batch
+        self._corrupt = corrupt
+        self._fd: int | None = None
+        self._buffer = b""  # bytes read; those from _cursor on are not decoded yet
+        self._cursor = 0  # _buffer[_cursor] is the byte at self.position
+        self._read_to = start  # file offset the next fill reads from
+        self.position = start  # offset after the last line taken
+        self.count = 0  # lines taken, corrupt ones included
+        self.events = SpoolBatch()
+        self._texts: list[bytes] | None = []
+
+    def fill(self) -> None:
+        """Read the next chunk of the segment (blocking)."""
+        if self._fd is None:
+            self._fd = os.open(self.segment.path, os.O_RDONLY)
+        size = min(_SHIP_CHUNK, self._limit - self._read_to)
+        chunk = os.pread(self._fd, size, self._read_to)
+        if not chunk:  # cannot happen below an acknowledged size
+            raise OSError(f"{self.segment.path.name} is shorter than its acknowledged size")
+        self._read_to += len(chunk)
+        self._buffer = self._buffer[self._cursor :] + chunk
+        self._cursor = 0
+
+    def decode(self, lines: int) -> _Read:
+        """Take up to ``lines`` more lines from what was read."""
+        taken, cursor, buffer = 0, self._cursor, self._buffer
+        state = _Read.MORE
+        while True:
+            if self.count >= self._batch or self.position >= self._limit:
+                state = _Read.DONE
+                break
+            if taken >= lines:
+                break
+            newline = buffer.find(b"\n", cursor)
+            if newline == -1:
+                state = _Read.FILL
+                break
+            line = buffer[cursor : newline + 1]
+            if self.count and self.position + len(line) - self.start > _BATCH_BYTES:
+                state = _Read.DONE
+                break
+            cursor = newline + 1
+            self.position += len(line)
+            self.count += 1
+            taken += 1
+            self._take(line)
+        self._cursor = cursor
+        return state
+
+    def _take(self, line: bytes) -> None:
+        try:
+            event, text = _line_event(line)
+        except (ValueError, KeyError, TypeError):
+            log.error(
+                "audit spool: skipping a corrupt line in %s at byte %d",
+                self.segment.path.name,
+                self.position - len(line),
+            )
+            self._corrupt()
+            return
+        self.events.append(event)
+        if self._texts is not None:
+            if text is None:
+                self._texts = None
+            else:
+                self._texts.append(text)
+
+    def result(self) -> SpoolBatch:
+        """The batch's events (with ``json_body`` when every line had the spool's form)."""
+        if self._texts:
+            self.events.json_body = b'{"events":[' + b",".join(self._texts) + b"]}"
+        return self.events
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
 class AuditSpool:
     """Durable local audit buffer and its shipper; see the module docstring.
 
     ``ship(events)`` runs on the shipper thread with at most ``batch`` events (the
-    gateway POSTs them to the control plane); it raises to report a failure.
+    guard POSTs them to the control plane); it raises to report a failure. With
+    ``ship=None`` there is no shipper thread: the owner runs :meth:`ship_on_loop` on
+    its event loop instead (both gateways do).
     ``backoff_initial`` / ``backoff_max`` bound the retry delays, ``commit_timeout``
     how long :meth:`append` waits for its fsync, ``linger`` how long the shipper waits
     after sending a batch that was not full (so that a steady trickle of events is sent
@@ -204,7 +330,7 @@ class AuditSpool:
     def __init__(
         self,
         directory: str | os.PathLike[str],
-        ship: Ship,
+        ship: Ship | None,
         *,
         max_bytes: int = 1 << 30,
         segment_bytes: int = 4 << 20,
@@ -223,7 +349,6 @@ class AuditSpool:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.batch = batch
-        self._ship = ship
         self._backoff = (backoff_initial, backoff_max)
         self._linger = linger
         self._clock = clock
@@ -244,6 +369,8 @@ class AuditSpool:
         self._last_error_at: float | None = None
         self._last_ship_at: float | None = None
         self._corrupt = 0
+        self._on_loop = False  # ship_on_loop is running
+        self._wake_loop: Callable[[], None] | None = None  # set while it waits for work
 
         self._lock_fd = self._lock_directory()
         try:
@@ -262,9 +389,12 @@ class AuditSpool:
             hint=_HINT,
             thread_name="audit-spool-writer",
         )
-        self._shipper = threading.Thread(target=self._ship_loop, name="audit-spool-shipper")
-        self._shipper.daemon = True
-        self._shipper.start()
+        self._shipper: threading.Thread | None = None
+        if ship is not None:
+            self._shipper = threading.Thread(
+                target=self._ship_loop, args=(ship,), name="audit-spool-shipper", daemon=True
+            )
+            self._shipper.start()
 
     # -- callers --------------------------------------------------------------------
 
@@ -375,15 +505,19 @@ class AuditSpool:
         with self._lock:
             while any(s.shipped < s.size for s in self._segments) or self._reserved:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._shipper.is_alive():
+                if remaining <= 0 or not self._shipping():
                     return False
                 self._changed.wait(remaining)
             return True
 
+    def _shipping(self) -> bool:
+        return self._on_loop or (self._shipper is not None and self._shipper.is_alive())
+
     def close(self, timeout: float = 10.0) -> bool:
         """Refuse new events, write those already accepted, stop shipping. Events not
         shipped stay on disk for the next :class:`AuditSpool` on this directory. True
-        if both threads stopped within ``timeout``."""
+        if both threads stopped within ``timeout``. (A :meth:`ship_on_loop` task
+        should be cancelled, and awaited, first: its owner's loop runs it.)"""
         deadline = time.monotonic() + timeout
         with self._lock:
             self._closed = True
@@ -391,8 +525,12 @@ class AuditSpool:
         self._stop.set()
         with self._lock:
             self._changed.notify_all()
-        self._shipper.join(max(0.0, deadline - time.monotonic()))
-        done = stopped and not self._shipper.is_alive()
+            wake, self._wake_loop = self._wake_loop, None
+        if wake is not None:  # ship_on_loop, waiting for work, ends
+            wake()
+        if self._shipper is not None:
+            self._shipper.join(max(0.0, deadline - time.monotonic()))
+        done = stopped and not (self._shipper is not None and self._shipper.is_alive())
         if done and self._lock_fd != -1:  # only then may another spool take the directory
             for fd in (self._fd, self._lock_fd):
                 if fd is not None:
@@ -526,6 +664,9 @@ class AuditSpool:
             self._disk_bytes += len(data)
             self._pending_bytes += len(data)
             self._changed.notify_all()
+            wake, self._wake_loop = self._wake_loop, None
+        if wake is not None:
+            wake()
 
     def _rotate(self) -> _Segment:
         """Seal the current segment and start the next one (its directory entry
@@ -568,100 +709,173 @@ class AuditSpool:
             self._current = None
             self._changed.notify_all()
 
-    # -- the shipper thread -----------------------------------------------------------
+    # -- shipping: the shipper thread, or ship_on_loop ---------------------------------
 
-    def _ship_loop(self) -> None:
+    def _ship_loop(self, ship: Ship) -> None:
         delay: float | None = None
         while not self._stop.is_set():
             try:
-                work = self._next_work()
-                if work is None:
-                    continue
-                segment, events, end, count = work
-                if events and not self._send(events):
+                with self._lock:
+                    work = self._take_ready()
+                    if work is None:
+                        self._changed.wait(_IDLE_POLL)  # woken by writes and close
+                        continue
+                reader = _BatchReader(*work, self.batch, self._count_corrupt)
+                try:
+                    while (state := reader.decode(self.batch)) is not _Read.DONE:
+                        if state is _Read.FILL:
+                            reader.fill()
+                finally:
+                    reader.close()
+                events = reader.result()
+                if events and not self._send(ship, events):
                     return  # stopped while retrying
-                self._advance(segment, end, count, len(events))
+                self._advance(reader.segment, reader.position, reader.count, len(events))
                 delay = None
-                if self._linger and count < self.batch:
+                if self._linger and reader.count < self.batch:
                     self._stop.wait(self._linger)  # let the next batch fill up
             except Exception as exc:  # reading the spool failed: keep trying, visibly
-                delay = next_backoff(delay, initial=self._backoff[0], maximum=self._backoff[1])
-                self._record_failure(exc)
-                log.exception("audit spool: the shipper cannot read the spool")
+                delay = self._read_failed(exc, delay)
                 self._stop.wait(delay)
 
-    def _next_work(self) -> tuple[_Segment, list[dict[str, Any]], int, int] | None:
-        """The next batch to ship, or None after waiting for something to do."""
+    async def ship_on_loop(
+        self, ship: AsyncShip, *, step_lines: int = 50, idle_poll: float = _IDLE_POLL
+    ) -> None:
+        """Ship on the running event loop until cancelled (or the spool is closed), for
+        a spool opened with ``ship=None``; see the module docstring. Decoding a batch
+        holds the loop for at most ``step_lines`` lines at a time; file reads and the
+        offset's fsync run in the loop's default executor. Waiting for work, it is woken
+        by the next write, or after ``idle_poll`` seconds."""
+        loop = asyncio.get_running_loop()
         with self._lock:
-            while self._segments and self._segments[0].done:
-                self._delete_locked(self._segments.popleft())
-            segment = next((s for s in self._segments if s.shipped < s.size), None)
-            if segment is None:
-                self._changed.wait(_IDLE_POLL)
-                return None
-            start, limit = segment.shipped, segment.size
-        events, end, count = self._read_batch(segment, start, limit)
-        return segment, events, end, count
-
-    def _read_batch(self, segment: _Segment, start: int, limit: int) -> tuple[SpoolBatch, int, int]:
-        """Up to ``batch`` events from ``start``, not past ``limit``; the offset after
-        them and the lines consumed (corrupt ones included)."""
-        events = SpoolBatch()
-        texts: list[bytes] | None = []
-        count, position = 0, start
-        with open(segment.path, "rb") as handle:
-            handle.seek(start)
-            while count < self.batch and position < limit:
-                line = handle.readline(limit - position)
-                if not line.endswith(b"\n"):
-                    break  # cannot happen below an acknowledged size
-                if events and position + len(line) - start > _BATCH_BYTES:
-                    break
-                position += len(line)
-                count += 1
+            if self._shipper is not None or self._on_loop:
+                raise RuntimeError("this spool is already being shipped")
+            self._on_loop = True
+        delay: float | None = None
+        try:
+            while not self._stop.is_set():
                 try:
-                    event, text = _line_event(line)
-                except (ValueError, KeyError, TypeError):
-                    log.error(
-                        "audit spool: skipping a corrupt line in %s at byte %d",
-                        segment.path.name,
-                        position - len(line),
+                    work = self._take()
+                    if work is None:
+                        await self._idle(loop, idle_poll)
+                        continue
+                    reader = _BatchReader(*work, self.batch, self._count_corrupt)
+                    try:
+                        while (state := reader.decode(step_lines)) is not _Read.DONE:
+                            if state is _Read.FILL:
+                                await loop.run_in_executor(None, reader.fill)
+                            else:
+                                await asyncio.sleep(0)  # let the loop serve calls
+                    finally:
+                        reader.close()
+                    events = reader.result()
+                    if events and not await self._send_async(ship, events):
+                        return
+                    await loop.run_in_executor(
+                        None,
+                        self._advance,
+                        reader.segment,
+                        reader.position,
+                        reader.count,
+                        len(events),
                     )
-                    with self._lock:
-                        self._corrupt += 1
-                    continue
-                events.append(event)
-                if texts is not None:
-                    if text is None:
-                        texts = None
-                    else:
-                        texts.append(text)
-        if texts:
-            events.json_body = b'{"events":[' + b",".join(texts) + b"]}"
-        return events, position, count
+                    delay = None
+                    if self._linger and reader.count < self.batch:
+                        await asyncio.sleep(self._linger)  # let the next batch fill up
+                except Exception as exc:  # reading the spool failed: keep trying, visibly
+                    delay = self._read_failed(exc, delay)
+                    await asyncio.sleep(delay)
+        finally:
+            with self._lock:
+                self._on_loop = False
+                self._wake_loop = None
+                self._changed.notify_all()
 
-    def _send(self, events: list[dict[str, Any]]) -> bool:
+    async def _idle(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        """Wait for the next write (which calls ``_wake_loop`` from the writer thread)."""
+        woken = asyncio.Event()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(woken.set)
+
+        with self._lock:
+            if self._take_ready() is not None:
+                return
+            self._wake_loop = wake
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), timeout)
+        finally:
+            with self._lock:
+                if self._wake_loop is wake:
+                    self._wake_loop = None
+
+    def _take(self) -> tuple[_Segment, int, int] | None:
+        """Where the next batch lies (segment, start, acknowledged end), deleting
+        segments shipped in full; None when everything is shipped."""
+        with self._lock:
+            return self._take_ready()
+
+    def _take_ready(self) -> tuple[_Segment, int, int] | None:
+        while self._segments and self._segments[0].done:
+            self._delete_locked(self._segments.popleft())
+        segment = next((s for s in self._segments if s.shipped < s.size), None)
+        return None if segment is None else (segment, segment.shipped, segment.size)
+
+    def _count_corrupt(self) -> None:
+        with self._lock:
+            self._corrupt += 1
+
+    def _read_failed(self, exc: Exception, delay: float | None) -> float:
+        delay = next_backoff(delay, initial=self._backoff[0], maximum=self._backoff[1])
+        self._record_failure(exc)
+        log.error(
+            "audit spool: the shipper cannot read the spool: %s; retrying in %g s",
+            redact(exc),
+            delay,
+        )
+        return delay
+
+    def _send(self, ship: Ship, events: list[dict[str, Any]]) -> bool:
         """Ship one batch until it is accepted; False if the spool closed first."""
         delay: float | None = None
         while not self._stop.is_set():
             try:
-                self._ship(events)
+                ship(events)
             except Exception as exc:
-                delay = next_backoff(delay, initial=self._backoff[0], maximum=self._backoff[1])
-                message, failures = self._record_failure(exc)
-                if failures == 1 or failures % 10 == 0:
-                    log.warning(
-                        "audit spool: shipping %d events failed (%d in a row): %s; "
-                        "retrying in %g s",
-                        len(events),
-                        failures,
-                        message,
-                        delay,
-                    )
+                delay = self._send_failed(exc, delay, len(events))
                 self._stop.wait(delay)
                 continue
             return True
         return False
+
+    async def _send_async(self, ship: AsyncShip, events: list[dict[str, Any]]) -> bool:
+        """:meth:`_send` on the event loop."""
+        delay: float | None = None
+        while not self._stop.is_set():
+            try:
+                await ship(events)
+            except Exception as exc:
+                delay = self._send_failed(exc, delay, len(events))
+                await asyncio.sleep(delay)
+                continue
+            return True
+        return False
+
+    def _send_failed(self, exc: Exception, delay: float | None, count: int) -> float:
+        """Record a failed attempt; the wait before the next one."""
+        delay = next_backoff(delay, initial=self._backoff[0], maximum=self._backoff[1])
+        message, failures = self._record_failure(exc)
+        if failures == 1 or failures % 10 == 0:
+            log.warning(
+                "audit spool: shipping %d events failed (%d in a row): %s; retrying in %g s",
+                count,
+                failures,
+                message,
+                delay,
+            )
+        return delay
 
     def _record_failure(self, exc: Exception) -> tuple[str, int]:
         message = redact(exc)
