@@ -34,8 +34,10 @@ Phases, each against the upstream directly and then through the gateway:
    to back for ``--seconds`` (default 10); calls/s are 200 answers over the wall time.
 
 It also prints the CPU seconds each process used per phase, the gateway's own view
-(its decision-time histogram from ``/metrics``), and whether the audit spool drained
-(every event shipped to the control plane) after the run.
+from ``/metrics`` (per phase, the share of event-loop probes more than 2 and 5 ms late
+and of decisions, i.e. authenticate, decide and fsync the audit event, that took more
+than 2 and 5 ms; and the whole run's decision-time histogram), and whether the audit
+spool drained (every event shipped to the control plane) after the run.
 
 The generator shares the 2 cores with the three servers, so the throughput row is the
 whole system on this machine, not the gateway alone: read it with the CPU table.
@@ -105,6 +107,7 @@ class LoadOut:
     late: int = 0
     elapsed: float = 0.0
     lag: dict[str, float] = field(default_factory=dict)  # the gateway's, over the phase
+    decision: dict[str, float] = field(default_factory=dict)  # the same, decision time
 
 
 async def _fixed_rate(
@@ -415,13 +418,13 @@ def _run_load(
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(1.0)  # py-spy attaches
-    lag_before = _loop_lag(s)
+    lag_before, decision_before = _histogram(s, _LAG), _histogram(s, _DECISION)
     before = {name: _cpu_seconds(pid) for name, pid in s.pids().items()}
     gen = subprocess.run(  # noqa: S603 - this script
         [sys.executable, __file__, "_load", str(job_file), str(out_file)], check=False
     )
     after = {name: _cpu_seconds(pid) for name, pid in s.pids().items()}
-    lag_after = _loop_lag(s)
+    lag_after, decision_after = _histogram(s, _LAG), _histogram(s, _DECISION)
     if spy is not None:
         spy.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
         spy.wait(timeout=30)
@@ -436,33 +439,44 @@ def _run_load(
     )
     cpu = {name: after[name] - before[name] for name in before}
     out.lag = {le: lag_after[le] - lag_before.get(le, 0.0) for le in lag_after}
+    out.decision = {le: n - decision_before.get(le, 0.0) for le, n in decision_after.items()}
     return out, cpu
 
 
 def _cpu_row(name: str, cpu: dict[str, float], out: LoadOut) -> list[str]:
     """CPU seconds of each server in one phase; per call for the gateway and the
     control plane (whose audit ingest is the gateway's events); and the share of the
-    gateway's event-loop probes (due every 10 ms) that ran more than 2 and 5 ms late."""
+    gateway's event-loop probes (due every 10 ms) that ran more than 2 and 5 ms late, and
+    of its decisions (authenticate, decide, audit event durable) that took that long."""
     calls = max(1, sum(out.statuses.values()))
-    extra = ("", "", "")
+    extra = ("", "", "", "")
     if "gateway" in name:
-        probes = out.lag.get("+Inf", 0.0)
-        late = [probes - out.lag.get(le, 0.0) for le in ("0.002", "0.005")]
         extra = (f"{cpu['gateway'] / calls * 1000:.2f}",
                  f"{cpu['control plane'] / calls * 1000:.2f}",
-                 " / ".join(f"{n / probes:.1%}" if probes else "-" for n in late))  # fmt: skip
+                 _over(out.lag, _LATE), _over(out.decision, _LATE))  # fmt: skip
     return [name, *(f"{cpu[p]:.1f}" for p in cpu), f"{out.elapsed:.1f}", *extra]
 
 
-def _loop_lag(s: System) -> dict[str, float]:
-    """The gateway's cumulative event-loop lag histogram: bucket bound -> count."""
+_LAG = "agentiam_gateway_event_loop_lag_seconds"
+_DECISION = "agentiam_gateway_decision_seconds"
+_LATE = ("0.002", "0.005")  # bucket bounds the CPU table reports the share above
+
+
+def _histogram(s: System, metric: str) -> dict[str, float]:
+    """One of the gateway's cumulative histograms: bucket bound -> count."""
     import httpx
 
     text = httpx.get(s.gw_url + "/metrics", timeout=10).text
-    found = re.findall(
-        r'agentiam_gateway_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)', text
-    )
+    found = re.findall(re.escape(metric) + r'_bucket\{le="([^"]+)"\} (\S+)', text)
     return {le: float(n) for le, n in found}
+
+
+def _over(histogram: dict[str, float], bounds: Sequence[str]) -> str:
+    """The share of a phase's observations above each bucket bound."""
+    total = histogram.get("+Inf", 0.0)
+    if not total:
+        return "-"
+    return " / ".join(f"{(total - histogram.get(le, 0.0)) / total:.1%}" for le in bounds)
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -488,12 +502,10 @@ def _spool_pending(s: System) -> int:
 
 
 def _decision_histogram(s: System) -> str:
-    import httpx
-
-    text = httpx.get(s.gw_url + "/metrics", timeout=10).text
-    buckets = re.findall(r'agentiam_gateway_decision_seconds_bucket\{le="([^"]+)"\} (\S+)', text)
-    count = float(re.search(r"agentiam_gateway_decision_seconds_count (\S+)", text)[1])  # type: ignore[index]
-    parts = [f"<= {float(le) * 1000:g} ms: {float(n) / count:.1%}" for le, n in buckets
+    """The whole run's decision times, as the share at or under each bucket bound."""
+    buckets = _histogram(s, _DECISION)
+    count = buckets.get("+Inf", 0.0) or 1.0
+    parts = [f"<= {float(le) * 1000:g} ms: {n / count:.1%}" for le, n in buckets.items()
              if le != "+Inf" and float(le) <= 0.01]  # fmt: skip
     return ", ".join(parts)
 
@@ -656,7 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(markdown_table(
         ["phase", "gateway", "upstream", "control plane", "wall s", "gateway ms/call",
-         "control plane ms/call", "loop late > 2 / 5 ms"],
+         "control plane ms/call", "loop late > 2 / 5 ms", "decision > 2 / 5 ms"],
         cpu_rows,
     ))  # fmt: skip
     print()
