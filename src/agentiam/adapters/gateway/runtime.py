@@ -104,7 +104,7 @@ class GatewayRuntime:
         shipper = _Shipper(config.control_plane.url, admin_key, 30.0)
         spool = AuditSpool(
             config.spool_directory,
-            None,  # shipped on the gateway's event loop: ship_audit
+            None,  # shipped from the gateway's event loop: start_shipping
             max_bytes=config.spool_max_bytes,
             linger=0.2,  # a trickle of events ships in batches, not one request each
         )

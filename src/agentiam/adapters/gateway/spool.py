@@ -818,8 +818,7 @@ class AuditSpool:
             return self._take_ready()
 
     def _take_ready(self) -> tuple[_Segment, int, int] | None:
-        while self._segments and self._segments[0].done:
-            self._delete_locked(self._segments.popleft())
+        self._prune_locked()
         segment = next((s for s in self._segments if s.shipped < s.size), None)
         return None if segment is None else (segment, segment.shipped, segment.size)
 
@@ -901,6 +900,7 @@ class AuditSpool:
             self._shipped_events += shipped
             self._failures = 0
             self._last_ship_at = self._clock()
+            self._prune_locked()  # before drain() can see it shipped
             self._changed.notify_all()
 
     def _write_offset(self, segment: _Segment, offset: int) -> None:
@@ -923,6 +923,11 @@ class AuditSpool:
         return float(value) if isinstance(value, int | float) else None
 
     # -- deletion ----------------------------------------------------------------------
+
+    def _prune_locked(self) -> None:
+        """Delete the oldest segments while they are sealed and shipped in full."""
+        while self._segments and self._segments[0].done:
+            self._delete_locked(self._segments.popleft())
 
     def _delete_locked(self, segment: _Segment) -> None:
         self._disk_bytes -= segment.size
