@@ -20,7 +20,7 @@ Guarantees:
   event is never silently discarded. (As with the database writer, the guarantee is
   one-sided: a refused call's events may still reach disk, and be shipped.) Events
   submitted with ``wake=False`` are for outcomes nothing waits on: a refusal or failed
-  write of those has no call left to refuse, and their submitter logs it
+  write of those has no call left to refuse, and their submitter logs and counts it
   (:mod:`agentiam.adapters.gateway.outcomes`).
 - **Ordered, at least once.** Events are shipped in the order they were spooled, in
   batches of at most ``batch`` events through ``ship(events)`` (on the spool's own
@@ -323,8 +323,8 @@ class AuditSpool:
     how long :meth:`append` waits for its fsync, ``linger`` how long the shipper waits
     after sending a batch that was not full (so that a steady trickle of events is sent
     in fewer, larger requests), ``clock`` gives unix seconds (the
-    ``spooled_at`` of each line). The shipper starts at once; :meth:`close` stops both
-    threads (events not shipped stay on disk for the next start).
+    ``spooled_at`` of each line). A shipper thread starts at once; :meth:`close` stops
+    it and the writer thread (events not shipped stay on disk for the next start).
     """
 
     def __init__(
@@ -516,7 +516,7 @@ class AuditSpool:
     def close(self, timeout: float = 10.0) -> bool:
         """Refuse new events, write those already accepted, stop shipping. Events not
         shipped stay on disk for the next :class:`AuditSpool` on this directory. True
-        if both threads stopped within ``timeout``. (A :meth:`ship_on_loop` task
+        if its threads stopped within ``timeout``. (A :meth:`ship_on_loop` task
         should be cancelled, and awaited, first: its owner's loop runs it.)"""
         deadline = time.monotonic() + timeout
         with self._lock:
