@@ -11,6 +11,7 @@ tampered call, the pending bound, the SDK's polling and the blocking /v1/authori
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import threading
@@ -493,11 +494,36 @@ def test_the_sdk_finds_the_authorization_server_from_the_gateway(world: World) -
         )
 
 
+def _challenge_of(scope: dict[str, Any]) -> bytes | None:
+    """What the impostor's 401 names as ``resource_metadata`` for a path, if anything."""
+    host = dict(scope["headers"])[b"host"].decode()
+    return {
+        "/api": f"http://{host}/meta/api",  # not the well-known URL
+        "/cross": "http://iam.elsewhere.example/meta/cross",
+        "/javascript": "javascript:alert(1)",
+    }.get(scope["path"], "").encode() or None
+
+
 async def _impostor(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """A resource whose metadata names another resource, or is too large, or absent."""
+    """A resource whose metadata names another resource, or is too large, or absent;
+    some paths answer 401 naming their metadata URL (RFC 9728 section 5.1)."""
     if scope["type"] != "http":
         return
-    if scope["path"].endswith("/big"):
+    challenge = _challenge_of(scope)
+    if challenge is not None:
+        header = b'DPoP error="invalid_token", resource_metadata="' + challenge + b'"'
+        await send(
+            {"type": "http.response.start", "status": 401,
+             "headers": [(b"www-authenticate", header)]}
+        )  # fmt: skip
+        await send({"type": "http.response.body", "body": b"{}"})
+        return
+    if scope["path"] == "/meta/api":
+        host = dict(scope["headers"])[b"host"].decode()
+        body = json.dumps(
+            {"resource": f"http://{host}/api", "authorization_servers": ["http://x"]}
+        ).encode()
+    elif scope["path"].endswith("/big"):
         body = b'{"resource": "' + b"x" * 70_000 + b'"}'
     elif scope["path"].endswith("/other"):
         body = b'{"resource": "https://bank.example.com", "authorization_servers": ["http://x"]}'
@@ -526,4 +552,48 @@ def test_discovery_refuses_metadata_that_cannot_be_trusted(world: World) -> None
     with pytest.raises(DiscoveryError, match="no query or fragment"):
         AgentClient.for_resource(
             world.gw_url + "?x=1", client_id=world.agent_id, key=world.key, trusted_issuers=trusted
+        )
+
+
+def test_discovery_follows_the_metadata_url_a_401_names(world: World) -> None:
+    """RFC 9728 section 5.1: the resource's own 401 says where its metadata is; the
+    well-known URL is only the fallback. A URL off the resource's origin is refused
+    (the attack: a resource steering the agent's fetch to another host)."""
+    assert world.key is not None
+    # the gateway's own challenge, end to end: the issuer it names gives a token
+    found = AgentClient.for_resource(
+        world.gw_url, client_id=world.agent_id, key=world.key, trusted_issuers=[world.cp.url]
+    )
+    try:
+        assert found.token().token_type == "DPoP"
+    finally:
+        found.close()
+    trusted = [world.cp.url, "http://x"]
+    with serve_in_thread(_impostor) as url:
+        found = AgentClient.for_resource(
+            url + "/api", client_id=world.agent_id, key=world.key, trusted_issuers=trusted
+        )
+        try:  # found at /meta/api, which no well-known rule gives
+            assert (found.issuer, found.resource) == ("http://x", url + "/api")
+        finally:
+            found.close()
+        with pytest.raises(DiscoveryError, match="answered 404"):  # the fallback alone
+            AgentClient.for_resource(
+                url + "/api",
+                client_id=world.agent_id,
+                key=world.key,
+                trusted_issuers=trusted,
+                challenge=False,
+            )
+        for path, named in (("/cross", "another origin"), ("/javascript", "no URL")):
+            with pytest.raises(DiscoveryError, match=named):
+                AgentClient.for_resource(
+                    url + path, client_id=world.agent_id, key=world.key, trusted_issuers=trusted
+                )
+    with pytest.raises(DiscoveryError, match="cannot reach"):
+        AgentClient.for_resource(
+            f"http://127.0.0.1:{free_port()}/api",
+            client_id=world.agent_id,
+            key=world.key,
+            trusted_issuers=trusted,
         )

@@ -57,7 +57,7 @@ from agentiam.core.approvals_wire import (
     WAITING_STATES,
     read_mcp_result_meta,
 )
-from agentiam.sdk.discovery import protected_resource
+from agentiam.sdk.discovery import challenged_metadata_url, protected_resource
 from agentiam.sdk.keys import AgentKey
 from agentiam.sdk.proofs import client_assertion, dpop_proof
 
@@ -160,14 +160,26 @@ class AgentClient:
         key: AgentKey,
         trusted_issuers: Iterable[str],
         http: httpx.Client | None = None,
+        challenge: bool = True,
         **options: Any,
     ) -> AgentClient:
         """A client for ``resource`` (a gateway's URL) whose authorization server is
         found in the resource's metadata (RFC 9728), taken only if it is among
-        ``trusted_issuers``; ``options`` as for the constructor. Raises
+        ``trusted_issuers``; ``options`` as for the constructor. With ``challenge``
+        the resource is first asked without a token, and the metadata URL its 401
+        names in ``WWW-Authenticate`` is used (same origin only); without one, or with
+        ``challenge=False``, the well-known URL (RFC 9728 sections 5.1 and 3.1). Raises
         :class:`~agentiam.sdk.discovery.DiscoveryError`."""
         client = http or httpx.Client(timeout=10)
-        _, issuer = protected_resource(resource, client, trusted_issuers=trusted_issuers)
+        try:
+            named = challenged_metadata_url(resource, client) if challenge else None
+            _, issuer = protected_resource(
+                resource, client, trusted_issuers=trusted_issuers, url=named
+            )
+        except BaseException:
+            if http is None:  # ours: not left open when discovery fails
+                client.close()
+            raise
         return cls(issuer, client_id=client_id, key=key, resource=resource, http=client, **options)
 
     def metadata(self) -> dict[str, Any]:

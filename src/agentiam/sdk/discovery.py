@@ -10,11 +10,22 @@ resource could name any server, and the agent would then send that server its cl
 assertions and use the tokens it hands out (RFC 9728 section 7.6 leaves the choice of
 servers to trust to the client). The authorization server's own metadata (RFC 8414)
 is checked by :class:`~agentiam.sdk.client.AgentClient` as before.
+
+Where the metadata lives can also be learnt from the resource itself: a request
+without a token is answered 401 with a ``WWW-Authenticate`` challenge whose
+``resource_metadata`` parameter names the metadata URL (RFC 9728 section 5.1; MCP
+2025-06-18 and later, "Protected Resource Metadata Discovery Requirements": a client
+uses it when present and falls back to the well-known URL).
+:func:`challenged_metadata_url` makes that request. It takes the URL only on the
+resource's own origin: a resource that could point the agent at any address would
+have it fetch internal URLs on the resource's say-so (RFC 9728 section 7.7 leaves the
+fetch to the client's judgement). The metadata found there is checked as above.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -22,10 +33,21 @@ from urllib.parse import urlsplit
 
 import httpx
 
-__all__ = ["DiscoveryError", "ResourceMetadata", "metadata_url", "protected_resource"]
+__all__ = [
+    "DiscoveryError",
+    "ResourceMetadata",
+    "challenged_metadata_url",
+    "metadata_url",
+    "protected_resource",
+    "resource_metadata_param",
+]
 
 MAX_METADATA_BYTES = 64 * 1024
 _WELL_KNOWN = "/.well-known/oauth-protected-resource"
+_MAX_CHALLENGE = 8 * 1024  # bytes of WWW-Authenticate read
+# RFC 9110 section 11.2: auth-param = token BWS "=" BWS ( token / quoted-string )
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_AUTH_PARAM = re.compile(rf'({_TCHARS})[ \t]*=[ \t]*(?:"((?:[^"\\]|\\.)*)"|({_TCHARS}))')
 
 
 class DiscoveryError(Exception):
@@ -55,21 +77,74 @@ def metadata_url(resource: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{_WELL_KNOWN}{path}"
 
 
+def resource_metadata_param(challenges: Iterable[str]) -> str | None:
+    """The ``resource_metadata`` auth-param of ``WWW-Authenticate`` values (RFC 9728
+    section 5.1), whatever the scheme (``Bearer``, ``DPoP``), or None. Parameter names
+    are case-insensitive (RFC 9110 section 11.2); a quoted-string is unescaped."""
+    for challenge in challenges:
+        for match in _AUTH_PARAM.finditer(challenge[:_MAX_CHALLENGE]):
+            if match.group(1).lower() == "resource_metadata":
+                quoted, token = match.group(2), match.group(3)
+                return re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else token
+    return None
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def challenged_metadata_url(resource: str, http: httpx.Client) -> str | None:
+    """Ask ``resource`` itself where its metadata is: a GET without credentials, whose
+    401 answer names it in ``WWW-Authenticate`` (RFC 9728 section 5.1). None when the
+    answer is not a 401 naming one (the caller then uses :func:`metadata_url`).
+    Raises :class:`DiscoveryError` when the resource cannot be reached, or names a
+    metadata URL off its own origin or one that is no http(s) URL. The body of the
+    answer is never read; redirects are not followed."""
+    metadata_url(resource)  # the same checks of the resource URL
+    try:
+        with http.stream(
+            "GET", resource, headers={"Accept": "application/json"}, follow_redirects=False
+        ) as response:
+            if response.status_code != 401:
+                return None
+            named = resource_metadata_param(response.headers.get_list("www-authenticate"))
+    except httpx.HTTPError as exc:
+        raise DiscoveryError(f"cannot reach {resource} ({type(exc).__name__})") from None
+    if named is None:
+        return None
+    parts = urlsplit(named)
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.fragment:
+        raise DiscoveryError(f"{resource} names a resource_metadata that is no URL: {named!r}")
+    if _origin(named) != _origin(resource):
+        raise DiscoveryError(
+            f"{resource} names resource metadata on another origin ({named}); only the "
+            "resource's own origin is trusted"
+        )
+    return named
+
+
 def _issuer(value: str) -> str:
     return value.rstrip("/")
 
 
 def protected_resource(
-    resource: str, http: httpx.Client, *, trusted_issuers: Iterable[str]
+    resource: str,
+    http: httpx.Client,
+    *,
+    trusted_issuers: Iterable[str],
+    url: str | None = None,
 ) -> tuple[ResourceMetadata, str]:
-    """The resource's metadata and the first authorization server it names that is
-    among ``trusted_issuers``. Raises :class:`DiscoveryError` when the metadata cannot
-    be had (not 200, not a JSON object, larger than 64 KiB), names another resource,
-    or names no trusted server."""
+    """The resource's metadata (read from ``url``, else from the well-known URL of
+    :func:`metadata_url`) and the first authorization server it names that is among
+    ``trusted_issuers``. Raises :class:`DiscoveryError` when the metadata cannot be had
+    (not 200, not a JSON object, larger than 64 KiB), names another resource, or names
+    no trusted server."""
     trusted = {_issuer(i) for i in trusted_issuers}
     if not trusted:
         raise DiscoveryError("name at least one trusted issuer")
-    url = metadata_url(resource)
+    well_known = metadata_url(resource)
+    url = url or well_known
     try:
         with http.stream("GET", url, headers={"Accept": "application/json"}) as response:
             if response.status_code != 200:
