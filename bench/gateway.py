@@ -106,7 +106,7 @@ class LoadOut:
     statuses: dict[int, int] = field(default_factory=dict)
     late: int = 0
     elapsed: float = 0.0
-    # the gateway's histograms over the phase (_GATEWAY_HISTOGRAMS): name -> bound -> count
+    # the gateway's histograms over the phase (_HISTOGRAMS): name -> bound -> count
     histograms: dict[str, dict[str, float]] = field(default_factory=dict)
 
 

@@ -18,8 +18,9 @@ without a token is answered 401 with a ``WWW-Authenticate`` challenge whose
 uses it when present and falls back to the well-known URL).
 :func:`challenged_metadata_url` makes that request. It takes the URL only on the
 resource's own origin: a resource that could point the agent at any address would
-have it fetch internal URLs on the resource's say-so (RFC 9728 section 7.7 leaves the
-fetch to the client's judgement). The metadata found there is checked as above.
+have it fetch internal URLs on the resource's say-so (server-side request forgery,
+which RFC 9728's security considerations leave to the client to guard against). The
+metadata found there is checked as above.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def protected_resource(
     trusted = {_issuer(i) for i in trusted_issuers}
     if not trusted:
         raise DiscoveryError("name at least one trusted issuer")
-    well_known = metadata_url(resource)
+    well_known = metadata_url(resource)  # also refuses a resource URL that is none
     url = url or well_known
     try:
         with http.stream("GET", url, headers={"Accept": "application/json"}) as response:
