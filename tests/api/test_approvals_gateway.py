@@ -500,6 +500,7 @@ def _challenge_of(scope: dict[str, Any]) -> bytes | None:
     return {
         "/api": f"http://{host}/meta/api",  # not the well-known URL
         "/cross": "http://iam.elsewhere.example/meta/cross",
+        "/userinfo": f"http://agent@{host}/meta/api",  # the same host, with credentials
         "/javascript": "javascript:alert(1)",
     }.get(scope["path"], "").encode() or None
 
@@ -585,7 +586,11 @@ def test_discovery_follows_the_metadata_url_a_401_names(world: World) -> None:
                 trusted_issuers=trusted,
                 challenge=False,
             )
-        for path, named in (("/cross", "another origin"), ("/javascript", "no URL")):
+        for path, named in (
+            ("/cross", "another origin"),
+            ("/userinfo", "another origin"),
+            ("/javascript", "no URL"),
+        ):
             with pytest.raises(DiscoveryError, match=named):
                 AgentClient.for_resource(
                     url + path, client_id=world.agent_id, key=world.key, trusted_issuers=trusted

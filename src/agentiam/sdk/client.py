@@ -57,7 +57,7 @@ from agentiam.core.approvals_wire import (
     WAITING_STATES,
     read_mcp_result_meta,
 )
-from agentiam.sdk.discovery import challenged_metadata_url, protected_resource
+from agentiam.sdk.discovery import challenged_metadata_url, origin, protected_resource
 from agentiam.sdk.keys import AgentKey
 from agentiam.sdk.proofs import client_assertion, dpop_proof
 
@@ -486,10 +486,6 @@ def _challenge_errors(challenges: Sequence[str]) -> set[str]:
     return {m.group(1) for value in challenges for m in _CHALLENGE_ERROR.finditer(value)}
 
 
-def _origin(url: Any) -> str:
-    return f"{url.scheme}://{url.host}:{url.port or ''}"
-
-
 class _DPoPFlow:
     """The authentication flow for a request to a resource server, for both HTTP
     stacks (``httpx`` and the ``httpx2`` the MCP SDK uses): requests and responses
@@ -577,7 +573,7 @@ class _DPoPFlow:
                 method=request.method,
                 url=str(request.url),
                 access_token=token.value,
-                nonce=self.agent._nonces.get(_origin(request.url)),
+                nonce=self.agent._nonces.get(origin(request.url)),
             )
 
     def _after(self, response: Any, nonce_retried: bool, refreshed: bool) -> str | None:
@@ -585,7 +581,7 @@ class _DPoPFlow:
         nonce) or ``"refresh"`` (retry once with a fresh token)."""
         nonce = response.headers.get("dpop-nonce")
         if nonce:
-            self.agent._nonces[_origin(response.request.url)] = nonce
+            self.agent._nonces[origin(response.request.url)] = nonce
         if response.status_code != 401:
             return None
         errors = _challenge_errors(response.headers.get_list("www-authenticate"))

@@ -39,6 +39,7 @@ __all__ = [
     "ResourceMetadata",
     "challenged_metadata_url",
     "metadata_url",
+    "origin",
     "protected_resource",
     "resource_metadata_param",
 ]
@@ -90,9 +91,10 @@ def resource_metadata_param(challenges: Iterable[str]) -> str | None:
     return None
 
 
-def _origin(url: str) -> tuple[str, str]:
-    parts = urlsplit(url)
-    return parts.scheme.lower(), parts.netloc.lower()
+def origin(url: Any) -> str:
+    """The origin (RFC 6454 section 4: scheme, host, port) of an ``httpx.URL`` (or
+    ``httpx2.URL``), whose port is None for its scheme's default."""
+    return f"{url.scheme}://{url.host}:{url.port or ''}"
 
 
 def challenged_metadata_url(resource: str, http: httpx.Client) -> str | None:
@@ -117,7 +119,12 @@ def challenged_metadata_url(resource: str, http: httpx.Client) -> str | None:
     parts = urlsplit(named)
     if parts.scheme not in ("https", "http") or not parts.netloc or parts.fragment:
         raise DiscoveryError(f"{resource} names a resource_metadata that is no URL: {named!r}")
-    if _origin(named) != _origin(resource):
+    try:
+        named_url = httpx.URL(named)
+    except httpx.InvalidURL:
+        raise DiscoveryError(f"{resource} names a resource_metadata that is no URL") from None
+    # credentials in the URL count as another origin too: nothing is sent but the GET
+    if named_url.userinfo or origin(named_url) != origin(httpx.URL(resource)):
         raise DiscoveryError(
             f"{resource} names resource metadata on another origin ({named}); only the "
             "resource's own origin is trusted"
