@@ -28,6 +28,8 @@ from agentiam.config import Settings
 
 PG_URL = os.environ.get("AGENTIAM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PG_REQUIRED = os.environ.get("AGENTIAM_REQUIRE_POSTGRES") == "1"
+REDIS_URL = os.environ.get("AGENTIAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+REDIS_REQUIRED = os.environ.get("AGENTIAM_REQUIRE_REDIS") == "1"
 
 
 @dataclass
@@ -55,6 +57,34 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     migrate.upgrade(engine)
     engine.dispose()
     return path
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A key prefix of its own on the real Redis server (AGENTIAM_TEST_REDIS_URL, default
+    database 15), its keys deleted afterwards. With AGENTIAM_REQUIRE_REDIS=1 (CI) an
+    unreachable server fails the test; elsewhere it skips, saying how to enable it."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        client.close()
+        message = (
+            f"Redis is not reachable at {REDIS_URL} ({type(exc).__name__}). "
+            "Start it or set AGENTIAM_TEST_REDIS_URL."
+        )
+        if REDIS_REQUIRED:
+            pytest.fail("AGENTIAM_REQUIRE_REDIS=1: " + message, pytrace=False)
+        pytest.skip(message)
+    prefix = f"agentiam-test:{os.getpid()}:{secrets.token_hex(4)}:"
+    try:
+        yield prefix
+    finally:
+        for key in client.scan_iter(match=prefix + "*"):
+            client.delete(key)
+        client.close()
 
 
 @pytest.fixture(scope="session")

@@ -726,3 +726,108 @@ def _trail(world: World) -> tuple[dict[str, set[str]], set[str | None]]:
             if event["type"] == "tool.call":
                 brokered.add(event["details"]["brokered"])
     return found, brokered
+
+
+def _replica(
+    world: World, tmp: Path, name: str, redis_prefix: str | None
+) -> tuple[subprocess.Popen[str], str]:
+    """Another copy of the gateway behind the same public URL (as behind a load
+    balancer), with its own port and spool; sharing the replay cache in Redis when
+    ``redis_prefix`` is set."""
+    port = free_port()
+    config = {
+        **world.gw_config,
+        "name": name,
+        "listen": {"host": "127.0.0.1", "port": port},
+        "spool": {"directory": str(tmp / f"spool-{name}")},
+    }
+    env = dict(world.gw_env)
+    if redis_prefix is not None:
+        from tests.conftest import REDIS_URL
+
+        env["AGENTIAM_GATEWAY_REDIS_URL"] = REDIS_URL
+        config["replay_cache"] = {
+            "url_env": "AGENTIAM_GATEWAY_REDIS_URL",
+            "key_prefix": redis_prefix,
+            "timeout_seconds": 1,
+        }
+    file = tmp / f"{name}.yaml"
+    file.write_text(json.dumps(config))
+    proc = _spawn([AGENTIAM, "gateway", "http", "--config", str(file)], env, tmp / f"{name}.log")
+    url = f"http://127.0.0.1:{port}"
+    _wait_http(url + "/healthz", proc, tmp / f"{name}.log")
+    return proc, url
+
+
+def test_replicas_sharing_the_replay_cache_refuse_a_proof_replayed_to_another(
+    world: World, tmp_path: Path, redis_prefix: str
+) -> None:
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        one, one_url = _replica(world, tmp_path, "billing-gw-r1", redis_prefix)
+        two, two_url = _replica(world, tmp_path, "billing-gw-r2", redis_prefix)
+        alone, alone_url = _replica(world, tmp_path, "billing-gw-r3", None)
+        procs += [one, two, alone]
+        token = world.agent.token().value
+        key = world.agent.dpop_key
+        # the proof names the public URL, whichever replica the balancer picks
+        proof = dpop_proof(key, method="GET", url=world.gw_url + "/v1/invoices/1",
+                           access_token=token)  # fmt: skip
+        headers = {"Authorization": f"DPoP {token}", "DPoP": proof}
+        before = len(world.seen())
+        first = httpx.get(one_url + "/v1/invoices/1", headers=headers, timeout=30)
+        assert first.status_code == 200, first.text
+        # The attack: the captured request, replayed to the other replica. Its own
+        # cache has never seen the proof; the shared one has.
+        replayed = httpx.get(two_url + "/v1/invoices/1", headers=headers, timeout=30)
+        assert replayed.status_code == 401
+        assert 'error="invalid_dpop_proof"' in replayed.headers["www-authenticate"]
+        assert "resource_metadata=" in replayed.headers["www-authenticate"]
+        # Why it matters: a replica keeping only its own cache lets the replay through.
+        assert httpx.get(alone_url + "/v1/invoices/1", headers=headers, timeout=30).status_code == (
+            200
+        )
+        assert len(world.seen()) == before + 2  # the refused replay never reached it
+        # a fresh proof is served by the second replica
+        proof = dpop_proof(key, method="GET", url=world.gw_url + "/v1/invoices/1",
+                           access_token=token)  # fmt: skip
+        fresh = {"Authorization": f"DPoP {token}", "DPoP": proof}
+        assert httpx.get(two_url + "/v1/invoices/1", headers=fresh, timeout=30).status_code == 200
+        # the refusal is in the trail, from the replica that refused it
+        deadline = time.monotonic() + 20
+        refused: list[dict[str, Any]] = []
+        while not refused and time.monotonic() < deadline:
+            with world.admin_client() as admin:
+                text = admin.get("/v1/audit/events/export", timeout=60).text
+            refused = [
+                e for e in map(json.loads, text.splitlines())
+                if e["source"] == "gateway/billing-gw-r2" and e["type"] == "api.request.rejected"
+            ]  # fmt: skip
+            time.sleep(0.2)
+        assert len(refused) == 1
+        assert "jti replayed (shared cache)" in refused[0]["reason"]
+        assert refused[0]["details"]["status"] == 401
+    finally:
+        for proc in procs:
+            _stop(proc)
+
+
+def test_a_replica_whose_replay_cache_is_unreachable_does_not_start(
+    world: World, tmp_path: Path
+) -> None:
+    config = {**world.gw_config, "name": "billing-gw-r4",
+              "listen": {"host": "127.0.0.1", "port": free_port()},
+              "spool": {"directory": str(tmp_path / "spool")},
+              "replay_cache": {"url_env": "GW_REDIS", "timeout_seconds": 0.3}}  # fmt: skip
+    file = tmp_path / "gw.yaml"
+    file.write_text(json.dumps(config))
+    env = {**world.gw_env, "GW_REDIS": f"redis://:hunter2@127.0.0.1:{free_port()}/0"}
+    started = subprocess.run(
+        [AGENTIAM, "gateway", "http", "--config", str(file)],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert started.returncode != 0
+    output = started.stdout + started.stderr
+    assert "replay_cache: cannot reach Redis" in output
+    assert "hunter2" not in output
+    assert "Traceback" not in output

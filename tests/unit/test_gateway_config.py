@@ -258,3 +258,47 @@ def test_tls_mistakes_are_refused_naming_the_key(tmp_path: Path) -> None:
     plain["public_url"] = "http://127.0.0.1:8443"
     with pytest.raises(ValueError, match="^" + _escape("public_url: must be https when")):
         load_config(plain)
+
+
+def test_replay_cache_is_off_by_default_and_takes_a_redis_url() -> None:
+    assert load_config(GOOD).gateway.replay_cache is None
+    cache = load_config(_with("replay_cache", {"url": "redis://redis.internal:6379/2"}))
+    config = cache.gateway.replay_cache
+    assert config is not None
+    assert (config.key_prefix, config.timeout_seconds) == ("agentiam:dpop:", 0.5)
+    assert config.redis_url() == "redis://redis.internal:6379/2"
+    from_env = load_config(
+        _with("replay_cache", {"url_env": "GW_REDIS", "key_prefix": "gw1:", "timeout_seconds": 2})
+    ).gateway.replay_cache
+    assert from_env is not None
+    # a password may come from the environment, never from the file
+    secret_url = "rediss://:s3cret@redis.internal:6380/0"
+    assert from_env.redis_url({"GW_REDIS": f" {secret_url} "}) == secret_url
+    with pytest.raises(ValueError, match=r"replay_cache\.url_env: .*GW_REDIS is not set"):
+        from_env.redis_url({})
+    with pytest.raises(ValueError, match=r"replay_cache\.url_env: a redis://") as refused:
+        from_env.redis_url({"GW_REDIS": "http://:s3cret@redis.internal"})
+    assert "s3cret" not in str(refused.value)  # the value is never echoed
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("redis://x", "replay_cache: expected a mapping"),
+        ({}, "replay_cache: give exactly one of url and url_env"),
+        ({"url": "redis://h", "url_env": "X"}, "replay_cache: give exactly one"),
+        ({"url": "http://h:6379"}, "replay_cache.url: a redis://, rediss:// or unix:// URL"),
+        ({"url": "redis://:pw@h:6379"}, "replay_cache.url: no password in the file"),
+        ({"url": "redis://h:99999"}, "replay_cache.url: a Redis URL"),
+        ({"url": "redis://"}, "replay_cache.url: a Redis URL with a host"),
+        ({"url_env": "lower"}, "replay_cache.url_env: an environment variable name"),
+        ({"url": "redis://h", "key_prefix": "a b"}, "replay_cache.key_prefix"),
+        ({"url": "redis://h", "key_prefix": ""}, "replay_cache.key_prefix"),
+        ({"url": "redis://h", "timeout_seconds": 0}, "replay_cache.timeout_seconds"),
+        ({"url": "redis://h", "db": 1}, "replay_cache: unknown keys db"),
+    ],
+)  # fmt: skip
+def test_replay_cache_mistakes_are_refused_naming_the_key(value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match="^" + _escape(message)) as refused:
+        load_config(_with("replay_cache", value))
+    assert "pw@" not in str(refused.value)

@@ -52,6 +52,13 @@ class FakeEnforcer:
     decided: list[Call] = field(default_factory=list)
     refused: list[tuple[int, str]] = field(default_factory=list)
     source: str = "gateway/test"
+    shared: Exception | None = None  # what the replicas' replay cache answers
+
+    async def shared_first_use(self, access: VerifiedAccess) -> Exception | None:
+        return self.shared
+
+    def refuse_shared(self, access: VerifiedAccess, error: Exception, *, trace: Any) -> None:
+        self.refuse(access, trace=trace, status=getattr(error, "oauth_status", 503), reason="x")
 
     def authenticate(
         self, *, authorization: Any, dpop: Any, method: str, url: str, trace: Any
@@ -255,3 +262,29 @@ def test_a_handler_uses_only_the_decision_made_for_its_own_call() -> None:
     state.pending = _Pending("tools/call", call, ALLOWED)
     with pytest.raises(MCPError):
         _take(state, "prompts/get", "bank.search", {"query": "x"})
+
+
+def test_a_proof_the_shared_replay_cache_refuses_never_reaches_the_server() -> None:
+    replayed = OAuthError(
+        "invalid_dpop_proof",
+        "the DPoP proof is not valid",
+        status=401,
+        reason="DPoP proof jti replayed",
+        headers={"WWW-Authenticate": f'DPoP error="invalid_dpop_proof", {METADATA}'},
+    )
+    enforcer = FakeEnforcer(shared=replayed)
+    client, downstream = endpoint(enforcer)
+    r = post(client, CALL)
+    assert r.status_code == 401
+    assert r.json()["error"] == "invalid_dpop_proof"
+    assert METADATA in r.headers["www-authenticate"]
+    assert [s for s, _ in enforcer.refused] == [401]
+    # a cache that cannot answer: refused, fail closed
+    enforcer = FakeEnforcer(shared=ServiceUnavailable("the shared DPoP replay cache ..."))
+    client, downstream_two = endpoint(enforcer)
+    r = post(client, CALL)
+    assert r.status_code == 503
+    assert r.headers["content-type"] == "application/problem+json"
+    assert [s for s, _ in enforcer.refused] == [503]
+    assert downstream.seen == downstream_two.seen == []
+    assert enforcer.decided == []

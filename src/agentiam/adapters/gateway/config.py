@@ -13,6 +13,10 @@ The part every gateway shares (see docs/gateway.md#configuration)::
     spool: {directory: /var/lib/agentiam/gw, max_bytes: 1073741824}
     secrets: {store: /etc/agentiam/gw-secrets.json}   # key: AGENTIAM_GATEWAY_SECRETS_KEY
     rate_limits: {...}                 # core/enforcement/ratelimit.py
+    replay_cache:                      # replicas: one DPoP replay cache in Redis
+      url_env: AGENTIAM_GATEWAY_REDIS_URL   # or url: redis://host:6379/0 (no password)
+      key_prefix: "agentiam:dpop:"
+      timeout_seconds: 0.5
     timeouts: {connect: 5, read: 30, total: 60}
     approvals: {wait_seconds: 0, retry_after_seconds: 2}   # docs/approvals.md
 
@@ -40,6 +44,7 @@ __all__ = [
     "ControlPlaneConfig",
     "GatewayConfig",
     "ListenerTls",
+    "ReplayCacheConfig",
     "Timeouts",
     "load_gateway_config",
 ]
@@ -50,6 +55,7 @@ TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _ENV = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+_KEY_PREFIX = re.compile(r"^[A-Za-z0-9:._-]{1,64}$")
 _COMMON = frozenset(
     {
         "name",
@@ -59,6 +65,7 @@ _COMMON = frozenset(
         "spool",
         "secrets",
         "rate_limits",
+        "replay_cache",
         "timeouts",
         "approvals",
     }
@@ -80,6 +87,30 @@ class ControlPlaneConfig:
                 "(it holds the gateway's verifier-role admin key)"
             )
         return value
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayCacheConfig:
+    """Where the replicas' shared DPoP replay cache lives
+    (``adapters/gateway/shared_replay.py``): a Redis URL, given in the file (without a
+    password) or in the environment variable ``url_env``."""
+
+    url: str | None
+    url_env: str | None
+    key_prefix: str = "agentiam:dpop:"
+    timeout_seconds: float = 0.5
+
+    def redis_url(self, env: Mapping[str, str] | None = None) -> str:
+        if self.url is not None:
+            return self.url
+        assert self.url_env is not None
+        value = (os.environ if env is None else env).get(self.url_env, "").strip()
+        if not value:
+            raise ValueError(
+                f"replay_cache.url_env: the environment variable {self.url_env} is not set "
+                "(it holds the Redis URL of the shared replay cache)"
+            )
+        return _redis_url(value, "replay_cache.url_env", allow_password=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +176,7 @@ class GatewayConfig:
     section: Mapping[str, Any] = field(default_factory=dict)
     approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
     tls: ListenerTls | None = None  # None: plain HTTP (behind a TLS terminator)
+    replay_cache: ReplayCacheConfig | None = None  # None: this process's own cache only
 
     def server_options(self) -> dict[str, Any]:
         """uvicorn ``Config`` keywords for the listener (TLS when configured)."""
@@ -186,6 +218,49 @@ def _url(value: Any, where: str, *, allow_http_loopback: bool = True) -> str:
     if not parts.hostname or parts.username or parts.password or parts.query or parts.fragment:
         raise ValueError(f"{where}: a URL without user info, query or fragment")
     return value.rstrip("/")
+
+
+def _redis_url(value: Any, where: str, *, allow_password: bool) -> str:
+    """A ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL. A password belongs in
+    the environment, not in the file. The value is never echoed: it may be secret."""
+    if not isinstance(value, str) or not 0 < len(value) <= 2048:
+        raise ValueError(f"{where}: a Redis URL")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(f"{where}: a Redis URL") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"{where}: a redis://, rediss:// or unix:// URL")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError(f"{where}: a Redis URL with a host")
+    if parts.password and not allow_password:
+        raise ValueError(f"{where}: no password in the file; give the URL in url_env instead")
+    return value
+
+
+def _replay_cache(value: Any) -> ReplayCacheConfig:
+    raw = _mapping(value, "replay_cache")
+    _keys(raw, "replay_cache", frozenset({"url", "url_env", "key_prefix", "timeout_seconds"}))
+    if ("url" in raw) == ("url_env" in raw):
+        raise ValueError("replay_cache: give exactly one of url and url_env")
+    url_env = raw.get("url_env")
+    if url_env is not None and (not isinstance(url_env, str) or not _ENV.match(url_env)):
+        raise ValueError("replay_cache.url_env: an environment variable name")
+    url = raw.get("url")
+    if url is not None:
+        url = _redis_url(url, "replay_cache.url", allow_password=False)
+    prefix = raw.get("key_prefix", "agentiam:dpop:")
+    if not isinstance(prefix, str) or not _KEY_PREFIX.match(prefix):
+        raise ValueError("replay_cache.key_prefix: 1-64 characters of A-Z, a-z, 0-9, ':._-'")
+    return ReplayCacheConfig(
+        url=url,
+        url_env=url_env,
+        key_prefix=prefix,
+        timeout_seconds=_number(
+            raw.get("timeout_seconds", 0.5), "replay_cache.timeout_seconds", 0.01, 10
+        ),
+    )
 
 
 def _path(value: Any, where: str) -> Path:
@@ -256,6 +331,10 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
         except ValueError as exc:
             raise ValueError(f"rate_limits: {exc}") from None
 
+    replay_cache = None
+    if top.get("replay_cache") is not None:
+        replay_cache = _replay_cache(top["replay_cache"])
+
     t = _mapping(top.get("timeouts") or {}, "timeouts")
     _keys(t, "timeouts", frozenset({"connect", "read", "total"}))
     timeouts = Timeouts(
@@ -291,6 +370,7 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
         timeouts=timeouts,
         section={k: v for k, v in top.items() if k in section_keys},
         tls=tls,
+        replay_cache=replay_cache,
     )
 
 

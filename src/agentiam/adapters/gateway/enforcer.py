@@ -53,18 +53,18 @@ from agentiam.core.audit.events import (
 from agentiam.core.audit.redaction import Redactor
 from agentiam.core.credentials.dpop import DPOP_PROFILE
 from agentiam.core.credentials.jose import JoseRejected, import_public_jwk, parse_compact
-from agentiam.core.credentials.verifier import VerifiedAccess
+from agentiam.core.credentials.verifier import ProofUse, VerifiedAccess
 from agentiam.core.delegation.authorization_details import ApiCall, CustomCall, ToolCall
 from agentiam.core.delegation.enforcement import delegation_context, token_permits
 from agentiam.core.enforcement.ratelimit import RateLimiter
 from agentiam.core.ids import is_id
 from agentiam.core.policy.authorizer import AuthzRequest
 from agentiam.core.policy.model import EntityRef
-from agentiam.errors import OAuthError, ServiceUnavailable
+from agentiam.errors import AgentIAMError, OAuthError, ServiceUnavailable
 from agentiam.services.context import CallContext
 from agentiam.services.decisions import decision_event
 
-__all__ = ["Call", "DeferredSink", "Enforcer", "EventSink", "Pending", "Verdict"]
+__all__ = ["Call", "DeferredSink", "Enforcer", "EventSink", "Pending", "SharedReplay", "Verdict"]
 
 
 class EventSink(Protocol):
@@ -105,6 +105,15 @@ class Verdict:
     approvable: bool = False  # a deny that a human's approval would lift
 
 
+class SharedReplay(Protocol):
+    """A replay cache every replica of a gateway consults
+    (:class:`~agentiam.adapters.gateway.shared_replay.SharedReplayCache`)."""
+
+    async def first_use(self, use: ProofUse, *, now: int) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Enforcer:
     def __init__(
         self,
@@ -117,10 +126,12 @@ class Enforcer:
         redactor: Redactor | None = None,
         kind: str = "gateway",
         approvals: ApprovalClient | None = None,
+        shared_replay: SharedReplay | None = None,
     ) -> None:
         """``name`` names this enforcement point in the audit trail (``source`` is
         ``<kind>/<name>``); ``resource_metadata`` is the URL of its RFC 9728
-        metadata document, named in every 401 challenge."""
+        metadata document, named in every 401 challenge. ``shared_replay``: the
+        replicas' replay cache, consulted by :meth:`shared_first_use`."""
         self.name = name
         self.source = f"{kind}/{name}"
         self.link = link
@@ -129,6 +140,7 @@ class Enforcer:
         self._limiter = limiter
         self._redactor = redactor or Redactor()
         self.approvals = approvals  # None: no approvals; an approvable deny stays a deny
+        self.shared_replay = shared_replay
         # RFC 6750 section 3.1 error code in an RFC 9449 section 7.1 challenge
         self._insufficient_scope = (
             f'DPoP error="insufficient_scope", resource_metadata="{resource_metadata}"'
@@ -156,11 +168,7 @@ class Enforcer:
                 now=int(time.time()),
             )
         except OAuthError as exc:
-            challenge = exc.headers.get("WWW-Authenticate")
-            if challenge is not None:
-                exc.headers["WWW-Authenticate"] = (
-                    f'{challenge}, resource_metadata="{self._metadata}"'
-                )
+            self._name_metadata(exc)
             self._record_refusal(
                 None,
                 trace,
@@ -169,6 +177,41 @@ class Enforcer:
                 presented=self._presented(authorization, dpop),
             )
             raise
+
+    def _name_metadata(self, exc: OAuthError) -> None:
+        """RFC 9728 section 5.1: a challenge names this resource's metadata."""
+        challenge = exc.headers.get("WWW-Authenticate")
+        if challenge is not None:
+            exc.headers["WWW-Authenticate"] = f'{challenge}, resource_metadata="{self._metadata}"'
+
+    async def shared_first_use(self, access: VerifiedAccess) -> AgentIAMError | None:
+        """Step 1 across replicas: record the request's DPoP proof in the shared
+        replay cache, after :meth:`authenticate` passed it through this process's own.
+        None when no replica has seen the proof (or there is no shared cache, or no
+        proof); else the refusal to answer, not yet audited (:meth:`refuse_shared`):
+        a 401 ``invalid_dpop_proof`` for a replay, ServiceUnavailable (503) when the
+        cache cannot answer, so an unrecorded proof is never accepted."""
+        if self.shared_replay is None or access.proof is None:
+            return None
+        try:
+            fresh = await self.shared_replay.first_use(access.proof, now=int(time.time()))
+        except ServiceUnavailable as exc:
+            return exc
+        if fresh:
+            return None
+        error = self.link.verifier.replayed()
+        self._name_metadata(error)
+        return error
+
+    def refuse_shared(
+        self, access: VerifiedAccess, error: AgentIAMError, *, trace: TraceContext
+    ) -> None:
+        """Audit a :meth:`shared_first_use` refusal (durable, or deferred)."""
+        if isinstance(error, OAuthError):
+            status, reason = error.oauth_status, f"{error.error}: {error.reason} (shared cache)"
+        else:
+            status, reason = 503, error.detail
+        self._record_refusal(access, trace, status=status, reason=reason)
 
     def _presented(self, authorization: Sequence[str], dpop: Sequence[str]) -> dict[str, str]:
         """Who a refused request's credentials name, when its token verifies on its own

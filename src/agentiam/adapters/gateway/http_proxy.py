@@ -513,6 +513,18 @@ class _Permit:
 
 
 @dataclass(slots=True)
+class _Authenticated:
+    """A request past step 1, not decided yet."""
+
+    access: VerifiedAccess
+    method: str
+    url: str
+    segments: tuple[str, ...]
+    headers: list[tuple[bytes, bytes]]
+    framing: tuple[int | None, bool]
+
+
+@dataclass(slots=True)
 class _Approval:
     """A call that waits on a human: a deny approval would lift (``verdict``), or a
     retry carrying ``approval_id`` (not decided yet)."""
@@ -712,7 +724,7 @@ class HttpGateway:
                 await self._watch
             self._watch = None
         self._outcomes.flush()
-        await self.runtime.stop_shipping()
+        await self.runtime.stop()
         pools, self._pools = self._pools, {}
         for pool in pools.values():
             await pool.aclose()
@@ -794,9 +806,14 @@ class HttpGateway:
         # Steps 1-4 run here, on the event loop: they only compute (keys, revocations
         # and policy are in memory) and hand their audit event to the spool, whose
         # fsync is then awaited without holding a thread.
+        # With a shared replay cache (replicas), step 1 ends with an await: the proof
+        # is recorded in Redis before the call is decided.
+        shared = self.enforcer.shared_replay is not None
         outcome = await self._durably(
-            lambda: self._authorize(scope["method"], raw_path, headers, trace)
+            lambda: self._authorize(scope["method"], raw_path, headers, trace, decide=not shared)
         )
+        if isinstance(outcome, _Authenticated):
+            outcome = await self._shared_then_decide(outcome, trace)
         if isinstance(outcome, _Approval):
             outcome = await self._approval(outcome, trace)
         if isinstance(outcome, _Permit) and outcome.route.upstream.credential is not None:
@@ -808,19 +825,54 @@ class HttpGateway:
         return await self._forward(scope, receive, send, outcome, trace, started)
 
     def _authorize(
-        self, method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]], trace: TraceContext
-    ) -> _Refusal | _Permit | _Approval:
-        """Steps 1-4: a refusal to answer, or the call to forward."""
+        self,
+        method: str,
+        raw_path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        trace: TraceContext,
+        *,
+        decide: bool = True,
+    ) -> _Refusal | _Permit | _Approval | _Authenticated:
+        """Steps 1-4: a refusal to answer, or the call to forward (``decide`` False:
+        step 1 only, the authenticated request for :meth:`_shared_then_decide`)."""
         try:
-            return self._authorize_or_raise(method, raw_path, headers, trace)
+            step = self._authenticate(method, raw_path, headers, trace)
+            if isinstance(step, _Refusal) or not decide:
+                return step
+            return self._decide(step, trace)
         except ServiceUnavailable as exc:
             return _unavailable(exc)
         except OAuthError as exc:
             return _oauth_refusal(exc)
 
-    def _authorize_or_raise(
-        self, method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]], trace: TraceContext
+    async def _shared_then_decide(
+        self, step: _Authenticated, trace: TraceContext
     ) -> _Refusal | _Permit | _Approval:
+        """Record the proof in the replicas' replay cache, then steps 2-4."""
+        error = await self.enforcer.shared_first_use(step.access)
+        if error is not None:
+            return await self._durably(lambda: self._shared_refusal(step.access, error, trace))
+
+        def decide() -> _Refusal | _Permit | _Approval:
+            try:
+                return self._decide(step, trace)
+            except ServiceUnavailable as exc:
+                return _unavailable(exc)
+            except OAuthError as exc:
+                return _oauth_refusal(exc)
+
+        return await self._durably(decide)
+
+    def _shared_refusal(
+        self, access: VerifiedAccess, error: AgentIAMError, trace: TraceContext
+    ) -> _Refusal:
+        self.enforcer.refuse_shared(access, error, trace=trace)
+        return _oauth_refusal(error) if isinstance(error, OAuthError) else _unavailable(error)
+
+    def _authenticate(
+        self, method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]], trace: TraceContext
+    ) -> _Refusal | _Authenticated:
+        """Step 1, and the request checks before it (path, framing, body size)."""
         enforcer = self.enforcer
         try:
             segments = split_path(raw_path, self._prefix)
@@ -845,7 +897,13 @@ class HttpGateway:
             url=url,
             trace=trace,
         )
-        found = self.route_for(method, segments)
+        return _Authenticated(access, method, url, segments, headers, framing)
+
+    def _decide(self, step: _Authenticated, trace: TraceContext) -> _Refusal | _Permit | _Approval:
+        """Steps 2-4: the route, the call, approvals, the decision."""
+        enforcer, access, method, url = self.enforcer, step.access, step.method, step.url
+        headers, framing = step.headers, step.framing
+        found = self.route_for(method, step.segments)
         if found is None:
             enforcer.refuse(access, trace=trace, status=404, reason=f"no route for {method}")
             return _problem(404, "not-found", "no route of this gateway matches the request")

@@ -1160,6 +1160,23 @@ class _Endpoint:
         except AgentIAMError as exc:
             await _problem(exc, scope, receive, send)
             return
+        shared = await self.enforcer.shared_first_use(access)  # replicas: one replay cache
+        if shared is not None:
+            refusal = shared
+            try:
+                await anyio.to_thread.run_sync(
+                    lambda: self.enforcer.refuse_shared(access, refusal, trace=trace)
+                )
+            except ServiceUnavailable as exc:  # not audited: refused all the same, as 503
+                shared = exc
+            if isinstance(shared, OAuthError):
+                body = JSONResponse(
+                    shared.to_oauth(), status_code=shared.oauth_status, headers=shared.headers
+                )
+                await body(scope, receive, send)
+            else:
+                await _problem(shared, scope, receive, send)
+            return
         # The SDK binds a handshake-era session to the principal that opened it
         # (client_id, issuer, subject); another agent's request for it answers 404.
         scope["user"] = AuthenticatedUser(
@@ -1455,7 +1472,7 @@ def build_app(config: McpGatewayConfig, runtime: GatewayRuntime) -> Starlette:
                 yield
         finally:
             gateway.flush_outcomes()  # after the calls still in flight have ended
-            await runtime.stop_shipping()
+            await runtime.stop()
             runtime.close()
 
     app = Starlette(routes=routes, lifespan=lifespan)

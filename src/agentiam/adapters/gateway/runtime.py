@@ -22,7 +22,7 @@ import httpx
 from agentiam.adapters.gateway.approvals import ApprovalClient
 from agentiam.adapters.gateway.broker import CredentialBroker, SecretStore, load_secrets_key
 from agentiam.adapters.gateway.config import GatewayConfig
-from agentiam.adapters.gateway.enforcer import Enforcer
+from agentiam.adapters.gateway.enforcer import Enforcer, SharedReplay
 from agentiam.adapters.gateway.link import ControlPlaneLink
 from agentiam.adapters.gateway.spool import AuditSpool, SpoolBatch
 from agentiam.core.enforcement.ratelimit import RateLimiter
@@ -76,6 +76,26 @@ class _Shipper:
             await spool.ship_on_loop(ship)
 
 
+def _shared_replay(config: GatewayConfig) -> SharedReplay | None:
+    """The replicas' DPoP replay cache when ``replay_cache`` is configured, reached
+    once now: a gateway that cannot reach it does not start (ValueError)."""
+    if config.replay_cache is None:
+        return None
+    try:  # the redis package is an extra: agentiam[redis]
+        from agentiam.adapters.gateway.shared_replay import SharedReplayCache
+    except ImportError:
+        raise ValueError(
+            "replay_cache: needs the redis package (pip install 'agentiam[redis]')"
+        ) from None
+    cache = SharedReplayCache(
+        config.replay_cache.redis_url(),
+        prefix=config.replay_cache.key_prefix,
+        timeout=config.replay_cache.timeout_seconds,
+    )
+    cache.check()
+    return cache
+
+
 @dataclass
 class GatewayRuntime:
     config: GatewayConfig
@@ -118,6 +138,7 @@ class GatewayRuntime:
             resource_metadata=config.resource_metadata_url,
             limiter=limiter,
             approvals=ApprovalClient(config.control_plane.url, admin_key),
+            shared_replay=_shared_replay(config),
         )
         return cls(config, link, spool, broker, enforcer, shipper)
 
@@ -153,6 +174,13 @@ class GatewayRuntime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def stop(self) -> None:
+        """Stop what runs on the event loop: the shipping task
+        (:meth:`stop_shipping`) and the shared replay cache's connections."""
+        await self.stop_shipping()
+        if self.enforcer.shared_replay is not None:
+            await self.enforcer.shared_replay.aclose()
 
     def health(self) -> dict[str, Any]:
         since = self.link.seconds_since_contact()

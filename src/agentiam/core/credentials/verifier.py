@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from agentiam.core.credentials.access_tokens import ACCESS_TOKEN_PROFILE
@@ -58,7 +58,7 @@ from agentiam.core.credentials.revocations import RevocationSet, parties_of
 from agentiam.core.delegation.chain import ChainClaims, parse_chain
 from agentiam.errors import OAuthError
 
-__all__ = ["AccessTokenVerifier", "KeyLookup", "VerifiedAccess", "VerifierConfig"]
+__all__ = ["AccessTokenVerifier", "KeyLookup", "ProofUse", "VerifiedAccess", "VerifierConfig"]
 
 _ALGS = " ".join(ALLOWED_ALGORITHMS)
 
@@ -80,8 +80,19 @@ class VerifierConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProofUse:
+    """The DPoP proof a request was verified with, as a replay cache records it: the
+    proof key's thumbprint and the proof's ``jti``, and until when (Unix seconds) the
+    proof would be accepted, hence remembered (RFC 9449 section 11.1)."""
+
+    key: str
+    expires: int
+
+
+@dataclass(frozen=True, slots=True)
 class VerifiedAccess:
-    """What a verified request may act on."""
+    """What a verified request may act on (``proof``: the DPoP proof it came with, or
+    None for a token verified alone or sent as Bearer)."""
 
     subject: str
     client_id: str
@@ -92,6 +103,7 @@ class VerifiedAccess:
     jkt: str | None
     claims: Mapping[str, Any]
     chain: ChainClaims = field(default_factory=ChainClaims)
+    proof: ProofUse | None = None
 
     @property
     def token_type(self) -> str:
@@ -242,10 +254,18 @@ class AccessTokenVerifier:
                         "DPoP-Nonce": self._nonces.issue(now),
                     },
                 )
-        expires = proof.iat + self.config.dpop_window.max_age + self.config.skew
-        if not self._replay.first_use(f"{proof.jkt}:{proof.jti}", expires=expires, now=now):
-            raise self._invalid_proof("DPoP proof jti replayed")
-        return access
+        use = ProofUse(
+            f"{proof.jkt}:{proof.jti}",
+            proof.iat + self.config.dpop_window.max_age + self.config.skew,
+        )
+        if not self._replay.first_use(use.key, expires=use.expires, now=now):
+            raise self.replayed()
+        return replace(access, proof=use)
+
+    def replayed(self) -> OAuthError:
+        """The refusal of a proof seen before (here, or by a shared replay cache that
+        the enforcement point consults after this verifier's own)."""
+        return self._invalid_proof("DPoP proof jti replayed")
 
     def verify_token(self, token: str, *, now: int, any_audience: bool = False) -> VerifiedAccess:
         """Verify an access token alone (signature, claims, revocation).
