@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -27,9 +28,7 @@ from agentiam.bootstrap import Container, build
 from agentiam.config import Settings
 
 PG_URL = os.environ.get("AGENTIAM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-PG_REQUIRED = os.environ.get("AGENTIAM_REQUIRE_POSTGRES") == "1"
 REDIS_URL = os.environ.get("AGENTIAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-REDIS_REQUIRED = os.environ.get("AGENTIAM_REQUIRE_REDIS") == "1"
 
 
 @dataclass
@@ -59,6 +58,14 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _unreachable(what: str, url: str, exc: Exception, url_var: str, required_var: str) -> NoReturn:
+    """Fail (when ``required_var`` is 1, as in CI) or skip, saying how to enable it."""
+    message = f"{what} is not reachable at {url} ({type(exc).__name__}). Start it or set {url_var}."
+    if os.environ.get(required_var) == "1":
+        pytest.fail(f"{required_var}=1: " + message, pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A key prefix of its own on the real Redis server (AGENTIAM_TEST_REDIS_URL, default
@@ -71,13 +78,7 @@ def redis_prefix() -> Iterator[str]:
         client.ping()
     except (redis.RedisError, OSError) as exc:
         client.close()
-        message = (
-            f"Redis is not reachable at {REDIS_URL} ({type(exc).__name__}). "
-            "Start it or set AGENTIAM_TEST_REDIS_URL."
-        )
-        if REDIS_REQUIRED:
-            pytest.fail("AGENTIAM_REQUIRE_REDIS=1: " + message, pytrace=False)
-        pytest.skip(message)
+        _unreachable("Redis", REDIS_URL, exc, "AGENTIAM_TEST_REDIS_URL", "AGENTIAM_REQUIRE_REDIS")
     prefix = f"agentiam-test:{os.getpid()}:{secrets.token_hex(4)}:"
     try:
         yield prefix
@@ -96,13 +97,9 @@ def postgres_database() -> Iterator[str]:
             conn.execute(text("SELECT 1"))
     except Exception as exc:
         admin.dispose()
-        message = (
-            f"PostgreSQL is not reachable at {PG_URL} ({type(exc).__name__}). "
-            "Start it or set AGENTIAM_TEST_POSTGRES_URL."
+        _unreachable(
+            "PostgreSQL", PG_URL, exc, "AGENTIAM_TEST_POSTGRES_URL", "AGENTIAM_REQUIRE_POSTGRES"
         )
-        if PG_REQUIRED:
-            pytest.fail("AGENTIAM_REQUIRE_POSTGRES=1: " + message, pytrace=False)
-        pytest.skip(message)
     name = f"agentiam_t_{os.getpid()}_{secrets.token_hex(4)}"
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
