@@ -656,78 +656,6 @@ def test_a_revocation_is_enforced_within_a_second(world: World) -> None:
     assert elapsed < 1.0, f"refused after {elapsed:.3f} s"
 
 
-# -- outage: decide from cache, fail closed past the bound, recover, lose nothing -----------
-
-
-def test_outage_then_recovery_and_every_call_in_the_trail(world: World) -> None:
-    world.call("GET", "/v1/invoices/1", expect=200)
-    world.agent.token()  # a fresh token in hand: the control plane is about to go
-    world.cp.proc.send_signal(signal.SIGKILL)
-    world.cp.proc.wait()
-    killed = time.monotonic()
-
-    # Within the bound, calls are decided from cache (and audited to the spool).
-    world.call("GET", "/v1/invoices/2", expect=200)
-    world.call("DELETE", "/v1/invoices/2", expect=403)
-    assert time.monotonic() - killed < OUTAGE_SECONDS - 1
-
-    # Past the bound, every call is refused.
-    refused = _until(lambda: world.call("GET", "/v1/invoices/3").status_code == 503, 10)
-    assert OUTAGE_SECONDS - 1 < time.monotonic() - killed < OUTAGE_SECONDS + 3, refused
-    for _ in range(3):
-        r = world.call("GET", "/v1/invoices/4", expect=503)
-        assert r.headers["content-type"] == "application/problem+json"
-        assert int(r.headers["retry-after"]) >= 1
-    assert httpx.get(world.gw_url + "/healthz", timeout=5).status_code == 503
-
-    # The control plane comes back on the same database and port: the gateway recovers.
-    world.cp = Server(world.env, world.cp_port)
-    _drain(world.cp.proc)
-    recovered = _until(lambda: world.call("GET", "/v1/invoices/5").status_code == 200, 20)
-    assert recovered < 20
-
-    # Every spooled event ships, and every call made in this file is in the trail.
-    assert _until(lambda: _pending(world) == 0, 30) < 30
-    trail, brokered = _trail(world)
-    # The secret the broker injected is named, by version, never by value.
-    assert brokered == {"billing-key@1", None}  # None: the upstream without a credential
-    missing = [
-        (c.status, c.trace_id, t)
-        for c in world.calls
-        for t in c.types
-        if t not in trail.get(c.trace_id, set())
-    ]
-    assert not missing, missing
-    assert len(world.calls) > 30
-    verify = subprocess.run(
-        [AGENTIAM, "audit", "verify"], env=world.env, capture_output=True, text=True,
-        timeout=60, check=False,
-    )  # fmt: skip
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-
-
-def _pending(world: World) -> int:
-    health = httpx.get(world.gw_url + "/healthz", timeout=5).json()
-    return int(health["spool"]["pending_events"])
-
-
-def _trail(world: World) -> tuple[dict[str, set[str]], set[str | None]]:
-    """trace id -> the types of the gateway's events carrying it; and the secrets the
-    tool.call events name."""
-    with world.admin_client() as admin:
-        text = admin.get("/v1/audit/events/export", timeout=60).text
-    assert API_KEY not in text
-    found: dict[str, set[str]] = {}
-    brokered: set[str | None] = set()
-    for line in text.splitlines():
-        event = json.loads(line)
-        if event["source"] == "gateway/billing-gw":
-            found.setdefault(event["trace"]["trace_id"], set()).add(event["type"])
-            if event["type"] == "tool.call":
-                brokered.add(event["details"]["brokered"])
-    return found, brokered
-
-
 def _replica(
     world: World, tmp: Path, name: str, redis_prefix: str | None
 ) -> tuple[subprocess.Popen[str], str]:
@@ -831,3 +759,75 @@ def test_a_replica_whose_replay_cache_is_unreachable_does_not_start(
     assert "replay_cache: cannot reach Redis" in output
     assert "hunter2" not in output
     assert "Traceback" not in output
+
+
+# -- outage: decide from cache, fail closed past the bound, recover, lose nothing -----------
+
+
+def test_outage_then_recovery_and_every_call_in_the_trail(world: World) -> None:
+    world.call("GET", "/v1/invoices/1", expect=200)
+    world.agent.token()  # a fresh token in hand: the control plane is about to go
+    world.cp.proc.send_signal(signal.SIGKILL)
+    world.cp.proc.wait()
+    killed = time.monotonic()
+
+    # Within the bound, calls are decided from cache (and audited to the spool).
+    world.call("GET", "/v1/invoices/2", expect=200)
+    world.call("DELETE", "/v1/invoices/2", expect=403)
+    assert time.monotonic() - killed < OUTAGE_SECONDS - 1
+
+    # Past the bound, every call is refused.
+    refused = _until(lambda: world.call("GET", "/v1/invoices/3").status_code == 503, 10)
+    assert OUTAGE_SECONDS - 1 < time.monotonic() - killed < OUTAGE_SECONDS + 3, refused
+    for _ in range(3):
+        r = world.call("GET", "/v1/invoices/4", expect=503)
+        assert r.headers["content-type"] == "application/problem+json"
+        assert int(r.headers["retry-after"]) >= 1
+    assert httpx.get(world.gw_url + "/healthz", timeout=5).status_code == 503
+
+    # The control plane comes back on the same database and port: the gateway recovers.
+    world.cp = Server(world.env, world.cp_port)
+    _drain(world.cp.proc)
+    recovered = _until(lambda: world.call("GET", "/v1/invoices/5").status_code == 200, 20)
+    assert recovered < 20
+
+    # Every spooled event ships, and every call made in this file is in the trail.
+    assert _until(lambda: _pending(world) == 0, 30) < 30
+    trail, brokered = _trail(world)
+    # The secret the broker injected is named, by version, never by value.
+    assert brokered == {"billing-key@1", None}  # None: the upstream without a credential
+    missing = [
+        (c.status, c.trace_id, t)
+        for c in world.calls
+        for t in c.types
+        if t not in trail.get(c.trace_id, set())
+    ]
+    assert not missing, missing
+    assert len(world.calls) > 30
+    verify = subprocess.run(
+        [AGENTIAM, "audit", "verify"], env=world.env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def _pending(world: World) -> int:
+    health = httpx.get(world.gw_url + "/healthz", timeout=5).json()
+    return int(health["spool"]["pending_events"])
+
+
+def _trail(world: World) -> tuple[dict[str, set[str]], set[str | None]]:
+    """trace id -> the types of the gateway's events carrying it; and the secrets the
+    tool.call events name."""
+    with world.admin_client() as admin:
+        text = admin.get("/v1/audit/events/export", timeout=60).text
+    assert API_KEY not in text
+    found: dict[str, set[str]] = {}
+    brokered: set[str | None] = set()
+    for line in text.splitlines():
+        event = json.loads(line)
+        if event["source"] == "gateway/billing-gw":
+            found.setdefault(event["trace"]["trace_id"], set()).add(event["type"])
+            if event["type"] == "tool.call":
+                brokered.add(event["details"]["brokered"])
+    return found, brokered

@@ -591,6 +591,16 @@ def _unavailable(exc: AgentIAMError) -> _Refusal:
     return _problem(503, exc.code, exc.detail, {"Retry-After": "5"}, hint=exc.hint)
 
 
+def _answering(step: Callable[[], T]) -> T | _Refusal:
+    """Run an enforcer step; the 503 or OAuth error it raises becomes the answer."""
+    try:
+        return step()
+    except ServiceUnavailable as exc:
+        return _unavailable(exc)
+    except OAuthError as exc:
+        return _oauth_refusal(exc)
+
+
 class _Metrics:
     """Prometheus metrics of one gateway, in a registry of its own."""
 
@@ -835,15 +845,14 @@ class HttpGateway:
     ) -> _Refusal | _Permit | _Approval | _Authenticated:
         """Steps 1-4: a refusal to answer, or the call to forward (``decide`` False:
         step 1 only, the authenticated request for :meth:`_shared_then_decide`)."""
-        try:
+
+        def steps() -> _Refusal | _Permit | _Approval | _Authenticated:
             step = self._authenticate(method, raw_path, headers, trace)
             if isinstance(step, _Refusal) or not decide:
                 return step
             return self._decide(step, trace)
-        except ServiceUnavailable as exc:
-            return _unavailable(exc)
-        except OAuthError as exc:
-            return _oauth_refusal(exc)
+
+        return _answering(steps)
 
     async def _shared_then_decide(
         self, step: _Authenticated, trace: TraceContext
@@ -852,16 +861,7 @@ class HttpGateway:
         error = await self.enforcer.shared_first_use(step.access)
         if error is not None:
             return await self._durably(lambda: self._shared_refusal(step.access, error, trace))
-
-        def decide() -> _Refusal | _Permit | _Approval:
-            try:
-                return self._decide(step, trace)
-            except ServiceUnavailable as exc:
-                return _unavailable(exc)
-            except OAuthError as exc:
-                return _oauth_refusal(exc)
-
-        return await self._durably(decide)
+        return await self._durably(lambda: _answering(lambda: self._decide(step, trace)))
 
     def _shared_refusal(
         self, access: VerifiedAccess, error: AgentIAMError, trace: TraceContext
