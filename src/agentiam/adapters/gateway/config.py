@@ -73,6 +73,15 @@ _COMMON = frozenset(
 _MAX_FILE = 1024 * 1024
 
 
+def _from_env(env: Mapping[str, str] | None, name: str, where: str, holds: str) -> str:
+    """The stripped value of the variable ``name`` (in ``env``, else the process's
+    environment); ValueError naming the config key ``where`` when it is unset or empty."""
+    value = (os.environ if env is None else env).get(name, "").strip()
+    if not value:
+        raise ValueError(f"{where}: the environment variable {name} is not set (it holds {holds})")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class ControlPlaneConfig:
     url: str
@@ -80,13 +89,9 @@ class ControlPlaneConfig:
     outage_seconds: float = 300.0
 
     def admin_key(self, env: Mapping[str, str] | None = None) -> str:
-        value = (os.environ if env is None else env).get(self.key_env, "").strip()
-        if not value:
-            raise ValueError(
-                f"control_plane.key_env: the environment variable {self.key_env} is not set "
-                "(it holds the gateway's verifier-role admin key)"
-            )
-        return value
+        return _from_env(
+            env, self.key_env, "control_plane.key_env", "the gateway's verifier-role admin key"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +109,9 @@ class ReplayCacheConfig:
         if self.url is not None:
             return self.url
         assert self.url_env is not None
-        value = (os.environ if env is None else env).get(self.url_env, "").strip()
-        if not value:
-            raise ValueError(
-                f"replay_cache.url_env: the environment variable {self.url_env} is not set "
-                "(it holds the Redis URL of the shared replay cache)"
-            )
+        value = _from_env(
+            env, self.url_env, "replay_cache.url_env", "the Redis URL of the shared replay cache"
+        )
         return _redis_url(value, "replay_cache.url_env", allow_password=True)
 
 
