@@ -1153,12 +1153,8 @@ class _Endpoint:
                     trace=trace,
                 )
             )
-        except OAuthError as exc:
-            body = JSONResponse(exc.to_oauth(), status_code=exc.oauth_status, headers=exc.headers)
-            await body(scope, receive, send)
-            return
         except AgentIAMError as exc:
-            await _problem(exc, scope, receive, send)
+            await _refusal(exc, scope, receive, send)
             return
         shared = await self.enforcer.shared_first_use(access)  # replicas: one replay cache
         if shared is not None:
@@ -1168,14 +1164,8 @@ class _Endpoint:
                     lambda: self.enforcer.refuse_shared(access, refusal, trace=trace)
                 )
             except ServiceUnavailable as exc:  # not audited: refused all the same, as 503
-                shared = exc
-            if isinstance(shared, OAuthError):
-                body = JSONResponse(
-                    shared.to_oauth(), status_code=shared.oauth_status, headers=shared.headers
-                )
-                await body(scope, receive, send)
-            else:
-                await _problem(shared, scope, receive, send)
+                refusal = exc
+            await _refusal(refusal, scope, receive, send)
             return
         # The SDK binds a handshake-era session to the principal that opened it
         # (client_id, issuer, subject); another agent's request for it answers 404.
@@ -1399,6 +1389,16 @@ async def _problem(exc: AgentIAMError, scope: Scope, receive: Receive, send: Sen
     await JSONResponse(
         exc.to_problem(), status_code=exc.status, media_type="application/problem+json"
     )(scope, receive, send)
+
+
+async def _refusal(exc: AgentIAMError, scope: Scope, receive: Receive, send: Send) -> None:
+    """An authentication refusal: an OAuth error as OAuth JSON with its challenge
+    headers (RFC 6750 section 3, RFC 9449 section 7.1), anything else as a problem."""
+    if isinstance(exc, OAuthError):
+        response = JSONResponse(exc.to_oauth(), status_code=exc.oauth_status, headers=exc.headers)
+        await response(scope, receive, send)
+    else:
+        await _problem(exc, scope, receive, send)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
