@@ -537,19 +537,28 @@ async def _impostor(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _refused_discovery(world: World, url: str, trusted: list[str], *cases: tuple[str, str]) -> None:
+    """Discovery of ``url + path`` fails, naming ``named``, for each (path, named)."""
+    assert world.key is not None
+    for path, named in cases:
+        with pytest.raises(DiscoveryError, match=named):
+            AgentClient.for_resource(
+                url + path, client_id=world.agent_id, key=world.key, trusted_issuers=trusted
+            )
+
+
 def test_discovery_refuses_metadata_that_cannot_be_trusted(world: World) -> None:
     assert world.key is not None
     trusted = [world.cp.url, "http://x"]
     with serve_in_thread(_impostor) as url:
-        for path, named in (
+        _refused_discovery(
+            world,
+            url,
+            trusted,
             ("/other", "describes 'https://bank.example.com'"),
             ("/big", "larger than"),
             ("/missing", "answered 404"),
-        ):
-            with pytest.raises(DiscoveryError, match=named):
-                AgentClient.for_resource(
-                    url + path, client_id=world.agent_id, key=world.key, trusted_issuers=trusted
-                )
+        )
     with pytest.raises(DiscoveryError, match="no query or fragment"):
         AgentClient.for_resource(
             world.gw_url + "?x=1", client_id=world.agent_id, key=world.key, trusted_issuers=trusted
@@ -586,15 +595,14 @@ def test_discovery_follows_the_metadata_url_a_401_names(world: World) -> None:
                 trusted_issuers=trusted,
                 challenge=False,
             )
-        for path, named in (
+        _refused_discovery(
+            world,
+            url,
+            trusted,
             ("/cross", "another origin"),
             ("/userinfo", "another origin"),
             ("/javascript", "no URL"),
-        ):
-            with pytest.raises(DiscoveryError, match=named):
-                AgentClient.for_resource(
-                    url + path, client_id=world.agent_id, key=world.key, trusted_issuers=trusted
-                )
+        )
     with pytest.raises(DiscoveryError, match="cannot reach"):
         AgentClient.for_resource(
             f"http://127.0.0.1:{free_port()}/api",
