@@ -740,6 +740,41 @@ def test_replicas_sharing_the_replay_cache_refuse_a_proof_replayed_to_another(
             _stop(proc)
 
 
+def _fresh_call(world: World, base_url: str, path: str) -> httpx.Response:
+    """A request with a fresh proof for the public URL, sent to ``base_url`` (one
+    replica, as a load balancer would pick it)."""
+    token = world.agent.token().value
+    proof = dpop_proof(world.agent.dpop_key, method="GET", url=world.gw_url + path,
+                       access_token=token)  # fmt: skip
+    headers = {"Authorization": f"DPoP {token}", "DPoP": proof}
+    return httpx.get(base_url + path, headers=headers, timeout=30)
+
+
+def test_replicas_sharing_the_store_enforce_one_rate_limit(
+    world: World, tmp_path: Path, redis_prefix: str
+) -> None:
+    """The ``limited`` route allows a burst of 2 (then one call in 10 s): for the
+    deployment as a whole, whichever replica the balancer picks."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        one, one_url = _replica(world, tmp_path, "billing-gw-r5", redis_prefix)
+        two, two_url = _replica(world, tmp_path, "billing-gw-r6", redis_prefix)
+        alone, alone_url = _replica(world, tmp_path, "billing-gw-r7", None)
+        procs += [one, two, alone]
+        before = len(world.seen())
+        answers = [_fresh_call(world, url, "/v1/limited") for url in (one_url, two_url) * 2]
+        assert [r.status_code for r in answers] == [200, 200, 429, 429]
+        for refused in answers[2:]:
+            assert refused.json()["error"] == "rate_limited"
+            assert 1 <= int(refused.headers["retry-after"]) <= 10
+        assert len(world.seen()) == before + 2  # the refused calls never reached it
+        # Why it matters: a replica counting on its own hands out another burst.
+        assert _fresh_call(world, alone_url, "/v1/limited").status_code == 200
+    finally:
+        for proc in procs:
+            _stop(proc)
+
+
 def test_a_replica_whose_replay_cache_is_unreachable_does_not_start(
     world: World, tmp_path: Path
 ) -> None:

@@ -16,6 +16,7 @@ from tests.support.live import free_port
 from tests.unit.gateway_support import GATEWAY, ISSUER, METADATA, FakeLink, Keys, Parties, Sink
 
 from agentiam.adapters.gateway.enforcer import Enforcer
+from agentiam.adapters.gateway.shared_redis import SharedRedis
 from agentiam.adapters.gateway.shared_replay import SharedReplayCache
 from agentiam.core.audit.events import TraceContext
 from agentiam.core.credentials.verifier import (
@@ -31,7 +32,11 @@ TRACE = TraceContext.new()
 
 
 def _cache(prefix: str, url: str = REDIS_URL, timeout: float = 1.0) -> SharedReplayCache:
-    return SharedReplayCache(url, prefix=prefix, timeout=timeout)
+    return SharedReplayCache(_redis(prefix, url, timeout))
+
+
+def _redis(prefix: str, url: str = REDIS_URL, timeout: float = 1.0) -> SharedRedis:
+    return SharedRedis(url, prefix=prefix, timeout=timeout)
 
 
 def _use(jti: str = "proof-1", seconds: int = 60) -> ProofUse:
@@ -98,7 +103,7 @@ def test_a_cache_that_cannot_answer_refuses_the_call(caplog: pytest.LogCaptureFi
         asyncio.run(_first_use(_cache("t:", dead, timeout=0.3), _use()))
     assert refused.value.status == 503
     with pytest.raises(ValueError, match=r"^replay_cache: cannot reach Redis \(ConnectionError\)"):
-        _cache("t:", dead, timeout=0.3).check()
+        _redis("t:", dead, timeout=0.3).check()
     assert "hunter2" not in caplog.text + str(refused.value)
 
 

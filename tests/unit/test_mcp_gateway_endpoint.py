@@ -14,7 +14,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from starlette.testclient import TestClient
 
-from agentiam.adapters.gateway.enforcer import Call, Verdict
+from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.mcp_proxy import (
     _STATE_KEY,
     McpGateway,
@@ -53,9 +53,16 @@ class FakeEnforcer:
     refused: list[tuple[int, str]] = field(default_factory=list)
     source: str = "gateway/test"
     shared: Exception | None = None  # what the replicas' replay cache answers
+    limit: SharedLimit | Exception | None = None  # what their shared rate limit answers
+    limits: list[SharedLimit | None] = field(default_factory=list)  # passed to decide
 
     async def shared_first_use(self, access: VerifiedAccess) -> Exception | None:
         return self.shared
+
+    async def shared_limit(self, access: VerifiedAccess, tool: str | None) -> SharedLimit | None:
+        if isinstance(self.limit, Exception):
+            raise self.limit
+        return self.limit
 
     def refuse_shared(self, access: VerifiedAccess, error: Exception, *, trace: Any) -> None:
         self.refuse(access, trace=trace, status=getattr(error, "oauth_status", 503), reason="x")
@@ -73,10 +80,13 @@ class FakeEnforcer:
             )
         return ACCESS
 
-    def decide(self, access: VerifiedAccess, call: Call, *, trace: Any) -> Verdict:
+    def decide(
+        self, access: VerifiedAccess, call: Call, *, trace: Any, limit: SharedLimit | None = None
+    ) -> Verdict:
         if self.failure is not None:
             raise self.failure
         self.decided.append(call)
+        self.limits.append(limit)
         return self.verdict
 
     def refuse(
@@ -287,4 +297,23 @@ def test_a_proof_the_shared_replay_cache_refuses_never_reaches_the_server() -> N
     assert r.headers["content-type"] == "application/problem+json"
     assert [s for s, _ in enforcer.refused] == [503]
     assert downstream.seen == downstream_two.seen == []
+    assert enforcer.decided == []
+
+
+def test_the_shared_rate_limit_is_taken_before_the_decision_and_passed_to_it() -> None:
+    """Replicas: the call's tokens come from the shared buckets, and the decision
+    uses that answer (it charges nothing locally); a store that cannot answer is a
+    503 the server never sees, audited."""
+    enforcer = FakeEnforcer(limit=SharedLimit(retry_after=7))
+    client, downstream = endpoint(enforcer)
+    post(client, CALL)
+    assert enforcer.limits == [SharedLimit(retry_after=7)]
+    enforcer = FakeEnforcer(limit=ServiceUnavailable("the replicas' shared rate limits ..."))
+    client, downstream = endpoint(enforcer)
+    r = post(client, CALL)
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "5"
+    assert r.json()["error"]["message"].startswith("the replicas' shared rate limits")
+    assert [s for s, _ in enforcer.refused] == [503]
+    assert downstream.seen == []
     assert enforcer.decided == []

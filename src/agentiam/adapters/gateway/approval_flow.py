@@ -30,7 +30,7 @@ from agentiam.adapters.gateway.approvals import (
     ApprovedUse,
     NotApprovable,
 )
-from agentiam.adapters.gateway.enforcer import Call, Enforcer, Verdict
+from agentiam.adapters.gateway.enforcer import Call, Enforcer, SharedLimit, Verdict
 from agentiam.core.audit.events import TraceContext
 from agentiam.core.credentials.verifier import VerifiedAccess
 from agentiam.core.policy.authorizer import AuthzRequest
@@ -127,6 +127,7 @@ class ApprovalFlow:
         trace: TraceContext,
         wait: float = 0.0,
         admitted: bool = False,
+        limit: SharedLimit | None = None,
     ) -> ApprovalOutcome:
         """Use ``approval_id`` for this call and, once consumed, decide it as approved.
         The rate limit and the task scope are checked first: a call they refuse does
@@ -134,9 +135,10 @@ class ApprovalFlow:
         with ``wait`` seconds, wait for the human and try once more. Not for this call,
         not approved, used or expired: the refusal is audited and the outcome names
         the state. ``admitted``: this call already passed them (it is the call whose
-        deny opened the request)."""
+        deny opened the request). ``limit``: the replicas' shared rate limit already
+        answered for this call (:meth:`Enforcer.shared_limit`)."""
         if not admitted:
-            refused = self.enforcer.admit(access, call, trace=trace)
+            refused = self.enforcer.admit(access, call, trace=trace, limit=limit)
             if refused is not None:
                 return ApprovalOutcome(refused, approval_id, "not_used")
         request = self.enforcer.request_for(access, call)

@@ -13,7 +13,7 @@ The part every gateway shares (see docs/gateway.md#configuration)::
     spool: {directory: /var/lib/agentiam/gw, max_bytes: 1073741824}
     secrets: {store: /etc/agentiam/gw-secrets.json}   # key: AGENTIAM_GATEWAY_SECRETS_KEY
     rate_limits: {...}                 # core/enforcement/ratelimit.py
-    replay_cache:                      # replicas: one DPoP replay cache in Redis
+    replay_cache:                      # replicas: DPoP replay records and rate limits in Redis
       url_env: AGENTIAM_GATEWAY_REDIS_URL   # or url: redis://host:6379/0 (no password)
       key_prefix: "agentiam:dpop:"
       timeout_seconds: 0.5
@@ -96,8 +96,8 @@ class ControlPlaneConfig:
 
 @dataclass(frozen=True, slots=True)
 class ReplayCacheConfig:
-    """Where the replicas' shared DPoP replay cache lives
-    (``adapters/gateway/shared_replay.py``): a Redis URL, given in the file (without a
+    """The Redis the replicas share for their DPoP replay records and rate-limit
+    buckets (``adapters/gateway/shared_redis.py``): a URL, given in the file (without a
     password) or in the environment variable ``url_env``."""
 
     url: str | None

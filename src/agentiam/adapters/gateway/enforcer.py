@@ -56,7 +56,7 @@ from agentiam.core.credentials.jose import JoseRejected, import_public_jwk, pars
 from agentiam.core.credentials.verifier import ProofUse, VerifiedAccess
 from agentiam.core.delegation.authorization_details import ApiCall, CustomCall, ToolCall
 from agentiam.core.delegation.enforcement import delegation_context, token_permits
-from agentiam.core.enforcement.ratelimit import RateLimiter
+from agentiam.core.enforcement.ratelimit import BucketKey, RateLimit, RateLimiter
 from agentiam.core.ids import is_id
 from agentiam.core.policy.authorizer import AuthzRequest
 from agentiam.core.policy.model import EntityRef
@@ -114,6 +114,24 @@ class SharedReplay(Protocol):
     async def aclose(self) -> None: ...
 
 
+class SharedLimits(Protocol):
+    """Rate-limit buckets every replica of a gateway takes from
+    (:class:`~agentiam.adapters.gateway.shared_ratelimit.SharedRateLimits`)."""
+
+    async def take(self, buckets: Sequence[tuple[BucketKey, RateLimit]]) -> int | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SharedLimit:
+    """What the replicas' shared buckets answered for one call
+    (:meth:`Enforcer.shared_limit`): None, a token was taken; else the
+    ``Retry-After`` seconds."""
+
+    retry_after: int | None
+
+
 class Enforcer:
     def __init__(
         self,
@@ -127,6 +145,7 @@ class Enforcer:
         kind: str = "gateway",
         approvals: ApprovalClient | None = None,
         shared_replay: SharedReplay | None = None,
+        shared_limits: SharedLimits | None = None,
     ) -> None:
         """``name`` names this enforcement point in the audit trail (``source`` is
         ``<kind>/<name>``); ``resource_metadata`` is the URL of its RFC 9728
@@ -141,6 +160,7 @@ class Enforcer:
         self._redactor = redactor or Redactor()
         self.approvals = approvals  # None: no approvals; an approvable deny stays a deny
         self.shared_replay = shared_replay
+        self.shared_limits = shared_limits
         # RFC 6750 section 3.1 error code in an RFC 9449 section 7.1 challenge
         self._insufficient_scope = (
             f'DPoP error="insufficient_scope", resource_metadata="{resource_metadata}"'
@@ -203,6 +223,19 @@ class Enforcer:
         self._name_metadata(error)
         return error
 
+    async def shared_limit(self, access: VerifiedAccess, tool: str | None) -> SharedLimit | None:
+        """The rate limit across replicas: take a token from each of the call's
+        buckets in the shared store (the same buckets, limits and throttles this
+        process's limiter would use), before the call is decided; pass the answer to
+        :meth:`decide` (or :meth:`admit`), which then charges nothing locally. None
+        when there is no shared store. Raises ServiceUnavailable (503, not yet
+        audited: :meth:`refuse_shared`) when the store cannot answer, so a call is
+        never let through uncounted."""
+        if self.shared_limits is None or self._limiter is None:
+            return None
+        buckets = self._limiter.buckets(access.client_id, tool)
+        return SharedLimit(await self.shared_limits.take(buckets))
+
     def refuse_shared(
         self, access: VerifiedAccess, error: AgentIAMError, *, trace: TraceContext
     ) -> None:
@@ -244,13 +277,26 @@ class Enforcer:
             EntityRef("Agent", access.client_id), call.action, call.resource, call.context(access)
         )
 
-    def admit(self, access: VerifiedAccess, call: Call, *, trace: TraceContext) -> Verdict | None:
+    def admit(
+        self,
+        access: VerifiedAccess,
+        call: Call,
+        *,
+        trace: TraceContext,
+        limit: SharedLimit | None = None,
+    ) -> Verdict | None:
         """The checks before policy: the rate limit (a token is taken when it passes)
         and the token's task scope. The refusal (429 with Retry-After, or 403), audited
         and durable, or None when both pass. An approval is used only after this, so a
-        retry the rate limit refuses keeps its approval for the next try."""
-        if self._limiter is not None:
-            retry = self._limiter.check(access.client_id, call.tool, time.monotonic())
+        retry the rate limit refuses keeps its approval for the next try. ``limit``:
+        the replicas' shared buckets already answered (:meth:`shared_limit`), so this
+        process's own are not charged."""
+        if limit is not None or self._limiter is not None:
+            if limit is not None:
+                retry: float | None = limit.retry_after
+            else:
+                assert self._limiter is not None
+                retry = self._limiter.check(access.client_id, call.tool, time.monotonic())
             if retry is not None:
                 seconds = max(1, int(retry + 0.999))
                 verdict = Verdict(
@@ -283,15 +329,17 @@ class Enforcer:
         trace: TraceContext,
         approval: ApprovedUse | None = None,
         admitted: bool = False,
+        limit: SharedLimit | None = None,
     ) -> Verdict:
         """Rate limit, task scope and policy, in that order; the verdict's event is
         durable before this returns (else ServiceUnavailable). With ``approval`` (one
         the control plane consumed for this call) the policy sees
         ``context.approval.state == "approved"`` and the decision carries the id the
         consumption recorded. ``admitted``: :meth:`admit` already passed this call (its
-        rate-limit token is taken), so it is not charged twice."""
+        rate-limit token is taken), so it is not charged twice. ``limit``: the shared
+        buckets' answer (:meth:`admit`)."""
         if not admitted:
-            refused = self.admit(access, call, trace=trace)
+            refused = self.admit(access, call, trace=trace, limit=limit)
             if refused is not None:
                 return refused
         agent = access.client_id

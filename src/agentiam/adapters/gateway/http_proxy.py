@@ -84,7 +84,7 @@ from agentiam.adapters.gateway.broker import (
     credential_ref_from_config,
 )
 from agentiam.adapters.gateway.config import GatewayConfig, load_gateway_config
-from agentiam.adapters.gateway.enforcer import Call, Verdict
+from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.http_upstream import UpstreamError, UpstreamPool, UpstreamTimeout
 from agentiam.adapters.gateway.loop_watch import watch_event_loop
 from agentiam.adapters.gateway.outcomes import OutcomeQueue
@@ -535,6 +535,7 @@ class _Approval:
     framing: tuple[int | None, bool]
     approval_id: str | None
     verdict: Verdict | None = None
+    limit: SharedLimit | None = None  # the replicas' shared rate limit's answer
 
 
 _APPROVAL_REQUEST_HEADER = APPROVAL_HEADER.lower().encode("ascii")
@@ -816,9 +817,9 @@ class HttpGateway:
         # Steps 1-4 run here, on the event loop: they only compute (keys, revocations
         # and policy are in memory) and hand their audit event to the spool, whose
         # fsync is then awaited without holding a thread.
-        # With a shared replay cache (replicas), step 1 ends with an await: the proof
-        # is recorded in Redis before the call is decided.
-        shared = self.enforcer.shared_replay is not None
+        # With a shared store (replicas), step 1 ends with awaits: the proof is
+        # recorded and the rate-limit tokens taken in Redis before the call is decided.
+        shared = self.enforcer.shared_replay is not None or self.enforcer.shared_limits is not None
         outcome = await self._durably(
             lambda: self._authorize(scope["method"], raw_path, headers, trace, decide=not shared)
         )
@@ -857,11 +858,21 @@ class HttpGateway:
     async def _shared_then_decide(
         self, step: _Authenticated, trace: TraceContext
     ) -> _Refusal | _Permit | _Approval:
-        """Record the proof in the replicas' replay cache, then steps 2-4."""
+        """Record the proof in the replicas' replay cache and take the call's tokens
+        from their rate-limit buckets, then steps 2-4."""
         error = await self.enforcer.shared_first_use(step.access)
+        limit: SharedLimit | None = None
+        if error is None:
+            found = self.route_for(step.method, step.segments)  # no route: a 404 below
+            if found is not None:
+                try:
+                    limit = await self.enforcer.shared_limit(step.access, found[0].name)
+                except ServiceUnavailable as exc:
+                    error = exc
         if error is not None:
-            return await self._durably(lambda: self._shared_refusal(step.access, error, trace))
-        return await self._durably(lambda: _answering(lambda: self._decide(step, trace)))
+            failed = error
+            return await self._durably(lambda: self._shared_refusal(step.access, failed, trace))
+        return await self._durably(lambda: _answering(lambda: self._decide(step, trace, limit)))
 
     def _shared_refusal(
         self, access: VerifiedAccess, error: AgentIAMError, trace: TraceContext
@@ -899,8 +910,11 @@ class HttpGateway:
         )
         return _Authenticated(access, method, url, segments, headers, framing)
 
-    def _decide(self, step: _Authenticated, trace: TraceContext) -> _Refusal | _Permit | _Approval:
-        """Steps 2-4: the route, the call, approvals, the decision."""
+    def _decide(
+        self, step: _Authenticated, trace: TraceContext, limit: SharedLimit | None = None
+    ) -> _Refusal | _Permit | _Approval:
+        """Steps 2-4: the route, the call, approvals, the decision (``limit``: the
+        replicas' shared rate limit's answer for it)."""
         enforcer, access, method, url = self.enforcer, step.access, step.method, step.url
         headers, framing = step.headers, step.framing
         found = self.route_for(method, step.segments)
@@ -922,8 +936,8 @@ class HttpGateway:
                 reason = f"the {APPROVAL_HEADER} header is not one approval id"
                 enforcer.refuse(access, trace=trace, status=400, reason=reason, call=call)
                 return _problem(400, "bad-request", reason)
-            return _Approval(access, route, call, framing, presented[0].strip())
-        verdict = enforcer.decide(access, call, trace=trace)
+            return _Approval(access, route, call, framing, presented[0].strip(), limit=limit)
+        verdict = enforcer.decide(access, call, trace=trace, limit=limit)
         if not verdict.allowed and verdict.approvable:
             return _Approval(access, route, call, framing, None, verdict)
         if not verdict.allowed:
@@ -953,7 +967,7 @@ class HttpGateway:
         admitted = approval_id is None
         if not admitted:
             refused = await self._durably(
-                lambda: self.enforcer.admit(step.access, step.call, trace=trace)
+                lambda: self.enforcer.admit(step.access, step.call, trace=trace, limit=step.limit)
             )
             if isinstance(refused, _Refusal):
                 return refused

@@ -60,6 +60,7 @@ Configuration (the common part is :mod:`agentiam.adapters.gateway.config`)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -1222,6 +1223,18 @@ class _Endpoint:
                 state.access, state.trace, 400, call, scope, receive, send, request_id
             )
             return False
+        try:  # replicas: the call's rate-limit tokens come from their shared buckets
+            limit = await self.enforcer.shared_limit(state.access, call.tool)
+        except ServiceUnavailable as exc:
+            unavailable = exc
+            with contextlib.suppress(ServiceUnavailable):  # refused as 503 all the same
+                await anyio.to_thread.run_sync(
+                    lambda: self.enforcer.refuse_shared(
+                        state.access, unavailable, trace=state.trace
+                    )
+                )
+            await _failed(exc, request_id, scope, receive, send)
+            return False
         flow = self.approvals if method == "tools/call" else None
         if flow is not None and isinstance(params, dict):
             presented = _presented_approval(params)
@@ -1236,7 +1249,9 @@ class _Endpoint:
                     state,
                     method,
                     call,
-                    lambda: flow.retry(state.access, call, presented, trace=state.trace),
+                    lambda: flow.retry(
+                        state.access, call, presented, trace=state.trace, limit=limit
+                    ),
                     request_id,
                     scope,
                     receive,
@@ -1244,7 +1259,7 @@ class _Endpoint:
                 )
         try:
             verdict = await anyio.to_thread.run_sync(
-                lambda: self.enforcer.decide(state.access, call, trace=state.trace)
+                lambda: self.enforcer.decide(state.access, call, trace=state.trace, limit=limit)
             )
         except AgentIAMError as exc:  # the outage bound, or the spool (503)
             await _failed(exc, request_id, scope, receive, send)

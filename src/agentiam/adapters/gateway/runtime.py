@@ -22,7 +22,7 @@ import httpx
 from agentiam.adapters.gateway.approvals import ApprovalClient
 from agentiam.adapters.gateway.broker import CredentialBroker, SecretStore, load_secrets_key
 from agentiam.adapters.gateway.config import GatewayConfig
-from agentiam.adapters.gateway.enforcer import Enforcer, SharedReplay
+from agentiam.adapters.gateway.enforcer import Enforcer, SharedLimits, SharedReplay
 from agentiam.adapters.gateway.link import ControlPlaneLink
 from agentiam.adapters.gateway.spool import AuditSpool, SpoolBatch
 from agentiam.core.enforcement.ratelimit import RateLimiter
@@ -76,24 +76,27 @@ class _Shipper:
             await spool.ship_on_loop(ship)
 
 
-def _shared_replay(config: GatewayConfig) -> SharedReplay | None:
-    """The replicas' DPoP replay cache when ``replay_cache`` is configured, reached
-    once now: a gateway that cannot reach it does not start (ValueError)."""
+def _shared(config: GatewayConfig) -> tuple[SharedReplay | None, SharedLimits | None]:
+    """The replicas' DPoP replay cache and rate-limit buckets when ``replay_cache`` is
+    configured (one Redis holds both), reached once now: a gateway that cannot
+    reach it does not start (ValueError)."""
     if config.replay_cache is None:
-        return None
+        return None, None
     try:  # the redis package is an extra: agentiam[redis]
+        from agentiam.adapters.gateway.shared_ratelimit import SharedRateLimits
+        from agentiam.adapters.gateway.shared_redis import SharedRedis
         from agentiam.adapters.gateway.shared_replay import SharedReplayCache
     except ImportError:
         raise ValueError(
             "replay_cache: needs the redis package (pip install 'agentiam[redis]')"
         ) from None
-    cache = SharedReplayCache(
+    shared = SharedRedis(
         config.replay_cache.redis_url(),
         prefix=config.replay_cache.key_prefix,
         timeout=config.replay_cache.timeout_seconds,
     )
-    cache.check()
-    return cache
+    shared.check()
+    return SharedReplayCache(shared), SharedRateLimits(shared)
 
 
 @dataclass
@@ -131,6 +134,7 @@ class GatewayRuntime:
         broker = None
         if config.secrets_store is not None:
             broker = CredentialBroker(SecretStore(config.secrets_store, load_secrets_key()))
+        shared_replay, shared_limits = _shared(config)
         enforcer = Enforcer(
             config.name,
             link,
@@ -138,7 +142,8 @@ class GatewayRuntime:
             resource_metadata=config.resource_metadata_url,
             limiter=limiter,
             approvals=ApprovalClient(config.control_plane.url, admin_key),
-            shared_replay=_shared_replay(config),
+            shared_replay=shared_replay,
+            shared_limits=shared_limits,
         )
         return cls(config, link, spool, broker, enforcer, shipper)
 
@@ -177,10 +182,11 @@ class GatewayRuntime:
 
     async def stop(self) -> None:
         """Stop what runs on the event loop: the shipping task
-        (:meth:`stop_shipping`) and the shared replay cache's connections."""
+        (:meth:`stop_shipping`) and the connections to the replicas' shared Redis."""
         await self.stop_shipping()
-        if self.enforcer.shared_replay is not None:
-            await self.enforcer.shared_replay.aclose()
+        for shared in (self.enforcer.shared_replay, self.enforcer.shared_limits):
+            if shared is not None:
+                await shared.aclose()
 
     def health(self) -> dict[str, Any]:
         since = self.link.seconds_since_contact()

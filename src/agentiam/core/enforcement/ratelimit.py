@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-__all__ = ["MAX_THROTTLES", "RateLimit", "RateLimiter", "Throttle"]
+__all__ = ["MAX_THROTTLES", "BucketKey", "RateLimit", "RateLimiter", "Throttle", "retry_after"]
 
 _RESOLVED_CACHE = 4096  # tool names whose per-tool limit is remembered
 _EPSILON = 1e-9  # float slack: token counts and waits are sums of float steps
@@ -118,6 +118,15 @@ class Throttle:
 
     def to_dict(self) -> dict[str, Any]:
         return {"agent_id": self.agent_id, "per_minute": self.per_minute, "until": self.until}
+
+
+BucketKey = tuple[str, ...]  # ("agent", id), ("throttle", id, …), ("tool", id, name)
+
+
+def retry_after(wait: float) -> int:
+    """A wait in seconds as ``Retry-After`` delay-seconds: rounded up to a whole
+    second (the float slack forgiven), at least 1."""
+    return max(1, math.ceil(wait - _EPSILON))
 
 
 class _Bucket:
@@ -186,7 +195,7 @@ class RateLimiter:
             key=lambda item: -_specificity(item[0]),
         )
         self._lock = threading.Lock()
-        self._buckets: OrderedDict[tuple[str, ...], _Bucket] = OrderedDict()
+        self._buckets: OrderedDict[BucketKey, _Bucket] = OrderedDict()
         self._resolved: dict[str, RateLimit | None] = {}
         self._wall = wall_clock
         self._throttles: dict[str, Throttle] = {}
@@ -250,22 +259,35 @@ class RateLimiter:
         with self._lock:
             return len(self._buckets)
 
+    def buckets(self, agent_id: str, tool: str | None) -> list[tuple[BucketKey, RateLimit]]:
+        """The buckets a call by ``agent_id`` to ``tool`` must find a token in, each
+        with its limit: the agent's (``per_agent``), its throttle's while one is in
+        force, and the (agent, tool) one when a per-tool limit applies. Empty: no limit
+        applies. What :meth:`check` takes from here, and what replicas sharing their
+        buckets take from Redis (``adapters/gateway/shared_ratelimit.py``)."""
+        with self._lock:
+            return self._wanted(agent_id, tool)
+
+    def _wanted(self, agent_id: str, tool: str | None) -> list[tuple[BucketKey, RateLimit]]:
+        wanted: list[tuple[BucketKey, RateLimit]] = []
+        if self.per_agent is not None:
+            wanted.append((("agent", agent_id), self.per_agent))
+        throttle = self._throttles.get(agent_id) if self._throttles else None
+        if throttle is not None and throttle.until > self._wall():
+            cap = ("throttle", agent_id, str(throttle.per_minute), repr(throttle.until))
+            wanted.append((cap, throttle.limit))
+        if tool is not None:
+            tool_limit = self._resolve(tool)
+            if tool_limit is not None:
+                wanted.append((("tool", agent_id, tool), tool_limit))
+        return wanted
+
     def check(self, agent_id: str, tool: str | None, now: float) -> float | None:
         """Take one token from each bucket that applies to this call and return None,
         or take nothing and return the ``Retry-After`` delay: whole seconds (an int),
         at least 1. ``tool`` None (a call that names no tool) checks ``per_agent`` only."""
         with self._lock:
-            wanted: list[tuple[tuple[str, ...], RateLimit]] = []
-            if self.per_agent is not None:
-                wanted.append((("agent", agent_id), self.per_agent))
-            throttle = self._throttles.get(agent_id) if self._throttles else None
-            if throttle is not None and throttle.until > self._wall():
-                cap = ("throttle", agent_id, str(throttle.per_minute), repr(throttle.until))
-                wanted.append((cap, throttle.limit))
-            if tool is not None:
-                tool_limit = self._resolve(tool)
-                if tool_limit is not None:
-                    wanted.append((("tool", agent_id, tool), tool_limit))
+            wanted = self._wanted(agent_id, tool)
             if not wanted:
                 return None
             buckets: list[tuple[_Bucket, RateLimit]] = []
@@ -288,8 +310,9 @@ class RateLimiter:
                     bucket.tokens -= 1.0
                 result: float | None = None
             else:
-                wait = max((1.0 - b.tokens) / lim.rate_per_second for b, lim in buckets)
-                result = max(1, math.ceil(wait - _EPSILON))
+                result = retry_after(
+                    max((1.0 - b.tokens) / lim.rate_per_second for b, lim in buckets)
+                )
             while len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
             return result

@@ -1,0 +1,124 @@
+"""Rate-limit buckets shared by a gateway's replicas, kept in Redis.
+
+Each gateway process keeps its own token buckets
+(:class:`~agentiam.core.enforcement.ratelimit.RateLimiter`); three replicas behind a
+load balancer, each allowing 10 calls a second, would allow 30 together. With
+``replay_cache`` configured (docs/gateway.md), the replicas take their tokens from
+buckets in that Redis instead, so the limits, and the control plane's throttles, hold
+for the deployment as a whole:
+
+- **Same buckets, same rules.** Which buckets a call needs, and their limits, come
+  from the process's own limiter (:meth:`RateLimiter.buckets
+  <agentiam.core.enforcement.ratelimit.RateLimiter.buckets>`): per agent, per
+  (agent, tool), and the agent's throttle. Every one must hold a token; a refused
+  call takes none (RFC 2697 section 3's committed-rate bucket, as locally).
+- **One atomic step.** A Lua script refills, checks and takes from every bucket of
+  the call in one go (Redis runs a script alone), so two replicas cannot both spend
+  the last token.
+- **One clock.** Refills are timed by the Redis server's clock (``TIME``), not the
+  replicas' own, so replicas whose clocks disagree do not mint tokens; a clock that
+  goes back refills nothing.
+- **Bounded memory.** A bucket (a hash of ``tokens`` and ``updated``) expires one
+  second after it would be full again (``burst / rate_per_second``): an expired
+  bucket comes back full, exactly as if it had been kept.
+- **Retry-After** is the wait until every bucket holds a token, in whole seconds,
+  at least 1 (RFC 9110 section 10.2.3, with the 429 of RFC 6585 section 4).
+- **Fail closed**, keys as digests, no secrets in logs: :mod:`.shared_redis`. A call
+  whose tokens could not be taken is refused (503), never let through uncounted.
+
+A single Redis (or a primary with replicas) is supported; Redis Cluster is not (the
+buckets of one call are keys in one script).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from agentiam.adapters.gateway.shared_redis import SharedRedis
+from agentiam.core.enforcement.ratelimit import BucketKey, RateLimit, retry_after
+
+__all__ = ["SharedRateLimits"]
+
+# KEYS: the call's buckets; ARGV: rate_per_second and burst of each, in turn.
+# Returns "0" when every bucket held a token (one is taken from each), else the
+# seconds until they all will (nothing is taken).
+_TAKE = """
+if redis.replicate_commands then redis.replicate_commands() end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local tokens, updated, wait = {}, {}, 0
+for i = 1, #KEYS do
+  local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local state = redis.call('HMGET', KEYS[i], 'tokens', 'updated')
+  local have, since = tonumber(state[1]), tonumber(state[2])
+  if have == nil or since == nil then
+    have, since = burst, now
+  elseif now > since then
+    have, since = math.min(burst, have + (now - since) * rate), now
+  end
+  tokens[i], updated[i] = have, since
+  if have < 1 - 1e-9 then
+    wait = math.max(wait, (1 - have) / rate)
+  end
+end
+if wait > 0 then
+  return string.format('%.6f', wait)
+end
+for i = 1, #KEYS do
+  local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  redis.call('HSET', KEYS[i], 'tokens', string.format('%.17g', tokens[i] - 1),
+             'updated', string.format('%.6f', updated[i]))
+  redis.call('PEXPIRE', KEYS[i], math.ceil(burst / rate * 1000) + 1000)
+end
+return '0'
+"""
+
+
+class SharedRateLimits:
+    """``take`` from buckets every process sharing the Redis and its prefix uses."""
+
+    def __init__(self, shared: SharedRedis) -> None:
+        self._shared = shared
+        self._script: AsyncScript | None = None
+        self._script_client: aioredis.Redis | None = None
+
+    def key(self, bucket: BucketKey) -> str:
+        """The Redis key of a bucket (``("agent", id)``, ``("tool", id, name)``, …)."""
+        return self._shared.key("ratelimit", *bucket)
+
+    async def take(self, buckets: Sequence[tuple[BucketKey, RateLimit]]) -> int | None:
+        """Take a token from each bucket and return None, or take none and return
+        the ``Retry-After`` seconds. Raises ServiceUnavailable when Redis cannot
+        answer in time."""
+        if not buckets:
+            return None
+        keys = [self.key(bucket) for bucket, _ in buckets]
+        args: list[str] = []
+        for _, limit in buckets:
+            args += [repr(float(limit.rate_per_second)), str(limit.burst)]
+
+        async def run(client: aioredis.Redis) -> object:
+            return await self._take_script(client)(keys=keys, args=args)
+
+        answer = await self._shared.run(
+            run,
+            what="the replicas' shared rate limits",
+            hint="Check the gateway's replay_cache Redis; retry later.",
+        )
+        text = answer.decode("ascii") if isinstance(answer, bytes) else str(answer)
+        wait = float(text)
+        return None if wait <= 0 else retry_after(wait)
+
+    def _take_script(self, client: aioredis.Redis) -> AsyncScript:
+        """The script, registered with the process's client (EVALSHA, loaded on a
+        NOSCRIPT answer)."""
+        if self._script is None or self._script_client is not client:
+            self._script = client.register_script(_TAKE)
+            self._script_client = client
+        return self._script
+
+    async def aclose(self) -> None:
+        await self._shared.aclose()
