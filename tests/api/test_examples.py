@@ -67,6 +67,31 @@ def test_guarded_functions(live: OAuthLive, tmp_path: Path) -> None:
     }
 
 
+def test_guarded_langchain_tools(live: OAuthLive, tmp_path: Path) -> None:
+    """LangChain tools guarded in process: the allowed calls ran, the denied one did
+    not and its tool message says why, and all of it is in the trail."""
+    agent = agent_of(live)
+    lines: list[str] = []
+    with connect(live, tmp_path / "spool", agent) as guard:
+        ran = example("guarded_langchain_tools").run(guard, lines.append)
+    assert ran == ["search:invoices", "search:refunds"]
+    assert lines[0] == "search -> success: 3 results for 'invoices'"
+    assert lines[1].startswith(
+        "delete -> error: AgentIAM refused this call (403 insufficient_scope): "
+    )
+    assert "Decision: dec_" in lines[1]
+    assert lines[2] == "async search -> success: 3 results for 'refunds'"
+    assert lines[-1] == "events shipped: True"
+    events = trail(live, agent_id=live.agent_id, action="invoke_tool")
+    assert sorted((e["type"], e["resource"]["id"], e["outcome"]) for e in events) == [
+        ("authz.decision", "delete", "denied"),
+        ("authz.decision", "search", "success"),
+        ("authz.decision", "search", "success"),
+        ("tool.call", "search", "success"),
+        ("tool.call", "search", "success"),
+    ]
+
+
 def test_agent_mcp_through_the_guarded_fastmcp_server(live: OAuthLive, tmp_path: Path) -> None:
     """The two MCP examples together: the agent's session, the guarded server."""
     server_example, client_example = example("guarded_fastmcp_server"), example("agent_mcp")

@@ -99,6 +99,12 @@ class Parts:
 
 @pytest.fixture
 def parts() -> Parts:
+    return make_parts()
+
+
+def make_parts() -> Parts:
+    """A guard (token "good") over a real Enforcer whose policy permits only
+    ``Tool::"search"``, with its stand-in link and recording sink."""
     link = FakeLink(authorizer(POLICY, agents=[agent(AGENT)]))
     sink = Sink()
     enforcer = GuardEnforcer(

@@ -49,7 +49,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -740,6 +740,23 @@ class Guard:
         middleware = self.mcp_middleware(principal=principal, public_url=public_url)
         middleware.install(server)
         return middleware
+
+    # -- LangChain tools (the ``langchain`` extra) ----------------------------------------
+
+    def langchain_tools(
+        self,
+        tools: Sequence[Any],
+        *,
+        on_refusal: Literal["message", "raise"] = "message",
+        token: TokenSource | None = None,
+    ) -> list[Any]:
+        """``tools`` (LangChain ``BaseTool`` objects) guarded: every call decided and
+        recorded first; a refusal answers the model with why (``on_refusal="message"``)
+        or raises :class:`ToolCallDenied` (``"raise"``). See
+        :mod:`agentiam.adapters.gateway.guard_langchain`."""
+        from agentiam.adapters.gateway.guard_langchain import guard_tools
+
+        return guard_tools(self, tools, on_refusal=on_refusal, token=token)
 
     # -- housekeeping --------------------------------------------------------------------
 
