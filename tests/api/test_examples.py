@@ -48,11 +48,17 @@ def live(sqlite_url: str) -> Iterator[OAuthLive]:
         yield server
 
 
-def test_guarded_functions(live: OAuthLive, tmp_path: Path) -> None:
-    agent = agent_of(live)
+def _run_guarded(live: OAuthLive, tmp_path: Path, name: str) -> tuple[list[str], list[str]]:
+    """Run example ``name``'s ``run(guard, out)`` with a connected guard: what ran,
+    and the lines it printed."""
     lines: list[str] = []
-    with connect(live, tmp_path / "spool", agent) as guard:
-        ran = example("guarded_functions").run(guard, lines.append)
+    with connect(live, tmp_path / "spool", agent_of(live)) as guard:
+        ran = example(name).run(guard, lines.append)
+    return ran, lines
+
+
+def test_guarded_functions(live: OAuthLive, tmp_path: Path) -> None:
+    ran, lines = _run_guarded(live, tmp_path, "guarded_functions")
     assert ran == ["search:invoices", "async search:refunds"]
     assert lines[0] == "search('invoices') -> 3 results for 'invoices'"
     assert lines[1].startswith("delete('/reports/q3.pdf') refused: ")
@@ -70,10 +76,7 @@ def test_guarded_functions(live: OAuthLive, tmp_path: Path) -> None:
 def test_guarded_langchain_tools(live: OAuthLive, tmp_path: Path) -> None:
     """LangChain tools guarded in process: the allowed calls ran, the denied one did
     not and its tool message says why, and all of it is in the trail."""
-    agent = agent_of(live)
-    lines: list[str] = []
-    with connect(live, tmp_path / "spool", agent) as guard:
-        ran = example("guarded_langchain_tools").run(guard, lines.append)
+    ran, lines = _run_guarded(live, tmp_path, "guarded_langchain_tools")
     assert ran == ["search:invoices", "search:refunds"]
     assert lines[0] == "search -> success: 3 results for 'invoices'"
     assert lines[1].startswith(

@@ -12,6 +12,7 @@ the trail" is checked call by call.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -687,15 +688,29 @@ def _replica(
     return proc, url
 
 
+@contextlib.contextmanager
+def _replicas(
+    world: World, tmp: Path, redis_prefix: str, first: int
+) -> Iterator[tuple[str, str, str]]:
+    """Three more copies of the gateway, numbered from ``first``: two sharing Redis
+    under ``redis_prefix``, the third keeping its own state; their URLs, stopped after."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        urls = []
+        for i, prefix in enumerate((redis_prefix, redis_prefix, None)):
+            proc, url = _replica(world, tmp, f"billing-gw-r{first + i}", prefix)
+            procs.append(proc)
+            urls.append(url)
+        yield urls[0], urls[1], urls[2]
+    finally:
+        for proc in procs:
+            _stop(proc)
+
+
 def test_replicas_sharing_the_replay_cache_refuse_a_proof_replayed_to_another(
     world: World, tmp_path: Path, redis_prefix: str
 ) -> None:
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        one, one_url = _replica(world, tmp_path, "billing-gw-r1", redis_prefix)
-        two, two_url = _replica(world, tmp_path, "billing-gw-r2", redis_prefix)
-        alone, alone_url = _replica(world, tmp_path, "billing-gw-r3", None)
-        procs += [one, two, alone]
+    with _replicas(world, tmp_path, redis_prefix, 1) as (one_url, two_url, alone_url):
         token = world.agent.token().value
         key = world.agent.dpop_key
         # the proof names the public URL, whichever replica the balancer picks
@@ -735,9 +750,6 @@ def test_replicas_sharing_the_replay_cache_refuse_a_proof_replayed_to_another(
         assert len(refused) == 1
         assert "jti replayed (shared cache)" in refused[0]["reason"]
         assert refused[0]["details"]["status"] == 401
-    finally:
-        for proc in procs:
-            _stop(proc)
 
 
 def _fresh_call(world: World, base_url: str, path: str) -> httpx.Response:
@@ -755,12 +767,7 @@ def test_replicas_sharing_the_store_enforce_one_rate_limit(
 ) -> None:
     """The ``limited`` route allows a burst of 2 (then one call in 10 s): for the
     deployment as a whole, whichever replica the balancer picks."""
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        one, one_url = _replica(world, tmp_path, "billing-gw-r5", redis_prefix)
-        two, two_url = _replica(world, tmp_path, "billing-gw-r6", redis_prefix)
-        alone, alone_url = _replica(world, tmp_path, "billing-gw-r7", None)
-        procs += [one, two, alone]
+    with _replicas(world, tmp_path, redis_prefix, 5) as (one_url, two_url, alone_url):
         before = len(world.seen())
         answers = [_fresh_call(world, url, "/v1/limited") for url in (one_url, two_url) * 2]
         assert [r.status_code for r in answers] == [200, 200, 429, 429]
@@ -770,9 +777,6 @@ def test_replicas_sharing_the_store_enforce_one_rate_limit(
         assert len(world.seen()) == before + 2  # the refused calls never reached it
         # Why it matters: a replica counting on its own hands out another burst.
         assert _fresh_call(world, alone_url, "/v1/limited").status_code == 200
-    finally:
-        for proc in procs:
-            _stop(proc)
 
 
 def test_a_replica_whose_replay_cache_is_unreachable_does_not_start(
