@@ -72,9 +72,11 @@ def run(guard: Guard, out: Callable[[str], None] = print) -> list[str]:
     return ran
 
 
-def main() -> int:
+def main(example: Callable[[Guard], object] = run, doc: str = __doc__) -> int:
+    """The command line (also examples/guarded_langchain_tools.py's): connect a guard
+    for the agent, then run ``example`` with it."""
     env = os.environ.get
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--issuer", default=env("AGENTIAM_ISSUER", "http://127.0.0.1:8080"))
     parser.add_argument("--agent", default=env("AGENTIAM_AGENT_ID"), required=False)
     parser.add_argument("--key", default=env("AGENTIAM_AGENT_KEY", "agent.key"), type=Path)
@@ -94,7 +96,7 @@ def main() -> int:
         name=args.name,
         token=lambda: agent.token().value,  # refreshed before it expires
     ) as guard:
-        run(guard)
+        example(guard)
     agent.close()
     return 0
 

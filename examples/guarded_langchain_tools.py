@@ -28,18 +28,14 @@ With a policy that permits ``Tool::"search"`` and nothing else it prints::
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool, tool
 
 from agentiam.guard import Guard
-from agentiam.sdk import AgentClient, AgentKey
 
 
 def build_tools(guard: Guard, ran: list[str]) -> list[BaseTool]:
@@ -85,30 +81,10 @@ def run(guard: Guard, out: Callable[[str], None] = print) -> list[str]:
 
 
 def main() -> int:
-    env = os.environ.get
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--issuer", default=env("AGENTIAM_ISSUER", "http://127.0.0.1:8080"))
-    parser.add_argument("--agent", default=env("AGENTIAM_AGENT_ID"), required=False)
-    parser.add_argument("--key", default=env("AGENTIAM_AGENT_KEY", "agent.key"), type=Path)
-    parser.add_argument("--resource", default=env("AGENTIAM_RESOURCE"))
-    parser.add_argument("--spool", default="./guard-spool", type=Path)
-    parser.add_argument("--name", default="example-agent")
-    args = parser.parse_args()
-    if not args.agent or not args.resource:
-        parser.error("--agent and --resource are required")
-    agent = AgentClient(
-        args.issuer, client_id=args.agent, key=AgentKey.load(args.key), resource=args.resource
-    )
-    with Guard.connect(
-        args.issuer,
-        resource=args.resource,
-        spool_dir=args.spool.resolve(),
-        name=args.name,
-        token=lambda: agent.token().value,  # refreshed before it expires
-    ) as guard:
-        run(guard)
-    agent.close()
-    return 0
+    """The same command line as examples/guarded_functions.py."""
+    from guarded_functions import main as guarded_main  # the example next to this one
+
+    return guarded_main(run, __doc__)
 
 
 if __name__ == "__main__":
