@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Generator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -350,6 +350,8 @@ def world(sqlite_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
             "agents": clients,
             "upstream_log": upstream_log,
             "gateway_out": tmp_path / "gateway.out",
+            "config": config,
+            "gw_env": gw_env,
         }
     finally:
         for proc in reversed(procs):
@@ -363,6 +365,11 @@ def _upstream_requests(world: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [e for e in entries if e["path"] == "/mcp"]  # not the test's readiness probe
+
+
+def _tool_calls(world: dict[str, Any]) -> list[str]:
+    """The tools the upstream was asked to call, in order."""
+    return [e["name"] for e in _upstream_requests(world) if e["method"] == "tools/call"]
 
 
 def _text(result: Any) -> str:
@@ -649,3 +656,64 @@ def _check_audit(world: dict[str, Any], pay_id: str, ops_id: str) -> None:
 if __name__ == "__main__":  # pragma: no cover - manual runs of the upstream alone
     upstream_main(int(sys.argv[1]), sys.argv[2])
     os._exit(0)
+
+
+# -- replicas: one replay cache and one set of rate limits, in Redis ---------------------------
+
+
+@contextmanager
+def _mcp_replicas(world: dict[str, Any], tmp: Path, redis_prefix: str) -> Iterator[list[str]]:
+    """Two more copies of the gateway behind the same public URL (as behind a load
+    balancer), each with its own port and spool, sharing Redis; their base URLs."""
+    from tests.conftest import REDIS_URL
+
+    procs: list[subprocess.Popen[bytes]] = []
+    bases: list[str] = []
+    env = {**world["gw_env"], "AGENTIAM_GATEWAY_REDIS_URL": REDIS_URL}
+    try:
+        for i in (1, 2):
+            port = free_port()
+            config = {
+                **world["config"],
+                "name": f"{GATEWAY_NAME}-r{i}",
+                "listen": {"host": "127.0.0.1", "port": port},
+                "spool": {"directory": str(tmp / f"spool-r{i}")},
+                "replay_cache": {"url_env": "AGENTIAM_GATEWAY_REDIS_URL",
+                                 "key_prefix": redis_prefix, "timeout_seconds": 1},
+            }  # fmt: skip
+            (tmp / f"replica-{i}.yaml").write_text(json.dumps(config))
+            log = tmp / f"replica-{i}.out"
+            procs.append(_spawn([AGENTIAM, "gateway", "mcp", "--config",
+                                 str(tmp / f"replica-{i}.yaml")], env, log))  # fmt: skip
+            base = f"http://127.0.0.1:{port}"
+            _wait_http(base + "/healthz", procs[-1], f"replica {i}", log)
+            bases.append(base)
+        yield bases
+    finally:
+        for proc in procs:
+            _stop(proc)
+
+
+def test_mcp_replicas_share_replay_records_and_rate_limits(
+    world: dict[str, Any], tmp_path: Path, redis_prefix: str
+) -> None:
+    url: str = world["gateway"]
+    pay: Agent = world["agents"]["pay-bot"]
+    with _mcp_replicas(world, tmp_path, redis_prefix) as (one, two):
+        # a request accepted by one copy, captured and replayed to the other
+        headers = pay.headers(url)
+        search = _rpc("tools/call", {"name": "bank.search", "arguments": {"query": "q3"}})
+        assert _post(one + "/mcp", search, headers).status_code == 200
+        before = _tool_calls(world)
+        replayed = _post(two + "/mcp", search, headers)
+        assert replayed.status_code == 401
+        assert 'error="invalid_dpop_proof"' in replayed.headers["www-authenticate"]
+        assert "resource_metadata=" in replayed.headers["www-authenticate"]
+        # bank.transfer allows a burst of 2 for the deployment, not 2 per copy
+        transfer = _rpc("tools/call", {"name": "bank.transfer",
+                                       "arguments": {"amount": 1, "to": "acme"}})  # fmt: skip
+        answers = [_post(base + "/mcp", transfer, pay.headers(url)) for base in (one, two) * 2]
+        assert [r.status_code for r in answers] == [200, 200, 429, 429]
+        assert all(1 <= int(r.headers["retry-after"]) <= 100 for r in answers[2:])
+        # neither the replay nor the calls over the limit reached the upstream
+        assert _tool_calls(world)[len(before) :] == ["transfer", "transfer"]
