@@ -11,6 +11,10 @@ Real processes on this machine, each started here and stopped at the end:
   /v1/items/{id}``), an API key injected by the broker, no rate limit, its audit spool
   in the temp directory (every decision fsynced before the call is forwarded, every
   outcome after) and shipping to the control plane as it runs;
+* with ``--redis URL``, the gateway runs as one of several replicas would: its
+  ``replay_cache`` in that Redis and a per-agent rate limit no call reaches, so every
+  call also records its DPoP proof (``SET NX``) and takes a rate-limit token (a Lua
+  script) there, two round trips on the hot path;
 * the load generator, one process of its own (uvloop, raw HTTP/1.1 over keep-alive
   connections, requests encoded before the clock starts). Every gateway request
   carries the agent's DPoP-bound token and a DPoP proof of its own (RFC 9449 proofs
@@ -46,6 +50,7 @@ Rerun from the repository root::
 
     .venv/bin/python bench/gateway.py                    # about 2 minutes on 2 cores
     .venv/bin/python bench/gateway.py --pause-control-plane
+    .venv/bin/python bench/gateway.py --rates 500 --redis redis://127.0.0.1:6379/15
     .venv/bin/python bench/gateway.py --rates 100,500,1000 --seconds 5 --concurrency 64
 """
 
@@ -264,7 +269,7 @@ class System:
 
 
 @contextmanager
-def system() -> Iterator[System]:
+def system(redis_url: str | None = None) -> Iterator[System]:
     import httpx
 
     from agentiam.core.credentials.sealing import MasterKey
@@ -360,6 +365,11 @@ def system() -> Iterator[System]:
                  "action": "GET", "resource": {"type": "Endpoint", "id": "items"}}
             ],
         }  # fmt: skip
+        if redis_url is not None:  # replicas' mode: every call also goes to Redis twice
+            prefix = f"agentiam-bench:{gw_port}:"  # this run's keys; they expire on their own
+            config["replay_cache"] = {"url": redis_url, "key_prefix": prefix}
+            # a limit no call reaches: each call takes its token through the Lua script
+            config["rate_limits"] = {"per_agent": {"rate_per_second": 1e6, "burst": 1000000}}
         (tmp / "gateway.yaml").write_text(json.dumps(config))
         with (tmp / "gateway.log").open("w") as log:
             gateway = subprocess.Popen(  # noqa: S603 - our own CLI
@@ -577,6 +587,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "without the control plane's CPU on the same two cores",
     )  # fmt: skip
     parser.add_argument(
+        "--redis", metavar="URL",
+        help="configure the gateway as a replica: replay_cache at this Redis (e.g. "
+        "redis://127.0.0.1:6379/15) and a per-agent limit no call reaches, so every call "
+        "records its proof and takes a rate-limit token there",
+    )  # fmt: skip
+    parser.add_argument(
         "--profile", action="store_true",
         help="sample the gateway with py-spy during the throughput phase (pip install py-spy)",
     )  # fmt: skip
@@ -591,7 +607,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu_rows: list[list[str]] = []
     profiled = ""
     figures: dict[str, float] = {}
-    with system() as s:
+    if args.redis:
+        print(f"gateway as a replica: shared replay cache and rate limits in {args.redis}")
+    with system(args.redis) as s:
         # warm up both paths (connections, caches, the spool's first segment)
         for gw in (False, True):
             port = s.gw_port if gw else s.up_port
