@@ -15,6 +15,7 @@ from typing import Any
 import httptools
 import httpx
 import pytest
+from tests.conftest import REDIS_URL
 from tests.support.live import free_port
 from tests.unit.gateway_support import AGENT, GATEWAY, ISSUER, METADATA, Parties, QuietSink
 
@@ -35,9 +36,12 @@ from agentiam.adapters.gateway.http_proxy import (
     split_path,
 )
 from agentiam.adapters.gateway.runtime import GatewayRuntime
+from agentiam.adapters.gateway.shared_ratelimit import SharedRateLimits
+from agentiam.adapters.gateway.shared_redis import SharedRedis
 from agentiam.adapters.gateway.spool import SpoolHealth
 from agentiam.core.audit.events import TraceContext
 from agentiam.core.credentials.sealing import MasterKey
+from agentiam.core.enforcement import RateLimit, RateLimiter
 
 ALLOW = f'permit (principal == Agent::"{AGENT}", action == Action::"GET", resource);'
 API_KEY = "upstream-secret-value-0123456789"
@@ -355,8 +359,10 @@ class Upstream:
 
 
 class App:
-    def __init__(self, tmp_path: Path, *, secret: bool = True) -> None:
-        self.parties = Parties(ALLOW)
+    def __init__(
+        self, tmp_path: Path, *, secret: bool = True, limiter: RateLimiter | None = None
+    ) -> None:
+        self.parties = Parties(ALLOW, limiter=limiter)
         key = MasterKey.from_text(MasterKey.generate_text())
         store = SecretStore(tmp_path / "secrets.json", key, reload_interval=0)
         if secret:
@@ -633,6 +639,32 @@ def test_an_outcome_that_cannot_be_recorded_is_logged(
     assert "could not be recorded durably" in caplog.text
     text = app.request("GET", "/metrics", token=False).text
     assert "agentiam_gateway_outcomes_lost_total 1.0" in text
+
+
+def test_replicas_take_tokens_from_the_shared_store_and_fail_closed_without_it(
+    tmp_path: Path, redis_prefix: str
+) -> None:
+    """With a shared store the call's token comes from Redis (another replica may
+    have spent it) before the decision; a store that cannot answer is a 503, audited,
+    and nothing is forwarded."""
+    app = App(tmp_path, limiter=RateLimiter(per_agent=RateLimit(rate_per_second=1 / 60, burst=1)))
+    enforcer = app.parties.enforcer
+    enforcer.shared_limits = SharedRateLimits(
+        SharedRedis(REDIS_URL, prefix=redis_prefix, timeout=1)
+    )
+    get = ("GET", "/v1/invoices/7", True, {})
+    allowed, limited = asyncio.run(app.requests([get, get]))
+    assert allowed.status_code == 200
+    assert _problem(limited, 429)["error"] == "rate_limited"
+    assert limited.headers["retry-after"] == "60"
+    assert len(app.upstream.requests) == 1
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    enforcer.shared_limits = SharedRateLimits(SharedRedis(dead, prefix="t:", timeout=0.3))
+    (unavailable,) = asyncio.run(app.requests([get]))
+    assert "shared rate limits" in _problem(unavailable, 503)["detail"]
+    assert len(app.upstream.requests) == 1
+    refused = app.events()[-1]
+    assert (refused["type"], refused["details"]["status"]) == ("api.request.rejected", 503)
 
 
 def test_outage_past_the_bound_is_503(app: App) -> None:
