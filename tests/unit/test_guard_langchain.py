@@ -179,6 +179,29 @@ def test_the_tool_own_errors_stay_its_own(parts: Parts) -> None:
     assert outcome["details"]["error"] == "tool_error"
 
 
+def test_a_denial_raised_by_the_tool_itself_is_not_mistaken_for_ours(parts: Parts) -> None:
+    """The original ran (the guard allowed it) and then met a refusal of its own, e.g.
+    from a guarded function it called: that is raised as is, never told to the model
+    as "the tool did not run"."""
+
+    @parts.guard.tool("delete")
+    def delete_file(path: str) -> None: ...
+
+    @tool
+    def search(query: str) -> str:
+        """Search, then clean up."""
+        delete_file("/tmp/cache")  # denied by policy
+        return "found"
+
+    (guarded,) = parts.guard.langchain_tools([search])
+    with pytest.raises(ToolCallDenied) as caught:
+        guarded.invoke(_call("search", {"query": "x"}))
+    assert not isinstance(caught.value, ToolException)
+    assert parts.sink.types() == ["authz.decision", "authz.decision", "tool.call"]
+    search_outcome = parts.sink.events[-1]
+    assert (search_outcome["resource"]["id"], search_outcome["outcome"]) == ("search", "failure")
+
+
 def test_a_single_input_tool_is_decided_on_its_input(parts: Parts) -> None:
     ran: list[str] = []
     legacy = Tool(name="search", description="Search.", func=lambda text: ran.append(text) or "ok")

@@ -25,7 +25,8 @@ the same way a ``@guard.tool`` function is (docs/guard.md):
 - **The original's own errors** are left as the original handles them
   (``handle_tool_error``): one it handles is its answer to the model, with
   ``status="error"``, and the call's outcome is recorded as a failure
-  (``tool_error``); a ``ToolException`` it does not handle is raised as before.
+  (``tool_error``); a ``ToolException`` it does not handle is raised as before, and
+  so is a ``ToolCallDenied`` it raises itself (it ran: that refusal is not ours).
 
 Not supported (refused with TypeError when wrapping): tools whose
 ``response_format`` is ``content_and_artifact``.
@@ -178,12 +179,16 @@ class GuardedTool(BaseTool):
     ) -> Any:
         value, decided = self._input(args, kwargs)
         callbacks = run_manager.get_child() if run_manager is not None else None
+        entered = False  # a denial raised by the original itself is not ours
         try:
             with self._guard.call(self.name, decided, token=self._token) as call:
+                entered = True
                 answer, failed = self._answer(
                     self._inner.invoke(value, {"callbacks": callbacks}), call
                 )
         except ToolCallDenied as denied:
+            if entered:
+                raise
             raise self._refused(denied) from None
         if failed:
             raise _Handled(answer)
@@ -197,12 +202,16 @@ class GuardedTool(BaseTool):
     ) -> Any:
         value, decided = self._input(args, kwargs)
         callbacks = run_manager.get_child() if run_manager is not None else None
+        entered = False  # a denial raised by the original itself is not ours
         try:
             async with self._guard.call(self.name, decided, token=self._token) as call:
+                entered = True
                 answer, failed = self._answer(
                     await self._inner.ainvoke(value, {"callbacks": callbacks}), call
                 )
         except ToolCallDenied as denied:
+            if entered:
+                raise
             raise self._refused(denied) from None
         if failed:
             raise _Handled(answer)
