@@ -323,7 +323,8 @@ def test_risk_scores_reach_a_gateway_through_the_bundle(sqlite_url: str) -> None
             with live.admin_client() as admin:
                 assert admin.put("/v1/policies/search", json={"text": SEARCH}).status_code == 200
                 assert admin.put("/v1/policies/gate", json={"text": gate}).status_code == 200
-                link.poll_once(0)
+                link.poll_once(0)  # without start(): the test drives the bundle
+                link.remote.feed.poll_once(0)  # and the revocations, which decide too
                 call = AuthzRequest(
                     EntityRef("Agent", live.agent_id), "invoke_tool", EntityRef("Tool", "search")
                 )

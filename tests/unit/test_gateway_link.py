@@ -58,7 +58,9 @@ def test_past_the_outage_bound_the_link_refuses_until_contact_returns(live: OAut
     link = ControlPlaneLink(
         live.url, AUDIENCE, admin_key=_verifier_key(live), outage_seconds=30, monotonic=clock
     )
-    link.poll_once(0)  # without start(): no background thread, the test drives contact
+    # without start(): no background thread, the test drives contact
+    link.poll_once(0)
+    link.remote.feed.poll_once(0)
     try:
         assert link.etag is not None
         link.authorizer().decide(_request(live.agent_id))
@@ -68,6 +70,34 @@ def test_past_the_outage_bound_the_link_refuses_until_contact_returns(live: OAut
         with pytest.raises(ServiceUnavailable, match="outage bound"):
             link.authorizer()
         assert link.poll_once(0) is False  # unchanged bundle (304): contact again
+        link.remote.feed.poll_once(0)
+        link.authorizer()
+    finally:
+        link.close()
+
+
+def test_the_bound_counts_from_the_older_of_bundle_and_revocations(live: OAuthLive) -> None:
+    """The revocation feed's last answer may be older than the bundle's (their long
+    polls come back at different times). A stale revocation set refuses every
+    token, so the link, its health and its metric must count from that one too:
+    else /healthz says "deciding" while every call is refused."""
+    clock = Clock()
+    link = ControlPlaneLink(
+        live.url, AUDIENCE, admin_key=_verifier_key(live), outage_seconds=30, monotonic=clock
+    )
+    try:
+        assert link.seconds_since_contact() is None  # neither has answered yet
+        link.remote.feed.poll_once(0)
+        assert link.seconds_since_contact() is None  # nor has the bundle
+        clock.now += 10
+        link.poll_once(0)  # the bundle answers 10 s after the feed last did
+        assert link.seconds_since_contact() == 10
+        clock.now += 20.5
+        assert link.remote.revoked.is_stale()
+        with pytest.raises(ServiceUnavailable, match="outage bound"):
+            link.authorizer()  # the bundle alone is 20.5 s old, within the bound
+        link.remote.feed.poll_once(0)
+        assert link.seconds_since_contact() == 20.5  # now the bundle is the older
         link.authorizer()
     finally:
         link.close()

@@ -227,13 +227,14 @@ class RemoteVerifier:
         feed_wait: float = 10.0,
         background_keys: bool = False,
         http: httpx.Client | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``max_staleness``: how long the revocation set and the key set may go
         without a successful read of the control plane before every token is
         refused; ``feed_wait``: how long one revocation long poll is held (keep it
         well under ``max_staleness``: a held poll is not a sign of life);
         ``background_keys``: never fetch the JWKS on a verifying thread (see
-        :class:`JwksCache`)."""
+        :class:`JwksCache`); ``monotonic``: the revocation set's clock."""
         self._http = http or httpx.Client(timeout=10)
         metadata = _get_json(
             self._http, issuer.rstrip("/") + "/.well-known/oauth-authorization-server"
@@ -246,7 +247,7 @@ class RemoteVerifier:
             max_stale=max_staleness,
             background=background_keys,
         )
-        self.revoked = RevocationSet(max_staleness=max_staleness)
+        self.revoked = RevocationSet(max_staleness=max_staleness, monotonic=monotonic)
         self.feed = RevocationFeedClient(issuer, admin_key, self.revoked, wait=feed_wait)
         self.verifier = AccessTokenVerifier(
             VerifierConfig(

@@ -79,6 +79,7 @@ class ControlPlaneLink:
             feed_wait=self._wait,
             background_keys=True,  # requests never wait on a JWKS fetch
             http=http,
+            monotonic=monotonic,
         )
         self._http = httpx.Client(
             headers={"Authorization": f"Bearer {admin_key}"},
@@ -105,7 +106,15 @@ class ControlPlaneLink:
         return self._etag
 
     def seconds_since_contact(self) -> float | None:
-        return None if self._contact is None else self._monotonic() - self._contact
+        """Seconds since the older of the control plane's two last answers: the
+        policy bundle's and the revocation feed's (None before both). Calls are
+        decided only while both are within ``outage_seconds`` (a stale revocation
+        set refuses every token), so the outage bound, ``/healthz`` and the metric
+        all count from the older one, and agree with what calls get."""
+        revocations = self.remote.revoked.seconds_since_fresh()
+        if self._contact is None or revocations is None:
+            return None
+        return max(self._monotonic() - self._contact, revocations)
 
     def authorizer(self) -> Authorizer:
         """The local authorizer, while the cached bundle is within the outage bound;

@@ -111,9 +111,14 @@ class RevocationSet:
         """Record a successful read of the feed (even one with no new entries)."""
         self._fresh_at = self._monotonic()
 
-    def is_stale(self) -> bool:
+    def seconds_since_fresh(self) -> float | None:
+        """Seconds since the last successful read of the feed (None: never)."""
         fresh_at = self._fresh_at
-        return fresh_at is None or self._monotonic() - fresh_at > self._max_staleness
+        return None if fresh_at is None else self._monotonic() - fresh_at
+
+    def is_stale(self) -> bool:
+        since = self.seconds_since_fresh()
+        return since is None or since > self._max_staleness
 
     def is_revoked(
         self,
