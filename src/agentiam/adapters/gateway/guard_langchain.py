@@ -1,8 +1,9 @@
 """LangChain tools guarded in process (``pip install 'agentiam[langchain]'``).
 
-``guard.langchain_tools([search, transfer])`` returns tools that an agent uses
-exactly as it would the originals: LangChain's ``create_agent``, a LangGraph
-``ToolNode``, or any code calling ``tool.invoke`` / ``ainvoke``. Each call is first
+``guard.langchain_tools([search, transfer])`` returns ``BaseTool`` objects to use
+where the originals went: LangChain's ``create_agent``, a LangGraph ``ToolNode``, or
+any code calling ``tool.invoke`` / ``ainvoke`` (the tests use the last, with tool calls
+shaped as a model emits them). Each call is first
 decided and recorded by the guard (:class:`~agentiam.adapters.gateway.guard.Guard`),
 the same way a ``@guard.tool`` function is (docs/guard.md):
 
