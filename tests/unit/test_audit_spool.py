@@ -582,6 +582,34 @@ def test_a_write_wakes_the_idle_loop_shipper(directory: Path) -> None:
     assert shipped[0] - written < 5  # woken by the write, not by the 60 s poll
 
 
+def test_stopping_the_loop_shipper_as_a_write_wakes_it_stops_it(directory: Path) -> None:
+    """A gateway stops shipping (cancels the task) one loop turn after a write woke the
+    idle shipper: the cancellation must end the task. With ``asyncio.wait_for`` on
+    Python 3.11 the woken wait completing in that same turn swallowed it (CPython
+    gh-86296), and the shipper went back to waiting, so the shutdown hung."""
+    spool = AuditSpool(directory, None)
+
+    async def main() -> bool:
+        async def ship(events: list[dict[str, Any]]) -> None:
+            pass
+
+        task = asyncio.create_task(spool.ship_on_loop(ship, idle_poll=60))
+        await asyncio.sleep(0.1)  # the shipper finds nothing and waits
+        # Written from the loop's own thread: the writer thread has queued the wake-up
+        # on the loop by the time append returns; the next turn runs it.
+        spool.append(_events("e", 1))
+        await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        return task in done and task.cancelled()
+
+    try:
+        stopped = _run_loop(main())
+    finally:
+        spool.close()
+    assert stopped
+
+
 def test_closing_ends_an_idle_loop_shipper(directory: Path) -> None:
     spool = AuditSpool(directory, None)
 

@@ -792,7 +792,12 @@ class AuditSpool:
                 self._changed.notify_all()
 
     async def _idle(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
-        """Wait for the next write (which calls ``_wake_loop`` from the writer thread)."""
+        """Wait for the next write (which calls ``_wake_loop`` from the writer thread).
+
+        ``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11, ``wait_for``
+        swallows a cancellation that arrives in the loop turn in which the awaited
+        event is set (CPython gh-86296, fixed in 3.12), so a write landing as the
+        owner stops shipping left this task waiting for more work instead of ending."""
         woken = asyncio.Event()
 
         def wake() -> None:
@@ -805,7 +810,8 @@ class AuditSpool:
             self._wake_loop = wake
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await woken.wait()
         finally:
             with self._lock:
                 if self._wake_loop is wake:
