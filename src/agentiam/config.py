@@ -82,6 +82,9 @@ class Settings:
     revocation_max_staleness_seconds: float = 10.0
     # The longest a GET /v1/revocations long poll is held open.
     revocation_feed_max_wait_seconds: float = 25.0
+    # On SIGTERM, how long `serve` waits for requests in flight (held long polls of
+    # enforcement points included) before it closes their connections and stops.
+    shutdown_grace_seconds: float = 5.0
     # The key that seals private keys at rest: base64url text, or a file holding it.
     master_key: str | None = field(default=None, repr=False)
     master_key_file: str | None = None
@@ -189,6 +192,8 @@ class Settings:
                 "signing_key_publish_seconds must be at most 1 h and at least twice "
                 "key_refresh_seconds, so every replica publishes a key before any signs"
             )
+        if not 0 < self.shutdown_grace_seconds <= 300:
+            raise InvalidInput("shutdown_grace_seconds must be more than 0 and at most 300")
         if not 0.05 <= self.revocation_poll_seconds <= 1.0:
             raise InvalidInput("revocation_poll_seconds must be between 0.05 and 1")
         if not self.revocation_poll_seconds < self.revocation_max_staleness_seconds <= 300:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,46 @@ def test_serve_with_two_workers_issues_tokens_and_stops_cleanly(
         proc.wait(timeout=30)
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/healthz", timeout=2)  # no worker is left listening
+
+
+def test_a_stopping_server_answers_a_held_long_poll_and_exits(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """SIGTERM while an enforcement point holds a revocation-feed long poll (25 s by
+    default): serve answers it at once and exits, instead of staying up for the
+    poll's whole wait (or cutting it with a 500 at the end of its grace)."""
+    port = free_port()
+    env = env_for(sqlite_url, port)
+    env["AGENTIAM_SHUTDOWN_GRACE_SECONDS"] = "1"
+    server = Server(env, port)
+    held: list[BaseException | int] = []
+    try:
+        admin = KEY_RE.findall(server.proc.stdout.readline() + _drain(server))[0]
+        headers = {"Authorization": f"Bearer {admin}"}
+        feed = server.url + "/v1/revocations"
+        cursor = httpx.get(feed, params={"after": 0}, headers=headers).json()["cursor"]
+
+        def poll() -> None:
+            try:
+                params = {"after": cursor, "wait": 25}
+                held.append(httpx.get(feed, params=params, headers=headers, timeout=60).status_code)
+            except httpx.HTTPError as exc:
+                held.append(exc)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        time.sleep(1.0)  # the poll is being held
+        assert not held
+        stopping = time.monotonic()
+        server.proc.terminate()
+        server.proc.wait(timeout=20)
+        stopped_in = time.monotonic() - stopping
+        poller.join(timeout=5)
+    finally:
+        server.stop()
+    assert stopped_in < 8, f"serve took {stopped_in:.1f} s to stop"
+    assert held == [200]  # answered (nothing new), not cut: the caller polls again
+    assert "Exception in ASGI application" not in server.output
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> None:

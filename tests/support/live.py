@@ -23,9 +23,17 @@ def serve_in_thread(app: Any, port: int | None = None, *, lifespan: str = "off")
     """Serve ``app`` on 127.0.0.1 and yield its base URL; stop it on exit.
     ``lifespan="on"`` runs the app's startup and shutdown (an MCP server needs it)."""
     port = port or free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan=lifespan,
+        # as `agentiam serve` (shutdown_grace_seconds): a held long poll of a gateway
+        # stopped before this server must not keep it up for the poll's whole wait
+        timeout_graceful_shutdown=1,
     )
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

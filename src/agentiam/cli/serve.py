@@ -14,6 +14,7 @@ import typer
 import uvicorn
 
 from agentiam.adapters.http.app import create_app
+from agentiam.adapters.http.longpoll import drain
 from agentiam.cli.common import container
 from agentiam.cli.output import console, handle_errors
 from agentiam.services.context import CallContext
@@ -55,15 +56,18 @@ def serve(
                 "AGENTIAM_MASTER_KEY_FILE=FILE."
             )
         settings = c.settings
-        common = {
+        common: dict[str, Any] = {
             "host": settings.host,
             "port": settings.port,
             "log_level": settings.log_level,
             "server_header": False,
             "proxy_headers": False,
+            # Held long polls (up to revocation_feed_max_wait_seconds and the bundle's
+            # wait) would otherwise keep a stopping server up for their whole wait.
+            "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
         }
         if workers == 1:
-            uvicorn.run(create_app(c), **common)  # type: ignore[arg-type]
+            DrainingServer(uvicorn.Config(create_app(c), **common)).run()
             return
     # Several workers: each builds its own container from the same environment.
     if hasattr(socket, "SO_REUSEPORT"):
@@ -73,8 +77,19 @@ def serve(
         "agentiam.bootstrap:create_app",
         factory=True,
         workers=workers,
-        **common,  # type: ignore[arg-type]
+        **common,
     )
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, which as it begins to shut down answers the long polls it
+    holds (:func:`agentiam.adapters.http.longpoll.drain`): enforcement points get
+    their normal answer and reconnect, and the server does not wait out their polls.
+    Whatever is still running after ``shutdown_grace_seconds`` is cut."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        drain()
+        await super().shutdown(sockets)
 
 
 def _worker(options: dict[str, Any]) -> None:
@@ -84,7 +99,7 @@ def _worker(options: dict[str, Any]) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((options["host"], options["port"]))
     config = uvicorn.Config("agentiam.bootstrap:create_app", factory=True, **options)
-    uvicorn.Server(config).run(sockets=[sock])
+    DrainingServer(config).run(sockets=[sock])
 
 
 def _run_reuseport_workers(workers: int, options: dict[str, Any]) -> None:
