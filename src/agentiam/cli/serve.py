@@ -62,8 +62,8 @@ def serve(
             "log_level": settings.log_level,
             "server_header": False,
             "proxy_headers": False,
-            # Held long polls (up to revocation_feed_max_wait_seconds and the bundle's
-            # wait) would otherwise keep a stopping server up for their whole wait.
+            # A stopping server answers its held long polls at once (DrainingServer);
+            # whatever else still runs after this many seconds is cut.
             "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
         }
         if workers == 1:
