@@ -39,6 +39,7 @@ from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.adapters.gateway.shared_ratelimit import SharedRateLimits
 from agentiam.adapters.gateway.shared_redis import SharedRedis
 from agentiam.adapters.gateway.spool import SpoolHealth
+from agentiam.core.approvals_wire import APPROVAL_HEADER
 from agentiam.core.audit.events import TraceContext
 from agentiam.core.credentials.sealing import MasterKey
 from agentiam.core.enforcement import RateLimit, RateLimiter
@@ -665,6 +666,34 @@ def test_replicas_take_tokens_from_the_shared_store_and_fail_closed_without_it(
     assert len(app.upstream.requests) == 1
     refused = app.events()[-1]
     assert (refused["type"], refused["details"]["status"]) == ("api.request.rejected", 503)
+
+
+class _NoApprovals:
+    """An approvals client that must not be asked: the request is refused first."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the approvals API was asked ({name})")
+
+
+def test_a_malformed_approval_id_is_refused_without_taking_a_shared_token(
+    tmp_path: Path, redis_prefix: str
+) -> None:
+    """Replicas: a request naming an approval that is not one id is refused (400)
+    before it takes a token from the shared buckets, so the agent's one token is
+    still there for its next call."""
+    app = App(tmp_path, limiter=RateLimiter(per_agent=RateLimit(rate_per_second=1 / 60, burst=1)))
+    enforcer = app.parties.enforcer
+    enforcer.shared_limits = SharedRateLimits(
+        SharedRedis(REDIS_URL, prefix=redis_prefix, timeout=1)
+    )
+    enforcer.approvals = _NoApprovals()  # type: ignore[assignment]
+    bad = ("GET", "/v1/invoices/7", True, {"headers": {APPROVAL_HEADER: "not-an-id"}})
+    get = ("GET", "/v1/invoices/7", True, {})
+    refused, allowed, limited = asyncio.run(app.requests([bad, get, get]))
+    assert "not one approval id" in _problem(refused, 400)["detail"]
+    assert allowed.status_code == 200
+    assert _problem(limited, 429)["error"] == "rate_limited"
+    assert len(app.upstream.requests) == 1
 
 
 def test_outage_past_the_bound_is_503(app: App) -> None:

@@ -18,10 +18,12 @@ from tests.unit.gateway_support import AGENT, Parties
 from tests.unit.test_gateway_enforcer import _access, _call
 
 from agentiam.adapters.gateway.approval_flow import ApprovalFlow
-from agentiam.adapters.gateway.enforcer import SharedLimit
+from agentiam.adapters.gateway.enforcer import ProofReplayed, SharedAdmission, SharedLimit
 from agentiam.adapters.gateway.shared_ratelimit import SharedRateLimits
 from agentiam.adapters.gateway.shared_redis import SharedRedis
+from agentiam.adapters.gateway.shared_replay import SharedReplayCache
 from agentiam.core.audit.events import TraceContext
+from agentiam.core.credentials.verifier import ProofUse
 from agentiam.core.enforcement.ratelimit import BucketKey, RateLimit, RateLimiter, Throttle
 from agentiam.errors import ServiceUnavailable
 
@@ -110,6 +112,36 @@ def test_a_store_that_cannot_answer_refuses_the_call(caplog: pytest.LogCaptureFi
     assert "hunter2" not in caplog.text + str(refused.value)
 
 
+def test_a_proof_recorded_with_the_tokens_takes_none_when_replayed(redis_prefix: str) -> None:
+    """One script records the proof and takes the tokens. The same proof again is a
+    replay that takes nothing, and the record is the replay cache's own: each sees
+    what the other recorded, kept as long as the proof would be accepted."""
+    shared = SharedRedis(REDIS_URL, prefix=redis_prefix, timeout=1.0)
+    limits, cache = SharedRateLimits(shared), SharedReplayCache(shared)
+    buckets = [(("agent", AGENT), RateLimit(rate_per_second=1 / 60, burst=2))]
+    now = int(time.time())
+    use, other = ProofUse("jkt:proof-1", now + 60), ProofUse("jkt:proof-2", now + 60)
+
+    async def scenario() -> list[object]:
+        try:
+            answers: list[object] = [await limits.take(buckets, proof=cache.record(use, now=now))]
+            with pytest.raises(ProofReplayed):
+                await limits.take(buckets, proof=cache.record(use, now=now))
+            answers.append(await cache.first_use(use, now=now))  # seen by the replay cache
+            answers.append(await cache.first_use(other, now=now))
+            with pytest.raises(ProofReplayed):  # ... and the script sees the cache's record
+                await limits.take(buckets, proof=cache.record(other, now=now))
+            answers += [await limits.take(buckets), await limits.take(buckets)]
+            return answers
+        finally:
+            await shared.aclose()
+
+    # the replays took no token: the burst's second one is there, then none
+    assert asyncio.run(scenario()) == [None, False, True, None, 60]
+    ttl = redis.Redis.from_url(REDIS_URL).pttl(cache.key(use))
+    assert 58_000 < ttl <= 60_000
+
+
 def test_no_bucket_no_redis_call() -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
     assert asyncio.run(_take(_limits("t:", dead, timeout=0.3), [])) == [None]
@@ -134,7 +166,9 @@ def _replicas(prefix: str | None) -> list[Parties]:
 async def _decide(parties: Parties, tool: str = "invoices.read") -> tuple[int, str | None]:
     enforcer = parties.enforcer
     access = _access(parties)
-    limit = await enforcer.shared_limit(access, tool)
+    admission = await enforcer.shared_admit(access, charge=True, tool=tool)
+    assert admission.refusal is None
+    limit = admission.limit
     verdict = enforcer.decide(access, _call(tool=tool), trace=TRACE, limit=limit)
     return verdict.status, verdict.headers.get("Retry-After")
 
@@ -181,9 +215,9 @@ def test_a_store_that_cannot_answer_is_refused_and_audited_by_the_caller() -> No
     parties = Parties(ALLOW, limiter=RateLimiter(per_agent=RateLimit(1, 1)))
     parties.enforcer.shared_limits = _limits("t:", f"redis://127.0.0.1:{free_port()}/0", 0.3)
     access = _access(parties)
-    with pytest.raises(ServiceUnavailable) as refused:
-        asyncio.run(parties.enforcer.shared_limit(access, "invoices.read"))
-    parties.enforcer.refuse_shared(access, refused.value, trace=TRACE)
+    refused = asyncio.run(parties.enforcer.shared_admit(access, charge=True)).refusal
+    assert isinstance(refused, ServiceUnavailable)
+    parties.enforcer.refuse_shared(access, refused, trace=TRACE)
     event = parties.sink.events[-1]
     assert (event["type"], event["details"]["status"]) == ("api.request.rejected", 503)
     assert "shared rate limits cannot be reached" in event["reason"]
@@ -192,7 +226,8 @@ def test_a_store_that_cannot_answer_is_refused_and_audited_by_the_caller() -> No
 def test_without_a_shared_store_the_limit_is_this_process_own() -> None:
     limiter = RateLimiter(per_agent=RateLimit(rate_per_second=1 / 60, burst=1))
     parties = Parties(ALLOW, limiter=limiter)
-    assert asyncio.run(parties.enforcer.shared_limit(_access(parties), "invoices.read")) is None
+    nothing = asyncio.run(parties.enforcer.shared_admit(_access(parties), charge=True))
+    assert nothing == SharedAdmission()
     assert asyncio.run(_round([parties, parties], 2)) == [(200, None), (429, "60")]
     assert len(limiter) == 1  # the agent's bucket, kept in this process
 

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -15,7 +16,8 @@ from tests.conftest import REDIS_URL
 from tests.support.live import free_port
 from tests.unit.gateway_support import GATEWAY, ISSUER, METADATA, FakeLink, Keys, Parties, Sink
 
-from agentiam.adapters.gateway.enforcer import Enforcer
+from agentiam.adapters.gateway.enforcer import Enforcer, SharedAdmission, SharedLimit
+from agentiam.adapters.gateway.shared_ratelimit import SharedRateLimits
 from agentiam.adapters.gateway.shared_redis import SharedRedis
 from agentiam.adapters.gateway.shared_replay import SharedReplayCache
 from agentiam.core.audit.events import TraceContext
@@ -25,6 +27,7 @@ from agentiam.core.credentials.verifier import (
     VerifiedAccess,
     VerifierConfig,
 )
+from agentiam.core.enforcement.ratelimit import RateLimit, RateLimiter
 from agentiam.errors import OAuthError, ServiceUnavailable
 
 URL = GATEWAY + "/v1/invoices/7"
@@ -107,18 +110,22 @@ def test_a_cache_that_cannot_answer_refuses_the_call(caplog: pytest.LogCaptureFi
     assert "hunter2" not in caplog.text + str(refused.value)
 
 
-def _replica(parties: Parties, prefix: str) -> Enforcer:
+def _replica(parties: Parties, prefix: str, *, limiter: RateLimiter | None = None) -> Enforcer:
     """Another gateway process: its own verifier (and local replay cache), the same
-    authorization server keys, the shared cache on the same Redis."""
+    authorization server keys, the shared cache on the same Redis (and, with a
+    ``limiter``, the shared rate-limit buckets in it too, as ``replay_cache`` sets up)."""
     verifier = AccessTokenVerifier(
         VerifierConfig(issuer=ISSUER, audience=GATEWAY), Keys(parties.as_key), parties.revoked
     )
+    shared = _redis(prefix)
     return Enforcer(
         "test-gw",
         FakeLink(verifier, parties.link.authorizer()),  # type: ignore[arg-type]
         Sink(),
         resource_metadata=METADATA,
-        shared_replay=_cache(prefix),
+        limiter=limiter,
+        shared_replay=SharedReplayCache(shared),
+        shared_limits=None if limiter is None else SharedRateLimits(shared),
     )
 
 
@@ -130,7 +137,7 @@ def test_the_enforcer_refuses_a_proof_another_replica_accepted(redis_prefix: str
 
     async def check(enforcer: Enforcer, access: VerifiedAccess) -> Exception | None:
         try:
-            return await enforcer.shared_first_use(access)
+            return (await enforcer.shared_admit(access, charge=False)).refusal
         finally:
             assert enforcer.shared_replay is not None
             await enforcer.shared_replay.aclose()
@@ -159,10 +166,69 @@ def test_without_a_proof_or_a_shared_cache_there_is_nothing_to_record(redis_pref
     access = parties.enforcer.authenticate(
         **parties.headers("GET", URL), method="GET", url=URL, trace=TRACE
     )
-    assert asyncio.run(parties.enforcer.shared_first_use(access)) is None  # no shared cache
+    nothing = SharedAdmission()
+    assert asyncio.run(parties.enforcer.shared_admit(access, charge=False)) == nothing
     parties.enforcer.shared_replay = _cache(redis_prefix)
     bearer = VerifiedAccess(
         subject="s", client_id="c", scope=(), jti="j", issued_at=0, expires_at=1, jkt=None,
         claims={},
     )  # fmt: skip
-    assert asyncio.run(parties.enforcer.shared_first_use(bearer)) is None
+    assert asyncio.run(parties.enforcer.shared_admit(bearer, charge=True)) == nothing
+
+
+class _Counted(SharedRedis):
+    """The replicas' Redis, counting the round trips made through it."""
+
+    runs = 0
+
+    async def run(self, command: Any, *, what: str, hint: str) -> Any:
+        type(self).runs += 1
+        return await super().run(command, what=what, hint=hint)
+
+
+def test_a_call_records_its_proof_and_takes_its_tokens_in_one_round_trip(
+    redis_prefix: str,
+) -> None:
+    """A call to decide records its proof and takes its tokens in one round trip to
+    the shared store; the same proof at another replica is refused and takes no token
+    (the agent's second token is still there for its next call)."""
+    parties = Parties("permit (principal, action, resource);")
+    replicas = [
+        _replica(parties, redis_prefix, limiter=RateLimiter(per_agent=RateLimit(1 / 60, 2)))
+        for _ in range(2)
+    ]
+    for enforcer in replicas:
+        counted = _Counted(REDIS_URL, prefix=redis_prefix, timeout=1.0)
+        enforcer.shared_replay = SharedReplayCache(counted)
+        enforcer.shared_limits = SharedRateLimits(counted)
+    headers = parties.headers("GET", URL)
+
+    async def admit(enforcer: Enforcer, access: VerifiedAccess) -> Any:
+        return await enforcer.shared_admit(access, charge=True, tool="invoices.read")
+
+    async def scenario() -> list[Any]:
+        try:
+            first = replicas[0].authenticate(**headers, method="GET", url=URL, trace=TRACE)
+            answers = [await admit(replicas[0], first)]
+            again = replicas[1].authenticate(**headers, method="GET", url=URL, trace=TRACE)
+            answers.append(await admit(replicas[1], again))
+            for enforcer in (replicas[1], replicas[0]):  # fresh proofs
+                fresh = parties.headers("GET", URL)
+                access = enforcer.authenticate(**fresh, method="GET", url=URL, trace=TRACE)
+                answers.append(await admit(enforcer, access))
+            return answers
+        finally:
+            for enforcer in replicas:
+                assert enforcer.shared_limits is not None
+                await enforcer.shared_limits.aclose()
+
+    _Counted.runs = 0
+    first, replayed, second, third = asyncio.run(scenario())
+    assert _Counted.runs == 4  # one round trip per call
+    assert first == SharedAdmission(limit=SharedLimit(None))
+    assert isinstance(replayed.refusal, OAuthError)
+    assert (replayed.refusal.oauth_status, replayed.refusal.error) == (401, "invalid_dpop_proof")
+    assert replayed.limit is None
+    assert second == SharedAdmission(limit=SharedLimit(None))  # the replay took no token
+    assert third == SharedAdmission(limit=SharedLimit(60))
+    assert all(len(enforcer._limiter or ()) == 0 for enforcer in replicas)

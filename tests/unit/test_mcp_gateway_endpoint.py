@@ -14,7 +14,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 from starlette.testclient import TestClient
 
-from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
+from agentiam.adapters.gateway.enforcer import Call, SharedAdmission, SharedLimit, Verdict
 from agentiam.adapters.gateway.mcp_proxy import (
     _STATE_KEY,
     McpGateway,
@@ -26,9 +26,10 @@ from agentiam.adapters.gateway.mcp_proxy import (
     _take,
     tool_call,
 )
+from agentiam.core.approvals_wire import META_KEY
 from agentiam.core.audit.events import TraceContext
 from agentiam.core.credentials.verifier import VerifiedAccess
-from agentiam.errors import OAuthError, ServiceUnavailable
+from agentiam.errors import AgentIAMError, OAuthError, ServiceUnavailable
 
 URL = "https://gw.example.com/mcp"
 METADATA = f'resource_metadata="{URL.replace("/mcp", "")}/.well-known/oauth-protected-resource/mcp"'
@@ -52,17 +53,20 @@ class FakeEnforcer:
     decided: list[Call] = field(default_factory=list)
     refused: list[tuple[int, str]] = field(default_factory=list)
     source: str = "gateway/test"
-    shared: Exception | None = None  # what the replicas' replay cache answers
-    limit: SharedLimit | Exception | None = None  # what their shared rate limit answers
+    shared: AgentIAMError | None = None  # what the replicas' replay cache answers
+    limit: SharedLimit | AgentIAMError | None = None  # what their shared rate limit answers
     limits: list[SharedLimit | None] = field(default_factory=list)  # passed to decide
+    admitted: list[tuple[bool, str | None]] = field(default_factory=list)  # charge, tool
 
-    async def shared_first_use(self, access: VerifiedAccess) -> Exception | None:
-        return self.shared
-
-    async def shared_limit(self, access: VerifiedAccess, tool: str | None) -> SharedLimit | None:
-        if isinstance(self.limit, Exception):
-            raise self.limit
-        return self.limit
+    async def shared_admit(
+        self, access: VerifiedAccess, *, charge: bool, tool: str | None = None
+    ) -> SharedAdmission:
+        self.admitted.append((charge, tool))
+        if self.shared is not None:
+            return SharedAdmission(refusal=self.shared)
+        if charge and isinstance(self.limit, AgentIAMError):
+            return SharedAdmission(refusal=self.limit)
+        return SharedAdmission(limit=self.limit if charge else None)  # type: ignore[arg-type]
 
     def refuse_shared(self, access: VerifiedAccess, error: Exception, *, trace: Any) -> None:
         self.refuse(access, trace=trace, status=getattr(error, "oauth_status", 503), reason="x")
@@ -117,6 +121,7 @@ class Downstream:
 class Stub:
     enforcer: FakeEnforcer
     location: str = URL
+    approvals: Any = None
     namespace: Namespace = field(
         default_factory=lambda: Namespace(
             [UpstreamServer("bank", "https://b.internal/mcp", "bank.")]
@@ -130,9 +135,9 @@ class Stub:
         self.call_for = partial(McpGateway.call_for, self)  # type: ignore[arg-type]
 
 
-def endpoint(enforcer: FakeEnforcer) -> tuple[TestClient, Downstream]:
+def endpoint(enforcer: FakeEnforcer, approvals: Any = None) -> tuple[TestClient, Downstream]:
     downstream = Downstream()
-    app = _Endpoint(Stub(enforcer), downstream)  # type: ignore[arg-type]
+    app = _Endpoint(Stub(enforcer, approvals=approvals), downstream)  # type: ignore[arg-type]
     return TestClient(app, base_url="https://gw.example.com"), downstream
 
 
@@ -308,12 +313,38 @@ def test_the_shared_rate_limit_is_taken_before_the_decision_and_passed_to_it() -
     client, downstream = endpoint(enforcer)
     post(client, CALL)
     assert enforcer.limits == [SharedLimit(retry_after=7)]
+    assert enforcer.admitted == [(True, "bank.search")]
     enforcer = FakeEnforcer(limit=ServiceUnavailable("the replicas' shared rate limits ..."))
     client, downstream = endpoint(enforcer)
     r = post(client, CALL)
     assert r.status_code == 503
     assert r.headers["retry-after"] == "5"
-    assert r.json()["error"]["message"].startswith("the replicas' shared rate limits")
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["detail"].startswith("the replicas' shared rate limits")
     assert [s for s, _ in enforcer.refused] == [503]
     assert downstream.seen == []
     assert enforcer.decided == []
+
+
+class _NoApprovals:
+    """An approval flow that must not be used: the request is refused first."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the approval flow was used ({name})")
+
+
+def test_a_malformed_approval_id_is_refused_without_taking_a_shared_token() -> None:
+    """Replicas: a tools/call naming an approval that is not one id is refused (400)
+    after its proof is recorded, but takes no token from the shared buckets; a
+    well-formed call takes one."""
+    enforcer = FakeEnforcer(limit=SharedLimit(retry_after=None))
+    client, downstream = endpoint(enforcer, approvals=_NoApprovals())
+    params = {"name": "bank.search", "arguments": {"query": "x"}, "_meta": {META_KEY: "x"}}
+    r = post(client, rpc("tools/call", params))
+    assert r.status_code == 400
+    assert "not one approval id" in r.json()["error"]["message"]
+    assert [charge for charge, _ in enforcer.admitted] == [False]
+    assert downstream.seen == []
+    assert enforcer.decided == []
+    assert post(client, CALL).status_code == 200
+    assert enforcer.admitted[1:] == [(True, "bank.search")]

@@ -136,7 +136,7 @@ class ApprovalFlow:
         not approved, used or expired: the refusal is audited and the outcome names
         the state. ``admitted``: this call already passed them (it is the call whose
         deny opened the request). ``limit``: the replicas' shared rate limit already
-        answered for this call (:meth:`Enforcer.shared_limit`)."""
+        answered for this call (:meth:`Enforcer.shared_admit`)."""
         if not admitted:
             refused = self.enforcer.admit(access, call, trace=trace, limit=limit)
             if refused is not None:

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from agentiam.adapters.gateway.approvals import ApprovalClient, ApprovedUse
 from agentiam.adapters.gateway.link import ControlPlaneLink
@@ -105,9 +105,23 @@ class Verdict:
     approvable: bool = False  # a deny that a human's approval would lift
 
 
+class ReplayRecord(NamedTuple):
+    """A DPoP proof's record in the replicas' shared replay cache: its key, and for
+    how many milliseconds it is kept (RFC 9449 section 11.1)."""
+
+    key: str
+    ttl_ms: int
+
+
+class ProofReplayed(Exception):
+    """The replicas' shared replay cache had recorded the proof already."""
+
+
 class SharedReplay(Protocol):
     """A replay cache every replica of a gateway consults
     (:class:`~agentiam.adapters.gateway.shared_replay.SharedReplayCache`)."""
+
+    def record(self, use: ProofUse, *, now: int) -> ReplayRecord: ...
 
     async def first_use(self, use: ProofUse, *, now: int) -> bool: ...
 
@@ -116,20 +130,38 @@ class SharedReplay(Protocol):
 
 class SharedLimits(Protocol):
     """Rate-limit buckets every replica of a gateway takes from
-    (:class:`~agentiam.adapters.gateway.shared_ratelimit.SharedRateLimits`)."""
+    (:class:`~agentiam.adapters.gateway.shared_ratelimit.SharedRateLimits`), in the
+    same store as the :class:`SharedReplay`, so that one request can record its proof
+    and take its tokens in one round trip (``proof``; raises :class:`ProofReplayed`)."""
 
-    async def take(self, buckets: Sequence[tuple[BucketKey, RateLimit]]) -> int | None: ...
+    async def take(
+        self,
+        buckets: Sequence[tuple[BucketKey, RateLimit]],
+        *,
+        proof: ReplayRecord | None = None,
+    ) -> int | None: ...
 
     async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class SharedLimit:
-    """What the replicas' shared buckets answered for one call
-    (:meth:`Enforcer.shared_limit`): None, a token was taken; else the
-    ``Retry-After`` seconds."""
+    """What the replicas' shared buckets answered for one call: None, a token was
+    taken; else the ``Retry-After`` seconds."""
 
     retry_after: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SharedAdmission:
+    """What the replicas' shared store answered for one request
+    (:meth:`Enforcer.shared_admit`). ``refusal``: the 401 for a replayed proof, or
+    the 503 of a store that cannot answer, not yet audited
+    (:meth:`Enforcer.refuse_shared`). ``limit``: for :meth:`Enforcer.decide` (or
+    :meth:`Enforcer.admit`); None when no shared bucket was charged."""
+
+    refusal: AgentIAMError | None = None
+    limit: SharedLimit | None = None
 
 
 class Enforcer:
@@ -204,42 +236,49 @@ class Enforcer:
         if challenge is not None:
             exc.headers["WWW-Authenticate"] = f'{challenge}, resource_metadata="{self._metadata}"'
 
-    async def shared_first_use(self, access: VerifiedAccess) -> AgentIAMError | None:
-        """Step 1 across replicas: record the request's DPoP proof in the shared
-        replay cache, after :meth:`authenticate` passed it through this process's own.
-        None when no replica has seen the proof (or there is no shared cache, or no
-        proof); else the refusal to answer, not yet audited (:meth:`refuse_shared`):
-        a 401 ``invalid_dpop_proof`` for a replay, ServiceUnavailable (503) when the
-        cache cannot answer, so an unrecorded proof is never accepted."""
-        if self.shared_replay is None or access.proof is None:
-            return None
-        try:
-            fresh = await self.shared_replay.first_use(access.proof, now=int(time.time()))
-        except ServiceUnavailable as exc:
-            return exc
-        if fresh:
-            return None
-        error = self.link.verifier.replayed()
-        self._name_metadata(error)
-        return error
+    async def shared_admit(
+        self, access: VerifiedAccess, *, charge: bool, tool: str | None = None
+    ) -> SharedAdmission:
+        """Step 1 and the rate limit across replicas, in one round trip to their
+        shared store, after :meth:`authenticate` passed the request through this
+        process's own replay cache:
 
-    async def shared_limit(self, access: VerifiedAccess, tool: str | None) -> SharedLimit | None:
-        """The rate limit across replicas: take a token from each of the call's
-        buckets in the shared store (the same buckets, limits and throttles this
-        process's limiter would use), before the call is decided; pass the answer to
-        :meth:`decide` (or :meth:`admit`), which then charges nothing locally. None
-        when there is no shared store. Raises ServiceUnavailable (503, not yet
-        audited: :meth:`refuse_shared`) when the store cannot answer, so a call is
-        never let through uncounted."""
-        if self.shared_limits is None or self._limiter is None:
-            return None
-        buckets = self._limiter.buckets(access.client_id, tool)
-        return SharedLimit(await self.shared_limits.take(buckets))
+        - the request's DPoP proof is recorded in the shared replay cache, and refused
+          (401 ``invalid_dpop_proof``) when another request recorded it first;
+        - ``charge`` (a call to decide): a token is taken from each of the call's
+          buckets for ``tool`` in the shared store (the same buckets, limits and
+          throttles this process's limiter would use). A replayed proof takes none.
+          The answer goes to :meth:`decide` (or :meth:`admit`), which then charges
+          nothing locally.
+
+        The shared store answering 503 (ServiceUnavailable) is a refusal too: an
+        unrecorded proof is never accepted, a call never let through uncounted.
+        Nothing to do (no shared store, no proof): an empty admission."""
+        now, proof, replay = int(time.time()), access.proof, self.shared_replay
+        try:
+            if charge and self.shared_limits is not None and self._limiter is not None:
+                record = None if replay is None or proof is None else replay.record(proof, now=now)
+                buckets = self._limiter.buckets(access.client_id, tool)
+                retry = await self.shared_limits.take(buckets, proof=record)
+                return SharedAdmission(limit=SharedLimit(retry))
+            if (
+                replay is not None
+                and proof is not None
+                and not await replay.first_use(proof, now=now)
+            ):
+                raise ProofReplayed
+        except ProofReplayed:
+            error = self.link.verifier.replayed()
+            self._name_metadata(error)
+            return SharedAdmission(refusal=error)
+        except ServiceUnavailable as exc:
+            return SharedAdmission(refusal=exc)
+        return SharedAdmission()
 
     def refuse_shared(
         self, access: VerifiedAccess, error: AgentIAMError, *, trace: TraceContext
     ) -> None:
-        """Audit a :meth:`shared_first_use` refusal (durable, or deferred)."""
+        """Audit a :meth:`shared_admit` refusal (durable, or deferred)."""
         if isinstance(error, OAuthError):
             status, reason = error.oauth_status, f"{error.error}: {error.reason} (shared cache)"
         else:
@@ -289,7 +328,7 @@ class Enforcer:
         and the token's task scope. The refusal (429 with Retry-After, or 403), audited
         and durable, or None when both pass. An approval is used only after this, so a
         retry the rate limit refuses keeps its approval for the next try. ``limit``:
-        the replicas' shared buckets already answered (:meth:`shared_limit`), so this
+        the replicas' shared buckets already answered (:meth:`shared_admit`), so this
         process's own are not charged."""
         if limit is not None or self._limiter is not None:
             if limit is not None:

@@ -851,7 +851,7 @@ class HttpGateway:
             step = self._authenticate(method, raw_path, headers, trace)
             if isinstance(step, _Refusal) or not decide:
                 return step
-            return self._decide(step, trace)
+            return self._decide(step, trace, self.route_for(method, step.segments))
 
         return _answering(steps)
 
@@ -859,20 +859,26 @@ class HttpGateway:
         self, step: _Authenticated, trace: TraceContext
     ) -> _Refusal | _Permit | _Approval:
         """Record the proof in the replicas' replay cache and take the call's tokens
-        from their rate-limit buckets, then steps 2-4."""
-        error = await self.enforcer.shared_first_use(step.access)
-        limit: SharedLimit | None = None
-        if error is None:
-            found = self.route_for(step.method, step.segments)  # no route: a 404 below
-            if found is not None:
-                try:
-                    limit = await self.enforcer.shared_limit(step.access, found[0].name)
-                except ServiceUnavailable as exc:
-                    error = exc
-        if error is not None:
-            failed = error
+        from their rate-limit buckets, in one round trip, then steps 2-4. A request
+        that no route matches, or that names a malformed approval id, is refused
+        there without taking a token."""
+        found = self.route_for(step.method, step.segments)
+        charge = found is not None and not self._malformed_approval(step.headers)
+        tool = found[0].name if found is not None else None
+        shared = await self.enforcer.shared_admit(step.access, charge=charge, tool=tool)
+        if shared.refusal is not None:
+            failed = shared.refusal
             return await self._durably(lambda: self._shared_refusal(step.access, failed, trace))
-        return await self._durably(lambda: _answering(lambda: self._decide(step, trace, limit)))
+        return await self._durably(
+            lambda: _answering(lambda: self._decide(step, trace, found, shared.limit))
+        )
+
+    def _malformed_approval(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """The request names an approval (with approvals on), but not as one id."""
+        presented = _header(headers, _APPROVAL_REQUEST_HEADER)
+        if not presented or self.enforcer.approvals is None:
+            return False
+        return len(presented) != 1 or not is_id(presented[0].strip(), "approval")
 
     def _shared_refusal(
         self, access: VerifiedAccess, error: AgentIAMError, trace: TraceContext
@@ -911,13 +917,16 @@ class HttpGateway:
         return _Authenticated(access, method, url, segments, headers, framing)
 
     def _decide(
-        self, step: _Authenticated, trace: TraceContext, limit: SharedLimit | None = None
+        self,
+        step: _Authenticated,
+        trace: TraceContext,
+        found: tuple[Route, dict[str, str]] | None,
+        limit: SharedLimit | None = None,
     ) -> _Refusal | _Permit | _Approval:
-        """Steps 2-4: the route, the call, approvals, the decision (``limit``: the
-        replicas' shared rate limit's answer for it)."""
+        """Steps 2-4: the call of the route ``found`` (:meth:`route_for`), approvals,
+        the decision (``limit``: the replicas' shared rate limit's answer for it)."""
         enforcer, access, method, url = self.enforcer, step.access, step.method, step.url
         headers, framing = step.headers, step.framing
-        found = self.route_for(method, step.segments)
         if found is None:
             enforcer.refuse(access, trace=trace, status=404, reason=f"no route for {method}")
             return _problem(404, "not-found", "no route of this gateway matches the request")
@@ -932,7 +941,7 @@ class HttpGateway:
         )
         presented = _header(headers, _APPROVAL_REQUEST_HEADER)
         if presented and enforcer.approvals is not None:
-            if len(presented) != 1 or not is_id(presented[0].strip(), "approval"):
+            if self._malformed_approval(headers):
                 reason = f"the {APPROVAL_HEADER} header is not one approval id"
                 enforcer.refuse(access, trace=trace, status=400, reason=reason, call=call)
                 return _problem(400, "bad-request", reason)

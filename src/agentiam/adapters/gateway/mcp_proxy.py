@@ -60,7 +60,6 @@ Configuration (the common part is :mod:`agentiam.adapters.gateway.config`)::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
@@ -109,7 +108,7 @@ from agentiam.adapters.gateway.broker import (
     credential_ref_from_config,
 )
 from agentiam.adapters.gateway.config import GatewayConfig, Timeouts, load_gateway_config
-from agentiam.adapters.gateway.enforcer import Call, Verdict
+from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.outcomes import OutcomeQueue
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.adapters.heap import settle_heap
@@ -679,6 +678,19 @@ class _Pending:
     approval: ApprovalOutcome | None = None  # the call waits on (or was refused by) one
 
 
+@dataclass(frozen=True, slots=True)
+class _Guarded:
+    """A guarded request (``_GUARDED``, with an id) of a POST: its method and id, the
+    policy question (or why the request is malformed), and the approval a
+    ``tools/call`` names (``malformed_approval``: named, but not as one id)."""
+
+    method: str
+    request_id: Any
+    call: Call | str
+    presented: Any
+    malformed_approval: bool
+
+
 @dataclass(slots=True)
 class _RequestState:
     access: VerifiedAccess
@@ -1157,9 +1169,22 @@ class _Endpoint:
         except AgentIAMError as exc:
             await _refusal(exc, scope, receive, send)
             return
-        shared = await self.enforcer.shared_first_use(access)  # replicas: one replay cache
-        if shared is not None:
-            refusal = shared
+        body: bytes | None = None
+        message: Any = None
+        if scope["method"] == "POST":
+            body = await _read_body(receive, MAX_BODY_BYTES)
+            message = _parse(body) if body is not None else None
+        guarded = self._guarded(message)
+        # replicas: the proof is recorded in their replay cache and a guarded call's
+        # tokens taken from their buckets, in one round trip, before anything is decided
+        call = guarded.call if guarded is not None else None
+        shared = await self.enforcer.shared_admit(
+            access,  # a malformed request is refused below, taking no token
+            charge=isinstance(call, Call) and not (guarded and guarded.malformed_approval),
+            tool=call.tool if isinstance(call, Call) else None,
+        )
+        if shared.refusal is not None:
+            refusal = shared.refusal
             try:
                 await anyio.to_thread.run_sync(
                     lambda: self.enforcer.refuse_shared(access, refusal, trace=trace)
@@ -1185,25 +1210,45 @@ class _Endpoint:
         state = _RequestState(access, trace)
         scope[_STATE_KEY] = state
         if scope["method"] == "POST":
-            body_bytes = await _read_body(receive, MAX_BODY_BYTES)
-            if body_bytes is None:
+            if body is None:
                 await self._refuse(
                     access, trace, 413, "body larger than 4 MiB", scope, receive, send
                 )
                 return
-            receive = _replay(body_bytes, receive)
-            if not await self._decide(state, body_bytes, scope, receive, send):
+            receive = _replay(body, receive)
+            if not await self._decide(state, message, guarded, shared.limit, scope, receive, send):
                 return
         await self.app(scope, receive, send)
 
+    def _guarded(self, message: Any) -> _Guarded | None:
+        """The guarded request (``_GUARDED``, with an id) a POST's message is, if any."""
+        if not isinstance(message, dict) or message.get("method") not in _GUARDED:
+            return None
+        if "id" not in message:
+            return None  # a notification: no handler runs for it
+        method, params = str(message["method"]), message.get("params")
+        params = params if isinstance(params, dict) else {}
+        call = self.gateway.call_for(method, params)
+        presented = _presented_approval(params) if method == "tools/call" else None
+        malformed = (
+            self.approvals is not None
+            and presented is not None
+            and not is_id(presented, "approval")
+        )
+        return _Guarded(method, message.get("id"), call, presented, malformed)
+
     async def _decide(
-        self, state: _RequestState, body: bytes, scope: Scope, receive: Receive, send: Send
+        self,
+        state: _RequestState,
+        message: Any,
+        guarded: _Guarded | None,
+        limit: SharedLimit | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
     ) -> bool:
-        """Decide a guarded request; False when it was answered here."""
-        try:
-            message = json.loads(body)
-        except (ValueError, RecursionError):
-            return True  # the SDK answers the parse error
+        """Decide a guarded request; False when it was answered here. ``limit``: the
+        replicas' shared rate limit's answer for it (:meth:`Enforcer.shared_admit`)."""
         if isinstance(message, list):
             # JSON-RPC batching was removed in 2025-06-18; a batch would carry calls
             # past this check, so none is accepted.
@@ -1211,40 +1256,24 @@ class _Endpoint:
                 state.access, state.trace, 400, "a JSON-RPC batch", scope, receive, send
             )
             return False
-        if not isinstance(message, dict) or message.get("method") not in _GUARDED:
-            return True
-        if "id" not in message:
-            return True  # a notification: no handler runs for it
-        method, request_id = str(message["method"]), message.get("id")
-        params = message.get("params")
-        call = self.gateway.call_for(method, params if isinstance(params, dict) else {})
+        if guarded is None:
+            return True  # the SDK answers what is not guarded (or does not parse)
+        method, request_id, call = guarded.method, guarded.request_id, guarded.call
         if isinstance(call, str):
             await self._refuse(
                 state.access, state.trace, 400, call, scope, receive, send, request_id
             )
             return False
-        try:  # replicas: the call's rate-limit tokens come from their shared buckets
-            limit = await self.enforcer.shared_limit(state.access, call.tool)
-        except ServiceUnavailable as exc:
-            unavailable = exc
-            with contextlib.suppress(ServiceUnavailable):  # refused as 503 all the same
-                await anyio.to_thread.run_sync(
-                    lambda: self.enforcer.refuse_shared(
-                        state.access, unavailable, trace=state.trace
-                    )
-                )
-            await _failed(exc, request_id, scope, receive, send)
-            return False
         flow = self.approvals if method == "tools/call" else None
-        if flow is not None and isinstance(params, dict):
-            presented = _presented_approval(params)
+        if flow is not None:
+            presented = guarded.presented
+            if guarded.malformed_approval:
+                reason = f'params._meta["{META_KEY}"] is not one approval id'
+                await self._refuse(
+                    state.access, state.trace, 400, reason, scope, receive, send, request_id
+                )
+                return False
             if presented is not None:
-                if not is_id(presented, "approval"):
-                    reason = f'params._meta["{META_KEY}"] is not one approval id'
-                    await self._refuse(
-                        state.access, state.trace, 400, reason, scope, receive, send, request_id
-                    )
-                    return False
                 return await self._approval(
                     state,
                     method,
@@ -1402,7 +1431,10 @@ async def _send_json(
 
 async def _problem(exc: AgentIAMError, scope: Scope, receive: Receive, send: Send) -> None:
     await JSONResponse(
-        exc.to_problem(), status_code=exc.status, media_type="application/problem+json"
+        exc.to_problem(),
+        status_code=exc.status,
+        headers={"Retry-After": "5"} if exc.status == 503 else None,
+        media_type="application/problem+json",
     )(scope, receive, send)
 
 
@@ -1414,6 +1446,15 @@ async def _refusal(exc: AgentIAMError, scope: Scope, receive: Receive, send: Sen
         await response(scope, receive, send)
     else:
         await _problem(exc, scope, receive, send)
+
+
+def _parse(body: bytes) -> Any:
+    """The JSON-RPC message of a POST body; None when it does not parse (the SDK
+    answers the parse error)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

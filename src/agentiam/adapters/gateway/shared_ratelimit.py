@@ -21,6 +21,13 @@ for the deployment as a whole:
 - **Bounded memory.** A bucket (a hash of ``tokens`` and ``updated``) expires one
   second after it would be full again (``burst / rate_per_second``): an expired
   bucket comes back full, exactly as if it had been kept.
+- **One round trip with the replay record.** A call whose DPoP proof the shared
+  replay cache must record (:mod:`.shared_replay`) has it recorded by the same script,
+  first: ``SET NX PX`` on the same key :meth:`SharedReplayCache.first_use
+  <agentiam.adapters.gateway.shared_replay.SharedReplayCache.first_use>` would set.
+  A replayed proof takes no token (:class:`~agentiam.adapters.gateway.enforcer.ProofReplayed`);
+  a fresh one stays recorded whatever the buckets answer, as the local cache records
+  a proof before the local limiter refuses its call.
 - **Retry-After** is the wait until every bucket holds a token, in whole seconds,
   at least 1 (RFC 9110 section 10.2.3, with the 429 of RFC 6585 section 4).
 - **Fail closed**, keys as digests, no secrets in logs: :mod:`.shared_redis`. A call
@@ -37,21 +44,32 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
+from agentiam.adapters.gateway.enforcer import ProofReplayed
 from agentiam.adapters.gateway.shared_redis import SharedRedis
+from agentiam.adapters.gateway.shared_replay import ReplayRecord
 from agentiam.core.enforcement.ratelimit import BucketKey, RateLimit, retry_after
 
 __all__ = ["SharedRateLimits"]
 
-# KEYS: the call's buckets; ARGV: rate_per_second and burst of each, in turn.
-# Returns "0" when every bucket held a token (one is taken from each), else the
-# seconds until they all will (nothing is taken).
+# ARGV[1]: the milliseconds to keep the proof's replay record, which is then KEYS[1],
+# or "" for no record. KEYS (after it): the call's buckets; ARGV (after ARGV[1]):
+# rate_per_second and burst of each, in turn. Returns "replayed" when the record
+# existed (nothing is set or taken), "0" when every bucket held a token (one is taken
+# from each), else the seconds until they all will (nothing is taken).
 _TAKE = """
 if redis.replicate_commands then redis.replicate_commands() end
+local first = 1
+if ARGV[1] ~= '' then
+  if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+    return 'replayed'
+  end
+  first = 2
+end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local tokens, updated, wait = {}, {}, 0
-for i = 1, #KEYS do
-  local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+for i = first, #KEYS do
+  local rate, burst = tonumber(ARGV[2 * (i - first) + 2]), tonumber(ARGV[2 * (i - first) + 3])
   local state = redis.call('HMGET', KEYS[i], 'tokens', 'updated')
   local have, since = tonumber(state[1]), tonumber(state[2])
   if have == nil or since == nil then
@@ -67,8 +85,8 @@ end
 if wait > 0 then
   return string.format('%.6f', wait)
 end
-for i = 1, #KEYS do
-  local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+for i = first, #KEYS do
+  local rate, burst = tonumber(ARGV[2 * (i - first) + 2]), tonumber(ARGV[2 * (i - first) + 3])
   redis.call('HSET', KEYS[i], 'tokens', string.format('%.17g', tokens[i] - 1),
              'updated', string.format('%.6f', updated[i]))
   redis.call('PEXPIRE', KEYS[i], math.ceil(burst / rate * 1000) + 1000)
@@ -89,14 +107,24 @@ class SharedRateLimits:
         """The Redis key of a bucket (``("agent", id)``, ``("tool", id, name)``, …)."""
         return self._shared.key("ratelimit", *bucket)
 
-    async def take(self, buckets: Sequence[tuple[BucketKey, RateLimit]]) -> int | None:
+    async def take(
+        self,
+        buckets: Sequence[tuple[BucketKey, RateLimit]],
+        *,
+        proof: ReplayRecord | None = None,
+    ) -> int | None:
         """Take a token from each bucket and return None, or take none and return
-        the ``Retry-After`` seconds. Raises ServiceUnavailable when Redis cannot
-        answer in time."""
-        if not buckets:
+        the ``Retry-After`` seconds. With ``proof``, record it first, in the same
+        script: :class:`~agentiam.adapters.gateway.enforcer.ProofReplayed` when it
+        was recorded already (nothing is taken). Raises ServiceUnavailable when Redis
+        cannot answer in time."""
+        if not buckets and proof is None:
             return None
         keys = [self.key(bucket) for bucket, _ in buckets]
-        args: list[str] = []
+        args = [""]
+        if proof is not None:
+            keys.insert(0, proof.key)
+            args[0] = str(proof.ttl_ms)
         for _, limit in buckets:
             args += [repr(float(limit.rate_per_second)), str(limit.burst)]
 
@@ -109,6 +137,8 @@ class SharedRateLimits:
             hint="Check the gateway's replay_cache Redis; retry later.",
         )
         text = answer.decode("ascii") if isinstance(answer, bytes) else str(answer)
+        if text == "replayed":
+            raise ProofReplayed
         wait = float(text)
         return None if wait <= 0 else retry_after(wait)
 

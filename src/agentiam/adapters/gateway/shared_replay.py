@@ -20,10 +20,11 @@ replica also records each proof here, and the first to record it wins:
 
 from __future__ import annotations
 
+from agentiam.adapters.gateway.enforcer import ReplayRecord
 from agentiam.adapters.gateway.shared_redis import SharedRedis
 from agentiam.core.credentials.verifier import ProofUse
 
-__all__ = ["SharedReplayCache"]
+__all__ = ["ReplayRecord", "SharedReplayCache"]
 
 
 class SharedReplayCache:
@@ -36,11 +37,17 @@ class SharedReplayCache:
         """The Redis key that records ``use``."""
         return self._shared.key(use.key)
 
+    def record(self, use: ProofUse, *, now: int) -> ReplayRecord:
+        """The key that records ``use`` and how long to keep it: until the proof would
+        be refused as too old anyway, at least a second. :meth:`first_use` sets it;
+        the shared rate limits' script sets it in the same round trip as a call's
+        tokens (:mod:`.shared_ratelimit`)."""
+        return ReplayRecord(self.key(use), max(1, use.expires - now) * 1000)
+
     async def first_use(self, use: ProofUse, *, now: int) -> bool:
         """Record the proof; True the first time any replica records it, False on a
         replay. Raises ServiceUnavailable when Redis cannot answer in time."""
-        ttl_ms = max(1, use.expires - now) * 1000
-        key = self.key(use)
+        key, ttl_ms = self.record(use, now=now)
         stored = await self._shared.run(
             lambda client: client.set(key, b"1", nx=True, px=ttl_ms),
             what="the shared DPoP replay cache",
