@@ -1,11 +1,13 @@
-"""A lean HTTP/1.1 client for the HTTP gateway's upstream calls (RFC 9112).
+"""A lean HTTP/1.1 client for the gateways' upstream calls (RFC 9112).
 
-The gateway forwards every call it allows; the client that does so sits on its hot
-path. httpx (through httpcore and anyio) spent about half of the gateway's CPU time per
-call in this role (connection-pool scans that poll every idle socket, async-library
-detection on every read), so the gateway speaks HTTP/1.1 to its upstreams itself:
-keep-alive connections in a LIFO pool per upstream, requests written in one buffer,
-responses framed by the C parser uvicorn already uses (``httptools``, llhttp).
+A gateway forwards every call it allows; the client that does so sits on its hot
+path. httpx (through httpcore and anyio) spent about half of the HTTP gateway's CPU
+time per call in this role (connection-pool scans that poll every idle socket,
+async-library detection on every read), so the gateways speak HTTP/1.1 to their
+upstreams themselves (the MCP gateway under the MCP SDK's client, through
+:mod:`.upstream_transport`): keep-alive connections in a LIFO pool per upstream,
+requests written in one buffer, responses framed by the C parser uvicorn already uses
+(``httptools``, llhttp).
 
 What it does:
 
@@ -41,7 +43,14 @@ from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["UpstreamError", "UpstreamPool", "UpstreamResponse", "UpstreamTimeout"]
+__all__ = [
+    "UpstreamConnectError",
+    "UpstreamConnectTimeout",
+    "UpstreamError",
+    "UpstreamPool",
+    "UpstreamResponse",
+    "UpstreamTimeout",
+]
 
 _READ = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -53,6 +62,14 @@ class UpstreamError(Exception):
 
 class UpstreamTimeout(UpstreamError):
     """The upstream did not connect, accept the request or answer in time."""
+
+
+class UpstreamConnectError(UpstreamError):
+    """No connection to the upstream could be opened (nothing was sent)."""
+
+
+class UpstreamConnectTimeout(UpstreamTimeout, UpstreamConnectError):
+    """Opening a connection to the upstream timed out (nothing was sent)."""
 
 
 class _Connection:
@@ -338,9 +355,11 @@ class UpstreamPool:
                     limit=_READ * 2,
                 )
         except TimeoutError:
-            raise UpstreamTimeout("connecting to the upstream timed out") from None
+            raise UpstreamConnectTimeout("connecting to the upstream timed out") from None
         except (ConnectionError, OSError) as exc:
-            raise UpstreamError(f"cannot connect to the upstream: {type(exc).__name__}") from None
+            raise UpstreamConnectError(
+                f"cannot connect to the upstream: {type(exc).__name__}"
+            ) from None
         return _Connection(reader, writer)
 
     def _release(self, conn: _Connection) -> None:

@@ -111,6 +111,7 @@ from agentiam.adapters.gateway.config import GatewayConfig, Timeouts, load_gatew
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.outcomes import OutcomeQueue
 from agentiam.adapters.gateway.runtime import GatewayRuntime
+from agentiam.adapters.gateway.upstream_transport import UpstreamTransport
 from agentiam.adapters.heap import settle_heap
 from agentiam.core.approvals_wire import META_KEY, mcp_result_meta, mcp_result_text
 from agentiam.core.audit.events import Actor, ActorType, AuditEvent, Outcome, TraceContext
@@ -588,8 +589,14 @@ class _Upstream:
         auth = None
         if self.server.credential is not None and self._broker is not None:
             auth = _BrokeredAuth(self._broker, self.server.credential)
-        timeout = httpx2.Timeout(self._timeouts.connect, read=self._timeouts.read)
-        async with httpx2.AsyncClient(auth=auth, timeout=timeout, follow_redirects=False) as http:
+        connect, read = self._timeouts.connect, self._timeouts.read
+        transport = UpstreamTransport(self.server.url, connect_timeout=connect, read_timeout=read)
+        async with httpx2.AsyncClient(
+            auth=auth,
+            timeout=httpx2.Timeout(connect, read=read),  # the transport's, for the record
+            follow_redirects=False,
+            transport=transport,
+        ) as http:
             client = Client(
                 streamable_http_client(self.server.url, http_client=http),
                 read_timeout_seconds=self._timeouts.total,
