@@ -128,6 +128,9 @@ class Stub:
         )
     )
 
+    async def durably(self, step: Any) -> Any:
+        return step()  # the fake enforcer's events are recorded at once
+
     def __post_init__(self) -> None:
         self.runtime = type(
             "R", (), {"link": type("L", (), {"issuer": "https://iam.example.com"})()}

@@ -70,7 +70,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -164,6 +164,8 @@ ACTIONS: Final[Mapping[str, tuple[str, str]]] = {
 }
 POLICY_DENIED: Final = -32003  # JSON-RPC server error: refused by the gateway's policy
 LIST_EVENT: Final = "mcp.list"
+T = TypeVar("T")
+
 _GUARDED: Final = frozenset({"tools/call", "resources/read", "prompts/get"})
 _APPROVAL_THREADS: Final = 16  # concurrent calls to the control plane's approvals API
 # every answer depends on the caller's rights: never shared, never reused (SEP-2549)
@@ -820,6 +822,26 @@ class McpGateway:
         """Start the write of the queued ``tool.call`` events (at shutdown)."""
         self._outcomes.flush()
 
+    async def durably(self, step: Callable[[], T]) -> T:
+        """Run an enforcer step (authenticate, decide, refuse) on the event loop, as
+        the HTTP gateway does: it only computes (keys, revocations and policy are in
+        memory), its audit events go to the spool without waiting (taking the queued
+        outcome events along), and their fsync is awaited without holding a thread.
+        What the step raises is raised once its events are durable; nothing is
+        answered before. ServiceUnavailable when they cannot be made durable."""
+        failure: Exception | None = None
+        result: T | None = None
+        with self.enforcer.deferred() as pending:
+            try:
+                result = step()
+            except Exception as exc:
+                failure = exc
+        self._outcomes.taken_by(pending.futures)
+        await pending.durable()
+        if failure is not None:
+            raise failure
+        return result  # type: ignore[return-value]  # set when step() returned
+
     # -- listings --------------------------------------------------------------------
 
     async def _listed(
@@ -1164,7 +1186,7 @@ class _Endpoint:
             )
             return
         try:
-            access = await anyio.to_thread.run_sync(
+            access = await self.gateway.durably(
                 lambda: self.enforcer.authenticate(
                     authorization=headers.getlist("authorization"),
                     dpop=headers.getlist("dpop"),
@@ -1193,7 +1215,7 @@ class _Endpoint:
         if shared.refusal is not None:
             refusal = shared.refusal
             try:
-                await anyio.to_thread.run_sync(
+                await self.gateway.durably(
                     lambda: self.enforcer.refuse_shared(access, refusal, trace=trace)
                 )
             except ServiceUnavailable as exc:  # not audited: refused all the same, as 503
@@ -1294,7 +1316,7 @@ class _Endpoint:
                     send,
                 )
         try:
-            verdict = await anyio.to_thread.run_sync(
+            verdict = await self.gateway.durably(
                 lambda: self.enforcer.decide(state.access, call, trace=state.trace, limit=limit)
             )
         except AgentIAMError as exc:  # the outage bound, or the spool (503)
@@ -1393,7 +1415,7 @@ class _Endpoint:
         request_id: Any = None,
     ) -> None:
         try:
-            await anyio.to_thread.run_sync(
+            await self.gateway.durably(
                 lambda: self.enforcer.refuse(access, trace=trace, status=status, reason=reason)
             )
         except AgentIAMError as exc:
