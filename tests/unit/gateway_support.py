@@ -31,6 +31,14 @@ KID = "as-1"
 AGENT = "agt_gateway_test_1"
 
 
+class NoApprovals:
+    """An approvals client (or approval flow) that must not be used: the request is
+    refused before any approval is asked for."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the approvals were asked ({name})")
+
+
 class Keys:
     def __init__(self, key: AgentKey) -> None:
         self._key = import_public_jwk(key.public_jwk(), "ES256", kid=KID)

@@ -17,7 +17,15 @@ import httpx
 import pytest
 from tests.conftest import REDIS_URL
 from tests.support.live import free_port
-from tests.unit.gateway_support import AGENT, GATEWAY, ISSUER, METADATA, Parties, QuietSink
+from tests.unit.gateway_support import (
+    AGENT,
+    GATEWAY,
+    ISSUER,
+    METADATA,
+    NoApprovals,
+    Parties,
+    QuietSink,
+)
 
 from agentiam.adapters.gateway.broker import (
     CredentialBroker,
@@ -668,13 +676,6 @@ def test_replicas_take_tokens_from_the_shared_store_and_fail_closed_without_it(
     assert (refused["type"], refused["details"]["status"]) == ("api.request.rejected", 503)
 
 
-class _NoApprovals:
-    """An approvals client that must not be asked: the request is refused first."""
-
-    def __getattr__(self, name: str) -> object:
-        raise AssertionError(f"the approvals API was asked ({name})")
-
-
 def test_a_malformed_approval_id_is_refused_without_taking_a_shared_token(
     tmp_path: Path, redis_prefix: str
 ) -> None:
@@ -686,7 +687,7 @@ def test_a_malformed_approval_id_is_refused_without_taking_a_shared_token(
     enforcer.shared_limits = SharedRateLimits(
         SharedRedis(REDIS_URL, prefix=redis_prefix, timeout=1)
     )
-    enforcer.approvals = _NoApprovals()  # type: ignore[assignment]
+    enforcer.approvals = NoApprovals()  # type: ignore[assignment]
     bad = ("GET", "/v1/invoices/7", True, {"headers": {APPROVAL_HEADER: "not-an-id"}})
     get = ("GET", "/v1/invoices/7", True, {})
     refused, allowed, limited = asyncio.run(app.requests([bad, get, get]))

@@ -14,7 +14,7 @@ import pytest
 import redis
 from tests.conftest import REDIS_URL
 from tests.support.live import free_port
-from tests.unit.gateway_support import AGENT, Parties
+from tests.unit.gateway_support import AGENT, NoApprovals, Parties
 from tests.unit.test_gateway_enforcer import _access, _call
 
 from agentiam.adapters.gateway.approval_flow import ApprovalFlow
@@ -232,19 +232,12 @@ def test_without_a_shared_store_the_limit_is_this_process_own() -> None:
     assert len(limiter) == 1  # the agent's bucket, kept in this process
 
 
-class _NoApprovals:
-    """An approvals client that must not be asked: the rate limit refuses first."""
-
-    def __getattr__(self, name: str) -> object:
-        raise AssertionError(f"the approvals API was asked ({name})")
-
-
 def test_a_retry_with_an_approval_is_charged_by_the_shared_limit() -> None:
     """A retry naming an approval passes the rate limit first; with replicas that is
     the shared buckets' answer, and a refusal leaves the approval unused."""
     limiter = RateLimiter(per_agent=RateLimit(rate_per_second=1, burst=5))
     parties = Parties(ALLOW, limiter=limiter)
-    flow = ApprovalFlow(parties.enforcer, _NoApprovals())  # type: ignore[arg-type]
+    flow = ApprovalFlow(parties.enforcer, NoApprovals())  # type: ignore[arg-type]
     outcome = flow.retry(
         _access(parties), _call(), "apr_01J00000000000000000000000", trace=TRACE,
         limit=SharedLimit(retry_after=9),

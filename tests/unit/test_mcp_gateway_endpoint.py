@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from mcp.shared.exceptions import MCPError
 from starlette.testclient import TestClient
+from tests.unit.gateway_support import NoApprovals
 
 from agentiam.adapters.gateway.enforcer import Call, SharedAdmission, SharedLimit, Verdict
 from agentiam.adapters.gateway.mcp_proxy import (
@@ -329,19 +330,12 @@ def test_the_shared_rate_limit_is_taken_before_the_decision_and_passed_to_it() -
     assert enforcer.decided == []
 
 
-class _NoApprovals:
-    """An approval flow that must not be used: the request is refused first."""
-
-    def __getattr__(self, name: str) -> object:
-        raise AssertionError(f"the approval flow was used ({name})")
-
-
 def test_a_malformed_approval_id_is_refused_without_taking_a_shared_token() -> None:
     """Replicas: a tools/call naming an approval that is not one id is refused (400)
     after its proof is recorded, but takes no token from the shared buckets; a
     well-formed call takes one."""
     enforcer = FakeEnforcer(limit=SharedLimit(retry_after=None))
-    client, downstream = endpoint(enforcer, approvals=_NoApprovals())
+    client, downstream = endpoint(enforcer, approvals=NoApprovals())
     params = {"name": "bank.search", "arguments": {"query": "x"}, "_meta": {META_KEY: "x"}}
     r = post(client, rpc("tools/call", params))
     assert r.status_code == 400
