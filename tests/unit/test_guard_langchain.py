@@ -218,12 +218,6 @@ def test_what_cannot_be_guarded_is_refused_when_wrapping(parts: Parts) -> None:
         parts.guard.langchain_tools([guarded])
     with pytest.raises(TypeError, match="not a LangChain tool"):
         parts.guard.langchain_tools([lambda query: query])
-    artifact = StructuredTool.from_function(
-        lambda query: ("c", {}), name="search", description="S.",
-        response_format="content_and_artifact",
-    )  # fmt: skip
-    with pytest.raises(TypeError, match="content_and_artifact"):
-        parts.guard.langchain_tools([artifact])
     with pytest.raises(ValueError, match="on_refusal"):
         parts.guard.langchain_tools([search], on_refusal="ignore")  # type: ignore[arg-type]
     bad_name = StructuredTool.from_function(
@@ -231,3 +225,44 @@ def test_what_cannot_be_guarded_is_refused_when_wrapping(parts: Parts) -> None:
     )
     with pytest.raises(ValueError):  # noqa: PT011 - the guard's own tool-name check
         parts.guard.langchain_tools([bad_name])
+
+
+def test_a_content_and_artifact_tool_keeps_its_artifact(parts: Parts) -> None:
+    """The model reads the content and the ToolMessage carries the original's artifact;
+    an error it handles, or a refusal, carries none. The artifact is not audited."""
+    ran: list[str] = []
+
+    def search(query: str) -> tuple[str, dict[str, Any]]:
+        ran.append(query)
+        if query == "boom":
+            raise ToolException("the index is offline")
+        return f"2 results for {query!r}", {"rows": [{"id": 1, "ssn": "078-05-1120"}]}
+
+    original = StructuredTool.from_function(
+        search, name="search", description="Search.", response_format="content_and_artifact",
+        handle_tool_error=True,
+    )  # fmt: skip
+    (guarded,) = parts.guard.langchain_tools([original])
+    assert guarded.response_format == "content_and_artifact"
+    message = guarded.invoke(_call("search", {"query": "invoices"}))
+    assert isinstance(message, ToolMessage)
+    assert (message.status, message.content) == ("success", "2 results for 'invoices'")
+    assert message.artifact == {"rows": [{"id": 1, "ssn": "078-05-1120"}]}
+    again = asyncio.run(guarded.ainvoke(_call("search", {"query": "q4"})))
+    assert (again.content, again.artifact) == ("2 results for 'q4'", message.artifact)
+    failed = guarded.invoke(_call("search", {"query": "boom"}))
+    assert (failed.status, failed.content, failed.artifact) == (
+        "error", "the index is offline", None,
+    )  # fmt: skip
+    assert "078-05-1120" not in str(parts.sink.events)
+    assert [e["outcome"] for e in parts.sink.events if e["type"] == "tool.call"] == [
+        "success", "success", "failure",
+    ]  # fmt: skip
+    denied = StructuredTool.from_function(
+        search, name="delete", description="Delete.", response_format="content_and_artifact"
+    )
+    (refusing,) = parts.guard.langchain_tools([denied])  # no policy permits "delete"
+    ran.clear()
+    refused = refusing.invoke(_call("delete", {"query": "x"}))
+    assert (refused.status, refused.artifact, ran) == ("error", None, [])
+    assert str(refused.content).startswith("AgentIAM refused this call")

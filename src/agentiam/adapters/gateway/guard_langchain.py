@@ -29,8 +29,10 @@ the same way a ``@guard.tool`` function is (docs/guard.md):
   (``tool_error``); a ``ToolException`` it does not handle is raised as before, and
   so is a ``ToolCallDenied`` it raises itself (it ran: that refusal is not ours).
 
-Not supported (refused with TypeError when wrapping): tools whose
-``response_format`` is ``content_and_artifact``.
+- **Artifacts.** A tool whose ``response_format`` is ``content_and_artifact`` keeps
+  it: the model reads the content, and the ``ToolMessage`` carries the original's
+  artifact (none on an error or a refusal, as LangChain does for a handled error).
+  The audit trail records neither.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class GuardedTool(BaseTool):
             raise TypeError(f"{tool!r} is not a LangChain tool (BaseTool)")
         if isinstance(tool, GuardedTool):
             raise TypeError(f"the tool {tool.name} is guarded already")
-        if tool.response_format != "content":
+        if tool.response_format not in ("content", "content_and_artifact"):
             raise TypeError(
                 f"the tool {tool.name}: response_format {tool.response_format!r} is not supported"
             )
@@ -131,6 +133,7 @@ class GuardedTool(BaseTool):
             description=tool.description,
             args_schema=tool.args_schema,
             return_direct=tool.return_direct,
+            response_format=tool.response_format,
             tags=tool.tags,
             metadata=tool.metadata,
             handle_tool_error=_handle,
@@ -159,15 +162,16 @@ class GuardedTool(BaseTool):
                 "id": _INNER_CALL_ID}  # fmt: skip
         return call, decided
 
-    @staticmethod
-    def _answer(message: Any, call: GuardedCall) -> tuple[Any, bool]:
-        """The original's answer and whether it was an error it handled (then the
-        call is marked failed)."""
+    def _answer(self, message: Any, call: GuardedCall) -> tuple[Any, bool]:
+        """The original's answer (``(content, artifact)`` for a ``content_and_artifact``
+        tool) and whether it was an error it handled (then the call is marked failed)."""
         if not isinstance(message, ToolMessage):
             return message, False
         if message.status == "error":
             call.fail("tool_error")
             return message.content, True
+        if self.response_format == "content_and_artifact":
+            return (message.content, message.artifact), False
         return message.content, False
 
     def _refused(self, denied: ToolCallDenied) -> ToolException:
