@@ -44,9 +44,8 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from agentiam.adapters.gateway.enforcer import ProofReplayed
+from agentiam.adapters.gateway.enforcer import ProofReplayed, ReplayRecord
 from agentiam.adapters.gateway.shared_redis import SharedRedis
-from agentiam.adapters.gateway.shared_replay import ReplayRecord
 from agentiam.core.enforcement.ratelimit import BucketKey, RateLimit, retry_after
 
 __all__ = ["SharedRateLimits"]

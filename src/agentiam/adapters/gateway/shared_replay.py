@@ -24,7 +24,7 @@ from agentiam.adapters.gateway.enforcer import ReplayRecord
 from agentiam.adapters.gateway.shared_redis import SharedRedis
 from agentiam.core.credentials.verifier import ProofUse
 
-__all__ = ["ReplayRecord", "SharedReplayCache"]
+__all__ = ["SharedReplayCache"]
 
 
 class SharedReplayCache:
