@@ -246,6 +246,8 @@ def test_malformed_calls_are_refused_and_audited(body: Any, status: int) -> None
     assert [s for s, _ in enforcer.refused] == [status]
     assert enforcer.decided == []
     assert downstream.seen == []
+    # replicas: the proof was recorded in their replay cache, and no token was taken
+    assert [charge for charge, _ in enforcer.admitted] == [False]
 
 
 def test_a_foreign_origin_and_an_oversized_body_are_refused() -> None:
@@ -257,6 +259,21 @@ def test_a_foreign_origin_and_an_oversized_body_are_refused() -> None:
     assert post(client, huge).status_code == 413
     assert [s for s, _ in enforcer.refused] == [403, 413]
     assert len(downstream.seen) == 1
+    # replicas: the oversized request's proof was recorded all the same, no token taken
+    assert enforcer.admitted[-1] == (False, None)
+
+
+def test_a_proof_the_shared_cache_refuses_is_refused_whatever_the_body() -> None:
+    """A replayed proof is refused (401) before the body is looked at, be it a call,
+    oversized or not JSON: the replay never reaches the server or the decision."""
+    replayed = OAuthError("invalid_dpop_proof", "the DPoP proof is not valid", status=401)
+    for body in (CALL, {"q": "x" * (5 << 20)}, "not json"):
+        enforcer = FakeEnforcer(shared=replayed)
+        client, downstream = endpoint(enforcer)
+        assert post(client, body).status_code == 401
+        assert [s for s, _ in enforcer.refused] == [401]
+        assert downstream.seen == []
+        assert enforcer.decided == []
 
 
 def test_unguarded_methods_pass_without_a_decision() -> None:
