@@ -263,6 +263,24 @@ def test_a_foreign_origin_and_an_oversized_body_are_refused() -> None:
     assert enforcer.admitted[-1] == (False, None)
 
 
+def test_any_json_the_client_sends_is_classified_without_failing() -> None:
+    """The request is classified before its proof is recorded in the replicas' cache:
+    a method or an approval id of any JSON type must neither fail (a 500 with the
+    proof unrecorded) nor pass as a call."""
+    enforcer = FakeEnforcer(limit=SharedLimit(retry_after=None))
+    client, downstream = endpoint(enforcer, approvals=NoApprovals())
+    odd = {"jsonrpc": "2.0", "id": 1, "method": ["tools/call"], "params": {}}
+    assert post(client, odd).status_code == 200  # not a guarded call: the SDK answers it
+    assert enforcer.decided == []
+    params = {"name": "bank.search", "arguments": {"query": "x"}, "_meta": {META_KEY: 1}}
+    r = post(client, rpc("tools/call", params))
+    assert r.status_code == 400
+    assert "not one approval id" in r.json()["error"]["message"]
+    assert [charge for charge, _ in enforcer.admitted] == [False, False]  # both recorded
+    assert enforcer.decided == []
+    assert len(downstream.seen) == 1
+
+
 def test_a_proof_the_shared_cache_refuses_is_refused_whatever_the_body() -> None:
     """A replayed proof is refused (401) before the body is looked at, be it a call,
     oversized or not JSON: the replay never reaches the server or the decision."""

@@ -181,8 +181,9 @@ class Enforcer:
     ) -> None:
         """``name`` names this enforcement point in the audit trail (``source`` is
         ``<kind>/<name>``); ``resource_metadata`` is the URL of its RFC 9728
-        metadata document, named in every 401 challenge. ``shared_replay``: the
-        replicas' replay cache, consulted by :meth:`shared_first_use`."""
+        metadata document, named in every 401 challenge. ``shared_replay`` and
+        ``shared_limits``: the replicas' replay cache and rate-limit buckets, in one
+        store, consulted by :meth:`shared_admit`."""
         self.name = name
         self.source = f"{kind}/{name}"
         self.link = link

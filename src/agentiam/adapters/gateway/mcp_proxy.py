@@ -1250,19 +1250,24 @@ class _Endpoint:
         await self.app(scope, receive, send)
 
     def _guarded(self, message: Any) -> _Guarded | None:
-        """The guarded request (``_GUARDED``, with an id) a POST's message is, if any."""
-        if not isinstance(message, dict) or message.get("method") not in _GUARDED:
+        """The guarded request (``_GUARDED``, with an id) a POST's message is, if any.
+        Runs before the proof is recorded in the replicas' cache, so it must not
+        raise on any JSON the client sent (a method or an approval id of any type)."""
+        if not isinstance(message, dict):
             return None
+        method = message.get("method")
+        if not isinstance(method, str) or method not in _GUARDED:
+            return None  # the SDK answers what is not a guarded request
         if "id" not in message:
             return None  # a notification: no handler runs for it
-        method, params = str(message["method"]), message.get("params")
+        params = message.get("params")
         params = params if isinstance(params, dict) else {}
         call = self.gateway.call_for(method, params)
         presented = _presented_approval(params) if method == "tools/call" else None
         malformed = (
             self.approvals is not None
             and presented is not None
-            and not is_id(presented, "approval")
+            and not (isinstance(presented, str) and is_id(presented, "approval"))
         )
         return _Guarded(method, message.get("id"), call, presented, malformed)
 
