@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import ToolMessage
+from langchain_core.messages.tool import ToolOutputMixin
 from langchain_core.tools import BaseTool, StructuredTool, Tool, ToolException, tool
 from tests.unit.test_guard_decorator import Parts, make_parts
 
@@ -266,3 +267,18 @@ def test_a_content_and_artifact_tool_keeps_its_artifact(parts: Parts) -> None:
     refused = refusing.invoke(_call("delete", {"query": "x"}))
     assert (refused.status, refused.artifact, ran) == ("error", None, [])
     assert str(refused.content).startswith("AgentIAM refused this call")
+
+
+class _Output(ToolOutputMixin):
+    """A tool output LangChain passes on as it is (as a LangGraph ``Command``)."""
+
+
+def test_a_content_and_artifact_tool_may_answer_with_a_tool_output(parts: Parts) -> None:
+    output = _Output()
+    original = StructuredTool.from_function(
+        lambda query: (output, {"unused": True}), name="search", description="Search.",
+        response_format="content_and_artifact",
+    )  # fmt: skip
+    (guarded,) = parts.guard.langchain_tools([original])
+    assert original.invoke(_call("search", {"query": "x"})) is output
+    assert guarded.invoke(_call("search", {"query": "x"})) is output  # as unguarded

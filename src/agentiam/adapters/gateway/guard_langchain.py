@@ -165,7 +165,9 @@ class GuardedTool(BaseTool):
     def _answer(self, message: Any, call: GuardedCall) -> tuple[Any, bool]:
         """The original's answer (``(content, artifact)`` for a ``content_and_artifact``
         tool) and whether it was an error it handled (then the call is marked failed)."""
-        if not isinstance(message, ToolMessage):
+        if not isinstance(message, ToolMessage):  # a Command or another tool output
+            if self.response_format == "content_and_artifact":
+                return (message, None), False  # LangChain passes it on as it is
             return message, False
         if message.status == "error":
             call.fail("tool_error")
