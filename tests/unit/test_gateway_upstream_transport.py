@@ -156,22 +156,44 @@ def test_failures_are_the_httpx2_errors_the_sdk_handles() -> None:
         _run(cut, read_all)
 
 
-def test_a_request_for_another_origin_is_not_sent() -> None:
-    """The transport serves the upstream it was made for: a request elsewhere (a
-    redirect followed off-origin, say) fails before anything is sent anywhere."""
+def test_a_request_for_another_host_is_not_sent() -> None:
+    """The transport serves the upstream host it was made for: a request to another
+    host (a redirect followed elsewhere, say) fails before anything is sent, so the
+    brokered credential never leaves; another port of the same host (the SDK follows
+    an upgrade to https there) gets a pool of its own."""
     upstream, other = Upstream(), Upstream()
+    upstream.reply = other.reply = lambda _r: [_answer(JSON)]
 
-    async def scenario(client: httpx2.AsyncClient) -> None:
+    async def elsewhere(client: httpx2.AsyncClient) -> None:
+        await client.post(f"http://localhost:{upstream.port}/mcp", json={"id": 1})
+
+    with pytest.raises(httpx2.ConnectError, match="one upstream host"):
+        _run(upstream, elsewhere)
+    assert upstream.connections == 0
+
+    async def same_host(client: httpx2.AsyncClient) -> int:
         server = await other.serve()
         try:
-            await _post(client, other.port)
+            return (await _post(client, other.port)).status_code
         finally:
             if server is not None:
                 server.close()
 
-    with pytest.raises(httpx2.ConnectError, match="one upstream origin"):
-        _run(upstream, scenario)
-    assert upstream.connections == other.connections == 0
+    assert _run(upstream, same_host) == 200
+    assert other.connections == 1
+    assert other.requests[0].header("x-api-key") == "brokered"
+
+
+def test_an_empty_body_is_sent_with_its_length() -> None:
+    upstream = Upstream()
+    upstream.reply = lambda _r: [_answer(JSON)]
+
+    async def scenario(client: httpx2.AsyncClient) -> httpx2.Response:
+        return await client.post(f"http://127.0.0.1:{upstream.port}/mcp", content=b"")
+
+    assert _run(upstream, scenario).status_code == 200
+    (posted,) = upstream.requests
+    assert (posted.header("content-length"), posted.body) == ("0", b"")
 
 
 def test_a_streamed_request_body_goes_chunked() -> None:

@@ -10,9 +10,13 @@ instead, the HTTP gateway's client (keep-alive connections in a LIFO pool, frami
 ``httptools``), so the SDK still speaks MCP and httpx2 still applies the credential
 (its ``Auth`` flow) and decodes the body; only the HTTP/1.1 exchange is ours.
 
-- **One origin.** A transport serves the origin it was made for; a request for any
-  other (a redirect the SDK would follow elsewhere) fails as a connection error and
-  nothing is sent.
+- **One upstream host.** A transport serves the host it was made for, with a pool
+  per origin: the configured one, and another scheme or port on the same host (the
+  SDK follows a redirect from ``http`` to ``https`` on the same host; at most
+  four origins). A request for any other host fails as a connection error and
+  nothing is sent, so the brokered credential never leaves for another host. Hosts
+  are compared as httpx2 normalises them (lower case, internationalised names
+  decoded) and connected to in their ASCII form.
 - **Timeouts** are the pool's: ``connect`` to open a connection, ``read`` for every
   wait on the upstream (the SDK's streamable HTTP client sends every request with
   the client's timeouts, which the gateway sets to the same values).
@@ -20,7 +24,10 @@ instead, the HTTP gateway's client (keep-alive connections in a LIFO pool, frami
   ``ConnectError`` when no connection could be opened, ``ReadTimeout`` when the
   upstream does not answer in time, ``RemoteProtocolError`` for everything else.
 - **Framing.** The request's ``Host``, ``Content-Length`` and ``Transfer-Encoding``
-  are set by the pool (RFC 9112 section 6); the body streams either way.
+  are set by the pool (RFC 9112 section 6) from the request's own: a body streams
+  with its length (``Content-Length: 0`` included) or chunked.
+- **TLS** is the pool's: OpenSSL's default trust store (``ssl.create_default_context``;
+  on Linux the system's CA bundle), not the ``truststore`` package httpx2 would use.
 - Not supported here: proxies (``HTTP(S)_PROXY`` are ignored, as by the HTTP
   gateway), HTTP/2.
 """
@@ -29,7 +36,6 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import httpx2
 
@@ -46,10 +52,13 @@ __all__ = ["UpstreamTransport"]
 
 # set by the pool from the request it writes (RFC 9112 sections 3.2 and 6)
 _SET_BY_THE_POOL = frozenset({b"host", b"content-length", b"transfer-encoding"})
+_MAX_ORIGINS = 4  # origins of the one host (scheme, port) a transport keeps pools for
+
+Origin = tuple[str, str, int]
 
 
-def _origin(scheme: str, host: str, port: int | None) -> tuple[str, str, int]:
-    return scheme, host.lower(), port or (443 if scheme == "https" else 80)
+def _origin(url: httpx2.URL) -> Origin:
+    return url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80)
 
 
 def _mapped(exc: UpstreamError, request: httpx2.Request) -> httpx2.TransportError:
@@ -99,19 +108,37 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
         read_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        parts = urlsplit(url)
-        self._origin = _origin(parts.scheme, parts.hostname or "", parts.port)
-        self._pool = UpstreamPool(
-            url,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            ssl_context=ssl_context,
-        )
+        configured = httpx2.URL(url)
+        self._host = configured.host
+        self._timeouts = (connect_timeout, read_timeout)
+        self._ssl = ssl_context
+        self._pools: dict[Origin, UpstreamPool] = {}
+        self._pool_for(configured)
+
+    def _pool_for(self, url: httpx2.URL) -> UpstreamPool | None:
+        """The pool for ``url``'s origin; None for another host (or past the bound)."""
+        if url.host != self._host or url.scheme not in ("http", "https"):
+            return None
+        origin = _origin(url)
+        pool = self._pools.get(origin)
+        if pool is None and len(self._pools) < _MAX_ORIGINS:
+            scheme, _, port = origin
+            host = url.raw_host.decode("ascii")
+            host = f"[{host}]" if ":" in host else host
+            connect, read = self._timeouts
+            pool = self._pools[origin] = UpstreamPool(
+                f"{scheme}://{host}:{port}",
+                connect_timeout=connect,
+                read_timeout=read,
+                ssl_context=self._ssl,
+            )
+        return pool
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         url = request.url
-        if _origin(url.scheme, url.host, url.port) != self._origin:
-            raise httpx2.ConnectError("this transport serves one upstream origin", request=request)
+        pool = self._pool_for(url)
+        if pool is None:
+            raise httpx2.ConnectError("this transport serves one upstream host", request=request)
         headers: list[tuple[bytes, bytes]] = []
         length: int | None = None
         chunked = False
@@ -126,14 +153,14 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
         stream = request.stream
         if not isinstance(stream, httpx2.AsyncByteStream):  # an AsyncClient's never is
             raise httpx2.RemoteProtocolError("a request body must stream", request=request)
-        body = _chunks(stream) if length or chunked else None
+        body = _chunks(stream) if length is not None or chunked else None
         try:
-            response = await self._pool.request(
+            response = await pool.request(
                 request.method,
                 url.raw_path,
                 headers,
                 body,
-                content_length=length if body is not None and not chunked else None,
+                content_length=None if chunked else length,
             )
         except UpstreamError as exc:
             raise _mapped(exc, request) from None
@@ -145,4 +172,5 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        for pool in self._pools.values():
+            await pool.aclose()
