@@ -6,6 +6,7 @@ mock upstream, the status and audit event of every way a call can end."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
@@ -330,20 +331,24 @@ class Upstream:
     """A real HTTP/1.1 upstream on a loopback port, in the test's event loop: it records
     each request and plays ``reply(request)``'s actions."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.port = free_port()
+        self.tls = tls  # a server context: https, and maybe client certificates required
         self.requests: list[_Request] = []
         self.connections = 0
+        self.client_certificates: list[Any] = []  # per connection, with tls
         self.down = False
         self.reply: Callable[[_Request], list[Action]] = lambda _r: [OK]
 
     async def serve(self) -> asyncio.Server | None:
         if self.down:
             return None
-        return await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        return await asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self.tls)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        if self.tls is not None:
+            self.client_certificates.append(writer.get_extra_info("peercert"))
         try:
             while True:
                 request = _Request()
@@ -369,18 +374,29 @@ class Upstream:
 
 class App:
     def __init__(
-        self, tmp_path: Path, *, secret: bool = True, limiter: RateLimiter | None = None
+        self,
+        tmp_path: Path,
+        *,
+        secret: bool = True,
+        limiter: RateLimiter | None = None,
+        upstream: Upstream | None = None,
+        tls: dict[str, str] | None = None,
     ) -> None:
+        """``upstream`` (default: plain HTTP) serves both upstreams of the config;
+        ``tls`` is the billing upstream's ``tls`` key when ``upstream`` is https."""
         self.parties = Parties(ALLOW, limiter=limiter)
         key = MasterKey.from_text(MasterKey.generate_text())
         store = SecretStore(tmp_path / "secrets.json", key, reload_interval=0)
         if secret:
             store.put("billing-key", SecretKind.API_KEY, Secret(API_KEY))
-        self.upstream = Upstream()
+        self.upstream = upstream or Upstream()
         config = _config()
-        url = f"http://127.0.0.1:{self.upstream.port}"
+        scheme = "http" if self.upstream.tls is None else "https"
+        url = f"{scheme}://127.0.0.1:{self.upstream.port}"
         config["upstreams"]["billing"]["url"] = url + "/base"
         config["upstreams"]["plain"]["url"] = url
+        if tls is not None:
+            config["upstreams"]["billing"]["tls"] = tls
         self.gateway = HttpGateway(
             load_config(config), _runtime(self.parties, CredentialBroker(store))
         )

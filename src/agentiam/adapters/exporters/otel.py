@@ -81,9 +81,9 @@ from agentiam.adapters.exporters._config import (
     http_url,
     optional_path,
     seconds,
-    tls_context,
 )
 from agentiam.adapters.outbound import OutboundError, Resolver, vet_url
+from agentiam.adapters.tls import tls_context
 
 if TYPE_CHECKING:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

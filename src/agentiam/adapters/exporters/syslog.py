@@ -67,9 +67,9 @@ from agentiam.adapters.exporters._config import (
     integer,
     optional_path,
     seconds,
-    tls_context,
     wire_format,
 )
+from agentiam.adapters.tls import tls_context
 from agentiam.core.audit.formats import Formatter
 
 __all__ = [

@@ -73,7 +73,6 @@ from agentiam.adapters.exporters._config import (
     optional_path,
     seconds,
     secret_text,
-    tls_context,
     wire_format,
 )
 from agentiam.adapters.outbound import (
@@ -82,6 +81,7 @@ from agentiam.adapters.outbound import (
     PinnedClient,
     Resolver,
 )
+from agentiam.adapters.tls import tls_context
 from agentiam.core.audit.formats import Formatter, formatter
 from agentiam.core.audit.webhook_signature import (
     HEADER_ID,

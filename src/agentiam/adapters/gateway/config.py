@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from agentiam.adapters.tls import tls_context
 from agentiam.core.enforcement.ratelimit import RateLimiter
 
 __all__ = [
@@ -46,7 +47,9 @@ __all__ = [
     "ListenerTls",
     "ReplayCacheConfig",
     "Timeouts",
+    "UpstreamTls",
     "load_gateway_config",
+    "upstream_tls",
 ]
 
 # TLS 1.2 suites with forward secrecy and AEAD only (TLS 1.3 suites are all of that,
@@ -160,6 +163,50 @@ class ListenerTls:
             "ssl_version": ssl.PROTOCOL_TLS_SERVER,
             "ssl_ciphers": TLS_CIPHERS,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """How a gateway connects to one https upstream: ``ca_file``, the PEM CAs its
+    certificate must chain to (None: the system's CAs), and ``cert_file`` with
+    ``key_file``, the client certificate for an upstream that requires one (mutual
+    TLS, RFC 8446 section 4.4.2; the unencrypted key in ``cert_file`` when
+    ``key_file`` is None). The upstream's chain and name are verified either way."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def client_context(self) -> ssl.SSLContext:
+        """A fresh client context (TLS 1.2 or later); ValueError naming the file key
+        when a file does not load, never what it holds."""
+        return tls_context(self.ca_file, self.cert_file, self.key_file)
+
+
+def upstream_tls(raw: Any, where: str, url: str) -> UpstreamTls | None:
+    """``tls`` of an upstream whose URL is ``url``: None when absent. Refused, naming
+    ``where``, on unknown keys, a key_file without cert_file, an http URL (nothing to
+    apply it to), or files that do not load (checked now, not at the first call)."""
+    if raw is None:
+        return None
+    body = _mapping(raw, where)
+    _keys(body, where, frozenset({"ca_file", "cert_file", "key_file"}))
+    if urlsplit(url).scheme != "https":
+        raise ValueError(f"{where}: applies to an https URL only")
+    if not body:
+        raise ValueError(f"{where}: give ca_file, cert_file (and key_file), or leave tls out")
+    files = {
+        key: None if body.get(key) is None else _path(body[key], f"{where}.{key}")
+        for key in ("ca_file", "cert_file", "key_file")
+    }
+    if files["key_file"] is not None and files["cert_file"] is None:
+        raise ValueError(f"{where}.key_file: needs cert_file")
+    tls = UpstreamTls(files["ca_file"], files["cert_file"], files["key_file"])
+    try:
+        tls.client_context()
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    return tls
 
 
 @dataclass(frozen=True, slots=True)

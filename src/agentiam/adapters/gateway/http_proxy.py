@@ -8,6 +8,7 @@ common gateway part (:mod:`agentiam.adapters.gateway.config`) plus two sections:
       billing:
         url: https://billing.internal.example        # scheme, host, port, optional path
         credential: {secret: billing-key, header: X-Api-Key}   # see broker.py
+        tls: {ca_file: /etc/agentiam/ca.pem}          # optional: CAs, client certificate
     routes:                                           # first match wins
       - name: invoices.read                           # optional; default "GET /v1/invoices/{id}"
         match: {method: GET, path: /v1/invoices/{id}}
@@ -83,7 +84,12 @@ from agentiam.adapters.gateway.broker import (
     CredentialRef,
     credential_ref_from_config,
 )
-from agentiam.adapters.gateway.config import GatewayConfig, load_gateway_config
+from agentiam.adapters.gateway.config import (
+    GatewayConfig,
+    UpstreamTls,
+    load_gateway_config,
+    upstream_tls,
+)
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.http_upstream import UpstreamError, UpstreamPool, UpstreamTimeout
 from agentiam.adapters.gateway.loop_watch import watch_event_loop
@@ -157,11 +163,13 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class Upstream:
     """Where matched requests go: ``url`` is scheme, authority and an optional path
-    prefix (no trailing slash); ``credential`` what the broker injects."""
+    prefix (no trailing slash); ``credential`` what the broker injects; ``tls`` the CAs
+    and client certificate of an https upstream."""
 
     name: str
     url: str
     credential: CredentialRef | None
+    tls: UpstreamTls | None = None  # None: the system's CAs, no client certificate
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +245,7 @@ def _upstream(name: Any, raw: Any) -> Upstream:
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
         raise ValueError(f"{where}: an upstream name is 1-64 of A-Z, a-z, 0-9, '.', '_', '-'")
     body = _mapping(raw, where)
-    _only(body, where, {"url", "credential"})
+    _only(body, where, {"url", "credential", "tls"})
     url = body.get("url")
     if not isinstance(url, str) or len(url) > 2048:
         raise ValueError(f"{where}.url: an http(s) URL")
@@ -258,7 +266,8 @@ def _upstream(name: Any, raw: Any) -> Upstream:
             )
         except ValueError as exc:
             raise ValueError(f"{where}.credential: {exc}") from None
-    return Upstream(name, url.rstrip("/"), credential)
+    tls = upstream_tls(body.get("tls"), f"{where}.tls", url)
+    return Upstream(name, url.rstrip("/"), credential, tls)
 
 
 def _template(path: Any, where: str) -> tuple[tuple[str | None, ...], tuple[str, ...]]:
@@ -720,7 +729,12 @@ class HttpGateway:
         if not self._pools:
             t = self.config.gateway.timeouts
             self._pools = {
-                name: UpstreamPool(u.url, connect_timeout=t.connect, read_timeout=t.read)
+                name: UpstreamPool(
+                    u.url,
+                    connect_timeout=t.connect,
+                    read_timeout=t.read,
+                    ssl_context=None if u.tls is None else u.tls.client_context(),
+                )
                 for name, u in self.config.upstreams.items()
             }
         if self._watch is None:

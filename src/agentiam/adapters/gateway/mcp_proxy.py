@@ -55,6 +55,7 @@ Configuration (the common part is :mod:`agentiam.adapters.gateway.config`)::
         url: https://bank-mcp.internal/mcp  # https (plain http only on loopback)
         prefix: "bank."                     # default "<name>."; "" for a single server
         credential: {secret: bank-mcp, header: Authorization, prefix: "Bearer "}
+        tls: {ca_file: /etc/agentiam/ca.pem}   # optional: CAs, client certificate
     catalog_seconds: 5                      # upstream lists are cached this long
 """
 
@@ -107,7 +108,13 @@ from agentiam.adapters.gateway.broker import (
     CredentialRef,
     credential_ref_from_config,
 )
-from agentiam.adapters.gateway.config import GatewayConfig, Timeouts, load_gateway_config
+from agentiam.adapters.gateway.config import (
+    GatewayConfig,
+    Timeouts,
+    UpstreamTls,
+    load_gateway_config,
+    upstream_tls,
+)
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.outcomes import OutcomeQueue
 from agentiam.adapters.gateway.runtime import GatewayRuntime
@@ -186,7 +193,7 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Both a tool-name prefix (MCP tool names: A-Z a-z 0-9 _ - .) and a URI-scheme prefix
 # (RFC 3986 section 3.1: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )).
 _PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9.-]{0,62}$")
-_SERVER_KEYS = frozenset({"name", "url", "prefix", "credential"})
+_SERVER_KEYS = frozenset({"name", "url", "prefix", "credential", "tls"})
 _SECTION_KEYS = frozenset({"servers", "catalog_seconds"})
 
 
@@ -196,13 +203,15 @@ _SECTION_KEYS = frozenset({"servers", "catalog_seconds"})
 @dataclass(frozen=True, slots=True)
 class UpstreamServer:
     """One upstream MCP server: its name, Streamable HTTP endpoint, the prefix that
-    namespaces its tools, resources and prompts, and the brokered credential sent
-    with every request to it (None: the upstream takes no credential)."""
+    namespaces its tools, resources and prompts, the brokered credential sent
+    with every request to it (None: the upstream takes no credential), and the CAs and
+    client certificate of an https endpoint (None: the system's CAs, no certificate)."""
 
     name: str
     url: str
     prefix: str
     credential: CredentialRef | None = None
+    tls: UpstreamTls | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,11 +268,13 @@ def _server(raw: Any, where: str, *, single: bool, has_store: bool) -> UpstreamS
             credential = credential_ref_from_config(raw["credential"])
         except ValueError as exc:
             raise ValueError(f"{where}.credential: {exc}") from None
+    url = _upstream_url(raw.get("url"), f"{where}.url")
     return UpstreamServer(
         name=name,
-        url=_upstream_url(raw.get("url"), f"{where}.url"),
+        url=url,
         prefix=prefix,
         credential=credential,
+        tls=upstream_tls(raw.get("tls"), f"{where}.tls", url),
     )
 
 
@@ -533,6 +544,8 @@ class _Upstream:
         self._stop: anyio.Event | None = None
         self._lists: dict[str, tuple[float, list[Any]]] = {}
         self._list_locks: dict[str, anyio.Lock] = {}
+        # made once: loading a CA bundle takes milliseconds, and sessions are reopened
+        self._ssl = None if server.tls is None else server.tls.client_context()
 
     def attach(self, tg: TaskGroup) -> None:
         self._tg = tg
@@ -592,7 +605,9 @@ class _Upstream:
         if self.server.credential is not None and self._broker is not None:
             auth = _BrokeredAuth(self._broker, self.server.credential)
         connect, read = self._timeouts.connect, self._timeouts.read
-        transport = UpstreamTransport(self.server.url, connect_timeout=connect, read_timeout=read)
+        transport = UpstreamTransport(
+            self.server.url, connect_timeout=connect, read_timeout=read, ssl_context=self._ssl
+        )
         async with httpx2.AsyncClient(
             auth=auth,
             timeout=httpx2.Timeout(connect, read=read),  # the transport's, for the record

@@ -26,8 +26,10 @@ instead, the HTTP gateway's client (keep-alive connections in a LIFO pool, frami
 - **Framing.** The request's ``Host``, ``Content-Length`` and ``Transfer-Encoding``
   are set by the pool (RFC 9112 section 6) from the request's own: a body streams
   with its length (``Content-Length: 0`` included) or chunked.
-- **TLS** is the pool's: OpenSSL's default trust store (``ssl.create_default_context``;
-  on Linux the system's CA bundle), not the ``truststore`` package httpx2 would use.
+- **TLS** is the pool's: ``ssl_context``, made from the server's ``tls`` setting
+  (:class:`~agentiam.adapters.gateway.config.UpstreamTls`), else OpenSSL's default
+  trust store (``ssl.create_default_context``; on Linux the system's CA bundle), not
+  the ``truststore`` package httpx2 would use.
 - Not supported here: proxies (``HTTP(S)_PROXY`` are ignored, as by the HTTP
   gateway), HTTP/2.
 """
