@@ -4,6 +4,8 @@ service layer (no HTTP)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -14,7 +16,7 @@ from tests.conftest import FakeClock
 from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
 from agentiam.bootstrap import Container, build
 from agentiam.config import Settings
-from agentiam.core.credentials.revocations import RevocationKind
+from agentiam.core.credentials.revocations import RevocationKind, RevocationSet
 from agentiam.core.credentials.sealing import MasterKey
 from agentiam.core.identities.lifecycle import LifecycleAction
 from agentiam.errors import OAuthError, ServiceUnavailable
@@ -256,3 +258,45 @@ def test_the_first_signature_on_an_empty_key_ring_works_with_a_real_clock(
         assert token.count(".") == 2
     finally:
         c.close()
+
+
+def test_concurrent_revocations_reach_a_feed_reader_in_between(
+    replicas: tuple[Container, Container], clock: FakeClock
+) -> None:
+    """A revocation numbered first but committed last must not be skipped by a reader
+    that polled in between (its cursor moves past the highest ``seq`` it saw): the
+    second revocation waits for the first to commit, on PostgreSQL through an advisory
+    lock, on SQLite through the single writer."""
+    a, b = replicas
+    now = _epoch(clock)
+    slow, fast = "tok_01M84M43F0ZC84M7J1A6RQ6YD7", "tok_01M84M43F0ZC84M7J1A6RQ6YD8"
+    inserted, release = threading.Event(), threading.Event()
+
+    def slow_revocation() -> None:  # revoke_token's write, with its commit held back
+        with a.revocations._uow() as uow:
+            uow.revocations.add(
+                RevocationKind.TOKEN, slow, cutoff=now, expires=now + 600, now=clock.now()
+            )
+            inserted.set()
+            release.wait(10)
+            uow.commit()
+
+    first = threading.Thread(target=slow_revocation)
+    first.start()
+    assert inserted.wait(10)
+    second = threading.Thread(
+        target=b.revocations.revoke_token,
+        args=(CTX, fast),
+        kwargs={"expires": now + 600, "agent_id": None, "reason": "x"},
+    )
+    second.start()
+    time.sleep(0.3)  # the second revocation has had every chance to commit first
+    gateway = RevocationSet(max_staleness=60)
+    gateway.apply(b.revocations.feed(gateway.cursor), now=now)  # a feed poll lands now
+    release.set()
+    first.join(10)
+    second.join(10)
+    gateway.apply(b.revocations.feed(gateway.cursor), now=now)
+    for jti in (slow, fast):
+        assert gateway.is_revoked(jti=jti, agent_id="agt_x", issued_at=now - 5), jti
+    assert [e.subject for e in b.revocations.feed(0)] == [slow, fast]

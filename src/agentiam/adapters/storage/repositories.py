@@ -22,6 +22,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -816,6 +817,13 @@ class SqlReplayGuard:
         return len(keys)
 
 
+# The PostgreSQL advisory-lock key that orders revocations (any constant shared by
+# replicas). Readers of the feed move a cursor past the highest ``seq`` they saw, so
+# entries must commit in ``seq`` order: an identity value is taken at INSERT, and a
+# transaction that took a lower one but committed later would be skipped for good.
+_REVOCATION_LOCK = 0x5245564F  # "REVO"
+
+
 class SqlRevocations:
     def __init__(self, conn: Connection) -> None:
         self._c = conn
@@ -823,6 +831,11 @@ class SqlRevocations:
     def add(
         self, kind: RevocationKind, subject: str, *, cutoff: int, expires: int, now: datetime
     ) -> None:
+        """Insert one entry. On PostgreSQL the transaction first takes the revocations'
+        advisory lock, held until it ends, so concurrent revocations are numbered and
+        committed one at a time (SQLite's single writer already is)."""
+        if self._c.dialect.name == "postgresql":
+            self._c.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _REVOCATION_LOCK})
         self._c.execute(
             insert(t.revocations).values(
                 kind=kind.value, subject=subject, cutoff=cutoff, expires=expires, created_at=now
