@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from agentiam.core.credentials.revocations import MAX_CLOCK_SKEW
 from agentiam.errors import InvalidInput
 
 __all__ = ["Limits", "Settings"]
@@ -181,8 +182,8 @@ class Settings:
             raise InvalidInput("access_review_interval_days must be between 1 and 366")
         if not 30 <= self.access_token_ttl_seconds <= 3600:
             raise InvalidInput("access_token_ttl_seconds must be between 30 s and 1 h")
-        if not 0 <= self.clock_skew_seconds <= 120:
-            raise InvalidInput("clock_skew_seconds must be between 0 and 120")
+        if not 0 <= self.clock_skew_seconds <= MAX_CLOCK_SKEW:
+            raise InvalidInput(f"clock_skew_seconds must be between 0 and {MAX_CLOCK_SKEW}")
         if not 5 <= self.dpop_max_age_seconds <= 300:
             raise InvalidInput("dpop_max_age_seconds must be between 5 and 300")
         if self.signing_alg not in ("ES256", "Ed25519"):

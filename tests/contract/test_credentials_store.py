@@ -16,7 +16,11 @@ from tests.conftest import FakeClock
 from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
 from agentiam.bootstrap import Container, build
 from agentiam.config import Settings
-from agentiam.core.credentials.revocations import RevocationKind, RevocationSet
+from agentiam.core.credentials.revocations import (
+    MAX_CLOCK_SKEW,
+    RevocationKind,
+    RevocationSet,
+)
 from agentiam.core.credentials.sealing import MasterKey
 from agentiam.core.identities.lifecycle import LifecycleAction
 from agentiam.errors import OAuthError, ServiceUnavailable
@@ -188,12 +192,18 @@ def test_suspension_and_narrowing_write_agent_revocations(
 def test_revocation_entries_expire_and_are_purged(
     replicas: tuple[Container, Container], clock: FakeClock
 ) -> None:
-    a, _ = replicas
-    a.revocations.revoke_token(
-        CTX, "tok_01M84M43F0ZC84M7J1A6RQ6YD7", expires=_epoch(clock) + 60, agent_id=None, reason="x"
-    )
+    """A token entry outlives the token's ``exp`` by the largest clock skew a verifier
+    allows (which accepts the token that long): until then it is fed and refused."""
+    a, b = replicas
+    jti, exp = "tok_01M84M43F0ZC84M7J1A6RQ6YD7", _epoch(clock) + 60
+    a.revocations.revoke_token(CTX, jti, expires=exp, agent_id=None, reason="x")
     assert a.revocations.purge() == 0
-    clock.advance(seconds=61)
+    clock.advance(seconds=60 + MAX_CLOCK_SKEW - 1)  # a verifier with the largest skew accepts
+    assert a.revocations.purge() == 0
+    gateway = RevocationSet(max_staleness=60)
+    gateway.apply(b.revocations.feed(0), now=_epoch(clock))
+    assert gateway.is_revoked(jti=jti, agent_id="agt_x", issued_at=exp - 300)
+    clock.advance(seconds=1)
     assert a.revocations.purge() == 1
     assert a.revocations.feed(0) == []
 

@@ -23,6 +23,7 @@ from datetime import datetime
 
 from agentiam.core.audit.events import ResourceRef
 from agentiam.core.credentials.revocations import (
+    MAX_CLOCK_SKEW,
     MAX_TOKEN_LIFETIME,
     Revocation,
     RevocationKind,
@@ -70,12 +71,14 @@ class RevocationService:
         reason: str,
     ) -> None:
         """Revoke one token by ``jti`` until ``expires`` (its ``exp``; the longest
-        possible lifetime when unknown)."""
+        possible lifetime when unknown) plus the largest clock skew a verifier allows,
+        since verifiers accept a token that long past its ``exp``."""
         if not is_id(jti, "token"):
             raise InvalidInput("jti is not an AgentIAM token id")
         now = self._clock.now()
         epoch = int(now.timestamp())
-        until = min(expires, epoch + MAX_TOKEN_LIFETIME) if expires else epoch + MAX_TOKEN_LIFETIME
+        longest = epoch + MAX_TOKEN_LIFETIME
+        until = min(expires + MAX_CLOCK_SKEW, longest) if expires else longest
         with self._uow() as uow:
             uow.revocations.add(RevocationKind.TOKEN, jti, cutoff=epoch, expires=until, now=now)
             uow.audit.append(

@@ -29,9 +29,13 @@ from enum import StrEnum
 
 __all__ = ["MAX_TOKEN_LIFETIME", "Revocation", "RevocationKind", "RevocationSet", "parties_of"]
 
+# The largest clock skew a verifier may allow (``clock_skew_seconds``): a token is
+# accepted until its ``exp`` plus the skew, so an entry revoking it is kept that long.
+MAX_CLOCK_SKEW = 120
+
 # No access token lives longer than this (the lifetime cap plus the largest clock
 # skew), so no revocation entry needs to be kept longer.
-MAX_TOKEN_LIFETIME = 3600 + 120
+MAX_TOKEN_LIFETIME = 3600 + MAX_CLOCK_SKEW
 
 
 def parties_of(subject: str, actors: Iterable[str], grant_id: str | None) -> tuple[str, ...]:
