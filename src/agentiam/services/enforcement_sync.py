@@ -44,6 +44,12 @@ from agentiam.core.audit.events import (
     ResourceRef,
     redact,
 )
+from agentiam.core.audit.ingest_limits import (
+    MAX_CHAIN,
+    MAX_DETAILS_BYTES,
+    STRING_LIMITS,
+    details_size,
+)
 from agentiam.core.audit.redaction import Redactor
 from agentiam.core.enforcement.ratelimit import Throttle
 from agentiam.core.ids import is_id
@@ -69,13 +75,11 @@ log = logging.getLogger("agentiam.enforcement")
 
 INGESTED_EVENT = "audit.ingested"
 MAX_FUTURE = timedelta(minutes=5)
-MAX_DETAILS_BYTES = 64 * 1024
 _SOURCE_RE = re.compile(r"^(gateway|guard)/[\x21-\x7e]{1,128}$")
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _TRACE_RE = re.compile(r"^[0-9a-f]{32}$")
 _SPAN_RE = re.compile(r"^[0-9a-f]{16}$")
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$")
-_MAX_CHAIN = 32
 _MAX_SOURCES_NAMED = 16
 
 
@@ -119,12 +123,14 @@ def _string(
     key: str,
     index: int,
     *,
-    limit: int,
     nullable: bool = False,
     prefix: str = "",
 ) -> str | None:
+    """``data[key]``, a string within its :data:`STRING_LIMITS` (``prefix`` is the
+    dotted path of ``data`` in the event, ending in a dot)."""
     value = data[key]
     member = f"{prefix}{key}"
+    limit = STRING_LIMITS[tuple(member.split("."))]
     if value is None:
         if nullable:
             return None
@@ -203,26 +209,23 @@ def parse_ingested_event(
     actor = _members(raw["actor"], index, "actor", frozenset({"type", "id", "role"}))
     if actor["type"] not in _ACTOR_TYPES:
         raise _bad(index, "actor.type", "not an actor type")
-    _string(actor, "id", index, limit=255, prefix="actor.")
-    _string(actor, "role", index, limit=64, nullable=True, prefix="actor.")
-    _string(raw, "action", index, limit=512)
+    _string(actor, "id", index, prefix="actor.")
+    _string(actor, "role", index, nullable=True, prefix="actor.")
+    _string(raw, "action", index)
     if raw["resource"] is not None:
         resource = _members(raw["resource"], index, "resource", frozenset({"type", "id"}))
-        _string(resource, "type", index, limit=64, prefix="resource.")
-        _string(resource, "id", index, limit=512, prefix="resource.")
+        _string(resource, "type", index, prefix="resource.")
+        _string(resource, "id", index, prefix="resource.")
     source = raw["source"]
     if not isinstance(source, str) or not _SOURCE_RE.fullmatch(source):
         raise _bad(
             index, "source", 'must name an enforcement point: "gateway/<name>" or "guard/<name>"'
         )
-    _string(raw, "agent_id", index, limit=64, nullable=True)
-    _string(raw, "initiating_human", index, limit=255, nullable=True)
-    _string(raw, "decision_id", index, limit=64, nullable=True)
-    _string(raw, "policy_version", index, limit=32, nullable=True)
-    _string(raw, "reason", index, limit=2000, nullable=True)
+    for member in ("agent_id", "initiating_human", "decision_id", "policy_version", "reason"):
+        _string(raw, member, index, nullable=True)
     chain = raw["delegation_chain"]
-    if not isinstance(chain, list) or len(chain) > _MAX_CHAIN:
-        raise _bad(index, "delegation_chain", f"expected a list of at most {_MAX_CHAIN} ids")
+    if not isinstance(chain, list) or len(chain) > MAX_CHAIN:
+        raise _bad(index, "delegation_chain", f"expected a list of at most {MAX_CHAIN} ids")
     for i, link in enumerate(chain):
         if not isinstance(link, str) or not 1 <= len(link) <= 64:
             raise _bad(index, f"delegation_chain.{i}", "expected an agent id")
@@ -244,7 +247,7 @@ def parse_ingested_event(
     if not isinstance(details, Mapping):
         raise _bad(index, "details", "expected an object")
     try:
-        size = len(json.dumps(details, allow_nan=False, separators=(",", ":")))
+        size = details_size(details)
     except (TypeError, ValueError):
         raise _bad(index, "details", "not plain JSON") from None
     if size > MAX_DETAILS_BYTES:

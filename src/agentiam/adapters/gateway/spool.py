@@ -84,6 +84,7 @@ try:  # POSIX: one spool per directory
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 from agentiam.adapters.files import write_all
+from agentiam.core.audit.ingest_limits import fit_for_ingest
 from agentiam.services.audit_export import redact
 from agentiam.services.audit_writer import GroupCommit
 
@@ -459,16 +460,23 @@ class AuditSpool:
             if not isinstance(event, Mapping):
                 raise ValueError("an audit event must be a JSON object (a mapping)")
             try:
-                text = json.dumps(
-                    {"spooled_at": now, "event": event},
-                    separators=(",", ":"),
-                    ensure_ascii=False,
-                    allow_nan=False,
-                )
-                lines.append(text.encode("utf-8") + b"\n")  # a lone surrogate raises here
+                line = self._line(now, event)
+                # within what ingest accepts, else it would hold every later event back
+                fitted = fit_for_ingest(event, encoded_bytes=len(line))
+                lines.append(line if fitted is event else self._line(now, fitted))
             except (TypeError, ValueError, RecursionError) as exc:
                 raise ValueError(f"audit event is not JSON-serialisable: {exc}") from None
         return lines, sum(len(line) for line in lines)
+
+    @staticmethod
+    def _line(now: float, event: Mapping[str, Any]) -> bytes:
+        text = json.dumps(
+            {"spooled_at": now, "event": event},
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        )
+        return text.encode("utf-8") + b"\n"  # a lone surrogate raises here
 
     def health(self) -> SpoolHealth:
         """Counters and the age of the oldest event not yet shipped."""

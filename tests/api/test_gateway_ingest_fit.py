@@ -1,0 +1,182 @@
+"""An enforcement point's events fit what the control plane's ingest accepts, whatever
+the caller sent: before, one call with a path segment of 600 characters (the HTTP
+gateway puts it in ``resource.id``, ingest takes 512) or 256 tool-argument names of
+300 characters (``details`` over 64 KiB) made an event ingest refused with 422, and
+the spool sent that batch again forever, holding every later event back. Real
+enforcer, spool and shipper, against a live control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.api.oauth_support import oauth_live
+from tests.unit.gateway_support import GATEWAY, METADATA, Parties
+
+from agentiam.adapters.gateway.enforcer import Call, Enforcer
+from agentiam.adapters.gateway.http_proxy import load_config, split_path
+from agentiam.adapters.gateway.mcp_proxy import tool_call
+from agentiam.adapters.gateway.runtime import _Shipper
+from agentiam.adapters.gateway.spool import AuditSpool
+from agentiam.core.access.admin_keys import Role
+from agentiam.core.audit.events import TraceContext
+from agentiam.core.audit.ingest_limits import MAX_DETAILS_BYTES, fit_for_ingest
+from agentiam.core.delegation.authorization_details import ApiCall
+from agentiam.ports import AuditQuery
+from agentiam.services.context import CallContext
+from agentiam.services.enforcement_sync import parse_ingested_event
+
+CTX = CallContext.system("test")
+ALLOW = "permit (principal, action, resource);"
+
+
+def _http_call(path: str) -> Call:
+    """The Call the HTTP gateway builds for a route whose resource id holds a path
+    placeholder (the docs' example)."""
+    config = load_config(
+        {
+            "name": "billing-gw",
+            "public_url": GATEWAY,
+            "control_plane": {"url": "http://127.0.0.1:1"},
+            "spool": {"directory": "/tmp/unused"},
+            "upstreams": {"billing": {"url": "http://127.0.0.1:2/api"}},
+            "routes": [
+                {
+                    "name": "invoices.read",
+                    "match": {"method": "GET", "path": "/v1/invoices/{id}"},
+                    "upstream": "billing",
+                    "action": "GET",
+                    "resource": {"type": "Endpoint", "id": "invoice-{id}"},
+                }
+            ],
+        }
+    )
+    route = config.routes[0]
+    values = route.match(split_path(path.encode()))
+    assert values is not None
+    resource = route.resource(values)
+    detail = ApiCall(
+        action="GET", url=GATEWAY + path, datatype=resource.type, identifier=resource.id
+    )
+    return Call(action=route.action, resource=resource, detail=detail, tool=route.name)
+
+
+HOSTILE = {
+    # 256 top-level arguments (the MCP gateway's most) with names of 300 characters
+    "mcp-argument-names": lambda: tool_call(
+        "search", {f"{i:03d}" + "a" * 297: 1 for i in range(256)}, location=GATEWAY
+    ),
+    "http-long-path-segment": lambda: _http_call("/v1/invoices/" + "7" * 600),
+}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_a_caller_sized_event_ships_and_does_not_hold_the_spool_back(
+    database_url: str, tmp_path: Path, kind: str
+) -> None:
+    parties = Parties(ALLOW)
+    spool = AuditSpool(tmp_path / "spool", None, backoff_initial=0.2, backoff_max=0.5)
+    enforcer = Enforcer("test-gw", parties.link, spool, resource_metadata=METADATA)
+    trace = TraceContext.new()
+    url = GATEWAY + "/mcp"
+    headers = parties.headers("POST", url)
+    access = enforcer.authenticate(**headers, method="POST", url=url, trace=trace)
+    hostile = enforcer.decide(access, HOSTILE[kind](), trace=trace)
+    normal = enforcer.decide(access, tool_call("search", {"q": 1}, location=GATEWAY), trace=trace)
+    assert hostile.decision_id
+    assert normal.allowed
+
+    with oauth_live(database_url) as live:
+        key = live.container.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
+        shipper = _Shipper(live.url, key, 5.0)
+
+        async def ship_until_drained() -> None:
+            task = asyncio.create_task(shipper.run(spool))
+            deadline = time.monotonic() + 10
+            while spool.health().pending_events and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        asyncio.run(ship_until_drained())
+        health = spool.health()
+        stored = {
+            e.decision_id: e
+            for e in live.container.audit.find(AuditQuery(type="authz.decision", limit=10)).items
+        }
+    spool.close()
+    assert (health.pending_events, health.shipped_events) == (0, 2), health
+    assert health.consecutive_failures == 0
+    assert {hostile.decision_id, normal.decision_id} <= stored.keys()
+    cut = stored[hostile.decision_id].details["truncated"]
+    if kind == "http-long-path-segment":
+        assert cut == ["resource.id"]
+        resource = stored[hostile.decision_id].resource
+        assert resource is not None
+        assert len(resource.id) == 512
+        assert resource.id.startswith("invoice-777")
+        assert resource.id.endswith("…")
+    else:
+        assert "details.argument_names" in cut
+        assert stored[hostile.decision_id].details["decision"] == "allow"
+    assert "truncated" not in stored[normal.decision_id].details
+
+
+def _event(**changes: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "schema_version": "1",
+        "event_id": "evt_01M87X313QPSPYDAWH2X1VVZKF",
+        "time": "2026-11-24T23:08:38.903600Z",
+        "type": "authz.decision",
+        "outcome": "success",
+        "actor": {"type": "agent", "id": "agt_01M87X2FHD7A7788KNQJX7GGE4", "role": None},
+        "action": "GET",
+        "resource": {"type": "Endpoint", "id": "items"},
+        "source": "gateway/bench",
+        "agent_id": "agt_01M87X2FHD7A7788KNQJX7GGE4",
+        "initiating_human": None,
+        "delegation_chain": ["agt_01M87X2FHD7A7788KNQJX7GGE4"],
+        "decision_id": "dec_01M87X313Q3XBG5A2TWNKHHE5H",
+        "policy_version": "1",
+        "risk_score": 50.0,
+        "trace": {"trace_id": "6d258b505781cc0c13e51a0385f2762b", "span_id": "b995e41ad2740d97"},
+        "reason": "permitted by policy bench",
+        "details": {"decision": "allow", "status": 200, "arguments": {}},
+    }
+    event.update(changes)
+    return event
+
+
+def test_what_fits_is_left_alone_and_what_does_not_is_cut_to_what_ingest_takes() -> None:
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 11, 24, 23, 9, tzinfo=UTC)
+    plain = _event()
+    assert fit_for_ingest(plain, encoded_bytes=1000) is plain
+    wide = "é" * 30_000  # 60 KB as UTF-8, but 180 KB as ingest measures it (escaped)
+    big = _event(
+        action="A" * 600,
+        actor={"type": "agent", "id": "x" * 300, "role": "r" * 65},
+        reason="why " * 600,
+        delegation_chain=[f"agt_{i}" for i in range(40)],
+        details={"decision": "allow", "status": 200, "arguments": {"note": wide}},
+    )
+    fitted = fit_for_ingest(big, encoded_bytes=200_000)
+    assert big["action"] == "A" * 600  # the original is not changed
+    parsed = parse_ingested_event(fitted, 0, now=now)  # ingest accepts it
+    assert sorted(parsed.details["truncated"]) == [
+        "action", "actor.id", "actor.role", "delegation_chain", "details.arguments", "reason",
+    ]  # fmt: skip
+    assert parsed.details["decision"] == "allow"
+    assert parsed.details["status"] == 200
+    assert len(parsed.action) == 512
+    assert len(parsed.delegation_chain) == 32
+    # a large details member that ingest would still take is kept
+    near = _event(details={"arguments": {"note": "x" * (MAX_DETAILS_BYTES // 2)}})
+    assert fit_for_ingest(near, encoded_bytes=MAX_DETAILS_BYTES) is near
