@@ -1,14 +1,17 @@
-"""An enforcement point's events fit what the control plane's ingest accepts, whatever
-the caller sent: before, one call with a path segment of 600 characters (the HTTP
+"""An enforcement point's events reach the trail whatever a caller sent, and one
+event can never hold the others back. Its events fit what the control plane's ingest
+accepts: before, one call with a path segment of 600 characters (the HTTP
 gateway puts it in ``resource.id``, ingest takes 512) or 256 tool-argument names of
 300 characters (``details`` over 64 KiB) made an event ingest refused with 422, and
-the spool sent that batch again forever, holding every later event back. Real
-enforcer, spool and shipper, against a live control plane."""
+the spool sent that batch again forever, holding every later event back. And what
+ingest refuses anyway is set aside, not sent again. Real enforcer, spool and
+shipper, against a live control plane."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,11 +24,13 @@ from agentiam.adapters.gateway.enforcer import Call, Enforcer
 from agentiam.adapters.gateway.http_proxy import load_config, split_path
 from agentiam.adapters.gateway.mcp_proxy import tool_call
 from agentiam.adapters.gateway.runtime import _Shipper
-from agentiam.adapters.gateway.spool import AuditSpool
+from agentiam.adapters.gateway.spool import REJECTED_FILE, AuditSpool
+from agentiam.config import Limits
 from agentiam.core.access.admin_keys import Role
 from agentiam.core.audit.events import TraceContext
 from agentiam.core.audit.ingest_limits import MAX_DETAILS_BYTES, fit_for_ingest
 from agentiam.core.delegation.authorization_details import ApiCall
+from agentiam.core.ids import new_id
 from agentiam.ports import AuditQuery
 from agentiam.services.context import CallContext
 from agentiam.services.enforcement_sync import parse_ingested_event
@@ -180,3 +185,103 @@ def test_what_fits_is_left_alone_and_what_does_not_is_cut_to_what_ingest_takes()
     # a large details member that ingest would still take is kept
     near = _event(details={"arguments": {"note": "x" * (MAX_DETAILS_BYTES // 2)}})
     assert fit_for_ingest(near, encoded_bytes=MAX_DETAILS_BYTES) is near
+
+
+# -- what ingest refuses anyway: set aside, never holding the spool back ------------------
+
+
+def _spooled(spool: AuditSpool, events: list[dict[str, Any]]) -> None:
+    for event in events:
+        spool.append([event])
+
+
+def _ship(spool: AuditSpool, url: str, key: str, *, seconds: float = 10.0) -> None:
+    """Ship on a loop as a gateway does, until nothing is pending or ``seconds``."""
+    shipper = _Shipper(url, key, 5.0)
+
+    async def main() -> None:
+        task = asyncio.create_task(shipper.run(spool))
+        deadline = time.monotonic() + seconds
+        while spool.health().pending_events and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+
+
+def _good() -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    return _event(
+        event_id=new_id("event"),
+        time=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        decision_id=None,
+    )
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_event_ingest_refuses_is_set_aside_and_the_rest_ship(
+    database_url: str, tmp_path: Path
+) -> None:
+    """An event ingest refuses for what it holds (here a control-plane-only type, which
+    no fitting can mend) is kept in rejected.jsonl; the events before and after it in
+    the same batch are stored, and shipping goes on."""
+    spool = AuditSpool(tmp_path / "spool", None, backoff_initial=0.2, backoff_max=0.5)
+    bad = _good() | {"type": "token.issued"}
+    events = [_good(), _good(), _good(), bad, _good(), _good()]
+    _spooled(spool, events)
+    with oauth_live(database_url) as live:
+        key = live.container.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
+        _ship(spool, live.url, key)
+        stored = {e.event_id for e in live.container.audit.find(AuditQuery(limit=100)).items}
+    health = spool.health()
+    spool.close()
+    assert (health.pending_events, health.shipped_events, health.rejected_events) == (0, 5, 1)
+    assert {e["event_id"] for e in events if e is not bad} <= stored
+    assert bad["event_id"] not in stored
+    [kept] = [json.loads(line) for line in (tmp_path / "spool" / REJECTED_FILE).open()]
+    assert kept["event"] == bad
+    assert "422" in kept["reason"]
+    assert "type" in kept["reason"]
+    assert oct((tmp_path / "spool" / REJECTED_FILE).stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_batch_too_large_for_ingest_is_split_and_all_of_it_ships(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A 413 names no event (a control plane taking fewer events per request than the
+    spool's batch): the batch is halved until ingest takes it, and nothing is set aside."""
+    spool = AuditSpool(tmp_path / "spool", None, backoff_initial=0.2, backoff_max=0.5)
+    events = [_good() for _ in range(7)]
+    _spooled(spool, events)
+    with oauth_live(database_url, limits=Limits(max_ingest_events=2)) as live:
+        key = live.container.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
+        _ship(spool, live.url, key)
+        stored = {e.event_id for e in live.container.audit.find(AuditQuery(limit=100)).items}
+    health = spool.health()
+    spool.close()
+    assert (health.pending_events, health.shipped_events, health.rejected_events) == (0, 7, 0)
+    assert {e["event_id"] for e in events} <= stored
+    assert not (tmp_path / "spool" / REJECTED_FILE).exists()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_event_from_a_clock_ahead_is_retried_not_set_aside(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Ingest refuses a time more than 5 minutes ahead of its own clock: that is the
+    sender's clock, and time catches up, so the event stays first in line."""
+    spool = AuditSpool(tmp_path / "spool", None, backoff_initial=0.2, backoff_max=0.5)
+    ahead = _good() | {"time": "2099-01-01T00:00:00Z"}
+    _spooled(spool, [ahead, _good()])
+    with oauth_live(database_url) as live:
+        key = live.container.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
+        _ship(spool, live.url, key, seconds=1.5)
+    health = spool.health()
+    spool.close()
+    assert (health.pending_events, health.shipped_events, health.rejected_events) == (2, 0, 0)
+    assert health.consecutive_failures >= 2
+    assert health.last_ship_error == "RuntimeError: ingest answered 422"

@@ -24,7 +24,7 @@ from agentiam.adapters.gateway.broker import CredentialBroker, SecretStore, load
 from agentiam.adapters.gateway.config import GatewayConfig
 from agentiam.adapters.gateway.enforcer import Enforcer, SharedLimits, SharedReplay
 from agentiam.adapters.gateway.link import ControlPlaneLink
-from agentiam.adapters.gateway.spool import AuditSpool, SpoolBatch
+from agentiam.adapters.gateway.spool import AuditSpool, Refused, SpoolBatch
 from agentiam.core.enforcement.ratelimit import RateLimiter
 
 __all__ = ["GatewayRuntime"]
@@ -54,8 +54,19 @@ class _Shipper:
 
     @staticmethod
     def _check(response: httpx.Response) -> None:
-        if response.status_code // 100 != 2:
-            raise RuntimeError(f"ingest answered {response.status_code}")
+        """Return on a 2xx. A 400, 413 or 422 is about the events sent (a member over
+        a limit, a batch too large): :class:`Refused`, naming the event when the
+        problem's ``errors`` do (``loc`` ``["body", "events", "<i>", ...]``), so the
+        spool sends the others without it. Except a ``time`` too far ahead: that is
+        this host's clock, and time catches up, so it is retried like anything else."""
+        status = response.status_code
+        if status // 100 == 2:
+            return
+        if status in (400, 413, 422):
+            index, member = _refused_member(response)
+            if member != "time":
+                raise Refused(f"ingest answered {status} ({member or 'the batch'})", index)
+        raise RuntimeError(f"ingest answered {status}")
 
     def __call__(self, events: list[dict[str, Any]]) -> None:
         if self._http is None:
@@ -74,6 +85,20 @@ class _Shipper:
                 self._check(await http.post(self._url, **self._body(events)))
 
             await spool.ship_on_loop(ship)
+
+
+def _refused_member(response: httpx.Response) -> tuple[int | None, str | None]:
+    """The event index and member an ingest refusal names (RFC 9457 problem with
+    ``errors``), or None for what it does not name."""
+    try:
+        loc = response.json()["errors"][0]["loc"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None, None
+    if not isinstance(loc, list) or loc[:2] != ["body", "events"] or len(loc) < 3:
+        return None, None
+    index = int(loc[2]) if isinstance(loc[2], str | int) and str(loc[2]).isdigit() else None
+    member = ".".join(str(part) for part in loc[3:]) or None
+    return index, member
 
 
 def _shared(config: GatewayConfig) -> tuple[SharedReplay | None, SharedLimits | None]:

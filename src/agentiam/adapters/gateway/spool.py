@@ -29,7 +29,12 @@ Guarantees:
   retried (the same batch, first) after 1 s, then 2, 4, ... up to 60 s. Progress is
   recorded in a per-segment offset file after each shipped batch, so a restart
   re-sends at most the batch in flight (and, after a power loss, possibly a few more):
-  the receiver must be idempotent on ``event_id``.
+  the receiver must be idempotent on ``event_id``. A batch the receiver refuses for
+  what it holds (``ship`` raises :class:`Refused`) is not retried as it is: the
+  refused event is set aside in :data:`REJECTED_FILE` (kept, counted, logged) and the
+  others are sent without it, so one event never holds the rest back. Events are
+  fitted to the control plane's ingest limits before they are spooled
+  (:func:`~agentiam.core.audit.ingest_limits.fit_for_ingest`), so that is rare.
 - **Crash safety.** After a crash (SIGKILL, power loss) the last line of a segment may
   be torn: it was never acknowledged, so recovery cuts it off. Everything acknowledged
   is shipped after the restart.
@@ -89,8 +94,10 @@ from agentiam.services.audit_export import redact
 from agentiam.services.audit_writer import GroupCommit
 
 __all__ = [
+    "REJECTED_FILE",
     "AsyncShip",
     "AuditSpool",
+    "Refused",
     "Ship",
     "SpoolBatch",
     "SpoolFull",
@@ -101,7 +108,24 @@ __all__ = [
 log = logging.getLogger("agentiam.gateway.spool")
 
 Ship = Callable[[list[dict[str, Any]]], None]
-"""Sends one batch of events, in order; raises if they were not all accepted."""
+"""Sends one batch of events, in order; raises if they were not all accepted
+(:class:`Refused` when sending them again cannot succeed)."""
+
+REJECTED_FILE = "rejected.jsonl"
+"""Where, in the spool's directory, events the receiver refused for good are kept."""
+
+
+class Refused(Exception):
+    """Raised by a ship function: the receiver refused the batch for what it holds
+    (its events, not its own state), so sending the same batch again cannot succeed.
+    ``index`` is the event it named, when it named one. The spool then sends the
+    rest without it and keeps it in :data:`REJECTED_FILE`."""
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 AsyncShip = Callable[[list[dict[str, Any]]], Awaitable[None]]
 """The same, as a coroutine function (:meth:`AuditSpool.ship_on_loop`)."""
 
@@ -171,6 +195,7 @@ class SpoolHealth:
     last_ship_at: float | None  # unix seconds of the last successful ship
     corrupt_lines: int  # lines skipped because they were not valid JSON (see module doc)
     closed: bool
+    rejected_events: int = 0  # refused by the receiver for good, kept in REJECTED_FILE
 
 
 def next_backoff(previous: float | None, *, initial: float = 1.0, maximum: float = 60.0) -> float:
@@ -370,6 +395,7 @@ class AuditSpool:
         self._last_error_at: float | None = None
         self._last_ship_at: float | None = None
         self._corrupt = 0
+        self._rejected = 0
         self._on_loop = False  # ship_on_loop is running
         self._wake_loop: Callable[[], None] | None = None  # set while it waits for work
 
@@ -497,6 +523,7 @@ class AuditSpool:
                 last_ship_at=self._last_ship_at,
                 corrupt_lines=self._corrupt,
                 closed=self._closed,
+                rejected_events=self._rejected,
             )
             where = None if oldest is None else (oldest.path, oldest.shipped)
         if where is None:
@@ -736,9 +763,10 @@ class AuditSpool:
                 finally:
                     reader.close()
                 events = reader.result()
-                if events and not self._send(ship, events):
+                aside = self._send(ship, events) if events else 0
+                if aside is None:
                     return  # stopped while retrying
-                self._advance(reader.segment, reader.position, reader.count, len(events))
+                self._advance(reader.segment, reader.position, reader.count, len(events) - aside)
                 delay = None
                 if self._linger and reader.count < self.batch:
                     self._stop.wait(self._linger)  # let the next batch fill up
@@ -777,7 +805,8 @@ class AuditSpool:
                     finally:
                         reader.close()
                     events = reader.result()
-                    if events and not await self._send_async(ship, events):
+                    aside = await self._send_async(ship, events) if events else 0
+                    if aside is None:
                         return
                     await loop.run_in_executor(
                         None,
@@ -785,7 +814,7 @@ class AuditSpool:
                         reader.segment,
                         reader.position,
                         reader.count,
-                        len(events),
+                        len(events) - aside,
                     )
                     delay = None
                     if self._linger and reader.count < self.batch:
@@ -850,31 +879,96 @@ class AuditSpool:
         )
         return delay
 
-    def _send(self, ship: Ship, events: list[dict[str, Any]]) -> bool:
-        """Ship one batch until it is accepted; False if the spool closed first."""
+    def _send(self, ship: Ship, events: list[dict[str, Any]]) -> int | None:
+        """Ship one batch until it is accepted, what the receiver refuses for good set
+        aside (:meth:`_without_refused`): how many were set aside; None if the spool
+        closed first."""
+        todo, aside = [events], 0
         delay: float | None = None
-        while not self._stop.is_set():
+        while todo:
+            if self._stop.is_set():
+                return None
             try:
-                ship(events)
+                ship(todo[0])
+            except Refused as exc:
+                parts = self._without_refused(todo[0], exc)
+                aside += len(todo[0]) - sum(map(len, parts))
+                todo[:1] = parts
+                continue
             except Exception as exc:
-                delay = self._send_failed(exc, delay, len(events))
+                delay = self._send_failed(exc, delay, len(todo[0]))
                 self._stop.wait(delay)
                 continue
-            return True
-        return False
+            todo.pop(0)
+        return aside
 
-    async def _send_async(self, ship: AsyncShip, events: list[dict[str, Any]]) -> bool:
-        """:meth:`_send` on the event loop."""
+    async def _send_async(self, ship: AsyncShip, events: list[dict[str, Any]]) -> int | None:
+        """:meth:`_send` on the event loop (setting an event aside, a file write and
+        fsync, in the loop's default executor)."""
+        loop = asyncio.get_running_loop()
+        todo, aside = [events], 0
         delay: float | None = None
-        while not self._stop.is_set():
+        while todo:
+            if self._stop.is_set():
+                return None
             try:
-                await ship(events)
+                await ship(todo[0])
+            except Refused as exc:
+                parts = await loop.run_in_executor(None, self._without_refused, todo[0], exc)
+                aside += len(todo[0]) - sum(map(len, parts))
+                todo[:1] = parts
+                continue
             except Exception as exc:
-                delay = self._send_failed(exc, delay, len(events))
+                delay = self._send_failed(exc, delay, len(todo[0]))
                 await asyncio.sleep(delay)
                 continue
-            return True
-        return False
+            todo.pop(0)
+        return aside
+
+    def _without_refused(
+        self, batch: list[dict[str, Any]], exc: Refused
+    ) -> list[list[dict[str, Any]]]:
+        """What to send instead of ``batch``, which the receiver refused for good: the
+        events around the one it named, that one set aside; without a name, the two
+        halves (each is sent, and split again if refused, down to the refused event).
+        An event refused alone is set aside: appended to :data:`REJECTED_FILE` and
+        fsynced, counted and logged. It is not shipped again, and not lost."""
+        index = exc.index if exc.index is not None and 0 <= exc.index < len(batch) else None
+        if len(batch) == 1:
+            index = 0
+        if index is None:
+            half = len(batch) // 2
+            return [batch[:half], batch[half:]]
+        self._set_aside(batch[index], exc)
+        return [part for part in (batch[:index], batch[index + 1 :]) if part]
+
+    def _set_aside(self, event: dict[str, Any], exc: Refused) -> None:
+        reason = redact(exc)
+        line = json.dumps(
+            {"rejected_at": self._clock(), "reason": reason, "event": event},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        path = self.directory / REJECTED_FILE
+        created = not path.exists()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            write_all(fd, line.encode("utf-8", "surrogatepass") + b"\n")  # and fsync
+        finally:
+            os.close(fd)
+        if created:
+            _fsync_dir(self.directory)
+        with self._lock:
+            self._rejected += 1
+            self._last_error = f"refused for good: {reason}"
+            self._last_error_at = self._clock()
+        log.error(
+            "audit spool: the control plane refused event %s (%s) for good: %s; kept in %s",
+            event.get("event_id"),
+            event.get("type"),
+            reason,
+            path,
+        )
 
     def _send_failed(self, exc: Exception, delay: float | None, count: int) -> float:
         """Record a failed attempt; the wait before the next one."""
