@@ -13,18 +13,36 @@ from agentiam.core.access.admin_keys import Role
 
 app = typer.Typer(help="Admin API keys (shown once, stored hashed).", no_args_is_help=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-COLUMNS = ["id", "prefix", "name", "role", "created_at", "expires_at", "revoked_at"]
+COLUMNS = ["id", "prefix", "name", "role", "sources", "created_at", "expires_at", "revoked_at"]
 
 
 @app.command()
 def create(
     name: Annotated[str, typer.Option(help="What the key is for.")],
-    role: Annotated[Role, typer.Option(help="admin, operator or auditor.")] = Role.OPERATOR,
+    role: Annotated[
+        Role, typer.Option(help="admin, operator, auditor or verifier (an enforcement point).")
+    ] = Role.OPERATOR,
+    source: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Verifier keys: an enforcement point (gateway/NAME or guard/NAME) whose "
+            "audit events the key may ingest; repeat for more. Default: any."
+        ),
+    ] = None,
+    agent: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Verifier keys: an agent (agt_…) its ingested events may be about; "
+            "repeat for more. Default: any."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key and print it once."""
     with handle_errors(), container() as c:
-        issued = c.admin_keys.create(cli_context(), name=name, role=role)
+        issued = c.admin_keys.create(
+            cli_context(), name=name, role=role, sources=source or (), agents=agent or ()
+        )
     out = IssuedAdminKeyOut.issued(issued)
     if as_json:
         emit(out, as_json=True, columns=[])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -15,7 +16,8 @@ from agentiam.core.access.admin_keys import (
     verify_admin_key,
 )
 from agentiam.core.audit.events import Actor, ActorType, ResourceRef
-from agentiam.core.ids import new_id
+from agentiam.core.audit.ingest_limits import SOURCE_RE
+from agentiam.core.ids import is_id, new_id
 from agentiam.core.normalize import normalize_display_text
 from agentiam.errors import AuthenticationRequired, Conflict, InvalidInput, NotFound
 from agentiam.ports import Clock, UnitOfWorkFactory
@@ -36,12 +38,17 @@ class AdminKeyService:
         name: str,
         role: Role | str,
         expires_at: datetime | None = None,
+        sources: Sequence[str] = (),
+        agents: Sequence[str] = (),
     ) -> IssuedAdminKey:
-        """Issue a key. The returned ``secret`` is the only copy that will ever exist."""
+        """Issue a key. The returned ``secret`` is the only copy that will ever exist.
+        ``sources`` and ``agents`` bind what audit events it may ingest (see
+        :attr:`AdminKey.sources`): for a verifier key only."""
         try:
             role = Role(role)
         except ValueError:
             raise InvalidInput(f"role must be one of {', '.join(r.value for r in Role)}") from None
+        sources, agents = _ingest_scope(role, sources, agents)
         now = self._clock.now()
         if expires_at is not None and expires_at.tzinfo is None:
             raise InvalidInput(
@@ -66,6 +73,8 @@ class AdminKeyService:
                 created_at=now,
                 created_by=ctx.actor.label,
                 expires_at=expires_at,
+                sources=sources,
+                agents=agents,
             )
             uow.admin_keys.add(key)
             uow.audit.append(
@@ -73,7 +82,13 @@ class AdminKeyService:
                     "admin_key.created",
                     now=now,
                     resource=ResourceRef("admin_key", key.id),
-                    details={"name": label, "role": role.value, "prefix": prefix},
+                    details={
+                        "name": label,
+                        "role": role.value,
+                        "prefix": prefix,
+                        "sources": list(sources),
+                        "agents": list(agents),
+                    },
                 )
             )
             uow.commit()
@@ -134,3 +149,27 @@ class AdminKeyService:
 def actor_for(key: AdminKey) -> Actor:
     """The audit actor for a request authenticated with ``key`` (prefix, never secret)."""
     return Actor(type=ActorType.ADMIN_KEY, id=key.prefix, role=key.role.value)
+
+
+_MAX_BINDINGS = 64
+
+
+def _ingest_scope(
+    role: Role, sources: Sequence[str], agents: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Checked ``sources`` (``gateway/<name>`` or ``guard/<name>``) and ``agents``
+    (agent ids), without repeats; only a verifier key ingests, so only it takes them."""
+    if (sources or agents) and role is not Role.VERIFIER:
+        raise InvalidInput("sources and agents bind a verifier key only")
+    if len(sources) > _MAX_BINDINGS or len(agents) > _MAX_BINDINGS:
+        raise InvalidInput(f"at most {_MAX_BINDINGS} sources and {_MAX_BINDINGS} agents")
+    for source in sources:
+        if not isinstance(source, str) or not SOURCE_RE.fullmatch(source):
+            raise InvalidInput(
+                f"sources: {source!r} is not an enforcement point",
+                hint='Name it as its events do: "gateway/<name>" or "guard/<name>".',
+            )
+    for agent in agents:
+        if not isinstance(agent, str) or not is_id(agent, "agent"):
+            raise InvalidInput(f"agents: {agent!r} is not an agent id (agt_…)")
+    return tuple(dict.fromkeys(sources)), tuple(dict.fromkeys(agents))

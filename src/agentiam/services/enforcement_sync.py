@@ -47,6 +47,7 @@ from agentiam.core.audit.events import (
 from agentiam.core.audit.ingest_limits import (
     MAX_CHAIN,
     MAX_DETAILS_BYTES,
+    SOURCE_RE,
     STRING_LIMITS,
     details_size,
 )
@@ -56,7 +57,7 @@ from agentiam.core.ids import is_id
 from agentiam.core.policy.bundle import bundle_dict, bundle_etag
 from agentiam.core.policy.engine import PolicyEngine
 from agentiam.core.policy.entities import EntitySnapshot
-from agentiam.errors import InvalidInput, PayloadTooLarge
+from agentiam.errors import Forbidden, InvalidInput, PayloadTooLarge
 from agentiam.ports import Clock
 from agentiam.services.audit import AuditService
 from agentiam.services.context import CallContext
@@ -75,7 +76,6 @@ log = logging.getLogger("agentiam.enforcement")
 
 INGESTED_EVENT = "audit.ingested"
 MAX_FUTURE = timedelta(minutes=5)
-_SOURCE_RE = re.compile(r"^(gateway|guard)/[\x21-\x7e]{1,128}$")
 _TYPE_RE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _TRACE_RE = re.compile(r"^[0-9a-f]{32}$")
 _SPAN_RE = re.compile(r"^[0-9a-f]{16}$")
@@ -217,7 +217,7 @@ def parse_ingested_event(
         _string(resource, "type", index, prefix="resource.")
         _string(resource, "id", index, prefix="resource.")
     source = raw["source"]
-    if not isinstance(source, str) or not _SOURCE_RE.fullmatch(source):
+    if not isinstance(source, str) or not SOURCE_RE.fullmatch(source):
         raise _bad(
             index, "source", 'must name an enforcement point: "gateway/<name>" or "guard/<name>"'
         )
@@ -446,12 +446,20 @@ class EnforcementSync:
 
     # -- audit ingest -------------------------------------------------------------------
 
-    def ingest(self, ctx: CallContext, events: Sequence[Any]) -> IngestResult:
+    def ingest(
+        self,
+        ctx: CallContext,
+        events: Sequence[Any],
+        *,
+        may_report: Callable[[str, str | None], bool] | None = None,
+    ) -> IngestResult:
         """Store an enforcement point's batch of events, idempotently, with one
         ``audit.ingested`` record naming the count and the enforcement points, all in
         one transaction. Raises InvalidInput (422) naming the first bad event member,
-        PayloadTooLarge (413) past ``max_events``, ServiceUnavailable (503) if the
-        write cannot be made durable."""
+        PayloadTooLarge (413) past ``max_events``, Forbidden (403) when ``may_report``
+        (the caller's key's binding, :meth:`AdminKey.may_report`) refuses an event's
+        source or agent, ServiceUnavailable (503) if the write cannot be made
+        durable."""
         if not events:
             raise InvalidInput("events: send at least one event")
         if len(events) > self._max_events:
@@ -464,6 +472,15 @@ class EnforcementSync:
             parse_ingested_event(raw, i, now=now, redactor=self._redactor)
             for i, raw in enumerate(events)
         ]
+        if may_report is not None:
+            for i, event in enumerate(parsed):
+                if not may_report(event.source, event.agent_id):
+                    raise Forbidden(
+                        f"events[{i}]: this key may not report for source {event.source} "
+                        f"about agent {event.agent_id}",
+                        hint="Each enforcement point ships with the key bound to it "
+                        "(admin-keys create --source/--agent).",
+                    )
         unique: list[AuditEvent] = []  # a repeated id in one batch counts as a duplicate
         seen: set[str] = set()
         for event in parsed:

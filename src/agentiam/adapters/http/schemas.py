@@ -284,6 +284,22 @@ class AdminKeyCreate(_In):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     role: Role
     expires_at: AwareDatetime | None = Field(default=None, description="With a time zone.")
+    sources: list[Annotated[str, Field(max_length=140)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "A verifier key only: the enforcement points (gateway/<name>, guard/<name>) "
+            "whose audit events it may ingest. Empty: any."
+        ),
+    )
+    agents: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "A verifier key only: the agents its ingested events may be about (events "
+            "about no agent pass). Empty: any."
+        ),
+    )
 
 
 class AdminKeyOut(_Out):
@@ -296,6 +312,8 @@ class AdminKeyOut(_Out):
     expires_at: datetime | None
     revoked_at: datetime | None
     revoked_by: str | None
+    sources: list[str] = Field(description="Enforcement points it may ingest for; [] any.")
+    agents: list[str] = Field(description="Agents its ingested events may name; [] any.")
 
     @classmethod
     def of(cls, k: AdminKey) -> AdminKeyOut:
@@ -309,6 +327,8 @@ class AdminKeyOut(_Out):
             expires_at=k.expires_at,
             revoked_at=k.revoked_at,
             revoked_by=k.revoked_by,
+            sources=list(k.sources),
+            agents=list(k.agents),
         )
 
 

@@ -579,6 +579,12 @@ class SqlAgentKeys:
         )
 
 
+def _ingest_scope(text: str | None) -> dict[str, tuple[str, ...]]:
+    """The ``sources`` and ``agents`` of an admin key's stored ``ingest_scope``."""
+    scope = json.loads(text) if text else {}
+    return {k: tuple(scope.get(k) or ()) for k in ("sources", "agents")}
+
+
 class SqlAdminKeys:
     def __init__(self, conn: Connection) -> None:
         self._c = conn
@@ -596,6 +602,7 @@ class SqlAdminKeys:
             expires_at=r.expires_at,
             revoked_at=r.revoked_at,
             revoked_by=r.revoked_by,
+            **_ingest_scope(r.ingest_scope),
         )
 
     def add(self, key: AdminKey) -> None:
@@ -609,6 +616,11 @@ class SqlAdminKeys:
                 created_at=key.created_at,
                 created_by=key.created_by,
                 expires_at=key.expires_at,
+                ingest_scope=(
+                    _dumps({"sources": list(key.sources), "agents": list(key.agents)})
+                    if key.sources or key.agents
+                    else None
+                ),
             )
         )
 

@@ -206,6 +206,7 @@ admin_keys = Table(
     Column("expires_at", UTCDateTime),
     Column("revoked_at", UTCDateTime),
     Column("revoked_by", String(128)),
+    Column("ingest_scope", Text),  # JSON {"sources": [...], "agents": [...]}; NULL: any
 )
 
 audit_events = Table(

@@ -144,9 +144,21 @@ class AdminKey:
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
     revoked_by: str | None = None
+    # What audit events a key may ingest (POST /v1/audit/ingest): only those of these
+    # enforcement points (``source``) and about these agents (``agent_id``; events
+    # about no agent pass). Empty: any. Bind every enforcement point's key, above all
+    # an in-process guard's, which sits in the agent's own process.
+    sources: tuple[str, ...] = ()
+    agents: tuple[str, ...] = ()
 
     def is_valid(self, now: datetime) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def may_report(self, source: str, agent_id: str | None) -> bool:
+        """May an event of ``source`` about ``agent_id`` be ingested with this key?"""
+        if self.sources and source not in self.sources:
+            return False
+        return not self.agents or agent_id is None or agent_id in self.agents
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,14 @@ supplied path segments and tool argument names can be of any length), saying in
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
 __all__ = [
     "MAX_CHAIN",
     "MAX_DETAILS_BYTES",
+    "SOURCE_RE",
     "STRING_LIMITS",
     "details_size",
     "fit_for_ingest",
@@ -30,6 +32,9 @@ MAX_DETAILS_BYTES: Final = 64 * 1024
 
 MAX_CHAIN: Final = 32
 """The most ids in ``delegation_chain``."""
+
+SOURCE_RE: Final = re.compile(r"^(gateway|guard)/[\x21-\x7e]{1,128}$")
+"""An enforcement point's ``source``: ``gateway/<name>`` or ``guard/<name>``."""
 
 STRING_LIMITS: Final[Mapping[tuple[str, ...], int]] = {
     ("actor", "id"): 255,

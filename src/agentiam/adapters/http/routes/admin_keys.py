@@ -25,7 +25,12 @@ Manage = Annotated[CallContext, Depends(require(Permission.ADMIN_KEYS_MANAGE))]
 @router.post("", status_code=201, response_model=IssuedAdminKeyOut)
 def create_admin_key(body: AdminKeyCreate, request: Request, ctx: Manage) -> IssuedAdminKeyOut:
     issued = container_of(request).admin_keys.create(
-        ctx, name=body.name, role=body.role, expires_at=body.expires_at
+        ctx,
+        name=body.name,
+        role=body.role,
+        expires_at=body.expires_at,
+        sources=body.sources,
+        agents=body.agents,
     )
     return IssuedAdminKeyOut.issued(issued)
 
