@@ -145,12 +145,13 @@ def test_refreshes_before_expiry_and_once_on_invalid_token(
 ) -> None:
     rs = checked(remote.verifier)
     with serve_in_thread(rs) as url:
+        now = [time.time()]
         agent = AgentClient(
-            live.url, client_id=live.agent_id, key=live.key, resource=RESOURCE, refresh_margin=299
+            live.url, client_id=live.agent_id, key=live.key, resource=RESOURCE, clock=lambda: now[0]
         )
         with agent.http(url) as http:
             assert http.get("/").status_code == 200
-            time.sleep(1.1)  # within the refresh margin of the 300 s lifetime
+            now[0] += 271  # within the 30 s refresh margin of the 300 s lifetime
             assert http.get("/").status_code == 200
             assert rs.seen[0].token != rs.seen[1].token
             # the resource server refuses a revoked token: one fresh token, one retry

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -97,11 +99,60 @@ def test_dpop_auth_answers_the_resource_servers_nonce_challenge(
 
 
 def test_sdk_refreshes_tokens_before_they_expire(live: OAuthLive) -> None:
+    now = [time.time()]
     agent = AgentClient(
-        live.url, client_id=live.agent_id, key=live.key, resource=RESOURCE, refresh_margin=299
+        live.url, client_id=live.agent_id, key=live.key, resource=RESOURCE, clock=lambda: now[0]
     )
     first = agent.token()
-    time.sleep(1.1)  # now within the refresh margin of its 300 s lifetime
+    assert first.lifetime == 300
+    now[0] += 269  # 31 s left: outside the 30 s refresh margin
+    assert agent.token() is first
+    now[0] += 2  # 29 s left
     second = agent.token()
     assert second.value != first.value
     assert second.expires_at > first.expires_at
+
+
+def test_a_token_of_30_s_is_not_fetched_for_every_request(sqlite_url: str) -> None:
+    """A lifetime at or under ``refresh_margin`` (the control plane allows 30 s tokens;
+    the default margin is 30 s) is refreshed half way through it, not on every
+    request (r3 finding 7)."""
+    with oauth_live(sqlite_url, access_token_ttl_seconds=30) as live:
+        fetched: list[str] = []
+
+        def agent(**options: Any) -> AgentClient:
+            http = httpx.Client(
+                timeout=10, event_hooks={"request": [lambda r: fetched.append(r.url.path)]}
+            )
+            return AgentClient(
+                live.url,
+                client_id=live.agent_id,
+                key=live.key,
+                resource=RESOURCE,
+                http=http,
+                **options,
+            )
+
+        real = agent()
+        try:
+            first = real.token()
+            for _ in range(10):
+                assert real.token() is first
+                assert real.cached_token() is first
+            assert fetched.count("/oauth2/token") == 1
+        finally:
+            real.close()
+        now = [time.time()]
+        timed = agent(clock=lambda: now[0])
+        try:
+            first = timed.token()
+            assert first.lifetime == 30
+            now[0] += 14  # 16 s left: refreshed at 15 s (half of 30 s), not at 30 s
+            assert timed.token() is first
+            assert fetched.count("/oauth2/token") == 2
+            now[0] += 2
+            assert timed.cached_token() is None
+            assert timed.token().value != first.value
+            assert fetched.count("/oauth2/token") == 3
+        finally:
+            timed.close()

@@ -10,14 +10,17 @@ import base64
 import json
 import logging
 import pickle
+import socket
 import stat
 import threading
+import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, quote, unquote
 
 import pytest
 
@@ -255,6 +258,24 @@ def test_a_store_altered_under_a_running_broker_fails_closed(path: Path, key: Ma
         broker.headers_for(ref)
 
 
+def test_a_store_that_fails_closed_raises_a_new_error_each_time(path: Path, key: MasterKey) -> None:
+    """r3 finding 2: raising one cached instance again would add every caller's frames
+    to its traceback (unbounded memory, callers' locals kept alive)."""
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    broker = CredentialBroker(SecretStore(path, key))
+    errors: list[SecretStoreError] = []
+    for _ in range(3):
+        with pytest.raises(SecretStoreError, match="malformed") as raised:
+            broker.headers_for(ApiKeyInjection("github"))
+        errors.append(raised.value)
+    assert len({id(e) for e in errors}) == 3
+    assert {(e.detail, e.hint) for e in errors} == {(errors[0].detail, errors[0].hint)}
+    assert "backup" in str(errors[0].hint)
+    depths = {len(traceback.extract_tb(e.__traceback__)) for e in errors}
+    assert len(depths) == 1
+
+
 def test_a_secret_of_the_wrong_kind_is_refused(store: SecretStore) -> None:
     store.put("github", SecretKind.API_KEY, Secret(API_KEY))
     store.put("crm", SecretKind.OAUTH_CLIENT, _oauth())
@@ -293,6 +314,15 @@ def test_credential_configuration() -> None:
     OAuthClientCredentials("crm", "http://127.0.0.1/token", allow_private_network=True)
     with pytest.raises(ValueError, match="header"):
         ApiKeyInjection("github", header="Bad Header\r\n")
+    # r3 finding 4: "$" would let a final "\n" through (fullmatch does not)
+    with pytest.raises(ValueError, match="header name"):
+        ApiKeyInjection("github", header="X-Api-Key\n")
+    with pytest.raises(ValueError, match="prefix"):
+        ApiKeyInjection("github", prefix="Bearer\n")
+    with pytest.raises(SecretStoreError, match="invalid secret name"):
+        ApiKeyInjection("github\n")
+    with pytest.raises(ValueError, match="header name"):
+        OAuthClientCredentials("crm", "https://auth.example.com/token", header="Authorization\n")
     with pytest.raises(ValueError, match="auth_method"):
         OAuthClientCredentials(
             "crm",
@@ -484,6 +514,7 @@ def test_a_refusal_from_the_token_endpoint_never_carries_the_secret(
         ({"access_token": "t", "token_type": "DPoP"}, "only Bearer"),
         ({"access_token": "t", "token_type": "Bearer", "expires_in": -5}, "expires_in"),
         ({"access_token": "t\r\nX-Evil: 1", "token_type": "Bearer"}, "malformed"),
+        ({"access_token": "tok\n", "token_type": "Bearer"}, "malformed"),  # r3 finding 4
     ],
 )
 def test_a_malformed_token_response_is_refused(
@@ -502,3 +533,126 @@ def test_an_unreachable_token_endpoint_is_a_clear_error(store: SecretStore) -> N
     )
     with pytest.raises(TokenEndpointError, match="cannot be reached"):
         CredentialBroker(store).headers_for(ref)
+
+
+def test_a_name_with_a_trailing_newline_is_refused_in_the_store(
+    store: SecretStore, path: Path
+) -> None:
+    """r3 finding 4: secret names, as put and as read from the file."""
+    with pytest.raises(SecretStoreError, match="invalid secret name"):
+        store.put("github\n", SecretKind.API_KEY, Secret(API_KEY))
+    store.put("github", SecretKind.API_KEY, Secret(API_KEY))
+    doc = json.loads(path.read_text())
+    doc["secrets"][0]["name"] = "github\n"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(SecretStoreError, match="invalid secret name"):
+        store.all()
+
+
+def test_a_secret_deleted_and_put_again_never_gets_the_old_token(
+    store: SecretStore, endpoint: TokenEndpoint
+) -> None:
+    """r3 finding 5: the new secret is ``crm@1`` again, but its token must be fetched
+    with its own credentials, not taken from the deleted one's cache."""
+    store.put("crm", SecretKind.OAUTH_CLIENT, OAuthClientSecret(CLIENT_ID, Secret("old")))
+    broker = CredentialBroker(store)
+    ref = _ref(endpoint)
+    assert broker.headers_for(ref) == ({"Authorization": "Bearer at-1"}, "crm@1")
+    store.delete("crm")
+    store.put("crm", SecretKind.OAUTH_CLIENT, OAuthClientSecret(CLIENT_ID, Secret("new")))
+    assert broker.headers_for(ref) == ({"Authorization": "Bearer at-2"}, "crm@1")
+    basic = base64.b64encode(f"{quote(CLIENT_ID, safe='')}:new".encode()).decode()
+    assert endpoint.requests[1]["authorization"] == "Basic " + basic
+    assert broker.headers_for(ref)[0] == {"Authorization": "Bearer at-2"}  # then cached
+    assert len(endpoint.requests) == 2
+
+
+def test_a_failed_token_fetch_is_shared_and_remembered_briefly(
+    store: SecretStore, endpoint: TokenEndpoint
+) -> None:
+    """r3 finding 3: calls queued behind a failing fetch take its error instead of each
+    fetching again; the failure is the answer for 2 s per credential and version."""
+
+    def slow_failure(n: int) -> tuple[int, dict[str, Any]]:
+        time.sleep(0.4)
+        return 503, {"error": "temporarily_unavailable"}
+
+    endpoint.answer = slow_failure
+    store.put("crm", SecretKind.OAUTH_CLIENT, _oauth())
+    now = [1000.0]
+    broker = CredentialBroker(store, clock=lambda: now[0])
+    ref = _ref(endpoint)
+    barrier = threading.Barrier(6)
+    errors: list[TokenEndpointError] = []
+
+    def call() -> None:
+        barrier.wait()
+        try:
+            broker.headers_for(ref)
+        except TokenEndpointError as exc:
+            errors.append(exc)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert time.monotonic() - started < 1.2  # not 6 x 0.4 s, one fetch after another
+    assert len(endpoint.requests) == 1
+    assert len(errors) == 6
+    assert len({id(e) for e in errors}) == 6  # a new instance for each caller
+    assert all("HTTP 503: temporarily_unavailable" in e.detail for e in errors)
+
+    now[0] += 1.9  # within the back-off: the same error, no request
+    with pytest.raises(TokenEndpointError, match="HTTP 503"):
+        broker.headers_for(ref)
+    assert len(endpoint.requests) == 1
+    endpoint.answer = TokenEndpoint.answer
+    now[0] += 0.1  # past it: fetched again
+    assert broker.headers_for(ref) == ({"Authorization": "Bearer at-2"}, "crm@1")
+
+    endpoint.answer = lambda n: (401, {"error": "invalid_client"})
+    now[0] += 1000  # the token is due for a refresh, which fails ...
+    with pytest.raises(TokenEndpointError, match="invalid_client"):
+        broker.headers_for(ref)
+    endpoint.answer = TokenEndpoint.answer
+    store.rotate("crm", OAuthClientSecret(CLIENT_ID, Secret("fixed")))
+    # ... and a new secret version is tried at once, back-off or not
+    assert broker.headers_for(ref) == ({"Authorization": "Bearer at-4"}, "crm@2")
+
+
+def test_a_hung_token_endpoint_costs_each_call_one_timeout_at_most(store: SecretStore) -> None:
+    """r3 finding 3: a black-holed endpoint (connections queue, nothing answers) with a
+    0.5 s timeout: 4 concurrent calls wait about 0.5 s each, not 0.5, 1, 1.5 and 2 s;
+    a call during the back-off is answered at once."""
+    store.put("crm", SecretKind.OAUTH_CLIENT, _oauth())
+    broker = CredentialBroker(store)
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as hole:  # never accepts
+        ref = OAuthClientCredentials(
+            "crm",
+            f"http://127.0.0.1:{hole.getsockname()[1]}/token",
+            allow_private_network=True,
+            timeout=0.5,
+        )
+        barrier = threading.Barrier(4)
+        waits: list[float] = []
+
+        def call() -> None:
+            barrier.wait()
+            started = time.monotonic()
+            with pytest.raises(TokenEndpointError, match="crm@1"):
+                broker.headers_for(ref)
+            waits.append(time.monotonic() - started)
+
+        threads = [threading.Thread(target=call) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(waits) == 4
+        assert max(waits) < 1.0, waits
+        started = time.monotonic()
+        with pytest.raises(TokenEndpointError, match="crm@1"):
+            broker.headers_for(ref)
+        assert time.monotonic() - started < 0.2

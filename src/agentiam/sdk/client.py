@@ -7,8 +7,10 @@ tokens with the ``client_credentials`` grant (RFC 6749 section 4.4), authenticat
 with a fresh ``private_key_jwt`` assertion (RFC 7523 section 2.2) and binding the token
 to its DPoP key (RFC 9449 section 5). Tokens are cached per resource (RFC 8707
 ``resource``, the token's audience) and refreshed ``refresh_margin`` seconds before
-they expire. A ``use_dpop_nonce`` answer (RFC 9449 sections 8-9) is retried once with
-the server's nonce, which is then remembered.
+they expire, or half way through their lifetime if that comes later (so a token of
+30 s or less is not fetched again for every request). A ``use_dpop_nonce`` answer
+(RFC 9449 sections 8-9) is retried once with the server's nonce, which is then
+remembered.
 
 :class:`DPoPAuth` is an ``httpx.Auth`` for resource servers (RFC 9449 section 7): each
 request gets ``Authorization: DPoP <token>`` for its resource and a fresh proof bound
@@ -85,23 +87,36 @@ class TokenError(Exception):
 class AccessToken:
     """An access token as the token endpoint answered it (RFC 6749 section 5.1):
     ``token_type`` is ``DPoP`` for a DPoP-bound token (RFC 9449 section 5),
-    ``expires_at`` unix seconds by this machine's clock."""
+    ``expires_at`` unix seconds by this machine's clock, ``lifetime`` the seconds it
+    was issued for (``expires_in``; None if unknown). ``repr`` leaves out the value."""
 
-    value: str
+    value: str = field(repr=False)
     token_type: str
     expires_at: float
     scope: str
     authorization_details: tuple[Mapping[str, Any], ...] = field(default=())
+    lifetime: float | None = None
 
     @classmethod
-    def from_response(cls, body: Mapping[str, Any]) -> AccessToken:
+    def from_response(cls, body: Mapping[str, Any], *, now: float | None = None) -> AccessToken:
+        """The token of a successful token response (section 5.1), its lifetime
+        counted from ``now`` (unix seconds; default: the current time)."""
+        lifetime = float(body["expires_in"])
         return cls(
             value=body["access_token"],
             token_type=body["token_type"],
-            expires_at=time.time() + float(body["expires_in"]),
+            expires_at=(time.time() if now is None else now) + lifetime,
             scope=body.get("scope", ""),
             authorization_details=tuple(body.get("authorization_details") or ()),
+            lifetime=lifetime,
         )
+
+    def refresh_at(self, margin: float) -> float:
+        """When a new token should replace this one: ``margin`` seconds before it
+        expires, but not before half its lifetime has passed (when known)."""
+        if self.lifetime is not None:
+            margin = min(margin, max(self.lifetime, 0.0) / 2)
+        return self.expires_at - margin
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +147,14 @@ class AgentClient:
         dpop_key: AgentKey | None = None,
         refresh_margin: float = 30.0,
         http: httpx.Client | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``key`` signs assertions; ``dpop_key`` (default: a fresh ES256 key held only
         in memory) binds the tokens. ``resource`` and ``scope`` are what :meth:`token`
-        asks for by default (RFC 8707 section 2, RFC 6749 section 3.3)."""
+        asks for by default (RFC 8707 section 2, RFC 6749 section 3.3). A token is
+        refreshed ``refresh_margin`` seconds before it expires, at most half its
+        lifetime early (:meth:`AccessToken.refresh_at`). ``clock`` (unix seconds)
+        times token expiry."""
         self.issuer = issuer.rstrip("/")
         self.client_id = client_id
         self.key = key
@@ -143,6 +162,7 @@ class AgentClient:
         self.resource = resource
         self.scope = scope
         self.refresh_margin = refresh_margin
+        self._clock = clock
         self._http = http or httpx.Client(timeout=10)
         self._metadata: dict[str, Any] | None = None
         self._tokens: dict[str | None, AccessToken] = {}  # by resource
@@ -196,21 +216,24 @@ class AgentClient:
 
     def token(self, resource: str | None = None) -> AccessToken:
         """A valid token for ``resource`` (default: the client's ``resource``), from
-        the cache or fetched when missing or within ``refresh_margin`` of expiry."""
+        the cache or fetched when missing or due for a refresh."""
         key = resource or self.resource
         with self._lock:
-            current = self._tokens.get(key)
-            if current is None or current.expires_at - self.refresh_margin <= time.time():
+            current = self._fresh(self._tokens.get(key))
+            if current is None:
                 current = self._tokens[key] = self._fetch(key)
             return current
 
     def cached_token(self, resource: str | None = None) -> AccessToken | None:
         """The cached token for ``resource`` if it needs no refresh yet, else None
         (never blocks on the network)."""
-        current = self._tokens.get(resource or self.resource)
-        if current is None or current.expires_at - self.refresh_margin <= time.time():
+        return self._fresh(self._tokens.get(resource or self.resource))
+
+    def _fresh(self, token: AccessToken | None) -> AccessToken | None:
+        """``token`` unless it is due for a refresh (:meth:`AccessToken.refresh_at`)."""
+        if token is None or token.refresh_at(self.refresh_margin) <= self._clock():
             return None
-        return current
+        return token
 
     def invalidate(self, resource: str | None = None, *, token: str | None = None) -> None:
         """Drop the cached token for ``resource`` (only if it is still ``token``, when
@@ -245,11 +268,12 @@ class AgentClient:
             proof = dpop_proof(
                 self.dpop_key, method="POST", url=endpoint, nonce=self._nonces.get(endpoint)
             )
+            sent = self._clock()  # the lifetime counts from the request, to be safe
             r = self._http.post(endpoint, data=form(), headers={"DPoP": proof})
             if "dpop-nonce" in r.headers:
                 self._nonces[endpoint] = r.headers["dpop-nonce"]
             if r.status_code == 200:
-                return AccessToken.from_response(r.json())
+                return AccessToken.from_response(r.json(), now=sent)
             error = _error_of(r)
             if error[0] == "use_dpop_nonce" and attempt == 0:
                 continue
@@ -354,7 +378,7 @@ class AgentClient:
             error = _error_of(r)
             raise TokenError(error[0], error[1], r.status_code)
         data = r.json()
-        token = AccessToken.from_response(data)
+        token = AccessToken.from_response(data, now=self._clock())
         client = AgentClient(
             self.issuer,
             client_id=data["agent_id"],
@@ -363,6 +387,7 @@ class AgentClient:
             resource=resource or self.resource,
             refresh_margin=self.refresh_margin,
             http=self._http,
+            clock=self._clock,
         )
         return SubAgent(
             agent_id=data["agent_id"],

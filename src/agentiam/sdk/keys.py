@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +47,35 @@ class AgentKey:
         return {**public, "kid": self.kid, "alg": self.alg, "use": "sig"}
 
     def save(self, path: str | Path) -> None:
-        """Write the private JWK to ``path``, readable by the owner only."""
+        """Write the private JWK to ``path``, readable by the owner only (mode 0600).
+
+        The key goes to a new temporary file (mode 0600) in the same directory, is
+        flushed to disk, then renamed over ``path``: whatever was there before (a file
+        of another mode, a symlink, which is replaced rather than followed) never holds
+        the key, and a crash leaves either the old file or the new one whole."""
+        target = Path(path)
         data = json.dumps({"alg": self.alg, "jwk": self.key.as_dict(private=True)})
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(data)
+        directory = target.parent
+        fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)  # mode 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fd = -1  # closed by the file object from now on
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            if fd != -1:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        with contextlib.suppress(OSError):  # the rename is durable too (not on Windows)
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
     @classmethod
     def load(cls, path: str | Path) -> AgentKey:

@@ -33,11 +33,13 @@ OAuth 2.0 client credentials (RFC 6749 section 4.4): the broker asks the configu
 token endpoint for an access token, authenticating with ``client_secret_basic`` (HTTP
 Basic, section 2.3.1) or ``client_secret_post`` (form parameters, section 2.3.1),
 caches it until shortly before it expires (``expires_in``, section 5.1), fetches a new
-one after that or after a rotation, and injects it as a Bearer token (RFC 6750
-section 2.1). The token endpoint is fetched through
-:class:`~agentiam.adapters.outbound.PinnedClient` (https only, public addresses only,
-unless ``allow_private_network``). Tokens and secrets are never logged; errors name
-the secret by ``name@version`` and quote the endpoint's OAuth error code (section 5.2).
+one after that or after the secret changed (rotation, or delete and put), and injects
+it as a Bearer token (RFC 6750 section 2.1). Concurrent calls share one fetch, failed
+or not, and a failure is answered from memory for 2 seconds. The token endpoint is
+fetched through :class:`~agentiam.adapters.outbound.PinnedClient` (https only, public
+addresses only, unless ``allow_private_network``). Tokens and secrets are never
+logged; errors name the secret by ``name@version`` and quote the endpoint's OAuth
+error code (section 5.2).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -107,10 +109,12 @@ MAX_VALUE_BYTES = 16 * 1024
 MAX_TOKEN_RESPONSE = 64 * 1024
 _FORMAT = "agentiam-gateway-secrets/1"
 _RACY_SECONDS = 2.0  # a store file younger than this is compared by content
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_FAILURE_BACKOFF = 2.0  # seconds a failed token fetch is answered from memory
+# Always used with fullmatch: "$" would also match before a final "\n".
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # RFC 9110 section 5.6.2 token (a field name) and section 5.5 field values (no CTLs)
-_FIELD_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
-_FIELD_VALUE = re.compile(r"^[\x20-\x7e\x80-\xff]*$")
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+_FIELD_VALUE = re.compile(r"[\x20-\x7e\x80-\xff]*")
 _KEY_HINT = (
     f"Set {KEY_ENV} (or {KEY_FILE_ENV}) to the key the store was sealed with; "
     "make a new one with 'agentiam keys generate-master-key'."
@@ -140,6 +144,25 @@ class TokenEndpointError(AgentIAMError):
     code = "upstream-token-error"
     title = "Upstream token endpoint error"
     status = 502
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """An error to raise again later: its class, message and hint only. Each raise
+    makes a new instance: raising one instance again would add every caller's frames
+    to its ``__traceback__`` (growing without bound and keeping their locals alive),
+    and threads raising it at once would race on that attribute."""
+
+    kind: type[AgentIAMError]
+    detail: str
+    hint: str | None
+
+    @classmethod
+    def of(cls, error: AgentIAMError) -> _Refusal:
+        return cls(type(error), error.detail, error.hint)
+
+    def error(self) -> AgentIAMError:
+        return self.kind(self.detail, hint=self.hint)
 
 
 # -- values --------------------------------------------------------------------------------
@@ -249,7 +272,7 @@ def _context(name: str, version: int, kind: SecretKind) -> str:
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise SecretStoreError(
             f"invalid secret name {name[:40]!r}" if isinstance(name, str) else "invalid name",
             hint="Use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit.",
@@ -262,7 +285,7 @@ def _encode(kind: SecretKind, value: SecretValue) -> bytes:
         if not isinstance(value, Secret):
             raise SecretStoreError("an api_key secret is one string")
         text = value.reveal()
-        if not text or not _FIELD_VALUE.match(text) or text != text.strip():
+        if not text or not _FIELD_VALUE.fullmatch(text) or text != text.strip():
             raise SecretStoreError(
                 "an API key must be non-empty, without control characters or surrounding space",
                 hint="It is sent in an HTTP header (RFC 9110 section 5.5).",
@@ -301,7 +324,7 @@ def _parse_entry(raw: Any) -> _Entry:
     created = datetime.fromisoformat(raw["created_at"])
     if created.tzinfo is None:
         raise ValueError("created_at needs a time zone")
-    if not isinstance(raw["name"], str) or not _NAME.match(raw["name"]):
+    if not isinstance(raw["name"], str) or not _NAME.fullmatch(raw["name"]):
         raise ValueError("invalid secret name")
     info = SecretInfo(raw["name"], SecretKind(raw["kind"]), version, created)
     return _Entry(info, raw["sealed"])
@@ -328,7 +351,7 @@ class SecretStore:
         self._digest: bytes | None = None  # SHA-256 of the content last parsed
         self._checked_at: float | None = None
         self._entries: tuple[_Entry, ...] = ()
-        self._error: SecretStoreError | None = None
+        self._error: _Refusal | None = None  # the store does not read: fail closed
 
     def __repr__(self) -> str:
         return f"SecretStore({str(self.path)!r}, key={self._key.id})"
@@ -342,21 +365,28 @@ class SecretStore:
         ]
 
     def info(self, name: str, version: int | None = None) -> SecretInfo:
-        return self._find(self._current(), name, version).info
+        return self.entry(name, version).info
 
     def get(self, name: str, version: int | None = None) -> tuple[SecretInfo, SecretValue]:
         """The newest version of ``name`` (or ``version``, if still kept), opened."""
-        entry = self._find(self._current(), name, version)
-        return entry.info, self._open(entry)
+        entry = self.entry(name, version)
+        return entry.info, self.unseal(entry)
+
+    def entry(self, name: str, version: int | None = None) -> _Entry:
+        """The stored entry (sealed) of ``name``'s newest version, or of ``version``.
+        Two entries are equal only if they are the same seal: a name deleted and put
+        again has a new entry even though its ``name@version`` is the same."""
+        return self._find(self._current(), name, version)
 
     def verify(self) -> int:
         """Open every value (a wrong key or an altered entry raises); how many."""
         entries = self._current()
         for entry in entries:
-            self._open(entry)
+            self.unseal(entry)
         return len(entries)
 
-    def _open(self, entry: _Entry) -> SecretValue:
+    def unseal(self, entry: _Entry) -> SecretValue:
+        """The value of ``entry``; raises :class:`SecretStoreError` if it does not open."""
         info = entry.info
         try:
             data = self._key.open(
@@ -393,7 +423,7 @@ class SecretStore:
                 self._checked_at = now
                 self._refresh()
             if self._error is not None:
-                raise self._error
+                raise self._error.error()
             return self._entries
 
     def _refresh(self) -> None:
@@ -404,8 +434,10 @@ class SecretStore:
             return
         except OSError as exc:
             self._stamp = None
-            self._error = SecretStoreError(
-                f"cannot read the gateway secret store {self.path}: {type(exc).__name__}"
+            self._error = _Refusal(
+                SecretStoreError,
+                f"cannot read the gateway secret store {self.path}: {type(exc).__name__}",
+                None,
             )
             return
         stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -421,7 +453,7 @@ class SecretStore:
                 self._entries, self._error = self._parse(data), None
             self._digest = digest
         except SecretStoreError as exc:
-            self._entries, self._error, self._digest = (), exc, None  # fail closed
+            self._entries, self._error, self._digest = (), _Refusal.of(exc), None  # fail closed
         self._stamp = stamp
 
     def _load(self) -> tuple[_Entry, ...]:
@@ -617,9 +649,9 @@ CredentialRef = ApiKeyInjection | OAuthClientCredentials
 
 
 def _check_header(header: str, prefix: str) -> None:
-    if not _FIELD_NAME.match(header):
+    if not _FIELD_NAME.fullmatch(header):
         raise ValueError(f"invalid header name {header[:40]!r}")
-    if not _FIELD_VALUE.match(prefix):
+    if not _FIELD_VALUE.fullmatch(prefix):
         raise ValueError("the header prefix holds control characters")
 
 
@@ -653,18 +685,42 @@ def credential_ref_from_config(config: Mapping[str, Any]) -> CredentialRef:
 # -- the broker ------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Token:
-    label: str  # the secret's name@version it was obtained with
+    entry: _Entry  # the stored entry it was obtained with: its seal, not only its label
     value: Secret
-    refresh_at: float  # clock time after which a new one is fetched
+    until: float  # clock time after which a new one is fetched
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    entry: _Entry  # the stored entry the failed fetch used
+    refusal: _Refusal
+    until: float  # clock time until which the failure is the answer, without a fetch
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One credential's token state: the outcome of its last fetch, and the lock that
+    lets one fetch at a time run."""
+
+    fetching: threading.Lock = field(default_factory=threading.Lock)
+    fetches: int = 0  # fetches ended: a waiter sees whether one ended while it waited
+    outcome: _Token | _Failed | None = None
 
 
 class CredentialBroker:
     """Headers that carry an upstream credential, and the secret's ``name@version``.
 
-    ``clock`` (monotonic seconds) times token expiry; ``transport`` replaces the
-    pinned transport of token requests (tests only)."""
+    Concurrent calls for one OAuth credential share one token fetch: calls that wait
+    behind a fetch take its outcome, token or error. A failed fetch is answered from
+    memory for 2 s (``_FAILURE_BACKOFF``) per credential and stored secret version,
+    so a hung token endpoint costs each call at most one ``timeout``. A token or a
+    failure belongs to the stored entry (the seal) it was fetched with: a rotation, or
+    a delete and put under the same name and version, fetches anew.
+
+    ``clock`` (monotonic seconds) times token expiry and the failure back-off;
+    ``transport`` replaces the pinned transport of token requests (tests only)."""
 
     def __init__(
         self,
@@ -677,8 +733,7 @@ class CredentialBroker:
         self._clock = clock
         self._transport = transport
         self._lock = threading.Lock()
-        self._tokens: dict[OAuthClientCredentials, _Token] = {}
-        self._fetching: dict[OAuthClientCredentials, threading.Lock] = {}
+        self._slots: dict[OAuthClientCredentials, _Slot] = {}  # one per configured ref
 
     def __repr__(self) -> str:
         return f"CredentialBroker({self.store!r})"
@@ -697,33 +752,45 @@ class CredentialBroker:
         return self._oauth_headers(ref)
 
     def _oauth_headers(self, ref: OAuthClientCredentials) -> tuple[dict[str, str], str]:
-        info = self.store.info(ref.secret)
+        entry = self.store.entry(ref.secret)
+        info = entry.info
         if info.kind is not SecretKind.OAUTH_CLIENT:
             raise SecretStoreError(
                 f"secret {info.label} is {info.kind.value}, the upstream expects oauth_client"
             )
-        token = self._cached(ref, info.label)
-        if token is None:
-            with self._lock:
-                fetching = self._fetching.setdefault(ref, threading.Lock())
-            with fetching:  # one fetch per credential at a time; the others reuse it
-                token = self._cached(ref, info.label)
-                if token is None:
-                    token = self._fetch(ref)
-                    with self._lock:
-                        self._tokens[ref] = token
-        return {ref.header: "Bearer " + token.value.reveal()}, token.label
-
-    def _cached(self, ref: OAuthClientCredentials, label: str) -> _Token | None:
         with self._lock:
-            token = self._tokens.get(ref)
-        if token is None or token.label != label or self._clock() >= token.refresh_at:
-            return None
-        return token
+            slot = self._slots.setdefault(ref, _Slot())
+            seen = slot.fetches
+            outcome = self._usable(slot.outcome, entry)
+        if outcome is None:
+            with slot.fetching:
+                with self._lock:  # a fetch that ended while we waited answers us too
+                    outcome = slot.outcome if slot.fetches != seen else None
+                if outcome is None:
+                    outcome = self._attempt(ref, entry)
+                    with self._lock:
+                        slot.outcome = outcome
+                        slot.fetches += 1
+        if isinstance(outcome, _Failed):
+            raise outcome.refusal.error()
+        return {ref.header: "Bearer " + outcome.value.reveal()}, outcome.entry.info.label
 
-    def _fetch(self, ref: OAuthClientCredentials) -> _Token:
-        """The client credentials grant, RFC 6749 section 4.4.2 / 4.4.3."""
-        info, value = self.store.get(ref.secret)
+    def _usable(self, outcome: _Token | _Failed | None, entry: _Entry) -> _Token | _Failed | None:
+        """``outcome`` if it was fetched with ``entry`` and is still current."""
+        if outcome is None or outcome.entry != entry or self._clock() >= outcome.until:
+            return None
+        return outcome
+
+    def _attempt(self, ref: OAuthClientCredentials, entry: _Entry) -> _Token | _Failed:
+        try:
+            return self._fetch(ref, entry)
+        except (TokenEndpointError, SecretStoreError) as exc:
+            return _Failed(entry, _Refusal.of(exc), self._clock() + _FAILURE_BACKOFF)
+
+    def _fetch(self, ref: OAuthClientCredentials, entry: _Entry) -> _Token:
+        """The client credentials grant, RFC 6749 section 4.4.2 / 4.4.3, with the
+        client credentials sealed in ``entry``."""
+        info, value = entry.info, self.store.unseal(entry)
         if not isinstance(value, OAuthClientSecret):
             raise SecretStoreError(f"secret {info.label} is not an oauth_client secret")
         secret = value.client_secret.reveal()
@@ -782,7 +849,7 @@ class CredentialBroker:
             not isinstance(access_token, str)
             or not access_token
             or len(access_token) > 8192
-            or not _FIELD_VALUE.match(access_token)
+            or not _FIELD_VALUE.fullmatch(access_token)
         ):
             raise TokenEndpointError(f"{shown} answered with a malformed access token")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
@@ -799,7 +866,7 @@ class CredentialBroker:
             info.label,
             lifetime,
         )
-        return _Token(info.label, Secret(access_token), started + lifetime - margin)
+        return _Token(entry, Secret(access_token), started + lifetime - margin)
 
 
 def _read_body(response: httpx.Response) -> bytes:
