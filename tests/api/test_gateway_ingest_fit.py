@@ -98,18 +98,7 @@ def test_a_caller_sized_event_ships_and_does_not_hold_the_spool_back(
 
     with oauth_live(database_url) as live:
         key = live.container.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
-        shipper = _Shipper(live.url, key, 5.0)
-
-        async def ship_until_drained() -> None:
-            task = asyncio.create_task(shipper.run(spool))
-            deadline = time.monotonic() + 10
-            while spool.health().pending_events and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-        asyncio.run(ship_until_drained())
+        _ship(spool, live.url, key)
         health = spool.health()
         stored = {
             e.decision_id: e
