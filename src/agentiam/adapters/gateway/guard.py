@@ -17,7 +17,9 @@ Cedar policy) and the durable :class:`~agentiam.adapters.gateway.spool.AuditSpoo
    decision. No token, or a bad one: the call is refused (``invalid_token``).
 2. **What.** ``Call(action="invoke_tool", resource=Tool::"<name>",
    detail=ToolCall(<name>, <args>), args=<args>)``, where ``args`` are the function's
-   bound arguments (defaults applied, reduced to JSON values).
+   bound arguments (defaults applied, reduced to JSON values: :func:`plain_arguments`).
+   An argument with no JSON form refuses the call (``invalid_request``, 400): policy
+   must see every argument it could forbid on.
 3. **Decide, durably.** :meth:`Enforcer.decide`: the verdict's audit event (source
    ``guard/<name>``) is fsynced to the spool *before* the body may run. A refusal
    raises :class:`ToolCallDenied` (reason, decision id): the body never runs.
@@ -48,18 +50,30 @@ import logging
 import math
 import os
 import re
+import threading
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, cast, overload
 from urllib.parse import urlsplit
+from uuid import UUID
 
 import anyio
 import anyio.to_thread
+from pydantic import BaseModel
 
 from agentiam.adapters.gateway.approval_flow import ApprovalFlow, ApprovalOutcome
 from agentiam.adapters.gateway.approvals import ApprovalClient
@@ -77,6 +91,7 @@ from agentiam.core.delegation.authorization_details import ToolCall
 from agentiam.core.enforcement.ratelimit import RateLimiter
 from agentiam.core.ids import is_id
 from agentiam.core.policy.model import EntityRef
+from agentiam.core.policy.values import MAX_DEPTH
 from agentiam.errors import AgentIAMError, OAuthError, ServiceUnavailable
 
 if TYPE_CHECKING:
@@ -112,11 +127,12 @@ Principal = Literal["auto", "request", "configured"]
 """Whose token decides a guarded MCP tool call (see ``guard_mcp``)."""
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _TOOL = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, as the ingest accepts
 _ACTION = "invoke_tool"
-_MAX_DEPTH = 8
+_MAX_DEPTH = MAX_DEPTH  # Cedar reads no deeper (plain_arguments)
 
 _current_token: contextvars.ContextVar[TokenSource | None] = contextvars.ContextVar(
     "agentiam_guard_token", default=None
@@ -364,6 +380,16 @@ class _Decided:
     started: float = field(default_factory=time.perf_counter)
 
 
+@dataclass(slots=True)
+class _Handover:
+    """One ``async with`` entry: the worker thread's allowed decision for the task,
+    or, once the task was cancelled, the cancellation the worker records instead."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    decided: _Decided | None = None
+    abandoned: str | None = None
+
+
 class GuardedCall:
     """One guarded call: a context manager, sync (``with``) or async (``async with``).
 
@@ -385,7 +411,11 @@ class GuardedCall:
     ) -> None:
         self._guard = guard
         self.tool = tool
-        self.args: dict[str, Any] = plain_arguments(args or {})
+        self._not_json: str | None = None  # then the call is refused (plain_arguments)
+        try:
+            self.args: dict[str, Any] = plain_arguments(args or {})
+        except _ArgumentNotJSON as exc:
+            self.args, self._not_json = {}, str(exc)
         self._authenticate = authenticate
         self._token = token
         self._approval = approval
@@ -420,14 +450,7 @@ class GuardedCall:
     # -- sync ------------------------------------------------------------------------
 
     def __enter__(self) -> GuardedCall:
-        self._decided = self._guard._decide(
-            self.tool,
-            self.args,
-            self._authenticate,
-            self._token or _current_token.get(),
-            self._approval,
-            self._approval_wait,
-        )
+        self._decided = self._guard._decide(self, self._token or _current_token.get())
         return self
 
     def __exit__(
@@ -443,17 +466,32 @@ class GuardedCall:
     # -- async: the same steps on a worker thread (they fsync), outcome shielded ----------
 
     async def __aenter__(self) -> GuardedCall:
+        handover = _Handover()
         token = self._token or _current_token.get()
-        self._decided = await anyio.to_thread.run_sync(
-            self._guard._decide,
-            self.tool,
-            self.args,
-            self._authenticate,
-            token,
-            self._approval,
-            self._approval_wait,
-        )
+        try:
+            await anyio.to_thread.run_sync(self._decide_for, handover, token)
+        except BaseException as exc:
+            # Cancelled while the worker decides (task.cancel() does not wait for the
+            # thread): whichever comes second, this or the worker's decision, records
+            # the outcome of an allowed call whose block will never run.
+            with handover.lock:
+                handover.abandoned = type(exc).__name__
+                self._decided = handover.decided
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._decided = handover.decided
         return self
+
+    def _decide_for(self, handover: _Handover, token: TokenSource | None) -> None:
+        """On the worker thread: decide, and hand an allowed call to the task that
+        entered, or record its outcome if that task was cancelled meanwhile."""
+        decided = self._guard._decide(self, token)
+        with handover.lock:
+            abandoned = handover.abandoned
+            if abandoned is None:
+                handover.decided = decided
+        if abandoned is not None:
+            self._guard._outcome(decided, abandoned)
 
     async def __aexit__(
         self,
@@ -466,6 +504,24 @@ class GuardedCall:
             # A cancelled task still records what happened to the call it was allowed.
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._guard._outcome, decided, self._error(exc_type))
+
+    def _defer(self, awaitable: Awaitable[T]) -> Coroutine[Any, Any, T]:
+        """The sync block produced ``awaitable`` (a guarded function that is not a
+        coroutine function returned it): its body runs only when awaited, so leaving
+        the block records nothing and the coroutine returned records the outcome once
+        ``awaitable`` finished (or raised, or was cancelled)."""
+        decided, self._decided = self._decided, None
+        return self._finish(decided, awaitable)
+
+    async def _finish(self, decided: _Decided | None, awaitable: Awaitable[T]) -> T:
+        self._decided = decided
+        try:
+            result = await awaitable
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        await self.__aexit__(None, None, None)
+        return result
 
     def _error(self, exc_type: type[BaseException] | None) -> str | None:
         failure, self._failure = self._failure, None
@@ -653,7 +709,10 @@ class Guard:
         ``token`` overrides the guard's default principal for this tool,
         ``approval_wait`` the guard's (seconds a call waits for a human's approval).
         Generator functions are refused (their body would run after the decision's
-        scope)."""
+        scope). An object with an ``async def __call__`` is guarded as an ``async
+        def``; a sync function that returns an awaitable (an ``async def`` behind a
+        plain decorator) is decided when called and its outcome recorded when the
+        awaitable finishes."""
         if approval_wait is not None:
             _check_wait(approval_wait)
         if callable(name):
@@ -812,7 +871,7 @@ class Guard:
                     out[key] = value
             return out
 
-        if inspect.iscoroutinefunction(fn):
+        if _is_async(fn):
 
             @functools.wraps(fn)
             async def guarded_async(*args: Any, **kwargs: Any) -> Any:
@@ -830,21 +889,17 @@ class Guard:
                 self, tool, bind(args, kwargs), None, token, approval_wait=approval_wait
             )
             with guarded:
-                return fn(*args, **kwargs)
+                result = fn(*args, **kwargs)
+                if inspect.isawaitable(result):  # e.g. async def behind a plain decorator
+                    return guarded._defer(result)
+                return result
 
         return cast(F, guarded)
 
-    def _decide(
-        self,
-        tool: str,
-        args: dict[str, Any],
-        authenticate: Authenticate | None,
-        token: TokenSource | None,
-        approval: str | None = None,
-        approval_wait: float | None = None,
-    ) -> _Decided:
+    def _decide(self, guarded: GuardedCall, token: TokenSource | None) -> _Decided:
         """Steps 1-3 of the module doc; raises ToolCallDenied unless allowed."""
         enforcer = self.enforcer
+        tool, args, authenticate = guarded.tool, guarded.args, guarded._authenticate
         trace = TraceContext.new()
         call = Call(
             action=_ACTION,
@@ -869,9 +924,24 @@ class Guard:
                         hint="Give the guard the agent's token (token=...) or use acting_as().",
                     )
                 access = enforcer.authenticate_token(value, trace=trace)
+            if guarded._not_json is not None:  # policy could not see it: refuse, audited
+                enforcer.refuse(
+                    access, trace=trace, status=400, reason=guarded._not_json, call=call
+                )
+                raise ToolCallDenied(
+                    tool,
+                    guarded._not_json,
+                    error="invalid_request",
+                    refusal_status=400,
+                    trace_id=trace.trace_id,
+                    hint="Pass JSON values, a pydantic model or a dataclass, or leave the "
+                    "argument out of the decision (guard.tool(exclude=...)).",
+                )
             verdict = enforcer.decide(access, call, trace=trace)
             if not verdict.allowed and verdict.approvable and self.approvals is not None:
-                verdict = self._approval(access, call, verdict, trace, approval, approval_wait)
+                verdict = self._approval(
+                    access, call, verdict, trace, guarded._approval, guarded._approval_wait
+                )
         except OAuthError as exc:
             if exc.oauth_status >= 500:
                 raise GuardUnavailable(tool, exc.reason, trace_id=trace.trace_id) from None
@@ -971,6 +1041,14 @@ def _resolve(source: TokenSource | None) -> tuple[str | None, str]:
     return value, ""
 
 
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one (its calls return
+    coroutines, though :func:`inspect.iscoroutinefunction` says no)."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    return not inspect.isroutine(fn) and inspect.iscoroutinefunction(type(fn).__call__)
+
+
 def _check_wait(seconds: float) -> None:
     if not 0 <= seconds <= 86_400:
         raise ValueError("approval_wait: seconds between 0 and 86400")
@@ -1003,44 +1081,94 @@ def _metadata_url(resource: str) -> str:
 
 def plain_arguments(args: Mapping[str, Any]) -> dict[str, Any]:
     """Tool arguments as JSON values, for the policy context and the audit trail:
-    strings, numbers, booleans, null, lists and objects with string keys (nested at
-    most 8 deep). Paths become strings, enums their values, dates ISO 8601; anything
-    else (and non-finite floats, bytes) is left out: a policy cannot read it."""
+    strings, numbers, booleans, null, lists and objects with string keys.
+
+    Paths become strings, enums their values, dates ISO 8601, UUIDs and decimals their
+    text; a pydantic model becomes its JSON form (``model_dump(mode="json")``, what a
+    model sends for it) and a dataclass an object of its fields, inside lists and
+    objects too. Any other value (bytes, a non-finite number, an object key that is not
+    a string, an arbitrary object) raises :class:`TypeError` naming the argument: it
+    must not vanish from what policy sees, or a forbid on it would not apply (fail
+    closed). Nesting is cut below :data:`~agentiam.core.policy.values.MAX_DEPTH` levels:
+    Cedar refuses a declared attribute that deep, so no policy can read what is cut.
+    """
     out: dict[str, Any] = {}
     for key, value in args.items():
-        converted = _plain(value, 0)
+        try:
+            converted = _plain(value, 0)
+        except _NotJSON as exc:
+            raise _ArgumentNotJSON(
+                f"the argument {str(key)[:64]!r} holds {exc.what}, which is not JSON: "
+                "policy could not read it"
+            ) from None
         if converted is not _SKIP:
             out[str(key)] = converted
     return out
+
+
+class _ArgumentNotJSON(TypeError):
+    """Raised by :func:`plain_arguments`; its message names the argument and the type,
+    never the value."""
+
+
+class _NotJSON(Exception):
+    """A value :func:`_plain` has no JSON form for; ``what`` names its type (never
+    the value itself, which may hold data)."""
+
+    def __init__(self, value: object, role: str = "a value") -> None:
+        super().__init__()
+        self.what = f"{role} of type {type(value).__qualname__[:64]}"
 
 
 _SKIP = object()
 
 
 def _plain(value: Any, depth: int) -> Any:
+    """``value`` as a JSON value (see :func:`plain_arguments`), or _SKIP below the depth
+    bound; raises _NotJSON. Work is linear in the value's size, never deeper."""
     if depth > _MAX_DEPTH:
         return _SKIP
     if value is None or isinstance(value, bool | int | str):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else _SKIP
+        if not math.isfinite(value):
+            raise _NotJSON(value, "a non-finite number")
+        return value
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise _NotJSON(value, "a non-finite number")
+        return str(value)
     if isinstance(value, enum.Enum):
         return _plain(value.value, depth + 1)
     if isinstance(value, os.PathLike):
         path = os.fspath(value)
-        return path if isinstance(path, str) else _SKIP
+        if not isinstance(path, str):
+            raise _NotJSON(path)
+        return path
     if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, BaseModel):
+        try:
+            dumped = value.model_dump(mode="json")  # its own JSON form, aliases aside
+        except (TypeError, ValueError):  # PydanticSerializationError: a field with none
+            raise _NotJSON(value) from None
+        return _plain(dumped, depth)
+    if is_dataclass(value) and not isinstance(value, type):
+        # not dataclasses.asdict: it deep-copies every leaf and has no depth bound
+        value = {f.name: getattr(value, f.name) for f in fields(value)}
     if isinstance(value, Mapping):
         items = {}
         for k, v in value.items():
-            if isinstance(k, str):
-                converted = _plain(v, depth + 1)
-                if converted is not _SKIP:
-                    items[k] = converted
+            if not isinstance(k, str):
+                raise _NotJSON(k, "an object key")
+            converted = _plain(v, depth + 1)
+            if converted is not _SKIP:
+                items[k] = converted
         return items
     if isinstance(value, list | tuple | set | frozenset):
         ordered = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
         elements = [_plain(v, depth + 1) for v in ordered]
         return [e for e in elements if e is not _SKIP]
-    return _SKIP
+    raise _NotJSON(value)

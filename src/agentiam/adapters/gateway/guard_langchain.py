@@ -11,9 +11,12 @@ the same way a ``@guard.tool`` function is (docs/guard.md):
   original's, so the model sees no difference. The tool name is the policy resource:
   ``Tool::"<name>"``, action ``invoke_tool``.
 - **Arguments.** The input as LangChain validated it against the tool's schema, as
-  JSON values: ``context.args`` for policy, names (and values where the redaction rules
-  allow) in the audit trail. A single-input tool without a schema is decided with its
-  input as ``{"input": …}``.
+  JSON values (:func:`~agentiam.adapters.gateway.guard.plain_arguments`; a nested
+  pydantic model or dataclass, which LangChain passes as an instance, as its JSON
+  form): ``context.args`` for policy, names (and values where the redaction rules
+  allow) in the audit trail. A value with no JSON form refuses the call
+  (``invalid_request``) rather than hide it from policy. A single-input tool without a
+  schema is decided with its input as ``{"input": …}``.
 - **Decided before it runs.** The decision's event is durable before the original tool
   runs; its outcome (``tool.call``, success or failure by exception class) after.
 - **A refusal** (policy, task scope, rate limit, a missing or revoked token, a pending
