@@ -430,6 +430,11 @@ async def _scenario(world: dict[str, Any]) -> None:
     assert metadata["dpop_bound_access_tokens_required"] is True
     resource_metadata = f'resource_metadata="{base}/.well-known/oauth-protected-resource/mcp"'
 
+    # -- the listener bounds a request's head before anything else reads it -----------------
+    oversized = httpx.post(url, content=b"{}", headers={"X-Pad": "a" * (80 * 1024)})
+    assert oversized.status_code == 431, oversized.text
+    assert oversized.headers["content-type"] == "application/problem+json"
+
     tools_list = _rpc("tools/list")
     refused = {
         "no token": {},

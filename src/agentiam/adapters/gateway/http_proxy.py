@@ -19,9 +19,9 @@ common gateway part (:mod:`agentiam.adapters.gateway.config`) plus two sections:
 For every request, in this order:
 
 1. The path is checked: one that a server could read in two ways (``.``/``..``
-   segments, encoded ``/`` or ``\\``, empty segments, control characters, bad
-   percent-encoding) is refused with 400, so the route the gateway decides on is the
-   path the upstream serves (RFC 3986 sections 3.3 and 6.2.2).
+   segments, ``;`` path parameters, encoded ``/`` or ``\\``, empty segments, control
+   characters, bad percent-encoding) is refused with 400, so the route the gateway
+   decides on is the path the upstream serves (RFC 3986 sections 3.3 and 6.2.2).
 2. The token is verified (:meth:`Enforcer.authenticate`): a DPoP-bound access token
    (RFC 9449) whose audience is ``public_url`` (RFC 8707). The DPoP ``htu`` is checked
    against ``public_url``'s origin plus the request path, never a URL built from the
@@ -48,14 +48,23 @@ For every request, in this order:
    ``approval-mismatch`` otherwise.
 6. The response is streamed back (hop-by-hop headers removed). Upstream timeouts give
    504, connection failures 502 (RFC 9110 sections 15.6.3 and 15.6.5); either way the
-   outcome is audited as failed.
+   outcome is audited as failed. A client that sends its body too slowly (a read
+   waits longer than ``timeouts.read``) gets 408; a client that leaves mid-response
+   has the upstream read stopped. Both are audited as failed.
 7. A ``tool.call`` event records the status, the secret used (``name@version``) and
    the duration (:meth:`Enforcer.record_outcome`).
 
 Every refusal is an RFC 9457 problem document (``application/problem+json``) that
-never carries a stack trace. ``/.well-known/oauth-protected-resource[/path]`` serves
-the RFC 9728 metadata, ``/healthz`` the runtime's health (503 once it no longer
-decides), ``/metrics`` Prometheus text.
+never carries a stack trace. The listener (:class:`ListenerProtocol`, uvicorn's
+httptools protocol) bounds the request head before any of this runs: 414 past
+:data:`MAX_TARGET` bytes of request-target, 431 past :data:`MAX_HEAD` bytes of head,
+and a connection whose head is not complete within :data:`HEAD_TIMEOUT` seconds is
+closed (408 if it sent part of one). WebSocket is off (``ws="none"``): an ``Upgrade``
+request is an ordinary HTTP request, authenticated and audited like any other, and
+its ``Upgrade`` header is dropped as hop-by-hop.
+``/.well-known/oauth-protected-resource[/path]`` serves the RFC 9728 metadata,
+``/healthz`` the runtime's health (503 once it no longer decides), ``/metrics``
+Prometheus text.
 """
 
 from __future__ import annotations
@@ -73,10 +82,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes, urlsplit
 
+import httptools
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from uvicorn.config import Config as UvicornConfig
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from agentiam.adapters.gateway.approvals import ApprovalTicket, NotApprovable
 from agentiam.adapters.gateway.broker import (
@@ -91,7 +104,12 @@ from agentiam.adapters.gateway.config import (
     upstream_tls,
 )
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
-from agentiam.adapters.gateway.http_upstream import UpstreamError, UpstreamPool, UpstreamTimeout
+from agentiam.adapters.gateway.http_upstream import (
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 from agentiam.adapters.gateway.loop_watch import watch_event_loop
 from agentiam.adapters.gateway.outcomes import OutcomeQueue
 from agentiam.adapters.gateway.runtime import GatewayRuntime
@@ -109,6 +127,7 @@ __all__ = [
     "SECTION_KEYS",
     "HttpGateway",
     "HttpGatewayConfig",
+    "ListenerProtocol",
     "PathRejected",
     "Route",
     "Upstream",
@@ -118,6 +137,7 @@ __all__ = [
     "response_headers_for_client",
     "run",
     "split_path",
+    "uvicorn_options",
 ]
 
 log = logging.getLogger("agentiam.gateway.http")
@@ -125,6 +145,9 @@ log = logging.getLogger("agentiam.gateway.http")
 SECTION_KEYS = frozenset({"upstreams", "routes", "max_request_bytes"})
 DEFAULT_MAX_REQUEST_BYTES = 10 * 1024 * 1024  # a request body larger than this is 413
 MAX_PATH = 8192  # bytes of request path accepted (414 beyond)
+MAX_TARGET = 16 * 1024  # bytes of raw request-target the listener reads (414 beyond)
+MAX_HEAD = 64 * 1024  # bytes of request-target and header fields it reads (431 beyond)
+HEAD_TIMEOUT = 10.0  # seconds for a request's head to arrive (ListenerProtocol)
 _PROBLEM_JSON = b"application/problem+json"
 _RESERVED_PATHS = ("/healthz", "/metrics", "/.well-known/")
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/ {}-]{0,127}$")
@@ -275,6 +298,8 @@ def _template(path: Any, where: str) -> tuple[tuple[str | None, ...], tuple[str,
         raise ValueError(f"{where}: a path starting with '/'")
     if path != "/" and any(path.startswith(p.rstrip("/")) for p in _RESERVED_PATHS):
         raise ValueError(f"{where}: /healthz, /metrics and /.well-known/ are the gateway's own")
+    if ";" in path:
+        raise ValueError(f"{where}: a request path with ';' is refused, write it as %3B")
     segments: list[str | None] = []
     params: list[str] = []
     for index, segment in enumerate(path[1:].split("/")):
@@ -399,13 +424,17 @@ def split_path(raw_path: bytes, prefix: str = "") -> tuple[str, ...]:
 
     Raises :class:`PathRejected` for anything a server might normalise differently
     than the route match (RFC 3986 section 6.2.2): ``.``/``..`` segments (also
-    ``..;``), encoded ``/`` or ``\\``, a backslash, empty segments (``//``), bytes
-    outside visible ASCII, malformed or non-UTF-8 percent-encoding; and ``None``-like
-    paths outside ``prefix``."""
+    ``..;``), a ``;`` (servlet containers and Spring drop a segment's ``;params``
+    before routing, RFC 3986 section 3.3; an encoded ``%3B`` is kept), encoded ``/``
+    or ``\\``, a backslash, empty segments (``//``), bytes outside visible ASCII,
+    malformed or non-UTF-8 percent-encoding; and ``None``-like paths outside
+    ``prefix``."""
     if len(raw_path) > MAX_PATH:
         raise PathRejected("the path is too long")
     if not raw_path.startswith(b"/") or not _SAFE_RAW.match(raw_path) or b"\\" in raw_path:
         raise PathRejected("the path holds characters outside visible ASCII, or a backslash")
+    if b";" in raw_path:
+        raise PathRejected("a ';' path parameter")
     path = raw_path.decode("ascii")
     if prefix:
         if path != prefix and not path.startswith(prefix + "/"):
@@ -493,7 +522,43 @@ class _TooLarge(Exception):
 
 
 class _ClientGone(Exception):
-    """The client disconnected while its request body was being forwarded."""
+    """The client disconnected while its request was forwarded or its answer sent."""
+
+
+class _ClientTimeout(Exception):
+    """The client's request body did not come in time (a read past ``timeouts.read``)."""
+
+
+_NOT_CUT = frozenset({"allowed", "client_gone"})  # a failed call whose answer is not cut
+
+
+class _ClientWatch:
+    """While a response streams, waits for the client's ``http.disconnect`` (ASGI
+    ``receive()`` once the request body is read), then aborts the upstream
+    connection: the gateway stops reading a body nobody takes, and that connection
+    is never reused. Started only for a body not already read whole."""
+
+    __slots__ = ("_task", "gone")
+
+    def __init__(
+        self, receive: Callable[[], Awaitable[dict[str, Any]]], response: UpstreamResponse
+    ) -> None:
+        self.gone = False
+        self._task = asyncio.create_task(self._watch(receive, response))
+
+    async def _watch(
+        self, receive: Callable[[], Awaitable[dict[str, Any]]], response: UpstreamResponse
+    ) -> None:
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # a server that cannot tell: there is nothing to stop
+            return
+        self.gone = True
+        response.abort()
+
+    def stop(self) -> None:
+        self._task.cancel()
 
 
 class _Aborted(Exception):
@@ -517,7 +582,7 @@ class _Permit:
     verdict: Verdict
     inject: dict[str, str]
     secret: str | None
-    content_length: int | None  # the request body's, None: chunked or no body
+    content_length: int | None  # the request's (also 0), None: chunked or no body
     has_body: bool
 
 
@@ -554,9 +619,11 @@ _TITLES = {
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not found",
+    408: "Request timeout",
     413: "Content too large",
     414: "URI too long",
     429: "Too many requests",
+    431: "Request header fields too large",
     502: "Bad gateway",
     503: "Service unavailable",
     504: "Gateway timeout",
@@ -566,9 +633,11 @@ _LABELS = {
     401: "unauthenticated",
     403: "forbidden",
     404: "not_found",
+    408: "client_timeout",
     413: "too_large",
     414: "bad_request",
     429: "rate_limited",
+    431: "bad_request",
     502: "upstream_error",
     503: "unavailable",
     504: "upstream_timeout",
@@ -712,6 +781,7 @@ class HttpGateway:
             for name, u in config.upstreams.items()
         }
         self._total = config.gateway.timeouts.total
+        self._read = config.gateway.timeouts.read  # per read of the client's body
         self._pools: dict[str, UpstreamPool] = {}
         self._workers = workers
         self._executor: ThreadPoolExecutor | None = None
@@ -1111,10 +1181,11 @@ class HttpGateway:
 
     def _record(
         self, permit: _Permit, trace: TraceContext, outcome: Outcome, status: int | None,
-        duration_ms: float,
+        duration_ms: float, error: str | None = None,
     ) -> None:  # fmt: skip
         """The call's ``tool.call`` event (step 7), written without holding the answer
-        (:class:`~agentiam.adapters.gateway.outcomes.OutcomeQueue`)."""
+        (:class:`~agentiam.adapters.gateway.outcomes.OutcomeQueue`); ``error`` names
+        what the client did wrong (``ClientDisconnected``, ``ClientTimeout``)."""
         self._outcomes.record(
             lambda: self.enforcer.record_outcome(
                 permit.access,
@@ -1125,6 +1196,7 @@ class HttpGateway:
                 status=status,
                 secret=permit.secret,
                 duration_ms=duration_ms,
+                error=error,
             )
         )
 
@@ -1139,7 +1211,8 @@ class HttpGateway:
     ) -> str:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        rest = raw_path[len(self._prefix) :] if self._prefix else raw_path
+        # public_url's path itself is the API's root: "/" (RFC 9112 section 3.2.1)
+        rest = (raw_path[len(self._prefix) :] or b"/") if self._prefix else raw_path
         upstream = permit.route.upstream.name
         pool = self._pools[upstream]
         query: bytes = scope.get("query_string") or b""
@@ -1148,9 +1221,11 @@ class HttpGateway:
         upstream_headers = request_headers_for_upstream(
             headers, inject=permit.inject, forwarded=forwarded, trace=trace
         )
+        body = _body(receive, self._max_body, self._read) if permit.has_body else None
         status: int | None = None
         outcome = Outcome.FAILURE
         label = "upstream_error"
+        error: str | None = None
         started_response = False
         try:
             async with asyncio.timeout(self._total):
@@ -1158,9 +1233,11 @@ class HttpGateway:
                     scope["method"],
                     target,
                     upstream_headers,
-                    _body(receive, self._max_body) if permit.has_body else None,
+                    body,
                     content_length=permit.content_length,
                 )
+                # the body is read: receive() now only tells that the client left
+                watch = None if response.complete else _ClientWatch(receive, response)
                 try:
                     status = response.status
                     await send(
@@ -1173,13 +1250,27 @@ class HttpGateway:
                     started_response = True
                     async for chunk in response.body():
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if watch is not None and watch.gone:
+                        raise _ClientGone
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
+                except UpstreamError:
+                    if watch is not None and watch.gone:  # it closed the upstream connection
+                        raise _ClientGone from None
+                    raise
                 finally:
+                    if watch is not None:
+                        watch.stop()
                     await response.aclose()
             outcome = Outcome.SUCCESS if status < 500 else Outcome.FAILURE
             label = "allowed"
         except _ClientGone:
-            label = "client_gone"
+            label, error = "client_gone", "ClientDisconnected"
+        except _ClientTimeout:
+            label, error, status = "client_timeout", "ClientTimeout", 408
+            reason = f"the request body did not arrive in time (no data for {self._read:g} s)"
+            await self._send_refusal(
+                send, _problem(408, "request-timeout", reason, {"Connection": "close"})
+            )
         except _TooLarge:
             label = "too_large"
             status = status or 413
@@ -1197,8 +1288,8 @@ class HttpGateway:
             self._log_failure(permit, exc)
         finally:
             duration = (time.perf_counter() - started) * 1000
-            self._record(permit, trace, outcome, status, duration)
-        if started_response and outcome is Outcome.FAILURE and label != "allowed":
+            self._record(permit, trace, outcome, status, duration, error)
+        if started_response and outcome is Outcome.FAILURE and label not in _NOT_CUT:
             raise _Aborted(f"upstream {upstream} failed mid-response")
         return label
 
@@ -1298,14 +1389,19 @@ def _framing(headers: Iterable[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
 
 
 async def _body(
-    receive: Callable[[], Awaitable[dict[str, Any]]], limit: int
+    receive: Callable[[], Awaitable[dict[str, Any]]], limit: int, read_timeout: float
 ) -> AsyncIterator[bytes]:
     """The request body as it arrives, never held whole; past ``limit`` bytes (a
     chunked body: a declared length is checked before) the upstream request is cut
-    off and the client gets 413 (RFC 9110 section 15.5.14)."""
+    off and the client gets 413 (RFC 9110 section 15.5.14). A read that waits longer
+    than ``read_timeout`` ends it too: the client gets 408 (section 15.5.9)."""
     seen = 0
     while True:
-        message = await receive()
+        try:
+            async with asyncio.timeout(read_timeout):
+                message = await receive()
+        except TimeoutError:
+            raise _ClientTimeout from None
         if message["type"] == "http.disconnect":
             raise _ClientGone
         chunk = message.get("body", b"")
@@ -1319,6 +1415,178 @@ async def _body(
 
 
 # -- running it ---------------------------------------------------------------------------
+
+
+def _head_refusal(status: int, code: str, detail: str) -> bytes:
+    """A whole HTTP/1.1 answer the listener writes itself (the application never saw
+    the request): an RFC 9457 problem, then the connection closes."""
+    problem = _problem(status, code, detail)
+    body = json.dumps(problem.body, separators=(",", ":")).encode("utf-8")
+    return b"".join(
+        [
+            b"HTTP/1.1 %d %s\r\n" % (status, problem.body["title"].encode("ascii")),
+            b"content-type: %s\r\ncache-control: no-store\r\n" % _PROBLEM_JSON,
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body),
+            body,
+        ]
+    )
+
+
+_HEAD_REFUSALS = {
+    408: _head_refusal(408, "request-timeout", "the request head did not arrive in time"),
+    414: _head_refusal(414, "bad-request", f"the request-target is over {MAX_TARGET} bytes"),
+    431: _head_refusal(431, "bad-request", f"the request head is over {MAX_HEAD} bytes"),
+}
+
+
+class _HeadRefused(Exception):
+    """Raised from a parser callback to stop llhttp (the refusal is already chosen)."""
+
+
+class ListenerProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with bounds on the request head, which uvicorn
+    reads whole and without a deadline before the application runs.
+
+    * Request-target: past ``max_target`` bytes, 414 (RFC 9110 section 15.5.15).
+    * Head (request-target and fields): past ``max_head`` bytes, 431 (RFC 6585
+      section 5). Counted as bytes received while the head is incomplete, so what
+      llhttp and httptools hold is bounded by that plus one read; a head that ends
+      in the read that passed the bound is measured exactly (only then: the hot
+      path pays one addition per read).
+    * Time: a head not complete ``head_timeout`` seconds after its first read (or
+      after the connection opened) closes the connection, with 408 (RFC 9110 section
+      15.5.9) when part of one came. A fixed bound, not ``timeouts.read``: it guards
+      the listener, and no client needs long to send a head. Waits between requests
+      stay uvicorn's keep-alive timeout.
+    * ``Upgrade``: with ``ws="none"`` the request is served as plain HTTP; httptools
+      drops what followed the upgrade request in that read, so the connection closes
+      after the answer.
+
+    Each refusal closes the connection at once (a client still sending may see a
+    reset instead of the answer); the application, and so the audit trail, never
+    sees the request, as for the 400 uvicorn answers to malformed requests."""
+
+    max_target = MAX_TARGET
+    max_head = MAX_HEAD
+    head_timeout = HEAD_TIMEOUT
+
+    def __init__(
+        self,
+        config: UvicornConfig,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._in_head = True  # the next bytes belong to a request's head
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refusal = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, with the head's bounds (WebSocket off: no upgrade to hand on)."""
+        self._unset_keepalive_if_required()
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError:
+            if self._refusal:
+                return self._refuse(self._refusal)
+            self._bad_request()
+            return None
+        except httptools.HttpParserError:
+            self._bad_request()
+            return None
+        except httptools.HttpParserUpgrade:
+            if self.cycle is not None:
+                self.cycle.keep_alive = False
+            return None
+        if self._in_head and self._head_bytes:  # a head begun and not complete
+            if self._head_bytes > self.max_head:
+                self._refuse(431)
+            elif self._head_timer is None:  # a head in one read (the usual) needs none
+                self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+        return None
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.max_target:
+            self._refusal = 414
+            raise _HeadRefused
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._stop_head_timer()
+        if self._head_bytes > self.max_head and self._head_size() > self.max_head:
+            self._refusal = 431
+            raise _HeadRefused
+        super().on_headers_complete()
+
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._head_bytes = True, 0
+
+    def _bad_request(self) -> None:
+        msg = "Invalid HTTP request received."
+        self.logger.warning(msg)
+        self.send_400_response(msg)
+
+    def _refuse(self, status: int) -> None:
+        self._in_head = False
+        self._stop_head_timer()
+        log.info("request head refused with %d", status)
+        if not self.transport.is_closing():
+            self.transport.write(_HEAD_REFUSALS[status])
+            self.transport.close()
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._in_head or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # an answer is still going out (the next head was pipelined): wait for it
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+        elif self._head_bytes:
+            self._refuse(408)
+        else:
+            self.transport.close()
+
+
+def uvicorn_options(config: HttpGatewayConfig) -> dict[str, Any]:
+    """The ``uvicorn.Config`` keywords :func:`run` serves the gateway with."""
+    gateway = config.gateway
+    return {
+        "host": gateway.host,
+        "port": gateway.port,
+        "lifespan": "on",
+        "http": ListenerProtocol,
+        "ws": "none",  # an Upgrade request is plain HTTP: authenticated and audited
+        # uvicorn would otherwise take the client address from X-Forwarded-For
+        # sent from loopback: the gateway trusts no client header about the route
+        "proxy_headers": False,
+        "access_log": False,
+        "server_header": False,
+        "date_header": False,
+        "log_level": "info",
+        **gateway.server_options(),  # TLS on the listener when listen.tls is set
+    }
 
 
 def run(config: HttpGatewayConfig) -> None:
@@ -1338,20 +1606,7 @@ def run(config: HttpGatewayConfig) -> None:
     app = HttpGateway(config, runtime)
     log.info("HTTP gateway %s serving %s", gateway.name, gateway.public_url)
     try:
-        uvicorn.run(
-            app,
-            host=gateway.host,
-            port=gateway.port,
-            lifespan="on",
-            # uvicorn would otherwise take the client address from X-Forwarded-For
-            # sent from loopback: the gateway trusts no client header about the route
-            proxy_headers=False,
-            access_log=False,
-            server_header=False,
-            date_header=False,
-            log_level="info",
-            **gateway.server_options(),  # TLS on the listener when listen.tls is set
-        )
+        uvicorn.run(app, **uvicorn_options(config))
     finally:
         with contextlib.suppress(Exception):
             runtime.close()

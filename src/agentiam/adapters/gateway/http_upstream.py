@@ -12,11 +12,17 @@ requests written in one buffer, responses framed by the C parser uvicorn already
 What it does:
 
 * **Framing** (RFC 9112 section 6): a request body is sent with ``Content-Length``
-  when the client gave one, else chunked (section 7.1); a response body is framed by
-  ``Transfer-Encoding: chunked``, ``Content-Length`` or the end of the connection (a
-  connection that ended a body is never reused). Responses to ``HEAD`` and ``1xx``/
-  ``204``/``304`` answers have no body (section 6.3). Interim ``1xx`` answers are
-  skipped.
+  when the client gave one (``Content-Length: 0`` too, RFC 9110 section 8.6), else
+  chunked (section 7.1); a response body is framed by ``Transfer-Encoding: chunked``,
+  ``Content-Length`` or the end of the connection (a connection that ended a body is
+  never reused). Responses to ``HEAD`` and ``1xx``/``204``/``304`` answers have no
+  body (section 6.3). Interim ``1xx`` answers are skipped (RFC 9110 section 15.2),
+  except ``101``; a final status outside 200-599 is malformed.
+* **One answer per request** (RFC 9112 section 9.3: responses come in the order of
+  the requests): bytes after the end of the response, in the same read or arriving
+  while the connection is idle in the pool, are never taken as the next request's
+  answer. Parsing stops at the end of the first response and such a connection is
+  closed, never reused.
 * **Streaming both ways**: the request body is read from the caller's iterator and
   written as it comes; the response body is handed on chunk by chunk as it is parsed.
   Nothing is held whole.
@@ -25,9 +31,12 @@ What it does:
   the caller bounds the whole exchange.
 * **Reuse**: a connection goes back to the pool only when its response was read to the
   end, both sides agreed to keep it alive (``Connection``, HTTP/1.0), and it has not
-  been idle for longer than ``idle_timeout``. A request without a body that fails on a
-  reused connection before any response byte arrived is retried once on a new one (the
-  upstream may have closed the idle connection meanwhile: RFC 9112 section 9.3.1).
+  been idle for longer than ``idle_timeout``. An idempotent request (RFC 9110 section
+  9.2.2: ``GET``, ``HEAD``, ``OPTIONS``, ``PUT``, ``DELETE``) without a body that fails
+  on a reused connection before any response byte arrived is retried once on a new one
+  (the upstream may have closed the idle connection meanwhile: RFC 9112 section
+  9.3.1). Others never are: a proxy must not retry a non-idempotent request
+  automatically (section 9.3.1.1), as the upstream may have acted on it.
 
 Errors: :class:`UpstreamTimeout` (the gateway answers 504) and :class:`UpstreamError`
 (502) for everything else: refused connections, resets, malformed answers.
@@ -54,6 +63,8 @@ __all__ = [
 
 _READ = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
+# RFC 9110 section 9.2.2 (TRACE is not routable); RFC 9112 section 9.3.1.1
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 class UpstreamError(Exception):
@@ -85,31 +96,63 @@ class _Connection:
         if not self.writer.is_closing():
             self.writer.close()
 
+    def idle_bytes(self) -> bool:
+        """Whether the upstream sent something the gateway has not read: on an idle
+        connection that is no answer to any request, and the connection is unusable."""
+        # StreamReader has no public view of its buffer; ``at_eof`` reads the same field
+        return bool(getattr(self.reader, "_buffer", None))
+
+
+class _MessageEnd(Exception):
+    """Raised from a parser callback to stop llhttp where a second message begins."""
+
 
 class _Parsed:
-    """httptools callbacks: the status, headers and body chunks of one response."""
+    """httptools callbacks: the status, headers and body chunks of one response.
 
-    __slots__ = ("body", "complete", "headers", "headers_done", "keep_alive", "parser")
+    Only the first final response on the connection is parsed: llhttp would go on to
+    parse anything after it as another response (and :meth:`on_message_begin` would
+    replace the headers), so parsing stops there and ``extra`` is set."""
+
+    __slots__ = (
+        "body", "complete", "error", "extra", "headers", "headers_done", "keep_alive",
+        "parser", "status",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
+        self.status = 0
         self.headers_done = False
         self.keep_alive = False
         self.complete = False
+        self.extra = False  # bytes followed the response: the connection is not reused
+        self.error = ""  # why a callback refused the response
 
     def on_message_begin(self) -> None:
+        if self.complete:
+            self.extra = True
+            raise _MessageEnd
         self.headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        if self.parser.get_status_code() >= 200:  # 1xx: an interim answer, skipped
-            self.headers_done = True
-            # llhttp's answer is only valid here (it is reset once the message ends)
-            self.keep_alive = self.parser.should_keep_alive()
+        status = self.parser.get_status_code()
+        if 100 <= status <= 199 and status != 101:
+            return  # an interim answer, skipped (RFC 9110 section 15.2)
+        if status == 101:
+            self.error = "the upstream switched protocols"
+            raise _MessageEnd
+        if not 200 <= status <= 599:  # llhttp takes any three digits
+            self.error = "the upstream answered with an invalid status code"
+            raise _MessageEnd
+        self.status = status
+        self.headers_done = True
+        # llhttp's answer is only valid here (it is reset once the message ends)
+        self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -117,6 +160,19 @@ class _Parsed:
     def on_message_complete(self) -> None:
         if self.headers_done:
             self.complete = True
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; :class:`UpstreamError` if it is not a valid response. Bytes
+        after the end of the response are dropped and set ``extra``."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise UpstreamError("the upstream switched protocols") from None
+        except httptools.HttpParserError as exc:
+            if self.complete:  # a second message, or data after "Connection: close"
+                self.extra = True
+                return
+            raise UpstreamError(self.error or f"malformed response: {type(exc).__name__}") from None
 
 
 class UpstreamResponse:
@@ -136,13 +192,27 @@ class UpstreamResponse:
         self._pool = pool
         self._conn: _Connection | None = conn
         self._parsed = parsed
-        self.status = parsed.parser.get_status_code()
+        self.status = parsed.status
         self.headers = parsed.headers
         framed = any(k in (b"content-length", b"transfer-encoding") for k, _ in self.headers)
-        self._no_body = head or self.status in _NO_BODY_STATUS or self.status < 200
+        self._no_body = head or self.status in _NO_BODY_STATUS
         self._until_close = not self._no_body and not framed
-        self._keep_alive = request_keep_alive and parsed.keep_alive
+        # llhttp does not know the request was HEAD: a body it parsed is one too many
+        extra_body = self._no_body and bool(parsed.body)
+        self._keep_alive = request_keep_alive and parsed.keep_alive and not extra_body
         self._done = self._no_body or parsed.complete
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole body is in hand: :meth:`body` will not read any more."""
+        return self._done
+
+    def abort(self) -> None:
+        """Close the connection at once (the caller no longer wants the body): a read
+        of :meth:`body` in progress ends, and the connection is never reused."""
+        self._keep_alive = False
+        if self._conn is not None:
+            self._conn.writer.transport.abort()
 
     async def body(self) -> AsyncIterator[bytes]:
         """The body, chunk by chunk as it arrives (transfer coding removed)."""
@@ -166,16 +236,13 @@ class UpstreamResponse:
                     self._keep_alive = False
                     return
                 raise UpstreamError("the upstream closed the connection mid-body")
-            try:
-                parsed.parser.feed_data(data)
-            except httptools.HttpParserError as exc:
-                raise UpstreamError(f"malformed response body: {type(exc).__name__}") from None
+            parsed.feed(data)
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._done and self._keep_alive and not self._until_close:
+        if self._done and self._keep_alive and not self._until_close and not self._parsed.extra:
             self._pool._release(conn)
         else:
             conn.close()
@@ -191,7 +258,9 @@ class UpstreamPool:
         connect_timeout: float,
         read_timeout: float,
         max_idle: int = 256,
-        idle_timeout: float = 30.0,
+        # below common servers' keep-alive (uvicorn, Node.js: 5 s): a POST is never
+        # retried, so reusing a connection the upstream is closing would fail the call
+        idle_timeout: float = 4.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(url)
@@ -220,20 +289,21 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """Send ``method target`` with ``headers`` (no ``Host`` and no framing fields:
         they are set here) and the body, if any; return once the response headers
-        arrived. ``content_length`` is sent when given, else a body goes chunked."""
+        arrived. ``content_length`` is sent when given (also 0, with no ``body``),
+        else a body goes chunked."""
         head = [b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (method.encode(), target, self.host_header)]
         keep_alive = True
         for name, value in headers:
             if name == b"connection" and b"close" in value.lower():
                 keep_alive = False
             head.append(b"%s: %s\r\n" % (name, value))
-        if body is not None:
-            if content_length is not None:
-                head.append(b"content-length: %d\r\n" % content_length)
-            else:
-                head.append(b"transfer-encoding: chunked\r\n")
+        if content_length is not None:
+            head.append(b"content-length: %d\r\n" % content_length)
+        elif body is not None:
+            head.append(b"transfer-encoding: chunked\r\n")
         head.append(b"\r\n")
         prelude = b"".join(head)
+        idempotent = body is None and method in _IDEMPOTENT
         for attempt in (0, 1):
             conn = await self._acquire()
             try:
@@ -244,6 +314,7 @@ class UpstreamPool:
                     chunked=body is not None and content_length is None,
                     head=method == "HEAD",
                     keep_alive=keep_alive,
+                    retryable=idempotent and conn.reused,
                 )
             except _StaleConnection:
                 conn.close()
@@ -263,8 +334,10 @@ class UpstreamPool:
         chunked: bool,
         head: bool,
         keep_alive: bool,
+        retryable: bool,
     ) -> UpstreamResponse:
-        retryable = conn.reused and body is None
+        """Write the request, read until the response headers; ``retryable``: a
+        failure before any answer raises :class:`_StaleConnection`."""
         try:
             if body is None:
                 conn.writer.write(prelude)
@@ -303,12 +376,7 @@ class UpstreamPool:
                     raise _StaleConnection
                 raise UpstreamError("the upstream closed the connection before answering")
             got_bytes = True
-            try:
-                parsed.parser.feed_data(data)
-            except httptools.HttpParserUpgrade:
-                raise UpstreamError("the upstream switched protocols") from None
-            except httptools.HttpParserError as exc:
-                raise UpstreamError(f"malformed response: {type(exc).__name__}") from None
+            parsed.feed(data)
         return UpstreamResponse(self, conn, parsed, head=head, request_keep_alive=keep_alive)
 
     async def _read(self, conn: _Connection) -> bytes:
@@ -340,6 +408,7 @@ class UpstreamPool:
                 now - conn.idle_since > self._idle_timeout
                 or conn.writer.is_closing()
                 or conn.reader.at_eof()
+                or conn.idle_bytes()
             ):
                 conn.close()
                 continue
@@ -363,7 +432,12 @@ class UpstreamPool:
         return _Connection(reader, writer)
 
     def _release(self, conn: _Connection) -> None:
-        if self._closed or len(self._idle) >= self._max_idle or conn.writer.is_closing():
+        if (
+            self._closed
+            or len(self._idle) >= self._max_idle
+            or conn.writer.is_closing()
+            or conn.idle_bytes()
+        ):
             conn.close()
             return
         conn.idle_since = time.monotonic()

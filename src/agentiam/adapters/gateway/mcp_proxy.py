@@ -116,6 +116,7 @@ from agentiam.adapters.gateway.config import (
     upstream_tls,
 )
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
+from agentiam.adapters.gateway.http_proxy import ListenerProtocol
 from agentiam.adapters.gateway.outcomes import OutcomeQueue
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.adapters.gateway.upstream_transport import UpstreamTransport
@@ -1622,6 +1623,9 @@ def run(config: McpGatewayConfig) -> None:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=5,
+            http=ListenerProtocol,  # the request head bounded in size and time
+            ws="none",  # an Upgrade request is plain HTTP, authenticated and audited
+            proxy_headers=False,  # no client header says who the client is
             **gw.server_options(),  # TLS on the listener when listen.tls is set
         )
     )
