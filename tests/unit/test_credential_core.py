@@ -533,3 +533,24 @@ def test_revocation_set_forgets_entries_once_they_expire() -> None:
     revoked.apply([], now=200)
     assert len(revoked) == 0
     assert revoked.cursor == 2
+
+
+def test_staleness_bounds_count_time_the_host_was_suspended() -> None:
+    """The outage bound and the feeds' staleness are measured on CLOCK_BOOTTIME (Linux),
+    which keeps counting while the host is suspended; CLOCK_MONOTONIC stops, so a
+    suspended gateway would wake up believing the control plane had been away less
+    long than it was, and keep deciding from its cache past the bound."""
+    import inspect
+    import time
+
+    from agentiam.adapters.gateway.link import ControlPlaneLink
+    from agentiam.adapters.verification import JwksCache, RemoteVerifier
+    from agentiam.core.credentials.revocations import RevocationSet, staleness_clock
+
+    if not hasattr(time, "CLOCK_BOOTTIME"):
+        pytest.skip("CLOCK_BOOTTIME is Linux's")
+    boottime = time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert abs(staleness_clock() - boottime) < 0.5
+    for cls in (RevocationSet, ControlPlaneLink, JwksCache, RemoteVerifier):
+        default = inspect.signature(cls).parameters["monotonic"].default
+        assert default is staleness_clock, cls

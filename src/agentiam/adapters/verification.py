@@ -26,7 +26,12 @@ from typing import Any
 import httpx
 
 from agentiam.core.credentials.jose import JoseRejected, VerificationKey, import_public_jwk
-from agentiam.core.credentials.revocations import Revocation, RevocationKind, RevocationSet
+from agentiam.core.credentials.revocations import (
+    Revocation,
+    RevocationKind,
+    RevocationSet,
+    staleness_clock,
+)
 from agentiam.core.credentials.verifier import AccessTokenVerifier, VerifierConfig
 
 __all__ = ["JwksCache", "RemoteVerifier", "RevocationFeedClient"]
@@ -53,7 +58,7 @@ class JwksCache:
         min_refresh_interval: float = 5.0,
         max_stale: float | None = None,
         background: bool = False,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = staleness_clock,
     ) -> None:
         """Keys older than ``max_age`` are re-fetched; while that fails they are still
         served until ``max_stale`` (default: ``max_age``) after the last good fetch,
@@ -227,7 +232,7 @@ class RemoteVerifier:
         feed_wait: float = 10.0,
         background_keys: bool = False,
         http: httpx.Client | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = staleness_clock,
     ) -> None:
         """``max_staleness``: how long the revocation set and the key set may go
         without a successful read of the control plane before every token is

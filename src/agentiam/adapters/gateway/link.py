@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import httpx
 
 from agentiam.adapters.verification import RemoteVerifier
+from agentiam.core.credentials.revocations import staleness_clock
 from agentiam.core.credentials.verifier import AccessTokenVerifier
 from agentiam.core.enforcement.ratelimit import RateLimiter
 from agentiam.core.policy.authorizer import Authorizer
@@ -53,7 +53,7 @@ class ControlPlaneLink:
         admin_key: str,
         outage_seconds: float = 300.0,
         wait: float = 20.0,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = staleness_clock,
         http: httpx.Client | None = None,
         limiter: RateLimiter | None = None,
     ) -> None:

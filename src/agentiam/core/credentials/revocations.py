@@ -27,7 +27,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["MAX_TOKEN_LIFETIME", "Revocation", "RevocationKind", "RevocationSet", "parties_of"]
+__all__ = [
+    "MAX_CLOCK_SKEW",
+    "MAX_TOKEN_LIFETIME",
+    "Revocation",
+    "RevocationKind",
+    "RevocationSet",
+    "parties_of",
+    "staleness_clock",
+]
 
 # The largest clock skew a verifier may allow (``clock_skew_seconds``): a token is
 # accepted until its ``exp`` plus the skew, so an entry revoking it is kept that long.
@@ -63,6 +71,17 @@ class Revocation:
     expires: int
 
 
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)  # Linux
+
+
+def staleness_clock() -> float:
+    """Seconds on the clock staleness bounds are measured with (how long the control
+    plane has been away, how old a feed is): CLOCK_BOOTTIME where the system has it,
+    which never goes back and also counts time the host spent suspended, so a suspend
+    cannot stretch the outage bound; ``time.monotonic`` elsewhere."""
+    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
+
+
 class RevocationSet:
     """A thread-safe, bounded-by-expiry, in-memory view of the revocation feed."""
 
@@ -70,7 +89,7 @@ class RevocationSet:
         self,
         *,
         max_staleness: float,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = staleness_clock,
     ) -> None:
         self._lock = threading.Lock()
         self._tokens: dict[str, int] = {}
