@@ -109,6 +109,17 @@ def test_defaults() -> None:
     assert gateway.control_plane.key_env == "AGENTIAM_GATEWAY_KEY"
     assert gateway.rate_limits is None
     assert (gateway.timeouts.connect, gateway.timeouts.read, gateway.timeouts.total) == (5, 30, 60)
+    assert gateway.max_connections is None
+    assert "limit_concurrency" not in gateway.server_options()
+
+
+def test_the_listener_caps_connections_when_asked() -> None:
+    """listen.max_connections is uvicorn's limit_concurrency: beyond it, 503."""
+    from agentiam.adapters.gateway.http_proxy import uvicorn_options
+
+    config = load_config(_with("listen.max_connections", 5000))
+    assert config.gateway.max_connections == 5000
+    assert uvicorn_options(config)["limit_concurrency"] == 5000
 
 
 def test_public_url_with_a_path_is_the_prefix_and_names_the_metadata() -> None:
@@ -174,6 +185,9 @@ def test_public_url_with_a_path_is_the_prefix_and_names_the_metadata() -> None:
         ("max_request_bytes", True, "max_request_bytes"),
         ("max_request_bytes", "10M", "max_request_bytes"),
         ("max_request_bytes", 2**41, "max_request_bytes"),
+        ("listen.max_connections", 0, "listen.max_connections"),
+        ("listen.max_connections", True, "listen.max_connections"),
+        ("listen.max_connections", "many", "listen.max_connections"),
     ],
 )  # fmt: skip
 def test_mistakes_are_refused_naming_the_key(path: str, value: Any, message: str) -> None:

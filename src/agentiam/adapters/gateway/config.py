@@ -5,7 +5,8 @@ The part every gateway shares (see docs/gateway.md#configuration)::
 
     name: tools-gw                     # audit source: gateway/<name>
     public_url: https://gw.example.com # this gateway's resource URL: the token audience
-    listen: {host: 127.0.0.1, port: 8443}   # tls: {cert_file: /…, key_file: /…} to serve https
+    listen: {host: 127.0.0.1, port: 8443}   # tls: {cert_file: /…, key_file: /…} to serve https;
+                                       # max_connections: 10000 (beyond: 503)
     control_plane:
       url: https://iam.example.com
       key_env: AGENTIAM_GATEWAY_KEY    # env var holding a verifier-role admin key
@@ -226,10 +227,16 @@ class GatewayConfig:
     approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
     tls: ListenerTls | None = None  # None: plain HTTP (behind a TLS terminator)
     replay_cache: ReplayCacheConfig | None = None  # None: this process's own cache only
+    # connections (and requests in progress) beyond which new ones get 503; None: no cap
+    max_connections: int | None = None
 
     def server_options(self) -> dict[str, Any]:
-        """uvicorn ``Config`` keywords for the listener (TLS when configured)."""
-        return {} if self.tls is None else self.tls.uvicorn_options()
+        """uvicorn ``Config`` keywords for the listener: TLS when configured, and
+        ``limit_concurrency`` (``listen.max_connections``)."""
+        options = {} if self.tls is None else self.tls.uvicorn_options()
+        if self.max_connections is not None:
+            options["limit_concurrency"] = self.max_connections
+        return options
 
     @property
     def resource_metadata_url(self) -> str:
@@ -329,7 +336,7 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
     public_url = _url(top.get("public_url"), "public_url")
 
     listen = _mapping(top.get("listen") or {}, "listen")
-    _keys(listen, "listen", frozenset({"host", "port", "tls"}))
+    _keys(listen, "listen", frozenset({"host", "port", "tls", "max_connections"}))
     tls = None
     if listen.get("tls") is not None:
         raw_tls = _mapping(listen["tls"], "listen.tls")
@@ -347,6 +354,13 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
     port = listen.get("port", 8443)
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ValueError("listen.port: an integer between 1 and 65535")
+    max_connections = listen.get("max_connections")
+    if max_connections is not None and (
+        isinstance(max_connections, bool)
+        or not isinstance(max_connections, int)
+        or not 1 <= max_connections <= 1_000_000
+    ):
+        raise ValueError("listen.max_connections: an integer between 1 and 1000000")
 
     cp = _mapping(top.get("control_plane"), "control_plane")
     _keys(cp, "control_plane", frozenset({"url", "key_env", "outage_seconds"}))
@@ -419,6 +433,7 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
         timeouts=timeouts,
         section={k: v for k, v in top.items() if k in section_keys},
         tls=tls,
+        max_connections=max_connections,
         replay_cache=replay_cache,
     )
 
