@@ -681,3 +681,36 @@ def test_a_batch_cut_off_by_cancellation_is_sent_again_after_a_restart(
     with AuditSpool(directory, sink, **FAST) as again:
         assert again.drain(WAIT)
     assert sink.ids == ["e-0", "e-1", "e-2"]
+
+
+def test_failed_writes_to_new_segments_leave_no_empty_files_behind(
+    directory: Path, opened: list[AuditSpool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a full disk with the control plane away, each failed write abandons the
+    segment it started; one that holds nothing acknowledged is deleted at once rather
+    than waiting, sealed and empty, behind the older unshipped segment."""
+    sink = Sink()
+    sink.failing = ConnectionError("down")
+    spool = _open(opened, directory, sink)
+    spool.append(_events("before", 2))
+    real_write = os.write
+    failing = [True]
+
+    def disk_full(fd: int, data: Any) -> int:
+        if failing[0] and not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", disk_full)
+    with pytest.raises(ServiceUnavailable):
+        spool.append(_events("first", 1))  # abandons the segment holding "before"
+    for i in range(5):
+        with pytest.raises(ServiceUnavailable):
+            spool.append(_events(f"refused-{i}", 1))  # each in a new, empty segment
+    assert len(_segments(directory)) == 1  # the one holding "before" only
+    assert spool.health().segments == 1
+    failing[0] = False
+    spool.append(_events("after", 1))
+    sink.failing = None
+    assert spool.drain(WAIT)
+    assert sink.ids == ["before-0", "before-1", "after-0"]

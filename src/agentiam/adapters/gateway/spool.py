@@ -733,7 +733,9 @@ class AuditSpool:
     def _abandon(self, segment: _Segment) -> None:
         """A write or fsync failed: the file may now hold a partial line and (after a
         failed fsync) pages the kernel no longer means to write. Stop writing to it;
-        the next batch starts a new segment. What it held before stays acknowledged."""
+        the next batch starts a new segment. What it held before stays acknowledged;
+        a segment that held nothing acknowledged is deleted at once (it would otherwise
+        wait behind every older unshipped one: a file per failed write on a full disk)."""
         log.warning("audit spool: write to %s failed; starting a new segment", segment.path.name)
         if self._fd is not None:
             with contextlib.suppress(OSError):
@@ -742,7 +744,12 @@ class AuditSpool:
         with self._lock:
             segment.sealed = True
             self._current = None
+            empty = segment.size == 0
+            if empty:
+                self._segments.remove(segment)
             self._changed.notify_all()
+        if empty:
+            self._delete(segment)
 
     # -- shipping: the shipper thread, or ship_on_loop ---------------------------------
 
