@@ -255,3 +255,24 @@ def test_an_async_function_behind_a_plain_decorator_is_recorded_once_awaited(
         ("failure", "RuntimeError"),
         ("failure", "CancelledError"),
     ]
+
+
+def test_a_generator_behind_a_plain_decorator_is_refused_not_recorded_as_a_success(
+    parts: Parts,
+) -> None:
+    """A generator function that a plain decorator hides looks like a sync function;
+    the generator it returns would run its body after the decision, outside the
+    guard. The call raises TypeError and is recorded as failed; the body never runs."""
+    _sink(parts).release.set()
+    ran: list[str] = []
+
+    @parts.guard.tool("search")
+    @_plain_decorator
+    def rows(query: str) -> Any:
+        ran.append(query)
+        yield query
+
+    with pytest.raises(TypeError, match="returned a generator"):
+        rows("x")
+    assert ran == []
+    assert _outcomes(parts) == [("failure", "TypeError")]

@@ -709,10 +709,11 @@ class Guard:
         ``token`` overrides the guard's default principal for this tool,
         ``approval_wait`` the guard's (seconds a call waits for a human's approval).
         Generator functions are refused (their body would run after the decision's
-        scope). An object with an ``async def __call__`` is guarded as an ``async
-        def``; a sync function that returns an awaitable (an ``async def`` behind a
-        plain decorator) is decided when called and its outcome recorded when the
-        awaitable finishes."""
+        scope), and so is a generator returned by a guarded function (a generator
+        function behind a plain decorator): TypeError, recorded as a failed call. An
+        object with an ``async def __call__`` is guarded as an ``async def``; a sync
+        function that returns an awaitable (an ``async def`` behind a plain decorator)
+        is decided when called and its outcome recorded when the awaitable finishes."""
         if approval_wait is not None:
             _check_wait(approval_wait)
         if callable(name):
@@ -892,6 +893,15 @@ class Guard:
                 result = fn(*args, **kwargs)
                 if inspect.isawaitable(result):  # e.g. async def behind a plain decorator
                     return guarded._defer(result)
+                if inspect.isgenerator(result) or inspect.isasyncgen(result):
+                    # a generator function behind a plain decorator: its body would run
+                    # after the decision, unrecorded; refused (and recorded as failed)
+                    _close(result)
+                    raise TypeError(
+                        f"{fn.__qualname__} returned a generator: its body would run after "
+                        "the guard's decision; guard the function that consumes it, or use "
+                        "guard.call()"
+                    )
                 return result
 
         return cast(F, guarded)
@@ -1039,6 +1049,13 @@ def _resolve(source: TokenSource | None) -> tuple[str | None, str]:
     if not isinstance(value, str) or not value:
         return None, "no agent access token"
     return value, ""
+
+
+def _close(generator: Any) -> None:
+    """Close a generator that will never run (an async one is only dropped: closing it
+    needs a loop; not started, it holds nothing)."""
+    if inspect.isgenerator(generator):
+        generator.close()
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
