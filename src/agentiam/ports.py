@@ -274,7 +274,9 @@ class ReplayGuard(Protocol):
 class RevocationRepository(Protocol):
     def add(
         self, kind: RevocationKind, subject: str, *, cutoff: int, expires: int, now: datetime
-    ) -> None: ...
+    ) -> None:
+        """Add an entry; it is stored when the unit of work commits, in the order
+        entries commit (the feed's readers rely on it)."""
 
     def after(self, seq: int, limit: int) -> list[Revocation]:
         """Unexpired and expired entries with ``seq`` above ``seq``, in order."""

@@ -309,4 +309,64 @@ def test_concurrent_revocations_reach_a_feed_reader_in_between(
     gateway.apply(b.revocations.feed(gateway.cursor), now=now)
     for jti in (slow, fast):
         assert gateway.is_revoked(jti=jti, agent_id="agt_x", issued_at=now - 5), jti
-    assert [e.subject for e in b.revocations.feed(0)] == [slow, fast]
+    # numbered in the order they committed (SQLite's writer lock made the second wait)
+    assert sorted(e.subject for e in b.revocations.feed(0)) == [slow, fast]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_revocations_and_row_locks_taken_in_either_order_do_not_deadlock(
+    replicas: tuple[Container, Container], clock: FakeClock
+) -> None:
+    """A suspension cascades: it locks the parent's row, revokes, then locks a child's,
+    while another transaction locks that child's row and revokes. The lock ordering
+    revocations is taken at commit, after every row lock, so no cycle forms (taken at
+    the revocation, PostgreSQL aborted one of the two as a deadlock)."""
+    from sqlalchemy import text
+
+    a, b = replicas
+    rows = [
+        a.humans.create(CTX, NewHuman(display_name=f"H{i}", email=f"h{i}@example.com")).id
+        for i in range(2)
+    ]
+    now = _epoch(clock)
+    first_locked, second_done = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    lock_row = text("SELECT id FROM humans WHERE id = :id FOR UPDATE")
+
+    def parent_then_child() -> None:
+        try:
+            with a.revocations._uow() as uow:
+                uow._conn.execute(lock_row, {"id": rows[0]})  # the parent's row
+                uow.revocations.add(
+                    RevocationKind.AGENT, "agt_01JF0000000000000000000000", cutoff=now,
+                    expires=now + 600, now=clock.now(),
+                )  # fmt: skip
+                first_locked.set()
+                second_done.wait(2)  # the other holds the child's row (or waits on us)
+                uow._conn.execute(lock_row, {"id": rows[1]})  # then the child's
+                uow.commit()
+        except BaseException as exc:
+            errors.append(exc)
+
+    def child() -> None:
+        try:
+            assert first_locked.wait(10)
+            with b.revocations._uow() as uow:
+                uow._conn.execute(lock_row, {"id": rows[1]})
+                uow.revocations.add(
+                    RevocationKind.AGENT, "agt_01JF0000000000000000000001", cutoff=now,
+                    expires=now + 600, now=clock.now(),
+                )  # fmt: skip
+                uow.commit()
+            second_done.set()
+        except BaseException as exc:
+            errors.append(exc)
+            second_done.set()
+
+    threads = [threading.Thread(target=parent_then_child), threading.Thread(target=child)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert errors == []
+    assert len(b.revocations.feed(0)) == 2

@@ -839,20 +839,34 @@ _REVOCATION_LOCK = 0x5245564F  # "REVO"
 class SqlRevocations:
     def __init__(self, conn: Connection) -> None:
         self._c = conn
+        self._pending: list[dict[str, Any]] = []
 
     def add(
         self, kind: RevocationKind, subject: str, *, cutoff: int, expires: int, now: datetime
     ) -> None:
-        """Insert one entry. On PostgreSQL the transaction first takes the revocations'
-        advisory lock, held until it ends, so concurrent revocations are numbered and
-        committed one at a time (SQLite's single writer already is)."""
+        """Add one entry, inserted when the unit of work commits (:meth:`flush`)."""
+        self._pending.append(
+            {
+                "kind": kind.value,
+                "subject": subject,
+                "cutoff": cutoff,
+                "expires": expires,
+                "created_at": now,
+            }
+        )
+
+    def flush(self) -> None:
+        """Insert the entries added in this transaction; called last before commit. On
+        PostgreSQL the revocations' advisory lock is taken first and held to the
+        commit, so concurrent revocations are numbered and committed one at a time
+        (SQLite's single writer already is). Taken last, after every row lock the
+        transaction holds, it cannot close a cycle with them (a deadlock)."""
+        if not self._pending:
+            return
+        rows, self._pending = self._pending, []
         if self._c.dialect.name == "postgresql":
             self._c.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _REVOCATION_LOCK})
-        self._c.execute(
-            insert(t.revocations).values(
-                kind=kind.value, subject=subject, cutoff=cutoff, expires=expires, created_at=now
-            )
-        )
+        self._c.execute(insert(t.revocations), rows)
 
     @staticmethod
     def _entry(r: Row[Any]) -> Revocation:

@@ -133,4 +133,5 @@ class SqlUnitOfWork:
 
     def commit(self) -> None:
         assert self._conn is not None
+        self.revocations.flush()  # last: takes the lock that orders revocations
         self._conn.commit()
