@@ -5,14 +5,20 @@ name about any agent, and get an innocent agent suspended by detection."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from tests.api.oauth_support import OAuthLive, oauth_live
 
+from agentiam.adapters.gateway.runtime import _Shipper
+from agentiam.adapters.gateway.spool import AuditSpool
 from agentiam.core.audit.events import Actor, ActorType, AuditEvent, ResourceRef, TraceContext
 from agentiam.services.context import CallContext
 
@@ -27,17 +33,22 @@ def live(database_url: str) -> Iterator[OAuthLive]:
         yield running
 
 
-def _event(source: str, agent: str | None) -> dict[str, Any]:
+def _event(
+    source: str, agent: str | None, *, actor: str | None = None, client_id: str | None = None
+) -> dict[str, Any]:
+    """A decision about ``agent``; ``actor`` an agent acting (default: ``agent``, or
+    the anonymous caller), ``client_id`` a refused token's owner in the details."""
+    who = actor or agent
     return AuditEvent.create(
         type="authz.decision",
-        actor=Actor(ActorType.AGENT, agent or "anonymous"),
+        actor=Actor(ActorType.AGENT, who) if who else Actor(ActorType.ANONYMOUS, "anonymous"),
         action="invoke_tool",
         source=source,
         trace=TraceContext.new(),
         now=datetime.now(UTC),
         resource=ResourceRef("Tool", "transfer"),
         agent_id=agent,
-        details={"decision": "allow"},
+        details={"decision": "allow", **({"client_id": client_id} if client_id else {})},
     ).to_dict()
 
 
@@ -80,10 +91,18 @@ def test_a_key_bound_to_agents_ingests_only_events_about_them(live: OAuthLive) -
     assert status == 201, key
     mine = [_event("guard/alice-tools", ALICE), _event("guard/alice-tools", None)]
     assert _ingest(live, key["secret"], mine).status_code == 200
-    about_bob = _event("guard/alice-tools", BOB)
-    r = _ingest(live, key["secret"], [about_bob])
-    assert r.status_code == 403, r.text
-    assert about_bob["event_id"] not in _stored(live)
+    # naming Bob anywhere detection would charge the event to: agent_id, an agent
+    # actor (agent_id left null), or a refusal's details.client_id
+    naming_bob = [
+        _event("guard/alice-tools", BOB),
+        _event("guard/alice-tools", None, actor=BOB),
+        _event("guard/alice-tools", None, client_id=BOB),
+    ]
+    for event in naming_bob:
+        r = _ingest(live, key["secret"], [event])
+        assert r.status_code == 403, r.text
+        assert r.json()["errors"][0]["loc"] == ["body", "events", "0", "source"]
+        assert event["event_id"] not in _stored(live)
 
 
 def test_an_unbound_verifier_key_ingests_for_any_enforcement_point(live: OAuthLive) -> None:
@@ -129,3 +148,37 @@ def test_the_binding_is_listed_and_audited(live: OAuthLive) -> None:
     [event] = [e for e in created.json()["items"] if e["resource"]["id"] == key.key.id]
     assert event["details"]["sources"] == ["gateway/edge-1"]
     assert key.secret not in created.text
+
+
+def test_an_event_outside_the_binding_is_set_aside_and_the_rest_ship(
+    live: OAuthLive, tmp_path: Path
+) -> None:
+    """A gateway whose key is bound to Alice, called by Bob: ingest refuses Bob's
+    event (403 naming it), and the spool sets it aside rather than hold every later
+    event back behind it."""
+    with live.admin_client() as admin:
+        status, key = _key(admin, sources=["gateway/edge-1"], agents=[ALICE])
+    assert status == 201
+    spool = AuditSpool(tmp_path / "spool", None, backoff_initial=0.2, backoff_max=0.5)
+    events = [_event("gateway/edge-1", ALICE), _event("gateway/edge-1", BOB)]
+    events.append(_event("gateway/edge-1", ALICE))
+    for event in events:
+        spool.append([event])
+    shipper = _Shipper(live.url, key["secret"], 5.0)
+
+    async def ship() -> None:
+        task = asyncio.create_task(shipper.run(spool))
+        deadline = time.monotonic() + 10
+        while spool.health().pending_events and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(ship())
+    health = spool.health()
+    spool.close()
+    assert (health.pending_events, health.shipped_events, health.rejected_events) == (0, 2, 1)
+    stored = _stored(live)
+    assert {events[0]["event_id"], events[2]["event_id"]} <= stored
+    assert events[1]["event_id"] not in stored

@@ -30,7 +30,7 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -69,6 +69,7 @@ __all__ = [
     "EnforcementSync",
     "IngestResult",
     "PublishedBundle",
+    "agents_named",
     "parse_ingested_event",
 ]
 
@@ -257,6 +258,19 @@ def parse_ingested_event(
     if redactor is not None:
         guarded = _guard_arguments(redactor, raw, guarded)
     return AuditEvent.from_dict({**raw, "details": guarded})
+
+
+def agents_named(event: AuditEvent) -> frozenset[str]:
+    """The agents an ingested event names, as detection charges it to one of them:
+    ``agent_id``, an agent actor, and ``details.client_id`` (a refusal's token
+    owner)."""
+    named = {event.agent_id} if event.agent_id else set()
+    if event.actor.type is ActorType.AGENT:
+        named.add(event.actor.id)
+    client_id = event.details.get("client_id")
+    if isinstance(client_id, str) and client_id:
+        named.add(client_id)
+    return frozenset(named)
 
 
 def _guard_arguments(
@@ -451,7 +465,7 @@ class EnforcementSync:
         ctx: CallContext,
         events: Sequence[Any],
         *,
-        may_report: Callable[[str, str | None], bool] | None = None,
+        may_report: Callable[[str, Iterable[str]], bool] | None = None,
     ) -> IngestResult:
         """Store an enforcement point's batch of events, idempotently, with one
         ``audit.ingested`` record naming the count and the enforcement points, all in
@@ -474,12 +488,14 @@ class EnforcementSync:
         ]
         if may_report is not None:
             for i, event in enumerate(parsed):
-                if not may_report(event.source, event.agent_id):
+                named = agents_named(event)
+                if not may_report(event.source, named):
                     raise Forbidden(
                         f"events[{i}]: this key may not report for source {event.source} "
-                        f"about agent {event.agent_id}",
+                        f"naming {', '.join(sorted(named)) or 'no agent'}",
                         hint="Each enforcement point ships with the key bound to it "
                         "(admin-keys create --source/--agent).",
+                        errors=[{"loc": ["body", "events", str(i), "source"], "msg": "not bound"}],
                     )
         unique: list[AuditEvent] = []  # a repeated id in one batch counts as a duplicate
         seen: set[str] = set()

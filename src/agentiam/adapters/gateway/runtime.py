@@ -58,13 +58,15 @@ class _Shipper:
         a limit, a batch too large): :class:`Refused`, naming the event when the
         problem's ``errors`` do (``loc`` ``["body", "events", "<i>", ...]``), so the
         spool sends the others without it. Except a ``time`` too far ahead: that is
-        this host's clock, and time catches up, so it is retried like anything else."""
+        this host's clock, and time catches up, so it is retried like anything else.
+        A 403 that names an event (this key is not bound to its source or agent) is
+        refused that way too; one that names none (the key itself) is retried."""
         status = response.status_code
         if status // 100 == 2:
             return
-        if status in (400, 413, 422):
+        if status in (400, 403, 413, 422):
             index, member = _refused_member(response)
-            if member != "time":
+            if member != "time" and (status != 403 or index is not None):
                 raise Refused(f"ingest answered {status} ({member or 'the batch'})", index)
         raise RuntimeError(f"ingest answered {status}")
 

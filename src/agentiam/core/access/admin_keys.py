@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -145,8 +146,9 @@ class AdminKey:
     revoked_at: datetime | None = None
     revoked_by: str | None = None
     # What audit events a key may ingest (POST /v1/audit/ingest): only those of these
-    # enforcement points (``source``) and about these agents (``agent_id``; events
-    # about no agent pass). Empty: any. Bind every enforcement point's key, above all
+    # enforcement points (``source``) and naming no agent but these (``agent_id``, an
+    # agent actor, ``details.client_id``: whom detection charges an event to; events
+    # naming no agent pass). Empty: any. Bind every enforcement point's key, above all
     # an in-process guard's, which sits in the agent's own process.
     sources: tuple[str, ...] = ()
     agents: tuple[str, ...] = ()
@@ -154,11 +156,11 @@ class AdminKey:
     def is_valid(self, now: datetime) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
 
-    def may_report(self, source: str, agent_id: str | None) -> bool:
-        """May an event of ``source`` about ``agent_id`` be ingested with this key?"""
+    def may_report(self, source: str, agents: Iterable[str]) -> bool:
+        """May an event of ``source`` that names ``agents`` be ingested with this key?"""
         if self.sources and source not in self.sources:
             return False
-        return not self.agents or agent_id is None or agent_id in self.agents
+        return not self.agents or all(agent in self.agents for agent in agents)
 
 
 @dataclass(frozen=True, slots=True)
