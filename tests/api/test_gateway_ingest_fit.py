@@ -274,3 +274,17 @@ def test_an_event_from_a_clock_ahead_is_retried_not_set_aside(
     assert (health.pending_events, health.shipped_events, health.rejected_events) == (2, 0, 0)
     assert health.consecutive_failures >= 2
     assert health.last_ship_error == "RuntimeError: ingest answered 422"
+
+
+def test_details_of_many_small_members_fit_with_a_bounded_list_of_what_was_cut() -> None:
+    """20,000 small members: dropping them one by one must land under the limit, and
+    the list of what was cut must not itself push the details back over it."""
+    from datetime import UTC, datetime
+
+    many = _event(details={f"k{i}": i for i in range(20_000)})
+    fitted = fit_for_ingest(many, encoded_bytes=len(json.dumps(many)))
+    parsed = parse_ingested_event(fitted, 0, now=datetime(2026, 11, 24, 23, 9, tzinfo=UTC))
+    cut = parsed.details["truncated"]
+    assert len(cut) == 33
+    assert cut[-1].startswith("+")
+    assert cut[-1].endswith(" more")

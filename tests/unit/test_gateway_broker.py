@@ -656,3 +656,34 @@ def test_a_hung_token_endpoint_costs_each_call_one_timeout_at_most(store: Secret
         with pytest.raises(TokenEndpointError, match="crm@1"):
             broker.headers_for(ref)
         assert time.monotonic() - started < 0.2
+
+
+def test_a_call_waiting_behind_a_fetch_with_an_older_secret_fetches_its_own(
+    store: SecretStore, endpoint: TokenEndpoint
+) -> None:
+    """A call that read the rotated secret while a fetch with the previous one was in
+    flight waits for it, then fetches with its own secret instead of taking the old
+    secret's token (and label)."""
+    first_started = threading.Event()
+
+    def slow_then_fast(n: int) -> tuple[int, dict[str, Any]]:
+        if n == 1:
+            first_started.set()
+            time.sleep(0.4)
+        return 200, {"access_token": f"at-{n}", "token_type": "Bearer", "expires_in": 300}
+
+    endpoint.answer = slow_then_fast
+    store.put("crm", SecretKind.OAUTH_CLIENT, OAuthClientSecret(CLIENT_ID, Secret("old")))
+    broker = CredentialBroker(store)
+    ref = _ref(endpoint)
+    results: dict[str, tuple[dict[str, str], str]] = {}
+    first = threading.Thread(target=lambda: results.update(old=broker.headers_for(ref)))
+    first.start()
+    assert first_started.wait(5)
+    store.rotate("crm", OAuthClientSecret(CLIENT_ID, Secret("new")))
+    results["new"] = broker.headers_for(ref)  # waits for the first fetch, then its own
+    first.join(5)
+    assert results["old"] == ({"Authorization": "Bearer at-1"}, "crm@1")
+    assert results["new"] == ({"Authorization": "Bearer at-2"}, "crm@2")
+    basic = base64.b64encode(f"{quote(CLIENT_ID, safe='')}:new".encode()).decode()
+    assert endpoint.requests[1]["authorization"] == "Basic " + basic

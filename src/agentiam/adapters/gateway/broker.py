@@ -764,8 +764,10 @@ class CredentialBroker:
             outcome = self._usable(slot.outcome, entry)
         if outcome is None:
             with slot.fetching:
-                with self._lock:  # a fetch that ended while we waited answers us too
-                    outcome = slot.outcome if slot.fetches != seen else None
+                with self._lock:  # a fetch that ended while we waited answers us too,
+                    # if it used the secret we read (not one rotated meanwhile)
+                    ended = slot.outcome if slot.fetches != seen else None
+                    outcome = ended if ended is not None and ended.entry == entry else None
                 if outcome is None:
                     outcome = self._attempt(ref, entry)
                     with self._lock:

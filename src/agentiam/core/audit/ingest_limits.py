@@ -104,9 +104,20 @@ def fit_for_ingest(event: Mapping[str, Any], *, encoded_bytes: int) -> Mapping[s
     if fitted is None:
         return event
     details = dict(fitted.get("details") or {})
-    details["truncated"] = cut
+    details["truncated"] = _named(cut)
     fitted["details"] = details
     return fitted
+
+
+_MAX_NAMED = 32
+
+
+def _named(cut: list[str]) -> list[str]:
+    """What was cut, for ``details.truncated``: at most 32 names (a details object of
+    thousands of small members would otherwise need as many), then a count."""
+    if len(cut) <= _MAX_NAMED:
+        return cut
+    return [*cut[:_MAX_NAMED], f"+{len(cut) - _MAX_NAMED} more"]
 
 
 # STRING_LIMITS split by depth, for the check every spooled event takes
@@ -148,10 +159,12 @@ def _fit_details(details: Mapping[str, Any]) -> Mapping[str, Any]:
     total = details_size(out)
     for key in sorted(sizes, key=lambda k: -sizes[k]):
         if total <= budget:
-            return out
+            break
         del out[key]
-        total -= sizes[key]
-    return out
+        total -= sizes[key] - 1  # its '"key":value' and a comma; not the braces
+    if details_size(out) <= budget:
+        return out
+    return {k: details[k] for k in _KEPT_DETAILS if k in details and _plain(details[k])}
 
 
 def _plain(value: Any) -> bool:
