@@ -24,7 +24,7 @@ from agentiam.adapters.gateway.enforcer import Call, Enforcer
 from agentiam.adapters.gateway.http_proxy import load_config, split_path
 from agentiam.adapters.gateway.mcp_proxy import tool_call
 from agentiam.adapters.gateway.runtime import _Shipper
-from agentiam.adapters.gateway.spool import REJECTED_FILE, AuditSpool
+from agentiam.adapters.gateway.spool import REJECTED_FILE, AuditSpool, SpoolHealth
 from agentiam.config import Limits
 from agentiam.core.access.admin_keys import Role
 from agentiam.core.audit.events import TraceContext
@@ -200,6 +200,22 @@ def _ship(spool: AuditSpool, url: str, key: str, *, seconds: float = 10.0) -> No
     asyncio.run(main())
 
 
+def _ship_spooled(
+    database_url: str, tmp_path: Path, events: list[dict[str, Any]], **settings: Any
+) -> tuple[SpoolHealth, set[str]]:
+    """Spool ``events``, ship them to a live control plane (``settings`` its own) with a
+    verifier key; the spool's health after, and the event ids the trail stored."""
+    spool = AuditSpool(tmp_path / "spool", None, backoff_initial=0.2, backoff_max=0.5)
+    _spooled(spool, events)
+    with oauth_live(database_url, **settings) as live:
+        key = live.container.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
+        _ship(spool, live.url, key)
+        stored = {e.event_id for e in live.container.audit.find(AuditQuery(limit=100)).items}
+    health = spool.health()
+    spool.close()
+    return health, stored
+
+
 def _good() -> dict[str, Any]:
     from datetime import UTC, datetime
 
@@ -217,16 +233,9 @@ def test_an_event_ingest_refuses_is_set_aside_and_the_rest_ship(
     """An event ingest refuses for what it holds (here a control-plane-only type, which
     no fitting can mend) is kept in rejected.jsonl; the events before and after it in
     the same batch are stored, and shipping goes on."""
-    spool = AuditSpool(tmp_path / "spool", None, backoff_initial=0.2, backoff_max=0.5)
     bad = _good() | {"type": "token.issued"}
     events = [_good(), _good(), _good(), bad, _good(), _good()]
-    _spooled(spool, events)
-    with oauth_live(database_url) as live:
-        key = live.container.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
-        _ship(spool, live.url, key)
-        stored = {e.event_id for e in live.container.audit.find(AuditQuery(limit=100)).items}
-    health = spool.health()
-    spool.close()
+    health, stored = _ship_spooled(database_url, tmp_path, events)
     assert (health.pending_events, health.shipped_events, health.rejected_events) == (0, 5, 1)
     assert {e["event_id"] for e in events if e is not bad} <= stored
     assert bad["event_id"] not in stored
@@ -243,15 +252,10 @@ def test_a_batch_too_large_for_ingest_is_split_and_all_of_it_ships(
 ) -> None:
     """A 413 names no event (a control plane taking fewer events per request than the
     spool's batch): the batch is halved until ingest takes it, and nothing is set aside."""
-    spool = AuditSpool(tmp_path / "spool", None, backoff_initial=0.2, backoff_max=0.5)
     events = [_good() for _ in range(7)]
-    _spooled(spool, events)
-    with oauth_live(database_url, limits=Limits(max_ingest_events=2)) as live:
-        key = live.container.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
-        _ship(spool, live.url, key)
-        stored = {e.event_id for e in live.container.audit.find(AuditQuery(limit=100)).items}
-    health = spool.health()
-    spool.close()
+    health, stored = _ship_spooled(
+        database_url, tmp_path, events, limits=Limits(max_ingest_events=2)
+    )
     assert (health.pending_events, health.shipped_events, health.rejected_events) == (0, 7, 0)
     assert {e["event_id"] for e in events} <= stored
     assert not (tmp_path / "spool" / REJECTED_FILE).exists()

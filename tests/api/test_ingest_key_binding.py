@@ -5,9 +5,6 @@ name about any agent, and get an innocent agent suspended by detection."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 from tests.api.oauth_support import OAuthLive, oauth_live
+from tests.api.test_gateway_ingest_fit import _ship
 
-from agentiam.adapters.gateway.runtime import _Shipper
 from agentiam.adapters.gateway.spool import AuditSpool
 from agentiam.core.audit.events import Actor, ActorType, AuditEvent, ResourceRef, TraceContext
 from agentiam.services.context import CallContext
@@ -164,18 +161,7 @@ def test_an_event_outside_the_binding_is_set_aside_and_the_rest_ship(
     events.append(_event("gateway/edge-1", ALICE))
     for event in events:
         spool.append([event])
-    shipper = _Shipper(live.url, key["secret"], 5.0)
-
-    async def ship() -> None:
-        task = asyncio.create_task(shipper.run(spool))
-        deadline = time.monotonic() + 10
-        while spool.health().pending_events and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(ship())
+    _ship(spool, live.url, key["secret"])
     health = spool.health()
     spool.close()
     assert (health.pending_events, health.shipped_events, health.rejected_events) == (0, 2, 1)
