@@ -212,3 +212,48 @@ def test_a_streamed_request_body_goes_chunked() -> None:
     assert posted.header("transfer-encoding") == "chunked"
     assert posted.header("content-length") is None
     assert posted.body == b'{"a": 1}'
+
+
+def test_a_response_body_past_the_bound_fails_and_its_connection_is_not_reused() -> None:
+    """An upstream answer longer than the bound (MAX_RESPONSE_BYTES, lowered here) fails
+    as RemoteProtocolError naming the limit, framed by length or chunked, and its
+    connection is closed; an answer within the bound passes whole."""
+    upstream = Upstream()
+    big = b"x" * 5000
+
+    def reply(request: Any) -> list[bytes | float | None]:
+        if request.target == b"/mcp/chunked":
+            head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            return [head, *(b"%x\r\n%s\r\n" % (1000, big[:1000]) for _ in range(5)), b"0\r\n\r\n"]
+        if request.target == b"/mcp/small":
+            return [_answer(big[:1024])]
+        return [_answer(big)]
+
+    upstream.reply = reply
+
+    async def scenario(_client: httpx2.AsyncClient) -> list[Any]:
+        transport = UpstreamTransport(
+            f"http://127.0.0.1:{upstream.port}/mcp",
+            connect_timeout=1.0,
+            read_timeout=0.5,
+            max_body_bytes=1024,
+        )
+        out: list[Any] = []
+        async with httpx2.AsyncClient(transport=transport) as client:
+            for path in ("/mcp", "/mcp/chunked", "/mcp/small"):
+                try:
+                    out.append(
+                        (await client.get(f"http://127.0.0.1:{upstream.port}{path}")).content
+                    )
+                except httpx2.RemoteProtocolError as exc:
+                    out.append(str(exc))
+        return out
+
+    whole, chunked, small = _run(upstream, scenario)
+    assert (
+        whole
+        == chunked
+        == ("the upstream's response is larger than 1024 bytes (MAX_RESPONSE_BYTES)")
+    )
+    assert small == big[:1024]  # exactly the bound passes
+    assert upstream.connections == 3  # a cut connection is closed, never reused

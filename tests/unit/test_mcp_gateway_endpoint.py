@@ -112,7 +112,12 @@ class Downstream:
         message = await receive()
         state = scope[_STATE_KEY]
         self.seen.append(
-            {"body": message.get("body"), "state": state, "user": scope["user"].username}
+            {
+                "body": message.get("body"),
+                "state": state,
+                "pending": state.pending,  # the handler takes it (one use)
+                "user": scope["user"].username,
+            }
         )
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
@@ -132,11 +137,24 @@ class Stub:
     async def durably(self, step: Any) -> Any:
         return step()  # the fake enforcer's events are recorded at once
 
+    outcomes: list[tuple[str, Any]] = field(default_factory=list)  # (tool, status)
+    down: Exception | None = None  # what the live authorizer raises (the outage bound)
+
     def __post_init__(self) -> None:
-        self.runtime = type(
-            "R", (), {"link": type("L", (), {"issuer": "https://iam.example.com"})()}
-        )()
+        def authorizer() -> None:
+            if self.down is not None:
+                raise self.down
+
+        link = type("L", (), {"issuer": "https://iam.example.com"})()
+        link.authorizer = authorizer
+        self.runtime = type("R", (), {"link": link})()
+        self.sessions = type("S", (), {"_session_owners": {}})()
         self.call_for = partial(McpGateway.call_for, self)  # type: ignore[arg-type]
+
+    def record_outcome(
+        self, state: Any, pending: _Pending, outcome: Any, status: Any, secret: Any, ms: float
+    ) -> None:
+        self.outcomes.append((pending.call.tool, status))
 
 
 def endpoint(enforcer: FakeEnforcer, approvals: Any = None) -> tuple[TestClient, Downstream]:
@@ -178,8 +196,8 @@ def test_an_allowed_call_reaches_the_server_with_its_decision() -> None:
     assert json.loads(seen["body"]) == CALL  # the body is replayed unchanged
     state: _RequestState = seen["state"]
     assert state.access is ACCESS
-    assert state.pending is not None
-    assert state.pending.verdict is ALLOWED
+    assert seen["pending"] is not None
+    assert seen["pending"].verdict is ALLOWED
     assert seen["user"] == "agt_1"  # the SDK binds handshake-era sessions to this
 
 
@@ -187,7 +205,7 @@ def test_a_policy_denial_reaches_the_server_to_be_answered_as_a_tool_error() -> 
     denied = Verdict(False, 403, "insufficient_scope", "no permit", decision_id="dec_2")
     client, downstream = endpoint(FakeEnforcer(verdict=denied))
     assert post(client, CALL).status_code == 200
-    assert downstream.seen[0]["state"].pending.verdict is denied
+    assert downstream.seen[0]["pending"].verdict is denied
 
 
 def test_the_task_scope_refusal_is_a_403_insufficient_scope_challenge() -> None:
@@ -300,7 +318,7 @@ def test_unguarded_methods_pass_without_a_decision() -> None:
     assert post(client, rpc("tools/list", {})).status_code == 200
     assert post(client, {"jsonrpc": "2.0", "method": "tools/call", "params": {}}).status_code == 200
     assert enforcer.decided == []
-    assert [seen["state"].pending for seen in downstream.seen] == [None, None]
+    assert [seen["pending"] for seen in downstream.seen] == [None, None]
 
 
 def test_a_handler_uses_only_the_decision_made_for_its_own_call() -> None:

@@ -35,7 +35,8 @@ agent that opened them). For every HTTP request it:
    ``resources/templates/list`` and ``prompts/list`` ask, per item, whether a call
    without arguments would be allowed (see :data:`ACTIONS` for the mapping). Every
    listing is one ``mcp.list`` audit event; listed results are never cacheable
-   (``ttlMs: 0``, ``cacheScope: private``, SEP-2549).
+   (``ttlMs: 0``, ``cacheScope: private``, SEP-2549). Past the outage bound a listing
+   is refused as a call is (HTTP 503, audited).
 4. **Forwards** allowed calls through an MCP client session (the official SDK's
    ``streamable_http_client``) per upstream server, carrying the **brokered
    credential** (:class:`~agentiam.adapters.gateway.broker.CredentialBroker`); the
@@ -71,6 +72,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -88,10 +90,13 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.caching import CacheHint
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials
 from starlette.datastructures import Headers
@@ -179,6 +184,7 @@ _APPROVAL_THREADS: Final = 16  # concurrent calls to the control plane's approva
 # every answer depends on the caller's rights: never shared, never reused (SEP-2549)
 _CACHEABLE: Final = ("tools/list", "resources/list", "resources/templates/list", "prompts/list",
                "resources/read")  # fmt: skip
+_LISTINGS: Final = frozenset(_CACHEABLE[:4])  # the four list methods
 
 # -- limits ----------------------------------------------------------------------------------
 
@@ -189,6 +195,10 @@ MAX_ARGUMENTS: Final = 256  # top-level arguments of one call
 MAX_PAGES: Final = 100  # pages of one upstream listing
 MAX_ITEMS: Final = 10_000  # items of one upstream listing
 _LISTED_NAMES: Final = 200  # names a listing's audit event records
+# handshake-era sessions (2024-11-05 to 2025-11-25): open at once per agent and subject,
+# and how long one lives without a request in flight (the SDK's default is 30 minutes)
+MAX_SESSIONS_PER_OWNER: Final = 32
+SESSION_IDLE_SECONDS: Final = 600.0
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Both a tool-name prefix (MCP tool names: A-Z a-z 0-9 _ - .) and a URI-scheme prefix
@@ -766,7 +776,9 @@ def _rewrite_uri(block: Any, prefix: str) -> Any:
 
 
 def _upstream_error(server: UpstreamServer, exc: MCPError) -> MCPError:
-    return MCPError(exc.code, f"upstream {server.name}: {exc.message}"[:1000], exc.data)
+    """The agent's copy of an upstream's JSON-RPC error: its code and its message cut
+    to 1,000 characters; ``data`` (stack traces, internals) is not passed on."""
+    return MCPError(exc.code, f"upstream {server.name}: {exc.message}"[:1000])
 
 
 # -- the gateway -----------------------------------------------------------------------------
@@ -816,6 +828,7 @@ class McpGateway:
             # behind a proxy is the operator's business (every request needs a DPoP proof).
             security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
             max_request_body_size=MAX_BODY_BYTES,
+            session_idle_timeout=SESSION_IDLE_SECONDS,
         )
 
     # -- lifecycle -------------------------------------------------------------------
@@ -963,7 +976,7 @@ class McpGateway:
     ) -> Any:
         """Send one allowed call upstream with the brokered credential; record its
         outcome (``tool.call``) whatever happens."""
-        access, call = state.access, pending.call
+        call = pending.call
         outcome, status = Outcome.FAILURE, 502
         use = _CredentialUse()
         token = _CREDENTIAL_USE.set(use)
@@ -999,19 +1012,32 @@ class McpGateway:
         finally:
             _CREDENTIAL_USE.reset(token)
             duration = (time.perf_counter() - started) * 1000
-            # written without holding the answer (adapters/gateway/outcomes.py)
-            self._outcomes.record(
-                lambda: self.enforcer.record_outcome(
-                    access,
-                    call,
-                    pending.verdict,
-                    trace=state.trace,
-                    outcome=outcome,
-                    status=status,
-                    secret=use.label,
-                    duration_ms=duration,
-                )
+            self.record_outcome(state, pending, outcome, status, use.label, duration)
+
+    def record_outcome(
+        self,
+        state: _RequestState,
+        pending: _Pending,
+        outcome: Outcome,
+        status: int | None,
+        secret: str | None,
+        duration_ms: float,
+    ) -> None:
+        """Queue the ``tool.call`` event of an allowed call, written without holding
+        the answer (adapters/gateway/outcomes.py)."""
+        access, call, verdict, trace = state.access, pending.call, pending.verdict, state.trace
+        self._outcomes.record(
+            lambda: self.enforcer.record_outcome(
+                access,
+                call,
+                verdict,
+                trace=trace,
+                outcome=outcome,
+                status=status,
+                secret=secret,
+                duration_ms=duration_ms,
             )
+        )
 
     async def _call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
@@ -1134,6 +1160,8 @@ class McpGateway:
             uri = params.get("uri")
             if not isinstance(uri, str) or not uri or len(uri) > MAX_URI:
                 return f"params.uri: a URI of at most {MAX_URI} characters"
+            if uri.startswith(PROMPT_ID_PREFIX):  # would be decided as that prompt's entity
+                return f'params.uri: a URI starting with "{PROMPT_ID_PREFIX}" names a prompt'
             route = self.namespace.route(uri)
             return resource_call(uri, route[1] if route else uri)
         name = params.get("name")
@@ -1188,6 +1216,8 @@ class _Endpoint:
         # calls to the control plane's approvals API (a held one waits up to a minute)
         # get threads of their own, so they never starve the decisions
         self._approval_threads: anyio.CapacityLimiter | None = None
+        # handshake-era sessions being opened, per (client_id, subject): see __call__
+        self._opening: dict[tuple[str, str | None], int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -1254,16 +1284,81 @@ class _Endpoint:
         scope["auth"] = AuthCredentials(list(access.scope))
         state = _RequestState(access, trace)
         scope[_STATE_KEY] = state
+        serve = partial(self._serve, state, body, message, guarded, shared.limit)
+        if not _opens_session(headers):
+            await serve(scope, receive, send)
+            return
+        # A request without a session id in the handshake era opens a session (kept
+        # if it is a successful initialize): at most MAX_SESSIONS_PER_OWNER per agent
+        # and subject, counting those being opened, so one agent cannot fill the
+        # SDK's table (max_sessions) for every other.
+        owner = (access.client_id, access.subject)
+        if self._sessions_of(owner) >= MAX_SESSIONS_PER_OWNER:
+            reason = f"more than {MAX_SESSIONS_PER_OWNER} open MCP sessions"
+            await self._refuse(access, trace, 429, reason, scope, receive, send)
+            return
+        self._opening[owner] = self._opening.get(owner, 0) + 1
+        try:
+            await serve(scope, receive, send)
+        finally:
+            left = self._opening[owner] - 1
+            if left:
+                self._opening[owner] = left
+            else:
+                del self._opening[owner]
+
+    def _sessions_of(self, owner: tuple[str, str | None]) -> int:
+        """The handshake-era sessions ``owner`` holds or is opening."""
+        client_id, subject = owner
+        held = sum(
+            1
+            for o in self.gateway.sessions._session_owners.values()
+            if o["client_id"] == client_id and o["subject"] == subject
+        )
+        return held + self._opening.get(owner, 0)
+
+    async def _serve(
+        self,
+        state: _RequestState,
+        body: bytes | None,
+        message: Any,
+        guarded: _Guarded | None,
+        limit: SharedLimit | None,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Decide a POST's guarded request, then hand the request to the SDK."""
         if scope["method"] == "POST":
             if body is None:
                 await self._refuse(
-                    access, trace, 413, "body larger than 4 MiB", scope, receive, send
+                    state.access, state.trace, 413, "body larger than 4 MiB", scope, receive, send
                 )
                 return
             receive = _replay(body, receive)
-            if not await self._decide(state, message, guarded, shared.limit, scope, receive, send):
+            if not await self._decide(state, message, guarded, limit, scope, receive, send):
                 return
-        await self.app(scope, receive, send)
+        pending = state.pending
+        if pending is None or not pending.verdict.allowed:
+            await self.app(scope, receive, send)
+            return
+        # The SDK may still refuse the request before its handler takes the decision
+        # (Accept, Mcp-Name/Mcp-Param-* headers, an unknown session): that call ends
+        # with a failed tool.call carrying the status the client got.
+        status: int | None = None
+
+        async def watched(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        finally:
+            if state.pending is pending:  # never taken: no handler will run it now
+                state.pending = None
+                self.gateway.record_outcome(state, pending, Outcome.FAILURE, status, None, 0.0)
 
     def _guarded(self, message: Any) -> _Guarded | None:
         """The guarded request (``_GUARDED``, with an id) a POST's message is, if any.
@@ -1307,6 +1402,9 @@ class _Endpoint:
             )
             return False
         if guarded is None:
+            method = message.get("method") if isinstance(message, dict) else None
+            if isinstance(method, str) and method in _LISTINGS:
+                return await self._listing_admitted(state, message.get("id"), scope, receive, send)
             return True  # the SDK answers what is not guarded (or does not parse)
         method, request_id, call = guarded.method, guarded.request_id, guarded.call
         if isinstance(call, str):
@@ -1357,6 +1455,28 @@ class _Endpoint:
                 denied=verdict,
             )
         return await self._decided(state, method, call, verdict, request_id, scope, receive, send)
+
+    async def _listing_admitted(
+        self, state: _RequestState, request_id: Any, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        """Past the outage bound a listing is refused as every call is: 503, audited
+        (``api.request.rejected``) before the answer."""
+        try:
+            self.gateway.runtime.link.authorizer()
+            return True
+        except ServiceUnavailable as exc:
+            failure: AgentIAMError = exc
+        reason = failure.detail
+        try:
+            await self.gateway.durably(
+                lambda: self.enforcer.refuse(
+                    state.access, trace=state.trace, status=503, reason=reason
+                )
+            )
+        except AgentIAMError as exc:  # the spool: refused all the same
+            failure = exc
+        await _failed(failure, request_id, scope, receive, send)
+        return False
 
     async def _approval(
         self,
@@ -1444,6 +1564,15 @@ class _Endpoint:
             return
         code = INVALID_PARAMS if request_id is not None else INVALID_REQUEST
         await _send_json(_jsonrpc_error(request_id, code, reason), status, {}, scope, receive, send)
+
+
+def _opens_session(headers: Headers) -> bool:
+    """Whether the SDK opens a handshake-era session for this request: no
+    ``Mcp-Session-Id``, and a protocol version of that era (or none)."""
+    if MCP_SESSION_ID_HEADER in headers:
+        return False
+    version = headers.get(MCP_PROTOCOL_VERSION_HEADER)
+    return version is None or version in HANDSHAKE_PROTOCOL_VERSIONS
 
 
 async def _failed(

@@ -20,6 +20,11 @@ instead, the HTTP gateway's client (keep-alive connections in a LIFO pool, frami
 - **Timeouts** are the pool's: ``connect`` to open a connection, ``read`` for every
   wait on the upstream (the SDK's streamable HTTP client sends every request with
   the client's timeouts, which the gateway sets to the same values).
+- **Bounded answers.** A response body (on the wire, after the transfer coding is
+  removed) longer than :data:`MAX_RESPONSE_BYTES` is cut: the connection is closed
+  and the body fails with ``RemoteProtocolError`` naming the limit, which the
+  gateway answers as a failed call (502, audited). The SDK client would otherwise
+  buffer a result of any size, and the gateway copy it twice more.
 - **Errors** are httpx2's, so the SDK handles them as before: ``ConnectTimeout`` and
   ``ConnectError`` when no connection could be opened, ``ReadTimeout`` when the
   upstream does not answer in time, ``RemoteProtocolError`` for everything else.
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator
+from typing import Final
 
 import httpx2
 
@@ -50,7 +56,9 @@ from agentiam.adapters.gateway.http_upstream import (
     UpstreamTimeout,
 )
 
-__all__ = ["UpstreamTransport"]
+__all__ = ["MAX_RESPONSE_BYTES", "UpstreamTransport"]
+
+MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024  # one upstream response body, at most
 
 # set by the pool from the request it writes (RFC 9112 sections 3.2 and 6)
 _SET_BY_THE_POOL = frozenset({b"host", b"content-length", b"transfer-encoding"})
@@ -76,15 +84,26 @@ def _mapped(exc: UpstreamError, request: httpx2.Request) -> httpx2.TransportErro
 
 
 class _Body(httpx2.AsyncByteStream):
-    """The upstream's response body, streamed; closing it returns the connection."""
+    """The upstream's response body, streamed, at most ``limit`` bytes; closing it
+    returns the connection."""
 
-    def __init__(self, response: UpstreamResponse, request: httpx2.Request) -> None:
+    def __init__(self, response: UpstreamResponse, request: httpx2.Request, limit: int) -> None:
         self._response = response
         self._request = request
+        self._limit = limit
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        left = self._limit
         try:
             async for chunk in self._response.body():
+                left -= len(chunk)
+                if left < 0:
+                    self._response.abort()  # the rest is never read: never reused
+                    raise httpx2.RemoteProtocolError(
+                        f"the upstream's response is larger than {self._limit} bytes "
+                        "(MAX_RESPONSE_BYTES)",
+                        request=self._request,
+                    )
                 yield chunk
         except UpstreamError as exc:
             raise _mapped(exc, self._request) from None
@@ -109,8 +128,12 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
         connect_timeout: float,
         read_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
+        max_body_bytes: int | None = None,
     ) -> None:
+        """``max_body_bytes``: the bound of one response body (default
+        :data:`MAX_RESPONSE_BYTES`)."""
         configured = httpx2.URL(url)
+        self._max_body = MAX_RESPONSE_BYTES if max_body_bytes is None else max_body_bytes
         self._host = configured.host
         self._timeouts = (connect_timeout, read_timeout)
         self._ssl = ssl_context
@@ -169,7 +192,7 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
         return httpx2.Response(
             response.status,
             headers=response.headers,
-            stream=_Body(response, request),
+            stream=_Body(response, request, self._max_body),
             extensions={"http_version": b"HTTP/1.1"},
         )
 
