@@ -26,6 +26,7 @@ import pytest
 from tests.api.oauth_support import OAuthLive, oauth_live
 from tests.support.echo_upstream import Echo
 from tests.support.live import free_port, serve_in_thread
+from tests.support.live import until as _until
 
 from agentiam.adapters.gateway.http_proxy import HttpGateway, load_config
 from agentiam.adapters.gateway.runtime import GatewayRuntime
@@ -87,16 +88,6 @@ class World:
             r = admin.get("/v1/audit/events", params={"limit": 200, **params})
             assert r.status_code == 200, r.text
             return list(r.json()["items"])
-
-
-def _until(check: Any, timeout: float = 10.0) -> Any:
-    """Poll ``check`` until it returns something truthy (events ship asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

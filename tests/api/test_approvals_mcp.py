@@ -17,8 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 from tests.api.oauth_support import OAuthLive, oauth_live
 from tests.support.live import free_port, serve_in_thread
+from tests.support.live import until as _until
 
 from agentiam.adapters.gateway.mcp_proxy import build_app, load_config
 from agentiam.adapters.gateway.runtime import GatewayRuntime
@@ -119,16 +119,6 @@ class World:
             r = admin.get("/v1/audit/events", params={"limit": 200, **params})
             assert r.status_code == 200, r.text
             return list(r.json()["items"])
-
-
-def _until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``check`` until it returns something truthy (events ship asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def _upstream(ran: list[str]) -> MCPServer:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from mcp import Client
 from mcp.server.mcpserver import MCPServer
 from tests.api.oauth_support import OAuthLive, oauth_live
 from tests.api.test_guard import agent_of, connect, setup_policy, trail
+from tests.support.live import until as _until
 
 from agentiam.core.approvals_wire import META_KEY
 from agentiam.guard import (
@@ -89,15 +89,6 @@ def pending_ids(live: OAuthLive) -> set[str]:
     with live.admin_client() as admin:
         items = admin.get("/v1/approvals", params={"state": "pending"}).json()["items"]
     return {i["id"] for i in items}
-
-
-def _until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def decide_when_pending(live: OAuthLive, verb: str = "approve") -> threading.Thread:

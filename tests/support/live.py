@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -46,3 +46,14 @@ def serve_in_thread(app: Any, port: int | None = None, *, lifespan: str = "off")
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Poll ``check`` every 50 ms until it returns something truthy, or ``timeout``
+    seconds pass; its last value either way (events ship asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)

@@ -16,8 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 from tests.api.oauth_support import OAuthLive, oauth_live
 from tests.support.live import free_port, serve_in_thread
+from tests.support.live import until as _until
 
 from agentiam.adapters.gateway import mcp_proxy, upstream_transport
 from agentiam.adapters.gateway.mcp_proxy import McpGateway, build_app, load_config
@@ -101,15 +101,6 @@ def _message(response: httpx.Response) -> Any:
         data = [line[5:] for line in response.text.splitlines() if line.startswith("data:")]
         return json.loads([d for d in data if d.strip()][-1])
     return response.json()
-
-
-def _until(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
