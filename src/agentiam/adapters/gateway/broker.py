@@ -29,6 +29,39 @@ Rotation keeps the previous version (one, N=1) so a call that resolved it just b
 can still use it by its ``name@version``; the rotation after that removes it. ``delete``
 removes every version.
 
+Versions of a name only ever increase over the store's life, so the audit trail's
+``name@version`` names one credential, never two: ``delete`` remembers the highest
+version the name had, and a ``put`` of that name again continues after it (``crm@1``,
+``crm@2``, delete, put: ``crm@3``). A store that remembers a deletion is written as
+format ``agentiam-gateway-secrets/2``, with two more members::
+
+    "deleted": [{"name": "crm", "last_version": 2}], "deleted_floor": 0
+
+At most :data:`MAX_DELETED_NAMES` deleted names are remembered by name (the file
+stays bounded however many names come and go). Past that, the ones with the lowest
+``last_version`` are folded into ``deleted_floor``, the highest version any name no
+longer listed ever had, and a name put with no entry and not listed starts after it:
+a folded name never gets one of its old versions back, at the cost of new names no
+longer starting at 1. Nothing is refused for this; a version past 2^53 - 1 (beyond
+exact JSON numbers, RFC 8259 section 6) is refused instead of wrapping or repeating.
+A store with nothing to remember is written as ``/1``, exactly as before, so a
+gateway of the previous release keeps reading it; a ``/2`` file is one that release
+refuses (fails closed) rather than reads and rewrites without the history. A ``/1``
+file (the previous release's) opens, and its names continue from their newest version.
+
+What the history does not cover: it is not sealed. Someone who can write the file can
+drop a ``deleted`` record (or the whole history, writing the file as ``/1``), or put
+back an older copy of the file, and so make a later ``put`` repeat a version. Sealing
+or authenticating the history under the key would not stop that: a record can be
+removed, replaced by an older authentic one, or the whole file rolled back; only state
+kept outside the file could. Such a writer can already delete the secrets or roll them
+back, so the history guards against this module's own operations (any number of
+processes putting, rotating and deleting), which is where versions were reused. The
+file stays protected as before: mode 0600, values sealed and bound to name, version
+and kind, strict parsing. The broker's token cache is keyed by the sealed entry, not
+the label, so even a version repeated by such an edit never gets the other secret's
+token.
+
 OAuth 2.0 client credentials (RFC 6749 section 4.4): the broker asks the configured
 token endpoint for an access token, authenticating with ``client_secret_basic`` (HTTP
 Basic, section 2.3.1) or ``client_secret_post`` (form parameters, section 2.3.1),
@@ -81,6 +114,7 @@ except ImportError:  # pragma: no cover - Windows
 __all__ = [
     "KEY_ENV",
     "KEY_FILE_ENV",
+    "MAX_DELETED_NAMES",
     "MAX_STORE_BYTES",
     "ApiKeyInjection",
     "CredentialBroker",
@@ -105,9 +139,16 @@ KEY_ENV = "AGENTIAM_GATEWAY_SECRETS_KEY"
 KEY_FILE_ENV = "AGENTIAM_GATEWAY_SECRETS_KEY_FILE"
 MAX_STORE_BYTES = 4 * 1024 * 1024
 MAX_SECRETS = 10_000  # entries (versions included)
+MAX_DELETED_NAMES = 1_000  # deleted names whose last version is remembered by name
 MAX_VALUE_BYTES = 16 * 1024
 MAX_TOKEN_RESPONSE = 64 * 1024
-_FORMAT = "agentiam-gateway-secrets/1"
+_FORMAT_1 = "agentiam-gateway-secrets/1"  # no history of deleted names
+_FORMAT_2 = "agentiam-gateway-secrets/2"  # with "deleted" and "deleted_floor"
+_MEMBERS = {
+    _FORMAT_1: frozenset({"format", "master_key_id", "secrets"}),
+    _FORMAT_2: frozenset({"format", "master_key_id", "secrets", "deleted", "deleted_floor"}),
+}
+_MAX_VERSION = 2**53 - 1  # exact in every JSON reader (RFC 8259 section 6)
 _RACY_SECONDS = 2.0  # a store file younger than this is compared by content
 _FAILURE_BACKOFF = 2.0  # seconds a failed token fetch is answered from memory
 # Always used with fullmatch: "$" would also match before a final "\n".
@@ -233,6 +274,48 @@ class _Entry:
     sealed: str  # never shown
 
 
+@dataclass(frozen=True, slots=True)
+class _Document:
+    """What the store file holds: the entries kept, and what is remembered of the
+    names deleted (see the module docstring)."""
+
+    entries: tuple[_Entry, ...]
+    deleted: Mapping[str, int]  # a name with no entry -> the highest version it had
+    floor: int  # the highest version of any deleted name no longer in ``deleted``
+
+
+@dataclass(slots=True)
+class _Contents:
+    """The store as a write edits it, under the store's lock."""
+
+    entries: list[_Entry]
+    deleted: dict[str, int]
+    floor: int
+
+    def next_version(self, name: str) -> int:
+        """The version a ``put`` of ``name`` (which has no entry) gets: after the
+        highest it had, if it was deleted and is remembered; after ``floor`` otherwise
+        (1 in a store that never folded a deleted name), since a name that is not
+        remembered may be one folded into it."""
+        version = self.deleted.get(name, self.floor) + 1
+        if version > _MAX_VERSION:
+            raise SecretStoreError(
+                f"secret {name!r} has used every version up to {_MAX_VERSION}",
+                hint="Choose another name.",
+            )
+        return version
+
+    def remember(self, name: str, last_version: int) -> None:
+        """``name`` was deleted at ``last_version``. Past :data:`MAX_DELETED_NAMES`,
+        the remembered names with the lowest versions are folded into ``floor``, which
+        keeps the file bounded and still never gives a folded name an old version."""
+        self.deleted[name] = last_version
+        while len(self.deleted) > MAX_DELETED_NAMES:
+            folded, version = min(self.deleted.items(), key=lambda item: (item[1], item[0]))
+            del self.deleted[folded]
+            self.floor = max(self.floor, version)
+
+
 # -- the key -------------------------------------------------------------------------------
 
 
@@ -313,12 +396,16 @@ def _decode(kind: SecretKind, data: bytes) -> SecretValue:
     return OAuthClientSecret(doc["client_id"], Secret(doc["client_secret"]))
 
 
+def _is_version(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and 1 <= value <= _MAX_VERSION
+
+
 def _parse_entry(raw: Any) -> _Entry:
     if not isinstance(raw, dict) or set(raw) != {"name", "kind", "version", "created_at", "sealed"}:
         raise ValueError("an entry has name, kind, version, created_at and sealed")
     version = raw["version"]
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError("version must be a positive integer")
+    if not _is_version(version):
+        raise ValueError(f"version must be an integer from 1 to {_MAX_VERSION}")
     if not isinstance(raw["sealed"], str) or not isinstance(raw["created_at"], str):
         raise ValueError("sealed and created_at must be strings")
     created = datetime.fromisoformat(raw["created_at"])
@@ -328,6 +415,27 @@ def _parse_entry(raw: Any) -> _Entry:
         raise ValueError("invalid secret name")
     info = SecretInfo(raw["name"], SecretKind(raw["kind"]), version, created)
     return _Entry(info, raw["sealed"])
+
+
+def _parse_deleted(raw: Any, floor: Any) -> tuple[dict[str, int], int]:
+    """The ``deleted`` and ``deleted_floor`` members of a ``/2`` document."""
+    if not isinstance(raw, list) or len(raw) > MAX_DELETED_NAMES:
+        raise ValueError(f"deleted must be a list of at most {MAX_DELETED_NAMES} names")
+    deleted: dict[str, int] = {}
+    for item in raw:
+        if not isinstance(item, dict) or set(item) != {"name", "last_version"}:
+            raise ValueError("a deleted name has name and last_version")
+        name, version = item["name"], item["last_version"]
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ValueError("invalid secret name in deleted")
+        if not _is_version(version):
+            raise ValueError(f"last_version must be an integer from 1 to {_MAX_VERSION}")
+        if name in deleted:
+            raise ValueError("deleted repeats a name")
+        deleted[name] = version
+    if isinstance(floor, bool) or not isinstance(floor, int) or not 0 <= floor <= _MAX_VERSION:
+        raise ValueError(f"deleted_floor must be an integer from 0 to {_MAX_VERSION}")
+    return deleted, floor
 
 
 class SecretStore:
@@ -375,7 +483,8 @@ class SecretStore:
     def entry(self, name: str, version: int | None = None) -> _Entry:
         """The stored entry (sealed) of ``name``'s newest version, or of ``version``.
         Two entries are equal only if they are the same seal: a name deleted and put
-        again has a new entry even though its ``name@version`` is the same."""
+        again gets a new version, and even a version repeated by an edit of the file
+        (see the module docstring) is a new entry."""
         return self._find(self._current(), name, version)
 
     def verify(self) -> int:
@@ -450,13 +559,13 @@ class SecretStore:
             data = self._read()
             digest = hashlib.sha256(data).digest()
             if digest != self._digest or self._error is not None:
-                self._entries, self._error = self._parse(data), None
+                self._entries, self._error = self._parse(data).entries, None
             self._digest = digest
         except SecretStoreError as exc:
             self._entries, self._error, self._digest = (), _Refusal.of(exc), None  # fail closed
         self._stamp = stamp
 
-    def _load(self) -> tuple[_Entry, ...]:
+    def _load(self) -> _Document:
         return self._parse(self._read())
 
     def _read(self) -> bytes:
@@ -475,17 +584,27 @@ class SecretStore:
             )
         return data
 
-    def _parse(self, data: bytes) -> tuple[_Entry, ...]:
+    def _parse(self, data: bytes) -> _Document:
+        """The document in ``data``, parsed strictly: exactly the members its format
+        has, each checked; anything else is refused, naming what is wrong."""
         if not data:
-            return ()  # no store yet
+            return _Document((), {}, 0)  # no store yet
         try:
             doc = json.loads(data)
-            if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
-                raise ValueError(f"not a {_FORMAT} document")
-            raw = doc.get("secrets")
+            form = doc.get("format") if isinstance(doc, dict) else None
+            if not isinstance(form, str) or form not in _MEMBERS:
+                raise ValueError(f"not a {_FORMAT_2} (or /1) document")
+            if set(doc) != _MEMBERS[form]:
+                raise ValueError(f"a {form} document has: {', '.join(sorted(_MEMBERS[form]))}")
+            raw = doc["secrets"]
             if not isinstance(raw, list) or len(raw) > MAX_SECRETS:
                 raise ValueError(f"secrets must be a list of at most {MAX_SECRETS} entries")
             entries = tuple(_parse_entry(item) for item in raw)
+            deleted, floor = (
+                ({}, 0)
+                if form == _FORMAT_1
+                else _parse_deleted(doc["deleted"], doc["deleted_floor"])
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise SecretStoreError(
                 f"the gateway secret store {self.path} is malformed: {str(exc)[:120]}",
@@ -500,79 +619,104 @@ class SecretStore:
         labels = [e.info.label for e in entries]
         if len(set(labels)) != len(labels):
             raise SecretStoreError(f"the gateway secret store {self.path} repeats a version")
-        return entries
+        if any(e.info.name in deleted for e in entries):
+            raise SecretStoreError(
+                f"the gateway secret store {self.path} lists a secret it keeps as deleted",
+                hint="Restore it from a backup, or put the secrets again.",
+            )
+        return _Document(entries, deleted, floor)
 
     # -- writing ----------------------------------------------------------------------------
 
     def put(self, name: str, kind: SecretKind, value: SecretValue) -> SecretInfo:
-        """Add a new secret (version 1). Refused if ``name`` exists: rotate it instead."""
+        """Add a new secret: version 1, or if ``name`` was deleted, the version after
+        the highest it had (see the module docstring for names past
+        :data:`MAX_DELETED_NAMES`). Refused if ``name`` exists: rotate it instead."""
         _check_name(name)
         kind = SecretKind(kind)
         data = _encode(kind, value)
-        with self._writing() as entries:
-            if any(e.info.name == name for e in entries):
+        with self._writing() as store:
+            if any(e.info.name == name for e in store.entries):
                 raise SecretStoreError(
                     f"secret {name!r} exists",
                     hint=f"Use 'agentiam gateway secrets rotate {name}' for a new version.",
                 )
-            entry = self._seal(name, kind, 1, data)
-            entries.append(entry)
+            entry = self._seal(name, kind, store.next_version(name), data)
+            store.entries.append(entry)
+            store.deleted.pop(name, None)  # its entries now carry its highest version
         return entry.info
 
     def rotate(self, name: str, value: SecretValue) -> SecretInfo:
         """A new version of ``name`` (same kind). The version it replaces is kept for
         calls in flight; older ones are removed."""
-        with self._writing() as entries:
-            current = self._find(tuple(entries), _check_name(name), None).info
+        with self._writing() as store:
+            current = self._find(tuple(store.entries), _check_name(name), None).info
             data = _encode(current.kind, value)
+            if current.version >= _MAX_VERSION:
+                raise SecretStoreError(
+                    f"secret {name!r} has used every version up to {_MAX_VERSION}",
+                    hint="Put the value under another name.",
+                )
             entry = self._seal(name, current.kind, current.version + 1, data)
-            entries[:] = [
-                e for e in entries if e.info.name != name or e.info.version == current.version
+            store.entries[:] = [
+                e for e in store.entries if e.info.name != name or e.info.version == current.version
             ]
-            entries.append(entry)
+            store.entries.append(entry)
         return entry.info
 
     def delete(self, name: str) -> int:
-        """Remove every version of ``name``; how many were removed."""
-        with self._writing() as entries:
-            before = len(entries)
-            entries[:] = [e for e in entries if e.info.name != name]
-            removed = before - len(entries)
-            if not removed:
+        """Remove every version of ``name``; how many were removed. The highest
+        version it had is remembered, so a ``put`` of it again continues after it."""
+        with self._writing() as store:
+            versions = [e.info.version for e in store.entries if e.info.name == name]
+            if not versions:
                 raise SecretNotFound(f"no secret {name[:140]!r} in the gateway secret store")
-        return removed
+            store.entries[:] = [e for e in store.entries if e.info.name != name]
+            store.remember(name, max(versions))
+        return len(versions)
 
     def _seal(self, name: str, kind: SecretKind, version: int, data: bytes) -> _Entry:
         info = SecretInfo(name, kind, version, datetime.now(UTC).replace(microsecond=0))
         return _Entry(info, self._key.seal(data, context=_context(name, version, kind)))
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[list[_Entry]]:
-        """Lock, read, let the caller edit the list, write atomically."""
+    def _writing(self) -> Iterator[_Contents]:
+        """Lock, read, let the caller edit the contents, write atomically."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             if fcntl is not None:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            entries = list(self._load())
-            yield entries
-            if len(entries) > MAX_SECRETS:
+            doc = self._load()
+            store = _Contents(list(doc.entries), dict(doc.deleted), doc.floor)
+            yield store
+            if len(store.entries) > MAX_SECRETS:
                 raise SecretStoreError(f"the store may hold at most {MAX_SECRETS} secrets")
-            self._write(entries)
+            self._write(store)
         finally:
             os.close(lock_fd)  # releases the lock
         with self._lock:
             self._checked_at = None  # this process sees its own write at once
 
-    def _write(self, entries: list[_Entry]) -> None:
-        doc = {
-            "format": _FORMAT,
+    def _write(self, store: _Contents) -> None:
+        """Write ``store``: as ``/1`` when it remembers no deletion (what the previous
+        release reads), else as ``/2`` (which that release refuses instead of dropping
+        the history when it rewrites the file)."""
+        doc: dict[str, Any] = {
+            "format": _FORMAT_1,
             "master_key_id": self._key.id,
             "secrets": [
                 {**e.info.to_dict(), "sealed": e.sealed}
-                for e in sorted(entries, key=lambda e: (e.info.name, e.info.version))
+                for e in sorted(store.entries, key=lambda e: (e.info.name, e.info.version))
             ],
         }
+        if store.deleted or store.floor:
+            doc["format"] = _FORMAT_2
+            doc["deleted"] = [
+                {"name": name, "last_version": version}
+                for name, version in sorted(store.deleted.items())
+            ]
+            doc["deleted_floor"] = store.floor
         data = json.dumps(doc, indent=1).encode("utf-8") + b"\n"
         if len(data) > MAX_STORE_BYTES:
             raise SecretStoreError(f"the store would exceed {MAX_STORE_BYTES} bytes")
@@ -716,8 +860,9 @@ class CredentialBroker:
     behind a fetch take its outcome, token or error. A failed fetch is answered from
     memory for 2 s (``_FAILURE_BACKOFF``) per credential and stored secret version,
     so a hung token endpoint costs each call at most one ``timeout``. A token or a
-    failure belongs to the stored entry (the seal) it was fetched with: a rotation, or
-    a delete and put under the same name and version, fetches anew.
+    failure belongs to the stored entry (the seal) it was fetched with: a rotation, a
+    delete and put (a new version), or even a store file edited to repeat a version,
+    fetches anew.
 
     ``clock`` (monotonic seconds) times token expiry and the failure back-off;
     ``transport`` replaces the pinned transport of token requests (tests only)."""
