@@ -329,7 +329,10 @@ def system(redis_url: str | None = None) -> Iterator[System]:
                 'resource == Endpoint::"items");'
             )
             admin.put("/v1/policies/bench", json={"text": policy}).raise_for_status()
-            verifier = admin.post("/v1/admin-keys", json={"name": "gw", "role": "verifier"})
+            verifier = admin.post(  # bound to the gateway it reports as (config name: bench)
+                "/v1/admin-keys",
+                json={"name": "gw", "role": "verifier", "sources": ["gateway/bench"]},
+            )
             verifier.raise_for_status()
         gw_env = {
             **os.environ,

@@ -162,9 +162,8 @@ def world(tmp: Path) -> Iterator[World]:
     }
     gateway = f"http://127.0.0.1:{gw_port}/mcp"
     run_cli(env, "db", "upgrade")
-    verifier = json.loads(
-        run_cli(env, "admin-keys", "create", "--name", "gw", "--role", "verifier", "--json")
-    )["secret"]
+    key_args = ["--name", "gw", "--role", "verifier", "--source", "gateway/bench", "--json"]
+    verifier = json.loads(run_cli(env, "admin-keys", "create", *key_args))["secret"]
     (tmp / "policy.cedar").write_text(POLICY)
     run_cli(env, "policy", "import", str(tmp / "policy.cedar"))
     human = json.loads(

@@ -6,7 +6,9 @@ principal is the calling agent: its DPoP-bound token and proof are verified as a
 gateway verifies them (audience: ``--resource``, by default this server's URL). Over
 stdio the server acts for one agent, whose key it is given::
 
-    export AGENTIAM_GUARD_KEY=aiam_...      # a verifier-role admin key
+    # a verifier-role admin key bound to this guard (source guard/NAME, NAME its --name):
+    # agentiam admin-keys create --name mcp-guard --role verifier --source guard/guarded-mcp
+    export AGENTIAM_GUARD_KEY=aiam_...
     # HTTP: agents connect with their own tokens (examples/agent_mcp.py)
     python examples/guarded_fastmcp_server.py --issuer http://127.0.0.1:8080 \\
         --spool ./mcp-guard-spool --port 8000

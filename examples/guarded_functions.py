@@ -7,7 +7,9 @@ call raises ToolCallDenied and its body never runs.
 
 Run against a local control plane (see docs/guard.md for the full set-up)::
 
-    # a verifier-role admin key: agentiam admin-keys create --name guard --role verifier
+    # a verifier-role admin key bound to this guard (source guard/NAME, NAME its --name) and agent:
+    # agentiam admin-keys create --name guard --role verifier \\
+    #     --source guard/example-agent --agent agt_...
     export AGENTIAM_GUARD_KEY=aiam_...
     python examples/guarded_functions.py --issuer http://127.0.0.1:8080 \\
         --agent agt_... --key agent.key --resource https://tools.example.com \\

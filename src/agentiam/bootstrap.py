@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
 
 from agentiam.adapters.exporters.metrics import register_export_metrics
+from agentiam.adapters.ingest_metrics import register_ingest_metrics
 from agentiam.adapters.policy_metrics import PolicyMetrics
 from agentiam.adapters.storage import migrate
 from agentiam.adapters.storage.engine import make_engine
@@ -435,6 +436,7 @@ def build(
         external=external_tokens,
     )
     register_export_metrics(registry, audit_export)
+    register_ingest_metrics(registry, enforcement)
     decisions.on_decision = PolicyMetrics(registry, lambda: decisions.loaded_engine).observe
     container = Container(
         settings=settings,

@@ -27,8 +27,10 @@ class Live:
         return httpx.Client(base_url=self.url, headers=headers, timeout=10)
 
     def key(self, role: Role) -> str:
+        # a verifier key names the enforcement point that holds it (none here ingests)
+        sources = ["gateway/test-pep"] if role is Role.VERIFIER else []
         return self.container.admin_keys.create(
-            CallContext.system("test"), name=f"{role.value} key", role=role
+            CallContext.system("test"), name=f"{role.value} key", role=role, sources=sources
         ).secret
 
 

@@ -181,7 +181,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
         )
         for policy_id, text in POLICIES.items():
             c.policies.put(CTX, policy_id, text=text)
-        verifier = c.admin_keys.create(CTX, name="mcp-gw", role="verifier").secret
+        verifier = c.admin_keys.create(
+            CTX, name="mcp-gw", role="verifier", sources=["gateway/mcp-gw", "gateway/mcp-held"]
+        ).secret
         env = f"AGENTIAM_TEST_MCP_GW_KEY_{secrets.token_hex(4).upper()}"
         os.environ[env] = verifier
         try:

@@ -185,7 +185,9 @@ def test_a_deployment_that_adds_owners_dpop_enforcement_detection_and_playbooks_
                     'action == Action::"invoke_tool", resource == Tool::"search");'
                 ),
             )
-            verifier = c.admin_keys.create(CTX, name="guard", role=Role.VERIFIER).secret
+            verifier = c.admin_keys.create(
+                CTX, name="guard", role=Role.VERIFIER, sources=["guard/invoice-bot"]
+            ).secret
             guard = Guard.connect(
                 url,
                 resource=RESOURCE,

@@ -64,7 +64,9 @@ def test_exporter_health_and_metrics(live: OAuthLive, tmp_path: Path) -> None:
 
 
 def test_exporters_needs_audit_read(live: OAuthLive) -> None:
-    verifier = live.container.admin_keys.create(CTX, name="pep", role=Role.VERIFIER).secret
+    verifier = live.container.admin_keys.create(
+        CTX, name="pep", role=Role.VERIFIER, sources=["gateway/pep"]
+    ).secret
     with _client(live, verifier) as pep, httpx.Client(base_url=live.url) as anonymous:
         assert pep.get("/v1/audit/exporters").status_code == 403
         assert anonymous.get("/v1/audit/exporters").status_code == 401

@@ -66,7 +66,9 @@ def test_tree_heads_and_proofs_verify_on_the_client(live: OAuthLive) -> None:
 
 
 def test_only_audit_readers_see_the_trail(live: OAuthLive) -> None:
-    verifier = live.container.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
+    verifier = live.container.admin_keys.create(
+        CTX, name="gw", role=Role.VERIFIER, sources=["gateway/gw"]
+    ).secret
     auditor = live.container.admin_keys.create(CTX, name="au", role=Role.AUDITOR).secret
     for key, status in ((verifier, 403), (auditor, 200)):
         r = httpx.get(live.url + "/v1/audit/tree-heads", headers={"Authorization": f"Bearer {key}"})

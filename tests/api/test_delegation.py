@@ -133,7 +133,9 @@ def test_the_human_chain_from_grant_to_jit_worker_and_its_revocation(live: OAuth
     assert agent.expires_at is not None
 
     # The worker's token works at a resource server verifying it remotely.
-    gateway_key = live.container.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
+    gateway_key = live.container.admin_keys.create(
+        CTX, name="gw", role=Role.VERIFIER, sources=["gateway/gw"]
+    ).secret
     remote = RemoteVerifier(live.url, RESOURCE, admin_key=gateway_key).start()
     try:
         url = RESOURCE + "/tools/call"

@@ -161,7 +161,9 @@ def test_risk_reaches_the_policy_context_the_api_and_the_cli(
             assert status["alerts"] >= 1
             assert status["errors"] == 0
             # an auditor reads them; a verifier (an enforcement point) may not
-            verifier = c.admin_keys.create(CTX, name="pep", role="verifier").secret
+            verifier = c.admin_keys.create(
+                CTX, name="pep", role="verifier", sources=["gateway/pep"]
+            ).secret
             with httpx.Client(
                 base_url=live.url, headers={"Authorization": f"Bearer {verifier}"}
             ) as pep:
@@ -317,7 +319,9 @@ def test_risk_scores_reach_a_gateway_through_the_bundle(sqlite_url: str) -> None
     )
     with oauth_live(sqlite_url) as live:
         c = live.container
-        verifier = c.admin_keys.create(CTX, name="gw", role="verifier").secret
+        verifier = c.admin_keys.create(
+            CTX, name="gw", role="verifier", sources=["gateway/gw"]
+        ).secret
         link = ControlPlaneLink(live.url, RESOURCE, admin_key=verifier)
         try:
             with live.admin_client() as admin:

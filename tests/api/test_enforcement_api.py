@@ -50,7 +50,10 @@ def live(database_url: str) -> Iterator[OAuthLive]:
 
 
 def _client(live: OAuthLive, role: Role) -> httpx.Client:
-    key = live.container.admin_keys.create(CTX, name=f"{role.value} key", role=role).secret
+    sources = ["gateway/edge-1"] if role is Role.VERIFIER else []  # where _event comes from
+    key = live.container.admin_keys.create(
+        CTX, name=f"{role.value} key", role=role, sources=sources
+    ).secret
     return httpx.Client(base_url=live.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 

@@ -103,7 +103,7 @@ def test_agent_mcp_through_the_guarded_fastmcp_server(live: OAuthLive, tmp_path:
         resource=RESOURCE,
         spool_dir=tmp_path / "spool",
         name="guarded-mcp",
-        environ=verifier_env(live),
+        environ=verifier_env(live, "guarded-mcp"),
         poll_wait=1.0,
     ) as guard:
         app = server_example.build_server(guard, principal="request").streamable_http_app()
@@ -131,7 +131,9 @@ def test_agent_mcp_through_the_guarded_fastmcp_server(live: OAuthLive, tmp_path:
 
 
 def test_agent_http(live: OAuthLive) -> None:
-    key = live.container.admin_keys.create(CTX, name="rs", role=Role.VERIFIER).secret
+    key = live.container.admin_keys.create(
+        CTX, name="rs", role=Role.VERIFIER, sources=["gateway/rs"]
+    ).secret
     remote = RemoteVerifier(live.url, RESOURCE, admin_key=key).start()
     try:
 

@@ -97,7 +97,9 @@ def test_a_caller_sized_event_ships_and_does_not_hold_the_spool_back(
     assert normal.allowed
 
     with oauth_live(database_url) as live:
-        key = live.container.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
+        key = live.container.admin_keys.create(
+            CTX, name="gw", role=Role.VERIFIER, sources=["gateway/test-gw"]
+        ).secret
         _ship(spool, live.url, key)
         health = spool.health()
         stored = {
@@ -208,7 +210,9 @@ def _ship_spooled(
     spool = AuditSpool(tmp_path / "spool", None, backoff_initial=0.2, backoff_max=0.5)
     _spooled(spool, events)
     with oauth_live(database_url, **settings) as live:
-        key = live.container.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
+        key = live.container.admin_keys.create(
+            CTX, name="gw", role=Role.VERIFIER, sources=["gateway/bench"]
+        ).secret
         _ship(spool, live.url, key)
         stored = {e.event_id for e in live.container.audit.find(AuditQuery(limit=100)).items}
     health = spool.health()
@@ -271,7 +275,9 @@ def test_an_event_from_a_clock_ahead_is_retried_not_set_aside(
     ahead = _good() | {"time": "2099-01-01T00:00:00Z"}
     _spooled(spool, [ahead, _good()])
     with oauth_live(database_url) as live:
-        key = live.container.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
+        key = live.container.admin_keys.create(
+            CTX, name="gw", role=Role.VERIFIER, sources=["gateway/bench"]
+        ).secret
         _ship(spool, live.url, key, seconds=1.5)
     health = spool.health()
     spool.close()

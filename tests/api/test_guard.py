@@ -37,8 +37,10 @@ def setup_policy(live: OAuthLive) -> None:
         assert r.status_code == 200, r.text
 
 
-def verifier_env(live: OAuthLive) -> dict[str, str]:
-    key = live.container.admin_keys.create(CTX, name="guard", role=Role.VERIFIER).secret
+def verifier_env(live: OAuthLive, guard: str = "test-agent") -> dict[str, str]:
+    key = live.container.admin_keys.create(
+        CTX, name="guard", role=Role.VERIFIER, sources=[f"guard/{guard}"]
+    ).secret
     return {KEY_ENV: key}
 
 
@@ -222,7 +224,7 @@ def test_no_token_a_foreign_token_or_garbage_is_refused_and_audited(
         resource=RESOURCE,
         spool_dir=tmp_path / "s",
         name="no-token",
-        environ=verifier_env(live),
+        environ=verifier_env(live, "no-token"),
     ) as guard:
         ran: list[int] = []
 
@@ -388,7 +390,7 @@ def test_past_the_outage_bound_every_call_is_refused(sqlite_url: str, tmp_path: 
             name="outage",
             token=token,
             outage_seconds=3,
-            environ=verifier_env(live),
+            environ=verifier_env(live, "outage"),
             poll_wait=1.0,
         )
         with guard.call("search"):

@@ -103,9 +103,10 @@ def test_a_key_bound_to_agents_ingests_only_events_about_them(live: OAuthLive) -
 
 
 def test_an_unbound_verifier_key_ingests_for_any_enforcement_point(live: OAuthLive) -> None:
-    """Keys made without a binding keep working as before (docs: bind them)."""
+    """A key made unbound on purpose (any_source) ingests for any enforcement point;
+    a key with no binding at all is refused (test_h4_verifier_key_binding_required)."""
     with live.admin_client() as admin:
-        status, key = _key(admin)
+        status, key = _key(admin, any_source=True)
     assert status == 201
     assert (key["sources"], key["agents"]) == ([], [])
     events = [_event("gateway/a", ALICE), _event("guard/b", BOB)]

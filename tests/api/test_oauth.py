@@ -265,7 +265,9 @@ def _introspect(live: OAuthLive, token: str, key: str | None = None) -> httpx.Re
 
 def test_introspection_reports_active_tokens_and_needs_a_key(live: OAuthLive) -> None:
     token = live.token(scope="tools:read")
-    verifier_key = live.container.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
+    verifier_key = live.container.admin_keys.create(
+        CTX, name="gw", role=Role.VERIFIER, sources=["gateway/gw"]
+    ).secret
     body = _introspect(live, token, verifier_key).json()
     assert body["active"] is True
     assert body["client_id"] == live.agent_id
@@ -330,7 +332,9 @@ def test_suspension_deactivates_tokens_at_introspection(live: OAuthLive) -> None
 def test_remote_verifier_learns_of_revocations_within_one_second(live: OAuthLive) -> None:
     """A verifier in its own client (a gateway) long-polls the feed; the admin API
     revokes; the verifier refuses the token in under a second."""
-    gateway_key = live.container.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
+    gateway_key = live.container.admin_keys.create(
+        CTX, name="gw", role=Role.VERIFIER, sources=["gateway/gw"]
+    ).secret
     remote = RemoteVerifier(live.url, RESOURCE, admin_key=gateway_key).start()
     try:
         agent = AgentClient(live.url, client_id=live.agent_id, key=live.key, resource=RESOURCE)
@@ -360,7 +364,9 @@ def test_remote_verifier_learns_of_revocations_within_one_second(live: OAuthLive
 
 
 def test_agent_revocation_reaches_the_remote_verifier(live: OAuthLive) -> None:
-    gateway_key = live.container.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
+    gateway_key = live.container.admin_keys.create(
+        CTX, name="gw", role=Role.VERIFIER, sources=["gateway/gw"]
+    ).secret
     remote = RemoteVerifier(live.url, RESOURCE, admin_key=gateway_key).start()
     try:
         token = live.token()

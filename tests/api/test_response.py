@@ -307,7 +307,9 @@ def test_throttle_gives_429_at_the_pdp_and_at_a_gateway_limiter(
     }
     with oauth_live(sqlite_url, playbooks_file=playbook_file(tmp_path, [book])) as live:
         c = live.container
-        verifier = c.admin_keys.create(CTX, name="gw", role=Role.VERIFIER).secret
+        verifier = c.admin_keys.create(
+            CTX, name="gw", role=Role.VERIFIER, sources=["gateway/gw"]
+        ).secret
         link = ControlPlaneLink(live.url, RESOURCE, admin_key=verifier, limiter=RateLimiter())
         try:
             link.poll_once(0)

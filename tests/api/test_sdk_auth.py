@@ -62,7 +62,9 @@ def two_audiences(live: OAuthLive) -> tuple[str, AgentKey]:
 
 
 def _verifier_key(live: OAuthLive) -> str:
-    return live.container.admin_keys.create(CTX, name="rs", role=Role.VERIFIER).secret
+    return live.container.admin_keys.create(
+        CTX, name="rs", role=Role.VERIFIER, sources=["gateway/rs"]
+    ).secret
 
 
 @pytest.fixture

@@ -54,7 +54,9 @@ def resource_server(verifier: AccessTokenVerifier) -> Starlette:
 
 @pytest.fixture
 def remote(live: OAuthLive) -> Iterator[RemoteVerifier]:
-    key = live.container.admin_keys.create(CTX, name="rs", role=Role.VERIFIER).secret
+    key = live.container.admin_keys.create(
+        CTX, name="rs", role=Role.VERIFIER, sources=["gateway/rs"]
+    ).secret
     verifier = RemoteVerifier(live.url, RESOURCE, admin_key=key).start()
     yield verifier
     verifier.close()

@@ -239,7 +239,12 @@ def world(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> It
                 body = text.replace("{agent}", agent_id).replace("{other}", other_id)
                 r = admin.put(f"/v1/policies/{policy_id}", json={"text": body})
                 assert r.status_code == 200, r.text
-            verifier = admin.post("/v1/admin-keys", json={"name": "gw", "role": "verifier"})
+            # one key for the gateway, its TLS twin and its replicas (billing-gw-r1…r7)
+            gateways = ["billing-gw", "billing-tls", *(f"billing-gw-r{i}" for i in range(1, 8))]
+            sources = [f"gateway/{g}" for g in gateways]
+            verifier = admin.post(
+                "/v1/admin-keys", json={"name": "gw", "role": "verifier", "sources": sources}
+            )
             assert verifier.status_code == 201, verifier.text
             verifier_key = verifier.json()["secret"]
 

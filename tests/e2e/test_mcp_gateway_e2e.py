@@ -251,8 +251,10 @@ def world(sqlite_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
         cli(env, "admin-keys", "create", "--name", "ops", "--role", "admin", "--json").stdout
     )["secret"]
     verifier = json.loads(
-        cli(env, "admin-keys", "create", "--name", "gw", "--role", "verifier", "--json").stdout
-    )["secret"]
+        cli(env, "admin-keys", "create", "--name", "gw", "--role", "verifier",
+            "--source", f"gateway/{GATEWAY_NAME}", "--source", f"gateway/{GATEWAY_NAME}-r1",
+            "--source", f"gateway/{GATEWAY_NAME}-r2", "--json").stdout
+    )["secret"]  # fmt: skip
     (tmp_path / "schema.json").write_text(json.dumps(EXTENSION))
     cli(env, "policy", "extend-schema", str(tmp_path / "schema.json"))
     (tmp_path / "policies.cedar").write_text(POLICIES)

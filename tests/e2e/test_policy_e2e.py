@@ -75,8 +75,9 @@ def test_policy_edits_reach_a_running_server_and_roll_back(
     cli(env, "policy", "extend-schema", str(schema))
 
     key = json.loads(
-        cli(env, "admin-keys", "create", "--name", "pep", "--role", "verifier", "--json").stdout
-    )["secret"]
+        cli(env, "admin-keys", "create", "--name", "pep", "--role", "verifier",
+            "--source", "gateway/pep", "--json").stdout
+    )["secret"]  # fmt: skip
     server = Server(env, port)
     try:
         with httpx.Client(

@@ -45,7 +45,7 @@ def live(sqlite_url: str) -> Iterator[OAuthLive]:
 
 def _verifier_key(live: OAuthLive) -> str:
     return live.container.admin_keys.create(
-        CallContext.system("test"), name="gw", role=Role.VERIFIER
+        CallContext.system("test"), name="gw", role=Role.VERIFIER, sources=["gateway/gw"]
     ).secret
 
 

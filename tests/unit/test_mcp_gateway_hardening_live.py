@@ -130,7 +130,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
             ),
         )
         c.policies.put(CTX, "all", text="permit (principal, action, resource);")
-        verifier = c.admin_keys.create(CTX, name="mcp-gw", role="verifier").secret
+        verifier = c.admin_keys.create(
+            CTX, name="mcp-gw", role="verifier", sources=["gateway/mcp-hardening"]
+        ).secret
         env = f"AGENTIAM_TEST_MCP_GW_KEY_{secrets.token_hex(4).upper()}"
         os.environ[env] = verifier
         try:

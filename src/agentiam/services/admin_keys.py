@@ -40,15 +40,19 @@ class AdminKeyService:
         expires_at: datetime | None = None,
         sources: Sequence[str] = (),
         agents: Sequence[str] = (),
+        any_source: bool = False,
     ) -> IssuedAdminKey:
         """Issue a key. The returned ``secret`` is the only copy that will ever exist.
         ``sources`` and ``agents`` bind what audit events it may ingest (see
-        :attr:`AdminKey.sources`): for a verifier key only."""
+        :attr:`AdminKey.sources`): for a verifier key only, which needs at least one
+        source unless ``any_source`` asks for an unbound key explicitly (fail closed:
+        an enforcement point's key, above all an in-process guard's, may otherwise
+        report in any gateway's name about any agent)."""
         try:
             role = Role(role)
         except ValueError:
             raise InvalidInput(f"role must be one of {', '.join(r.value for r in Role)}") from None
-        sources, agents = _ingest_scope(role, sources, agents)
+        sources, agents = _ingest_scope(role, sources, agents, any_source=any_source)
         now = self._clock.now()
         if expires_at is not None and expires_at.tzinfo is None:
             raise InvalidInput(
@@ -75,6 +79,7 @@ class AdminKeyService:
                 expires_at=expires_at,
                 sources=sources,
                 agents=agents,
+                any_source=any_source,
             )
             uow.admin_keys.add(key)
             uow.audit.append(
@@ -88,6 +93,7 @@ class AdminKeyService:
                         "prefix": prefix,
                         "sources": list(sources),
                         "agents": list(agents),
+                        **({"any_source": True} if any_source else {}),
                     },
                 )
             )
@@ -155,12 +161,13 @@ _MAX_BINDINGS = 64
 
 
 def _ingest_scope(
-    role: Role, sources: Sequence[str], agents: Sequence[str]
+    role: Role, sources: Sequence[str], agents: Sequence[str], *, any_source: bool
 ) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Checked ``sources`` (``gateway/<name>`` or ``guard/<name>``) and ``agents``
-    (agent ids), without repeats; only a verifier key ingests, so only it takes them."""
-    if (sources or agents) and role is not Role.VERIFIER:
-        raise InvalidInput("sources and agents bind a verifier key only")
+    (agent ids), without repeats; only a verifier key ingests, so only it takes them,
+    and it must name a source or ask for ``any_source`` (not both)."""
+    if (sources or agents or any_source) and role is not Role.VERIFIER:
+        raise InvalidInput("sources, agents and any_source bind a verifier key only")
     if len(sources) > _MAX_BINDINGS or len(agents) > _MAX_BINDINGS:
         raise InvalidInput(f"at most {_MAX_BINDINGS} sources and {_MAX_BINDINGS} agents")
     for source in sources:
@@ -172,4 +179,17 @@ def _ingest_scope(
     for agent in agents:
         if not isinstance(agent, str) or not is_id(agent, "agent"):
             raise InvalidInput(f"agents: {agent!r} is not an agent id (agt_…)")
+    if role is Role.VERIFIER and sources and any_source:
+        raise InvalidInput(
+            "any_source: a key with sources is bound to them; send one or the other",
+            errors=[{"loc": ["body", "any_source"], "msg": "conflicts with sources"}],
+        )
+    if role is Role.VERIFIER and not sources and not any_source:
+        raise InvalidInput(
+            "sources: a verifier key needs the enforcement points it reports for",
+            hint='Bind it to the one that will hold it, e.g. "sources": ["gateway/<name>"] '
+            '(or ["guard/<name>"], plus "agents" for a guard); for a key that may report '
+            'in any enforcement point\'s name, send "any_source": true instead.',
+            errors=[{"loc": ["body", "sources"], "msg": "at least one source, or any_source"}],
+        )
     return tuple(dict.fromkeys(sources)), tuple(dict.fromkeys(agents))

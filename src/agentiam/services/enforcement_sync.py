@@ -20,7 +20,11 @@ batches (``POST /v1/audit/ingest``). Each event is checked strictly
 plane's redaction rules (configuration adds redaction, never removes it), and the
 batch is stored idempotently: an ``event_id`` already stored is skipped, so a gateway
 that retries after a crash never duplicates or fails. The answer is given only once
-the write is durable (503 otherwise).
+the write is durable (503 otherwise). A verifier key bound to enforcement points and
+agents (:attr:`~agentiam.core.access.admin_keys.AdminKey.sources`) may ingest only
+their events; an unbound one (made with ``any_source``, or before bindings were
+required) still may ingest anything, and its first use in each process is logged as a
+warning and every request counted (:meth:`EnforcementSync.unbound_ingests`).
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ import logging
 import math
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agentiam.core.access.admin_keys import AdminKey, IngestBinding
 from agentiam.core.audit.events import (
     EVENT_MEMBERS,
     SCHEMA_VERSION,
@@ -82,6 +87,15 @@ _TRACE_RE = re.compile(r"^[0-9a-f]{32}$")
 _SPAN_RE = re.compile(r"^[0-9a-f]{16}$")
 _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$")
 _MAX_SOURCES_NAMED = 16
+# Unbound keys warned about, per process: one warning per key, and no more than this
+# many keys remembered (past it the counter goes on, the warnings stop).
+_MAX_WARNED_KEYS = 4096
+_UNBOUND_WHY = {
+    IngestBinding.LEGACY: "made before verifier keys had to be bound; re-issue it with "
+    "admin-keys create --source gateway/NAME (or guard/NAME) and revoke this one",
+    IngestBinding.ANY_SOURCE: "made unbound on purpose (any_source); if one enforcement "
+    "point holds it, re-issue it with admin-keys create --source",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +334,9 @@ class EnforcementSync:
         self._subscribers: set[Callable[[], None]] = set()
         self._throttles: tuple[Throttle, ...] = ()
         self._risk: tuple[tuple[str, int], ...] = ()
+        self._unbound_lock = threading.Lock()
+        self._unbound_warned: set[str] = set()  # key ids, at most _MAX_WARNED_KEYS
+        self._unbound_requests = dict.fromkeys(_UNBOUND_WHY, 0)
 
     # -- bundles ------------------------------------------------------------------------
 
@@ -465,15 +482,16 @@ class EnforcementSync:
         ctx: CallContext,
         events: Sequence[Any],
         *,
-        may_report: Callable[[str, Iterable[str]], bool] | None = None,
+        reporter: AdminKey | None = None,
     ) -> IngestResult:
         """Store an enforcement point's batch of events, idempotently, with one
         ``audit.ingested`` record naming the count and the enforcement points, all in
         one transaction. Raises InvalidInput (422) naming the first bad event member,
-        PayloadTooLarge (413) past ``max_events``, Forbidden (403) when ``may_report``
-        (the caller's key's binding, :meth:`AdminKey.may_report`) refuses an event's
+        PayloadTooLarge (413) past ``max_events``, Forbidden (403) when the binding of
+        ``reporter`` (the caller's key, :meth:`AdminKey.may_report`) refuses an event's
         source or agent, ServiceUnavailable (503) if the write cannot be made
-        durable."""
+        durable. An unbound verifier ``reporter`` is let through (so keys made before
+        bindings keep working) but noted: :meth:`_note_unbound`."""
         if not events:
             raise InvalidInput("events: send at least one event")
         if len(events) > self._max_events:
@@ -486,10 +504,11 @@ class EnforcementSync:
             parse_ingested_event(raw, i, now=now, redactor=self._redactor)
             for i, raw in enumerate(events)
         ]
-        if may_report is not None:
+        sources = sorted({e.source for e in parsed})
+        if reporter is not None:
             for i, event in enumerate(parsed):
                 named = agents_named(event)
-                if not may_report(event.source, named):
+                if not reporter.may_report(event.source, named):
                     raise Forbidden(
                         f"events[{i}]: this key may not report for source {event.source} "
                         f"naming {', '.join(sorted(named)) or 'no agent'}",
@@ -497,6 +516,7 @@ class EnforcementSync:
                         "(admin-keys create --source/--agent).",
                         errors=[{"loc": ["body", "events", str(i), "source"], "msg": "not bound"}],
                     )
+            self._note_unbound(reporter, sources)
         unique: list[AuditEvent] = []  # a repeated id in one batch counts as a duplicate
         seen: set[str] = set()
         for event in parsed:
@@ -505,7 +525,6 @@ class EnforcementSync:
                 unique.append(event)
         stored = self._audit.stored_ids([e.event_id for e in unique])
         fresh = [e for e in unique if e.event_id not in stored]
-        sources = sorted({e.source for e in parsed})
         record = ctx.event(
             INGESTED_EVENT,
             now=now,
@@ -523,3 +542,34 @@ class EnforcementSync:
         # One transaction; ids stored meanwhile by a concurrent retry are skipped too.
         self._audit.append([*fresh, record], skip_existing=True)
         return IngestResult(len(fresh), len(parsed) - len(fresh), record)
+
+    def _note_unbound(self, key: AdminKey, sources: Sequence[str]) -> None:
+        """Count an ingest request made with an unbound verifier key and, the first
+        time this process sees that key, log a warning naming it (by prefix, never
+        the secret) and what to do. Not per event: a busy gateway would flood the log."""
+        binding = key.binding
+        if binding is None or binding is IngestBinding.BOUND:
+            return
+        with self._unbound_lock:
+            self._unbound_requests[binding] += 1
+            first = key.id not in self._unbound_warned
+            if first and len(self._unbound_warned) < _MAX_WARNED_KEYS:
+                self._unbound_warned.add(key.id)
+            else:
+                first = False
+        if first:
+            log.warning(
+                "verifier key %s ingests audit events unbound (%s): it may report in any "
+                "enforcement point's name%s; this batch came as %s. It was %s.",
+                key.prefix,
+                binding.value,
+                "" if key.agents else " about any agent",
+                ", ".join(sources[:_MAX_SOURCES_NAMED]),
+                _UNBOUND_WHY[binding],
+            )
+
+    def unbound_ingests(self) -> dict[str, int]:
+        """Ingest requests this process took with an unbound verifier key since it
+        started, by binding (``any_source``, ``legacy``): for ``/metrics``."""
+        with self._unbound_lock:
+            return {binding.value: n for binding, n in self._unbound_requests.items()}

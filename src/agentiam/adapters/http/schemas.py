@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from agentiam.core.access.admin_keys import AdminKey, IssuedAdminKey, Role
+from agentiam.core.access.admin_keys import AdminKey, IngestBinding, IssuedAdminKey, Role
 from agentiam.core.detection.expectations import expectations_dict
 from agentiam.core.identities.lifecycle import AgentStatus
 from agentiam.core.identities.models import Agent, AgentKey, AutonomyLevel, Human, Transition
@@ -288,8 +288,9 @@ class AdminKeyCreate(_In):
         default_factory=list,
         max_length=64,
         description=(
-            "A verifier key only: the enforcement points (gateway/<name>, guard/<name>) "
-            "whose audit events it may ingest. Empty: any."
+            "A verifier key only, and required for it (unless any_source): the "
+            "enforcement points (gateway/<name>, guard/<name>) whose audit events it "
+            "may ingest."
         ),
     )
     agents: list[Annotated[str, Field(max_length=64)]] = Field(
@@ -298,6 +299,15 @@ class AdminKeyCreate(_In):
         description=(
             "A verifier key only: the agents its ingested events may be about (events "
             "about no agent pass). Empty: any."
+        ),
+    )
+    any_source: bool = Field(
+        default=False,
+        strict=True,  # an opt-out of a security default: true itself, not "yes" or 1
+        description=(
+            "A verifier key only: true makes a key that may ingest events in any "
+            "enforcement point's name, instead of naming sources. Listed as "
+            'binding "any_source"; ingest with it is logged once and counted.'
         ),
     )
 
@@ -314,6 +324,15 @@ class AdminKeyOut(_Out):
     revoked_by: str | None
     sources: list[str] = Field(description="Enforcement points it may ingest for; [] any.")
     agents: list[str] = Field(description="Agents its ingested events may name; [] any.")
+    bound: bool | None = Field(
+        description="A verifier key: whether its ingest is bound to named sources; "
+        "null for other roles."
+    )
+    binding: IngestBinding | None = Field(
+        description='A verifier key: "bound" (sources), "any_source" (unbound by its '
+        'creator\'s choice) or "legacy" (unbound, made before bindings were required: '
+        "re-issue it bound); null for other roles."
+    )
 
     @classmethod
     def of(cls, k: AdminKey) -> AdminKeyOut:
@@ -329,6 +348,8 @@ class AdminKeyOut(_Out):
             revoked_by=k.revoked_by,
             sources=list(k.sources),
             agents=list(k.agents),
+            bound=None if k.binding is None else k.binding is IngestBinding.BOUND,
+            binding=k.binding,
         )
 
 

@@ -579,10 +579,28 @@ class SqlAgentKeys:
         )
 
 
-def _ingest_scope(text: str | None) -> dict[str, tuple[str, ...]]:
-    """The ``sources`` and ``agents`` of an admin key's stored ``ingest_scope``."""
+def _ingest_scope(text: str | None) -> dict[str, Any]:
+    """The ``sources``, ``agents`` and ``any_source`` of an admin key's stored
+    ``ingest_scope``. NULL (a key made before bindings, or not a verifier) is none of
+    them: a verifier key stored so is :attr:`IngestBinding.LEGACY`."""
     scope = json.loads(text) if text else {}
-    return {k: tuple(scope.get(k) or ()) for k in ("sources", "agents")}
+    return {
+        "sources": tuple(scope.get("sources") or ()),
+        "agents": tuple(scope.get("agents") or ()),
+        "any_source": scope.get("any_source") is True,
+    }
+
+
+def _dump_ingest_scope(key: AdminKey) -> str | None:
+    """``ingest_scope`` as stored: JSON ``{"sources", "agents"}``, with ``"any_source":
+    true`` for a key unbound by choice (read by older code as unbound too, so a
+    rollback keeps the same behaviour); NULL when there is nothing to store."""
+    if not (key.sources or key.agents or key.any_source):
+        return None
+    scope: dict[str, Any] = {"sources": list(key.sources), "agents": list(key.agents)}
+    if key.any_source:
+        scope["any_source"] = True
+    return _dumps(scope)
 
 
 class SqlAdminKeys:
@@ -616,11 +634,7 @@ class SqlAdminKeys:
                 created_at=key.created_at,
                 created_by=key.created_by,
                 expires_at=key.expires_at,
-                ingest_scope=(
-                    _dumps({"sources": list(key.sources), "agents": list(key.agents)})
-                    if key.sources or key.agents
-                    else None
-                ),
+                ingest_scope=_dump_ingest_scope(key),
             )
         )
 

@@ -21,6 +21,7 @@ from enum import StrEnum
 __all__ = [
     "KEY_PREFIX",
     "AdminKey",
+    "IngestBinding",
     "IssuedAdminKey",
     "Permission",
     "Role",
@@ -131,6 +132,23 @@ def permissions_of(role: Role) -> frozenset[Permission]:
     return _ROLE_PERMISSIONS[role]
 
 
+class IngestBinding(StrEnum):
+    """How a verifier key's audit ingest is bound (see :attr:`AdminKey.binding`).
+
+    A verifier key is what an enforcement point holds, and an in-process guard holds
+    it inside the agent's own process, which may be hijacked: unbound, it may ship
+    decisions in any gateway's name about any agent, and detection then charges an
+    innocent agent. So a new verifier key is bound unless its creator asks otherwise.
+    """
+
+    # Bound to named enforcement points (``sources``; perhaps also to ``agents``).
+    BOUND = "bound"
+    # Unbound because its creator asked for it explicitly (``any_source``).
+    ANY_SOURCE = "any_source"
+    # Unbound because it was made before a binding was required: re-issue it bound.
+    LEGACY = "legacy"
+
+
 @dataclass(frozen=True, slots=True)
 class AdminKey:
     """A stored admin key: everything but the secret."""
@@ -148,10 +166,23 @@ class AdminKey:
     # What audit events a key may ingest (POST /v1/audit/ingest): only those of these
     # enforcement points (``source``) and naming no agent but these (``agent_id``, an
     # agent actor, ``details.client_id``: whom detection charges an event to; events
-    # naming no agent pass). Empty: any. Bind every enforcement point's key, above all
-    # an in-process guard's, which sits in the agent's own process.
+    # naming no agent pass). Empty: any. A new verifier key names at least one source
+    # unless ``any_source`` says its creator chose an unbound key (:attr:`binding`).
     sources: tuple[str, ...] = ()
     agents: tuple[str, ...] = ()
+    any_source: bool = False
+
+    @property
+    def binding(self) -> IngestBinding | None:
+        """How this key's ingest is bound; None for a role other than verifier (the
+        admin role ingests too, but holds every permission and no enforcement point
+        should hold it). A verifier key with no source and no ``any_source`` is
+        :attr:`IngestBinding.LEGACY`: made before bindings were required."""
+        if self.role is not Role.VERIFIER:
+            return None
+        if self.sources:
+            return IngestBinding.BOUND
+        return IngestBinding.ANY_SOURCE if self.any_source else IngestBinding.LEGACY
 
     def is_valid(self, now: datetime) -> bool:
         return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)

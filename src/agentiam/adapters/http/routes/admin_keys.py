@@ -24,6 +24,9 @@ Manage = Annotated[CallContext, Depends(require(Permission.ADMIN_KEYS_MANAGE))]
 
 @router.post("", status_code=201, response_model=IssuedAdminKeyOut)
 def create_admin_key(body: AdminKeyCreate, request: Request, ctx: Manage) -> IssuedAdminKeyOut:
+    """Issue a key (its secret is in this answer only). A verifier key names the
+    enforcement points it reports for (``sources``) or asks for ``any_source``;
+    without either the answer is a 422 naming ``sources``."""
     issued = container_of(request).admin_keys.create(
         ctx,
         name=body.name,
@@ -31,6 +34,7 @@ def create_admin_key(body: AdminKeyCreate, request: Request, ctx: Manage) -> Iss
         expires_at=body.expires_at,
         sources=body.sources,
         agents=body.agents,
+        any_source=body.any_source,
     )
     return IssuedAdminKeyOut.issued(issued)
 

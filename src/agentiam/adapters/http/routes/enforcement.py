@@ -157,5 +157,5 @@ def audit_ingest(body: IngestIn, request: Request, ctx: Ingest) -> IngestOut:
     skipped. Answers only once the events are durable (else 503). The request is
     recorded as one ``audit.ingested`` event."""
     key = request.state.admin_key  # set by the authentication the dependency checked
-    result = container_of(request).enforcement.ingest(ctx, body.events, may_report=key.may_report)
+    result = container_of(request).enforcement.ingest(ctx, body.events, reporter=key)
     return IngestOut(accepted=result.accepted, duplicates=result.duplicates)
