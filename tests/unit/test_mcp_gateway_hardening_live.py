@@ -193,17 +193,25 @@ def test_an_upstream_error_reaches_the_agent_without_its_data(world: World) -> N
     assert "data" not in error
 
 
-def test_an_allowed_call_the_sdk_refuses_ends_with_a_failed_tool_call(world: World) -> None:
+def test_a_call_the_sdk_will_refuse_is_an_audited_refusal_not_a_decision(world: World) -> None:
+    """A call the SDK refuses before its handler (here an Mcp-Name that is not the
+    body's tool) is foreseen: audited as refused with the status the agent gets, never
+    decided, and nothing goes upstream."""
     refused = world.post(
         "tools/call", {"name": "bank.big", "arguments": {"kib": 1}}, **{"Mcp-Name": "bank.boom"}
     )
     assert refused.status_code == 400
-    calls = _until(
-        lambda: [e for e in _tool_calls(world, "bank.big") if e["details"]["status"] == 400]
+    rejected = _until(
+        lambda: [
+            e
+            for e in world.trail(type="api.request.rejected", agent_id=world.agent.client_id)
+            if e["details"].get("status") == 400
+            and (e.get("resource") or {}).get("id") == "bank.big"
+        ]
     )
-    assert len(calls) == 1
-    assert calls[0]["outcome"] == "failure"
-    assert calls[0]["details"]["brokered"] is None  # nothing went upstream
+    assert len(rejected) == 1
+    assert "refused by the MCP transport" in rejected[0]["reason"]
+    assert not [e for e in _tool_calls(world, "bank.big") if e["details"]["status"] == 400]
 
 
 def test_past_the_outage_bound_a_listing_is_an_audited_503(world: World) -> None:

@@ -8,7 +8,9 @@ refusal:
    (RFC 9449) whose audience is this gateway (RFC 8707), verified locally against
    the cached JWKS and revocation set. A refusal is 401 with ``WWW-Authenticate``
    naming the gateway's protected-resource metadata (RFC 9728 section 5.1).
-2. **Rate limit** per agent and per (agent, tool): 429 with ``Retry-After``.
+2. **Rate limit** per agent and per (agent, tool): 429 with ``Retry-After``. A
+   request that is not a call but costs work of its own (an MCP ``initialize`` or
+   listing) takes a token from the agent's own bucket (:meth:`Enforcer.admit_request`).
 3. **Task scope**: a token carrying ``authorization_details`` (RFC 9396) permits only
    the calls one of its entries covers (``token_permits``): else 403.
 4. **Policy**: the local Cedar authorizer, with the delegation chain and the token's
@@ -56,7 +58,7 @@ from agentiam.core.credentials.jose import JoseRejected, import_public_jwk, pars
 from agentiam.core.credentials.verifier import ProofUse, VerifiedAccess
 from agentiam.core.delegation.authorization_details import ApiCall, CustomCall, ToolCall
 from agentiam.core.delegation.enforcement import delegation_context, token_permits
-from agentiam.core.enforcement.ratelimit import BucketKey, RateLimit, RateLimiter
+from agentiam.core.enforcement.ratelimit import BucketKey, RateLimit, RateLimiter, retry_after
 from agentiam.core.ids import is_id
 from agentiam.core.policy.authorizer import AuthzRequest
 from agentiam.core.policy.model import EntityRef
@@ -146,8 +148,9 @@ class SharedLimits(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SharedLimit:
-    """What the replicas' shared buckets answered for one call: None, a token was
-    taken; else the ``Retry-After`` seconds."""
+    """What the replicas' shared buckets answered for one call (or one request that
+    is not a call, :meth:`Enforcer.admit_request`): None, a token was taken; else the
+    ``Retry-After`` seconds."""
 
     retry_after: int | None
 
@@ -251,6 +254,9 @@ class Enforcer:
           throttles this process's limiter would use). A replayed proof takes none.
           The answer goes to :meth:`decide` (or :meth:`admit`), which then charges
           nothing locally.
+        - ``charge`` without a ``tool``: a request that is not a call
+          (:meth:`admit_request`): a token is taken from the agent's own buckets
+          only (``per_agent``, a throttle in force).
 
         The shared store answering 503 (ServiceUnavailable) is a refusal too: an
         unrecorded proof is never accepted, a call never let through uncounted.
@@ -361,6 +367,36 @@ class Enforcer:
             return verdict
         return None
 
+    def admit_request(
+        self,
+        access: VerifiedAccess,
+        method: str,
+        *,
+        trace: TraceContext,
+        limit: SharedLimit | None = None,
+    ) -> Verdict | None:
+        """The rate limit of a request that is not a call but costs the gateway work
+        of its own: an MCP ``initialize`` (it opens a session) or a listing (a policy
+        question per item, and an audit event). It takes a token from the agent's own
+        buckets, ``per_agent`` and a throttle in force, never a per-tool one (it
+        names no tool). The refusal (429 with ``Retry-After``), audited and durable
+        with ``method`` as its action, or None when a token was taken. ``limit``: the
+        replicas' shared buckets already answered (:meth:`shared_admit` with no
+        ``tool``), so this process's are not charged. Listings still do not count in
+        ``context.request_rate`` (that is the authorizer's, not the limiter's)."""
+        if limit is not None:
+            retry = limit.retry_after
+        elif self._limiter is not None:
+            wait = self._limiter.check(access.client_id, None, time.monotonic())
+            retry = None if wait is None else retry_after(wait)
+        else:
+            return None
+        if retry is None:
+            return None
+        reason = f"rate limit for {method} exceeded"
+        self._record_refusal(access, trace, status=429, reason=reason, action=method)
+        return Verdict(False, 429, "rate_limited", reason, headers={"Retry-After": str(retry)})
+
     def decide(
         self,
         access: VerifiedAccess,
@@ -429,11 +465,14 @@ class Enforcer:
         status: int,
         reason: str,
         call: Call | None = None,
+        action: str | None = None,
     ) -> None:
         """Audit a refusal the transport decided itself (no route for the request, a
-        malformed request): durable before the refusal is answered, like every
-        other (else ServiceUnavailable)."""
-        self._record_refusal(access, trace, status=status, reason=reason, call=call)
+        malformed request, a request that is not a call over the rate limit):
+        durable before the refusal is answered, like every other (else
+        ServiceUnavailable). ``action``: what was refused when it is not a ``call``
+        (an MCP method, say; default ``authenticate``)."""
+        self._record_refusal(access, trace, status=status, reason=reason, call=call, action=action)
 
     # -- after the call ----------------------------------------------------------------
 
@@ -504,9 +543,11 @@ class Enforcer:
         reason: str,
         call: Call | None = None,
         presented: Mapping[str, str] | None = None,
+        action: str | None = None,
     ) -> None:
         """``presented``: what :meth:`_presented` learnt of an unauthenticated
-        request's token (the agent it names, its ``jti``, the proof key's ``jkt``)."""
+        request's token (the agent it names, its ``jti``, the proof key's ``jkt``).
+        ``action``: the event's action when there is no ``call``."""
         actor = (
             Actor(ActorType.AGENT, access.client_id)
             if access is not None
@@ -524,7 +565,7 @@ class Enforcer:
         event = AuditEvent.create(
             type="api.request.rejected",
             actor=actor,
-            action=call.action if call is not None else "authenticate",
+            action=call.action if call is not None else (action or "authenticate"),
             source=self.source,
             trace=trace,
             now=_now(),

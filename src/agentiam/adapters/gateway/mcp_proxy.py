@@ -16,7 +16,9 @@ agent that opened them). For every HTTP request it:
    gateway's own is refused with 403 (Streamable HTTP, "Security & Endpoint").
 2. **Decides** each ``tools/call``, ``resources/read`` and ``prompts/get`` before the
    MCP server sees it (:class:`~agentiam.adapters.gateway.enforcer.Enforcer`): rate
-   limits (HTTP 429 with ``Retry-After``), the token's task scope
+   limits (HTTP 429 with ``Retry-After``; an ``initialize`` and the four listings take
+   a token from the agent's own bucket too, :meth:`Enforcer.admit_request
+   <agentiam.adapters.gateway.enforcer.Enforcer.admit_request>`), the token's task scope
    (``authorization_details``, RFC 9396; a refusal is a runtime insufficient-scope
    error: HTTP 403 with ``error="insufficient_scope"`` per MCP "Scope Challenge
    Handling" and RFC 6750 section 3.1), and Cedar policy with the tool arguments,
@@ -30,13 +32,19 @@ agent that opened them). For every HTTP request it:
    it (:func:`agentiam.core.approvals_wire.mcp_result_meta`); the same call retried
    with ``params._meta["agentiam/approval"]`` is checked and consumed by the control
    plane for exactly that call and decided as approved
-   (:mod:`~agentiam.adapters.gateway.approval_flow`).
+   (:mod:`~agentiam.adapters.gateway.approval_flow`). A request the SDK's transport
+   will refuse before its handler (a bad ``Accept``, an ``Mcp-Name`` that is not the
+   body's, an unknown session: :class:`_SdkRules`) is not decided: it takes no
+   rate-limit token and uses no approval, its refusal is audited
+   (``api.request.rejected``) and the SDK answers it.
 3. **Lists** only what policy allows this caller: ``tools/list``, ``resources/list``,
    ``resources/templates/list`` and ``prompts/list`` ask, per item, whether a call
    without arguments would be allowed (see :data:`ACTIONS` for the mapping). Every
-   listing is one ``mcp.list`` audit event; listed results are never cacheable
-   (``ttlMs: 0``, ``cacheScope: private``, SEP-2549). Past the outage bound a listing
-   is refused as a call is (HTTP 503, audited).
+   listing is one ``mcp.list`` audit event, durable before the SDK answers (the
+   listing is made in front of the SDK and handed to its handler); listed results
+   are never cacheable (``ttlMs: 0``, ``cacheScope: private``, SEP-2549). Past the
+   outage bound, or when its event cannot be made durable, a listing is refused as a
+   call is (HTTP 503 with ``Retry-After``, no data).
 4. **Forwards** allowed calls through an MCP client session (the official SDK's
    ``streamable_http_client``) per upstream server, carrying the **brokered
    credential** (:class:`~agentiam.adapters.gateway.broker.CredentialBroker`); the
@@ -62,6 +70,7 @@ Configuration (the common part is :mod:`agentiam.adapters.gateway.config`)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -81,22 +90,42 @@ import anyio.to_thread
 import httpx
 import httpx2
 import mcp_types as types
+import pydantic_core
 from anyio.abc import TaskGroup
 from mcp.client.client import Client
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.auth.provider import AccessToken
 from mcp.server.caching import CacheHint
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
-from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
-from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
-from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
+from mcp.shared.inbound import (
+    ERROR_CODE_HTTP_STATUS,
+    MCP_PARAM_HEADER_PREFIX,
+    MCP_PROTOCOL_VERSION_HEADER,
+    InboundLadderRejection,
+    classify_inbound_request,
+    find_duplicated_routing_header,
+    validate_mcp_param_headers,
+)
+from mcp_types import (
+    CONNECTION_CLOSED,
+    DEFAULT_NEGOTIATED_VERSION,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    JSONRPCRequest,
+    jsonrpc_message_adapter,
+)
+from mcp_types import methods as mcp_methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials
 from starlette.datastructures import Headers
@@ -185,6 +214,9 @@ _APPROVAL_THREADS: Final = 16  # concurrent calls to the control plane's approva
 _CACHEABLE: Final = ("tools/list", "resources/list", "resources/templates/list", "prompts/list",
                "resources/read")  # fmt: skip
 _LISTINGS: Final = frozenset(_CACHEABLE[:4])  # the four list methods
+# requests that are not calls but take a token from the agent's bucket: opening a
+# session, and the listings (a policy question per item, and an audit event)
+_COUNTED: Final = _LISTINGS | {"initialize"}
 
 # -- limits ----------------------------------------------------------------------------------
 
@@ -532,6 +564,12 @@ class _BrokeredAuth(httpx2.Auth):
 
 
 ListingKind = Literal["tools", "resources", "templates", "prompts"]
+_LISTING_KINDS: Final[Mapping[str, ListingKind]] = {
+    "tools/list": "tools",
+    "resources/list": "resources",
+    "resources/templates/list": "templates",
+    "prompts/list": "prompts",
+}
 
 
 class _Upstream:
@@ -726,11 +764,26 @@ class _Guarded:
     malformed_approval: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Foreseen:
+    """A refusal the SDK's transport will make before a handler runs
+    (:class:`_SdkRules`): the HTTP status the client gets, and why."""
+
+    status: int
+    reason: str
+
+
 @dataclass(slots=True)
 class _RequestState:
+    """What the endpoint learnt of one HTTP request, for the handler the SDK runs:
+    the caller, the decision of its call (``pending``), the listing prepared for it
+    (``listing``: method and items), and a refusal of the SDK's it foresaw."""
+
     access: VerifiedAccess
     trace: TraceContext
     pending: _Pending | None = None
+    listing: tuple[str, list[Any]] | None = None
+    foreseen: _Foreseen | None = None
 
 
 def _state_of(ctx: ServerRequestContext[Any, Any]) -> _RequestState:
@@ -873,10 +926,14 @@ class McpGateway:
 
     # -- listings --------------------------------------------------------------------
 
-    async def _listed(
-        self, ctx: ServerRequestContext[Any, Any], method: str, kind: ListingKind
-    ) -> list[Any]:
-        state = _state_of(ctx)
+    async def listing(self, state: _RequestState, method: str) -> list[Any]:
+        """What ``method`` (one of the four list methods) shows this caller: every
+        upstream's listing, filtered by policy, its ``mcp.list`` event durable. Run by
+        the endpoint before the SDK answers, so that a listing that cannot be
+        recorded is refused as a call is (HTTP 503, no data) rather than answered in
+        the SDK's stream; the handler hands the result on. ServiceUnavailable past
+        the outage bound or when the spool cannot take the event."""
+        kind = _LISTING_KINDS[method]
         found: list[tuple[Listed, Any]] = []
         unavailable: list[str] = []
         for upstream in self.upstreams.values():
@@ -887,12 +944,20 @@ class McpGateway:
             prefix = upstream.server.prefix
             for item in items:
                 found.append(_expose(kind, prefix, item))
-        try:
-            return await anyio.to_thread.run_sync(
-                self._filter_and_record, state, method, found, unavailable
+        return await anyio.to_thread.run_sync(
+            self._filter_and_record, state, method, found, unavailable
+        )
+
+    @staticmethod
+    def _listed(ctx: ServerRequestContext[Any, Any], method: str) -> list[Any]:
+        """The listing the endpoint prepared for this very request (one use)."""
+        state = _state_of(ctx)
+        prepared, state.listing = state.listing, None
+        if prepared is None or prepared[0] != method:
+            raise MCPError(
+                INTERNAL_ERROR, "the gateway holds no listing for this request; it was refused"
             )
-        except AgentIAMError as exc:
-            raise MCPError(INTERNAL_ERROR, exc.detail) from None
+        return prepared[1]
 
     def _filter_and_record(
         self,
@@ -937,25 +1002,23 @@ class McpGateway:
     async def _list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=await self._listed(ctx, "tools/list", "tools"))
+        return types.ListToolsResult(tools=self._listed(ctx, "tools/list"))
 
     async def _list_resources(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListResourcesResult:
-        return types.ListResourcesResult(
-            resources=await self._listed(ctx, "resources/list", "resources")
-        )
+        return types.ListResourcesResult(resources=self._listed(ctx, "resources/list"))
 
     async def _list_templates(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
-        templates = await self._listed(ctx, "resources/templates/list", "templates")
+        templates = self._listed(ctx, "resources/templates/list")
         return types.ListResourceTemplatesResult(resource_templates=templates)
 
     async def _list_prompts(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListPromptsResult:
-        return types.ListPromptsResult(prompts=await self._listed(ctx, "prompts/list", "prompts"))
+        return types.ListPromptsResult(prompts=self._listed(ctx, "prompts/list"))
 
     def _input_schema(self, exposed: str) -> Mapping[str, Any] | None:
         """For the SDK's ``Mcp-Param-*`` header check (2026-07-28): the cached schema."""
@@ -1201,14 +1264,200 @@ def _jsonrpc_error(request_id: Any, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
 
 
+_JSON: Final = "application/json"
+_PARAM_PREFIX: Final = MCP_PARAM_HEADER_PREFIX.lower()
+
+
+class _SdkRules:
+    """What the official SDK's Streamable HTTP app (mcp 2.3) checks of a POSTed
+    JSON-RPC request before its handler runs, in the SDK's order and with its own
+    functions where it has them: the session manager (an unknown session, another
+    principal's, too many sessions), the handshake-era transport and the 2026-07-28
+    entry (``Content-Type``, ``Accept``, the JSON-RPC envelope, the routing headers
+    ``MCP-Protocol-Version``/``Mcp-Method``/``Mcp-Name`` and ``Mcp-Param-*`` against
+    the body), then the server's kernel (the method at the protocol version, its
+    params).
+
+    The endpoint asks before a request takes a rate-limit token, is decided or uses an
+    approval: a request the SDK will refuse is handed to it undecided, so a refusal
+    spends nothing (an approval stays approved for the well-formed retry). Refusing a
+    request the SDK would have served is safe (its handler then finds no decision
+    and refuses it); what is not foreseen here (a session that ends while its call is
+    decided, a call in a session whose handshake is not complete, a later SDK's new
+    check) is refused by the SDK after the decision and ends with a failed
+    ``tool.call``, as before."""
+
+    def __init__(self, sessions: StreamableHTTPSessionManager, server: Server[Any]) -> None:
+        self._sessions = sessions
+        self._server = server
+
+    def refusal(
+        self, scope: Scope, headers: Headers, body: bytes, message: Any
+    ) -> _Foreseen | None:
+        """The SDK's refusal of this POST (``body``, parsed as ``message``), or None
+        when it will hand it to a handler."""
+        # the manager's era routing: the first MCP-Protocol-Version header
+        version = headers.get(MCP_PROTOCOL_VERSION_HEADER)
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            return self._modern(scope, headers, message)
+        return self._handshake(scope, headers, body, version)
+
+    def _modern(self, scope: Scope, headers: Headers, message: Any) -> _Foreseen | None:
+        """``handle_modern_request``, up to the kernel."""
+        found = _content_type(headers) or self._accept(scope)
+        if found is not None:
+            return found
+        try:
+            request = JSONRPCRequest.model_validate(message)
+        except ValidationError:
+            return _Foreseen(400, "not one JSON-RPC request")
+        duplicated = find_duplicated_routing_header(headers.items())
+        if duplicated is not None:
+            return _Foreseen(400, f"{duplicated} header appears more than once")
+        verdict = classify_inbound_request(message, headers=dict(headers))
+        if isinstance(verdict, InboundLadderRejection):
+            return _rejection(verdict.code, verdict.message, http=True)
+        if request.method == "tools/call":
+            mismatch = self._param_headers(headers, request.params or {})
+            if mismatch is not None:
+                return _rejection(mismatch.code, mismatch.message, http=True)
+        return self._kernel(request.method, verdict.protocol_version, request.params, http=True)
+
+    def _handshake(
+        self, scope: Scope, headers: Headers, body: bytes, version: str | None
+    ) -> _Foreseen | None:
+        """The stateful session manager, then ``StreamableHTTPServerTransport``'s POST
+        handling, up to the session's kernel."""
+        sessions = self._sessions
+        session_id = headers.get(MCP_SESSION_ID_HEADER)
+        transport = None
+        if session_id is not None:
+            transport = sessions._server_instances.get(session_id)
+            if transport is None:
+                return _Foreseen(404, "no open session has this Mcp-Session-Id")
+            user = scope.get("user")
+            requestor = authorization_context(user) if isinstance(user, AuthenticatedUser) else None
+            if requestor != sessions._session_owners.get(session_id):
+                return _Foreseen(404, "the session belongs to another principal")
+        elif sessions.max_sessions is not None and (
+            len(sessions._server_instances) >= sessions.max_sessions
+        ):
+            return _Foreseen(503, "the MCP transport has too many open sessions")
+        found = _content_type(headers)
+        if found is not None:
+            return found
+        if transport is not None:
+            idle = transport.idle_scope
+            if transport.is_terminated or (idle is not None and idle.cancel_called):
+                return _Foreseen(404, "the session has ended")
+        found = self._accept(scope)
+        if found is not None:
+            return found
+        parts = headers.get("content-type", "").split(";")[0].split(",")
+        if not any(part.strip() == _JSON for part in parts):  # the transport's own check
+            return _Foreseen(415, "Content-Type is not application/json")
+        try:
+            parsed = jsonrpc_message_adapter.validate_python(
+                pydantic_core.from_json(body), by_name=False
+            )
+        except ValueError:  # pydantic's ValidationError is one
+            return _Foreseen(400, "not one JSON-RPC message")
+        if not isinstance(parsed, JSONRPCRequest):
+            return None
+        if parsed.method != "initialize" and session_id is None:
+            return _Foreseen(400, "no Mcp-Session-Id (the session was not opened)")
+        # ``version``: a handshake-era one or none (the session's negotiated version is
+        # not read; every handshake-era version validates these methods alike)
+        at = version or DEFAULT_NEGOTIATED_VERSION
+        return self._kernel(parsed.method, at, parsed.params, http=False)
+
+    def _accept(self, scope: Scope) -> _Foreseen | None:
+        """The transport's ``Accept`` check (both media types, as it answers SSE)."""
+        has_json, has_sse = check_accept_headers(Request(scope))
+        if not has_json or not (self._sessions.json_response or has_sse):
+            return _Foreseen(406, "Accept does not name application/json and text/event-stream")
+        return None
+
+    def _param_headers(
+        self, headers: Headers, params: Mapping[str, Any]
+    ) -> InboundLadderRejection | None:
+        """The 2026-07-28 ``Mcp-Param-*`` check of a ``tools/call`` against the schema
+        the server's ``get_tool_input_schema`` gives (the SDK's ``_mcp_param_rejection``)."""
+        lookup = self._server.get_tool_input_schema
+        name = params.get("name")
+        arguments = params.get("arguments")
+        if lookup is None or not isinstance(name, str):
+            return None
+        if arguments is not None and not isinstance(arguments, Mapping):
+            return None
+        arguments = arguments or {}
+        if not arguments and not any(key.startswith(_PARAM_PREFIX) for key in headers):
+            return None
+        try:
+            schema = lookup(name)
+        except Exception:  # the SDK skips the check then
+            return None
+        if schema is None:
+            return None
+        return validate_mcp_param_headers(schema, arguments, headers)
+
+    def _kernel(
+        self, method: str, version: str, params: Mapping[str, Any] | None, *, http: bool
+    ) -> _Foreseen | None:
+        """``ServerRunner._on_request`` before the handler: the method at ``version``
+        and its params. ``http``: the error's code sets the HTTP status (the
+        2026-07-28 entry); else it comes in a 200 stream."""
+        if method in mcp_methods.SPEC_CLIENT_METHODS:
+            try:
+                mcp_methods.validate_client_request(method, version, params)
+            except KeyError:
+                return _rejection(METHOD_NOT_FOUND, f"{method} is not a method of {version}", http)
+            except ValidationError:
+                return _rejection(INVALID_PARAMS, f"invalid params for {method}", http)
+            except ValueError:  # an unknown version: not ours to foresee
+                return None
+        if method == "initialize":
+            return None
+        entry = self._server.get_request_handler(method)
+        if entry is None:
+            return _rejection(METHOD_NOT_FOUND, f"{method} is not served", http)
+        try:
+            entry.params_type.model_validate({} if params is None else params, by_name=False)
+        except ValidationError:
+            return _rejection(INVALID_PARAMS, f"invalid params for {method}", http)
+        return None
+
+
+def _rejection(code: int, message: str, http: bool) -> _Foreseen:
+    """A JSON-RPC error the SDK answers: at the status its table gives the code
+    (``ERROR_CODE_HTTP_STATUS``, 200 when unmapped), or 200 within a stream."""
+    status = ERROR_CODE_HTTP_STATUS.get(code, 200) if http else 200
+    return _Foreseen(status, message[:200])
+
+
+def _content_type(headers: Headers) -> _Foreseen | None:
+    """The SDK's ``TransportSecurityMiddleware`` check of a POST's ``Content-Type``."""
+    content_type = headers.get("content-type")
+    if content_type is not None and content_type.lower().startswith(_JSON):
+        return None
+    return _Foreseen(400, "Content-Type is not application/json")
+
+
 class _Endpoint:
     """Plain ASGI in front of the SDK's Streamable HTTP app: Origin, authentication,
-    the session's owner, and the decision for every guarded request."""
+    the session's owner, the rate limit, the decision for every guarded request and
+    the listings."""
 
-    def __init__(self, gateway: McpGateway, app: ASGIApp) -> None:
+    def __init__(self, gateway: McpGateway, app: ASGIApp, rules: _SdkRules | None = None) -> None:
+        """``rules``: what the SDK app in ``app`` checks before its handlers run
+        (:func:`build_app`). With them, a request it will refuse takes no rate-limit
+        token and is neither decided nor given an approval, and listings are
+        prepared for the handlers. None: ``app`` stands in for the SDK and runs no
+        handler (tests)."""
         self.gateway = gateway
         self.enforcer = gateway.enforcer
         self.app = app
+        self.rules = rules
         parts = urlsplit(gateway.location)
         self.origin = f"{parts.scheme}://{parts.netloc}".lower()
         self.issuer = gateway.runtime.link.issuer
@@ -1250,24 +1499,7 @@ class _Endpoint:
             body = await _read_body(receive, MAX_BODY_BYTES)
             message = _parse(body) if body is not None else None
         guarded = self._guarded(message)
-        # replicas: the proof is recorded in their replay cache and a guarded call's
-        # tokens taken from their buckets, in one round trip, before anything is decided
         call = guarded.call if guarded is not None else None
-        shared = await self.enforcer.shared_admit(
-            access,  # a malformed request is refused below, taking no token
-            charge=isinstance(call, Call) and not (guarded and guarded.malformed_approval),
-            tool=call.tool if isinstance(call, Call) else None,
-        )
-        if shared.refusal is not None:
-            refusal = shared.refusal
-            try:
-                await self.gateway.durably(
-                    lambda: self.enforcer.refuse_shared(access, refusal, trace=trace)
-                )
-            except ServiceUnavailable as exc:  # not audited: refused all the same, as 503
-                refusal = exc
-            await _refusal(refusal, scope, receive, send)
-            return
         # The SDK binds a handshake-era session to the principal that opened it
         # (client_id, issuer, subject); another agent's request for it answers 404.
         scope["user"] = AuthenticatedUser(
@@ -1283,16 +1515,45 @@ class _Endpoint:
         )
         scope["auth"] = AuthCredentials(list(access.scope))
         state = _RequestState(access, trace)
+        # What takes a token: a well-formed call (a malformed one is refused below),
+        # an initialize or a listing (_COUNTED); none of them if the SDK will refuse
+        # the request before its handler (then nothing is decided or used either)
+        # or if it would open one session too many (refused below).
+        charge = (isinstance(call, Call) and not (guarded and guarded.malformed_approval)) or (
+            self.rules is not None and guarded is None and _counted(message) is not None
+        )
+        if charge and self.rules is not None and body is not None:
+            state.foreseen = self.rules.refusal(scope, headers, body, message)
+        owner = (access.client_id, access.subject)
+        opens = _opens_session(headers)
+        if state.foreseen is not None or (
+            opens and self._sessions_of(owner) >= MAX_SESSIONS_PER_OWNER
+        ):
+            charge = False
+        # replicas: the proof is recorded in their replay cache and the request's
+        # tokens taken from their buckets, in one round trip, before anything is decided
+        shared = await self.enforcer.shared_admit(
+            access, charge=charge, tool=call.tool if isinstance(call, Call) else None
+        )
+        if shared.refusal is not None:
+            refusal = shared.refusal
+            try:
+                await self.gateway.durably(
+                    lambda: self.enforcer.refuse_shared(access, refusal, trace=trace)
+                )
+            except ServiceUnavailable as exc:  # not audited: refused all the same, as 503
+                refusal = exc
+            await _refusal(refusal, scope, receive, send)
+            return
         scope[_STATE_KEY] = state
         serve = partial(self._serve, state, body, message, guarded, shared.limit)
-        if not _opens_session(headers):
+        if not opens:
             await serve(scope, receive, send)
             return
         # A request without a session id in the handshake era opens a session (kept
         # if it is a successful initialize): at most MAX_SESSIONS_PER_OWNER per agent
         # and subject, counting those being opened, so one agent cannot fill the
         # SDK's table (max_sessions) for every other.
-        owner = (access.client_id, access.subject)
         if self._sessions_of(owner) >= MAX_SESSIONS_PER_OWNER:
             reason = f"more than {MAX_SESSIONS_PER_OWNER} open MCP sessions"
             await self._refuse(access, trace, 429, reason, scope, receive, send)
@@ -1342,9 +1603,10 @@ class _Endpoint:
         if pending is None or not pending.verdict.allowed:
             await self.app(scope, receive, send)
             return
-        # The SDK may still refuse the request before its handler takes the decision
-        # (Accept, Mcp-Name/Mcp-Param-* headers, an unknown session): that call ends
-        # with a failed tool.call carrying the status the client got.
+        # The SDK may still refuse the request before its handler takes the decision,
+        # for a reason _SdkRules did not foresee (a session that ended meanwhile, a
+        # handshake not complete): that call ends with a failed tool.call carrying
+        # the status the client got.
         status: int | None = None
 
         async def watched(message: Message) -> None:
@@ -1401,10 +1663,23 @@ class _Endpoint:
                 state.access, state.trace, 400, "a JSON-RPC batch", scope, receive, send
             )
             return False
+        if state.foreseen is not None:
+            return await self._foreseen(state, guarded, state.foreseen, scope, receive, send)
         if guarded is None:
             method = message.get("method") if isinstance(message, dict) else None
+            counted = _counted(message)
+            request_id = message.get("id") if isinstance(message, dict) else None
+            if self.rules is None:  # a stand-in for the SDK: it runs no handler
+                counted = None
+            if counted is not None and not await self._within_limit(
+                state, counted, limit, request_id, scope, receive, send
+            ):
+                return False
             if isinstance(method, str) and method in _LISTINGS:
-                return await self._listing_admitted(state, message.get("id"), scope, receive, send)
+                if not await self._listing_admitted(state, request_id, scope, receive, send):
+                    return False
+                if counted is not None:
+                    return await self._listing(state, method, request_id, scope, receive, send)
             return True  # the SDK answers what is not guarded (or does not parse)
         method, request_id, call = guarded.method, guarded.request_id, guarded.call
         if isinstance(call, str):
@@ -1455,6 +1730,105 @@ class _Endpoint:
                 denied=verdict,
             )
         return await self._decided(state, method, call, verdict, request_id, scope, receive, send)
+
+    async def _foreseen(
+        self,
+        state: _RequestState,
+        guarded: _Guarded | None,
+        foreseen: _Foreseen,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> bool:
+        """A request the SDK will refuse before its handler (:class:`_SdkRules`) goes
+        on to the SDK undecided, which answers it as it always does: no rate-limit
+        token was taken for it and no approval is used. A call's refusal is audited
+        first (``api.request.rejected`` with the status the SDK will answer), as
+        every refusal of a call is; a 503 if it cannot be."""
+        if guarded is not None and isinstance(guarded.call, Call):
+            call = guarded.call
+            reason = f"refused by the MCP transport: {foreseen.reason}"
+            try:
+                await self.gateway.durably(
+                    lambda: self.enforcer.refuse(
+                        state.access,
+                        trace=state.trace,
+                        status=foreseen.status,
+                        reason=reason,
+                        call=call,
+                    )
+                )
+            except AgentIAMError as exc:
+                await _failed(exc, guarded.request_id, scope, receive, send)
+                return False
+        return True
+
+    async def _within_limit(
+        self,
+        state: _RequestState,
+        method: str,
+        limit: SharedLimit | None,
+        request_id: Any,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> bool:
+        """An ``initialize`` or a listing takes a token from the agent's bucket
+        (:meth:`Enforcer.admit_request`); over the limit it is refused as a call is:
+        HTTP 429 with ``Retry-After`` and a JSON-RPC error, audited first."""
+        try:
+            refused = await self.gateway.durably(
+                lambda: self.enforcer.admit_request(
+                    state.access, method, trace=state.trace, limit=limit
+                )
+            )
+        except AgentIAMError as exc:
+            await _failed(exc, request_id, scope, receive, send)
+            return False
+        if refused is None:
+            return True
+        await _send_json(
+            _jsonrpc_error(request_id, INVALID_REQUEST, refused.reason),
+            refused.status,
+            dict(refused.headers),
+            scope,
+            receive,
+            send,
+        )
+        return False
+
+    async def _listing(
+        self,
+        state: _RequestState,
+        method: str,
+        request_id: Any,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> bool:
+        """Prepare the listing for the handler (:meth:`McpGateway.listing`): its
+        ``mcp.list`` event is durable before the SDK answers. One that cannot be
+        recorded (the spool full or failing), or decided (past the outage bound), is
+        refused as a call is: HTTP 503 with ``Retry-After``, a JSON-RPC error, no
+        data; audited when the spool can still take the refusal."""
+        try:
+            shown = await self.gateway.listing(state, method)
+        except AgentIAMError as exc:
+            failure = exc
+            with contextlib.suppress(AgentIAMError):  # the spool: refused all the same
+                await self.gateway.durably(
+                    lambda: self.enforcer.refuse(
+                        state.access,
+                        trace=state.trace,
+                        status=failure.status,
+                        reason=failure.detail,
+                        action=method,
+                    )
+                )
+            await _failed(failure, request_id, scope, receive, send)
+            return False
+        state.listing = (method, shown)
+        return True
 
     async def _listing_admitted(
         self, state: _RequestState, request_id: Any, scope: Scope, receive: Receive, send: Send
@@ -1566,6 +1940,15 @@ class _Endpoint:
         await _send_json(_jsonrpc_error(request_id, code, reason), status, {}, scope, receive, send)
 
 
+def _counted(message: Any) -> str | None:
+    """The method of a request (with an id) that is not a call but takes a token from
+    the agent's bucket (``_COUNTED``), or None."""
+    if not isinstance(message, dict) or "id" not in message:
+        return None
+    method = message.get("method")
+    return method if isinstance(method, str) and method in _COUNTED else None
+
+
 def _opens_session(headers: Headers) -> bool:
     """Whether the SDK opens a handshake-era session for this request: no
     ``Mcp-Session-Id``, and a protocol version of that era (or none)."""
@@ -1675,7 +2058,8 @@ def build_app(config: McpGatewayConfig, runtime: GatewayRuntime) -> Starlette:
     ``public_url``, its RFC 9728 metadata (path-specific and at the root), and
     ``/healthz``. Closing the app's lifespan closes ``runtime``."""
     gateway = McpGateway(config, runtime)
-    endpoint = _Endpoint(gateway, StreamableHTTPASGIApp(gateway.sessions))
+    rules = _SdkRules(gateway.sessions, gateway.server)
+    endpoint = _Endpoint(gateway, StreamableHTTPASGIApp(gateway.sessions), rules)
     metadata = runtime.protected_resource_metadata()
 
     async def resource_metadata(request: Request) -> Response:

@@ -25,6 +25,20 @@ instead, the HTTP gateway's client (keep-alive connections in a LIFO pool, frami
   and the body fails with ``RemoteProtocolError`` naming the limit, which the
   gateway answers as a failed call (502, audited). The SDK client would otherwise
   buffer a result of any size, and the gateway copy it twice more.
+- **Content codings** (RFC 9110 section 8.4) are decoded here, not by httpx2, so that
+  the decoded body is bounded too: at most :data:`MAX_RESPONSE_BYTES` once decoded
+  as well as on the wire (a gzip bomb of a few KiB would otherwise inflate to GiBs
+  in the gateway). Decoding goes in steps of :data:`_DECODE_STEP` bytes and stops
+  past the bound (the same ``RemoteProtocolError``, the connection closed), so no
+  more than the bound plus one step is ever decoded. Every request asks for
+  ``Accept-Encoding: gzip, deflate`` (section 12.5.3), whatever the client set
+  (httpx2 adds ``br`` and ``zstd`` when their packages are installed); an answer in
+  any other coding, or in several stacked, is refused (``RemoteProtocolError``)
+  before any of it is handed on. ``gzip`` (``x-gzip``; a series of members, RFC 1952
+  section 2.2), ``deflate`` (zlib, RFC 1950, or the raw deflate some servers send)
+  and ``identity`` are taken; a truncated or corrupt body, or bytes after the end of
+  a deflate stream, fail. The response reaches httpx2 without ``Content-Encoding``
+  and ``Content-Length`` (those of the encoded body).
 - **Errors** are httpx2's, so the SDK handles them as before: ``ConnectTimeout`` and
   ``ConnectError`` when no connection could be opened, ``ReadTimeout`` when the
   upstream does not answer in time, ``RemoteProtocolError`` for everything else.
@@ -42,7 +56,8 @@ instead, the HTTP gateway's client (keep-alive connections in a LIFO pool, frami
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Final
 
 import httpx2
@@ -56,9 +71,15 @@ from agentiam.adapters.gateway.http_upstream import (
     UpstreamTimeout,
 )
 
-__all__ = ["MAX_RESPONSE_BYTES", "UpstreamTransport"]
+__all__ = ["ACCEPT_ENCODING", "MAX_RESPONSE_BYTES", "UpstreamTransport"]
 
 MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024  # one upstream response body, at most
+# what every request asks for: the codings :class:`_Inflater` decodes (RFC 9110 12.5.3)
+ACCEPT_ENCODING: Final = b"gzip, deflate"
+_DECODE_STEP: Final = 64 * 1024  # decoded bytes at most per step of the inflater
+# the zlib window bits of each coding taken: gzip (RFC 1952), zlib-wrapped deflate (RFC 1950)
+_CODINGS: Final = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16,
+                   "deflate": zlib.MAX_WBITS}  # fmt: skip
 
 # set by the pool from the request it writes (RFC 9112 sections 3.2 and 6)
 _SET_BY_THE_POOL = frozenset({b"host", b"content-length", b"transfer-encoding"})
@@ -83,30 +104,122 @@ def _mapped(exc: UpstreamError, request: httpx2.Request) -> httpx2.TransportErro
     return httpx2.RemoteProtocolError(message, request=request)
 
 
-class _Body(httpx2.AsyncByteStream):
-    """The upstream's response body, streamed, at most ``limit`` bytes; closing it
-    returns the connection."""
+class _Damaged(Exception):
+    """The compressed body is not valid in its coding."""
 
-    def __init__(self, response: UpstreamResponse, request: httpx2.Request, limit: int) -> None:
+
+class _Inflater:
+    """Decodes one body in a ``gzip`` or ``deflate`` coding, in pieces of at most
+    :data:`_DECODE_STEP` bytes, so that the caller can stop at its bound before more
+    is decoded (zlib's ``max_length``)."""
+
+    def __init__(self, coding: str) -> None:
+        self._coding = coding
+        self._zlib = zlib.decompressobj(_CODINGS[coding])
+        self._fresh = True  # nothing decoded yet: a deflate body may still be raw
+        self._ended = False  # the last stream (member) ended
+
+    def decode(self, data: bytes) -> Iterator[bytes]:
+        """The decoded pieces of ``data``, the next bytes of the body."""
+        while True:
+            if self._ended:
+                if not data:
+                    return
+                if self._coding == "deflate":  # one stream: nothing may follow it
+                    raise _Damaged("bytes after the end of the deflate stream")
+                # gzip: another member (RFC 1952 section 2.2)
+                self._zlib = zlib.decompressobj(_CODINGS[self._coding])
+                self._ended = False
+            try:
+                piece = self._zlib.decompress(data, _DECODE_STEP)
+            except zlib.error:
+                if not (self._fresh and self._coding == "deflate"):
+                    raise _Damaged("the compressed body is corrupt") from None
+                # the raw deflate (RFC 1951) some servers send as "deflate"
+                self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+                self._fresh = False
+                continue
+            self._fresh = False
+            if piece:
+                yield piece
+            if self._zlib.eof:
+                self._ended = True
+                data = self._zlib.unused_data
+                continue
+            # input the step left over; with none, zlib may still hold output (the
+            # step was full): ask again until it gives nothing
+            data = self._zlib.unconsumed_tail
+            if not data and not piece:
+                return
+
+    def finish(self) -> None:
+        """At the end of the body: it must be complete (else truncated)."""
+        if not self._fresh and not self._ended:
+            raise _Damaged("the compressed body is truncated")
+
+
+def _coding(headers: list[tuple[bytes, bytes]]) -> list[str]:
+    """The content codings of a response, in the order applied (RFC 9110 section 8.4),
+    lower case, without ``identity``."""
+    codings: list[str] = []
+    for name, value in headers:
+        if name == b"content-encoding":
+            for part in value.decode("latin-1").split(","):
+                coding = part.strip().lower()
+                if coding and coding != "identity":
+                    codings.append(coding)
+    return codings
+
+
+class _Body(httpx2.AsyncByteStream):
+    """The upstream's response body, streamed, decoded when ``coding`` is set; at most
+    ``limit`` bytes on the wire and ``limit`` bytes once decoded. Closing it returns
+    the connection."""
+
+    def __init__(
+        self,
+        response: UpstreamResponse,
+        request: httpx2.Request,
+        limit: int,
+        coding: str | None = None,
+    ) -> None:
         self._response = response
         self._request = request
         self._limit = limit
+        self._coding = coding
+
+    def _refuse(self, what: str) -> httpx2.RemoteProtocolError:
+        self._response.abort()  # the rest is never read: never reused
+        return httpx2.RemoteProtocolError(what, request=self._request)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        left = self._limit
+        wire = decoded = self._limit
+        inflater = _Inflater(self._coding) if self._coding is not None else None
         try:
             async for chunk in self._response.body():
-                left -= len(chunk)
-                if left < 0:
-                    self._response.abort()  # the rest is never read: never reused
-                    raise httpx2.RemoteProtocolError(
+                wire -= len(chunk)
+                if wire < 0:
+                    raise self._refuse(
                         f"the upstream's response is larger than {self._limit} bytes "
-                        "(MAX_RESPONSE_BYTES)",
-                        request=self._request,
+                        "(MAX_RESPONSE_BYTES)"
                     )
-                yield chunk
+                if inflater is None:
+                    yield chunk
+                    continue
+                for piece in inflater.decode(chunk):
+                    decoded -= len(piece)
+                    if decoded < 0:
+                        raise self._refuse(
+                            f"the upstream's response is larger than {self._limit} bytes "
+                            "once decoded (MAX_RESPONSE_BYTES)"
+                        )
+                    yield piece
+            if inflater is not None:
+                inflater.finish()
         except UpstreamError as exc:
             raise _mapped(exc, self._request) from None
+        except _Damaged as exc:
+            raise self._refuse(f"the upstream's {self._coding} response: {exc}") from None
 
     async def aclose(self) -> None:
         await self._response.aclose()
@@ -173,8 +286,9 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
                 length = int(value)
             elif lower == b"transfer-encoding":
                 chunked = True
-            if lower not in _SET_BY_THE_POOL:
+            if lower not in _SET_BY_THE_POOL and lower != b"accept-encoding":
                 headers.append((lower, value))
+        headers.append((b"accept-encoding", ACCEPT_ENCODING))
         stream = request.stream
         if not isinstance(stream, httpx2.AsyncByteStream):  # an AsyncClient's never is
             raise httpx2.RemoteProtocolError("a request body must stream", request=request)
@@ -189,10 +303,23 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
             )
         except UpstreamError as exc:
             raise _mapped(exc, request) from None
+        codings = _coding(response.headers)
+        coding = codings[0] if len(codings) == 1 and codings[0] in _CODINGS else None
+        if codings and coding is None:
+            await response.aclose()  # the body is not read: the connection is closed
+            named = ", ".join(codings)[:100]
+            raise httpx2.RemoteProtocolError(
+                f"the upstream's response is encoded with {named}, which the gateway did "
+                f"not ask for (Accept-Encoding: {ACCEPT_ENCODING.decode()})",
+                request=request,
+            )
+        headers = response.headers
+        if coding is not None:  # decoded here: httpx2 must not decode it again
+            headers = [h for h in headers if h[0] not in (b"content-encoding", b"content-length")]
         return httpx2.Response(
             response.status,
-            headers=response.headers,
-            stream=_Body(response, request, self._max_body),
+            headers=headers,
+            stream=_Body(response, request, self._max_body, coding),
             extensions={"http_version": b"HTTP/1.1"},
         )
 
