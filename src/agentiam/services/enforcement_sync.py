@@ -183,9 +183,11 @@ def _event_time(value: Any, index: int, now: datetime) -> datetime:
 
 
 # What an enforcement point records: its decisions, its refusals, the calls it made,
-# and the MCP gateway's filtered listings (``mcp.list``).
+# the MCP gateway's filtered listings (``mcp.list``), and an operator's deliberate
+# discard of events the control plane had refused for good (``audit.discarded``,
+# ``agentiam gateway spool rejected discard``).
 ENFORCEMENT_EVENT_TYPES = frozenset(
-    {"authz.decision", "tool.call", "api.request.rejected", "mcp.list"}
+    {"authz.decision", "tool.call", "api.request.rejected", "mcp.list", "audit.discarded"}
 )
 
 

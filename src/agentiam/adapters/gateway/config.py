@@ -11,7 +11,8 @@ The part every gateway shares (see docs/gateway.md#configuration)::
       url: https://iam.example.com
       key_env: AGENTIAM_GATEWAY_KEY    # env var holding a verifier-role admin key
       outage_seconds: 300              # decide from cache this long, then refuse all
-    spool: {directory: /var/lib/agentiam/gw, max_bytes: 1073741824}
+    spool: {directory: /var/lib/agentiam/gw, max_bytes: 1073741824,
+            rejected_max_bytes: 67108864}   # rejected.jsonl's own bound (spool.py)
     secrets: {store: /etc/agentiam/gw-secrets.json}   # key: AGENTIAM_GATEWAY_SECRETS_KEY
     rate_limits: {...}                 # core/enforcement/ratelimit.py
     replay_cache:                      # replicas: DPoP replay records and rate limits in Redis
@@ -38,6 +39,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from agentiam.adapters.gateway.spool import DEFAULT_REJECTED_MAX_BYTES
 from agentiam.adapters.tls import tls_context
 from agentiam.core.enforcement.ratelimit import RateLimiter
 
@@ -229,6 +231,9 @@ class GatewayConfig:
     replay_cache: ReplayCacheConfig | None = None  # None: this process's own cache only
     # connections (and requests in progress) beyond which new ones get 503; None: no cap
     max_connections: int | None = None
+    # the bound of the spool's rejected.jsonl (adapters/gateway/spool.py): once reached,
+    # every call is refused until an operator empties it
+    spool_rejected_max_bytes: int = DEFAULT_REJECTED_MAX_BYTES
 
     def server_options(self) -> dict[str, Any]:
         """uvicorn ``Config`` keywords for the listener: TLS when configured, and
@@ -319,6 +324,15 @@ def _replay_cache(value: Any) -> ReplayCacheConfig:
     )
 
 
+def _byte_size(value: Any, where: str) -> int:
+    """An integer number of bytes from 1 MiB to 1 TiB (a spool bound)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where}: an integer")
+    if not 1 << 20 <= value <= 1 << 40:
+        raise ValueError(f"{where}: between 1 MiB and 1 TiB")
+    return value
+
+
 def _path(value: Any, where: str) -> Path:
     if not isinstance(value, str) or not value.startswith("/") or "\x00" in value:
         raise ValueError(f"{where}: an absolute path")
@@ -376,12 +390,11 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
     )
 
     spool = _mapping(top.get("spool"), "spool")
-    _keys(spool, "spool", frozenset({"directory", "max_bytes"}))
-    max_bytes = spool.get("max_bytes", 1 << 30)
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
-        raise ValueError("spool.max_bytes: an integer")
-    if not 1 << 20 <= max_bytes <= 1 << 40:
-        raise ValueError("spool.max_bytes: between 1 MiB and 1 TiB")
+    _keys(spool, "spool", frozenset({"directory", "max_bytes", "rejected_max_bytes"}))
+    max_bytes = _byte_size(spool.get("max_bytes", 1 << 30), "spool.max_bytes")
+    rejected_max_bytes = _byte_size(
+        spool.get("rejected_max_bytes", DEFAULT_REJECTED_MAX_BYTES), "spool.rejected_max_bytes"
+    )
 
     secrets = _mapping(top.get("secrets") or {}, "secrets")
     _keys(secrets, "secrets", frozenset({"store"}))
@@ -428,6 +441,7 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
         control_plane=control_plane,
         spool_directory=_path(spool.get("directory"), "spool.directory"),
         spool_max_bytes=max_bytes,
+        spool_rejected_max_bytes=rejected_max_bytes,
         secrets_store=store,
         rate_limits=limits,
         timeouts=timeouts,

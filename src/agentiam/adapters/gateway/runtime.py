@@ -6,6 +6,11 @@ Both gateways (``adapters/gateway/http_proxy.py``, ``adapters/gateway/mcp_proxy.
 start one :class:`GatewayRuntime` and ask its enforcer about every call. It also
 serves what they have in common: the RFC 9728 protected-resource metadata, health
 and metrics.
+
+:func:`resend_rejected` and :func:`discard_rejected` are the operator's side of the
+spool's ``rejected.jsonl`` (``agentiam gateway spool rejected``): with the gateway
+stopped, send its events again through the same shipper, or discard them with an
+audit record of the discard.
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import socket
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -24,10 +32,27 @@ from agentiam.adapters.gateway.broker import CredentialBroker, SecretStore, load
 from agentiam.adapters.gateway.config import GatewayConfig
 from agentiam.adapters.gateway.enforcer import Enforcer, SharedLimits, SharedReplay
 from agentiam.adapters.gateway.link import ControlPlaneLink
-from agentiam.adapters.gateway.spool import AuditSpool, Refused, SpoolBatch
+from agentiam.adapters.gateway.spool import (
+    AuditSpool,
+    DiscardRecord,
+    DiscardSummary,
+    Refused,
+    RejectedFile,
+    ResendResult,
+    SpoolBatch,
+)
+from agentiam.core.audit.events import Actor, ActorType, AuditEvent, ResourceRef, TraceContext
 from agentiam.core.enforcement.ratelimit import RateLimiter
 
-__all__ = ["GatewayRuntime"]
+__all__ = [
+    "DISCARD_ACTION",
+    "DISCARD_EVENT_TYPE",
+    "GatewayRuntime",
+    "discard_records",
+    "discard_rejected",
+    "operator_name",
+    "resend_rejected",
+]
 
 log = logging.getLogger("agentiam.gateway")
 
@@ -156,6 +181,7 @@ class GatewayRuntime:
             config.spool_directory,
             None,  # shipped from the gateway's event loop: start_shipping
             max_bytes=config.spool_max_bytes,
+            rejected_max_bytes=config.spool_rejected_max_bytes,
             linger=0.2,  # a trickle of events ships in batches, not one request each
         )
         broker = None
@@ -233,3 +259,109 @@ class GatewayRuntime:
             self.enforcer.approvals.close()
         self.spool.close()
         self.link.close()
+
+
+# -- the operator's side of the spool's rejected.jsonl -----------------------------------
+
+DISCARD_EVENT_TYPE = "audit.discarded"
+"""The type of a discard's audit record, one of the types ingest takes from an
+enforcement point (``services/enforcement_sync.py``): made by an OS user (actor type
+``cli``), naming no agent, so detection charges it to none; OCSF Entity Management:
+Delete, the entity the enforcement point's spool."""
+
+DISCARD_ACTION = "audit.rejected.discard"
+_DISCARD_COMMAND = "agentiam gateway spool rejected discard"
+
+
+def operator_name() -> str:
+    """The OS user running this process, from its effective uid (not ``$USER``, which
+    the caller sets), as ``<name>`` or ``uid:<n>`` when the uid has no name."""
+    uid = os.geteuid()
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name[:64]
+    except (ImportError, KeyError):
+        return f"uid:{uid}"
+
+
+def _shipper(config: GatewayConfig, timeout: float) -> _Shipper:
+    """The gateway's own shipper (its URL, its key: ``control_plane.key_env``)."""
+    return _Shipper(config.control_plane.url, config.control_plane.admin_key(), timeout)
+
+
+def resend_rejected(config: GatewayConfig, *, timeout: float = 30.0) -> ResendResult:
+    """Send the events of the spool's ``rejected.jsonl`` to ``POST /v1/audit/ingest``
+    again, with the gateway's key and shipper, and the spool's handling of refusals
+    (:meth:`RejectedFile.resend`). Raises :class:`~agentiam.adapters.gateway.spool.
+    SpoolBusy` while the gateway runs on the directory, ValueError when the key's
+    environment variable is not set."""
+    shipper = _shipper(config, timeout)
+    try:
+        return RejectedFile(config.spool_directory).resend(shipper)
+    finally:
+        shipper.close()
+
+
+def discard_rejected(
+    config: GatewayConfig, *, by: str | None = None, timeout: float = 30.0
+) -> DiscardSummary | None:
+    """Delete the spool's ``rejected.jsonl``, deliberately, once the control plane
+    has stored the audit records of it (:func:`discard_records`: who, how many, every
+    event id); if it does not take them, nothing is deleted and the error is raised
+    (:class:`Refused` or RuntimeError, as the shipper raises). ``by`` defaults to
+    :func:`operator_name`. None when there was nothing to discard."""
+    who = by or operator_name()
+    source = f"gateway/{config.name}"
+    shipper = _shipper(config, timeout)
+    try:
+        return RejectedFile(config.spool_directory).discard(
+            who, lambda records: shipper(discard_records(source, records))
+        )
+    finally:
+        shipper.close()
+
+
+def discard_records(source: str, records: list[DiscardRecord]) -> list[dict[str, Any]]:
+    """The audit events (``AuditEvent.to_dict``) recording a discard, one per part:
+    the OS user as a ``cli`` actor, the enforcement point as the resource, and in
+    ``details`` the counts, the reasons, the first and last refusal times, the host,
+    and the ids of the events this part covers."""
+    now = datetime.now(UTC)
+    trace = TraceContext.new()  # the parts of one discard share a trace
+    host = socket.gethostname()[:253]
+    events = []
+    for record in records:
+        summary = record.summary
+        events.append(
+            AuditEvent.create(
+                type=DISCARD_EVENT_TYPE,
+                actor=Actor(ActorType.CLI, summary.by),
+                action=DISCARD_ACTION,
+                source=source,
+                trace=trace,
+                now=now,
+                resource=ResourceRef("audit_spool", source),
+                reason=(
+                    f"an operator discarded {summary.events} events the control plane "
+                    "had refused for good (rejected.jsonl)"
+                ),
+                details={
+                    "command": _DISCARD_COMMAND,
+                    "discarded_events": summary.events,
+                    "unreadable_lines": summary.unreadable,
+                    "bytes": summary.bytes,
+                    # a list, not a mapping: a reason is no member name the event
+                    # guard could take for a secret's
+                    "reasons": [{"reason": r, "events": n} for r, n in summary.reasons.items()],
+                    "first_rejected_at": summary.first_rejected_at,
+                    "last_rejected_at": summary.last_rejected_at,
+                    "os_user": summary.by,
+                    "host": host,
+                    "part": record.part,
+                    "parts": record.parts,
+                    "event_ids": list(record.event_ids),
+                },
+            ).to_dict()
+        )
+    return events

@@ -35,6 +35,17 @@ Guarantees:
   others are sent without it, so one event never holds the rest back. Events are
   fitted to the control plane's ingest limits before they are spooled
   (:func:`~agentiam.core.audit.ingest_limits.fit_for_ingest`), so that is rare.
+- **The set-aside file is bounded, and fails closed.** :data:`REJECTED_FILE` may
+  hold at most ``rejected_max_bytes`` (its own bound, apart from ``max_bytes``: the
+  events it keeps are not waiting for the control plane to come back, and must not
+  eat the buffer sized for an outage). Its size is counted when the spool opens. An
+  event that would not fit is not set aside, nor dropped: it stays in its segment
+  (shipping retries it, with backoff), and from then on, as once the file reaches its
+  bound, :meth:`AuditSpool.append` refuses every call with :class:`SpoolFull` (503),
+  naming the file. Nothing in the file is ever overwritten or deleted by the spool;
+  an operator sends its events again, or discards them deliberately (and audited),
+  with :class:`RejectedFile` (``agentiam gateway spool rejected``), while no
+  gateway holds the directory, and restarts the gateway.
 - **Crash safety.** After a crash (SIGKILL, power loss) the last line of a segment may
   be torn: it was never acknowledged, so recovery cuts it off. Everything acknowledged
   is shipped after the restart.
@@ -45,7 +56,11 @@ they reach ``segment_bytes``; ``<seq>.offset`` holds the byte offset shipped so 
 (written atomically: temp file, fsync, rename). A segment is deleted once all its
 events are shipped and a newer segment exists. Each process starts a new segment;
 older ones are shipped and then deleted. ``.lock`` is held (``flock``) by the one spool
-using the directory; a second one, in this process or another, is refused.
+using the directory; a second one, in this process or another, is refused, and so is
+an operator's :class:`RejectedFile` command while a spool holds it (and the other way
+round). :data:`REJECTED_FILE` (mode 0600) holds one line per event set aside:
+``{"rejected_at": <unix seconds>, "reason": "...", "event": {...}}``;
+:data:`DISCARDED_FILE` counts the events an operator discarded from it.
 
 **Shipping on an event loop.** A gateway answers calls on one asyncio loop, and a
 shipper thread doing Python work (decoding lines, an HTTP request) competes with that
@@ -76,13 +91,13 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from agentiam.errors import ServiceUnavailable
+from agentiam.errors import Forbidden, ServiceUnavailable
 
 try:  # POSIX: one spool per directory
     import fcntl
@@ -94,12 +109,20 @@ from agentiam.services.audit_export import redact
 from agentiam.services.audit_writer import GroupCommit
 
 __all__ = [
+    "DISCARDED_FILE",
     "REJECTED_FILE",
     "AsyncShip",
     "AuditSpool",
+    "DiscardRecord",
+    "DiscardSummary",
     "Refused",
+    "RejectedEntry",
+    "RejectedFile",
+    "RejectedFileFull",
+    "ResendResult",
     "Ship",
     "SpoolBatch",
+    "SpoolBusy",
     "SpoolFull",
     "SpoolHealth",
     "next_backoff",
@@ -113,6 +136,13 @@ Ship = Callable[[list[dict[str, Any]]], None]
 
 REJECTED_FILE = "rejected.jsonl"
 """Where, in the spool's directory, events the receiver refused for good are kept."""
+
+DISCARDED_FILE = "rejected.discarded.json"
+"""In the spool's directory: how many events an operator discarded from
+:data:`REJECTED_FILE` (:meth:`RejectedFile.discard`), kept across restarts."""
+
+DEFAULT_REJECTED_MAX_BYTES = 64 << 20
+"""The default bound of :data:`REJECTED_FILE` (``spool.rejected_max_bytes``)."""
 
 
 class Refused(Exception):
@@ -132,6 +162,11 @@ AsyncShip = Callable[[list[dict[str, Any]]], Awaitable[None]]
 _SEGMENT = re.compile(r"^(\d{16})\.jsonl$")
 _OFFSET = re.compile(r"^(\d{16})\.offset$")
 _HINT = "Check the gateway's audit spool directory (disk space, permissions)."
+_REJECTED_HINT = (
+    f"{REJECTED_FILE}, in the spool directory, is full. Fix why the control plane refused "
+    "its events (the gateway key's binding, the control plane's version), stop the gateway, "
+    "run 'agentiam gateway spool rejected resend --config FILE' (or discard), then start it."
+)
 _READ_CHUNK = 1 << 20  # recovery reads segments in chunks of this size
 _SHIP_CHUNK = 256 << 10  # the shipper reads a batch's lines in chunks of this size
 _BATCH_BYTES = 4 << 20  # a shipped batch is cut before this many bytes (one line at least)
@@ -171,11 +206,26 @@ def _line_event(line: bytes) -> tuple[dict[str, Any], bytes | None]:
 
 
 class SpoolFull(ServiceUnavailable):
-    """The spool holds ``max_bytes`` of events not yet shipped; nothing more is taken
-    until the control plane accepts some."""
+    """The spool holds ``max_bytes`` of events not yet shipped, nothing more is taken
+    until the control plane accepts some; or :data:`REJECTED_FILE` reached its bound,
+    nothing more is taken until an operator empties it (see the module docstring)."""
 
     code = "audit-spool-full"
     title = "Audit spool full"
+
+
+class SpoolBusy(ServiceUnavailable):
+    """The spool directory's lock is held: by a gateway's spool, or by an operator's
+    :class:`RejectedFile` command."""
+
+    code = "audit-spool-busy"
+    title = "Audit spool in use"
+
+
+class RejectedFileFull(Exception):
+    """Setting an event aside would take :data:`REJECTED_FILE` past its bound: the
+    shipper keeps the event in its segment and retries (its message becomes the
+    spool's ``last_ship_error``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +245,13 @@ class SpoolHealth:
     last_ship_at: float | None  # unix seconds of the last successful ship
     corrupt_lines: int  # lines skipped because they were not valid JSON (see module doc)
     closed: bool
-    rejected_events: int = 0  # refused by the receiver for good, kept in REJECTED_FILE
+    rejected_events: int = 0  # set aside in REJECTED_FILE since this spool was opened
+    rejected_kept: int = 0  # lines REJECTED_FILE holds now (earlier runs' included)
+    rejected_bytes: int = 0  # its size (what rejected_max_bytes bounds)
+    rejected_max_bytes: int = DEFAULT_REJECTED_MAX_BYTES
+    # REJECTED_FILE reached its bound (or an event did not fit): every append is refused
+    rejected_full: bool = False
+    discarded_events: int = 0  # discarded by an operator from REJECTED_FILE, ever
 
 
 def next_backoff(previous: float | None, *, initial: float = 1.0, maximum: float = 60.0) -> float:
@@ -237,6 +293,107 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _lock(directory: Path, message: str, hint: str) -> int:
+    """An exclusive ``flock`` on ``directory/.lock``, or :class:`SpoolBusy`. The
+    kernel releases it when its holder closes the descriptor or dies."""
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise SpoolBusy(message, hint=hint) from None
+    return fd
+
+
+def _refused_index(batch: list[Any], exc: Refused) -> int | None:
+    """The member of ``batch`` a refusal names (the only one of a batch of one), or
+    None: then the batch is halved, and each half sent, down to the refused event."""
+    if len(batch) == 1:
+        return 0
+    return exc.index if exc.index is not None and 0 <= exc.index < len(batch) else None
+
+
+def _rejected_line(record: Mapping[str, Any]) -> bytes:
+    """One line of :data:`REJECTED_FILE`: compact JSON, as the spool writes it."""
+    text = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", "surrogatepass") + b"\n"
+
+
+def _append_line(path: Path, data: bytes, directory: Path) -> None:
+    """Append ``data`` (whole lines) to ``path`` (mode 0600) and fsync it, and the
+    directory when the file is new. A failed write is cut off again (best effort),
+    so that the next line does not run on from half a line."""
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            write_all(fd, data)  # and fsync
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            raise
+    finally:
+        os.close(fd)
+    if created:
+        _fsync_dir(directory)
+
+
+def _cut_torn_tail(path: Path) -> tuple[int, int]:
+    """Lines and bytes of ``path`` once a torn last line (no newline: a write cut
+    short by a crash, never acknowledged) is cut off. FileNotFoundError if absent."""
+    with open(path, "r+b") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        lines, position, good = 0, 0, 0
+        while chunk := handle.read(_READ_CHUNK):
+            count = chunk.count(b"\n")
+            if count:
+                lines += count
+                good = position + chunk.rfind(b"\n") + 1
+            position += len(chunk)
+        if position != good:
+            log.warning(
+                "audit spool: cutting %d bytes of a torn last line from %s",
+                position - good,
+                path.name,
+            )
+            handle.truncate(good)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return lines, good
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: a temporary file (``.tmp``: a spool opening the
+    directory deletes one left by a crash), fsync, rename, directory fsync."""
+    temp = path.with_name(path.name + ".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    _fsync_dir(path.parent)
+
+
+def _read_discarded(directory: Path) -> dict[str, int]:
+    """:data:`DISCARDED_FILE`'s counters (zeros when absent or unreadable)."""
+    try:
+        with open(directory / DISCARDED_FILE, "rb") as handle:
+            data = json.loads(handle.read(4096))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        k: v
+        for k, v in data.items()
+        if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    }
 
 
 class _Read(enum.Enum):
@@ -349,7 +506,8 @@ class AuditSpool:
     how long :meth:`append` waits for its fsync, ``linger`` how long the shipper waits
     after sending a batch that was not full (so that a steady trickle of events is sent
     in fewer, larger requests), ``clock`` gives unix seconds (the
-    ``spooled_at`` of each line). A shipper thread starts at once; :meth:`close` stops
+    ``spooled_at`` of each line). ``rejected_max_bytes`` bounds :data:`REJECTED_FILE`
+    (see the module docstring). A shipper thread starts at once; :meth:`close` stops
     it and the writer thread (events not shipped stay on disk for the next start).
     """
 
@@ -366,13 +524,17 @@ class AuditSpool:
         commit_timeout: float = 5.0,
         linger: float = 0.0,
         clock: Callable[[], float] = time.time,
+        rejected_max_bytes: int = DEFAULT_REJECTED_MAX_BYTES,
     ) -> None:
         if max_bytes < 1 or segment_bytes < 1 or batch < 1 or linger < 0:
             raise ValueError("max_bytes, segment_bytes and batch must be at least 1")
+        if rejected_max_bytes < 1:
+            raise ValueError("rejected_max_bytes must be at least 1")
         if not 0 < backoff_initial <= backoff_max:
             raise ValueError("backoff needs 0 < backoff_initial <= backoff_max")
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+        self.rejected_max_bytes = rejected_max_bytes
         self.segment_bytes = segment_bytes
         self.batch = batch
         self._backoff = (backoff_initial, backoff_max)
@@ -395,13 +557,18 @@ class AuditSpool:
         self._last_error_at: float | None = None
         self._last_ship_at: float | None = None
         self._corrupt = 0
-        self._rejected = 0
+        self._rejected = 0  # set aside since opened
+        self._rejected_kept = 0  # lines in REJECTED_FILE
+        self._rejected_bytes = 0  # its size
+        self._rejected_full = False  # it reached its bound, or an event did not fit
+        self._discarded = 0  # DISCARDED_FILE's count
         self._on_loop = False  # ship_on_loop is running
         self._wake_loop: Callable[[], None] | None = None  # set while it waits for work
 
         self._lock_fd = self._lock_directory()
         try:
             self._recover()
+            self._recover_rejected()
         except BaseException:
             os.close(self._lock_fd)
             raise
@@ -466,6 +633,13 @@ class AuditSpool:
                 raise ServiceUnavailable(
                     "the audit spool is closed; the call was refused", hint=_HINT
                 )
+            if self._rejected_full:
+                raise SpoolFull(
+                    f"the audit spool's {REJECTED_FILE} holds {self._rejected_bytes} bytes "
+                    "of events the control plane refused for good, its limit is "
+                    f"{self.rejected_max_bytes}; the call was refused",
+                    hint=_REJECTED_HINT,
+                )
             if self._pending_bytes + self._reserved + size > self.max_bytes:
                 raise SpoolFull(
                     f"the audit spool holds {self._pending_bytes} bytes of events not yet "
@@ -524,6 +698,11 @@ class AuditSpool:
                 corrupt_lines=self._corrupt,
                 closed=self._closed,
                 rejected_events=self._rejected,
+                rejected_kept=self._rejected_kept,
+                rejected_bytes=self._rejected_bytes,
+                rejected_max_bytes=self.rejected_max_bytes,
+                rejected_full=self._rejected_full,
+                discarded_events=self._discarded,
             )
             where = None if oldest is None else (oldest.path, oldest.shipped)
         if where is None:
@@ -590,17 +769,42 @@ class AuditSpool:
         (the kernel releases it when the process dies)."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(self.directory, 0o700)
-        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                raise ServiceUnavailable(
-                    f"the audit spool {self.directory} is in use by another spool",
-                    hint="Give each gateway process a directory of its own.",
-                ) from None
-        return fd
+        return _lock(
+            self.directory,
+            f"the audit spool {self.directory} is in use by another spool "
+            "(or an 'agentiam gateway spool' command)",
+            "Give each gateway process a directory of its own.",
+        )
+
+    def _recover_rejected(self) -> None:
+        """Count :data:`REJECTED_FILE` (its bytes bound it; a restart must not reset
+        that) and :data:`DISCARDED_FILE`. A torn last line (a set-aside cut short by a
+        crash) is cut off: it was never acknowledged, the event is still in its segment
+        and is set aside again."""
+        path = self.directory / REJECTED_FILE
+        with contextlib.suppress(FileNotFoundError):
+            kept, size = _cut_torn_tail(path)
+            self._rejected_kept, self._rejected_bytes = kept, size
+        self._discarded = _read_discarded(self.directory).get("events", 0)
+        if self._rejected_bytes >= self.rejected_max_bytes:
+            self._rejected_full = True
+            log.error(
+                "audit spool %s: %s holds %d bytes, its limit is %d: every call is refused "
+                "until an operator empties it",
+                self.directory,
+                REJECTED_FILE,
+                self._rejected_bytes,
+                self.rejected_max_bytes,
+            )
+        elif self._rejected_kept:
+            log.warning(
+                "audit spool %s: %s holds %d events the control plane refused (%d of %d bytes)",
+                self.directory,
+                REJECTED_FILE,
+                self._rejected_kept,
+                self._rejected_bytes,
+                self.rejected_max_bytes,
+            )
 
     def _recover(self) -> None:
         """Open the directory: cut torn tails, read offsets, count what is pending."""
@@ -898,7 +1102,12 @@ class AuditSpool:
             try:
                 ship(todo[0])
             except Refused as exc:
-                parts = self._without_refused(todo[0], exc)
+                try:
+                    parts = self._without_refused(todo[0], exc)
+                except (RejectedFileFull, OSError) as failure:  # kept in its segment: retried
+                    delay = self._send_failed(failure, delay, len(todo[0]))
+                    self._stop.wait(delay)
+                    continue
                 aside += len(todo[0]) - sum(map(len, parts))
                 todo[:1] = parts
                 continue
@@ -921,7 +1130,12 @@ class AuditSpool:
             try:
                 await ship(todo[0])
             except Refused as exc:
-                parts = await loop.run_in_executor(None, self._without_refused, todo[0], exc)
+                try:
+                    parts = await loop.run_in_executor(None, self._without_refused, todo[0], exc)
+                except (RejectedFileFull, OSError) as failure:  # kept in its segment: retried
+                    delay = self._send_failed(failure, delay, len(todo[0]))
+                    await asyncio.sleep(delay)
+                    continue
                 aside += len(todo[0]) - sum(map(len, parts))
                 todo[:1] = parts
                 continue
@@ -939,10 +1153,10 @@ class AuditSpool:
         events around the one it named, that one set aside; without a name, the two
         halves (each is sent, and split again if refused, down to the refused event).
         An event refused alone is set aside: appended to :data:`REJECTED_FILE` and
-        fsynced, counted and logged. It is not shipped again, and not lost."""
-        index = exc.index if exc.index is not None and 0 <= exc.index < len(batch) else None
-        if len(batch) == 1:
-            index = 0
+        fsynced, counted and logged. It is not shipped again, and not lost. Raises
+        (:class:`RejectedFileFull`, OSError) when it cannot be set aside: then nothing
+        was, and the caller retries the batch later."""
+        index = _refused_index(batch, exc)
         if index is None:
             half = len(batch) // 2
             return [batch[:half], batch[half:]]
@@ -950,31 +1164,56 @@ class AuditSpool:
         return [part for part in (batch[:index], batch[index + 1 :]) if part]
 
     def _set_aside(self, event: dict[str, Any], exc: Refused) -> None:
+        """Append ``event`` to :data:`REJECTED_FILE`, or raise
+        :class:`RejectedFileFull` (it would pass ``rejected_max_bytes``: the spool
+        refuses calls from now on) or OSError (the write failed); then it stays in its
+        segment."""
         reason = redact(exc)
-        line = json.dumps(
-            {"rejected_at": self._clock(), "reason": reason, "event": event},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        data = _rejected_line({"rejected_at": self._clock(), "reason": reason, "event": event})
+        with self._lock:
+            size = self._rejected_bytes
+            room = size + len(data) <= self.rejected_max_bytes
+            newly_full = not room and not self._rejected_full
+            if not room:
+                self._rejected_full = True
+        if not room:
+            if newly_full:
+                self._log_full(event.get("event_id"))
+            raise RejectedFileFull(
+                f"{REJECTED_FILE} is full ({size} of {self.rejected_max_bytes} bytes); "
+                "a refused event stays in the spool"
+            )
         path = self.directory / REJECTED_FILE
-        created = not path.exists()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
-            write_all(fd, line.encode("utf-8", "surrogatepass") + b"\n")  # and fsync
-        finally:
-            os.close(fd)
-        if created:
-            _fsync_dir(self.directory)
+        _append_line(path, data, self.directory)
         with self._lock:
             self._rejected += 1
+            self._rejected_kept += 1
+            self._rejected_bytes += len(data)
+            newly_full = not self._rejected_full and (
+                self._rejected_bytes >= self.rejected_max_bytes
+            )
+            if newly_full:
+                self._rejected_full = True
             self._last_error = f"refused for good: {reason}"
             self._last_error_at = self._clock()
+        if newly_full:
+            self._log_full(None)
         log.error(
             "audit spool: the control plane refused event %s (%s) for good: %s; kept in %s",
             event.get("event_id"),
             event.get("type"),
             reason,
             path,
+        )
+
+    def _log_full(self, held: Any) -> None:
+        log.critical(
+            "audit spool %s: %s reached its limit (%d bytes): every call is refused until an "
+            "operator empties it ('agentiam gateway spool rejected resend' or 'discard')%s",
+            self.directory,
+            REJECTED_FILE,
+            self.rejected_max_bytes,
+            "" if held is None else f"; event {held}, refused for good, stays in the spool",
         )
 
     def _send_failed(self, exc: Exception, delay: float | None, count: int) -> float:
@@ -1057,3 +1296,459 @@ class AuditSpool:
             segment.offset_path.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("audit spool: cannot delete %s: %s", segment.path.name, type(exc).__name__)
+
+
+# -- the operator's side of REJECTED_FILE ---------------------------------------------------
+
+_TEXT = 128  # characters of an id, type, source, action or reason an entry shows
+_IDS_PER_RECORD = 256  # event ids named by one discard record (its details stay ~20 KB)
+_RECORDS_PER_CALL = 16  # discard records handed to ``record`` at once (one request)
+_MAX_REASONS = 32  # distinct reasons counted; the others count as "(other)"
+
+
+def _text(value: Any) -> str | None:
+    return value[:_TEXT] if isinstance(value, str) and value else None
+
+
+def _stamp(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedEntry:
+    """One line of :data:`REJECTED_FILE` as an operator sees it: where the event came
+    from and why it was refused, never its body (``details``, arguments). Strings are
+    cut to 128 characters. ``readable`` is False for a line that is not a set-aside
+    event (disk corruption): then only ``line`` is known."""
+
+    line: int  # 1-based line number in the file
+    readable: bool
+    rejected_at: float | None = None  # unix seconds it was first set aside
+    retried_at: float | None = None  # unix seconds an operator last sent it again
+    reason: str | None = None
+    event_id: str | None = None
+    type: str | None = None
+    time: str | None = None  # the event's own time
+    source: str | None = None
+    action: str | None = None
+    agent_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class ResendResult:
+    """What :meth:`RejectedFile.resend` did. Every line is in exactly one of ``sent``
+    (accepted by the control plane: removed from the file), ``refused`` (refused for
+    good again: kept, with the new reason), ``unsent`` (not tried because sending
+    failed: kept as it was), ``unreadable`` (kept as it was) and ``torn`` (a last line
+    cut short by a crash: cut off, as a spool opening the directory does)."""
+
+    sent: int = 0
+    refused: int = 0
+    unsent: int = 0
+    unreadable: int = 0
+    torn: int = 0
+    error: str | None = None  # why sending stopped (redacted); None: every event was tried
+
+    @property
+    def kept(self) -> int:
+        return self.refused + self.unsent + self.unreadable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{name: getattr(self, name) for name in self.__slots__}, "kept": self.kept}
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardSummary:
+    """What :meth:`RejectedFile.discard` discards (or discarded)."""
+
+    events: int  # set-aside events
+    unreadable: int  # lines that are not one (a torn last line included)
+    bytes: int  # the file's size
+    reasons: Mapping[str, int]  # events per refusal reason (at most 32, then "(other)")
+    by: str  # who discards them (the caller says: the OS user)
+    first_rejected_at: float | None = None
+    last_rejected_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__} | {
+            "reasons": dict(self.reasons)
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardRecord:
+    """One audit record of a discard: part ``part`` of ``parts``, naming up to 256 of
+    the discarded events' ids (every id is named by exactly one part)."""
+
+    summary: DiscardSummary
+    part: int  # 1-based
+    parts: int
+    event_ids: tuple[str, ...]
+
+
+_SENT = object()  # a verdict of RejectedFile._deliver: accepted
+_UNSENT = object()  # not tried
+
+
+class RejectedFile:
+    """:data:`REJECTED_FILE` of one spool directory, for the operator: list what it
+    holds (:meth:`entries`, read-only, safe while a gateway runs), send it again
+    (:meth:`resend`), or discard it, leaving a record (:meth:`discard`).
+
+    :meth:`resend` and :meth:`discard` take the directory's lock (the one an open
+    :class:`AuditSpool` holds) for their whole run, and raise :class:`SpoolBusy` when
+    a gateway holds it: a gateway appends to the file while it runs, and counts its
+    size once, at start. A gateway started meanwhile is refused the directory. Only
+    the directory's owner may run them (the gateway's user: files they rewrite stay
+    its own). They never leave a line half-written: the file is replaced atomically (temporary file,
+    fsync, rename, directory fsync), so a crash leaves it as before or as after (an
+    event the control plane accepted just before a crash is sent again next time, and
+    ingest skips an ``event_id`` it already stored)."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        batch: int = 500,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        self.directory = Path(directory)
+        self.path = self.directory / REJECTED_FILE
+        self.batch = batch
+        self._clock = clock
+
+    def size(self) -> int:
+        """The file's size in bytes (0 when absent)."""
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def discarded(self) -> dict[str, int]:
+        """The counters of :data:`DISCARDED_FILE` (``events``, ``unreadable_lines``,
+        ``discards``, ``last_discarded_at``), empty when nothing was ever discarded."""
+        return _read_discarded(self.directory)
+
+    def entries(self) -> Iterator[RejectedEntry]:
+        """Every line, in order, without the events' bodies. Takes no lock: a line a
+        running gateway is appending (no newline yet) is not shown."""
+        try:
+            handle = open(self.path, "rb")  # noqa: SIM115 - closed below, as a generator
+        except FileNotFoundError:
+            return
+        with handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.endswith(b"\n"):
+                    return
+                yield _entry(number, _parse_rejected(line))
+
+    # -- resend ----------------------------------------------------------------------
+
+    def resend(self, ship: Ship) -> ResendResult:
+        """Send every set-aside event again through ``ship`` (a gateway's own shipper,
+        with the gateway's key), in batches of at most ``batch`` events (and 4 MiB),
+        with the spool's refusal handling: what the receiver refuses for good
+        (:class:`Refused`) is found by halving, as the spool does, and kept with the
+        new reason; what it accepts leaves the file. The first other failure (the
+        control plane unreachable, a 5xx, a key it does not know) stops sending: the
+        events not yet accepted stay as they were, and ``error`` says why."""
+        fd = self._lock()
+        if fd is None:
+            return ResendResult()
+        try:
+            return self._resend(ship)
+        finally:
+            os.close(fd)
+
+    def _resend(self, ship: Ship) -> ResendResult:
+        try:
+            source = open(self.path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return ResendResult()
+        temp = self.path.with_name(self.path.name + ".tmp")
+        out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        counts = {"sent": 0, "refused": 0, "unsent": 0, "unreadable": 0, "torn": 0}
+        error: Exception | None = None
+        pending: list[tuple[bytes, dict[str, Any] | None]] = []
+        pending_events = pending_bytes = 0
+
+        def flush() -> None:
+            nonlocal error, pending_events, pending_bytes
+            events = [record["event"] for _, record in pending if record is not None]
+            verdicts: list[object] = [_UNSENT] * len(events)
+            if events and error is None:
+                verdicts, error = self._deliver(ship, events)
+            now = self._clock()
+            chunks: list[bytes] = []
+            index = 0
+            for line, record in pending:
+                if record is None:
+                    counts["unreadable"] += 1
+                    chunks.append(line)
+                    continue
+                verdict = verdicts[index]
+                index += 1
+                if verdict is _SENT:
+                    counts["sent"] += 1
+                elif isinstance(verdict, Refused):
+                    counts["refused"] += 1
+                    again = {**record, "reason": redact(verdict), "retried_at": now}
+                    chunks.append(_rejected_line(again))
+                else:
+                    counts["unsent"] += 1
+                    chunks.append(line)
+            if chunks:
+                write_all(out, b"".join(chunks), sync=False)
+            pending.clear()
+            pending_events = pending_bytes = 0
+
+        try:
+            with source:
+                for line in source:
+                    if not line.endswith(b"\n"):  # never acknowledged: cut, as on recovery
+                        counts["torn"] += 1
+                        break
+                    record = _parse_rejected(line)
+                    pending.append((line, record))
+                    if record is not None:
+                        pending_events += 1
+                        pending_bytes += len(line)
+                    if pending_events >= self.batch or pending_bytes >= _BATCH_BYTES:
+                        flush()
+                flush()
+            os.fsync(out)
+        except BaseException:
+            os.close(out)
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+        os.close(out)
+        result = ResendResult(
+            sent=counts["sent"],
+            refused=counts["refused"],
+            unsent=counts["unsent"],
+            unreadable=counts["unreadable"],
+            torn=counts["torn"],
+            error=None if error is None else redact(error),
+        )
+        if result.kept:
+            os.replace(temp, self.path)
+        else:
+            self.path.unlink()
+            temp.unlink()
+        _fsync_dir(self.directory)
+        log.warning(
+            "audit spool %s: %s sent again: %d accepted, %d refused again, %d not sent, "
+            "%d unreadable kept%s",
+            self.directory,
+            REJECTED_FILE,
+            result.sent,
+            result.refused,
+            result.unsent,
+            result.unreadable,
+            "" if result.error is None else f"; stopped: {result.error}",
+        )
+        return result
+
+    @staticmethod
+    def _deliver(ship: Ship, events: list[dict[str, Any]]) -> tuple[list[object], Exception | None]:
+        """Each event's verdict (``_SENT``, the :class:`Refused` that names it, or
+        ``_UNSENT``), sending the parts the receiver does not refuse; the failure that
+        stopped it, if any. The halving is :meth:`AuditSpool._without_refused`'s."""
+        verdicts: list[object] = [_UNSENT] * len(events)
+        todo = [list(range(len(events)))]
+        while todo:
+            part = todo[0]
+            try:
+                ship([events[i] for i in part])
+            except Refused as exc:
+                index = _refused_index(part, exc)
+                if index is None:
+                    half = len(part) // 2
+                    todo[:1] = [part[:half], part[half:]]
+                    continue
+                verdicts[part[index]] = exc
+                todo[:1] = [p for p in (part[:index], part[index + 1 :]) if p]
+                continue
+            except Exception as exc:
+                return verdicts, exc
+            for i in part:
+                verdicts[i] = _SENT
+            todo.pop(0)
+        return verdicts, None
+
+    # -- discard ---------------------------------------------------------------------
+
+    def discard(
+        self, by: str, record: Callable[[list[DiscardRecord]], None]
+    ) -> DiscardSummary | None:
+        """Delete the file, deliberately: first ``record`` (which ships the audit
+        records of the discard: it must raise unless they were accepted) is called with
+        the :class:`DiscardRecord` parts, at most 16 at a time, naming every discarded
+        event's id; only once every call returned is the file deleted, the deletion
+        logged and counted in :data:`DISCARDED_FILE`. When ``record`` raises, nothing is
+        deleted (parts already recorded stay recorded). None when there was nothing
+        to discard."""
+        fd = self._lock()
+        if fd is None:
+            return None
+        try:
+            return self._discard(by, record)
+        finally:
+            os.close(fd)
+
+    def _discard(
+        self, by: str, record: Callable[[list[DiscardRecord]], None]
+    ) -> DiscardSummary | None:
+        summary = self._summarise(by)
+        if summary is None:
+            return None
+        parts = max(1, -(-summary.events // _IDS_PER_RECORD))
+        batch: list[DiscardRecord] = []
+        ids: list[str] = []
+        part = 0
+
+        def add(chunk: list[str]) -> None:
+            nonlocal part
+            part += 1
+            batch.append(DiscardRecord(summary, part, parts, tuple(chunk)))
+            if len(batch) >= _RECORDS_PER_CALL:
+                record(list(batch))
+                batch.clear()
+
+        for entry in self.entries():  # the lock is held: nothing appends meanwhile
+            if entry.readable:
+                ids.append(_record_id(entry.event_id))
+                if len(ids) >= _IDS_PER_RECORD:
+                    add(ids)
+                    ids = []
+        if ids or part == 0:
+            add(ids)
+        if batch:
+            record(batch)
+        self.path.unlink()
+        _fsync_dir(self.directory)
+        counters = _read_discarded(self.directory)
+        now = int(self._clock())
+        _write_atomic(
+            self.directory / DISCARDED_FILE,
+            json.dumps(
+                {
+                    "events": counters.get("events", 0) + summary.events,
+                    "unreadable_lines": counters.get("unreadable_lines", 0) + summary.unreadable,
+                    "discards": counters.get("discards", 0) + 1,
+                    "last_discarded_at": now,
+                },
+                separators=(",", ":"),
+            ).encode("ascii")
+            + b"\n",
+        )
+        log.warning(
+            "audit spool %s: %s discarded by %s: %d events, %d unreadable lines (%d bytes)",
+            self.directory,
+            REJECTED_FILE,
+            by,
+            summary.events,
+            summary.unreadable,
+            summary.bytes,
+        )
+        return summary
+
+    def _summarise(self, by: str) -> DiscardSummary | None:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return None
+        events = unreadable = 0
+        reasons: dict[str, int] = {}
+        first: float | None = None
+        last: float | None = None
+        for entry in self.entries():
+            if not entry.readable:
+                unreadable += 1
+                continue
+            events += 1
+            reason = entry.reason or "(none)"
+            if reason not in reasons and len(reasons) >= _MAX_REASONS:
+                reason = "(other)"
+            reasons[reason] = reasons.get(reason, 0) + 1
+            if entry.rejected_at is not None:
+                first = entry.rejected_at if first is None else min(first, entry.rejected_at)
+                last = entry.rejected_at if last is None else max(last, entry.rejected_at)
+        if size:  # a torn last line (entries() stops before it) is discarded too
+            with open(self.path, "rb") as handle:
+                handle.seek(size - 1)
+                unreadable += handle.read(1) != b"\n"
+        if events == 0 and unreadable == 0:  # an empty file: nothing to record
+            self.path.unlink(missing_ok=True)
+            _fsync_dir(self.directory)
+            return None
+        return DiscardSummary(events, unreadable, size, reasons, by, first, last)
+
+    def _lock(self) -> int | None:
+        """The directory's lock (None when there is no directory: nothing to do).
+        Refused (:class:`~agentiam.errors.Forbidden`) to a user other than the
+        directory's owner: the files a command rewrites would become that user's, and
+        the gateway (root's, say) could no longer append to them."""
+        try:
+            owner = self.directory.stat().st_uid
+        except FileNotFoundError:
+            return None
+        if owner != os.geteuid():
+            raise Forbidden(
+                f"the audit spool {self.directory} belongs to uid {owner}, not to this "
+                f"user (uid {os.geteuid()})",
+                hint="Run the command as the user the gateway runs as (e.g. sudo -u <user>).",
+            )
+        return _lock(
+            self.directory,
+            f"the audit spool {self.directory} is in use: a gateway (or another "
+            "'agentiam gateway spool' command) holds its lock",
+            "Stop the gateway that uses this spool directory, run the command again, "
+            "then start the gateway.",
+        )
+
+
+def _record_id(value: str | None) -> str:
+    """An event id as a discard record names it: ASCII, at most 64 characters (an id
+    ingest would take is left as it is)."""
+    if value is None:
+        return "(none)"
+    return value if value.isascii() and len(value) <= 64 else ascii(value)[:64]
+
+
+def _parse_rejected(line: bytes) -> dict[str, Any] | None:
+    """A line of :data:`REJECTED_FILE` as the spool writes it, or None."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("event"), dict):
+        return None
+    return record
+
+
+def _entry(number: int, record: dict[str, Any] | None) -> RejectedEntry:
+    if record is None:
+        return RejectedEntry(line=number, readable=False)
+    event = record["event"]
+    return RejectedEntry(
+        line=number,
+        readable=True,
+        rejected_at=_stamp(record.get("rejected_at")),
+        retried_at=_stamp(record.get("retried_at")),
+        reason=_text(record.get("reason")),
+        event_id=_text(event.get("event_id")),
+        type=_text(event.get("type")),
+        time=_text(event.get("time")),
+        source=_text(event.get("source")),
+        action=_text(event.get("action")),
+        agent_id=_text(event.get("agent_id")),
+    )

@@ -76,6 +76,7 @@ NAMES = {
     "token.revoked": "Token revoked",
     "authz.decision": "Authorization decision",
     "tool.call": "Tool call",
+    "audit.discarded": "Refused audit events discarded",
     "api.read": "Admin API read",
     "api.request.rejected": "Admin API request rejected",
     "agent.created": "Agent created",

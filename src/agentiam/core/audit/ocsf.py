@@ -41,7 +41,7 @@ agent.updated, human.updated                        Account Change (3001): Other
 admin_key/signing_key.created, agent.key.added,     Entity Management (3004): Create (1)
 delegation.granted, assessment.completed
 policy.changed, resource.put                        Entity Management (3004): Update (3)
-resource.deleted                                    Entity Management (3004): Delete (4)
+resource.deleted, audit.discarded                   Entity Management (3004): Delete (4)
 admin_key.revoked, signing_key.retired,             Entity Management (3004): Disable (9)
 agent.key.retired, token.revoked,
 agent.tokens_revoked, delegation.revoked,
@@ -389,7 +389,7 @@ _ROUTES: dict[str, _Route] = {
         _Route(_ENTITY_MANAGEMENT, 1),
     ),
     **dict.fromkeys(("policy.changed", "resource.put"), _Route(_ENTITY_MANAGEMENT, 3)),
-    "resource.deleted": _Route(_ENTITY_MANAGEMENT, 4),
+    **dict.fromkeys(("resource.deleted", "audit.discarded"), _Route(_ENTITY_MANAGEMENT, 4)),
     **dict.fromkeys(
         (
             "admin_key.revoked",
