@@ -33,13 +33,13 @@ from typing import Any
 import httpx
 import pytest
 from mcp.server.mcpserver import MCPServer
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 from tests.api.oauth_support import OAuthLive, oauth_live
 from tests.support.live import free_port, serve_in_thread
 from tests.support.live import until as _until
 from tests.unit.test_mcp_gateway_hardening_live import _message
 
-from agentiam.adapters.gateway.mcp_proxy import McpGateway, build_app, load_config
+from agentiam.adapters.gateway.mcp_proxy import McpGateway, _replay, build_app, load_config
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.core.approvals_wire import META_KEY
 from agentiam.sdk import AgentClient, AgentKey
@@ -124,16 +124,7 @@ def _upstream(ran: list[str]) -> Any:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": BOMB})
             return
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await inner(scope, replay, send)
+        await inner(scope, _replay(body, receive), send)  # the body read above
 
     return app
 

@@ -28,10 +28,16 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 from tests.support.live import serve_in_thread
 
-from agentiam.adapters.gateway.mcp_proxy import MAX_BODY_BYTES, _Foreseen, _parse, _SdkRules
+from agentiam.adapters.gateway.mcp_proxy import (
+    MAX_BODY_BYTES,
+    _Foreseen,
+    _parse,
+    _replay,
+    _SdkRules,
+)
 
 MODERN = "2026-07-28"
 HANDSHAKE = "2025-06-18"
@@ -127,16 +133,7 @@ def sdk() -> Iterator[Sdk]:
             more = message.get("more_body", False)
         assert len(body) <= MAX_BODY_BYTES
         record.foreseen.append(rules.refusal(scope, headers, body, _parse(body)))
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await inner(scope, replay, send)
+        await inner(scope, _replay(body, receive), send)  # the body read above
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
