@@ -37,7 +37,7 @@ from agentiam.services.context import CallContext
 
 CTX = CallContext.system("test")
 SOURCE = "gateway/edge-1"
-KEY_ENV = "H2_GATEWAY_KEY"
+KEY_ENV = "AGENTIAM_TEST_SPOOL_GATEWAY_KEY"
 ALICE, BOB = "agt_01JF0000000000000000000000", "agt_01JF0000000000000000000001"
 BODY = "argument-value-not-for-listing"
 FAST: dict[str, Any] = {"backoff_initial": 0.1, "backoff_max": 0.3}
@@ -311,3 +311,43 @@ def test_the_gateway_takes_the_bound_from_its_configuration_and_shows_it(
         2,
         False,
     )
+
+
+def test_a_file_left_at_its_bound_refuses_calls_from_the_start_and_metrics_say_so(
+    live: OAuthLive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rejected.jsonl an earlier run filled to the bound: the gateway started on it
+    refuses every call at once, and its /metrics (the HTTP gateway's collector) shows
+    the file full, its size and nothing set aside by this run."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from agentiam.adapters.gateway.http_proxy import _RuntimeCollector
+
+    directory = tmp_path / "spool"
+    directory.mkdir(mode=0o700)
+    line = json.dumps({"rejected_at": 0, "reason": "403", "event": _event()}) + "\n"
+    path = directory / REJECTED_FILE
+    path.write_text(line * ((1 << 20) // len(line) + 1))
+    path.chmod(0o600)
+    size = path.stat().st_size
+    monkeypatch.setenv(KEY_ENV, _key(live, sources=[SOURCE]))
+    data = json.loads(_config_file(tmp_path, live, rejected_max_bytes=1 << 20).read_text())
+    config = load_gateway_config(data, "http", section_keys=frozenset({"upstreams", "routes"}))
+    runtime = GatewayRuntime.start(config)
+    try:
+        with pytest.raises(SpoolFull, match=REJECTED_FILE):
+            runtime.spool.append([_event()])
+        registry = CollectorRegistry()
+        registry.register(_RuntimeCollector(runtime))
+        text = generate_latest(registry).decode()
+    finally:
+        runtime.close()
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert values["agentiam_gateway_spool_rejected_full"] == 1.0
+    assert values["agentiam_gateway_spool_rejected_bytes"] == size
+    assert values["agentiam_gateway_spool_rejected_events_total"] == 0.0

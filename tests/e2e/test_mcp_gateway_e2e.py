@@ -332,6 +332,9 @@ def world(sqlite_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
         _wait_http(
             f"http://127.0.0.1:{gw_port}/healthz", procs[-1], "gateway", tmp_path / "gateway.out"
         )
+        health = httpx.get(f"http://127.0.0.1:{gw_port}/healthz", timeout=10).json()
+        assert (health["status"], health["deciding"]) == ("ok", True)
+        assert health["spool"]["rejected_full"] is False  # the spool's state, as HTTP's
         clients = {
             name: Agent(
                 agents[name],

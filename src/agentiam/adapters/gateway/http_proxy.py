@@ -731,7 +731,7 @@ class _RuntimeCollector(Collector):
     def __init__(self, runtime: GatewayRuntime) -> None:
         self._runtime = runtime
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         spool = self._runtime.spool.health()
         since = self._runtime.link.seconds_since_contact()
         yield GaugeMetricFamily(
@@ -743,6 +743,23 @@ class _RuntimeCollector(Collector):
             "agentiam_gateway_spool_pending_bytes",
             "Bytes of audit events not yet shipped (bounded by spool.max_bytes).",
             value=spool.pending_bytes,
+        )
+        yield CounterMetricFamily(
+            "agentiam_gateway_spool_rejected_events",
+            "Audit events the control plane refused for good, set aside in the spool's "
+            "rejected.jsonl since the gateway started.",
+            value=spool.rejected_events,
+        )
+        yield GaugeMetricFamily(
+            "agentiam_gateway_spool_rejected_bytes",
+            "Bytes rejected.jsonl holds (bounded by spool.rejected_max_bytes).",
+            value=spool.rejected_bytes,
+        )
+        yield GaugeMetricFamily(
+            "agentiam_gateway_spool_rejected_full",
+            "1 when rejected.jsonl reached its bound: every call is refused until an "
+            "operator empties it (agentiam gateway spool rejected).",
+            value=1.0 if spool.rejected_full else 0.0,
         )
         yield GaugeMetricFamily(
             "agentiam_gateway_control_plane_seconds_since_contact",

@@ -2066,10 +2066,12 @@ def build_app(config: McpGatewayConfig, runtime: GatewayRuntime) -> Starlette:
         return JSONResponse(metadata, headers={"Cache-Control": "public, max-age=300"})
 
     async def healthz(request: Request) -> Response:
+        """The runtime's health (as the HTTP gateway's: the control plane's contact,
+        the spool, its set-aside events) with ``status``; 503 past the outage bound."""
         health = runtime.health()
         ok = bool(health["deciding"])
         return JSONResponse(
-            {"status": "ok" if ok else "unavailable", "name": config.gateway.name},
+            {"status": "ok" if ok else "unavailable", **health},
             status_code=200 if ok else 503,
         )
 
