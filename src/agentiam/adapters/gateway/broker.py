@@ -84,7 +84,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -97,6 +96,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
+from agentiam.adapters.files import replace_file
 from agentiam.adapters.outbound import (
     OutboundError,
     PinnedClient,
@@ -720,27 +720,7 @@ class SecretStore:
         data = json.dumps(doc, indent=1).encode("utf-8") + b"\n"
         if len(data) > MAX_STORE_BYTES:
             raise SecretStoreError(f"the store would exceed {MAX_STORE_BYTES} bytes")
-        fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            os.replace(temp, self.path)
-        except BaseException:
-            if fd != -1:
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_file(self.path, data)
 
 
 # -- injection configuration ----------------------------------------------------------------

@@ -103,7 +103,8 @@ try:  # POSIX: one spool per directory
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
-from agentiam.adapters.files import write_all
+from agentiam.adapters.files import fsync_dir as _fsync_dir
+from agentiam.adapters.files import replace_file, write_all
 from agentiam.core.audit.ingest_limits import fit_for_ingest
 from agentiam.services.audit_export import redact
 from agentiam.services.audit_writer import GroupCommit
@@ -287,14 +288,6 @@ def _name(seq: int) -> str:
     return f"{seq:016d}.jsonl"
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _lock(directory: Path, message: str, hint: str) -> int:
     """An exclusive ``flock`` on ``directory/.lock``, or :class:`SpoolBusy`. The
     kernel releases it when its holder closes the descriptor or dies."""
@@ -365,19 +358,6 @@ def _cut_torn_tail(path: Path) -> tuple[int, int]:
             handle.flush()
             os.fsync(handle.fileno())
     return lines, good
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: a temporary file (``.tmp``: a spool opening the
-    directory deletes one left by a crash), fsync, rename, directory fsync."""
-    temp = path.with_name(path.name + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        write_all(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
-    _fsync_dir(path.parent)
 
 
 def _read_discarded(directory: Path) -> dict[str, int]:
@@ -1637,7 +1617,7 @@ class RejectedFile:
         _fsync_dir(self.directory)
         counters = _read_discarded(self.directory)
         now = int(self._clock())
-        _write_atomic(
+        replace_file(
             self.directory / DISCARDED_FILE,
             json.dumps(
                 {
