@@ -317,7 +317,8 @@ def test_a_file_left_at_its_bound_refuses_calls_from_the_start_and_metrics_say_s
     live: OAuthLive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A rejected.jsonl an earlier run filled to the bound: the gateway started on it
-    refuses every call at once, and its /metrics (the HTTP gateway's collector) shows
+    refuses every call at once (with the full spool's 503, naming the file), and its
+    /metrics (the HTTP gateway's collector) shows
     the file full, its size and nothing set aside by this run."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
@@ -338,6 +339,13 @@ def test_a_file_left_at_its_bound_refuses_calls_from_the_start_and_metrics_say_s
     try:
         with pytest.raises(SpoolFull, match=REJECTED_FILE):
             runtime.spool.append([_event()])
+        # what a call gets: the full spool's own refusal (its 503 names the file and
+        # says what to do), as the gateways record it (deferred) and as the guard does
+        with runtime.enforcer.deferred(), pytest.raises(SpoolFull, match=REJECTED_FILE):
+            runtime.enforcer.refuse(None, trace=TraceContext.new(), status=401, reason="none")
+        with pytest.raises(SpoolFull, match=REJECTED_FILE) as refused:
+            runtime.enforcer.refuse(None, trace=TraceContext.new(), status=401, reason="none")
+        assert "agentiam gateway spool rejected resend --config" in str(refused.value.hint)
         registry = CollectorRegistry()
         registry.register(_RuntimeCollector(runtime))
         text = generate_latest(registry).decode()

@@ -475,16 +475,19 @@ def test_only_the_directory_owner_may_rewrite_the_file(tmp_path: Path) -> None:
     assert ingest.requests == 0
 
 
-@pytest.mark.parametrize(
-    ("value", "message"),
-    [
-        (1 << 19, "spool.rejected_max_bytes: between 1 MiB and 1 TiB"),
-        ((1 << 40) + 1, "spool.rejected_max_bytes: between 1 MiB and 1 TiB"),
-        ("64MiB", "spool.rejected_max_bytes: an integer"),
-        (True, "spool.rejected_max_bytes: an integer"),
-    ],
-)
-def test_the_bound_is_a_configuration_key_checked_at_start(value: Any, message: str) -> None:
+BAD_BOUNDS = [
+    (1 << 19, "between 1 MiB and 1 TiB"),
+    ((1 << 20) - 1, "between 1 MiB and 1 TiB"),
+    ((1 << 40) + 1, "between 1 MiB and 1 TiB"),
+    ("64MiB", "an integer"),
+    (True, "an integer"),
+    (2.0**20, "an integer"),
+]
+
+
+@pytest.mark.parametrize(("value", "rule"), BAD_BOUNDS)
+def test_the_bound_is_a_configuration_key_checked_at_start(value: Any, rule: str) -> None:
+    message = f"spool.rejected_max_bytes: {rule}"
     base = {
         "name": "gw",
         "public_url": "https://gw.example.com",
@@ -501,3 +504,24 @@ def test_the_bound_is_a_configuration_key_checked_at_start(value: Any, message: 
     bad = {**base, "spool": {"directory": "/var/lib/gw", "rejected_max_bytes": value}}
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         load_gateway_config(bad, "http", section_keys=frozenset())
+
+
+@pytest.mark.parametrize(("value", "rule"), BAD_BOUNDS)
+def test_the_guard_checks_its_bound_as_the_gateway_does_before_connecting(
+    tmp_path: Path, value: Any, rule: str
+) -> None:
+    """Guard.connect's spool_rejected_max_bytes: the gateway key's rule and message
+    (one function), refused before anything connects or any directory is made (the
+    control plane URL here answers nothing)."""
+    from agentiam.adapters.gateway.guard import Guard
+
+    with pytest.raises(ValueError, match=f"^spool_rejected_max_bytes: {rule}$"):
+        Guard.connect(
+            "http://127.0.0.1:9",
+            resource="https://agent.example/tools",
+            spool_dir=tmp_path / "spool",
+            name="g",
+            environ={"AGENTIAM_GUARD_KEY": "a-key"},
+            spool_rejected_max_bytes=value,
+        )
+    assert not (tmp_path / "spool").exists()

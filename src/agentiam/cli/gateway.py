@@ -4,7 +4,8 @@
 ``agentiam.adapters.gateway.broker``). The gateways themselves (``gateway mcp``,
 ``gateway http``) are commands of :data:`app` too: add them with ``@app.command()``.
 ``agentiam gateway spool rejected list|resend|discard`` works on the events a
-gateway's audit spool set aside (``agentiam.adapters.gateway.spool.RejectedFile``).
+gateway's audit spool set aside (``agentiam.adapters.gateway.spool.RejectedFile``),
+with the bodies the guard's commands share (:mod:`agentiam.cli.spool`).
 
 Secret values are read from standard input (or a hidden prompt on a terminal), never
 from the command line (which other users of the machine can see in the process list),
@@ -15,9 +16,8 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -33,6 +33,15 @@ from agentiam.adapters.gateway.broker import (
     load_secrets_key,
 )
 from agentiam.cli.output import console, emit, fail, handle_errors
+from agentiam.cli.spool import (
+    ControlPlane,
+    LimitOpt,
+    Spool,
+    YesOpt,
+    discard_rejected,
+    list_rejected,
+    resend_rejected,
+)
 
 if TYPE_CHECKING:
     from agentiam.adapters.gateway.config import GatewayConfig
@@ -249,12 +258,6 @@ rejected_app = typer.Typer(
 app.add_typer(spool_app, name="spool")
 spool_app.add_typer(rejected_app, name="rejected")
 
-_LIST_COLUMNS = ["line", "rejected_at", "event_id", "type", "source", "action", "reason"]
-LimitOpt = Annotated[
-    int,
-    typer.Option("--limit", min=0, max=100_000, help="Show at most this many events."),
-]
-
 
 def _gateway_config(config: Path) -> GatewayConfig:
     """The common part of a gateway's configuration file (name, control plane,
@@ -270,99 +273,21 @@ def _gateway_config(config: Path) -> GatewayConfig:
         fail(f"invalid gateway configuration {config}: {exc}", "See docs/gateway.md.")
 
 
-def _when(stamp: float | None) -> str | None:
-    if stamp is None:
-        return None
-    try:
-        return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds")
-    except (OverflowError, OSError, ValueError):
-        return None
+def _spool(settings: GatewayConfig) -> Spool:
+    return Spool("gateway", settings.spool_directory, settings.spool_rejected_max_bytes)
 
 
-def _printable(text: str) -> str:
-    """``text`` without control characters (an event's strings reach a terminal)."""
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
-def _cell_text(value: Any) -> Any:
-    """A table cell: a string printable and with rich markup escaped."""
-    from rich.markup import escape
-
-    return escape(_printable(value)) if isinstance(value, str) else value
-
-
-def _os_error(exc: OSError, what: str) -> NoReturn:
-    fail(
-        f"cannot {what}: {exc.strerror or type(exc).__name__}"
-        + (f" ({exc.filename})" if exc.filename else ""),
-        "Run it as the user the gateway runs as.",
-    )
+def _control_plane(settings: GatewayConfig) -> ControlPlane:
+    """The gateway's control plane and key (``control_plane.key_env``)."""
+    cp = settings.control_plane
+    return ControlPlane(cp.url, cp.key_env, cp.admin_key)
 
 
 @rejected_app.command("list")
 def rejected_list(config: ConfigOpt, as_json: JsonOpt = False, limit: LimitOpt = 100) -> None:
     """How many events are set aside, why, and their ids, sources and actions (never
     their bodies). Safe while the gateway runs."""
-    from agentiam.adapters.gateway.spool import RejectedFile
-
-    settings = _gateway_config(config)
-    rejected = RejectedFile(settings.spool_directory)
-    shown: list[dict[str, Any]] = []
-    reasons: dict[str, int] = {}
-    count = unreadable = 0
-    try:
-        size = rejected.size()
-        for entry in rejected.entries():
-            if not entry.readable:
-                unreadable += 1
-            else:
-                count += 1
-                reason = entry.reason or "(none)"
-                if reason in reasons or len(reasons) < 32:
-                    reasons[reason] = reasons.get(reason, 0) + 1
-                else:
-                    reasons["(other)"] = reasons.get("(other)", 0) + 1
-            if len(shown) < limit:
-                row = entry.to_dict()
-                row["rejected_at"] = _when(entry.rejected_at)
-                row["retried_at"] = _when(entry.retried_at)
-                if not entry.readable:
-                    row["reason"] = "(not a set-aside event; kept as it is)"
-                shown.append(row)
-        discarded = rejected.discarded()
-    except OSError as exc:
-        _os_error(exc, f"read {rejected.path}")
-    bound = settings.spool_rejected_max_bytes
-    summary: dict[str, Any] = {
-        "file": str(rejected.path),
-        "events": count,
-        "unreadable_lines": unreadable,
-        "bytes": size,
-        "max_bytes": bound,
-        "full": size >= bound,
-        "reasons": reasons,
-        "discarded_events": discarded.get("events", 0),
-        "shown": len(shown),
-        "entries": shown,
-    }
-    if as_json:
-        sys.stdout.write(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        return
-    state = "FULL: the gateway refuses every call" if summary["full"] else "within its bound"
-    console.print(
-        f"{count} event{'s' if count != 1 else ''} set aside in {rejected.path} "
-        f"({size} of {bound} bytes, {state})"
-        + (f"; {unreadable} unreadable line{'s' if unreadable != 1 else ''}" if unreadable else ""),
-        highlight=False,
-        markup=False,
-    )
-    for reason, n in sorted(reasons.items(), key=lambda item: -item[1]):
-        console.print(f"  {n:>7}  {_printable(reason)}", highlight=False, markup=False)
-    if shown:
-        rows = [{k: _cell_text(v) for k, v in row.items()} for row in shown]
-        emit(rows, as_json=False, columns=_LIST_COLUMNS, title="Rejected audit events")
-    if len(shown) < count + unreadable:
-        console.print(f"(first {len(shown)} shown; --limit to see more)", markup=False)
+    list_rejected(_spool(_gateway_config(config)), as_json=as_json, limit=limit)
 
 
 @rejected_app.command("resend")
@@ -370,95 +295,20 @@ def rejected_resend(config: ConfigOpt, as_json: JsonOpt = False) -> None:
     """Send the set-aside events to the control plane again, with the gateway's key
     (control_plane.key_env). Those it accepts leave the file; those it refuses again
     stay, with the new reason (exit code 2). Stop the gateway first."""
-    from agentiam.adapters.gateway.runtime import resend_rejected
-
     settings = _gateway_config(config)
-    with handle_errors():
-        try:
-            result = resend_rejected(settings)
-        except ValueError as exc:
-            fail(str(exc), f"Export {settings.control_plane.key_env} as the gateway has it.")
-        except OSError as exc:
-            _os_error(exc, f"rewrite {settings.spool_directory}")
-    if as_json:
-        sys.stdout.write(json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
-    elif result.kept + result.sent == 0:
-        console.print("nothing to resend", markup=False)
-    else:
-        console.print(
-            f"{result.sent} accepted and removed; {result.refused} refused again and "
-            f"{result.unsent} not sent (kept); {result.unreadable} unreadable lines kept"
-            + ("; a torn last line cut off (never acknowledged)" if result.torn else ""),
-            highlight=False,
-            markup=False,
-        )
-    if result.error is not None:
-        fail(
-            f"sending stopped: {result.error}",
-            "Check the control plane and the key, then run resend again.",
-        )
-    if result.refused:
-        raise typer.Exit(2)
+    resend_rejected(_spool(settings), _control_plane(settings), as_json=as_json)
 
 
 @rejected_app.command("discard")
-def rejected_discard(
-    config: ConfigOpt,
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
-    as_json: JsonOpt = False,
-) -> None:
+def rejected_discard(config: ConfigOpt, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
     """Delete the set-aside events for good. The control plane must first store an
     audit record of it (who, how many, every event id), shipped with the gateway's
     key; if it does not, nothing is deleted. Stop the gateway first."""
-    import httpx
-
-    from agentiam.adapters.gateway.runtime import discard_rejected, operator_name
-    from agentiam.adapters.gateway.spool import Refused, RejectedFile
-    from agentiam.services.audit_export import redact
-
     settings = _gateway_config(config)
-    rejected = RejectedFile(settings.spool_directory)
-    if not yes:
-        try:
-            count = sum(1 for entry in rejected.entries() if entry.readable)
-        except OSError as exc:
-            _os_error(exc, f"read {rejected.path}")
-        typer.confirm(
-            f"Discard the {count} events in {rejected.path}, for good (an audit record of "
-            "it is shipped first)?",
-            abort=True,
-        )
-    with handle_errors():
-        try:
-            summary = discard_rejected(settings, by=operator_name())
-        except ValueError as exc:
-            fail(str(exc), f"Export {settings.control_plane.key_env} as the gateway has it.")
-        except OSError as exc:
-            _os_error(exc, f"discard {rejected.path}")
-        except (Refused, RuntimeError, httpx.HTTPError) as exc:
-            fail(
-                f"nothing was discarded: the control plane did not store the audit record "
-                f"of the discard ({redact(exc)})",
-                "Check the control plane and the key (bound to this gateway's source), "
-                "then run discard again.",
-            )
-    if summary is None:
-        result: dict[str, Any] = {"discarded_events": 0, "unreadable_lines": 0}
-    else:
-        result = {
-            "discarded_events": summary.events,
-            "unreadable_lines": summary.unreadable,
-            "bytes": summary.bytes,
-            "by": summary.by,
-        }
-    if as_json:
-        sys.stdout.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    elif summary is None:
-        console.print("nothing to discard", markup=False)
-    else:
-        console.print(
-            f"discarded {summary.events} events ({summary.unreadable} unreadable lines) "
-            f"from {rejected.path}, recorded in the audit trail as done by {summary.by}",
-            highlight=False,
-            markup=False,
-        )
+    discard_rejected(
+        _spool(settings),
+        _control_plane(settings),
+        source=f"gateway/{settings.name}",
+        yes=yes,
+        as_json=as_json,
+    )

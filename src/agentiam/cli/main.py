@@ -15,6 +15,7 @@ from agentiam.cli import (
     detection,
     gateway,
     grants,
+    guard,
     humans,
     keys,
     playbooks,
@@ -51,6 +52,7 @@ app.add_typer(grants.app, name="grants")
 app.add_typer(audit.app, name="audit")
 app.add_typer(trace.app, name="trace")
 app.add_typer(gateway.app, name="gateway")
+app.add_typer(guard.app, name="guard")
 app.add_typer(approvals.app, name="approvals")
 app.add_typer(playbooks.app, name="playbooks")
 app.add_typer(playbooks.responses_app, name="responses")

@@ -51,7 +51,11 @@ __all__ = [
     "ReplayCacheConfig",
     "Timeouts",
     "UpstreamTls",
+    "from_env",
+    "https_url",
     "load_gateway_config",
+    "point_name",
+    "spool_bound",
     "upstream_tls",
 ]
 
@@ -79,9 +83,11 @@ _COMMON = frozenset(
 _MAX_FILE = 1024 * 1024
 
 
-def _from_env(env: Mapping[str, str] | None, name: str, where: str, holds: str) -> str:
+def from_env(env: Mapping[str, str] | None, name: str, where: str, holds: str) -> str:
     """The stripped value of the variable ``name`` (in ``env``, else the process's
-    environment); ValueError naming the config key ``where`` when it is unset or empty."""
+    environment); ValueError naming the setting ``where`` (a config key, a parameter,
+    an option) when it is unset or empty. Gateways, the guard and their commands read
+    their keys with it."""
     value = (os.environ if env is None else env).get(name, "").strip()
     if not value:
         raise ValueError(f"{where}: the environment variable {name} is not set (it holds {holds})")
@@ -95,7 +101,7 @@ class ControlPlaneConfig:
     outage_seconds: float = 300.0
 
     def admin_key(self, env: Mapping[str, str] | None = None) -> str:
-        return _from_env(
+        return from_env(
             env, self.key_env, "control_plane.key_env", "the gateway's verifier-role admin key"
         )
 
@@ -115,7 +121,7 @@ class ReplayCacheConfig:
         if self.url is not None:
             return self.url
         assert self.url_env is not None
-        value = _from_env(
+        value = from_env(
             env, self.url_env, "replay_cache.url_env", "the Redis URL of the shared replay cache"
         )
         return _redis_url(value, "replay_cache.url_env", allow_password=True)
@@ -269,7 +275,9 @@ def _number(value: Any, where: str, low: float, high: float) -> float:
     return float(value)
 
 
-def _url(value: Any, where: str, *, allow_http_loopback: bool = True) -> str:
+def https_url(value: Any, where: str, *, allow_http_loopback: bool = True) -> str:
+    """An https URL (plain http only on the loopback host) without user info, query or
+    fragment, as the gateway takes its control plane's: a verifier key is sent to it."""
     if not isinstance(value, str) or len(value) > 2048:
         raise ValueError(f"{where}: a URL")
     parts = urlsplit(value)
@@ -324,12 +332,22 @@ def _replay_cache(value: Any) -> ReplayCacheConfig:
     )
 
 
-def _byte_size(value: Any, where: str) -> int:
-    """An integer number of bytes from 1 MiB to 1 TiB (a spool bound)."""
+def spool_bound(value: Any, where: str) -> int:
+    """An integer number of bytes from 1 MiB to 1 TiB: a spool's bound (the gateway's
+    ``spool.max_bytes`` and ``spool.rejected_max_bytes``, the guard's
+    ``spool_rejected_max_bytes``). ValueError naming ``where`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{where}: an integer")
     if not 1 << 20 <= value <= 1 << 40:
         raise ValueError(f"{where}: between 1 MiB and 1 TiB")
+    return value
+
+
+def point_name(value: Any, where: str) -> str:
+    """An enforcement point's name (its audit source is ``gateway/<name>`` or
+    ``guard/<name>``): 1-64 characters of a-z, 0-9, '.', '_' or '-'."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ValueError(f"{where}: 1-64 characters of a-z, 0-9, '.', '_' or '-'")
     return value
 
 
@@ -344,10 +362,8 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
     own parser takes (anything else is refused here)."""
     top = _mapping(data, "config")
     _keys(top, "config", _COMMON | section_keys)
-    name = top.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError("name: 1-64 characters of a-z, 0-9, '.', '_' or '-'")
-    public_url = _url(top.get("public_url"), "public_url")
+    name = point_name(top.get("name"), "name")
+    public_url = https_url(top.get("public_url"), "public_url")
 
     listen = _mapping(top.get("listen") or {}, "listen")
     _keys(listen, "listen", frozenset({"host", "port", "tls", "max_connections"}))
@@ -382,7 +398,7 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
     if not isinstance(key_env, str) or not _ENV.match(key_env):
         raise ValueError("control_plane.key_env: an environment variable name")
     control_plane = ControlPlaneConfig(
-        url=_url(cp.get("url"), "control_plane.url"),
+        url=https_url(cp.get("url"), "control_plane.url"),
         key_env=key_env,
         outage_seconds=_number(
             cp.get("outage_seconds", 300), "control_plane.outage_seconds", 1, 86_400
@@ -391,8 +407,8 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
 
     spool = _mapping(top.get("spool"), "spool")
     _keys(spool, "spool", frozenset({"directory", "max_bytes", "rejected_max_bytes"}))
-    max_bytes = _byte_size(spool.get("max_bytes", 1 << 30), "spool.max_bytes")
-    rejected_max_bytes = _byte_size(
+    max_bytes = spool_bound(spool.get("max_bytes", 1 << 30), "spool.max_bytes")
+    rejected_max_bytes = spool_bound(
         spool.get("rejected_max_bytes", DEFAULT_REJECTED_MAX_BYTES), "spool.rejected_max_bytes"
     )
 

@@ -644,6 +644,8 @@ class Enforcer:
                 deferred.append(submit(events))
             else:
                 self._sink.append(events)
+        except ServiceUnavailable:
+            raise  # the sink's own refusal (a full spool names what is full), as write_held
         except Exception as exc:
             raise _unrecorded() from exc
 

@@ -50,6 +50,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import threading
 import time
 from collections.abc import (
@@ -77,10 +78,16 @@ from pydantic import BaseModel
 
 from agentiam.adapters.gateway.approval_flow import ApprovalFlow, ApprovalOutcome
 from agentiam.adapters.gateway.approvals import ApprovalClient
+from agentiam.adapters.gateway.config import from_env, point_name, spool_bound
 from agentiam.adapters.gateway.enforcer import Call, Enforcer, Verdict
 from agentiam.adapters.gateway.link import ControlPlaneLink
 from agentiam.adapters.gateway.runtime import _Shipper
-from agentiam.adapters.gateway.spool import AuditSpool
+from agentiam.adapters.gateway.spool import (
+    DEFAULT_REJECTED_MAX_BYTES,
+    REJECTED_FILE,
+    AuditSpool,
+    SpoolFull,
+)
 from agentiam.core.audit.events import (
     Outcome,
     TraceContext,
@@ -129,7 +136,6 @@ Principal = Literal["auto", "request", "configured"]
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _TOOL = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, as the ingest accepts
 _ACTION = "invoke_tool"
 _MAX_DEPTH = MAX_DEPTH  # Cedar reads no deeper (plain_arguments)
@@ -205,14 +211,16 @@ class GuardUnavailable(ToolCallDenied):
     title: ClassVar[str] = "Guard unavailable"
     status: ClassVar[int] = 503
 
-    def __init__(self, tool: str, reason: str, *, trace_id: str | None = None) -> None:
+    def __init__(
+        self, tool: str, reason: str, *, trace_id: str | None = None, hint: str | None = None
+    ) -> None:
         super().__init__(
             tool,
             reason,
             error="temporarily_unavailable",
             refusal_status=503,
             trace_id=trace_id,
-            hint="Check the control plane, the guard's link to it and its audit spool.",
+            hint=hint or "Check the control plane, the guard's link to it and its audit spool.",
         )
 
 
@@ -593,6 +601,7 @@ class Guard:
         token: TokenSource | None = None,
         outage_seconds: float = 300.0,
         spool_max_bytes: int = 1 << 30,
+        spool_rejected_max_bytes: int = DEFAULT_REJECTED_MAX_BYTES,
         rate_limits: RateLimiter | None = None,
         redactor: Redactor | None = None,
         ship_timeout: float = 30.0,
@@ -608,7 +617,11 @@ class Guard:
 
         ``admin_key_env`` names the environment variable holding a ``verifier``-role
         admin key (``enforcement:sync`` and ``audit:ingest``); ``name`` is the guard's
-        name in the audit trail (``guard/<name>``); ``outage_seconds`` how long it
+        name in the audit trail (``guard/<name>``); ``spool_rejected_max_bytes`` bounds
+        the spool's ``rejected.jsonl`` (1 MiB to 1 TiB, as a gateway's
+        ``spool.rejected_max_bytes``): at that bound every guarded call is refused
+        (:class:`GuardUnavailable`) until an operator empties it (``agentiam guard
+        spool rejected``); ``outage_seconds`` how long it
         decides from cache without the control plane before refusing every call;
         ``poll_wait`` how long one policy-bundle long poll is held; ``environ``
         replaces ``os.environ`` when reading ``admin_key_env``. ``approvals``: a deny
@@ -616,17 +629,14 @@ class Guard:
         (the key's ``approvals:request``) instead of a plain refusal; ``approval_wait``
         how long a call waits for the human (see :class:`Guard`).
         """
-        if not _NAME.match(name):
-            raise ValueError("name: 1-64 characters of a-z, 0-9, '.', '_' or '-'")
+        point_name(name, "name")
         _check_resource(resource)
         if not 1 <= outage_seconds <= 86_400:
             raise ValueError("outage_seconds: between 1 and 86400")
-        admin_key = (os.environ if environ is None else environ).get(admin_key_env, "").strip()
-        if not admin_key:
-            raise ValueError(
-                f"the environment variable {admin_key_env} is not set "
-                "(it holds the guard's verifier-role admin key)"
-            )
+        rejected_max_bytes = spool_bound(spool_rejected_max_bytes, "spool_rejected_max_bytes")
+        admin_key = from_env(
+            environ, admin_key_env, "admin_key_env", "the guard's verifier-role admin key"
+        )
         # the bundle's throttles need one (a limiter with no entries yet is falsy)
         limiter = rate_limits if rate_limits is not None else RateLimiter()
         link = ControlPlaneLink(
@@ -641,7 +651,13 @@ class Guard:
         try:
             _check_wait(approval_wait)
             shipper = _Shipper(control_plane_url, admin_key, ship_timeout)
-            spool = AuditSpool(Path(spool_dir), shipper, max_bytes=spool_max_bytes)
+            spool = AuditSpool(
+                Path(spool_dir),
+                shipper,
+                max_bytes=spool_max_bytes,
+                rejected_max_bytes=rejected_max_bytes,
+                rejected_hint=_rejected_hint(spool_dir, control_plane_url, admin_key_env, name),
+            )
         except BaseException:
             if shipper is not None:
                 shipper.close()
@@ -963,7 +979,9 @@ class Guard:
                 trace_id=trace.trace_id,
             ) from None
         except ServiceUnavailable as exc:
-            raise GuardUnavailable(tool, exc.detail, trace_id=trace.trace_id) from None
+            # a full spool's hint says how the operator empties it: keep it
+            hint = exc.hint if isinstance(exc, SpoolFull) else None
+            raise GuardUnavailable(tool, exc.detail, trace_id=trace.trace_id, hint=hint) from None
         if not verdict.allowed:
             retry = verdict.headers.get("Retry-After")
             raise ToolCallDenied(
@@ -1085,6 +1103,27 @@ def _check_resource(resource: str) -> None:
     parts = urlsplit(resource)
     if not parts.scheme or parts.fragment or len(resource) > 2048:
         raise ValueError("resource: an absolute URI without a fragment (RFC 8707 section 2)")
+
+
+def _rejected_hint(
+    spool_dir: str | os.PathLike[str], control_plane_url: str, key_env: str, name: str
+) -> str:
+    """What a call refused at the bound of the guard's ``rejected.jsonl`` tells the
+    operator: the command for this guard's spool, with its own values."""
+    resend = shlex.join(
+        [
+            "agentiam", "guard", "spool", "rejected", "resend",
+            "--spool-dir", os.fspath(spool_dir),
+            "--control-plane", control_plane_url,
+            "--key-env", key_env,
+        ]
+    )  # fmt: skip
+    return (
+        f"{REJECTED_FILE}, in the guard's spool directory, is full. Fix why the control "
+        f"plane refused its events (the key in {key_env} must be bound to guard/{name}), "
+        f"stop the agent and, as its user, run: {resend} (or discard, with the same "
+        f"options and --name {name}); then start it."
+    )
 
 
 def _metadata_url(resource: str) -> str:

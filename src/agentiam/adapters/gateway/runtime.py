@@ -7,10 +7,11 @@ start one :class:`GatewayRuntime` and ask its enforcer about every call. It also
 serves what they have in common: the RFC 9728 protected-resource metadata, health
 and metrics.
 
-:func:`resend_rejected` and :func:`discard_rejected` are the operator's side of the
-spool's ``rejected.jsonl`` (``agentiam gateway spool rejected``): with the gateway
-stopped, send its events again through the same shipper, or discard them with an
-audit record of the discard.
+:func:`resend_rejected` and :func:`discard_rejected` are the operator's side of a
+spool's ``rejected.jsonl`` (``agentiam gateway spool rejected``, and ``agentiam guard
+spool rejected`` for an in-process guard's spool): with the gateway or guard stopped,
+send its events again through the same shipper, or discard them with an audit record
+of the discard.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -270,7 +272,6 @@ enforcement point (``services/enforcement_sync.py``): made by an OS user (actor 
 Delete, the entity the enforcement point's spool."""
 
 DISCARD_ACTION = "audit.rejected.discard"
-_DISCARD_COMMAND = "agentiam gateway spool rejected discard"
 
 
 def operator_name() -> str:
@@ -285,41 +286,54 @@ def operator_name() -> str:
         return f"uid:{uid}"
 
 
-def _shipper(config: GatewayConfig, timeout: float) -> _Shipper:
-    """The gateway's own shipper (its URL, its key: ``control_plane.key_env``)."""
-    return _Shipper(config.control_plane.url, config.control_plane.admin_key(), timeout)
-
-
-def resend_rejected(config: GatewayConfig, *, timeout: float = 30.0) -> ResendResult:
-    """Send the events of the spool's ``rejected.jsonl`` to ``POST /v1/audit/ingest``
-    again, with the gateway's key and shipper, and the spool's handling of refusals
+def resend_rejected(
+    directory: Path, *, url: str, admin_key: str, timeout: float = 30.0
+) -> ResendResult:
+    """Send the events of the ``rejected.jsonl`` of the spool in ``directory`` to
+    ``url``'s ``POST /v1/audit/ingest`` again, with the enforcement point's own shipper
+    and verifier key (``admin_key``: a gateway's ``control_plane.key_env``, a guard's
+    ``admin_key_env``), and the spool's handling of refusals
     (:meth:`RejectedFile.resend`). Raises :class:`~agentiam.adapters.gateway.spool.
-    SpoolBusy` while the gateway runs on the directory, ValueError when the key's
-    environment variable is not set."""
-    shipper = _shipper(config, timeout)
+    SpoolBusy` while a gateway or guard runs on the directory."""
+    shipper = _Shipper(url, admin_key, timeout)
     try:
-        return RejectedFile(config.spool_directory).resend(shipper)
+        return RejectedFile(directory).resend(shipper)
     finally:
         shipper.close()
 
 
 def discard_rejected(
-    config: GatewayConfig, *, by: str | None = None, timeout: float = 30.0
+    directory: Path,
+    *,
+    url: str,
+    admin_key: str,
+    source: str,
+    by: str | None = None,
+    timeout: float = 30.0,
 ) -> DiscardSummary | None:
-    """Delete the spool's ``rejected.jsonl``, deliberately, once the control plane
-    has stored the audit records of it (:func:`discard_records`: who, how many, every
-    event id); if it does not take them, nothing is deleted and the error is raised
-    (:class:`Refused` or RuntimeError, as the shipper raises). ``by`` defaults to
-    :func:`operator_name`. None when there was nothing to discard."""
+    """Delete the ``rejected.jsonl`` of the spool in ``directory``, deliberately, once
+    the control plane at ``url`` has stored the audit records of it
+    (:func:`discard_records`: who, how many, every event id, as the enforcement point
+    ``source``, ``gateway/<name>`` or ``guard/<name>``, with its key ``admin_key``); if
+    it does not take them, nothing is deleted and the error is raised (:class:`Refused`
+    or RuntimeError, as the shipper raises). ``by`` defaults to :func:`operator_name`.
+    None when there was nothing to discard."""
     who = by or operator_name()
-    source = f"gateway/{config.name}"
-    shipper = _shipper(config, timeout)
+    shipper = _Shipper(url, admin_key, timeout)
     try:
-        return RejectedFile(config.spool_directory).discard(
+        return RejectedFile(directory).discard(
             who, lambda records: shipper(discard_records(source, records))
         )
     finally:
         shipper.close()
+
+
+def _discard_command(source: str) -> str:
+    """The command that discards a spool's set-aside events for the enforcement point
+    ``source``: ``agentiam gateway spool rejected discard`` for ``gateway/<name>``,
+    ``agentiam guard spool rejected discard`` for ``guard/<name>``."""
+    kind = "guard" if source.startswith("guard/") else "gateway"
+    return f"agentiam {kind} spool rejected discard"
 
 
 def discard_records(source: str, records: list[DiscardRecord]) -> list[dict[str, Any]]:
@@ -347,7 +361,7 @@ def discard_records(source: str, records: list[DiscardRecord]) -> list[dict[str,
                     "had refused for good (rejected.jsonl)"
                 ),
                 details={
-                    "command": _DISCARD_COMMAND,
+                    "command": _discard_command(source),
                     "discarded_events": summary.events,
                     "unreadable_lines": summary.unreadable,
                     "bytes": summary.bytes,

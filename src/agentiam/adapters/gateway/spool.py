@@ -44,8 +44,10 @@ Guarantees:
   bound, :meth:`AuditSpool.append` refuses every call with :class:`SpoolFull` (503),
   naming the file. Nothing in the file is ever overwritten or deleted by the spool;
   an operator sends its events again, or discards them deliberately (and audited),
-  with :class:`RejectedFile` (``agentiam gateway spool rejected``), while no
-  gateway holds the directory, and restarts the gateway.
+  with :class:`RejectedFile` (``agentiam gateway spool rejected``, or ``agentiam
+  guard spool rejected`` for an in-process guard's spool), while no gateway or guard
+  holds the directory, and restarts it. The refusal's hint says how
+  (``rejected_hint``: a guard names its own command).
 - **Crash safety.** After a crash (SIGKILL, power loss) the last line of a segment may
   be torn: it was never acknowledged, so recovery cuts it off. Everything acknowledged
   is shipped after the restart.
@@ -112,6 +114,7 @@ from agentiam.services.audit_writer import GroupCommit
 __all__ = [
     "DISCARDED_FILE",
     "REJECTED_FILE",
+    "REJECTED_HINT",
     "AsyncShip",
     "AuditSpool",
     "DiscardRecord",
@@ -163,7 +166,7 @@ AsyncShip = Callable[[list[dict[str, Any]]], Awaitable[None]]
 _SEGMENT = re.compile(r"^(\d{16})\.jsonl$")
 _OFFSET = re.compile(r"^(\d{16})\.offset$")
 _HINT = "Check the gateway's audit spool directory (disk space, permissions)."
-_REJECTED_HINT = (
+REJECTED_HINT = (
     f"{REJECTED_FILE}, in the spool directory, is full. Fix why the control plane refused "
     "its events (the gateway key's binding, the control plane's version), stop the gateway, "
     "run 'agentiam gateway spool rejected resend --config FILE' (or discard), then start it."
@@ -487,8 +490,10 @@ class AuditSpool:
     after sending a batch that was not full (so that a steady trickle of events is sent
     in fewer, larger requests), ``clock`` gives unix seconds (the
     ``spooled_at`` of each line). ``rejected_max_bytes`` bounds :data:`REJECTED_FILE`
-    (see the module docstring). A shipper thread starts at once; :meth:`close` stops
-    it and the writer thread (events not shipped stay on disk for the next start).
+    (see the module docstring); ``rejected_hint`` is what a call refused at that bound
+    tells the operator to do (default :data:`REJECTED_HINT`, a gateway's commands). A
+    shipper thread starts at once; :meth:`close` stops it and the writer thread (events
+    not shipped stay on disk for the next start).
     """
 
     def __init__(
@@ -505,6 +510,7 @@ class AuditSpool:
         linger: float = 0.0,
         clock: Callable[[], float] = time.time,
         rejected_max_bytes: int = DEFAULT_REJECTED_MAX_BYTES,
+        rejected_hint: str = REJECTED_HINT,
     ) -> None:
         if max_bytes < 1 or segment_bytes < 1 or batch < 1 or linger < 0:
             raise ValueError("max_bytes, segment_bytes and batch must be at least 1")
@@ -515,6 +521,7 @@ class AuditSpool:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self.rejected_max_bytes = rejected_max_bytes
+        self.rejected_hint = rejected_hint
         self.segment_bytes = segment_bytes
         self.batch = batch
         self._backoff = (backoff_initial, backoff_max)
@@ -618,7 +625,7 @@ class AuditSpool:
                     f"the audit spool's {REJECTED_FILE} holds {self._rejected_bytes} bytes "
                     "of events the control plane refused for good, its limit is "
                     f"{self.rejected_max_bytes}; the call was refused",
-                    hint=_REJECTED_HINT,
+                    hint=self.rejected_hint,
                 )
             if self._pending_bytes + self._reserved + size > self.max_bytes:
                 raise SpoolFull(
@@ -752,8 +759,8 @@ class AuditSpool:
         return _lock(
             self.directory,
             f"the audit spool {self.directory} is in use by another spool "
-            "(or an 'agentiam gateway spool' command)",
-            "Give each gateway process a directory of its own.",
+            "(or an 'agentiam gateway spool' or 'agentiam guard spool' command)",
+            "Give each gateway or guard process a directory of its own.",
         )
 
     def _recover_rejected(self) -> None:
@@ -1189,11 +1196,12 @@ class AuditSpool:
     def _log_full(self, held: Any) -> None:
         log.critical(
             "audit spool %s: %s reached its limit (%d bytes): every call is refused until an "
-            "operator empties it ('agentiam gateway spool rejected resend' or 'discard')%s",
+            "operator empties it%s. %s",
             self.directory,
             REJECTED_FILE,
             self.rejected_max_bytes,
             "" if held is None else f"; event {held}, refused for good, stays in the spool",
+            self.rejected_hint,
         )
 
     def _send_failed(self, exc: Exception, delay: float | None, count: int) -> float:
@@ -1685,14 +1693,17 @@ class RejectedFile:
             raise Forbidden(
                 f"the audit spool {self.directory} belongs to uid {owner}, not to this "
                 f"user (uid {os.geteuid()})",
-                hint="Run the command as the user the gateway runs as (e.g. sudo -u <user>).",
+                hint=(
+                    "Run the command as the user the gateway or the guarded agent runs as "
+                    "(e.g. sudo -u <user>)."
+                ),
             )
         return _lock(
             self.directory,
-            f"the audit spool {self.directory} is in use: a gateway (or another "
-            "'agentiam gateway spool' command) holds its lock",
-            "Stop the gateway that uses this spool directory, run the command again, "
-            "then start the gateway.",
+            f"the audit spool {self.directory} is in use: a gateway or a guard (or another "
+            "'agentiam gateway spool' or 'agentiam guard spool' command) holds its lock",
+            "Stop the gateway, or the agent whose guard uses this spool directory, run the "
+            "command again, then start it.",
         )
 
 
