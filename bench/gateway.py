@@ -79,6 +79,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+from promtext import LATE, histogram, share_over, since  # noqa: E402
+
 AGENTIAM = str(Path(sys.executable).with_name("agentiam"))
 KEY_RE = re.compile(r"aiam_[a-z2-9]{8}_[A-Za-z0-9_-]{43}")
 P99_TARGET_MS = 2.0
@@ -452,8 +454,7 @@ def _run_load(
     )
     cpu = {name: after[name] - before[name] for name in before}
     out.histograms = {
-        name: {le: n - histograms_before[name].get(le, 0.0) for le, n in after_.items()}
-        for name, after_ in histograms_after.items()
+        name: since(after_, histograms_before[name]) for name, after_ in histograms_after.items()
     }
     return out, cpu
 
@@ -470,7 +471,7 @@ def _cpu_row(name: str, cpu: dict[str, float], out: LoadOut) -> list[str]:
     if "gateway" in name:
         extra = (f"{cpu['gateway'] / calls * 1000:.2f}",
                  f"{cpu['control plane'] / calls * 1000:.2f}",
-                 *(_over(out.histograms[key], _LATE) for key in _HISTOGRAMS))  # fmt: skip
+                 *(share_over(out.histograms[key], LATE) for key in _HISTOGRAMS))  # fmt: skip
     return [name, *(f"{cpu[p]:.1f}" for p in cpu), f"{out.elapsed:.1f}", *extra]
 
 
@@ -480,24 +481,11 @@ _HISTOGRAMS = {  # the gateway's histograms the CPU table reports, in its column
     "decision": _DECISION,
     "request": "agentiam_gateway_request_seconds",
 }
-_LATE = ("0.002", "0.005")  # bucket bounds the CPU table reports the share above
 
 
 def _histogram(s: System, metric: str) -> dict[str, float]:
     """One of the gateway's cumulative histograms: bucket bound -> count."""
-    import httpx
-
-    text = httpx.get(s.gw_url + "/metrics", timeout=10).text
-    found = re.findall(re.escape(metric) + r'_bucket\{le="([^"]+)"\} (\S+)', text)
-    return {le: float(n) for le, n in found}
-
-
-def _over(histogram: dict[str, float], bounds: Sequence[str]) -> str:
-    """The share of a phase's observations above each bucket bound."""
-    total = histogram.get("+Inf", 0.0)
-    if not total:
-        return "-"
-    return " / ".join(f"{(total - histogram.get(le, 0.0)) / total:.1%}" for le in bounds)
+    return histogram(s.gw_url, metric)
 
 
 def _pct(values: Sequence[float], q: float) -> float:

@@ -26,6 +26,8 @@ result, not ``isError``; the first one's text).
    from that due time to the last byte of the response, so a stall shows instead of
    being hidden by a slower send rate (no coordinated omission). Direct and gateway
    runs alternate per rate. *Added* is the gateway's percentile minus the direct one.
+   The last column is the gateway's own view (``agentiam_gateway_decision_seconds``
+   from its ``/metrics``): the share of that run's decisions over 2 and 5 ms.
 2. **Most calls/s** (closed loop): ``--concurrency`` connections send back to back for
    ``--max-calls`` calls; calls/s = calls / wall time.
 
@@ -67,9 +69,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script too
 
 from bench.mdtable import markdown_table  # noqa: E402
+from bench.promtext import LATE, histogram, share_over, since  # noqa: E402
 
 AGENTIAM = str(Path(sys.executable).with_name("agentiam"))
 MODERN = "2026-07-28"
+DECISION = "agentiam_gateway_decision_seconds"  # the gateway's histogram (its /metrics)
 UPSTREAM_KEY = "bench-upstream-" + "key-4d2e"
 TOOL = "echo"
 PREFIX = "bench."
@@ -483,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"uvicorn {version('uvicorn')}"
     )
     with tempfile.TemporaryDirectory(prefix="agentiam-bench-mcp-") as tmp, world(Path(tmp)) as w:
+        base = w.gateway.rsplit("/mcp", 1)[0]  # the gateway's own paths: /healthz, /metrics
         # warm up both paths (the gateway opens its upstream session on first use)
         warm, _ = gateway_requests(w, 200)
         run_async(closed_loop(w.gateway, warm, 4))
@@ -493,7 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             n = max(1, int(rate * args.seconds))
             direct = run_async(open_loop(w.upstream, direct_requests(w, n), rate, args.connections))
             reqs, _ = gateway_requests(w, n)
+            decided = histogram(base, DECISION)
             via = run_async(open_loop(w.gateway, reqs, rate, args.connections))
+            decided = since(histogram(base, DECISION), decided)
             rows.append(
                 [
                     f"{rate:g}",
@@ -505,18 +512,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{via.pct(0.99) - direct.pct(0.99):+.2f}",
                     f"{direct.rate:.0f} / {via.rate:.0f}",
                     f"{direct.errors} / {via.errors}",
+                    share_over(decided, LATE),
                 ]
             )
         print()
         print(
             f"Fixed rates, open loop, {args.seconds:g} s each "
-            "(latency in ms, from the due time to the response):"
+            "(latency in ms, from the due time to the response; the share of the gateway "
+            "run's decisions, authenticate + decide + audit event durable, that took more "
+            "than 2 and 5 ms, from its /metrics):"
         )
         print()
         print(
             markdown_table(
                 ["calls/s", "direct p50", "gateway p50", "added p50", "direct p99",
-                 "gateway p99", "added p99", "achieved (direct / gw)", "errors (direct / gw)"],
+                 "gateway p99", "added p99", "achieved (direct / gw)", "errors (direct / gw)",
+                 "decision > 2 / 5 ms"],
                 rows,
             )
         )  # fmt: skip
@@ -559,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 g = (cpu3[name] - cpu2[name]) / args.max_calls * 1000
                 cpu_rows.append([name, f"{d:.2f}", f"{g:.2f}"])
             print(markdown_table(["process", "direct run", "gateway run"], cpu_rows))
-        health = httpx.get(w.gateway.rsplit("/mcp", 1)[0] + "/healthz").json()
+        health = httpx.get(base + "/healthz").json()
         print()
         print(f"gateway health after the runs: {health}")
     return 0

@@ -318,12 +318,12 @@ def test_a_file_left_at_its_bound_refuses_calls_from_the_start_and_metrics_say_s
 ) -> None:
     """A rejected.jsonl an earlier run filled to the bound: the gateway started on it
     refuses every call at once (with the full spool's 503, naming the file), and its
-    /metrics (the HTTP gateway's collector) shows
+    /metrics (both gateways' collector) shows
     the file full, its size and nothing set aside by this run."""
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from agentiam.adapters.gateway.http_proxy import _RuntimeCollector
+    from agentiam.adapters.gateway.metrics import RuntimeCollector
 
     directory = tmp_path / "spool"
     directory.mkdir(mode=0o700)
@@ -347,7 +347,7 @@ def test_a_file_left_at_its_bound_refuses_calls_from_the_start_and_metrics_say_s
             runtime.enforcer.refuse(None, trace=TraceContext.new(), status=401, reason="none")
         assert "agentiam gateway spool rejected resend --config" in str(refused.value.hint)
         registry = CollectorRegistry()
-        registry.register(_RuntimeCollector(runtime))
+        registry.register(RuntimeCollector(runtime))
         text = generate_latest(registry).decode()
     finally:
         runtime.close()

@@ -119,6 +119,15 @@ def test_bad_configuration_is_refused_naming_the_key(data: Any, message: str) ->
         load_config(data)
 
 
+@pytest.mark.parametrize(
+    "path", ["/metrics", "/healthz", "/.well-known", "/.well-known/oauth-protected-resource"]
+)
+def test_the_endpoint_may_not_take_a_path_the_gateway_serves_itself(path: str) -> None:
+    """Its route would come first and hide ``/metrics``, ``/healthz`` or the metadata."""
+    with pytest.raises(ValueError, match=re.escape("public_url: its path may not be")):
+        load_config(config(public_url="https://gw.example.com" + path))
+
+
 def test_the_common_part_is_validated_too() -> None:
     with pytest.raises(ValueError, match="public_url: must be https"):
         load_config(config(public_url="http://gw.example.com/mcp"))

@@ -84,9 +84,6 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 import httptools
 import httpx
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 from uvicorn.config import Config as UvicornConfig
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -111,6 +108,13 @@ from agentiam.adapters.gateway.http_upstream import (
     UpstreamTimeout,
 )
 from agentiam.adapters.gateway.loop_watch import watch_event_loop
+from agentiam.adapters.gateway.metrics import (
+    CONTENT_TYPE,
+    OUTCOME_OF_STATUS,
+    GatewayMetrics,
+    approval_outcome,
+    refusal_outcome,
+)
 from agentiam.adapters.gateway.outcomes import OutcomeQueue
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.adapters.heap import settle_heap
@@ -628,20 +632,6 @@ _TITLES = {
     503: "Service unavailable",
     504: "Gateway timeout",
 }
-_LABELS = {
-    400: "bad_request",
-    401: "unauthenticated",
-    403: "forbidden",
-    404: "not_found",
-    408: "client_timeout",
-    413: "too_large",
-    414: "bad_request",
-    429: "rate_limited",
-    431: "bad_request",
-    502: "upstream_error",
-    503: "unavailable",
-    504: "upstream_timeout",
-}
 
 
 def _problem(
@@ -655,7 +645,7 @@ def _problem(
         "detail": detail,
         **{k: v for k, v in extra.items() if v is not None},
     }
-    return _Refusal(status, body, dict(headers or {}), _LABELS.get(status, "error"))
+    return _Refusal(status, body, dict(headers or {}), refusal_outcome(status))
 
 
 def _oauth_refusal(exc: OAuthError) -> _Refusal:
@@ -678,94 +668,6 @@ def _answering(step: Callable[[], T]) -> T | _Refusal:
         return _unavailable(exc)
     except OAuthError as exc:
         return _oauth_refusal(exc)
-
-
-class _Metrics:
-    """Prometheus metrics of one gateway, in a registry of its own."""
-
-    def __init__(self, runtime: GatewayRuntime | None, outcomes: OutcomeQueue) -> None:
-        self.registry = CollectorRegistry()
-        self.calls = Counter(
-            "agentiam_gateway_calls",
-            "Calls answered, by outcome (allowed, or the refusal or failure).",
-            ["outcome"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "agentiam_gateway_request_seconds",
-            "Time from request to the end of the response, upstream included.",
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-            registry=self.registry,
-        )
-        self.decision = Histogram(
-            "agentiam_gateway_decision_seconds",
-            "Time to authenticate, decide and make the audit event durable.",
-            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
-            registry=self.registry,
-        )
-        self.loop_lag = Histogram(
-            "agentiam_gateway_event_loop_lag_seconds",
-            "How late a timer due every 10 ms ran: the delay every call in flight waited "
-            "out (adapters/gateway/loop_watch.py).",
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
-            registry=self.registry,
-        )
-        self.registry.register(_OutcomesCollector(outcomes))
-        if runtime is not None:
-            self.registry.register(_RuntimeCollector(runtime))
-
-
-class _OutcomesCollector(Collector):
-    def __init__(self, outcomes: OutcomeQueue) -> None:
-        self._outcomes = outcomes
-
-    def collect(self) -> Iterable[CounterMetricFamily]:
-        yield CounterMetricFamily(
-            "agentiam_gateway_outcomes_lost",
-            "tool.call outcome events that could not be made durable (each is logged).",
-            value=self._outcomes.lost,
-        )
-
-
-class _RuntimeCollector(Collector):
-    def __init__(self, runtime: GatewayRuntime) -> None:
-        self._runtime = runtime
-
-    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
-        spool = self._runtime.spool.health()
-        since = self._runtime.link.seconds_since_contact()
-        yield GaugeMetricFamily(
-            "agentiam_gateway_spool_pending_events",
-            "Audit events spooled and not yet shipped to the control plane.",
-            value=spool.pending_events,
-        )
-        yield GaugeMetricFamily(
-            "agentiam_gateway_spool_pending_bytes",
-            "Bytes of audit events not yet shipped (bounded by spool.max_bytes).",
-            value=spool.pending_bytes,
-        )
-        yield CounterMetricFamily(
-            "agentiam_gateway_spool_rejected_events",
-            "Audit events the control plane refused for good, set aside in the spool's "
-            "rejected.jsonl since the gateway started.",
-            value=spool.rejected_events,
-        )
-        yield GaugeMetricFamily(
-            "agentiam_gateway_spool_rejected_bytes",
-            "Bytes rejected.jsonl holds (bounded by spool.rejected_max_bytes).",
-            value=spool.rejected_bytes,
-        )
-        yield GaugeMetricFamily(
-            "agentiam_gateway_spool_rejected_full",
-            "1 when rejected.jsonl reached its bound: every call is refused until an "
-            "operator empties it (agentiam gateway spool rejected).",
-            value=1.0 if spool.rejected_full else 0.0,
-        )
-        yield GaugeMetricFamily(
-            "agentiam_gateway_control_plane_seconds_since_contact",
-            "Seconds since the control plane last answered (-1: never).",
-            value=-1.0 if since is None else since,
-        )
 
 
 class HttpGateway:
@@ -803,7 +705,7 @@ class HttpGateway:
         self._workers = workers
         self._executor: ThreadPoolExecutor | None = None
         self._outcomes = OutcomeQueue(self.enforcer)
-        self.metrics = _Metrics(runtime, self._outcomes)
+        self.metrics = GatewayMetrics(runtime, self._outcomes)
         self._watch: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -1173,7 +1075,7 @@ class HttpGateway:
             approval_id=ticket.id, approval_state=state, expires_at=ticket.expires_at,
             status_url=ticket.status_url, decision_id=decision_id,
         )  # fmt: skip
-        refusal.label = code.replace("-", "_")
+        refusal.label = approval_outcome(state)
         return refusal
 
     async def _inject(self, permit: _Permit, trace: TraceContext) -> _Permit | _Refusal:
@@ -1319,7 +1221,7 @@ class HttpGateway:
     ) -> None:
         if not started_response:
             await self._send_refusal(
-                send, _problem(status, _LABELS[status].replace("_", "-"), detail)
+                send, _problem(status, OUTCOME_OF_STATUS[status].replace("_", "-"), detail)
             )
 
     @staticmethod
@@ -1373,13 +1275,13 @@ class HttpGateway:
         await self._json(send, 200 if health["deciding"] else 503, health)
 
     async def _metrics(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
-        body = await self._offload(generate_latest, self.metrics.registry)
+        body = await self._offload(self.metrics.exposition)
         await send(
             {
                 "type": "http.response.start",
                 "status": 200,
                 "headers": [
-                    (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
+                    (b"content-type", CONTENT_TYPE.encode("ascii")),
                     (b"content-length", str(len(body)).encode("ascii")),
                 ],
             }

@@ -53,6 +53,12 @@ agent that opened them). For every HTTP request it:
    ``InputRequiredResult`` (MRTR) round trips pass through. Each call's outcome is a
    ``tool.call`` audit event naming the secret used (``name@version``).
 
+``/healthz`` answers the runtime's health (503 past the outage bound) and ``/metrics``
+Prometheus text (:mod:`~agentiam.adapters.gateway.metrics`), both without a token, as
+the HTTP gateway's: every request to the endpoint counted by JSON-RPC method (a fixed
+set) and outcome (:class:`_Counting`), the request and decision times, the event
+loop's lag, the spool and the open handshake-era sessions.
+
 Names are namespaced by each server's ``prefix``: tool ``transfer`` of the server with
 prefix ``bank.`` is ``bank.transfer`` to agents and to policy, resource
 ``file:///a`` is ``bank.file:///a`` (the prefix is a valid URI-scheme prefix).
@@ -79,7 +85,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Final, Literal, TypeVar
@@ -120,6 +126,7 @@ from mcp_types import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
+    REQUEST_TIMEOUT,
     JSONRPCRequest,
     jsonrpc_message_adapter,
 )
@@ -151,6 +158,14 @@ from agentiam.adapters.gateway.config import (
 )
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.http_proxy import ListenerProtocol
+from agentiam.adapters.gateway.loop_watch import watch_event_loop
+from agentiam.adapters.gateway.metrics import (
+    CONTENT_TYPE,
+    OTHER_METHOD,
+    McpGatewayMetrics,
+    approval_outcome,
+    refusal_outcome,
+)
 from agentiam.adapters.gateway.outcomes import OutcomeQueue
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.adapters.gateway.upstream_transport import UpstreamTransport
@@ -217,6 +232,8 @@ _LISTINGS: Final = frozenset(_CACHEABLE[:4])  # the four list methods
 # requests that are not calls but take a token from the agent's bucket: opening a
 # session, and the listings (a policy question per item, and an audit event)
 _COUNTED: Final = _LISTINGS | {"initialize"}
+# the values of /metrics' method label (any other method counts as "other")
+_METHODS: Final = _GUARDED | _COUNTED
 
 # -- limits ----------------------------------------------------------------------------------
 
@@ -238,6 +255,8 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9.-]{0,62}$")
 _SERVER_KEYS = frozenset({"name", "url", "prefix", "credential", "tls"})
 _SECTION_KEYS = frozenset({"servers", "catalog_seconds"})
+_WELL_KNOWN: Final = "/.well-known"
+_OWN_PATHS: Final = frozenset({"/healthz", "/metrics", _WELL_KNOWN})  # not the endpoint's
 
 
 # -- configuration ---------------------------------------------------------------------------
@@ -324,6 +343,12 @@ def _server(raw: Any, where: str, *, single: bool, has_store: bool) -> UpstreamS
 def load_config(data: Any) -> McpGatewayConfig:
     """Validate a whole MCP gateway configuration; a ValueError names the bad key."""
     gateway = load_gateway_config(data, "mcp", section_keys=_SECTION_KEYS)
+    path = urlsplit(gateway.public_url).path
+    if path in _OWN_PATHS or path.startswith(_WELL_KNOWN + "/"):
+        raise ValueError(
+            "public_url: its path may not be /healthz, /metrics or under /.well-known/ "
+            "(the gateway serves those itself)"
+        )
     section = gateway.section
     raw_servers = section.get("servers")
     if not isinstance(raw_servers, list) or not raw_servers:
@@ -773,17 +798,86 @@ class _Foreseen:
     reason: str
 
 
+_TALLY_KEY: Final = "agentiam.mcp.tally"
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What ``/metrics`` counts of one request to the MCP endpoint (:class:`_Counting`):
+    its JSON-RPC method (one of :data:`_METHODS`, else ``other``), the HTTP status it
+    got, the outcome where that status does not tell it (a refusal or a failure
+    answered in a 200 stream), and when it was decided: refused by the gateway, or
+    handed to the SDK with its decision made (a call), its listing prepared or its
+    token taken (a listing, an ``initialize``)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    method: str = OTHER_METHOD
+    outcome: str | None = None
+    status: int | None = None
+    decided: float | None = None
+    handed: bool = False  # to the SDK
+
+    def hand_over(self) -> None:
+        """The request goes on to the SDK: decided now, unless its method is none of
+        the fixed set (the gateway decides nothing for those)."""
+        self.handed = True
+        if self.method != OTHER_METHOD:
+            self.decided = time.perf_counter()
+
+    def answered(self, status: int) -> None:
+        """The response starts with ``status``; if the gateway answers itself (a
+        refusal), the request was decided now."""
+        self.status = status
+        if not self.handed:
+            self.decided = time.perf_counter()
+
+    def refused_with(self, status: int) -> None:
+        """The MCP transport refuses the request with ``status`` (below 400: with a
+        JSON-RPC error in a 200 answer, counted as a bad request)."""
+        self.outcome = refusal_outcome(status) if status >= 400 else "bad_request"
+
+    def result(self) -> str:
+        """The outcome label: the one set, or the status's (no status: the client
+        left before an answer started)."""
+        if self.outcome is not None:
+            return self.outcome
+        if self.status is None:
+            return "client_gone"
+        return "allowed" if self.status < 400 else refusal_outcome(self.status)
+
+
+def _tally_of(scope: Scope) -> _Tally:
+    """The request's tally (:class:`_Counting` sets it; without it, one that is not
+    counted)."""
+    tally = scope.get(_TALLY_KEY)
+    if not isinstance(tally, _Tally):
+        tally = scope[_TALLY_KEY] = _Tally()
+    return tally
+
+
+def _method_of(message: Any) -> str:
+    """The ``method`` label of a POST's JSON-RPC message: a request's (with an id)
+    method if it is one of :data:`_METHODS`, else ``other``, never the client's
+    string itself."""
+    if not isinstance(message, dict) or "id" not in message:
+        return OTHER_METHOD
+    method = message.get("method")
+    return method if isinstance(method, str) and method in _METHODS else OTHER_METHOD
+
+
 @dataclass(slots=True)
 class _RequestState:
     """What the endpoint learnt of one HTTP request, for the handler the SDK runs:
     the caller, the decision of its call (``pending``), the listing prepared for it
-    (``listing``: method and items), and a refusal of the SDK's it foresaw."""
+    (``listing``: method and items), a refusal of the SDK's it foresaw, and what
+    ``/metrics`` counts of it (``tally``)."""
 
     access: VerifiedAccess
     trace: TraceContext
     pending: _Pending | None = None
     listing: tuple[str, list[Any]] | None = None
     foreseen: _Foreseen | None = None
+    tally: _Tally = field(default_factory=_Tally)
 
 
 def _state_of(ctx: ServerRequestContext[Any, Any]) -> _RequestState:
@@ -805,6 +899,7 @@ def _take(state: _RequestState, method: str, name: str, args: Mapping[str, Any] 
         or pending.call.tool != name
         or dict(pending.call.args or {}) != dict(args or {})
     ):
+        state.tally.outcome = state.tally.outcome or "error"
         raise MCPError(
             INTERNAL_ERROR, "the gateway holds no decision for this call; it was refused"
         )
@@ -826,6 +921,11 @@ def _rewrite_uri(block: Any, prefix: str) -> Any:
         inner = block.resource.model_copy(update={"uri": prefix + block.resource.uri})
         return block.model_copy(update={"resource": inner})
     return block
+
+
+def _upstream_outcome(timed_out: bool) -> str:
+    """The ``/metrics`` outcome of a call whose upstream failed."""
+    return "upstream_timeout" if timed_out else "upstream_error"
 
 
 def _upstream_error(server: UpstreamServer, exc: MCPError) -> MCPError:
@@ -850,6 +950,9 @@ class McpGateway:
         self.location = config.gateway.public_url
         self.visibility = Visibility(runtime.link.authorizer, location=self.location)
         self._outcomes = OutcomeQueue(self.enforcer)
+        self.metrics = McpGatewayMetrics(
+            runtime, self._outcomes, methods=_METHODS, sessions=self.open_sessions
+        )
         client = self.enforcer.approvals
         # None: no approvals; an approvable deny stays a plain deny
         self.approvals = ApprovalFlow(self.enforcer, client) if client is not None else None
@@ -892,6 +995,7 @@ class McpGateway:
         async with anyio.create_task_group() as tg, self.sessions.run():
             for upstream in self.upstreams.values():
                 upstream.attach(tg)
+            tg.start_soon(watch_event_loop, self.metrics.loop_lag.observe)
             settle_heap()  # long-lived objects out of later full collections
             try:
                 yield
@@ -899,6 +1003,11 @@ class McpGateway:
                 for upstream in self.upstreams.values():
                     upstream.reset()
                 tg.cancel_scope.cancel()
+
+    def open_sessions(self) -> int:
+        """The handshake-era sessions open in the SDK's session manager (its table,
+        which :class:`_SdkRules` reads too)."""
+        return len(self.sessions._server_instances)
 
     def flush_outcomes(self) -> None:
         """Start the write of the queued ``tool.call`` events (at shutdown)."""
@@ -954,6 +1063,7 @@ class McpGateway:
         state = _state_of(ctx)
         prepared, state.listing = state.listing, None
         if prepared is None or prepared[0] != method:
+            state.tally.outcome = state.tally.outcome or "error"
             raise MCPError(
                 INTERNAL_ERROR, "the gateway holds no listing for this request; it was refused"
             )
@@ -1038,7 +1148,8 @@ class McpGateway:
         send: Callable[[ClientSession, str], Awaitable[Any]],
     ) -> Any:
         """Send one allowed call upstream with the brokered credential; record its
-        outcome (``tool.call``) whatever happens."""
+        outcome (``tool.call``) whatever happens, and name a failure for ``/metrics``
+        (not_found, upstream_timeout or upstream_error)."""
         call = pending.call
         outcome, status = Outcome.FAILURE, 502
         use = _CredentialUse()
@@ -1048,6 +1159,7 @@ class McpGateway:
             route = self.namespace.route(call.tool)
             if route is None or upstream_name is None:
                 status = 404
+                state.tally.outcome = "not_found"
                 raise MCPError(INVALID_PARAMS, f"no upstream server serves {call.tool!r}")
             server, name = route
             upstream = self.upstreams[server.name]
@@ -1055,6 +1167,7 @@ class McpGateway:
                 session = await upstream.session()
                 result = await send(session, name)
             except MCPError as exc:
+                state.tally.outcome = _upstream_outcome(exc.code == REQUEST_TIMEOUT)
                 if exc.code == CONNECTION_CLOSED:
                     upstream.reset()
                 if use.error is not None:
@@ -1064,6 +1177,7 @@ class McpGateway:
                     ) from None
                 raise _upstream_error(server, exc) from None
             except (httpx2.HTTPError, OSError, anyio.BrokenResourceError, RuntimeError) as exc:
+                state.tally.outcome = _upstream_outcome(isinstance(exc, httpx2.TimeoutException))
                 upstream.reset()
                 raise MCPError(
                     INTERNAL_ERROR, f"upstream {server.name} failed ({type(exc).__name__})"
@@ -1108,8 +1222,10 @@ class McpGateway:
         state = _state_of(ctx)
         pending = _take(state, "tools/call", params.name, params.arguments)
         if pending.approval is not None and pending.approval.verdict is None:
+            state.tally.outcome = approval_outcome(pending.approval.state or "denied")
             return self._approval_result(params.name, pending)
         if not pending.verdict.allowed:
+            state.tally.outcome = "forbidden"
             reason = pending.verdict.reason
             text = f"AgentIAM refused this call: {reason} (decision {pending.verdict.decision_id})"
             return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
@@ -1164,6 +1280,7 @@ class McpGateway:
         state = _state_of(ctx)
         pending = _take(state, "resources/read", params.uri, None)
         if not pending.verdict.allowed:
+            state.tally.outcome = "forbidden"
             raise MCPError(POLICY_DENIED, f"AgentIAM refused this read: {pending.verdict.reason}")
         route = self.namespace.route(params.uri)
 
@@ -1192,6 +1309,7 @@ class McpGateway:
         state = _state_of(ctx)
         pending = _take(state, "prompts/get", params.name, params.arguments)
         if not pending.verdict.allowed:
+            state.tally.outcome = "forbidden"
             raise MCPError(POLICY_DENIED, f"AgentIAM refused this prompt: {pending.verdict.reason}")
         route = self.namespace.route(params.name)
 
@@ -1443,6 +1561,44 @@ def _content_type(headers: Headers) -> _Foreseen | None:
     return _Foreseen(400, "Content-Type is not application/json")
 
 
+class _Counting:
+    """Plain ASGI in front of :class:`_Endpoint`: every request to the MCP endpoint is
+    counted in ``/metrics`` once answered (:class:`_Tally`, which the endpoint and the
+    handlers fill in): its method and outcome, its time (but for a GET the SDK
+    serves, an SSE stream that lasts as long as the client keeps it), and its time
+    to a decision."""
+
+    def __init__(self, app: ASGIApp, metrics: McpGatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        tally = scope[_TALLY_KEY] = _Tally()
+
+        async def watched(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                tally.answered(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            tally.outcome = tally.outcome or "error"
+            raise
+        finally:
+            ended = time.perf_counter()
+            stream = scope["method"] == "GET" and tally.handed
+            self.metrics.count(
+                tally.method,
+                tally.result(),
+                seconds=None if stream else ended - tally.started,
+                decision=None if tally.decided is None else tally.decided - tally.started,
+            )
+
+
 class _Endpoint:
     """Plain ASGI in front of the SDK's Streamable HTTP app: Origin, authentication,
     the session's owner, the rate limit, the decision for every guarded request and
@@ -1472,6 +1628,7 @@ class _Endpoint:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        tally = _tally_of(scope)
         headers = Headers(scope=scope)
         trace = TraceContext.from_traceparent(headers.get("traceparent"))
         origin = headers.get("origin")
@@ -1498,6 +1655,7 @@ class _Endpoint:
         if scope["method"] == "POST":
             body = await _read_body(receive, MAX_BODY_BYTES)
             message = _parse(body) if body is not None else None
+        tally.method = _method_of(message)
         guarded = self._guarded(message)
         call = guarded.call if guarded is not None else None
         # The SDK binds a handshake-era session to the principal that opened it
@@ -1514,7 +1672,7 @@ class _Endpoint:
             )
         )
         scope["auth"] = AuthCredentials(list(access.scope))
-        state = _RequestState(access, trace)
+        state = _RequestState(access, trace, tally=tally)
         # What takes a token: a well-formed call (a malformed one is refused below),
         # an initialize or a listing (_COUNTED); none of them if the SDK will refuse
         # the request before its handler (then nothing is decided or used either)
@@ -1600,6 +1758,7 @@ class _Endpoint:
             if not await self._decide(state, message, guarded, limit, scope, receive, send):
                 return
         pending = state.pending
+        state.tally.hand_over()
         if pending is None or not pending.verdict.allowed:
             await self.app(scope, receive, send)
             return
@@ -1621,6 +1780,8 @@ class _Endpoint:
             if state.pending is pending:  # never taken: no handler will run it now
                 state.pending = None
                 self.gateway.record_outcome(state, pending, Outcome.FAILURE, status, None, 0.0)
+                if status is not None:
+                    state.tally.refused_with(status)
 
     def _guarded(self, message: Any) -> _Guarded | None:
         """The guarded request (``_GUARDED``, with an id) a POST's message is, if any.
@@ -1744,7 +1905,8 @@ class _Endpoint:
         on to the SDK undecided, which answers it as it always does: no rate-limit
         token was taken for it and no approval is used. A call's refusal is audited
         first (``api.request.rejected`` with the status the SDK will answer), as
-        every refusal of a call is; a 503 if it cannot be."""
+        every refusal of a call is; a 503 if it cannot be. ``/metrics`` counts it
+        refused as foreseen, whatever the SDK then answers."""
         if guarded is not None and isinstance(guarded.call, Call):
             call = guarded.call
             reason = f"refused by the MCP transport: {foreseen.reason}"
@@ -1761,6 +1923,7 @@ class _Endpoint:
             except AgentIAMError as exc:
                 await _failed(exc, guarded.request_id, scope, receive, send)
                 return False
+        state.tally.refused_with(foreseen.status)
         return True
 
     async def _within_limit(
@@ -2055,11 +2218,13 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 def build_app(config: McpGatewayConfig, runtime: GatewayRuntime) -> Starlette:
     """The gateway's ASGI application: the MCP endpoint at the path of
-    ``public_url``, its RFC 9728 metadata (path-specific and at the root), and
-    ``/healthz``. Closing the app's lifespan closes ``runtime``."""
+    ``public_url``, its RFC 9728 metadata (path-specific and at the root),
+    ``/healthz`` and ``/metrics``. Closing the app's lifespan closes ``runtime``."""
     gateway = McpGateway(config, runtime)
     rules = _SdkRules(gateway.sessions, gateway.server)
-    endpoint = _Endpoint(gateway, StreamableHTTPASGIApp(gateway.sessions), rules)
+    endpoint = _Counting(
+        _Endpoint(gateway, StreamableHTTPASGIApp(gateway.sessions), rules), gateway.metrics
+    )
     metadata = runtime.protected_resource_metadata()
 
     async def resource_metadata(request: Request) -> Response:
@@ -2075,12 +2240,20 @@ def build_app(config: McpGatewayConfig, runtime: GatewayRuntime) -> Starlette:
             status_code=200 if ok else 503,
         )
 
+    async def metrics(request: Request) -> Response:
+        """Prometheus text (adapters/gateway/metrics.py), as the HTTP gateway's
+        ``/metrics``: no authentication, made on a worker thread (it reads the
+        spool's health)."""
+        body = await anyio.to_thread.run_sync(gateway.metrics.exposition)
+        return Response(body, media_type=CONTENT_TYPE)
+
     path = config.endpoint_path
-    well_known = "/.well-known/oauth-protected-resource"
+    well_known = _WELL_KNOWN + "/oauth-protected-resource"
     routes = [
         Route(path, endpoint=endpoint),
         Route(well_known + (path if path != "/" else ""), resource_metadata, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
     ]
     if path != "/":
         routes.append(Route(well_known, resource_metadata, methods=["GET"]))

@@ -15,7 +15,7 @@ the path of every call:
   writes everything queued.
 
 A failure to make them durable is logged with the events' ids and traces, and counted
-(:attr:`OutcomeQueue.lost`, the HTTP gateway's ``agentiam_gateway_outcomes_lost``
+(:attr:`OutcomeQueue.lost`, both gateways' ``agentiam_gateway_outcomes_lost``
 metric): there is no caller left to refuse. The price is a window in which a crash
 of the gateway loses outcome events of calls already answered (their decisions are
 on disk): about ``linger`` seconds after the loop turn, plus any delay of the event
