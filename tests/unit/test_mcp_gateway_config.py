@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agentiam.adapters.gateway.broker import ApiKeyInjection, OAuthClientCredentials
-from agentiam.adapters.gateway.mcp_proxy import load_config
+from agentiam.adapters.gateway.mcp_proxy import UpstreamSessions, load_config
 
 BASE: dict[str, Any] = {
     "name": "mcp-gw",
@@ -52,6 +52,16 @@ def test_a_good_file_loads() -> None:
     assert bank.credential == ApiKeyInjection("bank-mcp", "Authorization", "Bearer ")
     assert search.prefix == "search."  # the default: "<name>."
     assert search.credential is None
+    # sessions for calls: 256 open at most, closed after 10 minutes idle, by default
+    assert bank.sessions == search.sessions == UpstreamSessions(256, 600.0)
+
+
+def test_the_bounds_of_upstream_sessions() -> None:
+    loaded = load_config(server(0, sessions={"max_open": 8, "idle_seconds": 30}))
+    assert loaded.servers[0].sessions == UpstreamSessions(max_open=8, idle_seconds=30.0)
+    assert loaded.servers[1].sessions == UpstreamSessions()
+    partial = load_config(server(1, sessions={"idle_seconds": 1.5}))
+    assert partial.servers[1].sessions == UpstreamSessions(256, 1.5)
 
 
 def test_oauth_credentials_and_a_single_unprefixed_server() -> None:
@@ -112,6 +122,15 @@ def test_oauth_credentials_and_a_single_unprefixed_server() -> None:
             "servers[0].credential: needs secrets.store",
         ),
         (config(servers=["bank"]), "servers[0]: expected a mapping"),
+        (server(0, sessions=8), "servers[0].sessions: expected a mapping"),
+        (server(0, sessions={"max": 8}), "servers[0].sessions: unknown keys max"),
+        (server(0, sessions={"max_open": 0}), "servers[0].sessions.max_open: an integer"),
+        (server(0, sessions={"max_open": 10_001}), "servers[0].sessions.max_open"),
+        (server(0, sessions={"max_open": 2.5}), "servers[0].sessions.max_open"),
+        (server(0, sessions={"max_open": True}), "servers[0].sessions.max_open"),
+        (server(1, sessions={"idle_seconds": 0.5}), "servers[1].sessions.idle_seconds"),
+        (server(1, sessions={"idle_seconds": 86_401}), "servers[1].sessions.idle_seconds"),
+        (server(1, sessions={"idle_seconds": "600"}), "servers[1].sessions.idle_seconds"),
     ],
 )
 def test_bad_configuration_is_refused_naming_the_key(data: Any, message: str) -> None:

@@ -46,12 +46,15 @@ agent that opened them). For every HTTP request it:
    outage bound, or when its event cannot be made durable, a listing is refused as a
    call is (HTTP 503 with ``Retry-After``, no data).
 4. **Forwards** allowed calls through an MCP client session (the official SDK's
-   ``streamable_http_client``) per upstream server, carrying the **brokered
-   credential** (:class:`~agentiam.adapters.gateway.broker.CredentialBroker`); the
-   agent's token and headers are never passed on. Progress notifications of the
-   upstream call are relayed to the agent on the response's SSE stream, and
-   ``InputRequiredResult`` (MRTR) round trips pass through. Each call's outcome is a
-   ``tool.call`` audit event naming the secret used (``name@version``).
+   ``streamable_http_client``) carrying the **brokered credential**
+   (:class:`~agentiam.adapters.gateway.broker.CredentialBroker`); the agent's token
+   and headers are never passed on. A handshake-era upstream keeps state per
+   session, so each agent (and human, for a delegated token) gets an upstream
+   session of its own, bounded in number and idle time (:class:`_Upstream`); a
+   stateless (2026-07-28) upstream is called over one session per server. Progress
+   notifications of the upstream call are relayed to the agent on the response's SSE
+   stream, and ``InputRequiredResult`` (MRTR) round trips pass through. Each call's
+   outcome is a ``tool.call`` audit event naming the secret used (``name@version``).
 
 ``/healthz`` answers the runtime's health (503 past the outage bound) and ``/metrics``
 Prometheus text (:mod:`~agentiam.adapters.gateway.metrics`), both without a token, as
@@ -71,6 +74,7 @@ Configuration (the common part is :mod:`agentiam.adapters.gateway.config`)::
         prefix: "bank."                     # default "<name>."; "" for a single server
         credential: {secret: bank-mcp, header: Authorization, prefix: "Bearer "}
         tls: {ca_file: /etc/agentiam/ca.pem}   # optional: CAs, client certificate
+        sessions: {max_open: 256, idle_seconds: 600}   # optional: sessions for calls
     catalog_seconds: 5                      # upstream lists are cached this long
 """
 
@@ -79,9 +83,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -131,7 +137,7 @@ from mcp_types import (
     jsonrpc_message_adapter,
 )
 from mcp_types import methods as mcp_methods
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials
@@ -193,6 +199,7 @@ __all__ = [
     "McpGatewayConfig",
     "Namespace",
     "UpstreamServer",
+    "UpstreamSessions",
     "Visibility",
     "build_app",
     "load_config",
@@ -248,12 +255,16 @@ _LISTED_NAMES: Final = 200  # names a listing's audit event records
 # and how long one lives without a request in flight (the SDK's default is 30 minutes)
 MAX_SESSIONS_PER_OWNER: Final = 32
 SESSION_IDLE_SECONDS: Final = 600.0
+# upstream sessions for calls (handshake-era upstreams): one per agent and subject, at
+# most this many open per server by default (servers[].sessions.max_open)
+MAX_UPSTREAM_SESSIONS: Final = 256
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Both a tool-name prefix (MCP tool names: A-Z a-z 0-9 _ - .) and a URI-scheme prefix
 # (RFC 3986 section 3.1: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )).
 _PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9.-]{0,62}$")
-_SERVER_KEYS = frozenset({"name", "url", "prefix", "credential", "tls"})
+_SERVER_KEYS = frozenset({"name", "url", "prefix", "credential", "tls", "sessions"})
+_SESSIONS_KEYS = frozenset({"max_open", "idle_seconds"})
 _SECTION_KEYS = frozenset({"servers", "catalog_seconds"})
 _WELL_KNOWN: Final = "/.well-known"
 _OWN_PATHS: Final = frozenset({"/healthz", "/metrics", _WELL_KNOWN})  # not the endpoint's
@@ -263,17 +274,30 @@ _OWN_PATHS: Final = frozenset({"/healthz", "/metrics", _WELL_KNOWN})  # not the 
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamSessions:
+    """The bounds of a handshake-era upstream's sessions for calls (one per agent and
+    subject, :class:`_Upstream`): at most ``max_open`` open at once, besides the one
+    catalog session, and each closed once it has had no call in flight for
+    ``idle_seconds``."""
+
+    max_open: int = MAX_UPSTREAM_SESSIONS
+    idle_seconds: float = SESSION_IDLE_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamServer:
     """One upstream MCP server: its name, Streamable HTTP endpoint, the prefix that
     namespaces its tools, resources and prompts, the brokered credential sent
-    with every request to it (None: the upstream takes no credential), and the CAs and
-    client certificate of an https endpoint (None: the system's CAs, no certificate)."""
+    with every request to it (None: the upstream takes no credential), the CAs and
+    client certificate of an https endpoint (None: the system's CAs, no certificate),
+    and the bounds of its sessions for calls."""
 
     name: str
     url: str
     prefix: str
     credential: CredentialRef | None = None
     tls: UpstreamTls | None = None
+    sessions: UpstreamSessions = UpstreamSessions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +361,26 @@ def _server(raw: Any, where: str, *, single: bool, has_store: bool) -> UpstreamS
         prefix=prefix,
         credential=credential,
         tls=upstream_tls(raw.get("tls"), f"{where}.tls", url),
+        sessions=_sessions(raw.get("sessions"), f"{where}.sessions"),
     )
+
+
+def _sessions(raw: Any, where: str) -> UpstreamSessions:
+    """``servers[].sessions``: the defaults when absent."""
+    if raw is None:
+        return UpstreamSessions()
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{where}: expected a mapping")
+    unknown = sorted(set(map(str, raw)) - _SESSIONS_KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {', '.join(unknown)}")
+    max_open = raw.get("max_open", MAX_UPSTREAM_SESSIONS)
+    if isinstance(max_open, bool) or not isinstance(max_open, int) or not 1 <= max_open <= 10_000:
+        raise ValueError(f"{where}.max_open: an integer between 1 and 10000")
+    idle = raw.get("idle_seconds", SESSION_IDLE_SECONDS)
+    if isinstance(idle, bool) or not isinstance(idle, int | float) or not 1 <= idle <= 86_400:
+        raise ValueError(f"{where}.idle_seconds: a number between 1 and 86400")
+    return UpstreamSessions(max_open=max_open, idle_seconds=float(idle))
 
 
 def load_config(data: Any) -> McpGatewayConfig:
@@ -597,9 +640,78 @@ _LISTING_KINDS: Final[Mapping[str, ListingKind]] = {
 }
 
 
+_Owner = tuple[str, str]
+
+
+def _session_owner(access: VerifiedAccess) -> _Owner:
+    """Who a request is for: its agent (``client_id``) and its token's subject (the
+    human of a delegated token, the agent itself otherwise). A handshake-era session
+    at the gateway belongs to one owner (at most :data:`MAX_SESSIONS_PER_OWNER` each),
+    and the calls of one owner, and only theirs, share an upstream session."""
+    return (access.client_id, access.subject)
+
+
+class _AllSessionsBusy(Exception):
+    """Every upstream session for calls of a server has a call in flight, at its bound."""
+
+
+@dataclass(eq=False)
+class _Held:
+    """One upstream MCP client session, held open by a task of the gateway's task group.
+    ``owner``: whose calls it carries (None: the catalog session); ``busy``: the calls
+    in flight over it; ``last_used``: when one last ended (``time.monotonic``);
+    ``lost``: the upstream answered 404 to its ``Mcp-Session-Id``."""
+
+    owner: _Owner | None
+    stop: anyio.Event = field(default_factory=anyio.Event)
+    ready: anyio.Event = field(default_factory=anyio.Event)
+    session: ClientSession | None = None
+    busy: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    lost: bool = False
+
+
+def _stateless(held: _Held) -> bool:
+    """Whether ``held`` negotiated the stateless era (2026-07-28): its requests carry
+    no ``Mcp-Session-Id`` (the SDK takes one only from an ``initialize`` answer), so the
+    upstream has no session in which callers could meet."""
+    session = held.session
+    return session is not None and session.protocol_version in MODERN_PROTOCOL_VERSIONS
+
+
+def _broken(exc: Exception) -> bool:
+    """Whether a call's failure leaves its session unusable: the connection closed, or a
+    transport error."""
+    if isinstance(exc, MCPError):
+        return exc.code == CONNECTION_CLOSED
+    return isinstance(exc, httpx2.HTTPError | OSError | anyio.BrokenResourceError | RuntimeError)
+
+
 class _Upstream:
-    """One upstream server: a lazily opened MCP client session (held by a task of the
-    gateway's task group, reopened after a failure) and its cached listings."""
+    """One upstream server: its MCP client sessions, each opened on first use and held
+    by a task of the gateway's task group, and its cached listings.
+
+    - **The catalog session** is opened first. Listings go over it (cached
+      ``catalog_seconds``; the gateway filters them per caller). When it negotiated the
+      stateless era (2026-07-28) calls go over it too: such an upstream keeps no
+      session, so there is nothing for callers to share.
+    - **Sessions for calls.** A handshake-era upstream (2024-11-05 to 2025-11-25) keeps
+      state per session (a shell, a cart, a log level), so each owner
+      (:func:`_session_owner`: the agent, and the human of a delegated token) gets a
+      session of its own; two owners never share one. At most ``sessions.max_open``
+      are open at once: at the bound the least recently used one with no call in
+      flight is closed to make room; when every one has a call in flight the call is
+      refused at once (:class:`_AllSessionsBusy`), never queued. One with no call in
+      flight for ``sessions.idle_seconds`` is closed; the owner's next call opens a
+      new one (the upstream's state of the old one is gone).
+    - **Failures.** A session is closed, and the next call reopens it, after a
+      transport failure or when the upstream answers 404 to its ``Mcp-Session-Id``
+      (it expired or restarted: Streamable HTTP, "Session Management").
+    - **Bounded.** Opening a session is bounded by ``timeouts.connect`` +
+      ``timeouts.read``, closing it (the SDK's DELETE to the upstream) by
+      ``timeouts.connect``; so at most ``max_open`` + 1 tasks hold sessions, besides
+      those still closing for that long.
+    """
 
     def __init__(
         self,
@@ -611,70 +723,171 @@ class _Upstream:
         self.server = server
         self._broker = broker
         self._timeouts = timeouts
+        self._open_seconds = timeouts.connect + timeouts.read
+        self._limits = server.sessions
         self._catalog_seconds = catalog_seconds
         self._tg: TaskGroup | None = None
-        self._lock: anyio.Lock | None = None
-        self._session: ClientSession | None = None
-        self._stop: anyio.Event | None = None
+        self._lock: anyio.Lock | None = None  # opening the catalog session
+        self._catalog: _Held | None = None
+        self._calls: OrderedDict[_Owner, _Held] = OrderedDict()  # least recently used first
+        self._holding = 0  # tasks holding a session (opening, open or closing)
+        self._drained: anyio.Event | None = None
         self._lists: dict[str, tuple[float, list[Any]]] = {}
         self._list_locks: dict[str, anyio.Lock] = {}
         # made once: loading a CA bundle takes milliseconds, and sessions are reopened
         self._ssl = None if server.tls is None else server.tls.client_context()
+
+    @property
+    def holding(self) -> int:
+        """The tasks holding a session: opening, open, or closing."""
+        return self._holding
+
+    @property
+    def open_for_calls(self) -> int:
+        """The sessions for calls, open or being opened (at most ``max_open``)."""
+        return len(self._calls)
 
     def attach(self, tg: TaskGroup) -> None:
         self._tg = tg
         self._lock = anyio.Lock()
 
     async def session(self) -> ClientSession:
-        current = self._session
-        if current is not None:
-            return current
+        """The catalog session, opened if need be; an MCPError (connection closed)
+        when the upstream cannot be reached."""
+        held = await self._catalog_held()
+        assert held.session is not None  # _ready returned it
+        return held.session
+
+    async def _catalog_held(self) -> _Held:
+        held = self._catalog
+        if held is not None and held.session is not None:
+            return held
         assert self._lock is not None, "the gateway is not running"
         async with self._lock:
-            if self._session is None:
-                await self._connect()
-            if self._session is None:
-                raise MCPError(CONNECTION_CLOSED, f"upstream {self.server.name} is unavailable")
-            return self._session
-
-    def reset(self) -> None:
-        """Close the session (after a transport failure); the next call reopens it."""
-        stop = self._stop
-        self._session = None
-        self._stop = None
-        self._lists.clear()
-        if stop is not None:
-            stop.set()
-
-    async def _connect(self) -> None:
-        assert self._tg is not None
-        ready = anyio.Event()
-        stop = anyio.Event()
-
-        async def hold() -> None:
-            try:
-                async with self._open() as session:
-                    if not stop.is_set():
-                        self._session, self._stop = session, stop
-                        ready.set()
-                        await stop.wait()
-            except Exception as exc:  # a failed upstream must not take the gateway down
-                log.warning(
-                    "upstream %s: session failed (%s)", self.server.name, type(exc).__name__
-                )
-            finally:
-                if self._stop is stop:
-                    self._session, self._stop = None, None
-                ready.set()
-
-        self._tg.start_soon(hold, name=f"mcp-upstream-{self.server.name}")
-        with anyio.move_on_after(self._timeouts.connect + self._timeouts.read):
-            await ready.wait()
-        if self._session is None:
-            stop.set()
+            held = self._catalog
+            if held is None:
+                held = self._catalog = self._start(None)
+            await self._ready(held)
+            return held
 
     @asynccontextmanager
-    async def _open(self) -> AsyncIterator[ClientSession]:
+    async def for_call(self, owner: _Owner) -> AsyncIterator[ClientSession]:
+        """The session one call of ``owner``'s goes over, for the call's duration: the
+        catalog session when the upstream is stateless, else ``owner``'s own
+        (:class:`_AllSessionsBusy` when none can be had, an MCPError when it cannot be
+        opened). A failure that breaks the session closes it."""
+        catalog = await self._catalog_held()
+        held = catalog if _stateless(catalog) else self._held_for(owner)
+        held.busy += 1
+        try:
+            yield await self._ready(held)
+        except Exception as exc:
+            if held.lost or _broken(exc):
+                self._close(held)
+            raise
+        finally:
+            held.busy -= 1
+            held.last_used = time.monotonic()
+
+    def _held_for(self, owner: _Owner) -> _Held:
+        """``owner``'s session for calls, started if it has none. At the bound the least
+        recently used session with no call in flight is closed first; when every one
+        has a call in flight, :class:`_AllSessionsBusy`."""
+        held = self._calls.get(owner)
+        if held is not None:
+            self._calls.move_to_end(owner)
+            return held
+        if len(self._calls) >= self._limits.max_open:
+            idle = next((h for h in self._calls.values() if h.busy == 0), None)
+            if idle is None:
+                log.warning(
+                    "upstream %s: all %d sessions for calls are busy; a call was refused",
+                    self.server.name,
+                    self._limits.max_open,
+                )
+                raise _AllSessionsBusy
+            self._close(idle)
+        held = self._calls[owner] = self._start(owner)
+        return held
+
+    async def _ready(self, held: _Held) -> ClientSession:
+        """``held``'s session once open; an MCPError (connection closed) when it could
+        not be opened in time."""
+        with anyio.move_on_after(self._open_seconds):
+            await held.ready.wait()
+        if held.session is None:
+            self._close(held)
+            raise MCPError(CONNECTION_CLOSED, f"upstream {self.server.name} is unavailable")
+        return held.session
+
+    def _start(self, owner: _Owner | None) -> _Held:
+        assert self._tg is not None, "the gateway is not running"
+        held = _Held(owner)
+        self._tg.start_soon(self._hold, held, name=f"mcp-upstream-{self.server.name}")
+        return held
+
+    def _close(self, held: _Held) -> None:
+        """Take ``held`` out of use at once (no call gets it from now on); its task
+        then closes the session."""
+        held.stop.set()
+        held.session = None
+        held.ready.set()
+        if held.owner is None:
+            if self._catalog is held:
+                self._catalog = None
+                self._lists.clear()
+        elif self._calls.get(held.owner) is held:
+            del self._calls[held.owner]
+
+    async def _hold(self, held: _Held) -> None:
+        """Open ``held``'s session, keep it until it is closed or has been idle too
+        long, then close it (the SDK tells the upstream: DELETE), each step bounded."""
+        self._holding += 1
+        try:
+            with anyio.CancelScope(deadline=anyio.current_time() + self._open_seconds) as scope:
+                async with self._open(held) as session:
+                    scope.deadline = math.inf
+                    if not held.stop.is_set():
+                        held.session = session
+                        held.ready.set()
+                        await self._until_idle(held)
+                    self._close(held)
+                    scope.deadline = anyio.current_time() + self._timeouts.connect
+        except Exception as exc:  # a failed upstream must not take the gateway down
+            log.warning("upstream %s: session failed (%s)", self.server.name, type(exc).__name__)
+        finally:
+            self._close(held)
+            self._holding -= 1
+            if self._holding == 0 and self._drained is not None:
+                self._drained.set()
+
+    async def _until_idle(self, held: _Held) -> None:
+        """Wait until ``held`` is closed or, a session for calls, has had no call in
+        flight for ``idle_seconds``."""
+        if held.owner is None:
+            await held.stop.wait()
+            return
+        idle = self._limits.idle_seconds
+        while not held.stop.is_set():
+            left = held.last_used + idle - time.monotonic()
+            if held.busy == 0 and left <= 0:
+                return
+            with anyio.move_on_after(left if held.busy == 0 else idle):
+                await held.stop.wait()
+
+    async def aclose(self) -> None:
+        """Close every session (at shutdown) and wait for their tasks, at most
+        ``timeouts.connect``: each upstream session is ended (DELETE), not left to
+        expire there."""
+        for held in [*self._calls.values(), *filter(None, [self._catalog])]:
+            self._close(held)
+        if self._holding:
+            self._drained = anyio.Event()
+            with anyio.move_on_after(self._timeouts.connect):
+                await self._drained.wait()
+
+    @asynccontextmanager
+    async def _open(self, held: _Held) -> AsyncIterator[ClientSession]:
         auth = None
         if self.server.credential is not None and self._broker is not None:
             auth = _BrokeredAuth(self._broker, self.server.credential)
@@ -682,11 +895,19 @@ class _Upstream:
         transport = UpstreamTransport(
             self.server.url, connect_timeout=connect, read_timeout=read, ssl_context=self._ssl
         )
+
+        async def on_response(response: httpx2.Response) -> None:
+            # Streamable HTTP, "Session Management": a 404 to a request carrying the
+            # session's id means the upstream no longer has that session
+            if response.status_code == 404 and MCP_SESSION_ID_HEADER in response.request.headers:
+                held.lost = True
+
         async with httpx2.AsyncClient(
             auth=auth,
             timeout=httpx2.Timeout(connect, read=read),  # the transport's, for the record
             follow_redirects=False,
             transport=transport,
+            event_hooks={"response": [on_response]},
         ) as http:
             client = Client(
                 streamable_http_client(self.server.url, http_client=http),
@@ -716,8 +937,10 @@ class _Upstream:
             entry = self._lists.get(kind)
             if entry is not None and time.monotonic() - entry[0] < self._catalog_seconds:
                 return entry[1]
+            held: _Held | None = None
             try:
-                items = await self._fetch(kind)
+                held = await self._catalog_held()
+                items = await self._fetch(kind, held)
             except Exception as exc:
                 log.warning(
                     "upstream %s: %s listing failed (%s)",
@@ -725,14 +948,17 @@ class _Upstream:
                     kind,
                     type(exc).__name__,
                 )
-                if not isinstance(exc, MCPError) or exc.code == CONNECTION_CLOSED:
-                    self.reset()
+                broken = held is not None and (held.lost or not isinstance(exc, MCPError))
+                if held is not None and (broken or _broken(exc)):
+                    self._close(held)
                 return None
             self._lists[kind] = (time.monotonic(), items)
             return items
 
-    async def _fetch(self, kind: ListingKind) -> list[Any]:
-        session = await self.session()
+    async def _fetch(self, kind: ListingKind, held: _Held) -> list[Any]:
+        session = held.session
+        if session is None:  # closed meanwhile
+            raise MCPError(CONNECTION_CLOSED, f"upstream {self.server.name} is unavailable")
         capabilities = session.server_capabilities
         if capabilities is not None:
             wanted = {"tools": capabilities.tools, "prompts": capabilities.prompts}.get(
@@ -991,7 +1217,9 @@ class McpGateway:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """The SDK session manager and the task group holding upstream sessions."""
+        """The SDK session manager and the task group holding upstream sessions. On
+        the way out every upstream session is closed (the upstream told, each server's
+        wait bounded by ``timeouts.connect``), then what is left is cancelled."""
         async with anyio.create_task_group() as tg, self.sessions.run():
             for upstream in self.upstreams.values():
                 upstream.attach(tg)
@@ -1000,8 +1228,10 @@ class McpGateway:
             try:
                 yield
             finally:
-                for upstream in self.upstreams.values():
-                    upstream.reset()
+                with anyio.CancelScope(shield=True):
+                    async with anyio.create_task_group() as closing:
+                        for upstream in self.upstreams.values():
+                            closing.start_soon(upstream.aclose)
                 tg.cancel_scope.cancel()
 
     def open_sessions(self) -> int:
@@ -1164,12 +1394,18 @@ class McpGateway:
             server, name = route
             upstream = self.upstreams[server.name]
             try:
-                session = await upstream.session()
-                result = await send(session, name)
+                async with upstream.for_call(_session_owner(state.access)) as session:
+                    result = await send(session, name)
+            except _AllSessionsBusy:
+                status = 503  # the gateway's bound, not the upstream's failure
+                state.tally.outcome = "unavailable"
+                raise MCPError(
+                    INTERNAL_ERROR,
+                    f"upstream {server.name}: all {server.sessions.max_open} upstream sessions "
+                    "are in use; retry later",
+                ) from None
             except MCPError as exc:
                 state.tally.outcome = _upstream_outcome(exc.code == REQUEST_TIMEOUT)
-                if exc.code == CONNECTION_CLOSED:
-                    upstream.reset()
                 if use.error is not None:
                     raise MCPError(
                         INTERNAL_ERROR,
@@ -1178,7 +1414,6 @@ class McpGateway:
                 raise _upstream_error(server, exc) from None
             except (httpx2.HTTPError, OSError, anyio.BrokenResourceError, RuntimeError) as exc:
                 state.tally.outcome = _upstream_outcome(isinstance(exc, httpx2.TimeoutException))
-                upstream.reset()
                 raise MCPError(
                     INTERNAL_ERROR, f"upstream {server.name} failed ({type(exc).__name__})"
                 ) from None
@@ -1622,7 +1857,7 @@ class _Endpoint:
         # get threads of their own, so they never starve the decisions
         self._approval_threads: anyio.CapacityLimiter | None = None
         # handshake-era sessions being opened, per (client_id, subject): see __call__
-        self._opening: dict[tuple[str, str | None], int] = {}
+        self._opening: dict[_Owner, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -1682,7 +1917,7 @@ class _Endpoint:
         )
         if charge and self.rules is not None and body is not None:
             state.foreseen = self.rules.refusal(scope, headers, body, message)
-        owner = (access.client_id, access.subject)
+        owner = _session_owner(access)
         opens = _opens_session(headers)
         if state.foreseen is not None or (
             opens and self._sessions_of(owner) >= MAX_SESSIONS_PER_OWNER
@@ -1726,7 +1961,7 @@ class _Endpoint:
             else:
                 del self._opening[owner]
 
-    def _sessions_of(self, owner: tuple[str, str | None]) -> int:
+    def _sessions_of(self, owner: _Owner) -> int:
         """The handshake-era sessions ``owner`` holds or is opening."""
         client_id, subject = owner
         held = sum(
