@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
@@ -42,6 +43,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -570,6 +572,16 @@ def test_when_every_session_is_busy_a_call_fails_closed_at_once(
         ("failure", 503, "tight.remember"),
         ("success", 200, "tight.remember"),
     ]
+    # /metrics counts the refusal as the gateway's own unavailability, not the upstream's
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(bounded.url))
+    counted = {
+        (s.labels["method"], s.labels["outcome"]): s.value
+        for family in text_string_to_metric_families(httpx.get(origin + "/metrics").text)
+        for s in family.samples
+        if s.name == "agentiam_mcp_gateway_requests_total"
+    }
+    assert counted[("tools/call", "unavailable")] == 1
+    assert ("tools/call", "upstream_error") not in counted
 
 
 def test_a_session_idle_too_long_is_closed_and_one_in_flight_is_not(
