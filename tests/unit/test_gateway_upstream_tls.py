@@ -19,7 +19,7 @@ from tests.support.tls import CLIENT_AUTH, Authority, authority, server_context
 from tests.unit.test_gateway_http import API_KEY, OK, App, Upstream, _config, _problem
 from tests.unit.test_mcp_gateway_config import BASE
 
-from agentiam.adapters.gateway import http_proxy, mcp_proxy
+from agentiam.adapters.gateway import http_proxy, mcp_proxy, mcp_upstream
 from agentiam.adapters.gateway.config import UpstreamTls
 from agentiam.adapters.gateway.upstream_transport import UpstreamTransport
 
@@ -170,11 +170,11 @@ def test_upstream_tls_loads_in_both_gateways(pki: Pki) -> None:
     mcp = mcp_proxy.load_config(data)
     assert [s.tls for s in mcp.servers] == [expected, None]
     # the server's connections use that context (made once, reused by every session)
-    bank = mcp_proxy._Upstream(mcp.servers[0], None, mcp.gateway.timeouts, 5.0)
+    bank = mcp_upstream.Upstream(mcp.servers[0], None, mcp.gateway.timeouts, 5.0)
     assert bank._ssl is not None
     trusted = [c["subject"] for c in bank._ssl.get_ca_certs()]
     assert trusted == [((("commonName", "AgentIAM test upstream CA"),),)]
-    assert mcp_proxy._Upstream(mcp.servers[1], None, mcp.gateway.timeouts, 5.0)._ssl is None
+    assert mcp_upstream.Upstream(mcp.servers[1], None, mcp.gateway.timeouts, 5.0)._ssl is None
     data["servers"][1]["tls"] = pki.tls()  # an http URL: nothing to apply it to
     with pytest.raises(ValueError, match=r"^servers\[1\]\.tls: applies to an https URL only"):
         mcp_proxy.load_config(data)

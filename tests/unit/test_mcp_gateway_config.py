@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from agentiam.adapters.gateway.broker import ApiKeyInjection, OAuthClientCredentials
-from agentiam.adapters.gateway.mcp_proxy import UpstreamSessions, load_config
+from agentiam.adapters.gateway.mcp_proxy import load_config
+from agentiam.adapters.gateway.mcp_upstream import UpstreamSessions
 
 BASE: dict[str, Any] = {
     "name": "mcp-gw",

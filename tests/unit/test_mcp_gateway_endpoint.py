@@ -20,13 +20,13 @@ from agentiam.adapters.gateway.mcp_proxy import (
     _STATE_KEY,
     McpGateway,
     Namespace,
-    UpstreamServer,
     _Endpoint,
     _Pending,
     _RequestState,
     _take,
     tool_call,
 )
+from agentiam.adapters.gateway.mcp_upstream import UpstreamServer
 from agentiam.core.approvals_wire import META_KEY
 from agentiam.core.audit.events import TraceContext
 from agentiam.core.credentials.verifier import VerifiedAccess

@@ -19,10 +19,10 @@ from tests.unit.test_mcp_gateway_endpoint import (
 
 from agentiam.adapters.gateway.mcp_proxy import (
     MAX_SESSIONS_PER_OWNER,
-    SESSION_IDLE_SECONDS,
     McpGateway,
     _Endpoint,
 )
+from agentiam.adapters.gateway.mcp_upstream import SESSION_IDLE_SECONDS
 from agentiam.errors import ServiceUnavailable
 
 INITIALIZE = rpc("initialize", {"protocolVersion": "2025-06-18", "capabilities": {}})

@@ -12,12 +12,12 @@ from tests.unit.policy_support import ARGS_EXTENSION, agent, authorizer, engine
 from agentiam.adapters.gateway.mcp_proxy import (
     Listed,
     Namespace,
-    UpstreamServer,
     Visibility,
     prompt_call,
     resource_call,
     tool_call,
 )
+from agentiam.adapters.gateway.mcp_upstream import UpstreamServer
 from agentiam.core.credentials.verifier import VerifiedAccess
 from agentiam.core.delegation.authorization_details import ApiCall, CustomCall, ToolCall
 from agentiam.core.delegation.chain import ChainClaims

@@ -52,7 +52,8 @@ from tests.support.live import free_port, serve_in_thread
 from tests.support.live import until as _until
 
 from agentiam.adapters.gateway.broker import KEY_ENV, Secret, SecretKind, SecretStore
-from agentiam.adapters.gateway.mcp_proxy import McpGateway, _Upstream, build_app, load_config
+from agentiam.adapters.gateway.mcp_proxy import McpGateway, build_app, load_config
+from agentiam.adapters.gateway.mcp_upstream import Upstream
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.core.credentials.sealing import MasterKey
 from agentiam.sdk import AgentClient, AgentKey
@@ -167,7 +168,7 @@ class Gateway:
     gateway: McpGateway
     probe: LoopProbe
 
-    def upstream(self, name: str) -> _Upstream:
+    def upstream(self, name: str) -> Upstream:
         return self.gateway.upstreams[name]
 
     def on_loop(self, fn: Callable[[], T]) -> T:

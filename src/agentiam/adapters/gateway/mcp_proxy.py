@@ -50,8 +50,9 @@ agent that opened them). For every HTTP request it:
    (:class:`~agentiam.adapters.gateway.broker.CredentialBroker`); the agent's token
    and headers are never passed on. A handshake-era upstream keeps state per
    session, so each agent (and human, for a delegated token) gets an upstream
-   session of its own, bounded in number and idle time (:class:`_Upstream`); a
-   stateless (2026-07-28) upstream is called over one session per server. Progress
+   session of its own, bounded in number and idle time
+   (:class:`~agentiam.adapters.gateway.mcp_upstream.Upstream`); a stateless
+   (2026-07-28) upstream is called over one session per server. Progress
    notifications of the upstream call are relayed to the agent on the response's SSE
    stream, and ``InputRequiredResult`` (MRTR) round trips pass through. Each call's
    outcome is a ``tool.call`` audit event naming the secret used (``name@version``).
@@ -83,14 +84,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -103,10 +101,7 @@ import httpx
 import httpx2
 import mcp_types as types
 import pydantic_core
-from anyio.abc import TaskGroup
-from mcp.client.client import Client
 from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.auth.provider import AccessToken
 from mcp.server.caching import CacheHint
@@ -126,7 +121,6 @@ from mcp.shared.inbound import (
     validate_mcp_param_headers,
 )
 from mcp_types import (
-    CONNECTION_CLOSED,
     DEFAULT_NEGOTIATED_VERSION,
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -137,7 +131,7 @@ from mcp_types import (
     jsonrpc_message_adapter,
 )
 from mcp_types import methods as mcp_methods
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.authentication import AuthCredentials
@@ -149,22 +143,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentiam import __version__
 from agentiam.adapters.gateway.approval_flow import ApprovalFlow, ApprovalOutcome
-from agentiam.adapters.gateway.broker import (
-    ApiKeyInjection,
-    CredentialBroker,
-    CredentialRef,
-    credential_ref_from_config,
-)
-from agentiam.adapters.gateway.config import (
-    GatewayConfig,
-    Timeouts,
-    UpstreamTls,
-    load_gateway_config,
-    upstream_tls,
-)
+from agentiam.adapters.gateway.broker import credential_ref_from_config
+from agentiam.adapters.gateway.config import GatewayConfig, load_gateway_config, upstream_tls
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.http_proxy import ListenerProtocol
 from agentiam.adapters.gateway.loop_watch import watch_event_loop
+from agentiam.adapters.gateway.mcp_upstream import (
+    CREDENTIAL_USE,
+    MAX_UPSTREAM_SESSIONS,
+    SESSION_IDLE_SECONDS,
+    AllSessionsBusy,
+    CredentialUse,
+    ListingKind,
+    Owner,
+    Upstream,
+    UpstreamServer,
+    UpstreamSessions,
+)
 from agentiam.adapters.gateway.metrics import (
     CONTENT_TYPE,
     OTHER_METHOD,
@@ -174,7 +169,6 @@ from agentiam.adapters.gateway.metrics import (
 )
 from agentiam.adapters.gateway.outcomes import OutcomeQueue
 from agentiam.adapters.gateway.runtime import GatewayRuntime
-from agentiam.adapters.gateway.upstream_transport import UpstreamTransport
 from agentiam.adapters.heap import settle_heap
 from agentiam.core.approvals_wire import META_KEY, mcp_result_meta, mcp_result_text
 from agentiam.core.audit.events import Actor, ActorType, AuditEvent, Outcome, TraceContext
@@ -198,8 +192,6 @@ __all__ = [
     "McpGateway",
     "McpGatewayConfig",
     "Namespace",
-    "UpstreamServer",
-    "UpstreamSessions",
     "Visibility",
     "build_app",
     "load_config",
@@ -248,16 +240,10 @@ MAX_BODY_BYTES: Final = 4 * 1024 * 1024  # one JSON-RPC message
 MAX_NAME: Final = 256  # characters of an exposed tool or prompt name
 MAX_URI: Final = 500  # characters of an exposed resource URI (audit ids hold 512)
 MAX_ARGUMENTS: Final = 256  # top-level arguments of one call
-MAX_PAGES: Final = 100  # pages of one upstream listing
-MAX_ITEMS: Final = 10_000  # items of one upstream listing
 _LISTED_NAMES: Final = 200  # names a listing's audit event records
-# handshake-era sessions (2024-11-05 to 2025-11-25): open at once per agent and subject,
-# and how long one lives without a request in flight (the SDK's default is 30 minutes)
+# handshake-era sessions (2024-11-05 to 2025-11-25): open at once per agent and subject
+# (how long one lives without a request in flight: SESSION_IDLE_SECONDS)
 MAX_SESSIONS_PER_OWNER: Final = 32
-SESSION_IDLE_SECONDS: Final = 600.0
-# upstream sessions for calls (handshake-era upstreams): one per agent and subject, at
-# most this many open per server by default (servers[].sessions.max_open)
-MAX_UPSTREAM_SESSIONS: Final = 256
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Both a tool-name prefix (MCP tool names: A-Z a-z 0-9 _ - .) and a URI-scheme prefix
@@ -271,33 +257,6 @@ _OWN_PATHS: Final = frozenset({"/healthz", "/metrics", _WELL_KNOWN})  # not the 
 
 
 # -- configuration ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamSessions:
-    """The bounds of a handshake-era upstream's sessions for calls (one per agent and
-    subject, :class:`_Upstream`): at most ``max_open`` open at once, besides the one
-    catalog session, and each closed once it has had no call in flight for
-    ``idle_seconds``."""
-
-    max_open: int = MAX_UPSTREAM_SESSIONS
-    idle_seconds: float = SESSION_IDLE_SECONDS
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamServer:
-    """One upstream MCP server: its name, Streamable HTTP endpoint, the prefix that
-    namespaces its tools, resources and prompts, the brokered credential sent
-    with every request to it (None: the upstream takes no credential), the CAs and
-    client certificate of an https endpoint (None: the system's CAs, no certificate),
-    and the bounds of its sessions for calls."""
-
-    name: str
-    url: str
-    prefix: str
-    credential: CredentialRef | None = None
-    tls: UpstreamTls | None = None
-    sessions: UpstreamSessions = UpstreamSessions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,50 +547,9 @@ class Visibility:
         return False  # templates and prompts: no detail type covers them
 
 
-# -- upstream sessions -----------------------------------------------------------------------
+# -- listing kinds and session owners --------------------------------------------------------
 
 
-@dataclass
-class _CredentialUse:
-    """Which brokered secret the requests of one call used (``name@version``)."""
-
-    label: str | None = None
-    error: str | None = None
-
-
-_CREDENTIAL_USE: ContextVar[_CredentialUse | None] = ContextVar("agentiam_mcp_credential")
-
-
-class _BrokeredAuth(httpx2.Auth):
-    """Adds the brokered upstream credential to every request to one upstream. The
-    SDK's transport sends a message from a task that runs in the sender's context, so
-    the call that caused the request learns which secret version was used. A secret
-    that cannot be had is not sent at all (the upstream then refuses the call)."""
-
-    def __init__(self, broker: CredentialBroker, ref: CredentialRef) -> None:
-        self._broker = broker
-        self._ref = ref
-
-    async def async_auth_flow(self, request: httpx2.Request) -> AsyncIterator[httpx2.Request]:  # type: ignore[override]
-        use = _CREDENTIAL_USE.get(None)
-        try:
-            if isinstance(self._ref, ApiKeyInjection):  # local: the sealed store only
-                headers, label = self._broker.headers_for(self._ref)
-            else:  # may fetch a token from the token endpoint
-                headers, label = await anyio.to_thread.run_sync(self._broker.headers_for, self._ref)
-        except AgentIAMError as exc:
-            log.warning("brokered credential unavailable: %s", exc.detail)
-            if use is not None:
-                use.error = exc.detail
-        else:
-            for name, value in headers.items():
-                request.headers[name] = value
-            if use is not None:
-                use.label = label
-        yield request
-
-
-ListingKind = Literal["tools", "resources", "templates", "prompts"]
 _LISTING_KINDS: Final[Mapping[str, ListingKind]] = {
     "tools/list": "tools",
     "resources/list": "resources",
@@ -640,353 +558,12 @@ _LISTING_KINDS: Final[Mapping[str, ListingKind]] = {
 }
 
 
-_Owner = tuple[str, str]
-
-
-def _session_owner(access: VerifiedAccess) -> _Owner:
+def _session_owner(access: VerifiedAccess) -> Owner:
     """Who a request is for: its agent (``client_id``) and its token's subject (the
     human of a delegated token, the agent itself otherwise). A handshake-era session
     at the gateway belongs to one owner (at most :data:`MAX_SESSIONS_PER_OWNER` each),
     and the calls of one owner, and only theirs, share an upstream session."""
     return (access.client_id, access.subject)
-
-
-class _AllSessionsBusy(Exception):
-    """Every upstream session for calls of a server has a call in flight, at its bound."""
-
-
-@dataclass(eq=False)
-class _Held:
-    """One upstream MCP client session, held open by a task of the gateway's task group.
-    ``owner``: whose calls it carries (None: the catalog session); ``busy``: the calls
-    in flight over it; ``last_used``: when one last ended (``time.monotonic``);
-    ``lost``: the upstream answered 404 to its ``Mcp-Session-Id``."""
-
-    owner: _Owner | None
-    stop: anyio.Event = field(default_factory=anyio.Event)
-    ready: anyio.Event = field(default_factory=anyio.Event)
-    session: ClientSession | None = None
-    busy: int = 0
-    last_used: float = field(default_factory=time.monotonic)
-    lost: bool = False
-
-
-def _stateless(held: _Held) -> bool:
-    """Whether ``held`` negotiated the stateless era (2026-07-28): its requests carry
-    no ``Mcp-Session-Id`` (the SDK takes one only from an ``initialize`` answer), so the
-    upstream has no session in which callers could meet."""
-    session = held.session
-    return session is not None and session.protocol_version in MODERN_PROTOCOL_VERSIONS
-
-
-def _broken(exc: Exception) -> bool:
-    """Whether a call's failure leaves its session unusable: the connection closed, or a
-    transport error."""
-    if isinstance(exc, MCPError):
-        return exc.code == CONNECTION_CLOSED
-    return isinstance(exc, httpx2.HTTPError | OSError | anyio.BrokenResourceError | RuntimeError)
-
-
-class _Upstream:
-    """One upstream server: its MCP client sessions, each opened on first use and held
-    by a task of the gateway's task group, and its cached listings.
-
-    - **The catalog session** is opened first. Listings go over it (cached
-      ``catalog_seconds``; the gateway filters them per caller). When it negotiated the
-      stateless era (2026-07-28) calls go over it too: such an upstream keeps no
-      session, so there is nothing for callers to share.
-    - **Sessions for calls.** A handshake-era upstream (2024-11-05 to 2025-11-25) keeps
-      state per session (a shell, a cart, a log level), so each owner
-      (:func:`_session_owner`: the agent, and the human of a delegated token) gets a
-      session of its own; two owners never share one. At most ``sessions.max_open``
-      are open at once: at the bound the least recently used one with no call in
-      flight is closed to make room; when every one has a call in flight the call is
-      refused at once (:class:`_AllSessionsBusy`), never queued. One with no call in
-      flight for ``sessions.idle_seconds`` is closed; the owner's next call opens a
-      new one (the upstream's state of the old one is gone).
-    - **Failures.** A session is closed, and the next call reopens it, after a
-      transport failure or when the upstream answers 404 to its ``Mcp-Session-Id``
-      (it expired or restarted: Streamable HTTP, "Session Management").
-    - **Bounded.** Opening a session is bounded by ``timeouts.connect`` +
-      ``timeouts.read``, closing it (the SDK's DELETE to the upstream) by
-      ``timeouts.connect``; so at most ``max_open`` + 1 tasks hold sessions, besides
-      those still closing for that long.
-    """
-
-    def __init__(
-        self,
-        server: UpstreamServer,
-        broker: CredentialBroker | None,
-        timeouts: Timeouts,
-        catalog_seconds: float,
-    ) -> None:
-        self.server = server
-        self._broker = broker
-        self._timeouts = timeouts
-        self._open_seconds = timeouts.connect + timeouts.read
-        self._limits = server.sessions
-        self._catalog_seconds = catalog_seconds
-        self._tg: TaskGroup | None = None
-        self._lock: anyio.Lock | None = None  # opening the catalog session
-        self._catalog: _Held | None = None
-        self._calls: OrderedDict[_Owner, _Held] = OrderedDict()  # least recently used first
-        self._holding = 0  # tasks holding a session (opening, open or closing)
-        self._drained: anyio.Event | None = None
-        self._lists: dict[str, tuple[float, list[Any]]] = {}
-        self._list_locks: dict[str, anyio.Lock] = {}
-        # made once: loading a CA bundle takes milliseconds, and sessions are reopened
-        self._ssl = None if server.tls is None else server.tls.client_context()
-
-    @property
-    def holding(self) -> int:
-        """The tasks holding a session: opening, open, or closing."""
-        return self._holding
-
-    @property
-    def open_for_calls(self) -> int:
-        """The sessions for calls, open or being opened (at most ``max_open``)."""
-        return len(self._calls)
-
-    def attach(self, tg: TaskGroup) -> None:
-        self._tg = tg
-        self._lock = anyio.Lock()
-
-    async def session(self) -> ClientSession:
-        """The catalog session, opened if need be; an MCPError (connection closed)
-        when the upstream cannot be reached."""
-        held = await self._catalog_held()
-        assert held.session is not None  # _ready returned it
-        return held.session
-
-    async def _catalog_held(self) -> _Held:
-        held = self._catalog
-        if held is not None and held.session is not None:
-            return held
-        assert self._lock is not None, "the gateway is not running"
-        async with self._lock:
-            held = self._catalog
-            if held is None:
-                held = self._catalog = self._start(None)
-            await self._ready(held)
-            return held
-
-    @asynccontextmanager
-    async def for_call(self, owner: _Owner) -> AsyncIterator[ClientSession]:
-        """The session one call of ``owner``'s goes over, for the call's duration: the
-        catalog session when the upstream is stateless, else ``owner``'s own
-        (:class:`_AllSessionsBusy` when none can be had, an MCPError when it cannot be
-        opened). A failure that breaks the session closes it."""
-        catalog = await self._catalog_held()
-        held = catalog if _stateless(catalog) else self._held_for(owner)
-        held.busy += 1
-        try:
-            yield await self._ready(held)
-        except Exception as exc:
-            if held.lost or _broken(exc):
-                self._close(held)
-            raise
-        finally:
-            held.busy -= 1
-            held.last_used = time.monotonic()
-
-    def _held_for(self, owner: _Owner) -> _Held:
-        """``owner``'s session for calls, started if it has none. At the bound the least
-        recently used session with no call in flight is closed first; when every one
-        has a call in flight, :class:`_AllSessionsBusy`."""
-        held = self._calls.get(owner)
-        if held is not None:
-            self._calls.move_to_end(owner)
-            return held
-        if len(self._calls) >= self._limits.max_open:
-            idle = next((h for h in self._calls.values() if h.busy == 0), None)
-            if idle is None:
-                log.warning(
-                    "upstream %s: all %d sessions for calls are busy; a call was refused",
-                    self.server.name,
-                    self._limits.max_open,
-                )
-                raise _AllSessionsBusy
-            self._close(idle)
-        held = self._calls[owner] = self._start(owner)
-        return held
-
-    async def _ready(self, held: _Held) -> ClientSession:
-        """``held``'s session once open; an MCPError (connection closed) when it could
-        not be opened in time."""
-        with anyio.move_on_after(self._open_seconds):
-            await held.ready.wait()
-        if held.session is None:
-            self._close(held)
-            raise MCPError(CONNECTION_CLOSED, f"upstream {self.server.name} is unavailable")
-        return held.session
-
-    def _start(self, owner: _Owner | None) -> _Held:
-        assert self._tg is not None, "the gateway is not running"
-        held = _Held(owner)
-        self._tg.start_soon(self._hold, held, name=f"mcp-upstream-{self.server.name}")
-        return held
-
-    def _close(self, held: _Held) -> None:
-        """Take ``held`` out of use at once (no call gets it from now on); its task
-        then closes the session."""
-        held.stop.set()
-        held.session = None
-        held.ready.set()
-        if held.owner is None:
-            if self._catalog is held:
-                self._catalog = None
-                self._lists.clear()
-        elif self._calls.get(held.owner) is held:
-            del self._calls[held.owner]
-
-    async def _hold(self, held: _Held) -> None:
-        """Open ``held``'s session, keep it until it is closed or has been idle too
-        long, then close it (the SDK tells the upstream: DELETE), each step bounded."""
-        self._holding += 1
-        try:
-            with anyio.CancelScope(deadline=anyio.current_time() + self._open_seconds) as scope:
-                async with self._open(held) as session:
-                    scope.deadline = math.inf
-                    if not held.stop.is_set():
-                        held.session = session
-                        held.ready.set()
-                        await self._until_idle(held)
-                    self._close(held)
-                    scope.deadline = anyio.current_time() + self._timeouts.connect
-        except Exception as exc:  # a failed upstream must not take the gateway down
-            log.warning("upstream %s: session failed (%s)", self.server.name, type(exc).__name__)
-        finally:
-            self._close(held)
-            self._holding -= 1
-            if self._holding == 0 and self._drained is not None:
-                self._drained.set()
-
-    async def _until_idle(self, held: _Held) -> None:
-        """Wait until ``held`` is closed or, a session for calls, has had no call in
-        flight for ``idle_seconds``."""
-        if held.owner is None:
-            await held.stop.wait()
-            return
-        idle = self._limits.idle_seconds
-        while not held.stop.is_set():
-            left = held.last_used + idle - time.monotonic()
-            if held.busy == 0 and left <= 0:
-                return
-            with anyio.move_on_after(left if held.busy == 0 else idle):
-                await held.stop.wait()
-
-    async def aclose(self) -> None:
-        """Close every session (at shutdown) and wait for their tasks, at most
-        ``timeouts.connect``: each upstream session is ended (DELETE), not left to
-        expire there."""
-        for held in [*self._calls.values(), *filter(None, [self._catalog])]:
-            self._close(held)
-        if self._holding:
-            self._drained = anyio.Event()
-            with anyio.move_on_after(self._timeouts.connect):
-                await self._drained.wait()
-
-    @asynccontextmanager
-    async def _open(self, held: _Held) -> AsyncIterator[ClientSession]:
-        auth = None
-        if self.server.credential is not None and self._broker is not None:
-            auth = _BrokeredAuth(self._broker, self.server.credential)
-        connect, read = self._timeouts.connect, self._timeouts.read
-        transport = UpstreamTransport(
-            self.server.url, connect_timeout=connect, read_timeout=read, ssl_context=self._ssl
-        )
-
-        async def on_response(response: httpx2.Response) -> None:
-            # Streamable HTTP, "Session Management": a 404 to a request carrying the
-            # session's id means the upstream no longer has that session
-            if response.status_code == 404 and MCP_SESSION_ID_HEADER in response.request.headers:
-                held.lost = True
-
-        async with httpx2.AsyncClient(
-            auth=auth,
-            timeout=httpx2.Timeout(connect, read=read),  # the transport's, for the record
-            follow_redirects=False,
-            transport=transport,
-            event_hooks={"response": [on_response]},
-        ) as http:
-            client = Client(
-                streamable_http_client(self.server.url, http_client=http),
-                read_timeout_seconds=self._timeouts.total,
-                client_info=types.Implementation(name="agentiam-mcp-gateway", version=__version__),
-                cache=None,
-            )
-            async with client:
-                yield client.session
-
-    def cached_tool(self, name: str) -> types.Tool | None:
-        entry = self._lists.get("tools")
-        if entry is not None:
-            for tool in entry[1]:
-                if isinstance(tool, types.Tool) and tool.name == name:
-                    return tool
-        return None
-
-    async def listing(self, kind: ListingKind) -> list[Any] | None:
-        """The upstream's full listing of ``kind``, cached ``catalog_seconds``; None
-        when the upstream cannot be reached."""
-        entry = self._lists.get(kind)
-        if entry is not None and time.monotonic() - entry[0] < self._catalog_seconds:
-            return entry[1]
-        lock = self._list_locks.setdefault(kind, anyio.Lock())
-        async with lock:
-            entry = self._lists.get(kind)
-            if entry is not None and time.monotonic() - entry[0] < self._catalog_seconds:
-                return entry[1]
-            held: _Held | None = None
-            try:
-                held = await self._catalog_held()
-                items = await self._fetch(kind, held)
-            except Exception as exc:
-                log.warning(
-                    "upstream %s: %s listing failed (%s)",
-                    self.server.name,
-                    kind,
-                    type(exc).__name__,
-                )
-                broken = held is not None and (held.lost or not isinstance(exc, MCPError))
-                if held is not None and (broken or _broken(exc)):
-                    self._close(held)
-                return None
-            self._lists[kind] = (time.monotonic(), items)
-            return items
-
-    async def _fetch(self, kind: ListingKind, held: _Held) -> list[Any]:
-        session = held.session
-        if session is None:  # closed meanwhile
-            raise MCPError(CONNECTION_CLOSED, f"upstream {self.server.name} is unavailable")
-        capabilities = session.server_capabilities
-        if capabilities is not None:
-            wanted = {"tools": capabilities.tools, "prompts": capabilities.prompts}.get(
-                kind, capabilities.resources
-            )
-            if wanted is None:
-                return []
-        items: list[Any] = []
-        cursor: str | None = None
-        for _ in range(MAX_PAGES):
-            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
-            page: Any
-            if kind == "tools":
-                page = await session.list_tools(params=params)
-                items.extend(page.tools)
-            elif kind == "resources":
-                page = await session.list_resources(params=params)
-                items.extend(page.resources)
-            elif kind == "templates":
-                page = await session.list_resource_templates(params=params)
-                items.extend(page.resource_templates)
-            else:
-                page = await session.list_prompts(params=params)
-                items.extend(page.prompts)
-            cursor = page.next_cursor
-            if not cursor or len(items) >= MAX_ITEMS:
-                break
-        return items[:MAX_ITEMS]
 
 
 # -- the request state between the ASGI layer and the MCP handlers ---------------------------
@@ -1184,7 +761,7 @@ class McpGateway:
         self.approvals = ApprovalFlow(self.enforcer, client) if client is not None else None
         broker = runtime.broker
         self.upstreams = {
-            s.name: _Upstream(s, broker, config.gateway.timeouts, config.catalog_seconds)
+            s.name: Upstream(s, broker, config.gateway.timeouts, config.catalog_seconds)
             for s in config.servers
         }
         self.server: Server[Any] = Server(
@@ -1382,8 +959,8 @@ class McpGateway:
         (not_found, upstream_timeout or upstream_error)."""
         call = pending.call
         outcome, status = Outcome.FAILURE, 502
-        use = _CredentialUse()
-        token = _CREDENTIAL_USE.set(use)
+        use = CredentialUse()
+        token = CREDENTIAL_USE.set(use)
         started = time.perf_counter()
         try:
             route = self.namespace.route(call.tool)
@@ -1396,7 +973,7 @@ class McpGateway:
             try:
                 async with upstream.for_call(_session_owner(state.access)) as session:
                     result = await send(session, name)
-            except _AllSessionsBusy:
+            except AllSessionsBusy:
                 status = 503  # the gateway's bound, not the upstream's failure
                 state.tally.outcome = "unavailable"
                 raise MCPError(
@@ -1422,7 +999,7 @@ class McpGateway:
             outcome = Outcome.FAILURE if is_error else Outcome.SUCCESS
             return result
         finally:
-            _CREDENTIAL_USE.reset(token)
+            CREDENTIAL_USE.reset(token)
             duration = (time.perf_counter() - started) * 1000
             self.record_outcome(state, pending, outcome, status, use.label, duration)
 
@@ -1857,7 +1434,7 @@ class _Endpoint:
         # get threads of their own, so they never starve the decisions
         self._approval_threads: anyio.CapacityLimiter | None = None
         # handshake-era sessions being opened, per (client_id, subject): see __call__
-        self._opening: dict[_Owner, int] = {}
+        self._opening: dict[Owner, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -1961,7 +1538,7 @@ class _Endpoint:
             else:
                 del self._opening[owner]
 
-    def _sessions_of(self, owner: _Owner) -> int:
+    def _sessions_of(self, owner: Owner) -> int:
         """The handshake-era sessions ``owner`` holds or is opening."""
         client_id, subject = owner
         held = sum(

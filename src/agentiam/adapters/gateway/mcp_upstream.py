@@ -1,0 +1,495 @@
+"""One upstream MCP server's client sessions, as the MCP gateway holds them
+(:mod:`agentiam.adapters.gateway.mcp_proxy` is the server side that agents talk to).
+
+For each upstream server (:class:`UpstreamServer`) the gateway keeps
+(:class:`Upstream`):
+
+- **a catalog session**, over which the four listings are fetched (paged and bounded:
+  :data:`MAX_PAGES`, :data:`MAX_ITEMS`) and cached; a stateless (2026-07-28) upstream's
+  calls go over it too;
+- **for a handshake-era server** (2024-11-05 to 2025-11-25), one session for calls per
+  agent and subject (:data:`Owner`), bounded in number (``sessions.max_open``; the
+  least recently used idle one is closed at the bound, and when all are busy a call is
+  refused: :class:`AllSessionsBusy`) and in idle time (``sessions.idle_seconds``).
+
+Every request to the upstream carries the brokered credential (an ``httpx2`` auth hook)
+and records which secret version it used in the calling task's :data:`CREDENTIAL_USE`;
+the agent's token never goes upstream. See docs/gateway.md, "Upstream calls".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import anyio
+import anyio.to_thread
+import httpx2
+import mcp_types as types
+from anyio.abc import TaskGroup
+from mcp.client.client import Client
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
+from mcp.shared.exceptions import MCPError
+from mcp_types import CONNECTION_CLOSED
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from agentiam import __version__
+from agentiam.adapters.gateway.broker import ApiKeyInjection, CredentialBroker, CredentialRef
+from agentiam.adapters.gateway.config import Timeouts, UpstreamTls
+from agentiam.adapters.gateway.upstream_transport import UpstreamTransport
+from agentiam.errors import AgentIAMError
+
+__all__ = [
+    "CREDENTIAL_USE",
+    "MAX_ITEMS",
+    "MAX_PAGES",
+    "MAX_UPSTREAM_SESSIONS",
+    "SESSION_IDLE_SECONDS",
+    "AllSessionsBusy",
+    "CredentialUse",
+    "ListingKind",
+    "Owner",
+    "Upstream",
+    "UpstreamServer",
+    "UpstreamSessions",
+]
+
+log = logging.getLogger("agentiam.gateway.mcp")
+
+MAX_PAGES: Final = 100  # pages of one upstream listing
+MAX_ITEMS: Final = 10_000  # items of one upstream listing
+# how long a handshake-era session lives without a request in flight: the gateway's own
+# sessions with agents (mcp_proxy; the SDK's default is 30 minutes), and by default an
+# upstream's sessions for calls (servers[].sessions.idle_seconds)
+SESSION_IDLE_SECONDS: Final = 600.0
+# upstream sessions for calls (handshake-era upstreams): one per agent and subject, at
+# most this many open per server by default (servers[].sessions.max_open)
+MAX_UPSTREAM_SESSIONS: Final = 256
+
+ListingKind = Literal["tools", "resources", "templates", "prompts"]
+# whose calls an upstream session carries: an agent (client_id) and its token's subject
+# (the human of a delegated token, the agent itself otherwise)
+Owner = tuple[str, str]
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSessions:
+    """The bounds of a handshake-era upstream's sessions for calls (one per agent and
+    subject, :class:`Upstream`): at most ``max_open`` open at once, besides the one
+    catalog session, and each closed once it has had no call in flight for
+    ``idle_seconds``."""
+
+    max_open: int = MAX_UPSTREAM_SESSIONS
+    idle_seconds: float = SESSION_IDLE_SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamServer:
+    """One upstream MCP server: its name, Streamable HTTP endpoint, the prefix that
+    namespaces its tools, resources and prompts, the brokered credential sent
+    with every request to it (None: the upstream takes no credential), the CAs and
+    client certificate of an https endpoint (None: the system's CAs, no certificate),
+    and the bounds of its sessions for calls."""
+
+    name: str
+    url: str
+    prefix: str
+    credential: CredentialRef | None = None
+    tls: UpstreamTls | None = None
+    sessions: UpstreamSessions = UpstreamSessions()
+
+
+# -- the brokered credential ------------------------------------------------------------------
+
+
+@dataclass
+class CredentialUse:
+    """Which brokered secret the requests of one call used (``name@version``)."""
+
+    label: str | None = None
+    error: str | None = None
+
+
+CREDENTIAL_USE: ContextVar[CredentialUse | None] = ContextVar("agentiam_mcp_credential")
+
+
+class _BrokeredAuth(httpx2.Auth):
+    """Adds the brokered upstream credential to every request to one upstream. The
+    SDK's transport sends a message from a task that runs in the sender's context, so
+    the call that caused the request learns which secret version was used. A secret
+    that cannot be had is not sent at all (the upstream then refuses the call)."""
+
+    def __init__(self, broker: CredentialBroker, ref: CredentialRef) -> None:
+        self._broker = broker
+        self._ref = ref
+
+    async def async_auth_flow(self, request: httpx2.Request) -> AsyncIterator[httpx2.Request]:  # type: ignore[override]
+        use = CREDENTIAL_USE.get(None)
+        try:
+            if isinstance(self._ref, ApiKeyInjection):  # local: the sealed store only
+                headers, label = self._broker.headers_for(self._ref)
+            else:  # may fetch a token from the token endpoint
+                headers, label = await anyio.to_thread.run_sync(self._broker.headers_for, self._ref)
+        except AgentIAMError as exc:
+            log.warning("brokered credential unavailable: %s", exc.detail)
+            if use is not None:
+                use.error = exc.detail
+        else:
+            for name, value in headers.items():
+                request.headers[name] = value
+            if use is not None:
+                use.label = label
+        yield request
+
+
+# -- sessions --------------------------------------------------------------------------------
+
+
+class AllSessionsBusy(Exception):
+    """Every upstream session for calls of a server has a call in flight, at its bound."""
+
+
+@dataclass(eq=False)
+class _Held:
+    """One upstream MCP client session, held open by a task of the gateway's task group.
+    ``owner``: whose calls it carries (None: the catalog session); ``busy``: the calls
+    in flight over it; ``last_used``: when one last ended (``time.monotonic``);
+    ``lost``: the upstream answered 404 to its ``Mcp-Session-Id``."""
+
+    owner: Owner | None
+    stop: anyio.Event = field(default_factory=anyio.Event)
+    ready: anyio.Event = field(default_factory=anyio.Event)
+    session: ClientSession | None = None
+    busy: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    lost: bool = False
+
+
+def _stateless(held: _Held) -> bool:
+    """Whether ``held`` negotiated the stateless era (2026-07-28): its requests carry
+    no ``Mcp-Session-Id`` (the SDK takes one only from an ``initialize`` answer), so the
+    upstream has no session in which callers could meet."""
+    session = held.session
+    return session is not None and session.protocol_version in MODERN_PROTOCOL_VERSIONS
+
+
+def _broken(exc: Exception) -> bool:
+    """Whether a call's failure leaves its session unusable: the connection closed, or a
+    transport error."""
+    if isinstance(exc, MCPError):
+        return exc.code == CONNECTION_CLOSED
+    return isinstance(exc, httpx2.HTTPError | OSError | anyio.BrokenResourceError | RuntimeError)
+
+
+class Upstream:
+    """One upstream server: its MCP client sessions, each opened on first use and held
+    by a task of the gateway's task group, and its cached listings.
+
+    - **The catalog session** is opened first. Listings go over it (cached
+      ``catalog_seconds``; the gateway filters them per caller). When it negotiated the
+      stateless era (2026-07-28) calls go over it too: such an upstream keeps no
+      session, so there is nothing for callers to share.
+    - **Sessions for calls.** A handshake-era upstream (2024-11-05 to 2025-11-25) keeps
+      state per session (a shell, a cart, a log level), so each owner
+      (:data:`Owner`: the agent, and the human of a delegated token) gets a
+      session of its own; two owners never share one. At most ``sessions.max_open``
+      are open at once: at the bound the least recently used one with no call in
+      flight is closed to make room; when every one has a call in flight the call is
+      refused at once (:class:`AllSessionsBusy`), never queued. One with no call in
+      flight for ``sessions.idle_seconds`` is closed; the owner's next call opens a
+      new one (the upstream's state of the old one is gone).
+    - **Failures.** A session is closed, and the next call reopens it, after a
+      transport failure or when the upstream answers 404 to its ``Mcp-Session-Id``
+      (it expired or restarted: Streamable HTTP, "Session Management").
+    - **Bounded.** Opening a session is bounded by ``timeouts.connect`` +
+      ``timeouts.read``, closing it (the SDK's DELETE to the upstream) by
+      ``timeouts.connect``; so at most ``max_open`` + 1 tasks hold sessions, besides
+      those still closing for that long.
+    """
+
+    def __init__(
+        self,
+        server: UpstreamServer,
+        broker: CredentialBroker | None,
+        timeouts: Timeouts,
+        catalog_seconds: float,
+    ) -> None:
+        self.server = server
+        self._broker = broker
+        self._timeouts = timeouts
+        self._open_seconds = timeouts.connect + timeouts.read
+        self._limits = server.sessions
+        self._catalog_seconds = catalog_seconds
+        self._tg: TaskGroup | None = None
+        self._lock: anyio.Lock | None = None  # opening the catalog session
+        self._catalog: _Held | None = None
+        self._calls: OrderedDict[Owner, _Held] = OrderedDict()  # least recently used first
+        self._holding = 0  # tasks holding a session (opening, open or closing)
+        self._drained: anyio.Event | None = None
+        self._lists: dict[str, tuple[float, list[Any]]] = {}
+        self._list_locks: dict[str, anyio.Lock] = {}
+        # made once: loading a CA bundle takes milliseconds, and sessions are reopened
+        self._ssl = None if server.tls is None else server.tls.client_context()
+
+    @property
+    def holding(self) -> int:
+        """The tasks holding a session: opening, open, or closing."""
+        return self._holding
+
+    @property
+    def open_for_calls(self) -> int:
+        """The sessions for calls, open or being opened (at most ``max_open``)."""
+        return len(self._calls)
+
+    def attach(self, tg: TaskGroup) -> None:
+        self._tg = tg
+        self._lock = anyio.Lock()
+
+    async def session(self) -> ClientSession:
+        """The catalog session, opened if need be; an MCPError (connection closed)
+        when the upstream cannot be reached."""
+        held = await self._catalog_held()
+        assert held.session is not None  # _ready returned it
+        return held.session
+
+    async def _catalog_held(self) -> _Held:
+        held = self._catalog
+        if held is not None and held.session is not None:
+            return held
+        assert self._lock is not None, "the gateway is not running"
+        async with self._lock:
+            held = self._catalog
+            if held is None:
+                held = self._catalog = self._start(None)
+            await self._ready(held)
+            return held
+
+    @asynccontextmanager
+    async def for_call(self, owner: Owner) -> AsyncIterator[ClientSession]:
+        """The session one call of ``owner``'s goes over, for the call's duration: the
+        catalog session when the upstream is stateless, else ``owner``'s own
+        (:class:`AllSessionsBusy` when none can be had, an MCPError when it cannot be
+        opened). A failure that breaks the session closes it."""
+        catalog = await self._catalog_held()
+        held = catalog if _stateless(catalog) else self._held_for(owner)
+        held.busy += 1
+        try:
+            yield await self._ready(held)
+        except Exception as exc:
+            if held.lost or _broken(exc):
+                self._close(held)
+            raise
+        finally:
+            held.busy -= 1
+            held.last_used = time.monotonic()
+
+    def _held_for(self, owner: Owner) -> _Held:
+        """``owner``'s session for calls, started if it has none. At the bound the least
+        recently used session with no call in flight is closed first; when every one
+        has a call in flight, :class:`AllSessionsBusy`."""
+        held = self._calls.get(owner)
+        if held is not None:
+            self._calls.move_to_end(owner)
+            return held
+        if len(self._calls) >= self._limits.max_open:
+            idle = next((h for h in self._calls.values() if h.busy == 0), None)
+            if idle is None:
+                log.warning(
+                    "upstream %s: all %d sessions for calls are busy; a call was refused",
+                    self.server.name,
+                    self._limits.max_open,
+                )
+                raise AllSessionsBusy
+            self._close(idle)
+        held = self._calls[owner] = self._start(owner)
+        return held
+
+    async def _ready(self, held: _Held) -> ClientSession:
+        """``held``'s session once open; an MCPError (connection closed) when it could
+        not be opened in time."""
+        with anyio.move_on_after(self._open_seconds):
+            await held.ready.wait()
+        if held.session is None:
+            self._close(held)
+            raise MCPError(CONNECTION_CLOSED, f"upstream {self.server.name} is unavailable")
+        return held.session
+
+    def _start(self, owner: Owner | None) -> _Held:
+        assert self._tg is not None, "the gateway is not running"
+        held = _Held(owner)
+        self._tg.start_soon(self._hold, held, name=f"mcp-upstream-{self.server.name}")
+        return held
+
+    def _close(self, held: _Held) -> None:
+        """Take ``held`` out of use at once (no call gets it from now on); its task
+        then closes the session."""
+        held.stop.set()
+        held.session = None
+        held.ready.set()
+        if held.owner is None:
+            if self._catalog is held:
+                self._catalog = None
+                self._lists.clear()
+        elif self._calls.get(held.owner) is held:
+            del self._calls[held.owner]
+
+    async def _hold(self, held: _Held) -> None:
+        """Open ``held``'s session, keep it until it is closed or has been idle too
+        long, then close it (the SDK tells the upstream: DELETE), each step bounded."""
+        self._holding += 1
+        try:
+            with anyio.CancelScope(deadline=anyio.current_time() + self._open_seconds) as scope:
+                async with self._open(held) as session:
+                    scope.deadline = math.inf
+                    if not held.stop.is_set():
+                        held.session = session
+                        held.ready.set()
+                        await self._until_idle(held)
+                    self._close(held)
+                    scope.deadline = anyio.current_time() + self._timeouts.connect
+        except Exception as exc:  # a failed upstream must not take the gateway down
+            log.warning("upstream %s: session failed (%s)", self.server.name, type(exc).__name__)
+        finally:
+            self._close(held)
+            self._holding -= 1
+            if self._holding == 0 and self._drained is not None:
+                self._drained.set()
+
+    async def _until_idle(self, held: _Held) -> None:
+        """Wait until ``held`` is closed or, a session for calls, has had no call in
+        flight for ``idle_seconds``."""
+        if held.owner is None:
+            await held.stop.wait()
+            return
+        idle = self._limits.idle_seconds
+        while not held.stop.is_set():
+            left = held.last_used + idle - time.monotonic()
+            if held.busy == 0 and left <= 0:
+                return
+            with anyio.move_on_after(left if held.busy == 0 else idle):
+                await held.stop.wait()
+
+    async def aclose(self) -> None:
+        """Close every session (at shutdown) and wait for their tasks, at most
+        ``timeouts.connect``: each upstream session is ended (DELETE), not left to
+        expire there."""
+        for held in [*self._calls.values(), *filter(None, [self._catalog])]:
+            self._close(held)
+        if self._holding:
+            self._drained = anyio.Event()
+            with anyio.move_on_after(self._timeouts.connect):
+                await self._drained.wait()
+
+    @asynccontextmanager
+    async def _open(self, held: _Held) -> AsyncIterator[ClientSession]:
+        auth = None
+        if self.server.credential is not None and self._broker is not None:
+            auth = _BrokeredAuth(self._broker, self.server.credential)
+        connect, read = self._timeouts.connect, self._timeouts.read
+        transport = UpstreamTransport(
+            self.server.url, connect_timeout=connect, read_timeout=read, ssl_context=self._ssl
+        )
+
+        async def on_response(response: httpx2.Response) -> None:
+            # Streamable HTTP, "Session Management": a 404 to a request carrying the
+            # session's id means the upstream no longer has that session
+            if response.status_code == 404 and MCP_SESSION_ID_HEADER in response.request.headers:
+                held.lost = True
+
+        async with httpx2.AsyncClient(
+            auth=auth,
+            timeout=httpx2.Timeout(connect, read=read),  # the transport's, for the record
+            follow_redirects=False,
+            transport=transport,
+            event_hooks={"response": [on_response]},
+        ) as http:
+            client = Client(
+                streamable_http_client(self.server.url, http_client=http),
+                read_timeout_seconds=self._timeouts.total,
+                client_info=types.Implementation(name="agentiam-mcp-gateway", version=__version__),
+                cache=None,
+            )
+            async with client:
+                yield client.session
+
+    def cached_tool(self, name: str) -> types.Tool | None:
+        entry = self._lists.get("tools")
+        if entry is not None:
+            for tool in entry[1]:
+                if isinstance(tool, types.Tool) and tool.name == name:
+                    return tool
+        return None
+
+    async def listing(self, kind: ListingKind) -> list[Any] | None:
+        """The upstream's full listing of ``kind``, cached ``catalog_seconds``; None
+        when the upstream cannot be reached."""
+        entry = self._lists.get(kind)
+        if entry is not None and time.monotonic() - entry[0] < self._catalog_seconds:
+            return entry[1]
+        lock = self._list_locks.setdefault(kind, anyio.Lock())
+        async with lock:
+            entry = self._lists.get(kind)
+            if entry is not None and time.monotonic() - entry[0] < self._catalog_seconds:
+                return entry[1]
+            held: _Held | None = None
+            try:
+                held = await self._catalog_held()
+                items = await self._fetch(kind, held)
+            except Exception as exc:
+                log.warning(
+                    "upstream %s: %s listing failed (%s)",
+                    self.server.name,
+                    kind,
+                    type(exc).__name__,
+                )
+                broken = held is not None and (held.lost or not isinstance(exc, MCPError))
+                if held is not None and (broken or _broken(exc)):
+                    self._close(held)
+                return None
+            self._lists[kind] = (time.monotonic(), items)
+            return items
+
+    async def _fetch(self, kind: ListingKind, held: _Held) -> list[Any]:
+        session = held.session
+        if session is None:  # closed meanwhile
+            raise MCPError(CONNECTION_CLOSED, f"upstream {self.server.name} is unavailable")
+        capabilities = session.server_capabilities
+        if capabilities is not None:
+            wanted = {"tools": capabilities.tools, "prompts": capabilities.prompts}.get(
+                kind, capabilities.resources
+            )
+            if wanted is None:
+                return []
+        items: list[Any] = []
+        cursor: str | None = None
+        for _ in range(MAX_PAGES):
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            page: Any
+            if kind == "tools":
+                page = await session.list_tools(params=params)
+                items.extend(page.tools)
+            elif kind == "resources":
+                page = await session.list_resources(params=params)
+                items.extend(page.resources)
+            elif kind == "templates":
+                page = await session.list_resource_templates(params=params)
+                items.extend(page.resource_templates)
+            else:
+                page = await session.list_prompts(params=params)
+                items.extend(page.prompts)
+            cursor = page.next_cursor
+            if not cursor or len(items) >= MAX_ITEMS:
+                break
+        return items[:MAX_ITEMS]
