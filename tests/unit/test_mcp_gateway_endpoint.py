@@ -123,11 +123,25 @@ class Downstream:
         await send({"type": "http.response.body", "body": b"{}"})
 
 
+class Listed:
+    """Stands in for :class:`ListedTools`: every name but ``unlisted`` is listed."""
+
+    def __init__(self, unlisted: frozenset[str] = frozenset()) -> None:
+        self.unlisted = unlisted
+
+    async def ensure(self, name: str) -> bool:
+        return name not in self.unlisted
+
+    def known(self, name: str) -> bool:
+        return name not in self.unlisted
+
+
 @dataclass
 class Stub:
     enforcer: FakeEnforcer
     location: str = URL
     approvals: Any = None
+    tools: Listed = field(default_factory=Listed)
     namespace: Namespace = field(
         default_factory=lambda: Namespace(
             [UpstreamServer("bank", "https://b.internal/mcp", "bank.")]

@@ -7,7 +7,12 @@ cached locally and kept fresh by the control plane's pushes.
 * **Policy and entities**: a long poll on ``GET /v1/enforcement/bundle`` that the
   control plane answers as soon as the policy set or the registry changes; the bundle
   becomes a local :class:`~agentiam.core.policy.authorizer.Authorizer`, so a decision
-  never leaves the process.
+  never leaves the process. An enforcement point that knows resources the catalog
+  does not (the MCP gateway: the tools its upstreams list) installs a ``derive``
+  step (:meth:`ControlPlaneLink.derive_with`): every bundle's entities go through it
+  before they are swapped in, and :meth:`ControlPlaneLink.rederive` applies it again
+  when what it derives from changes, so no decision ever sees a bundle's entities
+  without the derived ones.
 * **Throttles** (the ``throttle`` response action, docs/response.md) ride in the
   bundle and are installed in the gateway's rate limiter (``limiter``) as each bundle
   loads: a throttle reaches the gateway as fast as a policy change.
@@ -33,6 +38,7 @@ from agentiam.core.credentials.verifier import AccessTokenVerifier
 from agentiam.core.enforcement.ratelimit import RateLimiter
 from agentiam.core.policy.authorizer import Authorizer
 from agentiam.core.policy.bundle import load_bundle, risk_of, throttles_of, time_zone_of
+from agentiam.core.policy.entities import EntitySnapshot
 from agentiam.core.policy.model import EntityRef
 from agentiam.errors import ServiceUnavailable
 
@@ -87,6 +93,9 @@ class ControlPlaneLink:
         )
         self._url = self.issuer + "/v1/enforcement/bundle"
         self._authorizer: Authorizer | None = None
+        self._base: EntitySnapshot | None = None  # the bundle's own entities
+        self._derive: Callable[[EntitySnapshot], EntitySnapshot] | None = None
+        self._swap = threading.Lock()  # derive and swap entities: one at a time
         self._risk: dict[str, int] = {}  # the control plane's risk scores, per agent
         self._etag: str | None = None
         self._contact: float | None = None
@@ -144,22 +153,26 @@ class ControlPlaneLink:
             raise ValueError("the policy bundle is larger than 64 MiB")
         body = response.json()
         bundle = body["bundle"]
-        current = self._authorizer
-        engine, entities = load_bundle(bundle, previous=current.engine if current else None)
+        previous = self._authorizer
+        engine, base = load_bundle(bundle, previous=previous.engine if previous else None)
         throttles = throttles_of(bundle)
         self._risk = risk_of(bundle)  # read by _risk_score on every decision from now
         zone = time_zone_of(bundle)  # the control plane's: time-based policies agree
-        if current is None or zone != self._zone:
-            self._zone = zone
-            self._authorizer = Authorizer(
-                engine,
-                entities,
-                clock=lambda: datetime.now(UTC),
-                zone=zone,
-                risk=self._risk_score,
-            )
-        else:
-            current.update(engine, entities)
+        with self._swap:
+            self._base = base
+            entities = base if self._derive is None else self._derive(base)
+            current = self._authorizer
+            if current is None or zone != self._zone:
+                self._zone = zone
+                self._authorizer = Authorizer(
+                    engine,
+                    entities,
+                    clock=lambda: datetime.now(UTC),
+                    zone=zone,
+                    risk=self._risk_score,
+                )
+            else:
+                current.update(engine, entities)
         if self.limiter is not None:
             self.limiter.set_throttles(throttles)
         self._etag = str(body["etag"])
@@ -167,6 +180,22 @@ class ControlPlaneLink:
         self.last_error = None
         log.info("policy bundle %s loaded (policy version %s)", self._etag, engine.version)
         return True
+
+    def derive_with(self, derive: Callable[[EntitySnapshot], EntitySnapshot]) -> None:
+        """Install the step every bundle's entities go through before decisions see
+        them (see the module's docstring), and apply it to the bundle in force."""
+        with self._swap:
+            self._derive = derive
+        self.rederive()
+
+    def rederive(self) -> None:
+        """Apply the ``derive`` step again to the bundle in force (what it derives
+        from changed) and swap the result in. Returns once decisions see it."""
+        with self._swap:
+            current, base, derive = self._authorizer, self._base, self._derive
+            if current is None or base is None or derive is None:
+                return
+            current.update(entities=derive(base))
 
     def _risk_score(self, principal: EntityRef) -> int:
         """The control plane's risk score of an agent, as the last bundle carried it."""

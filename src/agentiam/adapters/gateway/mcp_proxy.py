@@ -148,6 +148,7 @@ from agentiam.adapters.gateway.config import GatewayConfig, load_gateway_config,
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.http_proxy import ListenerProtocol
 from agentiam.adapters.gateway.loop_watch import watch_event_loop
+from agentiam.adapters.gateway.mcp_tools import ListedTools
 from agentiam.adapters.gateway.mcp_upstream import (
     CREDENTIAL_USE,
     MAX_UPSTREAM_SESSIONS,
@@ -249,7 +250,9 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Both a tool-name prefix (MCP tool names: A-Z a-z 0-9 _ - .) and a URI-scheme prefix
 # (RFC 3986 section 3.1: ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )).
 _PREFIX_RE = re.compile(r"^[A-Za-z][A-Za-z0-9.-]{0,62}$")
-_SERVER_KEYS = frozenset({"name", "url", "prefix", "credential", "tls", "sessions"})
+_SERVER_KEYS = frozenset(
+    {"name", "url", "prefix", "credential", "tls", "sessions", "trust_annotations"}
+)
 _SESSIONS_KEYS = frozenset({"max_open", "idle_seconds"})
 _SECTION_KEYS = frozenset({"servers", "catalog_seconds"})
 _WELL_KNOWN: Final = "/.well-known"
@@ -314,6 +317,9 @@ def _server(raw: Any, where: str, *, single: bool, has_store: bool) -> UpstreamS
         except ValueError as exc:
             raise ValueError(f"{where}.credential: {exc}") from None
     url = _upstream_url(raw.get("url"), f"{where}.url")
+    trust = raw.get("trust_annotations", False)
+    if not isinstance(trust, bool):
+        raise ValueError(f"{where}.trust_annotations: true or false")
     return UpstreamServer(
         name=name,
         url=url,
@@ -321,6 +327,7 @@ def _server(raw: Any, where: str, *, single: bool, has_store: bool) -> UpstreamS
         credential=credential,
         tls=upstream_tls(raw.get("tls"), f"{where}.tls", url),
         sessions=_sessions(raw.get("sessions"), f"{where}.sessions"),
+        trust_annotations=trust,
     )
 
 
@@ -764,6 +771,10 @@ class McpGateway:
             s.name: Upstream(s, broker, config.gateway.timeouts, config.catalog_seconds)
             for s in config.servers
         }
+        # the tools the upstreams list, as Tool entities in their McpServer: every
+        # decision's snapshot is the bundle's with them merged in (mcp_tools)
+        self.tools = ListedTools(self.upstreams, self.namespace.route, runtime.link.rederive)
+        runtime.link.derive_with(self.tools.derive)
         self.server: Server[Any] = Server(
             f"agentiam-gateway/{config.gateway.name}",
             version=__version__,
@@ -857,6 +868,8 @@ class McpGateway:
             if items is None:
                 unavailable.append(upstream.server.name)
                 continue
+            if kind == "tools":  # decided on a snapshot that has these tools' entities
+                await self.tools.seen(upstream.server, items)
             prefix = upstream.server.prefix
             for item in items:
                 found.append(_expose(kind, prefix, item))
@@ -1041,7 +1054,10 @@ class McpGateway:
             reason = pending.verdict.reason
             text = f"AgentIAM refused this call: {reason} (decision {pending.verdict.decision_id})"
             return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
-        route = self.namespace.route(params.name)
+        # only a tool an upstream lists goes out (checked before the decision too; a
+        # listing may have dropped it since): else a tool.call with status 404
+        known = self.tools.known(params.name)
+        route = self.namespace.route(params.name) if known else None
 
         async def relay(progress: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(progress, total, message)
@@ -1660,6 +1676,9 @@ class _Endpoint:
                 state.access, state.trace, 400, call, scope, receive, send, request_id
             )
             return False
+        if method == "tools/call" and not await self.gateway.tools.ensure(call.tool):
+            await self._unknown_tool(state, call, request_id, scope, receive, send)
+            return False
         flow = self.approvals if method == "tools/call" else None
         if flow is not None:
             presented = guarded.presented
@@ -1703,6 +1722,37 @@ class _Endpoint:
                 denied=verdict,
             )
         return await self._decided(state, method, call, verdict, request_id, scope, receive, send)
+
+    async def _unknown_tool(
+        self,
+        state: _RequestState,
+        call: Call,
+        request_id: Any,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """A ``tools/call`` of a name no upstream lists (after a refresh of its
+        server's listing, :meth:`ListedTools.ensure`) is not decided and never
+        forwarded: audited as ``api.request.rejected`` with status 404, counted as
+        ``not_found``, answered with a JSON-RPC error (``INVALID_PARAMS``, MCP
+        "Tools", error handling: unknown tools) in an HTTP 200, since a 404 tells a
+        Streamable HTTP client that its session is gone."""
+        state.tally.outcome = "not_found"
+        reason = f"unknown tool {call.tool!r}: no upstream server lists it"
+        try:
+            await self.gateway.durably(
+                lambda: self.enforcer.refuse(
+                    state.access, trace=state.trace, status=404, reason=reason, call=call
+                )
+            )
+        except AgentIAMError as exc:
+            await _failed(exc, request_id, scope, receive, send)
+            return
+        message = f"unknown tool: {call.tool}"[:MAX_NAME + 16]
+        await _send_json(
+            _jsonrpc_error(request_id, INVALID_PARAMS, message), 200, {}, scope, receive, send
+        )
 
     async def _foreseen(
         self,

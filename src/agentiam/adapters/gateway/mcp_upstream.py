@@ -101,7 +101,10 @@ class UpstreamServer:
     namespaces its tools, resources and prompts, the brokered credential sent
     with every request to it (None: the upstream takes no credential), the CAs and
     client certificate of an https endpoint (None: the system's CAs, no certificate),
-    and the bounds of its sessions for calls."""
+    the bounds of its sessions for calls, and whether its tools' annotations
+    (``readOnlyHint``, ``destructiveHint``) are trusted as the ``Tool`` attributes
+    ``read_only`` and ``destructive`` where the catalog sets none (MCP: annotations
+    are untrusted unless they come from a trusted server)."""
 
     name: str
     url: str
@@ -109,6 +112,7 @@ class UpstreamServer:
     credential: CredentialRef | None = None
     tls: UpstreamTls | None = None
     sessions: UpstreamSessions = UpstreamSessions()
+    trust_annotations: bool = False
 
 
 # -- the brokered credential ------------------------------------------------------------------
@@ -432,16 +436,22 @@ class Upstream:
                     return tool
         return None
 
-    async def listing(self, kind: ListingKind) -> list[Any] | None:
-        """The upstream's full listing of ``kind``, cached ``catalog_seconds``; None
-        when the upstream cannot be reached."""
+    async def listing(self, kind: ListingKind, *, fresh: bool = False) -> list[Any] | None:
+        """The upstream's full listing of ``kind``, cached ``catalog_seconds``
+        (``fresh``: fetched now, whatever the cache holds); None when the upstream
+        cannot be reached."""
+        seconds = 0.0 if fresh else self._catalog_seconds
         entry = self._lists.get(kind)
-        if entry is not None and time.monotonic() - entry[0] < self._catalog_seconds:
+        if entry is not None and time.monotonic() - entry[0] < seconds:
             return entry[1]
         lock = self._list_locks.setdefault(kind, anyio.Lock())
+        asked = time.monotonic()
         async with lock:
             entry = self._lists.get(kind)
-            if entry is not None and time.monotonic() - entry[0] < self._catalog_seconds:
+            # fresh: one fetched since this call asked will do
+            if entry is not None and (
+                time.monotonic() - entry[0] < seconds or (fresh and entry[0] >= asked)
+            ):
                 return entry[1]
             held: _Held | None = None
             try:

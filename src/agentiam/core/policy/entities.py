@@ -4,6 +4,13 @@ An :class:`EntitySnapshot` is immutable: the policy decision point swaps in a ne
 when the registry changes, so a decision never reads the database. Besides cedarpy's
 parsed entity handle it keeps each entity's parents, for the scope index (which
 needs every ancestor of a principal or resource), and each agent's status.
+
+An enforcement point may know resources the catalog does not: the MCP gateway knows
+which tools each upstream server lists, and that each is in the server's
+``McpServer``. :meth:`EntitySnapshot.with_derived` merges such **derived records**
+into a snapshot (:func:`merge_derived`: the union of the parents, the catalog's
+attributes first), for the Cedar handle and for the scope index alike, so policies
+with and without conditions see the same hierarchy.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ __all__ = [
     "check_resource",
     "cyclic",
     "human_entity",
+    "merge_derived",
     "resource_entity",
 ]
 
@@ -168,6 +176,26 @@ def cyclic(resources: Iterable[ResourceRecord]) -> set[EntityRef]:
     return out
 
 
+def merge_derived(catalog: ResourceRecord | None, derived: ResourceRecord) -> ResourceRecord:
+    """One resource as a decision sees it when an enforcement point derived a record
+    for it (``derived``) and the catalog may have one too: the catalog's parents, then
+    the derived parents the catalog lacks; the catalog's attributes, and the derived
+    ones only where the catalog sets none; the catalog's tags."""
+    if catalog is None:
+        return derived
+    parents = catalog.parents + tuple(p for p in derived.parents if p not in catalog.parents)
+    attributes = {**derived.attributes, **catalog.attributes}
+    return ResourceRecord(
+        type=catalog.type,
+        id=catalog.id,
+        attributes=attributes,
+        parents=parents,
+        tags=catalog.tags,
+        updated_at=catalog.updated_at,
+        version=catalog.version,
+    )
+
+
 class EntitySnapshot:
     """Every entity a decision may need, parsed once."""
 
@@ -211,9 +239,62 @@ class EntitySnapshot:
             self.parents[record.ref] = record.parents
         entities += [{"uid": _uid(g), "attrs": {}, "parents": []} for g in sorted(groups, key=str)]
         # Built off the decision path (refresh): let other threads run while Cedar parses.
-        self.handle = cedarpy.Entities.from_json_str(json.dumps(entities), release_gil=True)
+        document = json.dumps(entities)
+        self.handle = cedarpy.Entities.from_json_str(document, release_gil=True)
         self.count = len(entities)
         self._ancestors = lru_cache(maxsize=65_536)(self._compute_ancestors)
+        # what with_derived needs to re-parse when a derived record changes a catalog
+        # entry (kept as text: a fraction of the memory of the parsed dicts)
+        self._document = document
+        self._base = self
+
+    def with_derived(self, records: Iterable[ResourceRecord]) -> EntitySnapshot:
+        """This snapshot (as built from the registry and the catalog: a derived
+        snapshot's own base is used) with ``records`` merged in (:func:`merge_derived`).
+
+        A derived record the schema refuses is left out. Derived records that add
+        entities are parsed on their own into a clone of this snapshot's handle
+        (cedarpy ``with_added_json_str``); only when one changes a catalog entry (a
+        parent or an attribute the catalog lacks) is the whole set parsed again.
+        """
+        base = self._base
+        merged: dict[EntityRef, tuple[ResourceRecord, dict[str, Any]]] = {}
+        for record in records:
+            catalog = base.resources.get(record.ref)
+            previous = merged[record.ref][0] if record.ref in merged else catalog
+            effective = merge_derived(previous, record)
+            if catalog is not None and effective == catalog:
+                continue  # already as the catalog has it
+            try:
+                entity = check_resource(base.schema, effective)
+            except InvalidInput:
+                continue
+            merged[record.ref] = (effective, entity)
+        if not merged:
+            return base
+        added = [entity for _, entity in merged.values()]
+        if any(ref in base.resources for ref in merged):
+            kept = [
+                e
+                for e in json.loads(base._document)
+                if EntityRef(e["uid"]["type"], e["uid"]["id"]) not in merged
+            ]
+            handle = cedarpy.Entities.from_json_str(json.dumps(kept + added), release_gil=True)
+        else:
+            handle = base.handle.with_added_json_str(json.dumps(added))
+        out = object.__new__(EntitySnapshot)
+        out.schema = base.schema
+        out.fingerprint = base.fingerprint
+        out.agents = base.agents
+        out.humans = base.humans
+        out.resources = {**base.resources, **{ref: r for ref, (r, _) in merged.items()}}
+        out.parents = {**base.parents, **{ref: r.parents for ref, (r, _) in merged.items()}}
+        out.handle = handle
+        out.count = len(handle)
+        out._ancestors = lru_cache(maxsize=65_536)(out._compute_ancestors)
+        out._document = ""
+        out._base = base
+        return out
 
     def _compute_ancestors(self, ref: EntityRef) -> frozenset[EntityRef]:
         out: set[EntityRef] = set()

@@ -1,0 +1,153 @@
+"""The tools the MCP gateway's upstream servers list, as the ``Tool`` entities its
+decisions see (docs/gateway.md, "Tool entities").
+
+A ``tools/call`` is decided as ``invoke_tool`` on ``Tool::"<exposed name>"``. Whatever
+the catalog says, the gateway's decisions (calls and listings alike) see each tool an
+upstream server lists as a member of ``McpServer::"<server name>"``: the gateway's
+entity snapshot is the bundle's plus one derived record per listed tool
+(:func:`tool_records`), merged by
+:meth:`~agentiam.core.policy.entities.EntitySnapshot.with_derived` (the union of the
+parents; the catalog's attributes first). It is rebuilt when the bundle changes
+(:meth:`~agentiam.adapters.gateway.link.ControlPlaneLink.derive_with`) or when a
+server's tool listing changes (:meth:`ListedTools.seen`), never per call, and is
+bounded by the listing bounds (``MAX_ITEMS`` per server).
+
+Tool names are the client's, so no entity is made for a name no upstream listed: the
+gateway forwards only listed tools (:meth:`ListedTools.ensure`). A name missing from
+its server's listing makes the gateway fetch that listing again, at most once per
+:data:`REFRESH_SECONDS` per server (a client spraying unknown names cannot make it
+hammer the upstream); still missing, the call is refused as an unknown tool.
+
+With ``trust_annotations`` (per server, default off) a tool's ``readOnlyHint`` and
+``destructiveHint`` become its ``read_only`` and ``destructive`` attributes where the
+catalog sets none. MCP ("Tool annotations") says clients must consider annotations
+untrusted unless they come from trusted servers, hence opt-in.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
+from typing import Any, Final
+
+import anyio
+import anyio.to_thread
+import mcp_types as types
+
+from agentiam.adapters.gateway.mcp_upstream import Upstream, UpstreamServer
+from agentiam.core.policy.entities import EntitySnapshot
+from agentiam.core.policy.model import EntityRef, ResourceRecord
+
+__all__ = ["REFRESH_SECONDS", "ListedTools", "tool_records"]
+
+# a name missing from a server's listing fetches that listing again at most this often
+REFRESH_SECONDS: Final = 1.0
+
+
+def tool_records(server: UpstreamServer, tools: Sequence[Any]) -> tuple[ResourceRecord, ...]:
+    """One ``Tool`` record per listed tool: its exposed name, in the server's
+    ``McpServer``; with ``trust_annotations``, ``read_only`` and ``destructive`` from
+    the tool's hints when it gives them."""
+    parent = (EntityRef("McpServer", server.name),)
+    out: list[ResourceRecord] = []
+    for tool in tools:
+        if not isinstance(tool, types.Tool):
+            continue
+        attributes: dict[str, Any] = {}
+        hints = tool.annotations
+        if server.trust_annotations and hints is not None:
+            if isinstance(hints.read_only_hint, bool):
+                attributes["read_only"] = hints.read_only_hint
+            if isinstance(hints.destructive_hint, bool):
+                attributes["destructive"] = hints.destructive_hint
+        out.append(ResourceRecord("Tool", server.prefix + tool.name, attributes, parent))
+    return tuple(out)
+
+
+class ListedTools:
+    """Which exposed tool names the upstream servers list, and the derived ``Tool``
+    records the gateway's decisions see.
+
+    Invariant (what makes a forbid on ``McpServer::"<server>"`` hold): a name is
+    :meth:`known` only while the snapshot in force has its derived record. A new
+    listing's records are swapped in (``rederive``) before its new names become
+    known; names it drops stop being known before the swap.
+    """
+
+    def __init__(
+        self,
+        upstreams: Mapping[str, Upstream],
+        route: Callable[[str], tuple[UpstreamServer, str] | None],
+        rederive: Callable[[], None],
+    ) -> None:
+        """``route``: the server an exposed name belongs to (``Namespace.route``);
+        ``rederive``: swaps in the snapshot :meth:`derive` makes now (blocking, run
+        in a worker thread)."""
+        self._upstreams = upstreams
+        self._route = route
+        self._rederive = rederive
+        self._by_server: dict[str, tuple[ResourceRecord, ...]] = {}
+        self._records: tuple[ResourceRecord, ...] = ()  # read by derive, in any thread
+        self._records_lock = threading.Lock()
+        self._known: dict[str, str] = {}  # exposed name -> server name
+        self._changing: anyio.Lock | None = None
+        self._refreshing: dict[str, anyio.Lock] = {}
+        self._refreshed: dict[str, float] = {}  # server -> when its listing was last forced
+
+    def derive(self, base: EntitySnapshot) -> EntitySnapshot:
+        """The bundle's entities with the listed tools' records merged in."""
+        with self._records_lock:
+            records = self._records
+        return base.with_derived(records)
+
+    def known(self, exposed: str) -> bool:
+        """Whether an upstream listed ``exposed`` (its server's last listing)."""
+        return exposed in self._known
+
+    async def seen(self, server: UpstreamServer, tools: Sequence[Any]) -> None:
+        """A tool listing of ``server`` was fetched: if its records changed, the
+        gateway's snapshot is rebuilt (in a worker thread) before this returns."""
+        records = tool_records(server, tools)
+        if self._by_server.get(server.name) == records:
+            return
+        if self._changing is None:
+            self._changing = anyio.Lock()
+        async with self._changing:
+            if self._by_server.get(server.name) == records:
+                return
+            names = {r.id for r in records}
+            for name, owner in list(self._known.items()):
+                if owner == server.name and name not in names:
+                    del self._known[name]  # before the swap
+            self._by_server[server.name] = records
+            with self._records_lock:
+                self._records = tuple(chain.from_iterable(self._by_server.values()))
+            await anyio.to_thread.run_sync(self._rederive)
+            for name in names:  # after the swap
+                self._known[name] = server.name
+
+    async def ensure(self, exposed: str) -> bool:
+        """Whether ``exposed`` may be forwarded: an upstream lists it. A name its
+        server has not listed fetches that server's tool listing again, unless that
+        was done less than :data:`REFRESH_SECONDS` ago."""
+        if exposed in self._known:
+            return True
+        route = self._route(exposed)
+        if route is None:
+            return False
+        server = route[0]
+        lock = self._refreshing.setdefault(server.name, anyio.Lock())
+        async with lock:
+            if exposed in self._known:
+                return True
+            now = time.monotonic()
+            last = self._refreshed.get(server.name)
+            if last is not None and now - last < REFRESH_SECONDS:
+                return False
+            self._refreshed[server.name] = now
+            tools = await self._upstreams[server.name].listing("tools", fresh=True)
+            if tools is not None:
+                await self.seen(server, tools)
+        return exposed in self._known
