@@ -253,7 +253,7 @@ async def _calls_and_a_listing(world: World) -> dict[str, Any]:
         tools = await client.list_tools()
         allowed = await client.call_tool("bank.search", {"query": "invoices"})
         refused = await client.call_tool("bank.transfer", {"amount": 5})
-        with pytest.raises(MCPError, match="no upstream server serves"):
+        with pytest.raises(MCPError, match="unknown tool"):
             await client.call_tool("elsewhere.search", {"query": "x"})
     return {"tools": tools, "allowed": allowed, "refused": refused}
 

@@ -46,6 +46,7 @@ APIS = ["api_0", "api_1"]
 ENDPOINTS = [f"ep_{i}" for i in range(3)]
 DATASETS = ["ds_0", "ds_1"]
 UNKNOWN = "x_9"  # an id no catalog entry has
+DERIVED_ONLY = "tool_d"  # a tool only an enforcement point derives (an MCP gateway's listing)
 ENVIRONMENTS = ["prod", "dev"]
 GROUPS = ["team=a", "team=b", "tier=gold"]
 CLASSIFICATIONS = ["public", "secret"]
@@ -139,6 +140,7 @@ CONDITIONS: list[st.SearchStrategy[str]] = [
     st.just("principal.ephemeral"),  # a Human has no such attribute: errors
     st.sampled_from(GROUPS).map(lambda g: f"principal in {_q('AgentGroup', g)}"),
     st.just(f"resource in {_q('McpServer', 'srv_1')}"),
+    st.just("resource has destructive && resource.destructive"),  # a derived hint
 ]
 # Conditions that raise at run time for some requests.
 ERRORING: list[st.SearchStrategy[str]] = [
@@ -246,7 +248,7 @@ def registries(draw: st.DrawFn) -> tuple[list[Agent], list[ResourceRecord]]:
 # -- requests -------------------------------------------------------------------------
 
 IDS_BY_TYPE = {
-    "Tool": [*TOOLS, UNKNOWN],
+    "Tool": [*TOOLS, DERIVED_ONLY, UNKNOWN],
     "McpServer": [*SERVERS, UNKNOWN],
     "Api": [*APIS, UNKNOWN],
     "Endpoint": [*ENDPOINTS, UNKNOWN],
@@ -356,6 +358,60 @@ def test_sliced_decision_equals_full_evaluation(
         wide = full.decide(req, full=True)
         assert _summary(narrow) == _summary(wide), (req, narrow, wide)
         assert narrow.evaluated <= wide.evaluated
+
+
+@st.composite
+def derived_tools(draw: st.DrawFn) -> list[ResourceRecord]:
+    """Tool records an MCP gateway derives from its listings: each in one server,
+    sometimes with hint attributes, for catalogued tools and for one the catalog lacks."""
+    out = []
+    for tool in draw(st.lists(st.sampled_from([*TOOLS, DERIVED_ONLY]), unique=True)):
+        attributes: dict[str, Any] = {}
+        if draw(st.booleans()):
+            attributes["destructive"] = draw(st.booleans())
+        if draw(st.booleans()):
+            attributes["sensitive"] = draw(st.booleans())  # the catalog's wins
+        server = draw(st.sampled_from(SERVERS))
+        out.append(ResourceRecord("Tool", tool, attributes, (ref("McpServer", server),)))
+    return out
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    records=policies(),
+    registry=registries(),
+    derived=derived_tools(),
+    batch=st.lists(requests(), min_size=1, max_size=6),
+)
+def test_sliced_decision_equals_full_evaluation_with_derived_tools(
+    records: list[PolicyRecord],
+    registry: tuple[list[Agent], list[ResourceRecord]],
+    derived: list[ResourceRecord],
+    batch: list[AuthzRequest],
+) -> None:
+    """The scope index and Cedar see the same hierarchy once derived records are
+    merged in (EntitySnapshot.with_derived): the catalog's parents and the derived
+    server alike."""
+    agents, catalog = registry
+    engine = PolicyEngine(1, SCHEMA, records)
+    base = EntitySnapshot(
+        SCHEMA, agents=agents, humans=[human(h) for h in HUMAN_IDS], resources=catalog
+    )
+    snapshot = base.with_derived(derived)
+    by_ref = {r.ref: r for r in catalog}
+    for record in derived:  # the union of the parents, as the index sees it
+        kept = by_ref[record.ref].parents if record.ref in by_ref else ()
+        assert set(snapshot.parents[record.ref]) == {*kept, *record.parents}
+    sliced = Authorizer(engine, snapshot, clock=Clock(NOW))
+    full = Authorizer(engine, snapshot, clock=Clock(NOW))
+    for req in batch:
+        narrow = sliced.decide(req)
+        wide = full.decide(req, full=True)
+        assert _summary(narrow) == _summary(wide), (req, narrow, wide)
 
 
 # -- the slice itself -----------------------------------------------------------------

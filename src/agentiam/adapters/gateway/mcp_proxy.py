@@ -1749,7 +1749,7 @@ class _Endpoint:
         except AgentIAMError as exc:
             await _failed(exc, request_id, scope, receive, send)
             return
-        message = f"unknown tool: {call.tool}"[:MAX_NAME + 16]
+        message = f"unknown tool: {call.tool}"[: MAX_NAME + 16]
         await _send_json(
             _jsonrpc_error(request_id, INVALID_PARAMS, message), 200, {}, scope, receive, send
         )
