@@ -89,6 +89,7 @@ class ListedTools:
         self._route = route
         self._rederive = rederive
         self._by_server: dict[str, tuple[ResourceRecord, ...]] = {}
+        self._source: dict[str, Sequence[Any]] = {}  # the listing each was made from
         self._records: tuple[ResourceRecord, ...] = ()  # read by derive, in any thread
         self._records_lock = threading.Lock()
         self._known: dict[str, str] = {}  # exposed name -> server name
@@ -109,8 +110,11 @@ class ListedTools:
     async def seen(self, server: UpstreamServer, tools: Sequence[Any]) -> None:
         """A tool listing of ``server`` was fetched: if its records changed, the
         gateway's snapshot is rebuilt (in a worker thread) before this returns."""
+        if self._source.get(server.name) is tools:
+            return  # the cached listing already seen (an upstream's is never mutated)
         records = tool_records(server, tools)
         if self._by_server.get(server.name) == records:
+            self._source[server.name] = tools
             return
         if self._changing is None:
             self._changing = anyio.Lock()
@@ -127,6 +131,7 @@ class ListedTools:
             await anyio.to_thread.run_sync(self._rederive)
             for name in names:  # after the swap
                 self._known[name] = server.name
+            self._source[server.name] = tools
 
     async def ensure(self, exposed: str) -> bool:
         """Whether ``exposed`` may be forwarded: an upstream lists it. A name its
