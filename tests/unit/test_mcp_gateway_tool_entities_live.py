@@ -43,6 +43,7 @@ from tests.unit.test_mcp_gateway_metrics_live import _delta, _register, _rpc
 
 from agentiam.adapters.gateway.mcp_proxy import McpGateway, build_app, load_config
 from agentiam.adapters.gateway.runtime import GatewayRuntime
+from agentiam.core.policy.entities import MAX_PARENTS
 from agentiam.core.policy.model import EntityRef, ResourceRecord
 from agentiam.sdk import AgentClient
 from agentiam.services.context import CallContext
@@ -55,6 +56,9 @@ POLICIES = {
     "ops-tools": f'permit (principal, action == {TOOL}, resource in McpServer::"ops");',
     "pay-by-name": f'permit (principal, action == {TOOL}, resource == Tool::"payments.pay");',
     "no-payments": f'forbid (principal, action == {TOOL}, resource in McpServer::"payments");',
+    "crowded-by-name": (
+        f'permit (principal, action == {TOOL}, resource == Tool::"payments.crowded");'
+    ),
     "no-destructive": (
         f"forbid (principal, action == {TOOL}, resource) "
         "when { resource has destructive && resource.destructive };"
@@ -181,6 +185,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
     bank.tool("wipe", DESTRUCTIVE)  # trust_annotations off: policy does not see the hint
     payments = Recorded("payments")
     payments.tool("pay")
+    payments.tool("crowded")  # its catalog entry leaves no room for the server parent
     ops = Recorded("ops")
     ops.tool("look", ToolAnnotations(read_only_hint=True, destructive_hint=False))
     ops.tool("wipe", DESTRUCTIVE)  # trust_annotations on
@@ -195,6 +200,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
                 "Tool", "bank.report", {"domain": "ledger"}, (EntityRef("McpServer", "other"),)
             ),
         )
+        crowded = tuple(EntityRef("McpServer", f"g{i}") for i in range(MAX_PARENTS))
+        c.resources.put(CTX, ResourceRecord("Tool", "payments.crowded", {}, crowded))
         agent_id, agent_key = _register(cp, "entities-bot", url)
         verifier = c.admin_keys.create(CTX, name="mcp-gw", role="verifier", sources=[SOURCE]).secret
         env = f"AGENTIAM_TEST_MCP_GW_KEY_{secrets.token_hex(4).upper()}"
@@ -302,6 +309,24 @@ def test_a_hidden_tool_is_refused_and_never_reaches_the_upstream(world: World) -
     assert len(events) == 2
     assert all(e["details"]["status"] == 404 for e in events), events
     assert not [e for e in world.trail(type="authz.decision") if "bank.drain" in json.dumps(e)]
+
+
+def test_a_tool_whose_record_cannot_carry_its_server_is_neither_shown_nor_called(
+    world: World,
+) -> None:
+    """The catalog gives ``payments.crowded`` as many parents as an entity may have,
+    so its derived record (one more: ``McpServer::"payments"``) is left out of the
+    snapshot. Decided without that parent, the forbid on payments would not match and
+    the permit by name would: the gateway must treat the tool as unknown instead."""
+    entities = world.gateway.runtime.link.authorizer().entities
+    assert EntityRef("McpServer", "payments") not in entities.parents.get(
+        EntityRef("Tool", "payments.crowded"), ()
+    )
+    assert "payments.crowded" not in world.listed()
+    refused = world.refused("payments.crowded")
+    assert "unknown tool" in refused.message
+    assert "crowded" not in world.payments.ran
+    assert "crowded" not in world.payments.calls()
 
 
 def test_a_spray_of_unknown_names_fetches_the_listing_at_most_once_a_second(world: World) -> None:

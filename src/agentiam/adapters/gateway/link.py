@@ -197,6 +197,12 @@ class ControlPlaneLink:
                 return
             current.update(entities=derive(base))
 
+    def entities(self) -> EntitySnapshot | None:
+        """The entities decisions use now (the derived ones included), whatever the
+        outage bound says; None before the first bundle."""
+        current = self._authorizer
+        return None if current is None else current.entities
+
     def _risk_score(self, principal: EntityRef) -> int:
         """The control plane's risk score of an agent, as the last bundle carried it."""
         return self._risk.get(principal.id, 0) if principal.type == "Agent" else 0

@@ -773,7 +773,9 @@ class McpGateway:
         }
         # the tools the upstreams list, as Tool entities in their McpServer: every
         # decision's snapshot is the bundle's with them merged in (mcp_tools)
-        self.tools = ListedTools(self.upstreams, self.namespace.route, runtime.link.rederive)
+        self.tools = ListedTools(
+            self.upstreams, self.namespace.route, runtime.link.rederive, runtime.link.entities
+        )
         runtime.link.derive_with(self.tools.derive)
         self.server: Server[Any] = Server(
             f"agentiam-gateway/{config.gateway.name}",
@@ -868,9 +870,11 @@ class McpGateway:
             if items is None:
                 unavailable.append(upstream.server.name)
                 continue
+            prefix = upstream.server.prefix
             if kind == "tools":  # decided on a snapshot that has these tools' entities
                 await self.tools.seen(upstream.server, items)
-            prefix = upstream.server.prefix
+                # a tool without its derived record cannot be called: not shown either
+                items = [t for t in items if self.tools.known(prefix + t.name)]
             for item in items:
                 found.append(_expose(kind, prefix, item))
         return await anyio.to_thread.run_sync(

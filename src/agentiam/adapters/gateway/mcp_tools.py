@@ -73,7 +73,11 @@ class ListedTools:
     Invariant (what makes a forbid on ``McpServer::"<server>"`` hold): a name is
     :meth:`known` only while the snapshot in force has its derived record. A new
     listing's records are swapped in (``rederive``) before its new names become
-    known; names it drops stop being known before the swap.
+    known; names it drops stop being known before the swap. And :meth:`known` asks
+    the snapshot in force (``entities``) whether the tool is in its server: a
+    derived record the schema refuses is left out of the snapshot (an id over 512
+    characters; a catalog entry whose parents plus the server's would pass
+    ``MAX_PARENTS``), and such a tool must not be forwarded as if it had its parent.
     """
 
     def __init__(
@@ -81,13 +85,15 @@ class ListedTools:
         upstreams: Mapping[str, Upstream],
         route: Callable[[str], tuple[UpstreamServer, str] | None],
         rederive: Callable[[], None],
+        entities: Callable[[], EntitySnapshot | None],
     ) -> None:
         """``route``: the server an exposed name belongs to (``Namespace.route``);
         ``rederive``: swaps in the snapshot :meth:`derive` makes now (blocking, run
-        in a worker thread)."""
+        in a worker thread); ``entities``: the snapshot decisions use now."""
         self._upstreams = upstreams
         self._route = route
         self._rederive = rederive
+        self._entities = entities
         self._by_server: dict[str, tuple[ResourceRecord, ...]] = {}
         self._source: dict[str, Sequence[Any]] = {}  # the listing each was made from
         self._records: tuple[ResourceRecord, ...] = ()  # read by derive, in any thread
@@ -104,8 +110,14 @@ class ListedTools:
         return base.with_derived(records)
 
     def known(self, exposed: str) -> bool:
-        """Whether an upstream listed ``exposed`` (its server's last listing)."""
-        return exposed in self._known
+        """Whether an upstream listed ``exposed`` (its server's last listing) and
+        the snapshot decisions use has it in that server's ``McpServer``."""
+        server = self._known.get(exposed)
+        entities = self._entities()
+        if server is None or entities is None:
+            return False
+        parents = entities.parents.get(EntityRef("Tool", exposed), ())
+        return EntityRef("McpServer", server) in parents
 
     async def seen(self, server: UpstreamServer, tools: Sequence[Any]) -> None:
         """A tool listing of ``server`` was fetched: if its records changed, the
@@ -137,7 +149,7 @@ class ListedTools:
         """Whether ``exposed`` may be forwarded: an upstream lists it. A name its
         server has not listed fetches that server's tool listing again, unless that
         was done less than :data:`REFRESH_SECONDS` ago."""
-        if exposed in self._known:
+        if self.known(exposed):
             return True
         route = self._route(exposed)
         if route is None:
@@ -145,7 +157,7 @@ class ListedTools:
         server = route[0]
         lock = self._refreshing.setdefault(server.name, anyio.Lock())
         async with lock:
-            if exposed in self._known:
+            if self.known(exposed):
                 return True
             now = time.monotonic()
             last = self._refreshed.get(server.name)
@@ -155,4 +167,4 @@ class ListedTools:
             tools = await self._upstreams[server.name].listing("tools", fresh=True)
             if tools is not None:
                 await self.seen(server, tools)
-        return exposed in self._known
+        return self.known(exposed)
