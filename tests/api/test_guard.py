@@ -9,6 +9,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ import httpx
 import pytest
 from tests.api.oauth_support import CTX, RESOURCE, OAuthLive, oauth_live
 
+from agentiam.adapters.gateway.spool import AuditSpool
 from agentiam.core.access.admin_keys import Role
+from agentiam.core.audit.events import Actor, ActorType, AuditEvent, ResourceRef, TraceContext
 from agentiam.core.enforcement.ratelimit import RateLimiter
 from agentiam.guard import Guard, GuardUnavailable, ToolCallDenied
 from agentiam.sdk import AgentClient
@@ -337,12 +340,35 @@ def test_rate_limits_refuse_with_retry_after(
 # -- fail closed ------------------------------------------------------------------------------
 
 
+def _unshippable_backlog(live: OAuthLive, directory: Path, size: int) -> None:
+    """At least ``size`` bytes of events in the spool at ``directory`` that the control
+    plane keeps refusing for now: dated a year ahead, past its allowance for clock
+    skew, which the guard's shipper retries (this host's clock) rather than sets
+    aside. So they stay pending, and the spool stays full."""
+    event = AuditEvent.create(
+        type="authz.decision",
+        actor=Actor(ActorType.AGENT, live.agent_id),
+        action="invoke_tool",
+        source="guard/test-agent",
+        trace=TraceContext.new(),
+        now=datetime.now(UTC) + timedelta(days=365),
+        resource=ResourceRef("Tool", "search"),
+        agent_id=live.agent_id,
+        details={"decision": "allow"},
+    ).to_dict()
+    directory.mkdir()
+    with AuditSpool(directory, None) as spool:
+        while spool.health().pending_bytes < size:
+            spool.append([event] * 200)
+
+
 def test_a_spool_that_cannot_take_the_event_refuses_the_call(
     live: OAuthLive, agent: AgentClient, tmp_path: Path
 ) -> None:
     ran: list[int] = []
-    # full: the first decision event is bigger than the whole spool
-    with connect(live, tmp_path / "full", agent, spool_max_bytes=64) as guard:
+    # full: a backlog the control plane will not take fills the smallest bound allowed
+    _unshippable_backlog(live, tmp_path / "full", 1 << 20)
+    with connect(live, tmp_path / "full", agent, spool_max_bytes=1 << 20) as guard:
 
         @guard.tool()
         def search() -> None:
@@ -352,6 +378,7 @@ def test_a_spool_that_cannot_take_the_event_refuses_the_call(
             search()
         assert caught.value.refusal_status == 503
         assert caught.value.error == "temporarily_unavailable"
+        assert "its limit is 1048576" in caught.value.reason  # full, not another failure
     # closed (or broken): every call is refused
     guard = connect(live, tmp_path / "closed", agent)
     try:

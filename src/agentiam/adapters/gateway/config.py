@@ -335,7 +335,8 @@ def _replay_cache(value: Any) -> ReplayCacheConfig:
 def spool_bound(value: Any, where: str) -> int:
     """An integer number of bytes from 1 MiB to 1 TiB: a spool's bound (the gateway's
     ``spool.max_bytes`` and ``spool.rejected_max_bytes``, the guard's
-    ``spool_rejected_max_bytes``). ValueError naming ``where`` otherwise."""
+    ``spool_max_bytes`` and ``spool_rejected_max_bytes``). ValueError naming ``where``
+    otherwise."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{where}: an integer")
     if not 1 << 20 <= value <= 1 << 40:

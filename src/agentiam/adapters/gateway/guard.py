@@ -617,7 +617,11 @@ class Guard:
 
         ``admin_key_env`` names the environment variable holding a ``verifier``-role
         admin key (``enforcement:sync`` and ``audit:ingest``); ``name`` is the guard's
-        name in the audit trail (``guard/<name>``); ``spool_rejected_max_bytes`` bounds
+        name in the audit trail (``guard/<name>``); ``spool_max_bytes`` bounds the
+        spool's events not yet shipped (1 MiB to 1 TiB, as a gateway's
+        ``spool.max_bytes``): at that bound every guarded call is refused
+        (:class:`GuardUnavailable`) until the shipper catches up;
+        ``spool_rejected_max_bytes`` bounds
         the spool's ``rejected.jsonl`` (1 MiB to 1 TiB, as a gateway's
         ``spool.rejected_max_bytes``): at that bound every guarded call is refused
         (:class:`GuardUnavailable`) until an operator empties it (``agentiam guard
@@ -633,6 +637,7 @@ class Guard:
         _check_resource(resource)
         if not 1 <= outage_seconds <= 86_400:
             raise ValueError("outage_seconds: between 1 and 86400")
+        max_bytes = spool_bound(spool_max_bytes, "spool_max_bytes")
         rejected_max_bytes = spool_bound(spool_rejected_max_bytes, "spool_rejected_max_bytes")
         admin_key = from_env(
             environ, admin_key_env, "admin_key_env", "the guard's verifier-role admin key"
@@ -654,7 +659,7 @@ class Guard:
             spool = AuditSpool(
                 Path(spool_dir),
                 shipper,
-                max_bytes=spool_max_bytes,
+                max_bytes=max_bytes,
                 rejected_max_bytes=rejected_max_bytes,
                 rejected_hint=_rejected_hint(spool_dir, control_plane_url, admin_key_env, name),
             )
