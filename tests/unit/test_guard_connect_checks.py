@@ -6,6 +6,11 @@ connection would fail with a connection error, not with the rule's message."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,8 @@ from agentiam.adapters.gateway.guard import Guard
 
 NOBODY = "http://127.0.0.1:9"  # the discard port: nothing answers
 RULE = "between 1 MiB and 1 TiB"
+HTTPS = "control_plane_url: must be https (plain http only on 127.0.0.1 or localhost)"
+BARE = "control_plane_url: a URL without user info, query or fragment"
 
 
 def _connect(tmp_path: Path, url: str = NOBODY, **kwargs: Any) -> Guard:
@@ -62,3 +69,112 @@ def test_spool_max_bytes_within_the_bound_passes_the_check(tmp_path: Path, value
     (which does not answer here), so the failure is no longer the rule's."""
     with pytest.raises(httpx.ConnectError):
         _connect(tmp_path, spool_max_bytes=value)
+
+
+# -- the control plane's URL ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://cp.example.com", HTTPS),
+        ("http://cp.example.com:8080/", HTTPS),
+        ("HTTP://cp.example.com", HTTPS),
+        ("http://localhost.example.com", HTTPS),
+        ("http://127.0.0.1.nip.io", HTTPS),
+        ("http://10.0.0.7:8080", HTTPS),
+        ("ws://cp.example.com", HTTPS),
+        ("cp.example.com", HTTPS),
+        ("", HTTPS),
+        ("https://user:secret@cp.example.com", BARE),
+        ("https://cp.example.com/?key=1", BARE),
+        ("https://", BARE),
+    ],
+)
+def test_a_control_plane_over_plain_http_to_another_host_is_refused_before_connecting(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    """The guard sends its admin key to the control plane and takes the policies,
+    keys and revocations it enforces from it: plain http to another host would give
+    both to anyone on the path. The gateway's rule (``https_url``) and message,
+    before anything connects (``cp.example.com`` is never resolved) or is made."""
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        _connect(tmp_path, url)
+    assert not (tmp_path / "spool").exists()
+
+
+def _host_address() -> str | None:
+    """This host's address on its outward interface (not loopback), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: it only picks the interface
+            address = str(s.getsockname()[0])
+        except OSError:
+            return None
+    ip = ipaddress.ip_address(address)
+    return None if ip.is_loopback or ip.is_unspecified else address
+
+
+class _Listener:
+    """A real TCP listener on ``address`` that counts the connections made to it."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.create_server((address, 0))
+        self.sock.settimeout(0.1)
+        self.url = f"http://{address}:{self.sock.getsockname()[1]}"
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+@pytest.fixture
+def outward() -> Iterator[_Listener]:
+    address = _host_address()
+    if address is None:
+        pytest.skip("this host has no address besides loopback")
+    listener = _Listener(address)
+    yield listener
+    listener.close()
+
+
+def test_no_connection_is_made_to_a_plain_http_control_plane_on_another_host(
+    tmp_path: Path, outward: _Listener
+) -> None:
+    """A control plane on this host's outward address, over plain http: refused, and
+    the listener there saw no connection (the key was never sent)."""
+    with pytest.raises(ValueError, match=f"^{re.escape(HTTPS)}$"):
+        _connect(tmp_path, outward.url)
+    with pytest.raises(httpx.ConnectError):  # the listener works: https gets through
+        _connect(tmp_path, outward.url.replace("http://", "https://"))
+    outward.close()
+    assert outward.accepted == 1  # only the https attempt
+    assert not (tmp_path / "spool").exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://127.0.0.1:9", "http://127.0.0.1:9", "http://[::1]:9", "http://localhost:9/"],
+)
+def test_https_and_plain_http_on_loopback_are_accepted(tmp_path: Path, url: str) -> None:
+    """https anywhere, plain http on 127.0.0.1, ``[::1]`` and ``localhost`` (the rule
+    the gateways and ``agentiam guard spool rejected`` apply): past the check, the
+    guard tries the control plane, which does not answer on this port."""
+    with pytest.raises(httpx.ConnectError):
+        _connect(tmp_path, url)

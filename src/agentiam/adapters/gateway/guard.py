@@ -78,7 +78,7 @@ from pydantic import BaseModel
 
 from agentiam.adapters.gateway.approval_flow import ApprovalFlow, ApprovalOutcome
 from agentiam.adapters.gateway.approvals import ApprovalClient
-from agentiam.adapters.gateway.config import from_env, point_name, spool_bound
+from agentiam.adapters.gateway.config import from_env, https_url, point_name, spool_bound
 from agentiam.adapters.gateway.enforcer import Call, Enforcer, Verdict
 from agentiam.adapters.gateway.link import ControlPlaneLink
 from agentiam.adapters.gateway.runtime import _Shipper
@@ -615,7 +615,11 @@ class Guard:
         that cannot be reached fails here), the audit spool in ``spool_dir`` (one
         process per directory) and its shipper.
 
-        ``admin_key_env`` names the environment variable holding a ``verifier``-role
+        ``control_plane_url`` must be https, or plain http only on the loopback host
+        (``127.0.0.1``, ``[::1]``, ``localhost``), as a gateway's ``control_plane.url``
+        (:func:`~agentiam.adapters.gateway.config.https_url`): the admin key is sent
+        there, and the policies, keys and revocations the guard enforces come from
+        there. ``admin_key_env`` names the environment variable holding a ``verifier``-role
         admin key (``enforcement:sync`` and ``audit:ingest``); ``name`` is the guard's
         name in the audit trail (``guard/<name>``); ``spool_max_bytes`` bounds the
         spool's events not yet shipped (1 MiB to 1 TiB, as a gateway's
@@ -633,6 +637,9 @@ class Guard:
         (the key's ``approvals:request``) instead of a plain refusal; ``approval_wait``
         how long a call waits for the human (see :class:`Guard`).
         """
+        # the admin key goes there, and the policies, keys and revocations come from
+        # there: https, as a gateway's control_plane.url (plain http only on loopback)
+        control_plane_url = https_url(control_plane_url, "control_plane_url")
         point_name(name, "name")
         _check_resource(resource)
         if not 1 <= outage_seconds <= 86_400:
