@@ -53,6 +53,7 @@ from tests.support.live import until as _until
 
 from agentiam.adapters.gateway.broker import KEY_ENV, Secret, SecretKind, SecretStore
 from agentiam.adapters.gateway.mcp_proxy import McpGateway, build_app, load_config
+from agentiam.adapters.gateway.mcp_sdk_state import open_sessions
 from agentiam.adapters.gateway.mcp_upstream import Upstream
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.core.credentials.sealing import MasterKey
@@ -142,7 +143,7 @@ class Stateful:
 
     def open_sessions(self) -> int:
         """The sessions the upstream holds (the SDK's session manager's table)."""
-        return len(self.server.session_manager._server_instances)
+        return len(open_sessions(self.server.session_manager))
 
 
 # -- the gateway and its callers -------------------------------------------------------------

@@ -148,6 +148,7 @@ from agentiam.adapters.gateway.config import GatewayConfig, load_gateway_config,
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.http_proxy import ListenerProtocol
 from agentiam.adapters.gateway.loop_watch import watch_event_loop
+from agentiam.adapters.gateway.mcp_sdk_state import open_sessions, session_owners
 from agentiam.adapters.gateway.mcp_tools import ListedTools
 from agentiam.adapters.gateway.mcp_upstream import (
     CREDENTIAL_USE,
@@ -826,8 +827,8 @@ class McpGateway:
 
     def open_sessions(self) -> int:
         """The handshake-era sessions open in the SDK's session manager (its table,
-        which :class:`_SdkRules` reads too)."""
-        return len(self.sessions._server_instances)
+        which :class:`_SdkRules` reads too: :mod:`.mcp_sdk_state`)."""
+        return len(open_sessions(self.sessions))
 
     def flush_outcomes(self) -> None:
         """Start the write of the queued ``tool.call`` events (at shutdown)."""
@@ -1282,15 +1283,15 @@ class _SdkRules:
         session_id = headers.get(MCP_SESSION_ID_HEADER)
         transport = None
         if session_id is not None:
-            transport = sessions._server_instances.get(session_id)
+            transport = open_sessions(sessions).get(session_id)
             if transport is None:
                 return _Foreseen(404, "no open session has this Mcp-Session-Id")
             user = scope.get("user")
             requestor = authorization_context(user) if isinstance(user, AuthenticatedUser) else None
-            if requestor != sessions._session_owners.get(session_id):
+            if requestor != session_owners(sessions).get(session_id):
                 return _Foreseen(404, "the session belongs to another principal")
         elif sessions.max_sessions is not None and (
-            len(sessions._server_instances) >= sessions.max_sessions
+            len(open_sessions(sessions)) >= sessions.max_sessions
         ):
             return _Foreseen(503, "the MCP transport has too many open sessions")
         found = _content_type(headers)
@@ -1563,7 +1564,7 @@ class _Endpoint:
         client_id, subject = owner
         held = sum(
             1
-            for o in self.gateway.sessions._session_owners.values()
+            for o in session_owners(self.gateway.sessions).values()
             if o["client_id"] == client_id and o["subject"] == subject
         )
         return held + self._opening.get(owner, 0)
