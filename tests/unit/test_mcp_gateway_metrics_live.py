@@ -24,7 +24,7 @@ import json
 import os
 import secrets
 from collections.abc import AsyncIterator, Generator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,12 @@ def _upstream() -> MCPServer:
         """A result of ``kib`` KiB."""
         return "x" * (kib * 1024)
 
+    @server.tool()
+    async def slow(seconds: float) -> str:
+        """Answer after ``seconds``."""
+        await anyio.sleep(seconds)
+        return "late"
+
     return server
 
 
@@ -143,6 +149,15 @@ class World:
             proof = dpop_proof(agent.dpop_key, method="POST", url=self.url, access_token=token)
             sent.update({"Authorization": f"DPoP {token}", "DPoP": proof})
         return httpx.post(self.url, content=json.dumps(body), headers=sent, timeout=30)
+
+    def trail_of(self, kind: str) -> list[dict[str, Any]]:
+        """The control plane's audit events of ``kind`` for the agent, newest first."""
+        with self.cp.admin_client() as admin:
+            params = {"limit": "200", "type": kind, "agent_id": self.agent.client_id}
+            r = admin.get("/v1/audit/events", params=params)
+            assert r.status_code == 200, r.text
+            items: list[dict[str, Any]] = r.json()["items"]
+            return items
 
     def metrics(self) -> str:
         r = httpx.get(self.base + "/metrics", timeout=10)
@@ -196,9 +211,12 @@ def _register(cp: OAuthLive, name: str, url: str) -> tuple[str, AgentKey]:
     return agent.id, key
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("mcp-metrics")
+@contextmanager
+def _serving(
+    tmp: Path, sqlite_template: Path, timeouts: dict[str, float] | None = None
+) -> Iterator[World]:
+    """A control plane, the bank upstream and a gateway in front of it (with
+    ``timeouts`` for its ``timeouts`` section, when given)."""
     db = tmp / "cp.db"
     db.write_bytes(sqlite_template.read_bytes())
     port = free_port()
@@ -231,6 +249,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
                         "spool": {"directory": str(tmp / "spool")},
                         "servers": [{"name": "bank", "url": up + "/mcp", "prefix": "bank."}],
                         "catalog_seconds": 0,
+                        **({"timeouts": timeouts} if timeouts is not None else {}),
                     }
                 )
                 app = build_app(config, GatewayRuntime.start(config.gateway))
@@ -248,6 +267,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
             os.environ.pop(env, None)
 
 
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[World]:
+    with _serving(tmp_path_factory.mktemp("mcp-metrics"), sqlite_template) as running:
+        yield running
+
+
 async def _calls_and_a_listing(world: World) -> dict[str, Any]:
     async with world.client() as client:
         tools = await client.list_tools()
@@ -261,7 +286,7 @@ async def _calls_and_a_listing(world: World) -> dict[str, Any]:
 def test_calls_refusals_and_listings_are_counted_by_method_and_outcome(world: World) -> None:
     before = world.samples()
     seen = anyio.run(_calls_and_a_listing, world)
-    assert {t.name for t in seen["tools"].tools} == {"bank.search", "bank.big"}  # no transfer
+    assert {t.name for t in seen["tools"].tools} == {"bank.search", "bank.big", "bank.slow"}
     assert not seen["allowed"].is_error
     assert seen["refused"].is_error  # a policy denial is a tool error result (HTTP 200)
     unauthenticated = world.post(_rpc("tools/call", {"name": "bank.search"}))
@@ -408,3 +433,58 @@ def test_metrics_are_served_as_the_http_gateways(world: World) -> None:
     assert "# TYPE agentiam_mcp_gateway_sessions gauge" in r.text
     assert httpx.head(world.base + "/metrics", timeout=10).status_code == 200
     assert httpx.post(world.base + "/metrics", timeout=10).status_code == 405
+
+
+# -- an upstream that does not answer in time --------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["total", "read"])
+def slow_world(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    sqlite_template: Path,
+) -> Iterator[tuple[str, World]]:
+    """A gateway whose bound on a call is short: ``timeouts.total`` (the whole call),
+    or ``timeouts.read`` (the wait for the upstream's next bytes) below it."""
+    timeouts = {"total": 0.5} if request.param == "total" else {"read": 0.5, "total": 20}
+    with _serving(tmp_path_factory.mktemp("mcp-slow"), sqlite_template, timeouts) as running:
+        yield request.param, running
+
+
+async def _too_slow(world: World) -> str:
+    async with world.client() as client:
+        with pytest.raises(MCPError) as caught:
+            await client.call_tool("bank.slow", {"seconds": 3})
+    return caught.value.message
+
+
+def test_an_upstream_past_its_timeout_is_counted_as_upstream_timeout(
+    slow_world: tuple[str, World],
+) -> None:
+    """An upstream tool that answers after 3 s, behind a bound of 0.5 s: the call fails
+    (a JSON-RPC error to the agent), is counted as ``upstream_timeout`` (not as
+    ``upstream_error``, nor as allowed) in both families, and its ``tool.call`` event
+    records the failure with status 502. Past ``timeouts.total`` the SDK raises its
+    own timeout; past ``timeouts.read`` the transport's timeout ends the SDK's
+    session, which the SDK reports as a closed connection: counted as a timeout all
+    the same."""
+    bound, world = slow_world
+    before = world.samples()
+    message = anyio.run(_too_slow, world)
+    after = world.samples()
+    assert message.startswith("upstream bank: ")
+    by_method = "agentiam_mcp_gateway_requests_total"
+    calls = "agentiam_gateway_calls_total"
+    assert _delta(before, after, by_method, method="tools/call", outcome="upstream_timeout") == 1
+    assert _delta(before, after, by_method, method="tools/call", outcome="upstream_error") == 0
+    assert _delta(before, after, by_method, method="tools/call", outcome="allowed") == 0
+    assert _delta(before, after, calls, outcome="upstream_timeout") == 1
+    assert _delta(before, after, calls, outcome="upstream_error") == 0
+    assert _delta(before, after, calls, outcome="allowed") == 0
+
+    def failed() -> list[dict[str, Any]]:
+        return [e for e in world.trail_of("tool.call") if e["details"]["tool"] == "bank.slow"]
+
+    events = _until(failed)
+    assert [(e["outcome"], e["details"]["status"]) for e in events] == [("failure", 502)], bound
+    assert 400 <= events[0]["details"]["duration_ms"] < 2500  # the bound, not the tool's 3 s

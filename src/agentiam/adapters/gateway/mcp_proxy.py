@@ -151,16 +151,16 @@ from agentiam.adapters.gateway.loop_watch import watch_event_loop
 from agentiam.adapters.gateway.mcp_sdk_state import open_sessions, session_owners
 from agentiam.adapters.gateway.mcp_tools import ListedTools
 from agentiam.adapters.gateway.mcp_upstream import (
-    CREDENTIAL_USE,
     MAX_UPSTREAM_SESSIONS,
     SESSION_IDLE_SECONDS,
+    UPSTREAM_USE,
     AllSessionsBusy,
-    CredentialUse,
     ListingKind,
     Owner,
     Upstream,
     UpstreamServer,
     UpstreamSessions,
+    UpstreamUse,
 )
 from agentiam.adapters.gateway.metrics import (
     CONTENT_TYPE,
@@ -977,8 +977,8 @@ class McpGateway:
         (not_found, upstream_timeout or upstream_error)."""
         call = pending.call
         outcome, status = Outcome.FAILURE, 502
-        use = CredentialUse()
-        token = CREDENTIAL_USE.set(use)
+        use = UpstreamUse()
+        token = UPSTREAM_USE.set(use)
         started = time.perf_counter()
         try:
             route = self.namespace.route(call.tool)
@@ -1000,7 +1000,11 @@ class McpGateway:
                     "are in use; retry later",
                 ) from None
             except MCPError as exc:
-                state.tally.outcome = _upstream_outcome(exc.code == REQUEST_TIMEOUT)
+                # the SDK's own bound (timeouts.total), or the transport's
+                # (connect, read), which the SDK reports as a closed connection
+                state.tally.outcome = _upstream_outcome(
+                    exc.code == REQUEST_TIMEOUT or use.timed_out
+                )
                 if use.error is not None:
                     raise MCPError(
                         INTERNAL_ERROR,
@@ -1008,7 +1012,8 @@ class McpGateway:
                     ) from None
                 raise _upstream_error(server, exc) from None
             except (httpx2.HTTPError, OSError, anyio.BrokenResourceError, RuntimeError) as exc:
-                state.tally.outcome = _upstream_outcome(isinstance(exc, httpx2.TimeoutException))
+                timed_out = use.timed_out or isinstance(exc, httpx2.TimeoutException)
+                state.tally.outcome = _upstream_outcome(timed_out)
                 raise MCPError(
                     INTERNAL_ERROR, f"upstream {server.name} failed ({type(exc).__name__})"
                 ) from None
@@ -1017,7 +1022,7 @@ class McpGateway:
             outcome = Outcome.FAILURE if is_error else Outcome.SUCCESS
             return result
         finally:
-            CREDENTIAL_USE.reset(token)
+            UPSTREAM_USE.reset(token)
             duration = (time.perf_counter() - started) * 1000
             self.record_outcome(state, pending, outcome, status, use.label, duration)
 

@@ -13,8 +13,9 @@ For each upstream server (:class:`UpstreamServer`) the gateway keeps
   refused: :class:`AllSessionsBusy`) and in idle time (``sessions.idle_seconds``).
 
 Every request to the upstream carries the brokered credential (an ``httpx2`` auth hook)
-and records which secret version it used in the calling task's :data:`CREDENTIAL_USE`;
-the agent's token never goes upstream. See docs/gateway.md, "Upstream calls".
+and records which secret version it used, and whether it timed out, in the calling
+task's :data:`UPSTREAM_USE`; the agent's token never goes upstream. See
+docs/gateway.md, "Upstream calls".
 """
 
 from __future__ import annotations
@@ -49,18 +50,18 @@ from agentiam.adapters.gateway.upstream_transport import UpstreamTransport
 from agentiam.errors import AgentIAMError
 
 __all__ = [
-    "CREDENTIAL_USE",
     "MAX_ITEMS",
     "MAX_PAGES",
     "MAX_UPSTREAM_SESSIONS",
     "SESSION_IDLE_SECONDS",
+    "UPSTREAM_USE",
     "AllSessionsBusy",
-    "CredentialUse",
     "ListingKind",
     "Owner",
     "Upstream",
     "UpstreamServer",
     "UpstreamSessions",
+    "UpstreamUse",
 ]
 
 log = logging.getLogger("agentiam.gateway.mcp")
@@ -119,14 +120,26 @@ class UpstreamServer:
 
 
 @dataclass
-class CredentialUse:
-    """Which brokered secret the requests of one call used (``name@version``)."""
+class UpstreamUse:
+    """What the upstream requests of one call did: which brokered secret they used
+    (``label``, ``name@version``) or why none could be had (``error``), and whether
+    one of them timed out (``timed_out``: the upstream did not connect or answer
+    within ``timeouts.connect``/``timeouts.read``)."""
 
     label: str | None = None
     error: str | None = None
+    timed_out: bool = False
 
 
-CREDENTIAL_USE: ContextVar[CredentialUse | None] = ContextVar("agentiam_mcp_credential")
+UPSTREAM_USE: ContextVar[UpstreamUse | None] = ContextVar("agentiam_mcp_upstream_use")
+
+
+def _note_timeout() -> None:
+    """A request to the upstream timed out: noted in the calling task's record (the
+    SDK sends a call's requests from tasks that run in the caller's context)."""
+    use = UPSTREAM_USE.get(None)
+    if use is not None:
+        use.timed_out = True
 
 
 class _BrokeredAuth(httpx2.Auth):
@@ -140,7 +153,7 @@ class _BrokeredAuth(httpx2.Auth):
         self._ref = ref
 
     async def async_auth_flow(self, request: httpx2.Request) -> AsyncIterator[httpx2.Request]:  # type: ignore[override]
-        use = CREDENTIAL_USE.get(None)
+        use = UPSTREAM_USE.get(None)
         try:
             if isinstance(self._ref, ApiKeyInjection):  # local: the sealed store only
                 headers, label = self._broker.headers_for(self._ref)
@@ -403,7 +416,11 @@ class Upstream:
             auth = _BrokeredAuth(self._broker, self.server.credential)
         connect, read = self._timeouts.connect, self._timeouts.read
         transport = UpstreamTransport(
-            self.server.url, connect_timeout=connect, read_timeout=read, ssl_context=self._ssl
+            self.server.url,
+            connect_timeout=connect,
+            read_timeout=read,
+            ssl_context=self._ssl,
+            on_timeout=_note_timeout,
         )
 
         async def on_response(response: httpx2.Response) -> None:

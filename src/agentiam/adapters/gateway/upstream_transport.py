@@ -41,7 +41,10 @@ instead, the HTTP gateway's client (keep-alive connections in a LIFO pool, frami
   and ``Content-Length`` (those of the encoded body).
 - **Errors** are httpx2's, so the SDK handles them as before: ``ConnectTimeout`` and
   ``ConnectError`` when no connection could be opened, ``ReadTimeout`` when the
-  upstream does not answer in time, ``RemoteProtocolError`` for everything else.
+  upstream does not answer in time, ``RemoteProtocolError`` for everything else. The
+  SDK does not pass a timeout on as one (a ``ReadTimeout`` ends its session: the call
+  fails with "Connection closed"), so ``on_timeout`` is called, in the task of the
+  request, before a timeout is raised: the gateway counts the call as timed out.
 - **Framing.** The request's ``Host``, ``Content-Length`` and ``Transfer-Encoding``
   are set by the pool (RFC 9112 section 6) from the request's own: a body streams
   with its length (``Content-Length: 0`` included) or chunked.
@@ -57,7 +60,7 @@ from __future__ import annotations
 
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Final
 
 import httpx2
@@ -92,9 +95,14 @@ def _origin(url: httpx2.URL) -> Origin:
     return url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80)
 
 
-def _mapped(exc: UpstreamError, request: httpx2.Request) -> httpx2.TransportError:
-    """The httpx2 error the SDK expects for ``exc``."""
+def _mapped(
+    exc: UpstreamError, request: httpx2.Request, on_timeout: Callable[[], None] | None
+) -> httpx2.TransportError:
+    """The httpx2 error the SDK expects for ``exc`` (``on_timeout`` called first when it
+    is a timeout)."""
     message = str(exc)
+    if isinstance(exc, UpstreamTimeout) and on_timeout is not None:
+        on_timeout()
     if isinstance(exc, UpstreamConnectTimeout):
         return httpx2.ConnectTimeout(message, request=request)
     if isinstance(exc, UpstreamConnectError):
@@ -182,11 +190,13 @@ class _Body(httpx2.AsyncByteStream):
         request: httpx2.Request,
         limit: int,
         coding: str | None = None,
+        on_timeout: Callable[[], None] | None = None,
     ) -> None:
         self._response = response
         self._request = request
         self._limit = limit
         self._coding = coding
+        self._on_timeout = on_timeout
 
     def _refuse(self, what: str) -> httpx2.RemoteProtocolError:
         self._response.abort()  # the rest is never read: never reused
@@ -217,7 +227,7 @@ class _Body(httpx2.AsyncByteStream):
             if inflater is not None:
                 inflater.finish()
         except UpstreamError as exc:
-            raise _mapped(exc, self._request) from None
+            raise _mapped(exc, self._request, self._on_timeout) from None
         except _Damaged as exc:
             raise self._refuse(f"the upstream's {self._coding} response: {exc}") from None
 
@@ -242,14 +252,17 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
         read_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
         max_body_bytes: int | None = None,
+        on_timeout: Callable[[], None] | None = None,
     ) -> None:
         """``max_body_bytes``: the bound of one response body (default
-        :data:`MAX_RESPONSE_BYTES`)."""
+        :data:`MAX_RESPONSE_BYTES`); ``on_timeout``: called (in the request's task)
+        before a connect or read timeout is raised."""
         configured = httpx2.URL(url)
         self._max_body = MAX_RESPONSE_BYTES if max_body_bytes is None else max_body_bytes
         self._host = configured.host
         self._timeouts = (connect_timeout, read_timeout)
         self._ssl = ssl_context
+        self._on_timeout = on_timeout
         self._pools: dict[Origin, UpstreamPool] = {}
         self._pool_for(configured)
 
@@ -302,7 +315,7 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
                 content_length=None if chunked else length,
             )
         except UpstreamError as exc:
-            raise _mapped(exc, request) from None
+            raise _mapped(exc, request, self._on_timeout) from None
         codings = _coding(response.headers)
         coding = codings[0] if len(codings) == 1 and codings[0] in _CODINGS else None
         if codings and coding is None:
@@ -319,7 +332,7 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
         return httpx2.Response(
             response.status,
             headers=headers,
-            stream=_Body(response, request, self._max_body, coding),
+            stream=_Body(response, request, self._max_body, coding, self._on_timeout),
             extensions={"http_version": b"HTTP/1.1"},
         )
 
