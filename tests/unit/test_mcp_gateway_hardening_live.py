@@ -8,7 +8,9 @@ DPoP-bound tokens.
 - an upstream JSON-RPC error reaches the agent without its ``data``;
 - an allowed call the SDK refuses (``Mcp-Name`` mismatch) ends with a failed
   ``tool.call`` carrying the 400 the agent got;
-- past the outage bound a listing is an audited 503, as calls are.
+- past the outage bound a listing is an audited 503, as calls are;
+- a body with ``NaN`` or ``Infinity`` (not JSON, RFC 8259 section 6) is an audited
+  400 parse error, never decided nor forwarded.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ CTX = CallContext.system("test")
 MODERN = "2026-07-28"
 LIMIT = 64 * 1024  # the upstream response bound, lowered for the test
 TRACE = "File /srv/bank/app.py, line 42, in boom\n"
+NOTED: list[Any] = []  # every value the upstream's ``noted`` tool got
 
 
 def _upstream() -> MCPServer:
@@ -50,6 +53,12 @@ def _upstream() -> MCPServer:
     def big(kib: int) -> str:
         """A result of ``kib`` KiB."""
         return "x" * (kib * 1024)
+
+    @server.tool()
+    def noted(value: float | None = None) -> str:
+        """Notes and echoes what it got."""
+        NOTED.append(value)
+        return repr(value)
 
     @server.tool()
     def boom() -> str:
@@ -285,3 +294,60 @@ def test_an_agent_opens_at_most_its_share_of_handshake_sessions(world: World) ->
     )
     assert ended.status_code == 200
     assert initialize().status_code == 200
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_a_body_with_nan_or_infinity_is_refused_not_decided(world: World, constant: str) -> None:
+    """Python's decoder and the SDK's accept ``NaN``, and the SDK's client would send
+    it upstream as ``null``: policy would decide on a value the upstream never gets.
+    The gateway refuses the body as not JSON: audited, never decided, never sent."""
+    NOTED.clear()
+    token = world.agent.token().value
+    proof = dpop_proof(world.agent.dpop_key, method="POST", url=world.url, access_token=token)
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    body = (
+        '{"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "bank.noted", '
+        f'"arguments": {{"value": {constant}}}, "_meta": {json.dumps(meta)}}}}}'
+    )
+    decisions = len(world.trail(type="authz.decision", agent_id=world.agent.client_id))
+    refused = httpx.post(
+        world.url,
+        content=body,
+        headers={
+            "Authorization": f"DPoP {token}",
+            "DPoP": proof,
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": MODERN,
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "bank.noted",
+        },
+        timeout=30,
+    )
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == -32700
+    assert "NaN and Infinity are not numbers" in error["message"]
+    assert NOTED == []
+    # the same call with a number is decided and forwarded; its events come after
+    # the refusal's, so once they are in the trail the refusal is too
+    answer = _message(world.post("tools/call", {"name": "bank.noted", "arguments": {"value": 2}}))
+    assert "error" not in answer, answer
+    assert NOTED == [2.0]
+    after = _until(
+        lambda: (
+            (found := world.trail(type="authz.decision", agent_id=world.agent.client_id))
+            and len(found) > decisions
+            and found
+        )
+    )
+    assert len(after) == decisions + 1  # only the numeric call was decided
+    rejected = [
+        e
+        for e in world.trail(type="api.request.rejected", agent_id=world.agent.client_id)
+        if "NaN and Infinity" in str(e.get("reason"))
+    ]
+    assert rejected

@@ -126,6 +126,7 @@ from mcp_types import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
+    PARSE_ERROR,
     REQUEST_TIMEOUT,
     JSONRPCRequest,
     jsonrpc_message_adapter,
@@ -1493,6 +1494,10 @@ class _Endpoint:
         if scope["method"] == "POST":
             body = await _read_body(receive, MAX_BODY_BYTES)
             message = _parse(body) if body is not None else None
+        if message is _NON_STANDARD:
+            reason = "not JSON: NaN and Infinity are not numbers (RFC 8259 section 6)"
+            await self._refuse(access, trace, 400, reason, scope, receive, send, code=PARSE_ERROR)
+            return
         tally.method = _method_of(message)
         guarded = self._guarded(message)
         call = guarded.call if guarded is not None else None
@@ -1963,6 +1968,7 @@ class _Endpoint:
         receive: Receive,
         send: Send,
         request_id: Any = None,
+        code: int | None = None,
     ) -> None:
         try:
             await self.gateway.durably(
@@ -1971,7 +1977,8 @@ class _Endpoint:
         except AgentIAMError as exc:
             await _problem(exc, scope, receive, send)
             return
-        code = INVALID_PARAMS if request_id is not None else INVALID_REQUEST
+        if code is None:
+            code = INVALID_PARAMS if request_id is not None else INVALID_REQUEST
         await _send_json(_jsonrpc_error(request_id, code, reason), status, {}, scope, receive, send)
 
 
@@ -2045,11 +2052,29 @@ async def _refusal(exc: AgentIAMError, scope: Scope, receive: Receive, send: Sen
         await _problem(exc, scope, receive, send)
 
 
+class _NotANumber(ValueError):
+    """A body with ``NaN``, ``Infinity`` or ``-Infinity``."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotANumber(name)
+
+
+# what _parse returns for a body that is JSON but for NaN or Infinity (refused)
+_NON_STANDARD: Final = object()
+
+
 def _parse(body: bytes) -> Any:
     """The JSON-RPC message of a POST body; None when it does not parse (the SDK
-    answers the parse error)."""
+    answers the parse error); :data:`_NON_STANDARD` when it would parse but for
+    ``NaN`` or ``Infinity``. RFC 8259 section 6 has no such numbers, and Python's
+    decoder and the SDK's (pydantic) both accept them, but the SDK's client sends a
+    NaN upstream as ``null``: policy would decide on a value the upstream never
+    gets, so the gateway refuses such a body (:meth:`_Endpoint.__call__`)."""
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_no_constant)
+    except _NotANumber:
+        return _NON_STANDARD
     except (ValueError, RecursionError):
         return None
 
