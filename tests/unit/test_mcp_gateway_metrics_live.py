@@ -37,6 +37,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
+from mcp_types import REQUEST_TIMEOUT
 from prometheus_client.parser import text_string_to_metric_families
 from tests.api.oauth_support import OAuthLive, oauth_live
 from tests.support.live import free_port, serve_in_thread
@@ -451,11 +452,11 @@ def slow_world(
         yield request.param, running
 
 
-async def _too_slow(world: World) -> str:
+async def _too_slow(world: World) -> MCPError:
     async with world.client() as client:
         with pytest.raises(MCPError) as caught:
             await client.call_tool("bank.slow", {"seconds": 3})
-    return caught.value.message
+    return caught.value
 
 
 def test_an_upstream_past_its_timeout_is_counted_as_upstream_timeout(
@@ -464,15 +465,15 @@ def test_an_upstream_past_its_timeout_is_counted_as_upstream_timeout(
     """An upstream tool that answers after 3 s, behind a bound of 0.5 s: the call fails
     (a JSON-RPC error to the agent), is counted as ``upstream_timeout`` (not as
     ``upstream_error``, nor as allowed) in both families, and its ``tool.call`` event
-    records the failure with status 502. Past ``timeouts.total`` the SDK raises its
-    own timeout; past ``timeouts.read`` the transport's timeout ends the SDK's
-    session, which the SDK reports as a closed connection: counted as a timeout all
-    the same."""
+    records the failure with status 504, as the HTTP gateway's does. Past
+    ``timeouts.total`` the SDK raises its own timeout; past ``timeouts.read`` the
+    transport's timeout ends the SDK's session, which the SDK reports as a closed
+    connection: the agent is told it timed out all the same."""
     bound, world = slow_world
     before = world.samples()
-    message = anyio.run(_too_slow, world)
+    error = anyio.run(_too_slow, world)
     after = world.samples()
-    assert message.startswith("upstream bank: ")
+    assert (error.code, error.message) == (REQUEST_TIMEOUT, "upstream bank: timed out"), bound
     by_method = "agentiam_mcp_gateway_requests_total"
     calls = "agentiam_gateway_calls_total"
     assert _delta(before, after, by_method, method="tools/call", outcome="upstream_timeout") == 1
@@ -486,5 +487,5 @@ def test_an_upstream_past_its_timeout_is_counted_as_upstream_timeout(
         return [e for e in world.trail_of("tool.call") if e["details"]["tool"] == "bank.slow"]
 
     events = _until(failed)
-    assert [(e["outcome"], e["details"]["status"]) for e in events] == [("failure", 502)], bound
+    assert [(e["outcome"], e["details"]["status"]) for e in events] == [("failure", 504)], bound
     assert 400 <= events[0]["details"]["duration_ms"] < 2500  # the bound, not the tool's 3 s

@@ -740,6 +740,15 @@ def _upstream_outcome(timed_out: bool) -> str:
     return "upstream_timeout" if timed_out else "upstream_error"
 
 
+def _timed_out(server: UpstreamServer) -> MCPError:
+    """The agent's error for a call its upstream did not answer within the server's
+    ``timeouts`` (connect, read or total): the SDK's ``REQUEST_TIMEOUT`` code, whatever
+    the SDK itself reported (past ``read`` it says the connection closed). Its
+    ``tool.call`` event records status 504, as the HTTP gateway's does (RFC 9110
+    section 15.6.5)."""
+    return MCPError(REQUEST_TIMEOUT, f"upstream {server.name}: timed out")
+
+
 def _upstream_error(server: UpstreamServer, exc: MCPError) -> MCPError:
     """The agent's copy of an upstream's JSON-RPC error: its code and its message cut
     to 1,000 characters; ``data`` (stack traces, internals) is not passed on."""
@@ -1003,18 +1012,23 @@ class McpGateway:
             except MCPError as exc:
                 # the SDK's own bound (timeouts.total), or the transport's
                 # (connect, read), which the SDK reports as a closed connection
-                state.tally.outcome = _upstream_outcome(
-                    exc.code == REQUEST_TIMEOUT or use.timed_out
-                )
+                timed_out = exc.code == REQUEST_TIMEOUT or use.timed_out
+                state.tally.outcome = _upstream_outcome(timed_out)
                 if use.error is not None:
                     raise MCPError(
                         INTERNAL_ERROR,
                         f"upstream {server.name}: the brokered credential is unavailable",
                     ) from None
+                if timed_out:
+                    status = 504
+                    raise _timed_out(server) from None
                 raise _upstream_error(server, exc) from None
             except (httpx2.HTTPError, OSError, anyio.BrokenResourceError, RuntimeError) as exc:
-                timed_out = use.timed_out or isinstance(exc, httpx2.TimeoutException)
-                state.tally.outcome = _upstream_outcome(timed_out)
+                if use.timed_out or isinstance(exc, httpx2.TimeoutException):
+                    state.tally.outcome = _upstream_outcome(True)
+                    status = 504
+                    raise _timed_out(server) from None
+                state.tally.outcome = _upstream_outcome(False)
                 raise MCPError(
                     INTERNAL_ERROR, f"upstream {server.name} failed ({type(exc).__name__})"
                 ) from None
