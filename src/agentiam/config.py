@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agentiam.core.credentials.revocations import MAX_CLOCK_SKEW
+from agentiam.core.plain_http import ONLY_ON_LOOPBACK, secure_or_loopback
 from agentiam.errors import InvalidInput
 
 __all__ = ["Limits", "Settings"]
@@ -262,12 +263,10 @@ def _check_issuer(issuer: str) -> None:
     parts = urlsplit(issuer)
     if parts.query or parts.fragment or not parts.hostname or parts.username:
         raise InvalidInput("issuer must be a URL without user info, query or fragment")
-    if parts.scheme == "https":
-        return
-    if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1"):
+    if secure_or_loopback(parts):
         return
     raise InvalidInput(
-        "issuer must use https (plain http only on 127.0.0.1 or localhost)",
+        f"issuer must use https ({ONLY_ON_LOOPBACK})",
         hint="Set AGENTIAM_ISSUER to the public https URL clients use to reach this server.",
     )
 

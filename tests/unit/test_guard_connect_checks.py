@@ -21,7 +21,7 @@ from agentiam.adapters.gateway.guard import Guard
 
 NOBODY = "http://127.0.0.1:9"  # the discard port: nothing answers
 RULE = "between 1 MiB and 1 TiB"
-HTTPS = "control_plane_url: must be https (plain http only on 127.0.0.1 or localhost)"
+HTTPS = "control_plane_url: must be https (plain http only on 127.0.0.1, [::1] or localhost)"
 BARE = "control_plane_url: a URL without user info, query or fragment"
 
 

@@ -42,6 +42,7 @@ import yaml
 from agentiam.adapters.gateway.spool import DEFAULT_REJECTED_MAX_BYTES
 from agentiam.adapters.tls import tls_context
 from agentiam.core.enforcement.ratelimit import RateLimiter
+from agentiam.core.plain_http import ONLY_ON_LOOPBACK, secure_or_loopback
 
 __all__ = [
     "ApprovalSettings",
@@ -281,9 +282,8 @@ def https_url(value: Any, where: str, *, allow_http_loopback: bool = True) -> st
     if not isinstance(value, str) or len(value) > 2048:
         raise ValueError(f"{where}: a URL")
     parts = urlsplit(value)
-    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
-    if parts.scheme != "https" and not (parts.scheme == "http" and local and allow_http_loopback):
-        raise ValueError(f"{where}: must be https (plain http only on 127.0.0.1 or localhost)")
+    if not (secure_or_loopback(parts) and (parts.scheme == "https" or allow_http_loopback)):
+        raise ValueError(f"{where}: must be https ({ONLY_ON_LOOPBACK})")
     if not parts.hostname or parts.username or parts.password or parts.query or parts.fragment:
         raise ValueError(f"{where}: a URL without user info, query or fragment")
     return value.rstrip("/")

@@ -184,6 +184,7 @@ from agentiam.core.delegation.authorization_details import (
 )
 from agentiam.core.delegation.enforcement import delegation_context
 from agentiam.core.ids import is_id
+from agentiam.core.plain_http import ONLY_ON_LOOPBACK, secure_or_loopback
 from agentiam.core.policy.authorizer import Authorizer, AuthzRequest
 from agentiam.core.policy.model import EntityRef
 from agentiam.errors import AgentIAMError, OAuthError, ServiceUnavailable
@@ -280,9 +281,8 @@ def _upstream_url(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 2048:
         raise ValueError(f"{where}: a URL")
     parts = urlsplit(value)
-    local = parts.hostname in ("127.0.0.1", "localhost", "::1")
-    if parts.scheme != "https" and not (parts.scheme == "http" and local):
-        raise ValueError(f"{where}: must be https (plain http only on 127.0.0.1 or localhost)")
+    if not secure_or_loopback(parts):
+        raise ValueError(f"{where}: must be https ({ONLY_ON_LOOPBACK})")
     if not parts.hostname or parts.username or parts.password or parts.fragment:
         raise ValueError(f"{where}: a URL without user info or fragment")
     return value
