@@ -279,6 +279,49 @@ def test_bad_authorization_requests_are_4xx(
     assert "Traceback" not in r.text
 
 
+@pytest.mark.parametrize(
+    "context",
+    [
+        '{"args": {"amount": NaN, "to": "x"}}',
+        '{"args": {"to": "x", "extra": Infinity}}',  # an argument policy would ignore
+        '{"args": {"to": "x", "extra": [-Infinity]}}',
+    ],
+)
+def test_nan_and_infinity_are_not_json_and_are_refused(
+    admin: httpx.Client, world: dict[str, str], context: str
+) -> None:
+    """RFC 8259 section 6 has no NaN or Infinity, yet Python's decoder accepts them: a
+    body holding one is refused as a whole (400), never decided. Before, an argument
+    the schema does not declare was decided on (and named in ``ignored_arguments``)."""
+    agent = world["agent"]
+    body = (
+        f'{{"principal": {{"type": "Agent", "id": "{agent}"}}, "action": "invoke_tool", '
+        f'"resource": {{"type": "Tool", "id": "transfer"}}, "context": {context}}}'
+    )
+    r = admin.post(
+        "/v1/authorize", content=body.encode(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert "NaN and Infinity are not numbers" in r.json()["detail"]
+    # the same words inside a string are data
+    fine = body.replace(context, '{"args": {"to": "NaN Infinity", "amount": 5}}')
+    r = admin.post(
+        "/v1/authorize", content=fine.encode(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_nan_is_refused_on_every_json_endpoint(admin: httpx.Client) -> None:
+    r = admin.post(
+        "/v1/humans",
+        content=b'{"display_name": "Ann", "email": "nan@example.com", "weight": NaN}',
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 400, r.text
+    assert "NaN" in r.json()["detail"]
+
+
 def test_deeply_nested_context_and_huge_bodies(admin: httpx.Client, world: dict[str, str]) -> None:
     deep: Any = 1
     for _ in range(40):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentiam.adapters.http.middleware import json_depth_exceeds
+from agentiam.adapters.http.middleware import json_depth_exceeds, json_has_non_numbers
 
 
 def _byte_by_byte(body: bytes, max_depth: int) -> bool:
@@ -75,3 +75,62 @@ def test_linear_on_a_hostile_body() -> None:
     assert json_depth_exceeds(body, 2) is False
     body = b"[" * 40 + b'"' + b'\\"' * 500_000
     assert json_depth_exceeds(body, 32) is True
+
+
+# -- NaN and Infinity (RFC 8259 section 6 has no such numbers) -------------------------
+
+
+class _Constant(Exception):
+    pass
+
+
+def _strict(text: str) -> None:
+    def refuse(_name: str) -> None:
+        raise _Constant
+
+    json.loads(text, parse_constant=refuse)
+
+
+_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),  # NaN and the infinities among them, which json.dumps writes bare
+        st.text(alphabet=st.sampled_from(list('NaInfity"\\ [{'))),
+    ),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_VALUES)
+def test_non_numbers_are_found_exactly_where_a_strict_decoder_refuses(value: object) -> None:
+    """On any JSON value (Python's dumps writes NaN and the infinities bare; strings
+    full of their letters, quotes and backslashes), the scan finds a non-number
+    exactly when a decoder that refuses the constants does."""
+    text = json.dumps(value)
+    try:
+        _strict(text)
+        expected = False
+    except _Constant:
+        expected = True
+    assert json_has_non_numbers(text.encode()) is expected
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"amount": NaN}', True),
+        (b'{"amount": -Infinity}', True),
+        (b"[1, Infinity]", True),
+        (b'{"note": "NaN and Infinity"}', False),  # inside a string
+        (b'{"NaN": 1, "x\\"Infinity": 2}', False),  # keys; an escaped quote
+        (b'{"a": "\\\\", "b": NaN}', True),  # an escaped backslash ends the string
+        (b'{"amount": 1.5e308}', False),
+        (b"", False),
+    ],
+)
+def test_non_number_examples(body: bytes, expected: bool) -> None:
+    assert json_has_non_numbers(body) is expected

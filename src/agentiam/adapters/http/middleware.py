@@ -31,7 +31,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-__all__ = ["Metrics", "RequestLimits", "json_depth_exceeds"]
+__all__ = ["NON_NUMBERS", "Metrics", "RequestLimits", "json_depth_exceeds", "json_has_non_numbers"]
+
+NON_NUMBERS = "the body is not JSON: NaN and Infinity are not numbers (RFC 8259 section 6)"
 
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -60,12 +62,29 @@ def json_depth_exceeds(body: bytes, max_depth: int) -> bool:
     """
     if len(body) <= max_depth:  # fewer bytes than the depth: cannot be deeper
         return False
-    # Without a backslash, strings run from one quote to the next (or to the end).
-    outside = _STRING.sub(b"", body) if b"\\" in body else b"".join(body.split(b'"')[::2])
-    brackets = outside.translate(None, _NOT_BRACKETS)
+    brackets = _outside_strings(body).translate(None, _NOT_BRACKETS)
     if not brackets or len(brackets) <= max_depth:
         return False
     return max(accumulate(map(_STEP.__getitem__, brackets))) > max_depth
+
+
+def _outside_strings(body: bytes) -> bytes:
+    """``body`` without its JSON strings (as :data:`_STRING` reads them)."""
+    # Without a backslash, strings run from one quote to the next (or to the end).
+    return _STRING.sub(b"", body) if b"\\" in body else b"".join(body.split(b'"')[::2])
+
+
+_CONSTANT = re.compile(rb"NaN|Infinity")
+
+
+def json_has_non_numbers(body: bytes) -> bool:
+    """True if ``body`` holds ``NaN``, ``Infinity`` or ``-Infinity`` outside its
+    strings. RFC 8259 section 6 has no such numbers, but Python's decoder (and so
+    FastAPI's) accepts them. A body without either word anywhere, the usual case, is
+    passed by one substring search in C."""
+    if b"NaN" not in body and b"Infinity" not in body:
+        return False
+    return _CONSTANT.search(_outside_strings(body)) is not None
 
 
 async def _send_problem(send: Send, error: AgentIAMError) -> None:
@@ -148,11 +167,15 @@ class RequestLimits:
         content_type = Headers(scope=scope).get("content-type", "")
         is_form = content_type.startswith("application/x-www-form-urlencoded")
         is_text = content_type.startswith("text/plain")  # .cedar policy text
-        if not (is_form or is_text) and json_depth_exceeds(body, self.max_depth):
-            await _send_problem(
-                send, BadRequest(f"JSON nesting is deeper than {self.max_depth} levels")
-            )
-            return
+        if not (is_form or is_text):
+            if json_depth_exceeds(body, self.max_depth):
+                await _send_problem(
+                    send, BadRequest(f"JSON nesting is deeper than {self.max_depth} levels")
+                )
+                return
+            if json_has_non_numbers(body):
+                await _send_problem(send, BadRequest(NON_NUMBERS))
+                return
         replayed = False
 
         async def replay() -> Message:
