@@ -82,6 +82,7 @@ Configuration (the common part is :mod:`agentiam.adapters.gateway.config`)::
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -772,7 +773,11 @@ class McpGateway:
         self.visibility = Visibility(runtime.link.authorizer, location=self.location)
         self._outcomes = OutcomeQueue(self.enforcer)
         self.metrics = McpGatewayMetrics(
-            runtime, self._outcomes, methods=_METHODS, sessions=self.open_sessions
+            runtime,
+            self._outcomes,
+            methods=_METHODS,
+            sessions=self.open_sessions,
+            list_changes=self._list_changes,
         )
         client = self.enforcer.approvals
         # None: no approvals; an approvable deny stays a plain deny
@@ -824,6 +829,7 @@ class McpGateway:
         async with anyio.create_task_group() as tg, self.sessions.run():
             for upstream in self.upstreams.values():
                 upstream.attach(tg)
+                tg.start_soon(upstream.follow, functools.partial(self._tools_changed, upstream))
             tg.start_soon(watch_event_loop, self.metrics.loop_lag.observe)
             settle_heap()  # long-lived objects out of later full collections
             try:
@@ -834,6 +840,20 @@ class McpGateway:
                         for upstream in self.upstreams.values():
                             closing.start_soon(upstream.aclose)
                 tg.cancel_scope.cancel()
+
+    async def _tools_changed(self, upstream: Upstream, tools: list[Any] | None) -> None:
+        """``upstream`` said its tool list changed and it was fetched again
+        (:meth:`Upstream.follow`): the gateway's view follows it (None, the fetch
+        failed: none of its tools is known until one succeeds)."""
+        if tools is None:
+            await self.tools.forget(upstream.server)
+        else:
+            await self.tools.seen(upstream.server, tools)
+
+    def _list_changes(self) -> list[tuple[str, int, int, int]]:
+        return [
+            (name, u.notices, u.refetches, u.refetch_failures) for name, u in self.upstreams.items()
+        ]
 
     def open_sessions(self) -> int:
         """The handshake-era sessions open in the SDK's session manager (its table,

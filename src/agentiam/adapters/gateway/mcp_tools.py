@@ -18,6 +18,13 @@ its server's listing makes the gateway fetch that listing again, at most once pe
 :data:`REFRESH_SECONDS` per server (a client spraying unknown names cannot make it
 hammer the upstream); still missing, the call is refused as an unknown tool.
 
+When an upstream says its tool list changed (``notifications/tools/list_changed``,
+:meth:`~agentiam.adapters.gateway.mcp_upstream.Upstream.follow`), the listing fetched
+again is :meth:`ListedTools.seen` at once: a tool it dropped is no longer known (an
+unknown tool, refused) and one it added is. When that fetch fails, the server's tools
+are :meth:`ListedTools.forget`-ten: none is known until a listing of it is fetched
+(fail closed; the next call naming one fetches it, as above).
+
 With ``trust_annotations`` (per server, default off) a tool's ``readOnlyHint`` and
 ``destructiveHint`` become its ``read_only`` and ``destructive`` attributes where the
 catalog sets none. MCP ("Tool annotations") says clients must consider annotations
@@ -119,11 +126,21 @@ class ListedTools:
         parents = entities.parents.get(EntityRef("Tool", exposed), ())
         return EntityRef("McpServer", server) in parents
 
+    def _superseded(self, server: UpstreamServer, tools: Sequence[Any]) -> bool:
+        """Whether ``tools`` is no longer ``server``'s last listing fetched: a newer one
+        replaced it (a caller's fetch that ended after the refetch a list_changed
+        caused), or it was dropped (the refetch failed, or the catalog session closed).
+        Such a listing must not undo what a newer one did."""
+        return self._upstreams[server.name].cached("tools") is not tools
+
     async def seen(self, server: UpstreamServer, tools: Sequence[Any]) -> None:
         """A tool listing of ``server`` was fetched: if its records changed, the
-        gateway's snapshot is rebuilt (in a worker thread) before this returns."""
+        gateway's snapshot is rebuilt (in a worker thread) before this returns. A
+        listing already superseded by a newer fetch (or a failed one) is ignored."""
         if self._source.get(server.name) is tools:
             return  # the cached listing already seen (an upstream's is never mutated)
+        if self._superseded(server, tools):
+            return
         records = tool_records(server, tools)
         if self._by_server.get(server.name) == records:
             self._source[server.name] = tools
@@ -131,7 +148,10 @@ class ListedTools:
         if self._changing is None:
             self._changing = anyio.Lock()
         async with self._changing:
+            if self._superseded(server, tools):
+                return
             if self._by_server.get(server.name) == records:
+                self._source[server.name] = tools
                 return
             names = {r.id for r in records}
             for name, owner in list(self._known.items()):
@@ -144,6 +164,25 @@ class ListedTools:
             for name in names:  # after the swap
                 self._known[name] = server.name
             self._source[server.name] = tools
+
+    async def forget(self, server: UpstreamServer) -> None:
+        """``server``'s tool listing could not be fetched again after it said the list
+        changed: none of its tools is known (refused as unknown, not listed) until a
+        listing of it is fetched. The last listing is not trusted any longer: the
+        upstream said it is out of date, and a tool it dropped (or whose annotations
+        changed) must not be forwarded on the strength of it."""
+        if self._changing is None:
+            self._changing = anyio.Lock()
+        async with self._changing:
+            self._source.pop(server.name, None)
+            for name, owner in list(self._known.items()):
+                if owner == server.name:
+                    del self._known[name]  # before the swap
+            if not self._by_server.pop(server.name, ()):
+                return
+            with self._records_lock:
+                self._records = tuple(chain.from_iterable(self._by_server.values()))
+            await anyio.to_thread.run_sync(self._rederive)
 
     async def ensure(self, exposed: str) -> bool:
         """Whether ``exposed`` may be forwarded: an upstream lists it. A name its

@@ -16,6 +16,19 @@ Every request to the upstream carries the brokered credential (an ``httpx2`` aut
 and records which secret version it used, and whether it timed out, in the calling
 task's :data:`UPSTREAM_USE`; the agent's token never goes upstream. See
 docs/gateway.md, "Upstream calls".
+
+**List changes** (MCP, server/tools, server/resources and server/prompts, "List Changed
+Notification"). Every session of an upstream hands the server's notifications to
+:meth:`Upstream._notice`: ``notifications/tools/list_changed``, ``.../resources/...``
+and ``.../prompts/...`` mark those listings stale, and :meth:`Upstream.follow` fetches
+them again, at most once per :data:`CHANGE_SECONDS` per server whatever the number of
+notifications (a burst is coalesced into one fetch after it, and a notification that
+arrives during a fetch causes one more, so the last change is never lost). Where they
+arrive: a handshake-era session's standalone GET stream (Streamable HTTP, "Listening
+for Messages from the Server"; the SDK opens it after ``initialized``), or a reply
+stream; at 2026-07-28 only a ``subscriptions/listen`` stream (SEP-2575), which the
+gateway keeps open on a stateless upstream's catalog session (:meth:`Upstream._listen`).
+See docs/gateway.md, "Tool entities".
 """
 
 from __future__ import annotations
@@ -24,7 +37,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -38,6 +51,7 @@ from anyio.abc import TaskGroup
 from mcp.client.client import Client
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import listen
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED
@@ -50,6 +64,7 @@ from agentiam.adapters.gateway.upstream_transport import UpstreamTransport
 from agentiam.errors import AgentIAMError
 
 __all__ = [
+    "CHANGE_SECONDS",
     "MAX_ITEMS",
     "MAX_PAGES",
     "MAX_UPSTREAM_SESSIONS",
@@ -76,7 +91,22 @@ SESSION_IDLE_SECONDS: Final = 600.0
 # most this many open per server by default (servers[].sessions.max_open)
 MAX_UPSTREAM_SESSIONS: Final = 256
 
+# after a list_changed notification, a server's listings are fetched again at most this
+# often (a flood of notifications costs the upstream one fetch per kind a second)
+CHANGE_SECONDS: Final = 1.0
+# a subscriptions/listen stream that failed or ended is opened again after this long,
+# doubled after each failure in a row up to LISTEN_RETRY_MAX
+LISTEN_RETRY_MAX: Final = 30.0
+
 ListingKind = Literal["tools", "resources", "templates", "prompts"]
+# what each list_changed notification makes stale (MCP "List Changed Notification";
+# a resource template is listed with the resources, so it is refetched with them)
+_CHANGED: Final[dict[str, tuple[ListingKind, ...]]] = {
+    "notifications/tools/list_changed": ("tools",),
+    "notifications/resources/list_changed": ("resources", "templates"),
+    "notifications/prompts/list_changed": ("prompts",),
+}
+_KINDS: Final[tuple[ListingKind, ...]] = ("tools", "resources", "templates", "prompts")
 # whose calls an upstream session carries: an agent (client_id) and its token's subject
 # (the human of a delegated token, the agent itself otherwise)
 Owner = tuple[str, str]
@@ -255,8 +285,14 @@ class Upstream:
         self._calls: OrderedDict[Owner, _Held] = OrderedDict()  # least recently used first
         self._holding = 0  # tasks holding a session (opening, open or closing)
         self._drained: anyio.Event | None = None
+        # kind -> (when its fetch started, the listing); fetches of a kind are serialised
         self._lists: dict[str, tuple[float, list[Any]]] = {}
         self._list_locks: dict[str, anyio.Lock] = {}
+        self._stale: set[ListingKind] = set()  # listings a list_changed made stale
+        self._changed: anyio.Event | None = None  # set when _stale gains a kind
+        self.notices = 0  # list_changed notifications received
+        self.refetches = 0  # listings fetched again after one
+        self.refetch_failures = 0  # of which failed
         # made once: loading a CA bundle takes milliseconds, and sessions are reopened
         self._ssl = None if server.tls is None else server.tls.client_context()
 
@@ -273,6 +309,7 @@ class Upstream:
     def attach(self, tg: TaskGroup) -> None:
         self._tg = tg
         self._lock = anyio.Lock()
+        self._changed = anyio.Event()
 
     async def session(self) -> ClientSession:
         """The catalog session, opened if need be; an MCPError (connection closed)
@@ -370,7 +407,12 @@ class Upstream:
             with anyio.CancelScope(deadline=anyio.current_time() + self._open_seconds) as scope:
                 async with self._open(held) as session:
                     scope.deadline = math.inf
-                    if not held.stop.is_set():
+                    modern = session.protocol_version in MODERN_PROTOCOL_VERSIONS
+                    if held.stop.is_set():
+                        pass
+                    elif held.owner is None and modern:  # the stateless catalog session
+                        await self._listening(held, session)
+                    else:
                         held.session = session
                         held.ready.set()
                         await self._until_idle(held)
@@ -397,6 +439,122 @@ class Upstream:
                 return
             with anyio.move_on_after(left if held.busy == 0 else idle):
                 await held.stop.wait()
+
+    async def _listening(self, held: _Held, session: ClientSession) -> None:
+        """A stateless upstream's catalog session: ready once its first
+        ``subscriptions/listen`` stream is acknowledged (or failed, or not acknowledged
+        within ``timeouts.read``), so that no listing is fetched over it before
+        changes can be heard; the stream is kept open until the session is closed."""
+        first = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._listen, session, first)
+            with anyio.move_on_after(self._timeouts.read):
+                await first.wait()
+            if not held.stop.is_set():
+                held.session = session
+                held.ready.set()
+                await held.stop.wait()
+            tg.cancel_scope.cancel()
+
+    async def _listen(self, session: ClientSession, first: anyio.Event) -> None:
+        """At 2026-07-28 change notifications reach a client only over a
+        ``subscriptions/listen`` stream it opened (SEP-2575; the server sends none
+        otherwise): one is kept open for the list changes the upstream advertises
+        (``listChanged`` in its capabilities), and opened again when it fails or ends
+        (after :data:`CHANGE_SECONDS`, doubling up to :data:`LISTEN_RETRY_MAX`). Its
+        notifications reach :meth:`_notice` through the session's message handler, as
+        in the handshake era. There is no replay: once a stream is acknowledged again
+        every listing is fetched again (a change may have been missed meanwhile).
+        ``first`` is set once the first stream is acknowledged or has failed."""
+        caps = session.server_capabilities
+        wanted = {
+            "tools": bool(caps and caps.tools and caps.tools.list_changed),
+            "resources": bool(caps and caps.resources and caps.resources.list_changed),
+            "prompts": bool(caps and caps.prompts and caps.prompts.list_changed),
+        }
+        if not any(wanted.values()):
+            first.set()
+            return
+        delay = CHANGE_SECONDS
+        while True:
+            try:
+                async with listen(
+                    session,
+                    tools_list_changed=wanted["tools"],
+                    resources_list_changed=wanted["resources"],
+                    prompts_list_changed=wanted["prompts"],
+                ) as stream:
+                    delay = CHANGE_SECONDS
+                    if first.is_set():  # not the first: a change may have been missed
+                        self._mark(_KINDS)
+                    first.set()
+                    async for _ in stream:  # each also reaches _notice (the message handler)
+                        pass
+            except Exception as exc:  # the stream failed: opened again below
+                first.set()
+                log.info(
+                    "upstream %s: subscriptions/listen stream ended (%s)",
+                    self.server.name,
+                    type(exc).__name__,
+                )
+            await anyio.sleep(delay)
+            delay = min(delay * 2, LISTEN_RETRY_MAX)
+
+    async def _on_message(self, message: Any) -> None:
+        """The message handler of every session with this upstream."""
+        kinds = _CHANGED.get(getattr(message, "method", ""))
+        if kinds is not None:
+            self.notices += 1
+            self._mark(kinds)
+
+    def _mark(self, kinds: tuple[ListingKind, ...]) -> None:
+        """Mark ``kinds`` stale: :meth:`follow` fetches them again. Only sets a flag,
+        so a flood of notifications costs no more than the fetches it coalesces into."""
+        self._stale.update(kinds)
+        if self._changed is not None:
+            self._changed.set()
+
+    async def follow(self, tools_changed: Callable[[list[Any] | None], Awaitable[None]]) -> None:
+        """Fetch the listings a list_changed made stale, for as long as the gateway
+        runs: at most once per :data:`CHANGE_SECONDS` (notifications arriving during a
+        fetch or the pause after it are served together by the next). The tools
+        listing is always fetched (the gateway's ``Tool`` entities are made from it)
+        and handed to ``tools_changed`` (None when the fetch failed); another kind
+        only when a listing of it is cached. A failed fetch leaves no cached listing
+        of its kind, so the next use fetches it."""
+        assert self._changed is not None, "the gateway is not running"
+        while True:
+            await self._changed.wait()
+            self._changed = anyio.Event()
+            stale, self._stale = self._stale, set()
+            started = time.monotonic()
+            try:
+                await self._refetch(stale, tools_changed)
+            except Exception:  # a failure here must not take the gateway down
+                log.exception("upstream %s: fetching a changed listing failed", self.server.name)
+            await anyio.sleep(started + CHANGE_SECONDS - time.monotonic())
+
+    async def _refetch(
+        self,
+        stale: set[ListingKind],
+        tools_changed: Callable[[list[Any] | None], Awaitable[None]],
+    ) -> None:
+        for kind in _KINDS:
+            if kind not in stale or (kind != "tools" and kind not in self._lists):
+                continue
+            items = await self.listing(kind, fresh=True)
+            self.refetches += 1
+            if items is None:
+                self.refetch_failures += 1
+                self._lists.pop(kind, None)
+            log.info(
+                "upstream %s: %s list changed; fetched again (%s)",
+                self.server.name,
+                kind,
+                "failed" if items is None else f"{len(items)} listed",
+            )
+            if kind == "tools":
+                await tools_changed(items)
 
     async def aclose(self) -> None:
         """Close every session (at shutdown) and wait for their tasks, at most
@@ -441,9 +599,15 @@ class Upstream:
                 read_timeout_seconds=self._timeouts.total,
                 client_info=types.Implementation(name="agentiam-mcp-gateway", version=__version__),
                 cache=None,
+                message_handler=self._on_message,
             )
             async with client:
                 yield client.session
+
+    def cached(self, kind: ListingKind) -> list[Any] | None:
+        """The last listing of ``kind`` fetched and still cached (expired or not)."""
+        entry = self._lists.get(kind)
+        return None if entry is None else entry[1]
 
     def cached_tool(self, name: str) -> types.Tool | None:
         entry = self._lists.get("tools")
@@ -455,8 +619,10 @@ class Upstream:
 
     async def listing(self, kind: ListingKind, *, fresh: bool = False) -> list[Any] | None:
         """The upstream's full listing of ``kind``, cached ``catalog_seconds``
-        (``fresh``: fetched now, whatever the cache holds); None when the upstream
-        cannot be reached."""
+        (``fresh``: fetched now, whatever the cache holds: a fetch that started after
+        this call was made will do); None when the upstream cannot be reached. A
+        cached listing is timed from when its fetch started, so one that was under
+        way when a list_changed arrived never counts as fetched after it."""
         seconds = 0.0 if fresh else self._catalog_seconds
         entry = self._lists.get(kind)
         if entry is not None and time.monotonic() - entry[0] < seconds:
@@ -471,6 +637,7 @@ class Upstream:
             ):
                 return entry[1]
             held: _Held | None = None
+            started = time.monotonic()
             try:
                 held = await self._catalog_held()
                 items = await self._fetch(kind, held)
@@ -485,7 +652,7 @@ class Upstream:
                 if held is not None and (broken or _broken(exc)):
                     self._close(held)
                 return None
-            self._lists[kind] = (time.monotonic(), items)
+            self._lists[kind] = (started, items)
             return items
 
     async def _fetch(self, kind: ListingKind, held: _Held) -> list[Any]:

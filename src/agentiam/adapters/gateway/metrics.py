@@ -33,6 +33,7 @@ __all__ = [
     "OUTCOMES",
     "OUTCOME_OF_STATUS",
     "GatewayMetrics",
+    "ListChangesCollector",
     "McpGatewayMetrics",
     "OutcomesCollector",
     "RuntimeCollector",
@@ -140,8 +141,13 @@ class McpGatewayMetrics(GatewayMetrics):
         *,
         methods: frozenset[str],
         sessions: Callable[[], int],
+        list_changes: Callable[[], Iterable[ListChanges]] | None = None,
     ) -> None:
+        """``list_changes``: each upstream server's list_changed notifications and the
+        refetches they caused, read at scrape time (:class:`ListChangesCollector`)."""
         super().__init__(runtime, outcomes)
+        if list_changes is not None:
+            self.registry.register(ListChangesCollector(list_changes))
         self._methods = methods
         self.requests = Counter(
             "agentiam_mcp_gateway_requests",
@@ -176,6 +182,41 @@ class McpGatewayMetrics(GatewayMetrics):
             self.latency.observe(seconds)
         if decision is not None:
             self.decision.observe(decision)
+
+
+# one upstream server's list changes: its name, the list_changed notifications it sent,
+# the listings fetched again after them, and how many of those fetches failed
+ListChanges = tuple[str, int, int, int]
+
+
+class ListChangesCollector(Collector):
+    """Each upstream server's ``notifications/*/list_changed`` and the listings the MCP
+    gateway fetched again after them (at most one per kind a second, however many
+    notifications), read at scrape time. The ``server`` label takes the configured
+    names only."""
+
+    def __init__(self, read: Callable[[], Iterable[ListChanges]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        notices = CounterMetricFamily(
+            "agentiam_mcp_gateway_upstream_list_changed",
+            "list_changed notifications (tools, resources, prompts) received from each "
+            "upstream server.",
+            labels=["server"],
+        )
+        refetches = CounterMetricFamily(
+            "agentiam_mcp_gateway_upstream_refetches",
+            "Listings fetched again from each upstream server after a list_changed, by "
+            "outcome (fetched, failed).",
+            labels=["server", "outcome"],
+        )
+        for server, noticed, fetched, failed in self._read():
+            notices.add_metric([server], noticed)
+            refetches.add_metric([server, "fetched"], fetched - failed)
+            refetches.add_metric([server, "failed"], failed)
+        yield notices
+        yield refetches
 
 
 class OutcomesCollector(Collector):
