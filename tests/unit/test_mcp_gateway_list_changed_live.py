@@ -13,7 +13,10 @@ with ``catalog_seconds`` 3600, driven by the official SDK client.
   the change announced last is seen;
 - a fetch that fails after a list_changed leaves the server's tools unknown (fail
   closed) until a fetch succeeds;
-- the notifications and refetches are counted in ``/metrics``.
+- the notifications and refetches are counted in ``/metrics``;
+- an agent's handshake-era session (the stock SDK client) that was shown a tool of the
+  server is told ``notifications/tools/list_changed`` on its standalone stream, and
+  lists again; one that listed no tools is not told.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from tests.api.oauth_support import oauth_live
 from tests.support.live import free_port, serve_in_thread
 from tests.support.live import until as _until
 from tests.unit.test_mcp_gateway_metrics_live import World as Agentside
-from tests.unit.test_mcp_gateway_metrics_live import _delta, _register, _value
+from tests.unit.test_mcp_gateway_metrics_live import _delta, _DPoP, _register, _value
 
 from agentiam.adapters.gateway.mcp_proxy import build_app, load_config
 from agentiam.adapters.gateway.runtime import GatewayRuntime
@@ -337,3 +340,46 @@ def test_notifications_and_refetches_are_counted(world: World) -> None:
         assert _delta(before, after, NOTICES, server=server) >= 3
         # the failed refetch of the test before
         assert _value(after, REFETCHES, server=server, outcome="failed") >= 1
+
+
+@pytest.mark.filterwarnings("ignore:ping is removed")
+def test_an_agent_session_shown_the_servers_tools_is_told(world: World) -> None:
+    async def go() -> tuple[list[str], list[str], set[str]]:
+        heard: dict[str, list[str]] = {"lister": [], "quiet": []}
+
+        def handler(who: str) -> Any:
+            async def handle(message: Any) -> None:
+                heard[who].append(str(getattr(message, "method", type(message).__name__)))
+
+            return handle
+
+        url = world.agentside.url
+        async with (
+            httpx2.AsyncClient(auth=_DPoP(world.agentside.agent), timeout=30) as h1,
+            httpx2.AsyncClient(auth=_DPoP(world.agentside.agent), timeout=30) as h2,
+            Client(
+                streamable_http_client(url, http_client=h1),
+                mode="legacy",
+                message_handler=handler("lister"),
+            ) as lister,
+            Client(
+                streamable_http_client(url, http_client=h2),
+                mode="legacy",
+                message_handler=handler("quiet"),
+            ) as quiet,
+        ):
+            assert "live.keep" in {t.name for t in (await lister.list_tools()).tools}
+            await quiet.send_ping()  # a session, but no listing
+            await anyio.sleep(0.3)  # the standalone GET streams are open
+            await anyio.to_thread.run_sync(lambda: world.change("live", add=["told"]))
+            with anyio.move_on_after(5):
+                while "notifications/tools/list_changed" not in heard["lister"]:
+                    await anyio.sleep(0.05)
+            await anyio.sleep(0.5)
+            again = {t.name for t in (await lister.list_tools()).tools}
+        return heard["lister"], heard["quiet"], again
+
+    lister, quiet, again = anyio.run(go)
+    assert "notifications/tools/list_changed" in lister
+    assert "notifications/tools/list_changed" not in quiet
+    assert "live.told" in again

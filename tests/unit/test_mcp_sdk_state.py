@@ -13,13 +13,19 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.mcpserver import MCPServer
+from mcp.server.connection import Connection
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from tests.support.live import serve_in_thread
 from tests.support.live import until as _until
 
-from agentiam.adapters.gateway.mcp_sdk_state import SDK_VERSION, open_sessions, session_owners
+from agentiam.adapters.gateway.mcp_sdk_state import (
+    SDK_VERSION,
+    connection_of,
+    open_sessions,
+    session_owners,
+)
 
 
 def _server() -> MCPServer:
@@ -85,3 +91,30 @@ def test_an_sdk_without_the_tables_fails_loudly(read: Any) -> None:
     manager = cast(StreamableHTTPSessionManager, _Renamed())
     with pytest.raises(RuntimeError, match=f"as of mcp {SDK_VERSION}"):
         read(manager)
+
+
+def test_a_requests_session_gives_its_connection() -> None:
+    """A handshake-era request's ``ServerSession`` leads to the connection whose
+    standalone stream the gateway tells of list changes."""
+    server = MCPServer("probe")
+    found: list[Any] = []
+
+    @server.tool()
+    def where(ctx: Context) -> str:
+        """Which connection this is."""
+        found.append(connection_of(ctx.session))
+        return "here"
+
+    async def call() -> None:
+        async with Client(url + "/mcp", mode="legacy") as client:
+            await client.call_tool("where", {})
+
+    with serve_in_thread(server.streamable_http_app(), lifespan="on") as url:
+        anyio.run(call)
+    assert len(found) == 1
+    assert isinstance(found[0], Connection)
+
+
+def test_a_session_without_its_connection_fails_loudly() -> None:
+    with pytest.raises(RuntimeError, match=f"as of mcp {SDK_VERSION}"):
+        connection_of(cast(Any, _Renamed()))

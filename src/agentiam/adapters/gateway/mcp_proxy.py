@@ -88,6 +88,7 @@ import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -106,6 +107,7 @@ from mcp.client.session import ClientSession
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.auth.provider import AccessToken
 from mcp.server.caching import CacheHint
+from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
@@ -150,9 +152,10 @@ from agentiam.adapters.gateway.config import GatewayConfig, load_gateway_config,
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.http_proxy import ListenerProtocol
 from agentiam.adapters.gateway.loop_watch import watch_event_loop
-from agentiam.adapters.gateway.mcp_sdk_state import open_sessions, session_owners
+from agentiam.adapters.gateway.mcp_sdk_state import connection_of, open_sessions, session_owners
 from agentiam.adapters.gateway.mcp_tools import ListedTools
 from agentiam.adapters.gateway.mcp_upstream import (
+    CHANGE_SECONDS,
     MAX_UPSTREAM_SESSIONS,
     SESSION_IDLE_SECONDS,
     UPSTREAM_USE,
@@ -793,6 +796,11 @@ class McpGateway:
             self.upstreams, self.namespace.route, runtime.link.rederive, runtime.link.entities
         )
         runtime.link.derive_with(self.tools.derive)
+        # agent sessions (handshake era) -> the servers whose tools their last
+        # tools/list showed: told when one of those servers' tools change (_relay)
+        self._listeners: weakref.WeakKeyDictionary[Connection, frozenset[str]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.server: Server[Any] = Server(
             f"agentiam-gateway/{config.gateway.name}",
             version=__version__,
@@ -844,11 +852,46 @@ class McpGateway:
     async def _tools_changed(self, upstream: Upstream, tools: list[Any] | None) -> None:
         """``upstream`` said its tool list changed and it was fetched again
         (:meth:`Upstream.follow`): the gateway's view follows it (None, the fetch
-        failed: none of its tools is known until one succeeds)."""
+        failed: none of its tools is known until one succeeds), and when its tools
+        changed the agents' sessions that were shown one of them are told
+        (:meth:`_relay`)."""
+        name = upstream.server.name
+        before = self.tools.records_of(name)
         if tools is None:
             await self.tools.forget(upstream.server)
         else:
             await self.tools.seen(upstream.server, tools)
+        if self.tools.records_of(name) != before:
+            await self._relay(name)
+
+    def _shown_tools(self, ctx: ServerRequestContext[Any, Any], shown: list[Any]) -> None:
+        """A handshake-era session was shown ``shown``: remember which servers' tools
+        it saw, for :meth:`_relay` (weakly: forgotten with the session)."""
+        if ctx.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            return  # 2026-07-28: no standalone stream to tell it on
+        servers = {r[0].name for t in shown if (r := self.namespace.route(t.name)) is not None}
+        self._listeners[connection_of(ctx.session)] = frozenset(servers)
+
+    async def _relay(self, server: str) -> None:
+        """Send ``notifications/tools/list_changed`` (MCP, server/tools, "List Changed
+        Notification") on the standalone stream of every agent session whose last
+        ``tools/list`` showed it a tool of ``server``, so a stock client lists again.
+        Others are not told: the notification carries no data, but telling an agent
+        that a server it sees nothing of changed would say something about it. Each
+        send is bounded (:data:`CHANGE_SECONDS`); a session without a standalone
+        stream drops it (the SDK)."""
+        told = [c for c, servers in list(self._listeners.items()) if server in servers]
+        if not told:
+            return
+
+        async def tell(connection: Connection) -> None:
+            with anyio.move_on_after(CHANGE_SECONDS):
+                await connection.send_tool_list_changed()
+
+        async with anyio.create_task_group() as tg:
+            for connection in told:
+                tg.start_soon(tell, connection)
+        log.info("upstream %s: tool list changed; %d agent sessions told", server, len(told))
 
     def _list_changes(self) -> list[tuple[str, int, int, int]]:
         return [
@@ -967,7 +1010,9 @@ class McpGateway:
     async def _list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=self._listed(ctx, "tools/list"))
+        shown = self._listed(ctx, "tools/list")
+        self._shown_tools(ctx, shown)
+        return types.ListToolsResult(tools=shown)
 
     async def _list_resources(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None

@@ -116,6 +116,10 @@ class ListedTools:
             records = self._records
         return base.with_derived(records)
 
+    def records_of(self, server: str) -> tuple[ResourceRecord, ...]:
+        """The derived records of ``server``'s listed tools, as last swapped in."""
+        return self._by_server.get(server, ())
+
     def known(self, exposed: str) -> bool:
         """Whether an upstream listed ``exposed`` (its server's last listing) and
         the snapshot decisions use has it in that server's ``McpServer``."""
