@@ -443,12 +443,14 @@ class Upstream:
     async def _listening(self, held: _Held, session: ClientSession) -> None:
         """A stateless upstream's catalog session: ready once its first
         ``subscriptions/listen`` stream is acknowledged (or failed, or not acknowledged
-        within ``timeouts.read``), so that no listing is fetched over it before
-        changes can be heard; the stream is kept open until the session is closed."""
+        within ``timeouts.connect``: an upstream that never acknowledges must not hold
+        every listing and call up for ``timeouts.read``), so that no listing is fetched
+        over it before changes can be heard; the stream is kept open until the session
+        is closed."""
         first = anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._listen, session, first)
-            with anyio.move_on_after(self._timeouts.read):
+            with anyio.move_on_after(min(self._timeouts.connect, self._timeouts.read)):
                 await first.wait()
             if not held.stop.is_set():
                 held.session = session
