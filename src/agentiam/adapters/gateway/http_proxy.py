@@ -21,7 +21,9 @@ For every request, in this order:
 1. The path is checked: one that a server could read in two ways (``.``/``..``
    segments, ``;`` path parameters, encoded ``/`` or ``\\``, empty segments, control
    characters, bad percent-encoding) is refused with 400, so the route the gateway
-   decides on is the path the upstream serves (RFC 3986 sections 3.3 and 6.2.2).
+   decides on is the path the upstream serves (RFC 3986 sections 3.3 and 6.2.2). So
+   is the framing: a ``Transfer-Encoding`` other than ``chunked`` alone is 501 (RFC
+   9112 section 6.1), a malformed ``Content-Length`` 400.
 2. The token is verified (:meth:`Enforcer.authenticate`): a DPoP-bound access token
    (RFC 9449) whose audience is ``public_url`` (RFC 8707). The DPoP ``htu`` is checked
    against ``public_url``'s origin plus the request path, never a URL built from the
@@ -46,7 +48,11 @@ For every request, in this order:
    plane uses the approval for exactly that call, once, and the call is decided as
    approved; ``approval-denied``, ``approval-expired``, ``approval-used`` or
    ``approval-mismatch`` otherwise.
-6. The response is streamed back (hop-by-hop headers removed). Upstream timeouts give
+6. The response is streamed back: hop-by-hop headers removed, the upstream's
+   authentication challenges (``WWW-Authenticate``, ``Authentication-Info``,
+   ``DPoP-Nonce``: they concern the brokered credential) removed, and any field whose
+   value holds the brokered credential (an upstream echoing it) dropped, with a
+   warning naming the field; its trailer fields are discarded. Upstream timeouts give
    504, connection failures 502 (RFC 9110 sections 15.6.3 and 15.6.5); either way the
    outcome is audited as failed. A client that sends its body too slowly (a read
    waits longer than ``timeouts.read``) gets 408; a client that leaves mid-response
@@ -58,8 +64,10 @@ Every refusal is an RFC 9457 problem document (``application/problem+json``) tha
 never carries a stack trace. The listener (:class:`ListenerProtocol`, uvicorn's
 httptools protocol) bounds the request head before any of this runs: 414 past
 :data:`MAX_TARGET` bytes of request-target, 431 past :data:`MAX_HEAD` bytes of head,
-and a connection whose head is not complete within :data:`HEAD_TIMEOUT` seconds is
-closed (408 if it sent part of one). WebSocket is off (``ws="none"``): an ``Upgrade``
+505 for a version other than HTTP/1.1 and HTTP/1.0, and a connection whose head is
+not complete within :data:`HEAD_TIMEOUT` seconds is closed (408 if it sent part of
+one); it discards a chunked body's trailer fields, and closes a connection that
+sends more than :data:`MAX_HEAD` bytes of them (or of chunk framing). WebSocket is off (``ws="none"``): an ``Upgrade``
 request is an ordinary HTTP request, authenticated and audited like any other, and
 its ``Upgrade`` header is dropped as hop-by-hop.
 ``/.well-known/oauth-protected-resource[/path]`` serves the RFC 9728 metadata,
@@ -180,6 +188,11 @@ _CLIENT_ONLY = frozenset(
     {b"authorization", b"dpop", b"host", b"forwarded", b"x-real-ip", b"expect", b"traceparent"}
 )
 _FRAMING = frozenset({b"content-length"})  # re-sent by the upstream client as it frames
+# Never relayed to the client: the upstream's authentication challenges concern the
+# brokered credential, which the agent does not hold; relayed, the agent's SDK would
+# take them for the gateway's (RFC 9449 section 9 nonce, RFC 6750 invalid_token) and
+# refresh its token or send the call again.
+_UPSTREAM_ONLY = frozenset({b"www-authenticate", b"authentication-info", b"dpop-nonce"})
 
 T = TypeVar("T")
 
@@ -510,12 +523,32 @@ def request_headers_for_upstream(
 
 
 def response_headers_for_client(
-    headers: Iterable[tuple[bytes, bytes]],
+    headers: Iterable[tuple[bytes, bytes]], secret: bytes | None = None
 ) -> list[tuple[bytes, bytes]]:
-    """The upstream's response headers without hop-by-hop fields (RFC 9110 7.6.1)."""
+    """The upstream's response headers without hop-by-hop fields (RFC 9110 7.6.1),
+    without its authentication challenges (``WWW-Authenticate``,
+    ``Authentication-Info``, ``DPoP-Nonce``: the gateway authenticates the agent) and
+    without any field whose value holds ``secret``, the brokered credential the
+    upstream was sent: an upstream that echoes request fields must not hand it to
+    the agent (a body that echoes it is not looked at)."""
     headers = [(k.lower(), v) for k, v in headers]
-    drop = HOP_BY_HOP | _connection_tokens(headers)
-    return [(k, v) for k, v in headers if k not in drop]
+    drop = HOP_BY_HOP | _UPSTREAM_ONLY | _connection_tokens(headers)
+    out = [(k, v) for k, v in headers if k not in drop]
+    if secret and any(secret in v for _, v in out):
+        echoed = sorted({k.decode("latin-1") for k, v in out if secret in v})
+        log.warning("the upstream echoed the brokered credential in %s: dropped", echoed)
+        out = [(k, v) for k, v in out if secret not in v]
+    return out
+
+
+def _bare_secret(credential: CredentialRef, inject: Mapping[str, str]) -> bytes | None:
+    """The credential itself in ``inject``'s value: without the API key's ``prefix``
+    or the OAuth token's ``Bearer``, as an upstream that echoes it may write it."""
+    if len(inject) != 1:
+        return None
+    (value,) = inject.values()
+    prefix = credential.prefix if isinstance(credential, ApiKeyInjection) else "Bearer "
+    return value.removeprefix(prefix).encode("latin-1") or None
 
 
 # -- the ASGI application ----------------------------------------------------------------
@@ -588,6 +621,7 @@ class _Permit:
     secret: str | None
     content_length: int | None  # the request's (also 0), None: chunked or no body
     has_body: bool
+    echo: bytes | None = None  # the brokered credential, dropped from response fields
 
 
 @dataclass(slots=True)
@@ -628,9 +662,11 @@ _TITLES = {
     414: "URI too long",
     429: "Too many requests",
     431: "Request header fields too large",
+    501: "Not implemented",
     502: "Bad gateway",
     503: "Service unavailable",
     504: "Gateway timeout",
+    505: "HTTP version not supported",
 }
 
 
@@ -902,6 +938,10 @@ class HttpGateway:
             return _problem(status, "bad-request", f"the request path is refused: {exc}")
         try:
             framing = _framing(headers)
+        except _CodingRefused:
+            reason = "a Transfer-Encoding other than chunked"
+            enforcer.refuse(None, trace=trace, status=501, reason=reason)
+            return _problem(501, "not-implemented", f"the request has {reason}")
         except ValueError:
             enforcer.refuse(None, trace=trace, status=400, reason="invalid Content-Length")
             return _problem(400, "bad-request", "the request's Content-Length is not valid")
@@ -1096,6 +1136,7 @@ class HttpGateway:
             self._record(permit, trace, Outcome.FAILURE, 502, 0.0)
             return _problem(502, "upstream-credential", "the upstream credential is not available")
         permit.inject, permit.secret = inject, secret
+        permit.echo = _bare_secret(credential, inject)
         return permit
 
     def _record(
@@ -1163,7 +1204,7 @@ class HttpGateway:
                         {
                             "type": "http.response.start",
                             "status": status,
-                            "headers": response_headers_for_client(response.headers),
+                            "headers": response_headers_for_client(response.headers, permit.echo),
                         }
                     )
                     started_response = True
@@ -1289,10 +1330,20 @@ class HttpGateway:
         await send({"type": "http.response.body", "body": body})
 
 
+class _CodingRefused(ValueError):
+    """A ``Transfer-Encoding`` other than ``chunked`` alone."""
+
+
 def _framing(headers: Iterable[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
     """The request body's ``Content-Length`` (None: chunked or none) and whether there
     is a body at all (RFC 9112 section 6.3). uvicorn has already refused messages whose
-    framing is ambiguous."""
+    framing is ambiguous (both fields, two ``Content-Length``, ``chunked`` not last).
+
+    The one transfer coding taken is ``chunked`` alone (:class:`_CodingRefused`
+    otherwise, RFC 9112 section 6.1: 501): llhttp takes ``gzip, chunked`` or a
+    ``Transfer-Encoding: identity`` field before a ``chunked`` one, and removes only
+    the chunking; forwarded re-chunked, the upstream would read the coded bytes as
+    the content. ``identity`` alone fails llhttp only after the head was handed on."""
     length: int | None = None
     chunked = False
     for key, value in headers:
@@ -1301,6 +1352,8 @@ def _framing(headers: Iterable[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
                 raise ValueError("invalid Content-Length")
             length = int(value)
         elif key == b"transfer-encoding":
+            if chunked or value.strip(b" \t").lower() != b"chunked":
+                raise _CodingRefused("a transfer coding other than chunked")
             chunked = True
     if chunked:
         return None, True
@@ -1355,7 +1408,9 @@ _HEAD_REFUSALS = {
     408: _head_refusal(408, "request-timeout", "the request head did not arrive in time"),
     414: _head_refusal(414, "bad-request", f"the request-target is over {MAX_TARGET} bytes"),
     431: _head_refusal(431, "bad-request", f"the request head is over {MAX_HEAD} bytes"),
+    505: _head_refusal(505, "bad-request", "the gateway speaks HTTP/1.1 and HTTP/1.0"),
 }
+_VERSIONS = frozenset({"1.1", "1.0"})  # llhttp also takes 0.9 (then reads fields) and 2.0
 
 
 class _HeadRefused(Exception):
@@ -1367,6 +1422,9 @@ class ListenerProtocol(HttpToolsProtocol):
     reads whole and without a deadline before the application runs.
 
     * Request-target: past ``max_target`` bytes, 414 (RFC 9110 section 15.5.15).
+    * Version: HTTP/1.1 or HTTP/1.0, else 505 (RFC 9110 section 15.6.6). llhttp
+      takes ``HTTP/2.0`` in a request line, and a line without a version as HTTP/0.9
+      whose following lines it still reads as fields: neither is forwarded.
     * Head (request-target and fields): past ``max_head`` bytes, 431 (RFC 6585
       section 5). Counted as bytes received while the head is incomplete, so what
       llhttp and httptools hold is bounded by that plus one read; a head that ends
@@ -1380,6 +1438,17 @@ class ListenerProtocol(HttpToolsProtocol):
     * ``Upgrade``: with ``ws="none"`` the request is served as plain HTTP; httptools
       drops what followed the upgrade request in that read, so the connection closes
       after the answer.
+    * Trailer fields of a chunked request body are discarded, as RFC 9112 section
+      7.1.2 allows (the upstream client sends no trailer section). uvicorn appends
+      them to ``scope["headers"]``, where the gateway read them when the whole request
+      came in one read: a client could add fields past the head the gateway decided
+      on (a second ``Authorization``, any other field) and have them forwarded.
+    * Bytes after the head that carry no body (chunk-size lines, chunk extensions, the
+      trailer section), past ``max_head`` in a row, close the connection: httptools
+      buffers a trailer field whole, growing it by one copy per read, so an unbounded
+      one cost memory and event-loop time quadratic in its length (a call in progress
+      sees its client leave: it ends as failed, and the upstream never gets the end
+      of the request).
 
     Each refusal closes the connection at once (a client still sending may see a
     reset instead of the answer); the application, and so the audit trail, never
@@ -1399,6 +1468,7 @@ class ListenerProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self._in_head = True  # the next bytes belong to a request's head
         self._head_bytes = 0
+        self._tail_bytes = 0  # bytes read after the head since the last body bytes
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal = 0
 
@@ -1415,6 +1485,8 @@ class ListenerProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if self._in_head:
             self._head_bytes += len(data)
+        else:
+            self._tail_bytes += len(data)  # on_body sets it back to 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError:
@@ -1434,6 +1506,8 @@ class ListenerProtocol(HttpToolsProtocol):
                 self._refuse(431)
             elif self._head_timer is None:  # a head in one read (the usual) needs none
                 self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+        elif self._tail_bytes > self.max_head:
+            self._cut_tail()
         return None
 
     def on_url(self, url: bytes) -> None:
@@ -1444,18 +1518,29 @@ class ListenerProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._tail_bytes = 0
         self._stop_head_timer()
         if self._head_bytes > self.max_head and self._head_size() > self.max_head:
             self._refusal = 431
             raise _HeadRefused
+        if self.parser.get_http_version() not in _VERSIONS:
+            self._refusal = 505
+            raise _HeadRefused
         super().on_headers_complete()
+        # scope["headers"] keeps the head's fields; uvicorn's on_header appends trailer
+        # fields to this list instead, which nothing reads (RFC 9112 section 7.1.2)
+        self.headers = []
+
+    def on_body(self, body: bytes) -> None:
+        self._tail_bytes = 0
+        super().on_body(body)
 
     def _head_size(self) -> int:
         return len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._head_bytes, self._tail_bytes = True, 0, 0
 
     def _bad_request(self) -> None:
         msg = "Invalid HTTP request received."
@@ -1469,6 +1554,16 @@ class ListenerProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.write(_HEAD_REFUSALS[status])
             self.transport.close()
+
+    def _cut_tail(self) -> None:
+        """Past ``max_head`` bytes of chunk framing or trailer section: 431 when no
+        answer is under way (the application answered already, e.g. a 401), else
+        the connection closes and the call sees its client leave."""
+        if self.cycle is None or self.cycle.response_complete:
+            self._refuse(431)
+            return
+        log.info("request trailer section or chunk framing over %d bytes", self.max_head)
+        self.transport.close()
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:

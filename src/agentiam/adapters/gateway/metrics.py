@@ -56,6 +56,7 @@ OUTCOME_OF_STATUS: Final[Mapping[int, str]] = {
     415: "bad_request",
     429: "rate_limited",
     431: "bad_request",
+    501: "bad_request",  # a request transfer coding the HTTP gateway does not take
     502: "upstream_error",
     503: "unavailable",
     504: "upstream_timeout",
