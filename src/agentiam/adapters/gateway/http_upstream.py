@@ -29,6 +29,14 @@ What it does:
 * **Bounded time**: ``connect`` bounds opening a connection, ``read`` every wait for
   upstream bytes and every write (RFC 9110 section 15.6.5: the gateway answers 504);
   the caller bounds the whole exchange.
+* **Bounded memory**: a response head (interim answers included) over
+  :data:`MAX_RESPONSE_HEAD` bytes, or that many bytes in a row without body bytes
+  once the body began (chunk framing, the trailer section), is malformed (502):
+  httptools holds a field whole and grows it by one copy per read, so an unbounded
+  one would cost memory and event-loop time quadratic in its length.
+* **Trailer fields** of a chunked response are discarded (RFC 9112 section 7.1.2:
+  a recipient MAY; it MUST NOT merge them into the header section, which llhttp's
+  callbacks would do when they arrive with the head).
 * **Reuse**: a connection goes back to the pool only when its response was read to the
   end, both sides agreed to keep it alive (``Connection``, HTTP/1.0), and it has not
   been idle for longer than ``idle_timeout``. An idempotent request (RFC 9110 section
@@ -53,6 +61,7 @@ from urllib.parse import urlsplit
 import httptools
 
 __all__ = [
+    "MAX_RESPONSE_HEAD",
     "UpstreamConnectError",
     "UpstreamConnectTimeout",
     "UpstreamError",
@@ -62,6 +71,7 @@ __all__ = [
 ]
 
 _READ = 64 * 1024
+MAX_RESPONSE_HEAD = 64 * 1024  # bytes of response head (nginx's default is 4-8 KiB)
 _NO_BODY_STATUS = frozenset({204, 304})
 # RFC 9110 section 9.2.2 (TRACE is not routable); RFC 9112 section 9.3.1.1
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -112,15 +122,18 @@ class _Parsed:
 
     Only the first final response on the connection is parsed: llhttp would go on to
     parse anything after it as another response (and :meth:`on_message_begin` would
-    replace the headers), so parsing stops there and ``extra`` is set."""
+    replace the headers), so parsing stops there and ``extra`` is set. ``headers`` is
+    the final response's header section; fields after it (trailer fields) go to a
+    list nobody reads."""
 
     __slots__ = (
-        "body", "complete", "error", "extra", "headers", "headers_done", "keep_alive",
-        "parser", "status",
+        "_fields", "body", "complete", "error", "extra", "headers", "headers_done",
+        "keep_alive", "parser", "status",
     )  # fmt: skip
 
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
+        self._fields: list[tuple[bytes, bytes]] = []  # the fields of the section parsed
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.status = 0
@@ -134,10 +147,10 @@ class _Parsed:
         if self.complete:
             self.extra = True
             raise _MessageEnd
-        self.headers = []
+        self._fields = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.lower(), value))
+        self._fields.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -151,6 +164,7 @@ class _Parsed:
             raise _MessageEnd
         self.status = status
         self.headers_done = True
+        self.headers, self._fields = self._fields, []  # trailer fields go to the new list
         # llhttp's answer is only valid here (it is reset once the message ends)
         self.keep_alive = self.parser.should_keep_alive()
 
@@ -219,6 +233,7 @@ class UpstreamResponse:
         parsed = self._parsed
         if self._no_body:
             return
+        idle = 0  # bytes read in a row that held no body bytes
         while True:
             if parsed.body:
                 chunks, parsed.body = parsed.body, []
@@ -237,6 +252,14 @@ class UpstreamResponse:
                     return
                 raise UpstreamError("the upstream closed the connection mid-body")
             parsed.feed(data)
+            if parsed.body or parsed.complete:
+                idle = 0
+            else:
+                idle += len(data)
+                if idle > MAX_RESPONSE_HEAD:
+                    raise UpstreamError(
+                        "the upstream sent chunk framing or trailers past the bound"
+                    )
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
@@ -361,8 +384,12 @@ class UpstreamPool:
                 raise _StaleConnection from None
             raise UpstreamError(f"sending the request failed: {type(exc).__name__}") from None
         parsed = _Parsed()
-        got_bytes = False
+        got_bytes = 0
         while not parsed.headers_done:
+            if got_bytes > MAX_RESPONSE_HEAD:
+                raise UpstreamError(
+                    f"the upstream's response head is over {MAX_RESPONSE_HEAD} bytes"
+                )
             try:
                 data = await self._read(conn)
             except UpstreamTimeout:
@@ -375,7 +402,7 @@ class UpstreamPool:
                 if retryable and not got_bytes:
                     raise _StaleConnection
                 raise UpstreamError("the upstream closed the connection before answering")
-            got_bytes = True
+            got_bytes += len(data)
             parsed.feed(data)
         return UpstreamResponse(self, conn, parsed, head=head, request_keep_alive=keep_alive)
 
