@@ -209,6 +209,7 @@ def test_request_headers_lose_credentials_hop_by_hop_and_route_claims() -> None:
         (b"content-length", b"12"),
         (b"accept", b"*/*"),
         (b"cookie", b"a=b"),
+        (b"agentiam-approval", b"apr_01"),  # the gateway's header, not the upstream's
     ]
     out = request_headers_for_upstream(
         client, inject={"X-Api-Key": API_KEY}, forwarded="for=127.0.0.1", trace=trace

@@ -67,9 +67,9 @@ httptools protocol) bounds the request head before any of this runs: 414 past
 505 for a version other than HTTP/1.1 and HTTP/1.0, and a connection whose head is
 not complete within :data:`HEAD_TIMEOUT` seconds is closed (408 if it sent part of
 one); it discards a chunked body's trailer fields, and closes a connection that
-sends more than :data:`MAX_HEAD` bytes of them (or of chunk framing). WebSocket is off (``ws="none"``): an ``Upgrade``
-request is an ordinary HTTP request, authenticated and audited like any other, and
-its ``Upgrade`` header is dropped as hop-by-hop.
+sends more than :data:`MAX_HEAD` bytes of them (or of chunk framing). WebSocket is
+off (``ws="none"``): an ``Upgrade`` request is an ordinary HTTP request, authenticated
+and audited like any other, and its ``Upgrade`` header is dropped as hop-by-hop.
 ``/.well-known/oauth-protected-resource[/path]`` serves the RFC 9728 metadata,
 ``/healthz`` the runtime's health (503 once it no longer decides), ``/metrics``
 Prometheus text.
@@ -183,9 +183,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Never forwarded from the client: its credentials (the upstream gets the brokered
-# one), what the gateway sets itself, and client claims about the path it came by.
+# one), what the gateway sets itself, client claims about the path it came by, and the
+# approval id it shows the gateway (the gateway's protocol, not the upstream's).
 _CLIENT_ONLY = frozenset(
     {b"authorization", b"dpop", b"host", b"forwarded", b"x-real-ip", b"expect", b"traceparent"}
+    | {APPROVAL_HEADER.lower().encode("ascii")}
 )
 _FRAMING = frozenset({b"content-length"})  # re-sent by the upstream client as it frames
 # Never relayed to the client: the upstream's authentication challenges concern the
