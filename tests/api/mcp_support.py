@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from joserfc import jws
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -20,6 +21,19 @@ from tests.support.live import serve_in_thread
 
 from agentiam.core.credentials.verifier import AccessTokenVerifier
 from agentiam.errors import OAuthError
+
+
+async def refuse_modern_probe(scope: Scope, receive: Receive, send: Send) -> bool:
+    """An upstream of the handshake era answers the SDK client's 2026-07-28 probe as
+    such a server does (404, ``Method not found``), so the client falls back to the
+    handshake. True when ``scope`` was that probe and has been answered."""
+    if scope["type"] != "http":
+        return False
+    if Headers(scope=scope).get("mcp-protocol-version") not in MODERN_PROTOCOL_VERSIONS:
+        return False
+    body = {"jsonrpc": "2.0", "id": None, "error": {"code": -32601, "message": "Method not found"}}
+    await JSONResponse(body, status_code=404)(scope, receive, send)
+    return True
 
 
 @contextmanager

@@ -49,9 +49,8 @@ from mcp_types import (
     Tool,
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+from tests.api.mcp_support import refuse_modern_probe
 from tests.api.oauth_support import oauth_live
 from tests.support.live import free_port, serve_in_thread
 from tests.support.live import until as _until
@@ -142,16 +141,7 @@ class Changing:
         )
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            era = (
-                Headers(scope=scope).get("mcp-protocol-version")
-                if scope["type"] == "http"
-                else None
-            )
-            if not self.stateless and era in MODERN_PROTOCOL_VERSIONS:
-                # a server of the handshake era: the client's 2026-07-28 probe fails
-                error = {"code": -32601, "message": "Method not found"}
-                body = {"jsonrpc": "2.0", "id": None, "error": error}
-                await JSONResponse(body, status_code=404)(scope, receive, send)
+            if not self.stateless and await refuse_modern_probe(scope, receive, send):
                 return
             await inner(scope, receive, send)
 
@@ -166,15 +156,7 @@ class World:
 
     def call(self, name: str) -> Any:
         """The tool result, or the MCPError the call raised."""
-
-        async def go() -> Any:
-            async with self.agentside.client() as client:
-                try:
-                    return await client.call_tool(name, {})
-                except MCPError as exc:
-                    return exc
-
-        return anyio.run(go)
+        return self.agentside.call(name)
 
     def listed(self) -> set[str]:
         async def go() -> Any:

@@ -135,6 +135,19 @@ class World:
             async with client:
                 yield client
 
+    def call(self, name: str, arguments: dict[str, Any] | None = None) -> Any:
+        """One ``tools/call`` through the stock client: the result, or the MCPError
+        the call raised (caught inside the client's task group, which would wrap it)."""
+
+        async def go() -> Any:
+            async with self.client() as client:
+                try:
+                    return await client.call_tool(name, arguments or {})
+                except MCPError as exc:
+                    return exc
+
+        return anyio.run(go)
+
     def post(
         self, body: Any, *, agent: AgentClient | None = None, **headers: str
     ) -> httpx.Response:

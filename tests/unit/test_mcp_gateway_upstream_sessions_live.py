@@ -42,11 +42,11 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPError
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
+from tests.api.mcp_support import refuse_modern_probe
 from tests.api.oauth_support import OAuthLive, oauth_live
 from tests.support.live import free_port, serve_in_thread
 from tests.support.live import until as _until
@@ -130,12 +130,7 @@ class Stateful:
             if headers.get("authorization") != f"Bearer {UPSTREAM_KEY}":
                 await Response(status_code=401)(scope, receive, send)
                 return
-            era = headers.get("mcp-protocol-version")
-            if not self.stateless and era in MODERN_PROTOCOL_VERSIONS:
-                # a server of the handshake era: the client's 2026-07-28 probe fails
-                error = {"code": -32601, "message": "Method not found"}
-                body = {"jsonrpc": "2.0", "id": None, "error": error}
-                await JSONResponse(body, status_code=404)(scope, receive, send)
+            if not self.stateless and await refuse_modern_probe(scope, receive, send):
                 return
             await inner(scope, receive, send)
 
