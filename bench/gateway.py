@@ -418,20 +418,23 @@ def _requests(s: System, n: int, *, through_gateway: bool) -> list[bytes]:
 
 
 def _run_load(
-    s: System, job: dict[str, Any], profile: Path | None = None
+    s: System, job: dict[str, Any], profiles: dict[str, Path] | None = None
 ) -> tuple[LoadOut, dict[str, float]]:
     """Run one phase: the load generator's results (with the gateway's event-loop
-    lag histogram over the phase) and the CPU seconds each server used."""
+    lag histogram over the phase) and the CPU seconds each server used.
+    ``profiles`` maps a server's name (as in ``System.pids``) to where its py-spy
+    samples go."""
     job_file, out_file = s.tmp / "job.pkl", s.tmp / "out.json"
     job_file.write_bytes(pickle.dumps(job))
-    spy = None
-    if profile is not None:  # samples the thread holding the GIL: where the CPU goes
-        spy = subprocess.Popen(  # noqa: S603 - py-spy from PyPI, next to this Python
+    spies = []
+    for name, path in (profiles or {}).items():  # the GIL holder: where the CPU goes
+        spies.append(subprocess.Popen(  # noqa: S603 - py-spy from PyPI, next to this Python
             [str(Path(sys.executable).with_name("py-spy")), "record", "--pid",
-             str(s.gateway.pid), "--format", "raw", "--output", str(profile), "--rate", "200",
+             str(s.pids()[name]), "--format", "raw", "--output", str(path), "--rate", "200",
              "--nonblocking", "--gil", "--threads"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        ))  # fmt: skip
+    if spies:
         time.sleep(1.0)  # py-spy attaches
     histograms_before = {name: _histogram(s, metric) for name, metric in _HISTOGRAMS.items()}
     before = {name: _cpu_seconds(pid) for name, pid in s.pids().items()}
@@ -440,7 +443,7 @@ def _run_load(
     )
     after = {name: _cpu_seconds(pid) for name, pid in s.pids().items()}
     histograms_after = {name: _histogram(s, metric) for name, metric in _HISTOGRAMS.items()}
-    if spy is not None:
+    for spy in spies:
         spy.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
         spy.wait(timeout=30)
     if gen.returncode != 0:
@@ -519,8 +522,11 @@ def _decision_histogram(s: System) -> str:
     return ", ".join(parts)
 
 
+_PROFILED = ("gateway", "control plane")  # the servers ``--profile`` samples
+
+
 def _profile_summary(path: Path, top: int = 25) -> str:
-    """The gateway's py-spy samples (GIL holder only) as two lists: the functions
+    """A server's py-spy samples (GIL holder only) as two lists: the functions
     where the samples were taken (self), and the agentiam functions they ran under
     (cumulative), each as a share of all samples."""
     own: dict[str, int] = {}
@@ -585,7 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument(
         "--profile", action="store_true",
-        help="sample the gateway with py-spy during the throughput phase (pip install py-spy)",
+        help="sample the gateway and the control plane with py-spy during the "
+        "throughput phase (pip install py-spy)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
@@ -638,10 +645,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             job = {"mode": "closed", "host": "127.0.0.1", "port": port,
                    "connections": args.concurrency, "seconds": args.seconds,
                    "requests": _requests(s, budget, through_gateway=gw)}  # fmt: skip
-            profile = s.tmp / "gateway.pyspy" if gw and args.profile else None
-            out, cpu = _run_load(s, job, profile)
-            if profile is not None:
-                profiled = _profile_summary(profile)
+            profiles = (
+                {name: s.tmp / f"{name.replace(' ', '_')}.pyspy" for name in _PROFILED}
+                if gw and args.profile else {}
+            )  # fmt: skip
+            out, cpu = _run_load(s, job, profiles)
+            profiled = "\n\n".join(
+                f"{name} profile (py-spy, throughput phase, GIL holder):\n"
+                f"{_profile_summary(path)}"
+                for name, path in profiles.items()
+            ) or profiled
             through[gw] = out
             name = f"max {'gateway' if gw else 'direct'} c={args.concurrency}"
             cpu_rows.append(_cpu_row(name, cpu, out))
@@ -693,7 +706,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"gateway decision time (authenticate + decide + durable event): {decision}")
     if args.profile:
         print()
-        print(f"gateway profile (py-spy, throughput phase, GIL holder):\n{profiled}")
+        print(profiled)
     print(f"load average after the run: {_loadavg()} (this run's own processes included)")
     print(
         "audit spool after the run: "

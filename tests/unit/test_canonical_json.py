@@ -12,8 +12,9 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agentiam.core.audit import trail
 from agentiam.core.audit.merkle import leaf_hash
-from agentiam.core.audit.trail import canonical, event_leaf
+from agentiam.core.audit.trail import canonical, canonical_text, decoded_body, event_leaf
 
 # Strings that stress the escaping and the key order: control characters, the
 # characters JSON escapes, U+007F, U+2028/U+2029, characters on both sides of the
@@ -171,3 +172,53 @@ def test_numbers_rfc8785_refuses_are_still_refused() -> None:
         event_leaf('{"f": NaN}')
     with pytest.raises(rfc8785.FloatDomainError):
         canonical({"f": -math.inf})
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_JSON)
+def test_a_written_text_is_logged_and_read_as_if_it_were_decoded(value: Any) -> None:
+    """What the store writes (:func:`canonical_text`): when it is not None, it is the
+    RFC 8785 text of the value, its leaf (from the memo) is what rfc8785 gives, and
+    detection reads it (:func:`decoded_body`, from the memo, then decoding) as the
+    text decodes."""
+    text = canonical_text(value)
+    if text is None:
+        return
+    reference = _reference(value)
+    try:
+        ours: bytes | type[BaseException] = event_leaf(text)
+    except Exception as exc:
+        ours = type(exc)
+    if isinstance(reference, bytes):
+        assert text.encode("utf-8") == reference
+        assert ours == leaf_hash(reference)
+    else:  # a lone surrogate: refused by the trail as before
+        assert ours == reference
+    assert decoded_body(text) == json.loads(text)  # from the memo
+    assert decoded_body(text) == json.loads(text)  # decoded: the memo forgot it
+
+
+def test_a_text_not_written_here_is_canonicalised_not_trusted() -> None:
+    """The memo vouches only for the exact text written: the same event in another
+    formatting (an integral float, spaces, other key order) still gets the leaf of
+    its canonical form, and a text one byte off a written one is not vouched for."""
+    written = canonical_text({"b": 1, "a": 3.0})
+    assert written == '{"a":3,"b":1}'
+    expected = leaf_hash(rfc8785.dumps({"a": 3, "b": 1}))
+    assert event_leaf(written) == expected
+    assert event_leaf('{"b": 1, "a": 3.0}') == expected
+    assert event_leaf('{"a":3,"b":2}') == leaf_hash(rfc8785.dumps({"a": 3, "b": 2}))
+    assert decoded_body('{"a":3,"b":1 }') == {"a": 3, "b": 1}
+
+
+def test_the_memo_is_bounded() -> None:
+    """Texts nobody reads back (no detection, or another replica logs them) are
+    forgotten oldest first: memory stays bounded and nothing is read differently."""
+    first = canonical_text({"n": -1})
+    assert first is not None
+    for n in range(trail._WRITTEN._bound + 10):
+        canonical_text({"n": n})
+    assert len(trail._WRITTEN._texts) == trail._WRITTEN._bound
+    assert first not in trail._WRITTEN
+    assert event_leaf(first) == leaf_hash(b'{"n":-1}')
+    assert decoded_body(first) == {"n": -1}

@@ -9,7 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentiam.adapters.http.middleware import json_depth_exceeds, json_has_non_numbers
+from agentiam.adapters.http.middleware import (
+    NON_NUMBERS,
+    json_body_problem,
+    json_depth_exceeds,
+    json_has_non_numbers,
+)
 
 
 def _byte_by_byte(body: bytes, max_depth: int) -> bool:
@@ -117,6 +122,20 @@ def test_non_numbers_are_found_exactly_where_a_strict_decoder_refuses(value: obj
     except _Constant:
         expected = True
     assert json_has_non_numbers(text.encode()) is expected
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_VALUES, st.integers(min_value=1, max_value=6))
+def test_one_pass_refuses_what_the_two_checks_refuse(value: object, max_depth: int) -> None:
+    """The middleware's single cut of the strings (:func:`json_body_problem`) refuses a
+    body for depth exactly when :func:`json_depth_exceeds` does, else for NaN or
+    Infinity exactly when :func:`json_has_non_numbers` does."""
+    body = json.dumps(value).encode()
+    if json_depth_exceeds(body, max_depth):
+        expected: str | None = f"JSON nesting is deeper than {max_depth} levels"
+    else:
+        expected = NON_NUMBERS if json_has_non_numbers(body) else None
+    assert json_body_problem(body, max_depth) == expected
 
 
 @pytest.mark.parametrize(

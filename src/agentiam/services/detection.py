@@ -21,7 +21,6 @@ windows and risk scores survive a restart without a second copy of their state.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -32,6 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from agentiam.core.audit.events import Actor, ActorType, AuditEvent, Outcome, ResourceRef
+from agentiam.core.audit.trail import decoded_body
 from agentiam.core.detection.config import DetectionConfig
 from agentiam.core.detection.engine import DetectionEngine
 from agentiam.core.detection.model import Alert, Observation
@@ -327,7 +327,7 @@ class DetectionService:
 
     def _observation(self, index: int, body: str) -> Observation | None:
         try:
-            event = json.loads(body)
+            event = decoded_body(body)
         except ValueError:
             return None
         if not isinstance(event, dict):

@@ -36,6 +36,7 @@ from agentiam.adapters.storage import tables as t
 from agentiam.adapters.storage.batching import IN_LIST_SIZE, chunks
 from agentiam.core.access.admin_keys import AdminKey, Role
 from agentiam.core.audit.events import AuditEvent
+from agentiam.core.audit.trail import canonical_text
 from agentiam.core.credentials.revocations import Revocation, RevocationKind
 from agentiam.core.credentials.signing_keys import SigningKey
 from agentiam.core.delegation.models import DelegationGrant, TokenNode, TokenOrigin
@@ -86,6 +87,13 @@ SCOPE, AUDIENCE = "scope", "audience"
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _event_body(value: dict[str, Any]) -> str:
+    """An audit event's stored body: its canonical JSON when that is proven cheaply
+    (the trail then hashes it as it stands, :func:`canonical_text`), else sorted JSON."""
+    text = canonical_text(value)
+    return _dumps(value) if text is None else text
 
 
 def _conflict(exc: IntegrityError, messages: dict[str, str], default: str) -> Conflict:
@@ -693,7 +701,7 @@ class SqlAudit:
             "event_id": event.event_id,
             "time": event.time,
             "type": event.type,
-            "body": _dumps(event.to_dict()),
+            "body": _event_body(event.to_dict()),
         }
         for column, value in cls._COLUMNS.items():
             row[column] = cls._clip(column, value(event))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,8 +55,10 @@ __all__ = [
     "LogEntry",
     "TreeHead",
     "canonical",
+    "canonical_text",
     "chain_hash",
     "checkpoint_claims",
+    "decoded_body",
     "event_leaf",
     "tree_head_claims",
     "verify_tree_head",
@@ -183,12 +186,84 @@ def canonical(body: Any) -> bytes:
         return rfc8785.dumps(body)
 
 
+class _WrittenTexts:
+    """Texts this process wrote as canonical JSON (:func:`canonical_text`), each with
+    the value it encodes, until detection reads it: a bounded memo of two facts about
+    each text, that it is its own RFC 8785 form and what it decodes to. The oldest
+    are forgotten first; a forgotten or unknown text is only slower to log and to
+    read (:func:`event_leaf` proves it again, :func:`decoded_body` decodes it), never
+    read differently. The store's writer, the trail's integrator and detection are
+    different threads, hence the lock."""
+
+    def __init__(self, bound: int) -> None:
+        self._bound = bound
+        self._texts: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def add(self, text: str, value: Any) -> None:
+        with self._lock:
+            self._texts[text] = value
+            if len(self._texts) > self._bound:
+                del self._texts[next(iter(self._texts))]
+
+    def __contains__(self, text: str) -> bool:
+        with self._lock:
+            return text in self._texts
+
+    def take(self, text: str) -> tuple[bool, Any]:
+        """Whether :meth:`add` held ``text``, and its value (then forgotten)."""
+        with self._lock:
+            if text not in self._texts:
+                return False, None
+            return True, self._texts.pop(text)
+
+
+# Detection reads the trail every 0.1 s by default (and logs pending events first),
+# so this holds a second's worth at a few thousand events a second; at about 1.5 KB
+# of text and 5 KB of decoded value each, some 27 MB at most.
+_WRITTEN = _WrittenTexts(4096)
+
+
+def canonical_text(body: Any) -> str | None:
+    """``body``, a decoded JSON value, as its RFC 8785 canonical JSON text when
+    :func:`_plain` proves the C encoder writes exactly that (else None: the caller
+    stores its own encoding, which :func:`event_leaf` canonicalises when logging).
+    The text is remembered with the value it encodes, so that :func:`event_leaf`
+    hashes it as it stands and :func:`decoded_body` need not decode it. Valid JSON
+    for any reader: it differs from ``json.dumps(sort_keys=True)`` only in writing
+    integral floats as integers (RFC 8785 section 3.2.2.3), as a decoder of the text
+    gives them back. The caller must not change ``body`` afterwards."""
+    try:
+        plain = _plain(body)
+        text = _ENCODER.encode(plain)
+    except (_Unsure, RecursionError, ValueError, TypeError):
+        return None
+    _WRITTEN.add(text, plain)
+    return text
+
+
+def decoded_body(body_json: str) -> Any:
+    """``json.loads(body_json)``: the value :func:`canonical_text` encoded, when this
+    process wrote the text and nothing read it this way yet (it is then forgotten;
+    the value is shared, so it must not be changed), else the text decoded. Raises
+    ValueError for a text that is not JSON."""
+    found, value = _WRITTEN.take(body_json)
+    return value if found else json.loads(body_json)
+
+
 def event_leaf(body_json: str) -> bytes:
     """The leaf hash of a stored event body (its JSON text, in any formatting).
 
-    An ASCII text without ``\\u`` escapes can hold no key beyond the BMP and no lone
-    surrogate, so :func:`_plain`'s checks reduce to its numbers, which the decoder's
-    hooks make as it meets them; anything else takes :func:`canonical`'s path."""
+    A text this process wrote as canonical JSON (:func:`canonical_text`) is hashed as
+    it stands. An ASCII text without ``\\u`` escapes can hold no key beyond the BMP
+    and no lone surrogate, so :func:`_plain`'s checks reduce to its numbers, which the
+    decoder's hooks make as it meets them; anything else takes :func:`canonical`'s
+    path."""
+    if body_json in _WRITTEN:
+        try:
+            return leaf_hash(body_json.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate: canonical() raises as before
+            pass
     if body_json.isascii() and "\\u" not in body_json:
         try:
             plain = _PLAIN_DECODER.decode(body_json)
