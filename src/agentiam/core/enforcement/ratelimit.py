@@ -53,7 +53,15 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-__all__ = ["MAX_THROTTLES", "BucketKey", "RateLimit", "RateLimiter", "Throttle", "retry_after"]
+__all__ = [
+    "MAX_THROTTLES",
+    "BucketKey",
+    "RateLimit",
+    "RateLimiter",
+    "Throttle",
+    "TokenBucket",
+    "retry_after",
+]
 
 _RESOLVED_CACHE = 4096  # tool names whose per-tool limit is remembered
 _EPSILON = 1e-9  # float slack: token counts and waits are sums of float steps
@@ -129,12 +137,34 @@ def retry_after(wait: float) -> int:
     return max(1, math.ceil(wait - _EPSILON))
 
 
-class _Bucket:
+class TokenBucket:
+    """One bucket of a :class:`RateLimit` (RFC 2697 section 3, the committed-rate
+    bucket): full when made, refilled at ``rate_per_second`` up to ``burst``. Not
+    locked: its owner holds the lock (:class:`RateLimiter`, and the gateways' budget
+    for anonymous refusals, ``core/enforcement/anonymous.py``)."""
+
     __slots__ = ("tokens", "updated")
 
-    def __init__(self, tokens: float, updated: float) -> None:
-        self.tokens = tokens
-        self.updated = updated
+    def __init__(self, limit: RateLimit, now: float) -> None:
+        self.tokens = float(limit.burst)
+        self.updated = now
+
+    def refill(self, limit: RateLimit, now: float) -> None:
+        """Add what ``limit`` refilled since the last refill (a clock that went back
+        refills nothing)."""
+        if now > self.updated:
+            self.tokens = min(
+                float(limit.burst), self.tokens + (now - self.updated) * limit.rate_per_second
+            )
+            self.updated = now
+
+    def has_token(self) -> bool:
+        # the slack absorbs float drift: ten refills of 0.1 are 0.9999999999999999
+        return self.tokens >= 1.0 - _EPSILON
+
+    def wait(self, limit: RateLimit) -> float:
+        """Seconds until the bucket holds a token again."""
+        return (1.0 - self.tokens) / limit.rate_per_second
 
 
 def _specificity(pattern: str) -> int:
@@ -195,7 +225,7 @@ class RateLimiter:
             key=lambda item: -_specificity(item[0]),
         )
         self._lock = threading.Lock()
-        self._buckets: OrderedDict[BucketKey, _Bucket] = OrderedDict()
+        self._buckets: OrderedDict[BucketKey, TokenBucket] = OrderedDict()
         self._resolved: dict[str, RateLimit | None] = {}
         self._wall = wall_clock
         self._throttles: dict[str, Throttle] = {}
@@ -290,29 +320,21 @@ class RateLimiter:
             wanted = self._wanted(agent_id, tool)
             if not wanted:
                 return None
-            buckets: list[tuple[_Bucket, RateLimit]] = []
+            buckets: list[tuple[TokenBucket, RateLimit]] = []
             for key, limit in wanted:
                 bucket = self._buckets.get(key)
                 if bucket is None:
-                    bucket = self._buckets[key] = _Bucket(float(limit.burst), now)
+                    bucket = self._buckets[key] = TokenBucket(limit, now)
                 else:
                     self._buckets.move_to_end(key)
-                    if now > bucket.updated:  # refill; a clock going back refills nothing
-                        bucket.tokens = min(
-                            float(limit.burst),
-                            bucket.tokens + (now - bucket.updated) * limit.rate_per_second,
-                        )
-                        bucket.updated = now
+                    bucket.refill(limit, now)
                 buckets.append((bucket, limit))
-            # the slack absorbs float drift: ten refills of 0.1 are 0.9999999999999999
-            if all(bucket.tokens >= 1.0 - _EPSILON for bucket, _ in buckets):
+            if all(bucket.has_token() for bucket, _ in buckets):
                 for bucket, _ in buckets:
                     bucket.tokens -= 1.0
                 result: float | None = None
             else:
-                result = retry_after(
-                    max((1.0 - b.tokens) / lim.rate_per_second for b, lim in buckets)
-                )
+                result = retry_after(max(b.wait(lim) for b, lim in buckets))
             while len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
             return result
