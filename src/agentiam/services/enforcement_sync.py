@@ -182,12 +182,20 @@ def _event_time(value: Any, index: int, now: datetime) -> datetime:
     return at
 
 
-# What an enforcement point records: its decisions, its refusals, the calls it made,
-# the MCP gateway's filtered listings (``mcp.list``), and an operator's deliberate
-# discard of events the control plane had refused for good (``audit.discarded``,
-# ``agentiam gateway spool rejected discard``).
+# What an enforcement point records: its decisions, its refusals, a gateway's counts of
+# anonymous refusals past its audit budget (``api.request.rejected.summary``), the calls
+# it made, the MCP gateway's filtered listings (``mcp.list``), and an operator's
+# deliberate discard of events the control plane had refused for good
+# (``audit.discarded``, ``agentiam gateway spool rejected discard``).
 ENFORCEMENT_EVENT_TYPES = frozenset(
-    {"authz.decision", "tool.call", "api.request.rejected", "mcp.list", "audit.discarded"}
+    {
+        "authz.decision",
+        "tool.call",
+        "api.request.rejected",
+        "api.request.rejected.summary",
+        "mcp.list",
+        "audit.discarded",
+    }
 )
 
 

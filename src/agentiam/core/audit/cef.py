@@ -79,6 +79,7 @@ NAMES = {
     "audit.discarded": "Refused audit events discarded",
     "api.read": "Admin API read",
     "api.request.rejected": "Admin API request rejected",
+    "api.request.rejected.summary": "Anonymous refusals summarized",
     "agent.created": "Agent created",
     "agent.updated": "Agent updated",
     "agent.activate": "Agent activated",

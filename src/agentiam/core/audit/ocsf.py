@@ -33,6 +33,8 @@ authz.decision, tool.call                           API Activity (6003): from th
                                                     GET… Read; POST Create; write, PUT, PATCH
                                                     Update; delete, DELETE Delete; else Other)
 api.request.rejected                                API Activity (6003): from the HTTP method
+api.request.rejected.summary                        API Activity (6003): Other (99) "Summary",
+                                                    ``count``, ``start_time``, ``end_time``
 agent.created, human.created                        Account Change (3001): Create (1)
 agent.activate, agent.resume                        Account Change (3001): Enable (2)
 agent.suspend                                       Account Change (3001): Disable (5)
@@ -373,6 +375,8 @@ _ROUTES: dict[str, _Route] = {
     **dict.fromkeys(("token.introspected", "api.read"), _Route(_API_ACTIVITY, 2)),
     **dict.fromkeys(("authz.decision", "tool.call"), _Route(_API_ACTIVITY, _from_action)),
     "api.request.rejected": _Route(_API_ACTIVITY, _from_http),
+    # a gateway's count of one peer's anonymous refusals past its audit budget
+    "api.request.rejected.summary": _Route(_API_ACTIVITY, 99, "Summary"),
     **dict.fromkeys(("agent.created", "human.created"), _Route(_ACCOUNT_CHANGE, 1)),
     **dict.fromkeys(("agent.activate", "agent.resume"), _Route(_ACCOUNT_CHANGE, 2)),
     "agent.suspend": _Route(_ACCOUNT_CHANGE, 5),
@@ -573,6 +577,8 @@ def _api_activity(m: _Mapper) -> None:
         if isinstance(status, int) and not isinstance(status, bool):
             m.out["http_response"] = {"code": status}
             m.used_details.add("status")
+    if m.type == "api.request.rejected.summary":
+        _summary_counts(m)
     if m.type == "authz.decision":
         decision = _text(m.details.get("decision"))
         policies = m.details.get("policies")
@@ -589,6 +595,21 @@ def _api_activity(m: _Mapper) -> None:
             ] or [{"decision": decision}]
     if trace_id := _text(m.trace.get("trace_id")):
         m.out["trace"] = {"uid": trace_id}
+
+
+def _summary_counts(m: _Mapper) -> None:
+    """A summary of refusals: OCSF's base ``count`` ("the number of times that events
+    in the same logical group occurred during the event Start Time to End Time
+    period"), ``start_time`` and ``end_time`` from ``details.count``, ``first_time``
+    and ``last_time``."""
+    count = m.details.get("count")
+    if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+        m.out["count"] = count
+        m.used_details.add("count")
+    for member, attribute in (("first_time", "start_time"), ("last_time", "end_time")):
+        if (at := epoch_millis(m.details.get(member))) is not None:
+            m.out[attribute] = at
+            m.used_details.add(member)
 
 
 def _detection_finding(m: _Mapper) -> None:
