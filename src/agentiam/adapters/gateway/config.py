@@ -21,6 +21,12 @@ The part every gateway shares (see docs/gateway.md#configuration)::
       timeout_seconds: 0.5
     timeouts: {connect: 5, read: 30, total: 60}
     approvals: {wait_seconds: 0, retry_after_seconds: 2}   # docs/approvals.md
+    audit:                             # refusals naming nobody audited one by one, per
+      anonymous_refusals:              # network peer and overall; the rest in summaries
+        per_peer: {rate_per_second: 1, burst: 20}     # (core/enforcement/anonymous.py);
+        overall: {rate_per_second: 20, burst: 200}    # null or "off": every refusal
+        summary_seconds: 10                           # its own event
+        max_peers: 10000
 
 The kind's own section (``routes``/``upstreams`` for HTTP, ``servers`` for MCP) is
 handed to that gateway's parser as :attr:`GatewayConfig.section`.
@@ -41,6 +47,7 @@ import yaml
 
 from agentiam.adapters.gateway.spool import DEFAULT_REJECTED_MAX_BYTES
 from agentiam.adapters.tls import tls_context
+from agentiam.core.enforcement.anonymous import AnonymousRefusalLimits
 from agentiam.core.enforcement.ratelimit import RateLimiter
 from agentiam.core.plain_http import ONLY_ON_LOOPBACK, secure_or_loopback
 
@@ -79,6 +86,7 @@ _COMMON = frozenset(
         "replay_cache",
         "timeouts",
         "approvals",
+        "audit",
     }
 )
 _MAX_FILE = 1024 * 1024
@@ -241,6 +249,10 @@ class GatewayConfig:
     # the bound of the spool's rejected.jsonl (adapters/gateway/spool.py): once reached,
     # every call is refused until an operator empties it
     spool_rejected_max_bytes: int = DEFAULT_REJECTED_MAX_BYTES
+    # the budget of refusals naming nobody audited one by one; None: every one is
+    anonymous_refusals: AnonymousRefusalLimits | None = field(
+        default_factory=AnonymousRefusalLimits
+    )
 
     def server_options(self) -> dict[str, Any]:
         """uvicorn ``Config`` keywords for the listener: TLS when configured, and
@@ -330,6 +342,19 @@ def _replay_cache(value: Any) -> ReplayCacheConfig:
             raw.get("timeout_seconds", 0.5), "replay_cache.timeout_seconds", 0.01, 10
         ),
     )
+
+
+def _anonymous_refusals(value: Any) -> AnonymousRefusalLimits | None:
+    """``audit.anonymous_refusals``: the defaults when ``audit`` or the key is left
+    out; None (every refusal its own event) for null or ``"off"``."""
+    audit = _mapping(value if value is not None else {}, "audit")
+    _keys(audit, "audit", frozenset({"anonymous_refusals"}))
+    if "anonymous_refusals" not in audit:
+        return AnonymousRefusalLimits()
+    try:
+        return AnonymousRefusalLimits.from_config(audit["anonymous_refusals"])
+    except ValueError as exc:
+        raise ValueError(f"audit.anonymous_refusals: {exc}") from None
 
 
 def spool_bound(value: Any, where: str) -> int:
@@ -466,6 +491,7 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
         tls=tls,
         max_connections=max_connections,
         replay_cache=replay_cache,
+        anonymous_refusals=_anonymous_refusals(top.get("audit")),
     )
 
 

@@ -27,6 +27,13 @@ these methods inside :meth:`Enforcer.deferred` and awaits the spool's fsync inst
 blocking a thread on it (then it, not the method, waits before acting). After the upstream
 answers, :meth:`Enforcer.record_outcome` adds a ``tool.call`` event with the status,
 the brokered secret's ``name@version`` (never its value) and the duration.
+
+A gateway's refusals of requests that name nobody (no verified access, and no token
+that verifies on its own) are the exception to "every refusal its own event": with a
+budget (``anonymous``, :class:`~agentiam.core.enforcement.anonymous.AnonymousRefusals`,
+keyed by the network peer the transport passes as ``peer``), those past it are
+counted in a summary (:meth:`Enforcer.record_refusal_summary`,
+:data:`REFUSAL_SUMMARY_EVENT_TYPE`) instead. The refusal itself is the same.
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ from agentiam.core.credentials.jose import JoseRejected, import_public_jwk, pars
 from agentiam.core.credentials.verifier import ProofUse, VerifiedAccess
 from agentiam.core.delegation.authorization_details import ApiCall, CustomCall, ToolCall
 from agentiam.core.delegation.enforcement import delegation_context, token_permits
+from agentiam.core.enforcement.anonymous import AnonymousRefusals, RefusalSummary
 from agentiam.core.enforcement.ratelimit import BucketKey, RateLimit, RateLimiter, retry_after
 from agentiam.core.ids import is_id
 from agentiam.core.policy.authorizer import AuthzRequest
@@ -66,7 +74,22 @@ from agentiam.errors import AgentIAMError, OAuthError, ServiceUnavailable
 from agentiam.services.context import CallContext
 from agentiam.services.decisions import decision_event
 
-__all__ = ["Call", "DeferredSink", "Enforcer", "EventSink", "Pending", "SharedReplay", "Verdict"]
+__all__ = [
+    "REFUSAL_SUMMARY_EVENT_TYPE",
+    "Call",
+    "DeferredSink",
+    "Enforcer",
+    "EventSink",
+    "Pending",
+    "SharedReplay",
+    "Verdict",
+]
+
+REFUSAL_SUMMARY_EVENT_TYPE = "api.request.rejected.summary"
+"""The event counting a peer's anonymous refusals past the budget
+(:meth:`Enforcer.record_refusal_summary`), one of the types ingest takes from an
+enforcement point (``services/enforcement_sync.py``); OCSF API Activity: Other, with
+``count``, ``start_time`` and ``end_time`` (``core/audit/ocsf.py``)."""
 
 
 class EventSink(Protocol):
@@ -181,12 +204,14 @@ class Enforcer:
         approvals: ApprovalClient | None = None,
         shared_replay: SharedReplay | None = None,
         shared_limits: SharedLimits | None = None,
+        anonymous: AnonymousRefusals | None = None,
     ) -> None:
         """``name`` names this enforcement point in the audit trail (``source`` is
         ``<kind>/<name>``); ``resource_metadata`` is the URL of its RFC 9728
         metadata document, named in every 401 challenge. ``shared_replay`` and
         ``shared_limits``: the replicas' replay cache and rate-limit buckets, in one
-        store, consulted by :meth:`shared_admit`."""
+        store, consulted by :meth:`shared_admit`. ``anonymous``: the budget of
+        refusals naming nobody audited one by one (None: every refusal is)."""
         self.name = name
         self.source = f"{kind}/{name}"
         self.link = link
@@ -197,6 +222,7 @@ class Enforcer:
         self.approvals = approvals  # None: no approvals; an approvable deny stays a deny
         self.shared_replay = shared_replay
         self.shared_limits = shared_limits
+        self.anonymous = anonymous
         # RFC 6750 section 3.1 error code in an RFC 9449 section 7.1 challenge
         self._insufficient_scope = (
             f'DPoP error="insufficient_scope", resource_metadata="{resource_metadata}"'
@@ -212,9 +238,12 @@ class Enforcer:
         method: str,
         url: str,
         trace: TraceContext,
+        peer: str | None = None,
     ) -> VerifiedAccess:
         """Verify the request's DPoP-bound token; on failure the refusal is audited and
-        the OAuthError (with its challenge) raised for the transport to render."""
+        the OAuthError (with its challenge) raised for the transport to render.
+        ``peer``: the connection's network peer (its address), the key of the budget
+        of refusals naming nobody."""
         try:
             return self.link.verifier.verify_request(
                 authorization=authorization,
@@ -231,6 +260,7 @@ class Enforcer:
                 status=exc.oauth_status,
                 reason=f"{exc.error}: {exc.reason}",
                 presented=self._presented(authorization, dpop),
+                peer=peer,
             )
             raise
 
@@ -466,13 +496,29 @@ class Enforcer:
         reason: str,
         call: Call | None = None,
         action: str | None = None,
+        peer: str | None = None,
+        authorization: Sequence[str] = (),
+        dpop: Sequence[str] = (),
     ) -> None:
         """Audit a refusal the transport decided itself (no route for the request, a
         malformed request, a request that is not a call over the rate limit):
         durable before the refusal is answered, like every other (else
         ServiceUnavailable). ``action``: what was refused when it is not a ``call``
-        (an MCP method, say; default ``authenticate``)."""
-        self._record_refusal(access, trace, status=status, reason=reason, call=call, action=action)
+        (an MCP method, say; default ``authenticate``). A refusal before
+        authentication (``access`` None) passes the request's ``authorization`` and
+        ``dpop`` fields, so that one whose token verifies names its agent
+        (:meth:`_presented`), and its network ``peer`` (:meth:`authenticate`)."""
+        presented = self._presented(authorization, dpop) if access is None else None
+        self._record_refusal(
+            access,
+            trace,
+            status=status,
+            reason=reason,
+            call=call,
+            action=action,
+            presented=presented,
+            peer=peer,
+        )
 
     # -- after the call ----------------------------------------------------------------
 
@@ -544,10 +590,22 @@ class Enforcer:
         call: Call | None = None,
         presented: Mapping[str, str] | None = None,
         action: str | None = None,
+        peer: str | None = None,
     ) -> None:
         """``presented``: what :meth:`_presented` learnt of an unauthenticated
         request's token (the agent it names, its ``jti``, the proof key's ``jkt``).
-        ``action``: the event's action when there is no ``call``."""
+        ``action``: the event's action when there is no ``call``. A refusal that
+        names nobody (no ``access``, nothing ``presented``) past the ``anonymous``
+        budget for its ``peer`` is counted in a summary instead of recorded."""
+        if (
+            access is None
+            and not presented
+            and self.anonymous is not None
+            and not self.anonymous.admit(
+                peer, status=status, reason=reason, trace_id=trace.trace_id
+            )
+        ):
+            return
         actor = (
             Actor(ActorType.AGENT, access.client_id)
             if access is not None
@@ -576,6 +634,39 @@ class Enforcer:
             delegation_chain=tuple(access.chain.actors) if access is not None else (),
             reason=reason[:500],
             details=details,
+        )
+        self._durable([event.to_dict()])
+
+    def record_refusal_summary(self, summary: RefusalSummary) -> None:
+        """The :data:`REFUSAL_SUMMARY_EVENT_TYPE` event of one peer's anonymous
+        refusals past the budget: actor anonymous, outcome denied; in ``details`` the
+        peer, the count, the first and last time, counts by status and by reason code
+        (lists, not mappings: a code is no member name the event guard could take for
+        a secret's), and the trace ids of the first and last refusal. For an
+        :class:`~agentiam.adapters.gateway.outcomes.OutcomeQueue`: nothing waits on
+        it."""
+        event = AuditEvent.create(
+            type=REFUSAL_SUMMARY_EVENT_TYPE,
+            actor=Actor(ActorType.ANONYMOUS, "-"),
+            action="authenticate",
+            source=self.source,
+            trace=TraceContext.new(),
+            now=_now(),
+            outcome=Outcome.DENIED,
+            reason=(
+                f"{summary.count} refusals of requests naming nobody from {summary.peer} "
+                "past the audit budget, counted here instead of recorded one by one"
+            ),
+            details={
+                "peer": summary.peer,
+                "count": summary.count,
+                "first_time": _rfc3339(summary.first),
+                "last_time": _rfc3339(summary.last),
+                "statuses": [{"status": s, "count": n} for s, n in summary.statuses],
+                "reasons": [{"reason": r, "count": n} for r, n in summary.reasons],
+                "first_trace_id": summary.first_trace_id,
+                "last_trace_id": summary.last_trace_id,
+            },
         )
         self._durable([event.to_dict()])
 
@@ -747,3 +838,8 @@ def _human(access: VerifiedAccess) -> str | None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _rfc3339(moment: datetime) -> str:
+    """A time as an event's ``time`` is written (``AuditEvent.to_dict``)."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -124,6 +124,7 @@ from agentiam.adapters.gateway.metrics import (
     refusal_outcome,
 )
 from agentiam.adapters.gateway.outcomes import OutcomeQueue
+from agentiam.adapters.gateway.refusal_summaries import client_host
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.adapters.heap import settle_heap
 from agentiam.core.approvals_wire import APPROVAL_HEADER, APPROVAL_STATE_HEADER, PROBLEM_CODES
@@ -861,8 +862,11 @@ class HttpGateway:
         # With a shared store (replicas), step 1 ends with awaits: the proof is
         # recorded and the rate-limit tokens taken in Redis before the call is decided.
         shared = self.enforcer.shared_replay is not None or self.enforcer.shared_limits is not None
+        peer = client_host(scope.get("client"))  # never a header: see uvicorn_options
         outcome = await self._durably(
-            lambda: self._authorize(scope["method"], raw_path, headers, trace, decide=not shared)
+            lambda: self._authorize(
+                scope["method"], raw_path, headers, trace, decide=not shared, peer=peer
+            )
         )
         if isinstance(outcome, _Authenticated):
             outcome = await self._shared_then_decide(outcome, trace)
@@ -884,12 +888,15 @@ class HttpGateway:
         trace: TraceContext,
         *,
         decide: bool = True,
+        peer: str | None = None,
     ) -> _Refusal | _Permit | _Approval | _Authenticated:
         """Steps 1-4: a refusal to answer, or the call to forward (``decide`` False:
-        step 1 only, the authenticated request for :meth:`_shared_then_decide`)."""
+        step 1 only, the authenticated request for :meth:`_shared_then_decide`).
+        ``peer``: the connection's network peer, for the budget of refusals naming
+        nobody (:meth:`Enforcer.authenticate`)."""
 
         def steps() -> _Refusal | _Permit | _Approval | _Authenticated:
-            step = self._authenticate(method, raw_path, headers, trace)
+            step = self._authenticate(method, raw_path, headers, trace, peer)
             if isinstance(step, _Refusal) or not decide:
                 return step
             return self._decide(step, trace, self.route_for(method, step.segments))
@@ -928,36 +935,52 @@ class HttpGateway:
         return _oauth_refusal(error) if isinstance(error, OAuthError) else _unavailable(error)
 
     def _authenticate(
-        self, method: str, raw_path: bytes, headers: list[tuple[bytes, bytes]], trace: TraceContext
+        self,
+        method: str,
+        raw_path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        trace: TraceContext,
+        peer: str | None = None,
     ) -> _Refusal | _Authenticated:
         """Step 1, and the request checks before it (path, framing, body size)."""
         enforcer = self.enforcer
+        authorization, dpop = _header(headers, b"authorization"), _header(headers, b"dpop")
+
+        def refuse(status: int, reason: str) -> None:
+            """A refusal before authentication: it names the agent of a token that
+            verifies, else it is within the budget of refusals naming nobody."""
+            enforcer.refuse(
+                None,
+                trace=trace,
+                status=status,
+                reason=reason,
+                peer=peer,
+                authorization=authorization,
+                dpop=dpop,
+            )
+
         try:
             segments = split_path(raw_path, self._prefix)
         except PathRejected as exc:
             status = 414 if len(raw_path) > MAX_PATH else 400
-            enforcer.refuse(None, trace=trace, status=status, reason=f"path refused: {exc}")
+            refuse(status, f"path refused: {exc}")
             return _problem(status, "bad-request", f"the request path is refused: {exc}")
         try:
             framing = _framing(headers)
         except _CodingRefused:
             reason = "a Transfer-Encoding other than chunked"
-            enforcer.refuse(None, trace=trace, status=501, reason=reason)
+            refuse(501, reason)
             return _problem(501, "not-implemented", f"the request has {reason}")
         except ValueError:
-            enforcer.refuse(None, trace=trace, status=400, reason="invalid Content-Length")
+            refuse(400, "invalid Content-Length")
             return _problem(400, "bad-request", "the request's Content-Length is not valid")
         if framing[0] is not None and framing[0] > self._max_body:
             reason = f"the request body is larger than {self._max_body} bytes"
-            enforcer.refuse(None, trace=trace, status=413, reason=reason)
+            refuse(413, reason)
             return _problem(413, "content-too-large", reason)
         url = self._origin + raw_path.decode("ascii")
         access = enforcer.authenticate(
-            authorization=_header(headers, b"authorization"),
-            dpop=_header(headers, b"dpop"),
-            method=method,
-            url=url,
-            trace=trace,
+            authorization=authorization, dpop=dpop, method=method, url=url, trace=trace, peer=peer
         )
         return _Authenticated(access, method, url, segments, headers, framing)
 

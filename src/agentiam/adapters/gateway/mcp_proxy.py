@@ -175,6 +175,7 @@ from agentiam.adapters.gateway.metrics import (
     refusal_outcome,
 )
 from agentiam.adapters.gateway.outcomes import OutcomeQueue
+from agentiam.adapters.gateway.refusal_summaries import client_host
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.adapters.heap import settle_heap
 from agentiam.core.approvals_wire import META_KEY, mcp_result_meta, mcp_result_text
@@ -1563,6 +1564,9 @@ class _Endpoint:
                     method=scope["method"],
                     url=self.gateway.location,
                     trace=trace,
+                    # the budget of refusals naming nobody: the connection's peer,
+                    # never a header (run(): proxy_headers off)
+                    peer=client_host(scope.get("client")),
                 )
             )
         except AgentIAMError as exc:
@@ -2049,9 +2053,20 @@ class _Endpoint:
         request_id: Any = None,
         code: int | None = None,
     ) -> None:
+        # before authentication (access None): the request's token names its agent if
+        # it verifies; else the refusal is within the budget of refusals naming nobody
+        headers = Headers(scope=scope) if access is None else None
         try:
             await self.gateway.durably(
-                lambda: self.enforcer.refuse(access, trace=trace, status=status, reason=reason)
+                lambda: self.enforcer.refuse(
+                    access,
+                    trace=trace,
+                    status=status,
+                    reason=reason,
+                    peer=client_host(scope.get("client")),
+                    authorization=headers.getlist("authorization") if headers else (),
+                    dpop=headers.getlist("dpop") if headers else (),
+                )
             )
         except AgentIAMError as exc:
             await _problem(exc, scope, receive, send)

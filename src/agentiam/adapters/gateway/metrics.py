@@ -2,8 +2,9 @@
 
 Each gateway has a registry of its own (:class:`GatewayMetrics`): the calls counter,
 the request, decision and event-loop lag histograms, the outcome events lost
-(:class:`OutcomesCollector`) and the runtime's state (:class:`RuntimeCollector`: the
-spool, its set-aside events, the control plane's last contact). The MCP gateway adds
+(:class:`OutcomesCollector`), the anonymous refusals counted in summaries
+(:class:`RefusalSummariesCollector`) and the runtime's state (:class:`RuntimeCollector`:
+the spool, its set-aside events, the control plane's last contact). The MCP gateway adds
 one family split by JSON-RPC method and a gauge of its open sessions
 (:class:`McpGatewayMetrics`). Names, labels and help texts are an interface:
 dashboards, alerts and ``bench/gateway.py`` read them.
@@ -24,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from agentiam.adapters.gateway.outcomes import OutcomeQueue
+from agentiam.adapters.gateway.refusal_summaries import RefusalSummaries
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.core.approvals_wire import PROBLEM_CODES
 
@@ -36,6 +38,7 @@ __all__ = [
     "ListChangesCollector",
     "McpGatewayMetrics",
     "OutcomesCollector",
+    "RefusalSummariesCollector",
     "RuntimeCollector",
     "approval_outcome",
     "refusal_outcome",
@@ -120,6 +123,8 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(OutcomesCollector(outcomes))
+        if runtime.summaries is not None:
+            self.registry.register(RefusalSummariesCollector(runtime.summaries))
         self.registry.register(RuntimeCollector(runtime))
 
     def exposition(self) -> bytes:
@@ -231,6 +236,36 @@ class OutcomesCollector(Collector):
             "agentiam_gateway_outcomes_lost",
             "tool.call outcome events that could not be made durable (each is logged).",
             value=self._outcomes.lost,
+        )
+
+
+class RefusalSummariesCollector(Collector):
+    """Refusals naming nobody that got no event of their own, counted in a summary
+    event instead (``core/enforcement/anonymous.py``), by the ``outcome`` label of
+    their status as ``agentiam_gateway_calls_total`` counts them; and the summary
+    events lost. Read at scrape time."""
+
+    def __init__(self, summaries: RefusalSummaries) -> None:
+        self._summaries = summaries
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        summarized = CounterMetricFamily(
+            "agentiam_gateway_refusals_summarized",
+            "Refusals of requests naming nobody past the audit budget: counted in an "
+            "api.request.rejected.summary event instead of an event of their own, by outcome.",
+            labels=["outcome"],
+        )
+        by_outcome: dict[str, int] = {}
+        for status, count in self._summaries.budget.summarized().items():
+            label = refusal_outcome(status)
+            by_outcome[label] = by_outcome.get(label, 0) + count
+        for label, count in sorted(by_outcome.items()):
+            summarized.add_metric([label], count)
+        yield summarized
+        yield CounterMetricFamily(
+            "agentiam_gateway_refusal_summaries_lost",
+            "api.request.rejected.summary events that could not be made durable (each is logged).",
+            value=self._summaries.lost,
         )
 
 

@@ -20,6 +20,9 @@ metric): there is no caller left to refuse. The price is a window in which a cra
 of the gateway loses outcome events of calls already answered (their decisions are
 on disk): about ``linger`` seconds after the loop turn, plus any delay of the event
 loop, plus up to two writes (one in progress, then theirs).
+
+The gateways' summaries of anonymous refusals (``adapters/gateway/refusal_summaries.py``)
+take the same path, in a queue of their own (``what`` names them in the log).
 """
 
 from __future__ import annotations
@@ -44,8 +47,12 @@ OUTCOME_LINGER = 0.005
 class OutcomeQueue:
     """Outcome events of one gateway's calls; event loop thread only."""
 
-    def __init__(self, enforcer: Enforcer, *, linger: float = OUTCOME_LINGER) -> None:
+    def __init__(
+        self, enforcer: Enforcer, *, linger: float = OUTCOME_LINGER, what: str = "outcome"
+    ) -> None:
+        """``what`` the events are, for the log line of a loss."""
         self._enforcer = enforcer
+        self._what = what
         self._linger = linger
         self._events: list[dict[str, Any]] = []  # recorded in this loop turn
         self._timer: asyncio.TimerHandle | None = None
@@ -110,4 +117,6 @@ class OutcomeQueue:
             for e in events[:5]
         )
         more = f" and {len(events) - 5} more" if len(events) > 5 else ""
-        log.error("%d outcome events could not be recorded durably: %s%s", len(events), named, more)
+        log.error(
+            "%d %s events could not be recorded durably: %s%s", len(events), self._what, named, more
+        )

@@ -34,6 +34,7 @@ from agentiam.adapters.gateway.broker import CredentialBroker, SecretStore, load
 from agentiam.adapters.gateway.config import GatewayConfig
 from agentiam.adapters.gateway.enforcer import Enforcer, SharedLimits, SharedReplay
 from agentiam.adapters.gateway.link import ControlPlaneLink
+from agentiam.adapters.gateway.refusal_summaries import RefusalSummaries
 from agentiam.adapters.gateway.spool import (
     AuditSpool,
     DiscardRecord,
@@ -44,6 +45,7 @@ from agentiam.adapters.gateway.spool import (
     SpoolBatch,
 )
 from agentiam.core.audit.events import Actor, ActorType, AuditEvent, ResourceRef, TraceContext
+from agentiam.core.enforcement.anonymous import AnonymousRefusals
 from agentiam.core.enforcement.ratelimit import RateLimiter
 
 __all__ = [
@@ -162,6 +164,8 @@ class GatewayRuntime:
     enforcer: Enforcer
     _shipper: _Shipper
     _shipping: asyncio.Task[None] | None = None
+    # the summaries of refusals naming nobody past the budget (None: no budget)
+    summaries: RefusalSummaries | None = None
 
     @classmethod
     def start(cls, config: GatewayConfig) -> GatewayRuntime:
@@ -190,6 +194,8 @@ class GatewayRuntime:
         if config.secrets_store is not None:
             broker = CredentialBroker(SecretStore(config.secrets_store, load_secrets_key()))
         shared_replay, shared_limits = _shared(config)
+        limits = config.anonymous_refusals
+        budget = AnonymousRefusals(limits) if limits is not None else None
         enforcer = Enforcer(
             config.name,
             link,
@@ -199,8 +205,10 @@ class GatewayRuntime:
             approvals=ApprovalClient(config.control_plane.url, admin_key),
             shared_replay=shared_replay,
             shared_limits=shared_limits,
+            anonymous=budget,
         )
-        return cls(config, link, spool, broker, enforcer, shipper)
+        summaries = RefusalSummaries(enforcer, budget) if budget is not None else None
+        return cls(config, link, spool, broker, enforcer, shipper, summaries=summaries)
 
     def protected_resource_metadata(self) -> dict[str, Any]:
         """RFC 9728 section 2: what a client needs to get a token for this gateway."""
@@ -216,7 +224,10 @@ class GatewayRuntime:
     def start_shipping(self) -> None:
         """Ship the spool to ``POST /v1/audit/ingest`` from a task on the running
         event loop, until :meth:`stop_shipping`. Each gateway ships while it serves: no
-        shipper thread competes with its loop for the GIL (adapters/gateway/spool.py)."""
+        shipper thread competes with its loop for the GIL (adapters/gateway/spool.py).
+        The summaries of anonymous refusals start their timer too (until :meth:`stop`)."""
+        if self.summaries is not None:
+            self.summaries.start()
         if self._shipping is None:
             self._shipping = asyncio.create_task(self._ship(), name="audit-spool-shipper")
 
@@ -236,8 +247,12 @@ class GatewayRuntime:
                 await task
 
     async def stop(self) -> None:
-        """Stop what runs on the event loop: the shipping task
-        (:meth:`stop_shipping`) and the connections to the replicas' shared Redis."""
+        """Stop what runs on the event loop: the summaries of anonymous refusals
+        (what they counted is queued for the spool, which :meth:`close` writes), the
+        shipping task (:meth:`stop_shipping`) and the connections to the replicas'
+        shared Redis."""
+        if self.summaries is not None:
+            await self.summaries.stop()
         await self.stop_shipping()
         for shared in (self.enforcer.shared_replay, self.enforcer.shared_limits):
             if shared is not None:
