@@ -1,0 +1,231 @@
+"""The enforcer with a budget of refusals naming nobody (adapters/gateway/enforcer.py):
+which refusals it counts instead of recording (only those naming nobody: no access,
+no token that verifies), the summary event it writes and that the control plane's
+ingest parser and the OCSF mapping take, and the gateway configuration of the budget."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from tests.unit.gateway_support import AGENT, GATEWAY, METADATA, Parties
+from tests.unit.test_audit_formats import assert_valid
+from tests.unit.test_gateway_http import _config
+
+from agentiam.adapters.gateway.enforcer import REFUSAL_SUMMARY_EVENT_TYPE, Enforcer
+from agentiam.adapters.gateway.http_proxy import load_config
+from agentiam.core.audit.cef import cef
+from agentiam.core.audit.events import TraceContext
+from agentiam.core.audit.ocsf import to_ocsf
+from agentiam.core.enforcement import RateLimit
+from agentiam.core.enforcement.anonymous import AnonymousRefusalLimits, AnonymousRefusals
+from agentiam.errors import OAuthError
+from agentiam.sdk.keys import AgentKey
+from agentiam.sdk.proofs import dpop_proof
+from agentiam.services.enforcement_sync import parse_ingested_event
+
+URL = GATEWAY + "/v1/invoices/1"
+BURST = 3
+PEER = "198.51.100.23"
+
+
+def _parties(*, budget: bool = True) -> Parties:
+    parties = Parties("permit (principal, action, resource);")
+    anonymous = (
+        AnonymousRefusals(
+            AnonymousRefusalLimits(per_peer=RateLimit(0.001, BURST), overall=RateLimit(0.001, 100))
+        )
+        if budget
+        else None
+    )
+    parties.enforcer = Enforcer(
+        "test-gw",
+        parties.link,  # type: ignore[arg-type]
+        parties.sink,
+        resource_metadata=METADATA,
+        anonymous=anonymous,
+    )
+    return parties
+
+
+def _authenticate(parties: Parties, headers: dict[str, list[str]]) -> OAuthError:
+    with pytest.raises(OAuthError) as refused:
+        parties.enforcer.authenticate(
+            authorization=headers.get("authorization", []),
+            dpop=headers.get("dpop", []),
+            method="GET",
+            url=URL,
+            trace=TraceContext.new(),
+            peer=PEER,
+        )
+    return refused.value
+
+
+def _rejected(parties: Parties) -> list[dict[str, Any]]:
+    return [e for e in parties.sink.events if e["type"] == "api.request.rejected"]
+
+
+def test_anonymous_refusals_past_the_budget_get_no_event_but_the_same_error() -> None:
+    parties = _parties()
+    errors = [_authenticate(parties, {}) for _ in range(10)]
+    assert len(_rejected(parties)) == BURST
+    first, last = errors[0], errors[-1]
+    assert (first.oauth_status, first.error, first.headers, first.to_oauth()) == (
+        last.oauth_status,
+        last.error,
+        last.headers,
+        last.to_oauth(),
+    )
+    garbage = {"authorization": ["DPoP not-a-token"], "dpop": ["x"]}  # does not verify
+    _authenticate(parties, garbage)
+    assert len(_rejected(parties)) == BURST
+    anonymous = parties.enforcer.anonymous
+    assert anonymous is not None
+    assert anonymous.summarized() == {401: 8}
+
+
+def test_a_token_that_verifies_with_a_wrong_proof_is_always_recorded() -> None:
+    """A stolen token shown with the thief's key names its agent: never summarized,
+    even once the budget for the peer is spent."""
+    parties = _parties()
+    for _ in range(BURST + 2):
+        _authenticate(parties, {})
+    token = parties.token()
+    thief = AgentKey.generate()
+    stolen = {
+        "authorization": [f"DPoP {token}"],
+        "dpop": [dpop_proof(thief, method="GET", url=URL, access_token=token)],
+    }
+    for _ in range(5):
+        _authenticate(parties, stolen)
+    _authenticate(parties, {"authorization": [f"DPoP {token}"]})  # proof missing
+    named = [e for e in _rejected(parties) if e["details"].get("client_id") == AGENT]
+    assert len(named) == 6
+    assert all(e["details"]["jkt"] == thief.key.thumbprint() for e in named[:5])
+
+
+def test_refusals_of_an_authenticated_agent_and_before_authentication_with_its_token() -> None:
+    """A refusal with access, or before authentication of a request whose token
+    verifies, names the agent and is always recorded."""
+    parties = _parties()
+    access = parties.enforcer.authenticate(
+        **parties.headers("GET", URL), method="GET", url=URL, trace=TraceContext.new(), peer=PEER
+    )
+    for _ in range(BURST):
+        parties.enforcer.refuse(None, trace=TraceContext.new(), status=400, reason="x", peer=PEER)
+    signed = parties.headers("GET", URL)
+    for _ in range(4):
+        parties.enforcer.refuse(access, trace=TraceContext.new(), status=404, reason="no route")
+        parties.enforcer.refuse(
+            None,
+            trace=TraceContext.new(),
+            status=413,
+            reason="the request body is larger than 10 bytes",
+            peer=PEER,
+            **signed,
+        )
+    statuses = [e["details"]["status"] for e in _rejected(parties)]
+    assert statuses.count(404) == 4
+    assert statuses.count(413) == 4
+    assert all(
+        e["details"]["client_id"] == AGENT
+        for e in _rejected(parties)
+        if e["details"]["status"] == 413
+    )
+    # anonymous ones before authentication are within the budget: none is left now
+    parties.enforcer.refuse(None, trace=TraceContext.new(), status=400, reason="y", peer=PEER)
+    assert [e["details"]["status"] for e in _rejected(parties)].count(400) == BURST
+
+
+def test_without_a_budget_every_refusal_is_recorded() -> None:
+    """The in-process guard's enforcer, and a gateway with the bound off."""
+    parties = _parties(budget=False)
+    for _ in range(50):
+        _authenticate(parties, {})
+    assert len(_rejected(parties)) == 50
+
+
+def _summary_event(parties: Parties) -> dict[str, Any]:
+    anonymous = parties.enforcer.anonymous
+    assert anonymous is not None
+    traces = []
+    for _ in range(BURST + 4):
+        trace = TraceContext.new()
+        traces.append(trace.trace_id)
+        with pytest.raises(OAuthError):
+            parties.enforcer.authenticate(
+                authorization=[], dpop=[], method="GET", url=URL, trace=trace, peer=PEER
+            )
+    (summary,) = anonymous.drain()
+    parties.enforcer.record_refusal_summary(summary)
+    event = parties.sink.events[-1]
+    assert event["type"] == REFUSAL_SUMMARY_EVENT_TYPE
+    assert (event["details"]["first_trace_id"], event["details"]["last_trace_id"]) == (
+        traces[BURST],
+        traces[-1],
+    )
+    return event
+
+
+def test_the_summary_event_is_what_ingest_takes() -> None:
+    parties = _parties()
+    event = _summary_event(parties)
+    assert event["actor"] == {"type": "anonymous", "id": "-", "role": None}
+    assert event["outcome"] == "denied"
+    assert event["agent_id"] is None and event["resource"] is None
+    details = event["details"]
+    assert details["peer"] == PEER
+    assert details["count"] == 4
+    assert details["statuses"] == [{"status": 401, "count": 4}]
+    assert details["reasons"] == [{"reason": "invalid_token", "count": 4}]
+    assert details["first_time"].endswith("Z") and details["last_time"] >= details["first_time"]
+    parsed = parse_ingested_event(event, 0, now=datetime.now(UTC))
+    assert parsed.type == REFUSAL_SUMMARY_EVENT_TYPE
+    assert parsed.to_dict()["details"] == details  # nothing redacted, nothing lost
+
+
+def test_the_summary_event_maps_to_ocsf_with_its_count_and_period() -> None:
+    event = _summary_event(_parties())
+    out = to_ocsf(5, event)
+    assert (out["class_uid"], out["activity_id"], out["activity_name"]) == (6003, 99, "Summary")
+    assert out["count"] == 4
+    assert out["start_time"] <= out["end_time"]
+    assert out["unmapped"]["details"]["peer"] == PEER
+    assert "count" not in out["unmapped"]["details"]
+    assert_valid(out)
+    assert_valid(out, "1.8.0")
+    assert "Anonymous refusals summarized" in cef(5, event)
+
+
+def test_the_gateway_config_of_the_budget() -> None:
+    default = load_config(_config()).gateway.anonymous_refusals
+    assert default == AnonymousRefusalLimits()
+    off = load_config(_config(audit={"anonymous_refusals": None})).gateway
+    assert off.anonymous_refusals is None
+    assert (
+        load_config(_config(audit={"anonymous_refusals": "off"})).gateway.anonymous_refusals is None
+    )
+    set_ = load_config(
+        _config(audit={"anonymous_refusals": {"per_peer": {"rate_per_second": 2, "burst": 4}}})
+    ).gateway.anonymous_refusals
+    assert set_ is not None and set_.per_peer == RateLimit(2, 4)
+
+
+@pytest.mark.parametrize(
+    ("audit", "message"),
+    [
+        (
+            {"anonymous_refusals": {"summary_seconds": 0}},
+            "audit.anonymous_refusals: summary_seconds",
+        ),
+        ({"anonymous_refusals": {"per_peer": {"burst": 1}}}, "audit.anonymous_refusals: per_peer"),
+        ({"anonymous_refusals": {"max_peers": -1}}, "audit.anonymous_refusals: max_peers"),
+        ({"anonymous_refusals": False}, "audit.anonymous_refusals: a mapping, or null"),
+        ({"anonymous": {}}, "audit: unknown keys anonymous"),
+        ("on", "audit: expected a mapping"),
+    ],
+)
+def test_a_bad_budget_is_refused_at_start(audit: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_config(_config(audit=audit))
