@@ -173,13 +173,15 @@ def test_the_summary_event_is_what_ingest_takes() -> None:
     event = _summary_event(parties)
     assert event["actor"] == {"type": "anonymous", "id": "-", "role": None}
     assert event["outcome"] == "denied"
-    assert event["agent_id"] is None and event["resource"] is None
+    assert event["agent_id"] is None
+    assert event["resource"] is None
     details = event["details"]
     assert details["peer"] == PEER
     assert details["count"] == 4
     assert details["statuses"] == [{"status": 401, "count": 4}]
     assert details["reasons"] == [{"reason": "invalid_token", "count": 4}]
-    assert details["first_time"].endswith("Z") and details["last_time"] >= details["first_time"]
+    assert details["first_time"].endswith("Z")
+    assert details["last_time"] >= details["first_time"]
     parsed = parse_ingested_event(event, 0, now=datetime.now(UTC))
     assert parsed.type == REFUSAL_SUMMARY_EVENT_TYPE
     assert parsed.to_dict()["details"] == details  # nothing redacted, nothing lost
@@ -209,7 +211,8 @@ def test_the_gateway_config_of_the_budget() -> None:
     set_ = load_config(
         _config(audit={"anonymous_refusals": {"per_peer": {"rate_per_second": 2, "burst": 4}}})
     ).gateway.anonymous_refusals
-    assert set_ is not None and set_.per_peer == RateLimit(2, 4)
+    assert set_ is not None
+    assert set_.per_peer == RateLimit(2, 4)
 
 
 @pytest.mark.parametrize(
