@@ -73,7 +73,7 @@ class FakeEnforcer:
         self.refuse(access, trace=trace, status=getattr(error, "oauth_status", 503), reason="x")
 
     def authenticate(
-        self, *, authorization: Any, dpop: Any, method: str, url: str, trace: Any
+        self, *, authorization: Any, dpop: Any, method: str, url: str, trace: Any, peer: Any = None
     ) -> VerifiedAccess:
         assert url == URL  # the DPoP proof's htu is always the public URL
         if list(authorization) != ["DPoP good"]:
@@ -95,7 +95,14 @@ class FakeEnforcer:
         return self.verdict
 
     def refuse(
-        self, access: Any, *, trace: Any, status: int, reason: str, call: Any = None
+        self,
+        access: Any,
+        *,
+        trace: Any,
+        status: int,
+        reason: str,
+        call: Any = None,
+        **before_authentication: Any,  # peer, authorization, dpop
     ) -> None:
         if isinstance(self.failure, ServiceUnavailable):
             raise self.failure
