@@ -85,6 +85,23 @@ def test_anonymous_refusals_past_the_budget_get_no_event_but_the_same_error() ->
     assert anonymous.summarized() == {401: 8}
 
 
+def test_refusals_while_the_gateway_cannot_verify_are_always_recorded() -> None:
+    """Past the outage bound every request gets 503 and no token verifies, so an
+    agent's call looks like an anonymous one: each is recorded all the same, so that
+    every call is in the trail (the spool's own bound bounds them)."""
+    parties = _parties()
+    for _ in range(BURST):
+        _authenticate(parties, {})  # the budget is spent
+    assert len(_rejected(parties)) == BURST
+    for _ in range(5):
+        parties.enforcer.refuse(
+            None, trace=TraceContext.new(), status=503, reason="revocation feed stale", peer=PEER
+        )
+    assert len(_rejected(parties)) == BURST + 5
+    assert parties.enforcer.anonymous is not None
+    assert parties.enforcer.anonymous.drain() == []
+
+
 def test_a_token_that_verifies_with_a_wrong_proof_is_always_recorded() -> None:
     """A stolen token shown with the thief's key names its agent: never summarized,
     even once the budget for the peer is spent."""

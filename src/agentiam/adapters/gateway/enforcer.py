@@ -596,10 +596,14 @@ class Enforcer:
         request's token (the agent it names, its ``jti``, the proof key's ``jkt``).
         ``action``: the event's action when there is no ``call``. A refusal that
         names nobody (no ``access``, nothing ``presented``) past the ``anonymous``
-        budget for its ``peer`` is counted in a summary instead of recorded."""
+        budget for its ``peer`` is counted in a summary instead of recorded. Not a
+        503: that is the gateway's own state (the control plane away past the
+        outage bound, the spool full), in which it cannot tell an agent's call from
+        an anonymous one, so each is recorded (the spool's bound bounds them)."""
         if (
             access is None
             and not presented
+            and status != 503
             and self.anonymous is not None
             and not self.anonymous.admit(
                 peer, status=status, reason=reason, trace_id=trace.trace_id
