@@ -88,7 +88,6 @@ import logging
 import re
 import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -109,9 +108,10 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.caching import CacheHint
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
-from mcp.server.lowlevel.server import Server
+from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, check_accept_headers
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.subscriptions import ListenHandler
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import (
@@ -152,6 +152,19 @@ from agentiam.adapters.gateway.config import GatewayConfig, load_gateway_config,
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.http_proxy import ListenerProtocol
 from agentiam.adapters.gateway.loop_watch import watch_event_loop
+from agentiam.adapters.gateway.mcp_listen import (
+    LISTEN,
+    AudienceBus,
+    Ending,
+    Group,
+    Shown,
+    Stream,
+    Streams,
+    group_of,
+    honoured,
+    listening_as,
+    send_on_session,
+)
 from agentiam.adapters.gateway.mcp_sdk_state import connection_of, open_sessions, session_owners
 from agentiam.adapters.gateway.mcp_tools import ListedTools
 from agentiam.adapters.gateway.mcp_upstream import (
@@ -238,10 +251,11 @@ _CACHEABLE: Final = ("tools/list", "resources/list", "resources/templates/list",
                "resources/read")  # fmt: skip
 _LISTINGS: Final = frozenset(_CACHEABLE[:4])  # the four list methods
 # requests that are not calls but take a token from the agent's bucket: opening a
-# session, and the listings (a policy question per item, and an audit event)
-_COUNTED: Final = _LISTINGS | {"initialize"}
+# session or a listen stream, and the listings (a policy question per item, and an
+# audit event)
+_COUNTED: Final = _LISTINGS | {"initialize", LISTEN}
 # the values of /metrics' method label (any other method counts as "other")
-_METHODS: Final = _GUARDED | _COUNTED
+_METHODS: Final = _GUARDED | _LISTINGS | {"initialize"}
 
 # -- limits ----------------------------------------------------------------------------------
 
@@ -251,8 +265,10 @@ MAX_URI: Final = 500  # characters of an exposed resource URI (audit ids hold 51
 MAX_ARGUMENTS: Final = 256  # top-level arguments of one call
 _LISTED_NAMES: Final = 200  # names a listing's audit event records
 # handshake-era sessions (2024-11-05 to 2025-11-25): open at once per agent and subject
-# (how long one lives without a request in flight: SESSION_IDLE_SECONDS)
+# (how long one lives without a request in flight: SESSION_IDLE_SECONDS); 2026-07-28
+# subscriptions/listen streams have the same bound of their own
 MAX_SESSIONS_PER_OWNER: Final = 32
+MAX_LISTEN_STREAMS: Final = 1024  # subscriptions/listen streams open at once, in all
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Both a tool-name prefix (MCP tool names: A-Z a-z 0-9 _ - .) and a URI-scheme prefix
@@ -633,6 +649,7 @@ class _Tally:
     status: int | None = None
     decided: float | None = None
     handed: bool = False  # to the SDK
+    streamed: bool = False  # a long-lived stream (listen, GET): its time is not observed
 
     def hand_over(self) -> None:
         """The request goes on to the SDK: decided now, unless its method is none of
@@ -695,6 +712,7 @@ class _RequestState:
     listing: tuple[str, list[Any]] | None = None
     foreseen: _Foreseen | None = None
     tally: _Tally = field(default_factory=_Tally)
+    stream: Stream | None = None  # a listen stream the endpoint admitted
 
 
 def _state_of(ctx: ServerRequestContext[Any, Any]) -> _RequestState:
@@ -763,6 +781,34 @@ def _upstream_error(server: UpstreamServer, exc: MCPError) -> MCPError:
 # -- the gateway -----------------------------------------------------------------------------
 
 
+class _GatewayServer(Server[Any]):
+    """The SDK's low-level server, declaring the change notifications the gateway
+    sends: ``listChanged`` for tools, resources and prompts in both eras (the
+    handshake era's flags come from ``NotificationOptions``, which the session
+    manager never passes; at 2026-07-28 the SDK derives them from
+    ``subscriptions/listen`` being served), and never ``resources.subscribe``
+    (``resources/updated`` is not relayed)."""
+
+    def get_capabilities(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+        *,
+        protocol_version: str | None = None,
+    ) -> types.ServerCapabilities:
+        every = NotificationOptions(
+            prompts_changed=True, resources_changed=True, tools_changed=True
+        )
+        found = super().get_capabilities(
+            every, experimental_capabilities, extensions, protocol_version=protocol_version
+        )
+        if found.resources is not None:
+            resources = found.resources.model_copy(update={"subscribe": False})
+            found = found.model_copy(update={"resources": resources})
+        return found
+
+
 class McpGateway:
     """The MCP server agents talk to: the handlers of the low-level SDK server, the
     upstream sessions, and the ASGI endpoint in front of the SDK's Streamable HTTP
@@ -797,12 +843,19 @@ class McpGateway:
             self.upstreams, self.namespace.route, runtime.link.rederive, runtime.link.entities
         )
         runtime.link.derive_with(self.tools.derive)
-        # agent sessions (handshake era) -> the servers whose tools their last
-        # tools/list showed: told when one of those servers' tools change (_relay)
-        self._listeners: weakref.WeakKeyDictionary[Connection, frozenset[str]] = (
-            weakref.WeakKeyDictionary()
+        # what each agent session and agent was shown of which server: told when
+        # that server's list changes (_relay), on both eras (mcp_listen)
+        self.shown = Shown()
+        self.bus = AudienceBus(self.shown)
+        self._listener = ListenHandler(self.bus, max_subscriptions=MAX_LISTEN_STREAMS)
+        self.streams = Streams(
+            self._stream_ending,
+            per_owner=MAX_SESSIONS_PER_OWNER,
+            total=MAX_LISTEN_STREAMS,
+            on_end=self.metrics.stream_ended,
         )
-        self.server: Server[Any] = Server(
+        self.metrics.watch_listens(self.streams.listens)
+        self.server: Server[Any] = _GatewayServer(
             f"agentiam-gateway/{config.gateway.name}",
             version=__version__,
             title=f"AgentIAM MCP gateway {config.gateway.name}",
@@ -815,6 +868,7 @@ class McpGateway:
             on_read_resource=self._read_resource,
             on_list_prompts=self._list_prompts,
             on_get_prompt=self._get_prompt,
+            on_subscriptions_listen=self._listen,
         )
         self.server.middleware = []  # no per-message tracing spans on the hot path
         self.sessions = StreamableHTTPSessionManager(
@@ -838,61 +892,145 @@ class McpGateway:
         async with anyio.create_task_group() as tg, self.sessions.run():
             for upstream in self.upstreams.values():
                 upstream.attach(tg)
-                tg.start_soon(upstream.follow, functools.partial(self._tools_changed, upstream))
+                tg.start_soon(upstream.follow, functools.partial(self._changed, upstream))
             tg.start_soon(watch_event_loop, self.metrics.loop_lag.observe)
+            tg.start_soon(self.streams.watch)
             settle_heap()  # long-lived objects out of later full collections
             try:
                 yield
             finally:
+                self._listener.close()  # listen streams end gracefully
                 with anyio.CancelScope(shield=True):
                     async with anyio.create_task_group() as closing:
                         for upstream in self.upstreams.values():
                             closing.start_soon(upstream.aclose)
                 tg.cancel_scope.cancel()
 
-    async def _tools_changed(self, upstream: Upstream, tools: list[Any] | None) -> None:
-        """``upstream`` said its tool list changed and it was fetched again
-        (:meth:`Upstream.follow`): the gateway's view follows it (None, the fetch
-        failed: none of its tools is known until one succeeds), and when its tools
-        changed the agents' sessions that were shown one of them are told
-        (:meth:`_relay`)."""
+    async def _changed(
+        self,
+        upstream: Upstream,
+        changes: Mapping[ListingKind, tuple[list[Any] | None, list[Any] | None]],
+    ) -> None:
+        """``upstream`` said a list changed and it was fetched again
+        (:meth:`Upstream.follow`). Tools: the gateway's view follows the listing
+        (None, the fetch failed: none of its tools is known until one succeeds), and
+        the agents are told when its tools changed in that view. Resources (and
+        templates) and prompts: the agents are told when the listing differs from the
+        one cached before (a failed fetch included). Who is told: :meth:`_relay`."""
         name = upstream.server.name
-        before = self.tools.records_of(name)
-        if tools is None:
-            await self.tools.forget(upstream.server)
-        else:
-            await self.tools.seen(upstream.server, tools)
-        if self.tools.records_of(name) != before:
-            await self._relay(name)
+        groups: set[Group] = set()
+        for kind, (before, items) in changes.items():
+            if kind == "tools":
+                records = self.tools.records_of(name)
+                if items is None:
+                    await self.tools.forget(upstream.server)
+                else:
+                    await self.tools.seen(upstream.server, items)
+                if self.tools.records_of(name) != records:
+                    groups.add("tools")
+            elif items != before:
+                groups.add(group_of(kind))
+        for group in sorted(groups):
+            await self._relay(name, group)
 
-    def _shown_tools(self, ctx: ServerRequestContext[Any, Any], shown: list[Any]) -> None:
-        """A handshake-era session was shown ``shown``: remember which servers' tools
-        it saw, for :meth:`_relay` (weakly: forgotten with the session)."""
-        if ctx.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS:
-            return  # 2026-07-28: no standalone stream to tell it on
-        servers = {r[0].name for t in shown if (r := self.namespace.route(t.name)) is not None}
-        self._listeners[connection_of(ctx.session)] = frozenset(servers)
+    def _shown(self, ctx: ServerRequestContext[Any, Any], method: str, shown: list[Any]) -> None:
+        """A listing showed ``shown``: remember which servers' items the agent (and
+        its handshake-era session, weakly) saw, for :meth:`_relay`."""
+        servers = set()
+        for item in shown:
+            exposed = getattr(item, "uri_template", None) or getattr(item, "uri", None)
+            exposed = item.name if method in ("tools/list", "prompts/list") else exposed
+            route = self.namespace.route(str(exposed))
+            if route is not None:
+                servers.add(route[0].name)
+        handshake = ctx.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS
+        session = connection_of(ctx.session) if handshake else None
+        owner = _session_owner(_state_of(ctx).access)
+        self.shown.record(method, frozenset(servers), owner, session)
 
-    async def _relay(self, server: str) -> None:
-        """Send ``notifications/tools/list_changed`` (MCP, server/tools, "List Changed
-        Notification") on the standalone stream of every agent session whose last
-        ``tools/list`` showed it a tool of ``server``, so a stock client lists again.
+    async def _relay(self, server: str, group: Group) -> None:
+        """Tell the agents that ``server``'s ``group`` list changed (MCP,
+        server/tools, server/resources, server/prompts, "List Changed
+        Notification"), so a stock client lists again: every handshake-era session
+        whose last listing of the group showed it something of ``server``, on its
+        standalone stream (each send bounded by :data:`CHANGE_SECONDS`; a session
+        without a standalone stream drops it), and every 2026-07-28 listen stream
+        that asked for the group and whose agent's last listing showed it something
+        of ``server`` (:class:`~agentiam.adapters.gateway.mcp_listen.AudienceBus`).
         Others are not told: the notification carries no data, but telling an agent
-        that a server it sees nothing of changed would say something about it. Each
-        send is bounded (:data:`CHANGE_SECONDS`); a session without a standalone
-        stream drops it (the SDK)."""
-        told = [c for c, servers in list(self._listeners.items()) if server in servers]
-        if not told:
-            return
+        that a server it sees nothing of changed would say something about it."""
+        sessions = self.shown.sessions_told(server, group)
 
         async def tell(connection: Connection) -> None:
             with anyio.move_on_after(CHANGE_SECONDS):
-                await connection.send_tool_list_changed()
+                await send_on_session(connection, group)
 
-        async with anyio.create_task_group() as tg:
-            for connection in told:
-                tg.start_soon(tell, connection)
-        log.info("upstream %s: tool list changed; %d agent sessions told", server, len(told))
+        if sessions:
+            async with anyio.create_task_group() as tg:
+                for connection in sessions:
+                    tg.start_soon(tell, connection)
+        streams = await self.bus.tell(server, group)
+        self.metrics.told(group, sessions=len(sessions), streams=streams)
+        if sessions or streams:
+            log.info(
+                "upstream %s: %s list changed; %d agent sessions and %d listen streams told",
+                server,
+                group,
+                len(sessions),
+                streams,
+            )
+
+    # -- subscriptions/listen (2026-07-28) ---------------------------------------------
+
+    async def _listen(
+        self, ctx: ServerRequestContext[Any, Any], params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
+        """Serve one ``subscriptions/listen`` stream (SEP-2575) with the SDK's
+        :class:`~mcp.server.subscriptions.ListenHandler`: acknowledged with the
+        ``list_changed`` kinds asked for (resource subscriptions are not relayed,
+        so not acknowledged), then each change the stream's agent may hear of
+        (:meth:`_relay`). The endpoint admitted it (:class:`_Endpoint`) and the
+        gateway's watch ends it when its token no longer passes
+        (:meth:`_stream_ending`): then its final frame is a JSON-RPC error saying
+        why."""
+        state = _state_of(ctx)
+        stream = state.stream
+        if stream is None or stream.action != LISTEN:
+            state.tally.outcome = state.tally.outcome or "error"
+            raise MCPError(INTERNAL_ERROR, "the gateway admitted no listen stream for this request")
+        wanted = honoured(params.notifications)
+        result: types.SubscriptionsListenResult | None = None
+        with anyio.CancelScope() as graceful, listening_as(stream.owner, wanted):
+            stream.graceful = graceful
+            if stream.ended is None:
+                result = await self._listener(
+                    ctx, params.model_copy(update={"notifications": wanted})
+                )
+        stream.graceful = None
+        if stream.ended is not None:
+            raise MCPError(INVALID_REQUEST, f"the listen stream has ended: {stream.ended[1]}")
+        assert result is not None
+        return result
+
+    def _stream_ending(self, access: VerifiedAccess) -> Ending | None:
+        """Why a stream opened with ``access`` must end now, or None: its token
+        expired, was revoked, or the revocation set is stale (as a request would be
+        refused, :meth:`AccessTokenVerifier.still_valid
+        <agentiam.core.credentials.verifier.AccessTokenVerifier.still_valid>`), or
+        the control plane has been unreachable past the outage bound."""
+        try:
+            self.runtime.link.verifier.still_valid(access, now=time.time())
+        except OAuthError as exc:
+            reason = f"{exc.error}: {exc.reason}"
+            if exc.oauth_status >= 500:
+                return exc.oauth_status, reason, "unavailable"
+            label = next((w for w in ("expired", "revoked") if w in exc.reason), "invalid")
+            return exc.oauth_status, reason, label
+        try:
+            self.runtime.link.authorizer()
+        except ServiceUnavailable as exc:
+            return 503, exc.detail, "unavailable"
+        return None
 
     def _list_changes(self) -> list[tuple[str, int, int, int]]:
         return [
@@ -1012,24 +1150,29 @@ class McpGateway:
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
         shown = self._listed(ctx, "tools/list")
-        self._shown_tools(ctx, shown)
+        self._shown(ctx, "tools/list", shown)
         return types.ListToolsResult(tools=shown)
 
     async def _list_resources(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListResourcesResult:
-        return types.ListResourcesResult(resources=self._listed(ctx, "resources/list"))
+        shown = self._listed(ctx, "resources/list")
+        self._shown(ctx, "resources/list", shown)
+        return types.ListResourcesResult(resources=shown)
 
     async def _list_templates(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListResourceTemplatesResult:
         templates = self._listed(ctx, "resources/templates/list")
+        self._shown(ctx, "resources/templates/list", templates)
         return types.ListResourceTemplatesResult(resource_templates=templates)
 
     async def _list_prompts(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListPromptsResult:
-        return types.ListPromptsResult(prompts=self._listed(ctx, "prompts/list"))
+        shown = self._listed(ctx, "prompts/list")
+        self._shown(ctx, "prompts/list", shown)
+        return types.ListPromptsResult(prompts=shown)
 
     def _input_schema(self, exposed: str) -> Mapping[str, Any] | None:
         """For the SDK's ``Mcp-Param-*`` header check (2026-07-28): the cached schema."""
@@ -1509,7 +1652,7 @@ class _Counting:
             raise
         finally:
             ended = time.perf_counter()
-            stream = scope["method"] == "GET" and tally.handed
+            stream = tally.streamed and tally.handed
             self.metrics.count(
                 tally.method,
                 tally.result(),
@@ -1610,8 +1753,13 @@ class _Endpoint:
             state.foreseen = self.rules.refusal(scope, headers, body, message)
         owner = _session_owner(access)
         opens = _opens_session(headers)
-        if state.foreseen is not None or (
-            opens and self._sessions_of(owner) >= MAX_SESSIONS_PER_OWNER
+        # a subscriptions/listen stream the SDK will serve: bounded per agent and in all
+        listens = self.rules is not None and state.foreseen is None and _counted(message) == LISTEN
+        too_many = self.gateway.streams.refusal(owner) if listens else None
+        if (
+            state.foreseen is not None
+            or too_many is not None
+            or (opens and self._sessions_of(owner) >= MAX_SESSIONS_PER_OWNER)
         ):
             charge = False
         # replicas: the proof is recorded in their replay cache and the request's
@@ -1630,7 +1778,13 @@ class _Endpoint:
             await _refusal(refusal, scope, receive, send)
             return
         scope[_STATE_KEY] = state
+        if too_many is not None:
+            status, reason = too_many
+            await self._refuse(access, trace, status, reason, scope, receive, send, action=LISTEN)
+            return
         serve = partial(self._serve, state, body, message, guarded, shared.limit)
+        if listens or scope["method"] == "GET":
+            serve = partial(self._streamed, LISTEN if listens else "GET", owner, state, serve)
         if not opens:
             await serve(scope, receive, send)
             return
@@ -1651,6 +1805,63 @@ class _Endpoint:
                 self._opening[owner] = left
             else:
                 del self._opening[owner]
+
+    async def _streamed(
+        self,
+        action: str,
+        owner: Owner,
+        state: _RequestState,
+        serve: Callable[[Scope, Receive, Send], Awaitable[None]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """Serve a long-lived stream (a ``subscriptions/listen`` stream, or a GET
+        for a handshake-era session's standalone stream) while the gateway's watch
+        holds it (:class:`~agentiam.adapters.gateway.mcp_listen.Streams`): when its
+        token stops passing, a listen stream ends with a JSON-RPC error as its final
+        frame (:meth:`McpGateway._listen`), and a stream still open
+        :data:`~agentiam.adapters.gateway.mcp_listen.GRACE_SECONDS` later (a GET, or
+        a client that stopped reading) is cut here. Each stream the gateway ends is
+        audited as a refusal (``api.request.rejected``, the status a request with
+        that token would get, the action ``subscriptions/listen`` or ``GET``)."""
+        state.tally.streamed = True
+        started = finished = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started, finished
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finished = True
+            await send(message)
+
+        with self.gateway.streams.holding(owner, state.access, state.trace, action) as stream:
+            if action == LISTEN:
+                state.stream = stream
+            with stream.forced:
+                await serve(scope, receive, watched)
+        ended = stream.ended
+        if ended is None:
+            return
+        status, reason, _ = ended
+        with anyio.move_on_after(1), contextlib.suppress(OSError, RuntimeError):
+            if not started:
+                await _send_json(
+                    _jsonrpc_error(None, INVALID_REQUEST, reason), status, {}, scope, receive, send
+                )
+            elif not finished:  # cut: end the chunked body rather than drop it
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        with contextlib.suppress(AgentIAMError):  # the spool: ended all the same
+            await self.gateway.durably(
+                lambda: self.enforcer.refuse(
+                    state.access,
+                    trace=state.trace,
+                    status=status,
+                    reason=f"{action} stream ended: {reason}",
+                    action=action,
+                )
+            )
 
     def _sessions_of(self, owner: Owner) -> int:
         """The handshake-era sessions ``owner`` holds or is opening."""
@@ -1762,6 +1973,8 @@ class _Endpoint:
                 state, counted, limit, request_id, scope, receive, send
             ):
                 return False
+            if counted == LISTEN:  # past the outage bound: refused as a listing is
+                return await self._listing_admitted(state, request_id, scope, receive, send)
             if isinstance(method, str) and method in _LISTINGS:
                 if not await self._listing_admitted(state, request_id, scope, receive, send):
                     return False
@@ -2052,6 +2265,7 @@ class _Endpoint:
         send: Send,
         request_id: Any = None,
         code: int | None = None,
+        action: str | None = None,
     ) -> None:
         # before authentication (access None): the request's token names its agent if
         # it verifies; else the refusal is within the budget of refusals naming nobody
@@ -2063,6 +2277,7 @@ class _Endpoint:
                     trace=trace,
                     status=status,
                     reason=reason,
+                    action=action,
                     peer=client_host(scope.get("client")),
                     authorization=headers.getlist("authorization") if headers else (),
                     dpop=headers.getlist("dpop") if headers else (),

@@ -37,7 +37,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -71,6 +71,7 @@ __all__ = [
     "SESSION_IDLE_SECONDS",
     "UPSTREAM_USE",
     "AllSessionsBusy",
+    "Changed",
     "ListingKind",
     "Owner",
     "Upstream",
@@ -106,6 +107,11 @@ _CHANGED: Final[dict[str, tuple[ListingKind, ...]]] = {
     "notifications/resources/list_changed": ("resources", "templates"),
     "notifications/prompts/list_changed": ("prompts",),
 }
+# what Upstream.follow hands on: per kind fetched again, the listing cached before and
+# the one fetched (None: none cached, or the fetch failed)
+Changed = Callable[
+    [Mapping[ListingKind, tuple[list[Any] | None, list[Any] | None]]], Awaitable[None]
+]
 _KINDS: Final[tuple[ListingKind, ...]] = ("tools", "resources", "templates", "prompts")
 # whose calls an upstream session carries: an agent (client_id) and its token's subject
 # (the human of a delegated token, the agent itself otherwise)
@@ -516,14 +522,16 @@ class Upstream:
         if self._changed is not None:
             self._changed.set()
 
-    async def follow(self, tools_changed: Callable[[list[Any] | None], Awaitable[None]]) -> None:
+    async def follow(self, changed: Changed) -> None:
         """Fetch the listings a list_changed made stale, for as long as the gateway
         runs: at most once per :data:`CHANGE_SECONDS` (notifications arriving during a
         fetch or the pause after it are served together by the next). The tools
         listing is always fetched (the gateway's ``Tool`` entities are made from it)
-        and handed to ``tools_changed`` (None when the fetch failed); another kind
-        only when a listing of it is cached. A failed fetch leaves no cached listing
-        of its kind, so the next use fetches it."""
+        and handed to ``changed`` at once; another kind only when a listing of it is
+        cached, and those are handed over together once all are fetched. ``changed``
+        gets, per kind, the listing cached before and the one fetched (None when the
+        fetch failed). A failed fetch leaves no cached listing of its kind, so the
+        next use fetches it."""
         assert self._changed is not None, "the gateway is not running"
         while True:
             await self._changed.wait()
@@ -531,19 +539,17 @@ class Upstream:
             stale, self._stale = self._stale, set()
             started = time.monotonic()
             try:
-                await self._refetch(stale, tools_changed)
+                await self._refetch(stale, changed)
             except Exception:  # a failure here must not take the gateway down
                 log.exception("upstream %s: fetching a changed listing failed", self.server.name)
             await anyio.sleep(started + CHANGE_SECONDS - time.monotonic())
 
-    async def _refetch(
-        self,
-        stale: set[ListingKind],
-        tools_changed: Callable[[list[Any] | None], Awaitable[None]],
-    ) -> None:
+    async def _refetch(self, stale: set[ListingKind], changed: Changed) -> None:
+        others: dict[ListingKind, tuple[list[Any] | None, list[Any] | None]] = {}
         for kind in _KINDS:
             if kind not in stale or (kind != "tools" and kind not in self._lists):
                 continue
+            before = self.cached(kind)
             items = await self.listing(kind, fresh=True)
             self.refetches += 1
             if items is None:
@@ -556,7 +562,11 @@ class Upstream:
                 "failed" if items is None else f"{len(items)} listed",
             )
             if kind == "tools":
-                await tools_changed(items)
+                await changed({"tools": (before, items)})
+            else:
+                others[kind] = (before, items)
+        if others:
+            await changed(others)
 
     async def aclose(self) -> None:
         """Close every session (at shutdown) and wait for their tasks, at most

@@ -169,6 +169,43 @@ class McpGatewayMetrics(GatewayMetrics):
             registry=self.registry,
         )
         self.sessions.set_function(lambda: float(sessions()))
+        self.listens = Gauge(
+            "agentiam_mcp_gateway_listen_streams",
+            "subscriptions/listen streams (protocol 2026-07-28) open now, every agent's.",
+            registry=self.registry,
+        )
+        self.agents_told = Counter(
+            "agentiam_mcp_gateway_agents_told",
+            "list_changed notifications sent to agents, by list (tools, resources, prompts) "
+            "and carrier (session: a handshake-era session's standalone stream; listen: a "
+            "2026-07-28 subscriptions/listen stream).",
+            ["list", "via"],
+            registry=self.registry,
+        )
+        self.streams_ended = Counter(
+            "agentiam_mcp_gateway_streams_ended",
+            "Streams (listen streams and handshake-era GET streams) the gateway ended "
+            "because their token stopped passing, by reason (expired, revoked, "
+            "unavailable: the control plane past the outage bound; invalid).",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def watch_listens(self, listens: Callable[[], int]) -> None:
+        """Read the open listen streams from ``listens`` at scrape time."""
+        self.listens.set_function(lambda: float(listens()))
+
+    def told(self, group: str, *, sessions: int, streams: int) -> None:
+        """``group``'s list_changed was sent to ``sessions`` handshake-era sessions
+        and ``streams`` listen streams."""
+        if sessions:
+            self.agents_told.labels(group, "session").inc(sessions)
+        if streams:
+            self.agents_told.labels(group, "listen").inc(streams)
+
+    def stream_ended(self, reason: str) -> None:
+        """The gateway ended a stream for ``reason`` (a fixed word, see the help)."""
+        self.streams_ended.labels(reason).inc()
 
     def count(
         self, method: str, outcome: str, *, seconds: float | None, decision: float | None

@@ -278,12 +278,7 @@ class AccessTokenVerifier:
                 f"access token: longer than {self.config.max_token_length} characters"
             )
         if self._revocations.is_stale():
-            raise OAuthError(
-                "temporarily_unavailable",
-                "token revocation state is not current; try again shortly",
-                status=503,
-                reason="revocation feed stale",
-            )
+            raise self._stale()
         cached = self._verified.get(token)
         if cached is not None:
             access, kid = cached
@@ -337,6 +332,29 @@ class AccessTokenVerifier:
         if len(self._verified) > self._verified_max:
             self._verified.popitem(last=False)
         return access
+
+    def still_valid(self, access: VerifiedAccess, *, now: float) -> None:
+        """Check again, at ``now``, a token this verifier accepted earlier, for a
+        request that outlives its verification (a stream): the same OAuthError
+        :meth:`verify_token` would raise now for a stale revocation set (503), an
+        expired token (past ``exp`` plus the clock skew, as requests are judged) or a
+        revoked one (RFC 7009; the token, its lineage, or a cut-off for a party).
+        The signature, issuer and audience were checked when it was accepted and do
+        not change."""
+        if self._revocations.is_stale():
+            raise self._stale()
+        if now - self.config.skew >= access.expires_at:
+            raise self._invalid_token("token expired")
+        self._check_revoked(access)
+
+    @staticmethod
+    def _stale() -> OAuthError:
+        return OAuthError(
+            "temporarily_unavailable",
+            "token revocation state is not current; try again shortly",
+            status=503,
+            reason="revocation feed stale",
+        )
 
     def _check_revoked(self, access: VerifiedAccess) -> None:
         if self._revocations.is_revoked(
