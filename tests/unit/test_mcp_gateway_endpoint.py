@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 from tests.unit.gateway_support import NoApprovals
 
 from agentiam.adapters.gateway.enforcer import Call, SharedAdmission, SharedLimit, Verdict
+from agentiam.adapters.gateway.mcp_listen import Streams
 from agentiam.adapters.gateway.mcp_proxy import (
     _STATE_KEY,
     McpGateway,
@@ -102,6 +103,7 @@ class FakeEnforcer:
         status: int,
         reason: str,
         call: Any = None,
+        action: str | None = None,
         **before_authentication: Any,  # peer, authorization, dpop
     ) -> None:
         if isinstance(self.failure, ServiceUnavailable):
@@ -170,6 +172,7 @@ class Stub:
         link.authorizer = authorizer
         self.runtime = type("R", (), {"link": link})()
         self.sessions = type("S", (), {"_session_owners": {}})()
+        self.streams = Streams(lambda access: None, per_owner=32, total=1024)
         self.call_for = partial(McpGateway.call_for, self)  # type: ignore[arg-type]
 
     def record_outcome(
