@@ -61,7 +61,7 @@ from mcp.shared.subscriptions import (
 )
 from mcp_types import SubscriptionFilter
 
-from agentiam.adapters.gateway.mcp_upstream import ListingKind, Owner
+from agentiam.adapters.gateway.mcp_upstream import LISTING_KINDS, ListingKind, Owner
 from agentiam.core.audit.events import TraceContext
 from agentiam.core.credentials.verifier import VerifiedAccess
 
@@ -89,12 +89,6 @@ MAX_OWNERS: Final = 10_000  # agents whose last listings are kept for listen str
 WATCH_SECONDS: Final = 0.1  # how often each open stream's token is checked again
 GRACE_SECONDS: Final = 0.5  # after a graceful end, before a stream is cut
 
-_GROUP_OF_METHOD: Final[Mapping[str, Group]] = {
-    "tools/list": "tools",
-    "resources/list": "resources",
-    "resources/templates/list": "resources",
-    "prompts/list": "prompts",
-}
 _GROUP_OF_KIND: Final[Mapping[ListingKind, Group]] = {
     "tools": "tools",
     "resources": "resources",
@@ -118,7 +112,9 @@ _Record = dict[str, frozenset[str]]
 def _saw(record: _Record | None, server: str, group: Group) -> bool:
     if record is None:
         return False
-    return any(server in servers for m, servers in record.items() if _GROUP_OF_METHOD[m] == group)
+    return any(
+        server in servers for m, servers in record.items() if group_of(LISTING_KINDS[m]) == group
+    )
 
 
 class Shown:
@@ -136,7 +132,7 @@ class Shown:
     ) -> None:
         """A listing ``method`` showed ``owner`` items of ``servers`` (over the
         handshake-era ``session``, or none at 2026-07-28)."""
-        if method not in _GROUP_OF_METHOD:
+        if method not in LISTING_KINDS:
             return
         if session is not None:
             self._sessions.setdefault(session, {})[method] = servers

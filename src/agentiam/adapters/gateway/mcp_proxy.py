@@ -169,6 +169,7 @@ from agentiam.adapters.gateway.mcp_sdk_state import connection_of, open_sessions
 from agentiam.adapters.gateway.mcp_tools import ListedTools
 from agentiam.adapters.gateway.mcp_upstream import (
     CHANGE_SECONDS,
+    LISTING_KINDS,
     MAX_UPSTREAM_SESSIONS,
     SESSION_IDLE_SECONDS,
     UPSTREAM_USE,
@@ -578,14 +579,6 @@ class Visibility:
 
 
 # -- listing kinds and session owners --------------------------------------------------------
-
-
-_LISTING_KINDS: Final[Mapping[str, ListingKind]] = {
-    "tools/list": "tools",
-    "resources/list": "resources",
-    "resources/templates/list": "templates",
-    "prompts/list": "prompts",
-}
 
 
 def _session_owner(access: VerifiedAccess) -> Owner:
@@ -1075,7 +1068,7 @@ class McpGateway:
         recorded is refused as a call is (HTTP 503, no data) rather than answered in
         the SDK's stream; the handler hands the result on. ServiceUnavailable past
         the outage bound or when the spool cannot take the event."""
-        kind = _LISTING_KINDS[method]
+        kind = LISTING_KINDS[method]
         found: list[tuple[Listed, Any]] = []
         unavailable: list[str] = []
         for upstream in self.upstreams.values():

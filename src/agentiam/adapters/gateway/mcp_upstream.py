@@ -100,6 +100,13 @@ CHANGE_SECONDS: Final = 1.0
 LISTEN_RETRY_MAX: Final = 30.0
 
 ListingKind = Literal["tools", "resources", "templates", "prompts"]
+# the MCP listing methods and the kind of upstream listing each shows
+LISTING_KINDS: Final[Mapping[str, ListingKind]] = {
+    "tools/list": "tools",
+    "resources/list": "resources",
+    "resources/templates/list": "templates",
+    "prompts/list": "prompts",
+}
 # what each list_changed notification makes stale (MCP "List Changed Notification";
 # a resource template is listed with the resources, so it is refetched with them)
 _CHANGED: Final[dict[str, tuple[ListingKind, ...]]] = {
