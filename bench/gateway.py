@@ -650,11 +650,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if gw and args.profile else {}
             )  # fmt: skip
             out, cpu = _run_load(s, job, profiles)
-            profiled = "\n\n".join(
-                f"{name} profile (py-spy, throughput phase, GIL holder):\n"
-                f"{_profile_summary(path)}"
-                for name, path in profiles.items()
-            ) or profiled
+            profiled = (
+                "\n\n".join(
+                    f"{name} profile (py-spy, throughput phase, GIL holder):\n"
+                    f"{_profile_summary(path)}"
+                    for name, path in profiles.items()
+                )
+                or profiled
+            )
             through[gw] = out
             name = f"max {'gateway' if gw else 'direct'} c={args.concurrency}"
             cpu_rows.append(_cpu_row(name, cpu, out))
