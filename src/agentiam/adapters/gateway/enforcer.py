@@ -111,6 +111,8 @@ class Call:
     # where the call goes, for the audit trail's ``details.target`` (e.g. the HTTP
     # gateway's ``{"host": <upstream host>}``); detection reads it
     target: Mapping[str, str] | None = None
+    # parents the resource has whatever the catalog says (AuthzRequest.resource_parents)
+    resource_parents: tuple[EntityRef, ...] = ()
 
     def context(self, access: VerifiedAccess) -> dict[str, Any]:
         ctx = delegation_context(access)
@@ -350,7 +352,11 @@ class Enforcer:
         """The policy request of a call: what is decided, and what an approval for it
         is bound to (the control plane computes the fingerprint from it)."""
         return AuthzRequest(
-            EntityRef("Agent", access.client_id), call.action, call.resource, call.context(access)
+            EntityRef("Agent", access.client_id),
+            call.action,
+            call.resource,
+            call.context(access),
+            resource_parents=call.resource_parents,
         )
 
     def admit(
@@ -456,12 +462,7 @@ class Enforcer:
             raise
         request = self.request_for(access, call)
         if approval is not None:
-            request = AuthzRequest(
-                request.principal,
-                request.action,
-                request.resource,
-                approved_context(request.context, approval.approver),
-            )
+            request = replace(request, context=approved_context(request.context, approval.approver))
         decision = authorizer.decide(request)
         if approval is not None:
             decision = replace(decision, decision_id=approval.decision_id)

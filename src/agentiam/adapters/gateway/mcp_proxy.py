@@ -166,7 +166,7 @@ from agentiam.adapters.gateway.mcp_listen import (
     send_on_session,
 )
 from agentiam.adapters.gateway.mcp_sdk_state import connection_of, open_sessions, session_owners
-from agentiam.adapters.gateway.mcp_tools import ListedTools
+from agentiam.adapters.gateway.mcp_tools import ListedTools, in_server
 from agentiam.adapters.gateway.mcp_upstream import (
     CHANGE_SECONDS,
     LISTING_KINDS,
@@ -205,7 +205,7 @@ from agentiam.core.delegation.enforcement import delegation_context
 from agentiam.core.ids import is_id
 from agentiam.core.plain_http import ONLY_ON_LOOPBACK, secure_or_loopback
 from agentiam.core.policy.authorizer import Authorizer, AuthzRequest
-from agentiam.core.policy.model import EntityRef
+from agentiam.core.policy.model import EntityRef, ResourceRecord
 from agentiam.errors import AgentIAMError, OAuthError, ServiceUnavailable
 
 __all__ = [
@@ -454,29 +454,33 @@ def tool_call(exposed: str, arguments: Mapping[str, Any], *, location: str) -> C
     )
 
 
-def resource_call(exposed_uri: str, upstream_uri: str) -> Call:
-    """``resources/read``: ``read`` on ``DataSet::"<exposed uri>"``; a task-scoped
-    token needs an ``api_access`` entry with action ``read`` covering the upstream URI
-    (only http(s) URIs can be covered)."""
+def resource_call(exposed_uri: str, upstream_uri: str, server: str | None = None) -> Call:
+    """``resources/read``: ``read`` on ``DataSet::"<exposed uri>"``, in
+    ``McpServer::"<server>"`` (the server the gateway routes it to) whatever the
+    catalog says; a task-scoped token needs an ``api_access`` entry with action
+    ``read`` covering the upstream URI (only http(s) URIs can be covered)."""
     return Call(
         action=READ_ACTION,
         resource=EntityRef("DataSet", exposed_uri),
         detail=ApiCall(action=READ_ACTION, url=upstream_uri),
         tool=exposed_uri,
         args=None,
+        resource_parents=in_server(server) if server is not None else (),
     )
 
 
-def prompt_call(exposed: str, arguments: Mapping[str, str]) -> Call:
-    """``prompts/get``: ``read`` on ``DataSet::"prompt:<exposed>"`` with the prompt
-    arguments as ``context.args``. No built-in ``authorization_details`` type covers
-    prompts, so a task-scoped token cannot get one."""
+def prompt_call(exposed: str, arguments: Mapping[str, str], server: str | None = None) -> Call:
+    """``prompts/get``: ``read`` on ``DataSet::"prompt:<exposed>"``, in
+    ``McpServer::"<server>"`` whatever the catalog says, with the prompt arguments as
+    ``context.args``. No built-in ``authorization_details`` type covers prompts, so a
+    task-scoped token cannot get one."""
     return Call(
         action=READ_ACTION,
         resource=EntityRef("DataSet", PROMPT_ID_PREFIX + exposed),
         detail=CustomCall(type="mcp_prompt", values={"prompt": exposed}),
         tool=exposed,
         args=dict(arguments),
+        resource_parents=in_server(server) if server is not None else (),
     )
 
 
@@ -486,11 +490,23 @@ ListedKind = Literal["tool", "resource", "template", "prompt"]
 @dataclass(frozen=True, slots=True)
 class Listed:
     """One item of an upstream listing: its kind, its exposed name (or URI, or URI
-    template) and its upstream one."""
+    template), its upstream one and the server that listed it."""
 
     kind: ListedKind
     exposed: str
     upstream: str
+    server: str | None = None
+
+    def question(self) -> tuple[str, EntityRef, tuple[EntityRef, ...]]:
+        """What a listing asks policy about it: the action, the entity, and the
+        parents the entity has whatever the catalog says (a tool's come from its
+        derived record, :mod:`~agentiam.adapters.gateway.mcp_tools`)."""
+        if self.kind == "tool":
+            return TOOL_ACTION, EntityRef("Tool", self.exposed), ()
+        parents = in_server(self.server) if self.server is not None else ()
+        if self.kind == "prompt":
+            return READ_ACTION, EntityRef("DataSet", PROMPT_ID_PREFIX + self.exposed), parents
+        return READ_ACTION, EntityRef("DataSet", self.exposed), parents
 
 
 def _without_arguments(details: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -535,10 +551,13 @@ class Visibility:
             return self._shadow
 
     def visible(self, access: VerifiedAccess, items: Sequence[Listed]) -> list[bool]:
-        """One flag per item: may ``access`` see it?"""
+        """One flag per item: may ``access`` see it? A resource, template or prompt is
+        decided in its server's ``McpServer`` (:meth:`Listed.question`); one that
+        cannot be placed there (the schema refuses the merged record) is hidden."""
         if not items:
             return []
-        authorizer = self.authorizer()
+        authorizer = self._placing(self.authorizer(), items)
+        placed = authorizer.entities.parents
         details = list(access.chain.authorization_details)
         principal = EntityRef("Agent", access.client_id)
         base = delegation_context(access)
@@ -547,22 +566,37 @@ class Visibility:
             if not self._scope_permits(details, item):
                 out.append(False)
                 continue
-            if item.kind == "tool":
-                action, resource = TOOL_ACTION, EntityRef("Tool", item.exposed)
-            elif item.kind == "prompt":
-                action, resource = (
-                    READ_ACTION,
-                    EntityRef("DataSet", PROMPT_ID_PREFIX + item.exposed),
-                )
-            elif item.exposed.startswith(PROMPT_ID_PREFIX):  # would alias a prompt's entity
-                out.append(False)
+            if item.kind in ("resource", "template") and item.exposed.startswith(PROMPT_ID_PREFIX):
+                out.append(False)  # would alias a prompt's entity
                 continue
-            else:
-                action, resource = READ_ACTION, EntityRef("DataSet", item.exposed)
+            action, resource, parents = item.question()
+            if not all(p in placed.get(resource, ()) for p in parents):
+                out.append(False)  # fail closed: not in its server
+                continue
             decision = authorizer.decide(
-                AuthzRequest(principal, action, resource, {**base, "args": {}})
+                AuthzRequest(
+                    principal, action, resource, {**base, "args": {}}, resource_parents=parents
+                )
             )
             out.append(decision.allowed)
+        return out
+
+    def _placing(self, authorizer: Authorizer, items: Sequence[Listed]) -> Authorizer:
+        """``authorizer``, or one over its snapshot with every item placed in its
+        server (one merge per listing, :meth:`EntitySnapshot.with_more
+        <agentiam.core.policy.entities.EntitySnapshot.with_more>`) sharing its
+        request-rate counter: a listing is not a merge per item."""
+        entities = authorizer.entities
+        records: dict[EntityRef, ResourceRecord] = {}
+        for item in items:
+            _, ref, parents = item.question()
+            if parents and not all(p in entities.parents.get(ref, ()) for p in parents):
+                records[ref] = ResourceRecord(ref.type, ref.id, {}, parents)
+        if not records:
+            return authorizer
+        zone = getattr(getattr(authorizer, "_zone", None), "key", "UTC")
+        out = Authorizer(authorizer.engine, entities.with_more(records.values()), zone=zone)
+        out.rates = authorizer.rates
         return out
 
     def _scope_permits(self, details: list[Mapping[str, Any]], item: Listed) -> bool:
@@ -1082,7 +1116,7 @@ class McpGateway:
                 # a tool without its derived record cannot be called: not shown either
                 items = [t for t in items if self.tools.known(prefix + t.name)]
             for item in items:
-                found.append(_expose(kind, prefix, item))
+                found.append(_expose(kind, upstream.server, item))
         return await anyio.to_thread.run_sync(
             self._filter_and_record, state, method, found, unavailable
         )
@@ -1337,7 +1371,7 @@ class McpGateway:
         if not pending.verdict.allowed:
             state.tally.outcome = "forbidden"
             raise MCPError(POLICY_DENIED, f"AgentIAM refused this read: {pending.verdict.reason}")
-        route = self.namespace.route(params.uri)
+        route = self._decided_in(pending.call, self.namespace.route(params.uri))
 
         async def send(session: ClientSession, uri: str) -> Any:
             return await session.read_resource(
@@ -1366,7 +1400,7 @@ class McpGateway:
         if not pending.verdict.allowed:
             state.tally.outcome = "forbidden"
             raise MCPError(POLICY_DENIED, f"AgentIAM refused this prompt: {pending.verdict.reason}")
-        route = self.namespace.route(params.name)
+        route = self._decided_in(pending.call, self.namespace.route(params.name))
 
         async def send(session: ClientSession, name: str) -> Any:
             return await session.get_prompt(
@@ -1388,6 +1422,17 @@ class McpGateway:
         assert isinstance(result, types.GetPromptResult | types.InputRequiredResult)
         return result
 
+    @staticmethod
+    def _decided_in(
+        call: Call, route: tuple[UpstreamServer, str] | None
+    ) -> tuple[UpstreamServer, str] | None:
+        """``route`` if the call was decided in that server's ``McpServer`` (as a
+        tool is only forwarded while :meth:`ListedTools.known`), else None: not
+        forwarded (a ``tool.call`` with status 404)."""
+        if route is None or call.resource_parents != in_server(route[0].name):
+            return None
+        return route
+
     # -- what the ASGI layer decides -------------------------------------------------
 
     def call_for(self, method: str, params: Mapping[str, Any]) -> Call | str:
@@ -1399,7 +1444,9 @@ class McpGateway:
             if uri.startswith(PROMPT_ID_PREFIX):  # would be decided as that prompt's entity
                 return f'params.uri: a URI starting with "{PROMPT_ID_PREFIX}" names a prompt'
             route = self.namespace.route(uri)
-            return resource_call(uri, route[1] if route else uri)
+            if route is None:
+                return resource_call(uri, uri)
+            return resource_call(uri, route[1], route[0].name)
         name = params.get("name")
         if not isinstance(name, str) or not name or len(name) > MAX_NAME:
             return f"params.name: a name of at most {MAX_NAME} characters"
@@ -1411,23 +1458,27 @@ class McpGateway:
         if method == "prompts/get":
             if not all(isinstance(v, str) for v in arguments.values()):
                 return "params.arguments: prompt arguments are strings"
-            return prompt_call(name, arguments)
+            route = self.namespace.route(name)
+            return prompt_call(name, arguments, route[0].name if route else None)
         return tool_call(name, arguments, location=self.location)
 
 
-def _expose(kind: ListingKind, prefix: str, item: Any) -> tuple[Listed, Any]:
+def _expose(kind: ListingKind, server: UpstreamServer, item: Any) -> tuple[Listed, Any]:
+    prefix, name = server.prefix, server.name
     if kind == "tools":
         exposed = prefix + item.name
-        return Listed("tool", exposed, item.name), item.model_copy(update={"name": exposed})
+        return Listed("tool", exposed, item.name, name), item.model_copy(update={"name": exposed})
     if kind == "resources":
         exposed = prefix + item.uri
-        return Listed("resource", exposed, item.uri), item.model_copy(update={"uri": exposed})
+        listed = Listed("resource", exposed, item.uri, name)
+        return listed, item.model_copy(update={"uri": exposed})
     if kind == "templates":
         exposed = prefix + item.uri_template
-        listed = Listed("template", exposed, item.uri_template)
+        listed = Listed("template", exposed, item.uri_template, name)
         return listed, item.model_copy(update={"uri_template": exposed})
     exposed = prefix + item.name
-    return Listed("prompt", exposed, item.name), item.model_copy(update={"name": exposed})
+    listed = Listed("prompt", exposed, item.name, name)
+    return listed, item.model_copy(update={"name": exposed})
 
 
 # -- the ASGI endpoint -----------------------------------------------------------------------

@@ -47,17 +47,26 @@ from agentiam.adapters.gateway.mcp_upstream import Upstream, UpstreamServer
 from agentiam.core.policy.entities import EntitySnapshot
 from agentiam.core.policy.model import EntityRef, ResourceRecord
 
-__all__ = ["REFRESH_SECONDS", "ListedTools", "tool_records"]
+__all__ = ["REFRESH_SECONDS", "ListedTools", "in_server", "tool_records"]
 
 # a name missing from a server's listing fetches that listing again at most this often
 REFRESH_SECONDS: Final = 1.0
+
+
+def in_server(server: str) -> tuple[EntityRef, ...]:
+    """The parents every entity the gateway routes to ``server`` has in its decisions,
+    whatever the catalog says: ``McpServer::"<server>"``. Tools get it from their
+    derived records (:func:`tool_records`); resources, resource templates and prompts,
+    whose URIs a template makes unbounded, per decision
+    (:attr:`~agentiam.core.policy.authorizer.AuthzRequest.resource_parents`)."""
+    return (EntityRef("McpServer", server),)
 
 
 def tool_records(server: UpstreamServer, tools: Sequence[Any]) -> tuple[ResourceRecord, ...]:
     """One ``Tool`` record per listed tool: its exposed name, in the server's
     ``McpServer``; with ``trust_annotations``, ``read_only`` and ``destructive`` from
     the tool's hints when it gives them."""
-    parent = (EntityRef("McpServer", server.name),)
+    parent = in_server(server.name)
     out: list[ResourceRecord] = []
     for tool in tools:
         if not isinstance(tool, types.Tool):

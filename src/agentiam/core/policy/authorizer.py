@@ -38,7 +38,7 @@ import cedarpy
 from agentiam.core.ids import new_id
 from agentiam.core.policy.engine import WHOLE_CONTEXT, CompiledPolicy, PolicyEngine
 from agentiam.core.policy.entities import EntitySnapshot
-from agentiam.core.policy.model import EntityRef
+from agentiam.core.policy.model import EntityRef, ResourceRecord
 from agentiam.core.policy.schema import PRINCIPAL_TYPES
 from agentiam.core.policy.values import ValueTypeError, is_encodable, to_cedar
 
@@ -75,6 +75,9 @@ CALLER_CONTEXT_KEYS = frozenset(
     }
 )
 APPROVAL_STATES = frozenset({"none", "pending", "approved", "denied"})
+# snapshots kept per snapshot in force with a request's resource_parents merged in (each
+# shares its parsed entities with the one in force; built in O(entities) when missed)
+PLACED_CACHE = 64
 
 
 class RequestError(ValueError):
@@ -90,6 +93,12 @@ class AuthzRequest:
     action: str
     resource: EntityRef
     context: Mapping[str, Any] = field(default_factory=dict)
+    # Parents the enforcement point knows the resource has whatever the catalog says
+    # (the MCP gateway: the McpServer it routes a resource or prompt to). The decision
+    # sees the resource in them (merged as derived records are, EntitySnapshot.
+    # with_more); when they cannot be merged (the schema refuses the result) it is a
+    # deny, so a forbid on a parent can never be escaped.
+    resource_parents: tuple[EntityRef, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,6 +585,9 @@ class Authorizer:
         self._zone = ZoneInfo(zone)
         self._risk = risk or (lambda _ref: 0)
         self.rates = RateCounter()
+        # snapshots with a request's resource_parents merged in, per snapshot in force
+        self._placed_lock = threading.Lock()
+        self._placed: tuple[EntitySnapshot | None, OrderedDict[Any, Any]] = (None, OrderedDict())
 
     @property
     def engine(self) -> PolicyEngine:
@@ -650,6 +662,15 @@ class Authorizer:
         problem = self._request_problem(engine, entities, request, now)
         if problem:
             return done("deny", [problem], errors=[problem])
+        if request.resource_parents:
+            placed = self._place(engine, entities, dims, request)
+            if placed is None:
+                problem = (
+                    f"{request.resource} cannot be placed in "
+                    f"{', '.join(map(str, request.resource_parents))} (fail closed)"
+                )
+                return done("deny", [problem], errors=[problem])
+            entities, dims = placed
         rates = self.rates
         rate = (rates.hit if count else rates.peek)(request.principal, now.timestamp())
         scope = None
@@ -714,6 +735,44 @@ class Authorizer:
             ignored=ignored,
             risk=risk,
         )
+
+    def _place(
+        self,
+        engine: PolicyEngine,
+        entities: EntitySnapshot,
+        dims: _Dimensions,
+        request: AuthzRequest,
+    ) -> tuple[EntitySnapshot, _Dimensions] | None:
+        """The snapshot (and its slices) in which ``request.resource`` is in each of
+        ``request.resource_parents``: the one in force when it already is (a listed
+        item's derived record), else one with a derived record for it merged in
+        (:meth:`EntitySnapshot.with_more`), the last :data:`PLACED_CACHE` of them kept
+        per snapshot in force. None when the schema refuses the merged record."""
+        ref, parents = request.resource, request.resource_parents
+        have = entities.parents.get(ref, ())
+        if all(p in have for p in parents):
+            return entities, dims
+        key = (engine, ref, parents)
+        with self._placed_lock:
+            source, cache = self._placed
+            if source is not entities:
+                cache = OrderedDict()
+                self._placed = (entities, cache)
+            found = cache.get(key)
+            if found is not None:
+                cache.move_to_end(key)
+                return found  # type: ignore[no-any-return]
+        derived = entities.with_more([ResourceRecord(ref.type, ref.id, {}, parents)])
+        have = derived.parents.get(ref, ())
+        if not all(p in have for p in parents):
+            return None
+        placed = (derived, _Dimensions(engine, derived))
+        with self._placed_lock:
+            if self._placed[0] is entities:
+                cache[key] = placed
+                while len(cache) > PLACED_CACHE:
+                    cache.popitem(last=False)
+        return placed
 
     @staticmethod
     def _request_problem(

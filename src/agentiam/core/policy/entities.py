@@ -247,6 +247,7 @@ class EntitySnapshot:
         # entry (kept as text: a fraction of the memory of the parsed dicts)
         self._document = document
         self._base = self
+        self._derived: tuple[ResourceRecord, ...] = ()
 
     def with_derived(self, records: Iterable[ResourceRecord]) -> EntitySnapshot:
         """This snapshot (as built from the registry and the catalog: a derived
@@ -258,6 +259,7 @@ class EntitySnapshot:
         parent or an attribute the catalog lacks) is the whole set parsed again.
         """
         base = self._base
+        records = tuple(records)
         merged: dict[EntityRef, tuple[ResourceRecord, dict[str, Any]]] = {}
         for record in records:
             catalog = base.resources.get(record.ref)
@@ -294,7 +296,16 @@ class EntitySnapshot:
         out._ancestors = lru_cache(maxsize=65_536)(out._compute_ancestors)
         out._document = ""
         out._base = base
+        out._derived = records
         return out
+
+    def with_more(self, records: Iterable[ResourceRecord]) -> EntitySnapshot:
+        """This snapshot with ``records`` merged in as well: the derived records it
+        already has and ``records``, over its base (:meth:`with_derived`). For a
+        decision whose enforcement point knows parents of its resource that no
+        listing gave (:attr:`AuthzRequest.resource_parents
+        <agentiam.core.policy.authorizer.AuthzRequest.resource_parents>`)."""
+        return self._base.with_derived((*self._derived, *records))
 
     def _compute_ancestors(self, ref: EntityRef) -> frozenset[EntityRef]:
         out: set[EntityRef] = set()

@@ -7,7 +7,8 @@ JSON") with the empty namespace, so policies name types plainly (``Agent::"agt_â
   label ``key=value`` and, for a sub-agent, of its parent ``Agent``; labels are also
   entity tags) and ``Human``.
 * **Resources**: ``Tool`` (in an ``McpServer``), ``Api`` / ``Endpoint`` (an endpoint is
-  in its API), ``DataSet``; the agent itself for ``spawn_agent``.
+  in its API), ``DataSet`` (in an ``McpServer`` for the MCP gateway's resources and
+  prompts); the agent itself for ``spawn_agent``.
 * **Actions** and action groups: ``invoke_tool``; ``read``/``write``/``delete``; the
   HTTP methods; ``spawn_agent``; groups ``read_actions``, ``write_actions``,
   ``delete_actions``, ``http``.
@@ -238,7 +239,11 @@ BASE_SCHEMA: dict[str, Any] = {
             "shape": _record({**_RESOURCE_ATTRS, "method": _OPT_STRING, "path": _OPT_STRING}),
             "tags": {"type": "String"},
         },
-        "DataSet": {"shape": _record(dict(_RESOURCE_ATTRS)), "tags": {"type": "String"}},
+        "DataSet": {
+            "memberOfTypes": ["McpServer"],
+            "shape": _record(dict(_RESOURCE_ATTRS)),
+            "tags": {"type": "String"},
+        },
     },
     "actions": _base_actions(),
 }
