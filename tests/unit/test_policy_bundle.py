@@ -281,7 +281,9 @@ def _broken(change: Any) -> dict[str, Any]:
         ),
         (
             lambda d: d["resources"][0].update(
-                parents=[{"type": "McpServer", "id": d["resources"][0]["id"]}]
+                # (a DataSet may be in an McpServer since the MCP gateway's resources
+                # are; never in an Api)
+                parents=[{"type": "Api", "id": d["resources"][0]["id"]}]
             ),
             "resources",
         ),
