@@ -58,6 +58,7 @@ from agentiam.core.audit.events import (
     Outcome,
     ResourceRef,
     TraceContext,
+    event_time_text,
 )
 from agentiam.core.audit.redaction import Redactor
 from agentiam.core.credentials.dpop import DPOP_PROFILE
@@ -665,8 +666,8 @@ class Enforcer:
             details={
                 "peer": summary.peer,
                 "count": summary.count,
-                "first_time": _rfc3339(summary.first),
-                "last_time": _rfc3339(summary.last),
+                "first_time": event_time_text(summary.first),
+                "last_time": event_time_text(summary.last),
                 "statuses": [{"status": s, "count": n} for s, n in summary.statuses],
                 "reasons": [{"reason": r, "count": n} for r, n in summary.reasons],
                 "first_trace_id": summary.first_trace_id,
@@ -843,8 +844,3 @@ def _human(access: VerifiedAccess) -> str | None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _rfc3339(moment: datetime) -> str:
-    """A time as an event's ``time`` is written (``AuditEvent.to_dict``)."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -32,6 +32,7 @@ __all__ = [
     "Outcome",
     "ResourceRef",
     "TraceContext",
+    "event_time_text",
     "redact",
 ]
 
@@ -43,6 +44,12 @@ _SECRET_KEY_RE = re.compile(
     re.IGNORECASE,
 )
 REDACTED = "[redacted]"
+
+
+def event_time_text(moment: datetime) -> str:
+    """A time as events write it (``time`` and any other time they record): RFC 3339
+    in UTC with a ``Z``."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class ActorType(StrEnum):
@@ -224,7 +231,7 @@ class AuditEvent:
         return {
             "schema_version": self.schema_version,
             "event_id": self.event_id,
-            "time": self.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "time": event_time_text(self.time),
             "type": self.type,
             "outcome": self.outcome.value,
             "actor": {"type": self.actor.type.value, "id": self.actor.id, "role": self.actor.role},

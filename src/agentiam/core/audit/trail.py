@@ -34,6 +34,7 @@ from typing import Any
 
 import rfc8785
 
+from agentiam.core.audit.events import event_time_text
 from agentiam.core.audit.merkle import leaf_hash
 from agentiam.core.credentials.claims import numeric_date, string_claim
 from agentiam.core.credentials.jose import (
@@ -304,7 +305,7 @@ class TreeHead:
             "tree_size": self.tree_size,
             "root_hash": self.root_hash.hex(),
             "chain_hash": self.chain_hash.hex(),
-            "signed_at": self.signed_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "signed_at": event_time_text(self.signed_at),
             "signature": self.signature,
         }
 
