@@ -36,8 +36,6 @@ __all__ = [
     "Metrics",
     "RequestLimits",
     "json_body_problem",
-    "json_depth_exceeds",
-    "json_has_non_numbers",
 ]
 
 NON_NUMBERS = "the body is not JSON: NaN and Infinity are not numbers (RFC 8259 section 6)"
@@ -58,22 +56,25 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _STEP = {0x5B: 1, 0x7B: 1, 0x5D: -1, 0x7D: -1}
 
 
-def json_depth_exceeds(body: bytes, max_depth: int) -> bool:
-    """True if ``body`` nests arrays/objects deeper than ``max_depth``.
+def json_body_problem(body: bytes, max_depth: int) -> str | None:
+    """Why the middleware refuses a JSON ``body`` before any parser sees it, if it
+    does, from one cut of its strings (:func:`_outside_strings`); it does not
+    validate JSON otherwise.
 
-    String contents (and escapes inside them) are skipped; it does not validate
-    JSON, it only bounds nesting. The strings are cut out and everything but the
-    brackets dropped in C (``bytes.split`` when there is no backslash, else
-    ``re.sub``; then ``bytes.translate``), so Python steps only through the brackets,
-    not through every byte of an audit batch.
-    """
-    if len(body) <= max_depth:  # fewer bytes than the depth: cannot be deeper
-        return False
-    return _deeper(_outside_strings(body), max_depth)
+    - Arrays and objects nested deeper than ``max_depth``. Everything but the
+      brackets is dropped in C (``bytes.translate``), so Python steps only through
+      the brackets, not through every byte of an audit batch.
+    - ``NaN``, ``Infinity`` or ``-Infinity`` outside the strings: RFC 8259 section 6
+      has no such numbers, but Python's decoder (and so FastAPI's) accepts them."""
+    bare = _outside_strings(body)
+    if _deeper(bare, max_depth):
+        return f"JSON nesting is deeper than {max_depth} levels"
+    return NON_NUMBERS if _CONSTANT.search(bare) is not None else None
 
 
 def _deeper(bare: bytes, max_depth: int) -> bool:
-    """:func:`json_depth_exceeds` on a body's :func:`_outside_strings`."""
+    """True if a body cut of its strings nests arrays/objects deeper than
+    ``max_depth``."""
     brackets = bare.translate(None, _NOT_BRACKETS)
     if not brackets or len(brackets) <= max_depth:
         return False
@@ -81,32 +82,14 @@ def _deeper(bare: bytes, max_depth: int) -> bool:
 
 
 def _outside_strings(body: bytes) -> bytes:
-    """``body`` without its JSON strings (as :data:`_STRING` reads them)."""
+    """``body`` without its JSON strings (as :data:`_STRING` reads them): the strings
+    and escapes inside them are skipped. In C: ``bytes.split`` when there is no
+    backslash, else ``re.sub``."""
     # Without a backslash, strings run from one quote to the next (or to the end).
     return _STRING.sub(b"", body) if b"\\" in body else b"".join(body.split(b'"')[::2])
 
 
 _CONSTANT = re.compile(rb"NaN|Infinity")
-
-
-def json_has_non_numbers(body: bytes) -> bool:
-    """True if ``body`` holds ``NaN``, ``Infinity`` or ``-Infinity`` outside its
-    strings. RFC 8259 section 6 has no such numbers, but Python's decoder (and so
-    FastAPI's) accepts them. A body without either word anywhere, the usual case, is
-    passed by one substring search in C."""
-    if b"NaN" not in body and b"Infinity" not in body:
-        return False
-    return _CONSTANT.search(_outside_strings(body)) is not None
-
-
-def json_body_problem(body: bytes, max_depth: int) -> str | None:
-    """What :func:`json_depth_exceeds` and :func:`json_has_non_numbers` would refuse
-    ``body`` for, if anything, from one cut of its strings (an audit batch is large:
-    this spares a second pass over it)."""
-    bare = _outside_strings(body)
-    if _deeper(bare, max_depth):
-        return f"JSON nesting is deeper than {max_depth} levels"
-    return NON_NUMBERS if _CONSTANT.search(bare) is not None else None
 
 
 async def _send_problem(send: Send, error: AgentIAMError) -> None:
