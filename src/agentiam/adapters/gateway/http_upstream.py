@@ -17,7 +17,10 @@ What it does:
   ``Content-Length`` or the end of the connection (a connection that ended a body is
   never reused). Responses to ``HEAD`` and ``1xx``/``204``/``304`` answers have no
   body (section 6.3). Interim ``1xx`` answers are skipped (RFC 9110 section 15.2),
-  except ``101``; a final status outside 200-599 is malformed.
+  except ``101``; a final status outside 200-599 is malformed. A body in a transfer
+  coding other than ``chunked`` alone (``gzip, chunked``: llhttp would hand on the
+  gzip-coded bytes as the content) is malformed too (section 6.1,
+  :func:`chunked_alone`, the rule the HTTP gateway applies to requests).
 * **One answer per request** (RFC 9112 section 9.3: responses come in the order of
   the requests): bytes after the end of the response, in the same read or arriving
   while the connection is idle in the pool, are never taken as the next request's
@@ -62,12 +65,14 @@ import httptools
 
 __all__ = [
     "MAX_RESPONSE_HEAD",
+    "TransferCodingRefused",
     "UpstreamConnectError",
     "UpstreamConnectTimeout",
     "UpstreamError",
     "UpstreamPool",
     "UpstreamResponse",
     "UpstreamTimeout",
+    "chunked_alone",
 ]
 
 _READ = 64 * 1024
@@ -91,6 +96,28 @@ class UpstreamConnectError(UpstreamError):
 
 class UpstreamConnectTimeout(UpstreamTimeout, UpstreamConnectError):
     """Opening a connection to the upstream timed out (nothing was sent)."""
+
+
+class TransferCodingRefused(ValueError):
+    """A ``Transfer-Encoding`` other than ``chunked`` alone (RFC 9112 section 6.1)."""
+
+
+def chunked_alone(codings: list[bytes]) -> bool:
+    """Whether a message is chunked, given the values of its ``Transfer-Encoding``
+    fields in order: False for none, True for one field holding ``chunked`` alone
+    (any letter case, trailing spaces), :class:`TransferCodingRefused` for anything
+    else (RFC 9112 section 6.1: the gateway undoes no other coding, so it neither
+    forwards nor relays one).
+
+    llhttp removes the chunking of ``gzip, chunked`` and hands on the gzip-coded
+    bytes as if they were the content, and it reads ``chunked`` followed by a tab in
+    a response as no chunked coding at all (the chunk framing becomes the body):
+    both are refused here. A second field, even ``chunked`` again, is refused too."""
+    if not codings:
+        return False
+    if len(codings) != 1 or codings[0].rstrip(b" ").lower() != b"chunked":
+        raise TransferCodingRefused("a transfer coding other than chunked")
+    return True
 
 
 class _Connection:
@@ -215,6 +242,12 @@ class UpstreamResponse:
         extra_body = self._no_body and bool(parsed.body)
         self._keep_alive = request_keep_alive and parsed.keep_alive and not extra_body
         self._done = self._no_body or parsed.complete
+
+    @property
+    def has_body(self) -> bool:
+        """Whether a body follows the head (not a ``HEAD``, ``204`` or ``304`` answer,
+        RFC 9112 section 6.3); it may be empty."""
+        return not self._no_body
 
     @property
     def complete(self) -> bool:
@@ -404,6 +437,8 @@ class UpstreamPool:
                 raise UpstreamError("the upstream closed the connection before answering")
             got_bytes += len(data)
             parsed.feed(data)
+        if not head and parsed.status not in _NO_BODY_STATUS:
+            _body_framing(parsed.headers)
         return UpstreamResponse(self, conn, parsed, head=head, request_keep_alive=keep_alive)
 
     async def _read(self, conn: _Connection) -> bytes:
@@ -475,6 +510,19 @@ class UpstreamPool:
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def _body_framing(headers: list[tuple[bytes, bytes]]) -> None:
+    """:class:`UpstreamError` for a response body in a transfer coding other than
+    ``chunked`` alone (:func:`chunked_alone`): nothing of it is relayed (502). A
+    response without a body (to ``HEAD``, ``204``, ``304``) may name the coding it
+    would have had (RFC 9112 section 6.1); it is not checked."""
+    try:
+        chunked_alone([v for k, v in headers if k == b"transfer-encoding"])
+    except TransferCodingRefused:
+        raise UpstreamError(
+            "the upstream answered with a transfer coding other than chunked"
+        ) from None
 
 
 class _StaleConnection(Exception):
