@@ -536,10 +536,16 @@ class Enforcer:
         secret: str | None,
         duration_ms: float,
         error: str | None = None,
+        reason: str | None = None,
+        echoed: Mapping[str, int] | None = None,
     ) -> None:
         """The ``tool.call`` event of an allowed call once the upstream answered (or
         failed): its status, the brokered secret by ``name@version``, the time, and for
-        an in-process call that raised, ``error`` (the exception's class name)."""
+        an in-process call that raised, ``error`` (the exception's class name).
+        ``reason``: why a call failed, in the gateway's words (never the upstream's);
+        ``echoed``: how often the upstream echoed the brokered secret (``fields``
+        dropped, ``body`` occurrences masked), recorded as ``details.echoed`` when
+        given; never the secret itself."""
         ctx = CallContext(
             actor=Actor(ActorType.AGENT, access.client_id), source=self.source, trace=trace
         )
@@ -556,7 +562,7 @@ class Enforcer:
             initiating_human=_human(access),
             delegation_chain=tuple(access.chain.actors) or (access.client_id,),
             decision_id=verdict.decision_id,
-            reason=None if error is None else f"raised {error}",
+            reason=reason or (None if error is None else f"raised {error}"),
             details={
                 "tool": call.tool,
                 "status": status,
@@ -564,6 +570,7 @@ class Enforcer:
                 # "secret" would be redacted by the event guard: the key names the
                 # brokered secret by name@version, never its value
                 "brokered": secret,
+                **({"echoed": dict(echoed)} if echoed else {}),
                 "duration_ms": round(duration_ms, 3),
                 "jti": access.jti,
                 **({"target": dict(call.target)} if call.target is not None else {}),

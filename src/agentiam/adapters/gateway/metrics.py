@@ -4,7 +4,8 @@ Each gateway has a registry of its own (:class:`GatewayMetrics`): the calls coun
 the request, decision and event-loop lag histograms, the outcome events lost
 (:class:`OutcomesCollector`), the anonymous refusals counted in summaries
 (:class:`RefusalSummariesCollector`) and the runtime's state (:class:`RuntimeCollector`:
-the spool, its set-aside events, the control plane's last contact). The MCP gateway adds
+the spool, its set-aside events, the control plane's last contact). The HTTP gateway
+adds a counter of credential echoes (:class:`HttpGatewayMetrics`); the MCP gateway adds
 one family split by JSON-RPC method and a gauge of its open sessions
 (:class:`McpGatewayMetrics`). Names, labels and help texts are an interface:
 dashboards, alerts and ``bench/gateway.py`` read them.
@@ -31,10 +32,12 @@ from agentiam.core.approvals_wire import PROBLEM_CODES
 
 __all__ = [
     "CONTENT_TYPE",
+    "ECHO_WHERE",
     "OTHER_METHOD",
     "OUTCOMES",
     "OUTCOME_OF_STATUS",
     "GatewayMetrics",
+    "HttpGatewayMetrics",
     "ListChangesCollector",
     "McpGatewayMetrics",
     "OutcomesCollector",
@@ -131,6 +134,33 @@ class GatewayMetrics:
         """The registry in Prometheus text format (:data:`CONTENT_TYPE`). It reads the
         spool's health, so the gateways call it on a worker thread."""
         return generate_latest(self.registry)
+
+
+ECHO_WHERE: Final = frozenset({"field", "body"})
+"""Every value of the HTTP gateway's credential echo counter's ``where`` label."""
+
+
+class HttpGatewayMetrics(GatewayMetrics):
+    """The HTTP gateway's metrics: the shared ones, and the responses in which an
+    upstream echoed the brokered credential (``where``: ``field``, a response field
+    dropped; ``body``, occurrences masked in the body). A response that did both
+    counts once for each."""
+
+    def __init__(self, runtime: GatewayRuntime, outcomes: OutcomeQueue) -> None:
+        super().__init__(runtime, outcomes)
+        self.credential_echoes = Counter(
+            "agentiam_http_gateway_credential_echoes",
+            "Responses in which the upstream echoed the brokered credential, by where "
+            "(field: response fields holding it dropped; body: occurrences masked).",
+            ["where"],
+            registry=self.registry,
+        )
+
+    def echoed(self, where: str) -> None:
+        """Count a response that echoed the credential in ``where`` (:data:`ECHO_WHERE`)."""
+        if where not in ECHO_WHERE:
+            raise ValueError(f"not a place an echo is counted: {where!r}")
+        self.credential_echoes.labels(where).inc()
 
 
 class McpGatewayMetrics(GatewayMetrics):
