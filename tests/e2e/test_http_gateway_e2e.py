@@ -362,7 +362,12 @@ def test_allowed_call_reaches_the_upstream_with_the_brokered_key_only(world: Wor
     assert echo["method"] == "GET"
     assert echo["raw_path"] == "/v1/invoices/inv-42"
     assert echo["query"] == "expand=lines&x=%2F"
-    assert _header(echo, "x-api-key") == [API_KEY]  # injected, the agent's value replaced
+    # injected, the agent's value replaced; the echo of it masked on its way back
+    assert _header(echo, "x-api-key") == ["*" * len(API_KEY)]
+    assert API_KEY not in r.text
+    received = world.seen()[-1]  # what the upstream itself received
+    assert _header(received, "x-api-key") == [API_KEY]
+    assert _header(received, "accept-encoding") == ["identity"]  # the body is looked at
     for name in ("authorization", "dpop", "x-forwarded-for", "x-forwarded-host",
                  "x-forwarded-proto", "x-real-ip", "x-hop"):  # fmt: skip
         assert _header(echo, name) == [], name

@@ -208,6 +208,7 @@ def test_request_headers_lose_credentials_hop_by_hop_and_route_claims() -> None:
         (b"content-type", b"application/json"),
         (b"content-length", b"12"),
         (b"accept", b"*/*"),
+        (b"accept-encoding", b"gzip, br"),
         (b"cookie", b"a=b"),
         (b"agentiam-approval", b"apr_01"),  # the gateway's header, not the upstream's
     ]
@@ -219,9 +220,14 @@ def test_request_headers_lose_credentials_hop_by_hop_and_route_claims() -> None:
         (b"accept", b"*/*"),
         (b"cookie", b"a=b"),
         (b"x-api-key", API_KEY.encode()),
+        (b"accept-encoding", b"identity"),  # the body is looked at for the credential
         (b"forwarded", b"for=127.0.0.1"),
         (b"traceparent", f"00-{trace.trace_id}-{trace.span_id}-01".encode()),
     ]
+    # without a credential the client's Accept-Encoding goes as it came
+    plain = request_headers_for_upstream(client, inject={}, forwarded="f", trace=trace)
+    assert (b"accept-encoding", b"gzip, br") in plain
+    assert (b"accept-encoding", b"identity") not in plain
 
 
 def test_response_headers_lose_hop_by_hop_fields() -> None:

@@ -23,7 +23,8 @@ For every request, in this order:
    characters, bad percent-encoding) is refused with 400, so the route the gateway
    decides on is the path the upstream serves (RFC 3986 sections 3.3 and 6.2.2). So
    is the framing: a ``Transfer-Encoding`` other than ``chunked`` alone is 501 (RFC
-   9112 section 6.1), a malformed ``Content-Length`` 400.
+   9112 section 6.1), a ``Content-Length`` other than digits 400 (whitespace around
+   them is not part of the value, RFC 9110 section 5.5, and is ignored).
 2. The token is verified (:meth:`Enforcer.authenticate`): a DPoP-bound access token
    (RFC 9449) whose audience is ``public_url`` (RFC 8707). The DPoP ``htu`` is checked
    against ``public_url``'s origin plus the request path, never a URL built from the
@@ -39,7 +40,9 @@ For every request, in this order:
    ``DPoP`` headers removed, hop-by-hop headers removed (RFC 9110 section 7.6.1),
    client-supplied ``Forwarded`` (RFC 7239), ``X-Forwarded-*`` and ``X-Real-IP``
    removed and a fresh ``Forwarded: for=…;host=…;proto=…`` set, the brokered
-   credential injected, ``traceparent`` (W3C Trace Context) continued.
+   credential injected (with ``Accept-Encoding: identity`` in place of the client's,
+   so the body that comes back can be looked at, step 6), ``traceparent`` (W3C
+   Trace Context) continued.
    A deny that a human's approval would lift (docs/approvals.md) opens an approval
    request at the control plane and is answered 403 with a problem of type
    ``approval-pending``, ``AgentIAM-Approval: apr_…`` and ``Retry-After`` (after
@@ -48,17 +51,34 @@ For every request, in this order:
    plane uses the approval for exactly that call, once, and the call is decided as
    approved; ``approval-denied``, ``approval-expired``, ``approval-used`` or
    ``approval-mismatch`` otherwise.
-6. The response is streamed back: hop-by-hop headers removed, the upstream's
-   authentication challenges (``WWW-Authenticate``, ``Authentication-Info``,
-   ``DPoP-Nonce``: they concern the brokered credential) removed, and any field whose
-   value holds the brokered credential (an upstream echoing it) dropped, with a
-   warning naming the field; its trailer fields are discarded. Upstream timeouts give
+6. The response is streamed back (:class:`_Relay`): hop-by-hop headers removed, the
+   upstream's authentication challenges (``WWW-Authenticate``,
+   ``Authentication-Info``, ``DPoP-Nonce``: they concern the brokered credential)
+   removed; its trailer fields are discarded. A body in a transfer coding other than
+   ``chunked`` alone is never relayed (502, RFC 9112 section 6.1,
+   :func:`~agentiam.adapters.gateway.http_upstream.chunked_alone`). On a route that
+   injects a credential, an upstream echoing it does not hand it to the agent: a
+   field whose name or value holds it is dropped, every occurrence in the body is
+   masked in place with as many bytes (:class:`EchoMask`, also split across reads),
+   with a warning naming the upstream and route (never the value) and a count in
+   ``agentiam_http_gateway_credential_echoes_total``; a body in a content coding
+   (which the gateway cannot look into) is 502, not relayed. Upstream timeouts give
    504, connection failures 502 (RFC 9110 sections 15.6.3 and 15.6.5); either way the
-   outcome is audited as failed. A client that sends its body too slowly (a read
-   waits longer than ``timeouts.read``) gets 408; a client that leaves mid-response
-   has the upstream read stopped. Both are audited as failed.
-7. A ``tool.call`` event records the status, the secret used (``name@version``) and
-   the duration (:meth:`Enforcer.record_outcome`).
+   outcome is audited as failed, with the reason. A client that sends its body too
+   slowly (a read waits longer than ``timeouts.read``) gets 408; a client that
+   leaves mid-response has the upstream read stopped. Both are audited as failed.
+7. A ``tool.call`` event records the status, the secret used (``name@version``),
+   the duration, why a failed call failed (``reason``) and what the upstream echoed
+   of the credential (``details.echoed``: fields dropped, body occurrences masked)
+   (:meth:`Enforcer.record_outcome`).
+
+A refusal of a request whose body the gateway has not read to its end (any refusal
+before forwarding a request with a body; a 413 or 408 while reading it; a 502 or 504
+before the upstream took it) says ``Connection: close`` and ends the connection
+(RFC 9112 section 9.6), so uvicorn does not read and discard the rest of the body to
+keep the connection: a client without a token cannot make the gateway read up to
+``max_request_bytes`` for nothing. A refusal of a request without a body keeps the
+connection.
 
 Every refusal is an RFC 9457 problem document (``application/problem+json``) that
 never carries a stack trace. The listener (:class:`ListenerProtocol`, uvicorn's
@@ -108,18 +128,21 @@ from agentiam.adapters.gateway.config import (
     load_gateway_config,
     upstream_tls,
 )
+from agentiam.adapters.gateway.echo_mask import EchoMask, content_coded
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.http_upstream import (
+    TransferCodingRefused,
     UpstreamError,
     UpstreamPool,
     UpstreamResponse,
     UpstreamTimeout,
+    chunked_alone,
 )
 from agentiam.adapters.gateway.loop_watch import watch_event_loop
 from agentiam.adapters.gateway.metrics import (
     CONTENT_TYPE,
     OUTCOME_OF_STATUS,
-    GatewayMetrics,
+    HttpGatewayMetrics,
     approval_outcome,
     refusal_outcome,
 )
@@ -196,6 +219,8 @@ _FRAMING = frozenset({b"content-length"})  # re-sent by the upstream client as i
 # take them for the gateway's (RFC 9449 section 9 nonce, RFC 6750 invalid_token) and
 # refresh its token or send the call again.
 _UPSTREAM_ONLY = frozenset({b"www-authenticate", b"authentication-info", b"dpop-nonce"})
+# sent instead of the client's on a route that injects a credential (the body is masked)
+_IDENTITY_ONLY = (b"accept-encoding", b"identity")
 
 T = TypeVar("T")
 
@@ -513,10 +538,14 @@ def request_headers_for_upstream(
     ``Authorization``/``DPoP``, ``Host``, ``Expect`` and every client claim about the
     route (``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP``); with the brokered
     credential (replacing any client header of that name), a fresh ``Forwarded`` and
-    the continued ``traceparent``."""
+    the continued ``traceparent``. With a credential, ``Accept-Encoding: identity``
+    replaces the client's (RFC 9110 section 12.5.3): the gateway looks for the
+    credential in the body it relays, which it cannot do in a compressed one."""
     headers = list(headers)
     drop = HOP_BY_HOP | _CLIENT_ONLY | _FRAMING | _connection_tokens(headers)
     injected = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in inject.items()]
+    if injected:
+        injected.append(_IDENTITY_ONLY)
     drop |= {k for k, _ in injected}
     out = [(k, v) for k, v in headers if k not in drop and not k.startswith(b"x-forwarded-")]
     out.extend(injected)
@@ -531,17 +560,35 @@ def response_headers_for_client(
     """The upstream's response headers without hop-by-hop fields (RFC 9110 7.6.1),
     without its authentication challenges (``WWW-Authenticate``,
     ``Authentication-Info``, ``DPoP-Nonce``: the gateway authenticates the agent) and
-    without any field whose value holds ``secret``, the brokered credential the
-    upstream was sent: an upstream that echoes request fields must not hand it to
-    the agent (a body that echoes it is not looked at)."""
+    without any field whose name or value holds ``secret``, the brokered credential
+    the upstream was sent: an upstream that echoes request fields must not hand it to
+    the agent (:func:`_echoed_fields` names them; the body is masked as it is relayed,
+    :class:`~agentiam.adapters.gateway.echo_mask.EchoMask`)."""
     headers = [(k.lower(), v) for k, v in headers]
     drop = HOP_BY_HOP | _UPSTREAM_ONLY | _connection_tokens(headers)
     out = [(k, v) for k, v in headers if k not in drop]
-    if secret and any(secret in v for _, v in out):
-        echoed = sorted({k.decode("latin-1") for k, v in out if secret in v})
-        log.warning("the upstream echoed the brokered credential in %s: dropped", echoed)
-        out = [(k, v) for k, v in out if secret not in v]
+    if secret and any(_holds(k, v, secret) for k, v in out):
+        out = [(k, v) for k, v in out if not _holds(k, v, secret)]
     return out
+
+
+def _holds(name: bytes, value: bytes, secret: bytes) -> bool:
+    """Whether a field holds ``secret``: in its value, or in its name (field names
+    are case-insensitive, RFC 9110 section 5.1)."""
+    return secret in value or secret.lower() in name.lower()
+
+
+def _echoed_fields(headers: Iterable[tuple[bytes, bytes]], secret: bytes) -> list[str]:
+    """The names of the response fields holding ``secret``, for a log line: the
+    secret itself masked where a name holds it."""
+    lowered, masked = secret.lower(), b"*" * len(secret)
+    return sorted(
+        {
+            k.lower().replace(lowered, masked).decode("latin-1")
+            for k, v in headers
+            if _holds(k, v, secret)
+        }
+    )
 
 
 def _bare_secret(credential: CredentialRef, inject: Mapping[str, str]) -> bytes | None:
@@ -624,7 +671,7 @@ class _Permit:
     secret: str | None
     content_length: int | None  # the request's (also 0), None: chunked or no body
     has_body: bool
-    echo: bytes | None = None  # the brokered credential, dropped from response fields
+    echo: bytes | None = None  # the bare brokered credential: its echo is not relayed
 
 
 @dataclass(slots=True)
@@ -744,7 +791,7 @@ class HttpGateway:
         self._workers = workers
         self._executor: ThreadPoolExecutor | None = None
         self._outcomes = OutcomeQueue(self.enforcer)
-        self.metrics = GatewayMetrics(runtime, self._outcomes)
+        self.metrics = HttpGatewayMetrics(runtime, self._outcomes)
         self._watch: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -876,7 +923,7 @@ class HttpGateway:
             outcome = await self._inject(outcome, trace)
         self.metrics.decision.observe(time.perf_counter() - started)
         if isinstance(outcome, _Refusal):
-            await self._send_refusal(send, outcome)
+            await self._send_refusal(send, outcome, close=_body_may_follow(headers))
             return outcome.label
         return await self._forward(scope, receive, send, outcome, trace, started)
 
@@ -967,7 +1014,7 @@ class HttpGateway:
             return _problem(status, "bad-request", f"the request path is refused: {exc}")
         try:
             framing = _framing(headers)
-        except _CodingRefused:
+        except TransferCodingRefused:
             reason = "a Transfer-Encoding other than chunked"
             refuse(501, reason)
             return _problem(501, "not-implemented", f"the request has {reason}")
@@ -1166,11 +1213,14 @@ class HttpGateway:
 
     def _record(
         self, permit: _Permit, trace: TraceContext, outcome: Outcome, status: int | None,
-        duration_ms: float, error: str | None = None,
+        duration_ms: float, error: str | None = None, reason: str | None = None,
+        echoed: dict[str, int] | None = None,
     ) -> None:  # fmt: skip
         """The call's ``tool.call`` event (step 7), written without holding the answer
         (:class:`~agentiam.adapters.gateway.outcomes.OutcomeQueue`); ``error`` names
-        what the client did wrong (``ClientDisconnected``, ``ClientTimeout``)."""
+        what the client did wrong (``ClientDisconnected``, ``ClientTimeout``),
+        ``reason`` why the upstream's answer failed (the gateway's words), ``echoed``
+        what the upstream echoed of the credential (:meth:`_echoed`)."""
         self._outcomes.record(
             lambda: self.enforcer.record_outcome(
                 permit.access,
@@ -1182,6 +1232,8 @@ class HttpGateway:
                 secret=permit.secret,
                 duration_ms=duration_ms,
                 error=error,
+                reason=reason,
+                echoed=echoed,
             )
         )
 
@@ -1206,38 +1258,32 @@ class HttpGateway:
         upstream_headers = request_headers_for_upstream(
             headers, inject=permit.inject, forwarded=forwarded, trace=trace
         )
-        body = _body(receive, self._max_body, self._read) if permit.has_body else None
+        body = _RequestBody(receive, self._max_body, self._read) if permit.has_body else None
+        relay = _Relay(permit.echo)
         status: int | None = None
         outcome = Outcome.FAILURE
         label = "upstream_error"
         error: str | None = None
-        started_response = False
+        reason: str | None = None
         try:
             async with asyncio.timeout(self._total):
                 response = await pool.request(
                     scope["method"],
                     target,
                     upstream_headers,
-                    body,
+                    None if body is None else body.chunks(),
                     content_length=permit.content_length,
                 )
                 # the body is read: receive() now only tells that the client left
                 watch = None if response.complete else _ClientWatch(receive, response)
                 try:
                     status = response.status
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": status,
-                            "headers": response_headers_for_client(response.headers, permit.echo),
-                        }
-                    )
-                    started_response = True
+                    await relay.start(send, response)
                     async for chunk in response.body():
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        await relay.body(send, chunk)
                     if watch is not None and watch.gone:
                         raise _ClientGone
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await relay.end(send)
                 except UpstreamError:
                     if watch is not None and watch.gone:  # it closed the upstream connection
                         raise _ClientGone from None
@@ -1252,31 +1298,64 @@ class HttpGateway:
             label, error = "client_gone", "ClientDisconnected"
         except _ClientTimeout:
             label, error, status = "client_timeout", "ClientTimeout", 408
-            reason = f"the request body did not arrive in time (no data for {self._read:g} s)"
-            await self._send_refusal(
-                send, _problem(408, "request-timeout", reason, {"Connection": "close"})
-            )
+            detail = f"the request body did not arrive in time (no data for {self._read:g} s)"
+            await self._send_refusal(send, _problem(408, "request-timeout", detail), close=True)
         except _TooLarge:
             label = "too_large"
             status = status or 413
-            reason = f"the request body is larger than {self._max_body} bytes"
-            if not started_response:
-                await self._send_refusal(send, _problem(413, "content-too-large", reason))
+            detail = f"the request body is larger than {self._max_body} bytes"
+            if not relay.started:  # the rest of the body is not read: the connection ends
+                await self._send_refusal(
+                    send, _problem(413, "content-too-large", detail), close=True
+                )
+        except _CodedBody as exc:
+            status, reason = 502, str(exc)
+            log.warning("upstream %s, route %s: %s", upstream, permit.route.name, reason)
+            detail = "the upstream answered in a content coding the gateway cannot check"
+            await self._fail(send, False, 502, detail)
         except (TimeoutError, UpstreamTimeout) as exc:
             label = "upstream_timeout"
-            await self._fail(send, started_response, 504, "the upstream did not answer in time")
+            await self._fail(
+                send, relay.started, 504, "the upstream did not answer in time", _unread(body)
+            )
             status = status or 504
+            reason = str(exc) or "the call took longer than timeouts.total"
             self._log_failure(permit, exc)
         except UpstreamError as exc:
-            await self._fail(send, started_response, 502, "the upstream could not be reached")
+            await self._fail(
+                send, relay.started, 502, "the upstream could not be reached", _unread(body)
+            )
             status = status or 502
+            reason = str(exc)
             self._log_failure(permit, exc)
         finally:
             duration = (time.perf_counter() - started) * 1000
-            self._record(permit, trace, outcome, status, duration, error)
-        if started_response and outcome is Outcome.FAILURE and label not in _NOT_CUT:
+            echoed = self._echoed(permit, relay)
+            self._record(permit, trace, outcome, status, duration, error, reason, echoed)
+        if relay.started and outcome is Outcome.FAILURE and label not in _NOT_CUT:
             raise _Aborted(f"upstream {upstream} failed mid-response")
         return label
+
+    def _echoed(self, permit: _Permit, relay: _Relay) -> dict[str, int] | None:
+        """Log and count what the upstream echoed of the credential: the ``echoed``
+        details of the call's ``tool.call`` event (None: nothing)."""
+        if not relay.fields and not relay.masked:
+            return None
+        route = permit.route
+        if relay.fields:
+            log.warning(
+                "upstream %s, route %s: the upstream echoed the brokered credential in "
+                "response fields %s: dropped", route.upstream.name, route.name, relay.fields,
+            )  # fmt: skip
+            self.metrics.echoed("field")
+        if relay.masked:
+            log.warning(
+                "upstream %s, route %s: the upstream echoed the brokered credential %d "
+                "times in the response body: masked", route.upstream.name, route.name,
+                relay.masked,
+            )  # fmt: skip
+            self.metrics.echoed("body")
+        return {"fields": len(relay.fields), "body": relay.masked}
 
     async def _fail(
         self,
@@ -1284,10 +1363,13 @@ class HttpGateway:
         started_response: bool,
         status: int,
         detail: str,
+        close: bool = False,
     ) -> None:
         if not started_response:
             await self._send_refusal(
-                send, _problem(status, OUTCOME_OF_STATUS[status].replace("_", "-"), detail)
+                send,
+                _problem(status, OUTCOME_OF_STATUS[status].replace("_", "-"), detail),
+                close=close,
             )
 
     @staticmethod
@@ -1305,8 +1387,15 @@ class HttpGateway:
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
     async def _send_refusal(
-        self, send: Callable[[dict[str, Any]], Awaitable[None]], refusal: _Refusal
+        self,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+        refusal: _Refusal,
+        *,
+        close: bool = False,
     ) -> None:
+        """Answer ``refusal``; ``close``: the request's body was not read (all of it),
+        so the connection ends with the answer (``Connection: close``, RFC 9112
+        section 9.6) instead of uvicorn reading and discarding the rest to keep it."""
         body = json.dumps(refusal.body, separators=(",", ":")).encode("utf-8")
         headers = [
             (b"content-type", _PROBLEM_JSON),
@@ -1316,6 +1405,8 @@ class HttpGateway:
         headers.extend(
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in refusal.headers.items()
         )
+        if close:
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
@@ -1355,8 +1446,7 @@ class HttpGateway:
         await send({"type": "http.response.body", "body": body})
 
 
-class _CodingRefused(ValueError):
-    """A ``Transfer-Encoding`` other than ``chunked`` alone."""
+_OWS = b" \t"  # RFC 9110 section 5.6.3
 
 
 def _framing(headers: Iterable[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
@@ -1364,51 +1454,134 @@ def _framing(headers: Iterable[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
     is a body at all (RFC 9112 section 6.3). uvicorn has already refused messages whose
     framing is ambiguous (both fields, two ``Content-Length``, ``chunked`` not last).
 
-    The one transfer coding taken is ``chunked`` alone (:class:`_CodingRefused`
-    otherwise, RFC 9112 section 6.1: 501): llhttp takes ``gzip, chunked`` or a
-    ``Transfer-Encoding: identity`` field before a ``chunked`` one, and removes only
-    the chunking; forwarded re-chunked, the upstream would read the coded bytes as
-    the content. ``identity`` alone fails llhttp only after the head was handed on."""
+    ``Content-Length`` is digits, with the whitespace around a field value (OWS, RFC
+    9110 section 5.5) allowed and ignored, as llhttp reads it: a list, a sign or
+    anything else is a :class:`ValueError` (400). The one transfer coding taken is
+    ``chunked`` alone (:class:`TransferCodingRefused` otherwise, RFC 9112 section
+    6.1: 501): llhttp takes ``gzip, chunked`` or a ``Transfer-Encoding: identity``
+    field before a ``chunked`` one, and removes only the chunking; forwarded
+    re-chunked, the upstream would read the coded bytes as the content.
+    ``identity`` alone fails llhttp only after the head was handed on."""
     length: int | None = None
-    chunked = False
+    codings: list[bytes] = []
     for key, value in headers:
         if key == b"content-length":
-            if not value.isdigit() or (length is not None and length != int(value)):
+            digits = value.strip(_OWS)
+            if not digits.isdigit() or (length is not None and length != int(digits)):
                 raise ValueError("invalid Content-Length")
-            length = int(value)
+            length = int(digits)
         elif key == b"transfer-encoding":
-            if chunked or value.strip(b" \t").lower() != b"chunked":
-                raise _CodingRefused("a transfer coding other than chunked")
-            chunked = True
-    if chunked:
+            codings.append(value)
+    if chunked_alone(codings):
         return None, True
     return length, bool(length)
 
 
-async def _body(
-    receive: Callable[[], Awaitable[dict[str, Any]]], limit: int, read_timeout: float
-) -> AsyncIterator[bytes]:
-    """The request body as it arrives, never held whole; past ``limit`` bytes (a
-    chunked body: a declared length is checked before) the upstream request is cut
-    off and the client gets 413 (RFC 9110 section 15.5.14). A read that waits longer
-    than ``read_timeout`` ends it too: the client gets 408 (section 15.5.9)."""
-    seen = 0
-    while True:
-        try:
-            async with asyncio.timeout(read_timeout):
-                message = await receive()
-        except TimeoutError:
-            raise _ClientTimeout from None
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunk = message.get("body", b"")
-        if chunk:
-            seen += len(chunk)
-            if seen > limit:
-                raise _TooLarge
-            yield chunk
-        if not message.get("more_body", False):
-            return
+def _body_may_follow(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request may have body bytes after its head: a ``Content-Length``
+    over 0, a ``Transfer-Encoding``, or framing the gateway refused (llhttp may
+    still be reading a body by it)."""
+    try:
+        return _framing(headers)[1]
+    except ValueError:
+        return True
+
+
+class _RequestBody:
+    """The request body as it arrives, never held whole (:meth:`chunks`); ``done``
+    once it was read to its end. Past ``limit`` bytes (a chunked body: a declared
+    length is checked before) the upstream request is cut off and the client gets 413
+    (RFC 9110 section 15.5.14). A read that waits longer than ``read_timeout`` ends it
+    too: the client gets 408 (section 15.5.9)."""
+
+    __slots__ = ("_limit", "_read_timeout", "_receive", "done")
+
+    def __init__(
+        self, receive: Callable[[], Awaitable[dict[str, Any]]], limit: int, read_timeout: float
+    ) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._read_timeout = read_timeout
+        self.done = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        seen = 0
+        while True:
+            try:
+                async with asyncio.timeout(self._read_timeout):
+                    message = await self._receive()
+            except TimeoutError:
+                raise _ClientTimeout from None
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
+            if chunk:
+                seen += len(chunk)
+                if seen > self._limit:
+                    raise _TooLarge
+                yield chunk
+            if not message.get("more_body", False):
+                self.done = True
+                return
+
+
+def _unread(body: _RequestBody | None) -> bool:
+    """Whether the request has a body the gateway did not read to its end."""
+    return body is not None and not body.done
+
+
+class _CodedBody(Exception):
+    """On a route that injects a credential, the upstream answered with a body in a
+    content coding: it cannot be checked for the credential, so it is not relayed."""
+
+
+class _Relay:
+    """The upstream's answer on its way to the client (step 6): its head without the
+    fields :func:`response_headers_for_client` drops, then its body. On a route that
+    injects a credential (``secret``: the bare credential, :func:`_bare_secret`), the
+    fields that echo it are dropped (``fields`` names them), and every occurrence in
+    the body is masked (:class:`EchoMask`; ``masked`` counts them); a body in a
+    content coding is :class:`_CodedBody`, before anything is sent."""
+
+    __slots__ = ("_mask", "_secret", "fields", "started")
+
+    def __init__(self, secret: bytes | None) -> None:
+        self._secret = secret
+        self._mask: EchoMask | None = None
+        self.fields: list[str] = []
+        self.started = False  # the head was sent: a failure now cuts the connection
+
+    @property
+    def masked(self) -> int:
+        return 0 if self._mask is None else self._mask.masked
+
+    async def start(
+        self, send: Callable[[dict[str, Any]], Awaitable[None]], response: UpstreamResponse
+    ) -> None:
+        secret = self._secret
+        if secret is not None:
+            coding = content_coded(response.headers) if response.has_body else None
+            if coding is not None:
+                raise _CodedBody(
+                    f"the upstream answered in the content coding {coding} on a route that "
+                    "injects a credential: its body cannot be checked for the credential"
+                )
+            self.fields = _echoed_fields(response.headers, secret)
+            self._mask = EchoMask(secret)
+        headers = response_headers_for_client(response.headers, secret)
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        self.started = True
+
+    async def body(self, send: Callable[[dict[str, Any]], Awaitable[None]], chunk: bytes) -> None:
+        if self._mask is not None:
+            chunk = self._mask.feed(chunk)
+            if not chunk:
+                return
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def end(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        tail = b"" if self._mask is None else self._mask.flush()
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
 
 
 # -- running it ---------------------------------------------------------------------------
