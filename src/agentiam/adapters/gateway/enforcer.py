@@ -115,6 +115,13 @@ class Call:
     # parents the resource has whatever the catalog says (AuthzRequest.resource_parents)
     resource_parents: tuple[EntityRef, ...] = ()
 
+    def decided_in(self, parents: Sequence[EntityRef]) -> bool:
+        """Whether this call's decision placed its resource in each of ``parents``
+        (the gateway's own: the MCP gateway's ``McpServer``, the HTTP gateway's
+        ``Api``). A transport forwards a call only to where it was decided: checked
+        before forwarding, so a call built without its parents is never let through."""
+        return all(p in self.resource_parents for p in parents)
+
     def context(self, access: VerifiedAccess) -> dict[str, Any]:
         ctx = delegation_context(access)
         if self.args is not None:

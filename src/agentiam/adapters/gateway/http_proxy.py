@@ -7,6 +7,7 @@ common gateway part (:mod:`agentiam.adapters.gateway.config`) plus two sections:
     upstreams:
       billing:
         url: https://billing.internal.example        # scheme, host, port, optional path
+        api: billing                                  # optional: its Api's id (default: its name)
         credential: {secret: billing-key, header: X-Api-Key}   # see broker.py
         tls: {ca_file: /etc/agentiam/ca.pem}          # optional: CAs, client certificate
     routes:                                           # first match wins
@@ -31,7 +32,9 @@ For every request, in this order:
    client's ``Host`` or ``X-Forwarded-*`` headers. A refusal is 401 with a
    ``WWW-Authenticate`` challenge naming ``resource_metadata`` (RFC 9728 section 5.1).
 3. The first route whose method and path template match is taken (``{name}`` matches
-   one path segment and may be used in the resource id); none: 404, audited.
+   one path segment and may be used in the resource id); none: 404, audited. A
+   route's ``Endpoint`` is decided in its upstream's ``Api::"<api>"`` whatever the
+   catalog says (:func:`in_api`, :attr:`Route.parents`).
 4. Rate limit, task scope (RFC 9396 ``api_access``) and policy
    (:meth:`Enforcer.decide`): 429 with ``Retry-After`` (RFC 6585 section 4, RFC 9110
    section 10.2.3), or 403 ``insufficient_scope`` (RFC 6750 section 3.1). The decision
@@ -190,6 +193,7 @@ _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/ {}-]{0,127}$")
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]{0,31})\}$")
 _TEMPLATE_VAR = re.compile(r"\{([^{}]*)\}")
 _ENTITY_TYPE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_API_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,512}\Z")  # the catalog's bound on an entity id
 _LITERAL_SEGMENT = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@%-]+$")
 # RFC 9110 section 7.6.1: connection-specific fields a proxy must not forward
 # (Proxy-Connection and Keep-Alive are the common non-standard ones).
@@ -232,12 +236,36 @@ T = TypeVar("T")
 class Upstream:
     """Where matched requests go: ``url`` is scheme, authority and an optional path
     prefix (no trailing slash); ``credential`` what the broker injects; ``tls`` the CAs
-    and client certificate of an https upstream."""
+    and client certificate of an https upstream; ``api`` the id of the ``Api`` entity
+    its routes' endpoints are in (default: ``name``)."""
 
     name: str
     url: str
+    api: str
     credential: CredentialRef | None
     tls: UpstreamTls | None = None  # None: the system's CAs, no client certificate
+
+
+ROUTE_RESOURCE_IN_API = "Endpoint"
+"""The route resource type decided in its upstream's ``Api`` (the schema's one type
+that may be in an ``Api``). Any other type is decided as the route names it: an
+``Api``-typed resource is that Api itself (``resource in Api::"x"`` covers
+``Api::"x"``), a ``DataSet`` or an operator's type gets no parent from the route."""
+
+
+def route_parents(resource_type: str, upstream: Upstream) -> tuple[EntityRef, ...]:
+    """What a route's resource is in whatever the catalog says: its upstream's
+    ``Api`` for an ``Endpoint`` (:func:`in_api`), else nothing
+    (:data:`ROUTE_RESOURCE_IN_API`). Made once per route, at start."""
+    return in_api(upstream.api) if resource_type == ROUTE_RESOURCE_IN_API else ()
+
+
+def in_api(api: str) -> tuple[EntityRef, ...]:
+    """The parents an ``Endpoint`` the gateway routes to an upstream whose Api is
+    ``api`` has in its decisions, whatever the catalog says: ``Api::"<api>"``, per
+    decision (:attr:`~agentiam.core.policy.authorizer.AuthzRequest.resource_parents`),
+    so that an id made from the path (``invoice-{id}``) needs no catalog entry."""
+    return (EntityRef("Api", api),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +283,8 @@ class Route:
     action: str
     resource_type: str
     resource_id: str
+    # what the route's resource is in whatever the catalog says (route_parents)
+    parents: tuple[EntityRef, ...] = ()
 
     def match(self, segments: Sequence[str]) -> dict[str, str] | None:
         """The placeholder values when ``segments`` (percent-decoded) fit the
@@ -313,7 +343,7 @@ def _upstream(name: Any, raw: Any) -> Upstream:
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
         raise ValueError(f"{where}: an upstream name is 1-64 of A-Z, a-z, 0-9, '.', '_', '-'")
     body = _mapping(raw, where)
-    _only(body, where, {"url", "credential", "tls"})
+    _only(body, where, {"url", "credential", "tls", "api"})
     url = body.get("url")
     if not isinstance(url, str) or len(url) > 2048:
         raise ValueError(f"{where}.url: an http(s) URL")
@@ -335,7 +365,10 @@ def _upstream(name: Any, raw: Any) -> Upstream:
         except ValueError as exc:
             raise ValueError(f"{where}.credential: {exc}") from None
     tls = upstream_tls(body.get("tls"), f"{where}.tls", url)
-    return Upstream(name, url.rstrip("/"), credential, tls)
+    api = body.get("api", name)
+    if not isinstance(api, str) or not _API_ID.match(api):
+        raise ValueError(f"{where}.api: an Api entity id, 1-512 characters, no control characters")
+    return Upstream(name, url.rstrip("/"), api, credential, tls)
 
 
 def _template(path: Any, where: str) -> tuple[tuple[str | None, ...], tuple[str, ...]]:
@@ -412,6 +445,7 @@ def _route(index: int, raw: Any, upstreams: Mapping[str, Upstream]) -> Route:
         action=action,
         resource_type=rtype,
         resource_id=rid,
+        parents=route_parents(rtype, upstreams[str(upstream)]),
     )
 
 
@@ -919,6 +953,8 @@ class HttpGateway:
             outcome = await self._shared_then_decide(outcome, trace)
         if isinstance(outcome, _Approval):
             outcome = await self._approval(outcome, trace)
+        if isinstance(outcome, _Permit) and not outcome.call.decided_in(outcome.route.parents):
+            outcome = await self._durably(functools.partial(self._undecided, outcome, trace))
         if isinstance(outcome, _Permit) and outcome.route.upstream.credential is not None:
             outcome = await self._inject(outcome, trace)
         self.metrics.decision.observe(time.perf_counter() - started)
@@ -949,6 +985,22 @@ class HttpGateway:
             return self._decide(step, trace, self.route_for(method, step.segments))
 
         return _answering(steps)
+
+    def call_for(self, route: Route, values: Mapping[str, str], *, method: str, url: str) -> Call:
+        """The policy question of a request ``route`` matched with ``values``: the
+        route's action on its resource, in the route's ``Api`` whatever the catalog
+        says when it is an ``Endpoint`` (:attr:`Route.parents`); a task-scoped token
+        needs an ``api_access`` entry covering ``method``, ``url``, the resource's type
+        (``datatypes``) and id (``identifier``) (RFC 9396)."""
+        resource = route.resource(values)
+        return Call(
+            action=route.action,
+            resource=resource,
+            detail=ApiCall(action=method, url=url, datatype=resource.type, identifier=resource.id),
+            tool=route.name,
+            target=self._targets[route.upstream.name],
+            resource_parents=route.parents,
+        )
 
     async def _shared_then_decide(
         self, step: _Authenticated, trace: TraceContext
@@ -1046,14 +1098,7 @@ class HttpGateway:
             enforcer.refuse(access, trace=trace, status=404, reason=f"no route for {method}")
             return _problem(404, "not-found", "no route of this gateway matches the request")
         route, values = found
-        resource = route.resource(values)
-        call = Call(
-            action=route.action,
-            resource=resource,
-            detail=ApiCall(action=method, url=url, datatype=resource.type, identifier=resource.id),
-            tool=route.name,
-            target=self._targets[route.upstream.name],
-        )
+        call = self.call_for(route, values, method=method, url=url)
         presented = _header(headers, _APPROVAL_REQUEST_HEADER)
         if presented and enforcer.approvals is not None:
             if self._malformed_approval(headers):
@@ -1133,6 +1178,17 @@ class HttpGateway:
         if not verdict.allowed:
             return self._denied(verdict)
         return _Permit(step.access, step.route, step.call, verdict, {}, None, *step.framing)
+
+    def _undecided(self, permit: _Permit, trace: TraceContext) -> _Refusal:
+        """A permit whose decision did not place the route's resource in the route's
+        ``Api`` (:meth:`Call.decided_in`): refused and audited, never forwarded (fail
+        closed: a forbid on the Api must hold for every call that reaches it)."""
+        where = ", ".join(map(str, permit.route.parents))
+        reason = f"{permit.call.resource} was not decided in {where} (fail closed)"
+        self.enforcer.refuse(
+            permit.access, trace=trace, status=403, reason=reason, call=permit.call
+        )
+        return _problem(403, "insufficient-scope", reason, error="insufficient_scope")
 
     async def _durably(self, step: Callable[[], T]) -> T | _Refusal:
         """Run an enforcer step on the event loop with its audit events handed to the

@@ -1429,7 +1429,7 @@ class McpGateway:
         """``route`` if the call was decided in that server's ``McpServer`` (as a
         tool is only forwarded while :meth:`ListedTools.known`), else None: not
         forwarded (a ``tool.call`` with status 404)."""
-        if route is None or call.resource_parents != in_server(route[0].name):
+        if route is None or not call.decided_in(in_server(route[0].name)):
             return None
         return route
 
