@@ -14,6 +14,7 @@ from tests.support.tls import server_pki
 
 from agentiam.adapters.gateway.config import load_gateway_config, read_config_file
 from agentiam.adapters.gateway.http_proxy import load_config
+from agentiam.core.policy.model import EntityRef
 
 GOOD: dict[str, Any] = {
     "name": "billing-gw",
@@ -98,6 +99,20 @@ def test_a_good_configuration_loads() -> None:
     assert first.resource({"id": "7"}).id == "invoice-7"
     assert second.name == "POST /v1/invoices"  # the default name
     assert config.prefix == ""
+    # an Endpoint route is decided in its upstream's Api (default: the upstream's name);
+    # a route whose resource is an Api is that Api itself, and has no parent
+    assert (billing.api, config.upstreams["open"].api) == ("billing", "open")
+    assert first.parents == (EntityRef("Api", "billing"),)
+    assert second.parents == ()
+
+
+def test_an_upstream_names_the_api_its_endpoints_are_in() -> None:
+    config = load_config(_with("upstreams.billing.api", "billing-api.v2"))
+    assert config.upstreams["billing"].api == "billing-api.v2"
+    assert config.routes[0].parents == (EntityRef("Api", "billing-api.v2"),)
+    for rtype in ("DataSet", "Tool", "Invoice"):  # no type but Endpoint may be in an Api
+        data = _with("routes.0.resource.type", rtype)
+        assert load_config(data).routes[0].parents == ()
 
 
 def test_defaults() -> None:
@@ -159,6 +174,10 @@ def test_public_url_with_a_path_is_the_prefix_and_names_the_metadata() -> None:
         ("upstreams.billing.url", "file:///etc/passwd", "upstreams.billing.url"),
         ("upstreams.billing.url", "https://h/x?q=1", "upstreams.billing.url"),
         ("upstreams.billing.headers", {}, "upstreams.billing: unknown keys headers"),
+        ("upstreams.billing.api", "", "upstreams.billing.api: an Api entity id"),
+        ("upstreams.billing.api", 7, "upstreams.billing.api: an Api entity id"),
+        ("upstreams.billing.api", "a" * 513, "upstreams.billing.api: an Api entity id"),
+        ("upstreams.billing.api", "bill\ning", "upstreams.billing.api: an Api entity id"),
         ("upstreams.billing.credential", {"secret": "k", "hdr": "x"}, CREDENTIAL),
         ("upstreams.billing.credential", {"header": "X"}, CREDENTIAL),
         ("upstreams.billing.credential", {"secret": "k", "header": "X\nY"}, CREDENTIAL),
