@@ -77,23 +77,25 @@ class ApprovalFlow:
         *,
         trace: TraceContext,
         wait: float = 0.0,
+        peer: str | None = None,
     ) -> ApprovalOutcome:
         """Open (or find) the request for an approvable deny; with ``wait`` seconds,
-        hold the call for the human and use the approval if it is given in time."""
+        hold the call for the human and use the approval if it is given in time.
+        ``peer``: the connection's network address, named in every event."""
         request = self.enforcer.request_for(access, call)
         try:
             ticket = self.client.open(request, denied.decision_id)
         except NotApprovable:
             return ApprovalOutcome(denied)  # the control plane would not: a plain deny
         except ServiceUnavailable as exc:
-            self._refuse(access, call, trace, 503, exc.detail)
+            self._refuse(access, call, trace, 503, exc.detail, peer)
             raise
         if wait > 0 and ticket.state == "pending":
-            ticket = self.wait(ticket, wait, access=access, call=call, trace=trace)
+            ticket = self.wait(ticket, wait, access=access, call=call, trace=trace, peer=peer)
         if ticket.state != "approved":
             return ApprovalOutcome.of(ticket)
         # the deny that opened it already passed the rate limit and task scope
-        return self.retry(access, call, ticket.id, trace=trace, admitted=True)
+        return self.retry(access, call, ticket.id, trace=trace, admitted=True, peer=peer)
 
     def wait(
         self,
@@ -103,6 +105,7 @@ class ApprovalFlow:
         access: VerifiedAccess,
         call: Call,
         trace: TraceContext,
+        peer: str | None = None,
     ) -> ApprovalTicket:
         """The request once a human decided it (or it expired), or as it is after
         ``seconds``: long polls of at most a minute each."""
@@ -114,7 +117,7 @@ class ApprovalFlow:
             try:
                 ticket = self.client.wait(ticket.id, min(remaining, MAX_POLL_SECONDS))
             except ServiceUnavailable as exc:
-                self._refuse(access, call, trace, 503, exc.detail)
+                self._refuse(access, call, trace, 503, exc.detail, peer)
                 raise
         return ticket
 
@@ -128,6 +131,7 @@ class ApprovalFlow:
         wait: float = 0.0,
         admitted: bool = False,
         limit: SharedLimit | None = None,
+        peer: str | None = None,
     ) -> ApprovalOutcome:
         """Use ``approval_id`` for this call and, once consumed, decide it as approved.
         The rate limit and the task scope are checked first: a call they refuse does
@@ -138,24 +142,26 @@ class ApprovalFlow:
         deny opened the request). ``limit``: the replicas' shared rate limit already
         answered for this call (:meth:`Enforcer.shared_admit`)."""
         if not admitted:
-            refused = self.enforcer.admit(access, call, trace=trace, limit=limit)
+            refused = self.enforcer.admit(access, call, trace=trace, limit=limit, peer=peer)
             if refused is not None:
                 return ApprovalOutcome(refused, approval_id, "not_used")
         request = self.enforcer.request_for(access, call)
-        used = self._use(access, call, approval_id, request, trace)
+        used = self._use(access, call, approval_id, request, trace, peer)
         if isinstance(used, ApprovalTicket) and used.state == "pending" and wait > 0:
-            ticket = self.wait(used, wait, access=access, call=call, trace=trace)
+            ticket = self.wait(used, wait, access=access, call=call, trace=trace, peer=peer)
             used = (
-                self._use(access, call, approval_id, request, trace)
+                self._use(access, call, approval_id, request, trace, peer)
                 if ticket.state == "approved"
                 else ticket
             )
         if isinstance(used, ApprovalOutcome):
             return used
         if isinstance(used, ApprovalTicket):
-            self._refuse(access, call, trace, 403, f"approval {used.id} is {used.state}")
+            self._refuse(access, call, trace, 403, f"approval {used.id} is {used.state}", peer)
             return ApprovalOutcome.of(used)
-        verdict = self.enforcer.decide(access, call, trace=trace, approval=used, admitted=True)
+        verdict = self.enforcer.decide(
+            access, call, trace=trace, approval=used, admitted=True, peer=peer
+        )
         return ApprovalOutcome(verdict, used.approval_id, "consumed")
 
     def _use(
@@ -165,20 +171,30 @@ class ApprovalFlow:
         approval_id: str,
         request: AuthzRequest,
         trace: TraceContext,
+        peer: str | None,
     ) -> ApprovedUse | ApprovalTicket | ApprovalOutcome:
         try:
             return self.client.use(approval_id, request)
         except Forbidden:
-            self._refuse(access, call, trace, 403, f"approval {approval_id} is not for this call")
+            reason = f"approval {approval_id} is not for this call"
+            self._refuse(access, call, trace, 403, reason, peer)
             return ApprovalOutcome(None, approval_id, "mismatch")
         except ServiceUnavailable as exc:
-            self._refuse(access, call, trace, 503, exc.detail)
+            self._refuse(access, call, trace, 503, exc.detail, peer)
             raise
 
     def _refuse(
-        self, access: VerifiedAccess, call: Call, trace: TraceContext, status: int, reason: str
+        self,
+        access: VerifiedAccess,
+        call: Call,
+        trace: TraceContext,
+        status: int,
+        reason: str,
+        peer: str | None,
     ) -> None:
         """Audit a refusal; a spool that cannot take it is fail-closed already (the
         call is refused either way), so its error does not replace the refusal."""
         with contextlib.suppress(ServiceUnavailable):
-            self.enforcer.refuse(access, trace=trace, status=status, reason=reason, call=call)
+            self.enforcer.refuse(
+                access, trace=trace, status=status, reason=reason, call=call, peer=peer
+            )

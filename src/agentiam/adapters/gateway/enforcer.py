@@ -34,6 +34,11 @@ budget (``anonymous``, :class:`~agentiam.core.enforcement.anonymous.AnonymousRef
 keyed by the network peer the transport passes as ``peer``), those past it are
 counted in a summary (:meth:`Enforcer.record_refusal_summary`,
 :data:`REFUSAL_SUMMARY_EVENT_TYPE`) instead. The refusal itself is the same.
+
+Every refusal event, and every decision event, names that ``peer`` when the transport
+passed it (``details.peer``: the connection's network address as the server saw it,
+never a header), whoever the request named: OCSF exports it as ``src_endpoint.ip``,
+CEF as ``src`` (IPv4) or ``c6a2`` (IPv6).
 """
 
 from __future__ import annotations
@@ -323,14 +328,19 @@ class Enforcer:
         return SharedAdmission()
 
     def refuse_shared(
-        self, access: VerifiedAccess, error: AgentIAMError, *, trace: TraceContext
+        self,
+        access: VerifiedAccess,
+        error: AgentIAMError,
+        *,
+        trace: TraceContext,
+        peer: str | None = None,
     ) -> None:
         """Audit a :meth:`shared_admit` refusal (durable, or deferred)."""
         if isinstance(error, OAuthError):
             status, reason = error.oauth_status, f"{error.error}: {error.reason} (shared cache)"
         else:
             status, reason = 503, error.detail
-        self._record_refusal(access, trace, status=status, reason=reason)
+        self._record_refusal(access, trace, status=status, reason=reason, peer=peer)
 
     def _presented(self, authorization: Sequence[str], dpop: Sequence[str]) -> dict[str, str]:
         """Who a refused request's credentials name, when its token verifies on its own
@@ -374,13 +384,15 @@ class Enforcer:
         *,
         trace: TraceContext,
         limit: SharedLimit | None = None,
+        peer: str | None = None,
     ) -> Verdict | None:
         """The checks before policy: the rate limit (a token is taken when it passes)
         and the token's task scope. The refusal (429 with Retry-After, or 403), audited
         and durable, or None when both pass. An approval is used only after this, so a
         retry the rate limit refuses keeps its approval for the next try. ``limit``:
         the replicas' shared buckets already answered (:meth:`shared_admit`), so this
-        process's own are not charged."""
+        process's own are not charged. ``peer``: the connection's network address,
+        named in a refusal's event."""
         if limit is not None or self._limiter is not None:
             if limit is not None:
                 retry: float | None = limit.retry_after
@@ -396,7 +408,9 @@ class Enforcer:
                     f"rate limit for {call.tool} exceeded",
                     headers={"Retry-After": str(seconds)},
                 )
-                self._record_refusal(access, trace, status=429, reason=verdict.reason, call=call)
+                self._record_refusal(
+                    access, trace, status=429, reason=verdict.reason, call=call, peer=peer
+                )
                 return verdict
         permits = token_permits(access, call.detail)
         if not permits.allowed:
@@ -407,7 +421,9 @@ class Enforcer:
                 permits.reason,
                 headers={"WWW-Authenticate": self._insufficient_scope},
             )
-            self._record_refusal(access, trace, status=403, reason=permits.reason, call=call)
+            self._record_refusal(
+                access, trace, status=403, reason=permits.reason, call=call, peer=peer
+            )
             return verdict
         return None
 
@@ -418,6 +434,7 @@ class Enforcer:
         *,
         trace: TraceContext,
         limit: SharedLimit | None = None,
+        peer: str | None = None,
     ) -> Verdict | None:
         """The rate limit of a request that is not a call but costs the gateway work
         of its own: an MCP ``initialize`` (it opens a session) or a listing (a policy
@@ -438,7 +455,7 @@ class Enforcer:
         if retry is None:
             return None
         reason = f"rate limit for {method} exceeded"
-        self._record_refusal(access, trace, status=429, reason=reason, action=method)
+        self._record_refusal(access, trace, status=429, reason=reason, action=method, peer=peer)
         return Verdict(False, 429, "rate_limited", reason, headers={"Retry-After": str(retry)})
 
     def decide(
@@ -450,6 +467,7 @@ class Enforcer:
         approval: ApprovedUse | None = None,
         admitted: bool = False,
         limit: SharedLimit | None = None,
+        peer: str | None = None,
     ) -> Verdict:
         """Rate limit, task scope and policy, in that order; the verdict's event is
         durable before this returns (else ServiceUnavailable). With ``approval`` (one
@@ -457,16 +475,17 @@ class Enforcer:
         ``context.approval.state == "approved"`` and the decision carries the id the
         consumption recorded. ``admitted``: :meth:`admit` already passed this call (its
         rate-limit token is taken), so it is not charged twice. ``limit``: the shared
-        buckets' answer (:meth:`admit`)."""
+        buckets' answer (:meth:`admit`). ``peer``: the connection's network address,
+        named in the decision's event (``details.peer``) as in a refusal's."""
         if not admitted:
-            refused = self.admit(access, call, trace=trace, limit=limit)
+            refused = self.admit(access, call, trace=trace, limit=limit, peer=peer)
             if refused is not None:
                 return refused
         agent = access.client_id
         try:
             authorizer = self.link.authorizer()  # 503 past the outage bound
         except ServiceUnavailable as exc:
-            self._record_refusal(access, trace, status=503, reason=exc.detail, call=call)
+            self._record_refusal(access, trace, status=503, reason=exc.detail, call=call, peer=peer)
             raise
         request = self.request_for(access, call)
         if approval is not None:
@@ -480,6 +499,8 @@ class Enforcer:
         event["details"]["jti"] = access.jti
         if call.target is not None:
             event["details"]["target"] = dict(call.target)
+        if peer is not None:
+            event["details"]["peer"] = peer
         self._durable([event])
         if decision.allowed:
             return Verdict(True, 200, None, "allowed", decision_id=decision.decision_id)
@@ -612,7 +633,8 @@ class Enforcer:
         request's token (the agent it names, its ``jti``, the proof key's ``jkt``).
         ``action``: the event's action when there is no ``call``. A refusal that
         names nobody (no ``access``, nothing ``presented``) past the ``anonymous``
-        budget for its ``peer`` is counted in a summary instead of recorded. Not a
+        budget for its ``peer`` is counted in a summary instead of recorded; one that
+        is recorded names its ``peer`` (``details.peer``), whoever it names. Not a
         503: that is the gateway's own state (the control plane away past the
         outage bound, the spool full), in which it cannot tell an agent's call from
         an anonymous one, so each is recorded (the spool's bound bounds them)."""
@@ -634,6 +656,8 @@ class Enforcer:
         details: dict[str, Any] = {"status": status, "tool": call.tool if call else None}
         if call is not None and call.target is not None:
             details["target"] = dict(call.target)
+        if peer is not None:
+            details["peer"] = peer
         agent_id = access.client_id if access is not None else None
         if access is not None:
             details["jti"] = access.jti

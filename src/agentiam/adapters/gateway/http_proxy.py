@@ -706,6 +706,7 @@ class _Permit:
     content_length: int | None  # the request's (also 0), None: chunked or no body
     has_body: bool
     echo: bytes | None = None  # the bare brokered credential: its echo is not relayed
+    peer: str | None = None  # the connection's network address, named in refusals
 
 
 @dataclass(slots=True)
@@ -718,6 +719,7 @@ class _Authenticated:
     segments: tuple[str, ...]
     headers: list[tuple[bytes, bytes]]
     framing: tuple[int | None, bool]
+    peer: str | None = None  # the connection's network address, named in refusals
 
 
 @dataclass(slots=True)
@@ -732,6 +734,7 @@ class _Approval:
     approval_id: str | None
     verdict: Verdict | None = None
     limit: SharedLimit | None = None  # the replicas' shared rate limit's answer
+    peer: str | None = None  # the connection's network address, named in refusals
 
 
 _APPROVAL_REQUEST_HEADER = APPROVAL_HEADER.lower().encode("ascii")
@@ -1015,7 +1018,9 @@ class HttpGateway:
         shared = await self.enforcer.shared_admit(step.access, charge=charge, tool=tool)
         if shared.refusal is not None:
             failed = shared.refusal
-            return await self._durably(lambda: self._shared_refusal(step.access, failed, trace))
+            return await self._durably(
+                lambda: self._shared_refusal(step.access, failed, trace, step.peer)
+            )
         return await self._durably(
             lambda: _answering(lambda: self._decide(step, trace, found, shared.limit))
         )
@@ -1028,9 +1033,9 @@ class HttpGateway:
         return len(presented) != 1 or not is_id(presented[0].strip(), "approval")
 
     def _shared_refusal(
-        self, access: VerifiedAccess, error: AgentIAMError, trace: TraceContext
+        self, access: VerifiedAccess, error: AgentIAMError, trace: TraceContext, peer: str | None
     ) -> _Refusal:
-        self.enforcer.refuse_shared(access, error, trace=trace)
+        self.enforcer.refuse_shared(access, error, trace=trace, peer=peer)
         return _oauth_refusal(error) if isinstance(error, OAuthError) else _unavailable(error)
 
     def _authenticate(
@@ -1081,7 +1086,7 @@ class HttpGateway:
         access = enforcer.authenticate(
             authorization=authorization, dpop=dpop, method=method, url=url, trace=trace, peer=peer
         )
-        return _Authenticated(access, method, url, segments, headers, framing)
+        return _Authenticated(access, method, url, segments, headers, framing, peer)
 
     def _decide(
         self,
@@ -1093,9 +1098,10 @@ class HttpGateway:
         """Steps 2-4: the call of the route ``found`` (:meth:`route_for`), approvals,
         the decision (``limit``: the replicas' shared rate limit's answer for it)."""
         enforcer, access, method, url = self.enforcer, step.access, step.method, step.url
-        headers, framing = step.headers, step.framing
+        headers, framing, peer = step.headers, step.framing, step.peer
         if found is None:
-            enforcer.refuse(access, trace=trace, status=404, reason=f"no route for {method}")
+            reason = f"no route for {method}"
+            enforcer.refuse(access, trace=trace, status=404, reason=reason, peer=peer)
             return _problem(404, "not-found", "no route of this gateway matches the request")
         route, values = found
         call = self.call_for(route, values, method=method, url=url)
@@ -1103,12 +1109,15 @@ class HttpGateway:
         if presented and enforcer.approvals is not None:
             if self._malformed_approval(headers):
                 reason = f"the {APPROVAL_HEADER} header is not one approval id"
-                enforcer.refuse(access, trace=trace, status=400, reason=reason, call=call)
+                enforcer.refuse(
+                    access, trace=trace, status=400, reason=reason, call=call, peer=peer
+                )
                 return _problem(400, "bad-request", reason)
-            return _Approval(access, route, call, framing, presented[0].strip(), limit=limit)
-        verdict = enforcer.decide(access, call, trace=trace, limit=limit)
+            approval_id = presented[0].strip()
+            return _Approval(access, route, call, framing, approval_id, limit=limit, peer=peer)
+        verdict = enforcer.decide(access, call, trace=trace, limit=limit, peer=peer)
         if not verdict.allowed and verdict.approvable:
-            return _Approval(access, route, call, framing, None, verdict)
+            return _Approval(access, route, call, framing, None, verdict, peer=peer)
         if not verdict.allowed:
             code = "rate-limited" if verdict.status == 429 else "insufficient-scope"
             return _problem(
@@ -1119,7 +1128,7 @@ class HttpGateway:
                 error=verdict.error,
                 decision_id=verdict.decision_id,
             )
-        return _Permit(access, route, call, verdict, {}, None, *framing)
+        return _Permit(access, route, call, verdict, {}, None, *framing, peer=peer)
 
     async def _approval(self, step: _Approval, trace: TraceContext) -> _Permit | _Refusal:
         """Open the approval request for an approvable deny (and hold the call up to
@@ -1136,7 +1145,9 @@ class HttpGateway:
         admitted = approval_id is None
         if not admitted:
             refused = await self._durably(
-                lambda: self.enforcer.admit(step.access, step.call, trace=trace, limit=step.limit)
+                lambda: self.enforcer.admit(
+                    step.access, step.call, trace=trace, limit=step.limit, peer=step.peer
+                )
             )
             if isinstance(refused, _Refusal):
                 return refused
@@ -1170,14 +1181,16 @@ class HttpGateway:
             return self._ticket_refusal(used, None)
         verdict = await self._durably(
             lambda: self.enforcer.decide(
-                step.access, step.call, trace=trace, approval=used, admitted=True
+                step.access, step.call, trace=trace, approval=used, admitted=True, peer=step.peer
             )
         )
         if isinstance(verdict, _Refusal):
             return verdict
         if not verdict.allowed:
             return self._denied(verdict)
-        return _Permit(step.access, step.route, step.call, verdict, {}, None, *step.framing)
+        return _Permit(
+            step.access, step.route, step.call, verdict, {}, None, *step.framing, peer=step.peer
+        )
 
     def _undecided(self, permit: _Permit, trace: TraceContext) -> _Refusal:
         """A permit whose decision did not place the route's resource in the route's
@@ -1186,8 +1199,9 @@ class HttpGateway:
         where = ", ".join(map(str, permit.route.parents))
         reason = f"{permit.call.resource} was not decided in {where} (fail closed)"
         self.enforcer.refuse(
-            permit.access, trace=trace, status=403, reason=reason, call=permit.call
-        )
+            permit.access, trace=trace, status=403, reason=reason, call=permit.call,
+            peer=permit.peer,
+        )  # fmt: skip
         return _problem(403, "insufficient-scope", reason, error="insufficient_scope")
 
     async def _durably(self, step: Callable[[], T]) -> T | _Refusal:
@@ -1211,8 +1225,9 @@ class HttpGateway:
     async def _refuse(self, step: _Approval, trace: TraceContext, status: int, reason: str) -> None:
         with self.enforcer.deferred() as pending, contextlib.suppress(ServiceUnavailable):
             self.enforcer.refuse(
-                step.access, trace=trace, status=status, reason=reason, call=step.call
-            )
+                step.access, trace=trace, status=status, reason=reason, call=step.call,
+                peer=step.peer,
+            )  # fmt: skip
         with contextlib.suppress(ServiceUnavailable):
             await pending.durable()
 

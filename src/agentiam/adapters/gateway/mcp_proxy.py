@@ -735,6 +735,7 @@ class _RequestState:
 
     access: VerifiedAccess
     trace: TraceContext
+    peer: str | None = None  # the connection's network address, named in refusals
     pending: _Pending | None = None
     listing: tuple[str, list[Any]] | None = None
     foreseen: _Foreseen | None = None
@@ -1743,6 +1744,9 @@ class _Endpoint:
                 None, trace, 403, "an Origin other than the gateway's", scope, receive, send
             )
             return
+        # the budget of refusals naming nobody, and every refusal's event: the
+        # connection's peer, never a header (run(): proxy_headers off)
+        peer = client_host(scope.get("client"))
         try:
             access = await self.gateway.durably(
                 lambda: self.enforcer.authenticate(
@@ -1751,9 +1755,7 @@ class _Endpoint:
                     method=scope["method"],
                     url=self.gateway.location,
                     trace=trace,
-                    # the budget of refusals naming nobody: the connection's peer,
-                    # never a header (run(): proxy_headers off)
-                    peer=client_host(scope.get("client")),
+                    peer=peer,
                 )
             )
         except AgentIAMError as exc:
@@ -1785,7 +1787,7 @@ class _Endpoint:
             )
         )
         scope["auth"] = AuthCredentials(list(access.scope))
-        state = _RequestState(access, trace, tally=tally)
+        state = _RequestState(access, trace, peer, tally=tally)
         # What takes a token: a well-formed call (a malformed one is refused below),
         # an initialize or a listing (_COUNTED); none of them if the SDK will refuse
         # the request before its handler (then nothing is decided or used either)
@@ -1815,7 +1817,7 @@ class _Endpoint:
             refusal = shared.refusal
             try:
                 await self.gateway.durably(
-                    lambda: self.enforcer.refuse_shared(access, refusal, trace=trace)
+                    lambda: self.enforcer.refuse_shared(access, refusal, trace=trace, peer=peer)
                 )
             except ServiceUnavailable as exc:  # not audited: refused all the same, as 503
                 refusal = exc
@@ -1900,6 +1902,7 @@ class _Endpoint:
             await self.gateway.durably(
                 lambda: self.enforcer.refuse(
                     state.access,
+                    peer=state.peer,
                     trace=state.trace,
                     status=status,
                     reason=f"{action} stream ended: {reason}",
@@ -2049,7 +2052,12 @@ class _Endpoint:
                     method,
                     call,
                     lambda: flow.retry(
-                        state.access, call, presented, trace=state.trace, limit=limit
+                        state.access,
+                        call,
+                        presented,
+                        trace=state.trace,
+                        limit=limit,
+                        peer=state.peer,
                     ),
                     request_id,
                     scope,
@@ -2058,7 +2066,9 @@ class _Endpoint:
                 )
         try:
             verdict = await self.gateway.durably(
-                lambda: self.enforcer.decide(state.access, call, trace=state.trace, limit=limit)
+                lambda: self.enforcer.decide(
+                    state.access, call, trace=state.trace, limit=limit, peer=state.peer
+                )
             )
         except AgentIAMError as exc:  # the outage bound, or the spool (503)
             await _failed(exc, request_id, scope, receive, send)
@@ -2069,7 +2079,9 @@ class _Endpoint:
                 state,
                 method,
                 call,
-                lambda: flow.open(state.access, call, verdict, trace=state.trace, wait=wait),
+                lambda: flow.open(
+                    state.access, call, verdict, trace=state.trace, wait=wait, peer=state.peer
+                ),
                 request_id,
                 scope,
                 receive,
@@ -2098,7 +2110,12 @@ class _Endpoint:
         try:
             await self.gateway.durably(
                 lambda: self.enforcer.refuse(
-                    state.access, trace=state.trace, status=404, reason=reason, call=call
+                    state.access,
+                    trace=state.trace,
+                    status=404,
+                    reason=reason,
+                    call=call,
+                    peer=state.peer,
                 )
             )
         except AgentIAMError as exc:
@@ -2131,6 +2148,7 @@ class _Endpoint:
                 await self.gateway.durably(
                     lambda: self.enforcer.refuse(
                         state.access,
+                        peer=state.peer,
                         trace=state.trace,
                         status=foreseen.status,
                         reason=reason,
@@ -2159,7 +2177,7 @@ class _Endpoint:
         try:
             refused = await self.gateway.durably(
                 lambda: self.enforcer.admit_request(
-                    state.access, method, trace=state.trace, limit=limit
+                    state.access, method, trace=state.trace, limit=limit, peer=state.peer
                 )
             )
         except AgentIAMError as exc:
@@ -2199,6 +2217,7 @@ class _Endpoint:
                 await self.gateway.durably(
                     lambda: self.enforcer.refuse(
                         state.access,
+                        peer=state.peer,
                         trace=state.trace,
                         status=failure.status,
                         reason=failure.detail,
@@ -2224,7 +2243,7 @@ class _Endpoint:
         try:
             await self.gateway.durably(
                 lambda: self.enforcer.refuse(
-                    state.access, trace=state.trace, status=503, reason=reason
+                    state.access, trace=state.trace, status=503, reason=reason, peer=state.peer
                 )
             )
         except AgentIAMError as exc:  # the spool: refused all the same

@@ -34,6 +34,9 @@ spriv             the actor's role
 duser, duid       the agent concerned (``agent_id``) as ``agent:id``, and its id;
                   for an event about a human, that human
 sourceServiceName the event's source (``control-plane/oauth``, ``cli``, …)
+src               the network address of the connection a gateway refused or
+                  decided (``details.peer``), an IPv4 address
+c6a2 / c6a2Label  the same for an IPv6 address / ``Source IPv6 Address``
 requestMethod,    HTTP method and path of a rejected API request
 request           (``api.request.rejected``, parsed from its action)
 reason            the reason
@@ -62,7 +65,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agentiam import __version__
-from agentiam.core.audit.ocsf import epoch_millis, severity_id
+from agentiam.core.audit.ocsf import epoch_millis, peer_address, severity_id
 
 __all__ = ["NAMES", "cef", "escape_extension", "escape_header"]
 
@@ -170,6 +173,8 @@ def _pairs(log_index: int, event: Mapping[str, Any]) -> list[tuple[str, str | No
         http = None
     chain = event.get("delegation_chain")
     risk = event.get("risk_score")
+    peer = peer_address(details.get("peer")) if isinstance(details, Mapping) else None
+    ipv6 = peer is not None and ":" in peer
     return [
         ("rt", _millis(event.get("time"))),
         ("externalId", _text(event.get("event_id"))),
@@ -181,6 +186,7 @@ def _pairs(log_index: int, event: Mapping[str, Any]) -> list[tuple[str, str | No
         ("duser", target[0]),
         ("duid", target[1]),
         ("sourceServiceName", _text(event.get("source"))),
+        ("src", None if ipv6 else peer),
         ("requestMethod", http.group(1) if http else None),
         ("request", http.group(2) if http else None),
         ("reason", _text(event.get("reason"))),
@@ -203,6 +209,7 @@ def _pairs(log_index: int, event: Mapping[str, Any]) -> list[tuple[str, str | No
         *_custom("cs5", "traceId", _text(trace.get("trace_id"))),
         *_custom("cs6", "resource", _label(resource.get("type"), resource.get("id"))),
         *_custom("flexString1", "spanId", _text(trace.get("span_id"))),
+        *_custom("c6a2", "Source IPv6 Address", peer if ipv6 else None),
     ]
 
 

@@ -60,6 +60,7 @@ _KEPT_DETAILS = (
     "jti",
     "brokered",
     "target",
+    "peer",
     "error",
     "duration_ms",
     "policies",

@@ -5,7 +5,9 @@ of :meth:`AuditEvent.to_dict <agentiam.core.audit.events.AuditEvent.to_dict>`, t
 OCSF event of the class that fits it; :func:`ocsf` is the exporter formatter (compact
 JSON, one line). The output holds only what the event holds: nothing is looked up,
 nothing is guessed (no addresses, hosts or names the event does not carry), and what has
-no OCSF attribute is kept under ``unmapped``.
+no OCSF attribute is kept under ``unmapped``. The one network address an event carries,
+the peer of a gateway's refused (or decided) request (``details.peer``), is the API
+Activity's ``src_endpoint.ip``.
 
 Why OCSF 1.7.0 (schema from https://schema.ocsf.io/1.7.0, validated in the tests with
 the official export shipped by the ``ocsf-json-schema`` package):
@@ -80,6 +82,7 @@ what is used: ``security_control`` (``action_id``, ``disposition_id``, ``policy`
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -89,7 +92,7 @@ from typing import Any
 
 from agentiam import __version__
 
-__all__ = ["OCSF_VERSION", "epoch_millis", "ocsf", "severity_id", "to_ocsf"]
+__all__ = ["OCSF_VERSION", "epoch_millis", "ocsf", "peer_address", "severity_id", "to_ocsf"]
 
 OCSF_VERSION = "1.7.0"
 PRODUCT = {"name": "AgentIAM", "vendor_name": "AgentIAM", "version": __version__}
@@ -549,7 +552,9 @@ def _api_activity(m: _Mapper) -> None:
     """API Activity (6003): ``api.operation`` is the action; for decisions and tool
     calls the actor is the agent (the event's actor, which asked, is ``invoked_by``),
     ``api.request.uid`` the decision id; ``src_endpoint.name`` is the event's source
-    (the interface the call came in by: events record no network addresses)."""
+    (the interface the call came in by), and ``src_endpoint.ip`` the network address
+    of the connection a gateway refused or decided (``details.peer``), when it is one
+    address (a summary's ``other``, ``unknown`` or IPv6 /64 stays in ``unmapped``)."""
     decided = m.type in ("authz.decision", "tool.call")
     m.set_actor((_principal(m) if decided else None) or m.actor_user())
     api: dict[str, Any] = {"operation": m.action or m.type}
@@ -566,7 +571,7 @@ def _api_activity(m: _Mapper) -> None:
             m.used_details.add("arguments")
         api["request"] = request
     m.out["api"] = api
-    m.out["src_endpoint"] = {"name": m.source or PRODUCT["name"]}
+    m.out["src_endpoint"] = {"name": m.source or PRODUCT["name"], **_peer(m)}
     if resources := _resource_details(m):
         m.out["resources"] = resources
     if m.type == "api.request.rejected":
@@ -595,6 +600,27 @@ def _api_activity(m: _Mapper) -> None:
             ] or [{"decision": decision}]
     if trace_id := _text(m.trace.get("trace_id")):
         m.out["trace"] = {"uid": trace_id}
+
+
+def _peer(m: _Mapper) -> dict[str, str]:
+    """``{"ip": <details.peer>}`` when the peer is one IP address (RFC 4291 section
+    2.2 text for IPv6, as ``ipaddress`` writes it), else nothing."""
+    address = peer_address(m.details.get("peer"))
+    if address is None:
+        return {}
+    m.used_details.add("peer")
+    return {"ip": address}
+
+
+def peer_address(peer: Any) -> str | None:
+    """A gateway event's ``details.peer`` as one IP address in its canonical text, or
+    None when it is not one (absent, ``unknown``, ``other``, a /64 network)."""
+    if not isinstance(peer, str) or len(peer) > 64:
+        return None
+    try:
+        return str(ipaddress.ip_address(peer))
+    except ValueError:
+        return None
 
 
 def _summary_counts(m: _Mapper) -> None:
