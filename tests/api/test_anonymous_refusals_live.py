@@ -37,6 +37,8 @@ from tests.support.live import until as _until
 from agentiam.adapters.gateway import mcp_proxy
 from agentiam.adapters.gateway.http_proxy import HttpGateway, load_config
 from agentiam.adapters.gateway.runtime import GatewayRuntime
+from agentiam.core.audit.cef import cef
+from agentiam.core.audit.ocsf import to_ocsf
 from agentiam.sdk import AgentClient, AgentKey, dpop_proof
 from agentiam.services.agents import NewAgent
 from agentiam.services.context import CallContext
@@ -153,7 +155,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
                 runtime = GatewayRuntime.start(config.gateway)
                 try:
                     gateway = HttpGateway(config, runtime)
-                    with serve_in_thread(gateway, port, lifespan="on"):
+                    # as run() serves it: the peer is the TCP peer, never a header
+                    with serve_in_thread(gateway, port, lifespan="on", proxy_headers=False):
                         client = AgentClient(cp.url, client_id=agent.id, key=key, resource=http_url)
                         try:
                             yield World(cp, tmp, env, up, mcp_up, client, http_url, gateway)
@@ -244,6 +247,10 @@ def test_a_flood_of_anonymous_requests_costs_burst_events_and_summaries(world: W
     source = "gateway/flood-http"
     counted = _until(lambda: _counted(world, source, traces), timeout=20)
     assert counted == (BURST, FLOOD - BURST)
+    # each refusal audited on its own names the connection's peer, as its summary does
+    own = _of(world.trail("api.request.rejected", source), traces, BURST)
+    assert own
+    assert [e["details"].get("peer") for e in own] == ["127.0.0.1"] * BURST
     summaries = world.trail(SUMMARY, source)
     assert all(s["details"]["peer"] == "127.0.0.1" for s in summaries)
     assert all(s["actor"]["type"] == "anonymous" and s["outcome"] == "denied" for s in summaries)
@@ -261,6 +268,7 @@ def test_a_flood_of_anonymous_requests_costs_burst_events_and_summaries(world: W
     assert named
     assert all(e["details"]["client_id"] == world.agent.client_id for e in named)
     assert all(e["details"]["jkt"] == thief.key.thumbprint() for e in named)
+    assert all(e["details"]["peer"] == "127.0.0.1" for e in named)
 
     metrics = httpx.get(world.http_url + "/metrics", timeout=10).text
     samples = {
@@ -271,6 +279,26 @@ def test_a_flood_of_anonymous_requests_costs_burst_events_and_summaries(world: W
     key = ("agentiam_gateway_refusals_summarized_total", (("outcome", "unauthenticated"),))
     assert samples[key] == FLOOD - BURST
     assert samples[("agentiam_gateway_refusal_summaries_lost_total", ())] == 0
+
+
+def test_an_agents_refusals_and_decisions_name_the_peer(world: World) -> None:
+    """Not only refusals naming nobody: an agent's request no route matches, and the
+    decision of its call, name the connection's network address (never a header the
+    client sends: the X-Forwarded-For below is not it)."""
+    source = "gateway/flood-http"
+    forged = {"X-Forwarded-For": "203.0.113.66", "Forwarded": "for=203.0.113.66"}
+    unrouted, headers = _traced()
+    decided, more = _traced()
+    with world.agent.http(world.http_url, timeout=30) as client:
+        assert client.get("/v1/nothing", headers=headers | forged).status_code == 404
+        assert client.get("/v1/invoices/3", headers=more | forged).status_code == 200
+    [refusal] = _until(lambda: _of(world.trail("api.request.rejected", source), [unrouted], 1))
+    assert (refusal["details"]["status"], refusal["details"]["peer"]) == (404, "127.0.0.1")
+    [decision] = _until(lambda: _of(world.trail("authz.decision", source), [decided], 1))
+    assert decision["details"]["peer"] == "127.0.0.1"
+    # as the exporters write the stored event (core/audit/ocsf.py, cef.py)
+    assert to_ocsf(0, refusal)["src_endpoint"] == {"name": source, "ip": "127.0.0.1"}
+    assert " src=127.0.0.1 " in cef(0, refusal)
 
 
 def _spooled(directory: Path, type_: str) -> list[dict[str, Any]]:
@@ -355,3 +383,6 @@ def test_a_flood_at_the_mcp_gateway(world: World) -> None:
         _same_answer(answers[0], answers[-1])
         counted = _until(lambda: _counted(world, source, traces), timeout=20)
         assert counted == (BURST, 60 - BURST)
+        own = _of(world.trail("api.request.rejected", source), traces, BURST)
+        assert own
+        assert [e["details"].get("peer") for e in own] == ["127.0.0.1"] * BURST

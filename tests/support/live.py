@@ -19,9 +19,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(app: Any, port: int | None = None, *, lifespan: str = "off") -> Iterator[str]:
+def serve_in_thread(
+    app: Any, port: int | None = None, *, lifespan: str = "off", **options: Any
+) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 and yield its base URL; stop it on exit.
-    ``lifespan="on"`` runs the app's startup and shutdown (an MCP server needs it)."""
+    ``lifespan="on"`` runs the app's startup and shutdown (an MCP server needs it);
+    ``options``: more ``uvicorn.Config`` keywords (a gateway's ``proxy_headers=False``,
+    as ``uvicorn_options`` serves it)."""
     port = port or free_port()
     config = uvicorn.Config(
         app,
@@ -32,6 +36,7 @@ def serve_in_thread(app: Any, port: int | None = None, *, lifespan: str = "off")
         # as `agentiam serve` (shutdown_grace_seconds): a held long poll of a gateway
         # stopped before this server must not keep it up for the poll's whole wait
         timeout_graceful_shutdown=1,
+        **options,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

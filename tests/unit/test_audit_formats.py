@@ -417,6 +417,27 @@ EMITTED: dict[str, dict[str, Any]] = {
         reason="invalid-input",
         details={"status": 422, "detail": "owners must not be empty"},
     ),
+    # a gateway's refusal names the connection's peer (adapters/gateway/enforcer.py)
+    "api.request.rejected/gateway": event(
+        "api.request.rejected",
+        actor=Actor(ActorType.ANONYMOUS, "-"),
+        action="authenticate",
+        source="gateway/billing-gw",
+        outcome=Outcome.DENIED,
+        reason="invalid_token: the access token is missing",
+        details={"status": 401, "tool": None, "peer": "192.0.2.10"},
+    ),
+    "api.request.rejected/gateway-ipv6": event(
+        "api.request.rejected",
+        actor=AGENT_ACTOR,
+        action="GET",
+        source="gateway/billing-gw",
+        outcome=Outcome.DENIED,
+        agent_id=AGENT,
+        resource=ResourceRef("Endpoint", "invoice-7"),
+        reason="rate limit for invoices.read exceeded",
+        details={"status": 429, "tool": "invoices.read", "peer": "2001:db8::7"},
+    ),
 }
 
 PLANNED: dict[str, dict[str, Any]] = {
@@ -591,6 +612,8 @@ CLASSES = {
     "api.read/resource": (6003, 2),
     "api.request.rejected": (6003, 4),
     "api.request.rejected/invalid": (6003, 1),
+    "api.request.rejected/gateway": (6003, 99),
+    "api.request.rejected/gateway-ipv6": (6003, 99),
     "detection.alert": (2004, 1),
     "response.action": (3004, 12),
     "tool.call": (6003, 99),
@@ -787,6 +810,28 @@ def test_rejected_request_http_details() -> None:
     assert failed["severity_id"] == 2
 
 
+def test_a_gateway_refusal_names_its_peer_as_the_source_endpoint() -> None:
+    """``details.peer`` is OCSF's ``src_endpoint.ip`` (not left in ``unmapped``) and
+    CEF's ``src`` (IPv4) or ``c6a2`` "Source IPv6 Address"."""
+    v4, v6 = EMITTED["api.request.rejected/gateway"], EMITTED["api.request.rejected/gateway-ipv6"]
+    out = to_ocsf(0, v4)
+    assert out["src_endpoint"] == {"name": "gateway/billing-gw", "ip": "192.0.2.10"}
+    assert "peer" not in out["unmapped"]["details"]
+    assert to_ocsf(0, v6)["src_endpoint"]["ip"] == "2001:db8::7"
+    ext = parse_cef(cef(0, v4))[1]
+    assert ext["src"] == "192.0.2.10"
+    assert "c6a2" not in ext
+    ext = parse_cef(cef(0, v6))[1]
+    assert (ext["c6a2Label"], ext["c6a2"]) == ("Source IPv6 Address", "2001:db8::7")
+    assert "src" not in ext
+    # what is not one address (a summary's other, unknown, an IPv6 /64) is no endpoint
+    for peer in ("other", "unknown", "2001:db8::/64", "192.0.2.1 ", "x" * 80):
+        odd = {**v4, "details": {**v4["details"], "peer": peer}}
+        assert "ip" not in to_ocsf(0, odd)["src_endpoint"]
+        assert to_ocsf(0, odd)["unmapped"]["details"]["peer"] == peer
+        assert not {"src", "c6a2"} & set(parse_cef(cef(0, odd))[1])
+
+
 def test_detection_alert_is_a_finding() -> None:
     ev = PLANNED["detection.alert"]
     out = to_ocsf(0, ev)
@@ -892,7 +937,10 @@ _TYPE_NAME = re.compile(r"^[A-Za-z &]+: .+$", re.DOTALL)
 def test_ocsf_adds_nothing_the_event_does_not_have(name: str) -> None:
     ev = ALL[name]
     out = to_ocsf(5, ev)
-    assert not {"ip", "hostname", "mac", "port", "domain", "email_addr"} & set(_keys(out))
+    assert not {"hostname", "mac", "port", "domain", "email_addr"} & set(_keys(out))
+    # the one address an event carries: the peer a gateway names, and only that one
+    peer = ev["details"].get("peer") if isinstance(ev["details"], dict) else None
+    assert out.get("src_endpoint", {}).get("ip") == peer
     source = set(_strings(ev, keys=True))
     actor = ev["actor"]
     labels = {f"{actor['type']}:{actor['id']}"}
@@ -913,6 +961,7 @@ def test_ocsf_adds_nothing_the_event_does_not_have(name: str) -> None:
 CEF_KEYS = {
     "rt", "externalId", "act", "outcome", "suser", "suid", "spriv", "duser", "duid",
     "sourceServiceName", "requestMethod", "request", "reason", "msg", "cn1", "cn1Label",
+    "src", "c6a2", "c6a2Label",
     "cfp1", "cfp1Label", "flexString1", "flexString1Label",
     *(f"cs{i}" for i in range(1, 7)), *(f"cs{i}Label" for i in range(1, 7)),
 }  # fmt: skip

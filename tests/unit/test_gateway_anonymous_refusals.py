@@ -13,14 +13,16 @@ from tests.unit.gateway_support import AGENT, GATEWAY, METADATA, Parties
 from tests.unit.test_audit_formats import assert_valid
 from tests.unit.test_gateway_http import _config
 
-from agentiam.adapters.gateway.enforcer import REFUSAL_SUMMARY_EVENT_TYPE, Enforcer
+from agentiam.adapters.gateway.enforcer import REFUSAL_SUMMARY_EVENT_TYPE, Call, Enforcer
 from agentiam.adapters.gateway.http_proxy import load_config
 from agentiam.core.audit.cef import cef
 from agentiam.core.audit.events import TraceContext
 from agentiam.core.audit.ocsf import to_ocsf
-from agentiam.core.enforcement import RateLimit
+from agentiam.core.delegation.authorization_details import ApiCall
+from agentiam.core.enforcement import RateLimit, RateLimiter
 from agentiam.core.enforcement.anonymous import AnonymousRefusalLimits, AnonymousRefusals
-from agentiam.errors import OAuthError
+from agentiam.core.policy.model import EntityRef
+from agentiam.errors import OAuthError, ServiceUnavailable
 from agentiam.sdk.keys import AgentKey
 from agentiam.sdk.proofs import dpop_proof
 from agentiam.services.enforcement_sync import parse_ingested_event
@@ -210,11 +212,141 @@ def test_the_summary_event_maps_to_ocsf_with_its_count_and_period() -> None:
     assert (out["class_uid"], out["activity_id"], out["activity_name"]) == (6003, 99, "Summary")
     assert out["count"] == 4
     assert out["start_time"] <= out["end_time"]
-    assert out["unmapped"]["details"]["peer"] == PEER
+    assert out["src_endpoint"]["ip"] == PEER  # an IPv4 peer's key is its address
     assert "count" not in out["unmapped"]["details"]
     assert_valid(out)
     assert_valid(out, "1.8.0")
     assert "Anonymous refusals summarized" in cef(5, event)
+
+
+# -- every refusal names its peer ---------------------------------------------------------
+
+IPV6_PEER = "2001:db8::42"
+
+
+def _peer_parties(policies: str, limiter: RateLimiter | None = None) -> Parties:
+    parties = Parties(policies, limiter=limiter)
+    parties.enforcer = Enforcer(
+        "test-gw",
+        parties.link,  # type: ignore[arg-type]
+        parties.sink,
+        resource_metadata=METADATA,
+        limiter=limiter,
+        anonymous=_parties().enforcer.anonymous,
+    )
+    return parties
+
+
+def _call(resource: str = "invoice-7", tool: str = "invoices.read") -> Call:
+    return Call(
+        action="GET",
+        resource=EntityRef("Endpoint", resource),
+        detail=ApiCall(action="GET", url=URL, datatype="Endpoint", identifier=resource),
+        tool=tool,
+    )
+
+
+def test_every_refusal_and_decision_event_names_the_peer_it_was_given() -> None:
+    """Anonymous or not, before or after authentication, refused by the transport, the
+    rate limit, the task scope, policy or the outage bound: the event's
+    ``details.peer`` is the peer the transport passed. None given (the in-process
+    guard): no peer."""
+    limiter = RateLimiter(per_tool={"limited": RateLimit(0.001, 1)})
+    parties = _peer_parties(
+        'permit (principal, action, resource) unless { resource == Endpoint::"no" };',
+        limiter,
+    )
+    enforcer = parties.enforcer
+    _authenticate(parties, {})  # no token: within the budget, recorded
+    access = enforcer.authenticate(
+        **parties.headers("GET", URL), method="GET", url=URL, trace=TraceContext.new(), peer=PEER
+    )
+    trace = TraceContext.new
+    enforcer.refuse(access, trace=trace(), status=404, reason="no route for GET", peer=PEER)
+    enforcer.refuse(None, trace=trace(), status=400, reason="path refused: x", peer=IPV6_PEER)
+    assert enforcer.decide(access, _call(tool="limited"), trace=trace(), peer=PEER).allowed
+    limited = enforcer.decide(access, _call(tool="limited"), trace=trace(), peer=PEER)
+    assert limited.status == 429
+    denied = enforcer.decide(access, _call("no"), trace=trace(), peer=PEER)
+    assert denied.status == 403
+    assert enforcer.admit_request(access, "tools/list", trace=trace(), peer=PEER) is None
+    enforcer.refuse_shared(access, enforcer.link.verifier.replayed(), trace=trace(), peer=PEER)
+    parties.link.outage = True
+    with pytest.raises(ServiceUnavailable):
+        enforcer.decide(access, _call(), trace=trace(), peer=PEER)
+    parties.link.outage = False
+    enforcer.refuse(access, trace=trace(), status=404, reason="no peer given")
+
+    rejected = _rejected(parties)
+    assert [(e["details"]["status"], e["details"].get("peer")) for e in rejected] == [
+        (401, PEER),  # anonymous, before authentication
+        (404, PEER),  # an agent's, decided by the transport
+        (400, IPV6_PEER),
+        (429, PEER),  # the rate limit
+        (401, PEER),  # a proof the replicas' cache had seen
+        (503, PEER),  # past the outage bound
+        (404, None),  # no peer given
+    ]
+    decisions = [e for e in parties.sink.events if e["type"] == "authz.decision"]
+    assert [(e["outcome"], e["details"]["peer"]) for e in decisions] == [
+        ("success", PEER),
+        ("denied", PEER),
+    ]
+
+
+def test_the_task_scope_refusal_names_the_peer() -> None:
+    parties = _peer_parties("permit (principal, action, resource);")
+    scoped = parties.token(
+        authorization_details=[
+            {"type": "api_access", "actions": ["GET"], "locations": ["https://other.example/"]}
+        ]
+    )
+    access = parties.enforcer.authenticate(
+        **parties.headers("GET", URL, scoped), method="GET", url=URL, trace=TraceContext.new()
+    )
+    verdict = parties.enforcer.decide(access, _call(), trace=TraceContext.new(), peer=PEER)
+    assert (verdict.status, verdict.error) == (403, "insufficient_scope")
+    [event] = _rejected(parties)
+    assert event["details"]["peer"] == PEER
+
+
+def test_a_request_over_the_agents_rate_limit_names_the_peer() -> None:
+    """An MCP ``initialize`` or listing over the agent's own bucket (admit_request)."""
+    parties = _peer_parties(
+        "permit (principal, action, resource);", RateLimiter(per_agent=RateLimit(0.001, 1))
+    )
+    access = parties.enforcer.authenticate(
+        **parties.headers("GET", URL), method="GET", url=URL, trace=TraceContext.new()
+    )
+    enforcer = parties.enforcer
+    assert enforcer.admit_request(access, "tools/list", trace=TraceContext.new(), peer=PEER) is None
+    refused = enforcer.admit_request(access, "tools/list", trace=TraceContext.new(), peer=PEER)
+    assert refused is not None
+    assert refused.status == 429
+    [event] = _rejected(parties)
+    assert (event["action"], event["details"]["peer"]) == ("tools/list", PEER)
+
+
+@pytest.mark.parametrize("peer", [PEER, IPV6_PEER])
+def test_a_refusal_with_its_peer_survives_ingest_and_maps_to_ocsf_and_cef(peer: str) -> None:
+    parties = _peer_parties("permit (principal, action, resource);")
+    with pytest.raises(OAuthError):
+        parties.enforcer.authenticate(
+            authorization=[], dpop=[], method="GET", url=URL, trace=TraceContext.new(), peer=peer
+        )
+    [event] = _rejected(parties)
+    assert event["details"]["peer"] == peer
+    parsed = parse_ingested_event(event, 0, now=datetime.now(UTC)).to_dict()
+    assert parsed["details"]["peer"] == peer  # the control plane keeps it as sent
+    out = to_ocsf(3, parsed)
+    assert out["src_endpoint"] == {"name": "gateway/test-gw", "ip": peer}
+    assert "peer" not in out["unmapped"].get("details", {})
+    assert_valid(out)
+    assert_valid(out, "1.8.0")
+    line = cef(3, parsed)
+    expected = f" src={peer}" if ":" not in peer else f" c6a2={peer}"
+    assert expected in line
+    assert ("c6a2Label=Source IPv6 Address" in line) is (":" in peer)
 
 
 def test_the_gateway_config_of_the_budget() -> None:

@@ -70,7 +70,9 @@ class FakeEnforcer:
             return SharedAdmission(refusal=self.limit)
         return SharedAdmission(limit=self.limit if charge else None)  # type: ignore[arg-type]
 
-    def refuse_shared(self, access: VerifiedAccess, error: Exception, *, trace: Any) -> None:
+    def refuse_shared(
+        self, access: VerifiedAccess, error: Exception, *, trace: Any, peer: Any = None
+    ) -> None:
         self.refuse(access, trace=trace, status=getattr(error, "oauth_status", 503), reason="x")
 
     def authenticate(
@@ -87,7 +89,13 @@ class FakeEnforcer:
         return ACCESS
 
     def decide(
-        self, access: VerifiedAccess, call: Call, *, trace: Any, limit: SharedLimit | None = None
+        self,
+        access: VerifiedAccess,
+        call: Call,
+        *,
+        trace: Any,
+        limit: SharedLimit | None = None,
+        peer: Any = None,
     ) -> Verdict:
         if self.failure is not None:
             raise self.failure
