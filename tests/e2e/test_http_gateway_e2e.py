@@ -37,6 +37,7 @@ import pytest
 from tests.e2e.test_quickstart import AGENTIAM, KEY_RE, Server, env_for
 from tests.support.echo_upstream import pattern
 from tests.support.live import free_port
+from tests.support.live import until as poll
 from tests.support.tls import server_pki
 
 from agentiam.core.credentials.sealing import MasterKey
@@ -654,6 +655,55 @@ def test_a_policy_change_is_enforced_within_a_second(world: World) -> None:
         assert admin.delete("/v1/policies/reports").status_code == 200
         elapsed = _until(lambda: world.call("GET", "/v1/reports/1").status_code == 403, 5)
         assert elapsed < 1.0, f"denied again after {elapsed:.3f} s"
+
+
+def test_an_api_forbid_refuses_its_routes_with_no_catalog_entry(world: World) -> None:
+    """No endpoint is in the catalog: ``Endpoint::"invoice-…"`` is in
+    ``Api::"billing"`` because its route goes to the upstream ``billing``. A forbid on
+    that Api refuses the calls (403, audited as a decision) and none reaches the
+    upstream; another upstream's route is not covered; removed, the calls pass again."""
+    forbid = 'forbid (principal == Agent::"{agent}", action, resource in Api::"billing");'
+    with world.admin_client() as admin:
+        r = admin.put("/v1/policies/no-billing", json={"text": forbid.format(agent=world.agent_id)})
+        assert r.status_code == 200, r.text
+        try:
+            _until(lambda: world.call("GET", "/v1/invoices/api-1").status_code == 403, 5)
+            r = world.call("GET", "/v1/invoices/api-2", expect=403)
+            assert "forbidden by policy no-billing" in r.json()["detail"]
+            assert not [s for s in world.seen() if s["raw_path"] == "/v1/invoices/api-2"]
+            world.call("GET", "/v1/down", expect=502)  # Api::"down": not forbidden
+        finally:
+            assert admin.delete("/v1/policies/no-billing").status_code == 200
+        elapsed = _until(lambda: world.call("GET", "/v1/invoices/api-3").status_code == 200, 5)
+        assert elapsed < 5
+
+
+def test_refusals_name_the_connections_peer_not_a_header(world: World) -> None:
+    """The gateway process serves with proxy headers off: a refusal's event names the
+    TCP peer (127.0.0.1), whatever X-Forwarded-For or Forwarded claim."""
+    forged = {"X-Forwarded-For": "203.0.113.66", "Forwarded": "for=203.0.113.66"}
+    token = world.agent.token().value
+    bearer = world.raw(  # refused before authentication, naming the token's agent
+        "GET", "/v1/invoices/1", headers={"Authorization": f"Bearer {token}", **forged}
+    )
+    assert bearer.status_code == 401
+    unauthenticated = world.calls[-1].trace_id
+    world.call("GET", "/v1/nothing-here", headers=forged, expect=404)
+    unrouted = world.calls[-1].trace_id
+
+    def peers() -> dict[str, Any] | None:
+        with world.admin_client() as admin:
+            found = {}
+            for trace in (unauthenticated, unrouted):
+                r = admin.get(
+                    "/v1/audit/events", params={"type": "api.request.rejected", "trace_id": trace}
+                )
+                assert r.status_code == 200, r.text
+                for event in r.json()["items"]:
+                    found[trace] = event["details"].get("peer")
+        return found if len(found) == 2 else None
+
+    assert poll(peers, 15) == {unauthenticated: "127.0.0.1", unrouted: "127.0.0.1"}
 
 
 def _fresh_call(
