@@ -20,6 +20,7 @@ import json
 import re
 import secrets
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -1587,6 +1588,45 @@ def test_token_is_refused_once_its_signing_key_is_unpublished(
         "invalid_token",
         "signing key no longer published",
         lambda: verifier.verify_token(token, now=NOW),
+    )
+
+
+def test_a_stream_is_refused_once_its_tokens_signing_key_is_unpublished(
+    verifier: AccessTokenVerifier, keys: Keys, as_key: AgentKey
+) -> None:
+    """``still_valid`` (the check of a stream's token every 0.1 s) refuses a token
+    whose key left the key set with the error a request gets, by a lookup in the key
+    set held, not a second signature check."""
+    token = issue(as_key, at_claims(None))
+    access = verifier.verify_token(token, now=NOW)
+    assert access.kid == KID
+    verifier.still_valid(access, now=NOW)
+    keys.lookups.clear()
+    del keys.entries[KID]
+    refused(
+        "invalid_token",
+        "signing key no longer published",
+        lambda: verifier.still_valid(access, now=NOW),
+    )
+    assert keys.lookups == [KID]
+    # the error a request with that token gets now
+    refused(
+        "invalid_token",
+        "signing key no longer published",
+        lambda: verifier.verify_token(token, now=NOW),
+    )
+
+
+def test_a_stream_whose_access_names_no_key_is_refused(
+    verifier: AccessTokenVerifier, as_key: AgentKey
+) -> None:
+    """An access this verifier did not accept (no ``kid``) names no published key:
+    ``still_valid`` fails closed."""
+    access = verifier.verify_token(issue(as_key, at_claims(None)), now=NOW)
+    refused(
+        "invalid_token",
+        "signing key no longer published",
+        lambda: verifier.still_valid(replace(access, kid=""), now=NOW),
     )
 
 

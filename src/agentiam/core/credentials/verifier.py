@@ -92,7 +92,9 @@ class ProofUse:
 @dataclass(frozen=True, slots=True)
 class VerifiedAccess:
     """What a verified request may act on (``proof``: the DPoP proof it came with, or
-    None for a token verified alone or sent as Bearer)."""
+    None for a token verified alone or sent as Bearer; ``kid``: the key that signed
+    the token, as its JOSE header named it, so that a check made later can tell
+    whether that key is still published)."""
 
     subject: str
     client_id: str
@@ -104,6 +106,7 @@ class VerifiedAccess:
     claims: Mapping[str, Any]
     chain: ChainClaims = field(default_factory=ChainClaims)
     proof: ProofUse | None = None
+    kid: str = ""
 
     @property
     def token_type(self) -> str:
@@ -144,7 +147,7 @@ class AccessTokenVerifier:
         # Tokens whose signature and claims already verified: an agent presents one token
         # for many requests. Expiry, revocation and the key's publication are re-checked
         # on every hit; only the signature and claim parsing are skipped.
-        self._verified: OrderedDict[str, tuple[VerifiedAccess, str]] = OrderedDict()
+        self._verified: OrderedDict[str, VerifiedAccess] = OrderedDict()
         self._verified_max = verified_cache_size
 
     # -- errors --------------------------------------------------------------------
@@ -279,13 +282,11 @@ class AccessTokenVerifier:
             )
         if self._revocations.is_stale():
             raise self._stale()
-        cached = self._verified.get(token)
-        if cached is not None:
-            access, kid = cached
+        access = self._verified.get(token)
+        if access is not None:
             if now - self.config.skew >= access.expires_at:
                 raise self._invalid_token("token expired")
-            if self._keys.get(kid) is None:
-                raise self._invalid_token("signing key no longer published")
+            self._check_published(access.kid)
             if not any_audience and access.claims.get("aud") not in (
                 self.config.audience,
                 [self.config.audience],
@@ -326,9 +327,10 @@ class AccessTokenVerifier:
             jkt=jkt,
             claims=claims,
             chain=chain,
+            kid=parsed.kid or "",
         )
         self._check_revoked(access)
-        self._verified[token] = (access, parsed.kid or "")
+        self._verified[token] = access
         if len(self._verified) > self._verified_max:
             self._verified.popitem(last=False)
         return access
@@ -337,14 +339,19 @@ class AccessTokenVerifier:
         """Check again, at ``now``, a token this verifier accepted earlier, for a
         request that outlives its verification (a stream): the same OAuthError
         :meth:`verify_token` would raise now for a stale revocation set (503), an
-        expired token (past ``exp`` plus the clock skew, as requests are judged) or a
+        expired token (past ``exp`` plus the clock skew, as requests are judged), a
+        token whose signing key is no longer in the key set (retired, say after a
+        compromise: RFC 7517 section 5, the JWK Set the verifier holds now), or a
         revoked one (RFC 7009; the token, its lineage, or a cut-off for a party).
-        The signature, issuer and audience were checked when it was accepted and do
-        not change."""
+        The key check is a lookup in the key set held, not a new signature check:
+        the signature verified with that key when the token was accepted, and a
+        ``kid`` names one key (RFC 7515 section 4.1.4). The issuer and audience
+        were checked then too and do not change."""
         if self._revocations.is_stale():
             raise self._stale()
         if now - self.config.skew >= access.expires_at:
             raise self._invalid_token("token expired")
+        self._check_published(access.kid)
         self._check_revoked(access)
 
     @staticmethod
@@ -355,6 +362,13 @@ class AccessTokenVerifier:
             status=503,
             reason="revocation feed stale",
         )
+
+    def _check_published(self, kid: str) -> None:
+        """Refuse a token accepted earlier whose signing key ``kid`` the key set no
+        longer holds (an empty ``kid``, of an access this verifier did not accept,
+        names no key: refused too)."""
+        if not kid or self._keys.get(kid) is None:
+            raise self._invalid_token("signing key no longer published")
 
     def _check_revoked(self, access: VerifiedAccess) -> None:
         if self._revocations.is_revoked(
