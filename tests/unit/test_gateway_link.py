@@ -148,6 +148,33 @@ def test_a_policy_change_reaches_the_link_at_once(live: OAuthLive) -> None:
         link.close()
 
 
+def test_a_retired_signing_key_leaves_the_links_key_set_within_a_second(
+    live: OAuthLive,
+) -> None:
+    """Rotation after a compromise (``keys rotate --immediate``, then ``keys retire``):
+    the link re-reads the JWKS every second on a thread of its own, whatever its long
+    polls are doing (held here up to 7.5 s), so the retired key leaves the key set
+    the verifier looks in within about a second, and the new one is in it."""
+    ctx = CallContext.system("test")
+    link = ControlPlaneLink(
+        live.url, AUDIENCE, admin_key=_verifier_key(live), outage_seconds=30
+    ).start()
+    try:
+        signing = live.container.signing_keys
+        (old,) = [k["kid"] for k in signing.jwks()["keys"]]
+        keys = link.remote.keys
+        assert keys.get(old) is not None
+        new = signing.rotate(ctx, immediate=True)
+        signing.retire(ctx, old, "compromised")
+        started = time.monotonic()
+        while keys.get(old) is not None:
+            assert time.monotonic() - started < 1.5, "the retired key is still in the key set"
+            time.sleep(0.01)
+        assert keys.get(new.kid) is not None
+    finally:
+        link.close()
+
+
 # -- the key set ----------------------------------------------------------------------------
 
 

@@ -3,7 +3,11 @@ cached locally and kept fresh by the control plane's pushes.
 
 * **Tokens**: :class:`~agentiam.adapters.verification.RemoteVerifier` (the JWKS, and
   the revocation feed as a long poll: a revocation reaches the gateway within the
-  control plane's poll interval, well under a second).
+  control plane's poll interval, well under a second). The JWKS (RFC 7517 section 5)
+  has no long poll: a thread of its own re-reads it every ``keys_seconds`` (1 s), so
+  a signing key the control plane retires (``agentiam keys retire``, a suspected
+  compromise) leaves the gateway's key set within about a second, and every token it
+  signed is refused from then on, open streams' included.
 * **Policy and entities**: a long poll on ``GET /v1/enforcement/bundle`` that the
   control plane answers as soon as the policy set or the registry changes; the bundle
   becomes a local :class:`~agentiam.core.policy.authorizer.Authorizer`, so a decision
@@ -47,7 +51,9 @@ __all__ = ["ControlPlaneLink"]
 log = logging.getLogger("agentiam.gateway")
 
 _MAX_BUNDLE = 64 * 1024 * 1024
-_KEYS_REFRESH = 10.0  # seconds: the JWKS is re-read this often (requests re-read it at 30)
+# seconds: the JWKS is re-read this often, on a thread of its own (requests never
+# fetch it): one small GET, answered from the control plane's memory
+KEYS_SECONDS = 1.0
 
 
 class ControlPlaneLink:
@@ -62,10 +68,12 @@ class ControlPlaneLink:
         monotonic: Callable[[], float] = staleness_clock,
         http: httpx.Client | None = None,
         limiter: RateLimiter | None = None,
+        keys_seconds: float = KEYS_SECONDS,
     ) -> None:
         """``issuer`` is the control plane's URL, ``audience`` this gateway's resource
         URL (tokens must name it), ``admin_key`` a ``verifier``-role key, ``limiter``
-        the rate limiter the bundle's throttles are installed in.
+        the rate limiter the bundle's throttles are installed in, ``keys_seconds``
+        how often the JWKS is re-read.
 
         A long poll held open says nothing about the control plane being alive, so
         both long polls (bundle and revocations) are held at most a quarter of
@@ -99,8 +107,10 @@ class ControlPlaneLink:
         self._risk: dict[str, int] = {}  # the control plane's risk scores, per agent
         self._etag: str | None = None
         self._contact: float | None = None
+        self._keys_seconds = keys_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._keys_thread: threading.Thread | None = None
         self.last_error: str | None = None
 
     # -- state -----------------------------------------------------------------------
@@ -215,6 +225,10 @@ class ControlPlaneLink:
         self.poll_once(0)
         self._thread = threading.Thread(target=self._run, daemon=True, name="bundle-sync")
         self._thread.start()
+        self._keys_thread = threading.Thread(
+            target=self._run_keys, daemon=True, name="jwks-refresh"
+        )
+        self._keys_thread.start()
         return self
 
     def _run(self) -> None:
@@ -223,7 +237,6 @@ class ControlPlaneLink:
             try:
                 self.poll_once(self._wait)
                 delay = 0.5
-                self._refresh_keys()
             except Exception as exc:  # any failure: retry; the outage bound fails closed
                 if self._stop.is_set():
                     return
@@ -232,14 +245,18 @@ class ControlPlaneLink:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _refresh_keys(self) -> None:
-        """Keep the JWKS fresh from this thread, so requests do not fetch it."""
-        keys = self.remote.keys
-        age = keys.age()
-        if age is None or age > _KEYS_REFRESH:
+    def _run_keys(self) -> None:
+        """Re-read the JWKS every ``keys_seconds`` apart from the long polls (which
+        may be held up to a quarter of the outage bound), so requests never fetch it
+        and a key the control plane removes leaves the key set within that time. A
+        failed read is retried at the next tick; the copy held serves up to the
+        outage bound (:class:`~agentiam.adapters.verification.JwksCache`)."""
+        while not self._stop.wait(self._keys_seconds):
             try:
-                keys.refresh()
-            except (httpx.HTTPError, ValueError) as exc:
+                self.remote.keys.refresh()
+            except Exception as exc:  # any failure: retry; the copy's bound fails closed
+                if self._stop.is_set():
+                    return
                 log.warning("JWKS refresh failed (%s)", type(exc).__name__)
 
     def close(self) -> None:
