@@ -409,10 +409,12 @@ def test_an_enforcement_point_cannot_ship_control_plane_facts(
 def test_every_event_type_an_enforcement_point_writes_is_accepted_at_ingest() -> None:
     """The allow-list must cover what the gateways and the guard record, or their
     shipper would be refused and hold every later event back."""
+    from agentiam.adapters.gateway.enforcer import STREAM_OPENED_EVENT_TYPE
     from agentiam.adapters.gateway.mcp_proxy import LIST_EVENT
     from agentiam.adapters.gateway.runtime import DISCARD_EVENT_TYPE
     from agentiam.services.decisions import DECISION_EVENT
     from agentiam.services.enforcement_sync import ENFORCEMENT_EVENT_TYPES
 
-    written = {LIST_EVENT, DECISION_EVENT, "tool.call", "api.request.rejected"}
+    written = {LIST_EVENT, STREAM_OPENED_EVENT_TYPE, DECISION_EVENT, "tool.call"}
+    written |= {"api.request.rejected"}
     assert written | {DISCARD_EVENT_TYPE} <= ENFORCEMENT_EVENT_TYPES

@@ -478,6 +478,21 @@ PLANNED: dict[str, dict[str, Any]] = {
         policy_version="42",
         details={"tool": "search", "arguments": {"query": "flights", "token": "x"}},
     ),
+    "mcp.stream.opened": event(
+        "mcp.stream.opened",
+        actor=Actor(ActorType.AGENT, WORKER),
+        action="subscriptions/listen",
+        source="gateway/mcp",
+        initiating_human=HUMAN,
+        delegation_chain=(AGENT, WORKER),
+        details={
+            "stream": "listen",
+            "status": 200,
+            "subject": HUMAN,
+            "servers": ["files", "search"],
+            "jti": "tok_1",
+        },
+    ),
 }
 
 HOSTILE = (
@@ -617,6 +632,7 @@ CLASSES = {
     "detection.alert": (2004, 1),
     "response.action": (3004, 12),
     "tool.call": (6003, 99),
+    "mcp.stream.opened": (6003, 2),
     "unknown type": (0, 99),
     "missing resource": (3001, 5),
     "hostile type": (0, 99),
@@ -830,6 +846,18 @@ def test_a_gateway_refusal_names_its_peer_as_the_source_endpoint() -> None:
         assert "ip" not in to_ocsf(0, odd)["src_endpoint"]
         assert to_ocsf(0, odd)["unmapped"]["details"]["peer"] == peer
         assert not {"src", "c6a2"} & set(parse_cef(cef(0, odd))[1])
+
+
+def test_an_admitted_mcp_stream_is_an_api_read_with_its_status() -> None:
+    """The MCP gateway's ``mcp.stream.opened``: API Activity Read, the agent as actor,
+    the answer's status as ``http_response``, the trace; the rest kept unmapped."""
+    out = to_ocsf(0, PLANNED["mcp.stream.opened"])
+    assert (out["class_uid"], out["activity_id"]) == (6003, 2)
+    assert out["api"]["operation"] == "subscriptions/listen"
+    assert out["http_response"] == {"code": 200}
+    assert out["actor"]["user"]["uid"] == WORKER
+    assert out["unmapped"]["details"]["servers"] == ["files", "search"]
+    assert out["unmapped"]["details"]["stream"] == "listen"
 
 
 def test_detection_alert_is_a_finding() -> None:

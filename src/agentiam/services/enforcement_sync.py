@@ -184,9 +184,10 @@ def _event_time(value: Any, index: int, now: datetime) -> datetime:
 
 # What an enforcement point records: its decisions, its refusals, a gateway's counts of
 # anonymous refusals past its audit budget (``api.request.rejected.summary``), the calls
-# it made, the MCP gateway's filtered listings (``mcp.list``), and an operator's
-# deliberate discard of events the control plane had refused for good
-# (``audit.discarded``, ``agentiam gateway spool rejected discard``).
+# it made, the MCP gateway's filtered listings (``mcp.list``) and the notification
+# streams it admitted (``mcp.stream.opened``), and an operator's deliberate discard of
+# events the control plane had refused for good (``audit.discarded``, ``agentiam
+# gateway spool rejected discard``).
 ENFORCEMENT_EVENT_TYPES = frozenset(
     {
         "authz.decision",
@@ -194,6 +195,7 @@ ENFORCEMENT_EVENT_TYPES = frozenset(
         "api.request.rejected",
         "api.request.rejected.summary",
         "mcp.list",
+        "mcp.stream.opened",
         "audit.discarded",
     }
 )

@@ -82,6 +82,7 @@ from agentiam.services.decisions import decision_event
 
 __all__ = [
     "REFUSAL_SUMMARY_EVENT_TYPE",
+    "STREAM_OPENED_EVENT_TYPE",
     "Call",
     "DeferredSink",
     "Enforcer",
@@ -96,6 +97,13 @@ REFUSAL_SUMMARY_EVENT_TYPE = "api.request.rejected.summary"
 (:meth:`Enforcer.record_refusal_summary`), one of the types ingest takes from an
 enforcement point (``services/enforcement_sync.py``); OCSF API Activity: Other, with
 ``count``, ``start_time`` and ``end_time`` (``core/audit/ocsf.py``)."""
+
+STREAM_OPENED_EVENT_TYPE = "mcp.stream.opened"
+"""The event of a long-lived stream the MCP gateway admitted (a ``subscriptions/listen``
+stream, or a handshake-era session's GET stream: :meth:`Enforcer.record_stream_opened`),
+one of the types ingest takes from an enforcement point
+(``services/enforcement_sync.py``); OCSF API Activity: Read (``core/audit/ocsf.py``).
+Its end, when the gateway ends it, is an ``api.request.rejected``."""
 
 
 class EventSink(Protocol):
@@ -710,6 +718,43 @@ class Enforcer:
                 "reasons": [{"reason": r, "count": n} for r, n in summary.reasons],
                 "first_trace_id": summary.first_trace_id,
                 "last_trace_id": summary.last_trace_id,
+            },
+        )
+        self._durable([event.to_dict()])
+
+    def record_stream_opened(
+        self,
+        access: VerifiedAccess,
+        *,
+        trace: TraceContext,
+        action: str,
+        stream: str,
+        servers: Sequence[str],
+    ) -> None:
+        """The :data:`STREAM_OPENED_EVENT_TYPE` event of a stream the MCP gateway
+        admitted, durable before the stream's first byte (else ServiceUnavailable):
+        the agent (actor and ``agent_id``), the human a delegated token acts for
+        (``initiating_human``) and the token's subject and ``jti``, ``action`` the
+        request (``subscriptions/listen`` or ``GET``), ``stream`` its kind
+        (``listen`` or ``session``), ``servers`` the upstream servers whose list
+        changes it may carry, and the request's trace."""
+        event = AuditEvent.create(
+            type=STREAM_OPENED_EVENT_TYPE,
+            actor=Actor(ActorType.AGENT, access.client_id),
+            action=action,
+            source=self.source,
+            trace=trace,
+            now=_now(),
+            outcome=Outcome.SUCCESS,
+            agent_id=access.client_id,
+            initiating_human=_human(access),
+            delegation_chain=tuple(access.chain.actors) or (access.client_id,),
+            details={
+                "stream": stream,
+                "status": 200,
+                "subject": access.subject,
+                "servers": list(servers),
+                "jti": access.jti,
             },
         )
         self._durable([event.to_dict()])

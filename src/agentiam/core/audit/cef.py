@@ -83,6 +83,7 @@ NAMES = {
     "api.read": "Admin API read",
     "api.request.rejected": "Admin API request rejected",
     "api.request.rejected.summary": "Anonymous refusals summarized",
+    "mcp.stream.opened": "MCP notification stream opened",
     "agent.created": "Agent created",
     "agent.updated": "Agent updated",
     "agent.activate": "Agent activated",

@@ -30,7 +30,8 @@ Classes (OCSF uid, activity):
 event type                                          OCSF class: activity
 ==================================================  =============================================
 token.issued, token.exchanged, token.denied         Authentication (3002): Logon (1)
-token.introspected, api.read                        API Activity (6003): Read (2)
+token.introspected, api.read,                       API Activity (6003): Read (2)
+mcp.stream.opened
 authz.decision, tool.call                           API Activity (6003): from the action (read,
                                                     GET… Read; POST Create; write, PUT, PATCH
                                                     Update; delete, DELETE Delete; else Other)
@@ -376,6 +377,8 @@ _ROUTES: dict[str, _Route] = {
         ("token.issued", "token.exchanged", "token.denied"), _Route(_AUTHENTICATION, 1)
     ),
     **dict.fromkeys(("token.introspected", "api.read"), _Route(_API_ACTIVITY, 2)),
+    # the MCP gateway admitted a notification stream: the agent reads its notifications
+    "mcp.stream.opened": _Route(_API_ACTIVITY, 2),
     **dict.fromkeys(("authz.decision", "tool.call"), _Route(_API_ACTIVITY, _from_action)),
     "api.request.rejected": _Route(_API_ACTIVITY, _from_http),
     # a gateway's count of one peer's anonymous refusals past its audit budget
@@ -578,6 +581,7 @@ def _api_activity(m: _Mapper) -> None:
         match = _HTTP_RE.match(m.action or "")
         if match:
             m.out["http_request"] = {"http_method": match.group(1), "url": {"path": match.group(2)}}
+    if m.type in ("api.request.rejected", "mcp.stream.opened"):
         status = m.details.get("status")
         if isinstance(status, int) and not isinstance(status, bool):
             m.out["http_response"] = {"code": status}
