@@ -32,8 +32,9 @@ every request is, and outlives the request's verification, so the gateway checks
 each open stream's token every :data:`WATCH_SECONDS`: when the token expires (as
 requests judge it: ``exp`` plus the verifier's clock skew), is revoked (the
 revocation set the control plane pushes, :class:`~agentiam.adapters.verification.
-RevocationFeedClient`), or the control plane has been unreachable past the outage
-bound (or the revocation set is stale), the stream ends. A listen stream ends
+RevocationFeedClient`), was signed by a key no longer in the key set the gateway
+holds (a retired signing key), or the control plane has been unreachable past the
+outage bound (or the revocation set is stale), the stream ends. A listen stream ends
 gracefully first (its final frame is a JSON-RPC error naming the reason); any
 stream not over :data:`GRACE_SECONDS` later is cut.
 """

@@ -1042,8 +1042,8 @@ class McpGateway:
 
     def _stream_ending(self, access: VerifiedAccess) -> Ending | None:
         """Why a stream opened with ``access`` must end now, or None: its token
-        expired, was revoked, or the revocation set is stale (as a request would be
-        refused, :meth:`AccessTokenVerifier.still_valid
+        expired, was revoked, its signing key left the key set, or the revocation
+        set is stale (as a request would be refused, :meth:`AccessTokenVerifier.still_valid
         <agentiam.core.credentials.verifier.AccessTokenVerifier.still_valid>`), or
         the control plane has been unreachable past the outage bound."""
         try:
@@ -1868,15 +1868,26 @@ class _Endpoint:
         token stops passing, a listen stream ends with a JSON-RPC error as its final
         frame (:meth:`McpGateway._listen`), and a stream still open
         :data:`~agentiam.adapters.gateway.mcp_listen.GRACE_SECONDS` later (a GET, or
-        a client that stopped reading) is cut here. Each stream the gateway ends is
-        audited as a refusal (``api.request.rejected``, the status a request with
-        that token would get, the action ``subscriptions/listen`` or ``GET``)."""
+        a client that stopped reading) is cut here. Each stream the SDK opens (its
+        answer starts with 200) is audited first (``mcp.stream.opened``, durable
+        before the client gets a byte of it, else 503 and the stream is not
+        served: :meth:`_opened`), and each stream the gateway ends as a refusal
+        (``api.request.rejected``, the status a request with that token would get,
+        the action ``subscriptions/listen`` or ``GET``)."""
         state.tally.streamed = True
         started = finished = False
+        refused = False  # its opening could not be recorded: nothing more is sent
 
         async def watched(message: Message) -> None:
-            nonlocal started, finished
+            nonlocal started, finished, refused
+            if refused:
+                return
             if message["type"] == "http.response.start":
+                opens = message["status"] == 200
+                if opens and not await self._opened(action, state, scope, receive, send):
+                    refused = started = finished = True  # answered 503 instead
+                    stream.forced.cancel()
+                    return
                 started = True
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 finished = True
@@ -1909,6 +1920,29 @@ class _Endpoint:
                     action=action,
                 )
             )
+
+    async def _opened(
+        self, action: str, state: _RequestState, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        """Record that the stream ``action`` is opened (``mcp.stream.opened``: the
+        agent, the subject, the upstream servers it may hear of, its kind, the
+        trace), durably; when that cannot be done, answer 503 in its place (nothing
+        unlogged is allowed) and say so (False)."""
+        access = state.access
+        try:
+            await self.gateway.durably(
+                lambda: self.enforcer.record_stream_opened(
+                    access,
+                    trace=state.trace,
+                    action=action,
+                    stream="listen" if action == LISTEN else "session",
+                    servers=list(self.gateway.upstreams),
+                )
+            )
+        except AgentIAMError as exc:
+            await _problem(exc, scope, receive, send)
+            return False
+        return True
 
     def _sessions_of(self, owner: Owner) -> int:
         """The handshake-era sessions ``owner`` holds or is opening."""
