@@ -30,6 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -37,10 +38,11 @@ import cedarpy
 
 from agentiam.core.ids import new_id
 from agentiam.core.policy.engine import WHOLE_CONTEXT, CompiledPolicy, PolicyEngine
-from agentiam.core.policy.entities import EntitySnapshot
+from agentiam.core.policy.entities import EntitySnapshot, check_resource, merge_derived
 from agentiam.core.policy.model import EntityRef, ResourceRecord
 from agentiam.core.policy.schema import PRINCIPAL_TYPES
 from agentiam.core.policy.values import ValueTypeError, is_encodable, to_cedar
+from agentiam.errors import InvalidInput
 
 __all__ = [
     "Authorizer",
@@ -75,8 +77,9 @@ CALLER_CONTEXT_KEYS = frozenset(
     }
 )
 APPROVAL_STATES = frozenset({"none", "pending", "approved", "denied"})
-# snapshots kept per snapshot in force with a request's resource_parents merged in (each
-# shares its parsed entities with the one in force; built in O(entities) when missed)
+# Copies of the snapshot in force kept for placing resources it cannot place itself
+# (see Authorizer._place; each built in O(entities) when missed): a place with no
+# stand-in in the snapshot, or a resource a stand-in cannot stand for.
 PLACED_CACHE = 64
 
 
@@ -95,9 +98,10 @@ class AuthzRequest:
     context: Mapping[str, Any] = field(default_factory=dict)
     # Parents the enforcement point knows the resource has whatever the catalog says
     # (the MCP gateway: the McpServer it routes a resource or prompt to). The decision
-    # sees the resource in them (merged as derived records are, EntitySnapshot.
-    # with_more); when they cannot be merged (the schema refuses the result) it is a
-    # deny, so a forbid on a parent can never be escaped.
+    # is the one it would be with the resource merged in them as a derived record is
+    # (EntitySnapshot.with_more), made without copying the entities where it can be
+    # (Authorizer._place); when they cannot be merged (the schema refuses the result)
+    # it is a deny, so a forbid on a parent can never be escaped.
     resource_parents: tuple[EntityRef, ...] = ()
 
 
@@ -434,6 +438,59 @@ def cedar_authorize(
     return result.allowed, tuple(result.diagnostics.reasons), tuple(result.diagnostics.errors)
 
 
+def _standing_in(value: Any, ref: EntityRef, stand_in: EntityRef) -> Any:
+    """``value`` (a context in Cedar's JSON form) with every reference to ``ref`` made
+    one to ``stand_in``: what the context is for a decision that lets ``stand_in``
+    stand for ``ref`` (``context.args.x == resource`` holds in both or neither)."""
+    if isinstance(value, dict):
+        uid = value.get("__entity")
+        if isinstance(uid, dict):
+            if uid.get("type") == ref.type and uid.get("id") == ref.id:
+                return {"__entity": _uid(stand_in)}
+            return value
+        return {k: _standing_in(v, ref, stand_in) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_standing_in(v, ref, stand_in) for v in value]
+    return value
+
+
+# Cedar's own text for an entity (its escaping of the id) is read from the error it gives
+# when a policy reads an attribute of an entity that does not exist.
+_PROBE = cedarpy.PolicySet.from_str("permit (principal, action, resource) when { resource.x };")
+_PROBE_HEAD, _PROBE_TAIL = "error while evaluating policy `policy0`: entity `", "` does not exist"
+_NO_ENTITIES = cedarpy.Entities.from_json_str("[]")
+
+
+@lru_cache(maxsize=1024)
+def cedar_text(ref: EntityRef) -> str | None:
+    """How Cedar writes ``ref`` in its messages (``DataSet::"a\\"b"``), or None if its
+    answer is not in the form this module knows (another cedarpy)."""
+    uid = _uid(ref)
+    request = {"principal": uid, "action": uid, "resource": uid, "context": {}}
+    _, _, errors = cedar_authorize(request, _PROBE, _NO_ENTITIES)
+    if len(errors) != 1:
+        return None
+    message = errors[0]
+    if not (message.startswith(_PROBE_HEAD) and message.endswith(_PROBE_TAIL)):
+        return None
+    return message[len(_PROBE_HEAD) : -len(_PROBE_TAIL)]
+
+
+def _written_back(
+    errors: tuple[str, ...], stand_in: EntityRef, ref: EntityRef
+) -> tuple[str, ...] | None:
+    """Cedar's error messages of a decision that let ``stand_in`` stand for ``ref``,
+    as they would be with ``ref`` itself (None when Cedar's text for ``ref`` cannot
+    be had)."""
+    text = f'{stand_in.type}::"{stand_in.id}"'  # a stand-in's id needs no escaping
+    if not any(text in message for message in errors):
+        return errors
+    rendered = cedar_text(ref)
+    if rendered is None:
+        return None
+    return tuple(message.replace(text, rendered) for message in errors)
+
+
 @dataclass(frozen=True, slots=True)
 class _Scope:
     """The request's entities with their ancestors (each set holds the entity too)."""
@@ -563,6 +620,20 @@ class _Dimensions:
         cache[key] = value
 
 
+@dataclass(frozen=True, slots=True)
+class _Placement:
+    """How one decision sees its resource in the parents its enforcement point gives
+    it (:attr:`AuthzRequest.resource_parents`): the Cedar entities and the slices it
+    is decided on; with a ``stand_in``, the entity Cedar decides on in the resource's
+    place, and the resource with its ancestors (``resource_in``) for the scope
+    index."""
+
+    handle: cedarpy.Entities
+    dims: _Dimensions
+    stand_in: EntityRef | None = None
+    resource_in: frozenset[EntityRef] = frozenset()
+
+
 class Authorizer:
     """Decides requests against the current policy engine and entity snapshot.
 
@@ -585,9 +656,12 @@ class Authorizer:
         self._zone = ZoneInfo(zone)
         self._risk = risk or (lambda _ref: 0)
         self.rates = RateCounter()
-        # snapshots with a request's resource_parents merged in, per snapshot in force
+        # copies of the snapshot in force that place what it cannot (see _place)
         self._placed_lock = threading.Lock()
-        self._placed: tuple[EntitySnapshot | None, OrderedDict[Any, Any]] = (None, OrderedDict())
+        self._placed: tuple[EntitySnapshot | None, OrderedDict[Any, EntitySnapshot]] = (
+            None,
+            OrderedDict(),
+        )
 
     @property
     def engine(self) -> PolicyEngine:
@@ -628,7 +702,9 @@ class Authorizer:
                 request=request,
             )
 
-    def _decide(self, request: AuthzRequest, *, full: bool, count: bool = True) -> Decision:
+    def _decide(
+        self, request: AuthzRequest, *, full: bool, count: bool = True, stand_in: bool = True
+    ) -> Decision:
         started = time.perf_counter()
         engine, entities, dims = self._state
         now = self._clock()
@@ -662,15 +738,18 @@ class Authorizer:
         problem = self._request_problem(engine, entities, request, now)
         if problem:
             return done("deny", [problem], errors=[problem])
+        placement = _Placement(entities.handle, dims)
         if request.resource_parents:
-            placed = self._place(engine, entities, dims, request)
+            placed = self._place(engine, entities, dims, request, stand_in=stand_in)
             if placed is None:
                 problem = (
                     f"{request.resource} cannot be placed in "
                     f"{', '.join(map(str, request.resource_parents))} (fail closed)"
                 )
                 return done("deny", [problem], errors=[problem])
-            entities, dims = placed
+            placement = placed
+            dims = placed.dims
+        standing = placement.stand_in
         rates = self.rates
         rate = (rates.hit if count else rates.peek)(request.principal, now.timestamp())
         scope = None
@@ -680,7 +759,11 @@ class Authorizer:
         else:
             principal_mask, principal_in = dims.principal(request.principal)
             action_mask, action_ref, action_in = dims.action(request.action)
-            resource_mask, resource_in = dims.resource(request.resource)
+            if standing is None:
+                resource_mask, resource_in = dims.resource(request.resource)
+            else:
+                resource_in = placement.resource_in
+                resource_mask = engine.resource_mask(request.resource, resource_in)
             mask = principal_mask & action_mask & resource_mask
             scope = _Scope(
                 request.principal,
@@ -704,19 +787,26 @@ class Authorizer:
             )
         except RequestError as exc:
             return done("deny", [f"the request is not valid: {exc}"], errors=[str(exc)], risk=risk)
+        if standing is not None:
+            context = _standing_in(context, request.resource, standing)
         cedar_request = {
             "principal": _uid(request.principal),
             "action": _uid(action_ref),
-            "resource": _uid(request.resource),
+            "resource": _uid(standing or request.resource),
             "context": context,
         }
+        handle = placement.handle
         enforce_mask = mask & engine.enforce_mask
-        outcome = _evaluate(
-            engine, enforce_mask, cedar_request, entities.handle, scope, engine.enforce_mask
-        )
+        outcome = _evaluate(engine, enforce_mask, cedar_request, handle, scope, engine.enforce_mask)
+        errors = outcome.errors
+        if standing is not None:
+            written = _written_back(errors, standing, request.resource)
+            if written is None:  # Cedar's text for the resource is not to be had: copy
+                return self._decide(request, full=full, count=False, stand_in=False)
+            errors = written
         dry_run = None
         if mask & engine.dry_run_mask:
-            shadow = _evaluate(engine, mask, cedar_request, entities.handle, scope, engine.all_mask)
+            shadow = _evaluate(engine, mask, cedar_request, handle, scope, engine.all_mask)
             dry_ids = {p.id for p in engine.members(mask & engine.dry_run_mask)}
             dry_run = DryRunOutcome(
                 decision=shadow.effect,
@@ -729,7 +819,7 @@ class Authorizer:
             outcome.effect,
             reasons,
             policies=() if outcome.unattributed else (outcome.failed_forbids or outcome.matched),
-            errors=outcome.errors,
+            errors=errors,
             evaluated=mask.bit_count(),
             dry_run=dry_run,
             ignored=ignored,
@@ -742,17 +832,56 @@ class Authorizer:
         entities: EntitySnapshot,
         dims: _Dimensions,
         request: AuthzRequest,
-    ) -> tuple[EntitySnapshot, _Dimensions] | None:
-        """The snapshot (and its slices) in which ``request.resource`` is in each of
-        ``request.resource_parents``: the one in force when it already is (a listed
-        item's derived record), else one with a derived record for it merged in
-        (:meth:`EntitySnapshot.with_more`), the last :data:`PLACED_CACHE` of them kept
-        per snapshot in force. None when the schema refuses the merged record."""
+        *,
+        stand_in: bool = True,
+    ) -> _Placement | None:
+        """How the decision sees ``request.resource`` in each of
+        ``request.resource_parents``, as if a derived record for it were merged in
+        (:meth:`EntitySnapshot.with_more`); None when the schema refuses that record.
+
+        * In them in the snapshot in force (a listed item's derived record): as is.
+        * Else, a resource the snapshot does not hold that nothing names (no policy,
+          no entity, :attr:`EntitySnapshot.referenced`), such as a URI made from a
+          template: its place's stand-in (:meth:`EntitySnapshot.stand_in`) stands for
+          it in Cedar, and the scope index sees it with the parents and their
+          ancestors. No copy, whatever the number of entities. Its context and
+          Cedar's messages are written to match (:func:`_standing_in`,
+          :func:`_written_back`).
+        * Else (a catalog entry, a resource something names; or a place the snapshot
+          has no stand-in for, whose copy with one is kept): a copy of the snapshot
+          with the record merged in, the last :data:`PLACED_CACHE` kept per snapshot
+          in force.
+        """
         ref, parents = request.resource, request.resource_parents
         have = entities.parents.get(ref, ())
         if all(p in have for p in parents):
-            return entities, dims
-        key = (engine, ref, parents)
+            return _Placement(entities.handle, dims)
+        record = ResourceRecord(ref.type, ref.id, {}, parents)
+        catalog = entities.resources.get(ref)
+        try:
+            check_resource(entities.schema, merge_derived(catalog, record))
+        except InvalidInput:
+            return None  # fail closed: not in its parents, so not decided
+        if stand_in and catalog is None and ref not in entities.referenced | engine.names:
+            place = (ref.type, parents)
+            holder = entities
+            found = entities.stand_in(*place)
+            if found is None:
+                holder = self._copy(entities, place, lambda: entities.with_more(places=[place]))
+                found = holder.stand_in(*place)
+            if found is not None and found not in engine.names:
+                above = frozenset(parents).union(*(entities.ancestors(p) for p in parents))
+                return _Placement(holder.handle, dims, found, above | {ref})
+        merged = self._copy(entities, (ref, parents), lambda: entities.with_more([record]))
+        if not all(p in merged.parents.get(ref, ()) for p in parents):
+            return None
+        return _Placement(merged.handle, _Dimensions(engine, merged))
+
+    def _copy(
+        self, entities: EntitySnapshot, key: Any, build: Callable[[], EntitySnapshot]
+    ) -> EntitySnapshot:
+        """The copy of ``entities`` that ``build`` makes, kept under ``key`` (the last
+        :data:`PLACED_CACHE` per snapshot in force)."""
         with self._placed_lock:
             source, cache = self._placed
             if source is not entities:
@@ -761,18 +890,14 @@ class Authorizer:
             found = cache.get(key)
             if found is not None:
                 cache.move_to_end(key)
-                return found  # type: ignore[no-any-return]
-        derived = entities.with_more([ResourceRecord(ref.type, ref.id, {}, parents)])
-        have = derived.parents.get(ref, ())
-        if not all(p in have for p in parents):
-            return None
-        placed = (derived, _Dimensions(engine, derived))
+                return found
+        made = build()
         with self._placed_lock:
             if self._placed[0] is entities:
-                cache[key] = placed
+                cache[key] = made
                 while len(cache) > PLACED_CACHE:
                     cache.popitem(last=False)
-        return placed
+        return made
 
     @staticmethod
     def _request_problem(

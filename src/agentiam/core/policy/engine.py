@@ -44,6 +44,7 @@ __all__ = [
     "TypeKey",
     "compile_policies",
     "context_attributes",
+    "entity_literals",
     "validate",
 ]
 
@@ -154,6 +155,25 @@ def context_attributes(template: pst.Template) -> frozenset[str]:
     return frozenset(found)
 
 
+def entity_literals(body: Any) -> frozenset[EntityRef]:
+    """Every entity a policy names (its scope and its conditions), from its Cedar JSON
+    form: a uid is an object with a string ``type`` and a string ``id`` (scope
+    constraints, ``__entity`` values; EST writes a record literal's members as
+    expressions, never as bare strings). The walk is iterative."""
+    found: set[EntityRef] = set()
+    stack: list[Any] = [body]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            kind, ident = node.get("type"), node.get("id")
+            if isinstance(kind, str) and isinstance(ident, str):
+                found.add(EntityRef(kind, ident))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return frozenset(found)
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledPolicy:
     record: PolicyRecord
@@ -169,6 +189,7 @@ class CompiledPolicy:
     action_op: str  # any | eq | in
     conditional: bool  # has when/unless clauses
     context_attrs: frozenset[str]  # see context_attributes()
+    names: frozenset[EntityRef] = frozenset()  # see entity_literals()
 
     @property
     def uses_context(self) -> bool:
@@ -330,6 +351,7 @@ def _compiled(record: PolicyRecord, template: pst.Template, body: dict[str, Any]
         ),
         conditional=bool(template.clauses),
         context_attrs=context_attributes(template),
+        names=entity_literals(body),
     )
 
 
@@ -438,6 +460,9 @@ class PolicyEngine:
             else:
                 self.dry_run_mask |= bit
         self.all_mask = self.enforce_mask | self.dry_run_mask
+        # every entity some policy names: a decision that stands an entity in for its
+        # resource must not be told apart by one (Authorizer._place)
+        self.names: frozenset[EntityRef] = frozenset().union(*(p.names for p in self.policies))
         # Policies Cedar must evaluate (conditions); the rest match by scope alone.
         self.cedar_mask = 0
         shared = 0

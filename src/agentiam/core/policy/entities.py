@@ -11,16 +11,24 @@ which tools each upstream server lists, and that each is in the server's
 into a snapshot (:func:`merge_derived`: the union of the parents, the catalog's
 attributes first), for the Cedar handle and for the scope index alike, so policies
 with and without conditions see the same hierarchy.
+
+It may also know parents of resources nobody listed (the MCP gateway: every URI it
+routes to a server, template-made ones included, is in that server's ``McpServer``).
+Those are decided without a copy of the snapshot per resource: the snapshot holds one
+**stand-in** per such *place* (a resource type and its parents,
+:meth:`EntitySnapshot.stand_in`), an entity with no attributes in those parents, and
+the policy decision point lets it stand for the resource in Cedar
+(:meth:`agentiam.core.policy.authorizer.Authorizer.decide`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeAlias
 
 import cedarpy
 
@@ -32,7 +40,9 @@ from agentiam.core.policy.values import ValueTypeError, to_cedar
 from agentiam.errors import InvalidInput
 
 __all__ = [
+    "STAND_IN_PREFIX",
     "EntitySnapshot",
+    "Place",
     "agent_entity",
     "check_resource",
     "cyclic",
@@ -45,6 +55,16 @@ _AUTONOMY_LEVEL = {level: i for i, level in enumerate(AutonomyLevel)}
 _TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,63}$")
 MAX_TAGS = 64
 MAX_PARENTS = 32
+MAX_ID = 512  # characters of an entity id a catalog entry or a request may carry
+
+# A stand-in's id: longer than any id a catalog entry, a request or a context value
+# may carry (MAX_ID; values.to_cedar), so nothing but a policy literal can name one,
+# and the decision point checks those (PolicyEngine.names).
+STAND_IN_PREFIX = "agentiam.stand-in." + "-" * MAX_ID + "."
+
+# A resource type and the parents an enforcement point gives resources of that type
+# whatever the catalog says (AuthzRequest.resource_parents).
+Place: TypeAlias = tuple[str, tuple[EntityRef, ...]]
 
 
 def _uid(ref: EntityRef) -> dict[str, str]:
@@ -106,8 +126,8 @@ def check_resource(schema: Schema, record: ResourceRecord) -> dict[str, Any]:
         raise InvalidInput(f"entity type {record.type!r} is not in the schema")
     if record.type in RESERVED_TYPES:
         raise InvalidInput(f"{record.type} entities come from the registry, not the catalog")
-    if not record.id or len(record.id) > 512:
-        raise InvalidInput("a resource id must be 1-512 characters")
+    if not record.id or len(record.id) > MAX_ID:
+        raise InvalidInput(f"a resource id must be 1-{MAX_ID} characters")
     try:
         attrs = to_cedar(
             dict(record.attributes),
@@ -174,6 +194,28 @@ def cyclic(resources: Iterable[ResourceRecord]) -> set[EntityRef]:
                 state[node] = 2
                 path.pop()
     return out
+
+
+def _named(entity: Mapping[str, Any]) -> Iterable[EntityRef]:
+    """The entities a Cedar entity names: its parents and the entity values in its
+    attributes (at any depth)."""
+    for parent in entity.get("parents", ()):
+        yield EntityRef(parent["type"], parent["id"])
+    stack: list[Any] = [entity.get("attrs", {})]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            uid = node.get("__entity")
+            if isinstance(uid, dict):
+                yield EntityRef(uid["type"], uid["id"])
+            else:
+                stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _uid_of(entity: Mapping[str, Any]) -> EntityRef:
+    return EntityRef(entity["uid"]["type"], entity["uid"]["id"])
 
 
 def merge_derived(catalog: ResourceRecord | None, derived: ResourceRecord) -> ResourceRecord:
@@ -243,23 +285,38 @@ class EntitySnapshot:
         self.handle = cedarpy.Entities.from_json_str(document, release_gil=True)
         self.count = len(entities)
         self._ancestors = lru_cache(maxsize=65_536)(self._compute_ancestors)
+        # Entities that some entity names (a parent, an attribute value) but that are
+        # not in the snapshot: a stand-in cannot stand for one (a decision could tell
+        # them apart through the entity that names it).
+        present = {_uid_of(e) for e in entities}
+        self.referenced: frozenset[EntityRef] = frozenset(
+            ref for e in entities for ref in _named(e) if ref not in present
+        )
         # what with_derived needs to re-parse when a derived record changes a catalog
         # entry (kept as text: a fraction of the memory of the parsed dicts)
         self._document = document
         self._base = self
         self._derived: tuple[ResourceRecord, ...] = ()
+        self._places: tuple[Place, ...] = ()
+        self._stand_ins: dict[Place, EntityRef] = {}
 
-    def with_derived(self, records: Iterable[ResourceRecord]) -> EntitySnapshot:
+    def with_derived(
+        self, records: Iterable[ResourceRecord], *, places: Iterable[Place] = ()
+    ) -> EntitySnapshot:
         """This snapshot (as built from the registry and the catalog: a derived
-        snapshot's own base is used) with ``records`` merged in (:func:`merge_derived`).
+        snapshot's own base is used) with ``records`` merged in (:func:`merge_derived`)
+        and a stand-in for each of ``places`` (:meth:`stand_in`).
 
-        A derived record the schema refuses is left out. Derived records that add
-        entities are parsed on their own into a clone of this snapshot's handle
-        (cedarpy ``with_added_json_str``); only when one changes a catalog entry (a
-        parent or an attribute the catalog lacks) is the whole set parsed again.
+        A derived record the schema refuses is left out, and so is the stand-in of a
+        place the schema refuses (a type that cannot be in those parents). Derived
+        records that add entities are parsed on their own into a clone of this
+        snapshot's handle (cedarpy ``with_added_json_str``); only when one changes a
+        catalog entry (a parent or an attribute the catalog lacks) is the whole set
+        parsed again.
         """
         base = self._base
         records = tuple(records)
+        places = tuple(dict.fromkeys(places))
         merged: dict[EntityRef, tuple[ResourceRecord, dict[str, Any]]] = {}
         for record in records:
             catalog = base.resources.get(record.ref)
@@ -272,9 +329,11 @@ class EntitySnapshot:
             except InvalidInput:
                 continue
             merged[record.ref] = (effective, entity)
-        if not merged:
+        stand_ins = base._make_stand_ins(places)
+        if not merged and not stand_ins:
             return base
         added = [entity for _, entity in merged.values()]
+        added += [stand_in for _, stand_in in stand_ins.values()]
         if any(ref in base.resources for ref in merged):
             kept = [
                 e
@@ -294,18 +353,56 @@ class EntitySnapshot:
         out.handle = handle
         out.count = len(handle)
         out._ancestors = lru_cache(maxsize=65_536)(out._compute_ancestors)
+        out.referenced = base.referenced.union(
+            *(_named(entity) for _, entity in merged.values())
+        ) - set(merged)
         out._document = ""
         out._base = base
         out._derived = records
+        out._places = places
+        out._stand_ins = {place: ref for place, (ref, _) in stand_ins.items()}
         return out
 
-    def with_more(self, records: Iterable[ResourceRecord]) -> EntitySnapshot:
-        """This snapshot with ``records`` merged in as well: the derived records it
-        already has and ``records``, over its base (:meth:`with_derived`). For a
-        decision whose enforcement point knows parents of its resource that no
-        listing gave (:attr:`AuthzRequest.resource_parents
+    def _make_stand_ins(
+        self, places: Sequence[Place]
+    ) -> dict[Place, tuple[EntityRef, dict[str, Any]]]:
+        """One stand-in entity per place the schema accepts: no attributes, the
+        place's parents."""
+        out: dict[Place, tuple[EntityRef, dict[str, Any]]] = {}
+        for i, (entity_type, parents) in enumerate(places):
+            ref = EntityRef(entity_type, f"{STAND_IN_PREFIX}{i}")
+            try:  # the checks a resource of that type in those parents passes
+                check_resource(self.schema, ResourceRecord(entity_type, "-", {}, parents))
+            except InvalidInput:
+                continue
+            out[(entity_type, parents)] = (
+                ref,
+                resource_entity(ResourceRecord(*ref, {}, parents), {}),
+            )
+        return out
+
+    def with_more(
+        self, records: Iterable[ResourceRecord] = (), *, places: Iterable[Place] = ()
+    ) -> EntitySnapshot:
+        """This snapshot with ``records`` merged in and stand-ins for ``places`` as
+        well: the derived records and places it already has and these, over its base
+        (:meth:`with_derived`). For a decision whose enforcement point knows parents
+        of its resource that this snapshot does not give it
+        (:attr:`AuthzRequest.resource_parents
         <agentiam.core.policy.authorizer.AuthzRequest.resource_parents>`)."""
-        return self._base.with_derived((*self._derived, *records))
+        return self._base.with_derived((*self._derived, *records), places=(*self._places, *places))
+
+    def stand_in(self, entity_type: str, parents: tuple[EntityRef, ...]) -> EntityRef | None:
+        """The stand-in of the place (``entity_type`` in exactly ``parents``), if this
+        snapshot has one: an entity of that type with no attributes, no tags and
+        those parents, that nothing else names. A decision on a resource of that type
+        in those parents that the snapshot does not hold (a URI made from a
+        template) lets it stand for the resource in Cedar, rather than copying the
+        snapshot to add the resource: Cedar can tell them apart only by a literal
+        naming either (the decision point checks the policies' literals), by an
+        entity naming the resource (:attr:`referenced`), or by its id in an error
+        message (the decision point writes the resource's back)."""
+        return self._stand_ins.get((entity_type, parents))
 
     def _compute_ancestors(self, ref: EntityRef) -> frozenset[EntityRef]:
         out: set[EntityRef] = set()
