@@ -219,3 +219,57 @@ def test_past_the_outage_bound_nothing_is_listed() -> None:
 
     with pytest.raises(ServiceUnavailable):
         Visibility(gone, location=GATEWAY).visible(access(), ITEMS)
+
+
+# -- listings decide as calls do: risk score, request rate, time zone ----------------------------
+
+RISK_AND_RATE = """
+@id("all") permit (principal, action, resource);
+@id("risky") forbid (principal, action, resource) when { context.risk_score > 70 };
+@id("busy") forbid (principal, action, resource) when { context.request_rate > 3 };
+"""
+MANY = [Listed("tool", f"bank.t{i}", f"t{i}") for i in range(8)]
+
+
+def _as_calls(risk: int = 0) -> Any:
+    scores = {"agt_pay": risk}
+    return authorizer(
+        RISK_AND_RATE,
+        agents=[agent("agt_pay"), agent("agt_ops")],
+        risk=lambda ref: scores.get(ref.id, 0),
+    )
+
+
+def test_a_risky_agent_is_shown_nothing_its_calls_would_be_refused() -> None:
+    """The attack: an agent whose risk score makes policy refuse its calls lists the
+    tools anyway. Listing decisions carry the live authorizer's risk source."""
+    live = _as_calls(risk=90)
+    visibility = Visibility(lambda: live, location=GATEWAY)
+    call = live.decide(
+        AuthzRequest(EntityRef("Agent", "agt_pay"), "invoke_tool", EntityRef("Tool", "bank.t0"))
+    )
+    assert call.policies == ("risky",)
+    assert visibility.visible(access("agt_pay"), MANY) == [False] * len(MANY)
+    assert visibility.visible(access("agt_ops"), MANY) == [True] * len(MANY)
+
+
+def test_a_long_listing_does_not_trip_a_request_rate_forbid() -> None:
+    """Listing decisions neither count as calls nor count themselves: eight items
+    under ``request_rate > 3`` are all shown to an agent that has made no call."""
+    live = _as_calls()
+    visibility = Visibility(lambda: live, location=GATEWAY)
+    assert visibility.visible(access("agt_pay"), MANY) == [True] * len(MANY)
+    assert visibility.visible(access("agt_pay"), MANY) == [True] * len(MANY)
+    assert live.rates.peek(EntityRef("Agent", "agt_pay"), live._clock().timestamp()) == 0
+
+
+def test_an_agent_whose_calls_are_refused_for_their_rate_is_shown_nothing() -> None:
+    live = _as_calls()
+    visibility = Visibility(lambda: live, location=GATEWAY)
+    principal = EntityRef("Agent", "agt_pay")
+    for _ in range(4):
+        live.decide(AuthzRequest(principal, "invoke_tool", EntityRef("Tool", "bank.t0")))
+    refused = live.decide(AuthzRequest(principal, "invoke_tool", EntityRef("Tool", "bank.t0")))
+    assert refused.policies == ("busy",)
+    assert visibility.visible(access("agt_pay"), MANY) == [False] * len(MANY)
+    assert visibility.visible(access("agt_ops"), MANY) == [True] * len(MANY)

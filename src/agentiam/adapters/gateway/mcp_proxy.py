@@ -86,7 +86,6 @@ import functools
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -166,7 +165,7 @@ from agentiam.adapters.gateway.mcp_listen import (
     send_on_session,
 )
 from agentiam.adapters.gateway.mcp_sdk_state import connection_of, open_sessions, session_owners
-from agentiam.adapters.gateway.mcp_tools import ListedTools, in_server
+from agentiam.adapters.gateway.mcp_tools import PROMPT_ID_PREFIX, ListedTools, in_server
 from agentiam.adapters.gateway.mcp_upstream import (
     CHANGE_SECONDS,
     LISTING_KINDS,
@@ -205,7 +204,7 @@ from agentiam.core.delegation.enforcement import delegation_context
 from agentiam.core.ids import is_id
 from agentiam.core.plain_http import ONLY_ON_LOOPBACK, secure_or_loopback
 from agentiam.core.policy.authorizer import Authorizer, AuthzRequest
-from agentiam.core.policy.model import EntityRef, ResourceRecord
+from agentiam.core.policy.model import EntityRef
 from agentiam.errors import AgentIAMError, OAuthError, ServiceUnavailable
 
 __all__ = [
@@ -230,7 +229,6 @@ log = logging.getLogger("agentiam.gateway.mcp")
 
 TOOL_ACTION: Final = "invoke_tool"
 READ_ACTION: Final = "read"
-PROMPT_ID_PREFIX: Final = "prompt:"
 ACTIONS: Final[Mapping[str, tuple[str, str]]] = {
     # MCP method -> (Cedar action, resource type); the entity id is the exposed name
     "tools/list": (TOOL_ACTION, "Tool"),
@@ -522,8 +520,10 @@ class Visibility:
     permit that depends on arguments hides its tool from listings; write argument
     limits as ``forbid ... when { context.args has x && ... }`` to keep the tool listed.
     A task-scoped token (``authorization_details``) also sees only what its entries
-    could permit. Decisions come from a shadow of the live authorizer with its own
-    request-rate counter, so listings do not count as calls in ``context.request_rate``.
+    could permit. Decisions are the live authorizer's what-if questions
+    (``count=False``): they see what a call would (the agent's risk score from the
+    control plane, its request rate, the control plane's time zone) and are not
+    counted as calls in ``context.request_rate``.
     """
 
     def __init__(self, live: Callable[[], Authorizer], *, location: str) -> None:
@@ -531,33 +531,14 @@ class Visibility:
         bound); ``location`` is the gateway's ``public_url``."""
         self._live = live
         self._location = location
-        self._lock = threading.Lock()
-        self._shadow: Authorizer | None = None
-        self._source: tuple[Authorizer, Any, Any] | None = None
-
-    def authorizer(self) -> Authorizer:
-        """The shadow of the live authorizer, on its policies and entities."""
-        live = self._live()
-        engine, entities = live.engine, live.entities
-        with self._lock:
-            source = self._source
-            if self._shadow is None or source is None or source[0] is not live:
-                # the live authorizer's time zone, so time-based policies agree
-                zone = getattr(getattr(live, "_zone", None), "key", "UTC")
-                self._shadow = Authorizer(engine, entities, zone=zone)
-            elif source[1] is not engine or source[2] is not entities:
-                self._shadow.update(engine, entities)
-            self._source = (live, engine, entities)
-            return self._shadow
 
     def visible(self, access: VerifiedAccess, items: Sequence[Listed]) -> list[bool]:
         """One flag per item: may ``access`` see it? A resource, template or prompt is
         decided in its server's ``McpServer`` (:meth:`Listed.question`); one that
-        cannot be placed there (the schema refuses the merged record) is hidden."""
+        cannot be placed there (the schema refuses its record) is denied, so hidden."""
         if not items:
             return []
-        authorizer = self._placing(self.authorizer(), items)
-        placed = authorizer.entities.parents
+        authorizer = self._live()
         details = list(access.chain.authorization_details)
         principal = EntityRef("Agent", access.client_id)
         base = delegation_context(access)
@@ -570,33 +551,10 @@ class Visibility:
                 out.append(False)  # would alias a prompt's entity
                 continue
             action, resource, parents = item.question()
-            if not all(p in placed.get(resource, ()) for p in parents):
-                out.append(False)  # fail closed: not in its server
-                continue
-            decision = authorizer.decide(
-                AuthzRequest(
-                    principal, action, resource, {**base, "args": {}}, resource_parents=parents
-                )
+            question = AuthzRequest(
+                principal, action, resource, {**base, "args": {}}, resource_parents=parents
             )
-            out.append(decision.allowed)
-        return out
-
-    def _placing(self, authorizer: Authorizer, items: Sequence[Listed]) -> Authorizer:
-        """``authorizer``, or one over its snapshot with every item placed in its
-        server (one merge per listing, :meth:`EntitySnapshot.with_more
-        <agentiam.core.policy.entities.EntitySnapshot.with_more>`) sharing its
-        request-rate counter: a listing is not a merge per item."""
-        entities = authorizer.entities
-        records: dict[EntityRef, ResourceRecord] = {}
-        for item in items:
-            _, ref, parents = item.question()
-            if parents and not all(p in entities.parents.get(ref, ()) for p in parents):
-                records[ref] = ResourceRecord(ref.type, ref.id, {}, parents)
-        if not records:
-            return authorizer
-        zone = getattr(getattr(authorizer, "_zone", None), "key", "UTC")
-        out = Authorizer(authorizer.engine, entities.with_more(records.values()), zone=zone)
-        out.rates = authorizer.rates
+            out.append(authorizer.decide(question, count=False).allowed)
         return out
 
     def _scope_permits(self, details: list[Mapping[str, Any]], item: Listed) -> bool:
@@ -956,8 +914,10 @@ class McpGateway:
                     await self.tools.seen(upstream.server, items)
                 if self.tools.records_of(name) != records:
                     groups.add("tools")
-            elif items != before:
-                groups.add(group_of(kind))
+            else:
+                await self.tools.items_seen(upstream.server, kind, items)
+                if items != before:
+                    groups.add(group_of(kind))
         for group in sorted(groups):
             await self._relay(name, group)
 
@@ -1116,6 +1076,8 @@ class McpGateway:
                 await self.tools.seen(upstream.server, items)
                 # a tool without its derived record cannot be called: not shown either
                 items = [t for t in items if self.tools.known(prefix + t.name)]
+            else:  # the items' records, so their decisions find them in the snapshot
+                await self.tools.items_seen(upstream.server, kind, items)
             for item in items:
                 found.append(_expose(kind, upstream.server, item))
         return await anyio.to_thread.run_sync(

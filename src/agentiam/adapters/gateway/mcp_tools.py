@@ -1,5 +1,6 @@
-"""The tools the MCP gateway's upstream servers list, as the ``Tool`` entities its
-decisions see (docs/gateway.md, "Tool entities").
+"""The tools, resources, resource templates and prompts the MCP gateway's upstream
+servers list, as the entities its decisions see (docs/gateway.md, "Tool entities",
+"Resource and prompt entities").
 
 A ``tools/call`` is decided as ``invoke_tool`` on ``Tool::"<exposed name>"``. Whatever
 the catalog says, the gateway's decisions (calls and listings alike) see each tool an
@@ -29,6 +30,26 @@ With ``trust_annotations`` (per server, default off) a tool's ``readOnlyHint`` a
 ``destructiveHint`` become its ``read_only`` and ``destructive`` attributes where the
 catalog sets none. MCP ("Tool annotations") says clients must consider annotations
 untrusted unless they come from trusted servers, hence opt-in.
+
+Resources, resource templates and prompts (``DataSet::"<exposed URI>"``,
+``DataSet::"<exposed URI template>"``, ``DataSet::"prompt:<exposed name>"``) are in
+their server's ``McpServer`` in every decision, listed or not: a URI made from a
+template is named by no listing, so the parent comes from the routing, per decision
+(:attr:`~agentiam.core.policy.authorizer.AuthzRequest.resource_parents`). So that
+this costs no copy of the entities per decision, the same snapshot also holds
+
+* one derived record per listed resource, template and prompt (:func:`item_records`,
+  :meth:`ListedTools.items_seen`), and one per catalog ``DataSet`` the gateway routes
+  to a server (:func:`catalog_records`): those are decided as they are;
+* one stand-in per server (:meth:`EntitySnapshot.with_derived
+  <agentiam.core.policy.entities.EntitySnapshot.with_derived>` ``places``): any
+  other URI or prompt of that server is decided through it, as if its record were
+  merged in.
+
+Their records are not what makes a forbid on a server hold (the routing is, per
+decision): a stale one decides as the stand-in would. Forwarding does not depend on
+them either: an unlisted resource or prompt is decided and forwarded like a listed
+one.
 """
 
 from __future__ import annotations
@@ -43,14 +64,24 @@ import anyio
 import anyio.to_thread
 import mcp_types as types
 
-from agentiam.adapters.gateway.mcp_upstream import Upstream, UpstreamServer
-from agentiam.core.policy.entities import EntitySnapshot
+from agentiam.adapters.gateway.mcp_upstream import ListingKind, Upstream, UpstreamServer
+from agentiam.core.policy.entities import EntitySnapshot, Place
 from agentiam.core.policy.model import EntityRef, ResourceRecord
 
-__all__ = ["REFRESH_SECONDS", "ListedTools", "in_server", "tool_records"]
+__all__ = [
+    "PROMPT_ID_PREFIX",
+    "REFRESH_SECONDS",
+    "ListedTools",
+    "catalog_records",
+    "in_server",
+    "item_records",
+    "tool_records",
+]
 
 # a name missing from a server's listing fetches that listing again at most this often
 REFRESH_SECONDS: Final = 1.0
+# a prompt's DataSet id is this and its exposed name
+PROMPT_ID_PREFIX: Final = "prompt:"
 
 
 def in_server(server: str) -> tuple[EntityRef, ...]:
@@ -82,9 +113,57 @@ def tool_records(server: UpstreamServer, tools: Sequence[Any]) -> tuple[Resource
     return tuple(out)
 
 
+def item_records(
+    server: UpstreamServer, kind: ListingKind, items: Sequence[Any]
+) -> tuple[ResourceRecord, ...]:
+    """One ``DataSet`` record per listed resource, resource template (``kind``
+    ``resources``, ``templates``) or prompt (``prompts``): its entity id, in the
+    server's ``McpServer``, no attributes. A resource or template whose exposed URI
+    starts with ``prompt:`` gets none: it would be a prompt's entity (it is neither
+    listed nor read)."""
+    ids: list[str] = []
+    for item in items:
+        if kind == "resources" and isinstance(item, types.Resource):
+            ids.append(server.prefix + str(item.uri))
+        elif kind == "templates" and isinstance(item, types.ResourceTemplate):
+            ids.append(server.prefix + item.uri_template)
+        elif kind == "prompts" and isinstance(item, types.Prompt):
+            ids.append(PROMPT_ID_PREFIX + server.prefix + item.name)
+    prompts = kind == "prompts"
+    parent = in_server(server.name)
+    return tuple(
+        ResourceRecord("DataSet", entity, {}, parent)
+        for entity in dict.fromkeys(ids)
+        if prompts or not entity.startswith(PROMPT_ID_PREFIX)
+    )
+
+
+def catalog_records(
+    base: EntitySnapshot, route: Callable[[str], tuple[UpstreamServer, str] | None]
+) -> tuple[ResourceRecord, ...]:
+    """One ``DataSet`` record per catalog ``DataSet`` the gateway routes to a server
+    that does not have that server's ``McpServer`` among its parents: the server it is
+    decided in whenever the gateway decides it (a ``prompt:<name>`` by its name, any
+    other by its id, as :func:`~agentiam.adapters.gateway.mcp_proxy.prompt_call` and
+    :func:`~agentiam.adapters.gateway.mcp_proxy.resource_call` are routed)."""
+    out: list[ResourceRecord] = []
+    for ref, record in base.resources.items():
+        if ref.type != "DataSet":
+            continue
+        name = ref.id.removeprefix(PROMPT_ID_PREFIX)
+        found = route(name)
+        if found is None:
+            continue
+        parent = in_server(found[0].name)
+        if parent[0] not in record.parents:
+            out.append(ResourceRecord("DataSet", ref.id, {}, parent))
+    return tuple(out)
+
+
 class ListedTools:
-    """Which exposed tool names the upstream servers list, and the derived ``Tool``
-    records the gateway's decisions see.
+    """Which exposed tool names the upstream servers list, and the derived records
+    the gateway's decisions see: the listed tools', resources', templates' and
+    prompts', the catalog data sets' in their servers, and each server's stand-in.
 
     Invariant (what makes a forbid on ``McpServer::"<server>"`` hold): a name is
     :meth:`known` only while the snapshot in force has its derived record. A new
@@ -112,6 +191,12 @@ class ListedTools:
         self._entities = entities
         self._by_server: dict[str, tuple[ResourceRecord, ...]] = {}
         self._source: dict[str, Sequence[Any]] = {}  # the listing each was made from
+        # the listed resources', templates' and prompts' records, per (server, kind)
+        self._items: dict[tuple[str, ListingKind], tuple[ResourceRecord, ...]] = {}
+        self._item_source: dict[tuple[str, ListingKind], Sequence[Any] | None] = {}
+        # every server's place: its resources and prompts not in the snapshot are
+        # decided through its stand-in (no copy of the snapshot per decision)
+        self._places: tuple[Place, ...] = tuple(("DataSet", in_server(n)) for n in upstreams)
         self._records: tuple[ResourceRecord, ...] = ()  # read by derive, in any thread
         self._records_lock = threading.Lock()
         self._known: dict[str, str] = {}  # exposed name -> server name
@@ -120,10 +205,19 @@ class ListedTools:
         self._refreshed: dict[str, float] = {}  # server -> when its listing was last forced
 
     def derive(self, base: EntitySnapshot) -> EntitySnapshot:
-        """The bundle's entities with the listed tools' records merged in."""
+        """The bundle's entities with the catalog data sets' records in their servers
+        (:func:`catalog_records`) and the listed items' records merged in, and a
+        stand-in per server."""
         with self._records_lock:
             records = self._records
-        return base.with_derived(records)
+        catalog = catalog_records(base, self._route)
+        return base.with_derived((*catalog, *records), places=self._places)
+
+    def _publish(self) -> None:
+        """Make the records of the last listings what :meth:`derive` merges in."""
+        items = chain.from_iterable(self._items.values())
+        with self._records_lock:
+            self._records = (*chain.from_iterable(self._by_server.values()), *items)
 
     def records_of(self, server: str) -> tuple[ResourceRecord, ...]:
         """The derived records of ``server``'s listed tools, as last swapped in."""
@@ -171,8 +265,7 @@ class ListedTools:
                 if owner == server.name and name not in names:
                     del self._known[name]  # before the swap
             self._by_server[server.name] = records
-            with self._records_lock:
-                self._records = tuple(chain.from_iterable(self._by_server.values()))
+            self._publish()
             await anyio.to_thread.run_sync(self._rederive)
             for name in names:  # after the swap
                 self._known[name] = server.name
@@ -193,8 +286,30 @@ class ListedTools:
                     del self._known[name]  # before the swap
             if not self._by_server.pop(server.name, ()):
                 return
-            with self._records_lock:
-                self._records = tuple(chain.from_iterable(self._by_server.values()))
+            self._publish()
+            await anyio.to_thread.run_sync(self._rederive)
+
+    async def items_seen(
+        self, server: UpstreamServer, kind: ListingKind, items: Sequence[Any] | None
+    ) -> None:
+        """A listing of ``server``'s resources, templates or prompts (``kind``) was
+        fetched (None: it could not be): if their records changed, the gateway's
+        snapshot is rebuilt (in a worker thread) before this returns, so a listing's
+        decisions find its items in the snapshot. Correctness does not depend on it
+        (an item without its record is decided through the server's stand-in, the
+        same way); what it saves is the stand-in's cost per decision."""
+        key = (server.name, kind)
+        if key in self._item_source and self._item_source[key] is items:
+            return  # the cached listing already seen
+        records = item_records(server, kind, items or ())
+        if self._changing is None:
+            self._changing = anyio.Lock()
+        async with self._changing:
+            self._item_source[key] = items
+            if self._items.get(key, ()) == records:
+                return
+            self._items[key] = records
+            self._publish()
             await anyio.to_thread.run_sync(self._rederive)
 
     async def ensure(self, exposed: str) -> bool:

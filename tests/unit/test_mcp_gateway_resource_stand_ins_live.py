@@ -1,0 +1,151 @@
+"""The MCP gateway keeps listed resources, resource templates and prompts, and the
+catalog's data sets it routes, in its entity snapshot in their ``McpServer``, with a
+stand-in per server for everything else (adapters/gateway/mcp_tools.py): a read of a
+URI no listing names (made from a template) is decided without a copy of the
+snapshot. Real servers on loopback ports: a control plane (uvicorn, SQLite), an
+upstream MCP server (the SDK's ``MCPServer``) and the real gateway in this process,
+driven by the official SDK client with real DPoP-bound tokens.
+
+The denial of service this closes: each distinct unlisted URI cost a copy of the
+gateway's entities (O(catalog entries), about 22 ms with 20,000) on the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp.shared.exceptions import MCPError
+from tests.api.oauth_support import oauth_live
+from tests.support.live import free_port, serve_in_thread
+from tests.unit.test_mcp_gateway_metrics_live import World as Agentside
+from tests.unit.test_mcp_gateway_metrics_live import _register
+from tests.unit.test_mcp_gateway_resource_entities_live import _upstream
+
+from agentiam.adapters.gateway.mcp_proxy import POLICY_DENIED, build_app, load_config
+from agentiam.adapters.gateway.runtime import GatewayRuntime
+from agentiam.core.policy.entities import EntitySnapshot
+from agentiam.core.policy.model import EntityRef, ResourceRecord
+from agentiam.sdk import AgentClient
+from agentiam.services.context import CallContext
+
+CTX = CallContext.system("test")
+SOURCE = "gateway/mcp-resource-stand-ins"
+BANK = EntityRef("McpServer", "bank")
+
+
+@dataclass
+class World:
+    side: Agentside
+    runtime: GatewayRuntime
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("mcp-resource-stand-ins")
+    db = tmp / "cp.db"
+    db.write_bytes(sqlite_template.read_bytes())
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    url = base + "/mcp"
+    bank = _upstream("bank")
+    with oauth_live(f"sqlite:///{db}", policy_refresh_seconds=0.1) as cp:
+        c = cp.container
+        agent_id, key = _register(cp, "reader-bot", url)
+        who = f'Agent::"{agent_id}"'
+        c.policies.put(CTX, "all", text=f"permit (principal == {who}, action, resource);")
+        c.policies.put(
+            CTX,
+            "no-bank-statements",
+            text=(
+                f'forbid (principal == {who}, action, resource in McpServer::"bank") '
+                'unless { resource == DataSet::"bank.bank://rates" };'
+            ),
+        )
+        # a catalog data set of bank's with no server: the gateway places it in bank
+        c.resources.put(CTX, ResourceRecord("DataSet", "bank.bank://catalogued", {}, ()))
+        verifier = c.admin_keys.create(CTX, name="mcp-gw", role="verifier", sources=[SOURCE]).secret
+        env = f"AGENTIAM_TEST_MCP_GW_KEY_{secrets.token_hex(4).upper()}"
+        os.environ[env] = verifier
+        try:
+            with serve_in_thread(bank.app, lifespan="on") as bank_url:
+                config = load_config(
+                    {
+                        "name": SOURCE.removeprefix("gateway/"),
+                        "public_url": url,
+                        "listen": {"host": "127.0.0.1", "port": port},
+                        "control_plane": {"url": cp.url, "key_env": env},
+                        "spool": {"directory": str(tmp / "spool")},
+                        "servers": [{"name": "bank", "url": bank_url + "/mcp"}],
+                    }
+                )
+                runtime = GatewayRuntime.start(config.gateway)
+                app = build_app(config, runtime)
+                with serve_in_thread(app, port, lifespan="on"):
+                    agent = AgentClient(cp.url, client_id=agent_id, key=key, resource=url)
+                    try:
+                        yield World(Agentside(cp, url, base, agent, agent), runtime)
+                    finally:
+                        agent.close()
+        finally:
+            os.environ.pop(env, None)
+
+
+def _list_and_read(side: Agentside, uris: list[str]) -> list[Any]:
+    async def go() -> list[Any]:
+        out: list[Any] = []
+        async with side.client() as client:
+            await client.list_resources()
+            await client.list_resource_templates()
+            await client.list_prompts()
+            for uri in uris:
+                try:
+                    out.append(await client.read_resource(uri))
+                except MCPError as exc:
+                    out.append(exc)
+        return out
+
+    return anyio.run(go)
+
+
+def test_listed_items_and_routed_catalog_entries_are_in_the_snapshot(world: World) -> None:
+    _list_and_read(world.side, [])
+    entities = world.runtime.link.entities()
+    assert entities is not None
+    for entity in (
+        "bank.bank://rates",
+        "bank.bank://statements/{id}",
+        "prompt:bank.summarize",
+        "bank.bank://catalogued",
+    ):
+        assert BANK in entities.parents[EntityRef("DataSet", entity)], entity
+    assert entities.stand_in("DataSet", (BANK,)) is not None
+
+
+def test_reads_of_unlisted_uris_copy_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forty template-made URIs, each in no listing: each is refused by the forbid on
+    bank (so it was decided in bank), and no copy of the entities was made."""
+    copies: list[int] = []
+    real = EntitySnapshot.with_derived
+
+    def counted(self: EntitySnapshot, *args: Any, **kwargs: Any) -> EntitySnapshot:
+        copies.append(1)
+        return real(self, *args, **kwargs)
+
+    _list_and_read(world.side, [])  # the listings' records are in (a rederive, if any)
+    monkeypatch.setattr(EntitySnapshot, "with_derived", counted)
+    uris = [f"bank.bank://statements/{i}" for i in range(40)]
+    outcomes = _list_and_read(world.side, [*uris, "bank.bank://rates"])
+    for outcome in outcomes[:-1]:
+        assert isinstance(outcome, MCPError), outcome
+        assert outcome.code == POLICY_DENIED
+        assert "forbidden by policy no-bank-statements" in outcome.message
+    assert outcomes[-1].contents[0].text == "bank rates"
+    assert copies == []
+    assert world.runtime.link.authorizer()._placed[1] == {}
