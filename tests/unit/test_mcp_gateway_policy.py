@@ -273,3 +273,29 @@ def test_an_agent_whose_calls_are_refused_for_their_rate_is_shown_nothing() -> N
     assert refused.policies == ("busy",)
     assert visibility.visible(access("agt_pay"), MANY) == [False] * len(MANY)
     assert visibility.visible(access("agt_ops"), MANY) == [True] * len(MANY)
+
+
+def test_listed_resources_templates_and_prompts_are_data_sets_in_their_server() -> None:
+    import mcp_types as types
+
+    from agentiam.adapters.gateway.mcp_tools import item_records
+
+    server = EntityRef("McpServer", "bank")
+    resources = [
+        types.Resource(name="rates", uri="bank://rates"),
+        types.Resource(name="alias", uri="prompt:x"),
+    ]
+    assert [(r.id, r.parents) for r in item_records(BANK, "resources", resources)] == [
+        ("bank.bank://rates", (server,)),
+        ("bank.prompt:x", (server,)),
+    ]
+    # without a prefix, "prompt:x" would be a prompt's entity: no record
+    only = UpstreamServer("only", "https://only.internal/mcp", "")
+    assert [r.id for r in item_records(only, "resources", resources)] == ["bank://rates"]
+    templates = [types.ResourceTemplate(name="s", uri_template="bank://statements/{id}")]
+    assert [r.id for r in item_records(BANK, "templates", templates)] == [
+        "bank.bank://statements/{id}"
+    ]
+    prompts = [types.Prompt(name="summarize")]
+    assert [r.id for r in item_records(BANK, "prompts", prompts)] == ["prompt:bank.summarize"]
+    assert item_records(BANK, "prompts", resources) == ()  # not prompts: none

@@ -116,3 +116,21 @@ def test_with_more_keeps_the_derived_records_it_has() -> None:
     assert more.parents[ref("Tool", "bank.search")] == (BANK,)
     assert more.parents[ref("DataSet", "bank.x")] == (BANK,)
     assert ref("DataSet", "bank.x") not in tools.parents
+
+
+def test_a_catalog_merge_the_schema_refuses_keeps_the_entry_and_denies() -> None:
+    """EntitySnapshot.with_catalog_merged (the MCP gateway's catalog data sets in their
+    servers): an entry that has no room for the server is kept as the catalog has it,
+    not dropped (which would decide it as an unknown resource), and is denied."""
+    full = tuple(ref("McpServer", f"g{i}") for i in range(MAX_PARENTS))
+    crowded = resource("DataSet", "bank.crowded", parents=list(full), classification="x")
+    base = EntitySnapshot(Schema(), agents=[agent()], resources=[crowded])
+    placed = base.with_catalog_merged(
+        [resource("DataSet", "bank.crowded", parents=[BANK]), resource("DataSet", "gone")]
+    )
+    assert placed.resources[ref("DataSet", "bank.crowded")] == crowded
+    assert ref("DataSet", "gone") not in placed.resources
+    az = Authorizer(authorizer(POLICIES).engine, placed)
+    decision = _read(az, "bank.crowded")
+    assert not decision.allowed
+    assert "cannot be placed" in decision.reasons[0]

@@ -198,6 +198,9 @@ class ListedTools:
         # decided through its stand-in (no copy of the snapshot per decision)
         self._places: tuple[Place, ...] = tuple(("DataSet", in_server(n)) for n in upstreams)
         self._records: tuple[ResourceRecord, ...] = ()  # read by derive, in any thread
+        # the last bundle's entities and them with the catalog placed (derive's, which
+        # the link runs one at a time)
+        self._catalog: tuple[EntitySnapshot, EntitySnapshot] | None = None
         self._records_lock = threading.Lock()
         self._known: dict[str, str] = {}  # exposed name -> server name
         self._changing: anyio.Lock | None = None
@@ -205,13 +208,25 @@ class ListedTools:
         self._refreshed: dict[str, float] = {}  # server -> when its listing was last forced
 
     def derive(self, base: EntitySnapshot) -> EntitySnapshot:
-        """The bundle's entities with the catalog data sets' records in their servers
+        """The bundle's entities with the catalog data sets in their servers
         (:func:`catalog_records`) and the listed items' records merged in, and a
         stand-in per server."""
         with self._records_lock:
             records = self._records
-        catalog = catalog_records(base, self._route)
-        return base.with_derived((*catalog, *records), places=self._places)
+        return self._catalog_placed(base).with_derived(records, places=self._places)
+
+    def _catalog_placed(self, base: EntitySnapshot) -> EntitySnapshot:
+        """``base`` with its catalog data sets in their servers
+        (:func:`catalog_records`; :meth:`EntitySnapshot.with_catalog_merged
+        <agentiam.core.policy.entities.EntitySnapshot.with_catalog_merged>`), built
+        once per bundle: a listing change derives over it again, not from scratch."""
+        cached = self._catalog
+        if cached is not None and cached[0] is base:
+            return cached[1]
+        records = catalog_records(base, self._route)
+        placed = base.with_catalog_merged(records) if records else base
+        self._catalog = (base, placed)
+        return placed
 
     def _publish(self) -> None:
         """Make the records of the last listings what :meth:`derive` merges in."""

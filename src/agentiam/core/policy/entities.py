@@ -300,6 +300,34 @@ class EntitySnapshot:
         self._places: tuple[Place, ...] = ()
         self._stand_ins: dict[Place, EntityRef] = {}
 
+    def with_catalog_merged(self, records: Iterable[ResourceRecord]) -> EntitySnapshot:
+        """A snapshot built as this one's base was, with ``records`` merged into its
+        catalog entries (:func:`merge_derived`; a merged entry the schema refuses is
+        left as the catalog has it): a base of its own, over which
+        :meth:`with_derived` merges. For derived records that change far less often
+        than the others (the MCP gateway: the catalog's data sets in the servers it
+        routes them to, once per bundle, under its listings). Costs a full build."""
+        base = self._base
+        schema = base.schema
+        resources = dict(base.resources)
+        for record in records:
+            catalog = resources.get(record.ref)
+            if catalog is None:
+                continue
+            merged = merge_derived(catalog, record)
+            try:
+                check_resource(schema, merged)
+            except InvalidInput:
+                continue
+            resources[record.ref] = merged
+        return EntitySnapshot(
+            schema,
+            agents=base.agents.values(),
+            humans=base.humans.values(),
+            resources=resources.values(),
+            fingerprint=base.fingerprint,
+        )
+
     def with_derived(
         self, records: Iterable[ResourceRecord], *, places: Iterable[Place] = ()
     ) -> EntitySnapshot:
