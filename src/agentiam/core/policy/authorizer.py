@@ -862,7 +862,8 @@ class Authorizer:
             check_resource(entities.schema, merge_derived(catalog, record))
         except InvalidInput:
             return None  # fail closed: not in its parents, so not decided
-        if stand_in and catalog is None and ref not in entities.referenced | engine.names:
+        named = ref in entities.referenced or ref in engine.names
+        if stand_in and catalog is None and not named:
             place = (ref.type, parents)
             holder = entities
             found = entities.stand_in(*place)
