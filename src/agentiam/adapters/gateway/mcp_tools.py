@@ -89,7 +89,8 @@ def in_server(server: str) -> tuple[EntityRef, ...]:
     whatever the catalog says: ``McpServer::"<server>"``. Tools get it from their
     derived records (:func:`tool_records`); resources, resource templates and prompts,
     whose URIs a template makes unbounded, per decision
-    (:attr:`~agentiam.core.policy.authorizer.AuthzRequest.resource_parents`)."""
+    (:attr:`~agentiam.core.policy.authorizer.AuthzRequest.resource_parents`), found
+    in the snapshot when listed or catalogued, else through the server's stand-in."""
     return (EntityRef("McpServer", server),)
 
 
