@@ -38,7 +38,7 @@ from tests.support.live import until as _until
 from agentiam.adapters.gateway.enforcer import Call
 from agentiam.adapters.gateway.http_proxy import HttpGateway, Route, load_config
 from agentiam.adapters.gateway.runtime import GatewayRuntime
-from agentiam.core.policy.entities import MAX_PARENTS
+from agentiam.core.policy.entities import MAX_PARENTS, EntitySnapshot
 from agentiam.core.policy.model import EntityRef, ResourceRecord
 from agentiam.sdk import AgentClient, AgentKey
 from agentiam.services.agents import NewAgent
@@ -285,3 +285,29 @@ def test_many_distinct_ids_are_each_decided_in_their_api(world: World) -> None:
     assert not [s for s in world.echo.seen if s["raw_path"].startswith("/v1/invoices/n")]
     reached = {s["raw_path"] for s in world.echo.seen if s["raw_path"].startswith("/v1/contacts/n")}
     assert reached == {f"/v1/contacts/{rid}" for rid in ids}
+
+
+def test_ids_made_from_the_path_copy_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each upstream Api the routes place endpoints in has a stand-in in the gateway's
+    entities, so forty endpoint ids made from the path, none in the catalog, are each
+    decided in their Api (billing's refused by the forbid, crm's allowed) without a
+    copy of the entities: an agent cannot make the gateway copy them per id."""
+    link = world.gateway.runtime.link
+    entities = link.entities()
+    assert entities is not None
+    for api in ("billing", "crm"):
+        assert entities.stand_in("Endpoint", (EntityRef("Api", api),)) is not None, api
+    copies: list[int] = []  # a decision's copies (a bundle's derive step is not one)
+    real = EntitySnapshot.with_more
+
+    def counted(self: EntitySnapshot, *args: Any, **kwargs: Any) -> EntitySnapshot:
+        copies.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(EntitySnapshot, "with_more", counted)
+    ids = [f"c{i}-{secrets.token_hex(2)}" for i in range(40)]
+    with world.forbidden.http(world.url, timeout=30) as client:
+        for rid in ids:
+            assert client.get(f"/v1/invoices/{rid}").status_code == 403
+            assert client.get(f"/v1/contacts/{rid}").status_code == 200
+    assert copies == []

@@ -158,6 +158,7 @@ from agentiam.core.audit.events import Outcome, TraceContext
 from agentiam.core.credentials.verifier import VerifiedAccess
 from agentiam.core.delegation.authorization_details import ApiCall
 from agentiam.core.ids import is_id
+from agentiam.core.policy.entities import Place
 from agentiam.core.policy.model import EntityRef
 from agentiam.core.policy.schema import HTTP_METHODS
 from agentiam.errors import PROBLEM_BASE, AgentIAMError, Forbidden, OAuthError, ServiceUnavailable
@@ -258,6 +259,13 @@ def route_parents(resource_type: str, upstream: Upstream) -> tuple[EntityRef, ..
     ``Api`` for an ``Endpoint`` (:func:`in_api`), else nothing
     (:data:`ROUTE_RESOURCE_IN_API`). Made once per route, at start."""
     return in_api(upstream.api) if resource_type == ROUTE_RESOURCE_IN_API else ()
+
+
+def _route_places(routes: Iterable[Route]) -> tuple[Place, ...]:
+    """The places (a resource type and the parents the gateway gives it,
+    :data:`~agentiam.core.policy.entities.Place`) of the routes whose resource is in
+    an ``Api`` whatever the catalog says, each once."""
+    return tuple(dict.fromkeys((r.resource_type, r.parents) for r in routes if r.parents))
 
 
 def in_api(api: str) -> tuple[EntityRef, ...]:
@@ -830,6 +838,12 @@ class HttpGateway:
         self._outcomes = OutcomeQueue(self.enforcer)
         self.metrics = HttpGatewayMetrics(runtime, self._outcomes)
         self._watch: asyncio.Task[None] | None = None
+        # one stand-in per upstream Api its routes' Endpoints are placed in, in every
+        # bundle's entities: an endpoint id made from the path (invoice-{id}) is then
+        # decided through it, with no copy of the entities per id (Authorizer._place)
+        places = _route_places(config.routes)
+        if places:
+            runtime.link.derive_with(lambda base: base.with_derived((), places=places))
 
     # -- lifecycle ------------------------------------------------------------------------
 
