@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
@@ -20,6 +20,7 @@ from agentiam.core.credentials.revocations import RevocationSet
 from agentiam.core.credentials.verifier import AccessTokenVerifier, VerifierConfig
 from agentiam.core.enforcement import RateLimiter
 from agentiam.core.policy.authorizer import Authorizer
+from agentiam.core.policy.entities import EntitySnapshot
 from agentiam.errors import ServiceUnavailable
 from agentiam.sdk.keys import AgentKey
 from agentiam.sdk.proofs import dpop_proof
@@ -62,6 +63,11 @@ class FakeLink:
         if self.outage:
             raise ServiceUnavailable("the gateway has lost the control plane")
         return self._authorizer
+
+    def derive_with(self, derive: Callable[[EntitySnapshot], EntitySnapshot]) -> None:
+        """Apply a gateway's derive step to the entities in force, as the real link
+        does to every bundle's."""
+        self._authorizer.update(entities=derive(self._authorizer.entities))
 
 
 class Sink:

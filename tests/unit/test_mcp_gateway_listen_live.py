@@ -670,8 +670,12 @@ def test_the_per_agent_bound_refuses_one_listen_stream_too_many(world: World) ->
     assert other == 200  # another agent is not held back
     # once they are closed, the agent may listen again
     assert _until(lambda: _raw_listen(world, "bounded").status_code == 200, timeout=5)
-    events = world.trail("bounded")
-    assert any(e["action"] == LISTEN and e["details"]["status"] == 429 for e in events), events
+
+    def refused() -> bool:  # shipped to the control plane a moment after the answer
+        events = world.trail("bounded")
+        return any(e["action"] == LISTEN and e["details"]["status"] == 429 for e in events)
+
+    assert _until(refused), world.trail("bounded")
 
 
 def test_agents_told_and_streams_ended_are_counted(world: World) -> None:
