@@ -34,6 +34,7 @@ from sqlalchemy.exc import IntegrityError
 
 from agentiam.adapters.storage import tables as t
 from agentiam.adapters.storage.batching import IN_LIST_SIZE, chunks
+from agentiam.adapters.storage.bulk import BulkInsert
 from agentiam.core.access.admin_keys import AdminKey, Role
 from agentiam.core.audit.events import AuditEvent
 from agentiam.core.audit.trail import canonical_text
@@ -675,7 +676,6 @@ class SqlAudit:
     def __init__(self, conn: Connection) -> None:
         self._c = conn
 
-    _INSERT = insert(t.audit_events)
     # query column -> the AuditEvent value it holds (clipped to the column's length)
     _COLUMNS: dict[str, Callable[[AuditEvent], str | None]] = {
         "agent_id": lambda e: e.agent_id,
@@ -687,46 +687,51 @@ class SqlAudit:
         "trace_id": lambda e: e.trace.trace_id,
         "outcome": lambda e: e.outcome.value,
     }
+    _LENGTHS: dict[str, int] = {
+        column: t.audit_events.c[column].type.length  # type: ignore[attr-defined]
+        for column in _COLUMNS
+    }
+    _ROW = ("event_id", "time", "type", "body", *_COLUMNS)  # the order of _row's values
 
-    @staticmethod
-    def _clip(column: str, value: str | None) -> str | None:
+    @classmethod
+    def _clip(cls, column: str, value: str | None) -> str | None:
         """A value longer than its column is stored cut (an append never fails on
         length); a lookup for it compares the cut value and then re-checks ``body``."""
-        length = t.audit_events.c[column].type.length  # type: ignore[attr-defined]
+        length = cls._LENGTHS[column]
         return value[:length] if value is not None and len(value) > length else value
 
     @classmethod
-    def _row(cls, event: AuditEvent) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "event_id": event.event_id,
-            "time": event.time,
-            "type": event.type,
-            "body": _event_body(event.to_dict()),
-        }
-        for column, value in cls._COLUMNS.items():
-            row[column] = cls._clip(column, value(event))
-        return row
+    def _row(cls, event: AuditEvent) -> tuple[Any, ...]:
+        """The stored row of ``event``, in :attr:`_ROW` order."""
+        return (
+            event.event_id,
+            event.time,
+            event.type,
+            _event_body(event.to_dict()),
+            *[cls._clip(column, value(event)) for column, value in cls._COLUMNS.items()],
+        )
 
-    def append(self, event: AuditEvent) -> None:
-        self._c.execute(self._INSERT, self._row(event))
-
-    def append_many(self, events: Sequence[AuditEvent]) -> None:
-        if events:  # one executemany: rows keep their order, so seq follows it
-            self._c.execute(self._INSERT, [self._row(e) for e in events])
-
+    # One executemany (adapters/storage/bulk.py): rows keep their order, so seq follows it.
+    _INSERT = BulkInsert(t.audit_events, _ROW)
     # INSERT … ON CONFLICT (event_id) DO NOTHING: a stored event is never touched
     # (no UPDATE, so the append-only triggers are not even asked), and a concurrent
     # writer storing the same id first makes this row a no-op instead of an error.
-    _INSERT_ABSENT = {
-        "postgresql": pg_insert(t.audit_events).on_conflict_do_nothing(index_elements=["event_id"]),
-        "sqlite": sqlite_insert(t.audit_events).on_conflict_do_nothing(index_elements=["event_id"]),
-    }
+    _INSERT_ABSENT = BulkInsert(
+        t.audit_events,
+        _ROW,
+        lambda dialect: (pg_insert if dialect == "postgresql" else sqlite_insert)(
+            t.audit_events
+        ).on_conflict_do_nothing(index_elements=["event_id"]),
+    )
+
+    def append(self, event: AuditEvent) -> None:
+        self._INSERT.execute(self._c, [self._row(event)])
+
+    def append_many(self, events: Sequence[AuditEvent]) -> None:
+        self._INSERT.execute(self._c, [self._row(e) for e in events])
 
     def append_absent(self, events: Sequence[AuditEvent]) -> None:
-        if events:
-            self._c.execute(
-                self._INSERT_ABSENT[self._c.dialect.name], [self._row(e) for e in events]
-            )
+        self._INSERT_ABSENT.execute(self._c, [self._row(e) for e in events])
 
     def existing_ids(self, event_ids: Sequence[str]) -> set[str]:
         e = t.audit_events

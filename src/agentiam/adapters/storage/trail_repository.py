@@ -13,6 +13,7 @@ from sqlalchemy import Connection, and_, delete, func, insert, select, text, tup
 
 from agentiam.adapters.storage import tables as t
 from agentiam.adapters.storage.batching import chunks
+from agentiam.adapters.storage.bulk import BulkInsert
 from agentiam.core.audit.merkle import prunable_nodes
 from agentiam.core.audit.trail import GENESIS, Checkpoint, LogEntry, TreeHead
 
@@ -73,25 +74,16 @@ class SqlTrail:
                 stmt = stmt.where(e.c.seq > int(highest) - window)
         return [(int(r.seq), str(r.body)) for r in self._c.execute(stmt)]
 
+    # One executemany each (adapters/storage/bulk.py): the integrator's hot writes.
+    _LOG = BulkInsert(t.audit_log, ("log_index", "event_seq", "leaf_hash", "chain_hash"))
+    _NODES = BulkInsert(t.audit_tree_nodes, ("level", "node_index", "hash"))
+
     def append(self, entries: Sequence[LogEntry], nodes: Sequence[tuple[int, int, bytes]]) -> None:
-        if entries:
-            self._c.execute(
-                insert(t.audit_log),
-                [
-                    {
-                        "log_index": e.index,
-                        "event_seq": e.event_seq,
-                        "leaf_hash": e.leaf_hash.hex(),
-                        "chain_hash": e.chain_hash.hex(),
-                    }
-                    for e in entries
-                ],
-            )
-        if nodes:
-            self._c.execute(
-                insert(t.audit_tree_nodes),
-                [{"level": lv, "node_index": i, "hash": h.hex()} for lv, i, h in nodes],
-            )
+        self._LOG.execute(
+            self._c,
+            [(e.index, e.event_seq, e.leaf_hash.hex(), e.chain_hash.hex()) for e in entries],
+        )
+        self._NODES.execute(self._c, [(level, i, h.hex()) for level, i, h in nodes])
 
     def nodes(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         """PostgreSQL takes a row-value ``IN``; SQLite answers that with a full table
