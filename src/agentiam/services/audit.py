@@ -8,6 +8,8 @@ durable the call fails with 503, so nothing is served unlogged.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from agentiam.core.audit.events import AuditEvent, Outcome, ResourceRef
@@ -26,24 +28,39 @@ class AuditService:
         self._clock = clock
         self._appender = appender
 
-    def append(self, events: list[AuditEvent], *, skip_existing: bool = False) -> None:
-        """Make stand-alone events durable, or raise ServiceUnavailable (503).
-
-        ``skip_existing`` (events an enforcement point ships and retries after a
-        crash): an event whose ``event_id`` is already stored is skipped, never an
-        error. Such a call is a batch already, so it gets its own transaction rather
-        than a seat in the shared group commit: nothing it holds can fail the writes
-        of other callers."""
-        if self._appender is not None and not skip_existing:
+    def append(self, events: list[AuditEvent]) -> None:
+        """Make stand-alone events durable, or raise ServiceUnavailable (503)."""
+        if self._appender is not None:
             self._appender.append(events)
             return
+        with self._writing(), self._uow() as uow:
+            uow.audit.append_many(events)
+            uow.commit()
+
+    def append_new(
+        self, events: Sequence[AuditEvent], record: Callable[[list[AuditEvent]], AuditEvent]
+    ) -> tuple[list[AuditEvent], AuditEvent]:
+        """In one transaction: those of ``events`` whose ``event_id`` is not stored yet
+        (events an enforcement point ships, and retries after a crash), then
+        ``record(fresh)``, the event recording the call, made from exactly those. An
+        id stored meanwhile by a concurrent writer is skipped too
+        (``append_absent``), never an error. Returns the fresh events and the record,
+        or raises ServiceUnavailable (503). Such a call is a batch already, so it gets
+        its own transaction rather than a seat in the shared group commit: nothing it
+        holds can fail the writes of other callers."""
+        with self._writing(), self._uow() as uow:
+            stored = uow.audit.existing_ids([e.event_id for e in events])
+            fresh = [e for e in events if e.event_id not in stored]
+            made = record(fresh)
+            uow.audit.append_absent([*fresh, made])
+            uow.commit()
+        return fresh, made
+
+    @staticmethod
+    @contextmanager
+    def _writing() -> Iterator[None]:
         try:
-            with self._uow() as uow:
-                if skip_existing:
-                    uow.audit.append_absent(events)
-                else:
-                    uow.audit.append_many(events)
-                uow.commit()
+            yield
         except Exception as exc:  # any storage failure means: not durable, so refuse
             raise ServiceUnavailable(
                 "the audit trail cannot be written; the call was refused",
@@ -80,14 +97,3 @@ class AuditService:
     def find(self, query: AuditQuery) -> Page[AuditEvent]:
         with self._uow(read_only=True) as uow:
             return uow.audit.find(query)
-
-    def stored_ids(self, event_ids: list[str]) -> set[str]:
-        """Those of ``event_ids`` already in the event store (503 if it cannot be read)."""
-        try:
-            with self._uow(read_only=True) as uow:
-                return uow.audit.existing_ids(event_ids)
-        except Exception as exc:
-            raise ServiceUnavailable(
-                "the audit trail cannot be read; the call was refused",
-                hint="Check the database and retry.",
-            ) from exc

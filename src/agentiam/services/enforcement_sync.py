@@ -133,6 +133,13 @@ def _bad(index: int, member: str, problem: str) -> InvalidInput:
     )
 
 
+# STRING_LIMITS by (the dotted path of the member's parent ending in a dot, its key):
+# _string's look-up, without building the path of every member it checks.
+_LIMITS = {
+    ("".join(f"{part}." for part in path[:-1]), path[-1]): n for path, n in STRING_LIMITS.items()
+}
+
+
 def _string(
     data: Mapping[str, Any],
     key: str,
@@ -144,8 +151,10 @@ def _string(
     """``data[key]``, a string within its :data:`STRING_LIMITS` (``prefix`` is the
     dotted path of ``data`` in the event, ending in a dot)."""
     value = data[key]
+    limit = _LIMITS[prefix, key]
+    if type(value) is str and 0 < len(value) <= limit:  # the usual case, at once
+        return value
     member = f"{prefix}{key}"
-    limit = STRING_LIMITS[tuple(member.split("."))]
     if value is None:
         if nullable:
             return None
@@ -160,6 +169,8 @@ def _string(
 def _members(value: Any, index: int, member: str, names: frozenset[str]) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise _bad(index, member, "expected an object")
+    if value.keys() == names:  # the usual case, without building the differences
+        return value
     missing = names - value.keys()
     unknown = value.keys() - names
     if missing or unknown:
@@ -535,25 +546,28 @@ class EnforcementSync:
             if event.event_id not in seen:
                 seen.add(event.event_id)
                 unique.append(event)
-        stored = self._audit.stored_ids([e.event_id for e in unique])
-        fresh = [e for e in unique if e.event_id not in stored]
-        record = ctx.event(
-            INGESTED_EVENT,
-            now=now,
-            action="audit.ingest",
-            resource=ResourceRef("enforcement_point", sources[0]) if len(sources) == 1 else None,
-            details={
-                "received": len(parsed),
-                "accepted": len(fresh),
-                "duplicates": len(parsed) - len(fresh),
-                "sources": sources[:_MAX_SOURCES_NAMED],
-                "first_event_id": parsed[0].event_id,
-                "last_event_id": parsed[-1].event_id,
-            },
-        )
-        # One transaction; ids stored meanwhile by a concurrent retry are skipped too.
-        self._audit.append([*fresh, record], skip_existing=True)
-        return IngestResult(len(fresh), len(parsed) - len(fresh), record)
+        resource = ResourceRef("enforcement_point", sources[0]) if len(sources) == 1 else None
+
+        def record(fresh: list[AuditEvent]) -> AuditEvent:
+            return ctx.event(
+                INGESTED_EVENT,
+                now=now,
+                action="audit.ingest",
+                resource=resource,
+                details={
+                    "received": len(parsed),
+                    "accepted": len(fresh),
+                    "duplicates": len(parsed) - len(fresh),
+                    "sources": sources[:_MAX_SOURCES_NAMED],
+                    "first_event_id": parsed[0].event_id,
+                    "last_event_id": parsed[-1].event_id,
+                },
+            )
+
+        # One transaction: the stored ids are read in it, and ids stored meanwhile by
+        # a concurrent retry are skipped too.
+        fresh, made = self._audit.append_new(unique, record)
+        return IngestResult(len(fresh), len(parsed) - len(fresh), made)
 
     def _note_unbound(self, key: AdminKey, sources: Sequence[str]) -> None:
         """Count an ingest request made with an unbound verifier key and, the first

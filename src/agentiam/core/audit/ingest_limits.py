@@ -68,10 +68,14 @@ _KEPT_DETAILS = (
 )
 
 
+# json.dumps(allow_nan=False, separators=(",", ":")) without a new encoder per call
+_SIZE_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+
 def details_size(details: Mapping[str, Any]) -> int:
     """The size ingest measures ``details`` by: compact JSON, non-ASCII escaped.
     Raises TypeError or ValueError for anything that is not plain JSON."""
-    return len(json.dumps(details, allow_nan=False, separators=(",", ":")))
+    return len(_SIZE_ENCODER.encode(details))
 
 
 def fit_for_ingest(event: Mapping[str, Any], *, encoded_bytes: int) -> Mapping[str, Any]:
