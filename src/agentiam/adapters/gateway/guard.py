@@ -669,6 +669,7 @@ class Guard:
                 max_bytes=max_bytes,
                 rejected_max_bytes=rejected_max_bytes,
                 rejected_hint=_rejected_hint(spool_dir, control_plane_url, admin_key_env, name),
+                body_only=True,  # _Shipper posts json_body: the lines are not decoded
             )
         except BaseException:
             if shipper is not None:

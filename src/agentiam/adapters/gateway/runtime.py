@@ -189,6 +189,7 @@ class GatewayRuntime:
             max_bytes=config.spool_max_bytes,
             rejected_max_bytes=config.spool_rejected_max_bytes,
             linger=0.2,  # a trickle of events ships in batches, not one request each
+            body_only=True,  # _Shipper posts json_body: the lines are not decoded
         )
         broker = None
         if config.secrets_store is not None:

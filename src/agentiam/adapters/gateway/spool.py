@@ -76,7 +76,10 @@ in a worker thread. The guarantees above are the same in both modes.
 
 Not done: the spool does not deduplicate (the ingest endpoint does); a line that is
 not valid JSON in the middle of a segment (disk corruption, never written by this
-code) is skipped, logged and counted (``corrupt_lines``); ``ship`` must bound its own
+code) is skipped, logged and counted (``corrupt_lines``): with ``body_only`` (the
+gateways' and the guard's shippers) lines are not decoded, only checked for the spool's
+own form, so such a line is found once the receiver refuses the batch holding it (a
+line corrupted into two complete events would be received as two); ``ship`` must bound its own
 time (the shipper waits for it); opening a spool reads every segment once to count
 its events (about a second per GiB).
 """
@@ -185,9 +188,25 @@ _EVENT_DECODER = json.JSONDecoder()
 class SpoolBatch(list[dict[str, Any]]):
     """The events of one shipped batch (a list, in spool order) and, when every line
     was as the spool writes it, ``json_body``: ``{"events": [...]}`` as JSON built from
-    the lines' own event text, so a shipper need not encode the events again."""
+    the lines' own event text, so a shipper need not encode the events again.
+
+    For a shipper that reads only ``json_body`` (``body_only``, see
+    :class:`AuditSpool`), a batch with ``json_body`` comes with its events not
+    decoded: the list is empty. The spool decodes them only if the receiver refuses
+    the batch (it then needs them to find the refused one)."""
 
     json_body: bytes | None = None
+
+
+def _line_text(line: bytes) -> bytes | None:
+    """The event's JSON text within ``line`` when the line has the form
+    :meth:`AuditSpool._encode` writes (``{"spooled_at":<number>,"event":`` … ``}``
+    and a newline), else None. Not decoded: :func:`_line_event` proves it is one
+    object."""
+    head = _LINE_HEAD.match(line)
+    if head is not None and line.endswith(b"}\n"):
+        return line[head.end() : -2]
+    return None
 
 
 def _line_event(line: bytes) -> tuple[dict[str, Any], bytes | None]:
@@ -196,12 +215,13 @@ def _line_event(line: bytes) -> tuple[dict[str, Any], bytes | None]:
     _encode` writes): then decoding the event from its first byte must end just before
     the closing ``}``, which proves the text is that one object. Any other line is
     decoded whole. Raises ValueError, KeyError or TypeError for a corrupt line."""
-    head = _LINE_HEAD.match(line)
-    if head is not None and line.endswith(b"}\n"):
-        text = line.decode("utf-8")  # the head is ASCII: byte and character offsets agree
-        event, end = _EVENT_DECODER.raw_decode(text, head.end())
-        if end == len(text) - 2 and isinstance(event, dict):
-            return event, line[head.end() : -2]
+    text = _line_text(line)
+    if text is not None:
+        whole = line.decode("utf-8")  # the head is ASCII: byte and character offsets agree
+        start = len(line) - len(text) - 2
+        event, end = _EVENT_DECODER.raw_decode(whole, start)
+        if end == len(whole) - 2 and isinstance(event, dict):
+            return event, text
     record = json.loads(line)
     event = record["event"]
     if not isinstance(event, dict):
@@ -390,16 +410,27 @@ class _BatchReader:
     not past ``limit`` (an acknowledged size, so a line end) and, after the first line,
     not past ``_BATCH_BYTES``. Reading (:meth:`fill`: blocking file I/O) and decoding
     (:meth:`decode`: CPU) are separate steps, so that an event loop can read in a worker
-    thread and decode in slices between the calls it serves."""
+    thread and decode in slices between the calls it serves. ``lazy`` (a shipper that
+    reads only ``json_body``): lines in the spool's own form are kept, not decoded,
+    until :meth:`decoded` is asked for; a line in any other form decodes them all
+    (the batch then has no ``json_body``)."""
 
     def __init__(
-        self, segment: _Segment, start: int, limit: int, batch: int, corrupt: Callable[[], None]
+        self,
+        segment: _Segment,
+        start: int,
+        limit: int,
+        batch: int,
+        corrupt: Callable[[], None],
+        *,
+        lazy: bool = False,
     ) -> None:
         self.segment = segment
         self.start = start
         self._limit = limit
         self._batch = batch
         self._corrupt = corrupt
+        self._lazy = lazy
         self._fd: int | None = None
         self._buffer = b""  # bytes read; those from _cursor on are not decoded yet
         self._cursor = 0  # _buffer[_cursor] is the byte at self.position
@@ -408,6 +439,16 @@ class _BatchReader:
         self.count = 0  # lines taken, corrupt ones included
         self.events = SpoolBatch()
         self._texts: list[bytes] | None = []
+        self._kept: list[tuple[int, bytes]] = []  # lazy: (offset, line), not decoded yet
+
+    @property
+    def size(self) -> int:
+        """The events of the batch, decoded or kept (corrupt lines found excluded)."""
+        return len(self.events) + len(self._kept)
+
+    @property
+    def undecoded(self) -> bool:
+        return bool(self._kept)
 
     def fill(self) -> None:
         """Read the next chunk of the segment (blocking)."""
@@ -448,13 +489,24 @@ class _BatchReader:
         return state
 
     def _take(self, line: bytes) -> None:
+        offset = self.position - len(line)
+        if self._lazy and self._texts is not None:
+            text = _line_text(line)
+            if text is not None:
+                self._kept.append((offset, line))
+                self._texts.append(text)
+                return
+            self._decode_kept()  # this line has no text of its own: decode them all
+        self._decode(offset, line)
+
+    def _decode(self, offset: int, line: bytes) -> None:
         try:
             event, text = _line_event(line)
         except (ValueError, KeyError, TypeError):
             log.error(
                 "audit spool: skipping a corrupt line in %s at byte %d",
                 self.segment.path.name,
-                self.position - len(line),
+                offset,
             )
             self._corrupt()
             return
@@ -465,11 +517,27 @@ class _BatchReader:
             else:
                 self._texts.append(text)
 
+    def _decode_kept(self) -> None:
+        kept, self._kept = self._kept, []
+        if self._texts is not None:
+            self._texts = []  # again, from the lines that decode
+        for offset, line in kept:
+            self._decode(offset, line)
+
     def result(self) -> SpoolBatch:
-        """The batch's events (with ``json_body`` when every line had the spool's form)."""
+        """The batch's events (with ``json_body`` when every line had the spool's form;
+        lazy: not decoded yet, see :meth:`decoded`)."""
+        self.events.json_body = None
         if self._texts:
             self.events.json_body = b'{"events":[' + b",".join(self._texts) + b"]}"
         return self.events
+
+    def decoded(self) -> SpoolBatch:
+        """The batch with every event decoded: the lines :meth:`result` left as text
+        are decoded now, a corrupt one skipped, logged and counted as :meth:`decode`
+        does, and ``json_body`` made again from the lines that decoded."""
+        self._decode_kept()
+        return self.result()
 
     def close(self) -> None:
         if self._fd is not None:
@@ -491,9 +559,12 @@ class AuditSpool:
     in fewer, larger requests), ``clock`` gives unix seconds (the
     ``spooled_at`` of each line). ``rejected_max_bytes`` bounds :data:`REJECTED_FILE`
     (see the module docstring); ``rejected_hint`` is what a call refused at that bound
-    tells the operator to do (default :data:`REJECTED_HINT`, a gateway's commands). A
-    shipper thread starts at once; :meth:`close` stops it and the writer thread (events
-    not shipped stay on disk for the next start).
+    tells the operator to do (default :data:`REJECTED_HINT`, a gateway's commands).
+    ``body_only``: the ship function (either kind) posts a batch's ``json_body`` when
+    it has one and reads nothing else of it, so such a batch is handed over without
+    its events decoded (:class:`SpoolBatch`); they are decoded only if the receiver
+    refuses it. A shipper thread starts at once; :meth:`close` stops it and the writer
+    thread (events not shipped stay on disk for the next start).
     """
 
     def __init__(
@@ -511,6 +582,7 @@ class AuditSpool:
         clock: Callable[[], float] = time.time,
         rejected_max_bytes: int = DEFAULT_REJECTED_MAX_BYTES,
         rejected_hint: str = REJECTED_HINT,
+        body_only: bool = False,
     ) -> None:
         if max_bytes < 1 or segment_bytes < 1 or batch < 1 or linger < 0:
             raise ValueError("max_bytes, segment_bytes and batch must be at least 1")
@@ -527,6 +599,7 @@ class AuditSpool:
         self._backoff = (backoff_initial, backoff_max)
         self._linger = linger
         self._clock = clock
+        self._body_only = body_only
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # commits, shipping, close
@@ -953,18 +1026,17 @@ class AuditSpool:
                     if work is None:
                         self._changed.wait(_IDLE_POLL)  # woken by writes and close
                         continue
-                reader = _BatchReader(*work, self.batch, self._count_corrupt)
+                reader = self._reader(work)
                 try:
                     while (state := reader.decode(self.batch)) is not _Read.DONE:
                         if state is _Read.FILL:
                             reader.fill()
                 finally:
                     reader.close()
-                events = reader.result()
-                aside = self._send(ship, events) if events else 0
+                aside = self._send(ship, reader) if reader.size else 0
                 if aside is None:
                     return  # stopped while retrying
-                self._advance(reader.segment, reader.position, reader.count, len(events) - aside)
+                self._advance(reader.segment, reader.position, reader.count, reader.size - aside)
                 delay = None
                 if self._linger and reader.count < self.batch:
                     self._stop.wait(self._linger)  # let the next batch fill up
@@ -993,7 +1065,7 @@ class AuditSpool:
                     if work is None:
                         await self._idle(loop, idle_poll)
                         continue
-                    reader = _BatchReader(*work, self.batch, self._count_corrupt)
+                    reader = self._reader(work)
                     try:
                         while (state := reader.decode(step_lines)) is not _Read.DONE:
                             if state is _Read.FILL:
@@ -1002,8 +1074,7 @@ class AuditSpool:
                                 await asyncio.sleep(0)  # let the loop serve calls
                     finally:
                         reader.close()
-                    events = reader.result()
-                    aside = await self._send_async(ship, events) if events else 0
+                    aside = await self._send_async(ship, reader) if reader.size else 0
                     if aside is None:
                         return
                     await loop.run_in_executor(
@@ -1012,7 +1083,7 @@ class AuditSpool:
                         reader.segment,
                         reader.position,
                         reader.count,
-                        len(events) - aside,
+                        reader.size - aside,
                     )
                     delay = None
                     if self._linger and reader.count < self.batch:
@@ -1077,11 +1148,35 @@ class AuditSpool:
         )
         return delay
 
-    def _send(self, ship: Ship, events: list[dict[str, Any]]) -> int | None:
-        """Ship one batch until it is accepted, what the receiver refuses for good set
-        aside (:meth:`_without_refused`): how many were set aside; None if the spool
-        closed first."""
-        todo, aside = [events], 0
+    def _reader(self, work: tuple[_Segment, int, int]) -> _BatchReader:
+        return _BatchReader(*work, self.batch, self._count_corrupt, lazy=self._body_only)
+
+    @staticmethod
+    def _refused_whole(reader: _BatchReader, todo: list[list[dict[str, Any]]]) -> bool:
+        """The receiver refused the batch as first sent; if its events were not
+        decoded (``body_only``), decode them now, as ``todo[0]``. True when that found
+        corrupt lines (skipped, logged, counted): they are what was refused, so the
+        rest is sent again as it is, not searched for a refused event."""
+        if not reader.undecoded:
+            return False
+        before = reader.size
+        todo[0] = reader.decoded()
+        if reader.size == before:
+            return False
+        if not todo[0]:
+            todo.pop(0)
+        return True
+
+    @staticmethod
+    def _count(reader: _BatchReader, batch: list[dict[str, Any]]) -> int:
+        return reader.size if reader.undecoded else len(batch)
+
+    def _send(self, ship: Ship, reader: _BatchReader) -> int | None:
+        """Ship the batch ``reader`` cut until it is accepted, what the receiver
+        refuses for good set aside (:meth:`_without_refused`): how many were set
+        aside; None if the spool closed first."""
+        todo: list[list[dict[str, Any]]] = [reader.result()]
+        aside = 0
         delay: float | None = None
         while todo:
             if self._stop.is_set():
@@ -1089,6 +1184,8 @@ class AuditSpool:
             try:
                 ship(todo[0])
             except Refused as exc:
+                if self._refused_whole(reader, todo):
+                    continue
                 try:
                     parts = self._without_refused(todo[0], exc)
                 except (RejectedFileFull, OSError) as failure:  # kept in its segment: retried
@@ -1099,17 +1196,18 @@ class AuditSpool:
                 todo[:1] = parts
                 continue
             except Exception as exc:
-                delay = self._send_failed(exc, delay, len(todo[0]))
+                delay = self._send_failed(exc, delay, self._count(reader, todo[0]))
                 self._stop.wait(delay)
                 continue
             todo.pop(0)
         return aside
 
-    async def _send_async(self, ship: AsyncShip, events: list[dict[str, Any]]) -> int | None:
+    async def _send_async(self, ship: AsyncShip, reader: _BatchReader) -> int | None:
         """:meth:`_send` on the event loop (setting an event aside, a file write and
         fsync, in the loop's default executor)."""
         loop = asyncio.get_running_loop()
-        todo, aside = [events], 0
+        todo: list[list[dict[str, Any]]] = [reader.result()]
+        aside = 0
         delay: float | None = None
         while todo:
             if self._stop.is_set():
@@ -1117,6 +1215,8 @@ class AuditSpool:
             try:
                 await ship(todo[0])
             except Refused as exc:
+                if self._refused_whole(reader, todo):
+                    continue
                 try:
                     parts = await loop.run_in_executor(None, self._without_refused, todo[0], exc)
                 except (RejectedFileFull, OSError) as failure:  # kept in its segment: retried
@@ -1127,7 +1227,7 @@ class AuditSpool:
                 todo[:1] = parts
                 continue
             except Exception as exc:
-                delay = self._send_failed(exc, delay, len(todo[0]))
+                delay = self._send_failed(exc, delay, self._count(reader, todo[0]))
                 await asyncio.sleep(delay)
                 continue
             todo.pop(0)
