@@ -714,3 +714,94 @@ def test_failed_writes_to_new_segments_leave_no_empty_files_behind(
     sink.failing = None
     assert spool.drain(WAIT)
     assert sink.ids == ["before-0", "before-1", "after-0"]
+
+
+# -- body_only: lines not decoded unless the receiver refuses ---------------------------------
+
+
+class StrictReceiver:
+    """A control plane as ``_Shipper`` posts to it (``json_body`` when the batch has
+    one, else the events encoded), strict: a body that is not JSON is
+    refused whole (no event named), an event without an ``event_id`` or named
+    ``refused`` by its index, as ingest names ``events[i]``. Records what it saw."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []  # len() of each batch handed over
+        self.refusals = 0
+        self.ids: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, events: list[dict[str, Any]]) -> None:
+        body = events.json_body if isinstance(events, SpoolBatch) else None
+        if body is None:  # what _Shipper posts then: the events encoded
+            body = json.dumps({"events": events}).encode()
+        with self.lock:
+            self.sizes.append(len(events))
+            try:
+                got = json.loads(body)["events"]
+            except ValueError:
+                self.refusals += 1
+                raise spool_module.Refused("ingest answered 400 (the batch)") from None
+            for i, event in enumerate(got):
+                if not isinstance(event.get("event_id"), str) or event["event_id"] == "refused":
+                    self.refusals += 1
+                    raise spool_module.Refused(f"ingest answered 422 (events.{i})", i)
+            self.ids.extend(e["event_id"] for e in got)
+
+
+def test_body_only_hands_a_batch_over_undecoded_with_its_json_text(
+    directory: Path, opened: list[AuditSpool]
+) -> None:
+    """What the gateways' shipper posts is the lines' own text, as before; the events
+    are not decoded for it (the list it gets is empty), and every one is counted."""
+    receiver = StrictReceiver()
+    spool = _open(opened, directory, receiver, batch=4, body_only=True)
+    tricky = {"event_id": "t", "s": 'é "q" \\ \n \u2028 \U0001f600', "n": [1, 2.5, None, True]}
+    spool.append([*_events("a", 3), tricky, *_events("b", 3)])
+    assert spool.drain(WAIT)
+    assert receiver.ids == ["a-0", "a-1", "a-2", "t", "b-0", "b-1", "b-2"]
+    assert receiver.sizes == [0, 0]  # two batches (4 + 3), neither decoded
+    assert spool.health().shipped_events == 7
+    assert spool.health().corrupt_lines == 0
+
+
+def test_body_only_a_corrupt_line_is_found_once_the_receiver_refuses_its_batch(
+    directory: Path, opened: list[AuditSpool]
+) -> None:
+    """Lines in the spool's form that are not one event object: the receiver refuses
+    the batch; the spool then decodes it, skips and counts those lines, sets nothing
+    aside and sends the rest, in order."""
+    directory.mkdir(mode=0o700)
+    lines = [
+        '{"spooled_at":1.5,"event":{"event_id":"a"}}',
+        '{"spooled_at":1.5,"event":{"event_id":"x",}}',  # not JSON
+        '{"spooled_at":1.5,"event":{"event_id":"b"}}',
+        '{"spooled_at":1.5,"event":{"event_id":"y"},{"z":1}}',  # two objects
+        '{"spooled_at":1.5,"event":{"event_id":"c"}}',
+    ]
+    (directory / "0000000000000001.jsonl").write_text("\n".join(lines) + "\n")
+    receiver = StrictReceiver()
+    spool = _open(opened, directory, receiver, body_only=True)
+    assert spool.drain(WAIT)
+    assert receiver.ids == ["a", "b", "c"]
+    assert receiver.refusals == 1
+    health = spool.health()
+    assert (health.corrupt_lines, health.rejected_events, health.shipped_events) == (2, 0, 3)
+    assert not (directory / spool_module.REJECTED_FILE).exists()
+
+
+def test_body_only_an_event_refused_for_good_is_set_aside_as_before(
+    directory: Path, opened: list[AuditSpool]
+) -> None:
+    """The receiver names an event of an undecoded batch: the spool decodes the batch,
+    sets that event aside in rejected.jsonl and sends the others."""
+    receiver = StrictReceiver()
+    spool = _open(opened, directory, receiver, batch=10, body_only=True)
+    events = [*_events("a", 2), {"event_id": "refused", "n": 1}, *_events("b", 2)]
+    spool.append(events)
+    assert spool.drain(WAIT)
+    assert receiver.ids == ["a-0", "a-1", "b-0", "b-1"]
+    health = spool.health()
+    assert (health.rejected_events, health.shipped_events, health.corrupt_lines) == (1, 4, 0)
+    kept = (directory / spool_module.REJECTED_FILE).read_text().splitlines()
+    assert [json.loads(line)["event"] for line in kept] == [{"event_id": "refused", "n": 1}]
