@@ -79,7 +79,8 @@ class World:
 
     def trail(self, type_: str, trace: str) -> list[dict[str, Any]]:
         with self.cp.admin_client() as admin:
-            r = admin.get("/v1/audit/events", params={"type": type_, "limit": 200})
+            params = {"type": type_, "trace_id": trace, "limit": 200}
+            r = admin.get("/v1/audit/events", params=params)
         assert r.status_code == 200, r.text
         return [
             e
@@ -152,6 +153,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
                                    "Endpoint", "invoice-{id}"),
                             _route("GET", "/v1/contacts/{id}", "crm-eu", "GET",
                                    "Endpoint", "contact-{id}"),
+                            _route("GET", "/v1/invoices", "billing", "GET",
+                                   "Endpoint", "invoices"),
                             _route("GET", "/v1/billing", "billing", "GET", "Api", "billing"),
                             _route("GET", "/v1/status", "billing", "read",
                                    "DataSet", "billing-status"),
@@ -310,4 +313,30 @@ def test_ids_made_from_the_path_copy_nothing(world: World, monkeypatch: pytest.M
         for rid in ids:
             assert client.get(f"/v1/invoices/{rid}").status_code == 403
             assert client.get(f"/v1/contacts/{rid}").status_code == 200
+    assert copies == []
+
+
+def test_a_constant_endpoint_is_in_its_api_in_the_entities(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A route whose Endpoint id has no placeholder has a derived record in the
+    gateway's entities, in its upstream's Api, so its decisions need no placing: the
+    forbid on billing refuses it, audited, not forwarded, and no copy is made."""
+    entities = world.gateway.runtime.link.entities()
+    assert entities is not None
+    assert EntityRef("Api", "billing") in entities.parents[EntityRef("Endpoint", "invoices")]
+    copies: list[int] = []
+    real = EntitySnapshot.with_more
+
+    def counted(self: EntitySnapshot, *args: Any, **kwargs: Any) -> EntitySnapshot:
+        copies.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(EntitySnapshot, "with_more", counted)
+    trace, r = world.call(world.forbidden, "/v1/invoices")
+    assert r.status_code == 403, r.text
+    assert world.forwarded("/v1/invoices") == 0
+    decisions = _until(lambda: world.trail("authz.decision", trace))
+    assert decisions
+    assert decisions[0]["outcome"] == "denied"
     assert copies == []

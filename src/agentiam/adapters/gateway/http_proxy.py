@@ -159,7 +159,7 @@ from agentiam.core.credentials.verifier import VerifiedAccess
 from agentiam.core.delegation.authorization_details import ApiCall
 from agentiam.core.ids import is_id
 from agentiam.core.policy.entities import Place
-from agentiam.core.policy.model import EntityRef
+from agentiam.core.policy.model import EntityRef, ResourceRecord
 from agentiam.core.policy.schema import HTTP_METHODS
 from agentiam.errors import PROBLEM_BASE, AgentIAMError, Forbidden, OAuthError, ServiceUnavailable
 
@@ -259,6 +259,18 @@ def route_parents(resource_type: str, upstream: Upstream) -> tuple[EntityRef, ..
     ``Api`` for an ``Endpoint`` (:func:`in_api`), else nothing
     (:data:`ROUTE_RESOURCE_IN_API`). Made once per route, at start."""
     return in_api(upstream.api) if resource_type == ROUTE_RESOURCE_IN_API else ()
+
+
+def _route_records(routes: Iterable[Route]) -> tuple[ResourceRecord, ...]:
+    """The derived records of the routes whose resource is in an ``Api`` whatever the
+    catalog says and whose id has no placeholder: one per resource, in all the Apis
+    its routes give it."""
+    parents: dict[EntityRef, dict[EntityRef, None]] = {}
+    for route in routes:
+        if route.parents and not _TEMPLATE_VAR.search(route.resource_id):
+            ref = EntityRef(route.resource_type, route.resource_id)
+            parents.setdefault(ref, {}).update(dict.fromkeys(route.parents))
+    return tuple(ResourceRecord(r.type, r.id, {}, tuple(p)) for r, p in parents.items())
 
 
 def _route_places(routes: Iterable[Route]) -> tuple[Place, ...]:
@@ -838,12 +850,14 @@ class HttpGateway:
         self._outcomes = OutcomeQueue(self.enforcer)
         self.metrics = HttpGatewayMetrics(runtime, self._outcomes)
         self._watch: asyncio.Task[None] | None = None
-        # one stand-in per upstream Api its routes' Endpoints are placed in, in every
-        # bundle's entities: an endpoint id made from the path (invoice-{id}) is then
-        # decided through it, with no copy of the entities per id (Authorizer._place)
-        places = _route_places(config.routes)
-        if places:
-            runtime.link.derive_with(lambda base: base.with_derived((), places=places))
+        # In every bundle's entities: the Endpoint of each route with a constant id, in
+        # its upstream's Api (a derived record, as the MCP gateway's listed tools), and
+        # one stand-in per Api the routes place Endpoints in, through which an id made
+        # from the path (invoice-{id}) is decided, with no copy of the entities per id
+        # and no placing per decision (Authorizer._place).
+        records, places = _route_records(config.routes), _route_places(config.routes)
+        if records or places:
+            runtime.link.derive_with(lambda base: base.with_derived(records, places=places))
 
     # -- lifecycle ------------------------------------------------------------------------
 
