@@ -89,7 +89,7 @@ def test_a_body_that_echoes_the_credential_is_masked_in_place(
     assert API_KEY not in str(app.events())
     assert API_KEY not in caplog.text
     assert f"{ROUTE}: the upstream echoed the brokered credential 2 times" in caplog.text
-    assert 'agentiam_http_gateway_credential_echoes_total{where="body"} 1.0' in _metrics(app)
+    assert 'agentiam_gateway_credential_echoes_total{where="body"} 1.0' in _metrics(app)
 
 
 @pytest.mark.parametrize(
@@ -144,7 +144,7 @@ def test_an_echo_in_a_field_name_or_value_is_dropped_and_counted(
     assert API_KEY not in caplog.text
     assert "x-echo" in caplog.text
     assert "x-" + "*" * len(KEY) in caplog.text
-    assert 'agentiam_http_gateway_credential_echoes_total{where="field"} 1.0' in _metrics(app)
+    assert 'agentiam_gateway_credential_echoes_total{where="field"} 1.0' in _metrics(app)
 
 
 def test_a_body_without_the_credential_is_relayed_as_it_came(app: App) -> None:

@@ -64,7 +64,7 @@ HTTP_FAMILIES = {
         "gauge",
         "Seconds since the control plane last answered (-1: never).",
     ),
-    "agentiam_http_gateway_credential_echoes": (
+    "agentiam_gateway_credential_echoes": (
         "counter",
         "Responses in which the upstream echoed the brokered credential, by where "
         "(field: response fields holding it dropped; body: occurrences masked).",

@@ -129,6 +129,7 @@ __all__ = [
     "SecretStoreError",
     "SecretValue",
     "TokenEndpointError",
+    "bare_secret",
     "credential_ref_from_config",
     "load_secrets_key",
 ]
@@ -777,6 +778,18 @@ def _check_header(header: str, prefix: str) -> None:
         raise ValueError(f"invalid header name {header[:40]!r}")
     if not _FIELD_VALUE.fullmatch(prefix):
         raise ValueError("the header prefix holds control characters")
+
+
+def bare_secret(credential: CredentialRef, inject: Mapping[str, str]) -> bytes | None:
+    """The credential itself in ``inject``'s value (:meth:`CredentialBroker.headers_for`):
+    without the API key's ``prefix`` or the OAuth token's ``Bearer`` (RFC 6750 section
+    2.1), as an upstream that echoes it may write it. Both gateways mask it in what
+    an upstream answers (:class:`~agentiam.adapters.gateway.echo_mask.EchoMask`)."""
+    if len(inject) != 1:
+        return None
+    (value,) = inject.values()
+    prefix = credential.prefix if isinstance(credential, ApiKeyInjection) else "Bearer "
+    return value.removeprefix(prefix).encode("latin-1") or None
 
 
 def credential_ref_from_config(config: Mapping[str, Any]) -> CredentialRef:

@@ -64,7 +64,7 @@ For every request, in this order:
    field whose name or value holds it is dropped, every occurrence in the body is
    masked in place with as many bytes (:class:`EchoMask`, also split across reads),
    with a warning naming the upstream and route (never the value) and a count in
-   ``agentiam_http_gateway_credential_echoes_total``; a body in a content coding
+   ``agentiam_gateway_credential_echoes_total``; a body in a content coding
    (which the gateway cannot look into) is 502, not relayed. Upstream timeouts give
    504, connection failures 502 (RFC 9110 sections 15.6.3 and 15.6.5); either way the
    outcome is audited as failed, with the reason. A client that sends its body too
@@ -123,6 +123,7 @@ from agentiam.adapters.gateway.approvals import ApprovalTicket, NotApprovable
 from agentiam.adapters.gateway.broker import (
     ApiKeyInjection,
     CredentialRef,
+    bare_secret,
     credential_ref_from_config,
 )
 from agentiam.adapters.gateway.config import (
@@ -145,7 +146,7 @@ from agentiam.adapters.gateway.loop_watch import watch_event_loop
 from agentiam.adapters.gateway.metrics import (
     CONTENT_TYPE,
     OUTCOME_OF_STATUS,
-    HttpGatewayMetrics,
+    GatewayMetrics,
     approval_outcome,
     refusal_outcome,
 )
@@ -645,16 +646,6 @@ def _echoed_fields(headers: Iterable[tuple[bytes, bytes]], secret: bytes) -> lis
     )
 
 
-def _bare_secret(credential: CredentialRef, inject: Mapping[str, str]) -> bytes | None:
-    """The credential itself in ``inject``'s value: without the API key's ``prefix``
-    or the OAuth token's ``Bearer``, as an upstream that echoes it may write it."""
-    if len(inject) != 1:
-        return None
-    (value,) = inject.values()
-    prefix = credential.prefix if isinstance(credential, ApiKeyInjection) else "Bearer "
-    return value.removeprefix(prefix).encode("latin-1") or None
-
-
 # -- the ASGI application ----------------------------------------------------------------
 
 
@@ -848,7 +839,7 @@ class HttpGateway:
         self._workers = workers
         self._executor: ThreadPoolExecutor | None = None
         self._outcomes = OutcomeQueue(self.enforcer)
-        self.metrics = HttpGatewayMetrics(runtime, self._outcomes)
+        self.metrics = GatewayMetrics(runtime, self._outcomes)
         self._watch: asyncio.Task[None] | None = None
         # In every bundle's entities: the Endpoint of each route with a constant id, in
         # its upstream's Api (a derived record, as the MCP gateway's listed tools), and
@@ -1307,7 +1298,7 @@ class HttpGateway:
             self._record(permit, trace, Outcome.FAILURE, 502, 0.0)
             return _problem(502, "upstream-credential", "the upstream credential is not available")
         permit.inject, permit.secret = inject, secret
-        permit.echo = _bare_secret(credential, inject)
+        permit.echo = bare_secret(credential, inject)
         return permit
 
     def _record(
@@ -1637,7 +1628,8 @@ class _CodedBody(Exception):
 class _Relay:
     """The upstream's answer on its way to the client (step 6): its head without the
     fields :func:`response_headers_for_client` drops, then its body. On a route that
-    injects a credential (``secret``: the bare credential, :func:`_bare_secret`), the
+    injects a credential (``secret``: the bare credential,
+    :func:`~agentiam.adapters.gateway.broker.bare_secret`), the
     fields that echo it are dropped (``fields`` names them), and every occurrence in
     the body is masked (:class:`EchoMask`; ``masked`` counts them); a body in a
     content coding is :class:`_CodedBody`, before anything is sent."""

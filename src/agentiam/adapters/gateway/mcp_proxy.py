@@ -820,7 +820,13 @@ class McpGateway:
         self.approvals = ApprovalFlow(self.enforcer, client) if client is not None else None
         broker = runtime.broker
         self.upstreams = {
-            s.name: Upstream(s, broker, config.gateway.timeouts, config.catalog_seconds)
+            s.name: Upstream(
+                s,
+                broker,
+                config.gateway.timeouts,
+                config.catalog_seconds,
+                echoed=partial(self.metrics.echoed, "body"),
+            )
             for s in config.servers
         }
         # the tools the upstreams list, as Tool entities in their McpServer: every
@@ -1238,7 +1244,8 @@ class McpGateway:
         finally:
             UPSTREAM_USE.reset(token)
             duration = (time.perf_counter() - started) * 1000
-            self.record_outcome(state, pending, outcome, status, use.label, duration)
+            echoed = {"body": use.echoed} if use.echoed else None
+            self.record_outcome(state, pending, outcome, status, use.label, duration, echoed)
 
     def record_outcome(
         self,
@@ -1248,9 +1255,11 @@ class McpGateway:
         status: int | None,
         secret: str | None,
         duration_ms: float,
+        echoed: dict[str, int] | None = None,
     ) -> None:
         """Queue the ``tool.call`` event of an allowed call, written without holding
-        the answer (adapters/gateway/outcomes.py)."""
+        the answer (adapters/gateway/outcomes.py); ``echoed``: the occurrences of the
+        brokered credential masked in the upstream's answers (``details.echoed``)."""
         access, call, verdict, trace = state.access, pending.call, pending.verdict, state.trace
         self._outcomes.record(
             lambda: self.enforcer.record_outcome(
@@ -1262,6 +1271,7 @@ class McpGateway:
                 status=status,
                 secret=secret,
                 duration_ms=duration_ms,
+                echoed=echoed,
             )
         )
 

@@ -13,9 +13,13 @@ For each upstream server (:class:`UpstreamServer`) the gateway keeps
   refused: :class:`AllSessionsBusy`) and in idle time (``sessions.idle_seconds``).
 
 Every request to the upstream carries the brokered credential (an ``httpx2`` auth hook)
-and records which secret version it used, and whether it timed out, in the calling
-task's :data:`UPSTREAM_USE`; the agent's token never goes upstream. See
-docs/gateway.md, "Upstream calls".
+and records which secret version it used, whether it timed out, and how often the
+upstream echoed the credential, in the calling task's :data:`UPSTREAM_USE`; the
+agent's token never goes upstream. An echo never reaches the agent: every occurrence
+of the credential in an upstream's response body is masked before the SDK parses it
+(:class:`~agentiam.adapters.gateway.upstream_transport.UpstreamTransport`), logged
+(naming the server, never the value) and counted. See docs/gateway.md, "Upstream
+calls".
 
 **List changes** (MCP, server/tools, server/resources and server/prompts, "List Changed
 Notification"). Every session of an upstream hands the server's notifications to
@@ -58,9 +62,14 @@ from mcp_types import CONNECTION_CLOSED
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from agentiam import __version__
-from agentiam.adapters.gateway.broker import ApiKeyInjection, CredentialBroker, CredentialRef
+from agentiam.adapters.gateway.broker import (
+    ApiKeyInjection,
+    CredentialBroker,
+    CredentialRef,
+    bare_secret,
+)
 from agentiam.adapters.gateway.config import Timeouts, UpstreamTls
-from agentiam.adapters.gateway.upstream_transport import UpstreamTransport
+from agentiam.adapters.gateway.upstream_transport import ECHO_EXTENSION, UpstreamTransport
 from agentiam.errors import AgentIAMError
 
 __all__ = [
@@ -165,13 +174,15 @@ class UpstreamServer:
 @dataclass
 class UpstreamUse:
     """What the upstream requests of one call did: which brokered secret they used
-    (``label``, ``name@version``) or why none could be had (``error``), and whether
+    (``label``, ``name@version``) or why none could be had (``error``), whether
     one of them timed out (``timed_out``: the upstream did not connect or answer
-    within ``timeouts.connect``/``timeouts.read``)."""
+    within ``timeouts.connect``/``timeouts.read``), and how many occurrences of the
+    credential their answers echoed (``echoed``, masked)."""
 
     label: str | None = None
     error: str | None = None
     timed_out: bool = False
+    echoed: int = 0
 
 
 UPSTREAM_USE: ContextVar[UpstreamUse | None] = ContextVar("agentiam_mcp_upstream_use")
@@ -189,7 +200,10 @@ class _BrokeredAuth(httpx2.Auth):
     """Adds the brokered upstream credential to every request to one upstream. The
     SDK's transport sends a message from a task that runs in the sender's context, so
     the call that caused the request learns which secret version was used. A secret
-    that cannot be had is not sent at all (the upstream then refuses the call)."""
+    that cannot be had is not sent at all (the upstream then refuses the call). The
+    request names the bare credential it carries (the transport's
+    :data:`~agentiam.adapters.gateway.upstream_transport.ECHO_EXTENSION`), so that an
+    echo of it in the answer is masked: that of this request, whatever the rotation."""
 
     def __init__(self, broker: CredentialBroker, ref: CredentialRef) -> None:
         self._broker = broker
@@ -209,9 +223,35 @@ class _BrokeredAuth(httpx2.Auth):
         else:
             for name, value in headers.items():
                 request.headers[name] = value
+            request.extensions[ECHO_EXTENSION] = bare_secret(self._ref, headers)
             if use is not None:
                 use.label = label
         yield request
+
+
+class _EchoNotice:
+    """Told by an upstream's transport when it masked the credential in an answer
+    (in the task of the request): the occurrences go to the calling task's
+    :data:`UPSTREAM_USE`; each answer holding any is logged, naming the server
+    (never the value), and counted (``counted``: the gateway's metric)."""
+
+    __slots__ = ("_counted", "_server")
+
+    def __init__(self, server: str, counted: Callable[[], None] | None) -> None:
+        self._server = server
+        self._counted = counted
+
+    def __call__(self, masked: int, first: bool) -> None:
+        use = UPSTREAM_USE.get(None)
+        if use is not None:
+            use.echoed += masked
+        if first:
+            log.warning(
+                "upstream %s: the upstream echoed the brokered credential in its answer: masked",
+                self._server,
+            )
+            if self._counted is not None:
+                self._counted()
 
 
 # -- sessions --------------------------------------------------------------------------------
@@ -285,9 +325,14 @@ class Upstream:
         broker: CredentialBroker | None,
         timeouts: Timeouts,
         catalog_seconds: float,
+        *,
+        echoed: Callable[[], None] | None = None,
     ) -> None:
+        """``echoed``: called once per upstream answer in which the brokered
+        credential was masked (the gateway counts them)."""
         self.server = server
         self._broker = broker
+        self._echo = _EchoNotice(server.name, echoed)
         self._timeouts = timeouts
         self._open_seconds = timeouts.connect + timeouts.read
         self._limits = server.sessions
@@ -598,6 +643,7 @@ class Upstream:
             read_timeout=read,
             ssl_context=self._ssl,
             on_timeout=_note_timeout,
+            on_echo=self._echo,
         )
 
         async def on_response(response: httpx2.Response) -> None:

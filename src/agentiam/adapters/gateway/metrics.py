@@ -4,10 +4,10 @@ Each gateway has a registry of its own (:class:`GatewayMetrics`): the calls coun
 the request, decision and event-loop lag histograms, the outcome events lost
 (:class:`OutcomesCollector`), the anonymous refusals counted in summaries
 (:class:`RefusalSummariesCollector`) and the runtime's state (:class:`RuntimeCollector`:
-the spool, its set-aside events, the control plane's last contact). The HTTP gateway
-adds a counter of credential echoes (:class:`HttpGatewayMetrics`); the MCP gateway adds
-one family split by JSON-RPC method and a gauge of its open sessions
-(:class:`McpGatewayMetrics`). Names, labels and help texts are an interface:
+the spool, its set-aside events, the control plane's last contact), and the responses
+in which an upstream echoed the brokered credential (:meth:`GatewayMetrics.echoed`).
+The MCP gateway adds one family split by JSON-RPC method and a gauge of its open
+sessions (:class:`McpGatewayMetrics`). Names, labels and help texts are an interface:
 dashboards, alerts and ``bench/gateway.py`` read them.
 
 Every label value comes from a fixed set (:data:`OUTCOMES`, and the MCP gateway's
@@ -37,7 +37,6 @@ __all__ = [
     "OUTCOMES",
     "OUTCOME_OF_STATUS",
     "GatewayMetrics",
-    "HttpGatewayMetrics",
     "ListChangesCollector",
     "McpGatewayMetrics",
     "OutcomesCollector",
@@ -48,6 +47,9 @@ __all__ = [
 ]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+ECHO_WHERE: Final = frozenset({"field", "body"})
+"""Every value of the credential echo counter's ``where`` label."""
 
 OUTCOME_OF_STATUS: Final[Mapping[int, str]] = {
     400: "bad_request",
@@ -125,42 +127,31 @@ class GatewayMetrics:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
             registry=self.registry,
         )
-        self.registry.register(OutcomesCollector(outcomes))
-        if runtime.summaries is not None:
-            self.registry.register(RefusalSummariesCollector(runtime.summaries))
-        self.registry.register(RuntimeCollector(runtime))
-
-    def exposition(self) -> bytes:
-        """The registry in Prometheus text format (:data:`CONTENT_TYPE`). It reads the
-        spool's health, so the gateways call it on a worker thread."""
-        return generate_latest(self.registry)
-
-
-ECHO_WHERE: Final = frozenset({"field", "body"})
-"""Every value of the HTTP gateway's credential echo counter's ``where`` label."""
-
-
-class HttpGatewayMetrics(GatewayMetrics):
-    """The HTTP gateway's metrics: the shared ones, and the responses in which an
-    upstream echoed the brokered credential (``where``: ``field``, a response field
-    dropped; ``body``, occurrences masked in the body). A response that did both
-    counts once for each."""
-
-    def __init__(self, runtime: GatewayRuntime, outcomes: OutcomeQueue) -> None:
-        super().__init__(runtime, outcomes)
         self.credential_echoes = Counter(
-            "agentiam_http_gateway_credential_echoes",
+            "agentiam_gateway_credential_echoes",
             "Responses in which the upstream echoed the brokered credential, by where "
             "(field: response fields holding it dropped; body: occurrences masked).",
             ["where"],
             registry=self.registry,
         )
+        self.registry.register(OutcomesCollector(outcomes))
+        if runtime.summaries is not None:
+            self.registry.register(RefusalSummariesCollector(runtime.summaries))
+        self.registry.register(RuntimeCollector(runtime))
 
     def echoed(self, where: str) -> None:
-        """Count a response that echoed the credential in ``where`` (:data:`ECHO_WHERE`)."""
+        """Count a response in which the upstream echoed the brokered credential, in
+        ``where`` (:data:`ECHO_WHERE`: ``field``, response fields holding it dropped,
+        HTTP gateway only; ``body``, occurrences masked in the body). A response that
+        did both counts once for each."""
         if where not in ECHO_WHERE:
             raise ValueError(f"not a place an echo is counted: {where!r}")
         self.credential_echoes.labels(where).inc()
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format (:data:`CONTENT_TYPE`). It reads the
+        spool's health, so the gateways call it on a worker thread."""
+        return generate_latest(self.registry)
 
 
 class McpGatewayMetrics(GatewayMetrics):

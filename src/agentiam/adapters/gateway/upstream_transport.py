@@ -39,6 +39,22 @@ instead, the HTTP gateway's client (keep-alive connections in a LIFO pool, frami
   and ``identity`` are taken; a truncated or corrupt body, or bytes after the end of
   a deflate stream, fail. The response reaches httpx2 without ``Content-Encoding``
   and ``Content-Length`` (those of the encoded body).
+- **An echoed credential** (the brokered one, which an upstream that reflects its
+  request hands back: a tool returning the request's headers, an error quoting
+  ``Authorization``) is masked in the body before the SDK parses it: the request
+  names it in its :data:`ECHO_EXTENSION` extension (the gateway's auth hook sets it to
+  the bare credential it added, :func:`~agentiam.adapters.gateway.broker.bare_secret`),
+  and every occurrence in the response body, decoded when it was in a content
+  coding, is replaced by as many ``*`` bytes
+  (:class:`~agentiam.adapters.gateway.echo_mask.EchoMask`, also across chunks): the
+  JSON or event stream keeps its framing and stays valid (``*`` needs no escaping
+  in a JSON string). ``on_echo`` is called, in the task of the request, with the
+  occurrences masked in each chunk, as they are masked (before the SDK can parse the
+  message holding them) and whether they are the response's first. A request
+  without the extension costs nothing (no mask). Only the verbatim bytes are found:
+  a credential the upstream transforms (base64, a JSON ``\\u`` escape) is not. The
+  response's header fields reach the SDK, which reads ``Content-Type`` and
+  ``Mcp-Session-Id`` from them; none is relayed to the agent.
 - **Errors** are httpx2's, so the SDK handles them as before: ``ConnectTimeout`` and
   ``ConnectError`` when no connection could be opened, ``ReadTimeout`` when the
   upstream does not answer in time, ``RemoteProtocolError`` for everything else. The
@@ -65,6 +81,7 @@ from typing import Final
 
 import httpx2
 
+from agentiam.adapters.gateway.echo_mask import EchoMask
 from agentiam.adapters.gateway.http_upstream import (
     UpstreamConnectError,
     UpstreamConnectTimeout,
@@ -74,11 +91,17 @@ from agentiam.adapters.gateway.http_upstream import (
     UpstreamTimeout,
 )
 
-__all__ = ["ACCEPT_ENCODING", "MAX_RESPONSE_BYTES", "UpstreamTransport"]
+__all__ = ["ACCEPT_ENCODING", "ECHO_EXTENSION", "MAX_RESPONSE_BYTES", "OnEcho", "UpstreamTransport"]
 
 MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024  # one upstream response body, at most
 # what every request asks for: the codings :class:`_Inflater` decodes (RFC 9110 12.5.3)
 ACCEPT_ENCODING: Final = b"gzip, deflate"
+# the request extension naming the bare brokered credential the request carries, whose
+# echo in the response body is masked (bytes; absent or None: nothing is masked)
+ECHO_EXTENSION: Final = "agentiam.echo"
+# called with the occurrences of the credential masked in one chunk of a response, and
+# whether they are the first of that response
+OnEcho = Callable[[int, bool], None]
 _DECODE_STEP: Final = 64 * 1024  # decoded bytes at most per step of the inflater
 # the zlib window bits of each coding taken: gzip (RFC 1952), zlib-wrapped deflate (RFC 1950)
 _CODINGS: Final = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16,
@@ -110,6 +133,12 @@ def _mapped(
     if isinstance(exc, UpstreamTimeout):
         return httpx2.ReadTimeout(message, request=request)
     return httpx2.RemoteProtocolError(message, request=request)
+
+
+def _echo_secret(request: httpx2.Request) -> bytes | None:
+    """The bare credential ``request`` carries (its :data:`ECHO_EXTENSION` extension)."""
+    secret = request.extensions.get(ECHO_EXTENSION)
+    return secret if isinstance(secret, bytes) and secret else None
 
 
 class _Damaged(Exception):
@@ -181,7 +210,8 @@ def _coding(headers: list[tuple[bytes, bytes]]) -> list[str]:
 
 class _Body(httpx2.AsyncByteStream):
     """The upstream's response body, streamed, decoded when ``coding`` is set; at most
-    ``limit`` bytes on the wire and ``limit`` bytes once decoded. Closing it returns
+    ``limit`` bytes on the wire and ``limit`` bytes once decoded; with every
+    occurrence of ``secret`` (decoded) masked, ``on_echo`` told. Closing it returns
     the connection."""
 
     def __init__(
@@ -191,18 +221,45 @@ class _Body(httpx2.AsyncByteStream):
         limit: int,
         coding: str | None = None,
         on_timeout: Callable[[], None] | None = None,
+        secret: bytes | None = None,
+        on_echo: OnEcho | None = None,
     ) -> None:
         self._response = response
         self._request = request
         self._limit = limit
         self._coding = coding
         self._on_timeout = on_timeout
+        self._mask = EchoMask(secret) if secret else None
+        self._on_echo = on_echo
 
     def _refuse(self, what: str) -> httpx2.RemoteProtocolError:
         self._response.abort()  # the rest is never read: never reused
         return httpx2.RemoteProtocolError(what, request=self._request)
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def _masked(self, piece: bytes) -> bytes:
+        """``piece`` with the credential masked (a tail that may begin it held back
+        for the next piece); ``on_echo`` told of the occurrences masked."""
+        mask = self._mask
+        assert mask is not None
+        before = mask.masked
+        piece = mask.feed(piece)
+        if mask.masked != before and self._on_echo is not None:
+            self._on_echo(mask.masked - before, before == 0)
+        return piece
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        # no credential to mask: the decoded body as it is, no step more per chunk
+        return self._decoded() if self._mask is None else self._masking()
+
+    async def _masking(self) -> AsyncIterator[bytes]:
+        async for piece in self._decoded():
+            if piece := self._masked(piece):
+                yield piece
+        assert self._mask is not None
+        if tail := self._mask.flush():
+            yield tail
+
+    async def _decoded(self) -> AsyncIterator[bytes]:
         wire = decoded = self._limit
         inflater = _Inflater(self._coding) if self._coding is not None else None
         try:
@@ -253,16 +310,20 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
         ssl_context: ssl.SSLContext | None = None,
         max_body_bytes: int | None = None,
         on_timeout: Callable[[], None] | None = None,
+        on_echo: OnEcho | None = None,
     ) -> None:
         """``max_body_bytes``: the bound of one response body (default
         :data:`MAX_RESPONSE_BYTES`); ``on_timeout``: called (in the request's task)
-        before a connect or read timeout is raised."""
+        before a connect or read timeout is raised; ``on_echo``: called (in the
+        request's task) when the credential a request names (:data:`ECHO_EXTENSION`) is
+        masked in its response body."""
         configured = httpx2.URL(url)
         self._max_body = MAX_RESPONSE_BYTES if max_body_bytes is None else max_body_bytes
         self._host = configured.host
         self._timeouts = (connect_timeout, read_timeout)
         self._ssl = ssl_context
         self._on_timeout = on_timeout
+        self._on_echo = on_echo
         self._pools: dict[Origin, UpstreamPool] = {}
         self._pool_for(configured)
 
@@ -332,7 +393,15 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
         return httpx2.Response(
             response.status,
             headers=headers,
-            stream=_Body(response, request, self._max_body, coding, self._on_timeout),
+            stream=_Body(
+                response,
+                request,
+                self._max_body,
+                coding,
+                self._on_timeout,
+                _echo_secret(request),
+                self._on_echo,
+            ),
             extensions={"http_version": b"HTTP/1.1"},
         )
 
