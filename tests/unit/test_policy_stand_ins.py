@@ -18,7 +18,6 @@ resource, a deeper hierarchy, ids Cedar escapes, and places the schema refuses
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -340,18 +339,23 @@ def test_a_place_the_schema_refuses_is_a_deny_without_a_copy(
 
 
 @pytest.mark.parametrize("size", [200, 20_000])
-def test_an_unlisted_decision_does_not_grow_with_the_catalog(size: int) -> None:
-    """Not a benchmark: a bound far above the decision's cost (tens of microseconds)
-    and far below a copy of 20,000 entries (tens of milliseconds)."""
+def test_an_unlisted_decision_does_not_grow_with_the_catalog(
+    size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the catalog's size, fifty unlisted resources are decided with no copy
+    of the snapshot (the O(entries) work that grew with it), nothing kept for them in
+    the placement cache, and each decision right. Speed is not asserted in a unit
+    test (the project measures it in bench/)."""
     catalog = [ResourceRecord("DataSet", f"cat{i}", {"domain": "x"}, ()) for i in range(size)]
     snapshot = EntitySnapshot(SCHEMA, agents=[agent(a) for a in AGENTS], resources=catalog)
     snapshot = snapshot.with_derived([], places=[("DataSet", (OPS,))])
     az = Authorizer(_engine(), snapshot, clock=Clock(NOW))
     _read(az, "warm")
-    started = time.perf_counter()
+    copies = _no_copies(monkeypatch)
     for i in range(50):
         assert _read(az, f"ops.u{i}").allowed
-    assert (time.perf_counter() - started) / 50 < 0.003
+    assert copies == []
+    assert az._placed[1] == {}
 
 
 def test_without_cedars_text_for_the_resource_it_is_merged(
