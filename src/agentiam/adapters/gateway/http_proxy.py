@@ -110,7 +110,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import httptools
@@ -126,6 +126,7 @@ from agentiam.adapters.gateway.broker import (
     bare_secret,
     credential_ref_from_config,
 )
+from agentiam.adapters.gateway.coalescing import CoalescingTransport
 from agentiam.adapters.gateway.config import (
     GatewayConfig,
     UpstreamTls,
@@ -1762,7 +1763,8 @@ class ListenerProtocol(HttpToolsProtocol):
         self._refusal = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # every write of the connection goes through it: one send per answer
+        super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport, self.loop)))
         self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
