@@ -457,6 +457,7 @@ def _route(index: int, raw: Any, upstreams: Mapping[str, Upstream]) -> Route:
     name = body.get("name", f"{method} {path}")
     if not isinstance(name, str) or not _ROUTE_NAME.match(name):
         raise ValueError(f"{where}.name: 1-128 characters of A-Z, a-z, 0-9 and ._:/- {{}}")
+    _warn_if_another_api(where, rtype, rid, upstreams[str(upstream)])
     return Route(
         name=name,
         method=method,
@@ -469,6 +470,30 @@ def _route(index: int, raw: Any, upstreams: Mapping[str, Upstream]) -> Route:
         resource_id=rid,
         parents=route_parents(rtype, upstreams[str(upstream)]),
     )
+
+
+def _warn_if_another_api(where: str, rtype: str, rid: str, upstream: Upstream) -> None:
+    """An ``Api``-typed route decides its calls on ``Api::"<id>"`` itself, so a policy
+    written for its upstream's Api (``resource in Api::"<api>"``) does not cover it
+    when the id is another: likely a mistake, but a deployment may mean it (several
+    Apis behind one upstream), so it is a warning at start, not an error. An id made
+    from the path lets the client name the Api: warned about too."""
+    if rtype != "Api" or rid == upstream.api:
+        return
+    if _TEMPLATE_VAR.search(rid):
+        log.warning(
+            "%s: the resource Api::%r is made from the request path, so the client names "
+            "the Api its calls are decided on; policies on Api::%r (upstream %s) do not "
+            "cover it",
+            where, rid, upstream.api, upstream.name,
+        )  # fmt: skip
+    else:
+        log.warning(
+            "%s: the resource Api::%r is not its upstream %s's Api (%r): policies on "
+            "Api::%r do not cover this route; set upstreams.%s.api or the route's id if "
+            "that is not meant",
+            where, rid, upstream.name, upstream.api, upstream.api, upstream.name,
+        )  # fmt: skip
 
 
 def load_config(data: Any) -> HttpGatewayConfig:
