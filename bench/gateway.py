@@ -115,6 +115,9 @@ class LoadOut:
     elapsed: float = 0.0
     # the gateway's histograms over the phase (_HISTOGRAMS): name -> bound -> count
     histograms: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the gateway's event-loop thread over the phase: seconds on a CPU, and seconds
+    # runnable but waiting for one (/proc schedstat; None where the kernel has none)
+    loop_sched: tuple[float, float] | None = None
 
 
 async def _fixed_rate(
@@ -243,6 +246,16 @@ def _wait(url: str, proc: subprocess.Popen[Any], what: str) -> None:
         except httpx.HTTPError:
             time.sleep(0.1)
     raise SystemExit(f"{what} did not start")
+
+
+def _schedstat(pid: int) -> tuple[float, float] | None:
+    """The main thread of ``pid`` (the gateway's event loop): seconds on a CPU and
+    seconds runnable but waiting for one, so far (Linux's schedstat), or None."""
+    try:
+        run, wait, _ = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return None
+    return int(run) / 1e9, int(wait) / 1e9
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -438,10 +451,12 @@ def _run_load(
         time.sleep(1.0)  # py-spy attaches
     histograms_before = {name: _histogram(s, metric) for name, metric in _HISTOGRAMS.items()}
     before = {name: _cpu_seconds(pid) for name, pid in s.pids().items()}
+    sched_before = _schedstat(s.gateway.pid)
     gen = subprocess.run(  # noqa: S603 - this script
         [sys.executable, __file__, "_load", str(job_file), str(out_file)], check=False
     )
     after = {name: _cpu_seconds(pid) for name, pid in s.pids().items()}
+    sched_after = _schedstat(s.gateway.pid)
     histograms_after = {name: _histogram(s, metric) for name, metric in _HISTOGRAMS.items()}
     for spy in spies:
         spy.send_signal(signal.SIGINT)  # py-spy writes its samples on SIGINT
@@ -456,6 +471,8 @@ def _run_load(
         elapsed=data["elapsed"],
     )
     cpu = {name: after[name] - before[name] for name in before}
+    if sched_before is not None and sched_after is not None:
+        out.loop_sched = (sched_after[0] - sched_before[0], sched_after[1] - sched_before[1])
     out.histograms = {
         name: since(after_, histograms_before[name]) for name, after_ in histograms_after.items()
     }
@@ -468,12 +485,14 @@ def _cpu_row(name: str, cpu: dict[str, float], out: LoadOut) -> list[str]:
     gateway's event-loop probes (due every 10 ms) that ran more than 2 and 5 ms late, of
     its decisions (authenticate, decide, audit event durable) and of its requests (from
     the request to the end of the response, as the gateway's handler sees it) that took
-    that long."""
+    that long; and the gateway's event-loop thread's seconds on a CPU and waiting for
+    one (runnable, its CPU taken by another process or thread)."""
     calls = max(1, sum(out.statuses.values()))
-    extra = ("",) * (2 + len(_HISTOGRAMS))
+    extra = ("",) * (3 + len(_HISTOGRAMS))
     if "gateway" in name:
+        sched = "" if out.loop_sched is None else "{:.1f} / {:.1f}".format(*out.loop_sched)
         extra = (f"{cpu['gateway'] / calls * 1000:.2f}",
-                 f"{cpu['control plane'] / calls * 1000:.2f}",
+                 f"{cpu['control plane'] / calls * 1000:.2f}", sched,
                  *(share_over(out.histograms[key], LATE) for key in _HISTOGRAMS))  # fmt: skip
     return [name, *(f"{cpu[p]:.1f}" for p in cpu), f"{out.elapsed:.1f}", *extra]
 
@@ -701,7 +720,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(markdown_table(
         ["phase", "gateway", "upstream", "control plane", "wall s", "gateway ms/call",
-         "control plane ms/call", "loop late > 2 / 5 ms", "decision > 2 / 5 ms",
+         "control plane ms/call", "gateway loop thread on CPU / waiting for one s",
+         "loop late > 2 / 5 ms", "decision > 2 / 5 ms",
          "in gateway > 2 / 5 ms"],
         cpu_rows,
     ))  # fmt: skip
