@@ -77,6 +77,9 @@ Configuration (the common part is :mod:`agentiam.adapters.gateway.config`)::
         tls: {ca_file: /etc/agentiam/ca.pem}   # optional: CAs, client certificate
         sessions: {max_open: 256, idle_seconds: 600}   # optional: sessions for calls
     catalog_seconds: 5                      # upstream lists are cached this long
+    listen_streams:                         # optional: subscriptions/listen streams open
+      max_open: 1024                        #   in all (1-100000; one more: 503, audited)
+      max_open_per_agent: 32                #   per agent and subject (1-max_open; 429)
 """
 
 from __future__ import annotations
@@ -211,6 +214,7 @@ __all__ = [
     "ACTIONS",
     "POLICY_DENIED",
     "Listed",
+    "ListenStreamBounds",
     "McpGateway",
     "McpGatewayConfig",
     "Namespace",
@@ -264,10 +268,13 @@ MAX_URI: Final = 500  # characters of an exposed resource URI (audit ids hold 51
 MAX_ARGUMENTS: Final = 256  # top-level arguments of one call
 _LISTED_NAMES: Final = 200  # names a listing's audit event records
 # handshake-era sessions (2024-11-05 to 2025-11-25): open at once per agent and subject
-# (how long one lives without a request in flight: SESSION_IDLE_SECONDS); 2026-07-28
-# subscriptions/listen streams have the same bound of their own
+# (how long one lives without a request in flight: SESSION_IDLE_SECONDS)
 MAX_SESSIONS_PER_OWNER: Final = 32
-MAX_LISTEN_STREAMS: Final = 1024  # subscriptions/listen streams open at once, in all
+# 2026-07-28 subscriptions/listen streams open at once: the defaults of the
+# listen_streams keys (ListenStreamBounds), and the most the file may set in all
+MAX_LISTEN_STREAMS: Final = 1024  # in all
+MAX_LISTEN_STREAMS_PER_AGENT: Final = 32  # per agent and subject, apart from its sessions
+_LISTEN_STREAMS_CEILING: Final = 100_000
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Both a tool-name prefix (MCP tool names: A-Z a-z 0-9 _ - .) and a URI-scheme prefix
@@ -277,7 +284,8 @@ _SERVER_KEYS = frozenset(
     {"name", "url", "prefix", "credential", "tls", "sessions", "trust_annotations"}
 )
 _SESSIONS_KEYS = frozenset({"max_open", "idle_seconds"})
-_SECTION_KEYS = frozenset({"servers", "catalog_seconds"})
+_LISTEN_STREAMS_KEYS = frozenset({"max_open", "max_open_per_agent"})
+_SECTION_KEYS = frozenset({"servers", "catalog_seconds", "listen_streams"})
 _WELL_KNOWN: Final = "/.well-known"
 _OWN_PATHS: Final = frozenset({"/healthz", "/metrics", _WELL_KNOWN})  # not the endpoint's
 
@@ -286,10 +294,23 @@ _OWN_PATHS: Final = frozenset({"/healthz", "/metrics", _WELL_KNOWN})  # not the 
 
 
 @dataclass(frozen=True, slots=True)
+class ListenStreamBounds:
+    """How many 2026-07-28 ``subscriptions/listen`` streams the gateway holds open at
+    once (the ``listen_streams`` keys): ``max_open`` in all (one more is refused with
+    503) and ``max_open_per_agent`` per agent and subject (one more: 429), so one agent
+    cannot take every slot and starve the others. Both refusals are audited
+    (``api.request.rejected``, action ``subscriptions/listen``)."""
+
+    max_open: int = MAX_LISTEN_STREAMS
+    max_open_per_agent: int = MAX_LISTEN_STREAMS_PER_AGENT
+
+
+@dataclass(frozen=True, slots=True)
 class McpGatewayConfig:
     gateway: GatewayConfig
     servers: tuple[UpstreamServer, ...]
     catalog_seconds: float = 5.0
+    listen_streams: ListenStreamBounds = field(default_factory=ListenStreamBounds)
 
     @property
     def endpoint_path(self) -> str:
@@ -371,6 +392,33 @@ def _sessions(raw: Any, where: str) -> UpstreamSessions:
     return UpstreamSessions(max_open=max_open, idle_seconds=float(idle))
 
 
+def _listen_streams(raw: Any) -> ListenStreamBounds:
+    """``listen_streams``: the defaults when absent; ``max_open_per_agent`` may not
+    exceed ``max_open`` (a bound that could never be reached says the file is wrong)."""
+    if raw is None:
+        return ListenStreamBounds()
+    if not isinstance(raw, Mapping):
+        raise ValueError("listen_streams: expected a mapping")
+    unknown = sorted(set(map(str, raw)) - _LISTEN_STREAMS_KEYS)
+    if unknown:
+        raise ValueError(f"listen_streams: unknown keys {', '.join(unknown)}")
+    total = raw.get("max_open", MAX_LISTEN_STREAMS)
+    if (
+        isinstance(total, bool)
+        or not isinstance(total, int)
+        or not 1 <= total <= _LISTEN_STREAMS_CEILING
+    ):
+        raise ValueError(
+            f"listen_streams.max_open: an integer between 1 and {_LISTEN_STREAMS_CEILING}"
+        )
+    per_agent = raw.get("max_open_per_agent", min(MAX_LISTEN_STREAMS_PER_AGENT, total))
+    if isinstance(per_agent, bool) or not isinstance(per_agent, int) or not 1 <= per_agent <= total:
+        raise ValueError(
+            f"listen_streams.max_open_per_agent: an integer between 1 and max_open ({total})"
+        )
+    return ListenStreamBounds(max_open=total, max_open_per_agent=per_agent)
+
+
 def load_config(data: Any) -> McpGatewayConfig:
     """Validate a whole MCP gateway configuration; a ValueError names the bad key."""
     gateway = load_gateway_config(data, "mcp", section_keys=_SECTION_KEYS)
@@ -411,7 +459,12 @@ def load_config(data: Any) -> McpGatewayConfig:
         or not 0 <= seconds <= 3600
     ):
         raise ValueError("catalog_seconds: a number between 0 and 3600")
-    return McpGatewayConfig(gateway=gateway, servers=tuple(servers), catalog_seconds=float(seconds))
+    return McpGatewayConfig(
+        gateway=gateway,
+        servers=tuple(servers),
+        catalog_seconds=float(seconds),
+        listen_streams=_listen_streams(section.get("listen_streams")),
+    )
 
 
 # -- namespacing -----------------------------------------------------------------------------
@@ -839,11 +892,14 @@ class McpGateway:
         # that server's list changes (_relay), on both eras (mcp_listen)
         self.shown = Shown()
         self.bus = AudienceBus(self.shown)
-        self._listener = ListenHandler(self.bus, max_subscriptions=MAX_LISTEN_STREAMS)
+        # the endpoint admits a listen stream within the bounds (Streams.refusal); the
+        # SDK handler's own bound is the same, so it is never the one that refuses
+        bounds = config.listen_streams
+        self._listener = ListenHandler(self.bus, max_subscriptions=bounds.max_open)
         self.streams = Streams(
             self._stream_ending,
-            per_owner=MAX_SESSIONS_PER_OWNER,
-            total=MAX_LISTEN_STREAMS,
+            per_owner=bounds.max_open_per_agent,
+            total=bounds.max_open,
             on_end=self.metrics.stream_ended,
         )
         self.metrics.watch_listens(self.streams.listens)
