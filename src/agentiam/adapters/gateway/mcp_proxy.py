@@ -1896,29 +1896,50 @@ class _Endpoint:
         token stops passing, a listen stream ends with a JSON-RPC error as its final
         frame (:meth:`McpGateway._listen`), and a stream still open
         :data:`~agentiam.adapters.gateway.mcp_listen.GRACE_SECONDS` later (a GET, or
-        a client that stopped reading) is cut here. Each stream the SDK opens (its
-        answer starts with 200) is audited first (``mcp.stream.opened``, durable
-        before the client gets a byte of it, else 503 and the stream is not
-        served: :meth:`_opened`), and each stream the gateway ends as a refusal
-        (``api.request.rejected``, the status a request with that token would get,
-        the action ``subscriptions/listen`` or ``GET``)."""
+        a client that stopped reading) is cut here. Each stream the SDK opens is
+        audited first (``mcp.stream.opened``, durable before the client gets a byte
+        of it, else 503 and the stream is not served: :meth:`_opened`): a GET whose
+        answer starts with 200; a listen whose answer is a 200 event stream that
+        does not start with a JSON-RPC error (:func:`_listen_refusal`: its start is
+        held back until its first frame is seen). A listen the SDK answers with an
+        error instead (its handler refused it, in a 200 answer or not) opened no
+        stream: it is audited as the refusal it is (``api.request.rejected``,
+        :meth:`_listen_refused`), durable before the answer too. Each stream the
+        gateway ends is audited as a refusal (``api.request.rejected``, the status
+        a request with that token would get, the action ``subscriptions/listen``
+        or ``GET``)."""
         state.tally.streamed = True
         started = finished = False
         refused = False  # its opening could not be recorded: nothing more is sent
+        held: Message | None = None  # a listen's response start, until its first frame
 
         async def watched(message: Message) -> None:
-            nonlocal started, finished, refused
+            nonlocal started, finished, refused, held
             if refused:
                 return
             if message["type"] == "http.response.start":
+                if action == LISTEN:
+                    held = message
+                    return
                 opens = message["status"] == 200
                 if opens and not await self._opened(action, state, scope, receive, send):
                     refused = started = finished = True  # answered 503 instead
                     stream.forced.cancel()
                     return
                 started = True
-            elif message["type"] == "http.response.body" and not message.get("more_body"):
-                finished = True
+            elif message["type"] == "http.response.body":
+                if held is not None:
+                    start, held = held, None
+                    if not await self._listen_answered(
+                        state, stream, start, message.get("body", b""), scope, receive, send
+                    ):
+                        refused = started = finished = True  # answered 503 instead
+                        stream.forced.cancel()
+                        return
+                    await send(start)
+                    started = True
+                if not message.get("more_body"):
+                    finished = True
             await send(message)
 
         with self.gateway.streams.holding(owner, state.access, state.trace, action) as stream:
@@ -1948,6 +1969,60 @@ class _Endpoint:
                     action=action,
                 )
             )
+
+    async def _listen_answered(
+        self,
+        state: _RequestState,
+        stream: Stream,
+        start: Message,
+        first: bytes,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> bool:
+        """The SDK answers a listen with ``start`` and the ``first`` body frame: audit
+        it, durably, before either is sent. A stream that opened is one
+        ``mcp.stream.opened`` (:meth:`_opened`); an answer that opened none is an
+        ``api.request.rejected`` (:meth:`_listen_refused`), unless the gateway ended
+        the stream first (its end is audited, :meth:`_streamed`). False: the event
+        could not be made durable, and 503 was answered in its place."""
+        refusal = _listen_refusal(start, first)
+        if refusal is None:
+            return await self._opened(LISTEN, state, scope, receive, send)
+        if stream.ended is not None:
+            return True
+        status, reason = refusal
+        return await self._listen_refused(state, status, reason, scope, receive, send)
+
+    async def _listen_refused(
+        self,
+        state: _RequestState,
+        status: int,
+        reason: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> bool:
+        """Record the refusal of a listen request that opened no stream
+        (``api.request.rejected``: the status the client gets, the reason, the action
+        ``subscriptions/listen``), durably, and count it refused; when that cannot be
+        done, answer 503 in its place and say so (False)."""
+        state.tally.refused_with(status)
+        try:
+            await self.gateway.durably(
+                lambda: self.enforcer.refuse(
+                    state.access,
+                    peer=state.peer,
+                    trace=state.trace,
+                    status=status,
+                    reason=reason,
+                    action=LISTEN,
+                )
+            )
+        except AgentIAMError as exc:
+            await _problem(exc, scope, receive, send)
+            return False
+        return True
 
     async def _opened(
         self, action: str, state: _RequestState, scope: Scope, receive: Receive, send: Send
@@ -2071,7 +2146,10 @@ class _Endpoint:
             )
             return False
         if state.foreseen is not None:
-            return await self._foreseen(state, guarded, state.foreseen, scope, receive, send)
+            listen = guarded is None and _counted(message) == LISTEN
+            return await self._foreseen(
+                state, guarded, state.foreseen, scope, receive, send, listen=listen
+            )
         if guarded is None:
             method = message.get("method") if isinstance(message, dict) else None
             counted = _counted(message)
@@ -2196,13 +2274,20 @@ class _Endpoint:
         scope: Scope,
         receive: Receive,
         send: Send,
+        *,
+        listen: bool = False,
     ) -> bool:
         """A request the SDK will refuse before its handler (:class:`_SdkRules`) goes
         on to the SDK undecided, which answers it as it always does: no rate-limit
         token was taken for it and no approval is used. A call's refusal is audited
         first (``api.request.rejected`` with the status the SDK will answer), as
-        every refusal of a call is; a 503 if it cannot be. ``/metrics`` counts it
-        refused as foreseen, whatever the SDK then answers."""
+        every refusal of a call is; a 503 if it cannot be. So is a
+        ``subscriptions/listen`` request's (``listen``): it opens no stream, and a
+        refused listen is recorded as one (:meth:`_listen_refused`). ``/metrics``
+        counts it refused as foreseen, whatever the SDK then answers."""
+        if listen:
+            reason = f"refused by the MCP transport: {foreseen.reason}"
+            return await self._listen_refused(state, foreseen.status, reason, scope, receive, send)
         if guarded is not None and isinstance(guarded.call, Call):
             call = guarded.call
             reason = f"refused by the MCP transport: {foreseen.reason}"
@@ -2414,6 +2499,60 @@ class _Endpoint:
         if code is None:
             code = INVALID_PARAMS if request_id is not None else INVALID_REQUEST
         await _send_json(_jsonrpc_error(request_id, code, reason), status, {}, scope, receive, send)
+
+
+_SSE: Final = "text/event-stream"
+_FIRST_FRAME_BYTES: Final = 64 * 1024  # of a listen answer's first frame, read for an error
+
+
+def _listen_refusal(start: Message, first: bytes) -> tuple[int, str] | None:
+    """Whether the SDK's answer to a ``subscriptions/listen`` request (its response
+    ``start`` and ``first`` body frame) opened a stream: None when it did, else the
+    HTTP status the client gets and why, for the audit trail.
+
+    A listen stream is an SSE response (``text/event-stream``, status 200) whose
+    first event is the acknowledgement (SEP-2575: "the ack is the first frame").
+    The SDK answers a handler that raised before it acknowledged (the SDK's own bound
+    on subscriptions, a stream the gateway ended before it began) with the
+    JSON-RPC error alone: as ``application/json`` at the status its table gives the
+    code (200 when it gives none: ``ERROR_CODE_HTTP_STATUS``), or as the first event
+    of a 200 stream. Either opened nothing. An event stream whose first frame is not
+    an error is taken as opened (over-recording an opening is safe; missing one is
+    not). The reason names the JSON-RPC error's code and (truncated) message, which
+    the SDK or the gateway wrote, never the request's params."""
+    status = int(start["status"])
+    headers = Headers(raw=start.get("headers") or [])
+    streamed = headers.get("content-type", "").lower().startswith(_SSE)
+    payload = first[:_FIRST_FRAME_BYTES]
+    if streamed:  # the data of its first event (SSE: "data:" lines, joined by \n)
+        event = payload.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n", 1)[0]
+        lines = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
+        payload = b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)
+    error = _jsonrpc_error_of(payload)
+    if status == 200 and streamed and error is None:
+        return None
+    if error is not None:
+        code, message = error
+        return status, f"refused by the MCP server: {message} (JSON-RPC error {code})"
+    return status, f"refused by the MCP server: HTTP {status} without a stream"
+
+
+def _jsonrpc_error_of(payload: bytes) -> tuple[int, str] | None:
+    """The ``error`` (code, message up to 200 characters) of a JSON-RPC error
+    response in ``payload``, or None when it is not one."""
+    try:
+        message = json.loads(payload) if payload else None
+    except (ValueError, RecursionError):
+        return None
+    error = message.get("error") if isinstance(message, dict) else None
+    if not isinstance(error, dict):
+        return None
+    code = error.get("code")
+    text = error.get("message")
+    return (
+        code if isinstance(code, int) and not isinstance(code, bool) else 0,
+        text[:200] if isinstance(text, str) else "",
+    )
 
 
 def _counted(message: Any) -> str | None:
