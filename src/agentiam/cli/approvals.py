@@ -27,7 +27,9 @@ def _row(a: ApprovalRequest) -> dict[str, Any]:
         "state": a.state.value,
         "agent_id": a.agent_id,
         "action": a.action,
-        "resource": f"{a.resource.type}::{a.resource.id}",
+        "resource": f"{a.resource.type}::{a.resource.id}"
+        + "".join(f" in {p.type}::{p.id}" for p in a.resource_parents),
+        "resource_parents": [p.to_json() for p in a.resource_parents],
         "fingerprint": a.fingerprint,
         "created_at": a.created_at.isoformat(),
         "expires_at": a.expires_at.isoformat(),

@@ -11,9 +11,20 @@ approving it would change nothing. :func:`approvable` is the one place this rule
 lives; the control plane's decision point and every enforcement point ask it.
 
 **Binding.** An approval is for one call: :func:`request_fingerprint` is the SHA-256
-of the RFC 8785 canonical JSON of the principal, the action, the resource and the
-complete tool arguments. Using an approval (consuming it) requires the same agent and
-the same fingerprint, so an approval for arguments A cannot carry arguments B.
+of the RFC 8785 canonical JSON of the principal, the action, the resource, the parents
+the enforcement point placed the resource in (``AuthzRequest.resource_parents``: the
+HTTP gateway's ``Api``, the MCP gateway's ``McpServer``) and the complete tool
+arguments. Using an approval (consuming it) requires the same agent and the same
+fingerprint, so an approval for arguments A cannot carry arguments B, nor one for
+``Endpoint::"pay-5"`` in ``Api::"billing"`` the same endpoint id in another Api.
+
+**Placement.** The request is decided everywhere as the enforcement point placed it:
+the control plane's check that approval would lift the deny, the request it records
+(``resource_parents``, shown to the approver and in every ``approval.*`` event) and the
+decision made again as approved all see the same ``resource_parents`` the original
+decision did (:func:`approvable` keeps them; ``dataclasses.replace`` changes only the
+context). The parents come from the enforcement point's configuration, never from the
+agent's request.
 
 **States.** ``pending`` → ``approved`` | ``denied`` | ``expired``; ``approved`` →
 ``consumed`` (single use) | ``expired`` (not used in time). A pending request that
@@ -27,14 +38,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from agentiam.core.audit.trail import canonical
-from agentiam.core.policy.authorizer import Authorizer, AuthzRequest, Decision
+from agentiam.core.policy.authorizer import Authorizer, Decision
 from agentiam.core.policy.model import EntityRef
 
 __all__ = [
@@ -44,6 +55,7 @@ __all__ = [
     "Approver",
     "approvable",
     "approved_context",
+    "placement",
     "request_fingerprint",
 ]
 
@@ -117,6 +129,8 @@ class ApprovalRequest:
     decision_reason: str | None = None
     consumed_at: datetime | None = None
     consumed_decision_id: str | None = None
+    # the parents the enforcement point placed the resource in (placement())
+    resource_parents: tuple[EntityRef, ...] = ()
 
     @property
     def approver(self) -> Approver | None:
@@ -134,18 +148,35 @@ class ApprovalRequest:
         return self if state is self.state else replace(self, state=state)
 
 
+def placement(parents: Sequence[EntityRef]) -> tuple[EntityRef, ...]:
+    """The parents a request places its resource in, as an approval records and binds
+    them: each once, in a canonical order (``AuthzRequest.resource_parents`` is a
+    set: the resource is in each of them)."""
+    return tuple(sorted(set(parents)))
+
+
 def request_fingerprint(
-    principal: EntityRef, action: str, resource: EntityRef, args: Mapping[str, Any] | None
+    principal: EntityRef,
+    action: str,
+    resource: EntityRef,
+    args: Mapping[str, Any] | None,
+    parents: Sequence[EntityRef] = (),
 ) -> str:
     """SHA-256 (hex) of the RFC 8785 canonical JSON of the call: what an approval is
-    bound to. ``args`` whole, unredacted; None and ``{}`` are the same call. Raises
+    bound to. ``args`` whole, unredacted; None and ``{}`` are the same call.
+    ``parents``: the request's ``resource_parents`` (:func:`placement`); a call
+    without any has the fingerprint it had before parents were bound, one with some
+    is another call than the same resource placed elsewhere or nowhere. Raises
     ValueError for arguments that are not JSON or larger than 256 KiB."""
-    body = {
+    body: dict[str, Any] = {
         "principal": {"type": principal.type, "id": principal.id},
         "action": action,
         "resource": {"type": resource.type, "id": resource.id},
         "args": dict(args or {}),
     }
+    placed = placement(parents)
+    if placed:
+        body["resource_parents"] = [{"type": p.type, "id": p.id} for p in placed]
     try:
         text = canonical(json.loads(json.dumps(body, allow_nan=False)))
     except (TypeError, ValueError) as exc:
@@ -168,7 +199,8 @@ def approvable(authorizer: Authorizer, decision: Decision) -> bool:
     """Whether a human's approval would turn ``decision`` (a deny) into an allow.
 
     The request is decided again, with no change to the request-rate counter, as if
-    approved by an owner of the agent. Refused outright: an allow, a deny with
+    approved by an owner of the agent: the same request (its resource placed in the
+    same ``resource_parents``), only the context changed. Refused outright: an allow, a deny with
     evaluation errors (fail closed: an erroring policy is not an approval question),
     a request that already carries an approval, and a principal that is not an agent
     in the registry."""
@@ -181,10 +213,6 @@ def approvable(authorizer: Authorizer, decision: Decision) -> bool:
     if agent is None:
         return False
     owner = next(iter(agent.owners), None)
-    what_if = AuthzRequest(
-        request.principal,
-        request.action,
-        request.resource,
-        approved_context(request.context, Approver("human", owner) if owner else None),
-    )
+    approver = Approver("human", owner) if owner else None
+    what_if = replace(request, context=approved_context(request.context, approver))
     return authorizer.decide(what_if, count=False).allowed

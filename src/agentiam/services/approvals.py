@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ from agentiam.core.approvals import (
     Approver,
     approvable,
     approved_context,
+    placement,
     request_fingerprint,
 )
 from agentiam.core.audit.events import ActorType, AuditEvent, Outcome, ResourceRef
@@ -275,12 +276,7 @@ class ApprovalService:
         agent_id = request.principal.id
         args = request.context.get("args")
         args = args if isinstance(args, Mapping) else {}
-        try:
-            fingerprint = request_fingerprint(
-                request.principal, request.action, request.resource, args
-            )
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from None
+        fingerprint = _fingerprint(request)
         delegation = request.context.get("delegation")
         delegation = delegation if isinstance(delegation, Mapping) else {}
         human = delegation.get("initiating_human")
@@ -327,6 +323,7 @@ class ApprovalService:
                 arguments=self._redactor.arguments(args, call),
                 decision_id=decision_id,
                 requested_by=ctx.source[:128],
+                resource_parents=placement(request.resource_parents),
             )
             uow.approvals.add(approval)
             events.append(self._event(ctx, approval, now))
@@ -406,18 +403,10 @@ class ApprovalService:
 
     def use(self, ctx: CallContext, approval_id: str, request: AuthzRequest) -> Use:
         """Use an approval for ``request``: consumed (single use) when it is approved,
-        unexpired, for this agent and for exactly this call (fingerprint); a request
-        for another agent or another call is refused (403) and left as it is."""
-        args = request.context.get("args")
-        try:
-            fingerprint = request_fingerprint(
-                request.principal,
-                request.action,
-                request.resource,
-                args if isinstance(args, Mapping) else {},
-            )
-        except ValueError as exc:
-            raise InvalidInput(str(exc)) from None
+        unexpired, for this agent and for exactly this call (fingerprint, which binds
+        the parents the call's resource is placed in too); a request for another agent
+        or another call is refused (403) and left as it is."""
+        fingerprint = _fingerprint(request)
         now = self._clock.now()
         decision_id = new_id("decision")
         with self._uow() as uow:
@@ -466,11 +455,9 @@ class ApprovalService:
             if not use.consumed:
                 decision = self._decisions.decide(ctx, [request])[0]
                 return Authorized(decision, use.approval)
-            approved = AuthzRequest(
-                request.principal,
-                request.action,
-                request.resource,
-                approved_context(request.context, use.approval.approver),
+            # the same request, placed alike: only the context says approved
+            approved = replace(
+                request, context=approved_context(request.context, use.approval.approver)
             )
             assert use.decision_id is not None
             decision = self._decisions.decide(ctx, [approved], decision_ids=[use.decision_id])[0]
@@ -522,6 +509,7 @@ class ApprovalService:
             "policies": list(approval.policies),
             "approver": approval.decided_by,
             "requested_by": approval.requested_by,
+            "resource_parents": [p.to_json() for p in approval.resource_parents],
         }
         if approval.state is ApprovalState.PENDING:
             details["argument_names"] = list(approval.argument_names)
@@ -544,3 +532,20 @@ class ApprovalService:
             reason=(approval.decision_reason or ", ".join(approval.policies) or None),
             details=details,
         )
+
+
+def _fingerprint(request: AuthzRequest) -> str:
+    """The call's fingerprint (:func:`request_fingerprint`): its agent, action,
+    resource, the parents its enforcement point placed the resource in, and its
+    complete ``context.args``; InvalidInput for arguments that cannot be bound."""
+    args = request.context.get("args")
+    try:
+        return request_fingerprint(
+            request.principal,
+            request.action,
+            request.resource,
+            args if isinstance(args, Mapping) else {},
+            request.resource_parents,
+        )
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None

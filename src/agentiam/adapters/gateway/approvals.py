@@ -6,7 +6,10 @@ at the control plane (``POST /v1/approvals``) and answers the agent with a pendi
 status naming it. The agent retries the same call with ``AgentIAM-Approval: apr_…``
 (MCP: ``_meta``); the gateway then asks the control plane to use the approval for
 exactly that call (``POST /v1/approvals/{id}/use``: approved, unexpired, same agent
-and fingerprint, once) and, when it is consumed, decides the call as approved.
+and fingerprint, once) and, when it is consumed, decides the call as approved. Both
+requests carry the parents the gateway placed the call's resource in
+(``resource_parents``: the route's ``Api``, the tool's ``McpServer``), so the control
+plane sees the call where the gateway decided it.
 
 The wire names are here, shared by both gateways and the SDK: the request header, the
 response headers, the problem types.
@@ -83,12 +86,19 @@ class NotApprovable(Exception):
 
 
 def _body(request: AuthzRequest) -> dict[str, Any]:
-    return {
+    """The call as this enforcement point decided it, for the control plane: with the
+    parents it placed the resource in (``resource_parents``, from its configuration:
+    :attr:`Call.resource_parents <agentiam.adapters.gateway.enforcer.Call>`), so that
+    the control plane decides, records and binds the call placed alike."""
+    body: dict[str, Any] = {
         "principal": {"type": request.principal.type, "id": request.principal.id},
         "action": request.action,
         "resource": {"type": request.resource.type, "id": request.resource.id},
         "context": dict(request.context),
     }
+    if request.resource_parents:
+        body["resource_parents"] = [p.to_json() for p in request.resource_parents]
+    return body
 
 
 def _unreachable(exc: Exception | None = None) -> ServiceUnavailable:

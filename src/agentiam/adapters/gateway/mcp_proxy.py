@@ -492,16 +492,24 @@ class Namespace:
 # -- policy questions ------------------------------------------------------------------------
 
 
-def tool_call(exposed: str, arguments: Mapping[str, Any], *, location: str) -> Call:
-    """``tools/call``: ``invoke_tool`` on ``Tool::"<exposed>"``; the arguments are
+def tool_call(
+    exposed: str, arguments: Mapping[str, Any], *, location: str, server: str | None = None
+) -> Call:
+    """``tools/call``: ``invoke_tool`` on ``Tool::"<exposed>"``, in
+    ``McpServer::"<server>"`` (the server the gateway routes it to); the arguments are
     ``context.args``; the token's ``tool_invocation`` entries are matched with the
-    gateway's ``public_url`` as the location (RFC 9396)."""
+    gateway's ``public_url`` as the location (RFC 9396). A listed tool is in its
+    server in the gateway's snapshot already (its derived record), so placing it
+    costs the decision nothing; the call carries the parent so that whoever decides
+    it again (the control plane opening or using an approval for it) places it alike,
+    and so that it is forwarded only to where it was decided (:meth:`Call.decided_in`)."""
     return Call(
         action=TOOL_ACTION,
         resource=EntityRef("Tool", exposed),
         detail=ToolCall(tool=exposed, arguments=dict(arguments), location=location),
         tool=exposed,
         args=dict(arguments),
+        resource_parents=in_server(server) if server is not None else (),
     )
 
 
@@ -1347,7 +1355,7 @@ class McpGateway:
         # only a tool an upstream lists goes out (checked before the decision too; a
         # listing may have dropped it since): else a tool.call with status 404
         known = self.tools.known(params.name)
-        route = self.namespace.route(params.name) if known else None
+        route = self._decided_in(pending.call, self.namespace.route(params.name)) if known else None
 
         async def relay(progress: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(progress, total, message)
@@ -1455,9 +1463,9 @@ class McpGateway:
     def _decided_in(
         call: Call, route: tuple[UpstreamServer, str] | None
     ) -> tuple[UpstreamServer, str] | None:
-        """``route`` if the call was decided in that server's ``McpServer`` (as a
-        tool is only forwarded while :meth:`ListedTools.known`), else None: not
-        forwarded (a ``tool.call`` with status 404)."""
+        """``route`` if the call was decided in that server's ``McpServer`` (a tool,
+        moreover, only while :meth:`ListedTools.known`), else None: not forwarded (a
+        ``tool.call`` with status 404)."""
         if route is None or not call.decided_in(in_server(route[0].name)):
             return None
         return route
@@ -1489,7 +1497,10 @@ class McpGateway:
                 return "params.arguments: prompt arguments are strings"
             route = self.namespace.route(name)
             return prompt_call(name, arguments, route[0].name if route else None)
-        return tool_call(name, arguments, location=self.location)
+        route = self.namespace.route(name)
+        return tool_call(
+            name, arguments, location=self.location, server=route[0].name if route else None
+        )
 
 
 def _expose(kind: ListingKind, server: UpstreamServer, item: Any) -> tuple[Listed, Any]:

@@ -59,6 +59,9 @@ def _row(r: Row[Any]) -> ApprovalRequest:
         decision_reason=r.decision_reason,
         consumed_at=r.consumed_at,
         consumed_decision_id=r.consumed_decision_id,
+        resource_parents=tuple(
+            EntityRef(p["type"], p["id"]) for p in json.loads(r.resource_parents or "[]")
+        ),
     )
 
 
@@ -90,6 +93,7 @@ class SqlApprovals:
                 decision_reason=request.decision_reason,
                 consumed_at=request.consumed_at,
                 consumed_decision_id=request.consumed_decision_id,
+                resource_parents=_dumps([p.to_json() for p in request.resource_parents]),
             )
         )
 

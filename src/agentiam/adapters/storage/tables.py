@@ -448,6 +448,9 @@ approval_requests = Table(
     Column("decision_reason", Text),
     Column("consumed_at", UTCDateTime),
     Column("consumed_decision_id", ID),
+    # JSON list of {type, id}: the parents the enforcement point placed the resource
+    # in (migration 0011; "[]" for a request opened before, or placed nowhere)
+    Column("resource_parents", Text, nullable=False, server_default="[]"),
     Index(
         "ux_approval_requests_pending",
         "agent_id",

@@ -38,7 +38,13 @@ import cedarpy
 
 from agentiam.core.ids import new_id
 from agentiam.core.policy.engine import WHOLE_CONTEXT, CompiledPolicy, PolicyEngine
-from agentiam.core.policy.entities import EntitySnapshot, check_resource, merge_derived
+from agentiam.core.policy.entities import (
+    MAX_ID,
+    MAX_PARENTS,
+    EntitySnapshot,
+    check_resource,
+    merge_derived,
+)
 from agentiam.core.policy.model import EntityRef, ResourceRecord
 from agentiam.core.policy.schema import PRINCIPAL_TYPES
 from agentiam.core.policy.values import ValueTypeError, is_encodable, to_cedar
@@ -393,6 +399,25 @@ def _shape_problem(engine: PolicyEngine, request: AuthzRequest) -> str | None:
         return f"the action {request.action} does not apply to a {principal.type}"
     if resource.type not in resources:
         return f"the action {request.action} does not apply to a {resource.type}"
+    return None
+
+
+def _placement_problem(engine: PolicyEngine, request: AuthzRequest) -> str | None:
+    """Why ``request.resource_parents`` cannot place its resource, or None: a parent
+    of a type the schema does not let the resource be in, an invalid id, too many.
+    (``decide`` denies such a request, fail closed, when it cannot place it.)"""
+    parents = request.resource_parents
+    if not parents:
+        return None
+    if len(parents) > MAX_PARENTS:
+        return f"a resource may be placed in at most {MAX_PARENTS} parents"
+    spec = engine.schema.entity_types.get(request.resource.type)
+    allowed = spec.member_of if spec is not None else ()
+    for parent in parents:
+        if not parent.id or not is_encodable(parent.id) or len(parent.id) > MAX_ID:
+            return f"a parent's id must be non-empty, valid Unicode, ≤ {MAX_ID} chars"
+        if parent.type not in allowed:
+            return f"a {request.resource.type} cannot be in a {parent.type}"
     return None
 
 
@@ -915,7 +940,7 @@ class Authorizer:
         types or action, an action that does not apply, or a context that does not fit
         the schema. (``decide`` denies such requests; an API answers them with 4xx.)"""
         engine = self.engine
-        problem = _shape_problem(engine, request)
+        problem = _shape_problem(engine, request) or _placement_problem(engine, request)
         if problem:
             raise RequestError(problem)
         caller_risk(request)

@@ -30,6 +30,7 @@ from agentiam.adapters.http.policy_schemas import (
     ApprovalRefOut,
     AuthorizeIn,
     DecisionOut,
+    EntityRefIn,
 )
 from agentiam.adapters.http.routes import PROBLEM_RESPONSES, IdPath, audited_read
 from agentiam.adapters.http.security import _bearer, container_of, require
@@ -38,6 +39,7 @@ from agentiam.core.approvals import ApprovalRequest, ApprovalState
 from agentiam.core.audit.events import Actor, ActorType, ResourceRef
 from agentiam.core.ids import is_id
 from agentiam.core.policy.authorizer import AuthzRequest, RequestError
+from agentiam.core.policy.entities import MAX_PARENTS
 from agentiam.core.policy.model import EntityRef
 from agentiam.errors import AuthenticationRequired, Forbidden, InvalidInput
 from agentiam.ports import ApprovalQuery
@@ -61,11 +63,23 @@ class DecideIn(_In):
     reason: Annotated[str, Field(min_length=1, max_length=500)]
 
 
-class OpenIn(AuthorizeIn):
+class PlacedIn(AuthorizeIn):
+    """A call as an enforcement point decided it: ``resource_parents`` are the parents
+    it placed the resource in whatever the catalog says (the HTTP gateway's ``Api``,
+    the MCP gateway's ``McpServer``: ``AuthzRequest.resource_parents``), from its own
+    configuration, never from the agent's request. The control plane decides, records
+    and binds the call (fingerprint) placed alike."""
+
+    resource_parents: Annotated[list[EntityRefIn], Field(max_length=MAX_PARENTS)] = Field(
+        default_factory=list
+    )
+
+
+class OpenIn(PlacedIn):
     decision_id: Annotated[str | None, Field(max_length=64)] = None
 
 
-class UseIn(AuthorizeIn):
+class UseIn(PlacedIn):
     pass
 
 
@@ -82,6 +96,7 @@ class ApprovalOut(BaseModel):
     agent_id: str
     action: str
     resource: ResourceOut
+    resource_parents: list[ResourceOut]
     fingerprint: str
     created_at: datetime
     expires_at: datetime
@@ -107,6 +122,7 @@ class ApprovalOut(BaseModel):
             agent_id=a.agent_id,
             action=a.action,
             resource=ResourceOut(type=a.resource.type, id=a.resource.id),
+            resource_parents=[ResourceOut(type=p.type, id=p.id) for p in a.resource_parents],
             fingerprint=a.fingerprint,
             created_at=a.created_at,
             expires_at=a.expires_at,
@@ -156,11 +172,15 @@ def _approval_ref(request: Request, a: ApprovalRequest) -> ApprovalRefOut:
 
 
 def _call(request: Request, body: AuthorizeIn) -> AuthzRequest:
+    """The call an enforcement point asks about, placed where it placed it
+    (:class:`PlacedIn`); 422 when it is not a valid request (its parents included)."""
+    parents = body.resource_parents if isinstance(body, PlacedIn) else []
     req = AuthzRequest(
         principal=EntityRef(body.principal.type, body.principal.id),
         action=body.action,
         resource=EntityRef(body.resource.type, body.resource.id),
         context=body.context,
+        resource_parents=tuple(EntityRef(p.type, p.id) for p in parents),
     )
     if req.principal.type != "Agent":
         raise InvalidInput("only an agent's call can wait for approval")
@@ -295,7 +315,7 @@ def deny(approval_id: IdPath, body: DecideIn, request: Request, ctx: Decider) ->
 def open_approval(body: OpenIn, request: Request, ctx: Requester) -> ApprovalOut:
     """Open (or find the pending) request for a call an enforcement point denied. The
     control plane decides the call again: 409 unless approval would allow it."""
-    call = _call(request, AuthorizeIn.model_validate(body.model_dump(exclude={"decision_id"})))
+    call = _call(request, UseIn.model_validate(body.model_dump(exclude={"decision_id"})))
     approval = container_of(request).approvals.open(ctx, call, decision_id=body.decision_id)
     return ApprovalOut.of(approval, _base(request))
 
