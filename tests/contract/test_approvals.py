@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -152,6 +153,47 @@ def test_an_approval_is_bound_to_its_exact_call(world: Any) -> None:
         c.approvals.use(CTX, opened.id, call(other.id, amount=10))
     # refused attempts left it usable for the right call
     assert c.approvals.use(CTX, opened.id, call(ids["agent"], amount=10)).consumed
+
+
+def test_the_placement_is_decided_recorded_and_bound(world: Any) -> None:
+    """A call placed in ``McpServer::"bank"`` (``resource_parents``, as a gateway
+    placed it) is decided there when the request is opened, recorded with it on
+    either store and in its events, and bound: the same call placed elsewhere or
+    nowhere cannot use the approval. Placed where a forbid holds, nothing opens."""
+    c, ids = world
+    c.policies.put(
+        CTX,
+        "bank-needs-approval",
+        text='forbid (principal, action == Action::"invoke_tool", resource in '
+        'McpServer::"bank") when { context.approval.state != "approved" };',
+    )
+    c.policies.put(
+        CTX, "no-vault", text='forbid (principal, action, resource in McpServer::"vault");'
+    )
+    c.decisions.refresh()
+    bank, vault = EntityRef("McpServer", "bank"), EntityRef("McpServer", "vault")
+
+    def placed(*parents: EntityRef) -> AuthzRequest:
+        return replace(call(ids["agent"], "search", q="x"), resource_parents=parents)
+
+    with pytest.raises(Conflict):  # out of bank, no policy asks for approval
+        c.approvals.open(CTX, placed())
+    with pytest.raises(Conflict):  # in vault too: the forbid wins
+        c.approvals.open(CTX, placed(bank, vault))
+    opened = c.approvals.open(CTX, placed(bank, bank))
+    assert opened.resource_parents == (bank,)
+    assert c.approvals.get(opened.id).resource_parents == (bank,)  # stored
+    [requested] = [
+        e for e in events(c, "approval.requested") if e.details["approval_id"] == opened.id
+    ]
+    assert requested.details["resource_parents"] == [{"type": "McpServer", "id": "bank"}]
+    c.approvals.decide(CTX, opened.id, approve=True, reason="ok")
+    for other in (placed(), placed(vault), placed(bank, vault)):
+        with pytest.raises(Forbidden):
+            c.approvals.use(CTX, opened.id, other)
+    result = c.approvals.authorize(CTX, placed(bank), approval_id=opened.id)
+    assert result.decision.allowed  # decided again as approved, in bank
+    assert result.decision.request.resource_parents == (bank,)
 
 
 def test_who_may_decide(world: Any) -> None:

@@ -13,7 +13,7 @@ from tests.unit.test_audit_formats import assert_valid
 from typer.testing import CliRunner
 
 from agentiam.cli.main import app
-from agentiam.core.approvals import approvable
+from agentiam.core.approvals import approvable, request_fingerprint
 from agentiam.core.audit.cef import cef
 from agentiam.core.audit.events import (
     Actor,
@@ -66,6 +66,60 @@ def test_the_what_if_decision_does_not_count_as_a_request() -> None:
     rate = authz.rates.peek(EntityRef("Agent", AGENT), datetime.now(UTC).timestamp())
     approvable(authz, pay)
     assert authz.rates.peek(EntityRef("Agent", AGENT), datetime.now(UTC).timestamp()) == rate
+
+
+IN_SERVER = """
+@id("bank-tools")
+permit (principal, action == Action::"invoke_tool", resource in McpServer::"bank");
+@id("bank-approval")
+forbid (principal, action == Action::"invoke_tool", resource in McpServer::"bank")
+  when { context.approval.state != "approved" };
+@id("no-vault")
+forbid (principal, action, resource in McpServer::"vault");
+"""
+
+
+def _placed(*parents: str) -> tuple[Any, Any]:
+    """A call on an uncatalogued tool placed in ``McpServer::<parent>`` for each of
+    ``parents`` (``AuthzRequest.resource_parents``), decided under ``IN_SERVER``."""
+    authz = make_authorizer(IN_SERVER, agents=[agent_record(AGENT)])
+    request = AuthzRequest(
+        EntityRef("Agent", AGENT),
+        "invoke_tool",
+        EntityRef("Tool", "bank.transfer"),
+        {},
+        resource_parents=tuple(EntityRef("McpServer", p) for p in parents),
+    )
+    return authz, authz.decide(request)
+
+
+def test_the_what_if_decision_keeps_the_placement() -> None:
+    """A deny that approval lifts only ``in McpServer::"bank"`` is approvable when the
+    call is placed there (the what-if question keeps ``resource_parents``); a forbid
+    on the parent it is also placed in still wins; out of the server nothing asks."""
+    authz, bank = _placed("bank")
+    assert not bank.allowed
+    assert bank.policies == ("bank-approval",)
+    assert approvable(authz, bank)
+    authz, both = _placed("bank", "vault")
+    assert not approvable(authz, both)
+    authz, nowhere = _placed()
+    assert not approvable(authz, nowhere)
+
+
+def test_the_fingerprint_binds_the_placement() -> None:
+    agent, tool, args = EntityRef("Agent", AGENT), EntityRef("Tool", "pay"), {"amount": 5}
+    bank, vault = EntityRef("McpServer", "bank"), EntityRef("McpServer", "vault")
+    plain = request_fingerprint(agent, "invoke_tool", tool, args)
+    assert request_fingerprint(agent, "invoke_tool", tool, args, ()) == plain  # as before
+    in_bank = request_fingerprint(agent, "invoke_tool", tool, args, (bank,))
+    assert in_bank != plain
+    assert in_bank != request_fingerprint(agent, "invoke_tool", tool, args, (vault,))
+    assert in_bank != request_fingerprint(agent, "invoke_tool", tool, args, (bank, vault))
+    # a set: the order and repeats of the parents do not make another call
+    assert request_fingerprint(
+        agent, "invoke_tool", tool, args, (vault, bank, vault)
+    ) == request_fingerprint(agent, "invoke_tool", tool, args, (bank, vault))
 
 
 def _event(type_: str, outcome: Outcome = Outcome.SUCCESS) -> dict[str, Any]:
