@@ -221,9 +221,10 @@ def test_an_allowed_call_reaches_the_server_with_its_decision() -> None:
     enforcer = FakeEnforcer()
     client, downstream = endpoint(enforcer)
     assert post(client, CALL).status_code == 200
+    # location: the gateway's public URL; placed in the server it routes to
     assert enforcer.decided == [
-        tool_call("bank.search", {"query": "x"}, location=URL)
-    ]  # location: the gateway's public URL
+        tool_call("bank.search", {"query": "x"}, location=URL, server="bank")
+    ]
     (seen,) = downstream.seen
     assert json.loads(seen["body"]) == CALL  # the body is replayed unchanged
     state: _RequestState = seen["state"]
