@@ -289,7 +289,10 @@ def build(
         publish_delay=timedelta(seconds=settings.signing_key_publish_seconds),
         verify_for=timedelta(seconds=settings.access_token_ttl_seconds + skew),
         refresh_seconds=settings.key_refresh_seconds,
+        revocations=revocations,
     )
+    # a retirement another replica wrote: re-read the ring before the feed moves past it
+    revocations.on_signing_key_retired(signing_keys.refresh)
     window = DpopWindow(max_age=settings.dpop_max_age_seconds)
     # Nonces must verify on every replica: derive their key from the shared master key.
     nonce_key = master.derive("dpop-nonce") if master else secrets.token_bytes(32)

@@ -6,7 +6,7 @@ a change and the audit event that records it are written together or not at all.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Protocol, Self, TypeVar
@@ -278,8 +278,11 @@ class RevocationRepository(Protocol):
         """Add an entry; it is stored when the unit of work commits, in the order
         entries commit (the feed's readers rely on it)."""
 
-    def after(self, seq: int, limit: int) -> list[Revocation]:
-        """Unexpired and expired entries with ``seq`` above ``seq``, in order."""
+    def after(
+        self, seq: int, limit: int, kinds: Collection[RevocationKind] | None = None
+    ) -> list[Revocation]:
+        """Unexpired and expired entries with ``seq`` above ``seq``, in order; only
+        those of ``kinds`` when given."""
 
     def active(self, now: int) -> list[Revocation]:
         """Every entry not yet expired (to seed a verifier)."""

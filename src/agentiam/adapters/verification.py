@@ -6,13 +6,22 @@ except to learn a key it has not seen:
 * :class:`JwksCache`: the control plane's JWKS, re-read every ``max_age`` seconds and at
   most once per ``min_refresh_interval`` when a token names an unknown ``kid`` (so a
   stream of bogus kids cannot turn into a stream of fetches). Each key's algorithm is
-  pinned from its JWK ``alg``; keys without an allowed ``alg`` are ignored.
-* :class:`RevocationFeedClient`: a long poll on ``GET /v1/revocations?after=&wait=``;
-  each answer is applied to the in-memory
+  pinned from its JWK ``alg``; keys without an allowed ``alg`` are ignored, and so are
+  keys the revocation feed says are retired.
+* :class:`RevocationFeedClient`: a long poll on
+  ``GET /v1/revocations?after=&wait=&kinds=``; each answer is applied to the in-memory
   :class:`~agentiam.core.credentials.revocations.RevocationSet` and marks it fresh. The
   control plane answers a waiting poll within its own poll interval (0.25 s) of a
   revocation, so verifiers learn of it well within one second. If the feed fails for
   longer than the set's ``max_staleness``, verification fails closed.
+
+A signing key's retirement comes by the same feed (kind ``signing_key``, named in
+``kinds``): from the answer that brings it, the key is refused (the revocation set
+says so, whatever the JWKS copy held says and whether or not it can be re-read), it
+leaves the key set, and :attr:`RemoteVerifier.keys_changed` is set so the JWKS is
+re-read. A control plane that predates this answers without ``kinds``
+(:attr:`RevocationFeedClient.pushes_key_retirements` stays False): a retirement there
+reaches the verifier only by a JWKS re-read.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
@@ -59,10 +68,14 @@ class JwksCache:
         max_stale: float | None = None,
         background: bool = False,
         monotonic: Callable[[], float] = staleness_clock,
+        retired: Callable[[str], bool] | None = None,
     ) -> None:
-        """Keys older than ``max_age`` are re-fetched; while that fails they are still
-        served until ``max_stale`` (default: ``max_age``) after the last good fetch,
-        then no key is (fail closed). A fetch is tried at most once per
+        """``retired``: whether the revocation feed says a ``kid`` is retired; such a
+        key is never served nor kept, whatever the JWKS lists (a replica that has not
+        caught up may still list it). Keys older than ``max_age`` are re-fetched;
+        while that fails they are still served until ``max_stale`` (default:
+        ``max_age``) after the last good fetch, then no key is (fail closed). A
+        fetch is tried at most once per
         ``min_refresh_interval``, and while a usable copy exists only one caller
         waits for it: the others go on with the copy. With ``background``, no caller
         ever waits (an event loop must not): the fetch runs on a thread of its own and
@@ -78,6 +91,7 @@ class JwksCache:
         self._fetched_at: float | None = None
         self._attempted_at: float | None = None
         self._background = background
+        self._retired = retired if retired is not None else _never
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
@@ -85,6 +99,8 @@ class JwksCache:
         keys: dict[str, VerificationKey] = {}
         for jwk in document.get("keys", []) if isinstance(document, dict) else []:
             if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str):
+                continue
+            if self._retired(jwk["kid"]):
                 continue
             try:
                 keys[jwk["kid"]] = import_public_jwk(jwk, str(jwk.get("alg")), kid=jwk["kid"])
@@ -98,7 +114,14 @@ class JwksCache:
         fetched = self._fetched_at
         return None if fetched is None else self._monotonic() - fetched
 
+    def forget(self, kids: Iterable[str]) -> None:
+        """Drop ``kids`` from the copy held (retired: the feed said so)."""
+        gone = set(kids)
+        self._keys = {kid: key for kid, key in self._keys.items() if kid not in gone}
+
     def get(self, kid: str) -> VerificationKey | None:
+        if self._retired(kid):
+            return None  # refused, and no reason to fetch
         now = self._monotonic()
         fetched = self._fetched_at
         key = self._keys.get(kid)
@@ -148,6 +171,14 @@ class JwksCache:
         return attempted is None or now - attempted >= self._min_interval
 
 
+def _never(kid: str) -> bool:
+    return False
+
+
+# Every kind this reader understands, named on each poll (``?kinds=``).
+_KINDS = ",".join(sorted(k.value for k in RevocationKind))
+
+
 class RevocationFeedClient:
     def __init__(
         self,
@@ -158,9 +189,16 @@ class RevocationFeedClient:
         wait: float = 10.0,
         retry_delay: float = 0.5,
         http: httpx.Client | None = None,
+        on_keys_retired: Callable[[list[str]], None] | None = None,
     ) -> None:
+        """``on_keys_retired``: called on the polling thread, after an answer that
+        retires signing keys is applied, with their kids (keep it short: the next
+        poll waits for it)."""
         self._url = base_url.rstrip("/") + "/v1/revocations"
         self._revoked = revoked
+        self._on_keys_retired = on_keys_retired
+        # Whether the control plane's last answer said it pushes key retirements.
+        self.pushes_key_retirements = False
         self._wait = wait
         self._retry = retry_delay
         self._http = http or httpx.Client(
@@ -172,7 +210,9 @@ class RevocationFeedClient:
     def poll_once(self, wait: float) -> int:
         """One long poll; returns how many entries were applied."""
         body = _get_json(
-            self._http, self._url, params={"after": self._revoked.cursor, "wait": wait}
+            self._http,
+            self._url,
+            params={"after": self._revoked.cursor, "wait": wait, "kinds": _KINDS},
         )
         entries = [
             Revocation(
@@ -186,6 +226,13 @@ class RevocationFeedClient:
         ]
         self._revoked.apply(entries, now=int(time.time()))
         self._revoked.mark_fresh()
+        served = body.get("kinds")
+        self.pushes_key_retirements = (
+            isinstance(served, list) and RevocationKind.SIGNING_KEY.value in served
+        )
+        kids = [e.subject for e in entries if e.kind is RevocationKind.SIGNING_KEY]
+        if kids and self._on_keys_retired is not None:
+            self._on_keys_retired(kids)
         return len(entries)
 
     def start(self) -> None:
@@ -246,14 +293,24 @@ class RemoteVerifier:
         )
         if metadata.get("issuer") != issuer.rstrip("/"):
             raise ValueError("authorization server metadata names another issuer")
+        self.revoked = RevocationSet(max_staleness=max_staleness, monotonic=monotonic)
         self.keys = JwksCache(
             metadata["jwks_uri"],
             self._http,
             max_stale=max_staleness,
             background=background_keys,
+            retired=self.revoked.is_key_retired,
         )
-        self.revoked = RevocationSet(max_staleness=max_staleness, monotonic=monotonic)
-        self.feed = RevocationFeedClient(issuer, admin_key, self.revoked, wait=feed_wait)
+        # Set when the feed retires a signing key: whoever keeps the JWKS fresh (the
+        # gateway link's key thread) re-reads it now.
+        self.keys_changed = threading.Event()
+        self.feed = RevocationFeedClient(
+            issuer,
+            admin_key,
+            self.revoked,
+            wait=feed_wait,
+            on_keys_retired=self._keys_retired,
+        )
         self.verifier = AccessTokenVerifier(
             VerifierConfig(
                 issuer=issuer.rstrip("/"), audience=audience, accept_bearer=accept_bearer
@@ -261,6 +318,10 @@ class RemoteVerifier:
             self.keys,
             self.revoked,
         )
+
+    def _keys_retired(self, kids: list[str]) -> None:
+        self.keys.forget(kids)
+        self.keys_changed.set()
 
     def start(self) -> RemoteVerifier:
         self.keys.refresh()

@@ -15,10 +15,19 @@ How verifiers learn of a revocation within a second:
 
 A set that has not synced for ``revocation_max_staleness_seconds`` reports itself
 stale and every verification using it fails closed.
+
+A signing key's retirement rides the same feed (:func:`retire_signing_key`, written in
+the retirement's own transaction), so it crosses replicas as a revocation does: a
+replica whose sync reads one re-reads its key ring first (:meth:`RevocationService.
+on_signing_key_retired`), so its JWKS no longer lists the key by the time its feed
+moves and a waiting gateway's long poll returns; the gateway refuses the ``kid`` at
+once and re-reads the JWKS. Before this, another replica's JWKS listed a retired key
+until its next key-ring refresh (``key_refresh_seconds``, 5 s).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from datetime import datetime
 
 from agentiam.core.audit.events import ResourceRef
@@ -34,7 +43,7 @@ from agentiam.errors import InvalidInput, NotFound
 from agentiam.ports import Clock, UnitOfWork, UnitOfWorkFactory
 from agentiam.services.context import CallContext
 
-__all__ = ["RevocationService", "revoke_agent_tokens"]
+__all__ = ["RevocationService", "retire_signing_key", "revoke_agent_tokens"]
 
 _FEED_PAGE = 1000
 
@@ -52,11 +61,29 @@ def revoke_agent_tokens(uow: UnitOfWork, agent_id: str, now: datetime) -> int:
     return cutoff
 
 
+def retire_signing_key(uow: UnitOfWork, kid: str, now: datetime) -> None:
+    """Within ``uow``: tell every verifier that the signing key ``kid`` is retired.
+    The entry lives as long as any token the key signed may (the longest lifetime
+    plus the largest clock skew), after which the JWKS, which never lists the key
+    again, suffices."""
+    epoch = int(now.timestamp())
+    uow.revocations.add(
+        RevocationKind.SIGNING_KEY, kid, cutoff=epoch, expires=epoch + MAX_TOKEN_LIFETIME, now=now
+    )
+
+
 class RevocationService:
     def __init__(self, uow: UnitOfWorkFactory, clock: Clock, revoked: RevocationSet) -> None:
         self._uow = uow
         self._clock = clock
         self.revoked = revoked
+        self._keys_retired: Callable[[], None] | None = None
+
+    def on_signing_key_retired(self, reload_keys: Callable[[], None]) -> None:
+        """Have :meth:`sync` call ``reload_keys`` (the key ring's re-read) before it
+        applies entries that retire a signing key, so this replica stops publishing
+        and signing with the key before its feed moves past the retirement."""
+        self._keys_retired = reload_keys
 
     def _epoch(self) -> int:
         return int(self._clock.now().timestamp())
@@ -113,16 +140,28 @@ class RevocationService:
         self.sync()
         return cutoff
 
-    def feed(self, after: int, limit: int = _FEED_PAGE) -> list[Revocation]:
+    def feed(
+        self,
+        after: int,
+        limit: int = _FEED_PAGE,
+        kinds: Collection[RevocationKind] | None = None,
+    ) -> list[Revocation]:
+        """Entries after ``after``, in order (only those of ``kinds`` when given)."""
         with self._uow(read_only=True) as uow:
-            return uow.revocations.after(after, min(limit, _FEED_PAGE))
+            return uow.revocations.after(after, min(limit, _FEED_PAGE), kinds)
 
     def sync(self) -> int:
         """Apply every entry after the set's cursor; mark the set fresh. Returns how
-        many entries were applied."""
+        many entries were applied. A page that retires a signing key re-reads the key
+        ring first (:meth:`on_signing_key_retired`)."""
         applied = 0
         while True:
             entries = self.feed(self.revoked.cursor)
+            reload_keys = self._keys_retired
+            if reload_keys is not None and any(
+                e.kind is RevocationKind.SIGNING_KEY for e in entries
+            ):
+                reload_keys()
             self.revoked.apply(entries, now=self._epoch())
             applied += len(entries)
             if len(entries) < _FEED_PAGE:

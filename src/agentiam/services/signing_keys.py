@@ -1,7 +1,8 @@
 """The authorization server's key ring: publish, sign, rotate, retire.
 
 Keys live in the database so every replica shares them; each replica keeps them in
-memory and re-reads them every ``refresh_seconds``. Because a rotated-in key is
+memory and re-reads them every ``refresh_seconds``, and at once when the revocation
+feed brings a retirement (``services/revocations.py``). Because a rotated-in key is
 published ``publish_delay`` (at least twice the refresh interval) before it signs,
 every replica's JWKS lists it before any replica signs with it. Private halves are
 unsealed with the master key on first use and kept only in memory.
@@ -33,6 +34,7 @@ from agentiam.core.credentials.signing_keys import (
 from agentiam.errors import InvalidInput, InvalidTransition, NotFound, ServiceUnavailable
 from agentiam.ports import Clock, UnitOfWorkFactory
 from agentiam.services.context import CallContext
+from agentiam.services.revocations import RevocationService, retire_signing_key
 
 __all__ = ["SigningKeyService"]
 
@@ -48,8 +50,13 @@ class SigningKeyService:
         publish_delay: timedelta,
         verify_for: timedelta,
         refresh_seconds: float,
+        revocations: RevocationService | None = None,
     ) -> None:
+        """``revocations``: this replica's feed, synced as soon as a retirement is
+        written so that the gateways' long polls held here return at once (other
+        replicas read it within their ``revocation_poll_seconds``)."""
         self._uow = uow
+        self._revocations = revocations
         self._clock = clock
         self._master = master
         self._alg = alg
@@ -204,7 +211,9 @@ class SigningKeyService:
         return self._create(ctx, now, activates_at=now if immediate else now + self._publish_delay)
 
     def retire(self, ctx: CallContext, kid: str, reason: str) -> SigningKey:
-        """Unpublish ``kid`` now: every token it signed stops verifying."""
+        """Unpublish ``kid`` now: every token it signed stops verifying. The same
+        transaction writes the retirement to the revocation feed (pushed to every
+        verifier as a revocation is) and its ``signing_key.retired`` audit event."""
         if not reason.strip():
             raise InvalidInput("a reason is required to retire a signing key")
         now = self._clock.now()
@@ -223,6 +232,7 @@ class SigningKeyService:
                 )
             retired = retire_now(key, now)
             uow.signing_keys.update_schedule(retired)
+            retire_signing_key(uow, kid, now)  # the revocation feed: every verifier
             uow.audit.append(
                 ctx.event(
                     "signing_key.retired",
@@ -234,4 +244,6 @@ class SigningKeyService:
             uow.commit()
         self._private.pop(kid, None)
         self.refresh()
+        if self._revocations is not None:
+            self._revocations.sync()  # long polls held on this replica return now
         return retired

@@ -11,6 +11,8 @@ The part every gateway shares (see docs/gateway.md#configuration)::
       url: https://iam.example.com
       key_env: AGENTIAM_GATEWAY_KEY    # env var holding a verifier-role admin key
       outage_seconds: 300              # decide from cache this long, then refuse all
+      jwks_refresh_seconds: 60         # safety-net JWKS re-read (retirements are pushed);
+                                       # at most a quarter of outage_seconds is used
     spool: {directory: /var/lib/agentiam/gw, max_bytes: 1073741824,
             rejected_max_bytes: 67108864}   # rejected.jsonl's own bound (spool.py)
     secrets: {store: /etc/agentiam/gw-secrets.json}   # key: AGENTIAM_GATEWAY_SECRETS_KEY
@@ -108,6 +110,8 @@ class ControlPlaneConfig:
     url: str
     key_env: str
     outage_seconds: float = 300.0
+    # the JWKS re-read no retirement asked for (adapters/gateway/link.py)
+    jwks_refresh_seconds: float = 60.0
 
     def admin_key(self, env: Mapping[str, str] | None = None) -> str:
         return from_env(
@@ -419,7 +423,11 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
         raise ValueError("listen.max_connections: an integer between 1 and 1000000")
 
     cp = _mapping(top.get("control_plane"), "control_plane")
-    _keys(cp, "control_plane", frozenset({"url", "key_env", "outage_seconds"}))
+    _keys(
+        cp,
+        "control_plane",
+        frozenset({"url", "key_env", "outage_seconds", "jwks_refresh_seconds"}),
+    )
     key_env = cp.get("key_env", "AGENTIAM_GATEWAY_KEY")
     if not isinstance(key_env, str) or not _ENV.match(key_env):
         raise ValueError("control_plane.key_env: an environment variable name")
@@ -428,6 +436,9 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
         key_env=key_env,
         outage_seconds=_number(
             cp.get("outage_seconds", 300), "control_plane.outage_seconds", 1, 86_400
+        ),
+        jwks_refresh_seconds=_number(
+            cp.get("jwks_refresh_seconds", 60), "control_plane.jwks_refresh_seconds", 1, 86_400
         ),
     )
 

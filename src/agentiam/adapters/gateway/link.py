@@ -3,11 +3,18 @@ cached locally and kept fresh by the control plane's pushes.
 
 * **Tokens**: :class:`~agentiam.adapters.verification.RemoteVerifier` (the JWKS, and
   the revocation feed as a long poll: a revocation reaches the gateway within the
-  control plane's poll interval, well under a second). The JWKS (RFC 7517 section 5)
-  has no long poll: a thread of its own re-reads it every ``keys_seconds`` (1 s), so
-  a signing key the control plane retires (``agentiam keys retire``, a suspected
-  compromise) leaves the gateway's key set within about a second, and every token it
-  signed is refused from then on, open streams' included.
+  control plane's poll interval, well under a second). A signing key the control
+  plane retires (``agentiam keys retire``, a suspected compromise) comes by that same
+  feed, from whichever replica the gateway polls: every token it signed is refused
+  from the answer that names it, open streams' included (their watch asks
+  :meth:`~agentiam.core.credentials.verifier.AccessTokenVerifier.still_valid`), and
+  the JWKS (RFC 7517 section 5) is re-read at once on a thread of its own. Apart from
+  that, the thread re-reads the JWKS every ``keys_seconds`` (60 s, at most a quarter
+  of the outage bound) as a safety net; a token naming a key it has not seen yet (a
+  rotation) makes it fetch the JWKS then
+  (:class:`~agentiam.adapters.verification.JwksCache`). A control plane that does not
+  push retirements (an older release: its feed answers without ``kinds``) gets the
+  former every-second re-read (``LEGACY_KEYS_SECONDS``) instead.
 * **Policy and entities**: a long poll on ``GET /v1/enforcement/bundle`` that the
   control plane answers as soon as the policy set or the registry changes; the bundle
   becomes a local :class:`~agentiam.core.policy.authorizer.Authorizer`, so a decision
@@ -52,8 +59,11 @@ log = logging.getLogger("agentiam.gateway")
 
 _MAX_BUNDLE = 64 * 1024 * 1024
 # seconds: the JWKS is re-read this often, on a thread of its own (requests never
-# fetch it): one small GET, answered from the control plane's memory
-KEYS_SECONDS = 1.0
+# fetch it), as a safety net: a retirement is pushed by the revocation feed
+KEYS_SECONDS = 60.0
+# seconds: the re-read interval while the control plane does not push retirements
+# (an older release), so that a retired key still leaves within about a second
+LEGACY_KEYS_SECONDS = 1.0
 
 
 class ControlPlaneLink:
@@ -73,7 +83,8 @@ class ControlPlaneLink:
         """``issuer`` is the control plane's URL, ``audience`` this gateway's resource
         URL (tokens must name it), ``admin_key`` a ``verifier``-role key, ``limiter``
         the rate limiter the bundle's throttles are installed in, ``keys_seconds``
-        how often the JWKS is re-read.
+        how often the JWKS is re-read when no retirement asks for it (at most a
+        quarter of ``outage_seconds``, so a quiet gateway's copy never goes stale).
 
         A long poll held open says nothing about the control plane being alive, so
         both long polls (bundle and revocations) are held at most a quarter of
@@ -107,7 +118,9 @@ class ControlPlaneLink:
         self._risk: dict[str, int] = {}  # the control plane's risk scores, per agent
         self._etag: str | None = None
         self._contact: float | None = None
-        self._keys_seconds = keys_seconds
+        if keys_seconds <= 0:
+            raise ValueError("keys_seconds must be positive")
+        self._keys_seconds = min(keys_seconds, outage_seconds / 4)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._keys_thread: threading.Thread | None = None
@@ -245,13 +258,27 @@ class ControlPlaneLink:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 5.0)
 
+    def keys_interval(self) -> float:
+        """Seconds between two JWKS re-reads that no retirement asked for: the
+        safety net while the control plane pushes retirements, else one second."""
+        if self.remote.feed.pushes_key_retirements:
+            return self._keys_seconds
+        return min(self._keys_seconds, LEGACY_KEYS_SECONDS)
+
     def _run_keys(self) -> None:
-        """Re-read the JWKS every ``keys_seconds`` apart from the long polls (which
-        may be held up to a quarter of the outage bound), so requests never fetch it
-        and a key the control plane removes leaves the key set within that time. A
-        failed read is retried at the next tick; the copy held serves up to the
-        outage bound (:class:`~agentiam.adapters.verification.JwksCache`)."""
-        while not self._stop.wait(self._keys_seconds):
+        """Re-read the JWKS when the revocation feed retires a key
+        (``remote.keys_changed``) and every :meth:`keys_interval` otherwise, apart
+        from the long polls (which may be held up to a quarter of the outage bound),
+        so requests never fetch it. A failed read is retried at the next tick; the
+        retired key is refused meanwhile (the revocation set), and the copy held
+        serves up to the outage bound
+        (:class:`~agentiam.adapters.verification.JwksCache`)."""
+        changed = self.remote.keys_changed
+        while True:
+            changed.wait(self.keys_interval())
+            changed.clear()  # before the read: a retirement during it asks again
+            if self._stop.is_set():
+                return
             try:
                 self.remote.keys.refresh()
             except Exception as exc:  # any failure: retry; the copy's bound fails closed
@@ -261,5 +288,6 @@ class ControlPlaneLink:
 
     def close(self) -> None:
         self._stop.set()
+        self.remote.keys_changed.set()  # wakes the key thread, which sees the stop
         self.remote.close()
         self._http.close()

@@ -180,6 +180,7 @@ class GatewayRuntime:
             admin_key=admin_key,
             outage_seconds=config.control_plane.outage_seconds,
             limiter=limiter,
+            keys_seconds=config.control_plane.jwks_refresh_seconds,
         ).start()
         # a batch must not hold the shipper for long: the spool waits for it
         shipper = _Shipper(config.control_plane.url, admin_key, 30.0)

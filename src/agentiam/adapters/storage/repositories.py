@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -905,9 +905,14 @@ class SqlRevocations:
             expires=r.expires,
         )
 
-    def after(self, seq: int, limit: int) -> list[Revocation]:
+    def after(
+        self, seq: int, limit: int, kinds: Collection[RevocationKind] | None = None
+    ) -> list[Revocation]:
         rv = t.revocations
-        stmt = select(rv).where(rv.c.seq > seq).order_by(rv.c.seq).limit(limit)
+        stmt = select(rv).where(rv.c.seq > seq)
+        if kinds is not None:
+            stmt = stmt.where(rv.c.kind.in_(sorted(k.value for k in kinds)))
+        stmt = stmt.order_by(rv.c.seq).limit(limit)
         return [self._entry(r) for r in self._c.execute(stmt)]
 
     def active(self, now: int) -> list[Revocation]:

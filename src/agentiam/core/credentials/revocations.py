@@ -10,7 +10,17 @@ Two shapes of entry (RFC 7009 describes the first; the rest are ours):
   agent (the token's client, or any actor in its ``act`` chain; suspending or
   decommissioning an agent writes one), a human (every token acting for them: "revoke
   all of this human's delegations"), or a delegation grant (every token issued under
-  it).
+  it);
+* a retired signing key, by ``kid``: every token whose JOSE header names it is
+  refused, whenever it was issued (``agentiam keys retire``, a suspected compromise:
+  a replica that had not yet re-read the key ring may still have signed with it a
+  moment after the retirement). The entry lets a verifier refuse the key within the
+  feed's latency whatever its copy of the JWKS (RFC 7517 section 5) still says, and
+  tells it to re-read that copy; it is kept as long as the key's tokens may live.
+
+The feed's readers name the kinds they understand (``BASE_KINDS`` is what every
+reader has always understood, the default): one that predates an entry kind is not
+sent it, so a new kind never breaks an old reader.
 
 :class:`RevocationSet` is what a verifier consults on every request. It never reads a
 database: a feed keeps it fresh (see ``services/credentials.py`` and the remote client
@@ -28,6 +38,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
+    "BASE_KINDS",
     "MAX_CLOCK_SKEW",
     "MAX_TOKEN_LIFETIME",
     "Revocation",
@@ -57,6 +68,14 @@ class RevocationKind(StrEnum):
     AGENT = "agent"
     HUMAN = "human"
     GRANT = "grant"
+    SIGNING_KEY = "signing_key"
+
+
+# The kinds every reader of the feed understands, including those that predate
+# ``signing_key``: what the feed serves a reader that does not name its kinds.
+BASE_KINDS = frozenset(
+    {RevocationKind.TOKEN, RevocationKind.AGENT, RevocationKind.HUMAN, RevocationKind.GRANT}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +85,10 @@ class Revocation:
 
     seq: int
     kind: RevocationKind
-    subject: str  # the jti, or the agent, human or grant id
-    cutoff: int  # cut-off entries: tokens with iat <= cutoff are revoked
+    subject: str  # the jti, the agent, human or grant id, or the signing key's kid
+    # cut-off entries: tokens with iat <= cutoff are revoked; a token or a signing key:
+    # when it was revoked (informational)
+    cutoff: int
     expires: int
 
 
@@ -95,7 +116,9 @@ class RevocationSet:
         self._tokens: dict[str, int] = {}
         # agent, human and grant ids (their prefixes keep them apart): (cutoff, expires)
         self._cutoffs: dict[str, tuple[int, int]] = {}
+        self._kids: dict[str, int] = {}  # retired signing keys: kid -> expires
         self._cursor = 0
+        self._kind_cursors: dict[RevocationKind, int] = {}  # the highest seq, per kind
         self._next_expiry: int | None = None  # the earliest expiry held
         self._max_staleness = max_staleness
         self._monotonic = monotonic
@@ -106,6 +129,12 @@ class RevocationSet:
         """The highest ``seq`` applied: the feed is read after it."""
         return self._cursor
 
+    def cursor_for(self, kinds: Iterable[RevocationKind]) -> int:
+        """The highest ``seq`` applied among entries of ``kinds``: a reader that
+        understands only those has nothing new while its cursor is at or past it."""
+        cursors = self._kind_cursors
+        return max((cursors.get(kind, 0) for kind in kinds), default=0)
+
     def apply(self, entries: Iterable[Revocation], *, now: int) -> None:
         """Add feed entries (idempotent) and drop those past their expiry."""
         with self._lock:
@@ -114,6 +143,8 @@ class RevocationSet:
                     self._tokens[entry.subject] = max(
                         entry.expires, self._tokens.get(entry.subject, 0)
                     )
+                elif entry.kind is RevocationKind.SIGNING_KEY:
+                    self._kids[entry.subject] = max(entry.expires, self._kids.get(entry.subject, 0))
                 else:
                     cutoff, expires = self._cutoffs.get(entry.subject, (0, 0))
                     self._cutoffs[entry.subject] = (
@@ -121,13 +152,21 @@ class RevocationSet:
                         max(expires, entry.expires),
                     )
                 self._cursor = max(self._cursor, entry.seq)
+                self._kind_cursors[entry.kind] = max(
+                    self._kind_cursors.get(entry.kind, 0), entry.seq
+                )
                 if self._next_expiry is None or entry.expires < self._next_expiry:
                     self._next_expiry = entry.expires
             # The feed is applied every poll; rebuild only when something has expired.
             if self._next_expiry is not None and self._next_expiry <= now:
                 self._tokens = {k: v for k, v in self._tokens.items() if v > now}
                 self._cutoffs = {k: v for k, v in self._cutoffs.items() if v[1] > now}
-                expiries = [*self._tokens.values(), *(e for _, e in self._cutoffs.values())]
+                self._kids = {k: v for k, v in self._kids.items() if v > now}
+                expiries = [
+                    *self._tokens.values(),
+                    *(e for _, e in self._cutoffs.values()),
+                    *self._kids.values(),
+                ]
                 self._next_expiry = min(expiries, default=None)
 
     def mark_fresh(self) -> None:
@@ -167,5 +206,9 @@ class RevocationSet:
                 return True
         return False
 
+    def is_key_retired(self, kid: str) -> bool:
+        """Has the signing key ``kid`` been retired (every token it signed refused)?"""
+        return kid in self._kids
+
     def __len__(self) -> int:
-        return len(self._tokens) + len(self._cutoffs)
+        return len(self._tokens) + len(self._cutoffs) + len(self._kids)

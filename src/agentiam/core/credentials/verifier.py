@@ -12,7 +12,8 @@ Checks, in order (RFC 9068 section 4, RFC 9449 section 7, RFC 8725):
 2. the revocation set is fresh, else every token is refused (fail closed);
 3. the token's header: ``typ`` ``at+jwt``, allowed ``alg``, a well-formed ``kid``, no
    key-carrying or ``crit`` headers, no duplicate JSON members;
-4. the signature, with the algorithm pinned for that ``kid``;
+4. the ``kid`` is not retired (the revocation feed), and the signature verifies with
+   the algorithm pinned for it;
 5. ``iss`` and ``aud`` exactly (an audience array must be exactly ``[ours]``), ``exp``,
    ``nbf`` and ``iat`` within the clock skew, ``sub``, ``client_id`` and ``jti``
    present;
@@ -61,6 +62,8 @@ from agentiam.errors import OAuthError
 __all__ = ["AccessTokenVerifier", "KeyLookup", "ProofUse", "VerifiedAccess", "VerifierConfig"]
 
 _ALGS = " ".join(ALLOWED_ALGORITHMS)
+# The refusal's reason (audit trail) for a token whose signing key was retired.
+_RETIRED = "signing key no longer published"
 
 
 class KeyLookup(Protocol):
@@ -296,6 +299,8 @@ class AccessTokenVerifier:
             return access
         try:
             parsed = parse_compact(token, ACCESS_TOKEN_PROFILE)
+            if self._revocations.is_key_retired(parsed.kid or ""):
+                raise JoseRejected(_RETIRED)
             key = self._keys.get(parsed.kid or "")
             if key is None:
                 raise JoseRejected("unknown kid")
@@ -340,8 +345,9 @@ class AccessTokenVerifier:
         request that outlives its verification (a stream): the same OAuthError
         :meth:`verify_token` would raise now for a stale revocation set (503), an
         expired token (past ``exp`` plus the clock skew, as requests are judged), a
-        token whose signing key is no longer in the key set (retired, say after a
-        compromise: RFC 7517 section 5, the JWK Set the verifier holds now), or a
+        token whose signing key is retired (say after a compromise: the revocation
+        feed names its ``kid``) or no longer in the key set (RFC 7517 section 5, the
+        JWK Set the verifier holds now), or a
         revoked one (RFC 7009; the token, its lineage, or a cut-off for a party).
         The key check is a lookup in the key set held, not a new signature check:
         the signature verified with that key when the token was accepted, and a
@@ -364,11 +370,13 @@ class AccessTokenVerifier:
         )
 
     def _check_published(self, kid: str) -> None:
-        """Refuse a token accepted earlier whose signing key ``kid`` the key set no
-        longer holds (an empty ``kid``, of an access this verifier did not accept,
-        names no key: refused too)."""
-        if not kid or self._keys.get(kid) is None:
-            raise self._invalid_token("signing key no longer published")
+        """Refuse a token accepted earlier whose signing key ``kid`` the revocation
+        feed says is retired, or the key set no longer holds (an empty ``kid``, of an
+        access this verifier did not accept, names no key: refused too). The feed is
+        asked first and alone suffices: a retirement is refused at once, whatever
+        the copy of the JWKS held says and whether or not it could be re-read."""
+        if not kid or self._revocations.is_key_retired(kid) or self._keys.get(kid) is None:
+            raise self._invalid_token(_RETIRED)
 
     def _check_revoked(self, access: VerifiedAccess) -> None:
         if self._revocations.is_revoked(

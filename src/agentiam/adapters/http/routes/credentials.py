@@ -1,5 +1,6 @@
 """Credential administration: signing keys, token revocation, and the revocation feed
-that remote verifiers long-poll."""
+that remote verifiers long-poll (which also carries signing-key retirements, to the
+readers that ask for them: see :func:`_feed_kinds`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from agentiam.adapters.http.schemas import Reason, _In, _Out
 from agentiam.adapters.http.security import container_of, require
 from agentiam.core.access.admin_keys import Permission
 from agentiam.core.audit.events import ResourceRef
+from agentiam.core.credentials.revocations import BASE_KINDS, RevocationKind
 from agentiam.core.credentials.signing_keys import SigningKey
 from agentiam.errors import InvalidInput
 from agentiam.services.context import CallContext
@@ -27,6 +29,7 @@ Revoke = Annotated[CallContext, Depends(require(Permission.TOKENS_REVOKE))]
 FeedRead = Annotated[CallContext, Depends(require(Permission.REVOCATIONS_READ))]
 KidPath = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 MAX_WAIT_SECONDS = 25.0
+_ALL_KINDS = frozenset(RevocationKind)
 
 
 class SigningKeyOut(_Out):
@@ -94,6 +97,30 @@ class RevocationOut(_Out):
 class RevocationFeed(_Out):
     entries: list[RevocationOut]
     cursor: int = Field(description="Pass as ?after= on the next call.")
+    kinds: list[str] = Field(
+        description="The entry kinds this answer covers: those the caller named in "
+        "?kinds= that this control plane serves (token, agent, human and grant when "
+        "it named none). A reader that sees signing_key here is told of key "
+        "retirements by the feed; an answer without this member comes from a "
+        "control plane that does not push them."
+    )
+
+
+def _feed_kinds(kinds: str | None) -> frozenset[RevocationKind]:
+    """The kinds a feed reader named (comma-separated), those this control plane
+    knows; the base kinds when it named none. A reader never gets an entry of a kind
+    it did not name, so a kind added later cannot break an older reader; a name
+    this control plane does not know (a newer reader's) is ignored."""
+    if kinds is None:
+        return BASE_KINDS
+    known = {k.value: k for k in RevocationKind}
+    named = frozenset(known[n] for n in (p.strip() for p in kinds.split(",")) if n in known)
+    if not named:
+        raise InvalidInput(
+            "kinds names no revocation kind this control plane serves",
+            hint="Name some of: " + ", ".join(k.value for k in RevocationKind) + ".",
+        )
+    return named
 
 
 @router.get("/v1/signing-keys", response_model=SigningKeyList)
@@ -150,18 +177,24 @@ async def revocation_feed(
     ctx: FeedRead,
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     wait: Annotated[float, Query(ge=0, le=MAX_WAIT_SECONDS)] = 0,
+    kinds: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> RevocationFeed:
-    """Entries after ``after``, in order. With ``wait`` the call is a long poll: it
-    answers as soon as this replica's feed moves past ``after``, or after ``wait``
-    seconds with no entries."""
+    """Entries after ``after``, in order, of the ``kinds`` the caller names
+    (comma-separated; ``signing_key``: retired signing keys, by ``kid``). With
+    ``wait`` the call is a long poll: it answers as soon as this replica's feed moves
+    past ``after`` with an entry of those kinds, or after ``wait`` seconds with none."""
     c = container_of(request)
+    served = _feed_kinds(kinds)
+    revoked = c.revocations.revoked
     # The feed moves when the revocation sync loop reads the store: re-checked often.
     await wait_until(
-        lambda: c.revocations.revoked.cursor > after,
+        lambda: revoked.cursor_for(served) > after,
         wait=min(wait, c.settings.revocation_feed_max_wait_seconds),
         poll=min(0.05, c.settings.revocation_poll_seconds),
     )
-    entries = await anyio.to_thread.run_sync(c.revocations.feed, after)
+    entries = await anyio.to_thread.run_sync(
+        lambda: c.revocations.feed(after, kinds=None if served == _ALL_KINDS else served)
+    )
     await anyio.to_thread.run_sync(
         lambda: audited_read(
             request,
@@ -179,4 +212,5 @@ async def revocation_feed(
             for e in entries
         ],
         cursor=entries[-1].seq if entries else after,
+        kinds=sorted(k.value for k in served),
     )
