@@ -17,13 +17,16 @@ from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
 from agentiam.bootstrap import Container, build
 from agentiam.config import Settings
 from agentiam.core.credentials.revocations import (
+    BASE_KINDS,
     MAX_CLOCK_SKEW,
+    MAX_TOKEN_LIFETIME,
     RevocationKind,
     RevocationSet,
 )
 from agentiam.core.credentials.sealing import MasterKey
 from agentiam.core.identities.lifecycle import LifecycleAction
 from agentiam.errors import OAuthError, ServiceUnavailable
+from agentiam.ports import AuditQuery
 from agentiam.sdk import AgentKey, client_assertion, dpop_proof
 from agentiam.services.agents import AgentChanges, NewAgent
 from agentiam.services.context import CallContext
@@ -233,6 +236,40 @@ def test_rotation_schedule_over_time(
     clock.advance(seconds=300 + 30)  # the old key's tokens have all expired
     a.signing_keys.refresh()
     assert {k["kid"] for k in a.signing_keys.jwks()["keys"]} == {rotated.kid}
+
+
+def test_a_key_retired_on_one_replica_leaves_the_others_at_their_next_feed_sync(
+    replicas: tuple[Container, Container], clock: FakeClock
+) -> None:
+    """A retirement rides the revocation feed, written in the retirement's own
+    transaction with its audit event: another replica's next feed sync (every
+    ``revocation_poll_seconds``, 0.25 s) re-reads its key ring, so its JWKS drops the
+    key and its verifier refuses the key's tokens then, not at its next key-ring
+    refresh (``key_refresh_seconds``, 5 s, the whole time of this test). An older
+    feed reader (the base kinds) is not sent the entry."""
+    a, b = replicas
+    key, dpop = AgentKey.generate(), AgentKey.generate()
+    agent_id = _agent(a, key)
+    now = _epoch(clock)
+    token = a.tokens.token(CTX, _form(key, agent_id, now), _proof(dpop, now)).body
+    (old,) = [k["kid"] for k in b.signing_keys.jwks()["keys"]]  # b holds the ring now
+    b.revocations.sync()
+    b.tokens.introspect(CTX, token["access_token"])  # b accepts the token
+    a.signing_keys.rotate(CTX, immediate=True)
+    a.signing_keys.retire(CTX, old, "compromised")
+    assert old in {k["kid"] for k in b.signing_keys.jwks()["keys"]}  # b has not synced
+    b.revocations.sync()
+    assert old not in {k["kid"] for k in b.signing_keys.jwks()["keys"]}
+    assert b.revocations.revoked.is_key_retired(old)
+    assert b.tokens.introspect(CTX, token["access_token"]) == {"active": False}
+    (entry,) = b.revocations.feed(0, kinds=[RevocationKind.SIGNING_KEY])
+    assert (entry.kind, entry.subject, entry.cutoff) == (RevocationKind.SIGNING_KEY, old, now)
+    assert entry.expires == now + MAX_TOKEN_LIFETIME
+    assert b.revocations.feed(0, kinds=BASE_KINDS) == []
+    events = a.audit.find(AuditQuery(limit=10, type="signing_key.retired")).items
+    assert [(e.resource.id if e.resource else None, e.reason) for e in events] == [
+        (old, "compromised")
+    ]
 
 
 def _any_key(c: Container, token: str) -> object:

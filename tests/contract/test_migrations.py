@@ -20,6 +20,7 @@ from agentiam.adapters.storage.engine import make_engine
 from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
 from agentiam.bootstrap import Container
 from agentiam.core.audit.events import Outcome, ResourceRef, TraceContext
+from agentiam.core.credentials.revocations import RevocationKind
 from agentiam.core.delegation.models import DelegationGrant, TokenNode, TokenOrigin
 from agentiam.core.identities.lifecycle import AgentStatus
 from agentiam.core.identities.models import Agent, AutonomyLevel, Human, RuntimeInfo
@@ -244,3 +245,29 @@ def test_audit_query_columns_are_backfilled_from_the_body(database_url: str) -> 
             conn.execute(t.audit_events.delete())
     finally:
         engine.dispose()
+
+
+def test_signing_key_revocations_migration_downgrades_for_an_older_release(
+    container: Container,
+) -> None:
+    """0011 marks that the revocation feed may hold ``signing_key`` entries, which an
+    older release cannot read (its schema check then keeps it from serving); going
+    back below it deletes those entries and keeps every other."""
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    epoch = int(now.timestamp())
+    jti = new_id("token")
+    with SqlUnitOfWork(container.engine) as uow:
+        uow.revocations.add(RevocationKind.TOKEN, jti, cutoff=epoch, expires=epoch + 60, now=now)
+        uow.revocations.add(
+            RevocationKind.SIGNING_KEY, "kid-1", cutoff=epoch, expires=epoch + 60, now=now
+        )
+        uow.commit()
+    try:
+        _downgrade(container.engine, "0010")
+        assert not migrate.is_current(container.engine)
+        with container.engine.connect() as conn:
+            rows = conn.execute(select(t.revocations.c.kind, t.revocations.c.subject)).all()
+        assert [tuple(r) for r in rows] == [("token", jti)]
+    finally:
+        migrate.upgrade(container.engine)
+    assert migrate.is_current(container.engine)

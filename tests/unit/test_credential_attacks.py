@@ -1630,6 +1630,38 @@ def test_a_stream_whose_access_names_no_key_is_refused(
     )
 
 
+def test_a_key_the_feed_retires_is_refused_while_the_key_set_still_holds_it(
+    verifier: AccessTokenVerifier, keys: Keys, revocations: RevocationSet, as_key: AgentKey
+) -> None:
+    """Fail closed: once the revocation feed names a signing key as retired, every
+    token it signed is refused (new requests, the verified-token cache, open
+    streams), although the key set held (a JWKS copy that could not be re-read, or a
+    replica's that has not caught up) still has the key; a token with another kid
+    is not affected. The key set is not even asked."""
+    cached = issue(as_key, at_claims(None))
+    access = verifier.verify_token(cached, now=NOW)
+    fresh = issue(as_key, at_claims(None))  # never verified: not in the cache
+    entry = Revocation(
+        seq=1, kind=RevocationKind.SIGNING_KEY, subject=KID, cutoff=NOW, expires=NOW + 3600
+    )
+    revocations.apply([entry], now=NOW)
+    assert keys.entries[KID] is not None  # the key set still holds the key
+    keys.lookups.clear()
+    for call in (
+        lambda: verifier.verify_token(fresh, now=NOW),
+        lambda: verifier.verify_token(cached, now=NOW),
+        lambda: verifier.still_valid(access, now=NOW),
+    ):
+        refused("invalid_token", "signing key no longer published", call)
+    assert keys.lookups == []
+    # another key's tokens still verify
+    keys.entries["as-key-2"] = keys.entries[KID]
+    assert verifier.verify_token(issue(as_key, at_claims(None), kid="as-key-2"), now=NOW)
+    # the entry is kept as long as the key's tokens may live, then forgotten
+    revocations.apply([], now=NOW + 3600)
+    assert not revocations.is_key_retired(KID)
+
+
 # -- server nonces -----------------------------------------------------------------
 
 NONCE_KEY = bytes(range(32))

@@ -535,6 +535,36 @@ def test_revocation_set_forgets_entries_once_they_expire() -> None:
     assert revoked.cursor == 2
 
 
+def test_a_feed_reader_of_the_base_kinds_does_not_see_the_feed_move_on_a_key_retirement() -> None:
+    """The control plane holds an older reader's long poll (it names no kinds: the
+    base ones) until an entry of a kind it understands arrives: a signing-key
+    retirement moves the feed's cursor but not that reader's, so its poll neither
+    returns early with nothing nor spins (its cursor can never reach the
+    retirement's ``seq``, which it is never sent)."""
+    from agentiam.core.credentials.revocations import (
+        BASE_KINDS,
+        Revocation,
+        RevocationKind,
+        RevocationSet,
+    )
+
+    revoked = RevocationSet(max_staleness=10)
+    revoked.apply([Revocation(1, RevocationKind.AGENT, "agt_b", cutoff=5, expires=200)], now=10)
+    revoked.apply(
+        [Revocation(2, RevocationKind.SIGNING_KEY, "kid-1", cutoff=10, expires=100)], now=10
+    )
+    assert revoked.cursor == 2
+    assert revoked.cursor_for(BASE_KINDS) == 1
+    assert revoked.cursor_for(RevocationKind) == 2
+    assert revoked.is_key_retired("kid-1")
+    assert not revoked.is_revoked(jti="kid-1", agent_id="kid-1", issued_at=0)
+    revoked.apply([Revocation(3, RevocationKind.TOKEN, "tok_a", cutoff=0, expires=300)], now=10)
+    assert revoked.cursor_for(BASE_KINDS) == 3
+    revoked.apply([], now=100)  # the retirement's expiry
+    assert not revoked.is_key_retired("kid-1")
+    assert len(revoked) == 2
+
+
 def test_staleness_bounds_count_time_the_host_was_suspended() -> None:
     """The outage bound and the feeds' staleness are measured on CLOCK_BOOTTIME (Linux),
     which keeps counting while the host is suspended; CLOCK_MONOTONIC stops, so a

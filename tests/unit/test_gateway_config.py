@@ -24,6 +24,7 @@ GOOD: dict[str, Any] = {
         "url": "https://iam.example.com",
         "key_env": "GW_KEY",
         "outage_seconds": 60,
+        "jwks_refresh_seconds": 120,
     },
     "spool": {"directory": "/var/lib/gw", "max_bytes": 2 << 20},
     "secrets": {"store": "/etc/gw/secrets.json"},
@@ -85,6 +86,7 @@ def test_a_good_configuration_loads() -> None:
         8443,
     )
     assert gateway.control_plane.outage_seconds == 60
+    assert gateway.control_plane.jwks_refresh_seconds == 120
     assert gateway.resource_metadata_url == (
         "https://gw.example.com/.well-known/oauth-protected-resource"
     )
@@ -121,6 +123,7 @@ def test_defaults() -> None:
     gateway = load_config(data).gateway
     assert (gateway.host, gateway.port) == ("127.0.0.1", 8443)
     assert gateway.control_plane.outage_seconds == 300  # five minutes
+    assert gateway.control_plane.jwks_refresh_seconds == 60  # retirements are pushed
     assert gateway.control_plane.key_env == "AGENTIAM_GATEWAY_KEY"
     assert gateway.rate_limits is None
     assert (gateway.timeouts.connect, gateway.timeouts.read, gateway.timeouts.total) == (5, 30, 60)
@@ -162,6 +165,8 @@ def test_public_url_with_a_path_is_the_prefix_and_names_the_metadata() -> None:
         ("control_plane.key_env", "lower-case", "control_plane.key_env"),
         ("control_plane.outage_seconds", 0, "control_plane.outage_seconds"),
         ("control_plane.outage_seconds", "5m", "control_plane.outage_seconds"),
+        ("control_plane.jwks_refresh_seconds", 0, "control_plane.jwks_refresh_seconds"),
+        ("control_plane.jwks_refresh_seconds", "1m", "control_plane.jwks_refresh_seconds"),
         ("control_plane.wait", 1, "control_plane: unknown keys wait"),
         ("spool.directory", "relative/dir", "spool.directory: an absolute path"),
         ("spool.max_bytes", 10, "spool.max_bytes"),

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
-from tests.api.oauth_support import OAuthLive, oauth_live
+from tests.api.oauth_support import RESOURCE, OAuthLive, oauth_live
 
-from agentiam.adapters.gateway.link import ControlPlaneLink
-from agentiam.adapters.verification import JwksCache
+from agentiam.adapters.gateway.link import KEYS_SECONDS, LEGACY_KEYS_SECONDS, ControlPlaneLink
+from agentiam.adapters.http.oauth import JWKS_PATH
+from agentiam.adapters.verification import JwksCache, RevocationFeedClient
 from agentiam.core.access.admin_keys import Role
 from agentiam.core.policy.authorizer import AuthzRequest
 from agentiam.core.policy.model import EntityRef
-from agentiam.errors import ServiceUnavailable
+from agentiam.errors import OAuthError, ServiceUnavailable
 from agentiam.sdk.keys import AgentKey
 from agentiam.services.context import CallContext
 
@@ -148,29 +149,163 @@ def test_a_policy_change_reaches_the_link_at_once(live: OAuthLive) -> None:
         link.close()
 
 
+def _until(done: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``done`` until it holds; fail with ``what`` past ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def _refused(link: ControlPlaneLink, token: str) -> str | None:
+    """Why the link refuses ``token`` now (None: it accepts it)."""
+    try:
+        link.verifier.verify_token(token, now=int(time.time()))
+    except OAuthError as exc:
+        return exc.reason
+    return None
+
+
 def test_a_retired_signing_key_leaves_the_links_key_set_within_a_second(
     live: OAuthLive,
 ) -> None:
     """Rotation after a compromise (``keys rotate --immediate``, then ``keys retire``):
-    the link re-reads the JWKS every second on a thread of its own, whatever its long
-    polls are doing (held here up to 7.5 s), so the retired key leaves the key set
-    the verifier looks in within about a second, and the new one is in it."""
+    the retirement is pushed by the revocation feed the link long-polls, so the
+    retired key leaves the key set the verifier looks in, and its tokens are refused,
+    within about a second, and the new key is in the set. The JWKS safety net is set
+    to far longer than the test (15 minutes: a quarter of the outage bound), so it is
+    the push that does it (the old every-second re-read, set that long, does not)."""
     ctx = CallContext.system("test")
     link = ControlPlaneLink(
-        live.url, AUDIENCE, admin_key=_verifier_key(live), outage_seconds=30
+        live.url,
+        RESOURCE,
+        admin_key=_verifier_key(live),
+        outage_seconds=3600,
+        keys_seconds=3600,
     ).start()
     try:
+        assert link.keys_interval() == 900
+        token = live.token()
+        assert link.verifier.verify_token(token, now=int(time.time())).subject == live.agent_id
         signing = live.container.signing_keys
         (old,) = [k["kid"] for k in signing.jwks()["keys"]]
         keys = link.remote.keys
         assert keys.get(old) is not None
         new = signing.rotate(ctx, immediate=True)
         signing.retire(ctx, old, "compromised")
-        started = time.monotonic()
-        while keys.get(old) is not None:
-            assert time.monotonic() - started < 1.5, "the retired key is still in the key set"
-            time.sleep(0.01)
-        assert keys.get(new.kid) is not None
+        _until(lambda: keys.get(old) is None, 1.5, "the retired key is still in the key set")
+        assert _refused(link, token) == "signing key no longer published"
+        _until(lambda: keys.get(new.kid) is not None, 1.5, "the new key is not in the key set")
+        assert link.remote.feed.pushes_key_retirements
+    finally:
+        link.close()
+
+
+class _JwksGoesDown(httpx.HTTPTransport):
+    """The link's own HTTP client (metadata and JWKS) to a real control plane, whose
+    JWKS reads fail once ``down`` is set: the boundary is a JWKS endpoint that cannot
+    be reached while the revocation feed still can, which a real server on one port
+    cannot be made to do."""
+
+    down = False
+    refused = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.down and request.url.path == JWKS_PATH:
+            self.refused += 1
+            raise httpx.ConnectError("the JWKS is unreachable", request=request)
+        return super().handle_request(request)
+
+
+def test_a_key_the_feed_retires_is_refused_even_if_the_jwks_cannot_be_re_read(
+    live: OAuthLive,
+) -> None:
+    """Fail closed: the feed names the retired kid and the link refuses its tokens
+    from that answer on, although every JWKS read fails from just before the
+    retirement, so the copy the link holds (still usable: well within the outage
+    bound) still lists the key."""
+    ctx = CallContext.system("test")
+    transport = _JwksGoesDown()
+    link = ControlPlaneLink(
+        live.url,
+        RESOURCE,
+        admin_key=_verifier_key(live),
+        outage_seconds=3600,
+        keys_seconds=3600,
+        http=httpx.Client(transport=transport, timeout=10),
+    ).start()
+    try:
+        token = live.token()
+        access = link.verifier.verify_token(token, now=int(time.time()))
+        signing = live.container.signing_keys
+        (old,) = [k["kid"] for k in signing.jwks()["keys"]]
+        transport.down = True
+        signing.rotate(ctx, immediate=True)
+        signing.retire(ctx, old, "compromised")
+        _until(lambda: _refused(link, token) is not None, 1.5, "the retired key's token passes")
+        assert _refused(link, token) == "signing key no longer published"
+        assert transport.refused > 0  # the JWKS was tried, and could not be read
+        with pytest.raises(OAuthError, match="not valid"):
+            link.verifier.still_valid(access, now=time.time())  # an open stream ends
+        assert not link.remote.revoked.is_stale()
+    finally:
+        link.close()
+
+
+# -- the revocation feed's kinds: older and newer readers ---------------------------------
+
+
+def test_an_older_feed_reader_is_never_sent_a_key_retirement(live: OAuthLive) -> None:
+    """Wire compatibility: a reader that names no ``kinds`` (a gateway of an older
+    release, which knows only token, agent, human and grant entries and would fail on
+    any other kind) gets the base kinds only; one that names ``signing_key`` gets the
+    retirement too, and the answer says which kinds it covers. A name the control
+    plane does not know is ignored; naming nothing it knows is a 422 problem."""
+    ctx = CallContext.system("test")
+    signing = live.container.signing_keys
+    (old,) = [k["kid"] for k in signing.jwks()["keys"]]
+    signing.rotate(ctx, immediate=True)
+    signing.retire(ctx, old, "compromised")
+    base = ["agent", "grant", "human", "token"]
+    with live.admin_client() as admin:
+        older = admin.get("/v1/revocations", params={"after": 0})
+        assert older.status_code == 200, older.text
+        assert {e["kind"] for e in older.json()["entries"]} <= set(base)
+        assert older.json()["kinds"] == base
+        newer = admin.get(
+            "/v1/revocations",
+            params={"after": 0, "kinds": "token,agent,human,grant,signing_key,later_kind"},
+        ).json()
+        assert [(e["kind"], e["subject"]) for e in newer["entries"]][-1] == ("signing_key", old)
+        assert newer["kinds"] == [*base[:3], "signing_key", "token"]
+        bad = admin.get("/v1/revocations", params={"after": 0, "kinds": "later_kind"})
+        assert bad.status_code == 422
+        assert bad.headers["content-type"].startswith("application/problem+json")
+
+
+def test_against_a_control_plane_that_does_not_push_retirements_the_jwks_is_read_every_second(
+    live: OAuthLive,
+) -> None:
+    """A newer gateway and an older control plane: the feed's answers have no
+    ``kinds`` member (the older release's answer, served here by a mock transport:
+    an older release cannot run in this test), so no retirement will be pushed and
+    the link keeps the every-second JWKS re-read; against a control plane that
+    pushes, it re-reads only at the safety net's interval."""
+    link = ControlPlaneLink(live.url, RESOURCE, admin_key=_verifier_key(live))
+    try:
+        assert link.keys_interval() == LEGACY_KEYS_SECONDS  # before any answer
+        link.remote.feed.poll_once(0)
+        assert link.remote.feed.pushes_key_retirements
+        assert link.keys_interval() == KEYS_SECONDS
+        older = httpx.Client(
+            transport=httpx.MockTransport(
+                lambda request: httpx.Response(200, json={"entries": [], "cursor": 0})
+            )
+        )
+        link.remote.feed = RevocationFeedClient(live.url, "unused", link.remote.revoked, http=older)
+        link.remote.feed.poll_once(0)
+        assert not link.remote.feed.pushes_key_retirements
+        assert link.keys_interval() == LEGACY_KEYS_SECONDS
     finally:
         link.close()
 

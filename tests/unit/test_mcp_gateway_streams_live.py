@@ -63,7 +63,12 @@ OPENED = STREAM_OPENED_EVENT_TYPE
 
 @contextmanager
 def _world(
-    tmp: Path, sqlite_template: Path, agents: tuple[str, ...], *, outage_seconds: float = 300
+    tmp: Path,
+    sqlite_template: Path,
+    agents: tuple[str, ...],
+    *,
+    outage_seconds: float = 300,
+    jwks_refresh_seconds: float = 60,
 ) -> Iterator[World]:
     """A control plane, one upstream (``live``) and the gateway, every agent allowed
     everything."""
@@ -93,6 +98,7 @@ def _world(
                             "url": cp.url,
                             "key_env": env,
                             "outage_seconds": outage_seconds,
+                            "jwks_refresh_seconds": jwks_refresh_seconds,
                         },
                         "spool": {"directory": str(tmp / "spool")},
                         "servers": [{"name": n, "url": u} for n, u in urls.items()],
@@ -180,10 +186,19 @@ def test_a_retired_signing_key_ends_an_open_listen_stream_within_about_a_second(
     """Key rotation after a compromise: the control plane rotates in a new key at
     once and retires the one that signed the stream's token (its admin API, as
     ``agentiam keys rotate --immediate`` and ``agentiam keys retire`` do). The
-    gateway's key set loses it within its JWKS refresh (1 s) and the stream ends
-    within the watch's 0.1 s after that, with the error a request with that token
-    now gets (401 ``invalid_token``), audited as the other ends are."""
-    with _world(tmp_path, sqlite_template, ("compromised",)) as world:
+    retirement reaches the gateway by the revocation feed it long-polls, and the
+    stream ends within the watch's 0.1 s after that, with the error a request with
+    that token now gets (401 ``invalid_token``), audited as the other ends are. The
+    gateway's JWKS safety net is set to an hour (15 minutes used: a quarter of the
+    outage bound), so the push alone does it."""
+    with _world(
+        tmp_path,
+        sqlite_template,
+        ("compromised",),
+        outage_seconds=3600,
+        jwks_refresh_seconds=3600,
+    ) as world:
+        assert world.runtime.link.keys_interval() == 900
         agent = world.agents["compromised"]
         token = agent.token().value
         kid = _kid(token)
