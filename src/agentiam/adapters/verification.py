@@ -75,12 +75,12 @@ class JwksCache:
         caught up may still list it). Keys older than ``max_age`` are re-fetched;
         while that fails they are still served until ``max_stale`` (default:
         ``max_age``) after the last good fetch, then no key is (fail closed). A
-        fetch is tried at most once per
-        ``min_refresh_interval``, and while a usable copy exists only one caller
-        waits for it: the others go on with the copy. With ``background``, no caller
-        ever waits (an event loop must not): the fetch runs on a thread of its own and
-        callers get what is usable now (an unknown ``kid`` is refused until the fetch
-        has brought it); the first fetch is :meth:`refresh`, called at start."""
+        fetch is tried at most once per ``min_refresh_interval``, and while a usable
+        copy exists only one caller waits for it: the others go on with the copy.
+        With ``background``, no caller ever waits (an event loop must not): the
+        fetch runs on a thread of its own and callers get what is usable now (an
+        unknown ``kid`` is refused until the fetch has brought it); the first fetch
+        is :meth:`refresh`, called at start."""
         self._url = jwks_url
         self._http = http
         self._max_age = max_age
