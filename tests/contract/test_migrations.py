@@ -250,7 +250,7 @@ def test_audit_query_columns_are_backfilled_from_the_body(database_url: str) -> 
 def test_signing_key_revocations_migration_downgrades_for_an_older_release(
     container: Container,
 ) -> None:
-    """0011 marks that the revocation feed may hold ``signing_key`` entries, which an
+    """0012 marks that the revocation feed may hold ``signing_key`` entries, which an
     older release cannot read (its schema check then keeps it from serving); going
     back below it deletes those entries and keeps every other."""
     now = datetime(2026, 12, 1, tzinfo=UTC)
@@ -263,7 +263,7 @@ def test_signing_key_revocations_migration_downgrades_for_an_older_release(
         )
         uow.commit()
     try:
-        _downgrade(container.engine, "0010")
+        _downgrade(container.engine, "0011")
         assert not migrate.is_current(container.engine)
         with container.engine.connect() as conn:
             rows = conn.execute(select(t.revocations.c.kind, t.revocations.c.subject)).all()

@@ -9,8 +9,8 @@ current, and its CLI refuses to run, once the database is at this revision. The
 downgrade deletes those rows so that the older release reads the feed again (the
 retired keys stay retired: their ``unpublish_at`` keeps them out of the JWKS).
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-01
 """
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
