@@ -60,9 +60,11 @@ For every request, in this order:
    removed; its trailer fields are discarded. A body in a transfer coding other than
    ``chunked`` alone is never relayed (502, RFC 9112 section 6.1,
    :func:`~agentiam.adapters.gateway.http_upstream.chunked_alone`). On a route that
-   injects a credential, an upstream echoing it does not hand it to the agent: a
-   field whose name or value holds it is dropped, every occurrence in the body is
-   masked in place with as many bytes (:class:`EchoMask`, also split across reads),
+   injects a credential, an upstream echoing it does not hand it to the agent, as
+   sent or encoded (JSON string, percent-encoding, HTML, base64, hex: the forms of
+   :class:`~agentiam.adapters.gateway.echo_mask.EchoForms`): a field whose name or
+   value holds one is dropped, every occurrence in the body is masked in place with
+   as many bytes (:class:`EchoMask`, also split across reads),
    with a warning naming the upstream and route (never the value) and a count in
    ``agentiam_gateway_credential_echoes_total``; a body in a content coding
    (which the gateway cannot look into) is 502, not relayed. Upstream timeouts give
@@ -133,7 +135,7 @@ from agentiam.adapters.gateway.config import (
     load_gateway_config,
     upstream_tls,
 )
-from agentiam.adapters.gateway.echo_mask import EchoMask, content_coded
+from agentiam.adapters.gateway.echo_mask import EchoForms, EchoMask, content_coded, echo_forms
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.http_upstream import (
     TransferCodingRefused,
@@ -642,32 +644,36 @@ def response_headers_for_client(
     without its authentication challenges (``WWW-Authenticate``,
     ``Authentication-Info``, ``DPoP-Nonce``: the gateway authenticates the agent) and
     without any field whose name or value holds ``secret``, the brokered credential
-    the upstream was sent: an upstream that echoes request fields must not hand it to
-    the agent (:func:`_echoed_fields` names them; the body is masked as it is relayed,
+    the upstream was sent, in any of its forms (as sent or encoded,
+    :class:`~agentiam.adapters.gateway.echo_mask.EchoForms`): an upstream that echoes
+    request fields must not hand it to the agent (:func:`_echoed_fields` names them;
+    the body is masked as it is relayed,
     :class:`~agentiam.adapters.gateway.echo_mask.EchoMask`)."""
     headers = [(k.lower(), v) for k, v in headers]
     drop = HOP_BY_HOP | _UPSTREAM_ONLY | _connection_tokens(headers)
     out = [(k, v) for k, v in headers if k not in drop]
-    if secret and any(_holds(k, v, secret) for k, v in out):
-        out = [(k, v) for k, v in out if not _holds(k, v, secret)]
+    if secret:
+        forms = echo_forms(secret)
+        if any(_holds(k, v, forms) for k, v in out):
+            out = [(k, v) for k, v in out if not _holds(k, v, forms)]
     return out
 
 
-def _holds(name: bytes, value: bytes, secret: bytes) -> bool:
-    """Whether a field holds ``secret``: in its value, or in its name (field names
-    are case-insensitive, RFC 9110 section 5.1)."""
-    return secret in value or secret.lower() in name.lower()
+def _holds(name: bytes, value: bytes, forms: EchoForms) -> bool:
+    """Whether a field holds a form of the credential: in its value, or in its name
+    in any case (field names are case-insensitive, RFC 9110 section 5.1)."""
+    return forms.holds(value) or forms.holds(name, any_case=True)
 
 
 def _echoed_fields(headers: Iterable[tuple[bytes, bytes]], secret: bytes) -> list[str]:
-    """The names of the response fields holding ``secret``, for a log line: the
-    secret itself masked where a name holds it."""
-    lowered, masked = secret.lower(), b"*" * len(secret)
+    """The names of the response fields holding a form of ``secret``, for a log line:
+    the form itself masked where a name holds it."""
+    forms = echo_forms(secret)
     return sorted(
         {
-            k.lower().replace(lowered, masked).decode("latin-1")
+            forms.mask(k.lower(), any_case=True)[0].decode("latin-1")
             for k, v in headers
-            if _holds(k, v, secret)
+            if _holds(k, v, forms)
         }
     )
 
@@ -1656,8 +1662,9 @@ class _Relay:
     fields :func:`response_headers_for_client` drops, then its body. On a route that
     injects a credential (``secret``: the bare credential,
     :func:`~agentiam.adapters.gateway.broker.bare_secret`), the
-    fields that echo it are dropped (``fields`` names them), and every occurrence in
-    the body is masked (:class:`EchoMask`; ``masked`` counts them); a body in a
+    fields that echo it (as sent or encoded) are dropped (``fields`` names them), and
+    every occurrence of one of its forms in the body is masked (:class:`EchoMask`;
+    ``masked`` counts them); a body in a
     content coding is :class:`_CodedBody`, before anything is sent."""
 
     __slots__ = ("_mask", "_secret", "fields", "started")

@@ -45,16 +45,17 @@ instead, the HTTP gateway's client (keep-alive connections in a LIFO pool, frami
   names it in its :data:`ECHO_EXTENSION` extension (the gateway's auth hook sets it to
   the bare credential it added, :func:`~agentiam.adapters.gateway.broker.bare_secret`),
   and every occurrence in the response body, decoded when it was in a content
-  coding, is replaced by as many ``*`` bytes
-  (:class:`~agentiam.adapters.gateway.echo_mask.EchoMask`, also across chunks): the
-  JSON or event stream keeps its framing and stays valid (``*`` needs no escaping
-  in a JSON string). ``on_echo`` is called, in the task of the request, with the
-  occurrences masked in each chunk, as they are masked (before the SDK can parse the
-  message holding them) and whether they are the response's first. A request
-  without the extension costs nothing (no mask). Only the verbatim bytes are found:
-  a credential the upstream transforms (base64, a JSON ``\\u`` escape) is not. The
-  response's header fields reach the SDK, which reads ``Content-Type`` and
-  ``Mcp-Session-Id`` from them; none is relayed to the agent.
+  coding, of the credential as sent or encoded (a JSON string, also inside another
+  one, percent-encoding, HTML, base64, hex:
+  :class:`~agentiam.adapters.gateway.echo_mask.EchoForms`) is replaced by as many
+  ``*`` bytes (:class:`~agentiam.adapters.gateway.echo_mask.EchoMask`, also across
+  chunks): the JSON or event stream keeps its framing and stays valid (``*`` needs
+  no escaping in a JSON string; a form holding an escape sequence is masked whole).
+  ``on_echo`` is called, in the task of the request, with the occurrences masked in
+  each chunk, as they are masked (before the SDK can parse the message holding them)
+  and whether they are the response's first. A request without the extension costs
+  nothing (no mask). The response's header fields reach the SDK, which reads
+  ``Content-Type`` and ``Mcp-Session-Id`` from them; none is relayed to the agent.
 - **Errors** are httpx2's, so the SDK handles them as before: ``ConnectTimeout`` and
   ``ConnectError`` when no connection could be opened, ``ReadTimeout`` when the
   upstream does not answer in time, ``RemoteProtocolError`` for everything else. The
