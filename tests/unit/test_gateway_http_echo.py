@@ -4,7 +4,9 @@ raw sockets under uvicorn as ``run()`` serves the gateway):
 
 * an upstream that echoes the brokered credential in its response *body* (an echo or
   debug endpoint) never hands it to the agent: every occurrence is masked in place,
-  also split across the reads it arrives in, the call's ``tool.call`` event says so
+  as sent or encoded (base64 at any offset, hex, JSON, a query string, HTML; in a
+  field, the field is dropped), also split across the reads it arrives in, the
+  call's ``tool.call`` event says so
   (never the value), a counter counts it; a body in a content coding on such a route
   cannot be looked at and is refused (502);
 * a response body in a transfer coding other than ``chunked`` alone is refused (502),
@@ -18,11 +20,15 @@ raw sockets under uvicorn as ``run()`` serves the gateway):
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gzip
+import html
+import json
 import random
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import pytest
 from tests.unit.test_gateway_http import API_KEY, Action, App, _problem
@@ -37,6 +43,7 @@ from tests.unit.test_gateway_http_hardening import (
 )
 from tests.unit.test_gateway_http_wire import _attack, _head
 
+from agentiam.adapters.gateway.broker import Secret
 from agentiam.adapters.gateway.echo_mask import EchoMask, content_coded
 from agentiam.adapters.gateway.http_proxy import ListenerProtocol
 
@@ -145,6 +152,122 @@ def test_an_echo_in_a_field_name_or_value_is_dropped_and_counted(
     assert "x-echo" in caplog.text
     assert "x-" + "*" * len(KEY) in caplog.text
     assert 'agentiam_gateway_credential_echoes_total{where="field"} 1.0' in _metrics(app)
+
+
+def _b64_echoes(key: bytes) -> bytes:
+    """A body that echoes ``key`` base64-encoded at each alignment (an echoed
+    ``Authorization: Basic``, a dump of the request's header lines), in base64url,
+    and as hex in both cases."""
+    return json.dumps(
+        {
+            "basic": [base64.b64encode(b"u" * n + b"user:" + key).decode() for n in range(3)],
+            "url": base64.urlsafe_b64encode(b"X-Api-Key: " + key).decode(),
+            "hex": key.hex(),
+            "HEX": key.hex().upper(),
+        }
+    ).encode()
+
+
+def test_a_body_that_echoes_the_credential_encoded_is_masked(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The upstream echoes the key base64-encoded (at each offset modulo 3, in both
+    alphabets) and hex-encoded: the agent used to read it there (only the bytes as
+    sent were looked for). Each is masked in place, with as many bytes, the
+    Content-Length stays true, the event counts the 6 occurrences."""
+    body = _b64_echoes(KEY)
+    app.upstream.reply = lambda _r: [_sized(body, b"content-type: application/json\r\n")]
+    r = app.request("GET", PATH)
+    assert r.status_code == 200
+    assert len(r.content) == len(body) == int(r.headers["content-length"])
+    data = r.json()
+    for blob in [*data["basic"], data["url"]]:
+        decoded = base64.urlsafe_b64decode(blob.replace("*", "A").translate(_TO_URL) + "==")
+        assert KEY[:16] not in decoded
+        assert KEY[16:] not in decoded
+    assert set(data["hex"]) == set(data["HEX"]) == {"*"}
+    assert _outcome(app)["details"]["echoed"] == {"fields": 0, "body": 6}
+    assert API_KEY not in caplog.text
+    assert 'agentiam_gateway_credential_echoes_total{where="body"} 1.0' in _metrics(app)
+
+
+_TO_URL = str.maketrans("+/", "-_")
+# an API key with the characters the usual encoders escape (a field value's, RFC 9110
+# section 5.5: the test upstream reads fields as UTF-8, so ASCII only)
+SPECIAL = "k3y\"with\\back/slash+plus&amp<lt>gt'quote sp%ce-0123456789"
+
+
+def _rotated(app: App, value: str) -> None:
+    """The billing upstream's key rotated to ``value`` (the gateway injects it from the
+    next call on)."""
+    app.gateway.runtime.broker.store.rotate("billing-key", Secret(value))
+
+
+def _escaping_echo(request: Any) -> bytes:
+    """The key the upstream received, written back as encoders write it: in JSON
+    (``ensure_ascii`` or not, and JSON in JSON), a query string, an HTML page."""
+    key = request.header("x-api-key")
+    return "\n".join(
+        [
+            json.dumps({"headers": {"x-api-key": key}}),
+            json.dumps({"text": json.dumps({"x-api-key": key})}, ensure_ascii=False),
+            "https://api.example/v1?" + urlencode({"api_key": key}),
+            "/v1?key=" + quote(key, safe=""),
+            f"<p>key: {html.escape(key)}</p>",
+        ]
+    ).encode()
+
+
+@pytest.mark.parametrize("framing", ["whole", "bytewise"])
+def test_a_body_that_echoes_the_credential_escaped_is_masked(app: App, framing: str) -> None:
+    """A key holding ``"`` ``\\`` ``/`` ``+`` ``&`` ``<`` ``'`` and a space, echoed as
+    JSON, JSON in JSON, a query string (``urlencode``, ``quote``) and HTML: none of
+    these is the key as sent, and each reached the agent. All masked, also when the
+    body comes in chunks of one byte (a pause between them); the JSON still parses."""
+    _rotated(app, SPECIAL)
+
+    def reply(request: Any) -> list[Action]:
+        body = _escaping_echo(request)
+        if framing == "whole":
+            return [_sized(body)]
+        actions: list[Action] = [HEAD + b"transfer-encoding: chunked\r\n\r\n"]
+        for i in range(len(body)):
+            actions += [_chunk(body[i : i + 1]), 0.001]
+        return [*actions, b"0\r\n\r\n"]
+
+    app.upstream.reply = reply
+    r = app.request("GET", PATH)
+    assert r.status_code == 200
+    [sent] = app.upstream.requests
+    assert sent.header("x-api-key") == SPECIAL  # the upstream got the key, and echoed it
+    lines = r.content.split(b"\n")
+    escaped = _escaping_echo(sent).split(b"\n")
+    assert [len(line) for line in lines] == [len(line) for line in escaped]
+    masked_json = json.loads(lines[0])["headers"]["x-api-key"]
+    assert set(masked_json) == {"*"}
+    assert set(json.loads(json.loads(lines[1])["text"])["x-api-key"]) == {"*"}
+    for line in lines:
+        assert b"k3y" not in line  # not one form left, not even in part
+    assert _outcome(app)["details"]["echoed"] == {"fields": 0, "body": 5}
+
+
+def test_an_encoded_echo_in_a_field_is_dropped(app: App, caplog: pytest.LogCaptureFixture) -> None:
+    """A field whose value holds the key in base64 (an echoed ``Authorization:
+    Basic``), one whose name holds it hex-encoded (in upper case, as a field name's
+    case does not count): both dropped, the log names the second with the form
+    masked."""
+    basic = base64.b64encode(b"user:" + KEY)
+    fields = b"X-Basic: Basic " + basic + b"\r\nX-" + KEY.hex().upper().encode() + b": 1\r\n"
+    app.upstream.reply = lambda _r: [_sized(b"ok", fields + b"X-Safe: 1\r\n")]
+    r = app.request("GET", PATH)
+    assert (r.status_code, r.content) == (200, b"ok")
+    assert set(r.headers) >= {"x-safe"}
+    assert "x-basic" not in r.headers
+    assert not any(KEY.hex() in name.lower() for name in r.headers)
+    assert _outcome(app)["details"]["echoed"] == {"fields": 2, "body": 0}
+    assert "x-basic" in caplog.text
+    assert "x-" + "*" * (2 * len(KEY)) in caplog.text
+    assert KEY.hex() not in caplog.text.lower()
 
 
 def test_a_body_without_the_credential_is_relayed_as_it_came(app: App) -> None:
