@@ -12,11 +12,15 @@ error, and the real gateway (``build_app`` and its runtime), called by the stock
    ``agentiam_gateway_credential_echoes_total{where="body"}`` counts the answers;
 2. the key split across two body chunks of the upstream's answer is masked too;
 3. an answer in gzip is masked once decoded;
-4. a call whose answer holds no key records no ``echoed``.
+4. a call whose answer holds no key records no ``echoed``;
+5. the key echoed encoded (base64 at each offset, base64url, hex) and, for a key
+   holding the characters JSON escapes, a tool returning the request's headers as
+   JSON (so JSON in the JSON-RPC message) or an error quoting it: masked too.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -57,6 +61,8 @@ CTX = CallContext.system("test")
 UPSTREAM_KEY = "echoed-api-key-" + secrets.token_hex(8)  # the brokered credential's value
 KEY = UPSTREAM_KEY.encode()
 MASKED = "*" * len(UPSTREAM_KEY)
+# a key with characters JSON escapes (ASCII: httpx2 writes field values as ASCII)
+SPECIAL_KEY = 'k3y"with\\back/slash+plus&amp<lt>' + secrets.token_hex(8)
 GATEWAY = "echo-gw"
 
 
@@ -74,6 +80,8 @@ class Echoing:
 
     split: bool = False
     zipped: bool = False
+    key: str = UPSTREAM_KEY  # the only key it takes
+    secret: str = "upstream"  # the name of that key in the gateway's secret store
     authorizations: set[str | None] = field(default_factory=set)
     splits: int = 0  # body messages sent cut in two
     codings: set[str] = field(default_factory=set)  # the answers' Content-Encoding
@@ -97,6 +105,19 @@ class Echoing:
             return "done"
 
         @self.server.tool()
+        def encoded(ctx: Context) -> str:
+            """The request's Authorization field base64-encoded (as an echoed Basic
+            credential, at each offset modulo 3), in base64url and in hex."""
+            field = ((ctx.headers or {}).get("authorization") or "").encode()
+            return json.dumps(
+                {
+                    "b64": [base64.b64encode(b"x" * n + field).decode() for n in range(3)],
+                    "url": base64.urlsafe_b64encode(field).decode(),
+                    "hex": field.hex(),
+                }
+            )
+
+        @self.server.tool()
         def clean() -> str:
             """Returns nothing secret."""
             return "nothing to see"
@@ -112,7 +133,7 @@ class Echoing:
                 return
             headers = Headers(scope=scope)
             self.authorizations.add(headers.get("authorization"))
-            if headers.get("authorization") != f"Bearer {UPSTREAM_KEY}":
+            if headers.get("authorization") != f"Bearer {self.key}":
                 await Response(status_code=401)(scope, receive, send)
                 return
             await inner(scope, receive, self._splitting(send) if self.split else self._noting(send))
@@ -216,7 +237,12 @@ class World:
         return 0.0
 
 
-UPSTREAMS = {"echo": Echoing(), "split": Echoing(split=True), "zipped": Echoing(zipped=True)}
+UPSTREAMS = {
+    "echo": Echoing(),
+    "split": Echoing(split=True),
+    "zipped": Echoing(zipped=True),
+    "special": Echoing(key=SPECIAL_KEY, secret="special"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -225,9 +251,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
     db = tmp / "cp.db"
     db.write_bytes(sqlite_template.read_bytes())
     secrets_key = MasterKey.generate_text()
-    SecretStore(tmp / "secrets.json", MasterKey.from_text(secrets_key)).put(
-        "upstream", SecretKind.API_KEY, Secret(UPSTREAM_KEY)
-    )
+    store = SecretStore(tmp / "secrets.json", MasterKey.from_text(secrets_key))
+    store.put("upstream", SecretKind.API_KEY, Secret(UPSTREAM_KEY))
+    store.put("special", SecretKind.API_KEY, Secret(SPECIAL_KEY))
     env = f"AGENTIAM_TEST_MCP_GW_KEY_{secrets.token_hex(4).upper()}"
     port = free_port()
     url = f"http://127.0.0.1:{port}/mcp"
@@ -246,7 +272,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
         servers = []
         for name, upstream in UPSTREAMS.items():
             base = stack.enter_context(serve_in_thread(upstream.app(), lifespan="on"))
-            credential = {"secret": "upstream", "header": "Authorization", "prefix": "Bearer "}
+            credential = {
+                "secret": upstream.secret,
+                "header": "Authorization",
+                "prefix": "Bearer ",
+            }
             servers.append({"name": name, "url": base + "/mcp", "credential": credential})
         config = load_config(
             {
@@ -359,3 +389,58 @@ def test_a_credential_in_a_gzip_answer_is_masked_once_decoded(world: World) -> N
     assert UPSTREAM_KEY not in text
     assert json.loads(text)["authorization"] == f"Bearer {MASKED}"
     assert world.event("zipped.headers")["details"]["echoed"]["body"] >= 1
+
+
+# -- 5. encoded --------------------------------------------------------------------------------
+
+
+def test_an_encoded_credential_reaches_the_agent_masked(world: World) -> None:
+    """The tool returns the Authorization field in base64 (three offsets), base64url
+    and hex: the agent used to read the key in each (only the bytes as sent were
+    looked for). Masked: what is left of each blob decodes (fill read as zero bits)
+    to nothing holding the key or half of it."""
+
+    async def scenario() -> str:
+        async with connect(world.url, world.caller) as client:
+            result = await client.call_tool("echo.encoded", {})
+            assert not result.is_error
+            return _text(result)
+
+    data = json.loads(anyio.run(scenario))
+    for blob in [*data["b64"], data["url"]]:
+        assert "*" * 20 in blob
+        decoded = base64.urlsafe_b64decode(blob.replace("*", "A").translate(_TO_URL) + "==")
+        assert KEY[: len(KEY) // 2] not in decoded
+        assert KEY[len(KEY) // 2 :] not in decoded
+    assert KEY.hex() not in data["hex"]
+    assert data["hex"].endswith("*" * 2 * len(KEY))
+    assert world.event("echo.encoded")["details"]["echoed"]["body"] >= 5
+
+
+_TO_URL = str.maketrans("+/", "-_")
+
+
+def test_a_credential_escaped_in_json_reaches_the_agent_masked(world: World) -> None:
+    """A key holding ``"`` ``\\`` ``/`` ``+`` ``&`` ``<``: the tool returns the request's
+    headers as JSON, which the JSON-RPC message escapes again (``\\\\\\"``), and an
+    error quotes it (escaped once). Neither is the key as sent; both reached the
+    agent. Masked now: the agent's JSON still parses, holding only fill."""
+
+    async def scenario() -> tuple[str, str]:
+        async with connect(world.url, world.caller) as client:
+            echoed = await client.call_tool("special.headers", {})
+            refused = await client.call_tool("special.refuse", {})
+        assert not echoed.is_error
+        assert refused.is_error
+        return _text(echoed), _text(refused)
+
+    echoed, refused = anyio.run(scenario)
+    assert world.upstreams["special"].authorizations == {f"Bearer {SPECIAL_KEY}"}
+    authorization = json.loads(echoed)["authorization"]
+    assert authorization.startswith("Bearer ")
+    assert set(authorization.removeprefix("Bearer ")) == {"*"}
+    assert "not allowed with Bearer ***" in refused
+    for text in (echoed, refused):
+        assert "k3y" not in text
+    assert world.event("special.headers")["details"]["echoed"]["body"] >= 1
+    assert world.event("special.refuse")["details"]["echoed"]["body"] >= 1
