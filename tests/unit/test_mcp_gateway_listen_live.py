@@ -209,6 +209,7 @@ class World:
 # who may see what: "seer" everything; "blind" only the "other" server's tools
 AGENTS = ("seer", "blind", "revoked", "revoked-get", "expiring", "bounded", "outage")
 ELSEWHERE = "https://elsewhere.example/mcp"  # another resource the "foreign" agent may ask for
+SHORT_LIVED = 4  # seconds: the ephemeral agent of the expiry test, and so its token
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +221,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
     url = f"http://127.0.0.1:{port}/mcp"
     upstreams = {"live": Lists("live"), "other": Lists("other")}
     with oauth_live(
-        f"sqlite:///{db}", policy_refresh_seconds=0.1, access_token_ttl_seconds=30
+        f"sqlite:///{db}",
+        policy_refresh_seconds=0.1,
+        access_token_ttl_seconds=30,
+        # the short-lived agent of the expiry test is not decommissioned (which would
+        # revoke its token) while the test watches its token expire
+        expiry_sweep_seconds=3600,
     ) as cp:
         c = cp.container
         registered: dict[str, tuple[str, AgentKey]] = {
@@ -536,27 +542,46 @@ def _exp(token: str) -> float:
 
 def test_an_expired_token_ends_its_listen_stream(world: World) -> None:
     """The stream ends when its token does (``exp`` plus the verifier's clock skew,
-    set to 0 here so the test waits at most the 30 s the token lives)."""
+    set to 0 here). The token is short-lived without waiting out the control plane's
+    30 s minimum lifetime: its agent is a just-in-time child of the "expiring" agent
+    living :data:`SHORT_LIVED` seconds, and a token never outlives its ephemeral agent
+    (services/tokens.py), so ``exp`` is that close."""
     verifier = world.runtime.link.verifier
     config = verifier.config
     verifier.config = replace(config, skew=0)
-    agent = world.agents["expiring"]
+    key = AgentKey.generate()
+    child = world.cp.container.agents.register(
+        CTX,
+        NewAgent(
+            name=f"listen-expiring-child-{secrets.token_hex(3)}",
+            owners=[],
+            purpose="lives a few seconds",
+            environment="production",
+            parent_id=world.agents["expiring"].client_id,
+            ttl_seconds=SHORT_LIVED,
+            activate=True,
+            keys=[key.public_jwk()],
+            audiences=[world.url],
+        ),
+    )
+    agent = AgentClient(world.cp.url, client_id=child.id, key=key, resource=world.url)
     token = agent.token().value
     exp = _exp(token)
+    assert exp - time.time() <= SHORT_LIVED, "the token outlives its ephemeral agent"
     try:
 
         async def go() -> tuple[float, BaseException | None] | None:
-            async with (
-                world.client("expiring", auth=_Pinned(agent, token)) as c,
-                c.listen(tools_list_changed=True) as sub,
-            ):
-                with anyio.move_on_after(exp - time.time() + 5):
-                    return await _held_until_it_ends(sub)
+            async with httpx2.AsyncClient(auth=_Pinned(agent, token), timeout=30) as http:
+                client = Client(streamable_http_client(world.url, http_client=http), mode=MODERN)
+                async with client, client.listen(tools_list_changed=True) as sub:
+                    with anyio.move_on_after(exp - time.time() + 5):
+                        return await _held_until_it_ends(sub)
             return None
 
         ended = anyio.run(go)
     finally:
         verifier.config = config
+        agent.close()
     assert ended is not None, "the listen stream outlived its token"
     at, why = ended
     assert exp - 0.2 <= at <= exp + 1.0, at - exp
