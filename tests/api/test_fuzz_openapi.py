@@ -5,16 +5,24 @@ generation mode (valid per the schema, and deliberately invalid).
 Schemathesis's pytest plugin does not run on pytest 9 (it writes ``node._nodeid``), so
 the cases come from its Hypothesis strategies (``APIOperation.as_strategy``), which is
 its documented way to use it inside other tests.
+
+Each mode's cases are generated once per module (:meth:`Fuzzed.cases`, derandomized, so
+the same cases every run) and sent by both tests: the authenticated one, and the one
+without credentials. Half the run was generation, which the second test used to repeat
+for an identical set of cases. Requests go over one keep-alive session per test that
+keeps no cookies (a cookie from one case must not authenticate another).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.cookiejar import DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
@@ -41,10 +49,48 @@ class Fuzzed:
     token: str
     operations: list[Any]
     rows: dict[str, str]
+    generated: dict[GenerationMode, list[list[schemathesis.Case]]] = field(default_factory=dict)
 
     def seeded(self, params: dict[str, Any]) -> dict[str, Any]:
         """Path parameters pointing at real rows, so the handlers behind 404 run too."""
         return {name: self.rows.get(name, value) for name, value in params.items()}
+
+    def cases(self, mode: GenerationMode) -> list[list[schemathesis.Case]]:
+        """Every operation's generated cases in ``mode`` (at most ``EXAMPLES[mode]``
+        each; an operation with no inputs has no invalid variant, so none), made once."""
+        if mode not in self.generated:
+            self.generated[mode] = [_generate(operation, mode) for operation in self.operations]
+        return self.generated[mode]
+
+
+def _generate(operation: Any, mode: GenerationMode) -> list[schemathesis.Case]:
+    cases: list[schemathesis.Case] = []
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=EXAMPLES[mode],
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
+    def collect(case: schemathesis.Case) -> None:
+        cases.append(case)
+
+    try:
+        collect()
+    except Unsatisfiable:
+        if mode is GenerationMode.POSITIVE:
+            raise
+    return cases
+
+
+@pytest.fixture
+def session() -> Iterator[requests.Session]:
+    """Keep-alive connections, and no cookie jar carried from one case to the next."""
+    with requests.Session() as s:
+        s.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -84,51 +130,43 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     c.close()
 
 
-def _run(fuzzed: Fuzzed, mode: GenerationMode, headers: dict[str, str], check: Any) -> int:
-    """Run ``check`` on generated cases of every operation; return how many operations
-    got at least one case (an operation with no inputs has no invalid variant)."""
-    covered = 0
-    for operation in fuzzed.operations:
-        ran = 0
-
-        @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(
-            max_examples=EXAMPLES[mode],
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
-            derandomize=True,
-            database=None,
-        )
-        def exercise(case: schemathesis.Case) -> None:
-            nonlocal ran
-            ran += 1
+def _run(fuzzed: Fuzzed, mode: GenerationMode, check: Callable[[schemathesis.Case], None]) -> int:
+    """Run ``check`` on the generated cases of every operation; return how many
+    operations got at least one case (an operation with no inputs has no invalid
+    variant)."""
+    for cases in fuzzed.cases(mode):
+        for case in cases:
             check(case)
-
-        try:
-            exercise()
-        except Unsatisfiable:
-            if mode is GenerationMode.POSITIVE:
-                raise
-        covered += ran > 0
-    return covered
+    return sum(1 for cases in fuzzed.cases(mode) if cases)
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_no_server_error_when_authenticated(fuzzed: Fuzzed, mode: GenerationMode) -> None:
+def test_no_server_error_when_authenticated(
+    fuzzed: Fuzzed, mode: GenerationMode, session: requests.Session
+) -> None:
     headers = {"Authorization": f"Bearer {fuzzed.token}"}
 
-    def check(case: schemathesis.Case) -> None:
+    def send(case: schemathesis.Case) -> None:
         case.call_and_validate(
-            base_url=fuzzed.url, headers=headers, checks=[not_a_server_error], timeout=10
+            base_url=fuzzed.url,
+            session=session,
+            headers=headers,
+            checks=[not_a_server_error],
+            timeout=10,
         )
+
+    def check(case: schemathesis.Case) -> None:
+        send(case)
         if case.path_parameters:
-            case.path_parameters = fuzzed.seeded(case.path_parameters)
-            case.call_and_validate(
-                base_url=fuzzed.url, headers=headers, checks=[not_a_server_error], timeout=10
-            )
+            generated = case.path_parameters
+            case.path_parameters = fuzzed.seeded(generated)
+            try:
+                send(case)
+            finally:  # the case as generated, for the test without credentials
+                case.path_parameters = generated
 
     assert len(fuzzed.operations) >= 20
-    covered = _run(fuzzed, mode, headers, check)
+    covered = _run(fuzzed, mode, check)
     if mode is GenerationMode.POSITIVE:
         assert covered == len(fuzzed.operations)
     else:  # all but the input-less operations (healthz, readyz, metrics, admin-keys list)
@@ -137,13 +175,15 @@ def test_no_server_error_when_authenticated(fuzzed: Fuzzed, mode: GenerationMode
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_every_protected_operation_refuses_anonymous_callers(
-    fuzzed: Fuzzed, mode: GenerationMode
+    fuzzed: Fuzzed, mode: GenerationMode, session: requests.Session
 ) -> None:
     def check(case: schemathesis.Case) -> None:
-        case.headers = {
-            k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"
-        }
-        response = case.call(base_url=fuzzed.url, timeout=10)
+        generated = case.headers
+        case.headers = {k: v for k, v in (generated or {}).items() if k.lower() != "authorization"}
+        try:
+            response = case.call(base_url=fuzzed.url, session=session, timeout=10)
+        finally:  # the case as generated, for a test that runs after this one
+            case.headers = generated
         assert response.status_code < 500, response.text
         if case.operation.path not in PUBLIC:
             # Authentication runs before any input is read: a 401 problem, valid or not.
@@ -151,5 +191,5 @@ def test_every_protected_operation_refuses_anonymous_callers(
             (content_type,) = response.headers["content-type"]
             assert content_type.startswith("application/problem+json")
 
-    covered = _run(fuzzed, mode, {}, check)
+    covered = _run(fuzzed, mode, check)
     assert covered >= len(fuzzed.operations) - (4 if mode is GenerationMode.NEGATIVE else 0)
