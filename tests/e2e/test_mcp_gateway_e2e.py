@@ -17,6 +17,7 @@ import base64
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -237,9 +238,17 @@ async def mcp_client(
 # -- the test --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def world(sqlite_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """Control plane, upstream MCP server and gateway, all running; the agents."""
+@pytest.fixture(scope="module")
+def world(
+    tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path
+) -> Iterator[dict[str, Any]]:
+    """Control plane, upstream MCP server and gateway, all running; the agents. One
+    world for the module (its set-up is a dozen CLI processes): each test reads only
+    what it made itself from the upstream's log and the trail."""
+    tmp_path = tmp_path_factory.mktemp("mcp-e2e")
+    database = tmp_path / "agentiam.db"
+    shutil.copyfile(sqlite_template, database)
+    sqlite_url = f"sqlite:///{database}"
     cp_port, up_port, gw_port = free_port(), free_port(), free_port()
     env = env_for(sqlite_url, cp_port)
     env["AGENTIAM_MASTER_KEY"] = "A" * 43
@@ -364,12 +373,13 @@ def world(sqlite_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
         server.stop()
 
 
-def _upstream_requests(world: dict[str, Any]) -> list[dict[str, Any]]:
+def _upstream_requests(world: dict[str, Any], since: int = 0) -> list[dict[str, Any]]:
+    """What the upstream logged for ``/mcp``, from its ``since``-th such request on."""
     path: Path = world["upstream_log"]
     if not path.exists():
         return []
     entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [e for e in entries if e["path"] == "/mcp"]  # not the test's readiness probe
+    return [e for e in entries if e["path"] == "/mcp"][since:]  # not the readiness probe
 
 
 def _tool_calls(world: dict[str, Any]) -> list[str]:
@@ -426,6 +436,8 @@ async def _scenario(world: dict[str, Any]) -> None:
     ops: Agent = world["agents"]["ops-bot"]
     elsewhere: Agent = world["agents"]["elsewhere-bot"]
     from mcp.shared.exceptions import MCPError
+
+    earlier = len(_upstream_requests(world))  # another test's, in the shared world
 
     # -- RFC 9728 metadata, and 401s that name it ------------------------------------------
     base = world["gateway_base"]
@@ -573,7 +585,7 @@ async def _scenario(world: dict[str, Any]) -> None:
     assert "resource_metadata=" in r.headers["www-authenticate"]
 
     # -- what the upstream saw -------------------------------------------------------------
-    seen_upstream = _upstream_requests(world)
+    seen_upstream = _upstream_requests(world, since=earlier)
     assert seen_upstream, "the upstream was never called"
     assert {e["authorization"] for e in seen_upstream} == {f"Bearer {UPSTREAM_SECRET}"}
     assert all(e["dpop"] is None for e in seen_upstream)
@@ -709,6 +721,11 @@ def test_mcp_replicas_share_replay_records_and_rate_limits(
 ) -> None:
     url: str = world["gateway"]
     pay: Agent = world["agents"]["pay-bot"]
+    # a fresh token: the end-to-end test, in the same world, revokes pay-bot's tokens
+    # issued until then (each test's calls are its own: a search of its own, the
+    # transfers counted from ``before``, replicas rate limiting in a Redis prefix of
+    # their own)
+    pay.client.invalidate()
     with _mcp_replicas(world, tmp_path, redis_prefix) as (one, two):
         # a request accepted by one copy, captured and replayed to the other
         headers = pay.headers(url)
