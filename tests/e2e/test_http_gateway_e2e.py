@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from tests.e2e.test_quickstart import AGENTIAM, KEY_RE, Server, env_for
+from tests.e2e.test_quickstart import AGENTIAM, KEY_RE, Server, cli, env_for
 from tests.support.echo_upstream import pattern
 from tests.support.live import free_port
 from tests.support.live import until as poll
@@ -263,12 +263,8 @@ def world(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             "AGENTIAM_GATEWAY_SECRETS_KEY": MasterKey.generate_text(),
             "PYTHONUNBUFFERED": "1",
         }
-        put = subprocess.run(
-            [AGENTIAM, "gateway", "secrets", "put", "billing-key", "--kind", "api_key",
-             "--store", str(store)],
-            input=API_KEY, env=gw_env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert put.returncode == 0, put.stdout + put.stderr
+        cli(gw_env, "gateway", "secrets", "put", "billing-key", "--kind", "api_key",
+            "--store", str(store), input=API_KEY)  # fmt: skip
         spool = tmp / "spool"
         config = {
             "name": "billing-gw",
@@ -921,11 +917,7 @@ def test_outage_then_recovery_and_every_call_in_the_trail(world: World) -> None:
     ]
     assert not missing, missing
     assert len(world.calls) > 30
-    verify = subprocess.run(
-        [AGENTIAM, "audit", "verify"], env=world.env, capture_output=True, text=True,
-        timeout=60, check=False,
-    )  # fmt: skip
-    assert verify.returncode == 0, verify.stdout + verify.stderr
+    cli(world.env, "audit", "verify")
 
 
 def _pending(world: World) -> int:

@@ -292,12 +292,8 @@ def world(
     secrets_key = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
     store = tmp_path / "secrets.json"
     gw_env = {**env, "AGENTIAM_GATEWAY_KEY": verifier, "AGENTIAM_GATEWAY_SECRETS_KEY": secrets_key}
-    put = subprocess.run(
-        [AGENTIAM, "gateway", "secrets", "put", "bank-mcp", "--kind", "api_key",
-         "--store", str(store)],
-        input=UPSTREAM_SECRET, env=gw_env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert put.returncode == 0, put.stdout + put.stderr
+    cli(gw_env, "gateway", "secrets", "put", "bank-mcp", "--kind", "api_key",
+        "--store", str(store), input=UPSTREAM_SECRET)  # fmt: skip
     config = {
         "name": GATEWAY_NAME,
         "public_url": gateway_url,

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.support.cli import AGENTIAM
+from tests.support.cli import run as run_cli
 from tests.support.live import free_port
 
 pytestmark = pytest.mark.e2e
 
-AGENTIAM = str(Path(sys.executable).with_name("agentiam"))
 KEY_RE = re.compile(r"aiam_[a-z2-9]{8}_[A-Za-z0-9_-]{43}")
 
 
@@ -35,10 +35,12 @@ def env_for(database_url: str, port: int) -> dict[str, str]:
     }
 
 
-def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [AGENTIAM, *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+def cli(
+    env: dict[str, str], *args: str, check: bool = True, input: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``agentiam ARGS`` as a process of its own (tests.support.cli: forked from a
+    process that has the imports done; ``agentiam serve`` below is a real one)."""
+    result = run_cli(args, env, input=input, timeout=60)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
