@@ -105,7 +105,12 @@ def _ours(value: Any) -> bytes | type[BaseException]:
         return type(exc)
 
 
-@settings(max_examples=2000, deadline=None)
+# 1,000 values (was 2,000; generating them was nearly all of the test's 10 s): the
+# values that matter are drawn by the strategies above (tricky strings, numbers at the
+# edges) and pinned in test_edge_cases_match_rfc8785, and the 1,000 of
+# test_a_written_text_is_logged_and_read_as_if_it_were_decoded go through the same
+# fast path, compared with rfc8785 byte for byte too.
+@settings(max_examples=1000, deadline=None)
 @given(_JSON)
 def test_canonical_is_rfc8785_byte_for_byte(value: Any) -> None:
     assert _ours(value) == _reference(value)

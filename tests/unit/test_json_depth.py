@@ -57,7 +57,10 @@ _BODY = st.lists(
 ).map(bytes)
 
 
-@settings(max_examples=3000, deadline=None)
+# 1,500 bodies (was 3,000): up to 80 bytes drawn mostly from the 11 bytes the scan
+# treats specially, so each run still covers their short combinations many times over;
+# the hand-picked cases are test_examples below.
+@settings(max_examples=1500, deadline=None)
 @given(_BODY, st.integers(0, 6))
 def test_same_answer_as_a_byte_by_byte_scan(body: bytes, max_depth: int) -> None:
     assert json_depth_exceeds(body, max_depth) == _byte_by_byte(body, max_depth)
@@ -119,7 +122,10 @@ _VALUES = st.recursive(
 )
 
 
-@settings(max_examples=2000, deadline=None)
+# 1,000 values (was 2,000; generation was most of the time): NaN and the infinities
+# come from st.floats, whose draws favour such special values, and the strings from 14
+# letters, so both keep turning up; the pinned cases follow below.
+@settings(max_examples=1000, deadline=None)
 @given(_VALUES)
 def test_non_numbers_are_found_exactly_where_a_strict_decoder_refuses(value: object) -> None:
     """On any JSON value (Python's dumps writes NaN and the infinities bare; strings
