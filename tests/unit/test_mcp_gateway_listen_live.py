@@ -209,7 +209,7 @@ class World:
 # who may see what: "seer" everything; "blind" only the "other" server's tools
 AGENTS = ("seer", "blind", "revoked", "revoked-get", "expiring", "bounded", "outage")
 ELSEWHERE = "https://elsewhere.example/mcp"  # another resource the "foreign" agent may ask for
-SHORT_LIVED = 4  # seconds: the ephemeral agent of the expiry test, and so its token
+SHORT_LIVED = 5  # seconds: the ephemeral agent of the expiry test, and so its token
 
 
 @pytest.fixture(scope="module")
