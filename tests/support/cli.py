@@ -30,9 +30,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 AGENTIAM = str(Path(sys.executable).with_name("agentiam"))
-# The heavy part of the imports, none of it reading the environment when imported:
-# every layer below the command line (tests/e2e/test_cli_runner.py checks that nothing
-# of agentiam.cli comes with them).
+# The heavy part of the imports: every layer below the command line, whose modules
+# read no environment when imported (Settings reads it when a command runs);
+# tests/e2e/test_cli_runner.py checks that nothing of agentiam.cli comes with them.
+# (The preload list is the process's one forkserver's: only this module uses it.)
 PRELOAD = [
     "agentiam.bootstrap",
     "agentiam.adapters.http.app",
