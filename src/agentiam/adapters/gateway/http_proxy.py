@@ -571,6 +571,11 @@ def split_path(raw_path: bytes, prefix: str = "") -> tuple[str, ...]:
     parts = path[1:].split("/")
     if not all(parts[:-1]):
         raise PathRejected("an empty path segment")
+    if "%" not in path:  # the usual path: nothing to decode, and the checks above left
+        # visible ASCII without ';' or '\\' in segments without '/': only dot segments
+        if "." in path and ("." in parts or ".." in parts):
+            raise PathRejected("a '.' or '..' segment")
+        return tuple(parts)
     return tuple(_decode_segment(p) for p in parts)
 
 
