@@ -1697,7 +1697,9 @@ class _Relay:
                 )
             self.fields = _echoed_fields(response.headers, secret)
             self._mask = EchoMask(secret)
-        headers = response_headers_for_client(response.headers, secret)
+        # the fields were searched for the credential's forms just above: when none
+        # holds one, the client's copy needs no second search
+        headers = response_headers_for_client(response.headers, secret if self.fields else None)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         self.started = True
 
