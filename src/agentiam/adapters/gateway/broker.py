@@ -73,6 +73,17 @@ fetched through :class:`~agentiam.adapters.outbound.PinnedClient` (https only, p
 addresses only, unless ``allow_private_network``). Tokens and secrets are never
 logged; errors name the secret by ``name@version`` and quote the endpoint's OAuth
 error code (section 5.2).
+
+Echo forms: a gateway masks the credential it injected wherever an upstream's answer
+echoes it, as sent or encoded
+(:class:`~agentiam.adapters.gateway.echo_mask.EchoForms`). Those forms are costly to
+compute and each one is the credential, so the broker computes them once per credential
+value and holds them with its own copy (:meth:`CredentialBroker.injection_for`): an
+OAuth token's with the cached token (dropped when it is refreshed, fetched anew after a
+rotation, or replaced by a failure); an API key's, one per secret name, with the stored
+entry they were computed from (replaced at the first call after a rotation, dropped
+when the secret can no longer be had). Nothing else keeps them: a gateway holds them
+for the calls in flight only.
 """
 
 from __future__ import annotations
@@ -97,6 +108,7 @@ from urllib.parse import quote, urlencode
 import httpx
 
 from agentiam.adapters.files import replace_file
+from agentiam.adapters.gateway.echo_mask import EchoForms
 from agentiam.adapters.outbound import (
     OutboundError,
     PinnedClient,
@@ -119,6 +131,7 @@ __all__ = [
     "ApiKeyInjection",
     "CredentialBroker",
     "CredentialRef",
+    "Injection",
     "OAuthClientCredentials",
     "OAuthClientSecret",
     "Secret",
@@ -129,7 +142,6 @@ __all__ = [
     "SecretStoreError",
     "SecretValue",
     "TokenEndpointError",
-    "bare_secret",
     "credential_ref_from_config",
     "load_secrets_key",
 ]
@@ -780,18 +792,6 @@ def _check_header(header: str, prefix: str) -> None:
         raise ValueError("the header prefix holds control characters")
 
 
-def bare_secret(credential: CredentialRef, inject: Mapping[str, str]) -> bytes | None:
-    """The credential itself in ``inject``'s value (:meth:`CredentialBroker.headers_for`):
-    without the API key's ``prefix`` or the OAuth token's ``Bearer`` (RFC 6750 section
-    2.1), as an upstream that echoes it may write it. Both gateways mask it in what
-    an upstream answers (:class:`~agentiam.adapters.gateway.echo_mask.EchoMask`)."""
-    if len(inject) != 1:
-        return None
-    (value,) = inject.values()
-    prefix = credential.prefix if isinstance(credential, ApiKeyInjection) else "Bearer "
-    return value.removeprefix(prefix).encode("latin-1") or None
-
-
 def credential_ref_from_config(config: Mapping[str, Any]) -> CredentialRef:
     """Read an upstream's ``credential`` configuration::
 
@@ -823,10 +823,37 @@ def credential_ref_from_config(config: Mapping[str, Any]) -> CredentialRef:
 
 
 @dataclass(frozen=True, slots=True)
+class Injection:
+    """What the broker adds to one upstream call: the ``headers``, the ``label``
+    (``name@version``) of the secret used, for the audit trail, and ``echo``, the
+    forms of the bare credential in them (the API key without the ``prefix``, the
+    access token without ``Bearer``, RFC 6750 section 2.1), as an upstream that echoes
+    it may write it. Both gateways mask those in what the upstream answers
+    (:class:`~agentiam.adapters.gateway.echo_mask.EchoMask`). ``echo`` is the broker's
+    own, held with its copy of the credential (module docstring): keep it no longer
+    than the call. The repr shows the label only."""
+
+    headers: dict[str, str] = field(repr=False)
+    label: str
+    echo: EchoForms | None = field(repr=False)
+
+
+def _echo_forms(bare: str, label: str) -> EchoForms | None:
+    """The echo forms of the bare credential ``bare`` of secret ``label``: of its bytes
+    in a field value (ISO-8859-1, RFC 9110 section 5.5); None when it is empty."""
+    try:
+        data = bare.encode("latin-1")
+    except UnicodeEncodeError:
+        raise SecretStoreError(f"secret {label} is not a valid header field value") from None
+    return EchoForms(data) if data else None
+
+
+@dataclass(frozen=True, slots=True)
 class _Token:
     entry: _Entry  # the stored entry it was obtained with: its seal, not only its label
     value: Secret
     until: float  # clock time after which a new one is fetched
+    echo: EchoForms | None = field(repr=False)  # the forms of ``value``, dropped with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -857,6 +884,11 @@ class CredentialBroker:
     delete and put (a new version), or even a store file edited to repeat a version,
     fetches anew.
 
+    Each credential's echo forms (:class:`Injection`) are computed once per value and
+    held with the broker's copy of it: an OAuth token's in its cached token, an API
+    key's per secret name with the stored entry (the seal) they belong to, replaced
+    when another entry is used and dropped when none can be.
+
     ``clock`` (monotonic seconds) times token expiry and the failure back-off;
     ``transport`` replaces the pinned transport of token requests (tests only)."""
 
@@ -872,24 +904,58 @@ class CredentialBroker:
         self._transport = transport
         self._lock = threading.Lock()
         self._slots: dict[OAuthClientCredentials, _Slot] = {}  # one per configured ref
+        self._echo_lock = threading.Lock()  # an API key's forms are computed once
+        # secret name -> the entry of the API key used last, and its echo forms
+        self._key_echoes: dict[str, tuple[_Entry, EchoForms | None]] = {}
 
     def __repr__(self) -> str:
         return f"CredentialBroker({self.store!r})"
 
     def headers_for(self, ref: CredentialRef) -> tuple[dict[str, str], str]:
         """The headers to add to the upstream request, and the ``name@version`` of the
-        secret used (for the audit trail). Raises :class:`SecretStoreError` (missing,
-        wrong kind, does not open) or :class:`TokenEndpointError`."""
+        secret used (for the audit trail): :meth:`injection_for` without the echo
+        forms."""
+        injection = self.injection_for(ref)
+        return injection.headers, injection.label
+
+    def injection_for(self, ref: CredentialRef) -> Injection:
+        """The headers to add to the upstream request, the ``name@version`` of the
+        secret used, and the echo forms of the credential in them (:class:`Injection`).
+        Raises :class:`SecretStoreError` (missing, wrong kind, does not open) or
+        :class:`TokenEndpointError`."""
         if isinstance(ref, ApiKeyInjection):
-            info, value = self.store.get(ref.secret)
+            return self._api_key(ref)
+        return self._oauth(ref)
+
+    def _api_key(self, ref: ApiKeyInjection) -> Injection:
+        try:
+            entry = self.store.entry(ref.secret)
+            value = self.store.unseal(entry)
             if not isinstance(value, Secret):
                 raise SecretStoreError(
-                    f"secret {info.label} is {info.kind.value}, the upstream expects an api_key"
+                    f"secret {entry.info.label} is {entry.info.kind.value}, "
+                    "the upstream expects an api_key"
                 )
-            return {ref.header: ref.prefix + value.reveal()}, info.label
-        return self._oauth_headers(ref)
+            echo = self._key_echo(entry, value)
+        except SecretStoreError:
+            with self._echo_lock:  # no longer had: neither are its forms
+                self._key_echoes.pop(ref.secret, None)
+            raise
+        return Injection({ref.header: ref.prefix + value.reveal()}, entry.info.label, echo)
 
-    def _oauth_headers(self, ref: OAuthClientCredentials) -> tuple[dict[str, str], str]:
+    def _key_echo(self, entry: _Entry, value: Secret) -> EchoForms | None:
+        """The echo forms of the API key ``value`` sealed in ``entry``: those held for
+        its name if they were computed from ``entry``, else computed now and held in
+        their place (the previous version's are dropped)."""
+        name = entry.info.name
+        with self._echo_lock:  # computed once, even by calls arriving together
+            held = self._key_echoes.get(name)
+            if held is None or held[0] != entry:
+                held = (entry, _echo_forms(value.reveal(), entry.info.label))
+                self._key_echoes[name] = held
+            return held[1]
+
+    def _oauth(self, ref: OAuthClientCredentials) -> Injection:
         entry = self.store.entry(ref.secret)
         info = entry.info
         if info.kind is not SecretKind.OAUTH_CLIENT:
@@ -913,7 +979,8 @@ class CredentialBroker:
                         slot.fetches += 1
         if isinstance(outcome, _Failed):
             raise outcome.refusal.error()
-        return {ref.header: "Bearer " + outcome.value.reveal()}, outcome.entry.info.label
+        headers = {ref.header: "Bearer " + outcome.value.reveal()}
+        return Injection(headers, outcome.entry.info.label, outcome.echo)
 
     def _usable(self, outcome: _Token | _Failed | None, entry: _Entry) -> _Token | _Failed | None:
         """``outcome`` if it was fetched with ``entry`` and is still current."""
@@ -1006,7 +1073,8 @@ class CredentialBroker:
             info.label,
             lifetime,
         )
-        return _Token(entry, Secret(access_token), started + lifetime - margin)
+        until = started + lifetime - margin
+        return _Token(entry, Secret(access_token), until, _echo_forms(access_token, info.label))
 
 
 def _read_body(response: httpx.Response) -> bytes:

@@ -56,19 +56,24 @@ cannot end in a form's first bytes (an event stream's ``\\n\\n``) is relayed at
 once, not held until the next one. The work per chunk is C-level searches: one
 ``bytes`` search per form for the usual chunk that holds none, a compiled
 alternation of the forms only for one that holds some (and one ``bytes.find`` per
-form over the last bytes for the tail). A credential's forms are computed once
-(:func:`echo_forms`, cached).
+form over the last bytes for the tail).
+
+Computing a credential's forms costs far more than masking one answer with them, so
+they are computed once per credential value, and since each of them is the
+credential, they are held exactly where the credential is: by the broker, with its own
+copy (:meth:`~agentiam.adapters.gateway.broker.CredentialBroker.injection_for`), and
+dropped with it (a rotation, a refreshed OAuth token, a secret that is gone), never in
+a cache of this module's.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
 import re
 from collections.abc import Iterable, Iterator
 from typing import Final, NamedTuple
 
-__all__ = ["MIN_ENCODED_LENGTH", "EchoForms", "EchoMask", "content_coded", "echo_forms"]
+__all__ = ["MIN_ENCODED_LENGTH", "EchoForms", "EchoMask", "content_coded"]
 
 # a credential shorter than this (bytes) is not searched in base64 or hex: its core
 # would be a handful of characters that base64 or hex text holds by chance
@@ -196,7 +201,8 @@ def _forms(secret: bytes) -> Iterator[bytes]:
 class EchoForms:
     """The forms of one credential an upstream may echo it in (module docstring),
     longest first, each once; searched as a whole (:meth:`holds`, :meth:`mask`) or in
-    a stream (:class:`EchoMask`). Made by :func:`echo_forms`."""
+    a stream (:class:`EchoMask`). Made once per credential by whoever holds the
+    credential (the broker) and held no longer than it (module docstring)."""
 
     __slots__ = ("_any_case", "_firsts", "fill", "forms", "pattern")
 
@@ -256,20 +262,13 @@ class EchoForms:
         return best
 
 
-@functools.lru_cache(maxsize=64)
-def echo_forms(secret: bytes) -> EchoForms:
-    """The :class:`EchoForms` of ``secret``, computed once: a gateway masks every
-    answer on a credential route, and a credential changes seldom (a rotation, an
-    OAuth token's expiry)."""
-    return EchoForms(secret)
-
-
 class EchoMask:
-    """Streams a body with every occurrence of a form of ``secret``
-    (:class:`EchoForms`) replaced by as many fill bytes (``*``, or another byte the
-    secret does not hold). :meth:`feed` each chunk in order and relay what it
+    """Streams a body with every occurrence of a form of a credential (``forms``, its
+    :class:`EchoForms`) replaced by as many fill bytes (``*``, or another byte the
+    credential does not hold). :meth:`feed` each chunk in order and relay what it
     returns, then relay :meth:`flush`. ``masked`` counts the occurrences, whatever
-    their form.
+    their form. ``forms`` may also be the credential's bytes: its forms are then
+    computed for this mask alone (a gateway passes the broker's, computed once).
 
     The result is the same as masking the whole body at once, however it is cut:
     a match is taken only where the bytes seen decide it (before the held tail), the
@@ -277,8 +276,8 @@ class EchoMask:
 
     __slots__ = ("_forms", "_held", "masked")
 
-    def __init__(self, secret: bytes) -> None:
-        self._forms = echo_forms(secret)
+    def __init__(self, forms: EchoForms | bytes) -> None:
+        self._forms = forms if isinstance(forms, EchoForms) else EchoForms(forms)
         self._held = b""
         self.masked = 0
 

@@ -125,7 +125,6 @@ from agentiam.adapters.gateway.approvals import ApprovalTicket, NotApprovable
 from agentiam.adapters.gateway.broker import (
     ApiKeyInjection,
     CredentialRef,
-    bare_secret,
     credential_ref_from_config,
 )
 from agentiam.adapters.gateway.coalescing import CoalescingTransport
@@ -135,7 +134,7 @@ from agentiam.adapters.gateway.config import (
     load_gateway_config,
     upstream_tls,
 )
-from agentiam.adapters.gateway.echo_mask import EchoForms, EchoMask, content_coded, echo_forms
+from agentiam.adapters.gateway.echo_mask import EchoForms, EchoMask, content_coded
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.http_upstream import (
     TransferCodingRefused,
@@ -643,13 +642,13 @@ def request_headers_for_upstream(
 
 
 def response_headers_for_client(
-    headers: Iterable[tuple[bytes, bytes]], secret: bytes | None = None
+    headers: Iterable[tuple[bytes, bytes]], forms: EchoForms | None = None
 ) -> list[tuple[bytes, bytes]]:
     """The upstream's response headers without hop-by-hop fields (RFC 9110 7.6.1),
     without its authentication challenges (``WWW-Authenticate``,
     ``Authentication-Info``, ``DPoP-Nonce``: the gateway authenticates the agent) and
-    without any field whose name or value holds ``secret``, the brokered credential
-    the upstream was sent, in any of its forms (as sent or encoded,
+    without any field whose name or value holds one of ``forms``, those of the
+    brokered credential the upstream was sent (as sent or encoded,
     :class:`~agentiam.adapters.gateway.echo_mask.EchoForms`): an upstream that echoes
     request fields must not hand it to the agent (:func:`_echoed_fields` names them;
     the body is masked as it is relayed,
@@ -657,10 +656,8 @@ def response_headers_for_client(
     headers = [(k.lower(), v) for k, v in headers]
     drop = HOP_BY_HOP | _UPSTREAM_ONLY | _connection_tokens(headers)
     out = [(k, v) for k, v in headers if k not in drop]
-    if secret:
-        forms = echo_forms(secret)
-        if any(_holds(k, v, forms) for k, v in out):
-            out = [(k, v) for k, v in out if not _holds(k, v, forms)]
+    if forms is not None and any(_holds(k, v, forms) for k, v in out):
+        out = [(k, v) for k, v in out if not _holds(k, v, forms)]
     return out
 
 
@@ -670,10 +667,9 @@ def _holds(name: bytes, value: bytes, forms: EchoForms) -> bool:
     return forms.holds(value) or forms.holds(name, any_case=True)
 
 
-def _echoed_fields(headers: Iterable[tuple[bytes, bytes]], secret: bytes) -> list[str]:
-    """The names of the response fields holding a form of ``secret``, for a log line:
-    the form itself masked where a name holds it."""
-    forms = echo_forms(secret)
+def _echoed_fields(headers: Iterable[tuple[bytes, bytes]], forms: EchoForms) -> list[str]:
+    """The names of the response fields holding one of ``forms``, for a log line: the
+    form itself masked where a name holds it."""
     return sorted(
         {
             forms.mask(k.lower(), any_case=True)[0].decode("latin-1")
@@ -753,7 +749,7 @@ class _Permit:
     secret: str | None
     content_length: int | None  # the request's (also 0), None: chunked or no body
     has_body: bool
-    echo: bytes | None = None  # the bare brokered credential: its echo is not relayed
+    echo: EchoForms | None = None  # the brokered credential's forms: not relayed
     peer: str | None = None  # the connection's network address, named in refusals
 
 
@@ -1327,15 +1323,15 @@ class HttpGateway:
             if broker is None:
                 raise ServiceUnavailable("no secret store is configured")
             if isinstance(credential, ApiKeyInjection):
-                inject, secret = broker.headers_for(credential)
+                injection = broker.injection_for(credential)
             else:
-                inject, secret = await self._offload(broker.headers_for, credential)
+                injection = await self._offload(broker.injection_for, credential)
         except AgentIAMError as exc:
             log.warning("credential for upstream %s: %s", permit.route.upstream.name, exc.detail)
             self._record(permit, trace, Outcome.FAILURE, 502, 0.0)
             return _problem(502, "upstream-credential", "the upstream credential is not available")
-        permit.inject, permit.secret = inject, secret
-        permit.echo = bare_secret(credential, inject)
+        permit.inject, permit.secret = injection.headers, injection.label
+        permit.echo = injection.echo  # the broker's: held no longer than the call
         return permit
 
     def _record(
@@ -1665,17 +1661,17 @@ class _CodedBody(Exception):
 class _Relay:
     """The upstream's answer on its way to the client (step 6): its head without the
     fields :func:`response_headers_for_client` drops, then its body. On a route that
-    injects a credential (``secret``: the bare credential,
-    :func:`~agentiam.adapters.gateway.broker.bare_secret`), the
+    injects a credential (``forms``: its echo forms, the broker's,
+    :class:`~agentiam.adapters.gateway.broker.Injection`), the
     fields that echo it (as sent or encoded) are dropped (``fields`` names them), and
     every occurrence of one of its forms in the body is masked (:class:`EchoMask`;
     ``masked`` counts them); a body in a
     content coding is :class:`_CodedBody`, before anything is sent."""
 
-    __slots__ = ("_mask", "_secret", "fields", "started")
+    __slots__ = ("_forms", "_mask", "fields", "started")
 
-    def __init__(self, secret: bytes | None) -> None:
-        self._secret = secret
+    def __init__(self, forms: EchoForms | None) -> None:
+        self._forms = forms
         self._mask: EchoMask | None = None
         self.fields: list[str] = []
         self.started = False  # the head was sent: a failure now cuts the connection
@@ -1687,19 +1683,19 @@ class _Relay:
     async def start(
         self, send: Callable[[dict[str, Any]], Awaitable[None]], response: UpstreamResponse
     ) -> None:
-        secret = self._secret
-        if secret is not None:
+        forms = self._forms
+        if forms is not None:
             coding = content_coded(response.headers) if response.has_body else None
             if coding is not None:
                 raise _CodedBody(
                     f"the upstream answered in the content coding {coding} on a route that "
                     "injects a credential: its body cannot be checked for the credential"
                 )
-            self.fields = _echoed_fields(response.headers, secret)
-            self._mask = EchoMask(secret)
+            self.fields = _echoed_fields(response.headers, forms)
+            self._mask = EchoMask(forms)
         # the fields were searched for the credential's forms just above: when none
         # holds one, the client's copy needs no second search
-        headers = response_headers_for_client(response.headers, secret if self.fields else None)
+        headers = response_headers_for_client(response.headers, forms if self.fields else None)
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         self.started = True
 

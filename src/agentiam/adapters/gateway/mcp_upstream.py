@@ -66,7 +66,6 @@ from agentiam.adapters.gateway.broker import (
     ApiKeyInjection,
     CredentialBroker,
     CredentialRef,
-    bare_secret,
 )
 from agentiam.adapters.gateway.config import Timeouts, UpstreamTls
 from agentiam.adapters.gateway.upstream_transport import ECHO_EXTENSION, UpstreamTransport
@@ -201,9 +200,10 @@ class _BrokeredAuth(httpx2.Auth):
     SDK's transport sends a message from a task that runs in the sender's context, so
     the call that caused the request learns which secret version was used. A secret
     that cannot be had is not sent at all (the upstream then refuses the call). The
-    request names the bare credential it carries (the transport's
-    :data:`~agentiam.adapters.gateway.upstream_transport.ECHO_EXTENSION`), so that an
-    echo of it in the answer is masked: that of this request, whatever the rotation."""
+    request names the credential it carries by its echo forms, the broker's (the
+    transport's :data:`~agentiam.adapters.gateway.upstream_transport.ECHO_EXTENSION`),
+    so that an echo of it in the answer is masked: that of this request, whatever the
+    rotation."""
 
     def __init__(self, broker: CredentialBroker, ref: CredentialRef) -> None:
         self._broker = broker
@@ -213,19 +213,19 @@ class _BrokeredAuth(httpx2.Auth):
         use = UPSTREAM_USE.get(None)
         try:
             if isinstance(self._ref, ApiKeyInjection):  # local: the sealed store only
-                headers, label = self._broker.headers_for(self._ref)
+                injection = self._broker.injection_for(self._ref)
             else:  # may fetch a token from the token endpoint
-                headers, label = await anyio.to_thread.run_sync(self._broker.headers_for, self._ref)
+                injection = await anyio.to_thread.run_sync(self._broker.injection_for, self._ref)
         except AgentIAMError as exc:
             log.warning("brokered credential unavailable: %s", exc.detail)
             if use is not None:
                 use.error = exc.detail
         else:
-            for name, value in headers.items():
+            for name, value in injection.headers.items():
                 request.headers[name] = value
-            request.extensions[ECHO_EXTENSION] = bare_secret(self._ref, headers)
+            request.extensions[ECHO_EXTENSION] = injection.echo
             if use is not None:
-                use.label = label
+                use.label = injection.label
         yield request
 
 

@@ -43,10 +43,11 @@ instead, the HTTP gateway's client (keep-alive connections in a LIFO pool, frami
   request hands back: a tool returning the request's headers, an error quoting
   ``Authorization``) is masked in the body before the SDK parses it: the request
   names it in its :data:`ECHO_EXTENSION` extension (the gateway's auth hook sets it to
-  the bare credential it added, :func:`~agentiam.adapters.gateway.broker.bare_secret`),
-  and every occurrence in the response body, decoded when it was in a content
-  coding, of the credential as sent or encoded (a JSON string, also inside another
-  one, percent-encoding, HTML, base64, hex:
+  the forms of the credential it added, the broker's, computed once per credential:
+  :class:`~agentiam.adapters.gateway.broker.Injection`), and every occurrence in
+  the response body, decoded when it was in a content coding, of the credential as
+  sent or encoded (a JSON string, also inside another one, percent-encoding, HTML,
+  base64, hex:
   :class:`~agentiam.adapters.gateway.echo_mask.EchoForms`) is replaced by as many
   ``*`` bytes (:class:`~agentiam.adapters.gateway.echo_mask.EchoMask`, also across
   chunks): the JSON or event stream keeps its framing and stays valid (``*`` needs
@@ -82,7 +83,7 @@ from typing import Final
 
 import httpx2
 
-from agentiam.adapters.gateway.echo_mask import EchoMask
+from agentiam.adapters.gateway.echo_mask import EchoForms, EchoMask
 from agentiam.adapters.gateway.http_upstream import (
     UpstreamConnectError,
     UpstreamConnectTimeout,
@@ -97,8 +98,8 @@ __all__ = ["ACCEPT_ENCODING", "ECHO_EXTENSION", "MAX_RESPONSE_BYTES", "OnEcho", 
 MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024  # one upstream response body, at most
 # what every request asks for: the codings :class:`_Inflater` decodes (RFC 9110 12.5.3)
 ACCEPT_ENCODING: Final = b"gzip, deflate"
-# the request extension naming the bare brokered credential the request carries, whose
-# echo in the response body is masked (bytes; absent or None: nothing is masked)
+# the request extension naming the brokered credential the request carries, whose echo
+# in the response body is masked (its EchoForms; absent or None: nothing is masked)
 ECHO_EXTENSION: Final = "agentiam.echo"
 # called with the occurrences of the credential masked in one chunk of a response, and
 # whether they are the first of that response
@@ -136,10 +137,11 @@ def _mapped(
     return httpx2.RemoteProtocolError(message, request=request)
 
 
-def _echo_secret(request: httpx2.Request) -> bytes | None:
-    """The bare credential ``request`` carries (its :data:`ECHO_EXTENSION` extension)."""
-    secret = request.extensions.get(ECHO_EXTENSION)
-    return secret if isinstance(secret, bytes) and secret else None
+def _echo_forms(request: httpx2.Request) -> EchoForms | None:
+    """The forms of the credential ``request`` carries (its :data:`ECHO_EXTENSION`
+    extension)."""
+    forms = request.extensions.get(ECHO_EXTENSION)
+    return forms if isinstance(forms, EchoForms) else None
 
 
 class _Damaged(Exception):
@@ -212,8 +214,8 @@ def _coding(headers: list[tuple[bytes, bytes]]) -> list[str]:
 class _Body(httpx2.AsyncByteStream):
     """The upstream's response body, streamed, decoded when ``coding`` is set; at most
     ``limit`` bytes on the wire and ``limit`` bytes once decoded; with every
-    occurrence of ``secret`` (decoded) masked, ``on_echo`` told. Closing it returns
-    the connection."""
+    occurrence of a credential's ``forms`` (decoded) masked, ``on_echo`` told.
+    Closing it returns the connection."""
 
     def __init__(
         self,
@@ -222,7 +224,7 @@ class _Body(httpx2.AsyncByteStream):
         limit: int,
         coding: str | None = None,
         on_timeout: Callable[[], None] | None = None,
-        secret: bytes | None = None,
+        forms: EchoForms | None = None,
         on_echo: OnEcho | None = None,
     ) -> None:
         self._response = response
@@ -230,7 +232,7 @@ class _Body(httpx2.AsyncByteStream):
         self._limit = limit
         self._coding = coding
         self._on_timeout = on_timeout
-        self._mask = EchoMask(secret) if secret else None
+        self._mask = EchoMask(forms) if forms is not None else None
         self._on_echo = on_echo
 
     def _refuse(self, what: str) -> httpx2.RemoteProtocolError:
@@ -400,7 +402,7 @@ class UpstreamTransport(httpx2.AsyncBaseTransport):
                 self._max_body,
                 coding,
                 self._on_timeout,
-                _echo_secret(request),
+                _echo_forms(request),
                 self._on_echo,
             ),
             extensions={"http_version": b"HTTP/1.1"},
