@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt as pyjwt
 import pytest
 from tests.api.oauth_support import CTX, RESOURCE, OAuthLive, oauth_live
 
+from agentiam.adapters.gateway.link import KEYS_SECONDS
 from agentiam.adapters.gateway.spool import AuditSpool
 from agentiam.core.access.admin_keys import Role
 from agentiam.core.audit.events import Actor, ActorType, AuditEvent, ResourceRef, TraceContext
+from agentiam.core.credentials.revocations import staleness_clock
 from agentiam.core.enforcement.ratelimit import RateLimiter
 from agentiam.guard import Guard, GuardUnavailable, ToolCallDenied
 from agentiam.sdk import AgentClient
@@ -317,6 +320,69 @@ def test_a_policy_change_reaches_the_guard_within_a_second(live: OAuthLive, guar
         except ToolCallDenied:
             assert time.monotonic() - started < 1.0, "the new policy took over a second"
             time.sleep(0.02)
+
+
+# -- the JWKS safety net (jwks_refresh_seconds) ---------------------------------------------
+
+
+def test_the_jwks_safety_net_defaults_to_the_gateways(guard: Guard) -> None:
+    """Unset, the guard re-reads the JWKS every 60 s, as a gateway does by default
+    (its control plane pushes retirements, so the every-second legacy re-read is off)."""
+    assert guard.enforcer.link.remote.feed.pushes_key_retirements
+    assert guard.enforcer.link.keys_interval() == KEYS_SECONDS == 60
+
+
+def _a_new_key_is_picked_up_unasked(live: OAuthLive, guard: Guard, bound: float) -> None:
+    """Add a signing key at the control plane (a rotation that signs at once; nothing is
+    retired, so the revocation feed pushes nothing): the guard's copy of the JWKS is
+    re-read within ``bound`` seconds although no token asked for the new key (seen
+    through the copy's age, which does not fetch), and the first call with a token the
+    new key signed is allowed. Had the copy not been re-read, that call would be
+    refused: an unknown ``kid`` is fetched in the background, not waited for."""
+    keys = guard.enforcer.link.remote.keys
+    signing = live.container.signing_keys
+    (old,) = [k["kid"] for k in signing.jwks()["keys"]]
+    new = signing.rotate(CTX, immediate=True)
+    rotated = staleness_clock()
+    while True:
+        age = keys.age()
+        since = staleness_clock() - rotated
+        if age is not None and age < since:
+            break  # the copy was read after the rotation
+        assert since < bound, f"the JWKS was not re-read within {bound} s of the rotation"
+        time.sleep(0.02)
+    assert not guard.enforcer.link.remote.revoked.is_key_retired(old)  # no push did it
+    fresh = agent_of(live)  # its own token cache: a token the new key signs
+    try:
+        token = fresh.token().value
+    finally:
+        fresh.close()
+    assert pyjwt.get_unverified_header(token)["kid"] == new.kid
+    ran: list[int] = []
+    with guard.call("search", token=token):
+        ran.append(1)
+    assert ran == [1]
+
+
+def test_a_short_jwks_refresh_brings_a_new_signing_key_without_a_retirement_push(
+    live: OAuthLive, agent: AgentClient, tmp_path: Path
+) -> None:
+    """``jwks_refresh_seconds=1``: the new key is in the guard's copy within about a
+    second (the default would take up to a minute)."""
+    with connect(live, tmp_path / "s", agent, jwks_refresh_seconds=1) as guard:
+        assert guard.enforcer.link.keys_interval() == 1
+        _a_new_key_is_picked_up_unasked(live, guard, bound=2.0)
+
+
+def test_a_jwks_refresh_over_a_quarter_of_the_outage_bound_is_capped(
+    live: OAuthLive, agent: AgentClient, tmp_path: Path
+) -> None:
+    """As a gateway's: an hour asked with a 4 s outage bound, 1 s used (a quarter of
+    the bound, so a quiet guard's copy never goes stale), and the new key comes
+    within that."""
+    with connect(live, tmp_path / "s", agent, outage_seconds=4, jwks_refresh_seconds=3600) as guard:
+        assert guard.enforcer.link.keys_interval() == 1
+        _a_new_key_is_picked_up_unasked(live, guard, bound=2.0)
 
 
 def test_rate_limits_refuse_with_retry_after(

@@ -178,3 +178,36 @@ def test_https_and_plain_http_on_loopback_are_accepted(tmp_path: Path, url: str)
     guard tries the control plane, which does not answer on this port."""
     with pytest.raises(httpx.ConnectError):
         _connect(tmp_path, url)
+
+
+# -- the outage bound and the JWKS safety net ---------------------------------------------
+
+SECONDS = "a number between 1 and 86400"
+
+
+@pytest.mark.parametrize("setting", ["jwks_refresh_seconds", "outage_seconds"])
+@pytest.mark.parametrize(
+    "value",
+    [0, 0.5, -1, -60, 86_401, 1e9, float("nan"), float("inf"), True, False, "60", "1m", None],
+)
+def test_seconds_settings_are_checked_as_the_gateways_before_anything_is_opened(
+    tmp_path: Path, setting: str, value: Any
+) -> None:
+    """The gateway's ``control_plane.jwks_refresh_seconds`` and ``outage_seconds`` rule
+    (``control_plane_seconds``: 1 to 86400): zero, a fraction of a second, a negative,
+    more than a day, NaN, infinity, a bool, a string or None is refused by name, with no
+    connection made (a zero or negative interval would spin or stop the re-read)."""
+    with pytest.raises(ValueError, match=f"^{setting}: {SECONDS}$"):
+        _connect(tmp_path, **{setting: value})
+    assert not (tmp_path / "spool").exists()
+
+
+@pytest.mark.parametrize("value", [1, 1.5, 60, 86_400])
+def test_jwks_refresh_seconds_within_the_bound_passes_the_check(
+    tmp_path: Path, value: float
+) -> None:
+    """The bounds themselves are allowed (more than a quarter of the outage bound too:
+    it is capped, not refused, as a gateway's): past the check, the guard tries the
+    control plane, which does not answer here."""
+    with pytest.raises(httpx.ConnectError):
+        _connect(tmp_path, jwks_refresh_seconds=value)

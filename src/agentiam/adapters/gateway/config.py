@@ -61,6 +61,7 @@ __all__ = [
     "ReplayCacheConfig",
     "Timeouts",
     "UpstreamTls",
+    "control_plane_seconds",
     "from_env",
     "https_url",
     "load_gateway_config",
@@ -361,6 +362,16 @@ def _anonymous_refusals(value: Any) -> AnonymousRefusalLimits | None:
         raise ValueError(f"audit.anonymous_refusals: {exc}") from None
 
 
+def control_plane_seconds(value: Any, where: str) -> float:
+    """A number of seconds from 1 to 86400 (a day): an enforcement point's outage bound
+    and JWKS safety net (the gateway's ``control_plane.outage_seconds`` and
+    ``control_plane.jwks_refresh_seconds``, the guard's ``outage_seconds`` and
+    ``jwks_refresh_seconds``). ValueError naming ``where`` otherwise. Of the JWKS
+    interval, at most a quarter of the outage bound is used:
+    :class:`~agentiam.adapters.gateway.link.ControlPlaneLink` caps it."""
+    return _number(value, where, 1, 86_400)
+
+
 def spool_bound(value: Any, where: str) -> int:
     """An integer number of bytes from 1 MiB to 1 TiB: a spool's bound (the gateway's
     ``spool.max_bytes`` and ``spool.rejected_max_bytes``, the guard's
@@ -434,11 +445,11 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
     control_plane = ControlPlaneConfig(
         url=https_url(cp.get("url"), "control_plane.url"),
         key_env=key_env,
-        outage_seconds=_number(
-            cp.get("outage_seconds", 300), "control_plane.outage_seconds", 1, 86_400
+        outage_seconds=control_plane_seconds(
+            cp.get("outage_seconds", 300), "control_plane.outage_seconds"
         ),
-        jwks_refresh_seconds=_number(
-            cp.get("jwks_refresh_seconds", 60), "control_plane.jwks_refresh_seconds", 1, 86_400
+        jwks_refresh_seconds=control_plane_seconds(
+            cp.get("jwks_refresh_seconds", 60), "control_plane.jwks_refresh_seconds"
         ),
     )
 

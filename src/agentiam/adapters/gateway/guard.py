@@ -78,9 +78,15 @@ from pydantic import BaseModel
 
 from agentiam.adapters.gateway.approval_flow import ApprovalFlow, ApprovalOutcome
 from agentiam.adapters.gateway.approvals import ApprovalClient
-from agentiam.adapters.gateway.config import from_env, https_url, point_name, spool_bound
+from agentiam.adapters.gateway.config import (
+    control_plane_seconds,
+    from_env,
+    https_url,
+    point_name,
+    spool_bound,
+)
 from agentiam.adapters.gateway.enforcer import Call, Enforcer, Verdict
-from agentiam.adapters.gateway.link import ControlPlaneLink
+from agentiam.adapters.gateway.link import KEYS_SECONDS, ControlPlaneLink
 from agentiam.adapters.gateway.runtime import _Shipper
 from agentiam.adapters.gateway.spool import (
     DEFAULT_REJECTED_MAX_BYTES,
@@ -600,6 +606,7 @@ class Guard:
         admin_key_env: str = "AGENTIAM_GUARD_KEY",
         token: TokenSource | None = None,
         outage_seconds: float = 300.0,
+        jwks_refresh_seconds: float = KEYS_SECONDS,
         spool_max_bytes: int = 1 << 30,
         spool_rejected_max_bytes: int = DEFAULT_REJECTED_MAX_BYTES,
         rate_limits: RateLimiter | None = None,
@@ -630,7 +637,12 @@ class Guard:
         ``spool.rejected_max_bytes``): at that bound every guarded call is refused
         (:class:`GuardUnavailable`) until an operator empties it (``agentiam guard
         spool rejected``); ``outage_seconds`` how long it
-        decides from cache without the control plane before refusing every call;
+        decides from cache without the control plane before refusing every call
+        (1 to 86400, as a gateway's ``control_plane.outage_seconds``);
+        ``jwks_refresh_seconds`` how often the JWKS (RFC 7517 section 5) is re-read
+        when no signing-key retirement asks for it (1 to 86400, at most a quarter of
+        ``outage_seconds`` is used: a gateway's ``control_plane.jwks_refresh_seconds``,
+        :class:`~agentiam.adapters.gateway.link.ControlPlaneLink`'s ``keys_seconds``);
         ``poll_wait`` how long one policy-bundle long poll is held; ``environ``
         replaces ``os.environ`` when reading ``admin_key_env``. ``approvals``: a deny
         that a human's approval lifts opens an approval request at the control plane
@@ -642,8 +654,8 @@ class Guard:
         control_plane_url = https_url(control_plane_url, "control_plane_url")
         point_name(name, "name")
         _check_resource(resource)
-        if not 1 <= outage_seconds <= 86_400:
-            raise ValueError("outage_seconds: between 1 and 86400")
+        outage_seconds = control_plane_seconds(outage_seconds, "outage_seconds")
+        jwks_refresh_seconds = control_plane_seconds(jwks_refresh_seconds, "jwks_refresh_seconds")
         max_bytes = spool_bound(spool_max_bytes, "spool_max_bytes")
         rejected_max_bytes = spool_bound(spool_rejected_max_bytes, "spool_rejected_max_bytes")
         admin_key = from_env(
@@ -658,6 +670,7 @@ class Guard:
             outage_seconds=outage_seconds,
             wait=poll_wait,
             limiter=limiter,
+            keys_seconds=jwks_refresh_seconds,  # capped there, as a gateway's
         ).start()
         shipper: _Shipper | None = None
         try:
