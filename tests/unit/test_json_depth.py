@@ -56,14 +56,56 @@ _BODY = st.lists(
     st.one_of(st.sampled_from(list(b'"\\[]{}\n a:,')), st.integers(0, 255)), max_size=80
 ).map(bytes)
 
+# Strings that only a scan reading JSON's escapes gets right (RFC 8259 section 7):
+# json.dumps writes a quote in them as \" and a backslash as \\, so they hold \", \\,
+# \\\" and \\\\ runs next to brackets and braces that must not count. A scan that
+# ends a string at \" counts the brackets after it; one that does not pair \\ skips
+# the brackets after the string (it reads its closing quote as escaped).
+_TRICKY = st.text(st.sampled_from(list('"\\[]{}a')), max_size=10)
+_NESTED = st.recursive(
+    st.one_of(st.integers(0, 9), _TRICKY),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TRICKY, inner, max_size=3),
+    max_leaves=10,
+)
 
-# 1,500 bodies (was 3,000): up to 80 bytes drawn mostly from the 11 bytes the scan
-# treats specially, so each run still covers their short combinations many times over;
+
+def _nesting(value: object) -> int:
+    """How deep ``value``'s arrays and objects nest (a scalar: 0)."""
+    if isinstance(value, list):
+        return 1 + max(map(_nesting, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_nesting, value.values()), default=0)
+    return 0
+
+
+@st.composite
+def _json_text(draw: st.DrawFn) -> bytes:
+    """JSON text of a nested value with tricky strings, whole or cut anywhere (an
+    unterminated string, a lone backslash at the end)."""
+    text = json.dumps(draw(_NESTED)).encode()
+    return text[: draw(st.integers(0, len(text)))] if draw(st.booleans()) else text
+
+
+# 1,000 bodies: half bytes drawn mostly from the 11 bytes the scan treats specially
+# (their short combinations, including what is not JSON), half JSON text whose
+# strings are full of escapes and brackets (what a scan misreading escapes gets wrong);
 # the hand-picked cases are test_examples below.
-@settings(max_examples=1500, deadline=None)
-@given(_BODY, st.integers(0, 6))
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(_BODY, _json_text()), st.integers(0, 6))
 def test_same_answer_as_a_byte_by_byte_scan(body: bytes, max_depth: int) -> None:
     assert json_depth_exceeds(body, max_depth) == _byte_by_byte(body, max_depth)
+
+
+# 300 values: each bound is drawn next to the value's own depth, where a scan that
+# counts a bracket inside a string (or skips one outside) answers wrongly.
+@settings(max_examples=300, deadline=None)
+@given(_NESTED, st.sampled_from([-1, 0]))
+def test_on_json_text_the_answer_is_the_values_own_nesting(value: object, below: int) -> None:
+    """Independent of any scan: a JSON value nests deeper than a bound exactly when
+    the body holding its text is refused at that bound."""
+    depth = _nesting(value)
+    max_depth = max(0, depth + below)
+    assert json_depth_exceeds(json.dumps(value).encode(), max_depth) is (depth > max_depth)
 
 
 @pytest.mark.parametrize(
