@@ -14,7 +14,9 @@ client and raw HTTP with real DPoP-bound tokens.
   the upstream, audited and counted ``not_found``; a spray of unknown names fetches
   the listing at most once a second; a tool added to the upstream after start becomes
   callable after the refresh;
-- ``trust_annotations``: off, a ``destructiveHint`` is not seen by policy; on, it is.
+- ``trust_annotations``: off, a ``destructiveHint`` is not seen by policy; on, it is;
+- a call is forwarded only to the server it was decided in: when the routing changes
+  between the decision and the forward, it goes nowhere (not to the other server).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +178,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
     bank.tool("wipe", DESTRUCTIVE)  # trust_annotations off: policy does not see the hint
     payments = Recorded("payments")
     payments.tool("pay")
+    payments.tool("search")  # as bank's: forbidden here, permitted there
     payments.tool("crowded")  # its catalog entry leaves no room for the server parent
     ops = Recorded("ops")
     ops.tool("look", ToolAnnotations(read_only_hint=True, destructive_hint=False))
@@ -362,3 +365,59 @@ def test_annotations_reach_policy_only_from_a_trusted_server(world: World) -> No
     look = entities.resources[EntityRef("Tool", "ops.look")]
     assert dict(look.attributes) == {"read_only": True, "destructive": False}
     assert dict(entities.resources[EntityRef("Tool", "bank.wipe")].attributes) == {}
+
+
+def test_a_call_decided_in_one_server_is_never_forwarded_to_another(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bank.search`` is decided in ``McpServer::"bank"`` (permitted there);
+    ``payments`` serves a ``search`` too, forbidden in its server. The routing
+    changes between the decision and the forward: once the call is decided, the
+    prefix ``bank.`` names the payments server. The call was decided for bank, so it
+    is forwarded to neither (``tools/call`` binds the call to its server:
+    ``tool_call``'s ``resource_parents``, checked by ``McpGateway._decided_in``):
+    the agent gets an error, the ``tool.call`` records a failure with status 404,
+    and no upstream sees it."""
+    world.listed()
+    refused = world.call("payments.search")
+    assert refused.is_error  # where payments' search would be decided
+    assert "forbidden by policy no-payments" in refused.content[0].text
+    gateway = world.gateway
+    servers = gateway.namespace.servers
+    payments = next(s for s in servers if s.name == "payments")
+    rerouted = (replace(payments, prefix="bank."), *(s for s in servers if s.name != "bank"))
+    decide = gateway.enforcer.decide
+
+    def decide_then_reroute(*args: Any, **kwargs: Any) -> Any:
+        verdict = decide(*args, **kwargs)
+        gateway.namespace.servers = rerouted
+        return verdict
+
+    bank_runs = world.bank.ran.count("search")
+    bank_calls = world.bank.calls().count("search")
+    monkeypatch.setattr(gateway.enforcer, "decide", decide_then_reroute)
+    try:
+        outcome = world.call("bank.search")
+    finally:
+        monkeypatch.undo()
+        gateway.namespace.servers = servers
+    assert "search" not in world.payments.ran
+    assert "search" not in world.payments.calls()
+    assert world.bank.ran.count("search") == bank_runs
+    assert world.bank.calls().count("search") == bank_calls
+    assert isinstance(outcome, MCPError), outcome
+    assert "no upstream server serves 'bank.search'" in outcome.message
+
+    def failed() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in world.trail(type="tool.call")
+            if e["details"]["tool"] == "bank.search" and e["outcome"] == "failure"
+        ]
+
+    events = _until(failed)
+    assert events, world.trail(type="tool.call")
+    assert [e["details"]["status"] for e in events] == [404]
+    # and the routing restored, the same call goes to bank as before
+    assert not world.call("bank.search").is_error
+    assert world.bank.ran.count("search") == bank_runs + 1

@@ -1248,11 +1248,13 @@ class McpGateway:
         self,
         state: _RequestState,
         pending: _Pending,
-        upstream_name: str | None,
+        route: tuple[UpstreamServer, str] | None,
         send: Callable[[ClientSession, str], Awaitable[Any]],
     ) -> Any:
-        """Send one allowed call upstream with the brokered credential; record its
-        outcome (``tool.call``) whatever happens, and name a failure for ``/metrics``
+        """Send one allowed call upstream with the brokered credential, to ``route``
+        (the server, and the name there) the handler found it decided in
+        (:meth:`_decided_in`; None: not forwarded, 404); record its outcome
+        (``tool.call``) whatever happens, and name a failure for ``/metrics``
         (not_found, upstream_timeout or upstream_error)."""
         call = pending.call
         outcome, status = Outcome.FAILURE, 502
@@ -1260,8 +1262,7 @@ class McpGateway:
         token = UPSTREAM_USE.set(use)
         started = time.perf_counter()
         try:
-            route = self.namespace.route(call.tool)
-            if route is None or upstream_name is None:
+            if route is None:
                 status = 404
                 state.tally.outcome = "not_found"
                 raise MCPError(INVALID_PARAMS, f"no upstream server serves {call.tool!r}")
@@ -1371,7 +1372,7 @@ class McpGateway:
                 allow_input_required=True,
             )
 
-        result = await self._forward(state, pending, route and route[0].name, send)
+        result = await self._forward(state, pending, route, send)
         if isinstance(result, types.CallToolResult) and route is not None:
             prefix = route[0].prefix
             result = result.model_copy(
@@ -1418,7 +1419,7 @@ class McpGateway:
                 allow_input_required=True,
             )
 
-        result = await self._forward(state, pending, route and route[0].name, send)
+        result = await self._forward(state, pending, route, send)
         if isinstance(result, types.ReadResourceResult) and route is not None:
             prefix = route[0].prefix
             contents = [c.model_copy(update={"uri": prefix + c.uri}) for c in result.contents]
@@ -1448,7 +1449,7 @@ class McpGateway:
                 allow_input_required=True,
             )
 
-        result = await self._forward(state, pending, route and route[0].name, send)
+        result = await self._forward(state, pending, route, send)
         if isinstance(result, types.GetPromptResult) and route is not None:
             prefix = route[0].prefix
             messages = [
