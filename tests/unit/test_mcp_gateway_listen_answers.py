@@ -3,7 +3,8 @@ request (its response start and first body frame), whether a stream opened
 (``mcp.stream.opened``) or the listen was refused (``api.request.rejected``):
 ``_listen_refusal`` in adapters/gateway/mcp_proxy.py. The answers are shaped as the
 SDK's transports send them (mcp 2.3: ``_streamable_http_modern`` and the
-handshake-era transport); the live path is test_mcp_gateway_listen_bounds_live.py."""
+handshake-era transport); the live path is test_mcp_gateway_listen_bounds_live.py.
+``_first_frame`` gathers the first frame from the body messages, up to 64 KiB."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agentiam.adapters.gateway.mcp_proxy import _listen_refusal
+from agentiam.adapters.gateway.mcp_proxy import _FIRST_FRAME_BYTES, _first_frame, _listen_refusal
 
 SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform")]
 JSON = [(b"content-type", b"application/json"), (b"content-length", b"99")]
@@ -99,10 +100,57 @@ def test_the_reason_holds_at_most_200_characters_of_the_message() -> None:
     assert refusal[1] == f"refused by the MCP server: {'x' * 200} (JSON-RPC error -32603)"
 
 
-def test_a_huge_or_deeply_nested_first_frame_is_not_parsed_past_its_bound() -> None:
-    """Only the first 64 KiB are read: a larger error is not recognised as one, so a
-    200 event stream counts as opened (recorded), a JSON answer as refused."""
-    big = event(error(-32603, "y" * 70_000))
-    assert _listen_refusal(start(200, SSE), big) is None
-    deep = b"data: " + b"[" * 50_000 + b"]" * 50_000 + b"\r\n\r\n"
+def test_a_deeply_nested_first_frame_within_the_bound_is_not_an_error() -> None:
+    deep = b"data: " + b"[" * 30_000 + b"]" * 30_000 + b"\r\n\r\n"
+    assert len(deep) < _FIRST_FRAME_BYTES
     assert _listen_refusal(start(200, SSE), deep) is None
+
+
+# -- the first frame, gathered from the body messages (_first_frame) -----------------------
+
+
+def test_the_first_frame_of_an_event_stream_is_its_first_event() -> None:
+    ack = event(ACK)
+    assert _first_frame(start(200, SSE), ack + b": ping\r\n\r\n", True) == ack
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\n", "\r"])
+def test_a_first_event_in_pieces_is_whole_only_at_its_empty_line(newline: str) -> None:
+    """A first event split over body messages is held until its end: each prefix
+    short of its empty line is not yet a frame."""
+    whole = event(error(-32603, "refused"), newline)
+    for cut in range(1, len(whole) - len(newline)):
+        assert _first_frame(start(200, SSE), whole[:cut], True) is None, whole[:cut]
+    assert _first_frame(start(200, SSE), whole, True) == whole
+    assert _listen_refusal(start(200, SSE), whole) is not None
+
+
+def test_a_first_event_longer_than_the_bound_is_given_longer_than_the_bound() -> None:
+    """Unended past 64 KiB, or ended past it: the frame is the bound and one byte
+    more, which the gateway refuses unread."""
+    unended = b"data: " + b"x" * _FIRST_FRAME_BYTES
+    frame = _first_frame(start(200, SSE), unended, True)
+    assert frame is not None
+    assert len(frame) == _FIRST_FRAME_BYTES + 1
+    big = event(error(-32603, "y" * 70_000))
+    frame = _first_frame(start(200, SSE), big, False)
+    assert frame is not None
+    assert len(frame) == _FIRST_FRAME_BYTES + 1
+    near = event({**ACK, "params": {"_meta": {"id": "z" * 60_000}}})
+    assert len(near) < _FIRST_FRAME_BYTES
+    assert _first_frame(start(200, SSE), near, True) == near
+
+
+def test_an_event_stream_that_ends_before_its_first_event_does_gives_what_came() -> None:
+    assert _first_frame(start(200, SSE), b"data: {}", False) == b"data: {}"
+
+
+@pytest.mark.parametrize(("status", "headers"), [(200, JSON), (404, JSON), (406, []), (503, SSE)])
+def test_any_other_answers_first_frame_is_its_first_body_message(
+    status: int, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Not a 200 event stream: no stream opened, whatever the body says, so nothing
+    more is waited for (a GET's refusal, a listen's error answer)."""
+    assert _first_frame(start(status, headers), b'{"jsonrpc"', True) == b'{"jsonrpc"'
+    big = b"z" * (2 * _FIRST_FRAME_BYTES)
+    assert _first_frame(start(status, headers), big, True) == big[:_FIRST_FRAME_BYTES]

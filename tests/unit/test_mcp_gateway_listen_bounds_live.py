@@ -12,7 +12,12 @@ bounds on listen streams its configuration sets (``listen_streams``):
 2. ``listen_streams.max_open_per_agent`` and ``listen_streams.max_open`` (2 and 3
    here) are what the running gateway holds: an agent's third stream is refused with
    an audited 429 while other agents still listen, and past three in all the next is
-   refused with an audited 503, whichever agent asks.
+   refused with an audited 503, whichever agent asks;
+3. a listen's first frame is read whole, however many body messages it comes in, up
+   to 64 KiB: an error split over pieces is a refusal; a first frame larger than
+   that (a real SDK acknowledgement that carries a 70,000-character request id, or
+   an event stream whose first event does not end) is refused unread: 502, audited,
+   never recorded as opened, no stream held.
 
 Real servers on loopback ports, as in the other listen tests: a control plane
 (uvicorn, SQLite), a stateless (2026-07-28) upstream MCP server with the SDK's
@@ -22,15 +27,18 @@ HTTP where the client would hide the answer.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx2
 import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tests.api.oauth_support import oauth_live
 from tests.support.live import free_port, serve_in_thread
 from tests.support.live import until as _until
@@ -48,6 +56,7 @@ SOURCE = "gateway/mcp-listen-bounds"
 OPENED = STREAM_OPENED_EVENT_TYPE
 REJECTED = "api.request.rejected"
 AGENTS = ("refused", "malformed", "handshake", "full", "hog", "second", "third", "late")
+AGENTS += ("big-id", "near-bound", "in-pieces", "split-error", "endless")
 PER_AGENT, IN_ALL = 2, 3
 
 
@@ -115,17 +124,20 @@ def _listen(
     traceparent: str | None = None,
     params: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
+    request_id: str = "raw-listen",
+    first_event: bool = False,
 ) -> tuple[int, str, bytes]:
     """One raw ``subscriptions/listen`` POST at 2026-07-28 as ``who`` (its
     ``params`` replaced when given): the status, the content type and the first
-    bytes of the answer (a stream it opens is closed after them)."""
+    bytes of the answer (``first_event``: all of its first SSE event; a stream it
+    opens is closed after them)."""
     meta = {
         "io.modelcontextprotocol/protocolVersion": MODERN,
         "io.modelcontextprotocol/clientCapabilities": {},
     }
     body = {
         "jsonrpc": "2.0",
-        "id": "raw-listen",
+        "id": request_id,
         "method": LISTEN,
         "params": params
         if params is not None
@@ -144,7 +156,11 @@ def _listen(
         httpx2.Client(auth=_Pinned(agent, agent.token().value), timeout=10) as http,
         http.stream("POST", world.url, json=body, headers=sent) as r,
     ):
-        first = next(r.iter_bytes(), b"")
+        first = b""
+        for chunk in r.iter_bytes():
+            first += chunk
+            if not first_event or b"\r\n\r\n" in first:
+                break
         return r.status_code, r.headers.get("content-type", ""), first
 
 
@@ -356,3 +372,156 @@ def test_the_configured_bounds_refuse_one_stream_too_many_per_agent_and_in_all(
     refused = _refused_not_opened(world, "third", over_all[1])
     assert refused["details"]["status"] == 503
     assert refused["reason"] == f"the gateway holds {IN_ALL} listen streams; retry later"
+
+
+# -- 3. the first frame, whole and bounded ---------------------------------------------------
+
+BOUND_REASON = (
+    "the first frame of the MCP server's answer is larger than 64 KiB: not checked, refused"
+)
+
+
+@contextmanager
+def _sdk_wrapped(world: World, wrap: Callable[[ASGIApp], ASGIApp]) -> Iterator[None]:
+    """The gateway's SDK app (the session manager's, behind the endpoint) wrapped."""
+    sessions = world.gateway.sessions
+    inner = sessions.asgi_app
+    sessions.asgi_app = wrap(inner)
+    try:
+        yield
+    finally:
+        sessions.asgi_app = inner
+
+
+def _in_pieces(size: int) -> Callable[[ASGIApp], ASGIApp]:
+    """The SDK's answer, each body message sent in pieces of ``size`` bytes."""
+
+    def wrap(inner: ASGIApp) -> ASGIApp:
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            async def pieces(message: Message) -> None:
+                body = message.get("body", b"")
+                if message["type"] != "http.response.body" or len(body) <= size:
+                    await send(message)
+                    return
+                more = bool(message.get("more_body"))
+                for at in range(0, len(body), size):
+                    last = at + size >= len(body)
+                    piece = body[at : at + size]
+                    await send(
+                        {"type": "http.response.body", "body": piece, "more_body": more or not last}
+                    )
+
+            await inner(scope, receive, pieces)
+
+        return app
+
+    return wrap
+
+
+def _answering(*pieces: bytes, then_wait: bool = False) -> Callable[[ASGIApp], ASGIApp]:
+    """In place of the SDK: a 200 event stream of these body messages (then held
+    open for 30 s with ``then_wait``), then its end."""
+
+    def wrap(inner: ASGIApp) -> ASGIApp:
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            sse = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+            await send({"type": "http.response.start", "status": 200, "headers": sse})
+            for piece in pieces:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            if then_wait:
+                await anyio.sleep(30)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        return app
+
+    return wrap
+
+
+def test_a_real_acknowledgement_over_64_kib_is_refused_unread(world: World) -> None:
+    """The SDK's acknowledgement names the listen's request id (``_meta``), so a
+    70,000-character id makes its first frame larger than the 64 KiB the gateway
+    reads: it is refused (502, a JSON-RPC error, no byte of the SDK's stream),
+    audited, never recorded as opened, and no stream stays held for it."""
+    traceparent, trace_id = _traceparent()
+    status, content_type, first = _listen(
+        world, "big-id", traceparent=traceparent, request_id="i" * 70_000
+    )
+    assert status == 502, first[:200]
+    assert content_type.startswith("application/json")
+    assert b"event:" not in first
+    assert b"iiii" not in first
+    answer = json.loads(first)
+    assert answer["error"]["message"] == BOUND_REASON
+    event = _refused_not_opened(world, "big-id", trace_id)
+    assert event["details"]["status"] == 502
+    assert event["reason"] == BOUND_REASON
+    assert _until(lambda: world.gateway.streams.listens() == 0, timeout=5)
+
+
+def _opened_with_ack(
+    world: World, who: str, trace_id: str, status: int, first: bytes, request_id: str
+) -> None:
+    """The listen opened: its first event, whole, is the acknowledgement naming its
+    request id, and it is recorded as opened, not refused."""
+    assert status == 200
+    data = first.split(b"\r\n\r\n", 1)[0].split(b"data: ", 1)[1]
+    ack = json.loads(data)
+    assert ack["method"] == "notifications/subscriptions/acknowledged"
+    assert request_id in json.dumps(ack)
+    assert _until(lambda: _of_trace(world, who, OPENED, trace_id))
+    assert not _of_trace(world, who, REJECTED, trace_id)
+
+
+def test_an_acknowledgement_within_64_kib_opens_and_arrives_whole(world: World) -> None:
+    traceparent, trace_id = _traceparent()
+    request_id = "n" * 60_000
+    status, _, first = _listen(
+        world, "near-bound", traceparent=traceparent, request_id=request_id, first_event=True
+    )
+    _opened_with_ack(world, "near-bound", trace_id, status, first, request_id)
+
+
+def test_an_acknowledgement_in_pieces_opens_and_arrives_whole(world: World) -> None:
+    """The SDK's answer in 512-byte body messages: the gateway holds the start and
+    the pieces until the first event ends, then sends them all, in order."""
+    traceparent, trace_id = _traceparent()
+    request_id = "p" * 10_000
+    with _sdk_wrapped(world, _in_pieces(512)):
+        status, _, first = _listen(
+            world, "in-pieces", traceparent=traceparent, request_id=request_id, first_event=True
+        )
+    _opened_with_ack(world, "in-pieces", trace_id, status, first, request_id)
+
+
+def test_an_error_split_over_pieces_of_a_200_stream_is_a_refusal(world: World) -> None:
+    """A JSON-RPC error as the first event of a 200 event stream, in three body
+    messages: read whole, it is the refusal it is, not an opening."""
+    error = {"jsonrpc": "2.0", "id": "raw-listen", "error": {"code": -32603, "message": "nope"}}
+    whole = b"event: message\r\ndata: " + json.dumps(error).encode() + b"\r\n\r\n"
+    third = len(whole) // 3
+    pieces = (whole[:third], whole[third : 2 * third], whole[2 * third :])
+    traceparent, trace_id = _traceparent()
+    with _sdk_wrapped(world, _answering(*pieces)):
+        status, _, first = _listen(world, "split-error", traceparent=traceparent)
+    assert status == 200
+    assert first.startswith(b"event: message")
+    event = _refused_not_opened(world, "split-error", trace_id)
+    assert event["details"]["status"] == 200
+    assert event["reason"] == "refused by the MCP server: nope (JSON-RPC error -32603)"
+
+
+def test_a_first_event_that_does_not_end_within_64_kib_is_refused(world: World) -> None:
+    """A 200 event stream whose first event goes on past 64 KiB (100 pieces of 1 KiB,
+    no empty line), then stays open: refused once past the bound (502), audited,
+    never recorded as opened, and the stream is ended, not held."""
+    pieces = (b"data: ",) + (b"x" * 1024,) * 100
+    traceparent, trace_id = _traceparent()
+    with _sdk_wrapped(world, _answering(*pieces, then_wait=True)):
+        status, content_type, first = _listen(world, "endless", traceparent=traceparent)
+        assert _until(lambda: world.gateway.streams.listens() == 0, timeout=5)
+    assert status == 502
+    assert content_type.startswith("application/json")
+    assert b"xxxx" not in first
+    event = _refused_not_opened(world, "endless", trace_id)
+    assert event["details"]["status"] == 502
+    assert event["reason"] == BOUND_REASON

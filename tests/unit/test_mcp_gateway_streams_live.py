@@ -69,9 +69,10 @@ def _world(
     *,
     outage_seconds: float = 300,
     jwks_refresh_seconds: float = 60,
+    audit: dict[str, Any] | None = None,
 ) -> Iterator[World]:
     """A control plane, one upstream (``live``) and the gateway, every agent allowed
-    everything."""
+    everything (``audit``: the gateway's ``audit`` section, when given)."""
     db = tmp / "cp.db"
     db.write_bytes(sqlite_template.read_bytes())
     port = free_port()
@@ -103,6 +104,7 @@ def _world(
                         "spool": {"directory": str(tmp / "spool")},
                         "servers": [{"name": n, "url": u} for n, u in urls.items()],
                         "catalog_seconds": 3600,
+                        **({"audit": audit} if audit is not None else {}),
                     }
                 )
                 runtime = GatewayRuntime.start(config.gateway)

@@ -1913,43 +1913,58 @@ class _Endpoint:
         of it, else 503 and the stream is not served: :meth:`_opened`): a GET whose
         answer starts with 200; a listen whose answer is a 200 event stream that
         does not start with a JSON-RPC error (:func:`_listen_refusal`: its start is
-        held back until its first frame is seen). A listen the SDK answers with an
-        error instead (its handler refused it, in a 200 answer or not) opened no
-        stream: it is audited as the refusal it is (``api.request.rejected``,
-        :meth:`_listen_refused`), durable before the answer too. Each stream the
-        gateway ends is audited as a refusal (``api.request.rejected``, the status
-        a request with that token would get, the action ``subscriptions/listen``
-        or ``GET``)."""
+        held back until its first frame is whole, :func:`_first_frame`; a first
+        frame larger than :data:`_FIRST_FRAME_BYTES` is refused, 502). A listen the
+        SDK answers with an error instead (its handler refused it, in a 200 answer
+        or not), and a GET it answers with any status but 200 (an unknown, expired
+        or another principal's session: 404; no session: 400; a bad ``Accept``:
+        406; a second GET stream of a session: 409), opened no stream: each is
+        audited as the refusal it is (``api.request.rejected``, the action
+        ``subscriptions/listen`` or ``GET``, :meth:`_stream_refused`), durable
+        before the answer too, else 503 in its place. Each stream the gateway ends
+        is audited as a refusal (``api.request.rejected``, the status a request
+        with that token would get, the action ``subscriptions/listen`` or
+        ``GET``)."""
         state.tally.streamed = True
         started = finished = False
-        refused = False  # its opening could not be recorded: nothing more is sent
-        held: Message | None = None  # a listen's response start, until its first frame
+        refused = False  # the gateway answered in the SDK's place: nothing more is sent
+        # a listen's response start, and a GET's that is not 200, with the body that
+        # came after it, until its first frame is whole (_first_frame)
+        held: Message | None = None
+        pieces: list[Message] = []
 
         async def watched(message: Message) -> None:
             nonlocal started, finished, refused, held
             if refused:
                 return
             if message["type"] == "http.response.start":
-                if action == LISTEN:
+                if action == LISTEN or message["status"] != 200:
                     held = message
                     return
-                opens = message["status"] == 200
-                if opens and not await self._opened(action, state, scope, receive, send):
+                if not await self._opened(action, state, scope, receive, send):
                     refused = started = finished = True  # answered 503 instead
                     stream.forced.cancel()
                     return
                 started = True
             elif message["type"] == "http.response.body":
                 if held is not None:
+                    pieces.append(message)
+                    body = b"".join(piece.get("body", b"") for piece in pieces)
+                    first = _first_frame(held, body, bool(message.get("more_body")))
+                    if first is None:
+                        return  # more of the first frame is to come
                     start, held = held, None
-                    if not await self._listen_answered(
-                        state, stream, start, message.get("body", b""), scope, receive, send
+                    if not await self._stream_answered(
+                        action, state, stream, start, first, scope, receive, send
                     ):
-                        refused = started = finished = True  # answered 503 instead
+                        refused = started = finished = True  # answered in its place
                         stream.forced.cancel()
                         return
                     await send(start)
                     started = True
+                    for piece in pieces[:-1]:
+                        await send(piece)
+                    pieces.clear()
                 if not message.get("more_body"):
                     finished = True
             await send(message)
@@ -1982,8 +1997,9 @@ class _Endpoint:
                 )
             )
 
-    async def _listen_answered(
+    async def _stream_answered(
         self,
+        action: str,
         state: _RequestState,
         stream: Stream,
         start: Message,
@@ -1992,34 +2008,67 @@ class _Endpoint:
         receive: Receive,
         send: Send,
     ) -> bool:
-        """The SDK answers a listen with ``start`` and the ``first`` body frame: audit
-        it, durably, before either is sent. A stream that opened is one
-        ``mcp.stream.opened`` (:meth:`_opened`); an answer that opened none is an
-        ``api.request.rejected`` (:meth:`_listen_refused`), unless the gateway ended
-        the stream first (its end is audited, :meth:`_streamed`). False: the event
-        could not be made durable, and 503 was answered in its place."""
+        """The SDK answers a listen (or refuses a GET) with ``start`` and the
+        ``first`` frame of its body (:func:`_first_frame`): audit it, durably, before
+        either is sent. A stream that opened is one ``mcp.stream.opened``
+        (:meth:`_opened`); an answer that opened none is an ``api.request.rejected``
+        (:meth:`_stream_refused`), unless the gateway ended the stream first (its end
+        is audited, :meth:`_streamed`). A listen whose first frame is larger than
+        :data:`_FIRST_FRAME_BYTES` is not checked but refused (fail closed): audited,
+        and answered 502 with a JSON-RPC error in place of the SDK's answer. False:
+        the SDK's answer is not sent, the gateway answered in its place (that, or
+        503 when the event could not be made durable)."""
+        if len(first) > _FIRST_FRAME_BYTES:
+            reason = (
+                f"the first frame of the MCP server's answer is larger than "
+                f"{_FIRST_FRAME_BYTES // 1024} KiB: not checked, refused"
+            )
+            if await self._stream_refused(state, action, 502, reason, scope, receive, send):
+                error = _jsonrpc_error(None, INTERNAL_ERROR, reason)
+                await _send_json(error, 502, {}, scope, receive, send)
+            return False
         refusal = _listen_refusal(start, first)
         if refusal is None:
-            return await self._opened(LISTEN, state, scope, receive, send)
+            return await self._opened(action, state, scope, receive, send)
         if stream.ended is not None:
             return True
         status, reason = refusal
-        return await self._listen_refused(state, status, reason, scope, receive, send)
+        return await self._stream_refused(state, action, status, reason, scope, receive, send)
 
-    async def _listen_refused(
+    async def _stream_refused(
         self,
         state: _RequestState,
+        action: str,
         status: int,
         reason: str,
         scope: Scope,
         receive: Receive,
         send: Send,
     ) -> bool:
-        """Record the refusal of a listen request that opened no stream
+        """Record the refusal of a listen or GET request that opened no stream
         (``api.request.rejected``: the status the client gets, the reason, the action
-        ``subscriptions/listen``), durably, and count it refused; when that cannot be
-        done, answer 503 in its place and say so (False)."""
+        ``subscriptions/listen`` or ``GET``), durably, and count it refused; when that
+        cannot be done, answer 503 in its place and say so (False)."""
         state.tally.refused_with(status)
+        return await self._refusal_recorded(
+            state, status, reason, lambda exc: _problem(exc, scope, receive, send), action=action
+        )
+
+    async def _refusal_recorded(
+        self,
+        state: _RequestState,
+        status: int,
+        reason: str,
+        answer: Callable[[AgentIAMError], Awaitable[None]],
+        *,
+        call: Call | None = None,
+        action: str | None = None,
+    ) -> bool:
+        """Record the refusal of ``state``'s request (``api.request.rejected`` of the
+        ``call``, or of the ``action``; :meth:`Enforcer.refuse
+        <agentiam.adapters.gateway.enforcer.Enforcer.refuse>`), durably; when that
+        cannot be done (the outage bound, the spool), ``answer`` the failure in its
+        place, since nothing unlogged is answered, and say so (False)."""
         try:
             await self.gateway.durably(
                 lambda: self.enforcer.refuse(
@@ -2028,11 +2077,12 @@ class _Endpoint:
                     trace=state.trace,
                     status=status,
                     reason=reason,
-                    action=LISTEN,
+                    call=call,
+                    action=action,
                 )
             )
         except AgentIAMError as exc:
-            await _problem(exc, scope, receive, send)
+            await answer(exc)
             return False
         return True
 
@@ -2295,27 +2345,22 @@ class _Endpoint:
         first (``api.request.rejected`` with the status the SDK will answer), as
         every refusal of a call is; a 503 if it cannot be. So is a
         ``subscriptions/listen`` request's (``listen``): it opens no stream, and a
-        refused listen is recorded as one (:meth:`_listen_refused`). ``/metrics``
+        refused listen is recorded as one (:meth:`_stream_refused`). ``/metrics``
         counts it refused as foreseen, whatever the SDK then answers."""
+        reason = f"refused by the MCP transport: {foreseen.reason}"
         if listen:
-            reason = f"refused by the MCP transport: {foreseen.reason}"
-            return await self._listen_refused(state, foreseen.status, reason, scope, receive, send)
+            return await self._stream_refused(
+                state, LISTEN, foreseen.status, reason, scope, receive, send
+            )
         if guarded is not None and isinstance(guarded.call, Call):
-            call = guarded.call
-            reason = f"refused by the MCP transport: {foreseen.reason}"
-            try:
-                await self.gateway.durably(
-                    lambda: self.enforcer.refuse(
-                        state.access,
-                        peer=state.peer,
-                        trace=state.trace,
-                        status=foreseen.status,
-                        reason=reason,
-                        call=call,
-                    )
-                )
-            except AgentIAMError as exc:
-                await _failed(exc, guarded.request_id, scope, receive, send)
+            request_id = guarded.request_id
+            if not await self._refusal_recorded(
+                state,
+                foreseen.status,
+                reason,
+                lambda exc: _failed(exc, request_id, scope, receive, send),
+                call=guarded.call,
+            ):
                 return False
         state.tally.refused_with(foreseen.status)
         return True
@@ -2514,7 +2559,38 @@ class _Endpoint:
 
 
 _SSE: Final = "text/event-stream"
-_FIRST_FRAME_BYTES: Final = 64 * 1024  # of a listen answer's first frame, read for an error
+# the most of a listen answer's first frame the gateway holds and reads for an error;
+# a larger one is refused unread
+_FIRST_FRAME_BYTES: Final = 64 * 1024
+# the end of an SSE event: an empty line (a line ends with CRLF, LF or CR: WHATWG HTML,
+# "Server-sent events", "Parsing an event stream")
+_EVENT_END: Final = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+
+
+def _event_stream(start: Message) -> bool:
+    """Whether a response that began with ``start`` is an SSE stream."""
+    headers = Headers(raw=start.get("headers") or [])
+    return headers.get("content-type", "").lower().startswith(_SSE)
+
+
+def _first_frame(start: Message, body: bytes, more: bool) -> bytes | None:
+    """The first frame of the SDK's answer that began with ``start``, from the
+    ``body`` sent so far (``more``: more is to come), or None while it is not whole.
+
+    Of a 200 event stream (a listen's stream) it is the first event, up to and with
+    the empty line that ends it, however many body messages it came in. One that has
+    not ended within :data:`_FIRST_FRAME_BYTES` is given as those bytes and one more
+    (longer than the bound: the caller refuses it unread); one the answer ended
+    before its end is what came. Of any other answer (a refusal, whatever its body
+    says) it is the first body message, cut to the bound."""
+    if int(start["status"]) != 200 or not _event_stream(start):
+        return body[:_FIRST_FRAME_BYTES]
+    end = _EVENT_END.search(body, 0, _FIRST_FRAME_BYTES)
+    if end is not None:
+        return body[: end.end()]
+    if len(body) > _FIRST_FRAME_BYTES:
+        return body[: _FIRST_FRAME_BYTES + 1]
+    return body if not more else None
 
 
 def _listen_refusal(start: Message, first: bytes) -> tuple[int, str] | None:
@@ -2531,10 +2607,12 @@ def _listen_refusal(start: Message, first: bytes) -> tuple[int, str] | None:
     of a 200 stream. Either opened nothing. An event stream whose first frame is not
     an error is taken as opened (over-recording an opening is safe; missing one is
     not). The reason names the JSON-RPC error's code and (truncated) message, which
-    the SDK or the gateway wrote, never the request's params."""
+    the SDK or the gateway wrote, never the request's params. ``first`` is the
+    frame :func:`_first_frame` gives, at most :data:`_FIRST_FRAME_BYTES` long (a
+    longer one is refused unread, :meth:`_Endpoint._stream_answered`). A GET's
+    answer other than 200 is classified here too: refused, whatever it says."""
     status = int(start["status"])
-    headers = Headers(raw=start.get("headers") or [])
-    streamed = headers.get("content-type", "").lower().startswith(_SSE)
+    streamed = _event_stream(start)
     payload = first[:_FIRST_FRAME_BYTES]
     if streamed:  # the data of its first event (SSE: "data:" lines, joined by \n)
         event = payload.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n", 1)[0]
