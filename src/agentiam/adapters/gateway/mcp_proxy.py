@@ -2309,19 +2309,13 @@ class _Endpoint:
         Streamable HTTP client that its session is gone."""
         state.tally.outcome = "not_found"
         reason = f"unknown tool {call.tool!r}: no upstream server lists it"
-        try:
-            await self.gateway.durably(
-                lambda: self.enforcer.refuse(
-                    state.access,
-                    trace=state.trace,
-                    status=404,
-                    reason=reason,
-                    call=call,
-                    peer=state.peer,
-                )
-            )
-        except AgentIAMError as exc:
-            await _failed(exc, request_id, scope, receive, send)
+        if not await self._refusal_recorded(
+            state,
+            404,
+            reason,
+            lambda exc: _failed(exc, request_id, scope, receive, send),
+            call=call,
+        ):
             return
         message = f"unknown tool: {call.tool}"[: MAX_NAME + 16]
         await _send_json(
