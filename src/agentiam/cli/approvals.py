@@ -5,7 +5,9 @@ The CLI works on the database directly, as an operator (``cli:<user>`` in the tr
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +23,15 @@ Reason = Annotated[str, typer.Option("--reason", help="Why (recorded in the audi
 COLUMNS = ["id", "state", "agent_id", "action", "resource", "expires_at", "policies"]
 
 
+def _attributes(attributes: Mapping[str, Any]) -> str:
+    """The attributes the enforcement point derived for the resource, as the resource
+    column shows them: `` with destructive=true, read_only=false`` (JSON values)."""
+    if not attributes:
+        return ""
+    shown = (f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in sorted(attributes.items()))
+    return " with " + ", ".join(shown)
+
+
 def _row(a: ApprovalRequest) -> dict[str, Any]:
     return {
         "id": a.id,
@@ -28,8 +39,10 @@ def _row(a: ApprovalRequest) -> dict[str, Any]:
         "agent_id": a.agent_id,
         "action": a.action,
         "resource": f"{a.resource.type}::{a.resource.id}"
-        + "".join(f" in {p.type}::{p.id}" for p in a.resource_parents),
+        + "".join(f" in {p.type}::{p.id}" for p in a.resource_parents)
+        + _attributes(a.resource_attributes),
         "resource_parents": [p.to_json() for p in a.resource_parents],
+        "resource_attributes": dict(a.resource_attributes),
         "fingerprint": a.fingerprint,
         "created_at": a.created_at.isoformat(),
         "expires_at": a.expires_at.isoformat(),

@@ -16,7 +16,12 @@ the enforcement point placed the resource in (``AuthzRequest.resource_parents``:
 HTTP gateway's ``Api``, the MCP gateway's ``McpServer``) and the complete tool
 arguments. Using an approval (consuming it) requires the same agent and the same
 fingerprint, so an approval for arguments A cannot carry arguments B, nor one for
-``Endpoint::"pay-5"`` in ``Api::"billing"`` the same endpoint id in another Api.
+``Endpoint::"pay-5"`` in ``Api::"billing"`` the same endpoint id in another Api. The
+attributes the enforcement point derived for the resource
+(``AuthzRequest.resource_attributes``: the MCP gateway's ``read_only`` /
+``destructive`` from a trusted server's tool annotations) are bound too when there are
+any, so an approval opened for a tool the gateway saw as ``destructive: false`` cannot
+be used once it sees it as ``destructive: true``.
 
 **Placement.** The request is decided everywhere as the enforcement point placed it:
 the control plane's check that approval would lift the deny, the request it records
@@ -24,7 +29,10 @@ the control plane's check that approval would lift the deny, the request it reco
 decision made again as approved all see the same ``resource_parents`` the original
 decision did (:func:`approvable` keeps them; ``dataclasses.replace`` changes only the
 context). The parents come from the enforcement point's configuration, never from the
-agent's request.
+agent's request. So do the derived attributes (``resource_attributes``), which every
+decision uses as a derived record's: only where the entity it sees sets none (the
+catalog's win, as in the gateway's own snapshot); they are recorded and shown with the
+parents.
 
 **States.** ``pending`` → ``approved`` | ``denied`` | ``expired``; ``approved`` →
 ``consumed`` (single use) | ``expired`` (not used in time). A pending request that
@@ -131,6 +139,8 @@ class ApprovalRequest:
     consumed_decision_id: str | None = None
     # the parents the enforcement point placed the resource in (placement())
     resource_parents: tuple[EntityRef, ...] = ()
+    # the attributes the enforcement point derived for the resource (resource_attributes)
+    resource_attributes: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def approver(self) -> Approver | None:
@@ -161,13 +171,18 @@ def request_fingerprint(
     resource: EntityRef,
     args: Mapping[str, Any] | None,
     parents: Sequence[EntityRef] = (),
+    attributes: Mapping[str, Any] | None = None,
 ) -> str:
     """SHA-256 (hex) of the RFC 8785 canonical JSON of the call: what an approval is
     bound to. ``args`` whole, unredacted; None and ``{}`` are the same call.
     ``parents``: the request's ``resource_parents`` (:func:`placement`); a call
     without any has the fingerprint it had before parents were bound, one with some
-    is another call than the same resource placed elsewhere or nowhere. Raises
-    ValueError for arguments that are not JSON or larger than 256 KiB."""
+    is another call than the same resource placed elsewhere or nowhere.
+    ``attributes``: the request's ``resource_attributes``, likewise: none (None or
+    ``{}``) leaves the fingerprint as it was before they were bound; any make it
+    another call than the same resource with other derived attributes, or none.
+    Raises ValueError for arguments (or attributes) that are not JSON or larger than
+    256 KiB."""
     body: dict[str, Any] = {
         "principal": {"type": principal.type, "id": principal.id},
         "action": action,
@@ -177,6 +192,8 @@ def request_fingerprint(
     placed = placement(parents)
     if placed:
         body["resource_parents"] = [{"type": p.type, "id": p.id} for p in placed]
+    if attributes:
+        body["resource_attributes"] = dict(attributes)
     try:
         text = canonical(json.loads(json.dumps(body, allow_nan=False)))
     except (TypeError, ValueError) as exc:
@@ -200,7 +217,8 @@ def approvable(authorizer: Authorizer, decision: Decision) -> bool:
 
     The request is decided again, with no change to the request-rate counter, as if
     approved by an owner of the agent: the same request (its resource placed in the
-    same ``resource_parents``), only the context changed. Refused outright: an allow, a deny with
+    same ``resource_parents``, with the same ``resource_attributes``), only the
+    context changed. Refused outright: an allow, a deny with
     evaluation errors (fail closed: an erroring policy is not an approval question),
     a request that already carries an approval, and a principal that is not an agent
     in the registry."""

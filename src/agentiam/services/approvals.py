@@ -324,6 +324,7 @@ class ApprovalService:
                 decision_id=decision_id,
                 requested_by=ctx.source[:128],
                 resource_parents=placement(request.resource_parents),
+                resource_attributes=dict(request.resource_attributes),
             )
             uow.approvals.add(approval)
             events.append(self._event(ctx, approval, now))
@@ -404,8 +405,9 @@ class ApprovalService:
     def use(self, ctx: CallContext, approval_id: str, request: AuthzRequest) -> Use:
         """Use an approval for ``request``: consumed (single use) when it is approved,
         unexpired, for this agent and for exactly this call (fingerprint, which binds
-        the parents the call's resource is placed in too); a request for another agent
-        or another call is refused (403) and left as it is."""
+        the parents the call's resource is placed in and the attributes derived for it
+        too); a request for another agent or another call is refused (403) and left
+        as it is."""
         fingerprint = _fingerprint(request)
         now = self._clock.now()
         decision_id = new_id("decision")
@@ -510,6 +512,7 @@ class ApprovalService:
             "approver": approval.decided_by,
             "requested_by": approval.requested_by,
             "resource_parents": [p.to_json() for p in approval.resource_parents],
+            "resource_attributes": dict(approval.resource_attributes),
         }
         if approval.state is ApprovalState.PENDING:
             details["argument_names"] = list(approval.argument_names)
@@ -536,8 +539,9 @@ class ApprovalService:
 
 def _fingerprint(request: AuthzRequest) -> str:
     """The call's fingerprint (:func:`request_fingerprint`): its agent, action,
-    resource, the parents its enforcement point placed the resource in, and its
-    complete ``context.args``; InvalidInput for arguments that cannot be bound."""
+    resource, the parents its enforcement point placed the resource in and the
+    attributes it derived for it, and its complete ``context.args``; InvalidInput for
+    arguments that cannot be bound."""
     args = request.context.get("args")
     try:
         return request_fingerprint(
@@ -546,6 +550,7 @@ def _fingerprint(request: AuthzRequest) -> str:
             request.resource,
             args if isinstance(args, Mapping) else {},
             request.resource_parents,
+            request.resource_attributes,
         )
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None

@@ -62,6 +62,7 @@ def _row(r: Row[Any]) -> ApprovalRequest:
         resource_parents=tuple(
             EntityRef(p["type"], p["id"]) for p in json.loads(r.resource_parents or "[]")
         ),
+        resource_attributes=json.loads(r.resource_attributes or "{}"),
     )
 
 
@@ -94,6 +95,7 @@ class SqlApprovals:
                 consumed_at=request.consumed_at,
                 consumed_decision_id=request.consumed_decision_id,
                 resource_parents=_dumps([p.to_json() for p in request.resource_parents]),
+                resource_attributes=_dumps(dict(request.resource_attributes)),
             )
         )
 

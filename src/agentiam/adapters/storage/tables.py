@@ -451,6 +451,9 @@ approval_requests = Table(
     # JSON list of {type, id}: the parents the enforcement point placed the resource
     # in (migration 0011; "[]" for a request opened before, or placed nowhere)
     Column("resource_parents", Text, nullable=False, server_default="[]"),
+    # JSON object: the attributes the enforcement point derived for the resource
+    # (migration 0013; "{}" for a request opened before, or given none)
+    Column("resource_attributes", Text, nullable=False, server_default="{}"),
     Index(
         "ux_approval_requests_pending",
         "agent_id",

@@ -39,6 +39,8 @@ import cedarpy
 from agentiam.core.ids import new_id
 from agentiam.core.policy.engine import WHOLE_CONTEXT, CompiledPolicy, PolicyEngine
 from agentiam.core.policy.entities import (
+    MAX_DERIVED_ATTRIBUTES,
+    MAX_DERIVED_ATTRIBUTES_BYTES,
     MAX_ID,
     MAX_PARENTS,
     EntitySnapshot,
@@ -109,6 +111,14 @@ class AuthzRequest:
     # (Authorizer._place); when they cannot be merged (the schema refuses the result)
     # it is a deny, so a forbid on a parent can never be escaped.
     resource_parents: tuple[EntityRef, ...] = ()
+    # Attributes the enforcement point derived for the resource from its own
+    # configuration (the MCP gateway: a tool's trusted readOnlyHint/destructiveHint as
+    # read_only/destructive), never from the agent's request. Used as a derived
+    # record's are, with the parents above: only where the entity the decision sees
+    # sets none (the catalog's win), so that a control plane deciding the call again
+    # sees the resource as the gateway did; when they cannot be merged (the schema
+    # refuses them) it is a deny.
+    resource_attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,6 +428,37 @@ def _placement_problem(engine: PolicyEngine, request: AuthzRequest) -> str | Non
             return f"a parent's id must be non-empty, valid Unicode, ≤ {MAX_ID} chars"
         if parent.type not in allowed:
             return f"a {request.resource.type} cannot be in a {parent.type}"
+    return None
+
+
+def _attributes_problem(engine: PolicyEngine, request: AuthzRequest) -> str | None:
+    """Why ``request.resource_attributes`` cannot be the attributes of a derived record
+    of its resource, or None: more than :data:`MAX_DERIVED_ATTRIBUTES` of them, JSON
+    larger than :data:`MAX_DERIVED_ATTRIBUTES_BYTES`, an attribute the schema does not
+    declare for the resource's type or a value not of its declared type. (``decide``
+    denies a request whose attributes the schema refuses, fail closed.)"""
+    attributes = request.resource_attributes
+    if not attributes:
+        return None
+    if not isinstance(attributes, Mapping) or len(attributes) > MAX_DERIVED_ATTRIBUTES:
+        return f"a resource may be given at most {MAX_DERIVED_ATTRIBUTES} derived attributes"
+    try:
+        size = len(json.dumps(dict(attributes), allow_nan=False, separators=(",", ":")))
+    except (TypeError, ValueError):
+        return "resource_attributes: not JSON"
+    if size > MAX_DERIVED_ATTRIBUTES_BYTES:
+        return f"resource_attributes: larger than {MAX_DERIVED_ATTRIBUTES_BYTES} bytes of JSON"
+    schema = engine.schema
+    spec = schema.entity_types.get(request.resource.type)
+    declared = spec.attributes if spec is not None else {}
+    for name, value in attributes.items():
+        attr = declared.get(name) if isinstance(name, str) else None
+        if attr is None:
+            return f"resource_attributes.{name}: is not declared for a {request.resource.type}"
+        try:
+            to_cedar(value, attr, schema.common_types, path=f"resource_attributes.{name}")
+        except ValueTypeError as exc:
+            return str(exc)
     return None
 
 
@@ -764,12 +805,16 @@ class Authorizer:
         if problem:
             return done("deny", [problem], errors=[problem])
         placement = _Placement(entities.handle, dims)
-        if request.resource_parents:
+        if request.resource_parents or request.resource_attributes:
             placed = self._place(engine, entities, dims, request, stand_in=stand_in)
             if placed is None:
+                where = ", ".join(map(str, request.resource_parents))
                 problem = (
-                    f"{request.resource} cannot be placed in "
-                    f"{', '.join(map(str, request.resource_parents))} (fail closed)"
+                    f"{request.resource} cannot be placed in {where} (fail closed)"
+                    if not request.resource_attributes
+                    else f"{request.resource} cannot be given its derived attributes"
+                    + (f" in {where}" if where else "")
+                    + " (fail closed)"
                 )
                 return done("deny", [problem], errors=[problem])
             placement = placed
@@ -861,34 +906,41 @@ class Authorizer:
         stand_in: bool = True,
     ) -> _Placement | None:
         """How the decision sees ``request.resource`` in each of
-        ``request.resource_parents``, as if a derived record for it were merged in
-        (:meth:`EntitySnapshot.with_more`); None when the schema refuses that record.
+        ``request.resource_parents`` and with ``request.resource_attributes`` where its
+        entity sets none, as if a derived record for it were merged in
+        (:meth:`EntitySnapshot.with_more`, :func:`merge_derived`: the entity's
+        attributes win); None when the schema refuses that record.
 
-        * In them in the snapshot in force (a listed item's derived record): as is.
-        * Else, a resource the snapshot does not hold that nothing names (no policy,
-          no entity, :attr:`EntitySnapshot.referenced`), such as a URI made from a
-          template: its place's stand-in (:meth:`EntitySnapshot.stand_in`) stands for
+        * In them, and with each of those attributes set, in the snapshot in force (a
+          listed item's derived record, the catalog's attributes): as is.
+        * Else, a resource without derived attributes (a stand-in has none) that the
+          snapshot does not hold and that nothing names (no policy, no entity,
+          :attr:`EntitySnapshot.referenced`), such as a URI made from a template:
+          its place's stand-in (:meth:`EntitySnapshot.stand_in`) stands for
           it in Cedar, and the scope index sees it with the parents and their
           ancestors. No copy, whatever the number of entities. Its context and
           Cedar's messages are written to match (:func:`_standing_in`,
           :func:`_written_back`).
-        * Else (a catalog entry, a resource something names; or a place the snapshot
+        * Else (a catalog entry, a resource something names or given derived
+          attributes; or a place the snapshot
           has no stand-in for, whose copy with one is kept): a copy of the snapshot
           with the record merged in, the last :data:`PLACED_CACHE` kept per snapshot
           in force.
         """
         ref, parents = request.resource, request.resource_parents
+        attributes = dict(request.resource_attributes)
         have = entities.parents.get(ref, ())
-        if all(p in have for p in parents):
-            return _Placement(entities.handle, dims)
-        record = ResourceRecord(ref.type, ref.id, {}, parents)
         catalog = entities.resources.get(ref)
+        present = catalog.attributes if catalog is not None else {}
+        if all(p in have for p in parents) and all(a in present for a in attributes):
+            return _Placement(entities.handle, dims)
+        record = ResourceRecord(ref.type, ref.id, attributes, parents)
         try:
             check_resource(entities.schema, merge_derived(catalog, record))
         except InvalidInput:
             return None  # fail closed: not in its parents, so not decided
         named = ref in entities.referenced or ref in engine.names
-        if stand_in and catalog is None and not named:
+        if stand_in and catalog is None and not named and not attributes:
             place = (ref.type, parents)
             holder = entities
             found = entities.stand_in(*place)
@@ -898,8 +950,14 @@ class Authorizer:
             if found is not None and found not in engine.names:
                 above = frozenset(parents).union(*(entities.ancestors(p) for p in parents))
                 return _Placement(holder.handle, dims, found, above | {ref})
-        merged = self._copy(entities, (ref, parents), lambda: entities.with_more([record]))
+        key: Any = (ref, parents)
+        if attributes:
+            key = (ref, parents, json.dumps(attributes, sort_keys=True))
+        merged = self._copy(entities, key, lambda: entities.with_more([record]))
         if not all(p in merged.parents.get(ref, ()) for p in parents):
+            return None
+        kept = merged.resources.get(ref)
+        if attributes and (kept is None or not all(a in kept.attributes for a in attributes)):
             return None
         return _Placement(merged.handle, _Dimensions(engine, merged))
 
@@ -940,7 +998,11 @@ class Authorizer:
         types or action, an action that does not apply, or a context that does not fit
         the schema. (``decide`` denies such requests; an API answers them with 4xx.)"""
         engine = self.engine
-        problem = _shape_problem(engine, request) or _placement_problem(engine, request)
+        problem = (
+            _shape_problem(engine, request)
+            or _placement_problem(engine, request)
+            or _attributes_problem(engine, request)
+        )
         if problem:
             raise RequestError(problem)
         caller_risk(request)

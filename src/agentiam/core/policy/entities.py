@@ -40,6 +40,8 @@ from agentiam.core.policy.values import ValueTypeError, to_cedar
 from agentiam.errors import InvalidInput
 
 __all__ = [
+    "MAX_DERIVED_ATTRIBUTES",
+    "MAX_DERIVED_ATTRIBUTES_BYTES",
     "STAND_IN_PREFIX",
     "EntitySnapshot",
     "Place",
@@ -56,6 +58,10 @@ _TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,63}$")
 MAX_TAGS = 64
 MAX_PARENTS = 32
 MAX_ID = 512  # characters of an entity id a catalog entry or a request may carry
+# attributes an enforcement point may derive for a request's resource
+# (AuthzRequest.resource_attributes): how many, and their JSON's size in bytes
+MAX_DERIVED_ATTRIBUTES = 32
+MAX_DERIVED_ATTRIBUTES_BYTES = 4096
 
 # A stand-in's id: longer than any id a catalog entry, a request or a context value
 # may carry (MAX_ID; values.to_cedar), so nothing but a policy literal can name one,
