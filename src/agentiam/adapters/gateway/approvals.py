@@ -8,8 +8,10 @@ status naming it. The agent retries the same call with ``AgentIAM-Approval: apr_
 exactly that call (``POST /v1/approvals/{id}/use``: approved, unexpired, same agent
 and fingerprint, once) and, when it is consumed, decides the call as approved. Both
 requests carry the parents the gateway placed the call's resource in
-(``resource_parents``: the route's ``Api``, the tool's ``McpServer``), so the control
-plane sees the call where the gateway decided it.
+(``resource_parents``: the route's ``Api``, the tool's ``McpServer``) and the
+attributes the gateway derived for the resource (``resource_attributes``: a tool's
+``read_only`` / ``destructive`` from a trusted server's annotations), so the control
+plane sees the call where and as the gateway decided it.
 
 The wire names are here, shared by both gateways and the SDK: the request header, the
 response headers, the problem types.
@@ -88,8 +90,12 @@ class NotApprovable(Exception):
 def _body(request: AuthzRequest) -> dict[str, Any]:
     """The call as this enforcement point decided it, for the control plane: with the
     parents it placed the resource in (``resource_parents``, from its configuration:
-    :attr:`Call.resource_parents <agentiam.adapters.gateway.enforcer.Call>`), so that
-    the control plane decides, records and binds the call placed alike."""
+    :attr:`Call.resource_parents <agentiam.adapters.gateway.enforcer.Call>`) and the
+    attributes it derived for it (``resource_attributes``: the MCP gateway's from a
+    trusted server's tool annotations, :attr:`Call.resource_attributes
+    <agentiam.adapters.gateway.enforcer.Call>`), so that the control plane decides,
+    records and binds the call placed and attributed alike. Either is left out when
+    there is none (the request as it was before they were sent)."""
     body: dict[str, Any] = {
         "principal": {"type": request.principal.type, "id": request.principal.id},
         "action": request.action,
@@ -98,6 +104,8 @@ def _body(request: AuthzRequest) -> dict[str, Any]:
     }
     if request.resource_parents:
         body["resource_parents"] = [p.to_json() for p in request.resource_parents]
+    if request.resource_attributes:
+        body["resource_attributes"] = dict(request.resource_attributes)
     return body
 
 

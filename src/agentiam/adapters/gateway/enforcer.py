@@ -127,6 +127,10 @@ class Call:
     target: Mapping[str, str] | None = None
     # parents the resource has whatever the catalog says (AuthzRequest.resource_parents)
     resource_parents: tuple[EntityRef, ...] = ()
+    # attributes the enforcement point derived for the resource from its configuration
+    # (AuthzRequest.resource_attributes: the MCP gateway's from a trusted server's tool
+    # annotations, ListedTools.attributes), never from the agent's request
+    resource_attributes: Mapping[str, Any] = field(default_factory=dict)
 
     def decided_in(self, parents: Sequence[EntityRef]) -> bool:
         """Whether this call's decision placed its resource in each of ``parents``
@@ -383,6 +387,7 @@ class Enforcer:
             call.resource,
             call.context(access),
             resource_parents=call.resource_parents,
+            resource_attributes=call.resource_attributes,
         )
 
     def admit(

@@ -92,7 +92,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Final, Literal, TypeVar
@@ -2239,6 +2239,8 @@ class _Endpoint:
         if method == "tools/call" and not await self.gateway.tools.ensure(call.tool):
             await self._unknown_tool(state, call, request_id, scope, receive, send)
             return False
+        if method == "tools/call":  # what the gateway derived for the tool, nothing else
+            call = replace(call, resource_attributes=self.gateway.tools.attributes(call.tool))
         flow = self.approvals if method == "tools/call" else None
         if flow is not None:
             presented = guarded.presented

@@ -29,7 +29,10 @@ are :meth:`ListedTools.forget`-ten: none is known until a listing of it is fetch
 With ``trust_annotations`` (per server, default off) a tool's ``readOnlyHint`` and
 ``destructiveHint`` become its ``read_only`` and ``destructive`` attributes where the
 catalog sets none. MCP ("Tool annotations") says clients must consider annotations
-untrusted unless they come from trusted servers, hence opt-in.
+untrusted unless they come from trusted servers, hence opt-in. A call carries the
+attributes derived for its tool (:meth:`ListedTools.attributes`,
+``AuthzRequest.resource_attributes``), so that the control plane, deciding it again
+to open or use an approval, gives the tool the same attributes under its own catalog.
 
 Resources, resource templates and prompts (``DataSet::"<exposed URI>"``,
 ``DataSet::"<exposed URI template>"``, ``DataSet::"prompt:<exposed name>"``) are in
@@ -204,6 +207,9 @@ class ListedTools:
         self._catalog: tuple[EntitySnapshot, EntitySnapshot] | None = None
         self._records_lock = threading.Lock()
         self._known: dict[str, str] = {}  # exposed name -> server name
+        # server name -> its listed tools' derived attributes (exposed name -> them), as
+        # in the snapshot swapped in last (set with _known, after the swap)
+        self._attributes: dict[str, dict[str, Mapping[str, Any]]] = {}
         self._changing: anyio.Lock | None = None
         self._refreshing: dict[str, anyio.Lock] = {}
         self._refreshed: dict[str, float] = {}  # server -> when its listing was last forced
@@ -238,6 +244,20 @@ class ListedTools:
     def records_of(self, server: str) -> tuple[ResourceRecord, ...]:
         """The derived records of ``server``'s listed tools, as last swapped in."""
         return self._by_server.get(server, ())
+
+    def attributes(self, exposed: str) -> Mapping[str, Any]:
+        """The attributes the gateway derived for the tool ``exposed`` (its record's:
+        :func:`tool_records`, from its server's configuration and, with
+        ``trust_annotations``, the hints of the listing last swapped in), for the
+        call's :attr:`~agentiam.adapters.gateway.enforcer.Call.resource_attributes`:
+        what the control plane deciding the call again (opening or using an approval
+        for it) must give the tool to see it as the gateway's snapshot does. Empty
+        for a tool that is not :meth:`known` or that was derived none. Never anything
+        from the agent's request."""
+        server = self._known.get(exposed)
+        if server is None:
+            return {}
+        return dict(self._attributes.get(server, {}).get(exposed, {}))
 
     def known(self, exposed: str) -> bool:
         """Whether an upstream listed ``exposed`` (its server's last listing) and
@@ -285,6 +305,7 @@ class ListedTools:
             await anyio.to_thread.run_sync(self._rederive)
             for name in names:  # after the swap
                 self._known[name] = server.name
+            self._attributes[server.name] = {r.id: r.attributes for r in records if r.attributes}
             self._source[server.name] = tools
 
     async def forget(self, server: UpstreamServer) -> None:
@@ -300,6 +321,7 @@ class ListedTools:
             for name, owner in list(self._known.items()):
                 if owner == server.name:
                     del self._known[name]  # before the swap
+            self._attributes.pop(server.name, None)
             if not self._by_server.pop(server.name, ()):
                 return
             self._publish()
