@@ -17,7 +17,7 @@ from agentiam.bootstrap import Container, build
 from agentiam.config import Settings
 from agentiam.core.approvals import ApprovalState, Approver, request_fingerprint
 from agentiam.core.policy.authorizer import AuthzRequest
-from agentiam.core.policy.model import EntityRef
+from agentiam.core.policy.model import EntityRef, ResourceRecord
 from agentiam.errors import Conflict, Forbidden
 from agentiam.ports import ApprovalQuery, AuditQuery
 from agentiam.services.agents import NewAgent
@@ -194,6 +194,76 @@ def test_the_placement_is_decided_recorded_and_bound(world: Any) -> None:
     result = c.approvals.authorize(CTX, placed(bank), approval_id=opened.id)
     assert result.decision.allowed  # decided again as approved, in bank
     assert result.decision.request.resource_parents == (bank,)
+
+
+def test_the_derived_attributes_are_decided_recorded_and_bound(world: Any) -> None:
+    """A call whose tool a gateway derived ``destructive: true`` for
+    (``resource_attributes``, no catalog entry) is decided with it when the request
+    is opened, recorded with it on either store and in its events, and bound: the
+    same call with other attributes, or none, cannot use the approval. The catalog's
+    attribute wins over a derived one, as in the gateway's snapshot."""
+    c, ids = world
+    c.policies.put(
+        CTX,
+        "destructive-needs-approval",
+        text='forbid (principal, action == Action::"invoke_tool", resource) when '
+        "{ resource has destructive && resource.destructive "
+        '&& context.approval.state != "approved" };',
+    )
+    c.decisions.refresh()
+    bank = EntityRef("McpServer", "bank")
+
+    def derived(tool: str = "bank.transfer", **attributes: Any) -> AuthzRequest:
+        return replace(
+            call(ids["agent"], tool, amount=5),
+            resource_parents=(bank,),
+            resource_attributes=attributes,
+        )
+
+    with pytest.raises(Conflict):  # without the attribute, no policy asks
+        c.approvals.open(CTX, derived())
+    with pytest.raises(Conflict):
+        c.approvals.open(CTX, derived(destructive=False))
+    opened = c.approvals.open(CTX, derived(destructive=True, read_only=False))
+    expected = {"destructive": True, "read_only": False}
+    assert dict(opened.resource_attributes) == expected
+    assert dict(c.approvals.get(opened.id).resource_attributes) == expected  # stored
+    [requested] = [
+        e for e in events(c, "approval.requested") if e.details["approval_id"] == opened.id
+    ]
+    assert requested.details["resource_attributes"] == expected
+    assert opened.fingerprint == request_fingerprint(
+        EntityRef("Agent", ids["agent"]),
+        "invoke_tool",
+        EntityRef("Tool", "bank.transfer"),
+        {"amount": 5},
+        (bank,),
+        expected,
+    )
+    c.approvals.decide(CTX, opened.id, approve=True, reason="ok")
+    for other in (
+        derived(),
+        derived(destructive=True),
+        derived(destructive=False, read_only=False),
+    ):
+        with pytest.raises(Forbidden):
+            c.approvals.use(CTX, opened.id, other)
+    result = c.approvals.authorize(
+        CTX, derived(read_only=False, destructive=True), approval_id=opened.id
+    )
+    assert result.decision.allowed  # decided again as approved, with the attributes
+    assert dict(result.decision.request.resource_attributes) == expected
+    # a catalogued attribute wins: the catalog says the tool is not destructive
+    c.resources.put(CTX, ResourceRecord("Tool", "bank.safe", {"destructive": False}, ()))
+    c.decisions.refresh()
+    with pytest.raises(Conflict, match="allowed without approval"):
+        c.approvals.open(CTX, derived("bank.safe", destructive=True))
+    # a request without attributes is recorded without any, under its old fingerprint
+    plain = c.approvals.open(CTX, call(ids["agent"], amount=10))
+    assert dict(c.approvals.get(plain.id).resource_attributes) == {}
+    assert plain.fingerprint == request_fingerprint(
+        EntityRef("Agent", ids["agent"]), "invoke_tool", EntityRef("Tool", "pay"), {"amount": 10}
+    )
 
 
 def test_who_may_decide(world: Any) -> None:

@@ -122,6 +122,67 @@ def test_the_fingerprint_binds_the_placement() -> None:
     ) == request_fingerprint(agent, "invoke_tool", tool, args, (bank, vault))
 
 
+# request_fingerprint of (Agent AGENT, invoke_tool, Tool "bank.transfer", {"amount": 5,
+# "to": "acme"}) without and with McpServer "bank", as computed before derived
+# attributes were bound: a request without any keeps exactly these
+OLD_PLAIN = "7e05c08a228f40382d33be2dfcc70e1a7bf05bbc9adf02aa76518f61f77b794b"
+OLD_IN_BANK = "33c413acd91d521850d363bfbfe7789f91966d6b368111bbddc46a06884f021c"
+
+
+def test_the_fingerprint_binds_the_derived_attributes() -> None:
+    agent, tool = EntityRef("Agent", AGENT), EntityRef("Tool", "bank.transfer")
+    args, bank = {"amount": 5, "to": "acme"}, (EntityRef("McpServer", "bank"),)
+
+    def fp(attributes: Any = None, parents: Any = bank) -> str:
+        return request_fingerprint(agent, "invoke_tool", tool, args, parents, attributes)
+
+    assert request_fingerprint(agent, "invoke_tool", tool, args) == OLD_PLAIN
+    assert fp(None, ()) == fp({}, ()) == OLD_PLAIN
+    assert fp() == fp({}) == OLD_IN_BANK
+    safe, destructive = fp({"destructive": False}), fp({"destructive": True})
+    assert len({OLD_IN_BANK, safe, destructive, fp({"destructive": True}, ())}) == 4
+    both = {"destructive": True, "read_only": False}
+    assert fp(both) not in (destructive, OLD_IN_BANK)
+    # a JSON object: the order of its members does not make another call
+    assert fp(dict(reversed(list(both.items())))) == fp(both)
+
+
+ATTRIBUTED = """
+permit (principal, action == Action::"invoke_tool", resource is Tool);
+@id("destructive-needs-approval")
+forbid (principal, action == Action::"invoke_tool", resource)
+  when { resource has destructive && resource.destructive
+         && context.approval.state != "approved" };
+"""
+
+
+def test_the_what_if_decision_keeps_the_derived_attributes() -> None:
+    """A deny that approval lifts only for a destructive tool, destructive by an
+    attribute its enforcement point derived (no catalog entry): approvable when the
+    request carries the attribute (the what-if question keeps it); without it nothing
+    asks."""
+    authz = make_authorizer(ATTRIBUTED, agents=[agent_record(AGENT)])
+
+    def call(attributes: dict[str, Any]) -> Any:
+        return authz.decide(
+            AuthzRequest(
+                EntityRef("Agent", AGENT),
+                "invoke_tool",
+                EntityRef("Tool", "bank.transfer"),
+                {},
+                resource_parents=(EntityRef("McpServer", "bank"),),
+                resource_attributes=attributes,
+            )
+        )
+
+    destructive = call({"destructive": True})
+    assert not destructive.allowed
+    assert destructive.policies == ("destructive-needs-approval",)
+    assert approvable(authz, destructive)
+    assert call({"destructive": False}).allowed
+    assert call({}).allowed
+
+
 def _event(type_: str, outcome: Outcome = Outcome.SUCCESS) -> dict[str, Any]:
     return AuditEvent.create(
         type=type_,
@@ -213,3 +274,47 @@ def test_cli_lists_shows_and_decides(db: str) -> None:
     assert "approved already" in again.output
     missing = runner.invoke(app, ["approvals", "approve", first.id])
     assert missing.exit_code != 0  # --reason is required
+
+
+def test_cli_shows_the_derived_attributes(db: str) -> None:
+    import json
+
+    from agentiam.bootstrap import build
+    from agentiam.config import Settings
+    from agentiam.services.agents import NewAgent
+    from agentiam.services.context import CallContext
+    from agentiam.services.humans import NewHuman
+
+    ctx = CallContext.system("test")
+    c = build(Settings(database_url=db))
+    try:
+        owner = c.humans.create(ctx, NewHuman(display_name="Ann", email="ann@example.com"))
+        agent = c.agents.register(
+            ctx,
+            NewAgent(name="bot", owners=[owner.id], purpose="x", environment="prod", activate=True),
+        )
+        permit, forbid = ATTRIBUTED.strip().split('@id("destructive-needs-approval")')
+        c.policies.put(ctx, "tools", text=permit)
+        c.policies.put(ctx, "destructive-needs-approval", text=forbid)
+        c.decisions.refresh()
+        opened = c.approvals.open(
+            ctx,
+            AuthzRequest(
+                EntityRef("Agent", agent.id),
+                "invoke_tool",
+                EntityRef("Tool", "bank.transfer"),
+                resource_parents=(EntityRef("McpServer", "bank"),),
+                resource_attributes={"read_only": False, "destructive": True},
+            ),
+        )
+    finally:
+        c.close()
+    shown = CliRunner().invoke(app, ["approvals", "show", opened.id, "--json"])
+    assert shown.exit_code == 0, shown.output
+    row = json.loads(shown.output)
+    assert row["resource_attributes"] == {"destructive": True, "read_only": False}
+    assert row["resource"] == (
+        "Tool::bank.transfer in McpServer::bank with destructive=true, read_only=false"
+    )
+    listed = CliRunner().invoke(app, ["approvals", "list", "--json"])
+    assert "with destructive=true, read_only=false" in listed.output
