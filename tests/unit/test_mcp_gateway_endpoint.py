@@ -152,6 +152,9 @@ class Listed:
     def known(self, name: str) -> bool:
         return name not in self.unlisted
 
+    def attributes(self, name: str) -> dict[str, Any]:
+        return {}
+
 
 @dataclass
 class Stub:
