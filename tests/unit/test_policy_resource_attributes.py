@@ -194,11 +194,52 @@ def test_valid_attributes_pass_validation() -> None:
 
 def test_a_snapshot_with_the_derived_record_is_used_as_is() -> None:
     """At the gateway the listed tool's record already carries the attributes: the
-    decision reads the snapshot in force (no copy), and a value the snapshot holds
-    wins as a derived record merged after it would lose (EntitySnapshot.with_more)."""
+    decision reads the snapshot in force, no copy."""
     base = EntitySnapshot(Schema(), agents=[agent()])
     listed = base.with_derived([ResourceRecord("Tool", TOOL.id, {"destructive": True}, (BANK,))])
     gateway = Authorizer(authorizer(POLICIES).engine, listed)
-    decision = gateway.decide(_call({"destructive": True}))
-    assert not decision.allowed
+    assert not gateway.decide(_call({"destructive": True})).allowed
     assert gateway._placed[1] == {}
+
+
+@pytest.mark.parametrize(
+    ("listed", "carried", "allowed"),
+    [
+        ({"destructive": False}, {"destructive": True}, False),
+        ({"destructive": True}, {"destructive": False}, True),
+        ({"destructive": True, "read_only": False}, {"destructive": False}, True),
+    ],
+)
+def test_a_call_is_decided_with_the_attributes_it_carries(
+    listed: dict[str, Any], carried: dict[str, Any], allowed: bool
+) -> None:
+    """The gateway's snapshot was rebuilt from a newer listing after the call took its
+    attributes (or before): the call is decided with the attributes it carries, the
+    ones an approval for it is bound to, not with the snapshot's; its parent is kept.
+    The control plane decides it alike."""
+    engine = authorizer(POLICIES).engine
+    base = EntitySnapshot(Schema(), agents=[agent()])
+    snapshot = base.with_derived([ResourceRecord("Tool", TOOL.id, listed, (BANK,))])
+    gateway = Authorizer(engine, snapshot)
+    decision = gateway.decide(_call(carried))
+    assert decision.allowed is allowed
+    assert not decision.errors
+    assert authorizer(POLICIES, agents=[agent()]).decide(_call(carried)).allowed is allowed
+    # the copy it was decided on has the carried attributes and the server
+    [copy] = gateway._placed[1].values()
+    assert dict(copy.resources[TOOL].attributes) == carried
+    assert copy.parents[TOOL] == (BANK,)
+    # the snapshot in force is not changed
+    assert dict(gateway.entities.resources[TOOL].attributes) == listed
+
+
+def test_the_catalog_still_wins_over_the_attributes_a_call_carries() -> None:
+    engine = authorizer(POLICIES).engine
+    catalog = [resource("Tool", TOOL.id, destructive=False)]
+    base = EntitySnapshot(Schema(), agents=[agent()], resources=catalog)
+    snapshot = base.with_derived([ResourceRecord("Tool", TOOL.id, {"read_only": True}, (BANK,))])
+    gateway = Authorizer(engine, snapshot)
+    assert gateway.decide(_call({"destructive": True, "read_only": True})).allowed
+    refused = gateway.decide(_call({"destructive": True, "read_only": False}))
+    assert not refused.allowed
+    assert set(refused.policies) == {"writes-in-bank"}

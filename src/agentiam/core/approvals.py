@@ -30,9 +30,9 @@ decision made again as approved all see the same ``resource_parents`` the origin
 decision did (:func:`approvable` keeps them; ``dataclasses.replace`` changes only the
 context). The parents come from the enforcement point's configuration, never from the
 agent's request. So do the derived attributes (``resource_attributes``), which every
-decision uses as a derived record's: only where the entity it sees sets none (the
-catalog's win, as in the gateway's own snapshot); they are recorded and shown with the
-parents.
+decision uses as a derived record's: only where the catalog sets none (the catalog's
+win, as in the gateway's own snapshot), whatever the deciding snapshot's own derived
+records say; they are recorded and shown with the parents.
 
 **States.** ``pending`` → ``approved`` | ``denied`` | ``expired``; ``approved`` →
 ``consumed`` (single use) | ``expired`` (not used in time). A pending request that

@@ -28,7 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Literal
@@ -114,10 +114,12 @@ class AuthzRequest:
     # Attributes the enforcement point derived for the resource from its own
     # configuration (the MCP gateway: a tool's trusted readOnlyHint/destructiveHint as
     # read_only/destructive), never from the agent's request. Used as a derived
-    # record's are, with the parents above: only where the entity the decision sees
-    # sets none (the catalog's win), so that a control plane deciding the call again
-    # sees the resource as the gateway did; when they cannot be merged (the schema
-    # refuses them) it is a deny.
+    # record's are, with the parents above: only where the catalog sets none (the
+    # catalog's win), and in place of what the snapshot's own derived records say
+    # (EntitySnapshot.with_attributes), so that the gateway and a control plane
+    # deciding the call again see the resource alike, with the attributes an approval
+    # for the call is bound to; when they cannot be merged (the schema refuses them)
+    # it is a deny.
     resource_attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -906,13 +908,17 @@ class Authorizer:
         stand_in: bool = True,
     ) -> _Placement | None:
         """How the decision sees ``request.resource`` in each of
-        ``request.resource_parents`` and with ``request.resource_attributes`` where its
-        entity sets none, as if a derived record for it were merged in
-        (:meth:`EntitySnapshot.with_more`, :func:`merge_derived`: the entity's
-        attributes win); None when the schema refuses that record.
+        ``request.resource_parents`` and, when it has ``request.resource_attributes``,
+        with exactly those where the catalog sets none, as if a derived record for it
+        were merged in (:meth:`EntitySnapshot.with_more`, :func:`merge_derived`: the
+        catalog's attributes win; :meth:`EntitySnapshot.with_attributes`: the request's
+        derived attributes replace those of the snapshot's derived records, so a call
+        is decided with the attributes an approval for it is bound to, even when its
+        enforcement point's snapshot changed meanwhile); None when the schema refuses
+        that record.
 
-        * In them, and with each of those attributes set, in the snapshot in force (a
-          listed item's derived record, the catalog's attributes): as is.
+        * In them, and with those attributes, in the snapshot in force (a listed
+          item's derived record, the catalog's attributes): as is.
         * Else, a resource without derived attributes (a stand-in has none) that the
           snapshot does not hold and that nothing names (no policy, no entity,
           :attr:`EntitySnapshot.referenced`), such as a URI made from a template:
@@ -931,12 +937,20 @@ class Authorizer:
         attributes = dict(request.resource_attributes)
         have = entities.parents.get(ref, ())
         catalog = entities.resources.get(ref)
-        present = catalog.attributes if catalog is not None else {}
-        if all(p in have for p in parents) and all(a in present for a in attributes):
+        wanted: dict[str, Any] | None = None  # the attributes the decision must see
+        if attributes:
+            built = entities.built(ref)
+            wanted = {**attributes, **(built.attributes if built is not None else {})}
+        if all(p in have for p in parents) and (
+            wanted is None or (catalog is not None and dict(catalog.attributes) == wanted)
+        ):
             return _Placement(entities.handle, dims)
         record = ResourceRecord(ref.type, ref.id, attributes, parents)
+        merged_record = merge_derived(catalog, record)
+        if wanted is not None:
+            merged_record = replace(merged_record, attributes=wanted)
         try:
-            check_resource(entities.schema, merge_derived(catalog, record))
+            check_resource(entities.schema, merged_record)
         except InvalidInput:
             return None  # fail closed: not in its parents, so not decided
         named = ref in entities.referenced or ref in engine.names
@@ -950,14 +964,15 @@ class Authorizer:
             if found is not None and found not in engine.names:
                 above = frozenset(parents).union(*(entities.ancestors(p) for p in parents))
                 return _Placement(holder.handle, dims, found, above | {ref})
-        key: Any = (ref, parents)
-        if attributes:
+        if wanted is None:
+            merged = self._copy(entities, (ref, parents), lambda: entities.with_more([record]))
+        else:
             key = (ref, parents, json.dumps(attributes, sort_keys=True))
-        merged = self._copy(entities, key, lambda: entities.with_more([record]))
+            merged = self._copy(entities, key, lambda: entities.with_attributes(record))
         if not all(p in merged.parents.get(ref, ()) for p in parents):
             return None
         kept = merged.resources.get(ref)
-        if attributes and (kept is None or not all(a in kept.attributes for a in attributes)):
+        if wanted is not None and (kept is None or dict(kept.attributes) != wanted):
             return None
         return _Placement(merged.handle, _Dimensions(engine, merged))
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, TypeAlias
@@ -425,6 +426,22 @@ class EntitySnapshot:
         (:attr:`AuthzRequest.resource_parents
         <agentiam.core.policy.authorizer.AuthzRequest.resource_parents>`)."""
         return self._base.with_derived((*self._derived, *records), places=(*self._places, *places))
+
+    def built(self, ref: EntityRef) -> ResourceRecord | None:
+        """``ref``'s record as this snapshot's base has it (built from the registry and
+        the catalog), before any derived record was merged in."""
+        return self._base.resources.get(ref)
+
+    def with_attributes(self, record: ResourceRecord) -> EntitySnapshot:
+        """This snapshot with ``record`` merged in (:meth:`with_more`), its attributes
+        in place of those the derived records it has gave that resource (their parents
+        are kept): the resource has the base's attributes and, where those set none,
+        ``record``'s. For a decision whose enforcement point derived the resource's
+        attributes itself (:attr:`AuthzRequest.resource_attributes
+        <agentiam.core.policy.authorizer.AuthzRequest.resource_attributes>`) from a
+        listing other than the one this snapshot's records were made from."""
+        kept = tuple(replace(r, attributes={}) if r.ref == record.ref else r for r in self._derived)
+        return self._base.with_derived((*kept, record), places=self._places)
 
     def stand_in(self, entity_type: str, parents: tuple[EntityRef, ...]) -> EntityRef | None:
         """The stand-in of the place (``entity_type`` in exactly ``parents``), if this
