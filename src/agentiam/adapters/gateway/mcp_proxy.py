@@ -2240,7 +2240,9 @@ class _Endpoint:
             await self._unknown_tool(state, call, request_id, scope, receive, send)
             return False
         if method == "tools/call":  # what the gateway derived for the tool, nothing else
-            call = replace(call, resource_attributes=self.gateway.tools.attributes(call.tool))
+            derived = self.gateway.tools.attributes(call.tool)
+            if derived:  # most tools have none: no copy of the call for them
+                call = replace(call, resource_attributes=derived)
         flow = self.approvals if method == "tools/call" else None
         if flow is not None:
             presented = guarded.presented
