@@ -81,6 +81,11 @@ def decision_event(
     actors = delegation.get("actors") if isinstance(delegation, dict) else None
     human = delegation.get("initiating_human") if isinstance(delegation, dict) else None
     args = request.context.get("args")
+    placement: dict[str, Any] = {}  # only when the enforcement point set them
+    if request.resource_parents:
+        placement["resource_parents"] = [p.to_json() for p in request.resource_parents]
+    if request.resource_attributes:
+        placement["resource_attributes"] = dict(request.resource_attributes)
     return AuditEvent.create(
         type=DECISION_EVENT,
         actor=ctx.actor,
@@ -121,6 +126,7 @@ def decision_event(
                     "resource_id": request.resource.id,
                 },
             ),
+            **placement,
         },
     )
 

@@ -7,8 +7,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentiam.core.policy.authorizer import Decision
-from agentiam.core.policy.model import Mode, PolicyRecord, PolicySetVersion, ResourceRecord
+from agentiam.core.policy.authorizer import AuthzRequest, Decision
+from agentiam.core.policy.entities import MAX_DERIVED_ATTRIBUTES, MAX_PARENTS
+from agentiam.core.policy.model import (
+    EntityRef,
+    Mode,
+    PolicyRecord,
+    PolicySetVersion,
+    ResourceRecord,
+)
 
 PolicyText = Annotated[str, Field(min_length=1, max_length=64 * 1024)]
 Comment = Annotated[str, Field(max_length=500)]
@@ -182,6 +189,18 @@ class ResourcePage(_Out):
 
 
 class AuthorizeIn(_In):
+    """One call an enforcement point asks about. ``resource_parents`` are the parents
+    it placed the resource in whatever the catalog says (the HTTP gateway's ``Api``,
+    the MCP gateway's ``McpServer``: ``AuthzRequest.resource_parents``), and
+    ``resource_attributes`` the attributes it derived for the resource (the MCP
+    gateway's ``read_only`` / ``destructive`` from a trusted server's tool
+    annotations: ``AuthzRequest.resource_attributes``), both from its own
+    configuration, never from the agent's request. A catalogued attribute wins over a
+    derived one. The control plane decides, records (``authz.decision``) and, for an
+    approval, binds the call (fingerprint) placed and attributed alike; a parent of a
+    type the schema does not allow, or attributes the schema does not declare for the
+    resource's type or of another type, are refused (422)."""
+
     principal: EntityRefIn
     action: Annotated[str, Field(min_length=1, max_length=128)]
     resource: EntityRefIn
@@ -190,6 +209,25 @@ class AuthorizeIn(_In):
         description="delegation, authorization_details, risk_score, approval, args, "
         "data_classification, source_environment (time and request_rate are the server's)",
     )
+    resource_parents: Annotated[list[EntityRefIn], Field(max_length=MAX_PARENTS)] = Field(
+        default_factory=list
+    )
+    resource_attributes: Annotated[
+        dict[Annotated[str, Field(min_length=1, max_length=128)], Any],
+        Field(max_length=MAX_DERIVED_ATTRIBUTES),
+    ] = Field(default_factory=dict)
+
+    def to_request(self) -> AuthzRequest:
+        """The :class:`AuthzRequest` this asks about (not yet validated: see
+        ``Authorizer.validate_request``)."""
+        return AuthzRequest(
+            principal=EntityRef(self.principal.type, self.principal.id),
+            action=self.action,
+            resource=EntityRef(self.resource.type, self.resource.id),
+            context=self.context,
+            resource_parents=tuple(EntityRef(p.type, p.id) for p in self.resource_parents),
+            resource_attributes=dict(self.resource_attributes),
+        )
 
 
 class AuthorizeBatchIn(_In):

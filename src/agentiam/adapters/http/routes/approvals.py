@@ -30,7 +30,6 @@ from agentiam.adapters.http.policy_schemas import (
     ApprovalRefOut,
     AuthorizeIn,
     DecisionOut,
-    EntityRefIn,
 )
 from agentiam.adapters.http.routes import PROBLEM_RESPONSES, IdPath, audited_read
 from agentiam.adapters.http.security import _bearer, container_of, require
@@ -39,8 +38,6 @@ from agentiam.core.approvals import ApprovalRequest, ApprovalState
 from agentiam.core.audit.events import Actor, ActorType, ResourceRef
 from agentiam.core.ids import is_id
 from agentiam.core.policy.authorizer import AuthzRequest, RequestError
-from agentiam.core.policy.entities import MAX_DERIVED_ATTRIBUTES, MAX_PARENTS
-from agentiam.core.policy.model import EntityRef
 from agentiam.errors import AuthenticationRequired, Forbidden, InvalidInput
 from agentiam.ports import ApprovalQuery
 from agentiam.services.approvals import Authorized
@@ -63,32 +60,11 @@ class DecideIn(_In):
     reason: Annotated[str, Field(min_length=1, max_length=500)]
 
 
-class PlacedIn(AuthorizeIn):
-    """A call as an enforcement point decided it: ``resource_parents`` are the parents
-    it placed the resource in whatever the catalog says (the HTTP gateway's ``Api``,
-    the MCP gateway's ``McpServer``: ``AuthzRequest.resource_parents``), and
-    ``resource_attributes`` the attributes it derived for the resource (the MCP
-    gateway's ``read_only`` / ``destructive`` from a trusted server's tool
-    annotations: ``AuthzRequest.resource_attributes``), both from its own
-    configuration, never from the agent's request. The control plane decides, records
-    and binds the call (fingerprint) placed and attributed alike; attributes the
-    schema does not declare for the resource's type, or of another type, are refused
-    (422)."""
-
-    resource_parents: Annotated[list[EntityRefIn], Field(max_length=MAX_PARENTS)] = Field(
-        default_factory=list
-    )
-    resource_attributes: Annotated[
-        dict[Annotated[str, Field(min_length=1, max_length=128)], Any],
-        Field(max_length=MAX_DERIVED_ATTRIBUTES),
-    ] = Field(default_factory=dict)
-
-
-class OpenIn(PlacedIn):
+class OpenIn(AuthorizeIn):
     decision_id: Annotated[str | None, Field(max_length=64)] = None
 
 
-class UseIn(PlacedIn):
+class UseIn(AuthorizeIn):
     pass
 
 
@@ -184,20 +160,9 @@ def _approval_ref(request: Request, a: ApprovalRequest) -> ApprovalRefOut:
 
 def _call(request: Request, body: AuthorizeIn) -> AuthzRequest:
     """The call an enforcement point asks about, placed where it placed it and with
-    the attributes it derived (:class:`PlacedIn`); 422 when it is not a valid request
-    (its parents and attributes included)."""
-    parents: list[EntityRefIn] = []
-    attributes: dict[str, Any] = {}
-    if isinstance(body, PlacedIn):
-        parents, attributes = body.resource_parents, body.resource_attributes
-    req = AuthzRequest(
-        principal=EntityRef(body.principal.type, body.principal.id),
-        action=body.action,
-        resource=EntityRef(body.resource.type, body.resource.id),
-        context=body.context,
-        resource_parents=tuple(EntityRef(p.type, p.id) for p in parents),
-        resource_attributes=dict(attributes),
-    )
+    the attributes it derived (:class:`AuthorizeIn`); 422 when it is not a valid
+    request (its parents and attributes included)."""
+    req = body.to_request()
     if req.principal.type != "Agent":
         raise InvalidInput("only an agent's call can wait for approval")
     try:

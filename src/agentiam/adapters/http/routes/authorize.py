@@ -20,7 +20,6 @@ from agentiam.adapters.http.security import container_of, require
 from agentiam.core.access.admin_keys import Permission
 from agentiam.core.audit.events import ResourceRef
 from agentiam.core.policy.authorizer import AuthzRequest, RequestError
-from agentiam.core.policy.model import EntityRef
 from agentiam.errors import InvalidInput
 from agentiam.services.context import CallContext
 
@@ -36,12 +35,7 @@ def _requests(request: Request, bodies: list[AuthorizeIn]) -> list[AuthzRequest]
     out: list[AuthzRequest] = []
     errors: list[dict[str, Any]] = []
     for i, body in enumerate(bodies):
-        req = AuthzRequest(
-            principal=EntityRef(body.principal.type, body.principal.id),
-            action=body.action,
-            resource=EntityRef(body.resource.type, body.resource.id),
-            context=body.context,
-        )
+        req = body.to_request()
         if "approval" in body.context:
             # The control plane owns approval state: it sets it from an approved,
             # unused request named by context.approval_id (docs/approvals.md). A caller
