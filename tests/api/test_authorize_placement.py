@@ -125,7 +125,8 @@ def test_the_batch_takes_them_too(admin: httpx.Client, agent: str) -> None:
                 {"type": "McpServer", "id": f"s{i}"} for i in range(MAX_PARENTS + 1)
             ]
         },
-        {"resource_attributes": {"owner": "me"}},  # not declared for a Tool
+        {"resource_attributes": {"colour": "red"}},  # not declared for a Tool
+        {"resource_attributes": {"owner": "me"}},  # declared, but an entity reference
         {"resource_attributes": {"destructive": "yes"}},  # not a Boolean
         {"resource_attributes": {"": True}},
         {"resource_attributes": {f"a{i}": True for i in range(MAX_DERIVED_ATTRIBUTES + 1)}},

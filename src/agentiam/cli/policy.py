@@ -14,7 +14,7 @@ import yaml
 
 from agentiam.cli.common import cli_context, container
 from agentiam.cli.output import console, emit, fail, handle_errors
-from agentiam.core.policy.authorizer import AuthzRequest
+from agentiam.core.policy.authorizer import AuthzRequest, RequestError
 from agentiam.core.policy.cases import load_cases, run_cases, snapshot_from
 from agentiam.core.policy.engine import PolicyEngine, validate
 from agentiam.core.policy.model import EntityRef, Mode, PolicyRecord, PolicySetVersion
@@ -258,19 +258,45 @@ def decide(
     action: Annotated[str, typer.Option("--action")],
     resource: Annotated[str, typer.Option("--resource", help="Type::id, e.g. Tool::transfer")],
     context: Annotated[str, typer.Option("--context", help="JSON object")] = "{}",
+    parent: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--parent",
+            help="Type::id the enforcement point placed the resource in (repeatable), "
+            "as resource_parents of POST /v1/authorize",
+        ),
+    ] = None,
+    attributes: Annotated[
+        str,
+        typer.Option(
+            "--attributes",
+            help="JSON object of attributes derived for the resource, as "
+            "resource_attributes of POST /v1/authorize (the catalog's win)",
+        ),
+    ] = "{}",
     as_json: Json = False,
 ) -> None:
-    """Decide one request against the current set (audited like POST /v1/authorize)."""
+    """Decide one request against the current set (audited like POST /v1/authorize);
+    a request the schema refuses fails (exit 1) with the reason, undecided."""
+    ctx_value = _json_object(context, "--context")
+    attributes_value = _json_object(attributes, "--attributes")
     try:
-        ctx_value = json.loads(context)
-    except ValueError:
-        fail("--context is not JSON")
-    if not isinstance(ctx_value, dict):
-        fail("--context must be a JSON object")
+        parents = tuple(EntityRef.parse(p) for p in parent or ())
+    except InvalidInput:
+        fail("--parent must be Type::id")
     with handle_errors(), container() as c:
         request = AuthzRequest(
-            EntityRef.parse(principal), action, EntityRef.parse(resource), ctx_value
+            EntityRef.parse(principal),
+            action,
+            EntityRef.parse(resource),
+            ctx_value,
+            resource_parents=parents,
+            resource_attributes=attributes_value,
         )
+        try:
+            c.decisions.authorizer.validate_request(request)
+        except RequestError as exc:
+            fail(f"the request is not valid: {exc}")
         [decision] = c.decisions.decide(cli_context(), [request])
     if as_json:
         emit(decision.to_dict(), as_json=True, columns=[])
@@ -281,6 +307,16 @@ def decide(
         console.print(f"  {reason}", highlight=False, markup=False)
     if decision.dry_run:
         console.print(f"  dry run: would {decision.dry_run.decision}", highlight=False)
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        fail(f"{option} is not JSON")
+    if not isinstance(value, dict):
+        fail(f"{option} must be a JSON object")
+    return value
 
 
 def _load(path: Path) -> dict[str, Any]:
