@@ -1861,3 +1861,29 @@ def test_invalid_token_description_is_generic(
         "error_description": "the access token is not valid",
     }
     assert 'error="invalid_token"' in err.headers["WWW-Authenticate"]
+
+
+def test_use_dpop_nonce_challenge_describes_the_error_and_the_reason_tells_the_cases(
+    nonce_verifier: AccessTokenVerifier, nonces: NonceIssuer, as_key: AgentKey, agent: AgentKey
+) -> None:
+    """RFC 9449 section 9 (and 7.1): the challenge carries ``error_description``; the
+    audit reason tells a missing nonce from a wrong one without quoting it."""
+    token = issue(as_key, at_claims(agent))
+    missing = refused(
+        "use_dpop_nonce",
+        "^DPoP proof without a nonce$",
+        lambda: send(nonce_verifier, token, [make_proof(agent, token)]),
+    )
+    challenge = missing.headers["WWW-Authenticate"]
+    assert challenge.startswith('DPoP algs="')
+    assert challenge.endswith(
+        'error="use_dpop_nonce", '
+        'error_description="a current server nonce is required in the DPoP proof"'
+    )
+    stale = nonces.issue(NOW - nonces.lifetime - 1)
+    wrong = refused(
+        "use_dpop_nonce",
+        "^DPoP nonce not current",
+        lambda: send(nonce_verifier, token, [make_proof(agent, token, nonce=stale)]),
+    )
+    assert stale not in wrong.reason

@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 from tests.support.tls import server_pki
 
-from agentiam.adapters.gateway.config import load_gateway_config, read_config_file
+from agentiam.adapters.gateway.config import DpopSettings, load_gateway_config, read_config_file
 from agentiam.adapters.gateway.http_proxy import load_config
+from agentiam.core.credentials.jose import b64url_decode
+from agentiam.core.credentials.nonces import NonceIssuer
+from agentiam.core.credentials.sealing import MasterKey
 from agentiam.core.policy.model import EntityRef
 
 GOOD: dict[str, Any] = {
@@ -340,3 +343,96 @@ def test_replay_cache_mistakes_are_refused_naming_the_key(value: Any, message: s
     with pytest.raises(ValueError, match="^" + _escape(message)) as refused:
         load_config(_with("replay_cache", value))
     assert "pw@" not in str(refused.value)
+
+
+# -- dpop: resource-server nonces (RFC 9449 section 9) --------------------------------------
+
+NONCE_KEY = MasterKey.generate_text()
+NOW = 1_800_000_000
+
+
+def test_dpop_nonces_are_off_by_default_and_read_no_key() -> None:
+    dpop = load_config(GOOD).gateway.dpop
+    assert dpop == DpopSettings()
+    assert dpop.nonce_issuer({}) is None
+    # configured but off: the key is not read (nor needed)
+    off = load_config(_with("dpop", {"require_nonce": False, "nonce_key_env": "GW_NONCE"}))
+    assert off.gateway.dpop.nonce_issuer({}) is None
+
+
+def test_dpop_nonces_on_take_a_key_the_replicas_share(tmp_path: Path) -> None:
+    on = {"require_nonce": True, "nonce_key_env": "GW_NONCE", "nonce_lifetime_seconds": 120}
+    dpop = load_config(_with("dpop", on)).gateway.dpop
+    assert (dpop.require_nonce, dpop.nonce_key_env, dpop.nonce_lifetime_seconds) == (
+        True,
+        "GW_NONCE",
+        120,
+    )
+    issuer = dpop.nonce_issuer({"GW_NONCE": f" {NONCE_KEY}\n"})
+    assert issuer is not None
+    assert issuer.lifetime == 120
+    # a replica given the same key in a file accepts this one's nonces, and the reverse
+    (tmp_path / "nonce.key").write_text(NONCE_KEY + "\n")
+    on_file = {"require_nonce": True, "nonce_key_file": str(tmp_path / "nonce.key")}
+    replica = load_config(_with("dpop", on_file)).gateway.dpop.nonce_issuer({})
+    assert replica is not None
+    assert replica.is_valid(issuer.issue(NOW), NOW)
+    assert issuer.is_valid(replica.issue(NOW), NOW)
+    # the HMAC key is derived (HKDF), not the key given: the control plane's token
+    # endpoint (its master key's "dpop-nonce" subkey) and a raw use of the key differ
+    master = MasterKey.from_text(NONCE_KEY)
+    for other in (NonceIssuer(master.derive("dpop-nonce")), NonceIssuer(b64url_decode(NONCE_KEY))):
+        assert not issuer.is_valid(other.issue(NOW), NOW)
+        assert not other.is_valid(issuer.issue(NOW), NOW)
+    # another key: refused
+    elsewhere = dpop.nonce_issuer({"GW_NONCE": MasterKey.generate_text()})
+    assert elsewhere is not None
+    assert not issuer.is_valid(elsewhere.issue(NOW), NOW)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("on", "dpop: expected a mapping"),
+        ({"require_nonce": "yes"}, "dpop.require_nonce: true or false"),
+        ({"require_nonce": True}, "dpop.require_nonce: needs the key the replicas share"),
+        ({"require_nonce": True, "nonce_key_env": "lower"},
+         "dpop.nonce_key_env: an environment variable name"),
+        ({"require_nonce": True, "nonce_key_file": "relative/key"},
+         "dpop.nonce_key_file: an absolute path"),
+        ({"require_nonce": True, "nonce_key_env": "K", "nonce_key_file": "/k"},
+         "dpop: give one of nonce_key_env and nonce_key_file, not both"),
+        ({"require_nonce": True, "nonce_key_env": "K", "nonce_lifetime_seconds": 5},
+         "dpop.nonce_lifetime_seconds: an integer between 10 and 3600"),
+        ({"require_nonce": True, "nonce_key_env": "K", "nonce_lifetime_seconds": 30.5},
+         "dpop.nonce_lifetime_seconds: an integer"),
+        ({"require_nonce": True, "nonce_key_env": "K", "nonce_lifetime_seconds": True},
+         "dpop.nonce_lifetime_seconds: an integer"),
+        ({"require_nonce": True, "nonce_key_env": "K", "nonce_key": "x"},
+         "dpop: unknown keys nonce_key"),
+    ],
+)  # fmt: skip
+def test_dpop_mistakes_are_refused_naming_the_key(value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match="^" + _escape(message)):
+        load_config(_with("dpop", value))
+
+
+def test_a_missing_or_malformed_nonce_key_stops_the_start_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    dpop = load_config(
+        _with("dpop", {"require_nonce": True, "nonce_key_env": "GW_NONCE"})
+    ).gateway.dpop
+    with pytest.raises(
+        ValueError, match=r"^dpop\.nonce_key_env: the environment variable GW_NONCE"
+    ):
+        dpop.nonce_issuer({})
+    short = NONCE_KEY[:20]
+    with pytest.raises(ValueError, match=r"^dpop\.nonce_key_env: not a valid key") as refused:
+        dpop.nonce_issuer({"GW_NONCE": short})
+    assert short not in str(refused.value)  # a key is never echoed
+    in_file = load_config(
+        _with("dpop", {"require_nonce": True, "nonce_key_file": str(tmp_path / "absent")})
+    ).gateway.dpop
+    with pytest.raises(ValueError, match=r"^dpop\.nonce_key_file: cannot read .*FileNotFound"):
+        in_file.nonce_issuer({})

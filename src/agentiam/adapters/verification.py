@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 from agentiam.core.credentials.jose import JoseRejected, VerificationKey, import_public_jwk
+from agentiam.core.credentials.nonces import NonceIssuer
 from agentiam.core.credentials.revocations import (
     Revocation,
     RevocationKind,
@@ -280,13 +281,16 @@ class RemoteVerifier:
         background_keys: bool = False,
         http: httpx.Client | None = None,
         monotonic: Callable[[], float] = staleness_clock,
+        nonces: NonceIssuer | None = None,
     ) -> None:
         """``max_staleness``: how long the revocation set and the key set may go
         without a successful read of the control plane before every token is
         refused; ``feed_wait``: how long one revocation long poll is held (keep it
         well under ``max_staleness``: a held poll is not a sign of life);
         ``background_keys``: never fetch the JWKS on a verifying thread (see
-        :class:`JwksCache`); ``monotonic``: the revocation set's clock."""
+        :class:`JwksCache`); ``monotonic``: the revocation set's clock; ``nonces``:
+        require a current nonce of this issuer in every proof (RFC 9449 section 9),
+        None for none."""
         self._http = http or httpx.Client(timeout=10)
         metadata = _get_json(
             self._http, issuer.rstrip("/") + "/.well-known/oauth-authorization-server"
@@ -313,10 +317,14 @@ class RemoteVerifier:
         )
         self.verifier = AccessTokenVerifier(
             VerifierConfig(
-                issuer=issuer.rstrip("/"), audience=audience, accept_bearer=accept_bearer
+                issuer=issuer.rstrip("/"),
+                audience=audience,
+                accept_bearer=accept_bearer,
+                require_nonce=nonces is not None,
             ),
             self.keys,
             self.revoked,
+            nonces=nonces,
         )
 
     def _keys_retired(self, kids: list[str]) -> None:

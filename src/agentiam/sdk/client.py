@@ -166,7 +166,7 @@ class AgentClient:
         self._http = http or httpx.Client(timeout=10)
         self._metadata: dict[str, Any] | None = None
         self._tokens: dict[str | None, AccessToken] = {}  # by resource
-        self._nonces: dict[str, str] = {}  # by token endpoint, or by resource server origin
+        self._nonces = _ServerNonces()
         self._lock = threading.Lock()
 
     # -- discovery ----------------------------------------------------------------------
@@ -270,12 +270,11 @@ class AgentClient:
             )
             sent = self._clock()  # the lifetime counts from the request, to be safe
             r = self._http.post(endpoint, data=form(), headers={"DPoP": proof})
-            if "dpop-nonce" in r.headers:
-                self._nonces[endpoint] = r.headers["dpop-nonce"]
+            nonce = self._nonces.learn(endpoint, r.headers)
             if r.status_code == 200:
                 return AccessToken.from_response(r.json(), now=sent)
             error = _error_of(r)
-            if error[0] == "use_dpop_nonce" and attempt == 0:
+            if error[0] == "use_dpop_nonce" and nonce and attempt == 0:  # section 8
                 continue
             raise TokenError(error[0], error[1], r.status_code)
         raise TokenError("use_dpop_nonce", "server kept asking for a new nonce", 400)
@@ -503,6 +502,39 @@ class AgentClient:
 
 
 _CHALLENGE_ERROR = re.compile(r'error\s*=\s*"([^"]*)"', re.IGNORECASE)
+# RFC 9449 section 8.1: nonce = 1*NQCHAR (printable ASCII but '"' and '\'), bounded as
+# servers bound the proof's nonce claim
+_NONCE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,512}")
+
+
+class _ServerNonces:
+    """The latest ``DPoP-Nonce`` each server supplied, used in this client's next
+    proofs to it until it supplies another (RFC 9449 section 8.2; section 9 for
+    resource servers): the one place both the token requests (keyed by the token
+    endpoint) and every resource-server flow, httpx and MCP alike (keyed by origin),
+    learn and read nonces. A value that is not a nonce (section 8.1 syntax) is
+    ignored; at most ``MAX_SERVERS`` servers are remembered (the oldest go first)."""
+
+    MAX_SERVERS = 1024
+
+    def __init__(self) -> None:
+        self._by_server: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def get(self, server: str) -> str | None:
+        return self._by_server.get(server)
+
+    def learn(self, server: str, headers: Any) -> str | None:
+        """Remember the ``DPoP-Nonce`` of an answer from ``server`` (any status may
+        carry one, section 8.2) and return it; None when it has none."""
+        nonce = headers.get("dpop-nonce")
+        if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
+            return None
+        with self._lock:
+            self._by_server[server] = nonce
+            if len(self._by_server) > self.MAX_SERVERS:
+                del self._by_server[next(iter(self._by_server))]
+        return nonce
 
 
 def _challenge_errors(challenges: Sequence[str]) -> set[str]:
@@ -598,15 +630,13 @@ class _DPoPFlow:
                 method=request.method,
                 url=str(request.url),
                 access_token=token.value,
-                nonce=self.agent._nonces.get(origin(request.url)),
+                nonce=self.agent._nonces.get(origin(request.url)),  # section 9
             )
 
     def _after(self, response: Any, nonce_retried: bool, refreshed: bool) -> str | None:
         """What to do with ``response``: None (done), ``"nonce"`` (retry with the new
         nonce) or ``"refresh"`` (retry once with a fresh token)."""
-        nonce = response.headers.get("dpop-nonce")
-        if nonce:
-            self.agent._nonces[origin(response.request.url)] = nonce
+        nonce = self.agent._nonces.learn(origin(response.request.url), response.headers)
         if response.status_code != 401:
             return None
         errors = _challenge_errors(response.headers.get_list("www-authenticate"))

@@ -23,6 +23,11 @@ The part every gateway shares (see docs/gateway.md#configuration)::
       timeout_seconds: 0.5
     timeouts: {connect: 5, read: 30, total: 60}
     approvals: {wait_seconds: 0, retry_after_seconds: 2}   # docs/approvals.md
+    dpop:                              # resource-server DPoP nonces (RFC 9449 section 9)
+      require_nonce: false             # true: a proof without a current nonce gets 401
+      nonce_key_env: AGENTIAM_GATEWAY_DPOP_NONCE_KEY   # or nonce_key_file: /etc/…; 32
+                                       # bytes, base64url, shared by the replicas
+      nonce_lifetime_seconds: 300
     audit:                             # refusals naming nobody audited one by one, per
       anonymous_refusals:              # network peer and overall; the rest in summaries
         per_peer: {rate_per_second: 1, burst: 20}     # (core/enforcement/anonymous.py);
@@ -49,6 +54,8 @@ import yaml
 
 from agentiam.adapters.gateway.spool import DEFAULT_REJECTED_MAX_BYTES
 from agentiam.adapters.tls import tls_context
+from agentiam.core.credentials.nonces import NonceIssuer
+from agentiam.core.credentials.sealing import MasterKey
 from agentiam.core.enforcement.anonymous import AnonymousRefusalLimits
 from agentiam.core.enforcement.ratelimit import RateLimiter
 from agentiam.core.plain_http import ONLY_ON_LOOPBACK, secure_or_loopback
@@ -56,6 +63,7 @@ from agentiam.core.plain_http import ONLY_ON_LOOPBACK, secure_or_loopback
 __all__ = [
     "ApprovalSettings",
     "ControlPlaneConfig",
+    "DpopSettings",
     "GatewayConfig",
     "ListenerTls",
     "ReplayCacheConfig",
@@ -90,6 +98,7 @@ _COMMON = frozenset(
         "timeouts",
         "approvals",
         "audit",
+        "dpop",
     }
 )
 _MAX_FILE = 1024 * 1024
@@ -156,6 +165,51 @@ class ApprovalSettings:
 
     wait_seconds: float = 0.0
     retry_after_seconds: int = 2
+
+
+# HKDF info of the gateways' nonce key (RFC 5869): the key the operator gives is never
+# the HMAC key itself, so a key also used elsewhere (by mistake) yields other nonces.
+_NONCE_KEY_PURPOSE = "gateway-dpop-nonce"
+_KEY_HINT = "32 bytes as unpadded base64url: create one with 'agentiam keys generate-master-key'"
+
+
+@dataclass(frozen=True, slots=True)
+class DpopSettings:
+    """Resource-server DPoP nonces (RFC 9449 section 9): with ``require_nonce``, a
+    proof must carry a nonce this gateway (or a replica holding the same key) issued
+    less than ``nonce_lifetime_seconds`` ago. The key comes from the environment
+    variable ``nonce_key_env`` or the file ``nonce_key_file`` (exactly one), read at
+    start; neither is read while ``require_nonce`` is off."""
+
+    require_nonce: bool = False
+    nonce_key_env: str | None = None
+    nonce_key_file: Path | None = None
+    nonce_lifetime_seconds: int = 300
+
+    def nonce_issuer(self, env: Mapping[str, str] | None = None) -> NonceIssuer | None:
+        """The issuer of this gateway's nonces, None when nonces are off. Its HMAC key
+        is derived from the configured key (HKDF-SHA256, RFC 5869), so every replica
+        given the same key issues and accepts the same nonces. ValueError naming the
+        setting when the key is missing or malformed (never echoing it)."""
+        if not self.require_nonce:
+            return None
+        if self.nonce_key_env is not None:
+            where = "dpop.nonce_key_env"
+            text = from_env(env, self.nonce_key_env, where, "the gateway's DPoP nonce key")
+        else:
+            assert self.nonce_key_file is not None
+            where = "dpop.nonce_key_file"
+            try:
+                text = self.nonce_key_file.read_text(encoding="ascii")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(
+                    f"{where}: cannot read {self.nonce_key_file} ({type(exc).__name__})"
+                ) from None
+        try:
+            key = MasterKey.from_text(text)
+        except ValueError:
+            raise ValueError(f"{where}: not a valid key ({_KEY_HINT})") from None
+        return NonceIssuer(key.derive(_NONCE_KEY_PURPOSE), lifetime=self.nonce_lifetime_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +312,8 @@ class GatewayConfig:
     anonymous_refusals: AnonymousRefusalLimits | None = field(
         default_factory=AnonymousRefusalLimits
     )
+    # resource-server DPoP nonces (RFC 9449 section 9); off by default
+    dpop: DpopSettings = field(default_factory=DpopSettings)
 
     def server_options(self) -> dict[str, Any]:
         """uvicorn ``Config`` keywords for the listener: TLS when configured, and
@@ -360,6 +416,36 @@ def _anonymous_refusals(value: Any) -> AnonymousRefusalLimits | None:
         return AnonymousRefusalLimits.from_config(audit["anonymous_refusals"])
     except ValueError as exc:
         raise ValueError(f"audit.anonymous_refusals: {exc}") from None
+
+
+def _dpop(value: Any) -> DpopSettings:
+    """``dpop``: off (today's behaviour) when left out."""
+    raw = _mapping(value if value is not None else {}, "dpop")
+    _keys(
+        raw,
+        "dpop",
+        frozenset({"require_nonce", "nonce_key_env", "nonce_key_file", "nonce_lifetime_seconds"}),
+    )
+    require = raw.get("require_nonce", False)
+    if not isinstance(require, bool):
+        raise ValueError("dpop.require_nonce: true or false")
+    key_env = raw.get("nonce_key_env")
+    if key_env is not None and (not isinstance(key_env, str) or not _ENV.match(key_env)):
+        raise ValueError("dpop.nonce_key_env: an environment variable name")
+    key_file = raw.get("nonce_key_file")
+    if key_file is not None:
+        key_file = _path(key_file, "dpop.nonce_key_file")
+    if key_env is not None and key_file is not None:
+        raise ValueError("dpop: give one of nonce_key_env and nonce_key_file, not both")
+    if require and key_env is None and key_file is None:
+        raise ValueError(
+            "dpop.require_nonce: needs the key the replicas share, in nonce_key_env or "
+            "nonce_key_file"
+        )
+    lifetime = raw.get("nonce_lifetime_seconds", 300)
+    if isinstance(lifetime, bool) or not isinstance(lifetime, int) or not 10 <= lifetime <= 3600:
+        raise ValueError("dpop.nonce_lifetime_seconds: an integer between 10 and 3600")
+    return DpopSettings(require, key_env, key_file, lifetime)
 
 
 def control_plane_seconds(value: Any, where: str) -> float:
@@ -514,6 +600,7 @@ def load_gateway_config(data: Any, kind: str, *, section_keys: frozenset[str]) -
         max_connections=max_connections,
         replay_cache=replay_cache,
         anonymous_refusals=_anonymous_refusals(top.get("audit")),
+        dpop=_dpop(top.get("dpop")),
     )
 
 

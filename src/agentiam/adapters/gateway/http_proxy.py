@@ -871,6 +871,8 @@ class HttpGateway:
         self._pools: dict[str, UpstreamPool] = {}
         self._workers = workers
         self._executor: ThreadPoolExecutor | None = None
+        # RFC 9449 section 9: every answer to a proxied request carries a nonce
+        self._nonce = runtime.nonce_header
         self._outcomes = OutcomeQueue(self.enforcer)
         self.metrics = GatewayMetrics(runtime, self._outcomes)
         self._watch: asyncio.Task[None] | None = None
@@ -975,6 +977,8 @@ class HttpGateway:
                 return await self._metrics(send)
             if path == self._metadata_path or path == self._metadata_path + "/":
                 return await self._json(send, 200, self.runtime.protected_resource_metadata())
+        if self._nonce is not None:
+            send = self._nonce.sending(send)
         label = await self._proxy(scope, receive, send, started)
         self.metrics.calls.labels(label).inc()
         self.metrics.latency.observe(time.perf_counter() - started)

@@ -44,6 +44,7 @@ from typing import Any
 import httpx
 
 from agentiam.adapters.verification import RemoteVerifier
+from agentiam.core.credentials.nonces import NonceIssuer
 from agentiam.core.credentials.revocations import staleness_clock
 from agentiam.core.credentials.verifier import AccessTokenVerifier
 from agentiam.core.enforcement.ratelimit import RateLimiter
@@ -79,12 +80,15 @@ class ControlPlaneLink:
         http: httpx.Client | None = None,
         limiter: RateLimiter | None = None,
         keys_seconds: float = KEYS_SECONDS,
+        nonces: NonceIssuer | None = None,
     ) -> None:
         """``issuer`` is the control plane's URL, ``audience`` this gateway's resource
         URL (tokens must name it), ``admin_key`` a ``verifier``-role key, ``limiter``
         the rate limiter the bundle's throttles are installed in, ``keys_seconds``
         how often the JWKS is re-read when no retirement asks for it (at most a
-        quarter of ``outage_seconds``, so a quiet gateway's copy never goes stale).
+        quarter of ``outage_seconds``, so a quiet gateway's copy never goes stale),
+        ``nonces`` the issuer whose current nonce every DPoP proof must carry (RFC
+        9449 section 9; None: no nonce is required).
 
         A long poll held open says nothing about the control plane being alive, so
         both long polls (bundle and revocations) are held at most a quarter of
@@ -105,6 +109,7 @@ class ControlPlaneLink:
             background_keys=True,  # requests never wait on a JWKS fetch
             http=http,
             monotonic=monotonic,
+            nonces=nonces,
         )
         self._http = httpx.Client(
             headers={"Authorization": f"Bearer {admin_key}"},

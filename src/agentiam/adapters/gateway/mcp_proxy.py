@@ -151,6 +151,7 @@ from agentiam import __version__
 from agentiam.adapters.gateway.approval_flow import ApprovalFlow, ApprovalOutcome
 from agentiam.adapters.gateway.broker import credential_ref_from_config
 from agentiam.adapters.gateway.config import GatewayConfig, load_gateway_config, upstream_tls
+from agentiam.adapters.gateway.dpop_nonces import WithNonce
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.http_proxy import ListenerProtocol
 from agentiam.adapters.gateway.loop_watch import watch_event_loop
@@ -2780,9 +2781,11 @@ def build_app(config: McpGatewayConfig, runtime: GatewayRuntime) -> Starlette:
     ``/healthz`` and ``/metrics``. Closing the app's lifespan closes ``runtime``."""
     gateway = McpGateway(config, runtime)
     rules = _SdkRules(gateway.sessions, gateway.server)
-    endpoint = _Counting(
+    endpoint: ASGIApp = _Counting(
         _Endpoint(gateway, StreamableHTTPASGIApp(gateway.sessions), rules), gateway.metrics
     )
+    if runtime.nonce_header is not None:  # RFC 9449 section 9: a nonce on every answer
+        endpoint = WithNonce(endpoint, runtime.nonce_header)
     metadata = runtime.protected_resource_metadata()
 
     async def resource_metadata(request: Request) -> Response:

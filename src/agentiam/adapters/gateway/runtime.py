@@ -32,6 +32,7 @@ import httpx
 from agentiam.adapters.gateway.approvals import ApprovalClient
 from agentiam.adapters.gateway.broker import CredentialBroker, SecretStore, load_secrets_key
 from agentiam.adapters.gateway.config import GatewayConfig
+from agentiam.adapters.gateway.dpop_nonces import NonceHeader
 from agentiam.adapters.gateway.enforcer import Enforcer, SharedLimits, SharedReplay
 from agentiam.adapters.gateway.link import ControlPlaneLink
 from agentiam.adapters.gateway.refusal_summaries import RefusalSummaries
@@ -166,11 +167,17 @@ class GatewayRuntime:
     _shipping: asyncio.Task[None] | None = None
     # the summaries of refusals naming nobody past the budget (None: no budget)
     summaries: RefusalSummaries | None = None
+    # the DPoP-Nonce every answer of the protected endpoint carries (RFC 9449
+    # section 9), when dpop.require_nonce is on; None: nonces are off
+    nonce_header: NonceHeader | None = None
 
     @classmethod
     def start(cls, config: GatewayConfig) -> GatewayRuntime:
         """Connect to the control plane (keys, revocations, first bundle: failing
-        loudly if it cannot be reached at start), open the spool and the broker."""
+        loudly if it cannot be reached at start), open the spool and the broker. The
+        DPoP nonce key (``dpop``) is read first: a missing or malformed one stops the
+        start (ValueError naming the setting) before anything is reached."""
+        nonces = config.dpop.nonce_issuer()
         admin_key = config.control_plane.admin_key()
         # one limiter even with no configured limits: the bundle's throttles need it
         limiter = config.rate_limits if config.rate_limits is not None else RateLimiter()
@@ -181,6 +188,7 @@ class GatewayRuntime:
             outage_seconds=config.control_plane.outage_seconds,
             limiter=limiter,
             keys_seconds=config.control_plane.jwks_refresh_seconds,
+            nonces=nonces,
         ).start()
         # a batch must not hold the shipper for long: the spool waits for it
         shipper = _Shipper(config.control_plane.url, admin_key, 30.0)
@@ -210,7 +218,16 @@ class GatewayRuntime:
             anonymous=budget,
         )
         summaries = RefusalSummaries(enforcer, budget) if budget is not None else None
-        return cls(config, link, spool, broker, enforcer, shipper, summaries=summaries)
+        return cls(
+            config,
+            link,
+            spool,
+            broker,
+            enforcer,
+            shipper,
+            summaries=summaries,
+            nonce_header=None if nonces is None else NonceHeader(nonces),
+        )
 
     def protected_resource_metadata(self) -> dict[str, Any]:
         """RFC 9728 section 2: what a client needs to get a token for this gateway."""

@@ -155,9 +155,12 @@ class AccessTokenVerifier:
 
     # -- errors --------------------------------------------------------------------
 
-    def _challenge(self, error: str | None) -> str:
-        """RFC 9449 section 7.1 challenge (plus RFC 6750 Bearer where accepted)."""
+    def _challenge(self, error: str | None, description: str | None = None) -> str:
+        """RFC 9449 section 7.1 challenge (plus RFC 6750 Bearer where accepted), with
+        an ``error_description`` when given (a fixed text, never a client's input)."""
         challenge = f'DPoP algs="{_ALGS}"' + (f', error="{error}"' if error else "")
+        if description is not None:
+            challenge += f', error_description="{description}"'
         return challenge + (", Bearer" if self.config.accept_bearer else "")
 
     def _invalid_token(self, reason: str) -> OAuthError:
@@ -176,6 +179,25 @@ class AccessTokenVerifier:
             status=401,
             reason=reason,
             headers={"WWW-Authenticate": self._challenge("invalid_dpop_proof")},
+        )
+
+    def _use_nonce(self, presented: str | None, now: int) -> OAuthError:
+        """RFC 9449 section 9: 401 with ``error="use_dpop_nonce"`` (and its
+        ``error_description``, section 7.1) in the challenge and a fresh nonce in
+        ``DPoP-Nonce``. The proof was not recorded as used: the client signs a new one
+        with the nonce. ``reason`` (the audit trail's) tells a missing nonce from one
+        that is forged, expired or another server's, without quoting it."""
+        description = "a current server nonce is required in the DPoP proof"
+        challenge = self._challenge("use_dpop_nonce", description)
+        assert self._nonces is not None
+        return OAuthError(
+            "use_dpop_nonce",
+            description,
+            status=401,
+            reason="DPoP proof without a nonce"
+            if presented is None
+            else "DPoP nonce not current (expired, or not issued with this server's key)",
+            headers={"WWW-Authenticate": challenge, "DPoP-Nonce": self._nonces.issue(now)},
         )
 
     def _invalid_request(self, reason: str) -> OAuthError:
@@ -251,15 +273,7 @@ class AccessTokenVerifier:
         if self.config.require_nonce:
             assert self._nonces is not None
             if not self._nonces.is_valid(proof.nonce, now):
-                raise OAuthError(
-                    "use_dpop_nonce",
-                    "a current server nonce is required in the DPoP proof",
-                    status=401,
-                    headers={
-                        "WWW-Authenticate": self._challenge("use_dpop_nonce"),
-                        "DPoP-Nonce": self._nonces.issue(now),
-                    },
-                )
+                raise self._use_nonce(proof.nonce, now)
         use = ProofUse(
             f"{proof.jkt}:{proof.jti}",
             proof.iat + self.config.dpop_window.max_age + self.config.skew,
