@@ -751,7 +751,10 @@ class _RequestState:
     """What the endpoint learnt of one HTTP request, for the handler the SDK runs:
     the caller, the decision of its call (``pending``), the listing prepared for it
     (``listing``: method and items), a refusal of the SDK's it foresaw, and what
-    ``/metrics`` counts of it (``tally``)."""
+    ``/metrics`` counts of it (``tally``). ``checked``: the SDK's rules were asked of
+    it (:class:`_SdkRules`), whatever they foresaw; when they were not, the SDK's
+    refusal of the request is audited as it is answered
+    (:meth:`_Endpoint._unchecked`)."""
 
     access: VerifiedAccess
     trace: TraceContext
@@ -759,6 +762,7 @@ class _RequestState:
     pending: _Pending | None = None
     listing: tuple[str, list[Any]] | None = None
     foreseen: _Foreseen | None = None
+    checked: bool = False
     tally: _Tally = field(default_factory=_Tally)
     stream: Stream | None = None  # a listen stream the endpoint admitted
 
@@ -1838,6 +1842,7 @@ class _Endpoint:
         )
         if charge and self.rules is not None and body is not None:
             state.foreseen = self.rules.refusal(scope, headers, body, message)
+            state.checked = True
         owner = _session_owner(access)
         opens = _opens_session(headers)
         # a subscriptions/listen stream the SDK will serve: bounded per agent and in all
@@ -2144,7 +2149,10 @@ class _Endpoint:
         pending = state.pending
         state.tally.hand_over()
         if pending is None or not pending.verdict.allowed:
-            await self.app(scope, receive, send)
+            if state.checked or scope["method"] == "GET":  # a GET's answer: _streamed
+                await self.app(scope, receive, send)
+            else:
+                await self._unchecked(state, message, scope, receive, send)
             return
         # The SDK may still refuse the request before its handler takes the decision,
         # for a reason _SdkRules did not foresee (a session that ended meanwhile, a
@@ -2166,6 +2174,74 @@ class _Endpoint:
                 self.gateway.record_outcome(state, pending, Outcome.FAILURE, status, None, 0.0)
                 if status is not None:
                     state.tally.refused_with(status)
+
+    async def _unchecked(
+        self, state: _RequestState, message: Any, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Hand the SDK a request its rules were not asked of (:class:`_SdkRules`
+        foresee what takes a token: a call, an ``initialize``, a listing, a listen),
+        auditing the SDK's refusal of it: a DELETE that ends a handshake-era session
+        (Streamable HTTP, "Session Management"), a POST of a notification (say
+        ``notifications/initialized`` or ``notifications/cancelled``), of a response,
+        of a ``ping`` or of a body that is not one JSON-RPC message, or another HTTP
+        method. A 2xx answer is passed on as it comes. Any other is a refusal (an
+        unknown, expired or another principal's session: 404; no
+        ``Mcp-Session-Id``: 400; a bad ``Accept``: 406; a bad ``Content-Type``: 400
+        or 415; not one JSON-RPC message: 400; too many sessions: 503; a method the
+        transport does not serve: 405): its start is held back until its body's
+        first message, and it is audited first (``api.request.rejected``: the status
+        the client gets, the SDK's JSON-RPC error by :func:`_refused_because`, the
+        action :func:`_refused_action`), durable before the client gets any of it;
+        when that cannot be done the client gets 503 with ``Retry-After`` in its
+        place (a POST's a JSON-RPC error, any other a problem), as a refused GET
+        (:meth:`_stream_refused`)."""
+        action = _refused_action(scope["method"], message)
+        request_id = (
+            message.get("id") if isinstance(message, dict) and "method" in message else None
+        )
+
+        async def answer(exc: AgentIAMError) -> None:
+            if scope["method"] == "POST":
+                await _failed(exc, request_id, scope, receive, send)
+            else:
+                await _problem(exc, scope, receive, send)
+
+        async def recorded(start: Message, first: bytes) -> bool:
+            status = int(start["status"])
+            reason = _refused_because(status, _first_error(start, first))
+            return await self._refusal_recorded(state, status, reason, answer, action=action)
+
+        held: Message | None = None  # a refusal's start, until its first body message
+        passing = False  # a 2xx answer, or a refusal once recorded: sent as it comes
+        refused = False  # answered 503 in its place: nothing of the SDK's is sent
+
+        async def watched(message: Message) -> None:
+            nonlocal held, passing, refused
+            if passing:
+                await send(message)
+            elif refused:
+                return
+            elif message["type"] == "http.response.start":
+                if 200 <= message["status"] < 300:
+                    passing = True
+                    await send(message)
+                else:
+                    held = message
+            elif held is None:  # nothing started: not an answer to judge
+                await send(message)
+            else:
+                start, held = held, None
+                if not await recorded(start, message.get("body", b"")):
+                    refused = True
+                    return
+                passing = True
+                await send(start)
+                await send(message)
+
+        await self.app(scope, receive, watched)
+        if held is not None and await recorded(held, b""):  # it ended without a body
+            await send(held)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _guarded(self, message: Any) -> _Guarded | None:
         """The guarded request (``_GUARDED``, with an id) a POST's message is, if any.
@@ -2611,24 +2687,54 @@ def _listen_refusal(start: Message, first: bytes) -> tuple[int, str] | None:
     longer one is refused unread, :meth:`_Endpoint._stream_answered`). A GET's
     answer other than 200 is classified here too: refused, whatever it says."""
     status = int(start["status"])
-    streamed = _event_stream(start)
+    error = _first_error(start, first)
+    if status == 200 and _event_stream(start) and error is None:
+        return None
+    return status, _refused_because(status, error)
+
+
+def _first_error(start: Message, first: bytes) -> tuple[int, str] | None:
+    """The JSON-RPC error (:func:`_jsonrpc_error_of`) the SDK's answer that began
+    with ``start`` gives in its ``first`` frame (:func:`_first_frame`): the data of
+    its first event if it is an event stream (SSE: its ``data:`` lines, joined by a
+    line feed), else the body; None when it gives none."""
     payload = first[:_FIRST_FRAME_BYTES]
-    if streamed:  # the data of its first event (SSE: "data:" lines, joined by \n)
+    if _event_stream(start):
         event = payload.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n", 1)[0]
         lines = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
         payload = b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)
-    error = _jsonrpc_error_of(payload)
-    if status == 200 and streamed and error is None:
-        return None
+    return _jsonrpc_error_of(payload)
+
+
+def _refused_because(status: int, error: tuple[int, str] | None) -> str:
+    """The reason an audited refusal of the SDK's (its answer's HTTP ``status`` and
+    JSON-RPC ``error``, :func:`_first_error`) gives."""
     if error is not None:
         code, message = error
-        return status, f"refused by the MCP server: {message} (JSON-RPC error {code})"
-    return status, f"refused by the MCP server: HTTP {status} without a stream"
+        return f"refused by the MCP server: {message} (JSON-RPC error {code})"
+    return f"refused by the MCP server: HTTP {status} without a stream"
+
+
+_ACTION_RE: Final = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def _refused_action(http_method: str, message: Any) -> str:
+    """The action the SDK's refusal of a request the gateway did not check is audited
+    with (:meth:`_Endpoint._unchecked`): a POST's JSON-RPC method when its message
+    names one, else the HTTP method. The client writes either, so only a name of
+    printable ASCII without spaces, at most 128 characters, is taken; else ``POST``
+    (or ``other`` for an HTTP method that is not)."""
+    named = message.get("method") if http_method == "POST" and isinstance(message, dict) else None
+    if isinstance(named, str) and _ACTION_RE.fullmatch(named):
+        return named
+    return http_method if _ACTION_RE.fullmatch(http_method) else "other"
 
 
 def _jsonrpc_error_of(payload: bytes) -> tuple[int, str] | None:
-    """The ``error`` (code, message up to 200 characters) of a JSON-RPC error
-    response in ``payload``, or None when it is not one."""
+    """The ``error`` (code, message: its first line, up to 200 characters) of a
+    JSON-RPC error response in ``payload``, or None when it is not one. Only the
+    first line: the SDK's message for a body that does not validate goes on with
+    pydantic's errors, which quote the request (``input_value=…``)."""
     try:
         message = json.loads(payload) if payload else None
     except (ValueError, RecursionError):
@@ -2640,7 +2746,7 @@ def _jsonrpc_error_of(payload: bytes) -> tuple[int, str] | None:
     text = error.get("message")
     return (
         code if isinstance(code, int) and not isinstance(code, bool) else 0,
-        text[:200] if isinstance(text, str) else "",
+        text.split("\n", 1)[0].split("\r", 1)[0][:200] if isinstance(text, str) else "",
     )
 
 
