@@ -2285,9 +2285,8 @@ class _Endpoint:
             )
             return False
         if state.foreseen is not None:
-            listen = guarded is None and _counted(message) == LISTEN
             return await self._foreseen(
-                state, guarded, state.foreseen, scope, receive, send, listen=listen
+                state, message, guarded, state.foreseen, scope, receive, send
             )
         if guarded is None:
             method = message.get("method") if isinstance(message, dict) else None
@@ -2406,35 +2405,38 @@ class _Endpoint:
     async def _foreseen(
         self,
         state: _RequestState,
+        message: Any,
         guarded: _Guarded | None,
         foreseen: _Foreseen,
         scope: Scope,
         receive: Receive,
         send: Send,
-        *,
-        listen: bool = False,
     ) -> bool:
         """A request the SDK will refuse before its handler (:class:`_SdkRules`) goes
         on to the SDK undecided, which answers it as it always does: no rate-limit
-        token was taken for it and no approval is used. A call's refusal is audited
-        first (``api.request.rejected`` with the status the SDK will answer), as
-        every refusal of a call is; a 503 if it cannot be. So is a
-        ``subscriptions/listen`` request's (``listen``): it opens no stream, and a
-        refused listen is recorded as one (:meth:`_stream_refused`). ``/metrics``
-        counts it refused as foreseen, whatever the SDK then answers."""
+        token was taken for it and no approval is used. Its refusal is audited first
+        (``api.request.rejected`` with the status the SDK will answer; a 503 in its
+        place if it cannot be): a call's, as every refusal of a call is; an
+        ``initialize``'s or a listing's, with its method as the action; a
+        ``subscriptions/listen`` request's, which opens no stream, as a refused
+        listen (:meth:`_stream_refused`). ``/metrics`` counts it refused as
+        foreseen, whatever the SDK then answers."""
         reason = f"refused by the MCP transport: {foreseen.reason}"
-        if listen:
+        counted = _counted(message) if guarded is None else None
+        if counted == LISTEN:
             return await self._stream_refused(
                 state, LISTEN, foreseen.status, reason, scope, receive, send
             )
-        if guarded is not None and isinstance(guarded.call, Call):
-            request_id = guarded.request_id
+        call = guarded.call if guarded is not None else None
+        if isinstance(call, Call) or counted is not None:
+            request_id = guarded.request_id if guarded is not None else message.get("id")
             if not await self._refusal_recorded(
                 state,
                 foreseen.status,
                 reason,
                 lambda exc: _failed(exc, request_id, scope, receive, send),
-                call=guarded.call,
+                call=call if isinstance(call, Call) else None,
+                action=counted,
             ):
                 return False
         state.tally.refused_with(foreseen.status)
