@@ -34,11 +34,15 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from joserfc.jwk import ECKey
 from tests.e2e.test_quickstart import AGENTIAM, KEY_RE, Server, cli, env_for
 from tests.support.echo_upstream import pattern
 from tests.support.live import free_port
 from tests.support.live import until as poll
 from tests.support.tls import server_pki
+from tests.support.token_endpoint import KeyJwtEndpoint, serve
 
 from agentiam.core.credentials.sealing import MasterKey
 from agentiam.sdk import AgentClient, AgentKey, dpop_proof
@@ -241,7 +245,8 @@ def world(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> It
                 r = admin.put(f"/v1/policies/{policy_id}", json={"text": body})
                 assert r.status_code == 200, r.text
             # one key for the gateway, its TLS twin and its replicas (billing-gw-r1…r7)
-            gateways = ["billing-gw", "billing-tls", *(f"billing-gw-r{i}" for i in range(1, 8))]
+            gateways = ["billing-gw", "billing-tls", *(f"billing-gw-r{i}" for i in range(1, 8)),
+                        "billing-jwt", "billing-allow"]  # fmt: skip
             sources = [f"gateway/{g}" for g in gateways]
             verifier = admin.post(
                 "/v1/admin-keys", json={"name": "gw", "role": "verifier", "sources": sources}
@@ -872,6 +877,193 @@ def test_a_replica_whose_replay_cache_is_unreachable_does_not_start(
     assert "replay_cache: cannot reach Redis" in output
     assert "hunter2" not in output
     assert "Traceback" not in output
+
+
+# -- the credential broker: private_key_jwt, and the secrets' allowed upstreams -------------
+
+
+def _key_pem(path: Path) -> tuple[ECKey, str]:
+    """A new EC P-256 private key written to ``path`` (PEM); its public JWK, and the
+    PEM's base64 body (which must never show)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())  # fmt: skip
+    path.write_bytes(pem)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    body = "".join(line for line in pem.decode().splitlines() if "-----" not in line)
+    return ECKey.import_key(public), body
+
+
+def _gateway_config(
+    world: World,
+    tmp: Path,
+    name: str,
+    store: Path,
+    upstreams: dict[str, Any],
+    routes: list[dict[str, Any]] | None = None,
+) -> Path:
+    """The world's gateway configuration under another name, port, spool and secret
+    store, with ``upstreams`` (and ``routes``, default the world's) in place of its
+    own: written to a file."""
+    config = {
+        **world.gw_config, "name": name, "listen": {"host": "127.0.0.1", "port": free_port()},
+        "spool": {"directory": str(tmp / f"spool-{name}")}, "secrets": {"store": str(store)},
+        "upstreams": upstreams, "routes": routes or world.gw_config["routes"],
+    }  # fmt: skip
+    file = tmp / f"{name}.yaml"
+    file.write_text(json.dumps(config))
+    return file
+
+
+@contextlib.contextmanager
+def _running(world: World, tmp: Path, file: Path) -> Iterator[str]:
+    """The gateway of configuration ``file``, serving until the block ends; its URL."""
+    name = file.stem
+    proc = _spawn([AGENTIAM, "gateway", "http", "--config", str(file)], world.gw_env,
+                  tmp / f"{name}.log")  # fmt: skip
+    port = json.loads(file.read_text())["listen"]["port"]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url + "/healthz", proc, tmp / f"{name}.log")
+        yield url
+    finally:
+        _stop(proc)
+
+
+def _gateway_events(world: World, source: str, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` ``tool.call`` events of gateway ``source`` in the trail
+    (waiting for them to ship)."""
+    deadline = time.monotonic() + 20
+    while True:
+        with world.admin_client() as admin:
+            text = admin.get("/v1/audit/events/export", timeout=60).text
+        found = [
+            e for e in map(json.loads, text.splitlines())
+            if e["source"] == f"gateway/{source}" and e["type"] == "tool.call"
+        ]  # fmt: skip
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_the_gateway_fetches_its_upstream_token_with_private_key_jwt(
+    world: World, tmp_path: Path
+) -> None:
+    """The gateway authenticates to a real token endpoint with a client assertion
+    signed by the sealed key; the endpoint verifies it with joserfc (signature, aud,
+    iss/sub, exp, jti) and the token it issues is what reaches the upstream. An
+    endpoint that expects another audience refuses the same assertion: 502, audited,
+    never forwarded."""
+    public, body = _key_pem(tmp_path / "client.pem")
+    store = tmp_path / "jwt-secrets.json"
+    right = KeyJwtEndpoint("billing-client", public, "ES256", kid="k-1")
+    wrong = KeyJwtEndpoint("billing-client", public, "ES256", kid="k-1",
+                           audience="https://auth.billing.example/oauth/token")  # fmt: skip
+    with serve(right) as good, serve(wrong) as other:
+        cli(world.gw_env, "gateway", "secrets", "put", "billing-jwt", "--kind",
+            "oauth_client_key", "--client-id", "billing-client", "--private-key-file",
+            str(tmp_path / "client.pem"), "--kid", "k-1", "--store", str(store))  # fmt: skip
+        credential = {"secret": "billing-jwt", "auth_method": "private_key_jwt",
+                      "allow_private_network": True}  # fmt: skip
+        file = _gateway_config(
+            world, tmp_path, "billing-jwt", store,
+            {"billing": {"url": world.up_url,
+                         "credential": {**credential, "token_endpoint": good.url}},
+             "down": {"url": world.up_url,
+                      "credential": {**credential, "token_endpoint": other.url}}},
+        )  # fmt: skip
+        with _running(world, tmp_path, file) as url:
+            answer = _fresh_call(world, url, "/v1/invoices/7")
+            assert answer.status_code == 200, answer.text
+            received = world.seen()[-1]
+            assert _header(received, "authorization") == ["Bearer kjwt-at-1"]
+            assert good.refusals == []
+            [(header, claims)] = good.assertions
+            assert header == {"alg": "ES256", "kid": "k-1", "typ": "JWT"}
+            assert claims["aud"] == good.url
+            assert claims["iss"] == claims["sub"] == "billing-client"
+            assert claims["exp"] - claims["iat"] <= 60
+            # the token is cached: a second call sends no second assertion
+            assert _fresh_call(world, url, "/v1/invoices/8").status_code == 200
+            assert len(good.requests) == 1
+
+            before = len(world.seen())
+            refused = _fresh_call(world, url, "/v1/down")
+            assert refused.status_code == 502
+            assert refused.json()["type"].endswith("upstream-credential")
+            assert other.refusals == [f"aud {other.url!r} is not this endpoint"]
+            assert len(world.seen()) == before  # never forwarded
+        log = (tmp_path / "billing-jwt.log").read_text()
+        assert "invalid_client" in log
+        assert body[:40] not in log
+        assert other.requests[0]["form"]["client_assertion"] not in log
+    events = _gateway_events(world, "billing-jwt", 3)
+    assert sorted((e["outcome"], e["details"]["brokered"]) for e in events) == [
+        ("failure", None), ("success", "billing-jwt@1"), ("success", "billing-jwt@1"),
+    ]  # fmt: skip
+
+
+def test_a_secret_is_refused_toward_an_upstream_it_is_not_allowed_for(
+    world: World, tmp_path: Path
+) -> None:
+    """At start: a secret whose allowed_upstreams leave out its upstream's origin (or
+    its token endpoint's) stops the gateway with an error naming the key. At call time:
+    the store narrowed under a running gateway refuses the next call (502, audited,
+    never forwarded)."""
+    store = tmp_path / "allow-secrets.json"
+    up_origin = world.up_url
+    put = ["gateway", "secrets", "put", "--store", str(store)]
+    cli(world.gw_env, *put, "scoped", "--kind", "api_key",
+        "--allow-upstream", "https://api.billing.example", input=API_KEY)  # fmt: skip
+    cli(world.gw_env, *put, "oauth", "--kind", "oauth_client",
+        "--allow-upstream", up_origin, input="client\nclient-secret-value\n")  # fmt: skip
+    starts = [
+        ({"url": world.up_url, "credential": {"secret": "scoped", "header": "X-Api-Key"}},
+         f"upstreams.billing.credential: secret scoped@1 may be sent only to "
+         f"https://api.billing.example; not to {up_origin}"),
+        ({"url": world.up_url, "credential": {
+            "secret": "oauth", "token_endpoint": "http://127.0.0.1:9/token",
+            "allow_private_network": True}},
+         "upstreams.billing.credential: secret oauth@1 may be sent only to "
+         f"{up_origin}; not to the token endpoint http://127.0.0.1:9"),
+    ]  # fmt: skip
+    for upstream, message in starts:
+        file = _gateway_config(world, tmp_path, "billing-allow", store,
+                               {"billing": upstream, "down": {"url": world.up_url}})  # fmt: skip
+        started = subprocess.run(
+            [AGENTIAM, "gateway", "http", "--config", str(file)],
+            env=world.gw_env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        output = " ".join((started.stdout + started.stderr).split())
+        assert started.returncode != 0
+        assert message in output, output
+        assert "Traceback" not in output
+        assert API_KEY not in output
+
+    cli(world.gw_env, *put, "moving", "--kind", "api_key", "--allow-upstream", up_origin,
+        input=API_KEY)  # fmt: skip
+    file = _gateway_config(world, tmp_path, "billing-allow", store, {
+        "billing": {"url": world.up_url, "credential": {"secret": "moving", "header": "X-Api-Key"}},
+        "down": {"url": world.up_url}})  # fmt: skip
+    with _running(world, tmp_path, file) as url:
+        assert _fresh_call(world, url, "/v1/invoices/1").status_code == 200
+        assert _header(world.seen()[-1], "x-api-key") == [API_KEY]
+        cli(world.gw_env, "gateway", "secrets", "rotate", "moving", "--store", str(store),
+            "--allow-upstream", "https://api.billing.example", input=API_KEY)  # fmt: skip
+        # the running gateway reads the store again within a second: then it refuses
+        assert _until(lambda: _fresh_call(world, url, "/v1/invoices/2").status_code == 502, 10) < 5
+        before = len(world.seen())
+        for _ in range(3):
+            assert _fresh_call(world, url, "/v1/invoices/3").status_code == 502
+        assert len(world.seen()) == before  # the refused calls never reached it
+        log = (tmp_path / "billing-allow.log").read_text()
+        assert "moving@2 may be sent only to https://api.billing.example" in log
+        assert API_KEY not in log
+    events = _gateway_events(world, "billing-allow", 2)
+    outcomes = {(e["outcome"], e["details"]["brokered"], e["details"]["status"]) for e in events}
+    assert outcomes == {("success", "moving@1", 200), ("failure", None, 502)}, events
 
 
 # -- outage: decide from cache, fail closed past the bound, recover, lose nothing -----------

@@ -327,7 +327,7 @@ def test_credential_configuration() -> None:
         OAuthClientCredentials(
             "crm",
             "https://auth.example.com/token",
-            auth_method="private_key_jwt",  # type: ignore[arg-type]
+            auth_method="tls_client_auth",  # type: ignore[arg-type]
         )
 
 

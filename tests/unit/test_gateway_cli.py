@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from agentiam.adapters.gateway.broker import (
     KEY_ENV,
+    OAuthClientKey,
     OAuthClientSecret,
     Secret,
     SecretStore,
@@ -186,3 +187,83 @@ def test_the_installed_command_reads_the_value_from_a_pipe(key_text: str, store_
     _, value = SecretStore(store_path, MasterKey.from_text(key_text)).get("github")
     assert isinstance(value, Secret)
     assert value.reveal() == API_KEY
+
+
+def _ec_pem(path: Path) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.write_bytes(pem)
+    return "".join(line for line in pem.decode().splitlines() if "-----" not in line)
+
+
+def test_an_oauth_client_key_comes_from_a_pem_file_and_is_never_shown(
+    key_text: str, store_path: Path, tmp_path: Path
+) -> None:
+    body = _ec_pem(tmp_path / "client.pem")
+    code, out = _run(
+        key_text, store_path, "put", "crm", "--kind", "oauth_client_key", "--client-id",
+        "gw-client", "--private-key-file", str(tmp_path / "client.pem"), "--kid", "k-1",
+        "--allow-upstream", "https://API.crm.example:443", "--allow-upstream",
+        "https://auth.crm.example", "--json",
+    )  # fmt: skip
+    assert code == 0, out
+    shown = json.loads(out)
+    assert (shown["kind"], shown["version"]) == ("oauth_client_key", 1)
+    assert shown["allowed_upstreams"] == ["https://api.crm.example", "https://auth.crm.example"]
+    store = SecretStore(store_path, MasterKey.from_text(key_text), reload_interval=0.0)
+    _, value = store.get("crm")
+    assert isinstance(value, OAuthClientKey)
+    assert (value.client_id, value.alg, value.kid) == ("gw-client", "ES256", "k-1")
+    # rotate: a new key for the same client, the list kept
+    new_body = _ec_pem(tmp_path / "new.pem")
+    code, out = _run(key_text, store_path, "rotate", "crm", "--private-key-file",
+                     str(tmp_path / "new.pem"), "--json")  # fmt: skip
+    assert code == 0, out
+    assert json.loads(out)["allowed_upstreams"] == shown["allowed_upstreams"]
+    _, rotated = store.get("crm")
+    assert isinstance(rotated, OAuthClientKey)
+    assert (rotated.client_id, rotated.kid) == ("gw-client", None)
+    code, listed = _run(key_text, store_path, "list", "--json")
+    code, table = _run(key_text, store_path, "list")
+    assert "https://auth.crm.example" in table
+    for text in (out, listed, table, store_path.read_text()):
+        assert body[:40] not in text
+        assert new_body[:40] not in text
+    # --any-upstream drops the list
+    code, out = _run(key_text, store_path, "rotate", "crm", "--private-key-file",
+                     str(tmp_path / "new.pem"), "--any-upstream", "--json")  # fmt: skip
+    assert code == 0, out
+    assert "allowed_upstreams" not in json.loads(out)
+
+
+def test_oauth_client_key_options_are_checked(
+    key_text: str, store_path: Path, tmp_path: Path
+) -> None:
+    body = _ec_pem(tmp_path / "client.pem")
+    pem = str(tmp_path / "client.pem")
+    code, out = _run(key_text, store_path, "put", "crm", "--kind", "oauth_client_key",
+                     "--private-key-file", pem)  # fmt: skip
+    assert code == 1
+    assert "needs --client-id" in out
+    code, out = _run(key_text, store_path, "put", "crm", "--kind", "oauth_client_key",
+                     "--client-id", "c")  # fmt: skip
+    assert code == 1
+    assert "--private-key-file" in out
+    code, out = _run(key_text, store_path, "put", "crm", "--kind", "oauth_client_key",
+                     "--client-id", "c", "--private-key-file", pem, "--alg", "RS256")  # fmt: skip
+    assert code == 1
+    assert "does not fit" in out
+    assert body[:40] not in out
+    code, out = _run(key_text, store_path, "put", "gh", "--kind", "api_key",
+                     "--private-key-file", pem, stdin=API_KEY)  # fmt: skip
+    assert code == 1
+    assert "for oauth_client_key" in out
+    code, out = _run(key_text, store_path, "put", "gh", "--kind", "api_key",
+                     "--allow-upstream", "https://api.example.com/v1", stdin=API_KEY)  # fmt: skip
+    assert code == 1
+    assert "not an origin" in out
+    assert SecretStore(store_path, MasterKey.from_text(key_text)).all() == []

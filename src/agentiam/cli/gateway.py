@@ -9,21 +9,24 @@ with the bodies the guard's commands share (:mod:`agentiam.cli.spool`).
 
 Secret values are read from standard input (or a hidden prompt on a terminal), never
 from the command line (which other users of the machine can see in the process list),
-and never printed.
+and never printed. An ``oauth_client_key`` secret's private key is read from a PEM file
+(``--private-key-file``), sealed into the store, and never shown again.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 from agentiam.adapters.gateway.broker import (
     KEY_ENV,
     KEY_FILE_ENV,
+    OAuthClientKey,
     OAuthClientSecret,
     Secret,
     SecretInfo,
@@ -76,10 +79,51 @@ ClientIdOpt = Annotated[
     str | None,
     typer.Option(
         "--client-id",
-        help="oauth_client only: the client_id (not secret); stdin then holds only the secret.",
+        help=(
+            "The client_id (not secret). oauth_client: stdin then holds only the secret. "
+            "oauth_client_key: required for put (rotate keeps the current one)."
+        ),
     ),
 ]
-COLUMNS = ["name", "kind", "version", "created_at"]
+KeyFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--private-key-file",
+        help=(
+            "oauth_client_key only: a PEM file with the unencrypted private key "
+            "(EC P-256, or RSA of 2048 bits or more), for private_key_jwt (RFC 7523)."
+        ),
+        show_default=False,
+    ),
+]
+AlgOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--alg",
+        help="oauth_client_key only: ES256 (EC), RS256 or PS256 (RSA; default RS256).",
+        show_default=False,
+    ),
+]
+KidOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--kid",
+        help="oauth_client_key only: the kid the token endpoint knows the key by.",
+        show_default=False,
+    ),
+]
+AllowOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-upstream",
+        help=(
+            "An origin (scheme://host[:port]) the secret may be sent to; repeat for "
+            "more. Without any, it may go to any upstream."
+        ),
+        show_default=False,
+    ),
+]
+COLUMNS = ["name", "kind", "version", "created_at", "allowed_upstreams"]
 _MAX_INPUT = 64 * 1024
 
 
@@ -98,7 +142,43 @@ def _stdin() -> str | None:
     return text
 
 
-def _read_value(kind: SecretKind, client_id: str | None) -> SecretValue:
+@dataclass(frozen=True, slots=True)
+class _KeyOptions:
+    """The options of an ``oauth_client_key`` secret: all None for other kinds."""
+
+    file: Path | None = None
+    alg: str | None = None
+    kid: str | None = None
+
+    def given(self) -> bool:
+        return self.file is not None or self.alg is not None or self.kid is not None
+
+
+def _read_client_key(client_id: str | None, options: _KeyOptions) -> OAuthClientKey:
+    """The client and its private key, from ``--private-key-file`` (never from argv or
+    a prompt that would echo it)."""
+    if client_id is None:
+        fail("an oauth_client_key secret needs --client-id")
+    if options.file is None:
+        fail("an oauth_client_key secret needs --private-key-file PEM")
+    try:
+        with options.file.open("rb") as handle:
+            pem = handle.read(_MAX_INPUT + 1)
+    except OSError as exc:
+        fail(f"cannot read {options.file}: {type(exc).__name__}")
+    if len(pem) > _MAX_INPUT:
+        fail(f"{options.file} exceeds {_MAX_INPUT} bytes")
+    return OAuthClientKey.from_pem(client_id, pem, alg=options.alg, kid=options.kid)
+
+
+def _read_value(
+    kind: SecretKind, client_id: str | None, key: _KeyOptions | None = None
+) -> SecretValue:
+    key = key or _KeyOptions()
+    if kind is SecretKind.OAUTH_CLIENT_KEY:
+        return _read_client_key(client_id, key)
+    if key.given():
+        fail("--private-key-file, --alg and --kid are for oauth_client_key secrets")
     piped = _stdin()
     if kind is SecretKind.API_KEY:
         if client_id is not None:
@@ -144,16 +224,25 @@ def _show(info: SecretInfo, as_json: bool) -> None:
 @secrets_app.command()
 def put(
     name: Annotated[str, typer.Argument(help="The name gateway configuration refers to.")],
-    kind: Annotated[SecretKind, typer.Option("--kind", help="api_key or oauth_client.")],
+    kind: Annotated[
+        SecretKind,
+        typer.Option("--kind", help="api_key, oauth_client or oauth_client_key."),
+    ],
     store: StoreOpt,
     client_id: ClientIdOpt = None,
+    private_key_file: KeyFileOpt = None,
+    alg: AlgOpt = None,
+    kid: KidOpt = None,
+    allow_upstream: AllowOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add a secret: version 1, or after the highest it had if it was deleted (versions
-    are never reused). The value comes from stdin or a hidden prompt."""
+    are never reused). The value comes from stdin or a hidden prompt; an
+    oauth_client_key's private key from --private-key-file."""
     with handle_errors():
         secret_store = _open(store)
-        info = secret_store.put(name, kind, _read_value(kind, client_id))
+        value = _read_value(kind, client_id, _KeyOptions(private_key_file, alg, kid))
+        info = secret_store.put(name, kind, value, allowed_upstreams=allow_upstream or None)
     _show(info, as_json)
 
 
@@ -162,13 +251,37 @@ def rotate(
     name: Annotated[str, typer.Argument(help="The secret to replace.")],
     store: StoreOpt,
     client_id: ClientIdOpt = None,
+    private_key_file: KeyFileOpt = None,
+    alg: AlgOpt = None,
+    kid: KidOpt = None,
+    allow_upstream: AllowOpt = None,
+    any_upstream: Annotated[
+        bool,
+        typer.Option(
+            "--any-upstream", help="Drop the allowed upstreams: the new version may go anywhere."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """New version, used from the next call; the one before is kept until the next rotation."""
+    """New version, used from the next call; the one before is kept until the next
+    rotation. It keeps the current version's allowed upstreams unless --allow-upstream
+    (a new list) or --any-upstream is given."""
+    if allow_upstream and any_upstream:
+        fail("--allow-upstream and --any-upstream exclude each other")
     with handle_errors():
         secret_store = _open(store)
         kind = secret_store.info(name).kind
-        info = secret_store.rotate(name, _read_value(kind, client_id))
+        if kind is SecretKind.OAUTH_CLIENT_KEY and client_id is None:
+            _, current = secret_store.get(name)  # a new key for the same client
+            if isinstance(current, OAuthClientKey):
+                client_id = current.client_id
+        value = _read_value(kind, client_id, _KeyOptions(private_key_file, alg, kid))
+        allowed: list[str] | Literal["keep"] | None = "keep"
+        if allow_upstream:
+            allowed = allow_upstream
+        elif any_upstream:
+            allowed = None
+        info = secret_store.rotate(name, value, allowed_upstreams=allowed)
     _show(info, as_json)
 
 

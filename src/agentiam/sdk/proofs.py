@@ -8,6 +8,7 @@ import time
 
 from joserfc import jwt
 
+from agentiam.core.credentials.assertions import sign_client_assertion
 from agentiam.core.credentials.dpop import access_token_hash
 from agentiam.sdk.keys import AgentKey
 
@@ -17,18 +18,17 @@ __all__ = ["client_assertion", "dpop_proof"]
 def client_assertion(
     key: AgentKey, *, client_id: str, audience: str, lifetime: int = 60, now: int | None = None
 ) -> str:
-    """A single-use assertion: iss = sub = client_id, aud = the issuer, short exp."""
-    issued = int(time.time()) if now is None else now
-    claims = {
-        "iss": client_id,
-        "sub": client_id,
-        "aud": audience,
-        "iat": issued,
-        "exp": issued + lifetime,
-        "jti": secrets.token_urlsafe(18),
-    }
-    header = {"alg": key.alg, "kid": key.kid, "typ": "JWT"}
-    return jwt.encode(header, claims, key.key, algorithms=[key.alg])
+    """A single-use assertion: iss = sub = client_id, aud = the issuer, short exp
+    (:func:`~agentiam.core.credentials.assertions.sign_client_assertion`)."""
+    return sign_client_assertion(
+        key.key,
+        alg=key.alg,
+        kid=key.kid,
+        client_id=client_id,
+        audience=audience,
+        now=int(time.time()) if now is None else now,
+        lifetime=lifetime,
+    )
 
 
 def dpop_proof(

@@ -1,7 +1,8 @@
 """The credential broker: upstream secrets a gateway injects into the calls it forwards,
 so an agent never holds them.
 
-Secrets (API keys, OAuth 2.0 client credentials) live in a local sealed store file
+Secrets (API keys, OAuth 2.0 client credentials: a client secret, or a private key for
+``private_key_jwt``) live in a local sealed store file
 (:class:`SecretStore`), are referenced by name in the gateway's configuration
 (:class:`ApiKeyInjection`, :class:`OAuthClientCredentials`), injected at call time
 (:meth:`CredentialBroker.headers_for`), rotatable, and never returned by any API or
@@ -62,13 +63,33 @@ and kind, strict parsing. The broker's token cache is keyed by the sealed entry,
 the label, so even a version repeated by such an edit never gets the other secret's
 token.
 
+Allowed upstreams: a secret may carry ``allowed_upstreams``, the origins (RFC 6454,
+``scheme://host[:port]``) it may be sent to. The list is written in the clear in the
+entry (``"allowed_upstreams": ["https://api.example.com"]``, sorted, normalised by
+:func:`upstream_origin`) and is part of the value's associated data, so a list edited
+in the file (widened, or removed) makes the value not open: fail closed. The broker
+refuses (:class:`SecretNotAllowed`) to inject the secret into a request to any other
+origin, and to send an OAuth secret (its client secret, or an assertion signed with
+its key) to a token endpoint at any other origin; a gateway checks its configuration
+against the store at start (:meth:`CredentialBroker.check_destinations`) and every
+call again, since the store may change while it runs. A secret without the list is
+sent wherever its configuration says, as before. A rotation keeps the list unless
+told otherwise. A store holding such a list, or an ``oauth_client_key`` secret, is
+refused as malformed by a gateway of an earlier release (fail closed).
+
 OAuth 2.0 client credentials (RFC 6749 section 4.4): the broker asks the configured
 token endpoint for an access token, authenticating with ``client_secret_basic`` (HTTP
-Basic, section 2.3.1) or ``client_secret_post`` (form parameters, section 2.3.1),
-caches it until shortly before it expires (``expires_in``, section 5.1), fetches a new
-one after that or after the secret changed (rotation, or delete and put), and injects
-it as a Bearer token (RFC 6750 section 2.1). Concurrent calls share one fetch, failed
-or not, and a failure is answered from memory for 2 seconds. The token endpoint is
+Basic, section 2.3.1) or ``client_secret_post`` (form parameters, section 2.3.1) with
+an ``oauth_client`` secret, or with ``private_key_jwt`` (RFC 7523 section 2.2, OpenID
+Connect Core 1.0 section 9) with an ``oauth_client_key`` secret: a client assertion
+(``iss`` = ``sub`` = the client_id, ``aud`` the token endpoint URL, a fresh ``jti``,
+valid for 60 s) signed with the sealed private key (ES256, RS256 or PS256) by
+:func:`~agentiam.core.credentials.assertions.sign_client_assertion`, the one the agent
+SDK signs with too. The broker caches the token until shortly before it expires
+(``expires_in``, section 5.1), fetches a new one after that or after the secret
+changed (rotation, or delete and put), and injects it as a Bearer token (RFC 6750
+section 2.1). Concurrent calls share one fetch, failed or not, and a failure is
+answered from memory for 2 seconds. The token endpoint is
 fetched through :class:`~agentiam.adapters.outbound.PinnedClient` (https only, public
 addresses only, unless ``allow_private_network``). Tokens and secrets are never
 logged; errors name the secret by ``name@version`` and quote the endpoint's OAuth
@@ -90,6 +111,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -97,15 +119,20 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, RSAKey
 
 from agentiam.adapters.files import replace_file
 from agentiam.adapters.gateway.echo_mask import EchoForms
@@ -115,6 +142,7 @@ from agentiam.adapters.outbound import (
     excerpt,
     vet_url_form,
 )
+from agentiam.core.credentials.assertions import CLIENT_ASSERTION_TYPE, sign_client_assertion
 from agentiam.core.credentials.sealing import MasterKey, SealError
 from agentiam.errors import AgentIAMError
 
@@ -124,8 +152,10 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "ASSERTION_LIFETIME",
     "KEY_ENV",
     "KEY_FILE_ENV",
+    "MAX_ALLOWED_UPSTREAMS",
     "MAX_DELETED_NAMES",
     "MAX_STORE_BYTES",
     "ApiKeyInjection",
@@ -133,17 +163,21 @@ __all__ = [
     "CredentialRef",
     "Injection",
     "OAuthClientCredentials",
+    "OAuthClientKey",
     "OAuthClientSecret",
     "Secret",
     "SecretInfo",
     "SecretKind",
+    "SecretNotAllowed",
     "SecretNotFound",
     "SecretStore",
     "SecretStoreError",
     "SecretValue",
     "TokenEndpointError",
+    "allowed_upstreams",
     "credential_ref_from_config",
     "load_secrets_key",
+    "upstream_origin",
 ]
 
 log = logging.getLogger("agentiam.gateway.broker")
@@ -155,6 +189,11 @@ MAX_SECRETS = 10_000  # entries (versions included)
 MAX_DELETED_NAMES = 1_000  # deleted names whose last version is remembered by name
 MAX_VALUE_BYTES = 16 * 1024
 MAX_TOKEN_RESPONSE = 64 * 1024
+MAX_ALLOWED_UPSTREAMS = 64  # origins one secret may be sent to
+ASSERTION_LIFETIME = 60  # seconds a private_key_jwt client assertion is valid
+_MIN_RSA_BITS = 2048  # RFC 7518 section 3.3
+_KID = re.compile(r"[\x21-\x7e]{1,256}")  # a kid for the JOSE header: printable ASCII
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _FORMAT_1 = "agentiam-gateway-secrets/1"  # no history of deleted names
 _FORMAT_2 = "agentiam-gateway-secrets/2"  # with "deleted" and "deleted_floor"
 _MEMBERS = {
@@ -189,6 +228,13 @@ class SecretStoreError(AgentIAMError):
 class SecretNotFound(SecretStoreError):
     code = "gateway-secret-not-found"
     title = "Gateway secret not found"
+
+
+class SecretNotAllowed(SecretStoreError):
+    """The secret's ``allowed_upstreams`` do not include where it would be sent."""
+
+    code = "gateway-secret-not-allowed"
+    title = "Gateway secret not allowed for this upstream"
 
 
 class TokenEndpointError(AgentIAMError):
@@ -250,22 +296,102 @@ class OAuthClientSecret:
     client_secret: Secret
 
 
+@dataclass(frozen=True, slots=True)
+class OAuthClientKey:
+    """An OAuth 2.0 client that authenticates with ``private_key_jwt`` (RFC 7523
+    section 2.2; OpenID Connect Core 1.0 section 9): its ``client_id``, its private key
+    (``private_key``: PKCS#8 PEM, EC P-256 or RSA of at least 2048 bits), the ``alg`` it
+    signs with (ES256 for EC; RS256 or PS256 for RSA) and the ``kid`` its
+    authorization server knows the public key by (None: no ``kid`` header)."""
+
+    client_id: str
+    private_key: Secret
+    alg: str
+    kid: str | None = None
+
+    @classmethod
+    def from_pem(
+        cls, client_id: str, pem: bytes, *, alg: str | None = None, kid: str | None = None
+    ) -> OAuthClientKey:
+        """The client with the unencrypted PEM private key ``pem`` (PKCS#8, SEC 1 or
+        PKCS#1), kept as PKCS#8; ``alg`` defaults to ES256 for an EC P-256 key and to
+        RS256 for an RSA key. Raise :class:`SecretStoreError` (never quoting the key)."""
+        key = _private_key(pem)
+        if alg is None:
+            alg = "ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS256"
+        pkcs8 = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        value = cls(client_id, Secret(pkcs8.decode("ascii")), alg, kid)
+        _check_client_key(value)
+        return value
+
+    def signing_key(self) -> ECKey | RSAKey:
+        """The private key as a JWK, for :func:`sign_client_assertion`."""
+        pem = self.private_key.reveal()
+        return ECKey.import_key(pem) if self.alg == "ES256" else RSAKey.import_key(pem)
+
+
+def _private_key(pem: bytes) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    """An unencrypted EC P-256 or RSA (>= 2048 bits) private key from PEM."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except TypeError:
+        raise SecretStoreError(
+            "the private key PEM is encrypted",
+            hint="Give the key unencrypted (openssl pkey -in KEY -out PLAIN); the store seals it.",
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise SecretStoreError(
+            "not a PEM private key", hint="Give a PKCS#8, SEC 1 or PKCS#1 PEM private key."
+        ) from None
+    if isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1):
+        return key
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= _MIN_RSA_BITS:
+        return key
+    raise SecretStoreError(
+        "the private key must be EC P-256 (ES256) or RSA of at least "
+        f"{_MIN_RSA_BITS} bits (RS256, PS256)"
+    )
+
+
+def _check_client_key(value: OAuthClientKey) -> None:
+    """The parts of an ``oauth_client_key`` secret that are not the key are sound, and
+    ``alg`` fits the key."""
+    if not value.client_id or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value.client_id):
+        raise SecretStoreError("client_id must be non-empty, without control characters")
+    if value.kid is not None and not _KID.fullmatch(value.kid):
+        raise SecretStoreError("kid must be 1-256 printable ASCII characters")
+    key = _private_key(value.private_key.reveal().encode("ascii"))
+    fits = {"ES256": ec.EllipticCurvePrivateKey, "RS256": rsa.RSAPrivateKey,
+            "PS256": rsa.RSAPrivateKey}  # fmt: skip
+    if value.alg not in fits:
+        raise SecretStoreError("alg must be ES256, RS256 or PS256")
+    if not isinstance(key, fits[value.alg]):
+        raise SecretStoreError(f"alg {value.alg} does not fit the key's type")
+
+
 class SecretKind(StrEnum):
     API_KEY = "api_key"
     OAUTH_CLIENT = "oauth_client"
+    OAUTH_CLIENT_KEY = "oauth_client_key"  # private_key_jwt
 
 
-SecretValue = Secret | OAuthClientSecret
+SecretValue = Secret | OAuthClientSecret | OAuthClientKey
 
 
 @dataclass(frozen=True, slots=True)
 class SecretInfo:
-    """What may be shown about a secret: never its value."""
+    """What may be shown about a secret: never its value. ``allowed_upstreams``: the
+    origins it may be sent to (None: any)."""
 
     name: str
     kind: SecretKind
     version: int
     created_at: datetime
+    allowed_upstreams: tuple[str, ...] | None = None
 
     @property
     def label(self) -> str:
@@ -273,12 +399,33 @@ class SecretInfo:
         return f"{self.name}@{self.version}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        shown: dict[str, Any] = {
             "name": self.name,
             "kind": self.kind.value,
             "version": self.version,
             "created_at": self.created_at.isoformat(),
         }
+        if self.allowed_upstreams is not None:
+            shown["allowed_upstreams"] = list(self.allowed_upstreams)
+        return shown
+
+    def check_destination(self, url: str | None, what: str = "") -> None:
+        """Refuse (:class:`SecretNotAllowed`) sending this secret toward ``url``
+        when its origin is not one of ``allowed_upstreams`` (None: no list, nothing
+        refused; a ``url`` of None is refused when there is a list). ``what`` names
+        the destination in the message (``"the token endpoint "``)."""
+        allowed = self.allowed_upstreams
+        if allowed is None:
+            return
+        origin = _origin_or_none(url) if url is not None else None
+        if origin is not None and origin in allowed:
+            return
+        raise SecretNotAllowed(
+            f"secret {self.label} may be sent only to {', '.join(allowed)}; not to "
+            f"{what}{origin or 'an unknown origin'} (its allowed_upstreams)",
+            hint=f"Send it to one of those origins, or rotate {self.name} with "
+            "'--allow-upstream ORIGIN' for each origin it may go to.",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,9 +509,74 @@ def load_secrets_key(env: Mapping[str, str] | None = None) -> MasterKey:
 # -- the store -------------------------------------------------------------------------------
 
 
-def _context(name: str, version: int, kind: SecretKind) -> str:
-    """Associated data: the sealed value belongs to this name, version and kind."""
-    return f"gateway-secret\x00{name}\x00{version}\x00{kind.value}"
+def _context(
+    name: str, version: int, kind: SecretKind, allowed: tuple[str, ...] | None = None
+) -> str:
+    """Associated data: the sealed value belongs to this name, version and kind, and to
+    its ``allowed_upstreams`` when it has a list (so the list, which the file shows in
+    the clear, cannot be widened or removed without the key: the value no longer
+    opens). A secret without a list has the context it always had."""
+    context = f"gateway-secret\x00{name}\x00{version}\x00{kind.value}"
+    if allowed is not None:
+        context += "\x00allowed_upstreams\x00" + json.dumps(list(allowed), separators=(",", ":"))
+    return context
+
+
+def upstream_origin(url: str) -> str:
+    """The origin (RFC 6454 section 4) of an http(s) ``url``, serialised as section
+    6.2 does: ``scheme://host[:port]``, scheme and host in lower case, an IPv6 host in
+    brackets, the scheme's default port left out. Raise ValueError for anything else
+    (another scheme, no host, user information, a host that is not ASCII)."""
+    if not isinstance(url, str) or len(url) > 2048:
+        raise ValueError("not a URL")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"{url[:100]!r} is not an http(s) URL")
+    host = parts.hostname
+    if not host or "@" in parts.netloc or not host.isascii() or "%" in host:
+        raise ValueError(f"{url[:100]!r} has no plain host (or has user information)")
+    port = parts.port  # ValueError for a bad one
+    shown = f"[{host}]" if ":" in host else host
+    if port is None or port == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{shown}"
+    return f"{scheme}://{shown}:{port}"
+
+
+@functools.lru_cache(maxsize=1024)
+def _origin_or_none(url: str) -> str | None:
+    """:func:`upstream_origin`, or None when ``url`` has none (refused by callers).
+    Cached: gateways send to the few URLs of their configuration."""
+    try:
+        return upstream_origin(url)
+    except ValueError:
+        return None
+
+
+def allowed_upstreams(origins: Iterable[str]) -> tuple[str, ...]:
+    """A secret's ``allowed_upstreams`` from what an operator wrote: each an origin
+    (``scheme://host[:port]``, a trailing ``/`` tolerated, no path, query or fragment),
+    normalised by :func:`upstream_origin`, sorted and without repeats; 1 to
+    :data:`MAX_ALLOWED_UPSTREAMS` of them. Raise :class:`SecretStoreError`."""
+    found: set[str] = set()
+    for given in origins:
+        try:
+            origin = upstream_origin(given)
+            parts = urlsplit(given)
+        except ValueError as exc:
+            raise SecretStoreError(f"allowed upstream: {exc}") from None
+        if parts.path not in ("", "/") or parts.query or parts.fragment or "?" in given:
+            raise SecretStoreError(
+                f"allowed upstream {given[:100]!r} is not an origin",
+                hint="Give scheme://host[:port] only, e.g. https://api.example.com.",
+            )
+        found.add(origin)
+    if not 1 <= len(found) <= MAX_ALLOWED_UPSTREAMS:
+        raise SecretStoreError(
+            f"allowed_upstreams holds 1 to {MAX_ALLOWED_UPSTREAMS} origins",
+            hint="Leave it out to allow any upstream.",
+        )
+    return tuple(sorted(found))
 
 
 def _check_name(name: str) -> str:
@@ -387,6 +599,20 @@ def _encode(kind: SecretKind, value: SecretValue) -> bytes:
                 hint="It is sent in an HTTP header (RFC 9110 section 5.5).",
             )
         data = text.encode("utf-8")
+    elif kind is SecretKind.OAUTH_CLIENT_KEY:
+        if not isinstance(value, OAuthClientKey):
+            raise SecretStoreError(
+                "an oauth_client_key secret has a client_id and a private key (PEM)"
+            )
+        _check_client_key(value)
+        doc = {
+            "client_id": value.client_id,
+            "private_key": value.private_key.reveal(),
+            "alg": value.alg,
+        }
+        if value.kid is not None:
+            doc["kid"] = value.kid
+        data = json.dumps(doc).encode("utf-8")
     else:
         if not isinstance(value, OAuthClientSecret):
             raise SecretStoreError("an oauth_client secret has a client_id and a client_secret")
@@ -406,7 +632,21 @@ def _decode(kind: SecretKind, data: bytes) -> SecretValue:
     if kind is SecretKind.API_KEY:
         return Secret(data.decode("utf-8"))
     doc = json.loads(data)
+    if kind is SecretKind.OAUTH_CLIENT_KEY:
+        value = OAuthClientKey(
+            doc["client_id"], Secret(doc["private_key"]), doc["alg"], doc.get("kid")
+        )
+        _check_client_key(value)  # SecretStoreError: the caller's "malformed"
+        return value
     return OAuthClientSecret(doc["client_id"], Secret(doc["client_secret"]))
+
+
+def _allowed_or_none(origins: Sequence[str] | None) -> tuple[str, ...] | None:
+    if origins is None:
+        return None
+    if isinstance(origins, str):  # one origin, not its characters
+        raise SecretStoreError("allowed_upstreams is a list of origins")
+    return allowed_upstreams(origins)
 
 
 def _is_version(value: Any) -> bool:
@@ -414,8 +654,12 @@ def _is_version(value: Any) -> bool:
 
 
 def _parse_entry(raw: Any) -> _Entry:
-    if not isinstance(raw, dict) or set(raw) != {"name", "kind", "version", "created_at", "sealed"}:
-        raise ValueError("an entry has name, kind, version, created_at and sealed")
+    if not isinstance(raw, dict) or set(raw) - {"allowed_upstreams"} != {
+        "name", "kind", "version", "created_at", "sealed"
+    }:  # fmt: skip
+        raise ValueError(
+            "an entry has name, kind, version, created_at and sealed (and allowed_upstreams)"
+        )
     version = raw["version"]
     if not _is_version(version):
         raise ValueError(f"version must be an integer from 1 to {_MAX_VERSION}")
@@ -426,7 +670,18 @@ def _parse_entry(raw: Any) -> _Entry:
         raise ValueError("created_at needs a time zone")
     if not isinstance(raw["name"], str) or not _NAME.fullmatch(raw["name"]):
         raise ValueError("invalid secret name")
-    info = SecretInfo(raw["name"], SecretKind(raw["kind"]), version, created)
+    allowed = None
+    if "allowed_upstreams" in raw:
+        listed = raw["allowed_upstreams"]
+        if not isinstance(listed, list) or not all(isinstance(o, str) for o in listed):
+            raise ValueError("allowed_upstreams must be a list of origins")
+        try:
+            allowed = allowed_upstreams(listed)
+        except SecretStoreError as exc:
+            raise ValueError(exc.detail) from None
+        if list(allowed) != listed:
+            raise ValueError("allowed_upstreams must be sorted, normalised origins")
+    info = SecretInfo(raw["name"], SecretKind(raw["kind"]), version, created, allowed)
     return _Entry(info, raw["sealed"])
 
 
@@ -512,7 +767,8 @@ class SecretStore:
         info = entry.info
         try:
             data = self._key.open(
-                entry.sealed, context=_context(info.name, info.version, info.kind)
+                entry.sealed,
+                context=_context(info.name, info.version, info.kind, info.allowed_upstreams),
             )
             return _decode(info.kind, data)
         except SealError as exc:
@@ -520,7 +776,7 @@ class SecretStore:
                 f"secret {info.label} in {self.path} does not open: {exc}",
                 hint="The store was altered or sealed under another key. " + _KEY_HINT,
             ) from None
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, SecretStoreError):
             raise SecretStoreError(
                 f"secret {info.label} in {self.path} is malformed", hint="Put it again."
             ) from None
@@ -641,36 +897,57 @@ class SecretStore:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def put(self, name: str, kind: SecretKind, value: SecretValue) -> SecretInfo:
+    def put(
+        self,
+        name: str,
+        kind: SecretKind,
+        value: SecretValue,
+        *,
+        allowed_upstreams: Sequence[str] | None = None,
+    ) -> SecretInfo:
         """Add a new secret: version 1, or if ``name`` was deleted, the version after
         the highest it had (see the module docstring for names past
-        :data:`MAX_DELETED_NAMES`). Refused if ``name`` exists: rotate it instead."""
+        :data:`MAX_DELETED_NAMES`). Refused if ``name`` exists: rotate it instead.
+        ``allowed_upstreams``: the origins it may be sent to (None: any)."""
         _check_name(name)
         kind = SecretKind(kind)
         data = _encode(kind, value)
+        allowed = _allowed_or_none(allowed_upstreams)
         with self._writing() as store:
             if any(e.info.name == name for e in store.entries):
                 raise SecretStoreError(
                     f"secret {name!r} exists",
                     hint=f"Use 'agentiam gateway secrets rotate {name}' for a new version.",
                 )
-            entry = self._seal(name, kind, store.next_version(name), data)
+            entry = self._seal(name, kind, store.next_version(name), data, allowed)
             store.entries.append(entry)
             store.deleted.pop(name, None)  # its entries now carry its highest version
         return entry.info
 
-    def rotate(self, name: str, value: SecretValue) -> SecretInfo:
+    def rotate(
+        self,
+        name: str,
+        value: SecretValue,
+        *,
+        allowed_upstreams: Sequence[str] | Literal["keep"] | None = "keep",
+    ) -> SecretInfo:
         """A new version of ``name`` (same kind). The version it replaces is kept for
-        calls in flight; older ones are removed."""
+        calls in flight; older ones are removed. ``allowed_upstreams``: the new
+        version's list (None: any upstream); by default the current version's."""
         with self._writing() as store:
             current = self._find(tuple(store.entries), _check_name(name), None).info
             data = _encode(current.kind, value)
+            allowed = (
+                current.allowed_upstreams
+                if allowed_upstreams == "keep"
+                else _allowed_or_none(allowed_upstreams)
+            )
             if current.version >= _MAX_VERSION:
                 raise SecretStoreError(
                     f"secret {name!r} has used every version up to {_MAX_VERSION}",
                     hint="Put the value under another name.",
                 )
-            entry = self._seal(name, current.kind, current.version + 1, data)
+            entry = self._seal(name, current.kind, current.version + 1, data, allowed)
             store.entries[:] = [
                 e for e in store.entries if e.info.name != name or e.info.version == current.version
             ]
@@ -688,9 +965,18 @@ class SecretStore:
             store.remember(name, max(versions))
         return len(versions)
 
-    def _seal(self, name: str, kind: SecretKind, version: int, data: bytes) -> _Entry:
-        info = SecretInfo(name, kind, version, datetime.now(UTC).replace(microsecond=0))
-        return _Entry(info, self._key.seal(data, context=_context(name, version, kind)))
+    def _seal(
+        self,
+        name: str,
+        kind: SecretKind,
+        version: int,
+        data: bytes,
+        allowed: tuple[str, ...] | None,
+    ) -> _Entry:
+        created = datetime.now(UTC).replace(microsecond=0)
+        info = SecretInfo(name, kind, version, created, allowed)
+        sealed = self._key.seal(data, context=_context(name, version, kind, allowed))
+        return _Entry(info, sealed)
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[_Contents]:
@@ -753,14 +1039,25 @@ class ApiKeyInjection:
         _check_header(self.header, self.prefix)
 
 
+AuthMethod = Literal["client_secret_basic", "client_secret_post", "private_key_jwt"]
+_AUTH_METHODS: tuple[AuthMethod, ...] = (
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class OAuthClientCredentials:
     """Inject an access token from the client credentials grant (RFC 6749 section 4.4)
-    with an ``oauth_client`` secret, as ``<header>: Bearer <token>`` (RFC 6750)."""
+    as ``<header>: Bearer <token>`` (RFC 6750), authenticating to the token endpoint
+    with an ``oauth_client`` secret (``client_secret_basic``, ``client_secret_post``:
+    RFC 6749 section 2.3.1) or an ``oauth_client_key`` secret (``private_key_jwt``:
+    RFC 7523 section 2.2, OpenID Connect Core 1.0 section 9)."""
 
     secret: str
     token_endpoint: str
-    auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    auth_method: AuthMethod = "client_secret_basic"
     scope: str | None = None  # RFC 6749 section 3.3
     resource: str | None = None  # RFC 8707 section 2
     header: str = "Authorization"
@@ -772,14 +1069,21 @@ class OAuthClientCredentials:
     def __post_init__(self) -> None:
         _check_name(self.secret)
         _check_header(self.header, "Bearer ")
-        if self.auth_method not in ("client_secret_basic", "client_secret_post"):
-            raise ValueError("auth_method is client_secret_basic or client_secret_post")
+        if self.auth_method not in _AUTH_METHODS:
+            raise ValueError(f"auth_method is {', '.join(_AUTH_METHODS)}")
         try:
             vet_url_form(self.token_endpoint, allow_private_network=self.allow_private_network)
         except OutboundError as exc:
             raise ValueError(f"token_endpoint: {exc}") from None
         if not self.timeout > 0 or self.refresh_margin < 0 or not self.default_lifetime > 0:
             raise ValueError("timeout and default_lifetime must be positive, refresh_margin >= 0")
+
+    @property
+    def kind(self) -> SecretKind:
+        """The kind of secret ``auth_method`` needs."""
+        if self.auth_method == "private_key_jwt":
+            return SecretKind.OAUTH_CLIENT_KEY
+        return SecretKind.OAUTH_CLIENT
 
 
 CredentialRef = ApiKeyInjection | OAuthClientCredentials
@@ -889,18 +1193,27 @@ class CredentialBroker:
     key's per secret name with the stored entry (the seal) they belong to, replaced
     when another entry is used and dropped when none can be.
 
+    A secret with ``allowed_upstreams`` is injected only into a request to one of
+    those origins, and (OAuth) only fetched a token with from a token endpoint at one
+    of them: anything else is refused (:class:`SecretNotAllowed`) before the secret is
+    opened. :meth:`check_destinations` makes the same check at a gateway's start.
+
     ``clock`` (monotonic seconds) times token expiry and the failure back-off;
-    ``transport`` replaces the pinned transport of token requests (tests only)."""
+    ``wall_clock`` (seconds since the epoch) dates client assertions (``iat``,
+    ``exp``); ``transport`` replaces the pinned transport of token requests (tests
+    only)."""
 
     def __init__(
         self,
         store: SecretStore,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.store = store
         self._clock = clock
+        self._wall_clock = wall_clock
         self._transport = transport
         self._lock = threading.Lock()
         self._slots: dict[OAuthClientCredentials, _Slot] = {}  # one per configured ref
@@ -911,25 +1224,53 @@ class CredentialBroker:
     def __repr__(self) -> str:
         return f"CredentialBroker({self.store!r})"
 
-    def headers_for(self, ref: CredentialRef) -> tuple[dict[str, str], str]:
+    def headers_for(
+        self, ref: CredentialRef, destination: str | None = None
+    ) -> tuple[dict[str, str], str]:
         """The headers to add to the upstream request, and the ``name@version`` of the
         secret used (for the audit trail): :meth:`injection_for` without the echo
         forms."""
-        injection = self.injection_for(ref)
+        injection = self.injection_for(ref, destination)
         return injection.headers, injection.label
 
-    def injection_for(self, ref: CredentialRef) -> Injection:
-        """The headers to add to the upstream request, the ``name@version`` of the
-        secret used, and the echo forms of the credential in them (:class:`Injection`).
-        Raises :class:`SecretStoreError` (missing, wrong kind, does not open) or
+    def injection_for(self, ref: CredentialRef, destination: str | None = None) -> Injection:
+        """The headers to add to the upstream request to ``destination`` (its URL),
+        the ``name@version`` of the secret used, and the echo forms of the credential
+        in them (:class:`Injection`). Raises :class:`SecretStoreError` (missing, wrong
+        kind, does not open; :class:`SecretNotAllowed`: its ``allowed_upstreams`` do
+        not include ``destination``'s origin, or a ``destination`` of None) or
         :class:`TokenEndpointError`."""
         if isinstance(ref, ApiKeyInjection):
-            return self._api_key(ref)
-        return self._oauth(ref)
+            return self._api_key(ref, destination)
+        return self._oauth(ref, destination)
 
-    def _api_key(self, ref: ApiKeyInjection) -> Injection:
+    def check_destinations(self, uses: Iterable[tuple[str, CredentialRef, str]]) -> None:
+        """A gateway's check at start: for each ``(where, ref, url)`` (the
+        configuration key, the credential, the upstream's URL), refuse
+        (:class:`SecretNotAllowed`, naming ``where``) a credential whose secret's
+        newest version has ``allowed_upstreams`` that do not include the upstream's
+        origin or, for OAuth, the token endpoint's. A secret that cannot be read now
+        (missing, a store that does not open) is only logged: each call using it is
+        refused until it can be (as before), and checked then."""
+        for where, ref, url in uses:
+            try:
+                info = self.store.info(ref.secret)
+            except SecretStoreError as exc:
+                log.warning(
+                    "%s: secret %s cannot be checked now: %s", where, ref.secret, exc.detail
+                )
+                continue
+            try:
+                info.check_destination(url)
+                if isinstance(ref, OAuthClientCredentials):
+                    info.check_destination(ref.token_endpoint, "the token endpoint ")
+            except SecretNotAllowed as exc:
+                raise SecretNotAllowed(f"{where}: {exc.detail}", hint=exc.hint) from None
+
+    def _api_key(self, ref: ApiKeyInjection, destination: str | None) -> Injection:
         try:
             entry = self.store.entry(ref.secret)
+            entry.info.check_destination(destination)
             value = self.store.unseal(entry)
             if not isinstance(value, Secret):
                 raise SecretStoreError(
@@ -955,13 +1296,17 @@ class CredentialBroker:
                 self._key_echoes[name] = held
             return held[1]
 
-    def _oauth(self, ref: OAuthClientCredentials) -> Injection:
+    def _oauth(self, ref: OAuthClientCredentials, destination: str | None) -> Injection:
         entry = self.store.entry(ref.secret)
         info = entry.info
-        if info.kind is not SecretKind.OAUTH_CLIENT:
+        if info.kind is not ref.kind:
             raise SecretStoreError(
-                f"secret {info.label} is {info.kind.value}, the upstream expects oauth_client"
+                f"secret {info.label} is {info.kind.value}, the upstream expects "
+                f"{ref.kind.value} (auth_method {ref.auth_method})",
+                hint="auth_method private_key_jwt takes an oauth_client_key secret; "
+                "client_secret_basic and client_secret_post an oauth_client secret.",
             )
+        info.check_destination(destination)
         with self._lock:
             slot = self._slots.setdefault(ref, _Slot())
             seen = slot.fetches
@@ -996,11 +1341,11 @@ class CredentialBroker:
 
     def _fetch(self, ref: OAuthClientCredentials, entry: _Entry) -> _Token:
         """The client credentials grant, RFC 6749 section 4.4.2 / 4.4.3, with the
-        client credentials sealed in ``entry``."""
-        info, value = entry.info, self.store.unseal(entry)
-        if not isinstance(value, OAuthClientSecret):
-            raise SecretStoreError(f"secret {info.label} is not an oauth_client secret")
-        secret = value.client_secret.reveal()
+        client credentials sealed in ``entry``, sent only to a token endpoint the
+        secret's ``allowed_upstreams`` include."""
+        info = entry.info
+        info.check_destination(ref.token_endpoint, "the token endpoint ")
+        value = self.store.unseal(entry)
         form = {"grant_type": "client_credentials"}
         if ref.scope:
             form["scope"] = ref.scope
@@ -1012,13 +1357,23 @@ class CredentialBroker:
             "Accept-Encoding": "identity",
             "User-Agent": "agentiam-gateway/1",
         }
-        if ref.auth_method == "client_secret_basic":
-            # section 2.3.1: each part form-urlencoded, then HTTP Basic (RFC 7617)
-            pair = f"{quote(value.client_id, safe='')}:{quote(secret, safe='')}"
-            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+        if isinstance(value, OAuthClientKey) and ref.auth_method == "private_key_jwt":
+            secret = self._assertion(value, ref.token_endpoint, info)  # scrubbed like one
+            form["client_id"] = value.client_id  # RFC 7521 section 4.2: the same client
+            form["client_assertion_type"] = CLIENT_ASSERTION_TYPE
+            form["client_assertion"] = secret
+        elif isinstance(value, OAuthClientSecret) and ref.auth_method != "private_key_jwt":
+            secret = value.client_secret.reveal()
+            if ref.auth_method == "client_secret_basic":
+                # section 2.3.1: each part form-urlencoded, then HTTP Basic (RFC 7617)
+                pair = f"{quote(value.client_id, safe='')}:{quote(secret, safe='')}"
+                basic = base64.b64encode(pair.encode()).decode("ascii")
+                headers["Authorization"] = "Basic " + basic
+            else:
+                form["client_id"] = value.client_id
+                form["client_secret"] = secret
         else:
-            form["client_id"] = value.client_id
-            form["client_secret"] = secret
+            raise SecretStoreError(f"secret {info.label} is not an {ref.kind.value} secret")
         started = self._clock()
         shown = f"the token endpoint of {info.label}"
         client = PinnedClient(
@@ -1075,6 +1430,24 @@ class CredentialBroker:
         )
         until = started + lifetime - margin
         return _Token(entry, Secret(access_token), until, _echo_forms(access_token, info.label))
+
+    def _assertion(self, value: OAuthClientKey, token_endpoint: str, info: SecretInfo) -> str:
+        """The ``private_key_jwt`` client assertion (RFC 7523 section 2.2 and 3;
+        OpenID Connect Core 1.0 section 9): ``iss`` = ``sub`` = the client_id, ``aud``
+        the token endpoint URL, a fresh ``jti``, valid for :data:`ASSERTION_LIFETIME`
+        seconds, signed with the key sealed in the secret."""
+        try:
+            return sign_client_assertion(
+                value.signing_key(),
+                alg=value.alg,
+                kid=value.kid,
+                client_id=value.client_id,
+                audience=token_endpoint,
+                now=int(self._wall_clock()),
+                lifetime=ASSERTION_LIFETIME,
+            )
+        except (ValueError, JoseError):
+            raise SecretStoreError(f"secret {info.label} cannot sign a client assertion") from None
 
 
 def _read_body(response: httpx.Response) -> bytes:

@@ -1319,17 +1319,19 @@ class HttpGateway:
 
     async def _inject(self, permit: _Permit, trace: TraceContext) -> _Permit | _Refusal:
         """The brokered credential: an API key at once, an OAuth token on a worker
-        thread (fetching one is network I/O). Unavailable: 502, audited as failed."""
-        credential = permit.route.upstream.credential
+        thread (fetching one is network I/O). Unavailable, or not allowed toward the
+        upstream (the secret's ``allowed_upstreams``): 502, audited as failed."""
+        upstream = permit.route.upstream
+        credential = upstream.credential
         broker = self.runtime.broker
         assert credential is not None
         try:
             if broker is None:
                 raise ServiceUnavailable("no secret store is configured")
             if isinstance(credential, ApiKeyInjection):
-                injection = broker.injection_for(credential)
+                injection = broker.injection_for(credential, upstream.url)
             else:
-                injection = await self._offload(broker.injection_for, credential)
+                injection = await self._offload(broker.injection_for, credential, upstream.url)
         except AgentIAMError as exc:
             log.warning("credential for upstream %s: %s", permit.route.upstream.name, exc.detail)
             self._record(permit, trace, Outcome.FAILURE, 502, 0.0)
@@ -1940,7 +1942,14 @@ def run(config: HttpGatewayConfig) -> None:
 
     gateway = config.gateway
     try:
-        runtime = GatewayRuntime.start(gateway)
+        runtime = GatewayRuntime.start(
+            gateway,
+            credentials=[
+                (f"upstreams.{u.name}.credential", u.credential, u.url)
+                for u in config.upstreams.values()
+                if u.credential is not None
+            ],
+        )
     except httpx.HTTPError as exc:
         raise ServiceUnavailable(
             f"cannot reach the control plane at {gateway.control_plane.url} ({type(exc).__name__})",

@@ -2949,7 +2949,14 @@ def run(config: McpGatewayConfig) -> None:
     import uvicorn
 
     try:
-        runtime = GatewayRuntime.start(config.gateway)
+        runtime = GatewayRuntime.start(
+            config.gateway,
+            credentials=[
+                (f"servers[{i}].credential", s.credential, s.url)
+                for i, s in enumerate(config.servers)
+                if s.credential is not None
+            ],
+        )
     except (httpx.HTTPError, OSError) as exc:
         raise ServiceUnavailable(
             f"cannot reach the control plane at {config.gateway.control_plane.url} "

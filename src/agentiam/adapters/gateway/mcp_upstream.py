@@ -212,10 +212,13 @@ class _BrokeredAuth(httpx2.Auth):
     async def async_auth_flow(self, request: httpx2.Request) -> AsyncIterator[httpx2.Request]:  # type: ignore[override]
         use = UPSTREAM_USE.get(None)
         try:
+            destination = str(request.url)  # its allowed_upstreams are checked
             if isinstance(self._ref, ApiKeyInjection):  # local: the sealed store only
-                injection = self._broker.injection_for(self._ref)
+                injection = self._broker.injection_for(self._ref, destination)
             else:  # may fetch a token from the token endpoint
-                injection = await anyio.to_thread.run_sync(self._broker.injection_for, self._ref)
+                injection = await anyio.to_thread.run_sync(
+                    self._broker.injection_for, self._ref, destination
+                )
         except AgentIAMError as exc:
             log.warning("brokered credential unavailable: %s", exc.detail)
             if use is not None:

@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +31,12 @@ from typing import Any
 import httpx
 
 from agentiam.adapters.gateway.approvals import ApprovalClient
-from agentiam.adapters.gateway.broker import CredentialBroker, SecretStore, load_secrets_key
+from agentiam.adapters.gateway.broker import (
+    CredentialBroker,
+    CredentialRef,
+    SecretStore,
+    load_secrets_key,
+)
 from agentiam.adapters.gateway.config import GatewayConfig
 from agentiam.adapters.gateway.dpop_nonces import NonceHeader
 from agentiam.adapters.gateway.enforcer import Enforcer, SharedLimits, SharedReplay
@@ -172,12 +178,25 @@ class GatewayRuntime:
     nonce_header: NonceHeader | None = None
 
     @classmethod
-    def start(cls, config: GatewayConfig) -> GatewayRuntime:
-        """Connect to the control plane (keys, revocations, first bundle: failing
-        loudly if it cannot be reached at start), open the spool and the broker. The
-        DPoP nonce key (``dpop``) is read first: a missing or malformed one stops the
-        start (ValueError naming the setting) before anything is reached."""
+    def start(
+        cls,
+        config: GatewayConfig,
+        *,
+        credentials: Iterable[tuple[str, CredentialRef, str]] = (),
+    ) -> GatewayRuntime:
+        """Read the DPoP nonce key (``dpop``: a missing or malformed one stops the
+        start, ValueError naming the setting), open the broker and check that each of
+        ``credentials`` (the configuration key, the credential, the URL of the
+        upstream it is sent to) may go there (:meth:`CredentialBroker.
+        check_destinations`: a secret whose ``allowed_upstreams`` refuse it stops the
+        start), all before anything is reached; then connect to the control plane
+        (keys, revocations, first bundle: failing loudly if it cannot be reached at
+        start) and open the spool."""
         nonces = config.dpop.nonce_issuer()
+        broker = None
+        if config.secrets_store is not None:
+            broker = CredentialBroker(SecretStore(config.secrets_store, load_secrets_key()))
+            broker.check_destinations(credentials)
         admin_key = config.control_plane.admin_key()
         # one limiter even with no configured limits: the bundle's throttles need it
         limiter = config.rate_limits if config.rate_limits is not None else RateLimiter()
@@ -200,9 +219,6 @@ class GatewayRuntime:
             linger=0.2,  # a trickle of events ships in batches, not one request each
             body_only=True,  # _Shipper posts json_body: the lines are not decoded
         )
-        broker = None
-        if config.secrets_store is not None:
-            broker = CredentialBroker(SecretStore(config.secrets_store, load_secrets_key()))
         shared_replay, shared_limits = _shared(config)
         limits = config.anonymous_refusals
         budget = AnonymousRefusals(limits) if limits is not None else None

@@ -1,5 +1,9 @@
 """Client assertions for ``private_key_jwt`` (RFC 7523 sections 2.2 and 3; RFC 7521
-section 4.2).
+section 4.2; OpenID Connect Core 1.0 section 9).
+
+:func:`sign_client_assertion` makes one: the single implementation both an agent (the
+SDK, toward this service) and a gateway (toward an upstream's token endpoint, the
+credential broker) sign with.
 
 Validation is split in two so the service can look up keys in between:
 :func:`parse_assertion` applies the header profile and reads the claimed client
@@ -16,8 +20,12 @@ client's registered keys and then every claim rule:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import secrets
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+
+from joserfc import jwt
+from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from agentiam.core.credentials.claims import (
     check_not_before,
@@ -37,8 +45,10 @@ from agentiam.core.credentials.jose import (
 __all__ = [
     "ASSERTION_PROFILE",
     "CLIENT_ASSERTION_TYPE",
+    "SIGNING_ALGORITHMS",
     "ClientAssertion",
     "parse_assertion",
+    "sign_client_assertion",
     "verify_assertion",
 ]
 
@@ -51,6 +61,53 @@ ASSERTION_PROFILE = HeaderProfile(
     algorithms=frozenset(ALLOWED_ALGORITHMS),
     max_length=4096,
 )
+
+
+# What a client may sign its assertion with: the algorithms this service accepts, and
+# RSA for an upstream authorization server that takes no other (RFC 7518 section 3.3,
+# RS256; section 3.5, PS256). Each is tied to its key type (and curve).
+SIGNING_ALGORITHMS: Mapping[str, tuple[str, str | None]] = {
+    **ALLOWED_ALGORITHMS,
+    "PS256": ("RSA", None),
+    "RS256": ("RSA", None),
+}
+
+
+def sign_client_assertion(
+    key: ECKey | OKPKey | RSAKey,
+    *,
+    alg: str,
+    kid: str | None,
+    client_id: str,
+    audience: str,
+    now: int,
+    lifetime: int = 60,
+) -> str:
+    """A single-use client assertion (RFC 7523 section 3; OpenID Connect Core 1.0
+    section 9, ``private_key_jwt``): ``iss`` = ``sub`` = ``client_id``, ``aud`` the
+    authorization server (its issuer, or its token endpoint URL), ``iat`` = ``now``,
+    ``exp`` ``lifetime`` seconds later, a random ``jti`` (144 bits), signed with
+    ``key`` under ``alg`` (one of :data:`SIGNING_ALGORITHMS`, which must fit the key's
+    type) and ``kid`` in the header when given."""
+    pinned = SIGNING_ALGORITHMS.get(alg)
+    if pinned is None:
+        raise ValueError(f"alg must be one of {', '.join(SIGNING_ALGORITHMS)}")
+    kty, curve = pinned
+    public = key.as_dict(private=False)
+    if key.key_type != kty or (curve is not None and public.get("crv") != curve):
+        raise ValueError(f"{alg} needs a {kty} key{f' on {curve}' if curve else ''}")
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "iat": now,
+        "exp": now + lifetime,
+        "jti": secrets.token_urlsafe(18),
+    }
+    header = {"alg": alg, "typ": "JWT"}
+    if kid is not None:
+        header["kid"] = kid
+    return jwt.encode(header, claims, key, algorithms=[alg])
 
 
 @dataclass(frozen=True, slots=True)
