@@ -7,12 +7,16 @@ wherever it is configured, as before."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx2
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -34,6 +38,7 @@ from agentiam.adapters.gateway.broker import (
     allowed_upstreams,
     upstream_origin,
 )
+from agentiam.adapters.gateway.mcp_upstream import UPSTREAM_USE, UpstreamUse, _BrokeredAuth
 from agentiam.core.credentials.sealing import MasterKey
 
 API_KEY = "sk-allowed-0123456789"
@@ -231,3 +236,63 @@ def test_the_token_endpoint_error_path_is_not_taken_for_a_refusal(
             broker.headers_for(ref, UPSTREAM)
         assert not isinstance(refused.value, TokenEndpointError)
     assert endpoint.requests == []
+
+
+@pytest.fixture
+def header_servers() -> Iterator[tuple[list[str | None], list[str]]]:
+    """Two real HTTP servers on loopback recording the X-Api-Key each request carried;
+    the list of what they saw, and their two URLs."""
+    seen: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("X-Api-Key"))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(2)]
+    threads = [threading.Thread(target=s.serve_forever, args=(0.01,), daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    try:
+        yield seen, [f"http://127.0.0.1:{s.server_address[1]}/mcp" for s in servers]
+    finally:
+        for server, thread in zip(servers, threads, strict=True):
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=5)
+
+
+def test_the_mcp_gateways_credential_hook_checks_each_requests_origin(
+    store: SecretStore, header_servers: tuple[list[str | None], list[str]]
+) -> None:
+    """The MCP gateway adds the credential per upstream request (``_BrokeredAuth``):
+    toward the allowed origin it is sent; toward another, the request goes without it
+    and the call learns why (its ``UpstreamUse.error``: the call fails, audited)."""
+    seen, (allowed_url, other_url) = header_servers
+    store.put("mcp-key", SecretKind.API_KEY, Secret(API_KEY),
+              allowed_upstreams=[upstream_origin(allowed_url)])  # fmt: skip
+    auth = _BrokeredAuth(CredentialBroker(store), ApiKeyInjection("mcp-key", header="X-Api-Key"))
+
+    async def main() -> list[UpstreamUse]:
+        uses = []
+        async with httpx2.AsyncClient(auth=auth) as client:
+            for url in (allowed_url, other_url):
+                use = UpstreamUse()
+                token = UPSTREAM_USE.set(use)
+                try:
+                    await client.get(url)
+                finally:
+                    UPSTREAM_USE.reset(token)
+                uses.append(use)
+        return uses
+
+    sent, refused = asyncio.run(main())
+    assert seen == [API_KEY, None]
+    assert (sent.label, sent.error) == ("mcp-key@1", None)
+    assert refused.label is None
+    assert refused.error is not None
+    assert "mcp-key@1 may be sent only to" in refused.error
