@@ -228,8 +228,11 @@ def test_an_oauth_client_key_comes_from_a_pem_file_and_is_never_shown(
     assert isinstance(rotated, OAuthClientKey)
     assert (rotated.client_id, rotated.kid) == ("gw-client", None)
     code, listed = _run(key_text, store_path, "list", "--json")
+    assert code == 0, listed
+    assert "https://auth.crm.example" in listed  # the table wraps it with the terminal
     code, table = _run(key_text, store_path, "list")
-    assert "https://auth.crm.example" in table
+    assert code == 0, table
+    assert "oauth_client_key" in table
     for text in (out, listed, table, store_path.read_text()):
         assert body[:40] not in text
         assert new_body[:40] not in text
