@@ -54,6 +54,7 @@ class FakeEnforcer:
     failure: Exception | None = None
     decided: list[Call] = field(default_factory=list)
     refused: list[tuple[int, str]] = field(default_factory=list)
+    refused_actions: list[str | None] = field(default_factory=list)
     source: str = "gateway/test"
     shared: AgentIAMError | None = None  # what the replicas' replay cache answers
     limit: SharedLimit | AgentIAMError | None = None  # what their shared rate limit answers
@@ -117,6 +118,7 @@ class FakeEnforcer:
         if isinstance(self.failure, ServiceUnavailable):
             raise self.failure
         self.refused.append((status, reason))
+        self.refused_actions.append(action)
 
 
 class Downstream:
@@ -302,6 +304,16 @@ def test_malformed_calls_are_refused_and_audited(body: Any, status: int) -> None
     assert downstream.seen == []
     # replicas: the proof was recorded in their replay cache, and no token was taken
     assert [charge for charge, _ in enforcer.admitted] == [False]
+
+
+def test_a_batch_is_refused_as_a_post_not_as_authentication() -> None:
+    """A JSON-RPC batch is refused after authentication: its record names the HTTP
+    method (it has no single JSON-RPC method), not the ``authenticate`` default."""
+    enforcer = FakeEnforcer()
+    client, downstream = endpoint(enforcer)
+    assert post(client, [CALL, CALL]).status_code == 400
+    assert enforcer.refused_actions == ["POST"]
+    assert downstream.seen == []
 
 
 def test_a_foreign_origin_and_an_oversized_body_are_refused() -> None:

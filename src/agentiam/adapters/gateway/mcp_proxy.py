@@ -2281,7 +2281,14 @@ class _Endpoint:
             # JSON-RPC batching was removed in 2025-06-18; a batch would carry calls
             # past this check, so none is accepted.
             await self._refuse(
-                state.access, state.trace, 400, "a JSON-RPC batch", scope, receive, send
+                state.access,
+                state.trace,
+                400,
+                "a JSON-RPC batch",
+                scope,
+                receive,
+                send,
+                action=_refused_action(scope["method"], message),  # POST: no one method
             )
             return False
         if state.foreseen is not None:
