@@ -261,6 +261,14 @@ class SigningKeyRepository(Protocol):
     def update_schedule(self, key: SigningKey) -> None:
         """Store ``key``'s ``deactivates_at`` and ``unpublish_at``."""
 
+    def lock(self) -> None:
+        """Hold off every other writer of signing keys (a new key included) until
+        this unit of work ends (PostgreSQL: a table lock; SQLite: its one writer)."""
+
+    def replace_sealed(self, kid: str, expected: str, sealed: str) -> bool:
+        """Store ``sealed`` as ``kid``'s sealed private half if it is still
+        ``expected``; False (nothing changed) if it is not."""
+
 
 class ReplayGuard(Protocol):
     def first_use(self, purpose: str, value: str, expires_at: datetime) -> bool:

@@ -32,6 +32,7 @@ from agentiam.adapters.gateway.broker import (
     SecretInfo,
     SecretKind,
     SecretStore,
+    SecretStoreError,
     SecretValue,
     load_secrets_key,
 )
@@ -125,6 +126,7 @@ AllowOpt = Annotated[
 ]
 COLUMNS = ["name", "kind", "version", "created_at", "allowed_upstreams"]
 _MAX_INPUT = 64 * 1024
+_NEW_KEY_HINT = "Create the new key with 'agentiam keys generate-master-key --output FILE'."
 
 
 def _open(path: Path) -> SecretStore:
@@ -318,6 +320,38 @@ def verify(store: StoreOpt) -> None:
     with handle_errors():
         count = _open(store).verify()
     console.print(f"{count} secret version{'s' if count != 1 else ''} open with the key")
+
+
+@secrets_app.command()
+def rekey(
+    store: StoreOpt,
+    new_key_file: Annotated[
+        Path,
+        typer.Option(
+            "--new-key-file",
+            help="A file holding the new key (agentiam keys generate-master-key); "
+            "never given on the command line.",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Seal every value again under a new key (all versions, the deleted names'
+    history kept), atomically: a value that does not open with the current key
+    (AGENTIAM_GATEWAY_SECRETS_KEY or _FILE) refuses the whole store, unchanged.
+    Gateways reading the store refuse every injection until restarted with the new
+    key (docs/gateway.md)."""
+    with handle_errors():
+        current = load_secrets_key()
+        try:
+            new_key = load_secrets_key({KEY_FILE_ENV: str(new_key_file)})
+        except SecretStoreError as exc:
+            fail(f"--new-key-file: {exc.detail}", _NEW_KEY_HINT)
+        count = SecretStore(store, current, reload_interval=0.0).rekey(new_key)
+    console.print(
+        f"{count} secret version{'s' if count != 1 else ''} sealed again under key "
+        f"{new_key.id} (was {current.id}). Restart the gateways reading "
+        f"{store} with {KEY_FILE_ENV}={new_key_file}."
+    )
 
 
 ConfigOpt = Annotated[

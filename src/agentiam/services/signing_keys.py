@@ -6,6 +6,9 @@ feed brings a retirement (``services/revocations.py``). Because a rotated-in key
 published ``publish_delay`` (at least twice the refresh interval) before it signs,
 every replica's JWKS lists it before any replica signs with it. Private halves are
 unsealed with the master key on first use and kept only in memory.
+
+The master key is rotated by :meth:`SigningKeyService.rewrap`: every private half
+sealed again under the next master key in one transaction, all or none.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from joserfc import jwt
 
-from agentiam.core.audit.events import ResourceRef
+from agentiam.core.audit.events import Outcome, ResourceRef
 from agentiam.core.credentials.jose import JoseRejected, VerificationKey, import_public_jwk
 from agentiam.core.credentials.sealing import MasterKey, SealError
 from agentiam.core.credentials.signing_keys import (
@@ -27,11 +30,18 @@ from agentiam.core.credentials.signing_keys import (
     generate_signing_key,
     plan_rotation,
     published_keys,
+    reseal_signing_keys,
     retire_now,
     signing_key_at,
     unseal_private_key,
 )
-from agentiam.errors import InvalidInput, InvalidTransition, NotFound, ServiceUnavailable
+from agentiam.errors import (
+    Conflict,
+    InvalidInput,
+    InvalidTransition,
+    NotFound,
+    ServiceUnavailable,
+)
 from agentiam.ports import Clock, UnitOfWorkFactory
 from agentiam.services.context import CallContext
 from agentiam.services.revocations import RevocationService, retire_signing_key
@@ -247,3 +257,66 @@ class SigningKeyService:
         if self._revocations is not None:
             self._revocations.sync()  # long polls held on this replica return now
         return retired
+
+    def rewrap(self, ctx: CallContext, new: MasterKey) -> int:
+        """Seal every signing key's private half (retired ones too) again under the
+        master key ``new``, in one transaction that holds off other writers of keys;
+        how many. The keys themselves (kid, public key, schedule) do not change, so
+        every token and signed tree head stays verifiable. Refused, changing nothing,
+        when one of them does not open with the configured master key (another
+        key's, or altered: :class:`Conflict`, naming its kid) or ``new`` is that key
+        (:class:`InvalidInput`). Audited as ``master_key.rewrapped``: the count and
+        the two keys' ids (fingerprints, never key material); a refusal as a failure.
+        Replicas still running with the previous master key keep signing with the
+        private halves they opened before, but cannot open any other: restart them
+        with ``new`` (docs/credentials.md)."""
+        master = self._require_master()
+        now = self._clock.now()
+        ids = {"from_key_id": master.id, "to_key_id": new.id}
+        resource = ResourceRef("master_key", new.id)
+        try:
+            with self._uow() as uow:
+                uow.signing_keys.lock()
+                keys = uow.signing_keys.all()
+                try:
+                    rewrapped = reseal_signing_keys(keys, old=master, new=new)
+                except SealError as exc:
+                    raise Conflict(
+                        f"no signing key was re-sealed: the key {exc}",
+                        hint="Every signing key must open with the configured master key "
+                        "(AGENTIAM_MASTER_KEY_FILE or AGENTIAM_MASTER_KEY).",
+                    ) from None
+                except ValueError as exc:
+                    raise InvalidInput(
+                        str(exc), hint="Give the new master key's file, not the current one."
+                    ) from None
+                for before, after in zip(keys, rewrapped, strict=True):
+                    if not uow.signing_keys.replace_sealed(
+                        before.kid, before.sealed_private, after.sealed_private
+                    ):
+                        raise Conflict(f"signing key {before.kid} changed meanwhile; try again")
+                uow.audit.append(
+                    ctx.event(
+                        "master_key.rewrapped",
+                        now=now,
+                        resource=resource,
+                        details={"signing_keys": len(rewrapped), **ids},
+                    )
+                )
+                uow.commit()
+        except (Conflict, InvalidInput) as exc:
+            with self._uow() as uow:  # the attempt, after its transaction rolled back
+                uow.audit.append(
+                    ctx.event(
+                        "master_key.rewrapped",
+                        now=now,
+                        resource=resource,
+                        outcome=Outcome.FAILURE,
+                        reason=exc.detail[:500],
+                        details={"signing_keys": 0, **ids},
+                    )
+                )
+                uow.commit()
+            raise
+        self.refresh()
+        return len(rewrapped)

@@ -26,6 +26,15 @@ serialised by an advisory lock on ``<store>.lock``. A running broker notices a n
 so a rotation takes effect without a restart; a store that no longer reads (altered,
 wrong key) fails closed: every injection from it is refused until it is fixed.
 
+Rotating the key (:meth:`SecretStore.rekey`, ``agentiam gateway secrets rekey``)
+seals every value kept again under a new key, with the same associated data, and
+writes the file (naming the new key) as every write is: all of it or, if one value
+does not open with the current key, nothing. A gateway still holding the old key then
+reads a store sealed under another key and refuses every injection until it is
+restarted with the new one. It does not read with a previous key as well: the file
+names one key, and accepting a second would keep the retired key able to forge the
+store (see docs/gateway.md for the order of the steps).
+
 Rotation keeps the previous version (one, N=1) so a call that resolved it just before
 can still use it by its ``name@version``; the rotation after that removes it. ``delete``
 removes every version.
@@ -143,7 +152,7 @@ from agentiam.adapters.outbound import (
     vet_url_form,
 )
 from agentiam.core.credentials.assertions import CLIENT_ASSERTION_TYPE, sign_client_assertion
-from agentiam.core.credentials.sealing import MasterKey, SealError
+from agentiam.core.credentials.sealing import MasterKey, SealError, reseal
 from agentiam.errors import AgentIAMError
 
 try:  # POSIX: serialise writers; elsewhere the last rename wins
@@ -522,6 +531,11 @@ def _context(
     return context
 
 
+def _context_of(info: SecretInfo) -> str:
+    """The associated data of the value ``info`` describes."""
+    return _context(info.name, info.version, info.kind, info.allowed_upstreams)
+
+
 def upstream_origin(url: str) -> str:
     """The origin (RFC 6454 section 4) of an http(s) ``url``, serialised as section
     6.2 does: ``scheme://host[:port]``, scheme and host in lower case, an IPv6 host in
@@ -766,10 +780,7 @@ class SecretStore:
         """The value of ``entry``; raises :class:`SecretStoreError` if it does not open."""
         info = entry.info
         try:
-            data = self._key.open(
-                entry.sealed,
-                context=_context(info.name, info.version, info.kind, info.allowed_upstreams),
-            )
+            data = self._key.open(entry.sealed, context=_context_of(info))
             return _decode(info.kind, data)
         except SealError as exc:
             raise SecretStoreError(
@@ -978,9 +989,45 @@ class SecretStore:
         sealed = self._key.seal(data, context=_context(name, version, kind, allowed))
         return _Entry(info, sealed)
 
+    def rekey(self, new_key: MasterKey) -> int:
+        """Seal every value again under ``new_key`` (key rotation); how many. Every
+        entry kept (each version, with its name, version, kind and allowed upstreams
+        as associated data, and its creation time) and the deleted names' history are
+        kept as they are; the file names ``new_key`` from then on. All or nothing:
+        under the store's lock, every value is opened with this store's key first
+        (:func:`~agentiam.core.credentials.sealing.reseal`); one that does not open,
+        or a store that does not read, is refused and the file is left as it was. The
+        file is replaced atomically (:func:`~agentiam.adapters.files.replace_file`),
+        so a crash leaves the old store or the new one. This object keeps its key:
+        open the store with ``new_key`` to read it afterwards; a gateway still
+        holding the old key refuses every injection from it (fail closed)."""
+        if not self.path.exists():
+            raise SecretNotFound(f"no gateway secret store at {self.path}")
+        with self._writing(new_key) as store:
+            try:
+                sealed = reseal(
+                    {e.info.label: (e.sealed, _context_of(e.info)) for e in store.entries},
+                    old=self._key,
+                    new=new_key,
+                )
+            except SealError as exc:
+                raise SecretStoreError(
+                    f"the gateway secret store {self.path} was not re-sealed (left as it "
+                    f"was): secret {exc}",
+                    hint="Every value must open with the current key; "
+                    "run 'agentiam gateway secrets verify'. " + _KEY_HINT,
+                ) from None
+            except ValueError as exc:
+                raise SecretStoreError(
+                    f"{exc}", hint="Give the new key's file (agentiam keys generate-master-key)."
+                ) from None
+            store.entries[:] = [_Entry(e.info, sealed[e.info.label]) for e in store.entries]
+        return len(store.entries)
+
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[_Contents]:
-        """Lock, read, let the caller edit the contents, write atomically."""
+    def _writing(self, new_key: MasterKey | None = None) -> Iterator[_Contents]:
+        """Lock, read, let the caller edit the contents, write atomically (the file
+        naming ``new_key`` when given: the caller sealed every value under it)."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -991,19 +1038,19 @@ class SecretStore:
             yield store
             if len(store.entries) > MAX_SECRETS:
                 raise SecretStoreError(f"the store may hold at most {MAX_SECRETS} secrets")
-            self._write(store)
+            self._write(store, new_key or self._key)
         finally:
             os.close(lock_fd)  # releases the lock
         with self._lock:
             self._checked_at = None  # this process sees its own write at once
 
-    def _write(self, store: _Contents) -> None:
-        """Write ``store``: as ``/1`` when it remembers no deletion (what the previous
-        release reads), else as ``/2`` (which that release refuses instead of dropping
-        the history when it rewrites the file)."""
+    def _write(self, store: _Contents, key: MasterKey) -> None:
+        """Write ``store``, sealed under ``key``: as ``/1`` when it remembers no
+        deletion (what the previous release reads), else as ``/2`` (which that release
+        refuses instead of dropping the history when it rewrites the file)."""
         doc: dict[str, Any] = {
             "format": _FORMAT_1,
-            "master_key_id": self._key.id,
+            "master_key_id": key.id,
             "secrets": [
                 {**e.info.to_dict(), "sealed": e.sealed}
                 for e in sorted(store.entries, key=lambda e: (e.info.name, e.info.version))

@@ -823,6 +823,19 @@ class SqlSigningKeys:
             .values(deactivates_at=key.deactivates_at, unpublish_at=key.unpublish_at)
         )
 
+    def lock(self) -> None:
+        if self._c.dialect.name == "postgresql":
+            # Blocks inserts and updates by others (not reads) until the commit.
+            self._c.execute(text("LOCK TABLE signing_keys IN SHARE ROW EXCLUSIVE MODE"))
+
+    def replace_sealed(self, kid: str, expected: str, sealed: str) -> bool:
+        result = self._c.execute(
+            update(t.signing_keys)
+            .where(t.signing_keys.c.kid == kid, t.signing_keys.c.sealed_private == expected)
+            .values(sealed_private=sealed)
+        )
+        return result.rowcount == 1
+
 
 class SqlReplayGuard:
     """``INSERT ... ON CONFLICT DO NOTHING RETURNING``: the primary key decides,

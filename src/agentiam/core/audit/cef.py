@@ -99,6 +99,7 @@ NAMES = {
     "admin_key.revoked": "Admin key revoked",
     "signing_key.created": "Signing key created",
     "signing_key.retired": "Signing key retired",
+    "master_key.rewrapped": "Master key rewrapped",
     "policy.changed": "Policy changed",
     "resource.put": "Resource put",
     "resource.deleted": "Resource deleted",

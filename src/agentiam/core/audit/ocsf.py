@@ -45,7 +45,8 @@ agent.decommission                                  Account Change (3001): Delet
 agent.updated, human.updated                        Account Change (3001): Other (99) "Update"
 admin_key/signing_key.created, agent.key.added,     Entity Management (3004): Create (1)
 delegation.granted, assessment.completed
-policy.changed, resource.put                        Entity Management (3004): Update (3)
+policy.changed, resource.put,                       Entity Management (3004): Update (3)
+master_key.rewrapped
 resource.deleted, audit.discarded                   Entity Management (3004): Delete (4)
 admin_key.revoked, signing_key.retired,             Entity Management (3004): Disable (9)
 agent.key.retired, token.revoked,
@@ -398,7 +399,9 @@ _ROUTES: dict[str, _Route] = {
         ),
         _Route(_ENTITY_MANAGEMENT, 1),
     ),
-    **dict.fromkeys(("policy.changed", "resource.put"), _Route(_ENTITY_MANAGEMENT, 3)),
+    **dict.fromkeys(
+        ("policy.changed", "resource.put", "master_key.rewrapped"), _Route(_ENTITY_MANAGEMENT, 3)
+    ),
     **dict.fromkeys(("resource.deleted", "audit.discarded"), _Route(_ENTITY_MANAGEMENT, 4)),
     **dict.fromkeys(
         (

@@ -6,6 +6,11 @@ record's identity as associated data, so a sealed value moved to another record 
 not open. The format names the master key (a fingerprint, not the key) so a wrong
 master key is reported as such: ``v1.<master-id>.<nonce>.<ciphertext>``.
 
+Rotating the master key is :func:`reseal`: every sealed value opened with the current
+key and sealed again, under the same associated data, with the next one; the callers
+(the control plane's signing keys, a gateway's secret store) store all of them at once
+or none.
+
 Other secrets the service derives from the master key (such as the DPoP nonce key)
 come from HKDF-SHA256 (RFC 5869) with a distinct ``info`` per purpose.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -23,7 +29,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from agentiam.core.credentials.jose import JoseRejected, b64url_decode, b64url_encode
 
-__all__ = ["MasterKey", "SealError"]
+__all__ = ["MasterKey", "SealError", "reseal"]
 
 _VERSION = "v1"
 
@@ -88,3 +94,26 @@ class MasterKey:
     @staticmethod
     def _aad(context: str) -> bytes:
         return b"agentiam sealed\x00" + context.encode()
+
+
+def reseal(
+    values: Mapping[str, tuple[str, str]], *, old: MasterKey, new: MasterKey
+) -> dict[str, str]:
+    """Each of ``values`` (a label, e.g. a kid, to ``(sealed, context)``) opened with
+    ``old`` and sealed again with ``new`` under the same ``context`` (the associated
+    data of NIST SP 800-38D section 7: the value stays bound to its record), by label.
+
+    All or nothing: every value is opened before any is sealed, and a value that does
+    not open with ``old`` (another key's, altered, moved to another record) raises
+    :class:`SealError` naming its label, so the caller writes nothing. ``new`` must
+    differ from ``old`` (ValueError): re-sealing under the same key is a mistake, most
+    likely the current key file given as the new one."""
+    if new.id == old.id:
+        raise ValueError(f"the new key is the current key ({old.id})")
+    opened: dict[str, bytes] = {}
+    for label, (sealed, context) in values.items():
+        try:
+            opened[label] = old.open(sealed, context=context)
+        except SealError as exc:
+            raise SealError(f"{label}: {exc}") from None
+    return {label: new.seal(data, context=values[label][1]) for label, data in opened.items()}

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from joserfc.jwk import ECKey, OKPKey
 
 from agentiam.core.credentials.jose import ALLOWED_ALGORITHMS, PUBLIC_MEMBERS
-from agentiam.core.credentials.sealing import MasterKey
+from agentiam.core.credentials.sealing import MasterKey, reseal
 
 __all__ = [
     "PrivateKey",
@@ -36,6 +36,7 @@ __all__ = [
     "generate_signing_key",
     "plan_rotation",
     "published_keys",
+    "reseal_signing_keys",
     "retire_now",
     "signing_key_at",
     "unseal_private_key",
@@ -88,7 +89,7 @@ def generate_signing_key(
     kid = private.thumbprint()
     full = private.as_dict(private=True)
     public = {m: str(full[m]) for m in PUBLIC_MEMBERS[kty]}
-    sealed = master.seal(json.dumps(full, sort_keys=True).encode(), context=f"signing-key/{kid}")
+    sealed = master.seal(json.dumps(full, sort_keys=True).encode(), context=_context(kid))
     return SigningKey(
         kid=kid,
         alg=alg,
@@ -100,9 +101,25 @@ def generate_signing_key(
     )
 
 
+def _context(kid: str) -> str:
+    """The associated data of a sealed private half: its kid."""
+    return f"signing-key/{kid}"
+
+
+def reseal_signing_keys(
+    keys: Sequence[SigningKey], *, old: MasterKey, new: MasterKey
+) -> list[SigningKey]:
+    """``keys`` with their private halves sealed again under ``new`` (master key
+    rotation, :func:`~agentiam.core.credentials.sealing.reseal`): all of them, or
+    :class:`~agentiam.core.credentials.sealing.SealError` naming the kid of one that
+    does not open with ``old``."""
+    sealed = reseal({k.kid: (k.sealed_private, _context(k.kid)) for k in keys}, old=old, new=new)
+    return [replace(k, sealed_private=sealed[k.kid]) for k in keys]
+
+
 def unseal_private_key(key: SigningKey, master: MasterKey) -> PrivateKey:
     """Open the sealed private half (raises ``SealError`` under the wrong master key)."""
-    data = json.loads(master.open(key.sealed_private, context=f"signing-key/{key.kid}"))
+    data = json.loads(master.open(key.sealed_private, context=_context(key.kid)))
     kty = ALLOWED_ALGORITHMS[key.alg][0]
     return ECKey.import_key(data) if kty == "EC" else OKPKey.import_key(data)
 
