@@ -332,6 +332,17 @@ EMITTED: dict[str, dict[str, Any]] = {
         resource=ResourceRef("signing_key", "sk-2026-10"),
         reason="scheduled rotation",
     ),
+    "master_key.rewrapped": event(
+        "master_key.rewrapped",
+        actor=CLI,
+        source="cli",
+        resource=ResourceRef("master_key", "26072d04535407f6"),
+        details={
+            "signing_keys": 3,
+            "from_key_id": "88715f8d21225f88",
+            "to_key_id": "26072d04535407f6",
+        },
+    ),
     "assessment.completed": event(
         "assessment.completed",
         action="assessment.run",
@@ -617,6 +628,7 @@ CLASSES = {
     "admin_key.revoked": (3004, 9),
     "signing_key.created": (3004, 1),
     "signing_key.retired": (3004, 9),
+    "master_key.rewrapped": (3004, 3),
     "policy.changed": (3004, 3),
     "resource.put": (3004, 3),
     "resource.deleted": (3004, 4),
@@ -651,7 +663,7 @@ def test_ocsf_class_and_activity(name: str, expected: tuple[int, int]) -> None:
 def test_every_emitted_type_has_a_class() -> None:
     """No event type the services emit falls back to Base Event."""
     emitted = {e["type"] for e in EMITTED.values()}
-    assert len(emitted) == 30
+    assert len(emitted) == 31
     for name, ev in {**EMITTED, **PLANNED}.items():
         assert to_ocsf(0, ev)["class_uid"] != 0, name
 
