@@ -68,7 +68,9 @@ def generate_master_key(
         fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         fail(
-            f"{output} exists", "Keep the existing key: replacing it makes sealed keys unreadable."
+            f"{output} exists",
+            "Keep the existing key: replacing it makes sealed keys unreadable. To rotate "
+            "it, write the new key to another file and run 'agentiam keys rewrap'.",
         )
     except OSError as exc:
         fail(f"cannot create {output}: {exc.strerror}", "Choose a writable path.")
