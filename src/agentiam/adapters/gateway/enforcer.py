@@ -55,6 +55,7 @@ from typing import Any, NamedTuple, Protocol
 
 from agentiam.adapters.gateway.approvals import ApprovalClient, ApprovedUse
 from agentiam.adapters.gateway.link import ControlPlaneLink
+from agentiam.adapters.gateway.mcp_visibility import Listed, listing_event
 from agentiam.core.approvals import approvable, approved_context
 from agentiam.core.audit.events import (
     Actor,
@@ -763,6 +764,39 @@ class Enforcer:
             },
         )
         self._durable([event.to_dict()])
+
+    def record_listing(
+        self,
+        access: VerifiedAccess,
+        method: str,
+        items: Sequence[Listed],
+        flags: Sequence[bool],
+        *,
+        trace: TraceContext,
+        unavailable: Sequence[str] = (),
+    ) -> None:
+        """The ``mcp.list`` event of one MCP listing (``method``, the items listed and
+        :meth:`Visibility.visible <agentiam.adapters.gateway.mcp_visibility.Visibility.
+        visible>`'s flags for them: :func:`~agentiam.adapters.gateway.mcp_visibility.
+        listing_event`), written to the sink and durable when this returns, also
+        inside a :meth:`deferred` or :meth:`held` block: a listing is answered only
+        once its event is (else ServiceUnavailable)."""
+        event = listing_event(
+            access,
+            method,
+            items,
+            flags,
+            source=self.source,
+            trace=trace,
+            now=_now(),
+            unavailable=unavailable,
+        )
+        try:
+            self._sink.append([event.to_dict()])
+        except ServiceUnavailable:
+            raise
+        except Exception as exc:
+            raise _unrecorded() from exc
 
     @contextmanager
     def deferred(self) -> Iterator[Pending]:

@@ -95,7 +95,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -169,7 +169,7 @@ from agentiam.adapters.gateway.mcp_listen import (
     send_on_session,
 )
 from agentiam.adapters.gateway.mcp_sdk_state import connection_of, open_sessions, session_owners
-from agentiam.adapters.gateway.mcp_tools import PROMPT_ID_PREFIX, ListedTools, in_server
+from agentiam.adapters.gateway.mcp_tools import ListedTools
 from agentiam.adapters.gateway.mcp_upstream import (
     CHANGE_SECONDS,
     LISTING_KINDS,
@@ -184,6 +184,16 @@ from agentiam.adapters.gateway.mcp_upstream import (
     UpstreamSessions,
     UpstreamUse,
 )
+from agentiam.adapters.gateway.mcp_visibility import (
+    LIST_EVENT,
+    MAX_URI,
+    PROMPT_ID_PREFIX,
+    READ_ACTION,
+    TOOL_ACTION,
+    Listed,
+    Visibility,
+    in_server,
+)
 from agentiam.adapters.gateway.metrics import (
     CONTENT_TYPE,
     OTHER_METHOD,
@@ -196,23 +206,17 @@ from agentiam.adapters.gateway.refusal_summaries import client_host
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.adapters.heap import settle_heap
 from agentiam.core.approvals_wire import META_KEY, mcp_result_meta, mcp_result_text
-from agentiam.core.audit.events import Actor, ActorType, AuditEvent, Outcome, TraceContext
+from agentiam.core.audit.events import Outcome, TraceContext
 from agentiam.core.credentials.verifier import VerifiedAccess
-from agentiam.core.delegation.authorization_details import (
-    ApiCall,
-    CustomCall,
-    ToolCall,
-    permits,
-)
-from agentiam.core.delegation.enforcement import delegation_context
+from agentiam.core.delegation.authorization_details import ApiCall, CustomCall, ToolCall
 from agentiam.core.ids import is_id
 from agentiam.core.plain_http import ONLY_ON_LOOPBACK, secure_or_loopback
-from agentiam.core.policy.authorizer import Authorizer, AuthzRequest
 from agentiam.core.policy.model import EntityRef
 from agentiam.errors import AgentIAMError, OAuthError, ServiceUnavailable
 
 __all__ = [
     "ACTIONS",
+    "LIST_EVENT",
     "POLICY_DENIED",
     "Listed",
     "ListenStreamBounds",
@@ -232,8 +236,6 @@ log = logging.getLogger("agentiam.gateway.mcp")
 
 # -- the Cedar mapping ---------------------------------------------------------------------
 
-TOOL_ACTION: Final = "invoke_tool"
-READ_ACTION: Final = "read"
 ACTIONS: Final[Mapping[str, tuple[str, str]]] = {
     # MCP method -> (Cedar action, resource type); the entity id is the exposed name
     "tools/list": (TOOL_ACTION, "Tool"),
@@ -245,7 +247,6 @@ ACTIONS: Final[Mapping[str, tuple[str, str]]] = {
     "prompts/get": (READ_ACTION, "DataSet"),
 }
 POLICY_DENIED: Final = -32003  # JSON-RPC server error: refused by the gateway's policy
-LIST_EVENT: Final = "mcp.list"
 T = TypeVar("T")
 
 _GUARDED: Final = frozenset({"tools/call", "resources/read", "prompts/get"})
@@ -265,9 +266,7 @@ _METHODS: Final = _GUARDED | _LISTINGS | {"initialize"}
 
 MAX_BODY_BYTES: Final = 4 * 1024 * 1024  # one JSON-RPC message
 MAX_NAME: Final = 256  # characters of an exposed tool or prompt name
-MAX_URI: Final = 500  # characters of an exposed resource URI (audit ids hold 512)
 MAX_ARGUMENTS: Final = 256  # top-level arguments of one call
-_LISTED_NAMES: Final = 200  # names a listing's audit event records
 # handshake-era sessions (2024-11-05 to 2025-11-25): open at once per agent and subject
 # (how long one lives without a request in flight: SESSION_IDLE_SECONDS)
 MAX_SESSIONS_PER_OWNER: Final = 32
@@ -542,94 +541,6 @@ def prompt_call(exposed: str, arguments: Mapping[str, str], server: str | None =
         args=dict(arguments),
         resource_parents=in_server(server) if server is not None else (),
     )
-
-
-ListedKind = Literal["tool", "resource", "template", "prompt"]
-
-
-@dataclass(frozen=True, slots=True)
-class Listed:
-    """One item of an upstream listing: its kind, its exposed name (or URI, or URI
-    template), its upstream one and the server that listed it."""
-
-    kind: ListedKind
-    exposed: str
-    upstream: str
-    server: str | None = None
-
-    def question(self) -> tuple[str, EntityRef, tuple[EntityRef, ...]]:
-        """What a listing asks policy about it: the action, the entity, and the
-        parents the entity has whatever the catalog says (a tool's come from its
-        derived record, :mod:`~agentiam.adapters.gateway.mcp_tools`)."""
-        if self.kind == "tool":
-            return TOOL_ACTION, EntityRef("Tool", self.exposed), ()
-        parents = in_server(self.server) if self.server is not None else ()
-        if self.kind == "prompt":
-            return READ_ACTION, EntityRef("DataSet", PROMPT_ID_PREFIX + self.exposed), parents
-        return READ_ACTION, EntityRef("DataSet", self.exposed), parents
-
-
-def _without_arguments(details: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """``tool_invocation`` entries without their argument constraints: a listing asks
-    whether the tool may be called at all; the arguments are checked per call."""
-    return [{k: v for k, v in entry.items() if k != "arguments"} for entry in details]
-
-
-class Visibility:
-    """Which listed items one caller may see.
-
-    Each item is one Cedar decision without arguments (``context.args`` empty), so a
-    permit that depends on arguments hides its tool from listings; write argument
-    limits as ``forbid ... when { context.args has x && ... }`` to keep the tool listed.
-    A task-scoped token (``authorization_details``) also sees only what its entries
-    could permit. Decisions are the live authorizer's what-if questions
-    (``count=False``): they see what a call would (the agent's risk score from the
-    control plane, its request rate, the control plane's time zone) and are not
-    counted as calls in ``context.request_rate``.
-    """
-
-    def __init__(self, live: Callable[[], Authorizer], *, location: str) -> None:
-        """``live`` gives the gateway's current authorizer (raising past the outage
-        bound); ``location`` is the gateway's ``public_url``."""
-        self._live = live
-        self._location = location
-
-    def visible(self, access: VerifiedAccess, items: Sequence[Listed]) -> list[bool]:
-        """One flag per item: may ``access`` see it? A resource, template or prompt is
-        decided in its server's ``McpServer`` (:meth:`Listed.question`); one that
-        cannot be placed there (the schema refuses its record) is denied, so hidden."""
-        if not items:
-            return []
-        authorizer = self._live()
-        details = list(access.chain.authorization_details)
-        principal = EntityRef("Agent", access.client_id)
-        base = delegation_context(access)
-        out: list[bool] = []
-        for item in items:
-            if not self._scope_permits(details, item):
-                out.append(False)
-                continue
-            if item.kind in ("resource", "template") and item.exposed.startswith(PROMPT_ID_PREFIX):
-                out.append(False)  # would alias a prompt's entity
-                continue
-            action, resource, parents = item.question()
-            question = AuthzRequest(
-                principal, action, resource, {**base, "args": {}}, resource_parents=parents
-            )
-            out.append(authorizer.decide(question, count=False).allowed)
-        return out
-
-    def _scope_permits(self, details: list[Mapping[str, Any]], item: Listed) -> bool:
-        if not details:
-            return True
-        if item.kind == "tool":
-            call = CustomCall(
-                type="tool_invocation", values={"tools": item.exposed, "locations": self._location}
-            )
-            return permits(_without_arguments(details), call).allowed
-        if item.kind == "resource":
-            return permits(details, ApiCall(action=READ_ACTION, url=item.upstream)).allowed
-        return False  # templates and prompts: no detail type covers them
 
 
 # -- listing kinds and session owners --------------------------------------------------------
@@ -1181,30 +1092,15 @@ class McpGateway:
         access = state.access
         flags = self.visibility.visible(access, [listed for listed, _ in found])
         shown = [item for (_, item), ok in zip(found, flags, strict=True) if ok]
-        names = [
-            listed.exposed[:MAX_URI] for (listed, _), ok in zip(found, flags, strict=True) if ok
-        ]
-        event = AuditEvent.create(
-            type=LIST_EVENT,
-            actor=Actor(ActorType.AGENT, access.client_id),
-            action=method,
-            source=self.enforcer.source,
-            trace=state.trace,
-            now=_now(),
-            outcome=Outcome.SUCCESS,
-            agent_id=access.client_id,
-            initiating_human=access.subject if is_id(access.subject, "human") else None,
-            delegation_chain=tuple(access.chain.actors) or (access.client_id,),
-            details={
-                "shown": names[:_LISTED_NAMES],
-                "shown_count": len(shown),
-                "hidden_count": len(found) - len(shown),
-                "unavailable_servers": unavailable,
-                "jti": access.jti,
-            },
-        )
         try:
-            self.runtime.spool.append([event.to_dict()])
+            self.enforcer.record_listing(
+                access,
+                method,
+                [listed for listed, _ in found],
+                flags,
+                trace=state.trace,
+                unavailable=unavailable,
+            )
         except Exception as exc:
             raise ServiceUnavailable(
                 "the gateway cannot record this listing durably; it was refused"

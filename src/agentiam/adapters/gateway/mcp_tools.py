@@ -68,6 +68,7 @@ import anyio.to_thread
 import mcp_types as types
 
 from agentiam.adapters.gateway.mcp_upstream import ListingKind, Upstream, UpstreamServer
+from agentiam.adapters.gateway.mcp_visibility import PROMPT_ID_PREFIX, in_server
 from agentiam.core.policy.entities import EntitySnapshot, Place
 from agentiam.core.policy.model import EntityRef, ResourceRecord
 
@@ -83,18 +84,6 @@ __all__ = [
 
 # a name missing from a server's listing fetches that listing again at most this often
 REFRESH_SECONDS: Final = 1.0
-# a prompt's DataSet id is this and its exposed name
-PROMPT_ID_PREFIX: Final = "prompt:"
-
-
-def in_server(server: str) -> tuple[EntityRef, ...]:
-    """The parents every entity the gateway routes to ``server`` has in its decisions,
-    whatever the catalog says: ``McpServer::"<server>"``. Tools get it from their
-    derived records (:func:`tool_records`); resources, resource templates and prompts,
-    whose URIs a template makes unbounded, per decision
-    (:attr:`~agentiam.core.policy.authorizer.AuthzRequest.resource_parents`), found
-    in the snapshot when listed or catalogued, else through the server's stand-in."""
-    return (EntityRef("McpServer", server),)
 
 
 def tool_records(server: UpstreamServer, tools: Sequence[Any]) -> tuple[ResourceRecord, ...]:
