@@ -120,7 +120,10 @@ def test_agent_mcp_through_the_guarded_fastmcp_server(live: OAuthLive, tmp_path:
             found = call("search", {"query": "q3"})
             denied = call("delete", {"path": "/reports/q3.pdf"})
         assert guard.drain(10)
-    assert found.tools == ["search", "delete"]
+    # the listing shows only what policy lets this agent call; delete, hidden, is
+    # still refused when called by name
+    assert found.tools == ["search"]
+    assert denied.tools == ["search"]
     assert not found.is_error
     assert "/reports/q3.pdf" in found.text
     assert denied.is_error

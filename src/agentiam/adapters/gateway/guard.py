@@ -26,6 +26,12 @@ Cedar policy) and the durable :class:`~agentiam.adapters.gateway.spool.AuditSpoo
 4. **Outcome.** After the body, a ``tool.call`` event records success or the
    exception's class (never its message, which may hold data) and the duration.
 
+**Listings.** :meth:`Guard.visible_tools` says which tools a principal may see: those
+a call without arguments would be allowed, decided as the MCP gateway decides its
+listings (:mod:`~agentiam.adapters.gateway.mcp_visibility`) and recorded as one
+``mcp.list`` event; the MCP integration filters ``tools/list`` with it. A hidden tool
+is still decided per call.
+
 **Fail closed.** If the decision cannot be made or recorded (the control plane has
 been unreachable longer than the outage bound, the revocation state is stale, the
 spool is full, closed or cannot fsync), the call is refused with
@@ -42,6 +48,7 @@ unless its verifier accepts Bearer tokens.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import enum
 import functools
@@ -87,6 +94,7 @@ from agentiam.adapters.gateway.config import (
 )
 from agentiam.adapters.gateway.enforcer import Call, Enforcer, Verdict
 from agentiam.adapters.gateway.link import KEYS_SECONDS, ControlPlaneLink
+from agentiam.adapters.gateway.mcp_visibility import TOOL_ACTION, Listed, Visibility
 from agentiam.adapters.gateway.runtime import _Shipper
 from agentiam.adapters.gateway.spool import (
     DEFAULT_REJECTED_MAX_BYTES,
@@ -111,6 +119,7 @@ if TYPE_CHECKING:
     from agentiam.adapters.gateway.guard_mcp import GuardMiddleware
 
 __all__ = [
+    "LIST_TOOLS",
     "ApprovalDenied",
     "ApprovalExpired",
     "ApprovalPending",
@@ -143,7 +152,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 _TOOL = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, as the ingest accepts
-_ACTION = "invoke_tool"
+LIST_TOOLS = "tools/list"  # a listing's action in the trail (Guard.visible_tools)
 _MAX_DEPTH = MAX_DEPTH  # Cedar reads no deeper (plain_arguments)
 
 _current_token: contextvars.ContextVar[TokenSource | None] = contextvars.ContextVar(
@@ -594,6 +603,8 @@ class Guard:
         self.approval_retry_after = approval_retry_after
         client = enforcer.approvals
         self.approvals = ApprovalFlow(enforcer, client) if client is not None else None
+        # what a listing shows (visible_tools): the MCP gateway's decision, at resource
+        self.visibility = Visibility(enforcer.link.authorizer, location=resource)
 
     @classmethod
     def connect(
@@ -954,28 +965,14 @@ class Guard:
         tool, args, authenticate = guarded.tool, guarded.args, guarded._authenticate
         trace = TraceContext.new()
         call = Call(
-            action=_ACTION,
+            action=TOOL_ACTION,
             resource=EntityRef("Tool", tool),
             detail=ToolCall(tool, args, location=self.resource),
             tool=tool,
             args=args,
         )
-        try:
-            if authenticate is not None:
-                access = authenticate(trace)
-            else:
-                value, problem = _resolve(token if token is not None else self.token)
-                if value is None:
-                    enforcer.refuse_anonymous(call, problem, trace=trace)
-                    raise ToolCallDenied(
-                        tool,
-                        problem,
-                        error="invalid_token",
-                        refusal_status=401,
-                        trace_id=trace.trace_id,
-                        hint="Give the guard the agent's token (token=...) or use acting_as().",
-                    )
-                access = enforcer.authenticate_token(value, trace=trace)
+        with _refusals(tool, trace):
+            access = self._principal(tool, authenticate, token, trace, call=call)
             if guarded._not_json is not None:  # policy could not see it: refuse, audited
                 enforcer.refuse(
                     access, trace=trace, status=400, reason=guarded._not_json, call=call
@@ -994,32 +991,90 @@ class Guard:
                 verdict = self._approval(
                     access, call, verdict, trace, guarded._approval, guarded._approval_wait
                 )
-        except OAuthError as exc:
-            if exc.oauth_status >= 500:
-                raise GuardUnavailable(tool, exc.reason, trace_id=trace.trace_id) from None
-            raise ToolCallDenied(
-                tool,
-                exc.reason,
-                error=exc.error,
-                refusal_status=exc.oauth_status,
-                trace_id=trace.trace_id,
-            ) from None
-        except ServiceUnavailable as exc:
-            # a full spool's hint says how the operator empties it: keep it
-            hint = exc.hint if isinstance(exc, SpoolFull) else None
-            raise GuardUnavailable(tool, exc.detail, trace_id=trace.trace_id, hint=hint) from None
         if not verdict.allowed:
-            retry = verdict.headers.get("Retry-After")
+            raise _denied(tool, verdict, trace)
+        return _Decided(access, call, verdict, trace)
+
+    def _principal(
+        self,
+        tool: str,
+        authenticate: Authenticate | None,
+        token: TokenSource | None,
+        trace: TraceContext,
+        *,
+        call: Call | None = None,
+    ) -> VerifiedAccess:
+        """Step 1 of the module doc, for ``call`` (or, without one, for the request
+        ``tool`` names, a listing): the verified access, or ToolCallDenied with the
+        refusal audited (an OAuthError of ``authenticate`` or of the token check is
+        audited there, and turned into a refusal by :func:`_refusals`)."""
+        if authenticate is not None:
+            return authenticate(trace)
+        value, problem = _resolve(token if token is not None else self.token)
+        if value is None:
+            if call is not None:
+                self.enforcer.refuse_anonymous(call, problem, trace=trace)
+            else:
+                self.enforcer.refuse(None, trace=trace, status=401, reason=problem, action=tool)
             raise ToolCallDenied(
                 tool,
-                verdict.reason,
-                error=verdict.error or "insufficient_scope",
-                refusal_status=verdict.status,
-                decision_id=verdict.decision_id,
-                retry_after=float(retry) if retry is not None else None,
+                problem,
+                error="invalid_token",
+                refusal_status=401,
                 trace_id=trace.trace_id,
+                hint="Give the guard the agent's token (token=...) or use acting_as().",
             )
-        return _Decided(access, call, verdict, trace)
+        return self.enforcer.authenticate_token(value, trace=trace)
+
+    # -- listings ----------------------------------------------------------------------
+
+    def visible_tools(
+        self,
+        tools: Sequence[str],
+        *,
+        token: TokenSource | None = None,
+        authenticate: Authenticate | None = None,
+    ) -> list[str]:
+        """The names in ``tools`` the principal may see, in their order: those a call
+        without arguments would be allowed, decided as the MCP gateway decides its
+        listings (:class:`~agentiam.adapters.gateway.mcp_visibility.Visibility`: the
+        token's ``authorization_details``, RFC 9396, and Cedar policy with empty
+        ``context.args``). A name the guard cannot record as a tool (see
+        :meth:`call`) is never shown. The principal is found as a call's is
+        (``authenticate``, else ``token``, the :meth:`acting_as` token or the
+        guard's).
+
+        As a gateway's listing, it takes a token from the agent's own rate-limit
+        bucket (:meth:`Enforcer.admit_request
+        <agentiam.adapters.gateway.enforcer.Enforcer.admit_request>`) and is recorded
+        as one ``mcp.list`` event (action ``tools/list``), durable before this
+        returns. It fails closed: :class:`ToolCallDenied` for no or a bad token
+        (``invalid_token``) or over the rate limit (``rate_limited``),
+        :class:`GuardUnavailable` past the outage bound or when the event cannot be
+        recorded; each refusal is audited (``api.request.rejected``). It waits for
+        the spool's fsync: from async code, run it in a worker thread."""
+        trace = TraceContext.new()
+        enforcer = self.enforcer
+        with _refusals(LIST_TOOLS, trace):
+            access = self._principal(LIST_TOOLS, authenticate, token or _current_token.get(), trace)
+            refused = enforcer.admit_request(access, LIST_TOOLS, trace=trace)
+            if refused is not None:
+                raise _denied(LIST_TOOLS, refused, trace)
+            items = [Listed("tool", name, name) for name in tools]
+            recordable = [_TOOL.match(name) is not None for name in tools]
+            try:
+                enforcer.link.authorizer()  # past the outage bound: refused, as a call
+                asked = [item for item, ok in zip(items, recordable, strict=True) if ok]
+                decided = iter(self.visibility.visible(access, asked))
+                flags = [ok and next(decided) for ok in recordable]
+                enforcer.record_listing(access, LIST_TOOLS, items, flags, trace=trace)
+            except ServiceUnavailable as exc:
+                with contextlib.suppress(ServiceUnavailable):  # refused all the same
+                    enforcer.refuse(
+                        access, trace=trace, status=503, reason=exc.detail, action=LIST_TOOLS
+                    )
+                raise
+        return [name for name, ok in zip(tools, flags, strict=True) if ok]
 
     def _approval(
         self,
@@ -1076,6 +1131,43 @@ class Guard:
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+
+@contextmanager
+def _refusals(tool: str, trace: TraceContext) -> Iterator[None]:
+    """The enforcer's refusals (already audited) as the guard's: an OAuthError is a
+    :class:`ToolCallDenied` with its code and status (a 5xx one a
+    :class:`GuardUnavailable`), a ServiceUnavailable a :class:`GuardUnavailable`."""
+    try:
+        yield
+    except OAuthError as exc:
+        if exc.oauth_status >= 500:
+            raise GuardUnavailable(tool, exc.reason, trace_id=trace.trace_id) from None
+        raise ToolCallDenied(
+            tool,
+            exc.reason,
+            error=exc.error,
+            refusal_status=exc.oauth_status,
+            trace_id=trace.trace_id,
+        ) from None
+    except ServiceUnavailable as exc:
+        # a full spool's hint says how the operator empties it: keep it
+        hint = exc.hint if isinstance(exc, SpoolFull) else None
+        raise GuardUnavailable(tool, exc.detail, trace_id=trace.trace_id, hint=hint) from None
+
+
+def _denied(tool: str, verdict: Verdict, trace: TraceContext) -> ToolCallDenied:
+    """The refusal a verdict that does not allow is raised as."""
+    retry = verdict.headers.get("Retry-After")
+    return ToolCallDenied(
+        tool,
+        verdict.reason,
+        error=verdict.error or "insufficient_scope",
+        refusal_status=verdict.status,
+        decision_id=verdict.decision_id,
+        retry_after=float(retry) if retry is not None else None,
+        trace_id=trace.trace_id,
+    )
 
 
 def _resolve(source: TokenSource | None) -> tuple[str | None, str]:

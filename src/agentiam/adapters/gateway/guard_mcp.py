@@ -29,7 +29,24 @@ tokens and never sees the DPoP proof, so it would accept a stolen DPoP-bound tok
 
 A refused call is answered with a tool error result (``isError: true``) naming the
 reason and the decision id (``_meta["dev.agentiam/refusal"]``); the tool does not run.
-A tool that answers ``isError: true`` is recorded as failed (``tool_error``).
+A tool that answers ``isError: true`` is recorded as failed (``tool_error``). Results
+the guard answers itself carry the SDK's ``serverInfo`` ``_meta`` stamp on a
+2026-07-28 connection when the middleware was installed with ``guard.protect(server)``
+(or :meth:`GuardMiddleware.install`), which tells it the server.
+
+``tools/list`` shows each caller only the tools policy lets it call, decided as the
+MCP gateway decides its listings (:meth:`Guard.visible_tools
+<agentiam.adapters.gateway.guard.Guard.visible_tools>`,
+:class:`~agentiam.adapters.gateway.mcp_visibility.Visibility`: a call without
+arguments, ``context.args`` empty, and the token's ``authorization_details``), for the
+same principal as a call. Each listing takes a token from the agent's rate-limit
+bucket and is one ``mcp.list`` audit event, durable before the answer; the result is
+never cacheable beyond this caller (SEP-2549: ``ttlMs: 0``, ``cacheScope: private``).
+A listing the guard refuses (no or a bad token, the rate limit, past the outage
+bound, its event not durable) is a JSON-RPC error (``-32603`` for the guard's own
+state, else ``-32600``) with ``data["dev.agentiam/refusal"]``, and shows nothing.
+Hidden tools are still decided per call: calling one by name is refused as any
+denied call is. Resources and prompts are neither guarded nor filtered here.
 
 A call that waits for a human's approval (docs/approvals.md) is answered as the MCP
 gateway answers it: a tool error result whose ``_meta["agentiam/approval"]`` names
@@ -39,20 +56,35 @@ call with ``params._meta["agentiam/approval"]`` set to the approval id, which th
 guard uses for exactly that call, once (``AgentClient.mcp_session(approval_wait=…)``
 does this by itself).
 
-Not done: ``tools/list`` is not filtered by policy here (the MCP gateway filters it),
-and an authentication failure is a tool error, not an HTTP 401 challenge.
+Not done: an authentication failure is a tool error (or, for a listing, a JSON-RPC
+error), not an HTTP 401 challenge; a policy change does not send
+``notifications/tools/list_changed`` (the next listing shows it).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Mapping
 from typing import Any
 
+import anyio.to_thread
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp_types import CallToolResult, TextContent
+from mcp.shared.exceptions import MCPError
+from mcp_types import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    SERVER_INFO_META_KEY,
+    CallToolResult,
+    Implementation,
+    TextContent,
+)
 from mcp_types.methods import serialize_server_result
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel
 
 from agentiam.adapters.gateway.guard import (
+    LIST_TOOLS,
     ApprovalRefusal,
     Authenticate,
     Guard,
@@ -71,7 +103,8 @@ REFUSAL_META = "dev.agentiam/refusal"
 
 class GuardMiddleware:
     """An ``mcp`` server middleware (``ServerMiddleware[Any]``) guarding every
-    ``tools/call``; see the module doc."""
+    ``tools/call`` and showing each caller, in ``tools/list``, only the tools it may
+    call; see the module doc."""
 
     def __init__(
         self, guard: Guard, *, principal: Principal = "auto", public_url: str | None = None
@@ -84,10 +117,13 @@ class GuardMiddleware:
         self.guard = guard
         self.principal = principal
         self.public_url = public_url
+        self.server_info: dict[str, Any] | None = None  # taken by install()
 
     async def __call__(
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
     ) -> HandlerResult:
+        if ctx.method == LIST_TOOLS and ctx.request_id is not None:
+            return await self._listing(ctx, call_next)
         if ctx.method != "tools/call" or ctx.request_id is None:
             return await call_next(ctx)
         params = ctx.params or {}
@@ -104,13 +140,14 @@ class GuardMiddleware:
                 raise ValueError(f'params._meta["{META_KEY}"]: an approval id')
             guarded = self._guarded(ctx, name, arguments, approval)
         except ValueError as exc:  # a tool name the guard cannot record, a bad approval id
-            return _refusal(ctx, name, str(exc), "invalid_request", None)
+            return self._stamp(ctx, _refusal(ctx, name, str(exc), "invalid_request", None))
         try:
             await guarded.__aenter__()
         except ApprovalRefusal as waiting:
-            return _approval_result(ctx, name, waiting)
+            return self._stamp(ctx, _approval_result(ctx, name, waiting))
         except ToolCallDenied as denied:
-            return _refusal(ctx, name, denied.reason, denied.error, denied.decision_id)
+            refusal = _refusal(ctx, name, denied.reason, denied.error, denied.decision_id)
+            return self._stamp(ctx, refusal)
         try:
             result = await call_next(ctx)
         except BaseException as exc:
@@ -121,6 +158,52 @@ class GuardMiddleware:
         await guarded.__aexit__(None, None, None)
         return result
 
+    async def _listing(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        """``tools/list``: the server's listing, showing only the tools this caller may
+        call (:meth:`Guard.visible_tools`, the MCP gateway's listing decision), never
+        cacheable beyond this caller (SEP-2549 ``ttlMs: 0``, ``cacheScope:
+        private``). A listing the guard refuses (no or a bad token, the rate limit,
+        past the outage bound, its ``mcp.list`` event not durable) is a JSON-RPC error
+        and shows nothing, as the gateway's."""
+        result = await call_next(ctx)  # the SDK's own listing: it runs no tool
+        listing = (
+            result.model_dump(by_alias=True, mode="json", exclude_none=True)
+            if isinstance(result, BaseModel)
+            else dict(result or {})
+        )
+        tools = listing.get("tools")
+        if not isinstance(tools, list):
+            raise MCPError(INTERNAL_ERROR, "the tool listing could not be read; it was refused")
+        named = [t for t in tools if isinstance(t, Mapping) and isinstance(t.get("name"), str)]
+        names = [str(t["name"]) for t in named]
+        if self._mode(ctx) == "configured":
+            visible = functools.partial(self.guard.visible_tools, names)
+        else:
+            authenticate = self._from_request(ctx.request)
+            visible = functools.partial(self.guard.visible_tools, names, authenticate=authenticate)
+        try:
+            shown = set(await anyio.to_thread.run_sync(visible))
+        except ToolCallDenied as denied:
+            code = INTERNAL_ERROR if denied.refusal_status >= 500 else INVALID_REQUEST
+            raise MCPError(
+                code,
+                f"AgentIAM refused the listing: {denied.reason}",
+                {REFUSAL_META: {"error": denied.error, "reason": denied.reason}},
+            ) from None
+        listing["tools"] = [t for t in named if t["name"] in shown]
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            listing["ttlMs"], listing["cacheScope"] = 0, "private"
+        return listing
+
+    def _mode(self, ctx: ServerRequestContext[Any, Any]) -> Principal:
+        """Whose token decides: ``request`` (the HTTP caller's) or ``configured``."""
+        if self.principal != "auto":
+            return self.principal
+        request = ctx.request
+        return "request" if request is not None and hasattr(request, "headers") else "configured"
+
     def _guarded(
         self,
         ctx: ServerRequestContext[Any, Any],
@@ -128,15 +211,10 @@ class GuardMiddleware:
         arguments: Mapping[str, Any],
         approval: str | None,
     ) -> GuardedCall:
-        request = ctx.request
-        http = request is not None and hasattr(request, "headers")
-        mode = self.principal
-        if mode == "auto":
-            mode = "request" if http else "configured"
-        if mode == "configured":
+        if self._mode(ctx) == "configured":
             return self.guard.call(name, arguments, approval=approval)
         return self.guard.call(
-            name, arguments, authenticate=self._from_request(request), approval=approval
+            name, arguments, authenticate=self._from_request(ctx.request), approval=approval
         )
 
     def _from_request(self, request: Any) -> Authenticate:
@@ -162,8 +240,30 @@ class GuardMiddleware:
         return from_request
 
     def install(self, server: Any) -> None:
-        """Append to ``server.middleware`` (an ``MCPServer`` or low-level ``Server``)."""
+        """Append to ``server.middleware`` (an ``MCPServer`` or low-level ``Server``),
+        and take its ``serverInfo`` for the results the guard answers itself."""
         server.middleware.append(self)
+        self.server_info = Implementation(
+            name=server.name,
+            version=server.version,
+            title=server.title,
+            description=server.description,
+            website_url=server.website_url,
+            icons=server.icons,
+        ).model_dump(by_alias=True, mode="json", exclude_none=True)
+
+    def _stamp(self, ctx: ServerRequestContext[Any, Any], result: dict[str, Any]) -> dict[str, Any]:
+        """``result`` (one the guard answers itself: a middleware that answers owns
+        its envelope) with the SDK's ``serverInfo`` ``_meta`` stamp, as the SDK stamps
+        its handlers' results (MCP 2026-07-28, spec #3002); handshake-era results have
+        none, and neither has a middleware that was not installed (no server known)."""
+        if self.server_info is not None and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            meta = result.get("_meta")
+            result["_meta"] = {
+                **(meta if isinstance(meta, dict) else {}),
+                SERVER_INFO_META_KEY: copy.deepcopy(self.server_info),
+            }
+        return result
 
 
 def _is_error(result: HandlerResult) -> bool:
