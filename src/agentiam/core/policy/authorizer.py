@@ -39,12 +39,13 @@ import cedarpy
 from agentiam.core.ids import new_id
 from agentiam.core.policy.engine import WHOLE_CONTEXT, CompiledPolicy, PolicyEngine
 from agentiam.core.policy.entities import (
-    MAX_DERIVED_ATTRIBUTES,
-    MAX_DERIVED_ATTRIBUTES_BYTES,
     MAX_ID,
     MAX_PARENTS,
     EntitySnapshot,
+    Place,
+    attributes_key,
     check_resource,
+    derived_attributes_problem,
     merge_derived,
 )
 from agentiam.core.policy.model import EntityRef, ResourceRecord
@@ -435,33 +436,11 @@ def _placement_problem(engine: PolicyEngine, request: AuthzRequest) -> str | Non
 
 def _attributes_problem(engine: PolicyEngine, request: AuthzRequest) -> str | None:
     """Why ``request.resource_attributes`` cannot be the attributes of a derived record
-    of its resource, or None: more than :data:`MAX_DERIVED_ATTRIBUTES` of them, JSON
-    larger than :data:`MAX_DERIVED_ATTRIBUTES_BYTES`, an attribute the schema does not
-    declare for the resource's type or a value not of its declared type. (``decide``
-    denies a request whose attributes the schema refuses, fail closed.)"""
-    attributes = request.resource_attributes
-    if not attributes:
-        return None
-    if not isinstance(attributes, Mapping) or len(attributes) > MAX_DERIVED_ATTRIBUTES:
-        return f"a resource may be given at most {MAX_DERIVED_ATTRIBUTES} derived attributes"
-    try:
-        size = len(json.dumps(dict(attributes), allow_nan=False, separators=(",", ":")))
-    except (TypeError, ValueError):
-        return "resource_attributes: not JSON"
-    if size > MAX_DERIVED_ATTRIBUTES_BYTES:
-        return f"resource_attributes: larger than {MAX_DERIVED_ATTRIBUTES_BYTES} bytes of JSON"
-    schema = engine.schema
-    spec = schema.entity_types.get(request.resource.type)
-    declared = spec.attributes if spec is not None else {}
-    for name, value in attributes.items():
-        attr = declared.get(name) if isinstance(name, str) else None
-        if attr is None:
-            return f"resource_attributes.{name}: is not declared for a {request.resource.type}"
-        try:
-            to_cedar(value, attr, schema.common_types, path=f"resource_attributes.{name}")
-        except ValueTypeError as exc:
-            return str(exc)
-    return None
+    of its resource, or None (:func:`derived_attributes_problem`). (``decide`` denies
+    a request whose attributes the schema refuses, fail closed.)"""
+    return derived_attributes_problem(
+        engine.schema, request.resource.type, request.resource_attributes
+    )
 
 
 def _uid(ref: EntityRef) -> dict[str, str]:
@@ -919,17 +898,18 @@ class Authorizer:
 
         * In them, and with those attributes, in the snapshot in force (a listed
           item's derived record, the catalog's attributes): as is.
-        * Else, a resource without derived attributes (a stand-in has none) that the
-          snapshot does not hold and that nothing names (no policy, no entity,
-          :attr:`EntitySnapshot.referenced`), such as a URI made from a template:
-          its place's stand-in (:meth:`EntitySnapshot.stand_in`) stands for
+        * Else, a resource that the snapshot does not hold and that nothing names
+          (no policy, no entity, :attr:`EntitySnapshot.referenced`), such as a URI
+          made from a template: the stand-in of its place, its type in those parents
+          with those derived attributes (:meth:`EntitySnapshot.stand_in`; the HTTP
+          gateway's attributed routes have one each), stands for
           it in Cedar, and the scope index sees it with the parents and their
           ancestors. No copy, whatever the number of entities. Its context and
           Cedar's messages are written to match (:func:`_standing_in`,
           :func:`_written_back`).
-        * Else (a catalog entry, a resource something names or given derived
-          attributes; or a place the snapshot
-          has no stand-in for, whose copy with one is kept): a copy of the snapshot
+        * Else (a catalog entry or derived record, a resource something names; or
+          a place the snapshot has no stand-in for, whose copy with one is kept): a
+          copy of the snapshot
           with the record merged in, the last :data:`PLACED_CACHE` kept per snapshot
           in force.
         """
@@ -954,8 +934,12 @@ class Authorizer:
         except InvalidInput:
             return None  # fail closed: not in its parents, so not decided
         named = ref in entities.referenced or ref in engine.names
-        if stand_in and catalog is None and not named and not attributes:
-            place = (ref.type, parents)
+        if stand_in and catalog is None and not named:
+            place: Place = (
+                (ref.type, parents, attributes_key(attributes))
+                if attributes
+                else (ref.type, parents)
+            )
             holder = entities
             found = entities.stand_in(*place)
             if found is None:

@@ -47,8 +47,10 @@ __all__ = [
     "EntitySnapshot",
     "Place",
     "agent_entity",
+    "attributes_key",
     "check_resource",
     "cyclic",
+    "derived_attributes_problem",
     "human_entity",
     "merge_derived",
     "resource_entity",
@@ -70,8 +72,59 @@ MAX_DERIVED_ATTRIBUTES_BYTES = 4096
 STAND_IN_PREFIX = "agentiam.stand-in." + "-" * MAX_ID + "."
 
 # A resource type and the parents an enforcement point gives resources of that type
-# whatever the catalog says (AuthzRequest.resource_parents).
-Place: TypeAlias = tuple[str, tuple[EntityRef, ...]]
+# whatever the catalog says (AuthzRequest.resource_parents); optionally, third, the
+# attributes it derives for them (AuthzRequest.resource_attributes) as their
+# attributes_key (the HTTP gateway: a route's resource.attributes). Without it, or
+# with "", the place's resources have no derived attributes.
+Place: TypeAlias = tuple[str, tuple[EntityRef, ...]] | tuple[str, tuple[EntityRef, ...], str]
+_PlaceKey: TypeAlias = tuple[str, tuple[EntityRef, ...], str]
+
+
+def attributes_key(attributes: Mapping[str, Any]) -> str:
+    """Derived attributes as one string, the same for equal mappings (JSON, keys
+    sorted, no spaces; "" for none): the third member of an attributed
+    :data:`Place`, and the key a decision finds that place's stand-in by."""
+    if not attributes:
+        return ""
+    return json.dumps(dict(attributes), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _place_key(place: Place) -> _PlaceKey:
+    return (place[0], place[1], place[2] if len(place) == 3 else "")
+
+
+def derived_attributes_problem(
+    schema: Schema, resource_type: str, attributes: Mapping[str, Any]
+) -> str | None:
+    """Why ``attributes`` cannot be the derived attributes of a ``resource_type``
+    (:attr:`AuthzRequest.resource_attributes
+    <agentiam.core.policy.authorizer.AuthzRequest.resource_attributes>`), or None:
+    more than :data:`MAX_DERIVED_ATTRIBUTES` of them, JSON larger than
+    :data:`MAX_DERIVED_ATTRIBUTES_BYTES`, an attribute ``schema`` does not declare for
+    the type or a value not of its declared type. The one check of derived
+    attributes: the decision point's for a request, an enforcement point's for its
+    configuration (the HTTP gateway's routes, at start and with each bundle)."""
+    if not attributes:
+        return None
+    if not isinstance(attributes, Mapping) or len(attributes) > MAX_DERIVED_ATTRIBUTES:
+        return f"a resource may be given at most {MAX_DERIVED_ATTRIBUTES} derived attributes"
+    try:
+        size = len(json.dumps(dict(attributes), allow_nan=False, separators=(",", ":")))
+    except (TypeError, ValueError):
+        return "resource_attributes: not JSON"
+    if size > MAX_DERIVED_ATTRIBUTES_BYTES:
+        return f"resource_attributes: larger than {MAX_DERIVED_ATTRIBUTES_BYTES} bytes of JSON"
+    spec = schema.entity_types.get(resource_type)
+    declared = spec.attributes if spec is not None else {}
+    for name, value in attributes.items():
+        attr = declared.get(name) if isinstance(name, str) else None
+        if attr is None:
+            return f"resource_attributes.{name}: is not declared for a {resource_type}"
+        try:
+            to_cedar(value, attr, schema.common_types, path=f"resource_attributes.{name}")
+        except ValueTypeError as exc:
+            return str(exc)
+    return None
 
 
 def _uid(ref: EntityRef) -> dict[str, str]:
@@ -304,8 +357,8 @@ class EntitySnapshot:
         self._document = document
         self._base = self
         self._derived: tuple[ResourceRecord, ...] = ()
-        self._places: tuple[Place, ...] = ()
-        self._stand_ins: dict[Place, EntityRef] = {}
+        self._places: tuple[_PlaceKey, ...] = ()
+        self._stand_ins: dict[_PlaceKey, EntityRef] = {}
 
     def with_catalog_merged(self, records: Iterable[ResourceRecord]) -> EntitySnapshot:
         """A snapshot built as this one's base was, with ``records`` merged into its
@@ -351,7 +404,7 @@ class EntitySnapshot:
         """
         base = self._base
         records = tuple(records)
-        places = tuple(dict.fromkeys(places))
+        keys = tuple(dict.fromkeys(map(_place_key, places)))
         merged: dict[EntityRef, tuple[ResourceRecord, dict[str, Any]]] = {}
         for record in records:
             catalog = base.resources.get(record.ref)
@@ -364,7 +417,7 @@ class EntitySnapshot:
             except InvalidInput:
                 continue
             merged[record.ref] = (effective, entity)
-        stand_ins = base._make_stand_ins(places)
+        stand_ins = base._make_stand_ins(keys)
         if not merged and not stand_ins:
             return base
         added = [entity for _, entity in merged.values()]
@@ -389,30 +442,35 @@ class EntitySnapshot:
         out.count = len(handle)
         out._ancestors = lru_cache(maxsize=65_536)(out._compute_ancestors)
         out.referenced = base.referenced.union(
-            *(_named(entity) for _, entity in merged.values())
+            *(_named(entity) for _, entity in merged.values()),
+            *(_named(stand_in) for _, stand_in in stand_ins.values()),
         ) - set(merged)
         out._document = ""
         out._base = base
         out._derived = records
-        out._places = places
+        out._places = keys
         out._stand_ins = {place: ref for place, (ref, _) in stand_ins.items()}
         return out
 
     def _make_stand_ins(
-        self, places: Sequence[Place]
-    ) -> dict[Place, tuple[EntityRef, dict[str, Any]]]:
-        """One stand-in entity per place the schema accepts: no attributes, the
-        place's parents."""
-        out: dict[Place, tuple[EntityRef, dict[str, Any]]] = {}
-        for i, (entity_type, parents) in enumerate(places):
+        self, places: Sequence[_PlaceKey]
+    ) -> dict[_PlaceKey, tuple[EntityRef, dict[str, Any]]]:
+        """One stand-in entity per place the schema accepts: the place's parents and
+        its derived attributes (none for most places)."""
+        out: dict[_PlaceKey, tuple[EntityRef, dict[str, Any]]] = {}
+        for i, (entity_type, parents, key) in enumerate(places):
             ref = EntityRef(entity_type, f"{STAND_IN_PREFIX}{i}")
-            try:  # the checks a resource of that type in those parents passes
-                check_resource(self.schema, ResourceRecord(entity_type, "-", {}, parents))
+            attributes = json.loads(key) if key else {}
+            try:  # the checks a resource of that type, in those parents, with those
+                # attributes passes; its Cedar entity, with the stand-in's uid
+                entity = check_resource(
+                    self.schema, ResourceRecord(entity_type, "-", attributes, parents)
+                )
             except InvalidInput:
                 continue
-            out[(entity_type, parents)] = (
+            out[(entity_type, parents, key)] = (
                 ref,
-                resource_entity(ResourceRecord(*ref, {}, parents), {}),
+                resource_entity(ResourceRecord(*ref, {}, parents), entity["attrs"]),
             )
         return out
 
@@ -443,17 +501,21 @@ class EntitySnapshot:
         kept = tuple(replace(r, attributes={}) if r.ref == record.ref else r for r in self._derived)
         return self._base.with_derived((*kept, record), places=self._places)
 
-    def stand_in(self, entity_type: str, parents: tuple[EntityRef, ...]) -> EntityRef | None:
-        """The stand-in of the place (``entity_type`` in exactly ``parents``), if this
-        snapshot has one: an entity of that type with no attributes, no tags and
-        those parents, that nothing else names. A decision on a resource of that type
+    def stand_in(
+        self, entity_type: str, parents: tuple[EntityRef, ...], attributes: str = ""
+    ) -> EntityRef | None:
+        """The stand-in of the place (``entity_type`` in exactly ``parents``, with
+        exactly the derived attributes whose :func:`attributes_key` is
+        ``attributes``: none by default), if this snapshot has one: an entity of
+        that type with those attributes, no tags and those parents, that nothing
+        else names. A decision on a resource of that type
         in those parents that the snapshot does not hold (a URI made from a
         template) lets it stand for the resource in Cedar, rather than copying the
         snapshot to add the resource: Cedar can tell them apart only by a literal
         naming either (the decision point checks the policies' literals), by an
         entity naming the resource (:attr:`referenced`), or by its id in an error
         message (the decision point writes the resource's back)."""
-        return self._stand_ins.get((entity_type, parents))
+        return self._stand_ins.get((entity_type, parents, attributes))
 
     def _compute_ancestors(self, ref: EntityRef) -> frozenset[EntityRef]:
         out: set[EntityRef] = set()
