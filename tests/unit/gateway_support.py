@@ -21,6 +21,7 @@ from agentiam.core.credentials.verifier import AccessTokenVerifier, VerifierConf
 from agentiam.core.enforcement import RateLimiter
 from agentiam.core.policy.authorizer import Authorizer
 from agentiam.core.policy.entities import EntitySnapshot
+from agentiam.core.policy.schema import Schema
 from agentiam.errors import ServiceUnavailable
 from agentiam.sdk.keys import AgentKey
 from agentiam.sdk.proofs import dpop_proof
@@ -63,6 +64,10 @@ class FakeLink:
         if self.outage:
             raise ServiceUnavailable("the gateway has lost the control plane")
         return self._authorizer
+
+    def entities(self) -> EntitySnapshot:
+        """The entities decisions use now (the real link's, after the first bundle)."""
+        return self._authorizer.entities
 
     def derive_with(self, derive: Callable[[EntitySnapshot], EntitySnapshot]) -> None:
         """Apply a gateway's derive step to the entities in force, as the real link
@@ -116,6 +121,7 @@ class Parties:
         *,
         limiter: RateLimiter | None = None,
         agents: Iterable[str] = (AGENT,),
+        schema: Schema | None = None,
     ) -> None:
         self.as_key = AgentKey.generate()
         self.dpop_key = AgentKey.generate()
@@ -126,7 +132,7 @@ class Parties:
         )
         self.link = FakeLink(
             self.verifier,
-            make_authorizer(policies, agents=[agent_record(a) for a in agents]),
+            make_authorizer(policies, agents=[agent_record(a) for a in agents], schema=schema),
         )
         self.sink = Sink()
         self.enforcer = Enforcer(

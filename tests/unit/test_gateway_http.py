@@ -388,10 +388,14 @@ class App:
         limiter: RateLimiter | None = None,
         upstream: Upstream | None = None,
         tls: dict[str, str] | None = None,
+        routes: list[dict[str, Any]] | None = None,
+        parties: Parties | None = None,
     ) -> None:
         """``upstream`` (default: plain HTTP) serves both upstreams of the config;
-        ``tls`` is the billing upstream's ``tls`` key when ``upstream`` is https."""
-        self.parties = Parties(ALLOW, limiter=limiter)
+        ``tls`` is the billing upstream's ``tls`` key when ``upstream`` is https;
+        ``routes``, if given, come before the config's; ``parties`` replace the
+        default ones (``ALLOW``)."""
+        self.parties = parties or Parties(ALLOW, limiter=limiter)
         key = MasterKey.from_text(MasterKey.generate_text())
         store = SecretStore(tmp_path / "secrets.json", key, reload_interval=0)
         if secret:
@@ -404,6 +408,8 @@ class App:
         config["upstreams"]["plain"]["url"] = url
         if tls is not None:
             config["upstreams"]["billing"]["tls"] = tls
+        if routes is not None:
+            config["routes"] = routes + config["routes"]
         self.gateway = HttpGateway(
             load_config(config), _runtime(self.parties, CredentialBroker(store))
         )

@@ -16,6 +16,10 @@ common gateway part (:mod:`agentiam.adapters.gateway.config`) plus two sections:
         upstream: billing
         action: GET                                   # the Cedar action
         resource: {type: Endpoint, id: "invoices/{id}"}
+      - match: {method: DELETE, path: /v1/files/{path*}}   # {name*}: the rest of the path
+        upstream: billing
+        action: DELETE
+        resource: {type: Endpoint, id: "file:{path}", attributes: {destructive: true}}
 
 For every request, in this order:
 
@@ -33,8 +37,14 @@ For every request, in this order:
    ``WWW-Authenticate`` challenge naming ``resource_metadata`` (RFC 9728 section 5.1).
 3. The first route whose method and path template match is taken (``{name}`` matches
    one path segment and may be used in the resource id); none: 404, audited. A
-   route's ``Endpoint`` is decided in its upstream's ``Api::"<api>"`` whatever the
-   catalog says (:func:`in_api`, :attr:`Route.parents`).
+   catch-all ``{name*}`` (the template's last segment) matches the rest of the path,
+   one or more non-empty segments of the path checked in step 1, joined with ``/``;
+   routes with one are tried only after every route without one (:meth:`route_for`).
+   A route's ``Endpoint`` is decided in its upstream's ``Api::"<api>"`` whatever the
+   catalog says (:func:`in_api`, :attr:`Route.parents`), with the route's
+   ``resource.attributes`` where the catalog sets none (``AuthzRequest.
+   resource_attributes``, also in the approval requests the gateway opens and uses;
+   checked against the control plane's schema at start: :func:`route_attribute_problems`).
 4. Rate limit, task scope (RFC 9396 ``api_access``) and policy
    (:meth:`Enforcer.decide`): 429 with ``Retry-After`` (RFC 6585 section 4, RFC 9110
    section 10.2.3), or 403 ``insufficient_scope`` (RFC 6750 section 3.1). The decision
@@ -111,7 +121,8 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeVar, cast
 from urllib.parse import unquote_to_bytes, urlsplit
 
@@ -161,9 +172,16 @@ from agentiam.core.audit.events import Outcome, TraceContext
 from agentiam.core.credentials.verifier import VerifiedAccess
 from agentiam.core.delegation.authorization_details import ApiCall
 from agentiam.core.ids import is_id
-from agentiam.core.policy.entities import Place
+from agentiam.core.policy.entities import (
+    MAX_DERIVED_ATTRIBUTES,
+    MAX_DERIVED_ATTRIBUTES_BYTES,
+    EntitySnapshot,
+    Place,
+    attributes_key,
+    derived_attributes_problem,
+)
 from agentiam.core.policy.model import EntityRef, ResourceRecord
-from agentiam.core.policy.schema import HTTP_METHODS
+from agentiam.core.policy.schema import HTTP_METHODS, Schema
 from agentiam.errors import PROBLEM_BASE, AgentIAMError, Forbidden, OAuthError, ServiceUnavailable
 
 __all__ = [
@@ -178,6 +196,7 @@ __all__ = [
     "load_config",
     "request_headers_for_upstream",
     "response_headers_for_client",
+    "route_attribute_problems",
     "run",
     "split_path",
     "uvicorn_options",
@@ -193,8 +212,12 @@ MAX_HEAD = 64 * 1024  # bytes of request-target and header fields it reads (431 
 HEAD_TIMEOUT = 10.0  # seconds for a request's head to arrive (ListenerProtocol)
 _PROBLEM_JSON = b"application/problem+json"
 _RESERVED_PATHS = ("/healthz", "/metrics", "/.well-known/")
-_ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/ {}-]{0,127}$")
+_ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/ {}*-]{0,127}$")
 _PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]{0,31})\}$")
+_REST_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]{0,31})\*\}$")  # {name*}: the rest
+_ATTRIBUTE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")  # a Cedar attribute name
+# the attributes of a route that gives its resource none (one shared, read-only mapping)
+_NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})
 _TEMPLATE_VAR = re.compile(r"\{([^{}]*)\}")
 _ENTITY_TYPE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _API_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,512}\Z")  # the catalog's bound on an entity id
@@ -266,21 +289,52 @@ def route_parents(resource_type: str, upstream: Upstream) -> tuple[EntityRef, ..
 
 def _route_records(routes: Iterable[Route]) -> tuple[ResourceRecord, ...]:
     """The derived records of the routes whose resource is in an ``Api`` whatever the
-    catalog says and whose id has no placeholder: one per resource, in all the Apis
-    its routes give it."""
+    catalog says, whose id has no placeholder and that give it no attributes: one per
+    resource, in all the Apis its routes give it. (A route's attributes are its own
+    calls', never another route's: they go with each call, not in a record every
+    route naming that resource would see.)"""
     parents: dict[EntityRef, dict[EntityRef, None]] = {}
     for route in routes:
-        if route.parents and not _TEMPLATE_VAR.search(route.resource_id):
+        if route.parents and not route.attributes and not _TEMPLATE_VAR.search(route.resource_id):
             ref = EntityRef(route.resource_type, route.resource_id)
             parents.setdefault(ref, {}).update(dict.fromkeys(route.parents))
     return tuple(ResourceRecord(r.type, r.id, {}, tuple(p)) for r, p in parents.items())
 
 
 def _route_places(routes: Iterable[Route]) -> tuple[Place, ...]:
-    """The places (a resource type and the parents the gateway gives it,
-    :data:`~agentiam.core.policy.entities.Place`) of the routes whose resource is in
-    an ``Api`` whatever the catalog says, each once."""
-    return tuple(dict.fromkeys((r.resource_type, r.parents) for r in routes if r.parents))
+    """The places (a resource type, the parents the gateway gives it and the
+    attributes its route derives for it, :data:`~agentiam.core.policy.entities.Place`)
+    of the routes whose resource is in an ``Api`` whatever the catalog says or that
+    give it attributes, each once: the stand-ins through which the decision point
+    decides such a resource that the entities do not hold, without a copy."""
+    places: dict[Place, None] = {}
+    for r in routes:
+        if r.attributes:
+            places[(r.resource_type, r.parents, attributes_key(r.attributes))] = None
+        elif r.parents:
+            places[(r.resource_type, r.parents)] = None
+    return tuple(places)
+
+
+def route_attribute_problems(routes: Iterable[Route], schema: Schema) -> list[str]:
+    """What ``schema`` (the control plane's policy schema) refuses of the routes'
+    ``resource.attributes``, one message per route naming it
+    (:func:`~agentiam.core.policy.entities.derived_attributes_problem`, the check the
+    decision point makes of every call's): an attribute it does not declare for the
+    route's resource type, or a value not of the declared type."""
+    out: list[str] = []
+    for index, route in enumerate(routes):
+        if not route.attributes:
+            continue
+        problem = derived_attributes_problem(schema, route.resource_type, route.attributes)
+        if problem is not None:
+            problem = problem.removeprefix("resource_attributes")
+            out.append(
+                f"routes[{index}] ({route.name}).resource.attributes{problem}"
+                if problem.startswith(".")
+                else f"routes[{index}] ({route.name}).resource.attributes: {problem}"
+            )
+    return out
 
 
 def in_api(api: str) -> tuple[EntityRef, ...]:
@@ -295,7 +349,16 @@ def in_api(api: str) -> tuple[EntityRef, ...]:
 class Route:
     """``method`` ``template`` → ``action`` on ``resource_type``::``resource_id`` (a
     template over the path's ``{name}`` placeholders), forwarded to ``upstream``.
-    ``name`` is the tool name rate limits and the audit trail use."""
+    ``name`` is the tool name rate limits and the audit trail use.
+
+    With ``rest``, the template's last segment is a catch-all ``{name*}``: it matches
+    the rest of the path, one or more segments, each non-empty, and its value is
+    those segments as :func:`split_path` checked and decoded them, joined with ``/``
+    (never a path the gateway refused, and never a ``/`` a segment held encoded:
+    :func:`split_path` refuses those). ``attributes``: the derived attributes the
+    route gives its resource (``resource.attributes``), every call of the route
+    carries them (:attr:`Call.resource_attributes
+    <agentiam.adapters.gateway.enforcer.Call.resource_attributes>`)."""
 
     name: str
     method: str
@@ -308,12 +371,14 @@ class Route:
     resource_id: str
     # what the route's resource is in whatever the catalog says (route_parents)
     parents: tuple[EntityRef, ...] = ()
+    rest: bool = False  # the last placeholder is a catch-all {name*}
+    attributes: Mapping[str, Any] = field(default_factory=lambda: _NO_ATTRIBUTES, hash=False)
 
     def match(self, segments: Sequence[str]) -> dict[str, str] | None:
-        """The placeholder values when ``segments`` (percent-decoded) fit the
-        template, else None."""
+        """The placeholder values when ``segments`` (percent-decoded, from
+        :func:`split_path`) fit the template, else None."""
         if len(segments) != len(self.segments):
-            return None
+            return self._match_rest(segments) if self.rest else None
         values: list[str] = []
         for want, got in zip(self.segments, segments, strict=True):
             if want is None:
@@ -322,6 +387,28 @@ class Route:
                 values.append(got)
             elif want != got:
                 return None
+        return dict(zip(self.params, values, strict=True))
+
+    def _match_rest(self, segments: Sequence[str]) -> dict[str, str] | None:
+        """A catch-all route's match of a path longer than its template (the same
+        length is :meth:`match`'s: the catch-all then takes one segment): the
+        segments before the catch-all as :meth:`match` takes them, then two or more
+        non-empty ones (a trailing slash, an empty last segment, does not match)."""
+        fixed = len(self.segments) - 1
+        if len(segments) <= fixed:
+            return None
+        values: list[str] = []
+        for want, got in zip(self.segments[:fixed], segments, strict=False):
+            if want is None:
+                if not got:
+                    return None
+                values.append(got)
+            elif want != got:
+                return None
+        rest = segments[fixed:]
+        if not all(rest):
+            return None
+        values.append("/".join(rest))
         return dict(zip(self.params, values, strict=True))
 
     def resource(self, values: Mapping[str, str]) -> EntityRef:
@@ -394,7 +481,9 @@ def _upstream(name: Any, raw: Any) -> Upstream:
     return Upstream(name, url.rstrip("/"), api, credential, tls)
 
 
-def _template(path: Any, where: str) -> tuple[tuple[str | None, ...], tuple[str, ...]]:
+def _template(path: Any, where: str) -> tuple[tuple[str | None, ...], tuple[str, ...], bool]:
+    """A route's ``match.path``: its segments (None for a placeholder), its
+    placeholders' names, and whether the last one is a catch-all ``{name*}``."""
     if not isinstance(path, str) or not path.startswith("/") or len(path) > 1024:
         raise ValueError(f"{where}: a path starting with '/'")
     if path != "/" and any(path.startswith(p.rstrip("/")) for p in _RESERVED_PATHS):
@@ -403,26 +492,62 @@ def _template(path: Any, where: str) -> tuple[tuple[str | None, ...], tuple[str,
         raise ValueError(f"{where}: a request path with ';' is refused, write it as %3B")
     segments: list[str | None] = []
     params: list[str] = []
-    for index, segment in enumerate(path[1:].split("/")):
-        param = _PARAM.match(segment)
+    parts = path[1:].split("/")
+    rest = False
+    for index, segment in enumerate(parts):
+        param = _PARAM.match(segment) or _REST_PARAM.match(segment)
         if param:
             if param.group(1) in params:
                 raise ValueError(f"{where}: placeholder {{{param.group(1)}}} appears twice")
+            if segment.endswith("*}"):
+                if index != len(parts) - 1:
+                    raise ValueError(
+                        f"{where}: the catch-all {segment} must be the last segment "
+                        "(one per path, with no trailing slash after it)"
+                    )
+                rest = True
             params.append(param.group(1))
             segments.append(None)
             continue
-        if segment == "" and index == len(path[1:].split("/")) - 1:
+        if segment == "" and index == len(parts) - 1:
             segments.append("")  # a trailing slash (or the root path) is matched as is
             continue
         if not _LITERAL_SEGMENT.match(segment) or segment in (".", ".."):
             raise ValueError(
-                f"{where}: segment {segment[:40]!r} is neither a literal nor a {{name}}"
+                f"{where}: segment {segment[:40]!r} is neither a literal, a {{name}} "
+                "nor a last {name*}"
             )
         try:
             segments.append(_decode_segment(segment))
         except PathRejected as exc:
             raise ValueError(f"{where}: {exc}") from None
-    return tuple(segments), tuple(params)
+    return tuple(segments), tuple(params), rest
+
+
+def _attributes(raw: Any, where: str) -> Mapping[str, Any]:
+    """A route's ``resource.attributes``: the derived attributes it gives its
+    resource. Their shape is checked here (names, count, size, JSON); their types
+    against the control plane's policy schema when the gateway starts and with each
+    bundle (:func:`route_attribute_problems`)."""
+    if raw is None:
+        return _NO_ATTRIBUTES
+    body = _mapping(raw, where)
+    if not body:
+        raise ValueError(f"{where}: name at least one attribute, or leave attributes out")
+    if len(body) > MAX_DERIVED_ATTRIBUTES:
+        raise ValueError(f"{where}: at most {MAX_DERIVED_ATTRIBUTES} attributes")
+    for name in body:
+        if not isinstance(name, str) or not _ATTRIBUTE_NAME.match(name):
+            raise ValueError(f"{where}: {str(name)[:40]!r} is not an attribute name")
+    try:
+        size = len(attributes_key(body))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{where}: values must be JSON (booleans, numbers, strings, ...)"
+        ) from None
+    if size > MAX_DERIVED_ATTRIBUTES_BYTES:
+        raise ValueError(f"{where}: larger than {MAX_DERIVED_ATTRIBUTES_BYTES} bytes of JSON")
+    return MappingProxyType(json.loads(attributes_key(body)))
 
 
 def _route(index: int, raw: Any, upstreams: Mapping[str, Upstream]) -> Route:
@@ -436,7 +561,7 @@ def _route(index: int, raw: Any, upstreams: Mapping[str, Upstream]) -> Route:
         raise ValueError(f"{where}.match.method: one of {', '.join(HTTP_METHODS)}")
     method = method.upper()
     path = match.get("path")
-    segments, params = _template(path, f"{where}.match.path")
+    segments, params, rest = _template(path, f"{where}.match.path")
     assert isinstance(path, str)
     upstream = body.get("upstream")
     if upstream not in upstreams:
@@ -445,7 +570,7 @@ def _route(index: int, raw: Any, upstreams: Mapping[str, Upstream]) -> Route:
     if not isinstance(action, str) or not _ENTITY_TYPE.match(action):
         raise ValueError(f"{where}.action: a Cedar action name (e.g. GET, read, invoke_tool)")
     resource = _mapping(body.get("resource"), f"{where}.resource")
-    _only(resource, f"{where}.resource", {"type", "id"})
+    _only(resource, f"{where}.resource", {"type", "id", "attributes"})
     rtype = resource.get("type")
     if not isinstance(rtype, str) or not _ENTITY_TYPE.match(rtype):
         raise ValueError(f"{where}.resource.type: a Cedar entity type (e.g. Endpoint)")
@@ -453,8 +578,11 @@ def _route(index: int, raw: Any, upstreams: Mapping[str, Upstream]) -> Route:
     if not isinstance(rid, str) or not rid or len(rid) > 256:
         raise ValueError(f"{where}.resource.id: 1-256 characters")
     for name in _TEMPLATE_VAR.findall(rid):
+        if name.endswith("*") and name[:-1] in params:
+            raise ValueError(f"{where}.resource.id: write the catch-all as {{{name[:-1]}}}")
         if name not in params:
             raise ValueError(f"{where}.resource.id: {{{name}}} is not a placeholder of the path")
+    attributes = _attributes(resource.get("attributes"), f"{where}.resource.attributes")
     name = body.get("name", f"{method} {path}")
     if not isinstance(name, str) or not _ROUTE_NAME.match(name):
         raise ValueError(f"{where}.name: 1-128 characters of A-Z, a-z, 0-9 and ._:/- {{}}")
@@ -470,6 +598,8 @@ def _route(index: int, raw: Any, upstreams: Mapping[str, Upstream]) -> Route:
         resource_type=rtype,
         resource_id=rid,
         parents=route_parents(rtype, upstreams[str(upstream)]),
+        rest=rest,
+        attributes=attributes,
     )
 
 
@@ -854,9 +984,15 @@ class HttpGateway:
         self._public_host = public.netloc
         self._proto = public.scheme
         self._metadata_path = "/.well-known/oauth-protected-resource" + self._prefix
+        # Routes without a catch-all by method and number of segments; after them,
+        # those with one, by method (each in configuration order: route_for)
         self._routes: dict[tuple[str, int], list[Route]] = {}
+        self._rest_routes: dict[str, list[Route]] = {}
         for route in config.routes:
-            self._routes.setdefault((route.method, len(route.segments)), []).append(route)
+            if route.rest:
+                self._rest_routes.setdefault(route.method, []).append(route)
+            else:
+                self._routes.setdefault((route.method, len(route.segments)), []).append(route)
         self._base_paths = {
             name: urlsplit(u.url).path.rstrip("/").encode("ascii")
             for name, u in config.upstreams.items()
@@ -876,14 +1012,40 @@ class HttpGateway:
         self._outcomes = OutcomeQueue(self.enforcer)
         self.metrics = GatewayMetrics(runtime, self._outcomes)
         self._watch: asyncio.Task[None] | None = None
-        # In every bundle's entities: the Endpoint of each route with a constant id, in
-        # its upstream's Api (a derived record, as the MCP gateway's listed tools), and
-        # one stand-in per Api the routes place Endpoints in, through which an id made
-        # from the path (invoice-{id}) is decided, with no copy of the entities per id
-        # and no placing per decision (Authorizer._place).
-        records, places = _route_records(config.routes), _route_places(config.routes)
+        # A route's resource.attributes must fit the control plane's schema: checked
+        # against the bundle in force at start (a ValueError: the start is refused),
+        # and logged for each later bundle whose schema refuses them, whose calls the
+        # decision point then denies (fail closed).
+        routes = config.routes
+        attributed = any(r.attributes for r in routes)
+        entities = runtime.link.entities() if attributed else None
+        if entities is not None:
+            problems = route_attribute_problems(routes, entities.schema)
+            if problems:
+                raise ValueError(
+                    "; ".join(problems) + " (in the control plane's policy schema; extend "
+                    "the schema (agentiam policy extend-schema) or change the route)"
+                )
+        # In every bundle's entities: the Endpoint of each route with a constant id and
+        # no attributes, in its upstream's Api (a derived record, as the MCP gateway's
+        # listed tools), and one stand-in per Api the routes place Endpoints in and per
+        # set of attributes a route gives its resource, through which an id made from
+        # the path (invoice-{id}), or a resource given attributes, is decided with no
+        # copy of the entities per id and no placing per decision (Authorizer._place).
+        records, places = _route_records(routes), _route_places(routes)
+
+        def derive(base: EntitySnapshot) -> EntitySnapshot:
+            if attributed:
+                for problem in route_attribute_problems(routes, base.schema):
+                    log.error(
+                        "%s, in the policy bundle's schema: the route's calls are denied "
+                        "(fail closed) until the schema or the route is changed",
+                        problem,
+                    )
+            return base.with_derived(records, places=places)
+
         if records or places:
-            runtime.link.derive_with(lambda base: base.with_derived(records, places=places))
+            runtime.link.derive_with(derive)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -955,11 +1117,18 @@ class HttpGateway:
     def route_for(
         self, method: str, segments: Sequence[str]
     ) -> tuple[Route, dict[str, str]] | None:
-        """The first route (in configuration order) matching the request."""
+        """The first route (in configuration order) without a catch-all matching the
+        request, else the first with one (in configuration order): a route of literal
+        and ``{name}`` segments always wins over a catch-all ``{name*}``."""
         for route in self._routes.get((method, len(segments)), ()):
             values = route.match(segments)
             if values is not None:
                 return route, values
+        if self._rest_routes:
+            for route in self._rest_routes.get(method, ()):
+                values = route.match(segments)
+                if values is not None:
+                    return route, values
         return None
 
     async def _http(
@@ -1059,6 +1228,7 @@ class HttpGateway:
             tool=route.name,
             target=self._targets[route.upstream.name],
             resource_parents=route.parents,
+            resource_attributes=route.attributes,
         )
 
     async def _shared_then_decide(
@@ -1956,9 +2126,9 @@ def run(config: HttpGatewayConfig) -> None:
             hint="Check control_plane.url, and that the key in "
             f"{gateway.control_plane.key_env} has the verifier role.",
         ) from None
-    app = HttpGateway(config, runtime)
-    log.info("HTTP gateway %s serving %s", gateway.name, gateway.public_url)
     try:
+        app = HttpGateway(config, runtime)  # ValueError: routes the schema refuses
+        log.info("HTTP gateway %s serving %s", gateway.name, gateway.public_url)
         uvicorn.run(app, **uvicorn_options(config))
     finally:
         with contextlib.suppress(Exception):

@@ -1,0 +1,436 @@
+"""The HTTP gateway's catch-all placeholder ``{name*}`` and its routes' derived resource
+attributes (``resource.attributes``), in process: how templates and attributes are
+checked at start, which route a path takes (a route of literal and ``{name}`` segments
+beats a catch-all, whatever the order), that no path a server could read another way
+reaches a catch-all route (``..``, ``%2e%2e``, ``%2f``, ``%5c``, ``//``, backslashes,
+``;``, overlong UTF-8), that what is forwarded is the checked path beneath the
+upstream's prefix, and that a route's attributes are what policy sees of its calls
+(the catalog's win) and checked against the schema when the gateway starts.
+
+The ASGI application is driven with raw ``raw_path`` bytes (httpx would remove the
+dot segments before the gateway saw them); the upstream is a real HTTP/1.1 server on
+a loopback port (``Upstream`` of test_gateway_http.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.unit.gateway_support import AGENT, GATEWAY, Parties
+from tests.unit.test_gateway_http import ALLOW, App, _config, _runtime
+
+from agentiam.adapters.gateway.http_proxy import (
+    HttpGateway,
+    Route,
+    load_config,
+    split_path,
+)
+from agentiam.core.policy.entities import MAX_DERIVED_ATTRIBUTES, MAX_DERIVED_ATTRIBUTES_BYTES
+from agentiam.core.policy.model import ResourceRecord
+from agentiam.core.policy.schema import Schema
+
+DESTRUCTIVE = Schema(
+    '{"entityTypes": {"Endpoint": {"shape": {"type": "Record", "attributes": '
+    '{"destructive": {"type": "Boolean"}, "tier": {"type": "Long"}}}}}}'
+)
+
+
+def _r(method: str, path: str, rid: str, upstream: str = "plain", **resource: Any) -> Any:
+    return {
+        "match": {"method": method, "path": path},
+        "upstream": upstream,
+        "action": method,
+        "resource": {"type": "Endpoint", "id": rid, **resource},
+    }
+
+
+ROUTES = [
+    _r("GET", "/files/{path*}", "file:{path}"),  # listed first: still after the others
+    _r("GET", "/files/readme", "readme"),
+    _r("GET", "/files/{name}", "one:{name}"),
+    _r("GET", "/{all*}", "all:{all}"),
+    _r("DELETE", "/files/{dir}/{path*}", "del:{dir}:{path}", upstream="billing"),
+]
+
+
+def _gateway(routes: list[dict[str, Any]], parties: Parties | None = None) -> HttpGateway:
+    config = load_config(_config(routes=routes))
+    return HttpGateway(config, _runtime(parties or Parties(ALLOW), None))
+
+
+def _load(*routes: dict[str, Any]) -> tuple[Route, ...]:
+    return load_config(_config(routes=list(routes))).routes
+
+
+# -- templates ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "rid", "message"),
+    [
+        ("/v1/{rest*}/x", "x", "the catch-all {rest*} must be the last segment"),
+        ("/v1/{a*}/{b*}", "x", "the catch-all {a*} must be the last segment"),
+        ("/v1/{rest*}/", "x", "the catch-all {rest*} must be the last segment"),
+        ("/v1/x{rest*}", "x", "is neither a literal, a {name} nor a last {name*}"),
+        ("/v1/{rest**}", "x", "is neither a literal"),
+        ("/v1/{*}", "x", "is neither a literal"),
+        ("/v1/{a}/{a*}", "x", "placeholder {a} appears twice"),
+        ("/v1/{rest*}", "f-{rest*}", "write the catch-all as {rest}"),
+        ("/v1/{rest*}", "f-{other}", "{other} is not a placeholder of the path"),
+    ],
+)
+def test_bad_catch_all_templates_stop_the_start(path: str, rid: str, message: str) -> None:
+    with pytest.raises(ValueError, match=r"routes\[0\]") as caught:
+        _load(_r("GET", path, rid))
+    assert message in str(caught.value)
+
+
+def test_a_catch_all_template_is_parsed() -> None:
+    [route] = _load(_r("GET", "/files/{dir}/{path*}", "f:{dir}:{path}"))
+    assert (route.segments, route.params, route.rest) == (
+        ("files", None, None),
+        ("dir", "path"),
+        True,
+    )
+    assert route.name == "GET /files/{dir}/{path*}"  # the default name takes the '*'
+    [plain] = _load(_r("GET", "/files/{dir}", "f:{dir}"))
+    assert not plain.rest
+
+
+# -- matching -----------------------------------------------------------------------------
+
+
+def _found(gateway: HttpGateway, method: str, raw: bytes) -> tuple[str, str] | None:
+    found = gateway.route_for(method, split_path(raw))
+    if found is None:
+        return None
+    route, values = found
+    return route.name, route.resource(values).id
+
+
+def test_literal_and_single_segment_routes_beat_a_catch_all_listed_before_them() -> None:
+    gateway = _gateway(ROUTES)
+    assert _found(gateway, "GET", b"/files/readme") == ("GET /files/readme", "readme")
+    assert _found(gateway, "GET", b"/files/x") == ("GET /files/{name}", "one:x")
+    # among catch-alls, the first in the configuration: /files/{path*} before /{all*}
+    assert _found(gateway, "GET", b"/files/a/b/c") == ("GET /files/{path*}", "file:a/b/c")
+    assert _found(gateway, "GET", b"/other/a") == ("GET /{all*}", "all:other/a")
+    assert _found(gateway, "GET", b"/files") == ("GET /{all*}", "all:files")
+    assert _found(gateway, "GET", b"/x") == ("GET /{all*}", "all:x")
+
+
+def test_a_catch_all_takes_one_or_more_non_empty_segments() -> None:
+    gateway = _gateway(ROUTES)
+    delete = "DELETE /files/{dir}/{path*}"
+    assert _found(gateway, "DELETE", b"/files/d/x") == (delete, "del:d:x")
+    assert _found(gateway, "DELETE", b"/files/d/x/y/z") == (delete, "del:d:x/y/z")
+    found = gateway.route_for("DELETE", split_path(b"/files/d/x/y"))
+    assert found is not None
+    assert found[1] == {"dir": "d", "path": "x/y"}
+    assert _found(gateway, "DELETE", b"/files/d") is None  # no segment for the catch-all
+    assert _found(gateway, "DELETE", b"/files/d/") is None  # an empty one
+    assert _found(gateway, "DELETE", b"/files/d/x/") is None  # a trailing slash
+    assert _found(gateway, "GET", b"/files/a/b/") is None
+    assert _found(gateway, "GET", b"/") is None
+    assert _found(gateway, "PUT", b"/files/d/x") is None  # the method matters
+    assert _found(gateway, "DELETE", b"/other/d/x") is None  # and the literal prefix
+
+
+def test_a_catch_all_value_is_the_checked_and_decoded_segments() -> None:
+    gateway = _gateway(ROUTES)
+    assert _found(gateway, "GET", b"/files/a%20b/caf%C3%A9") == (
+        "GET /files/{path*}",
+        "file:a b/café",
+    )
+    # an encoded '%' stays data: no second decoding
+    assert _found(gateway, "GET", b"/files/a/%252e%252e") == ("GET /files/{path*}", "file:a/%2e%2e")
+    # an encoded ';' is data; a raw one is refused (split_path)
+    assert _found(gateway, "GET", b"/files/a/b%3Bc") == ("GET /files/{path*}", "file:a/b;c")
+
+
+def test_route_match_directly() -> None:
+    [route] = _load(_r("GET", "/a/{x}/{rest*}", "r:{x}:{rest}"))
+    assert route.match(("a", "1", "2")) == {"x": "1", "rest": "2"}
+    assert route.match(("a", "1", "2", "3")) == {"x": "1", "rest": "2/3"}
+    assert route.match(("a", "", "2", "3")) is None  # an empty {x}
+    assert route.match(("b", "1", "2", "3")) is None
+    assert route.match(("a", "1")) is None
+    assert route.match(("a", "1", "2", "")) is None
+
+
+# -- attacks, through the application -----------------------------------------------------
+
+
+async def _asgi(app: App, method: str, raw: bytes) -> tuple[int, bytes]:
+    """One request through the gateway with exactly ``raw`` as its path (and a valid
+    token and proof for it), as uvicorn hands it over."""
+    signed = app.parties.headers(method, GATEWAY + raw.decode("latin-1"))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": raw.decode("latin-1"),
+        "raw_path": raw,
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"gw.example"),
+            (b"authorization", signed["authorization"][0].encode()),
+            (b"dpop", signed["dpop"][0].encode()),
+        ],
+        "client": ("198.51.100.9", 4000),
+        "server": ("127.0.0.1", 8443),
+    }
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    await app.gateway(scope, receive, send)
+    status = next(m["status"] for m in messages if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    return status, body
+
+
+def _through(app: App, calls: list[tuple[str, bytes]]) -> list[tuple[int, bytes]]:
+    async def run() -> list[tuple[int, bytes]]:
+        server = await app.upstream.serve()
+        await app.gateway.startup()
+        try:
+            return [await _asgi(app, method, raw) for method, raw in calls]
+        finally:
+            await app.gateway.shutdown()
+            if server is not None:
+                server.close()
+
+    return asyncio.run(run())
+
+
+TRAVERSALS = [
+    b"/files/../admin",
+    b"/files/a/../../admin",
+    b"/files/./a",
+    b"/files/a/.",
+    b"/files/..",
+    b"/files/%2e%2e/admin",
+    b"/files/a/%2E%2e/%2e%2E/admin",
+    b"/files/%2e/a",
+    b"/files/..;/admin",
+    b"/files/a;x/b",
+    b"/files/a%2fb",
+    b"/files/a%2F..%2F..%2Fadmin",
+    b"/files/..%2f..%2fadmin",
+    b"/files/a%5cb",
+    b"/files/..%5c..%5cadmin",
+    b"/files/a\\b",
+    b"/files/..\\admin",
+    b"/files//etc/passwd",
+    b"/files/a//b",
+    b"/files/a%00b",
+    b"/files/%c0%ae%c0%ae/admin",  # overlong UTF-8 for '.': not UTF-8
+    b"/files/%e0%80%ae/admin",
+    b"/files/a%",
+    b"/files/a%2",
+]
+
+
+def test_no_traversal_reaches_a_catch_all_route(tmp_path: Path) -> None:
+    """Each is refused with 400 before any decision, audited, and nothing reaches the
+    upstream; a plain catch-all path beside them is forwarded as the client wrote it,
+    beneath the upstream's path prefix."""
+    routes = [_r("GET", "/files/{path*}", "file:{path}", upstream="billing")]
+    app = App(tmp_path, routes=routes)
+    answers = _through(app, [("GET", raw) for raw in TRAVERSALS] + [("GET", b"/files/a/b%20c")])
+    for raw, (status, body) in zip(TRAVERSALS, answers, strict=False):
+        assert status == 400, (raw, status, body)
+        assert b"the request path is refused" in body, raw
+    assert answers[-1][0] == 200
+    assert [r.target for r in app.upstream.requests] == [b"/base/files/a/b%20c"]
+    statuses = [e["details"]["status"] for e in app.events() if e["type"] != "authz.decision"]
+    assert statuses[: len(TRAVERSALS)] == [400] * len(TRAVERSALS)
+    decisions = [e for e in app.events() if e["type"] == "authz.decision"]
+    assert [d["resource"]["id"] for d in decisions] == ["file:a/b c"]
+
+
+def test_an_overlong_catch_all_value_is_denied_by_the_id_bound(tmp_path: Path) -> None:
+    """A resource id made from a catch-all is bounded as every id is (512 characters):
+    a longer one is denied (403, audited) and not forwarded; 512 exactly passes."""
+    routes = [_r("GET", "/files/{path*}", "{path}", upstream="billing")]
+    app = App(tmp_path, routes=routes)
+    exact = b"/files/" + b"/".join([b"a" * 99] * 5) + b"/" + b"b" * 12  # 499 + 1 + 12
+    assert len(exact) - len(b"/files/") == 512
+    long = b"/files/" + b"/".join([b"a" * 200] * 3)  # 602 characters
+    (ok, _), (denied, body) = _through(app, [("GET", exact), ("GET", long)])
+    assert ok == 200
+    assert denied == 403, body
+    assert b"512" in body
+    assert len(app.upstream.requests) == 1
+
+
+# -- attributes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ([1], "expected a mapping"),
+        ({}, "name at least one attribute"),
+        ({"bad-name": True}, "'bad-name' is not an attribute name"),
+        ({"1st": True}, "is not an attribute name"),
+        ({f"a{i}": True for i in range(MAX_DERIVED_ATTRIBUTES + 1)}, "at most"),
+        ({"x": "y" * MAX_DERIVED_ATTRIBUTES_BYTES}, "bytes of JSON"),
+        ({"x": float("nan")}, "values must be JSON"),
+        ({"x": {1, 2}}, "values must be JSON"),
+    ],
+)
+def test_bad_route_attributes_stop_the_start(attributes: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=r"routes\[0\]\.resource\.attributes") as caught:
+        _load(_r("DELETE", "/files/{path*}", "f:{path}", attributes=attributes))
+    assert message in str(caught.value)
+
+
+def test_route_attributes_are_kept_read_only() -> None:
+    [route] = _load(_r("DELETE", "/f/{id}", "f:{id}", attributes={"destructive": True}))
+    assert dict(route.attributes) == {"destructive": True}
+    with pytest.raises(TypeError):
+        route.attributes["destructive"] = False  # type: ignore[index]
+    [plain] = _load(_r("GET", "/f/{id}", "f:{id}"))
+    assert not plain.attributes
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"destructive": True}, "destructive: is not declared for a Endpoint"),
+        ({"sensitive": "yes"}, "resource.attributes.sensitive"),
+    ],
+)
+def test_attributes_the_schema_refuses_stop_the_start(attributes: Any, message: str) -> None:
+    """The base schema declares no ``destructive`` for an Endpoint, and ``sensitive``
+    is a Boolean: the gateway does not start (it would deny every call of the route)."""
+    routes = [_r("DELETE", "/f/{id}", "f:{id}", attributes=attributes)]
+    with pytest.raises(ValueError, match=r"routes\[0\] \(DELETE /f/\{id\}\)") as caught:
+        _gateway(routes)
+    assert message in str(caught.value)
+    assert "extend-schema" in str(caught.value)
+
+
+FORBID_DESTRUCTIVE = f"""
+permit (principal == Agent::"{AGENT}", action, resource);
+@id("no-destructive") forbid (principal, action, resource)
+  when {{ resource has destructive && resource.destructive }};
+"""
+
+
+def _decide(gateway: HttpGateway, method: str, raw: bytes) -> Any:
+    found = gateway.route_for(method, split_path(raw))
+    assert found is not None
+    call = gateway.call_for(found[0], found[1], method=method, url=GATEWAY + raw.decode())
+    request = gateway.enforcer.request_for(_access(), call)
+    return call, gateway.enforcer.link.authorizer().decide(request)
+
+
+def _access() -> Any:
+    from agentiam.core.credentials.verifier import VerifiedAccess
+
+    return VerifiedAccess(
+        subject=AGENT, client_id=AGENT, scope=(), jti="j", issued_at=0, expires_at=0,
+        jkt="k", claims={"aud": GATEWAY},
+    )  # fmt: skip
+
+
+def test_a_routes_attributes_are_what_policy_sees_of_its_calls() -> None:
+    """``DELETE /files/{path*}`` gives its resource ``destructive: true``: every call of
+    it carries them (and is forbidden), with an id made from the path or a constant
+    one; ``GET`` on the same ids gives none and is allowed: attributes belong to the
+    route, not to the id. An id made from the path, or a constant one no other route
+    names, is decided through its place's stand-in (no copy of the entities); a
+    constant one that a route without attributes also names (its derived record is
+    in the entities) on a copy, made once and kept."""
+    routes = [
+        _r("DELETE", "/files/{path*}", "file:{path}", attributes={"destructive": True}),
+        _r("GET", "/files/{path*}", "file:{path}"),
+        _r("DELETE", "/alone", "alone", attributes={"destructive": True}),
+        _r("GET", "/alone/{x}", "{x}"),
+        _r("DELETE", "/tmp", "tmp", attributes={"destructive": True}),
+        _r("GET", "/tmp", "tmp"),
+    ]
+    gateway = _gateway(routes, Parties(FORBID_DESTRUCTIVE, schema=DESTRUCTIVE))
+    authorizer = gateway.enforcer.link.authorizer()
+    for raw, get in ((b"/files/a/b", b"/files/a/b"), (b"/files/c", b"/files/c"),
+                     (b"/alone", b"/alone/alone"), (b"/tmp", b"/tmp")):  # fmt: skip
+        for _ in range(3):
+            call, decision = _decide(gateway, "DELETE", raw)
+            assert dict(call.resource_attributes) == {"destructive": True}
+            assert not decision.allowed, raw
+            assert decision.policies == ("no-destructive",), raw
+            call, decision = _decide(gateway, "GET", get)
+            assert not call.resource_attributes
+            assert decision.allowed, (raw, decision.reasons)
+        if raw != b"/tmp":
+            assert not authorizer._placed[1], f"{raw!r}: through a stand-in, never a copy"
+    assert [key[0].id for key in authorizer._placed[1]] == ["tmp"]
+
+
+def test_the_catalogs_attributes_win_over_a_routes() -> None:
+    parties = Parties(FORBID_DESTRUCTIVE, schema=DESTRUCTIVE)
+    routes = [_r("DELETE", "/files/{path*}", "file:{path}", attributes={"destructive": True})]
+    authorizer = parties.link.authorizer()
+    entities = authorizer.entities
+    catalogued = ResourceRecord("Endpoint", "file:kept", {"destructive": False}, ())
+    from agentiam.core.policy.entities import EntitySnapshot
+
+    authorizer.update(
+        entities=EntitySnapshot(
+            entities.schema, agents=entities.agents.values(), resources=[catalogued]
+        )
+    )
+    gateway = _gateway(routes, parties)
+    _, decision = _decide(gateway, "DELETE", b"/files/kept")
+    assert decision.allowed, decision.reasons
+    _, decision = _decide(gateway, "DELETE", b"/files/other")
+    assert not decision.allowed
+
+
+def test_a_bundle_whose_schema_refuses_the_attributes_denies_and_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Accepted at start, then a bundle without the attribute in its schema: logged at
+    error level naming the route, and the route's calls are denied (fail closed)."""
+    routes = [_r("DELETE", "/files/{path*}", "file:{path}", attributes={"destructive": False})]
+    parties = Parties(FORBID_DESTRUCTIVE, schema=DESTRUCTIVE)
+    gateway = _gateway(routes, parties)
+    _, decision = _decide(gateway, "DELETE", b"/files/a")
+    assert decision.allowed, decision.reasons
+    other = Parties(FORBID_DESTRUCTIVE)  # the base schema: no destructive
+    authorizer = parties.link.authorizer()
+    base = other.link.authorizer()
+    with caplog.at_level(logging.ERROR, logger="agentiam.gateway.http"):
+        derive = _derive_of(gateway, parties)
+        authorizer.update(base.engine, derive(base.entities))
+    assert "routes[0] (DELETE /files/{path*}).resource.attributes.destructive" in caplog.text
+    _, decision = _decide(gateway, "DELETE", b"/files/a")
+    assert not decision.allowed
+    assert "cannot be given its derived attributes" in decision.reasons[0]
+
+
+def _derive_of(gateway: HttpGateway, parties: Parties) -> Any:
+    """The derive step the gateway installed on its link (captured by a second
+    installation on a link that records it)."""
+    seen: list[Any] = []
+    link: Any = parties.link
+    original = link.derive_with
+    link.derive_with = seen.append
+    try:
+        HttpGateway(gateway.config, gateway.runtime)
+    finally:
+        link.derive_with = original
+    return seen[0]
