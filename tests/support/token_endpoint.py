@@ -23,13 +23,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
 
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
+from tests.support.network import Handler, serve_http
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SKEW = 5
@@ -100,15 +100,13 @@ def serve(endpoint: KeyJwtEndpoint, path: str = "/oauth/token") -> Iterator[KeyJ
     """Serve ``endpoint`` on 127.0.0.1 (a free port) at ``path`` until the block ends;
     ``endpoint.url`` is set to its URL."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class TokenHandler(Handler):
         def do_POST(self) -> None:
-            length = min(int(self.headers.get("Content-Length", "0")), 64 * 1024)
-            body = self.rfile.read(length).decode()
-            form = {k: v[0] for k, v in parse_qs(body).items()}
+            headers, body = self.request_body()
+            form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
             endpoint.requests.append(
-                {"path": self.path, "authorization": self.headers.get("Authorization"),
-                 "form": form}
-            )  # fmt: skip
+                {"path": self.path, "authorization": headers.get("authorization"), "form": form}
+            )
             why = endpoint.check(form)
             if why is None:
                 endpoint.issued += 1
@@ -121,24 +119,12 @@ def serve(endpoint: KeyJwtEndpoint, path: str = "/oauth/token") -> Iterator[KeyJ
             else:
                 endpoint.refusals.append(why)
                 status, doc = 401, {"error": "invalid_client", "error_description": why}
-            data = json.dumps(doc).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.answer(
+                status,
+                json.dumps(doc).encode(),
+                {"Content-Type": "application/json", "Cache-Control": "no-store"},
+            )
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    endpoint.url = f"http://127.0.0.1:{server.server_address[1]}{path}"
-    try:
+    with serve_http(TokenHandler) as port:
+        endpoint.url = f"http://127.0.0.1:{port}{path}"
         yield endpoint
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

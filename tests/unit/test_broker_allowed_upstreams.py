@@ -11,9 +11,7 @@ import asyncio
 import json
 import logging
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx2
@@ -21,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from joserfc.jwk import ECKey
+from tests.support.network import Handler, serve_http
 from tests.support.token_endpoint import KeyJwtEndpoint, serve
 
 from agentiam.adapters.gateway.broker import (
@@ -244,26 +243,13 @@ def header_servers() -> Iterator[tuple[list[str | None], list[str]]]:
     the list of what they saw, and their two URLs."""
     seen: list[str | None] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Recording(Handler):
         def do_GET(self) -> None:
             seen.append(self.headers.get("X-Api-Key"))
-            self.send_response(204)
-            self.end_headers()
+            self.answer(204)
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(2)]
-    threads = [threading.Thread(target=s.serve_forever, args=(0.01,), daemon=True) for s in servers]
-    for thread in threads:
-        thread.start()
-    try:
-        yield seen, [f"http://127.0.0.1:{s.server_address[1]}/mcp" for s in servers]
-    finally:
-        for server, thread in zip(servers, threads, strict=True):
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=5)
+    with serve_http(Recording) as first, serve_http(Recording) as second:
+        yield seen, [f"http://127.0.0.1:{port}/mcp" for port in (first, second)]
 
 
 def test_the_mcp_gateways_credential_hook_checks_each_requests_origin(
