@@ -376,39 +376,25 @@ class Route:
 
     def match(self, segments: Sequence[str]) -> dict[str, str] | None:
         """The placeholder values when ``segments`` (percent-decoded, from
-        :func:`split_path`) fit the template, else None."""
-        if len(segments) != len(self.segments):
-            return self._match_rest(segments) if self.rest else None
+        :func:`split_path`) fit the template, else None. A catch-all route's last
+        placeholder takes the rest of the path: one or more non-empty segments,
+        joined with ``/`` (a trailing slash, an empty last segment, does not match)."""
+        count = len(self.segments)
+        if len(segments) != count and not (self.rest and len(segments) > count):
+            return None
         values: list[str] = []
-        for want, got in zip(self.segments, segments, strict=True):
+        for want, got in zip(self.segments, segments, strict=False):  # a catch-all: its first
             if want is None:
                 if not got:
                     return None
                 values.append(got)
             elif want != got:
                 return None
-        return dict(zip(self.params, values, strict=True))
-
-    def _match_rest(self, segments: Sequence[str]) -> dict[str, str] | None:
-        """A catch-all route's match of a path longer than its template (the same
-        length is :meth:`match`'s: the catch-all then takes one segment): the
-        segments before the catch-all as :meth:`match` takes them, then two or more
-        non-empty ones (a trailing slash, an empty last segment, does not match)."""
-        fixed = len(self.segments) - 1
-        if len(segments) <= fixed:
-            return None
-        values: list[str] = []
-        for want, got in zip(self.segments[:fixed], segments, strict=False):
-            if want is None:
-                if not got:
-                    return None
-                values.append(got)
-            elif want != got:
+        if self.rest:
+            rest = segments[count - 1 :]
+            if not all(rest):
                 return None
-        rest = segments[fixed:]
-        if not all(rest):
-            return None
-        values.append("/".join(rest))
+            values[-1] = "/".join(rest)
         return dict(zip(self.params, values, strict=True))
 
     def resource(self, values: Mapping[str, str]) -> EntityRef:
