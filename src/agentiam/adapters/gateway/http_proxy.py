@@ -526,14 +526,14 @@ def _attributes(raw: Any, where: str) -> Mapping[str, Any]:
         if not isinstance(name, str) or not _ATTRIBUTE_NAME.match(name):
             raise ValueError(f"{where}: {str(name)[:40]!r} is not an attribute name")
     try:
-        size = len(attributes_key(body))
+        key = attributes_key(body)
     except (TypeError, ValueError):
         raise ValueError(
             f"{where}: values must be JSON (booleans, numbers, strings, ...)"
         ) from None
-    if size > MAX_DERIVED_ATTRIBUTES_BYTES:
+    if len(key) > MAX_DERIVED_ATTRIBUTES_BYTES:
         raise ValueError(f"{where}: larger than {MAX_DERIVED_ATTRIBUTES_BYTES} bytes of JSON")
-    return MappingProxyType(json.loads(attributes_key(body)))
+    return MappingProxyType(json.loads(key))
 
 
 def _route(index: int, raw: Any, upstreams: Mapping[str, Upstream]) -> Route:
