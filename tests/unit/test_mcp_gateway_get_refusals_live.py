@@ -19,7 +19,8 @@ budget: a burst of 3 per peer), driven by raw HTTP with real DPoP-bound tokens.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +42,24 @@ SSE_ONLY = {"Accept": "text/event-stream", "MCP-Protocol-Version": HANDSHAKE}
 POST = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[World]:
-    """A control plane, one upstream and the gateway, every agent allowed everything;
-    refusals naming nobody: a burst of 3 per peer, summaries every second."""
+@contextmanager
+def refusals_world(tmp: Path, sqlite_template: Path, agents: Sequence[str]) -> Iterator[World]:
+    """A control plane, one upstream and the gateway, every agent of ``agents``
+    allowed everything; refusals naming nobody: a burst of :data:`BURST` per peer,
+    summaries every second."""
     budget = {
         "anonymous_refusals": {
             "per_peer": {"rate_per_second": 0.001, "burst": BURST},
             "summary_seconds": 1,
         }
     }
-    tmp = tmp_path_factory.mktemp("mcp-get-refusals")
-    with _world(tmp, sqlite_template, AGENTS, audit=budget) as w:
+    with _world(tmp, sqlite_template, agents, audit=budget) as w:
+        yield w
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[World]:
+    with refusals_world(tmp_path_factory.mktemp("mcp-get-refusals"), sqlite_template, AGENTS) as w:
         yield w
 
 

@@ -33,21 +33,21 @@ import httpx2
 import pytest
 from tests.support.live import until as _until
 from tests.unit.test_mcp_gateway_get_refusals_live import (
+    BURST,
     POST,
+    REJECTED,
     SSE_ONLY,
+    SUMMARY,
     _auth,
     _of_trace,
     _session,
     _traceparent,
+    refusals_world,
 )
 from tests.unit.test_mcp_gateway_listen_live import HANDSHAKE, MODERN, World
-from tests.unit.test_mcp_gateway_streams_live import _world
 
 from agentiam.adapters.gateway.mcp_sdk_state import open_sessions
 
-REJECTED = "api.request.rejected"
-SUMMARY = "api.request.rejected.summary"
-BURST = 3  # anonymous refusals per peer with an event of their own
 AGENTS = (
     "lost",
     "owner",
@@ -72,16 +72,7 @@ SECRET = "sk-live-4f1d9c2b7e6a"  # what a client put in a body that does not val
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[World]:
-    """A control plane, one upstream and the gateway, every agent allowed everything;
-    refusals naming nobody: a burst of 3 per peer, summaries every second."""
-    budget = {
-        "anonymous_refusals": {
-            "per_peer": {"rate_per_second": 0.001, "burst": BURST},
-            "summary_seconds": 1,
-        }
-    }
-    tmp = tmp_path_factory.mktemp("mcp-sdk-refusals")
-    with _world(tmp, sqlite_template, AGENTS, audit=budget) as w:
+    with refusals_world(tmp_path_factory.mktemp("mcp-sdk-refusals"), sqlite_template, AGENTS) as w:
         yield w
 
 
