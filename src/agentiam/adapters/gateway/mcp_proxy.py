@@ -155,6 +155,14 @@ from agentiam.adapters.gateway.dpop_nonces import WithNonce
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.http_proxy import ListenerProtocol
 from agentiam.adapters.gateway.loop_watch import watch_event_loop
+from agentiam.adapters.gateway.mcp_calls import (
+    MAX_ARGUMENTS,
+    MAX_NAME,
+    POLICY_DENIED,
+    prompt_call,
+    resource_call,
+    tool_call,
+)
 from agentiam.adapters.gateway.mcp_listen import (
     LISTEN,
     AudienceBus,
@@ -208,10 +216,8 @@ from agentiam.adapters.heap import settle_heap
 from agentiam.core.approvals_wire import META_KEY, mcp_result_meta, mcp_result_text
 from agentiam.core.audit.events import Outcome, TraceContext
 from agentiam.core.credentials.verifier import VerifiedAccess
-from agentiam.core.delegation.authorization_details import ApiCall, CustomCall, ToolCall
 from agentiam.core.ids import is_id
 from agentiam.core.plain_http import ONLY_ON_LOOPBACK, secure_or_loopback
-from agentiam.core.policy.model import EntityRef
 from agentiam.errors import AgentIAMError, OAuthError, ServiceUnavailable
 
 __all__ = [
@@ -246,7 +252,6 @@ ACTIONS: Final[Mapping[str, tuple[str, str]]] = {
     "prompts/list": (READ_ACTION, "DataSet"),  # id: "prompt:" + the exposed prompt name
     "prompts/get": (READ_ACTION, "DataSet"),
 }
-POLICY_DENIED: Final = -32003  # JSON-RPC server error: refused by the gateway's policy
 T = TypeVar("T")
 
 _GUARDED: Final = frozenset({"tools/call", "resources/read", "prompts/get"})
@@ -265,8 +270,6 @@ _METHODS: Final = _GUARDED | _LISTINGS | {"initialize"}
 # -- limits ----------------------------------------------------------------------------------
 
 MAX_BODY_BYTES: Final = 4 * 1024 * 1024  # one JSON-RPC message
-MAX_NAME: Final = 256  # characters of an exposed tool or prompt name
-MAX_ARGUMENTS: Final = 256  # top-level arguments of one call
 # handshake-era sessions (2024-11-05 to 2025-11-25): open at once per agent and subject
 # (how long one lives without a request in flight: SESSION_IDLE_SECONDS)
 MAX_SESSIONS_PER_OWNER: Final = 32
@@ -487,60 +490,6 @@ class Namespace:
             if exposed.startswith(server.prefix) and len(exposed) > len(server.prefix):
                 return server, exposed[len(server.prefix) :]
         return None
-
-
-# -- policy questions ------------------------------------------------------------------------
-
-
-def tool_call(
-    exposed: str, arguments: Mapping[str, Any], *, location: str, server: str | None = None
-) -> Call:
-    """``tools/call``: ``invoke_tool`` on ``Tool::"<exposed>"``, in
-    ``McpServer::"<server>"`` (the server the gateway routes it to); the arguments are
-    ``context.args``; the token's ``tool_invocation`` entries are matched with the
-    gateway's ``public_url`` as the location (RFC 9396). A listed tool is in its
-    server in the gateway's snapshot already (its derived record), so placing it
-    costs the decision nothing; the call carries the parent so that whoever decides
-    it again (the control plane opening or using an approval for it) places it alike,
-    and so that it is forwarded only to where it was decided (:meth:`Call.decided_in`)."""
-    return Call(
-        action=TOOL_ACTION,
-        resource=EntityRef("Tool", exposed),
-        detail=ToolCall(tool=exposed, arguments=dict(arguments), location=location),
-        tool=exposed,
-        args=dict(arguments),
-        resource_parents=in_server(server) if server is not None else (),
-    )
-
-
-def resource_call(exposed_uri: str, upstream_uri: str, server: str | None = None) -> Call:
-    """``resources/read``: ``read`` on ``DataSet::"<exposed uri>"``, in
-    ``McpServer::"<server>"`` (the server the gateway routes it to) whatever the
-    catalog says; a task-scoped token needs an ``api_access`` entry with action
-    ``read`` covering the upstream URI (only http(s) URIs can be covered)."""
-    return Call(
-        action=READ_ACTION,
-        resource=EntityRef("DataSet", exposed_uri),
-        detail=ApiCall(action=READ_ACTION, url=upstream_uri),
-        tool=exposed_uri,
-        args=None,
-        resource_parents=in_server(server) if server is not None else (),
-    )
-
-
-def prompt_call(exposed: str, arguments: Mapping[str, str], server: str | None = None) -> Call:
-    """``prompts/get``: ``read`` on ``DataSet::"prompt:<exposed>"``, in
-    ``McpServer::"<server>"`` whatever the catalog says, with the prompt arguments as
-    ``context.args``. No built-in ``authorization_details`` type covers prompts, so a
-    task-scoped token cannot get one."""
-    return Call(
-        action=READ_ACTION,
-        resource=EntityRef("DataSet", PROMPT_ID_PREFIX + exposed),
-        detail=CustomCall(type="mcp_prompt", values={"prompt": exposed}),
-        tool=exposed,
-        args=dict(arguments),
-        resource_parents=in_server(server) if server is not None else (),
-    )
 
 
 # -- listing kinds and session owners --------------------------------------------------------

@@ -137,8 +137,8 @@ def catalog_records(
     """One ``DataSet`` record per catalog ``DataSet`` the gateway routes to a server
     that does not have that server's ``McpServer`` among its parents: the server it is
     decided in whenever the gateway decides it (a ``prompt:<name>`` by its name, any
-    other by its id, as :func:`~agentiam.adapters.gateway.mcp_proxy.prompt_call` and
-    :func:`~agentiam.adapters.gateway.mcp_proxy.resource_call` are routed)."""
+    other by its id, as :func:`~agentiam.adapters.gateway.mcp_calls.prompt_call` and
+    :func:`~agentiam.adapters.gateway.mcp_calls.resource_call` are routed)."""
     out: list[ResourceRecord] = []
     for ref, record in base.resources.items():
         if ref.type != "DataSet":
