@@ -26,11 +26,17 @@ Cedar policy) and the durable :class:`~agentiam.adapters.gateway.spool.AuditSpoo
 4. **Outcome.** After the body, a ``tool.call`` event records success or the
    exception's class (never its message, which may hold data) and the duration.
 
-**Listings.** :meth:`Guard.visible_tools` says which tools a principal may see: those
-a call without arguments would be allowed, decided as the MCP gateway decides its
-listings (:mod:`~agentiam.adapters.gateway.mcp_visibility`) and recorded as one
-``mcp.list`` event; the MCP integration filters ``tools/list`` with it. A hidden tool
-is still decided per call.
+**MCP reads.** :meth:`Guard.read` guards a ``resources/read`` or ``prompts/get`` as
+the MCP gateway decides it (:mod:`~agentiam.adapters.gateway.mcp_calls`: ``read`` on
+``DataSet::"<uri>"`` or ``DataSet::"prompt:<name>"``), with steps 1, 3 and 4 as for a
+call; no human's approval is asked for a read (as at the gateway).
+
+**Listings.** :meth:`Guard.visible` (and :meth:`Guard.visible_tools`) says which tools,
+resources, resource templates and prompts a principal may see: those a call without
+arguments would be allowed, decided as the MCP gateway decides its listings
+(:mod:`~agentiam.adapters.gateway.mcp_visibility`) and recorded as one ``mcp.list``
+event; the MCP integration filters the four ``*/list`` results with it. A hidden item
+is still decided per call or read.
 
 **Fail closed.** If the decision cannot be made or recorded (the control plane has
 been unreachable longer than the outage bound, the revocation state is stale, the
@@ -70,7 +76,7 @@ from collections.abc import (
     Sequence,
 )
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -94,7 +100,8 @@ from agentiam.adapters.gateway.config import (
 )
 from agentiam.adapters.gateway.enforcer import Call, Enforcer, Verdict
 from agentiam.adapters.gateway.link import KEYS_SECONDS, ControlPlaneLink
-from agentiam.adapters.gateway.mcp_visibility import TOOL_ACTION, Listed, Visibility
+from agentiam.adapters.gateway.mcp_calls import READ_METHODS, read_call, tool_call
+from agentiam.adapters.gateway.mcp_visibility import Listed, Visibility
 from agentiam.adapters.gateway.runtime import _Shipper
 from agentiam.adapters.gateway.spool import (
     DEFAULT_REJECTED_MAX_BYTES,
@@ -108,10 +115,8 @@ from agentiam.core.audit.events import (
 )
 from agentiam.core.audit.redaction import Redactor
 from agentiam.core.credentials.verifier import VerifiedAccess
-from agentiam.core.delegation.authorization_details import ToolCall
 from agentiam.core.enforcement.ratelimit import RateLimiter
 from agentiam.core.ids import is_id
-from agentiam.core.policy.model import EntityRef
 from agentiam.core.policy.values import MAX_DEPTH
 from agentiam.errors import AgentIAMError, OAuthError, ServiceUnavailable
 
@@ -153,6 +158,10 @@ T = TypeVar("T")
 
 _TOOL = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, as the ingest accepts
 LIST_TOOLS = "tools/list"  # a listing's action in the trail (Guard.visible_tools)
+# the MCP listings (Guard.visible; MCP 2026-07-28 "Tools", "Resources", "Prompts")
+_LISTINGS = frozenset({LIST_TOOLS, "resources/list", "resources/templates/list", "prompts/list"})
+# why an MCP read that a human's approval would lift is refused all the same
+_NO_READ_APPROVALS = "approval is asked for tool calls only, not for reads"
 _MAX_DEPTH = MAX_DEPTH  # Cedar reads no deeper (plain_arguments)
 
 _current_token: contextvars.ContextVar[TokenSource | None] = contextvars.ContextVar(
@@ -431,6 +440,7 @@ class GuardedCall:
         *,
         approval: str | None = None,
         approval_wait: float | None = None,
+        read: tuple[str, Call | str] | None = None,
     ) -> None:
         self._guard = guard
         self.tool = tool
@@ -439,6 +449,9 @@ class GuardedCall:
             self.args: dict[str, Any] = plain_arguments(args or {})
         except _ArgumentNotJSON as exc:
             self.args, self._not_json = {}, str(exc)
+        # an MCP read (Guard.read): its method, and its policy question or why it is
+        # malformed (mcp_calls.read_call)
+        self._read = read
         self._authenticate = authenticate
         self._token = token
         self._approval = approval
@@ -801,6 +814,33 @@ class Guard:
             self, tool, args, authenticate, token, approval=approval, approval_wait=approval_wait
         )
 
+    def read(
+        self,
+        method: str,
+        params: Mapping[str, Any],
+        *,
+        token: TokenSource | None = None,
+        authenticate: Authenticate | None = None,
+    ) -> GuardedCall:
+        """A guarded MCP ``resources/read`` or ``prompts/get`` (``method``, with its
+        JSON-RPC ``params``), decided as the MCP gateway decides it
+        (:func:`~agentiam.adapters.gateway.mcp_calls.read_call`: ``read`` on
+        ``DataSet::"<uri>"`` or ``DataSet::"prompt:<name>"``, a prompt's arguments as
+        ``context.args``) and otherwise as a tool call: the principal as
+        :meth:`call`'s, a token from the rate limits (keyed by the URI or prompt
+        name), the decision durable before the block runs, the outcome recorded
+        after it. A malformed request (a URI over 500 characters, one starting
+        with ``prompt:``, a name over 256 characters, non-string prompt arguments)
+        is refused (``invalid_request``, 400, audited). No human's approval is
+        asked for a read, as at the MCP gateway: a deny an approval would lift is
+        refused, its reason saying so."""
+        if method not in READ_METHODS:
+            raise ValueError(f"method: one of {sorted(READ_METHODS)}")
+        call = read_call(method, params)
+        tool = call.tool if isinstance(call, Call) else method
+        args = call.args if isinstance(call, Call) else None
+        return GuardedCall(self, tool, args, authenticate, token, read=(method, call))
+
     @contextmanager
     def using_approval(self, approval_id: str) -> Iterator[None]:
         """Within this block (this thread or task, and what it starts), the first
@@ -960,17 +1000,14 @@ class Guard:
         return cast(F, guarded)
 
     def _decide(self, guarded: GuardedCall, token: TokenSource | None) -> _Decided:
-        """Steps 1-3 of the module doc; raises ToolCallDenied unless allowed."""
+        """Steps 1-3 of the module doc (for an MCP read, :meth:`read`'s question);
+        raises ToolCallDenied unless allowed."""
         enforcer = self.enforcer
         tool, args, authenticate = guarded.tool, guarded.args, guarded._authenticate
         trace = TraceContext.new()
-        call = Call(
-            action=TOOL_ACTION,
-            resource=EntityRef("Tool", tool),
-            detail=ToolCall(tool, args, location=self.resource),
-            tool=tool,
-            args=args,
-        )
+        if guarded._read is not None:
+            return self._decide_read(guarded, token, trace)
+        call = tool_call(tool, args, location=self.resource)
         with _refusals(tool, trace):
             access = self._principal(tool, authenticate, token, trace, call=call)
             if guarded._not_json is not None:  # policy could not see it: refuse, audited
@@ -993,6 +1030,35 @@ class Guard:
                 )
         if not verdict.allowed:
             raise _denied(tool, verdict, trace)
+        return _Decided(access, call, verdict, trace)
+
+    def _decide_read(
+        self, guarded: GuardedCall, token: TokenSource | None, trace: TraceContext
+    ) -> _Decided:
+        """:meth:`_decide` for an MCP read, as the MCP gateway decides one: a malformed
+        request is refused (400, audited with the method as its action); no human's
+        approval is asked (the gateway asks for ``tools/call`` only), so a deny that
+        an approval would lift stays a deny and says so."""
+        assert guarded._read is not None
+        method, call = guarded._read
+        enforcer = self.enforcer
+        with _refusals(guarded.tool, trace):
+            if isinstance(call, str):
+                access = self._principal(method, guarded._authenticate, token, trace)
+                enforcer.refuse(access, trace=trace, status=400, reason=call, action=method)
+                raise ToolCallDenied(
+                    method,
+                    call,
+                    error="invalid_request",
+                    refusal_status=400,
+                    trace_id=trace.trace_id,
+                )
+            access = self._principal(call.tool, guarded._authenticate, token, trace, call=call)
+            verdict = enforcer.decide(access, call, trace=trace)
+        if not verdict.allowed:
+            if verdict.approvable:
+                verdict = replace(verdict, reason=f"{verdict.reason} ({_NO_READ_APPROVALS})")
+            raise _denied(call.tool, verdict, trace)
         return _Decided(access, call, verdict, trace)
 
     def _principal(
@@ -1036,10 +1102,28 @@ class Guard:
         authenticate: Authenticate | None = None,
     ) -> list[str]:
         """The names in ``tools`` the principal may see, in their order: those a call
-        without arguments would be allowed, decided as the MCP gateway decides its
-        listings (:class:`~agentiam.adapters.gateway.mcp_visibility.Visibility`: the
-        token's ``authorization_details``, RFC 9396, and Cedar policy with empty
-        ``context.args``). A name the guard cannot record as a tool (see
+        without arguments would be allowed (:meth:`visible` for ``tools/list``). A
+        name the guard cannot record as a tool (see :meth:`call`) is never shown."""
+        items = [Listed("tool", name, name) for name in tools]
+        flags = self.visible(LIST_TOOLS, items, token=token, authenticate=authenticate)
+        return [name for name, ok in zip(tools, flags, strict=True) if ok]
+
+    def visible(
+        self,
+        method: str,
+        items: Sequence[Listed],
+        *,
+        token: TokenSource | None = None,
+        authenticate: Authenticate | None = None,
+    ) -> list[bool]:
+        """One flag per item of the listing ``method`` (``tools/list``,
+        ``resources/list``, ``resources/templates/list``, ``prompts/list``): may the
+        principal see it? Decided as the MCP gateway decides its listings
+        (:class:`~agentiam.adapters.gateway.mcp_visibility.Visibility`: the token's
+        ``authorization_details``, RFC 9396, and Cedar policy with empty
+        ``context.args``; a tool is ``invoke_tool`` on ``Tool::"<name>"``, a
+        resource or template ``read`` on ``DataSet::"<uri>"``, a prompt ``read`` on
+        ``DataSet::"prompt:<name>"``). A tool name the guard cannot record (see
         :meth:`call`) is never shown. The principal is found as a call's is
         (``authenticate``, else ``token``, the :meth:`acting_as` token or the
         guard's).
@@ -1047,34 +1131,37 @@ class Guard:
         As a gateway's listing, it takes a token from the agent's own rate-limit
         bucket (:meth:`Enforcer.admit_request
         <agentiam.adapters.gateway.enforcer.Enforcer.admit_request>`) and is recorded
-        as one ``mcp.list`` event (action ``tools/list``), durable before this
-        returns. It fails closed: :class:`ToolCallDenied` for no or a bad token
+        as one ``mcp.list`` event (action ``method``), durable before this returns.
+        It fails closed: :class:`ToolCallDenied` for no or a bad token
         (``invalid_token``) or over the rate limit (``rate_limited``),
         :class:`GuardUnavailable` past the outage bound or when the event cannot be
         recorded; each refusal is audited (``api.request.rejected``). It waits for
         the spool's fsync: from async code, run it in a worker thread."""
+        if method not in _LISTINGS:
+            raise ValueError(f"method: one of {sorted(_LISTINGS)}")
         trace = TraceContext.new()
         enforcer = self.enforcer
-        with _refusals(LIST_TOOLS, trace):
-            access = self._principal(LIST_TOOLS, authenticate, token or _current_token.get(), trace)
-            refused = enforcer.admit_request(access, LIST_TOOLS, trace=trace)
+        with _refusals(method, trace):
+            access = self._principal(method, authenticate, token or _current_token.get(), trace)
+            refused = enforcer.admit_request(access, method, trace=trace)
             if refused is not None:
-                raise _denied(LIST_TOOLS, refused, trace)
-            items = [Listed("tool", name, name) for name in tools]
-            recordable = [_TOOL.match(name) is not None for name in tools]
+                raise _denied(method, refused, trace)
+            recordable = [
+                item.kind != "tool" or _TOOL.match(item.exposed) is not None for item in items
+            ]
             try:
                 enforcer.link.authorizer()  # past the outage bound: refused, as a call
                 asked = [item for item, ok in zip(items, recordable, strict=True) if ok]
                 decided = iter(self.visibility.visible(access, asked))
                 flags = [ok and next(decided) for ok in recordable]
-                enforcer.record_listing(access, LIST_TOOLS, items, flags, trace=trace)
+                enforcer.record_listing(access, method, items, flags, trace=trace)
             except ServiceUnavailable as exc:
                 with contextlib.suppress(ServiceUnavailable):  # refused all the same
                     enforcer.refuse(
-                        access, trace=trace, status=503, reason=exc.detail, action=LIST_TOOLS
+                        access, trace=trace, status=503, reason=exc.detail, action=method
                     )
                 raise
-        return [name for name, ok in zip(tools, flags, strict=True) if ok]
+        return flags
 
     def _approval(
         self,

@@ -1,9 +1,10 @@
 """The in-process guard for MCP servers built with the official MCP Python SDK
 (``MCPServer``, formerly ``FastMCP``; the ``mcp`` extra).
 
-:class:`GuardMiddleware` is an SDK server middleware: it sees every ``tools/call``
-before the tool runs, whichever tool it is and whenever it was registered, and
-decides it with :class:`~agentiam.adapters.gateway.guard.Guard`::
+:class:`GuardMiddleware` is an SDK server middleware: it sees every ``tools/call``,
+``resources/read`` and ``prompts/get`` before the tool, resource or prompt function
+runs, whichever it is and whenever it was registered, and decides it with
+:class:`~agentiam.adapters.gateway.guard.Guard`::
 
     server = MCPServer("tools")
     guard.protect(server)              # or MCPServer(..., middleware=[GuardMiddleware(guard)])
@@ -12,7 +13,11 @@ decides it with :class:`~agentiam.adapters.gateway.guard.Guard`::
     def search(query: str) -> list[str]: ...
 
 The tool name and the arguments as the client sent them are the call
-(``Tool::"<name>"``, ``context.args``). The principal is, with ``principal="auto"``:
+(``Tool::"<name>"``, ``context.args``); a read is decided as the MCP gateway decides
+it (:mod:`~agentiam.adapters.gateway.mcp_calls`, MCP 2026-07-28 "Resources" and
+"Prompts"): ``read`` on ``DataSet::"<uri>"`` (the URI as the client sent it, a
+templated resource's concrete URI) or on ``DataSet::"prompt:<name>"`` with the
+prompt's arguments as ``context.args``. The principal is, with ``principal="auto"``:
 
 * **over HTTP** (Streamable HTTP), the agent that sent the request: its
   ``Authorization: DPoP <token>`` and ``DPoP`` proof are verified exactly as a
@@ -34,19 +39,36 @@ the guard answers itself carry the SDK's ``serverInfo`` ``_meta`` stamp on a
 2026-07-28 connection when the middleware was installed with ``guard.protect(server)``
 (or :meth:`GuardMiddleware.install`), which tells it the server.
 
-``tools/list`` shows each caller only the tools policy lets it call, decided as the
-MCP gateway decides its listings (:meth:`Guard.visible_tools
-<agentiam.adapters.gateway.guard.Guard.visible_tools>`,
-:class:`~agentiam.adapters.gateway.mcp_visibility.Visibility`: a call without
-arguments, ``context.args`` empty, and the token's ``authorization_details``), for the
-same principal as a call. Each listing takes a token from the agent's rate-limit
-bucket and is one ``mcp.list`` audit event, durable before the answer; the result is
-never cacheable beyond this caller (SEP-2549: ``ttlMs: 0``, ``cacheScope: private``).
-A listing the guard refuses (no or a bad token, the rate limit, past the outage
-bound, its event not durable) is a JSON-RPC error (``-32603`` for the guard's own
-state, else ``-32600``) with ``data["dev.agentiam/refusal"]``, and shows nothing.
-Hidden tools are still decided per call: calling one by name is refused as any
-denied call is. Resources and prompts are neither guarded nor filtered here.
+A read is decided, rate-limited and audited as a call is: a token from the agent's
+buckets (and the per-tool one, keyed by the URI or prompt name), the decision event
+durable before the function runs, a ``tool.call`` outcome event after it (a function
+that raises is recorded as failed with the exception's class). A refused read is a
+JSON-RPC error, as the gateway's, with ``data["dev.agentiam/refusal"]`` (``error``,
+``reason``, ``decision_id``): ``-32003`` (the gateway's ``POLICY_DENIED``) for a
+policy deny, ``-32602`` for a malformed request (a URI over 500 characters or
+starting with ``prompt:``, a prompt name over 256 characters, non-string prompt
+arguments: audited with status 400), ``-32603`` for the guard's own state (past the
+outage bound, the spool), else ``-32600`` (no or a bad token, the rate limit, the
+token's task scope); the function does not run. No human's approval is asked for a
+read, as at the gateway (which asks for ``tools/call`` only): a deny an approval
+would lift is refused, its reason saying so. A ``resources/read`` result is never
+cacheable beyond this caller (SEP-2549: ``ttlMs: 0``, ``cacheScope: private``).
+
+``tools/list``, ``resources/list``, ``resources/templates/list`` and ``prompts/list``
+show each caller only what policy lets it call or read, decided as the MCP gateway
+decides its listings (:meth:`Guard.visible
+<agentiam.adapters.gateway.guard.Guard.visible>`,
+:class:`~agentiam.adapters.gateway.mcp_visibility.Visibility`: a call or read without
+arguments, ``context.args`` empty, and the token's ``authorization_details``; a
+template is asked as ``DataSet::"<uri template>"``), for the same principal as a
+call. Each listing takes a token from the agent's rate-limit bucket and is one
+``mcp.list`` audit event (its action the method), durable before the answer; the
+result is never cacheable beyond this caller (SEP-2549: ``ttlMs: 0``, ``cacheScope:
+private``). A listing the guard refuses (no or a bad token, the rate limit, past the
+outage bound, its event not durable) is a JSON-RPC error (``-32603`` for the guard's
+own state, else ``-32600``) with ``data["dev.agentiam/refusal"]``, and shows nothing.
+Hidden items are still decided per call or read: calling a hidden tool, reading a
+hidden resource or getting a hidden prompt by name is refused as any denied one is.
 
 A call that waits for a human's approval (docs/approvals.md) is answered as the MCP
 gateway answers it: a tool error result whose ``_meta["agentiam/approval"]`` names
@@ -56,9 +78,12 @@ call with ``params._meta["agentiam/approval"]`` set to the approval id, which th
 guard uses for exactly that call, once (``AgentClient.mcp_session(approval_wait=…)``
 does this by itself).
 
-Not done: an authentication failure is a tool error (or, for a listing, a JSON-RPC
-error), not an HTTP 401 challenge; a policy change does not send
-``notifications/tools/list_changed`` (the next listing shows it).
+Not done: an authentication failure is a tool error (or, for a listing or a read, a
+JSON-RPC error), not an HTTP 401 challenge; a policy change does not send
+``notifications/*/list_changed`` (the next listing shows it). Not guarded (the MCP
+gateway serves neither): ``completion/complete``, which a server serves only when it
+registers a completion handler (argument suggestions for a prompt or a resource
+template), and ``resources/subscribe``, which ``MCPServer`` does not serve.
 """
 
 from __future__ import annotations
@@ -73,18 +98,18 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INTERNAL_ERROR,
+    INVALID_PARAMS,
     INVALID_REQUEST,
     SERVER_INFO_META_KEY,
     CallToolResult,
     Implementation,
     TextContent,
 )
-from mcp_types.methods import serialize_server_result
+from mcp_types.methods import is_input_required, serialize_server_result
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel
 
 from agentiam.adapters.gateway.guard import (
-    LIST_TOOLS,
     ApprovalRefusal,
     Authenticate,
     Guard,
@@ -92,6 +117,8 @@ from agentiam.adapters.gateway.guard import (
     Principal,
     ToolCallDenied,
 )
+from agentiam.adapters.gateway.mcp_calls import POLICY_DENIED, READ_METHODS
+from agentiam.adapters.gateway.mcp_visibility import Listed, ListedKind
 from agentiam.core.approvals_wire import META_KEY, mcp_result_meta, mcp_result_text
 from agentiam.core.audit.events import TraceContext
 from agentiam.core.credentials.verifier import VerifiedAccess
@@ -100,11 +127,20 @@ __all__ = ["REFUSAL_META", "GuardMiddleware"]
 
 REFUSAL_META = "dev.agentiam/refusal"
 
+# each MCP listing (MCP 2026-07-28 "Tools", "Resources", "Prompts"): the result's
+# member holding the items, the member naming an item, and what an item is to policy
+_LISTINGS: dict[str, tuple[str, str, ListedKind]] = {
+    "tools/list": ("tools", "name", "tool"),
+    "resources/list": ("resources", "uri", "resource"),
+    "resources/templates/list": ("resourceTemplates", "uriTemplate", "template"),
+    "prompts/list": ("prompts", "name", "prompt"),
+}
+
 
 class GuardMiddleware:
     """An ``mcp`` server middleware (``ServerMiddleware[Any]``) guarding every
-    ``tools/call`` and showing each caller, in ``tools/list``, only the tools it may
-    call; see the module doc."""
+    ``tools/call``, ``resources/read`` and ``prompts/get`` and showing each caller, in
+    the four listings, only what it may call or read; see the module doc."""
 
     def __init__(
         self, guard: Guard, *, principal: Principal = "auto", public_url: str | None = None
@@ -122,8 +158,10 @@ class GuardMiddleware:
     async def __call__(
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
     ) -> HandlerResult:
-        if ctx.method == LIST_TOOLS and ctx.request_id is not None:
+        if ctx.method in _LISTINGS and ctx.request_id is not None:
             return await self._listing(ctx, call_next)
+        if ctx.method in READ_METHODS and ctx.request_id is not None:
+            return await self._read(ctx, call_next)
         if ctx.method != "tools/call" or ctx.request_id is None:
             return await call_next(ctx)
         params = ctx.params or {}
@@ -161,41 +199,70 @@ class GuardMiddleware:
     async def _listing(
         self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
     ) -> HandlerResult:
-        """``tools/list``: the server's listing, showing only the tools this caller may
-        call (:meth:`Guard.visible_tools`, the MCP gateway's listing decision), never
+        """A listing (``tools/list``, ``resources/list``, ``resources/templates/list``,
+        ``prompts/list``): the server's, showing only what this caller may call or
+        read (:meth:`Guard.visible`, the MCP gateway's listing decision), never
         cacheable beyond this caller (SEP-2549 ``ttlMs: 0``, ``cacheScope:
         private``). A listing the guard refuses (no or a bad token, the rate limit,
         past the outage bound, its ``mcp.list`` event not durable) is a JSON-RPC error
         and shows nothing, as the gateway's."""
-        result = await call_next(ctx)  # the SDK's own listing: it runs no tool
-        listing = (
-            result.model_dump(by_alias=True, mode="json", exclude_none=True)
-            if isinstance(result, BaseModel)
-            else dict(result or {})
-        )
-        tools = listing.get("tools")
-        if not isinstance(tools, list):
-            raise MCPError(INTERNAL_ERROR, "the tool listing could not be read; it was refused")
-        named = [t for t in tools if isinstance(t, Mapping) and isinstance(t.get("name"), str)]
-        names = [str(t["name"]) for t in named]
+        method = ctx.method
+        member, key, kind = _LISTINGS[method]
+        result = await call_next(ctx)  # the SDK's own listing: it runs no tool or read
+        listing = _as_dict(result)
+        found = listing.get(member)
+        if not isinstance(found, list):
+            raise MCPError(INTERNAL_ERROR, "the listing could not be read; it was refused")
+        named = [t for t in found if isinstance(t, Mapping) and isinstance(t.get(key), str)]
+        items = [Listed(kind, str(t[key]), str(t[key])) for t in named]
         if self._mode(ctx) == "configured":
-            visible = functools.partial(self.guard.visible_tools, names)
+            visible = functools.partial(self.guard.visible, method, items)
         else:
             authenticate = self._from_request(ctx.request)
-            visible = functools.partial(self.guard.visible_tools, names, authenticate=authenticate)
+            visible = functools.partial(
+                self.guard.visible, method, items, authenticate=authenticate
+            )
         try:
-            shown = set(await anyio.to_thread.run_sync(visible))
+            flags = await anyio.to_thread.run_sync(visible)
         except ToolCallDenied as denied:
-            code = INTERNAL_ERROR if denied.refusal_status >= 500 else INVALID_REQUEST
-            raise MCPError(
-                code,
-                f"AgentIAM refused the listing: {denied.reason}",
-                {REFUSAL_META: {"error": denied.error, "reason": denied.reason}},
-            ) from None
-        listing["tools"] = [t for t in named if t["name"] in shown]
+            raise _mcp_error(denied, "the listing") from None
+        listing[member] = [t for t, ok in zip(named, flags, strict=True) if ok]
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             listing["ttlMs"], listing["cacheScope"] = 0, "private"
         return listing
+
+    async def _read(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        """``resources/read`` or ``prompts/get``, decided before the server's resource
+        or prompt function runs (:meth:`Guard.read`, the MCP gateway's decision). A
+        refusal is a JSON-RPC error, as the gateway's: :data:`POLICY_DENIED` for a
+        policy deny, else as a refused listing (``-32602`` for a malformed request),
+        with ``data["dev.agentiam/refusal"]``. A read's result depends on the
+        caller's rights: never cacheable beyond it (SEP-2549)."""
+        method = ctx.method
+        params = ctx.params or {}
+        if self._mode(ctx) == "configured":
+            guarded = self.guard.read(method, params)
+        else:
+            guarded = self.guard.read(method, params, authenticate=self._from_request(ctx.request))
+        what = "this read" if method == "resources/read" else "this prompt"
+        try:
+            await guarded.__aenter__()
+        except ToolCallDenied as denied:
+            raise _mcp_error(denied, what) from None
+        try:
+            result = await call_next(ctx)
+        except BaseException as exc:
+            await guarded.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        await guarded.__aexit__(None, None, None)
+        if method == "resources/read" and ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            read = _as_dict(result)
+            if not is_input_required(read):  # an interim result has no cache hints
+                read["ttlMs"], read["cacheScope"] = 0, "private"
+            return read
+        return result
 
     def _mode(self, ctx: ServerRequestContext[Any, Any]) -> Principal:
         """Whose token decides: ``request`` (the HTTP caller's) or ``configured``."""
@@ -264,6 +331,31 @@ class GuardMiddleware:
                 SERVER_INFO_META_KEY: copy.deepcopy(self.server_info),
             }
         return result
+
+
+def _mcp_error(denied: ToolCallDenied, what: str) -> MCPError:
+    """A refusal of a listing or a read as a JSON-RPC error, in the MCP gateway's codes:
+    a policy deny (a decision id) :data:`POLICY_DENIED`, a malformed request
+    ``INVALID_PARAMS``, the guard's own state (5xx) ``INTERNAL_ERROR``, else (no or a
+    bad token, the rate limit, the token's task scope) ``INVALID_REQUEST``; the
+    reason, its wire code and the decision id in ``data["dev.agentiam/refusal"]``."""
+    if denied.decision_id is not None:
+        code = POLICY_DENIED
+    elif denied.refusal_status >= 500:
+        code = INTERNAL_ERROR
+    elif denied.error == "invalid_request":
+        code = INVALID_PARAMS
+    else:
+        code = INVALID_REQUEST
+    refusal = {"error": denied.error, "reason": denied.reason, "decision_id": denied.decision_id}
+    return MCPError(code, f"AgentIAM refused {what}: {denied.reason}", {REFUSAL_META: refusal})
+
+
+def _as_dict(result: HandlerResult) -> dict[str, Any]:
+    """A result as its wire members (the SDK's handlers hand the chain a dict already)."""
+    if isinstance(result, BaseModel):
+        return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return dict(result or {})
 
 
 def _is_error(result: HandlerResult) -> bool:
