@@ -209,7 +209,8 @@ def test_a_hidden_resource_or_prompt_read_by_name_is_refused(live: OAuthLive, gu
     async def main() -> tuple[list[str], list[MCPError], str]:
         async with Client(server) as client:
             shown = [r.uri for r in (await client.list_resources()).resources]
-            shown += [t.uri_template for t in (await client.list_resource_templates()).resource_templates]
+            templates = (await client.list_resource_templates()).resource_templates
+            shown += [t.uri_template for t in templates]
             shown += [p.name for p in (await client.list_prompts()).prompts]
             refused = []
             for uri in (SECRET, "file:///admin/root", "file:///users/bob"):
