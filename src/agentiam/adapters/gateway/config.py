@@ -27,6 +27,8 @@ The part every gateway shares (see docs/gateway.md#configuration)::
       require_nonce: false             # true: a proof without a current nonce gets 401
       nonce_key_env: AGENTIAM_GATEWAY_DPOP_NONCE_KEY   # or nonce_key_file: /etc/…; 32
                                        # bytes, base64url, shared by the replicas
+      nonce_accept_keys: []            # rotation: up to 3 more keys accepted, never issued
+                                       # with ({key_env: NAME} or {key_file: /path} each)
       nonce_lifetime_seconds: 300
     audit:                             # refusals naming nobody audited one by one, per
       anonymous_refusals:              # network peer and overall; the rest in summaries
@@ -54,7 +56,7 @@ import yaml
 
 from agentiam.adapters.gateway.spool import DEFAULT_REJECTED_MAX_BYTES
 from agentiam.adapters.tls import tls_context
-from agentiam.core.credentials.nonces import NonceIssuer
+from agentiam.core.credentials.nonces import MAX_ACCEPTED_KEYS, NonceIssuer
 from agentiam.core.credentials.sealing import MasterKey
 from agentiam.core.enforcement.anonymous import AnonymousRefusalLimits
 from agentiam.core.enforcement.ratelimit import RateLimiter
@@ -64,6 +66,7 @@ __all__ = [
     "ApprovalSettings",
     "ControlPlaneConfig",
     "DpopSettings",
+    "NonceKeySource",
     "GatewayConfig",
     "ListenerTls",
     "ReplayCacheConfig",
@@ -174,42 +177,82 @@ _KEY_HINT = "32 bytes as unpadded base64url: create one with 'agentiam keys gene
 
 
 @dataclass(frozen=True, slots=True)
+class NonceKeySource:
+    """Where one key of ``dpop.nonce_accept_keys`` is read: the environment variable
+    ``env`` or the file ``file`` (exactly one)."""
+
+    env: str | None = None
+    file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DpopSettings:
     """Resource-server DPoP nonces (RFC 9449 section 9): with ``require_nonce``, a
     proof must carry a nonce this gateway (or a replica holding the same key) issued
     less than ``nonce_lifetime_seconds`` ago. The key comes from the environment
     variable ``nonce_key_env`` or the file ``nonce_key_file`` (exactly one), read at
-    start; neither is read while ``require_nonce`` is off."""
+    start; neither is read while ``require_nonce`` is off.
+
+    ``nonce_accept_keys``: up to :data:`~agentiam.core.credentials.nonces.
+    MAX_ACCEPTED_KEYS` more keys whose nonces are accepted, never issued with: the
+    overlap of a rolling key rotation (every replica accepts the new key; then each
+    issues with it and accepts the old one; then the old one is dropped)."""
 
     require_nonce: bool = False
     nonce_key_env: str | None = None
     nonce_key_file: Path | None = None
     nonce_lifetime_seconds: int = 300
+    nonce_accept_keys: tuple[NonceKeySource, ...] = ()
 
     def nonce_issuer(self, env: Mapping[str, str] | None = None) -> NonceIssuer | None:
-        """The issuer of this gateway's nonces, None when nonces are off. Its HMAC key
-        is derived from the configured key (HKDF-SHA256, RFC 5869), so every replica
+        """The issuer of this gateway's nonces, None when nonces are off. Its HMAC keys
+        are derived from the configured keys (HKDF-SHA256, RFC 5869), so every replica
         given the same key issues and accepts the same nonces. ValueError naming the
-        setting when the key is missing or malformed (never echoing it)."""
+        setting when a key is missing or malformed, or when an accepted key is the
+        issuing key or another accepted one (never echoing a key)."""
         if not self.require_nonce:
             return None
         if self.nonce_key_env is not None:
-            where = "dpop.nonce_key_env"
-            text = from_env(env, self.nonce_key_env, where, "the gateway's DPoP nonce key")
+            issuing_where = "dpop.nonce_key_env"
         else:
-            assert self.nonce_key_file is not None
-            where = "dpop.nonce_key_file"
-            try:
-                text = self.nonce_key_file.read_text(encoding="ascii")
-            except (OSError, UnicodeDecodeError) as exc:
+            issuing_where = "dpop.nonce_key_file"
+        issuing = _nonce_key(env, self.nonce_key_env, self.nonce_key_file, issuing_where)
+        accepted: list[bytes] = []
+        for n, source in enumerate(self.nonce_accept_keys):
+            where = f"dpop.nonce_accept_keys[{n}]." + ("key_env" if source.env else "key_file")
+            key = _nonce_key(env, source.env, source.file, where)
+            if key == issuing:
                 raise ValueError(
-                    f"{where}: cannot read {self.nonce_key_file} ({type(exc).__name__})"
-                ) from None
+                    f"{where}: the same key as {issuing_where}; an accepted key is another "
+                    "one (the previous or the next key of a rotation)"
+                )
+            if key in accepted:
+                raise ValueError(
+                    f"{where}: the same key as dpop.nonce_accept_keys[{accepted.index(key)}]"
+                )
+            accepted.append(key)
+        return NonceIssuer(issuing, lifetime=self.nonce_lifetime_seconds, accept=accepted)
+
+
+def _nonce_key(
+    env: Mapping[str, str] | None, var: str | None, file: Path | None, where: str
+) -> bytes:
+    """The HMAC key of the nonce key in the variable ``var`` or the file ``file``
+    (exactly one given), derived with HKDF-SHA256 (RFC 5869); ValueError naming
+    ``where`` when it is unset, unreadable or malformed (never echoing it)."""
+    if var is not None:
+        text = from_env(env, var, where, "the gateway's DPoP nonce key")
+    else:
+        assert file is not None
         try:
-            key = MasterKey.from_text(text)
-        except ValueError:
-            raise ValueError(f"{where}: not a valid key ({_KEY_HINT})") from None
-        return NonceIssuer(key.derive(_NONCE_KEY_PURPOSE), lifetime=self.nonce_lifetime_seconds)
+            text = file.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{where}: cannot read {file} ({type(exc).__name__})") from None
+    try:
+        key = MasterKey.from_text(text)
+    except ValueError:
+        raise ValueError(f"{where}: not a valid key ({_KEY_HINT})") from None
+    return key.derive(_NONCE_KEY_PURPOSE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,7 +467,15 @@ def _dpop(value: Any) -> DpopSettings:
     _keys(
         raw,
         "dpop",
-        frozenset({"require_nonce", "nonce_key_env", "nonce_key_file", "nonce_lifetime_seconds"}),
+        frozenset(
+            {
+                "require_nonce",
+                "nonce_key_env",
+                "nonce_key_file",
+                "nonce_accept_keys",
+                "nonce_lifetime_seconds",
+            }
+        ),
     )
     require = raw.get("require_nonce", False)
     if not isinstance(require, bool):
@@ -445,7 +496,47 @@ def _dpop(value: Any) -> DpopSettings:
     lifetime = raw.get("nonce_lifetime_seconds", 300)
     if isinstance(lifetime, bool) or not isinstance(lifetime, int) or not 10 <= lifetime <= 3600:
         raise ValueError("dpop.nonce_lifetime_seconds: an integer between 10 and 3600")
-    return DpopSettings(require, key_env, key_file, lifetime)
+    accept = _nonce_accept_keys(raw.get("nonce_accept_keys", []), key_env, key_file)
+    return DpopSettings(require, key_env, key_file, lifetime, accept)
+
+
+def _nonce_accept_keys(
+    value: Any, key_env: str | None, key_file: Path | None
+) -> tuple[NonceKeySource, ...]:
+    """``dpop.nonce_accept_keys``: at most :data:`MAX_ACCEPTED_KEYS` entries, each
+    ``{key_env: NAME}`` or ``{key_file: /path}``, none naming the issuing key's source
+    or another entry's (the same value under two names is caught when the keys are
+    read, :meth:`DpopSettings.nonce_issuer`)."""
+    where = "dpop.nonce_accept_keys"
+    if not isinstance(value, list) or len(value) > MAX_ACCEPTED_KEYS:
+        raise ValueError(
+            f"{where}: a list of at most {MAX_ACCEPTED_KEYS} keys, each {{key_env: NAME}} "
+            "or {key_file: /path}"
+        )
+    if value and key_env is None and key_file is None:
+        raise ValueError(f"{where}: needs the issuing key, in nonce_key_env or nonce_key_file")
+    sources: list[NonceKeySource] = []
+    for n, entry in enumerate(value):
+        at = f"{where}[{n}]"
+        raw = _mapping(entry, at)
+        _keys(raw, at, frozenset({"key_env", "key_file"}))
+        if ("key_env" in raw) == ("key_file" in raw):
+            raise ValueError(f"{at}: give exactly one of key_env and key_file")
+        if "key_env" in raw:
+            env = raw["key_env"]
+            if not isinstance(env, str) or not _ENV.match(env):
+                raise ValueError(f"{at}.key_env: an environment variable name")
+            source = NonceKeySource(env=env)
+            if env == key_env:
+                raise ValueError(f"{at}.key_env: the issuing key's variable (nonce_key_env)")
+        else:
+            source = NonceKeySource(file=_path(raw["key_file"], f"{at}.key_file"))
+            if source.file == key_file:
+                raise ValueError(f"{at}.key_file: the issuing key's file (nonce_key_file)")
+        if source in sources:
+            raise ValueError(f"{at}: the same source as {where}[{sources.index(source)}]")
+        sources.append(source)
+    return tuple(sources)
 
 
 def control_plane_seconds(value: Any, where: str) -> float:
