@@ -12,10 +12,15 @@ from typing import Any
 import pytest
 from tests.support.tls import server_pki
 
-from agentiam.adapters.gateway.config import DpopSettings, load_gateway_config, read_config_file
+from agentiam.adapters.gateway.config import (
+    DpopSettings,
+    NonceKeySource,
+    load_gateway_config,
+    read_config_file,
+)
 from agentiam.adapters.gateway.http_proxy import load_config
 from agentiam.core.credentials.jose import b64url_decode
-from agentiam.core.credentials.nonces import NonceIssuer
+from agentiam.core.credentials.nonces import MAX_ACCEPTED_KEYS, NonceIssuer
 from agentiam.core.credentials.sealing import MasterKey
 from agentiam.core.policy.model import EntityRef
 
@@ -436,3 +441,121 @@ def test_a_missing_or_malformed_nonce_key_stops_the_start_naming_the_setting(
     ).gateway.dpop
     with pytest.raises(ValueError, match=r"^dpop\.nonce_key_file: cannot read .*FileNotFound"):
         in_file.nonce_issuer({})
+
+
+# -- dpop.nonce_accept_keys: key rotation with overlap --------------------------------------
+
+OLD_KEY, NEW_KEY = MasterKey.generate_text(), MasterKey.generate_text()
+
+
+def _rotating(accept: list[Any], **more: Any) -> DpopSettings:
+    on = {"require_nonce": True, "nonce_key_env": "GW_NONCE", "nonce_accept_keys": accept}
+    return load_config(_with("dpop", {**on, **more})).gateway.dpop
+
+
+def test_accepted_nonce_keys_verify_and_never_issue(tmp_path: Path) -> None:
+    (tmp_path / "old.key").write_text(OLD_KEY + "\n")
+    dpop = _rotating([{"key_file": str(tmp_path / "old.key")}], nonce_lifetime_seconds=60)
+    assert dpop.nonce_accept_keys == (NonceKeySource(file=tmp_path / "old.key"),)
+    # phase 2 of a rotation: issue with the new key, accept the old one
+    issuer = dpop.nonce_issuer({"GW_NONCE": NEW_KEY})
+    assert issuer is not None
+    assert (issuer.accepted_keys, issuer.lifetime) == (1, 60)
+    settings = DpopSettings(True, "K", None, 60)
+    old, new = settings.nonce_issuer({"K": OLD_KEY}), settings.nonce_issuer({"K": NEW_KEY})
+    assert old is not None and new is not None
+    assert issuer.is_valid(old.issue(NOW), NOW)  # a replica not yet restarted: accepted
+    assert issuer.issue(NOW) == new.issue(NOW)  # issued with the new key only
+    assert not old.is_valid(issuer.issue(NOW), NOW)
+    assert not issuer.is_valid(old.issue(NOW - 61), NOW)  # the old key's nonces expire too
+    stranger = settings.nonce_issuer({"K": MasterKey.generate_text()})
+    assert stranger is not None
+    assert not issuer.is_valid(stranger.issue(NOW), NOW)
+    # the accepted key is derived as the issuing key is (HKDF), not used raw
+    assert not issuer.is_valid(NonceIssuer(b64url_decode(OLD_KEY)).issue(NOW), NOW)
+    # from the environment too, up to the bound
+    names = [f"GW_OLD_{n}" for n in range(MAX_ACCEPTED_KEYS)]
+    keys = {name: MasterKey.generate_text() for name in names}
+    many = _rotating([{"key_env": name} for name in names]).nonce_issuer(
+        {"GW_NONCE": NEW_KEY, **keys}
+    )
+    assert many is not None and many.accepted_keys == MAX_ACCEPTED_KEYS
+    for name in names:
+        one = settings.nonce_issuer({"K": keys[name]})
+        assert one is not None and many.is_valid(one.issue(NOW), NOW)
+
+
+def test_accepted_nonce_keys_are_not_read_while_nonces_are_off() -> None:
+    off = load_config(
+        _with("dpop", {"nonce_key_env": "GW_NONCE", "nonce_accept_keys": [{"key_env": "GW_OLD"}]})
+    ).gateway.dpop
+    assert off.nonce_issuer({}) is None
+
+
+@pytest.mark.parametrize(
+    ("accept", "message"),
+    [
+        ({"key_env": "GW_OLD"}, "dpop.nonce_accept_keys: a list of at most 3 keys"),
+        ("GW_OLD", "dpop.nonce_accept_keys: a list of at most 3 keys"),
+        ([{"key_env": f"GW_{n}"} for n in range(4)],
+         "dpop.nonce_accept_keys: a list of at most 3 keys"),
+        (["GW_OLD"], "dpop.nonce_accept_keys[0]: expected a mapping"),
+        ([{}], "dpop.nonce_accept_keys[0]: give exactly one of key_env and key_file"),
+        ([{"key_env": "GW_OLD", "key_file": "/k"}],
+         "dpop.nonce_accept_keys[0]: give exactly one of key_env and key_file"),
+        ([{"key_env": "GW_OLD", "key": "x"}], "dpop.nonce_accept_keys[0]: unknown keys key"),
+        ([{"nonce_key_env": "GW_OLD"}],
+         "dpop.nonce_accept_keys[0]: unknown keys nonce_key_env"),
+        ([{"key_env": "lower"}], "dpop.nonce_accept_keys[0].key_env: an environment variable"),
+        ([{"key_env": "GW_A"}, {"key_file": "relative"}],
+         "dpop.nonce_accept_keys[1].key_file: an absolute path"),
+        ([{"key_env": "GW_NONCE"}],
+         "dpop.nonce_accept_keys[0].key_env: the issuing key's variable (nonce_key_env)"),
+        ([{"key_env": "GW_A"}, {"key_env": "GW_A"}],
+         "dpop.nonce_accept_keys[1]: the same source as dpop.nonce_accept_keys[0]"),
+        ([{"key_file": "/k"}, {"key_file": "/k"}],
+         "dpop.nonce_accept_keys[1]: the same source as dpop.nonce_accept_keys[0]"),
+    ],
+)  # fmt: skip
+def test_accepted_nonce_key_mistakes_are_refused_naming_the_key(accept: Any, message: str) -> None:
+    with pytest.raises(ValueError, match="^" + _escape(message)):
+        _rotating(accept)
+
+
+def test_accepted_nonce_keys_need_the_issuing_key() -> None:
+    with pytest.raises(ValueError, match=r"^dpop\.nonce_accept_keys: needs the issuing key"):
+        load_config(_with("dpop", {"nonce_accept_keys": [{"key_env": "GW_OLD"}]}))
+    # the issuing key's file named again
+    with pytest.raises(ValueError, match=r"^dpop\.nonce_accept_keys\[0\]\.key_file: the issuing"):
+        load_config(
+            _with("dpop", {"nonce_key_file": "/k", "nonce_accept_keys": [{"key_file": "/k"}]})
+        )
+
+
+def test_a_bad_or_repeated_accepted_key_stops_the_start_never_echoing_it(tmp_path: Path) -> None:
+    dpop = _rotating([{"key_env": "GW_OLD"}, {"key_file": str(tmp_path / "old.key")}])
+    (tmp_path / "old.key").write_text(OLD_KEY)
+    with pytest.raises(
+        ValueError, match=r"^dpop\.nonce_accept_keys\[0\]\.key_env: the environment variable"
+    ):
+        dpop.nonce_issuer({"GW_NONCE": NEW_KEY})
+    short = OLD_KEY[:20]
+    with pytest.raises(ValueError, match=r"^dpop\.nonce_accept_keys\[0\]\.key_env: not a valid"):
+        dpop.nonce_issuer({"GW_NONCE": NEW_KEY, "GW_OLD": short})
+    # the same key under two names: the issuing key (a rotation step done wrong) ...
+    with pytest.raises(
+        ValueError, match=r"^dpop\.nonce_accept_keys\[0\]\.key_env: the same key as dpop\.nonce_key_env"
+    ) as same:
+        dpop.nonce_issuer({"GW_NONCE": NEW_KEY, "GW_OLD": f" {NEW_KEY}\n"})
+    # ... or another accepted key
+    with pytest.raises(
+        ValueError,
+        match=r"^dpop\.nonce_accept_keys\[1\]\.key_file: the same key as dpop\.nonce_accept_keys\[0\]",
+    ) as twice:
+        dpop.nonce_issuer({"GW_NONCE": NEW_KEY, "GW_OLD": OLD_KEY})
+    (tmp_path / "old.key").write_bytes(b"\xff" * 43)
+    with pytest.raises(ValueError, match=r"^dpop\.nonce_accept_keys\[1\]\.key_file: cannot read"):
+        dpop.nonce_issuer({"GW_NONCE": NEW_KEY, "GW_OLD": MasterKey.generate_text()})
+    for refused in (same, twice):
+        for secret in (NEW_KEY, OLD_KEY, short):
+            assert secret not in str(refused.value)
