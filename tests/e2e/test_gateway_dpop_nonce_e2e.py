@@ -3,7 +3,9 @@ processes: a control plane (``agentiam serve``), an HTTP upstream
 (``tests/support/echo_upstream.py``), an MCP upstream (the SDK's ``MCPServer``,
 :func:`tests.e2e.test_mcp_gateway_e2e.upstream_main`), and ``agentiam gateway http``
 and ``agentiam gateway mcp`` with ``dpop: {require_nonce: true}`` and one shared nonce
-key (as replicas would share it).
+key (as replicas would share it). A key rotation with overlap
+(``dpop.nonce_accept_keys``) runs two more HTTP gateway replicas behind a round-robin
+balancer.
 
 Agents use the SDK: an httpx client with :class:`~agentiam.sdk.DPoPAuth` and the stock
 MCP client session through :meth:`~agentiam.sdk.AgentClient.mcp_session`; both take
@@ -13,6 +15,7 @@ nonces the gateway hands out. Raw requests try every way of getting the nonce wr
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import shutil
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from tests.e2e.test_mcp_gateway_e2e import UPSTREAM_SECRET, _post, _rpc
 from tests.e2e.test_quickstart import AGENTIAM, Server, cli, env_for
 from tests.support.live import free_port
 from tests.support.live import until as poll
+from tests.support.network import Handler, serve_http
 
 from agentiam.adapters.gateway.config import DpopSettings
 from agentiam.core.credentials.nonces import NonceIssuer
@@ -62,6 +67,13 @@ class World:
     key: AgentKey
     nonces: NonceIssuer  # the gateways' own: minted here for the negative cases
     cp_master_key: str  # the control plane's (its token endpoint's nonces derive from it)
+    # for more gateway processes: the directory, the environment, the configuration of
+    # the HTTP gateway, and the public URL the rotation's replicas serve (the agent may
+    # get tokens for it; the control plane takes the audit of gateway/nonce-rot-1 and -2)
+    tmp: Path
+    gw_env: dict[str, str]
+    http_config: dict[str, Any]
+    rotation_url: str
 
     def agent(self, resource: str) -> AgentClient:
         """A new client for the agent: it holds no nonce yet."""
@@ -115,19 +127,21 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
     tmp = tmp_path_factory.mktemp("dpop-nonce")
     shutil.copyfile(sqlite_template, tmp / "cp.db")
     cp_port, up_port, mcp_up_port = free_port(), free_port(), free_port()
-    http_port, mcp_port = free_port(), free_port()
+    http_port, mcp_port, rotation_port = free_port(), free_port(), free_port()
     env = env_for(f"sqlite:///{tmp / 'cp.db'}", cp_port)
     env["AGENTIAM_MASTER_KEY"] = MasterKey.generate_text()
     http_url = f"http://127.0.0.1:{http_port}"
     mcp_url = f"http://127.0.0.1:{mcp_port}/mcp"
     cp_url = f"http://127.0.0.1:{cp_port}"
+    rotation_url = f"http://127.0.0.1:{rotation_port}"
 
     admin = json.loads(
         cli(env, "admin-keys", "create", "--name", "ops", "--role", "admin", "--json").stdout
     )["secret"]
     verifier = json.loads(
         cli(env, "admin-keys", "create", "--name", "gw", "--role", "verifier",
-            "--source", "gateway/nonce-http", "--source", "gateway/nonce-mcp", "--json").stdout
+            "--source", "gateway/nonce-http", "--source", "gateway/nonce-mcp",
+            "--source", "gateway/nonce-rot-1", "--source", "gateway/nonce-rot-2", "--json").stdout
     )["secret"]  # fmt: skip
     (tmp / "policies.cedar").write_text(POLICIES)
     cli(env, "policy", "import", str(tmp / "policies.cedar"))
@@ -140,6 +154,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
         cli(env, "agents", "create", "nonce-bot", "--owner", human, "--purpose", "tests",
             "--environment", "production", "--key-file", str(tmp / "agent.pub.json"),
             "--scope", "tools", "--audience", http_url, "--audience", mcp_url,
+            "--audience", rotation_url,
             "--label", "team=nonce", "--activate", "--json").stdout
     )["id"]  # fmt: skip
 
@@ -210,6 +225,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
             key=key,
             nonces=issuer,
             cp_master_key=env["AGENTIAM_MASTER_KEY"],
+            tmp=tmp,
+            gw_env=gw_env,
+            http_config=http_config,
+            rotation_url=rotation_url,
         )
     finally:
         for proc in reversed(procs):
@@ -415,3 +434,121 @@ def test_only_the_protected_endpoints_hand_out_nonces(world: World) -> None:
         r = httpx.get(url, timeout=10)
         assert r.status_code == 200, url
         assert "dpop-nonce" not in r.headers, url
+
+
+# -- key rotation with overlap: dpop.nonce_accept_keys ----------------------------------------
+
+
+def _balancer(backends: list[str]) -> type[Handler]:
+    """A round-robin HTTP load balancer: each request (not each connection) goes to
+    the next of ``backends``, and its answer comes back as the backend gave it (its
+    ``X-Backend`` header names which one served it)."""
+    turn = itertools.cycle(range(len(backends)))
+
+    class Balancer(Handler):
+        def forward(self) -> None:
+            headers, body = self.request_body()
+            n = next(turn)
+            hop = {"host", "connection", "content-length", "transfer-encoding", "keep-alive"}
+            r = httpx.request(
+                self.command,
+                backends[n] + self.path,
+                headers={k: v for k, v in headers.items() if k not in hop},
+                content=body,
+                timeout=30,
+            )
+            self.send_response(r.status_code)
+            for name, value in r.headers.multi_items():
+                if name.lower() not in hop:
+                    self.send_header(name, value)
+            self.send_header("X-Backend", str(n))
+            self.send_header("Content-Length", str(len(r.content)))
+            self.end_headers()
+            self.wfile.write(r.content)
+
+        do_GET = do_POST = forward
+
+    return Balancer
+
+
+def test_replicas_mid_rotation_accept_each_others_nonces_behind_a_balancer(world: World) -> None:
+    """Two replicas of one gateway mid-rotation (docs: phase 2 on one, phase 1 still on
+    the other): replica 0 issues with the new key and accepts the old one, replica 1
+    issues with the old key and accepts the new one. A client behind a round-robin
+    balancer alternates between them with every request: after the first ``use_dpop_
+    nonce`` round trip, it never gets another 401, though every answer hands it a
+    nonce of the other replica's issuing key."""
+    old_key, new_key = MasterKey.generate_text(), MasterKey.generate_text()
+    env = {**world.gw_env, "ROT_OLD_KEY": old_key, "ROT_NEW_KEY": new_key}
+    phases = [("ROT_NEW_KEY", "ROT_OLD_KEY"), ("ROT_OLD_KEY", "ROT_NEW_KEY")]
+    settings = DpopSettings(True, "K", None, 60)
+    old, new = settings.nonce_issuer({"K": old_key}), settings.nonce_issuer({"K": new_key})
+    assert old is not None and new is not None
+    procs: list[subprocess.Popen[bytes]] = []
+    with ExitStack() as stack:
+        stack.callback(lambda: [_stop(proc) for proc in procs])
+        urls = []
+        for n, (issuing, accepted) in enumerate(phases, start=1):
+            port, name = free_port(), f"nonce-rot-{n}"
+            config = {
+                **world.http_config,
+                "name": name,
+                "public_url": world.rotation_url,
+                "listen": {"host": "127.0.0.1", "port": port},
+                "spool": {"directory": str(world.tmp / f"{name}-spool")},
+                "dpop": {"require_nonce": True, "nonce_key_env": issuing,
+                         "nonce_accept_keys": [{"key_env": accepted}],
+                         "nonce_lifetime_seconds": 60},
+            }  # fmt: skip
+            (world.tmp / f"{name}.yaml").write_text(json.dumps(config))
+            log = world.tmp / f"gateway-{name}.log"
+            procs.append(
+                _spawn([AGENTIAM, "gateway", "http", "--config", str(world.tmp / f"{name}.yaml")],
+                       env, log)
+            )  # fmt: skip
+            urls.append(f"http://127.0.0.1:{port}")
+            _wait(urls[-1] + "/healthz", procs[-1], log)
+        port = int(world.rotation_url.rsplit(":", 1)[1])
+        stack.enter_context(serve_http(_balancer(urls), port=port))
+
+        # each replica hands out nonces of its own issuing key only
+        for url, issuer, other in ((urls[0], new, old), (urls[1], old, new)):
+            handed = httpx.get(url + "/v1/invoices/1", timeout=10).headers["dpop-nonce"]
+            assert issuer.is_valid(handed, int(time.time()))
+            assert not other.is_valid(handed, int(time.time()))
+
+        agent = world.agent(world.rotation_url)
+        stack.callback(agent.close)
+        with agent.http(world.rotation_url, timeout=30) as http:
+            first = http.get("/v1/invoices/1")
+            assert first.status_code == 200, first.text
+            assert [h.status_code for h in first.history] == [401]  # the one round trip
+            assert 'error="use_dpop_nonce"' in first.history[0].headers["www-authenticate"]
+            served = [first.history[0].headers["x-backend"], first.headers["x-backend"]]
+            handed = [first.headers["dpop-nonce"]]
+            for n in range(2, 12):
+                r = http.get(f"/v1/invoices/{n}")
+                assert (r.status_code, r.history) == (200, []), (n, r.status_code, r.text)
+                served.append(r.headers["x-backend"])
+                handed.append(r.headers["dpop-nonce"])
+        assert served == ["0", "1"] * 6  # every request went to the other replica
+        # so each call carried a nonce of the key the replica serving it does not
+        # issue with: replica 1 answered with old-key nonces that replica 0 took, and
+        # the reverse
+        now = int(time.time())
+        by_key = ["old" if old.is_valid(h, now) else "new" if new.is_valid(h, now) else "?"
+                  for h in handed]  # fmt: skip
+        assert by_key == ["old", "new"] * 5 + ["old"]
+
+        # the attack: a nonce of a key neither replica lists (the other gateways') is
+        # refused by both, with the one refusal any wrong nonce gets
+        for url in urls:
+            token = agent.token().value
+            proof = dpop_proof(agent.dpop_key, method="GET", access_token=token,
+                               url=world.rotation_url + "/v1/invoices/7",
+                               nonce=world.nonces.issue(int(time.time())))  # fmt: skip
+            r = httpx.get(url + "/v1/invoices/7", timeout=10,
+                          headers={"Authorization": f"DPoP {token}", "DPoP": proof})  # fmt: skip
+            assert r.status_code == 401, r.text
+            assert 'error="use_dpop_nonce"' in r.headers["www-authenticate"]
+            assert (new if url == urls[0] else old).is_valid(r.headers["dpop-nonce"], now)

@@ -43,10 +43,11 @@ def serve_http(
     *,
     tls: ssl.SSLContext | None = None,
     poll: float = 0.05,
+    port: int = 0,
 ) -> Iterator[int]:
-    """Serve ``handler`` on 127.0.0.1 (behind ``tls`` when given) and yield the port;
-    stop on exit."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    """Serve ``handler`` on 127.0.0.1 (behind ``tls`` when given; on ``port``, or one
+    the system picks) and yield the port; stop on exit."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
     if tls is not None:
         httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
     thread = threading.Thread(target=httpd.serve_forever, args=(poll,), daemon=True)
