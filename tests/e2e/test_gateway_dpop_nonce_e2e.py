@@ -483,7 +483,8 @@ def test_replicas_mid_rotation_accept_each_others_nonces_behind_a_balancer(world
     phases = [("ROT_NEW_KEY", "ROT_OLD_KEY"), ("ROT_OLD_KEY", "ROT_NEW_KEY")]
     settings = DpopSettings(True, "K", None, 60)
     old, new = settings.nonce_issuer({"K": old_key}), settings.nonce_issuer({"K": new_key})
-    assert old is not None and new is not None
+    assert old is not None
+    assert new is not None
     procs: list[subprocess.Popen[bytes]] = []
     with ExitStack() as stack:
         stack.callback(lambda: [_stop(proc) for proc in procs])

@@ -81,10 +81,7 @@ class NonceIssuer:
         issued: int = struct.unpack(">Q", stamp)[0]
         if not issued - 5 <= now <= issued + self.lifetime:
             return False
-        for state in self._macs:
-            if hmac.compare_digest(mac, _tag(state, stamp)):
-                return True
-        return False
+        return any(hmac.compare_digest(mac, _tag(state, stamp)) for state in self._macs)
 
 
 def _tag(state: hmac.HMAC, stamp: bytes) -> bytes:
