@@ -19,7 +19,9 @@ response"). Always, rather than only when the client's nonce is about to expire:
 
 Nonces are stateless (:class:`~agentiam.core.credentials.nonces.NonceIssuer`: an
 HMAC of their issue time), so any replica holding the same key accepts a nonce
-another one issued.
+another one issued. During a key rotation a replica also accepts the nonces of the
+keys in ``dpop.nonce_accept_keys`` (the other key of the rotation), and hands out
+only nonces of its issuing key.
 """
 
 from __future__ import annotations
