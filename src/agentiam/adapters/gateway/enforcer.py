@@ -51,7 +51,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, NoReturn, Protocol
 
 from agentiam.adapters.gateway.approvals import ApprovalClient, ApprovedUse
 from agentiam.adapters.gateway.link import ControlPlaneLink
@@ -780,7 +780,8 @@ class Enforcer:
         visible>`'s flags for them: :func:`~agentiam.adapters.gateway.mcp_visibility.
         listing_event`), written to the sink and durable when this returns, also
         inside a :meth:`deferred` or :meth:`held` block: a listing is answered only
-        once its event is (else ServiceUnavailable)."""
+        once its event is (else ServiceUnavailable: the sink's own, a full spool's
+        naming what is full and how to empty it, as for a call; :meth:`_durable`)."""
         event = listing_event(
             access,
             method,
@@ -791,12 +792,7 @@ class Enforcer:
             now=_now(),
             unavailable=unavailable,
         )
-        try:
-            self._sink.append([event.to_dict()])
-        except ServiceUnavailable:
-            raise
-        except Exception as exc:
-            raise _unrecorded() from exc
+        self._durable([event.to_dict()], now=True, what="listing")
 
     @contextmanager
     def deferred(self) -> Iterator[Pending]:
@@ -832,18 +828,8 @@ class Enforcer:
         for them, and without starting a write for them alone when the sink can
         (:class:`DeferredSink`: they go with the next write, or :meth:`flush`). The
         future completes once they are durable (None from a sink that writes at
-        once). ServiceUnavailable if the sink refuses them now."""
-        submit = getattr(self._sink, "submit", None)
-        try:
-            if submit is not None:
-                future: Future[None] = submit(events, wake=False)
-                return future
-            self._sink.append(events)
-        except ServiceUnavailable:
-            raise
-        except Exception as exc:
-            raise _unrecorded() from exc
-        return None
+        once). ServiceUnavailable if the sink refuses them now (:meth:`_durable`)."""
+        return self._durable(events, quiet=True)
 
     def flush(self) -> None:
         """Write what :meth:`write_held` left queued now."""
@@ -851,22 +837,52 @@ class Enforcer:
         if wake is not None:
             wake()
 
-    def _durable(self, events: list[dict[str, Any]]) -> None:
-        held = _HELD.get()
-        if held is not None:
-            held.extend(events)
-            return
-        deferred = _DEFERRED.get()
+    def _durable(
+        self,
+        events: list[dict[str, Any]],
+        *,
+        now: bool = False,
+        quiet: bool = False,
+        what: str = "call",
+    ) -> Future[None] | None:
+        """The one place this enforcer's audit events go to its sink, and a sink that
+        does not take them becomes the 503 the request is refused with
+        (:func:`_unrecorded`, also :meth:`Pending.durable` for a write that fails
+        later): one answer per failure, whichever method wrote.
+
+        By default, as the block this runs in says: collected in a :meth:`held`
+        block; handed over in a :meth:`deferred` block when the sink can
+        (:class:`DeferredSink`; the future joins the block's :class:`Pending`);
+        else appended, durable when this returns. ``now``: appended whatever the
+        block (:meth:`record_listing`). ``quiet``: handed over without starting a
+        write when the sink can, the future returned (:meth:`write_held`); else
+        appended. ``what``: what is refused, in the 503 of a failure that is not the
+        sink's own ServiceUnavailable.
+
+        The hot path (every decision and refusal) takes the default: no call, await
+        or allocation beyond the sink's own."""
+        deferred: list[Future[None]] | None = None
+        if not (now or quiet):
+            held = _HELD.get()
+            if held is not None:
+                held.extend(events)
+                return None
+            deferred = _DEFERRED.get()
         try:
-            submit = getattr(self._sink, "submit", None) if deferred is not None else None
-            if submit is not None and deferred is not None:
-                deferred.append(submit(events))
-            else:
+            if now or (deferred is None and not quiet):
                 self._sink.append(events)
-        except ServiceUnavailable:
-            raise  # the sink's own refusal (a full spool names what is full), as write_held
+                return None
+            submit = getattr(self._sink, "submit", None)
+            if submit is None:
+                self._sink.append(events)
+            elif deferred is not None:
+                deferred.append(submit(events))
+            else:  # quiet
+                future: Future[None] = submit(events, wake=False)
+                return future
         except Exception as exc:
-            raise _unrecorded() from exc
+            _unrecorded(exc, what)
+        return None
 
 
 class DeferredSink(EventSink, Protocol):
@@ -901,7 +917,7 @@ class Pending:
                     await _settled(future, timeout)
                 future.result()
             except Exception as exc:
-                raise _unrecorded() from exc
+                _unrecorded(exc)
 
     def wait(self, timeout: float = 5.0) -> None:
         """:meth:`durable` for a thread that may block."""
@@ -909,7 +925,7 @@ class Pending:
             try:
                 future.result(timeout=timeout)
             except Exception as exc:
-                raise _unrecorded() from exc
+                _unrecorded(exc)
 
 
 async def _settled(future: Future[None], timeout: float) -> None:
@@ -940,11 +956,22 @@ def _resolve(waiter: asyncio.Future[None], error: BaseException | None) -> None:
             waiter.set_exception(error)
 
 
-def _unrecorded() -> ServiceUnavailable:
-    return ServiceUnavailable(
-        "the gateway cannot record this call durably; it was refused",
+def _unrecorded(exc: Exception, what: str = "call") -> NoReturn:
+    """Raise the 503 (RFC 9110 section 15.6.4) a request whose audit events could not
+    be made durable is refused with, ``exc`` being why. A ServiceUnavailable is the
+    sink's own refusal and is raised as it is: a full spool's
+    (:class:`~agentiam.adapters.gateway.spool.SpoolFull`) names what is full, and its
+    hint says how to empty it; a closed or failing spool's names the spool. Anything
+    else (a write not confirmed within the caller's timeout, an event the sink cannot
+    encode) is this gateway's own 503 for the ``what`` (a call, a listing), with
+    ``exc`` as its cause. Called in the ``except`` block of every write
+    (:meth:`Enforcer._durable`, :class:`Pending`)."""
+    if isinstance(exc, ServiceUnavailable):
+        raise exc
+    raise ServiceUnavailable(
+        f"the gateway cannot record this {what} durably; it was refused",
         hint="Check the gateway's audit spool (disk space, permissions).",
-    )
+    ) from exc
 
 
 def proof_thumbprint(proof: str) -> str | None:

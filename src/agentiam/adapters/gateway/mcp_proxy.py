@@ -1041,19 +1041,15 @@ class McpGateway:
         access = state.access
         flags = self.visibility.visible(access, [listed for listed, _ in found])
         shown = [item for (_, item), ok in zip(found, flags, strict=True) if ok]
-        try:
-            self.enforcer.record_listing(
-                access,
-                method,
-                [listed for listed, _ in found],
-                flags,
-                trace=state.trace,
-                unavailable=unavailable,
-            )
-        except Exception as exc:
-            raise ServiceUnavailable(
-                "the gateway cannot record this listing durably; it was refused"
-            ) from exc
+        # ServiceUnavailable as the enforcer raises it: a full spool's names what is full
+        self.enforcer.record_listing(
+            access,
+            method,
+            [listed for listed, _ in found],
+            flags,
+            trace=state.trace,
+            unavailable=unavailable,
+        )
         return shown
 
     async def _list_tools(
