@@ -15,7 +15,8 @@ and real DPoP-bound tokens. Each test uses an agent of its own (its own buckets)
    is not decided (an ``api.request.rejected`` with the transport's status instead),
    and does not use up the approval it names;
 4. a listing whose ``mcp.list`` event the spool cannot take (the spool full) is an
-   HTTP 503 with ``Retry-After`` and no data, as a call is.
+   HTTP 503 with ``Retry-After`` and no data, with the full spool's own message, as a
+   call is.
 """
 
 from __future__ import annotations
@@ -446,7 +447,10 @@ def test_a_listing_the_spool_cannot_record_is_a_503_without_data(world: World) -
     assert refused.headers["retry-after"] == "5"
     answer = refused.json()
     assert answer["id"] == 1
-    assert "cannot record this listing durably" in answer["error"]["message"]
+    # the full spool's own refusal, as a call gets it: it names what is full
+    message = answer["error"]["message"]
+    assert message.startswith("the audit spool holds "), message
+    assert "its limit is 1;" in message
     assert "result" not in answer
     assert "bank." not in refused.text  # nothing of the listing
     listed = world.post(agent, "tools/list")
