@@ -840,8 +840,7 @@ class Enforcer:
     def _durable(
         self,
         events: list[dict[str, Any]],
-        *,
-        now: bool = False,
+        now: bool = False,  # not keyword-only: those defaults cost a dict look-up a call
         quiet: bool = False,
         what: str = "call",
     ) -> Future[None] | None:
@@ -861,18 +860,17 @@ class Enforcer:
 
         The hot path (every decision and refusal) takes the default: no call, await
         or allocation beyond the sink's own."""
-        deferred: list[Future[None]] | None = None
-        if not (now or quiet):
+        deferred: list[Future[None]] | None
+        if now or quiet:
+            deferred = None
+        else:
             held = _HELD.get()
             if held is not None:
                 held.extend(events)
                 return None
             deferred = _DEFERRED.get()
         try:
-            if now or (deferred is None and not quiet):
-                self._sink.append(events)
-                return None
-            submit = getattr(self._sink, "submit", None)
+            submit = None if deferred is None and not quiet else getattr(self._sink, "submit", None)
             if submit is None:
                 self._sink.append(events)
             elif deferred is not None:
