@@ -17,6 +17,12 @@ its place), recorded one by one. A 2xx answer records nothing, as before. A requ
 naming nobody is refused at authentication, within the budget of refusals naming
 nobody. A refused request without a session id leaves no SDK session behind.
 
+A request the SDK answers with HTTP 200 but a JSON-RPC error (a method the gateway
+serves no handler for: ``completion/complete``, ``logging/setLevel``,
+``resources/subscribe``, one no one serves; params that do not validate) is a refusal
+too, audited the same way (its status: 200). So is an ``initialize`` or a listing the
+SDK's rules passed but the SDK then refused (its session ended in between).
+
 Real servers on loopback ports (test_mcp_gateway_streams_live.py's world): a control
 plane (uvicorn, SQLite), a stateless upstream MCP server, and the real gateway (its
 budget: a burst of 3 per peer), driven by raw HTTP with real DPoP-bound tokens.
@@ -24,6 +30,7 @@ budget: a burst of 3 per peer), driven by raw HTTP with real DPoP-bound tokens.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,8 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
+from mcp.shared.exceptions import MCPError
+from mcp.types import PromptReference
 from tests.support.live import until as _until
 from tests.unit.test_mcp_gateway_get_refusals_live import (
     BURST,
@@ -66,6 +75,11 @@ AGENTS = (
     "many",
     "modern",
     "putter",
+    "asker",
+    "stock",
+    "mute",
+    "vanishing",
+    "forgotten",
 )
 SECRET = "sk-live-4f1d9c2b7e6a"  # what a client put in a body that does not validate
 
@@ -425,3 +439,192 @@ def test_requests_naming_nobody_are_within_the_budget_of_anonymous_refusals(
         return (own, summarized) if own + summarized >= len(traces) else None
 
     assert _until(counted, timeout=20) == (BURST, 4)
+
+
+# -- 200 answers that are JSON-RPC errors ------------------------------------------------
+
+NOT_FOUND = "refused by the MCP server: Method not found (JSON-RPC error -32601)"
+
+
+def _events(response: httpx2.Response) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of an SSE answer."""
+    assert response.headers["content-type"].startswith("text/event-stream"), response.text
+    lines = response.text.replace("\r\n", "\n").split("\n")
+    return [json.loads(line[5:]) for line in lines if line.startswith("data:")]
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        (
+            "completion/complete",
+            {
+                "ref": {"type": "ref/prompt", "name": "p"},
+                "argument": {"name": "a", "value": SECRET},
+            },
+        ),
+        ("logging/setLevel", {"level": "debug"}),
+        ("resources/subscribe", {"uri": f"live://{SECRET}"}),
+        ("x/never-served", {"token": SECRET}),
+    ],
+)
+def test_a_request_the_sdk_answers_with_a_jsonrpc_error_in_a_200_is_an_audited_refusal(
+    world: World, method: str, params: dict[str, Any]
+) -> None:
+    """The gateway serves no handler for these: the SDK answers each -32601 in a 200
+    event stream. The refusal is recorded with status 200, its method and the
+    error's code and first line; never the request's params."""
+    session = _opened(world, "asker")
+    traceparent, trace_id = _traceparent()
+    body = {"jsonrpc": "2.0", "id": 5, "method": method, "params": params}
+    r = _send(world, "asker", "POST", {**_in(session), "traceparent": traceparent}, body)
+    assert r.status_code == 200, r.text
+    (answer,) = _events(r)  # the SDK's own answer, passed on whole
+    assert answer["id"] == 5
+    assert answer["error"]["code"] == -32601
+    event = _refused(world, "asker", trace_id, method, 200)
+    assert event["reason"] == NOT_FOUND
+    assert SECRET[:8] not in str(event)
+
+
+def test_params_that_do_not_validate_in_a_200_are_an_audited_refusal(world: World) -> None:
+    """A ``ping`` whose ``_meta`` is not an object passes the transport (params are
+    an object) and fails the server's validation: -32602 in a 200."""
+    session = _opened(world, "asker")
+    traceparent, trace_id = _traceparent()
+    body = {"jsonrpc": "2.0", "id": 6, "method": "ping", "params": {"_meta": SECRET}}
+    r = _send(world, "asker", "POST", {**_in(session), "traceparent": traceparent}, body)
+    assert r.status_code == 200, r.text
+    (answer,) = _events(r)
+    assert answer["error"]["code"] == -32602
+    event = _refused(world, "asker", trace_id, "ping", 200)
+    assert event["reason"] == (
+        "refused by the MCP server: Invalid request parameters (JSON-RPC error -32602)"
+    )
+    assert SECRET[:8] not in str(event)
+
+
+def test_the_stock_clients_unserved_requests_are_audited_refusals(world: World) -> None:
+    """The official client's ``complete``, ``set_logging_level`` and
+    ``subscribe_resource`` each get the SDK's error; each is one refusal; its
+    ``ping`` (a result) is none."""
+
+    async def go() -> list[int]:
+        codes = []
+        async with world.client("stock", mode="legacy") as client:
+            await client.send_ping()
+            for ask in (
+                lambda: client.complete(PromptReference(name="p"), {"name": "a", "value": "b"}),
+                lambda: client.set_logging_level("debug"),
+                lambda: client.subscribe_resource("live://x"),
+            ):
+                with pytest.raises(MCPError) as refused:
+                    await ask()
+                codes.append(refused.value.code)
+        return codes
+
+    assert anyio.run(go) == [-32601] * 3
+    wanted = {"completion/complete", "logging/setLevel", "resources/subscribe"}
+
+    def recorded() -> list[dict[str, Any]] | None:
+        events = world.trail("stock", REJECTED)
+        return events if {e["action"] for e in events} >= wanted else None
+
+    events = _until(recorded)
+    assert events, world.trail("stock", REJECTED)
+    assert sorted(e["action"] for e in events) == sorted(wanted)  # the ping: none
+    assert {(e["reason"], e["details"]["status"]) for e in events} == {(NOT_FOUND, 200)}
+
+
+def test_a_200_refusal_that_cannot_be_recorded_is_answered_503(world: World) -> None:
+    """With the spool full: a JSON-RPC error at 503 (``Retry-After``) in place of the
+    SDK's 200; once the spool takes events again, the SDK's answer, audited."""
+    session = _opened(world, "mute")
+    body = {"jsonrpc": "2.0", "id": 9, "method": "logging/setLevel", "params": {"level": "info"}}
+    spool = world.gateway.runtime.spool
+    bound = spool.max_bytes
+    spool.max_bytes = 1
+    try:
+        r = _send(world, "mute", "POST", _in(session), body)
+    finally:
+        spool.max_bytes = bound
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "5"
+    assert r.json()["id"] == 9
+    assert r.json()["error"]["code"] == -32603
+    assert "Method not found" not in r.text  # not the SDK's answer
+    traceparent, trace_id = _traceparent()
+    r = _send(world, "mute", "POST", {**_in(session), "traceparent": traceparent}, body)
+    assert r.status_code == 200
+    _refused(world, "mute", trace_id, "logging/setLevel", 200)
+
+
+# -- listings the SDK refuses after the gateway's check passed ----------------------------
+
+
+def _ending_the_session_first(
+    world: World, who: str, session: str, monkeypatch: pytest.MonkeyPatch, *, full: bool = False
+) -> None:
+    """Between the gateway's check of a listing (the SDK's rules pass it) and the SDK's
+    answer, ``who`` ends ``session`` with a real DELETE (and, ``full``: the spool
+    fills): the listing is prepared as before, then the SDK finds no session."""
+    real = world.gateway.listing
+
+    async def listing(state: Any, method: str) -> list[Any]:
+        shown = await real(state, method)
+        async with httpx2.AsyncClient(auth=_auth(world, who), timeout=10) as http:
+            ended = await http.delete(world.url, headers={"Mcp-Session-Id": session})
+        assert ended.status_code == 200, ended.text
+        if full:
+            world.gateway.runtime.spool.max_bytes = 1
+        return shown
+
+    monkeypatch.setattr(world.gateway, "listing", listing)
+
+
+@pytest.mark.parametrize(
+    "method", ["tools/list", "resources/list", "resources/templates/list", "prompts/list"]
+)
+def test_a_listing_the_sdk_refuses_after_the_check_passed_is_audited(
+    world: World, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = _opened(world, "vanishing")
+    _ending_the_session_first(world, "vanishing", session, monkeypatch)
+    traceparent, trace_id = _traceparent()
+    listing = {"jsonrpc": "2.0", "id": 3, "method": method}
+    r = _send(world, "vanishing", "POST", {**_in(session), "traceparent": traceparent}, listing)
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["message"] == "Session not found"  # the SDK's own answer
+    event = _refused(world, "vanishing", trace_id, method, 404)
+    assert event["reason"] == "refused by the MCP server: Session not found (JSON-RPC error -32600)"
+
+
+def test_a_listing_refused_after_the_check_that_cannot_be_recorded_is_answered_503(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = world.gateway.runtime.spool
+    bound = spool.max_bytes
+    session = _opened(world, "forgotten")
+    _ending_the_session_first(world, "forgotten", session, monkeypatch, full=True)
+    listing = {"jsonrpc": "2.0", "id": 4, "method": "tools/list"}
+    try:
+        r = _send(world, "forgotten", "POST", _in(session), listing)
+    finally:
+        spool.max_bytes = bound
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "5"
+    assert (r.json()["id"], r.json()["error"]["code"]) == (4, -32603)
+    assert "Session not found" not in r.text
+
+
+def test_a_listing_the_sdk_answers_records_no_refusal(world: World) -> None:
+    """The listing path as before: the SDK answers 200 with the listing."""
+    session = _opened(world, "vanishing")
+    traceparent, trace_id = _traceparent()
+    listing = {"jsonrpc": "2.0", "id": 8, "method": "tools/list"}
+    r = _send(world, "vanishing", "POST", {**_in(session), "traceparent": traceparent}, listing)
+    assert r.status_code == 200, r.text
+    (answer,) = _events(r)
+    assert "tools" in answer["result"]
+    assert _until(lambda: _of_trace(world, "vanishing", "mcp.list", trace_id))
+    assert not _of_trace(world, "vanishing", REJECTED, trace_id)

@@ -1990,10 +1990,14 @@ class _Endpoint:
         pending = state.pending
         state.tally.hand_over()
         if pending is None or not pending.verdict.allowed:
-            if state.checked or scope["method"] == "GET":  # a GET's answer: _streamed
-                await self.app(scope, receive, send)
-            else:
+            if not (state.checked or scope["method"] == "GET"):  # a GET's answer: _streamed
                 await self._unchecked(state, message, scope, receive, send)
+            elif pending is None and state.foreseen is None and _prepared(message):
+                # an initialize or a listing the SDK's rules passed, which the SDK may
+                # still refuse (a session that ended in between): audited
+                await self._unchecked(state, message, scope, receive, send, checked=True)
+            else:
+                await self.app(scope, receive, send)
             return
         # The SDK may still refuse the request before its handler takes the decision,
         # for a reason _SdkRules did not foresee (a session that ended meanwhile, a
@@ -2017,25 +2021,49 @@ class _Endpoint:
                     state.tally.refused_with(status)
 
     async def _unchecked(
-        self, state: _RequestState, message: Any, scope: Scope, receive: Receive, send: Send
+        self,
+        state: _RequestState,
+        message: Any,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        checked: bool = False,
     ) -> None:
         """Hand the SDK a request its rules were not asked of (:class:`_SdkRules`
         foresee what takes a token: a call, an ``initialize``, a listing, a listen),
         auditing the SDK's refusal of it: a DELETE that ends a handshake-era session
         (Streamable HTTP, "Session Management"), a POST of a notification (say
         ``notifications/initialized`` or ``notifications/cancelled``), of a response,
-        of a ``ping`` or of a body that is not one JSON-RPC message, or another HTTP
-        method. A 2xx answer is passed on as it comes. Any other is a refusal (an
-        unknown, expired or another principal's session: 404; no
-        ``Mcp-Session-Id``: 400; a bad ``Accept``: 406; a bad ``Content-Type``: 400
-        or 415; not one JSON-RPC message: 400; too many sessions: 503; a method the
-        transport does not serve: 405): its start is held back until its body's
-        first message, and it is audited first (``api.request.rejected``: the status
+        of a request the gateway serves no decision for (``ping``,
+        ``completion/complete``, ``logging/setLevel``, ``resources/subscribe``, a
+        method no one serves) or of a body that is not one JSON-RPC message, or
+        another HTTP method. Any answer but a 2xx is a refusal (an unknown, expired
+        or another principal's session: 404; no ``Mcp-Session-Id``: 400; a bad
+        ``Accept``: 406; a bad ``Content-Type``: 400 or 415; not one JSON-RPC
+        message: 400; too many sessions: 503; a method the transport does not
+        serve: 405; at 2026-07-28, an unknown method: 404): its start is held back
+        until its body's first message. So is a 2xx answer that is a JSON-RPC
+        error (JSON-RPC 2.0 section 5.1: the SDK answers a handshake-era request
+        for a method it does not serve, -32601, or with params that do not
+        validate, -32602, in a 200, as JSON or as an event of an SSE stream): a 2xx
+        answer is held back until :func:`_judged` finds its JSON-RPC response (or
+        its end), within :data:`_FIRST_FRAME_BYTES` (the answers to these requests
+        are small). A refusal is audited first (``api.request.rejected``: the status
         the client gets, the SDK's JSON-RPC error by :func:`_refused_because`, the
         action :func:`_refused_action`), durable before the client gets any of it;
         when that cannot be done the client gets 503 with ``Retry-After`` in its
         place (a POST's a JSON-RPC error, any other a problem), as a refused GET
-        (:meth:`_stream_refused`)."""
+        (:meth:`_stream_refused`). A 2xx answer that does not reach its JSON-RPC
+        response within the bound is not passed on unread (it could be a refusal):
+        it is refused, audited, 502 with a JSON-RPC error. Any other 2xx answer
+        (a result, a notification's 202) is passed on as it was, once judged.
+
+        ``checked``: an ``initialize`` or a listing the SDK's rules passed, which the
+        SDK may still refuse (a session that ended in between): only an answer that
+        is not a 2xx is a refusal, audited as above; a 2xx answer (a listing may be
+        large; its handler's errors are the gateway's own) is passed on as it
+        comes, unheld."""
         action = _refused_action(scope["method"], message)
         request_id = (
             message.get("id") if isinstance(message, dict) and "method" in message else None
@@ -2047,14 +2075,31 @@ class _Endpoint:
             else:
                 await _problem(exc, scope, receive, send)
 
-        async def recorded(start: Message, first: bytes) -> bool:
-            status = int(start["status"])
-            reason = _refused_because(status, _first_error(start, first))
+        async def recorded(status: int, reason: str) -> bool:
             return await self._refusal_recorded(state, status, reason, answer, action=action)
 
-        held: Message | None = None  # a refusal's start, until its first body message
-        passing = False  # a 2xx answer, or a refusal once recorded: sent as it comes
-        refused = False  # answered 503 in its place: nothing of the SDK's is sent
+        held: Message | None = None  # the answer's start, until the answer is judged
+        pieces: list[Message] = []  # a 2xx answer's body so far, held with its start
+        passing = False  # judged and not refused (or refused, recorded): sent as it comes
+        refused = False  # answered in its place (502, 503): nothing of the SDK's is sent
+
+        async def release(start: Message, error: tuple[int, str] | None) -> bool:
+            """Audit a held 2xx answer that is a JSON-RPC error; False: refused."""
+            if error is None:
+                return True
+            status = int(start["status"])
+            state.tally.refused_with(status)
+            return await recorded(status, _refused_because(status, error))
+
+        async def unread() -> None:
+            """A held 2xx answer past the bound before its JSON-RPC response."""
+            reason = (
+                f"the MCP server's answer is larger than {_FIRST_FRAME_BYTES // 1024} KiB "
+                "before its JSON-RPC response: not checked, refused"
+            )
+            if await recorded(502, reason):
+                error = _jsonrpc_error(request_id, INTERNAL_ERROR, reason)
+                await _send_json(error, 502, {}, scope, receive, send)
 
         async def watched(message: Message) -> None:
             nonlocal held, passing, refused
@@ -2063,26 +2108,64 @@ class _Endpoint:
             elif refused:
                 return
             elif message["type"] == "http.response.start":
-                if 200 <= message["status"] < 300:
+                if not 200 <= message["status"] < 300:
+                    held = message
+                elif checked:
                     passing = True
                     await send(message)
                 else:
                     held = message
             elif held is None:  # nothing started: not an answer to judge
                 await send(message)
-            else:
+            elif not 200 <= held["status"] < 300:  # a refusal: judged on its first message
                 start, held = held, None
-                if not await recorded(start, message.get("body", b"")):
+                status = int(start["status"])
+                reason = _refused_because(status, _first_error(start, message.get("body", b"")))
+                if not await recorded(status, reason):
                     refused = True
                     return
                 passing = True
                 await send(start)
                 await send(message)
+            else:
+                pieces.append(message)
+                body = b"".join(piece.get("body", b"") for piece in pieces)
+                judged = _judged(held, body, bool(message.get("more_body")))
+                if judged is None:
+                    return  # its JSON-RPC response is still to come
+                start, held = held, None
+                if judged.unread:
+                    refused = True
+                    await unread()
+                    return
+                if not await release(start, judged.error):
+                    refused = True
+                    return
+                passing = True
+                await send(start)
+                for piece in pieces:
+                    await send(piece)
+                pieces.clear()
 
         await self.app(scope, receive, watched)
-        if held is not None and await recorded(held, b""):  # it ended without a body
-            await send(held)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if held is None:
+            return
+        start, ended = held, {"type": "http.response.body", "body": b"", "more_body": False}
+        if not 200 <= start["status"] < 300:  # it ended without a body
+            if await recorded(start["status"], _refused_because(start["status"], None)):
+                await send(start)
+                await send(ended)
+            return
+        # a 2xx answer that ended before its JSON-RPC response was whole
+        body = b"".join(piece.get("body", b"") for piece in pieces)
+        judged = _judged(start, body, False)
+        if judged is None or judged.unread:  # None: never, judged whole
+            await unread()
+        elif await release(start, judged.error):
+            await send(start)
+            for piece in pieces:
+                await send(piece)
+            await send(ended)
 
     def _guarded(self, message: Any) -> _Guarded | None:
         """The guarded request (``_GUARDED``, with an id) a POST's message is, if any.
@@ -2484,8 +2567,9 @@ class _Endpoint:
 
 
 _SSE: Final = "text/event-stream"
-# the most of a listen answer's first frame the gateway holds and reads for an error;
-# a larger one is refused unread
+# the most of an answer the gateway holds back and reads for a JSON-RPC error (a listen
+# answer's first frame, the 2xx answer to a request it did not check, up to its
+# JSON-RPC response); a larger one is refused unread
 _FIRST_FRAME_BYTES: Final = 64 * 1024
 # the end of an SSE event: an empty line (a line ends with CRLF, LF or CR: WHATWG HTML,
 # "Server-sent events", "Parsing an event stream")
@@ -2548,12 +2632,60 @@ def _first_error(start: Message, first: bytes) -> tuple[int, str] | None:
     with ``start`` gives in its ``first`` frame (:func:`_first_frame`): the data of
     its first event if it is an event stream (SSE: its ``data:`` lines, joined by a
     line feed), else the body; None when it gives none."""
+    return _first_reply(start, first)[1]
+
+
+def _first_reply(start: Message, first: bytes) -> tuple[bool, tuple[int, str] | None]:
+    """Whether the ``first`` frame of the SDK's answer that began with ``start`` is a
+    JSON-RPC response (a result or an error: :func:`_jsonrpc_error_of`), and its
+    error (:func:`_first_error`)."""
     payload = first[:_FIRST_FRAME_BYTES]
     if _event_stream(start):
         event = payload.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n", 1)[0]
         lines = [line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
         payload = b"\n".join(line[1:] if line.startswith(b" ") else line for line in lines)
-    return _jsonrpc_error_of(payload)
+    return _jsonrpc_reply_of(payload)
+
+
+@dataclass(frozen=True, slots=True)
+class _Judged:
+    """What a 2xx answer to a request the gateway did not check says
+    (:func:`_judged`): the JSON-RPC error it gives (a refusal), if any; ``unread``:
+    it went past :data:`_FIRST_FRAME_BYTES` before its JSON-RPC response, so it was
+    not read (refused)."""
+
+    error: tuple[int, str] | None = None
+    unread: bool = False
+
+
+def _judged(start: Message, body: bytes, more: bool) -> _Judged | None:
+    """Whether a 2xx answer to a request the gateway did not check
+    (:meth:`_Endpoint._unchecked`), which began with ``start``, is a refusal, from
+    the ``body`` sent so far (``more``: more is to come); None while that is not
+    known.
+
+    An answer as JSON is judged whole: the error of its one JSON-RPC message, if it
+    is one (JSON-RPC 2.0 section 5). An SSE stream (Streamable HTTP, "Sending
+    Messages to the Server": the server may answer a POST with one, its JSON-RPC
+    response as one of its events, after notifications of its own) is judged at
+    its first event that is a JSON-RPC response (:func:`_first_reply`; a result:
+    no refusal), or at its end without one (its error, if its last event, unended,
+    has one). An answer that gets past :data:`_FIRST_FRAME_BYTES` before it can be
+    judged is ``unread``: what comes after could be an error, so it is not passed on
+    unchecked."""
+    if not _event_stream(start):
+        if len(body) > _FIRST_FRAME_BYTES:
+            return _Judged(unread=True)
+        return None if more else _Judged(_first_error(start, body))
+    offset = 0
+    for end in _EVENT_END.finditer(body, 0, _FIRST_FRAME_BYTES):
+        replied, error = _first_reply(start, body[offset : end.end()])
+        if replied:
+            return _Judged(error)
+        offset = end.end()
+    if len(body) > _FIRST_FRAME_BYTES:
+        return _Judged(unread=True)
+    return None if more else _Judged(_first_error(start, body[offset:]))
 
 
 def _refused_because(status: int, error: tuple[int, str] | None) -> str:
@@ -2585,16 +2717,25 @@ def _jsonrpc_error_of(payload: bytes) -> tuple[int, str] | None:
     JSON-RPC error response in ``payload``, or None when it is not one. Only the
     first line: the SDK's message for a body that does not validate goes on with
     pydantic's errors, which quote the request (``input_value=…``)."""
+    return _jsonrpc_reply_of(payload)[1]
+
+
+def _jsonrpc_reply_of(payload: bytes) -> tuple[bool, tuple[int, str] | None]:
+    """Whether ``payload`` is a JSON-RPC response (an object with a ``result``, or
+    an ``error`` object: JSON-RPC 2.0 section 5), and its error
+    (:func:`_jsonrpc_error_of`)."""
     try:
         message = json.loads(payload) if payload else None
     except (ValueError, RecursionError):
-        return None
-    error = message.get("error") if isinstance(message, dict) else None
+        return False, None
+    if not isinstance(message, dict):
+        return False, None
+    error = message.get("error")
     if not isinstance(error, dict):
-        return None
+        return "result" in message, None
     code = error.get("code")
     text = error.get("message")
-    return (
+    return True, (
         code if isinstance(code, int) and not isinstance(code, bool) else 0,
         text.split("\n", 1)[0].split("\r", 1)[0][:200] if isinstance(text, str) else "",
     )
@@ -2607,6 +2748,13 @@ def _counted(message: Any) -> str | None:
         return None
     method = message.get("method")
     return method if isinstance(method, str) and method in _COUNTED else None
+
+
+def _prepared(message: Any) -> bool:
+    """Whether a request is an ``initialize`` or a listing (``_COUNTED``, but a
+    ``subscriptions/listen``, whose answer :meth:`_Endpoint._streamed` audits)."""
+    counted = _counted(message)
+    return counted is not None and counted != LISTEN
 
 
 def _opens_session(headers: Headers) -> bool:
