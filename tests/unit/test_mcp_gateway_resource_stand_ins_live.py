@@ -130,16 +130,29 @@ def test_listed_items_and_routed_catalog_entries_are_in_the_snapshot(world: Worl
 
 def test_reads_of_unlisted_uris_copy_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Forty template-made URIs, each in no listing: each is refused by the forbid on
-    bank (so it was decided in bank), and no copy of the entities was made."""
-    copies: list[int] = []
-    real = EntitySnapshot.with_derived
+    bank (so it was decided in bank), and no copy of the entities was made.
 
-    def counted(self: EntitySnapshot, *args: Any, **kwargs: Any) -> EntitySnapshot:
-        copies.append(1)
-        return real(self, *args, **kwargs)
+    A decision's copy is one of the snapshot in force with a record or a stand-in
+    merged in (the authorizer's ``_copy``: ``with_more``, ``with_attributes``); those
+    are counted. Not counted: a new bundle's entities derived with the listings'
+    records (``ListedTools.derive``, ``with_derived``), which is no copy per URI and
+    comes when the control plane publishes one. It does, at a time of its own: the
+    forty denials raise the agent's risk score, which the next bundle carries, about
+    a second after the reads (sooner or later under load)."""
+    copies: list[str] = []
+
+    def counting(name: str) -> None:
+        real = getattr(EntitySnapshot, name)
+
+        def counted(self: EntitySnapshot, *args: Any, **kwargs: Any) -> EntitySnapshot:
+            copies.append(name)
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(EntitySnapshot, name, counted)
 
     _list_and_read(world.side, [])  # the listings' records are in (a rederive, if any)
-    monkeypatch.setattr(EntitySnapshot, "with_derived", counted)
+    counting("with_more")
+    counting("with_attributes")
     uris = [f"bank.bank://statements/{i}" for i in range(40)]
     outcomes = _list_and_read(world.side, [*uris, "bank.bank://rates"])
     for outcome in outcomes[:-1]:
