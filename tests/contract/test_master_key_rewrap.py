@@ -7,6 +7,7 @@ writers wait for it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from agentiam.core.credentials.sealing import MasterKey, SealError
 from agentiam.core.credentials.signing_keys import (
     SigningKey,
     generate_signing_key,
+    reseal_signing_keys,
     unseal_private_key,
 )
 from agentiam.errors import Conflict, InvalidInput, ServiceUnavailable
@@ -213,3 +215,115 @@ def test_the_rewrap_lock_holds_off_a_new_key_until_it_ends(
     worker.join(30)
     assert done.is_set()
     assert len(a.signing_keys.keys()) == 4
+
+
+def _audit_count(c: Container) -> int:
+    return len(c.audit.find(AuditQuery(limit=100)).items)
+
+
+@pytest.mark.parametrize("immediate", [False, True])
+def test_a_replica_on_the_old_master_key_cannot_rotate_after_a_rewrap(
+    make: Make,
+    clock: FakeClock,
+    texts: tuple[str, str],
+    keys: tuple[MasterKey, MasterKey],
+    immediate: bool,
+) -> None:
+    """A replica not yet restarted with the new master key would seal a new key that no
+    other replica opens: refused, naming the key ids only, and nothing is written."""
+    old_text, new_text = texts
+    old, new = keys
+    a = make(old_text)
+    _ring(a, clock)
+    assert a.signing_keys.rewrap(CTX, new) == 3
+    before, events = _sealed(a), _audit_count(a)
+
+    stale = make(old_text)
+    with pytest.raises(Conflict, match="no signing key was created") as refused:
+        stale.signing_keys.rotate(CTX, immediate=immediate)
+    assert old.id in refused.value.detail
+    assert new.id in refused.value.detail
+    assert "rewrap" in (refused.value.hint or "")
+    shown = refused.value.detail + (refused.value.hint or "")
+    for material in (old_text, new_text, old._secret.hex(), new._secret.hex()):
+        assert material not in shown
+    assert _sealed(a) == before
+    assert _audit_count(a) == events
+
+    # The replica on the new key rotates as before.
+    assert make(new_text).signing_keys.rotate(CTX, immediate=immediate).kid not in before
+
+
+def test_a_rotation_waiting_on_a_rewrap_is_refused_once_the_keys_moved(
+    make: Make, clock: FakeClock, texts: tuple[str, str], keys: tuple[MasterKey, MasterKey]
+) -> None:
+    """A replica on the old master key that starts a rotation while a rewrap holds the
+    key lock reads the keys after the rewrap committed, and is refused: its check and
+    its insert are one transaction under the same lock."""
+    a = make(texts[0])
+    stale = make(texts[0])  # another replica: its own engine, still on the old key
+    _ring(a, clock)
+    outcome: list[BaseException | SigningKey] = []
+
+    def rotate() -> None:
+        try:
+            outcome.append(stale.signing_keys.rotate(CTX))
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    with SqlUnitOfWork(a.engine) as uow:  # the rewrap's transaction, by hand
+        uow.signing_keys.lock()
+        ring = uow.signing_keys.all()
+        worker = threading.Thread(target=rotate, daemon=True)
+        worker.start()
+        worker.join(1.0)
+        assert worker.is_alive()  # waits for the lock
+        for key, moved in zip(
+            ring, reseal_signing_keys(ring, old=keys[0], new=keys[1]), strict=True
+        ):
+            assert uow.signing_keys.replace_sealed(
+                key.kid, key.sealed_private, moved.sealed_private
+            )
+        uow.commit()
+    worker.join(30)
+    (result,) = outcome
+    assert isinstance(result, Conflict), result
+    assert len(_sealed(a)) == 3
+
+
+def test_the_first_key_of_an_empty_ring_needs_no_proof(make: Make, texts: tuple[str, str]) -> None:
+    c = make(texts[0])
+    first = c.signing_keys.ensure_key(CTX)
+    assert first is not None
+    assert c.signing_keys.ensure_key(CTX) is None  # not empty any more: nothing made
+    assert list(_sealed(c)) == [first.kid]
+
+
+def test_a_retired_key_under_another_master_key_does_not_block_a_rotation(
+    make: Make, clock: FakeClock, texts: tuple[str, str]
+) -> None:
+    """Only the current keys (published now) are proven: a long-retired key sealed
+    under another master key (a restored backup row, say) is not what a rotation joins.
+    A published one is."""
+    a = make(texts[0])
+    _ring(a, clock)
+    foreign = MasterKey.from_text(MasterKey.generate_text())
+    now = clock.now()
+    gone = generate_signing_key("ES256", master=foreign, now=now, activates_at=now, created_by="x")
+    gone = dataclasses.replace(gone, deactivates_at=now, unpublish_at=now)
+    with SqlUnitOfWork(a.engine) as uow:
+        uow.signing_keys.add(gone)
+        uow.commit()
+    clock.advance(seconds=1)
+    a.signing_keys.rotate(CTX)
+    later = clock.now() + timedelta(days=1)
+    live = generate_signing_key(
+        "ES256", master=foreign, now=clock.now(), activates_at=later, created_by="x"
+    )
+    with SqlUnitOfWork(a.engine) as uow:
+        uow.signing_keys.add(live)
+        uow.commit()
+    before = _sealed(a)
+    with pytest.raises(Conflict, match=live.kid):
+        a.signing_keys.rotate(CTX)
+    assert _sealed(a) == before

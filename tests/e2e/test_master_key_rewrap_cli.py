@@ -1,7 +1,8 @@
 """``agentiam keys rewrap --new-master-key-file`` as its own process, on both stores:
 the signing keys move to the new master key (the old one no longer opens them), a
-second run with the old key is refused unchanged, the current key given as the new one
-is refused, the operation is in the audit trail, and no output holds key material."""
+second run with the old key is refused unchanged, so is a ``keys rotate`` with the
+old key (it would seal a key the other replicas cannot open), the current key given as
+the new one is refused, the operation is in the audit trail, and no output holds key material."""
 
 from __future__ import annotations
 
@@ -66,6 +67,11 @@ def test_rewrap_through_the_cli(database_url: str, tmp_path: Path) -> None:
     assert again.returncode == 1
     assert "no signing key was re-sealed" in again.stderr
     assert _ring(database_url) == after
+    # A rotation on the old key would seal a key no other replica opens: refused.
+    stale = cli(env, "keys", "rotate", "--immediate", check=False)
+    assert stale.returncode == 1
+    assert "no signing key was created" in " ".join(stale.stderr.split())
+    assert _ring(database_url) == after
     # The new key, now current, given as the new one: refused too.
     env["AGENTIAM_MASTER_KEY_FILE"] = str(new_file)
     same = cli(env, "keys", "rewrap", "--new-master-key-file", str(new_file), check=False)
@@ -89,7 +95,7 @@ def test_rewrap_through_the_cli(database_url: str, tmp_path: Path) -> None:
     )["items"]
     outcomes = sorted(e["outcome"] for e in events)
     assert outcomes == ["failure", "failure", "success"]
-    for run in (done, again, same, refused):
+    for run in (done, again, stale, same, refused):
         for shown in [*material, almost]:
             assert shown not in run.stdout + run.stderr
     assert not any(m in json.dumps(events) for m in material)

@@ -29,6 +29,7 @@ from agentiam.core.credentials.signing_keys import (
     SigningKey,
     generate_signing_key,
     plan_rotation,
+    prove_master_key,
     published_keys,
     reseal_signing_keys,
     retire_now,
@@ -154,7 +155,7 @@ class SigningKeyService:
         if self._keys:
             return None
         now = self._clock.now()
-        return self._create(ctx, now, activates_at=now)
+        return self._create(ctx, now, activates_at=now, only_if_empty=True)
 
     def sign(self, claims: Mapping[str, Any], *, typ: str) -> str:
         """Sign ``claims`` with the key that signs now (creating the first key of an
@@ -184,16 +185,44 @@ class SigningKeyService:
 
     # -- administration ----------------------------------------------------------------
 
-    def _create(self, ctx: CallContext, now: datetime, *, activates_at: datetime) -> SigningKey:
+    def _create(
+        self,
+        ctx: CallContext,
+        now: datetime,
+        *,
+        activates_at: datetime,
+        only_if_empty: bool = False,
+    ) -> SigningKey | None:
+        """Add a key sealed under this replica's master key, in a transaction that
+        holds off other key writers (a rewrap, another replica's rotation). Refused
+        (:class:`Conflict`, nothing written) unless the master key opens the ring's
+        current keys (:func:`prove_master_key`): a replica not yet moved to the master
+        key a rewrap sealed them under would add a key no other replica can open.
+        ``only_if_empty``: create nothing (None) if the ring is no longer empty."""
+        master = self._require_master()
         new = generate_signing_key(
             self._alg,
-            master=self._require_master(),
+            master=master,
             now=now,
             activates_at=activates_at,
             created_by=ctx.actor.label,
         )
         with self._uow() as uow:
-            replaced = plan_rotation(uow.signing_keys.all(), new, verify_for=self._verify_for)
+            uow.signing_keys.lock()  # the keys read here are those the new one joins
+            keys = uow.signing_keys.all()
+            if only_if_empty and keys:
+                return None  # another replica made the first key meanwhile
+            try:
+                prove_master_key(keys, master, now)
+            except SealError as exc:
+                raise Conflict(
+                    f"no signing key was created: the configured master key ({master.id}) "
+                    f"does not open the current signing key {exc}",
+                    hint="This replica's master key is not the one the signing keys are "
+                    "sealed under (was 'agentiam keys rewrap' run?). Set "
+                    "AGENTIAM_MASTER_KEY_FILE (or AGENTIAM_MASTER_KEY) to that key.",
+                ) from None
+            replaced = plan_rotation(keys, new, verify_for=self._verify_for)
             uow.signing_keys.add(new)
             for old in replaced:
                 uow.signing_keys.update_schedule(old)
@@ -218,7 +247,9 @@ class SigningKeyService:
         for a suspected compromise); the keys it replaces stay published until every
         token they signed has expired."""
         now = self._clock.now()
-        return self._create(ctx, now, activates_at=now if immediate else now + self._publish_delay)
+        key = self._create(ctx, now, activates_at=now if immediate else now + self._publish_delay)
+        assert key is not None  # only an only_if_empty creation makes none
+        return key
 
     def retire(self, ctx: CallContext, kid: str, reason: str) -> SigningKey:
         """Unpublish ``kid`` now: every token it signed stops verifying. The same

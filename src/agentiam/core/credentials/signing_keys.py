@@ -28,13 +28,14 @@ from datetime import datetime, timedelta
 from joserfc.jwk import ECKey, OKPKey
 
 from agentiam.core.credentials.jose import ALLOWED_ALGORITHMS, PUBLIC_MEMBERS
-from agentiam.core.credentials.sealing import MasterKey, reseal
+from agentiam.core.credentials.sealing import MasterKey, SealError, reseal
 
 __all__ = [
     "PrivateKey",
     "SigningKey",
     "generate_signing_key",
     "plan_rotation",
+    "prove_master_key",
     "published_keys",
     "reseal_signing_keys",
     "retire_now",
@@ -115,6 +116,27 @@ def reseal_signing_keys(
     does not open with ``old``."""
     sealed = reseal({k.kid: (k.sealed_private, _context(k.kid)) for k in keys}, old=old, new=new)
     return [replace(k, sealed_private=sealed[k.kid]) for k in keys]
+
+
+def prove_master_key(keys: Sequence[SigningKey], master: MasterKey, now: datetime) -> None:
+    """Prove that ``master`` opens the ring's current keys before a key sealed under
+    it joins them: every key published at ``now`` (pending, signing, verify-only) or,
+    when none is, the newest key. Raise
+    :class:`~agentiam.core.credentials.sealing.SealError` naming the kid of the first
+    that does not open (another master key's, e.g. a replica not yet moved after a
+    rewrap, or altered); the message names master key ids, never key material.
+
+    Opening is the proof: AES-256-GCM authenticates the value under ``master`` and
+    the kid (NIST SP 800-38D section 7.2). The opened private halves are dropped at
+    once; nothing is kept. An empty ring proves nothing and passes."""
+    current = [k for k in keys if k.is_published(now)]
+    if not current and keys:
+        current = [max(keys, key=lambda k: (k.created_at, k.activates_at))]
+    for key in current:
+        try:
+            master.open(key.sealed_private, context=_context(key.kid))
+        except SealError as exc:
+            raise SealError(f"{key.kid}: {exc}") from None
 
 
 def unseal_private_key(key: SigningKey, master: MasterKey) -> PrivateKey:
