@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
-__all__ = ["fsync_dir", "replace_file", "write_all"]
+__all__ = ["fsync_dir", "remove_stale_temps", "replace_file", "write_all"]
+
+_TEMP_SUFFIX = ".tmp"
+# What tempfile.mkstemp puts between prefix and suffix: letters, digits, "_" (no ".",
+# so another file's temporary file, ".<name>.<more>.<random>.tmp", never matches).
+_TEMP_RANDOM = r"[A-Za-z0-9_]{1,32}"
 
 
 def write_all(fd: int, data: bytes, *, sync: bool = True) -> None:
@@ -37,7 +43,7 @@ def replace_file(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` (mode 0600) atomically: a temporary file in the
     same directory (``.<name>.<random>.tmp``, removed again on failure), fsync, rename,
     directory fsync. After a crash the file is either the old one or the new one."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, temp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=path.parent)
     try:
         os.fchmod(fd, 0o600)
         write_all(fd, data)
@@ -51,3 +57,25 @@ def replace_file(path: Path, data: bytes) -> None:
             os.unlink(temp)
         raise
     fsync_dir(path.parent)
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_stale_temps(path: Path) -> int:
+    """Remove the temporary files :func:`replace_file` left beside ``path`` when the
+    process writing it was killed between creating and renaming one (a full copy of
+    a version of the file); how many. Only for a caller that holds the lock every
+    writer of ``path`` takes, so no temporary file is another writer's in flight.
+    Errors (one removed meanwhile, a directory that does not list) are ignored: the
+    next write tries again."""
+    pattern = re.compile(re.escape(_temp_prefix(path)) + _TEMP_RANDOM + re.escape(_TEMP_SUFFIX))
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(path.parent) as listing:
+        for entry in listing:
+            if pattern.fullmatch(entry.name) and not entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed

@@ -21,7 +21,10 @@ a file named by ``AGENTIAM_GATEWAY_SECRETS_KEY_FILE``) by the project's
 :class:`~agentiam.core.credentials.sealing.MasterKey`, with the secret's name, version
 and kind as associated data: a sealed value copied to another name or version does not
 open. Writes are atomic (temporary file, fsync, rename, directory fsync) and
-serialised by an advisory lock on ``<store>.lock``. A running broker notices a new file
+serialised by an advisory lock on ``<store>.lock``. The temporary file holds what the
+store will (names, versions and values sealed under the key, never a plaintext); one
+left by a writer killed before its rename is removed by the next write, under the
+lock. A running broker notices a new file
 (inode, size, modification time; checked at most every ``reload_interval`` seconds),
 so a rotation takes effect without a restart; a store that no longer reads (altered,
 wrong key) fails closed: every injection from it is refused until it is fixed.
@@ -143,7 +146,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 
-from agentiam.adapters.files import replace_file
+from agentiam.adapters.files import remove_stale_temps, replace_file
 from agentiam.adapters.gateway.echo_mask import EchoForms
 from agentiam.adapters.outbound import (
     OutboundError,
@@ -1033,6 +1036,11 @@ class SecretStore:
         try:
             if fcntl is not None:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX)
+                # A writer killed before its rename left its temporary file (sealed
+                # values only, as the store): no writer is in flight while we hold
+                # the lock, so every one there is stale. Unlocked (no fcntl), a
+                # temporary file may be another writer's: left alone.
+                remove_stale_temps(self.path)
             doc = self._load()
             store = _Contents(list(doc.entries), dict(doc.deleted), doc.floor)
             yield store
