@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc import jwt
+from joserfc._rfc7517 import pem as joserfc_pem
 from joserfc.jwk import ECKey, RSAKey
 from tests.support.token_endpoint import ASSERTION_TYPE, KeyJwtEndpoint, serve
 
@@ -220,9 +221,8 @@ def test_unusable_keys_are_refused_when_stored(
         OAuthClientKey.from_pem("bad\nclient", _pem(ec_key))
     with pytest.raises(SecretStoreError, match="oauth_client_key"):
         store.put("crm", SecretKind.OAUTH_CLIENT_KEY, OAuthClientSecret(CLIENT_ID, Secret("s")))
-    forged = OAuthClientKey(CLIENT_ID, Secret(_pem(rsa_key).decode()), "ES256")  # not from_pem
-    with pytest.raises(SecretStoreError, match="does not fit"):
-        store.put("crm", SecretKind.OAUTH_CLIENT_KEY, forged)
+    with pytest.raises(SecretStoreError, match="does not fit"):  # not from_pem: checked too
+        OAuthClientKey(CLIENT_ID, Secret(_pem(rsa_key).decode()), "ES256")
     assert store.all() == []
 
 
@@ -278,3 +278,36 @@ def test_one_implementation_signs_for_the_sdk_and_the_broker() -> None:
         sign_client_assertion(key.key, alg="PS256", kid=None, client_id="c", audience="a", now=1)
     with pytest.raises(ValueError, match="alg must be one of"):
         sign_client_assertion(key.key, alg="HS256", kid=None, client_id="c", audience="a", now=1)
+
+
+def test_the_pem_is_parsed_once_on_put_and_once_per_unseal(
+    store: SecretStore,
+    ec_key: ec.EllipticCurvePrivateKey,
+    endpoint: KeyJwtEndpoint,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counted where PEM private keys are parsed (cryptography's loader, as the broker
+    and joserfc call it): a put parses the key file once, each token fetch (which
+    unseals the secret) once, and signing the assertion not at all: it uses the key
+    loaded with the value. The broker keeps no opened value between fetches."""
+    parses: list[int] = []
+    real = serialization.load_pem_private_key
+
+    def counting(data: bytes, *args: Any, **kwargs: Any) -> Any:
+        parses.append(1)
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(serialization, "load_pem_private_key", counting)
+    monkeypatch.setattr(joserfc_pem, "load_pem_private_key", counting)
+    now = [0.0]
+    value = OAuthClientKey.from_pem(CLIENT_ID, _pem(ec_key, traditional=True), kid="k-1")
+    store.put("crm", SecretKind.OAUTH_CLIENT_KEY, value)
+    assert len(parses) == 1
+    assert value.signing_key() is value.signing_key()  # loaded once, kept with the value
+    broker = CredentialBroker(store, clock=lambda: now[0])
+    assert broker.headers_for(_ref(endpoint.url))[0] == {"Authorization": "Bearer kjwt-at-1"}
+    assert len(parses) == 2  # the unseal; the assertion was signed without a parse
+    now[0] = 300.0  # the token is near its end: a new fetch, a new unseal
+    assert broker.headers_for(_ref(endpoint.url))[0] == {"Authorization": "Bearer kjwt-at-2"}
+    assert len(parses) == 3
+    assert endpoint.refusals == []

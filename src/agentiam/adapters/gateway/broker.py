@@ -132,7 +132,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -308,18 +308,56 @@ class OAuthClientSecret:
     client_secret: Secret
 
 
+_LoadedKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+_ALG_FITS: dict[str, type[_LoadedKey]] = {
+    "ES256": ec.EllipticCurvePrivateKey,
+    "RS256": rsa.RSAPrivateKey,
+    "PS256": rsa.RSAPrivateKey,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class OAuthClientKey:
     """An OAuth 2.0 client that authenticates with ``private_key_jwt`` (RFC 7523
     section 2.2; OpenID Connect Core 1.0 section 9): its ``client_id``, its private key
     (``private_key``: PKCS#8 PEM, EC P-256 or RSA of at least 2048 bits), the ``alg`` it
     signs with (ES256 for EC; RS256 or PS256 for RSA) and the ``kid`` its
-    authorization server knows the public key by (None: no ``kid`` header)."""
+    authorization server knows the public key by (None: no ``kid`` header).
+
+    Checked when made (:class:`SecretStoreError`, never quoting the key): a value
+    that exists is sound. The PEM is parsed once, then, and the loaded key is kept
+    with the value as the JWK :meth:`signing_key` returns: it lives exactly as long
+    as the value (and its PEM) does, which the broker holds for one token fetch only
+    (it unseals the secret for each fetch and keeps no value). ``_loaded``: the key
+    ``private_key`` was made from, so it is not parsed again (:meth:`from_pem` only)."""
 
     client_id: str
     private_key: Secret
     alg: str
     kid: str | None = None
+    _loaded: InitVar[_LoadedKey | None] = None
+    _jwk: ECKey | RSAKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self, _loaded: _LoadedKey | None) -> None:
+        if not self.client_id or any(ord(c) < 0x20 or ord(c) == 0x7F for c in self.client_id):
+            raise SecretStoreError("client_id must be non-empty, without control characters")
+        if self.kid is not None and not _KID.fullmatch(self.kid):
+            raise SecretStoreError("kid must be 1-256 printable ASCII characters")
+        key = _loaded
+        if key is None:
+            key = _private_key(self.private_key.reveal().encode("ascii"))
+        fits = _ALG_FITS.get(self.alg)
+        if fits is None:
+            raise SecretStoreError("alg must be ES256, RS256 or PS256")
+        if not isinstance(key, fits):
+            raise SecretStoreError(f"alg {self.alg} does not fit the key's type")
+        # joserfc wraps the loaded key object as it is: no second parse.
+        jwk = (
+            ECKey.import_key(key)
+            if isinstance(key, ec.EllipticCurvePrivateKey)
+            else RSAKey.import_key(key)
+        )
+        object.__setattr__(self, "_jwk", jwk)
 
     @classmethod
     def from_pem(
@@ -336,17 +374,15 @@ class OAuthClientKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        value = cls(client_id, Secret(pkcs8.decode("ascii")), alg, kid)
-        _check_client_key(value)
-        return value
+        return cls(client_id, Secret(pkcs8.decode("ascii")), alg, kid, key)
 
     def signing_key(self) -> ECKey | RSAKey:
-        """The private key as a JWK, for :func:`sign_client_assertion`."""
-        pem = self.private_key.reveal()
-        return ECKey.import_key(pem) if self.alg == "ES256" else RSAKey.import_key(pem)
+        """The private key as a JWK, for :func:`sign_client_assertion`: the one loaded
+        when this value was made (no parse)."""
+        return self._jwk
 
 
-def _private_key(pem: bytes) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+def _private_key(pem: bytes) -> _LoadedKey:
     """An unencrypted EC P-256 or RSA (>= 2048 bits) private key from PEM."""
     try:
         key = serialization.load_pem_private_key(pem, password=None)
@@ -367,22 +403,6 @@ def _private_key(pem: bytes) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
         "the private key must be EC P-256 (ES256) or RSA of at least "
         f"{_MIN_RSA_BITS} bits (RS256, PS256)"
     )
-
-
-def _check_client_key(value: OAuthClientKey) -> None:
-    """The parts of an ``oauth_client_key`` secret that are not the key are sound, and
-    ``alg`` fits the key."""
-    if not value.client_id or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value.client_id):
-        raise SecretStoreError("client_id must be non-empty, without control characters")
-    if value.kid is not None and not _KID.fullmatch(value.kid):
-        raise SecretStoreError("kid must be 1-256 printable ASCII characters")
-    key = _private_key(value.private_key.reveal().encode("ascii"))
-    fits = {"ES256": ec.EllipticCurvePrivateKey, "RS256": rsa.RSAPrivateKey,
-            "PS256": rsa.RSAPrivateKey}  # fmt: skip
-    if value.alg not in fits:
-        raise SecretStoreError("alg must be ES256, RS256 or PS256")
-    if not isinstance(key, fits[value.alg]):
-        raise SecretStoreError(f"alg {value.alg} does not fit the key's type")
 
 
 class SecretKind(StrEnum):
@@ -620,8 +640,7 @@ def _encode(kind: SecretKind, value: SecretValue) -> bytes:
         if not isinstance(value, OAuthClientKey):
             raise SecretStoreError(
                 "an oauth_client_key secret has a client_id and a private key (PEM)"
-            )
-        _check_client_key(value)
+            )  # checked when it was made
         doc = {
             "client_id": value.client_id,
             "private_key": value.private_key.reveal(),
@@ -650,11 +669,11 @@ def _decode(kind: SecretKind, data: bytes) -> SecretValue:
         return Secret(data.decode("utf-8"))
     doc = json.loads(data)
     if kind is SecretKind.OAUTH_CLIENT_KEY:
-        value = OAuthClientKey(
+        # Checked as it is made (the PEM parsed once): SecretStoreError is the
+        # caller's "malformed".
+        return OAuthClientKey(
             doc["client_id"], Secret(doc["private_key"]), doc["alg"], doc.get("kid")
         )
-        _check_client_key(value)  # SecretStoreError: the caller's "malformed"
-        return value
     return OAuthClientSecret(doc["client_id"], Secret(doc["client_secret"]))
 
 
