@@ -311,3 +311,82 @@ def test_the_pem_is_parsed_once_on_put_and_once_per_unseal(
     assert broker.headers_for(_ref(endpoint.url))[0] == {"Authorization": "Bearer kjwt-at-2"}
     assert len(parses) == 3
     assert endpoint.refusals == []
+
+
+ISSUER = "https://as.crm.example"
+
+
+def test_the_assertion_audience_can_be_the_issuer(
+    store: SecretStore, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    """An authorization server that accepts only its issuer identifier as ``aud``
+    (RFC 7523 section 3 point 3): with ``assertion_audience`` the broker's assertion
+    carries it and the live endpoint accepts it; without, the same server refuses."""
+    store.put("crm", SecretKind.OAUTH_CLIENT_KEY, OAuthClientKey.from_pem(CLIENT_ID, _pem(ec_key)))
+    with serve(KeyJwtEndpoint(CLIENT_ID, _public(ec_key), "ES256", audience=ISSUER)) as endpoint:
+        ref = credential_ref_from_config(
+            {"secret": "crm", "token_endpoint": endpoint.url, "auth_method": "private_key_jwt",
+             "allow_private_network": True, "assertion_audience": ISSUER}
+        )  # fmt: skip
+        assert CredentialBroker(store).headers_for(ref)[0] == {"Authorization": "Bearer kjwt-at-1"}
+        assert endpoint.refusals == []
+        assert endpoint.assertions[0][1]["aud"] == ISSUER
+        with pytest.raises(TokenEndpointError, match="invalid_client"):
+            CredentialBroker(store).headers_for(_ref(endpoint.url))  # the default aud
+        assert endpoint.refusals == [f"aud {endpoint.url!r} is not this endpoint"]
+
+
+def test_the_token_endpoint_as_the_assertion_audience_is_the_default(
+    store: SecretStore, ec_key: ec.EllipticCurvePrivateKey, endpoint: KeyJwtEndpoint
+) -> None:
+    """Given explicitly, the token endpoint (here an http URL on the loopback, which
+    only the token endpoint itself may be) is what the default sends."""
+    store.put(
+        "crm",
+        SecretKind.OAUTH_CLIENT_KEY,
+        OAuthClientKey.from_pem(CLIENT_ID, _pem(ec_key), kid="k-1"),
+    )
+    ref = _ref(endpoint.url, assertion_audience=endpoint.url)
+    assert CredentialBroker(store).headers_for(ref)[0] == {"Authorization": "Bearer kjwt-at-1"}
+    assert endpoint.assertions[0][1]["aud"] == endpoint.url
+    assert endpoint.refusals == []
+
+
+@pytest.mark.parametrize(
+    ("audience", "message"),
+    [
+        ("http://as.crm.example", "https URL"),  # not https, and not the token endpoint
+        ("https://as.crm.example/?tenant=1", "https URL"),  # RFC 8414: no query
+        ("https://as.crm.example/#x", "https URL"),  # no fragment
+        ("https://user@as.crm.example", "https URL"),  # no user information
+        ("https://", "https URL"),  # no host
+        ("https://as.crm.example:99999", "https URL"),  # not a port
+        ("https://as.crm.example/a b", "https URL"),  # space
+        ("https://as.crm.exämple", "https URL"),  # not ASCII
+        ("as.crm.example", "https URL"),  # not a URL
+        ("", "at most 2048"),
+        ("https://as.crm.example/" + "a" * 2048, "at most 2048"),
+    ],
+)
+def test_an_assertion_audience_that_is_no_issuer_is_refused_at_start(
+    audience: str, message: str
+) -> None:
+    config = {"secret": "crm", "token_endpoint": "https://auth.crm.example/oauth/token",
+              "auth_method": "private_key_jwt", "assertion_audience": audience}  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        credential_ref_from_config(config)
+
+
+def test_an_assertion_audience_needs_private_key_jwt() -> None:
+    """With a client secret there is no assertion: the option would be ignored."""
+    with pytest.raises(ValueError, match="private_key_jwt only"):
+        credential_ref_from_config(
+            {"secret": "crm", "token_endpoint": "https://auth.crm.example/oauth/token",
+             "assertion_audience": ISSUER}
+        )  # fmt: skip
+    ref = credential_ref_from_config(
+        {"secret": "crm", "token_endpoint": "https://auth.crm.example/oauth/token",
+         "auth_method": "private_key_jwt", "assertion_audience": ISSUER + "/tenant/1"}
+    )  # fmt: skip
+    assert isinstance(ref, OAuthClientCredentials)
+    assert ref.assertion_audience == ISSUER + "/tenant/1"

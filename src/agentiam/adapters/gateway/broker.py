@@ -94,8 +94,10 @@ token endpoint for an access token, authenticating with ``client_secret_basic`` 
 Basic, section 2.3.1) or ``client_secret_post`` (form parameters, section 2.3.1) with
 an ``oauth_client`` secret, or with ``private_key_jwt`` (RFC 7523 section 2.2, OpenID
 Connect Core 1.0 section 9) with an ``oauth_client_key`` secret: a client assertion
-(``iss`` = ``sub`` = the client_id, ``aud`` the token endpoint URL, a fresh ``jti``,
-valid for 60 s) signed with the sealed private key (ES256, RS256 or PS256) by
+(``iss`` = ``sub`` = the client_id, ``aud`` the token endpoint URL or, when the
+credential sets ``assertion_audience``, the authorization server's issuer identifier
+(RFC 7523 section 3 point 3 allows either), a fresh ``jti``, valid for 60 s)
+signed with the sealed private key (ES256, RS256 or PS256) by
 :func:`~agentiam.core.credentials.assertions.sign_client_assertion`, the one the agent
 SDK signs with too. The broker caches the token until shortly before it expires
 (``expires_in``, section 5.1), fetches a new one after that or after the secret
@@ -1139,6 +1141,9 @@ class OAuthClientCredentials:
     timeout: float = 5.0
     refresh_margin: float = 30.0  # seconds before expiry a new token is fetched
     default_lifetime: float = 60.0  # when the endpoint gives no expires_in
+    # private_key_jwt: the assertion's aud (RFC 7523 section 3 point 3); None: the
+    # token endpoint URL. See :func:`_check_assertion_audience`.
+    assertion_audience: str | None = None
 
     def __post_init__(self) -> None:
         _check_name(self.secret)
@@ -1149,6 +1154,10 @@ class OAuthClientCredentials:
             vet_url_form(self.token_endpoint, allow_private_network=self.allow_private_network)
         except OutboundError as exc:
             raise ValueError(f"token_endpoint: {exc}") from None
+        if self.assertion_audience is not None:
+            if self.auth_method != "private_key_jwt":
+                raise ValueError("assertion_audience is for auth_method private_key_jwt only")
+            _check_assertion_audience(self.assertion_audience, self.token_endpoint)
         if not self.timeout > 0 or self.refresh_margin < 0 or not self.default_lifetime > 0:
             raise ValueError("timeout and default_lifetime must be positive, refresh_margin >= 0")
 
@@ -1161,6 +1170,40 @@ class OAuthClientCredentials:
 
 
 CredentialRef = ApiKeyInjection | OAuthClientCredentials
+
+
+def _check_assertion_audience(audience: str, token_endpoint: str) -> None:
+    """A ``private_key_jwt`` assertion's ``aud`` identifies the authorization server
+    (RFC 7523 section 3 point 3): its token endpoint URL (the default; OpenID Connect
+    Core 1.0 section 9) or its issuer identifier, which some servers require (an
+    ``https`` URL with a host and no query or fragment: RFC 8414 section 2). Anything
+    else is refused at start (ValueError): an ``aud`` the server does not accept would
+    only fail at every call."""
+    if audience == token_endpoint:
+        return
+    if not isinstance(audience, str) or not 0 < len(audience) <= 2048:
+        raise ValueError("assertion_audience must be a URL of at most 2048 characters")
+    parts = urlsplit(audience)
+    try:
+        parts.port  # noqa: B018 - ValueError for a port that is not one
+    except ValueError:
+        parts = urlsplit("")  # refused below
+    if (
+        parts.scheme != "https"
+        or not parts.hostname
+        or "@" in parts.netloc
+        or parts.query
+        or parts.fragment
+        or "?" in audience
+        or "#" in audience
+        or not audience.isascii()
+        or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in audience)
+    ):
+        raise ValueError(
+            "assertion_audience must be the token endpoint URL or the authorization "
+            "server's issuer identifier: an https URL with a host and no query or "
+            "fragment (RFC 8414 section 2)"
+        )
 
 
 def _check_header(header: str, prefix: str) -> None:
@@ -1432,7 +1475,8 @@ class CredentialBroker:
             "User-Agent": "agentiam-gateway/1",
         }
         if isinstance(value, OAuthClientKey) and ref.auth_method == "private_key_jwt":
-            secret = self._assertion(value, ref.token_endpoint, info)  # scrubbed like one
+            audience = ref.assertion_audience or ref.token_endpoint
+            secret = self._assertion(value, audience, info)  # scrubbed like one
             form["client_id"] = value.client_id  # RFC 7521 section 4.2: the same client
             form["client_assertion_type"] = CLIENT_ASSERTION_TYPE
             form["client_assertion"] = secret
@@ -1505,18 +1549,19 @@ class CredentialBroker:
         until = started + lifetime - margin
         return _Token(entry, Secret(access_token), until, _echo_forms(access_token, info.label))
 
-    def _assertion(self, value: OAuthClientKey, token_endpoint: str, info: SecretInfo) -> str:
+    def _assertion(self, value: OAuthClientKey, audience: str, info: SecretInfo) -> str:
         """The ``private_key_jwt`` client assertion (RFC 7523 section 2.2 and 3;
         OpenID Connect Core 1.0 section 9): ``iss`` = ``sub`` = the client_id, ``aud``
-        the token endpoint URL, a fresh ``jti``, valid for :data:`ASSERTION_LIFETIME`
-        seconds, signed with the key sealed in the secret."""
+        ``audience`` (the token endpoint URL, or the ``assertion_audience``
+        configured), a fresh ``jti``, valid for :data:`ASSERTION_LIFETIME` seconds,
+        signed with the key sealed in the secret."""
         try:
             return sign_client_assertion(
                 value.signing_key(),
                 alg=value.alg,
                 kid=value.kid,
                 client_id=value.client_id,
-                audience=token_endpoint,
+                audience=audience,
                 now=int(self._wall_clock()),
                 lifetime=ASSERTION_LIFETIME,
             )
