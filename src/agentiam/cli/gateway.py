@@ -10,7 +10,8 @@ with the bodies the guard's commands share (:mod:`agentiam.cli.spool`).
 Secret values are read from standard input (or a hidden prompt on a terminal), never
 from the command line (which other users of the machine can see in the process list),
 and never printed. An ``oauth_client_key`` secret's private key is read from a PEM file
-(``--private-key-file``), sealed into the store, and never shown again.
+(``--private-key-file``), sealed into the store, and never shown again; so is its
+certificate, when one is given (``--certificate-file``, checked to be for that key).
 """
 
 from __future__ import annotations
@@ -113,6 +114,27 @@ KidOpt = Annotated[
         show_default=False,
     ),
 ]
+CertFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--certificate-file",
+        help=(
+            "oauth_client_key only: the key's X.509 certificate (PEM; the first of a "
+            "chain), sealed with it; the assertion then names it by x5t#S256."
+        ),
+        show_default=False,
+    ),
+]
+X5tOpt = Annotated[
+    bool,
+    typer.Option(
+        "--x5t",
+        help=(
+            "oauth_client_key with --certificate-file only: also send the certificate's "
+            "SHA-1 thumbprint (x5t), as Microsoft Entra ID requires."
+        ),
+    ),
+]
 AllowOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -151,9 +173,29 @@ class _KeyOptions:
     file: Path | None = None
     alg: str | None = None
     kid: str | None = None
+    certificate: Path | None = None
+    x5t: bool = False
 
     def given(self) -> bool:
-        return self.file is not None or self.alg is not None or self.kid is not None
+        return (
+            self.file is not None
+            or self.alg is not None
+            or self.kid is not None
+            or self.certificate is not None
+            or self.x5t
+        )
+
+
+def _read_pem_file(path: Path) -> bytes:
+    """At most ``_MAX_INPUT`` bytes of ``path`` (a PEM file named by an option)."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(_MAX_INPUT + 1)
+    except OSError as exc:
+        fail(f"cannot read {path}: {type(exc).__name__}")
+    if len(data) > _MAX_INPUT:
+        fail(f"{path} exceeds {_MAX_INPUT} bytes")
+    return data
 
 
 def _read_client_key(client_id: str | None, options: _KeyOptions) -> OAuthClientKey:
@@ -163,14 +205,16 @@ def _read_client_key(client_id: str | None, options: _KeyOptions) -> OAuthClient
         fail("an oauth_client_key secret needs --client-id")
     if options.file is None:
         fail("an oauth_client_key secret needs --private-key-file PEM")
-    try:
-        with options.file.open("rb") as handle:
-            pem = handle.read(_MAX_INPUT + 1)
-    except OSError as exc:
-        fail(f"cannot read {options.file}: {type(exc).__name__}")
-    if len(pem) > _MAX_INPUT:
-        fail(f"{options.file} exceeds {_MAX_INPUT} bytes")
-    return OAuthClientKey.from_pem(client_id, pem, alg=options.alg, kid=options.kid)
+    pem = _read_pem_file(options.file)
+    certificate = None if options.certificate is None else _read_pem_file(options.certificate)
+    return OAuthClientKey.from_pem(
+        client_id,
+        pem,
+        alg=options.alg,
+        kid=options.kid,
+        certificate=certificate,
+        x5t=options.x5t,
+    )
 
 
 def _read_value(
@@ -180,7 +224,10 @@ def _read_value(
     if kind is SecretKind.OAUTH_CLIENT_KEY:
         return _read_client_key(client_id, key)
     if key.given():
-        fail("--private-key-file, --alg and --kid are for oauth_client_key secrets")
+        fail(
+            "--private-key-file, --alg, --kid, --certificate-file and --x5t are for "
+            "oauth_client_key secrets"
+        )
     piped = _stdin()
     if kind is SecretKind.API_KEY:
         if client_id is not None:
@@ -235,6 +282,8 @@ def put(
     private_key_file: KeyFileOpt = None,
     alg: AlgOpt = None,
     kid: KidOpt = None,
+    certificate_file: CertFileOpt = None,
+    x5t: X5tOpt = False,
     allow_upstream: AllowOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -243,7 +292,8 @@ def put(
     oauth_client_key's private key from --private-key-file."""
     with handle_errors():
         secret_store = _open(store)
-        value = _read_value(kind, client_id, _KeyOptions(private_key_file, alg, kid))
+        key = _KeyOptions(private_key_file, alg, kid, certificate_file, x5t)
+        value = _read_value(kind, client_id, key)
         info = secret_store.put(name, kind, value, allowed_upstreams=allow_upstream or None)
     _show(info, as_json)
 
@@ -256,6 +306,8 @@ def rotate(
     private_key_file: KeyFileOpt = None,
     alg: AlgOpt = None,
     kid: KidOpt = None,
+    certificate_file: CertFileOpt = None,
+    x5t: X5tOpt = False,
     allow_upstream: AllowOpt = None,
     any_upstream: Annotated[
         bool,
@@ -277,7 +329,8 @@ def rotate(
             _, current = secret_store.get(name)  # a new key for the same client
             if isinstance(current, OAuthClientKey):
                 client_id = current.client_id
-        value = _read_value(kind, client_id, _KeyOptions(private_key_file, alg, kid))
+        key = _KeyOptions(private_key_file, alg, kid, certificate_file, x5t)
+        value = _read_value(kind, client_id, key)
         allowed: list[str] | Literal["keep"] | None = "keep"
         if allow_upstream:
             allowed = allow_upstream

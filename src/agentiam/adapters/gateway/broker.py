@@ -142,6 +142,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
+from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -156,7 +157,11 @@ from agentiam.adapters.outbound import (
     excerpt,
     vet_url_form,
 )
-from agentiam.core.credentials.assertions import CLIENT_ASSERTION_TYPE, sign_client_assertion
+from agentiam.core.credentials.assertions import (
+    CLIENT_ASSERTION_TYPE,
+    certificate_thumbprints,
+    sign_client_assertion,
+)
 from agentiam.core.credentials.sealing import MasterKey, SealError, reseal
 from agentiam.errors import AgentIAMError
 
@@ -326,6 +331,12 @@ class OAuthClientKey:
     signs with (ES256 for EC; RS256 or PS256 for RSA) and the ``kid`` its
     authorization server knows the public key by (None: no ``kid`` header).
 
+    ``certificate``: the X.509 certificate (PEM; the first one when a chain is given)
+    the authorization server knows the key by, which must be for this very key. The
+    assertion's header then carries its ``x5t#S256`` (RFC 7515 section 4.1.8) and,
+    with ``x5t``, its SHA-1 ``x5t`` too (section 4.1.7; Microsoft Entra ID wants it).
+    It is sealed with the rest of the secret.
+
     Checked when made (:class:`SecretStoreError`, never quoting the key): a value
     that exists is sound. The PEM is parsed once, then, and the loaded key is kept
     with the value as the JWK :meth:`signing_key` returns: it lives exactly as long
@@ -337,8 +348,11 @@ class OAuthClientKey:
     private_key: Secret
     alg: str
     kid: str | None = None
+    certificate: str | None = None
+    x5t: bool = False
     _loaded: InitVar[_LoadedKey | None] = None
     _jwk: ECKey | RSAKey = field(init=False, repr=False, compare=False)
+    _thumbprints: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self, _loaded: _LoadedKey | None) -> None:
         if not self.client_id or any(ord(c) < 0x20 or ord(c) == 0x7F for c in self.client_id):
@@ -360,14 +374,23 @@ class OAuthClientKey:
             else RSAKey.import_key(key)
         )
         object.__setattr__(self, "_jwk", jwk)
+        object.__setattr__(self, "_thumbprints", _thumbprints(self.certificate, key, self.x5t))
 
     @classmethod
     def from_pem(
-        cls, client_id: str, pem: bytes, *, alg: str | None = None, kid: str | None = None
+        cls,
+        client_id: str,
+        pem: bytes,
+        *,
+        alg: str | None = None,
+        kid: str | None = None,
+        certificate: bytes | None = None,
+        x5t: bool = False,
     ) -> OAuthClientKey:
         """The client with the unencrypted PEM private key ``pem`` (PKCS#8, SEC 1 or
         PKCS#1), kept as PKCS#8; ``alg`` defaults to ES256 for an EC P-256 key and to
-        RS256 for an RSA key. Raise :class:`SecretStoreError` (never quoting the key)."""
+        RS256 for an RSA key; ``certificate`` (PEM) and ``x5t`` as the class says.
+        Raise :class:`SecretStoreError` (never quoting the key)."""
         key = _private_key(pem)
         if alg is None:
             alg = "ES256" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS256"
@@ -376,12 +399,47 @@ class OAuthClientKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        return cls(client_id, Secret(pkcs8.decode("ascii")), alg, kid, key)
+        try:
+            cert = None if certificate is None else certificate.decode("ascii")
+        except UnicodeDecodeError:
+            raise SecretStoreError("not a PEM certificate") from None
+        return cls(client_id, Secret(pkcs8.decode("ascii")), alg, kid, cert, x5t, key)
 
     def signing_key(self) -> ECKey | RSAKey:
         """The private key as a JWK, for :func:`sign_client_assertion`: the one loaded
         when this value was made (no parse)."""
         return self._jwk
+
+    def thumbprints(self) -> Mapping[str, str]:
+        """The certificate's ``x5t#S256`` (and ``x5t``, when asked for) for the
+        assertion's header; empty without a certificate."""
+        return self._thumbprints
+
+
+def _thumbprints(certificate: str | None, key: _LoadedKey, sha1: bool) -> Mapping[str, str]:
+    """The header thumbprints of ``certificate`` (PEM, the first certificate of a
+    chain), which must certify ``key``'s public half (the same SubjectPublicKeyInfo,
+    RFC 5280 section 4.1.2.7): else :class:`SecretStoreError`."""
+    if certificate is None:
+        if sha1:
+            raise SecretStoreError(
+                "x5t needs the certificate", hint="Give it with --certificate-file."
+            )
+        return {}
+    try:
+        leaf = x509.load_pem_x509_certificates(certificate.encode("ascii"))[0]
+    except (ValueError, UnicodeEncodeError, IndexError):
+        raise SecretStoreError(
+            "not a PEM certificate", hint="Give the X.509 certificate of the key, in PEM."
+        ) from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if leaf.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+        raise SecretStoreError(
+            "the certificate is not for this private key",
+            hint="Give the certificate the authorization server has for this key "
+            "(the first certificate in the file).",
+        )
+    return certificate_thumbprints(leaf.public_bytes(serialization.Encoding.DER), sha1=sha1)
 
 
 def _private_key(pem: bytes) -> _LoadedKey:
@@ -643,13 +701,17 @@ def _encode(kind: SecretKind, value: SecretValue) -> bytes:
             raise SecretStoreError(
                 "an oauth_client_key secret has a client_id and a private key (PEM)"
             )  # checked when it was made
-        doc = {
+        doc: dict[str, Any] = {
             "client_id": value.client_id,
             "private_key": value.private_key.reveal(),
             "alg": value.alg,
         }
         if value.kid is not None:
             doc["kid"] = value.kid
+        if value.certificate is not None:  # a secret of the previous release has none
+            doc["certificate"] = value.certificate
+        if value.x5t:
+            doc["x5t"] = True
         data = json.dumps(doc).encode("utf-8")
     else:
         if not isinstance(value, OAuthClientSecret):
@@ -673,8 +735,16 @@ def _decode(kind: SecretKind, data: bytes) -> SecretValue:
     if kind is SecretKind.OAUTH_CLIENT_KEY:
         # Checked as it is made (the PEM parsed once): SecretStoreError is the
         # caller's "malformed".
+        x5t, certificate = doc.get("x5t", False), doc.get("certificate")
+        if not isinstance(x5t, bool) or not isinstance(certificate, str | None):
+            raise TypeError("x5t is true or absent, certificate a PEM string or absent")
         return OAuthClientKey(
-            doc["client_id"], Secret(doc["private_key"]), doc["alg"], doc.get("kid")
+            doc["client_id"],
+            Secret(doc["private_key"]),
+            doc["alg"],
+            doc.get("kid"),
+            certificate,
+            x5t,
         )
     return OAuthClientSecret(doc["client_id"], Secret(doc["client_secret"]))
 
@@ -1564,6 +1634,7 @@ class CredentialBroker:
                 audience=audience,
                 now=int(self._wall_clock()),
                 lifetime=ASSERTION_LIFETIME,
+                thumbprints=value.thumbprints(),
             )
         except (ValueError, JoseError):
             raise SecretStoreError(f"secret {info.label} cannot sign a client assertion") from None

@@ -20,6 +20,7 @@ client's registered keys and then every claim rule:
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from agentiam.core.credentials.jose import (
     HeaderProfile,
     JoseRejected,
     VerificationKey,
+    b64url_encode,
     parse_compact,
     verify_signature,
 )
@@ -47,6 +49,7 @@ __all__ = [
     "CLIENT_ASSERTION_TYPE",
     "SIGNING_ALGORITHMS",
     "ClientAssertion",
+    "certificate_thumbprints",
     "parse_assertion",
     "sign_client_assertion",
     "verify_assertion",
@@ -73,6 +76,22 @@ SIGNING_ALGORITHMS: Mapping[str, tuple[str, str | None]] = {
 }
 
 
+_THUMBPRINT_HEADERS = frozenset({"x5t#S256", "x5t"})
+
+
+def certificate_thumbprints(der: bytes, *, sha1: bool = False) -> dict[str, str]:
+    """The JOSE header thumbprints of the X.509 certificate ``der`` (its DER
+    encoding): ``x5t#S256``, base64url of its SHA-256 digest (RFC 7515 section
+    4.1.8), and with ``sha1`` also ``x5t``, of its SHA-1 digest (section 4.1.7; some
+    servers, Microsoft Entra ID among them, look a client's certificate up by it).
+    SHA-1 is used here as a name for a certificate the server already holds, not to
+    sign or verify anything."""
+    prints = {"x5t#S256": b64url_encode(hashlib.sha256(der).digest())}
+    if sha1:
+        prints["x5t"] = b64url_encode(hashlib.sha1(der, usedforsecurity=False).digest())
+    return prints
+
+
 def sign_client_assertion(
     key: ECKey | OKPKey | RSAKey,
     *,
@@ -82,13 +101,17 @@ def sign_client_assertion(
     audience: str,
     now: int,
     lifetime: int = 60,
+    thumbprints: Mapping[str, str] | None = None,
 ) -> str:
     """A single-use client assertion (RFC 7523 section 3; OpenID Connect Core 1.0
     section 9, ``private_key_jwt``): ``iss`` = ``sub`` = ``client_id``, ``aud`` the
     authorization server (its issuer, or its token endpoint URL), ``iat`` = ``now``,
     ``exp`` ``lifetime`` seconds later, a random ``jti`` (144 bits), signed with
     ``key`` under ``alg`` (one of :data:`SIGNING_ALGORITHMS`, which must fit the key's
-    type) and ``kid`` in the header when given."""
+    type) and ``kid`` in the header when given, as are ``thumbprints`` (the
+    certificate's ``x5t#S256`` and ``x5t``: :func:`certificate_thumbprints`)."""
+    if thumbprints and not set(thumbprints) <= _THUMBPRINT_HEADERS:
+        raise ValueError("thumbprints holds x5t#S256 and x5t only")
     pinned = SIGNING_ALGORITHMS.get(alg)
     if pinned is None:
         raise ValueError(f"alg must be one of {', '.join(SIGNING_ALGORITHMS)}")
@@ -107,6 +130,7 @@ def sign_client_assertion(
     header = {"alg": alg, "typ": "JWT"}
     if kid is not None:
         header["kid"] = kid
+    header.update(thumbprints or {})
     return jwt.encode(header, claims, key, algorithms=[alg])
 
 
