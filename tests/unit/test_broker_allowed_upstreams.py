@@ -282,3 +282,26 @@ def test_the_mcp_gateways_credential_hook_checks_each_requests_origin(
     assert refused.label is None
     assert refused.error is not None
     assert "mcp-key@1 may be sent only to" in refused.error
+
+
+def test_the_start_check_refuses_a_store_sealed_under_another_key(
+    store: SecretStore, key: MasterKey, tmp_path: Path
+) -> None:
+    """After a rekey, a gateway given the previous key does not start: it would
+    refuse every injection. The message names the two key ids, never a key."""
+    store.put("github", SecretKind.API_KEY, Secret(API_KEY))
+    new_text = MasterKey.generate_text()
+    new = MasterKey.from_text(new_text)
+    store.rekey(new)
+    stale = CredentialBroker(SecretStore(store.path, key, reload_interval=0.0))
+    uses = [("upstreams.a.credential", ApiKeyInjection("github"), UPSTREAM)]
+    with pytest.raises(SecretStoreError, match="does not open") as refused:
+        stale.check_destinations(uses)
+    assert new.id in refused.value.detail
+    assert key.id in refused.value.detail
+    assert new_text not in refused.value.detail + str(refused.value.hint)
+    with pytest.raises(SecretStoreError, match="does not open"):
+        stale.check_destinations([])  # whatever the configuration uses
+    CredentialBroker(SecretStore(store.path, new, reload_interval=0.0)).check_destinations(uses)
+    # a store that does not exist yet is no refusal: its secrets are put later
+    CredentialBroker(SecretStore(tmp_path / "none.json", new)).check_destinations(uses)

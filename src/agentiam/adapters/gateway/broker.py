@@ -1432,13 +1432,23 @@ class CredentialBroker:
         return self._oauth(ref, destination)
 
     def check_destinations(self, uses: Iterable[tuple[str, CredentialRef, str]]) -> None:
-        """A gateway's check at start: for each ``(where, ref, url)`` (the
-        configuration key, the credential, the upstream's URL), refuse
-        (:class:`SecretNotAllowed`, naming ``where``) a credential whose secret's
-        newest version has ``allowed_upstreams`` that do not include the upstream's
-        origin or, for OAuth, the token endpoint's. A secret that cannot be read now
-        (missing, a store that does not open) is only logged: each call using it is
-        refused until it can be (as before), and checked then."""
+        """A gateway's check at start. First the store itself: one that exists but
+        does not read with the configured key (sealed under another key, as after
+        ``gateway secrets rekey`` by a gateway not yet given the new one; malformed;
+        unreadable) stops the start (:class:`SecretStoreError`, naming the key ids,
+        never key material): it would refuse every injection. Then, for each
+        ``(where, ref, url)`` (the configuration key, the credential, the upstream's
+        URL), refuse (:class:`SecretNotAllowed`, naming ``where``) a credential whose
+        secret's newest version has ``allowed_upstreams`` that do not include the
+        upstream's origin or, for OAuth, the token endpoint's. A secret that is not
+        in the store is only logged: each call using it is refused until it is put
+        (as before), and checked then."""
+        try:
+            self.store.all()
+        except SecretStoreError as exc:
+            raise SecretStoreError(
+                f"the gateway secret store does not open: {exc.detail}", hint=exc.hint
+            ) from None
         for where, ref, url in uses:
             try:
                 info = self.store.info(ref.secret)
