@@ -246,7 +246,7 @@ def world(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory) -> It
                 assert r.status_code == 200, r.text
             # one key for the gateway, its TLS twin and its replicas (billing-gw-r1…r7)
             gateways = ["billing-gw", "billing-tls", *(f"billing-gw-r{i}" for i in range(1, 8)),
-                        "billing-jwt", "billing-allow"]  # fmt: skip
+                        "billing-jwt", "billing-allow", "billing-rekey"]  # fmt: skip
             sources = [f"gateway/{g}" for g in gateways]
             verifier = admin.post(
                 "/v1/admin-keys", json={"name": "gw", "role": "verifier", "sources": sources}
@@ -918,10 +918,13 @@ def _gateway_config(
 
 
 @contextlib.contextmanager
-def _running(world: World, tmp: Path, file: Path) -> Iterator[str]:
-    """The gateway of configuration ``file``, serving until the block ends; its URL."""
+def _running(
+    world: World, tmp: Path, file: Path, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """The gateway of configuration ``file`` (with ``env``, default the world's),
+    serving until the block ends; its URL."""
     name = file.stem
-    proc = _spawn([AGENTIAM, "gateway", "http", "--config", str(file)], world.gw_env,
+    proc = _spawn([AGENTIAM, "gateway", "http", "--config", str(file)], env or world.gw_env,
                   tmp / f"{name}.log")  # fmt: skip
     port = json.loads(file.read_text())["listen"]["port"]
     url = f"http://127.0.0.1:{port}"
