@@ -8,7 +8,11 @@ every replica's JWKS lists it before any replica signs with it. Private halves a
 unsealed with the master key on first use and kept only in memory.
 
 The master key is rotated by :meth:`SigningKeyService.rewrap`: every private half
-sealed again under the next master key in one transaction, all or none.
+sealed again under the next master key in one transaction, all or none. A new key
+(``keys rotate``, or the first key of an empty ring) is added only after this
+replica's master key has opened the ring's current keys, under the same lock as a
+rewrap: a replica not yet restarted with the new master key is refused instead of
+sealing a key the others cannot open.
 """
 
 from __future__ import annotations
