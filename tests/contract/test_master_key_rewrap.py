@@ -327,3 +327,39 @@ def test_a_retired_key_under_another_master_key_does_not_block_a_rotation(
     with pytest.raises(Conflict, match=live.kid):
         a.signing_keys.rotate(CTX)
     assert _sealed(a) == before
+
+
+def test_two_replicas_starting_on_an_empty_ring_make_one_first_key(
+    make: Make, clock: FakeClock, texts: tuple[str, str], keys: tuple[MasterKey, MasterKey]
+) -> None:
+    """A replica that saw the ring empty, then waited on the key lock while another
+    made the first key, makes none (a second first key would end the other's signing
+    at once) and signs with the other's key."""
+    a, b = make(texts[0]), make(texts[0])
+    outcome: list[BaseException | str] = []
+
+    def sign() -> None:
+        try:
+            outcome.append(b.signing_keys.sign({"iss": ISSUER, "sub": "agent-1"}, typ="at+jwt"))
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    now = clock.now()
+    first = generate_signing_key("ES256", master=keys[0], now=now, activates_at=now,
+                                 created_by="replica-a")  # fmt: skip
+    with SqlUnitOfWork(a.engine) as uow:  # replica a making the first key, by hand
+        uow.signing_keys.lock()
+        assert uow.signing_keys.all() == []
+        worker = threading.Thread(target=sign, daemon=True)
+        worker.start()
+        worker.join(1.0)
+        assert worker.is_alive()  # b saw the ring empty and waits to make a key
+        uow.signing_keys.add(first)
+        uow.commit()
+    worker.join(30)
+    (token,) = outcome
+    assert isinstance(token, str), token
+    assert jwt.decode(token, KeySet.import_key_set(b.signing_keys.jwks())).header["kid"] == (  # type: ignore[arg-type]
+        first.kid
+    )
+    assert list(_sealed(a)) == [first.kid]

@@ -159,7 +159,10 @@ class SigningKeyService:
         if self._keys:
             return None
         now = self._clock.now()
-        return self._create(ctx, now, activates_at=now, only_if_empty=True)
+        created = self._create(ctx, now, activates_at=now, only_if_empty=True)
+        if created is None:
+            self.refresh()  # another replica made the first key meanwhile: read it
+        return created
 
     def sign(self, claims: Mapping[str, Any], *, typ: str) -> str:
         """Sign ``claims`` with the key that signs now (creating the first key of an
