@@ -7,8 +7,9 @@ SDK with DPoP.
 
 - a catch-all route forwards the rest of the path beneath the upstream's prefix and
   is decided on the id made from it; a literal route wins over it;
-- traversal attempts (``..``, ``%2e%2e``, ``%2f``, ``%5c``, ``//``, backslashes) sent
-  byte for byte on a socket are 400 and never reach the upstream;
+- traversal attempts (``..``, ``%2e%2e``, ``%2f``, ``%5c``, ``//``, backslashes,
+  Unicode lookalikes of ``.``, ``/`` and ``\\`` such as ``%EF%BC%8E``) sent byte for
+  byte on a socket are 400 and never reach the upstream;
 - ``forbid ... when { resource.destructive }`` refuses the DELETE route that gives
   its resource ``destructive: true`` (403, audited, not forwarded), while the GET
   route on the same ids, and a DELETE route with ``destructive: false``, pass; the
@@ -275,6 +276,13 @@ TRAVERSALS = [
     b"/files//etc/passwd",
     b"/files/a//b",
     b"/files/%c0%ae%c0%ae/admin",
+    # lookalikes an upstream folding Unicode (NFKC, best-fit code pages) reads as
+    # '..', '/' or '\\': U+2024, U+FF0E, U+FF0F, U+FF3C, U+2215
+    b"/files/%E2%80%A4%E2%80%A4/admin",
+    b"/files/%EF%BC%8E%EF%BC%8E/admin",
+    b"/files/..%EF%BC%8Fadmin",
+    b"/files/a%EF%BC%BCb",
+    b"/files/..%E2%88%95admin",
 ]
 
 

@@ -3,7 +3,7 @@ attributes (``resource.attributes``), in process: how templates and attributes a
 checked at start, which route a path takes (a route of literal and ``{name}`` segments
 beats a catch-all, whatever the order), that no path a server could read another way
 reaches a catch-all route (``..``, ``%2e%2e``, ``%2f``, ``%5c``, ``//``, backslashes,
-``;``, overlong UTF-8), that what is forwarded is the checked path beneath the
+``;``, overlong UTF-8, Unicode lookalikes of ``.``, ``/`` and ``\\``), that what is forwarded is the checked path beneath the
 upstream's prefix, and that a route's attributes are what policy sees of its calls
 (the catalog's win) and checked against the schema when the gateway starts.
 
@@ -24,6 +24,7 @@ from tests.unit.test_gateway_http import ALLOW, App, _config, _runtime
 
 from agentiam.adapters.gateway.http_proxy import (
     HttpGateway,
+    PathRejected,
     Route,
     load_config,
     split_path,
@@ -214,6 +215,23 @@ def _through(app: App, calls: list[tuple[str, bytes]]) -> list[tuple[int, bytes]
     return asyncio.run(run())
 
 
+# read as '.', '..', '/' or '\\' by an upstream folding Unicode (NFKC, best-fit code pages)
+LOOKALIKES = [
+    b"/files/%E2%80%A4%E2%80%A4/admin",  # U+2024 ONE DOT LEADER, twice
+    b"/files/%EF%BC%8E%EF%BC%8E/admin",  # U+FF0E FULLWIDTH FULL STOP
+    b"/files/%EF%B9%92/a",  # U+FE52 SMALL FULL STOP alone: '.'
+    b"/files/%E2%80%A5/admin",  # U+2025 TWO DOT LEADER: '..'
+    b"/files/.%EF%BC%8E/admin",  # '.' and U+FF0E
+    b"/files/%EF%BC%8E%EF%BC%8E%3Bx/admin",  # '..;x' once folded
+    b"/files/..%EF%BC%8Fadmin",  # U+FF0F FULLWIDTH SOLIDUS
+    b"/files/a%EF%BC%BCb",  # U+FF3C FULLWIDTH REVERSE SOLIDUS
+    b"/files/a%EF%B9%A8b",  # U+FE68 SMALL REVERSE SOLIDUS
+    b"/files/..%E2%88%95admin",  # U+2215 DIVISION SLASH
+    b"/files/..%E2%81%84admin",  # U+2044 FRACTION SLASH
+    b"/files/..%E2%A7%B8admin",  # U+29F8 BIG SOLIDUS
+    b"/files/a%E2%88%96b",  # U+2216 SET MINUS
+]
+
 TRAVERSALS = [
     b"/files/../admin",
     b"/files/a/../../admin",
@@ -239,6 +257,7 @@ TRAVERSALS = [
     b"/files/%e0%80%ae/admin",
     b"/files/a%",
     b"/files/a%2",
+    *LOOKALIKES,
 ]
 
 
@@ -258,6 +277,24 @@ def test_no_traversal_reaches_a_catch_all_route(tmp_path: Path) -> None:
     assert statuses[: len(TRAVERSALS)] == [400] * len(TRAVERSALS)
     decisions = [e for e in app.events() if e["type"] == "authz.decision"]
     assert [d["resource"]["id"] for d in decisions] == ["file:a/b c"]
+
+
+@pytest.mark.parametrize("raw", LOOKALIKES)
+def test_a_segment_that_folds_to_a_separator_or_dot_segment_is_refused(raw: bytes) -> None:
+    with pytest.raises(PathRejected, match="NFKC"):
+        split_path(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "segments"),
+    [
+        (b"/files/caf%C3%A9", ("files", "café")),  # other non-ASCII stays data
+        (b"/files/%E2%80%A4x", ("files", "\u2024x")),  # folds to '.x': a name, not '.'
+        (b"/files/%EF%BC%A1", ("files", "\uff21")),  # FULLWIDTH A
+    ],
+)
+def test_other_non_ascii_segments_pass(raw: bytes, segments: tuple[str, ...]) -> None:
+    assert split_path(raw) == segments
 
 
 def test_an_overlong_catch_all_value_is_denied_by_the_id_bound(tmp_path: Path) -> None:

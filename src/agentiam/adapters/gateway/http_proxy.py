@@ -25,7 +25,8 @@ For every request, in this order:
 
 1. The path is checked: one that a server could read in two ways (``.``/``..``
    segments, ``;`` path parameters, encoded ``/`` or ``\\``, empty segments, control
-   characters, bad percent-encoding) is refused with 400, so the route the gateway
+   characters, bad percent-encoding, a segment whose NFKC form holds ``/`` or ``\\``
+   or is a dot segment: ``%EF%BC%8F``, U+FF0F) is refused with 400, so the route the gateway
    decides on is the path the upstream serves (RFC 3986 sections 3.3 and 6.2.2). So
    is the framing: a ``Transfer-Encoding`` other than ``chunked`` alone is 501 (RFC
    9112 section 6.1), a ``Content-Length`` other than digits 400 (whitespace around
@@ -119,6 +120,7 @@ import json
 import logging
 import re
 import time
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -643,6 +645,25 @@ class PathRejected(ValueError):
 
 
 _SAFE_RAW = re.compile(rb"^[\x21-\x7e]*$")
+# Lookalikes of '/' and '\' that NFKC leaves as they are but other foldings map to
+# them (Windows "best fit" code pages turn U+2215 into '/'; Unicode's confusables,
+# UTS #39 section 4, list them all): refused in a segment as '/' and '\' are
+_SLASH_LOOKALIKES = frozenset("\u2044\u2215\u2216\u29f5\u29f8\u29f9")
+
+
+def _reads_as_separator(decoded: str) -> bool:
+    """Whether a decoded segment that is not ASCII reads as a separator or a dot
+    segment once folded: its NFKC form (Unicode UAX #15, as an upstream that
+    normalises would read it: U+FF0F and U+FF3C are '/' and '\\', U+2024, U+FE52
+    and U+FF0E are '.', U+2025 is '..') holds '/' or '\\' or is '.' or '..' (also
+    before a ';'), or it holds one of :data:`_SLASH_LOOKALIKES`."""
+    folded = unicodedata.normalize("NFKC", decoded)
+    return (
+        "/" in folded
+        or "\\" in folded
+        or folded.split(";", 1)[0] in (".", "..")
+        or not _SLASH_LOOKALIKES.isdisjoint(decoded)
+    )
 
 
 def _decode_segment(segment: str) -> str:
@@ -659,6 +680,11 @@ def _decode_segment(segment: str) -> str:
         raise PathRejected("an encoded '/', '\\' or control character")
     if decoded.split(";", 1)[0] in (".", ".."):
         raise PathRejected("a '.' or '..' segment")
+    if not decoded.isascii() and _reads_as_separator(decoded):
+        raise PathRejected(
+            "a segment that reads as '/', '\\', '.' or '..' once Unicode compatibility "
+            "forms are folded (NFKC)"
+        )
     return decoded
 
 
@@ -670,8 +696,11 @@ def split_path(raw_path: bytes, prefix: str = "") -> tuple[str, ...]:
     ``..;``), a ``;`` (servlet containers and Spring drop a segment's ``;params``
     before routing, RFC 3986 section 3.3; an encoded ``%3B`` is kept), encoded ``/``
     or ``\\``, a backslash, empty segments (``//``), bytes outside visible ASCII,
-    malformed or non-UTF-8 percent-encoding; and ``None``-like paths outside
-    ``prefix``."""
+    malformed or non-UTF-8 percent-encoding, a percent-encoded segment that an
+    upstream normalising Unicode would read as holding ``/`` or ``\\`` or as a dot
+    segment (:func:`_reads_as_separator`: U+FF0F, U+FF3C, U+2024, U+FF0E, U+2215,
+    ...; checked only for segments that are not ASCII, so an ASCII path pays
+    nothing); and ``None``-like paths outside ``prefix``."""
     if len(raw_path) > MAX_PATH:
         raise PathRejected("the path is too long")
     if not raw_path.startswith(b"/") or not _SAFE_RAW.match(raw_path) or b"\\" in raw_path:
