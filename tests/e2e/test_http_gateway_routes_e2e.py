@@ -18,9 +18,9 @@ SDK with DPoP.
   opens carries ``resource_attributes`` (shown to the human, bound in the
   fingerprint); once approved the retry goes through once; an approval opened for
   the same call without the attributes is not the gateway's call (mismatch);
-- a route attribute the schema does not declare, or of the wrong type, and a
-  catch-all that is not last, stop ``agentiam gateway http`` with an error naming the
-  route.
+- a route attribute the schema does not declare, or of the wrong type, a catch-all
+  that is not last, and two routes the order of the list alone would choose between,
+  stop ``agentiam gateway http`` with an error naming the route(s).
 """
 
 from __future__ import annotations
@@ -408,17 +408,26 @@ def test_an_approval_for_another_jobs_attributes_is_a_mismatch(world: World) -> 
             _route("GET", "/x/{rest*}/y", "x"),
             "routes[0].match.path: the catch-all {rest*} must be the last segment",
         ),
+        (
+            [_route("GET", "/x/{id}", "x-{id}"), _route("GET", "/x/{other}", "y-{other}")],
+            "routes[0] (GET /x/{id}) and routes[1] (GET /x/{other}): the second is never "
+            "matched",
+        ),
+        (
+            [_route("GET", "/x/{a}/c", "x"), _route("GET", "/x/b/{c}", "y")],
+            "routes[0] (GET /x/{a}/c) and routes[1] (GET /x/b/{c}) both match GET /x/b/c",
+        ),
     ],
 )
 def test_a_route_the_gateway_cannot_honour_stops_its_start(
-    world: World, route: dict[str, Any], message: str
+    world: World, route: dict[str, Any] | list[dict[str, Any]], message: str
 ) -> None:
     config = {
         **world.config,
         "name": NAME,
         "listen": {"host": "127.0.0.1", "port": free_port()},
         "spool": {"directory": str(world.tmp / f"spool-{secrets.token_hex(4)}")},
-        "routes": [route],
+        "routes": route if isinstance(route, list) else [route],
     }
     file = world.tmp / f"bad-{secrets.token_hex(4)}.yaml"
     file.write_text(json.dumps(config))

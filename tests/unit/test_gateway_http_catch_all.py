@@ -101,6 +101,94 @@ def test_a_catch_all_template_is_parsed() -> None:
     assert not plain.rest
 
 
+# -- overlapping routes -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("routes", "message"),
+    [
+        (  # the same template with other names: the second is dead
+            [("GET", "/v1/a/{id}"), ("GET", "/v1/a/{x}")],
+            "routes[0] (GET /v1/a/{id}) and routes[1] (GET /v1/a/{x}): the second is never "
+            "matched",
+        ),
+        (  # a special case listed after the general route: never reached
+            [("GET", "/v1/a/{id}"), ("GET", "/v1/a/me")],
+            "routes[0] (GET /v1/a/{id}) and routes[1] (GET /v1/a/me): the second is never",
+        ),
+        (  # neither covers the other: /a/b/c would go to whichever is listed first
+            [("GET", "/a/{x}/c"), ("GET", "/a/b/{y}")],
+            "routes[0] (GET /a/{x}/c) and routes[1] (GET /a/b/{y}) both match GET /a/b/c",
+        ),
+        (  # catch-alls: the general one first swallows the other
+            [("GET", "/{all*}"), ("GET", "/files/{path*}")],
+            "routes[0] (GET /{all*}) and routes[1] (GET /files/{path*}): the second is never",
+        ),
+        (
+            [("DELETE", "/f/{a*}"), ("DELETE", "/f/{b*}")],
+            "routes[0] (DELETE /f/{a*}) and routes[1] (DELETE /f/{b*}): the second is never",
+        ),
+        (  # catch-alls whose prefixes cross: /a/b/... matches both
+            [("GET", "/a/{x}/{p*}"), ("GET", "/{y}/b/{q*}")],
+            "routes[0] (GET /a/{x}/{p*}) and routes[1] (GET /{y}/b/{q*}) both match "
+            "GET /a/b/{…*}",
+        ),
+        (  # a catch-all with a longer prefix crossing a shorter one
+            [("GET", "/{x}/b/{p*}"), ("GET", "/a/{q*}")],
+            "routes[0] (GET /{x}/b/{p*}) and routes[1] (GET /a/{q*}) both match GET /a/b/{…*}",
+        ),
+    ],
+)
+def test_overlapping_routes_stop_the_start(
+    routes: list[tuple[str, str]], message: str
+) -> None:
+    """Two routes of one method, both with or both without a catch-all, that match a
+    path in common where the order of the list alone would pick one: the gateway
+    does not start, and the error names both."""
+    with pytest.raises(ValueError) as caught:
+        _load(*(_r(method, path, "x") for method, path in routes))
+    assert message in str(caught.value)
+
+
+def test_literals_are_compared_decoded() -> None:
+    """``%7E`` is ``~``: the second route is the first's template written otherwise."""
+    routes = [{**_r("PUT", p, "x"), "name": n} for p, n in (("/v1/~x", "a"), ("/v1/%7Ex", "b"))]
+    with pytest.raises(ValueError, match=r"routes\[0\] \(a\) and routes\[1\] \(b\)"):
+        _load(*routes)
+
+
+@pytest.mark.parametrize(
+    "routes",
+    [
+        [("GET", "/v1/a/me"), ("GET", "/v1/a/{id}")],  # the special case first
+        [("GET", "/files/{path*}"), ("GET", "/{all*}")],
+        # a route before both takes every path they share
+        [("GET", "/a/b/c"), ("GET", "/a/{x}/c"), ("GET", "/a/b/{y}")],
+        [("GET", "/a/{x}"), ("POST", "/a/{x}")],  # another method
+        [("GET", "/a/"), ("GET", "/a/{x}")],  # a {name} never matches the empty segment
+        [("GET", "/a/{x}"), ("GET", "/a/{x}/{y}")],  # another number of segments
+        [("GET", "/v1/{p*}"), ("GET", "/v1/a/{id}")],  # no catch-all always wins
+        [("GET", "/a/{p*}"), ("GET", "/b/{p*}")],
+        [("GET", "/a/{x}/c"), ("GET", "/a/b/d")],
+    ],
+)
+def test_routes_that_cannot_be_confused_start(routes: list[tuple[str, str]]) -> None:
+    assert len(_load(*(_r(method, path, "x") for method, path in routes))) == len(routes)
+
+
+def test_the_overlap_check_is_not_quadratic_in_the_usual_case() -> None:
+    """Thousands of routes that differ in a literal are compared through the trie
+    only with those that could match a path of theirs (timed loosely: seconds, not
+    the minutes comparing every pair would take)."""
+    import time
+
+    routes = [_r("GET", f"/v1/r{i}/{{id}}", "x") for i in range(4000)]
+    routes += [_r("GET", f"/v1/r{i}/{{id}}/{{p*}}", "x") for i in range(4000)]
+    started = time.perf_counter()
+    assert len(_load(*routes)) == 8000
+    assert time.perf_counter() - started < 30
+
+
 # -- matching -----------------------------------------------------------------------------
 
 

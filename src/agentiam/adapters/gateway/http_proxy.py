@@ -41,6 +41,10 @@ For every request, in this order:
    catch-all ``{name*}`` (the template's last segment) matches the rest of the path,
    one or more non-empty segments of the path checked in step 1, joined with ``/``;
    routes with one are tried only after every route without one (:meth:`route_for`).
+   Two routes of a method that match a path in common where only the list's order
+   would choose (``/v1/a/{id}`` and ``/v1/a/{x}``; ``/v1/a/{id}`` before
+   ``/v1/a/me``) stop the start (:func:`check_overlaps`); a special case listed
+   before its general route is the way to route it apart.
    A route's ``Endpoint`` is decided in its upstream's ``Api::"<api>"`` whatever the
    catalog says (:func:`in_api`, :attr:`Route.parents`), with the route's
    ``resource.attributes`` where the catalog sets none (``AuthzRequest.
@@ -194,6 +198,7 @@ __all__ = [
     "PathRejected",
     "Route",
     "Upstream",
+    "check_overlaps",
     "forwarded_header",
     "load_config",
     "request_headers_for_upstream",
@@ -615,6 +620,130 @@ def _warn_if_another_api(where: str, rtype: str, rid: str, upstream: Upstream) -
         )  # fmt: skip
 
 
+_Prefix = tuple[str | None, ...]  # a template's segments before any catch-all; None: {name}
+
+
+def _both_match(a: _Prefix, b: _Prefix, rest: bool) -> _Prefix | None:
+    """The template of the paths two routes' templates ``a`` and ``b`` both match, or
+    None when no path matches both: the same number of segments (catch-alls: their
+    prefixes, a shorter one's rest standing for any non-empty segment past it),
+    each position two equal literals or a placeholder (any non-empty segment)."""
+    if not rest and len(a) != len(b):
+        return None
+    out: list[str | None] = []
+    for i in range(max(len(a), len(b))):
+        x = a[i] if i < len(a) else None
+        y = b[i] if i < len(b) else None
+        if x is None or y is None:
+            if x == "" or y == "":  # a trailing slash's empty segment: no placeholder's
+                return None
+            out.append(y if x is None else x)
+        elif x != y:
+            return None
+        else:
+            out.append(x)
+    return tuple(out)
+
+
+def _covers(c: _Prefix, t: _Prefix, rest: bool) -> bool:
+    """Whether template ``c`` matches every path template ``t`` does (catch-alls: a
+    prefix no longer than ``t``'s, whose rest takes what ``t`` has past it)."""
+    if len(c) > len(t) or (not rest and len(c) != len(t)):
+        return False
+    return all(x == y or (x is None and y != "") for x, y in zip(c, t, strict=False))
+
+
+class _Trie:
+    """The templates of one method's routes, with or without a catch-all (and then of
+    one length), by segment: :meth:`overlapping` finds the routes listed before a new
+    one that match a path it matches without comparing it with every one of them."""
+
+    __slots__ = ("children", "routes")
+
+    def __init__(self) -> None:
+        self.children: dict[str | None, _Trie] = {}
+        self.routes: list[tuple[int, Route, _Prefix]] = []  # ending here
+
+    def add(self, index: int, route: Route, prefix: _Prefix) -> None:
+        node = self
+        for segment in prefix:
+            node = node.children.setdefault(segment, _Trie())
+        node.routes.append((index, route, prefix))
+
+    def overlapping(
+        self, prefix: _Prefix, rest: bool, depth: int = 0
+    ) -> list[tuple[int, Route, _Prefix]]:
+        out = list(self.routes) if rest or depth == len(prefix) else []
+        if depth < len(prefix):
+            segment = prefix[depth]
+            if segment is None:
+                keys = [k for k in self.children if k != ""]
+            else:
+                keys = [segment] if segment == "" else [segment, None]
+        elif rest:  # past a catch-all's prefix its rest takes any non-empty segment
+            keys = list(self.children)
+        else:
+            return out
+        for key in keys:
+            child = self.children.get(key)
+            if child is not None:
+                out += child.overlapping(prefix, rest, depth + 1)
+        return out
+
+
+def _shown(template: _Prefix, rest: bool) -> str:
+    return "/" + "/".join("{…}" if s is None else s for s in template) + ("/{…*}" if rest else "")
+
+
+def check_overlaps(routes: Sequence[Route]) -> None:
+    """Refuse (ValueError naming both) two routes of one method that match a path in
+    common where the configuration's order would decide between them silently.
+
+    :meth:`HttpGateway.route_for` tries every route without a catch-all before any
+    with one, so those never overlap each other; within each kind, the first listed
+    matching route wins. Two routes of the same kind and method whose templates match
+    a path in common (:func:`_both_match`: no catch-all, the same number of segments,
+    each position equal literals or a ``{name}`` on either side; catch-alls, their
+    prefixes compared so over the shorter one's length) are refused when
+
+    * the later one is never matched: the earlier matches every path it does (the
+      same template with other names, ``/v1/a/{id}`` and ``/v1/a/{x}``, or
+      ``/v1/a/{id}`` listed before ``/v1/a/me``);
+    * neither matches every path the other does (``/a/{x}/c`` and ``/a/b/{y}``
+      both match ``/a/b/c``), unless a route listed before both matches every path
+      they share (``/a/b/c`` listed first).
+
+    A route listed before one that matches every path it does and more (``/v1/a/me``
+    before ``/v1/a/{id}``, ``/files/{p*}`` before ``/{all*}``) is the way to route a
+    special case apart, and taken: each path's route is the most specific one."""
+    tries: dict[tuple[str, bool, int], _Trie] = {}
+    for index, route in enumerate(routes):
+        rest = route.rest
+        prefix = route.segments[:-1] if rest else route.segments
+        trie = tries.setdefault((route.method, rest, -1 if rest else len(prefix)), _Trie())
+        earlier = sorted(trie.overlapping(prefix, rest), key=lambda found: found[0])
+        for position, (first, other, theirs) in enumerate(earlier):
+            shared = _both_match(theirs, prefix, rest)
+            if shared is None:  # not reached: the trie found only overlapping routes
+                continue
+            named = f"routes[{first}] ({other.name}) and routes[{index}] ({route.name})"
+            if _covers(theirs, prefix, rest):
+                raise ValueError(
+                    f"{named}: the second is never matched, the first (listed before it) "
+                    "matches every path it does; remove one, or list the more specific first"
+                )
+            if _covers(prefix, theirs, rest):
+                continue  # the more specific one is listed first
+            if any(_covers(c, shared, rest) for _, _, c in earlier[:position]):
+                continue  # a route listed before both takes every path they share
+            raise ValueError(
+                f"{named} both match {route.method} {_shown(shared, rest)}: the order of "
+                "the list would decide between them silently; list a route for the paths "
+                "they share before both, or change one"
+            )
+        trie.add(index, route, prefix)
+
+
 def load_config(data: Any) -> HttpGatewayConfig:
     """Validate a whole HTTP gateway configuration; ValueError naming the bad key."""
     gateway = load_gateway_config(data, "http", section_keys=SECTION_KEYS)
@@ -629,6 +758,7 @@ def load_config(data: Any) -> HttpGatewayConfig:
     if len(raw_routes) > 10_000:
         raise ValueError("routes: at most 10000")
     routes = tuple(_route(i, raw, upstreams) for i, raw in enumerate(raw_routes))
+    check_overlaps(routes)
     if gateway.secrets_store is None and any(u.credential for u in upstreams.values()):
         raise ValueError("secrets.store: an upstream injects a credential, name the store")
     limit = section.get("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES)
