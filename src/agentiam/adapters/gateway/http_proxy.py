@@ -151,6 +151,7 @@ from agentiam.adapters.gateway.config import (
     load_gateway_config,
     upstream_tls,
 )
+from agentiam.adapters.gateway.dpop_nonces import NonceHeader
 from agentiam.adapters.gateway.echo_mask import EchoForms, EchoMask, content_coded
 from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.http_upstream import (
@@ -256,7 +257,8 @@ _FRAMING = frozenset({b"content-length"})  # re-sent by the upstream client as i
 # brokered credential, which the agent does not hold; relayed, the agent's SDK would
 # take them for the gateway's (RFC 9449 section 9 nonce, RFC 6750 invalid_token) and
 # refresh its token or send the call again.
-_UPSTREAM_ONLY = frozenset({b"www-authenticate", b"authentication-info", b"dpop-nonce"})
+_DPOP_NONCE = b"dpop-nonce"
+_UPSTREAM_ONLY = frozenset({b"www-authenticate", b"authentication-info", _DPOP_NONCE})
 # sent instead of the client's on a route that injects a credential (the body is masked)
 _IDENTITY_ONLY = (b"accept-encoding", b"identity")
 
@@ -1291,8 +1293,6 @@ class HttpGateway:
                 return await self._metrics(send)
             if path == self._metadata_path or path == self._metadata_path + "/":
                 return await self._json(send, 200, self.runtime.protected_resource_metadata())
-        if self._nonce is not None:
-            send = self._nonce.sending(send)
         label = await self._proxy(scope, receive, send, started)
         self.metrics.calls.labels(label).inc()
         self.metrics.latency.observe(time.perf_counter() - started)
@@ -1703,7 +1703,7 @@ class HttpGateway:
             headers, inject=permit.inject, forwarded=forwarded, trace=trace
         )
         body = _RequestBody(receive, self._max_body, self._read) if permit.has_body else None
-        relay = _Relay(permit.echo)
+        relay = _Relay(permit.echo, self._nonce)
         status: int | None = None
         outcome = Outcome.FAILURE
         label = "upstream_error"
@@ -1839,7 +1839,10 @@ class HttpGateway:
     ) -> None:
         """Answer ``refusal``; ``close``: the request's body was not read (all of it),
         so the connection ends with the answer (``Connection: close``, RFC 9112
-        section 9.6) instead of uvicorn reading and discarding the rest to keep it."""
+        section 9.6) instead of uvicorn reading and discarding the rest to keep it.
+        With nonces on, the head carries the current ``DPoP-Nonce`` (RFC 9449 section
+        9), unless the refusal has one (``use_dpop_nonce``: the verifier's). Only the
+        protected endpoint's answers come here (not /healthz, /metrics, metadata)."""
         body = json.dumps(refusal.body, separators=(",", ":")).encode("utf-8")
         headers = [
             (b"content-type", _PROBLEM_JSON),
@@ -1849,6 +1852,9 @@ class HttpGateway:
         headers.extend(
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in refusal.headers.items()
         )
+        # a use_dpop_nonce refusal carries the verifier's nonce already
+        if self._nonce is not None and not any(k.lower() == "dpop-nonce" for k in refusal.headers):
+            headers.append((_DPOP_NONCE, self._nonce.current()))
         if close:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
@@ -1987,12 +1993,15 @@ class _Relay:
     fields that echo it (as sent or encoded) are dropped (``fields`` names them), and
     every occurrence of one of its forms in the body is masked (:class:`EchoMask`;
     ``masked`` counts them); a body in a
-    content coding is :class:`_CodedBody`, before anything is sent."""
+    content coding is :class:`_CodedBody`, before anything is sent. With ``nonce``
+    (``dpop.require_nonce``), the head carries the gateway's current ``DPoP-Nonce``
+    (RFC 9449 section 9) in place of any the upstream sent."""
 
-    __slots__ = ("_forms", "_mask", "fields", "started")
+    __slots__ = ("_forms", "_mask", "_nonce", "fields", "started")
 
-    def __init__(self, forms: EchoForms | None) -> None:
+    def __init__(self, forms: EchoForms | None, nonce: NonceHeader | None = None) -> None:
         self._forms = forms
+        self._nonce = nonce
         self._mask: EchoMask | None = None
         self.fields: list[str] = []
         self.started = False  # the head was sent: a failure now cuts the connection
@@ -2017,6 +2026,8 @@ class _Relay:
         # the fields were searched for the credential's forms just above: when none
         # holds one, the client's copy needs no second search
         headers = response_headers_for_client(response.headers, forms if self.fields else None)
+        if self._nonce is not None:  # the upstream's own DPoP-Nonce was dropped just above
+            headers.append((_DPOP_NONCE, self._nonce.current()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         self.started = True
 
