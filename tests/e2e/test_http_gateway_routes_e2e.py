@@ -410,8 +410,7 @@ def test_an_approval_for_another_jobs_attributes_is_a_mismatch(world: World) -> 
         ),
         (
             [_route("GET", "/x/{id}", "x-{id}"), _route("GET", "/x/{other}", "y-{other}")],
-            "routes[0] (GET /x/{id}) and routes[1] (GET /x/{other}): the second is never "
-            "matched",
+            "routes[0] (GET /x/{id}) and routes[1] (GET /x/{other}): the second is never matched",
         ),
         (
             [_route("GET", "/x/{a}/c", "x"), _route("GET", "/x/b/{c}", "y")],
