@@ -3,9 +3,11 @@ attributes (``resource.attributes``), in process: how templates and attributes a
 checked at start, which route a path takes (a route of literal and ``{name}`` segments
 beats a catch-all, whatever the order), that no path a server could read another way
 reaches a catch-all route (``..``, ``%2e%2e``, ``%2f``, ``%5c``, ``//``, backslashes,
-``;``, overlong UTF-8, Unicode lookalikes of ``.``, ``/`` and ``\\``), that what is forwarded is the checked path beneath the
-upstream's prefix, and that a route's attributes are what policy sees of its calls
-(the catalog's win) and checked against the schema when the gateway starts.
+``;``, overlong UTF-8, Unicode lookalikes of ``.``, ``/`` and ``\\``), that what is
+forwarded is the checked path beneath the upstream's prefix, that routes the order of
+the list alone would choose between stop the start, and that a route's attributes are
+what policy sees of its calls (the catalog's win) and checked against the schema when
+the gateway starts.
 
 The ASGI application is driven with raw ``raw_path`` bytes (httpx would remove the
 dot segments before the gateway saw them); the upstream is a real HTTP/1.1 server on
@@ -109,8 +111,7 @@ def test_a_catch_all_template_is_parsed() -> None:
     [
         (  # the same template with other names: the second is dead
             [("GET", "/v1/a/{id}"), ("GET", "/v1/a/{x}")],
-            "routes[0] (GET /v1/a/{id}) and routes[1] (GET /v1/a/{x}): the second is never "
-            "matched",
+            "routes[0] (GET /v1/a/{id}) and routes[1] (GET /v1/a/{x}): the second is never matched",
         ),
         (  # a special case listed after the general route: never reached
             [("GET", "/v1/a/{id}"), ("GET", "/v1/a/me")],
@@ -130,8 +131,7 @@ def test_a_catch_all_template_is_parsed() -> None:
         ),
         (  # catch-alls whose prefixes cross: /a/b/... matches both
             [("GET", "/a/{x}/{p*}"), ("GET", "/{y}/b/{q*}")],
-            "routes[0] (GET /a/{x}/{p*}) and routes[1] (GET /{y}/b/{q*}) both match "
-            "GET /a/b/{…*}",
+            "routes[0] (GET /a/{x}/{p*}) and routes[1] (GET /{y}/b/{q*}) both match GET /a/b/{…*}",
         ),
         (  # a catch-all with a longer prefix crossing a shorter one
             [("GET", "/{x}/b/{p*}"), ("GET", "/a/{q*}")],
@@ -139,13 +139,11 @@ def test_a_catch_all_template_is_parsed() -> None:
         ),
     ],
 )
-def test_overlapping_routes_stop_the_start(
-    routes: list[tuple[str, str]], message: str
-) -> None:
+def test_overlapping_routes_stop_the_start(routes: list[tuple[str, str]], message: str) -> None:
     """Two routes of one method, both with or both without a catch-all, that match a
     path in common where the order of the list alone would pick one: the gateway
     does not start, and the error names both."""
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match=r"^routes\[\d+\] \(") as caught:
         _load(*(_r(method, path, "x") for method, path in routes))
     assert message in str(caught.value)
 
@@ -412,8 +410,8 @@ def test_an_overlong_catch_all_value_is_denied_by_the_id_bound(tmp_path: Path) -
         ({"1st": True}, "is not an attribute name"),
         ({f"a{i}": True for i in range(MAX_DERIVED_ATTRIBUTES + 1)}, "at most"),
         ({"x": "y" * MAX_DERIVED_ATTRIBUTES_BYTES}, "bytes of JSON"),
-        ({"x": float("nan")}, "values must be JSON"),
-        ({"x": {1, 2}}, "values must be JSON"),
+        ({"x": float("nan")}, "not JSON"),
+        ({"x": {1, 2}}, "not JSON"),
     ],
 )
 def test_bad_route_attributes_stop_the_start(attributes: Any, message: str) -> None:
@@ -545,6 +543,47 @@ def test_a_bundle_whose_schema_refuses_the_attributes_denies_and_logs(
     _, decision = _decide(gateway, "DELETE", b"/files/a")
     assert not decision.allowed
     assert "cannot be given its derived attributes" in decision.reasons[0]
+
+
+def test_an_attributed_call_does_no_per_call_schema_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A route's attributes are checked, merged and serialised once (at start, per
+    bundle): a call through its place's stand-in neither checks a record against the
+    schema, nor merges one, nor serialises the attributes again (the route's
+    ``DerivedAttributes`` carry their key)."""
+    import json
+
+    from agentiam.core.policy import authorizer as authorizer_module
+    from agentiam.core.policy.entities import DerivedAttributes
+
+    routes = [_r("DELETE", "/files/{path*}", "file:{path}", attributes={"destructive": True})]
+    gateway = _gateway(routes, Parties(FORBID_DESTRUCTIVE, schema=DESTRUCTIVE))
+    [route] = gateway.config.routes
+    assert isinstance(route.attributes, DerivedAttributes)
+    assert route.attributes.key == '{"destructive":true}'
+    work: list[str] = []
+    for name in ("check_resource", "merge_derived"):
+
+        def counted(
+            *args: Any, _name: str = name, _real: Any = getattr(authorizer_module, name)
+        ) -> Any:
+            work.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(authorizer_module, name, counted)
+    dumps = json.dumps
+
+    def counting_dumps(*args: Any, **kwargs: Any) -> str:
+        if kwargs.get("sort_keys"):
+            work.append("sorted dumps")
+        return dumps(*args, **kwargs)
+
+    monkeypatch.setattr(json, "dumps", counting_dumps)
+    for raw in (b"/files/a", b"/files/b/c", b"/files/a"):
+        _, decision = _decide(gateway, "DELETE", raw)
+        assert not decision.allowed
+        assert decision.policies == ("no-destructive",)
+    assert work == []
+    assert not gateway.enforcer.link.authorizer()._placed[1]  # no copy either
 
 
 def _derive_of(gateway: HttpGateway, parties: Parties) -> Any:

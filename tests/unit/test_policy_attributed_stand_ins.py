@@ -17,7 +17,7 @@ import pytest
 from tests.unit.policy_support import NOW, Clock, agent, engine, ref
 
 from agentiam.core.policy.authorizer import Authorizer, AuthzRequest
-from agentiam.core.policy.entities import STAND_IN_PREFIX, EntitySnapshot, attributes_key
+from agentiam.core.policy.entities import STAND_IN_PREFIX, EntitySnapshot, Place, attributes_key
 from agentiam.core.policy.model import ResourceRecord
 from agentiam.core.policy.schema import Schema
 
@@ -71,7 +71,7 @@ SETS = [
 def test_an_attributed_stand_in_decides_as_a_copy_would(
     ids: tuple[str, ...], attributes: dict[str, Any]
 ) -> None:
-    place = ("Endpoint", (API,), attributes_key(attributes))
+    place = Place("Endpoint", (API,), attributes_key(attributes))
     base = EntitySnapshot(SCHEMA, agents=[agent("agt_1")])
     provisioned = base.with_derived([], places=[place])
     compiled = engine(_text(ids), SCHEMA)
@@ -105,7 +105,7 @@ def test_a_place_with_other_attributes_is_not_used() -> None:
     compiled = engine(_text(("permit-all", "forbid-destructive")), SCHEMA)
     base = EntitySnapshot(SCHEMA, agents=[agent("agt_1")])
     provisioned = base.with_derived(
-        [], places=[("Endpoint", (API,), attributes_key({"destructive": False}))]
+        [], places=[Place("Endpoint", (API,), attributes_key({"destructive": False}))]
     )
     az = Authorizer(compiled, provisioned, clock=Clock(NOW))
     request = AuthzRequest(
@@ -125,7 +125,5 @@ def test_a_place_with_other_attributes_is_not_used() -> None:
 def test_a_place_whose_attributes_the_schema_refuses_has_no_stand_in() -> None:
     base = EntitySnapshot(Schema(), agents=[agent("agt_1")])  # no destructive declared
     key = attributes_key({"destructive": True})
-    assert (
-        base.with_derived([], places=[("Endpoint", (API,), key)]).stand_in("Endpoint", (API,), key)
-        is None
-    )
+    provisioned = base.with_derived([], places=[Place("Endpoint", (API,), key)])
+    assert provisioned.stand_in("Endpoint", (API,), key) is None

@@ -11,7 +11,7 @@ from tests.unit.policy_support import agent, authorizer, records, ref, resource
 from agentiam.core.policy import authorizer as authorizer_module
 from agentiam.core.policy.authorizer import Authorizer, AuthzRequest, Decision
 from agentiam.core.policy.engine import validate
-from agentiam.core.policy.entities import MAX_PARENTS, EntitySnapshot, check_resource
+from agentiam.core.policy.entities import MAX_PARENTS, EntitySnapshot, Place, check_resource
 from agentiam.core.policy.model import EntityRef
 from agentiam.core.policy.schema import Schema
 
@@ -104,7 +104,7 @@ def test_unlisted_resources_share_one_placement(monkeypatch: pytest.MonkeyPatch)
     az = authorizer(POLICIES, agents=[agent()])
     for i in range(5):
         assert not _read(az, f"bank.r{i}").allowed
-    assert list(az._placed[1]) == [("DataSet", (BANK,))]
+    assert list(az._placed[1]) == [Place("DataSet", (BANK,))]
     # the snapshot in force is not changed by a placement
     assert ref("DataSet", "bank.r0") not in az.entities.parents
 

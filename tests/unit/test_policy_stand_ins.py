@@ -29,7 +29,7 @@ from tests.unit.policy_support import NOW, Clock, agent, ref
 from agentiam.core.policy import authorizer as authorizer_module
 from agentiam.core.policy.authorizer import Authorizer, AuthzRequest, Decision, cedar_text
 from agentiam.core.policy.engine import PolicyEngine
-from agentiam.core.policy.entities import STAND_IN_PREFIX, EntitySnapshot
+from agentiam.core.policy.entities import STAND_IN_PREFIX, EntitySnapshot, Place
 from agentiam.core.policy.model import EntityRef, Mode, PolicyRecord, ResourceRecord
 from agentiam.core.policy.schema import Schema
 
@@ -185,7 +185,7 @@ def _oracle(engine: PolicyEngine, snapshot: EntitySnapshot, req: AuthzRequest) -
 def _snapshot(catalog: list[ResourceRecord], provision: bool) -> EntitySnapshot:
     base = EntitySnapshot(SCHEMA, agents=[agent(a) for a in AGENTS], resources=catalog)
     listed = [ResourceRecord("DataSet", LISTED, {}, (BANK,))]
-    places = [("DataSet", p) for p in PARENTS] + [("Doc", (SUB,))] if provision else []
+    places = [Place("DataSet", p) for p in PARENTS] + [Place("Doc", (SUB,))] if provision else []
     return base.with_derived(listed, places=places)
 
 
@@ -348,7 +348,7 @@ def test_an_unlisted_decision_does_not_grow_with_the_catalog(
     test (the project measures it in bench/)."""
     catalog = [ResourceRecord("DataSet", f"cat{i}", {"domain": "x"}, ()) for i in range(size)]
     snapshot = EntitySnapshot(SCHEMA, agents=[agent(a) for a in AGENTS], resources=catalog)
-    snapshot = snapshot.with_derived([], places=[("DataSet", (OPS,))])
+    snapshot = snapshot.with_derived([], places=[Place("DataSet", (OPS,))])
     az = Authorizer(_engine(), snapshot, clock=Clock(NOW))
     _read(az, "warm")
     copies = _no_copies(monkeypatch)

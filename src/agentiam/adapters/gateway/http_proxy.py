@@ -180,11 +180,10 @@ from agentiam.core.credentials.verifier import VerifiedAccess
 from agentiam.core.delegation.authorization_details import ApiCall
 from agentiam.core.ids import is_id
 from agentiam.core.policy.entities import (
-    MAX_DERIVED_ATTRIBUTES,
-    MAX_DERIVED_ATTRIBUTES_BYTES,
     EntitySnapshot,
     Place,
     attributes_key,
+    derived_attributes,
     derived_attributes_problem,
 )
 from agentiam.core.policy.model import EntityRef, ResourceRecord
@@ -316,13 +315,13 @@ def _route_places(routes: Iterable[Route]) -> tuple[Place, ...]:
     of the routes whose resource is in an ``Api`` whatever the catalog says or that
     give it attributes, each once: the stand-ins through which the decision point
     decides such a resource that the entities do not hold, without a copy."""
-    places: dict[Place, None] = {}
-    for r in routes:
-        if r.attributes:
-            places[(r.resource_type, r.parents, attributes_key(r.attributes))] = None
-        elif r.parents:
-            places[(r.resource_type, r.parents)] = None
-    return tuple(places)
+    return tuple(
+        dict.fromkeys(
+            Place(r.resource_type, r.parents, attributes_key(r.attributes))
+            for r in routes
+            if r.attributes or r.parents
+        )
+    )
 
 
 def route_attribute_problems(routes: Iterable[Route], schema: Schema) -> list[str]:
@@ -521,28 +520,23 @@ def _template(path: Any, where: str) -> tuple[tuple[str | None, ...], tuple[str,
 
 def _attributes(raw: Any, where: str) -> Mapping[str, Any]:
     """A route's ``resource.attributes``: the derived attributes it gives its
-    resource. Their shape is checked here (names, count, size, JSON); their types
-    against the control plane's policy schema when the gateway starts and with each
-    bundle (:func:`route_attribute_problems`)."""
+    resource. Their names are checked here, their shape (count, JSON, size) by
+    :func:`~agentiam.core.policy.entities.derived_attributes` (once: each call hands
+    the result, with its key, to the decision), their types against the control
+    plane's policy schema when the gateway starts and with each bundle
+    (:func:`route_attribute_problems`)."""
     if raw is None:
         return _NO_ATTRIBUTES
     body = _mapping(raw, where)
     if not body:
         raise ValueError(f"{where}: name at least one attribute, or leave attributes out")
-    if len(body) > MAX_DERIVED_ATTRIBUTES:
-        raise ValueError(f"{where}: at most {MAX_DERIVED_ATTRIBUTES} attributes")
     for name in body:
         if not isinstance(name, str) or not _ATTRIBUTE_NAME.match(name):
             raise ValueError(f"{where}: {str(name)[:40]!r} is not an attribute name")
     try:
-        key = attributes_key(body)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{where}: values must be JSON (booleans, numbers, strings, ...)"
-        ) from None
-    if len(key) > MAX_DERIVED_ATTRIBUTES_BYTES:
-        raise ValueError(f"{where}: larger than {MAX_DERIVED_ATTRIBUTES_BYTES} bytes of JSON")
-    return MappingProxyType(json.loads(key))
+        return derived_attributes(body)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def _route(index: int, raw: Any, upstreams: Mapping[str, Upstream]) -> Route:

@@ -189,7 +189,7 @@ class ListedTools:
         self._item_source: dict[tuple[str, ListingKind], Sequence[Any] | None] = {}
         # every server's place: its resources and prompts not in the snapshot are
         # decided through its stand-in (no copy of the snapshot per decision)
-        self._places: tuple[Place, ...] = tuple(("DataSet", in_server(n)) for n in upstreams)
+        self._places: tuple[Place, ...] = tuple(Place("DataSet", in_server(n)) for n in upstreams)
         self._records: tuple[ResourceRecord, ...] = ()  # read by derive, in any thread
         # the last bundle's entities and them with the catalog placed (derive's, which
         # the link runs one at a time)

@@ -914,6 +914,19 @@ class Authorizer:
           in force.
         """
         ref, parents = request.resource, request.resource_parents
+        named = ref in entities.referenced or ref in engine.names
+        unheld = stand_in and not named and ref not in entities.resources
+        place = Place(ref.type, parents)
+        found: EntityRef | None = None
+        if unheld:
+            # The usual case first: a resource the snapshot does not hold, whose place
+            # has a stand-in (made with the snapshot, so the schema has accepted that
+            # type in those parents with those attributes, and _shape_problem the id):
+            # nothing to merge or check per call. DerivedAttributes carry their key.
+            place = Place(ref.type, parents, attributes_key(request.resource_attributes))
+            found = entities.stand_in(*place)
+            if found is not None and found not in engine.names:
+                return self._standing(entities, entities, dims, found, ref, parents)
         attributes = dict(request.resource_attributes)
         have = entities.parents.get(ref, ())
         catalog = entities.resources.get(ref)
@@ -933,25 +946,17 @@ class Authorizer:
             check_resource(entities.schema, merged_record)
         except InvalidInput:
             return None  # fail closed: not in its parents, so not decided
-        named = ref in entities.referenced or ref in engine.names
-        if stand_in and catalog is None and not named:
-            place: Place = (
-                (ref.type, parents, attributes_key(attributes))
-                if attributes
-                else (ref.type, parents)
-            )
-            holder = entities
-            found = entities.stand_in(*place)
-            if found is None:
-                holder = self._copy(entities, place, lambda: entities.with_more(places=[place]))
-                found = holder.stand_in(*place)
+        if unheld and found is None:
+            # a place the snapshot has no stand-in for: a copy with one, kept (the
+            # schema accepted the record just above)
+            holder = self._copy(entities, place, lambda: entities.with_more(places=[place]))
+            found = holder.stand_in(*place)
             if found is not None and found not in engine.names:
-                above = frozenset(parents).union(*(entities.ancestors(p) for p in parents))
-                return _Placement(holder.handle, dims, found, above | {ref})
+                return self._standing(entities, holder, dims, found, ref, parents)
         if wanted is None:
             merged = self._copy(entities, (ref, parents), lambda: entities.with_more([record]))
         else:
-            key = (ref, parents, json.dumps(attributes, sort_keys=True))
+            key = (ref, parents, attributes_key(attributes))
             merged = self._copy(entities, key, lambda: entities.with_attributes(record))
         if not all(p in merged.parents.get(ref, ()) for p in parents):
             return None
@@ -959,6 +964,21 @@ class Authorizer:
         if wanted is not None and (kept is None or dict(kept.attributes) != wanted):
             return None
         return _Placement(merged.handle, _Dimensions(engine, merged))
+
+    @staticmethod
+    def _standing(
+        entities: EntitySnapshot,
+        holder: EntitySnapshot,
+        dims: _Dimensions,
+        found: EntityRef,
+        ref: EntityRef,
+        parents: tuple[EntityRef, ...],
+    ) -> _Placement:
+        """The placement through ``found``, the stand-in ``holder`` (``entities`` or
+        its copy with the place) has: the resource with its parents and their
+        ancestors in ``entities`` for the scope index."""
+        above = frozenset(parents).union(*(entities.ancestors(p) for p in parents))
+        return _Placement(holder.handle, dims, found, above | {ref})
 
     def _copy(
         self, entities: EntitySnapshot, key: Any, build: Callable[[], EntitySnapshot]

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple
 
 import cedarpy
 
@@ -44,12 +44,14 @@ __all__ = [
     "MAX_DERIVED_ATTRIBUTES",
     "MAX_DERIVED_ATTRIBUTES_BYTES",
     "STAND_IN_PREFIX",
+    "DerivedAttributes",
     "EntitySnapshot",
     "Place",
     "agent_entity",
     "attributes_key",
     "check_resource",
     "cyclic",
+    "derived_attributes",
     "derived_attributes_problem",
     "human_entity",
     "merge_derived",
@@ -71,26 +73,78 @@ MAX_DERIVED_ATTRIBUTES_BYTES = 4096
 # and the decision point checks those (PolicyEngine.names).
 STAND_IN_PREFIX = "agentiam.stand-in." + "-" * MAX_ID + "."
 
-# A resource type and the parents an enforcement point gives resources of that type
-# whatever the catalog says (AuthzRequest.resource_parents); optionally, third, the
-# attributes it derives for them (AuthzRequest.resource_attributes) as their
-# attributes_key (the HTTP gateway: a route's resource.attributes). Without it, or
-# with "", the place's resources have no derived attributes.
-Place: TypeAlias = tuple[str, tuple[EntityRef, ...]] | tuple[str, tuple[EntityRef, ...], str]
-_PlaceKey: TypeAlias = tuple[str, tuple[EntityRef, ...], str]
+
+class Place(NamedTuple):
+    """A resource type and the parents an enforcement point gives resources of that
+    type whatever the catalog says (:attr:`AuthzRequest.resource_parents
+    <agentiam.core.policy.authorizer.AuthzRequest.resource_parents>`), with the
+    :func:`attributes_key` of the attributes it derives for them
+    (``AuthzRequest.resource_attributes``; the HTTP gateway: a route's
+    ``resource.attributes``), "" for none: what a stand-in stands for
+    (:meth:`EntitySnapshot.stand_in`)."""
+
+    entity_type: str
+    parents: tuple[EntityRef, ...]
+    attributes: str = ""
+
+
+class DerivedAttributes(Mapping[str, Any]):
+    """Derived attributes whose shape :func:`derived_attributes` checked, held as a
+    read-only copy of their JSON with their :func:`attributes_key` (``key``), made
+    once: an enforcement point that derives the same attributes for every call (an
+    HTTP gateway route's ``resource.attributes``) hands this to each decision, which
+    finds the stand-in of their place by ``key`` without serialising them again."""
+
+    __slots__ = ("_values", "key")
+
+    def __init__(self, values: Mapping[str, Any], key: str) -> None:
+        self._values = dict(values)
+        self.key = key
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"DerivedAttributes({self._values!r})"
 
 
 def attributes_key(attributes: Mapping[str, Any]) -> str:
     """Derived attributes as one string, the same for equal mappings (JSON, keys
-    sorted, no spaces; "" for none): the third member of an attributed
-    :data:`Place`, and the key a decision finds that place's stand-in by."""
+    sorted, no spaces; "" for none): the ``attributes`` of a :class:`Place`, and the
+    key a decision finds that place's stand-in by (:class:`DerivedAttributes` carry
+    theirs)."""
+    if isinstance(attributes, DerivedAttributes):
+        return attributes.key
     if not attributes:
         return ""
     return json.dumps(dict(attributes), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
-def _place_key(place: Place) -> _PlaceKey:
-    return (place[0], place[1], place[2] if len(place) == 3 else "")
+def derived_attributes(attributes: Mapping[str, Any]) -> DerivedAttributes:
+    """``attributes`` checked as derived attributes are whatever the schema (the half
+    of :func:`derived_attributes_problem` that needs none): a mapping of at most
+    :data:`MAX_DERIVED_ATTRIBUTES`, whose values are JSON (no NaN) and whose JSON is
+    at most :data:`MAX_DERIVED_ATTRIBUTES_BYTES`; ValueError saying which is not
+    met. The result is a read-only copy made from that JSON, with its key."""
+    if isinstance(attributes, DerivedAttributes):
+        return attributes
+    if not isinstance(attributes, Mapping) or len(attributes) > MAX_DERIVED_ATTRIBUTES:
+        raise ValueError(f"at most {MAX_DERIVED_ATTRIBUTES} derived attributes, in a mapping")
+    try:
+        key = attributes_key(attributes)
+    except (TypeError, ValueError):
+        raise ValueError(
+            "not JSON: the values must be booleans, numbers, strings, lists and mappings"
+        ) from None
+    if len(key) > MAX_DERIVED_ATTRIBUTES_BYTES:
+        raise ValueError(f"larger than {MAX_DERIVED_ATTRIBUTES_BYTES} bytes of JSON")
+    return DerivedAttributes(json.loads(key) if key else {}, key)
 
 
 def derived_attributes_problem(
@@ -99,24 +153,22 @@ def derived_attributes_problem(
     """Why ``attributes`` cannot be the derived attributes of a ``resource_type``
     (:attr:`AuthzRequest.resource_attributes
     <agentiam.core.policy.authorizer.AuthzRequest.resource_attributes>`), or None:
-    more than :data:`MAX_DERIVED_ATTRIBUTES` of them, JSON larger than
-    :data:`MAX_DERIVED_ATTRIBUTES_BYTES`, an attribute ``schema`` does not declare for
-    the type or a value not of its declared type. The one check of derived
-    attributes: the decision point's for a request, an enforcement point's for its
-    configuration (the HTTP gateway's routes, at start and with each bundle)."""
+    their shape (:func:`derived_attributes`: more than :data:`MAX_DERIVED_ATTRIBUTES`
+    of them, not JSON, JSON larger than :data:`MAX_DERIVED_ATTRIBUTES_BYTES`; not
+    checked again for :class:`DerivedAttributes`), an attribute ``schema`` does not
+    declare for the type or a value not of its declared type. The one check of
+    derived attributes: the decision point's for a request, an enforcement point's
+    for its configuration (the HTTP gateway's routes, at start and with each
+    bundle)."""
     if not attributes:
         return None
-    if not isinstance(attributes, Mapping) or len(attributes) > MAX_DERIVED_ATTRIBUTES:
-        return f"a resource may be given at most {MAX_DERIVED_ATTRIBUTES} derived attributes"
     try:
-        size = len(json.dumps(dict(attributes), allow_nan=False, separators=(",", ":")))
-    except (TypeError, ValueError):
-        return "resource_attributes: not JSON"
-    if size > MAX_DERIVED_ATTRIBUTES_BYTES:
-        return f"resource_attributes: larger than {MAX_DERIVED_ATTRIBUTES_BYTES} bytes of JSON"
+        shaped = derived_attributes(attributes)
+    except ValueError as exc:
+        return f"resource_attributes: {exc}"
     spec = schema.entity_types.get(resource_type)
     declared = spec.attributes if spec is not None else {}
-    for name, value in attributes.items():
+    for name, value in shaped.items():
         attr = declared.get(name) if isinstance(name, str) else None
         if attr is None:
             return f"resource_attributes.{name}: is not declared for a {resource_type}"
@@ -357,8 +409,9 @@ class EntitySnapshot:
         self._document = document
         self._base = self
         self._derived: tuple[ResourceRecord, ...] = ()
-        self._places: tuple[_PlaceKey, ...] = ()
-        self._stand_ins: dict[_PlaceKey, EntityRef] = {}
+        self._places: tuple[Place, ...] = ()
+        # by Place, looked up with a plain tuple (equal to it, no NamedTuple per decision)
+        self._stand_ins: dict[tuple[str, tuple[EntityRef, ...], str], EntityRef] = {}
 
     def with_catalog_merged(self, records: Iterable[ResourceRecord]) -> EntitySnapshot:
         """A snapshot built as this one's base was, with ``records`` merged into its
@@ -404,7 +457,7 @@ class EntitySnapshot:
         """
         base = self._base
         records = tuple(records)
-        keys = tuple(dict.fromkeys(map(_place_key, places)))
+        keys = tuple(dict.fromkeys(Place(*place) for place in places))
         merged: dict[EntityRef, tuple[ResourceRecord, dict[str, Any]]] = {}
         for record in records:
             catalog = base.resources.get(record.ref)
@@ -453,12 +506,13 @@ class EntitySnapshot:
         return out
 
     def _make_stand_ins(
-        self, places: Sequence[_PlaceKey]
-    ) -> dict[_PlaceKey, tuple[EntityRef, dict[str, Any]]]:
+        self, places: Sequence[Place]
+    ) -> dict[Place, tuple[EntityRef, dict[str, Any]]]:
         """One stand-in entity per place the schema accepts: the place's parents and
         its derived attributes (none for most places)."""
-        out: dict[_PlaceKey, tuple[EntityRef, dict[str, Any]]] = {}
-        for i, (entity_type, parents, key) in enumerate(places):
+        out: dict[Place, tuple[EntityRef, dict[str, Any]]] = {}
+        for i, place in enumerate(places):
+            entity_type, parents, key = place
             ref = EntityRef(entity_type, f"{STAND_IN_PREFIX}{i}")
             attributes = json.loads(key) if key else {}
             try:  # the checks a resource of that type, in those parents, with those
@@ -468,7 +522,7 @@ class EntitySnapshot:
                 )
             except InvalidInput:
                 continue
-            out[(entity_type, parents, key)] = (
+            out[place] = (
                 ref,
                 resource_entity(ResourceRecord(*ref, {}, parents), entity["attrs"]),
             )
