@@ -586,6 +586,26 @@ def test_an_attributed_call_does_no_per_call_schema_work(monkeypatch: pytest.Mon
     assert not gateway.enforcer.link.authorizer()._placed[1]  # no copy either
 
 
+def test_the_schema_check_runs_once_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checked against the bundle in force when the gateway starts, not a second time
+    when its derive step is installed on that same bundle (a bundle whose schema is
+    another is checked: test_a_bundle_whose_schema_refuses_the_attributes_denies_and_logs)."""
+    from agentiam.adapters.gateway import http_proxy
+
+    seen: list[Schema] = []
+    real = http_proxy.route_attribute_problems
+
+    def counting(routes: Any, schema: Schema) -> list[str]:
+        seen.append(schema)
+        return real(routes, schema)
+
+    monkeypatch.setattr(http_proxy, "route_attribute_problems", counting)
+    routes = [_r("DELETE", "/files/{path*}", "file:{path}", attributes={"destructive": False})]
+    parties = Parties(FORBID_DESTRUCTIVE, schema=DESTRUCTIVE)
+    _gateway(routes, parties)
+    assert len(seen) == 1
+
+
 def _derive_of(gateway: HttpGateway, parties: Parties) -> Any:
     """The derive step the gateway installed on its link (captured by a second
     installation on a link that records it)."""

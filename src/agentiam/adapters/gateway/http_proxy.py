@@ -1160,6 +1160,8 @@ class HttpGateway:
         routes = config.routes
         attributed = any(r.attributes for r in routes)
         entities = runtime.link.entities() if attributed else None
+        # the schema last checked: derive checks a bundle's only when it is another
+        checked: list[Schema | None] = [None]
         if entities is not None:
             problems = route_attribute_problems(routes, entities.schema)
             if problems:
@@ -1167,6 +1169,7 @@ class HttpGateway:
                     "; ".join(problems) + " (in the control plane's policy schema; extend "
                     "the schema (agentiam policy extend-schema) or change the route)"
                 )
+            checked[0] = entities.schema
         # In every bundle's entities: the Endpoint of each route with a constant id and
         # no attributes, in its upstream's Api (a derived record, as the MCP gateway's
         # listed tools), and one stand-in per Api the routes place Endpoints in and per
@@ -1176,7 +1179,8 @@ class HttpGateway:
         records, places = _route_records(routes), _route_places(routes)
 
         def derive(base: EntitySnapshot) -> EntitySnapshot:
-            if attributed:
+            if attributed and base.schema is not checked[0]:  # not again at start
+                checked[0] = base.schema
                 for problem in route_attribute_problems(routes, base.schema):
                     log.error(
                         "%s, in the policy bundle's schema: the route's calls are denied "
