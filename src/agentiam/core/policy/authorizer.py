@@ -916,7 +916,7 @@ class Authorizer:
         ref, parents = request.resource, request.resource_parents
         named = ref in entities.referenced or ref in engine.names
         unheld = stand_in and not named and ref not in entities.resources
-        place = Place(ref.type, parents)
+        place: Place | None = None  # the resource's, when it is unheld
         found: EntityRef | None = None
         if unheld:
             # The usual case first: a resource the snapshot does not hold, whose place
@@ -946,11 +946,12 @@ class Authorizer:
             check_resource(entities.schema, merged_record)
         except InvalidInput:
             return None  # fail closed: not in its parents, so not decided
-        if unheld and found is None:
+        if place is not None and found is None:
             # a place the snapshot has no stand-in for: a copy with one, kept (the
             # schema accepted the record just above)
-            holder = self._copy(entities, place, lambda: entities.with_more(places=[place]))
-            found = holder.stand_in(*place)
+            missing = place
+            holder = self._copy(entities, missing, lambda: entities.with_more(places=[missing]))
+            found = holder.stand_in(*missing)
             if found is not None and found not in engine.names:
                 return self._standing(entities, holder, dims, found, ref, parents)
         if wanted is None:

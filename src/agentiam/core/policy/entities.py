@@ -128,14 +128,23 @@ def attributes_key(attributes: Mapping[str, Any]) -> str:
 
 def derived_attributes(attributes: Mapping[str, Any]) -> DerivedAttributes:
     """``attributes`` checked as derived attributes are whatever the schema (the half
-    of :func:`derived_attributes_problem` that needs none): a mapping of at most
-    :data:`MAX_DERIVED_ATTRIBUTES`, whose values are JSON (no NaN) and whose JSON is
-    at most :data:`MAX_DERIVED_ATTRIBUTES_BYTES`; ValueError saying which is not
-    met. The result is a read-only copy made from that JSON, with its key."""
+    of :func:`derived_attributes_problem` that needs none, :func:`_shape_key`),
+    returned as a read-only copy made from their JSON, with their key; ValueError
+    saying what is wrong."""
     if isinstance(attributes, DerivedAttributes):
         return attributes
-    if not isinstance(attributes, Mapping) or len(attributes) > MAX_DERIVED_ATTRIBUTES:
-        raise ValueError(f"at most {MAX_DERIVED_ATTRIBUTES} derived attributes, in a mapping")
+    key = _shape_key(attributes)
+    return DerivedAttributes(json.loads(key) if key else {}, key)
+
+
+def _shape_key(attributes: Mapping[str, Any]) -> str:
+    """The :func:`attributes_key` of ``attributes`` if they are a mapping of at most
+    :data:`MAX_DERIVED_ATTRIBUTES`, whose values are JSON (no NaN) and whose JSON is
+    at most :data:`MAX_DERIVED_ATTRIBUTES_BYTES`; else ValueError saying which."""
+    if not isinstance(attributes, Mapping):
+        raise ValueError("derived attributes are a mapping of names to values")
+    if len(attributes) > MAX_DERIVED_ATTRIBUTES:
+        raise ValueError(f"at most {MAX_DERIVED_ATTRIBUTES} derived attributes")
     try:
         key = attributes_key(attributes)
     except (TypeError, ValueError):
@@ -144,7 +153,7 @@ def derived_attributes(attributes: Mapping[str, Any]) -> DerivedAttributes:
         ) from None
     if len(key) > MAX_DERIVED_ATTRIBUTES_BYTES:
         raise ValueError(f"larger than {MAX_DERIVED_ATTRIBUTES_BYTES} bytes of JSON")
-    return DerivedAttributes(json.loads(key) if key else {}, key)
+    return key
 
 
 def derived_attributes_problem(
@@ -154,21 +163,20 @@ def derived_attributes_problem(
     (:attr:`AuthzRequest.resource_attributes
     <agentiam.core.policy.authorizer.AuthzRequest.resource_attributes>`), or None:
     their shape (:func:`derived_attributes`: more than :data:`MAX_DERIVED_ATTRIBUTES`
-    of them, not JSON, JSON larger than :data:`MAX_DERIVED_ATTRIBUTES_BYTES`; not
-    checked again for :class:`DerivedAttributes`), an attribute ``schema`` does not
-    declare for the type or a value not of its declared type. The one check of
-    derived attributes: the decision point's for a request, an enforcement point's
-    for its configuration (the HTTP gateway's routes, at start and with each
-    bundle)."""
+    of them, not JSON, JSON larger than :data:`MAX_DERIVED_ATTRIBUTES_BYTES`), an
+    attribute ``schema`` does not declare for the type or a value not of its
+    declared type. The one check of derived attributes: the decision point's for a
+    request, an enforcement point's for its configuration (the HTTP gateway's
+    routes, at start and with each bundle)."""
     if not attributes:
         return None
     try:
-        shaped = derived_attributes(attributes)
+        _shape_key(attributes)  # DerivedAttributes: no serialising, their key is made
     except ValueError as exc:
         return f"resource_attributes: {exc}"
     spec = schema.entity_types.get(resource_type)
     declared = spec.attributes if spec is not None else {}
-    for name, value in shaped.items():
+    for name, value in attributes.items():
         attr = declared.get(name) if isinstance(name, str) else None
         if attr is None:
             return f"resource_attributes.{name}: is not declared for a {resource_type}"
