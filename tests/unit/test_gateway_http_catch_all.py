@@ -588,8 +588,9 @@ def test_an_attributed_call_does_no_per_call_schema_work(monkeypatch: pytest.Mon
 
 def test_the_schema_check_runs_once_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     """Checked against the bundle in force when the gateway starts, not a second time
-    when its derive step is installed on that same bundle (a bundle whose schema is
-    another is checked: test_a_bundle_whose_schema_refuses_the_attributes_denies_and_logs)."""
+    when its derive step is installed on that same bundle; every later bundle is
+    checked (and logged: test_a_bundle_whose_schema_refuses_the_attributes_denies_and_logs),
+    even one whose schema is the same cached object."""
     from agentiam.adapters.gateway import http_proxy
 
     seen: list[Schema] = []
@@ -602,8 +603,15 @@ def test_the_schema_check_runs_once_at_start(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(http_proxy, "route_attribute_problems", counting)
     routes = [_r("DELETE", "/files/{path*}", "file:{path}", attributes={"destructive": False})]
     parties = Parties(FORBID_DESTRUCTIVE, schema=DESTRUCTIVE)
-    _gateway(routes, parties)
+    gateway = _gateway(routes, parties)
     assert len(seen) == 1
+    derive = _derive_of(gateway, parties)  # a second gateway: its own start check
+    assert len(seen) == 2
+    entities = parties.link.authorizer().entities
+    derive(entities)  # installed on the bundle in force at its start: not again
+    assert len(seen) == 2
+    derive(entities)  # a later bundle, even with the same (cached) schema: checked
+    assert len(seen) == 3
 
 
 def _derive_of(gateway: HttpGateway, parties: Parties) -> Any:

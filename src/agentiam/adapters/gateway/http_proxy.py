@@ -1160,7 +1160,8 @@ class HttpGateway:
         routes = config.routes
         attributed = any(r.attributes for r in routes)
         entities = runtime.link.entities() if attributed else None
-        # the schema last checked: derive checks a bundle's only when it is another
+        # the schema checked just below: derive, installed on the same bundle at once,
+        # does not check it again (each later bundle's it does, and logs)
         checked: list[Schema | None] = [None]
         if entities is not None:
             problems = route_attribute_problems(routes, entities.schema)
@@ -1179,8 +1180,9 @@ class HttpGateway:
         records, places = _route_records(routes), _route_places(routes)
 
         def derive(base: EntitySnapshot) -> EntitySnapshot:
-            if attributed and base.schema is not checked[0]:  # not again at start
-                checked[0] = base.schema
+            if attributed and base.schema is checked[0]:
+                checked[0] = None  # the bundle in force at start: checked above
+            elif attributed:
                 for problem in route_attribute_problems(routes, base.schema):
                     log.error(
                         "%s, in the policy bundle's schema: the route's calls are denied "
