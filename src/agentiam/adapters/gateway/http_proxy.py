@@ -26,8 +26,9 @@ For every request, in this order:
 1. The path is checked: one that a server could read in two ways (``.``/``..``
    segments, ``;`` path parameters, encoded ``/`` or ``\\``, empty segments, control
    characters, bad percent-encoding, a segment whose NFKC form holds ``/`` or ``\\``
-   or is a dot segment: ``%EF%BC%8F``, U+FF0F) is refused with 400, so the route the gateway
-   decides on is the path the upstream serves (RFC 3986 sections 3.3 and 6.2.2). So
+   or is a dot segment: ``%EF%BC%8F``, U+FF0F) is refused with 400, so the route
+   the gateway decides on is the path the upstream serves (RFC 3986 sections 3.3
+   and 6.2.2; Unicode UAX #15 for NFKC). So
    is the framing: a ``Transfer-Encoding`` other than ``chunked`` alone is 501 (RFC
    9112 section 6.1), a ``Content-Length`` other than digits 400 (whitespace around
    them is not part of the value, RFC 9110 section 5.5, and is ignored).
