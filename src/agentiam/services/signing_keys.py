@@ -12,7 +12,8 @@ sealed again under the next master key in one transaction, all or none. A new ke
 (``keys rotate``, or the first key of an empty ring) is added only after this
 replica's master key has opened the ring's current keys, under the same lock as a
 rewrap: a replica not yet restarted with the new master key is refused instead of
-sealing a key the others cannot open.
+sealing a key the others cannot open. A refusal of either writes nothing but its
+audit event (outcome ``failure``), after the refused transaction rolled back.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from agentiam.core.credentials.signing_keys import (
     unseal_private_key,
 )
 from agentiam.errors import (
+    AgentIAMError,
     Conflict,
     InvalidInput,
     InvalidTransition,
@@ -202,10 +204,14 @@ class SigningKeyService:
     ) -> SigningKey | None:
         """Add a key sealed under this replica's master key, in a transaction that
         holds off other key writers (a rewrap, another replica's rotation). Refused
-        (:class:`Conflict`, nothing written) unless the master key opens the ring's
+        (:class:`Conflict`, no key written) unless the master key opens the ring's
         current keys (:func:`prove_master_key`): a replica not yet moved to the master
         key a rewrap sealed them under would add a key no other replica can open.
-        ``only_if_empty``: create nothing (None) if the ring is no longer empty."""
+        The refusal is audited as ``signing_key.created`` with outcome ``failure``
+        (as a refused rewrap is), in its own transaction once the refused one has
+        rolled back: the configured master key's id and the kid that did not open,
+        never key material. ``only_if_empty``: create nothing (None) if the ring is
+        no longer empty."""
         master = self._require_master()
         new = generate_signing_key(
             self._alg,
@@ -214,6 +220,7 @@ class SigningKeyService:
             activates_at=activates_at,
             created_by=ctx.actor.label,
         )
+        refusal: SealError | None = None
         with self._uow() as uow:
             uow.signing_keys.lock()  # the keys read here are those the new one joins
             keys = uow.signing_keys.all()
@@ -222,32 +229,77 @@ class SigningKeyService:
             try:
                 prove_master_key(keys, master, now)
             except SealError as exc:
-                raise Conflict(
-                    f"no signing key was created: the configured master key ({master.id}) "
-                    f"does not open the current signing key {exc}",
-                    hint="This replica's master key is not the one the signing keys are "
-                    "sealed under (was 'agentiam keys rewrap' run?). Set "
-                    "AGENTIAM_MASTER_KEY_FILE (or AGENTIAM_MASTER_KEY) to that key.",
-                ) from None
-            replaced = plan_rotation(keys, new, verify_for=self._verify_for)
-            uow.signing_keys.add(new)
-            for old in replaced:
-                uow.signing_keys.update_schedule(old)
+                refusal = exc  # audited below, once this transaction has rolled back
+            else:
+                replaced = plan_rotation(keys, new, verify_for=self._verify_for)
+                uow.signing_keys.add(new)
+                for old in replaced:
+                    uow.signing_keys.update_schedule(old)
+                uow.audit.append(
+                    ctx.event(
+                        "signing_key.created",
+                        now=now,
+                        resource=ResourceRef("signing_key", new.kid),
+                        details={
+                            "alg": new.alg,
+                            "activates_at": new.activates_at.isoformat(),
+                            "replaces": [k.kid for k in replaced],
+                        },
+                    )
+                )
+                uow.commit()
+        if refusal is not None:
+            conflict = Conflict(
+                f"no signing key was created: the configured master key ({master.id}) "
+                f"does not open the current signing key {refusal}",
+                hint="This replica's master key is not the one the signing keys are "
+                "sealed under (was 'agentiam keys rewrap' run?). Set "
+                "AGENTIAM_MASTER_KEY_FILE (or AGENTIAM_MASTER_KEY) to that key.",
+            )
+            # No resource: no key was made (the kid generated for it went with it).
+            self._audit_refusal(
+                ctx,
+                "signing_key.created",
+                now=now,
+                resource=None,
+                error=conflict,
+                details={
+                    "alg": new.alg,
+                    "activates_at": new.activates_at.isoformat(),
+                    "master_key_id": master.id,
+                    "unopened_kid": refusal.label,
+                },
+            )
+            raise conflict
+        self.refresh()
+        return new
+
+    def _audit_refusal(
+        self,
+        ctx: CallContext,
+        type_: str,
+        *,
+        now: datetime,
+        resource: ResourceRef | None,
+        error: AgentIAMError,
+        details: Mapping[str, Any],
+    ) -> None:
+        """Record a refused key operation as its event with outcome ``failure`` and
+        the refusal's detail as the reason, in a transaction of its own: the refused
+        one rolled back, writing nothing. ``details`` name keys by id (master key
+        fingerprints, kids), never key material."""
+        with self._uow() as uow:
             uow.audit.append(
                 ctx.event(
-                    "signing_key.created",
+                    type_,
                     now=now,
-                    resource=ResourceRef("signing_key", new.kid),
-                    details={
-                        "alg": new.alg,
-                        "activates_at": new.activates_at.isoformat(),
-                        "replaces": [k.kid for k in replaced],
-                    },
+                    resource=resource,
+                    outcome=Outcome.FAILURE,
+                    reason=error.detail[:500],
+                    details=details,
                 )
             )
             uow.commit()
-        self.refresh()
-        return new
 
     def rotate(self, ctx: CallContext, *, immediate: bool = False) -> SigningKey:
         """Add a key that signs after the publish delay (or now, with ``immediate``,
@@ -342,19 +394,15 @@ class SigningKeyService:
                     )
                 )
                 uow.commit()
-        except (Conflict, InvalidInput) as exc:
-            with self._uow() as uow:  # the attempt, after its transaction rolled back
-                uow.audit.append(
-                    ctx.event(
-                        "master_key.rewrapped",
-                        now=now,
-                        resource=resource,
-                        outcome=Outcome.FAILURE,
-                        reason=exc.detail[:500],
-                        details={"signing_keys": 0, **ids},
-                    )
-                )
-                uow.commit()
+        except (Conflict, InvalidInput) as exc:  # the attempt, after its rollback
+            self._audit_refusal(
+                ctx,
+                "master_key.rewrapped",
+                now=now,
+                resource=resource,
+                error=exc,
+                details={"signing_keys": 0, **ids},
+            )
             raise
         self.refresh()
         return len(rewrapped)

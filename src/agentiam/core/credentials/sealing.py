@@ -35,7 +35,12 @@ _VERSION = "v1"
 
 
 class SealError(Exception):
-    """A sealed value could not be opened: wrong master key, or altered."""
+    """A sealed value could not be opened: wrong master key, or altered. ``label``
+    names the record whose value did not open (a kid), when the raiser knows it."""
+
+    def __init__(self, message: str, *, label: str | None = None) -> None:
+        super().__init__(message)
+        self.label = label
 
 
 class MasterKey:
@@ -115,5 +120,5 @@ def reseal(
         try:
             opened[label] = old.open(sealed, context=context)
         except SealError as exc:
-            raise SealError(f"{label}: {exc}") from None
+            raise SealError(f"{label}: {exc}", label=label) from None
     return {label: new.seal(data, context=values[label][1]) for label, data in opened.items()}

@@ -123,8 +123,9 @@ def prove_master_key(keys: Sequence[SigningKey], master: MasterKey, now: datetim
     it joins them: every key published at ``now`` (pending, signing, verify-only) or,
     when none is, the newest key. Raise
     :class:`~agentiam.core.credentials.sealing.SealError` naming the kid of the first
-    that does not open (another master key's, e.g. a replica not yet moved after a
-    rewrap, or altered); the message names master key ids, never key material.
+    that does not open, in its message and as its ``label`` (another master key's,
+    e.g. a replica not yet moved after a rewrap, or altered); the message names
+    master key ids, never key material.
 
     Opening is the proof: AES-256-GCM authenticates the value under ``master`` and
     the kid (NIST SP 800-38D section 7.2). The opened private halves are dropped at
@@ -136,7 +137,7 @@ def prove_master_key(keys: Sequence[SigningKey], master: MasterKey, now: datetim
         try:
             master.open(key.sealed_private, context=_context(key.kid))
         except SealError as exc:
-            raise SealError(f"{key.kid}: {exc}") from None
+            raise SealError(f"{key.kid}: {exc}", label=key.kid) from None
 
 
 def unseal_private_key(key: SigningKey, master: MasterKey) -> PrivateKey:
