@@ -21,7 +21,7 @@ from tests.conftest import FakeClock
 from agentiam.adapters.storage.unit_of_work import SqlUnitOfWork
 from agentiam.bootstrap import Container, build
 from agentiam.config import Settings
-from agentiam.core.audit.events import Outcome
+from agentiam.core.audit.events import Actor, ActorType, AuditEvent, Outcome, TraceContext
 from agentiam.core.credentials.sealing import MasterKey, SealError
 from agentiam.core.credentials.signing_keys import (
     SigningKey,
@@ -221,6 +221,18 @@ def _audit_count(c: Container) -> int:
     return len(c.audit.find(AuditQuery(limit=100)).items)
 
 
+def _creations(c: Container, outcome: Outcome) -> list[AuditEvent]:
+    query = AuditQuery(limit=100, type="signing_key.created", outcome=outcome.value)
+    return list(c.audit.find(query).items)
+
+
+OPERATOR = CallContext(
+    actor=Actor(ActorType.ADMIN_KEY, "adk_01JF3Z9Q6W8K2M4N6P8R0T2V50", role="admin"),
+    source="control-plane/admin-api",
+    trace=TraceContext.new(),
+)
+
+
 @pytest.mark.parametrize("immediate", [False, True])
 def test_a_replica_on_the_old_master_key_cannot_rotate_after_a_rewrap(
     make: Make,
@@ -230,28 +242,73 @@ def test_a_replica_on_the_old_master_key_cannot_rotate_after_a_rewrap(
     immediate: bool,
 ) -> None:
     """A replica not yet restarted with the new master key would seal a new key that no
-    other replica opens: refused, naming the key ids only, and nothing is written."""
+    other replica opens: refused, naming the key ids only; no key is written, only the
+    refusal's audit event (``signing_key.created``, outcome failure: who, the master
+    key id configured, the kid that did not open)."""
     old_text, new_text = texts
     old, new = keys
     a = make(old_text)
     _ring(a, clock)
     assert a.signing_keys.rewrap(CTX, new) == 3
+    ring = a.signing_keys.keys()
     before, events = _sealed(a), _audit_count(a)
+    created = _creations(a, Outcome.SUCCESS)
 
     stale = make(old_text)
     with pytest.raises(Conflict, match="no signing key was created") as refused:
-        stale.signing_keys.rotate(CTX, immediate=immediate)
+        stale.signing_keys.rotate(OPERATOR, immediate=immediate)
     assert old.id in refused.value.detail
     assert new.id in refused.value.detail
     assert "rewrap" in (refused.value.hint or "")
     shown = refused.value.detail + (refused.value.hint or "")
-    for material in (old_text, new_text, old._secret.hex(), new._secret.hex()):
-        assert material not in shown
-    assert _sealed(a) == before
-    assert _audit_count(a) == events
+    material = (old_text, new_text, old._secret.hex(), new._secret.hex())
+    for secret in material:
+        assert secret not in shown
+    assert _sealed(a) == before  # no key, no schedule changed
+    assert _creations(a, Outcome.SUCCESS) == created
 
-    # The replica on the new key rotates as before.
-    assert make(new_text).signing_keys.rotate(CTX, immediate=immediate).kid not in before
+    assert _audit_count(a) == events + 1
+    (event,) = _creations(a, Outcome.FAILURE)
+    assert event.actor == OPERATOR.actor
+    assert event.source == "control-plane/admin-api"
+    assert event.trace.trace_id == OPERATOR.trace.trace_id
+    assert event.resource is None  # no key was made
+    assert event.reason == refused.value.detail
+    unopened = {k.kid for k in ring if k.is_published(clock.now())}
+    assert event.details["unopened_kid"] in unopened  # a current key, not the retired one
+    assert event.details["unopened_kid"] in refused.value.detail
+    assert dict(event.details) == {
+        "alg": "ES256",
+        "activates_at": (
+            clock.now()
+            if immediate
+            else clock.now() + timedelta(seconds=stale.settings.signing_key_publish_seconds)
+        ).isoformat(),
+        "master_key_id": old.id,
+        "unopened_kid": event.details["unopened_kid"],
+    }
+    stored = json.dumps(event.to_dict())
+    for secret in material:
+        assert secret not in stored
+    for kid, sealed in before.items():
+        assert sealed not in stored  # not even a sealed private half
+        assert kid not in stored or kid == event.details["unopened_kid"]
+
+    # The replica on the new key rotates as before, audited as before.
+    fresh = make(new_text).signing_keys.rotate(OPERATOR, immediate=immediate)
+    assert fresh.kid not in before
+    (accepted,) = [e for e in _creations(a, Outcome.SUCCESS) if e not in created]
+    assert accepted.resource is not None
+    assert (accepted.resource.type, accepted.resource.id) == ("signing_key", fresh.kid)
+    assert accepted.actor == OPERATOR.actor
+    assert accepted.reason is None
+    cutover = fresh.activates_at
+    assert dict(accepted.details) == {
+        "alg": "ES256",
+        "activates_at": cutover.isoformat(),
+        "replaces": [k.kid for k in ring if k.deactivates_at is None or k.deactivates_at > cutover],
+    }
+    assert len(_creations(a, Outcome.FAILURE)) == 1
 
 
 def test_a_rotation_waiting_on_a_rewrap_is_refused_once_the_keys_moved(
@@ -297,6 +354,11 @@ def test_the_first_key_of_an_empty_ring_needs_no_proof(make: Make, texts: tuple[
     assert first is not None
     assert c.signing_keys.ensure_key(CTX) is None  # not empty any more: nothing made
     assert list(_sealed(c)) == [first.kid]
+    (event,) = _creations(c, Outcome.SUCCESS)
+    assert event.resource is not None
+    assert event.resource.id == first.kid
+    assert event.details["replaces"] == []
+    assert _creations(c, Outcome.FAILURE) == []
 
 
 def test_a_retired_key_under_another_master_key_does_not_block_a_rotation(
@@ -327,6 +389,9 @@ def test_a_retired_key_under_another_master_key_does_not_block_a_rotation(
     with pytest.raises(Conflict, match=live.kid):
         a.signing_keys.rotate(CTX)
     assert _sealed(a) == before
+    (refusal,) = _creations(a, Outcome.FAILURE)
+    assert refusal.details["unopened_kid"] == live.kid
+    assert refusal.details["master_key_id"] == MasterKey.from_text(texts[0]).id
 
 
 def test_two_replicas_starting_on_an_empty_ring_make_one_first_key(

@@ -2,7 +2,8 @@
 the signing keys move to the new master key (the old one no longer opens them), a
 second run with the old key is refused unchanged, so is a ``keys rotate`` with the
 old key (it would seal a key the other replicas cannot open), the current key given as
-the new one is refused, the operation is in the audit trail, and no output holds key material."""
+the new one is refused, the operation (and the refused rotation) is in the audit trail,
+and no output holds key material."""
 
 from __future__ import annotations
 
@@ -99,3 +100,19 @@ def test_rewrap_through_the_cli(database_url: str, tmp_path: Path) -> None:
         for shown in [*material, almost]:
             assert shown not in run.stdout + run.stderr
     assert not any(m in json.dumps(events) for m in material)
+
+    # The refused rotation is in the trail too: who, the master key id, the kid that
+    # did not open; no key, no key material. The accepted ones as before.
+    created = json.loads(
+        cli(env, "audit", "events", "--type", "signing_key.created", "--json").stdout
+    )["items"]
+    assert sorted(e["outcome"] for e in created) == ["failure", "success", "success", "success"]
+    (refusal,) = [e for e in created if e["outcome"] == "failure"]
+    assert (refusal["actor"]["type"], refusal["source"]) == ("cli", "cli")
+    assert refusal.get("resource") is None
+    assert refusal["details"]["master_key_id"] == old.id
+    assert refusal["details"]["unopened_kid"] in dict(before)
+    assert refusal["reason"].startswith("no signing key was created")
+    shown = json.dumps(created)
+    assert not any(m in shown for m in material)
+    assert not any(sealed in shown for _, sealed in before + after)

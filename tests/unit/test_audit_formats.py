@@ -327,6 +327,20 @@ EMITTED: dict[str, dict[str, Any]] = {
             "replaces": ["sk-2026-10"],
         },
     ),
+    # refused: this replica's master key does not open a current key (no key made)
+    "signing_key.created/refused": event(
+        "signing_key.created",
+        outcome=Outcome.FAILURE,
+        reason="no signing key was created: the configured master key (88715f8d21225f88) "
+        "does not open the current signing key sk-2026-11: sealed under master key "
+        "26072d04535407f6, but the configured master key is 88715f8d21225f88",
+        details={
+            "alg": "ES256",
+            "activates_at": "2026-11-23T12:01:00+00:00",
+            "master_key_id": "88715f8d21225f88",
+            "unopened_kid": "sk-2026-11",
+        },
+    ),
     "signing_key.retired": event(
         "signing_key.retired",
         resource=ResourceRef("signing_key", "sk-2026-10"),
@@ -627,6 +641,7 @@ CLASSES = {
     "admin_key.created": (3004, 1),
     "admin_key.revoked": (3004, 9),
     "signing_key.created": (3004, 1),
+    "signing_key.created/refused": (3004, 1),
     "signing_key.retired": (3004, 9),
     "master_key.rewrapped": (3004, 3),
     "policy.changed": (3004, 3),
@@ -810,6 +825,32 @@ def test_lifecycle_and_admin_changes() -> None:
     all_tokens = to_ocsf(0, EMITTED["agent.tokens_revoked"])
     assert all_tokens["entity"]["type"] == "token"
     assert all_tokens["entity"]["user"]["uid"] == AGENT
+
+
+def test_a_refused_signing_key_creation_is_a_failed_create() -> None:
+    """OCSF Entity Management: Create with status Failure, the refusal as
+    ``status_detail``; no entity uid (no key was made), the master key id and the kid
+    that did not open as the entity's data; the caller as the actor."""
+    ev = EMITTED["signing_key.created/refused"]
+    out = to_ocsf(7, ev)
+    assert out["type_name"] == "Entity Management: Create"
+    assert (out["status_id"], out["status"], out["status_code"]) == (2, "Failure", "failure")
+    assert (out["severity_id"], out["severity"]) == (2, "Low")
+    assert out["status_detail"] == ev["reason"]
+    assert out["entity"] == {"name": "signing_key.created", "data": ev["details"]}
+    assert out["actor"]["user"]["uid"] == ADMIN.id
+    assert "action_id" not in out  # an administrative failure, not an access decision
+    header, ext = parse_cef(cef(7, ev))
+    assert header[3:] == ["signing_key.created", "Signing key created", "3"]
+    assert ext["outcome"] == "failure"
+    assert ext["reason"] == ev["reason"]
+    assert (ext["suser"], ext["suid"], ext["spriv"]) == (f"admin_key:{ADMIN.id}", ADMIN.id, "admin")
+    assert json.loads(ext["msg"])["unopened_kid"] == "sk-2026-11"
+    assert json.loads(ext["msg"])["master_key_id"] == "88715f8d21225f88"
+    assert "cs6" not in ext  # no resource: no key was made
+    accepted = to_ocsf(7, EMITTED["signing_key.created"])
+    assert (accepted["status_id"], accepted["type_name"]) == (1, "Entity Management: Create")
+    assert accepted["entity"]["uid"] == "sk-2026-11"
 
 
 def test_actor_role_is_a_group() -> None:
