@@ -9,7 +9,14 @@ MCP 2026-07-28 "Tools", "Resources" and "Prompts" (``tools/call``, ``resources/r
 ``Tool::"<name>"`` with its arguments as ``context.args``; a resource read ``read`` on
 ``DataSet::"<uri>"``; a prompt ``read`` on ``DataSet::"prompt:<name>"`` with its
 arguments as ``context.args``. A policy denial of a read or a prompt is a JSON-RPC
-error with code :data:`POLICY_DENIED`.
+error with code :data:`POLICY_DENIED`. :func:`read_call` is the one place a read's
+request is checked (the URI and name bounds), for the gateway (which routes exposed
+names to its servers) and the guard (which does not).
+
+MCP 2026-07-28 "Completion" (``completion/complete``, served by the in-process guard's
+servers only) asks the question the listing asks of the referenced prompt or resource
+template (:meth:`Listed.question <agentiam.adapters.gateway.mcp_visibility.Listed.
+question>`, ``context.args`` empty): :func:`completion_call`.
 
 This module needs no MCP SDK: the guard imports it whether or not the ``mcp`` extra is
 installed.
@@ -17,7 +24,7 @@ installed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from agentiam.adapters.gateway.enforcer import Call
@@ -26,16 +33,21 @@ from agentiam.adapters.gateway.mcp_visibility import (
     PROMPT_ID_PREFIX,
     READ_ACTION,
     TOOL_ACTION,
+    Listed,
     in_server,
 )
 from agentiam.core.delegation.authorization_details import ApiCall, CustomCall, ToolCall
 from agentiam.core.policy.model import EntityRef
 
 __all__ = [
+    "COMPLETE_METHOD",
     "MAX_ARGUMENTS",
     "MAX_NAME",
     "POLICY_DENIED",
     "READ_METHODS",
+    "Route",
+    "completion_call",
+    "named_call",
     "prompt_call",
     "read_call",
     "resource_call",
@@ -46,6 +58,16 @@ POLICY_DENIED: Final = -32003  # JSON-RPC server error: refused by the gateway's
 MAX_NAME: Final = 256  # characters of an exposed tool or prompt name
 MAX_ARGUMENTS: Final = 256  # top-level arguments of one call
 READ_METHODS: Final = frozenset({"resources/read", "prompts/get"})
+COMPLETE_METHOD: Final = "completion/complete"
+# no built-in authorization_details type covers a prompt or a resource template (a
+# listing shows neither to a task-scoped token): their calls are of these types
+PROMPT_DETAIL: Final = "mcp_prompt"
+TEMPLATE_DETAIL: Final = "mcp_resource_template"
+
+Route = Callable[[str], tuple[str, str] | None]
+"""Where an exposed name or URI goes: ``(server, upstream name)``, or None when it is
+no server's (the MCP gateway's :meth:`Namespace.route
+<agentiam.adapters.gateway.mcp_proxy.Namespace.route>`)."""
 
 
 def tool_call(
@@ -92,30 +114,18 @@ def prompt_call(exposed: str, arguments: Mapping[str, str], server: str | None =
     return Call(
         action=READ_ACTION,
         resource=EntityRef("DataSet", PROMPT_ID_PREFIX + exposed),
-        detail=CustomCall(type="mcp_prompt", values={"prompt": exposed}),
+        detail=CustomCall(type=PROMPT_DETAIL, values={"prompt": exposed}),
         tool=exposed,
         args=dict(arguments),
         resource_parents=in_server(server) if server is not None else (),
     )
 
 
-def read_call(method: str, params: Mapping[str, Any]) -> Call | str:
-    """The policy question of a ``resources/read`` or ``prompts/get`` (``method``, one of
-    :data:`READ_METHODS`) of a server that exposes its own names (no namespace, no
-    ``McpServer`` parent: the guard's), or why the request is malformed, with the
-    gateway's bounds: a URI of at most :data:`MAX_URI` characters that does not start
-    with ``prompt:`` (it would be decided as that prompt's entity), a prompt name of
-    at most :data:`MAX_NAME` characters, at most :data:`MAX_ARGUMENTS` string
-    arguments."""
-    if method not in READ_METHODS:
-        raise ValueError(f"not a read: {method}")
-    if method == "resources/read":
-        uri = params.get("uri")
-        if not isinstance(uri, str) or not uri or len(uri) > MAX_URI:
-            return f"params.uri: a URI of at most {MAX_URI} characters"
-        if uri.startswith(PROMPT_ID_PREFIX):
-            return f'params.uri: a URI starting with "{PROMPT_ID_PREFIX}" names a prompt'
-        return resource_call(uri, uri)
+def named_call(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | str:
+    """The ``name`` and ``arguments`` of a ``tools/call`` or ``prompts/get`` (MCP
+    2026-07-28 "Tools", "Prompts"), or why they are malformed: a name of at most
+    :data:`MAX_NAME` characters, an object of at most :data:`MAX_ARGUMENTS` members
+    (absent: none)."""
     name = params.get("name")
     if not isinstance(name, str) or not name or len(name) > MAX_NAME:
         return f"params.name: a name of at most {MAX_NAME} characters"
@@ -124,6 +134,112 @@ def read_call(method: str, params: Mapping[str, Any]) -> Call | str:
         arguments = {}
     if not isinstance(arguments, dict) or len(arguments) > MAX_ARGUMENTS:
         return f"params.arguments: an object of at most {MAX_ARGUMENTS} members"
+    return name, arguments
+
+
+def _uri(uri: Any, where: str) -> str | None:
+    """Why ``uri`` (a resource's URI or template) is malformed, or None: at most
+    :data:`MAX_URI` characters, not starting with ``prompt:`` (it would be decided
+    as that prompt's entity)."""
+    if not isinstance(uri, str) or not uri or len(uri) > MAX_URI:
+        return f"{where}: a URI of at most {MAX_URI} characters"
+    if uri.startswith(PROMPT_ID_PREFIX):
+        return f'{where}: a URI starting with "{PROMPT_ID_PREFIX}" names a prompt'
+    return None
+
+
+def read_call(method: str, params: Mapping[str, Any], route: Route | None = None) -> Call | str:
+    """The policy question of a ``resources/read`` or ``prompts/get`` (``method``, one of
+    :data:`READ_METHODS`), or why the request is malformed, with the gateway's bounds:
+    a URI of at most :data:`MAX_URI` characters that does not start with ``prompt:``
+    (it would be decided as that prompt's entity), a prompt name of at most
+    :data:`MAX_NAME` characters, at most :data:`MAX_ARGUMENTS` string arguments.
+
+    ``route`` places the exposed URI or name in its server (``McpServer`` parent) and
+    gives the upstream URI a task-scoped token is checked against (the MCP gateway's
+    namespace); without it (the guard's server exposes its own names), or where it
+    finds no server, the URI is its own upstream one and nothing is placed."""
+    if method not in READ_METHODS:
+        raise ValueError(f"not a read: {method}")
+    if method == "resources/read":
+        uri = params.get("uri")
+        malformed = _uri(uri, "params.uri")
+        if malformed is not None:
+            return malformed
+        assert isinstance(uri, str)
+        routed = route(uri) if route is not None else None
+        if routed is None:
+            return resource_call(uri, uri)
+        return resource_call(uri, routed[1], routed[0])
+    named = named_call(params)
+    if isinstance(named, str):
+        return named
+    name, arguments = named
     if not all(isinstance(v, str) for v in arguments.values()):
         return "params.arguments: prompt arguments are strings"
-    return prompt_call(name, arguments)
+    routed = route(name) if route is not None else None
+    return prompt_call(name, arguments, routed[0] if routed is not None else None)
+
+
+def completion_call(params: Mapping[str, Any]) -> Call | str:
+    """The policy question of a ``completion/complete`` (MCP 2026-07-28 "Completion"),
+    or why the request is malformed: the question the listing asks of the item the
+    request references (:meth:`Listed.question
+    <agentiam.adapters.gateway.mcp_visibility.Listed.question>`), so that an agent is
+    offered completions exactly for what its listings show it: ``read`` on
+    ``DataSet::"prompt:<name>"`` for a ``ref/prompt``, on ``DataSet::"<uri template>"``
+    for a ``ref/resource``, with ``context.args`` empty. The argument being completed
+    is not ``context.args``: its value is a prefix being typed, not a value the prompt
+    or resource will be read with (that read is decided with its own arguments).
+    A task-scoped token is checked against entries no built-in type has (as a listing
+    shows it no prompt or template). The rate-limit key (:attr:`Call.tool`) is
+    :data:`COMPLETE_METHOD`, so that typing does not spend the budget of the prompt's
+    own reads.
+
+    Malformed: ``params.ref`` not a ``ref/prompt`` with a name of at most
+    :data:`MAX_NAME` characters or a ``ref/resource`` with a URI as :func:`read_call`
+    takes one; ``params.argument`` not an object with a string ``name`` and
+    ``value``; ``params.context.arguments`` present and not an object of strings."""
+    ref = params.get("ref")
+    if not isinstance(ref, Mapping) or ref.get("type") not in ("ref/prompt", "ref/resource"):
+        return 'params.ref: an object of type "ref/prompt" or "ref/resource"'
+    if ref["type"] == "ref/prompt":
+        name = ref.get("name")
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+            return f"params.ref.name: a name of at most {MAX_NAME} characters"
+        listed = Listed("prompt", name, name)
+        detail = CustomCall(type=PROMPT_DETAIL, values={"prompt": name})
+    else:
+        uri = ref.get("uri")
+        malformed = _uri(uri, "params.ref.uri")
+        if malformed is not None:
+            return malformed
+        assert isinstance(uri, str)
+        listed = Listed("template", uri, uri)
+        detail = CustomCall(type=TEMPLATE_DETAIL, values={"uri_template": uri})
+    argument = params.get("argument")
+    if (
+        not isinstance(argument, Mapping)
+        or not isinstance(argument.get("name"), str)
+        or not isinstance(argument.get("value"), str)
+    ):
+        return "params.argument: an object with a string name and value"
+    context = params.get("context")
+    resolved = context.get("arguments") if isinstance(context, Mapping) else None
+    if (context is not None and not isinstance(context, Mapping)) or (
+        resolved is not None
+        and (
+            not isinstance(resolved, Mapping)
+            or not all(isinstance(v, str) for v in resolved.values())
+        )
+    ):
+        return "params.context.arguments: an object of strings"
+    action, resource, parents = listed.question()
+    return Call(
+        action=action,
+        resource=resource,
+        detail=detail,
+        tool=COMPLETE_METHOD,
+        args={},
+        resource_parents=parents,
+    )

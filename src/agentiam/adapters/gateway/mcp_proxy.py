@@ -156,10 +156,12 @@ from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.http_proxy import ListenerProtocol
 from agentiam.adapters.gateway.loop_watch import watch_event_loop
 from agentiam.adapters.gateway.mcp_calls import (
-    MAX_ARGUMENTS,
     MAX_NAME,
     POLICY_DENIED,
+    READ_METHODS,
+    named_call,
     prompt_call,
+    read_call,
     resource_call,
     tool_call,
 )
@@ -194,8 +196,6 @@ from agentiam.adapters.gateway.mcp_upstream import (
 )
 from agentiam.adapters.gateway.mcp_visibility import (
     LIST_EVENT,
-    MAX_URI,
-    PROMPT_ID_PREFIX,
     READ_ACTION,
     TOOL_ACTION,
     Listed,
@@ -1320,33 +1320,24 @@ class McpGateway:
     # -- what the ASGI layer decides -------------------------------------------------
 
     def call_for(self, method: str, params: Mapping[str, Any]) -> Call | str:
-        """The policy question for one guarded request, or why the request is malformed."""
-        if method == "resources/read":
-            uri = params.get("uri")
-            if not isinstance(uri, str) or not uri or len(uri) > MAX_URI:
-                return f"params.uri: a URI of at most {MAX_URI} characters"
-            if uri.startswith(PROMPT_ID_PREFIX):  # would be decided as that prompt's entity
-                return f'params.uri: a URI starting with "{PROMPT_ID_PREFIX}" names a prompt'
-            route = self.namespace.route(uri)
-            if route is None:
-                return resource_call(uri, uri)
-            return resource_call(uri, route[1], route[0].name)
-        name = params.get("name")
-        if not isinstance(name, str) or not name or len(name) > MAX_NAME:
-            return f"params.name: a name of at most {MAX_NAME} characters"
-        arguments = params.get("arguments")
-        if arguments is None:
-            arguments = {}
-        if not isinstance(arguments, dict) or len(arguments) > MAX_ARGUMENTS:
-            return f"params.arguments: an object of at most {MAX_ARGUMENTS} members"
-        if method == "prompts/get":
-            if not all(isinstance(v, str) for v in arguments.values()):
-                return "params.arguments: prompt arguments are strings"
-            route = self.namespace.route(name)
-            return prompt_call(name, arguments, route[0].name if route else None)
-        route = self.namespace.route(name)
+        """The policy question for one guarded request, or why the request is malformed
+        (a read's: :func:`~agentiam.adapters.gateway.mcp_calls.read_call`, routed to
+        its server; a call's name and arguments:
+        :func:`~agentiam.adapters.gateway.mcp_calls.named_call`)."""
+
+        def route(exposed: str) -> tuple[str, str] | None:
+            found = self.namespace.route(exposed)
+            return (found[0].name, found[1]) if found is not None else None
+
+        if method in READ_METHODS:
+            return read_call(method, params, route)
+        named = named_call(params)
+        if isinstance(named, str):
+            return named
+        name, arguments = named
+        server = route(name)
         return tool_call(
-            name, arguments, location=self.location, server=route[0].name if route else None
+            name, arguments, location=self.location, server=server[0] if server else None
         )
 
 
