@@ -29,7 +29,9 @@ Cedar policy) and the durable :class:`~agentiam.adapters.gateway.spool.AuditSpoo
 **MCP reads.** :meth:`Guard.read` guards a ``resources/read`` or ``prompts/get`` as
 the MCP gateway decides it (:mod:`~agentiam.adapters.gateway.mcp_calls`: ``read`` on
 ``DataSet::"<uri>"`` or ``DataSet::"prompt:<name>"``), with steps 1, 3 and 4 as for a
-call; no human's approval is asked for a read (as at the gateway).
+call; no human's approval is asked for a read (as at the gateway). :meth:`Guard.complete`
+decides an MCP ``completion/complete`` as the listing decides the prompt or resource
+template it references, with steps 1 and 3.
 
 **Listings.** :meth:`Guard.visible` (and :meth:`Guard.visible_tools`) says which tools,
 resources, resource templates and prompts a principal may see: those a call without
@@ -100,7 +102,13 @@ from agentiam.adapters.gateway.config import (
 )
 from agentiam.adapters.gateway.enforcer import Call, Enforcer, Verdict
 from agentiam.adapters.gateway.link import KEYS_SECONDS, ControlPlaneLink
-from agentiam.adapters.gateway.mcp_calls import READ_METHODS, read_call, tool_call
+from agentiam.adapters.gateway.mcp_calls import (
+    COMPLETE_METHOD,
+    READ_METHODS,
+    completion_call,
+    read_call,
+    tool_call,
+)
 from agentiam.adapters.gateway.mcp_visibility import Listed, Visibility
 from agentiam.adapters.gateway.runtime import _Shipper
 from agentiam.adapters.gateway.spool import (
@@ -841,6 +849,41 @@ class Guard:
         args = call.args if isinstance(call, Call) else None
         return GuardedCall(self, tool, args, authenticate, token, read=(method, call))
 
+    def complete(
+        self,
+        params: Mapping[str, Any],
+        *,
+        token: TokenSource | None = None,
+        authenticate: Authenticate | None = None,
+    ) -> str | None:
+        """Decide an MCP ``completion/complete`` (its JSON-RPC ``params``; MCP
+        2026-07-28 "Completion"): the question the listing asks of the prompt
+        (``ref/prompt``) or resource template (``ref/resource``) it references
+        (:func:`~agentiam.adapters.gateway.mcp_calls.completion_call`: ``read`` on
+        ``DataSet::"prompt:<name>"`` or ``DataSet::"<uri template>"``, ``context.args``
+        empty), so a principal is offered completions exactly for what its listings
+        show it. Otherwise decided as a read is (:meth:`read`): the principal as
+        :meth:`call`'s, a token from the agent's rate-limit buckets (the per-tool one
+        keyed ``completion/complete``, not by the item, so typing does not spend the
+        item's own budget), one ``authz.decision`` event durable before this returns
+        (and no ``tool.call`` outcome: a completion runs no tool and reads no
+        resource). A malformed request is refused (``invalid_request``, 400,
+        audited). Returns the decision id; raises :class:`ToolCallDenied` (a
+        :class:`GuardUnavailable` past the outage bound or when the event cannot be
+        recorded). It waits for the spool's fsync: from async code, run it in a
+        worker thread."""
+        call = completion_call(params)
+        trace = TraceContext.new()
+        decided = self._decide_mcp(
+            COMPLETE_METHOD,
+            call,
+            COMPLETE_METHOD,
+            authenticate,
+            token or _current_token.get(),
+            trace,
+        )
+        return decided.verdict.decision_id
+
     @contextmanager
     def using_approval(self, approval_id: str) -> Iterator[None]:
         """Within this block (this thread or task, and what it starts), the first
@@ -1035,16 +1078,29 @@ class Guard:
     def _decide_read(
         self, guarded: GuardedCall, token: TokenSource | None, trace: TraceContext
     ) -> _Decided:
-        """:meth:`_decide` for an MCP read, as the MCP gateway decides one: a malformed
-        request is refused (400, audited with the method as its action); no human's
-        approval is asked (the gateway asks for ``tools/call`` only), so a deny that
-        an approval would lift stays a deny and says so."""
+        """:meth:`_decide` for an MCP read (:meth:`_decide_mcp`)."""
         assert guarded._read is not None
         method, call = guarded._read
+        return self._decide_mcp(method, call, guarded.tool, guarded._authenticate, token, trace)
+
+    def _decide_mcp(
+        self,
+        method: str,
+        call: Call | str,
+        tool: str,
+        authenticate: Authenticate | None,
+        token: TokenSource | None,
+        trace: TraceContext,
+    ) -> _Decided:
+        """The decision of an MCP read or completion (``method``) as the MCP gateway
+        decides a read: a malformed request (``call`` says why) is refused (400,
+        audited with the method as its action); no human's approval is asked (the
+        gateway asks for ``tools/call`` only), so a deny that an approval would lift
+        stays a deny and says so."""
         enforcer = self.enforcer
-        with _refusals(guarded.tool, trace):
+        with _refusals(tool, trace):
             if isinstance(call, str):
-                access = self._principal(method, guarded._authenticate, token, trace)
+                access = self._principal(method, authenticate, token, trace)
                 enforcer.refuse(access, trace=trace, status=400, reason=call, action=method)
                 raise ToolCallDenied(
                     method,
@@ -1053,7 +1109,7 @@ class Guard:
                     refusal_status=400,
                     trace_id=trace.trace_id,
                 )
-            access = self._principal(call.tool, guarded._authenticate, token, trace, call=call)
+            access = self._principal(call.tool, authenticate, token, trace, call=call)
             verdict = enforcer.decide(access, call, trace=trace)
         if not verdict.allowed:
             if verdict.approvable:

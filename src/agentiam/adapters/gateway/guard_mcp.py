@@ -78,12 +78,22 @@ call with ``params._meta["agentiam/approval"]`` set to the approval id, which th
 guard uses for exactly that call, once (``AgentClient.mcp_session(approval_wait=…)``
 does this by itself).
 
-Not done: an authentication failure is a tool error (or, for a listing or a read, a
-JSON-RPC error), not an HTTP 401 challenge; a policy change does not send
-``notifications/*/list_changed`` (the next listing shows it). Not guarded (the MCP
-gateway serves neither): ``completion/complete``, which a server serves only when it
-registers a completion handler (argument suggestions for a prompt or a resource
-template), and ``resources/subscribe``, which ``MCPServer`` does not serve.
+A ``completion/complete`` (MCP 2026-07-28 "Completion": argument suggestions, which a
+server answers when it registers a completion handler, ``@server.completion()``) is
+decided before the handler runs, as the listing decides the item it references
+(:meth:`Guard.complete <agentiam.adapters.gateway.guard.Guard.complete>`: ``read`` on
+``DataSet::"prompt:<name>"`` for a ``ref/prompt``, on ``DataSet::"<uri template>"``
+for a ``ref/resource``, ``context.args`` empty), so a caller is offered completions
+exactly for what its listings show it. It takes a token from the agent's rate-limit
+buckets (the per-tool one keyed ``completion/complete``) and is one ``authz.decision``
+event, durable before the handler runs (no ``tool.call`` outcome follows). A refusal
+is a JSON-RPC error as a refused read's (``-32602`` for a malformed ``ref``,
+``argument`` or ``context``, audited with status 400), and the handler does not run.
+
+Not done: an authentication failure is a tool error (or, for a listing, a read or a
+completion, a JSON-RPC error), not an HTTP 401 challenge; a policy change does not send
+``notifications/*/list_changed`` (the next listing shows it). Not guarded:
+``resources/subscribe``, which ``MCPServer`` does not serve (nor does the MCP gateway).
 """
 
 from __future__ import annotations
@@ -117,7 +127,7 @@ from agentiam.adapters.gateway.guard import (
     Principal,
     ToolCallDenied,
 )
-from agentiam.adapters.gateway.mcp_calls import POLICY_DENIED, READ_METHODS
+from agentiam.adapters.gateway.mcp_calls import COMPLETE_METHOD, POLICY_DENIED, READ_METHODS
 from agentiam.adapters.gateway.mcp_visibility import Listed, ListedKind
 from agentiam.core.approvals_wire import META_KEY, mcp_result_meta, mcp_result_text
 from agentiam.core.audit.events import TraceContext
@@ -139,8 +149,9 @@ _LISTINGS: dict[str, tuple[str, str, ListedKind]] = {
 
 class GuardMiddleware:
     """An ``mcp`` server middleware (``ServerMiddleware[Any]``) guarding every
-    ``tools/call``, ``resources/read`` and ``prompts/get`` and showing each caller, in
-    the four listings, only what it may call or read; see the module doc."""
+    ``tools/call``, ``resources/read``, ``prompts/get`` and ``completion/complete`` and
+    showing each caller, in the four listings, only what it may call or read; see the
+    module doc."""
 
     def __init__(
         self, guard: Guard, *, principal: Principal = "auto", public_url: str | None = None
@@ -162,6 +173,8 @@ class GuardMiddleware:
             return await self._listing(ctx, call_next)
         if ctx.method in READ_METHODS and ctx.request_id is not None:
             return await self._read(ctx, call_next)
+        if ctx.method == COMPLETE_METHOD and ctx.request_id is not None:
+            return await self._complete(ctx, call_next)
         if ctx.method != "tools/call" or ctx.request_id is None:
             return await call_next(ctx)
         params = ctx.params or {}
@@ -264,6 +277,26 @@ class GuardMiddleware:
             return read
         return result
 
+    async def _complete(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
+        """``completion/complete`` (MCP 2026-07-28 "Completion"), decided before the
+        server's completion handler runs (:meth:`Guard.complete`: the question the
+        listing asks of the referenced prompt or resource template). A refusal is a
+        JSON-RPC error as a refused read's (``-32602`` for a malformed request,
+        :data:`POLICY_DENIED` for a policy deny), and the handler does not run."""
+        params = ctx.params or {}
+        if self._mode(ctx) == "configured":
+            complete = functools.partial(self.guard.complete, params)
+        else:
+            authenticate = self._from_request(ctx.request)
+            complete = functools.partial(self.guard.complete, params, authenticate=authenticate)
+        try:
+            await anyio.to_thread.run_sync(complete)
+        except ToolCallDenied as denied:
+            raise _mcp_error(denied, "this completion") from None
+        return await call_next(ctx)
+
     def _mode(self, ctx: ServerRequestContext[Any, Any]) -> Principal:
         """Whose token decides: ``request`` (the HTTP caller's) or ``configured``."""
         if self.principal != "auto":
@@ -334,7 +367,7 @@ class GuardMiddleware:
 
 
 def _mcp_error(denied: ToolCallDenied, what: str) -> MCPError:
-    """A refusal of a listing or a read as a JSON-RPC error, in the MCP gateway's codes:
+    """A refusal of a listing, a read or a completion as a JSON-RPC error, in the MCP gateway's codes:
     a policy deny (a decision id) :data:`POLICY_DENIED`, a malformed request
     ``INVALID_PARAMS``, the guard's own state (5xx) ``INTERNAL_ERROR``, else (no or a
     bad token, the rate limit, the token's task scope) ``INVALID_REQUEST``; the
