@@ -2761,9 +2761,18 @@ async def _failed(
     exc: AgentIAMError, request_id: Any, scope: Scope, receive: Receive, send: Send
 ) -> None:
     """A call that could not be decided or recorded: a JSON-RPC error at the error's
-    HTTP status (503: the outage bound, the spool, the control plane's approvals API)."""
+    HTTP status (503: the outage bound, the spool, the control plane's approvals API).
+    The error's hint (what to do next: the ``hint`` the HTTP gateway's RFC 9457
+    problem carries) is the JSON-RPC error's ``data.hint`` (JSON-RPC 2.0 section 5.1:
+    ``data`` holds additional information). The gateway's hints are fixed texts that
+    name no path, host or secret (a full ``rejected.jsonl``'s names the command with
+    ``--config FILE``, not the file)."""
+    body = _jsonrpc_error(request_id, INTERNAL_ERROR, exc.detail)
+    if exc.hint:
+        error = body["error"]
+        error["data"] = {**error.get("data", {}), "hint": exc.hint}
     await _send_json(
-        _jsonrpc_error(request_id, INTERNAL_ERROR, exc.detail),
+        body,
         exc.status,
         {"Retry-After": "5"} if exc.status == 503 else {},
         scope,
