@@ -367,10 +367,10 @@ class GuardMiddleware:
 
 
 def _mcp_error(denied: ToolCallDenied, what: str) -> MCPError:
-    """A refusal of a listing, a read or a completion as a JSON-RPC error, in the MCP gateway's codes:
-    a policy deny (a decision id) :data:`POLICY_DENIED`, a malformed request
-    ``INVALID_PARAMS``, the guard's own state (5xx) ``INTERNAL_ERROR``, else (no or a
-    bad token, the rate limit, the token's task scope) ``INVALID_REQUEST``; the
+    """A refusal of a listing, a read or a completion as a JSON-RPC error, in the MCP
+    gateway's codes: a policy deny (a decision id) :data:`POLICY_DENIED`, a malformed
+    request ``INVALID_PARAMS``, the guard's own state (5xx) ``INTERNAL_ERROR``, else (no
+    or a bad token, the rate limit, the token's task scope) ``INVALID_REQUEST``; the
     reason, its wire code and the decision id in ``data["dev.agentiam/refusal"]``."""
     if denied.decision_id is not None:
         code = POLICY_DENIED
