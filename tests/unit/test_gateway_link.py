@@ -22,7 +22,7 @@ from agentiam.adapters.http.oauth import JWKS_PATH
 from agentiam.adapters.verification import JwksCache, RevocationFeedClient
 from agentiam.core.access.admin_keys import Role
 from agentiam.core.policy.authorizer import AuthzRequest
-from agentiam.core.policy.model import EntityRef
+from agentiam.core.policy.model import EntityRef, ResourceRecord
 from agentiam.errors import OAuthError, ServiceUnavailable
 from agentiam.sdk.keys import AgentKey
 from agentiam.services.context import CallContext
@@ -406,3 +406,42 @@ def test_a_hanging_refresh_does_not_stall_other_requests() -> None:
     assert time.monotonic() - started < 0.5
     jwks.hold.set()
     first.join(5)
+
+
+def test_only_a_new_policy_set_is_told_to_the_policy_watchers(live: OAuthLive) -> None:
+    """A catalog entry and a risk score change the bundle but not the policy set: the
+    watchers are not told. A policy change is, with its version, once decisions use
+    it; the first bundle is not a change."""
+    link = ControlPlaneLink(
+        live.url, AUDIENCE, admin_key=_verifier_key(live), outage_seconds=4
+    ).start()
+    told: list[tuple[int, bool]] = []
+
+    def watcher(version: int) -> None:  # on the bundle thread
+        told.append((version, link.authorizer().decide(_request(live.agent_id)).allowed))
+
+    link.watch_policy(watcher)
+    c = live.container
+    ctx = CallContext.system("test")
+    try:
+        first = link.policy_version
+        assert first is not None
+
+        def bundle_changes(change: Callable[[], object]) -> None:
+            etag = link.etag
+            change()
+            _until(lambda: link.etag != etag, 5, "the bundle did not change")
+
+        bundle_changes(lambda: c.resources.put(ctx, ResourceRecord("Tool", "t", {})))
+        bundle_changes(lambda: c.enforcement.set_risk({live.agent_id: 30}))
+        time.sleep(0.3)
+        assert told == []
+        assert link.policy_version == first
+        policy = f'permit (principal == Agent::"{live.agent_id}", action, resource);'
+        c.policies.put(ctx, "all", text=policy)
+        _until(lambda: bool(told), 5, "the policy watcher was not told")
+        assert told == [(first + 1, True)]  # the new policy already decides
+        assert link.policy_version == first + 1
+    finally:
+        c.enforcement.set_risk({})
+        link.close()

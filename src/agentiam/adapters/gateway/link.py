@@ -24,6 +24,13 @@ cached locally and kept fresh by the control plane's pushes.
   before they are swapped in, and :meth:`ControlPlaneLink.rederive` applies it again
   when what it derives from changes, so no decision ever sees a bundle's entities
   without the derived ones.
+* **Policy changes** (:meth:`ControlPlaneLink.watch_policy`): a bundle changes for
+  many reasons (a catalog or registry edit, a risk score, a throttle); only a new
+  ``policy_version`` means the policy set (or its schema extension) changed, since
+  the control plane makes a new version of the set for every such change and for
+  nothing else (``services/policies.py``). The watchers are told of that, once the
+  new policy is in force, so the MCP gateway can tell agents their lists may have
+  changed.
 * **Throttles** (the ``throttle`` response action, docs/response.md) ride in the
   bundle and are installed in the gateway's rate limiter (``limiter``) as each bundle
   loads: a throttle reaches the gateway as fast as a policy change.
@@ -122,6 +129,8 @@ class ControlPlaneLink:
         self._swap = threading.Lock()  # derive and swap entities: one at a time
         self._risk: dict[str, int] = {}  # the control plane's risk scores, per agent
         self._etag: str | None = None
+        self._policy_version: int | None = None  # of the bundle in force
+        self._policy_watchers: list[Callable[[int], None]] = []
         self._contact: float | None = None
         if keys_seconds <= 0:
             raise ValueError("keys_seconds must be positive")
@@ -141,6 +150,11 @@ class ControlPlaneLink:
     def etag(self) -> str | None:
         """The bundle version in force (None before the first one)."""
         return self._etag
+
+    @property
+    def policy_version(self) -> int | None:
+        """The version of the policy set in force (None before the first bundle)."""
+        return self._policy_version
 
     def seconds_since_contact(self) -> float | None:
         """Seconds since the older of the control plane's two last answers: the
@@ -207,7 +221,24 @@ class ControlPlaneLink:
         self._contact = self._monotonic()
         self.last_error = None
         log.info("policy bundle %s loaded (policy version %s)", self._etag, engine.version)
+        before, self._policy_version = self._policy_version, engine.version
+        if before is not None and before != engine.version:
+            self._policy_changed(engine.version)
         return True
+
+    def watch_policy(self, changed: Callable[[int], None]) -> None:
+        """Call ``changed(version)`` each time a bundle with another policy version
+        than the one in force is loaded (not for the first bundle, nor for a bundle
+        whose entities, risk scores or throttles alone changed), once decisions use
+        it. It runs on the bundle thread and must be quick."""
+        self._policy_watchers.append(changed)
+
+    def _policy_changed(self, version: int) -> None:
+        for changed in list(self._policy_watchers):
+            try:
+                changed(version)
+            except Exception:  # one watcher's failure must not stop the bundle sync
+                log.exception("a policy watcher raised; continuing")
 
     def derive_with(self, derive: Callable[[EntitySnapshot], EntitySnapshot]) -> None:
         """Install the step every bundle's entities go through before decisions see

@@ -27,6 +27,13 @@ changed would still say that the server exists and changed.
   for at most :data:`MAX_OWNERS` agents (least recently listed forgotten first: such
   an agent is not told until it lists again).
 
+**A policy change** (a new policy set in force: :class:`PolicyChanges`) may hide or
+show items of any server, so it is told, for each group, to every session and
+stream whose agent listed that group at least once, whatever it was shown (``server``
+None in :meth:`Shown.sessions_told`, :meth:`Shown.owner_saw` and
+:meth:`AudienceBus.tell`). It names no server, so it says nothing about one; it is
+told at most once per :data:`POLICY_SECONDS`, however many policy sets are activated.
+
 **Streams end** (:class:`Streams`). A stream is opened with a DPoP-bound token, as
 every request is, and outlives the request's verification, so the gateway checks
 each open stream's token every :data:`WATCH_SECONDS`: when the token expires (as
@@ -41,11 +48,14 @@ stream not over :data:`GRACE_SECONDS` later is cut.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -68,11 +78,14 @@ from agentiam.core.credentials.verifier import VerifiedAccess
 
 __all__ = [
     "GRACE_SECONDS",
+    "GROUPS",
     "LISTEN",
     "MAX_OWNERS",
+    "POLICY_SECONDS",
     "WATCH_SECONDS",
     "AudienceBus",
     "Group",
+    "PolicyChanges",
     "Shown",
     "Stream",
     "Streams",
@@ -86,9 +99,11 @@ log = logging.getLogger("agentiam.gateway.mcp")
 
 LISTEN: Final = "subscriptions/listen"
 Group = Literal["tools", "resources", "prompts"]
+GROUPS: Final[tuple[Group, ...]] = ("tools", "resources", "prompts")
 MAX_OWNERS: Final = 10_000  # agents whose last listings are kept for listen streams
 WATCH_SECONDS: Final = 0.1  # how often each open stream's token is checked again
 GRACE_SECONDS: Final = 0.5  # after a graceful end, before a stream is cut
+POLICY_SECONDS: Final = 1.0  # at least this long between two rounds of policy notices
 
 _GROUP_OF_KIND: Final[Mapping[ListingKind, Group]] = {
     "tools": "tools",
@@ -110,11 +125,15 @@ def group_of(kind: ListingKind) -> Group:
 _Record = dict[str, frozenset[str]]
 
 
-def _saw(record: _Record | None, server: str, group: Group) -> bool:
+def _saw(record: _Record | None, server: str | None, group: Group) -> bool:
+    """Did the last listing of ``group`` in ``record`` show something of ``server``
+    (None: was ``group`` listed at all, whatever it showed)?"""
     if record is None:
         return False
     return any(
-        server in servers for m, servers in record.items() if group_of(LISTING_KINDS[m]) == group
+        server is None or server in servers
+        for m, servers in record.items()
+        if group_of(LISTING_KINDS[m]) == group
     )
 
 
@@ -143,32 +162,34 @@ class Shown:
         while len(self._owners) > self._max_owners:
             self._owners.popitem(last=False)
 
-    def sessions_told(self, server: str, group: Group) -> list[Connection]:
+    def sessions_told(self, server: str | None, group: Group) -> list[Connection]:
         """The handshake-era sessions whose last listing of ``group`` showed them
-        something of ``server``."""
+        something of ``server`` (None, a policy change: that listed ``group``)."""
         return [c for c, record in list(self._sessions.items()) if _saw(record, server, group)]
 
-    def owner_saw(self, owner: Owner, server: str, group: Group) -> bool:
-        """Did ``owner``'s last listing of ``group`` show it something of ``server``?"""
+    def owner_saw(self, owner: Owner, server: str | None, group: Group) -> bool:
+        """Did ``owner``'s last listing of ``group`` show it something of ``server``
+        (None, a policy change: did ``owner`` list ``group``)?"""
         return _saw(self._owners.get(owner), server, group)
 
 
 # -- 2026-07-28: the bus behind the SDK's ListenHandler ----------------------------------
 
 
+# ``server``: whose list changed; None: the policy set changed (any server's items)
 @dataclass(frozen=True)
 class _ToolsChanged(ToolsListChanged):
-    server: str
+    server: str | None
 
 
 @dataclass(frozen=True)
 class _ResourcesChanged(ResourcesListChanged):
-    server: str
+    server: str | None
 
 
 @dataclass(frozen=True)
 class _PromptsChanged(PromptsListChanged):
-    server: str
+    server: str | None
 
 
 _EVENTS: Final[Mapping[Group, type[_ToolsChanged | _ResourcesChanged | _PromptsChanged]]] = {
@@ -237,19 +258,20 @@ class AudienceBus:
         self._deliver(event)
         await anyio.lowlevel.checkpoint()
 
-    async def tell(self, server: str, group: Group) -> int:
-        """``server``'s ``group`` list changed: the number of streams told."""
+    async def tell(self, server: str | None, group: Group) -> int:
+        """``server``'s ``group`` list changed (None: the policy set changed, told to
+        every stream whose agent listed ``group``): the number of streams told."""
         told = self._deliver(_EVENTS[group](server=server))
         await anyio.lowlevel.checkpoint()  # let the streams drain between events
         return told
 
     def _deliver(self, event: ServerEvent) -> int:
-        server = getattr(event, "server", None)
         group: Group | None = next(
             (g for g, kind in _EVENTS.items() if isinstance(event, kind)), None
         )
-        if not isinstance(server, str) or group is None:
+        if group is None:  # not made by tell: no server's, no policy's
             return 0
+        server: str | None = getattr(event, "server", None)
         told = 0
         for audience, listener in list(self._listeners.values()):
             if group in audience.groups and self._shown.owner_saw(audience.owner, server, group):
@@ -282,6 +304,57 @@ async def send_on_session(connection: Connection, group: Group) -> None:
         await connection.send_resource_list_changed()
     else:
         await connection.send_prompt_list_changed()
+
+
+# -- policy changes -----------------------------------------------------------------------
+
+
+class PolicyChanges:
+    """Rounds of policy notices: :meth:`changed` (from any thread: the bundle thread
+    calls it, :meth:`~agentiam.adapters.gateway.link.ControlPlaneLink.watch_policy`)
+    says a new policy set is in force; :meth:`run` then calls ``tell(version)`` on the
+    event loop, at once if no round ran in the last :data:`POLICY_SECONDS`, else when
+    that much time has passed since the last one began. A burst of activations is
+    told in at most two rounds (the first, and one after every change it did not
+    cover), and the last change is always told after it is in force."""
+
+    def __init__(self, seconds: float = POLICY_SECONDS) -> None:
+        self._seconds = seconds
+        self._version: int | None = None  # the newest version not yet told
+        self._lock = threading.Lock()  # _version: set on the bundle thread, taken here
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+
+    def changed(self, version: int) -> None:
+        """Policy set ``version`` is in force (thread-safe; never blocks)."""
+        with self._lock:
+            self._version = version
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None:
+            return  # run() has not started: it looks at _version when it does
+        with contextlib.suppress(RuntimeError):  # the loop has closed: shutting down
+            loop.call_soon_threadsafe(wake.set)
+
+    async def run(self, tell: Callable[[int], Awaitable[None]]) -> None:
+        """Tell each round with ``tell`` for as long as the gateway runs. A ``tell``
+        that raises is logged; the next change gets its round."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = wake = asyncio.Event()
+        if self._version is not None:
+            wake.set()
+        while True:
+            await wake.wait()
+            wake.clear()
+            with self._lock:
+                version, self._version = self._version, None
+            if version is None:  # woken for a change an earlier round covered
+                continue
+            began = time.monotonic()
+            try:
+                await tell(version)
+            except Exception:
+                log.exception("telling agents of policy version %s failed", version)
+            await anyio.sleep(max(0.0, self._seconds - (time.monotonic() - began)))
 
 
 # -- streams and their tokens --------------------------------------------------------------

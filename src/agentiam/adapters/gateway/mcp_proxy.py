@@ -166,10 +166,12 @@ from agentiam.adapters.gateway.mcp_calls import (
     tool_call,
 )
 from agentiam.adapters.gateway.mcp_listen import (
+    GROUPS,
     LISTEN,
     AudienceBus,
     Ending,
     Group,
+    PolicyChanges,
     Shown,
     Stream,
     Streams,
@@ -765,6 +767,9 @@ class McpGateway:
         # that server's list changes (_relay), on both eras (mcp_listen)
         self.shown = Shown()
         self.bus = AudienceBus(self.shown)
+        # a new policy set in force: every agent that listed is told (_policy_changed)
+        self.policy_changes = PolicyChanges()
+        runtime.link.watch_policy(self.policy_changes.changed)
         # the endpoint admits a listen stream within the bounds (Streams.refusal); the
         # SDK handler's own bound is the same, so it is never the one that refuses
         bounds = config.listen_streams
@@ -816,6 +821,7 @@ class McpGateway:
                 tg.start_soon(upstream.follow, functools.partial(self._changed, upstream))
             tg.start_soon(watch_event_loop, self.metrics.loop_lag.observe)
             tg.start_soon(self.streams.watch)
+            tg.start_soon(self.policy_changes.run, self._policy_changed)
             settle_heap()  # long-lived objects out of later full collections
             try:
                 yield
@@ -871,7 +877,7 @@ class McpGateway:
         owner = _session_owner(_state_of(ctx).access)
         self.shown.record(method, frozenset(servers), owner, session)
 
-    async def _relay(self, server: str, group: Group) -> None:
+    async def _relay(self, server: str | None, group: Group) -> int:
         """Tell the agents that ``server``'s ``group`` list changed (MCP,
         server/tools, server/resources, server/prompts, "List Changed
         Notification"), so a stock client lists again: every handshake-era session
@@ -881,12 +887,18 @@ class McpGateway:
         that asked for the group and whose agent's last listing showed it something
         of ``server`` (:class:`~agentiam.adapters.gateway.mcp_listen.AudienceBus`).
         Others are not told: the notification carries no data, but telling an agent
-        that a server it sees nothing of changed would say something about it."""
+        that a server it sees nothing of changed would say something about it.
+        ``server`` None: the policy set changed (:meth:`_policy_changed`), told to
+        every session and stream whose agent listed the group. Returns how many
+        sessions and streams were told."""
         sessions = self.shown.sessions_told(server, group)
 
         async def tell(connection: Connection) -> None:
             with anyio.move_on_after(CHANGE_SECONDS):
-                await send_on_session(connection, group)
+                try:
+                    await send_on_session(connection, group)
+                except Exception:  # a session going away must not stop the others
+                    log.debug("list_changed not sent on a closing session", exc_info=True)
 
         if sessions:
             async with anyio.create_task_group() as tg:
@@ -894,7 +906,7 @@ class McpGateway:
                     tg.start_soon(tell, connection)
         streams = await self.bus.tell(server, group)
         self.metrics.told(group, sessions=len(sessions), streams=streams)
-        if sessions or streams:
+        if server is not None and (sessions or streams):
             log.info(
                 "upstream %s: %s list changed; %d agent sessions and %d listen streams told",
                 server,
@@ -902,6 +914,22 @@ class McpGateway:
                 len(sessions),
                 streams,
             )
+        return len(sessions) + streams
+
+    async def _policy_changed(self, version: int) -> None:
+        """Policy set ``version`` is in force: what any agent may see may have
+        changed, of any server, so every session and stream whose agent listed a
+        group is told that group changed (:meth:`_relay` with no server), with no
+        decision made for anyone (the agents list again, and are decided then). One
+        round at most per :data:`~agentiam.adapters.gateway.mcp_listen.POLICY_SECONDS`
+        (:class:`~agentiam.adapters.gateway.mcp_listen.PolicyChanges`)."""
+        told = {group: await self._relay(None, group) for group in GROUPS}
+        self.metrics.policy_round()
+        log.info(
+            "policy version %s in force; agents told their lists changed: %s",
+            version,
+            ", ".join(f"{group} {n}" for group, n in told.items()),
+        )
 
     # -- subscriptions/listen (2026-07-28) ---------------------------------------------
 

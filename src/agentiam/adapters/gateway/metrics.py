@@ -203,6 +203,13 @@ class McpGatewayMetrics(GatewayMetrics):
             ["list", "via"],
             registry=self.registry,
         )
+        self.policy_rounds = Counter(
+            "agentiam_mcp_gateway_policy_rounds",
+            "Rounds of list_changed notifications sent because a new policy set came "
+            "into force (at most one a second; each notification sent is counted in "
+            "agentiam_mcp_gateway_agents_told).",
+            registry=self.registry,
+        )
         self.streams_ended = Counter(
             "agentiam_mcp_gateway_streams_ended",
             "Streams (listen streams and handshake-era GET streams) the gateway ended "
@@ -223,6 +230,10 @@ class McpGatewayMetrics(GatewayMetrics):
             self.agents_told.labels(group, "session").inc(sessions)
         if streams:
             self.agents_told.labels(group, "listen").inc(streams)
+
+    def policy_round(self) -> None:
+        """One round of notifications for a new policy set was sent."""
+        self.policy_rounds.inc()
 
     def stream_ended(self, reason: str) -> None:
         """The gateway ended a stream for ``reason`` (a fixed word, see the help)."""
