@@ -890,15 +890,15 @@ class McpGateway:
         that a server it sees nothing of changed would say something about it.
         ``server`` None: the policy set changed (:meth:`_policy_changed`), told to
         every session and stream whose agent listed the group. Returns how many
-        sessions and streams were told."""
-        sessions = self.shown.sessions_told(server, group)
+        sessions (still open in the SDK's table: a closed one lingers in
+        :class:`~agentiam.adapters.gateway.mcp_listen.Shown` until it is collected)
+        and streams were told."""
+        open_ids = open_sessions(self.sessions)
+        sessions = [c for c in self.shown.sessions_told(server, group) if c.session_id in open_ids]
 
         async def tell(connection: Connection) -> None:
             with anyio.move_on_after(CHANGE_SECONDS):
-                try:
-                    await send_on_session(connection, group)
-                except Exception:  # a session going away must not stop the others
-                    log.debug("list_changed not sent on a closing session", exc_info=True)
+                await send_on_session(connection, group)
 
         if sessions:
             async with anyio.create_task_group() as tg:
