@@ -898,7 +898,10 @@ class McpGateway:
 
         async def tell(connection: Connection) -> None:
             with anyio.move_on_after(CHANGE_SECONDS):
-                await send_on_session(connection, group)
+                try:
+                    await send_on_session(connection, group)
+                except Exception:  # a session closing meanwhile must not stop the others
+                    log.debug("list_changed not sent on a closing session", exc_info=True)
 
         if sessions:
             async with anyio.create_task_group() as tg:
