@@ -24,7 +24,13 @@ from agentiam.adapters.gateway.shared_redis import SharedRedis
 from agentiam.adapters.gateway.shared_replay import SharedReplayCache
 from agentiam.core.audit.events import TraceContext
 from agentiam.core.credentials.verifier import ProofUse
-from agentiam.core.enforcement.ratelimit import BucketKey, RateLimit, RateLimiter, Throttle
+from agentiam.core.enforcement.ratelimit import (
+    BucketKey,
+    RateLimit,
+    RateLimiter,
+    RateRefusal,
+    Throttle,
+)
 from agentiam.errors import ServiceUnavailable
 
 TRACE = TraceContext.new()
@@ -35,11 +41,16 @@ def _limits(prefix: str, url: str = REDIS_URL, timeout: float = 1.0) -> SharedRa
     return SharedRateLimits(SharedRedis(url, prefix=prefix, timeout=timeout))
 
 
+def _seconds(refused: RateRefusal | None) -> int | None:
+    """The ``Retry-After`` of a refusal, None when the tokens were taken."""
+    return None if refused is None else refused.retry_after
+
+
 async def _take(
     limits: SharedRateLimits, buckets: Sequence[tuple[BucketKey, RateLimit]], times: int = 1
 ) -> list[int | None]:
     try:
-        return [await limits.take(buckets) for _ in range(times)]
+        return [_seconds(await limits.take(buckets)) for _ in range(times)]
     finally:
         await limits.aclose()
 
@@ -52,7 +63,8 @@ def test_replicas_racing_for_a_burst_share_it(redis_prefix: str) -> None:
     async def race() -> list[int | None]:
         stores = [_limits(redis_prefix), _limits(redis_prefix)]
         try:
-            return await asyncio.gather(*(stores[i % 2].take(buckets) for i in range(40)))
+            answers = await asyncio.gather(*(stores[i % 2].take(buckets) for i in range(40)))
+            return [_seconds(answer) for answer in answers]
         finally:
             for store in stores:
                 await store.aclose()
@@ -131,7 +143,7 @@ def test_a_proof_recorded_with_the_tokens_takes_none_when_replayed(redis_prefix:
             answers.append(await cache.first_use(other, now=now))
             with pytest.raises(ProofReplayed):  # ... and the script sees the cache's record
                 await limits.take(buckets, proof=cache.record(other, now=now))
-            answers += [await limits.take(buckets), await limits.take(buckets)]
+            answers += [_seconds(await limits.take(buckets)) for _ in range(2)]
             return answers
         finally:
             await shared.aclose()

@@ -8,9 +8,13 @@ refusal:
    (RFC 9449) whose audience is this gateway (RFC 8707), verified locally against
    the cached JWKS and revocation set. A refusal is 401 with ``WWW-Authenticate``
    naming the gateway's protected-resource metadata (RFC 9728 section 5.1).
-2. **Rate limit** per agent and per (agent, tool): 429 with ``Retry-After``. A
-   request that is not a call but costs work of its own (an MCP ``initialize`` or
-   listing) takes a token from the agent's own bucket (:meth:`Enforcer.admit_request`).
+2. **Rate limit** per agent and per (agent, tool), and, when configured, per human
+   the token acts for and per delegation chain (``per_human``, ``per_chain``;
+   :func:`~agentiam.core.delegation.enforcement.rate_parties`): 429 with
+   ``Retry-After``, the reason naming a pooled limit that refused. A request that is
+   not a call but costs work of its own (an MCP ``initialize`` or listing) takes a
+   token from the agent's own buckets and the pooled ones
+   (:meth:`Enforcer.admit_request`).
 3. **Task scope**: a token carrying ``authorization_details`` (RFC 9396) permits only
    the calls one of its entries covers (``token_permits``): else 403.
 4. **Policy**: the local Cedar authorizer, with the delegation chain and the token's
@@ -71,10 +75,20 @@ from agentiam.core.credentials.dpop import DPOP_PROFILE
 from agentiam.core.credentials.jose import JoseRejected, import_public_jwk, parse_compact
 from agentiam.core.credentials.verifier import ProofUse, VerifiedAccess
 from agentiam.core.delegation.authorization_details import ApiCall, CustomCall, ToolCall
-from agentiam.core.delegation.enforcement import delegation_context, token_permits
+from agentiam.core.delegation.enforcement import (
+    delegation_context,
+    initiating_human,
+    rate_parties,
+    token_permits,
+)
 from agentiam.core.enforcement.anonymous import AnonymousRefusals, RefusalSummary
-from agentiam.core.enforcement.ratelimit import BucketKey, RateLimit, RateLimiter, retry_after
-from agentiam.core.ids import is_id
+from agentiam.core.enforcement.ratelimit import (
+    BucketKey,
+    RateLimit,
+    RateLimiter,
+    RateRefusal,
+    refusal_reason,
+)
 from agentiam.core.policy.authorizer import AuthzRequest
 from agentiam.core.policy.model import EntityRef
 from agentiam.errors import AgentIAMError, OAuthError, ServiceUnavailable
@@ -192,7 +206,7 @@ class SharedLimits(Protocol):
         buckets: Sequence[tuple[BucketKey, RateLimit]],
         *,
         proof: ReplayRecord | None = None,
-    ) -> int | None: ...
+    ) -> RateRefusal | None: ...
 
     async def aclose(self) -> None: ...
 
@@ -201,9 +215,12 @@ class SharedLimits(Protocol):
 class SharedLimit:
     """What the replicas' shared buckets answered for one call (or one request that
     is not a call, :meth:`Enforcer.admit_request`): None, a token was taken; else the
-    ``Retry-After`` seconds."""
+    ``Retry-After`` seconds, and ``limits`` the pooled limits (``per_human``,
+    ``per_chain``) that refused, for the refusal's reason (empty when only the
+    agent's own did)."""
 
     retry_after: int | None
+    limits: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,7 +331,8 @@ class Enforcer:
           nothing locally.
         - ``charge`` without a ``tool``: a request that is not a call
           (:meth:`admit_request`): a token is taken from the agent's own buckets
-          only (``per_agent``, a throttle in force).
+          (``per_agent``, a throttle in force) and the pooled ones (``per_human``,
+          ``per_chain``), never a per-tool one.
 
         The shared store answering 503 (ServiceUnavailable) is a refusal too: an
         unrecorded proof is never accepted, a call never let through uncounted.
@@ -323,9 +341,15 @@ class Enforcer:
         try:
             if charge and self.shared_limits is not None and self._limiter is not None:
                 record = None if replay is None or proof is None else replay.record(proof, now=now)
-                buckets = self._limiter.buckets(access.client_id, tool)
-                retry = await self.shared_limits.take(buckets, proof=record)
-                return SharedAdmission(limit=SharedLimit(retry))
+                human, chain = self._parties(access)
+                buckets = self._limiter.buckets(access.client_id, tool, human=human, chain=chain)
+                refused = await self.shared_limits.take(buckets, proof=record)
+                limit = (
+                    SharedLimit(None)
+                    if refused is None
+                    else SharedLimit(refused.retry_after, refused.pooled)
+                )
+                return SharedAdmission(limit=limit)
             if (
                 replay is not None
                 and proof is not None
@@ -407,25 +431,19 @@ class Enforcer:
         the replicas' shared buckets already answered (:meth:`shared_admit`), so this
         process's own are not charged. ``peer``: the connection's network address,
         named in a refusal's event."""
-        if limit is not None or self._limiter is not None:
-            if limit is not None:
-                retry: float | None = limit.retry_after
-            else:
-                assert self._limiter is not None
-                retry = self._limiter.check(access.client_id, call.tool, time.monotonic())
-            if retry is not None:
-                seconds = max(1, int(retry + 0.999))
-                verdict = Verdict(
-                    False,
-                    429,
-                    "rate_limited",
-                    f"rate limit for {call.tool} exceeded",
-                    headers={"Retry-After": str(seconds)},
-                )
-                self._record_refusal(
-                    access, trace, status=429, reason=verdict.reason, call=call, peer=peer
-                )
-                return verdict
+        refused = self._rate_limit(access, call.tool, limit)
+        if refused is not None:
+            verdict = Verdict(
+                False,
+                429,
+                "rate_limited",
+                refusal_reason(call.tool, refused.pooled),
+                headers={"Retry-After": str(refused.retry_after)},
+            )
+            self._record_refusal(
+                access, trace, status=429, reason=verdict.reason, call=call, peer=peer
+            )
+            return verdict
         permits = token_permits(access, call.detail)
         if not permits.allowed:
             verdict = Verdict(
@@ -459,18 +477,42 @@ class Enforcer:
         replicas' shared buckets already answered (:meth:`shared_admit` with no
         ``tool``), so this process's are not charged. Listings still do not count in
         ``context.request_rate`` (that is the authorizer's, not the limiter's)."""
-        if limit is not None:
-            retry = limit.retry_after
-        elif self._limiter is not None:
-            wait = self._limiter.check(access.client_id, None, time.monotonic())
-            retry = None if wait is None else retry_after(wait)
-        else:
+        refused = self._rate_limit(access, None, limit)
+        if refused is None:
             return None
-        if retry is None:
-            return None
-        reason = f"rate limit for {method} exceeded"
+        reason = refusal_reason(method, refused.pooled)
         self._record_refusal(access, trace, status=429, reason=reason, action=method, peer=peer)
-        return Verdict(False, 429, "rate_limited", reason, headers={"Retry-After": str(retry)})
+        return Verdict(
+            False, 429, "rate_limited", reason, headers={"Retry-After": str(refused.retry_after)}
+        )
+
+    def _parties(self, access: VerifiedAccess) -> tuple[str | None, tuple[str, str] | None]:
+        """The human and the chain whose pooled buckets a call of ``access`` takes
+        from, each None when its limit is not configured (then it costs nothing)."""
+        limiter = self._limiter
+        if limiter is None or (limiter.per_human is None and limiter.per_chain is None):
+            return None, None
+        return rate_parties(
+            access, human=limiter.per_human is not None, chain=limiter.per_chain is not None
+        )
+
+    def _rate_limit(
+        self, access: VerifiedAccess, tool: str | None, limit: SharedLimit | None
+    ) -> RateRefusal | None:
+        """The rate limits' answer for a call to ``tool`` (None: a request that is not
+        a call): the shared buckets' (``limit``, already charged; it names only the
+        pooled limits that refused), else this process's limiter's (a token is taken
+        from each bucket when it passes); None when allowed."""
+        if limit is not None:
+            if limit.retry_after is None:
+                return None
+            return RateRefusal(max(1, limit.retry_after), limit.limits)
+        if self._limiter is None:
+            return None
+        human, chain = self._parties(access)
+        return self._limiter.take(
+            access.client_id, tool, time.monotonic(), human=human, chain=chain
+        )
 
     def decide(
         self,
@@ -601,7 +643,7 @@ class Enforcer:
             outcome=outcome,
             resource=ResourceRef(call.resource.type, call.resource.id),
             agent_id=access.client_id,
-            initiating_human=_human(access),
+            initiating_human=initiating_human(access),
             delegation_chain=tuple(access.chain.actors) or (access.client_id,),
             decision_id=verdict.decision_id,
             reason=reason or (None if error is None else f"raised {error}"),
@@ -688,7 +730,7 @@ class Enforcer:
             outcome=Outcome.DENIED,
             resource=ResourceRef(call.resource.type, call.resource.id) if call else None,
             agent_id=agent_id,
-            initiating_human=_human(access) if access is not None else None,
+            initiating_human=initiating_human(access) if access is not None else None,
             delegation_chain=tuple(access.chain.actors) if access is not None else (),
             reason=reason[:500],
             details=details,
@@ -753,7 +795,7 @@ class Enforcer:
             now=_now(),
             outcome=Outcome.SUCCESS,
             agent_id=access.client_id,
-            initiating_human=_human(access),
+            initiating_human=initiating_human(access),
             delegation_chain=tuple(access.chain.actors) or (access.client_id,),
             details={
                 "stream": stream,
@@ -983,10 +1025,6 @@ def proof_thumbprint(proof: str) -> str | None:
         return import_public_jwk(parsed.header["jwk"], parsed.alg).thumbprint
     except (JoseRejected, KeyError, TypeError, ValueError):
         return None
-
-
-def _human(access: VerifiedAccess) -> str | None:
-    return access.subject if is_id(access.subject, "human") else None
 
 
 def _now() -> datetime:

@@ -10,11 +10,13 @@ for the deployment as a whole:
 - **Same buckets, same rules.** Which buckets a call needs, and their limits, come
   from the process's own limiter (:meth:`RateLimiter.buckets
   <agentiam.core.enforcement.ratelimit.RateLimiter.buckets>`): per agent, per
-  (agent, tool), and the agent's throttle. Every one must hold a token; a refused
-  call takes none (RFC 2697 section 3's committed-rate bucket, as locally).
+  (agent, tool), the agent's throttle, and the pooled ones, per human and per
+  delegation chain, when configured. Every one must hold a token; a refused call
+  takes none (RFC 2697 section 3's committed-rate bucket, as locally), and learns
+  which held none (the refusal's reason names a pooled limit among them).
 - **One atomic step.** A Lua script refills, checks and takes from every bucket of
   the call in one go (Redis runs a script alone), so two replicas cannot both spend
-  the last token.
+  the last token, of an agent's bucket or of a human's that two agents share.
 - **One clock.** Refills are timed by the Redis server's clock (``TIME``), not the
   replicas' own, so replicas whose clocks disagree do not mint tokens; a clock that
   goes back refills nothing.
@@ -46,7 +48,7 @@ from redis.commands.core import AsyncScript
 
 from agentiam.adapters.gateway.enforcer import ProofReplayed, ReplayRecord
 from agentiam.adapters.gateway.shared_redis import SharedRedis
-from agentiam.core.enforcement.ratelimit import BucketKey, RateLimit, retry_after
+from agentiam.core.enforcement.ratelimit import BucketKey, RateLimit, RateRefusal
 
 __all__ = ["SharedRateLimits"]
 
@@ -54,7 +56,8 @@ __all__ = ["SharedRateLimits"]
 # or "" for no record. KEYS (after it): the call's buckets; ARGV (after ARGV[1]):
 # rate_per_second and burst of each, in turn. Returns "replayed" when the record
 # existed (nothing is set or taken), "0" when every bucket held a token (one is taken
-# from each), else the seconds until they all will (nothing is taken).
+# from each), else the seconds until they all will, then the positions (1-based, among
+# the buckets) of those that held none, space-separated (nothing is taken).
 _TAKE = """
 if redis.replicate_commands then redis.replicate_commands() end
 local first = 1
@@ -66,7 +69,7 @@ if ARGV[1] ~= '' then
 end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local tokens, updated, wait = {}, {}, 0
+local tokens, updated, wait, short = {}, {}, 0, {}
 for i = first, #KEYS do
   local rate, burst = tonumber(ARGV[2 * (i - first) + 2]), tonumber(ARGV[2 * (i - first) + 3])
   local state = redis.call('HMGET', KEYS[i], 'tokens', 'updated')
@@ -79,10 +82,11 @@ for i = first, #KEYS do
   tokens[i], updated[i] = have, since
   if have < 1 - 1e-9 then
     wait = math.max(wait, (1 - have) / rate)
+    short[#short + 1] = tostring(i - first + 1)
   end
 end
 if wait > 0 then
-  return string.format('%.6f', wait)
+  return string.format('%.6f', wait) .. ' ' .. table.concat(short, ' ')
 end
 for i = first, #KEYS do
   local rate, burst = tonumber(ARGV[2 * (i - first) + 2]), tonumber(ARGV[2 * (i - first) + 3])
@@ -111,9 +115,10 @@ class SharedRateLimits:
         buckets: Sequence[tuple[BucketKey, RateLimit]],
         *,
         proof: ReplayRecord | None = None,
-    ) -> int | None:
+    ) -> RateRefusal | None:
         """Take a token from each bucket and return None, or take none and return
-        the ``Retry-After`` seconds. With ``proof``, record it first, in the same
+        the refusal: the ``Retry-After`` seconds and the limits whose bucket held no
+        token. With ``proof``, record it first, in the same
         script: :class:`~agentiam.adapters.gateway.enforcer.ProofReplayed` when it
         was recorded already (nothing is taken). Raises ServiceUnavailable when Redis
         cannot answer in time."""
@@ -138,8 +143,10 @@ class SharedRateLimits:
         text = answer.decode("ascii") if isinstance(answer, bytes) else str(answer)
         if text == "replayed":
             raise ProofReplayed
-        wait = float(text)
-        return None if wait <= 0 else retry_after(wait)
+        wait, *short = text.split()
+        if float(wait) <= 0:
+            return None
+        return RateRefusal.of(float(wait), (buckets[int(i) - 1][0] for i in short))
 
     def _take_script(self, client: aioredis.Redis) -> AsyncScript:
         """The script, registered with the process's client (EVALSHA, loaded on a

@@ -1,5 +1,5 @@
-"""Token-bucket rate limits per agent and per (agent, tool), decided locally by an
-enforcement point.
+"""Token-bucket rate limits per agent, per (agent, tool), per human and per delegation
+chain, decided locally by an enforcement point.
 
 A :class:`RateLimit` is a bucket of ``burst`` tokens refilled at ``rate_per_second``
 (the classic token bucket, as the committed-rate bucket of RFC 2697 section 3): a call takes one
@@ -7,7 +7,17 @@ token, a call that finds less than one token is refused and told how long to wai
 :class:`RateLimiter` keeps one bucket per agent (``per_agent``) and one per
 (agent, tool name) (``per_tool`` / ``default_per_tool``):
 
-- **Both must pass.** A call is allowed only if every bucket that applies holds a
+- **Per human, per chain** (``per_human``, ``per_chain``): one human can start many
+  agents, and an agent can hand its chain on to sub-agents (RFC 8693 token exchange),
+  so per-agent buckets do not bound what they do together. The caller passes the
+  human a call is made for (``human``: the token's ``sub`` when it is a human, the
+  root of its delegation chain) and the chain's root and first agent (``chain``);
+  :func:`~agentiam.core.delegation.enforcement.rate_parties` reads both from a
+  verified token. ``per_human`` is one bucket per human, whichever agent calls;
+  ``per_chain`` one per (root, first agent), so a sub-agent tree shares its first
+  agent's budget. A call that names no human (an agent acting for itself) takes no
+  per-human token. Unset (the default), neither costs anything.
+- **All must pass.** A call is allowed only if every bucket that applies holds a
   token; then it takes one from each. A refused call takes nothing from any bucket, so
   a per-tool refusal does not eat into the agent's overall allowance and vice versa.
 - **Retry-After.** A refused call gets the seconds after which every bucket that
@@ -22,8 +32,8 @@ token, a call that finds less than one token is refused and told how long to wai
   ``default_per_tool``; if that is unset, the tool has no per-tool limit. The bucket is
   per actual tool name: ``payments.*`` at 1/s lets an agent call each payments tool
   once a second, not all of them together (use ``per_agent`` for a total).
-- **Bounded memory.** At most ``max_keys`` buckets are kept (agent buckets and tool
-  buckets together); beyond that the least recently used is forgotten. A forgotten
+- **Bounded memory.** At most ``max_keys`` buckets are kept (agent, tool, human and
+  chain buckets together); beyond that the least recently used is forgotten. A forgotten
   bucket comes back **full**, so an agent idle long enough to be evicted, or whose
   bucket is pushed out by a flood of other keys, gets a fresh burst. A bucket idle for
   ``burst / rate_per_second`` seconds is full anyway, so size ``max_keys`` above the
@@ -48,18 +58,22 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
 __all__ = [
+    "LIMIT_NAMES",
     "MAX_THROTTLES",
     "BucketKey",
     "RateLimit",
     "RateLimiter",
+    "RateRefusal",
     "Throttle",
     "TokenBucket",
+    "pooled_limits",
+    "refusal_reason",
     "retry_after",
 ]
 
@@ -128,13 +142,68 @@ class Throttle:
         return {"agent_id": self.agent_id, "per_minute": self.per_minute, "until": self.until}
 
 
-BucketKey = tuple[str, ...]  # ("agent", id), ("throttle", id, …), ("tool", id, name)
+BucketKey = tuple[str, ...]
+"""("agent", id), ("throttle", id, …), ("tool", id, name), ("human", id),
+("chain", root, first agent)."""
+
+LIMIT_NAMES = {
+    "agent": "per_agent",
+    "throttle": "throttle",
+    "tool": "per_tool",
+    "human": "per_human",
+    "chain": "per_chain",
+}
+"""The configured limit (its ``rate_limits`` key, or ``throttle``) of each kind of
+bucket (a :data:`BucketKey`'s first member)."""
+
+# Limits that pool several agents' calls: a refusal names them (the agent's own are
+# the ones an agent expects, and their refusal reason is unchanged).
+_POOLED = ("per_human", "per_chain")
 
 
 def retry_after(wait: float) -> int:
     """A wait in seconds as ``Retry-After`` delay-seconds: rounded up to a whole
     second (the float slack forgiven), at least 1."""
     return max(1, math.ceil(wait - _EPSILON))
+
+
+@dataclass(frozen=True, slots=True)
+class RateRefusal:
+    """A call refused by the rate limits: the ``Retry-After`` delay (RFC 9110 section
+    10.2.3; whole seconds, at least 1) and the limits whose bucket held no token
+    (:data:`LIMIT_NAMES` values, in the order the buckets were checked)."""
+
+    retry_after: int
+    limits: tuple[str, ...]
+
+    @classmethod
+    def of(cls, wait: float, short: Iterable[BucketKey]) -> RateRefusal:
+        """The refusal of a wait (seconds) and the buckets that held no token."""
+        return cls(retry_after(wait), tuple(LIMIT_NAMES.get(key[0], key[0]) for key in short))
+
+    @property
+    def pooled(self) -> tuple[str, ...]:
+        """:func:`pooled_limits` of :attr:`limits`."""
+        return pooled_limits(self.limits)
+
+
+def pooled_limits(limits: Iterable[str]) -> tuple[str, ...]:
+    """The limits among ``limits`` that pool several agents (``per_human``,
+    ``per_chain``), each once, in that order."""
+    given = set(limits)
+    return tuple(name for name in _POOLED if name in given)
+
+
+def refusal_reason(what: str, pooled: Sequence[str] = ()) -> str:
+    """The reason of a rate-limit refusal of ``what`` (a tool, route or method name),
+    for the 429's body and the audit event: ``rate limit for <what> exceeded``, then
+    the pooled limits that refused it, e.g. ``(per_human limit)``. Never the human's
+    or the chain's id (the event names the token's subject already)."""
+    reason = f"rate limit for {what} exceeded"
+    if not pooled:
+        return reason
+    plural = "s" if len(pooled) > 1 else ""
+    return f"{reason} ({' and '.join(pooled)} limit{plural})"
 
 
 class TokenBucket:
@@ -192,10 +261,12 @@ def _is_glob(pattern: str) -> bool:
 
 
 class RateLimiter:
-    """Token buckets per agent and per (agent, tool); see the module docstring.
+    """Token buckets per agent, per (agent, tool), per human and per delegation chain;
+    see the module docstring.
 
-    ``check(agent_id, tool, now)`` returns None when the call is allowed (its tokens
-    are taken) or the whole seconds to put in ``Retry-After`` when it is not.
+    ``take(agent_id, tool, now, human=…, chain=…)`` returns None when the call is
+    allowed (its tokens are taken) or a :class:`RateRefusal`; ``check`` returns the
+    whole seconds to put in ``Retry-After`` instead.
     """
 
     def __init__(
@@ -204,6 +275,8 @@ class RateLimiter:
         per_tool: Mapping[str, RateLimit] | None = None,
         default_per_tool: RateLimit | None = None,
         *,
+        per_human: RateLimit | None = None,
+        per_chain: RateLimit | None = None,
         max_keys: int = 100_000,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -215,8 +288,18 @@ class RateLimiter:
                 raise ValueError("per_tool patterns must be non-empty strings")
             if not isinstance(limit, RateLimit):
                 raise ValueError(f"per_tool[{pattern!r}] must be a RateLimit")
+        for name, value in (
+            ("per_agent", per_agent),
+            ("default_per_tool", default_per_tool),
+            ("per_human", per_human),
+            ("per_chain", per_chain),
+        ):
+            if value is not None and not isinstance(value, RateLimit):
+                raise ValueError(f"{name} must be a RateLimit")
         self.per_agent = per_agent
         self.default_per_tool = default_per_tool
+        self.per_human = per_human
+        self.per_chain = per_chain
         self.max_keys = max_keys
         self._exact = {p: lim for p, lim in patterns.items() if not _is_glob(p)}
         # most literal characters first; sorted() is stable, so ties keep config order
@@ -263,19 +346,32 @@ class RateLimiter:
             default_per_tool: {rate_per_second: 2, burst: 5}
             per_tool:
               "payments.*": {rate_per_second: 0.5, burst: 2}
+            per_human: {rate_per_second: 20, burst: 40}
+            per_chain: {rate_per_second: 15, burst: 30}
             max_keys: 100000
 
         Every key is optional; unknown keys are refused (ValueError)."""
-        unknown = set(config) - {"per_agent", "per_tool", "default_per_tool", "max_keys"}
+        if not isinstance(config, Mapping):
+            raise ValueError("rate_limits is a mapping")
+        unknown = set(config) - {
+            "per_agent",
+            "per_tool",
+            "default_per_tool",
+            "per_human",
+            "per_chain",
+            "max_keys",
+        }
         if unknown:
             raise ValueError(f"unknown rate_limits keys: {', '.join(sorted(map(str, unknown)))}")
         per_tool = config.get("per_tool") or {}
         if not isinstance(per_tool, Mapping):
             raise ValueError("per_tool maps tool-name globs to rate limits")
         return cls(
-            per_agent=_optional(config.get("per_agent")),
-            per_tool={str(p): RateLimit.from_config(v) for p, v in per_tool.items()},
-            default_per_tool=_optional(config.get("default_per_tool")),
+            per_agent=_optional(config.get("per_agent"), "per_agent"),
+            per_tool={str(p): _limit(v, f"per_tool[{p!r}]") for p, v in per_tool.items()},
+            default_per_tool=_optional(config.get("default_per_tool"), "default_per_tool"),
+            per_human=_optional(config.get("per_human"), "per_human"),
+            per_chain=_optional(config.get("per_chain"), "per_chain"),
             max_keys=config.get("max_keys", 100_000),
         )
 
@@ -289,16 +385,31 @@ class RateLimiter:
         with self._lock:
             return len(self._buckets)
 
-    def buckets(self, agent_id: str, tool: str | None) -> list[tuple[BucketKey, RateLimit]]:
+    def buckets(
+        self,
+        agent_id: str,
+        tool: str | None,
+        *,
+        human: str | None = None,
+        chain: tuple[str, str] | None = None,
+    ) -> list[tuple[BucketKey, RateLimit]]:
         """The buckets a call by ``agent_id`` to ``tool`` must find a token in, each
         with its limit: the agent's (``per_agent``), its throttle's while one is in
-        force, and the (agent, tool) one when a per-tool limit applies. Empty: no limit
-        applies. What :meth:`check` takes from here, and what replicas sharing their
-        buckets take from Redis (``adapters/gateway/shared_ratelimit.py``)."""
+        force, the (agent, tool) one when a per-tool limit applies, the ``human``'s
+        (``per_human``) and the ``chain``'s (``per_chain``: its root and first
+        agent) when given and configured. Empty: no limit applies. What :meth:`take`
+        takes from here, and what replicas sharing their buckets take from Redis
+        (``adapters/gateway/shared_ratelimit.py``)."""
         with self._lock:
-            return self._wanted(agent_id, tool)
+            return self._wanted(agent_id, tool, human, chain)
 
-    def _wanted(self, agent_id: str, tool: str | None) -> list[tuple[BucketKey, RateLimit]]:
+    def _wanted(
+        self,
+        agent_id: str,
+        tool: str | None,
+        human: str | None = None,
+        chain: tuple[str, str] | None = None,
+    ) -> list[tuple[BucketKey, RateLimit]]:
         wanted: list[tuple[BucketKey, RateLimit]] = []
         if self.per_agent is not None:
             wanted.append((("agent", agent_id), self.per_agent))
@@ -310,17 +421,44 @@ class RateLimiter:
             tool_limit = self._resolve(tool)
             if tool_limit is not None:
                 wanted.append((("tool", agent_id, tool), tool_limit))
+        if human is not None and self.per_human is not None:
+            wanted.append((("human", human), self.per_human))
+        if chain is not None and self.per_chain is not None:
+            wanted.append((("chain", *chain), self.per_chain))
         return wanted
 
-    def check(self, agent_id: str, tool: str | None, now: float) -> float | None:
-        """Take one token from each bucket that applies to this call and return None,
-        or take nothing and return the ``Retry-After`` delay: whole seconds (an int),
-        at least 1. ``tool`` None (a call that names no tool) checks ``per_agent`` only."""
+    def check(
+        self,
+        agent_id: str,
+        tool: str | None,
+        now: float,
+        *,
+        human: str | None = None,
+        chain: tuple[str, str] | None = None,
+    ) -> float | None:
+        """:meth:`take`, answering only the ``Retry-After`` delay: whole seconds (an
+        int), at least 1; None when the call is allowed."""
+        refused = self.take(agent_id, tool, now, human=human, chain=chain)
+        return None if refused is None else refused.retry_after
+
+    def take(
+        self,
+        agent_id: str,
+        tool: str | None,
+        now: float,
+        *,
+        human: str | None = None,
+        chain: tuple[str, str] | None = None,
+    ) -> RateRefusal | None:
+        """Take one token from each bucket that applies to this call
+        (:meth:`buckets`) and return None, or take nothing and return the refusal:
+        the ``Retry-After`` delay and the limits that held no token. ``tool`` None
+        (a call that names no tool) checks no per-tool limit."""
         with self._lock:
-            wanted = self._wanted(agent_id, tool)
+            wanted = self._wanted(agent_id, tool, human, chain)
             if not wanted:
                 return None
-            buckets: list[tuple[TokenBucket, RateLimit]] = []
+            buckets: list[tuple[BucketKey, TokenBucket, RateLimit]] = []
             for key, limit in wanted:
                 bucket = self._buckets.get(key)
                 if bucket is None:
@@ -328,13 +466,16 @@ class RateLimiter:
                 else:
                     self._buckets.move_to_end(key)
                     bucket.refill(limit, now)
-                buckets.append((bucket, limit))
-            if all(bucket.has_token() for bucket, _ in buckets):
-                for bucket, _ in buckets:
+                buckets.append((key, bucket, limit))
+            if all(bucket.has_token() for _, bucket, _ in buckets):
+                for _, bucket, _ in buckets:
                     bucket.tokens -= 1.0
-                result: float | None = None
+                result: RateRefusal | None = None
             else:
-                result = retry_after(max(b.wait(lim) for b, lim in buckets))
+                result = RateRefusal.of(
+                    max(b.wait(lim) for _, b, lim in buckets),
+                    (key for key, b, _ in buckets if not b.has_token()),
+                )
             while len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
             return result
@@ -354,5 +495,15 @@ class RateLimiter:
         return limit
 
 
-def _optional(value: Any) -> RateLimit | None:
-    return None if value is None else RateLimit.from_config(value)
+def _optional(value: Any, name: str) -> RateLimit | None:
+    """An optional limit; ``name`` (its key) prefixes the error of a bad one."""
+    if value is None:
+        return None
+    return _limit(value, name)
+
+
+def _limit(value: Any, name: str) -> RateLimit:
+    try:
+        return RateLimit.from_config(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
