@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from agentiam.core.enforcement import RateLimit, RateLimiter
+from agentiam.core.enforcement.ratelimit import RateRefusal, pooled_limits, refusal_reason
 
 
 def _allowed(limiter: RateLimiter, agent: str, tool: str | None, now: float, n: int) -> int:
@@ -216,3 +217,145 @@ def test_from_config() -> None:
 def test_bad_config_is_refused(config: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=r"rate|burst|per_tool|max_keys|keys|mapping"):
         RateLimiter.from_config(config)
+
+
+# -- per human, per delegation chain ---------------------------------------------------------
+
+HUMAN_LIMIT = RateLimit(rate_per_second=0.5, burst=3)
+
+
+def _take(limiter: RateLimiter, agent: str, human: str | None, now: float = 0.0) -> Any:
+    return limiter.take(agent, "t", now, human=human)
+
+
+def test_per_human_is_one_bucket_for_all_the_agents_of_one_human() -> None:
+    """Two agents of one human, each well under its own limit, together get the
+    human's burst and no more; another human's agent is not touched."""
+    limiter = RateLimiter(per_agent=RateLimit(1, 10), per_human=HUMAN_LIMIT)
+    answers = [_take(limiter, agent, "hum_ada", 0.0) for agent in ("a", "b", "a", "b", "a")]
+    assert answers[:3] == [None, None, None]
+    refused = answers[3]
+    assert refused == RateRefusal(retry_after=2, limits=("per_human",))  # (1 - 0) / 0.5 s
+    assert refused.pooled == ("per_human",)
+    assert answers[4] == refused
+    assert _take(limiter, "c", "hum_bob", 0.0) is None  # another human's agent
+    assert limiter.check("a", "t", 2.0, human="hum_ada") is None  # one token back after 2 s
+    assert limiter.check("b", "t", 2.0, human="hum_ada") == 2
+
+
+def test_a_per_human_refusal_takes_nothing_from_the_agent_buckets() -> None:
+    limiter = RateLimiter(
+        per_agent=RateLimit(0.001, 2),
+        per_tool={"t": RateLimit(0.001, 2)},
+        per_human=RateLimit(0.001, 1),
+    )
+    assert _take(limiter, "a", "hum_ada") is None
+    for _ in range(5):
+        assert _take(limiter, "a", "hum_ada").limits == ("per_human",)
+    # the agent's and the tool's buckets kept their second token
+    assert _take(limiter, "a", None) is None
+    assert _take(limiter, "a", None).limits == ("per_agent", "per_tool")
+
+
+def test_no_human_no_per_human_bucket() -> None:
+    """An agent acting for itself (its token names no human) takes no per-human token:
+    the limit pools the agents of one human, and the token names no owner."""
+    limiter = RateLimiter(per_human=RateLimit(0.001, 1))
+    assert [_take(limiter, "a", None) for _ in range(5)] == [None] * 5
+    assert len(limiter) == 0
+    assert limiter.buckets("a", "t", human=None) == []
+
+
+def test_unset_pooled_limits_take_no_bucket_whatever_the_caller_names() -> None:
+    limiter = RateLimiter(per_agent=RateLimit(0.001, 1))
+    assert limiter.buckets("a", "t", human="hum_ada", chain=("hum_ada", "a")) == [
+        (("agent", "a"), RateLimit(0.001, 1))
+    ]
+    assert limiter.check("a", None, 0.0, human="hum_ada", chain=("hum_ada", "a")) is None
+    assert len(limiter) == 1
+
+
+def test_per_chain_is_shared_by_a_sub_agent_tree_and_not_by_other_chains() -> None:
+    limiter = RateLimiter(per_chain=RateLimit(0.001, 2), per_human=RateLimit(0.001, 10))
+    tree = ("hum_ada", "planner")  # the planner and the sub-agents below it
+    assert limiter.take("planner", "t", 0.0, human="hum_ada", chain=tree) is None
+    assert limiter.take("worker", "t", 0.0, human="hum_ada", chain=tree) is None
+    refused = limiter.take("worker-2", "t", 0.0, human="hum_ada", chain=tree)
+    assert refused is not None
+    assert refused.limits == ("per_chain",)
+    # another first agent of the same human is another chain (the human's bucket is shared)
+    assert limiter.take("mailer", "t", 0.0, human="hum_ada", chain=("hum_ada", "mailer")) is None
+    both = RateLimiter(per_chain=RateLimit(0.001, 1), per_human=RateLimit(0.001, 1))
+    assert both.take("a", "t", 0.0, human="h", chain=("h", "a")) is None
+    refused = both.take("a", "t", 0.0, human="h", chain=("h", "a"))
+    assert refused is not None
+    assert refused.limits == ("per_human", "per_chain")
+
+
+def test_max_keys_bounds_human_and_chain_buckets_too() -> None:
+    limiter = RateLimiter(
+        per_agent=RateLimit(0.001, 1),
+        per_human=RateLimit(0.001, 1),
+        per_chain=RateLimit(0.001, 1),
+        max_keys=10,
+    )
+    for i in range(100):
+        limiter.take(f"agent-{i}", None, 0.0, human=f"hum_{i}", chain=(f"hum_{i}", f"agent-{i}"))
+        assert len(limiter) <= 10
+    assert len(limiter) == 10
+
+
+def test_refusal_reason_names_the_pooled_limits_only() -> None:
+    assert refusal_reason("invoices.read") == "rate limit for invoices.read exceeded"
+    assert refusal_reason("invoices.read", ("per_human",)) == (
+        "rate limit for invoices.read exceeded (per_human limit)"
+    )
+    assert refusal_reason("tools/list", ("per_human", "per_chain")) == (
+        "rate limit for tools/list exceeded (per_human and per_chain limits)"
+    )
+    assert pooled_limits(("per_agent", "per_chain", "per_tool", "per_human")) == (
+        "per_human",
+        "per_chain",
+    )
+
+
+def test_from_config_reads_per_human_and_per_chain() -> None:
+    limiter = RateLimiter.from_config(
+        {
+            "per_human": {"rate_per_second": 20, "burst": 40},
+            "per_chain": {"rate_per_second": 15, "burst": 30},
+        }
+    )
+    assert limiter.per_human == RateLimit(20, 40)
+    assert limiter.per_chain == RateLimit(15, 30)
+    assert limiter.per_agent is None
+    assert RateLimiter.from_config({}).per_human is None
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"per_human": {"rate_per_second": 0, "burst": 1}}, "per_human: rate_per_second"),
+        ({"per_human": {"rate_per_second": -1, "burst": 1}}, "per_human: rate_per_second"),
+        ({"per_human": {"rate_per_second": 1, "burst": 0}}, "per_human: burst"),
+        ({"per_human": {"rate_per_second": 1, "burst": True}}, "per_human: burst"),
+        ({"per_human": {"rate_per_second": "1", "burst": 1}}, "per_human: rate_per_second"),
+        ({"per_human": {"rate_per_second": 1}}, "per_human: a rate limit needs"),
+        ({"per_human": {"rate_per_second": 1, "burst": 1, "per": "x"}}, "per_human: unknown"),
+        ({"per_human": 5}, "per_human: a rate limit is a mapping"),
+        ({"per_chain": {"rate_per_second": float("inf"), "burst": 1}}, "per_chain: rate"),
+        ({"per_chain": [1, 1]}, "per_chain: a rate limit is a mapping"),
+        ({"per_humans": {"rate_per_second": 1, "burst": 1}}, "unknown rate_limits keys"),
+        ({"per_owner": {"rate_per_second": 1, "burst": 1}}, "unknown rate_limits keys"),
+    ],
+)
+def test_bad_per_human_and_per_chain_config_is_refused(
+    config: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        RateLimiter.from_config(config)
+
+
+def test_a_pooled_limit_must_be_a_rate_limit() -> None:
+    with pytest.raises(ValueError, match="per_human must be a RateLimit"):
+        RateLimiter(per_human={"rate_per_second": 1, "burst": 1})  # type: ignore[arg-type]
