@@ -507,12 +507,13 @@ class Enforcer:
             if limit.retry_after is None:
                 return None
             return RateRefusal(max(1, limit.retry_after), limit.limits)
-        if self._limiter is None:
+        limiter = self._limiter
+        if limiter is None:
             return None
+        if limiter.per_human is None and limiter.per_chain is None:  # nothing more to read
+            return limiter.take(access.client_id, tool, time.monotonic())
         human, chain = self._parties(access)
-        return self._limiter.take(
-            access.client_id, tool, time.monotonic(), human=human, chain=chain
-        )
+        return limiter.take(access.client_id, tool, time.monotonic(), human=human, chain=chain)
 
     def decide(
         self,

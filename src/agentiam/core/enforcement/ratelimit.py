@@ -458,7 +458,7 @@ class RateLimiter:
             wanted = self._wanted(agent_id, tool, human, chain)
             if not wanted:
                 return None
-            buckets: list[tuple[BucketKey, TokenBucket, RateLimit]] = []
+            buckets: list[tuple[TokenBucket, RateLimit]] = []
             for key, limit in wanted:
                 bucket = self._buckets.get(key)
                 if bucket is None:
@@ -466,15 +466,19 @@ class RateLimiter:
                 else:
                     self._buckets.move_to_end(key)
                     bucket.refill(limit, now)
-                buckets.append((key, bucket, limit))
-            if all(bucket.has_token() for _, bucket, _ in buckets):
-                for _, bucket, _ in buckets:
+                buckets.append((bucket, limit))
+            if all(bucket.has_token() for bucket, _ in buckets):
+                for bucket, _ in buckets:
                     bucket.tokens -= 1.0
                 result: RateRefusal | None = None
             else:
                 result = RateRefusal.of(
-                    max(b.wait(lim) for _, b, lim in buckets),
-                    (key for key, b, _ in buckets if not b.has_token()),
+                    max(b.wait(lim) for b, lim in buckets),
+                    (
+                        key
+                        for (key, _), (b, _) in zip(wanted, buckets, strict=True)
+                        if not b.has_token()
+                    ),
                 )
             while len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
