@@ -9,6 +9,7 @@ reason that names the limit and nothing of the human beyond the event's
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -23,8 +24,9 @@ from tests.unit.test_gateway_enforcer import _access, _call
 from agentiam.adapters.gateway.enforcer import SharedLimit
 from agentiam.adapters.gateway.shared_ratelimit import SharedRateLimits
 from agentiam.adapters.gateway.shared_redis import SharedRedis
+from agentiam.adapters.gateway.shared_replay import SharedReplayCache
 from agentiam.core.audit.events import TraceContext
-from agentiam.core.credentials.verifier import VerifiedAccess
+from agentiam.core.credentials.verifier import ProofUse, VerifiedAccess
 from agentiam.core.delegation.enforcement import chain_root, initiating_human, rate_parties
 from agentiam.core.enforcement.ratelimit import RateLimit, RateLimiter
 from agentiam.core.ids import new_id
@@ -254,21 +256,29 @@ def test_replicas_share_the_human_bucket_for_listings(redis_prefix: str) -> None
 def test_shared_refusal_names_every_short_bucket(redis_prefix: str) -> None:
     """The script answers which buckets held no token, so the reason is the same as
     a single process's."""
-    shared = SharedRateLimits(SharedRedis(REDIS_URL, prefix=redis_prefix, timeout=1.0))
+    store = SharedRedis(REDIS_URL, prefix=redis_prefix, timeout=1.0)
+    shared = SharedRateLimits(store)
     agent = (("agent", PLANNER), RateLimit(SLOW, 5))
     human = (("human", ADA), RateLimit(SLOW, 1))
     chain = (("chain", ADA, PLANNER), RateLimit(SLOW, 1))
 
+    cache = SharedReplayCache(store)
+    now = int(time.time())
+
     async def scenario() -> list[Any]:
         try:
-            return [await shared.take([agent, human, chain]) for _ in range(2)]
+            answers = [await shared.take([agent, human, chain]) for _ in range(2)]
+            # with a proof recorded first (KEYS[1]), the positions still name the buckets
+            record = cache.record(ProofUse("jkt:proof-1", now + 60), now=now)
+            return [*answers, await shared.take([agent, human], proof=record)]
         finally:
             await shared.aclose()
 
-    first, second = asyncio.run(scenario())
+    first, second, third = asyncio.run(scenario())
     assert first is None
     assert second.retry_after == 60
     assert second.limits == ("per_human", "per_chain")
+    assert third.limits == ("per_human",)
     # nothing taken by the refusal: the agent's bucket still holds 4
     client = redis.Redis.from_url(REDIS_URL)
     try:
