@@ -471,8 +471,9 @@ class Enforcer:
         """The rate limit of a request that is not a call but costs the gateway work
         of its own: an MCP ``initialize`` (it opens a session) or a listing (a policy
         question per item, and an audit event). It takes a token from the agent's own
-        buckets, ``per_agent`` and a throttle in force, never a per-tool one (it
-        names no tool). The refusal (429 with ``Retry-After``), audited and durable
+        buckets (``per_agent`` and a throttle in force) and from the pooled ones
+        that apply (``per_human``, ``per_chain``), never a per-tool one (it names no
+        tool). The refusal (429 with ``Retry-After``), audited and durable
         with ``method`` as its action, or None when a token was taken. ``limit``: the
         replicas' shared buckets already answered (:meth:`shared_admit` with no
         ``tool``), so this process's are not charged. Listings still do not count in
