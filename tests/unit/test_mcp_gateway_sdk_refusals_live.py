@@ -18,8 +18,8 @@ naming nobody is refused at authentication, within the budget of refusals naming
 nobody. A refused request without a session id leaves no SDK session behind.
 
 A request the SDK answers with HTTP 200 but a JSON-RPC error (a method the gateway
-serves no handler for: ``completion/complete``, ``logging/setLevel``,
-``resources/subscribe``, one no one serves; params that do not validate) is a refusal
+serves no handler for: ``logging/setLevel``, ``resources/subscribe``, one no one
+serves; params that do not validate) is a refusal
 too, audited the same way (its status: 200). So is an ``initialize`` or a listing the
 SDK's rules passed but the SDK then refused (its session ended in between).
 
@@ -39,7 +39,6 @@ import anyio
 import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
-from mcp.types import PromptReference
 from tests.support.live import until as _until
 from tests.unit.test_mcp_gateway_get_refusals_live import (
     BURST,
@@ -456,13 +455,6 @@ def _events(response: httpx2.Response) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(
     ("method", "params"),
     [
-        (
-            "completion/complete",
-            {
-                "ref": {"type": "ref/prompt", "name": "p"},
-                "argument": {"name": "a", "value": SECRET},
-            },
-        ),
         ("logging/setLevel", {"level": "debug"}),
         ("resources/subscribe", {"uri": f"live://{SECRET}"}),
         ("x/never-served", {"token": SECRET}),
@@ -505,16 +497,15 @@ def test_params_that_do_not_validate_in_a_200_are_an_audited_refusal(world: Worl
 
 
 def test_the_stock_clients_unserved_requests_are_audited_refusals(world: World) -> None:
-    """The official client's ``complete``, ``set_logging_level`` and
-    ``subscribe_resource`` each get the SDK's error; each is one refusal; its
-    ``ping`` (a result) is none."""
+    """The official client's ``set_logging_level`` and ``subscribe_resource`` each get
+    the SDK's error; each is one refusal; its ``ping`` (a result) is none. (Its
+    ``complete`` is decided and relayed now: test_mcp_gateway_completion_live.py.)"""
 
     async def go() -> list[int]:
         codes = []
         async with world.client("stock", mode="legacy") as client:
             await client.send_ping()
             for ask in (
-                lambda: client.complete(PromptReference(name="p"), {"name": "a", "value": "b"}),
                 lambda: client.set_logging_level("debug"),
                 lambda: client.subscribe_resource("live://x"),
             ):
@@ -523,8 +514,8 @@ def test_the_stock_clients_unserved_requests_are_audited_refusals(world: World) 
                 codes.append(refused.value.code)
         return codes
 
-    assert anyio.run(go) == [-32601] * 3
-    wanted = {"completion/complete", "logging/setLevel", "resources/subscribe"}
+    assert anyio.run(go) == [-32601] * 2
+    wanted = {"logging/setLevel", "resources/subscribe"}
 
     def recorded() -> list[dict[str, Any]] | None:
         events = world.trail("stock", REJECTED)

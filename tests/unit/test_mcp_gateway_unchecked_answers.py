@@ -109,22 +109,23 @@ def client(enforcer: FakeEnforcer, app: Answers) -> TestClient:
     return TestClient(endpoint, base_url="https://gw.example.com")
 
 
-COMPLETE = rpc("completion/complete", {"ref": {"type": "ref/prompt", "name": "p"}})
+# a method the gateway serves no handler for (completion/complete is decided now)
+UNSERVED = rpc("logging/setLevel", {"level": "debug"})
 
 
 def test_a_200_json_error_is_audited_and_passed_on_whole() -> None:
     enforcer = FakeEnforcer()
     body = json.dumps(NOT_FOUND).encode()
-    r = post(client(enforcer, Answers(JSON, body[:9], body[9:])), COMPLETE)
+    r = post(client(enforcer, Answers(JSON, body[:9], body[9:])), UNSERVED)
     assert (r.status_code, r.json()) == (200, NOT_FOUND)
     assert enforcer.refused == [(200, REASON)]
-    assert enforcer.refused_actions == ["completion/complete"]
+    assert enforcer.refused_actions == ["logging/setLevel"]
 
 
 def test_a_200_stream_whose_response_is_an_error_is_audited() -> None:
     enforcer = FakeEnforcer()
     pieces = (b": ping\r\n\r\n", event(LOG), event(NOT_FOUND)[:20], event(NOT_FOUND)[20:])
-    r = post(client(enforcer, Answers(SSE, *pieces)), COMPLETE)
+    r = post(client(enforcer, Answers(SSE, *pieces)), UNSERVED)
     assert (r.status_code, r.content) == (200, b"".join(pieces))
     assert enforcer.refused == [(200, REASON)]
 
@@ -146,7 +147,7 @@ def test_an_answer_past_the_bound_is_refused_unread_502() -> None:
     enforcer = FakeEnforcer()
     note = event(LOG)
     pieces = [note] * (_FIRST_FRAME_BYTES // len(note) + 2) + [event(RESULT)]
-    r = post(client(enforcer, Answers(SSE, *pieces)), COMPLETE)
+    r = post(client(enforcer, Answers(SSE, *pieces)), UNSERVED)
     assert r.status_code == 502, r.text
     assert r.json()["id"] == 7
     assert r.json()["error"]["code"] == -32603
@@ -158,7 +159,7 @@ def test_an_answer_past_the_bound_is_refused_unread_502() -> None:
 
 def test_a_200_error_that_cannot_be_recorded_is_answered_503() -> None:
     enforcer = FakeEnforcer(failure=ServiceUnavailable("the audit spool is full"))
-    r = post(client(enforcer, Answers(SSE, event(NOT_FOUND))), COMPLETE)
+    r = post(client(enforcer, Answers(SSE, event(NOT_FOUND))), UNSERVED)
     assert r.status_code == 503, r.text
     assert r.headers["retry-after"] == "5"
     assert (r.json()["id"], r.json()["error"]["code"]) == (7, -32603)
@@ -177,7 +178,7 @@ def test_a_stream_that_ends_before_its_response_is_whole_is_judged() -> None:
         await send({"type": "http.response.body", "body": body, "more_body": True})
 
     endpoint = _Endpoint(Stub(enforcer), unended)  # type: ignore[arg-type]
-    r = post(TestClient(endpoint, base_url="https://gw.example.com"), COMPLETE)
+    r = post(TestClient(endpoint, base_url="https://gw.example.com"), UNSERVED)
     assert r.status_code == 200
     assert json.loads(r.text.split("data: ", 1)[1]) == NOT_FOUND
     assert enforcer.refused == [(200, REASON)]

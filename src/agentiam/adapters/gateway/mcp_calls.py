@@ -14,9 +14,10 @@ request is checked (the URI and name bounds), for the gateway (which routes expo
 names to its servers) and the guard (which does not).
 
 MCP 2026-07-28 "Completion" (``completion/complete``, served by the in-process guard's
-servers only) asks the question the listing asks of the referenced prompt or resource
-template (:meth:`Listed.question <agentiam.adapters.gateway.mcp_visibility.Listed.
-question>`, ``context.args`` empty): :func:`completion_call`.
+servers and relayed by the MCP gateway) asks the question the listing asks of the
+referenced prompt or resource template (:meth:`Listed.question
+<agentiam.adapters.gateway.mcp_visibility.Listed.question>`, ``context.args`` empty):
+:func:`completion_call`, routed by the gateway as its reads are.
 
 This module needs no MCP SDK: the guard imports it whether or not the ``mcp`` extra is
 installed.
@@ -34,6 +35,7 @@ from agentiam.adapters.gateway.mcp_visibility import (
     READ_ACTION,
     TOOL_ACTION,
     Listed,
+    ListedKind,
     in_server,
 )
 from agentiam.core.delegation.authorization_details import ApiCall, CustomCall, ToolCall
@@ -47,6 +49,7 @@ __all__ = [
     "READ_METHODS",
     "Route",
     "completion_call",
+    "completion_ref",
     "named_call",
     "prompt_call",
     "read_call",
@@ -181,7 +184,29 @@ def read_call(method: str, params: Mapping[str, Any], route: Route | None = None
     return prompt_call(name, arguments, routed[0] if routed is not None else None)
 
 
-def completion_call(params: Mapping[str, Any]) -> Call | str:
+def completion_ref(params: Mapping[str, Any]) -> tuple[ListedKind, str] | str:
+    """What a ``completion/complete`` (MCP 2026-07-28 "Completion") references: the
+    kind of item (``prompt`` for a ``ref/prompt``, ``template`` for a ``ref/resource``)
+    and its name or URI template as the client sent it, or why ``params.ref`` is
+    malformed: not a ``ref/prompt`` with a name of at most :data:`MAX_NAME`
+    characters or a ``ref/resource`` with a URI as :func:`read_call` takes one."""
+    ref = params.get("ref")
+    if not isinstance(ref, Mapping) or ref.get("type") not in ("ref/prompt", "ref/resource"):
+        return 'params.ref: an object of type "ref/prompt" or "ref/resource"'
+    if ref["type"] == "ref/prompt":
+        name = ref.get("name")
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+            return f"params.ref.name: a name of at most {MAX_NAME} characters"
+        return "prompt", name
+    uri = ref.get("uri")
+    malformed = _uri(uri, "params.ref.uri")
+    if malformed is not None:
+        return malformed
+    assert isinstance(uri, str)
+    return "template", uri
+
+
+def completion_call(params: Mapping[str, Any], route: Route | None = None) -> Call | str:
     """The policy question of a ``completion/complete`` (MCP 2026-07-28 "Completion"),
     or why the request is malformed: the question the listing asks of the item the
     request references (:meth:`Listed.question
@@ -196,44 +221,50 @@ def completion_call(params: Mapping[str, Any]) -> Call | str:
     :data:`COMPLETE_METHOD`, so that typing does not spend the budget of the prompt's
     own reads.
 
-    Malformed: ``params.ref`` not a ``ref/prompt`` with a name of at most
-    :data:`MAX_NAME` characters or a ``ref/resource`` with a URI as :func:`read_call`
-    takes one; ``params.argument`` not an object with a string ``name`` and
-    ``value``; ``params.context.arguments`` present and not an object of strings."""
-    ref = params.get("ref")
-    if not isinstance(ref, Mapping) or ref.get("type") not in ("ref/prompt", "ref/resource"):
-        return 'params.ref: an object of type "ref/prompt" or "ref/resource"'
-    if ref["type"] == "ref/prompt":
-        name = ref.get("name")
-        if not isinstance(name, str) or not name or len(name) > MAX_NAME:
-            return f"params.ref.name: a name of at most {MAX_NAME} characters"
-        listed = Listed("prompt", name, name)
-        detail = CustomCall(type=PROMPT_DETAIL, values={"prompt": name})
+    ``route`` places the referenced item in its server (``McpServer`` parent), as
+    :func:`read_call` places a read and as the gateway's listing places the item (the
+    MCP gateway's namespace); without it (the guard's server names its own items), or
+    where it finds no server, nothing is placed.
+
+    Malformed: ``params.ref`` as :func:`completion_ref` says; ``params.argument`` not
+    an object with a string ``name`` (1 to :data:`MAX_NAME` characters) and a string
+    ``value`` (at most :data:`MAX_URI` characters: a template's variable is part of a
+    URI of at most that many); ``params.context.arguments`` present and not an object
+    of at most :data:`MAX_ARGUMENTS` strings."""
+    referenced = completion_ref(params)
+    if isinstance(referenced, str):
+        return referenced
+    kind, item = referenced
+    routed = route(item) if route is not None else None
+    server, upstream = routed if routed is not None else (None, item)
+    listed = Listed(kind, item, upstream, server)
+    if kind == "prompt":
+        detail = CustomCall(type=PROMPT_DETAIL, values={"prompt": item})
     else:
-        uri = ref.get("uri")
-        malformed = _uri(uri, "params.ref.uri")
-        if malformed is not None:
-            return malformed
-        assert isinstance(uri, str)
-        listed = Listed("template", uri, uri)
-        detail = CustomCall(type=TEMPLATE_DETAIL, values={"uri_template": uri})
+        detail = CustomCall(type=TEMPLATE_DETAIL, values={"uri_template": item})
     argument = params.get("argument")
     if (
         not isinstance(argument, Mapping)
-        or not isinstance(argument.get("name"), str)
-        or not isinstance(argument.get("value"), str)
+        or not isinstance(name := argument.get("name"), str)
+        or not 0 < len(name) <= MAX_NAME
+        or not isinstance(value := argument.get("value"), str)
+        or len(value) > MAX_URI
     ):
-        return "params.argument: an object with a string name and value"
+        return (
+            f"params.argument: an object with a string name of at most {MAX_NAME} "
+            f"characters and a string value of at most {MAX_URI}"
+        )
     context = params.get("context")
     resolved = context.get("arguments") if isinstance(context, Mapping) else None
     if (context is not None and not isinstance(context, Mapping)) or (
         resolved is not None
         and (
             not isinstance(resolved, Mapping)
+            or len(resolved) > MAX_ARGUMENTS
             or not all(isinstance(v, str) for v in resolved.values())
         )
     ):
-        return "params.context.arguments: an object of strings"
+        return f"params.context.arguments: an object of at most {MAX_ARGUMENTS} strings"
     action, resource, parents = listed.question()
     return Call(
         action=action,

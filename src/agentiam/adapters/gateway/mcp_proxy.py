@@ -14,17 +14,23 @@ agent that opened them). For every HTTP request it:
    5.1); the metadata itself is served at ``/.well-known/oauth-protected-resource``
    (path-specific and root, RFC 9728 section 3.1). A present ``Origin`` that is not the
    gateway's own is refused with 403 (Streamable HTTP, "Security & Endpoint").
-2. **Decides** each ``tools/call``, ``resources/read`` and ``prompts/get`` before the
-   MCP server sees it (:class:`~agentiam.adapters.gateway.enforcer.Enforcer`): rate
-   limits (HTTP 429 with ``Retry-After``; an ``initialize`` and the four listings take
-   a token from the agent's own bucket too, :meth:`Enforcer.admit_request
+2. **Decides** each ``tools/call``, ``resources/read``, ``prompts/get`` and
+   ``completion/complete`` before the MCP server sees it
+   (:class:`~agentiam.adapters.gateway.enforcer.Enforcer`): rate limits (HTTP 429
+   with ``Retry-After``; an ``initialize`` and the four listings take a token from
+   the agent's own bucket too, :meth:`Enforcer.admit_request
    <agentiam.adapters.gateway.enforcer.Enforcer.admit_request>`), the token's task scope
    (``authorization_details``, RFC 9396; a refusal is a runtime insufficient-scope
    error: HTTP 403 with ``error="insufficient_scope"`` per MCP "Scope Challenge
    Handling" and RFC 6750 section 3.1), and Cedar policy with the tool arguments,
    the delegation chain and the authorization details in the context. A policy
    denial of a tool call is an MCP tool error result (``isError``), of a resource or
-   prompt read a JSON-RPC error (:data:`POLICY_DENIED`); the upstream never sees it.
+   prompt read or a completion a JSON-RPC error (:data:`POLICY_DENIED`); the upstream
+   never sees it. A completion (MCP 2026-07-28 "Completion") is decided as the
+   in-process guard decides it: the question the listing asks of the referenced
+   prompt or resource template, in its server (no ``tool.call`` follows: the decision
+   is its one event); it goes only to a server that declares ``completions``, and the
+   gateway declares ``completions`` only while one of its servers does.
    The decision is made on the JSON-RPC body, never on ``Mcp-Name``/``Mcp-Param-*``
    headers. A ``tools/call`` deny that a human's approval would lift (docs/approvals.md)
    opens an approval request at the control plane (held up to ``approvals.wait_seconds``)
@@ -156,9 +162,12 @@ from agentiam.adapters.gateway.enforcer import Call, SharedLimit, Verdict
 from agentiam.adapters.gateway.http_proxy import ListenerProtocol
 from agentiam.adapters.gateway.loop_watch import watch_event_loop
 from agentiam.adapters.gateway.mcp_calls import (
+    COMPLETE_METHOD,
     MAX_NAME,
     POLICY_DENIED,
     READ_METHODS,
+    completion_call,
+    completion_ref,
     named_call,
     prompt_call,
     read_call,
@@ -253,10 +262,17 @@ ACTIONS: Final[Mapping[str, tuple[str, str]]] = {
     "resources/read": (READ_ACTION, "DataSet"),
     "prompts/list": (READ_ACTION, "DataSet"),  # id: "prompt:" + the exposed prompt name
     "prompts/get": (READ_ACTION, "DataSet"),
+    # the referenced prompt's ("prompt:" + name) or template's entity, as listed
+    COMPLETE_METHOD: (READ_ACTION, "DataSet"),
 }
 T = TypeVar("T")
 
-_GUARDED: Final = frozenset({"tools/call", "resources/read", "prompts/get"})
+_GUARDED: Final = frozenset({"tools/call", "resources/read", "prompts/get", COMPLETE_METHOD})
+# the answers that carry the gateway's capabilities (the handshake's, 2026-07-28's)
+_DECLARING: Final = frozenset({"initialize", "server/discover"})
+# the most values one completion relays (MCP 2026-07-28 "Completion": "must not exceed
+# 100 items"); more from an upstream are cut, with hasMore set
+MAX_COMPLETION_VALUES: Final = 100
 _APPROVAL_THREADS: Final = 16  # concurrent calls to the control plane's approvals API
 # every answer depends on the caller's rights: never shared, never reused (SEP-2549)
 _CACHEABLE: Final = ("tools/list", "resources/list", "resources/templates/list", "prompts/list",
@@ -540,6 +556,16 @@ class _Foreseen:
     reason: str
 
 
+class _Unanswered(Exception):
+    """An upstream request that got no answer to relay (:meth:`McpGateway._relayed`):
+    the agent's error, and the HTTP status a ``tool.call`` records it with."""
+
+    def __init__(self, status: int, error: MCPError) -> None:
+        super().__init__(error.message)
+        self.status = status
+        self.error = error
+
+
 _TALLY_KEY: Final = "agentiam.mcp.tally"
 
 
@@ -700,8 +726,16 @@ class _GatewayServer(Server[Any]):
     sends: ``listChanged`` for tools, resources and prompts in both eras (the
     handshake era's flags come from ``NotificationOptions``, which the session
     manager never passes; at 2026-07-28 the SDK derives them from
-    ``subscriptions/listen`` being served), and never ``resources.subscribe``
-    (``resources/updated`` is not relayed)."""
+    ``subscriptions/listen`` being served), never ``resources.subscribe``
+    (``resources/updated`` is not relayed), and ``completions`` only while an upstream
+    server declared it (``completes``: MCP 2026-07-28 "Completion", "Capabilities"),
+    though its handler is always served (it refuses a completion for a server that
+    does not declare it). The SDK asks this of every ``initialize`` (a handshake-era
+    session's capabilities) and every ``server/discover`` (2026-07-28)."""
+
+    def __init__(self, *args: Any, completes: Callable[[], bool], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._completes = completes
 
     def get_capabilities(
         self,
@@ -720,6 +754,8 @@ class _GatewayServer(Server[Any]):
         if found.resources is not None:
             resources = found.resources.model_copy(update={"subscribe": False})
             found = found.model_copy(update={"resources": resources})
+        if found.completions is not None and not self._completes():
+            found = found.model_copy(update={"completions": None})
         return found
 
 
@@ -794,7 +830,9 @@ class McpGateway:
             on_read_resource=self._read_resource,
             on_list_prompts=self._list_prompts,
             on_get_prompt=self._get_prompt,
+            on_completion=self._complete,
             on_subscriptions_listen=self._listen,
+            completes=self.completes,
         )
         self.server.middleware = []  # no per-message tracing spans on the hot path
         self.sessions = StreamableHTTPSessionManager(
@@ -1136,58 +1174,77 @@ class McpGateway:
         call = pending.call
         outcome, status = Outcome.FAILURE, 502
         use = UpstreamUse()
-        token = UPSTREAM_USE.set(use)
         started = time.perf_counter()
         try:
             if route is None:
                 status = 404
                 state.tally.outcome = "not_found"
                 raise MCPError(INVALID_PARAMS, f"no upstream server serves {call.tool!r}")
-            server, name = route
-            upstream = self.upstreams[server.name]
             try:
-                async with upstream.for_call(_session_owner(state.access)) as session:
-                    result = await send(session, name)
-            except AllSessionsBusy:
-                status = 503  # the gateway's bound, not the upstream's failure
-                state.tally.outcome = "unavailable"
-                raise MCPError(
-                    INTERNAL_ERROR,
-                    f"upstream {server.name}: all {server.sessions.max_open} upstream sessions "
-                    "are in use; retry later",
-                ) from None
-            except MCPError as exc:
-                # the SDK's own bound (timeouts.total), or the transport's
-                # (connect, read), which the SDK reports as a closed connection
-                timed_out = exc.code == REQUEST_TIMEOUT or use.timed_out
-                state.tally.outcome = _upstream_outcome(timed_out)
-                if use.error is not None:
-                    raise MCPError(
-                        INTERNAL_ERROR,
-                        f"upstream {server.name}: the brokered credential is unavailable",
-                    ) from None
-                if timed_out:
-                    status = 504
-                    raise _timed_out(server) from None
-                raise _upstream_error(server, exc) from None
-            except (httpx2.HTTPError, OSError, anyio.BrokenResourceError, RuntimeError) as exc:
-                if use.timed_out or isinstance(exc, httpx2.TimeoutException):
-                    state.tally.outcome = _upstream_outcome(True)
-                    status = 504
-                    raise _timed_out(server) from None
-                state.tally.outcome = _upstream_outcome(False)
-                raise MCPError(
-                    INTERNAL_ERROR, f"upstream {server.name} failed ({type(exc).__name__})"
-                ) from None
+                result = await self._relayed(state, route, send, use)
+            except _Unanswered as failed:
+                status = failed.status
+                raise failed.error from None
             status = 200
             is_error = isinstance(result, types.CallToolResult) and result.is_error
             outcome = Outcome.FAILURE if is_error else Outcome.SUCCESS
             return result
         finally:
-            UPSTREAM_USE.reset(token)
             duration = (time.perf_counter() - started) * 1000
             echoed = {"body": use.echoed} if use.echoed else None
             self.record_outcome(state, pending, outcome, status, use.label, duration, echoed)
+
+    async def _relayed(
+        self,
+        state: _RequestState,
+        route: tuple[UpstreamServer, str],
+        send: Callable[[ClientSession, str], Awaitable[Any]],
+        use: UpstreamUse,
+    ) -> Any:
+        """``send`` one request to ``route``'s server, over ``state``'s owner's
+        upstream session (:meth:`Upstream.for_call`), with the brokered credential,
+        what it used recorded in ``use``; the answer, or :class:`_Unanswered` (the
+        agent's error and the status it is recorded with: 503 when every upstream
+        session is in use, 504 past a timeout, else 502), its failure named for
+        ``/metrics`` (unavailable, upstream_timeout or upstream_error)."""
+        server, name = route
+        upstream = self.upstreams[server.name]
+        token = UPSTREAM_USE.set(use)
+        try:
+            async with upstream.for_call(_session_owner(state.access)) as session:
+                return await send(session, name)
+        except AllSessionsBusy:
+            state.tally.outcome = "unavailable"  # the gateway's bound, not the upstream's failure
+            raise _Unanswered(
+                503,
+                MCPError(
+                    INTERNAL_ERROR,
+                    f"upstream {server.name}: all {server.sessions.max_open} upstream sessions "
+                    "are in use; retry later",
+                ),
+            ) from None
+        except MCPError as exc:
+            # the SDK's own bound (timeouts.total), or the transport's
+            # (connect, read), which the SDK reports as a closed connection
+            timed_out = exc.code == REQUEST_TIMEOUT or use.timed_out
+            state.tally.outcome = _upstream_outcome(timed_out)
+            if use.error is not None:
+                unavailable = "the brokered credential is unavailable"
+                raise _Unanswered(
+                    502, MCPError(INTERNAL_ERROR, f"upstream {server.name}: {unavailable}")
+                ) from None
+            if timed_out:
+                raise _Unanswered(504, _timed_out(server)) from None
+            raise _Unanswered(502, _upstream_error(server, exc)) from None
+        except (httpx2.HTTPError, OSError, anyio.BrokenResourceError, RuntimeError) as exc:
+            if use.timed_out or isinstance(exc, httpx2.TimeoutException):
+                state.tally.outcome = _upstream_outcome(True)
+                raise _Unanswered(504, _timed_out(server)) from None
+            state.tally.outcome = _upstream_outcome(False)
+            failed = f"upstream {server.name} failed ({type(exc).__name__})"
+            raise _Unanswered(502, MCPError(INTERNAL_ERROR, failed)) from None
+        finally:
+            UPSTREAM_USE.reset(token)
 
     def record_outcome(
         self,
@@ -1337,6 +1394,135 @@ class McpGateway:
         assert isinstance(result, types.GetPromptResult | types.InputRequiredResult)
         return result
 
+    async def _complete(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams
+    ) -> types.CompleteResult:
+        """``completion/complete`` (MCP 2026-07-28 "Completion"), decided by the endpoint
+        as the in-process guard decides it (:func:`~agentiam.adapters.gateway.
+        mcp_calls.completion_call`, routed: the listing's question of the referenced
+        prompt or template, in its server's ``McpServer``), and checked there to be
+        served by that server (:meth:`completion_refusal`). A policy deny is a
+        JSON-RPC error (:data:`POLICY_DENIED`) as a refused prompt's; an allowed one
+        goes to the server the ref routes to, under its upstream name, over the
+        agent's upstream session with the brokered credential, unless that session's
+        server does not declare ``completions`` (refused, not sent). The answer's
+        values are relayed (at most :data:`MAX_COMPLETION_VALUES`). No ``tool.call``
+        event: a completion runs no tool and reads nothing (the decision is its one
+        event, as at the guard)."""
+        state = _state_of(ctx)
+        pending = _take(state, COMPLETE_METHOD, COMPLETE_METHOD, {})
+        wire = params.model_dump(by_alias=True, mode="json", exclude_none=True)
+        asked = self.call_for(COMPLETE_METHOD, wire)
+        if (
+            not isinstance(asked, Call)
+            or asked.resource != pending.call.resource
+            or asked.resource_parents != pending.call.resource_parents
+        ):  # never: the endpoint decided this very body
+            state.tally.outcome = state.tally.outcome or "error"
+            raise MCPError(
+                INTERNAL_ERROR, "the gateway holds no decision for this completion; it was refused"
+            )
+        if not pending.verdict.allowed:
+            state.tally.outcome = "forbidden"
+            raise MCPError(
+                POLICY_DENIED, f"AgentIAM refused this completion: {pending.verdict.reason}"
+            )
+        ref = params.ref
+        item = ref.name if isinstance(ref, types.PromptReference) else ref.uri
+        route = self._decided_in(pending.call, self.namespace.route(item))
+        if route is None:  # never: the endpoint refused it (completion_refusal)
+            state.tally.outcome = "not_found"
+            raise MCPError(INVALID_PARAMS, f"no upstream server serves {item!r}")
+        server = route[0]
+        context = params.context.arguments if params.context is not None else None
+
+        async def send(session: ClientSession, name: str) -> Any:
+            declared = session.server_capabilities
+            if declared is None or declared.completions is None:
+                raise _NotDeclared
+            upstream_ref: types.PromptReference | types.ResourceTemplateReference
+            if isinstance(ref, types.PromptReference):
+                upstream_ref = types.PromptReference(name=name)
+            else:
+                upstream_ref = types.ResourceTemplateReference(uri=name)
+            argument = {"name": params.argument.name, "value": params.argument.value}
+            return await session.complete(upstream_ref, argument, context_arguments=context)
+
+        try:
+            result = await self._relayed(state, route, send, UpstreamUse())
+        except _Unanswered as failed:
+            raise failed.error from None
+        except _NotDeclared:  # its session says otherwise than the one that declared it
+            state.tally.outcome = "not_found"
+            raise MCPError(METHOD_NOT_FOUND, _no_completions(server)) from None
+        assert isinstance(result, types.CompleteResult)
+        completion = result.completion
+        if len(completion.values) > MAX_COMPLETION_VALUES:
+            completion = completion.model_copy(
+                update={"values": completion.values[:MAX_COMPLETION_VALUES], "has_more": True}
+            )
+        return types.CompleteResult(completion=completion)
+
+    def completes(self) -> bool:
+        """Whether the gateway declares ``completions``: an upstream server declared it
+        when a session with it last opened (:attr:`Upstream.completes`)."""
+        return any(upstream.completes for upstream in self.upstreams.values())
+
+    async def learn_capabilities(self) -> None:
+        """Before an answer that declares the gateway's capabilities (an
+        ``initialize``, a ``server/discover``): open the catalog session of every
+        upstream server no session with has opened yet, so that what they declare is
+        known (:meth:`completes`), all at once, waiting at most ``timeouts.connect``.
+        Once a server's capabilities are known this waits for nothing."""
+        unknown = [u for u in self.upstreams.values() if u.capabilities is None]
+        if not unknown:
+            return
+        seconds = self.config.gateway.timeouts.connect
+        async with anyio.create_task_group() as tg:
+            for upstream in unknown:
+                tg.start_soon(upstream.learn_capabilities, seconds)
+
+    async def completion_refusal(
+        self, call: Call, params: Mapping[str, Any]
+    ) -> tuple[int, int, str, str] | None:
+        """Why an allowed ``completion/complete`` (``call``, decided on ``params``)
+        cannot be served, or None: no upstream server serves the referenced name or
+        template (no server's prefix, or the call was not decided in its server), as a
+        ``prompts/get`` of such a name is refused after its decision (404,
+        ``INVALID_PARAMS``); or that server does not declare ``completions`` (404,
+        ``METHOD_NOT_FOUND``: MCP 2026-07-28 "Completion", error handling,
+        "Capability not supported"), learnt from its session (opened if need be, at
+        most ``timeouts.connect``: one that cannot be reached is 502,
+        ``INTERNAL_ERROR``). As ``(status, JSON-RPC code, reason, /metrics
+        outcome)``; the completion itself is never sent to the server."""
+        referenced = completion_ref(params)
+        assert not isinstance(referenced, str)  # the call was made of these params
+        item = referenced[1]
+        route = self._decided_in(call, self.namespace.route(item))
+        if route is None:
+            return 404, INVALID_PARAMS, f"no upstream server serves {item!r}", "not_found"
+        server = route[0]
+        upstream = self.upstreams[server.name]
+        await upstream.learn_capabilities(self.config.gateway.timeouts.connect)
+        if upstream.capabilities is None:
+            reason = f"upstream {server.name} is unavailable"
+            return 502, INTERNAL_ERROR, reason, _upstream_outcome(False)
+        if not upstream.completes:
+            return 404, METHOD_NOT_FOUND, _no_completions(server), "not_found"
+        return None
+
+    def record_refusal(self, state: _RequestState, call: Call, status: int, reason: str) -> None:
+        """Queue the ``api.request.rejected`` of an allowed completion the MCP
+        transport refused after its decision (no handler took it), written without
+        holding the answer, as :meth:`record_outcome` (a completion has no
+        ``tool.call``)."""
+        access, trace, peer = state.access, state.trace, state.peer
+        self._outcomes.record(
+            lambda: self.enforcer.refuse(
+                access, trace=trace, status=status, reason=reason, call=call, peer=peer
+            )
+        )
+
     @staticmethod
     def _decided_in(
         call: Call, route: tuple[UpstreamServer, str] | None
@@ -1353,7 +1539,9 @@ class McpGateway:
     def call_for(self, method: str, params: Mapping[str, Any]) -> Call | str:
         """The policy question for one guarded request, or why the request is malformed
         (a read's: :func:`~agentiam.adapters.gateway.mcp_calls.read_call`, routed to
-        its server; a call's name and arguments:
+        its server; a completion's:
+        :func:`~agentiam.adapters.gateway.mcp_calls.completion_call`, routed alike; a
+        call's name and arguments:
         :func:`~agentiam.adapters.gateway.mcp_calls.named_call`)."""
 
         def route(exposed: str) -> tuple[str, str] | None:
@@ -1362,6 +1550,8 @@ class McpGateway:
 
         if method in READ_METHODS:
             return read_call(method, params, route)
+        if method == COMPLETE_METHOD:
+            return completion_call(params, route)
         named = named_call(params)
         if isinstance(named, str):
             return named
@@ -1370,6 +1560,15 @@ class McpGateway:
         return tool_call(
             name, arguments, location=self.location, server=server[0] if server else None
         )
+
+
+class _NotDeclared(Exception):
+    """The upstream session a completion would go over does not declare
+    ``completions``: it is not sent."""
+
+
+def _no_completions(server: UpstreamServer) -> str:
+    return f"upstream {server.name} does not serve completions (no completions capability)"
 
 
 def _expose(kind: ListingKind, server: UpstreamServer, item: Any) -> tuple[Listed, Any]:
@@ -2038,7 +2237,11 @@ class _Endpoint:
         finally:
             if state.pending is pending:  # never taken: no handler will run it now
                 state.pending = None
-                self.gateway.record_outcome(state, pending, Outcome.FAILURE, status, None, 0.0)
+                if pending.method != COMPLETE_METHOD:
+                    self.gateway.record_outcome(state, pending, Outcome.FAILURE, status, None, 0.0)
+                else:  # a completion has no tool.call: its refusal is recorded instead
+                    reason = "refused by the MCP transport after the decision"
+                    self.gateway.record_refusal(state, pending.call, status or 500, reason)
                 if status is not None:
                     state.tally.refused_with(status)
 
@@ -2052,34 +2255,29 @@ class _Endpoint:
         *,
         checked: bool = False,
     ) -> None:
-        """Hand the SDK a request its rules were not asked of (:class:`_SdkRules`
-        foresee what takes a token: a call, an ``initialize``, a listing, a listen),
-        auditing the SDK's refusal of it: a DELETE that ends a handshake-era session
-        (Streamable HTTP, "Session Management"), a POST of a notification (say
-        ``notifications/initialized`` or ``notifications/cancelled``), of a response,
-        of a request the gateway serves no decision for (``ping``,
-        ``completion/complete``, ``logging/setLevel``, ``resources/subscribe``, a
-        method no one serves) or of a body that is not one JSON-RPC message, or
-        another HTTP method. Any answer but a 2xx is a refusal (an unknown, expired
-        or another principal's session: 404; no ``Mcp-Session-Id``: 400; a bad
-        ``Accept``: 406; a bad ``Content-Type``: 400 or 415; not one JSON-RPC
-        message: 400; too many sessions: 503; a method the transport does not
-        serve: 405; at 2026-07-28, an unknown method: 404): its start is held back
-        until its body's first message. So is a 2xx answer that is a JSON-RPC
-        error (JSON-RPC 2.0 section 5.1: the SDK answers a handshake-era request
-        for a method it does not serve, -32601, or with params that do not
-        validate, -32602, in a 200, as JSON or as an event of an SSE stream): a 2xx
-        answer is held back until :func:`_judged` finds its JSON-RPC response (or
-        its end), within :data:`_FIRST_FRAME_BYTES` (the answers to these requests
-        are small). A refusal is audited first (``api.request.rejected``: the status
-        the client gets, the SDK's JSON-RPC error by :func:`_refused_because`, the
-        action :func:`_refused_action`), durable before the client gets any of it;
-        when that cannot be done the client gets 503 with ``Retry-After`` in its
-        place (a POST's a JSON-RPC error, any other a problem), as a refused GET
-        (:meth:`_stream_refused`). A 2xx answer that does not reach its JSON-RPC
-        response within the bound is not passed on unread (it could be a refusal):
-        it is refused, audited, 502 with a JSON-RPC error. Any other 2xx answer
-        (a result, a notification's 202) is passed on as it was, once judged.
+        """Hand the SDK a request its rules were not asked of (:class:`_SdkRules` foresee what takes
+        a token: a call, an ``initialize``, a listing, a listen), auditing the SDK's refusal of it:
+        a DELETE that ends a handshake-era session (Streamable HTTP, "Session Management"), a POST
+        of a notification (say ``notifications/initialized`` or ``notifications/cancelled``), of a
+        response, of a request the gateway serves no decision for (``ping``, ``logging/setLevel``,
+        ``resources/subscribe``, a method no one serves) or of a body that is not one JSON-RPC
+        message, or another HTTP method. Any answer but a 2xx is a refusal (an unknown, expired or
+        another principal's session: 404; no ``Mcp-Session-Id``: 400; a bad ``Accept``: 406; a bad
+        ``Content-Type``: 400 or 415; not one JSON-RPC message: 400; too many sessions: 503; a
+        method the transport does not serve: 405; at 2026-07-28, an unknown method: 404): its start
+        is held back until its body's first message. So is a 2xx answer that is a JSON-RPC error
+        (JSON-RPC 2.0 section 5.1: the SDK answers a handshake-era request for a method it does not
+        serve, -32601, or with params that do not validate, -32602, in a 200, as JSON or as an event
+        of an SSE stream): a 2xx answer is held back until :func:`_judged` finds its JSON-RPC
+        response (or its end), within :data:`_FIRST_FRAME_BYTES` (the answers to these requests are
+        small). A refusal is audited first (``api.request.rejected``: the status the client gets,
+        the SDK's JSON-RPC error by :func:`_refused_because`, the action :func:`_refused_action`),
+        durable before the client gets any of it; when that cannot be done the client gets 503 with
+        ``Retry-After`` in its place (a POST's a JSON-RPC error, any other a problem), as a refused
+        GET (:meth:`_stream_refused`). A 2xx answer that does not reach its JSON-RPC response within
+        the bound is not passed on unread (it could be a refusal): it is refused, audited, 502 with
+        a JSON-RPC error. Any other 2xx answer (a result, a notification's 202) is passed on as it
+        was, once judged.
 
         ``checked``: an ``initialize`` or a listing the SDK's rules passed, which the
         SDK may still refuse (a session that ended in between): only an answer that
@@ -2258,6 +2456,9 @@ class _Endpoint:
                     return False
                 if counted is not None:
                     return await self._listing(state, method, request_id, scope, receive, send)
+            declaring = isinstance(method, str) and method in _DECLARING
+            if declaring and request_id is not None and self.rules is not None:
+                await self.gateway.learn_capabilities()  # what the SDK's answer declares
             return True  # the SDK answers what is not guarded (or does not parse)
         method, request_id, call = guarded.method, guarded.request_id, guarded.call
         if isinstance(call, str):
@@ -2323,7 +2524,42 @@ class _Endpoint:
                 send,
                 denied=verdict,
             )
+        if method == COMPLETE_METHOD and verdict.allowed:
+            refusal = await self.gateway.completion_refusal(call, message["params"])
+            if refusal is not None:
+                await self._unserved(state, call, request_id, *refusal, scope, receive, send)
+                return False
         return await self._decided(state, method, call, verdict, request_id, scope, receive, send)
+
+    async def _unserved(
+        self,
+        state: _RequestState,
+        call: Call,
+        request_id: Any,
+        status: int,
+        code: int,
+        reason: str,
+        outcome: str,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        """An allowed ``completion/complete`` no upstream serves
+        (:meth:`McpGateway.completion_refusal`) is never forwarded: audited as
+        ``api.request.rejected`` with ``status`` (its decision stays in the trail; the
+        refusal that follows it in the same trace says the agent got nothing),
+        counted as ``outcome``, answered with a JSON-RPC error ``code`` in an HTTP
+        200, as an unknown tool is (:meth:`_unknown_tool`)."""
+        state.tally.outcome = outcome
+        if not await self._refusal_recorded(
+            state,
+            status,
+            reason,
+            lambda exc: _failed(exc, request_id, scope, receive, send),
+            call=call,
+        ):
+            return
+        await _send_json(_jsonrpc_error(request_id, code, reason), 200, {}, scope, receive, send)
 
     async def _unknown_tool(
         self,

@@ -37,6 +37,7 @@ See docs/gateway.md, "Tool entities".
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -354,6 +355,8 @@ class Upstream:
         self.notices = 0  # list_changed notifications received
         self.refetches = 0  # listings fetched again after one
         self.refetch_failures = 0  # of which failed
+        # what the server declared when a session with it last opened (None: none has)
+        self.capabilities: types.ServerCapabilities | None = None
         # made once: loading a CA bundle takes milliseconds, and sessions are reopened
         self._ssl = None if server.tls is None else server.tls.client_context()
 
@@ -366,6 +369,22 @@ class Upstream:
     def open_for_calls(self) -> int:
         """The sessions for calls, open or being opened (at most ``max_open``)."""
         return len(self._calls)
+
+    @property
+    def completes(self) -> bool:
+        """Whether the server declared ``completions`` (MCP 2026-07-28 "Completion",
+        "Capabilities") when a session with it last opened; False while none has."""
+        return self.capabilities is not None and self.capabilities.completions is not None
+
+    async def learn_capabilities(self, seconds: float) -> None:
+        """Open the catalog session if no session has opened yet, so that
+        :attr:`capabilities` is known, waiting at most ``seconds``; a server that
+        cannot be reached in that time stays unknown (nothing is raised)."""
+        if self.capabilities is not None:
+            return
+        # unreachable (MCPError): unknown, so nothing is declared for it
+        with anyio.move_on_after(seconds), contextlib.suppress(MCPError):
+            await self.session()
 
     def attach(self, tg: TaskGroup) -> None:
         self._tg = tg
@@ -468,6 +487,7 @@ class Upstream:
             with anyio.CancelScope(deadline=anyio.current_time() + self._open_seconds) as scope:
                 async with self._open(held) as session:
                     scope.deadline = math.inf
+                    self.capabilities = session.server_capabilities
                     modern = session.protocol_version in MODERN_PROTOCOL_VERSIONS
                     if held.stop.is_set():
                         pass
