@@ -2461,9 +2461,17 @@ class _Endpoint:
                 await self.gateway.learn_capabilities()  # what the SDK's answer declares
             return True  # the SDK answers what is not guarded (or does not parse)
         method, request_id, call = guarded.method, guarded.request_id, guarded.call
-        if isinstance(call, str):
+        if isinstance(call, str):  # malformed: audited with its method as the action
             await self._refuse(
-                state.access, state.trace, 400, call, scope, receive, send, request_id
+                state.access,
+                state.trace,
+                400,
+                call,
+                scope,
+                receive,
+                send,
+                request_id,
+                action=method,
             )
             return False
         if method == "tools/call" and not await self.gateway.tools.ensure(call.tool):
