@@ -78,6 +78,34 @@ def test_a_task_scoped_token_gets_no_completion_of_a_template_as_it_sees_none() 
             {"ref": {"type": "ref/prompt", "name": "p"}, "argument": ARGUMENT, "context": []},
             "params.context",
         ),
+        # the bounds: an argument name as a name's, a value as a URI's, the resolved
+        # arguments as a prompt's
+        (
+            {"ref": {"type": "ref/prompt", "name": "p"}, "argument": {"name": "", "value": "v"}},
+            "params.argument",
+        ),
+        (
+            {
+                "ref": {"type": "ref/prompt", "name": "p"},
+                "argument": {"name": "n" * 257, "value": "v"},
+            },
+            "params.argument",
+        ),
+        (
+            {
+                "ref": {"type": "ref/prompt", "name": "p"},
+                "argument": {"name": "n", "value": "v" * 501},
+            },
+            "params.argument",
+        ),
+        (
+            {
+                "ref": {"type": "ref/prompt", "name": "p"},
+                "argument": ARGUMENT,
+                "context": {"arguments": {f"a{n}": "x" for n in range(257)}},
+            },
+            "params.context.arguments",
+        ),
         (
             {
                 "ref": {"type": "ref/prompt", "name": "p"},
@@ -120,3 +148,32 @@ def test_the_gateways_reads_are_routed_to_their_server() -> None:
     assert call_for(stub, "tools/call", {"name": "bank.t", "arguments": []}) == (  # type: ignore[arg-type]
         "params.arguments: an object of at most 256 members"
     )
+
+
+def test_the_gateways_completions_are_routed_to_their_server() -> None:
+    """The gateway's call_for asks completion_call with its namespace: the referenced
+    prompt or template is placed in its server, as its listing places it; an unrouted
+    one is not placed (and is never forwarded)."""
+    stub = Stub(FakeEnforcer())
+    call_for = McpGateway.call_for
+    for ref, kind, item in (
+        ({"type": "ref/prompt", "name": "bank.p"}, "prompt", "bank.p"),
+        ({"type": "ref/resource", "uri": "bank.x://{id}"}, "template", "bank.x://{id}"),
+    ):
+        params = {"ref": ref, "argument": ARGUMENT}
+        routed = call_for(stub, COMPLETE_METHOD, params)  # type: ignore[arg-type]
+        assert isinstance(routed, Call), routed
+        listed = Listed(kind, item, item.removeprefix("bank."), "bank")  # type: ignore[arg-type]
+        action, resource, parents = listed.question()
+        assert (routed.action, routed.resource, routed.resource_parents) == (
+            action,
+            resource,
+            parents,
+        )
+        assert parents == (EntityRef("McpServer", "bank"),)
+        assert (routed.tool, routed.args) == (COMPLETE_METHOD, {})
+    alone = call_for(  # type: ignore[arg-type]
+        stub, COMPLETE_METHOD, {"ref": {"type": "ref/prompt", "name": "p"}, "argument": ARGUMENT}
+    )
+    assert isinstance(alone, Call)
+    assert alone.resource_parents == ()
