@@ -107,6 +107,10 @@ CHANGE_SECONDS: Final = 1.0
 # a subscriptions/listen stream that failed or ended is opened again after this long,
 # doubled after each failure in a row up to LISTEN_RETRY_MAX
 LISTEN_RETRY_MAX: Final = 30.0
+# after an upstream could not be reached to learn its capabilities, how long the
+# answers that declare the gateway's capabilities go on without asking it again
+# (otherwise every initialize would wait for it while it is down)
+LEARN_RETRY_SECONDS: Final = 30.0
 
 ListingKind = Literal["tools", "resources", "templates", "prompts"]
 # the MCP listing methods and the kind of upstream listing each shows
@@ -357,6 +361,7 @@ class Upstream:
         self.refetch_failures = 0  # of which failed
         # what the server declared when a session with it last opened (None: none has)
         self.capabilities: types.ServerCapabilities | None = None
+        self._learn_after = 0.0  # monotonic: learn_capabilities skips until then
         # made once: loading a CA bundle takes milliseconds, and sessions are reopened
         self._ssl = None if server.tls is None else server.tls.client_context()
 
@@ -379,12 +384,16 @@ class Upstream:
     async def learn_capabilities(self, seconds: float) -> None:
         """Open the catalog session if no session has opened yet, so that
         :attr:`capabilities` is known, waiting at most ``seconds``; a server that
-        cannot be reached in that time stays unknown (nothing is raised)."""
-        if self.capabilities is not None:
+        cannot be reached in that time stays unknown (nothing is raised), and is not
+        asked again for :data:`LEARN_RETRY_SECONDS` (its catalog refresh, or a call
+        to it, may learn them sooner)."""
+        if self.capabilities is not None or time.monotonic() < self._learn_after:
             return
         # unreachable (MCPError): unknown, so nothing is declared for it
         with anyio.move_on_after(seconds), contextlib.suppress(MCPError):
             await self.session()
+        if self.capabilities is None:  # not asked again for LEARN_RETRY_SECONDS
+            self._learn_after = time.monotonic() + LEARN_RETRY_SECONDS
 
     def attach(self, tg: TaskGroup) -> None:
         self._tg = tg
