@@ -37,6 +37,7 @@ from agentiam.adapters.gateway.mcp_visibility import (
     Listed,
     ListedKind,
     in_server,
+    resource_uris,
 )
 from agentiam.core.delegation.authorization_details import ApiCall, CustomCall, ToolCall
 from agentiam.core.policy.model import EntityRef
@@ -151,12 +152,23 @@ def _uri(uri: Any, where: str) -> str | None:
     return None
 
 
-def read_call(method: str, params: Mapping[str, Any], route: Route | None = None) -> Call | str:
+def read_call(method: str, params: Any, route: Route | None = None) -> Call | str:
     """The policy question of a ``resources/read`` or ``prompts/get`` (``method``, one of
     :data:`READ_METHODS`), or why the request is malformed, with the gateway's bounds:
-    a URI of at most :data:`MAX_URI` characters that does not start with ``prompt:``
-    (it would be decided as that prompt's entity), a prompt name of at most
-    :data:`MAX_NAME` characters, at most :data:`MAX_ARGUMENTS` string arguments.
+    ``params`` an object (JSON-RPC 2.0 section 4.2 also allows an array; MCP's are
+    objects), a URI of at most :data:`MAX_URI` characters that does not start with
+    ``prompt:`` (it would be decided as that prompt's entity), a prompt name of at
+    most :data:`MAX_NAME` characters, at most :data:`MAX_ARGUMENTS` string arguments.
+
+    A resource's URI is decided, and must be read, in canonical form (RFC 3986
+    section 6.2.2: :func:`~agentiam.adapters.gateway.mcp_visibility.resource_uris`):
+    the SDK's URI template match percent-decodes the variables, so
+    ``file:///users/%61dmin`` reads what ``file:///users/admin`` does and is
+    decided as it. The call's :attr:`~Call.tool` is the canonical exposed URI, its
+    ``api_access`` URL the canonical upstream one: the enforcement point reads that
+    (the guard hands it to the SDK, the gateway forwards it). A URI with a ``%`` not
+    followed by two hex digits is malformed; the bounds hold for the URI as sent
+    and for its canonical form.
 
     ``route`` places the exposed URI or name in its server (``McpServer`` parent) and
     gives the upstream URI a task-scoped token is checked against (the MCP gateway's
@@ -164,6 +176,8 @@ def read_call(method: str, params: Mapping[str, Any], route: Route | None = None
     finds no server, the URI is its own upstream one and nothing is placed."""
     if method not in READ_METHODS:
         raise ValueError(f"not a read: {method}")
+    if not isinstance(params, Mapping):
+        return "params: an object"
     if method == "resources/read":
         uri = params.get("uri")
         malformed = _uri(uri, "params.uri")
@@ -171,9 +185,14 @@ def read_call(method: str, params: Mapping[str, Any], route: Route | None = None
             return malformed
         assert isinstance(uri, str)
         routed = route(uri) if route is not None else None
-        if routed is None:
-            return resource_call(uri, uri)
-        return resource_call(uri, routed[1], routed[0])
+        uris = resource_uris(uri, routed[1] if routed is not None else uri)
+        if uris is None:
+            return "params.uri: a URI whose every '%' starts a percent-encoding (RFC 3986)"
+        exposed, upstream = uris
+        malformed = _uri(exposed, "params.uri")
+        if malformed is not None:
+            return malformed
+        return resource_call(exposed, upstream, routed[0] if routed is not None else None)
     named = named_call(params)
     if isinstance(named, str):
         return named

@@ -18,6 +18,7 @@ installed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,7 +42,9 @@ __all__ = [
     "Listed",
     "ListedKind",
     "Visibility",
+    "canonical_uri",
     "in_server",
+    "resource_uris",
     "listing_event",
 ]
 
@@ -55,6 +58,81 @@ LISTED_NAMES: Final = 200  # names a listing's audit event records
 
 ListedKind = Literal["tool", "resource", "template", "prompt"]
 
+# RFC 3986 section 2.3 (unreserved) and 2.2 (reserved): what a URI holds as it is
+_UNRESERVED: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_URI_CHARS: Final = _UNRESERVED | frozenset(b":/?#[]@!$&'()*+,;=")
+_PERCENT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
+_STRAY_PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_ESCAPE_SPLIT: Final = re.compile(r"(%[0-9A-F]{2})")
+
+
+def _percent_encoded(char: str) -> str:
+    """``char`` as a URI holds it: itself when RFC 3986 allows it unencoded (or it
+    starts a percent-encoding), else its UTF-8 bytes percent-encoded with upper-case
+    hex (RFC 3986 section 2.1; RFC 3987 section 3.1 for characters beyond ASCII).
+    Raises UnicodeEncodeError for a lone surrogate (no UTF-8 spelling)."""
+    if char == "%" or ord(char) in _URI_CHARS:
+        return char
+    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
+
+
+def _normalised_octet(match: re.Match[str]) -> str:
+    """One percent-encoded octet in canonical form (RFC 3986 section 6.2.2.2: an
+    unreserved character decoded; section 6.2.2.1: the rest with upper-case hex)."""
+    code = int(match.group(1), 16)
+    return chr(code) if code in _UNRESERVED else f"%{code:02X}"
+
+
+def _lowered(text: str) -> str:
+    """``text`` lower-cased outside its percent-encodings (whose hex stays upper-case,
+    RFC 3986 section 6.2.2.1)."""
+    return "".join(
+        part if part.startswith("%") else part.lower() for part in _ESCAPE_SPLIT.split(text)
+    )
+
+
+def canonical_uri(uri: str) -> str | None:
+    """``uri`` in the one form an MCP resource is decided, listed and read as (its
+    ``DataSet`` id, and what is read), or None when it is malformed: a ``%`` not
+    followed by two hex digits (RFC 3986 section 2.1), or a lone surrogate.
+
+    RFC 3986 section 6.2.2's syntax-based normalisation, so that the spellings a
+    server reads as one resource are decided as one: percent-encodings with
+    upper-case hex digits (6.2.2.1); percent-encoded unreserved characters decoded
+    (6.2.2.2); the scheme lower-cased and, in a URI with an authority
+    (``scheme://``), the host (6.2.2.1: both are case-insensitive). A character RFC
+    3986 does not allow in a URI (a space, one beyond ASCII) is first percent-encoded
+    as UTF-8 (RFC 3987 section 3.1), the spelling that the SDK's URI template match
+    decodes to the same value (``mcp.shared.uri_template`` unquotes each
+    variable). So ``file:///users/%61dmin``, ``file:///users/adm%69n`` and
+    ``FILE:///users/admin`` are ``file:///users/admin``, and ``file:///users/a b``
+    is ``file:///users/a%20b``. Dot segments (6.2.2.3) are left as they are (the
+    SDK refuses a template variable that holds ``..``). Idempotent."""
+    if _STRAY_PERCENT.search(uri):
+        return None
+    try:
+        text = "".join(_percent_encoded(char) for char in uri)
+    except UnicodeEncodeError:
+        return None
+    text = _PERCENT.sub(_normalised_octet, text)
+    scheme = _SCHEME.match(text)
+    if scheme is None:
+        return text
+    head, rest = scheme.group(0).lower(), text[scheme.end() :]
+    if not rest.startswith("//"):
+        return head + rest
+    ends = [found for found in (rest.find(stop, 2) for stop in "/?#") if found >= 0]
+    end = min(ends, default=len(rest))
+    userinfo, at, hostport = rest[2:end].rpartition("@")
+    if hostport.startswith("[") and "]" in hostport:  # an IP literal (section 3.2.2)
+        close = hostport.index("]") + 1
+        host, port = hostport[:close], hostport[close:]
+    else:
+        host, colon, digits = hostport.partition(":")
+        port = colon + digits
+    return f"{head}//{userinfo}{at}{_lowered(host)}{port}{rest[end:]}"
+
 
 def in_server(server: str) -> tuple[EntityRef, ...]:
     """The parents every entity the gateway routes to ``server`` has in its decisions,
@@ -67,6 +145,18 @@ def in_server(server: str) -> tuple[EntityRef, ...]:
     return (EntityRef("McpServer", server),)
 
 
+def resource_uris(exposed: str, upstream: str) -> tuple[str, str] | None:
+    """A resource's URIs as it is decided and read: ``(exposed, upstream)`` where
+    ``upstream`` (the URI at its server) is in canonical form (:func:`canonical_uri`)
+    and ``exposed`` (``<prefix><upstream>``, the MCP gateway's namespacing; the guard's
+    is the upstream URI itself) is the server's prefix, as configured, followed by
+    it; None when the URI is malformed."""
+    canonical = canonical_uri(upstream)
+    if canonical is None or not exposed.endswith(upstream):
+        return None
+    return exposed[: len(exposed) - len(upstream)] + canonical, canonical
+
+
 @dataclass(frozen=True, slots=True)
 class Listed:
     """One item of an upstream listing: its kind, its exposed name (or URI, or URI
@@ -77,6 +167,17 @@ class Listed:
     exposed: str
     upstream: str
     server: str | None = None
+
+    def canonical(self) -> Listed | None:
+        """This item as policy sees it: a resource with its URIs in canonical form
+        (:func:`resource_uris`, as a read of it is decided), or None when they are
+        malformed (never shown); any other kind as it is."""
+        if self.kind != "resource":
+            return self
+        uris = resource_uris(self.exposed, self.upstream)
+        if uris is None:
+            return None
+        return Listed(self.kind, uris[0], uris[1], self.server)
 
     def question(self) -> tuple[str, EntityRef, tuple[EntityRef, ...]]:
         """What a listing asks policy about it: the action, the entity, and the
@@ -119,7 +220,9 @@ class Visibility:
     def visible(self, access: VerifiedAccess, items: Sequence[Listed]) -> list[bool]:
         """One flag per item: may ``access`` see it? A resource, template or prompt is
         decided in its server's ``McpServer`` (:meth:`Listed.question`); one that
-        cannot be placed there (the schema refuses its record) is denied, so hidden."""
+        cannot be placed there (the schema refuses its record) is denied, so hidden.
+        A resource is decided on its canonical URI (:meth:`Listed.canonical`), as a
+        read of it is; one whose URI is malformed is hidden."""
         if not items:
             return []
         authorizer = self._live()
@@ -127,8 +230,9 @@ class Visibility:
         principal = EntityRef("Agent", access.client_id)
         base = delegation_context(access)
         out: list[bool] = []
-        for item in items:
-            if not self._scope_permits(details, item):
+        for listed in items:
+            item = listed.canonical()
+            if item is None or not self._scope_permits(details, item):
                 out.append(False)
                 continue
             if item.kind in ("resource", "template") and item.exposed.startswith(PROMPT_ID_PREFIX):
