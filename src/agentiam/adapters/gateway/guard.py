@@ -133,6 +133,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LIST_TOOLS",
+    "AdmittedListing",
     "ApprovalDenied",
     "ApprovalExpired",
     "ApprovalPending",
@@ -428,6 +429,16 @@ class _Handover:
     lock: threading.Lock = field(default_factory=threading.Lock)
     decided: _Decided | None = None
     abandoned: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdmittedListing:
+    """A listing whose principal :meth:`Guard.admit_listing` authenticated and
+    admitted (rate limit): what it shows is :meth:`Guard.shown`'s to decide."""
+
+    method: str
+    access: VerifiedAccess
+    trace: TraceContext
 
 
 class GuardedCall:
@@ -841,7 +852,12 @@ class Guard:
         with ``prompt:``, a name over 256 characters, non-string prompt arguments)
         is refused (``invalid_request``, 400, audited). No human's approval is
         asked for a read, as at the MCP gateway: a deny an approval would lift is
-        refused, its reason saying so."""
+        refused, its reason saying so. A resource's URI is decided in canonical form
+        (RFC 3986 section 6.2.2, as ``read_call`` gives it): the block must read the
+        returned call's :attr:`GuardedCall.tool`, that canonical URI, not the one
+        sent (the SDK's template match decodes ``%61dmin`` to ``admin``). Non-object
+        ``params`` and a URI with a ``%`` not followed by two hex digits are
+        malformed."""
         if method not in READ_METHODS:
             raise ValueError(f"method: one of {sorted(READ_METHODS)}")
         call = read_call(method, params)
@@ -872,7 +888,8 @@ class Guard:
         :class:`GuardUnavailable` past the outage bound or when the event cannot be
         recorded). It waits for the spool's fsync: from async code, run it in a
         worker thread."""
-        call = completion_call(params)
+        # JSON-RPC 2.0 section 4.2 allows array params; MCP's are objects: malformed
+        call = completion_call(params) if isinstance(params, Mapping) else "params: an object"
         trace = TraceContext.new()
         decided = self._decide_mcp(
             COMPLETE_METHOD,
@@ -1193,15 +1210,40 @@ class Guard:
         :class:`GuardUnavailable` past the outage bound or when the event cannot be
         recorded; each refusal is audited (``api.request.rejected``). It waits for
         the spool's fsync: from async code, run it in a worker thread."""
+        admitted = self.admit_listing(method, token=token, authenticate=authenticate)
+        return self.shown(admitted, items)
+
+    def admit_listing(
+        self,
+        method: str,
+        *,
+        token: TokenSource | None = None,
+        authenticate: Authenticate | None = None,
+    ) -> AdmittedListing:
+        """The first step of :meth:`visible`, before the listing is made: the
+        principal authenticated and a token taken from its rate-limit bucket, so
+        that an MCP server's listing handler (user code) runs only for a caller who
+        may list (:class:`~agentiam.adapters.gateway.guard_mcp.GuardMiddleware`).
+        Raises and audits as :meth:`visible` does; :meth:`shown` then decides the
+        items."""
         if method not in _LISTINGS:
             raise ValueError(f"method: one of {sorted(_LISTINGS)}")
         trace = TraceContext.new()
-        enforcer = self.enforcer
         with _refusals(method, trace):
             access = self._principal(method, authenticate, token or _current_token.get(), trace)
-            refused = enforcer.admit_request(access, method, trace=trace)
+            refused = self.enforcer.admit_request(access, method, trace=trace)
             if refused is not None:
                 raise _denied(method, refused, trace)
+        return AdmittedListing(method, access, trace)
+
+    def shown(self, admitted: AdmittedListing, items: Sequence[Listed]) -> list[bool]:
+        """The second step of :meth:`visible`, for a caller :meth:`admit_listing`
+        admitted: one flag per item, the ``mcp.list`` event durable before this
+        returns (:class:`GuardUnavailable` past the outage bound or when it cannot
+        be recorded)."""
+        method, access, trace = admitted.method, admitted.access, admitted.trace
+        enforcer = self.enforcer
+        with _refusals(method, trace):
             recordable = [
                 item.kind != "tool" or _TOOL.match(item.exposed) is not None for item in items
             ]

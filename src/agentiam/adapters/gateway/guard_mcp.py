@@ -99,6 +99,7 @@ completion, a JSON-RPC error), not an HTTP 401 challenge; a policy change does n
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from collections.abc import Mapping
 from typing import Any
@@ -178,6 +179,8 @@ class GuardMiddleware:
         if ctx.method != "tools/call" or ctx.request_id is None:
             return await call_next(ctx)
         params = ctx.params or {}
+        if not isinstance(params, Mapping):  # a JSON array: the SDK refuses it, no tool runs
+            return await call_next(ctx)
         name = params.get("name")
         arguments = params.get("arguments")
         if arguments is None:
@@ -216,11 +219,24 @@ class GuardMiddleware:
         ``prompts/list``): the server's, showing only what this caller may call or
         read (:meth:`Guard.visible`, the MCP gateway's listing decision), never
         cacheable beyond this caller (SEP-2549 ``ttlMs: 0``, ``cacheScope:
-        private``). A listing the guard refuses (no or a bad token, the rate limit,
-        past the outage bound, its ``mcp.list`` event not durable) is a JSON-RPC error
-        and shows nothing, as the gateway's."""
+        private``). The caller is authenticated and admitted (its rate limit)
+        before the server's listing handler runs (:meth:`Guard.admit_listing`), then
+        the items are decided (:meth:`Guard.shown`). A listing the guard refuses (no
+        or a bad token, the rate limit, past the outage bound, its ``mcp.list`` event
+        not durable) is a JSON-RPC error and shows nothing, as the gateway's."""
         method = ctx.method
         member, key, kind = _LISTINGS[method]
+        if self._mode(ctx) == "configured":
+            admit = functools.partial(self.guard.admit_listing, method)
+        else:
+            authenticate = self._from_request(ctx.request)
+            admit = functools.partial(self.guard.admit_listing, method, authenticate=authenticate)
+        try:
+            # the caller first (cheap): the listing handler, user code on a low-level
+            # Server, never runs for one who may not list
+            admitted = await anyio.to_thread.run_sync(admit)
+        except ToolCallDenied as denied:
+            raise _mcp_error(denied, "the listing") from None
         result = await call_next(ctx)  # the SDK's own listing: it runs no tool or read
         listing = _as_dict(result)
         found = listing.get(member)
@@ -228,15 +244,8 @@ class GuardMiddleware:
             raise MCPError(INTERNAL_ERROR, "the listing could not be read; it was refused")
         named = [t for t in found if isinstance(t, Mapping) and isinstance(t.get(key), str)]
         items = [Listed(kind, str(t[key]), str(t[key])) for t in named]
-        if self._mode(ctx) == "configured":
-            visible = functools.partial(self.guard.visible, method, items)
-        else:
-            authenticate = self._from_request(ctx.request)
-            visible = functools.partial(
-                self.guard.visible, method, items, authenticate=authenticate
-            )
         try:
-            flags = await anyio.to_thread.run_sync(visible)
+            flags = await anyio.to_thread.run_sync(self.guard.shown, admitted, items)
         except ToolCallDenied as denied:
             raise _mcp_error(denied, "the listing") from None
         listing[member] = [t for t, ok in zip(named, flags, strict=True) if ok]
@@ -264,6 +273,10 @@ class GuardMiddleware:
             await guarded.__aenter__()
         except ToolCallDenied as denied:
             raise _mcp_error(denied, what) from None
+        if method == "resources/read" and params.get("uri") != guarded.tool:
+            # decided on the canonical URI (Guard.read): the SDK reads that one, not
+            # the spelling its template match would decode to the same resource
+            ctx = dataclasses.replace(ctx, params={**params, "uri": guarded.tool})
         try:
             result = await call_next(ctx)
         except BaseException as exc:
