@@ -1339,11 +1339,15 @@ class McpGateway:
         self, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult | types.InputRequiredResult:
         state = _state_of(ctx)
-        pending = _take(state, "resources/read", params.uri, None)
+        # decided on the canonical URI (read_call: the upstream's template match
+        # decodes what the agent percent-encoded): that URI, and no other, is read
+        call = self.call_for("resources/read", {"uri": params.uri})
+        exposed = call.tool if isinstance(call, Call) else params.uri
+        pending = _take(state, "resources/read", exposed, None)
         if not pending.verdict.allowed:
             state.tally.outcome = "forbidden"
             raise MCPError(POLICY_DENIED, f"AgentIAM refused this read: {pending.verdict.reason}")
-        route = self._decided_in(pending.call, self.namespace.route(params.uri))
+        route = self._decided_in(pending.call, self.namespace.route(pending.call.tool))
 
         async def send(session: ClientSession, uri: str) -> Any:
             return await session.read_resource(
@@ -2268,7 +2272,7 @@ class _Endpoint:
         is held back until its body's first message. So is a 2xx answer that is a JSON-RPC error
         (JSON-RPC 2.0 section 5.1: the SDK answers a handshake-era request for a method it does not
         serve, -32601, or with params that do not validate, -32602, in a 200, as JSON or as an event
-        of an SSE stream): a 2xx answer is held back until :func:`_judged` finds its JSON-RPC
+        of an SSE stream): a 2xx answer is held back until :class:`_Judge` finds its JSON-RPC
         response (or its end), within :data:`_FIRST_FRAME_BYTES` (the answers to these requests are
         small). A refusal is audited first (``api.request.rejected``: the status the client gets,
         the SDK's JSON-RPC error by :func:`_refused_because`, the action :func:`_refused_action`),
@@ -2299,6 +2303,7 @@ class _Endpoint:
             return await self._refusal_recorded(state, status, reason, answer, action=action)
 
         held: Message | None = None  # the answer's start, until the answer is judged
+        judge: _Judge | None = None  # a held 2xx answer's, fed its body as it comes
         pieces: list[Message] = []  # a 2xx answer's body so far, held with its start
         passing = False  # judged and not refused (or refused, recorded): sent as it comes
         refused = False  # answered in its place (502, 503): nothing of the SDK's is sent
@@ -2322,7 +2327,7 @@ class _Endpoint:
                 await _send_json(error, 502, {}, scope, receive, send)
 
         async def watched(message: Message) -> None:
-            nonlocal held, passing, refused
+            nonlocal held, judge, passing, refused
             if passing:
                 await send(message)
             elif refused:
@@ -2334,7 +2339,7 @@ class _Endpoint:
                     passing = True
                     await send(message)
                 else:
-                    held = message
+                    held, judge = message, _Judge(message)
             elif held is None:  # nothing started: not an answer to judge
                 await send(message)
             elif not 200 <= held["status"] < 300:  # a refusal: judged on its first message
@@ -2348,9 +2353,9 @@ class _Endpoint:
                 await send(start)
                 await send(message)
             else:
+                assert judge is not None  # held with its start
                 pieces.append(message)
-                body = b"".join(piece.get("body", b"") for piece in pieces)
-                judged = _judged(held, body, bool(message.get("more_body")))
+                judged = judge.feed(message.get("body", b""), bool(message.get("more_body")))
                 if judged is None:
                     return  # its JSON-RPC response is still to come
                 start, held = held, None
@@ -2377,8 +2382,7 @@ class _Endpoint:
                 await send(ended)
             return
         # a 2xx answer that ended before its JSON-RPC response was whole
-        body = b"".join(piece.get("body", b"") for piece in pieces)
-        judged = _judged(start, body, False)
+        judged = (judge or _Judge(start)).feed(b"", False)
         if judged is None or judged.unread:  # None: never, judged whole
             await unread()
         elif await release(start, judged.error):
@@ -2928,7 +2932,15 @@ def _judged(start: Message, body: bytes, more: bool) -> _Judged | None:
     """Whether a 2xx answer to a request the gateway did not check
     (:meth:`_Endpoint._unchecked`), which began with ``start``, is a refusal, from
     the ``body`` sent so far (``more``: more is to come); None while that is not
-    known.
+    known: :class:`_Judge`, given the body at once."""
+    return _Judge(start).feed(body, more)
+
+
+class _Judge:
+    """Judges a 2xx answer to a request the gateway did not check
+    (:meth:`_Endpoint._unchecked`), which began with ``start``, as its body comes:
+    :meth:`feed` each body message; it says whether the answer is a refusal (a
+    :class:`_Judged`) once that is known, else None.
 
     An answer as JSON is judged whole: the error of its one JSON-RPC message, if it
     is one (JSON-RPC 2.0 section 5). An SSE stream (Streamable HTTP, "Sending
@@ -2938,20 +2950,52 @@ def _judged(start: Message, body: bytes, more: bool) -> _Judged | None:
     no refusal), or at its end without one (its error, if its last event, unended,
     has one). An answer that gets past :data:`_FIRST_FRAME_BYTES` before it can be
     judged is ``unread``: what comes after could be an error, so it is not passed on
-    unchecked."""
-    if not _event_stream(start):
-        if len(body) > _FIRST_FRAME_BYTES:
+    unchecked.
+
+    Incremental, so that an answer of many small pieces (keep-alive comments,
+    notifications) costs time linear in its size, not quadratic, in the event loop:
+    it keeps the body (up to the bound) in one buffer, searches only the bytes not
+    searched yet for an event's end (WHATWG HTML, "Server-sent events": an empty
+    line; from three bytes back, as an end may straddle two pieces) and parses each
+    event once. ``searched`` and ``parsed`` count the bytes searched and the events
+    parsed."""
+
+    __slots__ = ("_body", "_events", "_offset", "_size", "_start", "parsed", "searched")
+
+    def __init__(self, start: Message) -> None:
+        self._start = start
+        self._events = _event_stream(start)
+        self._body = bytearray()  # the body so far, up to the bound and one byte
+        self._size = 0  # the body's length so far
+        self._offset = 0  # where the first event not yet parsed begins
+        self.searched = 0
+        self.parsed = 0
+
+    def feed(self, piece: bytes, more: bool) -> _Judged | None:
+        """The next body message's ``piece`` (``more``: more is to come)."""
+        before = len(self._body)
+        self._size += len(piece)
+        self._body += piece[: _FIRST_FRAME_BYTES + 1 - before]
+        body = self._body
+        if not self._events:
+            if self._size > _FIRST_FRAME_BYTES:
+                return _Judged(unread=True)
+            return None if more else _Judged(_first_error(self._start, bytes(body)))
+        begin = max(self._offset, before - 3)
+        self.searched += max(0, min(len(body), _FIRST_FRAME_BYTES) - begin)
+        for end in _EVENT_END.finditer(body, begin, _FIRST_FRAME_BYTES):
+            if more and end.end() == len(body) and body.endswith(b"\r"):
+                break  # a CR that a LF to come may join: the end is not known yet
+            self.parsed += 1
+            replied, error = _first_reply(self._start, bytes(body[self._offset : end.end()]))
+            if replied:
+                return _Judged(error)
+            self._offset = end.end()
+        if self._size > _FIRST_FRAME_BYTES:
             return _Judged(unread=True)
-        return None if more else _Judged(_first_error(start, body))
-    offset = 0
-    for end in _EVENT_END.finditer(body, 0, _FIRST_FRAME_BYTES):
-        replied, error = _first_reply(start, body[offset : end.end()])
-        if replied:
-            return _Judged(error)
-        offset = end.end()
-    if len(body) > _FIRST_FRAME_BYTES:
-        return _Judged(unread=True)
-    return None if more else _Judged(_first_error(start, body[offset:]))
+        if more:
+            return None
+        return _Judged(_first_error(self._start, bytes(body[self._offset :])))
 
 
 def _refused_because(status: int, error: tuple[int, str] | None) -> str:
