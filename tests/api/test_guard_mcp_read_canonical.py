@@ -162,9 +162,7 @@ def test_over_http_no_spelling_of_a_forbidden_uri_is_read(
     check_refused(live, refused, ran, live.agent_id)
 
 
-def test_a_malformed_percent_encoding_is_refused_and_audited(
-    live: OAuthLive, guard: Guard
-) -> None:
+def test_a_malformed_percent_encoding_is_refused_and_audited(live: OAuthLive, guard: Guard) -> None:
     ran: list[str] = []
     server = users_server(guard, ran)
 

@@ -119,7 +119,8 @@ def test_the_gateways_read_is_decided_and_forwarded_canonical(spelling: str) -> 
 )
 def test_a_malformed_read_says_why(params: Any, why: str) -> None:
     refused = read_call("resources/read", params)
-    assert isinstance(refused, str) and why in refused
+    assert isinstance(refused, str)
+    assert why in refused
 
 
 def test_non_object_params_of_a_prompt_are_malformed() -> None:

@@ -28,8 +28,8 @@ Cedar policy) and the durable :class:`~agentiam.adapters.gateway.spool.AuditSpoo
 
 **MCP reads.** :meth:`Guard.read` guards a ``resources/read`` or ``prompts/get`` as
 the MCP gateway decides it (:mod:`~agentiam.adapters.gateway.mcp_calls`: ``read`` on
-``DataSet::"<uri>"`` or ``DataSet::"prompt:<name>"``), with steps 1, 3 and 4 as for a
-call; no human's approval is asked for a read (as at the gateway). :meth:`Guard.complete`
+``DataSet::"<canonical uri>"`` or ``DataSet::"prompt:<name>"``), with steps 1, 3 and 4
+as for a call; no human's approval is asked for a read (as at the gateway). :meth:`Guard.complete`
 decides an MCP ``completion/complete`` as the listing decides the prompt or resource
 template it references, with steps 1 and 3.
 

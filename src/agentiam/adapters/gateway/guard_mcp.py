@@ -15,9 +15,11 @@ runs, whichever it is and whenever it was registered, and decides it with
 The tool name and the arguments as the client sent them are the call
 (``Tool::"<name>"``, ``context.args``); a read is decided as the MCP gateway decides
 it (:mod:`~agentiam.adapters.gateway.mcp_calls`, MCP 2026-07-28 "Resources" and
-"Prompts"): ``read`` on ``DataSet::"<uri>"`` (the URI as the client sent it, a
-templated resource's concrete URI) or on ``DataSet::"prompt:<name>"`` with the
-prompt's arguments as ``context.args``. The principal is, with ``principal="auto"``:
+"Prompts"): ``read`` on ``DataSet::"<uri>"`` (a templated resource's concrete URI,
+in canonical form, RFC 3986 section 6.2.2: the SDK's template match decodes
+``%61dmin`` to ``admin``, so it is decided as ``admin`` and the SDK is handed the
+canonical URI to read) or on ``DataSet::"prompt:<name>"`` with the prompt's arguments
+as ``context.args``. The principal is, with ``principal="auto"``:
 
 * **over HTTP** (Streamable HTTP), the agent that sent the request: its
   ``Authorization: DPoP <token>`` and ``DPoP`` proof are verified exactly as a
@@ -61,7 +63,8 @@ decides its listings (:meth:`Guard.visible
 :class:`~agentiam.adapters.gateway.mcp_visibility.Visibility`: a call or read without
 arguments, ``context.args`` empty, and the token's ``authorization_details``; a
 template is asked as ``DataSet::"<uri template>"``), for the same principal as a
-call. Each listing takes a token from the agent's rate-limit bucket and is one
+call. Each listing takes a token from the agent's rate-limit bucket (the caller is
+authenticated and admitted before the server's listing handler runs) and is one
 ``mcp.list`` audit event (its action the method), durable before the answer; the
 result is never cacheable beyond this caller (SEP-2549: ``ttlMs: 0``, ``cacheScope:
 private``). A listing the guard refuses (no or a bad token, the rate limit, past the

@@ -7,7 +7,9 @@ MCP 2026-07-28 "Tools", "Resources" and "Prompts" (``tools/call``, ``resources/r
 ``prompts/get``) map to Cedar as the listings do
 (:mod:`~agentiam.adapters.gateway.mcp_visibility`): a tool call is ``invoke_tool`` on
 ``Tool::"<name>"`` with its arguments as ``context.args``; a resource read ``read`` on
-``DataSet::"<uri>"``; a prompt ``read`` on ``DataSet::"prompt:<name>"`` with its
+``DataSet::"<uri>"``, the URI in canonical form (RFC 3986 section 6.2.2,
+:func:`~agentiam.adapters.gateway.mcp_visibility.canonical_uri`), which is also what
+is read; a prompt ``read`` on ``DataSet::"prompt:<name>"`` with its
 arguments as ``context.args``. A policy denial of a read or a prompt is a JSON-RPC
 error with code :data:`POLICY_DENIED`. :func:`read_call` is the one place a read's
 request is checked (the URI and name bounds), for the gateway (which routes exposed

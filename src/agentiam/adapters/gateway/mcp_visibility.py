@@ -7,8 +7,10 @@ used by :mod:`~agentiam.adapters.gateway.guard_mcp`).
 Each listed item is asked of policy as a call to it without arguments would be (MCP
 2026-07-28 "Tools", "Resources" and "Prompts": the ``*/list`` results): a tool is
 ``invoke_tool`` on ``Tool::"<name>"``, a resource or resource template ``read`` on
-``DataSet::"<uri>"``, a prompt ``read`` on ``DataSet::"prompt:<name>"``. A task-scoped
-token (RFC 9396 ``authorization_details``) sees only what its entries could permit.
+``DataSet::"<uri>"`` (a resource's URI in canonical form, :func:`canonical_uri`, as a
+read of it is decided; a template's as listed), a prompt ``read`` on
+``DataSet::"prompt:<name>"``. A task-scoped token (RFC 9396 ``authorization_details``)
+sees only what its entries could permit.
 Every listing is one ``mcp.list`` audit event (:func:`listing_event`): the names shown
 (at most :data:`LISTED_NAMES`), how many were shown and hidden, and the token's ``jti``.
 
@@ -44,8 +46,8 @@ __all__ = [
     "Visibility",
     "canonical_uri",
     "in_server",
-    "resource_uris",
     "listing_event",
+    "resource_uris",
 ]
 
 TOOL_ACTION: Final = "invoke_tool"
@@ -59,7 +61,9 @@ LISTED_NAMES: Final = 200  # names a listing's audit event records
 ListedKind = Literal["tool", "resource", "template", "prompt"]
 
 # RFC 3986 section 2.3 (unreserved) and 2.2 (reserved): what a URI holds as it is
-_UNRESERVED: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_UNRESERVED: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+)
 _URI_CHARS: Final = _UNRESERVED | frozenset(b":/?#[]@!$&'()*+,;=")
 _PERCENT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
 _STRAY_PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
