@@ -64,21 +64,9 @@ ListedKind = Literal["tool", "resource", "template", "prompt"]
 _UNRESERVED: Final = frozenset(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
 )
-_URI_CHARS: Final = _UNRESERVED | frozenset(b":/?#[]@!$&'()*+,;=")
 _PERCENT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
 _STRAY_PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
-_ESCAPE_SPLIT: Final = re.compile(r"(%[0-9A-F]{2})")
-
-
-def _percent_encoded(char: str) -> str:
-    """``char`` as a URI holds it: itself when RFC 3986 allows it unencoded (or it
-    starts a percent-encoding), else its UTF-8 bytes percent-encoded with upper-case
-    hex (RFC 3986 section 2.1; RFC 3987 section 3.1 for characters beyond ASCII).
-    Raises UnicodeEncodeError for a lone surrogate (no UTF-8 spelling)."""
-    if char == "%" or ord(char) in _URI_CHARS:
-        return char
-    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
 
 
 def _normalised_octet(match: re.Match[str]) -> str:
@@ -88,54 +76,37 @@ def _normalised_octet(match: re.Match[str]) -> str:
     return chr(code) if code in _UNRESERVED else f"%{code:02X}"
 
 
-def _lowered(text: str) -> str:
-    """``text`` lower-cased outside its percent-encodings (whose hex stays upper-case,
-    RFC 3986 section 6.2.2.1)."""
-    return "".join(
-        part if part.startswith("%") else part.lower() for part in _ESCAPE_SPLIT.split(text)
-    )
-
-
 def canonical_uri(uri: str) -> str | None:
     """``uri`` in the one form an MCP resource is decided, listed and read as (its
     ``DataSet`` id, and what is read), or None when it is malformed: a ``%`` not
     followed by two hex digits (RFC 3986 section 2.1), or a lone surrogate.
 
-    RFC 3986 section 6.2.2's syntax-based normalisation, so that the spellings a
-    server reads as one resource are decided as one: percent-encodings with
-    upper-case hex digits (6.2.2.1); percent-encoded unreserved characters decoded
-    (6.2.2.2); the scheme lower-cased and, in a URI with an authority
-    (``scheme://``), the host (6.2.2.1: both are case-insensitive). A character RFC
-    3986 does not allow in a URI (a space, one beyond ASCII) is first percent-encoded
-    as UTF-8 (RFC 3987 section 3.1), the spelling that the SDK's URI template match
-    decodes to the same value (``mcp.shared.uri_template`` unquotes each
-    variable). So ``file:///users/%61dmin``, ``file:///users/adm%69n`` and
-    ``FILE:///users/admin`` are ``file:///users/admin``, and ``file:///users/a b``
-    is ``file:///users/a%20b``. Dot segments (6.2.2.3) are left as they are (the
-    SDK refuses a template variable that holds ``..``). Idempotent."""
+    The part of RFC 3986 section 6.2.2's syntax-based normalisation that no one
+    writes a policy in the other spelling of: percent-encodings with upper-case hex
+    digits (6.2.2.1), percent-encoded unreserved characters decoded (6.2.2.2), and
+    the scheme lower-cased (6.2.2.1). So ``file:///users/%61dmin``,
+    ``file:///users/adm%69n`` and ``FILE:///users/admin`` are
+    ``file:///users/admin``, which is what the SDK's URI template match
+    (``mcp.shared.uri_template`` unquotes each variable) reads them as.
+
+    Left as they are, because a policy names the URI as the server lists it and a
+    rewritten spelling would make that policy's ``forbid`` miss: the host's case
+    (``resource://MyApp/…``), characters beyond ASCII and others a URI does not
+    allow unencoded (``jörg``, a space), and their percent-encodings (``j%C3%B6rg``,
+    ``%20``); these spellings stay different ids (docs/policy.md: permit the URIs to
+    serve, rather than forbid their spellings). Dot segments (6.2.2.3) are left as
+    they are (the SDK refuses a template variable that holds ``..``). Idempotent."""
     if _STRAY_PERCENT.search(uri):
         return None
     try:
-        text = "".join(_percent_encoded(char) for char in uri)
-    except UnicodeEncodeError:
+        uri.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no UTF-8 spelling
         return None
-    text = _PERCENT.sub(_normalised_octet, text)
+    text = _PERCENT.sub(_normalised_octet, uri)
     scheme = _SCHEME.match(text)
     if scheme is None:
         return text
-    head, rest = scheme.group(0).lower(), text[scheme.end() :]
-    if not rest.startswith("//"):
-        return head + rest
-    ends = [found for found in (rest.find(stop, 2) for stop in "/?#") if found >= 0]
-    end = min(ends, default=len(rest))
-    userinfo, at, hostport = rest[2:end].rpartition("@")
-    if hostport.startswith("[") and "]" in hostport:  # an IP literal (section 3.2.2)
-        close = hostport.index("]") + 1
-        host, port = hostport[:close], hostport[close:]
-    else:
-        host, colon, digits = hostport.partition(":")
-        port = colon + digits
-    return f"{head}//{userinfo}{at}{_lowered(host)}{port}{rest[end:]}"
+    return scheme.group(0).lower() + text[scheme.end() :]
 
 
 def in_server(server: str) -> tuple[EntityRef, ...]:
