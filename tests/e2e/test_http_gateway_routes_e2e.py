@@ -8,7 +8,8 @@ SDK with DPoP.
 - a catch-all route forwards the rest of the path beneath the upstream's prefix and
   is decided on the id made from it; a literal route wins over it;
 - traversal attempts (``..``, ``%2e%2e``, ``%2f``, ``%5c``, ``//``, backslashes,
-  Unicode lookalikes of ``.``, ``/`` and ``\\`` such as ``%EF%BC%8E``) sent byte for
+  Unicode lookalikes of ``.``, ``/`` and ``\\`` such as ``%EF%BC%8E`` and ``%C2%A5``,
+  segments NFKC turns into another text such as a fullwidth ``readme``) sent byte for
   byte on a socket are 400 and never reach the upstream;
 - ``forbid ... when { resource.destructive }`` refuses the DELETE route that gives
   its resource ``destructive: true`` (403, audited, not forwarded), while the GET
@@ -283,6 +284,13 @@ TRAVERSALS = [
     b"/files/..%EF%BC%8Fadmin",
     b"/files/a%EF%BC%BCb",
     b"/files/..%E2%88%95admin",
+    # U+00A5 YEN SIGN and U+20A9 WON SIGN, '\\' in cp932 and cp949 (best fit)
+    b"/files/..%C2%A5..%C2%A5win.ini",
+    b"/files/..%E2%82%A9x",
+    # another text once NFKC-folded: U+FF52 FULLWIDTH SMALL R, "readme" (the literal
+    # route) to an upstream that normalises, would be decided by the catch-all
+    b"/files/%EF%BD%92eadme",
+    b"/files/a%C2%BDb",  # U+00BD: "1" U+2044 FRACTION SLASH "2"
 ]
 
 

@@ -316,6 +316,24 @@ LOOKALIKES = [
     b"/files/..%E2%81%84admin",  # U+2044 FRACTION SLASH
     b"/files/..%E2%A7%B8admin",  # U+29F8 BIG SOLIDUS
     b"/files/a%E2%88%96b",  # U+2216 SET MINUS
+    # cp932 and cp949 best fit: U+00A5 YEN SIGN and U+20A9 WON SIGN are 0x5C, their '\\'
+    b"/files/..%C2%A5..%C2%A5win.ini",
+    b"/files/..%E2%82%A9x",
+    b"/files/a%C2%BDb",  # U+00BD folds to '1' U+2044 FRACTION SLASH '2'
+]
+
+# another text once NFKC-folded (UAX #15): an upstream that normalises reads another
+# path (U+FF41 FULLWIDTH SMALL A and "dmin" is "admin" to it)
+NFKC_CHANGED = [
+    b"/%EF%BD%81dmin",  # U+FF41 FULLWIDTH SMALL A
+    b"/files/%EF%BC%A1",  # U+FF21 FULLWIDTH A
+    b"/%EF%AC%81le",  # U+FB01 LATIN SMALL LIGATURE FI: "file"
+    b"/%F0%9D%90%9Admin",  # U+1D41A MATHEMATICAL BOLD SMALL A
+    b"/caf%65%CC%81",  # 'e' and U+0301 COMBINING ACUTE ACCENT: NFC and NFKC compose them
+    b"/files/%E2%80%A4x",  # U+2024 ONE DOT LEADER: ".x"
+    b"/files/%EF%BC%85%32e%EF%BC%85%32e",  # U+FF05 FULLWIDTH PERCENT SIGN: "%2e%2e"
+    b"/files/a%EF%BC%9Bx",  # U+FF1B FULLWIDTH SEMICOLON: a ';' path parameter
+    b"/files/%E2%85%A0",  # U+2160 ROMAN NUMERAL ONE: "I"
 ]
 
 TRAVERSALS = [
@@ -344,6 +362,7 @@ TRAVERSALS = [
     b"/files/a%",
     b"/files/a%2",
     *LOOKALIKES,
+    *NFKC_CHANGED,
 ]
 
 
@@ -367,20 +386,62 @@ def test_no_traversal_reaches_a_catch_all_route(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("raw", LOOKALIKES)
 def test_a_segment_that_folds_to_a_separator_or_dot_segment_is_refused(raw: bytes) -> None:
-    with pytest.raises(PathRejected, match="NFKC"):
+    with pytest.raises(PathRejected, match=r"NFKC\)$|a lookalike of '/'"):
+        split_path(raw)
+
+
+@pytest.mark.parametrize("raw", NFKC_CHANGED)
+def test_a_segment_that_nfkc_changes_is_refused(raw: bytes) -> None:
+    with pytest.raises(PathRejected, match=r"Unicode normalisation \(NFKC\) changes"):
         split_path(raw)
 
 
 @pytest.mark.parametrize(
     ("raw", "segments"),
     [
-        (b"/files/caf%C3%A9", ("files", "café")),  # other non-ASCII stays data
-        (b"/files/%E2%80%A4x", ("files", "\u2024x")),  # folds to '.x': a name, not '.'
-        (b"/files/%EF%BC%A1", ("files", "\uff21")),  # FULLWIDTH A
+        (b"/files/caf%C3%A9", ("files", "café")),  # NFC text NFKC keeps stays data
+        (b"/files/%E6%97%A5%E6%9C%AC", ("files", "日本")),
+        (b"/files/%ED%95%9C", ("files", "한")),  # a precomposed Hangul syllable
+        (b"/files/x%E2%80%94y", ("files", "x\u2014y")),  # U+2014 EM DASH: no fold
     ],
 )
 def test_other_non_ascii_segments_pass(raw: bytes, segments: tuple[str, ...]) -> None:
     assert split_path(raw) == segments
+
+
+def test_a_segment_another_route_reads_once_folded_is_refused_not_routed(
+    tmp_path: Path,
+) -> None:
+    """``GET /admin`` (a specific route) and ``GET /{page}`` listed after it: the
+    fullwidth ``/%EF%BD%81dmin``, "admin" to an upstream that NFKC-normalises, is
+    refused with 400 before any decision and audited, not decided as ``page:\\uff41dmin``
+    and forwarded; ``/admin`` and an NFKC-stable ``/caf%C3%A9`` pass."""
+    routes = [_r("GET", "/admin", "admin"), _r("GET", "/{page}", "page:{page}")]
+    app = App(tmp_path, routes=routes)
+    calls = [("GET", raw) for raw in (b"/%EF%BD%81dmin", b"/%EF%AC%81le", b"/admin")]
+    answers = _through(app, [*calls, ("GET", b"/caf%C3%A9")])
+    for (_, raw), (status, body) in zip(calls[:2], answers, strict=False):
+        assert status == 400, (raw, status, body)
+        assert b"the request path is refused" in body
+        assert b"(NFKC) changes" in body
+    assert [status for status, _ in answers[2:]] == [200, 200]
+    assert [r.target for r in app.upstream.requests] == [b"/admin", b"/caf%C3%A9"]
+    rejected = [e for e in app.events() if e["type"] == "api.request.rejected"]
+    assert [e["details"]["status"] for e in rejected] == [400, 400]
+    assert all("(NFKC) changes" in e["reason"] for e in rejected)
+    decisions = [e for e in app.events() if e["type"] == "authz.decision"]
+    assert [d["resource"]["id"] for d in decisions] == ["admin", "page:café"]
+
+
+@pytest.mark.parametrize(
+    "literal",
+    ["%EF%BD%81dmin", "%EF%AC%81le", "..%C2%A5x", "a%C2%BDb", "caf%65%CC%81"],
+)
+def test_a_route_literal_the_path_check_refuses_stops_the_start(literal: str) -> None:
+    """A route could never be matched by a segment the path check refuses: its
+    template is a configuration error naming the route."""
+    with pytest.raises(ValueError, match=r"routes\[0\]\.match\.path: a segment that"):
+        _load(_r("GET", f"/v1/{literal}", "x"))
 
 
 def test_an_overlong_catch_all_value_is_denied_by_the_id_bound(tmp_path: Path) -> None:

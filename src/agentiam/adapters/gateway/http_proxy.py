@@ -772,24 +772,48 @@ class PathRejected(ValueError):
 
 
 _SAFE_RAW = re.compile(rb"^[\x21-\x7e]*$")
-# Lookalikes of '/' and '\' that NFKC leaves as they are but other foldings map to
-# them (Windows "best fit" code pages turn U+2215 into '/'; Unicode's confusables,
-# UTS #39 section 4, list them all): refused in a segment as '/' and '\' are
-_SLASH_LOOKALIKES = frozenset("\u2044\u2215\u2216\u29f5\u29f8\u29f9")
+# Lookalikes of '/' and '\' that NFKC leaves as they are (or yields) but other
+# foldings map to them: Windows "best fit" code pages turn U+2215 into '/' and, in
+# cp932 and cp949 whose 0x5C is the path separator, U+00A5 YEN SIGN and U+20A9 WON
+# SIGN into 0x5C; Unicode's confusables (UTS #39 section 4) list the others. Refused
+# in a segment as '/' and '\' are, in its text and in its NFKC form (U+00BD folds to
+# "1" U+2044 "2")
+_SLASH_LOOKALIKES = frozenset("\u00a5\u20a9\u2044\u2215\u2216\u29f5\u29f8\u29f9")
 
 
-def _reads_as_separator(decoded: str) -> bool:
-    """Whether a decoded segment that is not ASCII reads as a separator or a dot
-    segment once folded: its NFKC form (Unicode UAX #15, as an upstream that
-    normalises would read it: U+FF0F and U+FF3C are '/' and '\\', U+2024, U+FE52
-    and U+FF0E are '.', U+2025 is '..') holds '/' or '\\' or is '.' or '..' (also
-    before a ';'), or it holds one of :data:`_SLASH_LOOKALIKES`."""
+def _unicode_problem(decoded: str) -> str | None:
+    """Why a decoded segment that is not ASCII could be read as another path by an
+    upstream that folds Unicode, or None.
+
+    * It holds one of :data:`_SLASH_LOOKALIKES`, or its NFKC form does.
+    * Its NFKC form (Unicode UAX #15) holds '/' or '\\' or is '.' or '..' (also
+      before a ';'): U+FF0F and U+FF3C are '/' and '\\', U+2024, U+FE52 and U+FF0E
+      are '.', U+2025 is '..'.
+    * Its NFKC form is another text (fullwidth letters, ligatures, mathematical
+      alphanumerics, decomposed accents): an upstream that normalises would serve
+      the route of that text (``/%EF%BD%81dmin``, U+FF41 FULLWIDTH SMALL A, is
+      ``/admin`` to it) while the gateway decided on this one (a ``{name}`` route),
+      so the route decided would not be the route served.
+
+    A segment whose NFKC form is itself (``café`` in NFC, CJK text) is data."""
+    if not _SLASH_LOOKALIKES.isdisjoint(decoded):
+        return "a segment that holds a lookalike of '/' or '\\' (U+2215, U+00A5, ...)"
+    if unicodedata.is_normalized("NFKC", decoded):
+        return None
     folded = unicodedata.normalize("NFKC", decoded)
-    return (
+    if (
         "/" in folded
         or "\\" in folded
         or folded.split(";", 1)[0] in (".", "..")
-        or not _SLASH_LOOKALIKES.isdisjoint(decoded)
+        or not _SLASH_LOOKALIKES.isdisjoint(folded)
+    ):
+        return (
+            "a segment that reads as '/', '\\', '.' or '..' once Unicode compatibility "
+            "forms are folded (NFKC)"
+        )
+    return (
+        "a segment that Unicode normalisation (NFKC) changes: an upstream that "
+        "normalises could read it as another path; send it in NFKC form"
     )
 
 
@@ -807,11 +831,10 @@ def _decode_segment(segment: str) -> str:
         raise PathRejected("an encoded '/', '\\' or control character")
     if decoded.split(";", 1)[0] in (".", ".."):
         raise PathRejected("a '.' or '..' segment")
-    if not decoded.isascii() and _reads_as_separator(decoded):
-        raise PathRejected(
-            "a segment that reads as '/', '\\', '.' or '..' once Unicode compatibility "
-            "forms are folded (NFKC)"
-        )
+    if not decoded.isascii():
+        problem = _unicode_problem(decoded)
+        if problem is not None:
+            raise PathRejected(problem)
     return decoded
 
 
@@ -823,11 +846,12 @@ def split_path(raw_path: bytes, prefix: str = "") -> tuple[str, ...]:
     ``..;``), a ``;`` (servlet containers and Spring drop a segment's ``;params``
     before routing, RFC 3986 section 3.3; an encoded ``%3B`` is kept), encoded ``/``
     or ``\\``, a backslash, empty segments (``//``), bytes outside visible ASCII,
-    malformed or non-UTF-8 percent-encoding, a percent-encoded segment that an
-    upstream normalising Unicode would read as holding ``/`` or ``\\`` or as a dot
-    segment (:func:`_reads_as_separator`: U+FF0F, U+FF3C, U+2024, U+FF0E, U+2215,
-    ...; checked only for segments that are not ASCII, so an ASCII path pays
-    nothing); and ``None``-like paths outside ``prefix``."""
+    malformed or non-UTF-8 percent-encoding, a percent-encoded segment that is not
+    ASCII and that an upstream folding Unicode could read as another path
+    (:func:`_unicode_problem`: a lookalike of ``/`` or ``\\``, NFKC forms that hold
+    ``/`` or ``\\`` or are dot segments, and any segment NFKC changes, UAX #15;
+    checked only for segments that are not ASCII, so an ASCII path pays nothing);
+    and ``None``-like paths outside ``prefix``."""
     if len(raw_path) > MAX_PATH:
         raise PathRejected("the path is too long")
     if not raw_path.startswith(b"/") or not _SAFE_RAW.match(raw_path) or b"\\" in raw_path:
