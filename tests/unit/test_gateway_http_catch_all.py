@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import pytest
 from tests.unit.gateway_support import AGENT, GATEWAY, Parties
 from tests.unit.test_gateway_http import ALLOW, App, _config, _runtime
 
+from agentiam.adapters.gateway import http_proxy
 from agentiam.adapters.gateway.http_proxy import (
     HttpGateway,
     PathRejected,
@@ -185,6 +187,82 @@ def test_the_overlap_check_is_not_quadratic_in_the_usual_case() -> None:
     started = time.perf_counter()
     assert len(_load(*routes)) == 8000
     assert time.perf_counter() - started < 30
+
+
+def _random_routes(rnd: random.Random) -> list[dict[str, Any]]:
+    """A few to a hundred routes of literals from a small alphabet, placeholders,
+    catch-alls and trailing slashes; half of them listed most specific first, so that
+    many configurations start and many do not."""
+    routes = []
+    alphabet = [f"l{k}" for k in range(rnd.choice([1, 2, 3, 8]))]
+    placeholders = rnd.choice([0.2, 0.5, 0.8])
+    for _ in range(rnd.choice([2, 4, 10, 40, 100])):
+        rest = rnd.random() < 0.35
+        segments = [
+            f"{{p{k}}}" if rnd.random() < placeholders else rnd.choice(alphabet)
+            for k in range(rnd.randint(0 if rest else 1, 4))
+        ]
+        if rest:
+            segments.append("{r*}")
+        elif rnd.random() < 0.15:
+            segments.append("")
+        routes.append(_r(rnd.choice(["GET", "PUT"]), "/" + "/".join(segments), "x"))
+    if rnd.random() < 0.5:
+        routes.sort(key=lambda r: (r["match"]["path"].count("{"), -r["match"]["path"].count("/")))
+    return routes
+
+
+def _outcome(routes: list[dict[str, Any]]) -> str:
+    try:
+        _load(*routes)
+    except ValueError as exc:
+        return str(exc)
+    return "started"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_overlap_lookups_agree_with_comparing_every_pair(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The overlap check finds the routes listed before a new one through a trie
+    walked within a budget, else through an index by position: on random
+    configurations, the outcome (started, or the exact error) is the same as when
+    the index answers every lookup it can, and as when every earlier route of the
+    method is compared with the new one (:func:`_both_match`)."""
+    rnd = random.Random(seed)
+    configs = [_random_routes(rnd) for _ in range(120)]
+    usual = [_outcome(routes) for routes in configs]
+    assert 20 < usual.count("started") < 100  # both outcomes are exercised
+
+    walk = http_proxy._Trie.overlapping
+
+    def index_first(
+        self: Any, prefix: Any, rest: bool, budget: int | None = None
+    ) -> list[Any] | None:
+        return None if budget is not None else walk(self, prefix, rest, budget)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(http_proxy._Trie, "overlapping", index_first)
+        assert [_outcome(routes) for routes in configs] == usual
+
+    added: dict[int, list[Any]] = {}
+    add = http_proxy._Overlaps.add
+
+    def keep(self: Any, entry: Any) -> None:
+        added.setdefault(id(self), []).append(entry)
+        add(self, entry)
+
+    def every_pair(self: Any, prefix: Any) -> list[Any]:
+        earlier = added.get(id(self), [])
+        return [e for e in earlier if http_proxy._both_match(e[2], prefix, self.rest) is not None]
+
+    monkeypatch.setattr(http_proxy._Overlaps, "add", keep)
+    monkeypatch.setattr(http_proxy._Overlaps, "overlapping", every_pair)
+    compared = []
+    for routes in configs:
+        added.clear()
+        compared.append(_outcome(routes))
+    assert compared == usual
 
 
 # -- matching -----------------------------------------------------------------------------
