@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import cedarpy
 
@@ -88,18 +88,78 @@ class Place(NamedTuple):
     attributes: str = ""
 
 
+class _FrozenDict(dict[str, Any]):
+    """A JSON object inside :class:`DerivedAttributes`: a ``dict`` (so it serialises,
+    validates and compares as the JSON it came from) whose methods that would change
+    it raise TypeError."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("derived attributes are read-only")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (dict(self),)  # copied and pickled without __setitem__
+
+
+class _FrozenList(list[Any]):
+    """A JSON array inside :class:`DerivedAttributes`: a ``list`` whose methods that
+    would change it raise TypeError (see :class:`_FrozenDict`)."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("derived attributes are read-only")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = pop = remove = clear = sort = reverse = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (list(self),)
+
+
+def _frozen(value: Any) -> Any:
+    """A JSON value with its objects and arrays read-only, nested ones too."""
+    if isinstance(value, dict):
+        return _FrozenDict((name, _frozen(item)) for name, item in value.items())
+    if isinstance(value, list):
+        return _FrozenList(_frozen(item) for item in value)
+    return value
+
+
 class DerivedAttributes(Mapping[str, Any]):
     """Derived attributes whose shape :func:`derived_attributes` checked, held as a
     read-only copy of their JSON with their :func:`attributes_key` (``key``), made
     once: an enforcement point that derives the same attributes for every call (an
     HTTP gateway route's ``resource.attributes``) hands this to each decision, which
-    finds the stand-in of their place by ``key`` without serialising them again."""
+    finds the stand-in of their place by ``key`` without serialising them again.
+
+    The values are made from ``key`` and are read-only all the way down (objects and
+    arrays nested in them raise TypeError when changed, and so does setting ``key``),
+    so the key and the values cannot disagree: a consumer that changed a nested list
+    would otherwise be decided with the stand-in of other attributes than those it
+    shows. Reading them costs what reading a dict costs."""
 
     __slots__ = ("_values", "key")
+    _values: dict[str, Any]
+    key: str
 
-    def __init__(self, values: Mapping[str, Any], key: str) -> None:
-        self._values = dict(values)
-        self.key = key
+    def __init__(self, key: str) -> None:
+        values = json.loads(key) if key else {}
+        object.__setattr__(self, "_values", {n: _frozen(v) for n, v in values.items()})
+        object.__setattr__(self, "key", key)
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError("derived attributes are read-only")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError("derived attributes are read-only")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return DerivedAttributes, (self.key,)
 
     def __getitem__(self, name: str) -> Any:
         return self._values[name]
@@ -134,7 +194,13 @@ def derived_attributes(attributes: Mapping[str, Any]) -> DerivedAttributes:
     if isinstance(attributes, DerivedAttributes):
         return attributes
     key = _shape_key(attributes)
-    return DerivedAttributes(json.loads(key) if key else {}, key)
+    try:
+        return DerivedAttributes(key)
+    except RecursionError:
+        raise ValueError(_NESTED_TOO_DEEPLY) from None
+
+
+_NESTED_TOO_DEEPLY = "not JSON: the values are nested too deeply"
 
 
 def _shape_key(attributes: Mapping[str, Any]) -> str:
@@ -151,6 +217,8 @@ def _shape_key(attributes: Mapping[str, Any]) -> str:
         raise ValueError(
             "not JSON: the values must be booleans, numbers, strings, lists and mappings"
         ) from None
+    except RecursionError:
+        raise ValueError(_NESTED_TOO_DEEPLY) from None
     if len(key) > MAX_DERIVED_ATTRIBUTES_BYTES:
         raise ValueError(f"larger than {MAX_DERIVED_ATTRIBUTES_BYTES} bytes of JSON")
     return key
