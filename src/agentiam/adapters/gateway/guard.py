@@ -1202,7 +1202,8 @@ class Guard:
         guard's).
 
         As a gateway's listing, it takes a token from the agent's own rate-limit
-        bucket (:meth:`Enforcer.admit_request
+        bucket and the pooled ones that apply (``per_human``, ``per_chain``)
+        (:meth:`Enforcer.admit_request
         <agentiam.adapters.gateway.enforcer.Enforcer.admit_request>`) and is recorded
         as one ``mcp.list`` event (action ``method``), durable before this returns.
         It fails closed: :class:`ToolCallDenied` for no or a bad token
