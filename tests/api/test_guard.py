@@ -82,20 +82,6 @@ def live(sqlite_url: str) -> Iterator[OAuthLive]:
         yield server
 
 
-@pytest.fixture
-def agent(live: OAuthLive) -> Iterator[AgentClient]:
-    client = agent_of(live)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def guard(live: OAuthLive, agent: AgentClient, tmp_path: Path) -> Iterator[Guard]:
-    g = connect(live, tmp_path / "spool", agent)
-    yield g
-    g.close()
-
-
 # -- allowed and denied, sync ---------------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +18,7 @@ import pytest
 from mcp import Client
 from mcp.server.mcpserver import MCPServer
 from tests.api.oauth_support import OAuthLive, oauth_live
-from tests.api.test_guard import agent_of, connect, setup_policy, trail
+from tests.api.test_guard import setup_policy, trail
 from tests.support.live import until as _until
 
 from agentiam.core.approvals_wire import META_KEY
@@ -30,7 +29,6 @@ from agentiam.guard import (
     Guard,
     ToolCallDenied,
 )
-from agentiam.sdk import AgentClient
 
 TIMEOUT = 3.0  # approval_timeout_seconds of this control plane
 PAY_NEEDS_APPROVAL = {
@@ -54,20 +52,6 @@ def live(sqlite_url: str) -> Iterator[OAuthLive]:
                 r = admin.put(f"/v1/policies/{policy_id}", json={"text": text})
                 assert r.status_code == 200, r.text
         yield server
-
-
-@pytest.fixture
-def agent(live: OAuthLive) -> Iterator[AgentClient]:
-    client = agent_of(live)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def guard(live: OAuthLive, agent: AgentClient, tmp_path: Path) -> Iterator[Guard]:
-    g = connect(live, tmp_path / "spool", agent)
-    yield g
-    g.close()
 
 
 def decide(live: OAuthLive, approval: str, verb: str = "approve", reason: str = "ok") -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -16,9 +15,10 @@ from mcp import Client
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
+from tests.api.guard_support import guard_live
 from tests.api.mcp_support import serve_with_lifespan
-from tests.api.oauth_support import OAuthLive, oauth_live
-from tests.api.test_guard import connect, setup_policy, trail
+from tests.api.oauth_support import OAuthLive
+from tests.api.test_guard import trail
 
 from agentiam.adapters.gateway.guard_mcp import REFUSAL_META
 from agentiam.guard import Guard
@@ -29,25 +29,8 @@ RESOURCE_ID = "search"
 
 @pytest.fixture
 def live(sqlite_url: str) -> Iterator[OAuthLive]:
-    with oauth_live(sqlite_url) as server:
-        setup_policy(server)
+    with guard_live(sqlite_url) as server:
         yield server
-
-
-@pytest.fixture
-def agent(live: OAuthLive) -> Iterator[AgentClient]:
-    from tests.api.test_guard import agent_of
-
-    client = agent_of(live)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def guard(live: OAuthLive, agent: AgentClient, tmp_path: Path) -> Iterator[Guard]:
-    g = connect(live, tmp_path / "spool", agent)
-    yield g
-    g.close()
 
 
 def tools_server(guard: Guard, ran: list[str]) -> MCPServer:

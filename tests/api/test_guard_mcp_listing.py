@@ -25,6 +25,7 @@ from mcp.server.caching import CacheHint
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, SERVER_INFO_META_KEY
+from tests.api.guard_support import guard_live, put_policy
 from tests.api.mcp_support import serve_with_lifespan
 from tests.api.oauth_support import CTX, RESOURCE, OAuthLive, oauth_live
 from tests.api.test_guard import (
@@ -47,23 +48,8 @@ ALLOW_DELETE = ALLOW_SEARCH.replace('"search"', '"delete"')
 
 @pytest.fixture
 def live(sqlite_url: str) -> Iterator[OAuthLive]:
-    with oauth_live(sqlite_url) as server:
-        setup_policy(server)
+    with guard_live(sqlite_url) as server:
         yield server
-
-
-@pytest.fixture
-def agent(live: OAuthLive) -> Iterator[AgentClient]:
-    client = agent_of(live)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def guard(live: OAuthLive, agent: AgentClient, tmp_path: Path) -> Iterator[Guard]:
-    g = connect(live, tmp_path / "spool", agent)
-    yield g
-    g.close()
 
 
 def tools_server(guard: Guard, ran: list[str], **settings: Any) -> MCPServer:
@@ -90,12 +76,6 @@ def tools_server(guard: Guard, ran: list[str], **settings: Any) -> MCPServer:
 
 def listings(live: OAuthLive, agent_id: str) -> list[dict[str, Any]]:
     return [e for e in trail(live, agent_id=agent_id) if e["type"] == "mcp.list"]
-
-
-def put_policy(live: OAuthLive, name: str, text: str) -> None:
-    with live.admin_client() as admin:
-        r = admin.put(f"/v1/policies/{name}", json={"text": text})
-        assert r.status_code == 200, r.text
 
 
 def second_agent(live: OAuthLive) -> AgentClient:

@@ -27,10 +27,10 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, INVALID_REQUEST
+from tests.api.guard_support import guard_live
 from tests.api.mcp_support import serve_with_lifespan
-from tests.api.oauth_support import OAuthLive, oauth_live
-from tests.api.test_guard import agent_of, connect, setup_policy, trail
-from tests.api.test_guard_mcp_listing import put_policy
+from tests.api.oauth_support import OAuthLive
+from tests.api.test_guard import connect, trail
 
 from agentiam.adapters.gateway.guard_mcp import REFUSAL_META, GuardMiddleware
 from agentiam.adapters.gateway.mcp_calls import POLICY_DENIED
@@ -65,25 +65,8 @@ ATTACKS = {
 
 @pytest.fixture
 def live(sqlite_url: str) -> Iterator[OAuthLive]:
-    with oauth_live(sqlite_url) as server:
-        setup_policy(server)
-        for name, text in POLICIES.items():
-            put_policy(server, name, text)
+    with guard_live(sqlite_url, POLICIES) as server:
         yield server
-
-
-@pytest.fixture
-def agent(live: OAuthLive) -> Iterator[AgentClient]:
-    client = agent_of(live)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def guard(live: OAuthLive, agent: AgentClient, tmp_path: Path) -> Iterator[Guard]:
-    g = connect(live, tmp_path / "spool", agent)
-    yield g
-    g.close()
 
 
 def users_server(guard: Guard, ran: list[str]) -> MCPServer:

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.api.oauth_support import CTX, RESOURCE, OAuthLive, oauth_live
-from tests.api.test_guard import agent_of, setup_policy
+from tests.api.guard_support import guard_live
+from tests.api.oauth_support import CTX, RESOURCE, OAuthLive
 from tests.support.live import until
 from typer.testing import CliRunner
 
@@ -43,16 +43,8 @@ KEY_ENV = "AGENTIAM_TEST_GUARD_SPOOL_KEY"
 
 @pytest.fixture
 def live(sqlite_url: str) -> Iterator[OAuthLive]:
-    with oauth_live(sqlite_url) as server:
-        setup_policy(server)
+    with guard_live(sqlite_url) as server:
         yield server
-
-
-@pytest.fixture
-def agent(live: OAuthLive) -> Iterator[AgentClient]:
-    client = agent_of(live)
-    yield client
-    client.close()
 
 
 def _key(live: OAuthLive, source: str) -> str:
