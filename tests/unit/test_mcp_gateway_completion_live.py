@@ -62,7 +62,7 @@ from tests.unit.test_mcp_gateway_metrics_live import _DPoP
 
 from agentiam.adapters.gateway.broker import KEY_ENV, Secret, SecretKind, SecretStore
 from agentiam.adapters.gateway.mcp_calls import POLICY_DENIED
-from agentiam.adapters.gateway.mcp_proxy import build_app, load_config
+from agentiam.adapters.gateway.mcp_proxy import _replay, build_app, load_config
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.core.credentials.sealing import MasterKey
 from agentiam.sdk import AgentClient, AgentKey
@@ -198,17 +198,8 @@ class Upstream:
                 answer = {"jsonrpc": "2.0", "id": decoded.get("id"), "error": error}
                 await JSONResponse(answer)(scope, receive, send)
                 return
-            sent = False
-
-            async def replay() -> Message:
-                nonlocal sent
-                if not sent:
-                    sent = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
             many = b'"name":"many"' in body.replace(b" ", b"")
-            await inner(scope, replay, _more_values(send) if many else send)
+            await inner(scope, _replay(body, receive), _more_values(send) if many else send)
 
         return app
 
