@@ -15,8 +15,6 @@ hands them to the control plane (``EnforcementSync.set_risk``, what
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +23,13 @@ from typing import Any
 import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
-from tests.api.oauth_support import OAuthLive, oauth_live
-from tests.support.live import free_port, serve_in_thread
+from tests.api.oauth_support import OAuthLive
 from tests.support.live import until as _until
+from tests.unit.mcp_gateway_support import control_plane, gateway, gateway_address
 from tests.unit.test_mcp_gateway_metrics_live import World as Agentside
 from tests.unit.test_mcp_gateway_metrics_live import _register
 from tests.unit.test_mcp_gateway_tool_entities_live import Recorded
 
-from agentiam.adapters.gateway.mcp_proxy import build_app, load_config
-from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.sdk import AgentClient
 from agentiam.services.context import CallContext
 
@@ -97,54 +93,32 @@ def _listed(side: Agentside) -> Shown:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("mcp-listing-risk")
-    db = tmp / "cp.db"
-    db.write_bytes(sqlite_template.read_bytes())
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    url = base + "/mcp"
+    at = gateway_address()
     bank = _upstream()
-    with oauth_live(f"sqlite:///{db}", policy_refresh_seconds=0.1) as cp:
+    with control_plane(tmp, sqlite_template) as cp:
         c = cp.container
-        risky_id, risky_key = _register(cp, "risky-bot", url)
-        calm_id, calm_key = _register(cp, "calm-bot", url)
+        risky_id, risky_key = _register(cp, "risky-bot", at.url)
+        calm_id, calm_key = _register(cp, "calm-bot", at.url)
         c.policies.put(CTX, "all", text="permit (principal, action, resource);")
         c.policies.put(
             CTX,
             "risky",
             text="forbid (principal, action, resource) when { context.risk_score > 70 };",
         )
-        verifier = c.admin_keys.create(CTX, name="mcp-gw", role="verifier", sources=[SOURCE]).secret
-        env = f"AGENTIAM_TEST_MCP_GW_KEY_{secrets.token_hex(4).upper()}"
-        os.environ[env] = verifier
-        try:
-            with serve_in_thread(bank.app, lifespan="on") as bank_url:
-                config = load_config(
-                    {
-                        "name": SOURCE.removeprefix("gateway/"),
-                        "public_url": url,
-                        "listen": {"host": "127.0.0.1", "port": port},
-                        "control_plane": {"url": cp.url, "key_env": env},
-                        "spool": {"directory": str(tmp / "spool")},
-                        "servers": [{"name": "bank", "url": bank_url + "/mcp"}],
-                    }
+        with gateway(cp, tmp, SOURCE, at, {"bank": bank.app}):
+            risky = AgentClient(cp.url, client_id=risky_id, key=risky_key, resource=at.url)
+            calm = AgentClient(cp.url, client_id=calm_id, key=calm_key, resource=at.url)
+            try:
+                yield World(
+                    cp,
+                    Agentside(cp, at.url, at.base, risky, risky),
+                    Agentside(cp, at.url, at.base, calm, calm),
+                    risky_id,
+                    bank,
                 )
-                app = build_app(config, GatewayRuntime.start(config.gateway))
-                with serve_in_thread(app, port, lifespan="on"):
-                    risky = AgentClient(cp.url, client_id=risky_id, key=risky_key, resource=url)
-                    calm = AgentClient(cp.url, client_id=calm_id, key=calm_key, resource=url)
-                    try:
-                        yield World(
-                            cp,
-                            Agentside(cp, url, base, risky, risky),
-                            Agentside(cp, url, base, calm, calm),
-                            risky_id,
-                            bank,
-                        )
-                    finally:
-                        risky.close()
-                        calm.close()
-        finally:
-            os.environ.pop(env, None)
+            finally:
+                risky.close()
+                calm.close()
 
 
 def _risky_now(world: World) -> None:

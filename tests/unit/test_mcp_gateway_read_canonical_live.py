@@ -12,8 +12,6 @@ official SDK client with a real DPoP-bound token."""
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,15 +21,13 @@ import pytest
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
-from tests.api.oauth_support import oauth_live
-from tests.support.live import free_port, serve_in_thread
 from tests.support.live import until as _until
+from tests.unit.mcp_gateway_support import control_plane, gateway, gateway_address
 from tests.unit.test_mcp_gateway_metrics_live import World as Agentside
 from tests.unit.test_mcp_gateway_metrics_live import _register
 from tests.unit.test_mcp_gateway_resource_entities_live import _read
 
-from agentiam.adapters.gateway.mcp_proxy import POLICY_DENIED, build_app, load_config
-from agentiam.adapters.gateway.runtime import GatewayRuntime
+from agentiam.adapters.gateway.mcp_proxy import POLICY_DENIED
 from agentiam.sdk import AgentClient
 from agentiam.services.context import CallContext
 
@@ -89,15 +85,11 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("mcp-read-canonical")
-    db = tmp / "cp.db"
-    db.write_bytes(sqlite_template.read_bytes())
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    url = base + "/mcp"
+    at = gateway_address()
     up = _upstream()
-    with oauth_live(f"sqlite:///{db}", policy_refresh_seconds=0.1) as cp:
+    with control_plane(tmp, sqlite_template) as cp:
         c = cp.container
-        a_id, a_key = _register(cp, "reader-bot", url)
+        a_id, a_key = _register(cp, "reader-bot", at.url)
         a = f'Agent::"{a_id}"'
         policies = {  # a deny-list: the style the attack evades
             "read-any": f"permit (principal == {a}, action, resource);",
@@ -108,30 +100,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
         }
         for policy_id, text in policies.items():
             c.policies.put(CTX, policy_id, text=text)
-        verifier = c.admin_keys.create(CTX, name="mcp-gw", role="verifier", sources=[SOURCE]).secret
-        env = f"AGENTIAM_TEST_MCP_GW_KEY_{secrets.token_hex(4).upper()}"
-        os.environ[env] = verifier
-        try:
-            with serve_in_thread(up.server.streamable_http_app(), lifespan="on") as up_url:
-                config = load_config(
-                    {
-                        "name": SOURCE.removeprefix("gateway/"),
-                        "public_url": url,
-                        "listen": {"host": "127.0.0.1", "port": port},
-                        "control_plane": {"url": cp.url, "key_env": env},
-                        "spool": {"directory": str(tmp / "spool")},
-                        "servers": [{"name": "users", "url": up_url + "/mcp"}],
-                    }
-                )
-                app = build_app(config, GatewayRuntime.start(config.gateway))
-                with serve_in_thread(app, port, lifespan="on"):
-                    agent = AgentClient(cp.url, client_id=a_id, key=a_key, resource=url)
-                    try:
-                        yield World(Agentside(cp, url, base, agent, agent), up)
-                    finally:
-                        agent.close()
-        finally:
-            os.environ.pop(env, None)
+        with gateway(cp, tmp, SOURCE, at, {"users": up.server.streamable_http_app()}):
+            agent = AgentClient(cp.url, client_id=a_id, key=a_key, resource=at.url)
+            try:
+                yield World(Agentside(cp, at.url, at.base, agent, agent), up)
+            finally:
+                agent.close()
 
 
 @pytest.mark.parametrize("uri", list(ATTACKS))

@@ -12,8 +12,6 @@ gateway's entities (O(catalog entries), about 22 ms with 20,000) on the event lo
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +20,12 @@ from typing import Any
 import anyio
 import pytest
 from mcp.shared.exceptions import MCPError
-from tests.api.oauth_support import oauth_live
-from tests.support.live import free_port, serve_in_thread
+from tests.unit.mcp_gateway_support import control_plane, gateway, gateway_address
 from tests.unit.test_mcp_gateway_metrics_live import World as Agentside
 from tests.unit.test_mcp_gateway_metrics_live import _register
 from tests.unit.test_mcp_gateway_resource_entities_live import _upstream
 
-from agentiam.adapters.gateway.mcp_proxy import POLICY_DENIED, build_app, load_config
+from agentiam.adapters.gateway.mcp_proxy import POLICY_DENIED
 from agentiam.adapters.gateway.runtime import GatewayRuntime
 from agentiam.core.policy.entities import EntitySnapshot
 from agentiam.core.policy.model import EntityRef, ResourceRecord
@@ -49,15 +46,11 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("mcp-resource-stand-ins")
-    db = tmp / "cp.db"
-    db.write_bytes(sqlite_template.read_bytes())
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    url = base + "/mcp"
+    at = gateway_address()
     bank = _upstream("bank")
-    with oauth_live(f"sqlite:///{db}", policy_refresh_seconds=0.1) as cp:
+    with control_plane(tmp, sqlite_template) as cp:
         c = cp.container
-        agent_id, key = _register(cp, "reader-bot", url)
+        agent_id, key = _register(cp, "reader-bot", at.url)
         who = f'Agent::"{agent_id}"'
         c.policies.put(CTX, "all", text=f"permit (principal == {who}, action, resource);")
         c.policies.put(
@@ -70,31 +63,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
         )
         # a catalog data set of bank's with no server: the gateway places it in bank
         c.resources.put(CTX, ResourceRecord("DataSet", "bank.bank://catalogued", {}, ()))
-        verifier = c.admin_keys.create(CTX, name="mcp-gw", role="verifier", sources=[SOURCE]).secret
-        env = f"AGENTIAM_TEST_MCP_GW_KEY_{secrets.token_hex(4).upper()}"
-        os.environ[env] = verifier
-        try:
-            with serve_in_thread(bank.app, lifespan="on") as bank_url:
-                config = load_config(
-                    {
-                        "name": SOURCE.removeprefix("gateway/"),
-                        "public_url": url,
-                        "listen": {"host": "127.0.0.1", "port": port},
-                        "control_plane": {"url": cp.url, "key_env": env},
-                        "spool": {"directory": str(tmp / "spool")},
-                        "servers": [{"name": "bank", "url": bank_url + "/mcp"}],
-                    }
-                )
-                runtime = GatewayRuntime.start(config.gateway)
-                app = build_app(config, runtime)
-                with serve_in_thread(app, port, lifespan="on"):
-                    agent = AgentClient(cp.url, client_id=agent_id, key=key, resource=url)
-                    try:
-                        yield World(Agentside(cp, url, base, agent, agent), runtime)
-                    finally:
-                        agent.close()
-        finally:
-            os.environ.pop(env, None)
+        with gateway(cp, tmp, SOURCE, at, {"bank": bank.app}) as runtime:
+            agent = AgentClient(cp.url, client_id=agent_id, key=key, resource=at.url)
+            try:
+                yield World(Agentside(cp, at.url, at.base, agent, agent), runtime)
+            finally:
+                agent.close()
 
 
 def _list_and_read(side: Agentside, uris: list[str]) -> list[Any]:
