@@ -109,7 +109,7 @@ from agentiam.adapters.gateway.mcp_calls import (
     read_call,
     tool_call,
 )
-from agentiam.adapters.gateway.mcp_visibility import Listed, Visibility
+from agentiam.adapters.gateway.mcp_visibility import LISTING_METHODS, Listed, Visibility
 from agentiam.adapters.gateway.runtime import _Shipper
 from agentiam.adapters.gateway.spool import (
     DEFAULT_REJECTED_MAX_BYTES,
@@ -167,8 +167,6 @@ T = TypeVar("T")
 
 _TOOL = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, as the ingest accepts
 LIST_TOOLS = "tools/list"  # a listing's action in the trail (Guard.visible_tools)
-# the MCP listings (Guard.visible; MCP 2026-07-28 "Tools", "Resources", "Prompts")
-_LISTINGS = frozenset({LIST_TOOLS, "resources/list", "resources/templates/list", "prompts/list"})
 # why an MCP read that a human's approval would lift is refused all the same
 _NO_READ_APPROVALS = "approval is asked for tool calls only, not for reads"
 _MAX_DEPTH = MAX_DEPTH  # Cedar reads no deeper (plain_arguments)
@@ -1227,8 +1225,8 @@ class Guard:
         may list (:class:`~agentiam.adapters.gateway.guard_mcp.GuardMiddleware`).
         Raises and audits as :meth:`visible` does; :meth:`shown` then decides the
         items."""
-        if method not in _LISTINGS:
-            raise ValueError(f"method: one of {sorted(_LISTINGS)}")
+        if method not in LISTING_METHODS:
+            raise ValueError(f"method: one of {sorted(LISTING_METHODS)}")
         trace = TraceContext.new()
         with _refusals(method, trace):
             access = self._principal(method, authenticate, token or _current_token.get(), trace)

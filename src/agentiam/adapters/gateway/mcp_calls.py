@@ -28,7 +28,7 @@ installed.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from agentiam.adapters.gateway.enforcer import Call
 from agentiam.adapters.gateway.mcp_visibility import (
@@ -127,13 +127,19 @@ def prompt_call(exposed: str, arguments: Mapping[str, str], server: str | None =
     )
 
 
+def _is_name(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is a name a request may carry: a string of 1 to
+    :data:`MAX_NAME` characters (a tool's, a prompt's, a completed argument's)."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_NAME
+
+
 def named_call(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | str:
     """The ``name`` and ``arguments`` of a ``tools/call`` or ``prompts/get`` (MCP
     2026-07-28 "Tools", "Prompts"), or why they are malformed: a name of at most
     :data:`MAX_NAME` characters, an object of at most :data:`MAX_ARGUMENTS` members
     (absent: none)."""
     name = params.get("name")
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+    if not _is_name(name):
         return f"params.name: a name of at most {MAX_NAME} characters"
     arguments = params.get("arguments")
     if arguments is None:
@@ -216,7 +222,7 @@ def completion_ref(params: Mapping[str, Any]) -> tuple[ListedKind, str] | str:
         return 'params.ref: an object of type "ref/prompt" or "ref/resource"'
     if ref["type"] == "ref/prompt":
         name = ref.get("name")
-        if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+        if not _is_name(name):
             return f"params.ref.name: a name of at most {MAX_NAME} characters"
         return "prompt", name
     uri = ref.get("uri")
@@ -266,8 +272,7 @@ def completion_call(params: Mapping[str, Any], route: Route | None = None) -> Ca
     argument = params.get("argument")
     if (
         not isinstance(argument, Mapping)
-        or not isinstance(name := argument.get("name"), str)
-        or not 0 < len(name) <= MAX_NAME
+        or not _is_name(argument.get("name"))
         or not isinstance(value := argument.get("value"), str)
         or len(value) > MAX_URI
     ):

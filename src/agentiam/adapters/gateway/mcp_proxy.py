@@ -207,6 +207,7 @@ from agentiam.adapters.gateway.mcp_upstream import (
 )
 from agentiam.adapters.gateway.mcp_visibility import (
     LIST_EVENT,
+    LISTING_METHODS,
     READ_ACTION,
     TOOL_ACTION,
     Listed,
@@ -275,9 +276,8 @@ _DECLARING: Final = frozenset({"initialize", "server/discover"})
 MAX_COMPLETION_VALUES: Final = 100
 _APPROVAL_THREADS: Final = 16  # concurrent calls to the control plane's approvals API
 # every answer depends on the caller's rights: never shared, never reused (SEP-2549)
-_CACHEABLE: Final = ("tools/list", "resources/list", "resources/templates/list", "prompts/list",
-               "resources/read")  # fmt: skip
-_LISTINGS: Final = frozenset(_CACHEABLE[:4])  # the four list methods
+_LISTINGS: Final = LISTING_METHODS  # the four list methods
+_CACHEABLE: Final = _LISTINGS | {"resources/read"}
 # requests that are not calls but take a token from the agent's bucket: opening a
 # session or a listen stream, and the listings (a policy question per item, and an
 # audit event)

@@ -36,6 +36,7 @@ from agentiam.core.policy.model import EntityRef
 
 __all__ = [
     "LISTED_NAMES",
+    "LISTING_METHODS",
     "LIST_EVENT",
     "MAX_URI",
     "PROMPT_ID_PREFIX",
@@ -57,6 +58,11 @@ PROMPT_ID_PREFIX: Final = "prompt:"
 LIST_EVENT: Final = "mcp.list"
 MAX_URI: Final = 500  # characters of an exposed resource URI (audit ids hold 512)
 LISTED_NAMES: Final = 200  # names a listing's audit event records
+# the four MCP listings (MCP 2026-07-28 "Tools", "Resources", "Prompts"), decided here
+# for the MCP gateway and the in-process guard alike
+LISTING_METHODS: Final = frozenset(
+    {"tools/list", "resources/list", "resources/templates/list", "prompts/list"}
+)
 
 ListedKind = Literal["tool", "resource", "template", "prompt"]
 
